@@ -1,0 +1,120 @@
+"""Causal delivery: vector clocks and the buffer of operations that arrived early."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator, Mapping
+
+from crdt_ops.clock import Clock
+from crdt_ops.errors import BufferFull
+from crdt_ops.ops import Batch
+
+
+class CausalBuffer:
+    """Delivers batches of operations in causal order, each operation once.
+
+    Guarantees: a batch is released only when every operation its origin had
+    delivered (``deps``) and every earlier operation of the origin have been
+    delivered; operations already delivered are skipped, so any message may
+    arrive any number of times, in any order. A replica id never seen before
+    is simply a new clock entry. A waiting batch is filed under the one
+    condition it waits on, so a delivery wakes only the batches it may unblock.
+    At most ``max_ops`` operations wait; one more raises :class:`BufferFull`.
+    """
+
+    def __init__(self, clock: Clock | None = None, max_ops: int = 100_000) -> None:
+        self.clock: Clock = clock if clock is not None else {}
+        self.max_ops = max_ops
+        self._ids = itertools.count()
+        self._waiting: dict[int, Batch] = {}
+        self._by_start: dict[tuple[str, int], int] = {}
+        self._waiters: dict[str, list[tuple[int, int]]] = {}
+        self._ready: list[int] = []
+        self._held_ops = 0
+
+    def __len__(self) -> int:
+        """Operations waiting."""
+        return self._held_ops
+
+    def is_duplicate(self, batch: Batch) -> bool:
+        return batch.last_seq <= self.clock.get(batch.origin, 0)
+
+    def unmet(self, batch: Batch) -> tuple[str, int] | None:
+        """The first condition ``batch`` still waits on: (replica, seq needed)."""
+        clock = self.clock
+        if clock.get(batch.origin, 0) < batch.first_seq - 1:
+            return (batch.origin, batch.first_seq - 1)
+        for r, s in batch.deps.items():
+            if clock.get(r, 0) < s:
+                return (r, s)
+        return None
+
+    def hold(self, batch: Batch) -> None:
+        """Keep a batch that is not deliverable yet (``unmet(batch)`` is not None)."""
+        key = (batch.origin, batch.first_seq)
+        old = self._by_start.get(key)
+        if old is not None:
+            if len(self._waiting[old].ops) >= len(batch.ops):
+                return
+            self._forget(old)
+        if self._held_ops + len(batch.ops) > self.max_ops:
+            raise BufferFull(
+                f"causal buffer holds {self._held_ops} operations (max {self.max_ops}); "
+                f"batch {batch.origin}:{batch.first_seq} with {len(batch.ops)} more was refused")
+        bid = next(self._ids)
+        self._waiting[bid] = batch
+        self._by_start[key] = bid
+        self._held_ops += len(batch.ops)
+        self._file(bid, batch)
+
+    def _file(self, bid: int, batch: Batch) -> None:
+        cond = self.unmet(batch)
+        if cond is None:
+            self._ready.append(bid)
+        else:
+            heapq.heappush(self._waiters.setdefault(cond[0], []), (cond[1], bid))
+
+    def _forget(self, bid: int) -> Batch:
+        batch = self._waiting.pop(bid)
+        del self._by_start[(batch.origin, batch.first_seq)]
+        self._held_ops -= len(batch.ops)
+        return batch
+
+    def delivered(self, origin: str, seq: int) -> None:
+        """Record that ``origin``'s operations up to ``seq`` are delivered, and
+        move the batches that waited on exactly that to the ready list."""
+        if seq <= self.clock.get(origin, 0):
+            return
+        self.clock[origin] = seq
+        heap = self._waiters.get(origin)
+        while heap and heap[0][0] <= seq:
+            _, bid = heapq.heappop(heap)
+            batch = self._waiting.get(bid)
+            if batch is not None:
+                self._file(bid, batch)
+        if heap is not None and not heap:
+            del self._waiters[origin]
+
+    def pop_ready(self) -> Batch | None:
+        """A held batch that is now deliverable, or None."""
+        while self._ready:
+            bid = self._ready.pop()
+            if bid in self._waiting:
+                return self._forget(bid)
+        return None
+
+    def waiting(self) -> Iterator[Batch]:
+        """The batches held, in arrival order."""
+        return iter(list(self._waiting.values()))
+
+    def missing(self) -> dict[str, tuple[int, int]]:
+        """Per replica, the inclusive range of sequence numbers that held batches
+        wait for and that have not been delivered (for anti-entropy)."""
+        need: dict[str, int] = {}
+        for batch in self._waiting.values():
+            wants: Mapping[str, int] = dict(batch.deps, **{batch.origin: batch.first_seq - 1})
+            for r, s in wants.items():
+                if s > self.clock.get(r, 0) and s > need.get(r, 0):
+                    need[r] = s
+        return {r: (self.clock.get(r, 0) + 1, s) for r, s in sorted(need.items())}

@@ -1,0 +1,44 @@
+"""Dots and vector clocks.
+
+A dot ``(replica, seq)`` names the ``seq``-th operation issued by ``replica``
+(sequence numbers start at 1). A vector clock maps replica ids to the highest
+sequence number delivered from each; a missing entry means 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+Dot = tuple[str, int]
+Clock = dict[str, int]
+
+
+def covers(clock: Mapping[str, int], dot: Dot) -> bool:
+    """True when the operation ``dot`` is included in ``clock``."""
+    return clock.get(dot[0], 0) >= dot[1]
+
+
+def dominates(a: Mapping[str, int], b: Mapping[str, int]) -> bool:
+    """True when ``a`` has seen everything ``b`` has (a >= b pointwise)."""
+    return all(a.get(r, 0) >= s for r, s in b.items())
+
+
+def merge_into(target: dict[str, int], other: Mapping[str, int]) -> bool:
+    """Raise ``target`` pointwise to ``other``; return whether anything changed."""
+    changed = False
+    for r, s in other.items():
+        if s > target.get(r, 0):
+            target[r] = s
+            changed = True
+    return changed
+
+
+def pointwise_min(clocks: Iterable[Mapping[str, int]], members: Iterable[str]) -> Clock:
+    """The clock every one of ``clocks`` has reached, over ``members``."""
+    clocks = list(clocks)
+    out: Clock = {}
+    for r in members:
+        low = min((c.get(r, 0) for c in clocks), default=0)
+        if low:
+            out[r] = low
+    return out

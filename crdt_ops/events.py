@@ -1,0 +1,50 @@
+"""Change events: what a subscriber is told after each change of an object."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("crdt_ops")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """A top-level object changed from ``old`` to ``new`` by operations of ``origin``.
+
+    Events are emitted after a whole batch is applied (one per key it changed),
+    in delivery order, for local and remote changes alike.
+    """
+
+    key: str
+    old: Any
+    new: Any
+    origin: str
+
+
+Callback = Callable[[ChangeEvent], None]
+
+
+class Subscribers:
+    """Callbacks by key prefix. A callback that raises is logged and the others still run."""
+
+    def __init__(self) -> None:
+        self._subs: list[tuple[str, Callback]] = []
+
+    def add(self, prefix: str, callback: Callback) -> Callable[[], None]:
+        entry = (prefix, callback)
+        self._subs.append(entry)
+        return lambda: self._subs.remove(entry) if entry in self._subs else None
+
+    def wants(self, key: str) -> bool:
+        return any(key.startswith(p) for p, _ in self._subs)
+
+    def emit(self, event: ChangeEvent) -> None:
+        for prefix, callback in list(self._subs):
+            if event.key.startswith(prefix):
+                try:
+                    callback(event)
+                except Exception:
+                    log.exception("change callback for prefix %r failed on %r", prefix, event.key)

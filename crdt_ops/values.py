@@ -1,0 +1,44 @@
+"""Replicated values: str, bytes, int (signed 64 bit), float (not NaN), bool, None."""
+
+from __future__ import annotations
+
+import math
+
+from crdt_ops.errors import InvalidValue
+
+Value = str | bytes | int | float | bool | None
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+def check_value(value: object) -> Value:
+    """Return ``value`` if it can be replicated, else raise :class:`InvalidValue`."""
+    if value is None or isinstance(value, (str, bytes, bool)):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidValue(f"int {value} does not fit in signed 64 bits")
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            raise InvalidValue("NaN cannot be replicated: it is not equal to itself")
+        return value
+    raise InvalidValue(
+        f"{type(value).__name__} cannot be replicated; use str, bytes, int, float, bool or None"
+    )
+
+
+def value_key(value: Value) -> tuple[int, Value]:
+    """A key that tells apart values Python treats as equal (``1``, ``1.0``, ``True``)."""
+    if value is None:
+        return (0, None)
+    if value is True or value is False:
+        return (1, value)
+    if isinstance(value, int):
+        return (2, value)
+    if isinstance(value, float):
+        return (3, value)
+    if isinstance(value, str):
+        return (4, value)
+    return (5, value)

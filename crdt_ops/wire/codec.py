@@ -1,0 +1,394 @@
+"""Protobuf <-> Python for messages and snapshots.
+
+The only module that touches the generated code; everything else sees
+:mod:`crdt_ops.ops` objects. ``decode`` validates everything a replica relies
+on and raises :class:`InvalidMessage` (with a reason tag) for anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from crdt_ops.clock import Clock, Dot
+from crdt_ops.errors import InvalidMessage
+from crdt_ops.ops import KIND_TARGETS, Batch, CounterFloor, Heartbeat, Kind, ObjType, Op
+from crdt_ops.types import (
+    Crdt,
+    EWFlag,
+    LWWRegister,
+    MVRegister,
+    ORMap,
+    ORSet,
+    PNCounter,
+    new_object,
+)
+from crdt_ops.types.ormap import Field
+from crdt_ops.values import Value, value_key
+from crdt_ops.wire import crdt_pb2 as pb
+
+VERSION = 1
+MAX_SEQ = 2**63 - 1
+MAX_ID = 256
+MAX_DEPTH = 32
+_OBJ_TYPES = {t.value: t for t in ObjType}
+_COUNTERS = (ObjType.GCOUNTER, ObjType.PNCOUNTER)
+
+
+def _bad(reason: str, detail: str) -> InvalidMessage:
+    return InvalidMessage(reason, detail)
+
+
+# ---------------------------------------------------------------- values
+
+
+def _put_value(msg: pb.Value, v: Value) -> None:
+    if v is None:
+        msg.null_value = True
+    elif v is True or v is False:
+        msg.bool_value = v
+    elif isinstance(v, int):
+        msg.int_value = v
+    elif isinstance(v, float):
+        msg.float_value = v
+    elif isinstance(v, str):
+        msg.str_value = v
+    else:
+        msg.bytes_value = v
+
+
+def _get_value(msg: pb.Value) -> Value:
+    kind = msg.WhichOneof("kind")
+    if kind is None:
+        raise _bad("bad-value", "a value has none of its fields set")
+    if kind == "null_value":
+        return None
+    v: Value = getattr(msg, kind)
+    if kind == "float_value" and math.isnan(v):  # type: ignore[arg-type]
+        raise _bad("bad-value", "NaN is not a replicable value")
+    return v
+
+
+# ---------------------------------------------------------------- ids, dots, clocks
+
+
+def _id(value: str, what: str) -> str:
+    if not value or len(value) > MAX_ID:
+        raise _bad("bad-id", f"{what} must be 1..{MAX_ID} characters, got {len(value)}")
+    return value
+
+
+def _seq(value: int, what: str) -> int:
+    if not 1 <= value <= MAX_SEQ:
+        raise _bad("bad-seq", f"{what} must be in 1..2^63-1, got {value}")
+    return value
+
+
+def _put_clock(entries: Any, clock: Mapping[str, int]) -> None:
+    for r, s in clock.items():
+        e = entries.add()
+        e.replica = r
+        e.seq = s
+
+
+def _get_clock(entries: Iterable[pb.ClockEntry], what: str) -> Clock:
+    out: Clock = {}
+    for e in entries:
+        r = _id(e.replica, f"{what} replica")
+        if r in out:
+            raise _bad("bad-clock", f"{what} names {r!r} twice")
+        if e.seq:
+            out[r] = _seq(e.seq, f"{what} seq")
+    return out
+
+
+def _put_dots(entries: Any, dots: Iterable[Dot]) -> None:
+    for r, s in dots:
+        d = entries.add()
+        d.replica = r
+        d.seq = s
+
+
+def _get_dots(entries: Iterable[pb.Dot]) -> tuple[Dot, ...]:
+    return tuple((_id(d.replica, "dot replica"), _seq(d.seq, "dot seq")) for d in entries)
+
+
+# ---------------------------------------------------------------- operations
+
+
+def _put_op(msg: pb.Operation, op: Op) -> None:
+    msg.path.extend(op.path)
+    msg.type = op.type.value  # type: ignore[assignment]
+    k = op.kind
+    if k is Kind.COUNTER_ADD:
+        a = msg.counter_add
+        a.p = op.p
+        a.n = op.n
+    elif k is Kind.REGISTER_SET:
+        r = msg.register_set
+        _put_value(r.value, op.value)
+        r.timestamp = op.timestamp
+        _put_dots(r.observed, op.observed)
+    elif k is Kind.SET_ADD or k is Kind.SET_REMOVE:
+        s = msg.set_add if k is Kind.SET_ADD else msg.set_remove
+        _put_value(s.element, op.value)
+        _put_dots(s.observed, op.observed)
+    elif k is Kind.FLAG_ENABLE or k is Kind.FLAG_DISABLE:
+        flag = msg.flag_enable if k is Kind.FLAG_ENABLE else msg.flag_disable
+        flag.SetInParent()
+        _put_dots(flag.observed, op.observed)
+    else:
+        m = msg.map_remove
+        m.field = op.field
+        _put_clock(m.seen, op.seen)
+        for f in op.floors:
+            cf = m.counters.add()
+            cf.path.extend(f.path)
+            cf.type = f.type.value  # type: ignore[assignment]
+            cf.origin = f.origin
+            cf.p = f.p
+            cf.n = f.n
+
+
+_ACTION_KIND = {
+    "counter_add": Kind.COUNTER_ADD, "register_set": Kind.REGISTER_SET,
+    "set_add": Kind.SET_ADD, "set_remove": Kind.SET_REMOVE,
+    "flag_enable": Kind.FLAG_ENABLE, "flag_disable": Kind.FLAG_DISABLE,
+    "map_remove": Kind.MAP_REMOVE,
+}
+
+
+def _get_type(value: int, what: str) -> ObjType:
+    t = _OBJ_TYPES.get(value)
+    if t is None:
+        raise _bad("bad-type", f"{what} has unknown object type {value}")
+    return t
+
+
+def _get_path(names: Sequence[str]) -> tuple[str, ...]:
+    if len(names) > MAX_DEPTH:
+        raise _bad("bad-path", f"path has {len(names)} levels (max {MAX_DEPTH})")
+    for n in names:
+        if not n:
+            raise _bad("bad-path", "a path holds an empty name")
+    return tuple(names)
+
+
+def _amount(value: int, what: str) -> int:
+    if value > MAX_SEQ:
+        raise _bad("bad-amount", f"{what} {value} exceeds 2^63-1")
+    return value
+
+
+def _get_op(msg: pb.Operation) -> Op:
+    action = msg.WhichOneof("action")
+    if action is None:
+        raise _bad("unknown-operation", "an operation has no known action (newer sender?)")
+    kind = _ACTION_KIND[action]
+    t = _get_type(msg.type, "an operation")
+    if t not in KIND_TARGETS[kind]:
+        raise _bad("wrong-type", f"{action} cannot apply to a {t.name}")
+    path = _get_path(msg.path)
+    if kind is Kind.MAP_REMOVE:
+        m = msg.map_remove
+        floors = []
+        for f in m.counters:
+            ft = _get_type(f.type, "a counter floor")
+            if ft not in _COUNTERS:
+                raise _bad("wrong-type", f"a counter floor names a {ft.name}")
+            floors.append(CounterFloor(_get_path(f.path), ft, _id(f.origin, "floor origin"),
+                                       _amount(f.p, "floor p"), _amount(f.n, "floor n")))
+        if not m.field:
+            raise _bad("bad-path", "a map remove names no field")
+        return Op(path, t, kind, field=m.field, seen=_get_clock(m.seen, "remove"),
+                  floors=tuple(floors))
+    if not path:
+        raise _bad("bad-path", f"{action} needs a key: only maps are at the root")
+    if kind is Kind.COUNTER_ADD:
+        a = msg.counter_add
+        if t is ObjType.GCOUNTER and a.n:
+            raise _bad("wrong-type", "a GCOUNTER cannot be decremented")
+        return Op(path, t, kind, p=_amount(a.p, "increment"), n=_amount(a.n, "decrement"))
+    if kind is Kind.REGISTER_SET:
+        r = msg.register_set
+        return Op(path, t, kind, value=_get_value(r.value), timestamp=r.timestamp,
+                  observed=_get_dots(r.observed))
+    if kind is Kind.SET_ADD or kind is Kind.SET_REMOVE:
+        s = msg.set_add if kind is Kind.SET_ADD else msg.set_remove
+        return Op(path, t, kind, value=_get_value(s.element), observed=_get_dots(s.observed))
+    flag = msg.flag_enable if kind is Kind.FLAG_ENABLE else msg.flag_disable
+    return Op(path, t, kind, observed=_get_dots(flag.observed))
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _fill_batch(msg: pb.Batch, batch: Batch) -> None:
+    msg.origin = batch.origin
+    msg.first_seq = batch.first_seq
+    _put_clock(msg.deps, batch.deps)
+    for op in batch.ops:
+        _put_op(msg.ops.add(), op)
+
+
+def _read_batch(msg: pb.Batch) -> Batch:
+    origin = _id(msg.origin, "origin")
+    first = _seq(msg.first_seq, "first_seq")
+    if not msg.ops:
+        raise _bad("empty-batch", "a batch holds no operation")
+    _seq(first + len(msg.ops) - 1, "last seq")
+    deps = _get_clock(msg.deps, "deps")
+    deps.pop(origin, None)
+    return Batch(origin, first, deps, [_get_op(o) for o in msg.ops])
+
+
+def encode_batch(batch: Batch) -> bytes:
+    env = pb.Envelope(version=VERSION)
+    _fill_batch(env.batch, batch)
+    return env.SerializeToString()
+
+
+def encode_heartbeat(hb: Heartbeat) -> bytes:
+    env = pb.Envelope(version=VERSION)
+    env.heartbeat.origin = hb.origin
+    _put_clock(env.heartbeat.clock, hb.clock)
+    env.heartbeat.retired = hb.retired
+    return env.SerializeToString()
+
+
+def decode(data: bytes) -> Batch | Heartbeat:
+    """Parse and validate one message; raise :class:`InvalidMessage` if it is not one."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise _bad("not-bytes", f"expected bytes, got {type(data).__name__}")
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(bytes(data))
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise _bad("undecodable", f"not a crdt_ops.v1.Envelope ({e})") from None
+    if env.version != VERSION:
+        raise _bad("bad-version", f"message version {env.version}, this replica reads {VERSION}")
+    body = env.WhichOneof("body")
+    if body == "batch":
+        return _read_batch(env.batch)
+    if body == "heartbeat":
+        hb = env.heartbeat
+        return Heartbeat(_id(hb.origin, "origin"), _get_clock(hb.clock, "heartbeat"), hb.retired)
+    raise _bad("empty-message", "the envelope holds neither a batch nor a heartbeat")
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def put_object(msg: pb.ObjectState, obj: Crdt) -> None:
+    """Write an object's full state (recursively for maps)."""
+    msg.type = obj.TYPE.value  # type: ignore[assignment]
+    if isinstance(obj, PNCounter):
+        c = msg.counter
+        for o in sorted(obj.p.keys() | obj.n.keys() | obj.floor_p.keys() | obj.floor_n.keys()):
+            c.origins.append(o)
+            c.p.append(obj.p.get(o, 0))
+            c.n.append(obj.n.get(o, 0))
+            c.floor_p.append(obj.floor_p.get(o, 0))
+            c.floor_n.append(obj.floor_n.get(o, 0))
+    elif isinstance(obj, LWWRegister):
+        for (r, s), (ts, v) in sorted(obj.entries.items()):
+            e = msg.entries.add()
+            e.dot.replica, e.dot.seq, e.timestamp = r, s, ts
+            _put_value(e.value, v)
+    elif isinstance(obj, MVRegister):
+        for (r, s), v in sorted(obj.entries.items()):
+            e = msg.entries.add()
+            e.dot.replica, e.dot.seq = r, s
+            _put_value(e.value, v)
+    elif isinstance(obj, ORSet):
+        for _, (v, dots) in sorted(obj.elements.items(), key=lambda kv: repr(kv[0])):
+            el = msg.elements.add()
+            _put_value(el.element, v)
+            _put_dots(el.dots, sorted(dots))
+    elif isinstance(obj, EWFlag):
+        _put_dots(msg.dots, sorted(obj.dots))
+    elif isinstance(obj, ORMap):
+        for name, typed in obj.fields.items():
+            for t, f in typed.items():
+                fs = msg.fields.add()
+                fs.name = name
+                fs.type = t.value  # type: ignore[assignment]
+                _put_clock(fs.presence, f.presence)
+                _put_clock(fs.first, f.first)
+                put_object(fs.object, f.obj)
+
+
+def get_object(msg: pb.ObjectState) -> Crdt:
+    """Rebuild an object written by :func:`put_object`."""
+    t = _get_type(msg.type, "a snapshot object")
+    obj = new_object(t)
+    if isinstance(obj, PNCounter):
+        c = msg.counter
+        for i, o in enumerate(c.origins):
+            for part, values in ((obj.p, c.p), (obj.n, c.n), (obj.floor_p, c.floor_p),
+                                 (obj.floor_n, c.floor_n)):
+                if values[i]:
+                    part[o] = values[i]
+        obj.reset({}, (), 0)
+    elif isinstance(obj, LWWRegister):
+        for e in msg.entries:
+            obj.entries[(e.dot.replica, e.dot.seq)] = (e.timestamp, _get_value(e.value))
+        obj.reset({}, (), 0)
+    elif isinstance(obj, MVRegister):
+        for e in msg.entries:
+            obj.entries[(e.dot.replica, e.dot.seq)] = _get_value(e.value)
+    elif isinstance(obj, ORSet):
+        for el in msg.elements:
+            v = _get_value(el.element)
+            obj.elements[value_key(v)] = (v, set(_get_dots(el.dots)))
+    elif isinstance(obj, EWFlag):
+        obj.dots.update(_get_dots(msg.dots))
+    elif isinstance(obj, ORMap):
+        for fs in msg.fields:
+            f = Field(get_object(fs.object))
+            f.presence = _get_clock(fs.presence, "presence")
+            f.first = _get_clock(fs.first, "first")
+            obj.fields.setdefault(fs.name, {})[_get_type(fs.type, "a field")] = f
+    return obj
+
+
+
+def encode_snapshot(snap: dict[str, Any]) -> bytes:
+    """Serialize the parts a :class:`~crdt_ops.replica.Replica` hands over (see there)."""
+    msg = pb.Snapshot(version=VERSION, replica_id=snap["replica_id"], hlc=snap["hlc"])
+    _put_clock(msg.clock, snap["clock"])
+    put_object(msg.root, snap["root"])
+    for r, clock in sorted(snap["known"].items()):
+        k = msg.known.add()
+        k.replica = r
+        _put_clock(k.clock, clock)
+    msg.retired.extend(sorted(snap["retired"]))
+    for b in snap["waiting"]:
+        _fill_batch(msg.waiting.add(), b)
+    if snap["unsent"] is not None:
+        _fill_batch(msg.unsent, snap["unsent"])
+    return msg.SerializeToString()
+
+
+def decode_snapshot(data: bytes) -> dict[str, Any]:
+    """Parse a snapshot; raise :class:`InvalidMessage` if it is not a valid one."""
+    msg = pb.Snapshot()
+    try:
+        msg.ParseFromString(bytes(data))
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise _bad("undecodable", f"not a crdt_ops.v1.Snapshot ({e})") from None
+    if msg.version != VERSION:
+        raise _bad("bad-version", f"snapshot version {msg.version}, this replica reads {VERSION}")
+    return {
+        "replica_id": _id(msg.replica_id, "replica_id"),
+        "clock": _get_clock(msg.clock, "clock"),
+        "hlc": msg.hlc,
+        "root": get_object(msg.root),
+        "known": {k.replica: _get_clock(k.clock, "known") for k in msg.known},
+        "retired": set(msg.retired),
+        "waiting": [_read_batch(b) for b in msg.waiting],
+        "unsent": _read_batch(msg.unsent) if msg.HasField("unsent") else None,
+    }
