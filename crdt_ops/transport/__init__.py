@@ -1,0 +1,4 @@
+"""Transports: the pumps that move a Replica's bytes between processes.
+
+``memory``: a simulated network in one process (tests, simulations, the demo).
+"""

@@ -1,0 +1,140 @@
+"""An in-memory network of replicas with seeded delay, reordering, duplication
+and partitions that heal.
+
+It models what the broker gives: every message reaches every replica (its own
+origin included) at least once; across a partition messages wait, as in a
+durable queue, until the partition heals. Time is a tick counter, not a clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from crdt_ops.replica import Replica
+
+
+@dataclass(order=True)
+class _InFlight:
+    due: int
+    order: int
+    target: str = field(compare=False)
+    data: bytes = field(compare=False)
+
+
+class MemoryNetwork:
+    """Replicas joined by simulated links. Deterministic for a given ``seed``.
+
+    ``delay``: (min, max) ticks a message takes, per link unless ``set_delay``
+    overrides it; random delays reorder messages. ``duplicate``: probability a
+    delivery happens twice. ``reorder``: probability a message jumps the queue
+    (delivered with no delay).
+    """
+
+    def __init__(self, seed: int = 0, delay: tuple[int, int] = (0, 0), duplicate: float = 0.0,
+                 reorder: float = 0.0) -> None:
+        self.rng = random.Random(seed)
+        self.delay = delay
+        self.duplicate = duplicate
+        self.reorder = reorder
+        self.now = 0
+        self.replicas: dict[str, Replica] = {}
+        self._links: dict[tuple[str, str], tuple[int, int]] = {}
+        self._queue: list[_InFlight] = []
+        self._held: list[tuple[str, str, bytes]] = []
+        self._groups: dict[str, int] = {}
+        self._order = 0
+        self.sent = 0
+        self.delivered = 0
+
+    def add(self, replica: Replica) -> Replica:
+        self.replicas[replica.replica_id] = replica
+        return replica
+
+    def set_delay(self, a: str, b: str, delay: tuple[int, int]) -> None:
+        """Delay of messages from ``a`` to ``b``."""
+        self._links[(a, b)] = delay
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Cut the network into ``groups``; replicas in no group are alone."""
+        self._groups = {}
+        for i, group in enumerate(groups):
+            for r in group:
+                self._groups[r] = i
+
+    def heal(self) -> None:
+        """Join all partitions; messages held at the cut go on their way."""
+        self._groups = {}
+        held, self._held = self._held, []
+        for src, dst, data in held:
+            self._schedule(src, dst, data)
+
+    def _connected(self, a: str, b: str) -> bool:
+        return a == b or (a in self._groups and self._groups.get(a) == self._groups.get(b)) or (
+            not self._groups)
+
+    def _schedule(self, src: str, dst: str, data: bytes) -> None:
+        if not self._connected(src, dst):
+            self._held.append((src, dst, data))
+            return
+        lo, hi = self._links.get((src, dst), self.delay)
+        due = self.now if self.rng.random() < self.reorder else self.now + self.rng.randint(lo, hi)
+        copies = 2 if self.rng.random() < self.duplicate else 1
+        for _ in range(copies):
+            self._order += 1
+            order = self.rng.randrange(1 << 30) if self.reorder else self._order
+            heapq.heappush(self._queue, _InFlight(due, order, dst, data))
+
+    def broadcast(self, src: str, data: bytes) -> None:
+        """Send ``data`` from ``src`` to every replica, ``src`` included."""
+        self.sent += 1
+        for dst in self.replicas:
+            self._schedule(src, dst, data)
+
+    def pump(self) -> int:
+        """Collect every replica's outgoing messages and put them on the wire."""
+        n = 0
+        for rid, replica in list(self.replicas.items()):
+            for data in replica.outgoing():
+                self.broadcast(rid, data)
+                n += 1
+        return n
+
+    def step(self) -> int:
+        """Advance one tick: pump, then deliver every message due. Returns deliveries."""
+        self.pump()
+        n = 0
+        while self._queue and self._queue[0].due <= self.now:
+            msg = heapq.heappop(self._queue)
+            target = self.replicas.get(msg.target)
+            if target is None:
+                continue
+            target.receive(msg.data)
+            n += 1
+        self.delivered += n
+        self.now += 1
+        return n
+
+    def in_flight(self) -> int:
+        return len(self._queue) + len(self._held)
+
+    def settle(self, max_ticks: int = 1_000_000) -> int:
+        """Step until nothing is in flight and nothing is left to send (partitions
+        still hold their messages). Returns the ticks taken."""
+        start = self.now
+        while self.now - start < max_ticks:
+            self.pump()
+            if not self._queue:
+                return self.now - start
+            self.step()
+        raise RuntimeError(f"network did not settle within {max_ticks} ticks")
+
+    def converged(self) -> bool:
+        """True when every replica has the same clock and state."""
+        replicas = list(self.replicas.values())
+        if not replicas:
+            return True
+        clock, state = dict(replicas[0].clock), replicas[0].state()
+        return all(dict(r.clock) == clock and r.state() == state for r in replicas[1:])
