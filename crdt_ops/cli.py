@@ -1,0 +1,33 @@
+"""The ``crdt-ops`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="crdt-ops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="web, logic and workers converging (in-memory network)")
+    demo.add_argument("--seed", type=int, default=1)
+    sim = sub.add_parser("simulate", help="many replicas over the in-memory network")
+    sim.add_argument("--replicas", type=int, default=100)
+    sim.add_argument("--ops", type=int, default=2000)
+    sim.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        from crdt_ops.demo import run_demo
+
+        return 0 if run_demo(seed=args.seed) else 1
+    from crdt_ops.simulation import simulate
+
+    print(f"simulating {args.replicas} replicas, {args.ops} operations ...", file=sys.stderr)
+    result = simulate(args.replicas, args.ops, args.seed, progress=True)
+    print(result.line())
+    return 0 if result.converged else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
