@@ -33,7 +33,8 @@ class SimulationResult:
     def line(self) -> str:
         return (f"replicas={self.replicas} ops={self.ops} deliveries={self.deliveries} "
                 f"ticks={self.ticks} seconds={self.seconds:.2f} us_per_op={self.us_per_op:.0f} "
-                f"us_per_delivery={self.us_per_delivery:.1f} converged={str(self.converged).lower()}")
+                f"us_per_delivery={self.us_per_delivery:.1f} "
+                f"converged={str(self.converged).lower()}")
 
 
 def simulate(replicas: int = 100, ops: int = 2000, seed: int = 0, progress: bool = False
