@@ -38,6 +38,9 @@ class Subscribers:
         self._subs.append(entry)
         return lambda: self._subs.remove(entry) if entry in self._subs else None
 
+    def __bool__(self) -> bool:
+        return bool(self._subs)
+
     def wants(self, key: str) -> bool:
         return any(key.startswith(p) for p, _ in self._subs)
 

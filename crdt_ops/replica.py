@@ -62,7 +62,7 @@ class Replica:
         self._subs = Subscribers()
         self._unsent: list[Op] = []
         self._out: list[bytes] = []
-        self._candidates: list[Crdt] = []
+        self._candidates: dict[int, Crdt] = {}
         self._since_compact = 0
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
@@ -212,16 +212,20 @@ class Replica:
 
     def _validate(self, ops: list[Op], seen: Mapping[str, int]) -> None:
         check = self._root.check
-        created: dict[tuple[str, ...], ObjType] = {}
         for op in ops:
             check(op.path, op.type, seen)
-            if len(ops) > 1 and op.kind is not Kind.MAP_REMOVE:
-                path = op.path
-                for d in range(len(path)):
-                    want = op.type if d == len(path) - 1 else ObjType.ORMAP
-                    if created.setdefault(path[: d + 1], want) != want:
-                        raise TypeConflict(f"one batch writes {'/'.join(path[: d + 1])!r} "
-                                           "with two types")
+        if len(ops) == 1:
+            return
+        created: dict[tuple[str, ...], ObjType] = {}
+        for op in ops:
+            path = op.path
+            if op.kind is Kind.MAP_REMOVE or created.get(path) is op.type:
+                continue
+            for d in range(len(path)):
+                want = op.type if d == len(path) - 1 else ObjType.ORMAP
+                if created.setdefault(path[: d + 1], want) != want:
+                    raise TypeConflict(f"one batch writes {'/'.join(path[: d + 1])!r} "
+                                       "with two types")
 
     def _apply(self, origin: str, first: int, ops: list[Op]) -> None:
         """Apply valid operations ``first, first + 1, ...`` of ``origin``, then record
@@ -229,13 +233,14 @@ class Replica:
         watch = self._subs_before(ops)
         apply = self._root.apply
         hlc = self._hlc
+        candidates = self._candidates
         seq = first
         for op in ops:
             target = apply(op, origin, seq)
             if op.timestamp:
                 hlc.observe(op.timestamp)
             if target is not None and target.needs_compaction():
-                self._candidates.append(target)
+                candidates[id(target)] = target
             seq += 1
         self._buffer.delivered(origin, seq - 1)
         self.stats["applied"] += len(ops)
@@ -250,6 +255,8 @@ class Replica:
 
     def _subs_before(self, ops: list[Op]) -> dict[str, Any]:
         watch: dict[str, Any] = {}
+        if not self._subs:
+            return watch
         for op in ops:
             key = op.path[0] if op.path else op.field
             if key not in watch and self._subs.wants(key):
@@ -278,12 +285,10 @@ class Replica:
         """Drop metadata that no operation still to come can need (see Stability)."""
         self._since_compact = 0
         frontier = self._stability.frontier()
-        keep = []
-        for obj in self._candidates:
+        for key, obj in list(self._candidates.items()):
             obj.compact(frontier)
-            if obj.needs_compaction():
-                keep.append(obj)
-        self._candidates = keep
+            if not obj.needs_compaction():
+                del self._candidates[key]
 
     # ------------------------------------------------------------ snapshots
 
@@ -321,7 +326,7 @@ class Replica:
         replica._drain()
         if snap["unsent"] is not None:
             replica._unsent = list(snap["unsent"].ops)
-        replica._candidates = _compaction_candidates(root)
+        replica._candidates = {id(c): c for c in _compaction_candidates(root)}
         return replica
 
     def __repr__(self) -> str:

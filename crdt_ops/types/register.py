@@ -80,10 +80,13 @@ class LWWRegister(Crdt):
             entries.pop(d, None)
         dot = (origin, seq)
         entries[dot] = (op.timestamp, op.value)
+        w = self._winner
         if len(entries) == 1:
             self._winner = dot
-        else:
+        elif w is None or w not in entries:
             self._pick()
+        elif (op.timestamp, origin) > (entries[w][0], w[0]):
+            self._winner = dot
 
     def _pick(self) -> None:
         self._winner = max(self.entries, key=lambda d: (self.entries[d][0], d[0]), default=None)

@@ -113,7 +113,14 @@ def _put_dots(entries: Any, dots: Iterable[Dot]) -> None:
 
 
 def _get_dots(entries: Iterable[pb.Dot]) -> tuple[Dot, ...]:
-    return tuple((_id(d.replica, "dot replica"), _seq(d.seq, "dot seq")) for d in entries)
+    out = []
+    for d in entries:
+        r, s = d.replica, d.seq
+        if not r or len(r) > MAX_ID or not 1 <= s <= MAX_SEQ:
+            _id(r, "dot replica")
+            _seq(s, "dot seq")
+        out.append((r, s))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- operations
@@ -169,12 +176,12 @@ def _get_type(value: int, what: str) -> ObjType:
 
 
 def _get_path(names: Sequence[str]) -> tuple[str, ...]:
-    if len(names) > MAX_DEPTH:
-        raise _bad("bad-path", f"path has {len(names)} levels (max {MAX_DEPTH})")
-    for n in names:
-        if not n:
-            raise _bad("bad-path", "a path holds an empty name")
-    return tuple(names)
+    path = tuple(names)
+    if len(path) > MAX_DEPTH:
+        raise _bad("bad-path", f"path has {len(path)} levels (max {MAX_DEPTH})")
+    if "" in path:
+        raise _bad("bad-path", "a path holds an empty name")
+    return path
 
 
 def _amount(value: int, what: str) -> int:
