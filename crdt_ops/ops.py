@@ -89,9 +89,11 @@ class Op:
 class Batch:
     """Operations ``first_seq, first_seq + 1, ...`` of ``origin``.
 
-    ``deps`` is what the origin had delivered from the other replicas when the
-    batch was sealed; none of the batch's operations is applied anywhere before
-    all of ``deps`` and the origin's operations up to ``first_seq - 1`` are.
+    ``deps``: the entries of the origin's clock (other replicas) that grew since
+    its previous batch. None of the batch's operations is applied anywhere
+    before all of ``deps`` and the origin's operations up to ``first_seq - 1``
+    are; since the earlier batches' deps were met before, so is everything the
+    origin had delivered when it sealed the batch.
     """
 
     origin: str

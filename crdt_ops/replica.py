@@ -63,6 +63,8 @@ class Replica:
         self._unsent: list[Op] = []
         self._out: list[bytes] = []
         self._candidates: dict[int, Crdt] = {}
+        self._sent_deps: Clock = {}
+        self._deps_of: dict[str, Clock] = {}
         self._since_compact = 0
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
@@ -159,10 +161,18 @@ class Replica:
         while ops:
             chunk, ops = ops[: self.max_batch_ops], ops[self.max_batch_ops:]
             last = self._buffer.clock[self.replica_id] - len(ops)
-            deps = {r: s for r, s in self._buffer.clock.items() if r != self.replica_id}
+            deps = self._deps_delta()
             self._out.append(codec.encode_batch(
                 Batch(self.replica_id, last - len(chunk) + 1, deps, chunk)))
         self._unsent = []
+
+    def _deps_delta(self) -> Clock:
+        """The clock entries (other replicas) that grew since the last batch sealed."""
+        sent = self._sent_deps
+        delta = {r: s for r, s in self._buffer.clock.items()
+                 if s != sent.get(r) and r != self.replica_id}
+        sent.update(delta)
+        return delta
 
     # ------------------------------------------------------------ input
 
@@ -205,9 +215,11 @@ class Replica:
             self.stats["duplicates"] += 1
             return
         first = batch.first_seq + max(skip, 0)
-        seen = dict(batch.deps)
+        seen = dict(self._deps_of.get(origin, ()))
+        seen.update(batch.deps)
         seen[origin] = first - 1
         self._validate(ops, seen)
+        self._deps_of[origin] = seen
         self._apply(origin, first, ops)
 
     def _validate(self, ops: list[Op], seen: Mapping[str, int]) -> None:
@@ -303,7 +315,7 @@ class Replica:
             "replica_id": self.replica_id, "clock": dict(self._buffer.clock),
             "hlc": self._hlc.last, "root": self._root, "known": self._stability.known,
             "retired": self._stability.retired, "waiting": list(self._buffer.waiting()),
-            "unsent": unsent,
+            "unsent": unsent, "deps_of": self._deps_of,
         })
 
     @classmethod
@@ -321,6 +333,7 @@ class Replica:
             replica._stability.observe(r, clock)
         for r in snap["retired"]:
             replica._stability.retire(r)
+        replica._deps_of = snap["deps_of"]
         for batch in snap["waiting"]:
             replica._buffer.hold(batch)
         replica._drain()

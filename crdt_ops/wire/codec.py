@@ -97,11 +97,13 @@ def _put_clock(entries: Any, clock: Mapping[str, int]) -> None:
 def _get_clock(entries: Iterable[pb.ClockEntry], what: str) -> Clock:
     out: Clock = {}
     for e in entries:
-        r = _id(e.replica, f"{what} replica")
-        if r in out:
+        r, s = e.replica, e.seq
+        if not r or len(r) > MAX_ID or s > MAX_SEQ or r in out:
+            _id(r, f"{what} replica")
+            _seq(s, f"{what} seq")
             raise _bad("bad-clock", f"{what} names {r!r} twice")
-        if e.seq:
-            out[r] = _seq(e.seq, f"{what} seq")
+        if s:
+            out[r] = s
     return out
 
 
@@ -368,10 +370,11 @@ def encode_snapshot(snap: dict[str, Any]) -> bytes:
     msg = pb.Snapshot(version=VERSION, replica_id=snap["replica_id"], hlc=snap["hlc"])
     _put_clock(msg.clock, snap["clock"])
     put_object(msg.root, snap["root"])
-    for r, clock in sorted(snap["known"].items()):
-        k = msg.known.add()
-        k.replica = r
-        _put_clock(k.clock, clock)
+    for field, clocks in (("known", snap["known"]), ("deps_of", snap["deps_of"])):
+        for r, clock in sorted(clocks.items()):
+            k = getattr(msg, field).add()
+            k.replica = r
+            _put_clock(k.clock, clock)
     msg.retired.extend(sorted(snap["retired"]))
     for b in snap["waiting"]:
         _fill_batch(msg.waiting.add(), b)
@@ -395,6 +398,7 @@ def decode_snapshot(data: bytes) -> dict[str, Any]:
         "hlc": msg.hlc,
         "root": get_object(msg.root),
         "known": {k.replica: _get_clock(k.clock, "known") for k in msg.known},
+        "deps_of": {k.replica: _get_clock(k.clock, "deps_of") for k in msg.deps_of},
         "retired": set(msg.retired),
         "waiting": [_read_batch(b) for b in msg.waiting],
         "unsent": _read_batch(msg.unsent) if msg.HasField("unsent") else None,

@@ -411,8 +411,11 @@ Global___Operation: _TypeAlias = Operation  # noqa: Y015
 
 @_typing.final
 class Batch(_message.Message):
-    """Consecutive operations of one origin; `deps` is what the origin had
-    delivered from other replicas when it sealed the batch.
+    """Consecutive operations of one origin. `deps` lists the entries of the
+    origin's clock (other replicas) that grew since its previous batch; what the
+    origin had delivered when it sealed this batch is the pointwise maximum of
+    the deps of all its batches so far, and a batch is delivered only after
+    the origin's earlier ones, so receivers rebuild it exactly.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -708,6 +711,7 @@ class Snapshot(_message.Message):
     RETIRED_FIELD_NUMBER: _builtins.int
     WAITING_FIELD_NUMBER: _builtins.int
     UNSENT_FIELD_NUMBER: _builtins.int
+    DEPS_OF_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     replica_id: _builtins.str
     hlc: _builtins.int
@@ -727,6 +731,10 @@ class Snapshot(_message.Message):
     def unsent(self) -> Global___Batch:
         """local ops not yet handed to outgoing()"""
 
+    @_builtins.property
+    def deps_of(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownClock]:
+        """per origin, its rebuilt dependencies"""
+
     def __init__(
         self,
         *,
@@ -739,10 +747,11 @@ class Snapshot(_message.Message):
         retired: _abc.Iterable[_builtins.str] | None = ...,
         waiting: _abc.Iterable[Global___Batch] | None = ...,
         unsent: Global___Batch | None = ...,
+        deps_of: _abc.Iterable[Global___KnownClock] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "unsent", b"unsent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "hlc", b"hlc", "known", b"known", "replica_id", b"replica_id", "retired", b"retired", "root", b"root", "unsent", b"unsent", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "deps_of", b"deps_of", "hlc", b"hlc", "known", b"known", "replica_id", b"replica_id", "retired", b"retired", "root", b"root", "unsent", b"unsent", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
