@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from crdt_ops.clock import Dot
-from crdt_ops.ops import Kind, ObjType, Op
+from crdt_ops.ops import MAX_AMOUNT, MAX_DEPTH, Kind, ObjType, Op
 from crdt_ops.types import Crdt, LWWRegister, ORMap, ORSet
-from crdt_ops.values import Value, check_value
+from crdt_ops.values import Value, check_text, check_value
 
 if TYPE_CHECKING:
     from crdt_ops.replica import Replica
@@ -26,9 +26,12 @@ class Handle:
     __slots__ = ("_replica", "path")
 
     def __init__(self, replica: Replica, path: tuple[str, ...]) -> None:
+        if len(path) > MAX_DEPTH:
+            raise ValueError(f"maps nest at most {MAX_DEPTH} levels, this path has {len(path)}")
         for name in path:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"keys and field names are non-empty str, got {name!r}")
+            check_text(name, "key")
         replica._check(path, self.TYPE)
         self._replica = replica
         self.path = path
@@ -53,40 +56,42 @@ class Handle:
         return f"<{type(self).__name__} {'/'.join(self.path)!r} = {self.value!r}>"
 
 
-def _amount(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"counter amounts are int, got {type(n).__name__}")
-    if not 0 <= n <= 2**63 - 1:
-        raise ValueError(f"counter amounts are 0..2^63-1, got {n} (use decrement for negatives)")
-    return n
+class _Counter(Handle):
+    EMPTY = 0
+    __slots__ = ()
+
+    def _add(self, n: int, part: str) -> None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"counter amounts are int, got {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"counter amounts are >= 0, got {n} (use decrement for negatives)")
+        obj = self._obj()
+        done = getattr(obj, part).get(self._replica.replica_id, 0) if obj is not None else 0
+        if done + n > MAX_AMOUNT:
+            raise ValueError(f"this replica's total {part}-amount on {'/'.join(self.path)!r} "
+                             f"would pass 2^63-1 ({done} + {n})")
+        if n:
+            self._emit(Kind.COUNTER_ADD, **{part: n})
+
+    def increment(self, n: int = 1) -> None:
+        self._add(n, "p")
 
 
-class CounterHandle(Handle):
+class CounterHandle(_Counter):
     """A PNCounter: ``increment(n)``, ``decrement(n)``; value is an int."""
 
     TYPE = ObjType.PNCOUNTER
-    EMPTY = 0
     __slots__ = ()
 
-    def increment(self, n: int = 1) -> None:
-        if _amount(n):
-            self._emit(Kind.COUNTER_ADD, p=n)
-
     def decrement(self, n: int = 1) -> None:
-        if _amount(n):
-            self._emit(Kind.COUNTER_ADD, n=n)
+        self._add(n, "n")
 
 
-class GCounterHandle(Handle):
+class GCounterHandle(_Counter):
     """A GCounter: ``increment(n)`` only; value is an int."""
 
     TYPE = ObjType.GCOUNTER
-    EMPTY = 0
     __slots__ = ()
-
-    def increment(self, n: int = 1) -> None:
-        if _amount(n):
-            self._emit(Kind.COUNTER_ADD, p=n)
 
 
 class RegisterHandle(Handle):

@@ -28,6 +28,11 @@ class ObjType(IntEnum):
 
 COUNTER_TYPES = (ObjType.GCOUNTER, ObjType.PNCOUNTER)
 
+#: Deepest nesting of maps a path may have.
+MAX_DEPTH = 32
+#: Largest amount of one operation, and of one origin's running total on one counter.
+MAX_AMOUNT = 2**63 - 1
+
 
 class Kind(IntEnum):
     """What an operation does to its target object."""

@@ -29,6 +29,7 @@ from crdt_ops.hlc import HybridClock
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.stability import Stability
 from crdt_ops.types import Crdt, ORMap
+from crdt_ops.values import check_text
 from crdt_ops.wire import codec
 
 _MISSING = object()
@@ -52,6 +53,7 @@ class Replica:
                  compact_every: int = 1000) -> None:
         if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
             raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
+        check_text(replica_id, "replica_id")
         self.replica_id = replica_id
         self.max_batch_ops = max_batch_ops
         self.compact_every = compact_every

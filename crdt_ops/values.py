@@ -1,4 +1,8 @@
-"""Replicated values: str, bytes, int (signed 64 bit), float (not NaN), bool, None."""
+"""Replicated values: str, bytes, int (signed 64 bit), float (not NaN), bool, None.
+
+Strings (values, keys, field names, replica ids) must be valid Unicode: a lone
+surrogate cannot be encoded on the wire.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ INT64_MAX = 2**63 - 1
 
 def check_value(value: object) -> Value:
     """Return ``value`` if it can be replicated, else raise :class:`InvalidValue`."""
-    if value is None or isinstance(value, (str, bytes, bool)):
+    if isinstance(value, str):
+        return check_text(value, "str value")
+    if value is None or isinstance(value, (bytes, bool)):
         return value
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
@@ -27,6 +33,15 @@ def check_value(value: object) -> Value:
     raise InvalidValue(
         f"{type(value).__name__} cannot be replicated; use str, bytes, int, float, bool or None"
     )
+
+
+def check_text(text: str, what: str) -> str:
+    """Return ``text`` if it can travel as UTF-8 (no lone surrogates), else raise."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidValue(f"{what} {text!r} is not valid Unicode text ({e.reason})") from None
+    return text
 
 
 def value_key(value: Value) -> tuple[int, Value]:

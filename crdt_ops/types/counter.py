@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from crdt_ops.ops import CounterFloor, ObjType, Op
+from crdt_ops.ops import MAX_AMOUNT, CounterFloor, ObjType, Op
 from crdt_ops.types.base import Crdt
 
 
@@ -15,7 +15,9 @@ class PNCounter(Crdt):
     the sum of every delivered increment minus every delivered decrement,
     whatever the order. State is kept per origin as cumulative (p, n) so that a
     map-field remove can reset exactly the amounts it observed: the value after
-    a remove is what was added concurrently with it or after it.
+    a remove is what was added concurrently with it or after it. One origin's
+    total of either part saturates at 2^63-1 (the local handles refuse to go
+    past it), identically everywhere since an origin's operations apply in order.
     """
 
     TYPE = ObjType.PNCOUNTER
@@ -34,10 +36,10 @@ class PNCounter(Crdt):
 
     def effect(self, op: Op, origin: str, seq: int) -> None:
         if op.p:
-            self.p[origin] = self.p.get(origin, 0) + op.p
+            self.p[origin] = _saturate(self.p.get(origin, 0) + op.p)
         if op.n:
-            self.n[origin] = self.n.get(origin, 0) + op.n
-        self._value += op.p - op.n
+            self.n[origin] = _saturate(self.n.get(origin, 0) + op.n)
+        self._recount()
 
     def reset(self, seen: Mapping[str, int], floors: Sequence[CounterFloor], depth: int) -> None:
         for f in floors:
@@ -58,6 +60,10 @@ class PNCounter(Crdt):
 
     def size(self) -> int:
         return len(self.p) + len(self.n) + len(self.floor_p) + len(self.floor_n)
+
+
+def _saturate(total: int) -> int:
+    return total if total <= MAX_AMOUNT else MAX_AMOUNT
 
 
 class GCounter(PNCounter):

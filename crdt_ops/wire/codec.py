@@ -15,7 +15,17 @@ from google.protobuf.message import DecodeError
 
 from crdt_ops.clock import Clock, Dot
 from crdt_ops.errors import InvalidMessage
-from crdt_ops.ops import KIND_TARGETS, Batch, CounterFloor, Heartbeat, Kind, ObjType, Op
+from crdt_ops.ops import (
+    KIND_TARGETS,
+    MAX_AMOUNT,
+    MAX_DEPTH,
+    Batch,
+    CounterFloor,
+    Heartbeat,
+    Kind,
+    ObjType,
+    Op,
+)
 from crdt_ops.types import (
     Crdt,
     EWFlag,
@@ -33,7 +43,6 @@ from crdt_ops.wire import crdt_pb2 as pb
 VERSION = 1
 MAX_SEQ = 2**63 - 1
 MAX_ID = 256
-MAX_DEPTH = 32
 _OBJ_TYPES = {t.value: t for t in ObjType}
 _COUNTERS = (ObjType.GCOUNTER, ObjType.PNCOUNTER)
 
@@ -187,7 +196,7 @@ def _get_path(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def _amount(value: int, what: str) -> int:
-    if value > MAX_SEQ:
+    if value > MAX_AMOUNT:
         raise _bad("bad-amount", f"{what} {value} exceeds 2^63-1")
     return value
 
