@@ -18,10 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "demo":
-        from crdt_ops.demo import run_demo
+        from crdt_ops.sim.demo import run_demo
 
         return 0 if run_demo(seed=args.seed) else 1
-    from crdt_ops.simulation import simulate
+    from crdt_ops.sim.simulation import simulate
 
     print(f"simulating {args.replicas} replicas, {args.ops} operations ...", file=sys.stderr)
     result = simulate(args.replicas, args.ops, args.seed, progress=True)

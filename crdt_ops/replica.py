@@ -324,9 +324,13 @@ class Replica:
     def from_snapshot(cls, data: bytes, **options: Any) -> Replica:
         """A replica restored from :meth:`snapshot` (options as for the constructor)."""
         snap = codec.decode_snapshot(data)
-        root = snap["root"]
+        root, unsent, me = snap["root"], snap["unsent"], snap["replica_id"]
         if not isinstance(root, ORMap):
             raise InvalidMessage("bad-snapshot", "the snapshot's root is not a map")
+        if unsent is not None and (unsent.origin != me
+                                   or unsent.last_seq != snap["clock"].get(me, 0)):
+            raise InvalidMessage("bad-snapshot", "the unsent operations are not the replica's "
+                                 "latest own operations")
         replica = cls(snap["replica_id"], **options)
         replica._root = root
         replica._buffer.clock.update(snap["clock"])
@@ -339,8 +343,8 @@ class Replica:
         for batch in snap["waiting"]:
             replica._buffer.hold(batch)
         replica._drain()
-        if snap["unsent"] is not None:
-            replica._unsent = list(snap["unsent"].ops)
+        if unsent is not None:
+            replica._unsent = list(unsent.ops)
         replica._candidates = {id(c): c for c in _compaction_candidates(root)}
         return replica
 

@@ -345,6 +345,8 @@ def get_object(msg: pb.ObjectState) -> Crdt:
     obj = new_object(t)
     if isinstance(obj, PNCounter):
         c = msg.counter
+        if not len(c.origins) == len(c.p) == len(c.n) == len(c.floor_p) == len(c.floor_n):
+            raise _bad("bad-snapshot", "a counter's per-origin arrays differ in length")
         for i, o in enumerate(c.origins):
             for part, values in ((obj.p, c.p), (obj.n, c.n), (obj.floor_p, c.floor_p),
                                  (obj.floor_n, c.floor_n)):
