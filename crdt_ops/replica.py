@@ -198,7 +198,7 @@ class Replica:
             self._drain()
         else:
             buf.hold(msg)
-        self._stability.observe(msg.origin, dict(msg.deps, **{msg.origin: msg.last_seq}))
+        self._stability.observe(msg.origin, msg.deps, msg.last_seq)
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:

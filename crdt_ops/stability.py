@@ -28,11 +28,16 @@ class Stability:
         self._candidate: tuple[Clock, Clock] | None = None
         self._frontier: Clock = {}
 
-    def observe(self, replica: str, clock: Mapping[str, int]) -> None:
-        """``replica`` has delivered at least ``clock``."""
+    def observe(self, replica: str, clock: Mapping[str, int], own: int = 0) -> None:
+        """``replica`` has delivered at least ``clock``, and its own operations up to ``own``."""
         if replica == self.me or replica in self.retired:
             return
-        merge_into(self.known.setdefault(replica, {}), clock)
+        known = self.known.get(replica)
+        if known is None:
+            known = self.known[replica] = {}
+        merge_into(known, clock)
+        if own > known.get(replica, 0):
+            known[replica] = own
 
     def retire(self, replica: str) -> None:
         """``replica`` left for good: stop waiting for it."""

@@ -36,10 +36,13 @@ class PNCounter(Crdt):
 
     def effect(self, op: Op, origin: str, seq: int) -> None:
         if op.p:
-            self.p[origin] = _saturate(self.p.get(origin, 0) + op.p)
+            old = self.p.get(origin, 0)
+            new = self.p[origin] = _saturate(old + op.p)
+            self._value += new - old
         if op.n:
-            self.n[origin] = _saturate(self.n.get(origin, 0) + op.n)
-        self._recount()
+            old = self.n.get(origin, 0)
+            new = self.n[origin] = _saturate(old + op.n)
+            self._value -= new - old
 
     def reset(self, seen: Mapping[str, int], floors: Sequence[CounterFloor], depth: int) -> None:
         for f in floors:
