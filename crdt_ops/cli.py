@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from crdt_ops import config
+from crdt_ops.runner import add_arguments as runner_arguments
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crdt-ops", description=__doc__)
@@ -15,7 +18,19 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--replicas", type=int, default=100)
     sim.add_argument("--ops", type=int, default=2000)
     sim.add_argument("--seed", type=int, default=0)
+    rep = sub.add_parser("replica", help="one replica over RabbitMQ (optionally with a workload)")
+    config.add_arguments(rep)
+    runner_arguments(rep)
     args = parser.parse_args(argv)
+
+    if args.command == "replica":
+        from crdt_ops.runner import main as run_replica
+
+        try:
+            settings = config.from_args(args)
+        except ValueError as e:
+            parser.error(str(e))
+        return run_replica(settings, args)
 
     if args.command == "demo":
         from crdt_ops.sim.demo import run_demo

@@ -121,9 +121,18 @@ class Replica:
         """What every known member of the group is known to have delivered."""
         return self._stability.stable()
 
+    def stable_lag(self) -> int:
+        """How many of this replica's own operations are not yet known to be everywhere."""
+        return self._stability.lag()
+
     def missing(self) -> dict[str, tuple[int, int]]:
         """Per replica, the range of sequence numbers waiting operations need."""
         return self._buffer.missing()
+
+    @property
+    def unsent(self) -> int:
+        """Local operations applied but not yet handed out by :meth:`outgoing`."""
+        return len(self._unsent)
 
     @property
     def buffered(self) -> int:
@@ -151,8 +160,11 @@ class Replica:
     def heartbeat(self, retired: bool = False) -> None:
         """Queue a message with this replica's clock (or its retirement) for the group."""
         self._seal()
-        hb = Heartbeat(self.replica_id, dict(self._buffer.clock), retired)
-        self._out.append(codec.encode_heartbeat(hb))
+        self._out.append(self.clock_message(retired))
+
+    def clock_message(self, retired: bool = False) -> bytes:
+        """A heartbeat message with this replica's clock, not queued."""
+        return codec.encode_heartbeat(Heartbeat(self.replica_id, dict(self._buffer.clock), retired))
 
     def retire(self, replica_id: str) -> None:
         """Stop waiting for ``replica_id`` (gone for good) in causal stability."""

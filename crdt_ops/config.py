@@ -1,0 +1,100 @@
+"""Settings of a replica process: environment variables and CLI flags of the same names.
+
+Every setting ``x_y`` is read from ``--x-y`` if given, else from ``CRDT_OPS_X_Y``,
+else its default. Bad values stop the program with a message naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+QUEUE_TYPES = ("classic", "quorum")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a replica joins its group through RabbitMQ."""
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    group: str = "default"
+    replica_id: str = ""  # empty: the one remembered in the store, else a new unique one
+    store: str = ""  # empty: ./crdt-ops.<group>.<replica id or role>.sqlite
+    queue_type: str = "classic"
+    batch_ops: int = 500  # flush local operations after this many ...
+    batch_delay_ms: float = 5.0  # ... or this long after the first one
+    prefetch: int = 1000
+    heartbeat_s: float = 2.0
+    snapshot_every: int = 20_000  # operations applied between snapshots
+    stream_max_age: str = "7D"  # retention of crdt.<group>.log
+    stream_max_bytes: int = 0  # 0: no size bound
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ValueError(f"--queue-type must be one of {', '.join(QUEUE_TYPES)}, "
+                             f"got {self.queue_type!r}")
+        if not self.group or any(c in self.group for c in " /#*"):
+            raise ValueError(f"--group must be a non-empty name without spaces, '/', '#', '*'; "
+                             f"got {self.group!r}")
+        for name in ("batch_ops", "prefetch", "snapshot_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.batch_delay_ms < 0 or self.heartbeat_s <= 0:
+            raise ValueError("--batch-delay-ms must be >= 0 and --heartbeat-s > 0")
+
+    # names operators rely on (a contract)
+    @property
+    def exchange(self) -> str:
+        return f"crdt.{self.group}"
+
+    def queue(self, replica_id: str) -> str:
+        return f"crdt.{self.group}.{replica_id}"
+
+    @property
+    def stream(self) -> str:
+        return f"crdt.{self.group}.log"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"crdt.{self.group}.dlx"
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"crdt.{self.group}.dead"
+
+
+def env_name(field: str) -> str:
+    return "CRDT_OPS_" + field.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--x-y`` flag per setting (default: unset, so the environment applies)."""
+    group = parser.add_argument_group("replica settings (flag, or environment variable)")
+    for f in fields(Settings):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                           help=f"{env_name(f.name)}; default {f.default!r}")
+
+
+def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None,
+              **overrides: Any) -> Settings:
+    """Settings from parsed flags, then the environment, then the defaults."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            raw = env.get(env_name(f.name))
+        if raw is None:
+            continue
+        kind: type[Any] = type(f.default)
+        try:
+            values[f.name] = kind(raw)
+        except ValueError:
+            raise ValueError(f"--{f.name.replace('_', '-')} / {env_name(f.name)}: "
+                             f"{raw!r} is not a valid {kind.__name__}") from None
+    values.update(overrides)
+    return Settings(**values)

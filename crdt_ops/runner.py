@@ -1,0 +1,124 @@
+"""``crdt-ops replica``: one replica process over RabbitMQ, with an optional
+scripted workload, reporting its state to a JSON file (for tests and operators).
+
+The workload is a ledger by construction: every operation also increments the
+counter ``issued/<replica id>``, so at any replica that counter must equal the
+number of operations the replica issued: less is a lost operation, more is one
+applied twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from crdt_ops.config import Settings
+from crdt_ops.replica import Replica
+from crdt_ops.transport.amqp import AmqpNode
+
+
+def plain(value: Any) -> Any:
+    """A JSON-able form of a state value (sets as sorted lists, bytes as hex)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, frozenset):
+        return sorted((plain(v) for v in value), key=repr)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def one_op(r: Replica, rng: random.Random) -> None:
+    """One random operation on counters, a set and container records, plus the ledger."""
+    x = rng.randrange(6)
+    if x == 0:
+        r.counter("hits").increment(rng.randint(1, 3))
+    elif x == 1:
+        r.set("nodes").add(f"n{rng.randrange(20)}")
+    elif x == 2:
+        r.set("nodes").remove(f"n{rng.randrange(20)}")
+    else:
+        rec = r.map(f"containers/c{rng.randrange(30)}")
+        if x == 3:
+            rec.register("power_desired").set(rng.choice(["on", "off"]))
+        elif x == 4:
+            rec.counter("restart_generation").increment()
+        else:
+            rec.flag("pinned").enable()
+    r.counter(f"issued/{r.replica_id}").increment()
+
+
+def report(node: AmqpNode, path: Path, issued: int, done: bool) -> None:
+    r = node.replica
+    data = {"replica": node.replica_id, "clock": dict(r.clock), "state": plain(r.state()),
+            "issued": issued, "done": done, "buffered": r.buffered,
+            "dead_lettered": node.dead_lettered, "outbox": len(node.store.unconfirmed())}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: Path | None,
+              per_write: int) -> None:
+    node = AmqpNode(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    issued = node.replica.counter(f"issued/{node.replica_id}").value
+    rng = random.Random(f"{seed}:{node.replica_id}:{issued}")
+    print(f"replica {node.replica_id} up; {ops - issued} operations to issue", file=sys.stderr,
+          flush=True)
+
+    async def reporter() -> None:
+        while True:
+            if state_file:
+                report(node, state_file, issued, issued >= ops)
+            await asyncio.sleep(0.2)
+
+    task = loop.create_task(reporter())
+    try:
+        while issued < ops and not stop.is_set():
+            async with node.write() as r:
+                for _ in range(min(per_write, ops - issued)):
+                    one_op(r, rng)
+                    issued += 1
+            if rate:
+                await asyncio.sleep(per_write / rate)
+            else:
+                await asyncio.sleep(0)
+        await stop.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if state_file:
+            report(node, state_file, issued, issued >= ops)
+        await node.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ops", type=int, default=0, help="operations to issue (default 0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=0, help="operations per second (0: max)")
+    parser.add_argument("--per-write", type=int, default=1,
+                        help="operations per write() block (each block is made durable once)")
+    parser.add_argument("--state-file", type=Path, default=None,
+                        help="write {clock, state, issued, ...} as JSON here every 0.2 s")
+
+
+def main(settings: Settings, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=os.environ.get("CRDT_OPS_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file, args.per_write))
+    return 0

@@ -1,0 +1,402 @@
+"""Pump a Replica through RabbitMQ (aio-pika), with SQLite durability.
+
+Topology for group G (names are a contract): fanout exchange ``crdt.G``; per
+replica R a durable queue ``crdt.G.R`` bound to it; a stream ``crdt.G.log``
+bound to it (the replayable history); dead letters go to exchange
+``crdt.G.dlx`` and queue ``crdt.G.dead``.
+
+Guarantees:
+- a local write is applied at once and is *accepted* when ``flush()`` (or the
+  ``write()`` block) returns: it is then in the store's outbox, and it is
+  published, again after any restart or reconnect, until the broker confirms it;
+- a delivered message is applied and logged in the store in one transaction
+  before it is acked: after a crash it is redelivered and either applied (it
+  was not logged) or dropped as a duplicate (it was);
+- a message that is not valid is published to the dead-letter exchange with
+  its reason in the ``x-crdt-reason`` header, then acked; the consumer goes on;
+- nothing here blocks a write on the broker: writes go on while it is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from crdt_ops import metrics
+from crdt_ops.config import Settings
+from crdt_ops.errors import BufferFull, InvalidMessage
+from crdt_ops.replica import Replica
+from crdt_ops.store import Store
+
+log = logging.getLogger("crdt_ops.amqp")
+
+
+def default_store_path(settings: Settings, name: str) -> str:
+    return settings.store or f"crdt-ops.{settings.group}.{name}.sqlite"
+
+
+class AmqpNode:
+    """One replica of a group, kept durable in SQLite and replicated through RabbitMQ."""
+
+    def __init__(self, settings: Settings, *, name: str = "replica",
+                 wall_clock: Callable[[], int] = time.time_ns) -> None:
+        self.settings = settings
+        self.store = Store(default_store_path(settings, settings.replica_id or name))
+        known = self.store.get("replica_id")
+        rid = settings.replica_id or (known.decode() if known else
+                                      f"{name}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+        if known and known.decode() != rid:
+            self.store.close()
+            raise ValueError(f"store {self.store.path} belongs to replica {known.decode()!r}, "
+                             f"not {rid!r}; use its id or another --store")
+        self.store.put("replica_id", rid.encode())
+        self.replica_id = rid
+        self.replica = self._restore(wall_clock)
+        self._conn: AbstractRobustConnection | None = None
+        self._pub: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._dlx: AbstractExchange | None = None
+        self._queue: AbstractQueue | None = None
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._outbox_ready = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._full = asyncio.Event()
+        self._committed: asyncio.Future[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._since_snapshot = 0
+        self._buffer_since: float | None = None
+        self.dead_lettered = 0
+
+    def _restore(self, wall_clock: Callable[[], int]) -> Replica:
+        snapshot, logged = self.store.load()
+        opts: dict[str, Any] = {"wall_clock": wall_clock,
+                                "max_batch_ops": self.settings.batch_ops}
+        replica = (Replica.from_snapshot(snapshot, **opts) if snapshot
+                   else Replica(self.replica_id, **opts))
+        for data in logged:
+            replica.receive(data)
+        if logged or snapshot:
+            log.info("replica %s restored: snapshot %s, %d logged messages replayed, clock %s",
+                     self.replica_id, "yes" if snapshot else "no", len(logged),
+                     dict(replica.clock))
+        return replica
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Connect (retrying with backoff), declare the topology, start pumping."""
+        self._commit_local()  # anything restored as unsent
+        await self._connect()
+        loop = asyncio.get_running_loop()
+        for coro in (self._flusher(), self._publisher(), self._applier(), self._heartbeat()):
+            self._tasks.append(loop.create_task(coro))
+        self._outbox_ready.set()
+
+    async def stop(self) -> None:
+        """Commit pending writes, stop the tasks, close the connection and the store."""
+        self._commit_local()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self.store.close()
+
+    async def __aenter__(self) -> AmqpNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _connect(self) -> None:
+        from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+        s = self.settings
+        async for attempt in AsyncRetrying(
+                wait=wait_exponential(multiplier=0.2, max=5),
+                retry=retry_if_exception_type((OSError, aio_pika.exceptions.AMQPError)),
+                before_sleep=lambda st: log.warning(
+                    "broker at %s not reachable (%s); retrying",
+                    _redact(s.amqp_url), st.outcome.exception() if st.outcome else "?")):
+            with attempt:
+                self._conn = await aio_pika.connect_robust(
+                    s.amqp_url,
+                    client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
+        assert self._conn is not None
+        self._conn.reconnect_callbacks.add(self._on_reconnect)
+        self._pub = await self._conn.channel(publisher_confirms=True)
+        consume = await self._conn.channel()
+        await consume.set_qos(prefetch_count=s.prefetch)
+        self._exchange = await self._pub.declare_exchange(
+            s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        self._dlx = await self._pub.declare_exchange(
+            s.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        dead = await self._pub.declare_queue(s.dead_letter_queue, durable=True)
+        await dead.bind(self._dlx)
+        stream = await self._pub.declare_queue(s.stream, durable=True,
+                                               arguments=self._stream_arguments())
+        await stream.bind(self._exchange)
+        self._queue = await consume.declare_queue(
+            s.queue(self.replica_id), durable=True, arguments={"x-queue-type": s.queue_type})
+        await self._queue.bind(s.exchange)
+        if self.store.get("joined") is None:
+            await self._replay_stream()
+            self.store.put("joined", b"1")
+        await self._queue.consume(self._inbox.put, no_ack=False)
+        log.info("replica %s consuming %s", self.replica_id, self._queue.name)
+
+    def _stream_arguments(self) -> dict[str, Any]:
+        s = self.settings
+        args: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": s.stream_max_age}
+        if s.stream_max_bytes:
+            args["x-max-length-bytes"] = s.stream_max_bytes
+        return args
+
+    async def _replay_stream(self) -> None:
+        """Join: with this replica's queue already bound (collecting), apply the
+        stream from its start up to a marker published now; whatever the queue
+        holds twice is dropped by the clock."""
+        assert self._conn is not None and self._exchange is not None
+        channel = await self._conn.channel()
+        await channel.set_qos(prefetch_count=self.settings.prefetch)
+        stream = await channel.declare_queue(self.settings.stream, durable=True,
+                                             arguments=self._stream_arguments())
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        tag = await stream.consume(inbox.put, no_ack=False,
+                                   arguments={"x-stream-offset": "first"})
+        marker = f"join-{self.replica_id}-{uuid.uuid4().hex}"
+        await self._exchange.publish(
+            aio_pika.Message(self.replica.clock_message(), message_id=marker), routing_key="")
+        progress = Progress(f"replaying {self.settings.stream}")
+        while True:
+            batch = [await inbox.get()]
+            while not inbox.empty() and len(batch) < self.settings.prefetch:
+                batch.append(inbox.get_nowait())
+            end = next((i for i, m in enumerate(batch) if m.message_id == marker), None)
+            await self._apply(batch if end is None else batch[: end + 1])
+            progress.advance(len(batch) if end is None else end + 1)
+            if end is not None:
+                break
+        progress.done()
+        await stream.cancel(tag)
+        await channel.close()
+
+    def _on_reconnect(self, *_: object) -> None:
+        metrics.RECONNECTS.labels(self.replica_id).inc()
+        log.warning("replica %s reconnected to the broker; republishing the outbox",
+                    self.replica_id)
+        self._outbox_ready.set()
+
+    # ------------------------------------------------------------ local writes
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Replica]:
+        """``async with node.write() as r: r.counter("x").increment()``: the
+        operations are applied at once and accepted (durable) when the block exits."""
+        yield self.replica
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every local operation applied so far is in the outbox."""
+        if not self.replica.unsent:
+            return
+        if self._committed is None or self._committed.done():
+            self._committed = asyncio.get_running_loop().create_future()
+        fut = self._committed
+        self._dirty.set()
+        if self.replica.unsent >= self.settings.batch_ops:
+            self._full.set()
+        await asyncio.shield(fut)
+
+    async def _flusher(self) -> None:
+        delay = self.settings.batch_delay_ms / 1000
+        while True:
+            await self._dirty.wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._full.wait(), delay)
+            self._commit_local()
+
+    def _commit_local(self) -> None:
+        """Hand the local operations to the outbox in one transaction (group commit)."""
+        self._dirty.clear()
+        self._full.clear()
+        msgs = self.replica.outgoing()
+        if msgs:
+            self.store.append((), msgs)
+            self._outbox_ready.set()
+        if self._committed is not None and not self._committed.done():
+            self._committed.set_result(None)
+
+    async def _publisher(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while rows := self.store.unconfirmed(limit=max(self.settings.prefetch, 100)):
+                metrics.OUTBOX.labels(self.replica_id).set(len(rows))
+                try:
+                    await asyncio.gather(*(self._publish(body) for _, body in rows))
+                except Exception as e:  # broker down, channel closed: keep it, try again
+                    log.warning("publishing %d messages failed (%s: %s); retrying in %.1fs",
+                                len(rows), type(e).__name__, e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.1
+                self.store.confirm(i for i, _ in rows)
+                metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(rows))
+            metrics.OUTBOX.labels(self.replica_id).set(0)
+
+    async def _publish(self, body: bytes) -> None:
+        assert self._exchange is not None
+        await self._exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                             app_id="crdt-ops", type="crdt_ops.v1.Envelope"),
+            routing_key="", timeout=30)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            self.replica.heartbeat()
+            self._commit_local()
+            self._observe()
+
+    # ------------------------------------------------------------ receiving
+
+    async def _applier(self) -> None:
+        while True:
+            batch = [await self._inbox.get()]
+            while len(batch) < self.settings.prefetch and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            await self._apply(batch)
+
+    async def _apply(self, batch: list[AbstractIncomingMessage]) -> None:
+        replica = self.replica
+        before = replica.stats["applied"] - replica.stats["local"]
+        dups = replica.stats["duplicates"]
+        valid: list[bytes] = []
+        dead: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
+        requeue: list[AbstractIncomingMessage] = []
+        for msg in batch:
+            try:
+                replica.receive(msg.body)
+                valid.append(msg.body)
+            except InvalidMessage as e:
+                dead.append((msg, e))
+            except BufferFull as e:
+                log.error("%s; message requeued", e)
+                requeue.append(msg)
+        self.store.append(valid, replica.outgoing())
+        self._outbox_ready.set()
+        for msg, err in dead:
+            await self._dead_letter(msg, err)
+        for msg in requeue:
+            with contextlib.suppress(Exception):
+                await msg.nack(requeue=True)
+        acked = [m for m in batch if m not in requeue]
+        if acked:
+            try:
+                await acked[-1].ack(multiple=True)
+            except Exception as e:  # channel gone: they come again and are dropped as duplicates
+                log.warning("ack failed (%s); the broker will redeliver", e)
+        applied = replica.stats["applied"] - replica.stats["local"] - before
+        metrics.OPS_APPLIED.labels(self.replica_id).inc(applied)
+        metrics.DUPLICATES.labels(self.replica_id).inc(replica.stats["duplicates"] - dups)
+        metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
+        self._since_snapshot += applied
+        if self._since_snapshot >= self.settings.snapshot_every:
+            self.snapshot()
+        self._observe()
+
+    async def _dead_letter(self, msg: AbstractIncomingMessage, err: InvalidMessage) -> None:
+        assert self._dlx is not None
+        self.dead_lettered += 1
+        metrics.DEAD_LETTERED.labels(self.replica_id, err.reason).inc()
+        log.warning("dead-lettering a message (%s) from %s", err, msg.app_id or "?")
+        headers = dict(msg.headers or {})
+        headers.update({"x-crdt-reason": err.reason, "x-crdt-detail": err.detail[:500],
+                        "x-crdt-replica": self.replica_id})
+        try:
+            await self._dlx.publish(aio_pika.Message(msg.body, headers=headers,
+                                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                    routing_key="", timeout=30)
+        except Exception as e:
+            log.error("could not dead-letter a message (%s); it stays unacked", e)
+            raise
+
+    def snapshot(self) -> None:
+        """Write a snapshot and drop the log it covers."""
+        self._commit_local()
+        self.store.save_snapshot(self.replica.snapshot())
+        self._since_snapshot = 0
+
+    def _observe(self) -> None:
+        r, rid = self.replica, self.replica_id
+        metrics.BUFFER_DEPTH.labels(rid).set(r.buffered)
+        if r.buffered and self._buffer_since is None:
+            self._buffer_since = time.monotonic()
+        elif not r.buffered:
+            self._buffer_since = None
+        metrics.BUFFER_WAIT.labels(rid).set(
+            0 if self._buffer_since is None else time.monotonic() - self._buffer_since)
+        metrics.CLOCK_SIZE.labels(rid).set(len(r.clock))
+        metrics.STABLE_LAG.labels(rid).set(r.stable_lag())
+
+
+class Progress:
+    """A progress line on stderr for long replays (at most one update a second)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0
+        self.start = self.last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now - self.last >= 1.0:
+            self.last = now
+            self._show(end="\r")
+
+    def done(self) -> None:
+        self._show(end="\n")
+        log.info("%s: %d messages", self.what, self.count)
+
+    def _show(self, end: str) -> None:
+        rate = self.count / max(time.monotonic() - self.start, 1e-9)
+        if sys.stderr.isatty():
+            print(f"{self.what}: {self.count:,} messages, {rate:,.0f}/s", end=end,
+                  file=sys.stderr, flush=True)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+__all__ = ["AmqpNode", "default_store_path"]
