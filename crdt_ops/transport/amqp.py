@@ -130,20 +130,33 @@ class AmqpNode:
         await self.stop()
 
     async def _connect(self) -> None:
-        from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+        """Connect and set up, retrying the whole of it with backoff until it works."""
+        from tenacity import AsyncRetrying, retry_if_not_exception_type, wait_exponential
 
         s = self.settings
+
+        def say(state: Any) -> None:
+            err = state.outcome.exception() if state.outcome else None
+            log.warning("could not join group %s at %s (%s: %s); retrying", s.group,
+                        _redact(s.amqp_url), type(err).__name__, err)
+
         async for attempt in AsyncRetrying(
-                wait=wait_exponential(multiplier=0.2, max=5),
-                retry=retry_if_exception_type((OSError, aio_pika.exceptions.AMQPError)),
-                before_sleep=lambda st: log.warning(
-                    "broker at %s not reachable (%s); retrying",
-                    _redact(s.amqp_url), st.outcome.exception() if st.outcome else "?")):
+                wait=wait_exponential(multiplier=0.2, max=5), before_sleep=say,
+                retry=retry_if_not_exception_type((asyncio.CancelledError, ValueError))):
             with attempt:
-                self._conn = await aio_pika.connect_robust(
-                    s.amqp_url,
-                    client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
-        assert self._conn is not None
+                try:
+                    await self._setup()
+                except BaseException:
+                    if self._conn is not None:
+                        with contextlib.suppress(Exception):
+                            await self._conn.close()
+                        self._conn = None
+                    raise
+
+    async def _setup(self) -> None:
+        s = self.settings
+        self._conn = await aio_pika.connect_robust(
+            s.amqp_url, client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._pub = await self._conn.channel(publisher_confirms=True)
         consume = await self._conn.channel()

@@ -1,0 +1,157 @@
+"""A real RabbitMQ for the tests, and replica processes that run against it.
+
+The broker: ``AMQP_URL`` when set; else a ``RabbitMqContainer`` (testcontainers)
+when a Docker engine answers; else the test fails and says how to get a broker.
+Every test uses its own group name (so its own exchanges and queues) and
+deletes them afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+HOW_TO_GET_A_BROKER = (
+    "these tests need a RabbitMQ broker: set AMQP_URL (e.g. "
+    "amqp://guest:guest@127.0.0.1:5672/), or run a Docker engine for testcontainers, or "
+    "install Debian's rabbitmq-server and start it with 'rabbitmq-server -detached' "
+    "(scripts/test sets AMQP_URL to the local broker by default)")
+
+
+def find_broker() -> tuple[str, Any]:
+    """(url, container or None)."""
+    url = os.environ.get("AMQP_URL")
+    if url:
+        return url, None
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        raise RuntimeError(HOW_TO_GET_A_BROKER) from None
+    from testcontainers.rabbitmq import RabbitMqContainer
+
+    container = RabbitMqContainer("rabbitmq:3.13-management").start()
+    host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
+    return f"amqp://guest:guest@{host}:{port}/", container
+
+
+def new_group() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+async def _delete_group(url: str, group: str, replicas: list[str]) -> None:
+    conn = await aio_pika.connect(url)
+    async with conn:
+        for name in [f"crdt.{group}.{r}" for r in replicas] + [
+                f"crdt.{group}.log", f"crdt.{group}.dead"]:
+            ch = await conn.channel()
+            try:
+                await ch.queue_delete(name)
+            except Exception:
+                pass
+        for name in (f"crdt.{group}", f"crdt.{group}.dlx"):
+            ch = await conn.channel()
+            try:
+                await ch.exchange_delete(name)
+            except Exception:
+                pass
+
+
+def delete_group(url: str, group: str, replicas: list[str]) -> None:
+    asyncio.run(_delete_group(url, group, replicas))
+
+
+class ReplicaProcess:
+    """``crdt-ops replica`` as an OS process with its own store and state file."""
+
+    def __init__(self, url: str, group: str, replica_id: str, workdir: Path, ops: int = 0,
+                 seed: int = 0, per_write: int = 10, rate: float = 0,
+                 extra: list[str] | None = None) -> None:
+        self.url, self.group, self.replica_id = url, group, replica_id
+        self.state_file = workdir / f"{replica_id}.json"
+        self.store = workdir / f"{replica_id}.sqlite"
+        self.log = workdir / f"{replica_id}.log"
+        self.args = ["--ops", str(ops), "--seed", str(seed), "--per-write", str(per_write),
+                     "--rate", str(rate), *(extra or [])]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ReplicaProcess:
+        env = dict(os.environ, CRDT_OPS_LOG="WARNING")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "crdt_ops.cli", "replica", "--amqp-url", self.url,
+                 "--group", self.group, "--replica-id", self.replica_id,
+                 "--store", str(self.store), "--state-file", str(self.state_file),
+                 "--heartbeat-s", "0.5", *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def report(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_file.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log.exists() else ""
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str,
+               explain: Callable[[], str] = lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{explain()}")
+
+
+def converged(procs: list[ReplicaProcess], issued: dict[str, int]) -> bool:
+    """Every process reports the same state and clock, and each replica's ledger
+    counter equals what it issued."""
+    reports = [p.report() for p in procs]
+    if not all(reports) or any(r.get("buffered") for r in reports):
+        return False
+    first = reports[0]
+    if any(r["state"] != first["state"] or r["clock"] != first["clock"] for r in reports):
+        return False
+    return all(first["state"].get(f"issued/{rid}") == n for rid, n in issued.items() if n)
+
+
+def explain(procs: list[ReplicaProcess]) -> Callable[[], str]:
+    def text() -> str:
+        out = []
+        for p in procs:
+            r = p.report()
+            ledger = {k: v for k, v in r.get("state", {}).items() if k.startswith("issued/")}
+            out.append(f"{p.replica_id}: clock={r.get('clock')} issued={r.get('issued')} "
+                       f"buffered={r.get('buffered')} outbox={r.get('outbox')} ledger={ledger}"
+                       f"\n--- log tail ---\n{p.tail()}")
+        return "\n".join(out)
+    return text

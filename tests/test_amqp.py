@@ -1,0 +1,110 @@
+"""The RabbitMQ transport against a real broker, replicas in separate OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aio_pika
+
+from tests.broker import converged, explain, wait_until
+from tests.conftest import Group
+
+
+def test_three_processes_converge(group: Group) -> None:
+    procs = [group.replica(f"r{i}", ops=1500, seed=i).start() for i in range(3)]
+    wait_until(lambda: converged(procs, {p.replica_id: 1500 for p in procs}), 90,
+               "3 replicas to converge", explain(procs))
+
+
+def test_late_replica_joins_from_the_stream(group: Group) -> None:
+    early = [group.replica(f"r{i}", ops=800, seed=i).start() for i in range(2)]
+    issued = {p.replica_id: 800 for p in early}
+    wait_until(lambda: converged(early, issued), 90, "2 replicas", explain(early))
+    late = group.replica("late", ops=100, seed=9).start()
+    issued["late"] = 100
+    wait_until(lambda: converged([*early, late], issued), 90, "the late replica to catch up",
+               explain([*early, late]))
+
+
+def test_sigkilled_replica_restarts_and_nothing_is_lost_or_doubled(group: Group) -> None:
+    steady = group.replica("steady", ops=3000, seed=1, rate=1500).start()
+    victim = group.replica("victim", ops=3000, seed=2, rate=1500).start()
+    procs = [steady, victim]
+    wait_until(lambda: victim.report().get("issued", 0) > 600, 60, "the victim to be busy",
+               explain(procs))
+    victim.kill(signal.SIGKILL)
+    time.sleep(1.0)
+    victim.start()
+    wait_until(lambda: converged(procs, {"steady": 3000, "victim": 3000}), 120,
+               "convergence after a SIGKILL", explain(procs))
+
+
+def test_garbage_is_dead_lettered_and_the_others_go_on(group: Group) -> None:
+    procs = [group.replica(f"r{i}", ops=500, seed=i, rate=500).start() for i in range(2)]
+    wait_until(lambda: all(p.report() for p in procs), 60, "replicas up", explain(procs))
+
+    async def publish_garbage() -> None:
+        conn = await aio_pika.connect(group.url)
+        async with conn:
+            ch = await conn.channel()
+            ex = await ch.get_exchange(f"crdt.{group.name}")
+            for body in (b"\x00garbage", b"\xff" * 64, b""):
+                await ex.publish(aio_pika.Message(body), routing_key="")
+
+    asyncio.run(publish_garbage())
+    wait_until(lambda: converged(procs, {"r0": 500, "r1": 500}), 90, "convergence",
+               explain(procs))
+    wait_until(lambda: all(p.report().get("dead_lettered", 0) >= 3 for p in procs), 30,
+               "each replica to dead-letter the 3 garbage messages", explain(procs))
+
+    async def dead_letters() -> list[dict[str, object]]:
+        conn = await aio_pika.connect(group.url)
+        async with conn:
+            ch = await conn.channel()
+            q = await ch.get_queue(f"crdt.{group.name}.dead")
+            out = []
+            while (m := await q.get(no_ack=True, fail=False)) is not None:
+                out.append(dict(m.headers))
+            return out
+
+    headers = asyncio.run(dead_letters())
+    assert len(headers) == 6
+    assert {h["x-crdt-reason"] for h in headers} <= {"undecodable", "bad-version", "empty-message"}
+    assert {h["x-crdt-replica"] for h in headers} == {"r0", "r1"}
+
+
+def test_a_message_delivered_twice_is_applied_once(group: Group) -> None:
+    a = group.replica("a", ops=300, seed=1).start()
+    b = group.replica("b").start()
+    wait_until(lambda: converged([a, b], {"a": 300}), 60, "convergence", explain([a, b]))
+
+    async def republish_stream() -> int:
+        # the whole history, published again: every message arrives a second time
+        conn = await aio_pika.connect(group.url)
+        async with conn:
+            ch = await conn.channel()
+            await ch.set_qos(prefetch_count=500)
+            stream = await ch.get_queue(f"crdt.{group.name}.log")
+            ex = await ch.get_exchange(f"crdt.{group.name}")
+            bodies: list[bytes] = []
+            done = asyncio.Event()
+
+            async def take(m: aio_pika.abc.AbstractIncomingMessage) -> None:
+                bodies.append(m.body)
+                await m.ack()
+                if len(bodies) >= 20:
+                    done.set()
+
+            tag = await stream.consume(take, arguments={"x-stream-offset": "first"})
+            await asyncio.wait_for(done.wait(), 30)
+            await stream.cancel(tag)
+            for body in bodies:
+                await ex.publish(aio_pika.Message(body), routing_key="")
+            return len(bodies)
+
+    assert asyncio.run(republish_stream()) >= 20
+    time.sleep(2)
+    wait_until(lambda: converged([a, b], {"a": 300}), 60, "still exact after duplicates",
+               explain([a, b]))
