@@ -9,6 +9,7 @@ deletes them afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -57,16 +58,12 @@ async def _delete_group(url: str, group: str, replicas: list[str]) -> None:
         for name in [f"crdt.{group}.{r}" for r in replicas] + [
                 f"crdt.{group}.log", f"crdt.{group}.dead"]:
             ch = await conn.channel()
-            try:
+            with contextlib.suppress(Exception):
                 await ch.queue_delete(name)
-            except Exception:
-                pass
         for name in (f"crdt.{group}", f"crdt.{group}.dlx"):
             ch = await conn.channel()
-            try:
+            with contextlib.suppress(Exception):
                 await ch.exchange_delete(name)
-            except Exception:
-                pass
 
 
 def delete_group(url: str, group: str, replicas: list[str]) -> None:
