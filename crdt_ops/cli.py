@@ -21,7 +21,19 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("replica", help="one replica over RabbitMQ (optionally with a workload)")
     config.add_arguments(rep)
     runner_arguments(rep)
+    ret = sub.add_parser("retire", help="tell a group that a replica is gone for good")
+    ret.add_argument("retiree", metavar="REPLICA_ID")
+    config.add_arguments(ret)
     args = parser.parse_args(argv)
+
+    if args.command == "retire":
+        import asyncio
+
+        from crdt_ops.transport.amqp import publish_retirement
+
+        asyncio.run(publish_retirement(config.from_args(args), args.retiree))
+        print(f"retired {args.retiree} from group {config.from_args(args).group}")
+        return 0
 
     if args.command == "replica":
         from crdt_ops.runner import main as run_replica

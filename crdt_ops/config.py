@@ -28,6 +28,7 @@ class Settings:
     batch_delay_ms: float = 5.0  # ... or this long after the first one
     prefetch: int = 1000
     heartbeat_s: float = 2.0
+    gap_timeout_s: float = 10.0  # waiting this long for missing operations: re-read the stream
     snapshot_every: int = 20_000  # operations applied between snapshots
     stream_max_age: str = "7D"  # retention of crdt.<group>.log
     stream_max_bytes: int = 0  # 0: no size bound

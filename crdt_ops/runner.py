@@ -61,7 +61,8 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool) -> None:
     r = node.replica
     data = {"replica": node.replica_id, "clock": dict(r.clock), "state": plain(r.state()),
             "issued": issued, "done": done, "buffered": r.buffered,
-            "dead_lettered": node.dead_lettered, "outbox": len(node.store.unconfirmed())}
+            "dead_lettered": node.dead_lettered, "outbox": len(node.store.unconfirmed()),
+            "stable_lag": r.stable_lag()}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, sort_keys=True))
     os.replace(tmp, path)

@@ -108,3 +108,50 @@ def test_a_message_delivered_twice_is_applied_once(group: Group) -> None:
     time.sleep(2)
     wait_until(lambda: converged([a, b], {"a": 300}), 60, "still exact after duplicates",
                explain([a, b]))
+
+
+def test_a_retired_replica_stops_holding_back_stability(group: Group) -> None:
+    import subprocess
+    import sys
+
+    r0 = group.replica("r0", ops=600, seed=1, rate=300).start()
+    r1 = group.replica("r1", ops=600, seed=2, rate=300).start()
+    ghost = group.replica("ghost", ops=10, seed=3).start()
+    procs = [r0, r1, ghost]
+    wait_until(lambda: ghost.report().get("done") and r0.report().get("issued", 0) > 50, 60,
+               "the ghost to have written", explain(procs))
+    ghost.stop()  # gone, and never coming back
+    wait_until(lambda: converged([r0, r1], {"r0": 600, "r1": 600, "ghost": 10}), 90,
+               "the others to finish", explain(procs))
+    time.sleep(2)  # heartbeats go round: still the ghost never saw r0's later operations
+    assert r0.report()["stable_lag"] > 0
+    subprocess.run([sys.executable, "-m", "crdt_ops.cli", "retire", "ghost", "--amqp-url",
+                    group.url, "--group", group.name], check=True, capture_output=True)
+    wait_until(lambda: r0.report()["stable_lag"] == 0 and r1.report()["stable_lag"] == 0, 30,
+               "stability to stop waiting for the ghost", explain([r0, r1]))
+
+
+def test_metrics_endpoint(group: Group) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r0 = group.replica("r0", ops=50, seed=1, extra=["--metrics-port", str(port)]).start()
+    wait_until(lambda: r0.report().get("done"), 60, "r0", explain([r0]))
+
+    def scrape() -> str:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read(
+                ).decode()
+        except OSError:
+            return ""
+
+    wait_until(lambda: 'crdt_ops_operations_applied_total{replica="r0"}' in scrape(), 30,
+               "metrics")
+    text = scrape()
+    for name in ("crdt_ops_messages_published_total", "crdt_ops_causal_buffer_operations",
+                 "crdt_ops_clock_entries", "crdt_ops_stable_lag_operations",
+                 "crdt_ops_outbox_messages"):
+        assert name in text

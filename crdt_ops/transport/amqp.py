@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -104,9 +104,30 @@ class AmqpNode:
         self._commit_local()  # anything restored as unsent
         await self._connect()
         loop = asyncio.get_running_loop()
-        for coro in (self._flusher(), self._publisher(), self._applier(), self._heartbeat()):
-            self._tasks.append(loop.create_task(coro))
+        for step in (self._flusher, self._publisher, self._applier, self._heartbeat,
+                     self._gap_watch):
+            self._tasks.append(loop.create_task(self._forever(step)))
         self._outbox_ready.set()
+        if self.settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.settings.metrics_port)
+            log.info("metrics on http://0.0.0.0:%d/metrics", self.settings.metrics_port)
+
+    async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` in a loop; an error is logged and the loop goes on after a pause."""
+        pause = 0.1
+        while True:
+            try:
+                await step()
+                pause = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica %s: %s failed; going on in %.1fs", self.replica_id,
+                              step.__name__.strip("_"), pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def stop(self) -> None:
         """Commit pending writes, stop the tasks, close the connection and the store."""
@@ -243,12 +264,10 @@ class AmqpNode:
         await asyncio.shield(fut)
 
     async def _flusher(self) -> None:
-        delay = self.settings.batch_delay_ms / 1000
-        while True:
-            await self._dirty.wait()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._full.wait(), delay)
-            self._commit_local()
+        await self._dirty.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._full.wait(), self.settings.batch_delay_ms / 1000)
+        self._commit_local()
 
     def _commit_local(self) -> None:
         """Hand the local operations to the outbox in one transaction (group commit)."""
@@ -262,24 +281,21 @@ class AmqpNode:
             self._committed.set_result(None)
 
     async def _publisher(self) -> None:
-        backoff = 0.1
-        while True:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            while rows := self.store.unconfirmed(limit=max(self.settings.prefetch, 100)):
-                metrics.OUTBOX.labels(self.replica_id).set(len(rows))
-                try:
-                    await asyncio.gather(*(self._publish(body) for _, body in rows))
-                except Exception as e:  # broker down, channel closed: keep it, try again
-                    log.warning("publishing %d messages failed (%s: %s); retrying in %.1fs",
-                                len(rows), type(e).__name__, e, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                backoff = 0.1
-                self.store.confirm(i for i, _ in rows)
-                metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(rows))
-            metrics.OUTBOX.labels(self.replica_id).set(0)
+        """Publish the outbox, oldest first, until the broker confirmed all of it.
+        A failure (broker down, channel closed) raises: everything unconfirmed is
+        published again on the next round (duplicates are harmless)."""
+        await self._outbox_ready.wait()
+        self._outbox_ready.clear()
+        while rows := self.store.unconfirmed(limit=max(self.settings.prefetch, 100)):
+            metrics.OUTBOX.labels(self.replica_id).set(len(rows))
+            try:
+                await asyncio.gather(*(self._publish(body) for _, body in rows))
+            except BaseException:
+                self._outbox_ready.set()
+                raise
+            self.store.confirm(i for i, _ in rows)
+            metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(rows))
+        metrics.OUTBOX.labels(self.replica_id).set(0)
 
     async def _publish(self, body: bytes) -> None:
         assert self._exchange is not None
@@ -289,20 +305,41 @@ class AmqpNode:
             routing_key="", timeout=30)
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
-            self.replica.heartbeat()
-            self._commit_local()
-            self._observe()
+        await asyncio.sleep(self.settings.heartbeat_s)
+        self.replica.heartbeat()
+        self._commit_local()
+        self._observe()
+
+    async def _gap_watch(self) -> None:
+        """Operations waiting longer than ``gap_timeout_s`` for ones that never came:
+        read the stream again (what it holds twice is dropped by the clock)."""
+        await asyncio.sleep(self.settings.gap_timeout_s / 2)
+        waited = 0.0 if self._buffer_since is None else time.monotonic() - self._buffer_since
+        if waited > self.settings.gap_timeout_s and self.replica.missing():
+            log.warning("replica %s waits %.0fs for %s; re-reading %s", self.replica_id,
+                        waited, self.replica.missing(), self.settings.stream)
+            self._buffer_since = time.monotonic()
+            await self._replay_stream()
+
+    async def retire(self, replica_id: str) -> None:
+        """Tell the group that ``replica_id`` is gone for good: stability and
+        compaction stop waiting for it (here at once, elsewhere on delivery)."""
+        self.replica.retire(replica_id)
+        await self._publish(Replica(replica_id).clock_message(retired=True))
 
     # ------------------------------------------------------------ receiving
 
     async def _applier(self) -> None:
-        while True:
-            batch = [await self._inbox.get()]
-            while len(batch) < self.settings.prefetch and not self._inbox.empty():
-                batch.append(self._inbox.get_nowait())
+        batch = [await self._inbox.get()]
+        while len(batch) < self.settings.prefetch and not self._inbox.empty():
+            batch.append(self._inbox.get_nowait())
+        try:
             await self._apply(batch)
+        except BaseException:
+            for msg in batch:  # what was logged comes again and is dropped as a duplicate
+                with contextlib.suppress(Exception):
+                    await msg.nack(requeue=True)
+            raise
 
     async def _apply(self, batch: list[AbstractIncomingMessage]) -> None:
         replica = self.replica
@@ -403,6 +440,17 @@ class Progress:
                   file=sys.stderr, flush=True)
 
 
+async def publish_retirement(settings: Settings, replica_id: str) -> None:
+    """Announce to ``settings.group`` that ``replica_id`` is gone for good."""
+    conn = await aio_pika.connect(settings.amqp_url)
+    async with conn:
+        channel = await conn.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(settings.exchange)
+        await exchange.publish(
+            aio_pika.Message(Replica(replica_id).clock_message(retired=True),
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="")
+
+
 def _redact(url: str) -> str:
     """The URL without its password, for logs."""
     if "@" not in url or "://" not in url:
@@ -412,4 +460,4 @@ def _redact(url: str) -> str:
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
-__all__ = ["AmqpNode", "default_store_path"]
+__all__ = ["AmqpNode", "default_store_path", "publish_retirement"]
