@@ -155,3 +155,30 @@ def test_metrics_endpoint(group: Group) -> None:
                  "crdt_ops_clock_entries", "crdt_ops_stable_lag_operations",
                  "crdt_ops_outbox_messages"):
         assert name in text
+
+
+def test_a_replica_missing_operations_reads_them_again_from_the_stream(group: Group) -> None:
+    from crdt_ops import Replica
+
+    procs = [group.replica(f"r{i}", extra=["--gap-timeout-s", "1"]).start() for i in range(2)]
+    wait_until(lambda: all(p.report() for p in procs), 60, "replicas up", explain(procs))
+    x = Replica("x")
+    x.counter("gap").increment()
+    first = x.outgoing()
+    x.counter("gap").increment(10)
+    second = x.outgoing()
+
+    async def publish() -> None:
+        conn = await aio_pika.connect(group.url)
+        async with conn:
+            ch = await conn.channel()
+            for body in first:  # only into the stream: no replica's queue gets it
+                await ch.default_exchange.publish(aio_pika.Message(body),
+                                                  routing_key=f"crdt.{group.name}.log")
+            ex = await ch.get_exchange(f"crdt.{group.name}")
+            for body in second:
+                await ex.publish(aio_pika.Message(body), routing_key="")
+
+    asyncio.run(publish())
+    wait_until(lambda: all(p.report().get("state", {}).get("gap") == 11 for p in procs), 60,
+               "the gap to be filled from the stream", explain(procs))
