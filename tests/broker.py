@@ -152,3 +152,31 @@ def explain(procs: list[ReplicaProcess]) -> Callable[[], str]:
                        f"\n--- log tail ---\n{p.tail()}")
         return "\n".join(out)
     return text
+
+
+def rabbitmqctl(*args: str, container: Any = None) -> str:
+    """Run rabbitmqctl against the test broker (locally, or in its container)."""
+    if container is not None:
+        code, out = container.exec(["rabbitmqctl", *args])
+        if code:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out!r}")
+        return str(out.decode())
+    try:
+        done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                              timeout=120)
+    except FileNotFoundError:
+        raise RuntimeError("rabbitmqctl is not on the PATH: the broker-restart tests need "
+                           "the broker's own tools (Debian's rabbitmq-server)") from None
+    if done.returncode:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr}")
+    return done.stdout
+
+
+def restart_broker_app(downtime: float) -> None:
+    """rabbitmqctl stop_app, wait, start_app, and wait until it serves again."""
+    rabbitmqctl("stop_app")
+    try:
+        time.sleep(downtime)
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")

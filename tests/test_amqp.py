@@ -182,3 +182,30 @@ def test_a_replica_missing_operations_reads_them_again_from_the_stream(group: Gr
     asyncio.run(publish())
     wait_until(lambda: all(p.report().get("state", {}).get("gap") == 11 for p in procs), 60,
                "the gap to be filled from the stream", explain(procs))
+
+
+def test_broker_restart_mid_stream_loses_nothing(group: Group) -> None:
+    from tests.broker import restart_broker_app
+
+    procs = [group.replica(f"r{i}", ops=3000, seed=i, rate=600).start() for i in range(3)]
+    wait_until(lambda: all(p.report().get("issued", 0) > 300 for p in procs), 60, "writes",
+               explain(procs))
+    restart_broker_app(downtime=3)
+    # writes went on while the broker was down
+    wait_until(lambda: converged(procs, {p.replica_id: 3000 for p in procs}), 180,
+               "convergence after the broker restart", explain(procs))
+
+
+def test_a_connection_closed_by_the_broker_comes_back(group: Group) -> None:
+    from tests.broker import rabbitmqctl
+
+    procs = [group.replica(f"r{i}", ops=2000, seed=i, rate=500).start() for i in range(2)]
+    wait_until(lambda: all(p.report().get("issued", 0) > 200 for p in procs), 60, "writes",
+               explain(procs))
+    lines = rabbitmqctl("list_connections", "pid", "client_properties", "-q").splitlines()
+    pids = [line.split("\t")[0] for line in lines if "crdt-ops r0" in line]
+    assert pids, lines
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "test closes r0's connection")
+    wait_until(lambda: converged(procs, {"r0": 2000, "r1": 2000}), 120,
+               "convergence after the closed connection", explain(procs))
