@@ -176,8 +176,17 @@ class AmqpNode:
 
     async def _setup(self) -> None:
         s = self.settings
-        self._conn = await aio_pika.connect_robust(
-            s.amqp_url, client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
+        # Cancelling connect_robust mid-attempt leaves aio-pika reconnecting forever in
+        # the background (seen with aio-pika 10.2.1): let the attempt finish, then close.
+        attempt = asyncio.ensure_future(aio_pika.connect_robust(
+            s.amqp_url, timeout=10,
+            client_properties={"connection_name": f"crdt-ops {self.replica_id}"}))
+        try:
+            self._conn = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await (await attempt).close()
+            raise
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._pub = await self._conn.channel(publisher_confirms=True)
         consume = await self._conn.channel()
@@ -254,6 +263,9 @@ class AmqpNode:
     async def flush(self) -> None:
         """Wait until every local operation applied so far is in the outbox."""
         if not self.replica.unsent:
+            return
+        if not self._tasks:  # not pumping (not started, or stopped): commit here
+            self._commit_local()
             return
         if self._committed is None or self._committed.done():
             self._committed = asyncio.get_running_loop().create_future()

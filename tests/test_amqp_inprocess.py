@@ -1,0 +1,79 @@
+"""The transport in one process: channel failures, and waiting for durability."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from crdt_ops.config import Settings
+from crdt_ops.transport.amqp import AmqpNode
+from tests.broker import delete_group, new_group
+
+
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    for _ in range(int(timeout * 20)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path) -> Settings:
+    group = new_group()
+    yield Settings(amqp_url=amqp_url, group=group, heartbeat_s=0.5, store=str(tmp_path))
+    delete_group(amqp_url, group, ["a", "b"])
+
+
+def node(s: Settings, rid: str) -> AmqpNode:
+    return AmqpNode(Settings(**{**s.__dict__, "replica_id": rid,
+                                "store": f"{s.store}/{rid}.sqlite"}))
+
+
+@pytest.mark.asyncio
+async def test_channels_closed_by_channel_errors_are_reopened(settings: Settings) -> None:
+    a, b = node(settings, "a"), node(settings, "b")
+    await a.start()
+    await b.start()
+    try:
+        async with a.write() as r:
+            r.counter("n").increment()
+        await until(lambda: b.replica.counter("n").value == 1, 20, "first delivery")
+        # a channel error (redeclaring the stream as a classic queue) closes each channel
+        for channel in (a._pub, a._queue.channel if a._queue else None):
+            assert channel is not None
+            with pytest.raises(Exception):
+                await channel.declare_queue(settings.stream, durable=True,
+                                            arguments={"x-queue-type": "classic"})
+        async with a.write() as r:
+            r.counter("n").increment(10)
+        async with b.write() as r:
+            r.counter("n").increment(100)
+        await until(lambda: b.replica.counter("n").value == 111, 30, "a's publishing to resume")
+        await until(lambda: a.replica.counter("n").value == 111, 30, "a's consuming to resume")
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@pytest.mark.asyncio
+async def test_writes_are_durable_when_write_returns_even_without_a_broker(
+        tmp_path: Path) -> None:
+    s = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group=new_group(),
+                 replica_id="lonely", store=str(tmp_path / "lonely.sqlite"))
+    n = AmqpNode(s)
+    start = asyncio.get_running_loop().create_task(n.start())  # keeps retrying: no broker
+    async with n.write() as r:
+        r.counter("n").increment(5)
+    assert [len(b) for _, b in n.store.unconfirmed()], "the write is in the outbox"
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    n.store.close()
+    again = AmqpNode(s)
+    assert again.replica.counter("n").value == 5
+    assert again.store.unconfirmed()
+    again.store.close()
