@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from crdt_ops.config import Settings
@@ -45,7 +46,7 @@ async def test_channels_closed_by_channel_errors_are_reopened(settings: Settings
         # a channel error (redeclaring the stream as a classic queue) closes each channel
         for channel in (a._pub, a._queue.channel if a._queue else None):
             assert channel is not None
-            with pytest.raises(Exception):
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
                 await channel.declare_queue(settings.stream, durable=True,
                                             arguments={"x-queue-type": "classic"})
         async with a.write() as r:
