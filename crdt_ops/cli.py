@@ -24,8 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     ret = sub.add_parser("retire", help="tell a group that a replica is gone for good")
     ret.add_argument("retiree", metavar="REPLICA_ID")
     config.add_arguments(ret)
+    snap = sub.add_parser("snapshot", help="export a stopped replica's snapshot (for --bootstrap)")
+    snap.add_argument("--store", required=True, help="the replica's SQLite store")
+    snap.add_argument("--out", required=True, help="file to write the snapshot to")
     args = parser.parse_args(argv)
 
+    if args.command == "snapshot":
+        from crdt_ops.transport.amqp import export_snapshot
+
+        clock = export_snapshot(args.store, args.out)
+        print(f"wrote {args.out}: clock {clock}")
+        return 0
     if args.command == "retire":
         import asyncio
 

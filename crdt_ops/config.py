@@ -33,6 +33,7 @@ class Settings:
     stream_max_age: str = "7D"  # retention of crdt.<group>.log
     stream_max_bytes: int = 0  # 0: no size bound
     metrics_port: int = 0  # 0: no Prometheus endpoint
+    bootstrap: str = ""  # a peer's snapshot file to start from when the store is new
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:

@@ -333,9 +333,16 @@ class Replica:
         })
 
     @classmethod
-    def from_snapshot(cls, data: bytes, **options: Any) -> Replica:
-        """A replica restored from :meth:`snapshot` (options as for the constructor)."""
+    def from_snapshot(cls, data: bytes, replica_id: str | None = None,
+                      **options: Any) -> Replica:
+        """A replica restored from :meth:`snapshot` (options as for the constructor).
+
+        With another ``replica_id``, a new replica bootstraps from a peer's
+        snapshot: it takes the state and clock, not the peer's unsent operations
+        (the peer still owns and sends them)."""
         snap = codec.decode_snapshot(data)
+        if replica_id is not None and replica_id != snap["replica_id"]:
+            snap["replica_id"], snap["unsent"] = replica_id, None
         root, unsent, me = snap["root"], snap["unsent"], snap["replica_id"]
         if not isinstance(root, ORMap):
             raise InvalidMessage("bad-snapshot", "the snapshot's root is not a map")

@@ -209,3 +209,21 @@ def test_a_connection_closed_by_the_broker_comes_back(group: Group) -> None:
         rabbitmqctl("close_connection", pid, "test closes r0's connection")
     wait_until(lambda: converged(procs, {"r0": 2000, "r1": 2000}), 120,
                "convergence after the closed connection", explain(procs))
+
+
+def test_a_new_replica_bootstraps_from_a_peers_snapshot(group: Group) -> None:
+    import subprocess
+    import sys
+
+    r0 = group.replica("r0", ops=500, seed=1).start()
+    r1 = group.replica("r1", ops=500, seed=2).start()
+    wait_until(lambda: converged([r0, r1], {"r0": 500, "r1": 500}), 90, "r0 and r1",
+               explain([r0, r1]))
+    r1.stop()
+    snap = group.workdir / "r1.snapshot"
+    subprocess.run([sys.executable, "-m", "crdt_ops.cli", "snapshot", "--store", str(r1.store),
+                    "--out", str(snap)], check=True, capture_output=True)
+    r1.start()
+    new = group.replica("new", ops=100, seed=3, extra=["--bootstrap", str(snap)]).start()
+    wait_until(lambda: converged([r0, r1, new], {"r0": 500, "r1": 500, "new": 100}), 90,
+               "the bootstrapped replica to converge", explain([r0, r1, new]))

@@ -78,3 +78,28 @@ async def test_writes_are_durable_when_write_returns_even_without_a_broker(
     assert again.replica.counter("n").value == 5
     assert again.store.unconfirmed()
     again.store.close()
+
+
+def test_bootstrap_takes_a_peers_state_and_clock_but_not_its_identity(tmp_path: Path) -> None:
+    from crdt_ops import Replica
+
+    peer = Replica("peer")
+    peer.counter("n").increment(7)
+    peer.outgoing()
+    peer.counter("n").increment(1)  # unsent: the peer still owns it
+    snap = tmp_path / "peer.snapshot"
+    snap.write_bytes(peer.snapshot())
+    s = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g", replica_id="new",
+                 store=str(tmp_path / "new.sqlite"), bootstrap=str(snap))
+    n = AmqpNode(s)
+    try:
+        assert n.replica.replica_id == "new"
+        assert n.replica.counter("n").value == 8 and dict(n.replica.clock) == {"peer": 2}
+        assert n.replica.unsent == 0 and n.replica.outgoing() == []
+    finally:
+        n.store.close()
+    again = AmqpNode(s)  # restarts from its own store, not the bootstrap file
+    try:
+        assert again.replica.counter("n").value == 8
+    finally:
+        again.store.close()

@@ -27,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -87,6 +88,13 @@ class AmqpNode:
         snapshot, logged = self.store.load()
         opts: dict[str, Any] = {"wall_clock": wall_clock,
                                 "max_batch_ops": self.settings.batch_ops}
+        if snapshot is None and not logged and self.settings.bootstrap:
+            replica = Replica.from_snapshot(Path(self.settings.bootstrap).read_bytes(),
+                                            replica_id=self.replica_id, **opts)
+            self.store.save_snapshot(replica.snapshot())
+            log.info("replica %s bootstrapped from %s, clock %s", self.replica_id,
+                     self.settings.bootstrap, dict(replica.clock))
+            return replica
         replica = (Replica.from_snapshot(snapshot, **opts) if snapshot
                    else Replica(self.replica_id, **opts))
         for data in logged:
@@ -452,6 +460,26 @@ class Progress:
                   file=sys.stderr, flush=True)
 
 
+def export_snapshot(store_path: str, out: str) -> dict[str, int]:
+    """Write the snapshot of the replica kept in ``store_path`` (not running) to
+    ``out``, for a new replica's ``--bootstrap``. Returns its clock."""
+    store = Store(store_path)
+    try:
+        snapshot, logged = store.load()
+        if snapshot is None and not logged:
+            raise ValueError(f"{store_path} holds no replica yet")
+        replica = Replica.from_snapshot(snapshot) if snapshot else None
+        if replica is None:
+            rid = store.get("replica_id")
+            replica = Replica(rid.decode() if rid else "unknown")
+        for data in logged:
+            replica.receive(data)
+        Path(out).write_bytes(replica.snapshot())
+        return dict(replica.clock)
+    finally:
+        store.close()
+
+
 async def publish_retirement(settings: Settings, replica_id: str) -> None:
     """Announce to ``settings.group`` that ``replica_id`` is gone for good."""
     conn = await aio_pika.connect(settings.amqp_url)
@@ -472,4 +500,4 @@ def _redact(url: str) -> str:
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
-__all__ = ["AmqpNode", "default_store_path", "publish_retirement"]
+__all__ = ["AmqpNode", "default_store_path", "export_snapshot", "publish_retirement"]
