@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import random
 import signal
@@ -21,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from crdt_ops import logs
 from crdt_ops.config import Settings
 from crdt_ops.replica import Replica
 from crdt_ops.transport.amqp import AmqpNode
@@ -119,7 +119,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
-    logging.basicConfig(level=os.environ.get("CRDT_OPS_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.setup()
     asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file, args.per_write))
     return 0

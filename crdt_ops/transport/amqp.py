@@ -130,7 +130,13 @@ class AmqpNode:
                 await step()
                 pause = 0.1
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # aiormq cancels a publish whose connection got stuck: an error, not a stop
+                log.warning("replica %s: %s was interrupted by a lost connection",
+                            self.replica_id, step.__name__.strip("_"))
+                await asyncio.sleep(pause)
             except Exception:
                 log.exception("replica %s: %s failed; going on in %.1fs", self.replica_id,
                               step.__name__.strip("_"), pause)
@@ -187,7 +193,7 @@ class AmqpNode:
         # Cancelling connect_robust mid-attempt leaves aio-pika reconnecting forever in
         # the background (seen with aio-pika 10.2.1): let the attempt finish, then close.
         attempt = asyncio.ensure_future(aio_pika.connect_robust(
-            s.amqp_url, timeout=10,
+            s.amqp_url, timeout=10, reconnect_interval=1,
             client_properties={"connection_name": f"crdt-ops {self.replica_id}"}))
         try:
             self._conn = await asyncio.shield(attempt)
@@ -230,28 +236,32 @@ class AmqpNode:
         holds twice is dropped by the clock."""
         assert self._conn is not None and self._exchange is not None
         channel = await self._conn.channel()
-        await channel.set_qos(prefetch_count=self.settings.prefetch)
-        stream = await channel.declare_queue(self.settings.stream, durable=True,
-                                             arguments=self._stream_arguments())
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        tag = await stream.consume(inbox.put, no_ack=False,
-                                   arguments={"x-stream-offset": "first"})
-        marker = f"join-{self.replica_id}-{uuid.uuid4().hex}"
-        await self._exchange.publish(
-            aio_pika.Message(self.replica.clock_message(), message_id=marker), routing_key="")
-        progress = Progress(f"replaying {self.settings.stream}")
-        while True:
-            batch = [await inbox.get()]
-            while not inbox.empty() and len(batch) < self.settings.prefetch:
-                batch.append(inbox.get_nowait())
-            end = next((i for i, m in enumerate(batch) if m.message_id == marker), None)
-            await self._apply(batch if end is None else batch[: end + 1])
-            progress.advance(len(batch) if end is None else end + 1)
-            if end is not None:
-                break
-        progress.done()
-        await stream.cancel(tag)
-        await channel.close()
+        try:
+            await channel.set_qos(prefetch_count=self.settings.prefetch)
+            stream = await channel.declare_queue(self.settings.stream, durable=True,
+                                                 arguments=self._stream_arguments())
+            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            tag = await stream.consume(inbox.put, no_ack=False,
+                                       arguments={"x-stream-offset": "first"})
+            marker = f"join-{self.replica_id}-{uuid.uuid4().hex}"
+            await self._exchange.publish(
+                aio_pika.Message(self.replica.clock_message(), message_id=marker),
+                routing_key="")
+            progress = Progress(f"replaying {self.settings.stream}")
+            while True:
+                batch = [await inbox.get()]
+                while not inbox.empty() and len(batch) < self.settings.prefetch:
+                    batch.append(inbox.get_nowait())
+                end = next((i for i, m in enumerate(batch) if m.message_id == marker), None)
+                await self._apply(batch if end is None else batch[: end + 1], stream=True)
+                progress.advance(len(batch) if end is None else end + 1)
+                if end is not None:
+                    break
+            progress.done()
+            await stream.cancel(tag)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     def _on_reconnect(self, *_: object) -> None:
         metrics.RECONNECTS.labels(self.replica_id).inc()
@@ -361,7 +371,10 @@ class AmqpNode:
                     await msg.nack(requeue=True)
             raise
 
-    async def _apply(self, batch: list[AbstractIncomingMessage]) -> None:
+    async def _apply(self, batch: list[AbstractIncomingMessage], stream: bool = False) -> None:
+        """Apply, log, then ack a batch of deliveries. From the stream (``stream``)
+        nothing is nacked: RabbitMQ closes the connection on a stream nack, and
+        a message skipped there is read again by the gap watch."""
         replica = self.replica
         before = replica.stats["applied"] - replica.stats["local"]
         dups = replica.stats["duplicates"]
@@ -381,15 +394,16 @@ class AmqpNode:
         self._outbox_ready.set()
         for msg, err in dead:
             await self._dead_letter(msg, err)
-        for msg in requeue:
-            with contextlib.suppress(Exception):
-                await msg.nack(requeue=True)
-        acked = [m for m in batch if m not in requeue]
-        if acked:
-            try:
-                await acked[-1].ack(multiple=True)
-            except Exception as e:  # channel gone: they come again and are dropped as duplicates
-                log.warning("ack failed (%s); the broker will redeliver", e)
+        try:
+            if requeue and not stream:
+                # never ack(multiple=True) across a nacked tag: the broker would close
+                # the channel for acking an unknown delivery tag
+                for msg in batch:
+                    await (msg.nack(requeue=True) if msg in requeue else msg.ack())
+            else:
+                await batch[-1].ack(multiple=True)
+        except Exception as e:  # channel gone: they come again and are dropped as duplicates
+            log.warning("ack failed (%s); the broker will redeliver", e)
         applied = replica.stats["applied"] - replica.stats["local"] - before
         metrics.OPS_APPLIED.labels(self.replica_id).inc(applied)
         metrics.DUPLICATES.labels(self.replica_id).inc(replica.stats["duplicates"] - dups)
