@@ -29,16 +29,32 @@ def test_late_replica_joins_from_the_stream(group: Group) -> None:
 
 
 def test_sigkilled_replica_restarts_and_nothing_is_lost_or_doubled(group: Group) -> None:
-    steady = group.replica("steady", ops=3000, seed=1, rate=1500).start()
-    victim = group.replica("victim", ops=3000, seed=2, rate=1500).start()
+    import random
+
+    rng = random.Random(5)
+    steady = group.replica("steady", ops=4000, seed=1, rate=1000).start()
+    victim = group.replica("victim", ops=4000, seed=2, rate=1000).start()
     procs = [steady, victim]
-    wait_until(lambda: victim.report().get("issued", 0) > 600, 60, "the victim to be busy",
+    for round_ in range(3):  # killed at three arbitrary instants, restarted each time
+        wait_until(lambda: victim.report().get("issued", 0) > 500 * (round_ + 1), 60,
+                   "the victim to be busy", explain(procs))
+        time.sleep(rng.uniform(0, 0.5))
+        victim.kill(signal.SIGKILL)
+        time.sleep(0.5)
+        victim.start()
+    wait_until(lambda: converged(procs, {"steady": 4000, "victim": 4000}), 120,
+               "convergence after SIGKILLs", explain(procs))
+
+
+def test_quorum_queues(group: Group) -> None:
+    procs = [group.replica(f"r{i}", ops=400, seed=i, extra=["--queue-type", "quorum"]).start()
+             for i in range(2)]
+    wait_until(lambda: converged(procs, {"r0": 400, "r1": 400}), 90, "convergence",
                explain(procs))
-    victim.kill(signal.SIGKILL)
-    time.sleep(1.0)
-    victim.start()
-    wait_until(lambda: converged(procs, {"steady": 3000, "victim": 3000}), 120,
-               "convergence after a SIGKILL", explain(procs))
+    from tests.broker import rabbitmqctl
+
+    queues = rabbitmqctl("list_queues", "name", "type", "-q")
+    assert f"crdt.{group.name}.r0\tquorum" in queues
 
 
 def test_garbage_is_dead_lettered_and_the_others_go_on(group: Group) -> None:
