@@ -36,7 +36,8 @@ def test_sigkilled_replica_restarts_and_nothing_is_lost_or_doubled(group: Group)
     victim = group.replica("victim", ops=4000, seed=2, rate=1000).start()
     procs = [steady, victim]
     for round_ in range(3):  # killed at three arbitrary instants, restarted each time
-        wait_until(lambda: victim.report().get("issued", 0) > 500 * (round_ + 1), 60,
+        busy = 500 * (round_ + 1)
+        wait_until(lambda b=busy: victim.report().get("issued", 0) > b, 60,  # type: ignore[misc]
                    "the victim to be busy", explain(procs))
         time.sleep(rng.uniform(0, 0.5))
         victim.kill(signal.SIGKILL)
