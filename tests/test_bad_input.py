@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdt_ops import InvalidMessage, InvalidValue, Replica, TypeConflict
+from crdt_ops.wire import codec
 from crdt_ops.wire import crdt_pb2 as pb
 
 HYPOTHESIS = settings(max_examples=400, deadline=None,
@@ -70,18 +71,7 @@ def receive_or_reject(r: Replica, data: bytes) -> bool:
 
 def pb_value(v: Any) -> pb.Value:
     msg = pb.Value()
-    if v is None:
-        msg.null_value = True
-    elif isinstance(v, bool):
-        msg.bool_value = v
-    elif isinstance(v, int):
-        msg.int_value = v
-    elif isinstance(v, float):
-        msg.float_value = v
-    elif isinstance(v, str):
-        msg.str_value = v
-    else:
-        msg.bytes_value = v
+    codec._put_value(msg, v)
     return msg
 
 

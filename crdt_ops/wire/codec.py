@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -263,6 +263,22 @@ def _read_batch(msg: pb.Batch) -> Batch:
     return Batch(origin, first, deps, [_get_op(o) for o in msg.ops])
 
 
+_Versioned = TypeVar("_Versioned", pb.Envelope, pb.Snapshot)
+
+
+def _parse(msg: _Versioned, data: bytes, what: str) -> _Versioned:
+    """Parse ``data`` into ``msg`` and check its version."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise _bad("not-bytes", f"expected bytes, got {type(data).__name__}")
+    try:
+        msg.ParseFromString(bytes(data))
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise _bad("undecodable", f"not a crdt_ops.v1.{type(msg).__name__} ({e})") from None
+    if msg.version != VERSION:
+        raise _bad("bad-version", f"{what} version {msg.version}, this replica reads {VERSION}")
+    return msg
+
+
 def encode_batch(batch: Batch) -> bytes:
     env = pb.Envelope(version=VERSION)
     _fill_batch(env.batch, batch)
@@ -279,15 +295,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
 
 def decode(data: bytes) -> Batch | Heartbeat:
     """Parse and validate one message; raise :class:`InvalidMessage` if it is not one."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise _bad("not-bytes", f"expected bytes, got {type(data).__name__}")
-    env = pb.Envelope()
-    try:
-        env.ParseFromString(bytes(data))
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise _bad("undecodable", f"not a crdt_ops.v1.Envelope ({e})") from None
-    if env.version != VERSION:
-        raise _bad("bad-version", f"message version {env.version}, this replica reads {VERSION}")
+    env = _parse(pb.Envelope(), data, "message")
     body = env.WhichOneof("body")
     if body == "batch":
         return _read_batch(env.batch)
@@ -396,13 +404,7 @@ def encode_snapshot(snap: dict[str, Any]) -> bytes:
 
 def decode_snapshot(data: bytes) -> dict[str, Any]:
     """Parse a snapshot; raise :class:`InvalidMessage` if it is not a valid one."""
-    msg = pb.Snapshot()
-    try:
-        msg.ParseFromString(bytes(data))
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise _bad("undecodable", f"not a crdt_ops.v1.Snapshot ({e})") from None
-    if msg.version != VERSION:
-        raise _bad("bad-version", f"snapshot version {msg.version}, this replica reads {VERSION}")
+    msg = _parse(pb.Snapshot(), data, "snapshot")
     return {
         "replica_id": _id(msg.replica_id, "replica_id"),
         "clock": _get_clock(msg.clock, "clock"),
