@@ -12,8 +12,11 @@ from crdt_ops.runner import add_arguments as runner_arguments
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crdt-ops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="web, logic and workers converging (in-memory network)")
-    demo.add_argument("--seed", type=int, default=1)
+    story = sub.add_parser("story", help="the origin story, printed (in-memory network)")
+    story.add_argument("--seed", type=int, default=1)
+    from services.main import add_arguments as service_arguments
+
+    service_arguments(sub)
     sim = sub.add_parser("simulate", help="many replicas over the in-memory network")
     sim.add_argument("--replicas", type=int, default=100)
     sim.add_argument("--ops", type=int, default=2000)
@@ -53,7 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         return run_replica(settings, args)
 
-    if args.command == "demo":
+    if args.command in ("web", "logic", "worker", "demo"):
+        from services.main import main as service_main
+
+        return service_main(args.command, args)
+    if args.command == "story":
         from crdt_ops.sim.demo import run_demo
 
         return 0 if run_demo(seed=args.seed) else 1

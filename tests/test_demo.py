@@ -1,4 +1,4 @@
-"""The README's main command runs and converges, as a real OS process."""
+"""The printed origin story (crdt-ops story) runs and converges, as a real OS process."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 
-def test_demo_command_converges() -> None:
-    out = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "demo"], capture_output=True,
+def test_story_command_converges() -> None:
+    out = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "story"], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert "in-memory network" in out.splitlines()[0]
     assert "actual=on" in out

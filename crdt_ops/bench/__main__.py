@@ -11,11 +11,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from crdt_ops.bench import core
+from crdt_ops.bench import amqp, core
 
 #: The modules' ``add_parser`` functions, one per subcommand.
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     core.add_parser,
+    amqp.add_parser,
 ]
 
 

@@ -8,9 +8,11 @@ durable queue, until the partition heals. Time is a tick counter, not a clock.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from crdt_ops.replica import Replica
@@ -138,3 +140,51 @@ class MemoryNetwork:
             return True
         clock, state = dict(replicas[0].clock), replicas[0].state()
         return all(dict(r.clock) == clock and r.state() == state for r in replicas[1:])
+
+
+class MemoryBus:
+    """Asyncio delivery between :class:`MemoryNode` objects of one process: each
+    message reaches every node (its sender included) on a later loop iteration."""
+
+    def __init__(self) -> None:
+        self.nodes: list[MemoryNode] = []
+
+    def broadcast(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        for node in self.nodes:
+            loop.call_soon(node._deliver, data)
+
+
+class MemoryNode:
+    """A replica on a :class:`MemoryBus`, with the same interface services use on
+    :class:`~crdt_ops.transport.amqp.AmqpNode` (``replica``, ``write()``, ``flush()``,
+    ``start()``, ``stop()``), for the demo without a broker and for tests."""
+
+    def __init__(self, bus: MemoryBus, replica_id: str,
+                 wall_clock: Callable[[], int] | None = None) -> None:
+        self.bus = bus
+        self.replica_id = replica_id
+        self.replica = Replica(replica_id, wall_clock=wall_clock)
+
+    async def start(self) -> None:
+        self.bus.nodes.append(self)
+
+    async def stop(self) -> None:
+        if self in self.bus.nodes:
+            self.bus.nodes.remove(self)
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Replica]:
+        yield self.replica
+        await self.flush()
+
+    async def flush(self) -> None:
+        for data in self.replica.outgoing():
+            self.bus.broadcast(data)
+
+    def _deliver(self, data: bytes) -> None:
+        if self not in self.bus.nodes:
+            return
+        self.replica.receive(data)
+        for out in self.replica.outgoing():  # what change callbacks wrote
+            self.bus.broadcast(out)

@@ -1,0 +1,184 @@
+"""``crdt-ops web | logic | worker | demo``: the services' entry points.
+
+Each service is one replica of the group, configured like ``crdt-ops replica``
+(``CRDT_OPS_*`` variables or the same-named flags), plus ``--port`` for web and
+``--node`` for a worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from crdt_ops import config, logs
+from crdt_ops.transport import Node
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.memory import MemoryBus, MemoryNode
+from services import web
+from services.logic import Logic
+from services.runtime import ProcessRuntime
+from services.worker import Worker
+
+
+def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    for name, helptext in (("web", "the HTTP API and live page"),
+                           ("logic", "validation and placement"),
+                           ("worker", "runs the containers placed on one node"),
+                           ("demo", "web, logic and two workers, with the page's URL")):
+        p = sub.add_parser(name, help=helptext)
+        config.add_arguments(p)
+        if name in ("web", "demo"):
+            p.add_argument("--port", type=int, default=None,
+                           help="CRDT_OPS_HTTP_PORT; default 8080")
+            p.add_argument("--host", default="127.0.0.1")
+        if name == "worker":
+            p.add_argument("--node", default=None, help="CRDT_OPS_NODE: this worker's node name")
+            p.add_argument("--capacity", type=int, default=10)
+            p.add_argument("--command", default=os.environ.get("CRDT_OPS_COMMAND",
+                                                               "sleep 1000000"),
+                           help="CRDT_OPS_COMMAND: what a container runs (a local process)")
+            p.add_argument("--runtime-dir", default=None,
+                           help="where the worker keeps its pid files")
+
+
+def port_of(args: argparse.Namespace) -> int:
+    return int(args.port or os.environ.get("CRDT_OPS_HTTP_PORT", 8080))
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_service(role: str, args: argparse.Namespace) -> None:
+    settings = config.from_args(args)
+    name = role
+    if role == "worker":
+        name = args.node or os.environ.get("CRDT_OPS_NODE") or socket.gethostname()
+    node = AmqpNode(settings, name=name if role != "worker" else f"worker-{name}")
+    await node.start()
+    tasks = []
+    runner = None
+    try:
+        if role == "web":
+            runner = await web.serve(node, args.host, port_of(args))
+            print(f"web: http://{args.host}:{port_of(args)}/", file=sys.stderr, flush=True)
+        elif role == "logic":
+            tasks.append(asyncio.create_task(Logic(node).run()))
+        else:
+            rdir = Path(args.runtime_dir or f"{settings.store or '.'}.runtime-{name}")
+            runtime = ProcessRuntime(rdir, args.command)
+            tasks.append(asyncio.create_task(
+                Worker(node, name, runtime, capacity=args.capacity).run()))
+        await _until_signal()
+    finally:
+        for t in tasks:
+            t.cancel()
+        if runner is not None:
+            await runner.cleanup()
+        await node.stop()
+
+
+def broker_answers(url: str) -> bool:
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname or "localhost", u.port or 5672), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def demo(args: argparse.Namespace) -> int:
+    settings = config.from_args(args)
+    port = port_of(args)
+    if broker_answers(settings.amqp_url):
+        group = settings.group if settings.group != "default" else f"demo-{uuid.uuid4().hex[:6]}"
+        print(f"crdt-ops demo: using RabbitMQ at {urlparse(settings.amqp_url).hostname}, "
+              f"group {group}", flush=True)
+        return _demo_processes(settings.amqp_url, group, args.host, port)
+    print("crdt-ops demo: no broker answers; using the in-memory network", flush=True)
+    asyncio.run(_demo_memory(args.host, port))
+    return 0
+
+
+def _demo_processes(url: str, group: str, host: str, port: int) -> int:
+    work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))
+    base = [sys.executable, "-m", "crdt_ops.cli"]
+    common = ["--amqp-url", url, "--group", group, "--heartbeat-s", "1"]
+    plan = [("web", ["web", "--port", str(port), "--host", host]), ("logic", ["logic"])]
+    plan += [(f"worker-{i}", ["worker", "--node", f"worker-{i}",
+                              "--runtime-dir", str(work / f"run-{i}")]) for i in (1, 2)]
+    procs = []
+    for name, cmd in plan:
+        with open(work / f"{name}.log", "ab") as log:
+            procs.append(subprocess.Popen(
+                base + cmd + common + ["--replica-id", name,
+                                       "--store", str(work / f"{name}.sqlite")],
+                stdout=log, stderr=subprocess.STDOUT))
+    print(f"open http://{host}:{port}/  (logs in {work}; Ctrl-C stops everything)", flush=True)
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print("a service stopped; see the logs", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=20)
+        print("stopped", flush=True)
+
+
+async def _demo_memory(host: str, port: int) -> None:
+    bus = MemoryBus()
+    nodes: dict[str, Node] = {n: MemoryNode(bus, n, wall_clock=time.time_ns)
+                              for n in ("web", "logic", "worker-1", "worker-2")}
+    for n in nodes.values():
+        await n.start()
+    work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))
+    tasks = [asyncio.create_task(Logic(nodes["logic"]).run())]
+    tasks += [asyncio.create_task(Worker(nodes[w], w, ProcessRuntime(work / w)).run())
+              for w in ("worker-1", "worker-2")]
+    runner = await web.serve(nodes["web"], host, port)
+    print(f"open http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
+    try:
+        await _until_signal()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await runner.cleanup()
+        for w in ("worker-1", "worker-2"):
+            rt = ProcessRuntime(work / w)
+            for cid in rt.running():
+                rt.stop(cid)
+        print("stopped", flush=True)
+
+
+def main(role: str, args: argparse.Namespace) -> int:
+    logs.setup()
+    if role == "demo":
+        return demo(args)
+    try:
+        asyncio.run(run_service(role, args))
+    except ValueError as e:
+        print(f"crdt-ops {role}: {e}", file=sys.stderr)
+        return 2
+    return 0

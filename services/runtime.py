@@ -1,0 +1,102 @@
+"""Container runtimes for the worker: local OS processes, or Docker when an engine answers.
+
+A runtime runs at most one instance per container id and remembers what it runs
+in ``state_dir`` (one pid file per container), so that a restarted worker finds
+and reconciles the processes that really run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Protocol
+
+
+class RuntimeError_(Exception):
+    """Starting or stopping a container failed; the message says why."""
+
+
+class Runtime(Protocol):
+    def start(self, cid: str) -> int: ...
+
+    def stop(self, cid: str) -> None: ...
+
+    def running(self) -> dict[str, int]: ...
+
+
+class ProcessRuntime:
+    """Each container is a local process (``command``, by default a long sleep) in a
+    session of its own; stop sends SIGTERM to its process group, then SIGKILL."""
+
+    def __init__(self, state_dir: Path, command: str = "sleep 1000000") -> None:
+        self.state_dir = state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.command = shlex.split(command)
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _pidfile(self, cid: str) -> Path:
+        return self.state_dir / f"{cid}.pid"
+
+    def start(self, cid: str) -> int:
+        if cid in self.running():
+            self.stop(cid)
+        try:
+            proc = subprocess.Popen(self.command, start_new_session=True,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL,
+                                    env=dict(os.environ, CRDT_OPS_CONTAINER=cid))
+        except OSError as e:
+            raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
+        self._children[proc.pid] = proc
+        self._pidfile(cid).write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, cid: str) -> None:
+        pid = self.running().get(cid)
+        self._pidfile(cid).unlink(missing_ok=True)
+        if pid is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _alive(pid, self._children.get(pid)):
+                time.sleep(0.02)
+            if not _alive(pid, self._children.get(pid)):
+                break
+        self._children.pop(pid, None)
+
+    def running(self) -> dict[str, int]:
+        """Container id -> pid of every instance alive now."""
+        out = {}
+        for f in self.state_dir.glob("*.pid"):
+            try:
+                pid = int(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if _alive(pid, self._children.get(pid)):
+                out[f.stem] = pid
+            else:
+                f.unlink(missing_ok=True)
+        return out
+
+
+def _alive(pid: int, child: subprocess.Popen[bytes] | None) -> bool:
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie left by an earlier worker is not running
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False

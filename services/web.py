@@ -1,0 +1,163 @@
+"""web: the JSON API and the live page. It reads and writes only its own replica.
+
+Routes: ``POST /api/containers``, ``GET /api/containers[/{id}]``,
+``POST /api/containers/{id}/start|stop|restart``, ``DELETE /api/containers/{id}``,
+``GET /api/events`` (Server-Sent Events), ``GET /healthz``, ``GET /metrics``, ``/``.
+A request answers as soon as its write is durable locally; it never waits for
+another service, nor for the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from crdt_ops.events import ChangeEvent
+from crdt_ops.transport import Node as ReplicaNode
+from services import model
+
+MAX_NAME = 200
+STATIC = Path(__file__).parent / "static"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _record(node: ReplicaNode, cid: str) -> dict[str, Any] | None:
+    rec = node.replica.get(model.CONTAINERS + cid)
+    if not isinstance(rec, dict) or not rec.get("name"):
+        return None
+    return model.Container.of(model.CONTAINERS + cid, rec).as_json()
+
+
+def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
+    value = body.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"'{field}' must be a non-empty string"}),
+            content_type="application/json")
+    if len(value) > MAX_NAME:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"'{field}' is longer than {MAX_NAME} characters"}),
+            content_type="application/json")
+    return value
+
+
+def make_app(node: ReplicaNode) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.post("/api/containers")
+    async def create(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object")
+        name = _text_field(body, "name", required=True)
+        owner = _text_field(body, "owner", required=False) or "anonymous"
+        cid = uuid.uuid4().hex[:12]
+        async with node.write() as r:
+            rec = model.container(r, cid)
+            rec.register("name").set(name)
+            rec.register("owner").set(owner)
+            rec.register("power_desired").set("off")
+        return web.json_response(_record(node, cid), status=201)
+
+    @routes.get("/api/containers")
+    async def list_all(request: web.Request) -> web.Response:
+        return web.json_response([c.as_json() for c in model.containers(node.replica)
+                                  if c.name is not None])
+
+    @routes.get("/api/containers/{cid}")
+    async def get_one(request: web.Request) -> web.Response:
+        rec = _record(node, request.match_info["cid"])
+        return _error(404, "no such container") if rec is None else web.json_response(rec)
+
+    async def change(request: web.Request, action: str) -> web.Response:
+        cid = request.match_info["cid"]
+        if _record(node, cid) is None:
+            return _error(404, "no such container")
+        async with node.write() as r:
+            rec = model.container(r, cid)
+            if action == "start":
+                rec.register("power_desired").set("on")
+            elif action == "stop":
+                rec.register("power_desired").set("off")
+            else:
+                rec.counter("restart_generation").increment()
+                rec.register("power_desired").set("on")
+        return web.json_response(_record(node, cid), status=202)
+
+    for action in ("start", "stop", "restart"):
+        async def handler(request: web.Request, action: str = action) -> web.Response:
+            return await change(request, action)
+
+        routes.post(f"/api/containers/{{cid}}/{action}")(handler)
+
+    @routes.delete("/api/containers/{cid}")
+    async def delete(request: web.Request) -> web.Response:
+        cid = request.match_info["cid"]
+        if _record(node, cid) is None:
+            return _error(404, "no such container")
+        async with node.write() as r:
+            r.remove(model.CONTAINERS + cid)
+        return web.json_response({"id": cid, "deleted": True}, status=202)
+
+    @routes.get("/api/events")
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(maxsize=10_000)
+        unsubscribe = node.replica.subscribe(model.CONTAINERS, queue.put_nowait)
+        try:
+            await resp.write(b": connected\n\n")
+            while True:
+                try:
+                    e = await asyncio.wait_for(queue.get(), 15)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                cid = e.key[len(model.CONTAINERS):]
+                data = {"id": cid, "record": _record(node, cid), "origin": e.origin}
+                await resp.write(f"event: container\ndata: {json.dumps(data)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            unsubscribe()
+        return resp
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        r = node.replica
+        return web.json_response({"ok": True, "replica": node.replica_id,
+                                  "clock": dict(r.clock), "buffered": r.buffered})
+
+    @routes.get("/metrics")
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @routes.get("/")
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+async def serve(node: ReplicaNode, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(make_app(node))
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
