@@ -45,8 +45,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         if name == "worker":
             p.add_argument("--node", default=None, help="CRDT_OPS_NODE: this worker's node name")
             p.add_argument("--capacity", type=int, default=10)
-            p.add_argument("--command", default=os.environ.get("CRDT_OPS_COMMAND",
-                                                               "sleep 1000000"),
+            p.add_argument("--command", dest="container_command",
+                           default=os.environ.get("CRDT_OPS_COMMAND", "sleep 1000000"),
                            help="CRDT_OPS_COMMAND: what a container runs (a local process)")
             p.add_argument("--runtime-dir", default=None,
                            help="where the worker keeps its pid files")
@@ -81,7 +81,7 @@ async def run_service(role: str, args: argparse.Namespace) -> None:
             tasks.append(asyncio.create_task(Logic(node).run()))
         else:
             rdir = Path(args.runtime_dir or f"{settings.store or '.'}.runtime-{name}")
-            runtime = ProcessRuntime(rdir, args.command)
+            runtime = ProcessRuntime(rdir, args.container_command)
             tasks.append(asyncio.create_task(
                 Worker(node, name, runtime, capacity=args.capacity).run()))
         await _until_signal()

@@ -1,0 +1,189 @@
+"""The origin's flow end to end: web, logic and two workers, each its own OS process,
+sharing state through a real broker. No service calls another."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.broker import delete_group, new_group, wait_until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class System:
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.url, self.workdir, self.group = url, workdir, new_group()
+        self.port = free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "crdt_ops.cli", *args, "--amqp-url", self.url,
+                 "--group", self.group, "--replica-id", name, "--heartbeat-s", "0.5",
+                 "--store", str(self.workdir / f"{name}.sqlite")],
+                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CRDT_OPS_LOG="INFO"))
+
+    def worker(self, name: str) -> None:
+        self.start(name, "worker", "--node", name, "--capacity", "2",
+                   "--runtime-dir", str(self.workdir / f"run-{name}"))
+
+    def api(self, method: str, path: str, body: Any = None, raw: bytes | None = None
+            ) -> tuple[int, Any]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data,
+                                     method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def record(self, cid: str) -> dict[str, Any]:
+        return dict(self.api("GET", f"/api/containers/{cid}")[1])
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.read_text()[-2500:]}"
+                         for p in sorted(self.workdir.glob("*.log")))
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
+
+
+@pytest.fixture(scope="module")
+def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    s = System(amqp_url, tmp_path_factory.mktemp("system"))
+    s.start("web", "web", "--port", str(s.port))
+    s.start("logic", "logic")
+    s.worker("worker-1")
+    s.worker("worker-2")
+
+    def healthy() -> bool:
+        try:
+            return s.api("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, 60, "web to answer", s.logs)
+        yield s
+    finally:
+        s.stop()
+        delete_group(amqp_url, s.group, list(s.procs))
+        for rt in s.workdir.glob("run-*"):
+            for pidfile in rt.glob("*.pid"):
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def create(system: System, name: str, owner: str = "alice") -> str:
+    status, rec = system.api("POST", "/api/containers", {"name": name, "owner": owner})
+    assert status == 201, rec
+    assert rec["name"] == name and rec["power_desired"] == "off"
+    return str(rec["id"])
+
+
+def test_create_start_stop_restart(system: System) -> None:
+    cid = create(system, "app-1")
+    status, rec = system.api("POST", f"/api/containers/{cid}/start")
+    assert status == 202 and rec["power_desired"] == "on"
+    wait_until(lambda: system.record(cid)["power_actual"] == "on", 30,
+               "the container to run", system.logs)
+    first = system.record(cid)
+    assert first["assigned_node"] in ("worker-1", "worker-2") and alive(first["pid"])
+
+    assert system.api("POST", f"/api/containers/{cid}/restart")[0] == 202
+    wait_until(lambda: system.record(cid)["pid"] not in (None, first["pid"])
+               and system.record(cid)["power_actual"] == "on", 30, "a new pid", system.logs)
+    second = system.record(cid)
+    assert alive(second["pid"]) and not alive(first["pid"])
+
+    assert system.api("POST", f"/api/containers/{cid}/stop")[0] == 202
+    wait_until(lambda: system.record(cid)["power_actual"] == "off", 30, "the stop",
+               system.logs)
+    wait_until(lambda: not alive(second["pid"]), 10, "the process to be gone")
+
+    assert system.api("DELETE", f"/api/containers/{cid}")[0] == 202
+    assert system.api("GET", f"/api/containers/{cid}")[0] == 404
+
+
+def test_a_start_logic_rejects_shows_its_reason(system: System) -> None:
+    ids = [create(system, f"fill-{i}", owner="bob") for i in range(5)]
+    for cid in ids:
+        system.api("POST", f"/api/containers/{cid}/start")
+    # two workers of capacity 2: one of the five cannot be placed
+    wait_until(lambda: sum(system.record(c)["power_actual"] == "on" for c in ids) == 4, 40,
+               "four to run", system.logs)
+    rejected = [system.record(c) for c in ids if system.record(c)["power_actual"] != "on"]
+    assert len(rejected) == 1
+    assert "capacity" in (rejected[0]["rejected_reason"] or "")
+    for cid in ids:
+        system.api("DELETE", f"/api/containers/{cid}")
+
+
+@pytest.mark.parametrize("method,path,body,raw,status", [
+    ("GET", "/api/containers/nope", None, None, 404),
+    ("POST", "/api/containers/nope/start", None, None, 404),
+    ("DELETE", "/api/containers/nope", None, None, 404),
+    ("POST", "/api/containers", None, b"{not json", 400),
+    ("POST", "/api/containers", ["a list"], None, 400),
+    ("POST", "/api/containers", {"owner": "x"}, None, 400),
+    ("POST", "/api/containers", {"name": ""}, None, 400),
+    ("POST", "/api/containers", {"name": 42}, None, 400),
+    ("POST", "/api/containers", {"name": "x" * 201}, None, 400),
+    ("POST", "/api/containers", {"name": "ok", "owner": "y" * 201}, None, 400),
+])
+def test_bad_input_is_refused_and_writes_nothing(system: System, method: str, path: str,
+                                                 body: Any, raw: bytes | None,
+                                                 status: int) -> None:
+    before = system.api("GET", "/api/containers")[1]
+    got, err = system.api(method, path, body, raw)
+    assert got == status and isinstance(err, dict) and err.get("error")
+    assert system.api("GET", "/api/containers")[1] == before
+
+
+def test_a_killed_worker_s_containers_move_to_the_other(system: System) -> None:
+    cid = create(system, "mover")
+    system.api("POST", f"/api/containers/{cid}/start")
+    wait_until(lambda: system.record(cid)["power_actual"] == "on", 30, "running", system.logs)
+    victim = system.record(cid)["assigned_node"]
+    other = "worker-2" if victim == "worker-1" else "worker-1"
+    system.procs[victim].send_signal(signal.SIGKILL)
+    system.procs[victim].wait()
+    wait_until(lambda: system.record(cid)["assigned_node"] == other
+               and system.record(cid)["power_actual"] == "on", 60,
+               f"{cid} to move to {other}", system.logs)
+    assert alive(system.record(cid)["pid"])
