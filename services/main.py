@@ -27,7 +27,7 @@ from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import web
 from services.logic import Logic
-from services.runtime import ProcessRuntime
+from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 from services.worker import Worker
 
 
@@ -50,6 +50,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                            help="CRDT_OPS_COMMAND: what a container runs (a local process)")
             p.add_argument("--runtime-dir", default=None,
                            help="where the worker keeps its pid files")
+            p.add_argument("--runtime", choices=("auto", "process", "docker"),
+                           default=os.environ.get("CRDT_OPS_RUNTIME", "auto"),
+                           help="CRDT_OPS_RUNTIME: local processes, Docker, or Docker when an "
+                                "engine answers (auto)")
+            p.add_argument("--image", default=os.environ.get("CRDT_OPS_IMAGE", "busybox"),
+                           help="CRDT_OPS_IMAGE: the image of a Docker container")
 
 
 def port_of(args: argparse.Namespace) -> int:
@@ -69,6 +75,7 @@ async def run_service(role: str, args: argparse.Namespace) -> None:
     name = role
     if role == "worker":
         name = args.node or os.environ.get("CRDT_OPS_NODE") or socket.gethostname()
+    runtime = make_runtime(args, settings.store, name) if role == "worker" else None
     node = AmqpNode(settings, name=name if role != "worker" else f"worker-{name}")
     await node.start()
     tasks = []
@@ -80,8 +87,7 @@ async def run_service(role: str, args: argparse.Namespace) -> None:
         elif role == "logic":
             tasks.append(asyncio.create_task(Logic(node).run()))
         else:
-            rdir = Path(args.runtime_dir or f"{settings.store or '.'}.runtime-{name}")
-            runtime = ProcessRuntime(rdir, args.container_command)
+            assert runtime is not None
             tasks.append(asyncio.create_task(
                 Worker(node, name, runtime, capacity=args.capacity).run()))
         await _until_signal()
@@ -91,6 +97,16 @@ async def run_service(role: str, args: argparse.Namespace) -> None:
         if runner is not None:
             await runner.cleanup()
         await node.stop()
+
+
+def make_runtime(args: argparse.Namespace, store: str, name: str) -> Runtime:
+    """The worker's runtime: ``--runtime``, with auto meaning Docker when an engine answers."""
+    if args.runtime == "docker" or (args.runtime == "auto" and DockerRuntime.available()):
+        if not DockerRuntime.available():
+            raise ValueError("--runtime docker: no Docker engine answers (docker info failed)")
+        return DockerRuntime(args.image, args.container_command)
+    rdir = Path(args.runtime_dir or f"{store or '.'}.runtime-{name}")
+    return ProcessRuntime(rdir, args.container_command)
 
 
 def broker_answers(url: str) -> bool:

@@ -100,3 +100,50 @@ def _alive(pid: int, child: subprocess.Popen[bytes] | None) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except OSError:
         return False
+
+
+class DockerRuntime:
+    """Each container is a Docker container ``crdt-ops-<id>`` of ``image`` (through the
+    ``docker`` command line), labelled so that a restarted worker finds it again."""
+
+    LABEL = "crdt-ops.container"
+
+    def __init__(self, image: str = "busybox", command: str = "sleep 1000000") -> None:
+        self.image = image
+        self.command = shlex.split(command)
+
+    @staticmethod
+    def available() -> bool:
+        """Whether a Docker engine answers."""
+        try:
+            return subprocess.run(["docker", "info"], capture_output=True,
+                                  timeout=10).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def _docker(self, *args: str) -> str:
+        try:
+            done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise RuntimeError_(f"docker {args[0]} failed: {e}") from None
+        if done.returncode:
+            raise RuntimeError_(f"docker {args[0]} failed: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def start(self, cid: str) -> int:
+        self._docker("rm", "-f", f"crdt-ops-{cid}")
+        self._docker("run", "-d", "--name", f"crdt-ops-{cid}", "--label", f"{self.LABEL}={cid}",
+                     self.image, *self.command)
+        return int(self._docker("inspect", "-f", "{{.State.Pid}}", f"crdt-ops-{cid}"))
+
+    def stop(self, cid: str) -> None:
+        self._docker("rm", "-f", f"crdt-ops-{cid}")
+
+    def running(self) -> dict[str, int]:
+        out = {}
+        listing = self._docker("ps", "--filter", f"label={self.LABEL}", "--format",
+                               f'{{{{.Label "{self.LABEL}"}}}} {{{{.Names}}}}')
+        for line in listing.splitlines():
+            cid, name = line.split(" ", 1)
+            out[cid] = int(self._docker("inspect", "-f", "{{.State.Pid}}", name))
+        return out

@@ -175,6 +175,28 @@ def test_bad_input_is_refused_and_writes_nothing(system: System, method: str, pa
     assert system.api("GET", "/api/containers")[1] == before
 
 
+def test_a_restarted_worker_reconciles_what_really_runs(system: System) -> None:
+    keep, gone = create(system, "keep"), create(system, "gone")
+    for cid in (keep, gone):
+        system.api("POST", f"/api/containers/{cid}/start")
+    wait_until(lambda: all(system.record(c)["power_actual"] == "on" for c in (keep, gone)), 30,
+               "both running", system.logs)
+    # restart the worker(s) running them
+    nodes = {system.record(c)["assigned_node"] for c in (keep, gone)}
+    pids = {c: system.record(c)["pid"] for c in (keep, gone)}
+    for name in nodes:
+        system.procs[name].send_signal(signal.SIGTERM)
+        system.procs[name].wait(timeout=30)
+    system.api("POST", f"/api/containers/{gone}/stop")  # decided while its worker is down
+    for name in nodes:
+        system.worker(name)
+    wait_until(lambda: system.record(gone)["power_actual"] == "off", 30, "the stop", system.logs)
+    wait_until(lambda: not alive(pids[gone]), 10, "the stopped one's process to be gone")
+    assert system.record(keep)["pid"] == pids[keep] and alive(pids[keep])  # left running
+    for cid in (keep, gone):
+        system.api("DELETE", f"/api/containers/{cid}")
+
+
 def test_a_killed_worker_s_containers_move_to_the_other(system: System) -> None:
     cid = create(system, "mover")
     system.api("POST", f"/api/containers/{cid}/start")
