@@ -154,7 +154,7 @@ def explain(procs: list[ReplicaProcess]) -> Callable[[], str]:
     return text
 
 
-def rabbitmqctl(*args: str, container: Any = None) -> str:
+def rabbitmqctl(*args: str, container: Any = None, stdin: str | None = None) -> str:
     """Run rabbitmqctl against the test broker (locally, or in its container)."""
     if container is not None:
         code, out = container.exec(["rabbitmqctl", *args])
@@ -163,7 +163,7 @@ def rabbitmqctl(*args: str, container: Any = None) -> str:
         return str(out.decode())
     try:
         done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, input=stdin)
     except FileNotFoundError:
         raise RuntimeError("rabbitmqctl is not on the PATH: the broker-restart tests need "
                            "the broker's own tools (Debian's rabbitmq-server)") from None
