@@ -11,12 +11,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from crdt_ops.bench import amqp, core
+from crdt_ops.bench import amqp, core, services
 
 #: The modules' ``add_parser`` functions, one per subcommand.
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     core.add_parser,
     amqp.add_parser,
+    services.add_parser,
 ]
 
 

@@ -1,0 +1,1122 @@
+"""``python -m crdt_ops.bench services``: time from a Start request at web to
+``power_actual`` "on" visible at web, through the real services, beside the same
+flow done "the old way" (HTTP, then AMQP request/reply calls web -> logic -> worker).
+
+Both flows run on one broker, one after the other, each as four OS processes
+(web, logic and two workers, each worker of capacity ``max(200, N)``) plus this
+process as the HTTP client. A container is a local ``sleep 1000000`` process
+started by :class:`services.runtime.ProcessRuntime` (in both flows). Each flow
+first creates N containers (untimed; each with its own owner, so logic's
+per-owner quota never applies), then starts and waits for two warm-up
+containers (not counted), then starts the N containers **one at a time**: the
+next Start is sent once the previous container is "on" at web. Times are
+:func:`time.perf_counter` in this process.
+
+1. **crdt-ops**: ``crdt-ops web``, ``crdt-ops logic`` and two ``crdt-ops worker``
+   processes (``python -m crdt_ops.cli``) in a group ``bench-<random>``, stores in
+   SQLite in a temporary directory, default settings (``--heartbeat-s 1``, as the
+   demo). The client follows ``GET /api/events`` (Server-Sent Events). Latency of
+   a container: from just before ``POST /api/containers/{id}/start`` is sent
+   until the SSE event whose record shows ``power_actual`` "on" is read. Web
+   answers the Start with 202 once the write is durable in its own store; logic
+   sees it through the broker, places it (a write), the worker sees that, starts
+   the process and writes ``power_actual``, and web sees that write.
+   Where the time goes: the 202, the time logic placed it and the worker started
+   it (the timestamps, wall clock to the millisecond, of their ``placing`` and
+   ``started`` log lines), and when web showed the assignment (an SSE event).
+2. **Old way** (written for this benchmark only, in this file): a web of the same
+   HTTP API, keeping the records in memory; ``POST .../start`` calls logic's
+   ``place`` and answers when that returns, with ``power_actual`` "on". Logic
+   picks the least loaded worker (in memory; same capacity and quota rules,
+   no liveness) and calls that worker's ``start``, which runs
+   ``ProcessRuntime.start`` and replies. Calls are aio-pika request/reply (the
+   RPC tutorial's pattern): one request queue per service ``bench-old-<random>.<service>``
+   (not durable) fed through the default exchange, transient JSON messages with
+   ``reply_to`` (the caller's exclusive, server-named reply queue) and
+   ``correlation_id``; channels with publisher confirms (aio-pika's default); a
+   request is acked after it is handled. Latency: from just before the ``POST``
+   is sent until its answer (showing "on") is read. Nothing is durable, and
+   nothing retries if a service or the broker is down.
+
+Afterwards every container process is killed (its process group, from the
+runtime directories' pid files and the records' pids) and checked gone, the
+services are stopped (SIGTERM), and the groups' queues and exchanges deleted.
+CPU: each process's CPU time over the timed phase (``/proc``), in percent of one
+core; the broker's counts all its work, other clients' included.
+
+``--samples FILE`` writes every timed Start's stages (JSON lines); ``--profile DIR``
+runs the crdt-ops services under cProfile (slower: to find where the time goes).
+
+Percentiles are nearest-rank (p99 of 200 samples is the 198th smallest). A flow
+that fails (a Start not "on" within 30 s, a service exiting, a crdt-ops
+service reconnecting to the broker) is retried from scratch, with new names, up
+to three times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from crdt_ops.bench.core import Progress, _cpu_model, _revision
+from crdt_ops.config import Settings
+
+DEFAULT_CONTAINERS = 200
+QUICK_CONTAINERS = 20
+MIN_CAPACITY = 200  # per worker
+WORKERS = ("worker-1", "worker-2")
+WARMUP = 2  # containers started (and waited for) before the timed ones, not counted
+COMMAND = "sleep 1000000"
+START_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 60.0
+ATTEMPTS = 3
+FLOWS = ("crdt-ops", "old-way")
+DEFAULT_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+#: Stages of a Start, in the order they happen: name -> what it is.
+STAGES = {
+    "answered": "web answered the Start (crdt-ops: 202 Accepted, durable in web's store; "
+                "old way: the answer, on)",
+    "placed": "logic placed it (crdt-ops: its log line; old way: before calling the worker)",
+    "started": "the worker started the process (crdt-ops: its log line; old way: "
+               "ProcessRuntime.start returned)",
+    "assigned@web": "web showed the assignment (crdt-ops: an SSE event)",
+    "on@web": "power_actual on visible at web (crdt-ops: the SSE event; old way: the answer)",
+}
+
+
+class Disturbed(Exception):
+    """The measurement was disturbed (broker, a service); it is retried."""
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def quantile(xs: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile of ``xs`` (not necessarily sorted)."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid``, None if unreadable."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pid() -> int | None:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (d / "comm").read_text().strip() == "beam.smp":
+                    return int(d.name)
+    return None
+
+
+def _self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
+    """SIGKILL the process group of every container recorded in ``run_dirs``' pid
+    files or in ``pids``; wait until they are gone. Returns how many there were;
+    raises RuntimeError if any is still alive after 10 s."""
+    found = set(pids)
+    for d in run_dirs:
+        for f in d.glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                found.add(int(f.read_text()))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in found):
+        time.sleep(0.05)
+    left = [p for p in found if _alive(p)]
+    if left:
+        raise RuntimeError(f"container processes still alive: {left[:10]}")
+    return len(found)
+
+
+class Services:
+    """The OS processes of one flow, with their logs in ``workdir``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        with open(self.workdir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=dict(os.environ, **(env or {})))
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise Disturbed(f"{name} exited with status {p.returncode}:\n{self.tail(name)}")
+
+    def tail(self, name: str, chars: int = 2000) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def cpu(self) -> dict[str, float | None]:
+        return {name: _proc_cpu(p.pid) for name, p in self.procs.items()}
+
+    def stop(self) -> dict[str, float]:
+        """SIGTERM every process, wait for all (SIGKILL after 20 s); seconds each took."""
+        t0 = time.monotonic()
+        took = {}
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in self.procs.items():
+            try:
+                p.wait(timeout=max(0.1, 20 - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            took[name] = time.monotonic() - t0
+        return took
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: str,
+                   services: Services | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if services is not None:
+            services.check()
+        with contextlib.suppress(OSError, aiohttp.ClientError, TimeoutError):
+            if await cond():
+                return
+        await asyncio.sleep(0.1)
+    raise Disturbed(f"timed out after {timeout:g}s waiting for {what}")
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as resp:
+        return await resp.json() if resp.status == 200 else None
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Sample:
+    """One timed Start: seconds since it was sent (perf_counter) for each stage seen."""
+
+    cid: str
+    wall_t0: float  # time.time() when the Start was sent (to place log lines)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.stages["on@web"]
+
+
+@dataclass
+class FlowResult:
+    flow: str
+    description: str
+    samples: list[Sample]
+    seconds: float  # wall time of the timed phase
+    cpu: dict[str, float | None]  # process -> CPU seconds over the timed phase
+    attempts: int = 1
+
+    def totals(self) -> list[float]:
+        return [s.total for s in self.samples]
+
+    def stage(self, name: str) -> list[float]:
+        return [s.stages[name] for s in self.samples if name in s.stages]
+
+
+# ---------------------------------------------------------------- 1. crdt-ops
+
+
+class EventWatch:
+    """Follows web's ``GET /api/events`` and resolves waiters on the records it shows."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.first_assigned: dict[str, float] = {}
+        self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool],
+                                  asyncio.Future[float]]] = []
+        self.connected = asyncio.Event()
+
+    def expect(self, cid: str, pred: Callable[[dict[str, Any]], bool]
+               ) -> asyncio.Future[float]:
+        """A future of the perf_counter time an event of ``cid`` satisfies ``pred``."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._waiters.append((cid, pred, fut))
+        return fut
+
+    async def follow(self, session: aiohttp.ClientSession, url: str) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with session.get(url, timeout=timeout) as resp:
+            resp.raise_for_status()
+            data: list[str] = []
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith(": connected"):
+                    self.connected.set()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    self._event(json.loads("\n".join(data)), time.perf_counter())
+                    data = []
+
+    def _event(self, event: dict[str, Any], now: float) -> None:
+        cid, rec = event["id"], event.get("record")
+        if rec is None:
+            self.records.pop(cid, None)
+            return
+        self.records[cid] = rec
+        if rec.get("assigned_node") and rec.get("power_desired") == "on":
+            self.first_assigned.setdefault(cid, now)
+        keep = []
+        for w in self._waiters:
+            if w[2].done():
+                continue
+            if w[0] == cid and w[1](rec):
+                w[2].set_result(now)
+            else:
+                keep.append(w)
+        self._waiters = keep
+
+
+_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ (.*)$")
+_PLACING = re.compile(r"^placing (\w+) on ")
+_STARTED = re.compile(r"^\S+: started (\w+) as pid ")
+
+
+def log_times(path: Path, pattern: re.Pattern[str]) -> dict[str, float]:
+    """Container id -> wall time (time.time(), to the millisecond) of its first log
+    line in ``path`` that ``pattern`` matches (after the timestamp, level, logger)."""
+    out: dict[str, float] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        hit = pattern.match(m.group(2))
+        if hit and hit.group(1) not in out:
+            out[hit.group(1)] = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return out
+
+
+def crdt_ops_replicas() -> list[str]:
+    return ["web", "logic", *WORKERS]
+
+
+async def _delete_crdt_group(url: str, group: str) -> None:
+    s = Settings(group=group)
+    conn = await aio_pika.connect(url)
+    async with conn:
+        for name in [s.queue(r) for r in crdt_ops_replicas()] + [s.stream,
+                                                                  s.dead_letter_queue]:
+            ch = await conn.channel()
+            with contextlib.suppress(Exception):
+                await ch.queue_delete(name)
+        for name in (s.exchange, s.dead_letter_exchange):
+            ch = await conn.channel()
+            with contextlib.suppress(Exception):
+                await ch.exchange_delete(name)
+
+
+async def _delete_queues(url: str, queues: Sequence[str]) -> None:
+    conn = await aio_pika.connect(url)
+    async with conn:
+        for name in queues:
+            ch = await conn.channel()
+            with contextlib.suppress(Exception):
+                await ch.queue_delete(name)
+
+
+async def retry_broker(what: str, progress: Callable[[str], None],
+                       fn: Callable[[], Awaitable[None]]) -> None:
+    """Run ``fn`` (a clean-up on the broker), retrying while the broker is away."""
+    for attempt in range(6):
+        try:
+            await fn()
+            return
+        except Exception as e:
+            progress(f"{what} failed ({type(e).__name__}: {e}); retrying ({attempt + 1}/6)")
+            await asyncio.sleep(2)
+    progress(f"could not finish: {what}; clean up by hand")
+
+
+@dataclass
+class Options:
+    url: str
+    containers: int
+    capacity: int
+    batch_delay_ms: float | None
+    progress: Callable[[str], None]
+    profile_dir: Path | None = None
+
+
+async def _create(session: aiohttp.ClientSession, base: str, n: int, tag: str) -> list[str]:
+    cids = []
+    for i in range(n):
+        async with session.post(f"{base}/api/containers",
+                                json={"name": f"{tag}-{i}", "owner": f"{tag}-owner-{i}"}) as resp:
+            body = await resp.json()
+            if resp.status != 201:
+                raise RuntimeError(f"create answered {resp.status}: {body}")
+            cids.append(str(body["id"]))
+    return cids
+
+
+async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
+    group = f"bench-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    services = Services(workdir)
+    run_dirs = [workdir / f"run-{w}" for w in WORKERS]
+    pids: list[int] = []
+    env = {"CRDT_OPS_LOG": "INFO", "CRDT_OPS_RUNTIME": "process"}
+    try:
+        for name, cmd in [("web", ["web", "--port", str(port), "--host", "127.0.0.1"]),
+                          ("logic", ["logic"])] + [
+                (w, ["worker", "--node", w, "--capacity", str(opt.capacity),
+                     "--command", COMMAND, "--runtime-dir", str(workdir / f"run-{w}")])
+                for w in WORKERS]:
+            extra = ([] if opt.batch_delay_ms is None
+                     else ["--batch-delay-ms", str(opt.batch_delay_ms)])
+            prof = ([] if opt.profile_dir is None
+                    else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
+            services.start(name, [sys.executable, *prof, "-m", "crdt_ops.cli", *cmd, "--amqp-url",
+                                  opt.url, "--group", group, "--replica-id", name,
+                                  "--heartbeat-s", "1", "--store",
+                                  str(workdir / f"{name}.sqlite"), *extra], env)
+        opt.progress(f"crdt-ops: group {group}: web, logic, {', '.join(WORKERS)} started "
+                     f"(pids {', '.join(str(p.pid) for p in services.procs.values())}); "
+                     f"web on :{port}")
+        connector = aiohttp.TCPConnector(limit=8)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def workers_known() -> bool:
+                health = await _get_json(session, f"{base}/healthz")
+                return health is not None and all(w in health["clock"] for w in WORKERS)
+
+            await wait_for(workers_known, READY_TIMEOUT_S, "web to answer and to know both "
+                           "workers", services)
+            watch = EventWatch()
+            follower = asyncio.create_task(watch.follow(session, f"{base}/api/events"))
+            try:
+                await asyncio.wait_for(watch.connected.wait(), 10)
+                return await _crdt_ops_measure(opt, session, base, watch, services, pids,
+                                               follower)
+            finally:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await follower
+                # web's SSE handler notices the closed stream only when it writes to it
+                # (else at its 15 s keep-alive, which also holds up web's shutdown): one
+                # more change makes it write now
+                with contextlib.suppress(Exception):
+                    await _create(session, base, 1, "nudge")
+                    await asyncio.sleep(0.2)
+    finally:
+        took = services.stop()
+        n = kill_containers(run_dirs, pids)
+        opt.progress(f"crdt-ops: services stopped (SIGTERM to exit, s: "
+                     f"{', '.join(f'{k} {v:.1f}' for k, v in took.items())}), "
+                     f"{n} container processes killed")
+        await retry_broker(f"deleting group {group}", opt.progress,
+                           lambda: _delete_crdt_group(opt.url, group))
+
+
+def _on(rec: dict[str, Any]) -> bool:
+    return rec.get("power_actual") == "on"
+
+
+async def _crdt_ops_measure(opt: Options, session: aiohttp.ClientSession, base: str,
+                            watch: EventWatch, services: Services, pids: list[int],
+                            follower: asyncio.Task[None]) -> FlowResult:
+    n = opt.containers
+    cids = await _create(session, base, n, "bench")
+    warm = await _create(session, base, WARMUP, "warmup")
+    opt.progress(f"crdt-ops: created {n} + {WARMUP} warm-up containers; warming up")
+
+    async def start(cid: str) -> Sample:
+        fut = watch.expect(cid, _on)
+        sample = Sample(cid, time.time())
+        t0 = time.perf_counter()
+        async with session.post(f"{base}/api/containers/{cid}/start") as resp:
+            await resp.read()
+            if resp.status != 202:
+                raise RuntimeError(f"start answered {resp.status}")
+        sample.stages["answered"] = time.perf_counter() - t0
+        try:
+            pending: set[asyncio.Future[Any]] = {fut, follower}
+            done, _ = await asyncio.wait(pending, timeout=START_TIMEOUT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fut.cancel()
+        if fut not in done:
+            services.check()
+            raise Disturbed(f"{cid} not on at web after {START_TIMEOUT_S:g}s "
+                            f"(record: {watch.records.get(cid)}; events stream "
+                            f"{'ended' if follower.done() else 'open'})")
+        sample.stages["on@web"] = fut.result() - t0
+        if cid in watch.first_assigned:
+            sample.stages["assigned@web"] = watch.first_assigned[cid] - t0
+        pids.append(int(watch.records[cid]["pid"]))
+        return sample
+
+    for cid in warm:
+        await start(cid)
+    await asyncio.sleep(1.0)  # let the warm-up's trailing writes settle
+    services.check()
+    opt.progress(f"crdt-ops: timing {n} Starts, one at a time")
+    cpu0, broker0, self0 = services.cpu(), _proc_cpu(_broker_pid()), _self_cpu()
+    t_begin = time.perf_counter()
+    samples = []
+    for i, cid in enumerate(cids):
+        samples.append(await start(cid))
+        if (i + 1) % 50 == 0:
+            opt.progress(f"crdt-ops: {i + 1}/{n}, median so far "
+                         f"{1000 * statistics.median(s.total for s in samples):.1f} ms")
+    seconds = time.perf_counter() - t_begin
+    cpu = _cpu_delta(cpu0, services.cpu(), broker0, self0)
+    services.check()
+    # stages from the services' log lines (wall clock, to the millisecond)
+    placed = log_times(services.workdir / "logic.log", _PLACING)
+    started: dict[str, float] = {}
+    for w in WORKERS:
+        started.update(log_times(services.workdir / f"{w}.log", _STARTED))
+    for s in samples:
+        if s.cid in placed:
+            s.stages["placed"] = placed[s.cid] - s.wall_t0
+        if s.cid in started:
+            s.stages["started"] = started[s.cid] - s.wall_t0
+    logs = "".join(services.tail(name, 10**7) for name in services.procs)
+    if "reconnected to the broker" in logs:
+        raise Disturbed("a service reconnected to the broker during the run")
+    return FlowResult("crdt-ops", "crdt-ops web/logic/worker (replicas over RabbitMQ; "
+                      "SSE at web)", samples, seconds, cpu)
+
+
+def _cpu_delta(before: dict[str, float | None], after: dict[str, float | None],
+               broker0: float | None, self0: float) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, b in before.items():
+        a = after.get(name)
+        out[name] = None if a is None or b is None else a - b
+    broker1 = _proc_cpu(_broker_pid())
+    out["broker"] = None if broker1 is None or broker0 is None else broker1 - broker0
+    out["client"] = _self_cpu() - self0
+    return out
+
+
+# ---------------------------------------------------------------- 2. the old way
+
+
+class RpcClient:
+    """Request/reply calls over RabbitMQ (aio-pika's RPC tutorial pattern): the
+    request goes to the callee's queue through the default exchange, with
+    ``reply_to`` this caller's exclusive queue and a fresh ``correlation_id``."""
+
+    def __init__(self, channel: AbstractChannel) -> None:
+        self.channel = channel
+        self.futures: dict[str, asyncio.Future[Any]] = {}
+        self.replies: AbstractQueue | None = None
+
+    async def start(self) -> RpcClient:
+        self.replies = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        await self.replies.consume(self._on_reply, no_ack=True)
+        return self
+
+    async def _on_reply(self, msg: AbstractIncomingMessage) -> None:
+        fut = self.futures.pop(msg.correlation_id or "", None)
+        if fut is not None and not fut.done():
+            fut.set_result(json.loads(msg.body))
+
+    async def call(self, queue: str, method: str, timeout: float = START_TIMEOUT_S,
+                   **params: Any) -> Any:
+        assert self.replies is not None
+        corr = uuid.uuid4().hex
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures[corr] = fut
+        try:
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(json.dumps({"method": method, "params": params}).encode(),
+                                 content_type="application/json", correlation_id=corr,
+                                 reply_to=self.replies.name,
+                                 delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                routing_key=queue)
+            reply = await asyncio.wait_for(fut, timeout)
+        finally:
+            self.futures.pop(corr, None)
+        if not reply.get("ok"):
+            raise RuntimeError(f"{queue}.{method}: {reply.get('error')}")
+        return reply["result"]
+
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+async def rpc_serve(channel: AbstractChannel, queue_name: str, handler: Handler) -> None:
+    """Answer the requests of ``queue_name`` with ``handler(method, params)``."""
+    queue = await channel.declare_queue(queue_name, durable=False, auto_delete=False)
+
+    async def on_request(msg: AbstractIncomingMessage) -> None:
+        async with msg.process(requeue=False):
+            try:
+                req = json.loads(msg.body)
+                reply = {"ok": True, "result": await handler(req["method"], req["params"])}
+            except Exception as e:
+                reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+            if msg.reply_to:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(json.dumps(reply).encode(),
+                                     content_type="application/json",
+                                     correlation_id=msg.correlation_id,
+                                     delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                    routing_key=msg.reply_to)
+
+    await queue.consume(on_request)
+
+
+def old_queue(prefix: str, service: str) -> str:
+    return f"{prefix}.{service}"
+
+
+async def _old_worker(conn: aio_pika.abc.AbstractConnection, a: argparse.Namespace) -> None:
+    from services.runtime import ProcessRuntime
+
+    runtime = ProcessRuntime(Path(a.runtime_dir), COMMAND)
+
+    async def handle(method: str, p: dict[str, Any]) -> Any:
+        if method == "start":
+            pid = runtime.start(p["cid"])
+            return {"pid": pid, "power_actual": "on", "started": time.time()}
+        if method == "stop":
+            runtime.stop(p["cid"])
+            return {"power_actual": "off"}
+        raise ValueError(f"no method {method!r}")
+
+    channel = await conn.channel()
+    await channel.set_qos(prefetch_count=100)
+    await rpc_serve(channel, old_queue(a.prefix, a.node), handle)
+
+
+async def _old_logic(conn: aio_pika.abc.AbstractConnection, a: argparse.Namespace) -> None:
+    workers = a.workers.split(",")
+    load = dict.fromkeys(workers, 0)
+    per_owner: dict[str, int] = {}
+    placed: dict[str, tuple[str, str]] = {}  # cid -> (node, owner)
+    rpc = await RpcClient(await conn.channel()).start()
+    quota = 20
+
+    async def handle(method: str, p: dict[str, Any]) -> Any:
+        cid = p["cid"]
+        if method == "place":
+            if cid in placed:
+                raise ValueError(f"{cid} is placed already")
+            owner = p["owner"]
+            if per_owner.get(owner, 0) >= quota:
+                raise ValueError(f"owner {owner!r} already runs {quota} containers (quota)")
+            free = [w for w in workers if load[w] < a.capacity]
+            if not free:
+                raise ValueError("no worker node with free capacity")
+            node = min(free, key=lambda w: (load[w], w))
+            load[node] += 1
+            per_owner[owner] = per_owner.get(owner, 0) + 1
+            placed[cid] = (node, owner)
+            decided = time.time()
+            try:
+                got = await rpc.call(old_queue(a.prefix, node), "start", cid=cid)
+            except BaseException:
+                load[node] -= 1
+                per_owner[owner] -= 1
+                placed.pop(cid, None)
+                raise
+            return {"assigned_node": node, "placed": decided, **got}
+        if method == "stop":
+            if cid not in placed:
+                return {"power_actual": "off"}
+            node, owner = placed.pop(cid)
+            load[node] -= 1
+            per_owner[owner] -= 1
+            return await rpc.call(old_queue(a.prefix, node), "stop", cid=cid)
+        raise ValueError(f"no method {method!r}")
+
+    channel = await conn.channel()
+    await channel.set_qos(prefetch_count=100)
+    await rpc_serve(channel, old_queue(a.prefix, "logic"), handle)
+
+
+async def _old_web(conn: aio_pika.abc.AbstractConnection, a: argparse.Namespace
+                   ) -> aiohttp.web.AppRunner:
+    from aiohttp import web
+
+    records: dict[str, dict[str, Any]] = {}
+    rpc = await RpcClient(await conn.channel()).start()
+    logic = old_queue(a.prefix, "logic")
+    routes = web.RouteTableDef()
+
+    @routes.post("/api/containers")
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        cid = uuid.uuid4().hex[:12]
+        records[cid] = {"id": cid, "name": body["name"], "owner": body.get("owner") or "anonymous",
+                        "power_desired": "off", "power_actual": "off", "assigned_node": None,
+                        "pid": None}
+        return web.json_response(records[cid], status=201)
+
+    @routes.get("/api/containers/{cid}")
+    async def get_one(request: web.Request) -> web.Response:
+        rec = records.get(request.match_info["cid"])
+        if rec is None:
+            return web.json_response({"error": "no such container"}, status=404)
+        return web.json_response(rec)
+
+    @routes.post("/api/containers/{cid}/{action:start|stop}")
+    async def change(request: web.Request) -> web.Response:
+        rec = records.get(request.match_info["cid"])
+        if rec is None:
+            return web.json_response({"error": "no such container"}, status=404)
+        action = request.match_info["action"]
+        rec["power_desired"] = "on" if action == "start" else "off"
+        try:
+            if action == "start":
+                got = await rpc.call(logic, "place", cid=rec["id"], owner=rec["owner"])
+                rec.update(assigned_node=got["assigned_node"], pid=got["pid"],
+                           power_actual=got["power_actual"])
+                return web.json_response(dict(rec, placed=got["placed"],
+                                              started=got["started"]))
+            got = await rpc.call(logic, "stop", cid=rec["id"])
+            rec.update(power_actual=got["power_actual"], pid=None, assigned_node=None)
+            return web.json_response(rec)
+        except Exception as e:
+            return web.json_response({"error": str(e)}, status=503)
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", a.port).start()
+    return runner
+
+
+async def _old_service(a: argparse.Namespace) -> None:
+    conn = await aio_pika.connect(a.url, client_properties={
+        "connection_name": f"crdt-ops bench old-way {a.role}"})
+    runner = None
+    async with conn:
+        if a.role == "web":
+            runner = await _old_web(conn, a)
+        elif a.role == "logic":
+            await _old_logic(conn, a)
+        else:
+            await _old_worker(conn, a)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        closed = asyncio.ensure_future(conn.closed())
+        await asyncio.wait({asyncio.ensure_future(stop.wait()), closed},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if runner is not None:
+            await runner.cleanup()
+
+
+def old_service_main(argv: Sequence[str]) -> int:
+    """A service of the old way, as its own process (started by :func:`old_way_flow`)."""
+    p = argparse.ArgumentParser(prog="python -m crdt_ops.bench.services _old-way")
+    p.add_argument("role", choices=("web", "logic", "worker"))
+    p.add_argument("--url", required=True)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--node", default="")
+    p.add_argument("--workers", default=",".join(WORKERS))
+    p.add_argument("--capacity", type=int, default=MIN_CAPACITY)
+    p.add_argument("--runtime-dir", default="")
+    asyncio.run(_old_service(p.parse_args(argv)))
+    return 0
+
+
+async def _consumers(url: str, queues: Sequence[str]) -> bool:
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        for q in queues:
+            declared = await ch.declare_queue(q, durable=False, auto_delete=False)
+            if not declared.declaration_result.consumer_count:
+                return False
+    return True
+
+
+async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
+    prefix = f"bench-old-{uuid.uuid4().hex[:10]}"
+    queues = [old_queue(prefix, s) for s in ("logic", *WORKERS)]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    services = Services(workdir)
+    run_dirs = [workdir / f"run-{w}" for w in WORKERS]
+    pids: list[int] = []
+    me = [sys.executable, "-m", "crdt_ops.bench.services", "_old-way"]
+    common = ["--url", opt.url, "--prefix", prefix, "--capacity", str(opt.capacity)]
+    try:
+        services.start("web", [*me, "web", "--port", str(port), *common])
+        services.start("logic", [*me, "logic", *common])
+        for w in WORKERS:
+            services.start(w, [*me, "worker", "--node", w, "--runtime-dir",
+                               str(workdir / f"run-{w}"), *common])
+        opt.progress(f"old way: queues {prefix}.*: web, logic, {', '.join(WORKERS)} started "
+                     f"(pids {', '.join(str(p.pid) for p in services.procs.values())}); "
+                     f"web on :{port}")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session:
+
+            async def ready() -> bool:
+                return (await _get_json(session, f"{base}/healthz") is not None
+                        and await _consumers(opt.url, queues))
+
+            await wait_for(ready, READY_TIMEOUT_S, "the old way's services", services)
+            return await _old_way_measure(opt, session, base, services, pids)
+    finally:
+        services.stop()
+        n = kill_containers(run_dirs, pids)
+        opt.progress(f"old way: services stopped, {n} container processes killed")
+        await retry_broker(f"deleting queues {prefix}.*", opt.progress,
+                           lambda: _delete_queues(opt.url, queues))
+
+
+async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: str,
+                           services: Services, pids: list[int]) -> FlowResult:
+    n = opt.containers
+    cids = await _create(session, base, n, "bench")
+    warm = await _create(session, base, WARMUP, "warmup")
+    opt.progress(f"old way: created {n} + {WARMUP} warm-up containers; warming up")
+    timeout = aiohttp.ClientTimeout(total=START_TIMEOUT_S)
+
+    async def start(cid: str) -> Sample:
+        sample = Sample(cid, time.time())
+        t0 = time.perf_counter()
+        try:
+            async with session.post(f"{base}/api/containers/{cid}/start",
+                                    timeout=timeout) as resp:
+                body = await resp.json()
+        except TimeoutError:
+            services.check()
+            raise Disturbed(f"{cid}: no answer after {START_TIMEOUT_S:g}s") from None
+        t1 = time.perf_counter()
+        if resp.status != 200 or body.get("power_actual") != "on":
+            services.check()
+            raise Disturbed(f"{cid}: start answered {resp.status}: {body}")
+        sample.stages["answered"] = sample.stages["on@web"] = t1 - t0
+        sample.stages["placed"] = body["placed"] - sample.wall_t0
+        sample.stages["started"] = body["started"] - sample.wall_t0
+        pids.append(int(body["pid"]))
+        return sample
+
+    for cid in warm:
+        await start(cid)
+    await asyncio.sleep(1.0)
+    services.check()
+    opt.progress(f"old way: timing {n} Starts, one at a time")
+    cpu0, broker0, self0 = services.cpu(), _proc_cpu(_broker_pid()), _self_cpu()
+    t_begin = time.perf_counter()
+    samples = []
+    for i, cid in enumerate(cids):
+        samples.append(await start(cid))
+        if (i + 1) % 50 == 0:
+            opt.progress(f"old way: {i + 1}/{n}, median so far "
+                         f"{1000 * statistics.median(s.total for s in samples):.1f} ms")
+    seconds = time.perf_counter() - t_begin
+    cpu = _cpu_delta(cpu0, services.cpu(), broker0, self0)
+    services.check()
+    return FlowResult("old-way", "old way: HTTP, then AMQP RPC web -> logic -> worker",
+                      samples, seconds, cpu)
+
+
+# ---------------------------------------------------------------- running, reporting
+
+
+def run_flow(flow: str, opt: Options) -> FlowResult:
+    fn = crdt_ops_flow if flow == "crdt-ops" else old_way_flow
+    for attempt in range(1, ATTEMPTS + 1):
+        workdir = Path(tempfile.mkdtemp(prefix=f"crdt-ops-bench-{flow}-"))
+        try:
+            result = asyncio.run(fn(opt, workdir))
+            result.attempts = attempt
+            shutil.rmtree(workdir, ignore_errors=True)
+            return result
+        except Exception as e:
+            opt.progress(f"{flow}: attempt {attempt} failed: {type(e).__name__}: {e}")
+            if not isinstance(e, Disturbed):
+                opt.progress(traceback.format_exc())
+            if attempt == ATTEMPTS:
+                opt.progress(f"{flow}: logs kept in {workdir}")
+                raise
+            shutil.rmtree(workdir, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def broker_version(url: str) -> str:
+    async def ask() -> str:
+        conn = await aio_pika.connect(url)
+        async with conn:
+            props: Any = conn.transport.connection.server_properties  # type: ignore[union-attr]
+            return f"{props.get('product', 'RabbitMQ')} {props.get('version', '?')}"
+
+    try:
+        return str(asyncio.run(ask()))
+    except Exception as e:
+        return f"unknown ({type(e).__name__})"
+
+
+def _redact(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def machine(url: str) -> dict[str, str]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "cpu": _cpu_model(),
+        "cores": f"{os.cpu_count()}" + (f" ({usable} usable)" if usable is not None else ""),
+        "os": platform.platform(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "aio-pika": aio_pika.__version__,
+        "aiohttp": aiohttp.__version__,
+        "broker": f"{broker_version(url)} at {_redact(url)}"
+                  + (" (on this machine)" if _broker_pid() else ""),
+        "crdt-ops": _revision(),
+        "load": f"{load} (1/5/15 min, at the start)",
+    }
+
+
+def _ms(x: float) -> str:
+    return f"{1000 * x:.1f}"
+
+
+def _md(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    lines = [list(head), *[list(r) for r in rows]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    right = [i >= left for i in range(len(head))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w)
+                                 for c, w, r in zip(cells, widths, right, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + (":" if r else "-")
+                          for w, r in zip(widths, right, strict=True)) + "|"
+    return "\n".join([fmt(lines[0]), rule, *(fmt(line) for line in lines[1:])])
+
+
+def table(results: Sequence[FlowResult]) -> str:
+    """p50/p99 (and more) of Start -> on at web per flow, and the crdt-ops/old-way ratio."""
+    head = ("flow", "containers", "p50 ms", "p99 ms", "mean ms", "min ms", "max ms",
+            "timed phase s")
+    rows = []
+    for r in results:
+        t = r.totals()
+        rows.append((r.flow, str(len(t)), _ms(quantile(t, 0.5)), _ms(quantile(t, 0.99)),
+                     _ms(statistics.fmean(t)), _ms(min(t)), _ms(max(t)), f"{r.seconds:.1f}"))
+    by = {r.flow: r for r in results}
+    if "crdt-ops" in by and "old-way" in by:
+        a, b = by["crdt-ops"].totals(), by["old-way"].totals()
+
+        def ratio(f: Callable[[list[float]], float]) -> str:
+            return f"{f(a) / f(b):.1f}x"
+
+        rows.append(("ratio crdt-ops/old-way", "", ratio(lambda x: quantile(x, 0.5)),
+                     ratio(lambda x: quantile(x, 0.99)), ratio(statistics.fmean), ratio(min),
+                     ratio(max), ""))
+    return _md(head, rows, left=1)
+
+
+def stage_table(results: Sequence[FlowResult]) -> str:
+    """Per flow and stage: p50/p99 of the time since the Start was sent."""
+    head = ("flow", "stage (ms since Start sent)", "seen", "p50", "p99")
+    rows = []
+    for r in results:
+        for name in STAGES:
+            xs = r.stage(name)
+            if not xs or (r.flow == "old-way" and name == "on@web"):
+                continue
+            rows.append((r.flow, name, f"{len(xs)}/{len(r.samples)}", _ms(quantile(xs, 0.5)),
+                         _ms(quantile(xs, 0.99))))
+    return _md(head, rows, left=2)
+
+
+def cpu_table(results: Sequence[FlowResult]) -> str:
+    names = list(dict.fromkeys(n for r in results for n in r.cpu))
+    head = ("flow", *names)
+    rows = []
+    for r in results:
+        cells = []
+        for n in names:
+            c = r.cpu.get(n)
+            cells.append("?" if c is None else f"{100 * c / max(r.seconds, 1e-9):.0f}")
+        rows.append((r.flow, *cells))
+    return _md(head, rows, left=1)
+
+
+def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) -> str:
+    out = ["crdt-ops services benchmark: Start request at web -> power_actual on visible at web",
+           ""]
+    out += [f"{k + ':':<10}{v}" for k, v in info.items()]
+    out += [
+        "",
+        f"{opt.containers} containers per flow (created first, untimed), started one at a "
+        f"time (sequentially: the next Start is sent once",
+        f"the previous one is on at web), after {WARMUP} warm-up Starts (not counted). "
+        f"2 workers of capacity {opt.capacity}; a container is a",
+        f"local '{COMMAND}' process (services.runtime.ProcessRuntime). Percentiles are "
+        f"nearest-rank." + ("" if opt.batch_delay_ms is None else
+                            f" crdt-ops services run with --batch-delay-ms "
+                            f"{opt.batch_delay_ms:g}.")
+        + ("" if opt.profile_dir is None else " crdt-ops services run under cProfile."),
+        "",
+        table(results),
+        "",
+    ]
+    for r in results:
+        out.append(f"  {r.flow:<9} {r.description}"
+                   + (f" (attempt {r.attempts})" if r.attempts > 1 else ""))
+    out += ["", "Where the time goes:", "", stage_table(results), ""]
+    out += [f"  {k:<13} {v}" for k, v in STAGES.items()]
+    out += ["", "CPU over the timed phase, % of one core (broker: all its work):", "",
+            cpu_table(results)]
+    return "\n".join(out)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``services`` subcommand."""
+    p = subparsers.add_parser(
+        "services", help="Start -> power_actual on at web: crdt-ops services vs AMQP RPC",
+        description="Time from POST /api/containers/{id}/start at web to power_actual 'on' "
+                    "visible at web, through crdt-ops web/logic/worker processes (watched "
+                    "through GET /api/events) and through the same flow done with AMQP "
+                    "request/reply calls web -> logic -> worker; p50/p99 and their ratio.")
+    configure(p)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--containers", type=int, default=None, metavar="N",
+                   help=f"containers started (timed) per flow (default {DEFAULT_CONTAINERS}; "
+                        f"--quick: {QUICK_CONTAINERS})")
+    p.add_argument("--quick", action="store_true",
+                   help="a small, fast run (a smoke test for CI, not a measurement)")
+    p.add_argument("--url", default=DEFAULT_URL,
+                   help="the broker (default: AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/)")
+    p.add_argument("--capacity", type=int, default=None,
+                   help=f"capacity of each worker (default max({MIN_CAPACITY}, N))")
+    p.add_argument("--flow", action="append", choices=FLOWS,
+                   help="run only this flow (repeatable; default: both)")
+    p.add_argument("--batch-delay-ms", type=float, default=None,
+                   help="the crdt-ops services' --batch-delay-ms (default: theirs, 5)")
+    p.add_argument("--samples", type=Path, default=None, metavar="FILE",
+                   help="also write every timed Start (flow, id, stages in ms) as JSON lines")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="run the crdt-ops services under cProfile, writing DIR/<service>.prof "
+                        "(slows them down: for finding where the time goes, not a measurement)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``services`` with parsed arguments; print the report to stdout.
+    Returns 0, or 1 if a flow failed on every attempt."""
+    n = args.containers if args.containers is not None else (
+        QUICK_CONTAINERS if args.quick else DEFAULT_CONTAINERS)
+    if n < 1:
+        raise SystemExit("--containers must be at least 1")
+    opt = Options(url=args.url, containers=n, capacity=args.capacity or max(MIN_CAPACITY, n),
+                  batch_delay_ms=args.batch_delay_ms,
+                  progress=Progress(enabled=not args.quiet), profile_dir=args.profile)
+    if opt.profile_dir is not None:
+        opt.profile_dir.mkdir(parents=True, exist_ok=True)
+    info = machine(opt.url)
+    opt.progress(f"services: {n} Starts per flow, on {info['cpu']}, broker {info['broker']}")
+    results = []
+    failed = []
+    for flow in args.flow or FLOWS:
+        try:
+            results.append(run_flow(flow, opt))
+        except Exception as e:
+            failed.append(f"{flow}: {type(e).__name__}: {e}")
+    if results:
+        print(report(results, info, opt), flush=True)
+    if args.samples is not None:
+        with open(args.samples, "w", encoding="utf-8") as out:
+            for r in results:
+                for smp in r.samples:
+                    out.write(json.dumps({"flow": r.flow, "id": smp.cid, **{
+                        k: round(1000 * v, 3) for k, v in smp.stages.items()}}) + "\n")
+    for f in failed:
+        print(f"FAILED {f}", flush=True)
+    opt.progress("done")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_old-way"]:
+        sys.exit(old_service_main(sys.argv[2:]))
+    parser = argparse.ArgumentParser(prog="python -m crdt_ops.bench.services")
+    configure(parser)
+    sys.exit(main(parser.parse_args()))
