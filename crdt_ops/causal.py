@@ -50,13 +50,14 @@ class CausalBuffer:
                 return (r, s)
         return None
 
-    def hold(self, batch: Batch) -> None:
-        """Keep a batch that is not deliverable yet (``unmet(batch)`` is not None)."""
+    def hold(self, batch: Batch) -> bool:
+        """Keep a batch that is not deliverable yet (``unmet(batch)`` is not None).
+        Returns False when an equal or longer batch from the same start waits already."""
         key = (batch.origin, batch.first_seq)
         old = self._by_start.get(key)
         if old is not None:
             if len(self._waiting[old].ops) >= len(batch.ops):
-                return
+                return False
             self._forget(old)
         if self._held_ops + len(batch.ops) > self.max_ops:
             raise BufferFull(
@@ -67,6 +68,7 @@ class CausalBuffer:
         self._by_start[key] = bid
         self._held_ops += len(batch.ops)
         self._file(bid, batch)
+        return True
 
     def _file(self, bid: int, batch: Batch) -> None:
         cond = self.unmet(batch)

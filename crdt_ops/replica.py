@@ -112,6 +112,16 @@ class Replica:
         """The plain value of one top-level key, or ``default``."""
         return self._view(key, default)
 
+    def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+        """The visible top-level keys that start with ``prefix`` and their plain
+        values, in key order (computing only those: cheaper than :meth:`state`)."""
+        out = []
+        for key in sorted(k for k in self._root.fields if k.startswith(prefix)):
+            value = self._view(key, _MISSING)
+            if value is not _MISSING:
+                out.append((key, value))
+        return out
+
     @property
     def clock(self) -> Mapping[str, int]:
         """Per replica, the last operation delivered here (read-only)."""
@@ -190,27 +200,32 @@ class Replica:
 
     # ------------------------------------------------------------ input
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> bool:
         """Take one message from any replica (this one included), in any order,
         any number of times. Raises InvalidMessage (nothing changed) if it is not
-        valid, BufferFull if it would overflow the causal buffer."""
+        valid, BufferFull if it would overflow the causal buffer.
+
+        Returns False when the message brought nothing new (every operation in
+        it was applied or held here already): a transport need not log it."""
         msg = codec.decode(data)
         if isinstance(msg, Heartbeat):
             if msg.retired:
                 self._stability.retire(msg.origin)
             else:
                 self._stability.observe(msg.origin, msg.clock)
-            return
+            return True
         buf = self._buffer
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1
-            return
+            return False
         if buf.unmet(msg) is None:
             self._deliver(msg)
             self._drain()
-        else:
-            buf.hold(msg)
+        elif not buf.hold(msg):
+            self.stats["duplicates"] += 1
+            return False
         self._stability.observe(msg.origin, msg.deps, msg.last_seq)
+        return True
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:
@@ -290,7 +305,7 @@ class Replica:
         return watch
 
     def _view(self, key: str, default: Any) -> Any:
-        return self._root.value.get(key, default) if key in self._root.fields else default
+        return self._root.field_value(key, default)
 
     # ------------------------------------------------------------ local writes
 

@@ -72,8 +72,8 @@ class Logic:
         self.node.replica.subscribe(model.CONTAINERS, lambda e: self._wake.set())
         self.node.replica.subscribe(model.NODES, lambda e: self._wake.set())
         while True:
+            self._wake.clear()  # first: a change landing while we decide wakes the next round
             if self.decide():
                 await self.node.flush()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)

@@ -96,10 +96,9 @@ class Node:
 
 def containers(replica: Replica) -> list[Container]:
     """Every container record, in key order."""
-    return [Container.of(k, v) for k, v in sorted(replica.state().items())
-            if k.startswith(CONTAINERS) and isinstance(v, dict) and v]
+    return [Container.of(k, v) for k, v in replica.items(CONTAINERS)
+            if isinstance(v, dict) and v]
 
 
 def nodes(replica: Replica) -> list[Node]:
-    return [Node.of(k, v) for k, v in sorted(replica.state().items())
-            if k.startswith(NODES) and isinstance(v, dict)]
+    return [Node.of(k, v) for k, v in replica.items(NODES) if isinstance(v, dict)]

@@ -54,6 +54,7 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
 
 def make_app(node: ReplicaNode) -> web.Application:
     routes = web.RouteTableDef()
+    streams: set[asyncio.Task[Any]] = set()  # the open GET /api/events handlers
 
     @routes.post("/api/containers")
     async def create(request: web.Request) -> web.Response:
@@ -118,6 +119,9 @@ def make_app(node: ReplicaNode) -> web.Application:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        task = asyncio.current_task()
+        assert task is not None
+        streams.add(task)
         queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(maxsize=10_000)
         unsubscribe = node.replica.subscribe(model.CONTAINERS, queue.put_nowait)
         try:
@@ -135,6 +139,7 @@ def make_app(node: ReplicaNode) -> web.Application:
             pass
         finally:
             unsubscribe()
+            streams.discard(task)
         return resp
 
     @routes.get("/healthz")
@@ -151,8 +156,15 @@ def make_app(node: ReplicaNode) -> web.Application:
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
+    async def end_streams(app: web.Application) -> None:
+        """Shutting down: event streams end now (they would hold shutdown for
+        up to the keep-alive interval otherwise); clients reconnect elsewhere."""
+        for t in list(streams):
+            t.cancel()
+
     app = web.Application()
     app.add_routes(routes)
+    app.on_shutdown.append(end_streams)
     return app
 
 

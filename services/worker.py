@@ -98,8 +98,8 @@ class Worker:
             if time.monotonic() - last_beat >= self.heartbeat_s:
                 self.beat()
                 last_beat = time.monotonic()
+            self._wake.clear()  # first: a change landing while we work wakes the next round
             self.reconcile()
             await self.node.flush()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.heartbeat_s / 2)

@@ -190,9 +190,34 @@ def test_own_messages_coming_back_are_dropped() -> None:
     a = Replica("a")
     a.counter("n").increment()
     msgs = a.outgoing()
-    for m in msgs * 3:
-        a.receive(m)
+    assert [a.receive(m) for m in msgs * 3] == [False] * 3  # nothing new: nothing to log
     assert a.state() == {"n": 1} and a.stats["duplicates"] == 3
+
+
+def test_receive_says_whether_a_message_brought_anything() -> None:
+    a, b = pair()
+    a.counter("n").increment()
+    first = a.outgoing()
+    a.counter("n").increment()
+    second = a.outgoing()
+    assert b.receive(second[0]) is True  # held, waiting for the first: must be kept
+    assert b.receive(second[0]) is False and b.state() == {}
+    assert b.receive(first[0]) is True and b.state() == {"n": 2}
+    assert b.receive(first[0]) is False
+
+
+def test_items_lists_one_prefix_in_key_order() -> None:
+    a = Replica("a")
+    a.map("containers/b").register("name").set("x")
+    a.map("containers/a").register("name").set("y")
+    a.map("nodes/n1").counter("running").increment()
+    a.counter("containers-total").increment()
+    a.map("containers/gone").register("name").set("z")
+    a.remove("containers/gone")
+    assert a.items("containers/") == [("containers/a", {"name": "y"}),
+                                      ("containers/b", {"name": "x"})]
+    assert a.items() == sorted(a.state().items())
+    assert a.get("containers/gone", "none") == "none"
 
 
 def test_heartbeat_feeds_stability() -> None:

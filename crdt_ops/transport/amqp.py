@@ -383,8 +383,8 @@ class AmqpNode:
         requeue: list[AbstractIncomingMessage] = []
         for msg in batch:
             try:
-                replica.receive(msg.body)
-                valid.append(msg.body)
+                if replica.receive(msg.body):  # a duplicate (an echo of our own) needs no log
+                    valid.append(msg.body)
             except InvalidMessage as e:
                 dead.append((msg, e))
             except BufferFull as e:

@@ -57,15 +57,15 @@ class ORMap(Crdt):
     def value(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, typed in self.fields.items():
-            if len(typed) == 1:
-                for f in typed.values():
-                    if f.presence:
-                        out[name] = f.obj.value
-                continue
-            visible = [t for t, f in typed.items() if f.presence]
-            if visible:
-                out[name] = typed[max(visible)].obj.value
+            v = _visible(typed, _ABSENT)
+            if v is not _ABSENT:
+                out[name] = v
         return out
+
+    def field_value(self, name: str, default: Any = None) -> Any:
+        """``self.value.get(name, default)``, computing only that field."""
+        typed = self.fields.get(name)
+        return _visible(typed, default) if typed else default
 
     def get(self, name: str, type_: ObjType) -> Crdt | None:
         """The object of a visible field, or None."""
@@ -200,3 +200,16 @@ _CLASSES: dict[ObjType, type[Crdt]] = {
 def new_object(type_: ObjType) -> Crdt:
     """A fresh, empty object of ``type_``."""
     return _CLASSES[type_]()
+
+
+_ABSENT = object()
+
+
+def _visible(typed: dict[ObjType, Field], default: Any) -> Any:
+    """The plain value of a name's visible entry (of the highest type number when
+    concurrent writers gave it several), or ``default`` when none is visible."""
+    if len(typed) == 1:
+        for f in typed.values():
+            return f.obj.value if f.presence else default
+    visible = [t for t, f in typed.items() if f.presence]
+    return typed[max(visible)].obj.value if visible else default
