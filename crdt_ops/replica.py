@@ -73,6 +73,9 @@ class Replica:
         self.rejected: deque[tuple[str, int, str]] = deque(maxlen=1000)
         #: Counters for observability: ops applied (local and remote), duplicates dropped.
         self.stats = {"applied": 0, "local": 0, "duplicates": 0, "rejected": 0}
+        #: Called with (origin, first seq, last seq) after each run of operations is
+        #: applied here, local or remote (e.g. for an external ledger of deliveries).
+        self.on_applied: list[Callable[[str, int, int], None]] = []
 
     # ------------------------------------------------------------ handles
 
@@ -285,6 +288,8 @@ class Replica:
             seq += 1
         self._buffer.delivered(origin, seq - 1)
         self.stats["applied"] += len(ops)
+        for hook in self.on_applied:
+            hook(origin, first, seq - 1)
         for key, old in watch.items():
             new = self._view(key, _MISSING)
             if new != old:
