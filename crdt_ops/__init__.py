@@ -6,8 +6,9 @@ through ``Replica.receive``, bytes out through ``Replica.outgoing``.
 
 from crdt_ops.errors import BufferFull, CrdtError, InvalidMessage, InvalidValue, TypeConflict
 from crdt_ops.events import ChangeEvent
+from crdt_ops.policy import Forbidden, Rule, Unauthenticated, WritePolicy
 from crdt_ops.replica import Replica
 
-__all__ = ["BufferFull", "ChangeEvent", "CrdtError", "InvalidMessage", "InvalidValue",
-           "Replica", "TypeConflict"]
+__all__ = ["BufferFull", "ChangeEvent", "CrdtError", "Forbidden", "InvalidMessage",
+           "InvalidValue", "Replica", "Rule", "TypeConflict", "Unauthenticated", "WritePolicy"]
 __version__ = "0.1.0"

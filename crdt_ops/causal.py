@@ -11,6 +11,21 @@ from crdt_ops.errors import BufferFull
 from crdt_ops.ops import Batch
 
 
+class WaitingCapReached(BufferFull):
+    """One origin already has ``max_per_origin`` operations waiting in the causal buffer.
+
+    The refused batch changed nothing. ``origin`` is its origin and ``waits_for``
+    the (replica, seq) it would have waited on. A transport may drop it and rely
+    on reading the group's history again once the gap fills (or never, for a
+    sender whose gap never fills).
+    """
+
+    def __init__(self, origin: str, waits_for: tuple[str, int] | None, detail: str) -> None:
+        super().__init__(detail)
+        self.origin = origin
+        self.waits_for = waits_for
+
+
 class CausalBuffer:
     """Delivers batches of operations in causal order, each operation once.
 
@@ -21,11 +36,21 @@ class CausalBuffer:
     is simply a new clock entry. A waiting batch is filed under the one
     condition it waits on, so a delivery wakes only the batches it may unblock.
     At most ``max_ops`` operations wait; one more raises :class:`BufferFull`.
+    At most ``max_per_origin`` operations of one origin wait (default: no bound
+    but ``max_ops``); one more raises :class:`WaitingCapReached` (a
+    :class:`BufferFull`), so an origin whose gap never fills (a hostile sender
+    announcing seq 2**63) holds a bounded share of the buffer. A refused batch
+    changes nothing: the buffer is exactly as it was before ``hold``.
     """
 
-    def __init__(self, clock: Clock | None = None, max_ops: int = 100_000) -> None:
+    def __init__(self, clock: Clock | None = None, max_ops: int = 100_000,
+                 max_per_origin: int | None = None) -> None:
+        if max_per_origin is not None and max_per_origin < 1:
+            raise ValueError("max_per_origin must be at least 1")
         self.clock: Clock = clock if clock is not None else {}
         self.max_ops = max_ops
+        self.max_per_origin = max_ops if max_per_origin is None else max_per_origin
+        self._per_origin: dict[str, int] = {}
         self._ids = itertools.count()
         self._waiting: dict[int, Batch] = {}
         self._by_start: dict[tuple[str, int], int] = {}
@@ -55,18 +80,30 @@ class CausalBuffer:
         Returns False when an equal or longer batch from the same start waits already."""
         key = (batch.origin, batch.first_seq)
         old = self._by_start.get(key)
+        replaced = 0
         if old is not None:
-            if len(self._waiting[old].ops) >= len(batch.ops):
+            replaced = len(self._waiting[old].ops)
+            if replaced >= len(batch.ops):
                 return False
-            self._forget(old)
-        if self._held_ops + len(batch.ops) > self.max_ops:
+        n = len(batch.ops)
+        if self._held_ops - replaced + n > self.max_ops:
             raise BufferFull(
                 f"causal buffer holds {self._held_ops} operations (max {self.max_ops}); "
-                f"batch {batch.origin}:{batch.first_seq} with {len(batch.ops)} more was refused")
+                f"batch {batch.origin}:{batch.first_seq} with {n} more was refused")
+        mine = self._per_origin.get(batch.origin, 0)
+        if mine - replaced + n > self.max_per_origin:
+            raise WaitingCapReached(
+                batch.origin, self.unmet(batch),
+                f"causal buffer holds {mine} operations of {batch.origin} (max "
+                f"{self.max_per_origin} per origin); batch {batch.origin}:{batch.first_seq} "
+                f"with {n} more was refused")
+        if old is not None:
+            self._forget(old)
         bid = next(self._ids)
         self._waiting[bid] = batch
         self._by_start[key] = bid
-        self._held_ops += len(batch.ops)
+        self._held_ops += n
+        self._per_origin[batch.origin] = self._per_origin.get(batch.origin, 0) + n
         self._file(bid, batch)
         return True
 
@@ -81,6 +118,11 @@ class CausalBuffer:
         batch = self._waiting.pop(bid)
         del self._by_start[(batch.origin, batch.first_seq)]
         self._held_ops -= len(batch.ops)
+        left = self._per_origin[batch.origin] - len(batch.ops)
+        if left:
+            self._per_origin[batch.origin] = left
+        else:
+            del self._per_origin[batch.origin]
         return batch
 
     def delivered(self, origin: str, seq: int) -> None:
@@ -105,6 +147,10 @@ class CausalBuffer:
             if bid in self._waiting:
                 return self._forget(bid)
         return None
+
+    def waiting_per_origin(self) -> dict[str, int]:
+        """Per origin, the operations of its batches that wait (origins with none omitted)."""
+        return dict(self._per_origin)
 
     def waiting(self) -> Iterator[Batch]:
         """The batches held, in arrival order."""

@@ -7,6 +7,8 @@ import asyncio
 import sys
 
 from crdt_ops import config
+from crdt_ops.chaos import add_command as chaos_command
+from crdt_ops.fuzz import register as fuzz_command
 from crdt_ops.runner import add_arguments as runner_arguments
 
 
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     snap.add_argument("--store", required=True, help="the replica's SQLite store")
     snap.add_argument("--out", required=True, help="file to write the snapshot to")
     snap.set_defaults(func=_snapshot)
+
+    chaos_command(sub)
+
+    fuzz_command(sub)  # crdt-ops fuzz: crdt_ops/fuzz.py
 
     args = parser.parse_args(argv)
     if hasattr(args, "amqp_url"):  # a command with replica settings: check them first

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import unquote, urlparse
+
+from crdt_ops.policy import Unauthenticated
 
 QUEUE_TYPES = ("classic", "quorum")
+AUTH_MODES = ("none", "user-id")
 
 
 @dataclass(frozen=True)
 class Settings:
     """How a replica joins its group through RabbitMQ."""
 
+    # the broker; several nodes of one cluster: URLs separated by commas (failover in turn)
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     group: str = "default"
     replica_id: str = ""  # empty: the one remembered in the store, else a new unique one
@@ -29,24 +35,53 @@ class Settings:
     prefetch: int = 1000
     heartbeat_s: float = 2.0
     gap_timeout_s: float = 10.0  # waiting this long for missing operations: re-read the stream
+    max_waiting_per_origin: int = 10_000  # operations of one origin the causal buffer holds
     snapshot_every: int = 20_000  # operations applied between snapshots
     stream_max_age: str = "7D"  # retention of crdt.<group>.log
     stream_max_bytes: int = 0  # 0: no size bound
     metrics_port: int = 0  # 0: no Prometheus endpoint
     bootstrap: str = ""  # a peer's snapshot file to start from when the store is new
+    # user-id: a message's origin replica must belong to the broker user that published it
+    auth: str = "none"
+    trusted_users: str = ""  # comma-separated broker users whose messages may name any origin
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
             raise ValueError(f"--queue-type must be one of {', '.join(QUEUE_TYPES)}, "
                              f"got {self.queue_type!r}")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
+        if not all(re.match(r"amqps?://", u) for u in self.amqp_urls):
+            raise ValueError("--amqp-url must be amqp://... or amqps://... URLs, separated by "
+                             "commas for several nodes of one cluster")
         if not self.group or any(c in self.group for c in " /#*"):
             raise ValueError(f"--group must be a non-empty name without spaces, '/', '#', '*'; "
                              f"got {self.group!r}")
-        for name in ("batch_ops", "prefetch", "snapshot_every"):
+        for name in ("batch_ops", "prefetch", "snapshot_every", "max_waiting_per_origin"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.batch_delay_ms < 0 or self.heartbeat_s <= 0:
             raise ValueError("--batch-delay-ms must be >= 0 and --heartbeat-s > 0")
+
+    @property
+    def user(self) -> str:
+        """The broker user of ``amqp_url`` (what RabbitMQ checks ``user_id`` against)."""
+        return unquote(urlparse(self.amqp_url).username or "guest")
+
+    def sender(self, user_id: str | None) -> str | None:
+        """The principal a delivered message's origin must belong to; None: any origin
+        (authentication off, or a trusted user). Raises Unauthenticated without user_id."""
+        if self.auth == "none" or (user_id and user_id in self.trusted_users.split(",")):
+            return None
+        if not user_id:
+            raise Unauthenticated("the message carries no user_id (--auth user-id)")
+        return user_id
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """``amqp_url`` as a list: one URL, or several (nodes of one cluster) separated by
+        commas; each is whole (credentials and query options such as ``cafile=``)."""
+        return split_urls(self.amqp_url)
 
     # names operators rely on (a contract)
     @property
@@ -67,6 +102,11 @@ class Settings:
     @property
     def dead_letter_queue(self) -> str:
         return f"crdt.{self.group}.dead"
+
+
+def split_urls(text: str) -> list[str]:
+    """``amqp://a/,amqps://b/?cafile=x`` -> the URLs (a comma splits before a scheme only)."""
+    return [u for u in re.split(r"\s*,\s*(?=amqps?://)", text.strip()) if u]
 
 
 def env_name(field: str) -> str:

@@ -24,3 +24,9 @@ STABLE_LAG = Gauge("crdt_ops_stable_lag_operations",
                    "Own operations not yet known to be delivered everywhere", ["replica"])
 RECONNECTS = Counter("crdt_ops_reconnects_total", "Broker reconnections", ["replica"])
 OUTBOX = Gauge("crdt_ops_outbox_messages", "Own messages not yet confirmed", ["replica"])
+GAP_REREADS = Counter("crdt_ops_gap_rereads_total",
+                      "Stream re-reads for missing operations or dropped over-cap messages",
+                      ["replica"])
+GAP_STUCK = Gauge("crdt_ops_gap_stuck_replicas",
+                  "Replicas whose missing operations the last stream re-read did not bring "
+                  "(a sender whose gap never fills)", ["replica"])

@@ -72,8 +72,7 @@ class RabbitNode:
         accepts AMQP connections."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._user:  # the node's user must reach its directory (mkdtemp makes 0700)
-            parent = self.dir.parent
-            parent.chmod(parent.stat().st_mode | 0o711)
+            _make_traversable(self.dir.parent)
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "env.conf").write_text("")
         (self.dir / "rabbitmq.conf").write_text(
@@ -203,3 +202,12 @@ def _chown_tree(path: Path, user: str | None) -> None:
     pw = pwd.getpwnam(user)
     for p in [path, *path.rglob("*")]:
         os.chown(p, pw.pw_uid, pw.pw_gid)
+
+
+def _make_traversable(path: Path) -> None:
+    """Let other users pass through ``path`` and its ancestors that we own (x only)."""
+    me = os.geteuid()
+    for p in [path.resolve(), *path.resolve().parents]:
+        st = p.stat()
+        if st.st_uid == me and not st.st_mode & 0o001:
+            p.chmod(st.st_mode | 0o711)

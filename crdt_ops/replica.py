@@ -27,6 +27,7 @@ from crdt_ops.handles import (
 )
 from crdt_ops.hlc import HybridClock
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
+from crdt_ops.policy import OPEN, Unauthenticated, WritePolicy, belongs
 from crdt_ops.stability import Stability
 from crdt_ops.types import Crdt, ORMap
 from crdt_ops.values import check_text
@@ -45,20 +46,27 @@ class Replica:
 
     ``wall_clock`` (e.g. ``time.time_ns``) feeds LWW timestamps; without it
     they are logical. Local operations are batched into one message per
-    :meth:`outgoing` call, at most ``max_batch_ops`` per message.
+    :meth:`outgoing` call, at most ``max_batch_ops`` per message. At most
+    ``max_buffered_ops`` remote operations wait in the causal buffer, and at most
+    ``max_waiting_per_origin`` of one origin (see :class:`~crdt_ops.causal.CausalBuffer`).
     """
 
     def __init__(self, replica_id: str, *, wall_clock: Callable[[], int] | None = None,
                  max_batch_ops: int = 1000, max_buffered_ops: int = 100_000,
-                 compact_every: int = 1000) -> None:
+                 compact_every: int = 1000, max_waiting_per_origin: int | None = None,
+                 policy: WritePolicy = OPEN) -> None:
         if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
             raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
         check_text(replica_id, "replica_id")
         self.replica_id = replica_id
+        #: Who may write what (:mod:`crdt_ops.policy`), checked for local and remote
+        #: operations alike; every replica of a group must use the same policy.
+        self.policy = policy
         self.max_batch_ops = max_batch_ops
         self.compact_every = compact_every
         self._root = ORMap()
-        self._buffer = CausalBuffer(max_ops=max_buffered_ops)
+        self._buffer = CausalBuffer(max_ops=max_buffered_ops,
+                                    max_per_origin=max_waiting_per_origin)
         self._stability = Stability(replica_id, self._buffer.clock)
         self._hlc = HybridClock(wall_clock)
         self._subs = Subscribers()
@@ -184,13 +192,12 @@ class Replica:
         self._stability.retire(replica_id)
 
     def _seal(self) -> None:
-        ops = self._unsent
-        while ops:
-            chunk, ops = ops[: self.max_batch_ops], ops[self.max_batch_ops:]
-            last = self._buffer.clock[self.replica_id] - len(ops)
-            deps = self._deps_delta()
+        ops, size = self._unsent, self.max_batch_ops
+        first = self._buffer.clock.get(self.replica_id, 0) - len(ops) + 1
+        for start in range(0, len(ops), size):
+            chunk = ops[start:start + size]
             self._out.append(codec.encode_batch(
-                Batch(self.replica_id, last - len(chunk) + 1, deps, chunk)))
+                Batch(self.replica_id, first + start, self._deps_delta(), chunk)))
         self._unsent = []
 
     def _deps_delta(self) -> Clock:
@@ -203,14 +210,20 @@ class Replica:
 
     # ------------------------------------------------------------ input
 
-    def receive(self, data: bytes) -> bool:
+    def receive(self, data: bytes, sender: str | None = None) -> bool:
         """Take one message from any replica (this one included), in any order,
         any number of times. Raises InvalidMessage (nothing changed) if it is not
         valid, BufferFull if it would overflow the causal buffer.
 
         Returns False when the message brought nothing new (every operation in
-        it was applied or held here already): a transport need not log it."""
+        it was applied or held here already): a transport need not log it.
+
+        ``sender``: the authenticated principal that delivered the message (e.g.
+        the broker user); the message's origin must belong to it
+        (:func:`crdt_ops.policy.belongs`), else :class:`~crdt_ops.policy.Unauthenticated`."""
         msg = codec.decode(data)
+        if sender is not None and not belongs(msg.origin, sender):
+            raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
         if isinstance(msg, Heartbeat):
             if msg.retired:
                 self._stability.retire(msg.origin)
@@ -250,14 +263,16 @@ class Replica:
         seen = dict(self._deps_of.get(origin, ()))
         seen.update(batch.deps)
         seen[origin] = first - 1
-        self._validate(ops, seen)
+        self._validate(origin, ops, seen)
         self._deps_of[origin] = seen
         self._apply(origin, first, ops)
 
-    def _validate(self, ops: list[Op], seen: Mapping[str, int]) -> None:
+    def _validate(self, origin: str, ops: list[Op], seen: Mapping[str, int]) -> None:
         check = self._root.check
+        allowed = self.policy.check
         for op in ops:
             check(op.path, op.type, seen)
+            allowed(origin, _target(op))
         if len(ops) == 1:
             return
         created: dict[tuple[str, ...], ObjType] = {}
@@ -318,8 +333,10 @@ class Replica:
         self._root.check(path, type_, self._buffer.clock)
 
     def _local(self, op: Op) -> None:
-        """Apply an operation prepared here and queue it for :meth:`outgoing`."""
+        """Apply an operation prepared here and queue it for :meth:`outgoing`.
+        Raises :class:`~crdt_ops.policy.Forbidden` if the policy denies it."""
         self._check(op.path, op.type)
+        self.policy.check(self.replica_id, _target(op))
         seq = self._buffer.clock.get(self.replica_id, 0) + 1
         self._apply(self.replica_id, seq, [op])
         self.stats["local"] += 1
@@ -401,3 +418,8 @@ def _compaction_candidates(obj: Crdt) -> list[Crdt]:
 
 
 __all__ = ["CrdtError", "Replica"]
+
+
+def _target(op: Op) -> tuple[str, ...]:
+    """The path an operation writes: its object's, or the removed field's."""
+    return (*op.path, op.field) if op.kind is Kind.MAP_REMOVE else op.path

@@ -5,6 +5,9 @@ The workload is a ledger by construction: every operation also increments the
 counter ``issued/<replica id>``, so at any replica that counter must equal the
 number of operations the replica issued: less is a lost operation, more is one
 applied twice.
+
+With ``--ledger FILE`` the process also keeps a ledger independent of its state:
+what it issued and what it applied, line by line (see :mod:`crdt_ops.chaos`).
 """
 
 from __future__ import annotations
@@ -69,12 +72,25 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool) -> None:
 
 
 async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: Path | None,
-              per_write: int) -> None:
+              per_write: int, more_on_signal: int = 0, ledger_file: Path | None = None
+              ) -> None:
+    """Issue ``ops`` operations, then idle until SIGTERM/SIGINT; with ``more_on_signal``,
+    each SIGUSR1 raises the target by that many operations (issued as the first ones).
+    With ``ledger_file``, a :class:`crdt_ops.chaos.LedgerWriter` records what is issued
+    and applied."""
     node = AmqpNode(settings)
+    ledger = None
+    if ledger_file is not None:  # after the restore: replaying the store is not applying anew
+        from crdt_ops.chaos import LedgerWriter
+
+        ledger = LedgerWriter(ledger_file, node.replica)
     stop = asyncio.Event()
+    more = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if more_on_signal:
+        loop.add_signal_handler(signal.SIGUSR1, more.set)
     await node.start()
     issued = node.replica.counter(f"issued/{node.replica_id}").value
     rng = random.Random(f"{seed}:{node.replica_id}:{issued}")
@@ -89,16 +105,30 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
 
     task = loop.create_task(reporter())
     try:
-        while issued < ops and not stop.is_set():
-            async with node.write() as r:
-                for _ in range(min(per_write, ops - issued)):
-                    one_op(r, rng)
-                    issued += 1
-            if rate:
-                await asyncio.sleep(per_write / rate)
-            else:
-                await asyncio.sleep(0)
-        await stop.wait()
+        while not stop.is_set():
+            while issued < ops and not stop.is_set():
+                first = node.replica.clock.get(node.replica_id, 0) + 1
+                n = min(per_write, ops - issued)
+                async with node.write() as r:
+                    for _ in range(n):
+                        one_op(r, rng)
+                    issued += n
+                    last = r.clock[r.replica_id]
+                    if ledger:
+                        ledger.pending(first, last, n)
+                if ledger:  # write() returned: accepted
+                    ledger.accepted(first, last, n)
+                if rate:
+                    await asyncio.sleep(per_write / rate)
+                else:
+                    await asyncio.sleep(0)
+            waits = [loop.create_task(stop.wait()), loop.create_task(more.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if more.is_set() and not stop.is_set():
+                more.clear()
+                ops += more_on_signal
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -106,6 +136,8 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
         if state_file:
             report(node, state_file, issued, issued >= ops)
         await node.stop()
+        if ledger:
+            ledger.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,9 +148,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="operations per write() block (each block is made durable once)")
     parser.add_argument("--state-file", type=Path, default=None,
                         help="write {clock, state, issued, ...} as JSON here every 0.2 s")
+    parser.add_argument("--ledger", type=Path, default=None,
+                        help="append what is issued and applied here (see crdt_ops.chaos)")
+    parser.add_argument("--more-on-signal", type=int, default=0, metavar="N",
+                        help="on each SIGUSR1, issue N more operations (default 0: ignore it)")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
     logs.setup()
-    asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file, args.per_write))
+    asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file, args.per_write,
+                    args.more_on_signal, args.ledger))
     return 0

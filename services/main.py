@@ -22,10 +22,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from crdt_ops import config, logs
+from crdt_ops.policy import belongs
 from crdt_ops.transport import Node
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
-from services import web
+from services import model, web
 from services.logic import Logic
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 from services.worker import Worker
@@ -75,8 +76,12 @@ async def run_service(role: str, args: argparse.Namespace) -> None:
     name = role
     if role == "worker":
         name = args.node or os.environ.get("CRDT_OPS_NODE") or socket.gethostname()
+    who = model.principal(role, name if role == "worker" else None)
+    if settings.replica_id and not belongs(settings.replica_id, who):
+        raise ValueError(f"replica id {settings.replica_id!r} does not belong to this service's "
+                         f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = make_runtime(args, settings.store, name) if role == "worker" else None
-    node = AmqpNode(settings, name=name if role != "worker" else f"worker-{name}")
+    node = AmqpNode(settings, name=who, policy=model.POLICY)
     await node.start()
     tasks = []
     runner = None
@@ -111,8 +116,9 @@ def make_runtime(args: argparse.Namespace, store: str, name: str) -> Runtime:
 
 def broker_answers(url: str) -> bool:
     u = urlparse(url)
+    port = u.port or (5671 if u.scheme == "amqps" else 5672)
     try:
-        with socket.create_connection((u.hostname or "localhost", u.port or 5672), timeout=1):
+        with socket.create_connection((u.hostname or "localhost", port), timeout=1):
             return True
     except OSError:
         return False
@@ -136,8 +142,9 @@ def _demo_processes(url: str, group: str, host: str, port: int) -> int:
     base = [sys.executable, "-m", "crdt_ops.cli"]
     common = ["--amqp-url", url, "--group", group, "--heartbeat-s", "1"]
     plan = [("web", ["web", "--port", str(port), "--host", host]), ("logic", ["logic"])]
-    plan += [(f"worker-{i}", ["worker", "--node", f"worker-{i}",
-                              "--runtime-dir", str(work / f"run-{i}")]) for i in (1, 2)]
+    plan += [(model.principal("worker", f"worker-{i}"),
+              ["worker", "--node", f"worker-{i}", "--runtime-dir", str(work / f"run-{i}")])
+             for i in (1, 2)]
     procs = []
     for name, cmd in plan:
         with open(work / f"{name}.log", "ab") as log:
@@ -165,8 +172,10 @@ def _demo_processes(url: str, group: str, host: str, port: int) -> int:
 
 async def _demo_memory(host: str, port: int) -> None:
     bus = MemoryBus()
-    nodes: dict[str, Node] = {n: MemoryNode(bus, n, wall_clock=time.time_ns)
-                              for n in ("web", "logic", "worker-1", "worker-2")}
+    ids = {"web": model.principal("web"), "logic": model.principal("logic")}
+    ids.update({w: model.principal("worker", w) for w in ("worker-1", "worker-2")})
+    nodes: dict[str, Node] = {n: MemoryNode(bus, rid, wall_clock=time.time_ns,
+                                            policy=model.POLICY) for n, rid in ids.items()}
     for n in nodes.values():
         await n.start()
     work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))

@@ -2,9 +2,20 @@
 
 A container is the OR-map at ``containers/<id>``; a worker node is the OR-map at
 ``nodes/<name>``. Deleting a container is a remove of its key (observed-remove:
-a concurrent worker update survives it). ``WRITERS`` says which service role
-may write each field; every service writes only through :func:`container` and
-:func:`node` handles, and the policy is enforced on apply in a later step.
+a concurrent worker update survives it).
+
+What a worker reports about a container (``power_actual``, ``pid``,
+``last_error``, ``started_generation``) lives in that worker's own slot of the
+record, ``workers/<node>``, and a record shows the slot of its
+``assigned_node``. So "only the worker a container is assigned to writes its
+``power_actual``" needs no state in the write rule: a worker can write only its
+own slot (a rule on the path), and a slot of a node the container is not
+assigned to is not shown. A worker that loses a container keeps its stale slot,
+which never mixes with the new worker's reports.
+
+``POLICY`` is enforced by every replica on every operation, local or remote
+(:class:`crdt_ops.policy.WritePolicy`): a service's replica id belongs to its
+principal (``web``, ``logic``, ``worker.<node>``: see :func:`principal`).
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from crdt_ops import Replica
+from crdt_ops import Replica, Rule, WritePolicy
 from crdt_ops.handles import MapHandle
 
 CONTAINERS = "containers/"
@@ -21,23 +32,30 @@ NODES = "nodes/"
 POWER_DESIRED = ("on", "off")
 POWER_ACTUAL = ("on", "off", "starting", "stopping", "failed")
 
-#: Field -> the service role that writes it.
-WRITERS: dict[str, str] = {
-    "name": "web",
-    "owner": "web",
-    "power_desired": "web",
-    "restart_generation": "web",
-    "assigned_node": "logic",
-    "rejected_reason": "logic",
-    "power_actual": "worker",
-    "pid": "worker",
-    "last_error": "worker",
-    "started_generation": "worker",
-    # node records
-    "capacity": "worker",
-    "heartbeat": "worker",
-    "running": "worker",
-}
+#: Who writes what; the first rule whose path matches decides.
+POLICY = WritePolicy([
+    # a worker's reports on a container: only into its own slot
+    Rule(("containers/*", "workers", "{node}"), writers=("worker.{node}",)),
+    Rule(("containers/*", "assigned_node"), writers=("logic",)),
+    Rule(("containers/*", "rejected_reason"), writers=("logic",)),
+    # name, owner, power_desired, restart_generation, and deleting the record
+    Rule(("containers/*",), writers=("web",)),
+    Rule(("nodes/{node}",), writers=("worker.{node}",)),
+])
+
+ROLES = ("web", "logic", "worker")
+
+
+def principal(role: str, node: str | None = None) -> str:
+    """The principal of a service (its replica ids extend it by a dot; over
+    RabbitMQ with authentication, its broker user)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    if role != "worker":
+        return role
+    if not node or "." in node or "/" in node:
+        raise ValueError(f"a worker's node name must be non-empty, without '.' or '/': {node!r}")
+    return f"worker.{node}"
 
 
 def container(replica: Replica, cid: str) -> MapHandle:
@@ -46,6 +64,11 @@ def container(replica: Replica, cid: str) -> MapHandle:
 
 def node(replica: Replica, name: str) -> MapHandle:
     return replica.map(NODES + name)
+
+
+def report(replica: Replica, cid: str, node_name: str) -> MapHandle:
+    """The slot of a container record where the worker of ``node_name`` reports."""
+    return container(replica, cid).map("workers").map(node_name)
 
 
 @dataclass(frozen=True)
@@ -66,14 +89,19 @@ class Container:
 
     @classmethod
     def of(cls, key: str, rec: dict[str, Any]) -> Container:
+        """The record's view: its worker fields from the assigned node's slot."""
+        node_name = rec.get("assigned_node")
+        slots = rec.get("workers")
+        slot = slots.get(node_name) if isinstance(slots, dict) and node_name else None
+        slot = slot if isinstance(slot, dict) else {}
         return cls(
             id=key[len(CONTAINERS):], name=rec.get("name"), owner=rec.get("owner"),
             power_desired=rec.get("power_desired") or "off",
-            power_actual=rec.get("power_actual") or "off",
+            power_actual=slot.get("power_actual") or "off",
             restart_generation=rec.get("restart_generation", 0),
-            started_generation=rec.get("started_generation", 0),
-            assigned_node=rec.get("assigned_node"), pid=rec.get("pid"),
-            last_error=rec.get("last_error"), rejected_reason=rec.get("rejected_reason"))
+            started_generation=slot.get("started_generation", 0),
+            assigned_node=node_name, pid=slot.get("pid"),
+            last_error=slot.get("last_error"), rejected_reason=rec.get("rejected_reason"))
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

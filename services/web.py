@@ -18,8 +18,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from crdt_ops.errors import InvalidValue
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node as ReplicaNode
+from crdt_ops.values import check_text
 from services import model
 
 MAX_NAME = 200
@@ -28,6 +30,18 @@ STATIC = Path(__file__).parent / "static"
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error answer has a JSON body ``{"error": ...}``: aiohttp's own 4xx pages
+    (unknown route, method not allowed, body too large) are text otherwise."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except web.HTTPException as e:
+        if e.status < 400 or e.content_type == "application/json":
+            raise
+        return _error(e.status, e.reason)
 
 
 def _record(node: ReplicaNode, cid: str) -> dict[str, Any] | None:
@@ -49,6 +63,12 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
         raise web.HTTPBadRequest(
             text=json.dumps({"error": f"'{field}' is longer than {MAX_NAME} characters"}),
             content_type="application/json")
+    try:  # checked before anything is written: a lone surrogate cannot be replicated
+        check_text(value, field)
+    except InvalidValue:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"'{field}' is not valid Unicode text"}),
+            content_type="application/json") from None
     return value
 
 
@@ -60,7 +80,7 @@ def make_app(node: ReplicaNode) -> web.Application:
     async def create(request: web.Request) -> web.Response:
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # too deep a nesting
             return _error(400, "the body must be a JSON object")
         if not isinstance(body, dict):
             return _error(400, "the body must be a JSON object")
@@ -162,7 +182,7 @@ def make_app(node: ReplicaNode) -> web.Application:
         for t in list(streams):
             t.cancel()
 
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app.add_routes(routes)
     app.on_shutdown.append(end_streams)
     return app

@@ -86,7 +86,7 @@ class Worker:
         return writes
 
     def _report(self, cid: str, **fields: object) -> None:
-        rec = model.container(self.node.replica, cid)
+        rec = model.report(self.node.replica, cid, self.name)
         for field, value in fields.items():
             if rec.register(field).value != value:
                 rec.register(field).set(value)  # type: ignore[arg-type]

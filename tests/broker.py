@@ -119,6 +119,15 @@ class ReplicaProcess:
         return self.log.read_text()[-3000:] if self.log.exists() else ""
 
 
+async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait (in an event loop) until ``cond()`` holds, or fail saying ``what``."""
+    for _ in range(int(timeout * 20)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def wait_until(cond: Callable[[], bool], timeout: float, what: str,
                explain: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout

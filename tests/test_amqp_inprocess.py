@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
@@ -11,15 +10,7 @@ import pytest
 
 from crdt_ops.config import Settings
 from crdt_ops.transport.amqp import AmqpNode
-from tests.broker import delete_group, new_group
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    for _ in range(int(timeout * 20)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.broker import delete_group, new_group, until
 
 
 @pytest.fixture
@@ -103,3 +94,15 @@ def test_bootstrap_takes_a_peers_state_and_clock_but_not_its_identity(tmp_path: 
         assert again.replica.counter("n").value == 8
     finally:
         again.store.close()
+
+
+def test_replay_progress_shows_a_bar_percent_and_time_left() -> None:
+    from crdt_ops.transport.amqp import Progress
+
+    p = Progress("replaying crdt.g.log", total=200)
+    p.advance(50)
+    assert "[#######" in p.line() and " 25% 50/200 messages" in p.line()
+    assert p.line().endswith("s left")
+    unknown = Progress("replaying crdt.g.log")
+    unknown.advance(7)
+    assert "7 messages" in unknown.line() and "%" not in unknown.line()

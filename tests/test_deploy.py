@@ -1,47 +1,147 @@
-"""The broker users docker-compose.yml provisions (deploy/make_definitions.py) work on a
-real RabbitMQ: each service logs in with its own user and reaches only its group."""
+"""Broker-enforced identities on a real RabbitMQ node of the test's own (RabbitNode,
+so users are named exactly as in a deployment): the provisioning script's
+users (deploy/make_definitions.py) reach only what they own, RabbitMQ vouches for
+each message's user_id, and replicas with ``--auth user-id`` and the services'
+write policy accept nothing forged or out of role."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import aio_pika
 import aiormq
 import pytest
 
-from deploy.make_definitions import USERS, definitions
-from tests.broker import rabbitmqctl
+from crdt_ops import Replica
+from crdt_ops.config import Settings
+from crdt_ops.rabbitnode import RabbitNode
+from crdt_ops.transport.amqp import AmqpNode, message
+from deploy.make_definitions import apply, definitions, demo_password, principals
+from services import model
+from tests.broker import until
+
+GROUP = "secure"
 
 
-def test_service_users_reach_their_group_and_nothing_else(amqp_url: str) -> None:
-    group = f"test-{uuid.uuid4().hex[:8]}"
-    suffix = uuid.uuid4().hex[:6]
-    defs = definitions(group)
-    for entry in [*defs["users"], *defs["permissions"]]:  # type: ignore[misc]
-        key = "name" if "name" in entry else "user"
-        entry[key] = f"{entry[key]}-{suffix}"
-    rabbitmqctl("import_definitions", stdin=json.dumps(defs))
-    host = amqp_url.split("@", 1)[1]
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    node = RabbitNode("crdt-test-auth", tmp_path_factory.mktemp("rabbit")).start()
+    try:
+        apply(definitions(GROUP, principals(["w1", "w2"])), node.node)
+        yield node
+    finally:
+        node.destroy()
+
+
+def url(broker: RabbitNode, user: str) -> str:
+    return f"amqp://{user}:{demo_password(user)}@127.0.0.1:{broker.port}/"
+
+
+async def bind(channel: aio_pika.abc.AbstractChannel, queue: str, exchange: str) -> None:
+    await (await channel.get_queue(queue, ensure=False)).bind(exchange)
+
+
+def test_a_worker_user_cannot_declare_bind_or_delete_what_it_does_not_own(
+        broker: RabbitNode) -> None:
+    g = f"crdt.{GROUP}"
 
     async def check() -> None:
-        conn = await aio_pika.connect(f"amqp://web-{suffix}:{USERS['web']}@{host}")
-        async with conn:
-            ch = await conn.channel()
-            await ch.declare_exchange(f"crdt.{group}", aio_pika.ExchangeType.FANOUT, durable=True)
-            q = await ch.declare_queue(f"crdt.{group}.web", durable=True)
-            await q.bind(f"crdt.{group}")
-            await q.delete()
-            await ch.exchange_delete(f"crdt.{group}")
-            ch2 = await conn.channel()
-            with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
-                await ch2.declare_exchange("crdt.another-group", aio_pika.ExchangeType.FANOUT)
-        with pytest.raises(aiormq.exceptions.ProbableAuthenticationError):
-            await aio_pika.connect(f"amqp://web-{suffix}:wrong-password@{host}")
+        admin = await aio_pika.connect(url(broker, "admin"))
+        conn = await aio_pika.connect(url(broker, "worker.w1"))
+        async with admin, conn:
+            await (await admin.channel()).declare_queue(f"{g}.web", durable=True)
 
+            async def refused(attempt: Callable[[aio_pika.abc.AbstractChannel], object]) -> None:
+                ch = await conn.channel()
+                with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
+                    await attempt(ch)  # type: ignore[misc]
+
+            await refused(lambda ch: ch.declare_exchange(f"{g}.mine", durable=True))
+            await refused(lambda ch: ch.declare_queue(f"{g}.web", durable=True))
+            await refused(lambda ch: ch.declare_queue(f"{g}.worker.w2", durable=True))
+            await refused(lambda ch: ch.exchange_delete(g))
+            await refused(lambda ch: ch.queue_delete(f"{g}.log"))
+            await refused(lambda ch: ch.queue_delete(f"{g}.web"))
+            await refused(lambda ch: ch.queue_delete(f"{g}.dead"))
+            await refused(lambda ch: bind(ch, f"{g}.web", g))
+            # what it owns: its own queues, bound to the group's exchange
+            ch = await conn.channel()
+            own = await ch.declare_queue(f"{g}.worker.w1.extra", durable=True)
+            await own.bind(g)
+            await refused(lambda ch: bind(ch, f"{g}.worker.w1.extra", f"{g}.dlx"))
+            await own.delete()
+            # RabbitMQ refuses a message claiming another user
+            ch = await conn.channel(publisher_confirms=True)
+            ex = await ch.get_exchange(g)
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+                await ex.publish(aio_pika.Message(b"x", user_id="web"), routing_key="")
+        with pytest.raises(aiormq.exceptions.ProbableAuthenticationError):
+            await aio_pika.connect(f"amqp://web:wrong-password@127.0.0.1:{broker.port}/")
+
+    asyncio.run(check())
+
+
+@contextlib.asynccontextmanager
+async def service(broker: RabbitNode, tmp: Path, principal: str) -> AsyncIterator[AmqpNode]:
+    node = AmqpNode(Settings(amqp_url=url(broker, principal), group=GROUP, auth="user-id",
+                             replica_id=principal, store=str(tmp / f"{principal}.sqlite"),
+                             heartbeat_s=0.5), policy=model.POLICY)
+    await node.start()
     try:
-        asyncio.run(check())
+        yield node
     finally:
-        for user in USERS:
-            rabbitmqctl("delete_user", f"{user}-{suffix}")
+        await node.stop()
+
+
+def test_forged_and_out_of_role_operations_change_nothing_anywhere(
+        broker: RabbitNode, tmp_path: Path) -> None:
+    async def run() -> None:
+        async with service(broker, tmp_path, "web") as web, \
+                service(broker, tmp_path, "logic") as logic, \
+                service(broker, tmp_path, "worker.w1") as w1:
+            async with web.write() as r:
+                model.container(r, "c1").register("name").set("db")
+                model.container(r, "c1").register("power_desired").set("on")
+            await until(lambda: bool(model.containers(logic.replica)), 20, "logic sees c1")
+            async with logic.write() as r:
+                model.container(r, "c1").register("assigned_node").set("w1")
+            await until(lambda: model.containers(w1.replica)[0].assigned_node == "w1"
+                        if model.containers(w1.replica) else False, 20, "w1 sees placement")
+            async with w1.write() as r:
+                model.report(r, "c1", "w1").register("power_actual").set("on")
+            everyone = (web, logic, w1)
+            await until(lambda: all(model.containers(n.replica)[0].power_actual == "on"
+                                    for n in everyone), 20, "on everywhere")
+            before = [n.replica.state() for n in everyone]
+            dead = [n.dead_lettered for n in everyone]
+
+            # a rogue with worker w2's credentials and no policy: it turns c1 off in
+            # w1's slot, and, forging w1's replica id, in w1's name
+            rogue = Replica("worker.w2")
+            for m in web.replica.outgoing() or []:
+                rogue.receive(m)
+            model.report(rogue, "c1", "w1").register("power_actual").set("off")
+            forged = Replica("worker.w1.forged")
+            model.report(forged, "c1", "w1").register("power_actual").set("off")
+            rogue_settings = Settings(amqp_url=url(broker, "worker.w2"), group=GROUP)
+            conn = await aio_pika.connect(rogue_settings.amqp_url)
+            async with conn:
+                ch = await conn.channel(publisher_confirms=True)
+                ex = await ch.get_exchange(f"crdt.{GROUP}")
+                for body in rogue.outgoing() + forged.outgoing():
+                    await ex.publish(message(rogue_settings, body), routing_key="")
+            await until(lambda: all(n.dead_lettered - d == 2
+                                    for n, d in zip(everyone, dead, strict=True)),
+                        20, "every replica to refuse both messages")
+            assert [n.replica.state() for n in everyone] == before
+            assert all(model.containers(n.replica)[0].power_actual == "on" for n in everyone)
+            # a replica joining later replays the stream: the user_id proof travels with
+            # each message, so it accepts the same messages and refuses the same two
+            async with service(broker, tmp_path, "worker.w2") as late:
+                assert late.replica.state() == before[0]
+                assert late.dead_lettered == 2
+
+    asyncio.run(run())

@@ -66,26 +66,27 @@ import contextlib
 import cProfile
 import multiprocessing
 import os
-import platform
 import queue
-import resource
 import shutil
 import statistics
 import tempfile
 import time
 import traceback
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.queues import Queue as MpQueue
 from multiprocessing.synchronize import Event as MpEvent
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from crdt_ops.bench.core import Progress, _cpu_model, _revision
+from crdt_ops.bench.broker import DEFAULT_URL, broker_info, delete_group, new_group
+from crdt_ops.bench.cpu import BrokerCpu, percent, self_cpu
+from crdt_ops.bench.machine import load_average, platform_info, revision
+from crdt_ops.bench.report import Progress, info_lines, markdown_table, thousands
+from crdt_ops.bench.retry import ATTEMPTS, Disturbed, with_retries
+from crdt_ops.bench.stats import nearest_rank
 from crdt_ops.config import Settings
 from crdt_ops.replica import Replica
 
@@ -102,9 +103,9 @@ LAT_KEY = "lat"  # the register 3. sets
 BATCHED_OPS = 500  # batch_ops and operations per write of the batched rows
 WRITERS = 64  # concurrent writers of the unbatched row
 PREFETCH = Settings().prefetch
-ATTEMPTS = 3
+RETRY_PAUSE_S = 3.0  # between attempts of a measurement
 
-DEFAULT_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,6 @@ QUICK = Sizes(raw_msgs=500, unbatched_ops=500, sequential_ops=100, batched_ops=5
 SECTIONS = ("raw", "unbatched", "batched", "latency", "replay")
 
 
-class Retry(Exception):
-    """The measurement was disturbed (e.g. a replica reconnected): run it again."""
-
-
-T = TypeVar("T")
-
-
 # ---------------------------------------------------------------- results
 
 
@@ -151,10 +145,6 @@ class Row:
     value: float = 0.0  # the number the target is about (rate, or p99 in ms)
 
 
-def _rate(x: float) -> str:
-    return f"{x:,.0f}"
-
-
 def _count(x: int | None) -> str:
     return "-" if x is None else f"{x:,}"
 
@@ -163,21 +153,10 @@ def table(rows: Sequence[Row]) -> str:
     """The rows as a Markdown table."""
     head = ("#", "measurement", "setup", "ops", "messages", "s", "result", "target", "met",
             "CPU % (a/b/c/broker)")
-    lines = [head]
-    for r in rows:
-        lines.append((r.section, r.what, r.setup, _count(r.ops), _count(r.messages),
-                      "-" if r.seconds is None else f"{r.seconds:.2f}", r.result, r.target,
-                      "-" if r.met is None else "yes" if r.met else "NO", r.cpu))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    right = [False, False, False, True, True, True, True, False, False, False]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w)
-                                 for c, w, r in zip(cells, widths, right, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if r else "-")
-                          for w, r in zip(widths, right, strict=True)) + "|"
-    return "\n".join([fmt(lines[0]), rule, *(fmt(line) for line in lines[1:])])
+    lines = [(r.section, r.what, r.setup, _count(r.ops), _count(r.messages),
+              "-" if r.seconds is None else f"{r.seconds:.2f}", r.result, r.target,
+              "-" if r.met is None else "yes" if r.met else "NO", r.cpu) for r in rows]
+    return markdown_table(head, lines, "lllrrrrlll")
 
 
 # ---------------------------------------------------------------- helpers
@@ -191,47 +170,6 @@ def op_message(origin: str = ROLES[0]) -> bytes:
     return body
 
 
-def _cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def _broker_pid() -> int | None:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (d / "comm").read_text().strip() == "beam.smp":
-                    return int(d.name)
-    return None
-
-
-def _proc_cpu(pid: int | None) -> float | None:
-    """CPU seconds used so far by process ``pid`` (None if it cannot be read)."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class BrokerCpu:
-    """CPU seconds of the local broker between construction and :meth:`used`."""
-
-    def __init__(self) -> None:
-        self.pid = _broker_pid()
-        self.start = _proc_cpu(self.pid)
-
-    def used(self) -> float | None:
-        end = _proc_cpu(self.pid)
-        return None if end is None or self.start is None else end - self.start
-
-
-def _pct(cpu: float | None, seconds: float) -> str:
-    return "?" if cpu is None else f"{100 * cpu / max(seconds, 1e-9):.0f}"
-
-
 def _metric(name: str, replica: str) -> float:
     from prometheus_client import REGISTRY
 
@@ -242,52 +180,6 @@ def node_settings(url: str, group: str, replica_id: str, store_dir: str,
                   **kw: Any) -> Settings:
     return Settings(amqp_url=url, group=group, replica_id=replica_id,
                     store=os.path.join(store_dir, f"{replica_id}.sqlite"), **kw)
-
-
-async def _delete_group(url: str, group: str, replicas: Sequence[str]) -> None:
-    s = Settings(group=group)
-    conn = await aio_pika.connect(url)
-    async with conn:
-        for name in [s.queue(r) for r in replicas] + [s.stream, s.dead_letter_queue]:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-        for name in (s.exchange, s.dead_letter_exchange):
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.exchange_delete(name)
-
-
-def delete_group(url: str, group: str, replicas: Sequence[str],
-                 progress: Callable[[str], None]) -> None:
-    """Delete the group's queues, stream and exchanges (retrying while the broker is away)."""
-    for attempt in range(6):
-        try:
-            asyncio.run(_delete_group(url, group, replicas))
-            return
-        except Exception as e:
-            progress(f"deleting group {group} failed ({type(e).__name__}: {e}); "
-                     f"retrying ({attempt + 1}/6)")
-            time.sleep(2)
-    progress(f"could not delete group {group}: delete its queues crdt.{group}.* by hand")
-
-
-def with_retries(what: str, progress: Callable[[str], None], fn: Callable[[], T]) -> T:
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            return fn()
-        except Exception as e:
-            if attempt == ATTEMPTS:
-                raise
-            progress(f"{what}: attempt {attempt} failed ({type(e).__name__}: "
-                     f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); "
-                     "retrying with a new group in 3 s (the broker may be restarting)")
-            time.sleep(3)
-    raise AssertionError("unreachable")
-
-
-def new_group() -> str:
-    return f"bench-{uuid.uuid4().hex[:10]}"
 
 
 async def issue(node: Any, ops: int, per_write: int, writers: int) -> None:
@@ -350,6 +242,40 @@ def _profile(on: bool) -> None:
             _PROFILER.disable()
 
 
+async def _go(role: str, results: MpQueue[Any], go: MpEvent) -> tuple[float, float]:
+    """Report ``role`` ready, wait for the go signal, start the profiler (if any);
+    this process's CPU seconds and the monotonic time at go."""
+    results.put(("ready", role, None))
+    await _wait_event(go, 120, "go")
+    cpu0, t0 = self_cpu(), time.monotonic()
+    _profile(True)
+    return cpu0, t0
+
+
+async def _finish(role: str, out: dict[str, Any], results: MpQueue[Any], stop: MpEvent,
+                  cpu0: float) -> None:
+    """Report ``out``, wait for the stop signal (the others may still be busy), stop
+    the profiler, report the CPU seconds used since ``cpu0``."""
+    results.put(("done", role, out))
+    await _wait_event(stop, 600, "stop")
+    _profile(False)
+    results.put(("cpu", role, self_cpu() - cpu0))
+
+
+@contextlib.asynccontextmanager
+async def _started_node(spec: dict[str, Any]) -> AsyncIterator[Any]:
+    """The spec's ``AmqpNode`` (replica ``role`` of ``group``), started; stopped on exit."""
+    from crdt_ops.transport.amqp import AmqpNode
+
+    node = AmqpNode(node_settings(spec["url"], spec["group"], spec["role"], spec["store_dir"],
+                                  batch_ops=spec["batch_ops"]))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
 async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
                       stop: MpEvent) -> None:
     s = Settings(group=spec["group"])
@@ -376,10 +302,7 @@ async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
             return time.monotonic()
 
         await q.consume(inbox.put, no_ack=False)
-        results.put(("ready", role, None))
-        await _wait_event(go, 120, "go")
-        cpu0, t0 = _cpu(), time.monotonic()
-        _profile(True)
+        cpu0, t0 = await _go(role, results, go)
         drainer = asyncio.create_task(drain())
         out: dict[str, Any] = {"start": t0}
         if spec["origin"]:
@@ -394,10 +317,7 @@ async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
             out["published"] = time.monotonic()
         out["applied"] = await asyncio.wait_for(drainer, spec["timeout"])
         out["messages"] = got
-        results.put(("done", role, out))
-        await _wait_event(stop, 600, "stop")
-        _profile(False)
-        results.put(("cpu", role, _cpu() - cpu0))
+        await _finish(role, out, results, stop, cpu0)
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
@@ -405,17 +325,9 @@ async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
 
 async def _node_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
                        stop: MpEvent) -> None:
-    from crdt_ops.transport.amqp import AmqpNode
-
     role, n = spec["role"], spec["ops"]
-    node = AmqpNode(node_settings(spec["url"], spec["group"], role, spec["store_dir"],
-                                  batch_ops=spec["batch_ops"]))
-    await node.start()
-    try:
-        results.put(("ready", role, None))
-        await _wait_event(go, 120, "go")
-        cpu0, t0 = _cpu(), time.monotonic()
-        _profile(True)
+    async with _started_node(spec) as node:
+        cpu0, t0 = await _go(role, results, go)
         out: dict[str, Any] = {"start": t0}
         if spec["origin"]:
             await issue(node, n, spec["per_write"], spec["writers"])
@@ -436,12 +348,7 @@ async def _node_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
         out["batches"] = _metric("crdt_ops_batch_messages_count", role)
         out["published_msgs"] = _metric("crdt_ops_messages_published_total", role)
         out["reconnects"] = _metric("crdt_ops_reconnects_total", role)
-        results.put(("done", role, out))
-        await _wait_event(stop, 600, "stop")
-        _profile(False)
-        results.put(("cpu", role, _cpu() - cpu0))
-    finally:
-        await node.stop()
+        await _finish(role, out, results, stop, cpu0)
 
 
 @dataclass
@@ -460,8 +367,8 @@ class PhaseResult:
         return max(float(d["applied"]) for d in self.done.values())
 
     def cpu_text(self) -> str:
-        parts = [_pct(self.cpu.get(r), self.window) for r in ROLES]
-        return "/".join([*parts, _pct(self.broker_cpu, self.window)])
+        parts = [percent(self.cpu.get(r), self.window) for r in ROLES]
+        return "/".join([*parts, percent(self.broker_cpu, self.window)])
 
 
 def _collect(results: MpQueue[Any], kind: str, count: int, timeout: float,
@@ -544,6 +451,14 @@ class Context:
     timeout: float
 
 
+def retried(what: str, ctx: Context, once: Callable[[], T]) -> T:
+    """``once()``, a measurement with a new group each time, tried up to
+    :data:`~crdt_ops.bench.retry.ATTEMPTS` times :data:`RETRY_PAUSE_S` apart."""
+    return with_retries(what, ctx.progress, lambda _attempt: once(), pause_s=RETRY_PAUSE_S,
+                        retrying=f"retrying with a new group in {RETRY_PAUSE_S:g} s "
+                                 "(the broker may be restarting)")
+
+
 def _profile_path(ctx: Context, name: str, role: str) -> str | None:
     if ctx.profile_dir is None:
         return None
@@ -565,16 +480,16 @@ def measure_raw(ctx: Context) -> list[Row]:
             delete_group(ctx.url, group, ROLES, ctx.progress)
 
     ctx.progress(f"1. raw aio-pika: {n:,} messages of {len(body)} bytes to 3 queues + stream")
-    res = with_retries("raw", ctx.progress, once)
+    res = retried("raw", ctx, once)
     pub_s = res.done[ROLES[0]]["published"] - res.start
     all_s = res.end - res.start
     ctx.progress(f"   published {n / pub_s:,.0f} msg/s, consumed at all 3 {n / all_s:,.0f} msg/s")
     setup = f"{len(body)} B body, <={PREFETCH:,} unconfirmed, 3 queues + stream"
     return [
-        Row("1", "raw aio-pika: publish", setup, None, n, pub_s, f"{_rate(n / pub_s)} msg/s",
+        Row("1", "raw aio-pika: publish", setup, None, n, pub_s, f"{thousands(n / pub_s)} msg/s",
             cpu=res.cpu_text(), value=n / pub_s),
         Row("1", "raw aio-pika: consumed at all 3 queues", "prefetch 1,000, ack per batch",
-            None, n, all_s, f"{_rate(n / all_s)} msg/s", cpu=res.cpu_text(), value=n / all_s),
+            None, n, all_s, f"{thousands(n / all_s)} msg/s", cpu=res.cpu_text(), value=n / all_s),
     ]
 
 
@@ -597,12 +512,12 @@ def measure_nodes(ctx: Context, name: str, what: str, ops: int, batch_ops: int,
             delete_group(ctx.url, group, ROLES, ctx.progress)
             shutil.rmtree(store_dir, ignore_errors=True)
         if any(d["reconnects"] for d in res.done.values()):
-            raise Retry("a replica reconnected to the broker during the measurement")
+            raise Disturbed("a replica reconnected to the broker during the measurement")
         return res
 
     ctx.progress(f"2. crdt-ops {what}: {ops:,} operations, batch_ops={batch_ops}, "
                  f"{per_write} op(s) per write, {writers} writer(s)")
-    res = with_retries(name, ctx.progress, once)
+    res = retried(name, ctx, once)
     seconds = res.end - res.start
     origin = res.done[ROLES[0]]
     msgs = int(origin["published_msgs"])
@@ -615,7 +530,7 @@ def measure_nodes(ctx: Context, name: str, what: str, ops: int, batch_ops: int,
                  f"{', '.join(f'{r} {v:.1f}' for r, v in received.items())}")
     setup = f"batch_ops={batch_ops}, {per_write} op/write, {writers} writer(s)"
     return Row("2", f"crdt-ops {what}", setup, ops, msgs, seconds,
-               f"{_rate(ops / seconds)} ops/s", cpu=res.cpu_text(), value=ops / seconds)
+               f"{thousands(ops / seconds)} ops/s", cpu=res.cpu_text(), value=ops / seconds)
 
 
 # ---------------------------------------------------------------- 3. latency
@@ -738,14 +653,14 @@ async def _latency(url: str, group: str, store_dir: str, seconds: float, rate: i
             started.append(node)
         watches = [Watch(node, total) for node in nodes[1:]]
         broker = BrokerCpu()
-        cpu0 = _cpu()
+        cpu0 = self_cpu()
         origin = await tick(nodes[0], total, rate)
         for w in watches:
             await w.wait(60)
         window = time.monotonic() - origin["t0"]
         out = latencies(origin, [w.times for w in watches])
         out.update(
-            window=window, cpu=f"{_pct(_cpu() - cpu0, window)} (1 process)",
+            window=window, cpu=f"{percent(self_cpu() - cpu0, window)} (1 process)",
             broker_cpu=broker.used(),
             reconnects=sum(_metric("crdt_ops_reconnects_total", r) for r in ROLES) - reconnects0,
             messages=_metric("crdt_ops_messages_published_total", ROLES[0]) - msgs0)
@@ -762,17 +677,10 @@ async def _latency(url: str, group: str, store_dir: str, seconds: float, rate: i
 async def _latency_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
                           stop: MpEvent) -> None:
     """One node of the three-process latency run."""
-    from crdt_ops.transport.amqp import AmqpNode
-
     role, total = spec["role"], spec["ops"]
-    node = AmqpNode(node_settings(spec["url"], spec["group"], role, spec["store_dir"],
-                                  batch_ops=spec["batch_ops"]))
-    await node.start()
-    try:
+    async with _started_node(spec) as node:
         watch = None if spec["origin"] else Watch(node, total)
-        results.put(("ready", role, None))
-        await _wait_event(go, 120, "go")
-        cpu0, t0 = _cpu(), time.monotonic()
+        cpu0, t0 = await _go(role, results, go)
         out: dict[str, Any] = {"start": t0}
         if watch is None:
             out.update(await tick(node, total, spec["rate"]))
@@ -782,15 +690,7 @@ async def _latency_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEve
             out.update(times=watch.times, applied=time.monotonic())
         out["published_msgs"] = _metric("crdt_ops_messages_published_total", role)
         out["reconnects"] = _metric("crdt_ops_reconnects_total", role)
-        results.put(("done", role, out))
-        await _wait_event(stop, 600, "stop")
-        results.put(("cpu", role, _cpu() - cpu0))
-    finally:
-        await node.stop()
-
-
-def _quantile(sorted_xs: Sequence[float], q: float) -> float:
-    return sorted_xs[min(len(sorted_xs) - 1, max(0, round(q * len(sorted_xs)) - 1))]
+        await _finish(role, out, results, stop, cpu0)
 
 
 def measure_latency(ctx: Context, batch_ops: int, processes: bool) -> Row:
@@ -809,7 +709,7 @@ def measure_latency(ctx: Context, batch_ops: int, processes: bool) -> Row:
                 res = run_workers(specs, seconds + 90)
                 origin = res.done[ROLES[0]]
                 out = latencies(origin, [res.done[r]["times"] for r in ROLES[1:]])
-                out.update(cpu="/".join(_pct(res.cpu.get(r), res.window) for r in ROLES),
+                out.update(cpu="/".join(percent(res.cpu.get(r), res.window) for r in ROLES),
                            window=res.window, broker_cpu=res.broker_cpu,
                            reconnects=sum(d["reconnects"] for d in res.done.values()),
                            messages=origin["published_msgs"])
@@ -820,15 +720,15 @@ def measure_latency(ctx: Context, batch_ops: int, processes: bool) -> Row:
             delete_group(ctx.url, group, ROLES, ctx.progress)
             shutil.rmtree(store_dir, ignore_errors=True)
         if out["reconnects"]:
-            raise Retry("a replica reconnected to the broker during the measurement")
+            raise Disturbed("a replica reconnected to the broker during the measurement")
         return out
 
     where = "3 processes" if processes else "3 nodes in 1 process"
     ctx.progress(f"3. latency at {LATENCY_RATE:,} ops/s for {seconds:g}s, batch_ops={batch_ops}, "
                  f"{where}")
-    out = with_retries("latency", ctx.progress, once)
+    out = retried("latency", ctx, once)
     lat: list[float] = out["lat"]
-    p50, p99 = 1000 * statistics.median(lat), 1000 * _quantile(lat, 0.99)
+    p50, p99 = 1000 * statistics.median(lat), 1000 * nearest_rank(lat, 0.99)
     worst = 1000 * lat[-1]
     durable: list[float] = out["durable"]
     commits: list[float] = out["commits"] or [0.0]
@@ -836,17 +736,17 @@ def measure_latency(ctx: Context, batch_ops: int, processes: bool) -> Row:
                  f"issued {out['worst_at']:.2f}s into the run); issued at {out['rate']:,.0f} "
                  f"ops/s; write() accepted (durable at a) after p50 "
                  f"{1000 * statistics.median(durable):.1f} ms, p99 "
-                 f"{1000 * _quantile(durable, 0.99):.1f} ms; longest pause of a's event loop "
+                 f"{1000 * nearest_rank(durable, 0.99):.1f} ms; longest pause of a's event loop "
                  f"between 1 ms ticks {1000 * out['stall']:.0f} ms at {out['stall_at']:.2f}s; "
                  f"a's {len(commits)} SQLite transactions took p50 "
                  f"{1000 * statistics.median(commits):.2f} ms, p99 "
-                 f"{1000 * _quantile(commits, 0.99):.1f} ms, max {1000 * commits[-1]:.1f} ms")
+                 f"{1000 * nearest_rank(commits, 0.99):.1f} ms, max {1000 * commits[-1]:.1f} ms")
     setup = f"batch_ops={batch_ops}, batch_delay_ms={Settings().batch_delay_ms:g}; {where}"
     return Row("3", f"latency a -> last of b, c at {out['rate']:,.0f} ops/s", setup, len(lat),
                int(out["messages"]), out["seconds"],
                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.0f} ms",
                f"p99 < {TARGET_P99_MS:g} ms", p99 < TARGET_P99_MS,
-               f"{out['cpu']}/{_pct(out['broker_cpu'], out['window'])}", value=p99)
+               f"{out['cpu']}/{percent(out['broker_cpu'], out['window'])}", value=p99)
 
 
 # ---------------------------------------------------------------- 4. replay
@@ -911,11 +811,11 @@ async def _replay(url: str, group: str, store_dir: str, ops: int,
     batches = _metric("crdt_ops_batch_messages_count", "fresh")
     reconnects = _metric("crdt_ops_reconnects_total", "fresh")
     broker = BrokerCpu()
-    cpu0, t0 = _cpu(), time.monotonic()
+    cpu0, t0 = self_cpu(), time.monotonic()
     try:
         await fresh.start()
         seconds = time.monotonic() - t0
-        cpu, broker_cpu = _cpu() - cpu0, broker.used()
+        cpu, broker_cpu = self_cpu() - cpu0, broker.used()
         value = fresh.replica.counter(KEY).value
         replayed = _metric("crdt_ops_batch_messages_sum", "fresh") - before
         batches = _metric("crdt_ops_batch_messages_count", "fresh") - batches
@@ -939,21 +839,22 @@ def measure_replay(ctx: Context, ops: int, batch_ops: int) -> Row:
             delete_group(ctx.url, group, ["fresh"], ctx.progress)
             shutil.rmtree(store_dir, ignore_errors=True)
         if out["reconnects"]:
-            raise Retry("a replica reconnected to the broker during the measurement")
+            raise Disturbed("a replica reconnected to the broker during the measurement")
         return out
 
     ctx.progress(f"4. replay: {ops:,} operations in {batch_ops}-operation messages into the "
                  "stream, then a fresh replica's start()")
-    out = with_retries("replay", ctx.progress, once)
+    out = retried("replay", ctx, once)
     rate, raw_rate = ops / out["seconds"], out["messages"] / out["raw_s"]
     ctx.progress(f"   {rate:,.0f} ops/s ({out['replayed']:,.0f} messages replayed in "
                  f"{out['seconds']:.2f}s, {out['replayed'] / max(out['batches'], 1):.1f} "
                  f"per batch applied); raw aio-pika read the same stream at {raw_rate:,.0f} "
                  f"msg/s ({out['raw_s']:.2f}s)")
-    cpu = f"{_pct(out['cpu'], out['seconds'])} (fresh)/{_pct(out['broker_cpu'], out['seconds'])}"
+    cpu = (f"{percent(out['cpu'], out['seconds'])} (fresh)/"
+           f"{percent(out['broker_cpu'], out['seconds'])}")
     return Row("4", f"replay into a fresh replica, {batch_ops}-op messages",
                f"stream: {batch_ops} op(s) per message", ops, int(out["messages"]),
-               out["seconds"], f"{_rate(rate)} ops/s (raw read {out['raw_s']:.2f} s)",
+               out["seconds"], f"{thousands(rate)} ops/s (raw read {out['raw_s']:.2f} s)",
                f">= {TARGET_REPLAY_OPS_PER_S:,} ops/s",
                rate >= TARGET_REPLAY_OPS_PER_S, cpu, value=rate)
 
@@ -961,40 +862,15 @@ def measure_replay(ctx: Context, ops: int, batch_ops: int) -> Row:
 # ---------------------------------------------------------------- the run
 
 
-def broker_version(url: str) -> str:
-    async def ask() -> str:
-        conn = await aio_pika.connect(url)
-        async with conn:
-            props: Any = conn.transport.connection.server_properties  # type: ignore[union-attr]
-            return f"{props.get('product', 'RabbitMQ')} {props.get('version', '?')}"
-
-    try:
-        return str(asyncio.run(ask()))
-    except Exception as e:
-        return f"unknown ({type(e).__name__})"
-
-
 def machine(url: str) -> dict[str, str]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    """The machine, software and broker a result was measured on, and the load."""
     return {
-        "cpu": _cpu_model(),
-        "cores": f"{os.cpu_count()}" + (f" ({usable} usable)" if usable is not None else ""),
-        "os": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        **platform_info(),
         "aio-pika": aio_pika.__version__,
-        "broker": f"{broker_version(url)} at {_redact(url)}"
-                  + (" (on this machine)" if _broker_pid() else ""),
-        "crdt-ops": _revision(),
-        "load": _load(),
+        "broker": broker_info(url),
+        "crdt-ops": revision(),
+        "load": load_average("/"),
     }
-
-
-def _redact(url: str) -> str:
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
 
 
 def run(ctx: Context, sections: Sequence[str]) -> tuple[list[Row], list[str]]:
@@ -1028,7 +904,7 @@ def run(ctx: Context, sections: Sequence[str]) -> tuple[list[Row], list[str]]:
                        per_write=1, writers=writers)
             if raw is not None and got[0].seconds is not None:
                 row, goal = got[0], TARGET_UNBATCHED_RATIO * raw.value
-                row.target = f">= {TARGET_UNBATCHED_RATIO}x raw = {_rate(goal)}/s"
+                row.target = f">= {TARGET_UNBATCHED_RATIO}x raw = {thousands(goal)}/s"
                 row.met = row.value >= goal
                 row.result += f" ({row.value / raw.value:.2f}x raw)"
     if "batched" in sections:
@@ -1048,18 +924,11 @@ def run(ctx: Context, sections: Sequence[str]) -> tuple[list[Row], list[str]]:
     return rows, failed
 
 
-def _load() -> str:
-    try:
-        return "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
 def report(rows: Sequence[Row], info: dict[str, str], quick: bool,
            failed: Sequence[str]) -> str:
     out = ["crdt-ops over RabbitMQ beside raw aio-pika (persistent messages, publisher "
            "confirms, durable classic queues, a stream bound)", ""]
-    out += [f"{k + ':':<10}{v}" for k, v in info.items()]
+    out += info_lines(info)
     if quick:
         out += ["", "--quick: a smoke run with small sizes, not a measurement"]
     out += ["", table(rows), "", "Targets (from the issue):"]
@@ -1105,7 +974,7 @@ def main(args: argparse.Namespace) -> int:
     progress(f"amqp: broker {info['broker']}, {info['cpu']}, {info['cores']} cores")
     sections = [s for s in SECTIONS if not args.only or s in args.only]
     rows, failed = run(ctx, sections)
-    info["load"] += f" at the start, {_load()} at the end (1/5/15 min)"
+    info["load"] += f" at the start, {load_average('/')} at the end (1/5/15 min)"
     print(report(rows, info, args.quick, failed), flush=True)
     progress("done" if not failed else f"done; failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -42,16 +42,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crdt_ops.bench.machine import platform_info, revision
+from crdt_ops.bench.report import Progress, first_left, info_lines, markdown_table, thousands
 from crdt_ops.replica import Replica
 
 #: Remote operations per second the batched counter and register rows must reach.
@@ -171,18 +169,22 @@ def generate(workload: Workload, ops: int, ops_per_msg: int) -> Stream:
     return Stream(messages, ops, state)
 
 
+def _timed_loop(apply: Callable[[bytes], object], items: Sequence[bytes]) -> float:
+    """Seconds (:func:`time.perf_counter`) of ``apply(x)`` for each of ``items`` in
+    order, timed after a :func:`gc.collect` (the collector stays enabled)."""
+    gc.collect()
+    start = time.perf_counter()
+    for x in items:
+        apply(x)
+    return time.perf_counter() - start
+
+
 def time_receive(stream: Stream) -> float:
     """Seconds a fresh replica takes to ``receive()`` every message of ``stream``;
     raises RuntimeError if it did not end with exactly the stream's operations
     applied, nothing buffered, and the origins' state."""
     receiver = Replica(RECEIVER)
-    receive = receiver.receive
-    messages = stream.messages
-    gc.collect()
-    start = time.perf_counter()
-    for m in messages:
-        receive(m)
-    elapsed = time.perf_counter() - start
+    elapsed = _timed_loop(receiver.receive, stream.messages)
     applied = receiver.stats["applied"]
     if applied != stream.ops or receiver.buffered or receiver.state() != stream.state:
         raise RuntimeError(f"receiver applied {applied} of {stream.ops} operations, "
@@ -279,13 +281,7 @@ def time_pycrdt(pycrdt: Any, stream: YStream) -> float:
     origins' ``containers`` map."""
     receiver = pycrdt.Doc(client_id=99)
     receiver.apply_update(stream.init)
-    apply = receiver.apply_update
-    updates = stream.updates
-    gc.collect()
-    start = time.perf_counter()
-    for u in updates:
-        apply(u)
-    elapsed = time.perf_counter() - start
+    elapsed = _timed_loop(receiver.apply_update, stream.updates)
     if _containers(pycrdt, receiver) != stream.state:
         raise RuntimeError("pycrdt receiver diverged from the origins")
     return elapsed
@@ -326,19 +322,6 @@ class Row:
         return self.ops_per_s >= TARGET_OPS_PER_S
 
 
-class Progress:
-    """Progress lines on stderr, stamped with the seconds since the run started."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[{time.perf_counter() - self.start:6.1f}s] {message}",
-                  file=sys.stderr, flush=True)
-
-
 def run(ops: int = DEFAULT_OPS, repeat: int = DEFAULT_REPEAT,
         workloads: Sequence[Workload] = WORKLOADS,
         ops_per_msg: Sequence[int] = DEFAULT_OPS_PER_MSG, use_pycrdt: bool = True,
@@ -374,52 +357,18 @@ def run(ops: int = DEFAULT_OPS, repeat: int = DEFAULT_REPEAT,
     return rows
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _revision() -> str:
-    """The git commit of the crdt_ops being measured, marked if tracked files
-    under crdt_ops/ have uncommitted changes; ``unknown`` outside a git checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
-                              capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno", "--", ".."], cwd=here,
-                               capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + (" +uncommitted changes" if dirty.stdout.strip() else "")
-
-
 def machine() -> dict[str, str]:
     """The machine and software a result was measured on."""
     from google.protobuf import __version__ as protobuf_version
     from google.protobuf.internal import api_implementation
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    cores = f"{os.cpu_count()}" + (f" ({usable} usable)" if usable is not None else "")
     pycrdt = load_pycrdt()
     return {
-        "cpu": _cpu_model(),
-        "cores": cores,
-        "os": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        **platform_info(),
         "protobuf": f"{protobuf_version} ({api_implementation.Type()} backend)",
         "pycrdt": "not installed" if pycrdt is None else str(pycrdt.__version__),
-        "crdt-ops": _revision(),
+        "crdt-ops": revision(),
     }
-
-
-def _rate(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -428,33 +377,24 @@ def table(rows: Sequence[Row]) -> str:
     fastest run; the median ops/s shows how much the runs spread."""
     head = ("workload", "ops/msg", "messages", "ops", "best s", "best ops/s", "median ops/s",
             "us/op", "pycrdt ops/s", "crdt-ops/pycrdt", f">= {TARGET_OPS_PER_S:,}/s")
-    lines = [head]
+    lines = []
     for r in rows:
         y = r.pycrdt_ops_per_s
         lines.append((
             r.workload.name, str(r.ops_per_msg), f"{r.messages:,}", f"{r.ops:,}",
-            f"{min(r.times):.3f}", _rate(r.ops_per_s), _rate(r.median_ops_per_s),
+            f"{min(r.times):.3f}", thousands(r.ops_per_s), thousands(r.median_ops_per_s),
             f"{1e6 / r.ops_per_s:.1f}",
-            _rate(y), "-" if y is None else f"{r.ops_per_s / y:.2f}x",
+            thousands(y), "-" if y is None else f"{r.ops_per_s / y:.2f}x",
             ("yes" if r.meets_target else "NO") if r.targeted else "-",
         ))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    right = [False] + [True] * (len(head) - 1)
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w)
-                                 for c, w, r in zip(cells, widths, right, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if r else "-")
-                          for w, r in zip(widths, right, strict=True)) + "|"
-    return "\n".join([fmt(lines[0]), rule, *(fmt(line) for line in lines[1:])])
+    return markdown_table(head, lines, first_left(len(head)))
 
 
 def report(rows: Sequence[Row], info: dict[str, str], ops: int, repeat: int) -> str:
     """The whole result: machine, setup, table, workloads and target verdicts."""
     out = ["crdt-ops core benchmark: remote operations applied through Replica.receive()",
            ""]
-    out += [f"{k + ':':<10}{v}" for k, v in info.items()]
+    out += info_lines(info)
     out += [
         "",
         f"{ops:,} operations per workload, issued by 2 origins in rounds of {ROUND_OPS} "

@@ -59,11 +59,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import platform
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -72,7 +69,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,8 +80,18 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from crdt_ops.bench.core import Progress, _cpu_model, _revision
-from crdt_ops.config import Settings
+from crdt_ops.bench.broker import (
+    DEFAULT_URL,
+    broker_info,
+    delete_group_async,
+    delete_queues,
+    new_group,
+)
+from crdt_ops.bench.cpu import BrokerCpu, percent, proc_cpu, self_cpu
+from crdt_ops.bench.machine import load_average, platform_info, revision
+from crdt_ops.bench.report import Progress, first_left, info_lines, markdown_table
+from crdt_ops.bench.retry import ATTEMPTS, Disturbed, retry_cleanup, with_retries
+from crdt_ops.bench.stats import nearest_rank
 
 DEFAULT_CONTAINERS = 200
 QUICK_CONTAINERS = 20
@@ -95,9 +101,7 @@ WARMUP = 2  # containers started (and waited for) before the timed ones, not cou
 COMMAND = "sleep 1000000"
 START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0
-ATTEMPTS = 3
 FLOWS = ("crdt-ops", "old-way")
-DEFAULT_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 #: Stages of a Start, in the order they happen: name -> what it is.
 STAGES = {
@@ -111,17 +115,7 @@ STAGES = {
 }
 
 
-class Disturbed(Exception):
-    """The measurement was disturbed (broker, a service); it is retried."""
-
-
 # ---------------------------------------------------------------- small helpers
-
-
-def quantile(xs: Sequence[float], q: float) -> float:
-    """Nearest-rank quantile of ``xs`` (not necessarily sorted)."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
 def free_port() -> int:
@@ -130,60 +124,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _proc_cpu(pid: int | None) -> float | None:
-    """CPU seconds (user + system) used so far by process ``pid``, None if unreadable."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _broker_pid() -> int | None:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (d / "comm").read_text().strip() == "beam.smp":
-                    return int(d.name)
-    return None
-
-
-def _self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
-
-
 def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
     """SIGKILL the process group of every container recorded in ``run_dirs``' pid
     files or in ``pids``; wait until they are gone. Returns how many there were;
     raises RuntimeError if any is still alive after 10 s."""
+    from services.runtime import ProcessRuntime, _alive
+
     found = set(pids)
     for d in run_dirs:
-        for f in d.glob("*.pid"):
-            with contextlib.suppress(OSError, ValueError):
-                found.add(int(f.read_text()))
+        if d.is_dir():
+            found.update(ProcessRuntime(d).running().values())
     for pid in found:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in found):
+    while time.monotonic() < deadline and any(_alive(p, None) for p in found):
         time.sleep(0.05)
-    left = [p for p in found if _alive(p)]
+    left = [p for p in found if _alive(p, None)]
     if left:
         raise RuntimeError(f"container processes still alive: {left[:10]}")
     return len(found)
@@ -212,7 +169,7 @@ class Services:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def cpu(self) -> dict[str, float | None]:
-        return {name: _proc_cpu(p.pid) for name, p in self.procs.items()}
+        return {name: proc_cpu(p.pid) for name, p in self.procs.items()}
 
     def stop(self) -> dict[str, float]:
         """SIGTERM every process, wait for all (SIGKILL after 20 s); seconds each took."""
@@ -356,45 +313,10 @@ def log_times(path: Path, pattern: re.Pattern[str]) -> dict[str, float]:
     return out
 
 
-def crdt_ops_replicas() -> list[str]:
-    return ["web", "logic", *WORKERS]
-
-
-async def _delete_crdt_group(url: str, group: str) -> None:
-    s = Settings(group=group)
-    conn = await aio_pika.connect(url)
-    async with conn:
-        for name in [s.queue(r) for r in crdt_ops_replicas()] + [s.stream,
-                                                                  s.dead_letter_queue]:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-        for name in (s.exchange, s.dead_letter_exchange):
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.exchange_delete(name)
-
-
-async def _delete_queues(url: str, queues: Sequence[str]) -> None:
-    conn = await aio_pika.connect(url)
-    async with conn:
-        for name in queues:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-
-
-async def retry_broker(what: str, progress: Callable[[str], None],
-                       fn: Callable[[], Awaitable[None]]) -> None:
-    """Run ``fn`` (a clean-up on the broker), retrying while the broker is away."""
-    for attempt in range(6):
-        try:
-            await fn()
-            return
-        except Exception as e:
-            progress(f"{what} failed ({type(e).__name__}: {e}); retrying ({attempt + 1}/6)")
-            await asyncio.sleep(2)
-    progress(f"could not finish: {what}; clean up by hand")
+def replica_id(service: str) -> str:
+    """The crdt-ops replica id of ``service`` (``web``, ``logic`` or a worker's node
+    name): a worker's is ``worker.<node>``, under its principal."""
+    return service if service in ("web", "logic") else f"worker.{service}"
 
 
 @dataclass
@@ -420,7 +342,7 @@ async def _create(session: aiohttp.ClientSession, base: str, n: int, tag: str) -
 
 
 async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
-    group = f"bench-{uuid.uuid4().hex[:10]}"
+    group = new_group()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     services = Services(workdir)
@@ -438,7 +360,7 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
             prof = ([] if opt.profile_dir is None
                     else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
             services.start(name, [sys.executable, *prof, "-m", "crdt_ops.cli", *cmd, "--amqp-url",
-                                  opt.url, "--group", group, "--replica-id", name,
+                                  opt.url, "--group", group, "--replica-id", replica_id(name),
                                   "--heartbeat-s", "1", "--store",
                                   str(workdir / f"{name}.sqlite"), *extra], env)
         opt.progress(f"crdt-ops: group {group}: web, logic, {', '.join(WORKERS)} started "
@@ -449,7 +371,8 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
 
             async def workers_known() -> bool:
                 health = await _get_json(session, f"{base}/healthz")
-                return health is not None and all(w in health["clock"] for w in WORKERS)
+                return health is not None and all(replica_id(w) in health["clock"]
+                                                  for w in WORKERS)
 
             await wait_for(workers_known, READY_TIMEOUT_S, "web to answer and to know both "
                            "workers", services)
@@ -475,8 +398,9 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
         opt.progress(f"crdt-ops: services stopped (SIGTERM to exit, s: "
                      f"{', '.join(f'{k} {v:.1f}' for k, v in took.items())}), "
                      f"{n} container processes killed")
-        await retry_broker(f"deleting group {group}", opt.progress,
-                           lambda: _delete_crdt_group(opt.url, group))
+        await delete_group_async(opt.url, group,
+                                 [replica_id(s) for s in ("web", "logic", *WORKERS)],
+                                 opt.progress)
 
 
 def _on(rec: dict[str, Any]) -> bool:
@@ -517,22 +441,7 @@ async def _crdt_ops_measure(opt: Options, session: aiohttp.ClientSession, base: 
         pids.append(int(watch.records[cid]["pid"]))
         return sample
 
-    for cid in warm:
-        await start(cid)
-    await asyncio.sleep(1.0)  # let the warm-up's trailing writes settle
-    services.check()
-    opt.progress(f"crdt-ops: timing {n} Starts, one at a time")
-    cpu0, broker0, self0 = services.cpu(), _proc_cpu(_broker_pid()), _self_cpu()
-    t_begin = time.perf_counter()
-    samples = []
-    for i, cid in enumerate(cids):
-        samples.append(await start(cid))
-        if (i + 1) % 50 == 0:
-            opt.progress(f"crdt-ops: {i + 1}/{n}, median so far "
-                         f"{1000 * statistics.median(s.total for s in samples):.1f} ms")
-    seconds = time.perf_counter() - t_begin
-    cpu = _cpu_delta(cpu0, services.cpu(), broker0, self0)
-    services.check()
+    samples, seconds, cpu = await time_starts(opt, "crdt-ops", warm, cids, start, services)
     # stages from the services' log lines (wall clock, to the millisecond)
     placed = log_times(services.workdir / "logic.log", _PLACING)
     started: dict[str, float] = {}
@@ -550,16 +459,37 @@ async def _crdt_ops_measure(opt: Options, session: aiohttp.ClientSession, base: 
                       "SSE at web)", samples, seconds, cpu)
 
 
-def _cpu_delta(before: dict[str, float | None], after: dict[str, float | None],
-               broker0: float | None, self0: float) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for name, b in before.items():
-        a = after.get(name)
-        out[name] = None if a is None or b is None else a - b
-    broker1 = _proc_cpu(_broker_pid())
-    out["broker"] = None if broker1 is None or broker0 is None else broker1 - broker0
-    out["client"] = _self_cpu() - self0
-    return out
+async def time_starts(opt: Options, label: str, warm: Sequence[str], cids: Sequence[str],
+                      start: Callable[[str], Awaitable[Sample]], services: Services
+                      ) -> tuple[list[Sample], float, dict[str, float | None]]:
+    """Start the ``warm`` containers, let their trailing writes settle (1 s), then
+    the timed phase: ``start`` each of ``cids``, one at a time. Returns the timed
+    samples, the phase's seconds (perf_counter) and each process's CPU seconds over
+    it (the services', ``broker``, ``client``: this process); raises
+    :class:`Disturbed` if a service exited before or during it."""
+    for cid in warm:
+        await start(cid)
+    await asyncio.sleep(1.0)
+    services.check()
+    n = len(cids)
+    opt.progress(f"{label}: timing {n} Starts, one at a time")
+    cpu0, broker, self0 = services.cpu(), BrokerCpu(), self_cpu()
+    t_begin = time.perf_counter()
+    samples = []
+    for i, cid in enumerate(cids):
+        samples.append(await start(cid))
+        if (i + 1) % 50 == 0:
+            opt.progress(f"{label}: {i + 1}/{n}, median so far "
+                         f"{1000 * statistics.median(s.total for s in samples):.1f} ms")
+    seconds = time.perf_counter() - t_begin
+    cpu1, cpu = services.cpu(), {}
+    for name, before in cpu0.items():
+        after = cpu1.get(name)
+        cpu[name] = None if after is None or before is None else after - before
+    cpu["broker"] = broker.used()
+    cpu["client"] = self_cpu() - self0
+    services.check()
+    return samples, seconds, cpu
 
 
 # ---------------------------------------------------------------- 2. the old way
@@ -806,7 +736,7 @@ async def _consumers(url: str, queues: Sequence[str]) -> bool:
 
 
 async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
-    prefix = f"bench-old-{uuid.uuid4().hex[:10]}"
+    prefix = new_group("bench-old")
     queues = [old_queue(prefix, s) for s in ("logic", *WORKERS)]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -836,8 +766,8 @@ async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
         services.stop()
         n = kill_containers(run_dirs, pids)
         opt.progress(f"old way: services stopped, {n} container processes killed")
-        await retry_broker(f"deleting queues {prefix}.*", opt.progress,
-                           lambda: _delete_queues(opt.url, queues))
+        await retry_cleanup(f"deleting queues {prefix}.*", opt.progress,
+                            lambda: delete_queues(opt.url, queues))
 
 
 async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: str,
@@ -868,22 +798,7 @@ async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: s
         pids.append(int(body["pid"]))
         return sample
 
-    for cid in warm:
-        await start(cid)
-    await asyncio.sleep(1.0)
-    services.check()
-    opt.progress(f"old way: timing {n} Starts, one at a time")
-    cpu0, broker0, self0 = services.cpu(), _proc_cpu(_broker_pid()), _self_cpu()
-    t_begin = time.perf_counter()
-    samples = []
-    for i, cid in enumerate(cids):
-        samples.append(await start(cid))
-        if (i + 1) % 50 == 0:
-            opt.progress(f"old way: {i + 1}/{n}, median so far "
-                         f"{1000 * statistics.median(s.total for s in samples):.1f} ms")
-    seconds = time.perf_counter() - t_begin
-    cpu = _cpu_delta(cpu0, services.cpu(), broker0, self0)
-    services.check()
+    samples, seconds, cpu = await time_starts(opt, "old way", warm, cids, start, services)
     return FlowResult("old-way", "old way: HTTP, then AMQP RPC web -> logic -> worker",
                       samples, seconds, cpu)
 
@@ -892,79 +807,47 @@ async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: s
 
 
 def run_flow(flow: str, opt: Options) -> FlowResult:
+    """Run ``flow`` from scratch (new names, a new work directory) until an attempt
+    succeeds, at most :data:`~crdt_ops.bench.retry.ATTEMPTS` times; the work
+    directory (the services' logs) of the last failed attempt is kept."""
     fn = crdt_ops_flow if flow == "crdt-ops" else old_way_flow
-    for attempt in range(1, ATTEMPTS + 1):
+    workdir = Path()
+
+    def once(attempt: int) -> FlowResult:
+        nonlocal workdir
         workdir = Path(tempfile.mkdtemp(prefix=f"crdt-ops-bench-{flow}-"))
         try:
             result = asyncio.run(fn(opt, workdir))
-            result.attempts = attempt
-            shutil.rmtree(workdir, ignore_errors=True)
-            return result
-        except Exception as e:
-            opt.progress(f"{flow}: attempt {attempt} failed: {type(e).__name__}: {e}")
-            if not isinstance(e, Disturbed):
-                opt.progress(traceback.format_exc())
-            if attempt == ATTEMPTS:
-                opt.progress(f"{flow}: logs kept in {workdir}")
-                raise
-            shutil.rmtree(workdir, ignore_errors=True)
-    raise AssertionError("unreachable")
-
-
-def broker_version(url: str) -> str:
-    async def ask() -> str:
-        conn = await aio_pika.connect(url)
-        async with conn:
-            props: Any = conn.transport.connection.server_properties  # type: ignore[union-attr]
-            return f"{props.get('product', 'RabbitMQ')} {props.get('version', '?')}"
+        except Exception:
+            if attempt < ATTEMPTS:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        result.attempts = attempt
+        shutil.rmtree(workdir, ignore_errors=True)
+        return result
 
     try:
-        return str(asyncio.run(ask()))
-    except Exception as e:
-        return f"unknown ({type(e).__name__})"
-
-
-def _redact(url: str) -> str:
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+        return with_retries(flow, opt.progress, once, retrying="retrying from scratch",
+                            verbose=True)
+    except Exception:
+        opt.progress(f"{flow}: logs kept in {workdir}")
+        raise
 
 
 def machine(url: str) -> dict[str, str]:
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    """The machine, software and broker a result was measured on, and the load."""
     return {
-        "cpu": _cpu_model(),
-        "cores": f"{os.cpu_count()}" + (f" ({usable} usable)" if usable is not None else ""),
-        "os": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        **platform_info(),
         "aio-pika": aio_pika.__version__,
         "aiohttp": aiohttp.__version__,
-        "broker": f"{broker_version(url)} at {_redact(url)}"
-                  + (" (on this machine)" if _broker_pid() else ""),
-        "crdt-ops": _revision(),
-        "load": f"{load} (1/5/15 min, at the start)",
+        "broker": broker_info(url),
+        "crdt-ops": revision(),
+        "load": f"{load_average(', ')} (1/5/15 min, at the start)",
     }
 
 
 def _ms(x: float) -> str:
     return f"{1000 * x:.1f}"
-
-
-def _md(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    lines = [list(head), *[list(r) for r in rows]]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    right = [i >= left for i in range(len(head))]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w)
-                                 for c, w, r in zip(cells, widths, right, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + (":" if r else "-")
-                          for w, r in zip(widths, right, strict=True)) + "|"
-    return "\n".join([fmt(lines[0]), rule, *(fmt(line) for line in lines[1:])])
 
 
 def table(results: Sequence[FlowResult]) -> str:
@@ -974,7 +857,7 @@ def table(results: Sequence[FlowResult]) -> str:
     rows = []
     for r in results:
         t = r.totals()
-        rows.append((r.flow, str(len(t)), _ms(quantile(t, 0.5)), _ms(quantile(t, 0.99)),
+        rows.append((r.flow, str(len(t)), _ms(nearest_rank(t, 0.5)), _ms(nearest_rank(t, 0.99)),
                      _ms(statistics.fmean(t)), _ms(min(t)), _ms(max(t)), f"{r.seconds:.1f}"))
     by = {r.flow: r for r in results}
     if "crdt-ops" in by and "old-way" in by:
@@ -983,10 +866,10 @@ def table(results: Sequence[FlowResult]) -> str:
         def ratio(f: Callable[[list[float]], float]) -> str:
             return f"{f(a) / f(b):.1f}x"
 
-        rows.append(("ratio crdt-ops/old-way", "", ratio(lambda x: quantile(x, 0.5)),
-                     ratio(lambda x: quantile(x, 0.99)), ratio(statistics.fmean), ratio(min),
+        rows.append(("ratio crdt-ops/old-way", "", ratio(lambda x: nearest_rank(x, 0.5)),
+                     ratio(lambda x: nearest_rank(x, 0.99)), ratio(statistics.fmean), ratio(min),
                      ratio(max), ""))
-    return _md(head, rows, left=1)
+    return markdown_table(head, rows, first_left(len(head)))
 
 
 def stage_table(results: Sequence[FlowResult]) -> str:
@@ -998,9 +881,9 @@ def stage_table(results: Sequence[FlowResult]) -> str:
             xs = r.stage(name)
             if not xs or (r.flow == "old-way" and name == "on@web"):
                 continue
-            rows.append((r.flow, name, f"{len(xs)}/{len(r.samples)}", _ms(quantile(xs, 0.5)),
-                         _ms(quantile(xs, 0.99))))
-    return _md(head, rows, left=2)
+            rows.append((r.flow, name, f"{len(xs)}/{len(r.samples)}", _ms(nearest_rank(xs, 0.5)),
+                         _ms(nearest_rank(xs, 0.99))))
+    return markdown_table(head, rows, first_left(len(head), 2))
 
 
 def cpu_table(results: Sequence[FlowResult]) -> str:
@@ -1008,18 +891,14 @@ def cpu_table(results: Sequence[FlowResult]) -> str:
     head = ("flow", *names)
     rows = []
     for r in results:
-        cells = []
-        for n in names:
-            c = r.cpu.get(n)
-            cells.append("?" if c is None else f"{100 * c / max(r.seconds, 1e-9):.0f}")
-        rows.append((r.flow, *cells))
-    return _md(head, rows, left=1)
+        rows.append((r.flow, *(percent(r.cpu.get(n), r.seconds) for n in names)))
+    return markdown_table(head, rows, first_left(len(head)))
 
 
 def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) -> str:
     out = ["crdt-ops services benchmark: Start request at web -> power_actual on visible at web",
            ""]
-    out += [f"{k + ':':<10}{v}" for k, v in info.items()]
+    out += info_lines(info)
     out += [
         "",
         f"{opt.containers} containers per flow (created first, untimed), started one at a "

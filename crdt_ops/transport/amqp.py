@@ -14,6 +14,11 @@ Guarantees:
   was not logged) or dropped as a duplicate (it was);
 - a message that is not valid is published to the dead-letter exchange with
   its reason in the ``x-crdt-reason`` header, then acked; the consumer goes on;
+- a message the causal buffer cannot hold (``gap-cap``: its origin already has
+  ``max_waiting_per_origin`` operations waiting; ``buffer-full``: the buffer is at
+  its bound) is dead-lettered the same way, and the stream is read again after
+  the gap timeout: the stream holds everything published to the group, so a
+  legitimate message dropped there is applied from it (see ``_gap_watch``);
 - nothing here blocks a write on the broker: writes go on while it is down.
 """
 
@@ -31,21 +36,32 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
 
 from crdt_ops import metrics
-from crdt_ops.config import Settings
+from crdt_ops.causal import WaitingCapReached
+from crdt_ops.config import Settings, split_urls
 from crdt_ops.errors import BufferFull, InvalidMessage
+from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.store import Store
 
 log = logging.getLogger("crdt_ops.amqp")
+
+#: Store key set (b"1") while messages dropped over the buffer's caps await a stream re-read.
+REREAD_DUE = "reread_due"
+#: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
+MAX_GAP_BACKOFF = 32
 
 
 def default_store_path(settings: Settings, name: str) -> str:
@@ -56,12 +72,13 @@ class AmqpNode:
     """One replica of a group, kept durable in SQLite and replicated through RabbitMQ."""
 
     def __init__(self, settings: Settings, *, name: str = "replica",
-                 wall_clock: Callable[[], int] = time.time_ns) -> None:
+                 wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN) -> None:
         self.settings = settings
+        self.policy = policy
         self.store = Store(default_store_path(settings, settings.replica_id or name))
         known = self.store.get("replica_id")
         rid = settings.replica_id or (known.decode() if known else
-                                      f"{name}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+                                      f"{name}.{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
         if known and known.decode() != rid:
             self.store.close()
             raise ValueError(f"store {self.store.path} belongs to replica {known.decode()!r}, "
@@ -81,13 +98,17 @@ class AmqpNode:
         self._committed: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._since_snapshot = 0
+        self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._buffer_since: float | None = None
+        self._last_reread = time.monotonic()
+        self._gap_backoff = 1
         self.dead_lettered = 0
 
     def _restore(self, wall_clock: Callable[[], int]) -> Replica:
         snapshot, logged = self.store.load()
-        opts: dict[str, Any] = {"wall_clock": wall_clock,
-                                "max_batch_ops": self.settings.batch_ops}
+        opts: dict[str, Any] = {"wall_clock": wall_clock, "policy": self.policy,
+                                "max_batch_ops": self.settings.batch_ops,
+                                "max_waiting_per_origin": self.settings.max_waiting_per_origin}
         if snapshot is None and not logged and self.settings.bootstrap:
             replica = Replica.from_snapshot(Path(self.settings.bootstrap).read_bytes(),
                                             replica_id=self.replica_id, **opts)
@@ -172,8 +193,11 @@ class AmqpNode:
 
         def say(state: Any) -> None:
             err = state.outcome.exception() if state.outcome else None
-            log.warning("could not join group %s at %s (%s: %s); retrying", s.group,
-                        _redact(s.amqp_url), type(err).__name__, err)
+            hint = (" (the broker's certificate does not verify against the URL's cafile=, "
+                    "or does not name the URL's host)" if "CERTIFICATE_VERIFY_FAILED" in str(err)
+                    else "")
+            log.warning("could not join group %s at %s (%s: %s)%s; retrying", s.group,
+                        _redact(s.amqp_url), type(err).__name__, err, hint)
 
         async for attempt in AsyncRetrying(
                 wait=wait_exponential(multiplier=0.2, max=5), before_sleep=say,
@@ -186,14 +210,15 @@ class AmqpNode:
                         with contextlib.suppress(Exception):
                             await self._conn.close()
                         self._conn = None
+                    self._url_index += 1  # several URLs: the next attempt tries the next one
                     raise
 
     async def _setup(self) -> None:
         s = self.settings
         # Cancelling connect_robust mid-attempt leaves aio-pika reconnecting forever in
         # the background (seen with aio-pika 10.2.1): let the attempt finish, then close.
-        attempt = asyncio.ensure_future(aio_pika.connect_robust(
-            s.amqp_url, timeout=10, reconnect_interval=1,
+        attempt = asyncio.ensure_future(FailoverConnection.open(
+            s.amqp_urls, start=self._url_index, timeout=10,
             client_properties={"connection_name": f"crdt-ops {self.replica_id}"}))
         try:
             self._conn = await asyncio.shield(attempt)
@@ -205,15 +230,16 @@ class AmqpNode:
         self._pub = await self._conn.channel(publisher_confirms=True)
         consume = await self._conn.channel()
         await consume.set_qos(prefetch_count=s.prefetch)
-        self._exchange = await self._pub.declare_exchange(
-            s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-        self._dlx = await self._pub.declare_exchange(
-            s.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-        dead = await self._pub.declare_queue(s.dead_letter_queue, durable=True)
-        await dead.bind(self._dlx)
-        stream = await self._pub.declare_queue(s.stream, durable=True,
-                                               arguments=self._stream_arguments())
-        await stream.bind(self._exchange)
+        try:
+            await self._declare_shared(self._pub)
+        except aiormq.exceptions.ChannelAccessRefused:
+            # a narrow broker user (deploy/make_definitions.py): an administrator
+            # provisioned the group's exchanges and stream; use them as they are
+            log.info("user %s may not declare %s's exchanges and stream; using them as "
+                     "provisioned", s.user, s.exchange)
+            self._pub = await self._conn.channel(publisher_confirms=True)
+            self._exchange = await self._pub.get_exchange(s.exchange)
+            self._dlx = await self._pub.get_exchange(s.dead_letter_exchange)
         self._queue = await consume.declare_queue(
             s.queue(self.replica_id), durable=True, arguments={"x-queue-type": s.queue_type})
         await self._queue.bind(s.exchange)
@@ -223,6 +249,23 @@ class AmqpNode:
         await self._queue.consume(self._inbox.put, no_ack=False)
         log.info("replica %s consuming %s", self.replica_id, self._queue.name)
 
+    async def _declare_shared(self, channel: AbstractChannel) -> None:
+        """Declare the group's exchange, dead-letter exchange and queue, and stream."""
+        s = self.settings
+        self._exchange = await channel.declare_exchange(
+            s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        self._dlx = await channel.declare_exchange(
+            s.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        # quorum: replicated like the replicas' queues (a classic queue's node being down
+        # would fail this declaration, and with it every replica's reconnect)
+        dead = await channel.declare_queue(
+            s.dead_letter_queue, durable=True,
+            arguments={"x-queue-type": "quorum"} if s.queue_type == "quorum" else None)
+        await dead.bind(self._dlx)
+        stream = await channel.declare_queue(s.stream, durable=True,
+                                             arguments=self._stream_arguments())
+        await stream.bind(self._exchange)
+
     def _stream_arguments(self) -> dict[str, Any]:
         s = self.settings
         args: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": s.stream_max_age}
@@ -230,30 +273,33 @@ class AmqpNode:
             args["x-max-length-bytes"] = s.stream_max_bytes
         return args
 
-    async def _replay_stream(self) -> None:
+    async def _replay_stream(self, reread: bool = False) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
         stream from its start up to a marker published now; whatever the queue
-        holds twice is dropped by the clock."""
+        holds twice is dropped by the clock. ``reread``: the gap watch reads it
+        again; what is invalid or over the buffer's caps there was dead-lettered
+        when it came through the queue, and is skipped silently now."""
         assert self._conn is not None and self._exchange is not None
         channel = await self._conn.channel()
         try:
             await channel.set_qos(prefetch_count=self.settings.prefetch)
-            stream = await channel.declare_queue(self.settings.stream, durable=True,
-                                                 arguments=self._stream_arguments())
+            stream = await channel.get_queue(self.settings.stream)  # declared in _setup
             inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
             tag = await stream.consume(inbox.put, no_ack=False,
                                        arguments={"x-stream-offset": "first"})
             marker = f"join-{self.replica_id}-{uuid.uuid4().hex}"
             await self._exchange.publish(
-                aio_pika.Message(self.replica.clock_message(), message_id=marker),
+                message(self.settings, self.replica.clock_message(), message_id=marker),
                 routing_key="")
-            progress = Progress(f"replaying {self.settings.stream}")
+            progress = Progress(f"replaying {self.settings.stream}",
+                                stream.declaration_result.message_count)
             while True:
                 batch = [await inbox.get()]
                 while not inbox.empty() and len(batch) < self.settings.prefetch:
                     batch.append(inbox.get_nowait())
                 end = next((i for i, m in enumerate(batch) if m.message_id == marker), None)
-                await self._apply(batch if end is None else batch[: end + 1], stream=True)
+                await self._apply(batch if end is None else batch[: end + 1], stream=True,
+                                  reread=reread)
                 progress.advance(len(batch) if end is None else end + 1)
                 if end is not None:
                     break
@@ -329,10 +375,7 @@ class AmqpNode:
 
     async def _publish(self, body: bytes) -> None:
         assert self._exchange is not None
-        await self._exchange.publish(
-            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                             app_id="crdt-ops", type="crdt_ops.v1.Envelope"),
-            routing_key="", timeout=30)
+        await self._exchange.publish(message(self.settings, body), routing_key="", timeout=30)
 
     async def _heartbeat(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
@@ -341,15 +384,45 @@ class AmqpNode:
         self._observe()
 
     async def _gap_watch(self) -> None:
-        """Operations waiting longer than ``gap_timeout_s`` for ones that never came:
-        read the stream again (what it holds twice is dropped by the clock)."""
-        await asyncio.sleep(self.settings.gap_timeout_s / 2)
-        waited = 0.0 if self._buffer_since is None else time.monotonic() - self._buffer_since
-        if waited > self.settings.gap_timeout_s and self.replica.missing():
-            log.warning("replica %s waits %.0fs for %s; re-reading %s", self.replica_id,
-                        waited, self.replica.missing(), self.settings.stream)
-            self._buffer_since = time.monotonic()
-            await self._replay_stream()
+        """Read the stream again (what it holds twice is dropped by the clock) when
+        operations waited longer than the patience for ones that never came, or
+        when messages were dropped over the buffer's caps (``REREAD_DUE``, kept in
+        the store so a restart still re-reads) and the patience passed since the
+        last re-read. The patience is ``gap_timeout_s``, doubled after each re-read
+        that leaves a gap unfilled (up to ``MAX_GAP_BACKOFF`` times), back to
+        ``gap_timeout_s`` when no gap remains: a sender whose gap never fills (a
+        forged seq of 2**63) costs one stream read per ``MAX_GAP_BACKOFF`` gap
+        timeouts, not a hot loop; it is named in a warning and counted in
+        ``crdt_ops_gap_stuck_replicas``."""
+        s, rid = self.settings, self.replica_id
+        await asyncio.sleep(s.gap_timeout_s / 2)
+        missing = self.replica.missing()
+        if not missing:
+            self._gap_backoff = 1
+            metrics.GAP_STUCK.labels(rid).set(0)
+        now = time.monotonic()
+        patience = s.gap_timeout_s * self._gap_backoff
+        waited = 0.0 if self._buffer_since is None else now - self._buffer_since
+        gap = bool(missing) and waited > patience
+        due = self.store.get(REREAD_DUE) == b"1" and now - self._last_reread > patience
+        if not (gap or due):
+            return
+        log.warning("replica %s %s; re-reading %s", rid,
+                    f"waits {waited:.0f}s for {_few(missing)}" if gap
+                    else "dropped messages over the causal buffer's caps", s.stream)
+        self.store.put(REREAD_DUE, b"0")  # drops from now on need another re-read
+        metrics.GAP_REREADS.labels(rid).inc()
+        await self._replay_stream(reread=True)
+        self._buffer_since = self._last_reread = time.monotonic()
+        left = self.replica.missing()
+        stuck = {r: span for r, span in left.items() if r in missing}
+        metrics.GAP_STUCK.labels(rid).set(len(stuck))
+        if stuck:
+            self._gap_backoff = min(self._gap_backoff * 2, MAX_GAP_BACKOFF)
+            log.warning("replica %s: the stream does not hold the operations that waiting "
+                        "ones need: %s (a sender whose gap never fills, or not yet "
+                        "published); next re-read in %.0fs at the earliest", rid,
+                        _few(stuck), s.gap_timeout_s * self._gap_backoff)
 
     async def retire(self, replica_id: str) -> None:
         """Tell the group that ``replica_id`` is gone for good: stability and
@@ -371,37 +444,43 @@ class AmqpNode:
                     await msg.nack(requeue=True)
             raise
 
-    async def _apply(self, batch: list[AbstractIncomingMessage], stream: bool = False) -> None:
-        """Apply, log, then ack a batch of deliveries. From the stream (``stream``)
-        nothing is nacked: RabbitMQ closes the connection on a stream nack, and
-        a message skipped there is read again by the gap watch."""
+    async def _apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
+                     reread: bool = False) -> None:
+        """Apply, log, then ack a batch of deliveries. Nothing is nacked: a message
+        the buffer cannot hold is dead-lettered and read again by the gap watch
+        (from the stream a nack would close the connection anyway). ``stream``:
+        they come from the stream; ``reread``: a re-read by the gap watch, where
+        what cannot be applied is skipped without dead-lettering it again."""
         replica = self.replica
         before = replica.stats["applied"] - replica.stats["local"]
         dups = replica.stats["duplicates"]
         valid: list[bytes] = []
-        dead: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
-        requeue: list[AbstractIncomingMessage] = []
+        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
+        dropped = False
         for msg in batch:
             try:
-                if replica.receive(msg.body):  # a duplicate (an echo of our own) needs no log
+                # a duplicate (an echo of our own) needs no log
+                if replica.receive(msg.body, self.settings.sender(msg.user_id)):
                     valid.append(msg.body)
             except InvalidMessage as e:
-                dead.append((msg, e))
+                if not reread:
+                    dead.append((msg, e.reason, e.detail))
             except BufferFull as e:
-                log.error("%s; message requeued", e)
-                requeue.append(msg)
+                # never requeued (it would come back at once, and a sender whose gap never
+                # fills would stall the consumer): dropped here, and read again from the
+                # stream by the gap watch
+                dropped = True
+                if not reread:
+                    reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
+                    dead.append((msg, reason, str(e)))
         self.store.append(valid, replica.outgoing())
+        if dropped and not reread:
+            self.store.put(REREAD_DUE, b"1")
         self._outbox_ready.set()
-        for msg, err in dead:
-            await self._dead_letter(msg, err)
+        # confirmed together: one round trip for the lot, not one per message
+        await asyncio.gather(*(self._dead_letter(m, reason, detail) for m, reason, detail in dead))
         try:
-            if requeue and not stream:
-                # never ack(multiple=True) across a nacked tag: the broker would close
-                # the channel for acking an unknown delivery tag
-                for msg in batch:
-                    await (msg.nack(requeue=True) if msg in requeue else msg.ack())
-            else:
-                await batch[-1].ack(multiple=True)
+            await batch[-1].ack(multiple=True)
         except Exception as e:  # channel gone: they come again and are dropped as duplicates
             log.warning("ack failed (%s); the broker will redeliver", e)
         applied = replica.stats["applied"] - replica.stats["local"] - before
@@ -413,13 +492,14 @@ class AmqpNode:
             self.snapshot()
         self._observe()
 
-    async def _dead_letter(self, msg: AbstractIncomingMessage, err: InvalidMessage) -> None:
+    async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
         assert self._dlx is not None
         self.dead_lettered += 1
-        metrics.DEAD_LETTERED.labels(self.replica_id, err.reason).inc()
-        log.warning("dead-lettering a message (%s) from %s", err, msg.app_id or "?")
+        metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
+        log.warning("dead-lettering a message (%s: %s) from %s", reason, detail[:500],
+                    msg.app_id or "?")
         headers = dict(msg.headers or {})
-        headers.update({"x-crdt-reason": err.reason, "x-crdt-detail": err.detail[:500],
+        headers.update({"x-crdt-reason": reason, "x-crdt-detail": detail[:500],
                         "x-crdt-replica": self.replica_id})
         try:
             await self._dlx.publish(aio_pika.Message(msg.body, headers=headers,
@@ -449,29 +529,46 @@ class AmqpNode:
 
 
 class Progress:
-    """A progress line on stderr for long replays (at most one update a second)."""
+    """Progress of a long replay on stderr: a bar with percent, rate and time left
+    when the total is known (a terminal: redrawn at most once a second; otherwise a
+    log line every 10 s)."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, total: int | None = None) -> None:
         self.what = what
+        self.total = total or None
         self.count = 0
         self.start = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
 
     def advance(self, n: int) -> None:
         self.count += n
         now = time.monotonic()
-        if now - self.last >= 1.0:
+        if now - self.last >= (1.0 if self.tty else 10.0):
             self.last = now
             self._show(end="\r")
 
     def done(self) -> None:
-        self._show(end="\n")
-        log.info("%s: %d messages", self.what, self.count)
+        if self.tty:
+            self._show(end="\n")
+        log.info("%s: %d messages in %.1fs", self.what, self.count,
+                 time.monotonic() - self.start)
+
+    def line(self) -> str:
+        rate = self.count / max(time.monotonic() - self.start, 1e-9)
+        text = f"{self.count:,} messages, {rate:,.0f}/s"
+        if self.total:
+            frac = min(self.count / self.total, 1.0)
+            left = (self.total - self.count) / rate if rate and frac < 1 else 0.0
+            bar = "#" * int(frac * 30)
+            text = (f"[{bar:<30}] {frac:4.0%} {self.count:,}/{self.total:,} messages, "
+                    f"{rate:,.0f}/s, {left:,.0f}s left")
+        return f"{self.what}: {text}"
 
     def _show(self, end: str) -> None:
-        rate = self.count / max(time.monotonic() - self.start, 1e-9)
-        if sys.stderr.isatty():
-            print(f"{self.what}: {self.count:,} messages, {rate:,.0f}/s", end=end,
-                  file=sys.stderr, flush=True)
+        if self.tty:
+            print(self.line(), end=end, file=sys.stderr, flush=True)
+        else:
+            log.info("%s", self.line())
 
 
 def export_snapshot(store_path: str, out: str) -> dict[str, int]:
@@ -494,24 +591,78 @@ def export_snapshot(store_path: str, out: str) -> dict[str, int]:
         store.close()
 
 
+def message(settings: Settings, body: bytes, **properties: Any) -> aio_pika.Message:
+    """A persistent crdt-ops message whose ``user_id`` is the connection's user:
+    RabbitMQ refuses it from anyone else, so receivers can trust it (``--auth``)."""
+    return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            app_id="crdt-ops", type="crdt_ops.v1.Envelope",
+                            user_id=settings.user, **properties)
+
+
 async def publish_retirement(settings: Settings, replica_id: str) -> None:
     """Announce to ``settings.group`` that ``replica_id`` is gone for good."""
-    conn = await aio_pika.connect(settings.amqp_url)
+    conn = await connect_first(settings.amqp_urls)
     async with conn:
         channel = await conn.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(settings.exchange)
         await exchange.publish(
-            aio_pika.Message(Replica(replica_id).clock_message(retired=True),
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="")
+            message(settings, Replica(replica_id).clock_message(retired=True)), routing_key="")
+
+
+def _few(spans: dict[str, tuple[int, int]], most: int = 5) -> str:
+    """``spans`` (replica: first..last seq missing) for a log line, at most ``most`` of them."""
+    text = ", ".join(f"{r[:64]} {a}..{b}" for r, (a, b) in list(spans.items())[:most])
+    return text + (f" and {len(spans) - most} more" if len(spans) > most else "")
+
+
+class FailoverConnection(RobustConnection):
+    """aio-pika's robust connection (it reconnects, restoring channels, queues and
+    consumers) over one or several URLs, nodes of one cluster: each time the
+    connection is lost, it reconnects to the next URL in turn. aio-pika itself takes
+    one URL only; TLS options stay in each URL's query (``cafile=`` ...), read by aiormq.
+
+    Limit: a URL that does not answer is retried (every ``reconnect_interval``) until
+    it does; the next URL is tried after the next lost connection only."""
+
+    def __init__(self, urls: list[str], start: int = 0, **kwargs: Any) -> None:
+        self.urls = [URL(u) for u in urls]
+        self.index = start % len(self.urls)
+        super().__init__(self.urls[self.index], **kwargs)
+
+    @classmethod
+    async def open(cls, urls: list[str], start: int = 0, timeout: float = 10,
+                   reconnect_interval: float = 1, **kwargs: Any) -> FailoverConnection:
+        conn = cls(urls, start, reconnect_interval=reconnect_interval, **kwargs)
+        await conn.connect(timeout=timeout)
+        return conn
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        if len(self.urls) > 1 and not (self._close_called or self.is_closed):
+            self.index = (self.index + 1) % len(self.urls)
+            self.url = self.urls[self.index]
+            log.warning("connection lost; reconnecting to the next node, %s", self)
+        await super()._on_connection_close(closing)
+
+
+async def connect_first(urls: list[str], timeout: float = 10) -> AbstractConnection:
+    """A plain connection to the first of ``urls`` that answers."""
+    for url in urls[:-1]:
+        try:
+            return await aio_pika.connect(url, timeout=timeout)
+        except Exception as e:
+            log.warning("%s does not answer (%s: %s); trying the next URL", _redact(url),
+                        type(e).__name__, e)
+    return await aio_pika.connect(urls[-1], timeout=timeout)
 
 
 def _redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    """The URL(s) without passwords, for logs (TLS options in the query are file
+    names, not secrets, and stay)."""
+    def one(u: str) -> str:
+        parsed = URL(u)
+        return str(parsed.with_password("***")) if parsed.password else u
+    return ",".join(one(u) for u in split_urls(url)) if "@" in url else url
 
 
-__all__ = ["AmqpNode", "default_store_path", "export_snapshot", "publish_retirement"]
+__all__ = ["AmqpNode", "FailoverConnection", "connect_first", "default_store_path",
+           "export_snapshot", "publish_retirement"]

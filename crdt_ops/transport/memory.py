@@ -15,6 +15,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
+from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 
 
@@ -161,10 +162,10 @@ class MemoryNode:
     ``start()``, ``stop()``), for the demo without a broker and for tests."""
 
     def __init__(self, bus: MemoryBus, replica_id: str,
-                 wall_clock: Callable[[], int] | None = None) -> None:
+                 wall_clock: Callable[[], int] | None = None, policy: WritePolicy = OPEN) -> None:
         self.bus = bus
         self.replica_id = replica_id
-        self.replica = Replica(replica_id, wall_clock=wall_clock)
+        self.replica = Replica(replica_id, wall_clock=wall_clock, policy=policy)
 
     async def start(self) -> None:
         self.bus.nodes.append(self)

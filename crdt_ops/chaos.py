@@ -1,0 +1,803 @@
+"""``crdt-ops chaos``: a fault-injection run over a real broker, checked by a ledger.
+
+What runs: a throwaway RabbitMQ node (:class:`~crdt_ops.rabbitnode.RabbitNode`, in a
+temporary directory, destroyed afterwards, so killing it harms nobody) and
+``--replicas`` replica processes (``crdt-ops replica``, :mod:`crdt_ops.runner`'s seeded
+workload on counters, a set and container records), which together issue ``--ops``
+operations at a steady rate spread over ``--duration`` seconds. While they do, five
+faults are injected one after the other, each once the replicas together have issued a
+given share of the operations (:data:`SCHEDULE`):
+
+1. ``broker-restart``: ``rabbitmqctl stop_app``, 2 s down, ``start_app``;
+2. ``replica-kill``: one replica SIGKILLed, and started again 1 s later on its store;
+3. ``connection-close``: ``rabbitmqctl close_connection`` on another replica's connection;
+4. ``replica-pause``: a third replica SIGSTOPped for ``--pause-s`` seconds, then SIGCONT;
+5. ``broker-kill``: the broker's VM SIGKILLed, and started again 1 s later on its data.
+
+Then it waits until every replica reports the same state and clock with nothing
+buffered or unpublished, stops them (SIGTERM), and audits the ledger.
+
+**Late delivery** (``--late-replica``): replica ``r0`` joins the group through a relay
+that delivers its input late and out of order. ``r0`` runs in a group of its own
+(``<group>-late``: its own exchange, queue and stream); the relay (a thread of this
+process, one AMQP connection) consumes a durable queue bound to the group's exchange
+and publishes each message into ``r0``'s exchange after a random delay of 0 to
+``--late-max-delay-s`` seconds, drawn per message, so ``r0`` receives operations before
+the ones they depend on (other origins' and the same origin's earlier ones) and its
+causal buffer must hold them; ``r0``'s own messages are relayed to the group at once.
+Relayed messages carry the header ``x-chaos-relayed`` so the relay never relays them
+back. A message is acked to the broker only after its relayed copy is confirmed, so
+broker faults make the relay deliver some twice, never lose one. The largest number of
+operations seen waiting in ``r0``'s causal buffer (its state file, sampled every
+0.25 s) is printed.
+
+**The ledger** is written by each replica process (``crdt-ops replica --ledger FILE``,
+:class:`LedgerWriter`) into a file of its own, independently of its state and store,
+one line per ``write(2)`` on an ``O_APPEND`` descriptor (a SIGKILL leaves whole lines,
+and every line is in the kernel before the code after it runs):
+
+- ``S <clock as JSON>``: the process started; the clock its store recovered (state
+  rebuilt from snapshot and log, before any message is received). The replay of the
+  store does not reach the ledger (the hook is added after it): it applies nothing new.
+- ``A <origin> <first> <last>``: ``Replica.on_applied``: operations first..last of
+  origin were applied here (local ones included, at their origin).
+- ``P <first> <last> <n>``: a write block applied its operations first..last (``n``
+  workload operations) locally; written before the block's ``write()`` returns, and
+  before anything could make them durable.
+- ``I <first> <last> <n>``: that block's ``write()`` returned: the operations are
+  accepted (durable in the outbox).
+
+**The rule** (:func:`audit`). A process killed by SIGKILL loses its memory; its next
+``S`` line gives the clock C its store recovered, and exactly the operations (O, s)
+with s <= C[O] are in the recovered state (per origin, delivery is contiguous). So at
+each ``S``: applied records of (O, s) with s > C[O] are voided (those applications
+were lost with the memory and will legitimately happen again); a ``P`` block without
+its ``I`` is *issued* if it is within C[own] (it was made durable though ``write()``
+never returned: it will be published) and *not issued* if it is above (it was lost
+with the memory before being accepted: never published, and its sequence numbers are
+used again); an accepted block above C[own] is an accepted operation lost at its
+origin (counted as lost at every replica). A recovered (O, s) that the ledger never
+saw applied is an anomaly.
+
+Then, for every issued operation and every replica: applied 0 times is *lost*,
+more than once is *applied twice* (each counted per (operation, replica)); an
+operation applied somewhere but never issued is a *phantom*. Cross-check with the
+state: at every replica the counter ``issued/<origin>`` (one increment per workload
+operation, see :mod:`crdt_ops.runner`) must equal the workload operations of the
+ledger's issued blocks of that origin.
+
+Output: progress lines on stderr; on stdout a summary, then the last line
+``ops=N faults=F lost=L applied_twice=D converged=true|false seconds=S``, where
+``seconds`` is the time from the end of the last fault (the broker accepting
+connections again) until all replicas were seen converged. Exit status 0 only when
+all faults were done, lost=0, applied_twice=0, converged=true, and there were no
+phantoms, anomalies or cross-check mismatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crdt_ops.config import Settings
+from crdt_ops.rabbitnode import RabbitNode
+from crdt_ops.replica import Replica
+
+# ---------------------------------------------------------------- the ledger
+
+
+class LedgerWriter:
+    """Appends one replica process's ledger lines (format: see the module docstring).
+
+    Each line is one ``write(2)`` to a file opened with ``O_APPEND``: it is in the
+    kernel when the call returns (a SIGKILL of the process cannot lose it) and is
+    never torn. Construct it after the replica was restored from its store: it
+    writes the ``S`` line with the recovered clock and hooks ``on_applied``."""
+
+    def __init__(self, path: Path, replica: Replica) -> None:
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._line("S " + json.dumps(dict(replica.clock), sort_keys=True,
+                                     separators=(",", ":")))
+        replica.on_applied.append(self.applied)
+
+    def _line(self, text: str) -> None:
+        if self._fd is not None:
+            os.write(self._fd, (text + "\n").encode())
+
+    def applied(self, origin: str, first: int, last: int) -> None:
+        """Operations ``first..last`` of ``origin`` were applied here."""
+        self._line(f"A {origin} {first} {last}")
+
+    def pending(self, first: int, last: int, n: int) -> None:
+        """A write block applied its operations ``first..last`` (``n`` workload ops)."""
+        self._line(f"P {first} {last} {n}")
+
+    def accepted(self, first: int, last: int, n: int) -> None:
+        """That write block's ``write()`` returned: accepted (durable)."""
+        self._line(f"I {first} {last} {n}")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+Block = tuple[int, int, int]  # first seq, last seq, workload operations
+
+
+@dataclass
+class _ReplicaLedger:
+    """One replica's ledger, read with the restart rule applied."""
+
+    rid: str
+    applied: dict[str, bytearray] = field(default_factory=dict)  # origin -> count per seq
+    pending: list[Block] = field(default_factory=list)
+    issued: list[Block] = field(default_factory=list)
+    durable_unacked: int = 0  # operations (seqs)
+    unaccepted: int = 0  # operations lost with the memory before being accepted
+    voided: int = 0  # applications voided at restarts
+    accepted_lost: list[Block] = field(default_factory=list)
+    restarts: int = -1
+    anomalies: list[str] = field(default_factory=list)
+
+    def start(self, clock: dict[str, int]) -> None:
+        self.restarts += 1
+        own = clock.get(self.rid, 0)
+        for first, last, n in self.pending:
+            if last <= own:
+                self.issued.append((first, last, n))
+                self.durable_unacked += last - first + 1
+            elif first > own:
+                self.unaccepted += last - first + 1
+            else:
+                self.anomalies.append(f"{self.rid}: block {first}..{last} only partly "
+                                      f"recovered (clock {own})")
+        self.pending.clear()
+        lost = [b for b in self.issued if b[1] > own]
+        if lost:
+            self.accepted_lost.extend(lost)
+            self.anomalies.append(f"{self.rid}: accepted blocks {lost} not in the recovered "
+                                  f"store (clock {own})")
+            self.issued = [b for b in self.issued if b[1] <= own]
+        for origin, counts in self.applied.items():
+            cut = clock.get(origin, 0) + 1
+            self.voided += sum(1 for c in counts[cut:] if c)
+            del counts[cut:]
+        for origin, upto in clock.items():
+            counts = self.applied.get(origin, bytearray())
+            unseen = sum(1 for s in range(1, upto + 1) if s >= len(counts) or not counts[s])
+            if unseen:
+                self.anomalies.append(f"{self.rid}: recovered {unseen} operations of {origin} "
+                                      "the ledger never saw applied")
+
+    def apply(self, origin: str, first: int, last: int) -> None:
+        counts = self.applied.setdefault(origin, bytearray())
+        if len(counts) <= last:
+            counts.extend(bytes(last + 1 - len(counts)))
+        for s in range(first, last + 1):
+            counts[s] = min(counts[s] + 1, 255)
+
+    def accept(self, block: Block) -> None:
+        if block in self.pending:
+            self.pending.remove(block)
+            self.issued.append(block)
+        else:
+            self.anomalies.append(f"{self.rid}: accepted block {block} was never pending")
+
+
+def read_ledger(rid: str, lines: Iterable[str]) -> _ReplicaLedger:
+    """Replay one replica's ledger lines under the restart rule."""
+    led = _ReplicaLedger(rid)
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        try:
+            if kind == "S":
+                led.start({str(k): int(v) for k, v in json.loads(rest).items()})
+            elif kind == "A":
+                origin, first, last = rest.split()
+                led.apply(origin, int(first), int(last))
+            elif kind in ("P", "I"):
+                a, b, n = (int(x) for x in rest.split())
+                if kind == "P":
+                    led.pending.append((a, b, n))
+                else:
+                    led.accept((a, b, n))
+            else:
+                raise ValueError(kind)
+        except ValueError:
+            led.anomalies.append(f"{rid}: unreadable ledger line {line!r}")
+    if led.pending:
+        led.anomalies.append(f"{rid}: blocks {led.pending} neither accepted nor recovered")
+    return led
+
+
+@dataclass
+class Audit:
+    """The ledger's verdict over all replicas (see the module docstring)."""
+
+    issued: dict[str, int]  # per origin: operations (sequence numbers) issued
+    workload: dict[str, int]  # per origin: workload operations in them
+    lost: int  # (issued operation, replica) pairs never applied
+    applied_twice: int  # (issued operation, replica) pairs applied more than once
+    phantom: int  # (operation, replica) pairs applied though never issued
+    durable_unacked: int
+    unaccepted: int
+    voided: int
+    restarts: dict[str, int]
+    anomalies: list[str]
+
+
+def audit(ledgers: dict[str, list[str]]) -> Audit:
+    """Apply the rule to every replica's ledger lines and count lost, doubled and
+    phantom applications of every issued operation at every replica."""
+    reps = {rid: read_ledger(rid, lines) for rid, lines in ledgers.items()}
+    anomalies = [a for led in reps.values() for a in led.anomalies]
+    issued: dict[str, bytearray] = {}
+    workload: dict[str, int] = {}
+    for rid, led in reps.items():
+        marks = issued[rid] = bytearray()
+        workload[rid] = 0
+        for first, last, n in led.issued:
+            if len(marks) <= last:
+                marks.extend(bytes(last + 1 - len(marks)))
+            for s in range(first, last + 1):
+                if marks[s]:
+                    anomalies.append(f"{rid}: operation {s} issued twice")
+                marks[s] = 1
+            workload[rid] += n
+        gaps = sum(1 for s in range(1, len(marks)) if not marks[s])
+        if gaps:
+            anomalies.append(f"{rid}: {gaps} sequence numbers below its last were never issued")
+    # an accepted operation missing from its origin's recovered store is lost everywhere
+    lost = len(reps) * sum(b - a + 1 for led in reps.values() for a, b, _ in led.accepted_lost)
+    twice = phantom = 0
+    for led in reps.values():
+        for origin in set(issued) | set(led.applied):
+            marks = issued.get(origin, bytearray())
+            counts = led.applied.get(origin, bytearray())
+            for s in range(1, max(len(marks), len(counts))):
+                c = counts[s] if s < len(counts) else 0
+                if s < len(marks) and marks[s]:
+                    lost += c == 0
+                    twice += c > 1
+                elif c:
+                    phantom += 1
+    return Audit(
+        issued={r: sum(m) for r, m in issued.items()}, workload=workload, lost=lost,
+        applied_twice=twice, phantom=phantom,
+        durable_unacked=sum(led.durable_unacked for led in reps.values()),
+        unaccepted=sum(led.unaccepted for led in reps.values()),
+        voided=sum(led.voided for led in reps.values()),
+        restarts={r: led.restarts for r, led in reps.items()}, anomalies=anomalies)
+
+
+def cross_check(result: Audit, states: dict[str, dict[str, Any]]) -> list[str]:
+    """Where a replica's ``issued/<origin>`` counter differs from the ledger's count of
+    that origin's workload operations (one line each; empty: they all agree)."""
+    return [f"{rid}: issued/{origin} = {state.get(f'issued/{origin}')}, ledger {n}"
+            for rid, state in states.items() for origin, n in result.workload.items()
+            if state.get(f"issued/{origin}", 0) != n]
+
+
+# ---------------------------------------------------------------- replica processes
+
+
+class ReplicaProc:
+    """``crdt-ops replica`` as an OS process with its store, state file, ledger and log
+    in ``workdir``; it can be SIGKILLed, paused, resumed and started again."""
+
+    def __init__(self, rid: str, url: str, group: str, workdir: Path, args: list[str]) -> None:
+        self.rid, self.url, self.group = rid, url, group
+        self.state_file = workdir / f"{rid}.json"
+        self.ledger = workdir / f"{rid}.ledger"
+        self.store = workdir / f"{rid}.sqlite"
+        self.log = workdir / f"{rid}.log"
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.down = False  # killed on purpose, to be started again
+
+    def exited(self) -> bool:
+        """Whether the process ended without being killed on purpose."""
+        return self.proc is not None and self.proc.poll() is not None and not self.down
+
+    def start(self) -> None:
+        env = dict(os.environ, CRDT_OPS_LOG=os.environ.get("CRDT_OPS_LOG", "WARNING"))
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "crdt_ops.cli", "replica", "--amqp-url", self.url,
+                 "--group", self.group, "--replica-id", self.rid, "--store", str(self.store),
+                 "--state-file", str(self.state_file), "--ledger", str(self.ledger),
+                 *self.args], stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGCONT (if paused) and SIGTERM; SIGKILL after ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def report(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_file.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def ledger_lines(self) -> list[str]:
+        text = self.ledger.read_text() if self.ledger.exists() else ""
+        lines = text.split("\n")
+        return lines[:-1]  # the last piece is empty, or a line the process did not finish
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+# ---------------------------------------------------------------- late delivery
+
+
+RELAYED = "x-chaos-relayed"
+
+
+class Relay:
+    """Delivers the group's messages to the late replica's exchange after random delays
+    (0 to ``max_delay_s``, per message), and the late replica's to the group at once.
+
+    Guarantee: every message that reaches the group's exchange is published to the late
+    exchange at least once, and every message the late replica publishes reaches the
+    group's exchange at least once (a message is acked only after its relayed copy is
+    confirmed; after a broker fault it reconnects and the broker delivers the unacked
+    ones again). It never relays a message it relayed itself."""
+
+    def __init__(self, url: str, group: Settings, late: Settings, late_id: str,
+                 max_delay_s: float, seed: int) -> None:
+        self.url, self.group, self.late, self.late_id = url, group, late, late_id
+        self.max_delay_s = max_delay_s
+        self.rng = random.Random(f"relay:{seed}")
+        self.relayed_in = self.relayed_out = self.max_held = self.sessions = 0
+        self.ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name="chaos-relay", daemon=True)
+
+    def start(self, timeout: float = 60) -> None:
+        self._thread.start()
+        if not self.ready.wait(timeout):
+            raise RuntimeError("the late-delivery relay could not set up within "
+                               f"{timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        while not self._stop.is_set():
+            try:
+                await self._session()
+            except Exception as e:  # the broker went away: connect again
+                if not self._failing:  # once per outage
+                    print(f"chaos relay: {type(e).__name__}: {e}; reconnecting",
+                          file=sys.stderr, flush=True)
+                self._failing = True
+            if not self._stop.is_set():
+                await asyncio.sleep(0.5)
+
+    async def _session(self) -> None:
+        import aio_pika
+        from aio_pika.abc import AbstractIncomingMessage
+
+        assert self._stop is not None
+        conn = await aio_pika.connect(self.url, timeout=10, client_properties={
+            "connection_name": "crdt-ops chaos relay"})
+        async with conn:
+            pub = await conn.channel(publisher_confirms=True)
+            sub = await conn.channel()
+            await sub.set_qos(prefetch_count=0)
+            exchanges = {}
+            for s in (self.group, self.late):
+                ex = exchanges[s.group] = await pub.declare_exchange(
+                    s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+                # the stream first, bound, as every replica declares it: nothing relayed
+                # before the replicas declared theirs is missing from it
+                stream = await pub.declare_queue(s.stream, durable=True, arguments={
+                    "x-queue-type": "stream", "x-max-age": s.stream_max_age})
+                await stream.bind(ex)
+            to_late = await sub.declare_queue(f"chaos.{self.group.group}.to-late", durable=True)
+            await to_late.bind(self.group.exchange)
+            from_late = await sub.declare_queue(f"chaos.{self.group.group}.from-late",
+                                                durable=True)
+            await from_late.bind(self.late.exchange)
+            held: list[tuple[float, int, AbstractIncomingMessage, str]] = []
+            order = itertools.count()
+            wake = asyncio.Event()
+
+            async def take_in(msg: AbstractIncomingMessage) -> None:
+                if (msg.headers or {}).get(RELAYED):  # the late replica's, relayed by us
+                    await msg.ack()
+                    return
+                due = time.monotonic() + self.rng.uniform(0, self.max_delay_s)
+                heapq.heappush(held, (due, next(order), msg, self.late.group))
+                self.max_held = max(self.max_held, len(held))
+                wake.set()
+
+            async def take_out(msg: AbstractIncomingMessage) -> None:
+                if (msg.headers or {}).get(RELAYED):  # the group's, relayed by us
+                    await msg.ack()
+                    return
+                heapq.heappush(held, (time.monotonic(), next(order), msg, self.group.group))
+                wake.set()
+
+            await to_late.consume(take_in)
+            await from_late.consume(take_out)
+            self.sessions += 1
+            self.ready.set()
+            self._failing = False
+            while not self._stop.is_set():
+                if conn.is_closed:
+                    raise ConnectionError("connection closed")
+                now = time.monotonic()
+                due = []
+                while held and held[0][0] <= now:
+                    due.append(heapq.heappop(held))
+                if due:
+                    await asyncio.gather(*(self._relay(exchanges[dest], msg)
+                                           for _, _, msg, dest in due))
+                    for *_, dest in due:
+                        if dest == self.late.group:
+                            self.relayed_in += 1
+                        else:
+                            self.relayed_out += 1
+                wake.clear()
+                wait = min(held[0][0] - time.monotonic(), 0.1) if held else 0.1
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(wait, 0.001))
+
+    async def _relay(self, exchange: Any, msg: Any) -> None:
+        import aio_pika
+
+        headers = dict(msg.headers or {})
+        headers[RELAYED] = 1
+        await exchange.publish(aio_pika.Message(
+            msg.body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            app_id=msg.app_id, type=msg.type, message_id=msg.message_id,
+            user_id=msg.user_id), routing_key="", timeout=30)
+        await msg.ack()
+
+
+# ---------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: its kind, the share of all operations issued before it starts, and
+    the replica it hits (an index into the replicas; None: the broker)."""
+
+    kind: str
+    at: float
+    target: int | None = None
+
+
+#: The faults, in order; each starts when the replicas together issued ``at`` of the
+#: operations and the one before it is over. ``r0`` is the late replica (when there is one).
+SCHEDULE = (
+    Fault("broker-restart", 0.10),
+    Fault("replica-kill", 0.25, 1),
+    Fault("connection-close", 0.40, 2),
+    Fault("replica-pause", 0.50, 3),
+    Fault("broker-kill", 0.70),
+)
+
+
+def connection_pids(node: RabbitNode, name: str) -> list[str]:
+    """The broker's pids of the connections named ``name`` (``connection_name``)."""
+    out = node.ctl("list_connections", "pid", "client_properties", "-q")
+    pattern = re.compile(re.escape(name) + r'(?![\w.-])')
+    return [line.split("\t")[0] for line in out.splitlines() if pattern.search(line)]
+
+
+class Chaos:
+    """One run: broker, replicas, the relay (late mode), faults, audit."""
+
+    def __init__(self, opts: argparse.Namespace, say: Callable[[str], None]) -> None:
+        self.opts = opts
+        self.say = say
+        self.t0 = time.monotonic()
+        self.workdir = Path(opts.keep_dir or tempfile.mkdtemp(prefix="crdt-chaos-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.node = RabbitNode(f"chaos{uuid.uuid4().hex[:8]}", self.workdir)
+        self.procs: list[ReplicaProc] = []
+        self.relay: Relay | None = None
+        self.faults_done: list[str] = []
+        self.fault_error: str | None = None
+        self.abort = threading.Event()
+        self.last_fault_end: float | None = None
+        self.max_buffered: dict[str, int] = {}
+        self.issued_now = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    # ------------------------------------------------------------ set-up
+
+    def start(self) -> None:
+        o = self.opts
+        self.say(f"starting RabbitMQ node {self.node.node} in {self.workdir}")
+        self.node.start()
+        group = Settings(amqp_url=self.node.url, group="chaos")
+        late = Settings(amqp_url=self.node.url, group="chaos-late")
+        if o.late_replica:
+            self.relay = Relay(self.node.url, group, late, "r0", o.late_max_delay_s, o.seed)
+            self.relay.start()
+        per = [o.ops // o.replicas + (i < o.ops % o.replicas) for i in range(o.replicas)]
+        for i, n in enumerate(per):
+            rate = n / o.duration
+            rid = f"r{i}"
+            g = late.group if o.late_replica and i == 0 else group.group
+            args = ["--ops", str(n), "--seed", str(o.seed), "--per-write", str(o.per_write),
+                    "--rate", f"{rate:.3f}", "--heartbeat-s", "1"]
+            self.procs.append(ReplicaProc(rid, self.node.url, g, self.workdir, args))
+        for p in self.procs:
+            p.start()
+        self.say(f"{o.replicas} replicas started, {o.ops:,} operations at "
+                 f"{o.ops / o.duration:,.0f}/s planned"
+                 + (f"; r0 delivered late (0-{o.late_max_delay_s:g}s per message)"
+                    if o.late_replica else ""))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(Exception):
+                p.stop()
+        if self.relay is not None:
+            self.relay.stop()
+        with contextlib.suppress(Exception):
+            self.node.destroy()
+        if not self.opts.keep_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------ faults
+
+    def _fault(self, f: Fault) -> None:
+        n = self.node
+        target = self.procs[f.target % len(self.procs)] if f.target is not None else None
+        if f.kind == "broker-restart":
+            n.stop_app()
+            time.sleep(2)
+            n.start_app()
+        elif f.kind == "broker-kill":
+            n.kill()
+            time.sleep(1)
+            n.start()
+        elif f.kind == "replica-kill":
+            assert target is not None
+            target.down = True
+            target.kill()
+            time.sleep(1)
+            target.start()
+            target.down = False
+        elif f.kind == "replica-pause":
+            assert target is not None
+            target.signal(signal.SIGSTOP)
+            time.sleep(self.opts.pause_s)
+            target.signal(signal.SIGCONT)
+        elif f.kind == "connection-close":
+            assert target is not None
+            deadline = time.monotonic() + 30
+            while not (pids := connection_pids(n, f"crdt-ops {target.rid}")):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no connection of {target.rid} to close")
+                time.sleep(0.5)
+            for pid in pids:
+                n.ctl("close_connection", pid, "crdt-ops chaos closes this connection")
+        else:
+            raise ValueError(f.kind)
+
+    def _faults(self) -> None:
+        total = self.opts.ops
+        try:
+            for f in SCHEDULE:
+                while self.issued_now < f.at * total:
+                    if self.abort.wait(0.1):
+                        return
+                who = (f" {self.procs[f.target % len(self.procs)].rid}"
+                       if f.target is not None else "")
+                self.say(f"fault {len(self.faults_done) + 1}/{len(SCHEDULE)}: "
+                         f"{f.kind}{who} (at {self.issued_now:,} issued)")
+                self._fault(f)
+                self.faults_done.append(f.kind)
+                self.last_fault_end = time.monotonic()
+                self.say(f"fault {f.kind}{who} done")
+        except Exception as e:
+            self.fault_error = f"{type(e).__name__}: {e}"
+            self.last_fault_end = time.monotonic()
+            self.say(f"fault failed: {self.fault_error}")
+
+    # ------------------------------------------------------------ watching
+
+    def _sample(self) -> list[dict[str, Any]]:
+        reports = [p.report() for p in self.procs]
+        self.issued_now = sum(int(r.get("issued", 0)) for r in reports)
+        for p, r in zip(self.procs, reports, strict=True):
+            self.max_buffered[p.rid] = max(self.max_buffered.get(p.rid, 0),
+                                           int(r.get("buffered", 0)))
+        return reports
+
+    @staticmethod
+    def converged(reports: list[dict[str, Any]]) -> bool:
+        """Every replica done, nothing buffered or unpublished, same clock and state."""
+        if not all(r.get("done") and not r.get("buffered") and not r.get("outbox")
+                   for r in reports):
+            return False
+        return all(r["state"] == reports[0]["state"] and r["clock"] == reports[0]["clock"]
+                   for r in reports)
+
+    def _progress(self, reports: list[dict[str, Any]]) -> None:
+        each = " ".join(f"{p.rid}={r.get('issued', 0):,}/buf {r.get('buffered', 0)}"
+                        f"/out {r.get('outbox', 0)}"
+                        for p, r in zip(self.procs, reports, strict=True))
+        relay = (f" relay in={self.relay.relayed_in:,} out={self.relay.relayed_out:,}"
+                 if self.relay else "")
+        self.say(f"issued {self.issued_now:,}/{self.opts.ops:,} faults "
+                 f"{len(self.faults_done)}/{len(SCHEDULE)} | {each}{relay}")
+
+    def run(self) -> tuple[bool, float | None]:
+        """Inject the faults while watching; then wait for convergence. Returns
+        (converged, the time it was seen)."""
+        faults = threading.Thread(target=self._faults, name="chaos-faults", daemon=True)
+        faults.start()
+        last_print = 0.0
+        deadline: float | None = None
+        while True:
+            reports = self._sample()
+            now = time.monotonic()
+            if now - last_print >= 2:
+                self._progress(reports)
+                last_print = now
+            if not faults.is_alive():
+                if self.converged(reports):
+                    self._progress(reports)
+                    return True, now
+                if deadline is None:
+                    deadline = now + self.opts.timeout
+                    self.say(f"faults over; waiting up to {self.opts.timeout:g}s to converge")
+                elif now > deadline:
+                    return False, None
+            for p in self.procs:
+                if p.exited():
+                    assert p.proc is not None
+                    self.say(f"replica {p.rid} exited ({p.proc.returncode}):\n{p.tail()}")
+                    self.abort.set()
+                    faults.join()
+                    return False, None
+            time.sleep(0.25)
+
+
+def run_chaos(opts: argparse.Namespace) -> int:
+    """The whole run; prints the summary and the last line on stdout."""
+    def say(text: str) -> None:
+        print(f"chaos [{time.monotonic() - chaos.t0:7.1f}s] {text}", file=sys.stderr,
+              flush=True)
+
+    for name in ("aiormq", "aio_pika"):  # the relay's reconnects: one line of its own
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    chaos = Chaos(opts, say)
+    # SIGTERM (e.g. a CI timeout) stops like Ctrl-C: replicas, relay and broker are cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        chaos.start()
+        converged, seen = chaos.run()
+        for p in chaos.procs:
+            p.stop()
+        reports = {p.rid: p.report() for p in chaos.procs}
+        states = {rid: r.get("state", {}) for rid, r in reports.items()}
+        same = bool(reports) and all(
+            r.get("state") == reports["r0"].get("state")
+            and r.get("clock") == reports["r0"].get("clock") for r in reports.values())
+        converged = converged and same
+        verdict = audit({p.rid: p.ledger_lines() for p in chaos.procs})
+        mismatches = cross_check(verdict, states)
+        wall = chaos.elapsed()
+        seconds = (seen - chaos.last_fault_end if seen is not None and chaos.last_fault_end
+                   else float("nan"))
+        print("issued per origin: " + ", ".join(
+            f"{r} {n:,} operations ({verdict.workload[r]:,} workload)"
+            for r, n in verdict.issued.items()))
+        print(f"ledger: durable though write() never returned {verdict.durable_unacked}, "
+              f"lost with a killed process before accepted {verdict.unaccepted}, "
+              f"applications voided at restarts {verdict.voided}, phantoms {verdict.phantom}, "
+              f"restarts {verdict.restarts}")
+        print(f"issued/<id> counters vs ledger: "
+              f"{'all equal' if not mismatches else '; '.join(mismatches[:10])}")
+        print("max buffered ops seen: " + ", ".join(
+            f"{rid} {n:,}" for rid, n in chaos.max_buffered.items()))
+        if chaos.relay is not None:
+            print(f"late replica r0: relay delivered {chaos.relay.relayed_in:,} messages to it "
+                  f"0-{opts.late_max_delay_s:g}s late (up to {chaos.relay.max_held:,} held at "
+                  f"once), {chaos.relay.relayed_out:,} from it; max buffered ops seen at r0: "
+                  f"{chaos.max_buffered.get('r0', 0):,}")
+        for a in verdict.anomalies[:20]:
+            print(f"anomaly: {a}")
+        if chaos.fault_error:
+            print(f"fault failed: {chaos.fault_error}")
+        print(f"faults: {', '.join(chaos.faults_done)}; wall time {wall:.1f}s")
+        print(f"ops={opts.ops} faults={len(chaos.faults_done)} lost={verdict.lost} "
+              f"applied_twice={verdict.applied_twice} "
+              f"converged={'true' if converged else 'false'} seconds={seconds:.1f}", flush=True)
+        ok = (converged and verdict.lost == 0 and verdict.applied_twice == 0
+              and verdict.phantom == 0 and not verdict.anomalies and not mismatches
+              and len(chaos.faults_done) == len(SCHEDULE))
+        if not ok:
+            for p in chaos.procs:
+                print(f"--- {p.rid} log tail ---\n{p.tail()}", file=sys.stderr)
+        return 0 if ok else 1
+    finally:
+        chaos.stop()
+
+
+def add_command(sub: Any) -> None:
+    """Register ``crdt-ops chaos`` on the CLI's subparsers."""
+    p = sub.add_parser("chaos", help="fault injection over a throwaway broker, checked by a "
+                       "ledger (needs root and Debian's rabbitmq-server)")
+    p.add_argument("--ops", type=int, default=50_000, help="operations, all replicas together")
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration", type=float, default=60,
+                   help="seconds over which the operations are issued (sets the rate)")
+    p.add_argument("--pause-s", type=float, default=20, help="how long a replica is SIGSTOPped")
+    p.add_argument("--per-write", type=int, default=10, help="operations per write() block")
+    p.add_argument("--late-replica", action="store_true",
+                   help="deliver r0's input late and out of order through a relay")
+    p.add_argument("--late-max-delay-s", type=float, default=2.0,
+                   help="the relay delays each message by 0 to this many seconds")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="seconds to wait for convergence after the last fault")
+    p.add_argument("--keep-dir", type=Path, default=None,
+                   help="work in this directory and keep it (stores, ledgers, logs)")
+    p.set_defaults(func=lambda args: _main(p, args))
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.replicas < 4:
+        parser.error("--replicas must be at least 4 (a late one, a killed one, one whose "
+                     "connection is closed, a paused one)")
+    if args.ops < args.replicas or args.duration <= 0:
+        parser.error("--ops must be at least --replicas, and --duration positive")
+    return run_chaos(args)

@@ -1,0 +1,113 @@
+"""The web API under random requests (hypothesis), in process on an in-memory node.
+
+Every answer is a 2xx or 4xx with a JSON body (never a 5xx, never a text error
+page), and a request answered with a 4xx changed nothing in the replica (state
+and clock). Requests: random methods, known routes with random ids (unicode,
+slashes, huge), random paths, random JSON bodies (wrong types, huge or
+unencodable strings, deep nesting) and random bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from crdt_ops.transport.memory import MemoryBus, MemoryNode
+from services.web import make_app
+
+HYPOTHESIS = settings(max_examples=600, deadline=None,
+                      suppress_health_check=[HealthCheck.too_slow,
+                                             HealthCheck.function_scoped_fixture])
+
+
+class Api:
+    """One in-memory web replica and an HTTP client to it, on one event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.node = MemoryNode(MemoryBus(), "web")
+        self.loop.run_until_complete(self.node.start())
+        self.client = TestClient(TestServer(make_app(self.node)), loop=self.loop)
+        self.loop.run_until_complete(self.client.start_server())
+        status, body = self.call("POST", "/api/containers", json.dumps({"name": "known"}).encode())
+        assert status == 201
+        self.known = body["id"]
+
+    def call(self, method: str, path: str, data: bytes | None) -> tuple[int, Any]:
+        async def go() -> tuple[int, Any]:
+            async with self.client.request(method, path, data=data, allow_redirects=False,
+                                           headers={"Content-Type": "application/json"}) as r:
+                raw = await r.read()
+                assert r.content_type == "application/json", (r.status, r.content_type, raw[:200])
+                return r.status, json.loads(raw)
+        return self.loop.run_until_complete(go())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.close())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[Api]:
+    a = Api()
+    yield a
+    a.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=4),
+    max_leaves=12)
+strings = (st.text() | st.text(min_size=190, max_size=260)
+           | st.sampled_from(["", " ", "\x00", "\ud800", "a\udfffb", "\u202e", "名前", "😀" * 100,
+                              "x" * 201, "x" * 200, "x" * 100_000]))
+bodies = st.one_of(
+    st.fixed_dictionaries({}, optional={"name": strings | json_values,
+                                        "owner": strings | json_values}).map(
+        lambda d: json.dumps(d).encode()),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.integers(1, 5000).map(lambda n: b"[" * n + b"]" * n),  # deep nesting
+    st.binary(max_size=300),
+    st.just(b""), st.none())
+ids = st.one_of(st.text(max_size=40), st.just("KNOWN"), st.sampled_from(
+    ["..", ".", "%2e%2e", "a/b", "\x00", "\ud800", " ", "x" * 5000]))
+paths = st.one_of(
+    st.tuples(ids, st.sampled_from(["", "/start", "/stop", "/restart", "/x", "/"])).map(
+        lambda t: ("/api/containers/{}" + t[1], t[0])),
+    st.sampled_from([("/api/containers", ""), ("/api/containers/", ""), ("/healthz", "")]),
+    st.text(max_size=30).map(lambda t: ("/api/{}", t)))
+methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+
+
+def _quote(text: str) -> str:
+    return quote(text.encode("utf-8", "surrogatepass"), safe="")
+
+
+@HYPOTHESIS
+@given(method=methods, path=paths, body=bodies)
+# found by this test, fixed in services/web.py: 500s, and a name written before the
+# owner failed (a partial write)
+@example("POST", ("/api/containers", ""), json.dumps({"name": "\ud800"}).encode())
+@example("POST", ("/api/containers", ""), json.dumps({"name": "a", "owner": "\udfff"}).encode())
+@example("POST", ("/api/containers", ""), b"[" * 100_000 + b"]" * 100_000)
+@example("POST", ("/api/containers", ""), b"x" * 3_000_000)  # over aiohttp's 1 MB: a 413
+@example("PUT", ("/api/containers/{}", "KNOWN"), None)  # aiohttp's 405
+def test_every_answer_is_json_2xx_or_4xx_and_a_rejection_writes_nothing(
+        api: Api, method: str, path: tuple[str, str], body: bytes | None) -> None:
+    template, cid = path
+    url = template.format(_quote(api.known if cid == "KNOWN" else cid))
+    before = (api.node.replica.state(), dict(api.node.replica.clock))
+    status, answer = api.call(method, url, body)
+    assert 200 <= status < 300 or 400 <= status < 500, (status, answer)
+    if status >= 400:
+        assert isinstance(answer, dict) and isinstance(answer.get("error"), str), answer
+        assert (api.node.replica.state(), dict(api.node.replica.clock)) == before

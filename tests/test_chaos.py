@@ -1,0 +1,138 @@
+"""``crdt-ops chaos``: the ledger's rule on hand-written ledgers, and bounded real runs
+(every fault kind once, then again with the late replica) as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crdt_ops import Replica
+from crdt_ops.chaos import LedgerWriter, audit, cross_check
+from crdt_ops.rabbitnode import SERVER
+from tests.support import exchange
+
+LAST = re.compile(r"^ops=(\d+) faults=(\d+) lost=(\d+) applied_twice=(\d+) "
+                  r"converged=(true|false) seconds=(\d+\.\d|nan)$")
+
+
+# ---------------------------------------------------------------- the rule
+
+
+def test_a_clean_ledger_counts_nothing() -> None:
+    v = audit({"a": ["S {}", "A a 1 1", "A a 2 2", "P 1 2 1", "I 1 2 1", "A b 1 3"],
+               "b": ["S {}", "A b 1 3", "P 1 3 2", "I 1 3 2", "A a 1 2"]})
+    assert (v.lost, v.applied_twice, v.phantom, v.anomalies) == (0, 0, 0, [])
+    assert v.issued == {"a": 2, "b": 3} and v.workload == {"a": 1, "b": 2}
+
+
+def test_missing_and_doubled_applications_are_counted_per_operation_and_replica() -> None:
+    v = audit({"a": ["S {}", "A a 1 3", "P 1 3 3", "I 1 3 3"],
+               "b": ["S {}", "A a 1 1", "A a 1 2"],  # 3 never, 1 twice
+               "c": ["S {}"]})  # none of the three
+    assert (v.lost, v.applied_twice) == (1 + 3, 1)
+
+
+def test_applications_lost_with_a_killed_process_are_voided_at_restart() -> None:
+    # b applied a's 1..5 in memory, was killed with 1..3 in its store, applied 4..5 again
+    v = audit({"a": ["S {}", "A a 1 5", "P 1 5 5", "I 1 5 5"],
+               "b": ["S {}", "A a 1 5", 'S {"a":3}', "A a 4 5"]})
+    assert (v.lost, v.applied_twice, v.voided, v.anomalies) == (0, 0, 2, [])
+    # applied again below the recovered clock: that is a double
+    v = audit({"a": ["S {}", "A a 1 5", "P 1 5 5", "I 1 5 5"],
+               "b": ["S {}", "A a 1 5", 'S {"a":3}', "A a 3 5"]})
+    assert v.applied_twice == 1
+
+
+def test_a_block_durable_before_write_returned_is_issued_and_one_not_durable_is_not() -> None:
+    # killed after 4..6 were durable but before write() returned; then 7..8 applied
+    # locally and killed before durable: 7..8 are not issued, and are used again
+    a = ["S {}", "A a 1 3", "P 1 3 1", "I 1 3 1", "A a 4 6", "P 4 6 2",
+         'S {"a":6}', "A a 7 8", "P 7 8 1",
+         'S {"a":6}', "A a 7 7", "P 7 7 1", "I 7 7 1"]
+    v = audit({"a": a, "b": ["S {}", "A a 1 7"]})
+    assert (v.lost, v.applied_twice, v.phantom, v.anomalies) == (0, 0, 0, [])
+    assert v.issued == {"a": 7} and v.workload == {"a": 4}
+    assert (v.durable_unacked, v.unaccepted, v.voided) == (3, 2, 2)
+    # if b had applied the unaccepted 8, it came from nowhere: a phantom
+    assert audit({"a": a, "b": ["S {}", "A a 1 8"]}).phantom == 1
+
+
+def test_an_accepted_block_missing_from_the_recovered_store_is_lost_everywhere() -> None:
+    v = audit({"a": ["S {}", "A a 1 2", "P 1 2 1", "I 1 2 1", 'S {"a":1}'],
+               "b": ["S {}", "A a 1 1"]})
+    assert v.lost == 2 * 1 + 1  # seq 2 at both replicas (accepted, then gone), ... and
+    assert v.anomalies  # ... it is named
+
+
+def test_the_state_counters_are_checked_against_the_ledger() -> None:
+    v = audit({"a": ["S {}", "A a 1 2", "P 1 2 1", "I 1 2 1"]})
+    assert cross_check(v, {"a": {"issued/a": 1}}) == []
+    assert cross_check(v, {"a": {"issued/a": 2}}) == ["a: issued/a = 2, ledger 1"]
+
+
+def test_the_writer_records_what_replicas_really_apply(tmp_path: Path) -> None:
+    rs = [Replica(f"r{i}") for i in range(3)]
+    writers = [LedgerWriter(tmp_path / f"{r.replica_id}.ledger", r) for r in rs]
+    for round_ in range(3):
+        for r, w in zip(rs, writers, strict=True):
+            first = r.clock.get(r.replica_id, 0) + 1
+            r.counter("n").increment()
+            r.counter(f"issued/{r.replica_id}").increment()
+            w.pending(first, r.clock[r.replica_id], 1)
+            w.accepted(first, r.clock[r.replica_id], 1)
+        exchange(*rs)
+        exchange(*rs)  # everything again: duplicates are not applications
+    for w in writers:
+        w.close()
+    v = audit({r.replica_id: (tmp_path / f"{r.replica_id}.ledger").read_text().splitlines()
+               for r in rs})
+    assert (v.lost, v.applied_twice, v.phantom, v.anomalies) == (0, 0, 0, [])
+    assert v.issued == {"r0": 6, "r1": 6, "r2": 6}
+    assert cross_check(v, {r.replica_id: r.state() for r in rs}) == []
+
+
+# ---------------------------------------------------------------- real runs
+
+needs_node = pytest.mark.skipif(
+    os.geteuid() != 0 or not SERVER.exists(),
+    reason="crdt-ops chaos starts its own RabbitMQ node: needs root and Debian's "
+           "rabbitmq-server")
+
+
+def chaos(*args: str) -> tuple[int, list[str], str]:
+    done = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "chaos", "--ops", "3000",
+                           "--pause-s", "3", "--duration", "15", "--timeout", "120", *args],
+                          capture_output=True, text=True, timeout=170)
+    return done.returncode, done.stdout.strip().splitlines(), done.stderr
+
+
+@needs_node
+def test_every_fault_once_and_nothing_is_lost_or_doubled() -> None:
+    code, out, err = chaos("--seed", "1")
+    match = LAST.match(out[-1]) if out else None
+    assert match, f"{out}\n{err[-4000:]}"
+    ops, faults, lost, twice, converged, _ = match.groups()
+    assert (ops, faults, lost, twice, converged) == ("3000", "5", "0", "0", "true"), \
+        "\n".join(out) + err[-4000:]
+    assert code == 0, "\n".join(out)
+    assert "issued/<id> counters vs ledger: all equal" in out
+    stderr_faults = re.findall(r"fault (\S+)(?: r\d)? done", err)
+    assert stderr_faults == ["broker-restart", "replica-kill", "connection-close",
+                             "replica-pause", "broker-kill"]
+
+
+@needs_node
+def test_with_the_late_replica_its_causal_buffer_fills_and_all_converges() -> None:
+    code, out, err = chaos("--seed", "2", "--late-replica")
+    match = LAST.match(out[-1]) if out else None
+    assert match, f"{out}\n{err[-4000:]}"
+    assert match.groups()[:5] == ("3000", "5", "0", "0", "true"), "\n".join(out) + err[-4000:]
+    assert code == 0, "\n".join(out)
+    late = next(line for line in out if line.startswith("late replica r0:"))
+    buffered = int(late.rsplit(":", 1)[1].replace(",", ""))
+    assert buffered > 0, late
