@@ -174,11 +174,11 @@ class _ReplicaLedger:
                                       f"recovered (clock {own})")
         self.pending.clear()
         lost = [b for b in self.issued if b[1] > own]
-        if lost:
-            self.accepted_lost.extend(lost)
+        if lost:  # what is above the recovered clock is gone (and its seqs used again)
+            self.accepted_lost.extend((max(a, own + 1), b, n) for a, b, n in lost)
             self.anomalies.append(f"{self.rid}: accepted blocks {lost} not in the recovered "
                                   f"store (clock {own})")
-            self.issued = [b for b in self.issued if b[1] <= own]
+            self.issued = [(a, min(b, own), n) for a, b, n in self.issued if a <= own]
         for origin, counts in self.applied.items():
             cut = clock.get(origin, 0) + 1
             self.voided += sum(1 for c in counts[cut:] if c)
@@ -550,6 +550,7 @@ class Chaos:
         self.fault_error: str | None = None
         self.abort = threading.Event()
         self.last_fault_end: float | None = None
+        self.workload_end: float | None = None
         self.max_buffered: dict[str, int] = {}
         self.issued_now = 0
 
@@ -688,6 +689,8 @@ class Chaos:
         while True:
             reports = self._sample()
             now = time.monotonic()
+            if self.workload_end is None and all(r.get("done") for r in reports):
+                self.workload_end = now
             if now - last_print >= 2:
                 self._progress(reports)
                 last_print = now
@@ -758,6 +761,10 @@ def run_chaos(opts: argparse.Namespace) -> int:
         if chaos.fault_error:
             print(f"fault failed: {chaos.fault_error}")
         print(f"faults: {', '.join(chaos.faults_done)}; wall time {wall:.1f}s")
+        marks = {"last fault over": chaos.last_fault_end, "workload issued": chaos.workload_end,
+                 "converged": seen}
+        print("times (s from start): " + ", ".join(
+            f"{what} {'-' if t is None else f'{t - chaos.t0:.1f}'}" for what, t in marks.items()))
         print(f"ops={opts.ops} faults={len(chaos.faults_done)} lost={verdict.lost} "
               f"applied_twice={verdict.applied_twice} "
               f"converged={'true' if converged else 'false'} seconds={seconds:.1f}", flush=True)

@@ -109,9 +109,11 @@ def pb_field(number: int, value: int | bytes, wire: int | None = None) -> bytes:
     if wire == 0:
         return key + _varint(int(value) if isinstance(value, int) else len(value))
     if wire == 1:
-        return key + (value if isinstance(value, bytes) else (value % 2**64).to_bytes(8, "little"))[:8]
+        raw = value if isinstance(value, bytes) else (value % 2**64).to_bytes(8, "little")
+        return key + raw[:8]
     if wire == 5:
-        return key + (value if isinstance(value, bytes) else (value % 2**32).to_bytes(4, "little"))[:4]
+        raw = value if isinstance(value, bytes) else (value % 2**32).to_bytes(4, "little")
+        return key + raw[:4]
     data = value if isinstance(value, bytes) else _varint(value)
     return key + _varint(len(data)) + data
 
@@ -556,8 +558,9 @@ def atheris_corpus(seed_messages: list[bytes], seconds: float, work: Path) -> li
 def _atheris_child(argv: list[str]) -> None:
     import atheris  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
-    with atheris.instrument_imports():
-        from crdt_ops.replica import Replica as Target
+    from crdt_ops.replica import Replica as Target
+
+    atheris.instrument_all()  # crdt_ops is loaded already (this module imports it)
     base = Target("a")
     base.counter("hits").increment()
     base.set("nodes").add("n1")
@@ -577,7 +580,7 @@ def _atheris_child(argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crdt_ops.bench.amqp import delete_group
+    from crdt_ops.bench.broker import delete_group
 
     url = args.amqp_url
     group = f"fuzz-{uuid.uuid4().hex[:10]}"

@@ -70,6 +70,9 @@ class RabbitNode:
     def start(self, timeout: float = 60.0) -> RabbitNode:
         """Start the node (keeping its data from an earlier run) and wait until it
         accepts AMQP connections."""
+        if port_open(self.port):
+            raise RabbitNodeError(f"port {self.port} of {self.node} is taken by another process")
+        self.dist_port = free_port()  # picked now: one picked long before may be taken since
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._user:  # the node's user must reach its directory (mkdtemp makes 0700)
             _make_traversable(self.dir.parent)
@@ -108,8 +111,18 @@ class RabbitNode:
         while not port_open(self.port):
             if time.monotonic() > deadline:
                 raise RabbitNodeError(f"RabbitMQ node {self.node} did not listen on port "
-                                      f"{self.port} within {timeout:.0f}s; see {self.dir}/log")
+                                      f"{self.port} within {timeout:.0f}s; see {self.dir}/log"
+                                      f"{self.log_tail()}")
             time.sleep(0.3)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of the node's log (for errors: the directory may be gone later)."""
+        log = self.dir / "log" / f"{self.node}.log"
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n--- " + str(log) + " (end) ---\n" + "\n".join(tail)
 
     def pid(self) -> int | None:
         """The node's Erlang VM process, while it runs."""

@@ -104,6 +104,7 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
             await asyncio.sleep(0.2)
 
     task = loop.create_task(reporter())
+    started, paced = loop.time(), 0
     try:
         while not stop.is_set():
             while issued < ops and not stop.is_set():
@@ -118,8 +119,9 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
                         ledger.pending(first, last, n)
                 if ledger:  # write() returned: accepted
                     ledger.accepted(first, last, n)
-                if rate:
-                    await asyncio.sleep(per_write / rate)
+                if rate:  # paced by the clock (the work's own time included), catching up
+                    paced += n
+                    await asyncio.sleep(max(0.0, started + paced / rate - loop.time()))
                 else:
                     await asyncio.sleep(0)
             waits = [loop.create_task(stop.wait()), loop.create_task(more.wait())]

@@ -33,7 +33,7 @@ def table(out: str, first_column: str) -> list[list[str]]:
     first cell is ``first_column``; checks the header and rule have the rows' width."""
     lines = out.splitlines()
     starts = [i for i, line in enumerate(lines)
-              if line.startswith("|") and line.strip("| ").split(" |")[0] == first_column]
+              if line.startswith("|") and line[1:].split("|")[0].strip() == first_column]
     assert starts, f"no table with first column {first_column!r} in:\n{out}"
     head, rule = lines[starts[0]], lines[starts[0] + 1]
     width = head.count("|")
@@ -101,3 +101,13 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
     cpu = table(out[out.index("CPU over the timed phase"):], "flow")
     assert [r[0] for r in cpu] == ["crdt-ops", "old-way"]
     assert all(re.fullmatch(r"[0-9]+|\?", c) for r in cpu for c in r[1:]), cpu
+
+
+def test_shared_helpers() -> None:
+    from crdt_ops.bench.report import first_left, markdown_table
+    from crdt_ops.bench.stats import nearest_rank
+
+    assert nearest_rank(list(range(200, 0, -1)), 0.99) == 198  # p99 of 200: the 198th
+    assert nearest_rank([3.0, 1.0, 2.0], 0.5) == 2.0 and nearest_rank([5.0], 0.0) == 5.0
+    assert markdown_table(("a", "bb"), [("xyz", "1"), ("", "22")], first_left(2)).splitlines() \
+        == ["| a   | bb |", "|-----|---:|", "| xyz |  1 |", "|     | 22 |"]

@@ -92,3 +92,12 @@ def test_a_node_killed_mid_run_loses_and_doubles_nothing(cluster: list[RabbitNod
     finally:
         for p in procs:
             p.stop()
+
+
+def test_a_url_list_names_the_nodes_in_turn() -> None:
+    from crdt_ops.config import Settings
+
+    s = Settings(amqp_url="amqp://u:p@a:5672/, amqps://u:p@b:5671/?cafile=/x,y.pem")
+    assert s.amqp_urls == ["amqp://u:p@a:5672/", "amqps://u:p@b:5671/?cafile=/x,y.pem"]
+    with pytest.raises(ValueError, match="amqp-url"):
+        Settings(amqp_url="http://a/")

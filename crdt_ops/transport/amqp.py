@@ -478,9 +478,21 @@ class AmqpNode:
             self.store.put(REREAD_DUE, b"1")
         self._outbox_ready.set()
         # confirmed together: one round trip for the lot, not one per message
-        await asyncio.gather(*(self._dead_letter(m, reason, detail) for m, reason, detail in dead))
+        outcomes = await asyncio.gather(
+            *(self._dead_letter(m, reason, detail) for m, reason, detail in dead),
+            return_exceptions=True)
+        unsent = {id(m) for (m, _, _), out in zip(dead, outcomes, strict=True)
+                  if isinstance(out, BaseException)}
         try:
-            await batch[-1].ack(multiple=True)
+            if unsent and not stream:
+                # only the messages whose dead letter was not confirmed come again; never
+                # ack(multiple=True) across a nacked tag (the broker closes the channel)
+                log.error("%d dead letters not confirmed; those messages are requeued",
+                          len(unsent))
+                for msg in batch:
+                    await (msg.nack(requeue=True) if id(msg) in unsent else msg.ack())
+            else:
+                await batch[-1].ack(multiple=True)
         except Exception as e:  # channel gone: they come again and are dropped as duplicates
             log.warning("ack failed (%s); the broker will redeliver", e)
         applied = replica.stats["applied"] - replica.stats["local"] - before
@@ -493,11 +505,11 @@ class AmqpNode:
         self._observe()
 
     async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
+        """Publish ``msg`` to the dead-letter exchange with the reason in its headers;
+        counted once the broker confirmed it (raises if it did not)."""
         assert self._dlx is not None
-        self.dead_lettered += 1
-        metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
         log.warning("dead-lettering a message (%s: %s) from %s", reason, detail[:500],
-                    msg.app_id or "?")
+                    msg.user_id or msg.app_id or "?")
         headers = dict(msg.headers or {})
         headers.update({"x-crdt-reason": reason, "x-crdt-detail": detail[:500],
                         "x-crdt-replica": self.replica_id})
@@ -506,8 +518,10 @@ class AmqpNode:
                                                      delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                                     routing_key="", timeout=30)
         except Exception as e:
-            log.error("could not dead-letter a message (%s); it stays unacked", e)
+            log.error("could not dead-letter a message (%s); it will be requeued", e)
             raise
+        self.dead_lettered += 1
+        metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
 
     def snapshot(self) -> None:
         """Write a snapshot and drop the log it covers."""
