@@ -55,9 +55,9 @@ were lost with the memory and will legitimately happen again); a ``P`` block wit
 its ``I`` is *issued* if it is within C[own] (it was made durable though ``write()``
 never returned: it will be published) and *not issued* if it is above (it was lost
 with the memory before being accepted: never published, and its sequence numbers are
-used again); an accepted block above C[own] is an accepted operation lost at its
-origin (counted as lost at every replica). A recovered (O, s) that the ledger never
-saw applied is an anomaly.
+used again); the part of an accepted block above C[own] is accepted operations lost at
+their origin (an anomaly, and counted as lost at every replica). A recovered (O, s)
+that the ledger never saw applied is an anomaly.
 
 Then, for every issued operation and every replica: applied 0 times is *lost*,
 more than once is *applied twice* (each counted per (operation, replica)); an
@@ -69,7 +69,10 @@ ledger's issued blocks of that origin.
 Output: progress lines on stderr; on stdout a summary, then the last line
 ``ops=N faults=F lost=L applied_twice=D converged=true|false seconds=S``, where
 ``seconds`` is the time from the end of the last fault (the broker accepting
-connections again) until all replicas were seen converged. Exit status 0 only when
+connections again) until all replicas were seen converged (the state files are read
+every 0.25 s); it includes whatever the workload still had to issue then, so the
+summary also gives, from the start, when the last fault was over, when every replica
+had issued its share, and when convergence was seen. Exit status 0 only when
 all faults were done, lost=0, applied_twice=0, converged=true, and there were no
 phantoms, anomalies or cross-check mismatches.
 """

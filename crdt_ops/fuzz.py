@@ -592,6 +592,8 @@ def run(args: argparse.Namespace) -> int:
               "--max-waiting-per-origin", str(args.max_waiting_per_origin)]
     say(f"fuzz: group {group}, {args.replicas} replicas, work dir {work}")
     procs: list[Proc] = []
+    # SIGTERM (e.g. a CI timeout) stops like Ctrl-C: the replicas and the group are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         procs = [Proc(url, group, rid, work, [*common, "--seed", str(i),
                                               "--more-on-signal", str(args.more)])

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class RabbitNode:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = 60.0) -> RabbitNode:
+    def start(self, timeout: float = 120.0) -> RabbitNode:
         """Start the node (keeping its data from an earlier run) and wait until it
         accepts AMQP connections."""
         if port_open(self.port):
@@ -105,7 +106,7 @@ class RabbitNode:
         self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
         """Wait until the node accepts AMQP connections."""
         deadline = time.monotonic() + timeout
         while not port_open(self.port):
@@ -122,7 +123,12 @@ class RabbitNode:
             tail = log.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return ""
-        return "\n--- " + str(log) + " (end) ---\n" + "\n".join(tail)
+        text = "\n--- " + str(log) + " (end) ---\n" + "\n".join(tail)
+        dump = self.dir / "erl_crash.dump"
+        if dump.exists():  # the VM died at boot: its reason is the dump's slogan
+            with dump.open(errors="replace") as f:
+                text += "\n--- " + str(dump) + " ---\n" + "".join(f.readline() for _ in range(3))
+        return text
 
     def pid(self) -> int | None:
         """The node's Erlang VM process, while it runs."""
@@ -148,7 +154,7 @@ class RabbitNode:
     def stop_app(self) -> None:
         self.ctl("stop_app")
 
-    def start_app(self, timeout: float = 60.0) -> None:
+    def start_app(self, timeout: float = 120.0) -> None:
         self.ctl("start_app")
         self.wait_ready(timeout)
 
@@ -218,9 +224,17 @@ def _chown_tree(path: Path, user: str | None) -> None:
 
 
 def _make_traversable(path: Path) -> None:
-    """Let other users pass through ``path`` and its ancestors that we own (x only)."""
-    me = os.geteuid()
+    """Let the node's user pass through ``path`` and those of its ancestors that we
+    own inside the system's temporary directory (x only; e.g. pytest's 0700 dirs).
+    Anything else it cannot reach is an error saying so: nothing else is chmodded."""
+    me, tmp = os.geteuid(), Path(tempfile.gettempdir()).resolve()
     for p in [path.resolve(), *path.resolve().parents]:
+        if p == tmp or tmp not in p.parents:
+            break
         st = p.stat()
         if st.st_uid == me and not st.st_mode & 0o001:
             p.chmod(st.st_mode | 0o711)
+    for p in [path.resolve(), *path.resolve().parents]:
+        if not p.stat().st_mode & 0o001 and p.stat().st_uid != pwd.getpwnam("rabbitmq").pw_uid:
+            raise RabbitNodeError(f"the rabbitmq user cannot enter {p}: give RabbitNode a "
+                                  f"directory under {tmp}")

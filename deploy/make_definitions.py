@@ -64,9 +64,10 @@ def permissions(group: str, principal: str) -> dict[str, str]:
             "read": f"^({g}|{g}\\.log|{own})$"}
 
 
-def definitions(group: str, users: list[str], vhost: str = "/",
-                admin: str = "admin") -> dict[str, object]:
-    """Users (password: :func:`demo_password`), permissions and the group's topology."""
+def definitions(group: str, users: list[str], vhost: str = "/", admin: str = "admin",
+                queue_type: str = "classic") -> dict[str, object]:
+    """Users (password: :func:`demo_password`), permissions and the group's topology
+    (the dead-letter queue of ``queue_type``, as the replicas' ``--queue-type``)."""
     def user(name: str, tags: list[str]) -> dict[str, object]:
         salt = hashlib.sha256(name.encode()).digest()[:4]
         return {"name": name, "password_hash": password_hash(demo_password(name), salt),
@@ -85,7 +86,7 @@ def definitions(group: str, users: list[str], vhost: str = "/",
         "exchanges": [{"name": g, **exchange}, {"name": f"{g}.dlx", **exchange}],
         "queues": [{"name": f"{g}.log", **queue,
                     "arguments": {"x-queue-type": "stream", "x-max-age": STREAM_MAX_AGE}},
-                   {"name": f"{g}.dead", **queue, "arguments": {}}],
+                   {"name": f"{g}.dead", **queue, "arguments": {"x-queue-type": queue_type}}],
         "bindings": [{"source": g, "vhost": vhost, "destination": f"{g}.log",
                       "destination_type": "queue", "routing_key": "", "arguments": {}},
                      {"source": f"{g}.dlx", "vhost": vhost, "destination": f"{g}.dead",
@@ -106,15 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", default="platform")
     p.add_argument("--worker", action="append", help="a worker node (repeatable; default "
                    f"{', '.join(DEFAULT_WORKERS)})")
+    p.add_argument("--queue-type", choices=("classic", "quorum"), default="classic",
+                   help="of the dead-letter queue, as the services' --queue-type (a cluster: "
+                        "quorum)")
     p.add_argument("--apply", action="store_true", help="import into the running broker")
+    p.add_argument("--out", type=Path,
+                   default=Path(__file__).parent / "rabbitmq" / "definitions.json",
+                   help="the file to write (default deploy/rabbitmq/definitions.json)")
     p.add_argument("--node", help="with --apply: the RabbitMQ node (rabbitmqctl -n)")
     args = p.parse_args(argv)
-    defs = definitions(args.group, principals(args.worker or list(DEFAULT_WORKERS)))
+    defs = definitions(args.group, principals(args.worker or list(DEFAULT_WORKERS)),
+                       queue_type=args.queue_type)
     if args.apply:
         apply(defs, args.node)
         print(f"provisioned group {args.group} on {args.node or 'the local broker'}")
         return 0
-    out = Path(__file__).parent / "rabbitmq" / "definitions.json"
+    out = args.out
     out.write_text(json.dumps(defs, indent=2) + "\n")
     print(f"wrote {out} for group {args.group}")
     return 0
