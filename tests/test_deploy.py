@@ -118,30 +118,32 @@ def test_forged_and_out_of_role_operations_change_nothing_anywhere(
             before = [n.replica.state() for n in everyone]
             dead = [n.dead_lettered for n in everyone]
 
-            # a rogue with worker w2's credentials and no policy: it turns c1 off in
-            # w1's slot, and, forging w1's replica id, in w1's name
-            rogue = Replica("worker.w2")
-            for m in web.replica.outgoing() or []:
-                rogue.receive(m)
-            model.report(rogue, "c1", "w1").register("power_actual").set("off")
+            # rogue replicas with worker w2's credentials and no policy: one takes c1
+            # over (assigns it to w2 and reports it running there), one turns it off in
+            # w1's slot, and one forges w1's replica id
+            takeover, meddler = Replica("worker.w2.a"), Replica("worker.w2.b")
             forged = Replica("worker.w1.forged")
-            model.report(forged, "c1", "w1").register("power_actual").set("off")
+            model.container(takeover, "c1").register("assigned_node").set("w2")
+            model.report(takeover, "c1", "w2").register("power_actual").set("on")
+            for rogue in (meddler, forged):
+                model.report(rogue, "c1", "w1").register("power_actual").set("off")
             rogue_settings = Settings(amqp_url=url(broker, "worker.w2"), group=GROUP)
             conn = await aio_pika.connect(rogue_settings.amqp_url)
             async with conn:
                 ch = await conn.channel(publisher_confirms=True)
                 ex = await ch.get_exchange(f"crdt.{GROUP}")
-                for body in rogue.outgoing() + forged.outgoing():
+                for body in takeover.outgoing() + meddler.outgoing() + forged.outgoing():
                     await ex.publish(message(rogue_settings, body), routing_key="")
-            await until(lambda: all(n.dead_lettered - d == 2
+            await until(lambda: all(n.dead_lettered - d == 3
                                     for n, d in zip(everyone, dead, strict=True)),
-                        20, "every replica to refuse both messages")
+                        20, "every replica to refuse the three messages")
             assert [n.replica.state() for n in everyone] == before
-            assert all(model.containers(n.replica)[0].power_actual == "on" for n in everyone)
+            assert all(model.containers(n.replica)[0].power_actual == "on"
+                       and model.containers(n.replica)[0].assigned_node == "w1" for n in everyone)
             # a replica joining later replays the stream: the user_id proof travels with
-            # each message, so it accepts the same messages and refuses the same two
+            # each message, so it accepts the same messages and refuses the same three
             async with service(broker, tmp_path, "worker.w2") as late:
                 assert late.replica.state() == before[0]
-                assert late.dead_lettered == 2
+                assert late.dead_lettered == 3
 
     asyncio.run(run())
