@@ -91,7 +91,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -105,6 +104,7 @@ from typing import Any
 from crdt_ops.config import Settings
 from crdt_ops.rabbitnode import RabbitNode
 from crdt_ops.replica import Replica
+from crdt_ops.replica_process import ReplicaProcess
 
 # ---------------------------------------------------------------- the ledger
 
@@ -305,67 +305,24 @@ def cross_check(result: Audit, states: dict[str, dict[str, Any]]) -> list[str]:
 # ---------------------------------------------------------------- replica processes
 
 
-class ReplicaProc:
-    """``crdt-ops replica`` as an OS process with its store, state file, ledger and log
-    in ``workdir``; it can be SIGKILLed, paused, resumed and started again."""
+class LedgerReplica(ReplicaProcess):
+    """A :class:`~crdt_ops.replica_process.ReplicaProcess` that also writes its ledger
+    (``--ledger <id>.ledger`` in ``workdir``); it can be SIGKILLed, paused, resumed and
+    started again (``down`` is set while it is killed on purpose)."""
 
-    def __init__(self, rid: str, url: str, group: str, workdir: Path, args: list[str]) -> None:
-        self.rid, self.url, self.group = rid, url, group
-        self.state_file = workdir / f"{rid}.json"
+    def __init__(self, url: str, group: str, rid: str, workdir: Path, args: list[str]) -> None:
         self.ledger = workdir / f"{rid}.ledger"
-        self.store = workdir / f"{rid}.sqlite"
-        self.log = workdir / f"{rid}.log"
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(url, group, rid, workdir, [*args, "--ledger", str(self.ledger)])
         self.down = False  # killed on purpose, to be started again
 
     def exited(self) -> bool:
         """Whether the process ended without being killed on purpose."""
-        return self.proc is not None and self.proc.poll() is not None and not self.down
-
-    def start(self) -> None:
-        env = dict(os.environ, CRDT_OPS_LOG=os.environ.get("CRDT_OPS_LOG", "WARNING"))
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crdt_ops.cli", "replica", "--amqp-url", self.url,
-                 "--group", self.group, "--replica-id", self.rid, "--store", str(self.store),
-                 "--state-file", str(self.state_file), "--ledger", str(self.ledger),
-                 *self.args], stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 60) -> None:
-        """SIGCONT (if paused) and SIGTERM; SIGKILL after ``timeout``."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def report(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.state_file.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return self.returncode is not None and not self.down
 
     def ledger_lines(self) -> list[str]:
         text = self.ledger.read_text() if self.ledger.exists() else ""
         lines = text.split("\n")
         return lines[:-1]  # the last piece is empty, or a line the process did not finish
-
-    def tail(self, chars: int = 2000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
 # ---------------------------------------------------------------- late delivery
@@ -547,7 +504,7 @@ class Chaos:
         self.workdir = Path(opts.keep_dir or tempfile.mkdtemp(prefix="crdt-chaos-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.node = RabbitNode(f"chaos{uuid.uuid4().hex[:8]}", self.workdir)
-        self.procs: list[ReplicaProc] = []
+        self.procs: list[LedgerReplica] = []
         self.relay: Relay | None = None
         self.faults_done: list[str] = []
         self.fault_error: str | None = None
@@ -578,7 +535,7 @@ class Chaos:
             g = late.group if o.late_replica and i == 0 else group.group
             args = ["--ops", str(n), "--seed", str(o.seed), "--per-write", str(o.per_write),
                     "--rate", f"{rate:.3f}", "--heartbeat-s", "1"]
-            self.procs.append(ReplicaProc(rid, self.node.url, g, self.workdir, args))
+            self.procs.append(LedgerReplica(self.node.url, g, rid, self.workdir, args))
         for p in self.procs:
             p.start()
         self.say(f"{o.replicas} replicas started, {o.ops:,} operations at "
@@ -589,7 +546,7 @@ class Chaos:
     def stop(self) -> None:
         for p in self.procs:
             with contextlib.suppress(Exception):
-                p.stop()
+                p.stop(timeout=60)
         if self.relay is not None:
             self.relay.stop()
         with contextlib.suppress(Exception):
@@ -625,9 +582,9 @@ class Chaos:
         elif f.kind == "connection-close":
             assert target is not None
             deadline = time.monotonic() + 30
-            while not (pids := connection_pids(n, f"crdt-ops {target.rid}")):
+            while not (pids := connection_pids(n, f"crdt-ops {target.replica_id}")):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"no connection of {target.rid} to close")
+                    raise RuntimeError(f"no connection of {target.replica_id} to close")
                 time.sleep(0.5)
             for pid in pids:
                 n.ctl("close_connection", pid, "crdt-ops chaos closes this connection")
@@ -641,7 +598,7 @@ class Chaos:
                 while self.issued_now < f.at * total:
                     if self.abort.wait(0.1):
                         return
-                who = (f" {self.procs[f.target % len(self.procs)].rid}"
+                who = (f" {self.procs[f.target % len(self.procs)].replica_id}"
                        if f.target is not None else "")
                 self.say(f"fault {len(self.faults_done) + 1}/{len(SCHEDULE)}: "
                          f"{f.kind}{who} (at {self.issued_now:,} issued)")
@@ -660,7 +617,7 @@ class Chaos:
         reports = [p.report() for p in self.procs]
         self.issued_now = sum(int(r.get("issued", 0)) for r in reports)
         for p, r in zip(self.procs, reports, strict=True):
-            self.max_buffered[p.rid] = max(self.max_buffered.get(p.rid, 0),
+            self.max_buffered[p.replica_id] = max(self.max_buffered.get(p.replica_id, 0),
                                            int(r.get("buffered", 0)))
         return reports
 
@@ -674,7 +631,7 @@ class Chaos:
                    for r in reports)
 
     def _progress(self, reports: list[dict[str, Any]]) -> None:
-        each = " ".join(f"{p.rid}={r.get('issued', 0):,}/buf {r.get('buffered', 0)}"
+        each = " ".join(f"{p.replica_id}={r.get('issued', 0):,}/buf {r.get('buffered', 0)}"
                         f"/out {r.get('outbox', 0)}"
                         for p, r in zip(self.procs, reports, strict=True))
         relay = (f" relay in={self.relay.relayed_in:,} out={self.relay.relayed_out:,}"
@@ -708,8 +665,7 @@ class Chaos:
                     return False, None
             for p in self.procs:
                 if p.exited():
-                    assert p.proc is not None
-                    self.say(f"replica {p.rid} exited ({p.proc.returncode}):\n{p.tail()}")
+                    self.say(f"replica {p.replica_id} exited ({p.returncode}):\n{p.tail(2000)}")
                     self.abort.set()
                     faults.join()
                     return False, None
@@ -731,14 +687,14 @@ def run_chaos(opts: argparse.Namespace) -> int:
         chaos.start()
         converged, seen = chaos.run()
         for p in chaos.procs:
-            p.stop()
-        reports = {p.rid: p.report() for p in chaos.procs}
+            p.stop(timeout=60)
+        reports = {p.replica_id: p.report() for p in chaos.procs}
         states = {rid: r.get("state", {}) for rid, r in reports.items()}
         same = bool(reports) and all(
             r.get("state") == reports["r0"].get("state")
             and r.get("clock") == reports["r0"].get("clock") for r in reports.values())
         converged = converged and same
-        verdict = audit({p.rid: p.ledger_lines() for p in chaos.procs})
+        verdict = audit({p.replica_id: p.ledger_lines() for p in chaos.procs})
         mismatches = cross_check(verdict, states)
         wall = chaos.elapsed()
         seconds = (seen - chaos.last_fault_end if seen is not None and chaos.last_fault_end
@@ -776,7 +732,7 @@ def run_chaos(opts: argparse.Namespace) -> int:
               and len(chaos.faults_done) == len(SCHEDULE))
         if not ok:
             for p in chaos.procs:
-                print(f"--- {p.rid} log tail ---\n{p.tail()}", file=sys.stderr)
+                print(f"--- {p.replica_id} log tail ---\n{p.tail(2000)}", file=sys.stderr)
         return 0 if ok else 1
     finally:
         chaos.stop()

@@ -54,7 +54,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import math
 import os
 import random
@@ -77,6 +76,7 @@ from crdt_ops.config import Settings
 from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.ops import MAX_DEPTH, Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.replica import Replica
+from crdt_ops.replica_process import ReplicaProcess
 from crdt_ops.wire import codec
 
 MAX_SEQ = codec.MAX_SEQ
@@ -379,48 +379,6 @@ class Oracle:
 # ---------------------------------------------------------------- replica processes
 
 
-class Proc:
-    """One ``crdt-ops replica`` process with its store, state file and log."""
-
-    def __init__(self, url: str, group: str, rid: str, work: Path, args: list[str]) -> None:
-        self.rid, self.state_file = rid, work / f"{rid}.json"
-        self.log = work / f"{rid}.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crdt_ops.cli", "replica", "--amqp-url", url,
-                 "--group", group, "--replica-id", rid, "--store", str(work / f"{rid}.sqlite"),
-                 "--state-file", str(self.state_file), *args],
-                stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, CRDT_OPS_LOG=os.environ.get("CRDT_OPS_LOG", "WARNING")))
-
-    def report(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.state_file.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def rss_kb(self) -> int:
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -431,7 +389,7 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> bool:
     return False
 
 
-def converged(procs: list[Proc], issued: dict[str, int], idle: bool = True) -> bool:
+def converged(procs: list[ReplicaProcess], issued: dict[str, int], idle: bool = True) -> bool:
     """Same state and clock everywhere, each ledger counter at what was issued, and
     (``idle``) nothing waiting in any causal buffer."""
     reports = [p.report() for p in procs]
@@ -533,14 +491,16 @@ async def drain_dead(url: str, s: Settings, expect: int, timeout: float
 # ---------------------------------------------------------------- atheris
 
 
-def atheris_corpus(seed_messages: list[bytes], seconds: float, work: Path) -> list[bytes]:
+def atheris_corpus(seed_messages: list[bytes], seconds: float,
+                   work: Path) -> tuple[list[bytes], list[Path]]:
     """Run atheris (coverage-guided, libFuzzer) over ``Replica.receive`` for ``seconds``
-    in a child process, seeded with valid messages; return the corpus it kept."""
+    in a child process, seeded with valid messages; return the corpus it kept and the
+    inputs it found crashing ``receive`` (any exception but InvalidMessage/BufferFull)."""
     try:
         import atheris  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         say("fuzz: atheris is not installed (pip install atheris); its corpus is left out")
-        return []
+        return [], []
     corpus = work / "atheris-corpus"
     corpus.mkdir(exist_ok=True)
     for i, m in enumerate(seed_messages[:200]):
@@ -548,11 +508,14 @@ def atheris_corpus(seed_messages: list[bytes], seconds: float, work: Path) -> li
     say(f"fuzz: atheris over Replica.receive for {seconds:.0f}s ...")
     subprocess.run([sys.executable, "-m", "crdt_ops.fuzz", "--atheris-child", str(corpus),
                     f"-max_total_time={int(seconds)}", "-max_len=4096", "-seed=1",
+                    f"-artifact_prefix={work}/atheris-",
                     "-print_final_stats=0"], stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=seconds + 120, check=False)
     found = [p.read_bytes() for p in sorted(corpus.iterdir()) if not p.name.startswith("seed-")]
-    say(f"fuzz: atheris kept {len(found)} inputs")
-    return found
+    crashes = sorted(work.glob("atheris-crash-*"))
+    say(f"fuzz: atheris kept {len(found)} inputs" +
+        (f"; {len(crashes)} CRASHING inputs: {', '.join(map(str, crashes))}" if crashes else ""))
+    return found, crashes
 
 
 def _atheris_child(argv: list[str]) -> None:
@@ -591,12 +554,12 @@ def run(args: argparse.Namespace) -> int:
               "--gap-timeout-s", str(args.gap_timeout_s),
               "--max-waiting-per-origin", str(args.max_waiting_per_origin)]
     say(f"fuzz: group {group}, {args.replicas} replicas, work dir {work}")
-    procs: list[Proc] = []
+    procs: list[ReplicaProcess] = []
     # SIGTERM (e.g. a CI timeout) stops like Ctrl-C: the replicas and the group are removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        procs = [Proc(url, group, rid, work, [*common, "--seed", str(i),
-                                              "--more-on-signal", str(args.more)])
+        procs = [ReplicaProcess(url, group, rid, work, [*common, "--seed", str(i),
+                                                        "--more-on-signal", str(args.more)]).start()
                  for i, rid in enumerate(rids)]
         issued = dict.fromkeys(rids, args.ops)
         if not wait_for(lambda: converged(procs, issued), 120, "the replicas to converge"):
@@ -608,7 +571,8 @@ def run(args: argparse.Namespace) -> int:
         oracle_replica = Replica("fuzz-oracle", max_waiting_per_origin=args.max_waiting_per_origin)
         history = asyncio.run(read_oracle(url, s, clock0, oracle_replica, 60))
         oracle = Oracle(oracle_replica)
-        corpus = atheris_corpus(history, args.atheris_seconds, work) if args.atheris_seconds else []
+        corpus, receive_crashes = (atheris_corpus(history, args.atheris_seconds, work)
+                                   if args.atheris_seconds else ([], []))
         gen = Hostile(args.seed, history, clock0, state0, corpus)
         kinds: collections.Counter[str] = collections.Counter()
         rejected = 0
@@ -652,18 +616,21 @@ def run(args: argparse.Namespace) -> int:
         crashes = sum(not p.alive() for p in procs)
         for p in procs:
             if not p.alive():
-                say(f"fuzz: replica {p.rid} died (exit {p.proc.returncode}); log {p.log}")
+                say(f"fuzz: replica {p.replica_id} died (exit {p.returncode}); log {p.log}")
         if procs[0].alive():
-            procs[0].proc.send_signal(signal.SIGUSR1)
+            procs[0].signal(signal.SIGUSR1)
         issued[rids[0]] += args.more
         live = [p for p in procs if p.alive()]
         if not wait_for(lambda: converged(live, issued, idle=False), 120,
                         "the legitimate operations"):
-            stalled = [p.rid for p in live if p.report().get("state", {}).get(
+            stalled = [p.replica_id for p in live if p.report().get("state", {}).get(
                 f"issued/{rids[0]}") != issued[rids[0]]]
             say(f"fuzz: replicas not consuming any more: {stalled}")
             crashes += len(stalled) or 1
 
+        if receive_crashes:  # receive() raised what no consumer expects: a crash
+            crashes += len(receive_crashes)
+            args.keep = True
         k, reasons = asyncio.run(drain_dead(url, s, per_replica * len(procs), 120))
         print(f"replicas={len(procs)} max_waiting_per_origin={args.max_waiting_per_origin} "
               f"publish_s={published_s:.1f} total_s={time.monotonic() - start:.1f}")
@@ -674,7 +641,7 @@ def run(args: argparse.Namespace) -> int:
         print("dead letters by x-crdt-reason: " + " ".join(
             f"{k}={v}" for k, v in sorted(reasons.items())))
         for p, a, b, r in zip(procs, rss0, rss1, after, strict=True):
-            print(f"{p.rid}: rss_kb before={a} after={b} buffered={r.get('buffered')} "
+            print(f"{p.replica_id}: rss_kb before={a} after={b} buffered={r.get('buffered')} "
                   f"dead_lettered={r.get('dead_lettered')}")
         bad = []
         if k != per_replica * len(procs):
@@ -696,10 +663,10 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _fail(procs: list[Proc], why: str) -> int:
+def _fail(procs: list[ReplicaProcess], why: str) -> int:
     say(f"fuzz: {why}")
     for p in procs:
-        say(f"--- {p.rid} ---\n{p.log.read_text()[-2000:] if p.log.exists() else ''}")
+        say(f"--- {p.replica_id} ---\n{p.tail(2000)}")
     return 2
 
 

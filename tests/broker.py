@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+
+from crdt_ops.replica_process import ReplicaProcess as BaseReplicaProcess
 
 HOW_TO_GET_A_BROKER = (
     "these tests need a RabbitMQ broker: set AMQP_URL (e.g. "
@@ -70,53 +69,34 @@ def delete_group(url: str, group: str, replicas: list[str]) -> None:
     asyncio.run(_delete_group(url, group, replicas))
 
 
-class ReplicaProcess:
-    """``crdt-ops replica`` as an OS process with its own store and state file."""
+class ReplicaProcess(BaseReplicaProcess):
+    """:class:`crdt_ops.replica_process.ReplicaProcess` running the seeded workload
+    (``ops`` operations from ``seed``, ``per_write`` per write, ``rate`` per second, 0:
+    as fast as it can), with 0.5 s heartbeats and ``CRDT_OPS_LOG=WARNING``."""
 
     def __init__(self, url: str, group: str, replica_id: str, workdir: Path, ops: int = 0,
                  seed: int = 0, per_write: int = 10, rate: float = 0,
                  extra: list[str] | None = None) -> None:
-        self.url, self.group, self.replica_id = url, group, replica_id
-        self.state_file = workdir / f"{replica_id}.json"
-        self.store = workdir / f"{replica_id}.sqlite"
-        self.log = workdir / f"{replica_id}.log"
-        self.args = ["--ops", str(ops), "--seed", str(seed), "--per-write", str(per_write),
-                     "--rate", str(rate), *(extra or [])]
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(url, group, replica_id, workdir, [
+            "--heartbeat-s", "0.5", "--ops", str(ops), "--seed", str(seed),
+            "--per-write", str(per_write), "--rate", str(rate), *(extra or [])],
+            log_level="WARNING")
 
-    def start(self) -> ReplicaProcess:
-        env = dict(os.environ, CRDT_OPS_LOG="WARNING")
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crdt_ops.cli", "replica", "--amqp-url", self.url,
-                 "--group", self.group, "--replica-id", self.replica_id,
-                 "--store", str(self.store), "--state-file", str(self.state_file),
-                 "--heartbeat-s", "0.5", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
-        return self
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
+async def _dead_letters(url: str, group: str) -> list[dict[str, Any]]:
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        q = await ch.get_queue(f"crdt.{group}.dead")
+        out = []
+        while (m := await q.get(no_ack=True, fail=False)) is not None:
+            out.append(dict(m.headers))
+        return out
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
-    def report(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.state_file.read_text()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else ""
+def dead_letters(url: str, group: str) -> list[dict[str, Any]]:
+    """Take every message in the group's dead-letter queue: their headers, in order."""
+    return asyncio.run(_dead_letters(url, group))
 
 
 async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -8,7 +8,7 @@ import time
 
 import aio_pika
 
-from tests.broker import converged, explain, wait_until
+from tests.broker import converged, dead_letters, explain, wait_until
 from tests.conftest import Group
 
 
@@ -76,17 +76,7 @@ def test_garbage_is_dead_lettered_and_the_others_go_on(group: Group) -> None:
     wait_until(lambda: all(p.report().get("dead_lettered", 0) >= 3 for p in procs), 30,
                "each replica to dead-letter the 3 garbage messages", explain(procs))
 
-    async def dead_letters() -> list[dict[str, object]]:
-        conn = await aio_pika.connect(group.url)
-        async with conn:
-            ch = await conn.channel()
-            q = await ch.get_queue(f"crdt.{group.name}.dead")
-            out = []
-            while (m := await q.get(no_ack=True, fail=False)) is not None:
-                out.append(dict(m.headers))
-            return out
-
-    headers = asyncio.run(dead_letters())
+    headers = dead_letters(group.url, group.name)
     assert len(headers) == 6
     assert {h["x-crdt-reason"] for h in headers} <= {"undecodable", "bad-version", "empty-message"}
     assert {h["x-crdt-replica"] for h in headers} == {"r0", "r1"}

@@ -19,7 +19,7 @@ import aio_pika
 from crdt_ops import Replica
 from crdt_ops.ops import Batch, Kind, ObjType, Op
 from crdt_ops.wire import codec
-from tests.broker import explain, wait_until
+from tests.broker import dead_letters, explain, wait_until
 from tests.conftest import Group
 
 LAST = re.compile(r"^messages=(\d+) dead_lettered=(\d+) crashes=(\d+) state_changed=(true|false)$")
@@ -80,14 +80,5 @@ def test_over_the_per_origin_cap_is_dead_lettered_then_applied_from_the_stream(
                            for p in procs), 20, "a warning naming the stuck sender",
                explain(procs))
 
-    async def reasons() -> list[str]:
-        conn = await aio_pika.connect(group.url)
-        async with conn:
-            ch = await conn.channel()
-            q = await ch.get_queue(f"crdt.{group.name}.dead")
-            out = []
-            while (m := await q.get(no_ack=True, fail=False)) is not None:
-                out.append(str(m.headers["x-crdt-reason"]))
-            return out
-
-    assert asyncio.run(reasons()) == ["gap-cap"] * 12
+    reasons = [str(h["x-crdt-reason"]) for h in dead_letters(group.url, group.name)]
+    assert reasons == ["gap-cap"] * 12
