@@ -18,10 +18,11 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
-from crdt_ops import config, logs
+from crdt_ops import config, logs, provision
 from crdt_ops.policy import belongs
 from crdt_ops.transport import Node
 from crdt_ops.transport.amqp import AmqpNode
@@ -43,6 +44,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
             p.add_argument("--port", type=int, default=None,
                            help="CRDT_OPS_HTTP_PORT; default 8080")
             p.add_argument("--host", default="127.0.0.1")
+        if name == "demo":
+            p.add_argument("--secure", action="store_true",
+                           help="over RabbitMQ, as docker-compose runs it: provision the group's "
+                                "broker users (rabbitmqctl import_definitions: needs the rights "
+                                "to run rabbitmqctl) and run each service as its own user with "
+                                "--auth user-id")
         if name == "worker":
             p.add_argument("--node", default=None, help="CRDT_OPS_NODE: this worker's node name")
             p.add_argument("--capacity", type=int, default=10)
@@ -130,26 +137,32 @@ def demo(args: argparse.Namespace) -> int:
     if broker_answers(settings.amqp_url):
         group = settings.group if settings.group != "default" else f"demo-{uuid.uuid4().hex[:6]}"
         print(f"crdt-ops demo: using RabbitMQ at {urlparse(settings.amqp_url).hostname}, "
-              f"group {group}", flush=True)
-        return _demo_processes(settings.amqp_url, group, args.host, port)
-    print("crdt-ops demo: no broker answers; using the in-memory network", flush=True)
+              f"group {group}" + (", a broker user per service" if args.secure else ""),
+              flush=True)
+        return _demo_processes(settings.amqp_url, group, args.host, port, args.secure)
+    print("crdt-ops demo: no broker answers; using the in-memory network"
+          + (" (--secure needs RabbitMQ: ignored)" if args.secure else ""), flush=True)
     asyncio.run(_demo_memory(args.host, port))
     return 0
 
 
-def _demo_processes(url: str, group: str, host: str, port: int) -> int:
+def _demo_processes(url: str, group: str, host: str, port: int, secure: bool = False) -> int:
     work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))
     base = [sys.executable, "-m", "crdt_ops.cli"]
-    common = ["--amqp-url", url, "--group", group, "--heartbeat-s", "1"]
+    common = ["--group", group, "--heartbeat-s", "1"]
     plan = [("web", ["web", "--port", str(port), "--host", host]), ("logic", ["logic"])]
     plan += [(model.principal("worker", f"worker-{i}"),
               ["worker", "--node", f"worker-{i}", "--runtime-dir", str(work / f"run-{i}")])
              for i in (1, 2)]
+    if secure:
+        provision.apply(provision.definitions(group, [name for name, _ in plan], admin=None))
+        common += ["--auth", "user-id"]
     procs = []
     for name, cmd in plan:
+        service_url = _as_user(url, name, provision.demo_password(name)) if secure else url
         with open(work / f"{name}.log", "ab") as log:
             procs.append(subprocess.Popen(
-                base + cmd + common + ["--replica-id", name,
+                base + cmd + common + ["--amqp-url", service_url, "--replica-id", name,
                                        "--store", str(work / f"{name}.sqlite")],
                 stdout=log, stderr=subprocess.STDOUT))
     print(f"open http://{host}:{port}/  (logs in {work}; Ctrl-C stops everything)", flush=True)
@@ -167,7 +180,14 @@ def _demo_processes(url: str, group: str, host: str, port: int) -> int:
         for p in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=20)
-        print("stopped", flush=True)
+        _stop_containers(work / f"run-{i}" for i in (1, 2))
+
+
+def _as_user(url: str, user: str, password: str) -> str:
+    """``url`` with another user's credentials."""
+    u = urlparse(url)
+    host = u.netloc.rsplit("@", 1)[-1]
+    return u._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}").geturl()
 
 
 async def _demo_memory(host: str, port: int) -> None:
@@ -190,11 +210,17 @@ async def _demo_memory(host: str, port: int) -> None:
         for t in tasks:
             t.cancel()
         await runner.cleanup()
-        for w in ("worker-1", "worker-2"):
-            rt = ProcessRuntime(work / w)
-            for cid in rt.running():
-                rt.stop(cid)
-        print("stopped", flush=True)
+        _stop_containers(work / w for w in ("worker-1", "worker-2"))
+
+
+def _stop_containers(runtime_dirs: Iterable[Path]) -> None:
+    """The demo is over: stop the containers its workers left running (a real worker
+    leaves them: they are the customers', and it reconciles them when it comes back)."""
+    for d in runtime_dirs:
+        rt = ProcessRuntime(d)
+        for cid in rt.running():
+            rt.stop(cid)
+    print("stopped", flush=True)
 
 
 def main(role: str, args: argparse.Namespace) -> int:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.broker import rabbitmqctl
 
 
 def test_story_command_converges() -> None:
@@ -14,17 +24,17 @@ def test_story_command_converges() -> None:
     assert out.strip().splitlines()[-1].startswith("converged=true")
 
 
-def _serve_then_interrupt(args: list[str], first_line: str) -> None:
-    import signal
-    import socket
-    import time
-    import urllib.request
-
+def _serve_then_interrupt(args: list[str], first_line: str,
+                           command: list[str] | None = None,
+                           check: Callable[[int], None] | None = None) -> None:
+    """Start the demo (or ``command``, given ``--port``), wait for its page, run
+    ``check(port)``, then Ctrl-C it: it must stop cleanly."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "crdt_ops.cli", "demo", "--port", str(port),
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = command or [sys.executable, "-m", "crdt_ops.cli", "demo"]
+    proc = subprocess.Popen([*command, "--port", str(port), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
         assert first_line in proc.stdout.readline()
@@ -37,6 +47,8 @@ def _serve_then_interrupt(args: list[str], first_line: str) -> None:
             except OSError:
                 time.sleep(0.2)
         assert "<h1>Containers</h1>" in page
+        if check is not None:
+            check(port)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
         assert "stopped" in proc.stdout.read()
@@ -52,3 +64,31 @@ def test_demo_without_a_broker_serves_its_page_and_stops_on_ctrl_c() -> None:
 
 def test_demo_with_the_broker_serves_its_page_and_stops_on_ctrl_c(amqp_url: str) -> None:
     _serve_then_interrupt(["--amqp-url", amqp_url], "using RabbitMQ")
+
+
+def _api(port: int, method: str, path: str, body: Any = None) -> Any:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def test_run_local_runs_each_service_as_its_own_broker_user(amqp_url: str) -> None:
+    """scripts/run-local, as docker-compose runs the services: provisioned users, --auth
+    user-id; a container created and started through the API runs."""
+    def start_a_container(port: int) -> None:
+        cid = _api(port, "POST", "/api/containers", {"name": "db", "owner": "ann"})["id"]
+        _api(port, "POST", f"/api/containers/{cid}/start")
+        for _ in range(150):
+            if _api(port, "GET", f"/api/containers/{cid}")["power_actual"] == "on":
+                break
+            time.sleep(0.2)
+        assert _api(port, "GET", f"/api/containers/{cid}")["power_actual"] == "on"
+        users = set(rabbitmqctl("list_connections", "user", "-q").split())
+        assert {"web", "logic", "worker.worker-1", "worker.worker-2"} <= users
+        _api(port, "POST", f"/api/containers/{cid}/stop")
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "run-local"
+    _serve_then_interrupt(["--amqp-url", amqp_url], "a broker user per service",
+                          command=[str(script)], check=start_a_container)
