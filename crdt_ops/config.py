@@ -31,7 +31,7 @@ class Settings:
     store: str = ""  # empty: ./crdt-ops.<group>.<replica id or role>.sqlite
     queue_type: str = "classic"
     batch_ops: int = 500  # flush local operations after this many ...
-    batch_delay_ms: float = 5.0  # ... or this long after the first one
+    batch_delay_ms: float = 5.0  # ... or this long after the first one, under load
     prefetch: int = 1000
     heartbeat_s: float = 2.0
     gap_timeout_s: float = 10.0  # waiting this long for missing operations: re-read the stream

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +36,22 @@ def cluster(tmp_path: Path) -> Iterator[list[RabbitNode]]:
     try:
         for node in nodes:  # in turn: each blank node joins the first listed node it reaches
             node.start()
-        status = json.loads(nodes[0].ctl("cluster_status", "--formatter", "json"))
-        assert sorted(status["running_nodes"]) == sorted(n.node for n in nodes), status
+        want = sorted(n.node for n in nodes)
+
+        def running() -> list[str]:
+            return sorted(json.loads(nodes[0].ctl("cluster_status", "--formatter", "json"))
+                          ["running_nodes"])
+
+        # a node that came up before its peers answered forms a cluster of its own (classic
+        # peer discovery); join it by hand then, as an operator would
+        for _ in range(60):
+            if running() == want:
+                break
+            time.sleep(0.5)
+        for node in nodes[1:]:
+            if node.node not in running():
+                node.join(nodes[0])
+        assert running() == want
         yield nodes
     finally:
         for node in nodes:

@@ -104,6 +104,7 @@ class AmqpNode:
         self._gap_backoff = 1
         self.dead_lettered = 0
         self._lag_observed = 0.0
+        self._last_commit = 0.0
 
     def _restore(self, wall_clock: Callable[[], int]) -> Replica:
         snapshot, logged = self.store.load()
@@ -341,15 +342,24 @@ class AmqpNode:
         await asyncio.shield(fut)
 
     async def _flusher(self) -> None:
+        """Group commit of local writes. Under load (a commit less than
+        ``batch_delay_ms`` ago) wait up to that long, or until ``batch_ops`` are
+        waiting; after a quiet spell commit at once (with what this turn of the event
+        loop wrote): an isolated write pays no batching delay."""
         await self._dirty.wait()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._full.wait(), self.settings.batch_delay_ms / 1000)
+        delay = self.settings.batch_delay_ms / 1000
+        if time.monotonic() - self._last_commit < delay:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._full.wait(), delay)
+        else:
+            await asyncio.sleep(0)
         self._commit_local()
 
     def _commit_local(self) -> None:
         """Hand the local operations to the outbox in one transaction (group commit)."""
         self._dirty.clear()
         self._full.clear()
+        self._last_commit = time.monotonic()
         msgs = self.replica.outgoing()
         if msgs:
             self.store.append((), msgs)
