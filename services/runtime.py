@@ -42,7 +42,7 @@ class ProcessRuntime:
         return self.state_dir / f"{cid}.pid"
 
     def start(self, cid: str) -> int:
-        if cid in self.running():
+        if self._alive_pid(cid) is not None:
             self.stop(cid)
         try:
             proc = subprocess.Popen(self.command, start_new_session=True,
@@ -56,7 +56,7 @@ class ProcessRuntime:
         return proc.pid
 
     def stop(self, cid: str) -> None:
-        pid = self.running().get(cid)
+        pid = self._alive_pid(cid)
         self._pidfile(cid).unlink(missing_ok=True)
         if pid is None:
             return
@@ -76,15 +76,22 @@ class ProcessRuntime:
         """Container id -> pid of every instance alive now."""
         out = {}
         for f in self.state_dir.glob("*.pid"):
-            try:
-                pid = int(f.read_text())
-            except (OSError, ValueError):
-                continue
-            if _alive(pid, self._children.get(pid)):
+            pid = self._alive_pid(f.stem)
+            if pid is not None:
                 out[f.stem] = pid
-            else:
-                f.unlink(missing_ok=True)
         return out
+
+    def _alive_pid(self, cid: str) -> int | None:
+        """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
+        f = self._pidfile(cid)
+        try:
+            pid = int(f.read_text())
+        except (OSError, ValueError):
+            return None
+        if _alive(pid, self._children.get(pid)):
+            return pid
+        f.unlink(missing_ok=True)
+        return None
 
 
 def _alive(pid: int, child: subprocess.Popen[bytes] | None) -> bool:

@@ -47,6 +47,7 @@ class Worker:
         for cid in set(running) - {k for k, c in mine.items() if c.power_desired == "on"}:
             log.info("%s: stopping %s", self.name, cid)
             self.runtime.stop(cid)
+            running.pop(cid)
             if cid in mine:
                 self._report(mine[cid].id, power_actual="off", pid=None)
                 writes += 1
@@ -75,11 +76,12 @@ class Worker:
                 writes += 1
                 continue
             self._retry_at.pop(c.id, None)
+            running[c.id] = pid
             log.info("%s: started %s as pid %d", self.name, c.id, pid)
             self._report(c.id, power_actual="on", pid=pid, last_error=None,
                          started_generation=c.restart_generation)
             writes += 1
-        count = len(self.runtime.running())
+        count = len(running)
         rec = model.node(r, self.name)
         if rec.register("running").value != count:
             rec.register("running").set(count)
