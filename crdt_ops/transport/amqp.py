@@ -485,7 +485,7 @@ class AmqpNode:
                     reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
                     dead.append((msg, reason, str(e)))
         self.store.append(valid, replica.outgoing())
-        if dropped and not reread:
+        if dropped:  # during a re-read too: what it could not hold needs another one
             self.store.put(REREAD_DUE, b"1")
         self._outbox_ready.set()
         # confirmed together: one round trip for the lot, not one per message
