@@ -49,6 +49,15 @@ def _snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    from crdt_ops.signing import keygen
+
+    key, ring = keygen(args.principal, args.out)
+    print(f"wrote {key} (secret: give it to {args.principal}'s replicas as --signing-key) "
+          f"and added its public key to {ring} (give it to every replica as --keyring)")
+    return 0
+
+
 def _service(args: argparse.Namespace) -> int:
     from services.main import main as service_main
 
@@ -88,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     snap.add_argument("--store", required=True, help="the replica's SQLite store")
     snap.add_argument("--out", required=True, help="file to write the snapshot to")
     snap.set_defaults(func=_snapshot)
+
+    keys = sub.add_parser("keygen", help="an Ed25519 signing key for a principal "
+                          "(--auth signature)")
+    keys.add_argument("principal", help="e.g. web, logic, worker.node-1")
+    keys.add_argument("--out", default=".", help="directory for PRINCIPAL.key and keyring.json")
+    keys.set_defaults(func=_keygen)
 
     chaos_command(sub)
 

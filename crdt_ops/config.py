@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 from crdt_ops.policy import Unauthenticated
 
 QUEUE_TYPES = ("classic", "quorum")
-AUTH_MODES = ("none", "user-id")
+AUTH_MODES = ("none", "user-id", "signature")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class Settings:
     # user-id: a message's origin replica must belong to the broker user that published it
     auth: str = "none"
     trusted_users: str = ""  # comma-separated broker users whose messages may name any origin
+    signing_key: str = ""  # a key file (crdt_ops.signing): sign every message published
+    keyring: str = ""  # with auth signature: the principals' public keys (JSON)
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
@@ -51,6 +53,8 @@ class Settings:
                              f"got {self.queue_type!r}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
+        if self.auth == "signature" and not self.keyring:
+            raise ValueError("--auth signature needs --keyring (the principals' public keys)")
         if not all(re.match(r"amqps?://", u) for u in self.amqp_urls):
             raise ValueError("--amqp-url must be amqp://... or amqps://... URLs, separated by "
                              "commas for several nodes of one cluster")
@@ -71,7 +75,8 @@ class Settings:
     def sender(self, user_id: str | None) -> str | None:
         """The principal a delivered message's origin must belong to; None: any origin
         (authentication off, or a trusted user). Raises Unauthenticated without user_id."""
-        if self.auth == "none" or (user_id and user_id in self.trusted_users.split(",")):
+        if self.auth in ("none", "signature") or (
+                user_id and user_id in self.trusted_users.split(",")):
             return None
         if not user_id:
             raise Unauthenticated("the message carries no user_id (--auth user-id)")

@@ -54,6 +54,7 @@ from crdt_ops.config import Settings, split_urls
 from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
+from crdt_ops.signing import Keyring, Signer
 from crdt_ops.store import Store
 
 log = logging.getLogger("crdt_ops.amqp")
@@ -103,6 +104,9 @@ class AmqpNode:
         self._last_reread = time.monotonic()
         self._gap_backoff = 1
         self.dead_lettered = 0
+        self._signer = Signer.from_file(settings.signing_key) if settings.signing_key else None
+        self._keyring = (Keyring.from_file(settings.keyring) if settings.auth == "signature"
+                         else None)
         self._lag_observed = 0.0
         self._last_commit = 0.0
 
@@ -291,7 +295,8 @@ class AmqpNode:
                                        arguments={"x-stream-offset": "first"})
             marker = f"join-{self.replica_id}-{uuid.uuid4().hex}"
             await self._exchange.publish(
-                message(self.settings, self.replica.clock_message(), message_id=marker),
+                message(self.settings, self.replica.clock_message(), self._signer,
+                        message_id=marker),
                 routing_key="")
             progress = Progress(f"replaying {self.settings.stream}",
                                 stream.declaration_result.message_count)
@@ -386,7 +391,8 @@ class AmqpNode:
 
     async def _publish(self, body: bytes) -> None:
         assert self._exchange is not None
-        await self._exchange.publish(message(self.settings, body), routing_key="", timeout=30)
+        await self._exchange.publish(message(self.settings, body, self._signer), routing_key="",
+                                     timeout=30)
 
     async def _heartbeat(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
@@ -471,7 +477,7 @@ class AmqpNode:
         for msg in batch:
             try:
                 # a duplicate (an echo of our own) needs no log
-                if replica.receive(msg.body, self.settings.sender(msg.user_id)):
+                if replica.receive(msg.body, self._sender(msg)):
                     valid.append(msg.body)
             except InvalidMessage as e:
                 if not reread:
@@ -514,6 +520,13 @@ class AmqpNode:
         if self._since_snapshot >= self.settings.snapshot_every:
             self.snapshot()
         self._observe()
+
+    def _sender(self, msg: AbstractIncomingMessage) -> str | None:
+        """The principal ``msg``'s origin must belong to (``--auth``): its verified
+        signer, or the broker user that published it; None: any origin."""
+        if self._keyring is not None:
+            return self._keyring.signer(msg.body, msg.headers)
+        return self.settings.sender(msg.user_id)
 
     async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
         """Publish ``msg`` to the dead-letter exchange with the reason in its headers;
@@ -619,12 +632,15 @@ def export_snapshot(store_path: str, out: str) -> dict[str, int]:
         store.close()
 
 
-def message(settings: Settings, body: bytes, **properties: Any) -> aio_pika.Message:
+def message(settings: Settings, body: bytes, signer: Signer | None = None,
+            **properties: Any) -> aio_pika.Message:
     """A persistent crdt-ops message whose ``user_id`` is the connection's user:
-    RabbitMQ refuses it from anyone else, so receivers can trust it (``--auth``)."""
+    RabbitMQ refuses it from anyone else, so receivers can trust it (``--auth``); with
+    a ``signer``, also signed (:mod:`crdt_ops.signing`)."""
+    headers = {**properties.pop("headers", {}), **(signer.headers(body) if signer else {})}
     return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                             app_id="crdt-ops", type="crdt_ops.v1.Envelope",
-                            user_id=settings.user, **properties)
+                            user_id=settings.user, headers=headers or None, **properties)
 
 
 async def publish_retirement(settings: Settings, replica_id: str) -> None:
@@ -634,7 +650,9 @@ async def publish_retirement(settings: Settings, replica_id: str) -> None:
         channel = await conn.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(settings.exchange)
         await exchange.publish(
-            message(settings, Replica(replica_id).clock_message(retired=True)), routing_key="")
+            message(settings, Replica(replica_id).clock_message(retired=True),
+                    Signer.from_file(settings.signing_key) if settings.signing_key else None),
+            routing_key="")
 
 
 def _few(spans: dict[str, tuple[int, int]], most: int = 5) -> str:
