@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,28 +29,21 @@ def cluster_config(names: list[str]) -> str:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[RabbitNode]]:
+    """Three local nodes joined into one cluster with ``rabbitmqctl join_cluster`` (as an
+    operator would). Peer discovery from deploy/rabbitmq/cluster.conf (the compose profile)
+    is not used here: a first node that finds no peer sometimes never finished booting
+    on this machine (seen 2 times in about 15 runs); its other settings are."""
     names = [f"crdt-c{i}-{uuid.uuid4().hex[:4]}" for i in range(1, 4)]
-    config = cluster_config(names)
-    nodes = [RabbitNode(name, tmp_path / "nodes", config=config) for name in names]
+    settings = "".join(line + "\n" for line in cluster_config(names).splitlines()
+                       if not line.startswith("cluster_formation."))
+    nodes = [RabbitNode(name, tmp_path / "nodes", config=settings) for name in names]
     try:
-        for node in nodes:  # in turn: each blank node joins the first listed node it reaches
+        for node in nodes:
             node.start()
-        want = sorted(n.node for n in nodes)
-
-        def running() -> list[str]:
-            return sorted(json.loads(nodes[0].ctl("cluster_status", "--formatter", "json"))
-                          ["running_nodes"])
-
-        # a node that came up before its peers answered forms a cluster of its own (classic
-        # peer discovery); join it by hand then, as an operator would
-        for _ in range(60):
-            if running() == want:
-                break
-            time.sleep(0.5)
         for node in nodes[1:]:
-            if node.node not in running():
-                node.join(nodes[0])
-        assert running() == want
+            node.join(nodes[0])
+        status = json.loads(nodes[0].ctl("cluster_status", "--formatter", "json"))
+        assert sorted(status["running_nodes"]) == sorted(n.node for n in nodes), status
         yield nodes
     finally:
         for node in nodes:
