@@ -269,10 +269,11 @@ class Replica:
 
     def _validate(self, origin: str, ops: list[Op], seen: Mapping[str, int]) -> None:
         check = self._root.check
-        allowed = self.policy.check
         for op in ops:
             check(op.path, op.type, seen)
-            allowed(origin, _target(op))
+        if self.policy.rules:
+            for op in ops:
+                self.policy.check(origin, _target(op))
         if len(ops) == 1:
             return
         created: dict[tuple[str, ...], ObjType] = {}
