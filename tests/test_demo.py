@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -90,5 +91,10 @@ def test_run_local_runs_each_service_as_its_own_broker_user(amqp_url: str) -> No
         _api(port, "POST", f"/api/containers/{cid}/stop")
 
     script = Path(__file__).resolve().parent.parent / "scripts" / "run-local"
-    _serve_then_interrupt(["--amqp-url", amqp_url], "a broker user per service",
-                          command=[str(script)], check=start_a_container)
+    try:
+        _serve_then_interrupt(["--amqp-url", amqp_url], "a broker user per service",
+                              command=[str(script)], check=start_a_container)
+    finally:  # the demo's users have known passwords: leave none behind
+        for user in ("web", "logic", "worker.worker-1", "worker.worker-2"):
+            with contextlib.suppress(RuntimeError):
+                rabbitmqctl("delete_user", user)
