@@ -51,24 +51,24 @@ def _record(node: ReplicaNode, cid: str) -> dict[str, Any] | None:
     return model.Container.of(model.CONTAINERS + cid, rec).as_json()
 
 
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    """A 400 to raise, with the JSON body ``{"error": message}``."""
+    return web.HTTPBadRequest(text=json.dumps({"error": message}),
+                              content_type="application/json")
+
+
 def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
     value = body.get(field)
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"'{field}' must be a non-empty string"}),
-            content_type="application/json")
+        raise _bad_request(f"'{field}' must be a non-empty string")
     if len(value) > MAX_NAME:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"'{field}' is longer than {MAX_NAME} characters"}),
-            content_type="application/json")
+        raise _bad_request(f"'{field}' is longer than {MAX_NAME} characters")
     try:  # checked before anything is written: a lone surrogate cannot be replicated
         check_text(value, field)
     except InvalidValue:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"'{field}' is not valid Unicode text"}),
-            content_type="application/json") from None
+        raise _bad_request(f"'{field}' is not valid Unicode text") from None
     return value
 
 
