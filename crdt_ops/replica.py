@@ -267,13 +267,18 @@ class Replica:
         self._deps_of[origin] = seen
         self._apply(origin, first, ops)
 
+    def _authorize(self, origin: str, ops: list[Op]) -> None:
+        """Raise :class:`~crdt_ops.policy.Forbidden` unless the policy lets ``origin``
+        write what each of ``ops`` writes (nothing to check without rules)."""
+        if self.policy.rules:
+            for op in ops:
+                self.policy.check(origin, _target(op))
+
     def _validate(self, origin: str, ops: list[Op], seen: Mapping[str, int]) -> None:
         check = self._root.check
         for op in ops:
             check(op.path, op.type, seen)
-        if self.policy.rules:
-            for op in ops:
-                self.policy.check(origin, _target(op))
+        self._authorize(origin, ops)
         if len(ops) == 1:
             return
         created: dict[tuple[str, ...], ObjType] = {}
@@ -337,7 +342,7 @@ class Replica:
         """Apply an operation prepared here and queue it for :meth:`outgoing`.
         Raises :class:`~crdt_ops.policy.Forbidden` if the policy denies it."""
         self._check(op.path, op.type)
-        self.policy.check(self.replica_id, _target(op))
+        self._authorize(self.replica_id, [op])
         seq = self._buffer.clock.get(self.replica_id, 0) + 1
         self._apply(self.replica_id, seq, [op])
         self.stats["local"] += 1
@@ -418,9 +423,9 @@ def _compaction_candidates(obj: Crdt) -> list[Crdt]:
     return out
 
 
-__all__ = ["CrdtError", "Replica"]
-
-
 def _target(op: Op) -> tuple[str, ...]:
     """The path an operation writes: its object's, or the removed field's."""
     return (*op.path, op.field) if op.kind is Kind.MAP_REMOVE else op.path
+
+
+__all__ = ["CrdtError", "Replica"]
