@@ -104,7 +104,7 @@ class AmqpNode:
         self._last_reread = time.monotonic()
         self._gap_backoff = 1
         self.dead_lettered = 0
-        self._signer = Signer.from_file(settings.signing_key) if settings.signing_key else None
+        self._signer = signer_of(settings)
         self._keyring = (Keyring.from_file(settings.keyring) if settings.auth == "signature"
                          else None)
         self._lag_observed = 0.0
@@ -463,9 +463,10 @@ class AmqpNode:
 
     async def _apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
                      reread: bool = False) -> None:
-        """Apply, log, then ack a batch of deliveries. Nothing is nacked: a message
-        the buffer cannot hold is dead-lettered and read again by the gap watch
-        (from the stream a nack would close the connection anyway). ``stream``:
+        """Apply, log, then ack a batch of deliveries. A message the buffer cannot
+        hold is dead-lettered (never requeued) and read again by the gap watch; only
+        a message whose dead letter the broker did not confirm is requeued, and from
+        the stream nothing is (a nack there would close the connection). ``stream``:
         they come from the stream; ``reread``: a re-read by the gap watch, where
         what cannot be applied is skipped without dead-lettering it again."""
         replica = self.replica
@@ -637,10 +638,15 @@ def message(settings: Settings, body: bytes, signer: Signer | None = None,
     """A persistent crdt-ops message whose ``user_id`` is the connection's user:
     RabbitMQ refuses it from anyone else, so receivers can trust it (``--auth``); with
     a ``signer``, also signed (:mod:`crdt_ops.signing`)."""
-    headers = {**properties.pop("headers", {}), **(signer.headers(body) if signer else {})}
     return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                             app_id="crdt-ops", type="crdt_ops.v1.Envelope",
-                            user_id=settings.user, headers=headers or None, **properties)
+                            user_id=settings.user,
+                            headers=signer.headers(body) if signer else None, **properties)
+
+
+def signer_of(settings: Settings) -> Signer | None:
+    """The signer of ``settings.signing_key``, if one is set."""
+    return Signer.from_file(settings.signing_key) if settings.signing_key else None
 
 
 async def publish_retirement(settings: Settings, replica_id: str) -> None:
@@ -651,7 +657,7 @@ async def publish_retirement(settings: Settings, replica_id: str) -> None:
         exchange = await channel.get_exchange(settings.exchange)
         await exchange.publish(
             message(settings, Replica(replica_id).clock_message(retired=True),
-                    Signer.from_file(settings.signing_key) if settings.signing_key else None),
+                    signer_of(settings)),
             routing_key="")
 
 
