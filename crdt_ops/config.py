@@ -73,10 +73,11 @@ class Settings:
         return unquote(urlparse(self.amqp_url).username or "guest")
 
     def sender(self, user_id: str | None) -> str | None:
-        """The principal a delivered message's origin must belong to; None: any origin
-        (authentication off, or a trusted user). Raises Unauthenticated without user_id."""
-        if self.auth in ("none", "signature") or (
-                user_id and user_id in self.trusted_users.split(",")):
+        """With ``--auth user-id``, the principal a delivered message's origin must
+        belong to (its ``user_id``); None: any origin (another mode, or a trusted user).
+        Raises Unauthenticated without user_id. (``--auth signature`` is checked by
+        the transport's keyring.)"""
+        if self.auth != "user-id" or (user_id and user_id in self.trusted_users.split(",")):
             return None
         if not user_id:
             raise Unauthenticated("the message carries no user_id (--auth user-id)")
