@@ -10,6 +10,8 @@ from crdt_ops import config
 from crdt_ops.chaos import add_command as chaos_command
 from crdt_ops.fuzz import register as fuzz_command
 from crdt_ops.runner import add_arguments as runner_arguments
+from crdt_ops.sim.histories import add_arguments as histories_arguments
+from crdt_ops.sim.histories import command as histories_command
 
 
 def _story(args: argparse.Namespace) -> int:
@@ -82,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--ops", type=int, default=2000)
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_simulate)
+
+    hist = sub.add_parser("histories", help="random histories with joins, retirements and "
+                          "compaction, checked for convergence (in memory)")
+    histories_arguments(hist)
+    hist.set_defaults(func=histories_command)
 
     rep = sub.add_parser("replica", help="one replica over RabbitMQ (optionally with a workload)")
     config.add_arguments(rep)

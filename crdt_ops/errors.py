@@ -44,3 +44,9 @@ class BufferFull(CrdtError):
     The message that would have exceeded the bound was not accepted (nothing
     changed); deliver the missing operations (``Replica.missing()``) first.
     """
+
+
+class NotAMember(CrdtError):
+    """This replica may not write yet: its group keeps an agreed membership and it
+    is neither a founder nor admitted (``Replica.join()`` asks the members to admit
+    it), or it was retired. Nothing was applied. See :mod:`crdt_ops.membership`."""

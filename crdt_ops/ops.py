@@ -44,6 +44,8 @@ class Kind(IntEnum):
     FLAG_ENABLE = 5
     FLAG_DISABLE = 6
     MAP_REMOVE = 7
+    #: admission of ``value`` (a replica id) to the group's membership; targets the root
+    ADMIT = 8
 
 
 #: The object types each kind of operation may target.
@@ -55,6 +57,7 @@ KIND_TARGETS: dict[Kind, tuple[ObjType, ...]] = {
     Kind.FLAG_ENABLE: (ObjType.EWFLAG,),
     Kind.FLAG_DISABLE: (ObjType.EWFLAG,),
     Kind.MAP_REMOVE: (ObjType.ORMAP,),
+    Kind.ADMIT: (ObjType.ORMAP,),
 }
 
 
@@ -113,8 +116,11 @@ class Batch:
 
 @dataclass(slots=True)
 class Heartbeat:
-    """A replica's clock (what it has delivered), or its retirement from the group."""
+    """A replica's clock (what it has delivered), its retirement from the group
+    (``retired``: its last operation is ``clock[origin]``), or its request to be
+    admitted (``join``)."""
 
     origin: str
     clock: Clock
     retired: bool = False
+    join: bool = False

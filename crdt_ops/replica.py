@@ -8,13 +8,13 @@ clock it was not handed. A transport is a small pump around it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from crdt_ops.causal import CausalBuffer
 from crdt_ops.clock import Clock
-from crdt_ops.errors import CrdtError, InvalidMessage, TypeConflict
+from crdt_ops.errors import CrdtError, InvalidMessage, NotAMember, TypeConflict
 from crdt_ops.events import Callback, ChangeEvent, Subscribers
 from crdt_ops.handles import (
     CounterHandle,
@@ -26,6 +26,7 @@ from crdt_ops.handles import (
     SetHandle,
 )
 from crdt_ops.hlc import HybridClock
+from crdt_ops.membership import Membership
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.policy import OPEN, Unauthenticated, WritePolicy, belongs
 from crdt_ops.stability import Stability
@@ -49,12 +50,18 @@ class Replica:
     :meth:`outgoing` call, at most ``max_batch_ops`` per message. At most
     ``max_buffered_ops`` remote operations wait in the causal buffer, and at most
     ``max_waiting_per_origin`` of one origin (see :class:`~crdt_ops.causal.CausalBuffer`).
+
+    ``members``: the founders of a group that keeps an agreed membership (the same
+    list at every replica; may be empty), which causal stability and compaction
+    need; a replica not among them writes only once admitted (:meth:`join`). None
+    (the default): an open group, where anyone writes and nothing is compacted.
+    See :mod:`crdt_ops.membership`.
     """
 
     def __init__(self, replica_id: str, *, wall_clock: Callable[[], int] | None = None,
                  max_batch_ops: int = 1000, max_buffered_ops: int = 100_000,
                  compact_every: int = 1000, max_waiting_per_origin: int | None = None,
-                 policy: WritePolicy = OPEN) -> None:
+                 policy: WritePolicy = OPEN, members: Iterable[str] | None = None) -> None:
         if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
             raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
         check_text(replica_id, "replica_id")
@@ -67,7 +74,8 @@ class Replica:
         self._root = ORMap()
         self._buffer = CausalBuffer(max_ops=max_buffered_ops,
                                     max_per_origin=max_waiting_per_origin)
-        self._stability = Stability(replica_id, self._buffer.clock)
+        self.membership = Membership(members)
+        self._stability = Stability(replica_id, self._buffer.clock, self.membership)
         self._hlc = HybridClock(wall_clock)
         self._subs = Subscribers()
         self._unsent: list[Op] = []
@@ -147,8 +155,29 @@ class Replica:
         return self._stability.lag()
 
     def missing(self) -> dict[str, tuple[int, int]]:
-        """Per replica, the range of sequence numbers waiting operations need."""
-        return self._buffer.missing()
+        """Per replica, the range of sequence numbers not delivered here that waiting
+        operations need or that a report (a heartbeat, a batch's dependencies, a
+        retirement) named: a gap to fill from the group's history."""
+        held: dict[str, int] = {}
+        for batch in self._buffer.waiting():
+            held[batch.origin] = max(held.get(batch.origin, 0), batch.last_seq)
+        out = {r: span for r, span in self._stability.gaps().items()
+               if span[1] > held.get(r, 0)}
+        for r, (a, b) in self._buffer.missing().items():
+            old = out.get(r)
+            out[r] = (a, b if old is None else max(b, old[1]))
+        return dict(sorted(out.items()))
+
+    def has_gap(self) -> bool:
+        """Whether :meth:`missing` is not empty (cheaper than computing it)."""
+        return bool(len(self._buffer)) or bool(self._stability.gaps())
+
+    @property
+    def is_member(self) -> bool:
+        """Whether this replica may write: an open group, a founder, or admitted
+        and not retired (see :mod:`crdt_ops.membership`)."""
+        m = self.membership
+        return not m.managed or m.is_member(self.replica_id)
 
     @property
     def unsent(self) -> int:
@@ -179,17 +208,53 @@ class Replica:
         return out
 
     def heartbeat(self, retired: bool = False) -> None:
-        """Queue a message with this replica's clock (or its retirement) for the group."""
+        """Queue a message with this replica's clock for the group. ``retired``: this
+        replica leaves the group for good after its last operation (it may not
+        write again; the others count it until they delivered that operation)."""
         self._seal()
         self._out.append(self.clock_message(retired))
+        if retired:
+            self._stability.retire(self.replica_id, self._buffer.clock.get(self.replica_id, 0))
 
-    def clock_message(self, retired: bool = False) -> bytes:
+    def clock_message(self, retired: bool = False, join: bool = False) -> bytes:
         """A heartbeat message with this replica's clock, not queued."""
-        return codec.encode_heartbeat(Heartbeat(self.replica_id, dict(self._buffer.clock), retired))
+        return codec.encode_heartbeat(Heartbeat(self.replica_id, dict(self._buffer.clock),
+                                                retired, join))
 
-    def retire(self, replica_id: str) -> None:
-        """Stop waiting for ``replica_id`` (gone for good) in causal stability."""
-        self._stability.retire(replica_id)
+    def join(self) -> None:
+        """Queue a request to be admitted to the group: every member that receives
+        it admits this replica (an ``Admit`` operation); once one admission is
+        delivered here, :attr:`is_member` is True and writes are accepted. Send it
+        again until then (a member may not have received it)."""
+        self._seal()
+        self._out.append(self.clock_message(join=True))
+
+    def found(self) -> None:
+        """Found the group: admit this replica by its own first operation. Only the
+        group's one founder may do this (over RabbitMQ, the replica that claimed
+        founding on the broker); raises ValueError if this replica wrote before."""
+        if self._buffer.clock.get(self.replica_id, 0):
+            raise ValueError("only a replica's first operation can found a group")
+        self._local(Op((), ObjType.ORMAP, Kind.ADMIT, value=self.replica_id))
+
+    def admit(self, replica_id: str) -> None:
+        """Admit ``replica_id`` to the group (an operation of this replica, a member).
+        Members call this on a join request; raises NotAMember if this one is not."""
+        check_text(replica_id, "replica_id")
+        if not 0 < len(replica_id) <= codec.MAX_ID:
+            raise ValueError(f"replica_id must have 1..{codec.MAX_ID} characters")
+        self._local(Op((), ObjType.ORMAP, Kind.ADMIT, value=replica_id))
+
+    def retire(self, replica_id: str, last_seq: int = 0) -> None:
+        """Stop counting ``replica_id`` (gone for good) in causal stability once its
+        operations up to ``last_seq`` are delivered here (at once for 0)."""
+        self._stability.retire(replica_id, last_seq)
+
+    def retirement(self, replica_id: str, last_seq: int) -> bytes:
+        """A message telling the group that ``replica_id`` left for good after its
+        operation ``last_seq`` (for an operator retiring a dead replica), not queued."""
+        return codec.encode_heartbeat(Heartbeat(replica_id, {replica_id: last_seq}
+                                                if last_seq else {}, retired=True))
 
     def _seal(self) -> None:
         ops, size = self._unsent, self.max_batch_ops
@@ -225,10 +290,7 @@ class Replica:
         if sender is not None and not belongs(msg.origin, sender):
             raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
         if isinstance(msg, Heartbeat):
-            if msg.retired:
-                self._stability.retire(msg.origin)
-            else:
-                self._stability.observe(msg.origin, msg.clock)
+            self._heard(msg)
             return True
         buf = self._buffer
         if buf.is_duplicate(msg):
@@ -242,6 +304,18 @@ class Replica:
             return False
         self._stability.observe(msg.origin, msg.deps, msg.last_seq)
         return True
+
+    def _heard(self, hb: Heartbeat) -> None:
+        """Take a heartbeat: a clock report, a retirement, or a join request (which a
+        member answers by admitting the sender)."""
+        if hb.retired:
+            self._stability.retire(hb.origin, hb.clock.get(hb.origin, 0))
+            return
+        self._stability.observe(hb.origin, hb.clock)
+        m = self.membership
+        if (hb.join and m.managed and not m.is_member(hb.origin) and hb.origin not in m.retired
+                and m.is_member(self.replica_id)):
+            self.admit(hb.origin)
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:
@@ -263,18 +337,24 @@ class Replica:
         seen = dict(self._deps_of.get(origin, ()))
         seen.update(batch.deps)
         seen[origin] = first - 1
-        self._validate(origin, ops, seen)
+        self._validate(origin, first, ops, seen)
         self._deps_of[origin] = seen
-        self._apply(origin, first, ops)
+        self._apply(origin, first, ops, seen)
 
     def _authorize(self, origin: str, ops: list[Op]) -> None:
         """Raise :class:`~crdt_ops.policy.Forbidden` unless the policy lets ``origin``
         write what each of ``ops`` writes (nothing to check without rules)."""
         if self.policy.rules:
             for op in ops:
-                self.policy.check(origin, _target(op))
+                if op.kind is not Kind.ADMIT:
+                    self.policy.check(origin, _target(op))
 
-    def _validate(self, origin: str, ops: list[Op], seen: Mapping[str, int]) -> None:
+    def _validate(self, origin: str, first: int, ops: list[Op],
+                  seen: Mapping[str, int]) -> None:
+        founding = first == 1 and ops[0].kind is Kind.ADMIT and ops[0].value == origin
+        if not self.membership.may_write(origin, seen, founding):
+            raise InvalidMessage("not-a-member", f"{origin!r} wrote without an admission to "
+                                 "the group in its causal past")
         check = self._root.check
         for op in ops:
             check(op.path, op.type, seen)
@@ -284,7 +364,7 @@ class Replica:
         created: dict[tuple[str, ...], ObjType] = {}
         for op in ops:
             path = op.path
-            if op.kind is Kind.MAP_REMOVE or created.get(path) is op.type:
+            if op.kind in (Kind.MAP_REMOVE, Kind.ADMIT) or created.get(path) is op.type:
                 continue
             for d in range(len(path)):
                 want = op.type if d == len(path) - 1 else ObjType.ORMAP
@@ -292,15 +372,20 @@ class Replica:
                     raise TypeConflict(f"one batch writes {'/'.join(path[: d + 1])!r} "
                                        "with two types")
 
-    def _apply(self, origin: str, first: int, ops: list[Op]) -> None:
-        """Apply valid operations ``first, first + 1, ...`` of ``origin``, then record
-        them as delivered and tell the subscribers."""
+    def _apply(self, origin: str, first: int, ops: list[Op], past: Mapping[str, int]) -> None:
+        """Apply valid operations ``first, first + 1, ...`` of ``origin`` (whose causal
+        past before them is ``past``), then record them as delivered and tell the
+        subscribers."""
         watch = self._subs_before(ops)
         apply = self._root.apply
         hlc = self._hlc
         candidates = self._candidates
         seq = first
         for op in ops:
+            if op.kind is Kind.ADMIT:
+                self._admitted(str(op.value), origin, seq, past)
+                seq += 1
+                continue
             target = apply(op, origin, seq)
             if op.timestamp:
                 hlc.observe(op.timestamp)
@@ -308,6 +393,8 @@ class Replica:
                 candidates[id(target)] = target
             seq += 1
         self._buffer.delivered(origin, seq - 1)
+        if self.membership.retiring:
+            self._stability.settle()
         self.stats["applied"] += len(ops)
         for hook in self.on_applied:
             hook(origin, first, seq - 1)
@@ -320,12 +407,18 @@ class Replica:
         if self._since_compact >= self.compact_every:
             self.compact()
 
+    def _admitted(self, replica: str, origin: str, seq: int, past: Mapping[str, int]) -> None:
+        if self.membership.admit(replica, (origin, seq)):
+            self._stability.admitted(replica, {**past, origin: seq})
+
     def _subs_before(self, ops: list[Op]) -> dict[str, Any]:
         watch: dict[str, Any] = {}
         if not self._subs:
             return watch
         for op in ops:
             key = op.path[0] if op.path else op.field
+            if not key:
+                continue
             if key not in watch and self._subs.wants(key):
                 watch[key] = self._view(key, _MISSING)
         return watch
@@ -340,11 +433,15 @@ class Replica:
 
     def _local(self, op: Op) -> None:
         """Apply an operation prepared here and queue it for :meth:`outgoing`.
-        Raises :class:`~crdt_ops.policy.Forbidden` if the policy denies it."""
+        Raises :class:`~crdt_ops.policy.Forbidden` if the policy denies it, and
+        :class:`~crdt_ops.errors.NotAMember` if this replica may not write."""
+        if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
+            raise NotAMember(f"replica {self.replica_id!r} is not a member of its group "
+                             "(join() asks the members to admit it)")
         self._check(op.path, op.type)
         self._authorize(self.replica_id, [op])
         seq = self._buffer.clock.get(self.replica_id, 0) + 1
-        self._apply(self.replica_id, seq, [op])
+        self._apply(self.replica_id, seq, [op], self._buffer.clock)
         self.stats["local"] += 1
         self._unsent.append(op)
 
@@ -371,7 +468,10 @@ class Replica:
         return codec.encode_snapshot({
             "replica_id": self.replica_id, "clock": dict(self._buffer.clock),
             "hlc": self._hlc.last, "root": self._root, "known": self._stability.known,
-            "retired": self._stability.retired, "waiting": list(self._buffer.waiting()),
+            "retired": self.membership.retired, "waiting": list(self._buffer.waiting()),
+            "managed": self.membership.managed, "founders": self.membership.founders,
+            "admissions": self.membership.admissions, "retiring": self.membership.retiring,
+            "reported": self._stability.reported,
             "unsent": unsent, "deps_of": self._deps_of,
         })
 
@@ -397,10 +497,11 @@ class Replica:
         replica._root = root
         replica._buffer.clock.update(snap["clock"])
         replica._hlc.last = snap["hlc"]
+        replica.membership.load(snap["founders"], snap["admissions"], snap["retiring"],
+                                snap["retired"], snap["managed"])
         for r, clock in snap["known"].items():
             replica._stability.observe(r, clock)
-        for r in snap["retired"]:
-            replica._stability.retire(r)
+        replica._stability.reported.update(snap["reported"])
         replica._deps_of = snap["deps_of"]
         for batch in snap["waiting"]:
             replica._buffer.hold(batch)

@@ -1,72 +1,123 @@
-"""Causal stability: what every member of the group is known to have delivered."""
+"""Causal stability: which operations no operation still to come can be concurrent with.
+
+An operation is *causally stable* at a replica when every operation delivered
+there from now on is causally after it (Baquero, Almeida, Shoker, "Making
+operation-based CRDTs operation-based", DAIS 2014, section 5): only then may
+metadata kept for concurrent operations (an LWW register's losing assignments)
+be dropped without replicas diverging. That needs an agreed membership
+(:mod:`crdt_ops.membership`): the stable clock is the pointwise minimum of what
+each member is known to have delivered; a member is known to have delivered
+what it reported (heartbeats, a batch's dependencies) and, from its admission
+on, the admission's causal past (all its operations follow it). A member never
+heard from holds everything back; an open group (no membership) is never stable.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from crdt_ops.clock import Clock, dominates, merge_into, pointwise_min
+from crdt_ops.membership import Membership
 
 
 class Stability:
-    """Tracks the clocks the other replicas reported and derives two clocks.
+    """Tracks the members' reported clocks and derives the stable clock and the
+    compaction frontier.
 
-    ``stable()``: the pointwise minimum of every member's clock, this replica's
-    own included; an operation it covers has been delivered everywhere.
+    ``stable()``: the pointwise minimum of every member's clock (this replica's own
+    included); every operation any member issues from now on follows what it covers.
     ``frontier()``: a stable clock such that, in addition, every operation
-    concurrent with what it covers has been delivered *here*; metadata of
-    operations it covers can be dropped without any replica diverging.
-
-    Members are every replica id ever seen in a clock, minus retired ones; a
-    member never heard from holds everything back (its clock counts as empty).
+    concurrent with what it covers has been delivered *here*; metadata of the
+    operations it covers can be dropped without any replica diverging. A frontier
+    is adopted only when the members did not change since it was computed and this
+    replica has delivered every operation the members had reported issuing then.
     """
 
-    def __init__(self, me: str, own: Clock) -> None:
+    def __init__(self, me: str, own: Clock, membership: Membership) -> None:
         self.me = me
         self._own = own
+        self.membership = membership
         self.known: dict[str, Clock] = {}
-        self.retired: set[str] = set()
-        self._candidate: tuple[Clock, Clock] | None = None
+        #: per replica, the highest of its seqs any report named (gap detection)
+        self.reported: Clock = {}
+        self._candidate: tuple[Clock, Clock, int] | None = None
         self._frontier: Clock = {}
+
+    @property
+    def retired(self) -> set[str]:
+        return self.membership.retired
 
     def observe(self, replica: str, clock: Mapping[str, int], own: int = 0) -> None:
         """``replica`` has delivered at least ``clock``, and its own operations up to ``own``."""
-        if replica == self.me or replica in self.retired:
+        merge_into(self.reported, clock)
+        if own > self.reported.get(replica, 0):
+            self.reported[replica] = own
+        if replica == self.me or not self.membership.is_member(replica):
             return
-        known = self.known.get(replica)
-        if known is None:
-            known = self.known[replica] = {}
+        known = self.known.setdefault(replica, {})
         merge_into(known, clock)
         if own > known.get(replica, 0):
             known[replica] = own
 
-    def retire(self, replica: str) -> None:
-        """``replica`` left for good: stop waiting for it."""
-        self.retired.add(replica)
-        self.known.pop(replica, None)
-        self._candidate = None
+    def admitted(self, replica: str, past: Mapping[str, int]) -> None:
+        """``replica`` became a member by an admission whose causal past (the
+        admission's own dot included) is ``past``: it follows all of that."""
+        if replica != self.me:
+            merge_into(self.known.setdefault(replica, {}), past)
+
+    def retire(self, replica: str, last_seq: int) -> None:
+        """``replica`` leaves for good after its operation ``last_seq``: it counts
+        until that operation is delivered here (:meth:`settle`)."""
+        self.membership.retire(replica, last_seq)
+        if last_seq > self.reported.get(replica, 0):
+            self.reported[replica] = last_seq
+        self.settle()
+
+    def settle(self) -> None:
+        """Drop the retiring replicas whose last operations are all delivered here."""
+        if self.membership.retiring:
+            for r in self.membership.settle(self._own):
+                self.known.pop(r, None)
 
     def members(self) -> set[str]:
-        ids = {self.me} | set(self.known) | set(self._own)
-        for clock in self.known.values():
-            ids.update(clock)
-        return ids - self.retired
+        return self.membership.members()
 
     def stable(self) -> Clock:
+        """What every operation any member issues from now on follows ({} in an open group)."""
+        self.settle()
+        if not self.membership.managed:
+            return {}
         members = self.members()
-        clocks = [self._own] + [self.known.get(r, {}) for r in members if r != self.me]
-        return pointwise_min(clocks, members)
+        others = [r for r in members if r != self.me]
+        if not others and self.me not in members:
+            return {}
+        clocks = [self._own] + [self.known.get(r, {}) for r in others]
+        return pointwise_min(clocks, members | set(self._own))
 
     def frontier(self) -> Clock:
         """Advance and return the compaction frontier (see the class docstring)."""
+        self.settle()
+        view = self.membership.view
         cand = self._candidate
-        if cand is not None and dominates(self._own, cand[1]):
-            self._frontier = cand[0]
+        if cand is not None and cand[2] != view:
+            cand = None  # members changed: what it covers may not be stable any more
+        elif cand is not None and dominates(self._own, cand[1]):
+            merge_into(self._frontier, cand[0])
             cand = None
         if cand is None:
             members = self.members()
-            issued = {r: self.known.get(r, {}).get(r, 0) for r in members if r != self.me}
-            self._candidate = (self.stable(), issued)
+            issued = {r: max(self.known.get(r, {}).get(r, 0),
+                             self.membership.retiring.get(r, 0))
+                      for r in members if r != self.me}
+            cand = (self.stable(), issued, view)
+        self._candidate = cand
         return self._frontier
+
+    def gaps(self) -> dict[str, tuple[int, int]]:
+        """Per replica, the range of seqs some report named that are not delivered here."""
+        own = self._own
+        return {r: (own.get(r, 0) + 1, s) for r, s in self.reported.items()
+                if s > own.get(r, 0)}
 
     def lag(self) -> int:
         """How many of this replica's own operations are not yet stable."""

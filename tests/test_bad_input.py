@@ -339,7 +339,7 @@ def _unknown_action_op() -> bytes:
     # An Operation with a field number this version does not know (a newer sender's
     # action): protobuf keeps it as an unknown field, so no action is set.
     op = pb.Operation(path=["k"], type=pb.OBJ_TYPE_PNCOUNTER).SerializeToString()
-    op += b"\x8a\x01\x02\x08\x01"  # field 17, length-delimited, 2 bytes: {1: 1}
+    op += b"\xfa\x07\x02\x08\x01"  # field 127, length-delimited, 2 bytes: {1: 1}
     inner = pb.Batch(origin="z", first_seq=1).SerializeToString()
     inner += b"\x22" + bytes([len(op)]) + op  # Batch.ops (field 4)
     return b"\x08\x01\x12" + bytes([len(inner)]) + inner  # Envelope{version: 1, batch}

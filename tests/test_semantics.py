@@ -221,15 +221,22 @@ def test_items_lists_one_prefix_in_key_order() -> None:
 
 
 def test_heartbeat_feeds_stability() -> None:
-    a, b = pair()
-    b.heartbeat()
-    send(b, a)  # a now knows b is a member
+    a, b = Replica("a", members="ab"), Replica("b", members="ab")
     a.counter("n").increment()
     send(a, b)
     assert a.stable_clock() == {}  # b has not said it delivered a:1
     b.heartbeat()
     send(b, a)
     assert a.stable_clock() == {"a": 1}
+
+
+def test_an_open_group_is_never_stable() -> None:
+    a, b = pair()
+    a.counter("n").increment()
+    send(a, b)
+    b.heartbeat()
+    send(b, a)
+    assert a.stable_clock() == {}  # nobody agreed who else may write
 
 
 @pytest.mark.parametrize("bad", ["", 7, "x" * 300])

@@ -158,6 +158,8 @@ def _put_op(msg: pb.Operation, op: Op) -> None:
         flag = msg.flag_enable if k is Kind.FLAG_ENABLE else msg.flag_disable
         flag.SetInParent()
         _put_dots(flag.observed, op.observed)
+    elif k is Kind.ADMIT:
+        msg.admit.replica = str(op.value)
     else:
         m = msg.map_remove
         m.field = op.field
@@ -175,7 +177,7 @@ _ACTION_KIND = {
     "counter_add": Kind.COUNTER_ADD, "register_set": Kind.REGISTER_SET,
     "set_add": Kind.SET_ADD, "set_remove": Kind.SET_REMOVE,
     "flag_enable": Kind.FLAG_ENABLE, "flag_disable": Kind.FLAG_DISABLE,
-    "map_remove": Kind.MAP_REMOVE,
+    "map_remove": Kind.MAP_REMOVE, "admit": Kind.ADMIT,
 }
 
 
@@ -210,6 +212,10 @@ def _get_op(msg: pb.Operation) -> Op:
     if t not in KIND_TARGETS[kind]:
         raise _bad("wrong-type", f"{action} cannot apply to a {t.name}")
     path = _get_path(msg.path)
+    if kind is Kind.ADMIT:
+        if path:
+            raise _bad("bad-path", "an admission applies to the root: its path is empty")
+        return Op(path, t, kind, value=_id(msg.admit.replica, "admitted replica"))
     if kind is Kind.MAP_REMOVE:
         m = msg.map_remove
         floors = []
@@ -290,6 +296,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
     env.heartbeat.origin = hb.origin
     _put_clock(env.heartbeat.clock, hb.clock)
     env.heartbeat.retired = hb.retired
+    env.heartbeat.join = hb.join
     return env.SerializeToString()
 
 
@@ -301,7 +308,10 @@ def decode(data: bytes) -> Batch | Heartbeat:
         return _read_batch(env.batch)
     if body == "heartbeat":
         hb = env.heartbeat
-        return Heartbeat(_id(hb.origin, "origin"), _get_clock(hb.clock, "heartbeat"), hb.retired)
+        if hb.retired and hb.join:
+            raise _bad("bad-heartbeat", "a heartbeat both retires and joins")
+        return Heartbeat(_id(hb.origin, "origin"), _get_clock(hb.clock, "heartbeat"),
+                         hb.retired, hb.join)
     raise _bad("empty-message", "the envelope holds neither a batch nor a heartbeat")
 
 
@@ -395,6 +405,14 @@ def encode_snapshot(snap: dict[str, Any]) -> bytes:
             k.replica = r
             _put_clock(k.clock, clock)
     msg.retired.extend(sorted(snap["retired"]))
+    msg.managed = snap["managed"]
+    msg.founders.extend(sorted(snap["founders"]))
+    for r, by in sorted(snap["admissions"].items()):
+        k = msg.admissions.add()
+        k.replica = r
+        _put_clock(k.clock, by)
+    _put_clock(msg.retiring, snap["retiring"])
+    _put_clock(msg.reported, snap["reported"])
     for b in snap["waiting"]:
         _fill_batch(msg.waiting.add(), b)
     if snap["unsent"] is not None:
@@ -413,6 +431,11 @@ def decode_snapshot(data: bytes) -> dict[str, Any]:
         "known": {k.replica: _get_clock(k.clock, "known") for k in msg.known},
         "deps_of": {k.replica: _get_clock(k.clock, "deps_of") for k in msg.deps_of},
         "retired": set(msg.retired),
+        "managed": msg.managed,
+        "founders": {_id(f, "founder") for f in msg.founders},
+        "admissions": {k.replica: _get_clock(k.clock, "admissions") for k in msg.admissions},
+        "retiring": _get_clock(msg.retiring, "retiring"),
+        "reported": _get_clock(msg.reported, "reported"),
         "waiting": [_read_batch(b) for b in msg.waiting],
         "unsent": _read_batch(msg.unsent) if msg.HasField("unsent") else None,
     }

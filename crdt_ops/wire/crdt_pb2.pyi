@@ -353,6 +353,31 @@ class MapRemove(_message.Message):
 Global___MapRemove: _TypeAlias = MapRemove  # noqa: Y015
 
 @_typing.final
+class Admit(_message.Message):
+    """Admission of a replica to the group's membership (causal stability counts it from
+    then on). An operation on the root: empty path, type OBJ_TYPE_ORMAP. A replica
+    writes only once an admission of it is in its causal past; its own admission as
+    its first operation founds a group (see crdt_ops/membership.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_FIELD_NUMBER: _builtins.int
+    replica: _builtins.str
+    def __init__(
+        self,
+        *,
+        replica: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replica", b"replica"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Admit: _TypeAlias = Admit  # noqa: Y015
+
+@_typing.final
 class Operation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -365,6 +390,7 @@ class Operation(_message.Message):
     FLAG_ENABLE_FIELD_NUMBER: _builtins.int
     FLAG_DISABLE_FIELD_NUMBER: _builtins.int
     MAP_REMOVE_FIELD_NUMBER: _builtins.int
+    ADMIT_FIELD_NUMBER: _builtins.int
     type: Global___ObjType.ValueType
     @_builtins.property
     def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -386,6 +412,8 @@ class Operation(_message.Message):
     def flag_disable(self) -> Global___FlagDisable: ...
     @_builtins.property
     def map_remove(self) -> Global___MapRemove: ...
+    @_builtins.property
+    def admit(self) -> Global___Admit: ...
     def __init__(
         self,
         *,
@@ -398,12 +426,13 @@ class Operation(_message.Message):
         flag_enable: Global___FlagEnable | None = ...,
         flag_disable: Global___FlagDisable | None = ...,
         map_remove: Global___MapRemove | None = ...,
+        admit: Global___Admit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "counter_add", b"counter_add", "flag_disable", b"flag_disable", "flag_enable", b"flag_enable", "map_remove", b"map_remove", "register_set", b"register_set", "set_add", b"set_add", "set_remove", b"set_remove"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "admit", b"admit", "counter_add", b"counter_add", "flag_disable", b"flag_disable", "flag_enable", b"flag_enable", "map_remove", b"map_remove", "register_set", b"register_set", "set_add", b"set_add", "set_remove", b"set_remove"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "counter_add", b"counter_add", "flag_disable", b"flag_disable", "flag_enable", b"flag_enable", "map_remove", b"map_remove", "path", b"path", "register_set", b"register_set", "set_add", b"set_add", "set_remove", b"set_remove", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "admit", b"admit", "counter_add", b"counter_add", "flag_disable", b"flag_disable", "flag_enable", b"flag_enable", "map_remove", b"map_remove", "path", b"path", "register_set", b"register_set", "set_add", b"set_add", "set_remove", b"set_remove", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["counter_add", "register_set", "set_add", "set_remove", "flag_enable", "flag_disable", "map_remove"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["counter_add", "register_set", "set_add", "set_remove", "flag_enable", "flag_disable", "map_remove", "admit"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
@@ -455,9 +484,12 @@ class Heartbeat(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
     RETIRED_FIELD_NUMBER: _builtins.int
+    JOIN_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     retired: _builtins.bool
-    """the origin leaves the group for good"""
+    """the origin leaves the group for good; its last operation is clock[origin]"""
+    join: _builtins.bool
+    """a replica that is not a member asks the group's members to admit it"""
     @_builtins.property
     def clock(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]: ...
     def __init__(
@@ -466,10 +498,11 @@ class Heartbeat(_message.Message):
         origin: _builtins.str = ...,
         clock: _abc.Iterable[Global___ClockEntry] | None = ...,
         retired: _builtins.bool = ...,
+        join: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "origin", b"origin", "retired", b"retired"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "join", b"join", "origin", b"origin", "retired", b"retired"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -712,9 +745,18 @@ class Snapshot(_message.Message):
     WAITING_FIELD_NUMBER: _builtins.int
     UNSENT_FIELD_NUMBER: _builtins.int
     DEPS_OF_FIELD_NUMBER: _builtins.int
+    MANAGED_FIELD_NUMBER: _builtins.int
+    FOUNDERS_FIELD_NUMBER: _builtins.int
+    ADMISSIONS_FIELD_NUMBER: _builtins.int
+    RETIRING_FIELD_NUMBER: _builtins.int
+    REPORTED_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     replica_id: _builtins.str
     hlc: _builtins.int
+    managed: _builtins.bool
+    """membership (crdt_ops/membership.py)
+    an agreed membership is kept
+    """
     @_builtins.property
     def clock(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]: ...
     @_builtins.property
@@ -735,6 +777,20 @@ class Snapshot(_message.Message):
     def deps_of(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownClock]:
         """per origin, its rebuilt dependencies"""
 
+    @_builtins.property
+    def founders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def admissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownClock]:
+        """per member, the admissions delivered: admitter -> seq"""
+
+    @_builtins.property
+    def retiring(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]:
+        """per retiring replica, its last operation"""
+
+    @_builtins.property
+    def reported(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]:
+        """per replica, the highest seq a report named"""
+
     def __init__(
         self,
         *,
@@ -748,10 +804,15 @@ class Snapshot(_message.Message):
         waiting: _abc.Iterable[Global___Batch] | None = ...,
         unsent: Global___Batch | None = ...,
         deps_of: _abc.Iterable[Global___KnownClock] | None = ...,
+        managed: _builtins.bool = ...,
+        founders: _abc.Iterable[_builtins.str] | None = ...,
+        admissions: _abc.Iterable[Global___KnownClock] | None = ...,
+        retiring: _abc.Iterable[Global___ClockEntry] | None = ...,
+        reported: _abc.Iterable[Global___ClockEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "unsent", b"unsent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "deps_of", b"deps_of", "hlc", b"hlc", "known", b"known", "replica_id", b"replica_id", "retired", b"retired", "root", b"root", "unsent", b"unsent", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admissions", b"admissions", "clock", b"clock", "deps_of", b"deps_of", "founders", b"founders", "hlc", b"hlc", "known", b"known", "managed", b"managed", "replica_id", b"replica_id", "reported", b"reported", "retired", b"retired", "retiring", b"retiring", "root", b"root", "unsent", b"unsent", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,112 @@
+"""The group's membership: which replicas may write, agreed through the causal history.
+
+Causal stability (:mod:`crdt_ops.stability`) may drop metadata of an operation
+only once no operation still to come can be concurrent with it. Operations come
+only from writers, so every replica must know every writer before it counts an
+operation stable: without an agreed membership a replica that was never heard
+of may hold a concurrent operation (the limit every paper on stability states:
+Baquero, Almeida, Shoker, "Making operation-based CRDTs operation-based",
+DAIS 2014, assume a known set of replicas). The rule kept here:
+
+* **Founders.** A *managed* replica is built with the founders of its group
+  (``Replica(id, members=[...])``, the same list at every replica, possibly
+  empty). Founders are members from the start. Over RabbitMQ the group has one
+  founder, the first replica to claim it on the broker; it founds the group
+  with its own admission as its first operation.
+* **Admission.** Any other replica must be *admitted* before it writes: a
+  member issues an ``Admit`` operation naming it (members do so on receiving its
+  join request), and the newcomer's operations are valid only when an admission
+  of it is in their causal past. Every replica checks this from the causal past
+  alone, so all refuse the same operations (``not-a-member``). A new member's
+  operations all follow its admission, so an operation that was stable among
+  the members before it cannot be concurrent with any of them.
+* **Retirement.** A retirement names the replica's last operation (its final
+  sequence number). The retiring replica keeps counting until that operation
+  and all before it are delivered here; then it is out for good: it is never
+  admitted again and must never write again.
+
+A replica built without ``members`` (the default) is *open*: anyone writes, no
+membership is agreed, and nothing is ever stable, so nothing is compacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from crdt_ops.clock import Clock, Dot
+
+
+class Membership:
+    """Founders, admissions and retirements as one replica has delivered them.
+
+    ``view`` grows by one whenever the set of members changes, so a computation
+    made over one set of members can tell it is stale.
+    """
+
+    def __init__(self, founders: Iterable[str] | None = None) -> None:
+        #: False: an open group (no agreed membership, nothing ever stable).
+        self.managed = founders is not None
+        self.founders = frozenset(founders or ())
+        #: per admitted replica, the admissions delivered: admitter -> its seq
+        self.admissions: dict[str, Clock] = {}
+        #: per retiring replica, its last operation's seq (not yet all delivered here)
+        self.retiring: Clock = {}
+        self.retired: set[str] = set()
+        self.view = 0
+
+    def is_member(self, replica: str) -> bool:
+        return (replica in self.founders or replica in self.admissions) \
+            and replica not in self.retired
+
+    def members(self) -> set[str]:
+        """The members, retiring ones included until their last operations are delivered."""
+        return (set(self.founders) | set(self.admissions)) - self.retired
+
+    def may_write(self, origin: str, seen: Mapping[str, int], founding: bool) -> bool:
+        """Whether operations of ``origin`` whose causal past is ``seen`` are valid:
+        it is a founder, an admission of it is in ``seen``, or the operations begin
+        with its own admission as its first operation (``founding``)."""
+        if not self.managed or origin in self.founders or founding:
+            return True
+        by = self.admissions.get(origin)
+        return by is not None and any(seen.get(a, 0) >= s for a, s in by.items())
+
+    def admit(self, replica: str, by: Dot) -> bool:
+        """Record the admission ``by`` (a dot) of ``replica``; True if it is a new member."""
+        if replica in self.retired:
+            return False
+        new = not self.is_member(replica)
+        seqs = self.admissions.setdefault(replica, {})
+        if by[1] < seqs.get(by[0], by[1] + 1):
+            seqs[by[0]] = by[1]
+        if new:
+            self.view += 1
+        return new
+
+    def retire(self, replica: str, last_seq: int) -> None:
+        """``replica`` leaves for good after its operation ``last_seq``."""
+        if replica not in self.retired and last_seq > self.retiring.get(replica, -1):
+            self.retiring[replica] = last_seq
+
+    def settle(self, delivered: Mapping[str, int]) -> list[str]:
+        """Retire for good every retiring replica whose operations up to its last
+        are in ``delivered`` (this replica's clock); returns them."""
+        done = [r for r, last in self.retiring.items() if delivered.get(r, 0) >= last]
+        for r in done:
+            del self.retiring[r]
+            self.retired.add(r)
+            self.view += 1
+        return done
+
+    def load(self, founders: Iterable[str], admissions: Mapping[str, Clock],
+             retiring: Mapping[str, int], retired: Iterable[str], managed: bool) -> None:
+        """Take the state of a snapshot (see :meth:`Replica.snapshot`)."""
+        self.managed = managed
+        self.founders = frozenset(founders)
+        self.admissions = {r: dict(by) for r, by in admissions.items()}
+        self.retiring = dict(retiring)
+        self.retired = set(retired)
+        self.view += 1
+
+
+__all__ = ["Membership"]

@@ -1,0 +1,190 @@
+"""Causal stability under membership change: founders, admissions, retirements."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from crdt_ops import InvalidMessage, NotAMember, Replica
+from crdt_ops.sim.histories import run as run_histories
+from tests.support import exchange, send
+
+
+def at(wall: int):  # type: ignore[no-untyped-def]
+    return lambda: wall
+
+
+def test_compaction_waits_for_a_member_not_yet_heard_from() -> None:
+    """Failing input 1: s must not take q's write as stable before p reported."""
+    members = "pqs"
+    p = Replica("p", wall_clock=at(200), members=members)
+    q = Replica("q", wall_clock=at(100), members=members)
+    s = Replica("s", compact_every=1, members=members)
+    p.map("job").register("state").set("from-p")
+    p1 = p.outgoing()
+    q.map("job").register("state").set("from-q")
+    q1 = q.outgoing()
+    q.counter("n").increment()
+    q2 = q.outgoing()
+    for m in (*q1, *q2, *p1):
+        s.receive(m)
+    for m in p1:
+        q.receive(m)
+    p.map("job").remove("state")
+    p2 = p.outgoing()
+    for m in (*q1, *q2):
+        p.receive(m)
+    for m in p2:
+        q.receive(m)
+        s.receive(m)
+    want = {"job": {"state": "from-q"}, "n": 1}
+    assert dict(p.clock) == dict(q.clock) == dict(s.clock) == {"p": 2, "q": 2}
+    assert [r.state() for r in (p, q, s)] == [want, want, want]
+
+
+def test_a_retired_members_last_operations_are_waited_for() -> None:
+    """Failing input 2: d's remove reaches a and b after its retirement."""
+    members = "abd"
+    a = Replica("a", wall_clock=at(200), members=members)
+    b = Replica("b", wall_clock=at(100), members=members)
+    d = Replica("d", members=members)
+    o = Replica("o", members=members)  # listens only
+    for r in (a, b, d):
+        r.heartbeat()
+    exchange(a, b, d)
+    a.map("m").register("r").set("A")
+    a_w = a.outgoing()
+    b.map("m").register("r").set("B")
+    b_w = b.outgoing()
+    for m in a_w:
+        d.receive(m)
+    d.map("m").remove("r")
+    d.heartbeat(retired=True)
+    d_msgs = d.outgoing()  # the remove, then the retirement
+    for m in (*a_w, *b_w, *d_msgs):
+        o.receive(m)
+    retirement = d_msgs[-1]
+    for r in (a, b):
+        r.receive(retirement)
+    for m in b_w:
+        a.receive(m)
+    for m in a_w:
+        b.receive(m)
+    for _ in range(3):
+        exchange(a, b)
+        for r in (a, b):
+            r.heartbeat()
+            r.compact()
+        exchange(a, b)
+    for m in d_msgs:
+        a.receive(m)
+        b.receive(m)
+    want = {"m": {"r": "B"}}
+    assert [r.state() for r in (a, b, o)] == [want, want, want]
+    # once d's last operation is delivered, it no longer holds stability back
+    for _ in range(2):
+        for r in (a, b):
+            r.heartbeat()
+        exchange(a, b)
+    assert a.stable_clock().get("d") == 1 and "d" in a.membership.retired
+    with pytest.raises(NotAMember):
+        d.counter("n").increment()
+
+
+def test_a_heartbeat_naming_undelivered_operations_is_a_gap() -> None:
+    """Failing input 3: a lost last batch shows in missing()."""
+    a, b = Replica("a"), Replica("b")
+    b.counter("n").increment()
+    first = b.outgoing()
+    b.counter("n").increment()
+    b.outgoing()  # lost
+    b.heartbeat()
+    for m in (*first, *b.outgoing()):
+        a.receive(m)
+    assert a.missing() == {"b": (2, 2)}
+    assert a.has_gap()
+    c = Replica("c")
+    c.receive(first[0])
+    assert not c.has_gap()
+
+
+def test_a_newcomer_writes_only_once_admitted() -> None:
+    a = Replica("a", members=["a"])
+    n = Replica("n", members=["a"])
+    with pytest.raises(NotAMember):
+        n.counter("x").increment()
+    assert n.state() == {} and n.outgoing() == []
+    n.join()
+    send(n, a)  # a admits n
+    assert a.membership.is_member("n") and not n.is_member
+    send(a, n)
+    assert n.is_member
+    n.counter("x").increment()
+    exchange(a, n)
+    assert a.state() == n.state() == {"x": 1}
+
+
+def test_an_operation_without_admission_is_refused_everywhere() -> None:
+    a = Replica("a", members=["a"])
+    rogue = Replica("rogue")  # an open replica: writes without being admitted
+    rogue.counter("x").increment()
+    (msg,) = rogue.outgoing()
+    with pytest.raises(InvalidMessage) as info:
+        a.receive(msg)
+    assert info.value.reason == "not-a-member"
+    assert a.state() == {} and dict(a.clock) == {}
+
+
+def test_a_group_founded_by_its_first_replica() -> None:
+    f = Replica("f", members=[])
+    n = Replica("n", members=[])
+    assert not f.is_member
+    f.found()
+    f.counter("x").increment()
+    n.join()
+    exchange(f, n)
+    assert f.is_member and n.is_member
+    n.counter("x").increment()
+    exchange(f, n)
+    assert f.state() == n.state() == {"x": 2}
+    with pytest.raises(ValueError):
+        f.found()  # only a first operation founds
+
+
+def test_membership_survives_a_snapshot_and_a_bootstrap() -> None:
+    a = Replica("a", members=["a"])
+    n = Replica("n", members=["a"])
+    n.join()
+    exchange(a, n)
+    a.heartbeat(retired=False)
+    exchange(a, n)
+    restored = Replica.from_snapshot(n.snapshot())
+    assert restored.is_member and restored.stable_clock() == n.stable_clock()
+    newcomer = Replica.from_snapshot(a.snapshot(), replica_id="z")
+    assert not newcomer.is_member  # a peer's snapshot does not make it a member
+    assert newcomer.membership.members() == {"a", "n"}
+    open_one = Replica.from_snapshot(Replica("o").snapshot())
+    assert open_one.is_member and not open_one.membership.managed
+
+
+def test_an_operator_retirement_waits_for_the_named_last_operation() -> None:
+    a, g = Replica("a", members="ag"), Replica("g", members="ag")
+    g.counter("n").increment()
+    g.counter("n").increment()
+    g_msgs = g.outgoing()
+    a.receive(a.retirement("g", 2))  # g is dead; its last operation was g:2
+    assert a.missing() == {"g": (1, 2)}
+    a.counter("n").increment()
+    a.heartbeat()
+    a.outgoing()
+    assert a.stable_clock() == {}  # g still counts: its operations are not all here
+    for m in g_msgs:
+        a.receive(m)
+    assert "g" in a.membership.retired and a.stable_clock() == {"a": 1, "g": 2}
+
+
+def test_random_histories_with_joins_and_retirements_converge() -> None:
+    """The property (crdt_ops/sim/histories.py); ``crdt-ops histories`` runs 10,000."""
+    count = int(os.environ.get("CRDT_OPS_HISTORIES", "400"))
+    assert run_histories(count, seed=1000) == []
