@@ -39,8 +39,8 @@ def _retire(args: argparse.Namespace) -> int:
     from crdt_ops.transport.amqp import publish_retirement
 
     settings = config.from_args(args)
-    asyncio.run(publish_retirement(settings, args.retiree))
-    print(f"retired {args.retiree} from group {settings.group}")
+    last = asyncio.run(publish_retirement(settings, args.retiree))
+    print(f"retired {args.retiree} from group {settings.group} after its operation {last}")
     return 0
 
 

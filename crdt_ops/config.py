@@ -102,6 +102,12 @@ class Settings:
         return f"crdt.{self.group}.log"
 
     @property
+    def founder(self) -> str:
+        """The exchange and queue (max length 1, reject-publish) whose one message
+        names the group's founder: the first replica whose claim the broker accepted."""
+        return f"crdt.{self.group}.founder"
+
+    @property
     def dead_letter_exchange(self) -> str:
         return f"crdt.{self.group}.dlx"
 

@@ -19,6 +19,9 @@ import re
 import subprocess
 
 STREAM_MAX_AGE = "7D"  # as crdt_ops.config.Settings.stream_max_age
+#: The founder queue holds one message, the first claim; later claims are nacked
+#: ("reject-publish": https://www.rabbitmq.com/docs/maxlength#overflow-behaviour).
+FOUNDER_QUEUE: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "reject-publish"}
 
 
 def demo_password(user: str) -> str:
@@ -35,8 +38,8 @@ def permissions(group: str, principal: str) -> dict[str, str]:
     g = re.escape(f"crdt.{group}")
     own = f"{g}\\.{re.escape(principal)}(\\..*)?"
     return {"configure": f"^{own}$",
-            "write": f"^({g}|{g}\\.dlx|{own})$",
-            "read": f"^({g}|{g}\\.log|{own})$"}
+            "write": f"^({g}|{g}\\.dlx|{g}\\.founder|{own})$",
+            "read": f"^({g}|{g}\\.log|{g}\\.founder|{own})$"}
 
 
 def definitions(group: str, users: list[str], vhost: str = "/", admin: str | None = "admin",
@@ -60,13 +63,18 @@ def definitions(group: str, users: list[str], vhost: str = "/", admin: str | Non
         "users": [user(u, []) for u in users] + [user(a, ["administrator"]) for a in admins],
         "vhosts": [{"name": vhost}],
         "permissions": perms,
-        "exchanges": [{"name": g, **exchange}, {"name": f"{g}.dlx", **exchange}],
+        "exchanges": [{"name": g, **exchange}, {"name": f"{g}.dlx", **exchange},
+                      {"name": f"{g}.founder", **exchange}],
         "queues": [{"name": f"{g}.log", **queue,
                     "arguments": {"x-queue-type": "stream", "x-max-age": STREAM_MAX_AGE}},
-                   {"name": f"{g}.dead", **queue, "arguments": {"x-queue-type": queue_type}}],
+                   {"name": f"{g}.dead", **queue, "arguments": {"x-queue-type": queue_type}},
+                   {"name": f"{g}.founder", **queue,
+                    "arguments": {**FOUNDER_QUEUE, "x-queue-type": queue_type}}],
         "bindings": [{"source": g, "vhost": vhost, "destination": f"{g}.log",
                       "destination_type": "queue", "routing_key": "", "arguments": {}},
                      {"source": f"{g}.dlx", "vhost": vhost, "destination": f"{g}.dead",
+                      "destination_type": "queue", "routing_key": "", "arguments": {}},
+                     {"source": f"{g}.founder", "vhost": vhost, "destination": f"{g}.founder",
                       "destination_type": "queue", "routing_key": "", "arguments": {}}],
     }
 

@@ -250,7 +250,8 @@ class Replica:
         operations up to ``last_seq`` are delivered here (at once for 0)."""
         self._stability.retire(replica_id, last_seq)
 
-    def retirement(self, replica_id: str, last_seq: int) -> bytes:
+    @staticmethod
+    def retirement(replica_id: str, last_seq: int) -> bytes:
         """A message telling the group that ``replica_id`` left for good after its
         operation ``last_seq`` (for an operator retiring a dead replica), not queued."""
         return codec.encode_heartbeat(Heartbeat(replica_id, {replica_id: last_seq}
@@ -281,7 +282,8 @@ class Replica:
         valid, BufferFull if it would overflow the causal buffer.
 
         Returns False when the message brought nothing new (every operation in
-        it was applied or held here already): a transport need not log it.
+        it was applied or held here already) or is a join request: a transport need
+        not log it (replaying a join request from a log would admit again).
 
         ``sender``: the authenticated principal that delivered the message (e.g.
         the broker user); the message's origin must belong to it
@@ -291,7 +293,8 @@ class Replica:
             raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
         if isinstance(msg, Heartbeat):
             self._heard(msg)
-            return True
+            # a join request needs no log: what it caused (an admission) is an operation
+            return not msg.join
         buf = self._buffer
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1

@@ -19,7 +19,13 @@ Guarantees:
   its bound) is dead-lettered the same way, and the stream is read again after
   the gap timeout: the stream holds everything published to the group, so a
   legitimate message dropped there is applied from it (see ``_gap_watch``);
-- nothing here blocks a write on the broker: writes go on while it is down.
+- nothing here blocks a write on the broker: writes go on while it is down;
+- membership (:mod:`crdt_ops.membership`): a new replica binds its queue, replays
+  the stream up to its marker, then becomes a member before :meth:`AmqpNode.start`
+  returns: if the group has no member yet it claims founding on the broker (a
+  queue ``crdt.G.founder`` that holds one message and refuses more: the first
+  claim wins) and founds the group; otherwise it sends join requests until a
+  member's admission reaches it. A retired replica refuses to start.
 """
 
 from __future__ import annotations
@@ -52,10 +58,13 @@ from crdt_ops import metrics
 from crdt_ops.causal import WaitingCapReached
 from crdt_ops.config import Settings, split_urls
 from crdt_ops.errors import BufferFull, InvalidMessage
+from crdt_ops.ops import Batch
 from crdt_ops.policy import OPEN, WritePolicy
+from crdt_ops.provision import FOUNDER_QUEUE
 from crdt_ops.replica import Replica
 from crdt_ops.signing import Keyring, Signer
 from crdt_ops.store import Store
+from crdt_ops.wire import codec
 
 log = logging.getLogger("crdt_ops.amqp")
 
@@ -112,7 +121,7 @@ class AmqpNode:
 
     def _restore(self, wall_clock: Callable[[], int]) -> Replica:
         snapshot, logged = self.store.load()
-        opts: dict[str, Any] = {"wall_clock": wall_clock, "policy": self.policy,
+        opts: dict[str, Any] = {"wall_clock": wall_clock, "policy": self.policy, "members": (),
                                 "max_batch_ops": self.settings.batch_ops,
                                 "max_waiting_per_origin": self.settings.max_waiting_per_origin}
         if snapshot is None and not logged and self.settings.bootstrap:
@@ -135,7 +144,13 @@ class AmqpNode:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Connect (retrying with backoff), declare the topology, start pumping."""
+        """Connect (retrying with backoff), declare the topology, start pumping, and
+        return once this replica is a member of its group (see the module docstring).
+        Raises ValueError if this replica was retired."""
+        if self.replica_id in self.replica.membership.retired:
+            raise ValueError(f"replica {self.replica_id} was retired from group "
+                             f"{self.settings.group}; a retired replica never comes back: "
+                             "start a new one (another --store and --replica-id)")
         self._commit_local()  # anything restored as unsent
         await self._connect()
         loop = asyncio.get_running_loop()
@@ -148,6 +163,50 @@ class AmqpNode:
 
             start_http_server(self.settings.metrics_port)
             log.info("metrics on http://0.0.0.0:%d/metrics", self.settings.metrics_port)
+        await self._become_member()
+
+    async def _become_member(self) -> None:
+        """Found the group (no member yet, and the broker accepted this replica's
+        founding claim) or ask to be admitted, until this replica is a member."""
+        r, s = self.replica, self.settings
+        said = 0.0
+        while not r.is_member:
+            if not r.membership.members() and await self._claim_founding():
+                r.found()
+                log.info("replica %s founded group %s", self.replica_id, s.group)
+            else:
+                r.join()
+                if time.monotonic() - said > 10:
+                    said = time.monotonic()
+                    log.info("replica %s asks the members of group %s to admit it",
+                             self.replica_id, s.group)
+            self._commit_local()
+            for _ in range(int(max(s.heartbeat_s, 0.2) / 0.1)):
+                if r.is_member:
+                    break
+                await asyncio.sleep(0.1)
+        await self.flush()
+
+    async def _claim_founding(self) -> bool:
+        """Publish this replica's claim to found the group to ``crdt.G.founder`` (one
+        message at most: later claims are nacked), then read which claim is there."""
+        assert self._conn is not None
+        s = self.settings
+        channel = await self._conn.channel(publisher_confirms=True)
+        try:
+            exchange = await channel.get_exchange(s.founder)
+            with contextlib.suppress(aio_pika.exceptions.DeliveryError):
+                await exchange.publish(message(s, self.replica_id.encode(), self._signer),
+                                       routing_key="", timeout=30)
+            queue = await channel.get_queue(s.founder)
+            claim = await queue.get(no_ack=False, fail=False)
+            if claim is None:
+                return False
+            await claim.nack(requeue=True)
+            return claim.body == self.replica_id.encode()
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` in a loop; an error is logged and the loop goes on after a pause."""
@@ -271,6 +330,11 @@ class AmqpNode:
         stream = await channel.declare_queue(s.stream, durable=True,
                                              arguments=self._stream_arguments())
         await stream.bind(self._exchange)
+        founder = await channel.declare_exchange(s.founder, aio_pika.ExchangeType.FANOUT,
+                                                 durable=True)
+        claims = await channel.declare_queue(
+            s.founder, durable=True, arguments={**FOUNDER_QUEUE, "x-queue-type": s.queue_type})
+        await claims.bind(founder)
 
     def _stream_arguments(self) -> dict[str, Any]:
         s = self.settings
@@ -286,35 +350,10 @@ class AmqpNode:
         again; what is invalid or over the buffer's caps there was dead-lettered
         when it came through the queue, and is skipped silently now."""
         assert self._conn is not None and self._exchange is not None
-        channel = await self._conn.channel()
-        try:
-            await channel.set_qos(prefetch_count=self.settings.prefetch)
-            stream = await channel.get_queue(self.settings.stream)  # declared in _setup
-            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-            tag = await stream.consume(inbox.put, no_ack=False,
-                                       arguments={"x-stream-offset": "first"})
-            marker = f"join-{self.replica_id}-{uuid.uuid4().hex}"
-            await self._exchange.publish(
-                message(self.settings, self.replica.clock_message(), self._signer,
-                        message_id=marker),
-                routing_key="")
-            progress = Progress(f"replaying {self.settings.stream}",
-                                stream.declaration_result.message_count)
-            while True:
-                batch = [await inbox.get()]
-                while not inbox.empty() and len(batch) < self.settings.prefetch:
-                    batch.append(inbox.get_nowait())
-                end = next((i for i, m in enumerate(batch) if m.message_id == marker), None)
-                await self._apply(batch if end is None else batch[: end + 1], stream=True,
-                                  reread=reread)
-                progress.advance(len(batch) if end is None else end + 1)
-                if end is not None:
-                    break
-            progress.done()
-            await stream.cancel(tag)
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+        marker = message(self.settings, self.replica.clock_message(), self._signer,
+                         message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
+        async for batch in read_stream(self._conn, self.settings, self._exchange, marker):
+            await self._apply(batch, stream=True, reread=reread)
 
     def _on_reconnect(self, *_: object) -> None:
         metrics.RECONNECTS.labels(self.replica_id).inc()
@@ -442,10 +481,23 @@ class AmqpNode:
                         _few(stuck), s.gap_timeout_s * self._gap_backoff)
 
     async def retire(self, replica_id: str) -> None:
-        """Tell the group that ``replica_id`` is gone for good: stability and
-        compaction stop waiting for it (here at once, elsewhere on delivery)."""
-        self.replica.retire(replica_id)
-        await self._publish(Replica(replica_id).clock_message(retired=True))
+        """Tell the group that ``replica_id`` is gone for good, naming its last
+        operation in the stream: stability and compaction stop waiting for it once
+        that operation is delivered (here and at every replica)."""
+        assert self._conn is not None and self._exchange is not None
+        last = await last_operation(self._conn, self.settings, self._exchange, replica_id)
+        self.replica.retire(replica_id, last)
+        await self._publish(Replica.retirement(replica_id, last))
+
+    async def leave(self) -> None:
+        """Retire this replica for good: publish its retirement after its last
+        operations, wait until the broker confirmed all of it, and stop."""
+        self.replica.heartbeat(retired=True)
+        self._commit_local()
+        while self.store.unconfirmed(limit=1):
+            self._outbox_ready.set()
+            await asyncio.sleep(0.05)
+        await self.stop()
 
     # ------------------------------------------------------------ receiving
 
@@ -557,9 +609,10 @@ class AmqpNode:
     def _observe(self) -> None:
         r, rid = self.replica, self.replica_id
         metrics.BUFFER_DEPTH.labels(rid).set(r.buffered)
-        if r.buffered and self._buffer_since is None:
+        gap = r.has_gap()  # operations waiting, or reported and not delivered
+        if gap and self._buffer_since is None:
             self._buffer_since = time.monotonic()
-        elif not r.buffered:
+        elif not gap:
             self._buffer_since = None
         metrics.BUFFER_WAIT.labels(rid).set(
             0 if self._buffer_since is None else time.monotonic() - self._buffer_since)
@@ -624,7 +677,7 @@ def export_snapshot(store_path: str, out: str) -> dict[str, int]:
         replica = Replica.from_snapshot(snapshot) if snapshot else None
         if replica is None:
             rid = store.get("replica_id")
-            replica = Replica(rid.decode() if rid else "unknown")
+            replica = Replica(rid.decode() if rid else "unknown", members=())  # as AmqpNode
         for data in logged:
             replica.receive(data)
         Path(out).write_bytes(replica.snapshot())
@@ -649,16 +702,67 @@ def signer_of(settings: Settings) -> Signer | None:
     return Signer.from_file(settings.signing_key) if settings.signing_key else None
 
 
-async def publish_retirement(settings: Settings, replica_id: str) -> None:
-    """Announce to ``settings.group`` that ``replica_id`` is gone for good."""
+async def publish_retirement(settings: Settings, replica_id: str) -> int:
+    """Announce to ``settings.group`` that ``replica_id`` is gone for good, naming its
+    last operation found in the stream (replicas count it until they delivered that
+    one). Returns that sequence number."""
     conn = await connect_first(settings.amqp_urls)
     async with conn:
         channel = await conn.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(settings.exchange)
+        last = await last_operation(conn, settings, exchange, replica_id)
         await exchange.publish(
-            message(settings, Replica(replica_id).clock_message(retired=True),
-                    signer_of(settings)),
+            message(settings, Replica.retirement(replica_id, last), signer_of(settings)),
             routing_key="")
+        return last
+
+
+async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
+                      marker: aio_pika.Message) -> AsyncIterator[list[AbstractIncomingMessage]]:
+    """The group's stream from its start up to ``marker`` (published to ``exchange``
+    once the read began, so everything published before is read), in batches of at
+    most ``settings.prefetch`` messages; the caller acks them. Shows progress."""
+    channel = await conn.channel()
+    try:
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        stream = await channel.get_queue(settings.stream)
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        tag = await stream.consume(inbox.put, no_ack=False,
+                                   arguments={"x-stream-offset": "first"})
+        await exchange.publish(marker, routing_key="")
+        progress = Progress(f"reading {settings.stream}", stream.declaration_result.message_count)
+        while True:
+            batch = [await inbox.get()]
+            while not inbox.empty() and len(batch) < settings.prefetch:
+                batch.append(inbox.get_nowait())
+            end = next((i for i, m in enumerate(batch) if m.message_id == marker.message_id),
+                       None)
+            yield batch if end is None else batch[: end + 1]
+            progress.advance(len(batch) if end is None else end + 1)
+            if end is not None:
+                break
+        progress.done()
+        await stream.cancel(tag)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def last_operation(conn: AbstractConnection, settings: Settings,
+                         exchange: AbstractExchange, replica_id: str) -> int:
+    """The sequence number of ``replica_id``'s last operation in the group's stream
+    (0: none): what a retirement of it must name (everything it published is there)."""
+    last = 0
+    marker = message(settings, Replica(f"retire-{uuid.uuid4().hex[:8]}").clock_message(),
+                     message_id=f"retire-{uuid.uuid4().hex}")
+    async for batch in read_stream(conn, settings, exchange, marker):
+        for msg in batch:
+            with contextlib.suppress(InvalidMessage):
+                body = codec.decode(msg.body)
+                if isinstance(body, Batch) and body.origin == replica_id:
+                    last = max(last, body.last_seq)
+        await batch[-1].ack(multiple=True)
+    return last
 
 
 def _few(spans: dict[str, tuple[int, int]], most: int = 5) -> str:
