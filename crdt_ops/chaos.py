@@ -119,6 +119,11 @@ class LedgerWriter:
 
     def __init__(self, path: Path, replica: Replica) -> None:
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._me = replica.replica_id
+        #: set by the workload around a write block; own operations applied outside one
+        #: are the replica's own membership operations (founding, admissions)
+        self.in_block = False
+        self._system: list[tuple[int, int]] = []
         self._line("S " + json.dumps(dict(replica.clock), sort_keys=True,
                                      separators=(",", ":")))
         replica.on_applied.append(self.applied)
@@ -128,11 +133,24 @@ class LedgerWriter:
             os.write(self._fd, (text + "\n").encode())
 
     def applied(self, origin: str, first: int, last: int) -> None:
-        """Operations ``first..last`` of ``origin`` were applied here."""
+        """Operations ``first..last`` of ``origin`` were applied here; own ones outside
+        a write block are membership operations: a block of no workload operation,
+        pending until :meth:`committed`."""
         self._line(f"A {origin} {first} {last}")
+        if origin == self._me and not self.in_block:
+            self._system.append((first, last))
+            self.pending(first, last, 0)
+
+    def committed(self, last: int) -> None:
+        """The replica's own operations up to ``last`` are durable in its outbox."""
+        done = [b for b in self._system if b[1] <= last]
+        for first, end in done:
+            self.accepted(first, end, 0)
+        self._system = [b for b in self._system if b[1] > last]
 
     def pending(self, first: int, last: int, n: int) -> None:
         """A write block applied its operations ``first..last`` (``n`` workload ops)."""
+        self.in_block = False
         self._line(f"P {first} {last} {n}")
 
     def accepted(self, first: int, last: int, n: int) -> None:

@@ -65,7 +65,9 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool) -> None:
     data = {"replica": node.replica_id, "clock": dict(r.clock), "state": plain(r.state()),
             "issued": issued, "done": done, "buffered": r.buffered,
             "dead_lettered": node.dead_lettered, "outbox": len(node.store.unconfirmed()),
-            "stable_lag": r.stable_lag()}
+            "stable_lag": r.stable_lag(), "member": r.is_member,
+            "admissions": r.membership.admissions, "retired": sorted(r.membership.retired),
+            "missing": {k: list(v) for k, v in r.missing().items()}}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, sort_keys=True))
     os.replace(tmp, path)
@@ -84,6 +86,7 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
         from crdt_ops.chaos import LedgerWriter
 
         ledger = LedgerWriter(ledger_file, node.replica)
+        node.on_committed.append(ledger.committed)
     stop = asyncio.Event()
     more = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -110,6 +113,8 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
             while issued < ops and not stop.is_set():
                 first = node.replica.clock.get(node.replica_id, 0) + 1
                 n = min(per_write, ops - issued)
+                if ledger:
+                    ledger.in_block = True
                 async with node.write() as r:
                     for _ in range(n):
                         one_op(r, rng)

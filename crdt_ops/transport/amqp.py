@@ -118,6 +118,9 @@ class AmqpNode:
                          else None)
         self._lag_observed = 0.0
         self._last_commit = 0.0
+        #: Called with this replica's last own sequence number each time its own
+        #: operations up to it were committed to the outbox (durable).
+        self.on_committed: list[Callable[[int], None]] = []
 
     def _restore(self, wall_clock: Callable[[], int]) -> Replica:
         snapshot, logged = self.store.load()
@@ -408,8 +411,14 @@ class AmqpNode:
         if msgs:
             self.store.append((), msgs)
             self._outbox_ready.set()
+            self._committed_own()
         if self._committed is not None and not self._committed.done():
             self._committed.set_result(None)
+
+    def _committed_own(self) -> None:
+        last = self.replica.clock.get(self.replica_id, 0)
+        for hook in self.on_committed:
+            hook(last)
 
     async def _publisher(self) -> None:
         """Publish the outbox, oldest first, until the broker confirmed all of it.
@@ -543,7 +552,10 @@ class AmqpNode:
                 if not reread:
                     reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
                     dead.append((msg, reason, str(e)))
-        self.store.append(valid, replica.outgoing())
+        produced = replica.outgoing()
+        self.store.append(valid, produced)
+        if produced:
+            self._committed_own()
         if dropped:  # during a re-read too: what it could not hold needs another one
             self.store.put(REREAD_DUE, b"1")
         self._outbox_ready.set()
