@@ -77,6 +77,7 @@ def test_the_writer_records_what_replicas_really_apply(tmp_path: Path) -> None:
     for _ in range(3):
         for r, w in zip(rs, writers, strict=True):
             first = r.clock.get(r.replica_id, 0) + 1
+            w.in_block = True
             r.counter("n").increment()
             r.counter(f"issued/{r.replica_id}").increment()
             w.pending(first, r.clock[r.replica_id], 1)

@@ -164,7 +164,8 @@ def table(rows: Sequence[Row]) -> str:
 
 def op_message(origin: str = ROLES[0]) -> bytes:
     """One encoded crdt-ops operation message: a counter increment by ``origin``."""
-    r = Replica(origin, max_batch_ops=1)
+    r = Replica(origin, max_batch_ops=2, members=())
+    r.found()  # a writer the group's replicas accept: it founds itself (crdt_ops.membership)
     r.counter(KEY).increment()
     (body,) = r.outgoing()
     return body
@@ -755,7 +756,8 @@ def measure_latency(ctx: Context, batch_ops: int, processes: bool) -> Row:
 async def _seed_stream(url: str, s: Settings, ops: int, batch_ops: int) -> int:
     """Put ``ops`` counter increments by replica ``seed``, ``batch_ops`` per message,
     into the group's stream (declared as crdt-ops declares it); returns the messages."""
-    seed = Replica("seed", max_batch_ops=batch_ops)
+    seed = Replica("seed", max_batch_ops=batch_ops + 1, members=())
+    seed.found()  # a writer the group's replicas accept (crdt_ops.membership)
     c = seed.counter(KEY)
     bodies: list[bytes] = []
     for i in range(0, ops, batch_ops):

@@ -124,7 +124,7 @@ class AmqpNode:
 
     def _restore(self, wall_clock: Callable[[], int]) -> Replica:
         snapshot, logged = self.store.load()
-        opts: dict[str, Any] = {"wall_clock": wall_clock, "policy": self.policy, "members": (),
+        opts: dict[str, Any] = {"wall_clock": wall_clock, "policy": self.policy,
                                 "max_batch_ops": self.settings.batch_ops,
                                 "max_waiting_per_origin": self.settings.max_waiting_per_origin}
         if snapshot is None and not logged and self.settings.bootstrap:
@@ -689,7 +689,7 @@ def export_snapshot(store_path: str, out: str) -> dict[str, int]:
         replica = Replica.from_snapshot(snapshot) if snapshot else None
         if replica is None:
             rid = store.get("replica_id")
-            replica = Replica(rid.decode() if rid else "unknown", members=())  # as AmqpNode
+            replica = Replica(rid.decode() if rid else "unknown")  # as AmqpNode
         for data in logged:
             replica.receive(data)
         Path(out).write_bytes(replica.snapshot())
