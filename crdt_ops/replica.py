@@ -62,9 +62,7 @@ class Replica:
                  max_batch_ops: int = 1000, max_buffered_ops: int = 100_000,
                  compact_every: int = 1000, max_waiting_per_origin: int | None = None,
                  policy: WritePolicy = OPEN, members: Iterable[str] | None = None) -> None:
-        if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
-            raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
-        check_text(replica_id, "replica_id")
+        _check_id(replica_id)
         self.replica_id = replica_id
         #: Who may write what (:mod:`crdt_ops.policy`), checked for local and remote
         #: operations alike; every replica of a group must use the same policy.
@@ -170,7 +168,7 @@ class Replica:
 
     def has_gap(self) -> bool:
         """Whether :meth:`missing` is not empty (cheaper than computing it)."""
-        return bool(len(self._buffer)) or bool(self._stability.gaps())
+        return bool(len(self._buffer)) or self._stability.has_gaps()
 
     @property
     def is_member(self) -> bool:
@@ -240,9 +238,7 @@ class Replica:
     def admit(self, replica_id: str) -> None:
         """Admit ``replica_id`` to the group (an operation of this replica, a member).
         Members call this on a join request; raises NotAMember if this one is not."""
-        check_text(replica_id, "replica_id")
-        if not 0 < len(replica_id) <= codec.MAX_ID:
-            raise ValueError(f"replica_id must have 1..{codec.MAX_ID} characters")
+        _check_id(replica_id)
         self._local(Op((), ObjType.ORMAP, Kind.ADMIT, value=replica_id))
 
     def retire(self, replica_id: str, last_seq: int = 0) -> None:
@@ -525,6 +521,13 @@ def _compaction_candidates(obj: Crdt) -> list[Crdt]:
             for f in typed.values():
                 out.extend(_compaction_candidates(f.obj))
     return out
+
+
+def _check_id(replica_id: str) -> None:
+    """Raise ValueError unless ``replica_id`` is a replica id the wire can carry."""
+    if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
+        raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
+    check_text(replica_id, "replica_id")
 
 
 def _target(op: Op) -> tuple[str, ...]:

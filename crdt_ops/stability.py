@@ -14,7 +14,7 @@ heard from holds everything back; an open group (no membership) is never stable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from crdt_ops.clock import Clock, dominates, merge_into, pointwise_min
 from crdt_ops.membership import Membership
@@ -43,15 +43,10 @@ class Stability:
         self._candidate: tuple[Clock, Clock, int] | None = None
         self._frontier: Clock = {}
 
-    @property
-    def retired(self) -> set[str]:
-        return self.membership.retired
-
     def observe(self, replica: str, clock: Mapping[str, int], own: int = 0) -> None:
         """``replica`` has delivered at least ``clock``, and its own operations up to ``own``."""
         merge_into(self.reported, clock)
-        if own > self.reported.get(replica, 0):
-            self.reported[replica] = own
+        self._report(replica, own)
         if replica == self.me or not self.membership.is_member(replica):
             return
         known = self.known.setdefault(replica, {})
@@ -69,9 +64,12 @@ class Stability:
         """``replica`` leaves for good after its operation ``last_seq``: it counts
         until that operation is delivered here (:meth:`settle`)."""
         self.membership.retire(replica, last_seq)
-        if last_seq > self.reported.get(replica, 0):
-            self.reported[replica] = last_seq
+        self._report(replica, last_seq)
         self.settle()
+
+    def _report(self, replica: str, seq: int) -> None:
+        if seq > self.reported.get(replica, 0):
+            self.reported[replica] = seq
 
     def settle(self) -> None:
         """Drop the retiring replicas whose last operations are all delivered here."""
@@ -79,20 +77,17 @@ class Stability:
             for r in self.membership.settle(self._own):
                 self.known.pop(r, None)
 
-    def members(self) -> set[str]:
-        return self.membership.members()
-
     def stable(self) -> Clock:
         """What every operation any member issues from now on follows ({} in an open group)."""
         self.settle()
         if not self.membership.managed:
             return {}
-        members = self.members()
+        members = self.membership.members()
         others = [r for r in members if r != self.me]
         if not others and self.me not in members:
             return {}
         clocks = [self._own] + [self.known.get(r, {}) for r in others]
-        return pointwise_min(clocks, members | set(self._own))
+        return pointwise_min(clocks, self._own)  # an entry missing from our own clock is 0
 
     def frontier(self) -> Clock:
         """Advance and return the compaction frontier (see the class docstring)."""
@@ -105,7 +100,7 @@ class Stability:
             merge_into(self._frontier, cand[0])
             cand = None
         if cand is None:
-            members = self.members()
+            members = self.membership.members()
             issued = {r: max(self.known.get(r, {}).get(r, 0),
                              self.membership.retiring.get(r, 0))
                       for r in members if r != self.me}
@@ -115,9 +110,15 @@ class Stability:
 
     def gaps(self) -> dict[str, tuple[int, int]]:
         """Per replica, the range of seqs some report named that are not delivered here."""
+        return {r: (self._own.get(r, 0) + 1, s) for r, s in self._gaps()}
+
+    def has_gaps(self) -> bool:
+        """Whether :meth:`gaps` is not empty (without building it)."""
+        return any(True for _ in self._gaps())
+
+    def _gaps(self) -> Iterator[tuple[str, int]]:
         own = self._own
-        return {r: (own.get(r, 0) + 1, s) for r, s in self.reported.items()
-                if s > own.get(r, 0)}
+        return ((r, s) for r, s in self.reported.items() if s > own.get(r, 0))
 
     def lag(self) -> int:
         """How many of this replica's own operations are not yet stable."""
