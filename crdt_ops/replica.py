@@ -363,7 +363,7 @@ class Replica:
         created: dict[tuple[str, ...], ObjType] = {}
         for op in ops:
             path = op.path
-            if op.kind in (Kind.MAP_REMOVE, Kind.ADMIT) or created.get(path) is op.type:
+            if op.kind is Kind.MAP_REMOVE or created.get(path) is op.type:
                 continue
             for d in range(len(path)):
                 want = op.type if d == len(path) - 1 else ObjType.ORMAP
@@ -380,8 +380,9 @@ class Replica:
         hlc = self._hlc
         candidates = self._candidates
         seq = first
+        admit = Kind.ADMIT
         for op in ops:
-            if op.kind is Kind.ADMIT:
+            if op.kind is admit:  # membership, not data (its path is empty: the root)
                 self._admitted(str(op.value), origin, seq, past)
                 seq += 1
                 continue

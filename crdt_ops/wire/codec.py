@@ -212,10 +212,6 @@ def _get_op(msg: pb.Operation) -> Op:
     if t not in KIND_TARGETS[kind]:
         raise _bad("wrong-type", f"{action} cannot apply to a {t.name}")
     path = _get_path(msg.path)
-    if kind is Kind.ADMIT:
-        if path:
-            raise _bad("bad-path", "an admission applies to the root: its path is empty")
-        return Op(path, t, kind, value=_id(msg.admit.replica, "admitted replica"))
     if kind is Kind.MAP_REMOVE:
         m = msg.map_remove
         floors = []
@@ -229,8 +225,12 @@ def _get_op(msg: pb.Operation) -> Op:
             raise _bad("bad-path", "a map remove names no field")
         return Op(path, t, kind, field=m.field, seen=_get_clock(m.seen, "remove"),
                   floors=tuple(floors))
-    if not path:
-        raise _bad("bad-path", f"{action} needs a key: only maps are at the root")
+    if kind is Kind.ADMIT or not path:  # one test for both on the common path
+        if kind is not Kind.ADMIT:
+            raise _bad("bad-path", f"{action} needs a key: only maps are at the root")
+        if path:
+            raise _bad("bad-path", "an admission applies to the root: its path is empty")
+        return Op(path, t, kind, value=_id(msg.admit.replica, "admitted replica"))
     if kind is Kind.COUNTER_ADD:
         a = msg.counter_add
         if t is ObjType.GCOUNTER and a.n:
