@@ -18,6 +18,7 @@ from crdt_ops.policy import Unauthenticated
 
 QUEUE_TYPES = ("classic", "quorum")
 AUTH_MODES = ("none", "user-id", "signature")
+MEMBERSHIP_MODES = ("open", "managed")
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,17 @@ class Settings:
     trusted_users: str = ""  # comma-separated broker users whose messages may name any origin
     signing_key: str = ""  # a key file (crdt_ops.signing): sign every message published
     keyring: str = ""  # with auth signature: the principals' public keys (JSON)
+    # managed: an agreed membership (founding, admissions; crdt_ops.membership), so causal
+    # stability advances and compaction runs; open: anyone writes, nothing is compacted
+    membership: str = "open"
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
             raise ValueError(f"--queue-type must be one of {', '.join(QUEUE_TYPES)}, "
                              f"got {self.queue_type!r}")
+        if self.membership not in MEMBERSHIP_MODES:
+            raise ValueError(f"--membership must be one of {', '.join(MEMBERSHIP_MODES)}, "
+                             f"got {self.membership!r}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.auth == "signature" and not self.keyring:

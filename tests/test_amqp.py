@@ -121,9 +121,10 @@ def test_a_retired_replica_stops_holding_back_stability(group: Group) -> None:
     import subprocess
     import sys
 
-    r0 = group.replica("r0", ops=600, seed=1, rate=300).start()
-    r1 = group.replica("r1", ops=600, seed=2, rate=300).start()
-    ghost = group.replica("ghost", ops=10, seed=3).start()
+    managed = ["--membership", "managed"]  # an open group is never stable
+    r0 = group.replica("r0", ops=600, seed=1, rate=300, extra=managed).start()
+    r1 = group.replica("r1", ops=600, seed=2, rate=300, extra=managed).start()
+    ghost = group.replica("ghost", ops=10, seed=3, extra=managed).start()
     procs = [r0, r1, ghost]
     wait_until(lambda: ghost.report().get("done") and r0.report().get("issued", 0) > 50, 60,
                "the ghost to have written", explain(procs))
@@ -235,6 +236,21 @@ def test_a_new_replica_bootstraps_from_a_peers_snapshot(group: Group) -> None:
     new = group.replica("new", ops=100, seed=3, extra=["--bootstrap", str(snap)]).start()
     wait_until(lambda: converged([r0, r1, new], {"r0": 500, "r1": 500, "new": 100}), 90,
                "the bootstrapped replica to converge", explain([r0, r1, new]))
+
+
+def test_replicas_started_together_found_the_group_once_and_admit_the_others(
+        group: Group) -> None:
+    procs = [group.replica(f"r{i}", ops=50, seed=i, extra=["--membership", "managed"]).start()
+             for i in range(3)]
+    wait_until(lambda: converged(procs, {p.replica_id: 50 for p in procs}), 90,
+               "convergence", explain(procs))
+    reports = [p.report() for p in procs]
+    assert all(r["member"] for r in reports)
+    admissions = reports[0]["admissions"]
+    assert sorted(admissions) == ["r0", "r1", "r2"]
+    founders = [r for r, by in admissions.items() if r in by]
+    assert len(founders) == 1, admissions  # exactly one claim won on the broker
+    assert all(r["admissions"] == admissions for r in reports)
 
 
 def test_a_heartbeat_naming_a_lost_batch_starts_a_re_read(group: Group) -> None:

@@ -68,10 +68,18 @@ from crdt_ops.wire import codec
 
 log = logging.getLogger("crdt_ops.amqp")
 
+#: Store key: the ``--membership`` mode the replica runs with (b"open" or b"managed").
+MEMBERSHIP = "membership"
 #: Store key set (b"1") while messages dropped over the buffer's caps await a stream re-read.
 REREAD_DUE = "reread_due"
 #: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
 MAX_GAP_BACKOFF = 32
+
+
+def members_of(mode: bytes | None) -> tuple[str, ...] | None:
+    """The founders a new replica starts with: none known (managed: it founds the group
+    or is admitted) or None (open: no agreed membership)."""
+    return () if mode == b"managed" else None
 
 
 def default_store_path(settings: Settings, name: str) -> str:
@@ -94,6 +102,7 @@ class AmqpNode:
             raise ValueError(f"store {self.store.path} belongs to replica {known.decode()!r}, "
                              f"not {rid!r}; use its id or another --store")
         self.store.put("replica_id", rid.encode())
+        self.store.put(MEMBERSHIP, settings.membership.encode())
         self.replica_id = rid
         self.replica = self._restore(wall_clock)
         self._conn: AbstractRobustConnection | None = None
@@ -125,6 +134,7 @@ class AmqpNode:
     def _restore(self, wall_clock: Callable[[], int]) -> Replica:
         snapshot, logged = self.store.load()
         opts: dict[str, Any] = {"wall_clock": wall_clock, "policy": self.policy,
+                                "members": members_of(self.settings.membership.encode()),
                                 "max_batch_ops": self.settings.batch_ops,
                                 "max_waiting_per_origin": self.settings.max_waiting_per_origin}
         if snapshot is None and not logged and self.settings.bootstrap:
@@ -689,7 +699,8 @@ def export_snapshot(store_path: str, out: str) -> dict[str, int]:
         replica = Replica.from_snapshot(snapshot) if snapshot else None
         if replica is None:
             rid = store.get("replica_id")
-            replica = Replica(rid.decode() if rid else "unknown")  # as AmqpNode
+            replica = Replica(rid.decode() if rid else "unknown",  # as AmqpNode made it
+                              members=members_of(store.get(MEMBERSHIP)))
         for data in logged:
             replica.receive(data)
         Path(out).write_bytes(replica.snapshot())
