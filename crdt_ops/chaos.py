@@ -14,6 +14,20 @@ given share of the operations (:data:`SCHEDULE`):
 4. ``replica-pause``: a third replica SIGSTOPped for ``--pause-s`` seconds, then SIGCONT;
 5. ``broker-kill``: the broker's VM SIGKILLed, and started again 1 s later on its data.
 
+Two membership changes are interleaved with them (:mod:`crdt_ops.membership`; the
+replicas run ``--membership managed``, so causal stability and compaction are at work
+throughout):
+
+* ``replica-join``: replica ``joiner``, with an empty store, is started once 30 % of
+  the operations were issued: it replays the stream, asks to be admitted, and issues
+  its share of the operations once a member admitted it (the fault waits for that);
+* ``replica-retire``: replica ``leaver`` is sent SIGUSR2 once 60 % were issued: it
+  issues the rest of its share at once and retires right after its last write block
+  (:meth:`~crdt_ops.transport.amqp.AmqpNode.leave`), so its last operations are still
+  on their way to the others when its retirement follows them; the fault waits until it
+  stopped. Every remaining replica must end with ``leaver`` retired and ``joiner`` a
+  member.
+
 Then it waits until every replica reports the same state and clock with nothing
 buffered or unpublished, stops them (SIGTERM), and audits the ledger.
 
@@ -25,6 +39,8 @@ and publishes each message into ``r0``'s exchange after a random delay of 0 to
 ``--late-max-delay-s`` seconds, drawn per message, so ``r0`` receives operations before
 the ones they depend on (other origins' and the same origin's earlier ones) and its
 causal buffer must hold them; ``r0``'s own messages are relayed to the group at once.
+The relay claims the founding of ``<group>-late`` (``crdt.<group>-late.founder``) for
+the group before ``r0`` starts, so ``r0`` joins the group instead of founding another.
 Relayed messages carry the header ``x-chaos-relayed`` so the relay never relays them
 back. A message is acked to the broker only after its relayed copy is confirmed, so
 broker faults make the relay deliver some twice, never lose one. The largest number of
@@ -46,6 +62,10 @@ and every line is in the kernel before the code after it runs):
   before anything could make them durable.
 - ``I <first> <last> <n>``: that block's ``write()`` returned: the operations are
   accepted (durable in the outbox).
+- ``L <last>``: the replica retired after its operation ``last`` and stopped
+  replicating: from then on it applies nothing, so no operation counts as lost *at*
+  it (one applied there twice, or never issued, still counts); issuing anything
+  above ``last`` is an anomaly.
 
 **The rule** (:func:`audit`). A process killed by SIGKILL loses its memory; its next
 ``S`` line gives the clock C its store recovered, and exactly the operations (O, s)
@@ -102,6 +122,7 @@ from pathlib import Path
 from typing import Any
 
 from crdt_ops.config import Settings
+from crdt_ops.provision import FOUNDER_QUEUE
 from crdt_ops.rabbitnode import RabbitNode
 from crdt_ops.replica import Replica
 from crdt_ops.replica_process import ReplicaProcess
@@ -157,6 +178,10 @@ class LedgerWriter:
         """That write block's ``write()`` returned: accepted (durable)."""
         self._line(f"I {first} {last} {n}")
 
+    def left(self, last: int) -> None:
+        """The replica retired after its operation ``last`` and stopped replicating."""
+        self._line(f"L {last}")
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -179,6 +204,7 @@ class _ReplicaLedger:
     voided: int = 0  # applications voided at restarts
     accepted_lost: list[Block] = field(default_factory=list)
     restarts: int = -1
+    left: int | None = None  # the replica retired after this operation of its own
     anomalies: list[str] = field(default_factory=list)
 
     def start(self, clock: dict[str, int]) -> None:
@@ -237,6 +263,8 @@ def read_ledger(rid: str, lines: Iterable[str]) -> _ReplicaLedger:
             elif kind == "A":
                 origin, first, last = rest.split()
                 led.apply(origin, int(first), int(last))
+            elif kind == "L":
+                led.left = int(rest)
             elif kind in ("P", "I"):
                 a, b, n = (int(x) for x in rest.split())
                 if kind == "P":
@@ -289,6 +317,9 @@ def audit(ledgers: dict[str, list[str]]) -> Audit:
         gaps = sum(1 for s in range(1, len(marks)) if not marks[s])
         if gaps:
             anomalies.append(f"{rid}: {gaps} sequence numbers below its last were never issued")
+        if led.left is not None and len(marks) - 1 > led.left:
+            anomalies.append(f"{rid}: issued operations up to {len(marks) - 1} though it "
+                             f"retired after {led.left}")
     # an accepted operation missing from its origin's recovered store is lost everywhere
     lost = len(reps) * sum(b - a + 1 for led in reps.values() for a, b, _ in led.accepted_lost)
     twice = phantom = 0
@@ -299,7 +330,7 @@ def audit(ledgers: dict[str, list[str]]) -> Audit:
             for s in range(1, max(len(marks), len(counts))):
                 c = counts[s] if s < len(counts) else 0
                 if s < len(marks) and marks[s]:
-                    lost += c == 0
+                    lost += c == 0 and led.left is None
                     twice += c > 1
                 elif c:
                     phantom += 1
@@ -419,6 +450,7 @@ class Relay:
                 stream = await pub.declare_queue(s.stream, durable=True, arguments={
                     "x-queue-type": "stream", "x-max-age": s.stream_max_age})
                 await stream.bind(ex)
+            await self._claim_late_founding(pub)
             to_late = await sub.declare_queue(f"chaos.{self.group.group}.to-late", durable=True)
             await to_late.bind(self.group.exchange)
             from_late = await sub.declare_queue(f"chaos.{self.group.group}.from-late",
@@ -469,6 +501,23 @@ class Relay:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), max(wait, 0.001))
 
+    async def _claim_late_founding(self, channel: Any) -> None:
+        """Put a claim naming the group into ``crdt.<group>-late.founder`` (declared as
+        every replica declares it), so the late replica asks to be admitted instead of
+        founding a group of its own: the late group is the group, relayed."""
+        import aio_pika
+
+        s = self.late
+        founder = await channel.declare_exchange(s.founder, aio_pika.ExchangeType.FANOUT,
+                                                 durable=True)
+        claims = await channel.declare_queue(s.founder, durable=True, arguments={
+            **FOUNDER_QUEUE, "x-queue-type": s.queue_type})
+        await claims.bind(founder)
+        with contextlib.suppress(aio_pika.exceptions.DeliveryError):  # already claimed
+            await founder.publish(aio_pika.Message(self.group.group.encode(),
+                                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                  routing_key="", timeout=30)
+
     async def _relay(self, exchange: Any, msg: Any) -> None:
         import aio_pika
 
@@ -487,22 +536,30 @@ class Relay:
 @dataclass(frozen=True)
 class Fault:
     """One fault: its kind, the share of all operations issued before it starts, and
-    the replica it hits (an index into the replicas; None: the broker)."""
+    the replica it hits (an index into the replicas ``r<i>``, or a replica id; None:
+    the broker)."""
 
     kind: str
     at: float
-    target: int | None = None
+    target: int | str | None = None
 
+
+#: The replica started mid-run, and the one that retires mid-run.
+JOINER, LEAVER = "joiner", "leaver"
 
 #: The faults, in order; each starts when the replicas together issued ``at`` of the
 #: operations and the one before it is over. ``r0`` is the late replica (when there is one).
 SCHEDULE = (
     Fault("broker-restart", 0.10),
     Fault("replica-kill", 0.25, 1),
+    Fault("replica-join", 0.30, JOINER),
     Fault("connection-close", 0.40, 2),
     Fault("replica-pause", 0.50, 3),
+    Fault("replica-retire", 0.60, LEAVER),
     Fault("broker-kill", 0.70),
 )
+#: The joiner issues its share from its start (at 30 %) over this share of the duration.
+JOINER_SPAN = 0.6
 
 
 def connection_pids(node: RabbitNode, name: str) -> list[str]:
@@ -546,18 +603,22 @@ class Chaos:
         if o.late_replica:
             self.relay = Relay(self.node.url, group, late, "r0", o.late_max_delay_s, o.seed)
             self.relay.start()
-        per = [o.ops // o.replicas + (i < o.ops % o.replicas) for i in range(o.replicas)]
-        for i, n in enumerate(per):
-            rate = n / o.duration
-            rid = f"r{i}"
+        ids = [f"r{i}" for i in range(o.replicas)] + [JOINER, LEAVER]
+        per = [o.ops // len(ids) + (i < o.ops % len(ids)) for i in range(len(ids))]
+        for i, (rid, n) in enumerate(zip(ids, per, strict=True)):
+            span = o.duration * (JOINER_SPAN if rid == JOINER else 1)
             g = late.group if o.late_replica and i == 0 else group.group
             args = ["--ops", str(n), "--seed", str(o.seed), "--per-write", str(o.per_write),
-                    "--rate", f"{rate:.3f}", "--heartbeat-s", "1"]
+                    "--rate", f"{n / span:.3f}", "--heartbeat-s", "1",
+                    "--membership", "managed"]
+            if rid == LEAVER:
+                args.append("--leave-on-signal")
             self.procs.append(LedgerReplica(self.node.url, g, rid, self.workdir, args))
         for p in self.procs:
-            p.start()
-        self.say(f"{o.replicas} replicas started, {o.ops:,} operations at "
-                 f"{o.ops / o.duration:,.0f}/s planned"
+            if p.replica_id != JOINER:
+                p.start()
+        self.say(f"{len(ids) - 1} replicas started ({JOINER} joins later, {LEAVER} "
+                 f"retires), {o.ops:,} operations at {o.ops / o.duration:,.0f}/s planned"
                  + (f"; r0 delivered late (0-{o.late_max_delay_s:g}s per message)"
                     if o.late_replica else ""))
 
@@ -574,9 +635,26 @@ class Chaos:
 
     # ------------------------------------------------------------ faults
 
+    def _target(self, f: Fault) -> LedgerReplica | None:
+        if f.target is None:
+            return None
+        if isinstance(f.target, str):
+            return next(p for p in self.procs if p.replica_id == f.target)
+        return self.procs[f.target % int(self.opts.replicas)]
+
+    def _await_report(self, p: LedgerReplica, what: str, test: Callable[[dict[str, Any]], bool],
+                      timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not test(p.report()):
+            if p.exited():
+                raise RuntimeError(f"{p.replica_id} exited ({p.returncode}) before {what}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{p.replica_id}: not {what} after {timeout:.0f}s")
+            time.sleep(0.25)
+
     def _fault(self, f: Fault) -> None:
         n = self.node
-        target = self.procs[f.target % len(self.procs)] if f.target is not None else None
+        target = self._target(f)
         if f.kind == "broker-restart":
             n.stop_app()
             time.sleep(2)
@@ -597,6 +675,14 @@ class Chaos:
             target.signal(signal.SIGSTOP)
             time.sleep(self.opts.pause_s)
             target.signal(signal.SIGCONT)
+        elif f.kind == "replica-join":
+            assert target is not None
+            target.start()
+            self._await_report(target, "admitted", lambda r: bool(r.get("member")))
+        elif f.kind == "replica-retire":
+            assert target is not None
+            target.signal(signal.SIGUSR2)
+            self._await_report(target, "retired", lambda r: bool(r.get("left")))
         elif f.kind == "connection-close":
             assert target is not None
             deadline = time.monotonic() + 30
@@ -616,8 +702,8 @@ class Chaos:
                 while self.issued_now < f.at * total:
                     if self.abort.wait(0.1):
                         return
-                who = (f" {self.procs[f.target % len(self.procs)].replica_id}"
-                       if f.target is not None else "")
+                target = self._target(f)
+                who = f" {target.replica_id}" if target is not None else ""
                 self.say(f"fault {len(self.faults_done) + 1}/{len(SCHEDULE)}: "
                          f"{f.kind}{who} (at {self.issued_now:,} issued)")
                 self._fault(f)
@@ -641,12 +727,17 @@ class Chaos:
 
     @staticmethod
     def converged(reports: list[dict[str, Any]]) -> bool:
-        """Every replica done, nothing buffered or unpublished, same clock and state."""
-        if not all(r.get("done") and not r.get("buffered") and not r.get("outbox")
-                   for r in reports):
+        """Every replica done; the ones still in the group (not ``left``) with nothing
+        buffered or unpublished, the same clock and state, ``joiner`` a member and
+        ``leaver`` retired there."""
+        if not all(r.get("done") for r in reports):
             return False
-        return all(r["state"] == reports[0]["state"] and r["clock"] == reports[0]["clock"]
-                   for r in reports)
+        staying = [r for r in reports if not r.get("left")]
+        if not all(not r.get("buffered") and not r.get("outbox") and r.get("member")
+                   and LEAVER in r.get("retired", ()) for r in staying):
+            return False
+        return all(r["state"] == staying[0]["state"] and r["clock"] == staying[0]["clock"]
+                   for r in staying)
 
     def _progress(self, reports: list[dict[str, Any]]) -> None:
         each = " ".join(f"{p.replica_id}={r.get('issued', 0):,}/buf {r.get('buffered', 0)}"
@@ -707,10 +798,11 @@ def run_chaos(opts: argparse.Namespace) -> int:
         for p in chaos.procs:
             p.stop(timeout=60)
         reports = {p.replica_id: p.report() for p in chaos.procs}
-        states = {rid: r.get("state", {}) for rid, r in reports.items()}
-        same = bool(reports) and all(
+        states = {rid: r.get("state", {}) for rid, r in reports.items() if not r.get("left")}
+        same = bool(states) and all(
             r.get("state") == reports["r0"].get("state")
-            and r.get("clock") == reports["r0"].get("clock") for r in reports.values())
+            and r.get("clock") == reports["r0"].get("clock")
+            for r in reports.values() if not r.get("left"))
         converged = converged and same
         verdict = audit({p.replica_id: p.ledger_lines() for p in chaos.procs})
         mismatches = cross_check(verdict, states)
@@ -733,6 +825,9 @@ def run_chaos(opts: argparse.Namespace) -> int:
                   f"0-{opts.late_max_delay_s:g}s late (up to {chaos.relay.max_held:,} held at "
                   f"once), {chaos.relay.relayed_out:,} from it; max buffered ops seen at r0: "
                   f"{chaos.max_buffered.get('r0', 0):,}")
+        print("membership: " + ", ".join(
+            f"{rid} {'left' if r.get('left') else 'member' if r.get('member') else 'NOT a member'}"
+            f" (retired: {', '.join(r.get('retired', ())) or '-'})" for rid, r in reports.items()))
         for a in verdict.anomalies[:20]:
             print(f"anomaly: {a}")
         if chaos.fault_error:

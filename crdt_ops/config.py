@@ -49,7 +49,7 @@ class Settings:
     keyring: str = ""  # with auth signature: the principals' public keys (JSON)
     # managed: an agreed membership (founding, admissions; crdt_ops.membership), so causal
     # stability advances and compaction runs; open: anyone writes, nothing is compacted
-    membership: str = "open"
+    membership: str = "managed"
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:

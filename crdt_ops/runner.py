@@ -60,11 +60,14 @@ def one_op(r: Replica, rng: random.Random) -> None:
     r.counter(f"issued/{r.replica_id}").increment()
 
 
-def report(node: AmqpNode, path: Path, issued: int, done: bool) -> None:
+def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = False) -> None:
+    """Write the state file (``left``: the replica retired and stopped; its store is
+    closed and its outbox was confirmed empty before it stopped)."""
     r = node.replica
     data = {"replica": node.replica_id, "clock": dict(r.clock), "state": plain(r.state()),
-            "issued": issued, "done": done, "buffered": r.buffered,
-            "dead_lettered": node.dead_lettered, "outbox": len(node.store.unconfirmed()),
+            "issued": issued, "done": done, "buffered": r.buffered, "left": left,
+            "dead_lettered": node.dead_lettered,
+            "outbox": 0 if left else len(node.store.unconfirmed()),
             "stable_lag": r.stable_lag(), "member": r.is_member,
             "admissions": r.membership.admissions, "retired": sorted(r.membership.retired),
             "missing": {k: list(v) for k, v in r.missing().items()}}
@@ -74,10 +77,13 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool) -> None:
 
 
 async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: Path | None,
-              per_write: int, more_on_signal: int = 0, ledger_file: Path | None = None
-              ) -> None:
+              per_write: int, more_on_signal: int = 0, ledger_file: Path | None = None,
+              leave_on_signal: bool = False) -> None:
     """Issue ``ops`` operations, then idle until SIGTERM/SIGINT; with ``more_on_signal``,
     each SIGUSR1 raises the target by that many operations (issued as the first ones).
+    With ``leave_on_signal``, SIGUSR2 makes it issue the rest of its ``ops`` at once
+    and then retire (:meth:`AmqpNode.leave`: its last writes are still in flight when
+    the retirement is published after them), and idle, stopped, until SIGTERM.
     With ``ledger_file``, a :class:`crdt_ops.chaos.LedgerWriter` records what is issued
     and applied."""
     node = AmqpNode(settings)
@@ -89,19 +95,24 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
         node.on_committed.append(ledger.committed)
     stop = asyncio.Event()
     more = asyncio.Event()
+    leave = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if more_on_signal:
         loop.add_signal_handler(signal.SIGUSR1, more.set)
+    if leave_on_signal:
+        loop.add_signal_handler(signal.SIGUSR2, leave.set)
     await node.start()
     issued = node.replica.counter(f"issued/{node.replica_id}").value
     rng = random.Random(f"{seed}:{node.replica_id}:{issued}")
     print(f"replica {node.replica_id} up; {ops - issued} operations to issue", file=sys.stderr,
           flush=True)
 
+    left = False
+
     async def reporter() -> None:
-        while True:
+        while not left:
             if state_file:
                 report(node, state_file, issued, issued >= ops)
             await asyncio.sleep(0.2)
@@ -124,25 +135,38 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
                         ledger.pending(first, last, n)
                 if ledger:  # write() returned: accepted
                     ledger.accepted(first, last, n)
-                if rate:  # paced by the clock (the work's own time included), catching up
-                    paced += n
+                if rate and not leave.is_set():  # paced by the clock (the work's own time
+                    paced += n  # included), catching up
                     await asyncio.sleep(max(0.0, started + paced / rate - loop.time()))
                 else:
                     await asyncio.sleep(0)
+            if leave.is_set() and not left:
+                await node.leave()  # right after the last block: its publish is in flight
+                left = True
+                if ledger:
+                    ledger.left(node.replica.clock.get(node.replica_id, 0))
+                if state_file:
+                    report(node, state_file, issued, True, left=True)
+                print(f"replica {node.replica_id} retired after its operation "
+                      f"{node.replica.clock.get(node.replica_id, 0)}", file=sys.stderr,
+                      flush=True)
             waits = [loop.create_task(stop.wait()), loop.create_task(more.wait())]
+            if leave_on_signal and not leave.is_set():
+                waits.append(loop.create_task(leave.wait()))
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
-            if more.is_set() and not stop.is_set():
+            if more.is_set() and not stop.is_set() and not left:
                 more.clear()
                 ops += more_on_signal
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if state_file:
-            report(node, state_file, issued, issued >= ops)
-        await node.stop()
+        if not left:
+            if state_file:
+                report(node, state_file, issued, issued >= ops)
+            await node.stop()
         if ledger:
             ledger.close()
 
@@ -159,10 +183,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="append what is issued and applied here (see crdt_ops.chaos)")
     parser.add_argument("--more-on-signal", type=int, default=0, metavar="N",
                         help="on each SIGUSR1, issue N more operations (default 0: ignore it)")
+    parser.add_argument("--leave-on-signal", action="store_true",
+                        help="on SIGUSR2, issue the remaining operations at once, then "
+                        "retire from the group for good and stop replicating")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
     logs.setup()
     asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file, args.per_write,
-                    args.more_on_signal, args.ledger))
+                    args.more_on_signal, args.ledger, args.leave_on_signal))
     return 0

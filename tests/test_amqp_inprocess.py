@@ -115,3 +115,12 @@ def test_replay_progress_shows_a_bar_percent_and_time_left() -> None:
     unknown = Progress("replaying crdt.g.log")
     unknown.advance(7)
     assert "7 messages" in unknown.line() and "%" not in unknown.line()
+
+
+def test_a_store_refuses_the_other_membership_mode(tmp_path: Path) -> None:
+    s = Settings(group=new_group(), replica_id="a", store=str(tmp_path / "a.sqlite"),
+                 membership="open")
+    AmqpNode(s).store.close()
+    with pytest.raises(ValueError, match="created with --membership open, not managed"):
+        AmqpNode(Settings(**{**s.__dict__, "membership": "managed"}))
+    AmqpNode(s).store.close()  # the store was left as it was

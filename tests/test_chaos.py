@@ -107,21 +107,34 @@ def test_every_fault_once_and_nothing_is_lost_or_doubled() -> None:
     match = LAST.match(out[-1]) if out else None
     assert match, f"{out}\n{err[-4000:]}"
     ops, faults, lost, twice, converged, _ = match.groups()
-    assert (ops, faults, lost, twice, converged) == ("3000", "5", "0", "0", "true"), \
+    assert (ops, faults, lost, twice, converged) == ("3000", "7", "0", "0", "true"), \
         "\n".join(out) + err[-4000:]
     assert code == 0, "\n".join(out)
     assert "issued/<id> counters vs ledger: all equal" in out
-    stderr_faults = re.findall(r"fault (\S+)(?: r\d)? done", err)
-    assert stderr_faults == ["broker-restart", "replica-kill", "connection-close",
-                             "replica-pause", "broker-kill"]
+    stderr_faults = re.findall(r"fault (\S+)(?: [\w-]+)? done", err)
+    assert stderr_faults == ["broker-restart", "replica-kill", "replica-join",
+                             "connection-close", "replica-pause", "replica-retire",
+                             "broker-kill"]
+    assert_membership_changed(out)
+
+
+def assert_membership_changed(out: list[str]) -> None:
+    """The joiner ended a member and the leaver retired, at every replica that stayed."""
+    line = next(x for x in out if x.startswith("membership: "))
+    each = {rid: (what, retired) for rid, what, retired in
+            re.findall(r"(\S+) (left|member|NOT a member) \(retired: ([^)]*)\)", line)}
+    assert each.pop("leaver", ("", ""))[0] == "left", line
+    assert sorted(each) == ["joiner", "r0", "r1", "r2", "r3"], line
+    assert all(v == ("member", "leaver") for v in each.values()), line
 
 
 def test_with_the_late_replica_its_causal_buffer_fills_and_all_converges() -> None:
     code, out, err = chaos("--seed", "2", "--late-replica")
     match = LAST.match(out[-1]) if out else None
     assert match, f"{out}\n{err[-4000:]}"
-    assert match.groups()[:5] == ("3000", "5", "0", "0", "true"), "\n".join(out) + err[-4000:]
+    assert match.groups()[:5] == ("3000", "7", "0", "0", "true"), "\n".join(out) + err[-4000:]
     assert code == 0, "\n".join(out)
+    assert_membership_changed(out)
     late = next(line for line in out if line.startswith("late replica r0:"))
     buffered = int(late.rsplit(":", 1)[1].replace(",", ""))
     assert buffered > 0, late

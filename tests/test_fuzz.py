@@ -46,7 +46,8 @@ def test_fuzz_command_3000_hostile_messages(amqp_url: str) -> None:
 
 def test_over_the_per_origin_cap_is_dead_lettered_then_applied_from_the_stream(
         group: Group) -> None:
-    procs = [group.replica(f"r{i}", extra=["--gap-timeout-s", "1",
+    # an open group: x below writes without being admitted (the cap is what is tested)
+    procs = [group.replica(f"r{i}", extra=["--gap-timeout-s", "1", "--membership", "open",
                                            "--max-waiting-per-origin", "3"]).start()
              for i in range(2)]
     wait_until(lambda: all(p.report() for p in procs), 60, "replicas up", explain(procs))

@@ -757,7 +757,8 @@ async def _seed_stream(url: str, s: Settings, ops: int, batch_ops: int) -> int:
     """Put ``ops`` counter increments by replica ``seed``, ``batch_ops`` per message,
     into the group's stream (declared as crdt-ops declares it); returns the messages."""
     seed = Replica("seed", max_batch_ops=batch_ops + 1, members=())
-    seed.found()  # a writer the group's replicas accept (crdt_ops.membership)
+    seed.found()  # a writer the group's replicas accept (crdt_ops.membership),
+    seed.admit("fresh")  # and the replica that replays: a member once the replay is done
     c = seed.counter(KEY)
     bodies: list[bytes] = []
     for i in range(0, ops, batch_ops):

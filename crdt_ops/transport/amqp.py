@@ -101,6 +101,13 @@ class AmqpNode:
             self.store.close()
             raise ValueError(f"store {self.store.path} belongs to replica {known.decode()!r}, "
                              f"not {rid!r}; use its id or another --store")
+        mode = self.store.get(MEMBERSHIP)
+        if mode and mode.decode() != settings.membership:
+            self.store.close()
+            raise ValueError(f"store {self.store.path} was created with --membership "
+                             f"{mode.decode()}, not {settings.membership}; a group's replicas "
+                             "must all use one mode: start it with --membership "
+                             f"{mode.decode()} (or a new group for the other mode)")
         self.store.put("replica_id", rid.encode())
         self.store.put(MEMBERSHIP, settings.membership.encode())
         self.replica_id = rid
