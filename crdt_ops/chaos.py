@@ -828,6 +828,9 @@ def run_chaos(opts: argparse.Namespace) -> int:
         print("membership: " + ", ".join(
             f"{rid} {'left' if r.get('left') else 'member' if r.get('member') else 'NOT a member'}"
             f" (retired: {', '.join(r.get('retired', ())) or '-'})" for rid, r in reports.items()))
+        print("causally stable at the end (operations, of all delivered): " + ", ".join(
+            f"{rid} {r.get('stable', 0):,}/{sum(r.get('clock', {}).values()):,}"
+            for rid, r in reports.items() if not r.get("left")))
         for a in verdict.anomalies[:20]:
             print(f"anomaly: {a}")
         if chaos.fault_error:

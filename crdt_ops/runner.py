@@ -69,6 +69,7 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = Fal
             "dead_lettered": node.dead_lettered,
             "outbox": 0 if left else len(node.store.unconfirmed()),
             "stable_lag": r.stable_lag(), "member": r.is_member,
+            "stable": sum(r.stable_clock().values()),
             "admissions": r.membership.admissions, "retired": sorted(r.membership.retired),
             "missing": {k: list(v) for k, v in r.missing().items()}}
     tmp = path.with_suffix(".tmp")
@@ -190,6 +191,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(settings: Settings, args: argparse.Namespace) -> int:
     logs.setup()
-    asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file, args.per_write,
-                    args.more_on_signal, args.ledger, args.leave_on_signal))
+    try:
+        asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file,
+                        args.per_write, args.more_on_signal, args.ledger, args.leave_on_signal))
+    except ValueError as e:  # a store of another replica or mode, a retired replica
+        print(f"crdt-ops replica: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -133,6 +133,7 @@ class AmqpNode:
         self._keyring = (Keyring.from_file(settings.keyring) if settings.auth == "signature"
                          else None)
         self._lag_observed = 0.0
+        self._retired_said = False
         self._last_commit = 0.0
         #: Called with this replica's last own sequence number each time its own
         #: operations up to it were committed to the outbox (durable).
@@ -166,11 +167,9 @@ class AmqpNode:
     async def start(self) -> None:
         """Connect (retrying with backoff), declare the topology, start pumping, and
         return once this replica is a member of its group (see the module docstring).
-        Raises ValueError if this replica was retired."""
-        if self.replica_id in self.replica.membership.retired:
-            raise ValueError(f"replica {self.replica_id} was retired from group "
-                             f"{self.settings.group}; a retired replica never comes back: "
-                             "start a new one (another --store and --replica-id)")
+        Raises ValueError if this replica was retired (known from its store, or from
+        the stream it replayed: then it stops before writing anything new)."""
+        self._refuse_if_retired()
         self._commit_local()  # anything restored as unsent
         await self._connect()
         loop = asyncio.get_running_loop()
@@ -189,6 +188,9 @@ class AmqpNode:
         """Found the group (no member yet, and the broker accepted this replica's
         founding claim) or ask to be admitted, until this replica is a member."""
         r, s = self.replica, self.settings
+        if {self.replica_id} & (r.membership.retired | set(r.membership.retiring)):
+            await self.stop()
+            self._refuse_if_retired(replayed=True)
         said = 0.0
         while not r.is_member:
             if not r.membership.members() and await self._claim_founding():
@@ -206,6 +208,15 @@ class AmqpNode:
                     break
                 await asyncio.sleep(0.1)
         await self.flush()
+
+    def _refuse_if_retired(self, replayed: bool = False) -> None:
+        m = self.replica.membership
+        if replayed or self.replica_id in m.retired:
+            raise ValueError(f"replica {self.replica_id} was retired from group "
+                             f"{self.settings.group}"
+                             f"{' (its retirement is in the stream)' if replayed else ''}; "
+                             "a retired replica never comes back: start a new one (another "
+                             "--store and --replica-id)")
 
     async def _claim_founding(self) -> bool:
         """Publish this replica's claim to found the group to ``crdt.G.founder`` (one
@@ -518,6 +529,7 @@ class AmqpNode:
     async def leave(self) -> None:
         """Retire this replica for good: publish its retirement after its last
         operations, wait until the broker confirmed all of it, and stop."""
+        self._retired_said = True  # on purpose: nothing to warn about
         self.replica.heartbeat(retired=True)
         self._commit_local()
         while self.store.unconfirmed(limit=1):
@@ -646,6 +658,12 @@ class AmqpNode:
         metrics.BUFFER_WAIT.labels(rid).set(
             0 if self._buffer_since is None else time.monotonic() - self._buffer_since)
         metrics.CLOCK_SIZE.labels(rid).set(len(r.clock))
+        if not self._retired_said and rid in r.membership.retired:
+            self._retired_said = True
+            log.error("replica %s was retired from group %s (its retirement was delivered "
+                      "here): it writes no more (writes raise NotAMember); stop it, and start "
+                      "a new replica with another --replica-id and --store if one is needed",
+                      rid, self.settings.group)
         now = time.monotonic()
         if now - self._lag_observed >= 1.0:  # costs O(members x clock): once a second at most
             self._lag_observed = now
