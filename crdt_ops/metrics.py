@@ -30,3 +30,19 @@ GAP_REREADS = Counter("crdt_ops_gap_rereads_total",
 GAP_STUCK = Gauge("crdt_ops_gap_stuck_replicas",
                   "Replicas whose missing operations the last stream re-read did not bring "
                   "(a sender whose gap never fills)", ["replica"])
+STORE_UP = Gauge("crdt_ops_store_up",
+                 "1 while the replica's store takes writes, 0 after one failed and until "
+                 "a retry succeeded and memory was restored from it", ["replica"])
+STORE_FAILURES = Counter("crdt_ops_store_failures_total",
+                         "Store reads or writes that failed (locked, disk full, I/O error)",
+                         ["replica"])
+ECHO_SILENT = Gauge("crdt_ops_echo_silent_seconds",
+                    "How long the replica's queue has been silent while its own confirmed "
+                    "messages await their echo, once past the patience (else 0)", ["replica"])
+ECHO_LOSSES = Counter("crdt_ops_echo_losses_total",
+                      "Times the echo watch found the path from the exchange to the replica's "
+                      "queue broken and declared the topology again", ["replica"])
+PUBLISHES_REFUSED = Counter("crdt_ops_publishes_refused_total",
+                            "Own messages the broker nacked (a queue bound to the exchange "
+                            "refused them); they are published straight into the stream",
+                            ["replica"])

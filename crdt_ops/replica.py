@@ -458,6 +458,30 @@ class Replica:
 
     # ------------------------------------------------------------ snapshots
 
+    def adopt(self, other: Replica) -> None:
+        """Become ``other`` (the same replica rebuilt, e.g. from its store after a
+        failed write left memory ahead of it): take its state, clock, membership,
+        causal buffer and unsent operations, keep this object's subscribers, hooks,
+        options and counters. The hybrid clock never goes back. Subscribers get one
+        :class:`~crdt_ops.events.ChangeEvent` (``origin``: this replica) per top-level
+        key whose value differs. Raises ValueError if ``other`` is another replica."""
+        if other.replica_id != self.replica_id:
+            raise ValueError(f"replica {self.replica_id!r} cannot adopt the state of "
+                             f"{other.replica_id!r}")
+        before = self.state() if self._subs else {}
+        last = self._hlc.last
+        for name in ("_root", "_buffer", "membership", "_stability", "_hlc", "_unsent", "_out",
+                     "_candidates", "_sent_deps", "_deps_of", "_since_compact"):
+            setattr(self, name, getattr(other, name))
+        self._hlc.last = max(self._hlc.last, last)
+        if self._subs:
+            after = self.state()
+            for key in sorted(before.keys() | after.keys()):
+                old, new = before.get(key), after.get(key)
+                if old != new:
+                    self._subs.emit(ChangeEvent(key, old, new, self.replica_id))
+
+
     def snapshot(self) -> bytes:
         """State, clock, waiting and unsent operations: everything needed to
         restart with :meth:`from_snapshot` and take the rest of the stream."""

@@ -67,6 +67,7 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = Fal
     data = {"replica": node.replica_id, "clock": dict(r.clock), "state": plain(r.state()),
             "issued": issued, "done": done, "buffered": r.buffered, "left": left,
             "dead_lettered": node.dead_lettered,
+            "published": node.published, "refused": node.refused,
             "outbox": 0 if left else len(node.store.unconfirmed()),
             "stable_lag": r.stable_lag(), "member": r.is_member,
             "stable": sum(r.stable_clock().values()),

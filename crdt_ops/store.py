@@ -9,15 +9,24 @@
 A message is in the log before it is acked to the broker, and a local
 operation is in the outbox before it is published, each in one transaction.
 One process at a time owns a store: a second one gets :class:`StoreLocked`.
+
+Every read and write that SQLite refuses (the file locked by another connection
+for longer than :data:`BUSY_TIMEOUT_S`, a full disk, an I/O error) raises
+:class:`StoreUnavailable`; a transaction that failed was rolled back, so the file
+holds all of it or none of it. What the caller does about it (the transport:
+stop, retry with backoff, restore its memory from the store) is not decided here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from crdt_ops.errors import CrdtError
 
@@ -28,8 +37,35 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, data BL
 """
 
 
+#: How long a statement waits for a lock another connection holds before it fails
+#: (seconds). Short: the caller runs on an event loop, and retries with backoff.
+BUSY_TIMEOUT_S = 0.5
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
 class StoreLocked(CrdtError):
     """Another process already runs a replica on this store."""
+
+
+class StoreUnavailable(CrdtError):
+    """The store refused a read or a write (locked by another connection, disk full,
+    I/O error: the message of SQLite's error is kept). Nothing of a write that raised
+    this was kept. ``write()`` and ``flush()`` of the transport raise it: the
+    operations of that block were not accepted, and were discarded."""
+
+
+def _guarded(method: Callable[P, T]) -> Callable[P, T]:
+    """SQLite's errors (and the OS's) out of ``method`` as :class:`StoreUnavailable`."""
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (sqlite3.Error, OSError) as e:
+            store = args[0]
+            raise StoreUnavailable(f"store {getattr(store, 'path', '?')}: {e}") from e
+    return run
 
 
 class Store:
@@ -45,7 +81,7 @@ class Store:
             self._lock.close()
             raise StoreLocked(f"{self.path} is in use by another process; stop it first, or "
                               "give this replica its own --store and --replica-id") from None
-        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
@@ -57,20 +93,24 @@ class Store:
 
     # ------------------------------------------------------------ meta
 
+    @_guarded
     def get(self, key: str) -> bytes | None:
         row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    @_guarded
     def put(self, key: str, value: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
     # ------------------------------------------------------------ log and outbox
 
+    @_guarded
     def load(self) -> tuple[bytes | None, list[bytes]]:
         """The snapshot (or None) and the messages logged since, in order."""
         rows = self.db.execute("SELECT data FROM log ORDER BY id").fetchall()
         return self.get("snapshot"), [bytes(r[0]) for r in rows]
 
+    @_guarded
     def append(self, received: Iterable[bytes], produced: Iterable[bytes]) -> int:
         """Log messages received (valid ones) and produced here, and put the
         produced ones in the outbox, in one durable transaction. Returns the
@@ -84,22 +124,26 @@ class Store:
             self.db.executemany("INSERT INTO outbox (data) VALUES (?)", [(m,) for m in produced])
         return len(rows)
 
+    @_guarded
     def unconfirmed(self, limit: int = 10_000) -> list[tuple[int, bytes]]:
         """Outbox messages not yet confirmed by the broker, oldest first."""
         rows = self.db.execute("SELECT id, data FROM outbox ORDER BY id LIMIT ?", (limit,))
         return [(int(i), bytes(d)) for i, d in rows.fetchall()]
 
+    @_guarded
     def confirm(self, ids: Iterable[int]) -> None:
         """The broker confirmed these outbox messages."""
         with self._tx():
             self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
+    @_guarded
     def save_snapshot(self, snapshot: bytes) -> None:
         """Replace the snapshot and drop the log it covers, atomically."""
         with self._tx():
             self.put("snapshot", snapshot)
             self.db.execute("DELETE FROM log")
 
+    @_guarded
     def log_size(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
 
@@ -117,4 +161,16 @@ class _Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crdt_ops.errors import InvalidValue
 from crdt_ops.events import ChangeEvent
+from crdt_ops.store import StoreUnavailable
 from crdt_ops.transport import Node as ReplicaNode
 from crdt_ops.values import check_text
 from services import model
@@ -38,6 +39,11 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     (unknown route, method not allowed, body too large) are text otherwise."""
     try:
         return await handler(request)  # type: ignore[no-any-return]
+    except StoreUnavailable as e:  # nothing was written: the client may retry
+        response = _error(503, f"this service's store is failing, nothing was written; "
+                          f"retry in a few seconds ({e})")
+        response.headers["Retry-After"] = "2"
+        return response
     except web.HTTPException as e:
         if e.status < 400 or e.content_type == "application/json":
             raise
@@ -165,8 +171,11 @@ def make_app(node: ReplicaNode) -> web.Application:
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
         r = node.replica
-        return web.json_response({"ok": True, "replica": node.replica_id,
-                                  "clock": dict(r.clock), "buffered": r.buffered})
+        health = node.health()
+        ok = all(v == "ok" for v in health.values())
+        return web.json_response({"ok": ok, "replica": node.replica_id, "clock": dict(r.clock),
+                                  "buffered": r.buffered, **health},
+                                 status=200 if ok else 503)
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:

@@ -493,3 +493,21 @@ def test_corrupted_snapshot_raises_invalid_message_or_restores_a_working_replica
         r.counter("probe").increment()  # local writes and output still work
     r.outgoing()
     r.snapshot()
+
+
+def test_adopt_rolls_memory_back_to_a_restored_copy_and_tells_subscribers() -> None:
+    r = Replica("a")
+    r.counter("n").increment()
+    r.register("keep").set("x")
+    saved = r.snapshot()
+    events: list[tuple[str, object, object]] = []
+    r.subscribe("", lambda e: events.append((e.key, e.old, e.new)))
+    r.counter("n").increment(5)
+    r.register("new").set("y")
+    r.adopt(Replica.from_snapshot(saved))
+    assert r.state() == {"n": 1, "keep": "x"} and dict(r.clock) == {"a": 2}
+    assert events[-2:] == [("n", 6, 1), ("new", "y", None)]
+    r.counter("n").increment()  # the discarded operations' sequence numbers are used again
+    assert dict(r.clock) == {"a": 3}
+    with pytest.raises(ValueError, match="cannot adopt"):
+        r.adopt(Replica("b"))

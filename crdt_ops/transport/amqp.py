@@ -63,7 +63,8 @@ from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.provision import FOUNDER_QUEUE
 from crdt_ops.replica import Replica
 from crdt_ops.signing import Keyring, Signer
-from crdt_ops.store import Store
+from crdt_ops.store import Store, StoreUnavailable
+from crdt_ops.transport.echo import EchoWatch
 from crdt_ops.wire import codec
 
 log = logging.getLogger("crdt_ops.amqp")
@@ -74,6 +75,10 @@ MEMBERSHIP = "membership"
 REREAD_DUE = "reread_due"
 #: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
 MAX_GAP_BACKOFF = 32
+#: Store key written to learn that a failed store takes writes again.
+STORE_PROBE = "store_probe"
+#: Longest pause between two tries of a failed store (seconds; from 0.1, doubling).
+MAX_STORE_RETRY_S = 5.0
 
 
 def members_of(mode: bytes | None) -> tuple[str, ...] | None:
@@ -111,7 +116,8 @@ class AmqpNode:
         self.store.put("replica_id", rid.encode())
         self.store.put(MEMBERSHIP, settings.membership.encode())
         self.replica_id = rid
-        self.replica = self._restore(wall_clock)
+        self._wall_clock = wall_clock
+        self.replica = self._restore()
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -129,31 +135,54 @@ class AmqpNode:
         self._last_reread = time.monotonic()
         self._gap_backoff = 1
         self.dead_lettered = 0
+        #: Messages of ours the broker confirmed (to the exchange, or to the stream after
+        #: a refusal), and messages it refused (basic.nack) since this process started.
+        self.published = 0
+        self.refused = 0
         self._signer = signer_of(settings)
         self._keyring = (Keyring.from_file(settings.keyring) if settings.auth == "signature"
                          else None)
         self._lag_observed = 0.0
         self._retired_said = False
+        #: The store's last failure while it fails (see :meth:`_store_failed`), else None.
+        self.store_failure: StoreUnavailable | None = None
+        self._store_ok = asyncio.Event()
+        self._store_ok.set()
+        self._recovery: asyncio.Task[None] | None = None
+        self._restores = 0  # times memory was restored from the store
+        self._open_blocks = 0  # write() blocks running
+        self._echo = EchoWatch()
+        #: Seconds our queue has been silent while our confirmed messages await their
+        #: echo, once that passed the patience (see :meth:`_echo_watch`); else 0.
+        self.echo_silent_s = 0.0
+        self._redeclare_due = False
+        self._narrow = False  # a broker user that may not declare the shared topology
+        self._refusal_backoff = 0.05  # seconds before the next round after refusals
+        self._refusal_said = 0.0
         self._last_commit = 0.0
         #: Called with this replica's last own sequence number each time its own
         #: operations up to it were committed to the outbox (durable).
         self.on_committed: list[Callable[[int], None]] = []
 
-    def _restore(self, wall_clock: Callable[[], int]) -> Replica:
+    def _options(self) -> dict[str, Any]:
+        return {"wall_clock": self._wall_clock, "policy": self.policy,
+                "members": members_of(self.settings.membership.encode()),
+                "max_batch_ops": self.settings.batch_ops,
+                "max_waiting_per_origin": self.settings.max_waiting_per_origin}
+
+    def _restore(self) -> Replica:
+        """The replica as its store holds it (snapshot, then the log replayed); a new
+        store with ``--bootstrap`` starts from a peer's snapshot."""
         snapshot, logged = self.store.load()
-        opts: dict[str, Any] = {"wall_clock": wall_clock, "policy": self.policy,
-                                "members": members_of(self.settings.membership.encode()),
-                                "max_batch_ops": self.settings.batch_ops,
-                                "max_waiting_per_origin": self.settings.max_waiting_per_origin}
         if snapshot is None and not logged and self.settings.bootstrap:
             replica = Replica.from_snapshot(Path(self.settings.bootstrap).read_bytes(),
-                                            replica_id=self.replica_id, **opts)
+                                            replica_id=self.replica_id, **self._options())
             self.store.save_snapshot(replica.snapshot())
             log.info("replica %s bootstrapped from %s, clock %s", self.replica_id,
                      self.settings.bootstrap, dict(replica.clock))
             return replica
-        replica = (Replica.from_snapshot(snapshot, **opts) if snapshot
-                   else Replica(self.replica_id, **opts))
+        replica = (Replica.from_snapshot(snapshot, **self._options()) if snapshot
+                   else Replica(self.replica_id, **self._options()))
         for data in logged:
             replica.receive(data)
         if logged or snapshot:
@@ -161,6 +190,73 @@ class AmqpNode:
                      self.replica_id, "yes" if snapshot else "no", len(logged),
                      dict(replica.clock))
         return replica
+
+    # ------------------------------------------------------------ a failing store
+
+    def _store_failed(self, error: StoreUnavailable) -> None:
+        """A store read or write failed: memory may be ahead of the store. Until
+        :meth:`_recover_store` restored memory from the store, deliveries wait, and
+        ``write()``/``flush()`` raise :class:`StoreUnavailable`."""
+        metrics.STORE_FAILURES.labels(self.replica_id).inc()
+        if self.store_failure is None:
+            log.error("replica %s: the store failed (%s); deliveries and writes stop until it "
+                      "takes writes again (retried with backoff up to %.0fs; write() raises "
+                      "StoreUnavailable meanwhile)", self.replica_id, error, MAX_STORE_RETRY_S)
+            metrics.STORE_UP.labels(self.replica_id).set(0)
+        self.store_failure = error
+        self._store_ok.clear()
+        fut = self._committed
+        if fut is not None and not fut.done():
+            fut.set_exception(StoreUnavailable(f"{error}; the operations were not accepted"))
+        if self._recovery is None or self._recovery.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: start() recovers
+                self._recovery = asyncio.get_running_loop().create_task(self._recover_store())
+
+    async def _recover_store(self) -> None:
+        """Retry the store with backoff until it takes a write; then rebuild the replica
+        from it (what memory held beyond the store is dropped: deliveries come again,
+        local operations were not accepted), and let deliveries and writes resume."""
+        pause, said = 0.1, time.monotonic()
+        restored = False
+        while True:
+            while self._open_blocks:  # a block running now fails at its end; let it end
+                await asyncio.sleep(0.01)
+            try:
+                if not restored:  # at once if the store can be read (a lock, a full disk):
+                    self.replica.adopt(self._restore())  # memory no more ahead of it
+                    restored = True
+                self.store.put(STORE_PROBE, str(time.time_ns()).encode())
+                break
+            except StoreUnavailable as e:
+                metrics.STORE_FAILURES.labels(self.replica_id).inc()
+                self.store_failure = e
+                if time.monotonic() - said > 30:
+                    said = time.monotonic()
+                    log.error("replica %s: the store still fails (%s); retrying",
+                              self.replica_id, e)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_STORE_RETRY_S)
+        self._restores += 1
+        self.store_failure = None
+        metrics.STORE_UP.labels(self.replica_id).set(1)
+        self._store_ok.set()
+        self._outbox_ready.set()
+        log.warning("replica %s: the store takes writes again; memory restored from it "
+                    "(clock %s); deliveries and writes resume", self.replica_id,
+                    dict(self.replica.clock))
+
+    def health(self) -> dict[str, str]:
+        """What works, by part: ``store`` and ``echo`` (our messages come back through
+        our queue), each ``"ok"`` or what is wrong, in words."""
+        return {"store": "ok" if self.store_failure is None else str(self.store_failure),
+                "echo": "ok" if not self.echo_silent_s else
+                f"none of this replica's messages came back through its queue for "
+                f"{self.echo_silent_s:.0f}s; declaring the topology again"}
+
+    def _refuse_write(self) -> None:
+        if self.store_failure is not None:
+            raise StoreUnavailable(f"replica {self.replica_id}: {self.store_failure}; "
+                                   "nothing was written, retry later")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -174,7 +270,7 @@ class AmqpNode:
         await self._connect()
         loop = asyncio.get_running_loop()
         for step in (self._flusher, self._publisher, self._applier, self._heartbeat,
-                     self._gap_watch):
+                     self._gap_watch, self._echo_watch):
             self._tasks.append(loop.create_task(self._forever(step)))
         self._outbox_ready.set()
         if self.settings.metrics_port:
@@ -254,6 +350,9 @@ class AmqpNode:
                 log.warning("replica %s: %s was interrupted by a lost connection",
                             self.replica_id, step.__name__.strip("_"))
                 await asyncio.sleep(pause)
+            except StoreUnavailable as e:  # logged once by _store_failed; retried there
+                self._store_failed(e)
+                await self._store_ok.wait()
             except Exception:
                 log.exception("replica %s: %s failed; going on in %.1fs", self.replica_id,
                               step.__name__.strip("_"), pause)
@@ -262,7 +361,13 @@ class AmqpNode:
 
     async def stop(self) -> None:
         """Commit pending writes, stop the tasks, close the connection and the store."""
-        self._commit_local()
+        try:
+            self._commit_local()
+        except StoreUnavailable:
+            log.error("replica %s stops with its store failing: the operations it had not "
+                      "accepted yet are discarded", self.replica_id)
+        if self._recovery is not None:
+            self._tasks.append(self._recovery)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -333,6 +438,7 @@ class AmqpNode:
             # provisioned the group's exchanges and stream; use them as they are
             log.info("user %s may not declare %s's exchanges and stream; using them as "
                      "provisioned", s.user, s.exchange)
+            self._narrow = True
             self._pub = await self._conn.channel(publisher_confirms=True)
             self._exchange = await self._pub.get_exchange(s.exchange)
             self._dlx = await self._pub.get_exchange(s.dead_letter_exchange)
@@ -390,19 +496,82 @@ class AmqpNode:
         metrics.RECONNECTS.labels(self.replica_id).inc()
         log.warning("replica %s reconnected to the broker; republishing the outbox",
                     self.replica_id)
+        self._redeclare_due = True  # what was lost with the broker's state is declared again
         self._outbox_ready.set()
+
+    async def _redeclare(self) -> None:
+        """Declare the group's topology again, every binding included (all of it is
+        idempotent): the exchanges, the dead-letter queue, the stream and their
+        bindings, this replica's queue, its binding, and its consumer if the broker
+        dropped it (the queue was deleted)."""
+        assert self._pub is not None and self._queue is not None
+        s = self.settings
+        self._redeclare_due = False
+        if not self._narrow:
+            await self._declare_shared(self._pub)
+        declared = await self._queue.declare()
+        await self._queue.bind(s.exchange)
+        if not declared.consumer_count:
+            await self._queue.consume(self._inbox.put, no_ack=False)
+            log.warning("replica %s: its queue %s had lost its consumer; consuming again",
+                        self.replica_id, self._queue.name)
+
+    async def _echo_watch(self) -> None:
+        """Every heartbeat: when our queue stayed silent for longer than the patience
+        (``max(gap_timeout_s, 4 x heartbeat_s)``) while our confirmed messages await
+        their echo (:mod:`crdt_ops.transport.echo`), the path from the exchange to us
+        is broken: declare the topology again and re-read the stream. Also declares
+        it again after a reconnect or a publish to a missing exchange."""
+        s, rid = self.settings, self.replica_id
+        await asyncio.sleep(s.heartbeat_s)
+        if self._redeclare_due:
+            await self._redeclare()
+        now = time.monotonic()
+        silent = self._echo.silent_for(now)
+        patience = max(s.gap_timeout_s, 4 * s.heartbeat_s)
+        metrics.ECHO_SILENT.labels(rid).set(silent if silent > patience else 0)
+        if silent <= patience:
+            if self.echo_silent_s:
+                log.warning("replica %s: its own messages come back again", rid)
+            self.echo_silent_s = 0.0
+            return
+        if not self.echo_silent_s:
+            log.error("replica %s: none of its confirmed messages came back through its queue "
+                      "%s for %.0fs (the exchange, the binding or the queue deleted?); declaring "
+                      "the topology again and re-reading the stream", rid, s.queue(rid), silent)
+        self.echo_silent_s = silent
+        metrics.ECHO_LOSSES.labels(rid).inc()
+        await self._redeclare()
+        self._echo.reset(time.monotonic())
+        await self._replay_stream(reread=True)
 
     # ------------------------------------------------------------ local writes
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Replica]:
         """``async with node.write() as r: r.counter("x").increment()``: the
-        operations are applied at once and accepted (durable) when the block exits."""
-        yield self.replica
+        operations are applied at once and accepted (durable) when the block exits.
+
+        Raises :class:`~crdt_ops.store.StoreUnavailable` when the store fails (on
+        entry while it is failing, or at the end): then none of the block's
+        operations is accepted, and memory is restored from the store (they are
+        gone) before any other write or delivery is taken."""
+        self._refuse_write()
+        restores = self._restores
+        self._open_blocks += 1
+        try:
+            yield self.replica
+        finally:
+            self._open_blocks -= 1
         await self.flush()
+        if self._restores != restores:
+            raise StoreUnavailable(f"replica {self.replica_id}: the store failed while this "
+                                   "block ran; its operations were not accepted")
 
     async def flush(self) -> None:
-        """Wait until every local operation applied so far is in the outbox."""
+        """Wait until every local operation applied so far is in the outbox. Raises
+        :class:`~crdt_ops.store.StoreUnavailable` if the store is failing or fails."""
+        self._refuse_write()
         if not self.replica.unsent:
             return
         if not self._tasks:  # not pumping (not started, or stopped): commit here
@@ -422,6 +591,7 @@ class AmqpNode:
         waiting; after a quiet spell commit at once (with what this turn of the event
         loop wrote): an isolated write pays no batching delay."""
         await self._dirty.wait()
+        await self._store_ok.wait()
         delay = self.settings.batch_delay_ms / 1000
         if time.monotonic() - self._last_commit < delay:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -437,7 +607,11 @@ class AmqpNode:
         self._last_commit = time.monotonic()
         msgs = self.replica.outgoing()
         if msgs:
-            self.store.append((), msgs)
+            try:
+                self.store.append((), msgs)
+            except StoreUnavailable as e:  # the batches are dropped with memory's excess
+                self._store_failed(e)
+                raise
             self._outbox_ready.set()
             self._committed_own()
         if self._committed is not None and not self._committed.done():
@@ -450,28 +624,99 @@ class AmqpNode:
 
     async def _publisher(self) -> None:
         """Publish the outbox, oldest first, until the broker confirmed all of it.
-        A failure (broker down, channel closed) raises: everything unconfirmed is
-        published again on the next round (duplicates are harmless)."""
+        A failure (broker down, channel closed) raises: what is unconfirmed is
+        published again on the next round (duplicates are harmless).
+
+        A message the broker *nacks* was refused by a queue bound to the exchange (a
+        length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
+        Limit" guide) and enqueued by every other one: it is not published to the
+        exchange again (that would multiply the traffic, and hold back what follows
+        behind one full queue) but straight into the stream, where the replica behind
+        the refusing queue finds it (a gap its peers' heartbeats reveal); see
+        :meth:`_refused`."""
         await self._outbox_ready.wait()
         self._outbox_ready.clear()
         while rows := self.store.unconfirmed(limit=max(self.settings.prefetch, 100)):
             metrics.OUTBOX.labels(self.replica_id).set(len(rows))
-            try:
-                await asyncio.gather(*(self._publish(body) for _, body in rows))
-            except BaseException:
+            outcomes = await asyncio.gather(*(self._publish(body) for _, body in rows),
+                                            return_exceptions=True)
+            done = [i for (i, _), out in zip(rows, outcomes, strict=True) if out is None]
+            refused = [(i, body) for (i, body), out in zip(rows, outcomes, strict=True)
+                       if isinstance(out, aio_pika.exceptions.DeliveryError)]
+            if refused:
+                done += await self._refused(refused)
+            if done:
+                self._echo.confirmed(time.monotonic())
+                self.store.confirm(done)
+                self.published += len(done)
+                metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(done))
+            failed = [out for out in outcomes if isinstance(out, BaseException)
+                      and not isinstance(out, aio_pika.exceptions.DeliveryError)]
+            if failed:
+                if any(isinstance(e, aiormq.exceptions.ChannelNotFoundEntity) for e in failed):
+                    self._redeclare_due = True  # the exchange is gone
                 self._outbox_ready.set()
-                raise
-            self.store.confirm(i for i, _ in rows)
-            metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(rows))
+                raise failed[0]
+            if len(done) < len(rows):  # refused, and the stream did not take them either
+                self._outbox_ready.set()
+                self._refusal_backoff = min(self._refusal_backoff * 2, MAX_STORE_RETRY_S)
+                await asyncio.sleep(self._refusal_backoff)
+                return
+            self._refusal_backoff = 0.05
         metrics.OUTBOX.labels(self.replica_id).set(0)
+
+    async def _refused(self, rows: list[tuple[int, bytes]]) -> list[int]:
+        """Messages the broker nacked: publish each straight into the stream (the
+        default exchange, routed by the stream's name); returns the outbox ids the
+        stream confirmed. Says once a minute which member queues are fullest (the
+        nack does not name the queue that refused)."""
+        assert self._pub is not None
+        s, rid = self.settings, self.replica_id
+        metrics.PUBLISHES_REFUSED.labels(rid).inc(len(rows))
+        self.refused += len(rows)
+        outcomes = await asyncio.gather(*(
+            self._pub.default_exchange.publish(
+                message(s, body, self._signer, message_id=self._echo_id),
+                routing_key=s.stream, timeout=30) for _, body in rows), return_exceptions=True)
+        kept = [i for (i, _), out in zip(rows, outcomes, strict=True)
+                if not isinstance(out, BaseException)]
+        if time.monotonic() - self._refusal_said > 60:
+            self._refusal_said = time.monotonic()
+            log.warning("replica %s: the broker refused %d of its messages to %s (basic.nack: a "
+                        "queue bound to it is at a length limit with x-overflow reject-publish?); "
+                        "%d went straight into the stream %s instead, for the replica behind "
+                        "that queue to read. Fullest member queues: %s", rid, len(rows),
+                        s.exchange, len(kept), s.stream, await self._fullest_queues())
+        return kept
+
+    async def _fullest_queues(self, most: int = 3) -> str:
+        """The member queues holding most messages, as text (passive declarations)."""
+        assert self._conn is not None
+        depth: dict[str, int] = {}
+        for member in sorted(self.replica.membership.members() or set(self.replica.clock)):
+            channel = await self._conn.channel()
+            with contextlib.suppress(Exception):
+                q = await channel.declare_queue(self.settings.queue(member), passive=True)
+                depth[q.name] = int(q.declaration_result.message_count or 0)
+            with contextlib.suppress(Exception):
+                await channel.close()
+        top = sorted(depth.items(), key=lambda kv: -kv[1])[:most]
+        return ", ".join(f"{name} ({n:,} messages)" for name, n in top) or "none found"
 
     async def _publish(self, body: bytes) -> None:
         assert self._exchange is not None
-        await self._exchange.publish(message(self.settings, body, self._signer), routing_key="",
+        await self._exchange.publish(message(self.settings, body, self._signer,
+                                             message_id=self._echo_id), routing_key="",
                                      timeout=30)
+
+    @property
+    def _echo_id(self) -> str:
+        """The ``message_id`` of this replica's own messages (its echo is known by it)."""
+        return f"crdt-ops:{self.replica_id}"
 
     async def _heartbeat(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
+        await self._store_ok.wait()
         self.replica.heartbeat()
         self._commit_local()
         self._observe()
@@ -559,12 +804,19 @@ class AmqpNode:
         the stream nothing is (a nack there would close the connection). ``stream``:
         they come from the stream; ``reread``: a re-read by the gap watch, where
         what cannot be applied is skipped without dead-lettering it again."""
+        await self._store_ok.wait()
         replica = self.replica
         before = replica.stats["applied"] - replica.stats["local"]
         dups = replica.stats["duplicates"]
         valid: list[bytes] = []
         dead: list[tuple[AbstractIncomingMessage, str, str]] = []
         dropped = False
+        if not stream:  # through our queue: the path from the exchange to us works
+            mine = self._echo_id
+            if any(msg.message_id == mine for msg in batch):
+                self._echo.echoed(time.monotonic())
+            else:
+                self._echo.delivered(time.monotonic())
         for msg in batch:
             try:
                 # a duplicate (an echo of our own) needs no log
@@ -582,11 +834,15 @@ class AmqpNode:
                     reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
                     dead.append((msg, reason, str(e)))
         produced = replica.outgoing()
-        self.store.append(valid, produced)
+        try:
+            self.store.append(valid, produced)
+            if dropped:  # during a re-read too: what it could not hold needs another one
+                self.store.put(REREAD_DUE, b"1")
+        except StoreUnavailable as e:  # nacked by the caller: they come again, and are
+            self._store_failed(e)  # applied anew once memory is restored from the store
+            raise
         if produced:
             self._committed_own()
-        if dropped:  # during a re-read too: what it could not hold needs another one
-            self.store.put(REREAD_DUE, b"1")
         self._outbox_ready.set()
         # confirmed together: one round trip for the lot, not one per message
         outcomes = await asyncio.gather(
@@ -612,7 +868,8 @@ class AmqpNode:
         metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
         self._since_snapshot += applied
         if self._since_snapshot >= self.settings.snapshot_every:
-            self.snapshot()
+            with contextlib.suppress(StoreUnavailable):  # acked already: taken by recovery
+                self.snapshot()
         self._observe()
 
     def _sender(self, msg: AbstractIncomingMessage) -> str | None:
@@ -642,9 +899,15 @@ class AmqpNode:
         metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
 
     def snapshot(self) -> None:
-        """Write a snapshot and drop the log it covers."""
+        """Write a snapshot and drop the log it covers. Raises
+        :class:`~crdt_ops.store.StoreUnavailable` if the store fails (the old snapshot
+        and log stay as they were)."""
         self._commit_local()
-        self.store.save_snapshot(self.replica.snapshot())
+        try:
+            self.store.save_snapshot(self.replica.snapshot())
+        except StoreUnavailable as e:
+            self._store_failed(e)
+            raise
         self._since_snapshot = 0
 
     def _observe(self) -> None:

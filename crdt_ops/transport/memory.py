@@ -179,6 +179,10 @@ class MemoryNode:
         yield self.replica
         await self.flush()
 
+    def health(self) -> dict[str, str]:
+        """Nothing here can fail: no store, no broker."""
+        return {}
+
     async def flush(self) -> None:
         for data in self.replica.outgoing():
             self.bus.broadcast(data)

@@ -1,0 +1,173 @@
+"""A store that fails (locked by another connection, a full disk): nothing is lost,
+nothing applied twice, no write is accepted that was not durable, and the replica
+resumes by itself once the store works again. Over the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crdt_ops.config import Settings
+from crdt_ops.store import StoreUnavailable
+from crdt_ops.transport.amqp import AmqpNode
+from tests.broker import delete_group, new_group, until
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
+    group = new_group()
+    yield Settings(amqp_url=amqp_url, group=group, heartbeat_s=0.3, store=str(tmp_path))
+    delete_group(amqp_url, group, ["a", "b", "web"])
+
+
+def node(s: Settings, rid: str, store: Path) -> AmqpNode:
+    return AmqpNode(Settings(**{**s.__dict__, "replica_id": rid, "store": str(store)}))
+
+
+@contextlib.contextmanager
+def locked(store: Path) -> Iterator[None]:
+    """Another connection holds the store's write lock (``BEGIN EXCLUSIVE``)."""
+    db = sqlite3.connect(store, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
+        db.close()
+
+
+@contextlib.contextmanager
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted under ``tmp_path`` (needs root)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@contextlib.contextmanager
+def full(mnt: Path) -> Iterator[None]:
+    """Fill the filesystem at ``mnt`` to the last byte; free it again after."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        filler.unlink()
+
+
+async def exercise(a: AmqpNode, b: AmqpNode, fault: contextlib.AbstractContextManager[None]
+                   ) -> None:
+    """The store of ``b`` fails while (a) a delivery reaches it and (b) it writes."""
+    async with a.write() as r:
+        r.counter("n").increment()
+    await until(lambda: b.replica.counter("n").value == 1, 20, "the first delivery")
+    with fault:
+        async with a.write() as r:
+            r.counter("n").increment(10)
+        await until(lambda: b.store_failure is not None, 20, "b's store to fail")
+        # memory is not ahead of the store: the delivery is not applied until it is logged
+        assert b.replica.counter("n").value == 1
+        with pytest.raises(StoreUnavailable):
+            async with b.write() as r:
+                r.counter("n").increment(100)
+        assert b.replica.counter("n").value == 1
+        await asyncio.sleep(1)  # retries meanwhile; still failing
+        assert b.store_failure is not None
+    await until(lambda: b.store_failure is None, 20, "b to resume by itself")
+    await until(lambda: b.replica.counter("n").value == 11, 20, "the delivery, applied again")
+    async with b.write() as r:  # the sequence number of the refused write is used again
+        r.counter("n").increment(1000)
+    await until(lambda: a.replica.counter("n").value == 1011, 20, "b's next write at a")
+    assert dict(a.replica.clock) == dict(b.replica.clock)
+
+
+async def restart_and_compare(s: Settings, a: AmqpNode, b: AmqpNode, store: Path) -> None:
+    clock = dict(b.replica.clock)
+    await b.stop()
+    again = node(s, "b", store)
+    try:
+        assert dict(again.replica.clock) == clock
+        assert again.replica.counter("n").value == 1011
+    finally:
+        again.store.close()
+    await a.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_locked_store_loses_nothing_and_resumes(settings: Settings,
+                                                        tmp_path: Path) -> None:
+    store = tmp_path / "b.sqlite"
+    a, b = node(settings, "a", tmp_path / "a.sqlite"), node(settings, "b", store)
+    await a.start()
+    await b.start()
+    try:
+        await exercise(a, b, locked(store))
+    except BaseException:
+        await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
+        raise
+    await restart_and_compare(settings, a, b, store)
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+async def test_a_full_disk_loses_nothing_and_resumes(settings: Settings, tmp_path: Path) -> None:
+    with small_filesystem(tmp_path) as mnt:
+        store = mnt / "b.sqlite"
+        a, b = node(settings, "a", tmp_path / "a.sqlite"), node(settings, "b", store)
+        await a.start()
+        await b.start()
+        try:
+            await exercise(a, b, full(mnt))
+        except BaseException:
+            await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
+            raise
+        await restart_and_compare(settings, a, b, store)
+
+
+@pytest.mark.asyncio
+async def test_web_answers_503_while_its_store_fails_and_recovers(settings: Settings,
+                                                                   tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from services.web import make_app
+
+    store = tmp_path / "web.sqlite"
+    web = node(settings, "web", store)
+    await web.start()
+    client = TestClient(TestServer(make_app(web)))
+    await client.start_server()
+    try:
+        with locked(store):
+            r = await client.post("/api/containers", json={"name": "lost"})
+            assert r.status == 503 and r.headers["Retry-After"] == "2"
+            assert "store is failing" in (await r.json())["error"]
+            health = await client.get("/healthz")
+            assert health.status == 503 and "locked" in (await health.json())["store"]
+            assert (await (await client.get("/api/containers")).json()) == []
+        await until(lambda: web.store_failure is None, 20, "web's store to recover")
+        assert (await client.get("/healthz")).status == 200
+        r = await client.post("/api/containers", json={"name": "kept"})
+        assert r.status == 201
+        names = [c["name"] for c in await (await client.get("/api/containers")).json()]
+        assert names == ["kept"]
+    finally:
+        await client.close()
+        await web.stop()
