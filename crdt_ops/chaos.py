@@ -4,15 +4,21 @@ What runs: a throwaway RabbitMQ node (:class:`~crdt_ops.rabbitnode.RabbitNode`, 
 temporary directory, destroyed afterwards, so killing it harms nobody) and
 ``--replicas`` replica processes (``crdt-ops replica``, :mod:`crdt_ops.runner`'s seeded
 workload on counters, a set and container records), which together issue ``--ops``
-operations at a steady rate spread over ``--duration`` seconds. While they do, five
+operations at a steady rate spread over ``--duration`` seconds. While they do, seven
 faults are injected one after the other, each once the replicas together have issued a
 given share of the operations (:data:`SCHEDULE`):
 
 1. ``broker-restart``: ``rabbitmqctl stop_app``, 2 s down, ``start_app``;
 2. ``replica-kill``: one replica SIGKILLed, and started again 1 s later on its store;
 3. ``connection-close``: ``rabbitmqctl close_connection`` on another replica's connection;
-4. ``replica-pause``: a third replica SIGSTOPped for ``--pause-s`` seconds, then SIGCONT;
-5. ``broker-kill``: the broker's VM SIGKILLed, and started again 1 s later on its data.
+4. ``store-lock``: the killed replica's SQLite store locked from another connection
+   (``BEGIN EXCLUSIVE``) for ``--lock-s`` seconds: its writes and log appends fail, it
+   restores memory from the store, refuses writes and holds deliveries; the fault waits
+   until it reports the failure over;
+5. ``replica-pause``: a third replica SIGSTOPped for ``--pause-s`` seconds, then SIGCONT;
+6. ``topology-delete``: the group's exchange ``crdt.chaos`` deleted, and the queue of
+   the replica whose connection was closed, with what it held (as an operator could);
+7. ``broker-kill``: the broker's VM SIGKILLed, and started again 1 s later on its data.
 
 Two membership changes are interleaved with them (:mod:`crdt_ops.membership`; the
 replicas run ``--membership managed``, so causal stability and compaction are at work
@@ -34,16 +40,19 @@ buffered or unpublished, stops them (SIGTERM), and audits the ledger.
 **Late delivery** (``--late-replica``): replica ``r0`` joins the group through a relay
 that delivers its input late and out of order. ``r0`` runs in a group of its own
 (``<group>-late``: its own exchange, queue and stream); the relay (a thread of this
-process, one AMQP connection) consumes a durable queue bound to the group's exchange
-and publishes each message into ``r0``'s exchange after a random delay of 0 to
+process, one AMQP connection) reads the group's stream (everything the group's
+exchange routed, even while a deleted exchange had lost every other binding) and
+publishes each message into ``r0``'s exchange after a random delay of 0 to
 ``--late-max-delay-s`` seconds, drawn per message, so ``r0`` receives operations before
 the ones they depend on (other origins' and the same origin's earlier ones) and its
 causal buffer must hold them; ``r0``'s own messages are relayed to the group at once.
 The relay claims the founding of ``<group>-late`` (``crdt.<group>-late.founder``) for
 the group before ``r0`` starts, so ``r0`` joins the group instead of founding another.
 Relayed messages carry the header ``x-chaos-relayed`` so the relay never relays them
-back. A message is acked to the broker only after its relayed copy is confirmed, so
-broker faults make the relay deliver some twice, never lose one. The largest number of
+back. A message counts as relayed only once its relayed copy is confirmed, and after a
+broker fault the relay reads the stream again from the oldest message it had not
+relayed, so broker faults make it deliver some twice, never lose one (``r0``'s own
+messages reach the relay through a durable queue, acked once relayed). The largest number of
 operations seen waiting in ``r0``'s causal buffer (its state file, sampled every
 0.25 s) is printed.
 
@@ -62,6 +71,9 @@ and every line is in the kernel before the code after it runs):
   before anything could make them durable.
 - ``I <first> <last> <n>``: that block's ``write()`` returned: the operations are
   accepted (durable in the outbox).
+- ``R <clock as JSON>``: the store failed and memory was restored from it
+  (:meth:`~crdt_ops.transport.amqp.AmqpNode.on_restored`), to that clock: read like
+  ``S`` (memory beyond the store is gone), without a restart.
 - ``L <last>``: the replica retired after its operation ``last`` and stopped
   replicating: from then on it applies nothing, so no operation counts as lost *at*
   it (one applied there twice, or never issued, still counts); issuing anything
@@ -111,6 +123,7 @@ import random
 import re
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -178,6 +191,14 @@ class LedgerWriter:
         """That write block's ``write()`` returned: accepted (durable)."""
         self._line(f"I {first} {last} {n}")
 
+    def restored(self, clock: dict[str, int]) -> None:
+        """The store failed and memory was restored from it, to ``clock`` (the ``R``
+        line: the restart rule applies, without a restart)."""
+        self.in_block = False
+        own = clock.get(self._me, 0)
+        self._system = [b for b in self._system if b[1] <= own]
+        self._line("R " + json.dumps(clock, sort_keys=True, separators=(",", ":")))
+
     def left(self, last: int) -> None:
         """The replica retired after its operation ``last`` and stopped replicating."""
         self._line(f"L {last}")
@@ -204,11 +225,15 @@ class _ReplicaLedger:
     voided: int = 0  # applications voided at restarts
     accepted_lost: list[Block] = field(default_factory=list)
     restarts: int = -1
+    restores: int = 0  # memory restored from the store after a store failure
     left: int | None = None  # the replica retired after this operation of its own
     anomalies: list[str] = field(default_factory=list)
 
-    def start(self, clock: dict[str, int]) -> None:
-        self.restarts += 1
+    def start(self, clock: dict[str, int], restore: bool = False) -> None:
+        if restore:
+            self.restores += 1
+        else:
+            self.restarts += 1
         own = clock.get(self.rid, 0)
         for first, last, n in self.pending:
             if last <= own:
@@ -258,8 +283,9 @@ def read_ledger(rid: str, lines: Iterable[str]) -> _ReplicaLedger:
     for line in lines:
         kind, _, rest = line.partition(" ")
         try:
-            if kind == "S":
-                led.start({str(k): int(v) for k, v in json.loads(rest).items()})
+            if kind in ("S", "R"):
+                led.start({str(k): int(v) for k, v in json.loads(rest).items()},
+                          restore=kind == "R")
             elif kind == "A":
                 origin, first, last = rest.split()
                 led.apply(origin, int(first), int(last))
@@ -293,6 +319,7 @@ class Audit:
     unaccepted: int
     voided: int
     restarts: dict[str, int]
+    restores: dict[str, int]
     anomalies: list[str]
 
 
@@ -340,7 +367,9 @@ def audit(ledgers: dict[str, list[str]]) -> Audit:
         durable_unacked=sum(led.durable_unacked for led in reps.values()),
         unaccepted=sum(led.unaccepted for led in reps.values()),
         voided=sum(led.voided for led in reps.values()),
-        restarts={r: led.restarts for r, led in reps.items()}, anomalies=anomalies)
+        restarts={r: led.restarts for r, led in reps.items()},
+        restores={r: led.restores for r, led in reps.items() if led.restores},
+        anomalies=anomalies)
 
 
 def cross_check(result: Audit, states: dict[str, dict[str, Any]]) -> list[str]:
@@ -380,6 +409,15 @@ class LedgerReplica(ReplicaProcess):
 RELAYED = "x-chaos-relayed"
 
 
+def _stream_offset(msg: Any) -> int:
+    """A message's offset in the stream it was read from (RabbitMQ's ``x-stream-offset``
+    header, "Streams" guide)."""
+    offset = (msg.headers or {}).get("x-stream-offset")
+    if not isinstance(offset, int):
+        raise ValueError(f"a message from a stream without an x-stream-offset: {offset!r}")
+    return offset
+
+
 class Relay:
     """Delivers the group's messages to the late replica's exchange after random delays
     (0 to ``max_delay_s``, per message), and the late replica's to the group at once.
@@ -396,6 +434,9 @@ class Relay:
         self.max_delay_s = max_delay_s
         self.rng = random.Random(f"relay:{seed}")
         self.relayed_in = self.relayed_out = self.max_held = self.sessions = 0
+        # the group's stream: where the next session reads from, and what is held
+        self._resume: int | None = None  # None: its first message
+        self._pending: set[int] = set()
         self.ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -451,8 +492,15 @@ class Relay:
                     "x-queue-type": "stream", "x-max-age": s.stream_max_age})
                 await stream.bind(ex)
             await self._claim_late_founding(pub)
-            to_late = await sub.declare_queue(f"chaos.{self.group.group}.to-late", durable=True)
-            await to_late.bind(self.group.exchange)
+            # the group's side is read from its stream, which holds every message its
+            # exchange routed and every message a replica put there itself (a refusal):
+            # a queue of ours, bound to the exchange, would miss what it routed while an
+            # operator's deletion had left the exchange without our binding
+            await sub.set_qos(prefetch_count=20_000)
+            to_late = await sub.declare_queue(self.group.stream, passive=True)
+            if self._pending:
+                self._resume = min(self._pending)
+            self._pending.clear()
             from_late = await sub.declare_queue(f"chaos.{self.group.group}.from-late",
                                                 durable=True)
             await from_late.bind(self.late.exchange)
@@ -461,9 +509,12 @@ class Relay:
             wake = asyncio.Event()
 
             async def take_in(msg: AbstractIncomingMessage) -> None:
+                offset = _stream_offset(msg)
+                self._resume = max(offset + 1, self._resume or 0)
                 if (msg.headers or {}).get(RELAYED):  # the late replica's, relayed by us
                     await msg.ack()
                     return
+                self._pending.add(offset)
                 due = time.monotonic() + self.rng.uniform(0, self.max_delay_s)
                 heapq.heappush(held, (due, next(order), msg, self.late.group))
                 self.max_held = max(self.max_held, len(held))
@@ -476,7 +527,8 @@ class Relay:
                 heapq.heappush(held, (time.monotonic(), next(order), msg, self.group.group))
                 wake.set()
 
-            await to_late.consume(take_in)
+            await to_late.consume(take_in, arguments={
+                "x-stream-offset": "first" if self._resume is None else self._resume})
             await from_late.consume(take_out)
             self.sessions += 1
             self.ready.set()
@@ -491,9 +543,10 @@ class Relay:
                 if due:
                     await asyncio.gather(*(self._relay(exchanges[dest], msg)
                                            for _, _, msg, dest in due))
-                    for *_, dest in due:
+                    for _, _, msg, dest in due:
                         if dest == self.late.group:
                             self.relayed_in += 1
+                            self._pending.discard(_stream_offset(msg))
                         else:
                             self.relayed_out += 1
                 wake.clear()
@@ -554,12 +607,25 @@ SCHEDULE = (
     Fault("replica-kill", 0.25, 1),
     Fault("replica-join", 0.30, JOINER),
     Fault("connection-close", 0.40, 2),
+    Fault("store-lock", 0.45, 1),
     Fault("replica-pause", 0.50, 3),
+    Fault("topology-delete", 0.55, 2),
     Fault("replica-retire", 0.60, LEAVER),
     Fault("broker-kill", 0.70),
 )
 #: The joiner issues its share from its start (at 30 %) over this share of the duration.
 JOINER_SPAN = 0.6
+
+
+async def _delete_topology(url: str, exchange: str, queue: str) -> None:
+    """Delete an exchange and a queue, as an operator could."""
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    async with conn:
+        channel = await conn.channel()
+        await channel.exchange_delete(exchange)
+        await channel.queue_delete(queue)
 
 
 def connection_pids(node: RabbitNode, name: str) -> list[str]:
@@ -683,6 +749,21 @@ class Chaos:
             assert target is not None
             target.signal(signal.SIGUSR2)
             self._await_report(target, "retired", lambda r: bool(r.get("left")))
+        elif f.kind == "store-lock":
+            assert target is not None
+            before = int(target.report().get("store_failures", 0))
+            lock = sqlite3.connect(target.store, timeout=10, isolation_level=None)
+            try:
+                lock.execute("BEGIN EXCLUSIVE")  # its writes fail; reads go on (WAL)
+                time.sleep(self.opts.lock_s)
+                lock.execute("ROLLBACK")
+            finally:
+                lock.close()
+            self._await_report(target, "through a store failure", lambda r: bool(
+                r.get("store_failures", 0) > before and r.get("store_ok")))
+        elif f.kind == "topology-delete":
+            assert target is not None
+            asyncio.run(_delete_topology(n.url, "crdt.chaos", f"crdt.chaos.{target.replica_id}"))
         elif f.kind == "connection-close":
             assert target is not None
             deadline = time.monotonic() + 30
@@ -813,9 +894,11 @@ def run_chaos(opts: argparse.Namespace) -> int:
             f"{r} {n:,} operations ({verdict.workload[r]:,} workload)"
             for r, n in verdict.issued.items()))
         print(f"ledger: durable though write() never returned {verdict.durable_unacked}, "
-              f"lost with a killed process before accepted {verdict.unaccepted}, "
+              f"lost with a killed process or a failed store before accepted "
+              f"{verdict.unaccepted}, "
               f"applications voided at restarts {verdict.voided}, phantoms {verdict.phantom}, "
-              f"restarts {verdict.restarts}")
+              f"restarts {verdict.restarts}, restores from the store after it failed "
+              f"{verdict.restores or '-'}")
         print(f"issued/<id> counters vs ledger: "
               f"{'all equal' if not mismatches else '; '.join(mismatches[:10])}")
         print("max buffered ops seen: " + ", ".join(
@@ -825,6 +908,11 @@ def run_chaos(opts: argparse.Namespace) -> int:
                   f"0-{opts.late_max_delay_s:g}s late (up to {chaos.relay.max_held:,} held at "
                   f"once), {chaos.relay.relayed_out:,} from it; max buffered ops seen at r0: "
                   f"{chaos.max_buffered.get('r0', 0):,}")
+        print("store failures survived: " + (", ".join(
+            f"{rid} {r['store_failures']}" for rid, r in reports.items()
+            if r.get("store_failures")) or "none") + "; echo lost (topology declared again): "
+            + (", ".join(f"{rid} {r['echo_losses']}" for rid, r in reports.items()
+                         if r.get("echo_losses")) or "none"))
         print("membership: " + ", ".join(
             f"{rid} {'left' if r.get('left') else 'member' if r.get('member') else 'NOT a member'}"
             f" (retired: {', '.join(r.get('retired', ())) or '-'})" for rid, r in reports.items()))
@@ -864,6 +952,8 @@ def add_command(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=60,
                    help="seconds over which the operations are issued (sets the rate)")
     p.add_argument("--pause-s", type=float, default=20, help="how long a replica is SIGSTOPped")
+    p.add_argument("--lock-s", type=float, default=10,
+                   help="how long a replica's store is locked (BEGIN EXCLUSIVE)")
     p.add_argument("--per-write", type=int, default=10, help="operations per write() block")
     p.add_argument("--late-replica", action="store_true",
                    help="deliver r0's input late and out of order through a relay")

@@ -42,6 +42,10 @@ ECHO_SILENT = Gauge("crdt_ops_echo_silent_seconds",
 ECHO_LOSSES = Counter("crdt_ops_echo_losses_total",
                       "Times the echo watch found the path from the exchange to the replica's "
                       "queue broken and declared the topology again", ["replica"])
+PUBLISHES_UNROUTABLE = Counter("crdt_ops_publishes_unroutable_total",
+                               "Own messages the broker returned as unroutable (the "
+                               "exchange had no binding left); published again after the "
+                               "topology was declared again", ["replica"])
 PUBLISHES_REFUSED = Counter("crdt_ops_publishes_refused_total",
                             "Own messages the broker nacked (a queue bound to the exchange "
                             "refused them); they are published straight into the stream",

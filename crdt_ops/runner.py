@@ -26,6 +26,7 @@ from typing import Any
 from crdt_ops import logs
 from crdt_ops.config import Settings
 from crdt_ops.replica import Replica
+from crdt_ops.store import StoreUnavailable
 from crdt_ops.transport.amqp import AmqpNode
 
 
@@ -60,6 +61,14 @@ def one_op(r: Replica, rng: random.Random) -> None:
     r.counter(f"issued/{r.replica_id}").increment()
 
 
+def _outbox(node: AmqpNode) -> int:
+    """Messages in the outbox, or -1 while the store cannot be read."""
+    try:
+        return len(node.store.unconfirmed())
+    except StoreUnavailable:
+        return -1
+
+
 def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = False) -> None:
     """Write the state file (``left``: the replica retired and stopped; its store is
     closed and its outbox was confirmed empty before it stopped)."""
@@ -68,7 +77,9 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = Fal
             "issued": issued, "done": done, "buffered": r.buffered, "left": left,
             "dead_lettered": node.dead_lettered,
             "published": node.published, "refused": node.refused,
-            "outbox": 0 if left else len(node.store.unconfirmed()),
+            "store_failures": node.store_failures, "store_ok": node.store_failure is None,
+            "echo_losses": node.echo_losses,
+            "outbox": 0 if left else _outbox(node),
             "stable_lag": r.stable_lag(), "member": r.is_member,
             "stable": sum(r.stable_clock().values()),
             "admissions": r.membership.admissions, "retired": sorted(r.membership.retired),
@@ -95,6 +106,7 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
 
         ledger = LedgerWriter(ledger_file, node.replica)
         node.on_committed.append(ledger.committed)
+        node.on_restored.append(ledger.restored)
     stop = asyncio.Event()
     more = asyncio.Event()
     leave = asyncio.Event()
@@ -128,13 +140,22 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
                 n = min(per_write, ops - issued)
                 if ledger:
                     ledger.in_block = True
-                async with node.write() as r:
-                    for _ in range(n):
-                        one_op(r, rng)
-                    issued += n
-                    last = r.clock[r.replica_id]
+                try:
+                    async with node.write() as r:
+                        for _ in range(n):
+                            one_op(r, rng)
+                        issued += n
+                        last = r.clock[r.replica_id]
+                        if ledger:
+                            ledger.pending(first, last, n)
+                except StoreUnavailable as e:  # not accepted: memory went back to the store
                     if ledger:
-                        ledger.pending(first, last, n)
+                        ledger.in_block = False
+                    print(f"replica {node.replica_id}: {e}; waiting for the store",
+                          file=sys.stderr, flush=True)
+                    await node.store_works()
+                    issued = node.replica.counter(f"issued/{node.replica_id}").value
+                    continue
                 if ledger:  # write() returned: accepted
                     ledger.accepted(first, last, n)
                 if rate and not leave.is_set():  # paced by the clock (the work's own time

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import sys
@@ -159,10 +160,18 @@ class AmqpNode:
         self._narrow = False  # a broker user that may not declare the shared topology
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
         self._refusal_said = 0.0
+        self._unroutable_said = 0.0
+        self._sent = itertools.count()  # numbers our messages' ids
         self._last_commit = 0.0
         #: Called with this replica's last own sequence number each time its own
         #: operations up to it were committed to the outbox (durable).
         self.on_committed: list[Callable[[int], None]] = []
+        #: Called with the clock memory was restored to from the store after a store
+        #: failure (what memory held beyond it is gone: see :meth:`_recover_store`).
+        self.on_restored: list[Callable[[dict[str, int]], None]] = []
+        #: Times the store failed, and times our echo stopped (since this process started).
+        self.store_failures = 0
+        self.echo_losses = 0
 
     def _options(self) -> dict[str, Any]:
         return {"wall_clock": self._wall_clock, "policy": self.policy,
@@ -199,6 +208,7 @@ class AmqpNode:
         ``write()``/``flush()`` raise :class:`StoreUnavailable`."""
         metrics.STORE_FAILURES.labels(self.replica_id).inc()
         if self.store_failure is None:
+            self.store_failures += 1
             log.error("replica %s: the store failed (%s); deliveries and writes stop until it "
                       "takes writes again (retried with backoff up to %.0fs; write() raises "
                       "StoreUnavailable meanwhile)", self.replica_id, error, MAX_STORE_RETRY_S)
@@ -225,6 +235,8 @@ class AmqpNode:
                 if not restored:  # at once if the store can be read (a lock, a full disk):
                     self.replica.adopt(self._restore())  # memory no more ahead of it
                     restored = True
+                    for hook in self.on_restored:
+                        hook(dict(self.replica.clock))
                 self.store.put(STORE_PROBE, str(time.time_ns()).encode())
                 break
             except StoreUnavailable as e:
@@ -244,6 +256,11 @@ class AmqpNode:
         log.warning("replica %s: the store takes writes again; memory restored from it "
                     "(clock %s); deliveries and writes resume", self.replica_id,
                     dict(self.replica.clock))
+
+    async def store_works(self) -> None:
+        """Return once the store takes writes (at once when it has not failed): after a
+        :class:`StoreUnavailable`, memory was restored from the store by then."""
+        await self._store_ok.wait()
 
     def health(self) -> dict[str, str]:
         """What works, by part: ``store`` and ``echo`` (our messages come back through
@@ -428,7 +445,7 @@ class AmqpNode:
                 await (await attempt).close()
             raise
         self._conn.reconnect_callbacks.add(self._on_reconnect)
-        self._pub = await self._conn.channel(publisher_confirms=True)
+        self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         consume = await self._conn.channel()
         await consume.set_qos(prefetch_count=s.prefetch)
         try:
@@ -439,7 +456,8 @@ class AmqpNode:
             log.info("user %s may not declare %s's exchanges and stream; using them as "
                      "provisioned", s.user, s.exchange)
             self._narrow = True
-            self._pub = await self._conn.channel(publisher_confirms=True)
+            self._pub = await self._conn.channel(publisher_confirms=True,
+                                                 on_return_raises=True)
             self._exchange = await self._pub.get_exchange(s.exchange)
             self._dlx = await self._pub.get_exchange(s.dead_letter_exchange)
         self._queue = await consume.declare_queue(
@@ -541,6 +559,7 @@ class AmqpNode:
                       "the topology again and re-reading the stream", rid, s.queue(rid), silent)
         self.echo_silent_s = silent
         metrics.ECHO_LOSSES.labels(rid).inc()
+        self.echo_losses += 1
         await self._redeclare()
         self._echo.reset(time.monotonic())
         await self._replay_stream(reread=True)
@@ -641,8 +660,11 @@ class AmqpNode:
             outcomes = await asyncio.gather(*(self._publish(body) for _, body in rows),
                                             return_exceptions=True)
             done = [i for (i, _), out in zip(rows, outcomes, strict=True) if out is None]
+            unroutable = sum(isinstance(out, aio_pika.exceptions.PublishError)
+                             for out in outcomes)
             refused = [(i, body) for (i, body), out in zip(rows, outcomes, strict=True)
-                       if isinstance(out, aio_pika.exceptions.DeliveryError)]
+                       if isinstance(out, aio_pika.exceptions.DeliveryError)
+                       and not isinstance(out, aio_pika.exceptions.PublishError)]
             if refused:
                 done += await self._refused(refused)
             if done:
@@ -652,6 +674,10 @@ class AmqpNode:
                 metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(done))
             failed = [out for out in outcomes if isinstance(out, BaseException)
                       and not isinstance(out, aio_pika.exceptions.DeliveryError)]
+            if unroutable and not failed:
+                await self._unroutable(unroutable)
+                self._outbox_ready.set()  # they go again on the next round
+                return
             if failed:
                 if any(isinstance(e, aiormq.exceptions.ChannelNotFoundEntity) for e in failed):
                     self._redeclare_due = True  # the exchange is gone
@@ -665,6 +691,19 @@ class AmqpNode:
             self._refusal_backoff = 0.05
         metrics.OUTBOX.labels(self.replica_id).set(0)
 
+    async def _unroutable(self, n: int) -> None:
+        """The broker returned ``n`` of our messages (``mandatory``, basic.return): they
+        reached no queue, not even the stream, so the exchange's bindings were deleted
+        (it was re-created empty). Declare the whole topology again; the caller
+        publishes them again."""
+        metrics.PUBLISHES_UNROUTABLE.labels(self.replica_id).inc(n)
+        if time.monotonic() - self._unroutable_said > 60:
+            self._unroutable_said = time.monotonic()
+            log.warning("replica %s: %d of its messages reached no queue through %s (its "
+                        "bindings deleted?); declaring the topology again and publishing "
+                        "them again", self.replica_id, n, self.settings.exchange)
+        await self._redeclare()
+
     async def _refused(self, rows: list[tuple[int, bytes]]) -> list[int]:
         """Messages the broker nacked: publish each straight into the stream (the
         default exchange, routed by the stream's name); returns the outbox ids the
@@ -676,7 +715,7 @@ class AmqpNode:
         self.refused += len(rows)
         outcomes = await asyncio.gather(*(
             self._pub.default_exchange.publish(
-                message(s, body, self._signer, message_id=self._echo_id),
+                message(s, body, self._signer, message_id=self._echo_id()),
                 routing_key=s.stream, timeout=30) for _, body in rows), return_exceptions=True)
         kept = [i for (i, _), out in zip(rows, outcomes, strict=True)
                 if not isinstance(out, BaseException)]
@@ -706,13 +745,20 @@ class AmqpNode:
     async def _publish(self, body: bytes) -> None:
         assert self._exchange is not None
         await self._exchange.publish(message(self.settings, body, self._signer,
-                                             message_id=self._echo_id), routing_key="",
+                                             message_id=self._echo_id()), routing_key="",
                                      timeout=30)
 
     @property
+    def _echo_prefix(self) -> str:
+        """How the ``message_id`` of this replica's own messages begins (its echo is
+        known by it)."""
+        return f"crdt-ops:{self.replica_id}:"
+
     def _echo_id(self) -> str:
-        """The ``message_id`` of this replica's own messages (its echo is known by it)."""
-        return f"crdt-ops:{self.replica_id}"
+        """A ``message_id`` for one of our messages: the echo prefix and a number,
+        unique among our unconfirmed messages (aiormq finds the publish a broker's
+        basic.return answers by its ``message_id``)."""
+        return f"{self._echo_prefix}{next(self._sent)}"
 
     async def _heartbeat(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
@@ -812,8 +858,8 @@ class AmqpNode:
         dead: list[tuple[AbstractIncomingMessage, str, str]] = []
         dropped = False
         if not stream:  # through our queue: the path from the exchange to us works
-            mine = self._echo_id
-            if any(msg.message_id == mine for msg in batch):
+            mine = self._echo_prefix
+            if any((msg.message_id or "").startswith(mine) for msg in batch):
                 self._echo.echoed(time.monotonic())
             else:
                 self._echo.delivered(time.monotonic())
