@@ -479,7 +479,9 @@ class Relay:
         conn = await aio_pika.connect(self.url, timeout=10, client_properties={
             "connection_name": "crdt-ops chaos relay"})
         async with conn:
-            pub = await conn.channel(publisher_confirms=True)
+            # a relayed message the broker returns (it reached no queue: an exchange
+            # re-created without its bindings) fails the session: it is not acked
+            pub = await conn.channel(publisher_confirms=True, on_return_raises=True)
             sub = await conn.channel()
             await sub.set_qos(prefetch_count=0)
             exchanges = {}

@@ -97,7 +97,8 @@ def test_the_writer_records_what_replicas_really_apply(tmp_path: Path) -> None:
 
 def chaos(*args: str) -> tuple[int, list[str], str]:
     done = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "chaos", "--ops", "3000",
-                           "--pause-s", "3", "--lock-s", "3", "--duration", "15", "--timeout", "120", *args],
+                           "--pause-s", "3", "--lock-s", "3", "--duration", "15",
+                           "--timeout", "120", *args],
                           capture_output=True, text=True, timeout=170)
     return done.returncode, done.stdout.strip().splitlines(), done.stderr
 

@@ -157,6 +157,10 @@ class AmqpNode:
         #: echo, once that passed the patience (see :meth:`_echo_watch`); else 0.
         self.echo_silent_s = 0.0
         self._redeclare_due = False
+        #: the topology was missing while the group published: what our queue missed
+        #: meanwhile (a retirement, a heartbeat: nothing a gap would reveal) is in the stream
+        self._reread_due = False
+        self._echo_tick = time.monotonic()
         self._narrow = False  # a broker user that may not declare the shared topology
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
         self._refusal_said = 0.0
@@ -514,7 +518,10 @@ class AmqpNode:
         metrics.RECONNECTS.labels(self.replica_id).inc()
         log.warning("replica %s reconnected to the broker; republishing the outbox",
                     self.replica_id)
-        self._redeclare_due = True  # what was lost with the broker's state is declared again
+        # what was lost with the broker's state is declared again, and what our queue
+        # missed while its binding may have been gone (an operator's deletion that the
+        # broker's restart hides) is read from the stream
+        self._redeclare_due = self._reread_due = True
         self._outbox_ready.set()
 
     async def _redeclare(self) -> None:
@@ -539,14 +546,27 @@ class AmqpNode:
         (``max(gap_timeout_s, 4 x heartbeat_s)``) while our confirmed messages await
         their echo (:mod:`crdt_ops.transport.echo`), the path from the exchange to us
         is broken: declare the topology again and re-read the stream. Also declares
-        it again after a reconnect or a publish to a missing exchange."""
+        it again after a reconnect or a publish to a missing exchange, and then re-reads
+        the stream, as after the broker returned our messages as unroutable: the group
+        may have published into an exchange without our binding, and what our queue
+        missed then (a retirement, a heartbeat) is no gap a clock would reveal.
+        Silence says nothing while deliveries wait for a failed store, or when this
+        tick came late (the process was paused, or its loop stalled)."""
         s, rid = self.settings, self.replica_id
+        patience = max(s.gap_timeout_s, 4 * s.heartbeat_s)
         await asyncio.sleep(s.heartbeat_s)
+        now = time.monotonic()
+        late, self._echo_tick = now - self._echo_tick > s.heartbeat_s + patience, now
         if self._redeclare_due:
             await self._redeclare()
-        now = time.monotonic()
+        if self._reread_due:
+            self._reread_due = False
+            log.warning("replica %s: re-reading the stream for what our queue may have missed "
+                        "while the topology was missing or the broker was away", rid)
+            await self._replay_stream(reread=True)
+        if late or self.store_failure is not None:
+            self._echo.reset(now)
         silent = self._echo.silent_for(now)
-        patience = max(s.gap_timeout_s, 4 * s.heartbeat_s)
         metrics.ECHO_SILENT.labels(rid).set(silent if silent > patience else 0)
         if silent <= patience:
             if self.echo_silent_s:
@@ -680,7 +700,7 @@ class AmqpNode:
                 return
             if failed:
                 if any(isinstance(e, aiormq.exceptions.ChannelNotFoundEntity) for e in failed):
-                    self._redeclare_due = True  # the exchange is gone
+                    self._redeclare_due = self._reread_due = True  # the exchange is gone
                 self._outbox_ready.set()
                 raise failed[0]
             if len(done) < len(rows):  # refused, and the stream did not take them either
@@ -703,6 +723,7 @@ class AmqpNode:
                         "bindings deleted?); declaring the topology again and publishing "
                         "them again", self.replica_id, n, self.settings.exchange)
         await self._redeclare()
+        self._reread_due = True
 
     async def _refused(self, rows: list[tuple[int, bytes]]) -> list[int]:
         """Messages the broker nacked: publish each straight into the stream (the
