@@ -111,35 +111,33 @@ async def restart_and_compare(s: Settings, a: AmqpNode, b: AmqpNode, store: Path
     await a.stop()
 
 
+async def survive(s: Settings, a_store: Path, b_store: Path,
+                  fault: contextlib.AbstractContextManager[None]) -> None:
+    """Replicas a and b over the broker; b's store fails (:func:`exercise`); then b
+    restarts on its store (:func:`restart_and_compare`)."""
+    a, b = node(s, "a", a_store), node(s, "b", b_store)
+    await a.start()
+    await b.start()
+    try:
+        await exercise(a, b, fault)
+    except BaseException:
+        await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
+        raise
+    await restart_and_compare(s, a, b, b_store)
+
+
 @pytest.mark.asyncio
 async def test_a_locked_store_loses_nothing_and_resumes(settings: Settings,
                                                         tmp_path: Path) -> None:
     store = tmp_path / "b.sqlite"
-    a, b = node(settings, "a", tmp_path / "a.sqlite"), node(settings, "b", store)
-    await a.start()
-    await b.start()
-    try:
-        await exercise(a, b, locked(store))
-    except BaseException:
-        await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
-        raise
-    await restart_and_compare(settings, a, b, store)
+    await survive(settings, tmp_path / "a.sqlite", store, locked(store))
 
 
 @pytest.mark.asyncio
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
 async def test_a_full_disk_loses_nothing_and_resumes(settings: Settings, tmp_path: Path) -> None:
     with small_filesystem(tmp_path) as mnt:
-        store = mnt / "b.sqlite"
-        a, b = node(settings, "a", tmp_path / "a.sqlite"), node(settings, "b", store)
-        await a.start()
-        await b.start()
-        try:
-            await exercise(a, b, full(mnt))
-        except BaseException:
-            await asyncio.gather(a.stop(), b.stop(), return_exceptions=True)
-            raise
-        await restart_and_compare(settings, a, b, store)
+        await survive(settings, tmp_path / "a.sqlite", mnt / "b.sqlite", full(mnt))
 
 
 @pytest.mark.asyncio

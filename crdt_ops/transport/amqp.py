@@ -38,7 +38,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +209,10 @@ class AmqpNode:
     def _store_failed(self, error: StoreUnavailable) -> None:
         """A store read or write failed: memory may be ahead of the store. Until
         :meth:`_recover_store` restored memory from the store, deliveries wait, and
-        ``write()``/``flush()`` raise :class:`StoreUnavailable`."""
+        ``write()``/``flush()`` raise :class:`StoreUnavailable`. A failure already
+        reported (raised on through a loop) is not counted again."""
+        if error is self.store_failure:
+            return
         metrics.STORE_FAILURES.labels(self.replica_id).inc()
         if self.store_failure is None:
             self.store_failures += 1
@@ -260,6 +263,16 @@ class AmqpNode:
         log.warning("replica %s: the store takes writes again; memory restored from it "
                     "(clock %s); deliveries and writes resume", self.replica_id,
                     dict(self.replica.clock))
+
+    @contextlib.contextmanager
+    def _storing(self) -> Iterator[None]:
+        """Around a store write whose failure leaves memory ahead of the store: the
+        failure is reported (:meth:`_store_failed`) and raised on."""
+        try:
+            yield
+        except StoreUnavailable as e:
+            self._store_failed(e)
+            raise
 
     async def store_works(self) -> None:
         """Return once the store takes writes (at once when it has not failed): after a
@@ -557,32 +570,31 @@ class AmqpNode:
         await asyncio.sleep(s.heartbeat_s)
         now = time.monotonic()
         late, self._echo_tick = now - self._echo_tick > s.heartbeat_s + patience, now
-        if self._redeclare_due:
-            await self._redeclare()
-        if self._reread_due:
-            self._reread_due = False
-            log.warning("replica %s: re-reading the stream for what our queue may have missed "
-                        "while the topology was missing or the broker was away", rid)
-            await self._replay_stream(reread=True)
         if late or self.store_failure is not None:
             self._echo.reset(now)
         silent = self._echo.silent_for(now)
         metrics.ECHO_SILENT.labels(rid).set(silent if silent > patience else 0)
-        if silent <= patience:
-            if self.echo_silent_s:
-                log.warning("replica %s: its own messages come back again", rid)
+        if silent > patience:
+            if not self.echo_silent_s:
+                log.error("replica %s: none of its confirmed messages came back through its "
+                          "queue %s for %.0fs (the exchange, the binding or the queue "
+                          "deleted?); declaring the topology again and re-reading the stream",
+                          rid, s.queue(rid), silent)
+            self.echo_silent_s = silent
+            metrics.ECHO_LOSSES.labels(rid).inc()
+            self.echo_losses += 1
+            self._redeclare_due = self._reread_due = True
+            self._echo.reset(now)
+        elif self.echo_silent_s:
+            log.warning("replica %s: its own messages come back again", rid)
             self.echo_silent_s = 0.0
-            return
-        if not self.echo_silent_s:
-            log.error("replica %s: none of its confirmed messages came back through its queue "
-                      "%s for %.0fs (the exchange, the binding or the queue deleted?); declaring "
-                      "the topology again and re-reading the stream", rid, s.queue(rid), silent)
-        self.echo_silent_s = silent
-        metrics.ECHO_LOSSES.labels(rid).inc()
-        self.echo_losses += 1
-        await self._redeclare()
-        self._echo.reset(time.monotonic())
-        await self._replay_stream(reread=True)
+        if self._redeclare_due:
+            await self._redeclare()
+        if self._reread_due:
+            self._reread_due = False
+            log.info("replica %s: re-reading the stream for what its queue may have missed",
+                     rid)
+            await self._replay_stream(reread=True)
 
     # ------------------------------------------------------------ local writes
 
@@ -646,11 +658,8 @@ class AmqpNode:
         self._last_commit = time.monotonic()
         msgs = self.replica.outgoing()
         if msgs:
-            try:
+            with self._storing():  # the batches are dropped with memory's excess
                 self.store.append((), msgs)
-            except StoreUnavailable as e:  # the batches are dropped with memory's excess
-                self._store_failed(e)
-                raise
             self._outbox_ready.set()
             self._committed_own()
         if self._committed is not None and not self._committed.done():
@@ -901,13 +910,12 @@ class AmqpNode:
                     reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
                     dead.append((msg, reason, str(e)))
         produced = replica.outgoing()
-        try:
+        # on failure nacked by the caller: they come again, and are applied anew once
+        # memory is restored from the store
+        with self._storing():
             self.store.append(valid, produced)
             if dropped:  # during a re-read too: what it could not hold needs another one
                 self.store.put(REREAD_DUE, b"1")
-        except StoreUnavailable as e:  # nacked by the caller: they come again, and are
-            self._store_failed(e)  # applied anew once memory is restored from the store
-            raise
         if produced:
             self._committed_own()
         self._outbox_ready.set()
@@ -970,11 +978,8 @@ class AmqpNode:
         :class:`~crdt_ops.store.StoreUnavailable` if the store fails (the old snapshot
         and log stay as they were)."""
         self._commit_local()
-        try:
+        with self._storing():
             self.store.save_snapshot(self.replica.snapshot())
-        except StoreUnavailable as e:
-            self._store_failed(e)
-            raise
         self._since_snapshot = 0
 
     def _observe(self) -> None:
