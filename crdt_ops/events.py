@@ -16,6 +16,11 @@ class ChangeEvent:
 
     Events are emitted after a whole batch is applied (one per key it changed),
     in delivery order, for local and remote changes alike.
+
+    ``key``: the top-level key; ``old`` / ``new``: its plain values before and
+    after the batch (as ``Replica.get()`` shows them; None when the key was absent
+    or is removed); ``origin``: the replica whose operations changed it (this
+    replica's id for local writes).
     """
 
     key: str

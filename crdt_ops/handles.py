@@ -19,7 +19,22 @@ if TYPE_CHECKING:
 
 
 class Handle:
-    """The object at ``path`` of ``replica``, of this handle's type."""
+    """The object at ``path`` of ``replica``, of this handle's type.
+
+    Get handles from the replica (``replica.counter("hits")``) or from a map handle
+    (``replica.map("users/ada").register("email")``), never by calling the class.
+    Getting one writes nothing; it raises :class:`~crdt_ops.errors.TypeConflict` if
+    the path already holds another type here, and ValueError for an empty or
+    non-str key or field name, or for maps nested deeper than the wire allows.
+
+    Every mutator applies its operation to the local replica at once (``value``
+    shows it, subscribers are told, before the mutator returns) and queues it for
+    the replica's ``outgoing()`` (a node sends it). A mutator raises
+    :class:`~crdt_ops.errors.NotAMember` if this replica may not write yet,
+    :class:`~crdt_ops.policy.Forbidden` if the replica's write policy denies the
+    path, and :class:`~crdt_ops.errors.InvalidValue` for a value that cannot be
+    replicated; then nothing was applied.
+    """
 
     TYPE: ClassVar[ObjType]
     EMPTY: ClassVar[Any] = None
@@ -41,7 +56,11 @@ class Handle:
 
     @property
     def value(self) -> Any:
-        """The object's current plain value (the type's empty value if unset)."""
+        """The object's current plain value, read from the replica's state at each access
+        (read-only; change it with the mutators): an int for counters, the value for a
+        register, a frozenset for an MV register or a set, a bool for a flag, a dict
+        for a map. An object never written (or removed) reads as its type's empty
+        value: 0, None, frozenset(), False, {}."""
         obj = self._obj()
         return self.EMPTY if obj is None else obj.value
 
@@ -74,6 +93,9 @@ class _Counter(Handle):
             self._emit(Kind.COUNTER_ADD, **{part: n})
 
     def increment(self, n: int = 1) -> None:
+        """Add ``n`` (an int >= 0; 0 writes nothing). Raises TypeError for a
+        non-int, ValueError for a negative ``n`` or when this replica's own total of
+        increments on this counter would pass 2**63 - 1."""
         self._add(n, "p")
 
 
@@ -84,6 +106,9 @@ class CounterHandle(_Counter):
     __slots__ = ()
 
     def decrement(self, n: int = 1) -> None:
+        """Subtract ``n`` (an int >= 0; 0 writes nothing); the value may go below 0.
+        Raises as :meth:`increment` does (the bound is on this replica's total of
+        decrements)."""
         self._add(n, "n")
 
 
@@ -101,12 +126,19 @@ class RegisterHandle(Handle):
     __slots__ = ()
 
     def set(self, value: Value) -> None:
+        """Assign ``value`` (str, bytes, int, float, bool or None). Of concurrent
+        assignments, the one with the greater (hybrid logical timestamp, replica id)
+        wins at every replica; a later assignment (one that saw it) always wins."""
         value = check_value(value)
         self._emit(Kind.REGISTER_SET, value=value, timestamp=self._replica._hlc.now(),
                    observed=self._observed())
 
     @property
     def timestamp(self) -> int:
+        """The hybrid logical timestamp of the winning assignment (0 if unset): the
+        writer's wall clock (e.g. nanoseconds of ``time.time_ns``) when its replica has
+        a ``wall_clock``, but always above every timestamp it had seen; else a
+        Lamport counter (:class:`~crdt_ops.hlc.HybridClock`)."""
         obj = self._obj()
         return obj.timestamp if isinstance(obj, LWWRegister) else 0
 
@@ -119,6 +151,8 @@ class MVRegisterHandle(Handle):
     __slots__ = ()
 
     def set(self, value: Value) -> None:
+        """Assign ``value``, replacing every value seen here; assignments concurrent
+        with it are kept beside it (the value is then a frozenset of several)."""
         value = check_value(value)
         self._emit(Kind.REGISTER_SET, value=value, observed=self._observed())
 
@@ -135,6 +169,7 @@ class SetHandle(Handle):
         return obj.observed(element) if isinstance(obj, ORSet) else ()
 
     def add(self, element: Value) -> None:
+        """Add ``element``; it wins over a concurrent remove of it (add-wins)."""
         element = check_value(element)
         self._emit(Kind.SET_ADD, value=element, observed=self._seen(element))
 
@@ -157,9 +192,11 @@ class FlagHandle(Handle):
     __slots__ = ()
 
     def enable(self) -> None:
+        """Set the flag; it wins over a concurrent ``disable()`` (enable-wins)."""
         self._emit(Kind.FLAG_ENABLE, observed=self._observed())
 
     def disable(self) -> None:
+        """Clear the flag as enabled here; a no-op if it is not enabled here."""
         seen = self._observed()
         if seen:
             self._emit(Kind.FLAG_DISABLE, observed=seen)
@@ -174,28 +211,36 @@ class MapHandle(Handle):
 
     @property
     def value(self) -> dict[str, Any]:
+        """The visible fields as a dict of plain values (nested maps as dicts)."""
         obj = self._obj()
         return {} if obj is None else obj.value
 
     def counter(self, name: str) -> CounterHandle:
+        """The PN-counter at field ``name`` of this map (see :class:`Handle`)."""
         return CounterHandle(self._replica, (*self.path, name))
 
     def gcounter(self, name: str) -> GCounterHandle:
+        """The grow-only counter at field ``name`` of this map (see :class:`Handle`)."""
         return GCounterHandle(self._replica, (*self.path, name))
 
     def register(self, name: str) -> RegisterHandle:
+        """The LWW register at field ``name`` of this map (see :class:`Handle`)."""
         return RegisterHandle(self._replica, (*self.path, name))
 
     def mvregister(self, name: str) -> MVRegisterHandle:
+        """The multi-value register at field ``name`` of this map (see :class:`Handle`)."""
         return MVRegisterHandle(self._replica, (*self.path, name))
 
     def set(self, name: str) -> SetHandle:
+        """The add-wins set at field ``name`` of this map (see :class:`Handle`)."""
         return SetHandle(self._replica, (*self.path, name))
 
     def flag(self, name: str) -> FlagHandle:
+        """The enable-wins flag at field ``name`` of this map (see :class:`Handle`)."""
         return FlagHandle(self._replica, (*self.path, name))
 
     def map(self, name: str) -> MapHandle:
+        """The nested map at field ``name`` of this map (see :class:`Handle`)."""
         return MapHandle(self._replica, (*self.path, name))
 
     def remove(self, name: str) -> None:

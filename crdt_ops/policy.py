@@ -93,6 +93,8 @@ class Rule:
         return captures
 
     def allows(self, origin: str, captures: dict[str, str]) -> bool:
+        """Whether ``origin`` belongs to one of the writers, given the captures of
+        :meth:`match` (a writer's ``{name}`` must equal the path's)."""
         for writer in self._writers:
             m = writer.fullmatch(origin)
             if m is not None and all(captures.get(k) == v for k, v in m.groupdict().items()):

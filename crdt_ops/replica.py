@@ -63,6 +63,8 @@ class Replica:
                  compact_every: int = 1000, max_waiting_per_origin: int | None = None,
                  policy: WritePolicy = OPEN, members: Iterable[str] | None = None) -> None:
         _check_id(replica_id)
+        #: This replica's id, unique in its group (a str of 1..256 characters); every
+        #: operation it writes carries it as its origin.
         self.replica_id = replica_id
         #: Who may write what (:mod:`crdt_ops.policy`), checked for local and remote
         #: operations alike; every replica of a group must use the same policy.
@@ -72,6 +74,8 @@ class Replica:
         self._root = ORMap()
         self._buffer = CausalBuffer(max_ops=max_buffered_ops,
                                     max_per_origin=max_waiting_per_origin)
+        #: The group's agreed membership as this replica knows it: founders, admissions,
+        #: retirements (:class:`~crdt_ops.membership.Membership`).
         self.membership = Membership(members)
         self._stability = Stability(replica_id, self._buffer.clock, self.membership)
         self._hlc = HybridClock(wall_clock)
@@ -94,24 +98,42 @@ class Replica:
     # ------------------------------------------------------------ handles
 
     def counter(self, key: str) -> CounterHandle:
+        """The PN-counter (increments and decrements) at top-level ``key``:
+        a :class:`~crdt_ops.handles.CounterHandle`.
+
+        Getting a handle writes nothing; its mutators write. Raises
+        :class:`~crdt_ops.errors.TypeConflict` if ``key`` holds another type here,
+        ValueError for an empty key (see :class:`~crdt_ops.handles.Handle`)."""
         return CounterHandle(self, (key,))
 
     def gcounter(self, key: str) -> GCounterHandle:
+        """The grow-only counter at top-level ``key``:
+        a :class:`~crdt_ops.handles.GCounterHandle`."""
         return GCounterHandle(self, (key,))
 
     def register(self, key: str) -> RegisterHandle:
+        """The last-writer-wins register at top-level ``key``:
+        a :class:`~crdt_ops.handles.RegisterHandle`."""
         return RegisterHandle(self, (key,))
 
     def mvregister(self, key: str) -> MVRegisterHandle:
+        """The multi-value register at top-level ``key``:
+        a :class:`~crdt_ops.handles.MVRegisterHandle`."""
         return MVRegisterHandle(self, (key,))
 
     def set(self, key: str) -> SetHandle:
+        """The add-wins observed-remove set at top-level ``key``:
+        a :class:`~crdt_ops.handles.SetHandle`."""
         return SetHandle(self, (key,))
 
     def flag(self, key: str) -> FlagHandle:
+        """The enable-wins flag at top-level ``key``:
+        a :class:`~crdt_ops.handles.FlagHandle`."""
         return FlagHandle(self, (key,))
 
     def map(self, key: str) -> MapHandle:
+        """The map of named fields (nested handles) at top-level ``key``:
+        a :class:`~crdt_ops.handles.MapHandle`."""
         return MapHandle(self, (key,))
 
     def remove(self, key: str) -> None:
@@ -193,7 +215,14 @@ class Replica:
 
     def subscribe(self, prefix: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(ChangeEvent)`` after every change of a key starting with
-        ``prefix``; returns a function that unsubscribes."""
+        ``prefix`` (``""``: every key); returns a function that unsubscribes.
+
+        Changes made after this call are reported, local and remote alike (register
+        before the writes or deliveries you want to hear about; the current state is
+        :meth:`items`). The callback runs synchronously, inside the mutator or the
+        :meth:`receive` that applied the change, once per changed top-level key and
+        batch; it must not block. It may write (a node sends those writes too). An
+        exception it raises is logged and does not stop the other callbacks."""
         return self._subs.add(prefix, callback)
 
     # ------------------------------------------------------------ output
