@@ -184,8 +184,9 @@ def _public_base(cls: type) -> str:
     return "object"
 
 
-def _members(cls: type) -> Iterator[tuple[str, Any]]:
-    """Public members defined by ``cls`` or a crdt-ops base, own ones first."""
+def _members(cls: type) -> Iterator[tuple[str, Any, type]]:
+    """Public members defined by ``cls`` or a crdt-ops base, own ones first, with the
+    class that defines each."""
     seen: set[str] = set()
     for klass in cls.__mro__:
         if not klass.__module__.startswith("crdt_ops") or klass is Exception:
@@ -196,7 +197,7 @@ def _members(cls: type) -> Iterator[tuple[str, Any]]:
             seen.add(name)
             if isinstance(value, (property, staticmethod, classmethod)) or inspect.isfunction(
                     value):
-                yield name, value
+                yield name, value, klass
 
 
 def _dataclass_fields(cls: type) -> list[str]:
@@ -253,8 +254,12 @@ def document(ref: str) -> list[str]:
             out += [f"- `{name}.{attr}` (attribute): {markdown(text)}"]
         if attrs:
             out.append("")
-        for member, value in _members(obj):
-            out += _member(name, member, value, module)
+        for member, value, owner in _members(obj):
+            if owner is not obj and f"{owner.__module__}:{owner.__name__}" in _documented():
+                kind = "property" if isinstance(value, property) else "method"
+                out += [f"- `{name}.{member}` ({kind}): as `{owner.__name__}.{member}`.", ""]
+            else:
+                out += _member(name, member, value, module)
     elif inspect.isroutine(obj):
         out += [f"### {name}", "", f"function `{signature(obj, f'{module_name}.{name}', module)}`",
                 ""]
@@ -265,6 +270,11 @@ def document(ref: str) -> list[str]:
         docs = _module_attribute_docs(module)
         out += [f"### {name}", "", f"`{module_name}.{name}`: {docs.get(name, '')}".rstrip(), ""]
     return out
+
+
+def _documented() -> set[str]:
+    """Every ``module:Name`` this reference has an entry for."""
+    return {ref for _, _, refs in SECTIONS for ref in refs}
 
 
 def _module_attribute_docs(module: Any) -> dict[str, str]:
