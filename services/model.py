@@ -37,6 +37,7 @@ POLICY = WritePolicy([
     # a worker's reports on a container: only into its own slot
     Rule(("containers/*", "workers", "{node}"), writers=("worker.{node}",)),
     Rule(("containers/*", "assigned_node"), writers=("logic",)),
+    Rule(("containers/*", "assigned_epoch"), writers=("logic",)),
     Rule(("containers/*", "rejected_reason"), writers=("logic",)),
     # name, owner, power_desired, restart_generation, and deleting the record
     Rule(("containers/*",), writers=("web",)),
@@ -83,6 +84,7 @@ class Container:
     restart_generation: int
     started_generation: int
     assigned_node: str | None
+    assigned_epoch: str | None  # the epoch of the node's lease the placement names
     pid: int | None
     last_error: str | None
     rejected_reason: str | None
@@ -100,7 +102,8 @@ class Container:
             power_actual=slot.get("power_actual") or "off",
             restart_generation=rec.get("restart_generation", 0),
             started_generation=slot.get("started_generation", 0),
-            assigned_node=node_name, pid=slot.get("pid"),
+            assigned_node=node_name, assigned_epoch=rec.get("assigned_epoch"),
+            pid=slot.get("pid"),
             last_error=slot.get("last_error"), rejected_reason=rec.get("rejected_reason"))
 
     def as_json(self) -> dict[str, Any]:
@@ -113,13 +116,20 @@ class Node:
 
     name: str
     capacity: int
-    heartbeat: int  # wall-clock milliseconds of the worker's last beat
+    heartbeat: int  # wall-clock milliseconds of the worker's last beat (for people)
     running: int
+    epoch: str | None  # the epoch of the worker's lease (services/lease.py)
+    lease_ms: int  # how long the worker's lease lasts
 
     @classmethod
     def of(cls, key: str, rec: dict[str, Any]) -> Node:
         return cls(name=key[len(NODES):], capacity=rec.get("capacity") or 0,
-                   heartbeat=rec.get("heartbeat") or 0, running=rec.get("running") or 0)
+                   heartbeat=rec.get("heartbeat") or 0, running=rec.get("running") or 0,
+                   epoch=rec.get("epoch"), lease_ms=rec.get("lease_ms") or 0)
+
+    @property
+    def lease_s(self) -> float:
+        return self.lease_ms / 1000
 
 
 def containers(replica: Replica) -> list[Container]:

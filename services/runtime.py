@@ -23,9 +23,14 @@ class RuntimeError_(Exception):
 class Runtime(Protocol):
     def start(self, cid: str) -> int: ...
 
-    def stop(self, cid: str) -> None: ...
+    def stop(self, cid: str, grace_s: float = 5.0) -> None: ...
 
     def running(self) -> dict[str, int]: ...
+
+    def guard_args(self) -> list[str]:
+        """The arguments of ``python -m services.guard`` that rebuild this runtime in
+        the guard's process (services/guard.py)."""
+        ...
 
 
 class ProcessRuntime:
@@ -55,12 +60,14 @@ class ProcessRuntime:
         self._pidfile(cid).write_text(str(proc.pid))
         return proc.pid
 
-    def stop(self, cid: str) -> None:
+    def stop(self, cid: str, grace_s: float = 5.0) -> None:
+        """Stop ``cid``'s instance: SIGTERM to its process group, SIGKILL after
+        ``grace_s`` seconds if it still runs."""
         pid = self._alive_pid(cid)
         self._pidfile(cid).unlink(missing_ok=True)
         if pid is None:
             return
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
@@ -71,6 +78,9 @@ class ProcessRuntime:
             if not _alive(pid, self._children.get(pid)):
                 break
         self._children.pop(pid, None)
+
+    def guard_args(self) -> list[str]:
+        return ["--process-dir", str(self.state_dir)]
 
     def running(self) -> dict[str, int]:
         """Container id -> pid of every instance alive now."""
@@ -143,8 +153,12 @@ class DockerRuntime:
                      self.image, *self.command)
         return int(self._docker("inspect", "-f", "{{.State.Pid}}", f"crdt-ops-{cid}"))
 
-    def stop(self, cid: str) -> None:
+    def stop(self, cid: str, grace_s: float = 5.0) -> None:
+        """Remove ``cid``'s container (``docker rm -f``: at once; ``grace_s`` unused)."""
         self._docker("rm", "-f", f"crdt-ops-{cid}")
+
+    def guard_args(self) -> list[str]:
+        return ["--docker"]
 
     def running(self) -> dict[str, int]:
         out = {}

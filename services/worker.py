@@ -1,10 +1,18 @@
-"""worker: runs the containers placed on its node and reports what really runs.
+"""worker: runs the containers placed on its node, under a lease, and reports what runs.
 
-It beats a heartbeat into ``nodes/<name>``, and on every change (and once a
-second) reconciles the runtime with the records: a container placed here that
-should run is started (again, with a new pid, when ``restart_generation`` grew);
-one that should not, or was moved away or deleted, is stopped. Failures are
-written to ``power_actual``/``last_error`` and retried with backoff.
+It beats a heartbeat into ``nodes/<name>`` (with its lease's epoch and length)
+every ``heartbeat_s``; a beat the broker confirmed in time renews the lease
+(services/lease.py). On every change (and twice a heartbeat) it reconciles the
+runtime with the records: a container placed on this node's current epoch that
+should run is started (again, with a new pid, when ``restart_generation``
+grew), while the lease holds; anything else that runs here is stopped. Failures
+are written to ``power_actual``/``last_error`` and retried with backoff.
+
+When the lease runs out (no confirmed beat for its length: the worker was paused,
+cut off from the broker, or its beats were not confirmed) everything here is
+stopped, by the worker and by its guard (services/guard.py, which does it even if
+the worker is paused or dead), and the worker starts a new epoch: logic then
+places the containers anew.
 """
 
 from __future__ import annotations
@@ -12,52 +20,110 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
+from pathlib import Path
 
 from crdt_ops.transport import Node as ReplicaNode
-from services import model
+from services import guard, lease, model
 from services.runtime import Runtime, RuntimeError_
 
 log = logging.getLogger("services.worker")
 
 
 class Worker:
+    """One node's worker. ``state_dir``: where its lease file and its guard's pid
+    file live (the runtime's directory); ``lease_s``: the lease's length in seconds;
+    ``use_guard``: run the guard process (tests of the worker alone may not)."""
+
     def __init__(self, node: ReplicaNode, name: str, runtime: Runtime, *,
-                 capacity: int = 10, heartbeat_s: float = 1.0) -> None:
+                 capacity: int = 10, heartbeat_s: float = 1.0,
+                 lease_s: float = lease.DEFAULT_LEASE_S, state_dir: Path | None = None,
+                 use_guard: bool = True) -> None:
+        if capacity < 0:
+            raise ValueError(f"a node's capacity must be >= 0, not {capacity}")
+        if lease_s < 4 * heartbeat_s:
+            raise ValueError(f"a lease of {lease_s}s is too short for a heartbeat every "
+                             f"{heartbeat_s}s: make it at least 4 heartbeats")
         self.node = node
         self.name = name
         self.runtime = runtime
         self.capacity = capacity
         self.heartbeat_s = heartbeat_s
+        self.state_dir = state_dir or Path(f".crdt-ops-worker-{name}")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.lease_file = self.state_dir / lease.LEASE_FILE
+        self.lease = self._adopt(lease_s)
+        self.use_guard = use_guard
         self._wake = asyncio.Event()
         self._retry_at: dict[str, tuple[float, float]] = {}  # cid -> (when, backoff)
+        self._beat: tuple[float, float] | None = None  # (written at, committed at)
+
+    def _adopt(self, lease_s: float) -> lease.Lease:
+        """The lease of a worker that ran here before, if it still holds (a restart
+        keeps the containers); else a new epoch."""
+        saved = lease.load(self.lease_file)
+        now = time.monotonic()
+        if saved is not None and saved.lease.may_run(now) and saved.lease.duration_s == lease_s:
+            log.info("%s: keeping epoch %s (its lease holds for %.1fs more)", self.name,
+                     saved.lease.epoch, saved.lease.deadline - now)
+            return saved.lease
+        fresh = lease.Lease(lease.new_epoch(), lease_s)
+        lease.save(self.lease_file, fresh, os.getpid())
+        return fresh
 
     def beat(self) -> None:
+        """Write a heartbeat with this epoch and lease (and the capacity if it changed)."""
         rec = model.node(self.node.replica, self.name)
         rec.register("heartbeat").set(int(time.time() * 1000))
-        if rec.register("capacity").value != self.capacity:
-            rec.register("capacity").set(self.capacity)
+        for field, value in (("capacity", self.capacity), ("epoch", self.lease.epoch),
+                             ("lease_ms", int(self.lease.duration_s * 1000))):
+            if rec.register(field).value != value:
+                rec.register(field).set(value)
 
-    def reconcile(self) -> int:
+    def keep_lease(self, now: float) -> None:
+        """Renew the lease from a confirmed beat; when it ran out, stop everything and
+        start a new epoch."""
+        if self._beat is not None and self.node.confirmed_through() >= self._beat[1]:
+            written, _ = self._beat
+            self._beat = None
+            if self.lease.renew(written, now):
+                lease.save(self.lease_file, self.lease, os.getpid())
+        if self.lease.lapsed(now):
+            stopped = self._stop_all()
+            old = self.lease.epoch
+            self.lease = lease.Lease(lease.new_epoch(), self.lease.duration_s)
+            lease.save(self.lease_file, self.lease, os.getpid())
+            log.warning("%s: the lease of epoch %s ran out (no heartbeat confirmed in time "
+                        "for %.0fs): stopped %d containers; new epoch %s", self.name, old,
+                        self.lease.duration_s, stopped, self.lease.epoch)
+
+    def _stop_all(self) -> int:
+        running = self.runtime.running()
+        for cid in running:
+            self.runtime.stop(cid, grace_s=self.lease.grace_s)
+        return len(running)
+
+    def reconcile(self, now: float | None = None) -> int:
         """Make the runtime match the records; write what changed. Returns writes."""
+        now = time.monotonic() if now is None else now
         r = self.node.replica
         running = self.runtime.running()
         writes = 0
-        mine = {c.id: c for c in model.containers(r) if c.assigned_node == self.name}
-        for cid in set(running) - {k for k, c in mine.items() if c.power_desired == "on"}:
+        here = {c.id: c for c in model.containers(r) if c.assigned_node == self.name}
+        may_run = self.lease.may_run(now)
+        mine = {cid: c for cid, c in here.items() if may_run and c.power_desired == "on"
+                and c.assigned_epoch == self.lease.epoch}
+        for cid in set(running) - set(mine):
             log.info("%s: stopping %s", self.name, cid)
-            self.runtime.stop(cid)
+            self.runtime.stop(cid, grace_s=self.lease.grace_s)
             running.pop(cid)
-            if cid in mine:
-                self._report(mine[cid].id, power_actual="off", pid=None)
+        for c in here.values():
+            if c.id not in mine and (c.power_actual != "off" or c.pid is not None):
+                self._report(c.id, power_actual="off", pid=None)
                 writes += 1
-        now = time.monotonic()
+        tick = time.monotonic()
         for c in mine.values():
-            if c.power_desired != "on":
-                if c.power_actual not in ("off",):
-                    self._report(c.id, power_actual="off", pid=None)
-                    writes += 1
-                continue
             fresh = c.id in running and c.started_generation == c.restart_generation
             if fresh:
                 if c.power_actual != "on" or c.pid != running[c.id]:
@@ -65,13 +131,15 @@ class Worker:
                     writes += 1
                 continue
             when, backoff = self._retry_at.get(c.id, (0.0, 0.5))
-            if now < when:
+            if tick < when:
                 continue
+            if self.use_guard:
+                guard.ensure(self.state_dir, self.runtime)
             try:
                 pid = self.runtime.start(c.id)
             except RuntimeError_ as e:
                 log.warning("%s: starting %s failed: %s", self.name, c.id, e)
-                self._retry_at[c.id] = (now + backoff, min(backoff * 2, 30.0))
+                self._retry_at[c.id] = (tick + backoff, min(backoff * 2, 30.0))
                 self._report(c.id, power_actual="failed", last_error=str(e))
                 writes += 1
                 continue
@@ -95,13 +163,18 @@ class Worker:
 
     async def run(self) -> None:
         self.node.replica.subscribe(model.CONTAINERS, lambda e: self._wake.set())
+        if self.use_guard:
+            guard.ensure(self.state_dir, self.runtime)
         last_beat = 0.0
         while True:
+            self.keep_lease(time.monotonic())
             if time.monotonic() - last_beat >= self.heartbeat_s:
+                written = last_beat = time.monotonic()
                 self.beat()
-                last_beat = time.monotonic()
+                await self.node.flush()
+                self._beat = (written, time.monotonic())
             self._wake.clear()  # first: a change landing while we work wakes the next round
             self.reconcile()
             await self.node.flush()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.heartbeat_s / 2)
+                await asyncio.wait_for(self._wake.wait(), self.heartbeat_s / 4)

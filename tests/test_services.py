@@ -43,7 +43,7 @@ class System:
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CRDT_OPS_LOG="INFO"))
 
     def worker(self, name: str) -> None:
-        self.start(name, "worker", "--node", name, "--capacity", "2",
+        self.start(name, "worker", "--node", name, "--capacity", "2", "--lease-s", "4",
                    "--runtime-dir", str(self.workdir / f"run-{name}"))
 
     def api(self, method: str, path: str, body: Any = None, raw: bytes | None = None

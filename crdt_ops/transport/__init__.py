@@ -30,3 +30,13 @@ class Node(Protocol):
     def health(self) -> dict[str, str]:
         """Per part of the node, ``"ok"`` or what is wrong (e.g. ``store``, ``echo``)."""
         ...
+
+    def confirmed_through(self) -> float:
+        """A ``time.monotonic()`` instant before which every operation this node
+        committed is known to have reached the group (broker-confirmed)."""
+        ...
+
+    def heard_through(self) -> float:
+        """A ``time.monotonic()`` instant before which everything sent to this node
+        has been delivered and applied here; it stops while the node cannot hear."""
+        ...

@@ -166,6 +166,9 @@ class AmqpNode:
         self._refusal_said = 0.0
         self._unroutable_said = 0.0
         self._sent = itertools.count()  # numbers our messages' ids
+        self._sent_at: dict[int, float] = {}  # our message's number -> when it was published
+        self._confirmed_through = 0.0
+        self._heard_through = 0.0
         self._last_commit = 0.0
         #: Called with this replica's last own sequence number each time its own
         #: operations up to it were committed to the outbox (durable).
@@ -684,7 +687,13 @@ class AmqpNode:
         :meth:`_refused`."""
         await self._outbox_ready.wait()
         self._outbox_ready.clear()
-        while rows := self.store.unconfirmed(limit=max(self.settings.prefetch, 100)):
+        limit = max(self.settings.prefetch, 100)
+        while True:
+            asked = time.monotonic()
+            rows = self.store.unconfirmed(limit=limit)
+            if not rows:
+                self._confirmed_through = asked
+                break
             metrics.OUTBOX.labels(self.replica_id).set(len(rows))
             outcomes = await asyncio.gather(*(self._publish(body) for _, body in rows),
                                             return_exceptions=True)
@@ -696,6 +705,8 @@ class AmqpNode:
                        and not isinstance(out, aio_pika.exceptions.PublishError)]
             if refused:
                 done += await self._refused(refused)
+            if len(done) == len(rows) < limit:  # all that was in the outbox at `asked`
+                self._confirmed_through = asked
             if done:
                 self._echo.confirmed(time.monotonic())
                 self.store.confirm(done)
@@ -788,7 +799,30 @@ class AmqpNode:
         """A ``message_id`` for one of our messages: the echo prefix and a number,
         unique among our unconfirmed messages (aiormq finds the publish a broker's
         basic.return answers by its ``message_id``)."""
-        return f"{self._echo_prefix}{next(self._sent)}"
+        n = next(self._sent)
+        self._sent_at[n] = time.monotonic()
+        if len(self._sent_at) > 100_000:  # echoes lost for long: forget the oldest
+            del self._sent_at[next(iter(self._sent_at))]
+        return f"{self._echo_prefix}{n}"
+
+    def confirmed_through(self) -> float:
+        """A ``time.monotonic()`` instant (seconds) before which every operation this
+        replica committed (``write()``/``flush()`` returned) has been confirmed by the
+        broker, i.e. routed to every queue bound to the group's exchange and to the
+        stream (RabbitMQ "Consumer Acknowledgements and Publisher Confirms"); 0.0 until
+        the first confirm. A worker's lease counts a heartbeat only once this passes the
+        moment the heartbeat was committed (services/lease.py)."""
+        return self._confirmed_through
+
+    def heard_through(self) -> float:
+        """A ``time.monotonic()`` instant (seconds) before which everything the broker
+        routed to this replica's queue has been delivered here and handed to the replica:
+        the publish time of the latest of our own messages that came back through our
+        queue (a queue is FIFO, so what was routed to it before our message came first).
+        0.0 until the first echo. Stops advancing while this replica cannot hear the group
+        (broker down, process paused, queue deleted): logic's liveness rule counts a
+        node's silence only up to it (services/liveness.py)."""
+        return self._heard_through
 
     async def _heartbeat(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
@@ -887,12 +921,9 @@ class AmqpNode:
         valid: list[bytes] = []
         dead: list[tuple[AbstractIncomingMessage, str, str]] = []
         dropped = False
+        echo_sent = 0.0  # when the latest of our messages in this batch was published
         if not stream:  # through our queue: the path from the exchange to us works
-            mine = self._echo_prefix
-            if any((msg.message_id or "").startswith(mine) for msg in batch):
-                self._echo.echoed(time.monotonic())
-            else:
-                self._echo.delivered(time.monotonic())
+            echo_sent = self._echoed(batch)
         for msg in batch:
             try:
                 # a duplicate (an echo of our own) needs no log
@@ -909,6 +940,8 @@ class AmqpNode:
                 if not reread:
                     reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
                     dead.append((msg, reason, str(e)))
+        if echo_sent > self._heard_through:  # what came before our message was handed over
+            self._heard_through = echo_sent
         produced = replica.outgoing()
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store
@@ -946,6 +979,25 @@ class AmqpNode:
             with contextlib.suppress(StoreUnavailable):  # acked already: taken by recovery
                 self.snapshot()
         self._observe()
+
+    def _echoed(self, batch: list[AbstractIncomingMessage]) -> float:
+        """Note a batch delivered through our queue for the echo watch; returns when
+        the latest of our own messages in it was published (0.0: none of ours, or
+        published by an earlier process)."""
+        mine, now, sent = self._echo_prefix, time.monotonic(), 0.0
+        ids = [msg.message_id or "" for msg in batch]
+        numbers = [i[len(mine):] for i in ids if i.startswith(mine)]
+        if not numbers:
+            self._echo.delivered(now)
+            return 0.0
+        self._echo.echoed(now)
+        for text in numbers:
+            n = int(text) if text.isdigit() else -1
+            if n in self._sent_at:
+                sent = max(sent, self._sent_at[n])
+                while self._sent_at and (k := next(iter(self._sent_at))) <= n:
+                    del self._sent_at[k]  # numbered in order: the oldest come first
+        return sent
 
     def _sender(self, msg: AbstractIncomingMessage) -> str | None:
         """The principal ``msg``'s origin must belong to (``--auth``): its verified

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -186,6 +187,15 @@ class MemoryNode:
     async def flush(self) -> None:
         for data in self.replica.outgoing():
             self.bus.broadcast(data)
+
+    def confirmed_through(self) -> float:
+        """Now: a flushed message is on the bus at once (see ``AmqpNode``'s)."""
+        return time.monotonic()
+
+    def heard_through(self) -> float:
+        """Now, less nothing: the bus delivers within a loop iteration (see
+        ``AmqpNode``'s)."""
+        return time.monotonic()
 
     def _deliver(self, data: bytes) -> None:
         if self not in self.bus.nodes:

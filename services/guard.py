@@ -1,0 +1,117 @@
+"""The lease guard: stops a worker's containers when its lease runs out, even when the
+worker itself is paused, stuck or dead.
+
+One guard process per worker state directory, in a session of its own (so a
+signal to the worker, or to its terminal's process group, does not reach it). It
+reads the lease file (services/lease.py) every ``POLL_S`` and, from the lease's
+``run_until`` on (or when there is no valid lease file), stops every container of
+the runtime: SIGTERM, then SIGKILL half-way to the deadline. It exits once its
+worker process is gone, the lease has run out and nothing runs, so it never
+outlives what it guards by more than a lease. The worker starts it (:func:`ensure`)
+before it starts any container.
+
+What it does not cover: a guard that is itself paused or killed (the worker starts
+a new one when it next starts a container or starts up), and a whole machine that
+freezes (its containers freeze with it, and are stopped within ``POLL_S`` of
+thawing).
+
+``python -m services.guard --state-dir DIR (--process-dir DIR | --docker)``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services import lease
+from services.runtime import DockerRuntime, ProcessRuntime, Runtime
+
+log = logging.getLogger("services.guard")
+
+POLL_S = 0.1
+PIDFILE = "guard.pid"
+_children: list[subprocess.Popen[bytes]] = []  # reaped when they exit (no zombie left)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def running_guard(state_dir: Path) -> int | None:
+    """The pid of the guard of ``state_dir`` if one runs."""
+    try:
+        pid = int((state_dir / PIDFILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def ensure(state_dir: Path, runtime: Runtime) -> int:
+    """Start the guard of ``state_dir`` unless one runs; returns its pid."""
+    pid = running_guard(state_dir)
+    if pid is not None:
+        return pid
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.guard", "--state-dir", str(state_dir),
+         *runtime.guard_args()],
+        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=open(state_dir / "guard.log", "ab"))  # noqa: SIM115 (the child owns it)
+    (state_dir / PIDFILE).write_text(str(proc.pid))
+    _children[:] = [c for c in _children if c.poll() is None] + [proc]
+    return proc.pid
+
+
+def guard(state_dir: Path, runtime: Runtime) -> None:
+    """Watch the lease file until the worker is gone and nothing is left to stop."""
+    file = state_dir / lease.LEASE_FILE
+    while True:
+        saved = lease.load(file)
+        now = time.monotonic()
+        if saved is None or not saved.lease.may_run(now):
+            running = runtime.running()
+            grace = saved.lease.grace_s if saved is not None else 1.0
+            for cid in running:
+                log.warning("guard %s: the lease ran out; stopping %s", state_dir, cid)
+                runtime.stop(cid, grace_s=grace / 2)
+            if not running and (saved is None or not _alive(saved.worker_pid)):
+                return
+        time.sleep(POLL_S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.guard", description=__doc__)
+    p.add_argument("--state-dir", required=True, type=Path)
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--process-dir", type=Path)
+    kind.add_argument("--docker", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    runtime: Runtime = (DockerRuntime() if args.docker else ProcessRuntime(args.process_dir))
+    try:
+        guard(args.state_dir, runtime)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            if running_guard(args.state_dir) == os.getpid():
+                (args.state_dir / PIDFILE).unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

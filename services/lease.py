@@ -1,0 +1,143 @@
+"""A worker's lease: its right to run the containers placed on its node.
+
+The rule (README, "What the platform guarantees about a container whose node is
+paused, cut off or dead"), on the worker's side:
+
+* A lease belongs to an *epoch* of the worker (a random id it announces in its node
+  record) and lasts ``duration_s`` (the node record's ``lease_ms``).
+* A heartbeat written at ``t`` (``time.monotonic()`` seconds) renews the lease to
+  ``t + duration_s`` once the broker confirmed it (routed it to every queue of the
+  group, logic's included), provided it was written while the lease held (or it
+  is the first beat of a new epoch) and its confirmation was seen within
+  :attr:`Lease.confirm_within_s` of ``t``. A late confirmation (a paused process, a
+  slow broker) renews nothing.
+* Containers run only while :meth:`Lease.may_run`: from ``deadline - grace_s`` on,
+  the worker and its guard (services/guard.py, a process of its own that a paused
+  or killed worker does not take down) stop them, so that none runs at the
+  deadline.
+* A lease that ran out is over for good: the worker starts a new epoch, and a
+  container placed on the old one is not run again unless logic places it anew.
+
+Logic's side of the rule is services/liveness.py: it moves a container off an
+epoch only once the lease of every beat it could not have heard yet has run out.
+Leases in the sense of Gray and Cheriton, "Leases: an efficient fault-tolerant
+mechanism for distributed file cache consistency" (SOSP 1989): both sides measure
+durations with their own monotonic clocks, assuming only that clock *rates*
+agree within the margin.
+
+Sans-IO: the caller hands in every time; :func:`save`/:func:`load` read and write
+the lease file the guard watches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the lease a worker takes unless told otherwise (``crdt-ops worker --lease-s``)
+DEFAULT_LEASE_S = 30.0
+#: the lease file's name in a worker's state directory
+LEASE_FILE = "lease.json"
+
+
+def new_epoch() -> str:
+    """A fresh epoch id: 12 hex digits, random."""
+    return uuid.uuid4().hex[:12]
+
+
+def boot_id() -> str:
+    """This boot of the machine (monotonic clocks restart with it); "" if unknown."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class Lease:
+    """One epoch's lease. ``deadline``: ``time.monotonic()`` seconds when it ends, 0.0
+    while no heartbeat of the epoch was confirmed yet (nothing may run then)."""
+
+    epoch: str
+    duration_s: float = DEFAULT_LEASE_S
+    deadline: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.duration_s > 0:
+            raise ValueError(f"a lease must last more than 0 s, not {self.duration_s}")
+
+    @property
+    def confirm_within_s(self) -> float:
+        """A heartbeat renews the lease only if its confirmation was seen within this
+        many seconds of writing it (a quarter of the lease)."""
+        return self.duration_s / 4
+
+    @property
+    def grace_s(self) -> float:
+        """How long before the deadline containers start being stopped (SIGTERM, then
+        SIGKILL half-way): at most 3 s, at most a quarter of the lease."""
+        return min(3.0, self.duration_s / 4)
+
+    @property
+    def run_until(self) -> float:
+        """The instant from which containers must be stopped (0.0: not held yet)."""
+        return self.deadline - self.grace_s if self.deadline else 0.0
+
+    def may_run(self, now: float) -> bool:
+        """Whether containers of this epoch may run at ``now``."""
+        return now < self.run_until
+
+    def lapsed(self, now: float) -> bool:
+        """Whether this epoch's lease was held and ran out: the epoch is over."""
+        return bool(self.deadline) and now >= self.deadline
+
+    def renew(self, written_at: float, seen_at: float) -> bool:
+        """A heartbeat written at ``written_at`` was seen confirmed at ``seen_at``:
+        extend the lease to ``written_at + duration_s`` if the rule allows. Returns
+        whether the deadline moved."""
+        if seen_at - written_at > self.confirm_within_s:
+            return False  # too late to prove anything about the time it was written
+        if self.deadline and written_at >= self.deadline:
+            return False  # written after the lease ran out: the epoch is over
+        if written_at + self.duration_s <= self.deadline:
+            return False
+        self.deadline = written_at + self.duration_s
+        return True
+
+
+def save(path: Path, lease: Lease, worker_pid: int) -> None:
+    """Write the lease file atomically (a reader sees the old or the new one):
+    JSON ``{"epoch", "duration_s", "deadline", "run_until", "worker_pid", "boot"}``,
+    times in ``time.monotonic()`` seconds of this boot."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"epoch": lease.epoch, "duration_s": lease.duration_s,
+                               "deadline": lease.deadline, "run_until": lease.run_until,
+                               "worker_pid": worker_pid, "boot": boot_id()}))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A lease file as read: the lease and the worker process that holds it."""
+
+    lease: Lease
+    worker_pid: int
+
+
+def load(path: Path) -> Saved | None:
+    """The lease file at ``path``; None if it is missing, unreadable, or from an
+    earlier boot (its monotonic times mean nothing now)."""
+    try:
+        data = json.loads(path.read_text())
+        if data.get("boot") != boot_id():
+            return None
+        lease = Lease(str(data["epoch"]), float(data["duration_s"]), float(data["deadline"]))
+        return Saved(lease, int(data["worker_pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+__all__ = ["DEFAULT_LEASE_S", "LEASE_FILE", "Lease", "Saved", "load", "new_epoch", "save"]
