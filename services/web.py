@@ -2,7 +2,9 @@
 
 Routes: ``POST /api/containers``, ``GET /api/containers[/{id}]``,
 ``POST /api/containers/{id}/start|stop|restart``, ``DELETE /api/containers/{id}``,
-``GET /api/events`` (Server-Sent Events), ``GET /healthz``, ``GET /metrics``, ``/``.
+``GET /api/events`` (Server-Sent Events), ``GET /healthz``, ``GET /metrics``, ``/``;
+for the page: ``GET /api/nodes``, ``GET /api/containers/{id}/history``,
+``GET /api/events?nodes=1`` (node records too) and ``/static/``.
 A request answers as soon as its write is durable locally; it never waits for
 another service, nor for the broker.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,12 @@ from crdt_ops.store import StoreUnavailable
 from crdt_ops.transport import Node as ReplicaNode
 from crdt_ops.values import check_text
 from services import model
+from services.history import History
 
 MAX_NAME = 200
 STATIC = Path(__file__).parent / "static"
+#: a node whose last heartbeat is older is shown as silent (logic's default node timeout)
+NODE_TIMEOUT_S = 5.0
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -78,9 +84,29 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
     return value
 
 
-def make_app(node: ReplicaNode) -> web.Application:
+def _node_json(n: model.Node, now_ms: int, timeout_ms: int) -> dict[str, Any]:
+    """A node record for the page: ``name``, ``capacity``, ``running`` (containers),
+    ``heartbeat_ms`` (the worker's wall clock at its last beat, Unix ms), ``age_ms``
+    (web's wall clock now minus that; the two clocks are assumed close) and
+    ``timeout_ms``; ``live``: ``age_ms <= timeout_ms``. A silent node is not
+    necessarily dead: logic decides that by its own rule."""
+    age = now_ms - n.heartbeat
+    return {"name": n.name, "capacity": n.capacity, "running": n.running,
+            "heartbeat_ms": n.heartbeat, "age_ms": age, "timeout_ms": timeout_ms,
+            "live": n.heartbeat > 0 and age <= timeout_ms}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> web.Application:
+    """The API and the page on ``node``'s replica. ``node_timeout_s``: how old a
+    node's heartbeat may be for the page to show it live."""
     routes = web.RouteTableDef()
     streams: set[asyncio.Task[Any]] = set()  # the open GET /api/events handlers
+    timeout_ms = int(node_timeout_s * 1000)
+    history = History(model.CONTAINERS)
 
     @routes.post("/api/containers")
     async def create(request: web.Request) -> web.Response:
@@ -140,8 +166,30 @@ def make_app(node: ReplicaNode) -> web.Application:
             r.remove(model.CONTAINERS + cid)
         return web.json_response({"id": cid, "deleted": True}, status=202)
 
+    @routes.get("/api/containers/{cid}/history")
+    async def container_history(request: web.Request) -> web.Response:
+        """``{"id", "since_ms", "limit", "entries": [...]}``: web's history of the
+        container since web started, oldest first (services/history.py); 404 if
+        there is no such container."""
+        cid = request.match_info["cid"]
+        if _record(node, cid) is None:
+            return _error(404, "no such container")
+        return web.json_response({"id": cid, "since_ms": history.since_ms,
+                                  "limit": history.limit,
+                                  "entries": [e.as_json() for e in history.entries(cid)]})
+
+    @routes.get("/api/nodes")
+    async def list_nodes(request: web.Request) -> web.Response:
+        """Every worker node record, by name (see ``_node_json``)."""
+        now = _now_ms()
+        return web.json_response([_node_json(n, now, timeout_ms) for n in
+                                  sorted(model.nodes(node.replica), key=lambda n: n.name)])
+
     @routes.get("/api/events")
     async def events(request: web.Request) -> web.StreamResponse:
+        """``event: container`` with ``{"id", "record" (None: deleted), "origin"}``
+        after each change of a container; with ``?nodes=1`` also ``event: node``
+        with ``{"name", "node" (see ``/api/nodes``; None: removed), "origin"}``."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
@@ -149,7 +197,9 @@ def make_app(node: ReplicaNode) -> web.Application:
         assert task is not None
         streams.add(task)
         queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(maxsize=10_000)
-        unsubscribe = node.replica.subscribe(model.CONTAINERS, queue.put_nowait)
+        unsubscribes = [node.replica.subscribe(model.CONTAINERS, queue.put_nowait)]
+        if request.query.get("nodes") == "1":
+            unsubscribes.append(node.replica.subscribe(model.NODES, queue.put_nowait))
         try:
             await resp.write(b": connected\n\n")
             while True:
@@ -158,13 +208,18 @@ def make_app(node: ReplicaNode) -> web.Application:
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
-                cid = e.key[len(model.CONTAINERS):]
-                data = {"id": cid, "record": _record(node, cid), "origin": e.origin}
-                await resp.write(f"event: container\ndata: {json.dumps(data)}\n\n".encode())
+                if e.key.startswith(model.NODES):
+                    kind, data = "node", _node_event(e)
+                else:
+                    cid = e.key[len(model.CONTAINERS):]
+                    kind = "container"
+                    data = {"id": cid, "record": _record(node, cid), "origin": e.origin}
+                await resp.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            unsubscribe()
+            for unsubscribe in unsubscribes:
+                unsubscribe()
             streams.discard(task)
         return resp
 
@@ -181,9 +236,17 @@ def make_app(node: ReplicaNode) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    def _node_event(e: ChangeEvent) -> dict[str, Any]:
+        name = e.key[len(model.NODES):]
+        view = (_node_json(model.Node.of(e.key, e.new), _now_ms(), timeout_ms)
+                if isinstance(e.new, dict) else None)
+        return {"name": name, "node": view, "origin": e.origin}
+
     @routes.get("/")
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
+
+    routes.static("/static/", STATIC)
 
     async def end_streams(app: web.Application) -> None:
         """Shutting down: event streams end now (they would hold shutdown for
@@ -191,9 +254,14 @@ def make_app(node: ReplicaNode) -> web.Application:
         for t in list(streams):
             t.cancel()
 
+    async def forget_history(app: web.Application) -> None:
+        unsubscribe_history()
+
     app = web.Application(middlewares=[json_errors])
     app.add_routes(routes)
     app.on_shutdown.append(end_streams)
+    unsubscribe_history = node.replica.subscribe(model.CONTAINERS, history.record)
+    app.on_cleanup.append(forget_history)
     return app
 
 

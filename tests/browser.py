@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL_HINT = "run scripts/install-browser (as root) to install it"
@@ -75,7 +75,7 @@ def launch_browser(*, headless: bool = True, **launch_kwargs: Any) -> Iterator[B
     if not headless:
         args.remove("--headless")
     scratch = tempfile.mkdtemp(prefix="crdt-ops-chromium-")
-    env = {**os.environ, "TMPDIR": scratch}
+    env: dict[str, str | float | bool] = {**os.environ, "TMPDIR": scratch}
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
@@ -91,3 +91,38 @@ def launch_browser(*, headless: bool = True, **launch_kwargs: Any) -> Iterator[B
                 browser.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the page's tests
+
+#: how wide the document is, and the window: the page must never be wider
+WIDTHS_JS = "() => [document.documentElement.scrollWidth, window.innerWidth]"
+#: the container rows' ids in page order
+ROW_IDS_JS = "() => [...document.querySelectorAll('#rows tr')].map(tr => tr.dataset.id)"
+
+
+def open_page(browser: Browser, url: str, width: int = 1280, height: int = 800) -> Page:
+    """A new tab of ``width`` x ``height`` CSS pixels on the page at ``url``, once its
+    event stream is connected (its status says "live"; 20 s at most)."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)
+    page.wait_for_selector("#status:text('live')", timeout=20_000)
+    return page
+
+
+def assert_fits(page: Page) -> None:
+    """The page is no wider than its window (nothing pushes a column off screen)."""
+    scroll_width, window_width = page.evaluate(WIDTHS_JS)
+    assert scroll_width <= window_width, (scroll_width, window_width)
+
+
+def row_ids(page: Page) -> list[str]:
+    """The ids of the container rows, top to bottom."""
+    return list(page.evaluate(ROW_IDS_JS))
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG image (from its IHDR chunk); ValueError if not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG image")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
