@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import signal
 import sys
+import traceback
+from typing import NoReturn
 
-from crdt_ops import config
+from crdt_ops import config, logs
 from crdt_ops.chaos import add_command as chaos_command
 from crdt_ops.fuzz import register as fuzz_command
+from crdt_ops.runner import Terminated, raise_terminated
 from crdt_ops.runner import add_arguments as runner_arguments
 from crdt_ops.sim.histories import add_arguments as histories_arguments
 from crdt_ops.sim.histories import command as histories_command
@@ -39,7 +45,15 @@ def _retire(args: argparse.Namespace) -> int:
     from crdt_ops.transport.amqp import publish_retirement
 
     settings = config.from_args(args)
-    last = asyncio.run(publish_retirement(settings, args.retiree))
+    try:
+        last = asyncio.run(publish_retirement(settings, args.retiree))
+    except Exception as e:
+        from crdt_ops.transport.amqp import _redact
+
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"crdt-ops retire: could not retire {args.retiree} from group {settings.group} "
+              f"at {_redact(settings.amqp_url)}: {detail}", file=sys.stderr, flush=True)
+        return 1
     print(f"retired {args.retiree} from group {settings.group} after its operation {last}")
     return 0
 
@@ -66,10 +80,125 @@ def _service(args: argparse.Namespace) -> int:
     return service_main(args.command, args)
 
 
+class UsageError(ValueError):
+    """Bad command-line input: one line on stderr, exit status 2, nothing changed."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with an error as one line (``crdt-ops CMD: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+#: Numeric flags with a lower bound: (command, dest) -> (bound, strictly greater).
+BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
+    ("simulate", "replicas"): (1, False), ("simulate", "ops"): (0, False),
+    ("histories", "count"): (0, False), ("histories", "steps"): (1, False),
+    ("replica", "ops"): (0, False), ("replica", "rate"): (0, False),
+    ("replica", "per_write"): (1, False), ("replica", "more_on_signal"): (0, False),
+    ("chaos", "pause_s"): (0, False), ("chaos", "lock_s"): (0, False),
+    ("chaos", "per_write"): (1, False), ("chaos", "late_max_delay_s"): (0, False),
+    ("chaos", "timeout"): (0, True), ("fuzz", "messages"): (0, False),
+    ("fuzz", "replicas"): (1, False), ("fuzz", "ops"): (0, False), ("fuzz", "more"): (0, False),
+    ("fuzz", "max_waiting_per_origin"): (1, False), ("fuzz", "gap_timeout_s"): (0, True),
+    ("fuzz", "atheris_seconds"): (0, False), ("fuzz", "timeout"): (0, True),
+}
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every flag of ``args.command`` that names a number, a file or a directory, checked
+    before anything runs or is created; raises UsageError (one line naming the flag)."""
+    cmd = args.command
+    for (command, dest), (bound, strict) in BOUNDS.items():
+        value = getattr(args, dest, None) if command == cmd else None
+        if value is not None and (value <= bound if strict else value < bound):
+            raise UsageError(f"--{dest.replace('_', '-')} must be "
+                             f"{'>' if strict else '>='} {bound:g}, got {value:g}")
+    try:
+        if hasattr(args, "amqp_url") and cmd != "fuzz":  # a command with replica settings
+            settings = config.from_args(args)
+            config.check_files(settings, store=cmd != "retire" and cmd != "demo")
+        if cmd == "replica":
+            for flag, path in (("--state-file", args.state_file), ("--ledger", args.ledger)):
+                if path is not None:
+                    config.check_writable(path, flag)
+        elif cmd == "snapshot":
+            config.check_store(args.store, must_exist=True)
+            _check_holds_replica(args.store)
+            config.check_writable(args.out, "--out")
+            if os.path.abspath(args.out) == os.path.abspath(args.store):
+                raise UsageError("--out must not be the store itself")
+        elif cmd == "keygen":
+            _check_keygen(args)
+        elif cmd == "chaos" and args.keep_dir is not None:
+            config.check_writable(args.keep_dir, "--keep-dir", directory=True)
+        elif cmd == "fuzz":
+            config.Settings(amqp_url=args.amqp_url)
+    except UsageError:
+        raise
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if cmd in ("web", "logic", "worker", "demo"):
+        from services.main import check as check_service
+
+        try:
+            check_service(cmd, args)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+
+def _check_holds_replica(path: str) -> None:
+    """``path`` is a crdt-ops store that holds a replica (read only: nothing is created)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        db = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+            held = {"meta", "log"} <= tables and db.execute(
+                "SELECT EXISTS(SELECT 1 FROM meta WHERE k = 'replica_id')").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise UsageError(f"--store {path}: cannot read it as a crdt-ops store ({e})") from None
+    if not held:
+        raise UsageError(f"--store {path} holds no replica (not a crdt-ops store, or one that "
+                         "never ran)")
+
+
+def _check_keygen(args: argparse.Namespace) -> None:
+    from crdt_ops.errors import CrdtError
+    from crdt_ops.policy import belongs
+    from crdt_ops.signing import _ed25519
+
+    p = args.principal
+    if not p or p.startswith(".") or any(c in p for c in "/\\\0") or not p.isprintable() \
+            or any(c.isspace() for c in p) or not belongs(p, p):
+        raise UsageError(f"{p!r} is not a principal name (such as web, logic, worker.node-1)")
+    try:
+        _ed25519()
+    except CrdtError as e:
+        raise UsageError(str(e)) from None
+    config.check_writable(args.out, "--out", directory=True)
+    ring = os.path.join(args.out, "keyring.json")
+    if os.path.exists(ring):
+        try:
+            with open(ring) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--out {args.out}: cannot read its keyring.json ({e})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"--out {args.out}: its keyring.json is not a keyring")
+        config.check_writable(ring, "--out")
+    config.check_writable(os.path.join(args.out, f"{p}.key"), "--out")
+
+
 def main(argv: list[str] | None = None) -> int:
     from services.main import add_arguments as service_arguments
 
-    parser = argparse.ArgumentParser(prog="crdt-ops", description=__doc__)
+    parser = Parser(prog="crdt-ops", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     service_arguments(sub)
     for name in ("web", "logic", "worker", "demo"):
@@ -115,13 +244,37 @@ def main(argv: list[str] | None = None) -> int:
 
     fuzz_command(sub)  # crdt-ops fuzz: crdt_ops/fuzz.py
 
+    # from here on SIGTERM stops like Ctrl-C (the commands that run an event loop catch
+    # both there, in every state: crdt_ops.runner.StopSignals)
+    signal.signal(signal.SIGTERM, raise_terminated)
     args = parser.parse_args(argv)
-    if hasattr(args, "amqp_url"):  # a command with replica settings: check them first
-        try:
-            config.from_args(args)
-        except ValueError as e:
-            parser.error(str(e))
-    return int(args.func(args))
+    prog = f"crdt-ops {args.command}"
+    try:
+        check(args)
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    logs.setup()  # one line per event, tracebacks at DEBUG only (crdt_ops/logs.py)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (Terminated)
+        sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        print(f"{prog}: stopped by {sig.name}", file=sys.stderr, flush=True)
+        return 128 + sig
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:  # chaos and fuzz stop on SIGTERM this way
+            print(f"{prog}: stopped by SIGTERM", file=sys.stderr, flush=True)
+        raise
+    except UsageError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as e:  # no traceback for the user (CRDT_OPS_LOG=DEBUG shows it)
+        if os.environ.get("CRDT_OPS_LOG", "").upper() == "DEBUG":
+            traceback.print_exc()
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"{prog}: {type(e).__name__}{': ' + detail if detail else ''}",
+              file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

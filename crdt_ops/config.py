@@ -11,8 +11,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from yarl import URL
 
 from crdt_ops.policy import Unauthenticated
 
@@ -73,6 +76,30 @@ class Settings:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.batch_delay_ms < 0 or self.heartbeat_s <= 0:
             raise ValueError("--batch-delay-ms must be >= 0 and --heartbeat-s > 0")
+        if self.gap_timeout_s <= 0:
+            raise ValueError("--gap-timeout-s must be > 0")
+        if self.stream_max_bytes < 0:
+            raise ValueError("--stream-max-bytes must be >= 0 (0: no size bound)")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port must be 0 (off) to 65535, got {self.metrics_port}")
+        if not re.fullmatch(r"[0-9]+[YMDhms]", self.stream_max_age):
+            raise ValueError("--stream-max-age must be a number and a unit (Y, M, D, h, m or "
+                             f"s), such as 7D; got {self.stream_max_age!r}")
+        for url in self.amqp_urls:
+            try:
+                parsed = URL(url)
+                parsed.port  # noqa: B018  (a port that is no number raises here)
+            except ValueError as e:
+                raise ValueError(f"--amqp-url {redact(url)}: {e}") from None
+            if not parsed.host:
+                raise ValueError(f"--amqp-url {redact(url)} names no host")
+        if self.replica_id and (len(self.queue(self.replica_id).encode()) > 255
+                                or not self.replica_id.isprintable()
+                                or any(c.isspace() for c in self.replica_id)):
+            raise ValueError("--replica-id must be printable, without spaces, and short enough "
+                             f"that crdt.<group>.<id> fits in 255 bytes; got {self.replica_id!r}")
+        if len(self.stream.encode()) > 255:
+            raise ValueError("--group is too long (a queue name is at most 255 bytes)")
 
     @property
     def user(self) -> str:
@@ -123,6 +150,15 @@ class Settings:
         return f"crdt.{self.group}.dead"
 
 
+def redact(url: str) -> str:
+    """One URL without its password, for messages."""
+    try:
+        parsed = URL(url)
+        return str(parsed.with_password("***")) if parsed.password else url
+    except ValueError:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def split_urls(text: str) -> list[str]:
     """``amqp://a/,amqps://b/?cafile=x`` -> the URLs (a comma splits before a scheme only)."""
     return [u for u in re.split(r"\s*,\s*(?=amqps?://)", text.strip()) if u]
@@ -159,3 +195,82 @@ def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None,
                              f"{raw!r} is not a valid {kind.__name__}") from None
     values.update(overrides)
     return Settings(**values)
+
+
+# ------------------------------------------------------------ files named on the command line
+
+
+def check_readable(path: str, flag: str) -> None:
+    """``path`` is an existing file this process may read; else ValueError naming ``flag``."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{flag} {path}: no such file")
+    if not p.is_file():
+        raise ValueError(f"{flag} {path}: not a file")
+    if not os.access(p, os.R_OK):
+        raise ValueError(f"{flag} {path}: not readable (permission denied)")
+
+
+def check_writable(path: str | os.PathLike[str], flag: str, directory: bool = False) -> None:
+    """``path`` can be written (created) by this process without creating anything now:
+    an existing file (or, with ``directory``, directory) that is writable, or a new
+    name in an existing writable directory; else ValueError naming ``flag``."""
+    p = Path(path)
+    if p.exists():
+        if directory and not p.is_dir():
+            raise ValueError(f"{flag} {path}: not a directory")
+        if not directory and p.is_dir():
+            raise ValueError(f"{flag} {path}: is a directory")
+        if not os.access(p, os.W_OK | (os.X_OK if directory else 0)):
+            raise ValueError(f"{flag} {path}: not writable (permission denied)")
+        return
+    parent = p.parent
+    if directory:  # it may be made with its parents: the nearest existing one decides
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot create it in {parent} (permission denied)")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(path: str, flag: str = "--store", must_exist: bool = False) -> None:
+    """A store file: new in a writable directory (unless ``must_exist``), or an existing
+    SQLite file (empty counts) this process may read and write."""
+    if must_exist:
+        check_readable(path, flag)
+    check_writable(path, flag)
+    if Path(path).is_file():
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except OSError as e:
+            raise ValueError(f"{flag} {path}: cannot read it ({e.strerror})") from None
+        if head and head != SQLITE_HEADER:
+            raise ValueError(f"{flag} {path}: not a crdt-ops store (not an SQLite file)")
+
+
+def check_files(settings: Settings, store: bool = True) -> None:
+    """Everything the settings name on disk, checked before anything is created:
+    ``--store`` (or the default store's directory), ``--bootstrap``, ``--signing-key``
+    and ``--keyring`` (parsed, which needs the ``cryptography`` package). Raises
+    ValueError with one line naming the flag."""
+    if store:
+        check_store(settings.store or "crdt-ops.sqlite",
+                    "--store" if settings.store else "the store's directory (--store)")
+    if settings.bootstrap:
+        check_readable(settings.bootstrap, "--bootstrap")
+    from crdt_ops.errors import CrdtError
+    from crdt_ops.signing import Keyring, Signer
+
+    for flag, path, load in (("--signing-key", settings.signing_key, Signer.from_file),
+                             ("--keyring", settings.keyring, Keyring.from_file)):
+        if path:
+            check_readable(path, flag)
+            try:
+                load(path)
+            except CrdtError as e:
+                raise ValueError(f"{flag} {path}: {e}") from None

@@ -3,14 +3,86 @@
 ``CRDT_OPS_LOG`` sets the level (default INFO); ``CRDT_OPS_LOG_FORMAT=json`` makes
 every record a JSON object with ``time``, ``level``, ``logger``, ``message`` (and
 ``error`` with the traceback), for log shippers.
+
+A lost broker connection is one line per event above DEBUG (:class:`ConnectionNoise`):
+the replica says it lost the connection, aio-pika's failed reconnect attempts show
+once and then at most every :data:`REPEAT_S` seconds, and the replica says when it
+reconnected; no tracebacks. ``CRDT_OPS_LOG=DEBUG`` shows everything, tracebacks
+included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import sys
+import time
+
+#: The same connection message (logger and format) is shown at most once this often.
+REPEAT_S = 30.0
+#: The client libraries whose records about a lost connection are condensed.
+LIBRARIES = ("aiormq", "aio_pika")
+#: Their records that only repeat what another line says (substrings of the format).
+REDUNDANT = (
+    "Cancelling cause reader exited abnormally",  # the replica's "lost its connection"
+    "error when creating transport",  # aio-pika's "Connection attempt ... failed"
+    "closed. Reconnecting after",  # ditto
+    "Unexpected connection close from remote",  # the replica's "lost its connection"
+)
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [ConnectionError, OSError, TimeoutError,
+                                        asyncio.IncompleteReadError]
+    try:
+        import aiormq.exceptions as e
+
+        kinds += [e.AMQPConnectionError, e.ChannelInvalidStateError, e.ConnectionClosed]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+class ConnectionNoise(logging.Filter):
+    """Above DEBUG: the client libraries' records (and ours that carry a connection
+    error) become one line without a traceback; those that repeat another line are
+    dropped, and one message repeats at most every :data:`REPEAT_S` seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors = _connection_errors()
+        self.last: dict[tuple[str, str], float] = {}
+        self.held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return True
+        library = record.name.split(".")[0] in LIBRARIES
+        error = record.exc_info[1] if record.exc_info else None
+        if not library and not isinstance(error, self.errors):
+            return True
+        fmt = str(record.msg)
+        text = record.getMessage()
+        if library and (any(r in fmt for r in REDUNDANT)
+                        or ("Callback" in fmt and "ChannelInvalidStateError" in text)):
+            return False
+        key = (record.name, fmt)
+        now = time.monotonic()
+        if now - self.last.get(key, -REPEAT_S) < REPEAT_S:
+            self.held[key] = self.held.get(key, 0) + 1
+            return False
+        self.last[key] = now
+        if error is not None:
+            detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+            text += f" ({type(error).__name__}{': ' + detail if detail else ''})"
+        held = self.held.pop(key, 0)
+        if held:
+            text += f" [{held} more like it in the last {REPEAT_S:g}s]"
+        record.msg, record.args = text.splitlines()[0] if text else text, None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,5 +101,6 @@ def setup() -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(ConnectionNoise())
     logging.basicConfig(level=os.environ.get("CRDT_OPS_LOG", "INFO").upper(),
                         handlers=[handler], force=True)

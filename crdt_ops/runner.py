@@ -20,14 +20,115 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from crdt_ops import logs
 from crdt_ops.config import Settings
 from crdt_ops.replica import Replica
 from crdt_ops.store import StoreUnavailable
-from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.amqp import AmqpNode, _redact
+
+T = TypeVar("T")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where a process without an event loop is, like Ctrl-C's
+    KeyboardInterrupt (``crdt-ops`` installs it for every command)."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived before the process was up (``state``: what it was doing).
+    The process ends with ``code``, 128 + the signal's number, as a shell reports it."""
+
+    def __init__(self, signum: int, state: str) -> None:
+        self.signum, self.state = signum, state
+        super().__init__(f"stopped by {signal.Signals(signum).name} while {state}")
+
+    @property
+    def code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """SIGTERM and SIGINT, caught by the running event loop from the moment it is made
+    (before connecting): :attr:`event` is set by the first one, :attr:`signum` names it.
+    Nothing a process does while getting up (connecting with backoff, replaying the
+    stream, waiting to be admitted) may swallow them: wrap it in :meth:`guard`."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.signum: int | None = None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._got, sig)
+
+    def _got(self, sig: int) -> None:
+        if self.signum is None:
+            self.signum = sig
+        self.event.set()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a signal"
+
+    async def first(self, aw: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await ``aw`` unless a stop signal comes first: then ``aw`` is cancelled (and
+        given up to 5 s to unwind). Returns (done, its result)."""
+        done, result, _ = await self._race(aw, lambda: "")
+        return done, result
+
+    async def guard(self, aw: Awaitable[T], state: Callable[[], str]) -> T:
+        """Await ``aw``; a stop signal first cancels it and raises :class:`Stopped`
+        saying ``state()`` (what was going on when the signal came)."""
+        done, result, what = await self._race(aw, state)
+        if not done:
+            assert self.signum is not None
+            raise Stopped(self.signum, what)
+        return result  # type: ignore[return-value]
+
+    async def _race(self, aw: Awaitable[T],
+                    state: Callable[[], str]) -> tuple[bool, T | None, str]:
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self.event.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            stop.cancel()
+        if task.done():
+            return True, task.result(), ""
+        what = state()  # before unwinding
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: an error while unwinding is no news now
+        return False, None, what
+
+
+def node_state(node: AmqpNode) -> str:
+    """What a starting node is doing, for a one-line message."""
+    s = node.settings
+    if node._conn is None:
+        return f"connecting to the broker at {_redact(s.amqp_url)}"
+    if node.store.get("joined") is None:
+        return f"replaying group {s.group}'s stream"
+    if not node.replica.is_member:
+        return f"waiting to be admitted to group {s.group}"
+    return f"starting in group {s.group}"
+
+
+async def stop_node(node: AmqpNode) -> None:
+    """``node.stop()``, bounded to 10 s (a broker that does not answer the close)."""
+    with contextlib.suppress(Exception, asyncio.TimeoutError):
+        await asyncio.wait_for(node.stop(), 10)
 
 
 def plain(value: Any) -> Any:
@@ -91,7 +192,7 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = Fal
 
 async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: Path | None,
               per_write: int, more_on_signal: int = 0, ledger_file: Path | None = None,
-              leave_on_signal: bool = False) -> None:
+              leave_on_signal: bool = False) -> str:
     """Issue ``ops`` operations, then idle until SIGTERM/SIGINT; with ``more_on_signal``,
     each SIGUSR1 raises the target by that many operations (issued as the first ones).
     With ``leave_on_signal``, SIGUSR2 makes it issue the rest of its ``ops`` at once
@@ -107,17 +208,22 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
         ledger = LedgerWriter(ledger_file, node.replica)
         node.on_committed.append(ledger.committed)
         node.on_restored.append(ledger.restored)
-    stop = asyncio.Event()
+    signals = StopSignals()
+    stop = signals.event
     more = asyncio.Event()
     leave = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if more_on_signal:
         loop.add_signal_handler(signal.SIGUSR1, more.set)
     if leave_on_signal:
         loop.add_signal_handler(signal.SIGUSR2, leave.set)
-    await node.start()
+    try:  # connecting, replaying, joining: a stop signal ends it all the same
+        await signals.guard(node.start(), lambda: node_state(node))
+    except BaseException:
+        await stop_node(node)
+        if ledger:
+            ledger.close()
+        raise
     issued = node.replica.counter(f"issued/{node.replica_id}").value
     rng = random.Random(f"{seed}:{node.replica_id}:{issued}")
     print(f"replica {node.replica_id} up; {ops - issued} operations to issue", file=sys.stderr,
@@ -153,7 +259,8 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
                         ledger.in_block = False
                     print(f"replica {node.replica_id}: {e}; waiting for the store",
                           file=sys.stderr, flush=True)
-                    await node.store_works()
+                    if not (await signals.first(node.store_works()))[0]:
+                        break  # stopped while waiting for the store
                     issued = node.replica.counter(f"issued/{node.replica_id}").value
                     continue
                 if ledger:  # write() returned: accepted
@@ -189,9 +296,10 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
         if not left:
             if state_file:
                 report(node, state_file, issued, issued >= ops)
-            await node.stop()
+            await stop_node(node)
         if ledger:
             ledger.close()
+    return signals.name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,9 +322,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(settings: Settings, args: argparse.Namespace) -> int:
     logs.setup()
     try:
-        asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file,
-                        args.per_write, args.more_on_signal, args.ledger, args.leave_on_signal))
+        how = asyncio.run(run(settings, args.ops, args.seed, args.rate, args.state_file,
+                              args.per_write, args.more_on_signal, args.ledger,
+                              args.leave_on_signal))
+    except Stopped as e:  # before it was up: connecting, replaying, waiting for admission
+        print(f"crdt-ops replica: {e}", file=sys.stderr, flush=True)
+        return e.code
     except ValueError as e:  # a store of another replica or mode, a retired replica
         print(f"crdt-ops replica: {e}", file=sys.stderr)
         return 2
+    print(f"crdt-ops replica: stopped ({how})", file=sys.stderr, flush=True)
     return 0

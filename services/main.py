@@ -10,27 +10,67 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
+import secrets
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 from urllib.parse import quote, urlparse
 
 from crdt_ops import config, logs, provision
 from crdt_ops.policy import belongs
+from crdt_ops.runner import Stopped, StopSignals, Terminated, node_state, stop_node
 from crdt_ops.transport import Node
-from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.amqp import AmqpNode, _redact
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
-from services import model, web
+from services import lease, model, web
 from services.logic import Logic
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 from services.worker import Worker
+
+#: The placement settings: flag, environment variable, type, default, lowest value, help.
+TUNABLES: dict[str, tuple[str, str, type, float, float, str]] = {
+    "quota": ("--quota", "CRDT_OPS_QUOTA", int, 20, 1,
+              "containers running per owner (logic refuses more)"),
+    "margin_s": ("--margin-s", "CRDT_OPS_MARGIN_S", float, 1.0, 0,
+                 "seconds logic waits past the end of a silent node's lease (plus a quarter) "
+                 "before it moves the node's containers"),
+    "capacity": ("--capacity", "CRDT_OPS_CAPACITY", int, 10, 0,
+                 "containers on this worker's node"),
+    "lease_s": ("--lease-s", "CRDT_OPS_LEASE_S", float, lease.DEFAULT_LEASE_S, 4,
+                "the worker's lease in seconds: how long its containers run without a "
+                "heartbeat the broker confirmed (services/lease.py; at least 4 heartbeats)"),
+}
+TUNED_BY = {"logic": ("quota", "margin_s"), "worker": ("capacity", "lease_s"),
+            "demo": ("quota", "margin_s", "capacity", "lease_s")}
+
+#: Replica settings the demo cannot take (it runs four services: their ids, stores, keys
+#: and metrics ports are its own), with the reason it gives.
+DEMO_REFUSES = {
+    "replica_id": "each demo service has its own id (web, logic, worker.worker-1, ...)",
+    "store": "each demo service has its own store, in the demo's directory",
+    "auth": "the demo runs without --auth, or with --auth user-id under --secure",
+    "trusted_users": "the demo's services trust no other broker user",
+    "signing_key": "the demo does not sign (--auth signature is for crdt-ops replica and "
+                   "the services run one by one)",
+    "keyring": "the demo does not check signatures",
+    "bootstrap": "the demo's services start from the group's stream",
+    "metrics_port": "four processes cannot share one metrics port: run the services one by "
+                    "one for metrics",
+}
 
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,15 +84,27 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
             p.add_argument("--port", type=int, default=None,
                            help="CRDT_OPS_HTTP_PORT; default 8080")
             p.add_argument("--host", default="127.0.0.1")
+        for key in TUNED_BY.get(name, ()):
+            flag, env, kind, default, _, text = TUNABLES[key]
+            p.add_argument(flag, dest=key, type=kind, default=None,
+                           help=f"{env}; default {default:g}: {text}"
+                                + (" (passed to logic and the workers)" if name == "demo"
+                                   else ""))
         if name == "demo":
             p.add_argument("--secure", action="store_true",
                            help="over RabbitMQ, as docker-compose runs it: provision the group's "
                                 "broker users (rabbitmqctl import_definitions: needs the rights "
                                 "to run rabbitmqctl) and run each service as its own user with "
-                                "--auth user-id")
+                                "--auth user-id; the users, with random passwords, are deleted "
+                                "when the demo stops")
+            p.epilog = ("The replica settings --queue-type, --batch-ops, --batch-delay-ms, "
+                        "--prefetch, --heartbeat-s, --gap-timeout-s, --max-waiting-per-origin, "
+                        "--snapshot-every, --stream-max-age, --stream-max-bytes, --membership "
+                        "and --group are passed to every service; "
+                        + ", ".join(f"--{k.replace('_', '-')}" for k in DEMO_REFUSES)
+                        + " are refused (each service has its own).")
         if name == "worker":
             p.add_argument("--node", default=None, help="CRDT_OPS_NODE: this worker's node name")
-            p.add_argument("--capacity", type=int, default=10)
             p.add_argument("--command", dest="container_command",
                            default=os.environ.get("CRDT_OPS_COMMAND", "sleep 1000000"),
                            help="CRDT_OPS_COMMAND: what a container runs (a local process)")
@@ -66,19 +118,91 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                            help="CRDT_OPS_IMAGE: the image of a Docker container")
 
 
+def tunable(args: argparse.Namespace, key: str) -> Any:
+    """A placement setting: its flag, else its environment variable, else its default
+    (ValueError naming both for a bad or too small value)."""
+    flag, env, kind, default, lowest, _ = TUNABLES[key]
+    value = getattr(args, key, None)
+    if value is None:
+        raw = os.environ.get(env)
+        if raw is None:
+            return kind(default)
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"{flag} / {env}: {raw!r} is not a valid {kind.__name__}"
+                             ) from None
+    if value < lowest:
+        raise ValueError(f"{flag} / {env} must be at least {lowest:g}, got {value:g}")
+    return value
+
+
+def check(role: str, args: argparse.Namespace) -> None:
+    """A service's own flags, checked before anything starts (ValueError: one line)."""
+    for key in TUNED_BY.get(role, ()):
+        tunable(args, key)
+    if role in ("web", "demo"):
+        port_free(args.host, port_of(args))
+    if role == "worker":
+        try:
+            command = shlex.split(args.container_command)
+        except ValueError as e:
+            raise ValueError(f"--command / CRDT_OPS_COMMAND: {e}") from None
+        if not command:
+            raise ValueError("--command / CRDT_OPS_COMMAND is empty")
+        if args.runtime != "docker" and shutil.which(command[0]) is None:
+            raise ValueError(f"--command / CRDT_OPS_COMMAND: {command[0]!r} is not a command "
+                             "found on the PATH")
+        if args.runtime_dir:
+            config.check_writable(args.runtime_dir, "--runtime-dir", directory=True)
+    if role == "demo":
+        given = [k for k in DEMO_REFUSES if getattr(args, k, None) is not None]
+        if given:
+            k = given[0]
+            raise ValueError(f"--{k.replace('_', '-')} is not for the demo: {DEMO_REFUSES[k]}")
+
+
 def port_of(args: argparse.Namespace) -> int:
-    return int(args.port or os.environ.get("CRDT_OPS_HTTP_PORT", 8080))
+    raw = args.port if args.port is not None else os.environ.get("CRDT_OPS_HTTP_PORT", 8080)
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"--port / CRDT_OPS_HTTP_PORT: {raw!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port / CRDT_OPS_HTTP_PORT must be 1 to 65535, got {port}")
+    return port
 
 
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+def port_free(host: str, port: int) -> None:
+    """Raise ValueError saying so when ``host:port`` is taken (another server listens
+    there) or ``host`` cannot be bound at all."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host}: {e.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ValueError(f"port {port} on {host} is taken (another server listens "
+                                 "there): choose another with --port") from None
+            raise ValueError(f"--host {host} --port {port}: cannot listen there "
+                             f"({e.strerror})") from None
 
 
-async def run_service(role: str, args: argparse.Namespace) -> None:
+def _url_host(host: str) -> str:
+    """The host a browser (and the demo's own check) reaches a server bound to ``host`` at."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+async def run_service(role: str, args: argparse.Namespace) -> str:
+    """Run one service until SIGTERM or SIGINT (caught from the start: connecting,
+    replaying, waiting for admission, running); returns the signal's name. Raises
+    :class:`~crdt_ops.runner.Stopped` for a signal before the service was up."""
+    signals = StopSignals()
     settings = config.from_args(args)
     name = role
     if role == "worker":
@@ -89,26 +213,35 @@ async def run_service(role: str, args: argparse.Namespace) -> None:
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = make_runtime(args, settings.store, name) if role == "worker" else None
     node = AmqpNode(settings, name=who, policy=model.POLICY)
-    await node.start()
+    try:
+        await signals.guard(node.start(), lambda: node_state(node))
+    except BaseException:
+        await stop_node(node)
+        raise
     tasks = []
     runner = None
     try:
         if role == "web":
             runner = await web.serve(node, args.host, port_of(args))
-            print(f"web: http://{args.host}:{port_of(args)}/", file=sys.stderr, flush=True)
+            print(f"web: http://{_url_host(args.host)}:{port_of(args)}/", file=sys.stderr,
+                  flush=True)
         elif role == "logic":
-            tasks.append(asyncio.create_task(Logic(node).run()))
+            tasks.append(asyncio.create_task(Logic(
+                node, quota=tunable(args, "quota"), margin_s=tunable(args, "margin_s")).run()))
         else:
             assert runtime is not None
             tasks.append(asyncio.create_task(
-                Worker(node, name, runtime, capacity=args.capacity).run()))
-        await _until_signal()
+                Worker(node, name, runtime, capacity=tunable(args, "capacity"),
+                       lease_s=tunable(args, "lease_s"),
+                       state_dir=runtime_dir(args, settings.store, name)).run()))
+        await signals.event.wait()
     finally:
         for t in tasks:
             t.cancel()
         if runner is not None:
             await runner.cleanup()
-        await node.stop()
+        await stop_node(node)
+    return signals.name
 
 
 def make_runtime(args: argparse.Namespace, store: str, name: str) -> Runtime:
@@ -117,8 +250,12 @@ def make_runtime(args: argparse.Namespace, store: str, name: str) -> Runtime:
         if not DockerRuntime.available():
             raise ValueError("--runtime docker: no Docker engine answers (docker info failed)")
         return DockerRuntime(args.image, args.container_command)
-    rdir = Path(args.runtime_dir or f"{store or '.'}.runtime-{name}")
-    return ProcessRuntime(rdir, args.container_command)
+    return ProcessRuntime(runtime_dir(args, store, name), args.container_command)
+
+
+def runtime_dir(args: argparse.Namespace, store: str, name: str) -> Path:
+    """Where a worker keeps its pid files, its lease file and its guard's pid."""
+    return Path(args.runtime_dir or f"{store or '.'}.runtime-{name}")
 
 
 def broker_answers(url: str) -> bool:
@@ -131,56 +268,230 @@ def broker_answers(url: str) -> bool:
         return False
 
 
+#: Replica settings the demo passes on to every service when they are given as flags
+#: (the environment's CRDT_OPS_* variables reach the services anyway).
+DEMO_PASSES = ("queue_type", "batch_ops", "batch_delay_ms", "prefetch", "heartbeat_s",
+               "gap_timeout_s", "max_waiting_per_origin", "snapshot_every", "stream_max_age",
+               "stream_max_bytes", "membership")
+#: The demo's services: (principal = replica id = broker user, command).
+DEMO_WORKERS = ("worker-1", "worker-2")
+
+
 def demo(args: argparse.Namespace) -> int:
     settings = config.from_args(args)
     port = port_of(args)
+    port_free(args.host, port)  # checked again: nothing has started yet
+    tuned = {k: tunable(args, k) for k in TUNED_BY["demo"]}
+    flags = [a for k in DEMO_PASSES if getattr(args, k, None) is not None
+             for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+    refused_env = [config.env_name(k) for k in DEMO_REFUSES if config.env_name(k) in os.environ]
+    if refused_env:
+        print(f"crdt-ops demo: not passing {', '.join(refused_env)} to its services (each "
+              "has its own)", file=sys.stderr, flush=True)
     if broker_answers(settings.amqp_url):
-        group = settings.group if settings.group != "default" else f"demo-{uuid.uuid4().hex[:6]}"
+        owned = settings.group == "default"
+        group = f"demo-{uuid.uuid4().hex[:6]}" if owned else settings.group
         print(f"crdt-ops demo: using RabbitMQ at {urlparse(settings.amqp_url).hostname}, "
               f"group {group}" + (", a broker user per service" if args.secure else ""),
               flush=True)
-        return _demo_processes(settings.amqp_url, group, args.host, port, args.secure)
+        return _demo_processes(settings, group, owned, args.host, port, args.secure, flags,
+                               tuned)
+    given = [f"--{k.replace('_', '-')}" for k in DEMO_PASSES if getattr(args, k, None)
+             is not None]
     print("crdt-ops demo: no broker answers; using the in-memory network"
-          + (" (--secure needs RabbitMQ: ignored)" if args.secure else ""), flush=True)
-    asyncio.run(_demo_memory(args.host, port))
+          + (" (--secure needs RabbitMQ: ignored)" if args.secure else "")
+          + (f" ({', '.join(given)}: RabbitMQ settings, not used by it)" if given else ""),
+          flush=True)
+    asyncio.run(_demo_memory(args.host, port, tuned))
+    print("stopped", flush=True)
     return 0
 
 
-def _demo_processes(url: str, group: str, host: str, port: int, secure: bool = False) -> int:
+def _demo_plan(work: Path, host: str, port: int, tuned: dict[str, Any]
+               ) -> list[tuple[str, list[str]]]:
+    plan = [("web", ["web", "--port", str(port), "--host", host]),
+            ("logic", ["logic", "--quota", str(tuned["quota"]),
+                       "--margin-s", str(tuned["margin_s"])])]
+    plan += [(model.principal("worker", w),
+              ["worker", "--node", w, "--runtime-dir", str(work / f"run-{w}"),
+               "--capacity", str(tuned["capacity"]), "--lease-s", str(tuned["lease_s"])])
+             for w in DEMO_WORKERS]
+    return plan
+
+
+def _demo_processes(settings: config.Settings, group: str, owned: bool, host: str, port: int,
+                    secure: bool, flags: list[str], tuned: dict[str, Any]) -> int:
+    """The services as processes over RabbitMQ. On exit (a stop signal or a service that
+    stopped) every service is stopped and what the demo made is removed: its broker
+    users (``secure``), and when it made up the group (``owned``) the group's queues,
+    stream and exchanges and its directory."""
+    url = settings.amqp_url
     work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))
     base = [sys.executable, "-m", "crdt_ops.cli"]
-    common = ["--group", group, "--heartbeat-s", "1"]
-    plan = [("web", ["web", "--port", str(port), "--host", host]), ("logic", ["logic"])]
-    plan += [(model.principal("worker", f"worker-{i}"),
-              ["worker", "--node", f"worker-{i}", "--runtime-dir", str(work / f"run-{i}")])
-             for i in (1, 2)]
-    if secure:
-        provision.apply(provision.definitions(group, [name for name, _ in plan], admin=None))
-        common += ["--auth", "user-id"]
-    procs = []
-    for name, cmd in plan:
-        service_url = _as_user(url, name, provision.demo_password(name)) if secure else url
-        with open(work / f"{name}.log", "ab") as log:
-            procs.append(subprocess.Popen(
-                base + cmd + common + ["--amqp-url", service_url, "--replica-id", name,
-                                       "--store", str(work / f"{name}.sqlite")],
-                stdout=log, stderr=subprocess.STDOUT))
-    print(f"open http://{host}:{port}/  (logs in {work}; Ctrl-C stops everything)", flush=True)
+    common = ["--group", group, *flags]
+    if "--heartbeat-s" not in flags:
+        common += ["--heartbeat-s", "1"]
+    plan = _demo_plan(work, host, port, tuned)
+    names = [name for name, _ in plan]
+    env = {k: v for k, v in os.environ.items()
+           if k not in {config.env_name(r) for r in DEMO_REFUSES}}
+    passwords: dict[str, str] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    up = ok = False
+    page = f"http://{_url_host(host)}:{port}/"
     try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-        print("a service stopped; see the logs", file=sys.stderr)
+        if secure:
+            passwords = _provision_users(group, names, settings.queue_type)
+            common += ["--auth", "user-id"]
+        for name, cmd in plan:
+            service_url = _as_user(url, name, passwords[name]) if secure else url
+            with open(work / f"{name}.log", "ab") as log:
+                procs.append(subprocess.Popen(
+                    base + cmd + common + ["--amqp-url", service_url, "--replica-id", name,
+                                           "--store", str(work / f"{name}.sqlite")],
+                    stdout=log, stderr=subprocess.STDOUT, env=env))
+        while not _answers(page):  # the URL only once the page is there
+            if not all(p.poll() is None for p in procs):
+                break
+            time.sleep(0.2)
+        else:
+            up = True
+            print(f"open {page}  (logs in {work}; Ctrl-C stops everything)", flush=True)
+            while all(p.poll() is None for p in procs):
+                time.sleep(0.5)
+        print(f"crdt-ops demo: a service stopped; see the logs in {work}", file=sys.stderr,
+              flush=True)
         return 1
-    except KeyboardInterrupt:
-        return 0
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (crdt_ops.runner.Terminated)
+        ok = True
+        sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        if up or (procs and _answers(page)):  # up, though the demo had not seen it yet
+            print(f"crdt-ops demo: stopping ({sig.name})", file=sys.stderr, flush=True)
+            return 0
+        print(f"crdt-ops demo: stopped by {sig.name} before the page answered",
+              file=sys.stderr, flush=True)
+        return 128 + sig
+    except RuntimeError as e:  # provisioning the users
+        print(f"crdt-ops demo: {e}", file=sys.stderr, flush=True)
+        return 1
     finally:
+        _hold_signals()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 p.wait(timeout=20)
-        _stop_containers(work / f"run-{i}" for i in (1, 2))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        _stop_containers(work / f"run-{w}" for w in DEMO_WORKERS)
+        if owned:
+            _delete_group(url, group, names)
+        if passwords:
+            _delete_users(list(passwords))
+        if owned and ok:
+            shutil.rmtree(work, ignore_errors=True)
+        print("stopped", flush=True)
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _hold_signals() -> None:
+    """While the demo stops its services and cleans up, another Ctrl-C or SIGTERM does
+    not interrupt it halfway (which would leave processes and broker objects behind)."""
+    def say(signum: int, frame: FrameType | None) -> None:
+        print("crdt-ops demo: still stopping the services and cleaning up; a moment",
+              file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, say)
+
+
+def _rabbitmqctl(*args: str, stdin: str | None = None) -> str:
+    try:
+        done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
+                              timeout=60, input=stdin)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {e}") from None
+    if done.returncode:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed: "
+                           f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return done.stdout
+
+
+def _provision_users(group: str, names: list[str], queue_type: str) -> dict[str, str]:
+    """Provision ``group`` and one broker user per service, each with a random password
+    of this run (never a known one); returns the passwords. Refuses to take over a user
+    that exists already (another demo's, or a deployment's)."""
+    existing = {line.split("\t")[0] for line in _rabbitmqctl("list_users", "-q").splitlines()}
+    taken = sorted(set(names) & existing)
+    if taken:
+        raise RuntimeError(f"--secure: broker user(s) {', '.join(taken)} exist already "
+                           "(another demo's, or a deployment's); the demo does not take them "
+                           "over: delete them (rabbitmqctl delete_user NAME) or run without "
+                           "--secure")
+    defs = provision.definitions(group, names, admin=None, queue_type=queue_type)
+    passwords = {name: secrets.token_urlsafe(24) for name in names}
+    for user in defs["users"]:  # type: ignore[attr-defined]
+        user["password_hash"] = provision.password_hash(passwords[user["name"]], os.urandom(4))
+    try:
+        provision.apply(defs)
+    except RuntimeError:
+        _delete_users(names)  # an import that failed halfway
+        raise
+    return passwords
+
+
+def _delete_users(names: list[str]) -> None:
+    left = []
+    for name in names:
+        try:
+            _rabbitmqctl("delete_user", name)
+        except RuntimeError as e:
+            if "no_such_user" not in str(e) and "does not exist" not in str(e):
+                left.append(name)
+    if left:
+        print(f"crdt-ops demo: could not delete broker user(s) {', '.join(left)}: delete "
+              "them with rabbitmqctl delete_user", file=sys.stderr, flush=True)
+
+
+def group_objects(group: str, replicas: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The queues and exchanges crdt-ops declares for ``group`` with these replica ids."""
+    s = config.Settings(group=group)
+    return ([s.queue(r) for r in replicas] + [s.stream, s.dead_letter_queue, s.founder],
+            [s.exchange, s.dead_letter_exchange, s.founder])
+
+
+def _delete_group(url: str, group: str, replicas: list[str]) -> None:
+    """Delete the demo's group from the broker (its services have stopped)."""
+    import aio_pika
+
+    queues, exchanges = group_objects(group, replicas)
+
+    async def delete() -> None:
+        conn = await aio_pika.connect(config.split_urls(url)[0], timeout=10)
+        async with conn:
+            for name, exchange in [(q, False) for q in queues] + [(x, True) for x in exchanges]:
+                ch = await conn.channel()
+                with contextlib.suppress(Exception):  # one that is not there
+                    await (ch.exchange_delete(name) if exchange else ch.queue_delete(name))
+
+    try:
+        asyncio.run(asyncio.wait_for(delete(), 30))
+    except Exception as e:
+        print(f"crdt-ops demo: could not delete group {group} from the broker at "
+              f"{_redact(url)} ({type(e).__name__}: {e}): delete its queues and exchanges "
+              f"crdt.{group}* by hand", file=sys.stderr, flush=True)
 
 
 def _as_user(url: str, user: str, password: str) -> str:
@@ -190,46 +501,62 @@ def _as_user(url: str, user: str, password: str) -> str:
     return u._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}").geturl()
 
 
-async def _demo_memory(host: str, port: int) -> None:
+async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
+    signals = StopSignals()
     bus = MemoryBus()
     ids = {"web": model.principal("web"), "logic": model.principal("logic")}
-    ids.update({w: model.principal("worker", w) for w in ("worker-1", "worker-2")})
+    ids.update({w: model.principal("worker", w) for w in DEMO_WORKERS})
     nodes: dict[str, Node] = {n: MemoryNode(bus, rid, wall_clock=time.time_ns,
                                             policy=model.POLICY) for n, rid in ids.items()}
     for n in nodes.values():
         await n.start()
     work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))
-    tasks = [asyncio.create_task(Logic(nodes["logic"]).run())]
-    tasks += [asyncio.create_task(Worker(nodes[w], w, ProcessRuntime(work / w)).run())
-              for w in ("worker-1", "worker-2")]
-    runner = await web.serve(nodes["web"], host, port)
-    print(f"open http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
+    tasks = [asyncio.create_task(Logic(nodes["logic"], quota=tuned["quota"],
+                                       margin_s=tuned["margin_s"]).run())]
+    tasks += [asyncio.create_task(Worker(nodes[w], w, ProcessRuntime(work / w),
+                                         capacity=tuned["capacity"],
+                                         lease_s=tuned["lease_s"], state_dir=work / w).run())
+              for w in DEMO_WORKERS]
+    runner = None
     try:
-        await _until_signal()
+        runner = await web.serve(nodes["web"], host, port)
+        print(f"open http://{_url_host(host)}:{port}/  (Ctrl-C stops everything)", flush=True)
+        await signals.event.wait()
     finally:
         for t in tasks:
             t.cancel()
-        await runner.cleanup()
-        _stop_containers(work / w for w in ("worker-1", "worker-2"))
+        if runner is not None:
+            await runner.cleanup()
+        _stop_containers(work / w for w in DEMO_WORKERS)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _stop_containers(runtime_dirs: Iterable[Path]) -> None:
     """The demo is over: stop the containers its workers left running (a real worker
     leaves them: they are the customers', and it reconciles them when it comes back)."""
     for d in runtime_dirs:
+        if not d.is_dir():
+            continue
         rt = ProcessRuntime(d)
         for cid in rt.running():
             rt.stop(cid)
-    print("stopped", flush=True)
 
 
 def main(role: str, args: argparse.Namespace) -> int:
     logs.setup()
     if role == "demo":
-        return demo(args)
+        try:
+            return demo(args)
+        except ValueError as e:
+            print(f"crdt-ops demo: {e}", file=sys.stderr, flush=True)
+            return 1
     try:
-        asyncio.run(run_service(role, args))
+        how = asyncio.run(run_service(role, args))
+    except Stopped as e:  # before it was up: connecting, replaying, waiting for admission
+        print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
+        return e.code
     except ValueError as e:
-        print(f"crdt-ops {role}: {e}", file=sys.stderr)
+        print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
         return 2
+    print(f"crdt-ops {role}: stopped ({how})", file=sys.stderr, flush=True)
     return 0

@@ -132,6 +132,7 @@ class AmqpNode:
         self._tasks: list[asyncio.Task[None]] = []
         self._since_snapshot = 0
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
+        self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._buffer_since: float | None = None
         self._last_reread = time.monotonic()
         self._gap_backoff = 1
@@ -465,6 +466,7 @@ class AmqpNode:
                 await (await attempt).close()
             raise
         self._conn.reconnect_callbacks.add(self._on_reconnect)
+        self._conn.close_callbacks.add(self._on_lost)
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         consume = await self._conn.channel()
         await consume.set_qos(prefetch_count=s.prefetch)
@@ -530,10 +532,24 @@ class AmqpNode:
         async for batch in read_stream(self._conn, self.settings, self._exchange, marker):
             await self._apply(batch, stream=True, reread=reread)
 
+    def _on_lost(self, conn: object, error: BaseException | None) -> None:
+        """The connection is gone (called again for each failed reconnect attempt):
+        one line when it was up, none while aio-pika keeps trying (logs.py keeps its
+        attempts to one line now and then)."""
+        if getattr(conn, "_close_called", False) or self._lost_at is not None:
+            return  # closed by us (stop), or already said
+        self._lost_at = time.monotonic()
+        why = f"{type(error).__name__}: {error}" if error else "closed"
+        log.warning("replica %s lost its connection to the broker (%s); reconnecting every "
+                    "%gs", self.replica_id, str(why).splitlines()[0][:300],
+                    getattr(conn, "reconnect_interval", 1))
+
     def _on_reconnect(self, *_: object) -> None:
         metrics.RECONNECTS.labels(self.replica_id).inc()
-        log.warning("replica %s reconnected to the broker; republishing the outbox",
-                    self.replica_id)
+        lost, self._lost_at = self._lost_at, None
+        log.warning("replica %s reconnected to the broker%s; republishing the outbox",
+                    self.replica_id,
+                    "" if lost is None else f" after {time.monotonic() - lost:.1f}s")
         # what was lost with the broker's state is declared again, and what our queue
         # missed while its binding may have been gone (an operator's deletion that the
         # broker's restart hides) is read from the stream
