@@ -35,7 +35,7 @@ from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 log = logging.getLogger("services.guard")
 
 POLL_S = 0.1
-PIDFILE = "guard.pid"
+PIDFILE = "guard-pid"  # not *.pid: those are the runtime's containers
 _children: list[subprocess.Popen[bytes]] = []  # reaped when they exit (no zombie left)
 
 
