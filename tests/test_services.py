@@ -159,6 +159,22 @@ def test_a_start_logic_rejects_shows_its_reason(system: System) -> None:
     rejected = [system.record(c) for c in ids if system.record(c)["power_actual"] != "on"]
     assert len(rejected) == 1
     assert "capacity" in (rejected[0]["rejected_reason"] or "")
+    # a decision's reason goes as soon as it no longer holds: once the container
+    # should not run ...
+    waiting = rejected[0]["id"]
+    system.api("POST", f"/api/containers/{waiting}/stop")
+    wait_until(lambda: system.record(waiting)["rejected_reason"] is None, 20,
+               "the reason of a stopped container to go", system.logs)
+    system.api("POST", f"/api/containers/{waiting}/start")
+    wait_until(lambda: "capacity" in (system.record(waiting)["rejected_reason"] or ""), 20,
+               "it to be refused again", system.logs)
+    # ... and once it runs: a slot freed, it is placed and runs, without the reason
+    freed = next(c for c in ids if c != waiting)
+    system.api("POST", f"/api/containers/{freed}/stop")
+    wait_until(lambda: system.record(waiting)["power_actual"] == "on", 30, "it to run",
+               system.logs)
+    assert system.record(waiting)["rejected_reason"] is None
+    assert all(system.record(c)["rejected_reason"] is None for c in ids)
     for cid in ids:
         system.api("DELETE", f"/api/containers/{cid}")
 
