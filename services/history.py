@@ -11,8 +11,9 @@ history.record)``). Each entry is one origin's change of one record: the
 fields (paths inside the record, such as ``power_desired`` or
 ``workers/worker-1/pid``) whose value differs, with their old and new values.
 What one origin changed in one event-loop iteration is one entry: a web request
-(its writes are applied one operation at a time) or one delivered batch. A
-container keeps its last ``limit`` entries; deleting it drops its history.
+(its writes are applied one operation at a time) or one delivered batch (two web
+requests handled in the same iteration may share an entry). A container keeps
+its last ``limit`` entries; deleting it drops its history.
 """
 
 from __future__ import annotations

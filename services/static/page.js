@@ -254,6 +254,7 @@ function openHistory(id) {
   $("history-name").textContent = row ? `${row.record.name} (${id})` : id;
   $("history-entries").replaceChildren();
   $("history").hidden = false;
+  document.body.classList.add("with-history");
   refreshHistory(0);
 }
 
@@ -262,6 +263,7 @@ function closeHistory() {
   if (row) row.tr.classList.remove("selected");
   drawer.id = null;
   $("history").hidden = true;
+  document.body.classList.remove("with-history");
 }
 
 function showHistoryGone() {
