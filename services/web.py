@@ -100,6 +100,34 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Pending:
+    """What one event stream has yet to send: the keys changed since it last sent
+    them, oldest first, each with the origin of its latest change. A burst of
+    changes of one key is sent once, with the record as it is then, so a stream
+    never falls behind by more than one entry per key and never drops one."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, str] = {}
+        self._ready = asyncio.Event()
+
+    def note(self, event: ChangeEvent) -> None:
+        """A change callback."""
+        self._keys[event.key] = event.origin
+        self._ready.set()
+
+    async def next(self, timeout_s: float) -> tuple[str, str] | None:
+        """The oldest pending key and its origin, waiting for one up to ``timeout_s``
+        seconds (None then)."""
+        if not self._keys:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            except TimeoutError:
+                return None
+        key = next(iter(self._keys))
+        return key, self._keys.pop(key)
+
+
 def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> web.Application:
     """The API and the page on ``node``'s replica. ``node_timeout_s``: how old a
     node's heartbeat may be for the page to show it live."""
@@ -189,31 +217,33 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
     async def events(request: web.Request) -> web.StreamResponse:
         """``event: container`` with ``{"id", "record" (None: deleted), "origin"}``
         after each change of a container; with ``?nodes=1`` also ``event: node``
-        with ``{"name", "node" (see ``/api/nodes``; None: removed), "origin"}``."""
+        with ``{"name", "node" (see ``/api/nodes``; None: removed), "origin"}``.
+        A record is sent as it is when sent: changes it had meanwhile are sent once
+        (``origin``: the latest one's)."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
         task = asyncio.current_task()
         assert task is not None
         streams.add(task)
-        queue: asyncio.Queue[ChangeEvent] = asyncio.Queue(maxsize=10_000)
-        unsubscribes = [node.replica.subscribe(model.CONTAINERS, queue.put_nowait)]
+        pending = _Pending()
+        unsubscribes = [node.replica.subscribe(model.CONTAINERS, pending.note)]
         if request.query.get("nodes") == "1":
-            unsubscribes.append(node.replica.subscribe(model.NODES, queue.put_nowait))
+            unsubscribes.append(node.replica.subscribe(model.NODES, pending.note))
         try:
             await resp.write(b": connected\n\n")
             while True:
-                try:
-                    e = await asyncio.wait_for(queue.get(), 15)
-                except TimeoutError:
+                change = await pending.next(15)
+                if change is None:
                     await resp.write(b": keep-alive\n\n")
                     continue
-                if e.key.startswith(model.NODES):
-                    kind, data = "node", _node_event(e)
+                key, origin = change
+                if key.startswith(model.NODES):
+                    kind, data = "node", _node_event(key, origin)
                 else:
-                    cid = e.key[len(model.CONTAINERS):]
+                    cid = key[len(model.CONTAINERS):]
                     kind = "container"
-                    data = {"id": cid, "record": _record(node, cid), "origin": e.origin}
+                    data = {"id": cid, "record": _record(node, cid), "origin": origin}
                 await resp.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass

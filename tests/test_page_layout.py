@@ -1,6 +1,7 @@
 """The live page in Chromium (Playwright) against web on the in-memory network, in this
 process: the test writes records as web, logic and workers would, so it can set any
-field (a 500-character ``last_error``, a node that fell silent, 5,000 containers).
+field (a 500-character ``last_error``, a node that fell silent, 5,000 containers: half
+there when the page loads, half written at once while it is open).
 
 Asserted: long text in any field never widens the page and is whole in the cell's
 title; a node's capacity, running count and liveness, which goes silent with time
@@ -193,10 +194,14 @@ def test_the_page_at_5000_records(stage: Stage, browser: Browser, tmp_path: Path
     started = time.monotonic()
     names = [f"container-{i:04d}" for i in range(4999)] + [LONG_NAME]
     random.Random(7).shuffle(names)  # created in another order than they sort in
-    ids = dict(zip(names, stage.create_many(names), strict=True))
+    # half of them there when the page loads, half written at once while it is open
+    ids = dict(zip(names[:2500], stage.create_many(names[:2500]), strict=True))
     stage.beat("worker-1", capacity=10, running=0)
     seeded = time.monotonic()
     page = open_page(browser, stage.url)
+    page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 2500",
+                           timeout=30_000)
+    ids.update(zip(names[2500:], stage.create_many(names[2500:]), strict=True))
     page.wait_for_function("() => document.querySelectorAll('#rows tr').length === 5000",
                            timeout=30_000)
     loaded = time.monotonic()
