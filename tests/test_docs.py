@@ -316,3 +316,23 @@ def test_examples_and_scripts_type_check() -> None:
                            "examples/embed.py", "scripts/api-docs.py"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+#: Flags the docs name that belong to other tools than ``crdt-ops``.
+OTHER_TOOLS_FLAGS = {
+    "--apply": "python deploy/make_definitions.py",
+    "--check": "python -m crdt_ops.wire.generate, scripts/api-docs.py",
+    "--quick": "python -m crdt_ops.bench",
+    "--x-y": "a placeholder: the flag of setting x_y",
+}
+
+
+def test_every_flag_the_docs_name_exists() -> None:
+    """A flag in a code span anywhere in the docs is one of some ``crdt-ops`` command."""
+    known = set(OTHER_TOOLS_FLAGS)
+    for sub in subcommands():
+        known |= set(re.findall(r"--[a-z0-9][a-z0-9-]*", cli_help(sub)))
+    unknown = [f"{path.relative_to(ROOT)}: {flag}" for path in DOCS
+               for flag in sorted(set(re.findall(r"`(--[a-z0-9][a-z0-9-]*)", path.read_text())))
+               if flag not in known]
+    assert not unknown, f"flags no crdt-ops command has: {unknown}"
