@@ -14,18 +14,38 @@ from crdt_ops.replica import Replica
 
 
 class Node(Protocol):
-    """One replica of a group, pumped by a transport."""
+    """One replica of a group, pumped by a transport.
+
+    ``replica_id``: this replica's id; ``replica``: the
+    :class:`~crdt_ops.replica.Replica` itself. Read it at any time (``state()``,
+    ``items(prefix)``, handles' ``.value``) and ``subscribe`` to its changes; write
+    through :meth:`write` (or write to ``replica`` and :meth:`flush`), so that the
+    operations are sent. Implemented by
+    :class:`~crdt_ops.transport.memory.MemoryNode` and
+    :class:`~crdt_ops.transport.amqp.AmqpNode`.
+    """
 
     replica_id: str
     replica: Replica
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Join the group and start pumping messages; returns once this replica may
+        write (over RabbitMQ: connected, caught up with the stream, a member)."""
+        ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Commit what was written, stop pumping, release the connection and store."""
+        ...
 
-    def write(self) -> AbstractAsyncContextManager[Replica]: ...
+    def write(self) -> AbstractAsyncContextManager[Replica]:
+        """``async with node.write() as r: ...``: the operations made on ``r`` are
+        applied at once and sent (over RabbitMQ: durable) when the block exits."""
+        ...
 
-    async def flush(self) -> None: ...
+    async def flush(self) -> None:
+        """Hand every local operation applied so far to the transport (over RabbitMQ:
+        return once they are durable in the store; they are published from there)."""
+        ...
 
     def health(self) -> dict[str, str]:
         """Per part of the node, ``"ok"`` or what is wrong (e.g. ``store``, ``echo``)."""

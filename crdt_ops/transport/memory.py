@@ -169,14 +169,19 @@ class MemoryNode:
         self.replica = Replica(replica_id, wall_clock=wall_clock, policy=policy)
 
     async def start(self) -> None:
+        """Join the bus: from now on this node receives what is broadcast (nothing
+        sent before; there is no history to replay)."""
         self.bus.nodes.append(self)
 
     async def stop(self) -> None:
+        """Leave the bus (messages to it are dropped from now on)."""
         if self in self.bus.nodes:
             self.bus.nodes.remove(self)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Replica]:
+        """``async with node.write() as r: ...``: applied at once, broadcast when the
+        block exits (if it raises, what it applied goes out with the next flush)."""
         yield self.replica
         await self.flush()
 
@@ -185,6 +190,8 @@ class MemoryNode:
         return {}
 
     async def flush(self) -> None:
+        """Broadcast the replica's outgoing messages (delivered on later loop
+        iterations, to every node on the bus, this one included)."""
         for data in self.replica.outgoing():
             self.bus.broadcast(data)
 
