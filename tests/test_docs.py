@@ -336,3 +336,13 @@ def test_every_flag_the_docs_name_exists() -> None:
                for flag in sorted(set(re.findall(r"`(--[a-z0-9][a-z0-9-]*)", path.read_text())))
                if flag not in known]
     assert not unknown, f"flags no crdt-ops command has: {unknown}"
+
+
+def test_readme_names_the_real_default_store_file() -> None:
+    from crdt_ops.config import Settings
+    from crdt_ops.transport.amqp import default_store_path
+
+    row = next(line for line in (ROOT / "README.md").read_text().split("\n")
+               if line.startswith("| `--store` |"))
+    assert "`crdt-ops.<group>.<name>.sqlite`" in row, row
+    assert default_store_path(Settings(group="G"), "NAME") == "crdt-ops.G.NAME.sqlite"
