@@ -87,13 +87,15 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
 def _node_json(n: model.Node, now_ms: int, timeout_ms: int) -> dict[str, Any]:
     """A node record for the page: ``name``, ``capacity``, ``running`` (containers),
     ``heartbeat_ms`` (the worker's wall clock at its last beat, Unix ms), ``age_ms``
-    (web's wall clock now minus that; the two clocks are assumed close) and
-    ``timeout_ms``; ``live``: ``age_ms <= timeout_ms``. A silent node is not
-    necessarily dead: logic decides that by its own rule."""
+    (web's wall clock now minus that; the two clocks are assumed close),
+    ``timeout_ms``, ``epoch`` and ``lease_ms`` (its worker's lease, services/lease.py;
+    None and 0 if not announced); ``live``: ``age_ms <= timeout_ms``. A silent node is
+    not necessarily dead: logic decides that by its own rule (services/liveness.py)."""
     age = now_ms - n.heartbeat
     return {"name": n.name, "capacity": n.capacity, "running": n.running,
             "heartbeat_ms": n.heartbeat, "age_ms": age, "timeout_ms": timeout_ms,
-            "live": n.heartbeat > 0 and age <= timeout_ms}
+            "live": n.heartbeat > 0 and age <= timeout_ms, "epoch": n.epoch,
+            "lease_ms": n.lease_ms}
 
 
 def _now_ms() -> int:

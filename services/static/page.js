@@ -222,8 +222,10 @@ function paintLiveness(n) {
   const age = n.node.age_ms + (performance.now() - n.seenAt);
   const live = n.node.heartbeat_ms > 0 && age <= n.node.timeout_ms;
   const secs = Math.max(0, Math.round(age / 1000));
+  const lease = n.node.lease_ms > 0 && age > n.node.lease_ms
+    ? `, past its ${Math.round(n.node.lease_ms / 1000)} s lease` : "";
   text(n.cells.liveness, live ? "live" : n.node.heartbeat_ms > 0
-    ? `silent for ${secs} s` : "never heard");
+    ? `silent for ${secs} s${lease}` : "never heard");
   n.cells.liveness.className = "liveness " + (live ? "live" : "silent");
 }
 
