@@ -104,10 +104,10 @@ function apply(id, record) {
     row = newRow(record);
     rows.set(id, row);
     place(row);
-  } else {
-    const moved = (row.record.name || "") !== (record.name || "");
+  } else if ((row.record.name || "") !== (record.name || "")) {  // names never change today
+    unplace(row);
     row.record = record;
-    if (moved) { unplace(row); place(row); }
+    place(row);
   }
   row.record = record;
   paint(row);
