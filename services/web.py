@@ -257,22 +257,27 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
+        """200 when every part of the node is ``"ok"`` (broker, membership, delivery,
+        store, echo: :meth:`AmqpNode.health`), else 503 with what is wrong; with the
+        numbers behind it: ``buffered`` (operations waiting for earlier ones) and
+        ``missing`` (sender -> [first, last] sequence numbers not delivered here)."""
         r = node.replica
         health = node.health()
         ok = all(v == "ok" for v in health.values())
+        missing = {origin: list(span) for origin, span in r.missing().items()}
         return web.json_response({"ok": ok, "replica": node.replica_id, "clock": dict(r.clock),
-                                  "buffered": r.buffered, **health},
+                                  "buffered": r.buffered, "missing": missing, **health},
                                  status=200 if ok else 503)
 
     @routes.get("/metrics")
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _node_event(e: ChangeEvent) -> dict[str, Any]:
-        name = e.key[len(model.NODES):]
-        view = (_node_json(model.Node.of(e.key, e.new), _now_ms(), timeout_ms)
-                if isinstance(e.new, dict) else None)
-        return {"name": name, "node": view, "origin": e.origin}
+    def _node_event(key: str, origin: str) -> dict[str, Any]:
+        rec = node.replica.get(key)
+        view = (_node_json(model.Node.of(key, rec), _now_ms(), timeout_ms)
+                if isinstance(rec, dict) else None)
+        return {"name": key[len(model.NODES):], "node": view, "origin": origin}
 
     @routes.get("/")
     async def page(request: web.Request) -> web.FileResponse:

@@ -69,6 +69,9 @@ async def test_writes_are_durable_when_write_returns_even_without_a_broker(
     start = asyncio.get_running_loop().create_task(n.start())  # keeps retrying: no broker
     async with n.write() as r:
         r.counter("n").increment(5)
+    health = n.health()  # what /healthz shows (503: not all "ok")
+    assert health["broker"].startswith("connecting to amqp://guest:***@127.0.0.1:1/"), health
+    assert health["store"] == "ok" and health["delivery"] == "ok"
     assert [len(b) for _, b in n.store.unconfirmed()], "the write is in the outbox"
     start.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -172,6 +172,10 @@ def test_a_broker_restart_moves_nothing(own_broker: RabbitNode, tmp_path: Path) 
         with Copies(cids[0][0]) as copies:
             down = time.monotonic()
             own_broker.stop()
+            # web cannot do its whole job now, and says why
+            wait_until(lambda: system.api("GET", "/healthz")[0] == 503, 10, "web's 503")
+            health = system.api("GET", "/healthz")[1]
+            assert health["broker"].startswith("lost the broker"), health
             time.sleep(5)
             own_broker.start()
             streams_ready(own_broker.url)
@@ -183,6 +187,7 @@ def test_a_broker_restart_moves_nothing(own_broker: RabbitNode, tmp_path: Path) 
                     (node, pid, "on"), (outage, rec)
                 assert alive(pid)
         assert copies.most == 1 and copies.pids == {cids[0][2]}
+        wait_until(lambda: system.api("GET", "/healthz")[0] == 200, 30, "web's 200 again")
         assert "moving" not in (system.workdir / "logic.log").read_text()
         running(system, "after-the-restart")  # and the platform still places and starts
         print(f"broker down for {outage:.1f}s; nothing moved")

@@ -42,7 +42,7 @@ class System:
                  "--store", str(self.workdir / f"{name}.sqlite")],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CRDT_OPS_LOG="INFO"))
 
-    def worker(self, name: str, lease_s: float = 4) -> None:
+    def worker(self, name: str, lease_s: float = 10) -> None:
         self.start(name, "worker", "--node", name, "--capacity", "2", "--lease-s", str(lease_s),
                    "--runtime-dir", str(self.workdir / f"run-{name}"))
 
@@ -91,7 +91,7 @@ def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @contextlib.contextmanager
-def running_system(amqp_url: str, workdir: Path, lease_s: float = 4) -> Iterator[System]:
+def running_system(amqp_url: str, workdir: Path, lease_s: float = 10) -> Iterator[System]:
     """web, logic and two workers (``lease_s``: their lease) over ``amqp_url``, in
     processes of their own; stopped, their group deleted and containers killed after."""
     s = System(amqp_url, workdir)

@@ -284,9 +284,40 @@ class AmqpNode:
         await self._store_ok.wait()
 
     def health(self) -> dict[str, str]:
-        """What works, by part: ``store`` and ``echo`` (our messages come back through
-        our queue), each ``"ok"`` or what is wrong, in words."""
-        return {"store": "ok" if self.store_failure is None else str(self.store_failure),
+        """What works, by part, each ``"ok"`` or what is wrong, in words:
+
+        * ``broker``: connected (else since when it is not, and that it reconnects);
+        * ``membership``: this replica is a member of its group (else joining:
+          replaying the stream, or waiting to be admitted; or retired);
+        * ``delivery``: no operation has waited for an earlier one (a gap: a sender's
+          operations missing here) for longer than ``3 x gap_timeout_s``, by which
+          time the gap watch should have re-read them (else who is missing what);
+        * ``store``: the store takes writes (else its error);
+        * ``echo``: our messages come back through our queue (else for how long not).
+
+        A service that is not all ``"ok"`` cannot do its whole job: ``/healthz``
+        answers 503 then."""
+        r, now = self.replica, time.monotonic()
+        if self._conn is None:
+            broker = f"connecting to {_redact(self.settings.amqp_url)}"
+        elif self._lost_at is not None:
+            broker = (f"lost the broker {now - self._lost_at:.0f}s ago; reconnecting "
+                      f"to {_redact(self.settings.amqp_url)}")
+        else:
+            broker = "ok"
+        if self.replica_id in r.membership.retired:
+            membership = "retired from the group: it writes no more"
+        elif not r.is_member:
+            membership = "joining: replaying the stream, then waiting to be admitted"
+        else:
+            membership = "ok"
+        stuck = 0.0 if self._buffer_since is None else now - self._buffer_since
+        delivery = "ok"
+        if stuck > 3 * self.settings.gap_timeout_s:
+            delivery = (f"{r.buffered} operations have waited {stuck:.0f}s for earlier ones "
+                        f"missing here: {_few(r.missing())}")
+        return {"broker": broker, "membership": membership, "delivery": delivery,
+                "store": "ok" if self.store_failure is None else str(self.store_failure),
                 "echo": "ok" if not self.echo_silent_s else
                 f"none of this replica's messages came back through its queue for "
                 f"{self.echo_silent_s:.0f}s; declaring the topology again"}
