@@ -5,10 +5,10 @@ One guard process per worker state directory, in a session of its own (so a
 signal to the worker, or to its terminal's process group, does not reach it). It
 reads the lease file (services/lease.py) every ``POLL_S`` and, from the lease's
 ``run_until`` on (or when there is no valid lease file), stops every container of
-the runtime: SIGTERM, then SIGKILL half-way to the deadline. It exits once its
-worker process is gone, the lease has run out and nothing runs, so it never
-outlives what it guards by more than a lease. The worker starts it (:func:`ensure`)
-before it starts any container.
+the runtime: SIGTERM, then SIGKILL half-way to the deadline. It exits once the
+worker process named in the lease file is gone and nothing runs. The worker starts
+it (:func:`ensure`) when it starts, on every heartbeat if it is gone, and before
+it starts a container.
 
 What it does not cover: a guard that is itself paused or killed (the worker starts
 a new one when it next starts a container or starts up), and a whole machine that
@@ -82,14 +82,17 @@ def guard(state_dir: Path, runtime: Runtime) -> None:
     while True:
         saved = lease.load(file)
         now = time.monotonic()
-        if saved is None or not saved.lease.may_run(now):
+        worker_gone = saved is None or not _alive(saved.worker_pid)
+        if saved is None or not saved.lease.may_run(now) or worker_gone:
             running = runtime.running()
-            grace = saved.lease.grace_s if saved is not None else 1.0
-            for cid in running:
-                log.warning("guard %s: the lease ran out; stopping %s", state_dir, cid)
-                runtime.stop(cid, grace_s=grace / 2)
-            if not running and (saved is None or not _alive(saved.worker_pid)):
-                return
+            if saved is None or not saved.lease.may_run(now):
+                grace = saved.lease.grace_s if saved is not None else 1.0
+                for cid in running:
+                    log.warning("guard %s: the lease ran out; stopping %s", state_dir, cid)
+                    runtime.stop(cid, grace_s=grace / 2)
+                running = {}
+            if not running and worker_gone:
+                return  # nothing to guard; a worker starting here starts a guard again
         time.sleep(POLL_S)
 
 

@@ -67,6 +67,7 @@ class Worker:
         if saved is not None and saved.lease.may_run(now) and saved.lease.duration_s == lease_s:
             log.info("%s: keeping epoch %s (its lease holds for %.1fs more)", self.name,
                      saved.lease.epoch, saved.lease.deadline - now)
+            lease.save(self.lease_file, saved.lease, os.getpid())  # the guard watches us now
             return saved.lease
         fresh = lease.Lease(lease.new_epoch(), lease_s)
         lease.save(self.lease_file, fresh, os.getpid())
@@ -163,12 +164,12 @@ class Worker:
 
     async def run(self) -> None:
         self.node.replica.subscribe(model.CONTAINERS, lambda e: self._wake.set())
-        if self.use_guard:
-            guard.ensure(self.state_dir, self.runtime)
         last_beat = 0.0
         while True:
             self.keep_lease(time.monotonic())
             if time.monotonic() - last_beat >= self.heartbeat_s:
+                if self.use_guard:
+                    guard.ensure(self.state_dir, self.runtime)
                 written = last_beat = time.monotonic()
                 self.beat()
                 await self.node.flush()

@@ -1,0 +1,55 @@
+"""The lease guard (services/guard.py) as a real process over real container processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services import guard, lease
+from services.runtime import ProcessRuntime
+from tests.broker import wait_until
+from tests.test_services import alive
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_guard_stops_containers_when_the_lease_runs_out(tmp_path: Path) -> None:
+    rt = ProcessRuntime(tmp_path)
+    held = lease.Lease("e1", 4.0)
+    held.renew(time.monotonic(), time.monotonic())  # holds for 4 s: runs until 3 s from now
+    lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
+    pid = rt.start("c1")
+    g = guard.ensure(tmp_path, rt)
+    try:
+        assert guard.ensure(tmp_path, rt) == g  # one guard per directory
+        time.sleep(1.5)
+        assert alive(pid)  # the lease holds: left alone
+        wait_until(lambda: not alive(pid), 5, "the guard to stop the container")
+        assert rt.running() == {} and alive(g)  # its worker (this test) lives: it stays
+        # the worker is gone and nothing runs: the guard goes too
+        lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())
+        wait_until(lambda: not alive(g), 5, "the guard to exit")
+    finally:
+        for cid in rt.running():
+            rt.stop(cid, grace_s=0.1)
+        if alive(g):
+            os.kill(g, 9)
+
+
+def test_without_a_lease_file_nothing_runs(tmp_path: Path) -> None:
+    rt = ProcessRuntime(tmp_path)
+    pid = rt.start("c1")
+    g = guard.ensure(tmp_path, rt)
+    try:
+        wait_until(lambda: not alive(pid), 5, "the guard to stop an unleased container")
+        wait_until(lambda: not alive(g), 5, "the guard to exit (no worker named)")
+    finally:
+        if alive(pid):
+            rt.stop("c1", grace_s=0.1)
