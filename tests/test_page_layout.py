@@ -173,8 +173,9 @@ def test_long_text_in_any_field_never_widens_the_page(stage: Stage, browser: Bro
 def test_nodes_show_capacity_running_and_liveness(stage: Stage, browser: Browser) -> None:
     stage.beat("fresh", capacity=7, running=3)
     stage.beat("gone", capacity=4, running=0, age_s=60, lease_s=30)
-    stage.beat("fading", capacity=2, running=2, age_s=3.0)  # the timeout is 5 s
     page = open_page(browser, stage.url)
+    page.locator("#node-rows tr[data-node='gone']").wait_for()
+    stage.beat("fading", capacity=2, running=2, age_s=3.0)  # the timeout is 5 s
     page.locator("#node-rows tr[data-node='fading']").wait_for()
 
     def cells(name: str) -> list[str]:

@@ -134,19 +134,23 @@ async function act(row, action) {
   if (action === "delete" && !window.confirm(
       `Delete container "${row.record.name}" (${id})? This cannot be undone.`)) return;
   const url = action === "delete" ? `/api/containers/${id}` : `/api/containers/${id}/${action}`;
-  row.busy = true;
+  row.busy = true;  // its buttons stay disabled until the answer is shown
   paint(row);
+  let done = false;
   try {
     const r = await fetch(url, {method: action === "delete" ? "DELETE" : "POST"});
     const body = await r.json();
     if (!r.ok) message.textContent = `${action} failed: ${body.error}`;
-    else if (action === "delete") update(id, null);
-    else { message.textContent = ""; update(id, body); }
+    else {
+      done = true;
+      message.textContent = "";
+      update(id, action === "delete" ? null : body);
+    }
   } catch (e) {
     message.textContent = `${action} failed: ${e}`;
   } finally {
-    row.busy = false;
-    if (rows.get(id) === row) paint(row);
+    row.busy = false;  // painted with the answer at the next flush, or now if it failed
+    if (!done && rows.get(id) === row) paint(row);
   }
 }
 
