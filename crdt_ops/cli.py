@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import os
 import signal
 import sys
-import traceback
-from typing import NoReturn
 
-from crdt_ops import config, logs
-from crdt_ops.chaos import add_command as chaos_command
-from crdt_ops.fuzz import register as fuzz_command
-from crdt_ops.runner import Terminated, raise_terminated
-from crdt_ops.runner import add_arguments as runner_arguments
-from crdt_ops.sim.histories import add_arguments as histories_arguments
-from crdt_ops.sim.histories import command as histories_command
+
+def _while_loading(signum: int, frame: object) -> None:
+    """A stop signal while the command is still loading: end quietly (main() then
+    installs the handlers of a running command)."""
+    print(f"crdt-ops: stopped by {signal.Signals(signum).name} while starting", file=sys.stderr,
+          flush=True)
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":  # before the imports below, which take a moment
+    for _sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_sig, _while_loading)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import traceback  # noqa: E402
+from typing import NoReturn  # noqa: E402
+
+from crdt_ops import config, logs  # noqa: E402
+from crdt_ops.chaos import add_command as chaos_command  # noqa: E402
+from crdt_ops.fuzz import register as fuzz_command  # noqa: E402
+from crdt_ops.runner import Terminated, raise_terminated  # noqa: E402
+from crdt_ops.runner import add_arguments as runner_arguments  # noqa: E402
+from crdt_ops.sim.histories import add_arguments as histories_arguments  # noqa: E402
+from crdt_ops.sim.histories import command as histories_command  # noqa: E402
 
 
 def _story(args: argparse.Namespace) -> int:
@@ -115,6 +129,13 @@ def check(args: argparse.Namespace) -> None:
         if value is not None and (value <= bound if strict else value < bound):
             raise UsageError(f"--{dest.replace('_', '-')} must be "
                              f"{'>' if strict else '>='} {bound:g}, got {value:g}")
+    if cmd in ("web", "logic", "worker", "demo"):  # their own flags first (the demo's refusals)
+        from services.main import check as check_service
+
+        try:
+            check_service(cmd, args)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     try:
         if hasattr(args, "amqp_url") and cmd != "fuzz":  # a command with replica settings
             settings = config.from_args(args)
@@ -139,13 +160,6 @@ def check(args: argparse.Namespace) -> None:
         raise
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if cmd in ("web", "logic", "worker", "demo"):
-        from services.main import check as check_service
-
-        try:
-            check_service(cmd, args)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
 
 
 def _check_holds_replica(path: str) -> None:
@@ -247,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     # from here on SIGTERM stops like Ctrl-C (the commands that run an event loop catch
     # both there, in every state: crdt_ops.runner.StopSignals)
     signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(argv)
     prog = f"crdt-ops {args.command}"
     try:

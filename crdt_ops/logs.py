@@ -66,7 +66,8 @@ class ConnectionNoise(logging.Filter):
         fmt = str(record.msg)
         text = record.getMessage()
         if library and (any(r in fmt for r in REDUNDANT)
-                        or ("Callback" in fmt and "ChannelInvalidStateError" in text)):
+                        or ("Callback" in fmt and ("ChannelInvalidStateError" in text
+                                                   or text.endswith(" closed")))):
             return False
         key = (record.name, fmt)
         now = time.monotonic()
@@ -80,6 +81,8 @@ class ConnectionNoise(logging.Filter):
         held = self.held.pop(key, 0)
         if held:
             text += f" [{held} more like it in the last {REPEAT_S:g}s]"
+        if error is not None and record.levelno > logging.WARNING:  # a lost connection is
+            record.levelno, record.levelname = logging.WARNING, "WARNING"  # no error of ours
         record.msg, record.args = text.splitlines()[0] if text else text, None
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True

@@ -344,12 +344,14 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
             passwords = _provision_users(group, names, settings.queue_type)
             common += ["--auth", "user-id"]
         for name, cmd in plan:
+            # the URL (a password in it) in the environment, not on a command line ps shows
             service_url = _as_user(url, name, passwords[name]) if secure else url
             with open(work / f"{name}.log", "ab") as log:
                 procs.append(subprocess.Popen(
-                    base + cmd + common + ["--amqp-url", service_url, "--replica-id", name,
+                    base + cmd + common + ["--replica-id", name,
                                            "--store", str(work / f"{name}.sqlite")],
-                    stdout=log, stderr=subprocess.STDOUT, env=env))
+                    stdout=log, stderr=subprocess.STDOUT,
+                    env={**env, "CRDT_OPS_AMQP_URL": service_url}))
         while not _answers(page):  # the URL only once the page is there
             if not all(p.poll() is None for p in procs):
                 break

@@ -1,0 +1,299 @@
+"""Every long-running command stops promptly on SIGTERM and on SIGINT, in every state:
+connecting (a wrong password: the broker refuses it for ever), replaying the stream,
+waiting to be admitted, running; and the in-memory tools mid-run. Each ends with a
+sensible status (0 once it ran; 128 + the signal before it was up or mid-run) and one
+line saying so, without a traceback.
+
+Real OS processes (``python -m crdt_ops.cli``), against the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from crdt_ops.bench.broker import delete_queues
+from crdt_ops.config import Settings
+from crdt_ops.provision import FOUNDER_QUEUE
+from crdt_ops.replica import Replica
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SERVICES = ("replica", "web", "logic", "worker")
+PROMPT_S = 5.0  # "promptly": the longest a command may take to end after the signal
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    what: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    sig: int = signal.SIGTERM
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop_and_check(self, code: int, says: str) -> str:
+        """Send the signal; the command must end within PROMPT_S with ``code`` and,
+        as its last line, one that contains ``says``; no traceback."""
+        self.proc.send_signal(self.sig)
+        start = time.monotonic()
+        try:
+            self.proc.wait(timeout=PROMPT_S + 25)  # (how long it really took is asserted)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return f"{self.what}: still running {PROMPT_S + 25}s after the signal"
+        took = time.monotonic() - start
+        text = self.text()
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        name = signal.Signals(self.sig).name
+        why = []
+        if took > PROMPT_S:
+            why.append(f"took {took:.1f}s")
+        if self.proc.returncode != code:
+            why.append(f"exit {self.proc.returncode}, not {code}")
+        if "Traceback" in text:
+            why.append("a traceback")
+        if says not in last or name not in last:
+            why.append(f"last line {last!r} does not say {says!r} and {name}")
+        return f"{self.what}: {'; '.join(why)}\n--- log ---\n{text[-2000:]}" if why else ""
+
+
+def start(what: str, args: list[str], workdir: Path, sig: int) -> Proc:
+    log = workdir / f"{what}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRDT_OPS_")}
+    env["CRDT_OPS_LOG"] = "INFO"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "crdt_ops.cli", *args], cwd=workdir,
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # its children: killed with it
+    return Proc(what, proc, log, sig)
+
+
+def service_args(command: str, url: str, group: str, n: int, workdir: Path) -> list[str]:
+    """``command``'s arguments for instance ``n`` (its own id, store, port)."""
+    rid = {"replica": f"r{n}", "web": f"web.i{n}", "logic": f"logic.i{n}",
+           "worker": f"worker.n{n}"}[command]
+    args = [command, "--amqp-url", url, "--group", group, "--replica-id", rid,
+            "--store", str(workdir / f"{rid}.sqlite"), "--heartbeat-s", "0.5"]
+    if command == "web":
+        args += ["--port", str(free_port())]
+    if command == "worker":
+        args += ["--node", f"n{n}", "--runtime", "process",
+                 "--runtime-dir", str(workdir / f"run-{n}")]
+    return args
+
+
+def wait_all(procs: list[Proc], ready: Callable[[Proc], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = list(procs)
+    while waiting and time.monotonic() < deadline:
+        waiting = [p for p in waiting if not ready(p)]
+        for p in waiting:
+            assert p.proc.poll() is None, f"{p.what} ended early:\n{p.text()[-2000:]}"
+        time.sleep(0.2)
+    assert not waiting, "never got there: " + ", ".join(
+        f"{p.what}\n{p.text()[-1500:]}" for p in waiting)
+
+
+def group_objects(group: str, replicas: list[str]) -> tuple[list[str], list[str]]:
+    """The queues and exchanges crdt-ops declares for ``group`` with these replica ids."""
+    s = Settings(group=group)
+    return ([s.queue(r) for r in replicas] + [s.stream, s.dead_letter_queue, s.founder],
+            [s.exchange, s.dead_letter_exchange, s.founder])
+
+
+IDS = [f"r{n}" for n in range(4)] + [f"{r}.i{n}" for r in ("web", "logic")
+                                      for n in range(4)] + [f"worker.n{n}" for n in range(4)]
+
+
+class Tracker:
+    """The processes and groups of one test: at its end the processes are killed (if
+    still running), then the groups deleted from the broker."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.url, self.workdir = url, workdir
+        self.procs: list[Proc] = []
+        self.groups: list[str] = []
+
+    def group(self) -> str:
+        self.groups.append(f"test-sig-{uuid.uuid4().hex[:8]}")
+        return self.groups[-1]
+
+    def start(self, what: str, args: list[str], sig: int) -> Proc:
+        self.procs.append(start(what, args, self.workdir, sig))
+        return self.procs[-1]
+
+    def close(self) -> None:
+        for p in self.procs:  # and whatever they started (a demo's services)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.proc.pid, signal.SIGKILL)
+            p.proc.wait()
+        for g in self.groups:
+            queues, exchanges = group_objects(g, IDS)
+            asyncio.run(delete_queues(self.url, queues, exchanges))
+
+
+@pytest.fixture
+def track(amqp_url: str, tmp_path: Path) -> Iterator[Tracker]:
+    t = Tracker(amqp_url, tmp_path)
+    yield t
+    t.close()
+
+
+def finish(procs: list[Proc], code: Callable[[Proc], int], says: str) -> None:
+    problems = [p.stop_and_check(code(p), says) for p in procs]
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+    assert not [p for p in problems if p], "\n\n".join(p for p in problems if p)
+
+
+def test_services_stop_while_connecting_with_a_wrong_password(amqp_url: str,
+                                                              track: Tracker) -> None:
+    """Connecting: the broker refuses the password, the command retries with backoff;
+    SIGTERM and SIGINT end it at once (status 128 + signal)."""
+    bad = amqp_url.replace("guest:guest", "guest:wrong-password")
+    assert bad != amqp_url
+    group = track.group()
+    procs = [track.start(f"{c}-{signal.Signals(sig).name}",
+                         service_args(c, bad, group, n, track.workdir), sig)
+             for n, sig in enumerate(SIGNALS) for c in SERVICES]
+    wait_all(procs, lambda p: "could not join group" in p.text(), 60)
+    finish(procs, lambda p: 128 + p.sig, "while connecting to the broker")
+
+
+def test_services_stop_while_running(amqp_url: str, track: Tracker) -> None:
+    """Running (each founded a group of its own and serves): the signal stops it
+    cleanly, status 0."""
+    procs = [track.start(f"{c}-{signal.Signals(sig).name}",
+                         service_args(c, amqp_url, track.group(), n, track.workdir), sig)
+             for n, sig in enumerate(SIGNALS) for c in SERVICES]
+    wait_all(procs, lambda p: "founded group" in p.text(), 60)
+    time.sleep(1)  # web serving, logic and workers at work
+    finish(procs, lambda p: 0, "stopped (")
+
+
+async def _claim_founding(url: str, group: str) -> None:
+    """The group's founding claim names a replica that never runs: nobody admits anyone."""
+    s = Settings(group=group)
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        ex = await ch.declare_exchange(s.founder, aio_pika.ExchangeType.FANOUT, durable=True)
+        q = await ch.declare_queue(s.founder, durable=True,
+                                   arguments={**FOUNDER_QUEUE, "x-queue-type": "classic"})
+        await q.bind(ex)
+        await ex.publish(aio_pika.Message(b"ghost"), routing_key="")
+
+
+def test_services_stop_while_waiting_to_be_admitted(amqp_url: str, track: Tracker) -> None:
+    group = track.group()
+    asyncio.run(_claim_founding(amqp_url, group))
+    procs = [track.start(f"{c}-{signal.Signals(sig).name}",
+                         service_args(c, amqp_url, group, n, track.workdir), sig)
+             for n, sig in enumerate(SIGNALS) for c in SERVICES]
+    wait_all(procs, lambda p: "asks the members of group" in p.text(), 90)
+    finish(procs, lambda p: 128 + p.sig, "while waiting to be admitted")
+
+
+async def _fill_stream(url: str, group: str, n: int) -> None:
+    """The group's stream with ``n`` heartbeats in it (a replay of some seconds)."""
+    s = Settings(group=group)
+    r = Replica("ghost")
+    r.heartbeat()
+    body = r.outgoing()[0]
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        await ch.declare_queue(s.stream, durable=True,
+                               arguments={"x-queue-type": "stream", "x-max-age": "7D"})
+        for i in range(0, n, 500):
+            await asyncio.gather(*(ch.default_exchange.publish(aio_pika.Message(body),
+                                                               routing_key=s.stream)
+                                   for _ in range(min(500, n - i))))
+
+
+async def _queue_exists(url: str, name: str) -> bool:
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        try:
+            await ch.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return False
+        return True
+
+
+def test_replica_stops_while_replaying_the_stream(amqp_url: str, track: Tracker) -> None:
+    """A new replica binds its queue, then replays the stream (here 4,000 messages, one
+    at a time: seconds); the signal comes once its queue exists and before it consumes."""
+    groups = [track.group() for _ in SIGNALS]
+    for g in groups:
+        asyncio.run(_fill_stream(amqp_url, g, 4000))
+    procs = [track.start(f"replica-{signal.Signals(sig).name}",
+                         [*service_args("replica", amqp_url, g, n, track.workdir),
+                          "--prefetch", "1"], sig)
+             for n, (g, sig) in enumerate(zip(groups, SIGNALS, strict=True))]
+    for n, (g, p) in enumerate(zip(groups, procs, strict=True)):
+        deadline = time.monotonic() + 60
+        while not asyncio.run(_queue_exists(amqp_url, Settings(group=g).queue(f"r{n}"))):
+            assert time.monotonic() < deadline, f"{p.what} never began to replay"
+            time.sleep(0.1)
+    assert not [p for p in procs if "consuming" in p.text()], "the replay was over already"
+    finish(procs, lambda p: 128 + p.sig, "while replaying group")
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_in_memory_tools_stop_mid_run(track: Tracker, sig: int) -> None:
+    """simulate and histories (in memory, minutes long with these sizes)."""
+    procs = [track.start("simulate", ["simulate", "--replicas", "300", "--ops", "10000000"],
+                         sig),
+             track.start("histories", ["histories", "--count", "1000000"], sig)]
+    wait_all(procs[:1], lambda p: "simulating" in p.text(), 30)
+    time.sleep(1)  # mid-run
+    finish(procs, lambda p: 128 + p.sig, "stopped by")
+
+
+def test_demo_over_rabbitmq_stops_while_starting(amqp_url: str, track: Tracker) -> None:
+    """A stop signal before the demo's page answers: it stops its services and says it
+    stopped before the page answered (test_demo_cleanup: what it leaves on the broker)."""
+    procs = [track.start(f"demo-{signal.Signals(sig).name}",
+                         ["demo", "--amqp-url", amqp_url, "--port", str(free_port())], sig)
+             for sig in SIGNALS]
+    wait_all(procs, lambda p: "using RabbitMQ" in p.text(), 30)
+    time.sleep(1)  # its services are starting
+    problems = []
+    for p in procs:
+        p.proc.send_signal(p.sig)
+    for p in procs:
+        try:
+            p.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            problems.append(f"{p.what}: did not stop")
+            continue
+        text = p.text()
+        name = signal.Signals(p.sig).name
+        if "Traceback" in text or f"stopped by {name} before the page answered" not in text \
+                or p.proc.returncode != 128 + p.sig:
+            problems.append(f"{p.what}: exit {p.proc.returncode}\n{text[-2000:]}")
+    assert not problems, "\n".join(problems)
