@@ -93,7 +93,19 @@ def default_store_path(settings: Settings, name: str) -> str:
 
 
 class AmqpNode:
-    """One replica of a group, kept durable in SQLite and replicated through RabbitMQ."""
+    """One replica of a group, kept durable in SQLite and replicated through RabbitMQ.
+
+    ``async with AmqpNode(settings) as node:`` runs :meth:`start` on entry and
+    :meth:`stop` on exit. ``node.replica`` is the :class:`~crdt_ops.replica.Replica`
+    (read it, subscribe to it, write through :meth:`write`), ``node.replica_id`` its
+    id (``settings.replica_id``, else the one remembered in the store, else a new
+    ``<name>.<host>-<random>``), ``node.settings`` the :class:`~crdt_ops.config.Settings`
+    and ``node.store`` the :class:`~crdt_ops.store.Store` (default file:
+    ``crdt-ops.<group>.<replica id or name>.sqlite``). ``policy``: the group's write
+    policy (the same at every replica). Raises ValueError when the store belongs to
+    another replica id or was made with the other ``membership`` mode, and
+    :class:`~crdt_ops.store.StoreLocked` when another process has it open.
+    """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
                  wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN) -> None:
