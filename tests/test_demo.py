@@ -21,6 +21,7 @@ def test_story_command_converges() -> None:
     out = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "story"], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert "in-memory network" in out.splitlines()[0]
+    assert out.startswith("crdt-ops story: ")  # not the demo's name
     assert "actual=on" in out
     assert out.strip().splitlines()[-1].startswith("converged=true")
 

@@ -56,7 +56,7 @@ def run_demo(print_: Callable[[str], None] = print, seed: int = 1) -> bool:
     def say(line: str) -> None:
         print_(f"[tick {net.now:3d}] {line}")
 
-    print_("crdt-ops demo: web, logic and two workers share state over the in-memory network "
+    print_("crdt-ops story: web, logic and two workers share state over the in-memory network "
            "(delays, reordering and duplicates on)")
     _logic(logic, say)
     for w in workers:
