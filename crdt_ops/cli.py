@@ -140,6 +140,10 @@ def check(args: argparse.Namespace) -> None:
         if hasattr(args, "amqp_url") and cmd != "fuzz":  # a command with replica settings
             settings = config.from_args(args)
             config.check_files(settings, store=cmd != "retire" and cmd != "demo")
+            if settings.metrics_port and cmd != "demo":
+                from services.main import port_free
+
+                port_free("0.0.0.0", settings.metrics_port, "--metrics-port")
         if cmd == "replica":
             for flag, path in (("--state-file", args.state_file), ("--ledger", args.ledger)):
                 if path is not None:

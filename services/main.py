@@ -173,7 +173,7 @@ def port_of(args: argparse.Namespace) -> int:
     return port
 
 
-def port_free(host: str, port: int) -> None:
+def port_free(host: str, port: int, flag: str = "--port") -> None:
     """Raise ValueError saying so when ``host:port`` is taken (another server listens
     there) or ``host`` cannot be bound at all."""
     try:
@@ -188,7 +188,7 @@ def port_free(host: str, port: int) -> None:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise ValueError(f"port {port} on {host} is taken (another server listens "
-                                 "there): choose another with --port") from None
+                                 f"there): choose another with {flag}") from None
             raise ValueError(f"--host {host} --port {port}: cannot listen there "
                              f"({e.strerror})") from None
 

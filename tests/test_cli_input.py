@@ -107,6 +107,8 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
              "--stream-max-age", "7 days"], says="--stream-max-age"),
         Case("replica: --metrics-port out of range", ["replica", *url, "--metrics-port",
              "70000"], says="--metrics-port"),
+        Case("replica: --metrics-port in use", ["replica", *url, "--metrics-port",
+             str(port_in_use)], says="choose another with --metrics-port"),
         Case("replica: --bootstrap missing", ["replica", *url, "--bootstrap", missing],
              says="no such file", absent=[missing]),
         Case("replica: --signing-key missing", ["replica", *url, "--signing-key", missing],
@@ -234,3 +236,20 @@ def test_every_command_refuses_bad_input_in_one_line(tmp_path: Path,
                             f"\n  stderr: {done.stderr.strip()[-1500:]}")
     assert not problems, "\n".join(problems)
     assert sorted(p.name for p in files.iterdir()) == before
+
+
+def test_placement_settings_are_flags_and_variables_shown_with_their_defaults() -> None:
+    """logic's quota and margin, a worker's capacity and lease: a flag, an environment
+    variable, and the default, in --help (the demo passes them on)."""
+    want = {"logic": ["--quota", "CRDT_OPS_QUOTA; default 20", "--margin-s",
+                      "CRDT_OPS_MARGIN_S; default 1"],
+            "worker": ["--capacity", "CRDT_OPS_CAPACITY; default 10", "--lease-s",
+                       "CRDT_OPS_LEASE_S; default 30"]}
+    want["demo"] = want["logic"] + want["worker"]
+    for command, texts in want.items():
+        done = subprocess.run([sys.executable, "-m", "crdt_ops.cli", command, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0
+        text = " ".join(done.stdout.split())
+        for t in texts:
+            assert t in text, (command, t)

@@ -274,6 +274,19 @@ def test_in_memory_tools_stop_mid_run(track: Tracker, sig: int) -> None:
     finish(procs, lambda p: 128 + p.sig, "stopped by")
 
 
+def test_fuzz_and_chaos_stop_mid_run(amqp_url: str, track: Tracker) -> None:
+    """fuzz (its replicas over the broker) and chaos (its own throwaway RabbitMQ node,
+    being started) clean up what they started and end with one line."""
+    procs = [track.start(f"fuzz-{signal.Signals(sig).name}",
+                         ["fuzz", "--messages", "100000", "--replicas", "2", "--amqp-url",
+                          amqp_url], sig) for sig in SIGNALS]
+    procs.append(track.start("chaos-SIGINT", ["chaos", "--ops", "2000"], signal.SIGINT))
+    wait_all(procs[:2], lambda p: "fuzz: group" in p.text(), 30)
+    wait_all(procs[2:], lambda p: "starting RabbitMQ node" in p.text(), 30)
+    time.sleep(1)
+    finish(procs, lambda p: 128 + p.sig, "stopped by")
+
+
 def test_demo_over_rabbitmq_stops_while_starting(amqp_url: str, track: Tracker) -> None:
     """A stop signal before the demo's page answers: it stops its services and says it
     stopped before the page answered (test_demo_cleanup: what it leaves on the broker)."""
