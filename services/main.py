@@ -273,7 +273,7 @@ def broker_answers(url: str) -> bool:
 DEMO_PASSES = ("queue_type", "batch_ops", "batch_delay_ms", "prefetch", "heartbeat_s",
                "gap_timeout_s", "max_waiting_per_origin", "snapshot_every", "stream_max_age",
                "stream_max_bytes", "membership")
-#: The demo's services: (principal = replica id = broker user, command).
+#: The demo's two workers (their principals, replica ids and broker users: worker.<node>).
 DEMO_WORKERS = ("worker-1", "worker-2")
 
 
@@ -448,8 +448,8 @@ def _provision_users(group: str, names: list[str], queue_type: str) -> dict[str,
         user["password_hash"] = provision.password_hash(passwords[user["name"]], os.urandom(4))
     try:
         provision.apply(defs)
-    except RuntimeError:
-        _delete_users(names)  # an import that failed halfway
+    except BaseException:  # an import that failed, or was interrupted, halfway
+        _delete_users(names)
         raise
     return passwords
 
