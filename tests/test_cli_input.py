@@ -158,8 +158,12 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
         Case("worker: --runtime-dir unwritable", ["worker", *url, "--runtime", "process",
              "--runtime-dir", UNWRITABLE], says="--runtime-dir"),
         Case("demo: --port out of range", ["demo", *url, "--port", "0"], says="--port"),
-        Case("demo: --store", ["demo", *url, "--store", str(d / "s.sqlite")],
-             says="not for the demo"),
+        # the demo runs four services: one replica's settings are refused, with the reason
+        *[Case(f"demo: {flag}", ["demo", *url, flag, value], says=f"{flag} is not for the demo: ")
+          for flag, value in (("--replica-id", "web"), ("--store", str(d / "s.sqlite")),
+                              ("--auth", "user-id"), ("--trusted-users", "ops"),
+                              ("--signing-key", "k.key"), ("--keyring", "ring.json"),
+                              ("--bootstrap", "s.bin"), ("--metrics-port", "9100"))],
         # retire: the broker's answer is the bad input here
         Case("retire: a wrong password", ["retire", "ghost", "--amqp-url",
              GOOD_URL.replace("guest:guest", "guest:wrong-password")], code=1,

@@ -1,6 +1,7 @@
 """The demo over RabbitMQ: what it prints and when, which replica settings it takes,
 and what it leaves on the broker (nothing of its own group; no broker user, no
-password that still logs in). Real OS processes against the real broker.
+password that still logs in). Real OS processes against the real broker. (The
+settings it refuses: tests/test_cli_input.py.)
 """
 
 from __future__ import annotations
@@ -203,24 +204,6 @@ def test_demo_refuses_a_taken_port_before_starting_anything(amqp_url: str) -> No
     finally:
         server.shutdown()
         server.server_close()
-
-
-def test_demo_refuses_the_settings_of_one_replica() -> None:
-    """--store, --replica-id, --auth ... name one service's settings: refused, each
-    with its reason (exit 2), before anything starts."""
-    flags = {"--replica-id": "web", "--store": "x.sqlite", "--auth": "user-id",
-             "--trusted-users": "ops", "--signing-key": "k.key", "--keyring": "ring.json",
-             "--bootstrap": "s.bin", "--metrics-port": "9100"}
-    procs = {flag: subprocess.Popen([sys.executable, "-m", "crdt_ops.cli", "demo", flag, value,
-                                     "--amqp-url", "amqp://guest:guest@127.0.0.1:1/"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for flag, value in flags.items()}
-    for flag, p in procs.items():
-        out, err = p.communicate(timeout=60)
-        assert p.returncode == 2, (flag, err)
-        assert out == ""
-        assert err.strip().splitlines() == [err.strip()]
-        assert f"{flag} is not for the demo: " in err, err
 
 
 def test_demo_in_memory_says_rabbitmq_settings_do_not_apply(demos: list[Demo]) -> None:
