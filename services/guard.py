@@ -86,10 +86,10 @@ def guard(state_dir: Path, runtime: Runtime) -> None:
         if saved is None or not saved.lease.may_run(now) or worker_gone:
             running = runtime.running()
             if saved is None or not saved.lease.may_run(now):
-                grace = saved.lease.grace_s if saved is not None else 1.0
+                wait = saved.lease.stop_wait_s if saved is not None else 0.5
                 for cid in running:
                     log.warning("guard %s: the lease ran out; stopping %s", state_dir, cid)
-                    runtime.stop(cid, grace_s=grace / 2)
+                    runtime.stop(cid, grace_s=wait)
                 running = {}
             if not running and worker_gone:
                 return  # nothing to guard; a worker starting here starts a guard again

@@ -82,6 +82,12 @@ class Lease:
         return min(3.0, self.duration_s / 4)
 
     @property
+    def stop_wait_s(self) -> float:
+        """How long a stop waits after SIGTERM before SIGKILL: half the grace, so a
+        container stopped from ``run_until`` on is gone well before the deadline."""
+        return self.grace_s / 2
+
+    @property
     def run_until(self) -> float:
         """The instant from which containers must be stopped (0.0: not held yet)."""
         return self.deadline - self.grace_s if self.deadline else 0.0

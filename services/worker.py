@@ -102,7 +102,7 @@ class Worker:
     def _stop_all(self) -> int:
         running = self.runtime.running()
         for cid in running:
-            self.runtime.stop(cid, grace_s=self.lease.grace_s)
+            self.runtime.stop(cid, grace_s=self.lease.stop_wait_s)
         return len(running)
 
     def reconcile(self, now: float | None = None) -> int:
@@ -117,7 +117,7 @@ class Worker:
                 and c.assigned_epoch == self.lease.epoch}
         for cid in set(running) - set(mine):
             log.info("%s: stopping %s", self.name, cid)
-            self.runtime.stop(cid, grace_s=self.lease.grace_s)
+            self.runtime.stop(cid, grace_s=self.lease.stop_wait_s)
             running.pop(cid)
         for c in here.values():
             if c.id not in mine and (c.power_actual != "off" or c.pid is not None):
