@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -181,6 +182,36 @@ def test_services_stop_while_connecting_with_a_wrong_password(amqp_url: str,
              for n, sig in enumerate(SIGNALS) for c in SERVICES]
     wait_all(procs, lambda p: "could not join group" in p.text(), 60)
     finish(procs, lambda p: 128 + p.sig, "while connecting to the broker")
+
+
+def test_services_stop_while_connecting_to_a_broker_that_never_answers(
+        track: Tracker) -> None:
+    """Connecting to a port that accepts the TCP connection and then says nothing (the
+    AMQP handshake hangs until its 10 s timeout): the signal ends it at once all the same
+    (aio-pika's reconnect loop, which swallows a cancellation, is closed)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(50)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"amqp://guest:guest@127.0.0.1:{listener.getsockname()[1]}/"
+    try:
+        procs = [track.start(f"{c}-{signal.Signals(sig).name}",
+                             service_args(c, url, "silent", n, track.workdir), sig)
+                 for n, sig in enumerate(SIGNALS) for c in SERVICES]
+        wait_all(procs, lambda p: len(held) >= len(procs), 30)
+        time.sleep(1)  # inside the handshake
+        finish(procs, lambda p: 128 + p.sig, "while connecting to the broker")
+    finally:
+        listener.close()
+        for c in held:
+            c.close()
 
 
 def test_services_stop_while_running(amqp_url: str, track: Tracker) -> None:

@@ -498,16 +498,27 @@ class AmqpNode:
     async def _setup(self) -> None:
         s = self.settings
         # Cancelling connect_robust mid-attempt leaves aio-pika reconnecting forever in
-        # the background (seen with aio-pika 10.2.1): let the attempt finish, then close.
-        attempt = asyncio.ensure_future(FailoverConnection.open(
-            s.amqp_urls, start=self._url_index, timeout=10,
-            client_properties={"connection_name": f"crdt-ops {self.replica_id}"}))
+        # the background (seen with aio-pika 10.2.1), swallowing the cancellation: on a
+        # cancel (a stop signal while connecting) close the connection object instead,
+        # which ends its reconnect loop at once, then drop the attempt.
+        conn = FailoverConnection(
+            s.amqp_urls, self._url_index, reconnect_interval=1,
+            client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
+        attempt = asyncio.ensure_future(conn.connect(timeout=10))
         try:
-            self._conn = await asyncio.shield(attempt)
+            await asyncio.shield(attempt)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await (await attempt).close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(conn.close(), 5)
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({attempt}, timeout=1)
             raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        self._conn = conn
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
