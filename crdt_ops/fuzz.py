@@ -121,6 +121,15 @@ def pb_field(number: int, value: int | bytes, wire: int | None = None) -> bytes:
 # ---------------------------------------------------------------- the hostile messages
 
 
+def _is_join_request(body: bytes) -> bool:
+    """Whether ``body`` decodes as a request to be admitted to the group."""
+    try:
+        msg = codec.decode(body)
+    except Exception:
+        return False
+    return isinstance(msg, Heartbeat) and msg.join
+
+
 class Hostile:
     """A seeded generator of hostile message bodies, by kind."""
 
@@ -144,13 +153,20 @@ class Hostile:
             ("atheris", self.from_corpus, 10 if corpus else 0)]
 
     def draw(self, i: int) -> tuple[str, bytes]:
-        """The i-th message: every 3,000th is oversized (1-2 MB), the rest by weight."""
+        """The i-th message: every 3,000th is oversized (1-2 MB), the rest by weight.
+        A draw that came out a well-formed join request (a bit flip of a member's
+        heartbeat can make one) is drawn again: without ``--auth`` a join request is
+        valid input that members answer by admitting the sender, not hostile input."""
         if i % 3000 == 1499:
             return "oversized", self.oversized()
         names = [k for k, _, w in self.kinds if w]
         weights = [w for _, _, w in self.kinds if w]
-        kind = self.rng.choices(names, weights)[0]
-        return kind, dict((k, f) for k, f, _ in self.kinds)[kind]()
+        table = dict((k, f) for k, f, _ in self.kinds)
+        while True:
+            kind = self.rng.choices(names, weights)[0]
+            body = table[kind]()
+            if not _is_join_request(body):
+                return kind, body
 
     # -- helpers
 
