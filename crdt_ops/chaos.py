@@ -228,6 +228,9 @@ class _ReplicaLedger:
     restores: int = 0  # memory restored from the store after a store failure
     left: int | None = None  # the replica retired after this operation of its own
     anomalies: list[str] = field(default_factory=list)
+    #: pending blocks a restore found in the store: their write() may still return (the
+    #: failure came after their commit; AmqpNode counts the restore once the store works)
+    in_flight: list[Block] = field(default_factory=list)
 
     def start(self, clock: dict[str, int], restore: bool = False) -> None:
         if restore:
@@ -235,10 +238,13 @@ class _ReplicaLedger:
         else:
             self.restarts += 1
         own = clock.get(self.rid, 0)
+        self.in_flight = []
         for first, last, n in self.pending:
             if last <= own:
                 self.issued.append((first, last, n))
                 self.durable_unacked += last - first + 1
+                if restore:  # its write() may still return: it was committed before the
+                    self.in_flight.append((first, last, n))  # failure (accepted after all)
             elif first > own:
                 self.unaccepted += last - first + 1
             else:
@@ -273,6 +279,9 @@ class _ReplicaLedger:
         if block in self.pending:
             self.pending.remove(block)
             self.issued.append(block)
+        elif block in self.in_flight:  # committed, then the store failed, then write() returned
+            self.in_flight.remove(block)
+            self.durable_unacked -= block[1] - block[0] + 1
         else:
             self.anomalies.append(f"{self.rid}: accepted block {block} was never pending")
 

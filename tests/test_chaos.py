@@ -58,6 +58,19 @@ def test_a_block_durable_before_write_returned_is_issued_and_one_not_durable_is_
     assert audit({"a": a, "b": ["S {}", "A a 1 8"]}).phantom == 1
 
 
+def test_a_block_committed_before_a_store_failure_may_still_be_accepted() -> None:
+    # 1..3 committed; the store failed before write() returned; memory restored from the
+    # store (R: 1..3 in it); then write() returned: accepted, no longer "durable unacked"
+    v = audit({"a": ["S {}", "A a 1 3", "P 1 3 2", 'R {"a":3}', "I 1 3 2"],
+               "b": ["S {}", "A a 1 3"]})
+    assert (v.lost, v.applied_twice, v.anomalies) == (0, 0, [])
+    assert (v.issued["a"], v.workload["a"], v.durable_unacked) == (3, 2, 0)
+    # a restart is no such case: a killed process's write() never returns
+    v = audit({"a": ["S {}", "A a 1 3", "P 1 3 2", 'S {"a":3}', "I 1 3 2"],
+               "b": ["S {}", "A a 1 3"]})
+    assert v.anomalies == ["a: accepted block (1, 3, 2) was never pending"]
+
+
 def test_an_accepted_block_missing_from_the_recovered_store_is_lost_everywhere() -> None:
     v = audit({"a": ["S {}", "A a 1 2", "P 1 2 1", "I 1 2 1", 'S {"a":1}'],
                "b": ["S {}", "A a 1 1"]})
