@@ -1,6 +1,6 @@
 """Provision a group for the services: ``web``, ``logic`` and ``worker.<node>`` users
 with the narrowest permissions, and the group's exchanges and stream (the rules are in
-crdt_ops/provision.py).
+crdt_ops/transport/provision.py).
 
 It writes a RabbitMQ definitions file: docker-compose.yml's broker loads
 deploy/rabbitmq/definitions.json at boot (``load_definitions`` in rabbitmq.conf), and
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from crdt_ops.provision import apply, definitions, demo_password
+from crdt_ops.transport.provision import apply, definitions, demo_password
 from services.model import principal
 
 __all__ = ["apply", "definitions", "demo_password", "principals"]

@@ -42,10 +42,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from crdt_ops import ChangeEvent, Forbidden, Rule, WritePolicy
-from crdt_ops.config import Settings
 from crdt_ops.handles import MapHandle
 from crdt_ops.transport import Node
 from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 
 ITEMS = "items/"

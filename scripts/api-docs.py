@@ -45,16 +45,16 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "crdt_ops.errors:TypeConflict", "crdt_ops.errors:InvalidValue",
         "crdt_ops.errors:BufferFull", "crdt_ops.errors:NotAMember",
         "crdt_ops.policy:Forbidden", "crdt_ops.policy:Unauthenticated",
-        "crdt_ops.store:StoreUnavailable", "crdt_ops.store:StoreLocked"]),
+        "crdt_ops.transport.store:StoreUnavailable", "crdt_ops.transport.store:StoreLocked"]),
     ("Nodes: a replica pumped by a transport", "crdt_ops.transport", [
         "crdt_ops.transport:Node"]),
     ("In memory", "crdt_ops.transport.memory", [
         "crdt_ops.transport.memory:MemoryBus", "crdt_ops.transport.memory:MemoryNode",
         "crdt_ops.transport.memory:MemoryNetwork"]),
     ("Over RabbitMQ", "crdt_ops.transport.amqp", ["crdt_ops.transport.amqp:AmqpNode"]),
-    ("Settings", "crdt_ops.config", [
-        "crdt_ops.config:Settings", "crdt_ops.config:from_args",
-        "crdt_ops.config:add_arguments"]),
+    ("Settings", "crdt_ops.transport.config", [
+        "crdt_ops.transport.config:Settings", "crdt_ops.transport.config:from_args",
+        "crdt_ops.transport.config:add_arguments"]),
 ]
 
 HEADER = """# API reference

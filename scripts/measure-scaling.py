@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from crdt_ops import Replica
-from crdt_ops.rabbitnode import RabbitNode
 from tests.broker import ReplicaProcess, converged, explain, wait_until
 from tests.test_cluster import cluster_config, urls_from
+from tools.rabbitnode import RabbitNode
 
 
 def wire_sizes(n: int) -> tuple[int, int, int]:

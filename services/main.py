@@ -30,14 +30,13 @@ from types import FrameType
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from crdt_ops import config, logs, provision
 from crdt_ops.policy import belongs
-from crdt_ops.runner import Stopped, StopSignals, Terminated, node_state, stop_node
-from crdt_ops.transport import Node
+from crdt_ops.transport import Node, config, provision
 from crdt_ops.transport.amqp import AmqpNode, _redact
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
-from services import lease, model, web
+from services import lease, logs, model, web
 from services.logic import Logic
+from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 from services.worker import Worker
 
@@ -201,7 +200,7 @@ def _url_host(host: str) -> str:
 async def run_service(role: str, args: argparse.Namespace) -> str:
     """Run one service until SIGTERM or SIGINT (caught from the start: connecting,
     replaying, waiting for admission, running); returns the signal's name. Raises
-    :class:`~crdt_ops.runner.Stopped` for a signal before the service was up."""
+    :class:`~services.process.Stopped` for a signal before the service was up."""
     signals = StopSignals()
     settings = config.from_args(args)
     name = role
@@ -327,7 +326,7 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
     stream and exchanges and its directory."""
     url = settings.amqp_url
     work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))
-    base = [sys.executable, "-m", "crdt_ops.cli"]
+    base = [sys.executable, "-m", "services.cli"]
     common = ["--group", group, *flags]
     if "--heartbeat-s" not in flags:
         common += ["--heartbeat-s", "1"]
@@ -364,7 +363,7 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
         print(f"crdt-ops demo: a service stopped; see the logs in {work}", file=sys.stderr,
               flush=True)
         return 1
-    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (crdt_ops.runner.Terminated)
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (services.process.Terminated)
         ok = True
         sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
         if up or (procs and _answers(page)):  # up, though the demo had not seen it yet

@@ -23,8 +23,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crdt_ops.errors import InvalidValue
 from crdt_ops.events import ChangeEvent
-from crdt_ops.store import StoreUnavailable
 from crdt_ops.transport import Node as ReplicaNode
+from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.values import check_text
 from services import model
 from services.history import History

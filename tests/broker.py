@@ -20,7 +20,7 @@ from typing import Any
 
 import aio_pika
 
-from crdt_ops.replica_process import ReplicaProcess as BaseReplicaProcess
+from tools.replica_process import ReplicaProcess as BaseReplicaProcess
 
 HOW_TO_GET_A_BROKER = (
     "these tests need a RabbitMQ broker: set AMQP_URL (e.g. "
@@ -70,7 +70,7 @@ def delete_group(url: str, group: str, replicas: list[str]) -> None:
 
 
 class ReplicaProcess(BaseReplicaProcess):
-    """:class:`crdt_ops.replica_process.ReplicaProcess` running the seeded workload
+    """:class:`tools.replica_process.ReplicaProcess` running the seeded workload
     (``ops`` operations from ``seed``, ``per_write`` per write, ``rate`` per second, 0:
     as fast as it can), with 0.5 s heartbeats and ``CRDT_OPS_LOG=WARNING``."""
 

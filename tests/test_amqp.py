@@ -133,7 +133,7 @@ def test_a_retired_replica_stops_holding_back_stability(group: Group) -> None:
                "the others to finish", explain(procs))
     time.sleep(2)  # heartbeats go round: still the ghost never saw r0's later operations
     assert r0.report()["stable_lag"] > 0
-    subprocess.run([sys.executable, "-m", "crdt_ops.cli", "retire", "ghost", "--amqp-url",
+    subprocess.run([sys.executable, "-m", "services.cli", "retire", "ghost", "--amqp-url",
                     group.url, "--group", group.name], check=True, capture_output=True)
     wait_until(lambda: r0.report()["stable_lag"] == 0 and r1.report()["stable_lag"] == 0, 30,
                "stability to stop waiting for the ghost", explain([r0, r1]))
@@ -244,7 +244,7 @@ def test_a_new_replica_bootstraps_from_a_peers_snapshot(group: Group) -> None:
                explain([r0, r1]))
     r1.stop()
     snap = group.workdir / "r1.snapshot"
-    subprocess.run([sys.executable, "-m", "crdt_ops.cli", "snapshot", "--store", str(r1.store),
+    subprocess.run([sys.executable, "-m", "services.cli", "snapshot", "--store", str(r1.store),
                     "--out", str(snap)], check=True, capture_output=True)
     r1.start()
     new = group.replica("new", ops=100, seed=3, extra=["--bootstrap", str(snap)]).start()

@@ -8,8 +8,8 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from crdt_ops.config import Settings
 from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
 from tests.broker import delete_group, new_group, until
 
 
@@ -55,7 +55,7 @@ async def test_channels_closed_by_channel_errors_are_reopened(settings: Settings
 async def test_writes_are_durable_when_write_returns_even_without_a_broker(
         tmp_path: Path) -> None:
     from crdt_ops import Replica
-    from crdt_ops.store import Store
+    from crdt_ops.transport.store import Store
 
     s = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group=new_group(),
                  replica_id="lonely", store=str(tmp_path / "lonely.sqlite"))

@@ -20,8 +20,8 @@ RUN_TIMEOUT_S = 180
 
 
 def run_bench(*args: str) -> str:
-    """``python -m crdt_ops.bench ARGS``; its stdout, once it exited with status 0."""
-    done = subprocess.run([sys.executable, "-m", "crdt_ops.bench", *args],
+    """``python -m tools.bench ARGS``; its stdout, once it exited with status 0."""
+    done = subprocess.run([sys.executable, "-m", "tools.bench", *args],
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, (f"exit status {done.returncode}\nstdout:\n{done.stdout}\n"
                                   f"stderr (end):\n{done.stderr[-4000:]}")
@@ -104,8 +104,8 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
 
 
 def test_shared_helpers() -> None:
-    from crdt_ops.bench.report import first_left, markdown_table
-    from crdt_ops.bench.stats import nearest_rank
+    from tools.bench.report import first_left, markdown_table
+    from tools.bench.stats import nearest_rank
 
     assert nearest_rank(list(range(200, 0, -1)), 0.99) == 198  # p99 of 200: the 198th
     assert nearest_rank([3.0, 1.0, 2.0], 0.5) == 2.0 and nearest_rank([5.0], 0.0) == 5.0

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from crdt_ops import Replica
-from crdt_ops.chaos import LedgerWriter, audit, cross_check
+from services.ledger import LedgerWriter
 from tests.support import exchange
+from tools.chaos import audit, cross_check
 
 LAST = re.compile(r"^ops=(\d+) faults=(\d+) lost=(\d+) applied_twice=(\d+) "
                   r"converged=(true|false) seconds=(\d+\.\d|nan)$")
@@ -109,7 +110,7 @@ def test_the_writer_records_what_replicas_really_apply(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- real runs
 
 def chaos(*args: str) -> tuple[int, list[str], str]:
-    done = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "chaos", "--ops", "3000",
+    done = subprocess.run([sys.executable, "-m", "services.cli", "chaos", "--ops", "3000",
                            "--pause-s", "3", "--lock-s", "3", "--duration", "15",
                            "--timeout", "120", *args],
                           capture_output=True, text=True, timeout=170)

@@ -1,7 +1,7 @@
 """Bad command-line input, for every command: a one-line error, a non-zero exit (2 for a
 usage error), no traceback, and nothing created or changed.
 
-Each case runs ``python -m crdt_ops.cli`` as an OS process in an empty working directory
+Each case runs ``python -m services.cli`` as an OS process in an empty working directory
 (which must stay empty), several at a time.
 """
 
@@ -42,7 +42,7 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
     with sqlite3.connect(empty) as db:  # a real SQLite file that holds no replica
         db.execute("create table t (x)")
     store = d / "store.sqlite"
-    with sqlite3.connect(store) as db:  # as crdt_ops.store.Store keeps a replica
+    with sqlite3.connect(store) as db:  # as crdt_ops.transport.store.Store keeps a replica
         db.execute("create table meta (k text primary key, v blob not null)")
         db.execute("create table log (id integer primary key, data blob not null)")
         db.execute("insert into meta values ('replica_id', 'r1')")
@@ -189,7 +189,7 @@ def run(case: Case, cwd: Path) -> subprocess.CompletedProcess[str]:
     env["PYTHONPATH"] = os.pathsep.join(
         [*case.env.get("PYTHONPATH", "").split(os.pathsep),
          str(Path(__file__).resolve().parent.parent)]).strip(os.pathsep)
-    return subprocess.run([sys.executable, "-m", "crdt_ops.cli", *case.args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "services.cli", *case.args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -251,7 +251,7 @@ def test_placement_settings_are_flags_and_variables_shown_with_their_defaults() 
                        "CRDT_OPS_LEASE_S; default 30"]}
     want["demo"] = want["logic"] + want["worker"]
     for command, texts in want.items():
-        done = subprocess.run([sys.executable, "-m", "crdt_ops.cli", command, "--help"],
+        done = subprocess.run([sys.executable, "-m", "services.cli", command, "--help"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0
         text = " ".join(done.stdout.split())

@@ -21,9 +21,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-from crdt_ops.bench.broker import delete_queues
-from crdt_ops.config import Settings
+from crdt_ops.transport.config import Settings
 from tests.broker import ReplicaProcess, wait_until
+from tools.bench.broker import delete_queues
 
 
 @pytest.fixture

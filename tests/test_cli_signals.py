@@ -4,7 +4,7 @@ waiting to be admitted, running; and the in-memory tools mid-run. Each ends with
 sensible status (0 once it ran; 128 + the signal before it was up or mid-run) and one
 line saying so, without a traceback.
 
-Real OS processes (``python -m crdt_ops.cli``), against the real broker.
+Real OS processes (``python -m services.cli``), against the real broker.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from crdt_ops.bench.broker import delete_queues
-from crdt_ops.config import Settings
-from crdt_ops.provision import FOUNDER_QUEUE
 from crdt_ops.replica import Replica
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.provision import FOUNDER_QUEUE
+from tools.bench.broker import delete_queues
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVICES = ("replica", "web", "logic", "worker")
@@ -85,7 +85,7 @@ def start(what: str, args: list[str], workdir: Path, sig: int) -> Proc:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDT_OPS_")}
     env["CRDT_OPS_LOG"] = "INFO"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "crdt_ops.cli", *args], cwd=workdir,
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], cwd=workdir,
                                 stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)  # its children: killed with it
     return Proc(what, proc, log, sig)

@@ -1,4 +1,4 @@
-"""A group on a three-node RabbitMQ cluster (local throwaway nodes, crdt_ops.rabbitnode)
+"""A group on a three-node RabbitMQ cluster (local throwaway nodes, tools.rabbitnode)
 with quorum queues: one node SIGKILLed mid-run and restarted later loses and doubles
 nothing. The nodes form the cluster from deploy/rabbitmq/cluster.conf, the file
 docker-compose.yml's ``cluster`` profile gives its nodes (node names substituted)."""
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from crdt_ops.rabbitnode import RabbitNode
 from tests.broker import converged, explain, wait_until
 from tests.conftest import Group
+from tools.rabbitnode import RabbitNode
 
 CLUSTER_CONF = Path(__file__).parent.parent / "deploy" / "rabbitmq" / "cluster.conf"
 
@@ -102,7 +102,7 @@ def test_a_node_killed_mid_run_loses_and_doubles_nothing(cluster: list[RabbitNod
 
 
 def test_a_url_list_names_the_nodes_in_turn() -> None:
-    from crdt_ops.config import Settings
+    from crdt_ops.transport.config import Settings
 
     s = Settings(amqp_url="amqp://u:p@a:5672/, amqps://u:p@b:5671/?cafile=/x,y.pem")
     assert s.amqp_urls == ["amqp://u:p@a:5672/", "amqps://u:p@b:5671/?cafile=/x,y.pem"]

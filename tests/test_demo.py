@@ -18,7 +18,7 @@ from tests.broker import rabbitmqctl
 
 
 def test_story_command_converges() -> None:
-    out = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "story"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "services.cli", "story"], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert "in-memory network" in out.splitlines()[0]
     assert out.startswith("crdt-ops story: ")  # not the demo's name
@@ -34,7 +34,7 @@ def _serve_then_interrupt(args: list[str], first_line: str,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = command or [sys.executable, "-m", "crdt_ops.cli", "demo"]
+    command = command or [sys.executable, "-m", "services.cli", "demo"]
     proc = subprocess.Popen([*command, "--port", str(port), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

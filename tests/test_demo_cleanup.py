@@ -43,7 +43,7 @@ class Demo:
     def __init__(self, args: list[str], command: list[str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CRDT_OPS_")}
         self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "crdt_ops.cli", "demo"]), *args],
+            [*(command or [sys.executable, "-m", "services.cli", "demo"]), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             start_new_session=True)
         self.lines: list[str] = []
@@ -192,7 +192,7 @@ def test_demo_refuses_a_taken_port_before_starting_anything(amqp_url: str) -> No
     try:
         for url in (amqp_url, "amqp://guest:guest@127.0.0.1:1/"):  # RabbitMQ; in memory
             start = time.monotonic()
-            done = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "demo", "--amqp-url",
+            done = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--amqp-url",
                                    url, "--port", str(port)], capture_output=True, text=True,
                                   timeout=60)
             assert time.monotonic() - start < 10

@@ -16,12 +16,12 @@ import aiormq
 import pytest
 
 from crdt_ops import Replica
-from crdt_ops.config import Settings
-from crdt_ops.rabbitnode import RabbitNode
 from crdt_ops.transport.amqp import AmqpNode, message
+from crdt_ops.transport.config import Settings
 from deploy.make_definitions import apply, definitions, demo_password, principals
 from services import model
 from tests.broker import until
+from tools.rabbitnode import RabbitNode
 
 GROUP = "secure"
 

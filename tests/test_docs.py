@@ -157,7 +157,7 @@ def test_python_block_runs(block: Block, tmp_path: Path, request: pytest.Fixture
 @cache
 def cli_help(sub: str) -> str:
     """``crdt-ops SUB --help`` ("" for the top level), run in this process."""
-    from crdt_ops.cli import main
+    from services.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
@@ -321,8 +321,8 @@ def test_examples_and_scripts_type_check() -> None:
 #: Flags the docs name that belong to other tools than ``crdt-ops``.
 OTHER_TOOLS_FLAGS = {
     "--apply": "python deploy/make_definitions.py",
-    "--check": "python -m crdt_ops.wire.generate, scripts/api-docs.py",
-    "--quick": "python -m crdt_ops.bench",
+    "--check": "python scripts/generate_proto.py, scripts/api-docs.py",
+    "--quick": "python -m tools.bench",
     "--x-y": "a placeholder: the flag of setting x_y",
 }
 
@@ -339,8 +339,8 @@ def test_every_flag_the_docs_name_exists() -> None:
 
 
 def test_readme_names_the_real_default_store_file() -> None:
-    from crdt_ops.config import Settings
     from crdt_ops.transport.amqp import default_store_path
+    from crdt_ops.transport.config import Settings
 
     row = next(line for line in (ROOT / "README.md").read_text().split("\n")
                if line.startswith("| `--store` |"))

@@ -27,7 +27,7 @@ LAST = re.compile(r"^messages=(\d+) dead_lettered=(\d+) crashes=(\d+) state_chan
 
 def test_fuzz_command_3000_hostile_messages(amqp_url: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "crdt_ops.cli", "fuzz", "--messages", "3000", "--replicas", "3",
+        [sys.executable, "-m", "services.cli", "fuzz", "--messages", "3000", "--replicas", "3",
          "--max-waiting-per-origin", "5", "--amqp-url", amqp_url],
         capture_output=True, text=True, timeout=300)
     lines = done.stdout.strip().splitlines()

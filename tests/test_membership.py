@@ -7,8 +7,8 @@ import os
 import pytest
 
 from crdt_ops import InvalidMessage, NotAMember, Replica
-from crdt_ops.sim.histories import run as run_histories
 from tests.support import exchange, send
+from tools.sim.histories import run as run_histories
 
 
 def at(wall: int):  # type: ignore[no-untyped-def]
@@ -185,6 +185,6 @@ def test_an_operator_retirement_waits_for_the_named_last_operation() -> None:
 
 
 def test_random_histories_with_joins_and_retirements_converge() -> None:
-    """The property (crdt_ops/sim/histories.py); ``crdt-ops histories`` runs 10,000."""
+    """The property (tools/sim/histories.py); ``crdt-ops histories`` runs 10,000."""
     count = int(os.environ.get("CRDT_OPS_HISTORIES", "400"))
     assert run_histories(count, seed=1000) == []

@@ -20,9 +20,9 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from crdt_ops.rabbitnode import SERVER, RabbitNode, RabbitNodeError
 from tests.broker import wait_until
 from tests.test_services import System, alive, create, running_system
+from tools.rabbitnode import SERVER, RabbitNode, RabbitNodeError
 
 
 def copies_of(cid: str) -> set[int]:

@@ -36,7 +36,7 @@ def demo_url(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("demo") / "demo.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "crdt_ops.cli", "demo", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "demo", "--port", str(port),
                              "--amqp-url", amqp_url], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -33,7 +33,7 @@ def test_a_command_that_cannot_run_is_a_clear_error(tmp_path: Path) -> None:
 def test_docker_runtime_refused_without_an_engine() -> None:
     if DockerRuntime.available():
         pytest.skip("a Docker engine answers here")  # then the refusal cannot be shown
-    done = subprocess.run([sys.executable, "-m", "crdt_ops.cli", "worker", "--runtime", "docker",
+    done = subprocess.run([sys.executable, "-m", "services.cli", "worker", "--runtime", "docker",
                            "--amqp-url", "amqp://guest:guest@127.0.0.1:1/"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2

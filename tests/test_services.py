@@ -37,7 +37,7 @@ class System:
         rid = f"worker.{name}" if args[0] == "worker" else name  # its principal (model.principal)
         with open(self.workdir / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "crdt_ops.cli", *args, "--amqp-url", self.url,
+                [sys.executable, "-m", "services.cli", *args, "--amqp-url", self.url,
                  "--group", self.group, "--replica-id", rid, "--heartbeat-s", "0.5",
                  "--store", str(self.workdir / f"{name}.sqlite")],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CRDT_OPS_LOG="INFO"))

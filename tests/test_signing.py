@@ -10,9 +10,9 @@ import aio_pika
 import pytest
 
 from crdt_ops import Replica, Unauthenticated
-from crdt_ops.config import Settings
-from crdt_ops.signing import SIGNATURE_HEADER, BadSignature, Keyring, Signer, keygen
 from crdt_ops.transport.amqp import AmqpNode, message
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.signing import SIGNATURE_HEADER, BadSignature, Keyring, Signer, keygen
 from tests.broker import dead_letters, delete_group, new_group, until
 
 

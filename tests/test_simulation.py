@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crdt_ops.sim.simulation import simulate
+from tools.sim.simulation import simulate
 
 
 def test_hundred_replicas_converge() -> None:

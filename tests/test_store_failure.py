@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from crdt_ops.config import Settings
-from crdt_ops.store import StoreUnavailable
 from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.store import StoreUnavailable
 from tests.broker import delete_group, new_group, until
 
 

@@ -1,5 +1,5 @@
 """``amqps://`` end to end: replica processes on a throwaway RabbitMQ node with a TLS
-listener (crdt_ops.rabbitnode), with certificates made here by the openssl CLI.
+listener (tools.rabbitnode), with certificates made here by the openssl CLI.
 
 The node requires a client certificate (``verify_peer`` + ``fail_if_no_peer_cert``), so
 the URLs carry ``cafile=`` (verify the server), ``certfile=`` and ``keyfile=`` (who we are).
@@ -18,9 +18,9 @@ import aio_pika
 import aiormq
 import pytest
 
-from crdt_ops.rabbitnode import RabbitNode, free_port
 from tests.broker import converged, explain, wait_until
 from tests.conftest import Group
+from tools.rabbitnode import RabbitNode, free_port
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""Transports: the pumps that move a Replica's bytes between processes.
+"""The I/O adapters around the sans-IO core: the pumps that move a Replica's bytes between
+processes, and what they need from the machine.
 
-``memory``: a simulated network in one process (tests, simulations, the demo).
-``amqp``: RabbitMQ with SQLite durability (services).
-Both offer the :class:`Node` interface services are written against.
+Pumps, each offering the :class:`Node` interface the services are written against:
+``memory`` (a simulated network in one process: tests, simulations, the demo) and
+``amqp`` (RabbitMQ with SQLite durability). Their adapters: ``store`` (SQLite),
+``config`` (settings from flags and the environment), ``signing`` (Ed25519 keys),
+``metrics`` (Prometheus), ``provision`` (broker users, permissions and definitions),
+``echo`` (a replica watching its own messages come back).
 """
 
 from __future__ import annotations

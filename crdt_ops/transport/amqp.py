@@ -55,17 +55,17 @@ from aio_pika.abc import (
 from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
-from crdt_ops import metrics
 from crdt_ops.causal import WaitingCapReached
-from crdt_ops.config import Settings, split_urls
 from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.ops import Batch
 from crdt_ops.policy import OPEN, WritePolicy
-from crdt_ops.provision import FOUNDER_QUEUE
 from crdt_ops.replica import Replica
-from crdt_ops.signing import Keyring, Signer
-from crdt_ops.store import Store, StoreUnavailable
+from crdt_ops.transport import metrics
+from crdt_ops.transport.config import Settings, split_urls
 from crdt_ops.transport.echo import EchoWatch
+from crdt_ops.transport.provision import FOUNDER_QUEUE
+from crdt_ops.transport.signing import Keyring, Signer
+from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.wire import codec
 
 log = logging.getLogger("crdt_ops.amqp")
@@ -99,12 +99,12 @@ class AmqpNode:
     :meth:`stop` on exit. ``node.replica`` is the :class:`~crdt_ops.replica.Replica`
     (read it, subscribe to it, write through :meth:`write`), ``node.replica_id`` its
     id (``settings.replica_id``, else the one remembered in the store, else a new
-    ``<name>.<host>-<random>``), ``node.settings`` the :class:`~crdt_ops.config.Settings`
-    and ``node.store`` the :class:`~crdt_ops.store.Store` (default file:
+    ``<name>.<host>-<random>``), ``node.settings`` the :class:`~crdt_ops.transport.config.Settings`
+    and ``node.store`` the :class:`~crdt_ops.transport.store.Store` (default file:
     ``crdt-ops.<group>.<replica id or name>.sqlite``). ``policy``: the group's write
     policy (the same at every replica). Raises ValueError when the store belongs to
     another replica id or was made with the other ``membership`` mode, and
-    :class:`~crdt_ops.store.StoreLocked` when another process has it open.
+    :class:`~crdt_ops.transport.store.StoreLocked` when another process has it open.
     """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
@@ -676,7 +676,7 @@ class AmqpNode:
         """``async with node.write() as r: r.counter("x").increment()``: the
         operations are applied at once and accepted (durable) when the block exits.
 
-        Raises :class:`~crdt_ops.store.StoreUnavailable` when the store fails (on
+        Raises :class:`~crdt_ops.transport.store.StoreUnavailable` when the store fails (on
         entry while it is failing, or at the end): then none of the block's
         operations is accepted, and memory is restored from the store (they are
         gone) before any other write or delivery is taken."""
@@ -694,7 +694,7 @@ class AmqpNode:
 
     async def flush(self) -> None:
         """Wait until every local operation applied so far is in the outbox. Raises
-        :class:`~crdt_ops.store.StoreUnavailable` if the store is failing or fails."""
+        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing or fails."""
         self._refuse_write()
         if not self.replica.unsent:
             return
@@ -1097,7 +1097,7 @@ class AmqpNode:
 
     def snapshot(self) -> None:
         """Write a snapshot and drop the log it covers. Raises
-        :class:`~crdt_ops.store.StoreUnavailable` if the store fails (the old snapshot
+        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store fails (the old snapshot
         and log stay as they were)."""
         self._commit_local()
         with self._storing():
@@ -1195,7 +1195,7 @@ def message(settings: Settings, body: bytes, signer: Signer | None = None,
             **properties: Any) -> aio_pika.Message:
     """A persistent crdt-ops message whose ``user_id`` is the connection's user:
     RabbitMQ refuses it from anyone else, so receivers can trust it (``--auth``); with
-    a ``signer``, also signed (:mod:`crdt_ops.signing`)."""
+    a ``signer``, also signed (:mod:`crdt_ops.transport.signing`)."""
     return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                             app_id="crdt-ops", type="crdt_ops.v1.Envelope",
                             user_id=settings.user,

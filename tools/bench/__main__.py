@@ -1,4 +1,4 @@
-"""``python -m crdt_ops.bench COMMAND [options]``: run one benchmark.
+"""``python -m tools.bench COMMAND [options]``: run one benchmark.
 
 Each benchmark module provides ``add_parser(subparsers)``, which registers its
 subcommand and sets ``run`` (a function of the parsed arguments returning the
@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from crdt_ops.bench import amqp, core, services
+from tools.bench import amqp, core, services
 
 #: The modules' ``add_parser`` functions, one per subcommand.
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -24,7 +24,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per benchmark."""
     parser = argparse.ArgumentParser(
-        prog="python -m crdt_ops.bench",
+        prog="python -m tools.bench",
         description="Benchmarks of crdt-ops. Results go to stdout, progress to stderr.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _COMMANDS:

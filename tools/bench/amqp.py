@@ -1,8 +1,8 @@
-"""``python -m crdt_ops.bench amqp``: crdt-ops over RabbitMQ beside raw aio-pika,
+"""``python -m tools.bench amqp``: crdt-ops over RabbitMQ beside raw aio-pika,
 on one broker, in one run.
 
 Every measurement uses its own group ``bench-<random>`` (so its own exchange,
-queues and stream, named as :class:`~crdt_ops.config.Settings` names them),
+queues and stream, named as :class:`~crdt_ops.transport.config.Settings` names them),
 stores in a temporary directory, and deletes the group's queues and exchanges
 afterwards. Messages are persistent and published with publisher confirms
 throughout; queues are durable classic queues, and a stream is bound to the
@@ -81,14 +81,14 @@ from typing import Any, TypeVar
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from crdt_ops.bench.broker import DEFAULT_URL, broker_info, delete_group, new_group
-from crdt_ops.bench.cpu import BrokerCpu, percent, self_cpu
-from crdt_ops.bench.machine import load_average, platform_info, revision
-from crdt_ops.bench.report import Progress, info_lines, markdown_table, thousands
-from crdt_ops.bench.retry import ATTEMPTS, Disturbed, with_retries
-from crdt_ops.bench.stats import nearest_rank
-from crdt_ops.config import Settings
 from crdt_ops.replica import Replica
+from crdt_ops.transport.config import Settings
+from tools.bench.broker import DEFAULT_URL, broker_info, delete_group, new_group
+from tools.bench.cpu import BrokerCpu, percent, self_cpu
+from tools.bench.machine import load_average, platform_info, revision
+from tools.bench.report import Progress, info_lines, markdown_table, thousands
+from tools.bench.retry import ATTEMPTS, Disturbed, with_retries
+from tools.bench.stats import nearest_rank
 
 #: Targets from the issue.
 TARGET_UNBATCHED_RATIO = 0.8
@@ -454,7 +454,7 @@ class Context:
 
 def retried(what: str, ctx: Context, once: Callable[[], T]) -> T:
     """``once()``, a measurement with a new group each time, tried up to
-    :data:`~crdt_ops.bench.retry.ATTEMPTS` times :data:`RETRY_PAUSE_S` apart."""
+    :data:`~tools.bench.retry.ATTEMPTS` times :data:`RETRY_PAUSE_S` apart."""
     return with_retries(what, ctx.progress, lambda _attempt: once(), pause_s=RETRY_PAUSE_S,
                         retrying=f"retrying with a new group in {RETRY_PAUSE_S:g} s "
                                  "(the broker may be restarting)")

@@ -12,10 +12,10 @@ from typing import Any
 
 import aio_pika
 
-from crdt_ops.bench.cpu import broker_pid
-from crdt_ops.bench.retry import retry_cleanup
-from crdt_ops.config import Settings
 from crdt_ops.transport.amqp import _redact
+from crdt_ops.transport.config import Settings
+from tools.bench.cpu import broker_pid
+from tools.bench.retry import retry_cleanup
 
 #: The broker of a benchmark run unless its command line names another.
 DEFAULT_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -1,4 +1,4 @@
-"""``python -m crdt_ops.bench services``: time from a Start request at web to
+"""``python -m tools.bench services``: time from a Start request at web to
 ``power_actual`` "on" visible at web, through the real services, beside the same
 flow done "the old way" (HTTP, then AMQP request/reply calls web -> logic -> worker).
 
@@ -13,7 +13,7 @@ next Start is sent once the previous container is "on" at web. Times are
 :func:`time.perf_counter` in this process.
 
 1. **crdt-ops**: ``crdt-ops web``, ``crdt-ops logic`` and two ``crdt-ops worker``
-   processes (``python -m crdt_ops.cli``) in a group ``bench-<random>``, stores in
+   processes (``python -m services.cli``) in a group ``bench-<random>``, stores in
    SQLite in a temporary directory, default settings (``--heartbeat-s 1``, as the
    demo). The client follows ``GET /api/events`` (Server-Sent Events). Latency of
    a container: from just before ``POST /api/containers/{id}/start`` is sent
@@ -80,18 +80,18 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from crdt_ops.bench.broker import (
+from tools.bench.broker import (
     DEFAULT_URL,
     broker_info,
     delete_group_async,
     delete_queues,
     new_group,
 )
-from crdt_ops.bench.cpu import BrokerCpu, percent, proc_cpu, self_cpu
-from crdt_ops.bench.machine import load_average, platform_info, revision
-from crdt_ops.bench.report import Progress, first_left, info_lines, markdown_table
-from crdt_ops.bench.retry import ATTEMPTS, Disturbed, retry_cleanup, with_retries
-from crdt_ops.bench.stats import nearest_rank
+from tools.bench.cpu import BrokerCpu, percent, proc_cpu, self_cpu
+from tools.bench.machine import load_average, platform_info, revision
+from tools.bench.report import Progress, first_left, info_lines, markdown_table
+from tools.bench.retry import ATTEMPTS, Disturbed, retry_cleanup, with_retries
+from tools.bench.stats import nearest_rank
 
 DEFAULT_CONTAINERS = 200
 QUICK_CONTAINERS = 20
@@ -359,7 +359,7 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
                      else ["--batch-delay-ms", str(opt.batch_delay_ms)])
             prof = ([] if opt.profile_dir is None
                     else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
-            services.start(name, [sys.executable, *prof, "-m", "crdt_ops.cli", *cmd, "--amqp-url",
+            services.start(name, [sys.executable, *prof, "-m", "services.cli", *cmd, "--amqp-url",
                                   opt.url, "--group", group, "--replica-id", replica_id(name),
                                   "--heartbeat-s", "1", "--store",
                                   str(workdir / f"{name}.sqlite"), *extra], env)
@@ -711,7 +711,7 @@ async def _old_service(a: argparse.Namespace) -> None:
 
 def old_service_main(argv: Sequence[str]) -> int:
     """A service of the old way, as its own process (started by :func:`old_way_flow`)."""
-    p = argparse.ArgumentParser(prog="python -m crdt_ops.bench.services _old-way")
+    p = argparse.ArgumentParser(prog="python -m tools.bench.services _old-way")
     p.add_argument("role", choices=("web", "logic", "worker"))
     p.add_argument("--url", required=True)
     p.add_argument("--prefix", required=True)
@@ -743,7 +743,7 @@ async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
     services = Services(workdir)
     run_dirs = [workdir / f"run-{w}" for w in WORKERS]
     pids: list[int] = []
-    me = [sys.executable, "-m", "crdt_ops.bench.services", "_old-way"]
+    me = [sys.executable, "-m", "tools.bench.services", "_old-way"]
     common = ["--url", opt.url, "--prefix", prefix, "--capacity", str(opt.capacity)]
     try:
         services.start("web", [*me, "web", "--port", str(port), *common])
@@ -808,7 +808,7 @@ async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: s
 
 def run_flow(flow: str, opt: Options) -> FlowResult:
     """Run ``flow`` from scratch (new names, a new work directory) until an attempt
-    succeeds, at most :data:`~crdt_ops.bench.retry.ATTEMPTS` times; the work
+    succeeds, at most :data:`~tools.bench.retry.ATTEMPTS` times; the work
     directory (the services' logs) of the last failed attempt is kept."""
     fn = crdt_ops_flow if flow == "crdt-ops" else old_way_flow
     workdir = Path()
@@ -996,6 +996,6 @@ def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_old-way"]:
         sys.exit(old_service_main(sys.argv[2:]))
-    parser = argparse.ArgumentParser(prog="python -m crdt_ops.bench.services")
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.services")
     configure(parser)
     sys.exit(main(parser.parse_args()))

@@ -1,4 +1,4 @@
-"""``python -m crdt_ops.bench core``: remote operations applied per second through
+"""``python -m tools.bench core``: remote operations applied per second through
 ``Replica.receive()``.
 
 What one row measures: two origin replicas (``a`` and ``b``) issue the
@@ -48,9 +48,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdt_ops.bench.machine import platform_info, revision
-from crdt_ops.bench.report import Progress, first_left, info_lines, markdown_table, thousands
 from crdt_ops.replica import Replica
+from tools.bench.machine import platform_info, revision
+from tools.bench.report import Progress, first_left, info_lines, markdown_table, thousands
 
 #: Remote operations per second the batched counter and register rows must reach.
 TARGET_OPS_PER_S = 100_000

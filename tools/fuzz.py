@@ -72,12 +72,12 @@ import aio_pika
 
 from crdt_ops.causal import WaitingCapReached
 from crdt_ops.clock import Clock
-from crdt_ops.config import Settings
 from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.ops import MAX_DEPTH, Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.replica import Replica
-from crdt_ops.replica_process import ReplicaProcess
+from crdt_ops.transport.config import Settings
 from crdt_ops.wire import codec
+from tools.replica_process import ReplicaProcess
 
 MAX_SEQ = codec.MAX_SEQ
 FAKE_ORIGINS = 20  # fake origins hostile batches come from (a pool: bounded by the caps)
@@ -522,7 +522,7 @@ def atheris_corpus(seed_messages: list[bytes], seconds: float,
     for i, m in enumerate(seed_messages[:200]):
         (corpus / f"seed-{i}").write_bytes(m)
     say(f"fuzz: atheris over Replica.receive for {seconds:.0f}s ...")
-    subprocess.run([sys.executable, "-m", "crdt_ops.fuzz", "--atheris-child", str(corpus),
+    subprocess.run([sys.executable, "-m", "tools.fuzz", "--atheris-child", str(corpus),
                     f"-max_total_time={int(seconds)}", "-max_len=4096", "-seed=1",
                     f"-artifact_prefix={work}/atheris-",
                     "-print_final_stats=0"], stdout=subprocess.DEVNULL,
@@ -559,7 +559,7 @@ def _atheris_child(argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from crdt_ops.bench.broker import delete_group
+    from tools.bench.broker import delete_group
 
     url = args.amqp_url
     group = f"fuzz-{uuid.uuid4().hex[:10]}"
@@ -702,13 +702,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, stores)")
     parser.add_argument("--amqp-url", default=os.environ.get(
         "CRDT_OPS_AMQP_URL", os.environ.get("AMQP_URL", Settings.amqp_url)))
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the ``fuzz`` command to the ``crdt-ops`` subcommands."""
-    cmd = sub.add_parser("fuzz", help="hostile messages against real replica processes")
-    add_arguments(cmd)
-    cmd.set_defaults(func=run)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import json
 import re
 import subprocess
 
-STREAM_MAX_AGE = "7D"  # as crdt_ops.config.Settings.stream_max_age
+STREAM_MAX_AGE = "7D"  # as crdt_ops.transport.config.Settings.stream_max_age
 #: The founder queue holds one message, the first claim; later claims are nacked
 #: ("reject-publish": https://www.rabbitmq.com/docs/maxlength#overflow-behaviour).
 FOUNDER_QUEUE: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "reject-publish"}

@@ -1,4 +1,9 @@
-"""The ``crdt-ops`` command: services, a replica process, simulations and tools."""
+"""The ``crdt-ops`` command: the services, a replica process, and the operator's commands
+(retire, snapshot, keygen).
+
+The development tools (``story``, ``simulate``, ``histories``, ``chaos``, ``fuzz``) keep
+their names here but live in the top-level ``tools`` package of a source checkout: they are
+imported only when one of them is run (:data:`TOOLS`), so the services never load them."""
 
 from __future__ import annotations
 
@@ -25,32 +30,14 @@ import os  # noqa: E402
 import traceback  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-from crdt_ops import config, logs  # noqa: E402
-from crdt_ops.chaos import add_command as chaos_command  # noqa: E402
-from crdt_ops.fuzz import register as fuzz_command  # noqa: E402
-from crdt_ops.runner import Terminated, raise_terminated  # noqa: E402
-from crdt_ops.runner import add_arguments as runner_arguments  # noqa: E402
-from crdt_ops.sim.histories import add_arguments as histories_arguments  # noqa: E402
-from crdt_ops.sim.histories import command as histories_command  # noqa: E402
-
-
-def _story(args: argparse.Namespace) -> int:
-    from crdt_ops.sim.demo import run_demo
-
-    return 0 if run_demo(seed=args.seed) else 1
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from crdt_ops.sim.simulation import simulate
-
-    print(f"simulating {args.replicas} replicas, {args.ops} operations ...", file=sys.stderr)
-    result = simulate(args.replicas, args.ops, args.seed, progress=True)
-    print(result.line())
-    return 0 if result.converged else 1
+from crdt_ops.transport import config  # noqa: E402
+from services import logs  # noqa: E402
+from services.process import Terminated, raise_terminated  # noqa: E402
+from services.replica import add_arguments as runner_arguments  # noqa: E402
 
 
 def _replica(args: argparse.Namespace) -> int:
-    from crdt_ops.runner import main as run_replica
+    from services.replica import main as run_replica
 
     return run_replica(config.from_args(args), args)
 
@@ -80,7 +67,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from crdt_ops.signing import keygen
+    from crdt_ops.transport.signing import keygen
 
     key, ring = keygen(args.principal, args.out)
     print(f"wrote {key} (secret: give it to {args.principal}'s replicas as --signing-key) "
@@ -105,30 +92,40 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-#: Numeric flags with a lower bound: (command, dest) -> (bound, strictly greater).
-BOUNDS: dict[tuple[str, str], tuple[float, bool]] = {
-    ("simulate", "replicas"): (1, False), ("simulate", "ops"): (0, False),
-    ("histories", "count"): (0, False), ("histories", "steps"): (1, False),
-    ("replica", "ops"): (0, False), ("replica", "rate"): (0, False),
-    ("replica", "per_write"): (1, False), ("replica", "more_on_signal"): (0, False),
-    ("chaos", "pause_s"): (0, False), ("chaos", "lock_s"): (0, False),
-    ("chaos", "per_write"): (1, False), ("chaos", "late_max_delay_s"): (0, False),
-    ("chaos", "timeout"): (0, True), ("fuzz", "messages"): (0, False),
-    ("fuzz", "replicas"): (1, False), ("fuzz", "ops"): (0, False), ("fuzz", "more"): (0, False),
-    ("fuzz", "max_waiting_per_origin"): (1, False), ("fuzz", "gap_timeout_s"): (0, True),
-    ("fuzz", "atheris_seconds"): (0, False), ("fuzz", "timeout"): (0, True),
+#: Numeric flags with a lower bound, per command: dest -> (bound, strictly greater).
+Bounds = dict[str, tuple[float, bool]]
+
+REPLICA_BOUNDS: Bounds = {"ops": (0, False), "rate": (0, False), "per_write": (1, False),
+                          "more_on_signal": (0, False)}
+
+#: The development tools: name -> one line of help. ``tools.commands.register`` adds the
+#: one that is run (with its flags, bounds and checks); the others are listed in --help.
+TOOLS = {
+    "story": "the origin story, printed (in-memory network)",
+    "simulate": "many replicas over the in-memory network",
+    "histories": "random histories with joins, retirements and compaction, checked for "
+                 "convergence (in memory)",
+    "chaos": "fault injection over a throwaway broker, checked by a ledger (needs root and "
+             "Debian's rabbitmq-server)",
+    "fuzz": "hostile messages against real replica processes",
 }
+
+
+def check_bounds(args: argparse.Namespace, bounds: Bounds) -> None:
+    """Each flag named in ``bounds`` is at or above (or strictly above) its bound; raises
+    UsageError naming the flag."""
+    for dest, (bound, strict) in bounds.items():
+        value = getattr(args, dest, None)
+        if value is not None and (value <= bound if strict else value < bound):
+            raise UsageError(f"--{dest.replace('_', '-')} must be "
+                             f"{'>' if strict else '>='} {bound:g}, got {value:g}")
 
 
 def check(args: argparse.Namespace) -> None:
     """Every flag of ``args.command`` that names a number, a file or a directory, checked
     before anything runs or is created; raises UsageError (one line naming the flag)."""
     cmd = args.command
-    for (command, dest), (bound, strict) in BOUNDS.items():
-        value = getattr(args, dest, None) if command == cmd else None
-        if value is not None and (value <= bound if strict else value < bound):
-            raise UsageError(f"--{dest.replace('_', '-')} must be "
-                             f"{'>' if strict else '>='} {bound:g}, got {value:g}")
+    check_bounds(args, getattr(args, "bounds", {}))
     if cmd in ("web", "logic", "worker", "demo"):  # their own flags first (the demo's refusals)
         from services.main import check as check_service
 
@@ -137,7 +134,7 @@ def check(args: argparse.Namespace) -> None:
         except ValueError as e:
             raise UsageError(str(e)) from None
     try:
-        if hasattr(args, "amqp_url") and cmd != "fuzz":  # a command with replica settings
+        if hasattr(args, "amqp_url") and getattr(args, "replica_settings", True):
             settings = config.from_args(args)
             config.check_files(settings, store=cmd != "retire" and cmd != "demo")
             if settings.metrics_port and cmd != "demo":
@@ -156,10 +153,8 @@ def check(args: argparse.Namespace) -> None:
                 raise UsageError("--out must not be the store itself")
         elif cmd == "keygen":
             _check_keygen(args)
-        elif cmd == "chaos" and args.keep_dir is not None:
-            config.check_writable(args.keep_dir, "--keep-dir", directory=True)
-        elif cmd == "fuzz":
-            config.Settings(amqp_url=args.amqp_url)
+        if hasattr(args, "check"):  # a tool's own checks (tools/commands.py)
+            args.check(args)
     except UsageError:
         raise
     except ValueError as e:
@@ -189,7 +184,7 @@ def _check_holds_replica(path: str) -> None:
 def _check_keygen(args: argparse.Namespace) -> None:
     from crdt_ops.errors import CrdtError
     from crdt_ops.policy import belongs
-    from crdt_ops.signing import _ed25519
+    from crdt_ops.transport.signing import _ed25519
 
     p = args.principal
     if not p or p.startswith(".") or any(c in p for c in "/\\\0") or not p.isprintable() \
@@ -222,25 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("web", "logic", "worker", "demo"):
         sub.choices[name].set_defaults(func=_service)
 
-    story = sub.add_parser("story", help="the origin story, printed (in-memory network)")
-    story.add_argument("--seed", type=int, default=1)
-    story.set_defaults(func=_story)
-
-    sim = sub.add_parser("simulate", help="many replicas over the in-memory network")
-    sim.add_argument("--replicas", type=int, default=100)
-    sim.add_argument("--ops", type=int, default=2000)
-    sim.add_argument("--seed", type=int, default=0)
-    sim.set_defaults(func=_simulate)
-
-    hist = sub.add_parser("histories", help="random histories with joins, retirements and "
-                          "compaction, checked for convergence (in memory)")
-    histories_arguments(hist)
-    hist.set_defaults(func=histories_command)
-
     rep = sub.add_parser("replica", help="one replica over RabbitMQ (optionally with a workload)")
     config.add_arguments(rep)
     runner_arguments(rep)
-    rep.set_defaults(func=_replica)
+    rep.set_defaults(func=_replica, bounds=REPLICA_BOUNDS)
 
     ret = sub.add_parser("retire", help="tell a group that a replica is gone for good")
     ret.add_argument("retiree", metavar="REPLICA_ID")
@@ -258,12 +238,23 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--out", default=".", help="directory for PRINCIPAL.key and keyring.json")
     keys.set_defaults(func=_keygen)
 
-    chaos_command(sub)
-
-    fuzz_command(sub)  # crdt-ops fuzz: crdt_ops/fuzz.py
+    wanted = next((a for a in (sys.argv[1:] if argv is None else argv)
+                   if not a.startswith("-")), None)
+    for name, text in TOOLS.items():
+        if name != wanted:
+            sub.add_parser(name, help=text, add_help=False)
+            continue
+        try:
+            from tools.commands import register
+        except ImportError as e:
+            print(f"crdt-ops {name}: a development tool of crdt-ops's source checkout, not "
+                  f"installed here ({e}); run it from a clone: pip install -e '.[test]'",
+                  file=sys.stderr, flush=True)
+            return 2
+        register(name, text, sub)
 
     # from here on SIGTERM stops like Ctrl-C (the commands that run an event loop catch
-    # both there, in every state: crdt_ops.runner.StopSignals)
+    # both there, in every state: services.process.StopSignals)
     signal.signal(signal.SIGTERM, raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser.parse_args(argv)
@@ -273,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
-    logs.setup()  # one line per event, tracebacks at DEBUG only (crdt_ops/logs.py)
+    logs.setup()  # one line per event, tracebacks at DEBUG only (services/logs.py)
     try:
         return int(args.func(args))
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (Terminated)

@@ -1,8 +1,8 @@
 """``crdt-ops chaos``: a fault-injection run over a real broker, checked by a ledger.
 
-What runs: a throwaway RabbitMQ node (:class:`~crdt_ops.rabbitnode.RabbitNode`, in a
+What runs: a throwaway RabbitMQ node (:class:`~tools.rabbitnode.RabbitNode`, in a
 temporary directory, destroyed afterwards, so killing it harms nobody) and
-``--replicas`` replica processes (``crdt-ops replica``, :mod:`crdt_ops.runner`'s seeded
+``--replicas`` replica processes (``crdt-ops replica``, :mod:`services.replica`'s seeded
 workload on counters, a set and container records), which together issue ``--ops``
 operations at a steady rate spread over ``--duration`` seconds. While they do, seven
 faults are injected one after the other, each once the replicas together have issued a
@@ -56,28 +56,9 @@ messages reach the relay through a durable queue, acked once relayed). The large
 operations seen waiting in ``r0``'s causal buffer (its state file, sampled every
 0.25 s) is printed.
 
-**The ledger** is written by each replica process (``crdt-ops replica --ledger FILE``,
-:class:`LedgerWriter`) into a file of its own, independently of its state and store,
-one line per ``write(2)`` on an ``O_APPEND`` descriptor (a SIGKILL leaves whole lines,
-and every line is in the kernel before the code after it runs):
-
-- ``S <clock as JSON>``: the process started; the clock its store recovered (state
-  rebuilt from snapshot and log, before any message is received). The replay of the
-  store does not reach the ledger (the hook is added after it): it applies nothing new.
-- ``A <origin> <first> <last>``: ``Replica.on_applied``: operations first..last of
-  origin were applied here (local ones included, at their origin).
-- ``P <first> <last> <n>``: a write block applied its operations first..last (``n``
-  workload operations) locally; written before the block's ``write()`` returns, and
-  before anything could make them durable.
-- ``I <first> <last> <n>``: that block's ``write()`` returned: the operations are
-  accepted (durable in the outbox).
-- ``R <clock as JSON>``: the store failed and memory was restored from it
-  (:meth:`~crdt_ops.transport.amqp.AmqpNode.on_restored`), to that clock: read like
-  ``S`` (memory beyond the store is gone), without a restart.
-- ``L <last>``: the replica retired after its operation ``last`` and stopped
-  replicating: from then on it applies nothing, so no operation counts as lost *at*
-  it (one applied there twice, or never issued, still counts); issuing anything
-  above ``last`` is an anomaly.
+**The ledger** is written by each replica process (``crdt-ops replica --ledger FILE``)
+into a file of its own, independently of its state and store; its lines (S, A, P, I, R,
+L) are described in :mod:`services.ledger`.
 
 **The rule** (:func:`audit`). A process killed by SIGKILL loses its memory; its next
 ``S`` line gives the clock C its store recovered, and exactly the operations (O, s)
@@ -95,7 +76,7 @@ Then, for every issued operation and every replica: applied 0 times is *lost*,
 more than once is *applied twice* (each counted per (operation, replica)); an
 operation applied somewhere but never issued is a *phantom*. Cross-check with the
 state: at every replica the counter ``issued/<origin>`` (one increment per workload
-operation, see :mod:`crdt_ops.runner`) must equal the workload operations of the
+operation, see :mod:`services.replica`) must equal the workload operations of the
 ledger's issued blocks of that origin.
 
 Output: progress lines on stderr; on stdout a summary, then the last line
@@ -118,7 +99,6 @@ import heapq
 import itertools
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -134,79 +114,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdt_ops.config import Settings
-from crdt_ops.provision import FOUNDER_QUEUE
-from crdt_ops.rabbitnode import RabbitNode
-from crdt_ops.replica import Replica
-from crdt_ops.replica_process import ReplicaProcess
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.provision import FOUNDER_QUEUE
+from tools.rabbitnode import RabbitNode
+from tools.replica_process import ReplicaProcess
 
 # ---------------------------------------------------------------- the ledger
-
-
-class LedgerWriter:
-    """Appends one replica process's ledger lines (format: see the module docstring).
-
-    Each line is one ``write(2)`` to a file opened with ``O_APPEND``: it is in the
-    kernel when the call returns (a SIGKILL of the process cannot lose it) and is
-    never torn. Construct it after the replica was restored from its store: it
-    writes the ``S`` line with the recovered clock and hooks ``on_applied``."""
-
-    def __init__(self, path: Path, replica: Replica) -> None:
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._me = replica.replica_id
-        #: set by the workload around a write block; own operations applied outside one
-        #: are the replica's own membership operations (founding, admissions)
-        self.in_block = False
-        self._system: list[tuple[int, int]] = []
-        self._line("S " + json.dumps(dict(replica.clock), sort_keys=True,
-                                     separators=(",", ":")))
-        replica.on_applied.append(self.applied)
-
-    def _line(self, text: str) -> None:
-        if self._fd is not None:
-            os.write(self._fd, (text + "\n").encode())
-
-    def applied(self, origin: str, first: int, last: int) -> None:
-        """Operations ``first..last`` of ``origin`` were applied here; own ones outside
-        a write block are membership operations: a block of no workload operation,
-        pending until :meth:`committed`."""
-        self._line(f"A {origin} {first} {last}")
-        if origin == self._me and not self.in_block:
-            self._system.append((first, last))
-            self.pending(first, last, 0)
-
-    def committed(self, last: int) -> None:
-        """The replica's own operations up to ``last`` are durable in its outbox."""
-        done = [b for b in self._system if b[1] <= last]
-        for first, end in done:
-            self.accepted(first, end, 0)
-        self._system = [b for b in self._system if b[1] > last]
-
-    def pending(self, first: int, last: int, n: int) -> None:
-        """A write block applied its operations ``first..last`` (``n`` workload ops)."""
-        self.in_block = False
-        self._line(f"P {first} {last} {n}")
-
-    def accepted(self, first: int, last: int, n: int) -> None:
-        """That write block's ``write()`` returned: accepted (durable)."""
-        self._line(f"I {first} {last} {n}")
-
-    def restored(self, clock: dict[str, int]) -> None:
-        """The store failed and memory was restored from it, to ``clock`` (the ``R``
-        line: the restart rule applies, without a restart)."""
-        self.in_block = False
-        own = clock.get(self._me, 0)
-        self._system = [b for b in self._system if b[1] <= own]
-        self._line("R " + json.dumps(clock, sort_keys=True, separators=(",", ":")))
-
-    def left(self, last: int) -> None:
-        """The replica retired after its operation ``last`` and stopped replicating."""
-        self._line(f"L {last}")
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 Block = tuple[int, int, int]  # first seq, last seq, workload operations
@@ -393,7 +306,7 @@ def cross_check(result: Audit, states: dict[str, dict[str, Any]]) -> list[str]:
 
 
 class LedgerReplica(ReplicaProcess):
-    """A :class:`~crdt_ops.replica_process.ReplicaProcess` that also writes its ledger
+    """A :class:`~tools.replica_process.ReplicaProcess` that also writes its ledger
     (``--ledger <id>.ledger`` in ``workdir``); it can be SIGKILLed, paused, resumed and
     started again (``down`` is set while it is killed on purpose)."""
 
@@ -953,10 +866,8 @@ def run_chaos(opts: argparse.Namespace) -> int:
         chaos.stop()
 
 
-def add_command(sub: Any) -> None:
-    """Register ``crdt-ops chaos`` on the CLI's subparsers."""
-    p = sub.add_parser("chaos", help="fault injection over a throwaway broker, checked by a "
-                       "ledger (needs root and Debian's rabbitmq-server)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``crdt-ops chaos`` (registered by :mod:`tools.commands`)."""
     p.add_argument("--ops", type=int, default=50_000, help="operations, all replicas together")
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)

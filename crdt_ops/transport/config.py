@@ -48,7 +48,7 @@ class Settings:
     # user-id: a message's origin replica must belong to the broker user that published it
     auth: str = "none"
     trusted_users: str = ""  # comma-separated broker users whose messages may name any origin
-    signing_key: str = ""  # a key file (crdt_ops.signing): sign every message published
+    signing_key: str = ""  # a key file (crdt_ops.transport.signing): sign every message published
     keyring: str = ""  # with auth signature: the principals' public keys (JSON)
     # managed: an agreed membership (founding, admissions; crdt_ops.membership), so causal
     # stability advances and compaction runs; open: anyone writes, nothing is compacted
@@ -264,7 +264,7 @@ def check_files(settings: Settings, store: bool = True) -> None:
     if settings.bootstrap:
         check_readable(settings.bootstrap, "--bootstrap")
     from crdt_ops.errors import CrdtError
-    from crdt_ops.signing import Keyring, Signer
+    from crdt_ops.transport.signing import Keyring, Signer
 
     for flag, path, load in (("--signing-key", settings.signing_key, Signer.from_file),
                              ("--keyring", settings.keyring, Keyring.from_file)):

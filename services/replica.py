@@ -7,7 +7,7 @@ number of operations the replica issued: less is a lost operation, more is one
 applied twice.
 
 With ``--ledger FILE`` the process also keeps a ledger independent of its state:
-what it issued and what it applied, line by line (see :mod:`crdt_ops.chaos`).
+what it issued and what it applied, line by line (see :mod:`tools.chaos`).
 """
 
 from __future__ import annotations
@@ -20,115 +20,17 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from crdt_ops import logs
-from crdt_ops.config import Settings
 from crdt_ops.replica import Replica
-from crdt_ops.store import StoreUnavailable
-from crdt_ops.transport.amqp import AmqpNode, _redact
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.store import StoreUnavailable
+from services import logs
+from services.process import Stopped, StopSignals, node_state, stop_node
 
 T = TypeVar("T")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where a process without an event loop is, like Ctrl-C's
-    KeyboardInterrupt (``crdt-ops`` installs it for every command)."""
-
-
-def raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
-class Stopped(Exception):
-    """SIGTERM or SIGINT arrived before the process was up (``state``: what it was doing).
-    The process ends with ``code``, 128 + the signal's number, as a shell reports it."""
-
-    def __init__(self, signum: int, state: str) -> None:
-        self.signum, self.state = signum, state
-        super().__init__(f"stopped by {signal.Signals(signum).name} while {state}")
-
-    @property
-    def code(self) -> int:
-        return 128 + self.signum
-
-
-class StopSignals:
-    """SIGTERM and SIGINT, caught by the running event loop from the moment it is made
-    (before connecting): :attr:`event` is set by the first one, :attr:`signum` names it.
-    Nothing a process does while getting up (connecting with backoff, replaying the
-    stream, waiting to be admitted) may swallow them: wrap it in :meth:`guard`."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.signum: int | None = None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._got, sig)
-
-    def _got(self, sig: int) -> None:
-        if self.signum is None:
-            self.signum = sig
-        self.event.set()
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else "a signal"
-
-    async def first(self, aw: Awaitable[T]) -> tuple[bool, T | None]:
-        """Await ``aw`` unless a stop signal comes first: then ``aw`` is cancelled (and
-        given up to 5 s to unwind). Returns (done, its result)."""
-        done, result, _ = await self._race(aw, lambda: "")
-        return done, result
-
-    async def guard(self, aw: Awaitable[T], state: Callable[[], str]) -> T:
-        """Await ``aw``; a stop signal first cancels it and raises :class:`Stopped`
-        saying ``state()`` (what was going on when the signal came)."""
-        done, result, what = await self._race(aw, state)
-        if not done:
-            assert self.signum is not None
-            raise Stopped(self.signum, what)
-        return result  # type: ignore[return-value]
-
-    async def _race(self, aw: Awaitable[T],
-                    state: Callable[[], str]) -> tuple[bool, T | None, str]:
-        task = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(self.event.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            stop.cancel()
-        if task.done():
-            return True, task.result(), ""
-        what = state()  # before unwinding
-        task.cancel()
-        await asyncio.wait({task}, timeout=5)
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: an error while unwinding is no news now
-        return False, None, what
-
-
-def node_state(node: AmqpNode) -> str:
-    """What a starting node is doing, for a one-line message."""
-    s = node.settings
-    if node._conn is None:
-        return f"connecting to the broker at {_redact(s.amqp_url)}"
-    if node.store.get("joined") is None:
-        return f"replaying group {s.group}'s stream"
-    if not node.replica.is_member:
-        return f"waiting to be admitted to group {s.group}"
-    return f"starting in group {s.group}"
-
-
-async def stop_node(node: AmqpNode) -> None:
-    """``node.stop()``, bounded to 10 s (a broker that does not answer the close)."""
-    with contextlib.suppress(Exception, asyncio.TimeoutError):
-        await asyncio.wait_for(node.stop(), 10)
 
 
 def plain(value: Any) -> Any:
@@ -198,12 +100,12 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
     With ``leave_on_signal``, SIGUSR2 makes it issue the rest of its ``ops`` at once
     and then retire (:meth:`AmqpNode.leave`: its last writes are still in flight when
     the retirement is published after them), and idle, stopped, until SIGTERM.
-    With ``ledger_file``, a :class:`crdt_ops.chaos.LedgerWriter` records what is issued
+    With ``ledger_file``, a :class:`services.ledger.LedgerWriter` records what is issued
     and applied."""
     node = AmqpNode(settings)
     ledger = None
     if ledger_file is not None:  # after the restore: replaying the store is not applying anew
-        from crdt_ops.chaos import LedgerWriter
+        from services.ledger import LedgerWriter
 
         ledger = LedgerWriter(ledger_file, node.replica)
         node.on_committed.append(ledger.committed)
@@ -311,7 +213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-file", type=Path, default=None,
                         help="write {clock, state, issued, ...} as JSON here every 0.2 s")
     parser.add_argument("--ledger", type=Path, default=None,
-                        help="append what is issued and applied here (see crdt_ops.chaos)")
+                        help="append what is issued and applied here (see tools.chaos)")
     parser.add_argument("--more-on-signal", type=int, default=0, metavar="N",
                         help="on each SIGUSR1, issue N more operations (default 0: ignore it)")
     parser.add_argument("--leave-on-signal", action="store_true",

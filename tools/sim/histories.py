@@ -1,6 +1,6 @@
 """Random histories of a group whose membership changes, checked for convergence.
 
-``crdt-ops histories --count N`` (or ``python -m crdt_ops.sim.histories``) runs N
+``crdt-ops histories --count N`` (or ``python -m tools.sim.histories``) runs N
 seeded histories. Each has 3-6 replicas: two or three founders, others that join
 mid-run (a join request, admitted by whichever members receive it), members that
 retire with their last operations still in flight, and replicas that restart from

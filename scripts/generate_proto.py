@@ -1,6 +1,7 @@
-"""Regenerate ``crdt_pb2.py`` and its stub from ``proto/`` (needs the ``dev`` extra).
+"""Regenerate ``crdt_ops/wire/crdt_pb2.py`` and its stub from ``proto/`` (needs the ``dev``
+extra).
 
-``python -m crdt_ops.wire.generate`` writes the files next to this module;
+``python scripts/generate_proto.py`` writes the two files into ``crdt_ops/wire/``;
 ``--check`` exits 1 when the committed files differ from what the generator emits.
 """
 
@@ -14,8 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-PROTO_ROOT = HERE.parent.parent / "proto"
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "crdt_ops" / "wire"
+PROTO_ROOT = ROOT / "proto"
 PROTO_FILE = "crdt_ops/v1/crdt.proto"
 OUTPUTS = ("crdt_pb2.py", "crdt_pb2.pyi")
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             if stale:
                 print(f"stale generated code: {', '.join(stale)}; "
-                      "run python -m crdt_ops.wire.generate")
+                      "run python scripts/generate_proto.py")
                 return 1
             print("generated code is up to date")
             return 0

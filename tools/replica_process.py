@@ -14,12 +14,12 @@ from typing import Any, Self
 
 
 class ReplicaProcess:
-    """``python -m crdt_ops.cli replica`` as a child OS process, with its store
+    """``python -m services.cli replica`` as a child OS process, with its store
     (``<id>.sqlite``), state file (``<id>.json``) and log (``<id>.log``) in ``workdir``.
 
     What it guarantees:
 
-    - :meth:`start` runs ``crdt_ops.cli replica --amqp-url URL --group G --replica-id R
+    - :meth:`start` runs ``services.cli replica --amqp-url URL --group G --replica-id R
       --store STORE --state-file STATE [args]`` with the same interpreter; stdout and
       stderr are *appended* to the log, so a process started again (on the same store,
       after :meth:`kill`) keeps the earlier output. ``CRDT_OPS_LOG`` is ``log_level``
@@ -46,7 +46,7 @@ class ReplicaProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "crdt_ops.cli", "replica", "--amqp-url", self.url,
+        return [sys.executable, "-m", "services.cli", "replica", "--amqp-url", self.url,
                 "--group", self.group, "--replica-id", self.replica_id,
                 "--store", str(self.store), "--state-file", str(self.state_file), *self.args]
 

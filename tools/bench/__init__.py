@@ -1,0 +1,31 @@
+"""Benchmarks, run as ``python -m tools.bench <command>``.
+
+Commands (see ``python -m tools.bench --help``):
+
+``core``
+    Remote operations applied per second through ``Replica.receive`` (decode,
+    causal buffer, apply) for counters, registers, OR-sets and nested maps, at 1
+    and 100 operations per message, with the same nested map workload applied
+    through pycrdt (Yjs) for comparison. See :mod:`tools.bench.core`.
+
+``amqp``
+    The RabbitMQ transport: throughput of many writers, latency of one, replay from the
+    stream, each beside raw aio-pika doing the same in the same run. See
+    :mod:`tools.bench.amqp`.
+
+``services``
+    Start to ``power_actual`` "on" through the real web, logic and worker processes,
+    beside the same hops done as plain AMQP request/reply. See :mod:`tools.bench.services`.
+
+The pieces the benchmarks share each have a module: :mod:`~tools.bench.report`
+(progress lines, headers, Markdown tables), :mod:`~tools.bench.machine` (what
+a result was measured on), :mod:`~tools.bench.cpu` (CPU time of processes and
+of the local broker), :mod:`~tools.bench.stats` (nearest-rank quantiles),
+:mod:`~tools.bench.broker` (the broker's URL and version, unique names,
+deleting what a run declared) and :mod:`~tools.bench.retry` (running a
+disturbed measurement again, retrying clean-ups).
+
+Benchmarks only read the public API of the core and time it; they never change
+what the core does, and each one checks, untimed, that the replica it measured
+ended in the state its origins converged to.
+"""
