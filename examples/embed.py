@@ -213,15 +213,14 @@ async def delete_group(amqp_url: str, node: Node, replica_ids: tuple[str, ...]) 
     import aio_pika
 
     assert isinstance(node, AmqpNode)
-    s = node.settings
-    conn = await aio_pika.connect(s.amqp_urls[0])
+    queues, exchanges = node.topology.objects(replica_ids)
+    conn = await aio_pika.connect(node.settings.amqp_urls[0])
     async with conn:
         channel = await conn.channel()
-        for queue in [s.queue(rid) for rid in replica_ids] + [
-                s.stream, s.dead_letter_queue, s.founder]:
+        for queue in queues:
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
-        for exchange in (s.exchange, s.dead_letter_exchange, s.founder):
+        for exchange in exchanges:
             with contextlib.suppress(Exception):
                 await channel.exchange_delete(exchange)
 

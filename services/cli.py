@@ -49,11 +49,11 @@ def _retire(args: argparse.Namespace) -> int:
     try:
         last = asyncio.run(publish_retirement(settings, args.retiree))
     except Exception as e:
-        from crdt_ops.transport.amqp import _redact
+        from crdt_ops.transport.amqp import redact_urls
 
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"crdt-ops retire: could not retire {args.retiree} from group {settings.group} "
-              f"at {_redact(settings.amqp_url)}: {detail}", file=sys.stderr, flush=True)
+              f"at {redact_urls(settings.amqp_url)}: {detail}", file=sys.stderr, flush=True)
         return 1
     print(f"retired {args.retiree} from group {settings.group} after its operation {last}")
     return 0

@@ -32,8 +32,9 @@ from urllib.parse import quote, urlparse
 
 from crdt_ops.policy import belongs
 from crdt_ops.transport import Node, config, provision
-from crdt_ops.transport.amqp import AmqpNode, _redact
+from crdt_ops.transport.amqp import AmqpNode, redact_urls
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
+from crdt_ops.transport.topology import Topology
 from services import lease, logs, model, web
 from services.logic import Logic
 from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
@@ -466,18 +467,11 @@ def _delete_users(names: list[str]) -> None:
               "them with rabbitmqctl delete_user", file=sys.stderr, flush=True)
 
 
-def group_objects(group: str, replicas: Iterable[str]) -> tuple[list[str], list[str]]:
-    """The queues and exchanges crdt-ops declares for ``group`` with these replica ids."""
-    s = config.Settings(group=group)
-    return ([s.queue(r) for r in replicas] + [s.stream, s.dead_letter_queue, s.founder],
-            [s.exchange, s.dead_letter_exchange, s.founder])
-
-
 def _delete_group(url: str, group: str, replicas: list[str]) -> None:
     """Delete the demo's group from the broker (its services have stopped)."""
     import aio_pika
 
-    queues, exchanges = group_objects(group, replicas)
+    queues, exchanges = Topology(group).objects(replicas)
 
     async def delete() -> None:
         conn = await aio_pika.connect(config.split_urls(url)[0], timeout=10)
@@ -491,7 +485,7 @@ def _delete_group(url: str, group: str, replicas: list[str]) -> None:
         asyncio.run(asyncio.wait_for(delete(), 30))
     except Exception as e:
         print(f"crdt-ops demo: could not delete group {group} from the broker at "
-              f"{_redact(url)} ({type(e).__name__}: {e}): delete its queues and exchanges "
+              f"{redact_urls(url)} ({type(e).__name__}: {e}): delete its queues and exchanges "
               f"crdt.{group}* by hand", file=sys.stderr, flush=True)
 
 

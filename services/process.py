@@ -10,7 +10,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from crdt_ops.transport.amqp import AmqpNode, _redact
+from crdt_ops.transport.amqp import AmqpNode, redact_urls
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ def node_state(node: AmqpNode) -> str:
     """What a starting node is doing, for a one-line message."""
     s = node.settings
     if node._conn is None:
-        return f"connecting to the broker at {_redact(s.amqp_url)}"
+        return f"connecting to the broker at {redact_urls(s.amqp_url)}"
     if node.store.get("joined") is None:
         return f"replaying group {s.group}'s stream"
     if not node.replica.is_member:

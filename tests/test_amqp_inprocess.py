@@ -10,6 +10,7 @@ import pytest
 
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology
 from tests.broker import delete_group, new_group, until
 
 
@@ -38,7 +39,7 @@ async def test_channels_closed_by_channel_errors_are_reopened(settings: Settings
         for channel in (a._pub, a._queue.channel if a._queue else None):
             assert channel is not None
             with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
-                await channel.declare_queue(settings.stream, durable=True,
+                await channel.declare_queue(Topology.of(settings).stream, durable=True,
                                             arguments={"x-queue-type": "classic"})
         async with a.write() as r:
             r.counter("n").increment(10)
@@ -109,7 +110,7 @@ def test_bootstrap_takes_a_peers_state_and_clock_but_not_its_identity(tmp_path: 
 
 
 def test_replay_progress_shows_a_bar_percent_and_time_left() -> None:
-    from crdt_ops.transport.amqp import Progress
+    from crdt_ops.transport.amqp.recovery import Progress
 
     p = Progress("replaying crdt.g.log", total=200)
     p.advance(50)

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology
 from tests.broker import ReplicaProcess, wait_until
 from tools.bench.broker import delete_queues
 
@@ -29,11 +29,9 @@ from tools.bench.broker import delete_queues
 @pytest.fixture
 def group(amqp_url: str) -> Iterator[str]:
     """A new group; afterwards its replicas r1, r2 and every queue and exchange deleted."""
-    s = Settings(group=f"test-rc-{uuid.uuid4().hex[:8]}")
-    yield s.group
-    asyncio.run(delete_queues(amqp_url, [s.queue("r1"), s.queue("r2"), s.stream,
-                                         s.dead_letter_queue, s.founder],
-                              [s.exchange, s.dead_letter_exchange, s.founder]))
+    names = Topology(f"test-rc-{uuid.uuid4().hex[:8]}")
+    yield names.group
+    asyncio.run(delete_queues(amqp_url, *names.objects(["r1", "r2"])))
 
 
 @pytest.fixture

@@ -27,8 +27,7 @@ import aio_pika
 import pytest
 
 from crdt_ops.replica import Replica
-from crdt_ops.transport.config import Settings
-from crdt_ops.transport.provision import FOUNDER_QUEUE
+from crdt_ops.transport.topology import FOUNDER_QUEUE, Topology
 from tools.bench.broker import delete_queues
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -117,13 +116,6 @@ def wait_all(procs: list[Proc], ready: Callable[[Proc], bool], timeout: float) -
         f"{p.what}\n{p.text()[-1500:]}" for p in waiting)
 
 
-def group_objects(group: str, replicas: list[str]) -> tuple[list[str], list[str]]:
-    """The queues and exchanges crdt-ops declares for ``group`` with these replica ids."""
-    s = Settings(group=group)
-    return ([s.queue(r) for r in replicas] + [s.stream, s.dead_letter_queue, s.founder],
-            [s.exchange, s.dead_letter_exchange, s.founder])
-
-
 IDS = [f"r{n}" for n in range(4)] + [f"{r}.i{n}" for r in ("web", "logic")
                                       for n in range(4)] + [f"worker.n{n}" for n in range(4)]
 
@@ -151,7 +143,7 @@ class Tracker:
                 os.killpg(p.proc.pid, signal.SIGKILL)
             p.proc.wait()
         for g in self.groups:
-            queues, exchanges = group_objects(g, IDS)
+            queues, exchanges = Topology(g).objects(IDS)
             asyncio.run(delete_queues(self.url, queues, exchanges))
 
 
@@ -227,7 +219,7 @@ def test_services_stop_while_running(amqp_url: str, track: Tracker) -> None:
 
 async def _claim_founding(url: str, group: str) -> None:
     """The group's founding claim names a replica that never runs: nobody admits anyone."""
-    s = Settings(group=group)
+    s = Topology(group)
     conn = await aio_pika.connect(url)
     async with conn:
         ch = await conn.channel()
@@ -250,7 +242,7 @@ def test_services_stop_while_waiting_to_be_admitted(amqp_url: str, track: Tracke
 
 async def _fill_stream(url: str, group: str, n: int) -> None:
     """The group's stream with ``n`` heartbeats in it (a replay of some seconds)."""
-    s = Settings(group=group)
+    s = Topology(group)
     r = Replica("ghost")
     r.heartbeat()
     body = r.outgoing()[0]
@@ -288,7 +280,7 @@ def test_replica_stops_while_replaying_the_stream(amqp_url: str, track: Tracker)
              for n, (g, sig) in enumerate(zip(groups, SIGNALS, strict=True))]
     for n, (g, p) in enumerate(zip(groups, procs, strict=True)):
         deadline = time.monotonic() + 60
-        while not asyncio.run(_queue_exists(amqp_url, Settings(group=g).queue(f"r{n}"))):
+        while not asyncio.run(_queue_exists(amqp_url, Topology(g).queue(f"r{n}"))):
             assert time.monotonic() < deadline, f"{p.what} never began to replay"
             time.sleep(0.1)
     assert not [p for p in procs if "consuming" in p.text()], "the replay was over already"

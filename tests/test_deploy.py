@@ -16,7 +16,8 @@ import aiormq
 import pytest
 
 from crdt_ops import Replica
-from crdt_ops.transport.amqp import AmqpNode, message
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
 from deploy.make_definitions import apply, definitions, demo_password, principals
 from services import model

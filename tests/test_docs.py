@@ -38,6 +38,7 @@ import pytest
 
 import crdt_ops
 import crdt_ops.handles
+from crdt_ops.transport.topology import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted([ROOT / "README.md", ROOT / "services" / "README.md",
@@ -112,11 +113,11 @@ async def _delete_group(url: str, group: str, replica_ids: list[str]) -> None:
     conn = await aio_pika.connect(url)
     async with conn:
         channel = await conn.channel()
-        for queue in [f"crdt.{group}.{r}" for r in replica_ids] + [
-                f"crdt.{group}.log", f"crdt.{group}.dead", f"crdt.{group}.founder"]:
+        queues, exchanges = Topology(group).objects(replica_ids)
+        for queue in queues:
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
-        for exchange in (f"crdt.{group}", f"crdt.{group}.dlx", f"crdt.{group}.founder"):
+        for exchange in exchanges:
             with contextlib.suppress(Exception):
                 await channel.exchange_delete(exchange)
 

@@ -10,7 +10,8 @@ import aio_pika
 import pytest
 
 from crdt_ops import Replica, Unauthenticated
-from crdt_ops.transport.amqp import AmqpNode, message
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.signing import SIGNATURE_HEADER, BadSignature, Keyring, Signer, keygen
 from tests.broker import dead_letters, delete_group, new_group, until

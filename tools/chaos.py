@@ -115,7 +115,7 @@ from pathlib import Path
 from typing import Any
 
 from crdt_ops.transport.config import Settings
-from crdt_ops.transport.provision import FOUNDER_QUEUE
+from crdt_ops.transport.topology import Topology, declare
 from tools.rabbitnode import RabbitNode
 from tools.replica_process import ReplicaProcess
 
@@ -408,26 +408,23 @@ class Relay:
             await sub.set_qos(prefetch_count=0)
             exchanges = {}
             for s in (self.group, self.late):
-                ex = exchanges[s.group] = await pub.declare_exchange(
-                    s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-                # the stream first, bound, as every replica declares it: nothing relayed
+                # the stream bound first, as every replica declares it: nothing relayed
                 # before the replicas declared theirs is missing from it
-                stream = await pub.declare_queue(s.stream, durable=True, arguments={
-                    "x-queue-type": "stream", "x-max-age": s.stream_max_age})
-                await stream.bind(ex)
+                names = Topology.of(s)
+                exchanges[s.group] = (await declare(pub, names))[names.exchange]
             await self._claim_late_founding(pub)
             # the group's side is read from its stream, which holds every message its
             # exchange routed and every message a replica put there itself (a refusal):
             # a queue of ours, bound to the exchange, would miss what it routed while an
             # operator's deletion had left the exchange without our binding
             await sub.set_qos(prefetch_count=20_000)
-            to_late = await sub.declare_queue(self.group.stream, passive=True)
+            to_late = await sub.declare_queue(Topology.of(self.group).stream, passive=True)
             if self._pending:
                 self._resume = min(self._pending)
             self._pending.clear()
             from_late = await sub.declare_queue(f"chaos.{self.group.group}.from-late",
                                                 durable=True)
-            await from_late.bind(self.late.exchange)
+            await from_late.bind(Topology.of(self.late).exchange)
             held: list[tuple[float, int, AbstractIncomingMessage, str]] = []
             order = itertools.count()
             wake = asyncio.Event()
@@ -479,17 +476,12 @@ class Relay:
                     await asyncio.wait_for(wake.wait(), max(wait, 0.001))
 
     async def _claim_late_founding(self, channel: Any) -> None:
-        """Put a claim naming the group into ``crdt.<group>-late.founder`` (declared as
-        every replica declares it), so the late replica asks to be admitted instead of
+        """Put a claim naming the group into ``crdt.<group>-late.founder`` (declared with
+        the late group's topology), so the late replica asks to be admitted instead of
         founding a group of its own: the late group is the group, relayed."""
         import aio_pika
 
-        s = self.late
-        founder = await channel.declare_exchange(s.founder, aio_pika.ExchangeType.FANOUT,
-                                                 durable=True)
-        claims = await channel.declare_queue(s.founder, durable=True, arguments={
-            **FOUNDER_QUEUE, "x-queue-type": s.queue_type})
-        await claims.bind(founder)
+        founder = await channel.get_exchange(Topology.of(self.late).founder)
         with contextlib.suppress(aio_pika.exceptions.DeliveryError):  # already claimed
             await founder.publish(aio_pika.Message(self.group.group.encode(),
                                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT),

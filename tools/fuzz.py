@@ -76,6 +76,7 @@ from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.ops import MAX_DEPTH, Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.replica import Replica
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology
 from crdt_ops.wire import codec
 from tools.replica_process import ReplicaProcess
 
@@ -426,7 +427,7 @@ async def read_oracle(url: str, s: Settings, clock: Clock, oracle: Replica,
     async with conn:
         ch = await conn.channel()
         await ch.set_qos(prefetch_count=1000)
-        stream = await ch.get_queue(s.stream)
+        stream = await ch.get_queue(Topology.of(s).stream)
         bodies: list[bytes] = []
         done = asyncio.Event()
 
@@ -449,7 +450,7 @@ async def publish_all(url: str, s: Settings, bodies: Iterator[bytes], total: int
     conn = await aio_pika.connect(url)
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
-        ex = await ch.get_exchange(s.exchange)
+        ex = await ch.get_exchange(Topology.of(s).exchange)
         sent, last, start = 0, 0.0, time.monotonic()
         while True:
             chunk = [b for _, b in zip(range(1000), bodies, strict=False)]
@@ -482,7 +483,7 @@ async def drain_dead(url: str, s: Settings, expect: int, timeout: float
     async with conn:
         ch = await conn.channel()
         await ch.set_qos(prefetch_count=2000)
-        q = await ch.declare_queue(s.dead_letter_queue, durable=True)
+        q = await ch.declare_queue(Topology.of(s).dead_letter_queue, durable=True)
         reasons: collections.Counter[str] = collections.Counter()
         quiet = time.monotonic()
         got = asyncio.Event()
@@ -615,7 +616,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"fuzz: published {args.messages:,} in {published_s:.1f}s; each replica should "
             f"dead-letter {per_replica:,}; waiting for the replicas to take them ...")
 
-        queues = [s.queue(r) for r in rids]
+        queues = [Topology.of(s).queue(r) for r in rids]
 
         def drained() -> bool:
             depths = asyncio.run(queue_depths(url, queues))

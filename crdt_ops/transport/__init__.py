@@ -30,7 +30,11 @@ class Node(Protocol):
     """
 
     replica_id: str
-    replica: Replica
+
+    @property
+    def replica(self) -> Replica:
+        """The replica this node pumps (the same object for the node's whole life)."""
+        ...
 
     async def start(self) -> None:
         """Join the group and start pumping messages; returns once this replica may

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 from yarl import URL
 
-from crdt_ops.policy import Unauthenticated
+from crdt_ops.transport.topology import Topology
 
 QUEUE_TYPES = ("classic", "quorum")
 AUTH_MODES = ("none", "user-id", "signature")
@@ -93,12 +93,13 @@ class Settings:
                 raise ValueError(f"--amqp-url {redact(url)}: {e}") from None
             if not parsed.host:
                 raise ValueError(f"--amqp-url {redact(url)} names no host")
-        if self.replica_id and (len(self.queue(self.replica_id).encode()) > 255
+        names = Topology.of(self)
+        if self.replica_id and (len(names.queue(self.replica_id).encode()) > 255
                                 or not self.replica_id.isprintable()
                                 or any(c.isspace() for c in self.replica_id)):
             raise ValueError("--replica-id must be printable, without spaces, and short enough "
                              f"that crdt.<group>.<id> fits in 255 bytes; got {self.replica_id!r}")
-        if len(self.stream.encode()) > 255:
+        if len(names.stream.encode()) > 255:
             raise ValueError("--group is too long (a queue name is at most 255 bytes)")
 
     @property
@@ -106,48 +107,11 @@ class Settings:
         """The broker user of ``amqp_url`` (what RabbitMQ checks ``user_id`` against)."""
         return unquote(urlparse(self.amqp_url).username or "guest")
 
-    def sender(self, user_id: str | None) -> str | None:
-        """With ``--auth user-id``, the principal a delivered message's origin must
-        belong to (its ``user_id``); None: any origin (another mode, or a trusted user).
-        Raises Unauthenticated without user_id. (``--auth signature`` is checked by
-        the transport's keyring.)"""
-        if self.auth != "user-id" or (user_id and user_id in self.trusted_users.split(",")):
-            return None
-        if not user_id:
-            raise Unauthenticated("the message carries no user_id (--auth user-id)")
-        return user_id
-
     @property
     def amqp_urls(self) -> list[str]:
         """``amqp_url`` as a list: one URL, or several (nodes of one cluster) separated by
         commas; each is whole (credentials and query options such as ``cafile=``)."""
         return split_urls(self.amqp_url)
-
-    # names operators rely on (a contract)
-    @property
-    def exchange(self) -> str:
-        return f"crdt.{self.group}"
-
-    def queue(self, replica_id: str) -> str:
-        return f"crdt.{self.group}.{replica_id}"
-
-    @property
-    def stream(self) -> str:
-        return f"crdt.{self.group}.log"
-
-    @property
-    def founder(self) -> str:
-        """The exchange and queue (max length 1, reject-publish) whose one message
-        names the group's founder: the first replica whose claim the broker accepted."""
-        return f"crdt.{self.group}.founder"
-
-    @property
-    def dead_letter_exchange(self) -> str:
-        return f"crdt.{self.group}.dlx"
-
-    @property
-    def dead_letter_queue(self) -> str:
-        return f"crdt.{self.group}.dead"
 
 
 def redact(url: str) -> str:

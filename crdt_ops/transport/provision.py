@@ -18,10 +18,7 @@ import json
 import re
 import subprocess
 
-STREAM_MAX_AGE = "7D"  # as crdt_ops.transport.config.Settings.stream_max_age
-#: The founder queue holds one message, the first claim; later claims are nacked
-#: ("reject-publish": https://www.rabbitmq.com/docs/maxlength#overflow-behaviour).
-FOUNDER_QUEUE: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "reject-publish"}
+from crdt_ops.transport.topology import Topology
 
 
 def demo_password(user: str) -> str:
@@ -44,14 +41,15 @@ def permissions(group: str, principal: str) -> dict[str, str]:
 
 def definitions(group: str, users: list[str], vhost: str = "/", admin: str | None = "admin",
                 queue_type: str = "classic") -> dict[str, object]:
-    """Users (password: :func:`demo_password`), permissions and the group's topology
-    (the dead-letter queue of ``queue_type``, as the replicas' ``--queue-type``)."""
+    """Users (password: :func:`demo_password`), permissions and the group's shared
+    topology (:meth:`~crdt_ops.transport.topology.Topology.shared`, for replicas
+    whose ``--queue-type`` is ``queue_type``)."""
     def user(name: str, tags: list[str]) -> dict[str, object]:
         salt = hashlib.sha256(name.encode()).digest()[:4]
         return {"name": name, "password_hash": password_hash(demo_password(name), salt),
                 "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
 
-    g = f"crdt.{group}"
+    topology = Topology(group, queue_type=queue_type)
     perms = [{"user": u, "vhost": vhost, **permissions(group, u)} for u in users]
     admins = [] if admin is None else [admin]  # None: provisioning a broker that has one
     perms += [{"user": a, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
@@ -59,23 +57,16 @@ def definitions(group: str, users: list[str], vhost: str = "/", admin: str | Non
     exchange = {"vhost": vhost, "type": "fanout", "durable": True, "auto_delete": False,
                 "internal": False, "arguments": {}}
     queue = {"vhost": vhost, "durable": True, "auto_delete": False}
+    shared = topology.shared()
     return {
         "users": [user(u, []) for u in users] + [user(a, ["administrator"]) for a in admins],
         "vhosts": [{"name": vhost}],
         "permissions": perms,
-        "exchanges": [{"name": g, **exchange}, {"name": f"{g}.dlx", **exchange},
-                      {"name": f"{g}.founder", **exchange}],
-        "queues": [{"name": f"{g}.log", **queue,
-                    "arguments": {"x-queue-type": "stream", "x-max-age": STREAM_MAX_AGE}},
-                   {"name": f"{g}.dead", **queue, "arguments": {"x-queue-type": queue_type}},
-                   {"name": f"{g}.founder", **queue,
-                    "arguments": {**FOUNDER_QUEUE, "x-queue-type": queue_type}}],
-        "bindings": [{"source": g, "vhost": vhost, "destination": f"{g}.log",
-                      "destination_type": "queue", "routing_key": "", "arguments": {}},
-                     {"source": f"{g}.dlx", "vhost": vhost, "destination": f"{g}.dead",
-                      "destination_type": "queue", "routing_key": "", "arguments": {}},
-                     {"source": f"{g}.founder", "vhost": vhost, "destination": f"{g}.founder",
-                      "destination_type": "queue", "routing_key": "", "arguments": {}}],
+        "exchanges": [{"name": name, **exchange} for name in topology.exchanges],
+        "queues": [{"name": q.name, **queue, "arguments": q.arguments or {}} for q in shared],
+        "bindings": [{"source": q.bound_to, "vhost": vhost, "destination": q.name,
+                      "destination_type": "queue", "routing_key": "", "arguments": {}}
+                     for q in shared if q.bound_to is not None],
     }
 
 

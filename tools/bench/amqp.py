@@ -83,6 +83,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from crdt_ops.replica import Replica
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology, declare, declare_member
 from tools.bench.broker import DEFAULT_URL, broker_info, delete_group, new_group
 from tools.bench.cpu import BrokerCpu, percent, self_cpu
 from tools.bench.machine import load_average, platform_info, revision
@@ -287,8 +288,9 @@ async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
         pub = await conn.channel(publisher_confirms=True)
         consume = await conn.channel()
         await consume.set_qos(prefetch_count=PREFETCH)
-        exchange = await pub.get_exchange(s.exchange)
-        q = await consume.get_queue(s.queue(role))
+        names = Topology.of(s)
+        exchange = await pub.get_exchange(names.exchange)
+        q = await consume.get_queue(names.queue(role))
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         got = 0
 
@@ -433,14 +435,10 @@ async def _declare_raw(url: str, s: Settings, roles: Sequence[str]) -> None:
     conn = await aio_pika.connect(url)
     async with conn:
         ch = await conn.channel()
-        ex = await ch.declare_exchange(s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+        names = Topology.of(s)  # as the replicas declare it
+        await declare(ch, names)
         for r in roles:
-            q = await ch.declare_queue(s.queue(r), durable=True,
-                                       arguments={"x-queue-type": s.queue_type})
-            await q.bind(ex)
-        stream = await ch.declare_queue(s.stream, durable=True, arguments={
-            "x-queue-type": "stream", "x-max-age": s.stream_max_age})
-        await stream.bind(ex)
+            await declare_member(ch, names, r)
 
 
 @dataclass
@@ -768,10 +766,8 @@ async def _seed_stream(url: str, s: Settings, ops: int, batch_ops: int) -> int:
     conn = await aio_pika.connect(url)
     async with conn:
         ch = await conn.channel(publisher_confirms=True)
-        ex = await ch.declare_exchange(s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-        stream = await ch.declare_queue(s.stream, durable=True, arguments={
-            "x-queue-type": "stream", "x-max-age": s.stream_max_age})
-        await stream.bind(ex)
+        names = Topology.of(s)
+        ex = (await declare(ch, names))[names.exchange]
         for i in range(0, len(bodies), PREFETCH):
             await asyncio.gather(*(
                 ex.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -788,8 +784,9 @@ async def _read_stream(url: str, s: Settings, msgs: int) -> float:
     async with conn:
         ch = await conn.channel()
         await ch.set_qos(prefetch_count=PREFETCH)
-        stream = await ch.declare_queue(s.stream, durable=True, arguments={
-            "x-queue-type": "stream", "x-max-age": s.stream_max_age})
+        names = Topology.of(s)
+        stream = await ch.declare_queue(names.stream, durable=True,
+                                        arguments=names.stream_arguments())
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         t0 = time.monotonic()
         await stream.consume(inbox.put, no_ack=False, arguments={"x-stream-offset": "first"})

@@ -12,8 +12,8 @@ from typing import Any
 
 import aio_pika
 
-from crdt_ops.transport.amqp import _redact
-from crdt_ops.transport.config import Settings
+from crdt_ops.transport.amqp import redact_urls
+from crdt_ops.transport.topology import Topology
 from tools.bench.cpu import broker_pid
 from tools.bench.retry import retry_cleanup
 
@@ -44,15 +44,8 @@ def broker_version(url: str) -> str:
 def broker_info(url: str) -> str:
     """The header's ``broker`` entry: :func:`broker_version` at ``url`` without its
     password, and whether a broker runs on this machine (whose CPU is then measured)."""
-    return (f"{broker_version(url)} at {_redact(url)}"
+    return (f"{broker_version(url)} at {redact_urls(url)}"
             + (" (on this machine)" if broker_pid() else ""))
-
-
-def group_objects(group: str, replicas: Iterable[str]) -> tuple[list[str], list[str]]:
-    """The queues and the exchanges crdt-ops declares for ``group`` with these replica ids."""
-    s = Settings(group=group)
-    return ([s.queue(r) for r in replicas] + [s.stream, s.dead_letter_queue],
-            [s.exchange, s.dead_letter_exchange])
 
 
 async def delete_queues(url: str, queues: Iterable[str], exchanges: Iterable[str] = ()) -> None:
@@ -76,7 +69,7 @@ async def delete_group_async(url: str, group: str, replicas: Iterable[str],
     """Delete the group's queues (one per replica id in ``replicas``), stream and
     exchanges, retrying while the broker is away (:func:`retry_cleanup`); never
     raises an :class:`Exception`."""
-    queues, exchanges = group_objects(group, replicas)
+    queues, exchanges = Topology(group).objects(replicas)
     await retry_cleanup(f"deleting group {group}", progress,
                         lambda: delete_queues(url, queues, exchanges),
                         gave_up=f"could not delete group {group}: delete its queues "

@@ -1,9 +1,9 @@
-"""Pump a Replica through RabbitMQ (aio-pika), with SQLite durability.
+"""Pump a durable replica (:mod:`crdt_ops.transport.durable`) through RabbitMQ (aio-pika).
 
-Topology for group G (names are a contract): fanout exchange ``crdt.G``; per
-replica R a durable queue ``crdt.G.R`` bound to it; a stream ``crdt.G.log``
-bound to it (the replayable history); dead letters go to exchange
-``crdt.G.dlx`` and queue ``crdt.G.dead``.
+The group's exchanges and queues are declared as in :mod:`crdt_ops.transport.topology`;
+the connection fails over as in :mod:`~crdt_ops.transport.amqp.connection`; the stream is
+read to join and to fill gaps as in :mod:`~crdt_ops.transport.amqp.recovery`; deliveries
+are authenticated as in :mod:`crdt_ops.transport.auth`.
 
 Guarantees:
 - a local write is applied at once and is *accepted* when ``flush()`` (or the
@@ -34,62 +34,39 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import socket
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.robust_connection import RobustConnection
-from yarl import URL
 
 from crdt_ops.causal import WaitingCapReached
 from crdt_ops.errors import BufferFull, InvalidMessage
-from crdt_ops.ops import Batch
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.transport import metrics
-from crdt_ops.transport.config import Settings, split_urls
+from crdt_ops.transport.amqp.connection import FailoverConnection, connect_first, redact_urls
+from crdt_ops.transport.amqp.recovery import GapWatch, few, last_operation, read_stream
+from crdt_ops.transport.auth import authenticator, message, signer_of
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import MAX_STORE_RETRY_S, DurableReplica
 from crdt_ops.transport.echo import EchoWatch
-from crdt_ops.transport.provision import FOUNDER_QUEUE
-from crdt_ops.transport.signing import Keyring, Signer
 from crdt_ops.transport.store import Store, StoreUnavailable
-from crdt_ops.wire import codec
+from crdt_ops.transport.topology import Topology, declare, declare_member
 
-log = logging.getLogger("crdt_ops.amqp")
+log = logging.getLogger(__name__)
 
-#: Store key: the ``--membership`` mode the replica runs with (b"open" or b"managed").
-MEMBERSHIP = "membership"
 #: Store key set (b"1") while messages dropped over the buffer's caps await a stream re-read.
 REREAD_DUE = "reread_due"
-#: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
-MAX_GAP_BACKOFF = 32
-#: Store key written to learn that a failed store takes writes again.
-STORE_PROBE = "store_probe"
-#: Longest pause between two tries of a failed store (seconds; from 0.1, doubling).
-MAX_STORE_RETRY_S = 5.0
-
-
-def members_of(mode: bytes | None) -> tuple[str, ...] | None:
-    """The founders a new replica starts with: none known (managed: it founds the group
-    or is admitted) or None (open: no agreed membership)."""
-    return () if mode == b"managed" else None
-
-
-def default_store_path(settings: Settings, name: str) -> str:
-    return settings.store or f"crdt-ops.{settings.group}.{name}.sqlite"
 
 
 class AmqpNode:
@@ -102,69 +79,42 @@ class AmqpNode:
     ``<name>.<host>-<random>``), ``node.settings`` the :class:`~crdt_ops.transport.config.Settings`
     and ``node.store`` the :class:`~crdt_ops.transport.store.Store` (default file:
     ``crdt-ops.<group>.<replica id or name>.sqlite``). ``policy``: the group's write
-    policy (the same at every replica). Raises ValueError when the store belongs to
-    another replica id or was made with the other ``membership`` mode, and
-    :class:`~crdt_ops.transport.store.StoreLocked` when another process has it open.
+    policy (the same at every replica). The node opens its store with
+    :meth:`DurableReplica.open <crdt_ops.transport.durable.DurableReplica.open>` (raising
+    ValueError when the store belongs to another replica id or was made with the other
+    ``membership`` mode, :class:`~crdt_ops.transport.store.StoreLocked` when another
+    process has it open), or pumps ``durable``, one opened by the caller.
     """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
-                 wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN) -> None:
+                 wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN,
+                 durable: DurableReplica | None = None) -> None:
         self.settings = settings
         self.policy = policy
-        self.store = Store(default_store_path(settings, settings.replica_id or name))
-        known = self.store.get("replica_id")
-        rid = settings.replica_id or (known.decode() if known else
-                                      f"{name}.{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
-        if known and known.decode() != rid:
-            self.store.close()
-            raise ValueError(f"store {self.store.path} belongs to replica {known.decode()!r}, "
-                             f"not {rid!r}; use its id or another --store")
-        mode = self.store.get(MEMBERSHIP)
-        if mode and mode.decode() != settings.membership:
-            self.store.close()
-            raise ValueError(f"store {self.store.path} was created with --membership "
-                             f"{mode.decode()}, not {settings.membership}; a group's replicas "
-                             "must all use one mode: start it with --membership "
-                             f"{mode.decode()} (or a new group for the other mode)")
-        self.store.put("replica_id", rid.encode())
-        self.store.put(MEMBERSHIP, settings.membership.encode())
-        self.replica_id = rid
-        self._wall_clock = wall_clock
-        self.replica = self._restore()
+        self.topology = Topology.of(settings)
+        self.durable = durable or DurableReplica.open(settings, name=name,
+                                                      wall_clock=wall_clock, policy=policy)
+        self.replica_id = self.durable.replica_id
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._dlx: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._outbox_ready = asyncio.Event()
-        self._dirty = asyncio.Event()
-        self._full = asyncio.Event()
-        self._committed: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._since_snapshot = 0
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._buffer_since: float | None = None
-        self._last_reread = time.monotonic()
-        self._gap_backoff = 1
+        self._gaps = GapWatch(settings.gap_timeout_s, last_reread=time.monotonic())
         self.dead_lettered = 0
         #: Messages of ours the broker confirmed (to the exchange, or to the stream after
         #: a refusal), and messages it refused (basic.nack) since this process started.
         self.published = 0
         self.refused = 0
         self._signer = signer_of(settings)
-        self._keyring = (Keyring.from_file(settings.keyring) if settings.auth == "signature"
-                         else None)
+        self._auth = authenticator(settings)
         self._lag_observed = 0.0
         self._retired_said = False
-        #: The store's last failure while it fails (see :meth:`_store_failed`), else None.
-        self.store_failure: StoreUnavailable | None = None
-        self._store_ok = asyncio.Event()
-        self._store_ok.set()
-        self._recovery: asyncio.Task[None] | None = None
-        self._restores = 0  # times memory was restored from the store
-        self._open_blocks = 0  # write() blocks running
         self._echo = EchoWatch()
         #: Seconds our queue has been silent while our confirmed messages await their
         #: echo, once that passed the patience (see :meth:`_echo_watch`); else 0.
@@ -182,118 +132,66 @@ class AmqpNode:
         self._sent_at: dict[int, float] = {}  # our message's number -> when it was published
         self._confirmed_through = 0.0
         self._heard_through = 0.0
-        self._last_commit = 0.0
-        #: Called with this replica's last own sequence number each time its own
-        #: operations up to it were committed to the outbox (durable).
-        self.on_committed: list[Callable[[int], None]] = []
-        #: Called with the clock memory was restored to from the store after a store
-        #: failure (what memory held beyond it is gone: see :meth:`_recover_store`).
-        self.on_restored: list[Callable[[dict[str, int]], None]] = []
-        #: Times the store failed, and times our echo stopped (since this process started).
-        self.store_failures = 0
-        self.echo_losses = 0
+        self.echo_losses = 0  # times our echo stopped (since this process started)
 
-    def _options(self) -> dict[str, Any]:
-        return {"wall_clock": self._wall_clock, "policy": self.policy,
-                "members": members_of(self.settings.membership.encode()),
-                "max_batch_ops": self.settings.batch_ops,
-                "max_waiting_per_origin": self.settings.max_waiting_per_origin}
+    # ------------------------------------------------------------ the durable replica
 
-    def _restore(self) -> Replica:
-        """The replica as its store holds it (snapshot, then the log replayed); a new
-        store with ``--bootstrap`` starts from a peer's snapshot."""
-        snapshot, logged = self.store.load()
-        if snapshot is None and not logged and self.settings.bootstrap:
-            replica = Replica.from_snapshot(Path(self.settings.bootstrap).read_bytes(),
-                                            replica_id=self.replica_id, **self._options())
-            self.store.save_snapshot(replica.snapshot())
-            log.info("replica %s bootstrapped from %s, clock %s", self.replica_id,
-                     self.settings.bootstrap, dict(replica.clock))
-            return replica
-        replica = (Replica.from_snapshot(snapshot, **self._options()) if snapshot
-                   else Replica(self.replica_id, **self._options()))
-        for data in logged:
-            replica.receive(data)
-        if logged or snapshot:
-            log.info("replica %s restored: snapshot %s, %d logged messages replayed, clock %s",
-                     self.replica_id, "yes" if snapshot else "no", len(logged),
-                     dict(replica.clock))
-        return replica
+    @property
+    def replica(self) -> Replica:
+        """The :class:`~crdt_ops.replica.Replica` (replaced in place, never swapped, when
+        memory is restored from the store)."""
+        return self.durable.replica
 
-    # ------------------------------------------------------------ a failing store
+    @property
+    def store(self) -> Store:
+        return self.durable.store
 
-    def _store_failed(self, error: StoreUnavailable) -> None:
-        """A store read or write failed: memory may be ahead of the store. Until
-        :meth:`_recover_store` restored memory from the store, deliveries wait, and
-        ``write()``/``flush()`` raise :class:`StoreUnavailable`. A failure already
-        reported (raised on through a loop) is not counted again."""
-        if error is self.store_failure:
-            return
-        metrics.STORE_FAILURES.labels(self.replica_id).inc()
-        if self.store_failure is None:
-            self.store_failures += 1
-            log.error("replica %s: the store failed (%s); deliveries and writes stop until it "
-                      "takes writes again (retried with backoff up to %.0fs; write() raises "
-                      "StoreUnavailable meanwhile)", self.replica_id, error, MAX_STORE_RETRY_S)
-            metrics.STORE_UP.labels(self.replica_id).set(0)
-        self.store_failure = error
-        self._store_ok.clear()
-        fut = self._committed
-        if fut is not None and not fut.done():
-            fut.set_exception(StoreUnavailable(f"{error}; the operations were not accepted"))
-        if self._recovery is None or self._recovery.done():
-            with contextlib.suppress(RuntimeError):  # no running loop: start() recovers
-                self._recovery = asyncio.get_running_loop().create_task(self._recover_store())
+    @property
+    def store_failure(self) -> StoreUnavailable | None:
+        """The store's last failure while it fails, else None."""
+        return self.durable.store_failure
 
-    async def _recover_store(self) -> None:
-        """Retry the store with backoff until it takes a write; then rebuild the replica
-        from it (what memory held beyond the store is dropped: deliveries come again,
-        local operations were not accepted), and let deliveries and writes resume."""
-        pause, said = 0.1, time.monotonic()
-        restored = False
-        while True:
-            while self._open_blocks:  # a block running now fails at its end; let it end
-                await asyncio.sleep(0.01)
-            try:
-                if not restored:  # at once if the store can be read (a lock, a full disk):
-                    self.replica.adopt(self._restore())  # memory no more ahead of it
-                    restored = True
-                    for hook in self.on_restored:
-                        hook(dict(self.replica.clock))
-                self.store.put(STORE_PROBE, str(time.time_ns()).encode())
-                break
-            except StoreUnavailable as e:
-                metrics.STORE_FAILURES.labels(self.replica_id).inc()
-                self.store_failure = e
-                if time.monotonic() - said > 30:
-                    said = time.monotonic()
-                    log.error("replica %s: the store still fails (%s); retrying",
-                              self.replica_id, e)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_STORE_RETRY_S)
-        self._restores += 1
-        self.store_failure = None
-        metrics.STORE_UP.labels(self.replica_id).set(1)
-        self._store_ok.set()
-        self._outbox_ready.set()
-        log.warning("replica %s: the store takes writes again; memory restored from it "
-                    "(clock %s); deliveries and writes resume", self.replica_id,
-                    dict(self.replica.clock))
+    @property
+    def store_failures(self) -> int:
+        """Times the store failed since this process started."""
+        return self.durable.store_failures
 
-    @contextlib.contextmanager
-    def _storing(self) -> Iterator[None]:
-        """Around a store write whose failure leaves memory ahead of the store: the
-        failure is reported (:meth:`_store_failed`) and raised on."""
-        try:
-            yield
-        except StoreUnavailable as e:
-            self._store_failed(e)
-            raise
+    @property
+    def on_committed(self) -> list[Callable[[int], None]]:
+        """Called with this replica's last own sequence number each time its own
+        operations up to it were committed to the outbox (durable)."""
+        return self.durable.on_committed
+
+    @property
+    def on_restored(self) -> list[Callable[[dict[str, int]], None]]:
+        """Called with the clock memory was restored to from the store after a store
+        failure (what memory held beyond it is gone)."""
+        return self.durable.on_restored
 
     async def store_works(self) -> None:
         """Return once the store takes writes (at once when it has not failed): after a
         :class:`StoreUnavailable`, memory was restored from the store by then."""
-        await self._store_ok.wait()
+        await self.durable.store_works()
+
+    def write(self) -> contextlib.AbstractAsyncContextManager[Replica]:
+        """``async with node.write() as r: r.counter("x").increment()``: the
+        operations are applied at once and accepted (durable) when the block exits.
+
+        Raises :class:`~crdt_ops.transport.store.StoreUnavailable` when the store fails (on
+        entry while it is failing, or at the end): then none of the block's
+        operations is accepted, and memory is restored from the store (they are
+        gone) before any other write or delivery is taken."""
+        return self.durable.write()
+
+    async def flush(self) -> None:
+        """Wait until every local operation applied so far is in the outbox. Raises
+        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing or fails."""
+        await self.durable.flush()
+
+    def snapshot(self) -> None:
+        """Write a snapshot and drop the log it covers (see
+        :meth:`DurableReplica.snapshot <crdt_ops.transport.durable.DurableReplica.snapshot>`)."""
+        self.durable.snapshot()
 
     def health(self) -> dict[str, str]:
         """What works, by part, each ``"ok"`` or what is wrong, in words:
@@ -311,10 +209,10 @@ class AmqpNode:
         answers 503 then."""
         r, now = self.replica, time.monotonic()
         if self._conn is None:
-            broker = f"connecting to {_redact(self.settings.amqp_url)}"
+            broker = f"connecting to {redact_urls(self.settings.amqp_url)}"
         elif self._lost_at is not None:
             broker = (f"lost the broker {now - self._lost_at:.0f}s ago; reconnecting "
-                      f"to {_redact(self.settings.amqp_url)}")
+                      f"to {redact_urls(self.settings.amqp_url)}")
         else:
             broker = "ok"
         if self.replica_id in r.membership.retired:
@@ -327,17 +225,12 @@ class AmqpNode:
         delivery = "ok"
         if stuck > 3 * self.settings.gap_timeout_s:
             delivery = (f"{r.buffered} operations have waited {stuck:.0f}s for earlier ones "
-                        f"missing here: {_few(r.missing())}")
+                        f"missing here: {few(r.missing())}")
         return {"broker": broker, "membership": membership, "delivery": delivery,
                 "store": "ok" if self.store_failure is None else str(self.store_failure),
                 "echo": "ok" if not self.echo_silent_s else
                 f"none of this replica's messages came back through its queue for "
                 f"{self.echo_silent_s:.0f}s; declaring the topology again"}
-
-    def _refuse_write(self) -> None:
-        if self.store_failure is not None:
-            raise StoreUnavailable(f"replica {self.replica_id}: {self.store_failure}; "
-                                   "nothing was written, retry later")
 
     # ------------------------------------------------------------ lifecycle
 
@@ -347,13 +240,14 @@ class AmqpNode:
         Raises ValueError if this replica was retired (known from its store, or from
         the stream it replayed: then it stops before writing anything new)."""
         self._refuse_if_retired()
-        self._commit_local()  # anything restored as unsent
+        self.durable.commit()  # anything restored as unsent
         await self._connect()
         loop = asyncio.get_running_loop()
-        for step in (self._flusher, self._publisher, self._applier, self._heartbeat,
+        for step in (self.durable.flusher, self._publisher, self._applier, self._heartbeat,
                      self._gap_watch, self._echo_watch):
             self._tasks.append(loop.create_task(self._forever(step)))
-        self._outbox_ready.set()
+        self.durable.pumping = True
+        self.durable.outbox_ready.set()
         if self.settings.metrics_port:
             from prometheus_client import start_http_server
 
@@ -379,7 +273,7 @@ class AmqpNode:
                     said = time.monotonic()
                     log.info("replica %s asks the members of group %s to admit it",
                              self.replica_id, s.group)
-            self._commit_local()
+            self.durable.commit()
             for _ in range(int(max(s.heartbeat_s, 0.2) / 0.1)):
                 if r.is_member:
                     break
@@ -402,11 +296,11 @@ class AmqpNode:
         s = self.settings
         channel = await self._conn.channel(publisher_confirms=True)
         try:
-            exchange = await channel.get_exchange(s.founder)
+            exchange = await channel.get_exchange(self.topology.founder)
             with contextlib.suppress(aio_pika.exceptions.DeliveryError):
                 await exchange.publish(message(s, self.replica_id.encode(), self._signer),
                                        routing_key="", timeout=30)
-            queue = await channel.get_queue(s.founder)
+            queue = await channel.get_queue(self.topology.founder)
             claim = await queue.get(no_ack=False, fail=False)
             if claim is None:
                 return False
@@ -431,9 +325,9 @@ class AmqpNode:
                 log.warning("replica %s: %s was interrupted by a lost connection",
                             self.replica_id, step.__name__.strip("_"))
                 await asyncio.sleep(pause)
-            except StoreUnavailable as e:  # logged once by _store_failed; retried there
-                self._store_failed(e)
-                await self._store_ok.wait()
+            except StoreUnavailable as e:  # logged once by store_failed; retried there
+                self.durable.store_failed(e)
+                await self.durable.store_ok.wait()
             except Exception:
                 log.exception("replica %s: %s failed; going on in %.1fs", self.replica_id,
                               step.__name__.strip("_"), pause)
@@ -442,13 +336,8 @@ class AmqpNode:
 
     async def stop(self) -> None:
         """Commit pending writes, stop the tasks, close the connection and the store."""
-        try:
-            self._commit_local()
-        except StoreUnavailable:
-            log.error("replica %s stops with its store failing: the operations it had not "
-                      "accepted yet are discarded", self.replica_id)
-        if self._recovery is not None:
-            self._tasks.append(self._recovery)
+        self.durable.commit_before_stop()
+        self.durable.pumping = False
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -458,7 +347,7 @@ class AmqpNode:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
-        self.store.close()
+        await self.durable.close()
 
     async def __aenter__(self) -> AmqpNode:
         await self.start()
@@ -479,7 +368,7 @@ class AmqpNode:
                     "or does not name the URL's host)" if "CERTIFICATE_VERIFY_FAILED" in str(err)
                     else "")
             log.warning("could not join group %s at %s (%s: %s)%s; retrying", s.group,
-                        _redact(s.amqp_url), type(err).__name__, err, hint)
+                        redact_urls(s.amqp_url), type(err).__name__, err, hint)
 
         async for attempt in AsyncRetrying(
                 wait=wait_exponential(multiplier=0.2, max=5), before_sleep=say,
@@ -496,28 +385,10 @@ class AmqpNode:
                     raise
 
     async def _setup(self) -> None:
-        s = self.settings
-        # Cancelling connect_robust mid-attempt leaves aio-pika reconnecting forever in
-        # the background (seen with aio-pika 10.2.1), swallowing the cancellation: on a
-        # cancel (a stop signal while connecting) close the connection object instead,
-        # which ends its reconnect loop at once, then drop the attempt.
-        conn = FailoverConnection(
-            s.amqp_urls, self._url_index, reconnect_interval=1,
+        s, names = self.settings, self.topology
+        conn = await FailoverConnection.open(
+            s.amqp_urls, self._url_index, timeout=10, reconnect_interval=1,
             client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
-        attempt = asyncio.ensure_future(conn.connect(timeout=10))
-        try:
-            await asyncio.shield(attempt)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(conn.close(), 5)
-            attempt.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait({attempt}, timeout=1)
-            raise
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await conn.close()
-            raise
         self._conn = conn
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
@@ -530,15 +401,13 @@ class AmqpNode:
             # a narrow broker user (deploy/make_definitions.py): an administrator
             # provisioned the group's exchanges and stream; use them as they are
             log.info("user %s may not declare %s's exchanges and stream; using them as "
-                     "provisioned", s.user, s.exchange)
+                     "provisioned", s.user, names.exchange)
             self._narrow = True
             self._pub = await self._conn.channel(publisher_confirms=True,
                                                  on_return_raises=True)
-            self._exchange = await self._pub.get_exchange(s.exchange)
-            self._dlx = await self._pub.get_exchange(s.dead_letter_exchange)
-        self._queue = await consume.declare_queue(
-            s.queue(self.replica_id), durable=True, arguments={"x-queue-type": s.queue_type})
-        await self._queue.bind(s.exchange)
+            self._exchange = await self._pub.get_exchange(names.exchange)
+            self._dlx = await self._pub.get_exchange(names.dead_letter_exchange)
+        self._queue = await declare_member(consume, names, self.replica_id)
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
@@ -546,33 +415,10 @@ class AmqpNode:
         log.info("replica %s consuming %s", self.replica_id, self._queue.name)
 
     async def _declare_shared(self, channel: AbstractChannel) -> None:
-        """Declare the group's exchange, dead-letter exchange and queue, and stream."""
-        s = self.settings
-        self._exchange = await channel.declare_exchange(
-            s.exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-        self._dlx = await channel.declare_exchange(
-            s.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-        # quorum: replicated like the replicas' queues (a classic queue's node being down
-        # would fail this declaration, and with it every replica's reconnect)
-        dead = await channel.declare_queue(
-            s.dead_letter_queue, durable=True,
-            arguments={"x-queue-type": "quorum"} if s.queue_type == "quorum" else None)
-        await dead.bind(self._dlx)
-        stream = await channel.declare_queue(s.stream, durable=True,
-                                             arguments=self._stream_arguments())
-        await stream.bind(self._exchange)
-        founder = await channel.declare_exchange(s.founder, aio_pika.ExchangeType.FANOUT,
-                                                 durable=True)
-        claims = await channel.declare_queue(
-            s.founder, durable=True, arguments={**FOUNDER_QUEUE, "x-queue-type": s.queue_type})
-        await claims.bind(founder)
-
-    def _stream_arguments(self) -> dict[str, Any]:
-        s = self.settings
-        args: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": s.stream_max_age}
-        if s.stream_max_bytes:
-            args["x-max-length-bytes"] = s.stream_max_bytes
-        return args
+        """Declare the group's exchanges and shared queues (:mod:`~crdt_ops.transport.topology`)."""
+        exchanges = await declare(channel, self.topology)
+        self._exchange = exchanges[self.topology.exchange]
+        self._dlx = exchanges[self.topology.dead_letter_exchange]
 
     async def _replay_stream(self, reread: bool = False) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
@@ -608,7 +454,7 @@ class AmqpNode:
         # missed while its binding may have been gone (an operator's deletion that the
         # broker's restart hides) is read from the stream
         self._redeclare_due = self._reread_due = True
-        self._outbox_ready.set()
+        self.durable.outbox_ready.set()
 
     async def _redeclare(self) -> None:
         """Declare the group's topology again, every binding included (all of it is
@@ -616,12 +462,11 @@ class AmqpNode:
         bindings, this replica's queue, its binding, and its consumer if the broker
         dropped it (the queue was deleted)."""
         assert self._pub is not None and self._queue is not None
-        s = self.settings
         self._redeclare_due = False
         if not self._narrow:
             await self._declare_shared(self._pub)
         declared = await self._queue.declare()
-        await self._queue.bind(s.exchange)
+        await self._queue.bind(self.topology.exchange)
         if not declared.consumer_count:
             await self._queue.consume(self._inbox.put, no_ack=False)
             log.warning("replica %s: its queue %s had lost its consumer; consuming again",
@@ -652,7 +497,7 @@ class AmqpNode:
                 log.error("replica %s: none of its confirmed messages came back through its "
                           "queue %s for %.0fs (the exchange, the binding or the queue "
                           "deleted?); declaring the topology again and re-reading the stream",
-                          rid, s.queue(rid), silent)
+                          rid, self.topology.queue(rid), silent)
             self.echo_silent_s = silent
             metrics.ECHO_LOSSES.labels(rid).inc()
             self.echo_losses += 1
@@ -669,79 +514,7 @@ class AmqpNode:
                      rid)
             await self._replay_stream(reread=True)
 
-    # ------------------------------------------------------------ local writes
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[Replica]:
-        """``async with node.write() as r: r.counter("x").increment()``: the
-        operations are applied at once and accepted (durable) when the block exits.
-
-        Raises :class:`~crdt_ops.transport.store.StoreUnavailable` when the store fails (on
-        entry while it is failing, or at the end): then none of the block's
-        operations is accepted, and memory is restored from the store (they are
-        gone) before any other write or delivery is taken."""
-        self._refuse_write()
-        restores = self._restores
-        self._open_blocks += 1
-        try:
-            yield self.replica
-        finally:
-            self._open_blocks -= 1
-        await self.flush()
-        if self._restores != restores:
-            raise StoreUnavailable(f"replica {self.replica_id}: the store failed while this "
-                                   "block ran; its operations were not accepted")
-
-    async def flush(self) -> None:
-        """Wait until every local operation applied so far is in the outbox. Raises
-        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing or fails."""
-        self._refuse_write()
-        if not self.replica.unsent:
-            return
-        if not self._tasks:  # not pumping (not started, or stopped): commit here
-            self._commit_local()
-            return
-        if self._committed is None or self._committed.done():
-            self._committed = asyncio.get_running_loop().create_future()
-        fut = self._committed
-        self._dirty.set()
-        if self.replica.unsent >= self.settings.batch_ops:
-            self._full.set()
-        await asyncio.shield(fut)
-
-    async def _flusher(self) -> None:
-        """Group commit of local writes. Under load (a commit less than
-        ``batch_delay_ms`` ago) wait up to that long, or until ``batch_ops`` are
-        waiting; after a quiet spell commit at once (with what this turn of the event
-        loop wrote): an isolated write pays no batching delay."""
-        await self._dirty.wait()
-        await self._store_ok.wait()
-        delay = self.settings.batch_delay_ms / 1000
-        if time.monotonic() - self._last_commit < delay:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._full.wait(), delay)
-        else:
-            await asyncio.sleep(0)
-        self._commit_local()
-
-    def _commit_local(self) -> None:
-        """Hand the local operations to the outbox in one transaction (group commit)."""
-        self._dirty.clear()
-        self._full.clear()
-        self._last_commit = time.monotonic()
-        msgs = self.replica.outgoing()
-        if msgs:
-            with self._storing():  # the batches are dropped with memory's excess
-                self.store.append((), msgs)
-            self._outbox_ready.set()
-            self._committed_own()
-        if self._committed is not None and not self._committed.done():
-            self._committed.set_result(None)
-
-    def _committed_own(self) -> None:
-        last = self.replica.clock.get(self.replica_id, 0)
-        for hook in self.on_committed:
-            hook(last)
+    # ------------------------------------------------------------ publishing
 
     async def _publisher(self) -> None:
         """Publish the outbox, oldest first, until the broker confirmed all of it.
@@ -755,8 +528,9 @@ class AmqpNode:
         behind one full queue) but straight into the stream, where the replica behind
         the refusing queue finds it (a gap its peers' heartbeats reveal); see
         :meth:`_refused`."""
-        await self._outbox_ready.wait()
-        self._outbox_ready.clear()
+        ready = self.durable.outbox_ready
+        await ready.wait()
+        ready.clear()
         limit = max(self.settings.prefetch, 100)
         while True:
             asked = time.monotonic()
@@ -786,15 +560,15 @@ class AmqpNode:
                       and not isinstance(out, aio_pika.exceptions.DeliveryError)]
             if unroutable and not failed:
                 await self._unroutable(unroutable)
-                self._outbox_ready.set()  # they go again on the next round
+                ready.set()  # they go again on the next round
                 return
             if failed:
                 if any(isinstance(e, aiormq.exceptions.ChannelNotFoundEntity) for e in failed):
                     self._redeclare_due = self._reread_due = True  # the exchange is gone
-                self._outbox_ready.set()
+                ready.set()
                 raise failed[0]
             if len(done) < len(rows):  # refused, and the stream did not take them either
-                self._outbox_ready.set()
+                ready.set()
                 self._refusal_backoff = min(self._refusal_backoff * 2, MAX_STORE_RETRY_S)
                 await asyncio.sleep(self._refusal_backoff)
                 return
@@ -811,7 +585,7 @@ class AmqpNode:
             self._unroutable_said = time.monotonic()
             log.warning("replica %s: %d of its messages reached no queue through %s (its "
                         "bindings deleted?); declaring the topology again and publishing "
-                        "them again", self.replica_id, n, self.settings.exchange)
+                        "them again", self.replica_id, n, self.topology.exchange)
         await self._redeclare()
         self._reread_due = True
 
@@ -821,13 +595,13 @@ class AmqpNode:
         stream confirmed. Says once a minute which member queues are fullest (the
         nack does not name the queue that refused)."""
         assert self._pub is not None
-        s, rid = self.settings, self.replica_id
+        s, names, rid = self.settings, self.topology, self.replica_id
         metrics.PUBLISHES_REFUSED.labels(rid).inc(len(rows))
         self.refused += len(rows)
         outcomes = await asyncio.gather(*(
             self._pub.default_exchange.publish(
                 message(s, body, self._signer, message_id=self._echo_id()),
-                routing_key=s.stream, timeout=30) for _, body in rows), return_exceptions=True)
+                routing_key=names.stream, timeout=30) for _, body in rows), return_exceptions=True)
         kept = [i for (i, _), out in zip(rows, outcomes, strict=True)
                 if not isinstance(out, BaseException)]
         if time.monotonic() - self._refusal_said > 60:
@@ -836,7 +610,7 @@ class AmqpNode:
                         "queue bound to it is at a length limit with x-overflow reject-publish?); "
                         "%d went straight into the stream %s instead, for the replica behind "
                         "that queue to read. Fullest member queues: %s", rid, len(rows),
-                        s.exchange, len(kept), s.stream, await self._fullest_queues())
+                        names.exchange, len(kept), names.stream, await self._fullest_queues())
         return kept
 
     async def _fullest_queues(self, most: int = 3) -> str:
@@ -846,7 +620,7 @@ class AmqpNode:
         for member in sorted(self.replica.membership.members() or set(self.replica.clock)):
             channel = await self._conn.channel()
             with contextlib.suppress(Exception):
-                q = await channel.declare_queue(self.settings.queue(member), passive=True)
+                q = await channel.declare_queue(self.topology.queue(member), passive=True)
                 depth[q.name] = int(q.declaration_result.message_count or 0)
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -896,9 +670,9 @@ class AmqpNode:
 
     async def _heartbeat(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
-        await self._store_ok.wait()
+        await self.durable.store_ok.wait()
         self.replica.heartbeat()
-        self._commit_local()
+        self.durable.commit()
         self._observe()
 
     async def _gap_watch(self) -> None:
@@ -906,41 +680,35 @@ class AmqpNode:
         operations waited longer than the patience for ones that never came, or
         when messages were dropped over the buffer's caps (``REREAD_DUE``, kept in
         the store so a restart still re-reads) and the patience passed since the
-        last re-read. The patience is ``gap_timeout_s``, doubled after each re-read
-        that leaves a gap unfilled (up to ``MAX_GAP_BACKOFF`` times), back to
-        ``gap_timeout_s`` when no gap remains: a sender whose gap never fills (a
-        forged seq of 2**63) costs one stream read per ``MAX_GAP_BACKOFF`` gap
-        timeouts, not a hot loop; it is named in a warning and counted in
+        last re-read: the rule is :class:`~crdt_ops.transport.amqp.recovery.GapWatch`.
+        A sender whose gap never fills is named in a warning and counted in
         ``crdt_ops_gap_stuck_replicas``."""
         s, rid = self.settings, self.replica_id
         await asyncio.sleep(s.gap_timeout_s / 2)
         missing = self.replica.missing()
         if not missing:
-            self._gap_backoff = 1
+            self._gaps = self._gaps.quiet()
             metrics.GAP_STUCK.labels(rid).set(0)
         now = time.monotonic()
-        patience = s.gap_timeout_s * self._gap_backoff
-        waited = 0.0 if self._buffer_since is None else now - self._buffer_since
-        gap = bool(missing) and waited > patience
-        due = self.store.get(REREAD_DUE) == b"1" and now - self._last_reread > patience
-        if not (gap or due):
+        why = self._gaps.reason(now, missing, self._buffer_since,
+                                self.store.get(REREAD_DUE) == b"1")
+        if why is None:
             return
+        waited = 0.0 if self._buffer_since is None else now - self._buffer_since
         log.warning("replica %s %s; re-reading %s", rid,
-                    f"waits {waited:.0f}s for {_few(missing)}" if gap
-                    else "dropped messages over the causal buffer's caps", s.stream)
+                    f"waits {waited:.0f}s for {few(missing)}" if why == "gap"
+                    else "dropped messages over the causal buffer's caps", self.topology.stream)
         self.store.put(REREAD_DUE, b"0")  # drops from now on need another re-read
         metrics.GAP_REREADS.labels(rid).inc()
         await self._replay_stream(reread=True)
-        self._buffer_since = self._last_reread = time.monotonic()
-        left = self.replica.missing()
-        stuck = {r: span for r, span in left.items() if r in missing}
+        self._buffer_since = time.monotonic()
+        self._gaps, stuck = self._gaps.reread(self._buffer_since, missing, self.replica.missing())
         metrics.GAP_STUCK.labels(rid).set(len(stuck))
         if stuck:
-            self._gap_backoff = min(self._gap_backoff * 2, MAX_GAP_BACKOFF)
             log.warning("replica %s: the stream does not hold the operations that waiting "
                         "ones need: %s (a sender whose gap never fills, or not yet "
                         "published); next re-read in %.0fs at the earliest", rid,
-                        _few(stuck), s.gap_timeout_s * self._gap_backoff)
+                        few(stuck), self._gaps.patience)
 
     async def retire(self, replica_id: str) -> None:
         """Tell the group that ``replica_id`` is gone for good, naming its last
@@ -956,9 +724,9 @@ class AmqpNode:
         operations, wait until the broker confirmed all of it, and stop."""
         self._retired_said = True  # on purpose: nothing to warn about
         self.replica.heartbeat(retired=True)
-        self._commit_local()
+        self.durable.commit()
         while self.store.unconfirmed(limit=1):
-            self._outbox_ready.set()
+            self.durable.outbox_ready.set()
             await asyncio.sleep(0.05)
         await self.stop()
 
@@ -984,7 +752,7 @@ class AmqpNode:
         the stream nothing is (a nack there would close the connection). ``stream``:
         they come from the stream; ``reread``: a re-read by the gap watch, where
         what cannot be applied is skipped without dead-lettering it again."""
-        await self._store_ok.wait()
+        await self.durable.store_ok.wait()
         replica = self.replica
         before = replica.stats["applied"] - replica.stats["local"]
         dups = replica.stats["duplicates"]
@@ -997,7 +765,8 @@ class AmqpNode:
         for msg in batch:
             try:
                 # a duplicate (an echo of our own) needs no log
-                if replica.receive(msg.body, self._sender(msg)):
+                if replica.receive(msg.body, self._auth.sender(msg.body, msg.headers,
+                                                              msg.user_id)):
                     valid.append(msg.body)
             except InvalidMessage as e:
                 if not reread:
@@ -1012,16 +781,9 @@ class AmqpNode:
                     dead.append((msg, reason, str(e)))
         if echo_sent > self._heard_through:  # what came before our message was handed over
             self._heard_through = echo_sent
-        produced = replica.outgoing()
         # on failure nacked by the caller: they come again, and are applied anew once
-        # memory is restored from the store
-        with self._storing():
-            self.store.append(valid, produced)
-            if dropped:  # during a re-read too: what it could not hold needs another one
-                self.store.put(REREAD_DUE, b"1")
-        if produced:
-            self._committed_own()
-        self._outbox_ready.set()
+        # memory is restored from the store; what a re-read could not hold needs another
+        self.durable.log_delivered(valid, {REREAD_DUE: b"1"} if dropped else None)
         # confirmed together: one round trip for the lot, not one per message
         outcomes = await asyncio.gather(
             *(self._dead_letter(m, reason, detail) for m, reason, detail in dead),
@@ -1044,10 +806,7 @@ class AmqpNode:
         metrics.OPS_APPLIED.labels(self.replica_id).inc(applied)
         metrics.DUPLICATES.labels(self.replica_id).inc(replica.stats["duplicates"] - dups)
         metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
-        self._since_snapshot += applied
-        if self._since_snapshot >= self.settings.snapshot_every:
-            with contextlib.suppress(StoreUnavailable):  # acked already: taken by recovery
-                self.snapshot()
+        self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
         self._observe()
 
     def _echoed(self, batch: list[AbstractIncomingMessage]) -> float:
@@ -1069,13 +828,6 @@ class AmqpNode:
                     del self._sent_at[k]  # numbered in order: the oldest come first
         return sent
 
-    def _sender(self, msg: AbstractIncomingMessage) -> str | None:
-        """The principal ``msg``'s origin must belong to (``--auth``): its verified
-        signer, or the broker user that published it; None: any origin."""
-        if self._keyring is not None:
-            return self._keyring.signer(msg.body, msg.headers)
-        return self.settings.sender(msg.user_id)
-
     async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
         """Publish ``msg`` to the dead-letter exchange with the reason in its headers;
         counted once the broker confirmed it (raises if it did not)."""
@@ -1094,15 +846,6 @@ class AmqpNode:
             raise
         self.dead_lettered += 1
         metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
-
-    def snapshot(self) -> None:
-        """Write a snapshot and drop the log it covers. Raises
-        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store fails (the old snapshot
-        and log stay as they were)."""
-        self._commit_local()
-        with self._storing():
-            self.store.save_snapshot(self.replica.snapshot())
-        self._since_snapshot = 0
 
     def _observe(self) -> None:
         r, rid = self.replica, self.replica_id
@@ -1127,86 +870,6 @@ class AmqpNode:
             metrics.STABLE_LAG.labels(rid).set(r.stable_lag())
 
 
-class Progress:
-    """Progress of a long replay on stderr: a bar with percent, rate and time left
-    when the total is known (a terminal: redrawn at most once a second; otherwise a
-    log line every 10 s)."""
-
-    def __init__(self, what: str, total: int | None = None) -> None:
-        self.what = what
-        self.total = total or None
-        self.count = 0
-        self.start = self.last = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def advance(self, n: int) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now - self.last >= (1.0 if self.tty else 10.0):
-            self.last = now
-            self._show(end="\r")
-
-    def done(self) -> None:
-        if self.tty:
-            self._show(end="\n")
-        log.info("%s: %d messages in %.1fs", self.what, self.count,
-                 time.monotonic() - self.start)
-
-    def line(self) -> str:
-        rate = self.count / max(time.monotonic() - self.start, 1e-9)
-        text = f"{self.count:,} messages, {rate:,.0f}/s"
-        if self.total:
-            frac = min(self.count / self.total, 1.0)
-            left = (self.total - self.count) / rate if rate and frac < 1 else 0.0
-            bar = "#" * int(frac * 30)
-            text = (f"[{bar:<30}] {frac:4.0%} {self.count:,}/{self.total:,} messages, "
-                    f"{rate:,.0f}/s, {left:,.0f}s left")
-        return f"{self.what}: {text}"
-
-    def _show(self, end: str) -> None:
-        if self.tty:
-            print(self.line(), end=end, file=sys.stderr, flush=True)
-        else:
-            log.info("%s", self.line())
-
-
-def export_snapshot(store_path: str, out: str) -> dict[str, int]:
-    """Write the snapshot of the replica kept in ``store_path`` (not running) to
-    ``out``, for a new replica's ``--bootstrap``. Returns its clock."""
-    store = Store(store_path)
-    try:
-        snapshot, logged = store.load()
-        if snapshot is None and not logged:
-            raise ValueError(f"{store_path} holds no replica yet")
-        replica = Replica.from_snapshot(snapshot) if snapshot else None
-        if replica is None:
-            rid = store.get("replica_id")
-            replica = Replica(rid.decode() if rid else "unknown",  # as AmqpNode made it
-                              members=members_of(store.get(MEMBERSHIP)))
-        for data in logged:
-            replica.receive(data)
-        Path(out).write_bytes(replica.snapshot())
-        return dict(replica.clock)
-    finally:
-        store.close()
-
-
-def message(settings: Settings, body: bytes, signer: Signer | None = None,
-            **properties: Any) -> aio_pika.Message:
-    """A persistent crdt-ops message whose ``user_id`` is the connection's user:
-    RabbitMQ refuses it from anyone else, so receivers can trust it (``--auth``); with
-    a ``signer``, also signed (:mod:`crdt_ops.transport.signing`)."""
-    return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                            app_id="crdt-ops", type="crdt_ops.v1.Envelope",
-                            user_id=settings.user,
-                            headers=signer.headers(body) if signer else None, **properties)
-
-
-def signer_of(settings: Settings) -> Signer | None:
-    """The signer of ``settings.signing_key``, if one is set."""
-    return Signer.from_file(settings.signing_key) if settings.signing_key else None
-
-
 async def publish_retirement(settings: Settings, replica_id: str) -> int:
     """Announce to ``settings.group`` that ``replica_id`` is gone for good, naming its
     last operation found in the stream (replicas count it until they delivered that
@@ -1214,7 +877,7 @@ async def publish_retirement(settings: Settings, replica_id: str) -> int:
     conn = await connect_first(settings.amqp_urls)
     async with conn:
         channel = await conn.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(settings.exchange)
+        exchange = await channel.get_exchange(Topology.of(settings).exchange)
         last = await last_operation(conn, settings, exchange, replica_id)
         await exchange.publish(
             message(settings, Replica.retirement(replica_id, last), signer_of(settings)),
@@ -1222,108 +885,4 @@ async def publish_retirement(settings: Settings, replica_id: str) -> int:
         return last
 
 
-async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
-                      marker: aio_pika.Message) -> AsyncIterator[list[AbstractIncomingMessage]]:
-    """The group's stream from its start up to ``marker`` (published to ``exchange``
-    once the read began, so everything published before is read), in batches of at
-    most ``settings.prefetch`` messages; the caller acks them. Shows progress."""
-    channel = await conn.channel()
-    try:
-        await channel.set_qos(prefetch_count=settings.prefetch)
-        stream = await channel.get_queue(settings.stream)
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        tag = await stream.consume(inbox.put, no_ack=False,
-                                   arguments={"x-stream-offset": "first"})
-        await exchange.publish(marker, routing_key="")
-        progress = Progress(f"reading {settings.stream}", stream.declaration_result.message_count)
-        while True:
-            batch = [await inbox.get()]
-            while not inbox.empty() and len(batch) < settings.prefetch:
-                batch.append(inbox.get_nowait())
-            end = next((i for i, m in enumerate(batch) if m.message_id == marker.message_id),
-                       None)
-            yield batch if end is None else batch[: end + 1]
-            progress.advance(len(batch) if end is None else end + 1)
-            if end is not None:
-                break
-        progress.done()
-        await stream.cancel(tag)
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
-
-
-async def last_operation(conn: AbstractConnection, settings: Settings,
-                         exchange: AbstractExchange, replica_id: str) -> int:
-    """The sequence number of ``replica_id``'s last operation in the group's stream
-    (0: none): what a retirement of it must name (everything it published is there)."""
-    last = 0
-    marker = message(settings, Replica(f"retire-{uuid.uuid4().hex[:8]}").clock_message(),
-                     message_id=f"retire-{uuid.uuid4().hex}")
-    async for batch in read_stream(conn, settings, exchange, marker):
-        for msg in batch:
-            with contextlib.suppress(InvalidMessage):
-                body = codec.decode(msg.body)
-                if isinstance(body, Batch) and body.origin == replica_id:
-                    last = max(last, body.last_seq)
-        await batch[-1].ack(multiple=True)
-    return last
-
-
-def _few(spans: dict[str, tuple[int, int]], most: int = 5) -> str:
-    """``spans`` (replica: first..last seq missing) for a log line, at most ``most`` of them."""
-    text = ", ".join(f"{r[:64]} {a}..{b}" for r, (a, b) in list(spans.items())[:most])
-    return text + (f" and {len(spans) - most} more" if len(spans) > most else "")
-
-
-class FailoverConnection(RobustConnection):
-    """aio-pika's robust connection (it reconnects, restoring channels, queues and
-    consumers) over one or several URLs, nodes of one cluster: each time the
-    connection is lost, it reconnects to the next URL in turn. aio-pika itself takes
-    one URL only; TLS options stay in each URL's query (``cafile=`` ...), read by aiormq.
-
-    Limit: a URL that does not answer is retried (every ``reconnect_interval``) until
-    it does; the next URL is tried after the next lost connection only."""
-
-    def __init__(self, urls: list[str], start: int = 0, **kwargs: Any) -> None:
-        self.urls = [URL(u) for u in urls]
-        self.index = start % len(self.urls)
-        super().__init__(self.urls[self.index], **kwargs)
-
-    @classmethod
-    async def open(cls, urls: list[str], start: int = 0, timeout: float = 10,
-                   reconnect_interval: float = 1, **kwargs: Any) -> FailoverConnection:
-        conn = cls(urls, start, reconnect_interval=reconnect_interval, **kwargs)
-        await conn.connect(timeout=timeout)
-        return conn
-
-    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
-        if len(self.urls) > 1 and not (self._close_called or self.is_closed):
-            self.index = (self.index + 1) % len(self.urls)
-            self.url = self.urls[self.index]
-            log.warning("connection lost; reconnecting to the next node, %s", self)
-        await super()._on_connection_close(closing)
-
-
-async def connect_first(urls: list[str], timeout: float = 10) -> AbstractConnection:
-    """A plain connection to the first of ``urls`` that answers."""
-    for url in urls[:-1]:
-        try:
-            return await aio_pika.connect(url, timeout=timeout)
-        except Exception as e:
-            log.warning("%s does not answer (%s: %s); trying the next URL", _redact(url),
-                        type(e).__name__, e)
-    return await aio_pika.connect(urls[-1], timeout=timeout)
-
-
-def _redact(url: str) -> str:
-    """The URL(s) without passwords, for logs (TLS options in the query are file
-    names, not secrets, and stay)."""
-    def one(u: str) -> str:
-        parsed = URL(u)
-        return str(parsed.with_password("***")) if parsed.password else u
-    return ",".join(one(u) for u in split_urls(url)) if "@" in url else url
-
-
-__all__ = ["AmqpNode", "FailoverConnection", "connect_first", "default_store_path",
-           "export_snapshot", "publish_retirement"]
+__all__ = ["AmqpNode", "publish_retirement"]

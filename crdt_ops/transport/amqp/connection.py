@@ -1,0 +1,84 @@
+"""Connections to RabbitMQ: failover over the nodes of one cluster, a connect that a stop
+signal can interrupt, and URLs written without their passwords."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+from aio_pika.robust_connection import RobustConnection
+from yarl import URL
+
+from crdt_ops.transport.config import redact, split_urls
+
+log = logging.getLogger(__name__)
+
+
+class FailoverConnection(RobustConnection):
+    """aio-pika's robust connection (it reconnects, restoring channels, queues and
+    consumers) over one or several URLs, nodes of one cluster: each time the
+    connection is lost, it reconnects to the next URL in turn. aio-pika itself takes
+    one URL only; TLS options stay in each URL's query (``cafile=`` ...), read by aiormq.
+
+    Limit: a URL that does not answer is retried (every ``reconnect_interval``) until
+    it does; the next URL is tried after the next lost connection only. Overrides
+    aio-pika's private ``_on_connection_close`` (aio-pika offers no hook to change the
+    URL between attempts; checked against aio-pika 9.4 to 10.x)."""
+
+    def __init__(self, urls: list[str], start: int = 0, **kwargs: Any) -> None:
+        self.urls = [URL(u) for u in urls]
+        self.index = start % len(self.urls)
+        super().__init__(self.urls[self.index], **kwargs)
+
+    @classmethod
+    async def open(cls, urls: list[str], start: int = 0, timeout: float = 10,
+                   reconnect_interval: float = 1, **kwargs: Any) -> FailoverConnection:
+        """Connect to ``urls[start]`` (seconds: ``timeout``). A cancel (a stop signal while
+        connecting) closes the connection object, which ends aio-pika's reconnect loop at
+        once (cancelling ``connect`` alone left it reconnecting in the background, seen
+        with aio-pika 10.2.1), and is raised on."""
+        conn = cls(urls, start, reconnect_interval=reconnect_interval, **kwargs)
+        attempt = asyncio.ensure_future(conn.connect(timeout=timeout))
+        try:
+            await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(conn.close(), 5)
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({attempt}, timeout=1)
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+        return conn
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        if len(self.urls) > 1 and not (self._close_called or self.is_closed):
+            self.index = (self.index + 1) % len(self.urls)
+            self.url = self.urls[self.index]
+            log.warning("connection lost; reconnecting to the next node, %s", self)
+        await super()._on_connection_close(closing)
+
+
+async def connect_first(urls: list[str], timeout: float = 10) -> AbstractConnection:
+    """A plain connection to the first of ``urls`` that answers (seconds: ``timeout``
+    each); raises the last one's error when none does."""
+    for url in urls[:-1]:
+        try:
+            return await aio_pika.connect(url, timeout=timeout)
+        except Exception as e:
+            log.warning("%s does not answer (%s: %s); trying the next URL", redact(url),
+                        type(e).__name__, e)
+    return await aio_pika.connect(urls[-1], timeout=timeout)
+
+
+def redact_urls(url: str) -> str:
+    """``--amqp-url`` (one URL or several, comma-separated) without passwords, for logs
+    (TLS options in the query are file names, not secrets, and stay)."""
+    return ",".join(redact(u) for u in split_urls(url)) if "@" in url else url

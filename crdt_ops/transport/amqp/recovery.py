@@ -1,0 +1,179 @@
+"""Reading the group's stream: to join (replay up to a marker), to fill a gap, and to find a
+replica's last operation; and the rule deciding when a gap calls for a re-read.
+
+The stream ``crdt.G.log`` holds everything published to the group (RabbitMQ "Streams",
+read from ``x-stream-offset: first``), so what a replica's queue missed (a message dropped
+over the causal buffer's caps, a queue deleted with its backlog, a binding missing for a
+while) is found there. What it holds twice is dropped by the replica's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
+
+from crdt_ops.errors import InvalidMessage
+from crdt_ops.ops import Batch
+from crdt_ops.replica import Replica
+from crdt_ops.transport.auth import message
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology
+from crdt_ops.wire import codec
+
+log = logging.getLogger(__name__)
+
+#: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
+MAX_GAP_BACKOFF = 32
+
+Spans = dict[str, tuple[int, int]]  # replica id -> first..last sequence number missing
+
+
+@dataclass(frozen=True, slots=True)
+class GapWatch:
+    """When to read the stream again for operations a replica misses (pure: times are
+    ``time.monotonic()`` seconds handed in).
+
+    ``backoff``: the patience's factor (1 up to :data:`MAX_GAP_BACKOFF`); ``last_reread``:
+    when the stream was last re-read."""
+
+    gap_timeout_s: float
+    backoff: int = 1
+    last_reread: float = 0.0
+
+    @property
+    def patience(self) -> float:
+        """Seconds to wait: ``gap_timeout_s`` times the backoff."""
+        return self.gap_timeout_s * self.backoff
+
+    def reason(self, now: float, missing: Spans, waiting_since: float | None,
+               dropped: bool) -> str | None:
+        """Why the stream must be read again now, or None: ``"gap"`` when operations have
+        waited (since ``waiting_since``) longer than the patience for ones that never came;
+        ``"dropped"`` when messages were dropped over the buffer's caps and the patience
+        passed since the last re-read."""
+        waited = 0.0 if waiting_since is None else now - waiting_since
+        if missing and waited > self.patience:
+            return "gap"
+        if dropped and now - self.last_reread > self.patience:
+            return "dropped"
+        return None
+
+    def quiet(self) -> GapWatch:
+        """Nothing is missing: the patience is back to ``gap_timeout_s``."""
+        return GapWatch(self.gap_timeout_s, 1, self.last_reread)
+
+    def reread(self, now: float, before: Spans, after: Spans) -> tuple[GapWatch, Spans]:
+        """A re-read ended at ``now``, with ``before`` and ``after`` missing: the spans
+        still missing from senders missing before (stuck: a sender whose gap never fills,
+        or not yet published) double the patience, up to :data:`MAX_GAP_BACKOFF` times,
+        so such a sender costs one stream read per 32 gap timeouts, not a hot loop."""
+        stuck = {r: span for r, span in after.items() if r in before}
+        backoff = min(self.backoff * 2, MAX_GAP_BACKOFF) if stuck else self.backoff
+        return GapWatch(self.gap_timeout_s, backoff, now), stuck
+
+
+def few(spans: Spans, most: int = 5) -> str:
+    """``spans`` (replica: first..last seq missing) for a log line, at most ``most`` of them."""
+    text = ", ".join(f"{r[:64]} {a}..{b}" for r, (a, b) in list(spans.items())[:most])
+    return text + (f" and {len(spans) - most} more" if len(spans) > most else "")
+
+
+class Progress:
+    """Progress of a long replay on stderr: a bar with percent, rate and time left
+    when the total is known (a terminal: redrawn at most once a second; otherwise a
+    log line every 10 s)."""
+
+    def __init__(self, what: str, total: int | None = None) -> None:
+        self.what = what
+        self.total = total or None
+        self.count = 0
+        self.start = self.last = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def advance(self, n: int) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now - self.last >= (1.0 if self.tty else 10.0):
+            self.last = now
+            self._show(end="\r")
+
+    def done(self) -> None:
+        if self.tty:
+            self._show(end="\n")
+        log.info("%s: %d messages in %.1fs", self.what, self.count,
+                 time.monotonic() - self.start)
+
+    def line(self) -> str:
+        rate = self.count / max(time.monotonic() - self.start, 1e-9)
+        text = f"{self.count:,} messages, {rate:,.0f}/s"
+        if self.total:
+            frac = min(self.count / self.total, 1.0)
+            left = (self.total - self.count) / rate if rate and frac < 1 else 0.0
+            bar = "#" * int(frac * 30)
+            text = (f"[{bar:<30}] {frac:4.0%} {self.count:,}/{self.total:,} messages, "
+                    f"{rate:,.0f}/s, {left:,.0f}s left")
+        return f"{self.what}: {text}"
+
+    def _show(self, end: str) -> None:
+        if self.tty:
+            print(self.line(), end=end, file=sys.stderr, flush=True)
+        else:
+            log.info("%s", self.line())
+
+
+async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
+                      marker: aio_pika.Message) -> AsyncIterator[list[AbstractIncomingMessage]]:
+    """The group's stream from its start up to ``marker`` (published to ``exchange``
+    once the read began, so everything published before is read), in batches of at
+    most ``settings.prefetch`` messages; the caller acks them. Shows progress."""
+    name = Topology.of(settings).stream
+    channel = await conn.channel()
+    try:
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        stream = await channel.get_queue(name)
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        tag = await stream.consume(inbox.put, no_ack=False,
+                                   arguments={"x-stream-offset": "first"})
+        await exchange.publish(marker, routing_key="")
+        progress = Progress(f"reading {name}", stream.declaration_result.message_count)
+        while True:
+            batch = [await inbox.get()]
+            while not inbox.empty() and len(batch) < settings.prefetch:
+                batch.append(inbox.get_nowait())
+            end = next((i for i, m in enumerate(batch) if m.message_id == marker.message_id),
+                       None)
+            yield batch if end is None else batch[: end + 1]
+            progress.advance(len(batch) if end is None else end + 1)
+            if end is not None:
+                break
+        progress.done()
+        await stream.cancel(tag)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def last_operation(conn: AbstractConnection, settings: Settings,
+                         exchange: AbstractExchange, replica_id: str) -> int:
+    """The sequence number of ``replica_id``'s last operation in the group's stream
+    (0: none): what a retirement of it must name (everything it published is there)."""
+    last = 0
+    marker = message(settings, Replica(f"retire-{uuid.uuid4().hex[:8]}").clock_message(),
+                     message_id=f"retire-{uuid.uuid4().hex}")
+    async for batch in read_stream(conn, settings, exchange, marker):
+        for msg in batch:
+            with contextlib.suppress(InvalidMessage):
+                body = codec.decode(msg.body)
+                if isinstance(body, Batch) and body.origin == replica_id:
+                    last = max(last, body.last_seq)
+        await batch[-1].ack(multiple=True)
+    return last

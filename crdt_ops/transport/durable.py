@@ -1,0 +1,390 @@
+"""A replica kept durable in a SQLite store, for any transport to pump.
+
+:class:`DurableReplica` owns a :class:`~crdt_ops.replica.Replica` and its
+:class:`~crdt_ops.transport.store.Store`, and keeps them in step:
+
+- it is *opened* from the store (:meth:`DurableReplica.open`: identity, then the snapshot
+  and the log replayed; a new store with ``--bootstrap`` starts from a peer's snapshot).
+  Its constructor does no I/O;
+- local operations are *accepted* when :meth:`flush` (or the :meth:`write` block)
+  returns: they are then in the store's outbox, in one transaction per group commit
+  (:meth:`flusher`: under load it waits up to ``batch_delay_ms`` or ``batch_ops``; a
+  lone write is committed at once); the transport publishes the outbox
+  (:attr:`outbox_ready`) until its broker confirms it;
+- deliveries are logged with what they produced in one transaction
+  (:meth:`log_delivered`) before the transport acknowledges them;
+- a snapshot is taken every ``snapshot_every`` operations applied, dropping the log it
+  covers;
+- when the store fails (:class:`~crdt_ops.transport.store.StoreUnavailable`) memory is
+  restored from the store as soon as it can be read, so memory is never ahead of what
+  is durable; until the store takes a write again (probed with backoff from 0.1 s to
+  :data:`MAX_STORE_RETRY_S`), :attr:`store_ok` is clear, and writes raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from crdt_ops.policy import OPEN, WritePolicy
+from crdt_ops.replica import Replica
+from crdt_ops.transport import metrics
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+#: Store key: the ``--membership`` mode the replica runs with (b"open" or b"managed").
+MEMBERSHIP = "membership"
+#: Store key written to learn that a failed store takes writes again.
+STORE_PROBE = "store_probe"
+#: Longest pause between two tries of a failed store (seconds; from 0.1, doubling).
+MAX_STORE_RETRY_S = 5.0
+
+
+def members_of(mode: bytes | None) -> tuple[str, ...] | None:
+    """The founders a new replica starts with: none known (managed: it founds the group
+    or is admitted) or None (open: no agreed membership)."""
+    return () if mode == b"managed" else None
+
+
+def default_store_path(settings: Settings, name: str) -> str:
+    """``settings.store``, else ``crdt-ops.<group>.<name>.sqlite`` in the working directory."""
+    return settings.store or f"crdt-ops.{settings.group}.{name}.sqlite"
+
+
+class DurableReplica:
+    """A :class:`~crdt_ops.replica.Replica` and the :class:`~crdt_ops.transport.store.Store`
+    that keeps it (see the module docstring). Build it with :meth:`open`.
+
+    ``on_committed``: called with this replica's last own sequence number each time its
+    own operations up to it were committed to the outbox. ``on_restored``: called with
+    the clock memory was restored to after a store failure (what memory held beyond it is
+    gone)."""
+
+    def __init__(self, settings: Settings, store: Store, replica: Replica, *,
+                 options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.store = store
+        self.replica = replica
+        self.replica_id = replica.replica_id
+        self._options = options
+        #: set when the outbox holds rows to publish (the transport clears it)
+        self.outbox_ready = asyncio.Event()
+        #: clear while the store fails
+        self.store_ok = asyncio.Event()
+        self.store_ok.set()
+        #: the store's last failure while it fails, else None
+        self.store_failure: StoreUnavailable | None = None
+        self.store_failures = 0  # times the store failed
+        self.restores = 0  # times memory was restored from the store
+        self.on_committed: list[Callable[[int], None]] = []
+        self.on_restored: list[Callable[[dict[str, int]], None]] = []
+        #: a transport pumps it (its :meth:`flusher` runs); else :meth:`flush` commits
+        self.pumping = False
+        self._recovery: asyncio.Task[None] | None = None
+        self._open_blocks = 0  # write() blocks running
+        self._dirty = asyncio.Event()
+        self._full = asyncio.Event()
+        self._committed: asyncio.Future[None] | None = None
+        self._last_commit = 0.0
+        self._since_snapshot = 0
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, settings: Settings, *, name: str = "replica",
+             wall_clock: Callable[[], int] = time.time_ns,
+             policy: WritePolicy = OPEN) -> DurableReplica:
+        """Open the store (``settings.store``, else :func:`default_store_path`) and
+        restore the replica it holds. Its id is ``settings.replica_id``, else the one
+        remembered in the store, else a new ``<name>.<host>-<random>``. Raises ValueError
+        when the store belongs to another replica id or was made with the other
+        ``membership`` mode, :class:`~crdt_ops.transport.store.StoreLocked` when another
+        process has it open."""
+        store = Store(default_store_path(settings, settings.replica_id or name))
+        known = store.get("replica_id")
+        rid = settings.replica_id or (known.decode() if known else
+                                      f"{name}.{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+        if known and known.decode() != rid:
+            store.close()
+            raise ValueError(f"store {store.path} belongs to replica {known.decode()!r}, "
+                             f"not {rid!r}; use its id or another --store")
+        mode = store.get(MEMBERSHIP)
+        if mode and mode.decode() != settings.membership:
+            store.close()
+            raise ValueError(f"store {store.path} was created with --membership "
+                             f"{mode.decode()}, not {settings.membership}; a group's replicas "
+                             "must all use one mode: start it with --membership "
+                             f"{mode.decode()} (or a new group for the other mode)")
+        store.put("replica_id", rid.encode())
+        store.put(MEMBERSHIP, settings.membership.encode())
+        options = {"wall_clock": wall_clock, "policy": policy,
+                   "members": members_of(settings.membership.encode()),
+                   "max_batch_ops": settings.batch_ops,
+                   "max_waiting_per_origin": settings.max_waiting_per_origin}
+        replica = restore(store, rid, options, settings.bootstrap)
+        return cls(settings, store, replica, options=options)
+
+    # ------------------------------------------------------------ a failing store
+
+    def store_failed(self, error: StoreUnavailable) -> None:
+        """A store read or write failed: memory may be ahead of the store. Until
+        :meth:`_recover` restored memory from the store, deliveries wait, and
+        ``write()``/``flush()`` raise :class:`StoreUnavailable`. A failure already
+        reported (raised on through a loop) is not counted again."""
+        if error is self.store_failure:
+            return
+        metrics.STORE_FAILURES.labels(self.replica_id).inc()
+        if self.store_failure is None:
+            self.store_failures += 1
+            log.error("replica %s: the store failed (%s); deliveries and writes stop until it "
+                      "takes writes again (retried with backoff up to %.0fs; write() raises "
+                      "StoreUnavailable meanwhile)", self.replica_id, error, MAX_STORE_RETRY_S)
+            metrics.STORE_UP.labels(self.replica_id).set(0)
+        self.store_failure = error
+        self.store_ok.clear()
+        fut = self._committed
+        if fut is not None and not fut.done():
+            fut.set_exception(StoreUnavailable(f"{error}; the operations were not accepted"))
+        if self._recovery is None or self._recovery.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: start() recovers
+                self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Retry the store with backoff until it takes a write; then rebuild the replica
+        from it (what memory held beyond the store is dropped: deliveries come again,
+        local operations were not accepted), and let deliveries and writes resume."""
+        pause, said = 0.1, time.monotonic()
+        restored = False
+        while True:
+            while self._open_blocks:  # a block running now fails at its end; let it end
+                await asyncio.sleep(0.01)
+            try:
+                if not restored:  # at once if the store can be read (a lock, a full disk):
+                    self.replica.adopt(restore(self.store, self.replica_id, self._options,
+                                               self.settings.bootstrap))
+                    restored = True  # memory no more ahead of it
+                    for hook in self.on_restored:
+                        hook(dict(self.replica.clock))
+                self.store.put(STORE_PROBE, str(time.time_ns()).encode())
+                break
+            except StoreUnavailable as e:
+                metrics.STORE_FAILURES.labels(self.replica_id).inc()
+                self.store_failure = e
+                if time.monotonic() - said > 30:
+                    said = time.monotonic()
+                    log.error("replica %s: the store still fails (%s); retrying",
+                              self.replica_id, e)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_STORE_RETRY_S)
+        self.restores += 1
+        self.store_failure = None
+        metrics.STORE_UP.labels(self.replica_id).set(1)
+        self.store_ok.set()
+        self.outbox_ready.set()
+        log.warning("replica %s: the store takes writes again; memory restored from it "
+                    "(clock %s); deliveries and writes resume", self.replica_id,
+                    dict(self.replica.clock))
+
+    @contextlib.contextmanager
+    def storing(self) -> Iterator[None]:
+        """Around a store write whose failure leaves memory ahead of the store: the
+        failure is reported (:meth:`store_failed`) and raised on."""
+        try:
+            yield
+        except StoreUnavailable as e:
+            self.store_failed(e)
+            raise
+
+    async def store_works(self) -> None:
+        """Return once the store takes writes (at once when it has not failed): after a
+        :class:`StoreUnavailable`, memory was restored from the store by then."""
+        await self.store_ok.wait()
+
+    def refuse_write(self) -> None:
+        """Raise :class:`StoreUnavailable` while the store fails."""
+        if self.store_failure is not None:
+            raise StoreUnavailable(f"replica {self.replica_id}: {self.store_failure}; "
+                                   "nothing was written, retry later")
+
+    # ------------------------------------------------------------ local writes
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[Replica]:
+        """``async with durable.write() as r: r.counter("x").increment()``: the
+        operations are applied at once and accepted (durable) when the block exits.
+
+        Raises :class:`~crdt_ops.transport.store.StoreUnavailable` when the store fails (on
+        entry while it is failing, or at the end): then none of the block's
+        operations is accepted, and memory is restored from the store (they are
+        gone) before any other write or delivery is taken."""
+        self.refuse_write()
+        restores = self.restores
+        self._open_blocks += 1
+        try:
+            yield self.replica
+        finally:
+            self._open_blocks -= 1
+        await self.flush()
+        if self.restores != restores:
+            raise StoreUnavailable(f"replica {self.replica_id}: the store failed while this "
+                                   "block ran; its operations were not accepted")
+
+    async def flush(self) -> None:
+        """Wait until every local operation applied so far is in the outbox. Raises
+        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing or fails."""
+        self.refuse_write()
+        if not self.replica.unsent:
+            return
+        if not self.pumping:  # not pumped (not started, or stopped): commit here
+            self.commit()
+            return
+        if self._committed is None or self._committed.done():
+            self._committed = asyncio.get_running_loop().create_future()
+        fut = self._committed
+        self._dirty.set()
+        if self.replica.unsent >= self.settings.batch_ops:
+            self._full.set()
+        await asyncio.shield(fut)
+
+    async def flusher(self) -> None:
+        """One group commit of local writes (a transport runs it in a loop). Under load
+        (a commit less than ``batch_delay_ms`` ago) wait up to that long, or until
+        ``batch_ops`` are waiting; after a quiet spell commit at once (with what this
+        turn of the event loop wrote): an isolated write pays no batching delay."""
+        await self._dirty.wait()
+        await self.store_ok.wait()
+        delay = self.settings.batch_delay_ms / 1000
+        if time.monotonic() - self._last_commit < delay:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._full.wait(), delay)
+        else:
+            await asyncio.sleep(0)
+        self.commit()
+
+    def commit(self) -> None:
+        """Hand the local operations to the outbox in one transaction (group commit).
+        Raises :class:`StoreUnavailable` if the store fails (reported: the batches are
+        dropped with memory's excess)."""
+        self._dirty.clear()
+        self._full.clear()
+        self._last_commit = time.monotonic()
+        msgs = self.replica.outgoing()
+        if msgs:
+            with self.storing():
+                self.store.append((), msgs)
+            self.outbox_ready.set()
+            self._committed_own()
+        if self._committed is not None and not self._committed.done():
+            self._committed.set_result(None)
+
+    def _committed_own(self) -> None:
+        last = self.replica.clock.get(self.replica_id, 0)
+        for hook in self.on_committed:
+            hook(last)
+
+    # ------------------------------------------------------------ deliveries
+
+    def log_delivered(self, valid: list[bytes], flags: dict[str, bytes] | None = None) -> None:
+        """Log the deliveries ``valid`` and what applying them produced (the replica's
+        outgoing messages), with the store keys ``flags``, in one transaction. Raises
+        :class:`StoreUnavailable` (reported) if the store fails: the transport must not
+        acknowledge them then (they come again, and are applied anew once memory is
+        restored from the store)."""
+        produced = self.replica.outgoing()
+        with self.storing():
+            self.store.append(valid, produced)
+            for key, value in (flags or {}).items():
+                self.store.put(key, value)
+        if produced:
+            self._committed_own()
+        self.outbox_ready.set()
+
+    def applied(self, n: int) -> None:
+        """``n`` remote operations were applied and logged: take a snapshot when
+        ``snapshot_every`` have been since the last one (skipped if the store fails:
+        the recovery restores from the store)."""
+        self._since_snapshot += n
+        if self._since_snapshot >= self.settings.snapshot_every:
+            with contextlib.suppress(StoreUnavailable):
+                self.snapshot()
+
+    def snapshot(self) -> None:
+        """Write a snapshot and drop the log it covers. Raises
+        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store fails (the old
+        snapshot and log stay as they were)."""
+        self.commit()
+        with self.storing():
+            self.store.save_snapshot(self.replica.snapshot())
+        self._since_snapshot = 0
+
+    # ------------------------------------------------------------ closing
+
+    def commit_before_stop(self) -> None:
+        """Commit what was written; if the store fails, say that it is discarded."""
+        try:
+            self.commit()
+        except StoreUnavailable:
+            log.error("replica %s stops with its store failing: the operations it had not "
+                      "accepted yet are discarded", self.replica_id)
+
+    async def close(self) -> None:
+        """Stop a store recovery under way and close the store."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._recovery
+        self.store.close()
+
+
+def restore(store: Store, replica_id: str, options: dict[str, Any],
+            bootstrap: str = "") -> Replica:
+    """The replica as ``store`` holds it (snapshot, then the log replayed); a new store
+    with ``bootstrap`` (a peer's snapshot file) starts from that snapshot. Raises
+    :class:`StoreUnavailable` when the store cannot be read."""
+    snapshot, logged = store.load()
+    if snapshot is None and not logged and bootstrap:
+        replica = Replica.from_snapshot(Path(bootstrap).read_bytes(), replica_id=replica_id,
+                                        **options)
+        store.save_snapshot(replica.snapshot())
+        log.info("replica %s bootstrapped from %s, clock %s", replica_id, bootstrap,
+                 dict(replica.clock))
+        return replica
+    replica = (Replica.from_snapshot(snapshot, **options) if snapshot
+               else Replica(replica_id, **options))
+    for data in logged:
+        replica.receive(data)
+    if logged or snapshot:
+        log.info("replica %s restored: snapshot %s, %d logged messages replayed, clock %s",
+                 replica_id, "yes" if snapshot else "no", len(logged), dict(replica.clock))
+    return replica
+
+
+def export_snapshot(store_path: str, out: str) -> dict[str, int]:
+    """Write the snapshot of the replica kept in ``store_path`` (not running) to
+    ``out``, for a new replica's ``--bootstrap``. Returns its clock. Raises ValueError
+    when the store holds no replica."""
+    store = Store(store_path)
+    try:
+        snapshot, logged = store.load()
+        if snapshot is None and not logged:
+            raise ValueError(f"{store_path} holds no replica yet")
+        replica = Replica.from_snapshot(snapshot) if snapshot else None
+        if replica is None:
+            rid = store.get("replica_id")
+            replica = Replica(rid.decode() if rid else "unknown",  # as open() made it
+                              members=members_of(store.get(MEMBERSHIP)))
+        for data in logged:
+            replica.receive(data)
+        Path(out).write_bytes(replica.snapshot())
+        return dict(replica.clock)
+    finally:
+        store.close()
