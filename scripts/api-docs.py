@@ -54,7 +54,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("Over RabbitMQ", "crdt_ops.transport.amqp", ["crdt_ops.transport.amqp:AmqpNode"]),
     ("Settings", "crdt_ops.transport.config", [
         "crdt_ops.transport.config:Settings", "crdt_ops.transport.config:from_args",
-        "crdt_ops.transport.config:add_arguments"]),
+        "crdt_ops.transport.config:add_arguments", "crdt_ops.transport.config:load",
+        "crdt_ops.transport.config:option"]),
 ]
 
 HEADER = """# API reference

@@ -39,13 +39,13 @@ from services.replica import add_arguments as runner_arguments  # noqa: E402
 def _replica(args: argparse.Namespace) -> int:
     from services.replica import main as run_replica
 
-    return run_replica(config.from_args(args), args)
+    return run_replica(args.settings, args)
 
 
 def _retire(args: argparse.Namespace) -> int:
     from crdt_ops.transport.amqp import publish_retirement
 
-    settings = config.from_args(args)
+    settings = args.settings
     try:
         last = asyncio.run(publish_retirement(settings, args.retiree))
     except Exception as e:
@@ -78,7 +78,7 @@ def _keygen(args: argparse.Namespace) -> int:
 def _service(args: argparse.Namespace) -> int:
     from services.main import main as service_main
 
-    return service_main(args.command, args)
+    return service_main(args.command, args, args.service)
 
 
 class UsageError(ValueError):
@@ -123,19 +123,22 @@ def check_bounds(args: argparse.Namespace, bounds: Bounds) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Every flag of ``args.command`` that names a number, a file or a directory, checked
-    before anything runs or is created; raises UsageError (one line naming the flag)."""
+    before anything runs or is created; raises UsageError (one line naming the flag).
+    The settings are read here, once: ``args.settings`` (the replica's, for a command that
+    runs or reaches one) and ``args.service`` (a service's own: services.main.Service)."""
     cmd = args.command
     check_bounds(args, getattr(args, "bounds", {}))
     if cmd in ("web", "logic", "worker", "demo"):  # their own flags first (the demo's refusals)
-        from services.main import check as check_service
+        from services.main import read
 
         try:
-            check_service(cmd, args)
+            args.service = read(cmd, args)
         except ValueError as e:
             raise UsageError(str(e)) from None
     try:
         if hasattr(args, "amqp_url") and getattr(args, "replica_settings", True):
-            settings = config.from_args(args)
+            settings = args.settings = (args.service.settings if hasattr(args, "service")
+                                        else config.from_args(args))
             config.check_files(settings, store=cmd != "retire" and cmd != "demo")
             if settings.metrics_port and cmd != "demo":
                 from services.main import port_free

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,27 +36,35 @@ from crdt_ops.transport import Node, config, provision
 from crdt_ops.transport.amqp import AmqpNode, redact_urls
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from crdt_ops.transport.topology import Topology
-from services import lease, logs, model, web
+from services import logs, model, web
 from services.logic import Logic
 from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
+from services.settings import DEMO_PLACEMENT, LogicSettings, WebSettings, WorkerSettings
 from services.worker import Worker
 
-#: The placement settings: flag, environment variable, type, default, lowest value, help.
-TUNABLES: dict[str, tuple[str, str, type, float, float, str]] = {
-    "quota": ("--quota", "CRDT_OPS_QUOTA", int, 20, 1,
-              "containers running per owner (logic refuses more)"),
-    "margin_s": ("--margin-s", "CRDT_OPS_MARGIN_S", float, 1.0, 0,
-                 "seconds logic waits past the end of a silent node's lease (plus a quarter) "
-                 "before it moves the node's containers"),
-    "capacity": ("--capacity", "CRDT_OPS_CAPACITY", int, 10, 0,
-                 "containers on this worker's node"),
-    "lease_s": ("--lease-s", "CRDT_OPS_LEASE_S", float, lease.DEFAULT_LEASE_S, 4,
-                "the worker's lease in seconds: how long its containers run without a "
-                "heartbeat the broker confirmed (services/lease.py; at least 4 heartbeats)"),
+#: Each command's own settings (beside the replica's): the dataclass, and the fields of it
+#: the command takes (empty: all).
+SERVICE_SETTINGS: dict[str, tuple[tuple[type[Any], tuple[str, ...]], ...]] = {
+    "web": ((WebSettings, ()),),
+    "logic": ((LogicSettings, ()),),
+    "worker": ((WorkerSettings, ()),),
+    "demo": ((WebSettings, ()), (LogicSettings, ()),
+             (WorkerSettings, tuple(k for k in DEMO_PLACEMENT
+                                    if k in {f.name for f in fields(WorkerSettings)}))),
 }
-TUNED_BY = {"logic": ("quota", "margin_s"), "worker": ("capacity", "lease_s"),
-            "demo": ("quota", "margin_s", "capacity", "lease_s")}
+
+
+@dataclass(frozen=True)
+class Service:
+    """What a service command was given, read once: the replica's settings, and its own
+    (None for the parts it does not take)."""
+
+    settings: config.Settings
+    web: WebSettings | None = None
+    logic: LogicSettings | None = None
+    worker: WorkerSettings | None = None
+
 
 #: Replica settings the demo cannot take (it runs four services: their ids, stores, keys
 #: and metrics ports are its own), with the reason it gives.
@@ -80,16 +89,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                            ("demo", "web, logic and two workers, with the page's URL")):
         p = sub.add_parser(name, help=helptext)
         config.add_arguments(p)
-        if name in ("web", "demo"):
-            p.add_argument("--port", type=int, default=None,
-                           help="CRDT_OPS_HTTP_PORT; default 8080")
-            p.add_argument("--host", default="127.0.0.1")
-        for key in TUNED_BY.get(name, ()):
-            flag, env, kind, default, _, text = TUNABLES[key]
-            p.add_argument(flag, dest=key, type=kind, default=None,
-                           help=f"{env}; default {default:g}: {text}"
-                                + (" (passed to logic and the workers)" if name == "demo"
-                                   else ""))
+        for cls, only in SERVICE_SETTINGS[name]:
+            config.add_arguments(p, cls, f"{cls.__name__.removesuffix('Settings').lower()} "
+                                 "settings (flag, or environment variable)"
+                                 + ("; passed to logic and the workers"
+                                    if name == "demo" and cls is not WebSettings else ""),
+                                 only)
         if name == "demo":
             p.add_argument("--secure", action="store_true",
                            help="over RabbitMQ, as docker-compose runs it: provision the group's "
@@ -103,74 +108,43 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                         "and --group are passed to every service; "
                         + ", ".join(f"--{k.replace('_', '-')}" for k in DEMO_REFUSES)
                         + " are refused (each service has its own).")
-        if name == "worker":
-            p.add_argument("--node", default=None, help="CRDT_OPS_NODE: this worker's node name")
-            p.add_argument("--command", dest="container_command",
-                           default=os.environ.get("CRDT_OPS_COMMAND", "sleep 1000000"),
-                           help="CRDT_OPS_COMMAND: what a container runs (a local process)")
-            p.add_argument("--runtime-dir", default=None,
-                           help="where the worker keeps its pid files")
-            p.add_argument("--runtime", choices=("auto", "process", "docker"),
-                           default=os.environ.get("CRDT_OPS_RUNTIME", "auto"),
-                           help="CRDT_OPS_RUNTIME: local processes, Docker, or Docker when an "
-                                "engine answers (auto)")
-            p.add_argument("--image", default=os.environ.get("CRDT_OPS_IMAGE", "busybox"),
-                           help="CRDT_OPS_IMAGE: the image of a Docker container")
 
 
-def tunable(args: argparse.Namespace, key: str) -> Any:
-    """A placement setting: its flag, else its environment variable, else its default
-    (ValueError naming both for a bad or too small value)."""
-    flag, env, kind, default, lowest, _ = TUNABLES[key]
-    value = getattr(args, key, None)
-    if value is None:
-        raw = os.environ.get(env)
-        if raw is None:
-            return kind(default)
-        try:
-            value = kind(raw)
-        except ValueError:
-            raise ValueError(f"{flag} / {env}: {raw!r} is not a valid {kind.__name__}"
-                             ) from None
-    if value < lowest:
-        raise ValueError(f"{flag} / {env} must be at least {lowest:g}, got {value:g}")
-    return value
-
-
-def check(role: str, args: argparse.Namespace) -> None:
-    """A service's own flags, checked before anything starts (ValueError: one line)."""
-    for key in TUNED_BY.get(role, ()):
-        tunable(args, key)
-    if role in ("web", "demo"):
-        port_free(args.host, port_of(args))
-    if role == "worker":
-        try:
-            command = shlex.split(args.container_command)
-        except ValueError as e:
-            raise ValueError(f"--command / CRDT_OPS_COMMAND: {e}") from None
-        if not command:
-            raise ValueError("--command / CRDT_OPS_COMMAND is empty")
-        if args.runtime != "docker" and shutil.which(command[0]) is None:
-            raise ValueError(f"--command / CRDT_OPS_COMMAND: {command[0]!r} is not a command "
-                             "found on the PATH")
-        if args.runtime_dir:
-            config.check_writable(args.runtime_dir, "--runtime-dir", directory=True)
+def read(role: str, args: argparse.Namespace) -> Service:
+    """The settings of service command ``role`` from its flags and the environment, checked
+    before anything starts or is created (ValueError: one line naming the flag)."""
     if role == "demo":
         given = [k for k in DEMO_REFUSES if getattr(args, k, None) is not None]
         if given:
             k = given[0]
             raise ValueError(f"--{k.replace('_', '-')} is not for the demo: {DEMO_REFUSES[k]}")
+    parts: dict[str, Any] = {}
+    for cls, only in SERVICE_SETTINGS[role]:
+        key = cls.__name__.removesuffix("Settings").lower()
+        fixed: dict[str, Any] = {f.name: f.default for f in fields(cls)
+                                 if only and f.name not in only}
+        parts[key] = config.load(cls, args, **fixed)
+    service = Service(config.from_args(args), **parts)
+    if service.web is not None:
+        port_free(service.web.host, service.web.port)
+    if role == "worker":
+        _check_worker(service.worker)
+    return service
 
 
-def port_of(args: argparse.Namespace) -> int:
-    raw = args.port if args.port is not None else os.environ.get("CRDT_OPS_HTTP_PORT", 8080)
+def _check_worker(w: WorkerSettings | None) -> None:
+    assert w is not None
     try:
-        port = int(raw)
-    except ValueError:
-        raise ValueError(f"--port / CRDT_OPS_HTTP_PORT: {raw!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise ValueError(f"--port / CRDT_OPS_HTTP_PORT must be 1 to 65535, got {port}")
-    return port
+        command = shlex.split(w.container_command)
+    except ValueError as e:
+        raise ValueError(f"--command / CRDT_OPS_COMMAND: {e}") from None
+    if not command:
+        raise ValueError("--command / CRDT_OPS_COMMAND is empty")
+    if w.runtime != "docker" and shutil.which(command[0]) is None:
+        raise ValueError(f"--command / CRDT_OPS_COMMAND: {command[0]!r} is not a command "
+                         "found on the PATH")
+    if w.runtime_dir:
+        config.check_writable(w.runtime_dir, "--runtime-dir", directory=True)
 
 
 def port_free(host: str, port: int, flag: str = "--port") -> None:
@@ -198,20 +172,21 @@ def _url_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
-async def run_service(role: str, args: argparse.Namespace) -> str:
+async def run_service(role: str, service: Service) -> str:
     """Run one service until SIGTERM or SIGINT (caught from the start: connecting,
     replaying, waiting for admission, running); returns the signal's name. Raises
     :class:`~services.process.Stopped` for a signal before the service was up."""
     signals = StopSignals()
-    settings = config.from_args(args)
+    settings = service.settings
     name = role
-    if role == "worker":
-        name = args.node or os.environ.get("CRDT_OPS_NODE") or socket.gethostname()
+    if service.worker is not None:
+        name = service.worker.node_name
     who = model.principal(role, name if role == "worker" else None)
     if settings.replica_id and not belongs(settings.replica_id, who):
         raise ValueError(f"replica id {settings.replica_id!r} does not belong to this service's "
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
-    runtime = make_runtime(args, settings.store, name) if role == "worker" else None
+    runtime = (make_runtime(service.worker, settings.store, name)
+               if service.worker is not None else None)
     node = AmqpNode(settings, name=who, policy=model.POLICY)
     try:
         await signals.guard(node.start(), lambda: node_state(node))
@@ -221,19 +196,20 @@ async def run_service(role: str, args: argparse.Namespace) -> str:
     tasks = []
     runner = None
     try:
-        if role == "web":
-            runner = await web.serve(node, args.host, port_of(args))
-            print(f"web: http://{_url_host(args.host)}:{port_of(args)}/", file=sys.stderr,
-                  flush=True)
-        elif role == "logic":
-            tasks.append(asyncio.create_task(Logic(
-                node, quota=tunable(args, "quota"), margin_s=tunable(args, "margin_s")).run()))
+        if service.web is not None:
+            w = service.web
+            runner = await web.serve(node, w.host, w.port)
+            print(f"web: http://{_url_host(w.host)}:{w.port}/", file=sys.stderr, flush=True)
+        elif service.logic is not None:
+            lg = service.logic
+            tasks.append(asyncio.create_task(Logic(node, quota=lg.quota,
+                                                   margin_s=lg.margin_s).run()))
         else:
-            assert runtime is not None
+            wk = service.worker
+            assert runtime is not None and wk is not None
             tasks.append(asyncio.create_task(
-                Worker(node, name, runtime, capacity=tunable(args, "capacity"),
-                       lease_s=tunable(args, "lease_s"),
-                       state_dir=runtime_dir(args, settings.store, name)).run()))
+                Worker(node, name, runtime, capacity=wk.capacity, lease_s=wk.lease_s,
+                       state_dir=runtime_dir(wk, settings.store, name)).run()))
         await signals.event.wait()
     finally:
         for t in tasks:
@@ -244,18 +220,18 @@ async def run_service(role: str, args: argparse.Namespace) -> str:
     return signals.name
 
 
-def make_runtime(args: argparse.Namespace, store: str, name: str) -> Runtime:
+def make_runtime(w: WorkerSettings, store: str, name: str) -> Runtime:
     """The worker's runtime: ``--runtime``, with auto meaning Docker when an engine answers."""
-    if args.runtime == "docker" or (args.runtime == "auto" and DockerRuntime.available()):
+    if w.runtime == "docker" or (w.runtime == "auto" and DockerRuntime.available()):
         if not DockerRuntime.available():
             raise ValueError("--runtime docker: no Docker engine answers (docker info failed)")
-        return DockerRuntime(args.image, args.container_command)
-    return ProcessRuntime(runtime_dir(args, store, name), args.container_command)
+        return DockerRuntime(w.image, w.container_command)
+    return ProcessRuntime(runtime_dir(w, store, name), w.container_command)
 
 
-def runtime_dir(args: argparse.Namespace, store: str, name: str) -> Path:
+def runtime_dir(w: WorkerSettings, store: str, name: str) -> Path:
     """Where a worker keeps its pid files, its lease file and its guard's pid."""
-    return Path(args.runtime_dir or f"{store or '.'}.runtime-{name}")
+    return Path(w.runtime_dir or f"{store or '.'}.runtime-{name}")
 
 
 def broker_answers(url: str) -> bool:
@@ -277,11 +253,13 @@ DEMO_PASSES = ("queue_type", "batch_ops", "batch_delay_ms", "prefetch", "heartbe
 DEMO_WORKERS = ("worker-1", "worker-2")
 
 
-def demo(args: argparse.Namespace) -> int:
-    settings = config.from_args(args)
-    port = port_of(args)
-    port_free(args.host, port)  # checked again: nothing has started yet
-    tuned = {k: tunable(args, k) for k in TUNED_BY["demo"]}
+def demo(args: argparse.Namespace, service: Service) -> int:
+    settings = service.settings
+    assert service.web is not None and service.logic is not None and service.worker is not None
+    host, port = service.web.host, service.web.port
+    port_free(host, port)  # checked again: nothing has started yet
+    placed = (service.logic, service.worker)
+    tuned = {k: getattr(next(p for p in placed if hasattr(p, k)), k) for k in DEMO_PLACEMENT}
     flags = [a for k in DEMO_PASSES if getattr(args, k, None) is not None
              for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
     refused_env = [config.env_name(k) for k in DEMO_REFUSES if config.env_name(k) in os.environ]
@@ -294,15 +272,14 @@ def demo(args: argparse.Namespace) -> int:
         print(f"crdt-ops demo: using RabbitMQ at {urlparse(settings.amqp_url).hostname}, "
               f"group {group}" + (", a broker user per service" if args.secure else ""),
               flush=True)
-        return _demo_processes(settings, group, owned, args.host, port, args.secure, flags,
-                               tuned)
+        return _demo_processes(settings, group, owned, host, port, args.secure, flags, tuned)
     given = [f"--{k.replace('_', '-')}" for k in DEMO_PASSES if getattr(args, k, None)
              is not None]
     print("crdt-ops demo: no broker answers; using the in-memory network"
           + (" (--secure needs RabbitMQ: ignored)" if args.secure else "")
           + (f" ({', '.join(given)}: RabbitMQ settings, not used by it)" if given else ""),
           flush=True)
-    asyncio.run(_demo_memory(args.host, port, tuned))
+    asyncio.run(_demo_memory(host, port, tuned))
     print("stopped", flush=True)
     return 0
 
@@ -537,16 +514,18 @@ def _stop_containers(runtime_dirs: Iterable[Path]) -> None:
             rt.stop(cid)
 
 
-def main(role: str, args: argparse.Namespace) -> int:
+def main(role: str, args: argparse.Namespace, service: Service) -> int:
+    """Run service command ``role`` with ``service``, what :func:`read` made of its flags;
+    returns the exit status."""
     logs.setup()
     if role == "demo":
         try:
-            return demo(args)
+            return demo(args, service)
         except ValueError as e:
             print(f"crdt-ops demo: {e}", file=sys.stderr, flush=True)
             return 1
     try:
-        how = asyncio.run(run_service(role, args))
+        how = asyncio.run(run_service(role, service))
     except Stopped as e:  # before it was up: connecting, replaying, waiting for admission
         print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
         return e.code

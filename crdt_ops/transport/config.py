@@ -10,14 +10,16 @@ import argparse
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from yarl import URL
 
 from crdt_ops.transport.topology import Topology
+
+T = TypeVar("T")
 
 QUEUE_TYPES = ("classic", "quorum")
 AUTH_MODES = ("none", "user-id", "signature")
@@ -129,36 +131,94 @@ def split_urls(text: str) -> list[str]:
 
 
 def env_name(field: str) -> str:
+    """The environment variable of setting ``field``: ``CRDT_OPS_`` and its name in capitals."""
     return "CRDT_OPS_" + field.upper()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--x-y`` flag per setting (default: unset, so the environment applies)."""
-    group = parser.add_argument_group("replica settings (flag, or environment variable)")
-    for f in fields(Settings):
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                           help=f"{env_name(f.name)}; default {f.default!r}")
+def option(default: Any, *, flag: str = "", env: str = "", help: str = "",
+           lowest: float | None = None, highest: float | None = None,
+           choices: tuple[str, ...] = ()) -> Any:
+    """A setting of a settings dataclass: its ``default`` (whose type is the setting's),
+    and where the loader differs from the rule (flag ``--x-y`` and variable
+    ``CRDT_OPS_X_Y`` for a field ``x_y``): ``flag``, ``env``; ``help`` for ``--help``;
+    ``lowest``/``highest`` bounds of a number and ``choices`` of a string, checked by
+    :func:`from_args`."""
+    return field(default=default, metadata={
+        "flag": flag, "env": env, "help": help, "lowest": lowest, "highest": highest,
+        "choices": choices})
+
+
+def flag_of(f: Field[Any]) -> str:
+    """The command-line flag of setting ``f``."""
+    return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+
+
+def env_of(f: Field[Any]) -> str:
+    """The environment variable of setting ``f``."""
+    return str(f.metadata.get("env") or env_name(f.name))
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) \
+        else repr(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Any] = Settings,
+                  title: str = "replica settings (flag, or environment variable)",
+                  only: tuple[str, ...] = ()) -> None:
+    """Add one flag per setting of the dataclass ``cls`` (all, or those named in ``only``)
+    to ``parser``, in a group named ``title``; each flag's default is unset, so that
+    :func:`from_args` falls back to the environment, then to the default."""
+    group = parser.add_argument_group(title)
+    for f in fields(cls):
+        if only and f.name not in only:
+            continue
+        text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices") or None
+        group.add_argument(flag_of(f), dest=f.name, default=None, choices=choices,
+                           help=f"{env_of(f)}; default {_shown(f.default)}"
+                                + (f": {text}" if text else ""))
 
 
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None,
               **overrides: Any) -> Settings:
-    """Settings from parsed flags, then the environment, then the defaults."""
+    """The replica's :class:`Settings` from parsed flags, then the environment, then the
+    defaults (see :func:`load`)."""
+    return load(Settings, args, env, **overrides)
+
+
+def load(cls: type[T], args: argparse.Namespace, env: Mapping[str, str] | None = None,
+         **overrides: Any) -> T:
+    """An instance of the settings dataclass ``cls`` (such as :class:`Settings`): each
+    setting from its flag in ``args``, else its environment variable in ``env`` (default
+    ``os.environ``), else its default; ``overrides`` win over all three. Raises
+    ValueError naming the flag and the variable for a value of the wrong type, out of its
+    bounds or choices (and whatever ``cls`` itself checks)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for f in fields(Settings):
+    for f in fields(cls):  # type: ignore[arg-type]
         raw = getattr(args, f.name, None)
         if raw is None:
-            raw = env.get(env_name(f.name))
+            raw = env.get(env_of(f))
         if raw is None:
             continue
+        names = f"{flag_of(f)} / {env_of(f)}"
         kind: type[Any] = type(f.default)
         try:
-            values[f.name] = kind(raw)
+            value = kind(raw)
         except ValueError:
-            raise ValueError(f"--{f.name.replace('_', '-')} / {env_name(f.name)}: "
-                             f"{raw!r} is not a valid {kind.__name__}") from None
+            raise ValueError(f"{names}: {raw!r} is not a valid {kind.__name__}") from None
+        lowest, highest = f.metadata.get("lowest"), f.metadata.get("highest")
+        if lowest is not None and highest is not None and not lowest <= value <= highest:
+            raise ValueError(f"{names} must be {lowest:g} to {highest:g}, got {value:g}")
+        if lowest is not None and value < lowest:
+            raise ValueError(f"{names} must be at least {lowest:g}, got {value:g}")
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise ValueError(f"{names} must be one of {', '.join(f.metadata['choices'])}, "
+                             f"got {value!r}")
+        values[f.name] = value
     values.update(overrides)
-    return Settings(**values)
+    return cls(**values)
 
 
 # ------------------------------------------------------------ files named on the command line
