@@ -2,20 +2,84 @@
 
 A handle holds a path, not an object: it always reads the replica's current
 state, and every mutator prepares an operation at this replica (reading the
-local state it must observe) and hands it to the replica to apply and send.
+local state it must observe: Shapiro et al.'s *prepare*) and hands it to the replica
+to apply (*effect*) and send. Handles reach the replica only through :class:`Target`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from crdt_ops.clock import Dot
 from crdt_ops.ops import MAX_AMOUNT, MAX_DEPTH, Kind, ObjType, Op
-from crdt_ops.types import Crdt, LWWRegister, ORMap, ORSet
+from crdt_ops.types import Crdt, LWWRegister, ORMap
 from crdt_ops.values import Value, check_text, check_value
 
-if TYPE_CHECKING:
-    from crdt_ops.replica import Replica
+
+class Target(Protocol):
+    """What a handle needs of the replica it writes to (:class:`~crdt_ops.replica.Replica`
+    implements it)."""
+
+    @property
+    def replica_id(self) -> str:
+        """The replica's id (a counter's per-replica total is kept under it)."""
+        ...
+
+    def locate(self, path: tuple[str, ...], type_: ObjType) -> Crdt | None:
+        """The object of ``type_`` at ``path``, or None when there is none (yet)."""
+        ...
+
+    def check_type(self, path: tuple[str, ...], type_: ObjType) -> None:
+        """Raise :class:`~crdt_ops.errors.TypeConflict` if ``path`` holds another type."""
+        ...
+
+    def submit(self, op: Op) -> None:
+        """Apply ``op``, prepared here, and queue it to be sent (raises as a mutator)."""
+        ...
+
+    def timestamp(self) -> int:
+        """A hybrid logical timestamp above every one seen here (an LWW assignment's)."""
+        ...
+
+
+class Fields:
+    """The typed handles at a name: a top-level key of a replica, or a field of a map
+    handle. Getting one writes nothing; it raises
+    :class:`~crdt_ops.errors.TypeConflict` if the name holds another type here, and
+    ValueError for an empty name (see :class:`Handle`)."""
+
+    __slots__ = ()
+
+    def _at(self, name: str) -> tuple[Target, tuple[str, ...]]:
+        raise NotImplementedError
+
+    def counter(self, name: str) -> CounterHandle:
+        """The PN-counter (increments and decrements) at ``name``."""
+        return CounterHandle(*self._at(name))
+
+    def gcounter(self, name: str) -> GCounterHandle:
+        """The grow-only counter at ``name``."""
+        return GCounterHandle(*self._at(name))
+
+    def register(self, name: str) -> RegisterHandle:
+        """The last-writer-wins register at ``name``."""
+        return RegisterHandle(*self._at(name))
+
+    def mvregister(self, name: str) -> MVRegisterHandle:
+        """The multi-value register at ``name``."""
+        return MVRegisterHandle(*self._at(name))
+
+    def set(self, name: str) -> SetHandle:
+        """The add-wins observed-remove set at ``name``."""
+        return SetHandle(*self._at(name))
+
+    def flag(self, name: str) -> FlagHandle:
+        """The enable-wins flag at ``name``."""
+        return FlagHandle(*self._at(name))
+
+    def map(self, name: str) -> MapHandle:
+        """The map of named fields (nested handles) at ``name``."""
+        return MapHandle(*self._at(name))
 
 
 class Handle:
@@ -40,19 +104,19 @@ class Handle:
     EMPTY: ClassVar[Any] = None
     __slots__ = ("_replica", "path")
 
-    def __init__(self, replica: Replica, path: tuple[str, ...]) -> None:
+    def __init__(self, replica: Target, path: tuple[str, ...]) -> None:
         if len(path) > MAX_DEPTH:
             raise ValueError(f"maps nest at most {MAX_DEPTH} levels, this path has {len(path)}")
         for name in path:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"keys and field names are non-empty str, got {name!r}")
             check_text(name, "key")
-        replica._check(path, self.TYPE)
+        replica.check_type(path, self.TYPE)
         self._replica = replica
         self.path = path
 
     def _obj(self) -> Crdt | None:
-        return self._replica._root.locate(self.path, self.TYPE)
+        return self._replica.locate(self.path, self.TYPE)
 
     @property
     def value(self) -> Any:
@@ -64,12 +128,12 @@ class Handle:
         obj = self._obj()
         return self.EMPTY if obj is None else obj.value
 
-    def _observed(self) -> tuple[Dot, ...]:
+    def _observed(self, element: Value = None) -> tuple[Dot, ...]:
         obj = self._obj()
-        return () if obj is None else obj.observed()  # type: ignore[attr-defined]
+        return () if obj is None else obj.observed(element)
 
     def _emit(self, kind: Kind, **fields: Any) -> None:
-        self._replica._local(Op(self.path, self.TYPE, kind, **fields))
+        self._replica.submit(Op(self.path, self.TYPE, kind, **fields))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {'/'.join(self.path)!r} = {self.value!r}>"
@@ -130,7 +194,7 @@ class RegisterHandle(Handle):
         assignments, the one with the greater (hybrid logical timestamp, replica id)
         wins at every replica; a later assignment (one that saw it) always wins."""
         value = check_value(value)
-        self._emit(Kind.REGISTER_SET, value=value, timestamp=self._replica._hlc.now(),
+        self._emit(Kind.REGISTER_SET, value=value, timestamp=self._replica.timestamp(),
                    observed=self._observed())
 
     @property
@@ -164,19 +228,15 @@ class SetHandle(Handle):
     EMPTY: ClassVar[frozenset[Value]] = frozenset()
     __slots__ = ()
 
-    def _seen(self, element: Value) -> tuple[Dot, ...]:
-        obj = self._obj()
-        return obj.observed(element) if isinstance(obj, ORSet) else ()
-
     def add(self, element: Value) -> None:
         """Add ``element``; it wins over a concurrent remove of it (add-wins)."""
         element = check_value(element)
-        self._emit(Kind.SET_ADD, value=element, observed=self._seen(element))
+        self._emit(Kind.SET_ADD, value=element, observed=self._observed(element))
 
     def remove(self, element: Value) -> None:
         """Remove ``element`` as observed here; a no-op if it is not in the set."""
         element = check_value(element)
-        seen = self._seen(element)
+        seen = self._observed(element)
         if seen:
             self._emit(Kind.SET_REMOVE, value=element, observed=seen)
 
@@ -202,7 +262,7 @@ class FlagHandle(Handle):
             self._emit(Kind.FLAG_DISABLE, observed=seen)
 
 
-class MapHandle(Handle):
+class MapHandle(Handle, Fields):
     """An ORMap: nested handles by field name, and ``remove(field)``; value is a dict."""
 
     TYPE = ObjType.ORMAP
@@ -215,33 +275,8 @@ class MapHandle(Handle):
         obj = self._obj()
         return {} if obj is None else obj.value
 
-    def counter(self, name: str) -> CounterHandle:
-        """The PN-counter at field ``name`` of this map (see :class:`Handle`)."""
-        return CounterHandle(self._replica, (*self.path, name))
-
-    def gcounter(self, name: str) -> GCounterHandle:
-        """The grow-only counter at field ``name`` of this map (see :class:`Handle`)."""
-        return GCounterHandle(self._replica, (*self.path, name))
-
-    def register(self, name: str) -> RegisterHandle:
-        """The LWW register at field ``name`` of this map (see :class:`Handle`)."""
-        return RegisterHandle(self._replica, (*self.path, name))
-
-    def mvregister(self, name: str) -> MVRegisterHandle:
-        """The multi-value register at field ``name`` of this map (see :class:`Handle`)."""
-        return MVRegisterHandle(self._replica, (*self.path, name))
-
-    def set(self, name: str) -> SetHandle:
-        """The add-wins set at field ``name`` of this map (see :class:`Handle`)."""
-        return SetHandle(self._replica, (*self.path, name))
-
-    def flag(self, name: str) -> FlagHandle:
-        """The enable-wins flag at field ``name`` of this map (see :class:`Handle`)."""
-        return FlagHandle(self._replica, (*self.path, name))
-
-    def map(self, name: str) -> MapHandle:
-        """The nested map at field ``name`` of this map (see :class:`Handle`)."""
-        return MapHandle(self._replica, (*self.path, name))
+    def _at(self, name: str) -> tuple[Target, tuple[str, ...]]:
+        return self._replica, (*self.path, name)
 
     def remove(self, name: str) -> None:
         """Observed-remove of field ``name``; a no-op if it is not visible here."""
@@ -253,5 +288,5 @@ class MapHandle(Handle):
         self._emit(Kind.MAP_REMOVE, field=name, seen=seen, floors=floors)
 
 
-__all__ = ["CounterHandle", "FlagHandle", "GCounterHandle", "Handle", "MVRegisterHandle",
-           "MapHandle", "RegisterHandle", "SetHandle"]
+__all__ = ["CounterHandle", "Fields", "FlagHandle", "GCounterHandle", "Handle", "MVRegisterHandle",
+           "MapHandle", "RegisterHandle", "SetHandle", "Target"]

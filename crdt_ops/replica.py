@@ -16,15 +16,7 @@ from crdt_ops.causal import CausalBuffer
 from crdt_ops.clock import Clock
 from crdt_ops.errors import CrdtError, InvalidMessage, NotAMember, TypeConflict
 from crdt_ops.events import Callback, ChangeEvent, Subscribers
-from crdt_ops.handles import (
-    CounterHandle,
-    FlagHandle,
-    GCounterHandle,
-    MapHandle,
-    MVRegisterHandle,
-    RegisterHandle,
-    SetHandle,
-)
+from crdt_ops.handles import Fields, MapHandle, Target
 from crdt_ops.hlc import HybridClock
 from crdt_ops.membership import Membership
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
@@ -37,7 +29,7 @@ from crdt_ops.wire import codec
 _MISSING = object()
 
 
-class Replica:
+class Replica(Fields):
     """One replica of a group's shared objects.
 
     Guarantees: every operation is applied exactly once, after every operation
@@ -97,44 +89,8 @@ class Replica:
 
     # ------------------------------------------------------------ handles
 
-    def counter(self, key: str) -> CounterHandle:
-        """The PN-counter (increments and decrements) at top-level ``key``:
-        a :class:`~crdt_ops.handles.CounterHandle`.
-
-        Getting a handle writes nothing; its mutators write. Raises
-        :class:`~crdt_ops.errors.TypeConflict` if ``key`` holds another type here,
-        ValueError for an empty key (see :class:`~crdt_ops.handles.Handle`)."""
-        return CounterHandle(self, (key,))
-
-    def gcounter(self, key: str) -> GCounterHandle:
-        """The grow-only counter at top-level ``key``:
-        a :class:`~crdt_ops.handles.GCounterHandle`."""
-        return GCounterHandle(self, (key,))
-
-    def register(self, key: str) -> RegisterHandle:
-        """The last-writer-wins register at top-level ``key``:
-        a :class:`~crdt_ops.handles.RegisterHandle`."""
-        return RegisterHandle(self, (key,))
-
-    def mvregister(self, key: str) -> MVRegisterHandle:
-        """The multi-value register at top-level ``key``:
-        a :class:`~crdt_ops.handles.MVRegisterHandle`."""
-        return MVRegisterHandle(self, (key,))
-
-    def set(self, key: str) -> SetHandle:
-        """The add-wins observed-remove set at top-level ``key``:
-        a :class:`~crdt_ops.handles.SetHandle`."""
-        return SetHandle(self, (key,))
-
-    def flag(self, key: str) -> FlagHandle:
-        """The enable-wins flag at top-level ``key``:
-        a :class:`~crdt_ops.handles.FlagHandle`."""
-        return FlagHandle(self, (key,))
-
-    def map(self, key: str) -> MapHandle:
-        """The map of named fields (nested handles) at top-level ``key``:
-        a :class:`~crdt_ops.handles.MapHandle`."""
-        return MapHandle(self, (key,))
+    def _at(self, name: str) -> tuple[Target, tuple[str, ...]]:
+        return self, (name,)
 
     def remove(self, key: str) -> None:
         """Observed-remove of a top-level key (any type): concurrent updates survive."""
@@ -262,13 +218,13 @@ class Replica:
         founding on the broker); raises ValueError if this replica wrote before."""
         if self._buffer.clock.get(self.replica_id, 0):
             raise ValueError("only a replica's first operation can found a group")
-        self._local(Op((), ObjType.ORMAP, Kind.ADMIT, value=self.replica_id))
+        self.submit(Op((), ObjType.ORMAP, Kind.ADMIT, value=self.replica_id))
 
     def admit(self, replica_id: str) -> None:
         """Admit ``replica_id`` to the group (an operation of this replica, a member).
         Members call this on a join request; raises NotAMember if this one is not."""
         _check_id(replica_id)
-        self._local(Op((), ObjType.ORMAP, Kind.ADMIT, value=replica_id))
+        self.submit(Op((), ObjType.ORMAP, Kind.ADMIT, value=replica_id))
 
     def retire(self, replica_id: str, last_seq: int = 0) -> None:
         """Stop counting ``replica_id`` (gone for good) in causal stability once its
@@ -457,17 +413,27 @@ class Replica:
 
     # ------------------------------------------------------------ local writes
 
-    def _check(self, path: tuple[str, ...], type_: ObjType) -> None:
+    def locate(self, path: tuple[str, ...], type_: ObjType) -> Crdt | None:
+        """The object of ``type_`` at ``path``, or None (for handles: :class:`Target`)."""
+        return self._root.locate(path, type_)
+
+    def check_type(self, path: tuple[str, ...], type_: ObjType) -> None:
+        """Raise :class:`~crdt_ops.errors.TypeConflict` if ``path`` holds another type
+        here (for handles: :class:`Target`)."""
         self._root.check(path, type_, self._buffer.clock)
 
-    def _local(self, op: Op) -> None:
+    def timestamp(self) -> int:
+        """The next hybrid logical timestamp (for handles: :class:`Target`)."""
+        return self._hlc.now()
+
+    def submit(self, op: Op) -> None:
         """Apply an operation prepared here and queue it for :meth:`outgoing`.
         Raises :class:`~crdt_ops.policy.Forbidden` if the policy denies it, and
         :class:`~crdt_ops.errors.NotAMember` if this replica may not write."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
             raise NotAMember(f"replica {self.replica_id!r} is not a member of its group "
                              "(join() asks the members to admit it)")
-        self._check(op.path, op.type)
+        self.check_type(op.path, op.type)
         self._authorize(self.replica_id, [op])
         seq = self._buffer.clock.get(self.replica_id, 0) + 1
         self._apply(self.replica_id, seq, [op], self._buffer.clock)

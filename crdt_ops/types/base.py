@@ -1,6 +1,8 @@
-"""What every replicated object type provides.
+"""What every replicated object type provides (the contract of Shapiro et al.'s
+operation-based CRDTs: *prepare* at the origin, *effect* everywhere).
 
-An object is changed only through ``effect`` (an operation prepared at its
+``observed`` is the prepare step's reading of local state; an object is changed only
+through ``effect`` (an operation prepared at its
 origin and delivered in causal order), ``reset`` (the downstream part of an
 observed-remove of the map field holding it) and ``compact`` (dropping
 metadata no future operation can need). None of these does I/O or reads a clock.
@@ -12,7 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from crdt_ops.clock import Dot
 from crdt_ops.ops import CounterFloor, ObjType, Op
+from crdt_ops.values import Value
 
 
 class Crdt(ABC):
@@ -34,6 +38,13 @@ class Crdt(ABC):
     def reset(self, seen: Mapping[str, int], floors: Sequence[CounterFloor], depth: int) -> None:
         """Undo every operation with a dot ``(o, s)``, ``s <= seen[o]`` (and, for
         counters, the observed amounts in ``floors``); later operations survive."""
+
+    def observed(self, element: Value = None) -> tuple[Dot, ...]:
+        """Prepare (at the origin, from local state): the dots an operation made here on
+        this object observes, i.e. supersedes (an assignment's, a disable's, a remove's);
+        ``element``: for a set, the element. Types whose operations observe nothing
+        (counters) keep this default: none."""
+        return ()
 
     def floors(self, prefix: tuple[str, ...]) -> list[CounterFloor]:
         """The counter amounts a remove of this object observes (none but for counters)."""

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from crdt_ops.clock import Dot
 from crdt_ops.ops import CounterFloor, Kind, ObjType, Op
 from crdt_ops.types.base import Crdt, drop_seen
+from crdt_ops.values import Value
 
 
 class EWFlag(Crdt):
@@ -27,7 +28,7 @@ class EWFlag(Crdt):
     def value(self) -> bool:
         return bool(self.dots)
 
-    def observed(self) -> tuple[Dot, ...]:
+    def observed(self, element: Value = None) -> tuple[Dot, ...]:
         return tuple(sorted(self.dots))
 
     def effect(self, op: Op, origin: str, seq: int) -> None:

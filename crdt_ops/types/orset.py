@@ -30,7 +30,7 @@ class ORSet(Crdt):
     def value(self) -> frozenset[Value]:
         return frozenset(v for v, _ in self.elements.values())
 
-    def observed(self, element: Value) -> tuple[Dot, ...]:
+    def observed(self, element: Value = None) -> tuple[Dot, ...]:
         entry = self.elements.get(value_key(element))
         return () if entry is None else tuple(sorted(entry[1]))
 

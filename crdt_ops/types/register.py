@@ -28,7 +28,7 @@ class MVRegister(Crdt):
     def value(self) -> frozenset[Value]:
         return frozenset(self.entries.values())
 
-    def observed(self) -> tuple[Dot, ...]:
+    def observed(self, element: Value = None) -> tuple[Dot, ...]:
         return tuple(self.entries)
 
     def effect(self, op: Op, origin: str, seq: int) -> None:
@@ -71,7 +71,7 @@ class LWWRegister(Crdt):
         w = self._winner
         return 0 if w is None else self.entries[w][0]
 
-    def observed(self) -> tuple[Dot, ...]:
+    def observed(self, element: Value = None) -> tuple[Dot, ...]:
         return tuple(self.entries)
 
     def effect(self, op: Op, origin: str, seq: int) -> None:
