@@ -27,7 +27,7 @@ import aio_pika
 import pytest
 
 from crdt_ops.replica import Replica
-from crdt_ops.transport.topology import FOUNDER_QUEUE, Topology
+from crdt_ops.transport.topology import Topology, declare
 from tools.bench.broker import delete_queues
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -222,11 +222,8 @@ async def _claim_founding(url: str, group: str) -> None:
     s = Topology(group)
     conn = await aio_pika.connect(url)
     async with conn:
-        ch = await conn.channel()
-        ex = await ch.declare_exchange(s.founder, aio_pika.ExchangeType.FANOUT, durable=True)
-        q = await ch.declare_queue(s.founder, durable=True,
-                                   arguments={**FOUNDER_QUEUE, "x-queue-type": "classic"})
-        await q.bind(ex)
+        ch = await conn.channel(publisher_confirms=True)
+        ex = (await declare(ch, s))[s.founder]
         await ex.publish(aio_pika.Message(b"ghost"), routing_key="")
 
 

@@ -10,7 +10,10 @@ import time
 
 import aio_pika
 
-from tests.broker import converged, explain, wait_until
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology
+from tests.broker import converged, delete_group, explain, wait_until
 from tests.conftest import Group
 
 FAST = ["--gap-timeout-s", "2"]  # heartbeats every 0.5 s: the echo's patience is 2 s
@@ -120,3 +123,38 @@ def test_a_queue_that_refuses_messages_holds_back_nobody(group: Group) -> None:
         wait_until(lambda: converged(procs, {"a": 1000}), 90, "b to catch up", explain(procs))
     finally:
         rabbitmqctl("clear_policy", policy)
+
+
+async def _claims(group: Group, ids: list[str]) -> list[bool]:
+    """Replicas ``ids`` of a group claim its founding at once, while a reader of the
+    founders' stream holds the first claim unacknowledged (what a get-and-requeue of a
+    one-message queue did, letting a second claim in); each replica's verdict."""
+    settings = [Settings(amqp_url=group.url, group=group.name, replica_id=rid,
+                         store=str(group.workdir / f"{rid}.sqlite")) for rid in ids]
+    nodes = [AmqpNode(s) for s in settings]
+    try:
+        for node in nodes:
+            await node._connect()  # the topology declared; founding is start()'s next step
+        conn = await aio_pika.connect(group.url)
+        async with conn:
+            ch = await conn.channel()
+            await ch.set_qos(prefetch_count=1)
+            stream = await ch.get_queue(Topology(group.name).founders)
+            async def hold(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
+                """Never acknowledged."""
+
+            await stream.consume(hold, no_ack=False, arguments={"x-stream-offset": "first"})
+            return list(await asyncio.gather(*(node._claim_founding() for node in nodes)))
+    finally:
+        for node in nodes:
+            await node.stop()
+
+
+def test_one_group_has_one_founder_however_many_claim_at_once(group: Group) -> None:
+    try:
+        verdicts = asyncio.run(_claims(group, [f"r{i}" for i in range(8)]))
+        assert sum(verdicts) == 1, verdicts
+        # and claims made later read the same founder
+        assert asyncio.run(_claims(group, ["late1", "late2"])) == [False, False]
+    finally:
+        delete_group(group.url, group.name, [f"r{i}" for i in range(8)] + ["late1", "late2"])

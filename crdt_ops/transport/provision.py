@@ -36,7 +36,7 @@ def permissions(group: str, principal: str) -> dict[str, str]:
     own = f"{g}\\.{re.escape(principal)}(\\..*)?"
     return {"configure": f"^{own}$",
             "write": f"^({g}|{g}\\.dlx|{g}\\.founder|{own})$",
-            "read": f"^({g}|{g}\\.log|{g}\\.founder|{own})$"}
+            "read": f"^({g}|{g}\\.log|{g}\\.founder|{g}\\.founders|{own})$"}
 
 
 def definitions(group: str, users: list[str], vhost: str = "/", admin: str | None = "admin",

@@ -3,9 +3,10 @@
 For group G (the names are a contract operators rely on): the fanout exchange
 ``crdt.G``; per replica R a durable queue ``crdt.G.R`` bound to it; the stream
 ``crdt.G.log`` bound to it (the replayable history: RabbitMQ "Streams"); dead letters
-go to the fanout exchange ``crdt.G.dlx`` and its queue ``crdt.G.dead``; the exchange
-and queue ``crdt.G.founder`` hold one message, the first founding claim (a length
-limit of 1 with ``x-overflow: reject-publish``: RabbitMQ "Queue Length Limit").
+go to the fanout exchange ``crdt.G.dlx`` and its queue ``crdt.G.dead``; founding claims
+go to the fanout exchange ``crdt.G.founder`` and the stream ``crdt.G.founders`` bound to
+it, whose first message names the group's founder (a stream is append-only and read
+without taking messages out, so every reader sees the same first claim).
 
 :class:`Topology` lists these objects (:meth:`Topology.shared`, :meth:`Topology.member`);
 :func:`declare` declares them through a channel (every replica, the benchmarks, the
@@ -24,11 +25,6 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 if TYPE_CHECKING:
     from crdt_ops.transport.config import Settings
-
-#: The founder queue holds one message, the first claim; later claims are nacked
-#: (https://www.rabbitmq.com/docs/maxlength#overflow-behaviour).
-FOUNDER_QUEUE: dict[str, int | str] = {"x-max-length": 1, "x-overflow": "reject-publish"}
-
 
 @dataclass(frozen=True, slots=True)
 class Queue:
@@ -70,9 +66,14 @@ class Topology:
 
     @property
     def founder(self) -> str:
-        """The exchange and queue whose one message names the group's founder: the
-        first replica whose claim the broker accepted."""
+        """The exchange founding claims are published to."""
         return f"crdt.{self.group}.founder"
+
+    @property
+    def founders(self) -> str:
+        """The stream of founding claims (bound to :attr:`founder`): its first message
+        names the group's founder."""
+        return f"crdt.{self.group}.founders"
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -102,8 +103,7 @@ class Topology:
                 Queue(self.dead_letter_queue,
                       {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None,
                       self.dead_letter_exchange),
-                Queue(self.founder, {**FOUNDER_QUEUE, "x-queue-type": self.queue_type},
-                      self.founder))
+                Queue(self.founders, {"x-queue-type": "stream"}, self.founder))
 
     def objects(self, replica_ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """The names of the queues and of the exchanges the group has on the broker with

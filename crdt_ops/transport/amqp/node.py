@@ -290,22 +290,29 @@ class AmqpNode:
                              "--store and --replica-id)")
 
     async def _claim_founding(self) -> bool:
-        """Publish this replica's claim to found the group to ``crdt.G.founder`` (one
-        message at most: later claims are nacked), then read which claim is there."""
+        """Publish this replica's claim to found the group to the exchange
+        ``crdt.G.founder``, then read the first claim of the stream ``crdt.G.founders``:
+        True if it is this replica's. Every replica reads the same first claim (a stream
+        keeps its order and its messages: reading takes nothing out), so one group has one
+        founder however many claim at once."""
         assert self._conn is not None
-        s = self.settings
+        names, me = self.topology, self.replica_id.encode()
         channel = await self._conn.channel(publisher_confirms=True)
         try:
-            exchange = await channel.get_exchange(self.topology.founder)
+            exchange = await channel.get_exchange(names.founder)
             with contextlib.suppress(aio_pika.exceptions.DeliveryError):
-                await exchange.publish(message(s, self.replica_id.encode(), self._signer),
+                await exchange.publish(message(self.settings, me, self._signer),
                                        routing_key="", timeout=30)
-            queue = await channel.get_queue(self.topology.founder)
-            claim = await queue.get(no_ack=False, fail=False)
-            if claim is None:
-                return False
-            await claim.nack(requeue=True)
-            return claim.body == self.replica_id.encode()
+            await channel.set_qos(prefetch_count=1)
+            stream = await channel.get_queue(names.founders)
+            first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+            async def take(msg: AbstractIncomingMessage) -> None:
+                if not first.done():
+                    first.set_result(msg.body)
+
+            await stream.consume(take, no_ack=False, arguments={"x-stream-offset": "first"})
+            return await asyncio.wait_for(first, 30) == me
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
