@@ -7,6 +7,7 @@ clock it was not handed. A transport is a small pump around it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -21,6 +22,7 @@ from crdt_ops.hlc import HybridClock
 from crdt_ops.membership import Membership
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.policy import OPEN, Unauthenticated, WritePolicy, belongs
+from crdt_ops.snapshot import Snapshot
 from crdt_ops.stability import Stability
 from crdt_ops.types import Crdt, ORMap
 from crdt_ops.values import check_text
@@ -484,15 +486,13 @@ class Replica(Fields):
         if self._unsent:
             last = self._buffer.clock[self.replica_id]
             unsent = Batch(self.replica_id, last - len(self._unsent) + 1, {}, list(self._unsent))
-        return codec.encode_snapshot({
-            "replica_id": self.replica_id, "clock": dict(self._buffer.clock),
-            "hlc": self._hlc.last, "root": self._root, "known": self._stability.known,
-            "retired": self.membership.retired, "waiting": list(self._buffer.waiting()),
-            "managed": self.membership.managed, "founders": self.membership.founders,
-            "admissions": self.membership.admissions, "retiring": self.membership.retiring,
-            "reported": self._stability.reported,
-            "unsent": unsent, "deps_of": self._deps_of,
-        })
+        return codec.encode_snapshot(Snapshot(
+            replica_id=self.replica_id, clock=dict(self._buffer.clock), hlc=self._hlc.last,
+            root=self._root, known=self._stability.known, deps_of=self._deps_of,
+            retired=frozenset(self.membership.retired), managed=self.membership.managed,
+            founders=self.membership.founders, admissions=self.membership.admissions,
+            retiring=self.membership.retiring, reported=self._stability.reported,
+            waiting=list(self._buffer.waiting()), unsent=unsent))
 
     @classmethod
     def from_snapshot(cls, data: bytes, replica_id: str | None = None,
@@ -503,26 +503,24 @@ class Replica(Fields):
         snapshot: it takes the state and clock, not the peer's unsent operations
         (the peer still owns and sends them)."""
         snap = codec.decode_snapshot(data)
-        if replica_id is not None and replica_id != snap["replica_id"]:
-            snap["replica_id"], snap["unsent"] = replica_id, None
-        root, unsent, me = snap["root"], snap["unsent"], snap["replica_id"]
-        if not isinstance(root, ORMap):
-            raise InvalidMessage("bad-snapshot", "the snapshot's root is not a map")
+        if replica_id is not None and replica_id != snap.replica_id:
+            snap = dataclasses.replace(snap, replica_id=replica_id, unsent=None)
+        root, unsent, me = snap.root, snap.unsent, snap.replica_id
         if unsent is not None and (unsent.origin != me
-                                   or unsent.last_seq != snap["clock"].get(me, 0)):
+                                   or unsent.last_seq != snap.clock.get(me, 0)):
             raise InvalidMessage("bad-snapshot", "the unsent operations are not the replica's "
                                  "latest own operations")
-        replica = cls(snap["replica_id"], **options)
+        replica = cls(snap.replica_id, **options)
         replica._root = root
-        replica._buffer.clock.update(snap["clock"])
-        replica._hlc.last = snap["hlc"]
-        replica.membership.load(snap["founders"], snap["admissions"], snap["retiring"],
-                                snap["retired"], snap["managed"])
-        for r, clock in snap["known"].items():
+        replica._buffer.clock.update(snap.clock)
+        replica._hlc.last = snap.hlc
+        replica.membership.load(snap.founders, snap.admissions, snap.retiring,
+                                snap.retired, snap.managed)
+        for r, clock in snap.known.items():
             replica._stability.observe(r, clock)
-        replica._stability.reported.update(snap["reported"])
-        replica._deps_of = snap["deps_of"]
-        for batch in snap["waiting"]:
+        replica._stability.reported.update(snap.reported)
+        replica._deps_of = {r: dict(c) for r, c in snap.deps_of.items()}
+        for batch in snap.waiting:
             replica._buffer.hold(batch)
         replica._drain()
         if unsent is not None:

@@ -212,6 +212,21 @@ def test_the_library_and_the_services_load_no_tool() -> None:
     assert proc.stdout.strip() == "", f"the services loaded {proc.stdout.strip()}"
 
 
+def test_every_type_has_its_class_its_snapshot_encoding_and_its_handle() -> None:
+    """A type is one module registering its class, plus its pair in the codec's table and
+    its handle: a type missing any of them is caught here, not in a snapshot."""
+    from crdt_ops import handles
+    from crdt_ops.ops import ObjType
+    from crdt_ops.types import registered
+
+    handle_types = {cls.TYPE for cls in vars(handles).values()
+                    if isinstance(cls, type) and issubclass(cls, handles.Handle)
+                    and "TYPE" in vars(cls)}
+    assert set(registered()) == set(ObjType)
+    assert set(codec._STATE) == set(ObjType)
+    assert handle_types == set(ObjType)
+
+
 # ---------------------------------------------------------------- (d) snapshot round trips
 
 

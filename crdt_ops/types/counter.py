@@ -6,8 +6,10 @@ from collections.abc import Mapping, Sequence
 
 from crdt_ops.ops import MAX_AMOUNT, CounterFloor, ObjType, Op
 from crdt_ops.types.base import Crdt
+from crdt_ops.types.registry import register
 
 
+@register
 class PNCounter(Crdt):
     """A counter of increments and decrements.
 
@@ -69,6 +71,7 @@ def _saturate(total: int) -> int:
     return total if total <= MAX_AMOUNT else MAX_AMOUNT
 
 
+@register
 class GCounter(PNCounter):
     """A grow-only counter: increments only (the wire rejects a decrement).
 

@@ -9,10 +9,7 @@ from crdt_ops.clock import Clock
 from crdt_ops.errors import TypeConflict
 from crdt_ops.ops import CounterFloor, Kind, ObjType, Op
 from crdt_ops.types.base import Crdt
-from crdt_ops.types.counter import GCounter, PNCounter
-from crdt_ops.types.flag import EWFlag
-from crdt_ops.types.orset import ORSet
-from crdt_ops.types.register import LWWRegister, MVRegister
+from crdt_ops.types.registry import new_object, register
 
 
 class Field:
@@ -32,6 +29,7 @@ class Field:
         self.obj = obj
 
 
+@register
 class ORMap(Crdt):
     """A map from names to nested CRDTs (registers, flags, counters, sets, maps).
 
@@ -184,22 +182,6 @@ def _route(floors: Sequence[CounterFloor], t: ObjType, depth: int) -> list[Count
     return [f for f in floors
             if (len(f.path) == depth and f.type == t)
             or (len(f.path) > depth and t == ObjType.ORMAP)]
-
-
-_CLASSES: dict[ObjType, type[Crdt]] = {
-    ObjType.GCOUNTER: GCounter,
-    ObjType.PNCOUNTER: PNCounter,
-    ObjType.LWW_REGISTER: LWWRegister,
-    ObjType.MV_REGISTER: MVRegister,
-    ObjType.ORSET: ORSet,
-    ObjType.EWFLAG: EWFlag,
-    ObjType.ORMAP: ORMap,
-}
-
-
-def new_object(type_: ObjType) -> Crdt:
-    """A fresh, empty object of ``type_``."""
-    return _CLASSES[type_]()
 
 
 _ABSENT = object()

@@ -7,9 +7,11 @@ from collections.abc import Mapping, Sequence
 from crdt_ops.clock import Dot
 from crdt_ops.ops import CounterFloor, Kind, ObjType, Op
 from crdt_ops.types.base import Crdt, drop_seen
+from crdt_ops.types.registry import register
 from crdt_ops.values import Value, value_key
 
 
+@register
 class ORSet(Crdt):
     """An add-wins observed-remove set.
 

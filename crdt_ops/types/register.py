@@ -7,9 +7,11 @@ from collections.abc import Mapping, Sequence
 from crdt_ops.clock import Dot
 from crdt_ops.ops import CounterFloor, ObjType, Op
 from crdt_ops.types.base import Crdt
+from crdt_ops.types.registry import register
 from crdt_ops.values import Value
 
 
+@register
 class MVRegister(Crdt):
     """A register that keeps every concurrent assignment.
 
@@ -44,6 +46,7 @@ class MVRegister(Crdt):
         return len(self.entries)
 
 
+@register
 class LWWRegister(Crdt):
     """A last-writer-wins register.
 

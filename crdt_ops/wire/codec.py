@@ -8,7 +8,7 @@ on and raises :class:`InvalidMessage` (with a reason tag) for anything else.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -26,6 +26,7 @@ from crdt_ops.ops import (
     ObjType,
     Op,
 )
+from crdt_ops.snapshot import Snapshot
 from crdt_ops.types import (
     Crdt,
     EWFlag,
@@ -318,124 +319,166 @@ def decode(data: bytes) -> Batch | Heartbeat:
 # ---------------------------------------------------------------- snapshots
 
 
+def _put_counter(msg: pb.ObjectState, obj: PNCounter) -> None:
+    c = msg.counter
+    for o in sorted(obj.p.keys() | obj.n.keys() | obj.floor_p.keys() | obj.floor_n.keys()):
+        c.origins.append(o)
+        c.p.append(obj.p.get(o, 0))
+        c.n.append(obj.n.get(o, 0))
+        c.floor_p.append(obj.floor_p.get(o, 0))
+        c.floor_n.append(obj.floor_n.get(o, 0))
+
+
+def _get_counter(msg: pb.ObjectState, obj: PNCounter) -> None:
+    c = msg.counter
+    if not len(c.origins) == len(c.p) == len(c.n) == len(c.floor_p) == len(c.floor_n):
+        raise _bad("bad-snapshot", "a counter's per-origin arrays differ in length")
+    for i, o in enumerate(c.origins):
+        for part, values in ((obj.p, c.p), (obj.n, c.n), (obj.floor_p, c.floor_p),
+                             (obj.floor_n, c.floor_n)):
+            if values[i]:
+                part[o] = values[i]
+    obj.reset({}, (), 0)
+
+
+def _put_lww(msg: pb.ObjectState, obj: LWWRegister) -> None:
+    for (r, s), (ts, v) in sorted(obj.entries.items()):
+        e = msg.entries.add()
+        e.dot.replica, e.dot.seq, e.timestamp = r, s, ts
+        _put_value(e.value, v)
+
+
+def _get_lww(msg: pb.ObjectState, obj: LWWRegister) -> None:
+    for e in msg.entries:
+        obj.entries[(e.dot.replica, e.dot.seq)] = (e.timestamp, _get_value(e.value))
+    obj.reset({}, (), 0)
+
+
+def _put_mv(msg: pb.ObjectState, obj: MVRegister) -> None:
+    for (r, s), v in sorted(obj.entries.items()):
+        e = msg.entries.add()
+        e.dot.replica, e.dot.seq = r, s
+        _put_value(e.value, v)
+
+
+def _get_mv(msg: pb.ObjectState, obj: MVRegister) -> None:
+    for e in msg.entries:
+        obj.entries[(e.dot.replica, e.dot.seq)] = _get_value(e.value)
+
+
+def _put_set(msg: pb.ObjectState, obj: ORSet) -> None:
+    for _, (v, dots) in sorted(obj.elements.items(), key=lambda kv: repr(kv[0])):
+        el = msg.elements.add()
+        _put_value(el.element, v)
+        _put_dots(el.dots, sorted(dots))
+
+
+def _get_set(msg: pb.ObjectState, obj: ORSet) -> None:
+    for el in msg.elements:
+        v = _get_value(el.element)
+        obj.elements[value_key(v)] = (v, set(_get_dots(el.dots)))
+
+
+def _put_flag(msg: pb.ObjectState, obj: EWFlag) -> None:
+    _put_dots(msg.dots, sorted(obj.dots))
+
+
+def _get_flag(msg: pb.ObjectState, obj: EWFlag) -> None:
+    obj.dots.update(_get_dots(msg.dots))
+
+
+def _put_map(msg: pb.ObjectState, obj: ORMap) -> None:
+    for name, typed in obj.fields.items():
+        for t, f in typed.items():
+            fs = msg.fields.add()
+            fs.name = name
+            fs.type = t.value  # type: ignore[assignment]
+            _put_clock(fs.presence, f.presence)
+            _put_clock(fs.first, f.first)
+            put_object(fs.object, f.obj)
+
+
+def _get_map(msg: pb.ObjectState, obj: ORMap) -> None:
+    for fs in msg.fields:
+        f = Field(get_object(fs.object))
+        f.presence = _get_clock(fs.presence, "presence")
+        f.first = _get_clock(fs.first, "first")
+        obj.fields.setdefault(fs.name, {})[_get_type(fs.type, "a field")] = f
+
+
+#: Each type's state in a snapshot: (write it into ObjectState, read it from one into an
+#: empty object of the type). A new type adds its pair here.
+_STATE: dict[ObjType, tuple[Callable[[pb.ObjectState, Any], None],
+                            Callable[[pb.ObjectState, Any], None]]] = {
+    ObjType.GCOUNTER: (_put_counter, _get_counter),
+    ObjType.PNCOUNTER: (_put_counter, _get_counter),
+    ObjType.LWW_REGISTER: (_put_lww, _get_lww),
+    ObjType.MV_REGISTER: (_put_mv, _get_mv),
+    ObjType.ORSET: (_put_set, _get_set),
+    ObjType.EWFLAG: (_put_flag, _get_flag),
+    ObjType.ORMAP: (_put_map, _get_map),
+}
+
+
 def put_object(msg: pb.ObjectState, obj: Crdt) -> None:
     """Write an object's full state (recursively for maps)."""
     msg.type = obj.TYPE.value  # type: ignore[assignment]
-    if isinstance(obj, PNCounter):
-        c = msg.counter
-        for o in sorted(obj.p.keys() | obj.n.keys() | obj.floor_p.keys() | obj.floor_n.keys()):
-            c.origins.append(o)
-            c.p.append(obj.p.get(o, 0))
-            c.n.append(obj.n.get(o, 0))
-            c.floor_p.append(obj.floor_p.get(o, 0))
-            c.floor_n.append(obj.floor_n.get(o, 0))
-    elif isinstance(obj, LWWRegister):
-        for (r, s), (ts, v) in sorted(obj.entries.items()):
-            e = msg.entries.add()
-            e.dot.replica, e.dot.seq, e.timestamp = r, s, ts
-            _put_value(e.value, v)
-    elif isinstance(obj, MVRegister):
-        for (r, s), v in sorted(obj.entries.items()):
-            e = msg.entries.add()
-            e.dot.replica, e.dot.seq = r, s
-            _put_value(e.value, v)
-    elif isinstance(obj, ORSet):
-        for _, (v, dots) in sorted(obj.elements.items(), key=lambda kv: repr(kv[0])):
-            el = msg.elements.add()
-            _put_value(el.element, v)
-            _put_dots(el.dots, sorted(dots))
-    elif isinstance(obj, EWFlag):
-        _put_dots(msg.dots, sorted(obj.dots))
-    elif isinstance(obj, ORMap):
-        for name, typed in obj.fields.items():
-            for t, f in typed.items():
-                fs = msg.fields.add()
-                fs.name = name
-                fs.type = t.value  # type: ignore[assignment]
-                _put_clock(fs.presence, f.presence)
-                _put_clock(fs.first, f.first)
-                put_object(fs.object, f.obj)
+    _STATE[obj.TYPE][0](msg, obj)
 
 
 def get_object(msg: pb.ObjectState) -> Crdt:
     """Rebuild an object written by :func:`put_object`."""
     t = _get_type(msg.type, "a snapshot object")
     obj = new_object(t)
-    if isinstance(obj, PNCounter):
-        c = msg.counter
-        if not len(c.origins) == len(c.p) == len(c.n) == len(c.floor_p) == len(c.floor_n):
-            raise _bad("bad-snapshot", "a counter's per-origin arrays differ in length")
-        for i, o in enumerate(c.origins):
-            for part, values in ((obj.p, c.p), (obj.n, c.n), (obj.floor_p, c.floor_p),
-                                 (obj.floor_n, c.floor_n)):
-                if values[i]:
-                    part[o] = values[i]
-        obj.reset({}, (), 0)
-    elif isinstance(obj, LWWRegister):
-        for e in msg.entries:
-            obj.entries[(e.dot.replica, e.dot.seq)] = (e.timestamp, _get_value(e.value))
-        obj.reset({}, (), 0)
-    elif isinstance(obj, MVRegister):
-        for e in msg.entries:
-            obj.entries[(e.dot.replica, e.dot.seq)] = _get_value(e.value)
-    elif isinstance(obj, ORSet):
-        for el in msg.elements:
-            v = _get_value(el.element)
-            obj.elements[value_key(v)] = (v, set(_get_dots(el.dots)))
-    elif isinstance(obj, EWFlag):
-        obj.dots.update(_get_dots(msg.dots))
-    elif isinstance(obj, ORMap):
-        for fs in msg.fields:
-            f = Field(get_object(fs.object))
-            f.presence = _get_clock(fs.presence, "presence")
-            f.first = _get_clock(fs.first, "first")
-            obj.fields.setdefault(fs.name, {})[_get_type(fs.type, "a field")] = f
+    _STATE[t][1](msg, obj)
     return obj
 
 
-
-def encode_snapshot(snap: dict[str, Any]) -> bytes:
-    """Serialize the parts a :class:`~crdt_ops.replica.Replica` hands over (see there)."""
-    msg = pb.Snapshot(version=VERSION, replica_id=snap["replica_id"], hlc=snap["hlc"])
-    _put_clock(msg.clock, snap["clock"])
-    put_object(msg.root, snap["root"])
-    for field, clocks in (("known", snap["known"]), ("deps_of", snap["deps_of"])):
+def encode_snapshot(snap: Snapshot) -> bytes:
+    """Serialize a :class:`~crdt_ops.snapshot.Snapshot`."""
+    msg = pb.Snapshot(version=VERSION, replica_id=snap.replica_id, hlc=snap.hlc)
+    _put_clock(msg.clock, snap.clock)
+    put_object(msg.root, snap.root)
+    for field, clocks in (("known", snap.known), ("deps_of", snap.deps_of)):
         for r, clock in sorted(clocks.items()):
             k = getattr(msg, field).add()
             k.replica = r
             _put_clock(k.clock, clock)
-    msg.retired.extend(sorted(snap["retired"]))
-    msg.managed = snap["managed"]
-    msg.founders.extend(sorted(snap["founders"]))
-    for r, by in sorted(snap["admissions"].items()):
+    msg.retired.extend(sorted(snap.retired))
+    msg.managed = snap.managed
+    msg.founders.extend(sorted(snap.founders))
+    for r, by in sorted(snap.admissions.items()):
         k = msg.admissions.add()
         k.replica = r
         _put_clock(k.clock, by)
-    _put_clock(msg.retiring, snap["retiring"])
-    _put_clock(msg.reported, snap["reported"])
-    for b in snap["waiting"]:
+    _put_clock(msg.retiring, snap.retiring)
+    _put_clock(msg.reported, snap.reported)
+    for b in snap.waiting:
         _fill_batch(msg.waiting.add(), b)
-    if snap["unsent"] is not None:
-        _fill_batch(msg.unsent, snap["unsent"])
+    if snap.unsent is not None:
+        _fill_batch(msg.unsent, snap.unsent)
     return msg.SerializeToString()
 
 
-def decode_snapshot(data: bytes) -> dict[str, Any]:
+def decode_snapshot(data: bytes) -> Snapshot:
     """Parse a snapshot; raise :class:`InvalidMessage` if it is not a valid one."""
     msg = _parse(pb.Snapshot(), data, "snapshot")
-    return {
-        "replica_id": _id(msg.replica_id, "replica_id"),
-        "clock": _get_clock(msg.clock, "clock"),
-        "hlc": msg.hlc,
-        "root": get_object(msg.root),
-        "known": {k.replica: _get_clock(k.clock, "known") for k in msg.known},
-        "deps_of": {k.replica: _get_clock(k.clock, "deps_of") for k in msg.deps_of},
-        "retired": set(msg.retired),
-        "managed": msg.managed,
-        "founders": {_id(f, "founder") for f in msg.founders},
-        "admissions": {k.replica: _get_clock(k.clock, "admissions") for k in msg.admissions},
-        "retiring": _get_clock(msg.retiring, "retiring"),
-        "reported": _get_clock(msg.reported, "reported"),
-        "waiting": [_read_batch(b) for b in msg.waiting],
-        "unsent": _read_batch(msg.unsent) if msg.HasField("unsent") else None,
-    }
+    root = get_object(msg.root)
+    if not isinstance(root, ORMap):
+        raise _bad("bad-snapshot", "the snapshot's root is not a map")
+    return Snapshot(
+        replica_id=_id(msg.replica_id, "replica_id"),
+        clock=_get_clock(msg.clock, "clock"),
+        hlc=msg.hlc,
+        root=root,
+        known={k.replica: _get_clock(k.clock, "known") for k in msg.known},
+        deps_of={k.replica: _get_clock(k.clock, "deps_of") for k in msg.deps_of},
+        retired=frozenset(msg.retired),
+        managed=msg.managed,
+        founders=frozenset(_id(f, "founder") for f in msg.founders),
+        admissions={k.replica: _get_clock(k.clock, "admissions") for k in msg.admissions},
+        retiring=_get_clock(msg.retiring, "retiring"),
+        reported=_get_clock(msg.reported, "reported"),
+        waiting=[_read_batch(b) for b in msg.waiting],
+        unsent=_read_batch(msg.unsent) if msg.HasField("unsent") else None,
+    )
