@@ -11,10 +11,20 @@ exchange is declared again by a publisher, and the stream, bound on the publishi
 channel, still gets everything). The transport then declares the topology again
 and re-reads the stream.
 
+Our messages are known by their ``message_id`` (:meth:`EchoWatch.message_id`: a prefix
+naming the replica and a number), which also tells when each was published: the latest
+of ours to come back gives :attr:`EchoWatch.heard_through`, the instant before which
+everything routed to our queue has been delivered (a queue is FIFO).
+
 Sans-IO: the caller hands in the times (seconds, any monotonic clock).
 """
 
 from __future__ import annotations
+
+import itertools
+
+#: Publish times kept for our messages not yet seen back (the oldest are forgotten).
+MAX_REMEMBERED = 100_000
 
 
 class EchoWatch:
@@ -27,9 +37,45 @@ class EchoWatch:
     oldest confirmed message has waited with nothing delivered since, or 0.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, replica_id: str = "") -> None:
         self._waiting_since: float | None = None  # first confirm not followed by an echo
         self._last_delivery: float | None = None
+        #: How the ``message_id`` of this replica's own messages begins.
+        self.prefix = f"crdt-ops:{replica_id}:"
+        self._numbers = itertools.count()
+        self._sent_at: dict[int, float] = {}  # our message's number -> when it was published
+        #: The publish time of the latest of our messages that came back (0.0: none yet).
+        self.heard_through = 0.0
+
+    def message_id(self, now: float) -> str:
+        """A ``message_id`` for one of our messages published at ``now``: the prefix and a
+        number, unique among our unconfirmed messages (aiormq finds the publish a
+        broker's basic.return answers by its ``message_id``)."""
+        n = next(self._numbers)
+        self._sent_at[n] = now
+        if len(self._sent_at) > MAX_REMEMBERED:  # echoes lost for long: forget the oldest
+            del self._sent_at[next(iter(self._sent_at))]
+        return f"{self.prefix}{n}"
+
+    def received(self, message_ids: list[str], now: float) -> float:
+        """A batch came through our queue with these message ids: note it, and return
+        when the latest of our own messages in it was published (0.0: none of ours, or
+        published by an earlier process); :attr:`heard_through` follows it."""
+        mine = self.prefix
+        numbers = [i[len(mine):] for i in message_ids if i.startswith(mine)]
+        if not numbers:
+            self.delivered(now)
+            return 0.0
+        self.echoed(now)
+        sent = 0.0
+        for text in numbers:
+            n = int(text) if text.isdigit() else -1
+            if n in self._sent_at:
+                sent = max(sent, self._sent_at[n])
+                while self._sent_at and (k := next(iter(self._sent_at))) <= n:
+                    del self._sent_at[k]  # numbered in order: the oldest come first
+        self.heard_through = max(self.heard_through, sent)
+        return sent
 
     def confirmed(self, now: float) -> None:
         if self._waiting_since is None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 import uuid
@@ -55,10 +54,11 @@ from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, connect_first, redact_urls
+from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import GapWatch, few, last_operation, read_stream
 from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
-from crdt_ops.transport.durable import MAX_STORE_RETRY_S, DurableReplica
+from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.echo import EchoWatch
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.topology import Topology, declare, declare_member
@@ -107,15 +107,11 @@ class AmqpNode:
         self._buffer_since: float | None = None
         self._gaps = GapWatch(settings.gap_timeout_s, last_reread=time.monotonic())
         self.dead_lettered = 0
-        #: Messages of ours the broker confirmed (to the exchange, or to the stream after
-        #: a refusal), and messages it refused (basic.nack) since this process started.
-        self.published = 0
-        self.refused = 0
         self._signer = signer_of(settings)
         self._auth = authenticator(settings)
         self._lag_observed = 0.0
         self._retired_said = False
-        self._echo = EchoWatch()
+        self._echo = EchoWatch(self.replica_id)
         #: Seconds our queue has been silent while our confirmed messages await their
         #: echo, once that passed the patience (see :meth:`_echo_watch`); else 0.
         self.echo_silent_s = 0.0
@@ -125,13 +121,8 @@ class AmqpNode:
         self._reread_due = False
         self._echo_tick = time.monotonic()
         self._narrow = False  # a broker user that may not declare the shared topology
-        self._refusal_backoff = 0.05  # seconds before the next round after refusals
-        self._refusal_said = 0.0
-        self._unroutable_said = 0.0
-        self._sent = itertools.count()  # numbers our messages' ids
-        self._sent_at: dict[int, float] = {}  # our message's number -> when it was published
-        self._confirmed_through = 0.0
-        self._heard_through = 0.0
+        self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
+                              self._redeclare_and_reread, self._topology_lost)
         self.echo_losses = 0  # times our echo stopped (since this process started)
 
     # ------------------------------------------------------------ the durable replica
@@ -243,7 +234,7 @@ class AmqpNode:
         self.durable.commit()  # anything restored as unsent
         await self._connect()
         loop = asyncio.get_running_loop()
-        for step in (self.durable.flusher, self._publisher, self._applier, self._heartbeat,
+        for step in (self.durable.flusher, self._out.run, self._applier, self._heartbeat,
                      self._gap_watch, self._echo_watch):
             self._tasks.append(loop.create_task(self._forever(step)))
         self.durable.pumping = True
@@ -414,6 +405,8 @@ class AmqpNode:
                                                  on_return_raises=True)
             self._exchange = await self._pub.get_exchange(names.exchange)
             self._dlx = await self._pub.get_exchange(names.dead_letter_exchange)
+            self._out.connection, self._out.channel = self._conn, self._pub
+            self._out.exchange = self._exchange
         self._queue = await declare_member(consume, names, self.replica_id)
         if self.store.get("joined") is None:
             await self._replay_stream()
@@ -426,6 +419,8 @@ class AmqpNode:
         exchanges = await declare(channel, self.topology)
         self._exchange = exchanges[self.topology.exchange]
         self._dlx = exchanges[self.topology.dead_letter_exchange]
+        self._out.connection, self._out.channel = self._conn, channel
+        self._out.exchange = self._exchange
 
     async def _replay_stream(self, reread: bool = False) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
@@ -523,138 +518,23 @@ class AmqpNode:
 
     # ------------------------------------------------------------ publishing
 
-    async def _publisher(self) -> None:
-        """Publish the outbox, oldest first, until the broker confirmed all of it.
-        A failure (broker down, channel closed) raises: what is unconfirmed is
-        published again on the next round (duplicates are harmless).
-
-        A message the broker *nacks* was refused by a queue bound to the exchange (a
-        length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
-        Limit" guide) and enqueued by every other one: it is not published to the
-        exchange again (that would multiply the traffic, and hold back what follows
-        behind one full queue) but straight into the stream, where the replica behind
-        the refusing queue finds it (a gap its peers' heartbeats reveal); see
-        :meth:`_refused`."""
-        ready = self.durable.outbox_ready
-        await ready.wait()
-        ready.clear()
-        limit = max(self.settings.prefetch, 100)
-        while True:
-            asked = time.monotonic()
-            rows = self.store.unconfirmed(limit=limit)
-            if not rows:
-                self._confirmed_through = asked
-                break
-            metrics.OUTBOX.labels(self.replica_id).set(len(rows))
-            outcomes = await asyncio.gather(*(self._publish(body) for _, body in rows),
-                                            return_exceptions=True)
-            done = [i for (i, _), out in zip(rows, outcomes, strict=True) if out is None]
-            unroutable = sum(isinstance(out, aio_pika.exceptions.PublishError)
-                             for out in outcomes)
-            refused = [(i, body) for (i, body), out in zip(rows, outcomes, strict=True)
-                       if isinstance(out, aio_pika.exceptions.DeliveryError)
-                       and not isinstance(out, aio_pika.exceptions.PublishError)]
-            if refused:
-                done += await self._refused(refused)
-            if len(done) == len(rows) < limit:  # all that was in the outbox at `asked`
-                self._confirmed_through = asked
-            if done:
-                self._echo.confirmed(time.monotonic())
-                self.store.confirm(done)
-                self.published += len(done)
-                metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(done))
-            failed = [out for out in outcomes if isinstance(out, BaseException)
-                      and not isinstance(out, aio_pika.exceptions.DeliveryError)]
-            if unroutable and not failed:
-                await self._unroutable(unroutable)
-                ready.set()  # they go again on the next round
-                return
-            if failed:
-                if any(isinstance(e, aiormq.exceptions.ChannelNotFoundEntity) for e in failed):
-                    self._redeclare_due = self._reread_due = True  # the exchange is gone
-                ready.set()
-                raise failed[0]
-            if len(done) < len(rows):  # refused, and the stream did not take them either
-                ready.set()
-                self._refusal_backoff = min(self._refusal_backoff * 2, MAX_STORE_RETRY_S)
-                await asyncio.sleep(self._refusal_backoff)
-                return
-            self._refusal_backoff = 0.05
-        metrics.OUTBOX.labels(self.replica_id).set(0)
-
-    async def _unroutable(self, n: int) -> None:
-        """The broker returned ``n`` of our messages (``mandatory``, basic.return): they
-        reached no queue, not even the stream, so the exchange's bindings were deleted
-        (it was re-created empty). Declare the whole topology again; the caller
-        publishes them again."""
-        metrics.PUBLISHES_UNROUTABLE.labels(self.replica_id).inc(n)
-        if time.monotonic() - self._unroutable_said > 60:
-            self._unroutable_said = time.monotonic()
-            log.warning("replica %s: %d of its messages reached no queue through %s (its "
-                        "bindings deleted?); declaring the topology again and publishing "
-                        "them again", self.replica_id, n, self.topology.exchange)
-        await self._redeclare()
-        self._reread_due = True
-
-    async def _refused(self, rows: list[tuple[int, bytes]]) -> list[int]:
-        """Messages the broker nacked: publish each straight into the stream (the
-        default exchange, routed by the stream's name); returns the outbox ids the
-        stream confirmed. Says once a minute which member queues are fullest (the
-        nack does not name the queue that refused)."""
-        assert self._pub is not None
-        s, names, rid = self.settings, self.topology, self.replica_id
-        metrics.PUBLISHES_REFUSED.labels(rid).inc(len(rows))
-        self.refused += len(rows)
-        outcomes = await asyncio.gather(*(
-            self._pub.default_exchange.publish(
-                message(s, body, self._signer, message_id=self._echo_id()),
-                routing_key=names.stream, timeout=30) for _, body in rows), return_exceptions=True)
-        kept = [i for (i, _), out in zip(rows, outcomes, strict=True)
-                if not isinstance(out, BaseException)]
-        if time.monotonic() - self._refusal_said > 60:
-            self._refusal_said = time.monotonic()
-            log.warning("replica %s: the broker refused %d of its messages to %s (basic.nack: a "
-                        "queue bound to it is at a length limit with x-overflow reject-publish?); "
-                        "%d went straight into the stream %s instead, for the replica behind "
-                        "that queue to read. Fullest member queues: %s", rid, len(rows),
-                        names.exchange, len(kept), names.stream, await self._fullest_queues())
-        return kept
-
-    async def _fullest_queues(self, most: int = 3) -> str:
-        """The member queues holding most messages, as text (passive declarations)."""
-        assert self._conn is not None
-        depth: dict[str, int] = {}
-        for member in sorted(self.replica.membership.members() or set(self.replica.clock)):
-            channel = await self._conn.channel()
-            with contextlib.suppress(Exception):
-                q = await channel.declare_queue(self.topology.queue(member), passive=True)
-                depth[q.name] = int(q.declaration_result.message_count or 0)
-            with contextlib.suppress(Exception):
-                await channel.close()
-        top = sorted(depth.items(), key=lambda kv: -kv[1])[:most]
-        return ", ".join(f"{name} ({n:,} messages)" for name, n in top) or "none found"
-
-    async def _publish(self, body: bytes) -> None:
-        assert self._exchange is not None
-        await self._exchange.publish(message(self.settings, body, self._signer,
-                                             message_id=self._echo_id()), routing_key="",
-                                     timeout=30)
+    @property
+    def published(self) -> int:
+        """Messages of ours the broker confirmed (to the exchange, or to the stream after
+        a refusal) since this process started."""
+        return self._out.published
 
     @property
-    def _echo_prefix(self) -> str:
-        """How the ``message_id`` of this replica's own messages begins (its echo is
-        known by it)."""
-        return f"crdt-ops:{self.replica_id}:"
+    def refused(self) -> int:
+        """Messages of ours the broker refused (basic.nack) since this process started."""
+        return self._out.refused
 
-    def _echo_id(self) -> str:
-        """A ``message_id`` for one of our messages: the echo prefix and a number,
-        unique among our unconfirmed messages (aiormq finds the publish a broker's
-        basic.return answers by its ``message_id``)."""
-        n = next(self._sent)
-        self._sent_at[n] = time.monotonic()
-        if len(self._sent_at) > 100_000:  # echoes lost for long: forget the oldest
-            del self._sent_at[next(iter(self._sent_at))]
-        return f"{self._echo_prefix}{n}"
+    def _topology_lost(self) -> None:
+        self._redeclare_due = self._reread_due = True
+
+    async def _redeclare_and_reread(self) -> None:
+        await self._redeclare()
+        self._reread_due = True
 
     def confirmed_through(self) -> float:
         """A ``time.monotonic()`` instant (seconds) before which every operation this
@@ -663,7 +543,7 @@ class AmqpNode:
         stream (RabbitMQ "Consumer Acknowledgements and Publisher Confirms"); 0.0 until
         the first confirm. A worker's lease counts a heartbeat only once this passes the
         moment the heartbeat was committed (services/lease.py)."""
-        return self._confirmed_through
+        return self._out.confirmed_through
 
     def heard_through(self) -> float:
         """A ``time.monotonic()`` instant (seconds) before which everything the broker
@@ -673,7 +553,7 @@ class AmqpNode:
         0.0 until the first echo. Stops advancing while this replica cannot hear the group
         (broker down, process paused, queue deleted): logic's liveness rule counts a
         node's silence only up to it (services/liveness.py)."""
-        return self._heard_through
+        return self._echo.heard_through
 
     async def _heartbeat(self) -> None:
         await asyncio.sleep(self.settings.heartbeat_s)
@@ -724,7 +604,7 @@ class AmqpNode:
         assert self._conn is not None and self._exchange is not None
         last = await last_operation(self._conn, self.settings, self._exchange, replica_id)
         self.replica.retire(replica_id, last)
-        await self._publish(Replica.retirement(replica_id, last))
+        await self._out.publish(Replica.retirement(replica_id, last))
 
     async def leave(self) -> None:
         """Retire this replica for good: publish its retirement after its last
@@ -766,9 +646,8 @@ class AmqpNode:
         valid: list[bytes] = []
         dead: list[tuple[AbstractIncomingMessage, str, str]] = []
         dropped = False
-        echo_sent = 0.0  # when the latest of our messages in this batch was published
         if not stream:  # through our queue: the path from the exchange to us works
-            echo_sent = self._echoed(batch)
+            self._echo.received([msg.message_id or "" for msg in batch], time.monotonic())
         for msg in batch:
             try:
                 # a duplicate (an echo of our own) needs no log
@@ -786,8 +665,6 @@ class AmqpNode:
                 if not reread:
                     reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
                     dead.append((msg, reason, str(e)))
-        if echo_sent > self._heard_through:  # what came before our message was handed over
-            self._heard_through = echo_sent
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store; what a re-read could not hold needs another
         self.durable.log_delivered(valid, {REREAD_DUE: b"1"} if dropped else None)
@@ -815,25 +692,6 @@ class AmqpNode:
         metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
         self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
         self._observe()
-
-    def _echoed(self, batch: list[AbstractIncomingMessage]) -> float:
-        """Note a batch delivered through our queue for the echo watch; returns when
-        the latest of our own messages in it was published (0.0: none of ours, or
-        published by an earlier process)."""
-        mine, now, sent = self._echo_prefix, time.monotonic(), 0.0
-        ids = [msg.message_id or "" for msg in batch]
-        numbers = [i[len(mine):] for i in ids if i.startswith(mine)]
-        if not numbers:
-            self._echo.delivered(now)
-            return 0.0
-        self._echo.echoed(now)
-        for text in numbers:
-            n = int(text) if text.isdigit() else -1
-            if n in self._sent_at:
-                sent = max(sent, self._sent_at[n])
-                while self._sent_at and (k := next(iter(self._sent_at))) <= n:
-                    del self._sent_at[k]  # numbered in order: the oldest come first
-        return sent
 
     async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
         """Publish ``msg`` to the dead-letter exchange with the reason in its headers;

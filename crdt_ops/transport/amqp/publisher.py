@@ -1,0 +1,182 @@
+"""Publishing a durable replica's outbox to the group until the broker confirmed it.
+
+The outbox (:mod:`crdt_ops.transport.durable`) holds every accepted operation until the
+broker confirms it; a failure (broker down, channel closed) raises and the next round
+publishes again what is unconfirmed (a duplicate is dropped by every replica's clock).
+A message the broker returns as unroutable (``mandatory``: it reached no queue, not even
+the stream) means the topology was deleted: it is declared again and the message
+published again. A message the broker refuses (basic.nack: a member queue at a length
+limit with ``x-overflow: reject-publish``) goes straight into the stream instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+
+from crdt_ops.transport import metrics
+from crdt_ops.transport.auth import message
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import MAX_STORE_RETRY_S, DurableReplica
+from crdt_ops.transport.echo import EchoWatch
+from crdt_ops.transport.signing import Signer
+from crdt_ops.transport.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Publishes ``durable``'s outbox through ``channel`` (publisher confirms, returns
+    raised) of ``connection`` to ``exchange``, all three set by the node once connected.
+    ``redeclare``: declare the topology again (awaited after returned messages);
+    ``topology_lost``: the exchange is gone (the node declares the topology again and
+    re-reads the stream).
+
+    ``published`` and ``refused``: messages the broker confirmed, and refused, since this
+    process started; ``confirmed_through``: see :meth:`AmqpNode.confirmed_through
+    <crdt_ops.transport.amqp.node.AmqpNode.confirmed_through>`."""
+
+    def __init__(self, durable: DurableReplica, settings: Settings, topology: Topology,
+                 echo: EchoWatch, signer: Signer | None,
+                 redeclare: Callable[[], Awaitable[None]],
+                 topology_lost: Callable[[], None]) -> None:
+        self.durable, self.settings, self.topology = durable, settings, topology
+        self.replica_id = durable.replica_id
+        self.echo, self.signer = echo, signer
+        self.redeclare, self.topology_lost = redeclare, topology_lost
+        self.connection: AbstractConnection | None = None
+        self.channel: AbstractChannel | None = None
+        self.exchange: AbstractExchange | None = None
+        self.published = 0
+        self.refused = 0
+        self.confirmed_through = 0.0
+        self._refusal_backoff = 0.05  # seconds before the next round after refusals
+        self._refusal_said = 0.0
+        self._unroutable_said = 0.0
+
+    async def run(self) -> None:
+        """Publish the outbox, oldest first, until the broker confirmed all of it.
+        A failure (broker down, channel closed) raises: what is unconfirmed is
+        published again on the next round (duplicates are harmless).
+
+        A message the broker *nacks* was refused by a queue bound to the exchange (a
+        length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
+        Limit" guide) and enqueued by every other one: it is not published to the
+        exchange again (that would multiply the traffic, and hold back what follows
+        behind one full queue) but straight into the stream, where the replica behind
+        the refusing queue finds it (a gap its peers' heartbeats reveal); see
+        :meth:`_refused`."""
+        ready = self.durable.outbox_ready
+        await ready.wait()
+        ready.clear()
+        limit = max(self.settings.prefetch, 100)
+        while True:
+            asked = time.monotonic()
+            rows = self.durable.store.unconfirmed(limit=limit)
+            if not rows:
+                self.confirmed_through = asked
+                break
+            metrics.OUTBOX.labels(self.replica_id).set(len(rows))
+            outcomes = await asyncio.gather(*(self.publish(body) for _, body in rows),
+                                            return_exceptions=True)
+            done = [i for (i, _), out in zip(rows, outcomes, strict=True) if out is None]
+            unroutable = sum(isinstance(out, aio_pika.exceptions.PublishError)
+                             for out in outcomes)
+            refused = [(i, body) for (i, body), out in zip(rows, outcomes, strict=True)
+                       if isinstance(out, aio_pika.exceptions.DeliveryError)
+                       and not isinstance(out, aio_pika.exceptions.PublishError)]
+            if refused:
+                done += await self._refused(refused)
+            if len(done) == len(rows) < limit:  # all that was in the outbox at `asked`
+                self.confirmed_through = asked
+            if done:
+                self.echo.confirmed(time.monotonic())
+                self.durable.store.confirm(done)
+                self.published += len(done)
+                metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(done))
+            failed = [out for out in outcomes if isinstance(out, BaseException)
+                      and not isinstance(out, aio_pika.exceptions.DeliveryError)]
+            if unroutable and not failed:
+                await self._unroutable(unroutable)
+                ready.set()  # they go again on the next round
+                return
+            if failed:
+                if any(isinstance(e, aiormq.exceptions.ChannelNotFoundEntity) for e in failed):
+                    self.topology_lost()  # the exchange is gone
+                ready.set()
+                raise failed[0]
+            if len(done) < len(rows):  # refused, and the stream did not take them either
+                ready.set()
+                self._refusal_backoff = min(self._refusal_backoff * 2, MAX_STORE_RETRY_S)
+                await asyncio.sleep(self._refusal_backoff)
+                return
+            self._refusal_backoff = 0.05
+        metrics.OUTBOX.labels(self.replica_id).set(0)
+
+    async def _unroutable(self, n: int) -> None:
+        """The broker returned ``n`` of our messages (``mandatory``, basic.return): they
+        reached no queue, not even the stream, so the exchange's bindings were deleted
+        (it was re-created empty). Declare the whole topology again; the caller
+        publishes them again."""
+        metrics.PUBLISHES_UNROUTABLE.labels(self.replica_id).inc(n)
+        if time.monotonic() - self._unroutable_said > 60:
+            self._unroutable_said = time.monotonic()
+            log.warning("replica %s: %d of its messages reached no queue through %s (its "
+                        "bindings deleted?); declaring the topology again and publishing "
+                        "them again", self.replica_id, n, self.topology.exchange)
+        await self.redeclare()
+
+    async def _refused(self, rows: list[tuple[int, bytes]]) -> list[int]:
+        """Messages the broker nacked: publish each straight into the stream (the
+        default exchange, routed by the stream's name); returns the outbox ids the
+        stream confirmed. Says once a minute which member queues are fullest (the
+        nack does not name the queue that refused)."""
+        assert self.channel is not None
+        s, names, rid = self.settings, self.topology, self.replica_id
+        metrics.PUBLISHES_REFUSED.labels(rid).inc(len(rows))
+        self.refused += len(rows)
+        outcomes = await asyncio.gather(*(
+            self.channel.default_exchange.publish(
+                message(s, body, self.signer, message_id=self.echo.message_id(time.monotonic())),
+                routing_key=names.stream, timeout=30) for _, body in rows), return_exceptions=True)
+        kept = [i for (i, _), out in zip(rows, outcomes, strict=True)
+                if not isinstance(out, BaseException)]
+        if time.monotonic() - self._refusal_said > 60:
+            self._refusal_said = time.monotonic()
+            log.warning("replica %s: the broker refused %d of its messages to %s (basic.nack: a "
+                        "queue bound to it is at a length limit with x-overflow reject-publish?); "
+                        "%d went straight into the stream %s instead, for the replica behind "
+                        "that queue to read. Fullest member queues: %s", rid, len(rows),
+                        names.exchange, len(kept), names.stream, await self._fullest_queues())
+        return kept
+
+    async def _fullest_queues(self, most: int = 3) -> str:
+        """The member queues holding most messages, as text (passive declarations)."""
+        assert self.connection is not None
+        depth: dict[str, int] = {}
+        replica = self.durable.replica
+        for member in sorted(replica.membership.members() or set(replica.clock)):
+            channel = await self.connection.channel()
+            with contextlib.suppress(Exception):
+                q = await channel.declare_queue(self.topology.queue(member), passive=True)
+                depth[q.name] = int(q.declaration_result.message_count or 0)
+            with contextlib.suppress(Exception):
+                await channel.close()
+        top = sorted(depth.items(), key=lambda kv: -kv[1])[:most]
+        return ", ".join(f"{name} ({n:,} messages)" for name, n in top) or "none found"
+
+    async def publish(self, body: bytes) -> None:
+        """Publish ``body`` to the group's exchange and wait for the broker's confirm
+        (raises aio-pika's errors: DeliveryError for a nack, PublishError for a return)."""
+        assert self.exchange is not None
+        await self.exchange.publish(
+            message(self.settings, body, self.signer,
+                    message_id=self.echo.message_id(time.monotonic())),
+            routing_key="", timeout=30)
