@@ -48,14 +48,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from crdt_ops.causal import WaitingCapReached
-from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, connect_first, redact_urls
+from crdt_ops.transport.amqp.inbound import Inbound
 from crdt_ops.transport.amqp.publisher import Publisher
-from crdt_ops.transport.amqp.recovery import GapWatch, few, last_operation, read_stream
+from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
 from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
@@ -65,8 +64,6 @@ from crdt_ops.transport.topology import Topology, declare, declare_member
 
 log = logging.getLogger(__name__)
 
-#: Store key set (b"1") while messages dropped over the buffer's caps await a stream re-read.
-REREAD_DUE = "reread_due"
 
 
 class AmqpNode:
@@ -98,15 +95,12 @@ class AmqpNode:
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._dlx: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._buffer_since: float | None = None
         self._gaps = GapWatch(settings.gap_timeout_s, last_reread=time.monotonic())
-        self.dead_lettered = 0
         self._signer = signer_of(settings)
         self._auth = authenticator(settings)
         self._lag_observed = 0.0
@@ -121,6 +115,7 @@ class AmqpNode:
         self._reread_due = False
         self._echo_tick = time.monotonic()
         self._narrow = False  # a broker user that may not declare the shared topology
+        self._in = Inbound(self.durable, settings, self._auth, self._echo, self._observe)
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost)
         self.echo_losses = 0  # times our echo stopped (since this process started)
@@ -234,7 +229,7 @@ class AmqpNode:
         self.durable.commit()  # anything restored as unsent
         await self._connect()
         loop = asyncio.get_running_loop()
-        for step in (self.durable.flusher, self._out.run, self._applier, self._heartbeat,
+        for step in (self.durable.flusher, self._out.run, self._in.run, self._heartbeat,
                      self._gap_watch, self._echo_watch):
             self._tasks.append(loop.create_task(self._forever(step)))
         self.durable.pumping = True
@@ -404,21 +399,22 @@ class AmqpNode:
             self._pub = await self._conn.channel(publisher_confirms=True,
                                                  on_return_raises=True)
             self._exchange = await self._pub.get_exchange(names.exchange)
-            self._dlx = await self._pub.get_exchange(names.dead_letter_exchange)
+            self._in.dead_letter_exchange = await self._pub.get_exchange(
+                names.dead_letter_exchange)
             self._out.connection, self._out.channel = self._conn, self._pub
             self._out.exchange = self._exchange
         self._queue = await declare_member(consume, names, self.replica_id)
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
-        await self._queue.consume(self._inbox.put, no_ack=False)
+        await self._queue.consume(self._in.inbox.put, no_ack=False)
         log.info("replica %s consuming %s", self.replica_id, self._queue.name)
 
     async def _declare_shared(self, channel: AbstractChannel) -> None:
         """Declare the group's exchanges and shared queues (:mod:`~crdt_ops.transport.topology`)."""
         exchanges = await declare(channel, self.topology)
         self._exchange = exchanges[self.topology.exchange]
-        self._dlx = exchanges[self.topology.dead_letter_exchange]
+        self._in.dead_letter_exchange = exchanges[self.topology.dead_letter_exchange]
         self._out.connection, self._out.channel = self._conn, channel
         self._out.exchange = self._exchange
 
@@ -432,7 +428,7 @@ class AmqpNode:
         marker = message(self.settings, self.replica.clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
         async for batch in read_stream(self._conn, self.settings, self._exchange, marker):
-            await self._apply(batch, stream=True, reread=reread)
+            await self._in.apply(batch, stream=True, reread=reread)
 
     def _on_lost(self, conn: object, error: BaseException | None) -> None:
         """The connection is gone (called again for each failed reconnect attempt):
@@ -470,7 +466,7 @@ class AmqpNode:
         declared = await self._queue.declare()
         await self._queue.bind(self.topology.exchange)
         if not declared.consumer_count:
-            await self._queue.consume(self._inbox.put, no_ack=False)
+            await self._queue.consume(self._in.inbox.put, no_ack=False)
             log.warning("replica %s: its queue %s had lost its consumer; consuming again",
                         self.replica_id, self._queue.name)
 
@@ -516,7 +512,12 @@ class AmqpNode:
                      rid)
             await self._replay_stream(reread=True)
 
-    # ------------------------------------------------------------ publishing
+    # ------------------------------------------------------------ publishing and receiving
+
+    @property
+    def dead_lettered(self) -> int:
+        """Dead letters of this replica the broker confirmed since this process started."""
+        return self._in.dead_lettered
 
     @property
     def published(self) -> int:
@@ -616,101 +617,6 @@ class AmqpNode:
             self.durable.outbox_ready.set()
             await asyncio.sleep(0.05)
         await self.stop()
-
-    # ------------------------------------------------------------ receiving
-
-    async def _applier(self) -> None:
-        batch = [await self._inbox.get()]
-        while len(batch) < self.settings.prefetch and not self._inbox.empty():
-            batch.append(self._inbox.get_nowait())
-        try:
-            await self._apply(batch)
-        except BaseException:
-            for msg in batch:  # what was logged comes again and is dropped as a duplicate
-                with contextlib.suppress(Exception):
-                    await msg.nack(requeue=True)
-            raise
-
-    async def _apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
-                     reread: bool = False) -> None:
-        """Apply, log, then ack a batch of deliveries. A message the buffer cannot
-        hold is dead-lettered (never requeued) and read again by the gap watch; only
-        a message whose dead letter the broker did not confirm is requeued, and from
-        the stream nothing is (a nack there would close the connection). ``stream``:
-        they come from the stream; ``reread``: a re-read by the gap watch, where
-        what cannot be applied is skipped without dead-lettering it again."""
-        await self.durable.store_ok.wait()
-        replica = self.replica
-        before = replica.stats["applied"] - replica.stats["local"]
-        dups = replica.stats["duplicates"]
-        valid: list[bytes] = []
-        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
-        dropped = False
-        if not stream:  # through our queue: the path from the exchange to us works
-            self._echo.received([msg.message_id or "" for msg in batch], time.monotonic())
-        for msg in batch:
-            try:
-                # a duplicate (an echo of our own) needs no log
-                if replica.receive(msg.body, self._auth.sender(msg.body, msg.headers,
-                                                              msg.user_id)):
-                    valid.append(msg.body)
-            except InvalidMessage as e:
-                if not reread:
-                    dead.append((msg, e.reason, e.detail))
-            except BufferFull as e:
-                # never requeued (it would come back at once, and a sender whose gap never
-                # fills would stall the consumer): dropped here, and read again from the
-                # stream by the gap watch
-                dropped = True
-                if not reread:
-                    reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
-                    dead.append((msg, reason, str(e)))
-        # on failure nacked by the caller: they come again, and are applied anew once
-        # memory is restored from the store; what a re-read could not hold needs another
-        self.durable.log_delivered(valid, {REREAD_DUE: b"1"} if dropped else None)
-        # confirmed together: one round trip for the lot, not one per message
-        outcomes = await asyncio.gather(
-            *(self._dead_letter(m, reason, detail) for m, reason, detail in dead),
-            return_exceptions=True)
-        unsent = {id(m) for (m, _, _), out in zip(dead, outcomes, strict=True)
-                  if isinstance(out, BaseException)}
-        try:
-            if unsent and not stream:
-                # only the messages whose dead letter was not confirmed come again; never
-                # ack(multiple=True) across a nacked tag (the broker closes the channel)
-                log.error("%d dead letters not confirmed; those messages are requeued",
-                          len(unsent))
-                for msg in batch:
-                    await (msg.nack(requeue=True) if id(msg) in unsent else msg.ack())
-            else:
-                await batch[-1].ack(multiple=True)
-        except Exception as e:  # channel gone: they come again and are dropped as duplicates
-            log.warning("ack failed (%s); the broker will redeliver", e)
-        applied = replica.stats["applied"] - replica.stats["local"] - before
-        metrics.OPS_APPLIED.labels(self.replica_id).inc(applied)
-        metrics.DUPLICATES.labels(self.replica_id).inc(replica.stats["duplicates"] - dups)
-        metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
-        self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
-        self._observe()
-
-    async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
-        """Publish ``msg`` to the dead-letter exchange with the reason in its headers;
-        counted once the broker confirmed it (raises if it did not)."""
-        assert self._dlx is not None
-        log.warning("dead-lettering a message (%s: %s) from %s", reason, detail[:500],
-                    msg.user_id or msg.app_id or "?")
-        headers = dict(msg.headers or {})
-        headers.update({"x-crdt-reason": reason, "x-crdt-detail": detail[:500],
-                        "x-crdt-replica": self.replica_id})
-        try:
-            await self._dlx.publish(aio_pika.Message(msg.body, headers=headers,
-                                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                                    routing_key="", timeout=30)
-        except Exception as e:
-            log.error("could not dead-letter a message (%s); it will be requeued", e)
-            raise
-        self.dead_lettered += 1
-        metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
 
     def _observe(self) -> None:
         r, rid = self.replica, self.replica_id

@@ -31,6 +31,8 @@ from crdt_ops.wire import codec
 
 log = logging.getLogger(__name__)
 
+#: Store key set (b"1") while messages dropped over the buffer's caps await a stream re-read.
+REREAD_DUE = "reread_due"
 #: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
 MAX_GAP_BACKOFF = 32
 

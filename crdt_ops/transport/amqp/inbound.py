@@ -1,0 +1,143 @@
+"""Applying what the group delivers: authenticate, apply, log, then acknowledge.
+
+A delivered batch is applied and logged in the store in one transaction before it is
+acknowledged (:meth:`~crdt_ops.transport.durable.DurableReplica.log_delivered`), so a crash
+at any instant neither loses nor doubles it. A message that is not valid is published to
+the dead-letter exchange with its reason in the ``x-crdt-reason`` header, then
+acknowledged; one the causal buffer cannot hold is dead-lettered the same way and read
+again from the stream later (:mod:`~crdt_ops.transport.amqp.recovery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+
+from crdt_ops.causal import WaitingCapReached
+from crdt_ops.errors import BufferFull, InvalidMessage
+from crdt_ops.transport import metrics
+from crdt_ops.transport.amqp.recovery import REREAD_DUE
+from crdt_ops.transport.auth import Authenticator
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import DurableReplica
+from crdt_ops.transport.echo import EchoWatch
+
+log = logging.getLogger(__name__)
+
+
+class Inbound:
+    """Applies deliveries to ``durable``: those our queue hands to :attr:`inbox` (the
+    consumer's callback is ``inbox.put``) and stream reads handed to :meth:`apply`.
+    ``auth`` finds who sent a message; ``echo`` hears our own messages come back;
+    ``observed`` is called after each batch. :attr:`dead_letter_exchange` is set by the
+    node once connected; :attr:`dead_lettered` counts dead letters the broker confirmed."""
+
+    def __init__(self, durable: DurableReplica, settings: Settings, auth: Authenticator,
+                 echo: EchoWatch, observed: Callable[[], None]) -> None:
+        self.durable, self.settings, self.auth, self.echo = durable, settings, auth, echo
+        self.replica_id = durable.replica_id
+        self.observed = observed
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.dead_letter_exchange: AbstractExchange | None = None
+        self.dead_lettered = 0
+
+    async def run(self) -> None:
+        """Apply one batch of what our queue delivered (up to ``prefetch`` messages)."""
+        batch = [await self.inbox.get()]
+        while len(batch) < self.settings.prefetch and not self.inbox.empty():
+            batch.append(self.inbox.get_nowait())
+        try:
+            await self.apply(batch)
+        except BaseException:
+            for msg in batch:  # what was logged comes again and is dropped as a duplicate
+                with contextlib.suppress(Exception):
+                    await msg.nack(requeue=True)
+            raise
+
+    async def apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
+                     reread: bool = False) -> None:
+        """Apply, log, then ack a batch of deliveries. A message the buffer cannot
+        hold is dead-lettered (never requeued) and read again by the gap watch; only
+        a message whose dead letter the broker did not confirm is requeued, and from
+        the stream nothing is (a nack there would close the connection). ``stream``:
+        they come from the stream; ``reread``: a re-read by the gap watch, where
+        what cannot be applied is skipped without dead-lettering it again."""
+        await self.durable.store_ok.wait()
+        replica = self.durable.replica
+        before = replica.stats["applied"] - replica.stats["local"]
+        dups = replica.stats["duplicates"]
+        valid: list[bytes] = []
+        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
+        dropped = False
+        if not stream:  # through our queue: the path from the exchange to us works
+            self.echo.received([msg.message_id or "" for msg in batch], time.monotonic())
+        for msg in batch:
+            try:
+                # a duplicate (an echo of our own) needs no log
+                if replica.receive(msg.body, self.auth.sender(msg.body, msg.headers,
+                                                              msg.user_id)):
+                    valid.append(msg.body)
+            except InvalidMessage as e:
+                if not reread:
+                    dead.append((msg, e.reason, e.detail))
+            except BufferFull as e:
+                # never requeued (it would come back at once, and a sender whose gap never
+                # fills would stall the consumer): dropped here, and read again from the
+                # stream by the gap watch
+                dropped = True
+                if not reread:
+                    reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
+                    dead.append((msg, reason, str(e)))
+        # on failure nacked by the caller: they come again, and are applied anew once
+        # memory is restored from the store; what a re-read could not hold needs another
+        self.durable.log_delivered(valid, {REREAD_DUE: b"1"} if dropped else None)
+        # confirmed together: one round trip for the lot, not one per message
+        outcomes = await asyncio.gather(
+            *(self._dead_letter(m, reason, detail) for m, reason, detail in dead),
+            return_exceptions=True)
+        unsent = {id(m) for (m, _, _), out in zip(dead, outcomes, strict=True)
+                  if isinstance(out, BaseException)}
+        try:
+            if unsent and not stream:
+                # only the messages whose dead letter was not confirmed come again; never
+                # ack(multiple=True) across a nacked tag (the broker closes the channel)
+                log.error("%d dead letters not confirmed; those messages are requeued",
+                          len(unsent))
+                for msg in batch:
+                    await (msg.nack(requeue=True) if id(msg) in unsent else msg.ack())
+            else:
+                await batch[-1].ack(multiple=True)
+        except Exception as e:  # channel gone: they come again and are dropped as duplicates
+            log.warning("ack failed (%s); the broker will redeliver", e)
+        applied = replica.stats["applied"] - replica.stats["local"] - before
+        metrics.OPS_APPLIED.labels(self.replica_id).inc(applied)
+        metrics.DUPLICATES.labels(self.replica_id).inc(replica.stats["duplicates"] - dups)
+        metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
+        self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
+        self.observed()
+
+    async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
+        """Publish ``msg`` to the dead-letter exchange with the reason in its headers;
+        counted once the broker confirmed it (raises if it did not)."""
+        assert self.dead_letter_exchange is not None
+        log.warning("dead-lettering a message (%s: %s) from %s", reason, detail[:500],
+                    msg.user_id or msg.app_id or "?")
+        headers = dict(msg.headers or {})
+        headers.update({"x-crdt-reason": reason, "x-crdt-detail": detail[:500],
+                        "x-crdt-replica": self.replica_id})
+        try:
+            await self.dead_letter_exchange.publish(
+                aio_pika.Message(msg.body, headers=headers,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key="", timeout=30)
+        except Exception as e:
+            log.error("could not dead-letter a message (%s); it will be requeued", e)
+            raise
+        self.dead_lettered += 1
+        metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
