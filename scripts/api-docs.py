@@ -31,7 +31,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("The package", "crdt_ops", []),
     ("Replica", "crdt_ops.replica", ["crdt_ops.replica:Replica"]),
     ("Handles and `.value`", "crdt_ops.handles", [
-        "crdt_ops.handles:Handle", "crdt_ops.handles:CounterHandle",
+        "crdt_ops.handles:Handle", "crdt_ops.handles:Fields", "crdt_ops.handles:Target",
+        "crdt_ops.handles:CounterHandle",
         "crdt_ops.handles:GCounterHandle", "crdt_ops.handles:RegisterHandle",
         "crdt_ops.handles:MVRegisterHandle", "crdt_ops.handles:SetHandle",
         "crdt_ops.handles:FlagHandle", "crdt_ops.handles:MapHandle"]),
@@ -61,7 +62,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
 HEADER = """# API reference
 
 Generated from the docstrings by `scripts/api-docs.py`: do not edit here, edit the
-docstrings and run `.venv/bin/python scripts/api-docs.py` (`tests/test_docs.py` fails
+docstrings and run `.venv/bin/python scripts/api-docs.py` (`tests/docs/test_docs.py` fails
 when this file is stale). The README shows the library at work; `examples/embed.py` embeds
 it in a service of one's own.
 """

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from crdt_ops import Replica
 from tests.broker import ReplicaProcess, converged, explain, wait_until
-from tests.test_cluster import cluster_config, urls_from
+from tests.cluster.test_cluster import cluster_config, urls_from
 from tools.rabbitnode import RabbitNode
 
 

@@ -9,17 +9,16 @@ deletes them afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 
+from tools.harness import converged, delete_group, free_port, new_group, until, wait_until
 from tools.replica_process import ReplicaProcess as BaseReplicaProcess
 
 HOW_TO_GET_A_BROKER = (
@@ -45,28 +44,6 @@ def find_broker() -> tuple[str, Any]:
     container = RabbitMqContainer("rabbitmq:3.13-management").start()
     host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
     return f"amqp://guest:guest@{host}:{port}/", container
-
-
-def new_group() -> str:
-    return f"test-{uuid.uuid4().hex[:10]}"
-
-
-async def _delete_group(url: str, group: str, replicas: list[str]) -> None:
-    conn = await aio_pika.connect(url)
-    async with conn:
-        for name in [f"crdt.{group}.{r}" for r in replicas] + [
-                f"crdt.{group}.log", f"crdt.{group}.dead"]:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-        for name in (f"crdt.{group}", f"crdt.{group}.dlx"):
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.exchange_delete(name)
-
-
-def delete_group(url: str, group: str, replicas: list[str]) -> None:
-    asyncio.run(_delete_group(url, group, replicas))
 
 
 class ReplicaProcess(BaseReplicaProcess):
@@ -97,37 +74,6 @@ async def _dead_letters(url: str, group: str) -> list[dict[str, Any]]:
 def dead_letters(url: str, group: str) -> list[dict[str, Any]]:
     """Take every message in the group's dead-letter queue: their headers, in order."""
     return asyncio.run(_dead_letters(url, group))
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait (in an event loop) until ``cond()`` holds, or fail saying ``what``."""
-    for _ in range(int(timeout * 20)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str,
-               explain: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{explain()}")
-
-
-def converged(procs: list[ReplicaProcess], issued: dict[str, int]) -> bool:
-    """Every process reports the same state and clock, and each replica's ledger
-    counter equals what it issued."""
-    reports = [p.report() for p in procs]
-    if not all(reports) or any(r.get("buffered") for r in reports):
-        return False
-    first = reports[0]
-    if any(r["state"] != first["state"] or r["clock"] != first["clock"] for r in reports):
-        return False
-    return all(first["state"].get(f"issued/{rid}") == n for rid, n in issued.items() if n)
 
 
 def explain(procs: list[ReplicaProcess]) -> Callable[[], str]:
@@ -169,3 +115,7 @@ def restart_broker_app(downtime: float) -> None:
     finally:
         rabbitmqctl("start_app")
         rabbitmqctl("await_startup")
+
+
+__all__ = ["ReplicaProcess", "converged", "dead_letters", "delete_group", "explain",
+           "find_broker", "free_port", "new_group", "until", "wait_until"]

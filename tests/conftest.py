@@ -1,4 +1,17 @@
-"""Shared fixtures: a real RabbitMQ broker (see tests/broker.py)."""
+"""Shared fixtures (a real RabbitMQ broker: tests/broker.py) and the test layers.
+
+Tests live in one folder per layer, each marked with its name so that a tier can be run
+alone (``scripts/test -m core``; ``scripts/test --fast`` runs the core tier):
+
+- ``core``: the sans-IO library, no broker, in seconds;
+- ``transport``: the RabbitMQ transport against the real broker;
+- ``cluster``: throwaway brokers of their own (a cluster, TLS, provisioned users): root
+  and Debian's rabbitmq-server;
+- ``services``: web, logic and workers as processes, and the ``crdt-ops`` command;
+- ``browser``: the page in Chromium (scripts/install-browser);
+- ``tools``: chaos, fuzz, benchmarks and simulations, in short runs;
+- ``docs``: every code block, command and link of the docs.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,21 @@ from pathlib import Path
 import pytest
 
 from tests.broker import ReplicaProcess, delete_group, find_broker, new_group
+
+LAYERS = ("core", "transport", "cluster", "services", "browser", "tools", "docs")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer: the name of the folder it is in (tests/<layer>/).
+    A test file outside the layers' folders is refused."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        layer = Path(item.fspath).resolve().relative_to(here).parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(f"{item.fspath}: a test belongs in one of the layers' "
+                                    f"folders tests/{{{','.join(LAYERS)}}}/")
+        item.add_marker(getattr(pytest.mark, layer))
+
 
 
 @pytest.fixture(scope="session")

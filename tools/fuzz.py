@@ -78,6 +78,7 @@ from crdt_ops.replica import Replica
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
 from crdt_ops.wire import codec
+from tools.harness import converged
 from tools.replica_process import ReplicaProcess
 
 MAX_SEQ = codec.MAX_SEQ
@@ -404,17 +405,6 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> bool:
         time.sleep(0.2)
     say(f"fuzz: timed out after {timeout:.0f}s waiting for {what}")
     return False
-
-
-def converged(procs: list[ReplicaProcess], issued: dict[str, int], idle: bool = True) -> bool:
-    """Same state and clock everywhere, each ledger counter at what was issued, and
-    (``idle``) nothing waiting in any causal buffer."""
-    reports = [p.report() for p in procs]
-    if not all(reports) or (idle and any(r.get("buffered") for r in reports)):
-        return False
-    first = reports[0]
-    return (all(r["state"] == first["state"] and r["clock"] == first["clock"] for r in reports)
-            and all(first["state"].get(f"issued/{rid}") == n for rid, n in issued.items()))
 
 
 # ---------------------------------------------------------------- the broker side

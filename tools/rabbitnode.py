@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.harness import free_port
+
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RABBITMQ_HOME = Path("/var/lib/rabbitmq")
 
@@ -36,13 +38,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RabbitNode:

@@ -4,9 +4,7 @@ and deleting what a benchmark declared there."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,6 +12,7 @@ import aio_pika
 
 from crdt_ops.transport.amqp import redact_urls
 from crdt_ops.transport.topology import Topology
+from tools import harness
 from tools.bench.cpu import broker_pid
 from tools.bench.retry import retry_cleanup
 
@@ -23,7 +22,7 @@ DEFAULT_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 def new_group(prefix: str = "bench") -> str:
     """A name no other run uses: ``<prefix>-`` and 10 random hex digits."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    return harness.new_group(prefix)
 
 
 def broker_version(url: str) -> str:
@@ -48,22 +47,6 @@ def broker_info(url: str) -> str:
             + (" (on this machine)" if broker_pid() else ""))
 
 
-async def delete_queues(url: str, queues: Iterable[str], exchanges: Iterable[str] = ()) -> None:
-    """Delete ``queues``, then ``exchanges``, on the broker at ``url``, each on a
-    channel of its own; one that does not exist or cannot be deleted is passed
-    over. Raises only if the broker cannot be reached."""
-    conn = await aio_pika.connect(url)
-    async with conn:
-        for name in queues:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-        for name in exchanges:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.exchange_delete(name)
-
-
 async def delete_group_async(url: str, group: str, replicas: Iterable[str],
                              progress: Callable[[str], None]) -> None:
     """Delete the group's queues (one per replica id in ``replicas``), stream and
@@ -71,7 +54,7 @@ async def delete_group_async(url: str, group: str, replicas: Iterable[str],
     raises an :class:`Exception`."""
     queues, exchanges = Topology(group).objects(replicas)
     await retry_cleanup(f"deleting group {group}", progress,
-                        lambda: delete_queues(url, queues, exchanges),
+                        lambda: harness.delete_queues(url, queues, exchanges),
                         gave_up=f"could not delete group {group}: delete its queues "
                                 f"crdt.{group}.* by hand")
 

@@ -63,7 +63,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -80,11 +79,11 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from tools import harness
 from tools.bench.broker import (
     DEFAULT_URL,
     broker_info,
     delete_group_async,
-    delete_queues,
     new_group,
 )
 from tools.bench.cpu import BrokerCpu, percent, proc_cpu, self_cpu
@@ -92,6 +91,7 @@ from tools.bench.machine import load_average, platform_info, revision
 from tools.bench.report import Progress, first_left, info_lines, markdown_table
 from tools.bench.retry import ATTEMPTS, Disturbed, retry_cleanup, with_retries
 from tools.bench.stats import nearest_rank
+from tools.harness import free_port
 
 DEFAULT_CONTAINERS = 200
 QUICK_CONTAINERS = 20
@@ -116,12 +116,6 @@ STAGES = {
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
@@ -767,7 +761,7 @@ async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
         n = kill_containers(run_dirs, pids)
         opt.progress(f"old way: services stopped, {n} container processes killed")
         await retry_cleanup(f"deleting queues {prefix}.*", opt.progress,
-                            lambda: delete_queues(opt.url, queues))
+                            lambda: harness.delete_queues(opt.url, queues))
 
 
 async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: str,

@@ -1,7 +1,7 @@
 """The demo over RabbitMQ: what it prints and when, which replica settings it takes,
 and what it leaves on the broker (nothing of its own group; no broker user, no
 password that still logs in). Real OS processes against the real broker. (The
-settings it refuses: tests/test_cli_input.py.)
+settings it refuses: tests/services/test_cli_input.py.)
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import http.server
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,15 +25,10 @@ import aio_pika
 import pytest
 
 from tests.broker import rabbitmqctl
+from tools.harness import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_USERS = ("web", "logic", "worker.worker-1", "worker.worker-2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Demo:

@@ -1,6 +1,6 @@
 """A customer's container never runs twice, and moves only when its node is really gone.
 
-Real processes over a real broker (web, logic, two workers: tests/test_services.py's
+Real processes over a real broker (web, logic, two workers: tests/services/test_services.py's
 ``running_system``); what runs is read from the operating system (every process whose
 environment names the container, sampled every 20 ms), not from the records. The
 rule is README's "What the platform guarantees about a container whose node is
@@ -21,7 +21,7 @@ import aio_pika
 import pytest
 
 from tests.broker import wait_until
-from tests.test_services import System, alive, create, running_system
+from tests.services.test_services import System, alive, create, running_system
 from tools.rabbitnode import SERVER, RabbitNode, RabbitNodeError
 
 

@@ -28,17 +28,11 @@ import pytest
 
 from crdt_ops.replica import Replica
 from crdt_ops.transport.topology import Topology, declare
-from tools.bench.broker import delete_queues
+from tools.harness import delete_queues, free_port
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVICES = ("replica", "web", "logic", "worker")
 PROMPT_S = 5.0  # "promptly": the longest a command may take to end after the signal
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

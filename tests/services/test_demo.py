@@ -91,7 +91,7 @@ def test_run_local_runs_each_service_as_its_own_broker_user(amqp_url: str) -> No
         assert {"web", "logic", "worker.worker-1", "worker.worker-2"} <= users
         _api(port, "POST", f"/api/containers/{cid}/stop")
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "run-local"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "run-local"
     try:
         _serve_then_interrupt(["--amqp-url", amqp_url], "a broker user per service",
                               command=[str(script)], check=start_a_container)

@@ -1,4 +1,4 @@
-"""Smoke test for the real-browser setup (tests/browser.py): Debian's Chromium, driven by
+"""Smoke test for the real-browser setup (tests/chromium.py): Debian's Chromium, driven by
 Playwright, loads a page from a local http.server, runs its JS on a click, and takes a
 screenshot. Needs scripts/install-browser to have run."""
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.browser import BrowserUnavailable, launch_browser
+from tests.chromium import BrowserUnavailable, launch_browser
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

@@ -33,14 +33,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import aio_pika
 import pytest
 
 import crdt_ops
 import crdt_ops.handles
-from crdt_ops.transport.topology import Topology
+from tools.harness import delete_group_async
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted([ROOT / "README.md", ROOT / "services" / "README.md",
                *(ROOT / "docs").glob("*.md"), *(ROOT / "examples").glob("*.md")])
 LANGUAGES = {"python", "sh", "bash", "console", "text"}
@@ -109,19 +108,6 @@ def test_every_block_says_what_it_is(block: Block) -> None:
 
 # ---------------------------------------------------------------- python blocks
 
-async def _delete_group(url: str, group: str, replica_ids: list[str]) -> None:
-    conn = await aio_pika.connect(url)
-    async with conn:
-        channel = await conn.channel()
-        queues, exchanges = Topology(group).objects(replica_ids)
-        for queue in queues:
-            with contextlib.suppress(Exception):
-                await channel.queue_delete(queue)
-        for exchange in exchanges:
-            with contextlib.suppress(Exception):
-                await channel.exchange_delete(exchange)
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDT_OPS_")}
     env["CRDT_OPS_LOG"] = "WARNING"
@@ -146,7 +132,7 @@ def test_python_block_runs(block: Block, tmp_path: Path, request: pytest.Fixture
     finally:
         if uses_broker:
             ids = re.findall(r"replica_id=\"([^\"]+)\"", block.code)
-            asyncio.run(_delete_group(extra["CRDT_OPS_AMQP_URL"], group, ids))
+            asyncio.run(delete_group_async(extra["CRDT_OPS_AMQP_URL"], group, ids))
     assert done.returncode == 0, f"{block.where} failed:\n{done.stdout}\n{done.stderr}"
     if block.expected is not None:
         assert done.stdout == block.expected, (

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.browser import launch_browser, open_page, row_ids
+from tests.chromium import launch_browser, open_page, row_ids
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Dialog, Page

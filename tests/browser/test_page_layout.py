@@ -28,7 +28,7 @@ from aiohttp import web as aioweb
 from crdt_ops import Replica
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model, web
-from tests.browser import assert_fits, launch_browser, open_page, png_size, row_ids
+from tests.chromium import assert_fits, launch_browser, open_page, png_size, row_ids
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser

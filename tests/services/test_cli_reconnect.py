@@ -9,7 +9,6 @@ seconds (as a restarting broker does), then forwards again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import threading
@@ -21,17 +20,16 @@ from urllib.parse import urlparse
 
 import pytest
 
-from crdt_ops.transport.topology import Topology
 from tests.broker import ReplicaProcess, wait_until
-from tools.bench.broker import delete_queues
+from tools.harness import delete_group
 
 
 @pytest.fixture
 def group(amqp_url: str) -> Iterator[str]:
     """A new group; afterwards its replicas r1, r2 and every queue and exchange deleted."""
-    names = Topology(f"test-rc-{uuid.uuid4().hex[:8]}")
-    yield names.group
-    asyncio.run(delete_queues(amqp_url, *names.objects(["r1", "r2"])))
+    group = f"test-rc-{uuid.uuid4().hex[:8]}"
+    yield group
+    delete_group(amqp_url, group, ["r1", "r2"])
 
 
 @pytest.fixture

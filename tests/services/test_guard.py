@@ -11,7 +11,7 @@ from pathlib import Path
 from services import guard, lease
 from services.runtime import ProcessRuntime
 from tests.broker import wait_until
-from tests.test_services import alive
+from tests.services.test_services import alive
 
 
 def dead_pid() -> int:

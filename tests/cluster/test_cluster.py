@@ -17,7 +17,7 @@ from tests.broker import converged, explain, wait_until
 from tests.conftest import Group
 from tools.rabbitnode import RabbitNode
 
-CLUSTER_CONF = Path(__file__).parent.parent / "deploy" / "rabbitmq" / "cluster.conf"
+CLUSTER_CONF = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "cluster.conf"
 
 
 def cluster_config(names: list[str]) -> str:

@@ -188,7 +188,7 @@ def run(case: Case, cwd: Path) -> subprocess.CompletedProcess[str]:
     env.update(case.env)
     env["PYTHONPATH"] = os.pathsep.join(
         [*case.env.get("PYTHONPATH", "").split(os.pathsep),
-         str(Path(__file__).resolve().parent.parent)]).strip(os.pathsep)
+         str(Path(__file__).resolve().parents[2])]).strip(os.pathsep)
     return subprocess.run([sys.executable, "-m", "services.cli", *case.args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=60)
 
