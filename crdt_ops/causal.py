@@ -7,23 +7,8 @@ import itertools
 from collections.abc import Iterator, Mapping
 
 from crdt_ops.clock import Clock
-from crdt_ops.errors import BufferFull
+from crdt_ops.errors import BufferFull, WaitingCapReached
 from crdt_ops.ops import Batch
-
-
-class WaitingCapReached(BufferFull):
-    """One origin already has ``max_per_origin`` operations waiting in the causal buffer.
-
-    The refused batch changed nothing. ``origin`` is its origin and ``waits_for``
-    the (replica, seq) it would have waited on. A transport may drop it and rely
-    on reading the group's history again once the gap fills (or never, for a
-    sender whose gap never fills).
-    """
-
-    def __init__(self, origin: str, waits_for: tuple[str, int] | None, detail: str) -> None:
-        super().__init__(detail)
-        self.origin = origin
-        self.waits_for = waits_for
 
 
 class CausalBuffer:

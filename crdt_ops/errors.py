@@ -1,4 +1,6 @@
-"""The exceptions crdt-ops raises. Every one derives from :class:`CrdtError`."""
+"""The exceptions the crdt-ops core raises, in one place. Every one derives from
+:class:`CrdtError`; a rejected remote message raises an :class:`InvalidMessage` with a
+``reason`` tag (the dead-letter header); a buffer at its bounds raises :class:`BufferFull`."""
 
 from __future__ import annotations
 
@@ -50,3 +52,35 @@ class NotAMember(CrdtError):
     """This replica may not write yet: its group keeps an agreed membership and it
     is neither a founder nor admitted (``Replica.join()`` asks the members to admit
     it), or it was retired. Nothing was applied. See :mod:`crdt_ops.membership`."""
+
+
+class Forbidden(InvalidMessage):
+    """An operation writes a path its origin may not write (``reason`` ``forbidden``).
+    Locally raised before anything is applied; remotely, every replica rejects
+    the same operations."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("forbidden", detail)
+
+
+class Unauthenticated(InvalidMessage):
+    """A message's origin replica does not belong to the principal that sent it
+    (``reason`` ``unauthenticated``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("unauthenticated", detail)
+
+
+class WaitingCapReached(BufferFull):
+    """One origin already has ``max_per_origin`` operations waiting in the causal buffer.
+
+    The refused batch changed nothing. ``origin`` is its origin and ``waits_for``
+    the (replica, seq) it would have waited on. A transport may drop it and rely
+    on reading the group's history again once the gap fills (or never, for a
+    sender whose gap never fills).
+    """
+
+    def __init__(self, origin: str, waits_for: tuple[str, int] | None, detail: str) -> None:
+        super().__init__(detail)
+        self.origin = origin
+        self.waits_for = waits_for

@@ -95,7 +95,7 @@ class Handle:
     shows it, subscribers are told, before the mutator returns) and queues it for
     the replica's ``outgoing()`` (a node sends it). A mutator raises
     :class:`~crdt_ops.errors.NotAMember` if this replica may not write yet,
-    :class:`~crdt_ops.policy.Forbidden` if the replica's write policy denies the
+    :class:`~crdt_ops.errors.Forbidden` if the replica's write policy denies the
     path, and :class:`~crdt_ops.errors.InvalidValue` for a value that cannot be
     replicated; then nothing was applied.
     """

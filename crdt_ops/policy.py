@@ -27,26 +27,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from crdt_ops.errors import InvalidMessage
+from crdt_ops.errors import Forbidden
 
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class Forbidden(InvalidMessage):
-    """An operation writes a path its origin may not write (``reason`` ``forbidden``).
-    Locally raised before anything is applied; remotely, every replica rejects
-    the same operations."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("forbidden", detail)
-
-
-class Unauthenticated(InvalidMessage):
-    """A message's origin replica does not belong to the principal that sent it
-    (``reason`` ``unauthenticated``)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("unauthenticated", detail)
 
 
 def belongs(replica_id: str, principal: str) -> bool:

@@ -15,13 +15,13 @@ from typing import Any
 
 from crdt_ops.causal import CausalBuffer
 from crdt_ops.clock import Clock
-from crdt_ops.errors import CrdtError, InvalidMessage, NotAMember, TypeConflict
+from crdt_ops.errors import CrdtError, InvalidMessage, NotAMember, TypeConflict, Unauthenticated
 from crdt_ops.events import Callback, ChangeEvent, Subscribers
 from crdt_ops.handles import Fields, MapHandle, Target
 from crdt_ops.hlc import HybridClock
 from crdt_ops.membership import Membership
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
-from crdt_ops.policy import OPEN, Unauthenticated, WritePolicy, belongs
+from crdt_ops.policy import OPEN, WritePolicy, belongs
 from crdt_ops.snapshot import Snapshot
 from crdt_ops.stability import Stability
 from crdt_ops.types import Crdt, ORMap
@@ -270,7 +270,7 @@ class Replica(Fields):
 
         ``sender``: the authenticated principal that delivered the message (e.g.
         the broker user); the message's origin must belong to it
-        (:func:`crdt_ops.policy.belongs`), else :class:`~crdt_ops.policy.Unauthenticated`."""
+        (:func:`crdt_ops.policy.belongs`), else :class:`~crdt_ops.errors.Unauthenticated`."""
         msg = codec.decode(data)
         if sender is not None and not belongs(msg.origin, sender):
             raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
@@ -328,7 +328,7 @@ class Replica(Fields):
         self._apply(origin, first, ops, seen)
 
     def _authorize(self, origin: str, ops: list[Op]) -> None:
-        """Raise :class:`~crdt_ops.policy.Forbidden` unless the policy lets ``origin``
+        """Raise :class:`~crdt_ops.errors.Forbidden` unless the policy lets ``origin``
         write what each of ``ops`` writes (nothing to check without rules)."""
         if self.policy.rules:
             for op in ops:
@@ -430,7 +430,7 @@ class Replica(Fields):
 
     def submit(self, op: Op) -> None:
         """Apply an operation prepared here and queue it for :meth:`outgoing`.
-        Raises :class:`~crdt_ops.policy.Forbidden` if the policy denies it, and
+        Raises :class:`~crdt_ops.errors.Forbidden` if the policy denies it, and
         :class:`~crdt_ops.errors.NotAMember` if this replica may not write."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
             raise NotAMember(f"replica {self.replica_id!r} is not a member of its group "

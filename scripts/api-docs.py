@@ -45,7 +45,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "crdt_ops.errors:CrdtError", "crdt_ops.errors:InvalidMessage",
         "crdt_ops.errors:TypeConflict", "crdt_ops.errors:InvalidValue",
         "crdt_ops.errors:BufferFull", "crdt_ops.errors:NotAMember",
-        "crdt_ops.policy:Forbidden", "crdt_ops.policy:Unauthenticated",
+        "crdt_ops.errors:Forbidden", "crdt_ops.errors:Unauthenticated",
+        "crdt_ops.errors:WaitingCapReached",
         "crdt_ops.transport.store:StoreUnavailable", "crdt_ops.transport.store:StoreLocked"]),
     ("Nodes: a replica pumped by a transport", "crdt_ops.transport", [
         "crdt_ops.transport:Node"]),

@@ -70,9 +70,8 @@ from typing import Any
 
 import aio_pika
 
-from crdt_ops.causal import WaitingCapReached
 from crdt_ops.clock import Clock
-from crdt_ops.errors import BufferFull, InvalidMessage
+from crdt_ops.errors import BufferFull, InvalidMessage, WaitingCapReached
 from crdt_ops.ops import MAX_DEPTH, Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.replica import Replica
 from crdt_ops.transport.config import Settings

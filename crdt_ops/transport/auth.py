@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import aio_pika
 
-from crdt_ops.policy import Unauthenticated
+from crdt_ops.errors import Unauthenticated
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.signing import Keyring, Signer
 
@@ -35,7 +35,7 @@ class Authenticator(Protocol):
     def sender(self, body: bytes, headers: Mapping[str, Any] | None,
                user_id: str | None) -> str | None:
         """That principal; None: any origin. Raises
-        :class:`~crdt_ops.policy.Unauthenticated` (or
+        :class:`~crdt_ops.errors.Unauthenticated` (or
         :class:`~crdt_ops.transport.signing.BadSignature`) when the message does not say
         who sent it in the way this mode requires."""
         ...

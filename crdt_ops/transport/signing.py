@@ -22,8 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crdt_ops.errors import CrdtError, InvalidMessage
-from crdt_ops.policy import Unauthenticated
+from crdt_ops.errors import CrdtError, InvalidMessage, Unauthenticated
 
 SIGNER_HEADER = "x-crdt-signer"
 SIGNATURE_HEADER = "x-crdt-sig"
@@ -107,7 +106,7 @@ class Keyring:
 
     def signer(self, body: bytes, headers: Mapping[str, Any] | None) -> str:
         """The principal whose valid signature ``body`` carries in ``headers``; raises
-        :class:`~crdt_ops.policy.Unauthenticated` (no or unknown signer) or
+        :class:`~crdt_ops.errors.Unauthenticated` (no or unknown signer) or
         :class:`BadSignature`. The caller checks that the origin belongs to it."""
         headers = headers or {}
         who, sig = headers.get(SIGNER_HEADER), headers.get(SIGNATURE_HEADER)

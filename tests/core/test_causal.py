@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from crdt_ops import BufferFull, Replica
-from crdt_ops.causal import CausalBuffer, WaitingCapReached
+from crdt_ops.causal import CausalBuffer
+from crdt_ops.errors import WaitingCapReached
 from crdt_ops.ops import Batch, Kind, ObjType, Op
 
 OP = Op(("n",), ObjType.PNCOUNTER, Kind.COUNTER_ADD, p=1)

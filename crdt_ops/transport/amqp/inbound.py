@@ -19,8 +19,7 @@ from collections.abc import Callable
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
-from crdt_ops.causal import WaitingCapReached
-from crdt_ops.errors import BufferFull, InvalidMessage
+from crdt_ops.errors import BufferFull, InvalidMessage, WaitingCapReached
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.recovery import REREAD_DUE
 from crdt_ops.transport.auth import Authenticator
