@@ -38,12 +38,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
-    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
@@ -51,7 +49,8 @@ from aio_pika.abc import (
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.transport import metrics
-from crdt_ops.transport.amqp.connection import FailoverConnection, connect_first, redact_urls
+from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls
+from crdt_ops.transport.amqp.founding import claim_founding
 from crdt_ops.transport.amqp.inbound import Inbound
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
@@ -276,32 +275,10 @@ class AmqpNode:
                              "--store and --replica-id)")
 
     async def _claim_founding(self) -> bool:
-        """Publish this replica's claim to found the group to the exchange
-        ``crdt.G.founder``, then read the first claim of the stream ``crdt.G.founders``:
-        True if it is this replica's. Every replica reads the same first claim (a stream
-        keeps its order and its messages: reading takes nothing out), so one group has one
-        founder however many claim at once."""
+        """Whether this replica's founding claim is the group's first
+        (:func:`~crdt_ops.transport.amqp.founding.claim_founding`)."""
         assert self._conn is not None
-        names, me = self.topology, self.replica_id.encode()
-        channel = await self._conn.channel(publisher_confirms=True)
-        try:
-            exchange = await channel.get_exchange(names.founder)
-            with contextlib.suppress(aio_pika.exceptions.DeliveryError):
-                await exchange.publish(message(self.settings, me, self._signer),
-                                       routing_key="", timeout=30)
-            await channel.set_qos(prefetch_count=1)
-            stream = await channel.get_queue(names.founders)
-            first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-            async def take(msg: AbstractIncomingMessage) -> None:
-                if not first.done():
-                    first.set_result(msg.body)
-
-            await stream.consume(take, no_ack=False, arguments={"x-stream-offset": "first"})
-            return await asyncio.wait_for(first, 30) == me
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+        return await claim_founding(self._conn, self.settings, self.replica_id, self._signer)
 
     async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` in a loop; an error is logged and the loop goes on after a pause."""
@@ -641,19 +618,4 @@ class AmqpNode:
             metrics.STABLE_LAG.labels(rid).set(r.stable_lag())
 
 
-async def publish_retirement(settings: Settings, replica_id: str) -> int:
-    """Announce to ``settings.group`` that ``replica_id`` is gone for good, naming its
-    last operation found in the stream (replicas count it until they delivered that
-    one). Returns that sequence number."""
-    conn = await connect_first(settings.amqp_urls)
-    async with conn:
-        channel = await conn.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(Topology.of(settings).exchange)
-        last = await last_operation(conn, settings, exchange, replica_id)
-        await exchange.publish(
-            message(settings, Replica.retirement(replica_id, last), signer_of(settings)),
-            routing_key="")
-        return last
-
-
-__all__ = ["AmqpNode", "publish_retirement"]
+__all__ = ["AmqpNode"]

@@ -1,0 +1,62 @@
+"""Founding a group and retiring a replica, over the broker (the rules are in
+:mod:`crdt_ops.membership`): the founding claim that makes one replica a group's first
+member, and the retirement an operator publishes for a replica gone for good."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import aio_pika
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+
+from crdt_ops.replica import Replica
+from crdt_ops.transport.amqp.connection import connect_first
+from crdt_ops.transport.amqp.recovery import last_operation
+from crdt_ops.transport.auth import message, signer_of
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.signing import Signer
+from crdt_ops.transport.topology import Topology
+
+
+async def claim_founding(conn: AbstractConnection, settings: Settings, replica_id: str,
+                         signer: Signer | None) -> bool:
+    """Publish ``replica_id``'s claim to found the group to the exchange
+    ``crdt.G.founder``, then read the first claim of the stream ``crdt.G.founders``:
+    True if it is this replica's. Every replica reads the same first claim (a stream
+    keeps its order and its messages: reading takes nothing out), so one group has one
+    founder however many claim at once."""
+    names, me = Topology.of(settings), replica_id.encode()
+    channel = await conn.channel(publisher_confirms=True)
+    try:
+        exchange = await channel.get_exchange(names.founder)
+        with contextlib.suppress(aio_pika.exceptions.DeliveryError):
+            await exchange.publish(message(settings, me, signer), routing_key="", timeout=30)
+        await channel.set_qos(prefetch_count=1)
+        stream = await channel.get_queue(names.founders)
+        first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def take(msg: AbstractIncomingMessage) -> None:
+            if not first.done():
+                first.set_result(msg.body)
+
+        await stream.consume(take, no_ack=False, arguments={"x-stream-offset": "first"})
+        return await asyncio.wait_for(first, 30) == me
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def publish_retirement(settings: Settings, replica_id: str) -> int:
+    """Announce to ``settings.group`` that ``replica_id`` is gone for good, naming its
+    last operation found in the stream (replicas count it until they delivered that
+    one). Returns that sequence number."""
+    conn = await connect_first(settings.amqp_urls)
+    async with conn:
+        channel = await conn.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(Topology.of(settings).exchange)
+        last = await last_operation(conn, settings, exchange, replica_id)
+        await exchange.publish(
+            message(settings, Replica.retirement(replica_id, last), signer_of(settings)),
+            routing_key="")
+        return last
