@@ -214,7 +214,9 @@ def _check_keygen(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     from services.main import add_arguments as service_arguments
 
-    parser = Parser(prog="crdt-ops", description=__doc__)
+    parser = Parser(prog="crdt-ops", description="Operation-based CRDTs replicated through "
+                    "RabbitMQ: the services, a replica process, the operator's commands and "
+                    "(from a source checkout) the development tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     service_arguments(sub)
     for name in ("web", "logic", "worker", "demo"):

@@ -46,7 +46,7 @@ publishes each message into ``r0``'s exchange after a random delay of 0 to
 ``--late-max-delay-s`` seconds, drawn per message, so ``r0`` receives operations before
 the ones they depend on (other origins' and the same origin's earlier ones) and its
 causal buffer must hold them; ``r0``'s own messages are relayed to the group at once.
-The relay claims the founding of ``<group>-late`` (``crdt.<group>-late.founder``) for
+The relay claims the founding of ``<group>-late`` (exchange ``crdt.<group>-late.founder``) for
 the group before ``r0`` starts, so ``r0`` joins the group instead of founding another.
 Relayed messages carry the header ``x-chaos-relayed`` so the relay never relays them
 back. A message counts as relayed only once its relayed copy is confirmed, and after a
@@ -476,13 +476,15 @@ class Relay:
                     await asyncio.wait_for(wake.wait(), max(wait, 0.001))
 
     async def _claim_late_founding(self, channel: Any) -> None:
-        """Put a claim naming the group into ``crdt.<group>-late.founder`` (declared with
-        the late group's topology), so the late replica asks to be admitted instead of
-        founding a group of its own: the late group is the group, relayed."""
+        """Publish a claim naming the group to the exchange ``crdt.<group>-late.founder``
+        (declared with the late group's topology) before the late replica starts: the
+        first claim in ``crdt.<group>-late.founders`` is not the late replica's, so it asks
+        to be admitted instead of founding a group of its own: the late group is the
+        group, relayed."""
         import aio_pika
 
         founder = await channel.get_exchange(Topology.of(self.late).founder)
-        with contextlib.suppress(aio_pika.exceptions.DeliveryError):  # already claimed
+        with contextlib.suppress(aio_pika.exceptions.DeliveryError):  # a refusing queue
             await founder.publish(aio_pika.Message(self.group.group.encode(),
                                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                                   routing_key="", timeout=30)

@@ -163,7 +163,7 @@ def test_importing_the_package_does_not_load_asyncio() -> None:
 # ---------------------------------------------------------------- (c') the layers
 
 #: The strict stack, bottom up: a module may import its own layer and the ones below it,
-#: never one above (README "Layout").
+#: never one above (README "Layout"); deploy/ counts as a tool.
 LAYERS = ("core", "transport", "services", "tools")
 #: The one import upward: ``crdt-ops chaos`` (and the other tools) keep their names, so
 #: services/cli.py imports tools.commands, only while running one of them.
@@ -175,14 +175,15 @@ def layer_of(dotted_or_path: str) -> str | None:
     name = dotted_or_path.removesuffix(".py").replace("/", ".")
     if name == "crdt_ops.transport" or name.startswith("crdt_ops.transport."):
         return "transport"
-    for top, layer in (("crdt_ops", "core"), ("services", "services"), ("tools", "tools")):
+    for top, layer in (("crdt_ops", "core"), ("services", "services"), ("tools", "tools"),
+                       ("deploy", "tools")):
         if name == top or name.startswith(top + "."):
             return layer
     return None
 
 
 def project_sources() -> list[Path]:
-    return sorted(p for top in ("crdt_ops", "services", "tools")
+    return sorted(p for top in ("crdt_ops", "services", "tools", "deploy")
                   for p in (ROOT / top).rglob("*.py")
                   if p.name != "crdt_pb2.py" and "__pycache__" not in p.parts)
 

@@ -22,10 +22,11 @@ Guarantees:
 - nothing here blocks a write on the broker: writes go on while it is down;
 - membership (:mod:`crdt_ops.membership`): a new replica binds its queue, replays
   the stream up to its marker, then becomes a member before :meth:`AmqpNode.start`
-  returns: if the group has no member yet it claims founding on the broker (a
-  queue ``crdt.G.founder`` that holds one message and refuses more: the first
-  claim wins) and founds the group; otherwise it sends join requests until a
-  member's admission reaches it. A retired replica refuses to start.
+  returns: if the group has no member yet it publishes a founding claim to the
+  exchange ``crdt.G.founder`` and founds the group if its claim is the first in the
+  stream ``crdt.G.founders`` (:mod:`~crdt_ops.transport.amqp.founding`); otherwise it
+  sends join requests until a member's admission reaches it. A retired replica refuses
+  to start.
 """
 
 from __future__ import annotations
