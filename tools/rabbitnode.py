@@ -13,6 +13,7 @@ it) or to be run as the ``rabbitmq`` user itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -97,7 +98,9 @@ class RabbitNode:
             cmd = ["runuser", "-u", self._user, "--", "env", *(f"{k}={v}" for k, v in env.items()),
                    *cmd]
         (self.dir / "pid").unlink(missing_ok=True)
-        subprocess.run(cmd, env=env, cwd=self.dir, check=True, stdout=subprocess.DEVNULL)
+        with (self.dir / "startup.log").open("ab") as out:  # what the VM says before its log
+            subprocess.run(cmd, env=env, cwd=self.dir, check=True, stdout=out,
+                           stderr=subprocess.STDOUT)
         self.wait_ready(timeout)
         return self
 
@@ -114,11 +117,14 @@ class RabbitNode:
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of the node's log (for errors: the directory may be gone later)."""
         log = self.dir / "log" / f"{self.node}.log"
-        try:
+        text = ""
+        with contextlib.suppress(OSError):
             tail = log.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
-            return ""
-        text = "\n--- " + str(log) + " (end) ---\n" + "\n".join(tail)
+            text = "\n--- " + str(log) + " (end) ---\n" + "\n".join(tail)
+        startup = self.dir / "startup.log"
+        if startup.exists() and startup.stat().st_size:
+            text += ("\n--- " + str(startup) + " (end) ---\n"
+                     + "\n".join(startup.read_text(errors="replace").splitlines()[-10:]))
         dump = self.dir / "erl_crash.dump"
         if dump.exists():  # the VM died at boot: its reason is the dump's slogan
             with dump.open(errors="replace") as f:
@@ -154,15 +160,18 @@ class RabbitNode:
         self.wait_ready(timeout)
 
     def stop(self) -> None:
-        """Stop the node if it runs (gracefully, else SIGKILL)."""
+        """Stop the node if it runs (gracefully, else SIGKILL), and return once its VM is
+        gone: ``rabbitmqctl stop`` answers before the VM exits, and a node started again
+        while the old VM still holds its name (in epmd) and its data fails to boot."""
         if self.pid() is None:
             return
-        try:
+        with contextlib.suppress(RabbitNodeError):  # then it is killed below
             self.ctl("stop", timeout=60)
-        except RabbitNodeError:
-            pid = self.pid()
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while self.pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.pid() is not None:
+            self.kill()
 
     def destroy(self) -> None:
         """Stop the node and delete its data."""
