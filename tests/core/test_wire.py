@@ -150,14 +150,21 @@ def test_core_module_does_no_io(path: Path) -> None:
     assert not bad, "the sans-IO core must not import I/O or clock modules:\n" + "\n".join(bad)
 
 
-def test_importing_the_package_does_not_load_asyncio() -> None:
-    code = ("import sys\nimport crdt_ops, crdt_ops.replica, crdt_ops.wire\n"
-            "bad = sorted(m for m in ('asyncio', 'aio_pika', 'sqlite3', 'socket')"
-            " if m in sys.modules)\nprint(','.join(bad))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+def loaded_by(code: str, tops: tuple[str, ...]) -> str:
+    """The modules whose top-level package is one of ``tops`` that running ``code`` in a
+    fresh interpreter loads, comma-separated ("" for none)."""
+    probe = (f"{code}\nimport sys\nprint(','.join(sorted(m for m in sys.modules"
+             f" if m.split('.')[0] in {tops!r})))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "", f"import crdt_ops loaded {proc.stdout.strip()}"
+    return proc.stdout.strip()
+
+
+def test_importing_the_package_does_not_load_asyncio() -> None:
+    loaded = loaded_by("import crdt_ops, crdt_ops.replica, crdt_ops.wire",
+                       ("asyncio", "aio_pika", "sqlite3", "socket"))
+    assert loaded == "", f"import crdt_ops loaded {loaded}"
 
 
 # ---------------------------------------------------------------- (c') the layers
@@ -201,16 +208,13 @@ def test_no_layer_imports_a_layer_above_it() -> None:
 
 
 def test_the_library_and_the_services_load_no_tool() -> None:
-    code = ("import sys, contextlib, io\nimport crdt_ops, crdt_ops.transport.amqp\n"
-            "from services.cli import main\n"
-            "for argv in (['replica', '--help'], ['web', '--help'], ['--help']):\n"
-            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
-            "        main(argv)\n"
-            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'tools')))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "", f"the services loaded {proc.stdout.strip()}"
+    loaded = loaded_by(
+        "import contextlib, io\nimport crdt_ops, crdt_ops.transport.amqp\n"
+        "from services.cli import main\n"
+        "for argv in (['replica', '--help'], ['web', '--help'], ['--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main(argv)", ("tools",))
+    assert loaded == "", f"the services loaded {loaded}"
 
 
 def test_every_type_has_its_class_its_snapshot_encoding_and_its_handle() -> None:
