@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 #: Hard limit of one benchmark run: a hang fails the test instead of stalling CI.
-#: (A --quick run takes about 3 s (core), 20 s (amqp) and 30 s (services); a
+#: (A --quick run takes about 3 s (core), 20 s (amqp), 30 s (services) and 30 s
+#: (platform); a
 #: disturbed measurement is retried, which may take longer.)
 RUN_TIMEOUT_S = 180
 
@@ -101,6 +102,22 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
     cpu = table(out[out.index("CPU over the timed phase"):], "flow")
     assert [r[0] for r in cpu] == ["crdt-ops", "old-way"]
     assert all(re.fullmatch(r"[0-9]+|\?", c) for r in cpu for c in r[1:]), cpu
+
+
+def test_platform_benchmark_quick_run(amqp_url: str) -> None:
+    out = run_bench("platform", "--quick", "--starts", "5", "--burst", "10", "--url", amqp_url,
+                    "--quiet")
+    rows = table(out, "records")
+    assert [r[0] for r in rows] == ["50", "200"], out
+    for r in rows:
+        _records, creates, seq, burst, rss, cpu, settle = r
+        assert number(creates) > 0 and number(settle) >= 0, r
+        for pair in (seq, burst):
+            p50, p99 = map(number, pair.split(" / "))
+            assert 0 < p50 <= p99, r
+        assert len(rss.split(" / ")) == 4 and all(
+            re.fullmatch(r"-?[0-9,]+", c) for c in rss.split(" / ")), r
+        assert len(cpu.split(" / ")) == 4 and all(number(c) >= 0 for c in cpu.split(" / ")), r
 
 
 def test_shared_helpers() -> None:

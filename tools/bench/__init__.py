@@ -17,6 +17,11 @@ Commands (see ``python -m tools.bench --help``):
     Start to ``power_actual`` "on" through the real web, logic and worker processes,
     beside the same hops done as plain AMQP request/reply. See :mod:`tools.bench.services`.
 
+``platform``
+    How the services' cost grows with the platform (500 -> 5,000 -> 50,000 records): create
+    rate, Start->on one at a time and in a burst, resident bytes per record and CPU per
+    Start, per service. See :mod:`tools.bench.platform`.
+
 The pieces the benchmarks share each have a module: :mod:`~tools.bench.report`
 (progress lines, headers, Markdown tables), :mod:`~tools.bench.machine` (what
 a result was measured on), :mod:`~tools.bench.cpu` (CPU time of processes and

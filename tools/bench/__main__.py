@@ -11,13 +11,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from tools.bench import amqp, core, services
+from tools.bench import amqp, core, platform, services
 
 #: The modules' ``add_parser`` functions, one per subcommand.
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     core.add_parser,
     amqp.add_parser,
     services.add_parser,
+    platform.add_parser,
 ]
 
 

@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -323,7 +323,7 @@ class Options:
     profile_dir: Path | None = None
 
 
-async def _create(session: aiohttp.ClientSession, base: str, n: int, tag: str) -> list[str]:
+async def create_records(session: aiohttp.ClientSession, base: str, n: int, tag: str) -> list[str]:
     cids = []
     for i in range(n):
         async with session.post(f"{base}/api/containers",
@@ -335,7 +335,24 @@ async def _create(session: aiohttp.ClientSession, base: str, n: int, tag: str) -
     return cids
 
 
-async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
+@dataclass
+class Platform:
+    """The crdt-ops services of one run, up: their processes, web's base URL, an HTTP
+    session, the SSE follower of ``/api/events`` and the pids of the containers started."""
+
+    services: Services
+    base: str
+    session: aiohttp.ClientSession
+    watch: EventWatch
+    follower: asyncio.Task[None]
+    pids: list[int]
+
+
+@contextlib.asynccontextmanager
+async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platform]:
+    """web, logic and two workers (capacity ``opt.capacity``) as processes in a new group,
+    stores and logs in ``workdir``, up and following web's events; afterwards the services
+    stopped, every container process killed and the group deleted from the broker."""
     group = new_group()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -374,8 +391,7 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
             follower = asyncio.create_task(watch.follow(session, f"{base}/api/events"))
             try:
                 await asyncio.wait_for(watch.connected.wait(), 10)
-                return await _crdt_ops_measure(opt, session, base, watch, services, pids,
-                                               follower)
+                yield Platform(services, base, session, watch, follower, pids)
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -384,7 +400,7 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
                 # (else at its 15 s keep-alive, which also holds up web's shutdown): one
                 # more change makes it write now
                 with contextlib.suppress(Exception):
-                    await _create(session, base, 1, "nudge")
+                    await create_records(session, base, 1, "nudge")
                     await asyncio.sleep(0.2)
     finally:
         took = services.stop()
@@ -397,43 +413,54 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
                                  opt.progress)
 
 
+async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
+    async with running_platform(opt, workdir) as p:
+        return await _crdt_ops_measure(opt, p)
+
+
 def _on(rec: dict[str, Any]) -> bool:
     return rec.get("power_actual") == "on"
 
 
-async def _crdt_ops_measure(opt: Options, session: aiohttp.ClientSession, base: str,
-                            watch: EventWatch, services: Services, pids: list[int],
-                            follower: asyncio.Task[None]) -> FlowResult:
+async def timed_start(p: Platform, cid: str) -> Sample:
+    """Send a Start for ``cid`` and wait until web shows it on (raises :class:`Disturbed`
+    after START_TIMEOUT_S); the sample of its stages. The container's pid is noted."""
+    session, base, watch, follower = p.session, p.base, p.watch, p.follower
+    fut = watch.expect(cid, _on)
+    sample = Sample(cid, time.time())
+    t0 = time.perf_counter()
+    async with session.post(f"{base}/api/containers/{cid}/start") as resp:
+        await resp.read()
+        if resp.status != 202:
+            raise RuntimeError(f"start answered {resp.status}")
+    sample.stages["answered"] = time.perf_counter() - t0
+    try:
+        pending: set[asyncio.Future[Any]] = {fut, follower}
+        done, _ = await asyncio.wait(pending, timeout=START_TIMEOUT_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        fut.cancel()
+    if fut not in done:
+        p.services.check()
+        raise Disturbed(f"{cid} not on at web after {START_TIMEOUT_S:g}s "
+                        f"(record: {watch.records.get(cid)}; events stream "
+                        f"{'ended' if follower.done() else 'open'})")
+    sample.stages["on@web"] = fut.result() - t0
+    if cid in watch.first_assigned:
+        sample.stages["assigned@web"] = watch.first_assigned[cid] - t0
+    p.pids.append(int(watch.records[cid]["pid"]))
+    return sample
+
+
+async def _crdt_ops_measure(opt: Options, p: Platform) -> FlowResult:
     n = opt.containers
-    cids = await _create(session, base, n, "bench")
-    warm = await _create(session, base, WARMUP, "warmup")
+    services = p.services
+    cids = await create_records(p.session, p.base, n, "bench")
+    warm = await create_records(p.session, p.base, WARMUP, "warmup")
     opt.progress(f"crdt-ops: created {n} + {WARMUP} warm-up containers; warming up")
 
     async def start(cid: str) -> Sample:
-        fut = watch.expect(cid, _on)
-        sample = Sample(cid, time.time())
-        t0 = time.perf_counter()
-        async with session.post(f"{base}/api/containers/{cid}/start") as resp:
-            await resp.read()
-            if resp.status != 202:
-                raise RuntimeError(f"start answered {resp.status}")
-        sample.stages["answered"] = time.perf_counter() - t0
-        try:
-            pending: set[asyncio.Future[Any]] = {fut, follower}
-            done, _ = await asyncio.wait(pending, timeout=START_TIMEOUT_S,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            fut.cancel()
-        if fut not in done:
-            services.check()
-            raise Disturbed(f"{cid} not on at web after {START_TIMEOUT_S:g}s "
-                            f"(record: {watch.records.get(cid)}; events stream "
-                            f"{'ended' if follower.done() else 'open'})")
-        sample.stages["on@web"] = fut.result() - t0
-        if cid in watch.first_assigned:
-            sample.stages["assigned@web"] = watch.first_assigned[cid] - t0
-        pids.append(int(watch.records[cid]["pid"]))
-        return sample
+        return await timed_start(p, cid)
 
     samples, seconds, cpu = await time_starts(opt, "crdt-ops", warm, cids, start, services)
     # stages from the services' log lines (wall clock, to the millisecond)
@@ -767,8 +794,8 @@ async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
 async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: str,
                            services: Services, pids: list[int]) -> FlowResult:
     n = opt.containers
-    cids = await _create(session, base, n, "bench")
-    warm = await _create(session, base, WARMUP, "warmup")
+    cids = await create_records(session, base, n, "bench")
+    warm = await create_records(session, base, WARMUP, "warmup")
     opt.progress(f"old way: created {n} + {WARMUP} warm-up containers; warming up")
     timeout = aiohttp.ClientTimeout(total=START_TIMEOUT_S)
 
