@@ -18,16 +18,63 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node as ReplicaNode
 from services import model
+from services.index import ContainerIndex
 from services.liveness import Liveness
 
 log = logging.getLogger("services.logic")
 
 NO_CAPACITY = "no worker node with free capacity"
+#: Seconds between two rebuilds of the index from every record (a safety net: the index is
+#: kept from change events, and tests check the two agree).
+FULL_PASS_S = 60.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What logic decides for one container: the node to place it on (None: none), and
+    the reason it shows (None: none)."""
+
+    container: model.Container
+    node: model.Node | None
+    reason: str | None
+
+
+def plan(candidates: Iterable[model.Container], live: dict[str, model.Node], fresh: set[str],
+         load: Counter[str], running: Callable[[str | None], int],
+         counts: dict[str | None, int], quota: int) -> list[Decision]:
+    """The placement rules, in one place (pure). For each of ``candidates`` (in order),
+    a container that should run and is not placed on its node's live epoch needs its
+    owner under ``quota`` (``running(owner)``: how many of the owner's run now) and a
+    fresh node with free capacity (``load``: containers per live node); the least loaded
+    such node gets it (ties by name). ``load`` and ``counts`` (owner -> running, filled
+    by ``running``) are updated for each placement. Returns a decision for every
+    candidate with a name."""
+    out = []
+    for c in candidates:
+        if c.name is None:
+            continue
+        n = live.get(c.assigned_node or "")
+        placed = n is not None and c.assigned_epoch == n.epoch
+        reason, node = None, None
+        if c.power_desired == "on" and not placed:
+            if running(c.owner) >= quota:
+                reason = f"owner {c.owner!r} already runs {quota} containers (quota)"
+            else:
+                free = [live[name] for name in fresh if load[name] < live[name].capacity]
+                if free:
+                    node = min(free, key=lambda x: (load[x.name], x.name))
+                    load[node.name] += 1
+                    counts[c.owner] = running(c.owner) + 1
+                else:
+                    reason = NO_CAPACITY
+        out.append(Decision(c, node, reason))
+    return out
 
 
 class Logic:
@@ -44,6 +91,8 @@ class Logic:
         self.quota = quota
         self.monotonic = monotonic
         self.liveness = Liveness(monotonic(), margin_s)
+        #: the container records, kept from change events (services/index.py)
+        self.index = ContainerIndex()
         self._wake = asyncio.Event()
 
     def _heard(self, event: ChangeEvent) -> None:
@@ -71,38 +120,30 @@ class Logic:
         return live, fresh
 
     def decide(self) -> int:
-        """Write every decision the current state calls for; return how many."""
+        """Write every decision the current state calls for; return how many. Reads only
+        the records a decision may change (:meth:`ContainerIndex.pending
+        <services.index.ContainerIndex.pending>`) and the nodes, not every record."""
         r = self.node.replica
         live, fresh = self.live_nodes()
+        epochs: dict[str, str | None] = {name: n.epoch for name, n in live.items()}
+        idx = self.index
+        load = Counter({name: len(idx.on_at.get((name, n.epoch or ""), ()))
+                        for name, n in live.items()})
+        counts: dict[str | None, int] = {}
 
-        def placed(c: model.Container) -> bool:
-            n = live.get(c.assigned_node or "")
-            return n is not None and c.assigned_epoch == n.epoch
+        def running(owner: str | None) -> int:
+            if owner not in counts:
+                counts[owner] = idx.placed_count(idx.owner_on.get(owner, ()), epochs)
+            return counts[owner]
 
-        records = model.containers(r)
-        running = [c for c in records if c.power_desired == "on" and placed(c)]
-        load = Counter(c.assigned_node for c in running)
-        per_owner = Counter(c.owner for c in running)
         writes = 0
-        for c in records:
-            if c.name is None:
-                continue
-            reason = None
-            if c.power_desired == "on" and not placed(c):
-                if per_owner[c.owner] >= self.quota:
-                    reason = f"owner {c.owner!r} already runs {self.quota} containers (quota)"
-                else:
-                    free = [live[name] for name in fresh if load[name] < live[name].capacity]
-                    if free:
-                        best = min(free, key=lambda n: (load[n.name], n.name))
-                        self._place(c, best)
-                        load[best.name] += 1
-                        per_owner[c.owner] += 1
-                        writes += 1
-                    else:
-                        reason = NO_CAPACITY
-            if c.rejected_reason != reason:  # a reason that no longer holds goes
-                model.container(r, c.id).register("rejected_reason").set(reason)
+        for d in plan([idx.records[cid] for cid in idx.pending(epochs)], live, fresh, load,
+                      running, counts, self.quota):
+            if d.node is not None:
+                self._place(d.container, d.node)
+                writes += 1
+            if d.container.rejected_reason != d.reason:  # a reason that no longer holds goes
+                model.container(r, d.container.id).register("rejected_reason").set(d.reason)
                 writes += 1
         return writes
 
@@ -116,10 +157,20 @@ class Logic:
             rec.register("assigned_node").set(n.name)
         rec.register("assigned_epoch").set(n.epoch)
 
+    def _changed(self, event: ChangeEvent) -> None:
+        self.index.changed(event)
+        self._wake.set()
+
     async def run(self) -> None:
-        self.node.replica.subscribe(model.CONTAINERS, lambda e: self._wake.set())
-        self.node.replica.subscribe(model.NODES, self._heard)
+        r = self.node.replica
+        r.subscribe(model.CONTAINERS, self._changed)
+        r.subscribe(model.NODES, self._heard)
+        self.index.load(r)
+        full_pass = self.monotonic()
         while True:
+            if self.monotonic() - full_pass > FULL_PASS_S:  # the safety net: rebuild it
+                self.index.load(r)
+                full_pass = self.monotonic()
             self._wake.clear()  # first: a change landing while we decide wakes the next round
             if self.decide():
                 await self.node.flush()
