@@ -42,9 +42,9 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
 
         await stream.consume(take, no_ack=False, arguments={"x-stream-offset": "first"})
         return await asyncio.wait_for(first, 30) == me
-    finally:
+    finally:  # bounded: a stop signal cancelled us, and the process is waiting to end
         with contextlib.suppress(Exception):
-            await channel.close()
+            await asyncio.wait_for(channel.close(), 1)
 
 
 async def publish_retirement(settings: Settings, replica_id: str) -> int:

@@ -249,11 +249,14 @@ class AmqpNode:
             await self.stop()
             self._refuse_if_retired(replayed=True)
         said = 0.0
+        founder_known = False  # the first claim is another's: it stays the first
         while not r.is_member:
-            if not r.membership.members() and await self._claim_founding():
+            if not r.membership.members() and not founder_known \
+                    and await self._claim_founding():
                 r.found()
                 log.info("replica %s founded group %s", self.replica_id, s.group)
             else:
+                founder_known = True
                 r.join()
                 if time.monotonic() - said > 10:
                     said = time.monotonic()
