@@ -77,6 +77,26 @@ def plan(candidates: Iterable[model.Container], live: dict[str, model.Node], fre
     return out
 
 
+def decisions(idx: ContainerIndex, live: dict[str, model.Node], fresh: set[str],
+              quota: int) -> list[Decision]:
+    """:func:`plan` over the records of ``idx`` a decision may change
+    (:meth:`ContainerIndex.pending <services.index.ContainerIndex.pending>`), with the
+    nodes' load and the owners' running counts read from the index: what a full pass over
+    every record decides, at the cost of what changed."""
+    epochs: dict[str, str | None] = {name: n.epoch for name, n in live.items()}
+    load = Counter({name: len(idx.on_at.get((name, n.epoch or ""), ()))
+                    for name, n in live.items()})
+    counts: dict[str | None, int] = {}
+
+    def running(owner: str | None) -> int:
+        if owner not in counts:
+            counts[owner] = idx.placed_count(idx.owner_on.get(owner, ()), epochs)
+        return counts[owner]
+
+    return plan([idx.records[cid] for cid in idx.pending(epochs)], live, fresh, load, running,
+                counts, quota)
+
+
 class Logic:
     """Placement rules: a container that should run needs an owner under quota and a
     live node with free capacity; the least loaded such node gets it. ``margin_s``:
@@ -121,24 +141,11 @@ class Logic:
 
     def decide(self) -> int:
         """Write every decision the current state calls for; return how many. Reads only
-        the records a decision may change (:meth:`ContainerIndex.pending
-        <services.index.ContainerIndex.pending>`) and the nodes, not every record."""
+        the records a decision may change (:func:`decisions`), and the nodes."""
         r = self.node.replica
         live, fresh = self.live_nodes()
-        epochs: dict[str, str | None] = {name: n.epoch for name, n in live.items()}
-        idx = self.index
-        load = Counter({name: len(idx.on_at.get((name, n.epoch or ""), ()))
-                        for name, n in live.items()})
-        counts: dict[str | None, int] = {}
-
-        def running(owner: str | None) -> int:
-            if owner not in counts:
-                counts[owner] = idx.placed_count(idx.owner_on.get(owner, ()), epochs)
-            return counts[owner]
-
         writes = 0
-        for d in plan([idx.records[cid] for cid in idx.pending(epochs)], live, fresh, load,
-                      running, counts, self.quota):
+        for d in decisions(self.index, live, fresh, self.quota):
             if d.node is not None:
                 self._place(d.container, d.node)
                 writes += 1

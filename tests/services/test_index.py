@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from crdt_ops import Replica
 from services import model
 from services.index import ContainerIndex
-from services.logic import plan
+from services.logic import Decision, decisions, plan
 
 IDS = [f"c{i}" for i in range(8)]
 OWNERS = ["ann", "bob", None]
@@ -70,26 +70,12 @@ def full_pass(r: Replica, live: dict[str, model.Node], fresh: set[str],
     counts: dict[str | None, int] = {}
     out = plan(records, live, fresh, load, lambda o: counts.setdefault(o, per_owner[o]),
                counts, quota)
-    return [(d.container.id, d.node.name if d.node else None, d.reason) for d in out
-            if d.node is not None or d.reason != d.container.rejected_reason]
+    return writes(out)
 
 
-def from_index(idx: ContainerIndex, live: dict[str, model.Node], fresh: set[str],
-               quota: int) -> list[tuple[str, str | None, str | None]]:
-    """The decisions logic takes from the index (as Logic.decide computes them)."""
-    epochs: dict[str, str | None] = {name: n.epoch for name, n in live.items()}
-    load = Counter({name: len(idx.on_at.get((name, n.epoch or ""), ()))
-                    for name, n in live.items()})
-    counts: dict[str | None, int] = {}
-
-    def running(owner: str | None) -> int:
-        if owner not in counts:
-            counts[owner] = idx.placed_count(idx.owner_on.get(owner, ()), epochs)
-        return counts[owner]
-
-    out = plan([idx.records[c] for c in idx.pending(epochs)], live, fresh, load, running,
-               counts, quota)
-    return [(d.container.id, d.node.name if d.node else None, d.reason) for d in out
+def writes(ds: list[Decision]) -> list[tuple[str, str | None, str | None]]:
+    """The writes decisions call for: (container, node placed on, reason shown)."""
+    return [(d.container.id, d.node.name if d.node else None, d.reason) for d in ds
             if d.node is not None or d.reason != d.container.rejected_reason]
 
 
@@ -109,4 +95,4 @@ def test_the_index_kept_from_events_equals_a_full_pass(
     live = {name: model.Node(name, capacity, 0, 0, epoch, 30_000)
             for name, (epoch, capacity, _) in nodes.items()}
     fresh = {name for name, (_, _, is_fresh) in nodes.items() if is_fresh}
-    assert from_index(kept, live, fresh, quota) == full_pass(r, live, fresh, quota)
+    assert writes(decisions(kept, live, fresh, quota)) == full_pass(r, live, fresh, quota)
