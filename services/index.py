@@ -16,7 +16,8 @@ needs, so that one decision costs what the change touches:
 
 :meth:`ContainerIndex.load` rebuilds it from the replica (a full pass: at start, and as a
 safety net); :meth:`ContainerIndex.changed` applies one change event. The two agree after
-any sequence of changes (tests/services/test_index.py).
+any sequence of changes (tests/services/test_index.py). :class:`NodeRecords` does the same
+for a worker: the records assigned to its node.
 """
 
 from __future__ import annotations
@@ -115,3 +116,30 @@ def _discard(sets: dict[Any, set[str]], key: Any, cid: str) -> None:
         members.discard(cid)
         if not members:
             del sets[key]
+
+
+@dataclass
+class NodeRecords:
+    """The container records assigned to one node (``records``: id -> record), kept from
+    change events like :class:`ContainerIndex`: what a worker reconciles its runtime with,
+    without reading every record of the platform."""
+
+    node: str
+    records: dict[str, model.Container] = field(default_factory=dict)
+    loaded: bool = False
+
+    def load(self, replica: Replica) -> None:
+        """Rebuild from every container record of ``replica``."""
+        self.records = {c.id: c for c in model.containers(replica)
+                        if c.assigned_node == self.node}
+        self.loaded = True
+
+    def changed(self, event: ChangeEvent) -> None:
+        """Apply a change event of a ``containers/<id>`` key."""
+        cid = event.key[len(model.CONTAINERS):]
+        value = event.new
+        c = model.Container.of(event.key, value) if isinstance(value, dict) and value else None
+        if c is not None and c.assigned_node == self.node:
+            self.records[cid] = c
+        else:
+            self.records.pop(cid, None)

@@ -26,9 +26,13 @@ from pathlib import Path
 
 from crdt_ops.transport import Node as ReplicaNode
 from services import guard, lease, model
+from services.index import NodeRecords
 from services.runtime import Runtime, RuntimeError_
 
 log = logging.getLogger("services.worker")
+
+#: Seconds between two rebuilds of the node's records from every record (a safety net).
+FULL_PASS_S = 60.0
 
 
 class Worker:
@@ -58,6 +62,9 @@ class Worker:
         self._wake = asyncio.Event()
         self._retry_at: dict[str, tuple[float, float]] = {}  # cid -> (when, backoff)
         self._beat: tuple[float, float] | None = None  # (written at, committed at)
+        #: the records assigned to this node, kept from change events (services/index.py)
+        self.assigned = NodeRecords(name)
+        node.replica.subscribe(model.CONTAINERS, self.assigned.changed)
 
     def _adopt(self, lease_s: float) -> lease.Lease:
         """The lease of a worker that ran here before, if it still holds (a restart
@@ -111,7 +118,9 @@ class Worker:
         r = self.node.replica
         running = self.runtime.running()
         writes = 0
-        here = {c.id: c for c in model.containers(r) if c.assigned_node == self.name}
+        if not self.assigned.loaded:
+            self.assigned.load(r)
+        here = dict(self.assigned.records)
         may_run = self.lease.may_run(now)
         mine = {cid: c for cid, c in here.items() if may_run and c.power_desired == "on"
                 and c.assigned_epoch == self.lease.epoch}
@@ -164,8 +173,11 @@ class Worker:
 
     async def run(self) -> None:
         self.node.replica.subscribe(model.CONTAINERS, lambda e: self._wake.set())
-        last_beat = 0.0
+        last_beat = full_pass = 0.0
         while True:
+            if time.monotonic() - full_pass > FULL_PASS_S:  # the safety net: rebuild it
+                self.assigned.load(self.node.replica)
+                full_pass = time.monotonic()
             self.keep_lease(time.monotonic())
             if time.monotonic() - last_beat >= self.heartbeat_s:
                 if self.use_guard:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from crdt_ops import Replica
 from services import model
-from services.index import ContainerIndex
+from services.index import ContainerIndex, NodeRecords
 from services.logic import Decision, decisions, plan
 
 IDS = [f"c{i}" for i in range(8)]
@@ -96,3 +96,19 @@ def test_the_index_kept_from_events_equals_a_full_pass(
             for name, (epoch, capacity, _) in nodes.items()}
     fresh = {name for name, (_, _, is_fresh) in nodes.items() if is_fresh}
     assert writes(decisions(kept, live, fresh, quota)) == full_pass(r, live, fresh, quota)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(change, min_size=10, max_size=60))
+def test_a_nodes_records_kept_from_events_equal_a_full_pass(
+        changes: list[tuple[object, ...]]) -> None:
+    r = Replica("worker")
+    kept = {n: NodeRecords(n) for n in NODES}
+    for k in kept.values():
+        r.subscribe(model.CONTAINERS, k.changed)
+    for ch in changes:
+        apply(r, ch)
+    for name, k in kept.items():
+        rebuilt = NodeRecords(name)
+        rebuilt.load(r)
+        assert k.records == rebuilt.records, name
