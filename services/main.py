@@ -40,7 +40,7 @@ from services import logs, model, web
 from services.logic import Logic
 from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
-from services.settings import DEMO_PLACEMENT, LogicSettings, WebSettings, WorkerSettings
+from services.settings import LogicSettings, WebSettings, WorkerSettings
 from services.worker import Worker
 
 #: Each command's own settings (beside the replica's): the dataclass, and the fields of it
@@ -50,8 +50,7 @@ SERVICE_SETTINGS: dict[str, tuple[tuple[type[Any], tuple[str, ...]], ...]] = {
     "logic": ((LogicSettings, ()),),
     "worker": ((WorkerSettings, ()),),
     "demo": ((WebSettings, ()), (LogicSettings, ()),
-             (WorkerSettings, tuple(k for k in DEMO_PLACEMENT
-                                    if k in {f.name for f in fields(WorkerSettings)}))),
+             (WorkerSettings, ("capacity", "lease_s"))),
 }
 
 
@@ -258,8 +257,9 @@ def demo(args: argparse.Namespace, service: Service) -> int:
     assert service.web is not None and service.logic is not None and service.worker is not None
     host, port = service.web.host, service.web.port
     port_free(host, port)  # checked again: nothing has started yet
-    placed = (service.logic, service.worker)
-    tuned = {k: getattr(next(p for p in placed if hasattr(p, k)), k) for k in DEMO_PLACEMENT}
+    lg, wk = service.logic, service.worker
+    tuned = {"quota": lg.quota, "margin_s": lg.margin_s, "capacity": wk.capacity,
+             "lease_s": wk.lease_s}
     flags = [a for k in DEMO_PASSES if getattr(args, k, None) is not None
              for a in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
     refused_env = [config.env_name(k) for k in DEMO_REFUSES if config.env_name(k) in os.environ]

@@ -63,6 +63,3 @@ class WorkerSettings:
         """``node``, else this machine's host name."""
         return self.node or socket.gethostname()
 
-
-#: The placement settings the demo passes on to logic and to its workers.
-DEMO_PLACEMENT = ("quota", "margin_s", "capacity", "lease_s")

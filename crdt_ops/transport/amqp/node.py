@@ -379,11 +379,8 @@ class AmqpNode:
             self._narrow = True
             self._pub = await self._conn.channel(publisher_confirms=True,
                                                  on_return_raises=True)
-            self._exchange = await self._pub.get_exchange(names.exchange)
-            self._in.dead_letter_exchange = await self._pub.get_exchange(
-                names.dead_letter_exchange)
-            self._out.connection, self._out.channel = self._conn, self._pub
-            self._out.exchange = self._exchange
+            self._attach(self._pub, await self._pub.get_exchange(names.exchange),
+                         await self._pub.get_exchange(names.dead_letter_exchange))
         self._queue = await declare_member(consume, names, self.replica_id)
         if self.store.get("joined") is None:
             await self._replay_stream()
@@ -394,10 +391,15 @@ class AmqpNode:
     async def _declare_shared(self, channel: AbstractChannel) -> None:
         """Declare the group's exchanges and shared queues (:mod:`~crdt_ops.transport.topology`)."""
         exchanges = await declare(channel, self.topology)
-        self._exchange = exchanges[self.topology.exchange]
-        self._in.dead_letter_exchange = exchanges[self.topology.dead_letter_exchange]
-        self._out.connection, self._out.channel = self._conn, channel
-        self._out.exchange = self._exchange
+        self._attach(channel, exchanges[self.topology.exchange],
+                     exchanges[self.topology.dead_letter_exchange])
+
+    def _attach(self, channel: AbstractChannel, exchange: AbstractExchange,
+                dead_letters: AbstractExchange) -> None:
+        """Publish through ``channel`` to ``exchange``; dead-letter to ``dead_letters``."""
+        self._exchange = exchange
+        self._in.dead_letter_exchange = dead_letters
+        self._out.connection, self._out.channel, self._out.exchange = self._conn, channel, exchange
 
     async def _replay_stream(self, reread: bool = False) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
