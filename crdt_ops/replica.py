@@ -19,6 +19,7 @@ from crdt_ops.errors import CrdtError, InvalidMessage, NotAMember, TypeConflict,
 from crdt_ops.events import Callback, ChangeEvent, Subscribers
 from crdt_ops.handles import Fields, MapHandle, Target
 from crdt_ops.hlc import HybridClock
+from crdt_ops.keys import KeyIndex
 from crdt_ops.membership import Membership
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.policy import OPEN, WritePolicy, belongs
@@ -66,6 +67,7 @@ class Replica(Fields):
         self.max_batch_ops = max_batch_ops
         self.compact_every = compact_every
         self._root = ORMap()
+        self._keys = KeyIndex()
         self._buffer = CausalBuffer(max_ops=max_buffered_ops,
                                     max_per_origin=max_waiting_per_origin)
         #: The group's agreed membership as this replica knows it: founders, admissions,
@@ -109,14 +111,40 @@ class Replica(Fields):
         """The plain value of one top-level key, or ``default``."""
         return self._view(key, default)
 
-    def items(self, prefix: str = "") -> list[tuple[str, Any]]:
+    def items(self, prefix: str = "", *, after: str | None = None,
+              limit: int | None = None) -> list[tuple[str, Any]]:
         """The visible top-level keys that start with ``prefix`` and their plain
-        values, in key order (computing only those: cheaper than :meth:`state`)."""
-        out = []
-        for key in sorted(k for k in self._root.fields if k.startswith(prefix)):
-            value = self._view(key, _MISSING)
+        values, in key order (by code point), computing only those.
+
+        ``after``: only keys greater than it (a cursor: the last key of the previous
+        page; stable under concurrent changes, since keys keep their place);
+        ``limit``: at most that many. Cost: O(log n) to find the start, then one step
+        per key scanned (invisible keys, e.g. removed ones, are skipped)."""
+        out: list[tuple[str, Any]] = []
+        if limit is not None and limit <= 0:
+            return out
+        view = self._view
+        for key in self._keys.scan(prefix, after):
+            value = view(key, _MISSING)
             if value is not _MISSING:
                 out.append((key, value))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def keys(self, prefix: str = "", *, after: str | None = None,
+             limit: int | None = None) -> list[str]:
+        """The visible top-level keys of :meth:`items` (same arguments), without
+        computing their values."""
+        out: list[str] = []
+        if limit is not None and limit <= 0:
+            return out
+        visible = self._root.visible
+        for key in self._keys.scan(prefix, after):
+            if visible(key):
+                out.append(key)
+                if limit is not None and len(out) >= limit:
+                    break
         return out
 
     @property
@@ -368,11 +396,14 @@ class Replica(Fields):
         candidates = self._candidates
         seq = first
         admit = Kind.ADMIT
+        root = self._root
         for op in ops:
             if op.kind is admit:  # membership, not data (its path is empty: the root)
                 self._admitted(str(op.value), origin, seq, past)
                 seq += 1
                 continue
+            if op.path and not root.holds(op.path[0]) and op.kind is not Kind.MAP_REMOVE:
+                self._keys.add(op.path[0])
             target = apply(op, origin, seq)
             if op.timestamp:
                 hlc.observe(op.timestamp)
@@ -467,8 +498,8 @@ class Replica(Fields):
                              f"{other.replica_id!r}")
         before = self.state() if self._subs else {}
         last = self._hlc.last
-        for name in ("_root", "_buffer", "membership", "_stability", "_hlc", "_unsent", "_out",
-                     "_candidates", "_sent_deps", "_deps_of", "_since_compact"):
+        for name in ("_root", "_keys", "_buffer", "membership", "_stability", "_hlc",
+                     "_unsent", "_out", "_candidates", "_sent_deps", "_deps_of", "_since_compact"):
             setattr(self, name, getattr(other, name))
         self._hlc.last = max(self._hlc.last, last)
         if self._subs:
@@ -512,6 +543,7 @@ class Replica(Fields):
                                  "latest own operations")
         replica = cls(snap.replica_id, **options)
         replica._root = root
+        replica._keys = KeyIndex(root.names())
         replica._buffer.clock.update(snap.clock)
         replica._hlc.last = snap.hlc
         replica.membership.load(snap.founders, snap.admissions, snap.retiring,

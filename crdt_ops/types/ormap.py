@@ -65,6 +65,19 @@ class ORMap(Crdt):
         typed = self.fields.get(name)
         return _visible(typed, default) if typed else default
 
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` has an entry here, visible or not."""
+        return name in self.fields
+
+    def names(self) -> list[str]:
+        """Every name with an entry here, visible or not."""
+        return list(self.fields)
+
+    def visible(self, name: str) -> bool:
+        """Whether field ``name`` is visible (some entry of it is present)."""
+        typed = self.fields.get(name)
+        return typed is not None and any(f.presence for f in typed.values())
+
     def get(self, name: str, type_: ObjType) -> Crdt | None:
         """The object of a visible field, or None."""
         typed = self.fields.get(name)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdt_ops import ChangeEvent, Replica
 from tests.support import exchange, send
@@ -218,6 +220,32 @@ def test_items_lists_one_prefix_in_key_order() -> None:
                                       ("containers/b", {"name": "x"})]
     assert a.items() == sorted(a.state().items())
     assert a.get("containers/gone", "none") == "none"
+
+
+@given(st.lists(st.tuples(st.sampled_from(["c/", "d/", "c", "cc/"]),
+                          st.text("abz", min_size=0, max_size=3), st.booleans()),
+                max_size=40),
+       st.sampled_from(["", "c/", "c", "d/", "x"]), st.none() | st.text("c/abz", max_size=4),
+       st.none() | st.integers(-1, 6))
+def test_items_and_keys_page_in_key_order(writes: list[tuple[str, str, bool]], prefix: str,
+                                          after: str | None, limit: int | None) -> None:
+    """items()/keys() with a prefix, a cursor and a limit are the sorted visible keys
+    of state() with that prefix, after the cursor, cut at the limit; a snapshot keeps
+    them (the key index is rebuilt from it)."""
+    a = Replica("a")
+    for prefix_, name, remove in writes:
+        key = prefix_ + name
+        if remove:
+            a.remove(key)
+        else:
+            a.map(key).register("v").set(name)
+    for r in (a, Replica.from_snapshot(a.snapshot())):
+        want = sorted((k, v) for k, v in r.state().items() if k.startswith(prefix)
+                      and (after is None or k > after))
+        if limit is not None:
+            want = want[:max(limit, 0)]
+        assert r.items(prefix, after=after, limit=limit) == want
+        assert r.keys(prefix, after=after, limit=limit) == [k for k, _ in want]
 
 
 def test_heartbeat_feeds_stability() -> None:
