@@ -14,48 +14,210 @@ needs, so that one decision costs what the change touches:
 - ``rejected``: records that show a ``rejected_reason`` (it must be cleared once it no
   longer holds).
 
-:meth:`ContainerIndex.load` rebuilds it from the replica (a full pass: at start, and as a
-safety net); :meth:`ContainerIndex.changed` applies one change event. The two agree after
-any sequence of changes (tests/services/test_index.py). :class:`NodeRecords` does the same
-for a worker: the records assigned to its node.
+:meth:`ContainerIndex.changed` applies one change event; a *full pass* rebuilds it from
+every record of the replica: :meth:`~ContainerIndex.load` in one go, or
+:meth:`~ContainerIndex.reload` in slices of :data:`SLICE_KEYS` keys, yielding to the event
+loop between slices (what the services run, at start and as a safety net once a minute:
+at 50,000 records a pass in one go would hold the loop for a second or more). The two
+agree after any sequence of changes, and a sliced pass interleaved with changes ends equal
+to a full pass (tests/services/test_index.py). :class:`NodeRecords` does the same for a
+worker: the records assigned to its node.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 from crdt_ops import Replica
 from crdt_ops.events import ChangeEvent
 from services import model
 
+log = logging.getLogger("services.index")
+
 Placement = tuple[str, str]  # (node, epoch)
+
+#: Keys a sliced full pass (:meth:`ContainerIndex.reload`, :meth:`NodeRecords.reload`) reads
+#: before it yields to the event loop (1-2 ms of work on the development machines).
+SLICE_KEYS = 100
+#: Entries a full pass compares at the end (the view kept from events against the one it
+#: built) before it yields to the event loop.
+CHECK_KEYS = 2_000
 
 
 @dataclass
-class ContainerIndex:
+class _Kept:
+    """What :class:`ContainerIndex` and :class:`NodeRecords` share: a view of the container
+    records kept from change events (:meth:`changed`, :meth:`put`), and the full pass that
+    rebuilds it from the replica (:meth:`load` in one go, :meth:`reload` in slices)."""
+
+    #: the records kept: container id -> its record
+    records: dict[str, model.Container] = field(default_factory=dict, kw_only=True)
+    #: a full pass has completed (before that the view may lack records)
+    loaded: bool = field(default=False, kw_only=True)
+    #: while :meth:`reload` runs: the view it builds (changes go to both)
+    _shadow: _Kept | None = field(default=None, init=False, repr=False, compare=False)
+
+    def put(self, key: str, value: Any) -> None:
+        """Record ``key`` (``containers/<id>``) as having the plain value ``value``
+        (None or an empty or non-map value: no record)."""
+        raise NotImplementedError
+
+    def _empty(self) -> Self:
+        raise NotImplementedError
+
+    def changed(self, event: ChangeEvent) -> None:
+        """Apply a change event of a ``containers/<id>`` key (to the pass under way too)."""
+        self.put(event.key, event.new)
+        if self._shadow is not None:
+            self._shadow.put(event.key, event.new)
+
+    def load(self, replica: Replica) -> None:
+        """Rebuild from every container record of ``replica``, in one go."""
+        fresh = self._empty()
+        for key, value in replica.items(model.CONTAINERS):
+            fresh.put(key, value)
+        self._adopt(fresh)
+
+    async def reload(self, replica: Replica, *, slice_keys: int = SLICE_KEYS,
+                     check_keys: int = CHECK_KEYS) -> int:
+        """Rebuild from every container record of ``replica`` in slices of ``slice_keys``
+        keys (in key order, from a cursor: ``Replica.items(after=, limit=)``), yielding to
+        the event loop between slices; returns the *drift*: how many entries the view kept
+        from events had wrong (records that differed, were missing or were extra, and
+        members of the derived sets of a :class:`ContainerIndex` that were missing, extra
+        or different). Meaningless for the first pass (the view was empty).
+
+        The view is usable meanwhile: it is still kept from events, and replaced by the
+        rebuilt one at the end. The rebuilt one reads each record from the replica when
+        its slice runs and takes every change event from then on (:meth:`changed` feeds
+        both), so a record changed during the pass is never set back to what the pass
+        read before. Comparing the two at the end is sliced too (``check_keys`` entries
+        at a time). Cancelling it leaves the view as kept from events. One pass
+        at a time (RuntimeError otherwise)."""
+        if slice_keys < 1 or check_keys < 1:
+            raise ValueError(f"slice_keys and check_keys must be at least 1, not "
+                             f"{slice_keys} and {check_keys}")
+        if self._shadow is not None:
+            raise RuntimeError("a full pass is already under way")
+        shadow = self._empty()
+        self._shadow = shadow
+        drift = 0
+        after: str | None = None
+        start = len(model.CONTAINERS)
+        try:
+            while True:
+                page = replica.items(model.CONTAINERS, after=after, limit=slice_keys)
+                for key, value in page:
+                    shadow.put(key, value)
+                    cid = key[start:]
+                    new, kept = shadow.records.get(cid), self.records.get(cid)
+                    if new != kept:
+                        drift += 1
+                    elif new is not None and kept is not None:
+                        shadow.records[cid] = kept  # equal: keep one copy
+                if len(page) < slice_keys:
+                    break
+                after = page[-1][0]
+                await asyncio.sleep(0)
+            # The shadow now holds what the replica holds, and takes the same changes as
+            # the view: what differs between them is drift (records: only those the view
+            # has beyond the replica; the others were compared above).
+            drift += await _differing(self.records, shadow.records, values=False,
+                                      chunk=check_keys)
+            for f in fields(self):
+                if f.name not in _NOT_DERIVED:
+                    drift += await _differing(getattr(self, f.name), getattr(shadow, f.name),
+                                              chunk=check_keys)
+            self._adopt(shadow)
+        finally:
+            self._shadow = None
+        return drift
+
+    def _adopt(self, other: Self) -> None:
+        """Take ``other``'s content (a completed full pass)."""
+        for f in fields(self):
+            if f.name != "_shadow":
+                setattr(self, f.name, getattr(other, f.name))
+        self.loaded = True
+
+
+#: The fields of a view that are not derived sets (a full pass compares those at the end).
+_NOT_DERIVED = frozenset({"records", "loaded", "_shadow", "node"})
+
+
+async def _differing(kept: dict[Any, Any] | set[Any], built: dict[Any, Any] | set[Any], *,
+                     values: bool = True, chunk: int = CHECK_KEYS) -> int:
+    """How many keys (or members) ``kept`` has that ``built`` lacks, or (a dict, with
+    ``values``) holds another value for (for a large set, each member that differs), plus
+    how many ``built`` has beyond ``kept``: about ``chunk`` at a time, yielding to the
+    event loop between chunks. Both may change meanwhile, alike (change events go to
+    both): a key gone from ``kept`` is skipped."""
+    keys = list(kept)
+    missing = differ = 0
+    compare = values and isinstance(kept, dict) and isinstance(built, dict)
+    for i in range(0, len(keys), chunk):
+        if i:
+            await asyncio.sleep(0)
+        for k in keys[i:i + chunk]:
+            if k not in kept:
+                continue
+            if k not in built:
+                missing += 1
+            elif compare:
+                a, b = kept[k], built[k]  # type: ignore[index]
+                if isinstance(a, set) and isinstance(b, set) and len(a) > chunk:
+                    await asyncio.sleep(0)
+                    differ += await _differing(a, b, chunk=chunk)
+                elif a != b:
+                    differ += 1
+    beyond = len(built) - (len(kept) - missing)
+    return missing + differ + max(0, beyond)
+
+
+async def full_passes(view: _Kept, replica: Replica, *, every_s: float, wake: asyncio.Event,
+                      name: str) -> None:
+    """Keep ``view`` (named ``name`` in the log) rebuilt from ``replica``: a sliced full
+    pass (:meth:`_Kept.reload`) now, then one every ``every_s`` seconds (the safety net),
+    until cancelled; ``wake`` is set after each pass. Its service decides from ``view`` only
+    once ``view.loaded`` (until the first pass is done the view may lack records) and
+    meanwhile keeps serving (heartbeats, its other work). The first pass's length is
+    logged, and drift found later as a warning (the view had missed changes); a pass that
+    fails is logged and tried again a second later."""
+    while True:
+        first = not view.loaded
+        t0 = time.monotonic()
+        try:
+            drift = await view.reload(replica)
+        except Exception:
+            log.exception("%s: the full pass failed; trying again in 1 s", name)
+            await asyncio.sleep(1.0)
+            continue
+        wake.set()
+        if first:
+            log.info("%s: %d records loaded in %.2fs (a full pass in slices of %d keys)",
+                     name, len(view.records), time.monotonic() - t0, SLICE_KEYS)
+        elif drift:
+            log.warning("%s: the full pass found %d entries that differed from the replica "
+                        "(changes the view missed); rebuilt", name, drift)
+        await asyncio.sleep(every_s)
+
+
+@dataclass
+class ContainerIndex(_Kept):
     """Container records and the sets logic decides from (see the module docstring)."""
 
-    records: dict[str, model.Container] = field(default_factory=dict)
     on_at: dict[Placement, set[str]] = field(default_factory=dict)
     owner_on: dict[str | None, set[str]] = field(default_factory=dict)
     unassigned_on: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)
 
-    def load(self, replica: Replica) -> None:
-        """Rebuild from every container record of ``replica``."""
-        self.records.clear()
-        self.on_at.clear()
-        self.owner_on.clear()
-        self.unassigned_on.clear()
-        self.rejected.clear()
-        for c in model.containers(replica):
-            self._add(c)
-
-    def changed(self, event: ChangeEvent) -> None:
-        """Apply a change event of a ``containers/<id>`` key."""
-        self.put(event.key, event.new)
+    def _empty(self) -> Self:
+        return type(self)()
 
     def put(self, key: str, value: Any) -> None:
         """Record ``key`` (``containers/<id>``) as having the plain value ``value``
@@ -119,27 +281,21 @@ def _discard(sets: dict[Any, set[str]], key: Any, cid: str) -> None:
 
 
 @dataclass
-class NodeRecords:
+class NodeRecords(_Kept):
     """The container records assigned to one node (``records``: id -> record), kept from
     change events like :class:`ContainerIndex`: what a worker reconciles its runtime with,
     without reading every record of the platform."""
 
     node: str
-    records: dict[str, model.Container] = field(default_factory=dict)
-    loaded: bool = False
 
-    def load(self, replica: Replica) -> None:
-        """Rebuild from every container record of ``replica``."""
-        self.records = {c.id: c for c in model.containers(replica)
-                        if c.assigned_node == self.node}
-        self.loaded = True
+    def _empty(self) -> Self:
+        return type(self)(self.node)
 
-    def changed(self, event: ChangeEvent) -> None:
-        """Apply a change event of a ``containers/<id>`` key."""
-        cid = event.key[len(model.CONTAINERS):]
-        value = event.new
-        c = model.Container.of(event.key, value) if isinstance(value, dict) and value else None
-        if c is not None and c.assigned_node == self.node:
-            self.records[cid] = c
+    def put(self, key: str, value: Any) -> None:
+        """Record ``key`` (``containers/<id>``) as having the plain value ``value``: kept
+        when it is a record assigned to this node, else dropped."""
+        cid = key[len(model.CONTAINERS):]
+        if isinstance(value, dict) and value and value.get("assigned_node") == self.node:
+            self.records[cid] = model.Container.of(key, value)
         else:
             self.records.pop(cid, None)

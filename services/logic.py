@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node as ReplicaNode
 from services import model
-from services.index import ContainerIndex
+from services.index import ContainerIndex, full_passes
 from services.liveness import Liveness
 
 log = logging.getLogger("services.logic")
 
 NO_CAPACITY = "no worker node with free capacity"
 #: Seconds between two rebuilds of the index from every record (a safety net: the index is
-#: kept from change events, and tests check the two agree).
+#: kept from change events, and tests check the two agree). Each rebuild, and the first at
+#: start, runs in slices (services/index.py ``full_passes``).
 FULL_PASS_S = 60.0
 
 
@@ -172,14 +173,16 @@ class Logic:
         r = self.node.replica
         r.subscribe(model.CONTAINERS, self._changed)
         r.subscribe(model.NODES, self._heard)
-        self.index.load(r)
-        full_pass = self.monotonic()
-        while True:
-            if self.monotonic() - full_pass > FULL_PASS_S:  # the safety net: rebuild it
-                self.index.load(r)
-                full_pass = self.monotonic()
-            self._wake.clear()  # first: a change landing while we decide wakes the next round
-            if self.decide():
-                await self.node.flush()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+        # the index from every record, in slices: now (no decision until it is loaded: it
+        # would miss records), then every FULL_PASS_S
+        passes = asyncio.create_task(full_passes(self.index, r, every_s=FULL_PASS_S,
+                                                 wake=self._wake, name="logic's index"))
+        try:
+            while True:
+                self._wake.clear()  # first: a change landing while we decide wakes the next
+                if self.index.loaded and self.decide():
+                    await self.node.flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+        finally:
+            passes.cancel()

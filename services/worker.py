@@ -24,14 +24,16 @@ import os
 import time
 from pathlib import Path
 
+from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node as ReplicaNode
 from services import guard, lease, model
-from services.index import NodeRecords
+from services.index import NodeRecords, full_passes
 from services.runtime import Runtime, RuntimeError_
 
 log = logging.getLogger("services.worker")
 
 #: Seconds between two rebuilds of the node's records from every record (a safety net).
+#: Each rebuild, and the first at start, runs in slices (services/index.py ``full_passes``).
 FULL_PASS_S = 60.0
 
 
@@ -64,7 +66,12 @@ class Worker:
         self._beat: tuple[float, float] | None = None  # (written at, committed at)
         #: the records assigned to this node, kept from change events (services/index.py)
         self.assigned = NodeRecords(name)
-        node.replica.subscribe(model.CONTAINERS, self.assigned.changed)
+        node.replica.subscribe(model.CONTAINERS, self._changed)
+
+    def _changed(self, event: ChangeEvent) -> None:
+        """A container record changed: keep this node's records, and reconcile soon."""
+        self.assigned.changed(event)
+        self._wake.set()
 
     def _adopt(self, lease_s: float) -> lease.Lease:
         """The lease of a worker that ran here before, if it still holds (a restart
@@ -172,22 +179,28 @@ class Worker:
                 rec.register(field).set(value)  # type: ignore[arg-type]
 
     async def run(self) -> None:
-        self.node.replica.subscribe(model.CONTAINERS, lambda e: self._wake.set())
-        last_beat = full_pass = 0.0
-        while True:
-            if time.monotonic() - full_pass > FULL_PASS_S:  # the safety net: rebuild it
-                self.assigned.load(self.node.replica)
-                full_pass = time.monotonic()
-            self.keep_lease(time.monotonic())
-            if time.monotonic() - last_beat >= self.heartbeat_s:
-                if self.use_guard:
-                    guard.ensure(self.state_dir, self.runtime)
-                written = last_beat = time.monotonic()
-                self.beat()
+        # this node's records from every record, in slices: now (the worker beats meanwhile,
+        # but reconciles only once they are loaded: it would stop what it missed), then
+        # every FULL_PASS_S
+        passes = asyncio.create_task(full_passes(
+            self.assigned, self.node.replica, every_s=FULL_PASS_S, wake=self._wake,
+            name=f"{self.name}'s records"))
+        last_beat = 0.0
+        try:
+            while True:
+                self.keep_lease(time.monotonic())
+                if time.monotonic() - last_beat >= self.heartbeat_s:
+                    if self.use_guard:
+                        guard.ensure(self.state_dir, self.runtime)
+                    written = last_beat = time.monotonic()
+                    self.beat()
+                    await self.node.flush()
+                    self._beat = (written, time.monotonic())
+                self._wake.clear()  # first: a change landing while we work wakes the next
+                if self.assigned.loaded:
+                    self.reconcile()
                 await self.node.flush()
-                self._beat = (written, time.monotonic())
-            self._wake.clear()  # first: a change landing while we work wakes the next round
-            self.reconcile()
-            await self.node.flush()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.heartbeat_s / 4)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.heartbeat_s / 4)
+        finally:
+            passes.cancel()
