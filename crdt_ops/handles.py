@@ -8,6 +8,7 @@ to apply (*effect*) and send. Handles reach the replica only through :class:`Tar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol
 
 from crdt_ops.clock import Dot
@@ -39,6 +40,12 @@ class Target(Protocol):
 
     def timestamp(self) -> int:
         """A hybrid logical timestamp above every one seen here (an LWW assignment's)."""
+        ...
+
+    @property
+    def clock(self) -> Mapping[str, int]:
+        """Per replica, the last operation delivered here: a remove prepared here has
+        observed all of them."""
         ...
 
 
@@ -281,11 +288,12 @@ class MapHandle(Handle, Fields):
     def remove(self, name: str) -> None:
         """Observed-remove of field ``name``; a no-op if it is not visible here."""
         obj = self._obj()
-        if not isinstance(obj, ORMap) or not any(
-                f.presence for f in obj.fields.get(name, {}).values()):
+        if not isinstance(obj, ORMap) or not obj.visible(name):
             return
-        seen, floors = obj.observe_remove(name)
-        self._emit(Kind.MAP_REMOVE, field=name, seen=seen, floors=floors)
+        # it observes every update delivered here, a settled field's included (whose
+        # dots are gone: crdt_ops/types/settled.py)
+        self._emit(Kind.MAP_REMOVE, field=name, seen=dict(self._replica.clock),
+                   floors=obj.remove_floors(name))
 
 
 __all__ = ["CounterHandle", "Fields", "FlagHandle", "GCounterHandle", "Handle", "MVRegisterHandle",

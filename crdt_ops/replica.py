@@ -23,6 +23,7 @@ from crdt_ops.keys import KeyIndex
 from crdt_ops.membership import Membership
 from crdt_ops.ops import Batch, Heartbeat, Kind, ObjType, Op
 from crdt_ops.policy import OPEN, WritePolicy, belongs
+from crdt_ops.settler import Settler, live_paths
 from crdt_ops.snapshot import Snapshot
 from crdt_ops.stability import Stability
 from crdt_ops.types import Crdt, ORMap
@@ -78,7 +79,7 @@ class Replica(Fields):
         self._subs = Subscribers()
         self._unsent: list[Op] = []
         self._out: list[bytes] = []
-        self._candidates: dict[int, Crdt] = {}
+        self._settler = Settler()
         self._sent_deps: Clock = {}
         self._deps_of: dict[str, Clock] = {}
         self._since_compact = 0
@@ -197,7 +198,7 @@ class Replica(Fields):
 
     def metadata_size(self) -> int:
         """Metadata units held (dots, per-origin entries, waiting operations)."""
-        return self._root.size() + len(self._buffer) + len(self._candidates)
+        return self._root.size() + len(self._buffer) + len(self._settler)
 
     def subscribe(self, prefix: str, callback: Callback) -> Callable[[], None]:
         """Call ``callback(ChangeEvent)`` after every change of a key starting with
@@ -324,12 +325,14 @@ class Replica(Fields):
         member answers by admitting the sender)."""
         if hb.retired:
             self._stability.retire(hb.origin, hb.clock.get(hb.origin, 0))
-            return
-        self._stability.observe(hb.origin, hb.clock)
-        m = self.membership
-        if (hb.join and m.managed and not m.is_member(hb.origin) and hb.origin not in m.retired
-                and m.is_member(self.replica_id)):
-            self.admit(hb.origin)
+        else:
+            self._stability.observe(hb.origin, hb.clock)
+            m = self.membership
+            if (hb.join and m.managed and not m.is_member(hb.origin)
+                    and hb.origin not in m.retired and m.is_member(self.replica_id)):
+                self.admit(hb.origin)
+        if self._settler:  # a report may move the frontier: settle what it released
+            self.compact(2 * self.compact_every)
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:
@@ -393,22 +396,24 @@ class Replica(Fields):
         watch = self._subs_before(ops)
         apply = self._root.apply
         hlc = self._hlc
-        candidates = self._candidates
+        settler = self._settler if self.membership.managed else None
         seq = first
         admit = Kind.ADMIT
+        remove = Kind.MAP_REMOVE
         root = self._root
         for op in ops:
             if op.kind is admit:  # membership, not data (its path is empty: the root)
                 self._admitted(str(op.value), origin, seq, past)
                 seq += 1
                 continue
-            if op.path and not root.holds(op.path[0]) and op.kind is not Kind.MAP_REMOVE:
-                self._keys.add(op.path[0])
-            target = apply(op, origin, seq)
+            if op.kind is not remove:
+                if not root.holds(op.path[0]):
+                    self._keys.add(op.path[0])
+                if settler is not None:
+                    settler.note(op.path, origin, seq)
+            apply(op, origin, seq)
             if op.timestamp:
                 hlc.observe(op.timestamp)
-            if target is not None and target.needs_compaction():
-                candidates[id(target)] = target
             seq += 1
         self._buffer.delivered(origin, seq - 1)
         if self.membership.retiring:
@@ -423,7 +428,7 @@ class Replica(Fields):
                                             None if new is _MISSING else new, origin))
         self._since_compact += len(ops)
         if self._since_compact >= self.compact_every:
-            self.compact()
+            self.compact(2 * self.compact_every)
 
     def _admitted(self, replica: str, origin: str, seq: int, past: Mapping[str, int]) -> None:
         if self.membership.admit(replica, (origin, seq)):
@@ -475,14 +480,16 @@ class Replica(Fields):
 
     # ------------------------------------------------------------ stability
 
-    def compact(self) -> None:
-        """Drop metadata that no operation still to come can need (see Stability)."""
+    def compact(self, limit: int | None = None) -> int:
+        """Drop metadata that no operation still to come can need: settle the fields
+        whose updates all became causally stable (:mod:`crdt_ops.settler`,
+        :mod:`crdt_ops.types.settled`). ``limit``: take at most that many of the
+        written paths waiting (each costs a few microseconds), all when None.
+        Returns how many were taken. The replica calls it by itself every
+        ``compact_every`` operations and on each heartbeat it receives, with a limit of
+        twice ``compact_every``; a transport may call it more often."""
         self._since_compact = 0
-        frontier = self._stability.frontier()
-        for key, obj in list(self._candidates.items()):
-            obj.compact(frontier)
-            if not obj.needs_compaction():
-                del self._candidates[key]
+        return self._settler.settle(self._root, self._stability.frontier(), limit)
 
     # ------------------------------------------------------------ snapshots
 
@@ -499,7 +506,7 @@ class Replica(Fields):
         before = self.state() if self._subs else {}
         last = self._hlc.last
         for name in ("_root", "_keys", "_buffer", "membership", "_stability", "_hlc",
-                     "_unsent", "_out", "_candidates", "_sent_deps", "_deps_of", "_since_compact"):
+                     "_unsent", "_out", "_settler", "_sent_deps", "_deps_of", "_since_compact"):
             setattr(self, name, getattr(other, name))
         self._hlc.last = max(self._hlc.last, last)
         if self._subs:
@@ -557,20 +564,13 @@ class Replica(Fields):
         replica._drain()
         if unsent is not None:
             replica._unsent = list(unsent.ops)
-        replica._candidates = {id(c): c for c in _compaction_candidates(root)}
+        if replica.membership.managed:
+            for path, origin, seq in sorted(live_paths(root), key=lambda e: e[2]):
+                replica._settler.note(path, origin, seq)
         return replica
 
     def __repr__(self) -> str:
         return f"<Replica {self.replica_id!r} clock={dict(self._buffer.clock)}>"
-
-
-def _compaction_candidates(obj: Crdt) -> list[Crdt]:
-    out = [obj] if obj.needs_compaction() else []
-    if isinstance(obj, ORMap):
-        for typed in obj.fields.values():
-            for f in typed.values():
-                out.extend(_compaction_candidates(f.obj))
-    return out
 
 
 def _check_id(replica_id: str) -> None:

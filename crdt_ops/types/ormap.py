@@ -9,7 +9,18 @@ from crdt_ops.clock import Clock
 from crdt_ops.errors import TypeConflict
 from crdt_ops.ops import CounterFloor, Kind, ObjType, Op
 from crdt_ops.types.base import Crdt
+from crdt_ops.types.register import LWWRegister
 from crdt_ops.types.registry import new_object, register
+from crdt_ops.types.settled import (
+    SettledRegister,
+    entry_type,
+    freeze,
+    frozen_get,
+    frozen_items,
+    is_frozen,
+    plain,
+    unfreeze,
+)
 
 
 class Field:
@@ -18,15 +29,22 @@ class Field:
     ``presence`` holds, per origin, the last update to the field not yet
     removed; the field is visible while it is non-empty. ``first`` holds, per
     origin, its first update: it fixes the name's type for every operation
-    that saw it (see :meth:`ORMap.check`).
+    that saw it (see :meth:`ORMap.check`). ``fixed``: the type is fixed for every
+    operation to come (the field was settled once: :mod:`crdt_ops.types.settled`).
     """
 
-    __slots__ = ("first", "obj", "presence")
+    __slots__ = ("first", "fixed", "obj", "presence")
 
-    def __init__(self, obj: Crdt) -> None:
+    def __init__(self, obj: Crdt, fixed: bool = False) -> None:
         self.presence: Clock = {}
         self.first: Clock = {}
         self.obj = obj
+        self.fixed = fixed
+
+    def covered_by(self, frontier: Mapping[str, int]) -> bool:
+        """Whether every update this field records is covered by ``frontier``."""
+        return (all(s <= frontier.get(o, 0) for o, s in self.presence.items())
+                and all(s <= frontier.get(o, 0) for o, s in self.first.items()))
 
 
 @register
@@ -43,17 +61,23 @@ class ORMap(Crdt):
     type, writing it with another is a :class:`TypeConflict` on every replica.
     Two replicas that write a name with different types concurrently both keep
     their entries; the value shows the one of the highest type number.
+
+    A field lives in ``fields`` with its metadata while some update to it may
+    still be concurrent with one to come, and in ``settled``, in a compact form,
+    once all are causally stable (:meth:`settle`, :mod:`crdt_ops.types.settled`);
+    an update to a settled field brings it back to ``fields`` first.
     """
 
     TYPE = ObjType.ORMAP
-    __slots__ = ("fields",)
+    __slots__ = ("fields", "settled")
 
     def __init__(self) -> None:
         self.fields: dict[str, dict[ObjType, Field]] = {}
+        self.settled: dict[str, Any] = {}
 
     @property
     def value(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out = {name: plain(e) for name, e in self.settled.items()}
         for name, typed in self.fields.items():
             v = _visible(typed, _ABSENT)
             if v is not _ABSENT:
@@ -62,30 +86,39 @@ class ORMap(Crdt):
 
     def field_value(self, name: str, default: Any = None) -> Any:
         """``self.value.get(name, default)``, computing only that field."""
+        e = self.settled.get(name, _ABSENT)
+        if e is not _ABSENT:
+            return plain(e)
         typed = self.fields.get(name)
         return _visible(typed, default) if typed else default
 
     def holds(self, name: str) -> bool:
         """Whether ``name`` has an entry here, visible or not."""
-        return name in self.fields
+        return name in self.settled or name in self.fields
 
     def names(self) -> list[str]:
         """Every name with an entry here, visible or not."""
-        return list(self.fields)
+        return [*self.settled, *self.fields]
 
     def visible(self, name: str) -> bool:
         """Whether field ``name`` is visible (some entry of it is present)."""
+        if name in self.settled:
+            return True
         typed = self.fields.get(name)
         return typed is not None and any(f.presence for f in typed.values())
 
     def get(self, name: str, type_: ObjType) -> Crdt | None:
-        """The object of a visible field, or None."""
+        """The object of a visible field, or None (a settled one as a detached view)."""
+        e = self.settled.get(name, _ABSENT)
+        if e is not _ABSENT:
+            return _view(e, type_)
         typed = self.fields.get(name)
         f = typed.get(type_) if typed else None
         return f.obj if f is not None and f.presence else None
 
     def locate(self, path: Sequence[str], type_: ObjType) -> Crdt | None:
-        """The object at ``path`` with ``type_`` if it exists and is visible."""
+        """The object at ``path`` with ``type_`` if it exists and is visible (a
+        settled one as a detached, read-only view: change it by operations only)."""
         obj: Crdt = self
         last = len(path) - 1
         for d, name in enumerate(path):
@@ -100,22 +133,35 @@ class ORMap(Crdt):
     def check(self, path: Sequence[str], type_: ObjType, seen: Mapping[str, int]) -> None:
         """Raise :class:`TypeConflict` if writing ``path`` as ``type_`` writes a name with
         another type than one the writer had seen (``seen``: what it had delivered)."""
-        obj: ORMap | None = self
+        obj: Any = self
         last = len(path) - 1
         for d, name in enumerate(path):
-            if obj is None:
+            want = type_ if d == last else ObjType.ORMAP
+            if is_frozen(obj):
+                e = frozen_get(obj, name, _ABSENT)
+                if e is _ABSENT:
+                    return
+            elif isinstance(obj, ORMap):
+                e = obj.settled.get(name, _ABSENT)
+            else:
                 return
+            if e is not _ABSENT:
+                t = entry_type(e)
+                if t != want:
+                    raise TypeConflict(
+                        f"{'/'.join(path[: d + 1])!r} holds a {t.name}, not a {want.name}")
+                obj = e
+                continue
             typed = obj.fields.get(name)
             if not typed:
                 return
-            want = type_ if d == last else ObjType.ORMAP
             for t, f in typed.items():
-                if t != want and any(s <= seen.get(o, 0) for o, s in f.first.items()):
+                if t != want and (f.fixed or any(s <= seen.get(o, 0)
+                                                 for o, s in f.first.items())):
                     raise TypeConflict(
                         f"{'/'.join(path[: d + 1])!r} holds a {t.name}, not a {want.name}")
             entry = typed.get(want)
-            nxt = entry.obj if entry is not None else None
-            obj = nxt if isinstance(nxt, ORMap) else None
+            obj = entry.obj if entry is not None else None
 
     def apply(self, op: Op, origin: str, seq: int) -> Crdt | None:
         """Apply ``op`` at the object its path names, creating fields on the way
@@ -127,6 +173,15 @@ class ORMap(Crdt):
         for d, name in enumerate(path):
             assert isinstance(obj, ORMap)
             want = op.type if d == last else ObjType.ORMAP
+            if name in obj.settled:
+                if updating:
+                    obj.thaw(name)
+                else:  # a remove below a settled map: reach it, leave its presence
+                    nxt = obj.open(name, want)
+                    if nxt is None:
+                        return None
+                    obj = nxt
+                    continue
             typed = obj.fields.get(name)
             if typed is None:
                 if not updating:
@@ -146,6 +201,8 @@ class ORMap(Crdt):
         return obj
 
     def effect(self, op: Op, origin: str, seq: int) -> None:
+        if op.field in self.settled:
+            self.thaw(op.field)
         typed = self.fields.get(op.field)
         if not typed:
             return
@@ -153,19 +210,23 @@ class ORMap(Crdt):
             _drop_presence(f.presence, op.seen)
             f.obj.reset(op.seen, _route(op.floors, t, 0), 0)
 
-    def observe_remove(self, name: str) -> tuple[Clock, tuple[CounterFloor, ...]]:
-        """What a remove of field ``name`` observes: the last update per origin,
-        and the counter amounts inside it."""
-        seen: Clock = {}
+    def remove_floors(self, name: str) -> tuple[CounterFloor, ...]:
+        """The counter amounts a remove of field ``name`` observes (per origin, as
+        held here). Its dots need no list: a remove observes every update delivered
+        where it is prepared (the replica's clock), which covers the field's."""
         floors: list[CounterFloor] = []
+        e = self.settled.get(name, _ABSENT)
+        if e is not _ABSENT:
+            floors.extend(_entry_floors(e, ()))
         for f in self.fields.get(name, {}).values():
-            for o, s in f.presence.items():
-                if s > seen.get(o, 0):
-                    seen[o] = s
             floors.extend(f.obj.floors(()))
-        return seen, tuple(floors)
+        return tuple(floors)
 
     def reset(self, seen: Mapping[str, int], floors: Sequence[CounterFloor], depth: int) -> None:
+        # every settled update here is causally before the remove being applied (it
+        # was stable when it settled): thawed with no presence, the reset drops it
+        for name in list(self.settled):
+            self.thaw(name)
         for name, typed in self.fields.items():
             mine = [f for f in floors if f.path[depth] == name]
             for t, f in typed.items():
@@ -174,14 +235,126 @@ class ORMap(Crdt):
 
     def floors(self, prefix: tuple[str, ...]) -> list[CounterFloor]:
         out: list[CounterFloor] = []
+        for name, e in self.settled.items():
+            out.extend(_entry_floors(e, (*prefix, name)))
         for name, typed in self.fields.items():
             for f in typed.values():
                 out.extend(f.obj.floors((*prefix, name)))
         return out
 
     def size(self) -> int:
-        return sum(1 + len(f.presence) + len(f.first) + f.obj.size()
-                   for typed in self.fields.values() for f in typed.values())
+        return len(self.settled) + sum(
+            1 + len(f.presence) + len(f.first) + f.obj.size()
+            for typed in self.fields.values() for f in typed.values())
+
+    # ------------------------------------------------------------ settling
+
+    def thaw(self, name: str) -> None:
+        """Bring settled field ``name`` back to ``fields`` (an update or a remove is
+        about to change it): a field of fixed type with no presence (an update adds
+        its own; a remove has observed the settled ones), whose object is the
+        settled one or, for a register, an empty one (any assignment to come
+        supersedes the settled one)."""
+        e = self.settled.pop(name)
+        t = entry_type(e)
+        if t is ObjType.LWW_REGISTER:
+            obj: Crdt = new_object(t)
+        elif is_frozen(e):
+            obj = ORMap()
+            obj.settled = unfreeze(e)
+        else:
+            obj = e
+        self.fields[name] = {t: Field(obj, fixed=True)}
+
+    def open(self, name: str, type_: ObjType) -> ORMap | None:
+        """The settled map at field ``name`` as a live object kept in ``settled``
+        (a frozen one is unfrozen in place), or None if it is not a map of ``type_``."""
+        e = self.settled[name]
+        if type_ is not ObjType.ORMAP:
+            return None
+        if is_frozen(e):
+            m = ORMap()
+            m.settled = unfreeze(e)
+            self.settled[name] = m
+            return m
+        return e if isinstance(e, ORMap) else None
+
+    def child(self, name: str) -> Any:
+        """The map at field ``name`` (live or settled, a frozen one as its tuple) for
+        walking a path, or None."""
+        e = self.settled.get(name, _ABSENT)
+        if e is not _ABSENT:
+            return e if is_frozen(e) or isinstance(e, ORMap) else None
+        typed = self.fields.get(name)
+        f = typed.get(ObjType.ORMAP) if typed else None
+        return f.obj if f is not None else None
+
+    def freezable(self) -> bool:
+        """Whether every field here is settled, maps below frozen (so that a frozen map
+        holds nothing left to settle)."""
+        return not self.fields and not any(type(e) is ORMap for e in self.settled.values())
+
+    def settle(self, name: str, frontier: Mapping[str, int]) -> bool:
+        """Move field ``name`` to ``settled`` if every update to it is covered by
+        ``frontier`` (a compaction frontier: :meth:`Stability.frontier`), freezing a
+        map whose fields are all settled; returns whether it is settled now.
+
+        A field stays live while it is removed (no presence: it keeps fixing the
+        name's type, with the types below it), written with two types, or (a
+        register) holds an assignment the frontier does not cover."""
+        e = self.settled.get(name, _ABSENT)
+        if e is not _ABSENT:
+            if type(e) is ORMap and e.freezable():
+                self.settled[name] = freeze(e.settled)
+            return True
+        typed = self.fields.get(name)
+        if not typed or len(typed) != 1:
+            return False
+        ((_, f),) = typed.items()
+        obj = f.obj
+        if obj.needs_compaction():
+            obj.compact(frontier)  # a register's stable losing assignments
+        if not f.presence or not f.covered_by(frontier):
+            return False
+        if isinstance(obj, LWWRegister):
+            if len(obj.entries) != 1:
+                return False
+            ((o, s), (_, v)), = obj.entries.items()
+            if s > frontier.get(o, 0):
+                return False
+            entry: Any = v
+        elif isinstance(obj, ORMap) and obj.freezable():
+            entry = freeze(obj.settled)
+        else:
+            entry = obj
+        del self.fields[name]
+        self.settled[name] = entry
+        return True
+
+
+def _view(entry: Any, type_: ObjType) -> Crdt | None:
+    """A settled entry as an object of ``type_`` for reading, or None if it has another."""
+    if entry_type(entry) is not type_:
+        return None
+    if is_frozen(entry):
+        m = ORMap()
+        m.settled = unfreeze(entry)
+        return m
+    if isinstance(entry, Crdt):
+        return entry
+    return SettledRegister(entry)
+
+
+def _entry_floors(entry: Any, prefix: tuple[str, ...]) -> list[CounterFloor]:
+    """The counter amounts inside a settled entry (under ``prefix``)."""
+    if is_frozen(entry):
+        out: list[CounterFloor] = []
+        for name, e in frozen_items(entry):
+            out.extend(_entry_floors(e, (*prefix, name)))
+        return out
+    if isinstance(entry, Crdt):
+        return entry.floors(prefix)
+    return []
 
 
 def _drop_presence(presence: Clock, seen: Mapping[str, int]) -> None:

@@ -8,6 +8,7 @@ on and raises :class:`InvalidMessage` (with a reason tag) for anything else.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -38,10 +39,15 @@ from crdt_ops.types import (
     new_object,
 )
 from crdt_ops.types.ormap import Field
+from crdt_ops.types.settled import entry_type, freeze, frozen_items, is_frozen
 from crdt_ops.values import Value, value_key
 from crdt_ops.wire import crdt_pb2 as pb
 
 VERSION = 1
+#: Decoded str values up to this many characters are interned: one object per distinct
+#: string (``"on"``, a node's name, an owner) however many records hold it.
+SHARED_VALUE = 64
+_intern = sys.intern
 MAX_SEQ = 2**63 - 1
 MAX_ID = 256
 _OBJ_TYPES = {t.value: t for t in ObjType}
@@ -79,6 +85,8 @@ def _get_value(msg: pb.Value) -> Value:
     v: Value = getattr(msg, kind)
     if kind == "float_value" and math.isnan(v):  # type: ignore[arg-type]
         raise _bad("bad-value", "NaN is not a replicable value")
+    if kind == "str_value" and len(v) <= SHARED_VALUE:  # type: ignore[arg-type]
+        return _intern(v)  # type: ignore[arg-type]
     return v
 
 
@@ -88,7 +96,7 @@ def _get_value(msg: pb.Value) -> Value:
 def _id(value: str, what: str) -> str:
     if not value or len(value) > MAX_ID:
         raise _bad("bad-id", f"{what} must be 1..{MAX_ID} characters, got {len(value)}")
-    return value
+    return _intern(value)
 
 
 def _seq(value: int, what: str) -> int:
@@ -113,7 +121,7 @@ def _get_clock(entries: Iterable[pb.ClockEntry], what: str) -> Clock:
             _seq(s, f"{what} seq")
             raise _bad("bad-clock", f"{what} names {r!r} twice")
         if s:
-            out[r] = s
+            out[_intern(r)] = s
     return out
 
 
@@ -131,7 +139,7 @@ def _get_dots(entries: Iterable[pb.Dot]) -> tuple[Dot, ...]:
         if not r or len(r) > MAX_ID or not 1 <= s <= MAX_SEQ:
             _id(r, "dot replica")
             _seq(s, "dot seq")
-        out.append((r, s))
+        out.append((_intern(r), s))
     return tuple(out)
 
 
@@ -190,7 +198,7 @@ def _get_type(value: int, what: str) -> ObjType:
 
 
 def _get_path(names: Sequence[str]) -> tuple[str, ...]:
-    path = tuple(names)
+    path = tuple(map(_intern, names))
     if len(path) > MAX_DEPTH:
         raise _bad("bad-path", f"path has {len(path)} levels (max {MAX_DEPTH})")
     if "" in path:
@@ -388,22 +396,66 @@ def _get_flag(msg: pb.ObjectState, obj: EWFlag) -> None:
 
 
 def _put_map(msg: pb.ObjectState, obj: ORMap) -> None:
+    for name, entry in obj.settled.items():
+        _put_settled(msg.fields.add(), name, entry)
     for name, typed in obj.fields.items():
         for t, f in typed.items():
             fs = msg.fields.add()
             fs.name = name
             fs.type = t.value  # type: ignore[assignment]
+            fs.fixed = f.fixed
             _put_clock(fs.presence, f.presence)
             _put_clock(fs.first, f.first)
             put_object(fs.object, f.obj)
 
 
+def _put_settled(fs: pb.FieldState, name: str, entry: Any) -> None:
+    """A settled entry (crdt_ops/types/settled.py) as a field marked ``settled``."""
+    fs.name = name
+    fs.settled = True
+    t = entry_type(entry)
+    fs.type = t.value  # type: ignore[assignment]
+    if is_frozen(entry):
+        fs.object.type = t.value  # type: ignore[assignment]
+        for n, e in frozen_items(entry):
+            _put_settled(fs.object.fields.add(), n, e)
+    elif isinstance(entry, Crdt):
+        put_object(fs.object, entry)
+    else:
+        fs.object.type = t.value  # type: ignore[assignment]
+        _put_value(fs.object.entries.add().value, entry)
+
+
 def _get_map(msg: pb.ObjectState, obj: ORMap) -> None:
     for fs in msg.fields:
-        f = Field(get_object(fs.object))
+        name = _intern(fs.name)
+        t = _get_type(fs.type, "a field")
+        if fs.settled:
+            if name in obj.settled or name in obj.fields:
+                raise _bad("bad-snapshot", f"settled field {name!r} is listed twice")
+            obj.settled[name] = _get_settled(fs, t)
+            continue
+        f = Field(get_object(fs.object), fixed=fs.fixed)
         f.presence = _get_clock(fs.presence, "presence")
         f.first = _get_clock(fs.first, "first")
-        obj.fields.setdefault(fs.name, {})[_get_type(fs.type, "a field")] = f
+        obj.fields.setdefault(name, {})[t] = f
+    for name in obj.settled.keys() & obj.fields.keys():
+        raise _bad("bad-snapshot", f"field {name!r} is both settled and live")
+
+
+def _get_settled(fs: pb.FieldState, t: ObjType) -> Any:
+    if t is ObjType.LWW_REGISTER:
+        if len(fs.object.entries) != 1:
+            raise _bad("bad-snapshot", f"settled register {fs.name!r} holds "
+                       f"{len(fs.object.entries)} values, not one")
+        return _get_value(fs.object.entries[0].value)
+    obj = get_object(fs.object)
+    if obj.TYPE is not t:
+        raise _bad("bad-snapshot", f"settled field {fs.name!r} is a {t.name} holding a "
+                   f"{obj.TYPE.name}")
+    if isinstance(obj, ORMap) and obj.freezable():
+        return freeze(obj.settled)
+    return obj
 
 
 #: Each type's state in a snapshot: (write it into ObjectState, read it from one into an

@@ -636,8 +636,16 @@ class FieldState(_message.Message):
     PRESENCE_FIELD_NUMBER: _builtins.int
     FIRST_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
+    FIXED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     type: Global___ObjType.ValueType
+    settled: _builtins.bool
+    """every update to the field is causally stable (crdt_ops/types/settled.py): no
+    presence or first; a register's object holds one entry, its value, with no dot
+    """
+    fixed: _builtins.bool
+    """the name's type is fixed for every operation to come"""
     @_builtins.property
     def presence(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]: ...
     @_builtins.property
@@ -654,10 +662,12 @@ class FieldState(_message.Message):
         presence: _abc.Iterable[Global___ClockEntry] | None = ...,
         first: _abc.Iterable[Global___ClockEntry] | None = ...,
         object: Global___ObjectState | None = ...,
+        settled: _builtins.bool = ...,
+        fixed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "name", b"name", "object", b"object", "presence", b"presence", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "fixed", b"fixed", "name", b"name", "object", b"object", "presence", b"presence", "settled", b"settled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 import tracemalloc
 
+import pytest
+
 from crdt_ops import Replica
+from crdt_ops.errors import TypeConflict
 from crdt_ops.transport.memory import MemoryNetwork
 from tests.support import exchange, send
 
@@ -131,3 +134,88 @@ def test_a_member_never_heard_from_holds_stability_until_retired() -> None:
     b.heartbeat()
     exchange(a, b)
     assert a.stable_clock()["a"] == 2
+
+
+def _stable(net: MemoryNetwork, replicas: list[Replica], compact: list[Replica]) -> None:
+    """Deliver everything, let every replica hear every clock, compact ``compact``."""
+    for _ in range(2):
+        net.settle()
+        for r in replicas:
+            r.heartbeat()
+        net.settle()
+    for r in compact:
+        r.compact()
+
+
+def _record(r: Replica, cid: str) -> None:
+    m = r.map("containers/" + cid)
+    m.register("name").set(f"n-{cid}")
+    m.register("power").set("off")
+    m.map("workers").map("n1").register("pid").set(7)
+
+
+def test_a_stable_record_settles_into_a_frozen_map_and_stays_the_same() -> None:
+    """Once its updates are causally stable a record is held as one frozen tuple
+    (crdt_ops/types/settled.py): no dots, no presence. Its value, reads through
+    handles, a snapshot and the type of each name are unchanged; a later write
+    brings back only what it touches."""
+    net = MemoryNetwork(seed=3)
+    a, b, c = (net.add(Replica(x, members="abc")) for x in "abc")
+    _record(a, "1")
+    b.map("containers/1").counter("restarts").increment(2)
+    net.settle()
+    before = a.state()
+    _stable(net, [a, b, c], [a, b, c])
+    assert a.state() == before == c.state()
+    entry = a._root.settled["containers/1"]
+    assert type(entry) is tuple  # frozen, down to workers/n1
+    assert a.metadata_size() == 1
+    assert a.map("containers/1").register("name").value == "n-1"
+    assert a.map("containers/1").map("workers").map("n1").register("pid").value == 7
+    with pytest.raises(TypeConflict):
+        a.map("containers/1").counter("name")
+    restored = Replica.from_snapshot(a.snapshot(), members="abc")
+    assert restored.state() == before
+    assert type(restored._root.settled["containers/1"]) is tuple
+    with pytest.raises(TypeConflict):
+        restored.map("containers/1").map("power")
+
+    c.map("containers/1").register("power").set("on")
+    c.map("containers/1").counter("restarts").increment()
+    net.settle()
+    for r in (a, b, c):
+        assert r.get("containers/1") == {"name": "n-1", "power": "on", "restarts": 3,
+                                         "workers": {"n1": {"pid": 7}}}
+    _stable(net, [a, b, c], [a, b, c])
+    assert all(type(r._root.settled["containers/1"]) is tuple for r in (a, b, c))
+
+
+def test_removes_and_assignments_reach_replicas_that_have_not_settled() -> None:
+    """A replica that settled a field prepares operations without its dots: a remove
+    (it observes the whole clock) and an assignment (newer than the settled one) act
+    the same at a replica that still holds the dots; a concurrent update survives the
+    remove everywhere."""
+    net = MemoryNetwork(seed=4)
+    a, b, c = (net.add(Replica(x, members="abc", compact_every=10**9)) for x in "abc")
+    _record(b, "1")
+    _record(b, "2")
+    net.settle()
+    net.partition(["a", "b"], ["c"])  # c hears no clock: it cannot settle anything
+    for r in (a, b):
+        r.receive(c.clock_message())
+    _stable(net, [a, b], [a])  # a settles
+    assert type(a._root.settled["containers/1"]) is tuple
+    assert "containers/1" in c._root.fields
+    net.partition(["a"], ["b"], ["c"])
+    a.map("containers/1").register("power").set("on")
+    a.remove("containers/2")
+    c.map("containers/2").register("power").set("crashed")  # concurrent with the remove
+    net.heal()
+    net.settle()
+    assert net.converged()
+    for r in (a, b, c):
+        assert r.get("containers/1")["power"] == "on"
+        assert r.get("containers/2") == {"power": "crashed"}
+    _stable(net, [a, b, c], [a, b, c])
+    assert net.converged()
+    assert [r.metadata_size() for r in (a, b, c)] == [r.metadata_size() for r in (c, a, b)]
