@@ -42,11 +42,9 @@ from crdt_ops.types.ormap import Field
 from crdt_ops.types.settled import entry_type, freeze, frozen_items, is_frozen
 from crdt_ops.values import Value, value_key
 from crdt_ops.wire import crdt_pb2 as pb
+from crdt_ops.wire import frozen
 
 VERSION = 1
-#: Decoded str values up to this many characters are interned: one object per distinct
-#: string (``"on"``, a node's name, an owner) however many records hold it.
-SHARED_VALUE = 64
 _intern = sys.intern
 MAX_SEQ = 2**63 - 1
 MAX_ID = 256
@@ -85,7 +83,7 @@ def _get_value(msg: pb.Value) -> Value:
     v: Value = getattr(msg, kind)
     if kind == "float_value" and math.isnan(v):  # type: ignore[arg-type]
         raise _bad("bad-value", "NaN is not a replicable value")
-    if kind == "str_value" and len(v) <= SHARED_VALUE:  # type: ignore[arg-type]
+    if kind == "str_value" and len(v) <= frozen.SHARED_VALUE:  # type: ignore[arg-type]
         return _intern(v)  # type: ignore[arg-type]
     return v
 
@@ -396,8 +394,11 @@ def _get_flag(msg: pb.ObjectState, obj: EWFlag) -> None:
 
 
 def _put_map(msg: pb.ObjectState, obj: ORMap) -> None:
-    for name, entry in obj.settled.items():
-        _put_settled(msg.fields.add(), name, entry)
+    blob, rest = frozen.split(obj.settled)
+    if blob:
+        msg.settled = blob
+    for name in rest:
+        _put_settled(msg.fields.add(), name, obj.settled[name])
     for name, typed in obj.fields.items():
         for t, f in typed.items():
             fs = msg.fields.add()
@@ -427,6 +428,8 @@ def _put_settled(fs: pb.FieldState, name: str, entry: Any) -> None:
 
 
 def _get_map(msg: pb.ObjectState, obj: ORMap) -> None:
+    if msg.settled:
+        obj.settled = frozen.join(msg.settled)
     for fs in msg.fields:
         name = _intern(fs.name)
         t = _get_type(fs.type, "a field")

@@ -683,7 +683,10 @@ class ObjectState(_message.Message):
     ELEMENTS_FIELD_NUMBER: _builtins.int
     DOTS_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    SETTLED_FIELD_NUMBER: _builtins.int
     type: Global___ObjType.ValueType
+    settled: _builtins.bytes
+    """map: its settled registers and frozen maps, MessagePack (crdt_ops/wire/frozen.py)"""
     @_builtins.property
     def counter(self) -> Global___CounterState: ...
     @_builtins.property
@@ -709,10 +712,11 @@ class ObjectState(_message.Message):
         elements: _abc.Iterable[Global___SetElement] | None = ...,
         dots: _abc.Iterable[Global___Dot] | None = ...,
         fields: _abc.Iterable[Global___FieldState] | None = ...,
+        settled: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "dots", b"dots", "elements", b"elements", "entries", b"entries", "fields", b"fields", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "dots", b"dots", "elements", b"elements", "entries", b"entries", "fields", b"fields", "settled", b"settled", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
