@@ -15,8 +15,8 @@ import sys
 
 #: Hard limit of one benchmark run: a hang fails the test instead of stalling CI.
 #: (A --quick run takes about 3 s (core), 20 s (amqp), 30 s (services) and 30 s
-#: (platform); a
-#: disturbed measurement is retried, which may take longer.)
+#: (platform, with its restarts); a disturbed measurement is retried, which may take
+#: longer.)
 RUN_TIMEOUT_S = 180
 
 
@@ -118,6 +118,16 @@ def test_platform_benchmark_quick_run(amqp_url: str) -> None:
         assert len(rss.split(" / ")) == 4 and all(
             re.fullmatch(r"-?[0-9,]+", c) for c in rss.split(" / ")), r
         assert len(cpu.split(" / ")) == 4 and all(number(c) >= 0 for c in cpu.split(" / ")), r
+    restarts = table(out, "service")  # at the largest size: web, logic, one worker
+    assert [r[0] for r in restarts][:2] == ["web", "logic"] and len(restarts) == 3, out
+    assert restarts[2][0] in ("worker-1", "worker-2"), restarts
+    for r in restarts:
+        _service, stopped, serving, first_pass, means = r
+        assert number(stopped) >= 0 and number(serving) > 0 and means, r
+        assert first_pass == "-" if r[0] == "web" else number(first_pass) >= 0, r
+    snapshot = table(out, "snapshot of")
+    assert len(snapshot) == 1 and snapshot[0][0] == "logic.sqlite", snapshot
+    assert all(number(c) >= 0 for c in snapshot[0][1:]) and number(snapshot[0][4]) > 0, snapshot
 
 
 def test_shared_helpers() -> None:

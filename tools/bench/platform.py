@@ -17,6 +17,22 @@ container records). At each size it reports:
 - **CPU per Start**, per service: its CPU time over the one-at-a-time Starts divided by
   their number (ms).
 
+At the largest size it also measures:
+
+- **restart**: each of web, logic and one worker in turn is stopped with SIGTERM (the
+  seconds until it exited are shown) and started again with the same command, environment
+  and store; the seconds from its start until it serves again: for web, ``/healthz``
+  answers 200 and ``GET /api/containers/{id}`` of a known record answers; for logic, a
+  Start sent while it was down is "on" at web (logic placed it, and the worker started
+  it); for the worker (the one running that container), a Stop sent while it was down is
+  "off" at web (it reconciled). Beside it, the length of the service's first full pass
+  (its log line), what of the restart its index took;
+- **snapshot**: what the durable snapshot costs at that size, which a service takes on
+  its event loop every ``--snapshot-every`` (20,000) operations
+  (``crdt_ops/transport/durable.py`` ``snapshot()``): on a copy of logic's store (SQLite's
+  backup of the live file), the replica restored from it, then ``Replica.snapshot()``
+  (encode) and ``Store.save_snapshot()`` (the write, dropping the log it covers), timed.
+
 Every record has its own owner (logic's quota never applies); started containers keep
 running (local ``sleep`` processes) and are killed at the end with the services.
 ``--quick`` is a small slice for the tests, not a measurement.
@@ -27,19 +43,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
+import signal
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+
+from crdt_ops.transport.durable import restore
+from crdt_ops.transport.store import Store
 from tools.bench.broker import DEFAULT_URL
 from tools.bench.cpu import proc_cpu
 from tools.bench.report import Progress, info_lines, markdown_table
 from tools.bench.services import (
     WORKERS,
+    EventWatch,
     Options,
     Platform,
     create_records,
@@ -54,6 +80,16 @@ QUICK_SIZES = (50, 200)
 CAPACITY = 100_000
 SETTLE_TIMEOUT_S = 120.0
 SERVICES = ("web", "logic", *WORKERS)
+#: Longest wait for a restarted service to serve, and for a service to exit on SIGTERM.
+RESTART_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+#: What "serving again" means, per kind of service restarted.
+SERVING = {
+    "web": "/healthz 200 and GET /api/containers/{id} answers",
+    "logic": "a Start sent while it was down is on at web",
+    "worker": "a Stop sent while it was down is off at web",
+}
+_FIRST_PASS = re.compile(r"records loaded in ([0-9.]+)s")
 
 
 @dataclass
@@ -68,6 +104,28 @@ class SizeResult:
     cpu_ms_per_start: dict[str, float | None]
     settle_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Restart:
+    """One service stopped (SIGTERM) and started again."""
+
+    service: str
+    stop_s: float  # from SIGTERM until it exited
+    serving_s: float  # from its start until it served again (:data:`SERVING`)
+    first_pass_s: float | None  # its first full pass, from its log (None: none logged)
+
+
+@dataclass
+class SnapshotCost:
+    """The durable snapshot of one store at one size (seconds, bytes)."""
+
+    store: str
+    records: int
+    restore_s: float
+    encode_s: float
+    write_s: float
+    size: int
 
 
 def rss_bytes(pid: int) -> int:
@@ -148,12 +206,164 @@ async def grow(opt: Options, p: Platform, size: int, have: int, starts: int, bur
     return result
 
 
+def _environ(pid: int) -> dict[str, str]:
+    """The environment process ``pid`` was started with."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
+                if "=" in item)
+
+
+def _first_pass(p: Platform, name: str, since: int) -> float | None:
+    """The length of the first full pass ``name`` logged after byte ``since`` of its log."""
+    path = p.services.workdir / f"{name}.log"
+    text = path.read_bytes()[since:].decode(errors="replace") if path.exists() else ""
+    found = _FIRST_PASS.findall(text)
+    return float(found[0]) if found else None
+
+
+async def _stop(p: Platform, name: str) -> tuple[list[str], dict[str, str], float]:
+    """SIGTERM service ``name`` and wait for it to exit (SIGKILL after STOP_TIMEOUT_S);
+    its command and environment, and the seconds it took."""
+    proc = p.services.procs[name]
+    argv = [str(a) for a in proc.args]  # type: ignore[union-attr]
+    env = _environ(proc.pid)
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(proc.wait, STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+    return argv, env, time.perf_counter() - t0
+
+
+async def _until(cond: Callable[[], Any], what: str, p: Platform, name: str) -> float:
+    """Poll ``cond`` (an awaitable's factory; true: done) every 20 ms; perf_counter when it
+    held. Fails after RESTART_TIMEOUT_S, or when service ``name`` exited."""
+    deadline = time.monotonic() + RESTART_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, aiohttp.ClientError, asyncio.TimeoutError):
+            if await cond():
+                return time.perf_counter()
+        if p.services.procs[name].poll() is not None:
+            break
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"{name} restarted did not serve ({what}) within "
+                       f"{RESTART_TIMEOUT_S:g}s:\n{p.services.tail(name)}")
+
+
+async def _follow(p: Platform) -> None:
+    """Follow web's events anew (after web restarted)."""
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        p.follower.cancel()
+        await p.follower
+    p.watch = EventWatch()
+    p.follower = asyncio.create_task(p.watch.follow(p.session, f"{p.base}/api/events"))
+    await asyncio.wait_for(p.watch.connected.wait(), 30)
+
+
+async def _state(p: Platform, cid: str) -> dict[str, Any] | None:
+    async with p.session.get(f"{p.base}/api/containers/{cid}") as resp:
+        return dict(await resp.json()) if resp.status == 200 else None
+
+
+async def _post(p: Platform, cid: str, action: str) -> None:
+    async with p.session.post(f"{p.base}/api/containers/{cid}/{action}") as resp:
+        await resp.read()
+        if resp.status != 202:
+            raise RuntimeError(f"{action} of {cid} answered {resp.status}")
+
+
+async def restarts(p: Platform, known: str, spare: str, say: Callable[[str], None]
+                   ) -> list[Restart]:
+    """Stop and start web, then logic, then the worker that runs ``spare`` (see the module
+    docstring); ``known``: a record web must answer for; ``spare``: a record never started
+    (logic's Start, then the worker's Stop)."""
+    out: list[Restart] = []
+
+    async def restart(name: str, serving: Callable[[], Any], what: str,
+                      while_down: Callable[[], Any] | None = None,
+                      seen: asyncio.Future[float] | None = None) -> None:
+        """``serving``: true once it serves; ``seen``: the future whose result is the
+        time it was seen serving (an event at web), else when ``serving`` held."""
+        say(f"platform: restarting {name}")
+        argv, env, stop_s = await _stop(p, name)
+        if while_down is not None:
+            await while_down()
+        since = (p.services.workdir / f"{name}.log").stat().st_size
+        t0 = time.perf_counter()
+        p.services.start(name, argv, env)
+        at = await _until(serving, what, p, name)
+        if seen is not None:
+            at = seen.result()
+        out.append(Restart(name, stop_s, at - t0, _first_pass(p, name, since)))
+        say(f"platform: {name} serving {at - t0:.2f}s after its start "
+            f"(it stopped in {stop_s:.2f}s)")
+        await settle(p)
+
+    async def web_serves() -> bool:
+        async with p.session.get(f"{p.base}/healthz") as resp:
+            await resp.read()
+            if resp.status != 200:
+                return False
+        return await _state(p, known) is not None
+
+    await restart("web", web_serves, SERVING["web"])
+    await _follow(p)
+
+    on = p.watch.expect(spare, lambda rec: rec.get("power_actual") == "on")
+    await restart("logic", lambda: _done(on), SERVING["logic"],
+                  lambda: _post(p, spare, "start"), on)
+    record = p.watch.records[spare]
+    p.pids.append(int(record["pid"]))
+    worker = str(record["assigned_node"])
+
+    off = p.watch.expect(spare, lambda rec: rec.get("power_actual") == "off")
+    await restart(worker, lambda: _done(off), SERVING["worker"],
+                  lambda: _post(p, spare, "stop"), off)
+    return out
+
+
+async def _done(fut: asyncio.Future[float]) -> bool:
+    return fut.done()
+
+
+def snapshot_cost(live_store: Path, workdir: Path, records: int) -> SnapshotCost:
+    """The durable snapshot of the replica in ``live_store`` (a service's store, in use):
+    copied with SQLite's backup, restored, then ``Replica.snapshot()`` and
+    ``Store.save_snapshot()`` timed, as ``DurableReplica.snapshot()`` runs them."""
+    copy = workdir / f"snapshot-of-{live_store.name}"
+    with contextlib.closing(sqlite3.connect(live_store)) as src, \
+            contextlib.closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+    store = Store(copy)
+    try:
+        rid = store.get("replica_id")
+        t0 = time.perf_counter()
+        replica = restore(store, rid.decode() if rid else "unknown", {})
+        t1 = time.perf_counter()
+        data = replica.snapshot()
+        t2 = time.perf_counter()
+        store.save_snapshot(data)
+        t3 = time.perf_counter()
+    finally:
+        store.close()
+        for f in workdir.glob(f"{copy.name}*"):
+            f.unlink()
+    return SnapshotCost(live_store.name, records, t1 - t0, t2 - t1, t3 - t2, len(data))
+
+
+def _store_of(p: Platform, name: str) -> Path:
+    argv = [str(a) for a in p.services.procs[name].args]  # type: ignore[union-attr]
+    return Path(argv[argv.index("--store") + 1])
+
+
 def _p(values: list[float], q: float) -> str:
     return f"{nearest_rank(values, q):.0f}" if values else "-"
 
 
-def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.Namespace
-           ) -> str:
+def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.Namespace,
+           restarted: Sequence[Restart] = (), snap: SnapshotCost | None = None) -> str:
     rows = []
     for r in results:
         rows.append([
@@ -171,8 +381,28 @@ def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.N
             "settle s"]
     title = ("The platform from " + " -> ".join(f"{r.records:,}" for r in results)
              + " records: real crdt-ops services over RabbitMQ")
-    return "\n".join([title, "", *info_lines(info), "",
-                      markdown_table(head, rows, "rrllllr"), ""])
+    out = [title, "", *info_lines(info), "", markdown_table(head, rows, "rrllllr"), ""]
+    if restarted:
+        out += [f"Restart at {results[-1].records:,} records: SIGTERM, then the same command "
+                "and store; seconds from its start until it serves again:", "",
+                markdown_table(
+                    ["service", "stopped in s", "serving after s", "its first full pass s",
+                     "serving means"],
+                    [[r.service, f"{r.stop_s:.2f}", f"{r.serving_s:.2f}",
+                      "-" if r.first_pass_s is None else f"{r.first_pass_s:.2f}",
+                      SERVING[r.service if r.service in SERVING else "worker"]]
+                     for r in restarted], "lrrrl"), ""]
+    if snap is not None:
+        out += [f"The durable snapshot at {snap.records:,} records (on a copy of logic's "
+                "store: what DurableReplica.snapshot() holds the event loop for, every "
+                "--snapshot-every operations):", "",
+                markdown_table(
+                    ["snapshot of", "encode ms", "write ms", "total ms", "MB",
+                     "restoring the store s"],
+                    [[snap.store, f"{1000 * snap.encode_s:,.0f}", f"{1000 * snap.write_s:,.0f}",
+                      f"{1000 * (snap.encode_s + snap.write_s):,.0f}", f"{snap.size / 1e6:,.1f}",
+                      f"{snap.restore_s:.2f}"]], "lrrrrr"), ""]
+    return "\n".join(out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -186,6 +416,9 @@ def run(args: argparse.Namespace) -> int:
     info = machine(opt.url)
     say(f"platform: sizes {', '.join(f'{s:,}' for s in sizes)}, on {info['cpu']}")
 
+    restarted: list[Restart] = []
+    snap: list[SnapshotCost] = []
+
     async def go() -> list[SizeResult]:
         results: list[SizeResult] = []
         with tempfile.TemporaryDirectory(prefix="crdt-ops-platform-") as tmp:
@@ -198,10 +431,21 @@ def run(args: argparse.Namespace) -> int:
                     say(f"platform: {size:,} records: Start->on p50 "
                         f"{statistics.median(r.sequential_ms):.0f} ms, "
                         f"{r.create_per_s:,.0f} creates/s")
+                if args.restart:
+                    say(f"platform: {sizes[-1]:,} records: the durable snapshot")
+                    snap.append(await asyncio.to_thread(
+                        snapshot_cost, _store_of(p, "logic"), Path(tmp), sizes[-1]))
+                    spare = await create_records(p.session, p.base, 2, "restart")
+                    try:
+                        restarted.extend(await restarts(p, spare[0], spare[1], say))
+                    finally:
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            p.follower.cancel()  # a follower of our own, after web's restart
+                            await p.follower
         return results
 
     results = asyncio.run(go())
-    print(report(results, info, args), flush=True)
+    print(report(results, info, args, restarted, snap[0] if snap else None), flush=True)
     say("done")
     return 0
 
@@ -218,6 +462,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "sizes 50,200 (use with --starts 5 --burst 10)")
     p.add_argument("--url", default=DEFAULT_URL,
                    help="the broker (default: AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/)")
+    p.add_argument("--no-restart", dest="restart", action="store_false",
+                   help="skip the restart and snapshot measurements at the largest size")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=run)
 
