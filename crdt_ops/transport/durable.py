@@ -8,9 +8,9 @@
   Its constructor does no I/O;
 - local operations are *accepted* when :meth:`flush` (or the :meth:`write` block)
   returns: they are then in the store's outbox, in one transaction per group commit
-  (:meth:`flusher`: under load it waits up to ``batch_delay_ms`` or ``batch_ops``; a
-  lone write is committed at once); the transport publishes the outbox
-  (:attr:`outbox_ready`) until its broker confirms it;
+  (:meth:`flusher`: under load from concurrent writers it waits up to
+  ``batch_delay_ms`` or ``batch_ops``; a lone write is committed at once); the
+  transport publishes the outbox (:attr:`outbox_ready`) until its broker confirms it;
 - deliveries are logged with what they produced in one transaction
   (:meth:`log_delivered`) before the transport acknowledges them;
 - a snapshot is taken every ``snapshot_every`` operations applied, dropping the log it
@@ -95,6 +95,8 @@ class DurableReplica:
         self._full = asyncio.Event()
         self._committed: asyncio.Future[None] | None = None
         self._last_commit = 0.0
+        self._waiting = 0  # flush() calls waiting for the next commit
+        self._last_waiting = 0  # how many the last commit answered
         self._since_snapshot = 0
 
     # ------------------------------------------------------------ opening
@@ -250,6 +252,7 @@ class DurableReplica:
         if self._committed is None or self._committed.done():
             self._committed = asyncio.get_running_loop().create_future()
         fut = self._committed
+        self._waiting += 1
         self._dirty.set()
         if self.replica.unsent >= self.settings.batch_ops:
             self._full.set()
@@ -257,13 +260,14 @@ class DurableReplica:
 
     async def flusher(self) -> None:
         """One group commit of local writes (a transport runs it in a loop). Under load
-        (a commit less than ``batch_delay_ms`` ago) wait up to that long, or until
-        ``batch_ops`` are waiting; after a quiet spell commit at once (with what this
-        turn of the event loop wrote): an isolated write pays no batching delay."""
+        (the last commit, less than ``batch_delay_ms`` ago, answered several concurrent
+        writers) wait up to that long, or until ``batch_ops`` are waiting; otherwise
+        commit at once with what this turn of the event loop wrote: a lone write, or
+        one writer's writes in sequence, pay no batching delay."""
         await self._dirty.wait()
         await self.store_ok.wait()
         delay = self.settings.batch_delay_ms / 1000
-        if time.monotonic() - self._last_commit < delay:
+        if self._last_waiting > 1 and time.monotonic() - self._last_commit < delay:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._full.wait(), delay)
         else:
@@ -277,6 +281,7 @@ class DurableReplica:
         self._dirty.clear()
         self._full.clear()
         self._last_commit = time.monotonic()
+        self._last_waiting, self._waiting = self._waiting, 0
         msgs = self.replica.outgoing()
         if msgs:
             with self.storing():

@@ -1,0 +1,57 @@
+"""Group commit: a lone writer never waits for a batch, concurrent writers share
+commits. Over the real broker, with a batching delay long enough to see."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
+from tests.broker import delete_group, new_group
+
+DELAY_MS = 3000.0
+
+
+@pytest.fixture
+def node(amqp_url: str, tmp_path: Path) -> Iterator[AmqpNode]:
+    group = new_group()
+    yield AmqpNode(Settings(amqp_url=amqp_url, group=group, replica_id="a", heartbeat_s=30.0,
+                            store=str(tmp_path / "a.sqlite"), batch_delay_ms=DELAY_MS))
+    delete_group(amqp_url, group, ["a"])
+
+
+@pytest.mark.asyncio
+async def test_sequential_writes_commit_at_once_and_concurrent_ones_share_commits(
+        node: AmqpNode) -> None:
+    commits: list[int] = []
+    node.durable.on_committed.append(commits.append)
+    await node.start()
+    try:
+        async with node.write() as r:  # joined the group (founded it) and wrote once
+            r.counter("n").increment(0)
+        del commits[:]
+        t0 = time.monotonic()
+        for i in range(5):  # one writer, each write right after the last one's commit
+            async with node.write() as r:
+                r.counter("n").increment(i + 1)
+        sequential_s = time.monotonic() - t0
+        # with a batching delay each of writes 2..5 would wait DELAY_MS for company
+        assert sequential_s < DELAY_MS / 1000, sequential_s
+        assert len(commits) == 5
+
+        async def one(i: int) -> None:
+            async with node.write() as r:
+                r.register(f"r{i}").set(i)
+
+        del commits[:]
+        for _ in range(2):
+            await asyncio.gather(*(one(i) for i in range(20)))
+        assert 2 <= len(commits) <= 4, commits  # 40 writers, a commit per round or two
+        assert node.replica.counter("n").value == 15
+    finally:
+        await node.stop()
