@@ -133,9 +133,11 @@ class _Kept:
                 if f.name not in _NOT_DERIVED:
                     drift += await _differing(getattr(self, f.name), getattr(shadow, f.name),
                                               chunk=check_keys)
+            replaced = [getattr(self, f.name) for f in fields(self) if f.name != "_shadow"]
             self._adopt(shadow)
         finally:
             self._shadow = None
+        await _release(replaced, check_keys)  # freeing 50,000 entries at once takes ms
         return drift
 
     def _adopt(self, other: Self) -> None:
@@ -205,6 +207,17 @@ async def full_passes(view: _Kept, replica: Replica, *, every_s: float, wake: as
             log.warning("%s: the full pass found %d entries that differed from the replica "
                         "(changes the view missed); rebuilt", name, drift)
         await asyncio.sleep(every_s)
+
+
+async def _release(replaced: list[Any], chunk: int) -> None:
+    """Empty the dicts and sets of a view that was replaced (nothing else holds them), about
+    ``chunk`` entries at a time, yielding to the event loop between chunks."""
+    for x in replaced:
+        while isinstance(x, dict | set) and x:
+            await asyncio.sleep(0)
+            take = x.popitem if isinstance(x, dict) else x.pop
+            for _ in range(min(chunk, len(x))):
+                take()
 
 
 @dataclass
