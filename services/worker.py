@@ -125,8 +125,8 @@ class Worker:
         r = self.node.replica
         running = self.runtime.running()
         writes = 0
-        if not self.assigned.loaded:
-            self.assigned.load(r)
+        if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
+            self.assigned.load(r)     # them in one go
         here = dict(self.assigned.records)
         may_run = self.lease.may_run(now)
         mine = {cid: c for cid, c in here.items() if may_run and c.power_desired == "on"
