@@ -13,7 +13,12 @@ fields (paths inside the record, such as ``power_desired`` or
 What one origin changed in one event-loop iteration is one entry: a web request
 (its writes are applied one operation at a time) or one delivered batch (two web
 requests handled in the same iteration may share an entry). A container keeps
-its last ``limit`` entries; deleting it drops its history.
+its last ``limit`` entries (50), and web keeps at most ``total`` entries (5,000)
+in all: past that, the oldest entry of all is dropped, whichever container it is
+of. So its memory does not grow with the number of records: at most ``total``
+entries (about 0.7 kB each with their bookkeeping: some 3.5 MB), whatever the
+number of containers. A container that changed before ``complete_since_ms`` may
+have lost its older entries. Deleting a container drops its history.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from crdt_ops.policy import belongs
 
 #: entries kept per container
 LIMIT = 50
+#: entries kept in all, for every container together (the oldest are dropped first)
+TOTAL = 5_000
 
 _SINGLE_ROLES = ("web", "logic")
 
@@ -67,7 +74,7 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One origin's change of one record. ``at_ms``: web's wall clock (Unix
     milliseconds) when web applied it (not when the origin wrote it);
@@ -77,6 +84,8 @@ class Entry:
     origin: str
     created: bool
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    #: still in its record's history (False once dropped, by any limit or a delete)
+    kept: bool = True
 
     def merge(self, changes: dict[str, tuple[Any, Any]]) -> None:
         """Take later changes of the same origin in: each field keeps its first
@@ -106,41 +115,88 @@ def diff(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
 
 
 class History:
-    """The last ``limit`` entries of each record under ``prefix`` (see the module
-    docstring). ``now_ms``: the wall clock entries are stamped with. Memory: at
-    most ``limit`` entries per record present in the replica."""
+    """The last ``limit`` entries of each record under ``prefix``, and at most
+    ``total`` entries in all (see the module docstring). ``now_ms``: the wall clock
+    entries are stamped with. Memory: at most ``total`` entries, whatever the
+    number of records."""
 
     def __init__(self, prefix: str, limit: int = LIMIT,
-                 now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
-        if limit < 1:
-            raise ValueError(f"a history keeps at least 1 entry, not {limit}")
+                 now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+                 total: int = TOTAL) -> None:
+        if limit < 1 or total < 1:
+            raise ValueError(f"a history keeps at least 1 entry, not {min(limit, total)}")
         self.prefix = prefix
         self.limit = limit
+        self.total = total
         self.now_ms = now_ms
         self.since_ms = now_ms()
-        self._logs: dict[str, deque[Entry]] = {}
+        #: every container's history is whole from then on (up to ``limit``
+        #: entries): the time of the newest entry dropped for ``total``, else
+        #: ``since_ms``
+        self.complete_since_ms = self.since_ms
+        self._logs: dict[str, list[Entry]] = {}
+        # every entry kept, oldest first, with its key; and entries dropped
+        # otherwise (limit, merge, delete) until they come to the front or are swept
+        self._order: deque[tuple[str, Entry]] = deque()
+        self._kept = 0
         self._open: set[str] = set()  # keys whose last entry this loop iteration may extend
         self._closing = False
+
+    def __len__(self) -> int:
+        """How many entries are kept, for every record together."""
+        return self._kept
 
     def record(self, event: ChangeEvent) -> None:
         """A change callback: note ``event`` in its record's history (a removed
         record's history is dropped)."""
         key = event.key[len(self.prefix):]
         if event.new is None:
-            self._logs.pop(key, None)
+            for entry in self._logs.pop(key, ()):
+                self._drop(entry)
             self._open.discard(key)
             return
         changes = diff(event.old, event.new)
         if not changes:
             return
-        log = self._logs.setdefault(key, deque(maxlen=self.limit))
-        if key in self._open and log and log[-1].origin == event.origin:
+        log = self._logs.get(key)
+        if log is not None and key in self._open and log and log[-1].origin == event.origin:
             log[-1].merge(changes)
             if not log[-1].changes:
-                log.pop()
+                self._drop(log.pop())
+                if not log:
+                    del self._logs[key]
             return
-        log.append(Entry(self.now_ms(), event.origin, event.old is None, changes))
+        if log is None:
+            log = self._logs[key] = []
+        entry = Entry(self.now_ms(), event.origin, event.old is None, changes)
+        log.append(entry)
+        self._order.append((key, entry))
+        self._kept += 1
+        if len(log) > self.limit:
+            self._drop(log.pop(0))
+        while self._kept > self.total:
+            self._drop_oldest()
+        if len(self._order) > 2 * self.total:  # sweep the entries dropped otherwise
+            self._order = deque(item for item in self._order if item[1].kept)
         self._keep_open(key)
+
+    def _drop(self, entry: Entry) -> None:
+        entry.kept = False
+        self._kept -= 1
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest entry still kept (the first of its record's history)."""
+        while True:
+            key, entry = self._order.popleft()
+            if entry.kept:
+                break
+        log = self._logs[key]
+        first = log.pop(0)
+        assert first is entry
+        if not log:
+            del self._logs[key]
+        self._drop(entry)
+        self.complete_since_ms = max(self.complete_since_ms, entry.at_ms)
 
     def _keep_open(self, key: str) -> None:
         """Let the rest of this event-loop iteration extend ``key``'s last entry."""
@@ -163,4 +219,4 @@ class History:
         return list(self._logs.get(key, ()))
 
 
-__all__ = ["LIMIT", "Entry", "History", "diff", "flatten", "service_of"]
+__all__ = ["LIMIT", "TOTAL", "Entry", "History", "diff", "flatten", "service_of"]
