@@ -1,6 +1,7 @@
 """web: the JSON API and the live page. It reads and writes only its own replica.
 
-Routes: ``POST /api/containers``, ``GET /api/containers[/{id}]``,
+Routes: ``POST /api/containers``, ``GET /api/containers`` (a page, filtered;
+``Link`` to the next), ``GET /api/containers/{id}``,
 ``POST /api/containers/{id}/start|stop|restart``, ``DELETE /api/containers/{id}``,
 ``GET /api/events`` (Server-Sent Events), ``GET /healthz``, ``GET /metrics``, ``/``;
 for the page: ``GET /api/nodes``, ``GET /api/containers/{id}/history``,
@@ -12,15 +13,21 @@ another service, nor for the broker.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import re
 import time
 import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
+from crdt_ops import Replica
 from crdt_ops.errors import InvalidValue
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node as ReplicaNode
@@ -84,6 +91,292 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
     return value
 
 
+# ------------------------------------------------------------------ listing
+
+#: ``GET /api/containers``: records per page when ``limit`` is not given, and at most
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+#: candidate records a filtered page reads beyond the page itself before it stops
+#: short, with a ``next`` link to go on from there
+SCAN_BEYOND = 1000
+#: the filters of the listing and of the event stream, and the values each takes
+FILTERS = ("owner", "desired", "actual", "node")
+DESIRED_VALUES = model.POWER_DESIRED
+ACTUAL_VALUES = ("on", "off", "failed")
+#: hash buckets of the owner and node indexes (a bucket holds the keys of every value
+#: that falls in it; results are checked against the record)
+OWNER_BUCKETS = 512
+NODE_BUCKETS = 64
+
+
+def _listed_fields(rec: Any) -> tuple[str | None, str, str, str | None] | None:
+    """The filtered fields of a listed record, ``(owner, desired, actual, node)`` as
+    ``model.Container.of`` shows them (``actual`` from the slot of the assigned node);
+    None for what web does not list (no record, or one without a name)."""
+    if not isinstance(rec, dict) or not rec.get("name"):
+        return None
+    node = rec.get("assigned_node")
+    slots = rec.get("workers")
+    slot = slots.get(node) if isinstance(slots, dict) and node else None
+    actual = slot.get("power_actual") if isinstance(slot, dict) else None
+    return (rec.get("owner"), rec.get("power_desired") or "off", actual or "off", node)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a listing or an event stream is restricted to: records whose ``owner``,
+    ``power_desired`` (``desired``), ``power_actual`` (``actual``) and
+    ``assigned_node`` (``node``) equal the values given (None: any)."""
+
+    owner: str | None = None
+    desired: str | None = None
+    actual: str | None = None
+    node: str | None = None
+
+    def values(self) -> tuple[str | None, str | None, str | None, str | None]:
+        return (self.owner, self.desired, self.actual, self.node)
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in self.values())
+
+    def matches(self, rec: Any) -> bool:
+        """Whether ``rec`` (a record's plain value, or None) is listed and matches."""
+        fields = _listed_fields(rec)
+        return fields is not None and all(
+            want is None or want == have for want, have in zip(self.values(), fields,
+                                                                strict=True))
+
+    def query(self) -> dict[str, str]:
+        """The filter as query parameters."""
+        return {name: v for name, v in zip(FILTERS, self.values(), strict=True) if v is not None}
+
+
+class _Buckets:
+    """The keys of the records whose field falls in each bucket, sorted: by the value
+    itself (``values``: the few a filter may ask for; others are not indexed) or by
+    its hash modulo ``hashed``. Only text values are indexed (a filter's value is
+    text). About 9 bytes per key (a pointer in a ``SortedList``; the key string is
+    the replica's), plus about 0.5 kB per bucket in use."""
+
+    def __init__(self, hashed: int = 0, values: tuple[str, ...] = ()) -> None:
+        self.hashed = hashed
+        self.values = values
+        self._lists: dict[Any, SortedList] = {}
+
+    def _indexed(self, value: Any) -> bool:
+        return isinstance(value, str) and (bool(self.hashed) or value in self.values)
+
+    def _bucket(self, value: str) -> Any:
+        return hash(value) % self.hashed if self.hashed else value
+
+    def add(self, key: str, value: str | None) -> None:
+        if not self._indexed(value):
+            return
+        assert value is not None
+        keys = self._lists.get(self._bucket(value))
+        if keys is None:
+            keys = self._lists[self._bucket(value)] = SortedList()
+        if key not in keys:
+            keys.add(key)
+
+    def discard(self, key: str, value: str | None) -> None:
+        if not self._indexed(value):
+            return
+        assert value is not None
+        bucket = self._bucket(value)
+        keys = self._lists.get(bucket)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._lists[bucket]
+
+    def size(self, value: str) -> int:
+        """How many keys the bucket of ``value`` holds (an upper bound of its records)."""
+        keys = self._lists.get(self._bucket(value))
+        return 0 if keys is None else len(keys)
+
+    def scan(self, value: str, after: str | None) -> Iterator[str]:
+        """The keys in the bucket of ``value``, in key order, after ``after``."""
+        keys = self._lists.get(self._bucket(value))
+        if keys is None:
+            return iter(())
+        if after is None:
+            return iter(keys)
+        return iter(keys.irange(minimum=after, inclusive=(False, True)))
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._lists.values())
+
+
+@dataclass
+class Page:
+    """One page of a listing: ``records`` (their keys and plain values, in key order),
+    and ``after``: the key the next page starts after (None: this was the last page)."""
+
+    records: list[tuple[str, dict[str, Any]]]
+    after: str | None
+
+
+class Listing:
+    """web's indexes for listing container records by filter, kept from the
+    replica's change events (:meth:`changed`): per field of :class:`Filter`, the keys
+    of the listed records whose field falls in each bucket (owner and node by hash,
+    desired and actual by value), and how many records web lists. Memory: at most
+    one index entry per record and field (about 40 bytes a record in all), and a
+    bounded number of buckets. A page reads only candidates from the index (or the
+    replica's key order without a filter) and checks each against the record itself,
+    so an index holding a stale key costs a read and never shows a wrong record."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        #: how many records web lists (container records with a name)
+        self.count = 0
+        self._indexes = (_Buckets(OWNER_BUCKETS), _Buckets(values=DESIRED_VALUES),
+                         _Buckets(values=ACTUAL_VALUES), _Buckets(NODE_BUCKETS))
+        self.unsubscribe = replica.subscribe(model.CONTAINERS, self.changed)
+        for key, rec in replica.items(model.CONTAINERS):
+            self._put(key, None, _listed_fields(rec))
+
+    def changed(self, event: ChangeEvent) -> None:
+        """A change callback: move the record's key to the buckets of its new fields."""
+        self._put(event.key, _listed_fields(event.old), _listed_fields(event.new))
+
+    def _put(self, key: str, old: tuple[str | None, ...] | None,
+             new: tuple[str | None, ...] | None) -> None:
+        if old == new:
+            return
+        self.count += (new is not None) - (old is not None)
+        for i, index in enumerate(self._indexes):
+            before = None if old is None else old[i]
+            after = None if new is None else new[i]
+            if before != after:
+                index.discard(key, before)
+                index.add(key, after)
+
+    def page(self, flt: Filter, after: str | None, limit: int) -> Page:
+        """Up to ``limit`` records that match ``flt``, in key order, from the first
+        key greater than ``after``. Without a filter it reads the records of the page
+        (and one more, to know whether there is a next page): O(log n + limit). With
+        one it reads candidates from the smallest bucket among the filters' values,
+        at most ``limit + SCAN_BEYOND`` of them, and stops short there (``after``:
+        the last candidate read) if it has not filled the page; such a page may be
+        short, or empty, and still have a next one."""
+        if not flt:
+            return self._unfiltered(after, limit)
+        sizes = [(index.size(v), i) for i, (index, v) in
+                 enumerate(zip(self._indexes, flt.values(), strict=True)) if v is not None]
+        _, best = min(sizes)
+        value = flt.values()[best]
+        assert value is not None
+        out: list[tuple[str, dict[str, Any]]] = []
+        budget = limit + SCAN_BEYOND
+        get = self.replica.get
+        last = None
+        for key in self._indexes[best].scan(value, after):
+            rec = get(key)
+            if flt.matches(rec):
+                if len(out) == limit:  # one more exists: a next page
+                    return Page(out, out[-1][0])
+                out.append((key, rec))
+            last = key
+            budget -= 1
+            if budget <= 0:
+                return Page(out, last if len(out) < limit else out[-1][0])
+        return Page(out, None)
+
+    def _unfiltered(self, after: str | None, limit: int) -> Page:
+        out: list[tuple[str, dict[str, Any]]] = []
+        position = after
+        while True:
+            want = limit - len(out) + 1  # one more than the page: is there a next one?
+            chunk = self.replica.items(model.CONTAINERS, after=position, limit=want)
+            for key, rec in chunk:
+                if _listed_fields(rec) is None:  # a record without a name: not listed
+                    continue
+                if len(out) == limit:
+                    return Page(out, out[-1][0])
+                out.append((key, rec))
+            if len(chunk) < want:
+                return Page(out, None)
+            position = chunk[-1][0]
+
+    def close(self) -> None:
+        self.unsubscribe()
+
+
+# ------------------------------------------------------------------ query parameters
+
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,1400}")
+LIST_PARAMS = ("limit", "cursor", *FILTERS)
+EVENT_PARAMS = ("nodes", *FILTERS)
+
+
+def encode_cursor(key: str) -> str:
+    """The opaque cursor of a page that starts after the record at ``key``."""
+    cid = key[len(model.CONTAINERS):]
+    return base64.urlsafe_b64encode(cid.encode("utf-8", "surrogatepass")).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> str:
+    """The key a cursor names; a 400 for anything :func:`encode_cursor` does not give."""
+    bad = _bad_request("'cursor' must be a cursor this API gave (take the next page's URL "
+                       "from the Link header)")
+    if not _CURSOR.fullmatch(cursor):
+        raise bad
+    try:
+        cid = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise bad from None
+    key = model.CONTAINERS + cid
+    if encode_cursor(key) != cursor:  # one spelling per cursor
+        raise bad
+    return key
+
+
+def _params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters, each at most once and each one of ``allowed`` (a 400
+    otherwise: a misspelt filter must not list everything)."""
+    out: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name not in allowed:
+            raise _bad_request(f"unknown query parameter '{name[:50]}'; this route takes "
+                               f"{', '.join(allowed)}")
+        if name in out:
+            raise _bad_request(f"query parameter '{name}' is given more than once")
+        out[name] = value
+    return out
+
+
+def _limit(params: Mapping[str, str]) -> int:
+    raw = params.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4
+            and 1 <= int(raw) <= MAX_LIMIT):
+        raise _bad_request(f"'limit' must be an integer from 1 to {MAX_LIMIT}, "
+                           f"not {raw[:50]!r}")
+    return int(raw)
+
+
+def _filter(params: Mapping[str, str]) -> Filter:
+    """The :class:`Filter` of the query (a 400 for a bad value)."""
+    values: dict[str, str] = {}
+    for name, allowed in (("desired", DESIRED_VALUES), ("actual", ACTUAL_VALUES)):
+        raw = params.get(name)
+        if raw is not None:
+            if raw not in allowed:
+                raise _bad_request(f"'{name}' must be one of {', '.join(allowed)}, "
+                                   f"not {raw[:50]!r}")
+            values[name] = raw
+    for name in ("owner", "node"):
+        raw = params.get(name)
+        if raw is not None:
+            if not raw or len(raw) > MAX_NAME:
+                raise _bad_request(f"'{name}' must be from 1 to {MAX_NAME} characters")
+            values[name] = raw
+    return Filter(**values)
+
+
 def _node_json(n: model.Node, now_ms: int, timeout_ms: int) -> dict[str, Any]:
     """A node record for the page: ``name``, ``capacity``, ``running`` (containers),
     ``heartbeat_ms`` (the worker's wall clock at its last beat, Unix ms), ``age_ms``
@@ -108,12 +401,18 @@ class _Pending:
     changes of one key is sent once, with the record as it is then, so a stream
     never falls behind by more than one entry per key and never drops one."""
 
-    def __init__(self) -> None:
+    def __init__(self, containers: Filter | None = None) -> None:
         self._keys: dict[str, str] = {}
         self._ready = asyncio.Event()
+        self._filter = containers
 
     def note(self, event: ChangeEvent) -> None:
-        """A change callback."""
+        """A change callback. With a filter, a container's change is noted only if
+        the record matched it before the change or matches it after."""
+        flt = self._filter
+        if (flt and event.key.startswith(model.CONTAINERS)
+                and not (flt.matches(event.old) or flt.matches(event.new))):
+            return
         self._keys[event.key] = event.origin
         self._ready.set()
 
@@ -137,6 +436,7 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
     streams: set[asyncio.Task[Any]] = set()  # the open GET /api/events handlers
     timeout_ms = int(node_timeout_s * 1000)
     history = History(model.CONTAINERS)
+    listing = Listing(node.replica)
 
     @routes.post("/api/containers")
     async def create(request: web.Request) -> web.Response:
@@ -157,9 +457,44 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
         return web.json_response(_record(node, cid), status=201)
 
     @routes.get("/api/containers")
-    async def list_all(request: web.Request) -> web.Response:
-        return web.json_response([c.as_json() for c in model.containers(node.replica)
-                                  if c.name is not None])
+    async def list_page(request: web.Request) -> web.Response:
+        """One page of the container records web lists (those with a name), as a JSON
+        array of records, in container id order (by code point).
+
+        Query parameters, each at most once (a 400 ``{"error": ...}`` names a bad one
+        and the values it takes): ``limit``: records per page, 1 to 1000 (default
+        100); ``cursor``: the page starts after it (opaque: take it from the ``Link``
+        header); filters ``owner``, ``desired`` (``power_desired``: on, off),
+        ``actual`` (``power_actual``: on, off, failed) and ``node``
+        (``assigned_node``): only records whose field equals the value.
+
+        Headers: ``Link: <URL>; rel="next"`` (RFC 8288; the same query with the next
+        cursor), absent on the last page; ``X-Total-Count``: how many records web
+        lists, without a filter only. A cursor is a position in the id order, so a
+        record created or deleted between two requests never makes another one
+        appear twice or be skipped.
+
+        Cost: without a filter, O(log n + limit) for n records. With one, web reads
+        candidates from an index it keeps per filter and checks each against the
+        record, at most ``limit + 1000`` a request: a filtered page may then be
+        short, or empty, and still have a ``next`` link; follow it to go on."""
+        params = _params(request, LIST_PARAMS)
+        limit = _limit(params)
+        flt = _filter(params)
+        cursor = params.get("cursor")
+        after = None if cursor is None else decode_cursor(cursor)
+        page = listing.page(flt, after, limit)
+        response = web.json_response([model.Container.of(key, rec).as_json()
+                                      for key, rec in page.records])
+        if page.after is not None:
+            query = flt.query()
+            if "limit" in params:
+                query["limit"] = str(limit)
+            query["cursor"] = encode_cursor(page.after)
+            response.headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
+        if not flt:
+            response.headers["X-Total-Count"] = str(listing.count)
+        return response
 
     @routes.get("/api/containers/{cid}")
     async def get_one(request: web.Request) -> web.Response:
@@ -198,14 +533,19 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
 
     @routes.get("/api/containers/{cid}/history")
     async def container_history(request: web.Request) -> web.Response:
-        """``{"id", "since_ms", "limit", "entries": [...]}``: web's history of the
-        container since web started, oldest first (services/history.py); 404 if
+        """``{"id", "since_ms", "complete_since_ms", "limit", "total", "entries":
+        [...]}``: web's history of the container since web started (``since_ms``,
+        Unix ms), oldest first (services/history.py), in memory and bounded: the
+        last ``limit`` (50) entries of each container, and ``total`` (5,000) in all,
+        the oldest of all dropped first. Changes at or after ``complete_since_ms``
+        are all there (up to ``limit``); older ones may have been dropped. 404 if
         there is no such container."""
         cid = request.match_info["cid"]
         if _record(node, cid) is None:
             return _error(404, "no such container")
         return web.json_response({"id": cid, "since_ms": history.since_ms,
-                                  "limit": history.limit,
+                                  "complete_since_ms": history.complete_since_ms,
+                                  "limit": history.limit, "total": history.total,
                                   "entries": [e.as_json() for e in history.entries(cid)]})
 
     @routes.get("/api/nodes")
@@ -217,22 +557,36 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
 
     @routes.get("/api/events")
     async def events(request: web.Request) -> web.StreamResponse:
-        """``event: container`` with ``{"id", "record" (None: deleted), "origin"}``
-        after each change of a container; with ``?nodes=1`` also ``event: node``
-        with ``{"name", "node" (see ``/api/nodes``; None: removed), "origin"}``.
-        A record is sent as it is when sent: changes it had meanwhile are sent once
-        (``origin``: the latest one's)."""
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+        """Server-Sent Events: ``event: container`` with ``{"id", "record" (None:
+        deleted, or not listed), "origin", "matches"}`` after each change of a
+        container; with ``?nodes=1`` also ``event: node`` with ``{"name", "node"
+        (see ``/api/nodes``; None: removed), "origin"}``. A record is sent as it is
+        when sent: changes it had meanwhile are sent once (``origin``: the latest
+        one's).
+
+        Filters, as for ``GET /api/containers`` (``owner``, ``desired``, ``actual``,
+        ``node``; a bad or unknown parameter: a 400 before the stream starts): only
+        changes of records that match the filter before or after the change are
+        sent. A record that stops matching is sent once more, with its new state and
+        ``"matches": false`` (the client drops it); later changes of it are not sent
+        until it matches again. ``matches``: whether the record as sent matches the
+        filter (without one: whether it is listed, i.e. ``record`` is not None).
+
+        The stream starts with the comment ``: connected`` once it is subscribed: a
+        list read after that misses no change."""
+        params = _params(request, EVENT_PARAMS)
+        flt = _filter(params)
         task = asyncio.current_task()
         assert task is not None
-        streams.add(task)
-        pending = _Pending()
+        pending = _Pending(flt)
         unsubscribes = [node.replica.subscribe(model.CONTAINERS, pending.note)]
-        if request.query.get("nodes") == "1":
+        if params.get("nodes") == "1":
             unsubscribes.append(node.replica.subscribe(model.NODES, pending.note))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+        streams.add(task)
         try:
+            await resp.prepare(request)
             await resp.write(b": connected\n\n")
             while True:
                 change = await pending.next(15)
@@ -245,7 +599,11 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
                 else:
                     cid = key[len(model.CONTAINERS):]
                     kind = "container"
-                    data = {"id": cid, "record": _record(node, cid), "origin": origin}
+                    rec = node.replica.get(key)
+                    view = (model.Container.of(key, rec).as_json()
+                            if _listed_fields(rec) is not None else None)
+                    data = {"id": cid, "record": view, "origin": origin,
+                            "matches": flt.matches(rec)}
                 await resp.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -293,6 +651,7 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
 
     async def forget_history(app: web.Application) -> None:
         unsubscribe_history()
+        listing.close()
 
     app = web.Application(middlewares=[json_errors])
     app.add_routes(routes)

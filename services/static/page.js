@@ -1,8 +1,16 @@
-// The live page: containers (sorted by name, then id: rows never move as records
-// change), the worker nodes with their liveness, and a container's history.
-// Fed by GET /api/containers, GET /api/nodes and the event stream
-// GET /api/events?nodes=1; writes through the API. Updates are applied in
-// batches, at most one per 50 ms, so thousands of records stay responsive.
+// The live page: one page of the containers at a time, filtered by owner, desired,
+// actual and node (the API's filters), in container id order (the API's order: rows
+// never move as records change); the worker nodes with their liveness; a
+// container's history. Fed by GET /api/containers (a page of PAGE_SIZE records and
+// the Link to the next), GET /api/nodes and the event stream
+// GET /api/events?nodes=1&<filters>; writes through the API.
+//
+// A page is a range of ids: after the previous page's last row, up to its own last
+// row (no upper bound on the last page). It stays live: a record created in the
+// range appears, one deleted or no longer matching the filters goes, so a page may
+// grow or shrink until it is loaded again (Next, Previous, First, a new filter, a
+// reconnection). So the page holds one page of rows however many records there
+// are. Updates are applied in batches, at most one per 50 ms.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -11,17 +19,42 @@ const status = $("status");
 const message = $("message");
 const collator = new Intl.Collator(undefined, {numeric: true});
 
+const PAGE_SIZE = 100;
+const FILTERS = ["owner", "desired", "actual", "node"];
+// the record's field each filter compares
+const FIELDS = {owner: "owner", desired: "power_desired", actual: "power_actual",
+  node: "assigned_node"};
+
 // ------------------------------------------------------------------ containers
 
 const rows = new Map();    // id -> {tr, cells, buttons, record, busy}
-const order = [];          // the rows in page order (sorted by name, then id)
-const pending = new Map(); // id -> record (null: deleted), applied at the next flush
+const order = [];          // the rows in page order (by id)
+const pending = new Map(); // id -> {record (null: deleted), matches}, applied at the next flush
 let flushTimer = null;
-let loadStarted = null;    // ids changed by events since the current load() began
 
-function compare(a, b) {
-  return collator.compare(a.record.name || "", b.record.name || "")
-    || (a.record.id < b.record.id ? -1 : a.record.id > b.record.id ? 1 : 0);
+const view = {
+  filter: {},     // filter name -> value, the ones given
+  cursor: null,   // the page starts after this cursor (null: the first page)
+  floor: null,    // the previous page's last id: this page holds the ids above it
+  ceiling: null,  // this page's last id while a next page exists (null: no bound)
+  next: null,     // the next page's cursor (null: this is the last page)
+  back: [],       // [{cursor, floor}] of the pages before this one, for Previous
+  loaded: false,  // the range is known: events are held until it is
+  total: null,    // how many records web lists (X-Total-Count)
+};
+let loadGen = 0;           // the current load; an older one's answers are dropped
+let changedDuringLoad = null; // ids changed by events since the current load began
+
+function compareIds(a, b) { return a < b ? -1 : a > b ? 1 : 0; }
+
+function inRange(id) {
+  return (view.floor === null || id > view.floor)
+    && (view.ceiling === null || id <= view.ceiling);
+}
+
+function matchesFilter(record) {
+  return record != null && FILTERS.every((f) =>
+    view.filter[f] === undefined || record[FIELDS[f]] === view.filter[f]);
 }
 
 function text(td, value) {
@@ -34,8 +67,9 @@ const ACTIONS = ["start", "stop", "restart", "delete", "history"];
 function newRow(record) {
   const tr = document.createElement("tr");
   tr.dataset.id = record.id;
+  if (drawer.id === record.id) tr.classList.add("selected");
   const cells = {};
-  for (const cls of ["name", "owner", "desired", "actual", "node", "pid", "error"]) {
+  for (const cls of ["cid", "name", "owner", "desired", "actual", "node", "pid", "error"]) {
     cells[cls] = tr.appendChild(document.createElement("td"));
     cells[cls].className = cls;
   }
@@ -55,6 +89,7 @@ function newRow(record) {
 
 function paint(row) {
   const c = row.record;
+  text(row.cells.cid, c.id);
   text(row.cells.name, c.name);
   text(row.cells.owner, c.owner);
   text(row.cells.desired, c.power_desired);
@@ -71,42 +106,40 @@ function paint(row) {
   row.buttons.delete.disabled = row.busy;
 }
 
-// index of the first row that sorts after `row` (binary search)
-function position(row) {
+// index of the first row whose id sorts after `id` (binary search)
+function position(id) {
   let lo = 0, hi = order.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (compare(order[mid], row) < 0) lo = mid + 1; else hi = mid;
+    if (compareIds(order[mid].record.id, id) < 0) lo = mid + 1; else hi = mid;
   }
   return lo;
 }
 
 function place(row) {
-  const at = position(row);
+  const at = position(row.record.id);
   tbody.insertBefore(row.tr, at < order.length ? order[at].tr : null);
   order.splice(at, 0, row);
 }
 
 function unplace(row) {
-  const at = order.indexOf(row);
-  if (at >= 0) order.splice(at, 1);
+  const at = position(row.record.id);
+  if (order[at] === row) order.splice(at, 1);
   row.tr.remove();
 }
 
-function apply(id, record) {
+// show `record` in its row if this page shows it (it matches the filters and its id
+// is in the page's range), else drop its row
+function apply(id, record, matches) {
   let row = rows.get(id);
-  if (record == null) {
+  if (record == null || !matches || !inRange(id)) {
     if (row) { unplace(row); rows.delete(id); }
-    if (drawer.id === id) showHistoryGone();
+    if (drawer.id === id && record == null) showHistoryGone();
     return;
   }
   if (!row) {
     row = newRow(record);
     rows.set(id, row);
-    place(row);
-  } else if ((row.record.name || "") !== (record.name || "")) {  // names never change today
-    unplace(row);
-    row.record = record;
     place(row);
   }
   row.record = record;
@@ -116,16 +149,18 @@ function apply(id, record) {
 
 function flush() {
   flushTimer = null;
+  if (!view.loaded) return;  // the load in progress flushes when it is done
   const batch = [...pending];
   pending.clear();
-  for (const [id, record] of batch) apply(id, record);
-  $("count").textContent = `${rows.size} container${rows.size === 1 ? "" : "s"}`;
+  for (const [id, u] of batch) apply(id, u.record, u.matches);
+  paintPager();
 }
 
-function update(id, record) {
-  pending.set(id, record);
-  if (loadStarted) loadStarted.add(id);
+function update(id, record, matches) {
+  pending.set(id, {record, matches});
+  if (changedDuringLoad) changedDuringLoad.add(id);
   if (flushTimer === null) flushTimer = setTimeout(flush, 50);
+  refreshTotal();
 }
 
 async function act(row, action) {
@@ -144,7 +179,8 @@ async function act(row, action) {
     else {
       done = true;
       message.textContent = "";
-      update(id, action === "delete" ? null : body);
+      if (action === "delete") update(id, null, false);
+      else update(id, body, matchesFilter(body));
     }
   } catch (e) {
     message.textContent = `${action} failed: ${e}`;
@@ -161,27 +197,143 @@ $("create").onsubmit = async (e) => {
   const r = await fetch("/api/containers", {method: "POST",
     headers: {"Content-Type": "application/json"}, body: JSON.stringify({name, owner})});
   const body = await r.json();
-  if (r.ok) { update(body.id, body); $("name").value = ""; message.textContent = ""; }
-  else message.textContent = body.error;
+  if (!r.ok) { message.textContent = body.error; return; }
+  $("name").value = "";
+  const shown = matchesFilter(body) && inRange(body.id);
+  message.textContent = shown ? "" : `created "${body.name}" (${body.id}): `
+    + "not on this page or not matching the filters";
+  update(body.id, body, matchesFilter(body));
 };
 
-// The whole list; a record an event changed meanwhile keeps the event's version,
-// and a row the list no longer has goes (it was deleted while we were away).
-async function load() {
-  const changed = loadStarted = new Set();
+// ------------------------------------------------------------------ pages
+
+function query(extra) {
+  const q = new URLSearchParams();
+  for (const f of FILTERS) if (view.filter[f] !== undefined) q.set(f, view.filter[f]);
+  for (const [k, v] of Object.entries(extra)) if (v != null) q.set(k, v);
+  return q.toString();
+}
+
+// the cursor of the Link header's rel="next" URL (RFC 8288), or null
+function nextCursor(link) {
+  const m = link && link.match(/<([^>]*)>\s*;\s*rel="?next"?/);
+  return m ? new URL(m[1], location.href).searchParams.get("cursor") : null;
+}
+
+// Load the current page: PAGE_SIZE records from view.cursor, following the Link
+// while a filtered answer stops short. A record an event changed meanwhile keeps
+// the event's version; a row the page no longer has goes.
+async function loadView() {
+  const gen = ++loadGen;
+  const changed = changedDuringLoad = new Set();
+  view.loaded = false;
+  paintPager();
+  const found = [];
+  let cursor = view.cursor, next = null, failed = false;
   try {
-    const r = await fetch("/api/containers");
-    const list = await r.json();
-    const present = new Set();
-    for (const c of list) {
-      present.add(c.id);
-      if (!changed.has(c.id)) update(c.id, c);
+    do {
+      const r = await fetch(`/api/containers?${query({limit: PAGE_SIZE - found.length, cursor})}`);
+      const body = await r.json();
+      if (gen !== loadGen) return;
+      if (!r.ok) { message.textContent = `listing failed: ${body.error}`; failed = true; break; }
+      found.push(...body);
+      cursor = next = nextCursor(r.headers.get("Link"));
+    } while (next !== null && found.length < PAGE_SIZE);
+  } catch (e) {
+    if (gen !== loadGen) return;
+    message.textContent = `listing failed: ${e}`;
+    failed = true;
+  }
+  view.next = failed ? null : next;
+  view.ceiling = next !== null && found.length ? found[found.length - 1].id : null;
+  const present = new Set();
+  for (const c of found) {
+    present.add(c.id);
+    if (!changed.has(c.id)) pending.set(c.id, {record: c, matches: true});
+  }
+  if (!failed) {
+    for (const [id, row] of rows) {
+      if (!present.has(id) && !changed.has(id)) pending.set(id, {record: row.record, matches: false});
     }
-    for (const id of rows.keys()) if (!present.has(id) && !changed.has(id)) update(id, null);
-  } finally {
-    if (loadStarted === changed) loadStarted = null;
+  }
+  changedDuringLoad = null;
+  view.loaded = true;
+  flush();
+  refreshTotal(0);
+}
+
+function go(cursor, floor) {
+  view.cursor = cursor;
+  view.floor = floor;
+  view.ceiling = null;
+  view.next = null;
+  loadView();
+}
+
+$("next").onclick = $("next-bottom").onclick = () => {
+  if (!view.loaded || view.next === null) return;
+  view.back.push({cursor: view.cursor, floor: view.floor});
+  go(view.next, view.ceiling);
+};
+$("prev").onclick = $("prev-bottom").onclick = () => {
+  if (!view.loaded || !view.back.length) return;
+  const before = view.back.pop();
+  go(before.cursor, before.floor);
+};
+$("first").onclick = () => { view.back = []; go(null, null); };
+
+function paintPager() {
+  $("next").disabled = $("next-bottom").disabled = !view.loaded || view.next === null;
+  $("prev").disabled = $("prev-bottom").disabled = !view.loaded || !view.back.length;
+  $("first").disabled = !view.loaded || !view.back.length;
+  $("pager-bottom").hidden = rows.size < 20;  // a short page needs no second pager
+  const filtered = FILTERS.some((f) => view.filter[f] !== undefined);
+  const what = filtered ? "matching rows" : "rows";
+  $("page-info").textContent = view.loaded
+    ? `page ${view.back.length + 1}: ${rows.size} ${what}${view.next === null ? " (the last page)" : ""}`
+    : "loading…";
+  if (view.total !== null) {
+    $("count").textContent = `${view.total} container${view.total === 1 ? "" : "s"}`;
   }
 }
+
+// how many records there are, from a one-record page without a filter; again at
+// most every 2 s while records change
+let totalTimer = null;
+function refreshTotal(delay = 2000) {
+  if (totalTimer !== null) return;
+  totalTimer = setTimeout(async () => {
+    try {
+      const r = await fetch("/api/containers?limit=1");
+      if (r.ok && r.headers.has("X-Total-Count")) view.total = +r.headers.get("X-Total-Count");
+      paintPager();
+    } finally {
+      totalTimer = null;
+    }
+  }, delay);
+}
+
+// the filters: a new filter starts at the first page, on a stream of its own
+$("filters").onsubmit = (e) => {
+  e.preventDefault();
+  const filter = {};
+  for (const f of FILTERS) {
+    const value = $(`f-${f}`).value;
+    if (value !== "") filter[f] = value;
+  }
+  view.filter = filter;
+  view.back = [];
+  view.cursor = view.floor = view.ceiling = view.next = null;
+  view.loaded = false;
+  loadGen++;  // an answer for the old filter is dropped
+  paintPager();
+  connect();
+};
+for (const f of ["desired", "actual"]) $(`f-${f}`).onchange = () => $("filters").requestSubmit();
+$("f-clear").onclick = () => {
+  for (const f of FILTERS) $(`f-${f}`).value = "";
+  $("filters").requestSubmit();
+};
 
 // ------------------------------------------------------------------ nodes
 
@@ -218,6 +370,12 @@ function setNode(name, node) {
     paintLiveness(n);
   }
   $("no-nodes").hidden = nodes.size > 0;
+  const names = [...nodes.keys()].sort(collator.compare);
+  const list = $("node-names");
+  if ([...list.options].map((o) => o.value).join("\n") !== names.join("\n")) {
+    list.replaceChildren(...names.map((v) => Object.assign(document.createElement("option"),
+      {value: v})));
+  }
 }
 
 // the heartbeat's age as web saw it, plus the time since: no clock of this
@@ -315,9 +473,17 @@ function renderHistory(h) {
     }
     return li;
   });
+  const dropped = h.complete_since_ms > h.since_ms;
   if (!items.length) {
     const li = document.createElement("li");
-    li.textContent = "no change seen since web started";
+    li.textContent = dropped ? "no change kept" : "no change seen since web started";
+    items.push(li);
+  }
+  if (dropped) {  // web keeps h.total changes in all: older ones may be gone
+    const li = document.createElement("li");
+    li.className = "muted";
+    li.textContent = `changes before ${new Date(h.complete_since_ms).toLocaleTimeString()} `
+      + `may be missing (web keeps the latest ${h.total} changes of all containers)`;
     items.push(li);
   }
   $("history-entries").replaceChildren(...items);
@@ -328,20 +494,32 @@ document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeHisto
 
 // ------------------------------------------------------------------ the stream
 
-const events = new EventSource("/api/events?nodes=1");
-let wasDown = false;
-events.onopen = () => {
-  status.textContent = "live";
-  if (wasDown) { wasDown = false; load(); loadNodes(); }  // catch up on what we missed
-};
-events.onerror = () => { status.textContent = "reconnecting…"; wasDown = true; };
-events.addEventListener("container", (e) => {
-  const data = JSON.parse(e.data);
-  update(data.id, data.record);
-});
-events.addEventListener("node", (e) => {
-  const data = JSON.parse(e.data);
-  setNode(data.name, data.node);
-});
-load();
-loadNodes();
+// The stream of the current filters; each time it (re)connects, the current page
+// and the nodes are loaded again (the stream is subscribed before it opens: a list
+// read then misses no change).
+let events = null;
+function connect() {
+  if (events) events.close();
+  events = new EventSource(`/api/events?${query({nodes: 1})}`);
+  const mine = events;
+  events.onopen = () => {
+    status.textContent = "live";
+    loadView();
+    loadNodes();
+  };
+  events.onerror = () => {
+    if (mine.readyState === EventSource.CLOSED) {  // refused: the listing says why
+      status.textContent = "stopped";
+      loadView();
+    } else status.textContent = "reconnecting…";
+  };
+  events.addEventListener("container", (e) => {
+    const data = JSON.parse(e.data);
+    update(data.id, data.record, data.record != null && data.matches !== false);
+  });
+  events.addEventListener("node", (e) => {
+    const data = JSON.parse(e.data);
+    setNode(data.name, data.node);
+  });
+}
+connect();
