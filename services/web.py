@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import json
 import re
 import time
@@ -105,8 +106,10 @@ DESIRED_VALUES = model.POWER_DESIRED
 ACTUAL_VALUES = ("on", "off", "failed")
 #: hash buckets of the owner and node indexes (a bucket holds the keys of every value
 #: that falls in it; results are checked against the record)
-OWNER_BUCKETS = 512
-NODE_BUCKETS = 64
+OWNER_BUCKETS = 4096
+NODE_BUCKETS = 256
+#: keys a bucket holds in a plain sorted list before it becomes a ``SortedList``
+SMALL_BUCKET = 512
 
 
 def _listed_fields(rec: Any) -> tuple[str | None, str, str, str | None] | None:
@@ -155,13 +158,15 @@ class _Buckets:
     """The keys of the records whose field falls in each bucket, sorted: by the value
     itself (``values``: the few a filter may ask for; others are not indexed) or by
     its hash modulo ``hashed``. Only text values are indexed (a filter's value is
-    text). About 9 bytes per key (a pointer in a ``SortedList``; the key string is
-    the replica's), plus about 0.5 kB per bucket in use."""
+    text). A bucket is a sorted list while it holds up to ``SMALL_BUCKET`` keys, then
+    a ``SortedList`` (O(log n) to add or drop a key). About 9 bytes per key (a
+    pointer; the key string is the replica's), plus about 0.1 kB per small bucket in
+    use and 0.5 kB per large one."""
 
     def __init__(self, hashed: int = 0, values: tuple[str, ...] = ()) -> None:
         self.hashed = hashed
         self.values = values
-        self._lists: dict[Any, SortedList] = {}
+        self._lists: dict[Any, list[str] | SortedList] = {}
 
     def _indexed(self, value: Any) -> bool:
         return isinstance(value, str) and (bool(self.hashed) or value in self.values)
@@ -173,10 +178,17 @@ class _Buckets:
         if not self._indexed(value):
             return
         assert value is not None
-        keys = self._lists.get(self._bucket(value))
+        bucket = self._bucket(value)
+        keys = self._lists.get(bucket)
         if keys is None:
-            keys = self._lists[self._bucket(value)] = SortedList()
-        if key not in keys:
+            self._lists[bucket] = [key]
+        elif isinstance(keys, list):
+            at = bisect.bisect_left(keys, key)
+            if at == len(keys) or keys[at] != key:
+                keys.insert(at, key)
+                if len(keys) > SMALL_BUCKET:
+                    self._lists[bucket] = SortedList(keys)
+        elif key not in keys:
             keys.add(key)
 
     def discard(self, key: str, value: str | None) -> None:
@@ -185,10 +197,16 @@ class _Buckets:
         assert value is not None
         bucket = self._bucket(value)
         keys = self._lists.get(bucket)
-        if keys is not None:
+        if keys is None:
+            return
+        if isinstance(keys, list):
+            at = bisect.bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                del keys[at]
+        else:
             keys.discard(key)
-            if not keys:
-                del self._lists[bucket]
+        if not keys:
+            del self._lists[bucket]
 
     def size(self, value: str) -> int:
         """How many keys the bucket of ``value`` holds (an upper bound of its records)."""
@@ -196,16 +214,21 @@ class _Buckets:
         return 0 if keys is None else len(keys)
 
     def scan(self, value: str, after: str | None) -> Iterator[str]:
-        """The keys in the bucket of ``value``, in key order, after ``after``."""
+        """The keys in the bucket of ``value``, in key order, after ``after`` (the
+        bucket must not change while this is read)."""
         keys = self._lists.get(self._bucket(value))
         if keys is None:
             return iter(())
+        if isinstance(keys, list):
+            start = 0 if after is None else bisect.bisect_right(keys, after)
+            return (keys[i] for i in range(start, len(keys)))
         if after is None:
             return iter(keys)
         return iter(keys.irange(minimum=after, inclusive=(False, True)))
 
-    def __len__(self) -> int:
-        return sum(len(keys) for keys in self._lists.values())
+    def buckets(self) -> dict[Any, list[str]]:
+        """Every bucket's keys (for tests)."""
+        return {bucket: list(keys) for bucket, keys in self._lists.items()}
 
 
 @dataclass
