@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import contextlib
 import re
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -112,8 +113,9 @@ class Restart:
 
     service: str
     stop_s: float  # from SIGTERM until it exited
-    serving_s: float  # from its start until it served again (:data:`SERVING`)
+    serving_s: float | None  # from its start until it served again (None: it did not)
     first_pass_s: float | None  # its first full pass, from its log (None: none logged)
+    failed: str = ""  # why it did not serve again, and where its store and log were kept
 
 
 @dataclass
@@ -143,18 +145,25 @@ def _pids(p: Platform) -> dict[str, int]:
     return {name: proc.pid for name, proc in p.services.procs.items()}
 
 
-async def settle(p: Platform, timeout: float = SETTLE_TIMEOUT_S) -> float:
+async def settle(p: Platform, timeout: float = SETTLE_TIMEOUT_S,
+                 say: Callable[[str], None] | None = None) -> float:
     """Wait until every service used under 5 % of a core over the last second (it has
-    applied what it was sent); returns the seconds waited."""
+    applied what it was sent); returns the seconds waited. ``say``: told which services
+    were still busy when the wait timed out."""
     t0 = time.monotonic()
+    busy: list[str] = []
     while time.monotonic() - t0 < timeout:
         before = {n: proc_cpu(pid) for n, pid in _pids(p).items()}
         await asyncio.sleep(1.0)
         after = {n: proc_cpu(pid) for n, pid in _pids(p).items()}
-        busy = [n for n in before if (after[n] or 0) - (before[n] or 0) > 0.05]
+        busy = [f"{n} {100 * ((after[n] or 0) - (before[n] or 0)):.0f} %" for n in before
+                if (after[n] or 0) - (before[n] or 0) > 0.05]
         p.services.check()
         if not busy:
             return time.monotonic() - t0
+    if say is not None:
+        say(f"platform: still busy after {timeout:g}s (CPU over the last second): "
+            f"{', '.join(busy)}")
     return time.monotonic() - t0
 
 
@@ -182,7 +191,7 @@ async def grow(opt: Options, p: Platform, size: int, have: int, starts: int, bur
         say(f"platform: {have + len(created):,}/{size:,} records "
             f"({len(created) / (time.perf_counter() - t0):,.0f}/s)")
     create_s = time.perf_counter() - t0
-    settle_s = await settle(p)
+    settle_s = await settle(p, say=say)
     rss1 = {n: rss_bytes(pid) for n, pid in pids.items()}
     result = SizeResult(size, add / create_s,
                         {n: (rss1[n] - rss0[n]) / add for n in pids},
@@ -202,7 +211,7 @@ async def grow(opt: Options, p: Platform, size: int, have: int, starts: int, bur
     if bst:
         say(f"platform: {size:,} records: a burst of {len(bst)} Starts")
         result.burst_ms = [1000 * s for s in await burst(p, bst)]
-    await settle(p)
+    await settle(p, say=say)
     return result
 
 
@@ -293,13 +302,19 @@ async def restarts(p: Platform, known: str, spare: str, say: Callable[[str], Non
         since = (p.services.workdir / f"{name}.log").stat().st_size
         t0 = time.perf_counter()
         p.services.start(name, argv, env)
-        at = await _until(serving, what, p, name)
+        try:
+            at = await _until(serving, what, p, name)
+        except RuntimeError:
+            out.append(Restart(name, stop_s, None, _first_pass(p, name, since),
+                               _failed(p, name, since)))
+            say(f"platform: {name} restarted did not serve: {out[-1].failed}")
+            raise
         if seen is not None:
             at = seen.result()
         out.append(Restart(name, stop_s, at - t0, _first_pass(p, name, since)))
         say(f"platform: {name} serving {at - t0:.2f}s after its start "
             f"(it stopped in {stop_s:.2f}s)")
-        await settle(p)
+        await settle(p, say=say)
 
     async def web_serves() -> bool:
         async with p.session.get(f"{p.base}/healthz") as resp:
@@ -308,20 +323,35 @@ async def restarts(p: Platform, known: str, spare: str, say: Callable[[str], Non
                 return False
         return await _state(p, known) is not None
 
-    await restart("web", web_serves, SERVING["web"])
-    await _follow(p)
+    with contextlib.suppress(RuntimeError):  # one that did not serve ends the restarts
+        await restart("web", web_serves, SERVING["web"])
+        await _follow(p)
 
-    on = p.watch.expect(spare, lambda rec: rec.get("power_actual") == "on")
-    await restart("logic", lambda: _done(on), SERVING["logic"],
-                  lambda: _post(p, spare, "start"), on)
-    record = p.watch.records[spare]
-    p.pids.append(int(record["pid"]))
-    worker = str(record["assigned_node"])
+        on = p.watch.expect(spare, lambda rec: rec.get("power_actual") == "on")
+        await restart("logic", lambda: _done(on), SERVING["logic"],
+                      lambda: _post(p, spare, "start"), on)
+        record = p.watch.records[spare]
+        p.pids.append(int(record["pid"]))
+        worker = str(record["assigned_node"])
 
-    off = p.watch.expect(spare, lambda rec: rec.get("power_actual") == "off")
-    await restart(worker, lambda: _done(off), SERVING["worker"],
-                  lambda: _post(p, spare, "stop"), off)
+        off = p.watch.expect(spare, lambda rec: rec.get("power_actual") == "off")
+        await restart(worker, lambda: _done(off), SERVING["worker"],
+                      lambda: _post(p, spare, "stop"), off)
     return out
+
+
+def _failed(p: Platform, name: str, since: int) -> str:
+    """Why service ``name`` did not serve again (the last line of its log since byte
+    ``since``, and its exit status), with its store and log copied to a directory kept
+    after the run (to find out why)."""
+    proc = p.services.procs[name]
+    path = p.services.workdir / f"{name}.log"
+    lines = path.read_bytes()[since:].decode(errors="replace").strip().splitlines()
+    keep = Path(tempfile.mkdtemp(prefix=f"crdt-ops-platform-{name}-"))
+    for f in p.services.workdir.glob(f"{name}.*"):
+        shutil.copy2(f, keep / f.name)
+    status = "running" if proc.poll() is None else f"exit status {proc.returncode}"
+    return f"{lines[-1] if lines else 'no log line'} ({status}; store and log in {keep})"
 
 
 async def _done(fut: asyncio.Future[float]) -> bool:
@@ -388,10 +418,15 @@ def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.N
                 markdown_table(
                     ["service", "stopped in s", "serving after s", "its first full pass s",
                      "serving means"],
-                    [[r.service, f"{r.stop_s:.2f}", f"{r.serving_s:.2f}",
+                    [[r.service, f"{r.stop_s:.2f}",
+                      "FAILED" if r.serving_s is None else f"{r.serving_s:.2f}",
                       "-" if r.first_pass_s is None else f"{r.first_pass_s:.2f}",
                       SERVING[r.service if r.service in SERVING else "worker"]]
                      for r in restarted], "lrrrl"), ""]
+        failed = [r for r in restarted if r.failed]
+        if failed:
+            out += [f"{r.service} did not serve again: {r.failed}" for r in failed]
+            out += ["(the restarts stop at the first service that does not serve again)", ""]
     if snap is not None:
         out += [f"The durable snapshot at {snap.records:,} records (on a copy of logic's "
                 "store: what DurableReplica.snapshot() holds the event loop for, every "
@@ -435,6 +470,10 @@ def run(args: argparse.Namespace) -> int:
                     say(f"platform: {sizes[-1]:,} records: the durable snapshot")
                     snap.append(await asyncio.to_thread(
                         snapshot_cost, _store_of(p, "logic"), Path(tmp), sizes[-1]))
+                    c = snap[-1]
+                    say(f"platform: the snapshot: encode {1000 * c.encode_s:,.0f} ms + write "
+                        f"{1000 * c.write_s:,.0f} ms, {c.size / 1e6:,.1f} MB (restore "
+                        f"{c.restore_s:.2f} s)")
                     spare = await create_records(p.session, p.base, 2, "restart")
                     try:
                         restarted.extend(await restarts(p, spare[0], spare[1], say))
@@ -447,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
     results = asyncio.run(go())
     print(report(results, info, args, restarted, snap[0] if snap else None), flush=True)
     say("done")
-    return 0
+    return 1 if any(r.failed for r in restarted) else 0
 
 
 def configure(p: argparse.ArgumentParser) -> None:
