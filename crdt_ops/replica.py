@@ -524,9 +524,12 @@ class Replica(Fields):
         if self._unsent:
             last = self._buffer.clock[self.replica_id]
             unsent = Batch(self.replica_id, last - len(self._unsent) + 1, {}, list(self._unsent))
+        # this replica's own batches sealed from now on follow everything delivered here:
+        # a replay of them after a restore must know it (their deps list only what grew)
+        deps_of = {**self._deps_of, self.replica_id: dict(self._buffer.clock)}
         return codec.encode_snapshot(Snapshot(
             replica_id=self.replica_id, clock=dict(self._buffer.clock), hlc=self._hlc.last,
-            root=self._root, known=self._stability.known, deps_of=self._deps_of,
+            root=self._root, known=self._stability.known, deps_of=deps_of,
             retired=frozenset(self.membership.retired), managed=self.membership.managed,
             founders=self.membership.founders, admissions=self.membership.admissions,
             retiring=self.membership.retiring, reported=self._stability.reported,

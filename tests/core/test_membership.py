@@ -188,3 +188,28 @@ def test_random_histories_with_joins_and_retirements_converge() -> None:
     """The property (tools/sim/histories.py); ``crdt-ops histories`` runs 10,000."""
     count = int(os.environ.get("CRDT_OPS_HISTORIES", "400"))
     assert run_histories(count, seed=1000) == []
+
+
+def test_own_batches_logged_after_a_snapshot_replay_onto_it() -> None:
+    """A durable replica replays its own batches logged after its snapshot (their deps
+    list only what grew since the batch before): an admitted member's batch must not be
+    refused as written without an admission (the platform's worker failed so on restart)."""
+    f = Replica("f", members=["f"])
+    f.found()
+    w = Replica("w", members=["f"])
+    w.join()
+    for m in w.outgoing():
+        f.receive(m)
+    for m in f.outgoing():
+        w.receive(m)
+    assert w.is_member
+    w.counter("n").increment()
+    w.outgoing()
+    snapshot = w.snapshot()
+    w.counter("n").increment()
+    later = w.outgoing()
+    restored = Replica.from_snapshot(snapshot, members=["f"])
+    for m in later:
+        assert restored.receive(m)
+    assert restored.state() == w.state() == {"n": 2}
+    assert dict(restored.clock) == dict(w.clock)
