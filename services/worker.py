@@ -69,9 +69,13 @@ class Worker:
         node.replica.subscribe(model.CONTAINERS, self._changed)
 
     def _changed(self, event: ChangeEvent) -> None:
-        """A container record changed: keep this node's records, and reconcile soon."""
+        """A container record changed: keep this node's records, and reconcile soon if it
+        is (or was) one of them; another node's record wakes nothing."""
+        cid = event.key[len(model.CONTAINERS):]
+        had = cid in self.assigned.records
         self.assigned.changed(event)
-        self._wake.set()
+        if had or cid in self.assigned.records:
+            self._wake.set()
 
     def _adopt(self, lease_s: float) -> lease.Lease:
         """The lease of a worker that ran here before, if it still holds (a restart

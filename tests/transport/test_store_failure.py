@@ -169,3 +169,24 @@ async def test_web_answers_503_while_its_store_fails_and_recovers(settings: Sett
     finally:
         await client.close()
         await web.stop()
+
+
+def test_confirming_published_messages_skips_the_disk_sync_and_nothing_else(
+        tmp_path: Path) -> None:
+    """confirm() drops outbox rows with synchronous=NORMAL (losing it to a power cut only
+    publishes them again); every other write stays FULL, also after a confirm that failed."""
+    from crdt_ops.transport.store import Store
+
+    store = Store(tmp_path / "s.sqlite")
+    try:
+        store.append([], [b"a", b"b"])
+        ids = [i for i, _ in store.unconfirmed()]
+        store.confirm(ids[:1])
+        assert [d for _, d in store.unconfirmed()] == [b"b"]
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        with locked(tmp_path / "s.sqlite"), pytest.raises(StoreUnavailable):
+            store.confirm(ids[1:])
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert [d for _, d in store.unconfirmed()] == [b"b"]
+    finally:
+        store.close()
