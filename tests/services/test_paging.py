@@ -32,10 +32,11 @@ from hypothesis import strategies as st
 
 from crdt_ops import Replica
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
+from services import listing as listing_module
 from services import model
-from services import web as web_module
 from services.history import History
-from services.web import SCAN_BEYOND, Filter, Listing, decode_cursor, encode_cursor, make_app
+from services.listing import SCAN_BEYOND, Filter, Listing
+from services.web import decode_cursor, encode_cursor, make_app
 
 Client = TestClient[Any, Any]
 
@@ -214,15 +215,16 @@ def listed(listing: Listing, flt: Filter, limit: int) -> list[str]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before=st.lists(change, max_size=15), after=st.lists(change, max_size=40),
-       limit=st.integers(1, 4), small=st.sampled_from([2, web_module.SMALL_BUCKET]))
+       limit=st.integers(1, 4), small=st.sampled_from([2, listing_module.SMALL_BUCKET]))
 def test_the_filters_list_what_a_full_pass_lists(before: list[tuple[Any, ...]],
                                                   after: list[tuple[Any, ...]],
                                                   limit: int, small: int) -> None:
-    saved, web_module.SMALL_BUCKET = web_module.SMALL_BUCKET, small  # 2: buckets become SortedLists
+    # small=2: buckets become SortedLists
+    saved, listing_module.SMALL_BUCKET = listing_module.SMALL_BUCKET, small
     try:
         check_against_a_full_pass(before, after, limit)
     finally:
-        web_module.SMALL_BUCKET = saved
+        listing_module.SMALL_BUCKET = saved
 
 
 def check_against_a_full_pass(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]],
