@@ -54,6 +54,9 @@ class Replica(Fields):
     See :mod:`crdt_ops.membership`.
     """
 
+    #: Written paths one automatic :meth:`compact` settles at most (a few ms of work).
+    SETTLE_STEP = 256
+
     def __init__(self, replica_id: str, *, wall_clock: Callable[[], int] | None = None,
                  max_batch_ops: int = 1000, max_buffered_ops: int = 100_000,
                  compact_every: int = 1000, max_waiting_per_origin: int | None = None,
@@ -331,8 +334,8 @@ class Replica(Fields):
             if (hb.join and m.managed and not m.is_member(hb.origin)
                     and hb.origin not in m.retired and m.is_member(self.replica_id)):
                 self.admit(hb.origin)
-        if self._settler:  # a report may move the frontier: settle what it released
-            self.compact(2 * self.compact_every)
+        if self._settler:  # a report may move the frontier: settle some of what it released
+            self.compact(self.SETTLE_STEP)
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:
@@ -428,7 +431,7 @@ class Replica(Fields):
                                             None if new is _MISSING else new, origin))
         self._since_compact += len(ops)
         if self._since_compact >= self.compact_every:
-            self.compact(2 * self.compact_every)
+            self.compact(self.SETTLE_STEP)
 
     def _admitted(self, replica: str, origin: str, seq: int, past: Mapping[str, int]) -> None:
         if self.membership.admit(replica, (origin, seq)):
@@ -485,9 +488,11 @@ class Replica(Fields):
         whose updates all became causally stable (:mod:`crdt_ops.settler`,
         :mod:`crdt_ops.types.settled`). ``limit``: take at most that many of the
         written paths waiting (each costs a few microseconds), all when None.
-        Returns how many were taken. The replica calls it by itself every
-        ``compact_every`` operations and on each heartbeat it receives, with a limit of
-        twice ``compact_every``; a transport may call it more often."""
+        Returns how many were taken (``limit``: there may be more). The replica calls
+        it by itself every ``compact_every`` operations and on each heartbeat it
+        receives, with a limit of :attr:`SETTLE_STEP`, so that no call holds its caller
+        for long; a transport drains the rest in such steps between its other work
+        (the RabbitMQ node does: ``AmqpNode``)."""
         self._since_compact = 0
         return self._settler.settle(self._root, self._stability.frontier(), limit)
 

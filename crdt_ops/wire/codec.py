@@ -431,6 +431,8 @@ def _get_map(msg: pb.ObjectState, obj: ORMap) -> None:
     if msg.settled:
         obj.settled = frozen.join(msg.settled)
     for fs in msg.fields:
+        if not fs.name:
+            raise _bad("bad-snapshot", "a map field has an empty name")
         name = _intern(fs.name)
         t = _get_type(fs.type, "a field")
         if fs.settled:

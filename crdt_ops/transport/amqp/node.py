@@ -64,6 +64,9 @@ from crdt_ops.transport.topology import Topology, declare, declare_member
 
 log = logging.getLogger(__name__)
 
+#: How often the node settles what causal stability released (seconds; see ``_settle``).
+SETTLE_EVERY_S = 0.25
+
 
 
 class AmqpNode:
@@ -230,7 +233,7 @@ class AmqpNode:
         await self._connect()
         loop = asyncio.get_running_loop()
         for step in (self.durable.flusher, self._out.run, self._in.run, self._heartbeat,
-                     self._gap_watch, self._echo_watch):
+                     self._gap_watch, self._echo_watch, self._settle):
             self._tasks.append(loop.create_task(self._forever(step)))
         self.durable.pumping = True
         self.durable.outbox_ready.set()
@@ -545,6 +548,15 @@ class AmqpNode:
         self.replica.heartbeat()
         self.durable.commit()
         self._observe()
+
+    async def _settle(self) -> None:
+        """Settle what causal stability released (``Replica.compact``), a step at a time
+        with the loop's other work in between: a record costs its compact size soon
+        after it is stable, and no step holds a delivery up for more than a few ms."""
+        await asyncio.sleep(SETTLE_EVERY_S)
+        step = self.replica.SETTLE_STEP
+        while self.replica.compact(step) >= step:
+            await asyncio.sleep(0)
 
     async def _gap_watch(self) -> None:
         """Read the stream again (what it holds twice is dropped by the clock) when
