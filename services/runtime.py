@@ -42,6 +42,7 @@ class ProcessRuntime:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.command = shlex.split(command)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._pids: dict[str, int] = {}  # pid files read (or written) here, by container
 
     def _pidfile(self, cid: str) -> Path:
         return self.state_dir / f"{cid}.pid"
@@ -58,6 +59,7 @@ class ProcessRuntime:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         self._children[proc.pid] = proc
         self._pidfile(cid).write_text(str(proc.pid))
+        self._pids[cid] = proc.pid
         return proc.pid
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
@@ -65,6 +67,7 @@ class ProcessRuntime:
         ``grace_s`` seconds if it still runs."""
         pid = self._alive_pid(cid)
         self._pidfile(cid).unlink(missing_ok=True)
+        self._pids.pop(cid, None)
         if pid is None:
             return
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
@@ -83,24 +86,34 @@ class ProcessRuntime:
         return ["--process-dir", str(self.state_dir)]
 
     def running(self) -> dict[str, int]:
-        """Container id -> pid of every instance alive now."""
+        """Container id -> pid of every instance alive now: the pid files of the
+        directory (the truth a restarted worker and the guard read too), each read
+        once (this runtime writes the ones it starts), each process checked."""
         out = {}
-        for f in self.state_dir.glob("*.pid"):
-            pid = self._alive_pid(f.stem)
+        with os.scandir(self.state_dir) as entries:
+            cids = [e.name[:-4] for e in entries if e.name.endswith(".pid")]
+        for cid in self._pids.keys() - set(cids):
+            del self._pids[cid]
+        for cid in cids:
+            pid = self._alive_pid(cid)
             if pid is not None:
-                out[f.stem] = pid
+                out[cid] = pid
         return out
 
     def _alive_pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
+        pid = self._pids.get(cid)
         f = self._pidfile(cid)
-        try:
-            pid = int(f.read_text())
-        except (OSError, ValueError):
-            return None
+        if pid is None:
+            try:
+                pid = int(f.read_text())
+            except (OSError, ValueError):
+                return None
+            self._pids[cid] = pid
         if _alive(pid, self._children.get(pid)):
             return pid
         f.unlink(missing_ok=True)
+        self._pids.pop(cid, None)
         return None
 
 
