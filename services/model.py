@@ -20,7 +20,7 @@ principal (``web``, ``logic``, ``worker.<node>``: see :func:`principal`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from crdt_ops import Replica, Rule, WritePolicy
@@ -72,9 +72,9 @@ def report(replica: Replica, cid: str, node_name: str) -> MapHandle:
     return container(replica, cid).map("workers").map(node_name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Container:
-    """A plain view of a container record."""
+    """A plain view of a container record (slotted: logic keeps one per record)."""
 
     id: str
     name: str | None
@@ -107,7 +107,7 @@ class Container:
             last_error=slot.get("last_error"), rejected_reason=rec.get("rejected_reason"))
 
     def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

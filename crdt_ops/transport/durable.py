@@ -98,6 +98,8 @@ class DurableReplica:
         self._waiting = 0  # flush() calls waiting for the next commit
         self._last_waiting = 0  # how many the last commit answered
         self._since_snapshot = 0
+        self._snapshotting = False
+        self._own_counted = replica.clock.get(replica.replica_id, 0)
 
     # ------------------------------------------------------------ opening
 
@@ -290,6 +292,17 @@ class DurableReplica:
             self._committed_own()
         if self._committed is not None and not self._committed.done():
             self._committed.set_result(None)
+        if msgs and not self._snapshotting:
+            self._count_own()
+
+    def _count_own(self) -> None:
+        """Count this replica's own operations logged since the last count toward the
+        next snapshot, like remote ones (:meth:`applied`): a replica that mostly writes
+        (web) would otherwise replay its whole log at each restart."""
+        own = self.replica.clock.get(self.replica_id, 0)
+        if own > self._own_counted:
+            n, self._own_counted = own - self._own_counted, own
+            self.applied(n)
 
     def _committed_own(self) -> None:
         last = self.replica.clock.get(self.replica_id, 0)
@@ -314,9 +327,9 @@ class DurableReplica:
         self.outbox_ready.set()
 
     def applied(self, n: int) -> None:
-        """``n`` remote operations were applied and logged: take a snapshot when
-        ``snapshot_every`` have been since the last one (skipped if the store fails:
-        the recovery restores from the store)."""
+        """``n`` operations were applied and logged (remote ones, and this replica's own
+        as they are committed): take a snapshot when ``snapshot_every`` have been since
+        the last one (skipped if the store fails: the recovery restores from the store)."""
         self._since_snapshot += n
         if self._since_snapshot >= self.settings.snapshot_every:
             with contextlib.suppress(StoreUnavailable):
@@ -326,10 +339,15 @@ class DurableReplica:
         """Write a snapshot and drop the log it covers. Raises
         :class:`~crdt_ops.transport.store.StoreUnavailable` if the store fails (the old
         snapshot and log stay as they were)."""
-        self.commit()
-        with self.storing():
-            self.store.save_snapshot(self.replica.snapshot())
+        self._snapshotting = True
+        try:
+            self.commit()
+            with self.storing():
+                self.store.save_snapshot(self.replica.snapshot())
+        finally:
+            self._snapshotting = False
         self._since_snapshot = 0
+        self._own_counted = self.replica.clock.get(self.replica_id, 0)
 
     # ------------------------------------------------------------ closing
 
