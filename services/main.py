@@ -371,6 +371,12 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
             _delete_users(list(passwords))
         if owned and ok:
             shutil.rmtree(work, ignore_errors=True)
+        done = [f"group {group}'s queues, stream and exchanges deleted" if owned
+                else f"group {group} kept (it was given)"]
+        if passwords:
+            done.append(f"{len(passwords)} broker users deleted")
+        done.append(f"{work} removed" if owned and ok else f"logs kept in {work}")
+        print(f"crdt-ops demo: cleaned up: {'; '.join(done)}", flush=True)
         print("stopped", flush=True)
 
 
