@@ -103,16 +103,15 @@ class ProcessRuntime:
     def _alive_pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
         pid = self._pids.get(cid)
-        f = self._pidfile(cid)
         if pid is None:
             try:
-                pid = int(f.read_text())
+                pid = int(self._pidfile(cid).read_text())
             except (OSError, ValueError):
                 return None
             self._pids[cid] = pid
         if _alive(pid, self._children.get(pid)):
             return pid
-        f.unlink(missing_ok=True)
+        self._pidfile(cid).unlink(missing_ok=True)
         self._pids.pop(cid, None)
         return None
 
