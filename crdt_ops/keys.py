@@ -24,9 +24,6 @@ class KeyIndex:
     def __init__(self, keys: Iterable[str] = ()) -> None:
         self._keys = SortedList(keys)
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def add(self, key: str) -> None:
         """Add ``key``; the caller adds each key once (when it first appears)."""
         self._keys.add(key)

@@ -41,17 +41,6 @@ class Settler:
         q.append((path, seq))
         self._size += 1
 
-    def released(self, frontier: Mapping[str, int]) -> int:
-        """How many queued entries ``frontier`` covers (what :meth:`settle` would take)."""
-        n = 0
-        for origin, q in self._queues.items():
-            top = frontier.get(origin, 0)
-            for _, seq in q:
-                if seq > top:
-                    break
-                n += 1
-        return n
-
     def settle(self, root: ORMap, frontier: Mapping[str, int], limit: int | None = None) -> int:
         """Try to settle the paths of the entries ``frontier`` covers, at most ``limit``
         entries (all when None); returns how many were taken."""
@@ -69,10 +58,6 @@ class Settler:
             if not q:
                 del self._queues[origin]
         return taken
-
-    def clear(self) -> None:
-        self._queues.clear()
-        self._size = 0
 
 
 def settle_path(root: ORMap, path: tuple[str, ...], frontier: Mapping[str, int]) -> None:
