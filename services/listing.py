@@ -45,11 +45,9 @@ def listed_fields(rec: Any) -> tuple[str | None, str, str, str | None] | None:
     None for what web does not list (no record, or one without a name)."""
     if not isinstance(rec, dict) or not rec.get("name"):
         return None
-    node = rec.get("assigned_node")
-    slots = rec.get("workers")
-    slot = slots.get(node) if isinstance(slots, dict) and node else None
-    actual = slot.get("power_actual") if isinstance(slot, dict) else None
-    return (rec.get("owner"), rec.get("power_desired") or "off", actual or "off", node)
+    actual = model.shown_slot(rec).get("power_actual")
+    return (rec.get("owner"), rec.get("power_desired") or "off", actual or "off",
+            rec.get("assigned_node"))
 
 
 @dataclass(frozen=True)
@@ -101,12 +99,19 @@ class _Buckets:
     def _bucket(self, value: str) -> Any:
         return hash(value) % self.hashed if self.hashed else value
 
-    def add(self, key: str, value: str | None) -> None:
-        if not self._indexed(value):
-            return
-        assert value is not None
+    def _lookup(self, value: str | None) -> tuple[Any, list[str] | SortedList | None] | None:
+        """The bucket of ``value`` and the keys it holds (None: none yet), or None when
+        ``value`` is not indexed."""
+        if not isinstance(value, str) or not self._indexed(value):
+            return None
         bucket = self._bucket(value)
-        keys = self._lists.get(bucket)
+        return bucket, self._lists.get(bucket)
+
+    def add(self, key: str, value: str | None) -> None:
+        found = self._lookup(value)
+        if found is None:
+            return
+        bucket, keys = found
         if keys is None:
             self._lists[bucket] = [key]
         elif isinstance(keys, list):
@@ -119,11 +124,10 @@ class _Buckets:
             keys.add(key)
 
     def discard(self, key: str, value: str | None) -> None:
-        if not self._indexed(value):
+        found = self._lookup(value)
+        if found is None:
             return
-        assert value is not None
-        bucket = self._bucket(value)
-        keys = self._lists.get(bucket)
+        bucket, keys = found
         if keys is None:
             return
         if isinstance(keys, list):

@@ -72,6 +72,15 @@ def report(replica: Replica, cid: str, node_name: str) -> MapHandle:
     return container(replica, cid).map("workers").map(node_name)
 
 
+def shown_slot(rec: dict[str, Any]) -> dict[str, Any]:
+    """The worker slot a container record shows: its ``assigned_node``'s (``{}`` when it
+    has none); the other slots are stale reports of nodes it left."""
+    node_name = rec.get("assigned_node")
+    slots = rec.get("workers")
+    slot = slots.get(node_name) if isinstance(slots, dict) and node_name else None
+    return slot if isinstance(slot, dict) else {}
+
+
 @dataclass(frozen=True, slots=True)
 class Container:
     """A plain view of a container record (slotted: logic keeps one per record)."""
@@ -93,9 +102,7 @@ class Container:
     def of(cls, key: str, rec: dict[str, Any]) -> Container:
         """The record's view: its worker fields from the assigned node's slot."""
         node_name = rec.get("assigned_node")
-        slots = rec.get("workers")
-        slot = slots.get(node_name) if isinstance(slots, dict) and node_name else None
-        slot = slot if isinstance(slot, dict) else {}
+        slot = shown_slot(rec)
         return cls(
             id=key[len(CONTAINERS):], name=rec.get("name"), owner=rec.get("owner"),
             power_desired=rec.get("power_desired") or "off",
