@@ -25,7 +25,14 @@ class Runtime(Protocol):
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None: ...
 
-    def running(self) -> dict[str, int]: ...
+    def running(self) -> dict[str, int]:
+        """Container id -> pid of every instance this runtime runs now."""
+        ...
+
+    def pid(self, cid: str) -> int | None:
+        """The pid of ``cid``'s instance if one runs now, else None: what
+        :meth:`running` says of one container, without listing the others."""
+        ...
 
     def guard_args(self) -> list[str]:
         """The arguments of ``python -m services.guard`` that rebuild this runtime in
@@ -100,6 +107,10 @@ class ProcessRuntime:
                 out[cid] = pid
         return out
 
+    def pid(self, cid: str) -> int | None:
+        """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
+        return self._alive_pid(cid)
+
     def _alive_pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
         pid = self._pids.get(cid)
@@ -171,6 +182,16 @@ class DockerRuntime:
 
     def guard_args(self) -> list[str]:
         return ["--docker"]
+
+    def pid(self, cid: str) -> int | None:
+        """The pid of ``cid``'s container if it runs (``docker inspect``), else None."""
+        try:
+            state = self._docker("inspect", "-f", "{{.State.Running}} {{.State.Pid}}",
+                                 f"crdt-ops-{cid}")
+        except RuntimeError_:
+            return None  # no such container
+        up, pid = state.split(" ", 1)
+        return int(pid) if up == "true" else None
 
     def running(self) -> dict[str, int]:
         out = {}

@@ -2,8 +2,10 @@
 
 It beats a heartbeat into ``nodes/<name>`` (with its lease's epoch and length)
 every ``heartbeat_s``; a beat the broker confirmed in time renews the lease
-(services/lease.py). On every change (and twice a heartbeat) it reconciles the
-runtime with the records: a container placed on this node's current epoch that
+(services/lease.py). On every change it reconciles the containers whose records
+changed; once a heartbeat, and when its lease starts or stops allowing containers
+to run, all of them with what the runtime runs (the safety net: an instance that
+died, one no record wants). A container placed on this node's current epoch that
 should run is started (again, with a new pid, when ``restart_generation``
 grew), while the lease holds; anything else that runs here is stopped. Failures
 are written to ``power_actual``/``last_error`` and retried with backoff.
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from crdt_ops.events import ChangeEvent
@@ -66,6 +69,12 @@ class Worker:
         self._beat: tuple[float, float] | None = None  # (written at, committed at)
         #: the records assigned to this node, kept from change events (services/index.py)
         self.assigned = NodeRecords(name)
+        #: the instances running here as last seen: container id -> pid (a full reconcile
+        #: lists them all; an incremental one asks about the containers it reconciles)
+        self._running: dict[str, int] = {}
+        #: containers whose record changed since the last reconcile (this node's, or that
+        #: were this node's)
+        self._dirty: set[str] = set()
         node.replica.subscribe(model.CONTAINERS, self._changed)
 
     def _changed(self, event: ChangeEvent) -> None:
@@ -75,6 +84,7 @@ class Worker:
         had = cid in self.assigned.records
         self.assigned.changed(event)
         if had or cid in self.assigned.records:
+            self._dirty.add(cid)
             self._wake.set()
 
     def _adopt(self, lease_s: float) -> lease.Lease:
@@ -121,60 +131,106 @@ class Worker:
         running = self.runtime.running()
         for cid in running:
             self.runtime.stop(cid, grace_s=self.lease.stop_wait_s)
+        self._running.clear()
         return len(running)
 
-    def reconcile(self, now: float | None = None) -> int:
-        """Make the runtime match the records; write what changed. Returns writes."""
+    def reconcile(self, now: float | None = None, only: Iterable[str] | None = None) -> int:
+        """Make the runtime match the records; write what changed. Returns the writes.
+
+        ``only=None`` (a *full* reconcile, the safety net run once a heartbeat): every
+        record assigned here and every instance the runtime runs (``Runtime.running()``),
+        so that an instance that died or one no record wants is found. ``only``: just these
+        container ids (the records that changed, the retries that are due), asking the
+        runtime about each one (``Runtime.pid``): what a change costs does not grow with
+        the containers this node runs (issue 13). Both apply the same rule to each
+        container (:meth:`_settle_one`); after incremental reconciles of every change, a
+        full one finds nothing to do (tests/services/test_worker.py). ``now``:
+        ``time.monotonic()`` seconds (the lease and the retries' backoff)."""
         now = time.monotonic() if now is None else now
-        r = self.node.replica
-        running = self.runtime.running()
-        writes = 0
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
-            self.assigned.load(r)     # them in one go
-        here = dict(self.assigned.records)
+            self.assigned.load(self.node.replica)  # them in one go
+        if only is None:
+            self._dirty.clear()
+            self._running = self.runtime.running()
+            cids = sorted(self._running.keys() | self.assigned.records.keys())
+        else:
+            cids = sorted(set(only))
+            for cid in cids:
+                pid = self.runtime.pid(cid)
+                if pid is None:
+                    self._running.pop(cid, None)
+                else:
+                    self._running[cid] = pid
         may_run = self.lease.may_run(now)
-        mine = {cid: c for cid, c in here.items() if may_run and c.power_desired == "on"
-                and c.assigned_epoch == self.lease.epoch}
-        for cid in set(running) - set(mine):
-            log.info("%s: stopping %s", self.name, cid)
-            self.runtime.stop(cid, grace_s=self.lease.stop_wait_s)
-            running.pop(cid)
-        for c in here.values():
-            if c.id not in mine and (c.power_actual != "off" or c.pid is not None):
-                self._report(c.id, power_actual="off", pid=None)
-                writes += 1
-        tick = time.monotonic()
-        for c in mine.values():
-            fresh = c.id in running and c.started_generation == c.restart_generation
-            if fresh:
-                if c.power_actual != "on" or c.pid != running[c.id]:
-                    self._report(c.id, power_actual="on", pid=running[c.id], last_error=None)
-                    writes += 1
+        mine = []
+        for cid in cids:  # stops first, then starts
+            c = self.assigned.records.get(cid)
+            if c is not None and may_run and c.power_desired == "on" \
+                    and c.assigned_epoch == self.lease.epoch:
+                mine.append(c)
                 continue
-            when, backoff = self._retry_at.get(c.id, (0.0, 0.5))
-            if tick < when:
-                continue
-            if self.use_guard:
-                guard.ensure(self.state_dir, self.runtime)
-            try:
-                pid = self.runtime.start(c.id)
-            except RuntimeError_ as e:
-                log.warning("%s: starting %s failed: %s", self.name, c.id, e)
-                self._retry_at[c.id] = (tick + backoff, min(backoff * 2, 30.0))
-                self._report(c.id, power_actual="failed", last_error=str(e))
-                writes += 1
-                continue
-            self._retry_at.pop(c.id, None)
-            running[c.id] = pid
-            log.info("%s: started %s as pid %d", self.name, c.id, pid)
-            self._report(c.id, power_actual="on", pid=pid, last_error=None,
-                         started_generation=c.restart_generation)
-            writes += 1
-        count = len(running)
-        rec = model.node(r, self.name)
-        if rec.register("running").value != count:
-            rec.register("running").set(count)
+            self._retry_at.pop(cid, None)
+            if cid in self._running:
+                log.info("%s: stopping %s", self.name, cid)
+                self.runtime.stop(cid, grace_s=self.lease.stop_wait_s)
+                del self._running[cid]
+        kept = {c.id for c in mine}
+        writes = sum(self._settle_one(cid, None) for cid in cids
+                     if cid in self.assigned.records and cid not in kept)
+        writes += sum(self._settle_one(c.id, c, now) for c in mine)
+        rec = model.node(self.node.replica, self.name)
+        if rec.register("running").value != len(self._running):
+            rec.register("running").set(len(self._running))
         return writes
+
+    def reconcile_changes(self, now: float | None = None) -> int:
+        """Reconcile the containers whose records changed since the last reconcile, and
+        those whose retry after a failed start is due (an incremental :meth:`reconcile`).
+        Returns the writes."""
+        now = time.monotonic() if now is None else now
+        due = {cid for cid, (when, _) in self._retry_at.items() if when <= now}
+        if not (self._dirty or due):
+            return 0
+        dirty, self._dirty = self._dirty | due, set()
+        return self.reconcile(now, only=dirty)
+
+    def _settle_one(self, cid: str, should_run: model.Container | None,
+                    now: float = 0.0) -> int:
+        """Bring one container to its rule: ``should_run`` None (it must not run here, and
+        was stopped): report it off; else run its ``restart_generation`` (start it, after
+        its backoff if it failed before: ``now`` in ``time.monotonic()`` seconds) and report
+        it on. Returns the writes (0 or 1)."""
+        if should_run is None:
+            c = self.assigned.records[cid]
+            if c.power_actual != "off" or c.pid is not None:
+                self._report(cid, power_actual="off", pid=None)
+                return 1
+            return 0
+        c = should_run
+        pid = self._running.get(cid)
+        if pid is not None and c.started_generation == c.restart_generation:
+            if c.power_actual != "on" or c.pid != pid:
+                self._report(cid, power_actual="on", pid=pid, last_error=None)
+                return 1
+            return 0
+        when, backoff = self._retry_at.get(cid, (0.0, 0.5))
+        if now < when:
+            return 0
+        if self.use_guard:
+            guard.ensure(self.state_dir, self.runtime)
+        try:
+            pid = self.runtime.start(cid)
+        except RuntimeError_ as e:
+            log.warning("%s: starting %s failed: %s", self.name, cid, e)
+            self._retry_at[cid] = (now + backoff, min(backoff * 2, 30.0))
+            self._report(cid, power_actual="failed", last_error=str(e))
+            return 1
+        self._retry_at.pop(cid, None)
+        self._running[cid] = pid
+        log.info("%s: started %s as pid %d", self.name, cid, pid)
+        self._report(cid, power_actual="on", pid=pid, last_error=None,
+                     started_generation=c.restart_generation)
+        return 1
 
     def _report(self, cid: str, **fields: object) -> None:
         rec = model.report(self.node.replica, cid, self.name)
@@ -189,7 +245,8 @@ class Worker:
         passes = asyncio.create_task(full_passes(
             self.assigned, self.node.replica, every_s=FULL_PASS_S, wake=self._wake,
             name=f"{self.name}'s records"))
-        last_beat = 0.0
+        last_beat = last_full = 0.0
+        allowed: tuple[str, bool] | None = None  # the lease's (epoch, may run) last time
         try:
             while True:
                 self.keep_lease(time.monotonic())
@@ -202,7 +259,13 @@ class Worker:
                     self._beat = (written, time.monotonic())
                 self._wake.clear()  # first: a change landing while we work wakes the next
                 if self.assigned.loaded:
-                    self.reconcile()
+                    now = time.monotonic()
+                    was, allowed = allowed, (self.lease.epoch, self.lease.may_run(now))
+                    if now - last_full >= self.heartbeat_s or allowed != was:
+                        self.reconcile(now)
+                        last_full = now
+                    else:
+                        self.reconcile_changes(now)
                 await self.node.flush()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.heartbeat_s / 4)

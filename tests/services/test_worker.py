@@ -1,0 +1,169 @@
+"""The worker's incremental reconcile (issue 13): reconciling only the containers whose
+records changed leaves nothing for a full reconcile to do, and never lists what the
+runtime runs (its cost does not grow with the containers a node runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdt_ops.transport.memory import MemoryBus, MemoryNode
+from services import model
+from services.runtime import RuntimeError_
+from services.worker import Worker
+
+
+class CountingRuntime:
+    """A runtime in memory (the worker's OS processes are tested over the real services
+    in test_services.py): counts how often the worker lists everything."""
+
+    def __init__(self) -> None:
+        self.instances: dict[str, int] = {}
+        self.listings = 0
+        self.starts = self.stops = 0
+        self.next_pid = 1000
+        self.failing: set[str] = set()
+
+    def start(self, cid: str) -> int:
+        if cid in self.failing:
+            raise RuntimeError_(f"{cid} does not start")
+        self.starts += 1
+        self.next_pid += 1
+        self.instances[cid] = self.next_pid
+        return self.next_pid
+
+    def stop(self, cid: str, grace_s: float = 5.0) -> None:
+        if self.instances.pop(cid, None) is not None:
+            self.stops += 1
+
+    def running(self) -> dict[str, int]:
+        self.listings += 1
+        return dict(self.instances)
+
+    def pid(self, cid: str) -> int | None:
+        return self.instances.get(cid)
+
+    def guard_args(self) -> list[str]:
+        return []
+
+
+# one step: (what, container index, a value)
+STEPS = st.lists(st.tuples(
+    st.sampled_from(["create", "desired", "restart", "place", "place-old-epoch",
+                     "place-elsewhere", "unplace", "delete", "fail", "heal"]),
+    st.integers(0, 2), st.booleans()), max_size=40)
+
+
+async def _settle(*nodes: MemoryNode) -> None:
+    for n in nodes:
+        await n.flush()
+    for _ in range(6):  # the bus delivers on later loop iterations; writes echo once more
+        await asyncio.sleep(0)
+        for n in nodes:
+            await n.flush()
+
+
+async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
+    bus = MemoryBus()
+    web, logic, wn = (MemoryNode(bus, rid, policy=model.POLICY)
+                      for rid in ("web", "logic", "worker.n1"))
+    for n in (web, logic, wn):
+        await n.start()
+    runtime = CountingRuntime()
+    worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6)
+    now = time.monotonic()
+    worker.lease.renew(now, now)
+    worker.reconcile(now)  # loads the (empty) records
+    listings = runtime.listings
+    for what, i, flag in steps:
+        cid = f"c{i}"
+        rec = model.container(web.replica, cid)
+        if what == "create":
+            rec.register("name").set(cid)
+            rec.register("power_desired").set("on" if flag else "off")
+        elif what == "desired":
+            rec.register("power_desired").set("on" if flag else "off")
+        elif what == "restart":
+            g = rec.register("restart_generation")
+            g.set((g.value or 0) + 1)
+        elif what == "delete":
+            web.replica.remove(model.CONTAINERS + cid)
+        elif what == "fail":
+            runtime.failing.add(cid)
+        elif what == "heal":
+            runtime.failing.discard(cid)
+        else:
+            placed = model.container(logic.replica, cid)
+            node = "n2" if what == "place-elsewhere" else "n1"
+            epoch = "old" if what == "place-old-epoch" else worker.lease.epoch
+            if what == "unplace":
+                placed.register("assigned_node").set(None)
+            else:
+                placed.register("assigned_node").set(node)
+                placed.register("assigned_epoch").set(epoch)
+        await _settle(web, logic, wn)
+        worker.reconcile_changes(now + (100.0 if flag else 0.0))  # retries due, or not
+        await _settle(web, logic, wn)
+        worker.reconcile_changes(now)
+        await _settle(web, logic, wn)
+    assert runtime.listings == listings, "an incremental reconcile listed every instance"
+    runtime.failing.clear()
+    later = now + 1000.0
+    worker.reconcile_changes(later)  # the retries still owed
+    await _settle(web, logic, wn)
+    worker.reconcile_changes(later)
+    await _settle(web, logic, wn)
+    starts, stops = runtime.starts, runtime.stops
+    assert worker.reconcile(later) == 0, "a full reconcile found writes the changes missed"
+    assert (runtime.starts, runtime.stops) == (starts, stops)
+    should = {c.id for c in model.containers(wn.replica)
+              if c.assigned_node == "n1" and c.assigned_epoch == worker.lease.epoch
+              and c.power_desired == "on"}
+    assert set(runtime.instances) == should
+    for c in model.containers(wn.replica):
+        if c.assigned_node == "n1":
+            assert (c.power_actual == "on") == (c.id in should), c
+            assert c.pid == runtime.instances.get(c.id)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=STEPS)
+def test_reconciling_changes_leaves_nothing_for_a_full_reconcile(
+        steps: list[tuple[str, int, bool]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(_run(steps, Path(tmp)))
+
+
+def test_an_instance_that_died_is_found_by_the_full_reconcile(tmp_path: Path) -> None:
+    async def run() -> None:
+        bus = MemoryBus()
+        web, logic, wn = (MemoryNode(bus, rid, policy=model.POLICY)
+                          for rid in ("web", "logic", "worker.n1"))
+        for n in (web, logic, wn):
+            await n.start()
+        runtime = CountingRuntime()
+        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False,
+                        lease_s=1000.0)
+        now = time.monotonic()
+        worker.lease.renew(now, now)
+        model.container(web.replica, "c").register("power_desired").set("on")
+        placed = model.container(logic.replica, "c")
+        placed.register("assigned_node").set("n1")
+        placed.register("assigned_epoch").set(worker.lease.epoch)
+        await _settle(web, logic, wn)
+        worker.reconcile(now)
+        await _settle(web, logic, wn)
+        assert worker.reconcile_changes(now) == 0  # its own report changed the record
+        first = runtime.instances.pop("c")  # it died: no record changed
+        assert worker.reconcile_changes(now) == 0
+        assert worker.reconcile(now) == 1
+        assert runtime.instances["c"] != first
+        await _settle(web, logic, wn)
+        assert model.Container.of("containers/c", wn.replica.state()["containers/c"]).pid \
+            == runtime.instances["c"]
+    asyncio.run(run())
