@@ -264,16 +264,16 @@ class DurableReplica:
         """One group commit of local writes (a transport runs it in a loop). Under load
         (the last commit, less than ``batch_delay_ms`` ago, answered several concurrent
         writers) wait up to that long, or until ``batch_ops`` are waiting; otherwise
-        commit at once with what this turn of the event loop wrote: a lone write, or
-        one writer's writes in sequence, pay no batching delay."""
+        commit at once: a lone write, or one writer's writes in sequence, pay no batching
+        delay. Writers that ran in the same turn of the event loop share the commit
+        anyway: the first one's flush wakes this task behind the others already
+        scheduled (asyncio runs ready callbacks in order)."""
         await self._dirty.wait()
         await self.store_ok.wait()
         delay = self.settings.batch_delay_ms / 1000
         if self._last_waiting > 1 and time.monotonic() - self._last_commit < delay:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._full.wait(), delay)
-        else:
-            await asyncio.sleep(0)
         self.commit()
 
     def commit(self) -> None:

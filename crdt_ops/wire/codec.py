@@ -322,6 +322,59 @@ def decode(data: bytes) -> Batch | Heartbeat:
     raise _bad("empty-message", "the envelope holds neither a batch nor a heartbeat")
 
 
+#: The most operations :func:`coalesce` joins into one message.
+MAX_COALESCED_OPS = 1_000
+
+
+def coalesce(messages: Sequence[bytes],
+             max_ops: int = MAX_COALESCED_OPS) -> list[tuple[int, bytes]]:
+    """Join runs of consecutive batches of one origin into one message each, in order:
+    ``[(how many of the input messages, the message to send), ...]``. A run of one is
+    its message unchanged; heartbeats and anything that is not a batch go alone.
+
+    A batch joins the one before it only when it continues its sequence numbers (same
+    ``origin``, ``first_seq`` one past the previous last) and names no dependency of its
+    own (empty ``deps``: the origin delivered nothing new between the two), so that the
+    joined message needs exactly what the first one needed. Joining a batch with
+    dependencies would hold the earlier operations back until those are delivered, and
+    forever if one of them depends on an earlier operation. Operations are copied as
+    encoded (no re-validation: these are messages this replica produced). At most
+    ``max_ops`` operations per joined message."""
+    out: list[tuple[int, bytes]] = []
+    run: pb.Envelope | None = None
+    run_body = b""
+    count = last = 0
+
+    def close() -> None:
+        if run is not None:
+            out.append((count, run_body if count == 1 else run.SerializeToString()))
+
+    for body in messages:
+        env = pb.Envelope()
+        try:
+            env.ParseFromString(body)
+        except DecodeError:
+            env.Clear()
+        b = env.batch if env.version == VERSION and env.WhichOneof("body") == "batch" \
+            and env.batch.ops else None
+        if run is not None and b is not None and b.origin == run.batch.origin \
+                and b.first_seq == last + 1 and len(run.batch.ops) + len(b.ops) <= max_ops \
+                and all(d.replica == b.origin or not d.seq for d in b.deps):
+            run.batch.ops.extend(b.ops)
+            last += len(b.ops)
+            count += 1
+            continue
+        close()
+        if b is None:
+            run = None
+            out.append((1, body))
+        else:
+            run, run_body, count = env, body, 1
+            last = b.first_seq + len(b.ops) - 1
+    close()
+    return out
+
+
 # ---------------------------------------------------------------- snapshots
 
 

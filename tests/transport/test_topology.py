@@ -51,7 +51,7 @@ def test_a_deleted_exchange_heals_and_nothing_is_lost(group: Group) -> None:
 
 def test_a_deleted_queue_with_a_backlog_is_refilled_from_the_stream(group: Group) -> None:
     a = group.replica("a", ops=4000, seed=1, per_write=1, extra=FAST).start()
-    b = group.replica("b", extra=FAST).start()
+    b = group.replica("b", extra=[*FAST, "--prefetch", "10"]).start()
     procs = [a, b]
     wait_until(lambda: a.report().get("member") and b.report().get("member"), 60,
                "both to be members", explain(procs))
@@ -62,7 +62,9 @@ def test_a_deleted_queue_with_a_backlog_is_refilled_from_the_stream(group: Group
         held = delete(group.url, queue=f"crdt.{group.name}.b")
     finally:
         b.signal(signal.SIGCONT)
-    assert held > 1000, held  # a backlog (beyond what b had prefetched) went with the queue
+    # a backlog beyond what b had prefetched went with the queue (messages: a's publisher
+    # joins the batches its outbox holds when it publishes, up to 1,000 operations each)
+    assert held > 10, held
     # a writes nothing more: only its heartbeats say how far it is
     wait_until(lambda: converged(procs, {"a": 4000}), 90,
                "b to get the operations its deleted queue held", explain(procs))

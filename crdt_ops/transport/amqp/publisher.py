@@ -28,6 +28,7 @@ from crdt_ops.transport.durable import MAX_STORE_RETRY_S, DurableReplica
 from crdt_ops.transport.echo import EchoWatch
 from crdt_ops.transport.signing import Signer
 from crdt_ops.transport.topology import Topology
+from crdt_ops.wire import codec
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,14 @@ class Publisher:
                 self.confirmed_through = asked
                 break
             metrics.OUTBOX.labels(self.replica_id).set(len(rows))
-            outcomes = await asyncio.gather(*(self.publish(body) for _, body in rows),
+            sends = _joined(rows)
+            outcomes = await asyncio.gather(*(self.publish(body) for _, body in sends),
                                             return_exceptions=True)
-            done = [i for (i, _), out in zip(rows, outcomes, strict=True) if out is None]
+            done = [i for (ids, _), out in zip(sends, outcomes, strict=True) if out is None
+                    for i in ids]
             unroutable = sum(isinstance(out, aio_pika.exceptions.PublishError)
                              for out in outcomes)
-            refused = [(i, body) for (i, body), out in zip(rows, outcomes, strict=True)
+            refused = [send for send, out in zip(sends, outcomes, strict=True)
                        if isinstance(out, aio_pika.exceptions.DeliveryError)
                        and not isinstance(out, aio_pika.exceptions.PublishError)]
             if refused:
@@ -133,11 +136,11 @@ class Publisher:
                         "them again", self.replica_id, n, self.topology.exchange)
         await self.redeclare()
 
-    async def _refused(self, rows: list[tuple[int, bytes]]) -> list[int]:
-        """Messages the broker nacked: publish each straight into the stream (the
-        default exchange, routed by the stream's name); returns the outbox ids the
-        stream confirmed. Says once a minute which member queues are fullest (the
-        nack does not name the queue that refused)."""
+    async def _refused(self, rows: list[tuple[list[int], bytes]]) -> list[int]:
+        """Messages the broker nacked (each with the outbox ids it holds): publish each
+        straight into the stream (the default exchange, routed by the stream's name);
+        returns the outbox ids the stream confirmed. Says once a minute which member
+        queues are fullest (the nack does not name the queue that refused)."""
         assert self.channel is not None
         s, names, rid = self.settings, self.topology, self.replica_id
         metrics.PUBLISHES_REFUSED.labels(rid).inc(len(rows))
@@ -146,15 +149,16 @@ class Publisher:
             self.channel.default_exchange.publish(
                 message(s, body, self.signer, message_id=self.echo.message_id(time.monotonic())),
                 routing_key=names.stream, timeout=30) for _, body in rows), return_exceptions=True)
-        kept = [i for (i, _), out in zip(rows, outcomes, strict=True)
-                if not isinstance(out, BaseException)]
+        kept = [i for (ids, _), out in zip(rows, outcomes, strict=True)
+                if not isinstance(out, BaseException) for i in ids]
         if time.monotonic() - self._refusal_said > 60:
             self._refusal_said = time.monotonic()
             log.warning("replica %s: the broker refused %d of its messages to %s (basic.nack: a "
                         "queue bound to it is at a length limit with x-overflow reject-publish?); "
                         "%d went straight into the stream %s instead, for the replica behind "
                         "that queue to read. Fullest member queues: %s", rid, len(rows),
-                        names.exchange, len(kept), names.stream, await self._fullest_queues())
+                        names.exchange, sum(not isinstance(out, BaseException) for out in outcomes),
+                        names.stream, await self._fullest_queues())
         return kept
 
     async def _fullest_queues(self, most: int = 3) -> str:
@@ -180,3 +184,17 @@ class Publisher:
             message(self.settings, body, self.signer,
                     message_id=self.echo.message_id(time.monotonic())),
             routing_key="", timeout=30)
+
+
+def _joined(rows: list[tuple[int, bytes]]) -> list[tuple[list[int], bytes]]:
+    """The outbox rows ``(id, message)`` as messages to publish, each with the ids it
+    holds: consecutive batches joined where causality allows (:func:`crdt_ops.wire.codec.
+    coalesce`), so that a backlog (rows written while the last round waited for its
+    confirms) costs the broker and every replica one message, not one per row."""
+    if len(rows) == 1:
+        return [([rows[0][0]], rows[0][1])]
+    out, k = [], 0
+    for n, body in codec.coalesce([body for _, body in rows]):
+        out.append(([i for i, _ in rows[k:k + n]], body))
+        k += n
+    return out
