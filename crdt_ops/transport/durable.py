@@ -12,7 +12,10 @@
   ``batch_delay_ms`` or ``batch_ops``; a lone write is committed at once); the
   transport publishes the outbox (:attr:`outbox_ready`) until its broker confirms it;
 - deliveries are logged with what they produced in one transaction
-  (:meth:`log_delivered`) before the transport acknowledges them;
+  (:meth:`log_delivered`) before the transport acknowledges them; between applying
+  and logging them (:meth:`hold`) the reactions to them may write, and their
+  operations join the same transaction; nothing this replica sends (operations,
+  heartbeats) is logged before the deliveries it saw;
 - a snapshot is taken every ``snapshot_every`` operations applied, dropping the log it
   covers;
 - when the store fails (:class:`~crdt_ops.transport.store.StoreUnavailable`) memory is
@@ -94,6 +97,8 @@ class DurableReplica:
         self._dirty = asyncio.Event()
         self._full = asyncio.Event()
         self._committed: asyncio.Future[None] | None = None
+        #: deliveries applied to memory, not logged yet (:meth:`hold`)
+        self._unlogged: list[bytes] = []
         self._last_commit = 0.0
         self._waiting = 0  # flush() calls waiting for the next commit
         self._last_waiting = 0  # how many the last commit answered
@@ -175,6 +180,7 @@ class DurableReplica:
                 if not restored:  # at once if the store can be read (a lock, a full disk):
                     self.replica.adopt(restore(self.store, self.replica_id, self._options,
                                                self.settings.bootstrap))
+                    self._unlogged = []  # gone from memory too: they come again
                     restored = True  # memory no more ahead of it
                     for hook in self.on_restored:
                         hook(dict(self.replica.clock))
@@ -277,17 +283,29 @@ class DurableReplica:
         self.commit()
 
     def commit(self) -> None:
-        """Hand the local operations to the outbox in one transaction (group commit).
-        Raises :class:`StoreUnavailable` if the store fails (reported: the batches are
-        dropped with memory's excess)."""
+        """Hand the local operations to the outbox in one transaction (group commit), after
+        the deliveries held unlogged (:meth:`hold`), in the same transaction. Raises
+        :class:`StoreUnavailable` if the store fails (reported: the batches are dropped
+        with memory's excess, and the held deliveries come again)."""
+        self._write()
+
+    def _write(self, flags: dict[str, bytes] | None = None) -> None:
+        """The one way to the store for deliveries and local operations: the deliveries held
+        since the last write, then this replica's outgoing messages (its operations, and
+        its heartbeats, which report its clock: never ahead of its log), in one
+        transaction; then the store keys ``flags``. Answers every :meth:`flush` waiting."""
         self._dirty.clear()
         self._full.clear()
         self._last_commit = time.monotonic()
         self._last_waiting, self._waiting = self._waiting, 0
         msgs = self.replica.outgoing()
-        if msgs:
+        received, self._unlogged = self._unlogged, []
+        if msgs or received or flags:
             with self.storing():
-                self.store.append((), msgs)
+                self.store.append(received, msgs)
+                for key, value in (flags or {}).items():
+                    self.store.put(key, value)
+        if msgs:
             self.outbox_ready.set()
             self._committed_own()
         if self._committed is not None and not self._committed.done():
@@ -311,20 +329,28 @@ class DurableReplica:
 
     # ------------------------------------------------------------ deliveries
 
-    def log_delivered(self, valid: list[bytes], flags: dict[str, bytes] | None = None) -> None:
-        """Log the deliveries ``valid`` and what applying them produced (the replica's
-        outgoing messages), with the store keys ``flags``, in one transaction. Raises
-        :class:`StoreUnavailable` (reported) if the store fails: the transport must not
-        acknowledge them then (they come again, and are applied anew once memory is
-        restored from the store)."""
-        produced = self.replica.outgoing()
-        with self.storing():
-            self.store.append(valid, produced)
-            for key, value in (flags or {}).items():
-                self.store.put(key, value)
-        if produced:
-            self._committed_own()
-        self.outbox_ready.set()
+    def hold(self, valid: list[bytes]) -> int:
+        """The deliveries ``valid`` were applied to memory: they are logged by the next
+        write to the store (:meth:`log_delivered`, or a :meth:`commit` that comes first),
+        before anything this replica sends after them. Between the two, the reactions to
+        them (a change event's subscriber that writes) may run, so that their operations
+        are logged in the same transaction: one disk sync for the delivery and the
+        reaction. Returns the token for :meth:`log_delivered`."""
+        self._unlogged.extend(valid)
+        return self.restores
+
+    def log_delivered(self, held: int, flags: dict[str, bytes] | None = None) -> None:
+        """Log the deliveries held since (:meth:`hold`, which returned ``held``) and what
+        was written since (the replica's outgoing messages), with the store keys ``flags``,
+        in one transaction, before the transport acknowledges them. Raises
+        :class:`StoreUnavailable` if the store fails now (reported), or failed since they
+        were held (memory was restored from the store without them): the transport must
+        not acknowledge them then (they come again, and are applied anew)."""
+        if self.store_failure is not None or self.restores != held:
+            raise StoreUnavailable(f"replica {self.replica_id}: the store failed after these "
+                                   "deliveries were applied; they were dropped from memory "
+                                   "and must come again")
+        self._write(flags)
 
     def applied(self, n: int) -> None:
         """``n`` operations were applied and logged (remote ones, and this replica's own

@@ -1,0 +1,107 @@
+"""A delivery and the reaction it causes are logged in one transaction (one disk sync):
+a subscriber that writes when a change arrives gets its operations into the store with
+the delivery, before the delivery is acknowledged; and a delivery whose store failed
+after it was applied is not logged (it comes again)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+from crdt_ops import Replica
+from crdt_ops.events import ChangeEvent
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import DurableReplica
+from crdt_ops.transport.store import Store, StoreUnavailable
+from tests.broker import delete_group, new_group, until
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
+    group = new_group()
+    yield Settings(amqp_url=amqp_url, group=group, heartbeat_s=30.0, store=str(tmp_path))
+    delete_group(amqp_url, group, ["a", "b"])
+
+
+def node(s: Settings, rid: str) -> AmqpNode:
+    return AmqpNode(Settings(**{**s.__dict__, "replica_id": rid,
+                                "store": f"{s.store}/{rid}.sqlite"}))
+
+
+@pytest.mark.asyncio
+async def test_a_reaction_is_logged_with_the_delivery_that_caused_it(
+        settings: Settings) -> None:
+    a, b = node(settings, "a"), node(settings, "b")
+    await a.start()
+    await b.start()
+    transactions: list[tuple[int, int]] = []  # b's store writes: (received, produced)
+    append = b.store.append
+
+    def counting(received: Iterable[bytes], produced: Iterable[bytes]) -> int:
+        received, produced = list(received), list(produced)
+        transactions.append((len(received), len(produced)))
+        return append(received, produced)
+
+    b.store.append = counting  # type: ignore[method-assign]
+    wake = asyncio.Event()
+
+    def changed(event: ChangeEvent) -> None:
+        if event.key == "ping":
+            wake.set()
+
+    b.replica.subscribe("ping", changed)
+
+    async def react() -> None:  # as a service does: woken by the event, then writes
+        while True:
+            await wake.wait()
+            wake.clear()
+            async with b.write() as r:
+                r.register("pong").set(r.register("ping").value)
+
+    reacting = asyncio.get_running_loop().create_task(react())
+    try:
+        for n in range(1, 6):
+            async with a.write() as r:
+                r.register("ping").set(n)
+            await until(lambda n=n: a.replica.register("pong").value == n, 20, f"pong {n}")
+        reactions = [t for t in transactions if t[1]]
+        assert reactions, transactions
+        # each reaction went to the store with the delivery of the ping it answers
+        assert all(received for received, _ in reactions), transactions
+        assert sum(received for received, _ in transactions) >= 5
+    finally:
+        reacting.cancel()
+        await a.stop()
+        await b.stop()
+
+
+def test_deliveries_held_when_the_store_failed_are_not_logged(tmp_path: Path) -> None:
+    writer = Replica("w")
+    writer.found()
+    founding = writer.outgoing()
+    writer.counter("n").increment()
+    delivery = writer.outgoing()
+    s = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g", replica_id="r",
+                 store=str(tmp_path / "r.sqlite"))
+    durable = DurableReplica.open(s)
+
+    async def run() -> None:
+        for m in founding + delivery:
+            durable.replica.receive(m)
+        held = durable.hold(founding + delivery)
+        durable.store_failed(StoreUnavailable("disk full (simulated)"))
+        with pytest.raises(StoreUnavailable, match="must come again"):
+            durable.log_delivered(held)
+        await durable.store_works()  # memory restored from the store: without them
+        assert durable.replica.counter("n").value == 0
+        with pytest.raises(StoreUnavailable, match="must come again"):
+            durable.log_delivered(held)  # the token is from before the restore
+        durable.commit()
+        await durable.close()
+
+    asyncio.run(run())
+    assert Store(s.store).load()[1] == [], "nothing was logged"
