@@ -12,12 +12,14 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
 from tools.harness import converged, delete_group, free_port, new_group, until, wait_until
 from tools.replica_process import ReplicaProcess as BaseReplicaProcess
 
@@ -119,3 +121,19 @@ def restart_broker_app(downtime: float) -> None:
 
 __all__ = ["ReplicaProcess", "converged", "dead_letters", "delete_group", "explain",
            "find_broker", "free_port", "new_group", "until", "wait_until"]
+
+
+def group_settings(amqp_url: str, store_dir: Path, *, heartbeat_s: float,
+                   replicas: tuple[str, ...] = ("a", "b")) -> Iterator[Settings]:
+    """For a fixture: the settings of a new group (stores in ``store_dir``), and the group
+    deleted from the broker afterwards (with the queues of ``replicas``)."""
+    group = new_group()
+    yield Settings(amqp_url=amqp_url, group=group, heartbeat_s=heartbeat_s,
+                   store=str(store_dir))
+    delete_group(amqp_url, group, list(replicas))
+
+
+def node(s: Settings, rid: str) -> AmqpNode:
+    """An in-process node of ``s``'s group as replica ``rid`` (store ``<store>/<rid>.sqlite``)."""
+    return AmqpNode(Settings(**{**s.__dict__, "replica_id": rid,
+                                "store": f"{s.store}/{rid}.sqlite"}))

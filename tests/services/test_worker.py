@@ -68,7 +68,10 @@ async def _settle(*nodes: MemoryNode) -> None:
             await n.flush()
 
 
-async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
+async def _platform(tmp: Path) -> tuple[MemoryNode, MemoryNode, MemoryNode, CountingRuntime,
+                                         Worker, float]:
+    """web, logic and node n1's worker on a memory bus, the worker's lease held (for a
+    long time) from the time returned."""
     bus = MemoryBus()
     web, logic, wn = (MemoryNode(bus, rid, policy=model.POLICY)
                       for rid in ("web", "logic", "worker.n1"))
@@ -78,6 +81,11 @@ async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
     worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6)
     now = time.monotonic()
     worker.lease.renew(now, now)
+    return web, logic, wn, runtime, worker, now
+
+
+async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
+    web, logic, wn, runtime, worker, now = await _platform(tmp)
     worker.reconcile(now)  # loads the (empty) records
     listings = runtime.listings
     for what, i, flag in steps:
@@ -141,16 +149,7 @@ def test_reconciling_changes_leaves_nothing_for_a_full_reconcile(
 
 def test_an_instance_that_died_is_found_by_the_full_reconcile(tmp_path: Path) -> None:
     async def run() -> None:
-        bus = MemoryBus()
-        web, logic, wn = (MemoryNode(bus, rid, policy=model.POLICY)
-                          for rid in ("web", "logic", "worker.n1"))
-        for n in (web, logic, wn):
-            await n.start()
-        runtime = CountingRuntime()
-        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False,
-                        lease_s=1000.0)
-        now = time.monotonic()
-        worker.lease.renew(now, now)
+        web, logic, wn, runtime, worker, now = await _platform(tmp_path)
         model.container(web.replica, "c").register("power_desired").set("on")
         placed = model.container(logic.replica, "c")
         placed.register("assigned_node").set("n1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import aio_pika
@@ -11,19 +12,12 @@ import pytest
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
-from tests.broker import delete_group, new_group, until
+from tests.broker import group_settings, new_group, node, until
 
 
 @pytest.fixture
-def settings(amqp_url: str, tmp_path: Path) -> Settings:
-    group = new_group()
-    yield Settings(amqp_url=amqp_url, group=group, heartbeat_s=0.5, store=str(tmp_path))
-    delete_group(amqp_url, group, ["a", "b"])
-
-
-def node(s: Settings, rid: str) -> AmqpNode:
-    return AmqpNode(Settings(**{**s.__dict__, "replica_id": rid,
-                                "store": f"{s.store}/{rid}.sqlite"}))
+def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
+    yield from group_settings(amqp_url, tmp_path, heartbeat_s=0.5)
 
 
 @pytest.mark.asyncio

@@ -13,23 +13,15 @@ import pytest
 
 from crdt_ops import Replica
 from crdt_ops.events import ChangeEvent
-from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.store import Store, StoreUnavailable
-from tests.broker import delete_group, new_group, until
+from tests.broker import group_settings, node, until
 
 
 @pytest.fixture
 def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
-    group = new_group()
-    yield Settings(amqp_url=amqp_url, group=group, heartbeat_s=30.0, store=str(tmp_path))
-    delete_group(amqp_url, group, ["a", "b"])
-
-
-def node(s: Settings, rid: str) -> AmqpNode:
-    return AmqpNode(Settings(**{**s.__dict__, "replica_id": rid,
-                                "store": f"{s.store}/{rid}.sqlite"}))
+    yield from group_settings(amqp_url, tmp_path, heartbeat_s=30.0)
 
 
 @pytest.mark.asyncio
