@@ -339,18 +339,20 @@ class DurableReplica:
         self._unlogged.extend(valid)
         return self.restores
 
-    def log_delivered(self, held: int, flags: dict[str, bytes] | None = None) -> None:
+    def log_delivered(self, held: int, flags: dict[str, bytes] | None = None) -> bool:
         """Log the deliveries held since (:meth:`hold`, which returned ``held``) and what
         was written since (the replica's outgoing messages), with the store keys ``flags``,
-        in one transaction, before the transport acknowledges them. Raises
-        :class:`StoreUnavailable` if the store fails now (reported), or failed since they
-        were held (memory was restored from the store without them): the transport must
-        not acknowledge them then (they come again, and are applied anew)."""
-        if self.store_failure is not None or self.restores != held:
-            raise StoreUnavailable(f"replica {self.replica_id}: the store failed after these "
-                                   "deliveries were applied; they were dropped from memory "
-                                   "and must come again")
+        in one transaction, before the transport acknowledges them. Returns False, logging
+        nothing, if the store failed and memory was restored from it since they were held
+        (without them): the transport must have them delivered again (nack). Raises
+        :class:`StoreUnavailable` if the store fails now, or still fails (reported: the
+        same error): the transport must not acknowledge them then either."""
+        if self.store_failure is not None:
+            raise self.store_failure
+        if self.restores != held:
+            return False
         self._write(flags)
+        return True
 
     def applied(self, n: int) -> None:
         """``n`` operations were applied and logged (remote ones, and this replica's own

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 #: reporting it on) gets there within them, and its operations share the batch's
 #: transaction (one disk sync, not two). Each costs a few microseconds when nothing runs.
 REACTION_TURNS = 4
+#: Seconds a batch that brought something new waits, after its reactions, for more
+#: deliveries to log in the same transaction before it is acknowledged. Nothing waits on
+#: it but the broker's ack (a delivery is applied, and its reactions run, at once); under
+#: load it turns one disk sync per delivery into one per batch.
+LINGER_S = 0.020
 
 
 class Inbound:
@@ -78,37 +83,41 @@ class Inbound:
         replica = self.durable.replica
         before = replica.stats["applied"] - replica.stats["local"]
         dups = replica.stats["duplicates"]
-        valid: list[bytes] = []
-        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
-        dropped = False
-        if not stream:  # through our queue: the path from the exchange to us works
-            self.echo.received([msg.message_id or "" for msg in batch], time.monotonic())
-        for msg in batch:
-            try:
-                # a duplicate (an echo of our own) needs no log
-                if replica.receive(msg.body, self.auth.sender(msg.body, msg.headers,
-                                                              msg.user_id)):
-                    valid.append(msg.body)
-            except InvalidMessage as e:
-                if not reread:
-                    dead.append((msg, e.reason, e.detail))
-            except BufferFull as e:
-                # never requeued (it would come back at once, and a sender whose gap never
-                # fills would stall the consumer): dropped here, and read again from the
-                # stream by the gap watch
-                dropped = True
-                if not reread:
-                    reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
-                    dead.append((msg, reason, str(e)))
+        valid, dead, dropped = self._take(batch, stream, reread)
         held = self.durable.hold(valid)
         if valid and not stream:
             # let the reactions to them run (a subscriber woken by a change event writes):
             # their operations are logged with the deliveries, in one disk sync
             for _ in range(REACTION_TURNS):
                 await asyncio.sleep(0)
+            # and what arrives meanwhile joins the same transaction: under load, one disk
+            # sync serves several deliveries (only their acks wait; they are applied at once)
+            deadline = time.monotonic() + LINGER_S
+            while len(batch) < self.settings.prefetch \
+                    and (left := deadline - time.monotonic()) > 0:
+                try:
+                    more = [await asyncio.wait_for(self.inbox.get(), left)]
+                except TimeoutError:
+                    break
+                while len(batch) + len(more) < self.settings.prefetch and not self.inbox.empty():
+                    more.append(self.inbox.get_nowait())
+                batch += more  # the caller nacks them too if logging fails
+                v, d, drop = self._take(more, stream, reread)
+                self.durable.hold(v)
+                valid += v
+                dead += d
+                dropped = dropped or drop
+                for _ in range(REACTION_TURNS if v else 0):
+                    await asyncio.sleep(0)
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store; what a re-read could not hold needs another
-        self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None)
+        if not self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None):
+            log.info("replica %s: the store failed and recovered while %d deliveries awaited "
+                     "their log; they come again", self.replica_id, len(batch))
+            for msg in batch if not stream else ():  # the stream is read again instead
+                with contextlib.suppress(Exception):
+                    await msg.nack(requeue=True)
+            return
         # confirmed together: one round trip for the lot, not one per message
         outcomes = await asyncio.gather(
             *(self._dead_letter(m, reason, detail) for m, reason, detail in dead),
@@ -133,6 +142,36 @@ class Inbound:
         metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
         self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
         self.observed()
+
+    def _take(self, msgs: list[AbstractIncomingMessage], stream: bool, reread: bool
+              ) -> tuple[list[bytes], list[tuple[AbstractIncomingMessage, str, str]], bool]:
+        """Apply ``msgs`` to the replica: returns the bodies that brought something new (to
+        log), the messages to dead-letter with their reason and detail, and whether one was
+        dropped over the causal buffer's caps (the stream must be read again)."""
+        replica = self.durable.replica
+        valid: list[bytes] = []
+        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
+        dropped = False
+        if not stream:  # through our queue: the path from the exchange to us works
+            self.echo.received([msg.message_id or "" for msg in msgs], time.monotonic())
+        for msg in msgs:
+            try:
+                # a duplicate (an echo of our own) needs no log
+                if replica.receive(msg.body, self.auth.sender(msg.body, msg.headers,
+                                                              msg.user_id)):
+                    valid.append(msg.body)
+            except InvalidMessage as e:
+                if not reread:
+                    dead.append((msg, e.reason, e.detail))
+            except BufferFull as e:
+                # never requeued (it would come back at once, and a sender whose gap never
+                # fills would stall the consumer): dropped here, and read again from the
+                # stream by the gap watch
+                dropped = True
+                if not reread:
+                    reason = "gap-cap" if isinstance(e, WaitingCapReached) else "buffer-full"
+                    dead.append((msg, reason, str(e)))
+        return valid, dead, dropped
 
     async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
         """Publish ``msg`` to the dead-letter exchange with the reason in its headers;
