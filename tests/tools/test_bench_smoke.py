@@ -9,6 +9,8 @@ declare on it.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -85,23 +87,54 @@ def test_amqp_benchmark_quick_run(amqp_url: str) -> None:
     assert "Targets (from the issue):" in out
 
 
+def pg_answers(dsn: str) -> bool:
+    """Whether a PostgreSQL answers at ``dsn`` within 2 s (asyncpg installed)."""
+    try:
+        import asyncpg
+    except ImportError:
+        return False
+
+    async def probe() -> None:
+        conn = await asyncpg.connect(dsn, timeout=2)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception:
+        return False
+    return True
+
+
 def test_services_benchmark_quick_run(amqp_url: str) -> None:
-    out = run_bench("services", "--quick", "--url", amqp_url)
+    from tools.bench.services import DEFAULT_PG_DSN
+
+    dsn = os.environ.get("CRDT_OPS_PG_DSN", DEFAULT_PG_DSN)
+    pg = pg_answers(dsn)  # the db-casts flow runs (and is checked) where PostgreSQL answers
+    out = run_bench("services", "--quick", "--url", amqp_url, "--pg-dsn", dsn)
     assert "FAILED" not in out, out
+    flows = ["crdt-ops", "old-way", "db-casts"] if pg else ["crdt-ops", "old-way"]
+    assert ("SKIPPED db-casts" in out) is not pg, out
     rows = table(out, "flow")
-    assert [r[0] for r in rows] == ["crdt-ops", "old-way", "ratio crdt-ops/old-way"], out
-    for r in rows[:2]:
+    assert [r[0] for r in rows] == flows + [f"ratio crdt-ops/{f}" for f in flows[1:]], out
+    for r in rows[:len(flows)]:
         assert r[1] == "20", r  # --quick: 20 timed Starts per flow
         p50, p99, mean, low, high, seconds = map(number, r[2:])
         assert 0 < low <= p50 <= p99 <= high and low <= mean <= high and seconds > 0, r
-    assert all(re.fullmatch(r"[0-9.]+x", c) for c in rows[2][2:7]), rows[2]
+    for r in rows[len(flows):]:
+        assert all(re.fullmatch(r"[0-9.]+x", c) for c in r[2:7]), r
+    assert "Targets (issue 14)" in out
     stages = table(out[out.index("Where the time goes:"):], "flow")
-    assert {(r[0], r[1]) for r in stages} >= {("crdt-ops", "on@web"), ("old-way", "answered")}
+    want = {("crdt-ops", "on@web"), ("old-way", "answered")}
+    if pg:
+        want |= {("db-casts", s) for s in ("answered", "placed", "started", "on@web")}
+    assert {(r[0], r[1]) for r in stages} >= want, stages
     for r in stages:
         assert re.fullmatch(r"[0-9]+/20", r[2]) and number(r[3]) <= number(r[4]), r
+        if r[0] == "db-casts":
+            assert r[2] == "20/20", r
     cpu = table(out[out.index("CPU over the timed phase"):], "flow")
-    assert [r[0] for r in cpu] == ["crdt-ops", "old-way"]
-    assert all(re.fullmatch(r"[0-9]+|\?", c) for r in cpu for c in r[1:]), cpu
+    assert [r[0] for r in cpu] == flows
+    assert all(re.fullmatch(r"[0-9]+|\?|-", c) for r in cpu for c in r[1:]), cpu
 
 
 def test_platform_benchmark_quick_run(amqp_url: str) -> None:

@@ -1,11 +1,12 @@
 """``python -m tools.bench services``: time from a Start request at web to
 ``power_actual`` "on" visible at web, through the real services, beside the same
-flow done "the old way" (HTTP, then AMQP request/reply calls web -> logic -> worker).
+flow done "the old way" (HTTP, then AMQP request/reply calls web -> logic -> worker)
+and done as the origin story's "without" flow (a database and casts).
 
-Both flows run on one broker, one after the other, each as four OS processes
+The flows run on one broker, one after the other, each as four OS processes
 (web, logic and two workers, each worker of capacity ``max(200, N)``) plus this
 process as the HTTP client. A container is a local ``sleep 1000000`` process
-started by :class:`services.runtime.ProcessRuntime` (in both flows). Each flow
+started by :class:`services.runtime.ProcessRuntime` (in every flow). Each flow
 first creates N containers (untimed; each with its own owner, so logic's
 per-owner quota never applies), then starts and waits for two warm-up
 containers (not counted), then starts the N containers **one at a time**: the
@@ -37,12 +38,25 @@ next Start is sent once the previous container is "on" at web. Times are
    request is acked after it is handled. Latency: from just before the ``POST``
    is sent until its answer (showing "on") is read. Nothing is durable, and
    nothing retries if a service or the broker is down.
+3. **db-casts** (written for this benchmark only, in :mod:`tools.bench.dbflow`,
+   which says it in full): web writes the Start (``desired`` "on") to a PostgreSQL
+   table and answers 202 once committed; a trigger's NOTIFY tells logic (LISTEN),
+   which casts ``start`` to a worker (a persistent message to its durable queue,
+   no reply); the worker starts the process and casts the result back; logic
+   writes it to the table; the trigger's NOTIFY tells web, which sends it on its
+   SSE stream ``GET /api/events``, followed by the client as crdt-ops' web. The
+   latency and stages are taken as crdt-ops' (placed and started from the row).
+   PostgreSQL: ``--pg-dsn`` (default ``CRDT_OPS_PG_DSN``, else
+   ``postgresql://postgres@127.0.0.1:5432/test``), a schema per run, dropped
+   afterwards; if none answers within 2 s the flow is skipped, said in one line.
 
 Afterwards every container process is killed (its process group, from the
 runtime directories' pid files and the records' pids) and checked gone, the
-services are stopped (SIGTERM), and the groups' queues and exchanges deleted.
-CPU: each process's CPU time over the timed phase (``/proc``), in percent of one
-core; the broker's counts all its work, other clients' included.
+services are stopped (SIGTERM), the groups' queues and exchanges deleted (and the
+db-casts run's schema dropped). CPU: each process's CPU time over the timed phase
+(``/proc``), in percent of one core; the broker's counts all its work, other clients'
+included; ``postgres`` (db-casts only) the server processes of the services'
+connections.
 
 ``--samples FILE`` writes every timed Start's stages (JSON lines); ``--profile DIR``
 runs the crdt-ops services under cProfile (slower: to find where the time goes).
@@ -77,6 +91,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from tools import harness
@@ -101,17 +116,21 @@ WARMUP = 2  # containers started (and waited for) before the timed ones, not cou
 COMMAND = "sleep 1000000"
 START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0
-FLOWS = ("crdt-ops", "old-way")
+FLOWS = ("crdt-ops", "old-way", "db-casts")
+#: The db-casts flow's PostgreSQL unless ``--pg-dsn`` or ``CRDT_OPS_PG_DSN`` names another.
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 #: Stages of a Start, in the order they happen: name -> what it is.
 STAGES = {
     "answered": "web answered the Start (crdt-ops: 202 Accepted, durable in web's store; "
-                "old way: the answer, on)",
-    "placed": "logic placed it (crdt-ops: its log line; old way: before calling the worker)",
-    "started": "the worker started the process (crdt-ops: its log line; old way: "
+                "old way: the answer, on; db-casts: 202, the UPDATE committed)",
+    "placed": "logic placed it (crdt-ops: its log line; old way: before calling the worker; "
+              "db-casts: before casting to the worker)",
+    "started": "the worker started the process (crdt-ops: its log line; old way, db-casts: "
                "ProcessRuntime.start returned)",
     "assigned@web": "web showed the assignment (crdt-ops: an SSE event)",
-    "on@web": "power_actual on visible at web (crdt-ops: the SSE event; old way: the answer)",
+    "on@web": "power_actual on visible at web (crdt-ops, db-casts: the SSE event; old way: "
+              "the answer)",
 }
 
 
@@ -321,6 +340,7 @@ class Options:
     batch_delay_ms: float | None
     progress: Callable[[str], None]
     profile_dir: Path | None = None
+    pg_dsn: str = DEFAULT_PG_DSN
 
 
 async def create_records(session: aiohttp.ClientSession, base: str, n: int, tag: str) -> list[str]:
@@ -719,15 +739,20 @@ async def _old_service(a: argparse.Namespace) -> None:
             await _old_logic(conn, a)
         else:
             await _old_worker(conn, a)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        closed = asyncio.ensure_future(conn.closed())
-        await asyncio.wait({asyncio.ensure_future(stop.wait()), closed},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await until_stopped(conn)
         if runner is not None:
             await runner.cleanup()
+
+
+async def until_stopped(conn: aio_pika.abc.AbstractConnection) -> None:
+    """Return on SIGTERM or SIGINT, or when ``conn`` closes (a flow's service process)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    closed = asyncio.ensure_future(conn.closed())
+    await asyncio.wait({asyncio.ensure_future(stop.wait()), closed},
+                       return_when=asyncio.FIRST_COMPLETED)
 
 
 def old_service_main(argv: Sequence[str]) -> int:
@@ -746,14 +771,41 @@ def old_service_main(argv: Sequence[str]) -> int:
 
 
 async def _consumers(url: str, queues: Sequence[str]) -> bool:
+    """Whether each of ``queues`` exists and has a consumer (passive declarations: any
+    queue's durability)."""
     conn = await aio_pika.connect(url)
     async with conn:
-        ch = await conn.channel()
         for q in queues:
-            declared = await ch.declare_queue(q, durable=False, auto_delete=False)
+            ch = await conn.channel()
+            try:
+                declared = await ch.declare_queue(q, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return False
             if not declared.declaration_result.consumer_count:
                 return False
     return True
+
+
+def start_roles(services: Services, me: list[str], common: list[str], port: int,
+                workdir: Path) -> None:
+    """Start a flow's web (on ``port``), logic and workers: the command ``me`` with each
+    role's arguments, then ``common``; a worker's containers under ``workdir/run-<w>``."""
+    services.start("web", [*me, "web", "--port", str(port), *common])
+    services.start("logic", [*me, "logic", *common])
+    for w in WORKERS:
+        services.start(w, [*me, "worker", "--node", w, "--runtime-dir",
+                           str(workdir / f"run-{w}"), *common])
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, url: str, queues: list[str],
+                     what: str, services: Services) -> None:
+    """Wait until web answers ``/healthz`` and each of ``queues`` has a consumer."""
+
+    async def ready() -> bool:
+        return (await _get_json(session, f"{base}/healthz") is not None
+                and await _consumers(url, queues))
+
+    await wait_for(ready, READY_TIMEOUT_S, what, services)
 
 
 async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
@@ -767,21 +819,14 @@ async def old_way_flow(opt: Options, workdir: Path) -> FlowResult:
     me = [sys.executable, "-m", "tools.bench.services", "_old-way"]
     common = ["--url", opt.url, "--prefix", prefix, "--capacity", str(opt.capacity)]
     try:
-        services.start("web", [*me, "web", "--port", str(port), *common])
-        services.start("logic", [*me, "logic", *common])
-        for w in WORKERS:
-            services.start(w, [*me, "worker", "--node", w, "--runtime-dir",
-                               str(workdir / f"run-{w}"), *common])
+        start_roles(services, me, common, port, workdir)
         opt.progress(f"old way: queues {prefix}.*: web, logic, {', '.join(WORKERS)} started "
                      f"(pids {', '.join(str(p.pid) for p in services.procs.values())}); "
                      f"web on :{port}")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session:
 
-            async def ready() -> bool:
-                return (await _get_json(session, f"{base}/healthz") is not None
-                        and await _consumers(opt.url, queues))
-
-            await wait_for(ready, READY_TIMEOUT_S, "the old way's services", services)
+            await wait_ready(session, base, opt.url, queues, "the old way's services",
+                             services)
             return await _old_way_measure(opt, session, base, services, pids)
     finally:
         services.stop()
@@ -831,7 +876,12 @@ def run_flow(flow: str, opt: Options) -> FlowResult:
     """Run ``flow`` from scratch (new names, a new work directory) until an attempt
     succeeds, at most :data:`~tools.bench.retry.ATTEMPTS` times; the work
     directory (the services' logs) of the last failed attempt is kept."""
-    fn = crdt_ops_flow if flow == "crdt-ops" else old_way_flow
+    fn: Callable[[Options, Path], Awaitable[FlowResult]]
+    if flow == "db-casts":
+        from tools.bench.dbflow import db_casts_flow
+        fn = db_casts_flow
+    else:
+        fn = crdt_ops_flow if flow == "crdt-ops" else old_way_flow
     workdir = Path()
 
     def once(attempt: int) -> FlowResult:
@@ -872,7 +922,8 @@ def _ms(x: float) -> str:
 
 
 def table(results: Sequence[FlowResult]) -> str:
-    """p50/p99 (and more) of Start -> on at web per flow, and the crdt-ops/old-way ratio."""
+    """p50/p99 (and more, in ms) of Start -> on at web per flow, and the ratios of
+    crdt-ops to the old way and to db-casts (those whose flows ran)."""
     head = ("flow", "containers", "p50 ms", "p99 ms", "mean ms", "min ms", "max ms",
             "timed phase s")
     rows = []
@@ -881,16 +932,37 @@ def table(results: Sequence[FlowResult]) -> str:
         rows.append((r.flow, str(len(t)), _ms(nearest_rank(t, 0.5)), _ms(nearest_rank(t, 0.99)),
                      _ms(statistics.fmean(t)), _ms(min(t)), _ms(max(t)), f"{r.seconds:.1f}"))
     by = {r.flow: r for r in results}
-    if "crdt-ops" in by and "old-way" in by:
-        a, b = by["crdt-ops"].totals(), by["old-way"].totals()
-
-        def ratio(f: Callable[[list[float]], float]) -> str:
-            return f"{f(a) / f(b):.1f}x"
-
-        rows.append(("ratio crdt-ops/old-way", "", ratio(lambda x: nearest_rank(x, 0.5)),
-                     ratio(lambda x: nearest_rank(x, 0.99)), ratio(statistics.fmean), ratio(min),
-                     ratio(max), ""))
+    for other in ("old-way", "db-casts"):
+        if "crdt-ops" not in by or other not in by:
+            continue
+        a, b = by["crdt-ops"].totals(), by[other].totals()
+        stats: list[Callable[[list[float]], float]] = [
+            lambda x: nearest_rank(x, 0.5), lambda x: nearest_rank(x, 0.99), statistics.fmean,
+            min, max]
+        p50, p99, mean, low, high = (f"{f(a) / f(b):.1f}x" for f in stats)
+        rows.append((f"ratio crdt-ops/{other}", "", p50, p99, mean, low, high, ""))
     return markdown_table(head, rows, first_left(len(head)))
+
+
+def targets(results: Sequence[FlowResult]) -> list[str]:
+    """The issue's targets for Start -> on at web, each with its verdict and numbers
+    (those whose flows ran): crdt-ops p50 <= the db-casts flow's p50, <= 2x the old
+    way's (the non-durable floor) p50, and p99 <= 2.5x the old way's p99."""
+    by = {r.flow: r.totals() for r in results}
+    if "crdt-ops" not in by:
+        return []
+    mine = by["crdt-ops"]
+    out = []
+    for other, q, factor in (("db-casts", 0.5, 1.0), ("old-way", 0.5, 2.0),
+                             ("old-way", 0.99, 2.5)):
+        if other not in by:
+            continue
+        a, b = nearest_rank(mine, q), nearest_rank(by[other], q)
+        name = f"p{round(100 * q)}"
+        bound = other if factor == 1.0 else f"{factor:g}x {other}"
+        out.append(f"  crdt-ops {name} <= {bound} {name}: {'yes' if a <= factor * b else 'NO'} "
+                   f"({_ms(a)} vs {_ms(b)} ms, {a / b:.1f}x)")
+    return ["Targets (issue 14), Start -> on at web:", *out] if out else []
 
 
 def stage_table(results: Sequence[FlowResult]) -> str:
@@ -900,7 +972,7 @@ def stage_table(results: Sequence[FlowResult]) -> str:
     for r in results:
         for name in STAGES:
             xs = r.stage(name)
-            if not xs or (r.flow == "old-way" and name == "on@web"):
+            if not xs or (r.flow == "old-way" and name == "on@web"):  # = answered
                 continue
             rows.append((r.flow, name, f"{len(xs)}/{len(r.samples)}", _ms(nearest_rank(xs, 0.5)),
                          _ms(nearest_rank(xs, 0.99))))
@@ -908,11 +980,14 @@ def stage_table(results: Sequence[FlowResult]) -> str:
 
 
 def cpu_table(results: Sequence[FlowResult]) -> str:
+    """Per flow: each process's CPU over the timed phase, in % of one core (``?``:
+    not readable; ``-``: the flow has no such process)."""
     names = list(dict.fromkeys(n for r in results for n in r.cpu))
     head = ("flow", *names)
     rows = []
     for r in results:
-        rows.append((r.flow, *(percent(r.cpu.get(n), r.seconds) for n in names)))
+        rows.append((r.flow, *(percent(r.cpu[n], r.seconds) if n in r.cpu else "-"
+                               for n in names)))
     return markdown_table(head, rows, first_left(len(head)))
 
 
@@ -935,6 +1010,8 @@ def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) ->
         table(results),
         "",
     ]
+    goals = targets(results)
+    out += [*goals, ""] if goals else []
     for r in results:
         out.append(f"  {r.flow:<9} {r.description}"
                    + (f" (attempt {r.attempts})" if r.attempts > 1 else ""))
@@ -948,11 +1025,13 @@ def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) ->
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``services`` subcommand."""
     p = subparsers.add_parser(
-        "services", help="Start -> power_actual on at web: crdt-ops services vs AMQP RPC",
+        "services", help="Start -> power_actual on at web: crdt-ops services vs AMQP RPC "
+                         "and vs PostgreSQL + AMQP casts",
         description="Time from POST /api/containers/{id}/start at web to power_actual 'on' "
                     "visible at web, through crdt-ops web/logic/worker processes (watched "
-                    "through GET /api/events) and through the same flow done with AMQP "
-                    "request/reply calls web -> logic -> worker; p50/p99 and their ratio.")
+                    "through GET /api/events), through the same flow done with AMQP "
+                    "request/reply calls web -> logic -> worker, and done with a PostgreSQL "
+                    "table, LISTEN/NOTIFY and AMQP casts; p50/p99 and their ratios.")
     configure(p)
 
 
@@ -967,7 +1046,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity", type=int, default=None,
                    help=f"capacity of each worker (default max({MIN_CAPACITY}, N))")
     p.add_argument("--flow", action="append", choices=FLOWS,
-                   help="run only this flow (repeatable; default: both)")
+                   help="run only this flow (repeatable; default: all)")
+    p.add_argument("--pg-dsn", default=os.environ.get("CRDT_OPS_PG_DSN", DEFAULT_PG_DSN),
+                   metavar="DSN",
+                   help="PostgreSQL of the db-casts flow (default: CRDT_OPS_PG_DSN, else "
+                        f"{DEFAULT_PG_DSN}); if none answers within 2 s the flow is skipped")
     p.add_argument("--batch-delay-ms", type=float, default=None,
                    help="the crdt-ops services' --batch-delay-ms (default: theirs, 5)")
     p.add_argument("--samples", type=Path, default=None, metavar="FILE",
@@ -979,6 +1062,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=main)
 
 
+def db_casts_unavailable(dsn: str, info: dict[str, str]) -> str | None:
+    """Why the db-casts flow cannot run (asyncpg missing, or no PostgreSQL answers at
+    ``dsn`` within 2 s), or None if it can (then ``info["postgres"]`` says which)."""
+    try:
+        from tools.bench import dbflow
+    except ImportError as e:
+        return f"asyncpg cannot be imported ({e}; install the bench extra); flow not run"
+    got = asyncio.run(dbflow.pg_version(dsn))
+    if got.startswith("PostgreSQL"):
+        info["postgres"] = f"{got} at {dbflow.redact(dsn)}"
+        return None
+    return (f"no PostgreSQL answers at {dbflow.redact(dsn)} within {dbflow.CONNECT_TIMEOUT_S:g} s "
+            f"({got}); flow not run")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``services`` with parsed arguments; print the report to stdout.
     Returns 0, or 1 if a flow failed on every attempt."""
@@ -988,14 +1086,20 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--containers must be at least 1")
     opt = Options(url=args.url, containers=n, capacity=args.capacity or max(MIN_CAPACITY, n),
                   batch_delay_ms=args.batch_delay_ms,
-                  progress=Progress(enabled=not args.quiet), profile_dir=args.profile)
+                  progress=Progress(enabled=not args.quiet), profile_dir=args.profile,
+                  pg_dsn=args.pg_dsn)
     if opt.profile_dir is not None:
         opt.profile_dir.mkdir(parents=True, exist_ok=True)
     info = machine(opt.url)
     opt.progress(f"services: {n} Starts per flow, on {info['cpu']}, broker {info['broker']}")
     results = []
     failed = []
+    skipped = []
     for flow in args.flow or FLOWS:
+        if flow == "db-casts" and (why := db_casts_unavailable(opt.pg_dsn, info)) is not None:
+            skipped.append(f"SKIPPED db-casts: {why}")
+            opt.progress(skipped[-1])
+            continue
         try:
             results.append(run_flow(flow, opt))
         except Exception as e:
@@ -1008,6 +1112,8 @@ def main(args: argparse.Namespace) -> int:
                 for smp in r.samples:
                     out.write(json.dumps({"flow": r.flow, "id": smp.cid, **{
                         k: round(1000 * v, 3) for k, v in smp.stages.items()}}) + "\n")
+    for line in skipped:
+        print(line, flush=True)
     for f in failed:
         print(f"FAILED {f}", flush=True)
     opt.progress("done")
