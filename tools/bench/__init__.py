@@ -15,7 +15,14 @@ Commands (see ``python -m tools.bench --help``):
 
 ``services``
     Start to ``power_actual`` "on" through the real web, logic and worker processes,
-    beside the same hops done as plain AMQP request/reply. See :mod:`tools.bench.services`.
+    beside the same hops done as plain AMQP request/reply, and as the origin's database
+    and casts (PostgreSQL LISTEN/NOTIFY, :mod:`tools.bench.dbflow`). See
+    :mod:`tools.bench.services`.
+
+``hop``
+    One durable hop: two replicas' ping-pong beside raw aio-pika's in the same run, the
+    latency under 1,000 and 10,000 ops/s from concurrent writers, and each side's worst
+    event-loop stall (issue 14). See :mod:`tools.bench.hop`.
 
 ``platform``
     How the services' cost grows with the platform (500 -> 5,000 -> 50,000 records): create

@@ -172,7 +172,8 @@ def op_message(origin: str = ROLES[0]) -> bytes:
     return body
 
 
-def _metric(name: str, replica: str) -> float:
+def metric(name: str, replica: str) -> float:
+    """This process's value of the Prometheus sample ``name`` of ``replica`` (0 if none)."""
     from prometheus_client import REGISTRY
 
     return REGISTRY.get_sample_value(name, {"replica": replica}) or 0.0
@@ -221,13 +222,15 @@ async def _wait_event(ev: MpEvent, timeout: float, what: str) -> None:
 
 
 def _worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent, stop: MpEvent) -> None:
-    """Entry point of a worker process (raw or crdt-ops)."""
+    """Entry point of a worker process (raw or crdt-ops): runs ``spec["main"]`` (a
+    module-level coroutine function of another benchmark, pickled by name) when the
+    spec has one, else this module's worker of ``spec["kind"]``."""
     global _PROFILER
     if spec.get("profile"):
         _PROFILER = cProfile.Profile()
     try:
-        main = {"raw": _raw_worker, "node": _node_worker,
-                "latency": _latency_worker}[spec["kind"]]
+        main = spec.get("main") or {"raw": _raw_worker, "node": _node_worker,
+                                    "latency": _latency_worker}[spec["kind"]]
         asyncio.run(main(spec, results, go, stop))
     except BaseException:
         results.put(("error", spec["role"], traceback.format_exc()))
@@ -244,7 +247,7 @@ def _profile(on: bool) -> None:
             _PROFILER.disable()
 
 
-async def _go(role: str, results: MpQueue[Any], go: MpEvent) -> tuple[float, float]:
+async def await_go(role: str, results: MpQueue[Any], go: MpEvent) -> tuple[float, float]:
     """Report ``role`` ready, wait for the go signal, start the profiler (if any);
     this process's CPU seconds and the monotonic time at go."""
     results.put(("ready", role, None))
@@ -254,8 +257,8 @@ async def _go(role: str, results: MpQueue[Any], go: MpEvent) -> tuple[float, flo
     return cpu0, t0
 
 
-async def _finish(role: str, out: dict[str, Any], results: MpQueue[Any], stop: MpEvent,
-                  cpu0: float) -> None:
+async def finish(role: str, out: dict[str, Any], results: MpQueue[Any], stop: MpEvent,
+                 cpu0: float) -> None:
     """Report ``out``, wait for the stop signal (the others may still be busy), stop
     the profiler, report the CPU seconds used since ``cpu0``."""
     results.put(("done", role, out))
@@ -265,7 +268,7 @@ async def _finish(role: str, out: dict[str, Any], results: MpQueue[Any], stop: M
 
 
 @contextlib.asynccontextmanager
-async def _started_node(spec: dict[str, Any]) -> AsyncIterator[Any]:
+async def started_node(spec: dict[str, Any]) -> AsyncIterator[Any]:
     """The spec's ``AmqpNode`` (replica ``role`` of ``group``), started; stopped on exit."""
     from crdt_ops.transport.amqp import AmqpNode
 
@@ -305,7 +308,7 @@ async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
             return time.monotonic()
 
         await q.consume(inbox.put, no_ack=False)
-        cpu0, t0 = await _go(role, results, go)
+        cpu0, t0 = await await_go(role, results, go)
         drainer = asyncio.create_task(drain())
         out: dict[str, Any] = {"start": t0}
         if spec["origin"]:
@@ -320,7 +323,7 @@ async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
             out["published"] = time.monotonic()
         out["applied"] = await asyncio.wait_for(drainer, spec["timeout"])
         out["messages"] = got
-        await _finish(role, out, results, stop, cpu0)
+        await finish(role, out, results, stop, cpu0)
     finally:
         with contextlib.suppress(Exception):
             await conn.close()
@@ -329,8 +332,8 @@ async def _raw_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
 async def _node_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
                        stop: MpEvent) -> None:
     role, n = spec["role"], spec["ops"]
-    async with _started_node(spec) as node:
-        cpu0, t0 = await _go(role, results, go)
+    async with started_node(spec) as node:
+        cpu0, t0 = await await_go(role, results, go)
         out: dict[str, Any] = {"start": t0}
         if spec["origin"]:
             await issue(node, n, spec["per_write"], spec["writers"])
@@ -347,11 +350,11 @@ async def _node_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
             await wait_published(node, spec["timeout"])
             out["published"] = time.monotonic()
         out["value"] = counter.value
-        out["messages"] = _metric("crdt_ops_batch_messages_sum", role)
-        out["batches"] = _metric("crdt_ops_batch_messages_count", role)
-        out["published_msgs"] = _metric("crdt_ops_messages_published_total", role)
-        out["reconnects"] = _metric("crdt_ops_reconnects_total", role)
-        await _finish(role, out, results, stop, cpu0)
+        out["messages"] = metric("crdt_ops_batch_messages_sum", role)
+        out["batches"] = metric("crdt_ops_batch_messages_count", role)
+        out["published_msgs"] = metric("crdt_ops_messages_published_total", role)
+        out["reconnects"] = metric("crdt_ops_reconnects_total", role)
+        await finish(role, out, results, stop, cpu0)
 
 
 @dataclass
@@ -431,7 +434,8 @@ def run_workers(specs: Sequence[dict[str, Any]], timeout: float) -> PhaseResult:
 # ---------------------------------------------------------------- 1. the ceiling
 
 
-async def _declare_raw(url: str, s: Settings, roles: Sequence[str]) -> None:
+async def declare_raw(url: str, s: Settings, roles: Sequence[str]) -> None:
+    """Declare the group's topology of ``s`` and the queues of ``roles``, as the replicas do."""
     conn = await aio_pika.connect(url)
     async with conn:
         ch = await conn.channel()
@@ -470,7 +474,7 @@ def measure_raw(ctx: Context) -> list[Row]:
     def once() -> PhaseResult:
         group = new_group()
         try:
-            asyncio.run(_declare_raw(ctx.url, Settings(group=group), ROLES))
+            asyncio.run(declare_raw(ctx.url, Settings(group=group), ROLES))
             specs = [{"kind": "raw", "role": r, "origin": r == ROLES[0], "url": ctx.url,
                       "group": group, "ops": n, "body": body, "timeout": ctx.timeout,
                       "profile": _profile_path(ctx, "raw", r)} for r in ROLES]
@@ -641,8 +645,8 @@ async def _latency(url: str, group: str, store_dir: str, seconds: float, rate: i
 
     total = int(seconds * rate)
     # the metrics are per process and replica id: count what this run adds
-    reconnects0 = sum(_metric("crdt_ops_reconnects_total", r) for r in ROLES)
-    msgs0 = _metric("crdt_ops_messages_published_total", ROLES[0])
+    reconnects0 = sum(metric("crdt_ops_reconnects_total", r) for r in ROLES)
+    msgs0 = metric("crdt_ops_messages_published_total", ROLES[0])
     nodes = [AmqpNode(node_settings(url, group, r, store_dir, batch_ops=batch_ops))
              for r in ROLES]
     started: list[Any] = []
@@ -661,8 +665,8 @@ async def _latency(url: str, group: str, store_dir: str, seconds: float, rate: i
         out.update(
             window=window, cpu=f"{percent(self_cpu() - cpu0, window)} (1 process)",
             broker_cpu=broker.used(),
-            reconnects=sum(_metric("crdt_ops_reconnects_total", r) for r in ROLES) - reconnects0,
-            messages=_metric("crdt_ops_messages_published_total", ROLES[0]) - msgs0)
+            reconnects=sum(metric("crdt_ops_reconnects_total", r) for r in ROLES) - reconnects0,
+            messages=metric("crdt_ops_messages_published_total", ROLES[0]) - msgs0)
         return out
     finally:
         for node in started:
@@ -677,9 +681,9 @@ async def _latency_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEve
                           stop: MpEvent) -> None:
     """One node of the three-process latency run."""
     role, total = spec["role"], spec["ops"]
-    async with _started_node(spec) as node:
+    async with started_node(spec) as node:
         watch = None if spec["origin"] else Watch(node, total)
-        cpu0, t0 = await _go(role, results, go)
+        cpu0, t0 = await await_go(role, results, go)
         out: dict[str, Any] = {"start": t0}
         if watch is None:
             out.update(await tick(node, total, spec["rate"]))
@@ -687,9 +691,9 @@ async def _latency_worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEve
         else:
             await watch.wait(spec["seconds"] + 60)
             out.update(times=watch.times, applied=time.monotonic())
-        out["published_msgs"] = _metric("crdt_ops_messages_published_total", role)
-        out["reconnects"] = _metric("crdt_ops_reconnects_total", role)
-        await _finish(role, out, results, stop, cpu0)
+        out["published_msgs"] = metric("crdt_ops_messages_published_total", role)
+        out["reconnects"] = metric("crdt_ops_reconnects_total", role)
+        await finish(role, out, results, stop, cpu0)
 
 
 def measure_latency(ctx: Context, batch_ops: int, processes: bool) -> Row:
@@ -807,9 +811,9 @@ async def _replay(url: str, group: str, store_dir: str, ops: int,
     msgs = await _seed_stream(url, Settings(group=group), ops, batch_ops)
     raw_s = await _read_stream(url, Settings(group=group), msgs)
     fresh = AmqpNode(node_settings(url, group, "fresh", store_dir, batch_ops=batch_ops))
-    before = _metric("crdt_ops_batch_messages_sum", "fresh")
-    batches = _metric("crdt_ops_batch_messages_count", "fresh")
-    reconnects = _metric("crdt_ops_reconnects_total", "fresh")
+    before = metric("crdt_ops_batch_messages_sum", "fresh")
+    batches = metric("crdt_ops_batch_messages_count", "fresh")
+    reconnects = metric("crdt_ops_reconnects_total", "fresh")
     broker = BrokerCpu()
     cpu0, t0 = self_cpu(), time.monotonic()
     try:
@@ -817,8 +821,8 @@ async def _replay(url: str, group: str, store_dir: str, ops: int,
         seconds = time.monotonic() - t0
         cpu, broker_cpu = self_cpu() - cpu0, broker.used()
         value = fresh.replica.counter(KEY).value
-        replayed = _metric("crdt_ops_batch_messages_sum", "fresh") - before
-        batches = _metric("crdt_ops_batch_messages_count", "fresh") - batches
+        replayed = metric("crdt_ops_batch_messages_sum", "fresh") - before
+        batches = metric("crdt_ops_batch_messages_count", "fresh") - batches
     finally:
         await fresh.stop()
     if value != ops:
@@ -826,7 +830,7 @@ async def _replay(url: str, group: str, store_dir: str, ops: int,
     return {"seconds": seconds, "cpu": cpu, "broker_cpu": broker_cpu, "messages": msgs,
             "raw_s": raw_s,
             "replayed": replayed, "batches": batches,
-            "reconnects": _metric("crdt_ops_reconnects_total", "fresh") - reconnects}
+            "reconnects": metric("crdt_ops_reconnects_total", "fresh") - reconnects}
 
 
 def measure_replay(ctx: Context, ops: int, batch_ops: int) -> Row:
