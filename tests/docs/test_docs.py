@@ -310,6 +310,7 @@ OTHER_TOOLS_FLAGS = {
     "--apply": "python deploy/make_definitions.py",
     "--check": "python scripts/generate_proto.py, scripts/api-docs.py",
     "--quick": "python -m tools.bench",
+    "--pg-dsn": "python -m tools.bench services",
     "--x-y": "a placeholder: the flag of setting x_y",
 }
 
