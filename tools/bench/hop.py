@@ -58,7 +58,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.queues import Queue as MpQueue
 from multiprocessing.synchronize import Event as MpEvent
@@ -233,25 +233,39 @@ async def _crdt_pingpong(spec: dict[str, Any], results: MpQueue[Any], go: MpEven
             if heard.heard(ev.new) and role == ROLES[1]:
                 replies.start(ev.new, pong)
 
+        async def ping(k: int) -> None:
+            async with node.write() as r:
+                r.register(PING).set(k)
+
         node.replica.subscribe(PONG if role == ROLES[0] else PING, on_change)
         cpu0, _ = await await_go(role, results, go)
-        stall = StallWatch()
-        stall.start()
-        out: dict[str, Any] = {}
-        if role == ROLES[0]:
-            sent, accepted = [0.0] * (total + 1), [0.0] * (total + 1)
-            for n in range(1, total + 1):
-                sent[n] = time.monotonic()
-                async with node.write() as r:
-                    r.register(PING).set(n)
-                accepted[n] = time.monotonic()
-                await heard.wait_for(n, timeout)
-            out.update(sent=sent, accepted=accepted)
-        else:
-            await replies.wait(timeout * 2)
-        out.update(await stall.stop())
-        out.update(heard=heard.times, reconnects=metric("crdt_ops_reconnects_total", role))
+        out = await _play(role, total, timeout, heard, replies, ping)
+        out.update(reconnects=metric("crdt_ops_reconnects_total", role))
         await finish(role, out, results, stop, cpu0)
+
+
+async def _play(role: str, total: int, timeout: float, heard: Heard, replies: Replies,
+                ping: Callable[[int], Awaitable[None]]) -> dict[str, Any]:
+    """One side of a ping-pong, after the go: ``a`` sends ping 1..``total`` through
+    ``ping`` (each once the pong before it was heard), noting when each was sent and
+    accepted; ``b`` answers (``replies``). Returns those times, when each was heard, and
+    the side's worst event-loop stall."""
+    stall = StallWatch()
+    stall.start()
+    out: dict[str, Any] = {}
+    if role == ROLES[0]:
+        sent, accepted = [0.0] * (total + 1), [0.0] * (total + 1)
+        for n in range(1, total + 1):
+            sent[n] = time.monotonic()
+            await ping(n)
+            accepted[n] = time.monotonic()
+            await heard.wait_for(n, timeout)
+        out.update(sent=sent, accepted=accepted)
+    else:
+        await replies.wait(timeout * 2)
+    out.update(await stall.stop())
+    out.update(heard=heard.times)
+    return out
 
 
 async def _raw_pingpong(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
@@ -286,23 +300,13 @@ async def _raw_pingpong(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent
                 replies.start(int(number), pong)
             await message.ack()
 
+        async def ping(k: int) -> None:
+            await publish(b"ping", k)  # returns once confirmed
+
         await queue.consume(on_message, no_ack=False)
         cpu0, _ = await await_go(role, results, go)
-        stall = StallWatch()
-        stall.start()
-        out: dict[str, Any] = {}
-        if role == ROLES[0]:
-            sent, accepted = [0.0] * (total + 1), [0.0] * (total + 1)
-            for n in range(1, total + 1):
-                sent[n] = time.monotonic()
-                await publish(b"ping", n)
-                accepted[n] = time.monotonic()  # confirmed
-                await heard.wait_for(n, timeout)
-            out.update(sent=sent, accepted=accepted)
-        else:
-            await replies.wait(timeout * 2)
-        out.update(await stall.stop())
-        out.update(heard=heard.times, reconnects=0)
+        out = await _play(role, total, timeout, heard, replies, ping)
+        out.update(reconnects=0)
         await finish(role, out, results, stop, cpu0)
     finally:
         with contextlib.suppress(Exception):

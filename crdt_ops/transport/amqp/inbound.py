@@ -40,6 +40,9 @@ REACTION_TURNS = 4
 #: it but the broker's ack (a delivery is applied, and its reactions run, at once); under
 #: load it turns one disk sync per delivery into one per batch.
 LINGER_S = 0.020
+#: Seconds a nack may take before it is given up (the channel is failing: the broker
+#: requeues the message when it closes).
+NACK_TIMEOUT_S = 5.0
 
 
 class Inbound:
@@ -65,10 +68,15 @@ class Inbound:
             batch.append(self.inbox.get_nowait())
         try:
             await self.apply(batch)
+        except asyncio.CancelledError:
+            # stopping: the broker requeues what was not acked when our channel closes
+            # (RabbitMQ, "Consumer Acknowledgements": automatic requeueing); waiting here
+            # for nacks on a closing channel could hold the stop up for ever
+            raise
         except BaseException:
             for msg in batch:  # what was logged comes again and is dropped as a duplicate
                 with contextlib.suppress(Exception):
-                    await msg.nack(requeue=True)
+                    await asyncio.wait_for(msg.nack(requeue=True), NACK_TIMEOUT_S)
             raise
 
     async def apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
@@ -95,10 +103,17 @@ class Inbound:
             deadline = time.monotonic() + LINGER_S
             while len(batch) < self.settings.prefetch \
                     and (left := deadline - time.monotonic()) > 0:
+                # not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (the
+                # node's stop) when the get completes at the same moment
+                getter = asyncio.ensure_future(self.inbox.get())
                 try:
-                    more = [await asyncio.wait_for(self.inbox.get(), left)]
-                except TimeoutError:
+                    await asyncio.wait({getter}, timeout=left)
+                finally:
+                    if not getter.done():
+                        getter.cancel()  # Queue.get leaves the item in the queue
+                if not getter.done() or getter.cancelled():
                     break
+                more = [getter.result()]
                 while len(batch) + len(more) < self.settings.prefetch and not self.inbox.empty():
                     more.append(self.inbox.get_nowait())
                 batch += more  # the caller nacks them too if logging fails
