@@ -74,9 +74,7 @@ class Inbound:
             # for nacks on a closing channel could hold the stop up for ever
             raise
         except BaseException:
-            for msg in batch:  # what was logged comes again and is dropped as a duplicate
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(msg.nack(requeue=True), NACK_TIMEOUT_S)
+            await _requeue(batch)  # what was logged comes again and is dropped as a duplicate
             raise
 
     async def apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
@@ -91,47 +89,35 @@ class Inbound:
         replica = self.durable.replica
         before = replica.stats["applied"] - replica.stats["local"]
         dups = replica.stats["duplicates"]
-        valid, dead, dropped = self._take(batch, stream, reread)
-        held = self.durable.hold(valid)
-        if valid and not stream:
+        held = self.durable.hold([])
+        valid: list[bytes] = []
+        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
+        dropped = False
+        more: list[AbstractIncomingMessage] = batch
+        deadline: float | None = None  # set after the first reactions ran
+        while more:
+            v, d, drop = self._take(more, stream, reread)
+            self.durable.hold(v)
+            valid, dead, dropped = valid + v, dead + d, dropped or drop
+            if stream or not valid:
+                break
             # let the reactions to them run (a subscriber woken by a change event writes):
             # their operations are logged with the deliveries, in one disk sync
-            for _ in range(REACTION_TURNS):
+            for _ in range(REACTION_TURNS if v else 0):
                 await asyncio.sleep(0)
             # and what arrives meanwhile joins the same transaction: under load, one disk
             # sync serves several deliveries (only their acks wait; they are applied at once)
-            deadline = time.monotonic() + LINGER_S
-            while len(batch) < self.settings.prefetch \
-                    and (left := deadline - time.monotonic()) > 0:
-                # not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (the
-                # node's stop) when the get completes at the same moment
-                getter = asyncio.ensure_future(self.inbox.get())
-                try:
-                    await asyncio.wait({getter}, timeout=left)
-                finally:
-                    if not getter.done():
-                        getter.cancel()  # Queue.get leaves the item in the queue
-                if not getter.done() or getter.cancelled():
-                    break
-                more = [getter.result()]
-                while len(batch) + len(more) < self.settings.prefetch and not self.inbox.empty():
-                    more.append(self.inbox.get_nowait())
-                batch += more  # the caller nacks them too if logging fails
-                v, d, drop = self._take(more, stream, reread)
-                self.durable.hold(v)
-                valid += v
-                dead += d
-                dropped = dropped or drop
-                for _ in range(REACTION_TURNS if v else 0):
-                    await asyncio.sleep(0)
+            if deadline is None:
+                deadline = time.monotonic() + LINGER_S
+            more = await self._arriving(self.settings.prefetch - len(batch), deadline)
+            batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store; what a re-read could not hold needs another
         if not self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None):
             log.info("replica %s: the store failed and recovered while %d deliveries awaited "
                      "their log; they come again", self.replica_id, len(batch))
-            for msg in batch if not stream else ():  # the stream is read again instead
-                with contextlib.suppress(Exception):
-                    await msg.nack(requeue=True)
+            if not stream:  # the stream is read again instead
+                await _requeue(batch)
             return
         # confirmed together: one round trip for the lot, not one per message
         outcomes = await asyncio.gather(
@@ -157,6 +143,28 @@ class Inbound:
         metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
         self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
         self.observed()
+
+    async def _arriving(self, room: int, deadline: float) -> list[AbstractIncomingMessage]:
+        """Deliveries that reach the inbox before ``deadline`` (``time.monotonic()``
+        seconds): the first one to come, with those behind it, at most ``room``; none if
+        none comes in time or there is no room."""
+        left = deadline - time.monotonic()
+        if room < 1 or left <= 0:
+            return []
+        # not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (the node's
+        # stop) when the get completes at the same moment
+        getter = asyncio.ensure_future(self.inbox.get())
+        try:
+            await asyncio.wait({getter}, timeout=left)
+        finally:
+            if not getter.done():
+                getter.cancel()  # Queue.get leaves the item in the queue
+        if not getter.done() or getter.cancelled():
+            return []
+        more = [getter.result()]
+        while len(more) < room and not self.inbox.empty():
+            more.append(self.inbox.get_nowait())
+        return more
 
     def _take(self, msgs: list[AbstractIncomingMessage], stream: bool, reread: bool
               ) -> tuple[list[bytes], list[tuple[AbstractIncomingMessage, str, str]], bool]:
@@ -207,3 +215,12 @@ class Inbound:
             raise
         self.dead_lettered += 1
         metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
+
+
+async def _requeue(msgs: list[AbstractIncomingMessage]) -> None:
+    """Nack ``msgs`` for the broker to deliver them again; a nack that fails or takes over
+    :data:`NACK_TIMEOUT_S` is given up (the channel is failing: the broker requeues the
+    message when it closes)."""
+    for msg in msgs:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(msg.nack(requeue=True), NACK_TIMEOUT_S)
