@@ -19,21 +19,28 @@ from tests.conftest import Group
 FAST = ["--gap-timeout-s", "2"]  # heartbeats every 0.5 s: the echo's patience is 2 s
 
 
-async def _delete(url: str, exchange: str | None = None, queue: str | None = None) -> int:
-    """Delete an exchange or a queue; returns the messages the queue held."""
+async def _delete(url: str, exchange: str | None = None, queue: str | None = None,
+                  unbind: tuple[str, str] | None = None) -> int:
+    """Delete an exchange, a queue, or a queue's binding (``unbind``: queue, exchange);
+    returns the messages a deleted queue held."""
     conn = await aio_pika.connect(url)
     async with conn:
         ch = await conn.channel()
         if exchange:
             await ch.exchange_delete(exchange)
             return 0
+        if unbind:
+            q = await ch.declare_queue(unbind[0], passive=True)
+            await q.unbind(unbind[1])
+            return 0
         assert queue
         ok = await ch.queue_delete(queue)
         return int(ok.message_count)
 
 
-def delete(url: str, exchange: str | None = None, queue: str | None = None) -> int:
-    return asyncio.run(_delete(url, exchange, queue))
+def delete(url: str, exchange: str | None = None, queue: str | None = None,
+           unbind: tuple[str, str] | None = None) -> int:
+    return asyncio.run(_delete(url, exchange, queue, unbind))
 
 
 def test_a_deleted_exchange_heals_and_nothing_is_lost(group: Group) -> None:
@@ -45,8 +52,26 @@ def test_a_deleted_exchange_heals_and_nothing_is_lost(group: Group) -> None:
     wait_until(lambda: converged(procs, {p.replica_id: 600 for p in procs}), 90,
                "every replica to have every operation after the exchange was deleted",
                explain(procs))
-    # the replicas whose queues had lost their binding noticed it by the missing echo
-    assert any("came back through its queue" in p.tail() for p in procs), explain(procs)()
+    # the deletion took every replica's binding: each declared the topology again, having
+    # found the exchange missing (404), its messages returned unroutable, or its echo
+    # silent, whichever came first
+    assert all("declaring the topology again" in p.tail() for p in procs), explain(procs)()
+
+
+def test_a_deleted_binding_is_noticed_by_the_missing_echo(group: Group) -> None:
+    procs = [group.replica(f"r{i}", ops=600, seed=i, rate=60, extra=FAST).start()
+             for i in range(3)]
+    wait_until(lambda: all(p.report().get("issued", 0) >= 100 for p in procs), 60,
+               "the replicas to be writing", explain(procs))
+    # r1's messages still reach the stream and the others' queues: nothing is returned
+    # and no publish fails, so only r1's missing echo can tell it that its queue is cut off
+    delete(group.url, unbind=(f"crdt.{group.name}.r1", f"crdt.{group.name}"))
+    wait_until(lambda: converged(procs, {p.replica_id: 600 for p in procs}), 90,
+               "every replica to have every operation after r1's binding was deleted",
+               explain(procs))
+    assert "came back through its queue" in procs[1].tail(), explain(procs)()
+    assert not any("came back through its queue" in p.tail() for p in (procs[0], procs[2])), \
+        explain(procs)()
 
 
 def test_a_deleted_queue_with_a_backlog_is_refilled_from_the_stream(group: Group) -> None:

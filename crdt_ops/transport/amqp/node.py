@@ -517,6 +517,11 @@ class AmqpNode:
         return self._out.refused
 
     def _topology_lost(self) -> None:
+        """A publish found the group's exchange missing (channel error 404 NOT_FOUND)."""
+        if not self._redeclare_due:
+            log.warning("replica %s: the group's exchange %s is gone (deleted?); declaring "
+                        "the topology again and re-reading the stream", self.replica_id,
+                        self.topology.exchange)
         self._redeclare_due = self._reread_due = True
 
     async def _redeclare_and_reread(self) -> None:
