@@ -15,7 +15,7 @@ alone (``scripts/test -m core``; ``scripts/test --fast`` runs the core tier):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +36,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                     f"folders tests/{{{','.join(LAYERS)}}}/")
         item.add_marker(getattr(pytest.mark, layer))
 
+
+#: set on a test whose call failed (its fixtures' teardown may then show what they saw)
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, None, None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed:
+        item.stash[FAILED] = True
+
+
+def show_log_if_failed(request: pytest.FixtureRequest, *logs: Path, lines: int = 60) -> None:
+    """After a failed test, print the last ``lines`` of each of ``logs`` (services'
+    output; a directory stands for the ``*.log`` files in it): pytest shows them under the
+    failure as the teardown's captured output."""
+    if not request.node.stash.get(FAILED, False):
+        return
+    for log in logs:
+        for path in sorted(log.glob("*.log")) if log.is_dir() else [log]:
+            if path.exists():
+                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                print(f"--- the last {len(tail)} lines of {path} ---", *tail, sep="\n")
 
 
 @pytest.fixture(scope="session")

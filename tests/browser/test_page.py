@@ -10,6 +10,7 @@ One demo serves the whole module; each test makes containers of its own.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.chromium import launch_browser, open_page, row_ids
+from tests.conftest import show_log_if_failed
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Dialog, Page
@@ -36,7 +38,9 @@ def demo_url(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("demo") / "demo.log", "w")  # noqa: SIM115
+    global DEMO_LOG
+    DEMO_LOG = tmp_path_factory.mktemp("demo") / "demo.log"
+    log = open(DEMO_LOG, "w")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", "demo", "--port", str(port),
                              "--amqp-url", amqp_url], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -52,6 +56,17 @@ def demo_url(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         log.close()
+
+
+DEMO_LOG: Path | None = None  # the demo's output
+
+
+@pytest.fixture(autouse=True)
+def _demo_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if DEMO_LOG is not None:  # the demo's, and its services' (in the directory it names)
+        said = re.search(r"logs in (\S+);", DEMO_LOG.read_text())
+        show_log_if_failed(request, DEMO_LOG, *([Path(said[1])] if said else []))
 
 
 @pytest.fixture(scope="module")
