@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
 from crdt_ops.errors import BufferFull, InvalidMessage, WaitingCapReached
 from crdt_ops.transport import metrics
+from crdt_ops.transport.amqp.arrivals import arriving
 from crdt_ops.transport.amqp.recovery import REREAD_DUE
 from crdt_ops.transport.auth import Authenticator
 from crdt_ops.transport.config import Settings
@@ -109,7 +110,7 @@ class Inbound:
             # sync serves several deliveries (only their acks wait; they are applied at once)
             if deadline is None:
                 deadline = time.monotonic() + LINGER_S
-            more = await self._arriving(self.settings.prefetch - len(batch), deadline)
+            more = await arriving(self.inbox, self.settings.prefetch - len(batch), deadline)
             batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store; what a re-read could not hold needs another
@@ -143,28 +144,6 @@ class Inbound:
         metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
         self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
         self.observed()
-
-    async def _arriving(self, room: int, deadline: float) -> list[AbstractIncomingMessage]:
-        """Deliveries that reach the inbox before ``deadline`` (``time.monotonic()``
-        seconds): the first one to come, with those behind it, at most ``room``; none if
-        none comes in time or there is no room."""
-        left = deadline - time.monotonic()
-        if room < 1 or left <= 0:
-            return []
-        # not asyncio.wait_for: on Python 3.11 it can swallow a cancellation (the node's
-        # stop) when the get completes at the same moment
-        getter = asyncio.ensure_future(self.inbox.get())
-        try:
-            await asyncio.wait({getter}, timeout=left)
-        finally:
-            if not getter.done():
-                getter.cancel()  # Queue.get leaves the item in the queue
-        if not getter.done() or getter.cancelled():
-            return []
-        more = [getter.result()]
-        while len(more) < room and not self.inbox.empty():
-            more.append(self.inbox.get_nowait())
-        return more
 
     def _take(self, msgs: list[AbstractIncomingMessage], stream: bool, reread: bool
               ) -> tuple[list[bytes], list[tuple[AbstractIncomingMessage, str, str]], bool]:

@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingM
 from crdt_ops.errors import InvalidMessage
 from crdt_ops.ops import Batch
 from crdt_ops.replica import Replica
+from crdt_ops.transport.amqp.arrivals import arriving
 from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: Store key set (b"1") while messages dropped over the buffer's caps await a stream re-read.
 REREAD_DUE = "reread_due"
+#: Seconds a stream read waits for more messages to join a batch before applying it: the
+#: stream delivers one message at a time at the broker's pace, and each batch costs a
+#: transaction with a disk sync (:meth:`~crdt_ops.transport.durable.DurableReplica.log_delivered`).
+STREAM_LINGER_S = 0.020
 #: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
 MAX_GAP_BACKOFF = 32
 
@@ -149,8 +154,14 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
         progress = Progress(f"reading {name}", stream.declaration_result.message_count)
         while True:
             batch = [await inbox.get()]
-            while not inbox.empty() and len(batch) < settings.prefetch:
-                batch.append(inbox.get_nowait())
+            # what comes within STREAM_LINGER_S joins the batch: one transaction for it
+            deadline, more = time.monotonic() + STREAM_LINGER_S, batch
+            while len(batch) < settings.prefetch \
+                    and all(m.message_id != marker.message_id for m in more):
+                more = await arriving(inbox, settings.prefetch - len(batch), deadline)
+                if not more:
+                    break
+                batch += more
             end = next((i for i, m in enumerate(batch) if m.message_id == marker.message_id),
                        None)
             yield batch if end is None else batch[: end + 1]
