@@ -38,7 +38,7 @@ from typing import Any
 
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
-from crdt_ops.transport import metrics
+from crdt_ops.transport import forking, metrics
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.store import Store, StoreUnavailable
 
@@ -104,6 +104,7 @@ class DurableReplica:
         self._last_waiting = 0  # how many the last commit answered
         self._since_snapshot = 0
         self._snapshotting = False
+        self._aside: asyncio.Task[None] | None = None  # a snapshot encoded in a child
         self._own_counted = replica.clock.get(replica.replica_id, 0)
 
     # ------------------------------------------------------------ opening
@@ -357,25 +358,62 @@ class DurableReplica:
     def applied(self, n: int) -> None:
         """``n`` operations were applied and logged (remote ones, and this replica's own
         as they are committed): take a snapshot when ``snapshot_every`` have been since
-        the last one (skipped if the store fails: the recovery restores from the store)."""
+        the last one (skipped if the store fails: the recovery restores from the store).
+        A pumped replica encodes it in a child process (:meth:`snapshot_aside`), so that
+        its event loop is held for a fork, not for the encoding."""
         self._since_snapshot += n
-        if self._since_snapshot >= self.settings.snapshot_every:
-            with contextlib.suppress(StoreUnavailable):
-                self.snapshot()
+        if self._since_snapshot < self.settings.snapshot_every or self._aside is not None:
+            return
+        if self.pumping and forking.AVAILABLE:
+            self._aside = asyncio.get_running_loop().create_task(self.snapshot_aside())
+            return
+        with contextlib.suppress(StoreUnavailable):
+            self.snapshot()
 
     def snapshot(self) -> None:
-        """Write a snapshot and drop the log it covers. Raises
+        """Write a snapshot and drop the log it covers, on this thread. Raises
         :class:`~crdt_ops.transport.store.StoreUnavailable` if the store fails (the old
         snapshot and log stay as they were)."""
+        own = self._commit_for_snapshot()
+        with self.storing():
+            self.store.save_snapshot(self.replica.snapshot())
+        self._own_counted = own
+
+    async def snapshot_aside(self) -> None:
+        """Write a snapshot encoded in a child process (:mod:`~crdt_ops.transport.forking`)
+        from memory as it was once everything applied was committed, then drop the log up
+        to that commit; what is logged meanwhile stays, to be replayed onto it. Skipped,
+        with the old snapshot and log kept, if the store fails or memory is restored from
+        it meanwhile, or if the child fails (logged: the next one is due after another
+        ``snapshot_every`` operations)."""
+        try:
+            own = self._commit_for_snapshot()
+            through, restores = self.store.last_logged(), self.restores
+            try:
+                data = await forking.fork_child(self.replica.snapshot).result()
+            except (OSError, forking.ChildFailed) as e:
+                log.warning("replica %s: no snapshot this time: %s", self.replica_id, e)
+                return
+            if self.restores != restores:
+                return
+            with self.storing():
+                self.store.save_snapshot(data, through)
+            self._own_counted = own
+        except StoreUnavailable:
+            pass  # reported by storing(); the recovery restores from the store
+        finally:
+            self._aside = None
+
+    def _commit_for_snapshot(self) -> int:
+        """Commit what was applied (the snapshot covers the log up to here) and count the
+        operations toward the next snapshot from zero; returns this replica's own clock."""
         self._snapshotting = True
         try:
             self.commit()
-            with self.storing():
-                self.store.save_snapshot(self.replica.snapshot())
         finally:
             self._snapshotting = False
         self._since_snapshot = 0
-        self._own_counted = self.replica.clock.get(self.replica_id, 0)
+        return self.replica.clock.get(self.replica_id, 0)
 
     # ------------------------------------------------------------ closing
 
@@ -388,7 +426,11 @@ class DurableReplica:
                       "accepted yet are discarded", self.replica_id)
 
     async def close(self) -> None:
-        """Stop a store recovery under way and close the store."""
+        """Stop a store recovery and a snapshot under way, and close the store."""
+        if self._aside is not None:
+            self._aside.cancel()  # kills its child
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._aside
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

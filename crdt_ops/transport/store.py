@@ -146,11 +146,22 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")
 
     @_guarded
-    def save_snapshot(self, snapshot: bytes) -> None:
-        """Replace the snapshot and drop the log it covers, atomically."""
+    def save_snapshot(self, snapshot: bytes, through: int | None = None) -> None:
+        """Replace the snapshot and drop the log it covers, atomically: the whole log, or
+        (``through``, a :meth:`last_logged` id) the messages logged up to that one, when
+        the snapshot was taken then and what was logged since must be replayed onto it."""
         with self._tx():
             self.put("snapshot", snapshot)
-            self.db.execute("DELETE FROM log")
+            if through is None:
+                self.db.execute("DELETE FROM log")
+            else:
+                self.db.execute("DELETE FROM log WHERE id <= ?", (through,))
+
+    @_guarded
+    def last_logged(self) -> int:
+        """The id of the newest message in the log (0: none)."""
+        row = self.db.execute("SELECT MAX(id) FROM log").fetchone()
+        return int(row[0] or 0)
 
     @_guarded
     def log_size(self) -> int:

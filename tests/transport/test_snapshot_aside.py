@@ -1,0 +1,112 @@
+"""A pumped replica's snapshot is encoded in a forked child (crdt_ops.transport.forking):
+the event loop goes on while it is encoded, what is written meanwhile stays in the log
+to be replayed onto it, and a restart restores everything. A real SQLite store and real
+child processes; no broker (the durable replica is driven directly)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from crdt_ops.transport import forking
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import DurableReplica
+
+pytestmark = pytest.mark.skipif(not forking.AVAILABLE, reason="needs os.fork")
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(group="g", replica_id="w", store=str(tmp_path / "w.sqlite"),
+                    membership="open", snapshot_every=50)
+
+
+def _write(durable: DurableReplica, first: int, n: int) -> None:
+    for i in range(first, first + n):
+        durable.replica.register(f"k{i}").set(i)
+        durable.commit()  # counts its own operations toward the next snapshot
+
+
+@pytest.mark.asyncio
+async def test_the_loop_goes_on_while_a_child_encodes_and_nothing_is_lost(
+        tmp_path: Path) -> None:
+    durable = DurableReplica.open(_settings(tmp_path))
+    durable.pumping = True  # as under a transport: snapshots are taken aside
+    encode = durable.replica.snapshot
+    parent = os.getpid()
+
+    def slow_encode() -> bytes:
+        if os.getpid() != parent:  # in the child only: a large replica takes a while
+            time.sleep(0.5)
+        return encode()
+
+    durable.replica.snapshot = slow_encode  # type: ignore[method-assign]
+    try:
+        _write(durable, 0, 50)  # the 50th starts a snapshot aside
+        aside = durable._aside
+        assert aside is not None
+        await asyncio.sleep(0.05)  # the task committed, and forked the child
+        # the loop is free: these writes run while the child encodes
+        t0 = time.monotonic()
+        _write(durable, 50, 20)
+        await asyncio.sleep(0.1)
+        assert not aside.done() and time.monotonic() - t0 < 0.5
+        await aside
+        assert durable.store.get("snapshot") is not None
+        # the snapshot holds k0..k49; the 20 written meanwhile are still in the log
+        assert durable.store.log_size() == 20
+    finally:
+        durable.store.close()
+    again = DurableReplica.open(_settings(tmp_path))
+    try:
+        assert dict(again.replica.clock) == {"w": 70}
+        assert [again.replica.get(f"k{i}") for i in (0, 49, 50, 69)] == [0, 49, 50, 69]
+    finally:
+        again.store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_child_that_fails_leaves_the_old_snapshot_and_log(tmp_path: Path) -> None:
+    durable = DurableReplica.open(_settings(tmp_path))
+    durable.pumping = True
+
+    def broken() -> bytes:
+        raise MemoryError("the child ran out of memory")
+
+    durable.replica.snapshot = broken  # type: ignore[method-assign]
+    try:
+        _write(durable, 0, 50)
+        assert durable._aside is not None
+        await durable._aside
+        assert durable.store.get("snapshot") is None and durable.store.log_size() == 50
+    finally:
+        durable.store.close()
+    again = DurableReplica.open(_settings(tmp_path))
+    try:
+        assert dict(again.replica.clock) == {"w": 50}
+    finally:
+        again.store.close()
+
+
+@pytest.mark.asyncio
+async def test_closing_kills_a_child_still_encoding(tmp_path: Path) -> None:
+    durable = DurableReplica.open(_settings(tmp_path))
+    durable.pumping = True
+    parent = os.getpid()
+
+    def stuck() -> bytes:
+        if os.getpid() != parent:
+            time.sleep(60)
+        return b""
+
+    durable.replica.snapshot = stuck  # type: ignore[method-assign]
+    _write(durable, 0, 50)
+    aside = durable._aside
+    assert aside is not None
+    await asyncio.sleep(0.2)  # the child is running
+    t0 = time.monotonic()
+    await durable.close()
+    assert aside.done() and time.monotonic() - t0 < 10
