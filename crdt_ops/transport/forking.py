@@ -39,16 +39,22 @@ class Child:
         self.pid, self._fd = pid, fd
         self._reaped = False
 
-    async def result(self) -> bytes:
+    async def result(self, timeout_s: float = 600.0) -> bytes:
         """The child's bytes, read in a thread (the loop goes on meanwhile). Raises
-        :class:`ChildFailed` if it raised or died. Cancelled, it kills the child."""
+        :class:`ChildFailed` if it raised or died, or took over ``timeout_s`` seconds
+        (then it is killed). Cancelled, it kills the child."""
+        deadline = asyncio.get_running_loop().call_later(timeout_s, self.kill)
         try:
             data, status = await asyncio.to_thread(self._read_and_reap)
         except asyncio.CancelledError:
             self.kill()
             raise
+        finally:
+            deadline.cancel()
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-            raise ChildFailed(f"child {self.pid} failed (wait status {status})")
+            how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                   else f"exit status {os.WEXITSTATUS(status)}")
+            raise ChildFailed(f"child {self.pid} failed ({how}; its time limit: {timeout_s:g}s)")
         return data
 
     def kill(self) -> None:

@@ -111,3 +111,21 @@ async def test_closing_kills_a_child_still_encoding(tmp_path: Path) -> None:
     t0 = time.monotonic()
     await durable.close()
     assert aside.done() and time.monotonic() - t0 < 10
+
+
+@pytest.mark.asyncio
+async def test_a_child_over_its_time_limit_is_killed() -> None:
+    parent = os.getpid()
+
+    def stuck() -> bytes:
+        if os.getpid() != parent:
+            time.sleep(60)
+        return b""
+
+    child = forking.fork_child(stuck)
+    t0 = time.monotonic()
+    with pytest.raises(forking.ChildFailed, match="killed by signal 9"):
+        await child.result(timeout_s=0.3)
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left behind
+        os.waitpid(child.pid, os.WNOHANG)
