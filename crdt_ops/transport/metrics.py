@@ -50,3 +50,7 @@ PUBLISHES_REFUSED = Counter("crdt_ops_publishes_refused_total",
                             "Own messages the broker nacked (a queue bound to the exchange "
                             "refused them); they are published straight into the stream",
                             ["replica"])
+LOOP_LAG = Histogram("crdt_ops_event_loop_lag_seconds",
+                     "How late the event loop's probe woke (crdt_ops.transport.loop_lag): "
+                     "the loop was held that long by work that did not yield", ["replica"],
+                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

@@ -135,6 +135,11 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
     cpu = table(out[out.index("CPU over the timed phase"):], "flow")
     assert [r[0] for r in cpu] == flows
     assert all(re.fullmatch(r"[0-9]+|\?|-", c) for r in cpu for c in r[1:]), cpu
+    # each crdt-ops service said its event loop's worst stall when it stopped
+    stalls = re.search(r"Worst event-loop stall of each crdt-ops service .*, ms: (.*)", out)
+    assert stalls is not None, out
+    assert re.fullmatch(r"web [0-9.]+, logic [0-9.]+, worker-1 [0-9.]+, worker-2 [0-9.]+",
+                        stalls.group(1)), stalls.group(1)
 
 
 def test_platform_benchmark_quick_run(amqp_url: str) -> None:

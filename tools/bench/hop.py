@@ -69,6 +69,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.loop_lag import LoopLag
 from crdt_ops.transport.topology import Topology
 from tools.bench.amqp import (
     LAT_KEY,
@@ -121,36 +122,16 @@ QUICK = Sizes(round_trips=50, warmup=5, rates=(200,), seconds=1.0, writers=100)
 # ---------------------------------------------------------------- in the worker processes
 
 
-class StallWatch:
-    """The event loop's worst stall while it runs: a task sleeps :data:`STALL_TICK_S`
-    in a loop and keeps the worst lateness of its wake-ups (seconds) and when that was
-    (seconds after :meth:`start`)."""
+def stall_watch() -> LoopLag:
+    """The event loop's worst stall while the measurement runs: the library's probe
+    (crdt_ops.transport.loop_lag) with a tick of :data:`STALL_TICK_S`, no warnings."""
+    return LoopLag(tick_s=STALL_TICK_S, warn_s=float("inf"))
 
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self.worst_at = 0.0
-        self._t0 = 0.0
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            due = time.monotonic() + STALL_TICK_S
-            await asyncio.sleep(STALL_TICK_S)
-            late = time.monotonic() - due
-            if late > self.worst:
-                self.worst, self.worst_at = late, due - self._t0
-
-    async def stop(self) -> dict[str, float]:
-        """Stop the probe; ``stall`` (the worst lateness) and ``stall_at``."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        return {"stall": self.worst, "stall_at": self.worst_at}
+async def stalled(watch: LoopLag) -> dict[str, float]:
+    """Stop ``watch``; ``stall`` (its worst lateness, s) and ``stall_at`` (s after start)."""
+    await watch.stop()
+    return {"stall": watch.worst_s, "stall_at": watch.worst_at}
 
 
 class Heard:
@@ -250,7 +231,7 @@ async def _play(role: str, total: int, timeout: float, heard: Heard, replies: Re
     ``ping`` (each once the pong before it was heard), noting when each was sent and
     accepted; ``b`` answers (``replies``). Returns those times, when each was heard, and
     the side's worst event-loop stall."""
-    stall = StallWatch()
+    stall = stall_watch()
     stall.start()
     out: dict[str, Any] = {}
     if role == ROLES[0]:
@@ -263,7 +244,7 @@ async def _play(role: str, total: int, timeout: float, heard: Heard, replies: Re
         out.update(sent=sent, accepted=accepted)
     else:
         await replies.wait(timeout * 2)
-    out.update(await stall.stop())
+    out.update(await stalled(stall))
     out.update(heard=heard.times)
     return out
 
@@ -367,7 +348,7 @@ async def _crdt_load(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
     async with started_node(spec) as node:
         watch = None if role == ROLES[0] else Watch(node, total)
         cpu0, _ = await await_go(role, results, go)
-        stall = StallWatch()
+        stall = stall_watch()
         stall.start()
         out: dict[str, Any] = {}
         if watch is None:
@@ -375,7 +356,7 @@ async def _crdt_load(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent,
         else:
             await watch.wait(timeout)
             out["heard"] = watch.times
-        out.update(await stall.stop())
+        out.update(await stalled(stall))
         out["reconnects"] = metric("crdt_ops_reconnects_total", role)
         await finish(role, out, results, stop, cpu0)
 

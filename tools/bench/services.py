@@ -243,6 +243,8 @@ class FlowResult:
     seconds: float  # wall time of the timed phase
     cpu: dict[str, float | None]  # process -> CPU seconds over the timed phase
     attempts: int = 1
+    #: crdt-ops service -> its event loop's worst stall over its run (s; None: not said)
+    stalls: dict[str, float | None] = field(default_factory=dict)
 
     def totals(self) -> list[float]:
         return [s.total for s in self.samples]
@@ -433,9 +435,24 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                                  opt.progress)
 
 
+_WORST_STALL = re.compile(r"its event loop's worst stall was ([0-9.]+) ms")
+
+
+def worst_stall(path: Path) -> float | None:
+    """The worst event-loop stall (s) a service's log says it had, in the line its replica
+    logs when it stops (crdt_ops.transport.loop_lag); None if there is none."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    found = _WORST_STALL.findall(text)
+    return float(found[-1]) / 1000 if found else None
+
+
 async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
     async with running_platform(opt, workdir) as p:
-        return await _crdt_ops_measure(opt, p)
+        result = await _crdt_ops_measure(opt, p)
+    # said by each service as it stopped
+    result.stalls = {name: worst_stall(workdir / f"{name}.log") for name in ("web", "logic",
+                                                                             *WORKERS)}
+    return result
 
 
 def _on(rec: dict[str, Any]) -> bool:
@@ -1019,6 +1036,12 @@ def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) ->
     out += [f"  {k:<13} {v}" for k, v in STAGES.items()]
     out += ["", "CPU over the timed phase, % of one core (broker: all its work):", "",
             cpu_table(results)]
+    for r in results:
+        if r.stalls:
+            out += ["", f"Worst event-loop stall of each {r.flow} service over its whole run "
+                    "(creates, warm-up and timed Starts; as each said when it stopped), ms: "
+                    + ", ".join(f"{k} {'?' if v is None else f'{1000 * v:.1f}'}"
+                                for k, v in r.stalls.items())]
     return "\n".join(out)
 
 

@@ -59,6 +59,7 @@ from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.echo import EchoWatch
+from crdt_ops.transport.loop_lag import LoopLag
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.topology import Topology, declare, declare_member
 
@@ -122,6 +123,8 @@ class AmqpNode:
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost)
         self.echo_losses = 0  # times our echo stopped (since this process started)
+        #: the event loop's stalls since start() (crdt_ops.transport.loop_lag)
+        self.loop_lag = LoopLag(self.replica_id)
 
     # ------------------------------------------------------------ the durable replica
 
@@ -237,6 +240,7 @@ class AmqpNode:
             self._tasks.append(loop.create_task(self._forever(step)))
         self.durable.pumping = True
         self.durable.outbox_ready.set()
+        self.loop_lag.start()
         if self.settings.metrics_port:
             from prometheus_client import start_http_server
 
@@ -321,6 +325,10 @@ class AmqpNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self.loop_lag.running:
+            worst = await self.loop_lag.stop()
+            log.info("replica %s: its event loop's worst stall was %.1f ms, %.0fs after its "
+                     "start", self.replica_id, 1000 * worst, self.loop_lag.worst_at)
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
