@@ -14,6 +14,7 @@ import pytest
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
 from tests.broker import delete_group, new_group
+from tools.bench.amqp import KEY, seed_stream
 from tools.bench.broker import delete_group_async
 
 DELAY_MS = 3000.0
@@ -84,33 +85,6 @@ async def test_a_replica_that_only_writes_takes_snapshots(tmp_path: Path) -> Non
         again.store.close()
 
 
-async def _seed_stream(url: str, group: str, ops: int, reader: str) -> None:
-    """``ops`` counter increments by replica ``seed``, one per message, published to the
-    group's exchange (so into its stream); ``reader`` is admitted, to become a member
-    once it read them."""
-    import aio_pika
-
-    from crdt_ops.replica import Replica
-    from crdt_ops.transport.topology import Topology, declare
-
-    seed = Replica("seed", members=())
-    seed.found()
-    seed.admit(reader)
-    bodies: list[bytes] = []
-    for _ in range(ops):
-        seed.counter("n").increment()
-        bodies += seed.outgoing()
-    conn = await aio_pika.connect(url)
-    async with conn:
-        ch = await conn.channel(publisher_confirms=True)
-        names = Topology.of(Settings(group=group))
-        ex = (await declare(ch, names))[names.exchange]
-        for i in range(0, len(bodies), 500):
-            await asyncio.gather(*(ex.publish(aio_pika.Message(
-                body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key="")
-                for body in bodies[i:i + 500]))
-
-
 @pytest.mark.asyncio
 async def test_a_stream_of_small_messages_is_replayed_in_batches(amqp_url: str,
                                                                  tmp_path: Path) -> None:
@@ -119,9 +93,10 @@ async def test_a_stream_of_small_messages_is_replayed_in_batches(amqp_url: str,
     replay of 1-operation messages does not cost a sync per message or two."""
     group, ops = new_group(), 3000
     try:
-        await _seed_stream(amqp_url, group, ops, "b")
-        node = AmqpNode(Settings(amqp_url=amqp_url, group=group, replica_id="b",
-                                 heartbeat_s=30.0, store=str(tmp_path / "b.sqlite")))
+        # one operation per message, by a writer that admitted "fresh"
+        await seed_stream(amqp_url, Settings(group=group), ops, 1)
+        node = AmqpNode(Settings(amqp_url=amqp_url, group=group, replica_id="fresh",
+                                 heartbeat_s=30.0, store=str(tmp_path / "fresh.sqlite")))
         appends = 0
         append = node.durable.store.append
 
@@ -133,10 +108,10 @@ async def test_a_stream_of_small_messages_is_replayed_in_batches(amqp_url: str,
         node.durable.store.append = counted  # type: ignore[method-assign]
         await node.start()
         try:
-            assert node.replica.counter("n").value == ops
+            assert node.replica.counter(KEY).value == ops
         finally:
             await node.stop()
         # 3,000 messages in at most 300 transactions (about 3 messages each without the wait)
         assert appends <= ops // 10, appends
     finally:
-        await delete_group_async(amqp_url, group, ["b"], lambda _: None)
+        await delete_group_async(amqp_url, group, ["fresh"], lambda _: None)

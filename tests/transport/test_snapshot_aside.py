@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,19 @@ def _write(durable: DurableReplica, first: int, n: int) -> None:
         durable.commit()  # counts its own operations toward the next snapshot
 
 
+def _slow_in_child(seconds: float, then: Callable[[], bytes] = bytes) -> Callable[[], bytes]:
+    """An encoder that sleeps ``seconds`` first when it runs in a forked child (a large
+    replica takes a while there), then returns ``then()``; in this process, at once."""
+    parent = os.getpid()
+
+    def encode() -> bytes:
+        if os.getpid() != parent:
+            time.sleep(seconds)
+        return then()
+
+    return encode
+
+
 def _restarted(tmp_path: Path) -> list[object]:
     """The values k0, k1, ... that the replica holds once restored from its store (its
     clock says how many it wrote)."""
@@ -45,15 +59,8 @@ async def test_the_loop_goes_on_while_a_child_encodes_and_nothing_is_lost(
         tmp_path: Path) -> None:
     durable = DurableReplica.open(_settings(tmp_path))
     durable.pumping = True  # as under a transport: snapshots are taken aside
-    encode = durable.replica.snapshot
-    parent = os.getpid()
-
-    def slow_encode() -> bytes:
-        if os.getpid() != parent:  # in the child only: a large replica takes a while
-            time.sleep(0.5)
-        return encode()
-
-    durable.replica.snapshot = slow_encode  # type: ignore[method-assign]
+    durable.replica.snapshot = _slow_in_child(  # type: ignore[method-assign]
+        0.5, durable.replica.snapshot)
     try:
         _write(durable, 0, 50)  # the 50th starts a snapshot aside
         aside = durable._aside
@@ -96,14 +103,7 @@ async def test_a_child_that_fails_leaves_the_old_snapshot_and_log(tmp_path: Path
 async def test_closing_kills_a_child_still_encoding(tmp_path: Path) -> None:
     durable = DurableReplica.open(_settings(tmp_path))
     durable.pumping = True
-    parent = os.getpid()
-
-    def stuck() -> bytes:
-        if os.getpid() != parent:
-            time.sleep(60)
-        return b""
-
-    durable.replica.snapshot = stuck  # type: ignore[method-assign]
+    durable.replica.snapshot = _slow_in_child(60)  # type: ignore[method-assign]
     _write(durable, 0, 50)
     aside = durable._aside
     assert aside is not None
@@ -115,14 +115,7 @@ async def test_closing_kills_a_child_still_encoding(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_a_child_over_its_time_limit_is_killed() -> None:
-    parent = os.getpid()
-
-    def stuck() -> bytes:
-        if os.getpid() != parent:
-            time.sleep(60)
-        return b""
-
-    child = forking.fork_child(stuck)
+    child = forking.fork_child(_slow_in_child(60))
     t0 = time.monotonic()
     with pytest.raises(forking.ChildFailed, match="killed by signal 9"):
         await child.result(timeout_s=0.3)

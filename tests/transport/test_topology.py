@@ -13,7 +13,7 @@ import aio_pika
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
-from tests.broker import converged, delete_group, explain, wait_until
+from tests.broker import ReplicaProcess, converged, delete_group, explain, wait_until
 from tests.conftest import Group
 
 FAST = ["--gap-timeout-s", "2"]  # heartbeats every 0.5 s: the echo's patience is 2 s
@@ -43,11 +43,18 @@ def delete(url: str, exchange: str | None = None, queue: str | None = None,
     return asyncio.run(_delete(url, exchange, queue, unbind))
 
 
-def test_a_deleted_exchange_heals_and_nothing_is_lost(group: Group) -> None:
+def _three_writing(group: Group) -> list[ReplicaProcess]:
+    """Replicas r0, r1, r2, each to write 600 operations at 60 per s, once all three have
+    written 100."""
     procs = [group.replica(f"r{i}", ops=600, seed=i, rate=60, extra=FAST).start()
              for i in range(3)]
     wait_until(lambda: all(p.report().get("issued", 0) >= 100 for p in procs), 60,
                "the replicas to be writing", explain(procs))
+    return procs
+
+
+def test_a_deleted_exchange_heals_and_nothing_is_lost(group: Group) -> None:
+    procs = _three_writing(group)
     delete(group.url, exchange=f"crdt.{group.name}")
     wait_until(lambda: converged(procs, {p.replica_id: 600 for p in procs}), 90,
                "every replica to have every operation after the exchange was deleted",
@@ -59,10 +66,7 @@ def test_a_deleted_exchange_heals_and_nothing_is_lost(group: Group) -> None:
 
 
 def test_a_deleted_binding_is_noticed_by_the_missing_echo(group: Group) -> None:
-    procs = [group.replica(f"r{i}", ops=600, seed=i, rate=60, extra=FAST).start()
-             for i in range(3)]
-    wait_until(lambda: all(p.report().get("issued", 0) >= 100 for p in procs), 60,
-               "the replicas to be writing", explain(procs))
+    procs = _three_writing(group)
     # r1's messages still reach the stream and the others' queues: nothing is returned
     # and no publish fails, so only r1's missing echo can tell it that its queue is cut off
     delete(group.url, unbind=(f"crdt.{group.name}.r1", f"crdt.{group.name}"))

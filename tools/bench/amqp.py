@@ -755,7 +755,7 @@ def measure_latency(ctx: Context, batch_ops: int, processes: bool) -> Row:
 # ---------------------------------------------------------------- 4. replay
 
 
-async def _seed_stream(url: str, s: Settings, ops: int, batch_ops: int) -> int:
+async def seed_stream(url: str, s: Settings, ops: int, batch_ops: int) -> int:
     """Put ``ops`` counter increments by replica ``seed``, ``batch_ops`` per message,
     into the group's stream (declared as crdt-ops declares it); returns the messages."""
     seed = Replica("seed", max_batch_ops=batch_ops + 1, members=())
@@ -808,7 +808,7 @@ async def _replay(url: str, group: str, store_dir: str, ops: int,
                   batch_ops: int) -> dict[str, Any]:
     from crdt_ops.transport.amqp import AmqpNode
 
-    msgs = await _seed_stream(url, Settings(group=group), ops, batch_ops)
+    msgs = await seed_stream(url, Settings(group=group), ops, batch_ops)
     raw_s = await _read_stream(url, Settings(group=group), msgs)
     fresh = AmqpNode(node_settings(url, group, "fresh", store_dir, batch_ops=batch_ops))
     before = metric("crdt_ops_batch_messages_sum", "fresh")
