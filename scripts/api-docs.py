@@ -54,6 +54,11 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "crdt_ops.transport.memory:MemoryBus", "crdt_ops.transport.memory:MemoryNode",
         "crdt_ops.transport.memory:MemoryNetwork"]),
     ("Over RabbitMQ", "crdt_ops.transport.amqp", ["crdt_ops.transport.amqp:AmqpNode"]),
+    ("Several groups: routing by key", "crdt_ops.routing", [
+        "crdt_ops.routing:Routing", "crdt_ops.routing:Groups", "crdt_ops.routing:NotHeld"]),
+    ("Several groups over RabbitMQ", "crdt_ops.transport.amqp.groups", [
+        "crdt_ops.transport.amqp.groups:AmqpGroups",
+        "crdt_ops.transport.amqp.groups:store_for"]),
     ("Settings", "crdt_ops.transport.config", [
         "crdt_ops.transport.config:Settings", "crdt_ops.transport.config:from_args",
         "crdt_ops.transport.config:add_arguments", "crdt_ops.transport.config:load",

@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 from aio_pika.robust_connection import RobustConnection
+from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, wait_exponential
 from yarl import URL
 
 from crdt_ops.transport.config import redact, split_urls
@@ -64,6 +65,25 @@ class FailoverConnection(RobustConnection):
             self.url = self.urls[self.index]
             log.warning("connection lost; reconnecting to the next node, %s", self)
         await super()._on_connection_close(closing)
+
+
+def retrying(what: str, url: str) -> AsyncRetrying:
+    """tenacity's loop for connecting: ``async for attempt in retrying(...): with attempt:``
+    retries with exponential backoff (0.2 s doubling, at most 5 s) until it works, and
+    logs one warning line per failed attempt naming ``what`` was tried at ``url`` (its
+    password hidden). A cancellation (a stop) and a ValueError (a configuration that no
+    retry fixes) end it at once."""
+
+    def say(state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        hint = (" (the broker's certificate does not verify against the URL's cafile=, "
+                "or does not name the URL's host)" if "CERTIFICATE_VERIFY_FAILED" in str(err)
+                else "")
+        log.warning("could not %s at %s (%s: %s)%s; retrying", what, redact_urls(url),
+                    type(err).__name__, err, hint)
+
+    return AsyncRetrying(wait=wait_exponential(multiplier=0.2, max=5), before_sleep=say,
+                         retry=retry_if_not_exception_type((asyncio.CancelledError, ValueError)))
 
 
 async def connect_first(urls: list[str], timeout: float = 10) -> AbstractConnection:

@@ -37,7 +37,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import aiormq
 from aio_pika.abc import (
@@ -50,7 +49,7 @@ from aio_pika.abc import (
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.transport import metrics
-from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls
+from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.founding import claim_founding
 from crdt_ops.transport.amqp.inbound import Inbound
 from crdt_ops.transport.amqp.publisher import Publisher
@@ -96,6 +95,10 @@ class AmqpNode:
         self.durable = durable or DurableReplica.open(settings, name=name,
                                                       wall_clock=wall_clock, policy=policy)
         self.replica_id = self.durable.replica_id
+        #: A connection to use instead of opening one (several groups in one process,
+        #: :mod:`~crdt_ops.transport.amqp.groups`): set before :meth:`start`; the node
+        #: opens its channels on it and leaves it open when it stops.
+        self.shared_connection: AbstractRobustConnection | None = None
         self._conn: AbstractRobustConnection | None = None
         self._pub: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -329,7 +332,10 @@ class AmqpNode:
             worst = await self.loop_lag.stop()
             log.info("replica %s: its event loop's worst stall was %.1f ms, %.0fs after its "
                      "start", self.replica_id, 1000 * worst, self.loop_lag.worst_at)
-        if self._conn is not None:
+        if self._conn is not None and self._conn is self.shared_connection:
+            self._conn.reconnect_callbacks.discard(self._on_reconnect)
+            self._conn.close_callbacks.discard(self._on_lost)
+        elif self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
         await self.durable.close()
@@ -343,35 +349,22 @@ class AmqpNode:
 
     async def _connect(self) -> None:
         """Connect and set up, retrying the whole of it with backoff until it works."""
-        from tenacity import AsyncRetrying, retry_if_not_exception_type, wait_exponential
-
         s = self.settings
-
-        def say(state: Any) -> None:
-            err = state.outcome.exception() if state.outcome else None
-            hint = (" (the broker's certificate does not verify against the URL's cafile=, "
-                    "or does not name the URL's host)" if "CERTIFICATE_VERIFY_FAILED" in str(err)
-                    else "")
-            log.warning("could not join group %s at %s (%s: %s)%s; retrying", s.group,
-                        redact_urls(s.amqp_url), type(err).__name__, err, hint)
-
-        async for attempt in AsyncRetrying(
-                wait=wait_exponential(multiplier=0.2, max=5), before_sleep=say,
-                retry=retry_if_not_exception_type((asyncio.CancelledError, ValueError))):
+        async for attempt in retrying(f"join group {s.group}", s.amqp_url):
             with attempt:
                 try:
                     await self._setup()
                 except BaseException:
-                    if self._conn is not None:
+                    if self._conn is not None and self._conn is not self.shared_connection:
                         with contextlib.suppress(Exception):
                             await self._conn.close()
-                        self._conn = None
+                    self._conn = None
                     self._url_index += 1  # several URLs: the next attempt tries the next one
                     raise
 
     async def _setup(self) -> None:
         s, names = self.settings, self.topology
-        conn = await FailoverConnection.open(
+        conn = self.shared_connection or await FailoverConnection.open(
             s.amqp_urls, self._url_index, timeout=10, reconnect_interval=1,
             client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
         self._conn = conn

@@ -1,0 +1,115 @@
+"""Several groups in one process over one connection (:mod:`crdt_ops.transport.amqp.groups`),
+against the real broker: writes go to their key's group, a process holding one group
+receives and stores that group only, and a restart restores every group from its store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crdt_ops import ChangeEvent
+from crdt_ops.routing import NotHeld, Routing
+from crdt_ops.transport.amqp.groups import AmqpGroups, store_for
+from crdt_ops.transport.config import Settings
+from tests.broker import delete_group, new_group, until
+
+
+class Platform:
+    """A routing rule whose groups no other run uses: ``<base>.platform`` by default,
+    ``<base>.cell.<c>`` for keys under ``cells/<c>/``."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.url, self.workdir, self.base = url, workdir, new_group()
+        self.routing = Routing(f"{self.base}.platform", {"cells/{}/": f"{self.base}.cell.{{}}"})
+
+    def group(self, name: str) -> str:
+        return f"{self.base}.{name}"
+
+    def process(self, rid: str, *groups: str) -> AmqpGroups:
+        s = Settings(amqp_url=self.url, group=self.group("platform"), replica_id=rid,
+                     heartbeat_s=0.5, store=str(self.workdir / f"{rid}.sqlite"))
+        return AmqpGroups(s, self.routing, [self.group(g) for g in groups])
+
+
+@pytest.fixture
+def platform(amqp_url: str, tmp_path: Path) -> Iterator[Platform]:
+    p = Platform(amqp_url, tmp_path)
+    yield p
+    for g in ("platform", "cell.a", "cell.b"):
+        delete_group(amqp_url, p.group(g), ["front", "worker-a", "worker-b"])
+
+
+@pytest.mark.asyncio
+async def test_each_process_receives_and_stores_only_the_groups_it_holds(
+        platform: Platform) -> None:
+    front = platform.process("front", "platform", "cell.a", "cell.b")
+    worker_a = platform.process("worker-a", "cell.a")
+    worker_b = platform.process("worker-b", "cell.b")
+    heard: list[str] = []
+
+    def hear(event: ChangeEvent) -> None:
+        heard.append(event.key)
+
+    front.groups.subscribe("", hear)  # before start: every group it holds
+    for p in (front, worker_a):
+        await p.start()
+    try:
+        # one connection for the three groups of one process
+        conns = {id(n._conn) for n in front.nodes.values()}
+        assert len(conns) == 1 and front._conn is not None and id(front._conn) in conns
+        async with front.write() as g:  # one block, three groups
+            g.map("containers/c1").register("owner").set("ada")
+            g.map("cells/a/containers/c1").register("power_desired").set("on")
+            g.map("cells/b/containers/c2").register("power_desired").set("off")
+        async with worker_a.write() as g:
+            g.map("cells/a/containers/c1").register("power_actual").set("on")
+        await worker_b.start()  # late: it joins cell b from the stream, and cell b only
+        await until(lambda: front.groups.get("cells/a/containers/c1") == {
+            "power_desired": "on", "power_actual": "on"}, 20, "worker-a's write at front")
+        assert worker_b.groups.get("cells/b/containers/c2") == {"power_desired": "off"}
+        # worker-a holds cell a only: nothing of the platform's or cell b's reached it
+        assert worker_a.groups.items() == [("cells/a/containers/c1",
+                                            {"power_desired": "on", "power_actual": "on"})]
+        assert set(worker_a.nodes[platform.group("cell.a")].replica.clock) == {
+            "front", "worker-a"}
+        assert worker_b.groups.keys() == ["cells/b/containers/c2"]
+        with pytest.raises(NotHeld, match="containers/c1"):
+            worker_a.groups.map("containers/c1").register("owner").set("eve")
+        assert front.groups.keys("cells/") == ["cells/a/containers/c1", "cells/b/containers/c2"]
+        assert sorted(heard) == ["cells/a/containers/c1", "cells/a/containers/c1",
+                                 "cells/b/containers/c2", "containers/c1"]
+        assert all(h == {"broker": "ok", "membership": "ok", "delivery": "ok", "store": "ok",
+                         "echo": "ok"} for h in front.health().values())
+        front.snapshot()  # every group's log folded into its snapshot
+        assert [n.store.log_size() for n in front.nodes.values()] == [0, 0, 0]
+    finally:
+        await asyncio.gather(front.stop(), worker_a.stop(), worker_b.stop())
+    assert [Path(store_for(front.settings, platform.group(g), "x")).exists()
+            for g in ("platform", "cell.a", "cell.b")] == [True, True, True]
+    # a restart restores every group from its own store, and goes on replicating
+    again = platform.process("front", "platform", "cell.a", "cell.b")
+    worker_a = platform.process("worker-a", "cell.a")
+    assert again.groups.get("containers/c1") == {"owner": "ada"}
+    assert again.groups.get("cells/b/containers/c2") == {"power_desired": "off"}
+    await asyncio.gather(again.start(), worker_a.start())
+    try:
+        async with again.write() as g:
+            g.map("cells/a/containers/c1").register("power_desired").set("off")
+        await until(lambda: (worker_a.groups.get("cells/a/containers/c1") or {}).get(
+            "power_desired") == "off", 20, "the restarted front's write at worker-a")
+    finally:
+        await asyncio.gather(again.stop(), worker_a.stop())
+
+
+def test_one_group_given_twice_or_none_is_refused(platform: Platform, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="each group once"):
+        platform.process("front", "cell.a", "cell.a")
+    with pytest.raises(ValueError, match="at least one"):
+        platform.process("front")
+    s = Settings(amqp_url=platform.url, store=str(tmp_path / "web.sqlite"))
+    assert store_for(s, "cell.a", "web") == str(tmp_path / "web.cell.a.sqlite")
+    assert store_for(Settings(amqp_url=platform.url, replica_id="w1"), "g", "web") == (
+        "crdt-ops.g.w1.sqlite")
