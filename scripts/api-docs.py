@@ -56,6 +56,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("Over RabbitMQ", "crdt_ops.transport.amqp", ["crdt_ops.transport.amqp:AmqpNode"]),
     ("Several groups: routing by key", "crdt_ops.routing", [
         "crdt_ops.routing:Routing", "crdt_ops.routing:Groups", "crdt_ops.routing:NotHeld"]),
+    ("Several groups over any transport", "crdt_ops.transport.groups", [
+        "crdt_ops.transport.groups:NodeGroups"]),
     ("Several groups over RabbitMQ", "crdt_ops.transport.amqp.groups", [
         "crdt_ops.transport.amqp.groups:AmqpGroups",
         "crdt_ops.transport.amqp.groups:store_for"]),

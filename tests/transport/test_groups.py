@@ -14,6 +14,8 @@ from crdt_ops import ChangeEvent
 from crdt_ops.routing import NotHeld, Routing
 from crdt_ops.transport.amqp.groups import AmqpGroups, store_for
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.groups import NodeGroups
+from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from tests.broker import delete_group, new_group, until
 
 
@@ -113,3 +115,34 @@ def test_one_group_given_twice_or_none_is_refused(platform: Platform, tmp_path: 
     assert store_for(s, "cell.a", "web") == str(tmp_path / "web.cell.a.sqlite")
     assert store_for(Settings(amqp_url=platform.url, replica_id="w1"), "g", "web") == (
         "crdt-ops.g.w1.sqlite")
+
+
+@pytest.mark.asyncio
+async def test_node_groups_over_the_memory_bus_route_writes_and_flush_each_group() -> None:
+    routing = Routing("platform", {"cells/{}/": "cell.{}"})
+    buses = {g: MemoryBus() for g in ("platform", "cell.a")}
+
+    def process(rid: str, *groups: str) -> NodeGroups[MemoryNode]:
+        return NodeGroups(routing, {g: MemoryNode(buses[g], rid) for g in groups})
+
+    front, worker = process("front", "platform", "cell.a"), process("worker-a", "cell.a")
+    with pytest.raises(ValueError, match="one replica id"):
+        NodeGroups(routing, {"platform": MemoryNode(buses["platform"], "x"),
+                             "cell.a": MemoryNode(buses["cell.a"], "y")})
+    await front.start()
+    await worker.start()
+    async with front.write() as g:
+        g.map("containers/c1").register("owner").set("ada")
+        g.map("cells/a/containers/c1").register("power_desired").set("on")
+    worker.groups.map("cells/a/containers/c1").register("power_actual").set("on")
+    await worker.flush()
+    await until(lambda: front.groups.get("cells/a/containers/c1") == {
+        "power_desired": "on", "power_actual": "on"}, 5, "worker-a's write at front")
+    assert worker.groups.keys() == ["cells/a/containers/c1"]
+    assert front.node_of("cells/a/x") is front.nodes["cell.a"]
+    with pytest.raises(NotHeld):
+        worker.node_of("containers/c1")
+    assert front.health() == {"platform": {}, "cell.a": {}}
+    await front.stop()
+    await worker.stop()
+    assert buses["cell.a"].nodes == []

@@ -4,9 +4,10 @@ A platform split into groups (cells) by a :class:`~crdt_ops.routing.Routing` rul
 processes that need some of the groups only: a worker its own cell, a front end all of
 them. :class:`AmqpGroups` holds one :class:`~crdt_ops.transport.amqp.node.AmqpNode` per
 group it is given, all over one RabbitMQ connection (one TCP connection and AMQP
-handshake, however many groups; each group has its own channels), and offers them
-through one :class:`~crdt_ops.routing.Groups` interface: handles, reads, scans and change
-events routed by key, and one :meth:`AmqpGroups.write` block.
+handshake, however many groups; each group has its own channels), and offers them as
+:class:`~crdt_ops.transport.groups.NodeGroups` does: one
+:class:`~crdt_ops.routing.Groups` interface (handles, reads, scans and change events
+routed by key) and one ``write()`` block.
 
 Per group, everything is as for one :class:`AmqpNode`: its own store
 (:func:`store_for`), queue, stream, membership, heartbeats, snapshots, write policy and
@@ -18,19 +19,19 @@ if one group's store fails, the other group's part may still have been accepted)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from crdt_ops.policy import OPEN, WritePolicy
-from crdt_ops.routing import Groups, Routing
+from crdt_ops.routing import Routing
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.node import AmqpNode
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.groups import NodeGroups
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def store_for(settings: Settings, group: str, name: str) -> str:
     return str(path.with_name(f"{path.stem}.{group}{path.suffix or '.sqlite'}"))
 
 
-class AmqpGroups:
+class AmqpGroups(NodeGroups[AmqpNode]):
     """Replicas of ``groups`` (names, at least one), routed by ``routing``, each an
     :class:`AmqpNode` with ``settings`` but its own ``group`` and store
     (:func:`store_for`), all with one replica id (``settings.replica_id``, else the one
@@ -65,53 +66,26 @@ class AmqpGroups:
         names = list(groups)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"give each group once, at least one; got {names}")
-        self.settings, self.routing = settings, routing
-        self.nodes: dict[str, AmqpNode] = {}
+        self.settings = settings
+        nodes: dict[str, AmqpNode] = {}
         for group in names:
+            rid = settings.replica_id or (next(iter(nodes.values())).replica_id if nodes else "")
             s = dataclasses.replace(settings, group=group, store=store_for(settings, group, name),
-                                    metrics_port=0, replica_id=settings.replica_id or (
-                                        self.replica_id if self.nodes else ""))
+                                    metrics_port=0, replica_id=rid)
             try:
-                self.nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
-                                             policy=(policies or {}).get(group, OPEN))
+                nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
+                                        policy=(policies or {}).get(group, OPEN))
             except BaseException:
-                for node in self.nodes.values():
+                for node in nodes.values():
                     node.durable.store.close()
                 raise
-        self.groups = Groups(routing, {g: n.replica for g, n in self.nodes.items()})
+        super().__init__(routing, nodes)
         self._conn: FailoverConnection | None = None
-
-    @property
-    def replica_id(self) -> str:
-        """This process's replica id, the same in every group."""
-        return next(iter(self.nodes.values())).replica_id
-
-    def node_of(self, key: str) -> AmqpNode:
-        """The node of ``key``'s group (raises :class:`~crdt_ops.routing.NotHeld`)."""
-        self.groups.replica_of(key)
-        return self.nodes[self.routing.group_of(key)]
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[Groups]:
-        """``async with node.write() as g: g.map(key).register("x").set(1)``: each
-        operation goes to its key's group; each group's operations are applied at once
-        and accepted (durable) when the block exits, atomically per group (see the module
-        docstring). Raises :class:`~crdt_ops.transport.store.StoreUnavailable` as
-        :meth:`AmqpNode.write` does: on entry while any held group's store fails (one
-        process's stores share a disk), at the end for a group whose store failed."""
-        async with contextlib.AsyncExitStack() as stack:
-            for node in self.nodes.values():
-                await stack.enter_async_context(node.write())
-            yield self.groups
 
     def snapshot(self) -> None:
         """:meth:`AmqpNode.snapshot` of every group (each into its own store)."""
         for node in self.nodes.values():
             node.snapshot()
-
-    def health(self) -> dict[str, dict[str, str]]:
-        """:meth:`AmqpNode.health` of each group, by group."""
-        return {g: n.health() for g, n in self.nodes.items()}
 
     async def start(self) -> None:
         """Open the connection (retrying with backoff until the broker answers), then
@@ -125,7 +99,7 @@ class AmqpGroups:
                     client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
         for node in self.nodes.values():
             node.shared_connection = self._conn
-        await asyncio.gather(*(n.start() for n in self.nodes.values()))
+        await super().start()
         log.info("replica %s holds %d groups (%s) over one connection to %s", self.replica_id,
                  len(self.nodes), ", ".join(self.nodes), redact_urls(s.amqp_url))
         if s.metrics_port:
@@ -137,7 +111,7 @@ class AmqpGroups:
     async def stop(self) -> None:
         """Stop every group's node (each commits what was written), then close the
         connection."""
-        await asyncio.gather(*(n.stop() for n in self.nodes.values()), return_exceptions=True)
+        await super().stop()
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
@@ -146,6 +120,3 @@ class AmqpGroups:
     async def __aenter__(self) -> AmqpGroups:
         await self.start()
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
