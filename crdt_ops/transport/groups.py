@@ -70,8 +70,18 @@ class NodeGroups(Generic[N]):
         return {g: n.health() for g, n in self.nodes.items()}
 
     async def start(self) -> None:
-        """Start every group's node, concurrently; returns once all are started."""
-        await asyncio.gather(*(n.start() for n in self.nodes.values()))
+        """Start every group's node, concurrently; returns once all are started. If one
+        fails (or the start is cancelled), the others are cancelled, every node is
+        stopped, and the first failure is raised as the node raised it."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for node in self.nodes.values():
+                    tg.create_task(node.start())
+        except BaseException as e:
+            await self.stop()
+            if isinstance(e, BaseExceptionGroup):
+                raise e.exceptions[0] from None
+            raise
 
     async def stop(self) -> None:
         """Stop every group's node (each commits what was written), concurrently."""

@@ -146,3 +146,55 @@ async def test_node_groups_over_the_memory_bus_route_writes_and_flush_each_group
     await front.stop()
     await worker.stop()
     assert buses["cell.a"].nodes == []
+
+
+@pytest.mark.asyncio
+async def test_a_group_that_refuses_to_start_stops_the_others(platform: Platform) -> None:
+    cell = platform.process("worker-a", "cell.a")
+    await cell.start()
+    await cell.nodes[platform.group("cell.a")].leave()  # retired from cell a, for good
+    await cell.stop()
+    both = platform.process("worker-a", "platform", "cell.a")
+    with pytest.raises(ValueError, match=r"worker-a was retired from group .*cell\.a"):
+        await both.start()
+    # every node of the failed start was stopped: its stores are free to open again
+    again = platform.process("worker-a", "platform")
+    await again.start()
+    try:
+        async with again.write() as g:
+            g.counter("containers/n").increment()
+        assert again.groups.get("containers/n") == 1
+    finally:
+        await again.stop()
+
+
+@pytest.mark.asyncio
+async def test_groups_sharing_a_connection_come_back_when_the_broker_closes_it(
+        platform: Platform) -> None:
+    from tests.broker import rabbitmqctl
+
+    front = platform.process("front", "platform", "cell.a")
+    peers = [platform.process("worker-a", "cell.a"), platform.process("worker-b", "platform")]
+    for p in (front, *peers):
+        await p.start()
+    try:
+        async def write(n: int) -> None:
+            for _ in range(n):
+                async with front.write() as g:
+                    g.counter("containers/n").increment()
+                    g.counter("cells/a/n").increment()
+                await asyncio.sleep(0.005)
+
+        writing = asyncio.create_task(write(300))
+        await asyncio.sleep(0.3)
+        lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
+                                         "client_properties", "-q")).splitlines()
+        pids = [line.split("\t")[0] for line in lines if "crdt-ops front" in line]
+        assert len(pids) == 1, lines  # one connection for both groups
+        await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test closes it")
+        await writing
+        await until(lambda: peers[0].groups.get("cells/a/n") == 300
+                    and peers[1].groups.get("containers/n") == 300, 60,
+                    "every write of both groups at their peers after the reconnect")
+    finally:
+        await asyncio.gather(*(p.stop() for p in (front, *peers)))

@@ -104,6 +104,7 @@ class AmqpNode:
         self._exchange: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._buffer_since: float | None = None
@@ -319,7 +320,11 @@ class AmqpNode:
                 pause = min(pause * 2, 5.0)
 
     async def stop(self) -> None:
-        """Commit pending writes, stop the tasks, close the connection and the store."""
+        """Commit pending writes, stop the tasks, close the connection and the store.
+        Stopping a stopped node does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.durable.commit_before_stop()
         self.durable.pumping = False
         for t in self._tasks:
