@@ -35,10 +35,10 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from crdt_ops.events import Callback
-from crdt_ops.handles import Fields, Target
+from crdt_ops.handles import CounterHandle, Fields, MapHandle, RegisterHandle, Target
 from crdt_ops.replica import Replica
 
 #: The placeholder for one key segment in a prefix template and its group.
@@ -141,6 +141,29 @@ class Routing:
         # the prefix itself, it matches every key that starts with it, so one template
         # or an earlier one claims each of them
         return not any(t.match(prefix) is not None for t in self._templates)
+
+
+class Records(Protocol):
+    """What a :class:`~crdt_ops.replica.Replica` and :class:`Groups` both offer, for code
+    written against either: one group's replica, or the groups a process holds."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def items(self, prefix: str = "", *, after: str | None = None,
+              limit: int | None = None) -> list[tuple[str, Any]]: ...
+
+    def keys(self, prefix: str = "", *, after: str | None = None,
+             limit: int | None = None) -> list[str]: ...
+
+    def subscribe(self, prefix: str, callback: Callback) -> Callable[[], None]: ...
+
+    def remove(self, key: str) -> None: ...
+
+    def map(self, name: str) -> MapHandle: ...
+
+    def counter(self, name: str) -> CounterHandle: ...
+
+    def register(self, name: str) -> RegisterHandle: ...
 
 
 class Groups(Fields):

@@ -33,8 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Self
 
-from crdt_ops import Replica
 from crdt_ops.events import ChangeEvent
+from crdt_ops.routing import Records
 from services import model
 
 log = logging.getLogger("services.index")
@@ -76,14 +76,14 @@ class _Kept:
         if self._shadow is not None:
             self._shadow.put(event.key, event.new)
 
-    def load(self, replica: Replica) -> None:
+    def load(self, replica: Records) -> None:
         """Rebuild from every container record of ``replica``, in one go."""
         fresh = self._empty()
         for key, value in replica.items(model.CONTAINERS):
             fresh.put(key, value)
         self._adopt(fresh)
 
-    async def reload(self, replica: Replica, *, slice_keys: int = SLICE_KEYS,
+    async def reload(self, replica: Records, *, slice_keys: int = SLICE_KEYS,
                      check_keys: int = CHECK_KEYS) -> int:
         """Rebuild from every container record of ``replica`` in slices of ``slice_keys``
         keys (in key order, from a cursor: ``Replica.items(after=, limit=)``), yielding to
@@ -181,7 +181,7 @@ async def _differing(kept: dict[Any, Any] | set[Any], built: dict[Any, Any] | se
     return missing + differ + max(0, beyond)
 
 
-async def full_passes(view: _Kept, replica: Replica, *, every_s: float, wake: asyncio.Event,
+async def full_passes(view: _Kept, replica: Records, *, every_s: float, wake: asyncio.Event,
                       name: str) -> None:
     """Keep ``view`` (named ``name`` in the log) rebuilt from ``replica``: a sliced full
     pass (:meth:`_Kept.reload`) now, then one every ``every_s`` seconds (the safety net),

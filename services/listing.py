@@ -17,8 +17,8 @@ from typing import Any
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from crdt_ops import Replica
 from crdt_ops.events import ChangeEvent
+from crdt_ops.routing import Records
 from services import model
 
 #: ``GET /api/containers``: records per page when ``limit`` is not given, and at most
@@ -181,7 +181,7 @@ class Listing:
     replica's key order without a filter) and checks each against the record itself,
     so an index holding a stale key costs a read and never shows a wrong record."""
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Records) -> None:
         self.replica = replica
         #: how many records web lists (container records with a name)
         self.count = 0

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from crdt_ops.events import ChangeEvent
-from crdt_ops.transport import Node as ReplicaNode
+from crdt_ops.transport import Node
+from crdt_ops.transport.groups import NodeGroups
 from services import model
 from services.index import ContainerIndex, full_passes
 from services.liveness import Liveness
@@ -104,7 +105,7 @@ class Logic:
     how long past the end of a silent node's lease (plus a quarter) logic waits
     before it moves the node's containers (services/liveness.py)."""
 
-    def __init__(self, node: ReplicaNode, *, quota: int = 20, margin_s: float = 1.0,
+    def __init__(self, node: NodeGroups[Node], *, quota: int = 20, margin_s: float = 1.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         if quota < 1:
             raise ValueError(f"the quota must be at least 1, not {quota}")
@@ -126,12 +127,13 @@ class Logic:
     def live_nodes(self) -> tuple[dict[str, model.Node], set[str]]:
         """The nodes whose current epoch is not gone (containers on them stay), and of
         those the names of the fresh ones (new containers may go there)."""
-        heard = self.node.heard_through()
         live: dict[str, model.Node] = {}
         fresh: set[str] = set()
-        for n in model.nodes(self.node.replica):
+        for n in model.nodes(self.node.groups):
             if not n.epoch or not n.lease_ms:
                 continue
+            # what logic heard of the group the node's beats go to
+            heard = self.node.node_of(model.NODES + n.name).heard_through()
             if self.liveness.gone(n.name, n.epoch, n.epoch, n.lease_s, heard):
                 continue
             live[n.name] = n
@@ -143,7 +145,7 @@ class Logic:
     def decide(self) -> int:
         """Write every decision the current state calls for; return how many. Reads only
         the records a decision may change (:func:`decisions`), and the nodes."""
-        r = self.node.replica
+        r = self.node.groups
         live, fresh = self.live_nodes()
         writes = 0
         for d in decisions(self.index, live, fresh, self.quota):
@@ -156,7 +158,7 @@ class Logic:
         return writes
 
     def _place(self, c: model.Container, n: model.Node) -> None:
-        rec = model.container(self.node.replica, c.id)
+        rec = model.container(self.node.groups, c.id)
         if c.assigned_node and c.assigned_node != n.name:
             log.info("moving %s from %s (its lease is over) to %s", c.id, c.assigned_node, n.name)
         else:
@@ -170,7 +172,7 @@ class Logic:
         self._wake.set()
 
     async def run(self) -> None:
-        r = self.node.replica
+        r = self.node.groups
         r.subscribe(model.CONTAINERS, self._changed)
         r.subscribe(model.NODES, self._heard)
         # the index from every record, in slices: now (no decision until it is loaded: it

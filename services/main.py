@@ -33,7 +33,9 @@ from urllib.parse import quote, urlparse
 
 from crdt_ops.policy import belongs
 from crdt_ops.transport import Node, config, provision
-from crdt_ops.transport.amqp import AmqpNode, redact_urls
+from crdt_ops.transport.amqp import redact_urls
+from crdt_ops.transport.amqp.groups import AmqpGroups
+from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from crdt_ops.transport.topology import Topology
 from services import logs, model, web
@@ -186,7 +188,8 @@ async def run_service(role: str, service: Service) -> str:
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = (make_runtime(service.worker, settings.store, name)
                if service.worker is not None else None)
-    node = AmqpNode(settings, name=who, policy=model.POLICY)
+    node = AmqpGroups(settings, model.routing(settings.group), [settings.group], name=who,
+                      policies={settings.group: model.POLICY})
     try:
         await signals.guard(node.start(), lambda: node_state(node))
     except BaseException:
@@ -481,11 +484,11 @@ def _as_user(url: str, user: str, password: str) -> str:
 
 async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
     signals = StopSignals()
-    bus = MemoryBus()
+    bus, group = MemoryBus(), "demo"
     ids = {"web": model.principal("web"), "logic": model.principal("logic")}
     ids.update({w: model.principal("worker", w) for w in DEMO_WORKERS})
-    nodes: dict[str, Node] = {n: MemoryNode(bus, rid, wall_clock=time.time_ns,
-                                            policy=model.POLICY) for n, rid in ids.items()}
+    nodes = {n: NodeGroups[Node](model.routing(group), {group: MemoryNode(
+        bus, rid, wall_clock=time.time_ns, policy=model.POLICY)}) for n, rid in ids.items()}
     for n in nodes.values():
         await n.start()
     work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))

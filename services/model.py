@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from crdt_ops import Replica, Rule, WritePolicy
+from crdt_ops import Rule, WritePolicy
 from crdt_ops.handles import MapHandle
+from crdt_ops.routing import Records, Routing
 
 CONTAINERS = "containers/"
 NODES = "nodes/"
@@ -47,6 +48,12 @@ POLICY = WritePolicy([
 ROLES = ("web", "logic", "worker")
 
 
+def routing(group: str) -> Routing:
+    """Which group holds which record (:mod:`crdt_ops.routing`), the same in every
+    service: today the platform's group ``group`` holds every record."""
+    return Routing(group)
+
+
 def principal(role: str, node: str | None = None) -> str:
     """The principal of a service (its replica ids extend it by a dot; over
     RabbitMQ with authentication, its broker user)."""
@@ -59,15 +66,15 @@ def principal(role: str, node: str | None = None) -> str:
     return f"worker.{node}"
 
 
-def container(replica: Replica, cid: str) -> MapHandle:
+def container(replica: Records, cid: str) -> MapHandle:
     return replica.map(CONTAINERS + cid)
 
 
-def node(replica: Replica, name: str) -> MapHandle:
+def node(replica: Records, name: str) -> MapHandle:
     return replica.map(NODES + name)
 
 
-def report(replica: Replica, cid: str, node_name: str) -> MapHandle:
+def report(replica: Records, cid: str, node_name: str) -> MapHandle:
     """The slot of a container record where the worker of ``node_name`` reports."""
     return container(replica, cid).map("workers").map(node_name)
 
@@ -139,11 +146,11 @@ class Node:
         return self.lease_ms / 1000
 
 
-def containers(replica: Replica) -> list[Container]:
+def containers(replica: Records) -> list[Container]:
     """Every container record, in key order."""
     return [Container.of(k, v) for k, v in replica.items(CONTAINERS)
             if isinstance(v, dict) and v]
 
 
-def nodes(replica: Replica) -> list[Node]:
+def nodes(replica: Records) -> list[Node]:
     return [Node.of(k, v) for k, v in replica.items(NODES) if isinstance(v, dict)]

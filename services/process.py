@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from crdt_ops.transport.amqp import AmqpNode, redact_urls
+from crdt_ops.transport.amqp.groups import AmqpGroups
 
 T = TypeVar("T")
 
@@ -95,8 +96,12 @@ class StopSignals:
         return False, None, what
 
 
-def node_state(node: AmqpNode) -> str:
-    """What a starting node is doing, for a one-line message."""
+def node_state(node: AmqpNode | AmqpGroups) -> str:
+    """What a starting node (or each group's node not started yet) is doing, for a
+    one-line message."""
+    if isinstance(node, AmqpGroups):
+        states = [node_state(n) for n in node.nodes.values()]
+        return "; ".join(s for s in states if not s.startswith("starting")) or states[0]
     s = node.settings
     if node._conn is None:
         return f"connecting to the broker at {redact_urls(s.amqp_url)}"
@@ -107,7 +112,7 @@ def node_state(node: AmqpNode) -> str:
     return f"starting in group {s.group}"
 
 
-async def stop_node(node: AmqpNode) -> None:
+async def stop_node(node: AmqpNode | AmqpGroups) -> None:
     """``node.stop()``, bounded to 10 s (a broker that does not answer the close)."""
     with contextlib.suppress(Exception, asyncio.TimeoutError):
         await asyncio.wait_for(node.stop(), 10)

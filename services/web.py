@@ -27,7 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crdt_ops.errors import InvalidValue
 from crdt_ops.events import ChangeEvent
-from crdt_ops.transport import Node as ReplicaNode
+from crdt_ops.transport import Node
+from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.values import check_text
 from services import model
@@ -70,8 +71,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(e.status, e.reason)
 
 
-def _record(node: ReplicaNode, cid: str) -> dict[str, Any] | None:
-    rec = node.replica.get(model.CONTAINERS + cid)
+def _record(node: NodeGroups[Node], cid: str) -> dict[str, Any] | None:
+    rec = node.groups.get(model.CONTAINERS + cid)
     if not isinstance(rec, dict) or not rec.get("name"):
         return None
     return model.Container.of(model.CONTAINERS + cid, rec).as_json()
@@ -223,14 +224,14 @@ class _Pending:
         return key, self._keys.pop(key)
 
 
-def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> web.Application:
+def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) -> web.Application:
     """The API and the page on ``node``'s replica. ``node_timeout_s``: how old a
     node's heartbeat may be for the page to show it live."""
     routes = web.RouteTableDef()
     streams: set[asyncio.Task[Any]] = set()  # the open GET /api/events handlers
     timeout_ms = int(node_timeout_s * 1000)
     history = History(model.CONTAINERS)
-    listing = Listing(node.replica)
+    listing = Listing(node.groups)
 
     @routes.post("/api/containers")
     async def create(request: web.Request) -> web.Response:
@@ -347,7 +348,7 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
         """Every worker node record, by name (see ``_node_json``)."""
         now = _now_ms()
         return web.json_response([_node_json(n, now, timeout_ms) for n in
-                                  sorted(model.nodes(node.replica), key=lambda n: n.name)])
+                                  sorted(model.nodes(node.groups), key=lambda n: n.name)])
 
     @routes.get("/api/events")
     async def events(request: web.Request) -> web.StreamResponse:
@@ -373,9 +374,9 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
         task = asyncio.current_task()
         assert task is not None
         pending = _Pending(flt)
-        unsubscribes = [node.replica.subscribe(model.CONTAINERS, pending.note)]
+        unsubscribes = [node.groups.subscribe(model.CONTAINERS, pending.note)]
         if params.get("nodes") == "1":
-            unsubscribes.append(node.replica.subscribe(model.NODES, pending.note))
+            unsubscribes.append(node.groups.subscribe(model.NODES, pending.note))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         streams.add(task)
@@ -393,7 +394,7 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
                 else:
                     cid = key[len(model.CONTAINERS):]
                     kind = "container"
-                    rec = node.replica.get(key)
+                    rec = node.groups.get(key)
                     view = (model.Container.of(key, rec).as_json()
                             if listed_fields(rec) is not None else None)
                     data = {"id": cid, "record": view, "origin": origin,
@@ -409,16 +410,19 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
-        """200 when every part of the node is ``"ok"`` (broker, membership, delivery,
-        store, echo: :meth:`AmqpNode.health`), else 503 with what is wrong; with the
-        numbers behind it: ``buffered`` (operations waiting for earlier ones) and
-        ``missing`` (sender -> [first, last] sequence numbers not delivered here)."""
-        r = node.replica
-        health = node.health()
+        """200 when every part of the node is ``"ok"`` in every group web holds (broker,
+        membership, delivery, store, echo: :meth:`AmqpNode.health`,
+        :meth:`NodeGroups.overall_health`), else 503 with what is wrong; with the numbers
+        behind it, for the routing's default group and, under ``groups``, for each:
+        ``clock``, ``buffered`` (operations waiting for earlier ones) and ``missing``
+        (sender -> [first, last] sequence numbers not delivered here)."""
+        health = node.overall_health()
         ok = all(v == "ok" for v in health.values())
-        missing = {origin: list(span) for origin, span in r.missing().items()}
-        return web.json_response({"ok": ok, "replica": node.replica_id, "clock": dict(r.clock),
-                                  "buffered": r.buffered, "missing": missing, **health},
+        groups = {g: {"clock": dict(n.replica.clock), "buffered": n.replica.buffered,
+                      "missing": {o: list(span) for o, span in n.replica.missing().items()}}
+                  for g, n in node.nodes.items()}
+        return web.json_response({"ok": ok, "replica": node.replica_id,
+                                  **groups[node.routing.default], "groups": groups, **health},
                                  status=200 if ok else 503)
 
     @routes.get("/metrics")
@@ -426,7 +430,7 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _node_event(key: str, origin: str) -> dict[str, Any]:
-        rec = node.replica.get(key)
+        rec = node.groups.get(key)
         view = (_node_json(model.Node.of(key, rec), _now_ms(), timeout_ms)
                 if isinstance(rec, dict) else None)
         return {"name": key[len(model.NODES):], "node": view, "origin": origin}
@@ -450,12 +454,12 @@ def make_app(node: ReplicaNode, *, node_timeout_s: float = NODE_TIMEOUT_S) -> we
     app = web.Application(middlewares=[json_errors])
     app.add_routes(routes)
     app.on_shutdown.append(end_streams)
-    unsubscribe_history = node.replica.subscribe(model.CONTAINERS, history.record)
+    unsubscribe_history = node.groups.subscribe(model.CONTAINERS, history.record)
     app.on_cleanup.append(forget_history)
     return app
 
 
-async def serve(node: ReplicaNode, host: str, port: int) -> web.AppRunner:
+async def serve(node: NodeGroups[Node], host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(make_app(node))
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from crdt_ops.events import ChangeEvent
-from crdt_ops.transport import Node as ReplicaNode
+from crdt_ops.transport import Node
+from crdt_ops.transport.groups import NodeGroups
 from services import guard, lease, model
 from services.index import NodeRecords, full_passes
 from services.runtime import Runtime, RuntimeError_
@@ -45,7 +46,7 @@ class Worker:
     file live (the runtime's directory); ``lease_s``: the lease's length in seconds;
     ``use_guard``: run the guard process (tests of the worker alone may not)."""
 
-    def __init__(self, node: ReplicaNode, name: str, runtime: Runtime, *,
+    def __init__(self, node: NodeGroups[Node], name: str, runtime: Runtime, *,
                  capacity: int = 10, heartbeat_s: float = 1.0,
                  lease_s: float = lease.DEFAULT_LEASE_S, state_dir: Path | None = None,
                  use_guard: bool = True) -> None:
@@ -75,7 +76,7 @@ class Worker:
         #: containers whose record changed since the last reconcile (this node's, or that
         #: were this node's)
         self._dirty: set[str] = set()
-        node.replica.subscribe(model.CONTAINERS, self._changed)
+        node.groups.subscribe(model.CONTAINERS, self._changed)
 
     def _changed(self, event: ChangeEvent) -> None:
         """A container record changed: keep this node's records, and reconcile soon if it
@@ -103,7 +104,7 @@ class Worker:
 
     def beat(self) -> None:
         """Write a heartbeat with this epoch and lease (and the capacity if it changed)."""
-        rec = model.node(self.node.replica, self.name)
+        rec = model.node(self.node.groups, self.name)
         rec.register("heartbeat").set(int(time.time() * 1000))
         for field, value in (("capacity", self.capacity), ("epoch", self.lease.epoch),
                              ("lease_ms", int(self.lease.duration_s * 1000))):
@@ -113,7 +114,8 @@ class Worker:
     def keep_lease(self, now: float) -> None:
         """Renew the lease from a confirmed beat; when it ran out, stop everything and
         start a new epoch."""
-        if self._beat is not None and self.node.confirmed_through() >= self._beat[1]:
+        beats = self.node.node_of(model.NODES + self.name)  # the group its beats go to
+        if self._beat is not None and beats.confirmed_through() >= self._beat[1]:
             written, _ = self._beat
             self._beat = None
             if self.lease.renew(written, now):
@@ -148,7 +150,7 @@ class Worker:
         ``time.monotonic()`` seconds (the lease and the retries' backoff)."""
         now = time.monotonic() if now is None else now
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
-            self.assigned.load(self.node.replica)  # them in one go
+            self.assigned.load(self.node.groups)  # them in one go
         if only is None:
             self._dirty.clear()
             self._running = self.runtime.running()
@@ -178,7 +180,7 @@ class Worker:
         writes = sum(self._settle_one(cid, None) for cid in cids
                      if cid in self.assigned.records and cid not in kept)
         writes += sum(self._settle_one(c.id, c, now) for c in mine)
-        rec = model.node(self.node.replica, self.name)
+        rec = model.node(self.node.groups, self.name)
         if rec.register("running").value != len(self._running):
             rec.register("running").set(len(self._running))
         return writes
@@ -233,7 +235,7 @@ class Worker:
         return 1
 
     def _report(self, cid: str, **fields: object) -> None:
-        rec = model.report(self.node.replica, cid, self.name)
+        rec = model.report(self.node.groups, cid, self.name)
         for field, value in fields.items():
             if rec.register(field).value != value:
                 rec.register(field).set(value)  # type: ignore[arg-type]
@@ -243,7 +245,7 @@ class Worker:
         # but reconciles only once they are loaded: it would stop what it missed), then
         # every FULL_PASS_S
         passes = asyncio.create_task(full_passes(
-            self.assigned, self.node.replica, every_s=FULL_PASS_S, wake=self._wake,
+            self.assigned, self.node.groups, every_s=FULL_PASS_S, wake=self._wake,
             name=f"{self.name}'s records"))
         last_beat = last_full = 0.0
         allowed: tuple[str, bool] | None = None  # the lease's (epoch, may run) last time

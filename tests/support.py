@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from crdt_ops import Replica
+from crdt_ops.transport import Node
+from crdt_ops.transport.groups import NodeGroups
+
+N = TypeVar("N", bound=Node)
 
 
 def exchange(*replicas: Replica) -> None:
@@ -23,3 +29,11 @@ def send(src: Replica, *dst: Replica) -> list[bytes]:
         for r in dst:
             r.receive(m)
     return msgs
+
+
+def one_group(node: N) -> NodeGroups[N]:
+    """``node`` as the one group of a process: what the services take (``services.model.
+    routing``'s default group holds every record)."""
+    from services import model
+
+    return NodeGroups(model.routing("g"), {"g": node})

@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 from crdt_ops.routing import Groups, Routing
 from crdt_ops.transport import Node
 
-N = TypeVar("N", bound=Node)
+N = TypeVar("N", bound=Node, covariant=True)
 
 
 class NodeGroups(Generic[N]):
@@ -68,6 +68,17 @@ class NodeGroups(Generic[N]):
     def health(self) -> dict[str, dict[str, str]]:
         """Each group's node's ``health()``, by group."""
         return {g: n.health() for g, n in self.nodes.items()}
+
+    def overall_health(self) -> dict[str, str]:
+        """Per part of the nodes' ``health()``: ``"ok"`` when it is ok in every group, else
+        what is wrong (prefixed by the group's name when this process holds several)."""
+        by_group = self.health()
+        parts = dict.fromkeys(p for h in by_group.values() for p in h)
+        for part in parts:
+            wrong = [(g, h[part]) for g, h in by_group.items() if h.get(part, "ok") != "ok"]
+            parts[part] = ("ok" if not wrong else "; ".join(
+                text if len(by_group) == 1 else f"{g}: {text}" for g, text in wrong))
+        return {p: v or "ok" for p, v in parts.items()}
 
     async def start(self) -> None:
         """Start every group's node, concurrently; returns once all are started. If one

@@ -21,6 +21,7 @@ from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
 from services.history import History, service_of
 from services.web import make_app
+from tests.support import one_group
 
 
 def test_service_of_names_the_principal() -> None:
@@ -85,7 +86,8 @@ async def app() -> AsyncIterator[tuple[TestClient[Any, Any], MemoryBus]]:
     bus = MemoryBus()
     web = MemoryNode(bus, "web", policy=model.POLICY)
     await web.start()
-    client: TestClient[Any, Any] = TestClient(TestServer(make_app(web, node_timeout_s=5)))
+    app = make_app(one_group(web), node_timeout_s=5)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     yield client, bus
     await client.close()

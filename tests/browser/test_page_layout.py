@@ -30,6 +30,7 @@ from crdt_ops import Replica
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model, web
 from tests.chromium import assert_fits, launch_browser, open_page, png_size, row_ids
+from tests.support import one_group
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -51,7 +52,7 @@ class Stage:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.web = self.node("web")
-        self.runner: aioweb.AppRunner = self.run(web.serve(self.web, "127.0.0.1", port))
+        self.runner: aioweb.AppRunner = self.run(web.serve(one_group(self.web), "127.0.0.1", port))
         self.url = f"http://127.0.0.1:{port}/"
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:

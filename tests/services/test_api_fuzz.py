@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services.web import make_app
+from tests.support import one_group
 
 HYPOTHESIS = settings(max_examples=600, deadline=None,
                       suppress_health_check=[HealthCheck.too_slow,
@@ -35,7 +36,7 @@ class Api:
         self.loop = asyncio.new_event_loop()
         self.node = MemoryNode(MemoryBus(), "web")
         self.loop.run_until_complete(self.node.start())
-        self.client = TestClient(TestServer(make_app(self.node)), loop=self.loop)
+        self.client = TestClient(TestServer(make_app(one_group(self.node))), loop=self.loop)
         self.loop.run_until_complete(self.client.start_server())
         status, body = self.call("POST", "/api/containers", json.dumps({"name": "known"}).encode())
         assert status == 201

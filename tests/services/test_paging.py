@@ -37,6 +37,7 @@ from services import model
 from services.history import History
 from services.listing import SCAN_BEYOND, Filter, Listing
 from services.web import decode_cursor, encode_cursor, make_app
+from tests.support import one_group
 
 Client = TestClient[Any, Any]
 
@@ -46,7 +47,7 @@ async def app() -> AsyncIterator[tuple[Client, MemoryBus, MemoryNode]]:
     bus = MemoryBus()
     web = MemoryNode(bus, "web", policy=model.POLICY)
     await web.start()
-    client: Client = TestClient(TestServer(make_app(web)))
+    client: Client = TestClient(TestServer(make_app(one_group(web))))
     await client.start_server()
     yield client, bus, web
     await client.close()

@@ -16,6 +16,7 @@ from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
 from services.runtime import RuntimeError_
 from services.worker import Worker
+from tests.support import one_group
 
 
 class CountingRuntime:
@@ -78,7 +79,7 @@ async def _platform(tmp: Path) -> tuple[MemoryNode, MemoryNode, MemoryNode, Coun
     for n in (web, logic, wn):
         await n.start()
     runtime = CountingRuntime()
-    worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6)
+    worker = Worker(one_group(wn), "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6)
     now = time.monotonic()
     worker.lease.renew(now, now)
     return web, logic, wn, runtime, worker, now

@@ -89,8 +89,12 @@ async def test_each_process_receives_and_stores_only_the_groups_it_holds(
         assert [n.store.log_size() for n in front.nodes.values()] == [0, 0, 0]
     finally:
         await asyncio.gather(front.stop(), worker_a.stop(), worker_b.stop())
-    assert [Path(store_for(front.settings, platform.group(g), "x")).exists()
-            for g in ("platform", "cell.a", "cell.b")] == [True, True, True]
+    default = platform.routing.default
+    assert [Path(store_for(front.settings, platform.group(g), "x", default)).name
+            for g in ("platform", "cell.a", "cell.b")] == [
+        "front.sqlite", f"front.{platform.base}.cell.a.sqlite",
+        f"front.{platform.base}.cell.b.sqlite"]
+    assert all(Path(store_for(front.settings, g, "x", default)).exists() for g in front.nodes)
     # a restart restores every group from its own store, and goes on replicating
     again = platform.process("front", "platform", "cell.a", "cell.b")
     worker_a = platform.process("worker-a", "cell.a")
@@ -113,6 +117,7 @@ def test_one_group_given_twice_or_none_is_refused(platform: Platform, tmp_path: 
         platform.process("front")
     s = Settings(amqp_url=platform.url, store=str(tmp_path / "web.sqlite"))
     assert store_for(s, "cell.a", "web") == str(tmp_path / "web.cell.a.sqlite")
+    assert store_for(s, "platform", "web", default="platform") == str(tmp_path / "web.sqlite")
     assert store_for(Settings(amqp_url=platform.url, replica_id="w1"), "g", "web") == (
         "crdt-ops.g.w1.sqlite")
 

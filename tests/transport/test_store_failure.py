@@ -18,6 +18,7 @@ from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.store import StoreUnavailable
 from tests.broker import delete_group, new_group, until
+from tests.support import one_group
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ async def test_web_answers_503_while_its_store_fails_and_recovers(settings: Sett
     store = tmp_path / "web.sqlite"
     web = node(settings, "web", store)
     await web.start()
-    client = TestClient(TestServer(make_app(web)))
+    client = TestClient(TestServer(make_app(one_group(web))))
     await client.start_server()
     try:
         with locked(store):

@@ -36,12 +36,16 @@ from crdt_ops.transport.groups import NodeGroups
 log = logging.getLogger(__name__)
 
 
-def store_for(settings: Settings, group: str, name: str) -> str:
-    """The store file of ``group``: ``settings.store`` with ``.<group>`` before its
-    suffix (``web.sqlite`` -> ``web.platform.sqlite``), else the default
+def store_for(settings: Settings, group: str, name: str, default: str | None = None) -> str:
+    """The store file of ``group``: for ``default`` (the routing's default group),
+    ``settings.store`` itself (a process that held that one group before keeps its file);
+    for another group ``settings.store`` with ``.<group>`` before its suffix
+    (``web.sqlite`` -> ``web.cell.eu1.sqlite``); without ``settings.store``, the default
     ``crdt-ops.<group>.<replica id or name>.sqlite``."""
     if not settings.store:
         return f"crdt-ops.{group}.{settings.replica_id or name}.sqlite"
+    if group == default:
+        return settings.store
     path = Path(settings.store)
     return str(path.with_name(f"{path.stem}.{group}{path.suffix or '.sqlite'}"))
 
@@ -70,8 +74,8 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         nodes: dict[str, AmqpNode] = {}
         for group in names:
             rid = settings.replica_id or (next(iter(nodes.values())).replica_id if nodes else "")
-            s = dataclasses.replace(settings, group=group, store=store_for(settings, group, name),
-                                    metrics_port=0, replica_id=rid)
+            s = dataclasses.replace(settings, group=group, metrics_port=0, replica_id=rid,
+                                    store=store_for(settings, group, name, routing.default))
             try:
                 nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
                                         policy=(policies or {}).get(group, OPEN))
@@ -92,7 +96,9 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         start every group's node on it, concurrently; returns once this replica is a
         member of every group. Raises as :meth:`AmqpNode.start` does."""
         s = self.settings
-        async for attempt in retrying("connect", s.amqp_url):
+        what = (f"join group {next(iter(self.nodes))}" if len(self.nodes) == 1
+                else f"join groups {', '.join(self.nodes)}")
+        async for attempt in retrying(what, s.amqp_url):
             with attempt:
                 self._conn = await FailoverConnection.open(
                     s.amqp_urls, timeout=10, reconnect_interval=1,
@@ -100,8 +106,10 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         for node in self.nodes.values():
             node.shared_connection = self._conn
         await super().start()
-        log.info("replica %s holds %d groups (%s) over one connection to %s", self.replica_id,
-                 len(self.nodes), ", ".join(self.nodes), redact_urls(s.amqp_url))
+        if len(self.nodes) > 1:
+            log.info("replica %s holds %d groups (%s) over one connection to %s",
+                     self.replica_id, len(self.nodes), ", ".join(self.nodes),
+                     redact_urls(s.amqp_url))
         if s.metrics_port:
             from prometheus_client import start_http_server
 
