@@ -30,6 +30,11 @@ const FIELDS = {owner: "owner", desired: "power_desired", actual: "power_actual"
 const rows = new Map();    // id -> {tr, cells, buttons, record, busy}
 const order = [];          // the rows in page order (by id)
 const pending = new Map(); // id -> {record (null: deleted), matches}, applied at the next flush
+// id -> how many stream events came for it. An answer to our own request (a create, a
+// Start...) may reach the page after the stream brought a later state of the record (the
+// worker's "on"): it is shown only if no stream event for the record came while it was
+// on its way. Skipping it loses nothing: the stream sends every change, ours included.
+const streamed = new Map();
 let flushTimer = null;
 
 const view = {
@@ -172,15 +177,18 @@ async function act(row, action) {
   row.busy = true;  // its buttons stay disabled until the answer is shown
   paint(row);
   let done = false;
+  const seen = streamed.get(id) ?? 0;
   try {
     const r = await fetch(url, {method: action === "delete" ? "DELETE" : "POST"});
     const body = await r.json();
     if (!r.ok) message.textContent = `${action} failed: ${body.error}`;
     else {
-      done = true;
       message.textContent = "";
-      if (action === "delete") update(id, null, false);
-      else update(id, body, matchesFilter(body));
+      if ((streamed.get(id) ?? 0) === seen) {  // else the stream is ahead of the answer
+        done = true;
+        if (action === "delete") update(id, null, false);
+        else update(id, body, matchesFilter(body));
+      }
     }
   } catch (e) {
     message.textContent = `${action} failed: ${e}`;
@@ -202,7 +210,7 @@ $("create").onsubmit = async (e) => {
   const shown = matchesFilter(body) && inRange(body.id);
   message.textContent = shown ? "" : `created "${body.name}" (${body.id}): `
     + "not on this page or not matching the filters";
-  update(body.id, body, matchesFilter(body));
+  if (!streamed.has(body.id)) update(body.id, body, matchesFilter(body));
 };
 
 // ------------------------------------------------------------------ pages
@@ -515,6 +523,9 @@ function connect() {
   };
   events.addEventListener("container", (e) => {
     const data = JSON.parse(e.data);
+    // bounded: after a clear, an answer on its way may be shown over a later state once
+    if (streamed.size >= 10000 && !streamed.has(data.id)) streamed.clear();
+    streamed.set(data.id, (streamed.get(data.id) ?? 0) + 1);
     update(data.id, data.record, data.record != null && data.matches !== false);
   });
   events.addEventListener("node", (e) => {

@@ -152,6 +152,39 @@ def test_create_and_start_from_the_page(demo_url: str, browser: Browser, tmp_pat
     assert (tmp_path / "page.png").stat().st_size > 1000
 
 
+def test_an_answer_later_than_the_stream_does_not_paint_over_it(
+        demo_url: str, browser: Browser) -> None:
+    """The answer to a Start can reach the page after the stream brought a later state of
+    the record (the worker's "on"). The page keeps the later one. It used to paint the
+    answer (actual "off") over it and show "off" for good: the intermittent failure of
+    the Start tests here on a loaded machine."""
+    from playwright.sync_api import Route
+
+    page = open_page(browser, demo_url)
+    cid = create(demo_url, f"late-{uuid.uuid4().hex[:6]}", "erin")
+    wait_for_cell(page, cid, "actual", "off")
+    answered: list[int] = []
+
+    def late(route: Route) -> None:
+        answer = route.fetch()  # web takes the Start and answers: desired on, actual off
+        assert json.loads(answer.body())["power_actual"] == "off"
+        until(lambda: api(f"{demo_url}api/containers/{cid}")[1]["power_actual"] == "on")
+        time.sleep(1.0)  # the stream brings "on" to the page meanwhile
+        route.fulfill(response=answer)
+        answered.append(answer.status)
+
+    page.route(f"**/api/containers/{cid}/start", late)
+    page.locator(f"#rows tr[data-id='{cid}'] button.start").click()
+    wait_for_cell(page, cid, "actual", "on")
+    deadline = time.monotonic() + 30
+    while not answered and time.monotonic() < deadline:
+        page.wait_for_timeout(100)  # a Playwright call: the route's handler runs meanwhile
+    page.wait_for_timeout(500)  # the answer's paint, if any, is done by then
+    assert answered == [202]
+    assert page.locator(f"#rows tr[data-id='{cid}'] .actual").inner_text() == "on"
+    assert enabled(page, cid)["stop"], "the row is not left busy"
+
+
 def test_buttons_that_would_do_nothing_are_disabled_and_delete_asks(
         demo_url: str, browser: Browser) -> None:
     page = open_page(browser, demo_url)
