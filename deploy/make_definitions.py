@@ -1,5 +1,6 @@
-"""Provision a group for the services: ``web``, ``logic`` and ``worker.<node>`` users
-with the narrowest permissions, and the group's exchanges and stream (the rules are in
+"""Provision a platform for the services: ``web``, ``logic`` and ``worker.<node>`` users
+with the narrowest permissions, and the exchanges and streams of the platform's group and
+of each cell's group (``<group>.cell.<cell>``: services/model.py; the rules are in
 crdt_ops/transport/provision.py).
 
 It writes a RabbitMQ definitions file: docker-compose.yml's broker loads
@@ -7,8 +8,8 @@ deploy/rabbitmq/definitions.json at boot (``load_definitions`` in rabbitmq.conf)
 the cluster profile imports deploy/rabbitmq/definitions-cluster.json (``--queue-type
 quorum``); ``--apply`` imports it into a running broker instead. Passwords are demo
 values, given to the services by docker-compose.yml; change both for a real deployment.
-Run: python deploy/make_definitions.py [--group G] [--worker NODE ...] [--queue-type T]
-[--out FILE | --apply [--node RABBIT_NODE]]
+Run: python deploy/make_definitions.py [--group G] [--cell C ...] [--worker NODE ...]
+[--queue-type T] [--out FILE | --apply [--node RABBIT_NODE]]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 from crdt_ops.transport.provision import apply, definitions, demo_password
-from services.model import principal
+from services.model import DEFAULT_CELL, cell_group, check_cell, principal
 
 __all__ = ["apply", "definitions", "demo_password", "principals"]
 
@@ -34,6 +35,8 @@ def principals(workers: list[str] | tuple[str, ...] = DEFAULT_WORKERS) -> list[s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--group", default="platform")
+    p.add_argument("--cell", action="append", type=check_cell,
+                   help=f"a cell (repeatable; default {DEFAULT_CELL})")
     p.add_argument("--worker", action="append", help="a worker node (repeatable; default "
                    f"{', '.join(DEFAULT_WORKERS)})")
     p.add_argument("--queue-type", choices=("classic", "quorum"), default="classic",
@@ -45,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the file to write (default deploy/rabbitmq/definitions.json)")
     p.add_argument("--node", help="with --apply: the RabbitMQ node (rabbitmqctl -n)")
     args = p.parse_args(argv)
-    defs = definitions(args.group, principals(args.worker or list(DEFAULT_WORKERS)),
+    groups = [args.group, *(cell_group(args.group, c) for c in args.cell or [DEFAULT_CELL])]
+    defs = definitions(groups, principals(args.worker or list(DEFAULT_WORKERS)),
                        queue_type=args.queue_type)
     if args.apply:
         apply(defs, args.node)

@@ -119,9 +119,11 @@ class Logic:
 
     def _heard(self, event: ChangeEvent) -> None:
         """A node record changed: its worker's current epoch was heard now."""
+        name = model.node_name(event.key)
+        if name is None:
+            return
         if isinstance(event.new, dict) and event.new.get("epoch"):
-            self.liveness.heard(event.key[len(model.NODES):], event.new["epoch"],
-                                self.monotonic())
+            self.liveness.heard(name, event.new["epoch"], self.monotonic())
         self._wake.set()
 
     def live_nodes(self) -> tuple[dict[str, model.Node], set[str]]:
@@ -133,7 +135,7 @@ class Logic:
             if not n.epoch or not n.lease_ms:
                 continue
             # what logic heard of the group the node's beats go to
-            heard = self.node.node_of(model.NODES + n.name).heard_through()
+            heard = self.node.node_of(model.node_key(n.cell, n.name)).heard_through()
             if self.liveness.gone(n.name, n.epoch, n.epoch, n.lease_s, heard):
                 continue
             live[n.name] = n
@@ -174,7 +176,7 @@ class Logic:
     async def run(self) -> None:
         r = self.node.groups
         r.subscribe(model.CONTAINERS, self._changed)
-        r.subscribe(model.NODES, self._heard)
+        r.subscribe(model.CELLS, self._heard)
         # the index from every record, in slices: now (no decision until it is loaded: it
         # would miss records), then every FULL_PASS_S
         passes = asyncio.create_task(full_passes(self.index, r, every_s=FULL_PASS_S,

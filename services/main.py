@@ -51,7 +51,7 @@ SERVICE_SETTINGS: dict[str, tuple[tuple[type[Any], tuple[str, ...]], ...]] = {
     "web": ((WebSettings, ()),),
     "logic": ((LogicSettings, ()),),
     "worker": ((WorkerSettings, ()),),
-    "demo": ((WebSettings, ()), (LogicSettings, ()),
+    "demo": ((WebSettings, ("host", "port")), (LogicSettings, ("quota", "margin_s")),
              (WorkerSettings, ("capacity", "lease_s"))),
 }
 
@@ -130,7 +130,20 @@ def read(role: str, args: argparse.Namespace) -> Service:
         port_free(service.web.host, service.web.port)
     if role == "worker":
         _check_worker(service.worker)
+    cells(service)  # a bad --cell or --cells: refused now
     return service
+
+
+def cells(service: Service) -> tuple[str, ...]:
+    """The cells a service holds: a worker its own (``--cell``), logic and web theirs
+    (``--cells``); ValueError naming the flag for a bad one."""
+    try:
+        if service.worker is not None and service.web is None:
+            return (model.check_cell(service.worker.cell),)
+        part = service.web or service.logic
+        return part.cell_names if part is not None else (model.DEFAULT_CELL,)
+    except ValueError as e:
+        raise ValueError(f"--cell / --cells: {e}") from None
 
 
 def _check_worker(w: WorkerSettings | None) -> None:
@@ -188,8 +201,9 @@ async def run_service(role: str, service: Service) -> str:
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = (make_runtime(service.worker, settings.store, name)
                if service.worker is not None else None)
-    node = AmqpGroups(settings, model.routing(settings.group), [settings.group], name=who,
-                      policies={settings.group: model.POLICY})
+    groups = [settings.group] + [model.cell_group(settings.group, c) for c in cells(service)]
+    node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
+                      policies=dict.fromkeys(groups, model.POLICY))
     try:
         await signals.guard(node.start(), lambda: node_state(node))
     except BaseException:
@@ -210,7 +224,8 @@ async def run_service(role: str, service: Service) -> str:
             wk = service.worker
             assert runtime is not None and wk is not None
             tasks.append(asyncio.create_task(
-                Worker(node, name, runtime, capacity=wk.capacity, lease_s=wk.lease_s,
+                Worker(node, name, runtime, cell=wk.cell, capacity=wk.capacity,
+                       lease_s=wk.lease_s,
                        state_dir=runtime_dir(wk, settings.store, name)).run()))
         await signals.event.wait()
     finally:
@@ -428,7 +443,7 @@ def _provision_users(group: str, names: list[str], queue_type: str) -> dict[str,
                            "(another demo's, or a deployment's); the demo does not take them "
                            "over: delete them (rabbitmqctl delete_user NAME) or run without "
                            "--secure")
-    defs = provision.definitions(group, names, admin=None, queue_type=queue_type)
+    defs = provision.definitions(_demo_groups(group), names, admin=None, queue_type=queue_type)
     passwords = {name: secrets.token_urlsafe(24) for name in names}
     for user in defs["users"]:  # type: ignore[attr-defined]
         user["password_hash"] = provision.password_hash(passwords[user["name"]], os.urandom(4))
@@ -453,11 +468,21 @@ def _delete_users(names: list[str]) -> None:
               "them with rabbitmqctl delete_user", file=sys.stderr, flush=True)
 
 
+def _demo_groups(group: str) -> list[str]:
+    """The demo's groups: the platform's, and its one cell's."""
+    return [group, model.cell_group(group, model.DEFAULT_CELL)]
+
+
 def _delete_group(url: str, group: str, replicas: list[str]) -> None:
-    """Delete the demo's group from the broker (its services have stopped)."""
+    """Delete the demo's groups from the broker (its services have stopped)."""
     import aio_pika
 
-    queues, exchanges = Topology(group).objects(replicas)
+    queues: list[str] = []
+    exchanges: list[str] = []
+    for g in _demo_groups(group):
+        q, x = Topology(g).objects(replicas)
+        queues += q
+        exchanges += x
 
     async def delete() -> None:
         conn = await aio_pika.connect(config.split_urls(url)[0], timeout=10)
@@ -484,11 +509,13 @@ def _as_user(url: str, user: str, password: str) -> str:
 
 async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
     signals = StopSignals()
-    bus, group = MemoryBus(), "demo"
+    group = "demo"
+    buses = {g: MemoryBus() for g in (group, model.cell_group(group, model.DEFAULT_CELL))}
     ids = {"web": model.principal("web"), "logic": model.principal("logic")}
     ids.update({w: model.principal("worker", w) for w in DEMO_WORKERS})
-    nodes = {n: NodeGroups[Node](model.routing(group), {group: MemoryNode(
-        bus, rid, wall_clock=time.time_ns, policy=model.POLICY)}) for n, rid in ids.items()}
+    nodes = {n: NodeGroups[Node](model.routing(group), {g: MemoryNode(
+        bus, rid, wall_clock=time.time_ns, policy=model.POLICY) for g, bus in buses.items()})
+        for n, rid in ids.items()}
     for n in nodes.values():
         await n.start()
     work = Path(tempfile.mkdtemp(prefix="crdt-ops-demo-"))

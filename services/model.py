@@ -1,8 +1,14 @@
 """The data model, declared once: container and node records, and who writes what.
 
 A container is the OR-map at ``containers/<id>``; a worker node is the OR-map at
-``nodes/<name>``. Deleting a container is a remove of its key (observed-remove:
-a concurrent worker update survives it).
+``cells/<cell>/nodes/<name>``. Deleting a container is a remove of its key
+(observed-remove: a concurrent worker update survives it).
+
+Worker nodes belong to *cells* (:func:`routing`): the records under ``cells/<cell>/``
+live in the cell's own group, ``<group>.cell.<cell>``, which holds that cell's workers,
+logic and web; everything else lives in the platform's group ``<group>``. So a worker's
+heartbeat, written every second, reaches its cell's workers, logic and web, not every
+worker of the platform.
 
 What a worker reports about a container (``power_actual``, ``pid``,
 ``last_error``, ``started_generation``) lives in that worker's own slot of the
@@ -28,7 +34,9 @@ from crdt_ops.handles import MapHandle
 from crdt_ops.routing import Records, Routing
 
 CONTAINERS = "containers/"
-NODES = "nodes/"
+CELLS = "cells/"
+#: The cell a worker joins, and the cells logic and web hold, unless told otherwise.
+DEFAULT_CELL = "main"
 
 POWER_DESIRED = ("on", "off")
 POWER_ACTUAL = ("on", "off", "starting", "stopping", "failed")
@@ -42,7 +50,7 @@ POLICY = WritePolicy([
     Rule(("containers/*", "rejected_reason"), writers=("logic",)),
     # name, owner, power_desired, restart_generation, and deleting the record
     Rule(("containers/*",), writers=("web",)),
-    Rule(("nodes/{node}",), writers=("worker.{node}",)),
+    Rule(("cells/*/nodes/{node}",), writers=("worker.{node}",)),
 ])
 
 ROLES = ("web", "logic", "worker")
@@ -50,8 +58,35 @@ ROLES = ("web", "logic", "worker")
 
 def routing(group: str) -> Routing:
     """Which group holds which record (:mod:`crdt_ops.routing`), the same in every
-    service: today the platform's group ``group`` holds every record."""
-    return Routing(group)
+    service: the records under ``cells/<cell>/`` the cell's group (:func:`cell_group`),
+    every other record the platform's group ``group``."""
+    return Routing(group, {CELLS + "{}/": cell_group(group, "{}")})
+
+
+def cell_group(group: str, cell: str) -> str:
+    """The group of cell ``cell`` of the platform whose group is ``group``."""
+    return f"{group}.cell.{cell}"
+
+
+def check_cell(cell: str) -> str:
+    """``cell``, if it names a cell (a non-empty name without ``/``, ``.``, spaces, ``#``
+    or ``*``); else ValueError."""
+    if not cell or any(c in cell for c in "/. #*"):
+        raise ValueError(f"a cell's name must be non-empty, without '/', '.', spaces, '#' or "
+                         f"'*': {cell!r}")
+    return cell
+
+
+def node_key(cell: str, name: str) -> str:
+    """The key of worker node ``name``'s record in cell ``cell``."""
+    return f"{CELLS}{cell}/nodes/{name}"
+
+
+def node_name(key: str) -> str | None:
+    """The node a key is the record of (``cells/<cell>/nodes/<name>``), else None."""
+    parts = key.split("/")
+    return parts[3] if len(parts) == 4 and parts[0] + "/" == CELLS and parts[2] == "nodes" \
+        else None
 
 
 def principal(role: str, node: str | None = None) -> str:
@@ -70,8 +105,8 @@ def container(replica: Records, cid: str) -> MapHandle:
     return replica.map(CONTAINERS + cid)
 
 
-def node(replica: Records, name: str) -> MapHandle:
-    return replica.map(NODES + name)
+def node(replica: Records, cell: str, name: str) -> MapHandle:
+    return replica.map(node_key(cell, name))
 
 
 def report(replica: Records, cid: str, node_name: str) -> MapHandle:
@@ -134,10 +169,12 @@ class Node:
     running: int
     epoch: str | None  # the epoch of the worker's lease (services/lease.py)
     lease_ms: int  # how long the worker's lease lasts
+    cell: str = DEFAULT_CELL  # the cell the node belongs to
 
     @classmethod
     def of(cls, key: str, rec: dict[str, Any]) -> Node:
-        return cls(name=key[len(NODES):], capacity=rec.get("capacity") or 0,
+        return cls(name=key.split("/")[3], cell=key.split("/")[1],
+                   capacity=rec.get("capacity") or 0,
                    heartbeat=rec.get("heartbeat") or 0, running=rec.get("running") or 0,
                    epoch=rec.get("epoch"), lease_ms=rec.get("lease_ms") or 0)
 
@@ -153,4 +190,6 @@ def containers(replica: Records) -> list[Container]:
 
 
 def nodes(replica: Records) -> list[Node]:
-    return [Node.of(k, v) for k, v in replica.items(NODES) if isinstance(v, dict)]
+    """Every worker node record of every cell held, in key order (by cell, then name)."""
+    return [Node.of(k, v) for k, v in replica.items(CELLS)
+            if node_name(k) is not None and isinstance(v, dict)]

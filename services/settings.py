@@ -16,6 +16,16 @@ from dataclasses import dataclass
 
 from crdt_ops.transport.config import option
 from services.lease import DEFAULT_LEASE_S
+from services.model import DEFAULT_CELL, check_cell
+
+
+def split_cells(cells: str) -> tuple[str, ...]:
+    """The cell names of a comma-separated ``--cells`` (each checked, none twice);
+    ValueError for a bad one."""
+    names = tuple(check_cell(c.strip()) for c in cells.split(","))
+    if len(set(names)) != len(names):
+        raise ValueError(f"--cells names a cell twice: {cells!r}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,12 @@ class WebSettings:
     host: str = option("127.0.0.1", help="the address the HTTP server listens on")
     port: int = option(8080, env="CRDT_OPS_HTTP_PORT", help="the HTTP port", lowest=1,
                        highest=65535)
+    cells: str = option(DEFAULT_CELL, help="the cells whose worker nodes web shows, "
+                                           "comma-separated (each cell is a group of its own)")
+
+    @property
+    def cell_names(self) -> tuple[str, ...]:
+        return split_cells(self.cells)
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,13 @@ class LogicSettings:
     margin_s: float = option(1.0, lowest=0,
                              help="seconds logic waits past the end of a silent node's lease "
                                   "(plus a quarter) before it moves the node's containers")
+    cells: str = option(DEFAULT_CELL, help="the cells whose worker nodes logic places "
+                                           "containers on, comma-separated (each cell is a "
+                                           "group of its own)")
+
+    @property
+    def cell_names(self) -> tuple[str, ...]:
+        return split_cells(self.cells)
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,8 @@ class WorkerSettings:
     """``crdt-ops worker``: one node's worker."""
 
     node: str = option("", help="this worker's node name (empty: the host name)")
+    cell: str = option(DEFAULT_CELL, help="the cell this worker's node belongs to (its "
+                                          "heartbeats go to that cell's group only)")
     capacity: int = option(10, lowest=0, help="containers on this worker's node")
     lease_s: float = option(DEFAULT_LEASE_S, lowest=4,
                             help="the worker's lease in seconds: how long its containers run "

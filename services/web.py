@@ -173,14 +173,14 @@ def _filter(params: Mapping[str, str]) -> Filter:
 
 
 def _node_json(n: model.Node, now_ms: int, timeout_ms: int) -> dict[str, Any]:
-    """A node record for the page: ``name``, ``capacity``, ``running`` (containers),
+    """A node record for the page: ``name``, ``cell``, ``capacity``, ``running`` (containers),
     ``heartbeat_ms`` (the worker's wall clock at its last beat, Unix ms), ``age_ms``
     (web's wall clock now minus that; the two clocks are assumed close),
     ``timeout_ms``, ``epoch`` and ``lease_ms`` (its worker's lease, services/lease.py;
     None and 0 if not announced); ``live``: ``age_ms <= timeout_ms``. A silent node is
     not necessarily dead: logic decides that by its own rule (services/liveness.py)."""
     age = now_ms - n.heartbeat
-    return {"name": n.name, "capacity": n.capacity, "running": n.running,
+    return {"name": n.name, "cell": n.cell, "capacity": n.capacity, "running": n.running,
             "heartbeat_ms": n.heartbeat, "age_ms": age, "timeout_ms": timeout_ms,
             "live": n.heartbeat > 0 and age <= timeout_ms, "epoch": n.epoch,
             "lease_ms": n.lease_ms}
@@ -205,8 +205,10 @@ class _Pending:
         """A change callback. With a filter, a container's change is noted only if
         the record matched it before the change or matches it after."""
         flt = self._filter
-        if (flt and event.key.startswith(model.CONTAINERS)
-                and not (flt.matches(event.old) or flt.matches(event.new))):
+        if not event.key.startswith(model.CONTAINERS):
+            if model.node_name(event.key) is None:  # another record of a cell: not sent
+                return
+        elif flt and not (flt.matches(event.old) or flt.matches(event.new)):
             return
         self._keys[event.key] = event.origin
         self._ready.set()
@@ -376,7 +378,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
         pending = _Pending(flt)
         unsubscribes = [node.groups.subscribe(model.CONTAINERS, pending.note)]
         if params.get("nodes") == "1":
-            unsubscribes.append(node.groups.subscribe(model.NODES, pending.note))
+            unsubscribes.append(node.groups.subscribe(model.CELLS, pending.note))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         streams.add(task)
@@ -389,7 +391,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
                     await resp.write(b": keep-alive\n\n")
                     continue
                 key, origin = change
-                if key.startswith(model.NODES):
+                if not key.startswith(model.CONTAINERS):
                     kind, data = "node", _node_event(key, origin)
                 else:
                     cid = key[len(model.CONTAINERS):]
@@ -433,7 +435,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
         rec = node.groups.get(key)
         view = (_node_json(model.Node.of(key, rec), _now_ms(), timeout_ms)
                 if isinstance(rec, dict) else None)
-        return {"name": key[len(model.NODES):], "node": view, "origin": origin}
+        return {"name": model.node_name(key), "node": view, "origin": origin}
 
     @routes.get("/")
     async def page(request: web.Request) -> web.FileResponse:

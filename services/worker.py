@@ -1,8 +1,9 @@
 """worker: runs the containers placed on its node, under a lease, and reports what runs.
 
-It beats a heartbeat into ``nodes/<name>`` (with its lease's epoch and length)
-every ``heartbeat_s``; a beat the broker confirmed in time renews the lease
-(services/lease.py). On every change it reconciles the containers whose records
+It beats a heartbeat into its node record, ``cells/<cell>/nodes/<name>`` (with its
+lease's epoch and length), every ``heartbeat_s``: into its cell's group, which its cell's
+workers, logic and web hold (services/model.py); a beat the broker confirmed in time
+renews the lease (services/lease.py). On every change it reconciles the containers whose records
 changed; once a heartbeat, and when its lease starts or stops allowing containers
 to run, all of them with what the runtime runs (the safety net: an instance that
 died, one no record wants). A container placed on this node's current epoch that
@@ -42,12 +43,13 @@ FULL_PASS_S = 60.0
 
 
 class Worker:
-    """One node's worker. ``state_dir``: where its lease file and its guard's pid
-    file live (the runtime's directory); ``lease_s``: the lease's length in seconds;
-    ``use_guard``: run the guard process (tests of the worker alone may not)."""
+    """One node's worker, in cell ``cell`` (``node`` holds that cell's group). ``state_dir``:
+    where its lease file and its guard's pid file live (the runtime's directory);
+    ``lease_s``: the lease's length in seconds; ``use_guard``: run the guard process
+    (tests of the worker alone may not)."""
 
     def __init__(self, node: NodeGroups[Node], name: str, runtime: Runtime, *,
-                 capacity: int = 10, heartbeat_s: float = 1.0,
+                 cell: str = model.DEFAULT_CELL, capacity: int = 10, heartbeat_s: float = 1.0,
                  lease_s: float = lease.DEFAULT_LEASE_S, state_dir: Path | None = None,
                  use_guard: bool = True) -> None:
         if capacity < 0:
@@ -57,6 +59,7 @@ class Worker:
                              f"{heartbeat_s}s: make it at least 4 heartbeats")
         self.node = node
         self.name = name
+        self.cell = model.check_cell(cell)
         self.runtime = runtime
         self.capacity = capacity
         self.heartbeat_s = heartbeat_s
@@ -104,7 +107,7 @@ class Worker:
 
     def beat(self) -> None:
         """Write a heartbeat with this epoch and lease (and the capacity if it changed)."""
-        rec = model.node(self.node.groups, self.name)
+        rec = model.node(self.node.groups, self.cell, self.name)
         rec.register("heartbeat").set(int(time.time() * 1000))
         for field, value in (("capacity", self.capacity), ("epoch", self.lease.epoch),
                              ("lease_ms", int(self.lease.duration_s * 1000))):
@@ -114,7 +117,7 @@ class Worker:
     def keep_lease(self, now: float) -> None:
         """Renew the lease from a confirmed beat; when it ran out, stop everything and
         start a new epoch."""
-        beats = self.node.node_of(model.NODES + self.name)  # the group its beats go to
+        beats = self.node.node_of(model.node_key(self.cell, self.name))  # its beats' group
         if self._beat is not None and beats.confirmed_through() >= self._beat[1]:
             written, _ = self._beat
             self._beat = None
@@ -180,7 +183,7 @@ class Worker:
         writes = sum(self._settle_one(cid, None) for cid in cids
                      if cid in self.assigned.records and cid not in kept)
         writes += sum(self._settle_one(c.id, c, now) for c in mine)
-        rec = model.node(self.node.groups, self.name)
+        rec = model.node(self.node.groups, self.cell, self.name)
         if rec.register("running").value != len(self._running):
             rec.register("running").set(len(self._running))
         return writes

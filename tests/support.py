@@ -7,6 +7,7 @@ from typing import TypeVar
 from crdt_ops import Replica
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
+from crdt_ops.transport.memory import MemoryBus, MemoryNode
 
 N = TypeVar("N", bound=Node)
 
@@ -31,9 +32,26 @@ def send(src: Replica, *dst: Replica) -> list[bytes]:
     return msgs
 
 
+#: The platform group of the services' tests in memory (its default cell: ``g.cell.main``).
+GROUP = "g"
+
+
 def one_group(node: N) -> NodeGroups[N]:
-    """``node`` as the one group of a process: what the services take (``services.model.
-    routing``'s default group holds every record)."""
+    """``node`` as the platform's group of a process, holding no cell: what web takes in
+    tests of container records only."""
     from services import model
 
-    return NodeGroups(model.routing("g"), {"g": node})
+    return NodeGroups(model.routing(GROUP), {GROUP: node})
+
+
+def with_cell(node: MemoryNode, cell_bus: MemoryBus) -> NodeGroups[MemoryNode]:
+    """``node`` as the platform's group of a process, and a node of the same replica (and
+    write policy) on ``cell_bus`` as the default cell's group, started when ``node`` was:
+    what a worker (its node record) or a web showing nodes takes in tests."""
+    from services import model
+
+    cell = MemoryNode(cell_bus, node.replica_id, policy=node.replica.policy)
+    if node in node.bus.nodes:
+        cell_bus.nodes.append(cell)
+    return NodeGroups(model.routing(GROUP),
+                      {GROUP: node, model.cell_group(GROUP, model.DEFAULT_CELL): cell})

@@ -70,14 +70,20 @@ class NodeGroups(Generic[N]):
         return {g: n.health() for g, n in self.nodes.items()}
 
     def overall_health(self) -> dict[str, str]:
-        """Per part of the nodes' ``health()``: ``"ok"`` when it is ok in every group, else
-        what is wrong (prefixed by the group's name when this process holds several)."""
+        """Per part of the nodes' ``health()``: ``"ok"`` when it is ok in every group; when it
+        is wrong in every group (a lost broker), the first group's words, once; else what is
+        wrong in each group that is not ok, prefixed by the group's name."""
         by_group = self.health()
         parts = dict.fromkeys(p for h in by_group.values() for p in h)
         for part in parts:
             wrong = [(g, h[part]) for g, h in by_group.items() if h.get(part, "ok") != "ok"]
-            parts[part] = ("ok" if not wrong else "; ".join(
-                text if len(by_group) == 1 else f"{g}: {text}" for g, text in wrong))
+            if not wrong:
+                parts[part] = "ok"
+            elif len(wrong) == len(by_group):  # in every group (the broker is gone, say)
+                parts[part] = wrong[0][1] + ("" if len(wrong) == 1
+                                             else f" (in all {len(wrong)} groups)")
+            else:
+                parts[part] = "; ".join(f"{g}: {text}" for g, text in wrong)
         return {p: v or "ok" for p, v in parts.items()}
 
     async def start(self) -> None:

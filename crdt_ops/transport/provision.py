@@ -1,5 +1,5 @@
-"""Provision a crdt-ops group on RabbitMQ: its exchanges, stream and dead-letter queue,
-and one broker user per principal with the narrowest permissions it needs.
+"""Provision crdt-ops groups on RabbitMQ: their exchanges, streams and dead-letter queues,
+and one broker user per principal with the narrowest permissions it needs in them.
 
 A principal's user may configure (declare, delete) only its own queues
 ``crdt.<group>.<principal>[.<instance>]``; write (publish, bind a queue) to the group's
@@ -8,6 +8,10 @@ group's exchange, the stream and its own queues. The group's exchanges, stream,
 dead-letter queue and their bindings are created by the administrator (here), so no
 service can declare, bind or delete them. Passwords are :func:`demo_password` values:
 for demos and tests; a real deployment sets its own.
+
+Several groups (a platform and its cells, :mod:`crdt_ops.routing`) are provisioned
+together: RabbitMQ keeps one set of permissions per user and virtual host, so a user's
+patterns cover each group's objects ("Access Control", https://www.rabbitmq.com/access-control.html).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import json
 import re
 import subprocess
+from collections.abc import Sequence
 
 from crdt_ops.transport.topology import Topology
 
@@ -30,39 +35,52 @@ def password_hash(password: str, salt: bytes) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-def permissions(group: str, principal: str) -> dict[str, str]:
-    """The configure/write/read patterns of one service user of ``group``."""
-    g = re.escape(f"crdt.{group}")
-    own = f"{g}\\.{re.escape(principal)}(\\..*)?"
-    return {"configure": f"^{own}$",
-            "write": f"^({g}|{g}\\.dlx|{g}\\.founder|{own})$",
-            "read": f"^({g}|{g}\\.log|{g}\\.founder|{g}\\.founders|{own})$"}
+def _groups(groups: str | Sequence[str]) -> list[str]:
+    names = [groups] if isinstance(groups, str) else list(groups)
+    if not names:
+        raise ValueError("provision at least one group")
+    return names
 
 
-def definitions(group: str, users: list[str], vhost: str = "/", admin: str | None = "admin",
-                queue_type: str = "classic") -> dict[str, object]:
-    """Users (password: :func:`demo_password`), permissions and the group's shared
-    topology (:meth:`~crdt_ops.transport.topology.Topology.shared`, for replicas
-    whose ``--queue-type`` is ``queue_type``)."""
+def permissions(groups: str | Sequence[str], principal: str) -> dict[str, str]:
+    """The configure/write/read patterns of one service user of ``groups`` (a group's
+    name, or several)."""
+    configure, write, read = [], [], []
+    for group in _groups(groups):
+        g = re.escape(f"crdt.{group}")
+        own = f"{g}\\.{re.escape(principal)}(\\..*)?"
+        configure.append(own)
+        write += [g, f"{g}\\.dlx", f"{g}\\.founder", own]
+        read += [g, f"{g}\\.log", f"{g}\\.founder", f"{g}\\.founders", own]
+    return {"configure": f"^({'|'.join(configure)})$", "write": f"^({'|'.join(write)})$",
+            "read": f"^({'|'.join(read)})$"}
+
+
+def definitions(groups: str | Sequence[str], users: list[str], vhost: str = "/",
+                admin: str | None = "admin", queue_type: str = "classic") -> dict[str, object]:
+    """Users (password: :func:`demo_password`), their permissions in ``groups`` (a group's
+    name, or several) and each group's shared topology
+    (:meth:`~crdt_ops.transport.topology.Topology.shared`, for replicas whose
+    ``--queue-type`` is ``queue_type``)."""
     def user(name: str, tags: list[str]) -> dict[str, object]:
         salt = hashlib.sha256(name.encode()).digest()[:4]
         return {"name": name, "password_hash": password_hash(demo_password(name), salt),
                 "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
 
-    topology = Topology(group, queue_type=queue_type)
-    perms = [{"user": u, "vhost": vhost, **permissions(group, u)} for u in users]
+    topologies = [Topology(g, queue_type=queue_type) for g in _groups(groups)]
+    perms = [{"user": u, "vhost": vhost, **permissions(groups, u)} for u in users]
     admins = [] if admin is None else [admin]  # None: provisioning a broker that has one
     perms += [{"user": a, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
               for a in admins]
     exchange = {"vhost": vhost, "type": "fanout", "durable": True, "auto_delete": False,
                 "internal": False, "arguments": {}}
     queue = {"vhost": vhost, "durable": True, "auto_delete": False}
-    shared = topology.shared()
+    shared = [q for t in topologies for q in t.shared()]
     return {
         "users": [user(u, []) for u in users] + [user(a, ["administrator"]) for a in admins],
         "vhosts": [{"name": vhost}],
         "permissions": perms,
-        "exchanges": [{"name": name, **exchange} for name in topology.exchanges],
+        "exchanges": [{"name": name, **exchange} for t in topologies for name in t.exchanges],
         "queues": [{"name": q.name, **queue, "arguments": q.arguments or {}} for q in shared],
         "bindings": [{"source": q.bound_to, "vhost": vhost, "destination": q.name,
                       "destination_type": "queue", "routing_key": "", "arguments": {}}

@@ -21,7 +21,7 @@ from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
 from services.history import History, service_of
 from services.web import make_app
-from tests.support import one_group
+from tests.support import with_cell
 
 
 def test_service_of_names_the_principal() -> None:
@@ -83,13 +83,13 @@ async def test_one_request_or_one_batch_is_one_entry() -> None:
 
 @pytest_asyncio.fixture
 async def app() -> AsyncIterator[tuple[TestClient[Any, Any], MemoryBus]]:
-    bus = MemoryBus()
+    bus, cell_bus = MemoryBus(), MemoryBus()  # the platform's group, and the cell's
     web = MemoryNode(bus, "web", policy=model.POLICY)
     await web.start()
-    app = make_app(one_group(web), node_timeout_s=5)
+    app = make_app(with_cell(web, cell_bus), node_timeout_s=5)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
-    yield client, bus
+    yield client, cell_bus
     await client.close()
 
 
@@ -97,7 +97,7 @@ async def beat(bus: MemoryBus, name: str, age_s: float, capacity: int, running: 
     n = MemoryNode(bus, f"worker.{name}", policy=model.POLICY)
     await n.start()
     async with n.write() as r:
-        rec = model.node(r, name)
+        rec = model.node(r, model.DEFAULT_CELL, name)
         rec.register("heartbeat").set(int((time.time() - age_s) * 1000))
         rec.register("capacity").set(capacity)
         rec.register("running").set(running)

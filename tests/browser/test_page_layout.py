@@ -30,7 +30,7 @@ from crdt_ops import Replica
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model, web
 from tests.chromium import assert_fits, launch_browser, open_page, png_size, row_ids
-from tests.support import one_group
+from tests.support import with_cell
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -46,28 +46,31 @@ class Stage:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.bus = MemoryBus()
-        self.nodes: dict[str, MemoryNode] = {}
+        self.bus, self.cell_bus = MemoryBus(), MemoryBus()  # the platform's group, the cell's
+        self.nodes: dict[tuple[str, bool], MemoryNode] = {}
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.web = self.node("web")
-        self.runner: aioweb.AppRunner = self.run(web.serve(one_group(self.web), "127.0.0.1", port))
+        self.runner: aioweb.AppRunner = self.run(
+            web.serve(with_cell(self.web, self.cell_bus), "127.0.0.1", port))
         self.url = f"http://127.0.0.1:{port}/"
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=120)
 
-    def node(self, replica_id: str) -> MemoryNode:
-        if replica_id not in self.nodes:
-            n = MemoryNode(self.bus, replica_id, policy=model.POLICY)
+    def node(self, replica_id: str, cell: bool = False) -> MemoryNode:
+        """The replica's node in the platform's group, or in the cell's (``cell``)."""
+        if (replica_id, cell) not in self.nodes:
+            n = MemoryNode(self.cell_bus if cell else self.bus, replica_id, policy=model.POLICY)
             self.run(n.start())
-            self.nodes[replica_id] = n
-        return self.nodes[replica_id]
+            self.nodes[replica_id, cell] = n
+        return self.nodes[replica_id, cell]
 
-    def write(self, replica_id: str, fn: Callable[[Replica], T]) -> T:
-        """Run ``fn`` on that replica's writes, in the loop's thread; sent when it returns."""
-        node = self.node(replica_id)
+    def write(self, replica_id: str, fn: Callable[[Replica], T], cell: bool = False) -> T:
+        """Run ``fn`` on that replica's writes (in the platform's group, or the cell's), in
+        the loop's thread; sent when it returns."""
+        node = self.node(replica_id, cell)
 
         async def go() -> T:
             async with node.write() as r:
@@ -98,14 +101,14 @@ class Stage:
         """Node ``node``'s record as its worker writes it, its heartbeat ``age_s`` old
         (with a lease of ``lease_s`` if not 0)."""
         def go(r: Replica) -> None:
-            rec = model.node(r, node)
+            rec = model.node(r, model.DEFAULT_CELL, node)
             rec.register("heartbeat").set(int((time.time() - age_s) * 1000))
             rec.register("capacity").set(capacity)
             rec.register("running").set(running)
             if lease_s:
                 rec.register("epoch").set(uuid.uuid4().hex[:12])
                 rec.register("lease_ms").set(int(lease_s * 1000))
-        self.write(f"worker.{node}", go)
+        self.write(f"worker.{node}", go, cell=True)
 
     def close(self) -> None:
         self.run(self.runner.cleanup())

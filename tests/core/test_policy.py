@@ -39,12 +39,12 @@ def test_each_service_writes_only_its_fields_locally() -> None:
     model.container(r["web"], "c1").register("power_desired").set("on")
     model.container(r["logic"], "c1").register("assigned_node").set("w1")
     model.report(r["worker.w1"], "c1", "w1").register("power_actual").set("on")
-    model.node(r["worker.w1"], "w1").register("capacity").set(3)
+    model.node(r["worker.w1"], "main", "w1").register("capacity").set(3)
     r["web"].remove(model.CONTAINERS + "c1")
     denied = [lambda: model.container(r["worker.w1"], "c1").register("power_desired").set("on"),
               lambda: model.report(r["worker.w2"], "c1", "w1").register("power_actual").set("on"),
               lambda: model.container(r["web"], "c1").register("assigned_node").set("w2"),
-              lambda: model.node(r["worker.w2"], "w1").register("capacity").set(9),
+              lambda: model.node(r["worker.w2"], "main", "w1").register("capacity").set(9),
               lambda: r["logic"].remove(model.CONTAINERS + "c1")]
     for attempt in denied:
         before = {k: v.state() for k, v in r.items()}

@@ -130,7 +130,8 @@ def test_demo_takes_replica_settings_prints_its_url_once_it_serves_and_cleans_up
         "list_queues", "name", "type", "-q").splitlines()[1:] if "\t" in line)
     for user in DEMO_USERS:
         assert types[f"crdt.{group_name}.{user}"] == "quorum"
-    assert len(broker_objects(group_name)) == 10  # 7 queues, 3 exchanges
+    # per group, the platform's and its cell's: 7 queues and 3 exchanges
+    assert len(broker_objects(group_name)) == 20
     logs = Path(re.search(r"logs in (\S+);", "".join(demo.lines)).group(1))  # type: ignore[union-attr]
     assert logs.is_dir()
 

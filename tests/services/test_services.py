@@ -17,8 +17,12 @@ from typing import Any
 
 import pytest
 
+from services import model
 from tests.broker import delete_group, new_group, wait_until
 from tools.harness import free_port
+
+#: The cells of the system under test: worker-1 in the first, worker-2 in the second.
+CELLS = ("a", "b")
 
 
 class System:
@@ -36,9 +40,9 @@ class System:
                  "--store", str(self.workdir / f"{name}.sqlite")],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CRDT_OPS_LOG="INFO"))
 
-    def worker(self, name: str, lease_s: float = 10) -> None:
+    def worker(self, name: str, lease_s: float = 10, cell: str = model.DEFAULT_CELL) -> None:
         self.start(name, "worker", "--node", name, "--capacity", "2", "--lease-s", str(lease_s),
-                   "--runtime-dir", str(self.workdir / f"run-{name}"))
+                   "--runtime-dir", str(self.workdir / f"run-{name}"), "--cell", cell)
 
     def api(self, method: str, path: str, body: Any = None, raw: bytes | None = None
             ) -> tuple[int, Any]:
@@ -86,13 +90,14 @@ def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 @contextlib.contextmanager
 def running_system(amqp_url: str, workdir: Path, lease_s: float = 10) -> Iterator[System]:
-    """web, logic and two workers (``lease_s``: their lease) over ``amqp_url``, in
-    processes of their own; stopped, their group deleted and containers killed after."""
+    """web, logic and two workers (``lease_s``: their lease), each worker in a cell of its
+    own (``a`` and ``b``), over ``amqp_url``, in processes of their own; stopped, their
+    groups deleted and containers killed after."""
     s = System(amqp_url, workdir)
-    s.start("web", "web", "--port", str(s.port))
-    s.start("logic", "logic")
-    s.worker("worker-1", lease_s)
-    s.worker("worker-2", lease_s)
+    s.start("web", "web", "--port", str(s.port), "--cells", ",".join(CELLS))
+    s.start("logic", "logic", "--cells", ",".join(CELLS))
+    s.worker("worker-1", lease_s, cell=CELLS[0])
+    s.worker("worker-2", lease_s, cell=CELLS[1])
 
     def healthy() -> bool:
         try:
@@ -105,7 +110,8 @@ def running_system(amqp_url: str, workdir: Path, lease_s: float = 10) -> Iterato
         yield s
     finally:
         s.stop()
-        delete_group(amqp_url, s.group, list(s.procs))
+        for group in (s.group, *(model.cell_group(s.group, c) for c in CELLS)):
+            delete_group(amqp_url, group, list(s.procs))
         for rt in s.workdir.glob("run-*"):
             for pidfile in rt.glob("*.pid"):
                 with contextlib.suppress(ProcessLookupError, ValueError):
@@ -214,3 +220,21 @@ def test_a_restarted_worker_reconciles_what_really_runs(system: System) -> None:
     assert system.record(keep)["pid"] == pids[keep] and alive(pids[keep])  # left running
     for cid in (keep, gone):
         system.api("DELETE", f"/api/containers/{cid}")
+
+
+def test_each_worker_holds_only_its_own_cell(system: System) -> None:
+    """A worker's heartbeats go to its cell's group: web and logic, which hold both cells,
+    see both nodes; each worker has queues in the platform's group and its own cell's only,
+    so the other cell's heartbeats never reach it."""
+    from tests.broker import rabbitmqctl
+
+    wait_until(lambda: sorted((n["name"], n["cell"]) for n in system.api("GET", "/api/nodes")[1])
+               == [("worker-1", "a"), ("worker-2", "b")], 30, "both nodes at web", system.logs)
+    queues = set(rabbitmqctl("list_queues", "name", "-q").split())
+    g = system.group
+    for worker, cell, other in (("worker-1", "a", "b"), ("worker-2", "b", "a")):
+        assert f"crdt.{g}.worker.{worker}" in queues
+        assert f"crdt.{g}.cell.{cell}.worker.{worker}" in queues
+        assert f"crdt.{g}.cell.{other}.worker.{worker}" not in queues
+    for service in ("web", "logic"):
+        assert {f"crdt.{g}.cell.{c}.{service}" for c in CELLS} <= queues

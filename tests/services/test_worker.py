@@ -16,7 +16,7 @@ from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
 from services.runtime import RuntimeError_
 from services.worker import Worker
-from tests.support import one_group
+from tests.support import with_cell
 
 
 class CountingRuntime:
@@ -79,7 +79,9 @@ async def _platform(tmp: Path) -> tuple[MemoryNode, MemoryNode, MemoryNode, Coun
     for n in (web, logic, wn):
         await n.start()
     runtime = CountingRuntime()
-    worker = Worker(one_group(wn), "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6)
+    # its node record goes to its cell's group (nobody else here reads it)
+    worker = Worker(with_cell(wn, MemoryBus()), "n1", runtime, state_dir=tmp, use_guard=False,
+                    lease_s=1e6)
     now = time.monotonic()
     worker.lease.renew(now, now)
     return web, logic, wn, runtime, worker, now

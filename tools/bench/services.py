@@ -94,6 +94,7 @@ import aiohttp
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from services import model
 from tools import harness
 from tools.bench.broker import (
     DEFAULT_URL,
@@ -404,8 +405,9 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
 
             async def workers_known() -> bool:
                 health = await _get_json(session, f"{base}/healthz")
-                return health is not None and all(replica_id(w) in health["clock"]
-                                                  for w in WORKERS)
+                return health is not None and all(  # their beats: in their cell's group
+                    any(replica_id(w) in g["clock"] for g in health["groups"].values())
+                    for w in WORKERS)
 
             await wait_for(workers_known, READY_TIMEOUT_S, "web to answer and to know both "
                            "workers", services)
@@ -430,9 +432,10 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
         opt.progress(f"crdt-ops: services stopped (SIGTERM to exit, s: "
                      f"{', '.join(f'{k} {v:.1f}' for k, v in took.items())}), "
                      f"{n} container processes killed")
-        await delete_group_async(opt.url, group,
-                                 [replica_id(s) for s in ("web", "logic", *WORKERS)],
-                                 opt.progress)
+        for g in (group, model.cell_group(group, model.DEFAULT_CELL)):
+            await delete_group_async(opt.url, g,
+                                     [replica_id(s) for s in ("web", "logic", *WORKERS)],
+                                     opt.progress)
 
 
 _WORST_STALL = re.compile(r"its event loop's worst stall was ([0-9.]+) ms")
