@@ -203,3 +203,23 @@ async def test_groups_sharing_a_connection_come_back_when_the_broker_closes_it(
                     "every write of both groups at their peers after the reconnect")
     finally:
         await asyncio.gather(*(p.stop() for p in (front, *peers)))
+
+
+def test_a_peers_snapshot_starts_the_default_group_only(platform: Platform,
+                                                         tmp_path: Path) -> None:
+    from crdt_ops import Replica
+
+    peer = Replica("peer")
+    peer.map("containers/c1").register("owner").set("ada")
+    snapshot = tmp_path / "platform.snapshot"
+    snapshot.write_bytes(peer.snapshot())
+    s = Settings(amqp_url=platform.url, group=platform.group("platform"), replica_id="front",
+                 store=str(tmp_path / "front.sqlite"), bootstrap=str(snapshot))
+    front = AmqpGroups(s, platform.routing, [platform.group("platform"),
+                                             platform.group("cell.a")])
+    try:
+        assert front.groups.get("containers/c1") == {"owner": "ada"}
+        assert front.nodes[platform.group("cell.a")].replica.keys() == []
+    finally:
+        for node in front.nodes.values():
+            node.store.close()

@@ -56,7 +56,9 @@ class AmqpGroups(NodeGroups[AmqpNode]):
     (:func:`store_for`), all with one replica id (``settings.replica_id``, else the one
     the first group's store remembers, else a new one), over one connection.
     ``policies``: a write policy per group (default: open); ``name`` and ``wall_clock``
-    as for :class:`AmqpNode`.
+    as for :class:`AmqpNode`. ``settings.bootstrap`` (a peer's snapshot) starts the
+    routing's default group only, when its store is new; the other groups start from
+    their streams.
 
     ``async with AmqpGroups(...) as node:`` starts every group (connect, declare, join)
     and stops them on exit. ``node.groups`` is the :class:`~crdt_ops.routing.Groups` to
@@ -74,8 +76,11 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         nodes: dict[str, AmqpNode] = {}
         for group in names:
             rid = settings.replica_id or (next(iter(nodes.values())).replica_id if nodes else "")
+            # a peer's snapshot (--bootstrap) is of one group: the default's
+            bootstrap = settings.bootstrap if group == routing.default else ""
             s = dataclasses.replace(settings, group=group, metrics_port=0, replica_id=rid,
-                                    store=store_for(settings, group, name, routing.default))
+                                    store=store_for(settings, group, name, routing.default),
+                                    bootstrap=bootstrap)
             try:
                 nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
                                         policy=(policies or {}).get(group, OPEN))
