@@ -60,8 +60,13 @@ class NotHeld(KeyError):
         return str(self.args[0])
 
 
+def _names_a_group(part: str) -> bool:
+    """Whether ``part`` may be (part of) a group name: non-empty, none of " /#*"."""
+    return bool(part) and not any(c in part for c in _FORBIDDEN_IN_GROUP)
+
+
 def _check_group(name: str, what: str) -> None:
-    if not name or any(c in name for c in _FORBIDDEN_IN_GROUP):
+    if not _names_a_group(name):
         raise ValueError(f"{what} must be a non-empty group name without spaces, '/', '#' "
                          f"or '*'; got {name!r}")
 
@@ -93,7 +98,7 @@ class _Template:
             return self.group
         end = key.find(self.tail, len(self.head))
         seg = key[len(self.head):end] if end >= 0 else ""
-        if not seg or "/" in seg or any(c in seg for c in _FORBIDDEN_IN_GROUP):
+        if not _names_a_group(seg):  # no "/" either: one segment
             return None
         return self.group.replace(SEGMENT, seg)
 

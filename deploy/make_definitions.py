@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from crdt_ops.transport.provision import apply, definitions, demo_password
-from services.model import DEFAULT_CELL, cell_group, check_cell, principal
+from services.model import DEFAULT_CELL, check_cell, groups, principal
 
 __all__ = ["apply", "definitions", "demo_password", "principals"]
 
@@ -48,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the file to write (default deploy/rabbitmq/definitions.json)")
     p.add_argument("--node", help="with --apply: the RabbitMQ node (rabbitmqctl -n)")
     args = p.parse_args(argv)
-    groups = [args.group, *(cell_group(args.group, c) for c in args.cell or [DEFAULT_CELL])]
-    defs = definitions(groups, principals(args.worker or list(DEFAULT_WORKERS)),
-                       queue_type=args.queue_type)
+    defs = definitions(groups(args.group, args.cell or [DEFAULT_CELL]),
+                       principals(args.worker or list(DEFAULT_WORKERS)), queue_type=args.queue_type)
     if args.apply:
         apply(defs, args.node)
         print(f"provisioned group {args.group} on {args.node or 'the local broker'}")

@@ -201,7 +201,7 @@ async def run_service(role: str, service: Service) -> str:
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = (make_runtime(service.worker, settings.store, name)
                if service.worker is not None else None)
-    groups = [settings.group] + [model.cell_group(settings.group, c) for c in cells(service)]
+    groups = model.groups(settings.group, cells(service))
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
                       policies=dict.fromkeys(groups, model.POLICY))
     try:
@@ -443,7 +443,7 @@ def _provision_users(group: str, names: list[str], queue_type: str) -> dict[str,
                            "(another demo's, or a deployment's); the demo does not take them "
                            "over: delete them (rabbitmqctl delete_user NAME) or run without "
                            "--secure")
-    defs = provision.definitions(_demo_groups(group), names, admin=None, queue_type=queue_type)
+    defs = provision.definitions(model.groups(group), names, admin=None, queue_type=queue_type)
     passwords = {name: secrets.token_urlsafe(24) for name in names}
     for user in defs["users"]:  # type: ignore[attr-defined]
         user["password_hash"] = provision.password_hash(passwords[user["name"]], os.urandom(4))
@@ -468,18 +468,13 @@ def _delete_users(names: list[str]) -> None:
               "them with rabbitmqctl delete_user", file=sys.stderr, flush=True)
 
 
-def _demo_groups(group: str) -> list[str]:
-    """The demo's groups: the platform's, and its one cell's."""
-    return [group, model.cell_group(group, model.DEFAULT_CELL)]
-
-
 def _delete_group(url: str, group: str, replicas: list[str]) -> None:
     """Delete the demo's groups from the broker (its services have stopped)."""
     import aio_pika
 
     queues: list[str] = []
     exchanges: list[str] = []
-    for g in _demo_groups(group):
+    for g in model.groups(group):  # the platform's, and its one cell's
         q, x = Topology(g).objects(replicas)
         queues += q
         exchanges += x
@@ -510,7 +505,7 @@ def _as_user(url: str, user: str, password: str) -> str:
 async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
     signals = StopSignals()
     group = "demo"
-    buses = {g: MemoryBus() for g in (group, model.cell_group(group, model.DEFAULT_CELL))}
+    buses = {g: MemoryBus() for g in model.groups(group)}
     ids = {"web": model.principal("web"), "logic": model.principal("logic")}
     ids.update({w: model.principal("worker", w) for w in DEMO_WORKERS})
     nodes = {n: NodeGroups[Node](model.routing(group), {g: MemoryNode(

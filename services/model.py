@@ -26,6 +26,7 @@ principal (``web``, ``logic``, ``worker.<node>``: see :func:`principal`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -66,6 +67,12 @@ def routing(group: str) -> Routing:
 def cell_group(group: str, cell: str) -> str:
     """The group of cell ``cell`` of the platform whose group is ``group``."""
     return f"{group}.cell.{cell}"
+
+
+def groups(group: str, cells: Iterable[str] = (DEFAULT_CELL,)) -> list[str]:
+    """The groups a process of the platform ``group`` holds when it holds ``cells``: the
+    platform's group first (the routing's default), then each cell's."""
+    return [group, *(cell_group(group, c) for c in cells)]
 
 
 def check_cell(cell: str) -> str:

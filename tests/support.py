@@ -53,5 +53,5 @@ def with_cell(node: MemoryNode, cell_bus: MemoryBus) -> NodeGroups[MemoryNode]:
     cell = MemoryNode(cell_bus, node.replica_id, policy=node.replica.policy)
     if node in node.bus.nodes:
         cell_bus.nodes.append(cell)
-    return NodeGroups(model.routing(GROUP),
-                      {GROUP: node, model.cell_group(GROUP, model.DEFAULT_CELL): cell})
+    platform, cell_group = model.groups(GROUP)
+    return NodeGroups(model.routing(GROUP), {platform: node, cell_group: cell})

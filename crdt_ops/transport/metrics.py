@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram
 
 OPS_PUBLISHED = Counter("crdt_ops_messages_published_total",
@@ -54,3 +56,15 @@ LOOP_LAG = Histogram("crdt_ops_event_loop_lag_seconds",
                      "How late the event loop's probe woke (crdt_ops.transport.loop_lag): "
                      "the loop was held that long by work that did not yield", ["replica"],
                      buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+def serve(port: int) -> None:
+    """Serve every metric at ``http://0.0.0.0:<port>/metrics`` (Prometheus's text format,
+    from a thread of prometheus_client's), and say so in one log line; port 0: nothing.
+    Raises OSError when the port is taken."""
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    start_http_server(port)
+    logging.getLogger(__name__).info("metrics on http://0.0.0.0:%d/metrics", port)

@@ -110,7 +110,7 @@ def running_system(amqp_url: str, workdir: Path, lease_s: float = 10) -> Iterato
         yield s
     finally:
         s.stop()
-        for group in (s.group, *(model.cell_group(s.group, c) for c in CELLS)):
+        for group in model.groups(s.group, CELLS):
             delete_group(amqp_url, group, list(s.procs))
         for rt in s.workdir.glob("run-*"):
             for pidfile in rt.glob("*.pid"):

@@ -44,6 +44,16 @@ def _slow_in_child(seconds: float, then: Callable[[], bytes] = bytes) -> Callabl
     return encode
 
 
+def _pumped(tmp_path: Path, snapshot: Callable[[DurableReplica], Callable[[], bytes]]
+            ) -> DurableReplica:
+    """A new durable replica as a transport pumps it (snapshots are taken aside), whose
+    snapshot encoder is ``snapshot(durable)`` (given the replica's own)."""
+    durable = DurableReplica.open(_settings(tmp_path))
+    durable.pumping = True
+    durable.replica.snapshot = snapshot(durable)  # type: ignore[method-assign]
+    return durable
+
+
 def _restarted(tmp_path: Path) -> list[object]:
     """The values k0, k1, ... that the replica holds once restored from its store (its
     clock says how many it wrote)."""
@@ -57,10 +67,7 @@ def _restarted(tmp_path: Path) -> list[object]:
 @pytest.mark.asyncio
 async def test_the_loop_goes_on_while_a_child_encodes_and_nothing_is_lost(
         tmp_path: Path) -> None:
-    durable = DurableReplica.open(_settings(tmp_path))
-    durable.pumping = True  # as under a transport: snapshots are taken aside
-    durable.replica.snapshot = _slow_in_child(  # type: ignore[method-assign]
-        0.5, durable.replica.snapshot)
+    durable = _pumped(tmp_path, lambda d: _slow_in_child(0.5, d.replica.snapshot))
     try:
         _write(durable, 0, 50)  # the 50th starts a snapshot aside
         aside = durable._aside
@@ -82,13 +89,10 @@ async def test_the_loop_goes_on_while_a_child_encodes_and_nothing_is_lost(
 
 @pytest.mark.asyncio
 async def test_a_child_that_fails_leaves_the_old_snapshot_and_log(tmp_path: Path) -> None:
-    durable = DurableReplica.open(_settings(tmp_path))
-    durable.pumping = True
-
     def broken() -> bytes:
         raise MemoryError("the child ran out of memory")
 
-    durable.replica.snapshot = broken  # type: ignore[method-assign]
+    durable = _pumped(tmp_path, lambda _: broken)
     try:
         _write(durable, 0, 50)
         assert durable._aside is not None
@@ -101,9 +105,7 @@ async def test_a_child_that_fails_leaves_the_old_snapshot_and_log(tmp_path: Path
 
 @pytest.mark.asyncio
 async def test_closing_kills_a_child_still_encoding(tmp_path: Path) -> None:
-    durable = DurableReplica.open(_settings(tmp_path))
-    durable.pumping = True
-    durable.replica.snapshot = _slow_in_child(60)  # type: ignore[method-assign]
+    durable = _pumped(tmp_path, lambda _: _slow_in_child(60))
     _write(durable, 0, 50)
     aside = durable._aside
     assert aside is not None

@@ -432,7 +432,7 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
         opt.progress(f"crdt-ops: services stopped (SIGTERM to exit, s: "
                      f"{', '.join(f'{k} {v:.1f}' for k, v in took.items())}), "
                      f"{n} container processes killed")
-        for g in (group, model.cell_group(group, model.DEFAULT_CELL)):
+        for g in model.groups(group):
             await delete_group_async(opt.url, g,
                                      [replica_id(s) for s in ("web", "logic", *WORKERS)],
                                      opt.progress)

@@ -14,7 +14,7 @@ from aio_pika.robust_connection import RobustConnection
 from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, wait_exponential
 from yarl import URL
 
-from crdt_ops.transport.config import redact, split_urls
+from crdt_ops.transport.config import Settings, redact, split_urls
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,16 @@ class FailoverConnection(RobustConnection):
                 await conn.close()
             raise
         return conn
+
+    @classmethod
+    async def of(cls, settings: Settings, replica_id: str, start: int = 0
+                 ) -> FailoverConnection:
+        """:meth:`open` as a replica opens it: ``settings.amqp_urls`` from the
+        ``start``-th, a 10 s timeout, a reconnect every second, and the connection named
+        ``crdt-ops <replica_id>`` (as the broker's management UI and ``rabbitmqctl
+        list_connections`` show it)."""
+        return await cls.open(settings.amqp_urls, start, timeout=10, reconnect_interval=1,
+                              client_properties={"connection_name": f"crdt-ops {replica_id}"})
 
     async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
         if len(self.urls) > 1 and not (self._close_called or self.is_closed):

@@ -28,9 +28,11 @@ from pathlib import Path
 
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.routing import Routing
+from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.node import AmqpNode
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import default_store_path
 from crdt_ops.transport.groups import NodeGroups
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ def store_for(settings: Settings, group: str, name: str, default: str | None = N
     (``web.sqlite`` -> ``web.cell.eu1.sqlite``); without ``settings.store``, the default
     ``crdt-ops.<group>.<replica id or name>.sqlite``."""
     if not settings.store:
-        return f"crdt-ops.{group}.{settings.replica_id or name}.sqlite"
+        return default_store_path(dataclasses.replace(settings, group=group),
+                                  settings.replica_id or name)
     if group == default:
         return settings.store
     path = Path(settings.store)
@@ -105,9 +108,7 @@ class AmqpGroups(NodeGroups[AmqpNode]):
                 else f"join groups {', '.join(self.nodes)}")
         async for attempt in retrying(what, s.amqp_url):
             with attempt:
-                self._conn = await FailoverConnection.open(
-                    s.amqp_urls, timeout=10, reconnect_interval=1,
-                    client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
+                self._conn = await FailoverConnection.of(s, self.replica_id)
         for node in self.nodes.values():
             node.shared_connection = self._conn
         await super().start()
@@ -115,11 +116,7 @@ class AmqpGroups(NodeGroups[AmqpNode]):
             log.info("replica %s holds %d groups (%s) over one connection to %s",
                      self.replica_id, len(self.nodes), ", ".join(self.nodes),
                      redact_urls(s.amqp_url))
-        if s.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(s.metrics_port)
-            log.info("metrics on http://0.0.0.0:%d/metrics", s.metrics_port)
+        metrics.serve(s.metrics_port)
 
     async def stop(self) -> None:
         """Stop every group's node (each commits what was written), then close the

@@ -245,11 +245,7 @@ class AmqpNode:
         self.durable.pumping = True
         self.durable.outbox_ready.set()
         self.loop_lag.start()
-        if self.settings.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(self.settings.metrics_port)
-            log.info("metrics on http://0.0.0.0:%d/metrics", self.settings.metrics_port)
+        metrics.serve(self.settings.metrics_port)
         await self._become_member()
 
     async def _become_member(self) -> None:
@@ -369,9 +365,8 @@ class AmqpNode:
 
     async def _setup(self) -> None:
         s, names = self.settings, self.topology
-        conn = self.shared_connection or await FailoverConnection.open(
-            s.amqp_urls, self._url_index, timeout=10, reconnect_interval=1,
-            client_properties={"connection_name": f"crdt-ops {self.replica_id}"})
+        conn = self.shared_connection or await FailoverConnection.of(s, self.replica_id,
+                                                                     self._url_index)
         self._conn = conn
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
