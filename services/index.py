@@ -31,15 +31,22 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from crdt_ops.events import ChangeEvent
-from crdt_ops.routing import Records
 from services import model
 
 log = logging.getLogger("services.index")
 
 Placement = tuple[str, str]  # (node, epoch)
+
+
+class Scannable(Protocol):
+    """What a full pass reads records from: a replica, the groups a process holds, or
+    the joined container records (services/containers.py)."""
+
+    def items(self, prefix: str = "", *, after: str | None = None,
+              limit: int | None = None) -> list[tuple[str, Any]]: ...
 
 #: Keys a sliced full pass (:meth:`ContainerIndex.reload`, :meth:`NodeRecords.reload`) reads
 #: before it yields to the event loop (1-2 ms of work on the development machines).
@@ -59,11 +66,14 @@ class _Kept:
     records: dict[str, model.Container] = field(default_factory=dict, kw_only=True)
     #: a full pass has completed (before that the view may lack records)
     loaded: bool = field(default=False, kw_only=True)
+    #: where the records are: ``containers/`` (logic's joined records) or a cell's
+    #: placements (a worker's)
+    prefix: str = field(default=model.CONTAINERS, kw_only=True)
     #: while :meth:`reload` runs: the view it builds (changes go to both)
     _shadow: _Kept | None = field(default=None, init=False, repr=False, compare=False)
 
     def put(self, key: str, value: Any) -> None:
-        """Record ``key`` (``containers/<id>``) as having the plain value ``value``
+        """Record ``key`` (under ``prefix``) as having the plain value ``value``
         (None or an empty or non-map value: no record)."""
         raise NotImplementedError
 
@@ -71,19 +81,19 @@ class _Kept:
         raise NotImplementedError
 
     def changed(self, event: ChangeEvent) -> None:
-        """Apply a change event of a ``containers/<id>`` key (to the pass under way too)."""
+        """Apply a change event of a key under ``prefix`` (to the pass under way too)."""
         self.put(event.key, event.new)
         if self._shadow is not None:
             self._shadow.put(event.key, event.new)
 
-    def load(self, replica: Records) -> None:
-        """Rebuild from every container record of ``replica``, in one go."""
+    def load(self, replica: Scannable) -> None:
+        """Rebuild from every record of ``replica`` under ``prefix``, in one go."""
         fresh = self._empty()
-        for key, value in replica.items(model.CONTAINERS):
+        for key, value in replica.items(self.prefix):
             fresh.put(key, value)
         self._adopt(fresh)
 
-    async def reload(self, replica: Records, *, slice_keys: int = SLICE_KEYS,
+    async def reload(self, replica: Scannable, *, slice_keys: int = SLICE_KEYS,
                      check_keys: int = CHECK_KEYS) -> int:
         """Rebuild from every container record of ``replica`` in slices of ``slice_keys``
         keys (in key order, from a cursor: ``Replica.items(after=, limit=)``), yielding to
@@ -108,10 +118,10 @@ class _Kept:
         self._shadow = shadow
         drift = 0
         after: str | None = None
-        start = len(model.CONTAINERS)
+        start = len(self.prefix)
         try:
             while True:
-                page = replica.items(model.CONTAINERS, after=after, limit=slice_keys)
+                page = replica.items(self.prefix, after=after, limit=slice_keys)
                 for key, value in page:
                     shadow.put(key, value)
                     cid = key[start:]
@@ -149,7 +159,7 @@ class _Kept:
 
 
 #: The fields of a view that are not derived sets (a full pass compares those at the end).
-_NOT_DERIVED = frozenset({"records", "loaded", "_shadow", "node"})
+_NOT_DERIVED = frozenset({"records", "loaded", "prefix", "_shadow", "node"})
 
 
 async def _differing(kept: dict[Any, Any] | set[Any], built: dict[Any, Any] | set[Any], *,
@@ -181,7 +191,7 @@ async def _differing(kept: dict[Any, Any] | set[Any], built: dict[Any, Any] | se
     return missing + differ + max(0, beyond)
 
 
-async def full_passes(view: _Kept, replica: Records, *, every_s: float, wake: asyncio.Event,
+async def full_passes(view: _Kept, replica: Scannable, *, every_s: float, wake: asyncio.Event,
                       name: str) -> None:
     """Keep ``view`` (named ``name`` in the log) rebuilt from ``replica``: a sliced full
     pass (:meth:`_Kept.reload`) now, then one every ``every_s`` seconds (the safety net),
@@ -228,12 +238,13 @@ class ContainerIndex(_Kept):
     owner_on: dict[str | None, set[str]] = field(default_factory=dict)
     unassigned_on: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)
+    unsynced: set[str] = field(default_factory=set)
 
     def _empty(self) -> Self:
-        return type(self)()
+        return type(self)(prefix=self.prefix)
 
     def put(self, key: str, value: Any) -> None:
-        """Record ``key`` (``containers/<id>``) as having the plain value ``value``
+        """Record ``key`` (``containers/<id>``) as having the joined value ``value``
         (None or an empty or non-map value: no record)."""
         cid = key[len(model.CONTAINERS):]
         old = self.records.pop(cid, None)
@@ -245,8 +256,9 @@ class ContainerIndex(_Kept):
     def pending(self, live_epochs: dict[str, str | None]) -> list[str]:
         """The records a decision may change, in id order: those that should run and are
         not placed on a live epoch (``live_epochs``: node -> its live epoch), and those
-        showing a reason. Every other record needs no write."""
-        out = set(self.unassigned_on) | self.rejected
+        showing a reason, and those whose placement's copies are behind. Every other
+        record needs no write."""
+        out = set(self.unassigned_on) | self.rejected | self.unsynced
         for (node, epoch), cids in self.on_at.items():
             if live_epochs.get(node) != epoch:
                 out |= cids
@@ -266,6 +278,8 @@ class ContainerIndex(_Kept):
         self.records[c.id] = c
         if c.rejected_reason is not None:
             self.rejected.add(c.id)
+        if c.unsynced:
+            self.unsynced.add(c.id)
         if c.power_desired != "on":
             return
         self.owner_on.setdefault(c.owner, set()).add(c.id)
@@ -276,6 +290,7 @@ class ContainerIndex(_Kept):
 
     def _drop(self, c: model.Container) -> None:
         self.rejected.discard(c.id)
+        self.unsynced.discard(c.id)
         if c.power_desired != "on":
             return
         _discard(self.owner_on, c.owner, c.id)
@@ -295,19 +310,20 @@ def _discard(sets: dict[Any, set[str]], key: Any, cid: str) -> None:
 
 @dataclass
 class NodeRecords(_Kept):
-    """The container records assigned to one node (``records``: id -> record), kept from
-    change events like :class:`ContainerIndex`: what a worker reconciles its runtime with,
-    without reading every record of the platform."""
+    """The placements assigned to one node (``records``: container id -> its view), of
+    its cell (``prefix``: :func:`model.placements <services.model.placements>`), kept
+    from change events like :class:`ContainerIndex`: what a worker reconciles its runtime
+    with, without reading every record of its cell."""
 
     node: str
 
     def _empty(self) -> Self:
-        return type(self)(self.node)
+        return type(self)(self.node, prefix=self.prefix)
 
     def put(self, key: str, value: Any) -> None:
-        """Record ``key`` (``containers/<id>``) as having the plain value ``value``: kept
-        when it is a record assigned to this node, else dropped."""
-        cid = key[len(model.CONTAINERS):]
+        """Record ``key`` (a placement) as having the plain value ``value``: kept when it
+        is assigned to this node, else dropped."""
+        cid = key[len(self.prefix):]
         if isinstance(value, dict) and value and value.get("assigned_node") == self.node:
             self.records[cid] = model.Container.of(key, value)
         else:

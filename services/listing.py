@@ -18,8 +18,8 @@ from typing import Any
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from crdt_ops.events import ChangeEvent
-from crdt_ops.routing import Records
 from services import model
+from services.containers import Containers
 
 #: ``GET /api/containers``: records per page when ``limit`` is not given, and at most
 DEFAULT_LIMIT = 100
@@ -172,8 +172,9 @@ class Page:
 
 
 class Listing:
-    """web's indexes for listing container records by filter, kept from the
-    replica's change events (:meth:`changed`): per field of :class:`Filter`, the keys
+    """web's indexes for listing container records by filter (``replica``: the records
+    joined with their placements, services/containers.py), kept from their change events
+    (:meth:`changed`): per field of :class:`Filter`, the keys
     of the listed records whose field falls in each bucket (owner and node by hash,
     desired and actual by value), and how many records web lists. Memory: at most
     one index entry per record and field (about 40 bytes a record in all), and a
@@ -181,7 +182,7 @@ class Listing:
     replica's key order without a filter) and checks each against the record itself,
     so an index holding a stale key costs a read and never shows a wrong record."""
 
-    def __init__(self, replica: Records) -> None:
+    def __init__(self, replica: Containers) -> None:
         self.replica = replica
         #: how many records web lists (container records with a name)
         self.count = 0

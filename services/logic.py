@@ -1,9 +1,19 @@
-"""logic: validates desired changes, places containers on nodes, moves them off dead ones.
+"""logic: validates desired changes, places containers in cells and on nodes, moves them
+off dead ones.
 
-Reacts to every change of a container or node record (and re-checks once a
-second, for nodes that fell silent). Its decisions are writes to its own
-replica: ``assigned_node`` with ``assigned_epoch`` (the epoch of the node's lease
-the placement names: services/lease.py), and ``rejected_reason``. It calls nobody.
+Reacts to every change of a container, placement or node record (and re-checks once a
+second, for nodes that fell silent). Its decisions are writes to its own replica
+(services/model.py): a container's ``cell`` and ``rejected_reason``, and its placement in
+that cell: ``assigned_node`` with ``assigned_epoch`` (the epoch of the node's lease the
+placement names: services/lease.py) and the copies of ``power_desired`` and
+``restart_generation`` the cell's worker acts on. It calls nobody.
+
+A container goes to the least loaded fresh node with room, in its own cell while that
+cell has one. Naming a (new) cell and writing the placement there are two steps with the
+first made durable in between (:meth:`Logic.decide`), so that a placement never exists
+without the record naming its cell, even if logic crashes between the two: the only
+placements the record does not name (*orphans*: left over from a move, or from a delete)
+name an epoch that is gone or a container that is deleted, and logic removes them.
 
 A container leaves its node only once the node's epoch is *gone* for sure
 (services/liveness.py): its lease ran out, so its worker and guard stopped it.
@@ -22,10 +32,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from crdt_ops.events import ChangeEvent
+from crdt_ops.handles import MapHandle
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
 from services import model
-from services.index import ContainerIndex, full_passes
+from services.containers import Containers
+from services.index import SLICE_KEYS, ContainerIndex, full_passes
 from services.liveness import Liveness
 
 log = logging.getLogger("services.logic")
@@ -54,9 +66,10 @@ def plan(candidates: Iterable[model.Container], live: dict[str, model.Node], fre
     a container that should run and is not placed on its node's live epoch needs its
     owner under ``quota`` (``running(owner)``: how many of the owner's run now) and a
     fresh node with free capacity (``load``: containers per live node); the least loaded
-    such node gets it (ties by name). ``load`` and ``counts`` (owner -> running, filled
-    by ``running``) are updated for each placement. Returns a decision for every
-    candidate with a name."""
+    such node of the container's cell gets it, or if its cell has none (or it has no
+    cell yet) the least loaded of any cell (ties by name). ``load`` and ``counts``
+    (owner -> running, filled by ``running``) are updated for each placement. Returns a
+    decision for every candidate with a name."""
     out = []
     for c in candidates:
         if c.name is None:
@@ -70,7 +83,8 @@ def plan(candidates: Iterable[model.Container], live: dict[str, model.Node], fre
             else:
                 free = [live[name] for name in fresh if load[name] < live[name].capacity]
                 if free:
-                    node = min(free, key=lambda x: (load[x.name], x.name))
+                    home = [n for n in free if n.cell == c.cell]
+                    node = min(home or free, key=lambda x: (load[x.name], x.name))
                     load[node.name] += 1
                     counts[c.owner] = running(c.owner) + 1
                 else:
@@ -80,11 +94,13 @@ def plan(candidates: Iterable[model.Container], live: dict[str, model.Node], fre
 
 
 def decisions(idx: ContainerIndex, live: dict[str, model.Node], fresh: set[str],
-              quota: int) -> list[Decision]:
+              quota: int, cells: Iterable[str] | None = None) -> list[Decision]:
     """:func:`plan` over the records of ``idx`` a decision may change
     (:meth:`ContainerIndex.pending <services.index.ContainerIndex.pending>`), with the
     nodes' load and the owners' running counts read from the index: what a full pass over
-    every record decides, at the cost of what changed."""
+    every record decides, at the cost of what changed. ``cells``: the cells logic holds
+    (None: every cell); a record placed in another cell is left alone (logic cannot see
+    whether its placement runs)."""
     epochs: dict[str, str | None] = {name: n.epoch for name, n in live.items()}
     load = Counter({name: len(idx.on_at.get((name, n.epoch or ""), ()))
                     for name, n in live.items()})
@@ -95,8 +111,11 @@ def decisions(idx: ContainerIndex, live: dict[str, model.Node], fresh: set[str],
             counts[owner] = idx.placed_count(idx.owner_on.get(owner, ()), epochs)
         return counts[owner]
 
-    return plan([idx.records[cid] for cid in idx.pending(epochs)], live, fresh, load, running,
-                counts, quota)
+    held = None if cells is None else set(cells)
+    candidates = [idx.records[cid] for cid in idx.pending(epochs)]
+    if held is not None:
+        candidates = [c for c in candidates if c.cell is None or c.cell in held]
+    return plan(candidates, live, fresh, load, running, counts, quota)
 
 
 class Logic:
@@ -113,12 +132,25 @@ class Logic:
         self.quota = quota
         self.monotonic = monotonic
         self.liveness = Liveness(monotonic(), margin_s)
+        #: the cells logic holds (it places containers in these only)
+        self.cells = model.held_cells(node.groups)
+        #: the container records joined with their placements (services/containers.py)
+        self.containers = Containers(node.groups)
         #: the container records, kept from change events (services/index.py)
         self.index = ContainerIndex()
+        #: placements that may be orphans: (cell, container id), checked at the next decision
+        self.orphans: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
 
-    def _heard(self, event: ChangeEvent) -> None:
-        """A node record changed: its worker's current epoch was heard now."""
+    def _cell_changed(self, event: ChangeEvent) -> None:
+        """A record of a cell changed: a node's (its worker's current epoch was heard now),
+        or a placement's (an orphan if its container's record names another cell)."""
+        found = model.placement_of(event.key)
+        if found is not None:
+            if event.new and not self._names(*found):
+                self.orphans.add(found)
+                self._wake.set()
+            return
         name = model.node_name(event.key)
         if name is None:
             return
@@ -126,12 +158,18 @@ class Logic:
             self.liveness.heard(name, event.new["epoch"], self.monotonic())
         self._wake.set()
 
+    def _names(self, cell: str, cid: str) -> bool:
+        """Whether container ``cid``'s record names ``cell`` (so its placement there is not
+        an orphan)."""
+        rec = self.node.groups.get(model.CONTAINERS + cid)
+        return isinstance(rec, dict) and rec.get("cell") == cell
+
     def live_nodes(self) -> tuple[dict[str, model.Node], set[str]]:
         """The nodes whose current epoch is not gone (containers on them stay), and of
         those the names of the fresh ones (new containers may go there)."""
         live: dict[str, model.Node] = {}
         fresh: set[str] = set()
-        for n in model.nodes(self.node.groups):
+        for n in model.nodes(self.node.groups, self.cells):
             if not n.epoch or not n.lease_ms:
                 continue
             # what logic heard of the group the node's beats go to
@@ -144,49 +182,123 @@ class Logic:
         self.liveness.forget({(n.name, n.epoch) for n in live.values() if n.epoch})
         return live, fresh
 
-    def decide(self) -> int:
+    async def decide(self) -> int:
         """Write every decision the current state calls for; return how many. Reads only
-        the records a decision may change (:func:`decisions`), and the nodes."""
+        the records a decision may change (:func:`decisions`), and the nodes.
+
+        A placement into a cell the container's record does not name yet goes in two
+        steps: the record names the cell, logic's store takes that (``flush``), and then
+        the placement is written (unless the container was deleted meanwhile). Orphaned
+        placements are removed."""
         r = self.node.groups
+        writes = self._remove_orphans()
         live, fresh = self.live_nodes()
-        writes = 0
-        for d in decisions(self.index, live, fresh, self.quota):
+        placing = []
+        for d in decisions(self.index, live, fresh, self.quota, self.cells):
+            c = d.container
             if d.node is not None:
-                self._place(d.container, d.node)
+                if c.cell != d.node.cell:
+                    model.container(r, c.id).register("cell").set(d.node.cell)
+                    writes += 1
+                placing.append((c, d.node))
+            elif c.unsynced and c.cell is not None:
+                self._copy(model.placement(r, c.cell, c.id), c)
                 writes += 1
-            if d.container.rejected_reason != d.reason:  # a reason that no longer holds goes
-                model.container(r, d.container.id).register("rejected_reason").set(d.reason)
+            if c.rejected_reason != d.reason:  # a reason that no longer holds goes
+                model.container(r, c.id).register("rejected_reason").set(d.reason)
+                writes += 1
+        if any(c.cell != n.cell for c, n in placing):
+            await self.node.flush()  # the cells named are durable before their placements
+        for c, n in placing:
+            if self._names(n.cell, c.id):  # not deleted meanwhile
+                self._place(c, n)
                 writes += 1
         return writes
 
     def _place(self, c: model.Container, n: model.Node) -> None:
-        rec = model.container(self.node.groups, c.id)
-        if c.assigned_node and c.assigned_node != n.name:
+        r = self.node.groups
+        if c.cell is not None and c.cell != n.cell:
+            log.info("moving %s from cell %s (node %s) to %s in cell %s", c.id, c.cell,
+                     c.assigned_node, n.name, n.cell)
+            r.remove(model.placement_key(c.cell, c.id))  # its epoch is gone: nobody runs it
+        elif c.assigned_node and c.assigned_node != n.name:
             log.info("moving %s from %s (its lease is over) to %s", c.id, c.assigned_node, n.name)
         else:
-            log.info("placing %s on %s (epoch %s)", c.id, n.name, n.epoch)
-        if c.assigned_node != n.name:
+            log.info("placing %s on %s in cell %s (epoch %s)", c.id, n.name, n.cell, n.epoch)
+        rec = model.placement(r, n.cell, c.id)
+        self._copy(rec, c)
+        if c.assigned_node != n.name or c.cell != n.cell:
             rec.register("assigned_node").set(n.name)
         rec.register("assigned_epoch").set(n.epoch)
 
+    @staticmethod
+    def _copy(rec: MapHandle, c: model.Container) -> None:
+        """Copy what the cell's worker acts on into placement ``rec``, where it differs."""
+        for field, value in (("power_desired", c.power_desired),
+                             ("restart_generation", c.restart_generation)):
+            if rec.register(field).value != value:
+                rec.register(field).set(value)
+
+    def _remove_orphans(self) -> int:
+        """Remove the placements noted as possible orphans that are orphans; return how
+        many."""
+        removed = 0
+        for cell, cid in sorted(self.orphans):
+            key = model.placement_key(cell, cid)
+            if cell in self.cells and self.node.groups.get(key) and not self._names(cell, cid):
+                log.info("removing %s's placement in cell %s (its record names %s)", cid, cell,
+                         (self.node.groups.get(model.CONTAINERS + cid) or {}).get("cell"))
+                self.node.groups.remove(key)
+                removed += 1
+        self.orphans.clear()
+        return removed
+
     def _changed(self, event: ChangeEvent) -> None:
         self.index.changed(event)
+        old = event.old.get("cell") if isinstance(event.old, dict) else None
+        new = event.new.get("cell") if isinstance(event.new, dict) else None
+        if old is not None and old != new:  # its placement there may be left over
+            self.orphans.add((old, model.container_id(event.key)))
         self._wake.set()
+
+    async def _orphan_passes(self) -> None:
+        """Note every placement of the cells held whose record does not name its cell (in
+        slices of ``SLICE_KEYS`` keys), now and every ``FULL_PASS_S``: the safety net."""
+        while True:
+            for cell in self.cells:
+                after: str | None = None
+                while True:
+                    keys = self.node.groups.keys(model.placements(cell), after=after,
+                                                 limit=SLICE_KEYS)
+                    for key in keys:
+                        cid = key[len(model.placements(cell)):]
+                        if not self._names(cell, cid):
+                            self.orphans.add((cell, cid))
+                    if len(keys) < SLICE_KEYS:
+                        break
+                    after = keys[-1]
+                    await asyncio.sleep(0)
+            if self.orphans:
+                self._wake.set()
+            await asyncio.sleep(FULL_PASS_S)
 
     async def run(self) -> None:
         r = self.node.groups
-        r.subscribe(model.CONTAINERS, self._changed)
-        r.subscribe(model.CELLS, self._heard)
+        self.containers.subscribe(model.CONTAINERS, self._changed)
+        r.subscribe(model.CELLS, self._cell_changed)
         # the index from every record, in slices: now (no decision until it is loaded: it
         # would miss records), then every FULL_PASS_S
-        passes = asyncio.create_task(full_passes(self.index, r, every_s=FULL_PASS_S,
-                                                 wake=self._wake, name="logic's index"))
+        passes = [asyncio.create_task(full_passes(self.index, self.containers,
+                                                  every_s=FULL_PASS_S, wake=self._wake,
+                                                  name="logic's index")),
+                  asyncio.create_task(self._orphan_passes())]
         try:
             while True:
                 self._wake.clear()  # first: a change landing while we decide wakes the next
-                if self.index.loaded and self.decide():
+                if self.index.loaded and await self.decide():
                     await self.node.flush()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
         finally:
-            passes.cancel()
+            for t in passes:
+                t.cancel()

@@ -201,7 +201,7 @@ async def run_service(role: str, service: Service) -> str:
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = (make_runtime(service.worker, settings.store, name)
                if service.worker is not None else None)
-    groups = model.groups(settings.group, cells(service))
+    groups = model.held_groups(role, settings.group, cells(service))
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
                       policies=dict.fromkeys(groups, model.POLICY))
     try:
@@ -509,7 +509,8 @@ async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
     ids = {"web": model.principal("web"), "logic": model.principal("logic")}
     ids.update({w: model.principal("worker", w) for w in DEMO_WORKERS})
     nodes = {n: NodeGroups[Node](model.routing(group), {g: MemoryNode(
-        bus, rid, wall_clock=time.time_ns, policy=model.POLICY) for g, bus in buses.items()})
+        buses[g], rid, wall_clock=time.time_ns, policy=model.POLICY)
+        for g in model.held_groups(n if n in ("web", "logic") else "worker", group)})
         for n, rid in ids.items()}
     for n in nodes.values():
         await n.start()

@@ -1,23 +1,41 @@
-"""The data model, declared once: container and node records, and who writes what.
+"""The data model, declared once: container, placement and node records, who writes what,
+and which group holds which record.
 
-A container is the OR-map at ``containers/<id>``; a worker node is the OR-map at
-``cells/<cell>/nodes/<name>``. Deleting a container is a remove of its key
-(observed-remove: a concurrent worker update survives it).
+The platform is split into *cells* (issue 15). The platform's group ``<group>`` holds what
+every cell shares; cell ``<cell>``'s group ``<group>.cell.<cell>`` holds that cell's worker
+nodes and the containers placed in it (:func:`routing`). A worker holds its own cell's
+group only; logic and web hold the platform's group and every cell's (:func:`held_groups`).
+So what a worker receives, applies and stores grows with its cell, not with the platform.
 
-Worker nodes belong to *cells* (:func:`routing`): the records under ``cells/<cell>/``
-live in the cell's own group, ``<group>.cell.<cell>``, which holds that cell's workers,
-logic and web; everything else lives in the platform's group ``<group>``. So a worker's
-heartbeat, written every second, reaches its cell's workers, logic and web, not every
-worker of the platform.
+A container is two records:
 
-What a worker reports about a container (``power_actual``, ``pid``,
-``last_error``, ``started_generation``) lives in that worker's own slot of the
-record, ``workers/<node>``, and a record shows the slot of its
-``assigned_node``. So "only the worker a container is assigned to writes its
-``power_actual``" needs no state in the write rule: a worker can write only its
-own slot (a rule on the path), and a slot of a node the container is not
-assigned to is not shown. A worker that loses a container keeps its stale slot,
-which never mixes with the new worker's reports.
+- ``containers/<id>`` in the platform's group: what the user asked for (``name``,
+  ``owner``, ``power_desired``, ``restart_generation``: web writes them, and deletes the
+  container by removing the key) and logic's answer (``cell``: the cell it is placed in;
+  ``rejected_reason``).
+- its *placement* ``cells/<cell>/containers/<id>`` in that cell's group: logic's copy of
+  ``power_desired`` and ``restart_generation`` (what the cell's worker acts on), the
+  ``assigned_node`` and ``assigned_epoch`` (the epoch of the node's lease the placement
+  names: services/lease.py), and each worker's reports in its own slot
+  ``workers/<node>`` (``power_actual``, ``pid``, ``last_error``, ``started_generation``).
+
+Logic alone creates, copies into and removes placements. A container moves to another
+cell (its nodes died or are full) as logic names the new cell in ``cell``, writes the new
+placement and removes the old one; it does so only once the old placement's epoch is
+*gone* (services/liveness.py), so the old cell's worker and guard stopped it before.
+Across the two groups nothing is ordered (crdt_ops/routing.py), so a reader joins the two
+records of a container by the ``cell`` the platform's record names (:func:`joined`,
+services/containers.py): a placement in another cell is left over from a move or a delete
+(an *orphan*), shown nowhere and removed by logic.
+
+A record shows the slot of its ``assigned_node``. So "only the worker a container is
+assigned to writes its ``power_actual``" needs no state in the write rule: a worker can
+write only its own slot (a rule on the path), and a slot of a node the container is not
+assigned to is not shown. A worker that loses a container keeps its stale slot, which
+never mixes with the new worker's reports.
+
+A worker node is the OR-map at ``cells/<cell>/nodes/<name>``: its heartbeat, written
+every second, reaches its cell's workers, logic and web, not every worker of the platform.
 
 ``POLICY`` is enforced by every replica on every operation, local or remote
 (:class:`crdt_ops.policy.WritePolicy`): a service's replica id belongs to its
@@ -32,7 +50,7 @@ from typing import Any
 
 from crdt_ops import Rule, WritePolicy
 from crdt_ops.handles import MapHandle
-from crdt_ops.routing import Records, Routing
+from crdt_ops.routing import Groups, NotHeld, Records, Routing
 
 CONTAINERS = "containers/"
 CELLS = "cells/"
@@ -44,15 +62,19 @@ POWER_ACTUAL = ("on", "off", "starting", "stopping", "failed")
 
 #: Who writes what; the first rule whose path matches decides.
 POLICY = WritePolicy([
-    # a worker's reports on a container: only into its own slot
-    Rule(("containers/*", "workers", "{node}"), writers=("worker.{node}",)),
-    Rule(("containers/*", "assigned_node"), writers=("logic",)),
-    Rule(("containers/*", "assigned_epoch"), writers=("logic",)),
+    # a worker's reports on a placed container: only into its own slot
+    Rule(("cells/*/containers/*", "workers", "{node}"), writers=("worker.{node}",)),
+    # the rest of a placement (copies, assignment), creating and removing it
+    Rule(("cells/*/containers/*",), writers=("logic",)),
+    Rule(("cells/*/nodes/{node}",), writers=("worker.{node}",)),
+    Rule(("containers/*", "cell"), writers=("logic",)),
     Rule(("containers/*", "rejected_reason"), writers=("logic",)),
     # name, owner, power_desired, restart_generation, and deleting the record
     Rule(("containers/*",), writers=("web",)),
-    Rule(("cells/*/nodes/{node}",), writers=("worker.{node}",)),
 ])
+#: The fields logic copies from a container's record into its placement (what the
+#: cell's worker acts on).
+COPIED = ("power_desired", "restart_generation")
 
 ROLES = ("web", "logic", "worker")
 
@@ -70,9 +92,26 @@ def cell_group(group: str, cell: str) -> str:
 
 
 def groups(group: str, cells: Iterable[str] = (DEFAULT_CELL,)) -> list[str]:
-    """The groups a process of the platform ``group`` holds when it holds ``cells``: the
-    platform's group first (the routing's default), then each cell's."""
+    """The groups of the platform ``group`` with ``cells``: the platform's group first (the
+    routing's default), then each cell's."""
     return [group, *(cell_group(group, c) for c in cells)]
+
+
+def held_groups(role: str, group: str, cells: Iterable[str] = (DEFAULT_CELL,)) -> list[str]:
+    """The groups a service of ``role`` holds: a worker its cell's only (``cells``: its
+    one cell), logic and web the platform's and each of ``cells``'s (:func:`groups`)."""
+    cells = list(cells)
+    if role == "worker":
+        if len(cells) != 1:
+            raise ValueError(f"a worker belongs to one cell, not {len(cells)}")
+        return [cell_group(group, cells[0])]
+    return groups(group, cells)
+
+
+def held_cells(records: Groups) -> list[str]:
+    """The cells whose groups ``records`` holds, in name order."""
+    head = cell_group(records.routing.default, "")
+    return sorted(g[len(head):] for g in records.replicas if g.startswith(head))
 
 
 def check_cell(cell: str) -> str:
@@ -86,7 +125,12 @@ def check_cell(cell: str) -> str:
 
 def node_key(cell: str, name: str) -> str:
     """The key of worker node ``name``'s record in cell ``cell``."""
-    return f"{CELLS}{cell}/nodes/{name}"
+    return f"{nodes_prefix(cell)}{name}"
+
+
+def nodes_prefix(cell: str) -> str:
+    """The prefix of cell ``cell``'s node records."""
+    return f"{CELLS}{cell}/nodes/"
 
 
 def node_name(key: str) -> str | None:
@@ -94,6 +138,32 @@ def node_name(key: str) -> str | None:
     parts = key.split("/")
     return parts[3] if len(parts) == 4 and parts[0] + "/" == CELLS and parts[2] == "nodes" \
         else None
+
+
+def placements(cell: str) -> str:
+    """The prefix of the placements in cell ``cell``."""
+    return f"{CELLS}{cell}/{CONTAINERS}"
+
+
+def placement_key(cell: str, cid: str) -> str:
+    """The key of container ``cid``'s placement in cell ``cell``."""
+    return placements(cell) + cid
+
+
+def placement_of(key: str) -> tuple[str, str] | None:
+    """``(cell, container id)`` of a placement's key (``cells/<cell>/containers/<id>``),
+    else None."""
+    parts = key.split("/", 3)
+    if len(parts) == 4 and parts[0] + "/" == CELLS and parts[2] + "/" == CONTAINERS \
+            and parts[1] and parts[3]:
+        return parts[1], parts[3]
+    return None
+
+
+def container_id(key: str) -> str:
+    """The container id of a container's key or of a placement's key."""
+    found = placement_of(key)
+    return found[1] if found is not None else key[len(CONTAINERS):]
 
 
 def principal(role: str, node: str | None = None) -> str:
@@ -108,17 +178,40 @@ def principal(role: str, node: str | None = None) -> str:
     return f"worker.{node}"
 
 
-def container(replica: Records, cid: str) -> MapHandle:
-    return replica.map(CONTAINERS + cid)
+def container(records: Records, cid: str) -> MapHandle:
+    """Container ``cid``'s record in the platform's group."""
+    return records.map(CONTAINERS + cid)
 
 
-def node(replica: Records, cell: str, name: str) -> MapHandle:
-    return replica.map(node_key(cell, name))
+def placement(records: Records, cell: str, cid: str) -> MapHandle:
+    """Container ``cid``'s placement in cell ``cell``."""
+    return records.map(placement_key(cell, cid))
 
 
-def report(replica: Records, cid: str, node_name: str) -> MapHandle:
-    """The slot of a container record where the worker of ``node_name`` reports."""
-    return container(replica, cid).map("workers").map(node_name)
+def node(records: Records, cell: str, name: str) -> MapHandle:
+    return records.map(node_key(cell, name))
+
+
+def report(records: Records, cell: str, cid: str, node_name: str) -> MapHandle:
+    """The slot of container ``cid``'s placement in ``cell`` where the worker of
+    ``node_name`` reports."""
+    return placement(records, cell, cid).map("workers").map(node_name)
+
+
+def joined(rec: Any, placed: Any) -> Any:
+    """Container record ``rec`` (a plain value, or None) joined with ``placed``, the
+    plain value of its placement in the cell ``rec`` names (None: none): a record with
+    ``rec``'s fields, the placement's ``assigned_node``, ``assigned_epoch`` and
+    ``workers``, and under ``placed`` the placement's copies of :data:`COPIED` (absent
+    when there is no placement). ``rec`` itself when it is not a non-empty map."""
+    if not isinstance(rec, dict) or not rec or not isinstance(placed, dict) or not placed:
+        return rec
+    out = dict(rec)
+    for f in ("assigned_node", "assigned_epoch", "workers"):
+        if f in placed:
+            out[f] = placed[f]
+    out["placed"] = {f: placed[f] for f in COPIED if f in placed}
+    return out
 
 
 def shown_slot(rec: dict[str, Any]) -> dict[str, Any]:
@@ -146,24 +239,42 @@ class Container:
     pid: int | None
     last_error: str | None
     rejected_reason: str | None
+    cell: str | None = None  # the cell it is placed in
+    #: the placement's copies of power_desired and restart_generation (None, 0: none)
+    placed_desired: str | None = None
+    placed_generation: int = 0
 
     @classmethod
     def of(cls, key: str, rec: dict[str, Any]) -> Container:
-        """The record's view: its worker fields from the assigned node's slot."""
+        """The view of a joined record (:func:`joined`; ``key``: ``containers/<id>``), or
+        of a placement alone (``key``: its key; what its cell's worker holds): its worker
+        fields from the assigned node's slot."""
         node_name = rec.get("assigned_node")
         slot = shown_slot(rec)
+        placed = rec.get("placed")
+        placed = placed if isinstance(placed, dict) else {}
         return cls(
-            id=key[len(CONTAINERS):], name=rec.get("name"), owner=rec.get("owner"),
+            id=container_id(key), name=rec.get("name"), owner=rec.get("owner"),
             power_desired=rec.get("power_desired") or "off",
             power_actual=slot.get("power_actual") or "off",
             restart_generation=rec.get("restart_generation", 0),
             started_generation=slot.get("started_generation", 0),
             assigned_node=node_name, assigned_epoch=rec.get("assigned_epoch"),
             pid=slot.get("pid"),
-            last_error=slot.get("last_error"), rejected_reason=rec.get("rejected_reason"))
+            last_error=slot.get("last_error"), rejected_reason=rec.get("rejected_reason"),
+            cell=rec.get("cell"), placed_desired=placed.get("power_desired"),
+            placed_generation=placed.get("restart_generation", 0))
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether its placement's copies differ from the record (logic copies them)."""
+        return self.cell is not None and (self.placed_desired, self.placed_generation) != \
+            (self.power_desired, self.restart_generation)
 
     def as_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The API's view: every field but the placement's copies."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if not f.name.startswith("placed_")}
 
 
 @dataclass(frozen=True)
@@ -190,13 +301,32 @@ class Node:
         return self.lease_ms / 1000
 
 
-def containers(replica: Records) -> list[Container]:
-    """Every container record, in key order."""
-    return [Container.of(k, v) for k, v in replica.items(CONTAINERS)
+_UNREAD = object()
+
+
+def joined_at(records: Records, key: str, rec: Any = _UNREAD) -> Any:
+    """The joined value (:func:`joined`) of the container at ``key`` (``containers/<id>``),
+    read from ``records`` (``rec``: its record's plain value, when already read). A
+    placement in a cell ``records`` does not hold counts as none."""
+    if rec is _UNREAD:
+        rec = records.get(key)
+    cell = rec.get("cell") if isinstance(rec, dict) else None
+    if not isinstance(cell, str):
+        return rec
+    try:
+        placed = records.get(placement_key(cell, key[len(CONTAINERS):]))
+    except NotHeld:
+        placed = None
+    return joined(rec, placed)
+
+
+def containers(records: Records) -> list[Container]:
+    """Every container record, in key order, as it shows (joined with its placement)."""
+    return [Container.of(k, joined_at(records, k, v)) for k, v in records.items(CONTAINERS)
             if isinstance(v, dict) and v]
 
 
-def nodes(replica: Records) -> list[Node]:
-    """Every worker node record of every cell held, in key order (by cell, then name)."""
-    return [Node.of(k, v) for k, v in replica.items(CELLS)
+def nodes(records: Records, cells: Iterable[str]) -> list[Node]:
+    """Every worker node record of ``cells``, in order of ``cells``, then by name."""
+    return [Node.of(k, v) for c in cells for k, v in records.items(nodes_prefix(c))
             if node_name(k) is not None and isinstance(v, dict)]

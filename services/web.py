@@ -32,6 +32,7 @@ from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.values import check_text
 from services import model
+from services.containers import Containers
 from services.history import History
 from services.listing import (
     ACTUAL_VALUES,
@@ -71,8 +72,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(e.status, e.reason)
 
 
-def _record(node: NodeGroups[Node], cid: str) -> dict[str, Any] | None:
-    rec = node.groups.get(model.CONTAINERS + cid)
+def _record(containers: Containers, cid: str) -> dict[str, Any] | None:
+    rec = containers.get(model.CONTAINERS + cid)
     if not isinstance(rec, dict) or not rec.get("name"):
         return None
     return model.Container.of(model.CONTAINERS + cid, rec).as_json()
@@ -233,7 +234,8 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
     streams: set[asyncio.Task[Any]] = set()  # the open GET /api/events handlers
     timeout_ms = int(node_timeout_s * 1000)
     history = History(model.CONTAINERS)
-    listing = Listing(node.groups)
+    containers = Containers(node.groups)  # each record joined with its placement
+    listing = Listing(containers)
 
     @routes.post("/api/containers")
     async def create(request: web.Request) -> web.Response:
@@ -251,7 +253,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
             rec.register("name").set(name)
             rec.register("owner").set(owner)
             rec.register("power_desired").set("off")
-        return web.json_response(_record(node, cid), status=201)
+        return web.json_response(_record(containers, cid), status=201)
 
     @routes.get("/api/containers")
     async def list_page(request: web.Request) -> web.Response:
@@ -295,12 +297,12 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
 
     @routes.get("/api/containers/{cid}")
     async def get_one(request: web.Request) -> web.Response:
-        rec = _record(node, request.match_info["cid"])
+        rec = _record(containers, request.match_info["cid"])
         return _error(404, "no such container") if rec is None else web.json_response(rec)
 
     async def change(request: web.Request, action: str) -> web.Response:
         cid = request.match_info["cid"]
-        if _record(node, cid) is None:
+        if _record(containers, cid) is None:
             return _error(404, "no such container")
         async with node.write() as r:
             rec = model.container(r, cid)
@@ -311,7 +313,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
             else:
                 rec.counter("restart_generation").increment()
                 rec.register("power_desired").set("on")
-        return web.json_response(_record(node, cid), status=202)
+        return web.json_response(_record(containers, cid), status=202)
 
     for action in ("start", "stop", "restart"):
         async def handler(request: web.Request, action: str = action) -> web.Response:
@@ -322,7 +324,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
     @routes.delete("/api/containers/{cid}")
     async def delete(request: web.Request) -> web.Response:
         cid = request.match_info["cid"]
-        if _record(node, cid) is None:
+        if _record(containers, cid) is None:
             return _error(404, "no such container")
         async with node.write() as r:
             r.remove(model.CONTAINERS + cid)
@@ -338,7 +340,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
         are all there (up to ``limit``); older ones may have been dropped. 404 if
         there is no such container."""
         cid = request.match_info["cid"]
-        if _record(node, cid) is None:
+        if _record(containers, cid) is None:
             return _error(404, "no such container")
         return web.json_response({"id": cid, "since_ms": history.since_ms,
                                   "complete_since_ms": history.complete_since_ms,
@@ -350,7 +352,8 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
         """Every worker node record, by name (see ``_node_json``)."""
         now = _now_ms()
         return web.json_response([_node_json(n, now, timeout_ms) for n in
-                                  sorted(model.nodes(node.groups), key=lambda n: n.name)])
+                                  sorted(model.nodes(node.groups, model.held_cells(node.groups)),
+                                         key=lambda n: n.name)])
 
     @routes.get("/api/events")
     async def events(request: web.Request) -> web.StreamResponse:
@@ -376,7 +379,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
         task = asyncio.current_task()
         assert task is not None
         pending = _Pending(flt)
-        unsubscribes = [node.groups.subscribe(model.CONTAINERS, pending.note)]
+        unsubscribes = [containers.subscribe(model.CONTAINERS, pending.note)]
         if params.get("nodes") == "1":
             unsubscribes.append(node.groups.subscribe(model.CELLS, pending.note))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -396,7 +399,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
                 else:
                     cid = key[len(model.CONTAINERS):]
                     kind = "container"
-                    rec = node.groups.get(key)
+                    rec = containers.get(key)
                     view = (model.Container.of(key, rec).as_json()
                             if listed_fields(rec) is not None else None)
                     data = {"id": cid, "record": view, "origin": origin,
@@ -456,7 +459,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) 
     app = web.Application(middlewares=[json_errors])
     app.add_routes(routes)
     app.on_shutdown.append(end_streams)
-    unsubscribe_history = node.groups.subscribe(model.CONTAINERS, history.record)
+    unsubscribe_history = containers.subscribe(model.CONTAINERS, history.record)
     app.on_cleanup.append(forget_history)
     return app
 

@@ -3,13 +3,15 @@
 It beats a heartbeat into its node record, ``cells/<cell>/nodes/<name>`` (with its
 lease's epoch and length), every ``heartbeat_s``: into its cell's group, which its cell's
 workers, logic and web hold (services/model.py); a beat the broker confirmed in time
-renews the lease (services/lease.py). On every change it reconciles the containers whose records
-changed; once a heartbeat, and when its lease starts or stops allowing containers
-to run, all of them with what the runtime runs (the safety net: an instance that
-died, one no record wants). A container placed on this node's current epoch that
-should run is started (again, with a new pid, when ``restart_generation``
-grew), while the lease holds; anything else that runs here is stopped. Failures
-are written to ``power_actual``/``last_error`` and retried with backoff.
+renews the lease (services/lease.py). It holds its cell's group only: the containers it
+sees are the placements in its cell (``cells/<cell>/containers/<id>``: logic's copies of
+``power_desired`` and ``restart_generation``, and the assignment). On every change it
+reconciles the containers whose placements changed; once a heartbeat, and when its
+lease starts or stops allowing containers to run, all of them with what the runtime
+runs (the safety net: an instance that died, one no record wants). A container placed
+on this node's current epoch that should run is started (again, with a new pid, when
+``restart_generation`` grew), while the lease holds; anything else that runs here is
+stopped. Failures are written to ``power_actual``/``last_error`` and retried with backoff.
 
 When the lease runs out (no confirmed beat for its length: the worker was paused,
 cut off from the broker, or its beats were not confirmed) everything here is
@@ -71,20 +73,20 @@ class Worker:
         self._wake = asyncio.Event()
         self._retry_at: dict[str, tuple[float, float]] = {}  # cid -> (when, backoff)
         self._beat: tuple[float, float] | None = None  # (written at, committed at)
-        #: the records assigned to this node, kept from change events (services/index.py)
-        self.assigned = NodeRecords(name)
+        #: the placements assigned to this node, kept from change events (services/index.py)
+        self.assigned = NodeRecords(name, prefix=model.placements(self.cell))
         #: the instances running here as last seen: container id -> pid (a full reconcile
         #: lists them all; an incremental one asks about the containers it reconciles)
         self._running: dict[str, int] = {}
         #: containers whose record changed since the last reconcile (this node's, or that
         #: were this node's)
         self._dirty: set[str] = set()
-        node.groups.subscribe(model.CONTAINERS, self._changed)
+        node.groups.subscribe(self.assigned.prefix, self._changed)
 
     def _changed(self, event: ChangeEvent) -> None:
-        """A container record changed: keep this node's records, and reconcile soon if it
-        is (or was) one of them; another node's record wakes nothing."""
-        cid = event.key[len(model.CONTAINERS):]
+        """A placement changed: keep this node's, and reconcile soon if it is (or was) one
+        of them; another node's placement wakes nothing."""
+        cid = event.key[len(self.assigned.prefix):]
         had = cid in self.assigned.records
         self.assigned.changed(event)
         if had or cid in self.assigned.records:
@@ -238,7 +240,7 @@ class Worker:
         return 1
 
     def _report(self, cid: str, **fields: object) -> None:
-        rec = model.report(self.node.groups, cid, self.name)
+        rec = model.report(self.node.groups, self.cell, cid, self.name)
         for field, value in fields.items():
             if rec.register(field).value != value:
                 rec.register(field).set(value)  # type: ignore[arg-type]

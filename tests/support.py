@@ -55,3 +55,12 @@ def with_cell(node: MemoryNode, cell_bus: MemoryBus) -> NodeGroups[MemoryNode]:
         cell_bus.nodes.append(cell)
     platform, cell_group = model.groups(GROUP)
     return NodeGroups(model.routing(GROUP), {platform: node, cell_group: cell})
+
+
+def cell_only(node: N, cell: str | None = None) -> NodeGroups[N]:
+    """``node`` as the group of cell ``cell`` (default: the default cell) of a process
+    holding that cell only: what a worker holds."""
+    from services import model
+
+    return NodeGroups(model.routing(GROUP),
+                      {model.cell_group(GROUP, cell or model.DEFAULT_CELL): node})

@@ -19,6 +19,7 @@ from crdt_ops import Replica
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
+from services.containers import Containers
 from services.history import History, service_of
 from services.web import make_app
 from tests.support import with_cell
@@ -50,12 +51,13 @@ def test_history_without_a_loop_keeps_every_change_bounded() -> None:
 
 @pytest.mark.asyncio
 async def test_one_request_or_one_batch_is_one_entry() -> None:
-    bus = MemoryBus()
-    web, logic = (MemoryNode(bus, rid, policy=model.POLICY) for rid in ("web", "logic"))
+    bus, cell_bus = MemoryBus(), MemoryBus()  # the platform's group, and the cell's
+    web, logic = (with_cell(MemoryNode(bus, rid, policy=model.POLICY), cell_bus)
+                  for rid in ("web", "logic"))
     for n in (web, logic):
         await n.start()
     h = History(model.CONTAINERS)
-    web.replica.subscribe(model.CONTAINERS, h.record)
+    Containers(web.groups).subscribe(model.CONTAINERS, h.record)
     async with web.write() as r:  # as POST /api/containers writes it
         rec = model.container(r, "c1")
         rec.register("name").set("x")
@@ -65,20 +67,24 @@ async def test_one_request_or_one_batch_is_one_entry() -> None:
     async with web.write() as r:
         model.container(r, "c1").register("power_desired").set("on")
     await asyncio.sleep(0.05)
-    async with logic.write() as r:
-        model.container(r, "c1").register("assigned_node").set("w1")
+    async with logic.write() as r:  # as logic places it: in two groups
+        model.container(r, "c1").register("cell").set(model.DEFAULT_CELL)
         model.container(r, "c1").register("rejected_reason").set(None)  # a no-op: no change
+        model.placement(r, model.DEFAULT_CELL, "c1").register("assigned_node").set("w1")
     await asyncio.sleep(0.05)
     entries = [e.as_json() for e in h.entries("c1")]
-    assert [(e["kind"], e["service"]) for e in entries] == [
-        ("created", "web"), ("changed", "web"), ("changed", "logic")]
+    assert [(e["kind"], e["service"]) for e in entries[:2]] == [
+        ("created", "web"), ("changed", "web")]
     assert entries[0]["changes"] == [{"field": "name", "old": None, "new": "x"},
                                      {"field": "owner", "old": None, "new": "o"},
                                      {"field": "power_desired", "old": None, "new": "off"}]
     assert entries[1]["changes"] == [{"field": "power_desired", "old": "off", "new": "on"}]
-    assert entries[2]["changes"] == [{"field": "assigned_node", "old": None, "new": "w1"}]
+    # logic's block reached web as one batch per group: one entry, or one per group
+    assert 3 <= len(entries) <= 4 and {e["service"] for e in entries[2:]} == {"logic"}
+    assert sorted((c["field"], c["new"]) for e in entries[2:] for c in e["changes"]) == [
+        ("assigned_node", "w1"), ("cell", model.DEFAULT_CELL)]
     h.record(ChangeEvent(model.CONTAINERS + "c1", {"a": 1}, {"a": 1}, "web"))  # no change
-    assert len(h.entries("c1")) == 3
+    assert len(h.entries("c1")) == len(entries)
 
 
 @pytest_asyncio.fixture

@@ -96,6 +96,25 @@ class Stage:
             return ids
         return self.write("web", go)
 
+    def place(self, cids: list[str], node: str, reason: str | None = None) -> None:
+        """Place ``cids`` on ``node`` in the default cell as logic does (the records name
+        the cell; the placements name the node), with ``reason`` shown if given."""
+        def name_cell(r: Replica) -> None:
+            for cid in cids:
+                model.container(r, cid).register("cell").set(model.DEFAULT_CELL)
+                if reason is not None:
+                    model.container(r, cid).register("rejected_reason").set(reason)
+        self.write("logic", name_cell)
+        self.write("logic", lambda r: [model.placement(r, model.DEFAULT_CELL, cid)
+                                       .register("assigned_node").set(node) for cid in cids],
+                   cell=True)
+
+    def report(self, node: str, cids: list[str], field: str, value: object) -> None:
+        """Node ``node``'s worker reports ``field`` = ``value`` for ``cids``."""
+        self.write(f"worker.{node}", lambda r: [
+            model.report(r, model.DEFAULT_CELL, cid, node).register(field).set(value)
+            for cid in cids], cell=True)
+
     def beat(self, node: str, *, capacity: int, running: int, age_s: float = 0.0,
              lease_s: float = 0.0) -> None:
         """Node ``node``'s record as its worker writes it, its heartbeat ``age_s`` old
@@ -142,12 +161,8 @@ def test_long_text_in_any_field_never_widens_the_page(stage: Stage, browser: Bro
     cid = stage.create(LONG_NAME, LONG_OWNER)
     stage.beat(LONG_NODE, capacity=3, running=1)
 
-    def place(r: Replica) -> None:
-        model.container(r, cid).register("assigned_node").set(LONG_NODE)
-        model.container(r, cid).register("rejected_reason").set(LONG_REASON)
-    stage.write("logic", place)
-    stage.write(f"worker.{LONG_NODE}", lambda r: model.report(r, cid, LONG_NODE)
-                .register("last_error").set(LONG_ERROR))
+    stage.place([cid], LONG_NODE, reason=LONG_REASON)
+    stage.report(LONG_NODE, [cid], "last_error", LONG_ERROR)
     page = open_page(browser, stage.url, width=width)
     row = page.locator(f"#rows tr[data-id='{cid}']")
     row.locator(".error").wait_for()

@@ -70,11 +70,8 @@ def big() -> Iterator[tuple[Stage, dict[str, dict[str, Any]]]]:
             m.register("owner").set(rec["owner"])
             m.register("power_desired").set(rec["desired"])
     stage.write("web", create)
-    stage.write("logic", lambda r: [model.container(r, c).register("assigned_node")
-                                    .set("worker-1") for c in placed])
-    stage.write("worker.worker-1", lambda r: [model.report(r, c, "worker-1")
-                                              .register("power_actual").set("on")
-                                              for c in placed[:200]])
+    stage.place(placed, "worker-1")
+    stage.report("worker-1", placed[:200], "power_actual", "on")
     stage.beat("worker-1", capacity=500, running=200)
     print(f"{N} records seeded in {time.monotonic() - started:.1f} s")
     yield stage, records

@@ -1,6 +1,7 @@
 """Logic's index (services/index.py) against the full pass it replaces: after any
-sequence of changes to container records, the index kept from change events equals one
-rebuilt from every record, and the decisions taken from it (services/logic.py ``plan`` over
+sequence of changes to container records and their placements in cells, the index kept
+from the joined records' change events (services/containers.py) equals one rebuilt from
+every record, and the decisions taken from it (services/logic.py ``plan`` over
 the pending records) equal the decisions of the full pass over every record. The same for a
 worker's records (``NodeRecords``). And the sliced full pass the services run
 (``reload``, yielding between slices) ends equal to a full pass in one go however changes
@@ -9,7 +10,7 @@ interleave with its slices, and finds drift (changes the view missed)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from crdt_ops import Replica
 from services import model
+from services.containers import Containers
 from services.index import ContainerIndex, NodeRecords, _differing
 from services.logic import Decision, decisions, plan
 
@@ -24,13 +26,18 @@ IDS = [f"c{i}" for i in range(8)]
 OWNERS = ["ann", "bob", None]
 NODES = ["n1", "n2", "n3"]
 EPOCHS = ["e1", "e2"]
+CELLS = ["a", "b"]
 
 change = st.one_of(
     st.tuples(st.just("create"), st.sampled_from(IDS), st.sampled_from(OWNERS),
               st.sampled_from([None, "x"])),
     st.tuples(st.just("power"), st.sampled_from(IDS), st.sampled_from(["on", "off"])),
-    st.tuples(st.just("assign"), st.sampled_from(IDS), st.sampled_from([None, *NODES]),
-              st.sampled_from([None, *EPOCHS])),
+    st.tuples(st.just("assign"), st.sampled_from(IDS), st.sampled_from(CELLS),
+              st.sampled_from([None, *NODES]), st.sampled_from([None, *EPOCHS])),
+    st.tuples(st.just("copy"), st.sampled_from(IDS), st.sampled_from(CELLS),
+              st.sampled_from(["on", "off"]), st.integers(0, 2)),
+    st.tuples(st.just("cell"), st.sampled_from(IDS), st.sampled_from([None, *CELLS])),
+    st.tuples(st.just("unplace"), st.sampled_from(IDS), st.sampled_from(CELLS)),
     st.tuples(st.just("reason"), st.sampled_from(IDS), st.sampled_from([None, "quota", "full"])),
     st.tuples(st.just("delete"), st.sampled_from(IDS)),
 )
@@ -40,6 +47,7 @@ live_nodes = st.dictionaries(st.sampled_from(NODES),
 
 
 def apply(r: Replica, ch: tuple[object, ...]) -> None:
+    """One change, to ``r`` (a replica holding every key: the platform's and the cells')."""
     kind, cid = ch[0], str(ch[1])
     rec = model.container(r, cid)
     if kind == "create":
@@ -47,9 +55,19 @@ def apply(r: Replica, ch: tuple[object, ...]) -> None:
         rec.register("name").set(ch[3])  # type: ignore[arg-type]
     elif kind == "power":
         rec.register("power_desired").set(ch[2])  # type: ignore[arg-type]
-    elif kind == "assign":
-        rec.register("assigned_node").set(ch[2])  # type: ignore[arg-type]
-        rec.register("assigned_epoch").set(ch[3])  # type: ignore[arg-type]
+    elif kind == "assign":  # as logic places: the record names the cell; the placement
+        rec.register("cell").set(ch[2])  # type: ignore[arg-type]
+        placed = model.placement(r, str(ch[2]), cid)
+        placed.register("assigned_node").set(ch[3])  # type: ignore[arg-type]
+        placed.register("assigned_epoch").set(ch[4])  # type: ignore[arg-type]
+    elif kind == "copy":
+        placed = model.placement(r, str(ch[2]), cid)
+        placed.register("power_desired").set(ch[3])  # type: ignore[arg-type]
+        placed.register("restart_generation").set(ch[4])  # type: ignore[arg-type]
+    elif kind == "cell":
+        rec.register("cell").set(ch[2])  # type: ignore[arg-type]
+    elif kind == "unplace":
+        r.remove(model.placement_key(str(ch[2]), cid))
     elif kind == "reason":
         rec.register("rejected_reason").set(ch[2])  # type: ignore[arg-type]
     else:
@@ -57,7 +75,8 @@ def apply(r: Replica, ch: tuple[object, ...]) -> None:
 
 
 def index_state(idx: ContainerIndex) -> tuple[object, ...]:
-    return (idx.records, idx.on_at, idx.owner_on, idx.unassigned_on, idx.rejected)
+    return (idx.records, idx.on_at, idx.owner_on, idx.unassigned_on, idx.rejected,
+            idx.unsynced)
 
 
 def full_pass(r: Replica, live: dict[str, model.Node], fresh: set[str],
@@ -91,11 +110,11 @@ def test_the_index_kept_from_events_equals_a_full_pass(
         quota: int) -> None:
     r = Replica("logic")
     kept = ContainerIndex()
-    r.subscribe(model.CONTAINERS, kept.changed)
+    Containers(r).subscribe(model.CONTAINERS, kept.changed)
     for ch in changes:
         apply(r, ch)
     rebuilt = ContainerIndex()
-    rebuilt.load(r)
+    rebuilt.load(Containers(r))
     assert index_state(kept) == index_state(rebuilt)
     live = {name: model.Node(name, capacity, 0, 0, epoch, 30_000)
             for name, (epoch, capacity, _) in nodes.items()}
@@ -108,20 +127,31 @@ def test_the_index_kept_from_events_equals_a_full_pass(
 def test_a_nodes_records_kept_from_events_equal_a_full_pass(
         changes: list[tuple[object, ...]]) -> None:
     r = Replica("worker")
-    kept = {n: NodeRecords(n) for n in NODES}
+    kept = {n: NodeRecords(n, prefix=model.placements("a")) for n in NODES}
     for k in kept.values():
-        r.subscribe(model.CONTAINERS, k.changed)
+        r.subscribe(k.prefix, k.changed)
     for ch in changes:
         apply(r, ch)
     for name, k in kept.items():
-        rebuilt = NodeRecords(name)
+        rebuilt = NodeRecords(name, prefix=k.prefix)
         rebuilt.load(r)
         assert k.records == rebuilt.records, name
 
 
 def views() -> list[ContainerIndex | NodeRecords]:
-    """Logic's index and each node's records."""
-    return [ContainerIndex(), *(NodeRecords(n) for n in NODES)]
+    """Logic's index and each node's records (of cell a)."""
+    return [ContainerIndex(), *(NodeRecords(n, prefix=model.placements("a")) for n in NODES)]
+
+
+def source(v: ContainerIndex | NodeRecords, r: Replica) -> Replica | Containers:
+    """What ``v`` is kept from: logic's index from the joined records, a node's records
+    from its cell's placements."""
+    return Containers(r) if isinstance(v, ContainerIndex) else r
+
+
+def watch(v: ContainerIndex | NodeRecords, r: Replica) -> Callable[[], None]:
+    """Keep ``v`` from ``r``'s change events; returns the function that stops it."""
+    return source(v, r).subscribe(v.prefix, v.changed)
 
 
 def state(v: ContainerIndex | NodeRecords) -> tuple[object, ...]:
@@ -130,8 +160,9 @@ def state(v: ContainerIndex | NodeRecords) -> tuple[object, ...]:
 
 def full(v: ContainerIndex | NodeRecords, r: Replica) -> tuple[object, ...]:
     """The state of ``v``'s kind of view rebuilt from every record of ``r`` in one go."""
-    rebuilt = ContainerIndex() if isinstance(v, ContainerIndex) else NodeRecords(v.node)
-    rebuilt.load(r)
+    rebuilt = ContainerIndex() if isinstance(v, ContainerIndex) \
+        else NodeRecords(v.node, prefix=v.prefix)
+    rebuilt.load(source(v, r))
     return state(rebuilt)
 
 
@@ -158,10 +189,11 @@ def test_a_sliced_pass_interleaved_with_changes_ends_equal_to_a_full_pass(
     r = Replica("logic")
     vs = views()
     for v in vs:
-        r.subscribe(model.CONTAINERS, v.changed)
+        watch(v, r)
     for ch in before:
         apply(r, ch)
-    passes = [v.reload(r, slice_keys=slice_keys, check_keys=check_keys) for v in vs]
+    passes = [v.reload(source(v, r), slice_keys=slice_keys, check_keys=check_keys)
+              for v in vs]
     drift: list[int | None] = [None] * len(vs)
     batches = iter(during)
     while any(d is None for d in drift):
@@ -190,7 +222,7 @@ def test_a_sliced_pass_finds_and_repairs_what_the_view_missed(
     view differed from a full pass, and ends equal to it."""
     r = Replica("logic")
     vs = views()
-    unsubscribe = [r.subscribe(model.CONTAINERS, v.changed) for v in vs]
+    unsubscribe = [watch(v, r) for v in vs]
     for ch in seen:
         apply(r, ch)
     for off in unsubscribe:
@@ -198,9 +230,9 @@ def test_a_sliced_pass_finds_and_repairs_what_the_view_missed(
     for ch in missed:
         apply(r, ch)
     for v in vs:
-        r.subscribe(model.CONTAINERS, v.changed)
+        watch(v, r)
         differed = state(v) != full(v, r)
-        coro = v.reload(r, slice_keys=slice_keys, check_keys=2)
+        coro = v.reload(source(v, r), slice_keys=slice_keys, check_keys=2)
         drift = None
         while drift is None:
             drift = step(coro)
@@ -229,12 +261,12 @@ def test_the_final_comparison_counts_every_difference() -> None:
 def test_one_pass_at_a_time() -> None:
     r = Replica("logic")
     idx = ContainerIndex()
-    r.subscribe(model.CONTAINERS, idx.changed)
+    watch(idx, r)
     for cid in ("c1", "c2"):
         apply(r, ("create", cid, "ann", "x"))
-    running = idx.reload(r, slice_keys=1)
+    running = idx.reload(Containers(r), slice_keys=1)
     assert step(running) is None  # the first slice is read; it yields
-    second = idx.reload(r)
+    second = idx.reload(Containers(r))
     try:
         step(second)
     except RuntimeError as e:

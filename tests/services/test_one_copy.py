@@ -21,7 +21,7 @@ import aio_pika
 import pytest
 
 from tests.broker import wait_until
-from tests.services.test_services import System, alive, create, running_system
+from tests.services.test_services import CELLS, System, alive, create, running_system
 from tools.rabbitnode import SERVER, RabbitNode, RabbitNodeError
 
 
@@ -80,6 +80,12 @@ def other(node: str) -> str:
     return "worker-2" if node == "worker-1" else "worker-1"
 
 
+def cell_of(node: str) -> str:
+    """The cell a worker of the system runs in (worker-1 in one, worker-2 in the other):
+    every move between them is a move to another cell."""
+    return CELLS[0] if node == "worker-1" else CELLS[1]
+
+
 @pytest.fixture
 def platform(amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[System]:
     with running_system(amqp_url, tmp_path, lease_s=request.param) as s:
@@ -110,6 +116,7 @@ def test_a_worker_paused_past_its_lease_has_its_container_moved_never_doubled(
                    and platform.record(cid)["power_actual"] == "on", 30,
                    f"{cid} to move to {other(node)}", platform.logs)
         assert not alive(pid)
+        assert platform.record(cid)["cell"] == cell_of(other(node))  # another cell's now
         platform.procs[node].send_signal(signal.SIGCONT)
         time.sleep(3)  # the resumed worker starts a new epoch and does not run it again
     moved = platform.record(cid)["pid"]
@@ -127,6 +134,33 @@ def test_a_killed_worker_s_container_moves_once_its_lease_ran_out(platform: Syst
                    f"{cid} to move to {other(node)}", platform.logs)
     assert copies.most == 1 and not alive(pid)
     assert copies_of(cid) == {platform.record(cid)["pid"]}
+    assert platform.record(cid)["cell"] == cell_of(other(node))
+
+
+@pytest.mark.parametrize("platform", [4], indirect=True)
+def test_a_move_whose_new_worker_dies_mid_move_moves_it_back_once(platform: System) -> None:
+    """The container's worker is killed; logic names the other cell and places it there;
+    that cell's worker is killed then too (before or after it started the container), and
+    the first worker comes back with a new epoch. The container is not lost: it ends
+    running in its first cell again, and never ran twice at once."""
+    cid, node, pid = running(platform, "mid-move")
+    assert platform.record(cid)["cell"] == cell_of(node)
+    with Copies(cid) as copies:
+        platform.procs[node].send_signal(signal.SIGKILL)
+        platform.procs[node].wait()
+        wait_until(lambda: platform.record(cid)["cell"] == cell_of(other(node)), 30,
+                   f"{cid} to be named in {cell_of(other(node))}", platform.logs)
+        platform.procs[other(node)].send_signal(signal.SIGKILL)  # mid-move
+        platform.procs[other(node)].wait()
+        platform.worker(node)
+        wait_until(lambda: platform.record(cid)["cell"] == cell_of(node)
+                   and platform.record(cid)["assigned_node"] == node
+                   and platform.record(cid)["power_actual"] == "on", 40,
+                   f"{cid} back on {node}", platform.logs)
+        time.sleep(1)
+    final = platform.record(cid)["pid"]
+    assert copies.most == 1, copies.pids
+    assert copies_of(cid) == {final} and not alive(pid)
 
 
 @pytest.fixture

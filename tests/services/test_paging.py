@@ -34,22 +34,27 @@ from crdt_ops import Replica
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import listing as listing_module
 from services import model
+from services.containers import Containers
 from services.history import History
 from services.listing import SCAN_BEYOND, Filter, Listing
 from services.web import decode_cursor, encode_cursor, make_app
-from tests.support import one_group
+from tests.support import cell_only, with_cell
 
 Client = TestClient[Any, Any]
+#: the buses of the platform's group and of its default cell's
+Buses = tuple[MemoryBus, MemoryBus]
 
 
 @pytest_asyncio.fixture
-async def app() -> AsyncIterator[tuple[Client, MemoryBus, MemoryNode]]:
-    bus = MemoryBus()
+async def app() -> AsyncIterator[tuple[Client, Buses, MemoryNode]]:
+    """web, holding the platform's group (its node is returned) and the default cell's."""
+    bus, cell_bus = MemoryBus(), MemoryBus()
     web = MemoryNode(bus, "web", policy=model.POLICY)
-    await web.start()
-    client: Client = TestClient(TestServer(make_app(one_group(web))))
+    groups = with_cell(web, cell_bus)
+    await groups.start()
+    client: Client = TestClient(TestServer(make_app(groups)))
     await client.start_server()
-    yield client, bus, web
+    yield client, (bus, cell_bus), web
     await client.close()
 
 
@@ -92,7 +97,7 @@ async def every_page(client: Client, url: str) -> list[list[dict[str, Any]]]:
 
 @pytest.mark.asyncio
 async def test_pages_cover_every_record_once_in_id_order(
-        app: tuple[Client, MemoryBus, MemoryNode]) -> None:
+        app: tuple[Client, Buses, MemoryNode]) -> None:
     client, bus, web = app
     r = await client.get("/api/containers")
     assert r.status == 200 and await r.json() == [] and "Link" not in r.headers
@@ -113,11 +118,11 @@ async def test_pages_cover_every_record_once_in_id_order(
     assert [len(p) for p in pages] == [250]
     pages = await every_page(client, "/api/containers?limit=50")
     assert [len(p) for p in pages] == [50] * 5  # the last full page: no link after it
-    # a record without a name (a worker's report that survived a delete) is not listed
-    worker = MemoryNode(bus, "worker.w1", policy=model.POLICY)
-    await worker.start()
-    async with worker.write() as w:
-        model.report(w, "zzz-nameless", "w1").register("power_actual").set("on")
+    # a record without a name (logic's answer that survived a delete) is not listed
+    logic = MemoryNode(bus[0], "logic", policy=model.POLICY)
+    await logic.start()
+    async with logic.write() as w:
+        model.container(w, "zzz-nameless").register("rejected_reason").set("quota")
     await asyncio.sleep(0.05)
     assert [c["id"] for p in await every_page(client, "/api/containers?limit=7")
             for c in p] == sorted(ids)
@@ -126,7 +131,7 @@ async def test_pages_cover_every_record_once_in_id_order(
 
 @pytest.mark.asyncio
 async def test_a_cursor_is_stable_while_records_come_and_go(
-        app: tuple[Client, MemoryBus, MemoryNode]) -> None:
+        app: tuple[Client, Buses, MemoryNode]) -> None:
     client, _, web = app
     rng = random.Random(13)
     ids = await seed(web, 300)
@@ -160,13 +165,17 @@ async def test_a_cursor_is_stable_while_records_come_and_go(
 CIDS = [f"c{i}" for i in range(10)]
 OWNERS: list[Any] = ["ann", "bob", "cy", 7, None]  # an odd writer: not text
 NODES = ["n1", "n2"]
+CELLS = ["a", "b"]
 change = st.one_of(
     st.tuples(st.just("create"), st.sampled_from(CIDS), st.sampled_from(OWNERS),
               st.sampled_from([None, "x"])),
     st.tuples(st.just("desired"), st.sampled_from(CIDS), st.sampled_from(["on", "off"])),
-    st.tuples(st.just("assign"), st.sampled_from(CIDS), st.sampled_from([None, *NODES])),
-    st.tuples(st.just("report"), st.sampled_from(CIDS), st.sampled_from(NODES),
+    st.tuples(st.just("assign"), st.sampled_from(CIDS), st.sampled_from(CELLS),
+              st.sampled_from([None, *NODES])),
+    st.tuples(st.just("report"), st.sampled_from(CIDS), st.sampled_from(CELLS),
+              st.sampled_from(NODES),
               st.sampled_from(["on", "off", "failed", "starting", None])),
+    st.tuples(st.just("unplace"), st.sampled_from(CIDS), st.sampled_from(CELLS)),
     st.tuples(st.just("delete"), st.sampled_from(CIDS)),
 )
 FILTERS = [Filter(), Filter(owner="ann"), Filter(owner="nobody"), Filter(owner="7"),
@@ -178,6 +187,7 @@ FILTERS = [Filter(), Filter(owner="ann"), Filter(owner="nobody"), Filter(owner="
 
 
 def apply_change(r: Replica, ch: tuple[Any, ...]) -> None:
+    """One change, to ``r`` (a replica holding every key: the platform's and the cells')."""
     kind, cid = ch[0], ch[1]
     rec = model.container(r, cid)
     if kind == "create":
@@ -185,10 +195,13 @@ def apply_change(r: Replica, ch: tuple[Any, ...]) -> None:
         rec.register("name").set(ch[3])
     elif kind == "desired":
         rec.register("power_desired").set(ch[2])
-    elif kind == "assign":
-        rec.register("assigned_node").set(ch[2])
-    elif kind == "report":
-        model.report(r, cid, ch[2]).register("power_actual").set(ch[3])
+    elif kind == "assign":  # as logic places: the record names the cell; the placement
+        rec.register("cell").set(ch[2])
+        model.placement(r, ch[2], cid).register("assigned_node").set(ch[3])
+    elif kind == "report":  # into the placement of any cell (an orphan's shows nowhere)
+        model.report(r, ch[2], cid, ch[3]).register("power_actual").set(ch[4])
+    elif kind == "unplace":
+        r.remove(model.placement_key(ch[2], cid))
     else:
         r.remove(model.CONTAINERS + cid)
 
@@ -233,10 +246,10 @@ def check_against_a_full_pass(before: list[tuple[Any, ...]], after: list[tuple[A
     r = Replica("web")  # no policy: one replica writes every field
     for ch in before:  # there before web starts: the index is built from the records
         apply_change(r, ch)
-    listing = Listing(r)
+    listing = Listing(Containers(r))
     for ch in after:  # then kept from change events
         apply_change(r, ch)
-    rebuilt = Listing(r)
+    rebuilt = Listing(Containers(r))
     for flt in FILTERS:
         want = full_pass(r, flt)
         assert listed(listing, flt, limit) == want, flt
@@ -276,7 +289,7 @@ def test_a_page_reads_a_bounded_number_of_records() -> None:
         rec.register("owner").set("x" if i % 2 == 0 or i == n - 1 else "y")
         rec.register("power_desired").set("on" if i % 2 else "off")
     counted = CountingReplica(r)
-    listing = Listing(counted)  # type: ignore[arg-type]
+    listing = Listing(Containers(counted))  # type: ignore[arg-type]
     counted.reads = 0
     page = listing.page(Filter(), None, 100)
     assert len(page.records) == 100 and counted.reads <= 101  # not n
@@ -304,7 +317,7 @@ def test_a_page_reads_a_bounded_number_of_records() -> None:
 
 @pytest.mark.asyncio
 async def test_filters_over_http_and_their_links(
-        app: tuple[Client, MemoryBus, MemoryNode]) -> None:
+        app: tuple[Client, Buses, MemoryNode]) -> None:
     client, bus, web = app
     odd = "a b&c=d>e<f\"g,h;i é"  # an owner a URL must quote
     ids = await seed(web, 60, owner=lambda i: odd if i % 3 == 0 else f"o{i % 3}")
@@ -320,8 +333,8 @@ async def test_filters_over_http_and_their_links(
     assert query["owner"] == [odd] and query["limit"] == ["7"]
     assert decode_cursor(query["cursor"][0]) == model.CONTAINERS + theirs[6]
     # desired, actual and node, from what logic and a worker write
-    logic = MemoryNode(bus, "logic", policy=model.POLICY)
-    worker = MemoryNode(bus, "worker.w1", policy=model.POLICY)
+    logic = with_cell(MemoryNode(bus[0], "logic", policy=model.POLICY), bus[1])
+    worker = cell_only(MemoryNode(bus[1], "worker.w1", policy=model.POLICY))
     for n in (logic, worker):
         await n.start()
     on = sorted(ids[:5])
@@ -329,11 +342,12 @@ async def test_filters_over_http_and_their_links(
         assert (await client.post(f"/api/containers/{cid}/start")).status == 202
     async with logic.write() as w:
         for cid in on[:3]:
-            model.container(w, cid).register("assigned_node").set("w1")
+            model.container(w, cid).register("cell").set(model.DEFAULT_CELL)
+            model.placement(w, model.DEFAULT_CELL, cid).register("assigned_node").set("w1")
     await asyncio.sleep(0.05)
     async with worker.write() as w:
         for cid in on[:2]:
-            model.report(w, cid, "w1").register("power_actual").set("on")
+            model.report(w, model.DEFAULT_CELL, cid, "w1").register("power_actual").set("on")
     await asyncio.sleep(0.05)
 
     async def ids_of(query: str) -> list[str]:
@@ -379,7 +393,7 @@ BAD_LISTS = [
 @pytest.mark.asyncio
 @pytest.mark.parametrize(("query", "error"), BAD_LISTS)
 async def test_bad_parameters_get_a_400_naming_them(
-        app: tuple[Client, MemoryBus, MemoryNode], query: str, error: str) -> None:
+        app: tuple[Client, Buses, MemoryNode], query: str, error: str) -> None:
     client, _, web = app
     await seed(web, 3)
     before = (web.replica.state(), dict(web.replica.clock))
@@ -423,7 +437,7 @@ class Stream:
 
 @pytest.mark.asyncio
 async def test_the_event_stream_sends_only_matching_records(
-        app: tuple[Client, MemoryBus, MemoryNode]) -> None:
+        app: tuple[Client, Buses, MemoryNode]) -> None:
     client, _, _ = app
 
     async def create(owner: str) -> str:
@@ -467,7 +481,8 @@ async def test_the_event_stream_sends_only_matching_records(
 
 
 def grow(replica: Replica, n: int, seed_: int = 0) -> None:
-    """``n`` records as web creates them, then logic places each (remote operations)."""
+    """``n`` records as web creates them, then logic places each (remote operations;
+    ``replica`` holds every key: the platform's and the cells')."""
     rng = random.Random(seed_)
     web = Replica("web", policy=model.POLICY)
     logic = Replica("logic", policy=model.POLICY)
@@ -481,7 +496,9 @@ def grow(replica: Replica, n: int, seed_: int = 0) -> None:
         replica.receive(m)
         logic.receive(m)
     for i, cid in enumerate(cids):
-        model.container(logic, cid).register("assigned_node").set(f"worker-{i % 7}")
+        model.container(logic, cid).register("cell").set(model.DEFAULT_CELL)
+        model.placement(logic, model.DEFAULT_CELL, cid).register("assigned_node").set(
+            f"worker-{i % 7}")
     for m in logic.outgoing():
         replica.receive(m)
 
@@ -494,7 +511,7 @@ def test_the_listing_adds_under_100_bytes_per_record() -> None:
     tracemalloc.start()
     try:
         r = Replica("web.x", policy=model.POLICY)  # another web than the writer
-        listing = Listing(r)
+        listing = Listing(Containers(r))
         grow(r, n)
         gc.collect()
         with_listing = tracemalloc.get_traced_memory()[0]
@@ -539,7 +556,7 @@ def test_the_history_keeps_at_most_total_entries() -> None:
 def test_the_history_does_not_grow_with_the_records() -> None:
     h = History(model.CONTAINERS)
     r = Replica("web.x", policy=model.POLICY)
-    r.subscribe(model.CONTAINERS, h.record)
+    Containers(r).subscribe(model.CONTAINERS, h.record)
     grow(r, 4_000)  # 8,000 entries: a creation and a placement each
     assert len(h) == h.total == 5_000
     assert len(h._logs) <= h.total and len(h._order) <= 2 * h.total

@@ -30,6 +30,7 @@ class System:
         self.url, self.workdir, self.group = url, workdir, new_group()
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.cells: dict[str, str] = {}  # worker -> its cell (a restart keeps it)
 
     def start(self, name: str, *args: str) -> None:
         rid = f"worker.{name}" if args[0] == "worker" else name  # its principal (model.principal)
@@ -40,7 +41,8 @@ class System:
                  "--store", str(self.workdir / f"{name}.sqlite")],
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CRDT_OPS_LOG="INFO"))
 
-    def worker(self, name: str, lease_s: float = 10, cell: str = model.DEFAULT_CELL) -> None:
+    def worker(self, name: str, lease_s: float = 10, cell: str | None = None) -> None:
+        cell = self.cells.setdefault(name, cell or model.DEFAULT_CELL)
         self.start(name, "worker", "--node", name, "--capacity", "2", "--lease-s", str(lease_s),
                    "--runtime-dir", str(self.workdir / f"run-{name}"), "--cell", cell)
 
@@ -224,8 +226,8 @@ def test_a_restarted_worker_reconciles_what_really_runs(system: System) -> None:
 
 def test_each_worker_holds_only_its_own_cell(system: System) -> None:
     """A worker's heartbeats go to its cell's group: web and logic, which hold both cells,
-    see both nodes; each worker has queues in the platform's group and its own cell's only,
-    so the other cell's heartbeats never reach it."""
+    see both nodes; each worker has queues in its own cell's group only, so neither the
+    platform's records nor the other cell's heartbeats and containers reach it."""
     from tests.broker import rabbitmqctl
 
     wait_until(lambda: sorted((n["name"], n["cell"]) for n in system.api("GET", "/api/nodes")[1])
@@ -233,7 +235,7 @@ def test_each_worker_holds_only_its_own_cell(system: System) -> None:
     queues = set(rabbitmqctl("list_queues", "name", "-q").split())
     g = system.group
     for worker, cell, other in (("worker-1", "a", "b"), ("worker-2", "b", "a")):
-        assert f"crdt.{g}.worker.{worker}" in queues
+        assert f"crdt.{g}.worker.{worker}" not in queues
         assert f"crdt.{g}.cell.{cell}.worker.{worker}" in queues
         assert f"crdt.{g}.cell.{other}.worker.{worker}" not in queues
     for service in ("web", "logic"):

@@ -1,6 +1,8 @@
 """The worker's incremental reconcile (issue 13): reconciling only the containers whose
-records changed leaves nothing for a full reconcile to do, and never lists what the
-runtime runs (its cost does not grow with the containers a node runs)."""
+placements changed leaves nothing for a full reconcile to do, and never lists what the
+runtime runs (its cost does not grow with the containers a node runs). The worker holds
+its cell's group only; "logic" here writes the placements as logic does (its copies of
+power_desired and restart_generation, and the assignment)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
 from services.runtime import RuntimeError_
 from services.worker import Worker
-from tests.support import with_cell
+from tests.support import cell_only
 
 
 class CountingRuntime:
@@ -60,7 +63,7 @@ STEPS = st.lists(st.tuples(
     st.integers(0, 2), st.booleans()), max_size=40)
 
 
-async def _settle(*nodes: MemoryNode) -> None:
+async def _settle(*nodes: NodeGroups[MemoryNode]) -> None:
     for n in nodes:
         await n.flush()
     for _ in range(6):  # the bus delivers on later loop iterations; writes echo once more
@@ -69,74 +72,74 @@ async def _settle(*nodes: MemoryNode) -> None:
             await n.flush()
 
 
-async def _platform(tmp: Path) -> tuple[MemoryNode, MemoryNode, MemoryNode, CountingRuntime,
-                                         Worker, float]:
-    """web, logic and node n1's worker on a memory bus, the worker's lease held (for a
-    long time) from the time returned."""
+async def _platform(tmp: Path) -> tuple[NodeGroups[MemoryNode], NodeGroups[MemoryNode],
+                                         CountingRuntime, Worker, float]:
+    """logic and node n1's worker in the default cell's group, on a memory bus, the
+    worker's lease held (for a long time) from the time returned."""
     bus = MemoryBus()
-    web, logic, wn = (MemoryNode(bus, rid, policy=model.POLICY)
-                      for rid in ("web", "logic", "worker.n1"))
-    for n in (web, logic, wn):
+    logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
+                 for rid in ("logic", "worker.n1"))
+    for n in (logic, wn):
         await n.start()
     runtime = CountingRuntime()
-    # its node record goes to its cell's group (nobody else here reads it)
-    worker = Worker(with_cell(wn, MemoryBus()), "n1", runtime, state_dir=tmp, use_guard=False,
-                    lease_s=1e6)
+    worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6)
     now = time.monotonic()
     worker.lease.renew(now, now)
-    return web, logic, wn, runtime, worker, now
+    return logic, wn, runtime, worker, now
+
+
+def placed(records: NodeGroups[MemoryNode]) -> list[model.Container]:
+    """The placements of the default cell, as the worker sees them."""
+    return [model.Container.of(k, v) for k, v in
+            records.groups.items(model.placements(model.DEFAULT_CELL)) if v]
 
 
 async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
-    web, logic, wn, runtime, worker, now = await _platform(tmp)
+    logic, wn, runtime, worker, now = await _platform(tmp)
     worker.reconcile(now)  # loads the (empty) records
     listings = runtime.listings
     for what, i, flag in steps:
         cid = f"c{i}"
-        rec = model.container(web.replica, cid)
-        if what == "create":
-            rec.register("name").set(cid)
-            rec.register("power_desired").set("on" if flag else "off")
-        elif what == "desired":
+        rec = model.placement(logic.groups, model.DEFAULT_CELL, cid)
+        if what in ("create", "desired"):
             rec.register("power_desired").set("on" if flag else "off")
         elif what == "restart":
             g = rec.register("restart_generation")
             g.set((g.value or 0) + 1)
         elif what == "delete":
-            web.replica.remove(model.CONTAINERS + cid)
+            logic.groups.remove(model.placement_key(model.DEFAULT_CELL, cid))
         elif what == "fail":
             runtime.failing.add(cid)
         elif what == "heal":
             runtime.failing.discard(cid)
         else:
-            placed = model.container(logic.replica, cid)
             node = "n2" if what == "place-elsewhere" else "n1"
             epoch = "old" if what == "place-old-epoch" else worker.lease.epoch
             if what == "unplace":
-                placed.register("assigned_node").set(None)
+                rec.register("assigned_node").set(None)
             else:
-                placed.register("assigned_node").set(node)
-                placed.register("assigned_epoch").set(epoch)
-        await _settle(web, logic, wn)
+                rec.register("assigned_node").set(node)
+                rec.register("assigned_epoch").set(epoch)
+        await _settle(logic, wn)
         worker.reconcile_changes(now + (100.0 if flag else 0.0))  # retries due, or not
-        await _settle(web, logic, wn)
+        await _settle(logic, wn)
         worker.reconcile_changes(now)
-        await _settle(web, logic, wn)
+        await _settle(logic, wn)
     assert runtime.listings == listings, "an incremental reconcile listed every instance"
     runtime.failing.clear()
     later = now + 1000.0
     worker.reconcile_changes(later)  # the retries still owed
-    await _settle(web, logic, wn)
+    await _settle(logic, wn)
     worker.reconcile_changes(later)
-    await _settle(web, logic, wn)
+    await _settle(logic, wn)
     starts, stops = runtime.starts, runtime.stops
     assert worker.reconcile(later) == 0, "a full reconcile found writes the changes missed"
     assert (runtime.starts, runtime.stops) == (starts, stops)
-    should = {c.id for c in model.containers(wn.replica)
+    should = {c.id for c in placed(wn)
               if c.assigned_node == "n1" and c.assigned_epoch == worker.lease.epoch
               and c.power_desired == "on"}
     assert set(runtime.instances) == should
-    for c in model.containers(wn.replica):
+    for c in placed(wn):
         if c.assigned_node == "n1":
             assert (c.power_actual == "on") == (c.id in should), c
             assert c.pid == runtime.instances.get(c.id)
@@ -152,20 +155,19 @@ def test_reconciling_changes_leaves_nothing_for_a_full_reconcile(
 
 def test_an_instance_that_died_is_found_by_the_full_reconcile(tmp_path: Path) -> None:
     async def run() -> None:
-        web, logic, wn, runtime, worker, now = await _platform(tmp_path)
-        model.container(web.replica, "c").register("power_desired").set("on")
-        placed = model.container(logic.replica, "c")
-        placed.register("assigned_node").set("n1")
-        placed.register("assigned_epoch").set(worker.lease.epoch)
-        await _settle(web, logic, wn)
+        logic, wn, runtime, worker, now = await _platform(tmp_path)
+        rec = model.placement(logic.groups, model.DEFAULT_CELL, "c")
+        rec.register("power_desired").set("on")
+        rec.register("assigned_node").set("n1")
+        rec.register("assigned_epoch").set(worker.lease.epoch)
+        await _settle(logic, wn)
         worker.reconcile(now)
-        await _settle(web, logic, wn)
+        await _settle(logic, wn)
         assert worker.reconcile_changes(now) == 0  # its own report changed the record
         first = runtime.instances.pop("c")  # it died: no record changed
         assert worker.reconcile_changes(now) == 0
         assert worker.reconcile(now) == 1
         assert runtime.instances["c"] != first
-        await _settle(web, logic, wn)
-        assert model.Container.of("containers/c", wn.replica.state()["containers/c"]).pid \
-            == runtime.instances["c"]
+        await _settle(logic, wn)
+        assert placed(wn)[0].pid == runtime.instances["c"]
     asyncio.run(run())
