@@ -1,9 +1,10 @@
 """The ``crdt-ops`` command: the services, a replica process, and the operator's commands
 (retire, snapshot, keygen).
 
-The development tools (``story``, ``simulate``, ``histories``, ``chaos``, ``fuzz``) keep
-their names here but live in the top-level ``tools`` package of a source checkout: they are
-imported only when one of them is run (:data:`TOOLS`), so the services never load them."""
+The development tools (``story``, ``simulate``, ``cells``, ``histories``, ``chaos``,
+``fuzz``) keep their names here but live in the top-level ``tools`` package of a source
+checkout: they are imported only when one of them is run (:data:`TOOLS`), so the services
+never load them."""
 
 from __future__ import annotations
 
@@ -103,6 +104,8 @@ REPLICA_BOUNDS: Bounds = {"ops": (0, False), "rate": (0, False), "per_write": (1
 TOOLS = {
     "story": "the origin story, printed (in-memory network)",
     "simulate": "many replicas over the in-memory network",
+    "cells": "the services' logic and workers in cells at scale (in-memory network): "
+             "placed once, started once, converged, and the cost per Start",
     "histories": "random histories with joins, retirements and compaction, checked for "
                  "convergence (in memory)",
     "chaos": "fault injection over a throwaway broker, checked by a ledger (needs root and "

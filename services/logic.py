@@ -24,7 +24,6 @@ of logic itself proves nothing about the nodes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -35,6 +34,7 @@ from crdt_ops.events import ChangeEvent
 from crdt_ops.handles import MapHandle
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
+from crdt_ops.transport.waiting import wait_set
 from services import model
 from services.containers import Containers
 from services.index import SLICE_KEYS, ContainerIndex, full_passes
@@ -297,8 +297,7 @@ class Logic:
                 self._wake.clear()  # first: a change landing while we decide wakes the next
                 if self.index.loaded and await self.decide():
                     await self.node.flush()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                await wait_set(self._wake, 1.0)
         finally:
             for t in passes:
                 t.cancel()

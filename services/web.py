@@ -30,6 +30,7 @@ from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.store import StoreUnavailable
+from crdt_ops.transport.waiting import wait_set
 from crdt_ops.values import check_text
 from services import model
 from services.containers import Containers
@@ -219,9 +220,7 @@ class _Pending:
         seconds (None then)."""
         if not self._keys:
             self._ready.clear()
-            try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
-            except TimeoutError:
+            if not await wait_set(self._ready, timeout_s):
                 return None
         key = next(iter(self._keys))
         return key, self._keys.pop(key)

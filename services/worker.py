@@ -23,7 +23,6 @@ places the containers anew.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
+from crdt_ops.transport.waiting import wait_set
 from services import guard, lease, model
 from services.index import NodeRecords, full_passes
 from services.runtime import Runtime, RuntimeError_
@@ -274,7 +274,6 @@ class Worker:
                     else:
                         self.reconcile_changes(now)
                 await self.node.flush()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.heartbeat_s / 4)
+                await wait_set(self._wake, self.heartbeat_s / 4)
         finally:
             passes.cancel()

@@ -1,7 +1,7 @@
-"""The development tools as ``crdt-ops`` commands: ``story``, ``simulate``, ``histories``,
-``chaos`` and ``fuzz``. :mod:`services.cli` imports this module only when one of them is
-run, and :func:`register` adds that one command (its flags, the lower bounds of its numeric
-flags, and its own checks) to the ``crdt-ops`` parser."""
+"""The development tools as ``crdt-ops`` commands: ``story``, ``simulate``, ``cells``,
+``histories``, ``chaos`` and ``fuzz``. :mod:`services.cli` imports this module only when
+one of them is run, and :func:`register` adds that one command (its flags, the lower
+bounds of its numeric flags, and its own checks) to the ``crdt-ops`` parser."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def _add_simulate(p: argparse.ArgumentParser) -> Bounds:
     return {"replicas": (1, False), "ops": (0, False)}
 
 
+def _add_cells(p: argparse.ArgumentParser) -> Bounds:
+    from tools.sim.cells import add_arguments, command
+
+    add_arguments(p)
+    p.set_defaults(func=command)
+    return {"cell_size": (1, False), "containers_per_node": (1, False),
+            "starts_per_node": (1, False), "heartbeat_s": (1, False)}
+
+
 def _add_histories(p: argparse.ArgumentParser) -> Bounds:
     from tools.sim.histories import add_arguments, command
 
@@ -78,7 +87,8 @@ def _add_fuzz(p: argparse.ArgumentParser) -> Bounds:
             "gap_timeout_s": (0, True), "atheris_seconds": (0, False), "timeout": (0, True)}
 
 
-_ADDERS = {"story": _add_story, "simulate": _add_simulate, "histories": _add_histories,
+_ADDERS = {"story": _add_story, "simulate": _add_simulate, "cells": _add_cells,
+           "histories": _add_histories,
            "chaos": _add_chaos, "fuzz": _add_fuzz}
 
 

@@ -41,6 +41,7 @@ from crdt_ops.replica import Replica
 from crdt_ops.transport import forking, metrics
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.store import Store, StoreUnavailable
+from crdt_ops.transport.waiting import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +280,7 @@ class DurableReplica:
         await self.store_ok.wait()
         delay = self.settings.batch_delay_ms / 1000
         if self._last_waiting > 1 and time.monotonic() - self._last_commit < delay:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._full.wait(), delay)
+            await wait_set(self._full, delay)
         self.commit()
 
     def commit(self) -> None:

@@ -167,6 +167,8 @@ class MemoryNode:
         self.bus = bus
         self.replica_id = replica_id
         self.replica = Replica(replica_id, wall_clock=wall_clock, policy=policy)
+        #: messages delivered to this node so far (its own included)
+        self.received = 0
 
     async def start(self) -> None:
         """Join the bus: from now on this node receives what is broadcast (nothing
@@ -207,6 +209,7 @@ class MemoryNode:
     def _deliver(self, data: bytes) -> None:
         if self not in self.bus.nodes:
             return
+        self.received += 1
         self.replica.receive(data)
         for out in self.replica.outgoing():  # what change callbacks wrote
             self.bus.broadcast(out)

@@ -28,6 +28,7 @@ import pytest
 
 from crdt_ops.replica import Replica
 from crdt_ops.transport.topology import Topology, declare
+from services import model
 from tools.harness import delete_queues, free_port
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -136,7 +137,7 @@ class Tracker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.proc.pid, signal.SIGKILL)
             p.proc.wait()
-        for g in self.groups:
+        for g in (g for platform in self.groups for g in model.groups(platform)):
             queues, exchanges = Topology(g).objects(IDS)
             asyncio.run(delete_queues(self.url, queues, exchanges))
 
@@ -223,7 +224,8 @@ async def _claim_founding(url: str, group: str) -> None:
 
 def test_services_stop_while_waiting_to_be_admitted(amqp_url: str, track: Tracker) -> None:
     group = track.group()
-    asyncio.run(_claim_founding(amqp_url, group))
+    for g in model.groups(group):  # the platform's (web, logic) and its cell's (workers)
+        asyncio.run(_claim_founding(amqp_url, g))
     procs = [track.start(f"{c}-{signal.Signals(sig).name}",
                          service_args(c, amqp_url, group, n, track.workdir), sig)
              for n, sig in enumerate(SIGNALS) for c in SERVICES]

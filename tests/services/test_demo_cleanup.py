@@ -128,10 +128,13 @@ def test_demo_takes_replica_settings_prints_its_url_once_it_serves_and_cleans_up
         assert b"--amqp-url" not in cmd  # (a URL may hold a password: the environment)
     types = dict(line.split("\t") for line in rabbitmqctl(
         "list_queues", "name", "type", "-q").splitlines()[1:] if "\t" in line)
-    for user in DEMO_USERS:
-        assert types[f"crdt.{group_name}.{user}"] == "quorum"
-    # per group, the platform's and its cell's: 7 queues and 3 exchanges
-    assert len(broker_objects(group_name)) == 20
+    for user in DEMO_USERS:  # web and logic hold the platform's group, workers their cell's
+        group = group_name if user in ("web", "logic") else f"{group_name}.cell.main"
+        assert types[f"crdt.{group}.{user}"] == "quorum"
+        assert f"crdt.{group_name}.cell.main.{user}" in types
+    # 3 exchanges and 3 shared queues per group, and a queue per replica held: the
+    # platform's group has web's and logic's, its cell's all four
+    assert len(broker_objects(group_name)) == 2 * 6 + 2 + 4
     logs = Path(re.search(r"logs in (\S+);", "".join(demo.lines)).group(1))  # type: ignore[union-attr]
     assert logs.is_dir()
 
