@@ -24,7 +24,10 @@ from services.model import DEFAULT_CELL, check_cell, groups, principal
 
 __all__ = ["apply", "definitions", "demo_password", "principals"]
 
-DEFAULT_WORKERS = ("worker-1", "worker-2")
+#: docker-compose.yml's deployment: cell main's two workers, and the ``cells`` profile's
+#: two in cell east (logic and web hold both cells)
+DEFAULT_WORKERS = ("worker-1", "worker-2", "worker-3", "worker-4")
+DEFAULT_CELLS = (DEFAULT_CELL, "east")
 
 
 def principals(workers: list[str] | tuple[str, ...] = DEFAULT_WORKERS) -> list[str]:
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--group", default="platform")
     p.add_argument("--cell", action="append", type=check_cell,
-                   help=f"a cell (repeatable; default {DEFAULT_CELL})")
+                   help=f"a cell (repeatable; default {', '.join(DEFAULT_CELLS)})")
     p.add_argument("--worker", action="append", help="a worker node (repeatable; default "
                    f"{', '.join(DEFAULT_WORKERS)})")
     p.add_argument("--queue-type", choices=("classic", "quorum"), default="classic",
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the file to write (default deploy/rabbitmq/definitions.json)")
     p.add_argument("--node", help="with --apply: the RabbitMQ node (rabbitmqctl -n)")
     args = p.parse_args(argv)
-    defs = definitions(groups(args.group, args.cell or [DEFAULT_CELL]),
+    defs = definitions(groups(args.group, args.cell or list(DEFAULT_CELLS)),
                        principals(args.worker or list(DEFAULT_WORKERS)), queue_type=args.queue_type)
     if args.apply:
         apply(defs, args.node)
