@@ -15,7 +15,7 @@ import pytest
 
 from tests.broker import converged, explain, wait_until
 from tests.conftest import Group
-from tools.rabbitnode import RabbitNode
+from tools.rabbitnode import RabbitNode, RabbitNodeError
 
 CLUSTER_CONF = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "cluster.conf"
 
@@ -33,13 +33,22 @@ def cluster(tmp_path: Path) -> Iterator[list[RabbitNode]]:
     operator would). Peer discovery from deploy/rabbitmq/cluster.conf (the compose profile)
     is not used here: a first node that finds no peer sometimes never finished booting
     on this machine (seen 2 times in about 15 runs); its other settings are."""
-    names = [f"crdt-c{i}-{uuid.uuid4().hex[:4]}" for i in range(1, 4)]
-    settings = "".join(line + "\n" for line in cluster_config(names).splitlines()
-                       if not line.startswith("cluster_formation."))
-    nodes = [RabbitNode(name, tmp_path / "nodes", config=settings) for name in names]
+    for attempt in (1, 2):  # a node now and then fails to boot on a loaded machine
+        names = [f"crdt-c{i}-{uuid.uuid4().hex[:4]}" for i in range(1, 4)]
+        settings = "".join(line + "\n" for line in cluster_config(names).splitlines()
+                           if not line.startswith("cluster_formation."))
+        nodes = [RabbitNode(name, tmp_path / f"nodes-{attempt}", config=settings)
+                 for name in names]
+        try:
+            for node in nodes:
+                node.start()
+            break
+        except RabbitNodeError:
+            for node in nodes:
+                node.destroy()
+            if attempt == 2:
+                raise
     try:
-        for node in nodes:
-            node.start()
         for node in nodes[1:]:
             node.join(nodes[0])
         status = json.loads(nodes[0].ctl("cluster_status", "--formatter", "json"))

@@ -29,6 +29,11 @@ Commands (see ``python -m tools.bench --help``):
     rate, Start->on one at a time and in a burst, resident bytes per record and CPU per
     Start, per service. See :mod:`tools.bench.platform`.
 
+``cells``
+    The services with 40 workers in 4 cells beside 2 workers in one: Start->on, the
+    messages a worker receives and its memory, and a whole cell's workers killed (its
+    containers move to other cells). See :mod:`tools.bench.cells`.
+
 The pieces the benchmarks share each have a module: :mod:`~tools.bench.report`
 (progress lines, headers, Markdown tables), :mod:`~tools.bench.machine` (what
 a result was measured on), :mod:`~tools.bench.cpu` (CPU time of processes and

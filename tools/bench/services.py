@@ -344,6 +344,20 @@ class Options:
     progress: Callable[[str], None]
     profile_dir: Path | None = None
     pg_dsn: str = DEFAULT_PG_DSN
+    #: the crdt-ops workers' node names, and how many cells they are split into (in
+    #: blocks, in order; one cell: ``main``)
+    workers: tuple[str, ...] = WORKERS
+    cells: int = 1
+    #: the workers' --lease-s (None: the default)
+    lease_s: float | None = None
+    #: give each crdt-ops service a Prometheus endpoint (``Platform.metrics_ports``)
+    metrics: bool = False
+
+    def cell_of(self) -> dict[str, str]:
+        """Each worker's cell (block by block; ``main`` when there is one cell)."""
+        if self.cells == 1:
+            return dict.fromkeys(self.workers, model.DEFAULT_CELL)
+        return {w: f"c{i * self.cells // len(self.workers)}" for i, w in enumerate(self.workers)}
 
 
 async def create_records(session: aiohttp.ClientSession, base: str, n: int, tag: str) -> list[str]:
@@ -369,6 +383,8 @@ class Platform:
     watch: EventWatch
     follower: asyncio.Task[None]
     pids: list[int]
+    #: service -> the port of its Prometheus endpoint (with ``Options.metrics``)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -380,26 +396,33 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     services = Services(workdir)
-    run_dirs = [workdir / f"run-{w}" for w in WORKERS]
+    workers, cell_of = opt.workers, opt.cell_of()
+    cells = ",".join(sorted(set(cell_of.values())))
+    run_dirs = [workdir / f"run-{w}" for w in workers]
     pids: list[int] = []
+    ports = {name: free_port() for name in ("web", "logic", *workers)} if opt.metrics else {}
     env = {"CRDT_OPS_LOG": "INFO", "CRDT_OPS_RUNTIME": "process"}
     try:
-        for name, cmd in [("web", ["web", "--port", str(port), "--host", "127.0.0.1"]),
-                          ("logic", ["logic"])] + [
+        for name, cmd in [("web", ["web", "--port", str(port), "--host", "127.0.0.1",
+                                   "--cells", cells]),
+                          ("logic", ["logic", "--cells", cells])] + [
                 (w, ["worker", "--node", w, "--capacity", str(opt.capacity),
-                     "--command", COMMAND, "--runtime-dir", str(workdir / f"run-{w}")])
-                for w in WORKERS]:
+                     "--command", COMMAND, "--runtime-dir", str(workdir / f"run-{w}"),
+                     "--cell", cell_of[w],
+                     *([] if opt.lease_s is None else ["--lease-s", str(opt.lease_s)])])
+                for w in workers]:
             extra = ([] if opt.batch_delay_ms is None
                      else ["--batch-delay-ms", str(opt.batch_delay_ms)])
+            if name in ports:
+                extra += ["--metrics-port", str(ports[name])]
             prof = ([] if opt.profile_dir is None
                     else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
             services.start(name, [sys.executable, *prof, "-m", "services.cli", *cmd, "--amqp-url",
                                   opt.url, "--group", group, "--replica-id", replica_id(name),
                                   "--heartbeat-s", "1", "--store",
                                   str(workdir / f"{name}.sqlite"), *extra], env)
-        opt.progress(f"crdt-ops: group {group}: web, logic, {', '.join(WORKERS)} started "
-                     f"(pids {', '.join(str(p.pid) for p in services.procs.values())}); "
-                     f"web on :{port}")
+        opt.progress(f"crdt-ops: group {group}: web, logic, {len(workers)} workers in cells "
+                     f"{cells} started; web on :{port}")
         connector = aiohttp.TCPConnector(limit=8)
         async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -407,15 +430,15 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                 health = await _get_json(session, f"{base}/healthz")
                 return health is not None and all(  # their beats: in their cell's group
                     any(replica_id(w) in g["clock"] for g in health["groups"].values())
-                    for w in WORKERS)
+                    for w in workers)
 
-            await wait_for(workers_known, READY_TIMEOUT_S, "web to answer and to know both "
-                           "workers", services)
+            await wait_for(workers_known, READY_TIMEOUT_S, "web to answer and to know every "
+                           "worker", services)
             watch = EventWatch()
             follower = asyncio.create_task(watch.follow(session, f"{base}/api/events"))
             try:
                 await asyncio.wait_for(watch.connected.wait(), 10)
-                yield Platform(services, base, session, watch, follower, pids)
+                yield Platform(services, base, session, watch, follower, pids, ports)
             finally:
                 follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -429,12 +452,12 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
     finally:
         took = services.stop()
         n = kill_containers(run_dirs, pids)
-        opt.progress(f"crdt-ops: services stopped (SIGTERM to exit, s: "
-                     f"{', '.join(f'{k} {v:.1f}' for k, v in took.items())}), "
-                     f"{n} container processes killed")
-        for g in model.groups(group):
+        slowest = max(took, key=lambda k: took[k]) if took else "-"
+        opt.progress(f"crdt-ops: services stopped (SIGTERM to exit: slowest {slowest} "
+                     f"{took.get(slowest, 0):.1f} s), {n} container processes killed")
+        for g in model.groups(group, sorted(set(cell_of.values()))):
             await delete_group_async(opt.url, g,
-                                     [replica_id(s) for s in ("web", "logic", *WORKERS)],
+                                     [replica_id(s) for s in ("web", "logic", *workers)],
                                      opt.progress)
 
 
@@ -454,7 +477,7 @@ async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
         result = await _crdt_ops_measure(opt, p)
     # said by each service as it stopped
     result.stalls = {name: worst_stall(workdir / f"{name}.log") for name in ("web", "logic",
-                                                                             *WORKERS)}
+                                                                             *opt.workers)}
     return result
 
 
@@ -506,7 +529,7 @@ async def _crdt_ops_measure(opt: Options, p: Platform) -> FlowResult:
     # stages from the services' log lines (wall clock, to the millisecond)
     placed = log_times(services.workdir / "logic.log", _PLACING)
     started: dict[str, float] = {}
-    for w in WORKERS:
+    for w in opt.workers:
         started.update(log_times(services.workdir / f"{w}.log", _STARTED))
     for s in samples:
         if s.cid in placed:

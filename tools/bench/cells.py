@@ -1,0 +1,209 @@
+"""``python -m tools.bench cells``: the services with many workers in cells (issue 15).
+
+Two platforms, one after the other, on one broker, each web, logic and its workers as OS
+processes (:func:`tools.bench.services.running_platform`: every worker's lease
+``--lease-s``, default 8 s):
+
+1. **baseline**: 2 workers in one cell;
+2. **cells**: ``--workers`` workers (default 40) in ``--cells`` cells (default 4), in
+   blocks (worker-1 .. worker-10 in cell c0, ...).
+
+For each: how many messages each worker received per second while the platform was idle
+(``--idle-s``, default 10 s: heartbeats only), read from the workers' own Prometheus
+endpoints (``crdt_ops_batch_messages_sum``: messages their consumers handled); then
+Start->on for ``--containers`` containers (default 200) started one at a time, as
+``python -m tools.bench services`` times them (from just before the ``POST .../start``
+until web's event stream shows it on), with the messages each worker received per second
+meanwhile; each worker's resident memory (``VmRSS``) at the end.
+
+Then, on the cells platform only, every worker of cell c0 is killed (SIGKILL): its
+containers must move to other cells, once the workers' leases ran out (logic's rule,
+services/liveness.py). Reported: how many moved, how long until the last one was on
+again in another cell, and that none of them was still running in c0 (its guard stopped
+each container when the lease ran out: its pid is gone).
+
+Targets (issue 15): Start->on p50 and p99 of the cells platform within 1.2x of the
+baseline's; a worker's received messages per second and resident memory follow its cell
+(the cells platform's workers receive about what the baseline's do, not 20 times more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tools.bench.broker import DEFAULT_URL, broker_info
+from tools.bench.machine import platform_info, revision
+from tools.bench.platform import rss_bytes
+from tools.bench.report import Progress, markdown_table
+from tools.bench.retry import Disturbed
+from tools.bench.services import (
+    Options,
+    Platform,
+    _crdt_ops_measure,
+    running_platform,
+)
+from tools.bench.stats import nearest_rank
+
+IDLE_S = 10.0
+MOVE_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Run:
+    """One platform's measurements."""
+
+    label: str
+    workers: int
+    cells: int
+    p50_ms: float
+    p99_ms: float
+    idle_msgs_per_s: list[float]  # per worker
+    busy_msgs_per_s: list[float]  # per worker, over the timed Starts
+    rss_mb: list[float]  # per worker, at the end
+    moved: int = 0
+    move_s: float | None = None
+    left_running: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def received(port: int) -> float:
+    """Messages a service's consumers handled so far (its Prometheus endpoint)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("crdt_ops_batch_messages_sum"))
+
+
+def _rates(p: Platform, workers: tuple[str, ...], before: dict[str, float],
+           seconds: float) -> list[float]:
+    return [(received(p.metrics_ports[w]) - before[w]) / seconds for w in workers]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -> Run:
+    workers = opt.workers
+    async with running_platform(opt, workdir) as p:
+        await asyncio.sleep(2.0)  # every worker's first full reconcile and beats settle
+        before = {w: received(p.metrics_ports[w]) for w in workers}
+        await asyncio.sleep(idle_s)
+        idle = _rates(p, workers, before, idle_s)
+        before = {w: received(p.metrics_ports[w]) for w in workers}
+        result = await _crdt_ops_measure(opt, p)
+        busy = _rates(p, workers, before, result.seconds)
+        rss = [rss_bytes(p.services.procs[w].pid) / 2**20 for w in workers]
+        totals = sorted(result.totals())
+        run = Run(f"{len(workers)} workers in {opt.cells} cell{'s' * (opt.cells > 1)}",
+                  len(workers), opt.cells, 1000 * nearest_rank(totals, 0.5),
+                  1000 * nearest_rank(totals, 0.99), idle, busy, rss)
+        if kill_cell:
+            await _kill_a_cell(opt, p, run)
+    return run
+
+
+async def _kill_a_cell(opt: Options, p: Platform, run: Run) -> None:
+    """Kill every worker of cell c0; wait until each container that ran there is on in
+    another cell."""
+    cell_of = opt.cell_of()
+    doomed = [w for w in opt.workers if cell_of[w] == "c0"]
+    there = {cid: rec["pid"] for cid, rec in p.watch.records.items()
+             if rec.get("cell") == "c0" and rec.get("power_actual") == "on"}
+    opt.progress(f"cells: killing the {len(doomed)} workers of cell c0, which run "
+                 f"{len(there)} containers")
+    t0 = time.monotonic()
+    for w in doomed:
+        p.services.procs[w].send_signal(signal.SIGKILL)
+    for w in doomed:
+        p.services.procs[w].wait()
+    while True:
+        moved = [cid for cid in there
+                 if (rec := p.watch.records.get(cid)) is not None and rec.get("cell") != "c0"
+                 and rec.get("power_actual") == "on"]
+        if len(moved) == len(there):
+            break
+        if time.monotonic() - t0 > MOVE_TIMEOUT_S:
+            raise Disturbed(f"{len(there) - len(moved)} of c0's containers not on in another "
+                            f"cell after {MOVE_TIMEOUT_S:g} s")
+        await asyncio.sleep(0.1)
+    run.moved, run.move_s = len(there), time.monotonic() - t0
+    run.left_running = sum(_alive(pid) for pid in there.values())
+    for cid in there:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            p.pids.append(int(p.watch.records[cid]["pid"]))
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else 0.0
+
+
+def report(runs: list[Run], opt: Options, idle_s: float) -> str:
+    info = platform_info()
+    lines = [f"## crdt-ops services with workers in cells ({revision()})", "",
+             f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores; broker "
+             f"{broker_info(opt.url)}. {opt.containers} Starts one at a "
+             f"time per platform; workers' lease {opt.lease_s:g} s; idle window {idle_s:g} s.",
+             ""]
+    rows = [(r.label, f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
+             f"{_mean(r.idle_msgs_per_s):.1f} (max {max(r.idle_msgs_per_s):.1f})",
+             f"{_mean(r.busy_msgs_per_s):.1f} (max {max(r.busy_msgs_per_s):.1f})",
+             f"{_mean(r.rss_mb):.1f} (max {max(r.rss_mb):.1f})") for r in runs]
+    lines.append(markdown_table(["platform", "Start->on p50 ms", "p99 ms",
+                                 "msgs/s a worker received, idle", "... during the Starts",
+                                 "worker RSS MB"], rows, "lrrrrr"))
+    base, cells = runs[0], runs[-1]
+    lines += ["", f"- Start->on p50 {cells.p50_ms / base.p50_ms:.2f}x the baseline's, p99 "
+              f"{cells.p99_ms / base.p99_ms:.2f}x (target: within 1.2x)."]
+    if cells.move_s is not None:
+        lines.append(f"- Cell c0's workers killed: {cells.moved} containers on again in other "
+                     f"cells after {cells.move_s:.1f} s; {cells.left_running} of their old "
+                     "processes still running (0: none ran twice).")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("cells", help="the services with many workers in cells",
+                              description=__doc__)
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--workers", type=int, default=40)
+    p.add_argument("--cells", type=int, default=4)
+    p.add_argument("--containers", type=int, default=200)
+    p.add_argument("--lease-s", type=float, default=8.0)
+    p.add_argument("--idle-s", type=float, default=IDLE_S)
+    p.set_defaults(run=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.workers < args.cells or args.cells < 2 or args.containers < 1:
+        print("python -m tools.bench cells: --cells must be at least 2 and at most --workers, "
+              "--containers at least 1", file=sys.stderr)
+        return 2
+    progress = Progress()
+    runs = []
+    for workers, cells, kill in ((2, 1, False), (args.workers, args.cells, True)):
+        names = tuple(f"worker-{i + 1}" for i in range(workers))
+        opt = Options(url=args.url, containers=args.containers,
+                      capacity=max(50, 2 * args.containers // workers + 1), batch_delay_ms=None,
+                      progress=progress, workers=names, cells=cells, lease_s=args.lease_s,
+                      metrics=True)
+        with tempfile.TemporaryDirectory(prefix="crdt-ops-bench-cells-") as tmp:
+            runs.append(asyncio.run(measure(opt, Path(tmp), args.idle_s, kill)))
+        progress(f"cells: {runs[-1].label}: p50 {runs[-1].p50_ms:.1f} ms")
+    print(report(runs, opt, args.idle_s))
+    return 0
