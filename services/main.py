@@ -43,7 +43,7 @@ from services.logic import Logic
 from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 from services.settings import LogicSettings, WebSettings, WorkerSettings
-from services.worker import Worker
+from services.worker import Worker, pin_cell
 
 #: Each command's own settings (beside the replica's): the dataclass, and the fields of it
 #: the command takes (empty: all).
@@ -201,6 +201,9 @@ async def run_service(role: str, service: Service) -> str:
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = (make_runtime(service.worker, settings.store, name)
                if service.worker is not None else None)
+    if service.worker is not None:  # before connecting: a node that changed cells is refused
+        pin_cell(runtime_dir(service.worker, settings.store, name), name,
+                 model.check_cell(service.worker.cell))
     groups = model.held_groups(role, settings.group, cells(service))
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
                       policies=dict.fromkeys(groups, model.POLICY))

@@ -44,6 +44,26 @@ log = logging.getLogger("services.worker")
 FULL_PASS_S = 60.0
 
 
+#: The file in a worker's state directory that names the cell its node belongs to.
+CELL_FILE = "cell"
+
+
+def pin_cell(state_dir: Path, name: str, cell: str) -> None:
+    """Record that node ``name`` (its state in ``state_dir``) belongs to ``cell``; raise
+    ValueError, changing nothing, if it ran in another cell before. A node stays in its
+    cell: its record, leases and placements live in that cell's group, and the same node
+    name in a second cell would be two nodes to logic."""
+    path = state_dir / CELL_FILE
+    was = path.read_text().strip() if path.exists() else None
+    if was is not None and was != cell:
+        raise ValueError(f"node {name} belongs to cell {was!r} (it ran there: {path}); a node "
+                         f"stays in its cell: run it with --cell {was}, or under another "
+                         f"--node name to join cell {cell!r}")
+    if was is None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(cell + "\n")
+
+
 class Worker:
     """One node's worker, in cell ``cell`` (``node`` holds that cell's group). ``state_dir``:
     where its lease file and its guard's pid file live (the runtime's directory);
@@ -67,6 +87,7 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.state_dir = state_dir or Path(f".crdt-ops-worker-{name}")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        pin_cell(self.state_dir, name, self.cell)
         self.lease_file = self.state_dir / lease.LEASE_FILE
         self.lease = self._adopt(lease_s)
         self.use_guard = use_guard

@@ -53,6 +53,9 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
     (badring / "keyring.json").write_text("{not json")
     notjson = d / "notjson"
     notjson.write_text("nope")
+    moved = d / "moved-node"  # the state of a node that ran in cell a
+    moved.mkdir()
+    (moved / "cell").write_text("a\n")
     out = str(d / "out.bin")
     keys = str(d / "keys")
     url = ["--amqp-url", NO_BROKER]
@@ -147,6 +150,9 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
              says="--cells"),
         Case("worker: --cell with a dot", ["worker", *url, "--node", "n1", "--cell", "a.b"],
              says="--cell"),
+        Case("worker: a node that ran in another cell",
+             ["worker", *url, "--node", "n1", "--cell", "b", "--runtime-dir", str(moved)],
+             says="node n1 belongs to cell 'a'"),
         Case("logic: a bad CRDT_OPS_QUOTA", ["logic", *url], env={"CRDT_OPS_QUOTA": "many"},
              says="CRDT_OPS_QUOTA"),
         Case("logic: --margin-s negative", ["logic", *url, "--margin-s", "-2"],
