@@ -140,6 +140,9 @@ class Logic:
         self.index = ContainerIndex()
         #: placements that may be orphans: (cell, container id), checked at the next decision
         self.orphans: set[tuple[str, str]] = set()
+        #: the node records of the cells held, by name, kept from change events (read in
+        #: one go when run() starts)
+        self.nodes: dict[str, model.Node] = {}
         self._wake = asyncio.Event()
 
     def _cell_changed(self, event: ChangeEvent) -> None:
@@ -154,8 +157,12 @@ class Logic:
         name = model.node_name(event.key)
         if name is None:
             return
-        if isinstance(event.new, dict) and event.new.get("epoch"):
-            self.liveness.heard(name, event.new["epoch"], self.monotonic())
+        if isinstance(event.new, dict):
+            self.nodes[name] = model.Node.of(event.key, event.new)
+            if event.new.get("epoch"):
+                self.liveness.heard(name, event.new["epoch"], self.monotonic())
+        else:
+            self.nodes.pop(name, None)
         self._wake.set()
 
     def _names(self, cell: str, cid: str) -> bool:
@@ -169,7 +176,7 @@ class Logic:
         those the names of the fresh ones (new containers may go there)."""
         live: dict[str, model.Node] = {}
         fresh: set[str] = set()
-        for n in model.nodes(self.node.groups, self.cells):
+        for n in self.nodes.values():
             if not n.epoch or not n.lease_ms:
                 continue
             # what logic heard of the group the node's beats go to
@@ -286,6 +293,7 @@ class Logic:
         r = self.node.groups
         self.containers.subscribe(model.CONTAINERS, self._changed)
         r.subscribe(model.CELLS, self._cell_changed)
+        self.nodes = {n.name: n for n in model.nodes(r, self.cells)}
         # the index from every record, in slices: now (no decision until it is loaded: it
         # would miss records), then every FULL_PASS_S
         passes = [asyncio.create_task(full_passes(self.index, self.containers,

@@ -12,7 +12,7 @@ from tools.sim.cells import simulate
 
 def test_twelve_nodes_in_three_cells_place_and_start_each_container_once() -> None:
     result = asyncio.run(simulate(12, 600, 120, cell_size=4, batch=40, heartbeat_s=5,
-                                  timeout_s=120))
+                                  idle_s=0.5, timeout_s=120))
     print(result.line())
     assert result.ok, result.line()
     assert result.cells == 3
