@@ -48,7 +48,7 @@ def _add_cells(p: argparse.ArgumentParser) -> Bounds:
     add_arguments(p)
     p.set_defaults(func=command)
     return {"cell_size": (1, False), "containers_per_node": (1, False),
-            "starts_per_node": (1, False), "heartbeat_s": (1, False)}
+            "starts_per_node": (1, False), "heartbeat_s": (1, False), "idle_s": (0, True)}
 
 
 def _add_histories(p: argparse.ArgumentParser) -> Bounds:

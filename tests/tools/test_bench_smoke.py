@@ -179,3 +179,20 @@ def test_shared_helpers() -> None:
     assert nearest_rank([3.0, 1.0, 2.0], 0.5) == 2.0 and nearest_rank([5.0], 0.0) == 5.0
     assert markdown_table(("a", "bb"), [("xyz", "1"), ("", "22")], first_left(2)).splitlines() \
         == ["| a   | bb |", "|-----|---:|", "| xyz |  1 |", "|     | 22 |"]
+
+
+def test_cells_bench_smoke() -> None:
+    """``bench cells`` with 4 workers in 2 cells: both platforms' rows, a worker of the
+    split platform receiving fewer messages during the Starts than one of the single
+    cell, and every container of the killed cell on again elsewhere, none left running."""
+    out = run_bench("cells", "--workers", "4", "--cells", "2", "--containers", "6",
+                    "--idle-s", "1", "--lease-s", "4")
+    rows = table(out, "platform")
+    assert [r[0] for r in rows] == ["2 workers in 1 cell", "4 workers in 2 cells"], rows
+    for r in rows:
+        assert number(r[1]) > 0 and number(r[2]) >= number(r[1])
+    busy = [number(r[4].split()[0]) for r in rows]
+    assert busy[1] < busy[0], rows
+    killed = re.search(r"Cell c0's workers killed: (\d+) containers on again in other cells "
+                       r"after [0-9.]+ s; (\d+) of their old processes still running", out)
+    assert killed and int(killed[1]) > 0 and killed[2] == "0", out

@@ -71,6 +71,8 @@ class Run:
     idle_msgs_per_s: list[float]  # per worker
     busy_msgs_per_s: list[float]  # per worker, over the timed Starts
     rss_mb: list[float]  # per worker, at the end
+    #: messages per second logic and web received while idle (they hold every cell)
+    idle_front: dict[str, float] = field(default_factory=dict)
     moved: int = 0
     move_s: float | None = None
     left_running: int = 0
@@ -85,9 +87,9 @@ def received(port: int) -> float:
                if line.startswith("crdt_ops_batch_messages_sum"))
 
 
-def _rates(p: Platform, workers: tuple[str, ...], before: dict[str, float],
+def _rates(p: Platform, names: tuple[str, ...], before: dict[str, float],
            seconds: float) -> list[float]:
-    return [(received(p.metrics_ports[w]) - before[w]) / seconds for w in workers]
+    return [(received(p.metrics_ports[n]) - before[n]) / seconds for n in names]
 
 
 def _alive(pid: int) -> bool:
@@ -102,9 +104,12 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
     workers = opt.workers
     async with running_platform(opt, workdir) as p:
         await asyncio.sleep(2.0)  # every worker's first full reconcile and beats settle
-        before = {w: received(p.metrics_ports[w]) for w in workers}
+        watched = (*workers, "logic", "web")
+        before = {w: received(p.metrics_ports[w]) for w in watched}
         await asyncio.sleep(idle_s)
-        idle = _rates(p, workers, before, idle_s)
+        rates = _rates(p, watched, before, idle_s)
+        idle, front = rates[:len(workers)], dict(zip(("logic", "web"), rates[len(workers):],
+                                                     strict=True))
         before = {w: received(p.metrics_ports[w]) for w in workers}
         result = await _crdt_ops_measure(opt, p)
         busy = _rates(p, workers, before, result.seconds)
@@ -112,7 +117,7 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
         totals = sorted(result.totals())
         run = Run(f"{len(workers)} workers in {opt.cells} cell{'s' * (opt.cells > 1)}",
                   len(workers), opt.cells, 1000 * nearest_rank(totals, 0.5),
-                  1000 * nearest_rank(totals, 0.99), idle, busy, rss)
+                  1000 * nearest_rank(totals, 0.99), idle, busy, rss, front)
         if kill_cell:
             await _kill_a_cell(opt, p, run)
     return run
@@ -163,10 +168,12 @@ def report(runs: list[Run], opt: Options, idle_s: float) -> str:
     rows = [(r.label, f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
              f"{_mean(r.idle_msgs_per_s):.1f} (max {max(r.idle_msgs_per_s):.1f})",
              f"{_mean(r.busy_msgs_per_s):.1f} (max {max(r.busy_msgs_per_s):.1f})",
-             f"{_mean(r.rss_mb):.1f} (max {max(r.rss_mb):.1f})") for r in runs]
+             f"{_mean(r.rss_mb):.1f} (max {max(r.rss_mb):.1f})",
+             f"{r.idle_front['logic']:.0f} / {r.idle_front['web']:.0f}") for r in runs]
     lines.append(markdown_table(["platform", "Start->on p50 ms", "p99 ms",
                                  "msgs/s a worker received, idle", "... during the Starts",
-                                 "worker RSS MB"], rows, "lrrrrr"))
+                                 "worker RSS MB", "msgs/s logic / web received, idle"],
+                                rows, "lrrrrrr"))
     base, cells = runs[0], runs[-1]
     lines += ["", f"- Start->on p50 {cells.p50_ms / base.p50_ms:.2f}x the baseline's, p99 "
               f"{cells.p99_ms / base.p99_ms:.2f}x (target: within 1.2x)."]
