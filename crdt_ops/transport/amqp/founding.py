@@ -42,9 +42,13 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
 
         await stream.consume(take, no_ack=False, arguments={"x-stream-offset": "first"})
         return await asyncio.wait_for(first, 30) == me
-    finally:  # bounded: a stop signal cancelled us, and the process is waiting to end
+    finally:
+        # bounded (a stop signal cancelled us, and the process is waiting to end), but never
+        # cut short: a close cancelled halfway was sent again later for a channel the broker
+        # had closed, and RabbitMQ closes the whole connection for that ("channel_error:
+        # expected 'channel.open'"), every group on a shared connection with it
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(channel.close(), 1)
+            await asyncio.wait_for(asyncio.shield(channel.close()), 5)
 
 
 async def publish_retirement(settings: Settings, replica_id: str) -> int:

@@ -258,8 +258,18 @@ class AmqpNode:
         said = 0.0
         founder_known = False  # the first claim is another's: it stays the first
         while not r.is_member:
-            if not r.membership.members() and not founder_known \
-                    and await self._claim_founding():
+            if not r.membership.members() and not founder_known:
+                try:
+                    founded = await self._claim_founding()
+                except Exception as e:  # the connection was lost meanwhile: it reconnects
+                    log.warning("replica %s: claiming the founding of group %s failed "
+                                "(%s: %s); trying again in 1 s", self.replica_id, s.group,
+                                type(e).__name__, e)
+                    await asyncio.sleep(1.0)
+                    continue
+            else:
+                founded = False
+            if founded:
                 r.found()
                 log.info("replica %s founded group %s", self.replica_id, s.group)
             else:
