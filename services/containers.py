@@ -71,8 +71,12 @@ class Containers:
         return unsubscribe
 
     def _record_changed(self, event: ChangeEvent) -> None:
-        old = model.joined_at(self.records, event.key, event.old)
-        new = model.joined_at(self.records, event.key, event.new)
+        cid = event.key[len(model.CONTAINERS):]
+        was, now = model.record_cell(event.old), model.record_cell(event.new)
+        placed = model.placed_in(self.records, was, cid)
+        # the same cell before and after: the same placement, read once
+        placed_now = placed if now == was else model.placed_in(self.records, now, cid)
+        old, new = model.joined(event.old, placed), model.joined(event.new, placed_now)
         if old != new:
             self._subscribers.emit(ChangeEvent(event.key, old, new, event.origin))
 

@@ -262,8 +262,7 @@ class Logic:
 
     def _changed(self, event: ChangeEvent) -> None:
         self.index.changed(event)
-        old = event.old.get("cell") if isinstance(event.old, dict) else None
-        new = event.new.get("cell") if isinstance(event.new, dict) else None
+        old, new = model.record_cell(event.old), model.record_cell(event.new)
         if old is not None and old != new:  # its placement there may be left over
             self.orphans.add((old, model.container_id(event.key)))
         self._wake.set()
@@ -273,12 +272,12 @@ class Logic:
         slices of ``SLICE_KEYS`` keys), now and every ``FULL_PASS_S``: the safety net."""
         while True:
             for cell in self.cells:
+                prefix = model.placements(cell)
                 after: str | None = None
                 while True:
-                    keys = self.node.groups.keys(model.placements(cell), after=after,
-                                                 limit=SLICE_KEYS)
+                    keys = self.node.groups.keys(prefix, after=after, limit=SLICE_KEYS)
                     for key in keys:
-                        cid = key[len(model.placements(cell)):]
+                        cid = key[len(prefix):]
                         if not self._names(cell, cid):
                             self.orphans.add((cell, cid))
                     if len(keys) < SLICE_KEYS:

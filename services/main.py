@@ -201,10 +201,10 @@ async def run_service(role: str, service: Service) -> str:
                          f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
     runtime = (make_runtime(service.worker, settings.store, name)
                if service.worker is not None else None)
+    held = cells(service)
     if service.worker is not None:  # before connecting: a node that changed cells is refused
-        pin_cell(runtime_dir(service.worker, settings.store, name), name,
-                 model.check_cell(service.worker.cell))
-    groups = model.held_groups(role, settings.group, cells(service))
+        pin_cell(runtime_dir(service.worker, settings.store, name), name, held[0])
+    groups = model.held_groups(role, settings.group, held)
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
                       policies=dict.fromkeys(groups, model.POLICY))
     try:

@@ -304,20 +304,30 @@ class Node:
 _UNREAD = object()
 
 
+def record_cell(rec: Any) -> str | None:
+    """The cell a container record's plain value names (None: none, or not a record)."""
+    cell = rec.get("cell") if isinstance(rec, dict) else None
+    return cell if isinstance(cell, str) else None
+
+
+def placed_in(records: Records, cell: str | None, cid: str) -> Any:
+    """The plain value of container ``cid``'s placement in ``cell`` (None: no cell, no
+    placement, or a cell ``records`` does not hold)."""
+    if cell is None:
+        return None
+    try:
+        return records.get(placement_key(cell, cid))
+    except NotHeld:
+        return None
+
+
 def joined_at(records: Records, key: str, rec: Any = _UNREAD) -> Any:
     """The joined value (:func:`joined`) of the container at ``key`` (``containers/<id>``),
     read from ``records`` (``rec``: its record's plain value, when already read). A
     placement in a cell ``records`` does not hold counts as none."""
     if rec is _UNREAD:
         rec = records.get(key)
-    cell = rec.get("cell") if isinstance(rec, dict) else None
-    if not isinstance(cell, str):
-        return rec
-    try:
-        placed = records.get(placement_key(cell, key[len(CONTAINERS):]))
-    except NotHeld:
-        placed = None
-    return joined(rec, placed)
+    return joined(rec, placed_in(records, record_cell(rec), key[len(CONTAINERS):]))
 
 
 def containers(records: Records) -> list[Container]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import statistics
 import sys
@@ -42,6 +41,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.runtime import _alive
 from tools.bench.broker import DEFAULT_URL, broker_info
 from tools.bench.machine import platform_info, revision
 from tools.bench.platform import rss_bytes
@@ -92,14 +92,6 @@ def received(port: int) -> float:
 def _rates(p: Platform, names: tuple[str, ...], before: dict[str, float],
            seconds: float) -> list[float]:
     return [(received(p.metrics_ports[n]) - before[n]) / seconds for n in names]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -> Run:
@@ -153,7 +145,7 @@ async def _kill_a_cell(opt: Options, p: Platform, run: Run) -> None:
                             f"cell after {MOVE_TIMEOUT_S:g} s")
         await asyncio.sleep(0.1)
     run.moved, run.move_s = len(there), time.monotonic() - t0
-    run.left_running = sum(_alive(pid) for pid in there.values())
+    run.left_running = sum(_alive(pid, None) for pid in there.values())
     for cid in there:
         with contextlib.suppress(KeyError, TypeError, ValueError):
             p.pids.append(int(p.watch.records[cid]["pid"]))
