@@ -133,7 +133,12 @@ def test_a_queue_that_refuses_messages_holds_back_nobody(group: Group) -> None:
     rabbitmqctl("set_policy", "--apply-to", "queues", policy,
                 rf"^crdt\.{group.name}\.b$", '{"max-length": 50, "overflow": "reject-publish"}')
     try:
-        time.sleep(2)  # the policy reaches the queue
+        # the policy reaches the queue (not at once on a loaded machine: 2 s were not always
+        # enough, and then nothing was refused)
+        wait_until(lambda: any(line.split("\t")[:2] == [f"crdt.{group.name}.b", policy]
+                               for line in rabbitmqctl("list_queues", "name", "policy",
+                                                       "-q").splitlines()),
+                   30, f"policy {policy} on b's queue")
         before = asyncio.run(_stream_end(group.url, f"crdt.{group.name}.log"))
         sent = a.report()["published"] + c.report()["published"]
         a.signal(signal.SIGUSR1)  # 1,000 more operations
