@@ -128,17 +128,24 @@ def test_a_queue_that_refuses_messages_holds_back_nobody(group: Group) -> None:
     procs = [a, b, c]
     wait_until(lambda: all(p.report().get("member") for p in procs), 60, "all three members",
                explain(procs))
-    b.stop()  # down, and its queue refuses messages beyond 50
-    policy = f"refuse-{group.name}"
-    rabbitmqctl("set_policy", "--apply-to", "queues", policy,
-                rf"^crdt\.{group.name}\.b$", '{"max-length": 50, "overflow": "reject-publish"}')
+    b.stop()  # down, and its queue refuses messages beyond 20
+    policy, queue = f"refuse-{group.name}", f"crdt.{group.name}.b"
+    rabbitmqctl("set_policy", "--apply-to", "queues", policy, rf"^{queue.replace('.', '[.]')}$",
+                '{"max-length": 20, "overflow": "reject-publish"}')
     try:
-        # the policy reaches the queue (not at once on a loaded machine: 2 s were not always
-        # enough, and then nothing was refused)
-        wait_until(lambda: any(line.split("\t")[:2] == [f"crdt.{group.name}.b", policy]
-                               for line in rabbitmqctl("list_queues", "name", "policy",
-                                                       "-q").splitlines()),
-                   30, f"policy {policy} on b's queue")
+        # the policy reaches the queue (not at once on a loaded machine), and the queue fills
+        # up with a's and c's heartbeats (4 a second): then every operation of a's reaches b's
+        # queue when it is full. Without the wait, a's 1,000 operations could go out in fewer
+        # messages than the queue had room for, and nothing was refused.
+        def full() -> bool:
+            for line in rabbitmqctl("list_queues", "name", "policy", "messages",
+                                    "-q").splitlines():
+                name, applied, messages = [*line.split("\t"), "", "", ""][:3]
+                if name == queue:
+                    return applied == policy and messages.isdigit() and int(messages) >= 20
+            return False
+
+        wait_until(full, 60, f"b's queue full under policy {policy}")
         before = asyncio.run(_stream_end(group.url, f"crdt.{group.name}.log"))
         sent = a.report()["published"] + c.report()["published"]
         a.signal(signal.SIGUSR1)  # 1,000 more operations
@@ -155,7 +162,7 @@ def test_a_queue_that_refuses_messages_holds_back_nobody(group: Group) -> None:
         assert grown <= sent + refused + 40, (grown, sent, refused)
         wait_until(lambda: "refused" in a.tail() and f"crdt.{group.name}.b (" in a.tail(), 30,
                    "a to say which queue refuses", explain([a]))
-        b.start()  # its queue holds 50; the rest comes from the stream
+        b.start()  # its queue holds 20; the rest comes from the stream
         wait_until(lambda: converged(procs, {"a": 1000}), 90, "b to catch up", explain(procs))
     finally:
         rabbitmqctl("clear_policy", policy)
