@@ -296,9 +296,13 @@ class Replica(Fields):
         any number of times. Raises InvalidMessage (nothing changed) if it is not
         valid, BufferFull if it would overflow the causal buffer.
 
-        Returns False when the message brought nothing new (every operation in
-        it was applied or held here already) or is a join request: a transport need
-        not log it (replaying a join request from a log would admit again).
+        Returns whether a transport must log the message before acknowledging it:
+        False when it brought nothing new (every operation in it was applied or held
+        here already), or is a heartbeat other than a retirement. A clock report
+        lost in a crash only leaves this replica knowing less of the others' clocks
+        until their next one (causal stability comes later, never wrongly: what it
+        knows of a clock is a lower bound); replaying a join request from a log would
+        admit again. A retirement is logged: the retired replica sends no other.
 
         ``sender``: the authenticated principal that delivered the message (e.g.
         the broker user); the message's origin must belong to it
@@ -308,8 +312,8 @@ class Replica(Fields):
             raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
         if isinstance(msg, Heartbeat):
             self._heard(msg)
-            # a join request needs no log: what it caused (an admission) is an operation
-            return not msg.join
+            # what a join request caused (an admission) is an operation, logged as such
+            return msg.retired
         buf = self._buffer
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1

@@ -41,6 +41,26 @@ from pathlib import Path
 DEFAULT_LEASE_S = 30.0
 #: the lease file's name in a worker's state directory
 LEASE_FILE = "lease.json"
+#: heartbeats a worker writes per lease (:func:`beat_interval_s`)
+BEATS_PER_LEASE = 5
+
+
+def beat_interval_s(lease_s: float) -> float:
+    """Seconds between a worker's heartbeats under a lease of ``lease_s`` seconds: a fifth
+    of it, so that the lease outlasts three beats lost or confirmed late (past
+    :attr:`Lease.confirm_within_s`) before its grace starts (:attr:`Lease.grace_s`, at most
+    a quarter). A beat is an operation every replica of the worker's cell applies and
+    logs; the lease, not the beat, sets how soon a dead node's containers move
+    (services/liveness.py). Kubernetes' node leases are renewed at a quarter of theirs
+    (40 s, every 10 s: "Node Heartbeats", kubernetes.io)."""
+    return lease_s / BEATS_PER_LEASE
+
+
+def silent_after_s(lease_s: float) -> float:
+    """Seconds after a worker's last heartbeat from which people are shown its node as
+    silent: two beats missed (:func:`beat_interval_s`), and a second for the way. Only a
+    display: logic decides what is gone by its own rule (services/liveness.py)."""
+    return 2 * beat_interval_s(lease_s) + 1.0
 
 
 def new_epoch() -> str:

@@ -35,7 +35,8 @@ assigned to is not shown. A worker that loses a container keeps its stale slot, 
 never mixes with the new worker's reports.
 
 A worker node is the OR-map at ``cells/<cell>/nodes/<name>``: its heartbeat, written
-every second, reaches its cell's workers, logic and web, not every worker of the platform.
+every fifth of its lease (``services.lease.beat_interval_s``: 6 s under the default 30 s
+lease), reaches its cell's workers, logic and web, not every worker of the platform.
 
 ``POLICY`` is enforced by every replica on every operation, local or remote
 (:class:`crdt_ops.policy.WritePolicy`): a service's replica id belongs to its

@@ -32,7 +32,7 @@ from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.transport.waiting import wait_set
 from crdt_ops.values import check_text
-from services import model
+from services import lease, model
 from services.containers import Containers
 from services.history import History
 from services.listing import (
@@ -48,7 +48,8 @@ from services.listing import (
 
 MAX_NAME = 200
 STATIC = Path(__file__).parent / "static"
-#: a node whose last heartbeat is older is shown as silent (logic's default node timeout)
+#: a node whose worker announced no lease yet is shown as silent when its last heartbeat is
+#: older; one with a lease, after ``services.lease.silent_after_s`` of it
 NODE_TIMEOUT_S = 5.0
 
 
@@ -174,13 +175,18 @@ def _filter(params: Mapping[str, str]) -> Filter:
     return Filter(**values)
 
 
-def _node_json(n: model.Node, now_ms: int, timeout_ms: int) -> dict[str, Any]:
+def _node_json(n: model.Node, now_ms: int, timeout_ms: int | None) -> dict[str, Any]:
     """A node record for the page: ``name``, ``cell``, ``capacity``, ``running`` (containers),
     ``heartbeat_ms`` (the worker's wall clock at its last beat, Unix ms), ``age_ms``
     (web's wall clock now minus that; the two clocks are assumed close),
-    ``timeout_ms``, ``epoch`` and ``lease_ms`` (its worker's lease, services/lease.py;
-    None and 0 if not announced); ``live``: ``age_ms <= timeout_ms``. A silent node is
-    not necessarily dead: logic decides that by its own rule (services/liveness.py)."""
+    ``timeout_ms`` (``timeout_ms`` if given, else two of its worker's beats and a second:
+    ``services.lease.silent_after_s``, or :data:`NODE_TIMEOUT_S` without a lease),
+    ``epoch`` and ``lease_ms`` (its worker's lease, services/lease.py; None and 0 if not
+    announced); ``live``: ``age_ms <= timeout_ms``. A silent node is not necessarily
+    dead: logic decides that by its own rule (services/liveness.py)."""
+    if timeout_ms is None:
+        timeout_ms = int(1000 * (lease.silent_after_s(n.lease_ms / 1000) if n.lease_ms
+                                 else NODE_TIMEOUT_S))
     age = now_ms - n.heartbeat
     return {"name": n.name, "cell": n.cell, "capacity": n.capacity, "running": n.running,
             "heartbeat_ms": n.heartbeat, "age_ms": age, "timeout_ms": timeout_ms,
@@ -226,12 +232,14 @@ class _Pending:
         return key, self._keys.pop(key)
 
 
-def make_app(node: NodeGroups[Node], *, node_timeout_s: float = NODE_TIMEOUT_S) -> web.Application:
+def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
+             ) -> web.Application:
     """The API and the page on ``node``'s replica. ``node_timeout_s``: how old a
-    node's heartbeat may be for the page to show it live."""
+    node's heartbeat may be for the page to show it live (None: by its worker's lease,
+    see ``_node_json``)."""
     routes = web.RouteTableDef()
     streams: set[asyncio.Task[Any]] = set()  # the open GET /api/events handlers
-    timeout_ms = int(node_timeout_s * 1000)
+    timeout_ms = None if node_timeout_s is None else int(node_timeout_s * 1000)
     history = History(model.CONTAINERS)
     containers = Containers(node.groups)  # each record joined with its placement
     listing = Listing(containers)

@@ -1,12 +1,13 @@
 """worker: runs the containers placed on its node, under a lease, and reports what runs.
 
 It beats a heartbeat into its node record, ``cells/<cell>/nodes/<name>`` (with its
-lease's epoch and length), every ``heartbeat_s``: into its cell's group, which its cell's
-workers, logic and web hold (services/model.py); a beat the broker confirmed in time
-renews the lease (services/lease.py). It holds its cell's group only: the containers it
+lease's epoch and length), every ``heartbeat_s`` (a fifth of the lease unless told:
+``services.lease.beat_interval_s``): into its cell's group, which its cell's workers,
+logic and web hold (services/model.py); a beat the broker confirmed in time renews the
+lease (services/lease.py). It holds its cell's group only: the containers it
 sees are the placements in its cell (``cells/<cell>/containers/<id>``: logic's copies of
 ``power_desired`` and ``restart_generation``, and the assignment). On every change it
-reconciles the containers whose placements changed; once a heartbeat, and when its
+reconciles the containers whose placements changed; every ``reconcile_s`` (1 s), and when its
 lease starts or stops allowing containers to run, all of them with what the runtime
 runs (the safety net: an instance that died, one no record wants). A container placed
 on this node's current epoch that should run is started (again, with a new pid, when
@@ -42,6 +43,9 @@ log = logging.getLogger("services.worker")
 #: Seconds between two rebuilds of the node's records from every record (a safety net).
 #: Each rebuild, and the first at start, runs in slices (services/index.py ``full_passes``).
 FULL_PASS_S = 60.0
+#: Seconds between two full reconciles (the runtime's instances against the records): how
+#: soon a container whose process died is found and started again. Local work only.
+RECONCILE_S = 1.0
 
 
 #: The file in a worker's state directory that names the cell its node belongs to.
@@ -67,15 +71,20 @@ def pin_cell(state_dir: Path, name: str, cell: str) -> None:
 class Worker:
     """One node's worker, in cell ``cell`` (``node`` holds that cell's group). ``state_dir``:
     where its lease file and its guard's pid file live (the runtime's directory);
-    ``lease_s``: the lease's length in seconds; ``use_guard``: run the guard process
-    (tests of the worker alone may not)."""
+    ``lease_s``: the lease's length in seconds; ``heartbeat_s``: seconds between its beats
+    (default ``services.lease.beat_interval_s(lease_s)``; at least 4 to a lease, else
+    ValueError); ``reconcile_s``: seconds between full reconciles; ``use_guard``: run the
+    guard process (tests of the worker alone may not)."""
 
     def __init__(self, node: NodeGroups[Node], name: str, runtime: Runtime, *,
-                 cell: str = model.DEFAULT_CELL, capacity: int = 10, heartbeat_s: float = 1.0,
-                 lease_s: float = lease.DEFAULT_LEASE_S, state_dir: Path | None = None,
+                 cell: str = model.DEFAULT_CELL, capacity: int = 10,
+                 heartbeat_s: float | None = None, lease_s: float = lease.DEFAULT_LEASE_S,
+                 reconcile_s: float = RECONCILE_S, state_dir: Path | None = None,
                  use_guard: bool = True) -> None:
         if capacity < 0:
             raise ValueError(f"a node's capacity must be >= 0, not {capacity}")
+        if heartbeat_s is None:
+            heartbeat_s = lease.beat_interval_s(lease_s)
         if lease_s < 4 * heartbeat_s:
             raise ValueError(f"a lease of {lease_s}s is too short for a heartbeat every "
                              f"{heartbeat_s}s: make it at least 4 heartbeats")
@@ -85,6 +94,7 @@ class Worker:
         self.runtime = runtime
         self.capacity = capacity
         self.heartbeat_s = heartbeat_s
+        self.reconcile_s = reconcile_s
         self.state_dir = state_dir or Path(f".crdt-ops-worker-{name}")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         pin_cell(self.state_dir, name, self.cell)
@@ -165,7 +175,7 @@ class Worker:
     def reconcile(self, now: float | None = None, only: Iterable[str] | None = None) -> int:
         """Make the runtime match the records; write what changed. Returns the writes.
 
-        ``only=None`` (a *full* reconcile, the safety net run once a heartbeat): every
+        ``only=None`` (a *full* reconcile, the safety net run every ``reconcile_s``): every
         record assigned here and every instance the runtime runs (``Runtime.running()``),
         so that an instance that died or one no record wants is found. ``only``: just these
         container ids (the records that changed, the retries that are due), asking the
@@ -289,12 +299,12 @@ class Worker:
                 if self.assigned.loaded:
                     now = time.monotonic()
                     was, allowed = allowed, (self.lease.epoch, self.lease.may_run(now))
-                    if now - last_full >= self.heartbeat_s or allowed != was:
+                    if now - last_full >= self.reconcile_s or allowed != was:
                         self.reconcile(now)
                         last_full = now
                     else:
                         self.reconcile_changes(now)
                 await self.node.flush()
-                await wait_set(self._wake, self.heartbeat_s / 4)
+                await wait_set(self._wake, min(self.heartbeat_s, self.reconcile_s) / 4)
         finally:
             passes.cancel()

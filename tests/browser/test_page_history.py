@@ -92,14 +92,15 @@ async def app() -> AsyncIterator[tuple[TestClient[Any, Any], MemoryBus]]:
     bus, cell_bus = MemoryBus(), MemoryBus()  # the platform's group, and the cell's
     web = MemoryNode(bus, "web", policy=model.POLICY)
     await web.start()
-    app = make_app(with_cell(web, cell_bus), node_timeout_s=5)
+    app = make_app(with_cell(web, cell_bus))
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     yield client, cell_bus
     await client.close()
 
 
-async def beat(bus: MemoryBus, name: str, age_s: float, capacity: int, running: int) -> None:
+async def beat(bus: MemoryBus, name: str, age_s: float, capacity: int, running: int,
+               lease_ms: int = 0) -> None:
     n = MemoryNode(bus, f"worker.{name}", policy=model.POLICY)
     await n.start()
     async with n.write() as r:
@@ -107,6 +108,8 @@ async def beat(bus: MemoryBus, name: str, age_s: float, capacity: int, running: 
         rec.register("heartbeat").set(int((time.time() - age_s) * 1000))
         rec.register("capacity").set(capacity)
         rec.register("running").set(running)
+        if lease_ms:
+            rec.register("lease_ms").set(lease_ms)
     await asyncio.sleep(0.05)
 
 
@@ -116,9 +119,12 @@ async def test_routes_for_the_page(app: tuple[TestClient[Any, Any], MemoryBus]) 
     assert await (await client.get("/api/nodes")).json() == []
     await beat(bus, "b", age_s=0, capacity=3, running=1)
     await beat(bus, "a", age_s=9, capacity=2, running=0)
+    # a worker under a 30 s lease beats every 6 s: silent after two beats and a second
+    await beat(bus, "c", age_s=9, capacity=1, running=0, lease_ms=30_000)
     nodes = await (await client.get("/api/nodes")).json()
     assert [(n["name"], n["capacity"], n["running"], n["live"], n["timeout_ms"])
-            for n in nodes] == [("a", 2, 0, False, 5000), ("b", 3, 1, True, 5000)]
+            for n in nodes] == [("a", 2, 0, False, 5000), ("b", 3, 1, True, 5000),
+                                ("c", 1, 0, True, 13_000)]
     assert 9000 <= nodes[0]["age_ms"] < 12_000 and 0 <= nodes[1]["age_ms"] < 3000
 
     r = await client.get("/api/containers/nope/history")

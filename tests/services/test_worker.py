@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,3 +172,13 @@ def test_an_instance_that_died_is_found_by_the_full_reconcile(tmp_path: Path) ->
         await _settle(logic, wn)
         assert placed(wn)[0].pid == runtime.instances["c"]
     asyncio.run(run())
+
+
+def test_a_worker_beats_five_times_a_lease_unless_told(tmp_path: Path) -> None:
+    wn = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+    worker = Worker(wn, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False,
+                    lease_s=30)
+    assert worker.heartbeat_s == 6 and worker.reconcile_s == 1
+    with pytest.raises(ValueError, match="at least 4 heartbeats"):
+        Worker(wn, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False, lease_s=30,
+               heartbeat_s=8)

@@ -127,6 +127,9 @@ class AmqpNode:
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost)
         self.echo_losses = 0  # times our echo stopped (since this process started)
+        #: heartbeats sent since this process started (:meth:`_heartbeat`)
+        self.heartbeats = 0
+        self._own_at_tick = -1  # our last operation's number at the last heartbeat tick
         #: the event loop's stalls since start() (crdt_ops.transport.loop_lag)
         self.loop_lag = LoopLag(self.replica_id)
 
@@ -559,10 +562,20 @@ class AmqpNode:
         return self._echo.heard_through
 
     async def _heartbeat(self) -> None:
+        """Every ``heartbeat_s``: publish this replica's clock (a heartbeat), unless it
+        sealed operations of its own since the last tick. Their batches told the group
+        its clock already (a batch carries the clock entries that grew since the one
+        before: :class:`~crdt_ops.ops.Batch`), and they come back as echoes
+        (:mod:`crdt_ops.transport.echo`) as a heartbeat would; a replica that writes at
+        least once a ``heartbeat_s`` (a worker's node beat) sends no heartbeat at all."""
         await asyncio.sleep(self.settings.heartbeat_s)
         await self.durable.store_ok.wait()
-        self.replica.heartbeat()
-        self.durable.commit()
+        own = self.replica.clock.get(self.replica_id, 0)
+        if own == self._own_at_tick:
+            self.replica.heartbeat()
+            self.durable.commit()
+            self.heartbeats += 1
+        self._own_at_tick = own
         self._observe()
 
     async def _settle(self) -> None:
