@@ -118,9 +118,12 @@ class Batch:
 class Heartbeat:
     """A replica's clock (what it has delivered), its retirement from the group
     (``retired``: its last operation is ``clock[origin]``), or its request to be
-    admitted (``join``)."""
+    admitted (``join``). ``retirements``: the other replicas' retirements the origin
+    knows of (replica -> its last operation), relayed so that a member that missed one
+    (it is no operation: no gap in a clock reveals it) learns it from any member."""
 
     origin: str
     clock: Clock
     retired: bool = False
     join: bool = False
+    retirements: Clock = _field(default_factory=dict)

@@ -234,9 +234,19 @@ class Replica(Fields):
             self._stability.retire(self.replica_id, self._buffer.clock.get(self.replica_id, 0))
 
     def clock_message(self, retired: bool = False, join: bool = False) -> bytes:
-        """A heartbeat message with this replica's clock, not queued."""
+        """A heartbeat message with this replica's clock and the retirements it knows of
+        (:meth:`retirements`), not queued."""
         return codec.encode_heartbeat(Heartbeat(self.replica_id, dict(self._buffer.clock),
-                                                retired, join))
+                                                retired, join, self.retirements()))
+
+    def retirements(self) -> dict[str, int]:
+        """The retirements this replica knows of, each replica with its last operation's
+        sequence number: the retiring ones (their last operations not all delivered yet)
+        and the retired (all delivered: the clock's entry). Heartbeats relay them."""
+        m, clock = self.membership, self._buffer.clock
+        known = {r: clock.get(r, 0) for r in m.retired}
+        known.update(m.retiring)
+        return known
 
     def join(self) -> None:
         """Queue a request to be admitted to the group: every member that receives
@@ -298,7 +308,7 @@ class Replica(Fields):
 
         Returns whether a transport must log the message before acknowledging it:
         False when it brought nothing new (every operation in it was applied or held
-        here already), or is a heartbeat other than a retirement. A clock report
+        here already), or is a heartbeat that told of no retirement. A clock report
         lost in a crash only leaves this replica knowing less of the others' clocks
         until their next one (causal stability comes later, never wrongly: what it
         knows of a clock is a lower bound); replaying a join request from a log would
@@ -311,9 +321,8 @@ class Replica(Fields):
         if sender is not None and not belongs(msg.origin, sender):
             raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
         if isinstance(msg, Heartbeat):
-            self._heard(msg)
             # what a join request caused (an admission) is an operation, logged as such
-            return msg.retired
+            return self._heard(msg)
         buf = self._buffer
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1
@@ -327,19 +336,29 @@ class Replica(Fields):
         self._stability.observe(msg.origin, msg.deps, msg.last_seq)
         return True
 
-    def _heard(self, hb: Heartbeat) -> None:
+    def _heard(self, hb: Heartbeat) -> bool:
         """Take a heartbeat: a clock report, a retirement, or a join request (which a
-        member answers by admitting the sender)."""
+        member answers by admitting the sender). Returns whether it told this replica
+        of a retirement (to be logged)."""
+        m = self.membership
+        told = hb.retired
         if hb.retired:
             self._stability.retire(hb.origin, hb.clock.get(hb.origin, 0))
         else:
             self._stability.observe(hb.origin, hb.clock)
-            m = self.membership
+            if not m.managed or m.is_member(hb.origin):
+                # a retirement relayed by a member: ours may have missed the original
+                # (it is no operation, so no clock shows the gap)
+                for r, last in hb.retirements.items():
+                    if r not in m.retired and m.retiring.get(r, -1) < last:
+                        self._stability.retire(r, last)
+                        told = True
             if (hb.join and m.managed and not m.is_member(hb.origin)
                     and hb.origin not in m.retired and m.is_member(self.replica_id)):
                 self.admit(hb.origin)
         if self._settler:  # a report may move the frontier: settle some of what it released
             self.compact(self.SETTLE_STEP)
+        return told
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:

@@ -304,6 +304,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
     _put_clock(env.heartbeat.clock, hb.clock)
     env.heartbeat.retired = hb.retired
     env.heartbeat.join = hb.join
+    _put_clock(env.heartbeat.retirements, hb.retirements)
     return env.SerializeToString()
 
 
@@ -318,7 +319,7 @@ def decode(data: bytes) -> Batch | Heartbeat:
         if hb.retired and hb.join:
             raise _bad("bad-heartbeat", "a heartbeat both retires and joins")
         return Heartbeat(_id(hb.origin, "origin"), _get_clock(hb.clock, "heartbeat"),
-                         hb.retired, hb.join)
+                         hb.retired, hb.join, _get_clock(hb.retirements, "retirements"))
     raise _bad("empty-message", "the envelope holds neither a batch nor a heartbeat")
 
 

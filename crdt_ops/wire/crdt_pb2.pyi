@@ -485,6 +485,7 @@ class Heartbeat(_message.Message):
     CLOCK_FIELD_NUMBER: _builtins.int
     RETIRED_FIELD_NUMBER: _builtins.int
     JOIN_FIELD_NUMBER: _builtins.int
+    RETIREMENTS_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     retired: _builtins.bool
     """the origin leaves the group for good; its last operation is clock[origin]"""
@@ -492,6 +493,12 @@ class Heartbeat(_message.Message):
     """a replica that is not a member asks the group's members to admit it"""
     @_builtins.property
     def clock(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]: ...
+    @_builtins.property
+    def retirements(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]:
+        """the retirements the origin knows of, each replica with its last operation: a member
+        that missed a retirement (its queue unbound when it was published) learns it here
+        """
+
     def __init__(
         self,
         *,
@@ -499,10 +506,11 @@ class Heartbeat(_message.Message):
         clock: _abc.Iterable[Global___ClockEntry] | None = ...,
         retired: _builtins.bool = ...,
         join: _builtins.bool = ...,
+        retirements: _abc.Iterable[Global___ClockEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "join", b"join", "origin", b"origin", "retired", b"retired"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "join", b"join", "origin", b"origin", "retired", b"retired", "retirements", b"retirements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

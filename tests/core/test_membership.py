@@ -7,6 +7,8 @@ import os
 import pytest
 
 from crdt_ops import InvalidMessage, NotAMember, Replica
+from crdt_ops.ops import Heartbeat
+from crdt_ops.wire import codec
 from tests.support import exchange, send
 from tools.sim.histories import run as run_histories
 
@@ -213,3 +215,24 @@ def test_own_batches_logged_after_a_snapshot_replay_onto_it() -> None:
         assert restored.receive(m)
     assert restored.state() == w.state() == {"n": 2}
     assert dict(restored.clock) == dict(w.clock)
+
+
+def test_a_retirement_missed_is_learned_from_any_members_heartbeat() -> None:
+    """A retirement is no operation: a member whose queue was unbound when it was
+    published sees no gap in any clock. Every member's heartbeat relays the retirements
+    it knows of; only a member's relay counts."""
+    a, b, d = (Replica(r, members="abd") for r in "abd")
+    d.counter("n").increment()
+    d.heartbeat(retired=True)
+    op, retirement = d.outgoing()
+    for r in (a, b):
+        r.receive(op)
+    a.receive(retirement)  # b missed it
+    assert "d" in a.membership.retired and "d" not in b.membership.retired
+    stranger = codec.encode_heartbeat(Heartbeat("z", {}, retirements={"a": 1}))
+    assert b.receive(stranger) is False and not b.membership.retiring
+    a.heartbeat()
+    (beat,) = a.outgoing()
+    assert b.receive(beat) is True  # it told b something: to be logged
+    assert "d" in b.membership.retired and b.membership.members() == {"a", "b"}
+    assert b.receive(beat) is False  # nothing new the second time
