@@ -2,7 +2,8 @@
 
 Two platforms, one after the other, on one broker, each web, logic and its workers as OS
 processes (:func:`tools.bench.services.running_platform`: every worker's lease
-``--lease-s``, default 8 s):
+``--lease-s``, default 8 s, so a beat every 1.6 s: ``services.lease.beat_interval_s``;
+every service's transport heartbeat ``--heartbeat-s``, default 1 s as the demo's):
 
 1. **baseline**: 2 workers in one cell;
 2. **cells**: ``--workers`` workers (default 40) in ``--cells`` cells (default 4), in
@@ -41,6 +42,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.lease import DEFAULT_LEASE_S, beat_interval_s
 from services.runtime import _alive
 from tools.bench.broker import DEFAULT_URL, broker_info
 from tools.bench.machine import platform_info, revision
@@ -160,7 +162,9 @@ def report(runs: list[Run], opt: Options, idle_s: float) -> str:
     lines = [f"## crdt-ops services with workers in cells ({revision()})", "",
              f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores; broker "
              f"{broker_info(opt.url)}. {opt.containers} Starts one at a "
-             f"time per platform; workers' lease {opt.lease_s:g} s; idle window {idle_s:g} s.",
+             f"time per platform; workers' lease {opt.lease_s:g} s (a beat every "
+             f"{beat_interval_s(opt.lease_s or DEFAULT_LEASE_S):g} s); transport heartbeat "
+             f"{opt.heartbeat_s:g} s; idle window {idle_s:g} s.",
              ""]
     rows = [(r.label, f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
              f"{_mean(r.idle_msgs_per_s):.1f} (max {max(r.idle_msgs_per_s):.1f})",
@@ -192,6 +196,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--cells", type=int, default=4)
     p.add_argument("--containers", type=int, default=200)
     p.add_argument("--lease-s", type=float, default=8.0)
+    p.add_argument("--heartbeat-s", type=float, default=1.0,
+                   help="every service's transport heartbeat (default 1 s, as the demo's)")
     p.add_argument("--idle-s", type=float, default=IDLE_S)
     p.set_defaults(run=main)
 
@@ -208,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
         opt = Options(url=args.url, containers=args.containers,
                       capacity=max(50, 2 * args.containers // workers + 1), batch_delay_ms=None,
                       progress=progress, workers=names, cells=cells, lease_s=args.lease_s,
-                      metrics=True)
+                      heartbeat_s=args.heartbeat_s, metrics=True)
 
         def once(attempt: int, opt: Options = opt, kill: bool = kill) -> Run:
             with tempfile.TemporaryDirectory(prefix="crdt-ops-bench-cells-") as tmp:

@@ -350,6 +350,8 @@ class Options:
     cells: int = 1
     #: the workers' --lease-s (None: the default)
     lease_s: float | None = None
+    #: every crdt-ops service's --heartbeat-s (the demo's 1 s unless told)
+    heartbeat_s: float = 1.0
     #: give each crdt-ops service a Prometheus endpoint (``Platform.metrics_ports``)
     metrics: bool = False
 
@@ -419,7 +421,7 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                     else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
             services.start(name, [sys.executable, *prof, "-m", "services.cli", *cmd, "--amqp-url",
                                   opt.url, "--group", group, "--replica-id", replica_id(name),
-                                  "--heartbeat-s", "1", "--store",
+                                  "--heartbeat-s", f"{opt.heartbeat_s:g}", "--store",
                                   str(workdir / f"{name}.sqlite"), *extra], env)
         opt.progress(f"crdt-ops: group {group}: web, logic, {len(workers)} workers in cells "
                      f"{cells} started; web on :{port}")
