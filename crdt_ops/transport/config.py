@@ -180,6 +180,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any] = Settings,
                                 + (f": {text}" if text else ""))
 
 
+def given(args: argparse.Namespace, cls: type[Any], name: str,
+          env: Mapping[str, str] | None = None) -> bool:
+    """Whether setting ``name`` of the settings dataclass ``cls`` was given, by its flag in
+    ``args`` or its environment variable in ``env`` (default ``os.environ``), rather than
+    left to its default."""
+    env = os.environ if env is None else env
+    (f,) = (f for f in fields(cls) if f.name == name)
+    return getattr(args, name, None) is not None or env_of(f) in env
+
+
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None,
               **overrides: Any) -> Settings:
     """The replica's :class:`Settings` from parsed flags, then the environment, then the

@@ -3,7 +3,8 @@
 Two platforms, one after the other, on one broker, each web, logic and its workers as OS
 processes (:func:`tools.bench.services.running_platform`: every worker's lease
 ``--lease-s``, default 8 s, so a beat every 1.6 s: ``services.lease.beat_interval_s``;
-every service's transport heartbeat ``--heartbeat-s``, default 1 s as the demo's):
+web's and logic's transport heartbeat ``--heartbeat-s``, default 1 s as the demo's; the
+workers' ``--worker-heartbeat-s``, default theirs: a beat, ``services.main.worker_heartbeat``):
 
 1. **baseline**: 2 workers in one cell;
 2. **cells**: ``--workers`` workers (default 40) in ``--cells`` cells (default 4), in
@@ -164,7 +165,9 @@ def report(runs: list[Run], opt: Options, idle_s: float) -> str:
              f"{broker_info(opt.url)}. {opt.containers} Starts one at a "
              f"time per platform; workers' lease {opt.lease_s:g} s (a beat every "
              f"{beat_interval_s(opt.lease_s or DEFAULT_LEASE_S):g} s); transport heartbeat "
-             f"{opt.heartbeat_s:g} s; idle window {idle_s:g} s.",
+             f"of web and logic {opt.heartbeat_s:g} s, of the workers "
+             + (f"{opt.worker_heartbeat_s:g} s" if opt.worker_heartbeat_s is not None
+                else "their default") + f"; idle window {idle_s:g} s.",
              ""]
     rows = [(r.label, f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
              f"{_mean(r.idle_msgs_per_s):.1f} (max {max(r.idle_msgs_per_s):.1f})",
@@ -197,7 +200,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--containers", type=int, default=200)
     p.add_argument("--lease-s", type=float, default=8.0)
     p.add_argument("--heartbeat-s", type=float, default=1.0,
-                   help="every service's transport heartbeat (default 1 s, as the demo's)")
+                   help="web's and logic's transport heartbeat (default 1 s, as the demo's)")
+    p.add_argument("--worker-heartbeat-s", type=float, default=None,
+                   help="the workers' transport heartbeat (default: theirs, a beat of their "
+                        "node when that is longer than 2 s: services.main.worker_heartbeat)")
     p.add_argument("--idle-s", type=float, default=IDLE_S)
     p.set_defaults(run=main)
 
@@ -214,7 +220,8 @@ def main(args: argparse.Namespace) -> int:
         opt = Options(url=args.url, containers=args.containers,
                       capacity=max(50, 2 * args.containers // workers + 1), batch_delay_ms=None,
                       progress=progress, workers=names, cells=cells, lease_s=args.lease_s,
-                      heartbeat_s=args.heartbeat_s, metrics=True)
+                      heartbeat_s=args.heartbeat_s,
+                      worker_heartbeat_s=args.worker_heartbeat_s, metrics=True)
 
         def once(attempt: int, opt: Options = opt, kill: bool = kill) -> Run:
             with tempfile.TemporaryDirectory(prefix="crdt-ops-bench-cells-") as tmp:

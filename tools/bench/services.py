@@ -350,8 +350,11 @@ class Options:
     cells: int = 1
     #: the workers' --lease-s (None: the default)
     lease_s: float | None = None
-    #: every crdt-ops service's --heartbeat-s (the demo's 1 s unless told)
+    #: web's and logic's --heartbeat-s (the demo's 1 s unless told)
     heartbeat_s: float = 1.0
+    #: the workers' --heartbeat-s (the demo's 1 s unless told; None: their own default,
+    #: a beat of their node: services.main.worker_heartbeat)
+    worker_heartbeat_s: float | None = 1.0
     #: give each crdt-ops service a Prometheus endpoint (``Platform.metrics_ports``)
     metrics: bool = False
 
@@ -417,11 +420,14 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                      else ["--batch-delay-ms", str(opt.batch_delay_ms)])
             if name in ports:
                 extra += ["--metrics-port", str(ports[name])]
+            beat = opt.heartbeat_s if name in ("web", "logic") else opt.worker_heartbeat_s
+            if beat is not None:
+                extra += ["--heartbeat-s", f"{beat:g}"]
             prof = ([] if opt.profile_dir is None
                     else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
             services.start(name, [sys.executable, *prof, "-m", "services.cli", *cmd, "--amqp-url",
                                   opt.url, "--group", group, "--replica-id", replica_id(name),
-                                  "--heartbeat-s", f"{opt.heartbeat_s:g}", "--store",
+                                  "--store",
                                   str(workdir / f"{name}.sqlite"), *extra], env)
         opt.progress(f"crdt-ops: group {group}: web, logic, {len(workers)} workers in cells "
                      f"{cells} started; web on :{port}")

@@ -1,0 +1,31 @@
+"""A worker's transport heartbeat defaults to a beat of its node
+(services.main.worker_heartbeat)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from services import main
+
+
+def _read(role: str, *argv: str) -> float:
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser.add_subparsers(dest="command"))
+    return main.read(role, parser.parse_args([role, *argv])).settings.heartbeat_s
+
+
+def test_a_workers_heartbeat_is_a_beat_of_its_node_unless_told(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CRDT_OPS_HEARTBEAT_S", raising=False)
+    monkeypatch.chdir(tmp_path)
+    worker = ("--node", "n1", "--runtime", "process")
+    assert _read("worker", *worker) == 6.0  # the default 30 s lease: a beat every 6 s
+    assert _read("worker", *worker, "--lease-s", "5") == 2.0  # never under the default
+    assert _read("worker", *worker, "--heartbeat-s", "1") == 1.0
+    monkeypatch.setenv("CRDT_OPS_HEARTBEAT_S", "3")
+    assert _read("worker", *worker) == 3.0
+    monkeypatch.delenv("CRDT_OPS_HEARTBEAT_S")
+    assert _read("logic") == 2.0
