@@ -53,3 +53,14 @@ def test_without_a_lease_file_nothing_runs(tmp_path: Path) -> None:
     finally:
         if alive(pid):
             rt.stop("c1", grace_s=0.1)
+
+
+def test_the_guard_reads_the_lease_file_at_its_run_until_and_once_a_check_while_it_holds(
+) -> None:
+    held = lease.Lease("e1", 30.0)
+    held.renew(100.0, 100.0)  # deadline 130, run_until 127
+    saved = lease.Saved(held, worker_pid=1)
+    assert guard._until_next_check(saved, 100.0) == guard.CHECK_S
+    assert guard._until_next_check(saved, 126.6) == 127.0 - 126.6
+    assert guard._until_next_check(saved, 127.5) == guard.POLL_S  # ran out: stopping
+    assert guard._until_next_check(None, 100.0) == guard.POLL_S
