@@ -110,7 +110,9 @@ def _put_clock(entries: Any, clock: Mapping[str, int]) -> None:
         e.seq = s
 
 
-def _get_clock(entries: Iterable[pb.ClockEntry], what: str) -> Clock:
+def _get_clock(entries: Iterable[pb.ClockEntry], what: str, zeros: bool = False) -> Clock:
+    """A clock's entries; one of 0 is dropped (nothing delivered), or kept with ``zeros``
+    (a retirement of a replica that never wrote: its last operation is 0)."""
     out: Clock = {}
     for e in entries:
         r, s = e.replica, e.seq
@@ -118,7 +120,7 @@ def _get_clock(entries: Iterable[pb.ClockEntry], what: str) -> Clock:
             _id(r, f"{what} replica")
             _seq(s, f"{what} seq")
             raise _bad("bad-clock", f"{what} names {r!r} twice")
-        if s:
+        if s or zeros:
             out[_intern(r)] = s
     return out
 
@@ -319,7 +321,7 @@ def decode(data: bytes) -> Batch | Heartbeat:
         if hb.retired and hb.join:
             raise _bad("bad-heartbeat", "a heartbeat both retires and joins")
         return Heartbeat(_id(hb.origin, "origin"), _get_clock(hb.clock, "heartbeat"),
-                         hb.retired, hb.join, _get_clock(hb.retirements, "retirements"))
+                         hb.retired, hb.join, _get_clock(hb.retirements, "retirements", zeros=True))
     raise _bad("empty-message", "the envelope holds neither a batch nor a heartbeat")
 
 

@@ -236,3 +236,14 @@ def test_a_retirement_missed_is_learned_from_any_members_heartbeat() -> None:
     assert b.receive(beat) is True  # it told b something: to be logged
     assert "d" in b.membership.retired and b.membership.members() == {"a", "b"}
     assert b.receive(beat) is False  # nothing new the second time
+    # a replica that never wrote retires after its operation 0: relayed all the same
+    e = Replica("e", members="abde")
+    e.heartbeat(retired=True)
+    (gone,) = e.outgoing()
+    for r in (a, b):
+        r.admit("e")  # as if admitted by each (the admission is not what is tested here)
+    a.receive(gone)
+    assert "e" in a.membership.retired and "e" not in b.membership.retired
+    a.heartbeat()
+    beat = a.outgoing()[-1]  # after a's admission of e
+    assert b.receive(beat) is True and "e" in b.membership.retired
