@@ -31,9 +31,11 @@ class System:
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.cells: dict[str, str] = {}  # worker -> its cell (a restart keeps it)
+        self.replica_ids: set[str] = set()  # every replica started (its queues to delete)
 
     def start(self, name: str, *args: str) -> None:
         rid = f"worker.{name}" if args[0] == "worker" else name  # its principal (model.principal)
+        self.replica_ids.add(rid)
         with open(self.workdir / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", *args, "--amqp-url", self.url,
@@ -113,7 +115,7 @@ def running_system(amqp_url: str, workdir: Path, lease_s: float = 10) -> Iterato
     finally:
         s.stop()
         for group in model.groups(s.group, CELLS):
-            delete_group(amqp_url, group, list(s.procs))
+            delete_group(amqp_url, group, sorted(s.replica_ids))
         for rt in s.workdir.glob("run-*"):
             for pidfile in rt.glob("*.pid"):
                 with contextlib.suppress(ProcessLookupError, ValueError):

@@ -129,7 +129,9 @@ class AmqpNode:
         self.echo_losses = 0  # times our echo stopped (since this process started)
         #: heartbeats sent since this process started (:meth:`_heartbeat`)
         self.heartbeats = 0
-        self._own_at_tick = -1  # our last operation's number at the last heartbeat tick
+        #: our last operation's number at the last heartbeat tick (the first tick beats
+        #: unless we wrote since we started)
+        self._own_at_tick = self.replica.clock.get(self.replica_id, 0)
         #: the event loop's stalls since start() (crdt_ops.transport.loop_lag)
         self.loop_lag = LoopLag(self.replica_id)
 
