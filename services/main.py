@@ -115,11 +115,12 @@ def worker_heartbeat(settings: config.Settings, lease_s: float) -> config.Settin
     """A worker's transport settings when ``--heartbeat-s`` was not given: its heartbeat
     every beat of its node (``services.lease.beat_interval_s``, a fifth of its lease) if
     that is longer than the default. A replica sends no heartbeat in an interval in which
-    it wrote (crdt_ops.transport.amqp.node), and a worker writes a beat each time: so its
-    transport never sends one, and its cell receives one message a beat from it instead
-    of one every 2 s more. What that costs: its clock reports reach its cell with its
-    beats (causal stability there lags by up to a beat), and its echo's patience is 4
-    beats (a deleted queue found after up to 24 s under the default 30 s lease)."""
+    it wrote (crdt_ops.transport.amqp.node) but every fifth, and a worker writes a beat each
+    time: so its cell receives one message a beat from it, and a heartbeat every five,
+    instead of a heartbeat every 2 s more. What that costs: its clock reports reach its
+    cell with its beats (causal stability there lags by up to a beat), and its echo's
+    patience is 4 beats (a deleted queue found after up to 24 s under the default 30 s
+    lease)."""
     return replace(settings, heartbeat_s=max(settings.heartbeat_s,
                                             lease.beat_interval_s(lease_s)))
 

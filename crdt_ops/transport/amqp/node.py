@@ -66,7 +66,9 @@ log = logging.getLogger(__name__)
 
 #: How often the node settles what causal stability released (seconds; see ``_settle``).
 SETTLE_EVERY_S = 0.25
-
+#: A replica that writes between every two heartbeat ticks still sends a heartbeat (its
+#: whole clock) every this many ticks (:meth:`AmqpNode._heartbeat`).
+BEAT_AT_LEAST_EVERY = 5
 
 
 class AmqpNode:
@@ -132,6 +134,7 @@ class AmqpNode:
         #: our last operation's number at the last heartbeat tick (the first tick beats
         #: unless we wrote since we started)
         self._own_at_tick = self.replica.clock.get(self.replica_id, 0)
+        self._skipped = 0  # heartbeat ticks skipped in a row
         #: the event loop's stalls since start() (crdt_ops.transport.loop_lag)
         self.loop_lag = LoopLag(self.replica_id)
 
@@ -569,14 +572,19 @@ class AmqpNode:
         its clock already (a batch carries the clock entries that grew since the one
         before: :class:`~crdt_ops.ops.Batch`), and they come back as echoes
         (:mod:`crdt_ops.transport.echo`) as a heartbeat would; a replica that writes at
-        least once a ``heartbeat_s`` (a worker's node beat) sends no heartbeat at all."""
+        least once a ``heartbeat_s`` (a worker's node beat) sends a heartbeat only every
+        :data:`BEAT_AT_LEAST_EVERY` ticks. That one carries its whole clock: a replica that
+        missed the start of the deltas (it replayed a stream already cut by its
+        retention) learns the entries that no longer grow from it."""
         await asyncio.sleep(self.settings.heartbeat_s)
         await self.durable.store_ok.wait()
         own = self.replica.clock.get(self.replica_id, 0)
-        if own == self._own_at_tick:
+        self._skipped = 0 if own == self._own_at_tick else self._skipped + 1
+        if self._skipped in (0, BEAT_AT_LEAST_EVERY):
             self.replica.heartbeat()
             self.durable.commit()
             self.heartbeats += 1
+            self._skipped = 0
         self._own_at_tick = own
         self._observe()
 
