@@ -275,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup()  # one line per event, tracebacks at DEBUG only (services/logs.py)
     try:
         return int(args.func(args))
-    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (Terminated)
-        sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+    except (KeyboardInterrupt, asyncio.CancelledError) as e:  # SIGINT, or SIGTERM (Terminated)
+        stop = _stop_signal(e)
+        if stop is None:
+            raise
+        sig = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
         print(f"{prog}: stopped by {sig.name}", file=sys.stderr, flush=True)
         return 128 + sig
     except SystemExit as e:
@@ -293,6 +296,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {type(e).__name__}{': ' + detail if detail else ''}",
               file=sys.stderr, flush=True)
         return 1
+
+
+def _stop_signal(e: BaseException) -> KeyboardInterrupt | None:
+    """The stop signal (a KeyboardInterrupt: SIGINT, or SIGTERM as :class:`Terminated`)
+    that ``e`` is, or that ``e`` was raised while handling: ``asyncio.run`` cancels the
+    tasks left when a signal interrupts it, and a library's callback (aiormq closing its
+    connection) can raise that cancellation over the signal; None if there is none."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__context__
+    return None
 
 
 if __name__ == "__main__":
