@@ -193,6 +193,9 @@ def test_cells_bench_smoke() -> None:
         assert number(r[1]) > 0 and number(r[2]) >= number(r[1])
     busy = [number(r[4].split()[0]) for r in rows]
     assert busy[1] < busy[0], rows
+    for r in rows:  # CPU while idle: workers / their guards / logic / web / broker
+        idle_cpu = [number(x) for x in r[8].split(" / ")]
+        assert len(idle_cpu) == 5 and min(idle_cpu) >= 0, r
     killed = re.search(r"Cell c0's workers killed: (\d+) containers on again in other cells "
                        r"after [0-9.]+ s; (\d+) of their old processes still running", out)
     assert killed and int(killed[1]) > 0 and killed[2] == "0", out

@@ -12,7 +12,9 @@ workers' ``--worker-heartbeat-s``, default theirs: a beat, ``services.main.worke
 
 For each: how many messages each worker received per second while the platform was idle
 (``--idle-s``, default 10 s: heartbeats only), read from the workers' own Prometheus
-endpoints (``crdt_ops_batch_messages_sum``: messages their consumers handled); then
+endpoints (``crdt_ops_batch_messages_sum``: messages their consumers handled), and the
+CPU the workers, their lease guards, logic, web and the broker used meanwhile (``/proc``);
+then
 Start->on for ``--containers`` containers (default 200) started one at a time, as
 ``python -m tools.bench services`` times them (from just before the ``POST .../start``
 until web's event stream shows it on), with the messages each worker received per second
@@ -46,6 +48,7 @@ from pathlib import Path
 from services.lease import DEFAULT_LEASE_S, beat_interval_s
 from services.runtime import _alive
 from tools.bench.broker import DEFAULT_URL, broker_info
+from tools.bench.cpu import BrokerCpu, proc_cpu
 from tools.bench.machine import platform_info, revision
 from tools.bench.platform import rss_bytes
 from tools.bench.report import Progress, markdown_table
@@ -78,6 +81,9 @@ class Run:
     idle_front: dict[str, float] = field(default_factory=dict)
     #: share of one core over the timed Starts: every worker together, logic, web, broker
     cpu: dict[str, float] = field(default_factory=dict)
+    #: share of one core over the idle window: every worker together, their guards
+    #: together, logic, web, broker
+    idle_cpu: dict[str, float] = field(default_factory=dict)
     moved: int = 0
     move_s: float | None = None
     left_running: int = 0
@@ -103,8 +109,12 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
         await asyncio.sleep(2.0)  # every worker's first full reconcile and beats settle
         watched = (*workers, "logic", "web")
         before = {w: received(p.metrics_ports[w]) for w in watched}
+        cpu_before, broker = _idle_cpu(p, workers, workdir), BrokerCpu()
         await asyncio.sleep(idle_s)
         rates = _rates(p, watched, before, idle_s)
+        cpu_after = _idle_cpu(p, workers, workdir)
+        idle_cpu = {k: (cpu_after[k] - cpu_before[k]) / idle_s for k in cpu_before}
+        idle_cpu["broker"] = (broker.used() or 0.0) / idle_s
         idle, front = rates[:len(workers)], dict(zip(("logic", "web"), rates[len(workers):],
                                                      strict=True))
         before = {w: received(p.metrics_ports[w]) for w in workers}
@@ -117,10 +127,26 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
         totals = sorted(result.totals())
         run = Run(f"{len(workers)} workers in {opt.cells} cell{'s' * (opt.cells > 1)}",
                   len(workers), opt.cells, 1000 * nearest_rank(totals, 0.5),
-                  1000 * nearest_rank(totals, 0.99), idle, busy, rss, front, cpu)
+                  1000 * nearest_rank(totals, 0.99), idle, busy, rss, front, cpu, idle_cpu)
         if kill_cell:
             await _kill_a_cell(opt, p, run)
     return run
+
+
+def _idle_cpu(p: Platform, workers: tuple[str, ...], workdir: Path) -> dict[str, float]:
+    """CPU seconds used so far by every worker together, by their lease guards together
+    (processes of their own, found by their state directories under ``workdir``), by
+    logic and by web."""
+    used = {k: v or 0.0 for k, v in p.services.cpu().items()}
+    guards = 0.0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+                if b"services.guard" in cmd and any(str(workdir).encode() in c for c in cmd):
+                    guards += proc_cpu(int(d.name)) or 0.0
+    return {"workers": sum(used.get(w, 0.0) for w in workers), "guards": guards,
+            "logic": used.get("logic", 0.0), "web": used.get("web", 0.0)}
 
 
 async def _kill_a_cell(opt: Options, p: Platform, run: Run) -> None:
@@ -174,13 +200,17 @@ def report(runs: list[Run], opt: Options, idle_s: float) -> str:
              f"{_mean(r.busy_msgs_per_s):.1f} (max {max(r.busy_msgs_per_s):.1f})",
              f"{_mean(r.rss_mb):.1f} (max {max(r.rss_mb):.1f})",
              f"{r.idle_front['logic']:.0f} / {r.idle_front['web']:.0f}",
-             " / ".join(f"{100 * r.cpu[k]:.0f}" for k in ("workers", "logic", "web", "broker")))
+             " / ".join(f"{100 * r.cpu[k]:.0f}" for k in ("workers", "logic", "web", "broker")),
+             " / ".join(f"{100 * r.idle_cpu[k]:.1f}"
+                        for k in ("workers", "guards", "logic", "web", "broker")))
             for r in runs]
     lines.append(markdown_table(["platform", "Start->on p50 ms", "p99 ms",
                                  "msgs/s a worker received, idle", "... during the Starts",
                                  "worker RSS MB", "msgs/s logic / web received, idle",
                                  "% of a core during the Starts: all workers / logic / web / "
-                                 "broker"], rows, "lrrrrrrr"))
+                                 "broker",
+                                 "% of a core idle: all workers / their guards / logic / web / "
+                                 "broker"], rows, "lrrrrrrrr"))
     base, cells = runs[0], runs[-1]
     lines += ["", f"- Start->on p50 {cells.p50_ms / base.p50_ms:.2f}x the baseline's, p99 "
               f"{cells.p99_ms / base.p99_ms:.2f}x (target: within 1.2x)."]
