@@ -83,9 +83,14 @@ class Membership:
             self.view += 1
         return new
 
+    def tells(self, replica: str, last_seq: int) -> bool:
+        """Whether a retirement of ``replica`` after ``last_seq`` is news here (it is not
+        retired, nor retiring after that operation or a later one)."""
+        return replica not in self.retired and last_seq > self.retiring.get(replica, -1)
+
     def retire(self, replica: str, last_seq: int) -> None:
         """``replica`` leaves for good after its operation ``last_seq``."""
-        if replica not in self.retired and last_seq > self.retiring.get(replica, -1):
+        if self.tells(replica, last_seq):
             self.retiring[replica] = last_seq
 
     def settle(self, delivered: Mapping[str, int]) -> list[str]:

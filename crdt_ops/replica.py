@@ -350,7 +350,7 @@ class Replica(Fields):
                 # a retirement relayed by a member: ours may have missed the original
                 # (it is no operation, so no clock shows the gap)
                 for r, last in hb.retirements.items():
-                    if r not in m.retired and m.retiring.get(r, -1) < last:
+                    if m.tells(r, last):
                         self._stability.retire(r, last)
                         told = True
             if (hb.join and m.managed and not m.is_member(hb.origin)
