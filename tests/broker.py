@@ -9,10 +9,11 @@ deletes them afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,19 @@ def node(s: Settings, rid: str) -> AmqpNode:
     """An in-process node of ``s``'s group as replica ``rid`` (store ``<store>/<rid>.sqlite``)."""
     return AmqpNode(Settings(**{**s.__dict__, "replica_id": rid,
                                 "store": f"{s.store}/{rid}.sqlite"}))
+
+
+@contextlib.asynccontextmanager
+async def started(s: Settings, *rids: str) -> AsyncIterator[list[AmqpNode]]:
+    """In-process nodes ``rids`` of ``s``'s group (:func:`node`), started in turn; every
+    one that started is stopped afterwards."""
+    nodes: list[AmqpNode] = []
+    try:
+        for rid in rids:
+            n = node(s, rid)
+            await n.start()
+            nodes.append(n)
+        yield nodes
+    finally:
+        for n in nodes:
+            await n.stop()

@@ -12,7 +12,7 @@ import pytest
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
-from tests.broker import group_settings, new_group, node, until
+from tests.broker import group_settings, new_group, started, until
 
 
 @pytest.fixture
@@ -22,10 +22,7 @@ def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
 
 @pytest.mark.asyncio
 async def test_channels_closed_by_channel_errors_are_reopened(settings: Settings) -> None:
-    a, b = node(settings, "a"), node(settings, "b")
-    await a.start()
-    await b.start()
-    try:
+    async with started(settings, "a", "b") as (a, b):
         async with a.write() as r:
             r.counter("n").increment()
         await until(lambda: b.replica.counter("n").value == 1, 20, "first delivery")
@@ -41,9 +38,6 @@ async def test_channels_closed_by_channel_errors_are_reopened(settings: Settings
             r.counter("n").increment(100)
         await until(lambda: b.replica.counter("n").value == 111, 30, "a's publishing to resume")
         await until(lambda: a.replica.counter("n").value == 111, 30, "a's consuming to resume")
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 @pytest.mark.asyncio

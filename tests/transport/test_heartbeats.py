@@ -10,7 +10,7 @@ import pytest
 
 from crdt_ops.transport.amqp.node import BEAT_AT_LEAST_EVERY
 from crdt_ops.transport.config import Settings
-from tests.broker import group_settings, node, until
+from tests.broker import group_settings, started, until
 
 
 @pytest.fixture
@@ -21,10 +21,7 @@ def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
 @pytest.mark.asyncio
 async def test_a_replica_that_writes_sends_no_heartbeat_and_its_writes_still_settle(
         settings: Settings) -> None:
-    a, b = node(settings, "a"), node(settings, "b")
-    await a.start()
-    await b.start()
-    try:
+    async with started(settings, "a", "b") as (a, b):
         await until(lambda: a.heartbeats > 0 and b.heartbeats > 0, 10,
                     "both to beat while idle")
         quiet = a.heartbeats
@@ -41,17 +38,11 @@ async def test_a_replica_that_writes_sends_no_heartbeat_and_its_writes_still_set
         await until(lambda: a.replica.stable_lag() == 0, 10, "a's writes stable at a")
         idle = a.heartbeats
         await until(lambda: a.heartbeats >= idle + 2, 10, "a to beat again once idle")
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 @pytest.mark.asyncio
 async def test_a_heartbeat_received_is_not_logged(settings: Settings) -> None:
-    a, b = node(settings, "a"), node(settings, "b")
-    await a.start()
-    await b.start()
-    try:
+    async with started(settings, "a", "b") as (a, b):
         async with a.write() as r:
             r.counter("n").increment()
         await until(lambda: b.replica.counter("n").value == 1, 10, "b to have a's write")
@@ -61,6 +52,3 @@ async def test_a_heartbeat_received_is_not_logged(settings: Settings) -> None:
         # b's log grew by its own heartbeats (logged with its outbox) and nothing else
         mine = b.heartbeats - mine
         assert b.store.log_size() - size in (mine, mine + 1), (b.store.log_size() - size, mine)
-    finally:
-        await a.stop()
-        await b.stop()
