@@ -28,12 +28,21 @@ declared gone: a broker outage shorter than the lease moves nothing. Logic
 restarting knows no receipts: every epoch counts as heard at its start.
 
 An epoch is **fresh** (new containers may be placed on it) when logic received
-from it within one lease of what it has heard through.
+from it within one lease of what it has heard through. Logic restarting has received
+nothing yet, and a worker beats only every fifth of its lease: until an epoch's first
+receipt, logic may *presume* it fresh up to a time it derives from the record's age by the
+wall clocks (``presume``), as a scheduler trusts the node status it stored (a Nomad
+server newly elected leader keeps every node's stored status and gives each a fresh
+heartbeat timer, ``initializeHeartbeatTimers`` in nomad/heartbeat.go). That guess only
+chooses where a container goes: an epoch is declared gone by receipts alone, so a wrong
+guess delays a container until the epoch is gone (and it moves), and never runs it twice.
 
 Sans-IO: every time is handed in.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class Liveness:
@@ -46,6 +55,7 @@ class Liveness:
         self.started = started
         self.margin_s = margin_s
         self._last: dict[tuple[str, str], float] = {}
+        self._presumed: dict[tuple[str, str], float] = {}
 
     def heard(self, node: str, epoch: str, now: float) -> None:
         """Something of ``node``'s epoch ``epoch`` was received at ``now``."""
@@ -63,15 +73,26 @@ class Liveness:
             return True
         return heard_through >= self.last(node, epoch) + lease_s * 1.25 + self.margin_s
 
+    def presume(self, node: str, epoch: str, until: float) -> None:
+        """Until logic has heard through ``until`` (``time.monotonic()`` seconds), count
+        ``node``'s epoch ``epoch`` as fresh though nothing of it was received yet: logic
+        read the record at its start, and by the wall clocks the epoch's last beat is
+        recent. A receipt supersedes it; it never delays ``gone``."""
+        self._presumed[(node, epoch)] = until
+
     def fresh(self, node: str, epoch: str, lease_s: float, heard_through: float) -> bool:
-        """Whether new containers may go to the epoch: received from within a lease."""
+        """Whether new containers may go to the epoch: received from within a lease, or,
+        before anything of it was received, presumed fresh (``presume``) up to now."""
         last = self._last.get((node, epoch))
-        return last is not None and heard_through - last <= lease_s
+        if last is None:
+            return heard_through <= self._presumed.get((node, epoch), -math.inf)
+        return heard_through - last <= lease_s
 
     def forget(self, keep: set[tuple[str, str]]) -> None:
         """Drop receipts of epochs not in ``keep`` (their nodes moved on)."""
-        for k in [k for k in self._last if k not in keep]:
-            del self._last[k]
+        for held in (self._last, self._presumed):
+            for k in [k for k in held if k not in keep]:
+                del held[k]
 
 
 __all__ = ["Liveness"]

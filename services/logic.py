@@ -125,12 +125,14 @@ class Logic:
     before it moves the node's containers (services/liveness.py)."""
 
     def __init__(self, node: NodeGroups[Node], *, quota: int = 20, margin_s: float = 1.0,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         if quota < 1:
             raise ValueError(f"the quota must be at least 1, not {quota}")
         self.node = node
         self.quota = quota
         self.monotonic = monotonic
+        self.wall_ms = wall_ms
         self.liveness = Liveness(monotonic(), margin_s)
         #: the cells logic holds (it places containers in these only)
         self.cells = model.held_cells(node.groups)
@@ -164,6 +166,18 @@ class Logic:
         else:
             self.nodes.pop(name, None)
         self._wake.set()
+
+    def _presume_fresh(self) -> None:
+        """Presume each node's epoch read at the start fresh for what is left of a lease
+        since its last beat by the wall clocks (the worker's in the record, logic's now;
+        services/liveness.py), so that a restarted logic places at once rather than
+        after the next beat (every fifth of a lease)."""
+        now_ms, started = self.wall_ms(), self.liveness.started
+        for n in self.nodes.values():
+            if n.epoch and n.lease_ms and n.heartbeat:
+                left_s = (n.lease_ms - max(0, now_ms - n.heartbeat)) / 1000
+                if left_s > 0:
+                    self.liveness.presume(n.name, n.epoch, started + left_s)
 
     def _names(self, cell: str, cid: str) -> bool:
         """Whether container ``cid``'s record names ``cell`` (so its placement there is not
@@ -293,6 +307,7 @@ class Logic:
         self.containers.subscribe(model.CONTAINERS, self._changed)
         r.subscribe(model.CELLS, self._cell_changed)
         self.nodes = {n.name: n for n in model.nodes(r, self.cells)}
+        self._presume_fresh()
         # the index from every record, in slices: now (no decision until it is loaded: it
         # would miss records), then every FULL_PASS_S
         passes = [asyncio.create_task(full_passes(self.index, self.containers,

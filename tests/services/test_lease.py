@@ -84,6 +84,23 @@ def test_a_beat_confirmed_late_but_in_time_keeps_its_epoch_alive_at_logic() -> N
     assert not live.gone("n1", "e1", "e1", lease_s=8.0, heard_through=14.5)
 
 
+def test_an_epoch_presumed_fresh_at_the_start_until_a_receipt_or_its_time() -> None:
+    """Logic restarting may place on an epoch whose record's last beat is recent by the
+    wall clocks (presumed fresh), but presumption never delays or hastens ``gone``."""
+    live = Liveness(started=100.0, margin_s=1.0)
+    live.presume("n1", "e1", until=105.0)
+    assert live.fresh("n1", "e1", 8.0, 100.5) and live.fresh("n1", "e1", 8.0, 105.0)
+    assert not live.fresh("n1", "e1", 8.0, 105.1)  # its time is up, nothing received
+    assert not live.fresh("n2", "e1", 8.0, 100.5)  # another node: not presumed
+    # gone by receipts only: heard at the start, 100 + 8 x 1.25 + 1 = 111
+    assert not live.gone("n1", "e1", "e1", lease_s=8.0, heard_through=110.9)
+    assert live.gone("n1", "e1", "e1", lease_s=8.0, heard_through=111.0)
+    live.heard("n1", "e1", 106.0)  # a receipt supersedes the presumption
+    assert live.fresh("n1", "e1", 8.0, 113.0) and not live.fresh("n1", "e1", 8.0, 114.5)
+    live.forget(set())
+    assert not live.fresh("n1", "e1", 8.0, 100.5)
+
+
 @dataclass(order=True)
 class Event:
     at: float

@@ -242,3 +242,26 @@ def test_each_worker_holds_only_its_own_cell(system: System) -> None:
         assert f"crdt.{g}.cell.{other}.worker.{worker}" not in queues
     for service in ("web", "logic"):
         assert {f"crdt.{g}.cell.{c}.{service}" for c in CELLS} <= queues
+
+
+def test_a_restarted_logic_places_before_the_next_beat(amqp_url: str, tmp_path: Path) -> None:
+    """Workers beat every fifth of their lease (12 s under 60 s). Logic restarted just
+    after a beat has received nothing of any node yet; it presumes the nodes whose last
+    beat is recent by the wall clocks fresh (services/liveness.py), so a Start is placed
+    and on long before the next beat, rather than at it."""
+    with running_system(amqp_url, tmp_path, lease_s=60) as s:
+        def beats() -> dict[str, int]:
+            return {n["name"]: n["heartbeat_ms"] for n in s.api("GET", "/api/nodes")[1]}
+
+        wait_until(lambda: len(beats()) == 2 and all(beats().values()), 30, "both nodes",
+                   s.logs)
+        first = beats()
+        wait_until(lambda: beats() != first, 20, "a beat", s.logs)  # one just happened
+        s.procs["logic"].send_signal(signal.SIGTERM)
+        s.procs["logic"].wait(timeout=30)
+        s.start("logic", "logic", "--cells", ",".join(CELLS))
+        cid = create(s, "soon")
+        assert s.api("POST", f"/api/containers/{cid}/start")[0] == 202
+        wait_until(lambda: s.record(cid)["power_actual"] == "on", 8,
+                   "on before the workers' next beats (12 s apart)", s.logs)
+        s.api("DELETE", f"/api/containers/{cid}")
