@@ -493,8 +493,8 @@ async def db_casts_flow(opt: Options, workdir: Path) -> FlowResult:
 
 
 async def _measure(opt: Options, p: Platform) -> FlowResult:
-    cids = await create_records(p.session, p.base, opt.containers, "bench")
-    warm = await create_records(p.session, p.base, WARMUP, "warmup")
+    cids = await create_records(p.base, opt.containers, "bench")
+    warm = await create_records(p.base, WARMUP, "warmup")
     opt.progress(f"db-casts: created {opt.containers} + {WARMUP} warm-up containers; "
                  f"warming up")
 

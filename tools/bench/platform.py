@@ -192,7 +192,7 @@ async def grow(opt: Options, p: Platform, size: int, have: int, starts: int, bur
     created: list[str] = []
     while len(created) < add:
         chunk = min(500, add - len(created))
-        created += await create_records(p.session, p.base, chunk, f"p{size}-{len(created)}")
+        created += await create_records(p.base, chunk, f"p{size}-{len(created)}")
         say(f"platform: {have + len(created):,}/{size:,} records "
             f"({len(created) / (time.perf_counter() - t0):,.0f}/s)")
     create_s = time.perf_counter() - t0
@@ -488,7 +488,7 @@ def run(args: argparse.Namespace) -> int:
                     say(f"platform: the snapshot: encode {1000 * c.encode_s:,.0f} ms + write "
                         f"{1000 * c.write_s:,.0f} ms, {c.size / 1e6:,.1f} MB (restore "
                         f"{c.restore_s:.2f} s)")
-                    spare = await create_records(p.session, p.base, 2, "restart")
+                    spare = await create_records(p.base, 2, "restart")
                     try:
                         restarted.extend(await restarts(p, spare[0], spare[1], say))
                     finally:
