@@ -62,6 +62,8 @@ async def test_each_process_receives_and_stores_only_the_groups_it_holds(
         # one connection for the three groups of one process
         conns = {id(n._conn) for n in front.nodes.values()}
         assert len(conns) == 1 and front._conn is not None and id(front._conn) in conns
+        # and one probe of its one event loop
+        assert len({id(n.loop_lag) for n in front.nodes.values()}) == 1
         async with front.write() as g:  # one block, three groups
             g.map("containers/c1").register("owner").set("ada")
             g.map("cells/a/containers/c1").register("power_desired").set("on")

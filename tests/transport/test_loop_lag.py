@@ -39,3 +39,50 @@ async def test_a_held_loop_is_seen_and_logged_once(caplog: pytest.LogCaptureFixt
     assert len(held) == 1, held  # the second stall came within warn_every_s
     assert "lag-test" in held[0].getMessage()
     assert _lag_count("lag-test") >= 5
+
+
+@pytest.mark.asyncio
+async def test_the_probe_ticks_fast_only_while_there_is_work() -> None:
+    """Idle, it wakes once per idle tick; busy() makes it tick fast at once, for
+    busy_for_s; then it slows down again."""
+    lag = LoopLag(tick_s=0.01, idle_tick_s=0.2, busy_for_s=0.1)
+    lag.start()
+    await asyncio.sleep(0.15)  # the first busy_for_s after the start: fast
+    await asyncio.sleep(0.6)
+    quiet = lag.ticks
+    await asyncio.sleep(0.6)
+    assert lag.ticks - quiet <= 4, lag.ticks - quiet  # 0.6 s at one tick per 0.2 s
+    before = lag.ticks
+    lag.busy()
+    await asyncio.sleep(0.09)
+    assert lag.ticks - before >= 5  # woken at once, then every 10 ms
+    await asyncio.sleep(0.5)
+    settled = lag.ticks
+    await asyncio.sleep(0.6)
+    assert lag.ticks - settled <= 4  # idle again
+    await lag.stop()
+
+
+@pytest.mark.asyncio
+async def test_work_arriving_after_a_quiet_spell_is_timed_from_its_arrival() -> None:
+    """The probe sleeps its idle tick; work arrives and holds the loop at once: the stall
+    is seen though no fast tick fell due during it."""
+    lag = LoopLag(tick_s=0.01, idle_tick_s=5.0, busy_for_s=0.05)
+    lag.start()
+    await asyncio.sleep(0.2)  # idle now
+    lag.busy()
+    time.sleep(0.3)  # the work holds the loop before the probe runs again
+    await asyncio.sleep(0.05)
+    assert 0.25 <= lag.worst_s < 1.0
+    await lag.stop()
+
+
+@pytest.mark.asyncio
+async def test_one_probe_serves_every_user_until_the_last_stops() -> None:
+    lag = LoopLag(tick_s=0.01)
+    lag.start()
+    lag.start()  # a second node of the same process
+    await lag.stop()
+    assert lag.running
+    await lag.stop()
+    assert not lag.running

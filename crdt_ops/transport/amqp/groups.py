@@ -34,6 +34,7 @@ from crdt_ops.transport.amqp.node import AmqpNode
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import default_store_path
 from crdt_ops.transport.groups import NodeGroups
+from crdt_ops.transport.loop_lag import LoopLag
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class AmqpGroups(NodeGroups[AmqpNode]):
             raise ValueError(f"give each group once, at least one; got {names}")
         self.settings = settings
         nodes: dict[str, AmqpNode] = {}
+        lag: LoopLag | None = None  # one probe of the one event loop, for every group
         for group in names:
             rid = settings.replica_id or (next(iter(nodes.values())).replica_id if nodes else "")
             # a peer's snapshot (--bootstrap) is of one group: the default's
@@ -86,7 +88,8 @@ class AmqpGroups(NodeGroups[AmqpNode]):
                                     bootstrap=bootstrap)
             try:
                 nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
-                                        policy=(policies or {}).get(group, OPEN))
+                                        policy=(policies or {}).get(group, OPEN), loop_lag=lag)
+                lag = nodes[group].loop_lag
             except BaseException:
                 for node in nodes.values():
                     node.durable.store.close()

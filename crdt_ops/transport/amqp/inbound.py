@@ -50,14 +50,18 @@ class Inbound:
     """Applies deliveries to ``durable``: those our queue hands to :attr:`inbox` (the
     consumer's callback is ``inbox.put``) and stream reads handed to :meth:`apply`.
     ``auth`` finds who sent a message; ``echo`` hears our own messages come back;
-    ``observed`` is called after each batch. :attr:`dead_letter_exchange` is set by the
-    node once connected; :attr:`dead_lettered` counts dead letters the broker confirmed."""
+    ``observed`` is called after each batch, ``arrived`` as each one arrives (the node's
+    :meth:`LoopLag.busy <crdt_ops.transport.loop_lag.LoopLag.busy>`).
+    :attr:`dead_letter_exchange` is set by the node once connected; :attr:`dead_lettered`
+    counts dead letters the broker confirmed."""
 
     def __init__(self, durable: DurableReplica, settings: Settings, auth: Authenticator,
-                 echo: EchoWatch, observed: Callable[[], None]) -> None:
+                 echo: EchoWatch, observed: Callable[[], None],
+                 arrived: Callable[[], None] = lambda: None) -> None:
         self.durable, self.settings, self.auth, self.echo = durable, settings, auth, echo
         self.replica_id = durable.replica_id
         self.observed = observed
+        self.arrived = arrived
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.dead_letter_exchange: AbstractExchange | None = None
         self.dead_lettered = 0
@@ -86,6 +90,7 @@ class Inbound:
         the stream nothing is (a nack there would close the connection). ``stream``:
         they come from the stream; ``reread``: a re-read by the gap watch, where
         what cannot be applied is skipped without dead-lettering it again."""
+        self.arrived()
         await self.durable.store_ok.wait()
         replica = self.durable.replica
         before = replica.stats["applied"] - replica.stats["local"]

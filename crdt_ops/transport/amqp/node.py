@@ -64,8 +64,11 @@ from crdt_ops.transport.topology import Topology, declare, declare_member
 
 log = logging.getLogger(__name__)
 
-#: How often the node settles what causal stability released (seconds; see ``_settle``).
+#: How often the node settles what causal stability released (seconds; see ``_settle``),
+#: while deliveries arrive; and while none did since the last time (stability advances
+#: only with what is received: a wake-up then is CPU spent for nothing).
 SETTLE_EVERY_S = 0.25
+SETTLE_IDLE_S = 1.0
 #: A replica that writes between every two heartbeat ticks still sends a heartbeat (its
 #: whole clock) every this many ticks (:meth:`AmqpNode._heartbeat`).
 BEAT_AT_LEAST_EVERY = 5
@@ -85,12 +88,15 @@ class AmqpNode:
     :meth:`DurableReplica.open <crdt_ops.transport.durable.DurableReplica.open>` (raising
     ValueError when the store belongs to another replica id or was made with the other
     ``membership`` mode, :class:`~crdt_ops.transport.store.StoreLocked` when another
-    process has it open), or pumps ``durable``, one opened by the caller.
+    process has it open), or pumps ``durable``, one opened by the caller. ``loop_lag``:
+    the probe of the event loop's stalls to start with the node, shared by the nodes of
+    one process (:class:`~crdt_ops.transport.loop_lag.LoopLag`; by default its own).
     """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
                  wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN,
-                 durable: DurableReplica | None = None) -> None:
+                 durable: DurableReplica | None = None,
+                 loop_lag: LoopLag | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.topology = Topology.of(settings)
@@ -125,7 +131,13 @@ class AmqpNode:
         self._reread_due = False
         self._echo_tick = time.monotonic()
         self._narrow = False  # a broker user that may not declare the shared topology
-        self._in = Inbound(self.durable, settings, self._auth, self._echo, self._observe)
+        #: the event loop's stalls since start() (crdt_ops.transport.loop_lag; the nodes of
+        #: one process may share one: ``loop_lag``)
+        self.loop_lag = loop_lag or LoopLag(self.replica_id)
+        self._in = Inbound(self.durable, settings, self._auth, self._echo, self._observe,
+                           self._arrived)
+        self._arrivals = 0  # batches delivered since this process started
+        self._arrivals_settled = 0  # ... as of the last settling
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost)
         self.echo_losses = 0  # times our echo stopped (since this process started)
@@ -135,8 +147,6 @@ class AmqpNode:
         #: unless we wrote since we started)
         self._own_at_tick = self.replica.clock.get(self.replica_id, 0)
         self._skipped = 0  # heartbeat ticks skipped in a row
-        #: the event loop's stalls since start() (crdt_ops.transport.loop_lag)
-        self.loop_lag = LoopLag(self.replica_id)
 
     # ------------------------------------------------------------ the durable replica
 
@@ -185,11 +195,13 @@ class AmqpNode:
         entry while it is failing, or at the end): then none of the block's
         operations is accepted, and memory is restored from the store (they are
         gone) before any other write or delivery is taken."""
+        self.loop_lag.busy()
         return self.durable.write()
 
     async def flush(self) -> None:
         """Wait until every local operation applied so far is in the outbox. Raises
         :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing or fails."""
+        self.loop_lag.busy()
         await self.durable.flush()
 
     def snapshot(self) -> None:
@@ -349,8 +361,9 @@ class AmqpNode:
         self._tasks.clear()
         if self.loop_lag.running:
             worst = await self.loop_lag.stop()
-            log.info("replica %s: its event loop's worst stall was %.1f ms, %.0fs after its "
-                     "start", self.replica_id, 1000 * worst, self.loop_lag.worst_at)
+            if not self.loop_lag.running:  # its last user: said once per process
+                log.info("replica %s: its event loop's worst stall was %.1f ms, %.0fs after "
+                         "its start", self.replica_id, 1000 * worst, self.loop_lag.worst_at)
         if self._conn is not None and self._conn is self.shared_connection:
             self._conn.reconnect_callbacks.discard(self._on_reconnect)
             self._conn.close_callbacks.discard(self._on_lost)
@@ -588,11 +601,20 @@ class AmqpNode:
         self._own_at_tick = own
         self._observe()
 
+    def _arrived(self) -> None:
+        """A batch of deliveries arrived (from our queue or the stream)."""
+        self._arrivals += 1
+        self.loop_lag.busy()
+
     async def _settle(self) -> None:
         """Settle what causal stability released (``Replica.compact``), a step at a time
         with the loop's other work in between: a record costs its compact size soon
-        after it is stable, and no step holds a delivery up for more than a few ms."""
-        await asyncio.sleep(SETTLE_EVERY_S)
+        after it is stable, and no step holds a delivery up for more than a few ms.
+        Every ``SETTLE_EVERY_S`` while deliveries arrive, every ``SETTLE_IDLE_S`` when
+        none did since the last time."""
+        quiet = self._arrivals == self._arrivals_settled
+        await asyncio.sleep(SETTLE_IDLE_S if quiet else SETTLE_EVERY_S)
+        self._arrivals_settled = self._arrivals
         step = self.replica.SETTLE_STEP
         while self.replica.compact(step) >= step:
             await asyncio.sleep(0)
