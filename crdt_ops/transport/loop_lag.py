@@ -6,8 +6,9 @@ it (issue 14: "measure the loop's stalls and report the worst").
 A stall shorter than the tick may go unseen (it can fall between two wake-ups); one longer
 than the tick is seen, to within a tick. The probe costs one wake-up per tick, about a
 quarter of a millisecond of CPU on a small VM, so it ticks fast only while there is work:
-for ``busy_for_s`` after the last :meth:`LoopLag.busy` (a delivery, a write), and once per
-``idle_tick_s`` otherwise. The first work after a quiet spell wakes it, and the time from
+for ``busy_for_s`` after the last :meth:`LoopLag.busy` (a delivery, a write: 0.1 s covers
+what follows a delivery, its reactions, the linger before its log and the disk sync), and
+once per ``idle_tick_s`` otherwise. The first work after a quiet spell wakes it, and the time from
 that call until the probe runs counts as a stall: what that work held the loop for. One
 probe serves one event loop: the nodes of a process share it (:meth:`LoopLag.start` and
 :meth:`LoopLag.stop` count their users).
@@ -37,7 +38,7 @@ class LoopLag:
 
     def __init__(self, replica: str = "", tick_s: float = 0.05, warn_s: float = 0.5,
                  warn_every_s: float = 60.0, idle_tick_s: float = 1.0,
-                 busy_for_s: float = 1.0) -> None:
+                 busy_for_s: float = 0.1) -> None:
         self.replica, self.tick_s, self.warn_s, self.warn_every_s = (
             replica, tick_s, warn_s, warn_every_s)
         self.idle_tick_s, self.busy_for_s = idle_tick_s, busy_for_s

@@ -201,7 +201,8 @@ class AmqpNode:
     async def flush(self) -> None:
         """Wait until every local operation applied so far is in the outbox. Raises
         :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing or fails."""
-        self.loop_lag.busy()
+        if self.replica.unsent:
+            self.loop_lag.busy()
         await self.durable.flush()
 
     def snapshot(self) -> None:
