@@ -115,3 +115,50 @@ async def test_a_stream_of_small_messages_is_replayed_in_batches(amqp_url: str,
         assert appends <= ops // 10, appends
     finally:
         await delete_group_async(amqp_url, group, ["fresh"], lambda _: None)
+
+
+@pytest.mark.asyncio
+async def test_a_lone_delivery_is_logged_at_once_and_a_burst_in_few_transactions(
+        amqp_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery after a quiet spell does not wait LINGER_S for company (that costs a
+    wake-up and finds none); deliveries that come close together share transactions."""
+    from crdt_ops.transport.amqp import inbound
+    from tests.broker import started, until
+
+    monkeypatch.setattr(inbound, "LINGER_S", 2.0)
+    group = new_group()
+    s = Settings(amqp_url=amqp_url, group=group, heartbeat_s=30.0, store=str(tmp_path))
+    try:
+        async with started(s, "a", "b") as (a, b):
+            logged: list[tuple[float, int]] = []  # b's transactions holding deliveries
+            append = b.durable.store.append
+
+            def counted(received: Any, produced: Any) -> int:
+                received = list(received)
+                if received:
+                    logged.append((time.monotonic(), len(received)))
+                return append(received, produced)
+
+            b.durable.store.append = counted  # type: ignore[method-assign]
+            await asyncio.sleep(2.5)  # quiet: nothing arrived within LINGER_S
+            logged.clear()
+            t0 = time.monotonic()
+            async with a.write() as r:
+                r.register("x").set(1)
+            await until(lambda: logged, 5, "b to log the lone delivery")
+            assert logged[0][0] - t0 < 1.0  # not after LINGER_S
+            logged.clear()
+            for i in range(100):  # one message every few ms: each in its own message
+                await _set(a, i)
+                await asyncio.sleep(0.003)
+            await until(lambda: b.replica.get("y99") == 99, 20, "the burst at b")
+            await asyncio.sleep(2.5)  # the last lingering batch
+            total = sum(n for _, n in logged)
+            assert total >= 2 and len(logged) <= max(2, total // 2), logged
+    finally:
+        await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)
+
+
+async def _set(node: AmqpNode, i: int) -> None:
+    async with node.write() as r:
+        r.register(f"y{i}").set(i)

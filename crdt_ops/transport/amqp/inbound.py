@@ -37,9 +37,12 @@ log = logging.getLogger(__name__)
 #: transaction (one disk sync, not two). Each costs a few microseconds when nothing runs.
 REACTION_TURNS = 4
 #: Seconds a batch that brought something new waits, after its reactions, for more
-#: deliveries to log in the same transaction before it is acknowledged. Nothing waits on
-#: it but the broker's ack (a delivery is applied, and its reactions run, at once); under
-#: load it turns one disk sync per delivery into one per batch.
+#: deliveries to log in the same transaction before it is acknowledged, under load (the
+#: batch holds more than one delivery, more wait, or the last batch came less than this
+#: long before). Nothing waits on it but the broker's ack (a delivery is applied, and its
+#: reactions run, at once); under load it turns one disk sync per delivery into one per
+#: batch. A lone delivery after a quiet spell is logged at once: waiting would cost a
+#: wake-up and find nothing.
 LINGER_S = 0.020
 #: Seconds a nack may take before it is given up (the channel is failing: the broker
 #: requeues the message when it closes).
@@ -63,6 +66,7 @@ class Inbound:
         self.observed = observed
         self.arrived = arrived
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._last_arrival = 0.0  # when the last batch arrived (time.monotonic())
         self.dead_letter_exchange: AbstractExchange | None = None
         self.dead_lettered = 0
 
@@ -91,6 +95,7 @@ class Inbound:
         they come from the stream; ``reread``: a re-read by the gap watch, where
         what cannot be applied is skipped without dead-lettering it again."""
         self.arrived()
+        arrival, self._last_arrival = self._last_arrival, time.monotonic()
         await self.durable.store_ok.wait()
         replica = self.durable.replica
         before = replica.stats["applied"] - replica.stats["local"]
@@ -114,7 +119,10 @@ class Inbound:
             # and what arrives meanwhile joins the same transaction: under load, one disk
             # sync serves several deliveries (only their acks wait; they are applied at once)
             if deadline is None:
-                deadline = time.monotonic() + LINGER_S
+                now = time.monotonic()
+                busy = (len(batch) > 1 or not self.inbox.empty()
+                        or now - arrival < LINGER_S)
+                deadline = now + (LINGER_S if busy else 0.0)
             more = await arriving(self.inbox, self.settings.prefetch - len(batch), deadline)
             batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once
