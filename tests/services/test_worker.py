@@ -182,3 +182,26 @@ def test_a_worker_beats_five_times_a_lease_unless_told(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 4 heartbeats"):
         Worker(wn, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False, lease_s=30,
                heartbeat_s=8)
+
+
+def test_an_idle_worker_sleeps_until_its_next_duty(tmp_path: Path) -> None:
+    """No wake-up without a reason: the next beat, full reconcile, lease instant, or a
+    poll for the confirm of a beat written."""
+    from services import lease
+    from services.worker import CONFIRM_POLL_S
+
+    wn = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+    worker = Worker(wn, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False,
+                    lease_s=30, reconcile_s=5.0)
+    now = 100.0
+    worker.lease = lease.Lease("e1", 30.0, deadline=now + 20)  # run_until now + 17
+    # beat due at +6, full reconcile at +5: the reconcile
+    assert worker.idle_for(now, last_beat=now, last_full=now) == pytest.approx(5.0)
+    assert worker.idle_for(now, last_beat=now - 4, last_full=now) == pytest.approx(2.0)
+    worker.lease = lease.Lease("e1", 30.0, deadline=now + 4)  # containers stop at +1
+    assert worker.idle_for(now, last_beat=now, last_full=now) == pytest.approx(1.0)
+    worker.lease = lease.Lease("e1", 30.0, deadline=now + 20)
+    worker._beat = (now, now)  # written, its confirm awaited
+    assert worker.idle_for(now, last_beat=now, last_full=now) == CONFIRM_POLL_S
+    worker._beat = None
+    assert worker.idle_for(now, last_beat=now - 10, last_full=now) == 0.01  # overdue
