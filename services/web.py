@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import time
 import uuid
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from crdt_ops.errors import InvalidValue
@@ -471,8 +473,24 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
     return app
 
 
+class AccessLog(AbstractAccessLogger):
+    """One line per request, at INFO on the ``aiohttp.access`` logger: the client's address,
+    the method and path with its query, the status, the body's size in bytes and how long
+    web took to answer in ms, e.g. ``127.0.0.1 "POST /api/containers" 201 212 B 1.4 ms``.
+    The services' log format adds the time (services/logs.py). Nothing is formatted when
+    INFO is off."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info('%s "%s %s" %d %d B %.1f ms', request.remote, request.method,
+                         request.path_qs, response.status, response.body_length, 1000 * time)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
 async def serve(node: NodeGroups[Node], host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(node))
+    runner = web.AppRunner(make_app(node), access_log_class=AccessLog)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

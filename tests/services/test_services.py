@@ -265,3 +265,15 @@ def test_a_restarted_logic_places_before_the_next_beat(amqp_url: str, tmp_path: 
         wait_until(lambda: s.record(cid)["power_actual"] == "on", 8,
                    "on before the workers' next beats (12 s apart)", s.logs)
         s.api("DELETE", f"/api/containers/{cid}")
+
+
+def test_web_logs_one_line_per_request(system: System) -> None:
+    """web's access log: address, method and path, status, bytes and ms, one line each."""
+    import re
+
+    cid = create(system, "logged")
+    line = re.compile(r'127\.0\.0\.1 "GET /api/containers/' + cid + r'\?x=1" 200 \d+ B [\d.]+ ms')
+    assert system.api("GET", f"/api/containers/{cid}?x=1")[0] == 200
+    wait_until(lambda: line.search((system.workdir / "web.log").read_text()) is not None, 10,
+               "web's access line", system.logs)
+    system.api("DELETE", f"/api/containers/{cid}")
