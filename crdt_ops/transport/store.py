@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, data BL
 #: How long a statement waits for a lock another connection holds before it fails
 #: (seconds). Short: the caller runs on an event loop, and retries with backoff.
 BUSY_TIMEOUT_S = 0.5
+#: Confirmed outbox rows held back for the next transaction at most (see
+#: :meth:`Store.confirm`); past it they are dropped in a transaction of their own.
+MAX_CONFIRMED_PENDING = 1000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -85,8 +88,11 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self._confirmed: list[int] = []  # outbox rows confirmed, not deleted yet
 
     def close(self) -> None:
+        with contextlib.suppress(StoreUnavailable):  # else they are published again
+            self._drop_confirmed()
         self.db.close()
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
@@ -119,29 +125,50 @@ class Store:
         rows = [(m,) for m in received] + [(m,) for m in produced]
         if not rows:
             return 0
+        dropped = self._confirmed
         with self._tx():
             self.db.executemany("INSERT INTO log (data) VALUES (?)", rows)
             self.db.executemany("INSERT INTO outbox (data) VALUES (?)", [(m,) for m in produced])
+            if dropped:
+                self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in dropped])
+        self._confirmed = []
         return len(rows)
 
     @_guarded
     def unconfirmed(self, limit: int = 10_000) -> list[tuple[int, bytes]]:
-        """Outbox messages not yet confirmed by the broker, oldest first."""
-        rows = self.db.execute("SELECT id, data FROM outbox ORDER BY id LIMIT ?", (limit,))
-        return [(int(i), bytes(d)) for i, d in rows.fetchall()]
+        """Outbox messages not yet confirmed by the broker, oldest first, at most ``limit``."""
+        pending = set(self._confirmed)
+        rows = self.db.execute("SELECT id, data FROM outbox ORDER BY id LIMIT ?",
+                               (limit + len(pending),))
+        return [(int(i), bytes(d)) for i, d in rows.fetchall() if i not in pending][:limit]
+
+    def confirm(self, ids: Iterable[int]) -> None:
+        """The broker confirmed these outbox messages: they are no longer
+        :meth:`unconfirmed`, and are deleted by the next transaction (:meth:`append`: a
+        write or a delivery logged), or, past :data:`MAX_CONFIRMED_PENDING` of them, by a
+        transaction of their own that does not wait for the disk. No transaction and no
+        disk sync of their own, for each message published. If a crash (or a power loss
+        undoing a transaction with ``synchronous=NORMAL``: SQLite's WAL stays consistent
+        but may lose its latest transactions,
+        https://www.sqlite.org/pragma.html#pragma_synchronous) comes first, they are
+        published again after the restart and the replicas drop them as duplicates.
+        Raises :class:`StoreUnavailable` only if that transaction of their own fails
+        (they stay pending)."""
+        self._confirmed.extend(ids)
+        if len(self._confirmed) > MAX_CONFIRMED_PENDING:
+            self._drop_confirmed()
 
     @_guarded
-    def confirm(self, ids: Iterable[int]) -> None:
-        """The broker confirmed these outbox messages: drop them, without waiting for the
-        disk. If an OS crash or a power loss undoes this (SQLite's WAL with
-        ``synchronous=NORMAL`` stays consistent but may lose its latest transactions:
-        https://www.sqlite.org/pragma.html#pragma_synchronous), they are published
-        again after the restart and the replicas drop them as duplicates; an
-        application crash loses nothing. The next durable write syncs it anyway."""
+    def _drop_confirmed(self) -> None:
+        """Delete the confirmed rows pending, in a transaction without a disk sync."""
+        if not self._confirmed:
+            return
         self.db.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._tx():
-                self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                self.db.executemany("DELETE FROM outbox WHERE id = ?",
+                                    [(i,) for i in self._confirmed])
+            self._confirmed = []
         finally:
             self.db.execute("PRAGMA synchronous=FULL")
 

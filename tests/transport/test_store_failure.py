@@ -172,22 +172,45 @@ async def test_web_answers_503_while_its_store_fails_and_recovers(settings: Sett
         await web.stop()
 
 
-def test_confirming_published_messages_skips_the_disk_sync_and_nothing_else(
-        tmp_path: Path) -> None:
-    """confirm() drops outbox rows with synchronous=NORMAL (losing it to a power cut only
-    publishes them again); every other write stays FULL, also after a confirm that failed."""
+def test_confirmed_messages_leave_the_outbox_with_the_next_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """confirm() costs no transaction of its own: the rows are no longer unconfirmed at
+    once, and are deleted by the next append (or, past MAX_CONFIRMED_PENDING, by a
+    transaction with synchronous=NORMAL; every other write stays FULL, also after one that
+    failed), or when the store closes."""
+    from crdt_ops.transport import store as store_module
     from crdt_ops.transport.store import Store
+
+    def rows(st: Store) -> int:
+        return int(st.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     store = Store(tmp_path / "s.sqlite")
     try:
         store.append([], [b"a", b"b"])
         ids = [i for i, _ in store.unconfirmed()]
+        changes = store.db.total_changes
         store.confirm(ids[:1])
+        assert store.db.total_changes == changes  # nothing written yet
         assert [d for _, d in store.unconfirmed()] == [b"b"]
-        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert [d for _, d in store.unconfirmed(limit=1)] == [b"b"]
+        store.append([b"x"], [b"c"])  # deletes "a" in the same transaction
+        assert rows(store) == 2 and [d for _, d in store.unconfirmed()] == [b"b", b"c"]
+        monkeypatch.setattr(store_module, "MAX_CONFIRMED_PENDING", 1)
+        ids = [i for i, _ in store.unconfirmed()]
         with locked(tmp_path / "s.sqlite"), pytest.raises(StoreUnavailable):
-            store.confirm(ids[1:])
+            store.confirm(ids)  # two pending: a transaction of their own, which fails
+        assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store.unconfirmed() == [] and rows(store) == 2  # still pending
+        store.confirm([])
+        assert rows(store) == 0
         assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
-        assert [d for _, d in store.unconfirmed()] == [b"b"]
+        monkeypatch.setattr(store_module, "MAX_CONFIRMED_PENDING", 1000)
+        store.append([], [b"d"])
+        store.confirm([i for i, _ in store.unconfirmed()])
     finally:
-        store.close()
+        store.close()  # drops what is pending
+    again = Store(tmp_path / "s.sqlite")
+    try:
+        assert rows(again) == 0
+    finally:
+        again.close()
