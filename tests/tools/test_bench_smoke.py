@@ -148,8 +148,11 @@ def test_platform_benchmark_quick_run(amqp_url: str) -> None:
     rows = table(out, "records")
     assert [r[0] for r in rows] == ["50", "200"], out
     for r in rows:
-        _records, creates, seq, burst, rss, cpu, settle = r
+        _records, creates, seq, burst, rss, cpu, settle, messages = r
         assert number(creates) > 0 and number(settle) >= 0, r
+        # the creates and Starts were logged at web: mean <= largest, and some were
+        m = re.fullmatch(r"([0-9,]+) / ([0-9,]+) \(([0-9,]+)\)", messages)
+        assert m and 0 < number(m[1]) <= number(m[2]) and number(m[3]) > 0, r
         for pair in (seq, burst):
             p50, p99 = map(number, pair.split(" / "))
             assert 0 < p50 <= p99, r
@@ -165,10 +168,10 @@ def test_platform_benchmark_quick_run(amqp_url: str) -> None:
         assert first_pass == "-" if r[0] == "web" else number(first_pass) >= 0, r
     snapshot = table(out, "snapshot of")
     assert len(snapshot) == 1 and snapshot[0][0] == "logic.sqlite", snapshot
-    # fork, write, loop held, child, encode (ms), MB, restore (s): the child's bytes were
-    # read, and the snapshot has a size
+    # fork, write, loop held, child, encode (ms), MB, bytes per record, restore (s): the
+    # child's bytes were read, and the snapshot has a size
     assert all(number(c) >= 0 for c in snapshot[0][1:]) and number(snapshot[0][4]) > 0 \
-        and number(snapshot[0][6]) > 0, snapshot
+        and number(snapshot[0][6]) > 0 and number(snapshot[0][7]) > 0, snapshot
 
 
 def test_shared_helpers() -> None:

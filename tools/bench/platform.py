@@ -15,7 +15,11 @@ container records). At each size it reports:
   once the previous container is "on" at web: :func:`tools.bench.services.timed_start`),
   and a **burst** of ``--burst`` Starts sent at once (each from its POST to "on" at web);
 - **CPU per Start**, per service: its CPU time over the one-at-a-time Starts divided by
-  their number (ms).
+  their number (ms);
+- **message bytes**, mean and largest, of the messages web's stores logged while the
+  platform grew to this size and was started (its own creates, and what logic and the
+  workers wrote: placements, reports, beats), as they travel (the wire's bytes); those a
+  snapshot dropped from the log meanwhile are not counted.
 
 At the largest size it also measures:
 
@@ -108,6 +112,8 @@ class SizeResult:
     cpu_ms_per_start: dict[str, float | None]
     settle_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: (messages, mean bytes, largest bytes) logged at web at this size (:func:`logged`)
+    messages: tuple[int, float, int] = (0, 0.0, 0)
 
 
 @dataclass
@@ -144,6 +150,21 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def logged(stores: Sequence[Path], after: dict[Path, int]) -> tuple[int, float, int]:
+    """The messages in the logs of ``stores`` (live SQLite stores, read-only) past row id
+    ``after[store]`` (0 if absent): how many, their mean bytes and the largest's bytes;
+    ``after`` is updated to each log's last row id."""
+    n, total, largest = 0, 0, 0
+    for path in stores:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            c, s, m, last = db.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0), coalesce(max(length(data)), 0),"
+                " coalesce(max(id), 0) FROM log WHERE id > ?", (after.get(path, 0),)).fetchone()
+        n, total, largest = n + c, total + s, max(largest, m)
+        after[path] = max(after.get(path, 0), last)
+    return n, (total / n if n else 0.0), largest
 
 
 def _pids(p: Platform) -> dict[str, int]:
@@ -183,9 +204,12 @@ async def burst(p: Platform, cids: Sequence[str]) -> list[float]:
 
 
 async def grow(opt: Options, p: Platform, size: int, have: int, starts: int, bursts: int,
-               say: Callable[[str], None]) -> SizeResult:
-    """Add records until the platform holds ``size`` (it holds ``have``), then measure."""
+               say: Callable[[str], None], seen: dict[Path, int] | None = None) -> SizeResult:
+    """Add records until the platform holds ``size`` (it holds ``have``), then measure.
+    ``seen``: the row ids of web's logs already counted (:func:`logged`; updated)."""
     pids = _pids(p)
+    seen = {} if seen is None else seen
+    logged(_stores_of(p, "web"), seen)
     rss0 = {n: rss_bytes(pid) for n, pid in pids.items()}
     add = size - have
     t0 = time.perf_counter()
@@ -217,6 +241,7 @@ async def grow(opt: Options, p: Platform, size: int, have: int, starts: int, bur
         say(f"platform: {size:,} records: a burst of {len(bst)} Starts")
         result.burst_ms = [1000 * s for s in await burst(p, bst)]
     await settle(p, say=say)
+    result.messages = logged(_stores_of(p, "web"), seen)
     return result
 
 
@@ -400,6 +425,13 @@ def _store_of(p: Platform, name: str) -> Path:
     return Path(argv[argv.index("--store") + 1])
 
 
+def _stores_of(p: Platform, name: str) -> list[Path]:
+    """Service ``name``'s stores: its ``--store`` and one per other group it holds
+    (``<store stem>.<group>.sqlite`` beside it)."""
+    main = _store_of(p, name)
+    return [main, *sorted(main.parent.glob(f"{main.stem}.*.sqlite"))]
+
+
 def _p(values: list[float], q: float) -> str:
     return f"{nearest_rank(values, q):.0f}" if values else "-"
 
@@ -416,14 +448,15 @@ def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.N
             " / ".join("-" if r.cpu_ms_per_start[n] is None
                        else f"{r.cpu_ms_per_start[n]:.1f}" for n in SERVICES),
             f"{r.settle_s:.0f}",
+            f"{r.messages[1]:,.0f} / {r.messages[2]:,} ({r.messages[0]:,})",
         ])
     head = ["records", "creates/s", f"Start->on ms p50 / p99 ({args.starts} one at a time)",
             f"burst of {args.burst}: ms p50 / p99", "RSS bytes per record (" + " / ".join(
                 SERVICES) + ")", "CPU ms per Start (" + " / ".join(SERVICES) + ")",
-            "settle s"]
+            "settle s", "message bytes at web: mean / largest (messages)"]
     title = ("The platform from " + " -> ".join(f"{r.records:,}" for r in results)
              + " records: real crdt-ops services over RabbitMQ")
-    out = [title, "", *info_lines(info), "", markdown_table(head, rows, "rrllllr"), ""]
+    out = [title, "", *info_lines(info), "", markdown_table(head, rows, "rrllllrl"), ""]
     if restarted:
         out += [f"Restart at {results[-1].records:,} records: SIGTERM, then the same command "
                 "and store; seconds from its start until it serves again:", "",
@@ -446,11 +479,13 @@ def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.N
                 "write; 'encode ms' is the encoding on this thread, for comparison:", "",
                 markdown_table(
                     ["snapshot of", "fork ms", "write ms", "loop held ms",
-                     "child ms", "encode ms", "MB", "restoring the store s"],
+                     "child ms", "encode ms", "MB", "bytes per record",
+                     "restoring the store s"],
                     [[snap.store, f"{1000 * snap.fork_s:,.1f}", f"{1000 * snap.write_s:,.0f}",
                       f"{1000 * (snap.fork_s + snap.write_s):,.0f}",
                       f"{1000 * snap.child_s:,.0f}", f"{1000 * snap.encode_s:,.0f}",
-                      f"{snap.size / 1e6:,.1f}", f"{snap.restore_s:.2f}"]], "lrrrrrrr"), ""]
+                      f"{snap.size / 1e6:,.1f}", f"{snap.size / snap.records:,.0f}",
+                      f"{snap.restore_s:.2f}"]], "lrrrrrrrr"), ""]
     return "\n".join(out)
 
 
@@ -472,9 +507,10 @@ def run(args: argparse.Namespace) -> int:
         results: list[SizeResult] = []
         with tempfile.TemporaryDirectory(prefix="crdt-ops-platform-") as tmp:
             async with running_platform(opt, Path(tmp)) as p:
-                have = 0
+                have, seen = 0, dict[Path, int]()
                 for size in sizes:
-                    results.append(await grow(opt, p, size, have, args.starts, args.burst, say))
+                    results.append(await grow(opt, p, size, have, args.starts, args.burst, say,
+                                              seen))
                     have = size
                     r = results[-1]
                     say(f"platform: {size:,} records: Start->on p50 "
