@@ -9,7 +9,8 @@
 - local operations are *accepted* when :meth:`flush` (or the :meth:`write` block)
   returns: they are then in the store's outbox, in one transaction per group commit
   (:meth:`flusher`: under load from concurrent writers it waits up to
-  ``batch_delay_ms`` or ``batch_ops``; a lone write is committed at once); the
+  ``batch_delay_ms`` or ``batch_ops``; a lone write is committed at once, on its
+  writer's turn of the event loop); the
   transport publishes the outbox (:attr:`outbox_ready`) until its broker confirms it;
 - deliveries are logged with what they produced in one transaction
   (:meth:`log_delivered`) before the transport acknowledges them; between applying
@@ -102,7 +103,8 @@ class DurableReplica:
         self._unlogged: list[bytes] = []
         self._last_commit = 0.0
         self._waiting = 0  # flush() calls waiting for the next commit
-        self._last_waiting = 0  # how many the last commit answered
+        self._turn_committed = False  # a flush() committed at once in this turn of the loop
+        self._last_waiting = 0  # how many flush() calls the last commit of writes answered
         self._since_snapshot = 0
         self._snapshotting = False
         self._aside: asyncio.Task[None] | None = None  # a snapshot encoded in a child
@@ -256,8 +258,8 @@ class DurableReplica:
         self.refuse_write()
         if not self.replica.unsent:
             return
-        if not self.pumping:  # not pumped (not started, or stopped): commit here
-            self.commit()
+        if not self.pumping or self._at_once():  # not pumped (not started, or stopped),
+            self.commit()                           # or a lone write: commit here
             return
         if self._committed is None or self._committed.done():
             self._committed = asyncio.get_running_loop().create_future()
@@ -268,19 +270,42 @@ class DurableReplica:
             self._full.set()
         await asyncio.shield(fut)
 
+    def _at_once(self) -> bool:
+        """Whether :meth:`flush` commits on its caller's turn of the event loop rather than
+        waking :meth:`flusher` (a lone write pays no turns of the loop, in which other
+        callbacks would run first): when no flush waits already, the last commit did not
+        answer several writers less than ``batch_delay_ms`` ago (the flusher's rule for
+        load), and no flush committed at once in this turn of the loop yet, so that
+        writers woken together share the flusher's next commit (and one writer writing in
+        a loop yields to the others)."""
+        if self._waiting or self._turn_committed or self._under_load():
+            return False
+        self._turn_committed = True
+        asyncio.get_running_loop().call_soon(self._next_turn)
+        return True
+
+    def _next_turn(self) -> None:
+        self._turn_committed = False
+
+    def _under_load(self) -> bool:
+        """The last commit of local operations, less than ``batch_delay_ms`` ago, answered
+        several writers waiting in :meth:`flush`."""
+        return (self._last_waiting > 1 and time.monotonic() - self._last_commit
+                < self.settings.batch_delay_ms / 1000)
+
     async def flusher(self) -> None:
         """One group commit of local writes (a transport runs it in a loop). Under load
         (the last commit, less than ``batch_delay_ms`` ago, answered several concurrent
         writers) wait up to that long, or until ``batch_ops`` are waiting; otherwise
         commit at once: a lone write, or one writer's writes in sequence, pay no batching
-        delay. Writers that ran in the same turn of the event loop share the commit
-        anyway: the first one's flush wakes this task behind the others already
-        scheduled (asyncio runs ready callbacks in order)."""
+        delay (a lone write does not even wake this task: :meth:`_at_once`). Writers that
+        ran in the same turn of the event loop share this commit anyway: the first one's
+        flush wakes this task behind the others already scheduled (asyncio runs ready
+        callbacks in order)."""
         await self._dirty.wait()
         await self.store_ok.wait()
-        delay = self.settings.batch_delay_ms / 1000
-        if self._last_waiting > 1 and time.monotonic() - self._last_commit < delay:
-            await wait_set(self._full, delay)
+        if self._under_load():
+            await wait_set(self._full, self.settings.batch_delay_ms / 1000)
         self.commit()
 
     def commit(self) -> None:
@@ -297,9 +322,11 @@ class DurableReplica:
         transaction; then the store keys ``flags``. Answers every :meth:`flush` waiting."""
         self._dirty.clear()
         self._full.clear()
-        self._last_commit = time.monotonic()
-        self._last_waiting, self._waiting = self._waiting, 0
         msgs = self.replica.outgoing()
+        if msgs:  # the writers' load (:meth:`_under_load`): a delivery's log is not a write
+            self._last_commit = time.monotonic()
+            self._last_waiting = self._waiting
+        self._waiting = 0
         received, self._unlogged = self._unlogged, []
         if msgs or received or flags:
             with self.storing():

@@ -62,8 +62,14 @@ class NodeGroups(Generic[N]):
 
     async def flush(self) -> None:
         """Flush every group that holds local operations not yet handed over (each as
-        its node's ``flush()``), concurrently."""
-        await asyncio.gather(*(n.flush() for n in self.nodes.values() if n.replica.unsent))
+        its node's ``flush()``), concurrently; one such group is flushed in this task (a
+        lone write then commits on its writer's turn of the event loop, as a node's
+        ``flush()`` does)."""
+        pending = [n for n in self.nodes.values() if n.replica.unsent]
+        if len(pending) == 1:
+            await pending[0].flush()
+        elif pending:
+            await asyncio.gather(*(n.flush() for n in pending))
 
     def health(self) -> dict[str, dict[str, str]]:
         """Each group's node's ``health()``, by group."""

@@ -61,6 +61,29 @@ async def test_sequential_writes_commit_at_once_and_concurrent_ones_share_commit
 
 
 @pytest.mark.asyncio
+async def test_a_lone_write_commits_on_its_own_turn_of_the_loop(node: AmqpNode) -> None:
+    """No other callback runs between a lone write and its commit (each one there would
+    delay the write's publication); a second write in the same turn goes through the
+    flusher, so a writer that never awaits anything else still lets the loop run."""
+    await node.start()
+    try:
+        loop = asyncio.get_running_loop()
+        async with node.write() as r:
+            r.counter("n").increment(1)
+        await asyncio.sleep(0)  # a new turn of the loop
+        ran: list[int] = []
+        loop.call_soon(ran.append, 1)
+        async with node.write() as r:
+            r.counter("n").increment(1)
+        assert ran == [] and node.replica.unsent == 0  # committed, nothing ran meanwhile
+        async with node.write() as r:  # the same turn: through the flusher
+            r.counter("n").increment(1)
+        assert ran == [1] and node.replica.unsent == 0
+    finally:
+        await node.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_replica_that_only_writes_takes_snapshots(tmp_path: Path) -> None:
     """Its own operations count toward --snapshot-every like delivered ones: a restart
     replays the log since the last snapshot, not every write it ever made (web wrote
