@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,24 @@ def ensure(state_dir: Path, runtime: Runtime) -> int:
     (state_dir / PIDFILE).write_text(str(proc.pid))
     _children[:] = [c for c in _children if c.poll() is None] + [proc]
     return proc.pid
+
+
+def stop(state_dir: Path, timeout_s: float = 5.0) -> None:
+    """Stop the guard of ``state_dir`` if one runs (SIGTERM; SIGKILL after ``timeout_s``
+    seconds) and return once it is gone. Only for a worker whose containers were stopped
+    for good (the demo's end): the guard is what stops them when the worker cannot."""
+    pid = running_guard(state_dir)
+    if pid is None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _children[:] = [c for c in _children if c.poll() is None]  # reaps ours
+            if not _alive(pid):
+                return
+            time.sleep(0.02)
 
 
 def guard(state_dir: Path, runtime: Runtime) -> None:

@@ -38,7 +38,7 @@ from crdt_ops.transport.amqp.groups import AmqpGroups
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from crdt_ops.transport.topology import Topology
-from services import lease, logs, model, web
+from services import guard, lease, logs, model, web
 from services.logic import Logic
 from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
@@ -549,6 +549,8 @@ async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
     finally:
         for t in tasks:
             t.cancel()
+        # ended before the directory goes: a worker still running would write to it again
+        await asyncio.gather(*tasks, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
         _stop_containers(work / w for w in DEMO_WORKERS)
@@ -557,13 +559,15 @@ async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
 
 def _stop_containers(runtime_dirs: Iterable[Path]) -> None:
     """The demo is over: stop the containers its workers left running (a real worker
-    leaves them: they are the customers', and it reconciles them when it comes back)."""
+    leaves them: they are the customers', and it reconciles them when it comes back), then
+    their guards (each would make its directory again once the demo removed it)."""
     for d in runtime_dirs:
         if not d.is_dir():
             continue
         rt = ProcessRuntime(d)
         for cid in rt.running():
             rt.stop(cid)
+        guard.stop(d)
 
 
 def main(role: str, args: argparse.Namespace, service: Service) -> int:

@@ -206,7 +206,9 @@ def test_demo_refuses_a_taken_port_before_starting_anything(amqp_url: str) -> No
         server.server_close()
 
 
-def test_demo_in_memory_says_rabbitmq_settings_do_not_apply(demos: list[Demo]) -> None:
+def test_demo_in_memory_says_rabbitmq_settings_do_not_apply(
+        demos: list[Demo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the demo makes its directory
     demo = Demo(["--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--port", str(free_port()),
                  "--queue-type", "quorum"])
     demos.append(demo)
@@ -214,6 +216,9 @@ def test_demo_in_memory_says_rabbitmq_settings_do_not_apply(demos: list[Demo]) -
     assert "in-memory network" in first
     assert "--queue-type" in first and "not used" in first
     demo.until("open http")
+    assert [p.name[:14] for p in tmp_path.iterdir()] == ["crdt-ops-demo-"]
     code, out = demo.stop(signal.SIGTERM)
     assert code == 0, out
     assert "Traceback" not in out
+    # its directory is gone, and no worker's guard made it again
+    assert list(tmp_path.iterdir()) == []
