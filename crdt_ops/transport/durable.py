@@ -13,7 +13,8 @@
   writer's turn of the event loop); the
   transport publishes the outbox (:attr:`outbox_ready`) until its broker confirms it;
 - deliveries are logged with what they produced in one transaction
-  (:meth:`log_delivered`) before the transport acknowledges them; between applying
+  (:meth:`log_delivered`; without a disk sync of its own when they produced nothing:
+  see there) before the transport acknowledges them; between applying
   and logging them (:meth:`hold`) the reactions to them may write, and their
   operations join the same transaction; nothing this replica sends (operations,
   heartbeats) is logged before the deliveries it saw;
@@ -330,7 +331,9 @@ class DurableReplica:
         received, self._unlogged = self._unlogged, []
         if msgs or received or flags:
             with self.storing():
-                self.store.append(received, msgs)
+                # deliveries alone need no disk sync (see log_delivered); what this
+                # replica sends does, and syncs the deliveries logged before it too
+                self.store.append(received, msgs, sync=bool(msgs or flags))
                 for key, value in (flags or {}).items():
                     self.store.put(key, value)
         if msgs:
@@ -370,7 +373,16 @@ class DurableReplica:
     def log_delivered(self, held: int, flags: dict[str, bytes] | None = None) -> bool:
         """Log the deliveries held since (:meth:`hold`, which returned ``held``) and what
         was written since (the replica's outgoing messages), with the store keys ``flags``,
-        in one transaction, before the transport acknowledges them. Returns False, logging
+        in one transaction, before the transport acknowledges them.
+
+        A transaction of deliveries alone does not wait for the disk: it survives a crash
+        of this process, and an OS crash or a power loss may undo it. Nothing depends on
+        it meanwhile: what this replica sends next (an operation, a heartbeat reporting
+        its clock) is committed with a disk sync, which makes the deliveries logged before
+        it durable too, and until then the group counts this replica as not having them
+        (causal stability waits). Deliveries so undone are acknowledged, but the stream
+        holds them, and this replica re-reads them from there, as for any gap: the next
+        operation or heartbeat of their sender shows what is missing. Returns False, logging
         nothing, if the store failed and memory was restored from it since they were held
         (without them): the transport must have them delivered again (nack). Raises
         :class:`StoreUnavailable` if the store fails now, or still fails (reported: the

@@ -117,16 +117,22 @@ class Store:
         return self.get("snapshot"), [bytes(r[0]) for r in rows]
 
     @_guarded
-    def append(self, received: Iterable[bytes], produced: Iterable[bytes]) -> int:
+    def append(self, received: Iterable[bytes], produced: Iterable[bytes],
+               sync: bool = True) -> int:
         """Log messages received (valid ones) and produced here, and put the
-        produced ones in the outbox, in one durable transaction. Returns the
-        number of rows written."""
+        produced ones in the outbox, in one transaction. Returns the number of rows
+        written. ``sync``: it is on the disk when this returns (SQLite's
+        ``synchronous=FULL``); else it survives a crash of this process but an OS crash
+        or a power loss may undo it (``synchronous=NORMAL`` in WAL mode:
+        https://www.sqlite.org/pragma.html#pragma_synchronous), until the next
+        transaction with ``sync`` makes it durable with itself (the WAL is written in
+        order, and synced whole)."""
         produced = list(produced)
         rows = [(m,) for m in received] + [(m,) for m in produced]
         if not rows:
             return 0
         dropped = self._confirmed
-        with self._tx():
+        with self._tx(sync):
             self.db.executemany("INSERT INTO log (data) VALUES (?)", rows)
             self.db.executemany("INSERT INTO outbox (data) VALUES (?)", [(m,) for m in produced])
             if dropped:
@@ -163,14 +169,10 @@ class Store:
         """Delete the confirmed rows pending, in a transaction without a disk sync."""
         if not self._confirmed:
             return
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._tx():
-                self.db.executemany("DELETE FROM outbox WHERE id = ?",
-                                    [(i,) for i in self._confirmed])
-            self._confirmed = []
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
+        with self._tx(sync=False):
+            self.db.executemany("DELETE FROM outbox WHERE id = ?",
+                                [(i,) for i in self._confirmed])
+        self._confirmed = []
 
     @_guarded
     def save_snapshot(self, snapshot: bytes, through: int | None = None) -> None:
@@ -194,28 +196,43 @@ class Store:
     def log_size(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
 
-    def _tx(self) -> _Transaction:
-        return _Transaction(self.db)
+    def _tx(self, sync: bool = True) -> _Transaction:
+        return _Transaction(self.db, sync)
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; without ``sync``, with
+    ``synchronous=NORMAL`` (no disk sync at the commit), restored to FULL after."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, sync: bool = True) -> None:
         self.db = db
+        self.sync = sync
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        if not self.sync:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._restore()
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                self._rollback()
-                raise
-        self._rollback()
+        try:
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                    return
+                except sqlite3.Error:
+                    self._rollback()
+                    raise
+            self._rollback()
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        if not self.sync:
+            self.db.execute("PRAGMA synchronous=FULL")
 
     def _rollback(self) -> None:
         if self.db.in_transaction:  # SQLite may have rolled back already (e.g. disk full)

@@ -123,10 +123,10 @@ async def test_a_stream_of_small_messages_is_replayed_in_batches(amqp_url: str,
         appends = 0
         append = node.durable.store.append
 
-        def counted(received: Any, produced: Any) -> int:
+        def counted(received: Any, produced: Any, sync: bool = True) -> int:
             nonlocal appends
             appends += 1
-            return append(received, produced)
+            return append(received, produced, sync)
 
         node.durable.store.append = counted  # type: ignore[method-assign]
         await node.start()
@@ -156,11 +156,11 @@ async def test_a_lone_delivery_is_logged_at_once_and_a_burst_in_few_transactions
             logged: list[tuple[float, int]] = []  # b's transactions holding deliveries
             append = b.durable.store.append
 
-            def counted(received: Any, produced: Any) -> int:
+            def counted(received: Any, produced: Any, sync: bool = True) -> int:
                 received = list(received)
                 if received:
                     logged.append((time.monotonic(), len(received)))
-                return append(received, produced)
+                return append(received, produced, sync)
 
             b.durable.store.append = counted  # type: ignore[method-assign]
             await asyncio.sleep(2.5)  # quiet: nothing arrived within LINGER_S
