@@ -214,3 +214,46 @@ def test_confirmed_messages_leave_the_outbox_with_the_next_transaction(
         assert rows(again) == 0
     finally:
         again.close()
+
+
+@pytest.mark.asyncio
+async def test_deliveries_an_os_crash_undid_are_read_again_from_the_stream(
+        settings: Settings, tmp_path: Path) -> None:
+    """A transaction of deliveries alone is committed without a disk sync: an OS crash or
+    a power loss may undo it after they were acked. Emulated here by deleting them from
+    the log of a stopped replica: restarted, it finds them missing (its sender's
+    heartbeats report them) and reads them again from the stream."""
+    a = AmqpNode(Settings(**{**settings.__dict__, "replica_id": "a",
+                             "store": str(tmp_path / "a.sqlite"), "gap_timeout_s": 0.5}))
+    quiet = {**settings.__dict__, "replica_id": "b", "store": str(tmp_path / "b.sqlite"),
+             "heartbeat_s": 30.0, "gap_timeout_s": 0.5}  # b sends nothing meanwhile
+    b = AmqpNode(Settings(**quiet))
+    await a.start()
+    await b.start()
+    try:
+        async with a.write() as r:
+            r.counter("n").increment(1)
+        await until(lambda: b.replica.counter("n").value == 1, 20, "b to apply the first")
+        mark = b.durable.store.last_logged()
+        for _ in range(3):
+            async with a.write() as r:
+                r.counter("n").increment(1)
+        await until(lambda: b.replica.counter("n").value == 4, 20, "b to apply 3 more")
+        await asyncio.sleep(0.5)  # logged and acked
+    finally:
+        await b.stop()
+    db = sqlite3.connect(tmp_path / "b.sqlite")
+    with db:
+        undone = db.execute("DELETE FROM log WHERE id > ?", (mark,)).rowcount
+    db.close()
+    assert undone >= 1  # the transactions an OS crash would have undone
+    b = AmqpNode(Settings(**quiet))
+    await b.start()
+    try:
+        assert b.replica.counter("n").value < 4  # restored without them; its queue is empty
+        await until(lambda: b.replica.counter("n").value == 4, 30,
+                    "b to read them again from the stream")
+        assert b.replica.buffered == 0
+    finally:
+        await b.stop()
+        await a.stop()
