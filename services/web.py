@@ -248,12 +248,18 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
 
     @routes.post("/api/containers")
     async def create(request: web.Request) -> web.Response:
+        example = 'send a JSON object such as {"name": "db", "owner": "ada"}'
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # too deep a nesting
-            return _error(400, "the body must be a JSON object")
+        except json.JSONDecodeError as e:
+            return _error(400, f"the body is not valid JSON ({e}): {example}")
+        except UnicodeDecodeError:
+            return _error(400, f"the body is not UTF-8 text: {example}")
+        except RecursionError:
+            return _error(400, f"the body's JSON nests too deep: {example}")
         if not isinstance(body, dict):
-            return _error(400, "the body must be a JSON object")
+            return _error(400, f"the body must be a JSON object, not "
+                               f"{type(body).__name__ if body is not None else 'null'}: {example}")
         name = _text_field(body, "name", required=True)
         owner = _text_field(body, "owner", required=False) or "anonymous"
         cid = uuid.uuid4().hex[:12]

@@ -112,3 +112,18 @@ def test_every_answer_is_json_2xx_or_4xx_and_a_rejection_writes_nothing(
     if status >= 400:
         assert isinstance(answer, dict) and isinstance(answer.get("error"), str), answer
         assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"name":', "the body is not valid JSON (Expecting value: line 1 column 9 (char 8))"),
+    (b"\xff\xfe", "the body is not UTF-8 text"),
+    (b'["db"]', "the body must be a JSON object, not list"),
+    (b"null", "the body must be a JSON object, not null"),
+])
+def test_a_create_whose_body_is_not_a_json_object_says_why(api: Api, body: bytes,
+                                                           says: str) -> None:
+    before = (api.node.replica.state(), dict(api.node.replica.clock))
+    status, answer = api.call("POST", "/api/containers", body)
+    assert status == 400
+    assert answer["error"].startswith(says + ": send a JSON object such as"), answer
+    assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
