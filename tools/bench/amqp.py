@@ -572,10 +572,10 @@ def time_commits(node: Any) -> list[float]:
     for name in ("append", "confirm"):
         method = getattr(node.store, name)
 
-        def timed(*args: Any, _method: Any = method) -> Any:
+        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
             t = time.perf_counter()
             try:
-                return _method(*args)
+                return _method(*args, **kwargs)
             finally:
                 took.append(time.perf_counter() - t)
         setattr(node.store, name, timed)
