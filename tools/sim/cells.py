@@ -37,6 +37,7 @@ import asyncio
 import logging
 import math
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -284,6 +285,7 @@ async def simulate(nodes: int, containers: int, starts: int, *, cell_size: int =
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # the workers' lease files
     everyone = [web, logic_groups, *held]
     for _ in range(20):  # what is in flight is delivered; what that writes goes out
         for g in everyone:
