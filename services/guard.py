@@ -25,14 +25,13 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from services import lease
-from services.runtime import DockerRuntime, ProcessRuntime, Runtime
+from services.runtime import DockerRuntime, ProcessRuntime, Runtime, terminate
 
 log = logging.getLogger("services.guard")
 
@@ -79,7 +78,8 @@ def ensure(state_dir: Path, runtime: Runtime) -> int:
         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(state_dir / "guard.log", "ab"))  # noqa: SIM115 (the child owns it)
     (state_dir / PIDFILE).write_text(str(proc.pid))
-    _children[:] = [c for c in _children if c.poll() is None] + [proc]
+    _reap()
+    _children.append(proc)
     return proc.pid
 
 
@@ -90,15 +90,13 @@ def stop(state_dir: Path, timeout_s: float = 5.0) -> None:
     pid = running_guard(state_dir)
     if pid is None:
         return
-    for sig, wait in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            _children[:] = [c for c in _children if c.poll() is None]  # reaps ours
-            if not _alive(pid):
-                return
-            time.sleep(0.02)
+    terminate(pid, timeout_s, child=next((c for c in _children if c.pid == pid), None))
+    _reap()
+
+
+def _reap() -> None:
+    """Forget the guards this process started that have exited (reaping them)."""
+    _children[:] = [c for c in _children if c.poll() is None]
 
 
 def guard(state_dir: Path, runtime: Runtime) -> None:

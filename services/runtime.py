@@ -77,16 +77,7 @@ class ProcessRuntime:
         self._pids.pop(cid, None)
         if pid is None:
             return
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _alive(pid, self._children.get(pid)):
-                time.sleep(0.02)
-            if not _alive(pid, self._children.get(pid)):
-                break
+        terminate(pid, grace_s, group=True, child=self._children.get(pid))
         self._children.pop(pid, None)
 
     def guard_args(self) -> list[str]:
@@ -125,6 +116,24 @@ class ProcessRuntime:
         self._pidfile(cid).unlink(missing_ok=True)
         self._pids.pop(cid, None)
         return None
+
+
+def terminate(pid: int, grace_s: float, *, group: bool = False,
+              child: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM to process ``pid`` (to its process group with ``group``), SIGKILL after
+    ``grace_s`` seconds if it still runs; returns once it is gone, or 5 s after the
+    SIGKILL. ``child``: its ``Popen`` if this process started it (it is reaped)."""
+    send = os.killpg if group else os.kill
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            send(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _alive(pid, child):
+            time.sleep(0.02)
+        if not _alive(pid, child):
+            return
 
 
 def _alive(pid: int, child: subprocess.Popen[bytes] | None) -> bool:

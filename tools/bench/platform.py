@@ -204,12 +204,10 @@ async def burst(p: Platform, cids: Sequence[str]) -> list[float]:
 
 
 async def grow(opt: Options, p: Platform, size: int, have: int, starts: int, bursts: int,
-               say: Callable[[str], None], seen: dict[Path, int] | None = None) -> SizeResult:
+               say: Callable[[str], None], seen: dict[Path, int]) -> SizeResult:
     """Add records until the platform holds ``size`` (it holds ``have``), then measure.
     ``seen``: the row ids of web's logs already counted (:func:`logged`; updated)."""
     pids = _pids(p)
-    seen = {} if seen is None else seen
-    logged(_stores_of(p, "web"), seen)
     rss0 = {n: rss_bytes(pid) for n, pid in pids.items()}
     add = size - have
     t0 = time.perf_counter()
@@ -508,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="crdt-ops-platform-") as tmp:
             async with running_platform(opt, Path(tmp)) as p:
                 have, seen = 0, dict[Path, int]()
+                logged(_stores_of(p, "web"), seen)  # what web logged as it started: not counted
                 for size in sizes:
                     results.append(await grow(opt, p, size, have, args.starts, args.burst, say,
                                               seen))
