@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from services import lease
-from services.runtime import DockerRuntime, ProcessRuntime, Runtime, terminate
+from services.runtime import DockerRuntime, ProcessRuntime, Runtime, alive, terminate
 
 log = logging.getLogger("services.guard")
 
@@ -45,26 +45,13 @@ PIDFILE = "guard-pid"  # not *.pid: those are the runtime's containers
 _children: list[subprocess.Popen[bytes]] = []  # reaped when they exit (no zombie left)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
-
-
 def running_guard(state_dir: Path) -> int | None:
     """The pid of the guard of ``state_dir`` if one runs."""
     try:
         pid = int((state_dir / PIDFILE).read_text())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if alive(pid) else None
 
 
 def ensure(state_dir: Path, runtime: Runtime) -> int:
@@ -105,7 +92,7 @@ def guard(state_dir: Path, runtime: Runtime) -> None:
     while True:
         saved = lease.load(file)
         now = time.monotonic()
-        worker_gone = saved is None or not _alive(saved.worker_pid)
+        worker_gone = saved is None or not alive(saved.worker_pid)
         if saved is None or not saved.lease.may_run(now) or worker_gone:
             running = runtime.running()
             if saved is None or not saved.lease.may_run(now):

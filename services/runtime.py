@@ -111,7 +111,7 @@ class ProcessRuntime:
             except (OSError, ValueError):
                 return None
             self._pids[cid] = pid
-        if _alive(pid, self._children.get(pid)):
+        if alive(pid, self._children.get(pid)):
             return pid
         self._pidfile(cid).unlink(missing_ok=True)
         self._pids.pop(cid, None)
@@ -130,13 +130,16 @@ def terminate(pid: int, grace_s: float, *, group: bool = False,
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid, child):
+        while time.monotonic() < deadline and alive(pid, child):
             time.sleep(0.02)
-        if not _alive(pid, child):
+        if not alive(pid, child):
             return
 
 
-def _alive(pid: int, child: subprocess.Popen[bytes] | None) -> bool:
+def alive(pid: int, child: subprocess.Popen[bytes] | None = None) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie (one whose parent has not
+    reaped it is dead all the same). ``child``: its ``Popen`` if this process started it
+    (polled, which reaps it)."""
     if child is not None:
         return child.poll() is None
     try:
@@ -145,7 +148,7 @@ def _alive(pid: int, child: subprocess.Popen[bytes] | None) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie left by an earlier worker is not running
+    try:  # a zombie is not running
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
     except OSError:
         return False

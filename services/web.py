@@ -89,11 +89,28 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
                               content_type="application/json")
 
 
+def json_type(value: object) -> str:
+    """The JSON name (RFC 8259) of a parsed JSON value's type: ``object``, ``array``,
+    ``string``, ``number``, ``true``, ``false`` or ``null``: what a client sent, in its
+    own terms, for error messages."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    for kind, name in ((dict, "object"), (list, "array"), (str, "string"),
+                       ((int, float), "number")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
 def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
     value = body.get(field)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if field not in body:
+        raise _bad_request(f"'{field}' is required: a non-empty string")
+    if not isinstance(value, str):
+        raise _bad_request(f"'{field}' must be a non-empty string, not {json_type(value)}")
+    if not value.strip():
         raise _bad_request(f"'{field}' must be a non-empty string")
     if len(value) > MAX_NAME:
         raise _bad_request(f"'{field}' is longer than {MAX_NAME} characters")
@@ -258,8 +275,8 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
         except RecursionError:
             return _error(400, f"the body's JSON nests too deep: {example}")
         if not isinstance(body, dict):
-            return _error(400, f"the body must be a JSON object, not "
-                               f"{type(body).__name__ if body is not None else 'null'}: {example}")
+            return _error(400, f"the body must be a JSON object, not {json_type(body)}: "
+                               f"{example}")
         name = _text_field(body, "name", required=True)
         owner = _text_field(body, "owner", required=False) or "anonymous"
         cid = uuid.uuid4().hex[:12]

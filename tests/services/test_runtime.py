@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime import DockerRuntime, ProcessRuntime, RuntimeError_, _alive
+from services.runtime import DockerRuntime, ProcessRuntime, RuntimeError_, alive
 
 
 def test_process_runtime_starts_stops_and_is_found_again(tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_process_runtime_starts_stops_and_is_found_again(tmp_path: Path) -> None
     assert again != pid and rt.running() == {"c1": again}
     ProcessRuntime(tmp_path).stop("c1")  # stopped by a worker that did not start it
     assert rt.running() == {}
-    assert not _alive(again, None)  # gone, or a zombie its parent (this test) has not reaped
+    assert not alive(again)  # gone, or a zombie its parent (this test) has not reaped
 
 
 def test_a_command_that_cannot_run_is_a_clear_error(tmp_path: Path) -> None:

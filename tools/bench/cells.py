@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.lease import DEFAULT_LEASE_S, beat_interval_s
-from services.runtime import _alive
+from services.runtime import alive
 from tools.bench.broker import DEFAULT_URL, broker_info
 from tools.bench.cpu import BrokerCpu, proc_cpu
 from tools.bench.machine import platform_info, revision
@@ -174,7 +174,7 @@ async def _kill_a_cell(opt: Options, p: Platform, run: Run) -> None:
                             f"cell after {MOVE_TIMEOUT_S:g} s")
         await asyncio.sleep(0.1)
     run.moved, run.move_s = len(there), time.monotonic() - t0
-    run.left_running = sum(_alive(pid, None) for pid in there.values())
+    run.left_running = sum(alive(pid) for pid in there.values())
     for cid in there:
         with contextlib.suppress(KeyError, TypeError, ValueError):
             p.pids.append(int(p.watch.records[cid]["pid"]))

@@ -144,7 +144,7 @@ def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
     """SIGKILL the process group of every container recorded in ``run_dirs``' pid
     files or in ``pids``; wait until they are gone. Returns how many there were;
     raises RuntimeError if any is still alive after 10 s."""
-    from services.runtime import ProcessRuntime, _alive
+    from services.runtime import ProcessRuntime, alive
 
     found = set(pids)
     for d in run_dirs:
@@ -154,9 +154,9 @@ def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p, None) for p in found):
+    while time.monotonic() < deadline and any(alive(p) for p in found):
         time.sleep(0.05)
-    left = [p for p in found if _alive(p, None)]
+    left = [p for p in found if alive(p)]
     if left:
         raise RuntimeError(f"container processes still alive: {left[:10]}")
     return len(found)
