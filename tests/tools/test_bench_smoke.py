@@ -202,3 +202,8 @@ def test_cells_bench_smoke() -> None:
     killed = re.search(r"Cell c0's workers killed: (\d+) containers on again in other cells "
                        r"after [0-9.]+ s; (\d+) of their old processes still running", out)
     assert killed and int(killed[1]) > 0 and killed[2] == "0", out
+    floor = re.search(r"A bare aio-pika consumer .* at (\d+) messages a second spends "
+                      r"([0-9.]+) ms per message", out)
+    assert floor and int(floor[1]) >= 1 and 0 < float(floor[2]) < 50, out
+    per = re.findall(r"workers? in \d cells? ([0-9.]+) ms", out)
+    assert len(per) == 2 and all(float(x) > 0 for x in per), out

@@ -26,6 +26,13 @@ services/liveness.py). Reported: how many moved, how long until the last one was
 again in another cell, and that none of them was still running in c0 (its guard stopped
 each container when the lease ran out: its pid is gone).
 
+Last, **the floor** (:mod:`tools.bench.floor`): the CPU a bare aio-pika consumer spends per
+message at the rate a worker of the cells platform received messages during the Starts,
+beside what the workers spent per message (all their CPU over all their messages); and what
+the workers' messages would cost at that floor, in share of a core. On a machine whose cores
+the workers share with web, logic and the broker, this bounds how close the two platforms
+can come, whatever crdt-ops does per delivery.
+
 Targets (issue 15): Start->on p50 and p99 of the cells platform within 1.2x of the
 baseline's; a worker's received messages per second and resident memory follow its cell
 (the cells platform's workers receive about what the baseline's do, not 20 times more).
@@ -49,6 +56,7 @@ from services.lease import DEFAULT_LEASE_S, beat_interval_s
 from services.runtime import alive
 from tools.bench.broker import DEFAULT_URL, broker_info
 from tools.bench.cpu import BrokerCpu, proc_cpu
+from tools.bench.floor import Floor, consumer_floor
 from tools.bench.machine import platform_info, revision
 from tools.bench.platform import rss_bytes
 from tools.bench.report import Progress, markdown_table
@@ -62,6 +70,8 @@ from tools.bench.services import (
 from tools.bench.stats import nearest_rank
 
 IDLE_S = 10.0
+#: Seconds the floor's consumer is measured for (at least 10 messages).
+FLOOR_S = 8.0
 MOVE_TIMEOUT_S = 120.0
 
 
@@ -184,7 +194,29 @@ def _mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else 0.0
 
 
-def report(runs: list[Run], opt: Options, idle_s: float) -> str:
+def cpu_per_message(run: Run) -> float:
+    """Milliseconds of CPU the workers spent per message they received during the Starts:
+    all their CPU (beats, timers and reactions included) over all their messages."""
+    msgs = sum(run.busy_msgs_per_s)
+    return 1000 * run.cpu["workers"] / msgs if msgs else 0.0
+
+
+def floor_lines(runs: list[Run], floor: Floor) -> list[str]:
+    """What the workers spent per message against the floor (:mod:`tools.bench.floor`),
+    and what the workers' messages would cost at the floor."""
+    per = ", ".join(f"{r.label} {cpu_per_message(r):.2f} ms" for r in runs)
+    at_floor = ", ".join(f"{r.label} {sum(r.busy_msgs_per_s) * floor.ms_per_message / 10:.0f} %"
+                         for r in runs)
+    return [f"- CPU per message a worker received during the Starts (all the workers' CPU over "
+            f"all their messages): {per}. A bare aio-pika consumer (durable queue, persistent "
+            f"{floor.size}-byte messages, an ack each; tools/bench/floor.py) at "
+            f"{floor.rate:.0f} messages a second spends {floor.ms_per_message:.2f} ms per "
+            f"message on this machine, in this run.",
+            f"- At that floor, the messages the workers received during the Starts alone "
+            f"would take, in % of one core: {at_floor}."]
+
+
+def report(runs: list[Run], opt: Options, idle_s: float, floor: Floor | None = None) -> str:
     info = platform_info()
     lines = [f"## crdt-ops services with workers in cells ({revision()})", "",
              f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores; broker "
@@ -218,6 +250,8 @@ def report(runs: list[Run], opt: Options, idle_s: float) -> str:
         lines.append(f"- Cell c0's workers killed: {cells.moved} containers on again in other "
                      f"cells after {cells.move_s:.1f} s; {cells.left_running} of their old "
                      "processes still running (0: none ran twice).")
+    if floor is not None:
+        lines += floor_lines(runs, floor)
     return "\n".join(lines)
 
 
@@ -259,5 +293,8 @@ def main(args: argparse.Namespace) -> int:
         # a port picked for a metrics endpoint may be taken by the time its service binds
         runs.append(with_retries(f"cells: {workers} workers", progress, once))
         progress(f"cells: {runs[-1].label}: p50 {runs[-1].p50_ms:.1f} ms")
-    print(report(runs, opt, args.idle_s))
+    rate = max(_mean(runs[-1].busy_msgs_per_s), 1.0)
+    progress(f"cells: the floor: a bare aio-pika consumer at {rate:.0f} messages a second")
+    floor = consumer_floor(args.url, rate, messages=max(10, round(FLOOR_S * rate)))
+    print(report(runs, opt, args.idle_s, floor))
     return 0
