@@ -1,9 +1,10 @@
 """Applying what the group delivers: authenticate, apply, log, then acknowledge.
 
-A delivered batch is applied, then, a few turns of the event loop later (the reactions to
-it write meanwhile, into the same transaction), logged in the store before it is
-acknowledged (:meth:`~crdt_ops.transport.durable.DurableReplica.log_delivered`), so a crash
-at any instant neither loses nor doubles it. A message that is not valid is published to
+A delivered batch is applied, then, up to :data:`LINGER_S` later (the reactions to it
+write meanwhile, and what arrives meanwhile is applied and joins it, into the same
+transaction), logged in the store before it is acknowledged
+(:meth:`~crdt_ops.transport.durable.DurableReplica.log_delivered`), so a crash at any
+instant neither loses nor doubles it. A message that is not valid is published to
 the dead-letter exchange with its reason in the ``x-crdt-reason`` header, then
 acknowledged; one the causal buffer cannot hold is dead-lettered the same way and read
 again from the stream later (:mod:`~crdt_ops.transport.amqp.recovery`).
@@ -37,13 +38,15 @@ log = logging.getLogger(__name__)
 #: transaction (one disk sync, not two). Each costs a few microseconds when nothing runs.
 REACTION_TURNS = 4
 #: Seconds a batch that brought something new waits, after its reactions, for more
-#: deliveries to log in the same transaction before it is acknowledged, under load (the
-#: batch holds more than one delivery, more wait, or the last batch came less than this
-#: long before). Nothing waits on it but the broker's ack (a delivery is applied, and its
-#: reactions run, at once); under load it turns one disk sync per delivery into one per
-#: batch. A lone delivery after a quiet spell is logged at once: waiting would cost a
-#: wake-up and find nothing.
-LINGER_S = 0.020
+#: deliveries to log in the same transaction before it is acknowledged (or until it holds
+#: ``prefetch`` deliveries). Nothing waits on it but the broker's ack: a delivery is
+#: applied, and its reactions run, as it arrives; a sender's next messages do not wait
+#: for this one's confirm either (the publisher keeps several rounds in flight,
+#: :data:`~crdt_ops.transport.amqp.publisher.ROUNDS_IN_FLIGHT`). It turns one
+#: transaction per delivery into one per batch, under load and for a replica that hears a
+#: few messages a second (a worker of a cell): each transaction, and each ack, costs CPU
+#: (BENCHMARKS.md, "The floor under a worker's delivery").
+LINGER_S = 0.100
 #: Seconds a nack may take before it is given up (the channel is failing: the broker
 #: requeues the message when it closes).
 NACK_TIMEOUT_S = 5.0
@@ -66,7 +69,6 @@ class Inbound:
         self.observed = observed
         self.arrived = arrived
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._last_arrival = 0.0  # when the last batch arrived (time.monotonic())
         self.dead_letter_exchange: AbstractExchange | None = None
         self.dead_lettered = 0
 
@@ -95,7 +97,6 @@ class Inbound:
         they come from the stream; ``reread``: a re-read by the gap watch, where
         what cannot be applied is skipped without dead-lettering it again."""
         self.arrived()
-        arrival, self._last_arrival = self._last_arrival, time.monotonic()
         await self.durable.store_ok.wait()
         replica = self.durable.replica
         before = replica.stats["applied"] - replica.stats["local"]
@@ -116,13 +117,10 @@ class Inbound:
             # their operations are logged with the deliveries, in one disk sync
             for _ in range(REACTION_TURNS if v else 0):
                 await asyncio.sleep(0)
-            # and what arrives meanwhile joins the same transaction: under load, one disk
-            # sync serves several deliveries (only their acks wait; they are applied at once)
+            # and what arrives meanwhile joins the same transaction: one transaction serves
+            # several deliveries (only their acks wait; they are applied as they arrive)
             if deadline is None:
-                now = time.monotonic()
-                busy = (len(batch) > 1 or not self.inbox.empty()
-                        or now - arrival < LINGER_S)
-                deadline = now + (LINGER_S if busy else 0.0)
+                deadline = time.monotonic() + LINGER_S
             more = await arriving(self.inbox, self.settings.prefetch - len(batch), deadline)
             batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once

@@ -360,6 +360,7 @@ class AmqpNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        await self._out.stop_rounds()
         if self.loop_lag.running:
             worst = await self.loop_lag.stop()
             if not self.loop_lag.running:  # its last user: said once per process

@@ -32,6 +32,12 @@ from crdt_ops.wire import codec
 
 log = logging.getLogger(__name__)
 
+#: Rounds of publishing (each awaiting the broker's confirms of its messages) at most in
+#: flight at once: a message written while the last round awaits its confirms goes out at
+#: once, not after them; under load, what is written while this many await goes out
+#: together in the next one, joined (one message, not one per row).
+ROUNDS_IN_FLIGHT = 4
+
 
 class Publisher:
     """Publishes ``durable``'s outbox through ``channel`` (publisher confirms, returns
@@ -56,6 +62,9 @@ class Publisher:
         self.channel: AbstractChannel | None = None
         self.exchange: AbstractExchange | None = None
         self.published = 0
+        self._flight: set[int] = set()  # outbox ids a round publishes now
+        self._rounds: set[asyncio.Task[None]] = set()  # rounds awaiting their confirms
+        self._failed: BaseException | None = None  # a round's failure, for run() to raise
         self.refused = 0
         self.confirmed_through = 0.0
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
@@ -63,9 +72,13 @@ class Publisher:
         self._unroutable_said = 0.0
 
     async def run(self) -> None:
-        """Publish the outbox, oldest first, until the broker confirmed all of it.
-        A failure (broker down, channel closed) raises: what is unconfirmed is
-        published again on the next round (duplicates are harmless).
+        """Start publishing what the outbox holds that is not in flight yet, oldest first,
+        as one *round* (:meth:`_round`, a task that awaits the broker's confirms), and
+        return: the next outbox rows go out while earlier rounds still await their
+        confirms (at most :data:`ROUNDS_IN_FLIGHT` rounds; beyond that this waits for one
+        to end, and what was written meanwhile goes out together, joined). A round that
+        failed (broker down, channel closed) raises here, on the next call: what it did
+        not get confirmed is published again by a later round (duplicates are harmless).
 
         A message the broker *nacks* was refused by a queue bound to the exchange (a
         length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
@@ -77,14 +90,39 @@ class Publisher:
         ready = self.durable.outbox_ready
         await ready.wait()
         ready.clear()
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            ready.set()  # what it left unconfirmed goes again after the pause
+            raise failed
+        if len(self._rounds) >= ROUNDS_IN_FLIGHT:
+            ready.set()  # look again once a round ended
+            await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED)
+            return
         limit = max(self.settings.prefetch, 100)
-        while True:
-            asked = time.monotonic()
-            rows = self.durable.store.unconfirmed(limit=limit)
-            if not rows:
+        asked = time.monotonic()
+        fetched = self.durable.store.unconfirmed(limit=limit)
+        rows = [(i, body) for i, body in fetched if i not in self._flight]
+        metrics.OUTBOX.labels(self.replica_id).set(len(fetched))
+        if not rows:
+            if not fetched:
                 self.confirmed_through = asked
-                break
-            metrics.OUTBOX.labels(self.replica_id).set(len(rows))
+            return
+        # every row the outbox held at ``asked`` has an id up to this one (if it held them
+        # all): confirmed_through may move to ``asked`` once they are all confirmed
+        through = fetched[-1][0] if len(fetched) < limit else None
+        ids = [i for i, _ in rows]
+        self._flight.update(ids)
+        task = asyncio.get_running_loop().create_task(self._round(rows, asked, through))
+        self._rounds.add(task)
+        task.add_done_callback(self._rounds.discard)
+
+    async def _round(self, rows: list[tuple[int, bytes]], asked: float,
+                     through: int | None) -> None:
+        """Publish ``rows`` (outbox id, message) and await the broker's confirms; record
+        what was confirmed, and a failure for :meth:`run` to raise. Their ids stay in
+        flight (not published again) until this ends."""
+        ready = self.durable.outbox_ready
+        try:
             sends = _joined(rows)
             outcomes = await asyncio.gather(*(self.publish(body) for _, body in sends),
                                             return_exceptions=True)
@@ -97,13 +135,12 @@ class Publisher:
                        and not isinstance(out, aio_pika.exceptions.PublishError)]
             if refused:
                 done += await self._refused(refused)
-            if len(done) == len(rows) < limit:  # all that was in the outbox at `asked`
-                self.confirmed_through = asked
             if done:
                 self.echo.confirmed(time.monotonic())
                 self.durable.store.confirm(done)
                 self.published += len(done)
                 metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(done))
+            self._confirmed_upto(asked, through)
             failed = [out for out in outcomes if isinstance(out, BaseException)
                       and not isinstance(out, aio_pika.exceptions.DeliveryError)]
             if unroutable and not failed:
@@ -113,15 +150,41 @@ class Publisher:
             if failed:
                 if any(isinstance(e, aiormq.exceptions.ChannelNotFoundEntity) for e in failed):
                     self.topology_lost()  # the exchange is gone
+                self._failed = failed[0]
                 ready.set()
-                raise failed[0]
+                return
             if len(done) < len(rows):  # refused, and the stream did not take them either
-                ready.set()
                 self._refusal_backoff = min(self._refusal_backoff * 2, MAX_STORE_RETRY_S)
-                await asyncio.sleep(self._refusal_backoff)
+                await asyncio.sleep(self._refusal_backoff)  # held in flight meanwhile
+                ready.set()
                 return
             self._refusal_backoff = 0.05
-        metrics.OUTBOX.labels(self.replica_id).set(0)
+        except Exception as e:  # the store failed (confirm, or the outbox read): for run()
+            self._failed = e
+            ready.set()
+        finally:
+            self._flight.difference_update(i for i, _ in rows)
+
+    def _confirmed_upto(self, asked: float, through: int | None) -> None:
+        """Move :attr:`confirmed_through` forward, never backwards: to now if no outbox
+        row is unconfirmed (every row committed before now was confirmed), else to
+        ``asked`` if every row up to id ``through`` (all the outbox held at ``asked``; None:
+        unknown) is confirmed, by this round or by others."""
+        now = time.monotonic()
+        oldest = self.durable.store.unconfirmed(limit=1)
+        if not oldest:
+            self.confirmed_through = max(self.confirmed_through, now)
+        elif through is not None and oldest[0][0] > through:
+            self.confirmed_through = max(self.confirmed_through, asked)
+
+    async def stop_rounds(self) -> None:
+        """Cancel the rounds in flight (the node stops: what they did not get confirmed
+        stays in the outbox, and is published again by the next process)."""
+        for task in list(self._rounds):
+            task.cancel()
+        for task in list(self._rounds):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _unroutable(self, n: int) -> None:
         """The broker returned ``n`` of our messages (``mandatory``, basic.return): they
