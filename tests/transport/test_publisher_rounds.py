@@ -52,8 +52,8 @@ async def test_a_write_goes_out_while_an_earlier_round_awaits_its_confirms(
     try:
         async with started(s, "a", "b") as (a, b):
             await _set(a, "warm", 1)
-            await until(lambda: b.replica.get("warm") == 1 and not a._out._rounds, 10,
-                        "the warm-up write at b, and a's round over")
+            await until(lambda: b.replica.get("warm") == 1 and not a.durable.store.unconfirmed()
+                        and not a._out._rounds, 10, "the warm-up write at b, and confirmed")
             gate = hold_next_confirm(a)
             first = await _set(a, "x", 1)
             await until(lambda: b.replica.get("x") == 1, 10, "the first write at b")
@@ -82,7 +82,8 @@ async def test_rounds_in_flight_are_bounded_and_what_waits_goes_out_joined(
     try:
         async with started(s, "a", "b") as (a, b):
             await _set(a, "warm", 1)
-            await until(lambda: not a._out._rounds, 10, "a's warm-up round over")
+            await until(lambda: not a.durable.store.unconfirmed() and not a._out._rounds, 10,
+                        "a's warm-up write confirmed")
             gates = []
             for i in range(ROUNDS_IN_FLIGHT):
                 gates.append(hold_next_confirm(a))

@@ -33,9 +33,11 @@ from crdt_ops.wire import codec
 log = logging.getLogger(__name__)
 
 #: Rounds of publishing (each awaiting the broker's confirms of its messages) at most in
-#: flight at once: a message written while the last round awaits its confirms goes out at
-#: once, not after them; under load, what is written while this many await goes out
-#: together in the next one, joined (one message, not one per row).
+#: flight at once. A message written while the last round awaits its confirms waits for
+#: them only while that round is younger than ``batch_delay_ms`` (what is written meanwhile
+#: then goes out joined: one message, not one per row); after that it goes out at once,
+#: so that a slow confirm (RabbitMQ confirms a persistent message once its queues wrote it
+#: to disk, or once their consumers acknowledged it) holds no later write back.
 ROUNDS_IN_FLIGHT = 4
 
 
@@ -63,7 +65,8 @@ class Publisher:
         self.exchange: AbstractExchange | None = None
         self.published = 0
         self._flight: set[int] = set()  # outbox ids a round publishes now
-        self._rounds: set[asyncio.Task[None]] = set()  # rounds awaiting their confirms
+        #: rounds awaiting their confirms, with when each read the outbox
+        self._rounds: dict[asyncio.Task[None], float] = {}
         self._failed: BaseException | None = None  # a round's failure, for run() to raise
         self.refused = 0
         self.confirmed_through = 0.0
@@ -75,8 +78,9 @@ class Publisher:
         """Start publishing what the outbox holds that is not in flight yet, oldest first,
         as one *round* (:meth:`_round`, a task that awaits the broker's confirms), and
         return: the next outbox rows go out while earlier rounds still await their
-        confirms (at most :data:`ROUNDS_IN_FLIGHT` rounds; beyond that this waits for one
-        to end, and what was written meanwhile goes out together, joined). A round that
+        confirms, once the last round is ``batch_delay_ms`` old (at most
+        :data:`ROUNDS_IN_FLIGHT` rounds; what was written meanwhile goes out together,
+        joined). A round that
         failed (broker down, channel closed) raises here, on the next call: what it did
         not get confirmed is published again by a later round (duplicates are harmless).
 
@@ -94,10 +98,18 @@ class Publisher:
             failed, self._failed = self._failed, None
             ready.set()  # what it left unconfirmed goes again after the pause
             raise failed
-        if len(self._rounds) >= ROUNDS_IN_FLIGHT:
-            ready.set()  # look again once a round ended
-            await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED)
-            return
+        if self._rounds:
+            # the last round started less than batch_delay_ms ago: its confirm is likely
+            # near, and what waits for it goes out joined (under load, fewer and bigger
+            # messages); past that, or with a round's confirm slow, this one goes at once
+            patience = self.settings.batch_delay_ms / 1000
+            wait = patience - (time.monotonic() - max(self._rounds.values()))
+            if len(self._rounds) >= ROUNDS_IN_FLIGHT or wait > 0:
+                ready.set()  # look again once a round ended, or the patience is over
+                await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=None if len(self._rounds) >= ROUNDS_IN_FLIGHT
+                                   else wait)
+                return
         limit = max(self.settings.prefetch, 100)
         asked = time.monotonic()
         fetched = self.durable.store.unconfirmed(limit=limit)
@@ -113,8 +125,11 @@ class Publisher:
         ids = [i for i, _ in rows]
         self._flight.update(ids)
         task = asyncio.get_running_loop().create_task(self._round(rows, asked, through))
-        self._rounds.add(task)
-        task.add_done_callback(self._rounds.discard)
+        self._rounds[task] = asked
+        task.add_done_callback(self._round_ended)
+
+    def _round_ended(self, task: asyncio.Task[None]) -> None:
+        self._rounds.pop(task, None)
 
     async def _round(self, rows: list[tuple[int, bytes]], asked: float,
                      through: int | None) -> None:
