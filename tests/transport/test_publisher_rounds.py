@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.amqp.publisher import ROUNDS_IN_FLIGHT
@@ -68,6 +69,7 @@ async def test_a_write_goes_out_while_an_earlier_round_awaits_its_confirms(
             await until(lambda: a.confirmed_through() >= first, 10,
                         "confirmed_through past the first write once its round ends")
             assert not a.durable.store.unconfirmed()
+            assert REGISTRY.get_sample_value("crdt_ops_outbox_messages", {"replica": "a"}) == 0
     finally:
         await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)
 

@@ -189,6 +189,7 @@ class Publisher:
         oldest = self.durable.store.unconfirmed(limit=1)
         if not oldest:
             self.confirmed_through = max(self.confirmed_through, now)
+            metrics.OUTBOX.labels(self.replica_id).set(0)
         elif through is not None and oldest[0][0] > through:
             self.confirmed_through = max(self.confirmed_through, asked)
 
