@@ -114,6 +114,9 @@ def test_every_answer_is_json_2xx_or_4xx_and_a_rejection_writes_nothing(
         assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
 
 
+EXAMPLE = ': send a JSON object such as {"name": "db", "owner": "ada"}'
+
+
 @pytest.mark.parametrize(("body", "says"), [
     (b'{}', "'name' is required: a non-empty string"),
     (b'{"name": 5}', "'name' must be a non-empty string, not number"),
@@ -121,28 +124,20 @@ def test_every_answer_is_json_2xx_or_4xx_and_a_rejection_writes_nothing(
     (b'{"name": null}', "'name' must be a non-empty string, not null"),
     (b'{"name": " "}', "'name' must be a non-empty string"),
     (b'{"name": "db", "owner": false}', "'owner' must be a non-empty string, not false"),
+    (b'{"name":', "the body is not valid JSON (Expecting value: line 1 column 9 (char 8))"
+     + EXAMPLE),
+    (b"\xff\xfe", "the body is not UTF-8 text" + EXAMPLE),
+    (b'["db"]', "the body must be a JSON object, not array" + EXAMPLE),
+    (b"null", "the body must be a JSON object, not null" + EXAMPLE),
+    (b'"db"', "the body must be a JSON object, not string" + EXAMPLE),
+    (b"7.5", "the body must be a JSON object, not number" + EXAMPLE),
+    (b"true", "the body must be a JSON object, not true" + EXAMPLE),
 ])
-def test_a_create_whose_field_has_the_wrong_type_names_it_in_json_terms(
+def test_a_create_that_is_not_a_valid_record_says_why_in_json_terms(
         api: Api, body: bytes, says: str) -> None:
+    """The body, or a field of it, of the wrong kind: a 400 naming what was sent in JSON's
+    terms (and, for the body, what to send instead); nothing is written."""
     before = (api.node.replica.state(), dict(api.node.replica.clock))
     status, answer = api.call("POST", "/api/containers", body)
     assert (status, answer["error"]) == (400, says), answer
-    assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
-
-
-@pytest.mark.parametrize(("body", "says"), [
-    (b'{"name":', "the body is not valid JSON (Expecting value: line 1 column 9 (char 8))"),
-    (b"\xff\xfe", "the body is not UTF-8 text"),
-    (b'["db"]', "the body must be a JSON object, not array"),
-    (b"null", "the body must be a JSON object, not null"),
-    (b'"db"', "the body must be a JSON object, not string"),
-    (b"7.5", "the body must be a JSON object, not number"),
-    (b"true", "the body must be a JSON object, not true"),
-])
-def test_a_create_whose_body_is_not_a_json_object_says_why(api: Api, body: bytes,
-                                                           says: str) -> None:
-    before = (api.node.replica.state(), dict(api.node.replica.clock))
-    status, answer = api.call("POST", "/api/containers", body)
-    assert status == 400
-    assert answer["error"].startswith(says + ": send a JSON object such as"), answer
     assert (api.node.replica.state(), dict(api.node.replica.clock)) == before

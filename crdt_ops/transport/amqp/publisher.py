@@ -80,9 +80,9 @@ class Publisher:
         return: the next outbox rows go out while earlier rounds still await their
         confirms, once the last round is ``batch_delay_ms`` old (at most
         :data:`ROUNDS_IN_FLIGHT` rounds; what was written meanwhile goes out together,
-        joined). A round that
-        failed (broker down, channel closed) raises here, on the next call: what it did
-        not get confirmed is published again by a later round (duplicates are harmless).
+        joined). A round that failed (broker down, channel closed) raises here, on the
+        next call: what it did not get confirmed is published again by a later round
+        (duplicates are harmless).
 
         A message the broker *nacks* was refused by a queue bound to the exchange (a
         length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
@@ -104,11 +104,11 @@ class Publisher:
             # messages); past that, or with a round's confirm slow, this one goes at once
             patience = self.settings.batch_delay_ms / 1000
             wait = patience - (time.monotonic() - max(self._rounds.values()))
-            if len(self._rounds) >= ROUNDS_IN_FLIGHT or wait > 0:
+            full = len(self._rounds) >= ROUNDS_IN_FLIGHT
+            if full or wait > 0:
                 ready.set()  # look again once a round ended, or the patience is over
                 await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED,
-                                   timeout=None if len(self._rounds) >= ROUNDS_IN_FLIGHT
-                                   else wait)
+                                   timeout=None if full else wait)
                 return
         limit = max(self.settings.prefetch, 100)
         asked = time.monotonic()
@@ -122,8 +122,7 @@ class Publisher:
         # every row the outbox held at ``asked`` has an id up to this one (if it held them
         # all): confirmed_through may move to ``asked`` once they are all confirmed
         through = fetched[-1][0] if len(fetched) < limit else None
-        ids = [i for i, _ in rows]
-        self._flight.update(ids)
+        self._flight.update(i for i, _ in rows)
         task = asyncio.get_running_loop().create_task(self._round(rows, asked, through))
         self._rounds[task] = asked
         task.add_done_callback(self._round_ended)
