@@ -360,6 +360,12 @@ class DurableReplica:
 
     # ------------------------------------------------------------ deliveries
 
+    @property
+    def unlogged(self) -> int:
+        """Deliveries applied to memory and not logged yet (:meth:`hold`): 0 once the store
+        holds every delivery applied so far."""
+        return len(self._unlogged)
+
     def hold(self, valid: list[bytes]) -> int:
         """The deliveries ``valid`` were applied to memory: they are logged by the next
         write to the store (:meth:`log_delivered`, or a :meth:`commit` that comes first),

@@ -14,6 +14,7 @@ import pytest
 
 from crdt_ops import Replica
 from crdt_ops.events import ChangeEvent
+from crdt_ops.transport.amqp import inbound
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.store import Store, StoreUnavailable
@@ -26,8 +27,12 @@ def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("linger_s", [inbound.LINGER_S, 0.0], ids=["linger", "no-linger"])
 async def test_a_reaction_is_logged_with_the_delivery_that_caused_it(
-        settings: Settings) -> None:
+        settings: Settings, linger_s: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the linger, the reaction writes during it; a delivery that comes at its end
+    (here: every one, with no linger) waits REACTION_TURNS turns for its reaction."""
+    monkeypatch.setattr(inbound, "LINGER_S", linger_s)
     a, b = node(settings, "a"), node(settings, "b")
     await a.start()
     await b.start()

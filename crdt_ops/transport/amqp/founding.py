@@ -41,7 +41,8 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
                 first.set_result(msg.body)
 
         await stream.consume(take, no_ack=False, arguments={"x-stream-offset": "first"})
-        return await asyncio.wait_for(first, 30) == me
+        async with asyncio.timeout(30):  # not wait_for: it can swallow a stop (gh-86296)
+            return await first == me
     finally:
         # bounded (a stop signal cancelled us, and the process is waiting to end), but never
         # cut short: a close cancelled halfway was sent again later for a channel the broker

@@ -323,9 +323,15 @@ class AmqpNode:
         return await claim_founding(self._conn, self.settings, self.replica_id, self._signer)
 
     async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step`` in a loop; an error is logged and the loop goes on after a pause."""
+        """Run ``step`` in a loop; an error is logged and the loop goes on after a pause.
+        A cancellation (the node's stop) ends it, also one that a step swallowed (on Python
+        3.11 ``asyncio.wait_for`` can, CPython gh-86296): no new step starts while this task
+        is being cancelled."""
         pause = 0.1
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError(f"{step.__name__} stopped")
             try:
                 await step()
                 pause = 0.1
