@@ -32,24 +32,21 @@ from crdt_ops.transport.echo import EchoWatch
 
 log = logging.getLogger(__name__)
 
-#: Seconds a batch that brought something new waits for more deliveries to log in the same
-#: transaction before it is acknowledged (or until it holds ``prefetch`` deliveries).
-#: Meanwhile the reactions to it run: a service that reacts to a change by writing (logic
-#: placing a container, a worker reporting it on) commits its operations with the
-#: deliveries held so far, in one transaction (one disk sync, not two). Nothing waits on it
-#: but the broker's ack: a delivery is applied, and its reactions run, as it arrives; a
-#: sender's next messages do not wait for this one's confirm either (the publisher keeps
-#: several rounds in flight, :data:`~crdt_ops.transport.amqp.publisher.ROUNDS_IN_FLIGHT`).
-#: The linger is the reactions' time (but see :data:`REACTION_TURNS`). It turns one
+#: Turns of the event loop a delivered batch waits between being applied and being logged:
+#: a service that reacts to a change by writing (logic placing a container, a worker
+#: reporting it on) gets there within them, and its operations share the batch's
+#: transaction (one disk sync, not two). Each costs a few microseconds when nothing runs.
+REACTION_TURNS = 4
+#: Seconds a batch that brought something new waits, after its reactions, for more
+#: deliveries to log in the same transaction before it is acknowledged (or until it holds
+#: ``prefetch`` deliveries). Nothing waits on it but the broker's ack: a delivery is
+#: applied, and its reactions run, as it arrives; a sender's next messages do not wait
+#: for this one's confirm either (the publisher keeps several rounds in flight,
+#: :data:`~crdt_ops.transport.amqp.publisher.ROUNDS_IN_FLIGHT`). It turns one
 #: transaction per delivery into one per batch, under load and for a replica that hears a
 #: few messages a second (a worker of a cell): each transaction, and each ack, costs CPU
 #: (BENCHMARKS.md, "The floor under a worker's delivery").
 LINGER_S = 0.100
-#: Turns of the event loop that deliveries applied with less than :data:`REACTION_S` of the
-#: linger left wait before they are logged, so that their reactions (woken by a change
-#: event, writing within a few turns) still share their transaction.
-REACTION_TURNS = 4
-REACTION_S = 0.002
 #: Seconds a nack may take before it is given up (the channel is failing: the broker
 #: requeues the message when it closes).
 NACK_TIMEOUT_S = 5.0
@@ -109,23 +106,21 @@ class Inbound:
         dead: list[tuple[AbstractIncomingMessage, str, str]] = []
         dropped = False
         more: list[AbstractIncomingMessage] = batch
-        deadline: float | None = None  # set once the first deliveries were applied
+        deadline: float | None = None  # set after the first reactions ran
         while more:
             v, d, drop = self._take(more, stream, reread)
             self.durable.hold(v)
             valid, dead, dropped = valid + v, dead + d, dropped or drop
             if stream or not valid:
                 break
-            # while the reactions to them run (a subscriber woken by a change event writes,
-            # and its commit logs the deliveries held so far with its operations, in one
-            # disk sync), what arrives joins the same transaction: one transaction serves
+            # let the reactions to them run (a subscriber woken by a change event writes):
+            # their operations are logged with the deliveries, in one disk sync
+            for _ in range(REACTION_TURNS if v else 0):
+                await asyncio.sleep(0)
+            # and what arrives meanwhile joins the same transaction: one transaction serves
             # several deliveries (only their acks wait; they are applied as they arrive)
-            now = time.monotonic()
             if deadline is None:
-                deadline = now + LINGER_S
-            if v and deadline - now < REACTION_S:  # they came at the linger's end
-                for _ in range(REACTION_TURNS):
-                    await asyncio.sleep(0)
+                deadline = time.monotonic() + LINGER_S
             more = await arriving(self.inbox, self.settings.prefetch - len(batch), deadline)
             batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once
