@@ -30,8 +30,8 @@ def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
 @pytest.mark.parametrize("linger_s", [inbound.LINGER_S, 0.0], ids=["linger", "no-linger"])
 async def test_a_reaction_is_logged_with_the_delivery_that_caused_it(
         settings: Settings, linger_s: float, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the linger, the reaction writes during it; a delivery that comes at its end
-    (here: every one, with no linger) waits REACTION_TURNS turns for its reaction."""
+    """A batch waits REACTION_TURNS turns of the loop for its reactions, then lingers; with
+    no linger, the turns alone must be enough for the reaction to share its transaction."""
     monkeypatch.setattr(inbound, "LINGER_S", linger_s)
     a, b = node(settings, "a"), node(settings, "b")
     await a.start()
