@@ -48,8 +48,9 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
         # cut short: a close cancelled halfway was sent again later for a channel the broker
         # had closed, and RabbitMQ closes the whole connection for that ("channel_error:
         # expected 'channel.open'"), every group on a shared connection with it
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(channel.close()), 5)
+        with contextlib.suppress(Exception):  # TimeoutError included
+            async with asyncio.timeout(5):  # as above: wait_for could swallow a stop
+                await asyncio.shield(channel.close())
 
 
 async def publish_retirement(settings: Settings, replica_id: str) -> int:

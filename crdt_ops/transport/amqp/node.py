@@ -336,8 +336,7 @@ class AmqpNode:
                 await step()
                 pause = 0.1
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
+                if me is None or me.cancelling():
                     raise
                 # aiormq cancels a publish whose connection got stuck: an error, not a stop
                 log.warning("replica %s: %s was interrupted by a lost connection",
