@@ -25,7 +25,7 @@ import aio_pika
 import pytest
 
 from tests.broker import rabbitmqctl
-from tools.harness import free_port
+from tools.harness import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_USERS = ("web", "logic", "worker.worker-1", "worker.worker-2")
@@ -126,8 +126,15 @@ def test_demo_takes_replica_settings_prints_its_url_once_it_serves_and_cleans_up
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert cmd[cmd.index(b"--batch-ops"):][:2] == [b"--batch-ops", b"7"]
         assert b"--amqp-url" not in cmd  # (a URL may hold a password: the environment)
-    types = dict(line.split("\t") for line in rabbitmqctl(
-        "list_queues", "name", "type", "-q").splitlines()[1:] if "\t" in line)
+    def queue_types() -> dict[str, str]:
+        return dict(line.split("\t") for line in rabbitmqctl(
+            "list_queues", "name", "type", "-q").splitlines()[1:] if "\t" in line)
+
+    # the URL comes once web serves; a worker may still be declaring its cell's queue then
+    wanted = {f"crdt.{group_name}.cell.main.{user}" for user in DEMO_USERS}
+    wait_until(lambda: wanted <= set(queue_types()), 20, "every replica's queue declared",
+               lambda: str(sorted(queue_types())))
+    types = queue_types()
     for user in DEMO_USERS:  # web and logic hold the platform's group, workers their cell's
         group = group_name if user in ("web", "logic") else f"{group_name}.cell.main"
         assert types[f"crdt.{group}.{user}"] == "quorum"
