@@ -323,20 +323,15 @@ class AmqpNode:
         return await claim_founding(self._conn, self.settings, self.replica_id, self._signer)
 
     async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step`` in a loop; an error is logged and the loop goes on after a pause.
-        A cancellation (the node's stop) ends it, also one that a step swallowed (on Python
-        3.11 ``asyncio.wait_for`` can, CPython gh-86296): no new step starts while this task
-        is being cancelled."""
+        """Run ``step`` in a loop; an error is logged and the loop goes on after a pause."""
         pause = 0.1
-        me = asyncio.current_task()
         while True:
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError(f"{step.__name__} stopped")
             try:
                 await step()
                 pause = 0.1
             except asyncio.CancelledError:
-                if me is None or me.cancelling():
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
                     raise
                 # aiormq cancels a publish whose connection got stuck: an error, not a stop
                 log.warning("replica %s: %s was interrupted by a lost connection",
