@@ -127,9 +127,9 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
         idle_cpu["broker"] = (broker.used() or 0.0) / idle_s
         idle, front = rates[:len(workers)], dict(zip(("logic", "web"), rates[len(workers):],
                                                      strict=True))
-        before = {w: received(p.metrics_ports[w]) for w in workers}
-        result = await _crdt_ops_measure(opt, p)
-        busy = _rates(p, workers, before, result.seconds)
+        result = await _crdt_ops_measure(
+            opt, p, lambda: {w: received(p.metrics_ports[w]) for w in workers})
+        busy = [result.counts[w] / result.seconds for w in workers]
         rss = [rss_bytes(p.services.procs[w].pid) / 2**20 for w in workers]
         used = {k: v or 0.0 for k, v in result.cpu.items()}
         cpu = {"workers": sum(used.get(w, 0.0) for w in workers) / result.seconds,

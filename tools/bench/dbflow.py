@@ -507,8 +507,8 @@ async def _measure(opt: Options, p: Platform) -> FlowResult:
         sample.stages["started"] = rec["started"] - sample.wall_t0
         return sample
 
-    samples, seconds, cpu = await time_starts(opt, "db-casts", warm, cids, start, p.services)
-    return FlowResult("db-casts", DESCRIPTION, samples, seconds, cpu)
+    timed = await time_starts(opt, "db-casts", warm, cids, start, p.services)
+    return FlowResult("db-casts", DESCRIPTION, timed.samples, timed.seconds, timed.cpu)
 
 
 if __name__ == "__main__":

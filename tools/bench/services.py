@@ -248,6 +248,8 @@ class FlowResult:
     attempts: int = 1
     #: crdt-ops service -> its event loop's worst stall over its run (s; None: not said)
     stalls: dict[str, float | None] = field(default_factory=dict)
+    #: counter -> how much it grew over the timed phase (see :func:`time_starts`)
+    counts: dict[str, float] = field(default_factory=dict)
 
     def totals(self) -> list[float]:
         return [s.total for s in self.samples]
@@ -544,7 +546,9 @@ async def timed_start(p: Platform, cid: str) -> Sample:
     return sample
 
 
-async def _crdt_ops_measure(opt: Options, p: Platform) -> FlowResult:
+async def _crdt_ops_measure(opt: Options, p: Platform,
+                            counters: Callable[[], dict[str, float]] | None = None
+                            ) -> FlowResult:
     n = opt.containers
     services = p.services
     cids = await create_records(p.base, n, "bench")
@@ -554,7 +558,8 @@ async def _crdt_ops_measure(opt: Options, p: Platform) -> FlowResult:
     async def start(cid: str) -> Sample:
         return await timed_start(p, cid)
 
-    samples, seconds, cpu = await time_starts(opt, "crdt-ops", warm, cids, start, services)
+    timed = await time_starts(opt, "crdt-ops", warm, cids, start, services, counters)
+    samples = timed.samples
     # stages from the services' log lines (wall clock, to the millisecond)
     placed = log_times(services.workdir / "logic.log", _PLACING)
     started: dict[str, float] = {}
@@ -569,23 +574,42 @@ async def _crdt_ops_measure(opt: Options, p: Platform) -> FlowResult:
     if "reconnected to the broker" in logs:
         raise Disturbed("a service reconnected to the broker during the run")
     return FlowResult("crdt-ops", "crdt-ops web/logic/worker (replicas over RabbitMQ; "
-                      "SSE at web)", samples, seconds, cpu)
+                      "SSE at web)", samples, timed.seconds, timed.cpu, counts=timed.counts)
+
+
+#: Seconds :func:`time_starts` waits after the last Start before it reads the counters:
+#: the consumers' batches of the last Starts are counted once logged and acked, which is
+#: up to ``inbound.LINGER_S`` (0.1 s) after their first delivery.
+COUNT_SETTLE_S = 0.5
+
+
+@dataclass
+class Timed:
+    """What :func:`time_starts` measured over its timed phase."""
+
+    samples: list[Sample]
+    seconds: float  # wall time (perf_counter)
+    cpu: dict[str, float | None]  # process -> CPU seconds
+    counts: dict[str, float]  # counter -> how much it grew
 
 
 async def time_starts(opt: Options, label: str, warm: Sequence[str], cids: Sequence[str],
-                      start: Callable[[str], Awaitable[Sample]], services: Services
-                      ) -> tuple[list[Sample], float, dict[str, float | None]]:
+                      start: Callable[[str], Awaitable[Sample]], services: Services,
+                      counters: Callable[[], dict[str, float]] | None = None) -> Timed:
     """Start the ``warm`` containers, let their trailing writes settle (1 s), then
     the timed phase: ``start`` each of ``cids``, one at a time. Returns the timed
-    samples, the phase's seconds (perf_counter) and each process's CPU seconds over
-    it (the services', ``broker``, ``client``: this process); raises
-    :class:`Disturbed` if a service exited before or during it."""
+    samples, the phase's seconds and each process's CPU seconds over it (the
+    services', ``broker``, ``client``: this process), and how much each of
+    ``counters()``'s values grew over it (read just before the first timed Start and
+    :data:`COUNT_SETTLE_S` after the last); raises :class:`Disturbed` if a service exited before or
+    during it."""
     for cid in warm:
         await start(cid)
     await asyncio.sleep(1.0)
     services.check()
     n = len(cids)
     opt.progress(f"{label}: timing {n} Starts, one at a time")
+    count0 = counters() if counters else {}
     cpu0, broker, self0 = services.cpu(), BrokerCpu(), self_cpu()
     t_begin = time.perf_counter()
     samples = []
@@ -596,13 +620,16 @@ async def time_starts(opt: Options, label: str, warm: Sequence[str], cids: Seque
                          f"{1000 * statistics.median(s.total for s in samples):.1f} ms")
     seconds = time.perf_counter() - t_begin
     cpu1, cpu = services.cpu(), {}
+    if counters:  # a consumer counts a batch once it is logged and acked, a linger late
+        await asyncio.sleep(COUNT_SETTLE_S)
+    count1 = counters() if counters else {}
     for name, before in cpu0.items():
         after = cpu1.get(name)
         cpu[name] = None if after is None or before is None else after - before
     cpu["broker"] = broker.used()
     cpu["client"] = self_cpu() - self0
     services.check()
-    return samples, seconds, cpu
+    return Timed(samples, seconds, cpu, {k: count1[k] - v for k, v in count0.items()})
 
 
 # ---------------------------------------------------------------- 2. the old way
@@ -936,9 +963,9 @@ async def _old_way_measure(opt: Options, session: aiohttp.ClientSession, base: s
         pids.append(int(body["pid"]))
         return sample
 
-    samples, seconds, cpu = await time_starts(opt, "old way", warm, cids, start, services)
+    timed = await time_starts(opt, "old way", warm, cids, start, services)
     return FlowResult("old-way", "old way: HTTP, then AMQP RPC web -> logic -> worker",
-                      samples, seconds, cpu)
+                      timed.samples, timed.seconds, timed.cpu)
 
 
 # ---------------------------------------------------------------- running, reporting
