@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from crdt_ops.transport.amqp import AmqpNode, redact_urls
 from crdt_ops.transport.amqp.groups import AmqpGroups
@@ -94,6 +94,37 @@ class StopSignals:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved: an error while unwinding is no news now
         return False, None, what
+
+
+def run_stoppable(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, where SIGINT or SIGTERM during the run cancels ``coro``
+    (given up to 5 s to unwind, :meth:`StopSignals.first`) and then raises
+    :class:`KeyboardInterrupt` or :class:`Terminated` once the loop is closed, so the
+    caller's cleanup runs and ``crdt-ops`` says it was stopped. ``asyncio.run`` alone can
+    end such a run with a bare CancelledError (when something in ``coro`` added a
+    cancellation of its own), which no caller can tell from a bug. The process's SIGINT
+    and SIGTERM handlers are as before afterwards."""
+    signum: int | None = None
+
+    async def main() -> T | None:
+        nonlocal signum
+        stops = StopSignals()
+        _, result = await stops.first(coro)
+        signum = stops.signum
+        return result
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = asyncio.run(main())
+    finally:  # the loop's own handlers are gone with it: put the process's back
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    if signum is not None:
+        raise KeyboardInterrupt()
+    return result  # type: ignore[return-value]
 
 
 def node_state(node: AmqpNode | AmqpGroups) -> str:

@@ -114,6 +114,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crdt_ops.replica import Replica
+from crdt_ops.transport.amqp.stream_ready import stream_takes_writes
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology, declare
 from tools.rabbitnode import RabbitNode
@@ -412,6 +414,10 @@ class Relay:
                 # before the replicas declared theirs is missing from it
                 names = Topology.of(s)
                 exchanges[s.group] = (await declare(pub, names))[names.exchange]
+            # nothing relayed until both streams take writes (after a broker restart they
+            # confirm and drop what is routed to them while they start)
+            for s in (self.group, self.late):
+                await stream_takes_writes(conn, Topology.of(s).stream, _relay_probe)
             await self._claim_late_founding(pub)
             # the group's side is read from its stream, which holds every message its
             # exchange routed and every message a replica put there itself (a refusal):
@@ -499,6 +505,16 @@ class Relay:
             app_id=msg.app_id, type=msg.type, message_id=msg.message_id,
             user_id=msg.user_id), routing_key="", timeout=30)
         await msg.ack()
+
+
+def _relay_probe(message_id: str) -> Any:
+    """A probe of a stream (:func:`stream_takes_writes`): a heartbeat of nobody, marked
+    as relayed so that the relay does not pass it on."""
+    import aio_pika
+
+    return aio_pika.Message(Replica("chaos-relay").clock_message(), headers={RELAYED: 1},
+                            message_id=message_id,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
 
 
 # ---------------------------------------------------------------- faults

@@ -77,6 +77,7 @@ from crdt_ops.replica import Replica
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
 from crdt_ops.wire import codec
+from services.process import run_stoppable
 from tools.harness import converged
 from tools.replica_process import ReplicaProcess
 
@@ -575,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
         rss0 = [p.rss_kb() for p in procs]
 
         oracle_replica = Replica("fuzz-oracle", max_waiting_per_origin=args.max_waiting_per_origin)
-        history = asyncio.run(read_oracle(url, s, clock0, oracle_replica, 60))
+        history = run_stoppable(read_oracle(url, s, clock0, oracle_replica, 60))
         oracle = Oracle(oracle_replica)
         corpus, receive_crashes = (atheris_corpus(history, args.atheris_seconds, work)
                                    if args.atheris_seconds else ([], []))
@@ -599,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
                 yield body
 
         start = time.monotonic()
-        asyncio.run(publish_all(url, s, bodies(), args.messages))
+        run_stoppable(publish_all(url, s, bodies(), args.messages))
         published_s = time.monotonic() - start
         per_replica = rejected
         say(f"fuzz: published {args.messages:,} in {published_s:.1f}s; each replica should "
@@ -608,7 +609,7 @@ def run(args: argparse.Namespace) -> int:
         queues = [Topology.of(s).queue(r) for r in rids]
 
         def drained() -> bool:
-            depths = asyncio.run(queue_depths(url, queues))
+            depths = run_stoppable(queue_depths(url, queues))
             dead = [p.report().get("dead_lettered", 0) for p in procs]
             say(f"fuzz: queues {depths}, dead-lettered {dead} of {per_replica:,} each")
             return not any(depths) and all(d >= per_replica for d in dead)
@@ -637,7 +638,7 @@ def run(args: argparse.Namespace) -> int:
         if receive_crashes:  # receive() raised what no consumer expects: a crash
             crashes += len(receive_crashes)
             args.keep = True
-        k, reasons = asyncio.run(drain_dead(url, s, per_replica * len(procs), 120))
+        k, reasons = run_stoppable(drain_dead(url, s, per_replica * len(procs), 120))
         print(f"replicas={len(procs)} max_waiting_per_origin={args.max_waiting_per_origin} "
               f"publish_s={published_s:.1f} total_s={time.monotonic() - start:.1f}")
         print("sent: " + " ".join(f"{k}={v}" for k, v in sorted(kinds.items())))

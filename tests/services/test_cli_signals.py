@@ -349,3 +349,39 @@ def test_a_cancellation_raised_over_a_stop_signal_still_ends_as_the_signal() -> 
     assert isinstance(cli._stop_signal(over(Terminated())), Terminated)
     assert isinstance(cli._stop_signal(over(KeyboardInterrupt())), KeyboardInterrupt)
     assert cli._stop_signal(asyncio.CancelledError()) is None
+
+
+async def _signalled_and_cancelled_twice(sig: int) -> str:
+    """Sends this process ``sig``, then waits; cancelled, it cancels its own task once
+    more before it unwinds (as a library's close can)."""
+    task = asyncio.current_task()
+    assert task is not None
+    os.kill(os.getpid(), sig)
+    try:
+        await asyncio.sleep(10)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    return "not stopped"
+
+
+def test_a_run_stopped_by_a_signal_ends_as_the_signal_however_the_task_unwinds() -> None:
+    """``run_stoppable`` (the fuzz tool's event loop runs): a signal during the run ends it
+    as KeyboardInterrupt or Terminated, where plain ``asyncio.run`` ends with a bare
+    CancelledError once the task added a cancellation of its own (a CI run of the fuzz
+    test above ended in that traceback); the process's handlers are as before after it."""
+    from services.process import Terminated, run_stoppable
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # asyncio.run's
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(_signalled_and_cancelled_twice(signal.SIGINT))
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_stoppable(_signalled_and_cancelled_twice(signal.SIGINT))
+    assert type(stopped.value) is KeyboardInterrupt
+    with pytest.raises(Terminated):
+        run_stoppable(_signalled_and_cancelled_twice(signal.SIGTERM))
+    assert time.monotonic() - t0 < 5
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert run_stoppable(asyncio.sleep(0, "done")) == "done"

@@ -54,6 +54,7 @@ from crdt_ops.transport.amqp.founding import claim_founding
 from crdt_ops.transport.amqp.inbound import Inbound
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
+from crdt_ops.transport.amqp.stream_ready import stream_takes_writes
 from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
@@ -139,7 +140,12 @@ class AmqpNode:
         self._arrivals = 0  # batches delivered since this process started
         self._arrivals_settled = 0  # ... as of the last settling
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
-                              self._redeclare_and_reread, self._topology_lost)
+                              self._redeclare_and_reread, self._topology_lost,
+                              self._stream_ready)
+        #: connections made (reconnections included), and the one on which the stream
+        #: last took a probe (:meth:`_stream_ready`)
+        self._connections = self._stream_ok_on = 0
+        self._stream_checking = asyncio.Lock()
         self.echo_losses = 0  # times our echo stopped (since this process started)
         #: heartbeats sent since this process started (:meth:`_heartbeat`)
         self.heartbeats = 0
@@ -401,6 +407,7 @@ class AmqpNode:
         conn = self.shared_connection or await FailoverConnection.of(s, self.replica_id,
                                                                      self._url_index)
         self._conn = conn
+        self._connections += 1
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
@@ -445,10 +452,34 @@ class AmqpNode:
         again; what is invalid or over the buffer's caps there was dead-lettered
         when it came through the queue, and is skipped silently now."""
         assert self._conn is not None and self._exchange is not None
+        await self._stream_ready()  # else the marker may never come
         marker = message(self.settings, self.replica.clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
         async for batch in read_stream(self._conn, self.settings, self._exchange, marker):
             await self._in.apply(batch, stream=True, reread=reread)
+
+    async def _stream_ready(self) -> None:
+        """Return once the group's stream took a probe (this replica's heartbeat) on the
+        current connection (:func:`~crdt_ops.transport.amqp.stream_ready.stream_takes_writes`):
+        RabbitMQ confirms and drops what is routed to a stream that is still starting.
+        At once but after a (re)connection; one probe at a time for all callers."""
+        if self._stream_ok_on == self._connections:
+            return
+        async with self._stream_checking:
+            if self._stream_ok_on == self._connections:
+                return
+            assert self._conn is not None
+            s, t0, on = self.settings, time.monotonic(), self._connections
+            probes = await stream_takes_writes(
+                self._conn, self.topology.stream,
+                lambda mid: message(s, self.replica.clock_message(), self._signer,
+                                    message_id=mid))
+            self._stream_ok_on = on  # a reconnection meanwhile: checked again
+            if probes > 1:
+                log.warning("replica %s: the stream %s took writes after %.1fs (%d probes; "
+                            "it dropped what was routed to it meanwhile); publishing",
+                            self.replica_id, self.topology.stream, time.monotonic() - t0,
+                            probes)
 
     def _on_lost(self, conn: object, error: BaseException | None) -> None:
         """The connection is gone (called again for each failed reconnect attempt):
@@ -472,6 +503,7 @@ class AmqpNode:
         # missed while its binding may have been gone (an operator's deletion that the
         # broker's restart hides) is read from the stream
         self._redeclare_due = self._reread_due = True
+        self._connections += 1  # the broker may have restarted: see _stream_ready
         self.durable.outbox_ready.set()
 
     async def _redeclare(self) -> None:
@@ -661,6 +693,7 @@ class AmqpNode:
         operation in the stream: stability and compaction stop waiting for it once
         that operation is delivered (here and at every replica)."""
         assert self._conn is not None and self._exchange is not None
+        await self._stream_ready()
         last = await last_operation(self._conn, self.settings, self._exchange, replica_id)
         self.replica.retire(replica_id, last)
         await self._out.publish(Replica.retirement(replica_id, last))

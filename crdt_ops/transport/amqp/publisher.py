@@ -46,7 +46,9 @@ class Publisher:
     raised) of ``connection`` to ``exchange``, all three set by the node once connected.
     ``redeclare``: declare the topology again (awaited after returned messages);
     ``topology_lost``: the exchange is gone (the node declares the topology again and
-    re-reads the stream).
+    re-reads the stream); ``stream_ready``: returns once the group's stream takes writes
+    on this connection (:mod:`~crdt_ops.transport.amqp.stream_ready`), awaited before
+    each round.
 
     ``published`` and ``refused``: messages the broker confirmed, and refused, since this
     process started; ``confirmed_through``: see :meth:`AmqpNode.confirmed_through
@@ -55,11 +57,13 @@ class Publisher:
     def __init__(self, durable: DurableReplica, settings: Settings, topology: Topology,
                  echo: EchoWatch, signer: Signer | None,
                  redeclare: Callable[[], Awaitable[None]],
-                 topology_lost: Callable[[], None]) -> None:
+                 topology_lost: Callable[[], None],
+                 stream_ready: Callable[[], Awaitable[None]]) -> None:
         self.durable, self.settings, self.topology = durable, settings, topology
         self.replica_id = durable.replica_id
         self.echo, self.signer = echo, signer
         self.redeclare, self.topology_lost = redeclare, topology_lost
+        self.stream_ready = stream_ready
         self.connection: AbstractConnection | None = None
         self.channel: AbstractChannel | None = None
         self.exchange: AbstractExchange | None = None
@@ -82,7 +86,8 @@ class Publisher:
         :data:`ROUNDS_IN_FLIGHT` rounds; what was written meanwhile goes out together,
         joined). A round that failed (broker down, channel closed) raises here, on the
         next call: what it did not get confirmed is published again by a later round
-        (duplicates are harmless).
+        (duplicates are harmless). After a (re)connection nothing goes out before the
+        stream was found to take writes (``stream_ready``).
 
         A message the broker *nacks* was refused by a queue bound to the exchange (a
         length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
@@ -93,6 +98,8 @@ class Publisher:
         :meth:`_refused`."""
         ready = self.durable.outbox_ready
         await ready.wait()
+        # at once but after a (re)connection; if it fails, the outbox is still ready
+        await self.stream_ready()
         ready.clear()
         if self._failed is not None:
             failed, self._failed = self._failed, None
@@ -256,7 +263,8 @@ class Publisher:
 
     async def publish(self, body: bytes) -> None:
         """Publish ``body`` to the group's exchange and wait for the broker's confirm
-        (raises aio-pika's errors: DeliveryError for a nack, PublishError for a return)."""
+        (raises aio-pika's errors: DeliveryError for a nack, PublishError for a return).
+        The caller has awaited ``stream_ready`` on this connection."""
         assert self.exchange is not None
         await self.exchange.publish(
             message(self.settings, body, self.signer,
