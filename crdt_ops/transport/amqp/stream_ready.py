@@ -2,12 +2,12 @@
 replica publishes anything.
 
 RabbitMQ confirms a message routed to a stream that is still starting, and drops it there.
-Measured on this project's machine (RabbitMQ 3.10.8, one node, a fanout exchange bound to
-a classic queue and a stream; ``BENCHMARKS.md``, "The stream drops what is published while
-it starts"): after ``rabbitmqctl stop_app`` / ``start_app``, the messages published in the
-first 0.1 s after the node took connections again were confirmed and in the queue, and
-missing from the stream (23 and 48 in two runs); after a SIGKILL and a restart, those
-published over its first 0.35 s (113). The same family of loss is RabbitMQ's open issue
+Measured on this project's machine (RabbitMQ 3.10.8, one node, a fanout exchange bound to a
+classic queue and a stream; ``BENCHMARKS.md``, "The stream drops what is published while it
+starts"): a publisher that reconnected every 20 ms and published every 2 ms through a
+``stop_app`` / ``start_app`` and a SIGKILL and a start found 103-263 of its 666-837
+confirmed messages missing from the stream in three runs; the
+same publisher waiting for a probe first, none. A related open RabbitMQ issue:
 "Streams: Loosing messages during fail-over" (rabbitmq/rabbitmq-server#9457).
 
 A replica's queue then holds such a message, and the replicas that were up apply it; but a
