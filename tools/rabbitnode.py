@@ -163,15 +163,20 @@ class RabbitNode:
         """Stop the node if it runs (gracefully, else SIGKILL), and return once its VM is
         gone: ``rabbitmqctl stop`` answers before the VM exits, and a node started again
         while the old VM still holds its name (in epmd) and its data fails to boot."""
-        if self.pid() is None:
+        pid = self.pid()
+        if pid is None:
             return
         with contextlib.suppress(RabbitNodeError):  # then it is killed below
             self.ctl("stop", timeout=60)
+        # the VM itself, not its pid file: the node removes that file before its VM exits
+        # (seen after a SIGKILL and a start: the file gone, the VM still running)
         deadline = time.monotonic() + 30
-        while self.pid() is not None and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self.pid() is not None:
-            self.kill()
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
 
     def destroy(self) -> None:
         """Stop the node and delete its data."""
@@ -203,6 +208,17 @@ class RabbitNode:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a detached VM: not our child, never a zombie of ours)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run_as() -> str | None:

@@ -459,8 +459,9 @@ class AmqpNode:
             await self._in.apply(batch, stream=True, reread=reread)
 
     async def _stream_ready(self) -> None:
-        """Return once the group's stream took a probe (this replica's heartbeat) on the
-        current connection (:func:`~crdt_ops.transport.amqp.stream_ready.stream_takes_writes`):
+        """Return once the group's stream took a probe on the current connection
+        (:func:`~crdt_ops.transport.amqp.stream_ready.stream_takes_writes`; the probe is
+        this replica's heartbeat, through the group's exchange: every replica gets it too):
         RabbitMQ confirms and drops what is routed to a stream that is still starting.
         At once but after a (re)connection; one probe at a time for all callers."""
         if self._stream_ok_on == self._connections:
@@ -473,7 +474,8 @@ class AmqpNode:
             probes = await stream_takes_writes(
                 self._conn, self.topology.stream,
                 lambda mid: message(s, self.replica.clock_message(), self._signer,
-                                    message_id=mid))
+                                    message_id=mid),
+                via=self.topology.exchange)  # a service user may not write to the stream
             self._stream_ok_on = on  # a reconnection meanwhile: checked again
             if probes > 1:
                 log.warning("replica %s: the stream %s took writes after %.1fs (%d probes; "

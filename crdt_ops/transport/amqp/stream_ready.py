@@ -12,9 +12,9 @@ same publisher waiting for a probe first, none. A related open RabbitMQ issue:
 
 A replica's queue then holds such a message, and the replicas that were up apply it; but a
 replica that joins later, or re-reads the stream for a gap, never finds it, and waits for it
-for good. So after a connection is made, nothing is published until a probe published
-straight into the stream was read back from it: from then on the stream's writer runs, and
-what is published is kept.
+for good. So after a connection is made, nothing is published until a probe routed to the
+stream was read back from it: from then on the stream's writer runs, and what is published
+is kept.
 """
 
 from __future__ import annotations
@@ -33,27 +33,29 @@ PROBE_WAIT_S = 1.0
 
 async def stream_takes_writes(conn: AbstractConnection, stream: str,
                               probe: Callable[[str], aio_pika.Message],
-                              wait_s: float = PROBE_WAIT_S) -> int:
-    """Publish ``probe(message_id)`` into the stream named ``stream`` (the default
-    exchange, routed by the stream's name; a fresh message id each time) until one of
-    them is read back from the stream, by a consumer from ``x-stream-offset: next``
+                              via: str | None = None, wait_s: float = PROBE_WAIT_S) -> int:
+    """Publish ``probe(message_id)`` into the stream named ``stream`` (through the fanout
+    exchange ``via`` bound to it, which a replica's broker user may write to; None: the
+    default exchange, routed by the stream's name; a fresh message id each time) until
+    one of them is read back from the stream, by a consumer from ``x-stream-offset: next``
     (RabbitMQ "Streams") that subscribed just before it was published; a new channel, a
     new consumer and a new probe every ``wait_s`` seconds (a consumer that subscribed
     while the stream was starting may never be served: rabbitmq/rabbitmq-server#4133).
     Returns how many probes were published (1: the stream took the first). A probe stays
-    in the stream: make it a message every reader of the stream takes harmlessly (a
-    replica's heartbeat). Raises what aio-pika raises when the connection or a channel
-    fails (the caller tries again once reconnected); waits for as long as the stream
-    keeps dropping them."""
+    in the stream (and, through ``via``, reaches every queue bound to it): make it a
+    message every reader takes harmlessly (a replica's heartbeat). Raises what aio-pika
+    raises when the connection or a channel fails (the caller tries again once
+    reconnected); waits for as long as the stream keeps dropping them."""
     tries = 0
     while True:
         tries += 1
-        if await _probe_once(conn, stream, probe, wait_s):
+        if await _probe_once(conn, stream, probe, via, wait_s):
             return tries
 
 
 async def _probe_once(conn: AbstractConnection, stream: str,
-                      probe: Callable[[str], aio_pika.Message], wait_s: float) -> bool:
+                      probe: Callable[[str], aio_pika.Message], via: str | None,
+                      wait_s: float) -> bool:
     """One probe on a channel of its own: whether it came back within ``wait_s``."""
     channel = await conn.channel(publisher_confirms=True)
     try:
@@ -68,8 +70,12 @@ async def _probe_once(conn: AbstractConnection, stream: str,
             await msg.ack()
 
         await queue.consume(take, arguments={"x-stream-offset": "next"})
-        await channel.default_exchange.publish(probe(message_id), routing_key=stream,
-                                               timeout=30)
+        if via is None:
+            await channel.default_exchange.publish(probe(message_id), routing_key=stream,
+                                                   timeout=30)
+        else:
+            exchange = await channel.get_exchange(via, ensure=False)
+            await exchange.publish(probe(message_id), routing_key="", timeout=30)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await back.wait()
