@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.runtime import alive
 from tools.harness import free_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -171,11 +172,11 @@ class RabbitNode:
         # the VM itself, not its pid file: the node removes that file before its VM exits
         # (seen after a SIGKILL and a start: the file gone, the VM still running)
         deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while alive(pid):
                 time.sleep(0.1)
 
     def destroy(self) -> None:
@@ -208,17 +209,6 @@ class RabbitNode:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a detached VM: not our child, never a zombie of ours)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _run_as() -> str | None:

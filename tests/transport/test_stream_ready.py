@@ -149,11 +149,7 @@ async def test_publishing_once_the_stream_took_a_probe_loses_nothing_across_rest
             await q.bind(topology.exchange)
     tasks = [asyncio.create_task(pub.run()) for pub in pubs]
     try:
-        for down, up in ((rabbit.stop_app, rabbit.start_app), (rabbit.kill, rabbit.start)):
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(down)
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(up)
+        await restart_twice(rabbit, 1.0)
         await asyncio.sleep(1.0)
     finally:
         for pub in pubs:
@@ -192,6 +188,16 @@ async def stream_ids(url: str, group: str) -> list[str]:
         return ids
 
 
+async def restart_twice(rabbit: RabbitNode, before_s: float) -> None:
+    """``before_s`` seconds, then ``stop_app``, 1 s, ``start_app``; again, with a SIGKILL
+    and a start."""
+    for down, up in ((rabbit.stop_app, rabbit.start_app), (rabbit.kill, rabbit.start)):
+        await asyncio.sleep(before_s)
+        await asyncio.to_thread(down)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(up)
+
+
 def node_of(url: str, group: str, rid: str, store: Path) -> AmqpNode:
     return AmqpNode(Settings(amqp_url=url, group=group, replica_id=rid, store=str(store),
                              heartbeat_s=0.3, gap_timeout_s=1.0))
@@ -221,11 +227,7 @@ async def test_what_is_published_as_the_broker_comes_back_is_in_the_stream(
     task = asyncio.create_task(writer())
     joiner: AmqpNode | None = None
     try:
-        for down, up in ((rabbit.stop_app, rabbit.start_app), (rabbit.kill, rabbit.start)):
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(down)
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(up)
+        await restart_twice(rabbit, 0.5)
         await asyncio.sleep(2.0)
         stop.set()
         await task
