@@ -63,11 +63,17 @@ async def _probe_once(conn: AbstractConnection, stream: str,
         queue = await channel.get_queue(stream, ensure=False)
         message_id = f"probe-{uuid.uuid4().hex}"
         back = asyncio.Event()
+        closing = False
 
         async def take(msg: AbstractIncomingMessage) -> None:
             if msg.message_id == message_id:
                 back.set()
-            await msg.ack()
+            # (a stream consumer must ack, or its prefetch runs out on a busy stream
+            # before the probe comes) but never once the channel is being closed: a frame
+            # on a channel the client closed makes RabbitMQ close the whole connection
+            # ("expected 'channel.open'"), every group sharing it with it
+            if not closing:
+                await msg.ack()
 
         await queue.consume(take, arguments={"x-stream-offset": "next"})
         if via is None:
@@ -81,6 +87,7 @@ async def _probe_once(conn: AbstractConnection, stream: str,
                 await back.wait()
         return back.is_set()
     finally:
+        closing = True
         # bounded, never cut short (see founding.claim_founding's close)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
