@@ -54,7 +54,7 @@ from crdt_ops.transport.amqp.founding import claim_founding
 from crdt_ops.transport.amqp.inbound import Inbound
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
-from crdt_ops.transport.amqp.stream_ready import stream_takes_writes
+from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked
 from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
@@ -139,13 +139,16 @@ class AmqpNode:
                            self._arrived)
         self._arrivals = 0  # batches delivered since this process started
         self._arrivals_settled = 0  # ... as of the last settling
+        #: publishing only where the stream took a probe; the probe is this replica's
+        #: heartbeat, through the group's exchange (every replica gets it too; a service
+        #: user may not write to the stream directly)
+        self._gate = StreamGate(
+            lambda: self._conn, self.topology.stream,
+            lambda mid: message(self.settings, self.replica.clock_message(), self._signer,
+                                message_id=mid),
+            via=self.topology.exchange)
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
-                              self._redeclare_and_reread, self._topology_lost,
-                              self._stream_ready)
-        #: connections made (reconnections included), and the one on which the stream
-        #: last took a probe (:meth:`_stream_ready`)
-        self._connections = self._stream_ok_on = 0
-        self._stream_checking = asyncio.Lock()
+                              self._redeclare_and_reread, self._topology_lost, self._gate)
         self.echo_losses = 0  # times our echo stopped (since this process started)
         #: heartbeats sent since this process started (:meth:`_heartbeat`)
         self.heartbeats = 0
@@ -343,6 +346,8 @@ class AmqpNode:
                 log.warning("replica %s: %s was interrupted by a lost connection",
                             self.replica_id, step.__name__.strip("_"))
                 await asyncio.sleep(pause)
+            except StreamUnchecked as e:  # reconnected: the next step probes the stream first
+                log.info("replica %s: %s: %s", self.replica_id, step.__name__.strip("_"), e)
             except StoreUnavailable as e:  # logged once by store_failed; retried there
                 self.durable.store_failed(e)
                 await self.durable.store_ok.wait()
@@ -407,7 +412,6 @@ class AmqpNode:
         conn = self.shared_connection or await FailoverConnection.of(s, self.replica_id,
                                                                      self._url_index)
         self._conn = conn
-        self._connections += 1
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
@@ -459,29 +463,16 @@ class AmqpNode:
             await self._in.apply(batch, stream=True, reread=reread)
 
     async def _stream_ready(self) -> None:
-        """Return once the group's stream took a probe on the current connection
-        (:func:`~crdt_ops.transport.amqp.stream_ready.stream_takes_writes`; the probe is
-        this replica's heartbeat, through the group's exchange: every replica gets it too):
-        RabbitMQ confirms and drops what is routed to a stream that is still starting.
-        At once but after a (re)connection; one probe at a time for all callers."""
-        if self._stream_ok_on == self._connections:
-            return
-        async with self._stream_checking:
-            if self._stream_ok_on == self._connections:
-                return
-            assert self._conn is not None
-            s, t0, on = self.settings, time.monotonic(), self._connections
-            probes = await stream_takes_writes(
-                self._conn, self.topology.stream,
-                lambda mid: message(s, self.replica.clock_message(), self._signer,
-                                    message_id=mid),
-                via=self.topology.exchange)  # a service user may not write to the stream
-            self._stream_ok_on = on  # a reconnection meanwhile: checked again
-            if probes > 1:
-                log.warning("replica %s: the stream %s took writes after %.1fs (%d probes; "
-                            "it dropped what was routed to it meanwhile); publishing",
-                            self.replica_id, self.topology.stream, time.monotonic() - t0,
-                            probes)
+        """Return once the group's stream took a probe on the connection in use
+        (:class:`~crdt_ops.transport.amqp.stream_ready.StreamGate`): RabbitMQ confirms and
+        drops what is routed to a stream that is still starting. At once but after a
+        (re)connection; one probe at a time for all callers."""
+        t0 = time.monotonic()
+        probes = await self._gate.ready()
+        if probes > 1:
+            log.warning("replica %s: the stream %s took writes after %.1fs (%d probes; "
+                        "it dropped what was routed to it meanwhile); publishing",
+                        self.replica_id, self.topology.stream, time.monotonic() - t0, probes)
 
     def _on_lost(self, conn: object, error: BaseException | None) -> None:
         """The connection is gone (called again for each failed reconnect attempt):
@@ -505,7 +496,6 @@ class AmqpNode:
         # missed while its binding may have been gone (an operator's deletion that the
         # broker's restart hides) is read from the stream
         self._redeclare_due = self._reread_due = True
-        self._connections += 1  # the broker may have restarted: see _stream_ready
         self.durable.outbox_ready.set()
 
     async def _redeclare(self) -> None:
@@ -533,15 +523,16 @@ class AmqpNode:
         the stream, as after the broker returned our messages as unroutable: the group
         may have published into an exchange without our binding, and what our queue
         missed then (a retirement, a heartbeat) is no gap a clock would reveal.
-        Silence says nothing while deliveries wait for a failed store, or when this
-        tick came late (the process was paused, or its loop stalled)."""
+        Silence says nothing while the connection is down, while deliveries wait for a
+        failed store, or when this tick came late (the process was paused, or its loop
+        stalled)."""
         s, rid = self.settings, self.replica_id
         patience = max(s.gap_timeout_s, 4 * s.heartbeat_s)
         await asyncio.sleep(s.heartbeat_s)
         now = time.monotonic()
         late, self._echo_tick = now - self._echo_tick > s.heartbeat_s + patience, now
-        if late or self.store_failure is not None:
-            self._echo.reset(now)
+        if late or self.store_failure is not None or self._lost_at is not None:
+            self._echo.reset(now)  # (nothing comes back while the connection is down)
         silent = self._echo.silent_for(now)
         metrics.ECHO_SILENT.labels(rid).set(silent if silent > patience else 0)
         if silent > patience:

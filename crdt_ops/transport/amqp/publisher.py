@@ -22,6 +22,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from crdt_ops.transport import metrics
+from crdt_ops.transport.amqp.stream_ready import StreamGate
 from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import MAX_STORE_RETRY_S, DurableReplica
@@ -46,9 +47,10 @@ class Publisher:
     raised) of ``connection`` to ``exchange``, all three set by the node once connected.
     ``redeclare``: declare the topology again (awaited after returned messages);
     ``topology_lost``: the exchange is gone (the node declares the topology again and
-    re-reads the stream); ``stream_ready``: returns once the group's stream takes writes
-    on this connection (:mod:`~crdt_ops.transport.amqp.stream_ready`), awaited before
-    each round.
+    re-reads the stream); ``gate``: publishes go out only on a connection on which the
+    group's stream took a probe (:mod:`~crdt_ops.transport.amqp.stream_ready`): its
+    ``ready`` is awaited before each round, and a message that would go out on a
+    connection made since is not published (its round fails, and goes again).
 
     ``published`` and ``refused``: messages the broker confirmed, and refused, since this
     process started; ``confirmed_through``: see :meth:`AmqpNode.confirmed_through
@@ -58,12 +60,12 @@ class Publisher:
                  echo: EchoWatch, signer: Signer | None,
                  redeclare: Callable[[], Awaitable[None]],
                  topology_lost: Callable[[], None],
-                 stream_ready: Callable[[], Awaitable[None]]) -> None:
+                 gate: StreamGate) -> None:
         self.durable, self.settings, self.topology = durable, settings, topology
         self.replica_id = durable.replica_id
         self.echo, self.signer = echo, signer
         self.redeclare, self.topology_lost = redeclare, topology_lost
-        self.stream_ready = stream_ready
+        self.gate = gate
         self.connection: AbstractConnection | None = None
         self.channel: AbstractChannel | None = None
         self.exchange: AbstractExchange | None = None
@@ -87,7 +89,7 @@ class Publisher:
         joined). A round that failed (broker down, channel closed) raises here, on the
         next call: what it did not get confirmed is published again by a later round
         (duplicates are harmless). After a (re)connection nothing goes out before the
-        stream was found to take writes (``stream_ready``).
+        stream was found to take writes (``gate``).
 
         A message the broker *nacks* was refused by a queue bound to the exchange (a
         length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
@@ -99,7 +101,7 @@ class Publisher:
         ready = self.durable.outbox_ready
         await ready.wait()
         # at once but after a (re)connection; if it fails, the outbox is still ready
-        await self.stream_ready()
+        await self.gate.ready()
         ready.clear()
         if self._failed is not None:
             failed, self._failed = self._failed, None
@@ -227,13 +229,11 @@ class Publisher:
         returns the outbox ids the stream confirmed. Says once a minute which member
         queues are fullest (the nack does not name the queue that refused)."""
         assert self.channel is not None
-        s, names, rid = self.settings, self.topology, self.replica_id
+        names, rid = self.topology, self.replica_id
         metrics.PUBLISHES_REFUSED.labels(rid).inc(len(rows))
         self.refused += len(rows)
         outcomes = await asyncio.gather(*(
-            self.channel.default_exchange.publish(
-                message(s, body, self.signer, message_id=self.echo.message_id(time.monotonic())),
-                routing_key=names.stream, timeout=30) for _, body in rows), return_exceptions=True)
+            self._send(body, "", names.stream) for _, body in rows), return_exceptions=True)
         kept = [i for (ids, _), out in zip(rows, outcomes, strict=True)
                 if not isinstance(out, BaseException) for i in ids]
         if time.monotonic() - self._refusal_said > 60:
@@ -263,13 +263,22 @@ class Publisher:
 
     async def publish(self, body: bytes) -> None:
         """Publish ``body`` to the group's exchange and wait for the broker's confirm
-        (raises aio-pika's errors: DeliveryError for a nack, PublishError for a return).
-        The caller has awaited ``stream_ready`` on this connection."""
+        (raises aio-pika's errors: DeliveryError for a nack, PublishError for a return;
+        :class:`~crdt_ops.transport.amqp.stream_ready.StreamUnchecked`, with nothing sent,
+        if the connection changed since the gate's last probe: await ``gate.ready()``)."""
         assert self.exchange is not None
-        await self.exchange.publish(
-            message(self.settings, body, self.signer,
-                    message_id=self.echo.message_id(time.monotonic())),
-            routing_key="", timeout=30)
+        await self._send(body, self.exchange.name, "")
+
+    async def _send(self, body: bytes, exchange: str, routing_key: str) -> None:
+        """Publish ``body`` as a replica's message to ``exchange`` ("": the default one)
+        with ``routing_key``, mandatory, on the gate's channel, and await the confirm
+        (30 s at most)."""
+        assert self.channel is not None
+        msg = message(self.settings, body, self.signer,
+                      message_id=self.echo.message_id(time.monotonic()))
+        channel = await self.gate.channel(self.channel)
+        await channel.basic_publish(msg.body, exchange=exchange, routing_key=routing_key,
+                                    properties=msg.properties, mandatory=True, timeout=30)
 
 
 def _joined(rows: list[tuple[int, bytes]]) -> list[tuple[list[int], bytes]]:
