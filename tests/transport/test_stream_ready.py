@@ -17,7 +17,8 @@ import aiormq
 import pytest
 
 from crdt_ops import Replica
-from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.ops import Heartbeat
+from crdt_ops.transport.amqp import AmqpNode, publish_retirement
 from crdt_ops.transport.amqp.connection import FailoverConnection
 from crdt_ops.transport.amqp.stream_ready import (
     StreamGate,
@@ -27,6 +28,7 @@ from crdt_ops.transport.amqp.stream_ready import (
 )
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology, declare
+from crdt_ops.wire import codec
 from tests.broker import new_group, until
 from tools.harness import delete_group_async
 from tools.rabbitnode import RabbitNode
@@ -208,14 +210,20 @@ async def test_publishing_once_the_stream_took_a_probe_loses_nothing_across_rest
 async def stream_ids(url: str, group: str) -> list[str]:
     """The message ids the group's stream holds, in order (read until none came for 1 s,
     30 s at most)."""
+    return [i for i, _ in await stream_messages(url, group)]
+
+
+async def stream_messages(url: str, group: str) -> list[tuple[str, bytes]]:
+    """The message ids and bodies the group's stream holds, in order (read until none
+    came for 1 s, 30 s at most)."""
     conn = await aio_pika.connect(url)
     async with conn:
         channel = await conn.channel()
         await channel.set_qos(prefetch_count=1000)
-        ids: list[str] = []
+        ids: list[tuple[str, bytes]] = []
 
         async def take(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
-            ids.append(msg.message_id or "")
+            ids.append((msg.message_id or "", msg.body))
             await msg.ack()
 
         await (await channel.get_queue(Topology.of(Settings(group=group)).stream)).consume(
@@ -300,3 +308,23 @@ async def test_what_is_published_as_the_broker_comes_back_is_in_the_stream(
         await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(a.stop(), *([joiner.stop()] if joiner else []),
                              return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_retirement_published_as_the_broker_comes_back_is_in_the_stream(
+        rabbit: RabbitNode) -> None:
+    """``crdt-ops retire`` run the moment the broker is back (``start_app`` returned: it
+    takes connections) waits for the stream to take a probe, finds the retiree's last
+    operation, and its retirement is in the stream, for replicas that join later."""
+    settings = Settings(amqp_url=rabbit.url, group=new_group())
+    names = Topology.of(settings)
+    conn = await aio_pika.connect(rabbit.url)
+    async with conn:
+        await declare(await conn.channel(), names)
+    await asyncio.to_thread(rabbit.stop_app)
+    await asyncio.to_thread(rabbit.start_app)
+    async with asyncio.timeout(90):
+        assert await publish_retirement(settings, "gone") == 0
+    beats = [hb for _, body in await stream_messages(rabbit.url, settings.group)
+             if isinstance(hb := codec.decode(body), Heartbeat)]
+    assert any(hb.origin == "gone" and hb.retired for hb in beats), beats

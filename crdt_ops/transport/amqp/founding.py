@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
@@ -13,6 +14,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from crdt_ops.replica import Replica
 from crdt_ops.transport.amqp.connection import connect_first
 from crdt_ops.transport.amqp.recovery import last_operation
+from crdt_ops.transport.amqp.stream_ready import stream_takes_writes
 from crdt_ops.transport.auth import message, signer_of
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.signing import Signer
@@ -56,11 +58,20 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
 async def publish_retirement(settings: Settings, replica_id: str) -> int:
     """Announce to ``settings.group`` that ``replica_id`` is gone for good, naming its
     last operation found in the stream (replicas count it until they delivered that
-    one). Returns that sequence number."""
+    one). Returns that sequence number. Publishes nothing before the group's stream took
+    a probe (:func:`~crdt_ops.transport.amqp.stream_ready.stream_takes_writes`: a broker
+    that just restarted confirms and drops what reaches a stream still starting, and a
+    replica joining later would never learn of the retirement)."""
+    names = Topology.of(settings)
     conn = await connect_first(settings.amqp_urls)
     async with conn:
         channel = await conn.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(Topology.of(settings).exchange)
+        exchange = await channel.get_exchange(names.exchange)
+        nobody = Replica(f"retire-{uuid.uuid4().hex[:8]}")  # a heartbeat every reader skips
+        await stream_takes_writes(
+            conn, names.stream,
+            lambda mid: message(settings, nobody.clock_message(), message_id=mid),
+            via=names.exchange)
         last = await last_operation(conn, settings, exchange, replica_id)
         await exchange.publish(
             message(settings, Replica.retirement(replica_id, last), signer_of(settings)),
