@@ -48,13 +48,13 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.lease import DEFAULT_LEASE_S, beat_interval_s
 from services.runtime import alive
 from tools.bench.broker import DEFAULT_URL, broker_info
+from tools.bench.census import SERIES, metric_sums
 from tools.bench.cpu import BrokerCpu, proc_cpu
 from tools.bench.floor import Floor, consumer_floor
 from tools.bench.machine import platform_info, revision
@@ -102,10 +102,7 @@ class Run:
 
 def received(port: int) -> float:
     """Messages a service's consumers handled so far (its Prometheus endpoint)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("crdt_ops_batch_messages_sum"))
+    return metric_sums(port).get(SERIES["received"], 0.0)
 
 
 def _rates(p: Platform, names: tuple[str, ...], before: dict[str, float],

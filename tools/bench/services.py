@@ -104,6 +104,7 @@ from tools.bench.broker import (
     delete_group_async,
     new_group,
 )
+from tools.bench.census import census, census_table
 from tools.bench.cpu import BrokerCpu, percent, proc_cpu, self_cpu
 from tools.bench.machine import load_average, platform_info, revision
 from tools.bench.report import Progress, first_left, info_lines, markdown_table
@@ -505,7 +506,8 @@ def worst_stall(path: Path) -> float | None:
 
 async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
     async with running_platform(opt, workdir) as p:
-        result = await _crdt_ops_measure(opt, p)
+        result = await _crdt_ops_measure(
+            opt, p, (lambda: census(p.metrics_ports)) if p.metrics_ports else None)
     # said by each service as it stopped
     result.stalls = {name: worst_stall(workdir / f"{name}.log") for name in ("web", "logic",
                                                                              *opt.workers)}
@@ -1119,6 +1121,11 @@ def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) ->
     out += ["", "CPU over the timed phase, % of one core (broker: all its work):", "",
             cpu_table(results)]
     for r in results:
+        if r.counts:
+            out += ["", f"Messages per timed Start at each {r.flow} service (its Prometheus "
+                    "counters over the timed phase; duplicates: messages it had already, "
+                    "mostly its own coming back through its queue):", "",
+                    census_table(r.counts, ("web", "logic", *opt.workers), len(r.samples))]
         if r.stalls:
             out += ["", f"Worst event-loop stall of each {r.flow} service over its whole run "
                     "(creates, warm-up and timed Starts; as each said when it stopped), ms: "
@@ -1192,7 +1199,7 @@ def main(args: argparse.Namespace) -> int:
     opt = Options(url=args.url, containers=n, capacity=args.capacity or max(MIN_CAPACITY, n),
                   batch_delay_ms=args.batch_delay_ms,
                   progress=Progress(enabled=not args.quiet), profile_dir=args.profile,
-                  pg_dsn=args.pg_dsn)
+                  pg_dsn=args.pg_dsn, metrics=True)
     if opt.profile_dir is not None:
         opt.profile_dir.mkdir(parents=True, exist_ok=True)
     info = machine(opt.url)

@@ -686,10 +686,15 @@ class AmqpNode:
         operation in the stream: stability and compaction stop waiting for it once
         that operation is delivered (here and at every replica)."""
         assert self._conn is not None and self._exchange is not None
-        await self._stream_ready()
-        last = await last_operation(self._conn, self.settings, self._exchange, replica_id)
-        self.replica.retire(replica_id, last)
-        await self._out.publish(Replica.retirement(replica_id, last))
+        while True:
+            await self._stream_ready()
+            last = await last_operation(self._conn, self.settings, self._exchange, replica_id)
+            self.replica.retire(replica_id, last)
+            try:
+                await self._out.publish(Replica.retirement(replica_id, last))
+                return
+            except StreamUnchecked:
+                continue  # reconnected meanwhile: probe the stream, read it again
 
     async def leave(self) -> None:
         """Retire this replica for good: publish its retirement after its last
