@@ -103,6 +103,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                                 "to run rabbitmqctl) and run each service as its own user with "
                                 "--auth user-id; the users, with random passwords, are deleted "
                                 "when the demo stops")
+            for action in p._actions:  # refused: not in its help
+                if action.dest in DEMO_REFUSES:
+                    action.help = argparse.SUPPRESS
+                elif action.dest == "group":
+                    action.help = ("CRDT_OPS_GROUP; default: a new group demo-<6 hex digits>, "
+                                   "deleted when the demo stops; a group named here is kept")
             p.epilog = ("The replica settings --queue-type, --batch-ops, --batch-delay-ms, "
                         "--prefetch, --heartbeat-s, --gap-timeout-s, --max-waiting-per-origin, "
                         "--snapshot-every, --stream-max-age, --stream-max-bytes, --membership "

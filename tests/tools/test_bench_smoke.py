@@ -151,8 +151,7 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
 
 
 def test_platform_benchmark_quick_run(amqp_url: str) -> None:
-    out = run_bench("platform", "--quick", "--starts", "5", "--burst", "10", "--url", amqp_url,
-                    "--quiet")
+    out = run_bench("platform", "--quick", "--url", amqp_url, "--quiet")
     rows = table(out, "records")
     assert [r[0] for r in rows] == ["50", "200"], out
     for r in rows:
@@ -196,8 +195,7 @@ def test_cells_bench_smoke() -> None:
     """``bench cells`` with 4 workers in 2 cells: both platforms' rows, a worker of the
     split platform receiving fewer messages during the Starts than one of the single
     cell, and every container of the killed cell on again elsewhere, none left running."""
-    out = run_bench("cells", "--workers", "4", "--cells", "2", "--containers", "6",
-                    "--idle-s", "1", "--lease-s", "4")
+    out = run_bench("cells", "--quick")  # 4 workers in 2 cells, 6 Starts
     rows = table(out, "platform")
     assert [r[0] for r in rows] == ["2 workers in 1 cell", "4 workers in 2 cells"], rows
     for r in rows:

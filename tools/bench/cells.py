@@ -256,20 +256,32 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("cells", help="the services with many workers in cells",
                               description=__doc__)
     p.add_argument("--url", default=DEFAULT_URL)
-    p.add_argument("--workers", type=int, default=40)
-    p.add_argument("--cells", type=int, default=4)
-    p.add_argument("--containers", type=int, default=200)
-    p.add_argument("--lease-s", type=float, default=8.0)
+    p.add_argument("--workers", type=int, default=None, help="default 40; --quick: 4")
+    p.add_argument("--cells", type=int, default=None, help="default 4; --quick: 2")
+    p.add_argument("--containers", type=int, default=None, help="default 200; --quick: 6")
+    p.add_argument("--lease-s", type=float, default=None, help="default 8 s; --quick: 4 s")
     p.add_argument("--heartbeat-s", type=float, default=1.0,
                    help="web's and logic's transport heartbeat (default 1 s, as the demo's)")
     p.add_argument("--worker-heartbeat-s", type=float, default=None,
                    help="the workers' transport heartbeat (default: theirs, a beat of their "
                         "node when that is longer than 2 s: services.main.worker_heartbeat)")
-    p.add_argument("--idle-s", type=float, default=IDLE_S)
+    p.add_argument("--idle-s", type=float, default=None,
+                   help=f"default {IDLE_S:g} s; --quick: 1 s")
+    p.add_argument("--quick", action="store_true",
+                   help="a small, fast run (a smoke test for the tests, not a measurement): "
+                        "4 workers in 2 cells, 6 Starts, a 4 s lease, 1 s idle")
     p.set_defaults(run=main)
 
 
+#: option -> (its default, its default with --quick)
+DEFAULTS = {"workers": (40, 4), "cells": (4, 2), "containers": (200, 6), "lease_s": (8.0, 4.0),
+            "idle_s": (IDLE_S, 1.0)}
+
+
 def main(args: argparse.Namespace) -> int:
+    for name, (full, quick) in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if args.workers < args.cells or args.cells < 2 or args.containers < 1:
         print("python -m tools.bench cells: --cells must be at least 2 and at most --workers, "
               "--containers at least 1", file=sys.stderr)

@@ -490,6 +490,9 @@ def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.N
 def run(args: argparse.Namespace) -> int:
     """Run ``platform`` with parsed arguments; print the report to stdout."""
     sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    for name, full, quick in (("starts", 30, 5), ("burst", 200, 10)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if list(sizes) != sorted(set(sizes)) or sizes[0] < args.starts + args.burst:
         raise SystemExit("--sizes must grow, and the first must hold --starts + --burst records")
     say = Progress(enabled=not args.quiet)
@@ -543,11 +546,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="records at each step, comma-separated (default "
                         f"{','.join(map(str, DEFAULT_SIZES))}; --quick: "
                         f"{','.join(map(str, QUICK_SIZES))})")
-    p.add_argument("--starts", type=int, default=30, help="Starts one at a time per size")
-    p.add_argument("--burst", type=int, default=200, help="Starts sent at once per size")
+    p.add_argument("--starts", type=int, default=None,
+                   help="Starts one at a time per size (default 30; --quick: 5)")
+    p.add_argument("--burst", type=int, default=None,
+                   help="Starts sent at once per size (default 200; --quick: 10)")
     p.add_argument("--quick", action="store_true",
                    help="a small, fast run (a smoke test for the tests, not a measurement): "
-                        "sizes 50,200 (use with --starts 5 --burst 10)")
+                        "sizes 50,200, 5 Starts and a burst of 10 per size")
     p.add_argument("--url", default=DEFAULT_URL,
                    help="the broker (default: AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/)")
     p.add_argument("--no-restart", dest="restart", action="store_false",
