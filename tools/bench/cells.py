@@ -59,6 +59,7 @@ from tools.bench.cpu import BrokerCpu, proc_cpu
 from tools.bench.floor import Floor, consumer_floor
 from tools.bench.machine import platform_info, revision
 from tools.bench.platform import rss_bytes
+from tools.bench.quick import fill_defaults
 from tools.bench.report import Progress, markdown_table
 from tools.bench.retry import Disturbed, with_retries
 from tools.bench.services import (
@@ -279,9 +280,7 @@ DEFAULTS = {"workers": (40, 4), "cells": (4, 2), "containers": (200, 6), "lease_
 
 
 def main(args: argparse.Namespace) -> int:
-    for name, (full, quick) in DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    fill_defaults(args, DEFAULTS)
     if args.workers < args.cells or args.cells < 2 or args.containers < 1:
         print("python -m tools.bench cells: --cells must be at least 2 and at most --workers, "
               "--containers at least 1", file=sys.stderr)

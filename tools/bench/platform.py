@@ -70,6 +70,7 @@ from crdt_ops.transport.durable import restore
 from crdt_ops.transport.store import Store
 from tools.bench.broker import DEFAULT_URL
 from tools.bench.cpu import proc_cpu
+from tools.bench.quick import fill_defaults
 from tools.bench.report import Progress, info_lines, markdown_table
 from tools.bench.services import (
     WORKERS,
@@ -490,9 +491,7 @@ def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.N
 def run(args: argparse.Namespace) -> int:
     """Run ``platform`` with parsed arguments; print the report to stdout."""
     sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    for name, full, quick in (("starts", 30, 5), ("burst", 200, 10)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    fill_defaults(args, {"starts": (30, 5), "burst": (200, 10)})
     if list(sizes) != sorted(set(sizes)) or sizes[0] < args.starts + args.burst:
         raise SystemExit("--sizes must grow, and the first must hold --starts + --burst records")
     say = Progress(enabled=not args.quiet)
