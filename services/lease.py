@@ -63,6 +63,26 @@ def silent_after_s(lease_s: float) -> float:
     return 2 * beat_interval_s(lease_s) + 1.0
 
 
+#: Seconds the longest safe pause leaves for a resumed worker to write a beat and see it
+#: confirmed (:func:`longest_safe_pause_s`).
+RESUME_S = 1.0
+
+
+def longest_safe_pause_s(lease_s: float) -> float:
+    """The longest pause of a worker (``kill -STOP``, a stalled process), in seconds, after
+    which its containers are sure to be still running, whenever the pause begins: the lease,
+    less its grace (:attr:`Lease.grace_s`: the guard stops them from there on), less a beat
+    interval (the pause may begin just before a beat would have renewed the lease), less
+    :data:`RESUME_S` to beat once resumed. 20 s under the default 30 s lease; assumes a
+    broker that confirms a beat within a fraction of a second. A longer pause that ends
+    within the lease has the guard stop the containers and the resumed worker start them
+    again on the same node and epoch (new pids); one past the lease ends the epoch
+    (README, "What the platform guarantees about a container whose node is paused, cut
+    off or dead")."""
+    held = Lease("", lease_s)
+    return lease_s - held.grace_s - beat_interval_s(lease_s) - RESUME_S
+
+
 def new_epoch() -> str:
     """A fresh epoch id: 12 hex digits, random."""
     return uuid.uuid4().hex[:12]
@@ -166,4 +186,5 @@ def load(path: Path) -> Saved | None:
         return None
 
 
-__all__ = ["DEFAULT_LEASE_S", "LEASE_FILE", "Lease", "Saved", "load", "new_epoch", "save"]
+__all__ = ["DEFAULT_LEASE_S", "LEASE_FILE", "RESUME_S", "Lease", "Saved", "beat_interval_s",
+           "load", "longest_safe_pause_s", "new_epoch", "save", "silent_after_s"]
