@@ -8,16 +8,22 @@ never load them."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def _while_loading(signum: int, frame: object) -> None:
-    """A stop signal while the command is still loading: end quietly (main() then
-    installs the handlers of a running command)."""
+    """A stop signal while the command is still loading (main() then installs the handlers
+    of a running command): say so and end at once, status 128 + the signal. Nothing has
+    started yet, so there is nothing to clean up, and ``os._exit`` is what cannot be lost:
+    a ``SystemExit`` raised here lands in whatever Python code runs at that instant, and
+    is lost if that is a finaliser (a ``__del__`` run by garbage collection: Python prints
+    it and goes on) or code that catches every exception. One was lost in CI: a replica
+    of ``crdt-ops chaos`` said it stopped, then came up all the same."""
     print(f"crdt-ops: stopped by {signal.Signals(signum).name} while starting", file=sys.stderr,
           flush=True)
-    raise SystemExit(128 + signum)
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":  # before the imports below, which take a moment
@@ -27,7 +33,6 @@ if __name__ == "__main__":  # before the imports below, which take a moment
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import traceback  # noqa: E402
 from typing import NoReturn  # noqa: E402
 

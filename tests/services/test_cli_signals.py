@@ -385,3 +385,35 @@ def test_a_run_stopped_by_a_signal_ends_as_the_signal_however_the_task_unwinds()
     assert time.monotonic() - t0 < 5
     assert {s: signal.getsignal(s) for s in before} == before
     assert run_stoppable(asyncio.sleep(0, "done")) == "done"
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (``SigCgt`` in
+    /proc/PID/status, a bit per signal)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines()
+                if line.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_stop_signal_while_the_command_loads_ends_it_at_once(sig: int, tmp_path: Path) -> None:
+    """A signal that comes while ``crdt-ops`` still imports its modules (its first handler
+    is in, main() has not installed its own) ends it with 128 + the signal and one line,
+    whatever the imports are doing (services/cli.py, ``_while_loading``)."""
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "replica", "--help"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    # SIGTERM's handler, set just before SIGINT's (Python catches SIGINT from its start)
+    while not _catches(proc.pid, signal.SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.001)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=PROMPT_S) == 128 + sig, log.read_text()
+    assert log.read_text().strip() == \
+        f"crdt-ops: stopped by {signal.Signals(sig).name} while starting"
