@@ -24,6 +24,7 @@ T = TypeVar("T")
 QUEUE_TYPES = ("classic", "quorum")
 AUTH_MODES = ("none", "user-id", "signature")
 MEMBERSHIP_MODES = ("open", "managed")
+CONSUME_MODES = ("queue", "stream")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Settings:
     # managed: an agreed membership (founding, admissions; crdt_ops.membership), so causal
     # stability advances and compaction runs; open: anyone writes, nothing is compacted
     membership: str = "managed"
+    # how the group's messages reach this replica: queue, its own queue bound to the group's
+    # exchange (crdt.<group>.<replica id>); stream, the group's stream read on from the
+    # offset after the last one it logged (crdt_ops/transport/amqp/stream_consumer.py)
+    consume: str = "queue"
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
@@ -63,6 +68,9 @@ class Settings:
         if self.membership not in MEMBERSHIP_MODES:
             raise ValueError(f"--membership must be one of {', '.join(MEMBERSHIP_MODES)}, "
                              f"got {self.membership!r}")
+        if self.consume not in CONSUME_MODES:
+            raise ValueError(f"--consume must be one of {', '.join(CONSUME_MODES)}, "
+                             f"got {self.consume!r}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.auth == "signature" and not self.keyring:

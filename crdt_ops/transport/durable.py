@@ -316,11 +316,14 @@ class DurableReplica:
         with memory's excess, and the held deliveries come again)."""
         self._write()
 
-    def _write(self, flags: dict[str, bytes] | None = None) -> None:
+    def _write(self, flags: dict[str, bytes] | None = None,
+               marks: dict[str, bytes] | None = None) -> None:
         """The one way to the store for deliveries and local operations: the deliveries held
         since the last write, then this replica's outgoing messages (its operations, and
-        its heartbeats, which report its clock: never ahead of its log), in one
-        transaction; then the store keys ``flags``. Answers every :meth:`flush` waiting."""
+        its heartbeats, which report its clock: never ahead of its log), and the store
+        keys ``flags`` (synced to the disk) and ``marks`` (no sync of their own: where the
+        deliveries were read up to, undone only with them), in one transaction. Answers
+        every :meth:`flush` waiting."""
         self._dirty.clear()
         self._full.clear()
         msgs = self.replica.outgoing()
@@ -329,13 +332,12 @@ class DurableReplica:
             self._last_waiting = self._waiting
         self._waiting = 0
         received, self._unlogged = self._unlogged, []
-        if msgs or received or flags:
+        if msgs or received or flags or marks:
             with self.storing():
                 # deliveries alone need no disk sync (see log_delivered); what this
                 # replica sends does, and syncs the deliveries logged before it too
-                self.store.append(received, msgs, sync=bool(msgs or flags))
-                for key, value in (flags or {}).items():
-                    self.store.put(key, value)
+                self.store.append(received, msgs, sync=bool(msgs or flags),
+                                  meta={**(marks or {}), **(flags or {})})
         if msgs:
             self.outbox_ready.set()
             self._committed_own()
@@ -376,10 +378,12 @@ class DurableReplica:
         self._unlogged.extend(valid)
         return self.restores
 
-    def log_delivered(self, held: int, flags: dict[str, bytes] | None = None) -> bool:
+    def log_delivered(self, held: int, flags: dict[str, bytes] | None = None,
+                      marks: dict[str, bytes] | None = None) -> bool:
         """Log the deliveries held since (:meth:`hold`, which returned ``held``) and what
-        was written since (the replica's outgoing messages), with the store keys ``flags``,
-        in one transaction, before the transport acknowledges them.
+        was written since (the replica's outgoing messages), with the store keys ``flags``
+        and ``marks`` (``_write``: where the deliveries were read up to), in one
+        transaction, before the transport acknowledges them.
 
         A transaction of deliveries alone does not wait for the disk: it survives a crash
         of this process, and an OS crash or a power loss may undo it. Nothing depends on
@@ -397,7 +401,7 @@ class DurableReplica:
             raise self.store_failure
         if self.restores != held:
             return False
-        self._write(flags)
+        self._write(flags, marks)
         return True
 
     def applied(self, n: int) -> None:

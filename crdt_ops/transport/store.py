@@ -24,7 +24,7 @@ import fcntl
 import functools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -118,10 +118,10 @@ class Store:
 
     @_guarded
     def append(self, received: Iterable[bytes], produced: Iterable[bytes],
-               sync: bool = True) -> int:
-        """Log messages received (valid ones) and produced here, and put the
-        produced ones in the outbox, in one transaction. Returns the number of rows
-        written. ``sync``: it is on the disk when this returns (SQLite's
+               sync: bool = True, meta: Mapping[str, bytes] | None = None) -> int:
+        """Log messages received (valid ones) and produced here, put the produced ones in
+        the outbox, and set the keys ``meta`` (:meth:`put`), in one transaction. Returns the
+        number of rows written. ``sync``: it is on the disk when this returns (SQLite's
         ``synchronous=FULL``); else it survives a crash of this process but an OS crash
         or a power loss may undo it (``synchronous=NORMAL`` in WAL mode:
         https://www.sqlite.org/pragma.html#pragma_synchronous), until the next
@@ -129,10 +129,12 @@ class Store:
         order, and synced whole)."""
         produced = list(produced)
         rows = [(m,) for m in received] + [(m,) for m in produced]
-        if not rows:
+        if not rows and not meta:
             return 0
         dropped = self._confirmed
         with self._tx(sync):
+            for key, value in (meta or {}).items():
+                self.put(key, value)
             self.db.executemany("INSERT INTO log (data) VALUES (?)", rows)
             self.db.executemany("INSERT INTO outbox (data) VALUES (?)", [(m,) for m in produced])
             if dropped:

@@ -15,9 +15,12 @@ from crdt_ops.transport.topology import Topology
 from tests.broker import group_settings, new_group, started, until
 
 
-@pytest.fixture
-def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
-    yield from group_settings(amqp_url, tmp_path, heartbeat_s=0.5)
+@pytest.fixture(params=["queue", "stream"])
+def settings(amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest
+             ) -> Iterator[Settings]:
+    """A new group, its replicas receiving through queues of their own or its stream."""
+    for s in group_settings(amqp_url, tmp_path, heartbeat_s=0.5):
+        yield Settings(**{**s.__dict__, "consume": request.param})
 
 
 @pytest.mark.asyncio
@@ -27,7 +30,7 @@ async def test_channels_closed_by_channel_errors_are_reopened(settings: Settings
             r.counter("n").increment()
         await until(lambda: b.replica.counter("n").value == 1, 20, "first delivery")
         # a channel error (redeclaring the stream as a classic queue) closes each channel
-        for channel in (a._pub, a._queue.channel if a._queue else None):
+        for channel in (a._pub, a._consume_channel):
             assert channel is not None
             with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
                 await channel.declare_queue(Topology.of(settings).stream, durable=True,

@@ -123,10 +123,10 @@ async def test_a_stream_of_small_messages_is_replayed_in_batches(amqp_url: str,
         appends = 0
         append = node.durable.store.append
 
-        def counted(received: Any, produced: Any, sync: bool = True) -> int:
+        def counted(received: Any, produced: Any, sync: bool = True, meta: Any = None) -> int:
             nonlocal appends
             appends += 1
-            return append(received, produced, sync)
+            return append(received, produced, sync, meta)
 
         node.durable.store.append = counted  # type: ignore[method-assign]
         await node.start()
@@ -157,11 +157,12 @@ async def test_a_delivery_is_applied_at_once_and_logged_with_what_comes_within_t
             logged: list[tuple[float, int]] = []  # b's transactions holding deliveries
             append = b.durable.store.append
 
-            def counted(received: Any, produced: Any, sync: bool = True) -> int:
+            def counted(received: Any, produced: Any, sync: bool = True,
+                        meta: Any = None) -> int:
                 received = list(received)
                 if received:
                     logged.append((time.monotonic(), len(received)))
-                return append(received, produced, sync)
+                return append(received, produced, sync, meta)
 
             b.durable.store.append = counted  # type: ignore[method-assign]
             await asyncio.sleep(2.0)  # quiet: whatever lingered is logged

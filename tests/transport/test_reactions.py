@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,10 +42,10 @@ async def test_a_reaction_is_logged_with_the_delivery_that_caused_it(
     append = b.store.append
 
     def counting(received: Iterable[bytes], produced: Iterable[bytes],
-                 sync: bool = True) -> int:
+                 sync: bool = True, meta: Any = None) -> int:
         received, produced = list(received), list(produced)
         transactions.append((len(received), len(produced), sync))
-        return append(received, produced, sync)
+        return append(received, produced, sync, meta)
 
     b.store.append = counting  # type: ignore[method-assign]
     wake = asyncio.Event()

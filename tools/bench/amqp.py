@@ -273,7 +273,8 @@ async def started_node(spec: dict[str, Any]) -> AsyncIterator[Any]:
     from crdt_ops.transport.amqp import AmqpNode
 
     node = AmqpNode(node_settings(spec["url"], spec["group"], spec["role"], spec["store_dir"],
-                                  batch_ops=spec["batch_ops"]))
+                                  batch_ops=spec["batch_ops"],
+                                  consume=spec.get("consume", "queue")))
     await node.start()
     try:
         yield node

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from services.lease import DEFAULT_LEASE_S, beat_interval_s
 from services.runtime import alive
+from tools.bench import consume
 from tools.bench.broker import DEFAULT_URL, broker_info
 from tools.bench.census import SERIES, metric_sums
 from tools.bench.cpu import BrokerCpu, proc_cpu
@@ -266,6 +267,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--worker-heartbeat-s", type=float, default=None,
                    help="the workers' transport heartbeat (default: theirs, a beat of their "
                         "node when that is longer than 2 s: services.main.worker_heartbeat)")
+    consume.add_argument(p)
     p.add_argument("--idle-s", type=float, default=None,
                    help=f"default {IDLE_S:g} s; --quick: 1 s")
     p.add_argument("--quick", action="store_true",
@@ -293,7 +295,8 @@ def main(args: argparse.Namespace) -> int:
                       capacity=max(50, 2 * args.containers // workers + 1), batch_delay_ms=None,
                       progress=progress, workers=names, cells=cells, lease_s=args.lease_s,
                       heartbeat_s=args.heartbeat_s,
-                      worker_heartbeat_s=args.worker_heartbeat_s, metrics=True)
+                      worker_heartbeat_s=args.worker_heartbeat_s, metrics=True,
+                      consume=args.consume)
 
         def once(attempt: int, opt: Options = opt, kill: bool = kill) -> Run:
             with tempfile.TemporaryDirectory(prefix="crdt-ops-bench-cells-") as tmp:

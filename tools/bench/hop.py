@@ -71,6 +71,7 @@ from crdt_ops.events import ChangeEvent
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.loop_lag import LoopLag
 from crdt_ops.transport.topology import Topology
+from tools.bench import consume
 from tools.bench.amqp import (
     LAT_KEY,
     PREFETCH,
@@ -370,6 +371,7 @@ class Context:
     sizes: Sizes
     progress: Callable[[str], None]
     timeout: float  # seconds one side may wait for the other, per step
+    consume: str = "queue"  # the replicas' Settings.consume
 
 
 @dataclass
@@ -433,6 +435,7 @@ def _run_pair(ctx: Context, what: str, main: Callable[..., Any], raw: bool,
             if raw:
                 asyncio.run(declare_raw(ctx.url, Settings(group=group), ROLES))
             specs = [{"main": main, "kind": what, "role": r, "url": ctx.url, "group": group,
+                      "consume": ctx.consume,
                       "store_dir": store_dir, "batch_ops": Settings().batch_ops,
                       "timeout": ctx.timeout, **spec} for r in ROLES]
             res = run_workers(specs, 2 * ctx.timeout + spec.get("seconds", 0.0))
@@ -625,6 +628,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help=f"seconds of load per rate (default {FULL.seconds:g})")
     p.add_argument("--writers", type=_positive, default=None,
                    help=f"concurrent writers of the load case (default {FULL.writers})")
+    consume.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=main)
 
@@ -641,7 +645,7 @@ def main(args: argparse.Namespace) -> int:
         writers=args.writers or base.writers)
     progress = Progress(enabled=not args.quiet)
     ctx = Context(url=args.amqp_url, sizes=sizes, progress=progress,
-                  timeout=30.0 if args.quick else 60.0)
+                  timeout=30.0 if args.quick else 60.0, consume=args.consume)
     info = machine(args.amqp_url)
     progress(f"hop: broker {info['broker']}, {info['cpu']}, {info['cores']} cores")
     rows, failed = run(ctx)

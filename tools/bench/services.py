@@ -98,6 +98,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from services import model
 from tools import harness
+from tools.bench import consume
 from tools.bench.broker import (
     DEFAULT_URL,
     broker_info,
@@ -362,6 +363,8 @@ class Options:
     worker_heartbeat_s: float | None = 1.0
     #: give each crdt-ops service a Prometheus endpoint (``Platform.metrics_ports``)
     metrics: bool = False
+    #: the crdt-ops services' --consume (queue: a queue of their own; stream: the stream)
+    consume: str = "queue"
 
     def cell_of(self) -> dict[str, str]:
         """Each worker's cell (block by block; ``main`` when there is one cell)."""
@@ -442,6 +445,7 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                 for w in workers]:
             extra = ([] if opt.batch_delay_ms is None
                      else ["--batch-delay-ms", str(opt.batch_delay_ms)])
+            extra += ["--consume", opt.consume]
             if name in ports:
                 extra += ["--metrics-port", str(ports[name])]
             beat = opt.heartbeat_s if name in ("web", "logic") else opt.worker_heartbeat_s
@@ -1170,6 +1174,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="run the crdt-ops services under cProfile, writing DIR/<service>.prof "
                         "(slows them down: for finding where the time goes, not a measurement)")
+    consume.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=main)
 
@@ -1199,7 +1204,7 @@ def main(args: argparse.Namespace) -> int:
     opt = Options(url=args.url, containers=n, capacity=args.capacity or max(MIN_CAPACITY, n),
                   batch_delay_ms=args.batch_delay_ms,
                   progress=Progress(enabled=not args.quiet), profile_dir=args.profile,
-                  pg_dsn=args.pg_dsn, metrics=True)
+                  pg_dsn=args.pg_dsn, metrics=True, consume=args.consume)
     if opt.profile_dir is not None:
         opt.profile_dir.mkdir(parents=True, exist_ok=True)
     info = machine(opt.url)

@@ -7,7 +7,10 @@ transaction), logged in the store before it is acknowledged
 instant neither loses nor doubles it. A message that is not valid is published to
 the dead-letter exchange with its reason in the ``x-crdt-reason`` header, then
 acknowledged; one the causal buffer cannot hold is dead-lettered the same way and read
-again from the stream later (:mod:`~crdt_ops.transport.amqp.recovery`).
+again from the stream later (:mod:`~crdt_ops.transport.amqp.recovery`). A replica that
+reads the group's stream instead of a queue of its own
+(:mod:`~crdt_ops.transport.amqp.stream_consumer`) logs the offset it read up to in the
+same transaction, and what must come again is read again from there, not requeued.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from crdt_ops.errors import BufferFull, InvalidMessage, WaitingCapReached
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.arrivals import arriving
 from crdt_ops.transport.amqp.recovery import REREAD_DUE
+from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, offset_mark
 from crdt_ops.transport.auth import Authenticator
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
@@ -59,15 +63,19 @@ class Inbound:
     ``observed`` is called after each batch, ``arrived`` as each one arrives (the node's
     :meth:`LoopLag.busy <crdt_ops.transport.loop_lag.LoopLag.busy>`).
     :attr:`dead_letter_exchange` is set by the node once connected; :attr:`dead_lettered`
-    counts dead letters the broker confirmed."""
+    counts dead letters the broker confirmed. ``rewind``: set when :attr:`inbox` is fed
+    from the group's stream (``consume="stream"``), called instead of a nack when what
+    was delivered must come again (read again from the offset stored)."""
 
     def __init__(self, durable: DurableReplica, settings: Settings, auth: Authenticator,
                  echo: EchoWatch, observed: Callable[[], None],
-                 arrived: Callable[[], None] = lambda: None) -> None:
+                 arrived: Callable[[], None] = lambda: None,
+                 rewind: Callable[[], None] | None = None) -> None:
         self.durable, self.settings, self.auth, self.echo = durable, settings, auth, echo
         self.replica_id = durable.replica_id
         self.observed = observed
         self.arrived = arrived
+        self.rewind = rewind
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.dead_letter_exchange: AbstractExchange | None = None
         self.dead_lettered = 0
@@ -85,8 +93,16 @@ class Inbound:
             # for nacks on a closing channel could hold the stop up for ever
             raise
         except BaseException:
-            await _requeue(batch)  # what was logged comes again and is dropped as a duplicate
+            await self._again(batch)  # what was logged comes again, dropped as a duplicate
             raise
+
+    async def _again(self, batch: list[AbstractIncomingMessage]) -> None:
+        """Have the broker deliver ``batch`` again: a nack through a queue; from the
+        stream, a new consumer from the offset stored (:attr:`rewind`)."""
+        if self.rewind is not None:
+            self.rewind()
+        else:
+            await _requeue(batch)
 
     async def apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
                      reread: bool = False) -> None:
@@ -125,11 +141,13 @@ class Inbound:
             batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store; what a re-read could not hold needs another
-        if not self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None):
+        marks = offset_mark(batch, stored_offset(self.durable))
+        if not self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None,
+                                          marks):
             log.info("replica %s: the store failed and recovered while %d deliveries awaited "
                      "their log; they come again", self.replica_id, len(batch))
-            if not stream:  # the stream is read again instead
-                await _requeue(batch)
+            if not stream:  # a stream read is read again instead
+                await self._again(batch)
             return
         # confirmed together: one round trip for the lot, not one per message
         outcomes = await asyncio.gather(
@@ -138,7 +156,7 @@ class Inbound:
         unsent = {id(m) for (m, _, _), out in zip(dead, outcomes, strict=True)
                   if isinstance(out, BaseException)}
         try:
-            if unsent and not stream:
+            if unsent and not stream and self.rewind is None:
                 # only the messages whose dead letter was not confirmed come again; never
                 # ack(multiple=True) across a nacked tag (the broker closes the channel)
                 log.error("%d dead letters not confirmed; those messages are requeued",
@@ -146,7 +164,10 @@ class Inbound:
                 for msg in batch:
                     await (msg.nack(requeue=True) if id(msg) in unsent else msg.ack())
             else:
-                await batch[-1].ack(multiple=True)
+                if unsent:  # read past (the offset is logged): the stream still holds them
+                    log.error("%d dead letters not confirmed; those messages are skipped (the "
+                              "group's stream still holds them)", len(unsent))
+                await ack_all(batch)
         except Exception as e:  # channel gone: they come again and are dropped as duplicates
             log.warning("ack failed (%s); the broker will redeliver", e)
         applied = replica.stats["applied"] - replica.stats["local"] - before
@@ -205,6 +226,29 @@ class Inbound:
             raise
         self.dead_lettered += 1
         metrics.DEAD_LETTERED.labels(self.replica_id, reason).inc()
+
+
+def stored_offset(durable: DurableReplica) -> int | None:
+    """The offset in the group's stream of the last message ``durable`` logged (None: none)."""
+    raw = durable.store.get(STREAM_OFFSET)
+    return None if raw is None else int(raw)
+
+
+async def ack_all(batch: list[AbstractIncomingMessage]) -> None:
+    """Acknowledge ``batch``: its last message on each AMQP channel, with ``multiple``
+    (one frame per channel: a batch that spans a reconnection holds messages of a channel
+    gone, whose ack fails, and of the new one, whose ack must still go)."""
+    last: dict[int, AbstractIncomingMessage] = {}
+    for msg in batch:
+        last[id(msg.channel)] = msg
+    failed: Exception | None = None
+    for msg in last.values():
+        try:
+            await msg.ack(multiple=True)
+        except Exception as e:
+            failed = e
+    if failed is not None:
+        raise failed
 
 
 async def _requeue(msgs: list[AbstractIncomingMessage]) -> None:

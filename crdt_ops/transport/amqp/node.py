@@ -51,9 +51,10 @@ from crdt_ops.replica import Replica
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.founding import claim_founding
-from crdt_ops.transport.amqp.inbound import Inbound
+from crdt_ops.transport.amqp.inbound import Inbound, stored_offset
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
+from crdt_ops.transport.amqp.stream_consumer import StreamConsumer
 from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked
 from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
@@ -135,8 +136,15 @@ class AmqpNode:
         #: the event loop's stalls since start() (crdt_ops.transport.loop_lag; the nodes of
         #: one process may share one: ``loop_lag``)
         self.loop_lag = loop_lag or LoopLag(self.replica_id)
+        #: ``consume="stream"``: the group's stream, read on from the offset logged last,
+        #: instead of a queue of this replica's own (stream_consumer.py); made again on
+        #: :attr:`_consume_due` (a reconnection, a store failure, a cancel by the broker)
+        self._stream_in: StreamConsumer | None = None
+        self._consume_channel: AbstractChannel | None = None
+        self._consume_due = asyncio.Event()
         self._in = Inbound(self.durable, settings, self._auth, self._echo, self._observe,
-                           self._arrived)
+                           self._arrived,
+                           self._consume_due.set if settings.consume == "stream" else None)
         self._arrivals = 0  # batches delivered since this process started
         self._arrivals_settled = 0  # ... as of the last settling
         #: publishing only where the stream took a probe; the probe is this replica's
@@ -255,7 +263,8 @@ class AmqpNode:
         return {"broker": broker, "membership": membership, "delivery": delivery,
                 "store": "ok" if self.store_failure is None else str(self.store_failure),
                 "echo": "ok" if not self.echo_silent_s else
-                f"none of this replica's messages came back through its queue for "
+                f"none of this replica's messages came back through its "
+                f"{'stream consumer' if self._stream_in else 'queue'} for "
                 f"{self.echo_silent_s:.0f}s; declaring the topology again"}
 
     # ------------------------------------------------------------ lifecycle
@@ -269,8 +278,11 @@ class AmqpNode:
         self.durable.commit()  # anything restored as unsent
         await self._connect()
         loop = asyncio.get_running_loop()
-        for step in (self.durable.flusher, self._out.run, self._in.run, self._heartbeat,
-                     self._gap_watch, self._echo_watch, self._settle):
+        steps = [self.durable.flusher, self._out.run, self._in.run, self._heartbeat,
+                 self._gap_watch, self._echo_watch, self._settle]
+        if self._stream_in is not None:
+            steps.append(self._follow)
+        for step in steps:
             self._tasks.append(loop.create_task(self._forever(step)))
         self.durable.pumping = True
         self.durable.outbox_ready.set()
@@ -415,7 +427,7 @@ class AmqpNode:
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
-        consume = await self._conn.channel()
+        consume = self._consume_channel = await self._conn.channel()
         await consume.set_qos(prefetch_count=s.prefetch)
         try:
             await self._declare_shared(self._pub)
@@ -429,12 +441,55 @@ class AmqpNode:
                                                  on_return_raises=True)
             self._attach(self._pub, await self._pub.get_exchange(names.exchange),
                          await self._pub.get_exchange(names.dead_letter_exchange))
-        self._queue = await declare_member(consume, names, self.replica_id)
+        was = self.store.get("consume")
+        if was is not None and was.decode() != s.consume:
+            log.info("replica %s consumed by %s before, by %s now", self.replica_id,
+                     was.decode(), s.consume)
+            # its queue missed what was published while it read the stream: read that too
+            self._reread_due = s.consume == "queue"
+        if s.consume == "queue":
+            self._queue = await declare_member(consume, names, self.replica_id)
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
+        self.store.put("consume", s.consume.encode())
+        if s.consume == "stream":
+            self._stream_in = StreamConsumer(names.stream, self._in.inbox.put_nowait,
+                                             lambda: stored_offset(self.durable),
+                                             self.replica_id, self._stream_lost)
+            await self._stream_in.consume(consume)
+            return
+        assert self._queue is not None
         await self._queue.consume(self._in.inbox.put, no_ack=False)
         log.info("replica %s consuming %s", self.replica_id, self._queue.name)
+
+    async def _follow(self) -> None:
+        """``consume="stream"``: when due (:attr:`_consume_due`), consume the stream again
+        from the offset logged last."""
+        await self._consume_due.wait()
+        self._consume_due.clear()
+        assert self._stream_in is not None and self._consume_channel is not None
+        try:
+            await self._stream_in.consume(self._consume_channel)
+        except Exception as e:
+            # a channel aio-pika has not reopened yet, one closed under the call (aiormq
+            # raises a bare Exception then), the connection lost again: try again shortly
+            # while connected; else the reconnection makes it due again
+            log.info("replica %s: consuming %s failed (%s: %s); %s", self.replica_id,
+                     self.topology.stream, type(e).__name__, e,
+                     "trying again" if self._lost_at is None else "once reconnected")
+            if self._lost_at is None:
+                self._consume_due.set()
+                await asyncio.sleep(0.1)
+        except BaseException:
+            self._consume_due.set()  # (the step is run again after a pause)
+            raise
+
+    def _stream_lost(self) -> None:
+        """Our consumer of the stream is gone (its channel closed, or the broker cancelled
+        it): consume again, and declare the topology again at the next echo tick."""
+        self._redeclare_due = True
+        self._consume_due.set()
 
     async def _declare_shared(self, channel: AbstractChannel) -> None:
         """Declare the group's exchanges and shared queues (:mod:`~crdt_ops.transport.topology`)."""
@@ -495,7 +550,11 @@ class AmqpNode:
         # what was lost with the broker's state is declared again, and what our queue
         # missed while its binding may have been gone (an operator's deletion that the
         # broker's restart hides) is read from the stream
-        self._redeclare_due = self._reread_due = True
+        self._redeclare_due = True
+        # a queue of our own: what it missed while its binding may have been gone is read
+        # from the stream; reading the stream: read on from the offset logged last
+        self._reread_due = self._stream_in is None
+        self._consume_due.set()
         self.durable.outbox_ready.set()
 
     async def _redeclare(self) -> None:
@@ -503,10 +562,16 @@ class AmqpNode:
         idempotent): the exchanges, the dead-letter queue, the stream and their
         bindings, this replica's queue, its binding, and its consumer if the broker
         dropped it (the queue was deleted)."""
-        assert self._pub is not None and self._queue is not None
+        assert self._pub is not None
         self._redeclare_due = False
         if not self._narrow:
             await self._declare_shared(self._pub)
+        if self._stream_in is not None:  # consuming the stream (declared above): read on
+            assert self._consume_channel is not None
+            if not await self._stream_in.current(self._consume_channel):
+                self._consume_due.set()
+            return
+        assert self._queue is not None
         declared = await self._queue.declare()
         await self._queue.bind(self.topology.exchange)
         if not declared.consumer_count:
@@ -553,9 +618,10 @@ class AmqpNode:
             await self._redeclare()
         if self._reread_due:
             self._reread_due = False
-            log.info("replica %s: re-reading the stream for what its queue may have missed",
-                     rid)
-            await self._replay_stream(reread=True)
+            if self._stream_in is None:  # (reading the stream, the consumer reads on)
+                log.info("replica %s: re-reading the stream for what its queue may have "
+                         "missed", rid)
+                await self._replay_stream(reread=True)
 
     # ------------------------------------------------------------ publishing and receiving
 
