@@ -20,7 +20,7 @@ import pytest
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.amqp.connection import FailoverConnection
 from crdt_ops.transport.amqp.inbound import stored_offset
-from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, offset_mark
+from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, StreamConsumer, offset_mark
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.topology import Topology
@@ -215,3 +215,16 @@ def test_the_offset_to_store_only_moves_forward() -> None:
     assert offset_mark([delivered(3), delivered(5)], 4) == {STREAM_OFFSET: b"5"}
     assert offset_mark([delivered(1), delivered(2)], 4) is None  # a re-read from the start
     assert offset_mark([delivered(None)], 4) is None  # through a queue
+
+
+def test_a_reader_says_what_the_stream_s_retention_dropped_before_it_read_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    reader = StreamConsumer("crdt.g.log", lambda m: None, lambda: 99, "b")
+    reader.started_at = 100  # as consume() sets it: the offset after the one logged
+    with caplog.at_level("ERROR"):
+        reader.check(100)  # it reads on where it left off
+        reader.check(None)  # a queue's delivery: no offset
+        assert not caplog.records
+        reader.check(130)  # the oldest message left is past where it was to read on
+    (record,) = caplog.records
+    assert "dropped 30 messages this replica never read" in record.getMessage()

@@ -74,6 +74,9 @@ SETTLE_IDLE_S = 1.0
 #: A replica that writes between every two heartbeat ticks still sends a heartbeat (its
 #: whole clock) every this many ticks (:meth:`AmqpNode._heartbeat`).
 BEAT_AT_LEAST_EVERY = 5
+#: Seconds between two attempts to consume the stream again (``consume="stream"``) while
+#: one fails (a channel not reopened yet after a reconnection).
+CONSUME_RETRY_S = 0.1
 
 
 class AmqpNode:
@@ -142,6 +145,7 @@ class AmqpNode:
         self._stream_in: StreamConsumer | None = None
         self._consume_channel: AbstractChannel | None = None
         self._consume_due = asyncio.Event()
+        self._consume_failed = 0  # attempts to consume the stream that failed in a row
         self._in = Inbound(self.durable, settings, self._auth, self._echo, self._observe,
                            self._arrived,
                            self._consume_due.set if settings.consume == "stream" else None)
@@ -471,16 +475,20 @@ class AmqpNode:
         assert self._stream_in is not None and self._consume_channel is not None
         try:
             await self._stream_in.consume(self._consume_channel)
+            self._consume_failed = 0
         except Exception as e:
             # a channel aio-pika has not reopened yet, one closed under the call (aiormq
-            # raises a bare Exception then), the connection lost again: try again shortly
-            # while connected; else the reconnection makes it due again
-            log.info("replica %s: consuming %s failed (%s: %s); %s", self.replica_id,
-                     self.topology.stream, type(e).__name__, e,
-                     "trying again" if self._lost_at is None else "once reconnected")
+            # raises a bare Exception then), the connection lost again: try again in a
+            # moment while connected; else the reconnection makes it due again. One line
+            # for the first failure in a row, the others at DEBUG.
+            self._consume_failed += 1
+            log.log(logging.INFO if self._consume_failed == 1 else logging.DEBUG,
+                    "replica %s: consuming %s failed (%s: %s); %s", self.replica_id,
+                    self.topology.stream, type(e).__name__, e,
+                    "trying again" if self._lost_at is None else "once reconnected")
+            await asyncio.sleep(CONSUME_RETRY_S)
             if self._lost_at is None:
                 self._consume_due.set()
-                await asyncio.sleep(0.1)
         except BaseException:
             self._consume_due.set()  # (the step is run again after a pause)
             raise

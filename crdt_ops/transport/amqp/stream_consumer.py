@@ -88,6 +88,8 @@ class StreamConsumer:
         Raises what aiormq raises when the channel fails (the caller tries again)."""
         await self.cancel()
         underlay = await channel.get_underlay_channel()
+        if underlay.is_closed:  # not reopened yet after a reconnection
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{underlay!r} is closed")
         stored = self.stored()
         start = 0 if stored is None else stored + 1
         # the tag is ours before the first delivery can come (which is checked against it)
