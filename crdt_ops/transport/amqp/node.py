@@ -55,7 +55,7 @@ from crdt_ops.transport.amqp.inbound import Inbound, stored_offset
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
 from crdt_ops.transport.amqp.stream_consumer import StreamConsumer
-from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked
+from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked, link_of
 from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
@@ -367,11 +367,24 @@ class AmqpNode:
             except StoreUnavailable as e:  # logged once by store_failed; retried there
                 self.durable.store_failed(e)
                 await self.durable.store_ok.wait()
-            except Exception:
-                log.exception("replica %s: %s failed; going on in %.1fs", self.replica_id,
-                              step.__name__.strip("_"), pause)
+            except Exception as e:
+                if self._link_down():  # said once by _on_lost; no traceback per step
+                    log.info("replica %s: %s was interrupted by the lost connection (%s: %s); "
+                             "going on in %.1fs", self.replica_id, step.__name__.strip("_"),
+                             type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "",
+                             pause)
+                else:
+                    log.exception("replica %s: %s failed; going on in %.1fs", self.replica_id,
+                                  step.__name__.strip("_"), pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
+
+    def _link_down(self) -> bool:
+        """Whether the connection to the broker is down now (lost and not back yet)."""
+        if self._lost_at is not None or self._conn is None:
+            return True
+        link = link_of(self._conn)
+        return link is None or link.is_closed
 
     async def stop(self) -> None:
         """Commit pending writes, stop the tasks, close the connection and the store.
