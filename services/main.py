@@ -111,10 +111,21 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                                    "deleted when the demo stops; a group named here is kept")
             p.epilog = ("The replica settings --queue-type, --batch-ops, --batch-delay-ms, "
                         "--prefetch, --heartbeat-s, --gap-timeout-s, --max-waiting-per-origin, "
-                        "--snapshot-every, --stream-max-age, --stream-max-bytes, --membership "
-                        "and --group are passed to every service; "
+                        "--snapshot-every, --stream-max-age, --stream-max-bytes, --membership, "
+                        "--consume (default for the services: stream) and --group are passed "
+                        "to every service; "
                         + ", ".join(f"--{k.replace('_', '-')}" for k in DEMO_REFUSES)
                         + " are refused (each service has its own).")
+
+
+#: How the services receive their groups' messages unless ``--consume`` (or
+#: ``CRDT_OPS_CONSUME``) says otherwise: from each group's stream, read on from the offset
+#: they logged (crdt_ops/transport/amqp/stream_consumer.py), rather than a queue each. A
+#: cell's members each cost the broker a copy of every message in a queue of their own; a
+#: stream reader costs it less (BENCHMARKS.md, "Replicas reading the group's stream
+#: instead of queues of their own": with 40 workers in 4 cells, a fifth to a third less
+#: broker CPU). The library's default stays ``queue``.
+SERVICES_CONSUME = "stream"
 
 
 def worker_heartbeat(settings: config.Settings, lease_s: float) -> config.Settings:
@@ -146,6 +157,8 @@ def read(role: str, args: argparse.Namespace) -> Service:
                                  if only and f.name not in only}
         parts[key] = config.load(cls, args, **fixed)
     settings = config.from_args(args)
+    if not config.given(args, config.Settings, "consume"):
+        settings = replace(settings, consume=SERVICES_CONSUME)
     if role == "worker" and not config.given(args, config.Settings, "heartbeat_s"):
         settings = worker_heartbeat(settings, parts["worker"].lease_s)
     service = Service(settings, **parts)
@@ -291,7 +304,7 @@ def broker_answers(url: str) -> bool:
 #: (the environment's CRDT_OPS_* variables reach the services anyway).
 DEMO_PASSES = ("queue_type", "batch_ops", "batch_delay_ms", "prefetch", "heartbeat_s",
                "gap_timeout_s", "max_waiting_per_origin", "snapshot_every", "stream_max_age",
-               "stream_max_bytes", "membership")
+               "stream_max_bytes", "membership", "consume")
 #: The demo's two workers (their principals, replica ids and broker users: worker.<node>).
 DEMO_WORKERS = ("worker-1", "worker-2")
 

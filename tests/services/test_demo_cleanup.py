@@ -108,8 +108,9 @@ def logs_in(url: str) -> bool:
 def test_demo_takes_replica_settings_prints_its_url_once_it_serves_and_cleans_up(
         amqp_url: str, demos: list[Demo]) -> None:
     port = free_port()
+    # --consume queue: the services' queues show that --queue-type reached each of them
     demo = Demo(["--amqp-url", amqp_url, "--port", str(port), "--queue-type", "quorum",
-                 "--batch-ops", "7"])
+                 "--batch-ops", "7", "--consume", "queue"])
     demos.append(demo)
     first = demo.line()
     group = re.search(r"group (demo-[0-9a-f]{6})", first)
@@ -125,6 +126,7 @@ def test_demo_takes_replica_settings_prints_its_url_once_it_serves_and_cleans_up
     for pid in services:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert cmd[cmd.index(b"--batch-ops"):][:2] == [b"--batch-ops", b"7"]
+        assert cmd[cmd.index(b"--consume"):][:2] == [b"--consume", b"queue"]
         assert b"--amqp-url" not in cmd  # (a URL may hold a password: the environment)
     def queue_types() -> dict[str, str]:
         return dict(line.split("\t") for line in rabbitmqctl(

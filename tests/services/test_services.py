@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,20 +229,29 @@ def test_a_restarted_worker_reconciles_what_really_runs(system: System) -> None:
 
 def test_each_worker_holds_only_its_own_cell(system: System) -> None:
     """A worker's heartbeats go to its cell's group: web and logic, which hold both cells,
-    see both nodes; each worker has queues in its own cell's group only, so neither the
-    platform's records nor the other cell's heartbeats and containers reach it."""
+    see both nodes; each worker reads its own cell's stream only (the services read their
+    groups' streams: services.main.SERVICES_CONSUME), so neither the platform's records
+    nor the other cell's heartbeats and containers reach it, and has no queue anywhere.
+    (What each replica consumes is read from its log: RabbitMQ 3.10 lists no stream
+    consumers in ``list_consumers``, and its stream consumer counts outlive their channels.)"""
     from tests.broker import rabbitmqctl
 
     wait_until(lambda: sorted((n["name"], n["cell"]) for n in system.api("GET", "/api/nodes")[1])
                == [("worker-1", "a"), ("worker-2", "b")], 30, "both nodes at web", system.logs)
-    queues = set(rabbitmqctl("list_queues", "name", "-q").split())
     g = system.group
-    for worker, cell, other in (("worker-1", "a", "b"), ("worker-2", "b", "a")):
-        assert f"crdt.{g}.worker.{worker}" not in queues
-        assert f"crdt.{g}.cell.{cell}.worker.{worker}" in queues
-        assert f"crdt.{g}.cell.{other}.worker.{worker}" not in queues
+
+    def consumed(service: str) -> set[str]:
+        return set(re.findall(r"consuming (crdt\S+)",
+                              (system.workdir / f"{service}.log").read_text()))
+
+    for worker, cell in (("worker-1", "a"), ("worker-2", "b")):
+        assert consumed(worker) == {f"crdt.{g}.cell.{cell}.log"}, consumed(worker)
     for service in ("web", "logic"):
-        assert {f"crdt.{g}.cell.{c}.{service}" for c in CELLS} <= queues
+        assert consumed(service) == {f"crdt.{g}.log", f"crdt.{g}.cell.a.log",
+                                     f"crdt.{g}.cell.b.log"}, consumed(service)
+    queues = set(rabbitmqctl("list_queues", "name", "-q").split())
+    assert not any(q.startswith(f"crdt.{g}.") and q.endswith(("web", "logic", "worker-1",
+                                                             "worker-2")) for q in queues), queues
 
 
 def test_a_restarted_logic_places_before_the_next_beat(amqp_url: str, tmp_path: Path) -> None:
