@@ -9,8 +9,10 @@ import argparse
 from crdt_ops.transport.config import CONSUME_MODES
 
 
-def add_argument(p: argparse.ArgumentParser) -> None:
-    """Add ``--consume {queue,stream}`` (default queue) to a benchmark's parser."""
-    p.add_argument("--consume", choices=CONSUME_MODES, default="queue",
-                   help="how the replicas receive: queue, a queue of their own each (the "
-                        "default); stream, the group's stream from the offset they logged")
+def add_argument(p: argparse.ArgumentParser, default: str = "queue") -> None:
+    """Add ``--consume {queue,stream}`` to a benchmark's parser: ``default`` is what the
+    replicas it starts use by default (the library's ``queue``; the services' ``stream``,
+    services.main.SERVICES_CONSUME)."""
+    p.add_argument("--consume", choices=CONSUME_MODES, default=default,
+                   help="how the replicas receive: queue, a queue of their own each; stream, "
+                        "the group's stream from the offset they logged (default %(default)s)")

@@ -97,6 +97,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from services import model
+from services.main import SERVICES_CONSUME
 from tools import harness
 from tools.bench import consume
 from tools.bench.broker import (
@@ -364,7 +365,7 @@ class Options:
     #: give each crdt-ops service a Prometheus endpoint (``Platform.metrics_ports``)
     metrics: bool = False
     #: the crdt-ops services' --consume (queue: a queue of their own; stream: the stream)
-    consume: str = "queue"
+    consume: str = SERVICES_CONSUME
 
     def cell_of(self) -> dict[str, str]:
         """Each worker's cell (block by block; ``main`` when there is one cell)."""
@@ -1174,7 +1175,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="run the crdt-ops services under cProfile, writing DIR/<service>.prof "
                         "(slows them down: for finding where the time goes, not a measurement)")
-    consume.add_argument(p)
+    consume.add_argument(p, SERVICES_CONSUME)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=main)
 
