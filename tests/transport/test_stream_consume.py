@@ -228,3 +228,31 @@ def test_a_reader_says_what_the_stream_s_retention_dropped_before_it_read_it(
         reader.check(130)  # the oldest message left is past where it was to read on
     (record,) = caplog.records
     assert "dropped 30 messages this replica never read" in record.getMessage()
+
+
+@pytest.mark.asyncio
+async def test_readers_read_a_stream_deleted_and_declared_again_from_its_start(
+        settings: Settings) -> None:
+    """An operator deletes the group's stream: the broker cancels the readers' consumers,
+    they declare it again, and read the new stream from its first offset (their stored
+    offset was in the old one: reading on from it would skip the new stream's first
+    messages)."""
+    a, b = reading(settings, "a"), reading(settings, "b")
+    await a.start()
+    await b.start()
+    try:
+        await count(a, 1, 100)
+        await until(lambda: b.replica.counter("n").value == 100, 20, "a's writes at b")
+        await until(lambda: (stored_offset(b.durable) or 0) > 50, 10, "b's offset logged")
+        old = stored_offset(b.durable) or 0
+        conn = await aio_pika.connect(settings.amqp_url)
+        async with conn:
+            await (await conn.channel()).queue_delete(Topology.of(settings).stream)
+        await count(a, 1, 5)
+        await count(b, 1000, 1)
+        # at once, not at the gap watch's next re-read (gap_timeout_s: 10 s)
+        await until(lambda: b.replica.counter("n").value == 1105
+                    and a.replica.counter("n").value == 1105, 6, "the writes after it")
+        assert (stored_offset(b.durable) or 0) < old  # an offset of the new stream
+    finally:
+        await asyncio.gather(a.stop(), b.stop())

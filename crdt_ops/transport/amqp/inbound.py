@@ -231,7 +231,7 @@ class Inbound:
 def stored_offset(durable: DurableReplica) -> int | None:
     """The offset in the group's stream of the last message ``durable`` logged (None: none)."""
     raw = durable.store.get(STREAM_OFFSET)
-    return None if raw is None else int(raw)
+    return int(raw) if raw else None  # b"": forgotten (the stream was declared anew)
 
 
 async def ack_all(batch: list[AbstractIncomingMessage]) -> None:

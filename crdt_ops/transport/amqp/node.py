@@ -54,7 +54,7 @@ from crdt_ops.transport.amqp.founding import claim_founding
 from crdt_ops.transport.amqp.inbound import Inbound, stored_offset
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
-from crdt_ops.transport.amqp.stream_consumer import StreamConsumer
+from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, StreamConsumer
 from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked, link_of
 from crdt_ops.transport.auth import authenticator, message, signer_of
 from crdt_ops.transport.config import Settings
@@ -506,11 +506,23 @@ class AmqpNode:
             self._consume_due.set()  # (the step is run again after a pause)
             raise
 
-    def _stream_lost(self) -> None:
+    def _stream_lost(self, deleted: bool) -> None:
         """Our consumer of the stream is gone (its channel closed, or the broker cancelled
-        it): consume again, and declare the topology again at the next echo tick."""
+        it: ``deleted``): consume again, and declare the topology again at the next echo
+        tick; from the new stream's start if it was deleted."""
         self._redeclare_due = True
+        if deleted:
+            self._read_stream_from_start("the stream was deleted")
         self._consume_due.set()
+
+    def _read_stream_from_start(self, why: str) -> None:
+        """Forget the offset stored, so that the stream is consumed from its first message
+        next (what comes twice is dropped by the clock): an offset of a stream since
+        deleted and declared again, or one past its end, would skip what it holds."""
+        log.warning("replica %s: %s; reading %s from its start", self.replica_id, why,
+                    self.topology.stream)
+        with contextlib.suppress(StoreUnavailable):  # (a failing store rewinds anyway)
+            self.store.put(STREAM_OFFSET, b"")
 
     async def _declare_shared(self, channel: AbstractChannel) -> None:
         """Declare the group's exchanges and shared queues (:mod:`~crdt_ops.transport.topology`)."""
@@ -631,6 +643,9 @@ class AmqpNode:
             metrics.ECHO_LOSSES.labels(rid).inc()
             self.echo_losses += 1
             self._redeclare_due = self._reread_due = True
+            if self._stream_in is not None:  # its consumer may wait past the stream's end
+                self._read_stream_from_start("none of its messages came back through it")
+                self._consume_due.set()
             self._echo.reset(now)
         elif self.echo_silent_s:
             log.warning("replica %s: its own messages come back again", rid)

@@ -64,14 +64,15 @@ class StreamConsumer:
     """One replica's consumer of the group's stream ``stream``: each delivery is handed to
     ``deliver`` (an :class:`aio_pika.IncomingMessage`; the caller acks it once logged);
     ``stored`` returns the offset logged last (None: nothing logged yet, read from the
-    first message); ``lost`` is called when the consumer is gone without :meth:`cancel`
-    (its channel closed: a channel error, a lost connection; or the broker cancelled it:
-    the stream was deleted): the caller declares the topology again and calls
-    :meth:`consume`."""
+    first message); ``lost(deleted)`` is called when the consumer is gone without
+    :meth:`cancel`: its channel closed (a channel error, a lost connection), or
+    ``deleted``, the broker cancelled it (the stream was deleted: a stream declared again
+    numbers its messages from 0, so the offset stored means nothing in it). The caller
+    declares the topology again and calls :meth:`consume`."""
 
     def __init__(self, stream: str, deliver: Callable[[AbstractIncomingMessage], object],
                  stored: Callable[[], int | None], replica_id: str,
-                 lost: Callable[[], None] = lambda: None) -> None:
+                 lost: Callable[[bool], None] = lambda deleted: None) -> None:
         self.stream, self.deliver, self.stored = stream, deliver, stored
         self.replica_id, self.lost = replica_id, lost
         self._channel: aiormq.abc.AbstractChannel | None = None
@@ -97,7 +98,8 @@ class StreamConsumer:
         self._channel, self._tag, self.started_at = underlay, tag, start
         self._first_seen = False
         underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
-        underlay.closing.add_done_callback(lambda _: self._gone(underlay, "its channel closed"))
+        underlay.closing.add_done_callback(
+            lambda _: self._gone(underlay, "its channel closed", deleted=False))
         await underlay.basic_consume(self.stream, self._on_delivery, no_ack=False,
                                      arguments={"x-stream-offset": start}, consumer_tag=tag)
         self.consumes += 1
@@ -124,16 +126,18 @@ class StreamConsumer:
 
     def _on_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
         if frame.consumer_tag == self._tag:
-            self._gone(self._channel, "the broker cancelled it (the stream was deleted?)")
+            self._gone(self._channel, "the broker cancelled it (the stream was deleted?)",
+                       deleted=True)
 
-    def _gone(self, channel: aiormq.abc.AbstractChannel | None, why: str) -> None:
+    def _gone(self, channel: aiormq.abc.AbstractChannel | None, why: str,
+              deleted: bool) -> None:
         """The consumer on ``channel`` is gone (``why``), unless it was replaced already."""
         if channel is None or channel is not self._channel:
             return
         self._tag = self._channel = self.started_at = None
         log.info("replica %s: its consumer of %s is gone: %s", self.replica_id, self.stream,
                  why)
-        self.lost()
+        self.lost(deleted)
 
     async def _on_delivery(self, delivered: DeliveredMessage) -> None:
         if getattr(delivered.delivery, "consumer_tag", None) != self._tag:
