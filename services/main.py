@@ -90,6 +90,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                            ("demo", "web, logic and two workers, with the page's URL")):
         p = sub.add_parser(name, help=helptext)
         config.add_arguments(p)
+        for action in p._actions:  # the services' own default (SERVICES_CONSUME)
+            if action.dest == "consume":
+                action.help = (f"CRDT_OPS_CONSUME; default for the services "
+                               f"{SERVICES_CONSUME!r}: {config.CHOICES_HELP['consume'][1]}")
         for cls, only in SERVICE_SETTINGS[name]:
             config.add_arguments(p, cls, f"{cls.__name__.removesuffix('Settings').lower()} "
                                  "settings (flag, or environment variable)"

@@ -25,6 +25,11 @@ QUEUE_TYPES = ("classic", "quorum")
 AUTH_MODES = ("none", "user-id", "signature")
 MEMBERSHIP_MODES = ("open", "managed")
 CONSUME_MODES = ("queue", "stream")
+#: The ``--help`` text and choices of :class:`Settings` fields that take one of a few words.
+CHOICES_HELP: dict[str, tuple[tuple[str, ...], str]] = {
+    "consume": (CONSUME_MODES, "queue: a queue of its own, crdt.<group>.<replica id>; stream: "
+                               "the group's stream, read on from the offset it logged last"),
+}
 
 
 @dataclass(frozen=True)
@@ -181,8 +186,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any] = Settings,
     for f in fields(cls):
         if only and f.name not in only:
             continue
-        text = f.metadata.get("help", "")
-        choices = f.metadata.get("choices") or None
+        known = CHOICES_HELP.get(f.name) if cls is Settings else None
+        text = f.metadata.get("help", "") or (known[1] if known else "")
+        choices = f.metadata.get("choices") or (known[0] if known else None)
         group.add_argument(flag_of(f), dest=f.name, default=None, choices=choices,
                            help=f"{env_of(f)}; default {_shown(f.default)}"
                                 + (f": {text}" if text else ""))
