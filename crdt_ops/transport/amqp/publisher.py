@@ -89,7 +89,8 @@ class Publisher:
         joined). A round that failed (broker down, channel closed) raises here, on the
         next call: what it did not get confirmed is published again by a later round
         (duplicates are harmless). After a (re)connection nothing goes out before the
-        stream was found to take writes (``gate``).
+        stream was found to take writes (``gate``); the probe waits until there is
+        something to publish.
 
         A message the broker *nacks* was refused by a queue bound to the exchange (a
         length limit with ``x-overflow: reject-publish``, RabbitMQ's "Queue Length
@@ -100,8 +101,6 @@ class Publisher:
         :meth:`_refused`."""
         ready = self.durable.outbox_ready
         await ready.wait()
-        # at once but after a (re)connection; if it fails, the outbox is still ready
-        await self.gate.ready()
         ready.clear()
         if self._failed is not None:
             failed, self._failed = self._failed, None
@@ -128,6 +127,13 @@ class Publisher:
             if not fetched:
                 self.confirmed_through = asked
             return
+        # something to publish: the stream must take writes first (at once but after a
+        # (re)connection; a replica with nothing to send does not probe)
+        try:
+            await self.gate.ready()
+        except BaseException:
+            ready.set()  # nothing was taken in flight: they go on a later call
+            raise
         # every row the outbox held at ``asked`` has an id up to this one (if it held them
         # all): confirmed_through may move to ``asked`` once they are all confirmed
         through = fetched[-1][0] if len(fetched) < limit else None
