@@ -432,8 +432,8 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
             _delete_users(list(passwords))
         if owned and ok:
             shutil.rmtree(work, ignore_errors=True)
-        done = [f"group {group}'s queues, stream and exchanges deleted" if owned
-                else f"group {group} kept (it was given)"]
+        done = [f"groups {' and '.join(model.groups(group))} deleted (their queues, streams "
+                f"and exchanges)" if owned else f"group {group} kept (it was given)"]
         if passwords:
             done.append(f"{len(passwords)} broker users deleted")
         done.append(f"{work} removed" if owned and ok else f"logs kept in {work}")

@@ -151,7 +151,8 @@ def test_demo_takes_replica_settings_prints_its_url_once_it_serves_and_cleans_up
     assert code == 0, out
     assert "Traceback" not in out
     assert out.rstrip().endswith("stopped")
-    assert (f"cleaned up: group {group_name}'s queues, stream and exchanges deleted; "
+    assert (f"cleaned up: groups {group_name} and {group_name}.cell.main deleted (their "
+            f"queues, streams and exchanges); "
             f"{logs} removed") in out, out
     assert broker_objects(group_name) == []
     assert not logs.exists()
