@@ -141,7 +141,7 @@ class Inbound:
             batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store; what a re-read could not hold needs another
-        marks = offset_mark(batch, stored_offset(self.durable))
+        marks = offset_mark(batch, lambda: stored_offset(self.durable))
         if not self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None,
                                           marks):
             log.info("replica %s: the store failed and recovered while %d deliveries awaited "

@@ -583,11 +583,8 @@ class AmqpNode:
         # what was lost with the broker's state is declared again, and what our queue
         # missed while its binding may have been gone (an operator's deletion that the
         # broker's restart hides) is read from the stream
-        self._redeclare_due = True
-        # a queue of our own: what it missed while its binding may have been gone is read
-        # from the stream; reading the stream: read on from the offset logged last
-        self._reread_due = self._stream_in is None
-        self._consume_due.set()
+        self._redeclare_due = self._reread_due = True
+        self._consume_due.set()  # reading the stream: read on from the offset logged last
         self.durable.outbox_ready.set()
 
     async def _redeclare(self) -> None:

@@ -49,13 +49,17 @@ def offset_of(msg: AbstractIncomingMessage) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def offset_mark(batch: list[AbstractIncomingMessage], stored: int | None
+def offset_mark(batch: list[AbstractIncomingMessage], stored: Callable[[], int | None]
                 ) -> dict[str, bytes] | None:
     """The store key to write with ``batch`` (:data:`STREAM_OFFSET`: its highest offset)
-    if that is past ``stored``; None otherwise (a re-read from the start goes back, and
-    deliveries through a queue carry none)."""
+    if that is past ``stored()``, the offset logged last (asked only for a batch read from
+    a stream: deliveries through a queue carry none); None otherwise (a re-read from the
+    start goes back)."""
     top = max((o for o in map(offset_of, batch) if o is not None), default=None)
-    if top is None or (stored is not None and top <= stored):
+    if top is None:
+        return None
+    last = stored()
+    if last is not None and top <= last:
         return None
     return {STREAM_OFFSET: str(top).encode()}
 
