@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import aiormq
@@ -63,16 +60,6 @@ async def test_a_stream_that_takes_writes_takes_the_first_probe_and_keeps_it(
                 await stream_takes_writes(conn, f"crdt.{group}.no-such-stream", probe)
     finally:
         await delete_group_async(amqp_url, group, [])
-
-
-@pytest.fixture
-def rabbit(tmp_path: Path) -> Iterator[RabbitNode]:
-    node = RabbitNode(f"crdt-sr-{uuid.uuid4().hex[:6]}", tmp_path / "node")
-    node.start()
-    try:
-        yield node
-    finally:
-        node.destroy()
 
 
 @pytest.mark.asyncio
@@ -253,7 +240,7 @@ def node_of(url: str, group: str, rid: str, store: Path) -> AmqpNode:
 
 @pytest.mark.asyncio
 async def test_what_is_published_as_the_broker_comes_back_is_in_the_stream(
-        rabbit: RabbitNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        rabbit: RabbitNode, tmp_path: Path, fast_reconnects: None) -> None:
     """Replica a writes every 2 ms while the broker stops and starts again (``stop_app``
     and ``start_app``, then a SIGKILL and a start); then a replica that joins (it replays
     the stream) gets every one of a's operations, and the stream shows a probe before
@@ -261,13 +248,6 @@ async def test_what_is_published_as_the_broker_comes_back_is_in_the_stream(
     second: with the probe awaited before each round but no gate on the publish itself,
     2 of 6 runs lost thousands of a's operations from the stream (a round's publish went
     out on a channel reopened before the reconnection was announced); 0 of 11 with it."""
-    opened = FailoverConnection.open
-
-    async def open_fast(urls: list[str], start: int = 0, timeout: float = 10,
-                        reconnect_interval: float = 1, **kwargs: Any) -> FailoverConnection:
-        return await opened(urls, start, timeout=timeout, reconnect_interval=0.02, **kwargs)
-
-    monkeypatch.setattr(FailoverConnection, "open", open_fast)
     group, url = new_group(), rabbit.url
     a = node_of(url, group, "a", tmp_path / "a.sqlite")
     await a.start()
