@@ -34,7 +34,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ class DurableReplica:
         self._committed: asyncio.Future[None] | None = None
         #: deliveries applied to memory, not logged yet (:meth:`hold`)
         self._unlogged: list[bytes] = []
+        # where the deliveries held were read up to (hold's marks): logged with them
+        self._marks: dict[str, int] = {}
         self._last_commit = 0.0
         self._waiting = 0  # flush() calls waiting for the next commit
         self._turn_committed = False  # a flush() committed at once in this turn of the loop
@@ -185,7 +187,7 @@ class DurableReplica:
                 if not restored:  # at once if the store can be read (a lock, a full disk):
                     self.replica.adopt(restore(self.store, self.replica_id, self._options,
                                                self.settings.bootstrap))
-                    self._unlogged = []  # gone from memory too: they come again
+                    self._unlogged, self._marks = [], {}  # gone from memory too: they come again
                     restored = True  # memory no more ahead of it
                     for hook in self.on_restored:
                         hook(dict(self.replica.clock))
@@ -316,14 +318,13 @@ class DurableReplica:
         with memory's excess, and the held deliveries come again)."""
         self._write()
 
-    def _write(self, flags: dict[str, bytes] | None = None,
-               marks: dict[str, bytes] | None = None) -> None:
+    def _write(self, flags: dict[str, bytes] | None = None) -> None:
         """The one way to the store for deliveries and local operations: the deliveries held
-        since the last write, then this replica's outgoing messages (its operations, and
-        its heartbeats, which report its clock: never ahead of its log), and the store
-        keys ``flags`` (synced to the disk) and ``marks`` (no sync of their own: where the
-        deliveries were read up to, undone only with them), in one transaction. Answers
-        every :meth:`flush` waiting."""
+        since the last write with their marks (:meth:`hold`: where they were read up to,
+        no disk sync of their own, so undone only with them), then this replica's outgoing
+        messages (its operations, and its heartbeats, which report its clock: never ahead of
+        its log), and the store keys ``flags`` (synced to the disk), in one transaction.
+        Answers every :meth:`flush` waiting."""
         self._dirty.clear()
         self._full.clear()
         msgs = self.replica.outgoing()
@@ -332,12 +333,14 @@ class DurableReplica:
             self._last_waiting = self._waiting
         self._waiting = 0
         received, self._unlogged = self._unlogged, []
+        marks, self._marks = self._marks, {}
         if msgs or received or flags or marks:
             with self.storing():
                 # deliveries alone need no disk sync (see log_delivered); what this
                 # replica sends does, and syncs the deliveries logged before it too
                 self.store.append(received, msgs, sync=bool(msgs or flags),
-                                  meta={**(marks or {}), **(flags or {})})
+                                  meta={**{k: str(v).encode() for k, v in marks.items()},
+                                        **(flags or {})})
         if msgs:
             self.outbox_ready.set()
             self._committed_own()
@@ -368,22 +371,34 @@ class DurableReplica:
         holds every delivery applied so far."""
         return len(self._unlogged)
 
-    def hold(self, valid: list[bytes]) -> int:
+    def hold(self, valid: list[bytes], marks: Mapping[str, int] | None = None) -> int:
         """The deliveries ``valid`` were applied to memory: they are logged by the next
         write to the store (:meth:`log_delivered`, or a :meth:`commit` that comes first),
         before anything this replica sends after them. Between the two, the reactions to
         them (a change event's subscriber that writes) may run, so that their operations
         are logged in the same transaction: one disk sync for the delivery and the
-        reaction. Returns the token for :meth:`log_delivered`."""
+        reaction. ``marks``: where the transport read up to with them (a store key and a
+        position, such as the stream offset of the last one), stored as decimal ASCII in
+        that same transaction, whichever write it is, so a mark is never logged without the
+        deliveries it covers; of several held for one key, the highest. Returns the token
+        for :meth:`log_delivered`."""
         self._unlogged.extend(valid)
+        for key, at in (marks or {}).items():
+            self._marks[key] = max(at, self._marks.get(key, at))
         return self.restores
 
-    def log_delivered(self, held: int, flags: dict[str, bytes] | None = None,
-                      marks: dict[str, bytes] | None = None) -> bool:
-        """Log the deliveries held since (:meth:`hold`, which returned ``held``) and what
-        was written since (the replica's outgoing messages), with the store keys ``flags``
-        and ``marks`` (``_write``: where the deliveries were read up to), in one
-        transaction, before the transport acknowledges them.
+    def forget_mark(self, key: str) -> None:
+        """Store ``key`` empty and drop its mark held (:meth:`hold`): what the transport
+        reads next starts a new count (a stream declared again numbers from 0). Raises
+        :class:`StoreUnavailable` if the store fails (reported)."""
+        self._marks.pop(key, None)
+        with self.storing():
+            self.store.put(key, b"")
+
+    def log_delivered(self, held: int, flags: dict[str, bytes] | None = None) -> bool:
+        """Log the deliveries held since (:meth:`hold`, which returned ``held``) with their
+        marks, what was written since (the replica's outgoing messages), and the store keys
+        ``flags``, in one transaction, before the transport acknowledges them.
 
         A transaction of deliveries alone does not wait for the disk: it survives a crash
         of this process, and an OS crash or a power loss may undo it. Nothing depends on
@@ -401,7 +416,7 @@ class DurableReplica:
             raise self.store_failure
         if self.restores != held:
             return False
-        self._write(flags, marks)
+        self._write(flags)
         return True
 
     def applied(self, n: int) -> None:

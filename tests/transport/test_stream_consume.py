@@ -17,10 +17,12 @@ import aio_pika
 import aiormq
 import pytest
 
+from crdt_ops.replica import Replica
 from crdt_ops.transport.amqp import AmqpNode
-from crdt_ops.transport.amqp.inbound import LINGER_S, stored_offset
+from crdt_ops.transport.amqp.inbound import stored_offset
 from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, StreamConsumer, offset_mark
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.topology import Topology
 from tests.broker import dead_letters, group_settings, node, started, until
@@ -90,10 +92,8 @@ async def test_a_restarted_reader_reads_on_from_the_offset_it_logged(
     try:
         await count(a, 1, 200)
         await until(lambda: b.replica.counter("n").value == 200, 20, "a's writes at b")
+        # with their offset, whichever commit logged them (the batch's, b's heartbeat's)
         await until(lambda: not b.durable.unlogged, 10, "b's deliveries logged")
-        # and their offset: a local commit (b's heartbeat) may log deliveries that a batch
-        # lingering for LINGER_S logs its offset with only when it ends
-        await asyncio.sleep(3 * LINGER_S)
         await b.stop()
         await count(a, 1, 50)
         await a.flush()
@@ -189,6 +189,42 @@ def test_the_offset_is_stored_in_the_transaction_of_the_deliveries_it_covers(
         store.close()
 
 
+def test_an_offset_is_logged_by_whichever_write_logs_its_deliveries(tmp_path: Path) -> None:
+    """A heartbeat's or a reaction's commit that logs deliveries before their batch ends
+    logs their offset too; a restore from the store drops the offsets held with what it
+    dropped."""
+    writer = Replica("w")
+    writer.found()
+    writer.admit("r")
+    writer.counter("n").increment()
+    one = writer.outgoing()
+    writer.counter("n").increment()
+    two = writer.outgoing()
+    s = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g", replica_id="r",
+                 store=str(tmp_path / "r.sqlite"))
+    durable = DurableReplica.open(s)
+
+    async def run() -> None:
+        for m in one:
+            durable.replica.receive(m)
+        durable.hold(one, {STREAM_OFFSET: 7})
+        durable.hold([], {STREAM_OFFSET: 5})  # a re-read's lower mark: the highest holds
+        durable.replica.counter("mine").increment()  # a reaction writes: its commit first
+        durable.commit()
+        assert durable.store.get(STREAM_OFFSET) == b"7"
+        assert durable.unlogged == 0
+        for m in two:
+            durable.replica.receive(m)
+        durable.hold(two, {STREAM_OFFSET: 9})
+        durable.store_failed(StoreUnavailable("disk full (simulated)"))
+        await durable.store_works()  # restored without `two`: its offset is not logged
+        durable.commit()
+        assert durable.store.get(STREAM_OFFSET) == b"7"
+        await durable.close()
+
+    asyncio.run(run())
+
+
 def test_the_offset_to_store_only_moves_forward() -> None:
     def delivered(offset: int | None) -> Any:
         headers = {} if offset is None else {"x-stream-offset": offset}
@@ -197,8 +233,8 @@ def test_the_offset_to_store_only_moves_forward() -> None:
     def never() -> int:
         raise AssertionError("a batch through a queue needs no stored offset")
 
-    assert offset_mark([delivered(3), delivered(5)], lambda: None) == {STREAM_OFFSET: b"5"}
-    assert offset_mark([delivered(3), delivered(5)], lambda: 4) == {STREAM_OFFSET: b"5"}
+    assert offset_mark([delivered(3), delivered(5)], lambda: None) == {STREAM_OFFSET: 5}
+    assert offset_mark([delivered(3), delivered(5)], lambda: 4) == {STREAM_OFFSET: 5}
     assert offset_mark([delivered(1), delivered(2)], lambda: 4) is None  # a re-read
     assert offset_mark([delivered(None)], never) is None  # through a queue
 

@@ -125,7 +125,9 @@ class Inbound:
         deadline: float | None = None  # set after the first reactions ran
         while more:
             v, d, drop = self._take(more, stream, reread)
-            self.durable.hold(v)
+            # their offset in the stream, if read from there, is logged with them by
+            # whichever write comes first (this batch's, or a heartbeat's or a reaction's)
+            self.durable.hold(v, offset_mark(more, lambda: stored_offset(self.durable)))
             valid, dead, dropped = valid + v, dead + d, dropped or drop
             if stream or not valid:
                 break
@@ -141,9 +143,7 @@ class Inbound:
             batch += more  # the caller nacks them too if logging fails
         # on failure nacked by the caller: they come again, and are applied anew once
         # memory is restored from the store; what a re-read could not hold needs another
-        marks = offset_mark(batch, lambda: stored_offset(self.durable))
-        if not self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None,
-                                          marks):
+        if not self.durable.log_delivered(held, {REREAD_DUE: b"1"} if dropped else None):
             log.info("replica %s: the store failed and recovered while %d deliveries awaited "
                      "their log; they come again", self.replica_id, len(batch))
             if not stream:  # a stream read is read again instead

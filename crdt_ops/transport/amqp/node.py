@@ -521,8 +521,8 @@ class AmqpNode:
         deleted and declared again, or one past its end, would skip what it holds."""
         log.warning("replica %s: %s; reading %s from its start", self.replica_id, why,
                     self.topology.stream)
-        with contextlib.suppress(StoreUnavailable):  # (a failing store rewinds anyway)
-            self.store.put(STREAM_OFFSET, b"")
+        with contextlib.suppress(StoreUnavailable):  # (reported: the recovery rewinds)
+            self.durable.forget_mark(STREAM_OFFSET)
 
     async def _declare_shared(self, channel: AbstractChannel) -> None:
         """Declare the group's exchanges and shared queues (:mod:`~crdt_ops.transport.topology`)."""

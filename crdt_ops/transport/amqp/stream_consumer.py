@@ -50,18 +50,19 @@ def offset_of(msg: AbstractIncomingMessage) -> int | None:
 
 
 def offset_mark(batch: list[AbstractIncomingMessage], stored: Callable[[], int | None]
-                ) -> dict[str, bytes] | None:
-    """The store key to write with ``batch`` (:data:`STREAM_OFFSET`: its highest offset)
-    if that is past ``stored()``, the offset logged last (asked only for a batch read from
-    a stream: deliveries through a queue carry none); None otherwise (a re-read from the
-    start goes back)."""
+                ) -> dict[str, int] | None:
+    """The mark to hold with ``batch``'s deliveries
+    (:meth:`~crdt_ops.transport.durable.DurableReplica.hold`: :data:`STREAM_OFFSET` and its
+    highest offset) if that is past ``stored()``, the offset logged last (asked only for a
+    batch read from a stream: deliveries through a queue carry none); None otherwise (a
+    re-read from the start goes back)."""
     top = max((o for o in map(offset_of, batch) if o is not None), default=None)
     if top is None:
         return None
     last = stored()
     if last is not None and top <= last:
         return None
-    return {STREAM_OFFSET: str(top).encode()}
+    return {STREAM_OFFSET: top}
 
 
 class StreamConsumer:
