@@ -12,8 +12,7 @@ needs, so that one decision costs what the change touches:
   quota);
 - ``unassigned_on``: records that should run and name no node (or no epoch);
 - ``rejected``: records that show a ``rejected_reason`` (it must be cleared once it no
-  longer holds);
-- ``unnamed``: records that name no cell yet (new ones: logic names their home cell).
+  longer holds).
 
 :meth:`ContainerIndex.changed` applies one change event; a *full pass* rebuilds it from
 every record of the replica: :meth:`~ContainerIndex.load` in one go, or
@@ -240,7 +239,6 @@ class ContainerIndex(_Kept):
     unassigned_on: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)
     unsynced: set[str] = field(default_factory=set)
-    unnamed: set[str] = field(default_factory=set)
 
     def _empty(self) -> Self:
         return type(self)(prefix=self.prefix)
@@ -282,8 +280,6 @@ class ContainerIndex(_Kept):
             self.rejected.add(c.id)
         if c.unsynced:
             self.unsynced.add(c.id)
-        if c.cell is None:
-            self.unnamed.add(c.id)
         if c.power_desired != "on":
             return
         self.owner_on.setdefault(c.owner, set()).add(c.id)
@@ -295,7 +291,6 @@ class ContainerIndex(_Kept):
     def _drop(self, c: model.Container) -> None:
         self.rejected.discard(c.id)
         self.unsynced.discard(c.id)
-        self.unnamed.discard(c.id)
         if c.power_desired != "on":
             return
         _discard(self.owner_on, c.owner, c.id)

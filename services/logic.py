@@ -47,10 +47,6 @@ NO_CAPACITY = "no worker node with free capacity"
 #: kept from change events, and tests check the two agree). Each rebuild, and the first at
 #: start, runs in slices (services/index.py ``full_passes``).
 FULL_PASS_S = 60.0
-#: New records one decision pass names a home cell in at most (:meth:`Logic._name_cells`):
-#: a platform upgraded with many records that name none names them over several passes,
-#: not in one write that holds the event loop.
-NAMED_PER_PASS = 500
 
 
 @dataclass(frozen=True)
@@ -213,15 +209,11 @@ class Logic:
 
         A placement into a cell the container's record does not name yet goes in two
         steps: the record names the cell, logic's store takes that (``flush``), and then
-        the placement is written (unless the container was deleted meanwhile). A new
-        record is named its home cell first (:meth:`_name_cells`), so that its first Start
-        is one write, into that cell, when the cell has room. Orphaned placements are
-        removed."""
+        the placement is written (unless the container was deleted meanwhile). Orphaned
+        placements are removed."""
         r = self.node.groups
         writes = self._remove_orphans()
         live, fresh = self.live_nodes()
-        named = self._name_cells(live)
-        writes += len(named)
         placing = []
         for d in decisions(self.index, live, fresh, self.quota, self.cells):
             c = d.container
@@ -236,31 +228,13 @@ class Logic:
             if c.rejected_reason != d.reason:  # a reason that no longer holds goes
                 model.container(r, c.id).register("rejected_reason").set(d.reason)
                 writes += 1
-        if any(c.cell != n.cell or c.id in named for c, n in placing):
+        if any(c.cell != n.cell for c, n in placing):
             await self.node.flush()  # the cells named are durable before their placements
         for c, n in placing:
             if self._names(n.cell, c.id):  # not deleted meanwhile
                 self._place(c, n)
                 writes += 1
         return writes
-
-    def _name_cells(self, live: dict[str, model.Node]) -> set[str]:
-        """Name a home cell (:func:`model.home_cell <services.model.home_cell>`, among the
-        cells held that have a live node) in up to :data:`NAMED_PER_PASS` records that
-        name none, new ones, and return their ids; none while no cell held has a live
-        node. A Start of the container then places it in one write, into its home cell
-        if that has room (:func:`plan` prefers it), instead of naming the cell and waiting
-        for the store (:meth:`decide`) on the Start's path."""
-        cells = sorted({n.cell for n in live.values()} & set(self.cells))
-        if not cells or not self.index.unnamed:
-            return set()
-        named = set(sorted(self.index.unnamed)[:NAMED_PER_PASS])
-        for cid in sorted(named):
-            model.container(self.node.groups, cid).register("cell").set(
-                model.home_cell(cid, cells))
-        if len(named) == NAMED_PER_PASS:
-            self._wake.set()  # there may be more: the next pass names them
-        return named
 
     def _place(self, c: model.Container, n: model.Node) -> None:
         r = self.node.groups

@@ -45,7 +45,6 @@ principal (``web``, ``logic``, ``worker.<node>``: see :func:`principal`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -114,20 +113,6 @@ def held_cells(records: Groups) -> list[str]:
     """The cells whose groups ``records`` holds, in name order."""
     head = cell_group(records.routing.default, "")
     return sorted(g[len(head):] for g in records.replicas if g.startswith(head))
-
-
-def home_cell(container_id: str, cells: Iterable[str]) -> str:
-    """The cell a new container's record names before it is first started: of ``cells``
-    (non-empty), the one with the highest hash of (cell, container id): rendezvous hashing
-    (Thaler and Ravishankar, "Using name-based mappings to increase hit rates", 1998), so
-    containers spread evenly, every process picks the same, and a cell added takes a share
-    from each without moving the rest. Raises ValueError for no cells."""
-    def weight(cell: str) -> bytes:
-        return hashlib.blake2b(f"{cell}\0{container_id}".encode(), digest_size=8).digest()
-    best = max(cells, key=weight, default=None)
-    if best is None:
-        raise ValueError("no cell to name")
-    return best
 
 
 def check_cell(cell: str) -> str:
@@ -255,7 +240,7 @@ class Container:
     pid: int | None
     last_error: str | None
     rejected_reason: str | None
-    cell: str | None = None  # its home cell, named when it is created, or where it moved
+    cell: str | None = None  # the cell it is placed in
     #: the placement's copies of power_desired and restart_generation (None, 0: none)
     placed_desired: str | None = None
     placed_generation: int = 0
@@ -283,11 +268,8 @@ class Container:
 
     @property
     def unsynced(self) -> bool:
-        """Whether it has a placement whose copies differ from the record (logic copies
-        them). A record that names its home cell and was never placed has none: there is
-        nothing to copy into until a Start places it."""
-        return self.cell is not None and self.placed_desired is not None and \
-            (self.placed_desired, self.placed_generation) != \
+        """Whether its placement's copies differ from the record (logic copies them)."""
+        return self.cell is not None and (self.placed_desired, self.placed_generation) != \
             (self.power_desired, self.restart_generation)
 
     def as_json(self) -> dict[str, Any]:

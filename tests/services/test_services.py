@@ -154,35 +154,6 @@ def test_create_start_stop_restart(system: System) -> None:
     assert system.api("GET", f"/api/containers/{cid}")[0] == 404
 
 
-def test_a_new_container_names_its_home_cell_and_starts_there(system: System) -> None:
-    """Logic names a new container's home cell (services/model.py ``home_cell``) while it
-    is off, so that its first Start is one write, into that cell: it runs on that cell's
-    worker and its record keeps the cell."""
-    wait_until(lambda: len(system.api("GET", "/api/nodes")[1]) == 2, 30, "both nodes at web",
-               system.logs)
-    first: dict[str, str] = {}  # cell -> the first container named it
-    made: list[str] = []
-    try:
-        while len(first) < len(CELLS) and len(made) < 20:  # ids are random
-            cid = create(system, f"home-{len(made)}")
-            made.append(cid)
-            first.setdefault(model.home_cell(cid, CELLS), cid)
-        wait_until(lambda: all(system.record(cid)["cell"] == model.home_cell(cid, CELLS)
-                               for cid in made), 30, "their home cells named", system.logs)
-        assert all(system.record(cid)["assigned_node"] is None for cid in made)
-        for cid in first.values():  # one a cell: the workers' capacity is 2
-            assert system.api("POST", f"/api/containers/{cid}/start")[0] == 202
-        wait_until(lambda: all(system.record(cid)["power_actual"] == "on"
-                               for cid in first.values()), 30, "them to run", system.logs)
-        worker_of = {"a": "worker-1", "b": "worker-2"}
-        for cell, cid in first.items():
-            assert (system.record(cid)["cell"], system.record(cid)["assigned_node"]) == \
-                (cell, worker_of[cell])
-    finally:
-        for cid in made:
-            system.api("DELETE", f"/api/containers/{cid}")
-
-
 def test_a_start_logic_rejects_shows_its_reason(system: System) -> None:
     ids = [create(system, f"fill-{i}", owner="bob") for i in range(5)]
     for cid in ids:
