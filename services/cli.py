@@ -1,5 +1,5 @@
 """The ``crdt-ops`` command: the services, a replica process, and the operator's commands
-(retire, snapshot, keygen).
+(retire, snapshot, keygen, delete-group).
 
 The development tools (``story``, ``simulate``, ``cells``, ``histories``, ``chaos``,
 ``fuzz``) keep their names here but live in the top-level ``tools`` package of a source
@@ -62,6 +62,61 @@ def _retire(args: argparse.Namespace) -> int:
               f"at {redact_urls(settings.amqp_url)}: {detail}", file=sys.stderr, flush=True)
         return 1
     print(f"retired {args.retiree} from group {settings.group} after its operation {last}")
+    return 0
+
+
+def _delete_group(args: argparse.Namespace) -> int:
+    from crdt_ops.transport.amqp import redact_urls
+
+    settings = args.settings
+    where = f"group {settings.group} at {redact_urls(settings.amqp_url)}"
+    try:
+        return asyncio.run(_delete_group_async(args, where))
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"crdt-ops delete-group: could not delete {where}: {detail}", file=sys.stderr,
+              flush=True)
+        return 1
+
+
+async def _delete_group_async(args: argparse.Namespace, where: str) -> int:
+    from crdt_ops.transport.amqp import connect_first
+    from crdt_ops.transport.amqp.deletion import delete, survey
+
+    settings = args.settings
+    conn = await connect_first(settings.amqp_urls)
+    async with conn:
+        if args.watch_s > 0:
+            print(f"reading {where}, then watching it {args.watch_s:g}s for replicas still "
+                  "running", file=sys.stderr, flush=True)
+        found = await survey(conn, settings, args.replica or (), args.watch_s)
+        if found.empty:
+            print(f"{where}: nothing on the broker; nothing to delete")
+            return 0
+        print(f"{where}: members {', '.join(found.members) or '(none found)'}")
+        for name in found.queues + found.exchanges:
+            print(f"  {name}")
+        if found.in_use and not args.force:
+            running = sorted(set(found.heard) | {q.rsplit('.', 1)[-1] for q in found.consumers})
+            print(f"crdt-ops delete-group: {', '.join(running)} still run (their messages "
+                  "arrived, or they consume their queues): stop every replica of the group "
+                  "first (a replica still running declares the group again, empty), or pass "
+                  "--force; nothing deleted", file=sys.stderr, flush=True)
+            return 1
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("crdt-ops delete-group: pass --yes to delete these (no terminal to ask "
+                      "on); nothing deleted", file=sys.stderr, flush=True)
+                return 1
+            answer = await asyncio.to_thread(input, f"delete these {len(found.queues)} "
+                                             f"queues and {len(found.exchanges)} exchanges, "
+                                             "and the group's history with them? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        deleted = await delete(conn, found)
+    print(f"deleted {where}: {len(deleted)} objects; a replica of it must start from a new "
+          "store (its old one holds the deleted group's state)")
     return 0
 
 
@@ -147,7 +202,7 @@ def check(args: argparse.Namespace) -> None:
         if hasattr(args, "amqp_url") and getattr(args, "replica_settings", True):
             settings = args.settings = (args.service.settings if hasattr(args, "service")
                                         else config.from_args(args))
-            config.check_files(settings, store=cmd != "retire" and cmd != "demo")
+            config.check_files(settings, store=cmd not in ("retire", "demo", "delete-group"))
             if settings.metrics_port and cmd != "demo":
                 from services.main import port_free
 
@@ -239,6 +294,25 @@ def main(argv: list[str] | None = None) -> int:
     ret.add_argument("retiree", metavar="REPLICA_ID")
     config.add_arguments(ret)
     ret.set_defaults(func=_retire)
+
+    dele = sub.add_parser(
+        "delete-group", help="delete a group from the broker (its exchanges, streams and "
+        "queues), once its replicas are stopped",
+        description="Delete --group's exchanges, its streams, its dead-letter queue and the "
+        "queue of each member that has one (the members are read from the group's stream; "
+        "--replica names more). Its history goes with them: a replica of the group must then "
+        "start from a new store. Refuses while a replica of it still runs (a message of one "
+        "arrives within --watch-s, or one consumes its queue), unless --force.")
+    dele.add_argument("--replica", action="append", metavar="ID",
+                      help="a member whose queue to delete too (repeatable)")
+    dele.add_argument("--watch-s", type=float, default=5.0,
+                      help="seconds to watch the group for replicas still running (default 5; "
+                      "0: do not watch)")
+    dele.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    dele.add_argument("--force", action="store_true",
+                      help="delete even while a replica still runs")
+    config.add_arguments(dele, only=("amqp_url", "group"))
+    dele.set_defaults(func=_delete_group, bounds={"watch_s": (0.0, False)})
 
     snap = sub.add_parser("snapshot", help="export a stopped replica's snapshot (for --bootstrap)")
     snap.add_argument("--store", required=True, help="the replica's SQLite store")

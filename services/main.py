@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import errno
 import os
 import secrets
@@ -515,20 +514,19 @@ def _delete_group(url: str, group: str, replicas: list[str]) -> None:
     """Delete the demo's groups from the broker (its services have stopped)."""
     import aio_pika
 
-    queues: list[str] = []
-    exchanges: list[str] = []
+    from crdt_ops.transport.amqp.deletion import Survey
+    from crdt_ops.transport.amqp.deletion import delete as delete_objects
+
+    found = Survey(group)
     for g in model.groups(group):  # the platform's, and its one cell's
         q, x = Topology(g).objects(replicas)
-        queues += q
-        exchanges += x
+        found.queues += q
+        found.exchanges += x
 
     async def delete() -> None:
         conn = await aio_pika.connect(config.split_urls(url)[0], timeout=10)
         async with conn:
-            for name, exchange in [(q, False) for q in queues] + [(x, True) for x in exchanges]:
-                ch = await conn.channel()
-                with contextlib.suppress(Exception):  # one that is not there
-                    await (ch.exchange_delete(name) if exchange else ch.queue_delete(name))
+            await delete_objects(conn, found, strict=False)
 
     try:
         asyncio.run(asyncio.wait_for(delete(), 30))

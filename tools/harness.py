@@ -6,7 +6,6 @@ condition, and the convergence check of replica processes running the ledger wor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 import uuid
@@ -15,6 +14,7 @@ from typing import Any, Protocol
 
 import aio_pika
 
+from crdt_ops.transport.amqp.deletion import Survey, delete
 from crdt_ops.transport.topology import Topology
 
 
@@ -31,19 +31,13 @@ def new_group(prefix: str = "test") -> str:
 
 
 async def delete_queues(url: str, queues: Iterable[str], exchanges: Iterable[str] = ()) -> None:
-    """Delete ``queues``, then ``exchanges``, on the broker at ``url``, each on a
-    channel of its own; one that does not exist or cannot be deleted is passed
-    over. Raises only if the broker cannot be reached."""
+    """Delete ``queues``, then ``exchanges``, on the broker at ``url``; one that does not
+    exist or cannot be deleted is passed over. Raises only if the broker cannot be
+    reached."""
     conn = await aio_pika.connect(url)
     async with conn:
-        for name in queues:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.queue_delete(name)
-        for name in exchanges:
-            ch = await conn.channel()
-            with contextlib.suppress(Exception):
-                await ch.exchange_delete(name)
+        await delete(conn, Survey("", queues=list(queues), exchanges=list(exchanges)),
+                     strict=False)
 
 
 async def delete_group_async(url: str, group: str, replicas: Iterable[str]) -> None:

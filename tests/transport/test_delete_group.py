@@ -1,0 +1,100 @@
+"""``crdt-ops delete-group`` over the real broker, as a process: it finds a group's members
+in its stream (a queue reader and a stream reader), refuses while one still runs or
+without --yes (no terminal to ask on), and deletes everything the group has, and nothing
+before it is told to."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import aiormq
+import pytest
+
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology
+from tests.broker import group_settings, node
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
+    yield from group_settings(amqp_url, tmp_path, heartbeat_s=0.3, replicas=("q", "s"))
+
+
+def delete_group(s: Settings, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", "delete-group", "--group",
+                           s.group, "--amqp-url", s.amqp_url, *flags],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+async def existing(s: Settings) -> set[str]:
+    names = Topology.of(s)
+    queues, exchanges = names.objects(["q", "s"])
+    found = set()
+    conn = await aio_pika.connect(s.amqp_url)
+    async with conn:
+        for name in queues + exchanges:
+            channel = await conn.channel()
+            try:
+                if name in exchanges:
+                    await channel.declare_exchange(name, passive=True)
+                else:
+                    await channel.declare_queue(name, passive=True)
+                found.add(name)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass
+    return found
+
+
+async def used_by(s: Settings) -> None:
+    """Replica q (a queue of its own) and s (the stream) write, then stop."""
+    q = node(Settings(**{**s.__dict__, "consume": "queue"}), "q")
+    r = node(Settings(**{**s.__dict__, "consume": "stream"}), "s")
+    for n in (q, r):
+        await n.start()
+    for n in (q, r):
+        async with n.write() as w:
+            w.counter("n").increment()
+        await n.flush()
+    await asyncio.gather(q.stop(), r.stop())
+
+
+def test_a_stopped_group_is_deleted_once_told_to(settings: Settings) -> None:
+    asyncio.run(used_by(settings))
+    names = Topology.of(settings)
+    everything = {names.queue("q"), names.stream, names.founders, names.dead_letter_queue,
+                  *names.exchanges}
+    assert asyncio.run(existing(settings)) == everything
+
+    asked = delete_group(settings, "--watch-s", "0.5")  # no terminal: it cannot ask
+    assert asked.returncode == 1, asked
+    assert "pass --yes" in asked.stderr and "nothing deleted" in asked.stderr
+    assert asyncio.run(existing(settings)) == everything
+
+    done = delete_group(settings, "--watch-s", "0.5", "--yes")
+    assert done.returncode == 0, done
+    assert "members q, s" in done.stdout, done.stdout
+    assert f"  {names.queue('q')}\n" in done.stdout
+    assert asyncio.run(existing(settings)) == set()
+
+    again = delete_group(settings, "--watch-s", "0", "--yes")
+    assert again.returncode == 0 and "nothing to delete" in again.stdout, again
+
+
+@pytest.mark.asyncio
+async def test_a_group_whose_replica_still_runs_is_not_deleted(settings: Settings) -> None:
+    a = node(Settings(**{**settings.__dict__, "consume": "stream"}), "s")
+    await a.start()
+    try:
+        refused = await asyncio.to_thread(delete_group, settings, "--watch-s", "1.5", "--yes")
+        assert refused.returncode == 1, refused
+        assert "s still run" in refused.stderr and "nothing deleted" in refused.stderr, refused
+        assert Topology.of(settings).stream in await existing(settings)
+    finally:
+        await a.stop()
