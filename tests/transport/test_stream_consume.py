@@ -211,7 +211,7 @@ def test_an_offset_is_logged_by_whichever_write_logs_its_deliveries(tmp_path: Pa
         durable.hold([], {STREAM_OFFSET: 5})  # a re-read's lower mark: the highest holds
         durable.replica.counter("mine").increment()  # a reaction writes: its commit first
         durable.commit()
-        assert durable.store.get(STREAM_OFFSET) == b"7"
+        assert durable.store.get(STREAM_OFFSET) == b"7" and durable.mark(STREAM_OFFSET) == 7
         assert durable.unlogged == 0
         for m in two:
             durable.replica.receive(m)
@@ -219,7 +219,9 @@ def test_an_offset_is_logged_by_whichever_write_logs_its_deliveries(tmp_path: Pa
         durable.store_failed(StoreUnavailable("disk full (simulated)"))
         await durable.store_works()  # restored without `two`: its offset is not logged
         durable.commit()
-        assert durable.store.get(STREAM_OFFSET) == b"7"
+        assert durable.store.get(STREAM_OFFSET) == b"7" and durable.mark(STREAM_OFFSET) == 7
+        durable.forget_mark(STREAM_OFFSET)  # a stream declared anew: read from its start
+        assert durable.store.get(STREAM_OFFSET) == b"" and durable.mark(STREAM_OFFSET) is None
         await durable.close()
 
     asyncio.run(run())

@@ -79,6 +79,10 @@ class Inbound:
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.dead_letter_exchange: AbstractExchange | None = None
         self.dead_lettered = 0
+        # this replica's series, looked up once (a lookup per batch was 3 % of its CPU)
+        self._applied = metrics.OPS_APPLIED.labels(self.replica_id)
+        self._duplicates = metrics.DUPLICATES.labels(self.replica_id)
+        self._batch_size = metrics.BATCH_SIZE.labels(self.replica_id)
 
     async def run(self) -> None:
         """Apply one batch of what our queue delivered (up to ``prefetch`` messages)."""
@@ -171,9 +175,9 @@ class Inbound:
         except Exception as e:  # channel gone: they come again and are dropped as duplicates
             log.warning("ack failed (%s); the broker will redeliver", e)
         applied = replica.stats["applied"] - replica.stats["local"] - before
-        metrics.OPS_APPLIED.labels(self.replica_id).inc(applied)
-        metrics.DUPLICATES.labels(self.replica_id).inc(replica.stats["duplicates"] - dups)
-        metrics.BATCH_SIZE.labels(self.replica_id).observe(len(batch))
+        self._applied.inc(applied)
+        self._duplicates.inc(replica.stats["duplicates"] - dups)
+        self._batch_size.observe(len(batch))
         self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
         self.observed()
 
@@ -229,9 +233,9 @@ class Inbound:
 
 
 def stored_offset(durable: DurableReplica) -> int | None:
-    """The offset in the group's stream of the last message ``durable`` logged (None: none)."""
-    raw = durable.store.get(STREAM_OFFSET)
-    return int(raw) if raw else None  # b"": forgotten (the stream was declared anew)
+    """The offset in the group's stream of the last message ``durable`` logged (None: none,
+    or forgotten: the stream was declared anew)."""
+    return durable.mark(STREAM_OFFSET)
 
 
 async def ack_all(batch: list[AbstractIncomingMessage]) -> None:
