@@ -50,6 +50,7 @@ from typing import Any
 
 from crdt_ops.replica import Replica
 from tools.bench.machine import platform_info, revision
+from tools.bench.quick import fill_defaults
 from tools.bench.report import Progress, first_left, info_lines, markdown_table, thousands
 
 #: Remote operations per second the batched counter and register rows must reach.
@@ -450,9 +451,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``core`` with parsed arguments; print the report to stdout. Returns 0."""
-    ops = _round_ops(args.ops if args.ops is not None
-                     else QUICK_OPS if args.quick else DEFAULT_OPS)
-    repeat = args.repeat if args.repeat is not None else 1 if args.quick else DEFAULT_REPEAT
+    fill_defaults(args, {"ops": (DEFAULT_OPS, QUICK_OPS), "repeat": (DEFAULT_REPEAT, 1)})
+    ops, repeat = _round_ops(args.ops), args.repeat
     if repeat < 1:
         raise SystemExit("--repeat must be at least 1")
     per_msg = args.ops_per_msg or list(DEFAULT_OPS_PER_MSG)

@@ -490,8 +490,9 @@ def report(results: Sequence[SizeResult], info: dict[str, str], args: argparse.N
 
 def run(args: argparse.Namespace) -> int:
     """Run ``platform`` with parsed arguments; print the report to stdout."""
-    sizes = tuple(args.sizes) if args.sizes else (QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    fill_defaults(args, {"starts": (30, 5), "burst": (200, 10)})
+    fill_defaults(args, {"sizes": (DEFAULT_SIZES, QUICK_SIZES), "starts": (30, 5),
+                         "burst": (200, 10)})
+    sizes = tuple(args.sizes)
     if list(sizes) != sorted(set(sizes)) or sizes[0] < args.starts + args.burst:
         raise SystemExit("--sizes must grow, and the first must hold --starts + --burst records")
     say = Progress(enabled=not args.quiet)

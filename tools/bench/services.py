@@ -109,6 +109,7 @@ from tools.bench.broker import (
 from tools.bench.census import census, census_table
 from tools.bench.cpu import BrokerCpu, percent, proc_cpu, self_cpu
 from tools.bench.machine import load_average, platform_info, revision
+from tools.bench.quick import fill_defaults
 from tools.bench.report import Progress, first_left, info_lines, markdown_table
 from tools.bench.retry import ATTEMPTS, Disturbed, retry_cleanup, with_retries
 from tools.bench.stats import nearest_rank
@@ -1198,8 +1199,8 @@ def db_casts_unavailable(dsn: str, info: dict[str, str]) -> str | None:
 def main(args: argparse.Namespace) -> int:
     """Run ``services`` with parsed arguments; print the report to stdout.
     Returns 0, or 1 if a flow failed on every attempt."""
-    n = args.containers if args.containers is not None else (
-        QUICK_CONTAINERS if args.quick else DEFAULT_CONTAINERS)
+    fill_defaults(args, {"containers": (DEFAULT_CONTAINERS, QUICK_CONTAINERS)})
+    n = args.containers
     if n < 1:
         raise SystemExit("--containers must be at least 1")
     opt = Options(url=args.url, containers=n, capacity=args.capacity or max(MIN_CAPACITY, n),
