@@ -86,10 +86,8 @@ async def _delete_group_async(args: argparse.Namespace, where: str) -> int:
     settings = args.settings
     conn = await connect_first(settings.amqp_urls)
     async with conn:
-        if args.watch_s > 0:
-            print(f"reading {where}, then watching it {args.watch_s:g}s for replicas still "
-                  "running", file=sys.stderr, flush=True)
-        found = await survey(conn, settings, args.replica or (), args.watch_s)
+        found = await survey(conn, settings, args.replica or (), args.watch_s,
+                             lambda line: print(line, file=sys.stderr, flush=True))
         if found.empty:
             print(f"{where}: nothing on the broker; nothing to delete")
             return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -143,18 +143,21 @@ async def _watch(conn: AbstractConnection, settings: Settings, watch_s: float) -
 
 
 async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iterable[str] = (),
-                 watch_s: float = 5.0) -> Survey:
+                 watch_s: float = 5.0, say: Callable[[str], None] = lambda line: None
+                 ) -> Survey:
     """What ``settings.group`` has on the broker reached by ``conn``, with the queues of
     the members its stream names and of ``replica_ids``; watched for ``watch_s`` seconds
     (0: not watched) for messages of replicas still running. Reads the whole stream
-    (progress on stderr) and publishes one heartbeat of a throwaway replica id to it,
-    which no replica keeps (its clock is empty)."""
+    (progress on stderr; ``say`` is told before) and publishes one heartbeat of a
+    throwaway replica id to it, which no replica keeps (its clock is empty)."""
     names = Topology.of(settings)
     found = Survey(settings.group)
     found.exchanges = [x for x in names.exchanges if await _exists(conn, x, True) is not None]
     ids = set(replica_ids)
     me = f"{THROWAWAY[0]}{uuid.uuid4().hex[:8]}"
     if names.exchange in found.exchanges and await _exists(conn, names.stream, False) is not None:
+        say(f"reading {names.stream}" + (f", then watching the group {watch_s:g}s for "
+                                            "replicas still running" if watch_s > 0 else ""))
         members, heard = await _read_members(conn, settings, watch_s, me)
         found.members, found.heard = sorted(members), sorted(heard)
         ids |= members
