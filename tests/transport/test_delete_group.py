@@ -18,7 +18,7 @@ import pytest
 
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
-from tests.broker import group_settings, node
+from tests.broker import group_settings, node, rabbitmqctl
 
 
 @pytest.fixture
@@ -98,3 +98,22 @@ async def test_a_group_whose_replica_still_runs_is_not_deleted(settings: Setting
         assert Topology.of(settings).stream in await existing(settings)
     finally:
         await a.stop()
+
+
+def test_a_deletion_the_broker_refuses_says_what_it_had_deleted(settings: Settings) -> None:
+    """A broker user that may read and write but not configure: the first deletion is
+    refused, and the command says so, and that it had deleted nothing."""
+    asyncio.run(used_by(settings))
+    user, password = f"nodelete-{settings.group}", "pw"
+    rabbitmqctl("add_user", user, password)
+    try:
+        rabbitmqctl("set_permissions", "-p", "/", user, "^$", ".*", ".*")
+        url = settings.amqp_url.replace("guest:guest@", f"{user}:{password}@")
+        refused = delete_group(Settings(**{**settings.__dict__, "amqp_url": url}),
+                               "--watch-s", "0", "--yes")
+        assert refused.returncode == 1, refused
+        assert "refused to delete" in refused.stderr and "after deleting 0" in refused.stderr, \
+            refused.stderr
+        assert Topology.of(settings).exchange in asyncio.run(existing(settings))
+    finally:
+        rabbitmqctl("delete_user", user)

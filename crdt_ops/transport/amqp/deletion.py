@@ -172,11 +172,22 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
     return found
 
 
+class DeletionRefused(Exception):
+    """The broker refused to delete ``name`` (``cause``: its error) after ``deleted``
+    were deleted."""
+
+    def __init__(self, name: str, deleted: list[str], cause: BaseException) -> None:
+        super().__init__(f"the broker refused to delete {name} ({cause}) after deleting "
+                         f"{len(deleted)}: {', '.join(deleted) or 'none'}")
+        self.name, self.deleted, self.cause = name, deleted, cause
+
+
 async def delete(conn: AbstractConnection, found: Survey, strict: bool = True) -> list[str]:
     """Delete what ``found`` lists (queues first, then exchanges), each on a channel of its
     own; returns the names deleted. One already gone is passed over; any other refusal (a
-    broker user without the configure permission) raises, or with ``strict`` False is
-    passed over too (a test's cleanup)."""
+    broker user without the configure permission) raises :class:`DeletionRefused`, naming
+    what was deleted before it, or with ``strict`` False is passed over too (a test's
+    cleanup)."""
     deleted: list[str] = []
     for name, is_exchange in [(q, False) for q in found.queues] + \
             [(x, True) for x in found.exchanges]:
@@ -189,9 +200,9 @@ async def delete(conn: AbstractConnection, found: Survey, strict: bool = True) -
             deleted.append(name)
         except aio_pika.exceptions.ChannelNotFoundEntity:
             pass
-        except Exception:
+        except Exception as e:
             if strict:
-                raise
+                raise DeletionRefused(name, deleted, e) from e
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
