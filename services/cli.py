@@ -65,6 +65,11 @@ def _retire(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The longest ``crdt-ops delete-group --watch-s`` (seconds): a replica beats at least every
+#: fifth of its lease, and a heartbeat is sent every fifth tick whatever it writes.
+MAX_WATCH_S = 3600.0
+
+
 def _delete_group(args: argparse.Namespace) -> int:
     from crdt_ops.transport.amqp import redact_urls
 
@@ -83,38 +88,46 @@ async def _delete_group_async(args: argparse.Namespace, where: str) -> int:
     from crdt_ops.transport.amqp import connect_first
     from crdt_ops.transport.amqp.deletion import delete, survey
 
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
     settings = args.settings
+    ask = not args.yes and sys.stdin.isatty()
     conn = await connect_first(settings.amqp_urls)
     async with conn:
-        found = await survey(conn, settings, args.replica or (), args.watch_s,
-                             lambda line: print(line, file=sys.stderr, flush=True))
+        # without --yes and a terminal it refuses after the listing: no watch for that
+        found = await survey(conn, settings, args.replica or (),
+                             args.watch_s if args.yes or ask else 0.0, say)
         if found.empty:
             print(f"{where}: nothing on the broker; nothing to delete")
             return 0
         print(f"{where}: members {', '.join(found.members) or '(none found)'}")
         for name in found.queues + found.exchanges:
-            print(f"  {name}")
+            print(f"  {found.kind(name):8} {name}")
+        print("(members are read from the group's stream: a member that never published to "
+              "it, or whose messages its retention dropped, is named with --replica)")
         if found.in_use and not args.force:
             running = sorted(set(found.heard) | {q.rsplit('.', 1)[-1] for q in found.consumers})
-            print(f"crdt-ops delete-group: {', '.join(running)} still run (their messages "
-                  "arrived, or they consume their queues): stop every replica of the group "
-                  "first (a replica still running declares the group again, empty), or pass "
-                  "--force; nothing deleted", file=sys.stderr, flush=True)
+            say(f"crdt-ops delete-group: still running: {', '.join(running)} (their messages "
+                "arrived, or they consume their queues): stop every replica of the group first "
+                "(a replica still running declares the group again, empty), or pass --force; "
+                "nothing deleted")
             return 1
         if not args.yes:
-            if not sys.stdin.isatty():
-                print("crdt-ops delete-group: pass --yes to delete these (no terminal to ask "
-                      "on); nothing deleted", file=sys.stderr, flush=True)
+            if not ask:
+                say("crdt-ops delete-group: pass --yes to delete these (no terminal to ask on); "
+                    "nothing deleted")
                 return 1
-            answer = await asyncio.to_thread(input, f"delete these {len(found.queues)} "
-                                             f"queues and {len(found.exchanges)} exchanges, "
-                                             "and the group's history with them? [y/N] ")
+            n = len(found.queues) + len(found.exchanges)
+            answer = await asyncio.to_thread(input, f"delete these {n} objects, and the "
+                                             "group's history with them? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted")
                 return 1
         deleted = await delete(conn, found)
-    print(f"deleted {where}: {len(deleted)} objects; a replica of it must start from a new "
-          "store (its old one holds the deleted group's state)")
+    print(f"deleted {where}: {len(deleted)} object{'s' if len(deleted) != 1 else ''}; a "
+          "replica of it must start from a new store (its old one holds the deleted group's "
+          "state)")
     return 0
 
 
@@ -217,6 +230,9 @@ def check(args: argparse.Namespace) -> None:
                 raise UsageError("--out must not be the store itself")
         elif cmd == "keygen":
             _check_keygen(args)
+        elif cmd == "delete-group" and not 0 <= args.watch_s <= MAX_WATCH_S:
+            raise UsageError(f"--watch-s must be a number of seconds from 0 to {MAX_WATCH_S:g}, "
+                             f"got {args.watch_s:g}")
         if hasattr(args, "check"):  # a tool's own checks (tools/commands.py)
             args.check(args)
     except UsageError:
@@ -304,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     dele.add_argument("--replica", action="append", metavar="ID",
                       help="a member whose queue to delete too (repeatable)")
     dele.add_argument("--watch-s", type=float, default=5.0,
-                      help="seconds to watch the group for replicas still running (default 5; "
-                      "0: do not watch)")
+                      help=f"seconds to watch the group for replicas still running (default 5, "
+                      f"at most {MAX_WATCH_S:g}; 0: do not watch)")
     dele.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
     dele.add_argument("--force", action="store_true",
                       help="delete even while a replica still runs")
     config.add_arguments(dele, only=("amqp_url", "group"))
-    dele.set_defaults(func=_delete_group, bounds={"watch_s": (0.0, False)})
+    dele.set_defaults(func=_delete_group)
 
     snap = sub.add_parser("snapshot", help="export a stopped replica's snapshot (for --bootstrap)")
     snap.add_argument("--store", required=True, help="the replica's SQLite store")

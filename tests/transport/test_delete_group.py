@@ -72,6 +72,9 @@ def test_a_stopped_group_is_deleted_once_told_to(settings: Settings) -> None:
                   *names.exchanges}
     assert asyncio.run(existing(settings)) == everything
 
+    for bad in ("-1", "inf", "nan", "abc"):
+        refused = delete_group(settings, "--watch-s", bad)
+        assert refused.returncode == 2 and "--watch-s" in refused.stderr, refused
     asked = delete_group(settings, "--watch-s", "0.5")  # no terminal: it cannot ask
     assert asked.returncode == 1, asked
     assert "pass --yes" in asked.stderr and "nothing deleted" in asked.stderr
@@ -80,7 +83,9 @@ def test_a_stopped_group_is_deleted_once_told_to(settings: Settings) -> None:
     done = delete_group(settings, "--watch-s", "0.5", "--yes")
     assert done.returncode == 0, done
     assert "members q, s" in done.stdout, done.stdout
-    assert f"  {names.queue('q')}\n" in done.stdout
+    assert f"  queue    {names.queue('q')}\n" in done.stdout
+    assert f"  stream   {names.stream}\n" in done.stdout
+    assert f"  exchange {names.exchange}\n" in done.stdout
     assert asyncio.run(existing(settings)) == set()
 
     again = delete_group(settings, "--watch-s", "0", "--yes")
@@ -94,7 +99,8 @@ async def test_a_group_whose_replica_still_runs_is_not_deleted(settings: Setting
     try:
         refused = await asyncio.to_thread(delete_group, settings, "--watch-s", "1.5", "--yes")
         assert refused.returncode == 1, refused
-        assert "s still run" in refused.stderr and "nothing deleted" in refused.stderr, refused
+        assert "still running: s " in refused.stderr and "nothing deleted" in refused.stderr, \
+            refused
         assert Topology.of(settings).stream in await existing(settings)
     finally:
         await a.stop()

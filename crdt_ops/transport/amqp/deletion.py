@@ -48,6 +48,14 @@ class Survey:
     consumers: dict[str, int] = field(default_factory=dict)
     heard: list[str] = field(default_factory=list)
 
+    def kind(self, name: str) -> str:
+        """What ``name``, one of :attr:`queues` or :attr:`exchanges`, is: ``"exchange"``,
+        ``"stream"`` (the group's, or its founding claims') or ``"queue"``."""
+        if name in self.exchanges:
+            return "exchange"
+        names = Topology(self.group)
+        return "stream" if name in (names.stream, names.founders) else "queue"
+
     @property
     def empty(self) -> bool:
         """Whether the group has nothing on the broker."""

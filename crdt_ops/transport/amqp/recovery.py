@@ -151,7 +151,8 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
         tag = await stream.consume(inbox.put, no_ack=False,
                                    arguments={"x-stream-offset": "first"})
         await exchange.publish(marker, routing_key="")
-        progress = Progress(f"reading {name}", stream.declaration_result.message_count)
+        # the marker, published once the read began, is read too
+        progress = Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
         while True:
             batch = [await inbox.get()]
             # what comes within STREAM_LINGER_S joins the batch: one transaction for it
