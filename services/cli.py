@@ -48,6 +48,11 @@ def _replica(args: argparse.Namespace) -> int:
     return run_replica(args.settings, args)
 
 
+def _first_line(e: BaseException) -> str:
+    """What an operator command says of error ``e``: its message's first line, or its type."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _retire(args: argparse.Namespace) -> int:
     from crdt_ops.transport.amqp import publish_retirement
 
@@ -57,9 +62,9 @@ def _retire(args: argparse.Namespace) -> int:
     except Exception as e:
         from crdt_ops.transport.amqp import redact_urls
 
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"crdt-ops retire: could not retire {args.retiree} from group {settings.group} "
-              f"at {redact_urls(settings.amqp_url)}: {detail}", file=sys.stderr, flush=True)
+              f"at {redact_urls(settings.amqp_url)}: {_first_line(e)}", file=sys.stderr,
+              flush=True)
         return 1
     print(f"retired {args.retiree} from group {settings.group} after its operation {last}")
     return 0
@@ -78,9 +83,8 @@ def _delete_group(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_delete_group_async(args, where))
     except Exception as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"crdt-ops delete-group: could not delete {where}: {detail}", file=sys.stderr,
-              flush=True)
+        print(f"crdt-ops delete-group: could not delete {where}: {_first_line(e)}",
+              file=sys.stderr, flush=True)
         return 1
 
 

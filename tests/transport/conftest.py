@@ -1,5 +1,6 @@
-"""Fixtures of the transport tests that restart a broker: a throwaway RabbitMQ node
-(tools.rabbitnode), and replicas that reconnect every 20 ms instead of every second."""
+"""Fixtures of the transport tests: for those that restart a broker, a throwaway RabbitMQ
+node (tools.rabbitnode) and replicas that reconnect every 20 ms instead of every second;
+for those of the store side alone, a durable replica with no broker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 import pytest
 
 from crdt_ops.transport.amqp.connection import FailoverConnection
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import DurableReplica
 from tools.rabbitnode import RabbitNode
 
 
@@ -36,3 +39,12 @@ def fast_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
         return await opened(urls, start, timeout=timeout, reconnect_interval=0.02, **kwargs)
 
     monkeypatch.setattr(FailoverConnection, "open", open_fast)
+
+
+@pytest.fixture
+def offline_durable(tmp_path: Path) -> DurableReplica:
+    """Replica ``r`` of group ``g`` with its store at ``tmp_path/r.sqlite``, opened with no
+    broker (its settings name a port nothing listens on): what it holds, logs and restores
+    is driven by the test."""
+    return DurableReplica.open(Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g",
+                                        replica_id="r", store=str(tmp_path / "r.sqlite")))

@@ -86,15 +86,14 @@ async def test_a_reaction_is_logged_with_the_delivery_that_caused_it(
         await b.stop()
 
 
-def test_deliveries_held_when_the_store_failed_are_not_logged(tmp_path: Path) -> None:
+def test_deliveries_held_when_the_store_failed_are_not_logged(
+        offline_durable: DurableReplica) -> None:
     writer = Replica("w")
     writer.found()
     founding = writer.outgoing()
     writer.counter("n").increment()
     delivery = writer.outgoing()
-    s = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g", replica_id="r",
-                 store=str(tmp_path / "r.sqlite"))
-    durable = DurableReplica.open(s)
+    durable = offline_durable
 
     async def run() -> None:
         for m in founding + delivery:
@@ -112,4 +111,4 @@ def test_deliveries_held_when_the_store_failed_are_not_logged(tmp_path: Path) ->
         await durable.close()
 
     asyncio.run(run())
-    assert Store(s.store).load()[1] == [], "nothing was logged"
+    assert Store(durable.settings.store).load()[1] == [], "nothing was logged"

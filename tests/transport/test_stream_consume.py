@@ -189,7 +189,8 @@ def test_the_offset_is_stored_in_the_transaction_of_the_deliveries_it_covers(
         store.close()
 
 
-def test_an_offset_is_logged_by_whichever_write_logs_its_deliveries(tmp_path: Path) -> None:
+def test_an_offset_is_logged_by_whichever_write_logs_its_deliveries(
+        offline_durable: DurableReplica) -> None:
     """A heartbeat's or a reaction's commit that logs deliveries before their batch ends
     logs their offset too; a restore from the store drops the offsets held with what it
     dropped."""
@@ -200,9 +201,7 @@ def test_an_offset_is_logged_by_whichever_write_logs_its_deliveries(tmp_path: Pa
     one = writer.outgoing()
     writer.counter("n").increment()
     two = writer.outgoing()
-    s = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g", replica_id="r",
-                 store=str(tmp_path / "r.sqlite"))
-    durable = DurableReplica.open(s)
+    durable = offline_durable
 
     async def run() -> None:
         for m in one:

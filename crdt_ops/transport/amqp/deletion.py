@@ -18,20 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from crdt_ops.errors import InvalidMessage
-from crdt_ops.replica import Replica
-from crdt_ops.transport.amqp.recovery import read_stream
-from crdt_ops.transport.auth import message
+from crdt_ops.transport.amqp.recovery import THROWAWAY, origin_of, origins
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
-from crdt_ops.wire import codec
 
 
 @dataclass
@@ -86,46 +81,24 @@ async def _exists(conn: AbstractConnection, name: str, exchange: bool) -> int | 
             await channel.close()
 
 
-#: Prefixes of the throwaway replica ids of operator commands, whose one heartbeat (a
-#: marker to read the stream up to) is no member's: ``delete-group``'s and ``retire``'s
-#: (:func:`~crdt_ops.transport.amqp.recovery.last_operation`). A member named so is found
-#: only when given (``--replica``).
-THROWAWAY = ("delete-", "retire-")
+def _member(body: bytes) -> str | None:
+    """The replica that sent message ``body`` (operations or a heartbeat), or None (none,
+    or an operator command's :data:`~crdt_ops.transport.amqp.recovery.THROWAWAY` id: a
+    member named so is found only when given, ``--replica``)."""
+    sent = origin_of(body)
+    return None if sent is None or sent[0].startswith(THROWAWAY) else sent[0]
 
 
-def _origin(msg: AbstractIncomingMessage) -> str | None:
-    """The replica that sent ``msg`` (an operation batch or a heartbeat), or None (none,
-    or an operator command's throwaway id)."""
-    try:
-        body = codec.decode(msg.body)
-    except InvalidMessage:
-        return None
-    origin = getattr(body, "origin", None)
-    if not isinstance(origin, str) or not origin or origin.startswith(THROWAWAY):
-        return None
-    return origin
-
-
-async def _read_members(conn: AbstractConnection, settings: Settings, watch_s: float,
-                        me: str) -> tuple[set[str], set[str]]:
-    """The replica ids the group's stream names, from its start to a marker published now
-    by ``me``; then those whose messages arrive within ``watch_s`` seconds after it."""
+async def _members(conn: AbstractConnection, settings: Settings) -> set[str]:
+    """The replica ids the group's stream names, from its start to a marker published now."""
     channel = await conn.channel(publisher_confirms=True)
-    members: set[str] = set()
-    heard: set[str] = set()
     try:
         exchange = await channel.get_exchange(Topology.of(settings).exchange)
-        marker = message(settings, Replica(me).clock_message(),
-                         message_id=f"survey-{uuid.uuid4().hex}")
-        async for batch in read_stream(conn, settings, exchange, marker):
-            members.update(o for o in map(_origin, batch) if o is not None)
-            await batch[-1].ack(multiple=True)
-        if watch_s > 0:
-            heard = await _watch(conn, settings, watch_s)
+        return {m for m in await origins(conn, settings, exchange, "delete-")
+                if not m.startswith(THROWAWAY)}
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
-    return members, heard
 
 
 async def _watch(conn: AbstractConnection, settings: Settings, watch_s: float) -> set[str]:
@@ -137,9 +110,9 @@ async def _watch(conn: AbstractConnection, settings: Settings, watch_s: float) -
         stream = await channel.get_queue(Topology.of(settings).stream)
 
         async def take(msg: AbstractIncomingMessage) -> None:
-            origin = _origin(msg)
-            if origin is not None:
-                heard.add(origin)
+            member = _member(msg.body)
+            if member is not None:
+                heard.add(member)
             await msg.ack()
 
         await stream.consume(take, arguments={"x-stream-offset": "next"})
@@ -161,22 +134,23 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
     names = Topology.of(settings)
     found = Survey(settings.group)
     found.exchanges = [x for x in names.exchanges if await _exists(conn, x, True) is not None]
+    shared = [q.name for q in names.shared()]
+    present = {q: await _exists(conn, q, False) for q in shared}
     ids = set(replica_ids)
-    me = f"{THROWAWAY[0]}{uuid.uuid4().hex[:8]}"
-    if names.exchange in found.exchanges and await _exists(conn, names.stream, False) is not None:
+    if names.exchange in found.exchanges and present[names.stream] is not None:
         say(f"reading {names.stream}" + (f", then watching the group {watch_s:g}s for "
                                             "replicas still running" if watch_s > 0 else ""))
-        members, heard = await _read_members(conn, settings, watch_s, me)
-        found.members, found.heard = sorted(members), sorted(heard)
+        members = await _members(conn, settings)
+        found.members = sorted(members)
+        found.heard = sorted(await _watch(conn, settings, watch_s)) if watch_s > 0 else []
         ids |= members
-    queues, _ = names.objects(sorted(ids))
-    for q in queues:
+    for q in [names.queue(r) for r in sorted(ids)]:  # the member queues
         consumers = await _exists(conn, q, False)
-        if consumers is None:
-            continue
-        found.queues.append(q)
-        if consumers and q not in (names.stream, names.founders):  # (stream counts linger)
+        if consumers is not None:
+            found.queues.append(q)
+        if consumers:  # (not the streams': their consumer counts outlive their channels)
             found.consumers[q] = consumers
+    found.queues += [q for q in shared if present[q] is not None]
     return found
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from crdt_ops.replica import Replica
 from crdt_ops.transport.amqp.connection import connect_first
-from crdt_ops.transport.amqp.recovery import last_operation
+from crdt_ops.transport.amqp.recovery import last_operation, throwaway_id
 from crdt_ops.transport.amqp.stream_ready import stream_takes_writes
 from crdt_ops.transport.auth import message, signer_of
 from crdt_ops.transport.config import Settings
@@ -67,7 +66,7 @@ async def publish_retirement(settings: Settings, replica_id: str) -> int:
     async with conn:
         channel = await conn.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(names.exchange)
-        nobody = Replica(f"retire-{uuid.uuid4().hex[:8]}")  # a heartbeat every reader skips
+        nobody = Replica(throwaway_id("retire-"))  # a heartbeat every reader skips
         await stream_takes_writes(
             conn, names.stream,
             lambda mid: message(settings, nobody.clock_message(), message_id=mid),

@@ -176,18 +176,49 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
             await channel.close()
 
 
+#: Prefixes of the throwaway replica ids of operator commands (:func:`throwaway_id`), whose
+#: heartbeats in a stream (markers, probes) are no member's: ``retire``'s and
+#: ``delete-group``'s.
+THROWAWAY = ("retire-", "delete-")
+
+
+def throwaway_id(prefix: str) -> str:
+    """A new replica id for an operator command's heartbeats (``prefix``, one of
+    :data:`THROWAWAY`): its clock is empty, so every reader skips them."""
+    assert prefix in THROWAWAY, prefix
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def origin_of(body: bytes) -> tuple[str, int] | None:
+    """Who sent message ``body`` and the sequence number of its last operation in it (0: a
+    heartbeat, no operation); None if it names no sender (or cannot be decoded)."""
+    try:
+        decoded = codec.decode(body)
+    except InvalidMessage:
+        return None
+    origin = getattr(decoded, "origin", None)
+    if not isinstance(origin, str) or not origin:
+        return None
+    return origin, decoded.last_seq if isinstance(decoded, Batch) else 0
+
+
+async def origins(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
+                  prefix: str) -> dict[str, int]:
+    """Every sender in the group's stream, from its start to a marker published now (a
+    heartbeat of a :func:`throwaway_id` with ``prefix``), and the sequence number of its
+    last operation there (0: heartbeats only)."""
+    found: dict[str, int] = {}
+    marker = message(settings, Replica(throwaway_id(prefix)).clock_message(),
+                     message_id=f"{prefix}{uuid.uuid4().hex}")
+    async for batch in read_stream(conn, settings, exchange, marker):
+        for sent in filter(None, (origin_of(msg.body) for msg in batch)):
+            found[sent[0]] = max(found.get(sent[0], 0), sent[1])
+        await batch[-1].ack(multiple=True)
+    return found
+
+
 async def last_operation(conn: AbstractConnection, settings: Settings,
                          exchange: AbstractExchange, replica_id: str) -> int:
     """The sequence number of ``replica_id``'s last operation in the group's stream
     (0: none): what a retirement of it must name (everything it published is there)."""
-    last = 0
-    marker = message(settings, Replica(f"retire-{uuid.uuid4().hex[:8]}").clock_message(),
-                     message_id=f"retire-{uuid.uuid4().hex}")
-    async for batch in read_stream(conn, settings, exchange, marker):
-        for msg in batch:
-            with contextlib.suppress(InvalidMessage):
-                body = codec.decode(msg.body)
-                if isinstance(body, Batch) and body.origin == replica_id:
-                    last = max(last, body.last_seq)
-        await batch[-1].ack(multiple=True)
-    return last
+    return (await origins(conn, settings, exchange, "retire-")).get(replica_id, 0)
