@@ -119,7 +119,9 @@ DEFAULT_CONTAINERS = 200
 QUICK_CONTAINERS = 20
 MIN_CAPACITY = 200  # per worker
 WORKERS = ("worker-1", "worker-2")
-WARMUP = 2  # containers started (and waited for) before the timed ones, not counted
+#: containers started (and waited for) before the timed ones, not counted: at least this
+#: many, and one per worker (:func:`warmups`)
+WARMUP = 2
 COMMAND = "sleep 1000000"
 START_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 60.0
@@ -554,14 +556,22 @@ async def timed_start(p: Platform, cid: str) -> Sample:
     return sample
 
 
+def warmups(opt: Options) -> int:
+    """How many warm-up Starts a platform of ``opt.workers`` gets: :data:`WARMUP`, and at
+    least one per worker (logic places each on the least loaded node, so each worker
+    starts one), so that no worker's first Start (its first container process, its first
+    reaction) is timed, however many workers the platform has."""
+    return max(WARMUP, len(opt.workers))
+
+
 async def _crdt_ops_measure(opt: Options, p: Platform,
                             counters: Callable[[], dict[str, float]] | None = None
                             ) -> FlowResult:
     n = opt.containers
     services = p.services
     cids = await create_records(p.base, n, "bench")
-    warm = await create_records(p.base, WARMUP, "warmup")
-    opt.progress(f"crdt-ops: created {n} + {WARMUP} warm-up containers; warming up")
+    warm = await create_records(p.base, warmups(opt), "warmup")
+    opt.progress(f"crdt-ops: created {n} + {len(warm)} warm-up containers; warming up")
 
     async def start(cid: str) -> Sample:
         return await timed_start(p, cid)
