@@ -63,6 +63,7 @@ from crdt_ops.transport.echo import EchoWatch
 from crdt_ops.transport.loop_lag import LoopLag
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.topology import Topology, declare, declare_member
+from crdt_ops.transport.waiting import jittered
 
 log = logging.getLogger(__name__)
 
@@ -706,7 +707,8 @@ class AmqpNode:
         return self._echo.heard_through
 
     async def _heartbeat(self) -> None:
-        """Every ``heartbeat_s``: publish this replica's clock (a heartbeat), unless it
+        """Every ``heartbeat_s`` (on average: :func:`~crdt_ops.transport.waiting.jittered`):
+        publish this replica's clock (a heartbeat), unless it
         sealed operations of its own since the last tick. Their batches told the group
         its clock already (a batch carries the clock entries that grew since the one
         before: :class:`~crdt_ops.ops.Batch`), and they come back as echoes
@@ -715,7 +717,7 @@ class AmqpNode:
         :data:`BEAT_AT_LEAST_EVERY` ticks. That one carries its whole clock: a replica that
         missed the start of the deltas (it replayed a stream already cut by its
         retention) learns the entries that no longer grow from it."""
-        await asyncio.sleep(self.settings.heartbeat_s)
+        await asyncio.sleep(jittered(self.settings.heartbeat_s))
         await self.durable.store_ok.wait()
         own = self.replica.clock.get(self.replica_id, 0)
         self._skipped = 0 if own == self._own_at_tick else self._skipped + 1
