@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from crdt_ops.policy import belongs
-from crdt_ops.transport import Node, config, provision
+from crdt_ops.transport import Node, collector, config, provision
 from crdt_ops.transport.amqp import redact_urls
 from crdt_ops.transport.amqp.groups import AmqpGroups
 from crdt_ops.transport.groups import NodeGroups
@@ -251,6 +251,9 @@ async def run_service(role: str, service: Service) -> str:
     except BaseException:
         await stop_node(node)
         raise
+    # what it holds once up (modules, the restored replicas) is scanned by no full
+    # garbage collection again, nor what survives one (crdt_ops/transport/collector.py)
+    collector.freeze_survivors()
     tasks = []
     runner = None
     try:
