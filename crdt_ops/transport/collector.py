@@ -4,7 +4,7 @@ CPython's cyclic garbage collector scans every object it tracks in a full (gener
 collection, on the event loop, holding every delivery and hop behind it. A replica
 process tracks a few hundred thousand objects of its own (the modules it imported, its
 connection, its groups) and more with every record it holds: a full collection took
-37-152 ms in web and logic as the platform grew to 30,000 records, and 400 ms in a bare
+20-152 ms in web and logic as the platform grew to 30,000 records, and 400 ms in a bare
 replica holding 50,000 records not yet settled (BENCHMARKS.md, 2026-12-05, sixteenth
 session). CPython starts one each time the objects that survived into generation 2 since
 the last one reach a quarter of those it kept then.
