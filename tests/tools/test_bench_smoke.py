@@ -194,7 +194,8 @@ def test_shared_helpers() -> None:
 def test_cells_bench_smoke() -> None:
     """``bench cells`` with 4 workers in 2 cells: both platforms' rows, a worker of the
     split platform receiving fewer messages during the Starts than one of the single
-    cell, and every container of the killed cell on again elsewhere, none left running."""
+    cell, every container of the killed cell on again elsewhere, none left running, and
+    each platform's worst event-loop stalls."""
     out = run_bench("cells", "--quick")  # 4 workers in 2 cells, 6 Starts
     rows = table(out, "platform")
     assert [r[0] for r in rows] == ["2 workers in 1 cell", "4 workers in 2 cells"], rows
@@ -213,3 +214,9 @@ def test_cells_bench_smoke() -> None:
     assert floor and int(floor[1]) >= 1 and 0 < float(floor[2]) < 50, out
     per = re.findall(r"workers? in \d cells? ([0-9.]+) ms", out)
     assert len(per) == 2 and all(float(x) > 0 for x in per), out
+    # each platform's worst event-loop stalls, as its services said when they stopped
+    stalls = re.findall(r"Worst event-loop stall over the whole run \((\d workers in \d cells?);"
+                        r".*: logic ([0-9.]+), web ([0-9.]+), workers up to ([0-9.]+) "
+                        r"\(worker-\d\)", out)
+    assert [s[0] for s in stalls] == ["2 workers in 1 cell", "4 workers in 2 cells"], out
+    assert all(float(x) >= 0 for s in stalls for x in s[1:]), out

@@ -31,7 +31,10 @@ message at the rate a worker of the cells platform received messages during the 
 beside what the workers spent per message (all their CPU over all their messages); and what
 the workers' messages would cost at that floor, in share of a core. On a machine whose cores
 the workers share with web, logic and the broker, this bounds how close the two platforms
-can come, whatever crdt-ops does per delivery.
+can come, whatever crdt-ops does per delivery. And for each platform, logic's, web's and the
+slowest worker's worst event-loop stall over the run, as each said when it stopped (a full
+garbage collection, or heartbeats in step, shows there first). Each platform gets one
+warm-up Start per worker first (:func:`tools.bench.services.warmups`).
 
 Targets (issue 15): Start->on p50 and p99 of the cells platform within 1.2x of the
 baseline's; a worker's received messages per second and resident memory follow its cell
@@ -69,6 +72,7 @@ from tools.bench.services import (
     Platform,
     _crdt_ops_measure,
     running_platform,
+    worst_stall,
 )
 from tools.bench.stats import nearest_rank
 
@@ -97,6 +101,9 @@ class Run:
     #: share of one core over the idle window: every worker together, their guards
     #: together, logic, web, broker
     idle_cpu: dict[str, float] = field(default_factory=dict)
+    #: each service's event loop's worst stall over its whole run (s; None: not said), as
+    #: it said when it stopped: logic, web and every worker
+    stalls: dict[str, float | None] = field(default_factory=dict)
     moved: int = 0
     move_s: float | None = None
     left_running: int = 0
@@ -140,6 +147,8 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
                   1000 * nearest_rank(totals, 0.99), idle, busy, rss, front, cpu, idle_cpu)
         if kill_cell:
             await _kill_a_cell(opt, p, run)
+    run.stalls = {name: worst_stall(workdir / f"{name}.log")
+                  for name in ("logic", "web", *workers)}
     return run
 
 
@@ -250,9 +259,24 @@ def report(runs: list[Run], opt: Options, idle_s: float, floor: Floor | None = N
         lines.append(f"- Cell c0's workers killed: {cells.moved} containers on again in other "
                      f"cells after {cells.move_s:.1f} s; {cells.left_running} of their old "
                      "processes still running (0: none ran twice).")
+    lines += [stall_line(r) for r in runs if r.stalls]
     if floor is not None:
         lines += floor_lines(runs, floor)
     return "\n".join(lines)
+
+
+def stall_line(run: Run) -> str:
+    """Logic's, web's and the slowest worker's worst event-loop stall over the run (a full
+    garbage collection or heartbeats in step show here first), as a report line."""
+    def ms(v: float | None) -> str:
+        return "?" if v is None else f"{1000 * v:.1f}"
+    workers = {k: v for k, v in run.stalls.items() if k not in ("logic", "web")}
+    said = {k: v for k, v in workers.items() if v is not None}
+    worst = max(said, key=lambda k: said[k]) if said else None
+    return (f"- Worst event-loop stall over the whole run ({run.label}; creates, warm-up, "
+            f"Starts; as each said when it stopped), ms: logic {ms(run.stalls.get('logic'))}, "
+            f"web {ms(run.stalls.get('web'))}, workers "
+            + (f"up to {ms(said[worst])} ({worst})" if worst else "?") + ".")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
