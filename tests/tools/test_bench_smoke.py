@@ -215,8 +215,9 @@ def test_cells_bench_smoke() -> None:
     per = re.findall(r"workers? in \d cells? ([0-9.]+) ms", out)
     assert len(per) == 2 and all(float(x) > 0 for x in per), out
     # each platform's worst event-loop stalls, as its services said when they stopped
+    at = r" \(at \d+ s\)"
     stalls = re.findall(r"Worst event-loop stall over the whole run \((\d workers in \d cells?);"
-                        r".*: logic ([0-9.]+), web ([0-9.]+), workers up to ([0-9.]+) "
-                        r"\(worker-\d\)", out)
+                        rf".*: logic ([0-9.]+){at}, web ([0-9.]+){at}, workers up to "
+                        rf"([0-9.]+){at} \(worker-\d\)", out)
     assert [s[0] for s in stalls] == ["2 workers in 1 cell", "4 workers in 2 cells"], out
     assert all(float(x) >= 0 for s in stalls for x in s[1:]), out

@@ -70,6 +70,7 @@ from tools.bench.retry import Disturbed, with_retries
 from tools.bench.services import (
     Options,
     Platform,
+    Stall,
     _crdt_ops_measure,
     running_platform,
     worst_stall,
@@ -101,9 +102,9 @@ class Run:
     #: share of one core over the idle window: every worker together, their guards
     #: together, logic, web, broker
     idle_cpu: dict[str, float] = field(default_factory=dict)
-    #: each service's event loop's worst stall over its whole run (s; None: not said), as
-    #: it said when it stopped: logic, web and every worker
-    stalls: dict[str, float | None] = field(default_factory=dict)
+    #: each service's event loop's worst stall over its whole run (None: not said), as it
+    #: said when it stopped: logic, web and every worker
+    stalls: dict[str, Stall | None] = field(default_factory=dict)
     moved: int = 0
     move_s: float | None = None
     left_running: int = 0
@@ -266,17 +267,18 @@ def report(runs: list[Run], opt: Options, idle_s: float, floor: Floor | None = N
 
 
 def stall_line(run: Run) -> str:
-    """Logic's, web's and the slowest worker's worst event-loop stall over the run (a full
-    garbage collection or heartbeats in step show here first), as a report line."""
-    def ms(v: float | None) -> str:
-        return "?" if v is None else f"{1000 * v:.1f}"
-    workers = {k: v for k, v in run.stalls.items() if k not in ("logic", "web")}
-    said = {k: v for k, v in workers.items() if v is not None}
-    worst = max(said, key=lambda k: said[k]) if said else None
-    return (f"- Worst event-loop stall over the whole run ({run.label}; creates, warm-up, "
-            f"Starts; as each said when it stopped), ms: logic {ms(run.stalls.get('logic'))}, "
-            f"web {ms(run.stalls.get('web'))}, workers "
-            + (f"up to {ms(said[worst])} ({worst})" if worst else "?") + ".")
+    """Logic's, web's and the slowest worker's worst event-loop stall over the run, and
+    when (s after the service's start: the platform starts, creates, warms up, times the
+    Starts, then kills a cell), as a report line. A full garbage collection, or heartbeats
+    in step, show here first."""
+    def said(v: Stall | None) -> str:
+        return "?" if v is None else f"{1000 * v.s:.1f} (at {v.at_s:.0f} s)"
+    workers = {k: v for k, v in run.stalls.items() if k not in ("logic", "web") and v}
+    worst = max(workers, key=lambda k: workers[k].s) if workers else None
+    return (f"- Worst event-loop stall over the whole run ({run.label}; as each said when it "
+            f"stopped), ms: logic {said(run.stalls.get('logic'))}, web "
+            f"{said(run.stalls.get('web'))}, workers "
+            + (f"up to {said(workers[worst])} ({worst})" if worst else "?") + ".")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -89,7 +89,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aio_pika
 import aiohttp
@@ -252,8 +252,8 @@ class FlowResult:
     seconds: float  # wall time of the timed phase
     cpu: dict[str, float | None]  # process -> CPU seconds over the timed phase
     attempts: int = 1
-    #: crdt-ops service -> its event loop's worst stall over its run (s; None: not said)
-    stalls: dict[str, float | None] = field(default_factory=dict)
+    #: crdt-ops service -> its event loop's worst stall over its run (None: not said)
+    stalls: dict[str, Stall | None] = field(default_factory=dict)
     #: counter -> how much it grew over the timed phase (see :func:`time_starts`)
     counts: dict[str, float] = field(default_factory=dict)
 
@@ -501,15 +501,22 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                                      opt.progress)
 
 
-_WORST_STALL = re.compile(r"its event loop's worst stall was ([0-9.]+) ms")
+_WORST_STALL = re.compile(r"its event loop's worst stall was ([0-9.]+) ms, ([0-9]+)s after")
 
 
-def worst_stall(path: Path) -> float | None:
-    """The worst event-loop stall (s) a service's log says it had, in the line its replica
+class Stall(NamedTuple):
+    """A service's worst event-loop stall: how long (s) and when (s after its start)."""
+
+    s: float
+    at_s: float
+
+
+def worst_stall(path: Path) -> Stall | None:
+    """The worst event-loop stall a service's log says it had, in the line its replica
     logs when it stops (crdt_ops.transport.loop_lag); None if there is none."""
     text = path.read_text(errors="replace") if path.exists() else ""
     found = _WORST_STALL.findall(text)
-    return float(found[-1]) / 1000 if found else None
+    return Stall(float(found[-1][0]) / 1000, float(found[-1][1])) if found else None
 
 
 async def crdt_ops_flow(opt: Options, workdir: Path) -> FlowResult:
@@ -1145,7 +1152,7 @@ def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) ->
         if r.stalls:
             out += ["", f"Worst event-loop stall of each {r.flow} service over its whole run "
                     "(creates, warm-up and timed Starts; as each said when it stopped), ms: "
-                    + ", ".join(f"{k} {'?' if v is None else f'{1000 * v:.1f}'}"
+                    + ", ".join(f"{k} {'?' if v is None else f'{1000 * v.s:.1f}'}"
                                 for k, v in r.stalls.items())]
     return "\n".join(out)
 
