@@ -45,7 +45,6 @@ class _Freezer:
         self.monotonic = monotonic
         self.rescan_s = RESCAN_S
         self.scanned_at = monotonic()  # the last full collection that scanned everything
-        self.rescans = 0
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase != "stop" or info.get("generation") != 2:
@@ -54,7 +53,6 @@ class _Freezer:
         if gc.get_freeze_count() and now - self.scanned_at >= self.rescan_s:
             gc.unfreeze()  # the next full collection scans (and frees) what was frozen
             self.scanned_at = now
-            self.rescans += 1
         else:
             gc.freeze()
 

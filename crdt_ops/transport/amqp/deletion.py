@@ -81,12 +81,18 @@ async def _exists(conn: AbstractConnection, name: str, exchange: bool) -> int | 
             await channel.close()
 
 
+def _is_member(origin: str) -> bool:
+    """Whether sender ``origin`` may be a member: not an operator command's
+    :data:`~crdt_ops.transport.amqp.recovery.THROWAWAY` id (a member named so is found only
+    when given, ``--replica``)."""
+    return not origin.startswith(THROWAWAY)
+
+
 def _member(body: bytes) -> str | None:
-    """The replica that sent message ``body`` (operations or a heartbeat), or None (none,
-    or an operator command's :data:`~crdt_ops.transport.amqp.recovery.THROWAWAY` id: a
-    member named so is found only when given, ``--replica``)."""
+    """The member that sent message ``body`` (operations or a heartbeat), or None (none,
+    or not a member: :func:`_is_member`)."""
     sent = origin_of(body)
-    return None if sent is None or sent[0].startswith(THROWAWAY) else sent[0]
+    return sent[0] if sent is not None and _is_member(sent[0]) else None
 
 
 async def _members(conn: AbstractConnection, settings: Settings) -> set[str]:
@@ -94,8 +100,7 @@ async def _members(conn: AbstractConnection, settings: Settings) -> set[str]:
     channel = await conn.channel(publisher_confirms=True)
     try:
         exchange = await channel.get_exchange(Topology.of(settings).exchange)
-        return {m for m in await origins(conn, settings, exchange, "delete-")
-                if not m.startswith(THROWAWAY)}
+        return set(filter(_is_member, await origins(conn, settings, exchange, "delete-")))
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
