@@ -11,10 +11,12 @@ A :class:`WritePolicy` is a list of :class:`Rule`: the first rule whose path
 pattern matches an operation's target path decides who may write it; a path no
 rule matches is open to everyone. Patterns are per path segment: ``*`` matches
 anything within a segment, ``{name}`` captures a segment part (no dots or
-slashes) that the writer pattern must capture equally. So
+slashes) that the writer pattern must capture equally; a name captured twice on
+the path matches only equal parts. So
 ``Rule(("containers/*", "workers", "{node}"), writers=("worker.{node}",))`` lets
 only the replicas of principal ``worker.n1`` write under ``workers/n1`` of any
-container.
+container, and ``Rule(("placed/{node}/*", "workers", "{node}"), ...)`` matches
+``placed/n1/c7/workers/n1`` but not ``placed/n1/c7/workers/n2``.
 
 Guarantee: the decision depends only on the operation (its origin and target
 path), never on state or arrival order, so every replica accepts or rejects
@@ -64,7 +66,8 @@ class Rule:
                            tuple(_compile(w, prefix=True) for w in self.writers))
 
     def match(self, target: Sequence[str]) -> dict[str, str] | None:
-        """The captures if ``target`` starts with this rule's path, else None."""
+        """The captures if ``target`` starts with this rule's path (a name captured in
+        two segments capturing the same part), else None."""
         if len(target) < len(self._path):
             return None
         captures: dict[str, str] = {}
@@ -72,7 +75,9 @@ class Rule:
             m = pattern.fullmatch(segment)
             if m is None:
                 return None
-            captures.update(m.groupdict())
+            for name, part in m.groupdict().items():
+                if captures.setdefault(name, part) != part:
+                    return None
         return captures
 
     def allows(self, origin: str, captures: dict[str, str]) -> bool:

@@ -1,16 +1,17 @@
 """Container records as web and logic read them: each joined with its placement.
 
 A container is two records in two groups (services/model.py): ``containers/<id>`` in
-the platform's group, and its placement ``cells/<cell>/containers/<id>`` in the group of
-the cell that record names. :class:`Containers` offers the reads and change events of
-``containers/`` keys a service had over one record per container, with each value
-joined (:func:`services.model.joined`): listing, filters, history and the event stream
-(web) and logic's index read it as they read one record before.
+the platform's group, and its placement ``cells/<cell>/containers/<node>/<id>`` in the
+group of the cell, under the node, that record names (its *home*). :class:`Containers`
+offers the reads and change events of ``containers/`` keys a service had over one record
+per container, with each value joined (:func:`services.model.joined`): listing, filters,
+history and the event stream (web) and logic's index read it as they read one record
+before.
 
 Across the two groups nothing is ordered: a change of either record is an event of the
 joined value, computed from the other record as this process holds it then. So a reader
-may see a container's ``cell`` before its placement arrives (the joined value shows no
-node yet), and never sees a placement the record does not name.
+may see a container's home before its placement arrives (the joined value shows no
+assigned node yet), and never sees a placement the record does not name.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ class Containers:
 
     def _record_changed(self, event: ChangeEvent) -> None:
         cid = event.key[len(model.CONTAINERS):]
-        was, now = model.record_cell(event.old), model.record_cell(event.new)
+        was, now = model.record_home(event.old), model.record_home(event.new)
         placed = model.placed_in(self.records, was, cid)
-        # the same cell before and after: the same placement, read once
+        # the same home before and after: the same placement, read once
         placed_now = placed if now == was else model.placed_in(self.records, now, cid)
         old, new = model.joined(event.old, placed), model.joined(event.new, placed_now)
         if old != new:
@@ -84,10 +85,10 @@ class Containers:
         found = model.placement_of(event.key)
         if found is None:  # a node record
             return
-        cell, cid = found
+        home, cid = found
         key = model.CONTAINERS + cid
         rec = self.records.get(key)
-        if not isinstance(rec, dict) or rec.get("cell") != cell:  # an orphan: shown nowhere
+        if model.record_home(rec) != home:  # an orphan: shown nowhere
             return
         old, new = model.joined(rec, event.old), model.joined(rec, event.new)
         if old != new:

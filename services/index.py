@@ -310,8 +310,8 @@ def _discard(sets: dict[Any, set[str]], key: Any, cid: str) -> None:
 
 @dataclass
 class NodeRecords(_Kept):
-    """The placements assigned to one node (``records``: container id -> its view), of
-    its cell (``prefix``: :func:`model.placements <services.model.placements>`), kept
+    """The placements assigned to one node (``records``: container id -> its view), under
+    its prefix (``prefix``: :func:`model.placements <services.model.placements>`), kept
     from change events like :class:`ContainerIndex`: what a worker reconciles its runtime
     with, without reading every record of its cell."""
 

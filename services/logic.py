@@ -3,17 +3,19 @@ off dead ones.
 
 Reacts to every change of a container, placement or node record (and re-checks once a
 second, for nodes that fell silent). Its decisions are writes to its own replica
-(services/model.py): a container's ``cell`` and ``rejected_reason``, and its placement in
-that cell: ``assigned_node`` with ``assigned_epoch`` (the epoch of the node's lease the
-placement names: services/lease.py) and the copies of ``power_desired`` and
-``restart_generation`` the cell's worker acts on. It calls nobody.
+(services/model.py): a container's home (``cell`` and ``node``) and ``rejected_reason``,
+and its placement there: ``assigned_node`` with ``assigned_epoch`` (the epoch of the
+node's lease the placement names: services/lease.py) and the copies of ``power_desired``
+and ``restart_generation`` the node's worker acts on. It calls nobody.
 
 A container goes to the least loaded fresh node with room, in its own cell while that
-cell has one. Naming a (new) cell and writing the placement there are two steps with the
+cell has one. Naming a (new) home and writing the placement there are two steps with the
 first made durable in between (:meth:`Logic.decide`), so that a placement never exists
-without the record naming its cell, even if logic crashes between the two: the only
+without the record naming its home, even if logic crashes between the two: the only
 placements the record does not name (*orphans*: left over from a move, or from a delete)
-name an epoch that is gone or a container that is deleted, and logic removes them.
+name an epoch that is gone or a container that is deleted, and logic removes them. So a
+move between two nodes of one cell follows the rule of a move between cells, and holds
+when the nodes' records travel apart (docs/scaling.md, "The next step").
 
 A container leaves its node only once the node's epoch is *gone* for sure
 (services/liveness.py): its lease ran out, so its worker and guard stopped it.
@@ -118,6 +120,11 @@ def decisions(idx: ContainerIndex, live: dict[str, model.Node], fresh: set[str],
     return plan(candidates, live, fresh, load, running, counts, quota)
 
 
+def _home(n: model.Node) -> model.Home:
+    """Where a container placed on node ``n`` lives: (its cell, its name)."""
+    return (n.cell, n.name)
+
+
 class Logic:
     """Placement rules: a container that should run needs an owner under quota and a
     live node with free capacity; the least loaded such node gets it. ``margin_s``:
@@ -140,8 +147,8 @@ class Logic:
         self.containers = Containers(node.groups)
         #: the container records, kept from change events (services/index.py)
         self.index = ContainerIndex()
-        #: placements that may be orphans: (cell, container id), checked at the next decision
-        self.orphans: set[tuple[str, str]] = set()
+        #: keys of placements that may be orphans, checked at the next decision
+        self.orphans: set[str] = set()
         #: the node records of the cells held, by name, kept from change events (read in
         #: one go when run() starts)
         self.nodes: dict[str, model.Node] = {}
@@ -149,11 +156,11 @@ class Logic:
 
     def _cell_changed(self, event: ChangeEvent) -> None:
         """A record of a cell changed: a node's (its worker's current epoch was heard now),
-        or a placement's (an orphan if its container's record names another cell)."""
+        or a placement's (an orphan if its container's record names another home)."""
         found = model.placement_of(event.key)
         if found is not None:
             if event.new and not self._names(*found):
-                self.orphans.add(found)
+                self.orphans.add(event.key)
                 self._wake.set()
             return
         name = model.node_name(event.key)
@@ -179,11 +186,10 @@ class Logic:
                 if left_s > 0:
                     self.liveness.presume(n.name, n.epoch, started + left_s)
 
-    def _names(self, cell: str, cid: str) -> bool:
-        """Whether container ``cid``'s record names ``cell`` (so its placement there is not
+    def _names(self, home: model.Home, cid: str) -> bool:
+        """Whether container ``cid``'s record names ``home`` (so its placement there is not
         an orphan)."""
-        rec = self.node.groups.get(model.CONTAINERS + cid)
-        return isinstance(rec, dict) and rec.get("cell") == cell
+        return model.record_home(self.node.groups.get(model.CONTAINERS + cid)) == home
 
     def live_nodes(self) -> tuple[dict[str, model.Node], set[str]]:
         """The nodes whose current epoch is not gone (containers on them stay), and of
@@ -207,10 +213,10 @@ class Logic:
         """Write every decision the current state calls for; return how many. Reads only
         the records a decision may change (:func:`decisions`), and the nodes.
 
-        A placement into a cell the container's record does not name yet goes in two
-        steps: the record names the cell, logic's store takes that (``flush``), and then
-        the placement is written (unless the container was deleted meanwhile). Orphaned
-        placements are removed."""
+        A placement at a home (cell, node) the container's record does not name yet goes
+        in two steps: the record names the home, logic's store takes that (``flush``), and
+        then the placement is written (unless the container was deleted meanwhile).
+        Orphaned placements are removed."""
         r = self.node.groups
         writes = self._remove_orphans()
         live, fresh = self.live_nodes()
@@ -218,37 +224,35 @@ class Logic:
         for d in decisions(self.index, live, fresh, self.quota, self.cells):
             c = d.container
             if d.node is not None:
-                if c.cell != d.node.cell:
-                    model.container(r, c.id).register("cell").set(d.node.cell)
+                if c.home != _home(d.node):
+                    model.name_home(r, c.id, _home(d.node))
                     writes += 1
                 placing.append((c, d.node))
-            elif c.unsynced and c.cell is not None:
-                self._copy(model.placement(r, c.cell, c.id), c)
+            elif c.unsynced and c.home is not None:
+                self._copy(model.placement(r, c.home, c.id), c)
                 writes += 1
             if c.rejected_reason != d.reason:  # a reason that no longer holds goes
                 model.container(r, c.id).register("rejected_reason").set(d.reason)
                 writes += 1
-        if any(c.cell != n.cell for c, n in placing):
-            await self.node.flush()  # the cells named are durable before their placements
+        if any(c.home != _home(n) for c, n in placing):
+            await self.node.flush()  # the homes named are durable before their placements
         for c, n in placing:
-            if self._names(n.cell, c.id):  # not deleted meanwhile
+            if self._names(_home(n), c.id):  # not deleted meanwhile
                 self._place(c, n)
                 writes += 1
         return writes
 
     def _place(self, c: model.Container, n: model.Node) -> None:
-        r = self.node.groups
-        if c.cell is not None and c.cell != n.cell:
-            log.info("moving %s from cell %s (node %s) to %s in cell %s", c.id, c.cell,
-                     c.assigned_node, n.name, n.cell)
-            r.remove(model.placement_key(c.cell, c.id))  # its epoch is gone: nobody runs it
-        elif c.assigned_node and c.assigned_node != n.name:
-            log.info("moving %s from %s (its lease is over) to %s", c.id, c.assigned_node, n.name)
+        r, home = self.node.groups, _home(n)
+        if c.home is not None and c.home != home:
+            log.info("moving %s from %s in cell %s (its epoch is gone) to %s in cell %s", c.id,
+                     c.home[1], c.home[0], n.name, n.cell)
+            r.remove(model.placement_key(c.home, c.id))  # its epoch is gone: nobody runs it
         else:
             log.info("placing %s on %s in cell %s (epoch %s)", c.id, n.name, n.cell, n.epoch)
-        rec = model.placement(r, n.cell, c.id)
+        rec = model.placement(r, home, c.id)
         self._copy(rec, c)
-        if c.assigned_node != n.name or c.cell != n.cell:
+        if c.assigned_node != n.name or c.home != home:
             rec.register("assigned_node").set(n.name)
         rec.register("assigned_epoch").set(n.epoch)
 
@@ -264,25 +268,33 @@ class Logic:
         """Remove the placements noted as possible orphans that are orphans; return how
         many."""
         removed = 0
-        for cell, cid in sorted(self.orphans):
-            key = model.placement_key(cell, cid)
-            if cell in self.cells and self.node.groups.get(key) and not self._names(cell, cid):
-                log.info("removing %s's placement in cell %s (its record names %s)", cid, cell,
-                         (self.node.groups.get(model.CONTAINERS + cid) or {}).get("cell"))
-                self.node.groups.remove(key)
-                removed += 1
+        for key in sorted(self.orphans):
+            found = model.placement_of(key)
+            if found is None:  # under a cell's placements, in no node's: an older layout's
+                log.info("removing %s: a placement of the layout before placements were "
+                         "filed by node (the container is placed anew)", key)
+            else:
+                (cell, node_name), cid = found
+                if cell not in self.cells or not self.node.groups.get(key) \
+                        or self._names((cell, node_name), cid):
+                    continue
+                log.info("removing %s's placement on %s in cell %s (its record names %s)", cid,
+                         node_name, cell,
+                         model.record_home(self.node.groups.get(model.CONTAINERS + cid)))
+            self.node.groups.remove(key)
+            removed += 1
         self.orphans.clear()
         return removed
 
     def _changed(self, event: ChangeEvent) -> None:
         self.index.changed(event)
-        old, new = model.record_cell(event.old), model.record_cell(event.new)
+        old, new = model.record_home(event.old), model.record_home(event.new)
         if old is not None and old != new:  # its placement there may be left over
-            self.orphans.add((old, model.container_id(event.key)))
+            self.orphans.add(model.placement_key(old, model.container_id(event.key)))
         self._wake.set()
 
     async def _orphan_passes(self) -> None:
-        """Note every placement of the cells held whose record does not name its cell (in
+        """Note every placement of the cells held whose record does not name its home (in
         slices of ``SLICE_KEYS`` keys), now and every ``FULL_PASS_S``: the safety net."""
         while True:
             for cell in self.cells:
@@ -291,9 +303,9 @@ class Logic:
                 while True:
                     keys = self.node.groups.keys(prefix, after=after, limit=SLICE_KEYS)
                     for key in keys:
-                        cid = key[len(prefix):]
-                        if not self._names(cell, cid):
-                            self.orphans.add((cell, cid))
+                        found = model.placement_of(key)
+                        if found is None or not self._names(*found):
+                            self.orphans.add(key)
                     if len(keys) < SLICE_KEYS:
                         break
                     after = keys[-1]

@@ -11,28 +11,33 @@ A container is two records:
 
 - ``containers/<id>`` in the platform's group: what the user asked for (``name``,
   ``owner``, ``power_desired``, ``restart_generation``: web writes them, and deletes the
-  container by removing the key) and logic's answer (``cell``: the cell it is placed in;
-  ``rejected_reason``).
-- its *placement* ``cells/<cell>/containers/<id>`` in that cell's group: logic's copy of
-  ``power_desired`` and ``restart_generation`` (what the cell's worker acts on), the
-  ``assigned_node`` and ``assigned_epoch`` (the epoch of the node's lease the placement
-  names: services/lease.py), and each worker's reports in its own slot
-  ``workers/<node>`` (``power_actual``, ``pid``, ``last_error``, ``started_generation``).
+  container by removing the key) and logic's answer (its *home*: the ``cell`` and the
+  ``node`` it is placed on; ``rejected_reason``).
+- its *placement* ``cells/<cell>/containers/<node>/<id>`` in that cell's group, under
+  the prefix of the node it is placed on: logic's copy of ``power_desired`` and
+  ``restart_generation`` (what the node's worker acts on), the ``assigned_node`` and
+  ``assigned_epoch`` (the epoch of the node's lease the placement names:
+  services/lease.py), and the worker's reports in its slot ``workers/<node>``
+  (``power_actual``, ``pid``, ``last_error``, ``started_generation``).
+
+A node's record and the placements on it share the node's prefixes
+(``cells/<cell>/nodes/<node>``, ``cells/<cell>/containers/<node>/``): what concerns one
+node is found by key, so that a worker can be given its own node's records only
+(docs/scaling.md, "The next step").
 
 Logic alone creates, copies into and removes placements. A container moves to another
-cell (its nodes died or are full) as logic names the new cell in ``cell``, writes the new
-placement and removes the old one; it does so only once the old placement's epoch is
-*gone* (services/liveness.py), so the old cell's worker and guard stopped it before.
-Across the two groups nothing is ordered (crdt_ops/routing.py), so a reader joins the two
-records of a container by the ``cell`` the platform's record names (:func:`joined`,
-services/containers.py): a placement in another cell is left over from a move or a delete
-(an *orphan*), shown nowhere and removed by logic.
+node (its node's lease is over, or the node's cell has no room) as logic names the new
+home in ``cell`` and ``node``, writes the new placement and removes the old one; it does
+so only once the old placement's epoch is *gone* (services/liveness.py), so the old
+node's worker and guard stopped it before. Naming comes first and is made durable before
+the placement is written (services/logic.py): across groups nothing is ordered
+(crdt_ops/routing.py), so a reader joins the two records of a container by the home the
+platform's record names (:func:`joined`, services/containers.py): a placement elsewhere is
+left over from a move or a delete (an *orphan*), shown nowhere and removed by logic.
 
-A record shows the slot of its ``assigned_node``. So "only the worker a container is
-assigned to writes its ``power_actual``" needs no state in the write rule: a worker can
-write only its own slot (a rule on the path), and a slot of a node the container is not
-assigned to is not shown. A worker that loses a container keeps its stale slot, which
-never mixes with the new worker's reports.
+A worker can write only its own slot of the placements under its own node's prefix (a
+rule on the path), so "only the worker a container is placed on reports on it" needs no
+state in the write rule.
 
 A worker node is the OR-map at ``cells/<cell>/nodes/<name>``: its heartbeat, written
 every fifth of its lease (``services.lease.beat_interval_s``: 6 s under the default 30 s
@@ -63,12 +68,13 @@ POWER_ACTUAL = ("on", "off", "starting", "stopping", "failed")
 
 #: Who writes what; the first rule whose path matches decides.
 POLICY = WritePolicy([
-    # a worker's reports on a placed container: only into its own slot
-    Rule(("cells/*/containers/*", "workers", "{node}"), writers=("worker.{node}",)),
+    # a worker's reports on a container placed on its node: only into its own slot
+    Rule(("cells/*/containers/{node}/*", "workers", "{node}"), writers=("worker.{node}",)),
     # the rest of a placement (copies, assignment), creating and removing it
     Rule(("cells/*/containers/*",), writers=("logic",)),
     Rule(("cells/*/nodes/{node}",), writers=("worker.{node}",)),
     Rule(("containers/*", "cell"), writers=("logic",)),
+    Rule(("containers/*", "node"), writers=("logic",)),
     Rule(("containers/*", "rejected_reason"), writers=("logic",)),
     # name, owner, power_desired, restart_generation, and deleting the record
     Rule(("containers/*",), writers=("web",)),
@@ -141,23 +147,28 @@ def node_name(key: str) -> str | None:
         else None
 
 
-def placements(cell: str) -> str:
-    """The prefix of the placements in cell ``cell``."""
-    return f"{CELLS}{cell}/{CONTAINERS}"
+#: Where a container is placed: (cell, node).
+Home = tuple[str, str]
 
 
-def placement_key(cell: str, cid: str) -> str:
-    """The key of container ``cid``'s placement in cell ``cell``."""
-    return placements(cell) + cid
+def placements(cell: str, node: str | None = None) -> str:
+    """The prefix of the placements in cell ``cell``, or (``node``) of those on one of its
+    nodes."""
+    return f"{CELLS}{cell}/{CONTAINERS}" + ("" if node is None else f"{node}/")
 
 
-def placement_of(key: str) -> tuple[str, str] | None:
-    """``(cell, container id)`` of a placement's key (``cells/<cell>/containers/<id>``),
-    else None."""
-    parts = key.split("/", 3)
-    if len(parts) == 4 and parts[0] + "/" == CELLS and parts[2] + "/" == CONTAINERS \
-            and parts[1] and parts[3]:
-        return parts[1], parts[3]
+def placement_key(home: Home, cid: str) -> str:
+    """The key of container ``cid``'s placement at ``home`` (cell, node)."""
+    return placements(*home) + cid
+
+
+def placement_of(key: str) -> tuple[Home, str] | None:
+    """``((cell, node), container id)`` of a placement's key
+    (``cells/<cell>/containers/<node>/<id>``), else None."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[0] + "/" == CELLS and parts[2] + "/" == CONTAINERS \
+            and all(parts[1:]):
+        return (parts[1], parts[3]), parts[4]
     return None
 
 
@@ -184,19 +195,28 @@ def container(records: Records, cid: str) -> MapHandle:
     return records.map(CONTAINERS + cid)
 
 
-def placement(records: Records, cell: str, cid: str) -> MapHandle:
-    """Container ``cid``'s placement in cell ``cell``."""
-    return records.map(placement_key(cell, cid))
+def name_home(records: Records, cid: str, home: Home) -> None:
+    """Name ``home`` (cell, node) in container ``cid``'s record, writing only the fields
+    that differ (logic's first step of a placement)."""
+    rec = container(records, cid)
+    for field, value in zip(("cell", "node"), home, strict=True):
+        if rec.register(field).value != value:
+            rec.register(field).set(value)
+
+
+def placement(records: Records, home: Home, cid: str) -> MapHandle:
+    """Container ``cid``'s placement at ``home`` (cell, node)."""
+    return records.map(placement_key(home, cid))
 
 
 def node(records: Records, cell: str, name: str) -> MapHandle:
     return records.map(node_key(cell, name))
 
 
-def report(records: Records, cell: str, cid: str, node_name: str) -> MapHandle:
-    """The slot of container ``cid``'s placement in ``cell`` where the worker of
-    ``node_name`` reports."""
-    return placement(records, cell, cid).map("workers").map(node_name)
+def report(records: Records, home: Home, cid: str) -> MapHandle:
+    """The slot of container ``cid``'s placement at ``home`` where that node's worker
+    reports."""
+    return placement(records, home, cid).map("workers").map(home[1])
 
 
 def joined(rec: Any, placed: Any) -> Any:
@@ -240,7 +260,8 @@ class Container:
     pid: int | None
     last_error: str | None
     rejected_reason: str | None
-    cell: str | None = None  # the cell it is placed in
+    cell: str | None = None  # the cell its record names (where it is placed)
+    node: str | None = None  # the node its record names, in that cell
     #: the placement's copies of power_desired and restart_generation (None, 0: none)
     placed_desired: str | None = None
     placed_generation: int = 0
@@ -263,13 +284,18 @@ class Container:
             assigned_node=node_name, assigned_epoch=rec.get("assigned_epoch"),
             pid=slot.get("pid"),
             last_error=slot.get("last_error"), rejected_reason=rec.get("rejected_reason"),
-            cell=rec.get("cell"), placed_desired=placed.get("power_desired"),
+            cell=rec.get("cell"), node=rec.get("node"), placed_desired=placed.get("power_desired"),
             placed_generation=placed.get("restart_generation", 0))
+
+    @property
+    def home(self) -> Home | None:
+        """The (cell, node) its record names, if it names both."""
+        return None if self.cell is None or self.node is None else (self.cell, self.node)
 
     @property
     def unsynced(self) -> bool:
         """Whether its placement's copies differ from the record (logic copies them)."""
-        return self.cell is not None and (self.placed_desired, self.placed_generation) != \
+        return self.home is not None and (self.placed_desired, self.placed_generation) != \
             (self.power_desired, self.restart_generation)
 
     def as_json(self) -> dict[str, Any]:
@@ -305,19 +331,22 @@ class Node:
 _UNREAD = object()
 
 
-def record_cell(rec: Any) -> str | None:
-    """The cell a container record's plain value names (None: none, or not a record)."""
-    cell = rec.get("cell") if isinstance(rec, dict) else None
-    return cell if isinstance(cell, str) else None
+def record_home(rec: Any) -> Home | None:
+    """The home (cell, node) a container record's plain value names (None: none, or not a
+    record)."""
+    if not isinstance(rec, dict):
+        return None
+    cell, node_name = rec.get("cell"), rec.get("node")
+    return (cell, node_name) if isinstance(cell, str) and isinstance(node_name, str) else None
 
 
-def placed_in(records: Records, cell: str | None, cid: str) -> Any:
-    """The plain value of container ``cid``'s placement in ``cell`` (None: no cell, no
+def placed_in(records: Records, home: Home | None, cid: str) -> Any:
+    """The plain value of container ``cid``'s placement at ``home`` (None: no home, no
     placement, or a cell ``records`` does not hold)."""
-    if cell is None:
+    if home is None:
         return None
     try:
-        return records.get(placement_key(cell, cid))
+        return records.get(placement_key(home, cid))
     except NotHeld:
         return None
 
@@ -328,7 +357,7 @@ def joined_at(records: Records, key: str, rec: Any = _UNREAD) -> Any:
     placement in a cell ``records`` does not hold counts as none."""
     if rec is _UNREAD:
         rec = records.get(key)
-    return joined(rec, placed_in(records, record_cell(rec), key[len(CONTAINERS):]))
+    return joined(rec, placed_in(records, record_home(rec), key[len(CONTAINERS):]))
 
 
 def containers(records: Records) -> list[Container]:

@@ -4,8 +4,8 @@ It beats a heartbeat into its node record, ``cells/<cell>/nodes/<name>`` (with i
 lease's epoch and length), every ``heartbeat_s`` (a fifth of the lease unless told:
 ``services.lease.beat_interval_s``): into its cell's group, which its cell's workers,
 logic and web hold (services/model.py); a beat the broker confirmed in time renews the
-lease (services/lease.py). It holds its cell's group only: the containers it
-sees are the placements in its cell (``cells/<cell>/containers/<id>``: logic's copies of
+lease (services/lease.py). It holds its cell's group only, and reads the placements on
+its own node (``cells/<cell>/containers/<name>/<id>``: logic's copies of
 ``power_desired`` and ``restart_generation``, and the assignment). On every change it
 reconciles the containers whose placements changed; every ``reconcile_s`` (1 s), and when its
 lease starts or stops allowing containers to run, all of them with what the runtime
@@ -109,8 +109,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._retry_at: dict[str, tuple[float, float]] = {}  # cid -> (when, backoff)
         self._beat: tuple[float, float] | None = None  # (written at, committed at)
-        #: the placements assigned to this node, kept from change events (services/index.py)
-        self.assigned = NodeRecords(name, prefix=model.placements(self.cell))
+        #: the placements on this node, kept from change events (services/index.py)
+        self.assigned = NodeRecords(name, prefix=model.placements(self.cell, name))
         #: the instances running here as last seen: container id -> pid (a full reconcile
         #: lists them all; an incremental one asks about the containers it reconciles)
         self._running: dict[str, int] = {}
@@ -120,8 +120,8 @@ class Worker:
         node.groups.subscribe(self.assigned.prefix, self._changed)
 
     def _changed(self, event: ChangeEvent) -> None:
-        """A placement changed: keep this node's, and reconcile soon if it is (or was) one
-        of them; another node's placement wakes nothing."""
+        """A placement on this node changed: keep it, and reconcile soon if it is (or
+        was) assigned here."""
         cid = event.key[len(self.assigned.prefix):]
         had = cid in self.assigned.records
         self.assigned.changed(event)
@@ -276,7 +276,7 @@ class Worker:
         return 1
 
     def _report(self, cid: str, **fields: object) -> None:
-        rec = model.report(self.node.groups, self.cell, cid, self.name)
+        rec = model.report(self.node.groups, (self.cell, self.name), cid)
         for field, value in fields.items():
             if rec.register(field).value != value:
                 rec.register(field).set(value)  # type: ignore[arg-type]

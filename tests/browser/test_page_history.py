@@ -68,9 +68,9 @@ async def test_one_request_or_one_batch_is_one_entry() -> None:
         model.container(r, "c1").register("power_desired").set("on")
     await asyncio.sleep(0.05)
     async with logic.write() as r:  # as logic places it: in two groups
-        model.container(r, "c1").register("cell").set(model.DEFAULT_CELL)
+        model.name_home(r, "c1", (model.DEFAULT_CELL, "w1"))
         model.container(r, "c1").register("rejected_reason").set(None)  # a no-op: no change
-        model.placement(r, model.DEFAULT_CELL, "c1").register("assigned_node").set("w1")
+        model.placement(r, (model.DEFAULT_CELL, "w1"), "c1").register("assigned_node").set("w1")
     await asyncio.sleep(0.05)
     entries = [e.as_json() for e in h.entries("c1")]
     assert [(e["kind"], e["service"]) for e in entries[:2]] == [
@@ -82,7 +82,7 @@ async def test_one_request_or_one_batch_is_one_entry() -> None:
     # logic's block reached web as one batch per group: one entry, or one per group
     assert 3 <= len(entries) <= 4 and {e["service"] for e in entries[2:]} == {"logic"}
     assert sorted((c["field"], c["new"]) for e in entries[2:] for c in e["changes"]) == [
-        ("assigned_node", "w1"), ("cell", model.DEFAULT_CELL)]
+        ("assigned_node", "w1"), ("cell", model.DEFAULT_CELL), ("node", "w1")]
     h.record(ChangeEvent(model.CONTAINERS + "c1", {"a": 1}, {"a": 1}, "web"))  # no change
     assert len(h.entries("c1")) == len(entries)
 

@@ -98,21 +98,21 @@ class Stage:
 
     def place(self, cids: list[str], node: str, reason: str | None = None) -> None:
         """Place ``cids`` on ``node`` in the default cell as logic does (the records name
-        the cell; the placements name the node), with ``reason`` shown if given."""
-        def name_cell(r: Replica) -> None:
+        the home; the placements name the node), with ``reason`` shown if given."""
+        def name_home(r: Replica) -> None:
             for cid in cids:
-                model.container(r, cid).register("cell").set(model.DEFAULT_CELL)
+                model.name_home(r, cid, (model.DEFAULT_CELL, node))
                 if reason is not None:
                     model.container(r, cid).register("rejected_reason").set(reason)
-        self.write("logic", name_cell)
-        self.write("logic", lambda r: [model.placement(r, model.DEFAULT_CELL, cid)
+        self.write("logic", name_home)
+        self.write("logic", lambda r: [model.placement(r, (model.DEFAULT_CELL, node), cid)
                                        .register("assigned_node").set(node) for cid in cids],
                    cell=True)
 
     def report(self, node: str, cids: list[str], field: str, value: object) -> None:
         """Node ``node``'s worker reports ``field`` = ``value`` for ``cids``."""
         self.write(f"worker.{node}", lambda r: [
-            model.report(r, model.DEFAULT_CELL, cid, node).register(field).set(value)
+            model.report(r, (model.DEFAULT_CELL, node), cid).register(field).set(value)
             for cid in cids], cell=True)
 
     def beat(self, node: str, *, capacity: int, running: int, age_s: float = 0.0,

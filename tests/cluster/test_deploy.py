@@ -108,12 +108,12 @@ def test_forged_and_out_of_role_operations_change_nothing_anywhere(
                 model.container(r, "c1").register("power_desired").set("on")
             await until(lambda: bool(model.containers(logic.replica)), 20, "logic sees c1")
             async with logic.write() as r:  # one group here holds the cell's records too
-                model.container(r, "c1").register("cell").set("main")
-                model.placement(r, "main", "c1").register("assigned_node").set("w1")
+                model.name_home(r, "c1", ("main", "w1"))
+                model.placement(r, ("main", "w1"), "c1").register("assigned_node").set("w1")
             await until(lambda: model.containers(w1.replica)[0].assigned_node == "w1"
                         if model.containers(w1.replica) else False, 20, "w1 sees placement")
             async with w1.write() as r:
-                model.report(r, "main", "c1", "w1").register("power_actual").set("on")
+                model.report(r, ("main", "w1"), "c1").register("power_actual").set("on")
             everyone = (web, logic, w1)
             await until(lambda: all(model.containers(n.replica)[0].power_actual == "on"
                                     for n in everyone), 20, "on everywhere")
@@ -125,10 +125,11 @@ def test_forged_and_out_of_role_operations_change_nothing_anywhere(
             # w1's slot, and one forges w1's replica id
             takeover, meddler = Replica("worker.w2.a"), Replica("worker.w2.b")
             forged = Replica("worker.w1.forged")
-            model.placement(takeover, "main", "c1").register("assigned_node").set("w2")
-            model.report(takeover, "main", "c1", "w2").register("power_actual").set("on")
+            taken = model.placement(takeover, ("main", "w1"), "c1")
+            taken.register("assigned_node").set("w2")
+            taken.map("workers").map("w2").register("power_actual").set("on")
             for rogue in (meddler, forged):
-                model.report(rogue, "main", "c1", "w1").register("power_actual").set("off")
+                model.report(rogue, ("main", "w1"), "c1").register("power_actual").set("off")
             rogue_settings = Settings(amqp_url=url(broker, "worker.w2"), group=GROUP)
             conn = await aio_pika.connect(rogue_settings.amqp_url)
             async with conn:

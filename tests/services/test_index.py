@@ -35,9 +35,11 @@ change = st.one_of(
     st.tuples(st.just("assign"), st.sampled_from(IDS), st.sampled_from(CELLS),
               st.sampled_from([None, *NODES]), st.sampled_from([None, *EPOCHS])),
     st.tuples(st.just("copy"), st.sampled_from(IDS), st.sampled_from(CELLS),
-              st.sampled_from(["on", "off"]), st.integers(0, 2)),
-    st.tuples(st.just("cell"), st.sampled_from(IDS), st.sampled_from([None, *CELLS])),
-    st.tuples(st.just("unplace"), st.sampled_from(IDS), st.sampled_from(CELLS)),
+              st.sampled_from(NODES), st.sampled_from(["on", "off"]), st.integers(0, 2)),
+    st.tuples(st.just("home"), st.sampled_from(IDS), st.sampled_from([None, *CELLS]),
+              st.sampled_from([None, *NODES])),
+    st.tuples(st.just("unplace"), st.sampled_from(IDS), st.sampled_from(CELLS),
+              st.sampled_from(NODES)),
     st.tuples(st.just("reason"), st.sampled_from(IDS), st.sampled_from([None, "quota", "full"])),
     st.tuples(st.just("delete"), st.sampled_from(IDS)),
 )
@@ -55,19 +57,22 @@ def apply(r: Replica, ch: tuple[object, ...]) -> None:
         rec.register("name").set(ch[3])  # type: ignore[arg-type]
     elif kind == "power":
         rec.register("power_desired").set(ch[2])  # type: ignore[arg-type]
-    elif kind == "assign":  # as logic places: the record names the cell; the placement
-        rec.register("cell").set(ch[2])  # type: ignore[arg-type]
-        placed = model.placement(r, str(ch[2]), cid)
+    elif kind == "assign":  # as logic places: the record names the home; the placement
+        home = (str(ch[2]), str(ch[3] or NODES[0]))  # (None: a placement naming no node)
+        rec.register("cell").set(home[0])
+        rec.register("node").set(home[1])
+        placed = model.placement(r, home, cid)
         placed.register("assigned_node").set(ch[3])  # type: ignore[arg-type]
         placed.register("assigned_epoch").set(ch[4])  # type: ignore[arg-type]
     elif kind == "copy":
-        placed = model.placement(r, str(ch[2]), cid)
-        placed.register("power_desired").set(ch[3])  # type: ignore[arg-type]
-        placed.register("restart_generation").set(ch[4])  # type: ignore[arg-type]
-    elif kind == "cell":
+        placed = model.placement(r, (str(ch[2]), str(ch[3])), cid)
+        placed.register("power_desired").set(ch[4])  # type: ignore[arg-type]
+        placed.register("restart_generation").set(ch[5])  # type: ignore[arg-type]
+    elif kind == "home":
         rec.register("cell").set(ch[2])  # type: ignore[arg-type]
+        rec.register("node").set(ch[3])  # type: ignore[arg-type]
     elif kind == "unplace":
-        r.remove(model.placement_key(str(ch[2]), cid))
+        r.remove(model.placement_key((str(ch[2]), str(ch[3])), cid))
     elif kind == "reason":
         rec.register("rejected_reason").set(ch[2])  # type: ignore[arg-type]
     else:
@@ -127,7 +132,7 @@ def test_the_index_kept_from_events_equals_a_full_pass(
 def test_a_nodes_records_kept_from_events_equal_a_full_pass(
         changes: list[tuple[object, ...]]) -> None:
     r = Replica("worker")
-    kept = {n: NodeRecords(n, prefix=model.placements("a")) for n in NODES}
+    kept = {n: NodeRecords(n, prefix=model.placements("a", n)) for n in NODES}
     for k in kept.values():
         r.subscribe(k.prefix, k.changed)
     for ch in changes:
@@ -140,7 +145,8 @@ def test_a_nodes_records_kept_from_events_equal_a_full_pass(
 
 def views() -> list[ContainerIndex | NodeRecords]:
     """Logic's index and each node's records (of cell a)."""
-    return [ContainerIndex(), *(NodeRecords(n, prefix=model.placements("a")) for n in NODES)]
+    return [ContainerIndex(),
+            *(NodeRecords(n, prefix=model.placements("a", n)) for n in NODES)]
 
 
 def source(v: ContainerIndex | NodeRecords, r: Replica) -> Replica | Containers:

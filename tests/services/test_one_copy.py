@@ -144,6 +144,28 @@ def test_a_killed_worker_s_container_moves_once_its_lease_ran_out(platform: Syst
     assert platform.record(cid)["cell"] == cell_of(other(node))
 
 
+def test_a_killed_worker_s_container_moves_to_a_node_of_its_own_cell(
+        amqp_url: str, tmp_path: Path) -> None:
+    """Both workers in one cell: the container moves to the other node of its cell, by the
+    same rule as between cells (its record names the new home before the new placement is
+    written, under the new node), and never runs twice."""
+    with running_system(amqp_url, tmp_path, lease_s=4,
+                        worker_cells=(CELLS[0], CELLS[0])) as platform:
+        cid, node, pid = running(platform, "killed-in-cell")
+        with Copies(cid) as copies:
+            platform.procs[node].send_signal(signal.SIGKILL)
+            platform.procs[node].wait()
+            wait_until(lambda: platform.record(cid)["assigned_node"] == other(node)
+                       and platform.record(cid)["power_actual"] == "on", 30,
+                       f"{cid} to move to {other(node)}", platform.logs)
+        assert copies.most == 1 and not alive(pid)
+        assert copies_of(cid) == {platform.record(cid)["pid"]}
+        rec = platform.record(cid)
+        assert (rec["cell"], rec["node"]) == (CELLS[0], other(node))
+        logic_log = "".join(p.read_text() for p in platform.workdir.glob("logic*.log"))
+        assert f"moving {cid} from {node} in cell {CELLS[0]}" in logic_log
+
+
 @pytest.mark.parametrize("platform", [4], indirect=True)
 def test_a_move_whose_new_worker_dies_mid_move_moves_it_back_once(platform: System) -> None:
     """The container's worker is killed; logic names the other cell and places it there;

@@ -175,7 +175,8 @@ change = st.one_of(
     st.tuples(st.just("report"), st.sampled_from(CIDS), st.sampled_from(CELLS),
               st.sampled_from(NODES),
               st.sampled_from(["on", "off", "failed", "starting", None])),
-    st.tuples(st.just("unplace"), st.sampled_from(CIDS), st.sampled_from(CELLS)),
+    st.tuples(st.just("unplace"), st.sampled_from(CIDS), st.sampled_from(CELLS),
+              st.sampled_from(NODES)),
     st.tuples(st.just("delete"), st.sampled_from(CIDS)),
 )
 FILTERS = [Filter(), Filter(owner="ann"), Filter(owner="nobody"), Filter(owner="7"),
@@ -195,13 +196,15 @@ def apply_change(r: Replica, ch: tuple[Any, ...]) -> None:
         rec.register("name").set(ch[3])
     elif kind == "desired":
         rec.register("power_desired").set(ch[2])
-    elif kind == "assign":  # as logic places: the record names the cell; the placement
-        rec.register("cell").set(ch[2])
-        model.placement(r, ch[2], cid).register("assigned_node").set(ch[3])
-    elif kind == "report":  # into the placement of any cell (an orphan's shows nowhere)
-        model.report(r, ch[2], cid, ch[3]).register("power_actual").set(ch[4])
+    elif kind == "assign":  # as logic places: the record names the home; the placement
+        home = (ch[2], ch[3] or NODES[0])  # (None: a placement that names no node)
+        rec.register("cell").set(home[0])
+        rec.register("node").set(home[1])
+        model.placement(r, home, cid).register("assigned_node").set(ch[3])
+    elif kind == "report":  # into the placement at any home (an orphan's shows nowhere)
+        model.report(r, (ch[2], ch[3]), cid).register("power_actual").set(ch[4])
     elif kind == "unplace":
-        r.remove(model.placement_key(ch[2], cid))
+        r.remove(model.placement_key((ch[2], ch[3]), cid))
     else:
         r.remove(model.CONTAINERS + cid)
 
@@ -343,11 +346,13 @@ async def test_filters_over_http_and_their_links(
     async with logic.write() as w:
         for cid in on[:3]:
             model.container(w, cid).register("cell").set(model.DEFAULT_CELL)
-            model.placement(w, model.DEFAULT_CELL, cid).register("assigned_node").set("w1")
+            model.container(w, cid).register("node").set("w1")
+            model.placement(w, (model.DEFAULT_CELL, "w1"), cid).register("assigned_node").set(
+                "w1")
     await asyncio.sleep(0.05)
     async with worker.write() as w:
         for cid in on[:2]:
-            model.report(w, model.DEFAULT_CELL, cid, "w1").register("power_actual").set("on")
+            model.report(w, (model.DEFAULT_CELL, "w1"), cid).register("power_actual").set("on")
     await asyncio.sleep(0.05)
 
     async def ids_of(query: str) -> list[str]:
@@ -496,9 +501,10 @@ def grow(replica: Replica, n: int, seed_: int = 0) -> None:
         replica.receive(m)
         logic.receive(m)
     for i, cid in enumerate(cids):
-        model.container(logic, cid).register("cell").set(model.DEFAULT_CELL)
-        model.placement(logic, model.DEFAULT_CELL, cid).register("assigned_node").set(
-            f"worker-{i % 7}")
+        home = (model.DEFAULT_CELL, f"worker-{i % 7}")
+        model.container(logic, cid).register("cell").set(home[0])
+        model.container(logic, cid).register("node").set(home[1])
+        model.placement(logic, home, cid).register("assigned_node").set(home[1])
     for m in logic.outgoing():
         replica.receive(m)
 

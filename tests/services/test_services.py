@@ -94,15 +94,17 @@ def system(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @contextlib.contextmanager
-def running_system(amqp_url: str, workdir: Path, lease_s: float = 10) -> Iterator[System]:
-    """web, logic and two workers (``lease_s``: their lease), each worker in a cell of its
-    own (``a`` and ``b``), over ``amqp_url``, in processes of their own; stopped, their
-    groups deleted and containers killed after."""
+def running_system(amqp_url: str, workdir: Path, lease_s: float = 10,
+                   worker_cells: tuple[str, str] = (CELLS[0], CELLS[1])) -> Iterator[System]:
+    """web, logic and two workers (``lease_s``: their lease), worker-1 in cell
+    ``worker_cells[0]`` and worker-2 in ``worker_cells[1]`` (default: a cell each, ``a``
+    and ``b``), over ``amqp_url``, in processes of their own; stopped, their groups
+    deleted and containers killed after."""
     s = System(amqp_url, workdir)
     s.start("web", "web", "--port", str(s.port), "--cells", ",".join(CELLS))
     s.start("logic", "logic", "--cells", ",".join(CELLS))
-    s.worker("worker-1", lease_s, cell=CELLS[0])
-    s.worker("worker-2", lease_s, cell=CELLS[1])
+    s.worker("worker-1", lease_s, cell=worker_cells[0])
+    s.worker("worker-2", lease_s, cell=worker_cells[1])
 
     def healthy() -> bool:
         try:

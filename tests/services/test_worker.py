@@ -89,6 +89,11 @@ async def _platform(tmp: Path) -> tuple[NodeGroups[MemoryNode], NodeGroups[Memor
     return logic, wn, runtime, worker, now
 
 
+#: Where the tests place containers: node n1 of the default cell (a placement there that
+#: names another node is not n1's to run).
+HOME = (model.DEFAULT_CELL, "n1")
+
+
 def placed(records: NodeGroups[MemoryNode]) -> list[model.Container]:
     """The placements of the default cell, as the worker sees them."""
     return [model.Container.of(k, v) for k, v in
@@ -101,14 +106,14 @@ async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
     listings = runtime.listings
     for what, i, flag in steps:
         cid = f"c{i}"
-        rec = model.placement(logic.groups, model.DEFAULT_CELL, cid)
+        rec = model.placement(logic.groups, HOME, cid)
         if what in ("create", "desired"):
             rec.register("power_desired").set("on" if flag else "off")
         elif what == "restart":
             g = rec.register("restart_generation")
             g.set((g.value or 0) + 1)
         elif what == "delete":
-            logic.groups.remove(model.placement_key(model.DEFAULT_CELL, cid))
+            logic.groups.remove(model.placement_key(HOME, cid))
         elif what == "fail":
             runtime.failing.add(cid)
         elif what == "heal":
@@ -157,7 +162,7 @@ def test_reconciling_changes_leaves_nothing_for_a_full_reconcile(
 def test_an_instance_that_died_is_found_by_the_full_reconcile(tmp_path: Path) -> None:
     async def run() -> None:
         logic, wn, runtime, worker, now = await _platform(tmp_path)
-        rec = model.placement(logic.groups, model.DEFAULT_CELL, "c")
+        rec = model.placement(logic.groups, HOME, "c")
         rec.register("power_desired").set("on")
         rec.register("assigned_node").set("n1")
         rec.register("assigned_epoch").set(worker.lease.epoch)
