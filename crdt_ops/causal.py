@@ -48,13 +48,13 @@ class CausalBuffer:
         return self._held_ops
 
     def is_duplicate(self, batch: Batch) -> bool:
-        return batch.last_seq <= self.clock.get(batch.origin, 0)
+        return batch.last_seq <= self.clock.get(batch.channel, 0)
 
     def unmet(self, batch: Batch) -> tuple[str, int] | None:
         """The first condition ``batch`` still waits on: (replica, seq needed)."""
         clock = self.clock
-        if clock.get(batch.origin, 0) < batch.first_seq - 1:
-            return (batch.origin, batch.first_seq - 1)
+        if clock.get(batch.channel, 0) < batch.first_seq - 1:
+            return (batch.channel, batch.first_seq - 1)
         for r, s in batch.deps.items():
             if clock.get(r, 0) < s:
                 return (r, s)
@@ -63,7 +63,7 @@ class CausalBuffer:
     def hold(self, batch: Batch) -> bool:
         """Keep a batch that is not deliverable yet (``unmet(batch)`` is not None).
         Returns False when an equal or longer batch from the same start waits already."""
-        key = (batch.origin, batch.first_seq)
+        key = (batch.channel, batch.first_seq)
         old = self._by_start.get(key)
         replaced = 0
         if old is not None:
@@ -74,13 +74,13 @@ class CausalBuffer:
         if self._held_ops - replaced + n > self.max_ops:
             raise BufferFull(
                 f"causal buffer holds {self._held_ops} operations (max {self.max_ops}); "
-                f"batch {batch.origin}:{batch.first_seq} with {n} more was refused")
+                f"batch {batch.channel}:{batch.first_seq} with {n} more was refused")
         mine = self._per_origin.get(batch.origin, 0)
         if mine - replaced + n > self.max_per_origin:
             raise WaitingCapReached(
                 batch.origin, self.unmet(batch),
                 f"causal buffer holds {mine} operations of {batch.origin} (max "
-                f"{self.max_per_origin} per origin); batch {batch.origin}:{batch.first_seq} "
+                f"{self.max_per_origin} per origin); batch {batch.channel}:{batch.first_seq} "
                 f"with {n} more was refused")
         if old is not None:
             self._forget(old)
@@ -101,7 +101,7 @@ class CausalBuffer:
 
     def _forget(self, bid: int) -> Batch:
         batch = self._waiting.pop(bid)
-        del self._by_start[(batch.origin, batch.first_seq)]
+        del self._by_start[(batch.channel, batch.first_seq)]
         self._held_ops -= len(batch.ops)
         left = self._per_origin[batch.origin] - len(batch.ops)
         if left:
@@ -146,7 +146,7 @@ class CausalBuffer:
         wait for and that have not been delivered (for anti-entropy)."""
         need: dict[str, int] = {}
         for batch in self._waiting.values():
-            wants: Mapping[str, int] = dict(batch.deps, **{batch.origin: batch.first_seq - 1})
+            wants: Mapping[str, int] = dict(batch.deps, **{batch.channel: batch.first_seq - 1})
             for r, s in wants.items():
                 if s > self.clock.get(r, 0) and s > need.get(r, 0):
                     need[r] = s

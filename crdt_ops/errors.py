@@ -54,6 +54,14 @@ class NotAMember(CrdtError):
     it), or it was retired. Nothing was applied. See :mod:`crdt_ops.membership`."""
 
 
+class SubgroupNotHeld(CrdtError, KeyError):
+    """A local write to a key of a sub-group this replica does not hold
+    (:mod:`crdt_ops.subgroups`); nothing was changed."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Forbidden(InvalidMessage):
     """An operation writes a path its origin may not write (``reason`` ``forbidden``).
     Locally raised before anything is applied; remotely, every replica rejects

@@ -21,9 +21,11 @@ DAIS 2014, assume a known set of replicas). The rule kept here:
   operations all follow its admission, so an operation that was stable among
   the members before it cannot be concurrent with any of them.
 * **Retirement.** A retirement names the replica's last operation (its final
-  sequence number). The retiring replica keeps counting until that operation
-  and all before it are delivered here; then it is out for good: it is never
-  admitted again and must never write again.
+  sequence number) on each of its channels (:mod:`crdt_ops.subgroups`; without
+  sub-groups, its one channel is its id). The retiring replica keeps counting until
+  those operations and all before them are delivered here (on the channels held
+  here); then it is out for good: it is never admitted again and must never write
+  again.
 
 A replica built without ``members`` (the default) is *open*: anyone writes, no
 membership is agreed, and nothing is ever stable, so nothing is compacted.
@@ -34,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from crdt_ops.clock import Clock, Dot
+from crdt_ops.subgroups import split
 
 
 class Membership:
@@ -49,7 +52,8 @@ class Membership:
         self.founders = frozenset(founders or ())
         #: per admitted replica, the admissions delivered: admitter -> its seq
         self.admissions: dict[str, Clock] = {}
-        #: per retiring replica, its last operation's seq (not yet all delivered here)
+        #: per channel of a retiring replica (its id without sub-groups), the channel's last
+        #: operation's seq, until all of them are delivered here
         self.retiring: Clock = {}
         self.retired: set[str] = set()
         self.view = 0
@@ -83,25 +87,37 @@ class Membership:
             self.view += 1
         return new
 
-    def tells(self, replica: str, last_seq: int) -> bool:
-        """Whether a retirement of ``replica`` after ``last_seq`` is news here (it is not
-        retired, nor retiring after that operation or a later one)."""
-        return replica not in self.retired and last_seq > self.retiring.get(replica, -1)
+    def retiring_replicas(self) -> set[str]:
+        """The replicas retiring (their last operations not all delivered here)."""
+        return {split(c)[0] for c in self.retiring}
 
-    def retire(self, replica: str, last_seq: int) -> None:
-        """``replica`` leaves for good after its operation ``last_seq``."""
-        if self.tells(replica, last_seq):
-            self.retiring[replica] = last_seq
+    def tells(self, channel: str, last_seq: int) -> bool:
+        """Whether a retirement naming ``last_seq`` as the last operation of ``channel``
+        is news here (its replica is not retired, nor the channel retiring after that
+        operation or a later one)."""
+        return split(channel)[0] not in self.retired and last_seq > self.retiring.get(channel, -1)
+
+    def retire(self, replica: str, lasts: Mapping[str, int]) -> None:
+        """``replica`` leaves for good after its operation ``lasts[c]`` on each of its
+        channels ``c`` (its id alone, with 0, when it wrote nothing)."""
+        for c, last in (lasts or {replica: 0}).items():
+            if split(c)[0] == replica and self.tells(c, last):
+                self.retiring[c] = last
 
     def settle(self, delivered: Mapping[str, int]) -> list[str]:
-        """Retire for good every retiring replica whose operations up to its last
-        are in ``delivered`` (this replica's clock); returns them."""
-        done = [r for r, last in self.retiring.items() if delivered.get(r, 0) >= last]
-        for r in done:
-            del self.retiring[r]
+        """Retire for good every retiring replica whose operations up to its last on
+        each channel are in ``delivered`` (this replica's clock); returns them."""
+        done = [c for c, last in self.retiring.items() if delivered.get(c, 0) >= last]
+        if not done:
+            return []
+        for c in done:
+            del self.retiring[c]
+        left = self.retiring_replicas()
+        out = sorted({split(c)[0] for c in done} - left)
+        for r in out:
             self.retired.add(r)
             self.view += 1
-        return done
+        return out
 
     def load(self, founders: Iterable[str], admissions: Mapping[str, Clock],
              retiring: Mapping[str, int], retired: Iterable[str], managed: bool) -> None:

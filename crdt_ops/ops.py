@@ -95,19 +95,27 @@ class Op:
 
 @dataclass(slots=True)
 class Batch:
-    """Operations ``first_seq, first_seq + 1, ...`` of ``origin``.
+    """Operations ``first_seq, first_seq + 1, ...`` of ``origin`` on ``subgroup``
+    (:mod:`crdt_ops.subgroups`; ``""``: the group's common part).
 
-    ``deps``: the entries of the origin's clock (other replicas) that grew since
-    its previous batch. None of the batch's operations is applied anywhere
-    before all of ``deps`` and the origin's operations up to ``first_seq - 1``
-    are; since the earlier batches' deps were met before, so is everything the
-    origin had delivered when it sealed the batch.
+    The sequence numbers are those of the batch's ``channel`` (``origin`` for the common
+    part, ``origin#subgroup`` else). ``deps``: the entries of the origin's clock (other
+    channels) that grew since its previous batch on the same channel. None of the
+    batch's operations is applied anywhere before all of ``deps`` and the channel's
+    operations up to ``first_seq - 1`` are; since the earlier batches' deps were met
+    before, so is everything the origin had delivered of the batch's sub-group and of
+    the common part when it sealed the batch.
     """
 
     origin: str
     first_seq: int
     deps: Clock
     ops: list[Op]
+    subgroup: str = ""
+    channel: str = _field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.channel = self.origin if not self.subgroup else f"{self.origin}#{self.subgroup}"
 
     @property
     def last_seq(self) -> int:

@@ -15,7 +15,14 @@ from typing import Any
 
 from crdt_ops.causal import CausalBuffer
 from crdt_ops.clock import Clock
-from crdt_ops.errors import CrdtError, InvalidMessage, NotAMember, TypeConflict, Unauthenticated
+from crdt_ops.errors import (
+    CrdtError,
+    InvalidMessage,
+    NotAMember,
+    SubgroupNotHeld,
+    TypeConflict,
+    Unauthenticated,
+)
 from crdt_ops.events import Callback, ChangeEvent, Subscribers
 from crdt_ops.handles import Fields, MapHandle, Target
 from crdt_ops.hlc import HybridClock
@@ -26,6 +33,7 @@ from crdt_ops.policy import OPEN, WritePolicy, belongs
 from crdt_ops.settler import Settler, live_paths
 from crdt_ops.snapshot import Snapshot
 from crdt_ops.stability import Stability
+from crdt_ops.subgroups import COMMON, NONE, SEP, SubGroups, channel, split
 from crdt_ops.types import Crdt, ORMap
 from crdt_ops.values import check_text
 from crdt_ops.wire import codec
@@ -52,6 +60,12 @@ class Replica(Fields):
     need; a replica not among them writes only once admitted (:meth:`join`). None
     (the default): an open group, where anyone writes and nothing is compacted.
     See :mod:`crdt_ops.membership`.
+
+    ``subgroups``: the group's sub-group rule (:mod:`crdt_ops.subgroups`; the same at
+    every replica, like ``policy``; default: none). A replica then holds the sub-groups
+    the rule gives its id: it writes and applies only those keys, skips the batches of
+    the others, and numbers its operations per channel (its clock and dots are keyed by
+    channel). Raises ValueError for a replica id that cannot name channels.
     """
 
     #: Written paths one automatic :meth:`compact` settles at most (a few ms of work).
@@ -60,14 +74,20 @@ class Replica(Fields):
     def __init__(self, replica_id: str, *, wall_clock: Callable[[], int] | None = None,
                  max_batch_ops: int = 1000, max_buffered_ops: int = 100_000,
                  compact_every: int = 1000, max_waiting_per_origin: int | None = None,
-                 policy: WritePolicy = OPEN, members: Iterable[str] | None = None) -> None:
+                 policy: WritePolicy = OPEN, members: Iterable[str] | None = None,
+                 subgroups: SubGroups = NONE) -> None:
         _check_id(replica_id)
+        subgroups.check_id(replica_id)
         #: This replica's id, unique in its group (a str of 1..256 characters); every
         #: operation it writes carries it as its origin.
         self.replica_id = replica_id
         #: Who may write what (:mod:`crdt_ops.policy`), checked for local and remote
         #: operations alike; every replica of a group must use the same policy.
         self.policy = policy
+        #: The group's sub-group rule (:mod:`crdt_ops.subgroups`), and the one sub-group
+        #: this replica holds (None: every one).
+        self.subgroups = subgroups
+        self.held_subgroup = subgroups.held_by(replica_id)
         self.max_batch_ops = max_batch_ops
         self.compact_every = compact_every
         self._root = ORMap()
@@ -77,22 +97,25 @@ class Replica(Fields):
         #: The group's agreed membership as this replica knows it: founders, admissions,
         #: retirements (:class:`~crdt_ops.membership.Membership`).
         self.membership = Membership(members)
-        self._stability = Stability(replica_id, self._buffer.clock, self.membership)
+        self._stability = Stability(replica_id, self._buffer.clock, self.membership, subgroups)
         self._hlc = HybridClock(wall_clock)
         self._subs = Subscribers()
-        self._unsent: list[Op] = []
+        #: local operations not yet sealed, per sub-group (COMMON: the common part)
+        self._unsent: dict[str, list[Op]] = {}
         self._out: list[bytes] = []
         self._settler = Settler()
-        self._sent_deps: Clock = {}
+        #: per sub-group, the clock entries its last batch told (see _deps_delta)
+        self._sent_deps: dict[str, Clock] = {}
         self._deps_of: dict[str, Clock] = {}
         self._since_compact = 0
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
         self.rejected: deque[tuple[str, int, str]] = deque(maxlen=1000)
         #: Counters for observability: ops applied (local and remote), duplicates dropped.
-        self.stats = {"applied": 0, "local": 0, "duplicates": 0, "rejected": 0}
-        #: Called with (origin, first seq, last seq) after each run of operations is
-        #: applied here, local or remote (e.g. for an external ledger of deliveries).
+        self.stats = {"applied": 0, "local": 0, "duplicates": 0, "rejected": 0, "skipped": 0}
+        #: Called with (channel, first seq, last seq) after each run of operations is
+        #: applied here, local or remote (e.g. for an external ledger of deliveries); the
+        #: channel is the origin's id in a group without sub-groups.
         self.on_applied: list[Callable[[str, int, int], None]] = []
 
     # ------------------------------------------------------------ handles
@@ -170,7 +193,7 @@ class Replica(Fields):
         retirement) named: a gap to fill from the group's history."""
         held: dict[str, int] = {}
         for batch in self._buffer.waiting():
-            held[batch.origin] = max(held.get(batch.origin, 0), batch.last_seq)
+            held[batch.channel] = max(held.get(batch.channel, 0), batch.last_seq)
         out = {r: span for r, span in self._stability.gaps().items()
                if span[1] > held.get(r, 0)}
         for r, (a, b) in self._buffer.missing().items():
@@ -190,9 +213,17 @@ class Replica(Fields):
         return not m.managed or m.is_member(self.replica_id)
 
     @property
+    def own_seq(self) -> int:
+        """How many operations this replica has issued: its clock entry, or with
+        sub-groups the sum of its channels' entries (it only grows)."""
+        if not self.subgroups:
+            return self._buffer.clock.get(self.replica_id, 0)
+        return sum(self._own_lasts(self._buffer.clock).values())
+
+    @property
     def unsent(self) -> int:
         """Local operations applied but not yet handed out by :meth:`outgoing`."""
-        return len(self._unsent)
+        return sum(map(len, self._unsent.values()))
 
     @property
     def buffered(self) -> int:
@@ -231,7 +262,7 @@ class Replica(Fields):
         self._seal()
         self._out.append(self.clock_message(retired))
         if retired:
-            self._stability.retire(self.replica_id, self._buffer.clock.get(self.replica_id, 0))
+            self._stability.retire(self.replica_id, self._own_lasts(self._buffer.clock))
 
     def clock_message(self, retired: bool = False, join: bool = False) -> bytes:
         """A heartbeat message with this replica's clock and the retirements it knows of
@@ -244,9 +275,23 @@ class Replica(Fields):
         sequence number: the retiring ones (their last operations not all delivered yet)
         and the retired (all delivered: the clock's entry). Heartbeats relay them."""
         m, clock = self.membership, self._buffer.clock
-        known = {r: clock.get(r, 0) for r in m.retired}
+        if not self.subgroups:
+            known = {r: clock.get(r, 0) for r in m.retired}
+        else:  # every channel of theirs held here
+            known = {c: s for c, s in clock.items() if split(c)[0] in m.retired}
+            known.update((r, clock.get(r, 0)) for r in m.retired)
         known.update(m.retiring)
         return known
+
+    def _own_lasts(self, clock: Mapping[str, int], replica_id: str | None = None) -> Clock:
+        """The entries of ``clock`` of ``replica_id``'s channels (default: this replica's):
+        its last operations on each, as a retirement names them."""
+        me = self.replica_id if replica_id is None else replica_id
+        if not self.subgroups:
+            return {me: clock.get(me, 0)}
+        head = me + SEP
+        lasts = {c: s for c, s in clock.items() if c == me or c.startswith(head)}
+        return lasts or {me: 0}
 
     def join(self) -> None:
         """Queue a request to be admitted to the group: every member that receives
@@ -260,7 +305,7 @@ class Replica(Fields):
         """Found the group: admit this replica by its own first operation. Only the
         group's one founder may do this (over RabbitMQ, the replica that claimed
         founding on the broker); raises ValueError if this replica wrote before."""
-        if self._buffer.clock.get(self.replica_id, 0):
+        if self.own_seq:
             raise ValueError("only a replica's first operation can found a group")
         self.submit(Op((), ObjType.ORMAP, Kind.ADMIT, value=self.replica_id))
 
@@ -270,32 +315,46 @@ class Replica(Fields):
         _check_id(replica_id)
         self.submit(Op((), ObjType.ORMAP, Kind.ADMIT, value=replica_id))
 
-    def retire(self, replica_id: str, last_seq: int = 0) -> None:
+    def retire(self, replica_id: str, last_seq: int | Mapping[str, int] = 0) -> None:
         """Stop counting ``replica_id`` (gone for good) in causal stability once its
-        operations up to ``last_seq`` are delivered here (at once for 0)."""
-        self._stability.retire(replica_id, last_seq)
+        operations up to ``last_seq`` are delivered here (at once for 0). With
+        sub-groups, ``last_seq`` is its last operation per channel (a mapping; an int is
+        its common part's)."""
+        lasts = {replica_id: last_seq} if isinstance(last_seq, int) else dict(last_seq)
+        self._stability.retire(replica_id, lasts)
 
     @staticmethod
-    def retirement(replica_id: str, last_seq: int) -> bytes:
+    def retirement(replica_id: str, last_seq: int | Mapping[str, int]) -> bytes:
         """A message telling the group that ``replica_id`` left for good after its
-        operation ``last_seq`` (for an operator retiring a dead replica), not queued."""
-        return codec.encode_heartbeat(Heartbeat(replica_id, {replica_id: last_seq}
-                                                if last_seq else {}, retired=True))
+        operation ``last_seq`` (for an operator retiring a dead replica; with sub-groups,
+        a mapping of its channels to their last operations), not queued."""
+        lasts = {replica_id: last_seq} if isinstance(last_seq, int) else dict(last_seq)
+        return codec.encode_heartbeat(Heartbeat(
+            replica_id, {c: s for c, s in lasts.items() if s}, retired=True))
 
     def _seal(self) -> None:
-        ops, size = self._unsent, self.max_batch_ops
-        first = self._buffer.clock.get(self.replica_id, 0) - len(ops) + 1
-        for start in range(0, len(ops), size):
-            chunk = ops[start:start + size]
-            self._out.append(codec.encode_batch(
-                Batch(self.replica_id, first + start, self._deps_delta(), chunk)))
-        self._unsent = []
+        size, me = self.max_batch_ops, self.replica_id
+        # the common part first: a sub-group's batch may depend on it, never the reverse
+        for sub in sorted(self._unsent, key=bool):
+            ops = self._unsent[sub]
+            ch = channel(me, sub)
+            first = self._buffer.clock.get(ch, 0) - len(ops) + 1
+            for start in range(0, len(ops), size):
+                chunk = ops[start:start + size]
+                self._out.append(codec.encode_batch(
+                    Batch(me, first + start, self._deps_delta(sub, ch), chunk, sub)))
+        self._unsent = {}
 
-    def _deps_delta(self) -> Clock:
-        """The clock entries (other replicas) that grew since the last batch sealed."""
-        sent = self._sent_deps
-        delta = {r: s for r, s in self._buffer.clock.items()
-                 if s != sent.get(r) and r != self.replica_id}
+    def _deps_delta(self, sub: str, ch: str) -> Clock:
+        """The clock entries (other channels) that grew since the last batch sealed on
+        sub-group ``sub``: of the common part and of ``sub`` only (a replica holding
+        another sub-group has no other)."""
+        sent = self._sent_deps.setdefault(sub, {})
+        if not self.subgroups:
+            delta = {r: s for r, s in self._buffer.clock.items() if s != sent.get(r) and r != ch}
+        else:
+            delta = {r: s for r, s in self._buffer.clock.items()
+                     if s != sent.get(r) and r != ch and split(r)[1] in (COMMON, sub)}
         sent.update(delta)
         return delta
 
@@ -320,9 +379,20 @@ class Replica(Fields):
         msg = codec.decode(data)
         if sender is not None and not belongs(msg.origin, sender):
             raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
+        if self.subgroups and SEP in msg.origin:
+            raise InvalidMessage("bad-origin", f"origin {msg.origin!r} holds {SEP!r}, which "
+                                 "separates replica and sub-group in this group's channels")
         if isinstance(msg, Heartbeat):
             # what a join request caused (an admission) is an operation, logged as such
             return self._heard(msg)
+        if msg.subgroup:
+            if not self.subgroups:
+                raise InvalidMessage("bad-subgroup", f"a batch of sub-group {msg.subgroup!r} "
+                                     "in a group without sub-groups (every replica of a "
+                                     "group must use the same rule)")
+            if self.held_subgroup is not None and msg.subgroup != self.held_subgroup:
+                self.stats["skipped"] += 1  # not held here: nothing to apply
+                return False
         buf = self._buffer
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1
@@ -333,7 +403,7 @@ class Replica(Fields):
         elif not buf.hold(msg):
             self.stats["duplicates"] += 1
             return False
-        self._stability.observe(msg.origin, msg.deps, msg.last_seq)
+        self._stability.observe(msg.origin, msg.deps, msg.last_seq, msg.channel)
         return True
 
     def _heard(self, hb: Heartbeat) -> bool:
@@ -343,15 +413,17 @@ class Replica(Fields):
         m = self.membership
         told = hb.retired
         if hb.retired:
-            self._stability.retire(hb.origin, hb.clock.get(hb.origin, 0))
+            self._stability.retire(hb.origin, self._own_lasts(hb.clock, hb.origin))
         else:
             self._stability.observe(hb.origin, hb.clock)
-            if not m.managed or m.is_member(hb.origin):
+            if (not m.managed or m.is_member(hb.origin)) and self._relays(hb.origin):
                 # a retirement relayed by a member: ours may have missed the original
                 # (it is no operation, so no clock shows the gap)
-                for r, last in hb.retirements.items():
-                    if m.tells(r, last):
-                        self._stability.retire(r, last)
+                for r, lasts in _by_replica(hb.retirements).items():
+                    lasts = {c: s for c, s in lasts.items()
+                             if m.tells(c, s) and self._stability.held(c)}
+                    if lasts:
+                        self._stability.retire(r, lasts)
                         told = True
             if (hb.join and m.managed and not m.is_member(hb.origin)
                     and hb.origin not in m.retired and m.is_member(self.replica_id)):
@@ -359,6 +431,14 @@ class Replica(Fields):
         if self._settler:  # a report may move the frontier: settle some of what it released
             self.compact(self.SETTLE_STEP)
         return told
+
+    def _relays(self, relayer: str) -> bool:
+        """Whether ``relayer``'s relayed retirements name every channel held here: it
+        holds every sub-group this replica holds."""
+        if not self.subgroups:
+            return True
+        theirs = self.subgroups.held_by(relayer)
+        return theirs is None or theirs == self.held_subgroup
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:
@@ -370,19 +450,19 @@ class Replica(Fields):
 
     def _deliver(self, batch: Batch) -> None:
         """Apply the not yet delivered part of a deliverable batch, all or nothing."""
-        origin = batch.origin
-        skip = self._buffer.clock.get(origin, 0) - batch.first_seq + 1
+        ch = batch.channel
+        skip = self._buffer.clock.get(ch, 0) - batch.first_seq + 1
         ops = batch.ops[skip:] if skip > 0 else batch.ops
         if not ops:
             self.stats["duplicates"] += 1
             return
         first = batch.first_seq + max(skip, 0)
-        seen = dict(self._deps_of.get(origin, ()))
+        seen = dict(self._deps_of.get(ch, ()))
         seen.update(batch.deps)
-        seen[origin] = first - 1
-        self._validate(origin, first, ops, seen)
-        self._deps_of[origin] = seen
-        self._apply(origin, first, ops, seen)
+        seen[ch] = first - 1
+        self._validate(batch.origin, first, ops, seen, batch.subgroup)
+        self._deps_of[ch] = seen
+        self._apply(ch, first, ops, seen, batch.origin)
 
     def _authorize(self, origin: str, ops: list[Op]) -> None:
         """Raise :class:`~crdt_ops.errors.Forbidden` unless the policy lets ``origin``
@@ -393,8 +473,15 @@ class Replica(Fields):
                     self.policy.check(origin, _target(op))
 
     def _validate(self, origin: str, first: int, ops: list[Op],
-                  seen: Mapping[str, int]) -> None:
-        founding = first == 1 and ops[0].kind is Kind.ADMIT and ops[0].value == origin
+                  seen: Mapping[str, int], subgroup: str = COMMON) -> None:
+        if self.subgroups:
+            for op in ops:
+                if self._subgroup_of(op) != subgroup:
+                    raise InvalidMessage("wrong-subgroup", f"a batch of sub-group "
+                                         f"{subgroup!r} writes {_key(op)!r}, which belongs "
+                                         f"to {self._subgroup_of(op)!r}")
+        founding = first == 1 and subgroup == COMMON and ops[0].kind is Kind.ADMIT \
+            and ops[0].value == origin
         if not self.membership.may_write(origin, seen, founding):
             raise InvalidMessage("not-a-member", f"{origin!r} wrote without an admission to "
                                  "the group in its causal past")
@@ -415,10 +502,11 @@ class Replica(Fields):
                     raise TypeConflict(f"one batch writes {'/'.join(path[: d + 1])!r} "
                                        "with two types")
 
-    def _apply(self, origin: str, first: int, ops: list[Op], past: Mapping[str, int]) -> None:
-        """Apply valid operations ``first, first + 1, ...`` of ``origin`` (whose causal
-        past before them is ``past``), then record them as delivered and tell the
-        subscribers."""
+    def _apply(self, ch: str, first: int, ops: list[Op], past: Mapping[str, int],
+               origin: str) -> None:
+        """Apply valid operations ``first, first + 1, ...`` of channel ``ch`` (of replica
+        ``origin``; whose causal past before them is ``past``), then record them as
+        delivered and tell the subscribers."""
         watch = self._subs_before(ops)
         apply = self._root.apply
         hlc = self._hlc
@@ -429,24 +517,24 @@ class Replica(Fields):
         root = self._root
         for op in ops:
             if op.kind is admit:  # membership, not data (its path is empty: the root)
-                self._admitted(str(op.value), origin, seq, past)
+                self._admitted(str(op.value), ch, seq, past)
                 seq += 1
                 continue
             if op.kind is not remove:
                 if not root.holds(op.path[0]):
                     self._keys.add(op.path[0])
                 if settler is not None:
-                    settler.note(op.path, origin, seq)
-            apply(op, origin, seq)
+                    settler.note(op.path, ch, seq)
+            apply(op, ch, seq)
             if op.timestamp:
                 hlc.observe(op.timestamp)
             seq += 1
-        self._buffer.delivered(origin, seq - 1)
+        self._buffer.delivered(ch, seq - 1)
         if self.membership.retiring:
             self._stability.settle()
         self.stats["applied"] += len(ops)
         for hook in self.on_applied:
-            hook(origin, first, seq - 1)
+            hook(ch, first, seq - 1)
         for key, old in watch.items():
             new = self._view(key, _MISSING)
             if new != old:
@@ -499,10 +587,19 @@ class Replica(Fields):
                              "(join() asks the members to admit it)")
         self.check_type(op.path, op.type)
         self._authorize(self.replica_id, [op])
-        seq = self._buffer.clock.get(self.replica_id, 0) + 1
-        self._apply(self.replica_id, seq, [op], self._buffer.clock)
+        sub = self._subgroup_of(op)
+        if sub != COMMON and self.held_subgroup not in (None, sub):
+            raise SubgroupNotHeld(f"replica {self.replica_id!r} holds sub-group "
+                                  f"{self.held_subgroup!r}, not {sub!r} of {_key(op)!r}")
+        ch = channel(self.replica_id, sub)
+        seq = self._buffer.clock.get(ch, 0) + 1
+        self._apply(ch, seq, [op], self._buffer.clock, self.replica_id)
         self.stats["local"] += 1
-        self._unsent.append(op)
+        self._unsent.setdefault(sub, []).append(op)
+
+    def _subgroup_of(self, op: Op) -> str:
+        """The sub-group an operation writes (that of its top-level key)."""
+        return self.subgroups.of_key(_key(op)) if self.subgroups else COMMON
 
     # ------------------------------------------------------------ stability
 
@@ -548,13 +645,13 @@ class Replica(Fields):
     def snapshot(self) -> bytes:
         """State, clock, waiting and unsent operations: everything needed to
         restart with :meth:`from_snapshot` and take the rest of the stream."""
-        unsent = None
-        if self._unsent:
-            last = self._buffer.clock[self.replica_id]
-            unsent = Batch(self.replica_id, last - len(self._unsent) + 1, {}, list(self._unsent))
+        me, clock = self.replica_id, self._buffer.clock
+        unsent = [Batch(me, clock[channel(me, sub)] - len(ops) + 1, {}, list(ops), sub)
+                  for sub, ops in sorted(self._unsent.items(), key=lambda e: bool(e[0]))
+                  if ops]
         # this replica's own batches sealed from now on follow everything delivered here:
         # a replay of them after a restore must know it (their deps list only what grew)
-        deps_of = {**self._deps_of, self.replica_id: dict(self._buffer.clock)}
+        deps_of = {**self._deps_of, **{c: dict(clock) for c in self._own_lasts(clock)}}
         return codec.encode_snapshot(Snapshot(
             replica_id=self.replica_id, clock=dict(self._buffer.clock), hlc=self._hlc.last,
             root=self._root, known=self._stability.known, deps_of=deps_of,
@@ -573,12 +670,12 @@ class Replica(Fields):
         (the peer still owns and sends them)."""
         snap = codec.decode_snapshot(data)
         if replica_id is not None and replica_id != snap.replica_id:
-            snap = dataclasses.replace(snap, replica_id=replica_id, unsent=None)
-        root, unsent, me = snap.root, snap.unsent, snap.replica_id
-        if unsent is not None and (unsent.origin != me
-                                   or unsent.last_seq != snap.clock.get(me, 0)):
-            raise InvalidMessage("bad-snapshot", "the unsent operations are not the replica's "
-                                 "latest own operations")
+            snap = dataclasses.replace(snap, replica_id=replica_id, unsent=[])
+        root, me = snap.root, snap.replica_id
+        for unsent in snap.unsent:
+            if unsent.origin != me or unsent.last_seq != snap.clock.get(unsent.channel, 0):
+                raise InvalidMessage("bad-snapshot", "the unsent operations are not the "
+                                     "replica's latest own operations")
         replica = cls(snap.replica_id, **options)
         replica._root = root
         replica._keys = KeyIndex(root.names())
@@ -593,8 +690,7 @@ class Replica(Fields):
         for batch in snap.waiting:
             replica._buffer.hold(batch)
         replica._drain()
-        if unsent is not None:
-            replica._unsent = list(unsent.ops)
+        replica._unsent = {b.subgroup: list(b.ops) for b in snap.unsent}
         if replica.membership.managed:
             for path, origin, seq in sorted(live_paths(root), key=lambda e: e[2]):
                 replica._settler.note(path, origin, seq)
@@ -609,6 +705,19 @@ def _check_id(replica_id: str) -> None:
     if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
         raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
     check_text(replica_id, "replica_id")
+
+
+def _key(op: Op) -> str:
+    """The top-level key an operation writes ("" for an admission: the root)."""
+    return op.path[0] if op.path else op.field
+
+
+def _by_replica(lasts: Mapping[str, int]) -> dict[str, Clock]:
+    """Channel -> seq entries grouped by the replica of each channel."""
+    out: dict[str, Clock] = {}
+    for c, s in lasts.items():
+        out.setdefault(split(c)[0], {})[c] = s
+    return out
 
 
 def _target(op: Op) -> tuple[str, ...]:

@@ -23,7 +23,8 @@ class Snapshot:
     ``deps_of``: the dependencies each origin's next batch must name; ``managed``,
     ``founders``, ``admissions``, ``retiring``, ``retired``: the agreed membership
     (:mod:`crdt_ops.membership`); ``waiting``: batches held in the causal buffer;
-    ``unsent``: this replica's own operations applied but not yet sent (None: none)."""
+    ``unsent``: this replica's own operations applied but not yet sent, one batch per
+    channel (:mod:`crdt_ops.subgroups`) that has any."""
 
     replica_id: str
     clock: Clock
@@ -38,4 +39,4 @@ class Snapshot:
     retiring: Clock
     reported: Clock
     waiting: Sequence[Batch]
-    unsent: Batch | None
+    unsent: Sequence[Batch]

@@ -10,6 +10,11 @@ each member is known to have delivered; a member is known to have delivered
 what it reported (heartbeats, a batch's dependencies) and, from its admission
 on, the admission's causal past (all its operations follow it). A member never
 heard from holds everything back; an open group (no membership) is never stable.
+
+With sub-groups (:mod:`crdt_ops.subgroups`) the clocks are of channels, and a channel's
+operations are stable once every member *that holds its sub-group* delivered them: a
+member that does not hold it never receives them, and writes nothing there that could be
+concurrent with them. A replica tracks the channels of the sub-groups it holds only.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterator, Mapping
 
 from crdt_ops.clock import Clock, dominates, merge_into, pointwise_min
 from crdt_ops.membership import Membership
+from crdt_ops.subgroups import COMMON, NONE, SubGroups, split
 
 
 class Stability:
@@ -33,26 +39,54 @@ class Stability:
     replica has delivered every operation the members had reported issuing then.
     """
 
-    def __init__(self, me: str, own: Clock, membership: Membership) -> None:
+    def __init__(self, me: str, own: Clock, membership: Membership,
+                 subgroups: SubGroups = NONE) -> None:
         self.me = me
         self._own = own
         self.membership = membership
+        self.subgroups = subgroups
+        self._mine = subgroups.held_by(me)  # the one sub-group held here; None: all
         self.known: dict[str, Clock] = {}
-        #: per replica, the highest of its seqs any report named (gap detection)
+        #: per channel, the highest of its seqs any report named (gap detection)
         self.reported: Clock = {}
+        #: with sub-groups: per member, the channels of its own that reports named
+        self._channels: dict[str, set[str]] = {}
         self._candidate: tuple[Clock, Clock, int] | None = None
         self._frontier: Clock = {}
 
-    def observe(self, replica: str, clock: Mapping[str, int], own: int = 0) -> None:
-        """``replica`` has delivered at least ``clock``, and its own operations up to ``own``."""
+    def held(self, channel: str) -> bool:
+        """Whether this replica holds ``channel``'s sub-group."""
+        if not self.subgroups or self._mine is None:
+            return True
+        sub = split(channel)[1]
+        return sub == COMMON or sub == self._mine
+
+    def observe(self, replica: str, clock: Mapping[str, int], own: int = 0,
+                channel: str | None = None) -> None:
+        """``replica`` has delivered at least ``clock``, and its own operations on
+        ``channel`` (default: its id) up to ``own``. Entries of channels this replica
+        does not hold are ignored."""
+        channel = replica if channel is None else channel
+        if self.subgroups:
+            if self._mine is not None:
+                clock = {c: s for c, s in clock.items() if self.held(c)}
+            self._note_channels(replica, clock, channel if own else None)
         merge_into(self.reported, clock)
-        self._report(replica, own)
+        self._report(channel, own)
         if replica == self.me or not self.membership.is_member(replica):
             return
         known = self.known.setdefault(replica, {})
         merge_into(known, clock)
-        if own > known.get(replica, 0):
-            known[replica] = own
+        if own > known.get(channel, 0):
+            known[channel] = own
+
+    def _note_channels(self, replica: str, clock: Mapping[str, int], channel: str | None) -> None:
+        """Note the channels of ``replica``'s own that ``clock`` (and ``channel``) name."""
+        mine = self._channels.setdefault(replica, set())
+        if channel is not None:
+            mine.add(channel)
+        head = replica + "#"
+        mine.update(c for c in clock if c == replica or c.startswith(head))
 
     def admitted(self, replica: str, past: Mapping[str, int]) -> None:
         """``replica`` became a member by an admission whose causal past (the
@@ -60,11 +94,14 @@ class Stability:
         if replica != self.me:
             merge_into(self.known.setdefault(replica, {}), past)
 
-    def retire(self, replica: str, last_seq: int) -> None:
-        """``replica`` leaves for good after its operation ``last_seq``: it counts
-        until that operation is delivered here (:meth:`settle`)."""
-        self.membership.retire(replica, last_seq)
-        self._report(replica, last_seq)
+    def retire(self, replica: str, lasts: Mapping[str, int]) -> None:
+        """``replica`` leaves for good after its operation ``lasts[c]`` on each of its
+        channels ``c`` (those this replica does not hold are ignored): it counts until
+        those operations are delivered here (:meth:`settle`)."""
+        lasts = {c: s for c, s in lasts.items() if self.held(c)}
+        self.membership.retire(replica, lasts)
+        for c, s in lasts.items():
+            self._report(c, s)
         self.settle()
 
     def _report(self, replica: str, seq: int) -> None:
@@ -86,8 +123,27 @@ class Stability:
         others = [r for r in members if r != self.me]
         if not others and self.me not in members:
             return {}
-        clocks = [self._own] + [self.known.get(r, {}) for r in others]
-        return pointwise_min(clocks, self._own)  # an entry missing from our own clock is 0
+        if not self.subgroups:
+            clocks = [self._own] + [self.known.get(r, {}) for r in others]
+            return pointwise_min(clocks, self._own)  # an entry missing from our own clock is 0
+        # a channel's operations wait for the members that hold its sub-group only
+        everyone: list[Mapping[str, int]] = []
+        by_sub: dict[str, list[Mapping[str, int]]] = {}
+        for r in others:
+            held = self.subgroups.held_by(r)
+            (everyone if held is None else by_sub.setdefault(held, [])).append(
+                self.known.get(r, {}))
+        every = everyone + [k for ks in by_sub.values() for k in ks]
+        out: Clock = {}
+        for c, low in self._own.items():
+            sub = split(c)[1]
+            for k in every if sub == COMMON else everyone + by_sub.get(sub, []):
+                low = min(low, k.get(c, 0))
+                if not low:
+                    break
+            if low:
+                out[c] = low
+        return out
 
     def frontier(self) -> Clock:
         """Advance and return the compaction frontier (see the class docstring)."""
@@ -100,16 +156,30 @@ class Stability:
             merge_into(self._frontier, cand[0])
             cand = None
         if cand is None:
-            members = self.membership.members()
-            issued = {r: max(self.known.get(r, {}).get(r, 0),
-                             self.membership.retiring.get(r, 0))
-                      for r in members if r != self.me}
-            cand = (self.stable(), issued, view)
+            cand = (self.stable(), self._issued(), view)
         self._candidate = cand
         return self._frontier
 
+    def _issued(self) -> Clock:
+        """Per channel of the other members (held here), the operations they are known to
+        have issued: what they reported delivering of their own, or a retirement's last."""
+        others = [r for r in self.membership.members() if r != self.me]
+        retiring = self.membership.retiring
+        if not self.subgroups:
+            return {r: max(self.known.get(r, {}).get(r, 0), retiring.get(r, 0)) for r in others}
+        issued: Clock = {}
+        for r in others:
+            known = self.known.get(r, {})
+            for c in self._channels.get(r, ()):
+                if self.held(c):
+                    issued[c] = known.get(c, 0)
+        for c, last in retiring.items():
+            if self.held(c) and last > issued.get(c, 0):
+                issued[c] = last
+        return issued
+
     def gaps(self) -> dict[str, tuple[int, int]]:
-        """Per replica, the range of seqs some report named that are not delivered here."""
+        """Per channel, the range of seqs some report named that are not delivered here."""
         return {r: (self._own.get(r, 0) + 1, s) for r, s in self._gaps()}
 
     def has_gaps(self) -> bool:
@@ -122,4 +192,8 @@ class Stability:
 
     def lag(self) -> int:
         """How many of this replica's own operations are not yet stable."""
-        return self._own.get(self.me, 0) - self.stable().get(self.me, 0)
+        if not self.subgroups:
+            return self._own.get(self.me, 0) - self.stable().get(self.me, 0)
+        stable, head = self.stable(), self.me + "#"
+        return sum(s - stable.get(c, 0) for c, s in self._own.items()
+                   if c == self.me or c.startswith(head))

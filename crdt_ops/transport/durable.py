@@ -70,8 +70,9 @@ class DurableReplica:
     """A :class:`~crdt_ops.replica.Replica` and the :class:`~crdt_ops.transport.store.Store`
     that keeps it (see the module docstring). Build it with :meth:`open`.
 
-    ``on_committed``: called with this replica's last own sequence number each time its
-    own operations up to it were committed to the outbox. ``on_restored``: called with
+    ``on_committed``: called with how many operations this replica issued
+    (:attr:`Replica.own_seq <crdt_ops.replica.Replica.own_seq>`) each time its own
+    operations up to there were committed to the outbox. ``on_restored``: called with
     the clock memory was restored to after a store failure (what memory held beyond it is
     gone)."""
 
@@ -113,7 +114,7 @@ class DurableReplica:
         self._since_snapshot = 0
         self._snapshotting = False
         self._aside: asyncio.Task[None] | None = None  # a snapshot encoded in a child
-        self._own_counted = replica.clock.get(replica.replica_id, 0)
+        self._own_counted = replica.own_seq
 
     # ------------------------------------------------------------ opening
 
@@ -357,13 +358,13 @@ class DurableReplica:
         """Count this replica's own operations logged since the last count toward the
         next snapshot, like remote ones (:meth:`applied`): a replica that mostly writes
         (web) would otherwise replay its whole log at each restart."""
-        own = self.replica.clock.get(self.replica_id, 0)
+        own = self.replica.own_seq
         if own > self._own_counted:
             n, self._own_counted = own - self._own_counted, own
             self.applied(n)
 
     def _committed_own(self) -> None:
-        last = self.replica.clock.get(self.replica_id, 0)
+        last = self.replica.own_seq
         for hook in self.on_committed:
             hook(last)
 
@@ -493,7 +494,7 @@ class DurableReplica:
         finally:
             self._snapshotting = False
         self._since_snapshot = 0
-        return self.replica.clock.get(self.replica_id, 0)
+        return self.replica.own_seq
 
     # ------------------------------------------------------------ closing
 

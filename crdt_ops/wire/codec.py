@@ -262,6 +262,8 @@ def _get_op(msg: pb.Operation) -> Op:
 def _fill_batch(msg: pb.Batch, batch: Batch) -> None:
     msg.origin = batch.origin
     msg.first_seq = batch.first_seq
+    if batch.subgroup:
+        msg.subgroup = batch.subgroup
     _put_clock(msg.deps, batch.deps)
     for op in batch.ops:
         _put_op(msg.ops.add(), op)
@@ -274,8 +276,15 @@ def _read_batch(msg: pb.Batch) -> Batch:
         raise _bad("empty-batch", "a batch holds no operation")
     _seq(first + len(msg.ops) - 1, "last seq")
     deps = _get_clock(msg.deps, "deps")
-    deps.pop(origin, None)
-    return Batch(origin, first, deps, [_get_op(o) for o in msg.ops])
+    subgroup = msg.subgroup
+    if subgroup:
+        if "#" in subgroup or "/" in subgroup or "#" in origin:
+            raise _bad("bad-subgroup", f"sub-group {subgroup!r} of origin {origin!r}: neither "
+                       "may hold '#', nor the sub-group '/'")
+        _id(f"{origin}#{subgroup}", "channel")
+    batch = Batch(origin, first, deps, [_get_op(o) for o in msg.ops], _intern(subgroup))
+    deps.pop(batch.channel, None)
+    return batch
 
 
 _Versioned = TypeVar("_Versioned", pb.Envelope, pb.Snapshot)
@@ -336,7 +345,8 @@ def coalesce(messages: Sequence[bytes],
     its message unchanged; heartbeats and anything that is not a batch go alone.
 
     A batch joins the one before it only when it continues its sequence numbers (same
-    ``origin``, ``first_seq`` one past the previous last) and names no dependency of its
+    ``origin`` and ``subgroup``, ``first_seq`` one past the previous last) and names no
+    dependency of its
     own (empty ``deps``: the origin delivered nothing new between the two), so that the
     joined message needs exactly what the first one needed. Joining a batch with
     dependencies would hold the earlier operations back until those are delivered, and
@@ -361,8 +371,9 @@ def coalesce(messages: Sequence[bytes],
         b = env.batch if env.version == VERSION and env.WhichOneof("body") == "batch" \
             and env.batch.ops else None
         if run is not None and b is not None and b.origin == run.batch.origin \
+                and b.subgroup == run.batch.subgroup \
                 and b.first_seq == last + 1 and len(run.batch.ops) + len(b.ops) <= max_ops \
-                and all(d.replica == b.origin or not d.seq for d in b.deps):
+                and all(d.replica == _channel(b) or not d.seq for d in b.deps):
             run.batch.ops.extend(b.ops)
             last += len(b.ops)
             count += 1
@@ -376,6 +387,11 @@ def coalesce(messages: Sequence[bytes],
             last = b.first_seq + len(b.ops) - 1
     close()
     return out
+
+
+def _channel(batch: pb.Batch) -> str:
+    """The channel of an encoded batch (:func:`crdt_ops.subgroups.channel`)."""
+    return batch.origin if not batch.subgroup else f"{batch.origin}#{batch.subgroup}"
 
 
 # ---------------------------------------------------------------- snapshots
@@ -568,8 +584,8 @@ def encode_snapshot(snap: Snapshot) -> bytes:
     _put_clock(msg.reported, snap.reported)
     for b in snap.waiting:
         _fill_batch(msg.waiting.add(), b)
-    if snap.unsent is not None:
-        _fill_batch(msg.unsent, snap.unsent)
+    for b in snap.unsent:  # the common part's in unsent, the sub-groups' after
+        _fill_batch(msg.unsent if not b.subgroup else msg.unsent_subgroups.add(), b)
     return msg.SerializeToString()
 
 
@@ -593,5 +609,6 @@ def decode_snapshot(data: bytes) -> Snapshot:
         retiring=_get_clock(msg.retiring, "retiring"),
         reported=_get_clock(msg.reported, "reported"),
         waiting=[_read_batch(b) for b in msg.waiting],
-        unsent=_read_batch(msg.unsent) if msg.HasField("unsent") else None,
+        unsent=[_read_batch(b) for b in
+                ([msg.unsent] if msg.HasField("unsent") else []) + list(msg.unsent_subgroups)],
     )

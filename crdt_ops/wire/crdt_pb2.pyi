@@ -453,8 +453,13 @@ class Batch(_message.Message):
     FIRST_SEQ_FIELD_NUMBER: _builtins.int
     DEPS_FIELD_NUMBER: _builtins.int
     OPS_FIELD_NUMBER: _builtins.int
+    SUBGROUP_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     first_seq: _builtins.int
+    subgroup: _builtins.str
+    """the sub-group its operations belong to ("": the group's common part); its sequence
+    numbers and deps are those of the channel (origin, subgroup): crdt_ops/subgroups.py
+    """
     @_builtins.property
     def deps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]: ...
     @_builtins.property
@@ -466,10 +471,11 @@ class Batch(_message.Message):
         first_seq: _builtins.int = ...,
         deps: _abc.Iterable[Global___ClockEntry] | None = ...,
         ops: _abc.Iterable[Global___Operation] | None = ...,
+        subgroup: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deps", b"deps", "first_seq", b"first_seq", "ops", b"ops", "origin", b"origin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deps", b"deps", "first_seq", b"first_seq", "ops", b"ops", "origin", b"origin", "subgroup", b"subgroup"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -772,6 +778,7 @@ class Snapshot(_message.Message):
     ADMISSIONS_FIELD_NUMBER: _builtins.int
     RETIRING_FIELD_NUMBER: _builtins.int
     REPORTED_FIELD_NUMBER: _builtins.int
+    UNSENT_SUBGROUPS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     replica_id: _builtins.str
     hlc: _builtins.int
@@ -813,6 +820,12 @@ class Snapshot(_message.Message):
     def reported(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClockEntry]:
         """per replica, the highest seq a report named"""
 
+    @_builtins.property
+    def unsent_subgroups(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]:
+        """local ops not yet handed to outgoing(), of the sub-groups (crdt_ops/subgroups.py):
+        one batch per sub-group; the common part's are in unsent
+        """
+
     def __init__(
         self,
         *,
@@ -831,10 +844,11 @@ class Snapshot(_message.Message):
         admissions: _abc.Iterable[Global___KnownClock] | None = ...,
         retiring: _abc.Iterable[Global___ClockEntry] | None = ...,
         reported: _abc.Iterable[Global___ClockEntry] | None = ...,
+        unsent_subgroups: _abc.Iterable[Global___Batch] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "unsent", b"unsent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admissions", b"admissions", "clock", b"clock", "deps_of", b"deps_of", "founders", b"founders", "hlc", b"hlc", "known", b"known", "managed", b"managed", "replica_id", b"replica_id", "reported", b"reported", "retired", b"retired", "retiring", b"retiring", "root", b"root", "unsent", b"unsent", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admissions", b"admissions", "clock", b"clock", "deps_of", b"deps_of", "founders", b"founders", "hlc", b"hlc", "known", b"known", "managed", b"managed", "replica_id", b"replica_id", "reported", b"reported", "retired", b"retired", "retiring", b"retiring", "root", b"root", "unsent", b"unsent", "unsent_subgroups", b"unsent_subgroups", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

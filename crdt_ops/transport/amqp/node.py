@@ -167,7 +167,7 @@ class AmqpNode:
         self.heartbeats = 0
         #: our last operation's number at the last heartbeat tick (the first tick beats
         #: unless we wrote since we started)
-        self._own_at_tick = self.replica.clock.get(self.replica_id, 0)
+        self._own_at_tick = self.replica.own_seq
         self._skipped = 0  # heartbeat ticks skipped in a row
 
     # ------------------------------------------------------------ the durable replica
@@ -299,7 +299,7 @@ class AmqpNode:
         """Found the group (no member yet, and the broker accepted this replica's
         founding claim) or ask to be admitted, until this replica is a member."""
         r, s = self.replica, self.settings
-        if {self.replica_id} & (r.membership.retired | set(r.membership.retiring)):
+        if {self.replica_id} & (r.membership.retired | r.membership.retiring_replicas()):
             await self.stop()
             self._refuse_if_retired(replayed=True)
         said = 0.0
@@ -719,7 +719,7 @@ class AmqpNode:
         retention) learns the entries that no longer grow from it."""
         await asyncio.sleep(jittered(self.settings.heartbeat_s))
         await self.durable.store_ok.wait()
-        own = self.replica.clock.get(self.replica_id, 0)
+        own = self.replica.own_seq
         self._skipped = 0 if own == self._own_at_tick else self._skipped + 1
         if self._skipped in (0, BEAT_AT_LEAST_EVERY):
             self.replica.heartbeat()
