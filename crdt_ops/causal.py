@@ -16,10 +16,12 @@ class CausalBuffer:
 
     Guarantees: a batch is released only when every operation its origin had
     delivered (``deps``) and every earlier operation of the origin have been
-    delivered; operations already delivered are skipped, so any message may
-    arrive any number of times, in any order. A replica id never seen before
-    is simply a new clock entry. A waiting batch is filed under the one
-    condition it waits on, so a delivery wakes only the batches it may unblock.
+    delivered (of its channel: :mod:`crdt_ops.subgroups`; the origin's id in a group
+    without sub-groups, and the clock's entries are channels); operations already
+    delivered are skipped, so any message may arrive any number of times, in any order.
+    A replica id never seen before is simply a new clock entry. A waiting batch is
+    filed under the one condition it waits on, so a delivery wakes only the batches it
+    may unblock.
     At most ``max_ops`` operations wait; one more raises :class:`BufferFull`.
     At most ``max_per_origin`` operations of one origin wait (default: no bound
     but ``max_ops``); one more raises :class:`WaitingCapReached` (a
