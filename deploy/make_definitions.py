@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from crdt_ops.transport.provision import apply, definitions, demo_password
-from services.model import DEFAULT_CELL, check_cell, groups, principal
+from services.model import DEFAULT_CELL, check_cell, groups, principal, subgroups
 
 __all__ = ["apply", "definitions", "demo_password", "principals"]
 
@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the file to write (default deploy/rabbitmq/definitions.json)")
     p.add_argument("--node", help="with --apply: the RabbitMQ node (rabbitmqctl -n)")
     args = p.parse_args(argv)
-    defs = definitions(groups(args.group, args.cell or list(DEFAULT_CELLS)),
-                       principals(args.worker or list(DEFAULT_WORKERS)), queue_type=args.queue_type)
+    gs = groups(args.group, args.cell or list(DEFAULT_CELLS))
+    defs = definitions(gs, principals(args.worker or list(DEFAULT_WORKERS)),
+                       queue_type=args.queue_type, routed=list(subgroups(args.group, gs)))
     if args.apply:
         apply(defs, args.node)
         print(f"provisioned group {args.group} on {args.node or 'the local broker'}")

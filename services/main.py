@@ -129,6 +129,10 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 #: instead of queues of their own": with 40 workers in 4 cells, a fifth to a third less
 #: broker CPU). The library's default stays ``queue``.
 SERVICES_CONSUME = "stream"
+#: How a worker receives its cell's messages unless told otherwise: a queue of its own,
+#: which the broker fills with its own node's messages and the cell's common part only
+#: (its node's sub-group: services/model.py); the cell's stream holds every node's.
+WORKER_CONSUME = "queue"
 
 
 def worker_heartbeat(settings: config.Settings, lease_s: float) -> config.Settings:
@@ -161,7 +165,8 @@ def read(role: str, args: argparse.Namespace) -> Service:
         parts[key] = config.load(cls, args, **fixed)
     settings = config.from_args(args)
     if not config.given(args, config.Settings, "consume"):
-        settings = replace(settings, consume=SERVICES_CONSUME)
+        settings = replace(settings, consume=WORKER_CONSUME if role == "worker"
+                           else SERVICES_CONSUME)
     if role == "worker" and not config.given(args, config.Settings, "heartbeat_s"):
         settings = worker_heartbeat(settings, parts["worker"].lease_s)
     service = Service(settings, **parts)
@@ -245,7 +250,8 @@ async def run_service(role: str, service: Service) -> str:
         pin_cell(runtime_dir(service.worker, settings.store, name), name, held[0])
     groups = model.held_groups(role, settings.group, held)
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
-                      policies=dict.fromkeys(groups, model.POLICY))
+                      policies=dict.fromkeys(groups, model.POLICY),
+                      subgroups=model.subgroups(settings.group, groups))
     try:
         await signals.guard(node.start(), lambda: node_state(node))
     except BaseException:
@@ -522,7 +528,7 @@ def _delete_group(url: str, group: str, replicas: list[str]) -> None:
 
     found = Survey(group)
     for g in model.groups(group):  # the platform's, and its one cell's
-        q, x = Topology(g).objects(replicas)
+        q, x = Topology(g, routed=True).objects(replicas)  # (what does not exist is passed)
         found.queues += q
         found.exchanges += x
 

@@ -21,9 +21,12 @@ A container is two records:
   (``power_actual``, ``pid``, ``last_error``, ``started_generation``).
 
 A node's record and the placements on it share the node's prefixes
-(``cells/<cell>/nodes/<node>``, ``cells/<cell>/containers/<node>/``): what concerns one
-node is found by key, so that a worker can be given its own node's records only
-(docs/scaling.md, "The next step").
+(``cells/<cell>/nodes/<node>``, ``cells/<cell>/containers/<node>/``), and within a cell's
+group they are the node's *sub-group* (:data:`NODE_SUBGROUPS`, crdt_ops/subgroups.py): the
+node's worker holds that sub-group only, and the broker routes it that sub-group's
+messages only, not those of the cell's other nodes; logic and web hold every sub-group.
+Within a node's sub-group everything holds that holds within a group; between two nodes'
+sub-groups nothing is ordered, as between groups.
 
 Logic alone creates, copies into and removes placements. A container moves to another
 node (its node's lease is over, or the node's cell has no room) as logic names the new
@@ -57,6 +60,7 @@ from typing import Any
 from crdt_ops import Rule, WritePolicy
 from crdt_ops.handles import MapHandle
 from crdt_ops.routing import Groups, NotHeld, Records, Routing
+from crdt_ops.subgroups import SubGroups
 
 CONTAINERS = "containers/"
 CELLS = "cells/"
@@ -85,12 +89,23 @@ COPIED = ("power_desired", "restart_generation")
 
 ROLES = ("web", "logic", "worker")
 
+#: Within a cell's group, each node's records (its record, the placements on it) are the
+#: node's sub-group, which the node's worker holds (and only it of the cell's workers).
+NODE_SUBGROUPS = SubGroups(keys=(CELLS + "*/nodes/{}", CELLS + "*/" + CONTAINERS + "{}"),
+                           holders=("worker.{}",))
+
 
 def routing(group: str) -> Routing:
     """Which group holds which record (:mod:`crdt_ops.routing`), the same in every
     service: the records under ``cells/<cell>/`` the cell's group (:func:`cell_group`),
     every other record the platform's group ``group``."""
     return Routing(group, {CELLS + "{}/": cell_group(group, "{}")})
+
+
+def subgroups(group: str, held: Iterable[str]) -> dict[str, SubGroups]:
+    """The sub-group rule of each of the groups ``held`` of the platform ``group``: the
+    cells' :data:`NODE_SUBGROUPS` (the platform's group has none)."""
+    return {g: NODE_SUBGROUPS for g in held if g != group}
 
 
 def cell_group(group: str, cell: str) -> str:

@@ -40,6 +40,7 @@ from typing import Any
 
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
+from crdt_ops.subgroups import NONE, SubGroups
 from crdt_ops.transport import forking, metrics
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.store import Store, StoreUnavailable
@@ -121,13 +122,14 @@ class DurableReplica:
     @classmethod
     def open(cls, settings: Settings, *, name: str = "replica",
              wall_clock: Callable[[], int] = time.time_ns,
-             policy: WritePolicy = OPEN) -> DurableReplica:
+             policy: WritePolicy = OPEN, subgroups: SubGroups = NONE) -> DurableReplica:
         """Open the store (``settings.store``, else :func:`default_store_path`) and
         restore the replica it holds. Its id is ``settings.replica_id``, else the one
         remembered in the store, else a new ``<name>.<host>-<random>``. Raises ValueError
         when the store belongs to another replica id or was made with the other
         ``membership`` mode, :class:`~crdt_ops.transport.store.StoreLocked` when another
-        process has it open."""
+        process has it open. ``policy`` and ``subgroups``: the group's write policy and
+        sub-group rule (:mod:`crdt_ops.subgroups`), the same at every replica."""
         store = Store(default_store_path(settings, settings.replica_id or name))
         known = store.get("replica_id")
         rid = settings.replica_id or (known.decode() if known else
@@ -145,7 +147,7 @@ class DurableReplica:
                              f"{mode.decode()} (or a new group for the other mode)")
         store.put("replica_id", rid.encode())
         store.put(MEMBERSHIP, settings.membership.encode())
-        options = {"wall_clock": wall_clock, "policy": policy,
+        options = {"wall_clock": wall_clock, "policy": policy, "subgroups": subgroups,
                    "members": members_of(settings.membership.encode()),
                    "max_batch_ops": settings.batch_ops,
                    "max_waiting_per_origin": settings.max_waiting_per_origin}

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
+from crdt_ops.subgroups import NONE, SubGroups
+from crdt_ops.wire import codec
 
 
 @dataclass(order=True)
@@ -160,13 +162,18 @@ class MemoryBus:
 class MemoryNode:
     """A replica on a :class:`MemoryBus`, with the same interface services use on
     :class:`~crdt_ops.transport.amqp.AmqpNode` (``replica``, ``write()``, ``flush()``,
-    ``start()``, ``stop()``), for the demo without a broker and for tests."""
+    ``start()``, ``stop()``), for the demo without a broker and for tests. ``subgroups``:
+    the group's sub-group rule (:mod:`crdt_ops.subgroups`); a node that holds one
+    sub-group is handed that sub-group's messages and the common part's only, as the
+    broker routes them to its queue (:mod:`crdt_ops.transport.topology`)."""
 
     def __init__(self, bus: MemoryBus, replica_id: str,
-                 wall_clock: Callable[[], int] | None = None, policy: WritePolicy = OPEN) -> None:
+                 wall_clock: Callable[[], int] | None = None, policy: WritePolicy = OPEN,
+                 subgroups: SubGroups = NONE) -> None:
         self.bus = bus
         self.replica_id = replica_id
-        self.replica = Replica(replica_id, wall_clock=wall_clock, policy=policy)
+        self.replica = Replica(replica_id, wall_clock=wall_clock, policy=policy,
+                               subgroups=subgroups)
         #: messages delivered to this node so far (its own included)
         self.received = 0
 
@@ -209,6 +216,9 @@ class MemoryNode:
     def _deliver(self, data: bytes) -> None:
         if self not in self.bus.nodes:
             return
+        held = self.replica.held_subgroup
+        if held is not None and codec.subgroup_of(data) not in ("", held):
+            return  # (the broker routes it to the queues of its sub-group's holders only)
         self.received += 1
         self.replica.receive(data)
         for out in self.replica.outgoing():  # what change callbacks wrote

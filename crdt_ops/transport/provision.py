@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from crdt_ops.transport.topology import Topology
 
@@ -50,29 +50,32 @@ def permissions(groups: str | Sequence[str], principal: str) -> dict[str, str]:
         g = re.escape(f"crdt.{group}")
         own = f"{g}\\.{re.escape(principal)}(\\..*)?"
         configure.append(own)
-        write += [g, f"{g}\\.dlx", f"{g}\\.founder", own]
-        read += [g, f"{g}\\.log", f"{g}\\.founder", f"{g}\\.founders", own]
+        write += [g, f"{g}\\.dlx", f"{g}\\.founder", f"{g}\\.routed", own]
+        read += [g, f"{g}\\.log", f"{g}\\.founder", f"{g}\\.founders", f"{g}\\.routed", own]
     return {"configure": f"^({'|'.join(configure)})$", "write": f"^({'|'.join(write)})$",
             "read": f"^({'|'.join(read)})$"}
 
 
 def definitions(groups: str | Sequence[str], users: list[str], vhost: str = "/",
-                admin: str | None = "admin", queue_type: str = "classic") -> dict[str, object]:
+                admin: str | None = "admin", queue_type: str = "classic",
+                routed: Collection[str] = ()) -> dict[str, object]:
     """Users (password: :func:`demo_password`), their permissions in ``groups`` (a group's
     name, or several) and each group's shared topology
     (:meth:`~crdt_ops.transport.topology.Topology.shared`, for replicas whose
-    ``--queue-type`` is ``queue_type``)."""
+    ``--queue-type`` is ``queue_type``; ``routed``: the groups that have sub-groups, with
+    their topic exchange bound to the fanout one)."""
     def user(name: str, tags: list[str]) -> dict[str, object]:
         salt = hashlib.sha256(name.encode()).digest()[:4]
         return {"name": name, "password_hash": password_hash(demo_password(name), salt),
                 "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
 
-    topologies = [Topology(g, queue_type=queue_type) for g in _groups(groups)]
+    topologies = [Topology(g, queue_type=queue_type, routed=g in routed)
+                  for g in _groups(groups)]
     perms = [{"user": u, "vhost": vhost, **permissions(groups, u)} for u in users]
     admins = [] if admin is None else [admin]  # None: provisioning a broker that has one
     perms += [{"user": a, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
               for a in admins]
-    exchange = {"vhost": vhost, "type": "fanout", "durable": True, "auto_delete": False,
+    exchange = {"vhost": vhost, "durable": True, "auto_delete": False,
                 "internal": False, "arguments": {}}
     queue = {"vhost": vhost, "durable": True, "auto_delete": False}
     shared = [q for t in topologies for q in t.shared()]
@@ -80,11 +83,15 @@ def definitions(groups: str | Sequence[str], users: list[str], vhost: str = "/",
         "users": [user(u, []) for u in users] + [user(a, ["administrator"]) for a in admins],
         "vhosts": [{"name": vhost}],
         "permissions": perms,
-        "exchanges": [{"name": name, **exchange} for t in topologies for name in t.exchanges],
+        "exchanges": [{"name": name, "type": t.exchange_type(name), **exchange}
+                      for t in topologies for name in t.exchanges],
         "queues": [{"name": q.name, **queue, "arguments": q.arguments or {}} for q in shared],
         "bindings": [{"source": q.bound_to, "vhost": vhost, "destination": q.name,
                       "destination_type": "queue", "routing_key": "", "arguments": {}}
-                     for q in shared if q.bound_to is not None],
+                     for q in shared if q.bound_to is not None]
+        + [{"source": t.routed_exchange, "vhost": vhost, "destination": t.exchange,
+            "destination_type": "exchange", "routing_key": "#", "arguments": {}}
+           for t in topologies if t.routed],
     }
 
 

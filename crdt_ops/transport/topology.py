@@ -8,6 +8,15 @@ go to the fanout exchange ``crdt.G.founder`` and the stream ``crdt.G.founders`` 
 it, whose first message names the group's founder (a stream is append-only and read
 without taking messages out, so every reader sees the same first claim).
 
+A group with sub-groups (:mod:`crdt_ops.subgroups`; ``routed``) also has the topic
+exchange ``crdt.G.routed``, which its replicas publish to, each message with the routing
+key of its sub-group (:meth:`Topology.routing_key`: ``common``, or ``sub.<name>``); the
+fanout exchange is bound to it with ``#``, so the stream and the queues of the replicas
+that hold every sub-group get every message as before, and the queue of a replica that
+holds one sub-group is bound to ``crdt.G.routed`` with that sub-group's key and the common
+part's only: the broker leaves the other sub-groups' messages out of it (RabbitMQ "Topic
+Exchange"; "Exchange to Exchange Bindings").
+
 :class:`Topology` lists these objects (:meth:`Topology.shared`, :meth:`Topology.member`);
 :func:`declare` declares them through a channel (every replica, the benchmarks, the
 chaos relay) and :mod:`crdt_ops.transport.provision` exports the same list as broker
@@ -28,34 +37,57 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Queue:
-    """A durable queue: ``name``, its ``arguments`` (None: none), and the fanout exchange
-    it is bound to (None: not bound)."""
+    """A durable queue: ``name``, its ``arguments`` (None: none), the exchange it is bound
+    to (None: not bound), and with which routing keys (None: aio-pika's default, the
+    queue's name, as a fanout exchange's bindings have always been made)."""
 
     name: str
     arguments: dict[str, Any] | None
     bound_to: str | None
+    keys: tuple[str | None, ...] = (None,)
 
 
 @dataclass(frozen=True, slots=True)
 class Topology:
     """The RabbitMQ objects of one group. ``queue_type``: the replicas' queues'
     ``x-queue-type`` (classic or quorum); ``stream_max_age`` / ``stream_max_bytes``: the
-    stream's retention (``x-max-age``; ``x-max-length-bytes``, 0: no bound)."""
+    stream's retention (``x-max-age``; ``x-max-length-bytes``, 0: no bound); ``routed``:
+    the group has sub-groups (its replicas publish to :attr:`routed_exchange`)."""
 
     group: str
     queue_type: str = "classic"
     stream_max_age: str = "7D"
     stream_max_bytes: int = 0
+    routed: bool = False
 
     @classmethod
-    def of(cls, settings: Settings) -> Topology:
-        """The topology a replica with ``settings`` uses."""
+    def of(cls, settings: Settings, routed: bool = False) -> Topology:
+        """The topology a replica with ``settings`` uses (``routed``: its group has
+        sub-groups)."""
         return cls(settings.group, settings.queue_type, settings.stream_max_age,
-                   settings.stream_max_bytes)
+                   settings.stream_max_bytes, routed)
 
     @property
     def exchange(self) -> str:
+        """The group's fanout exchange (the stream and whole replicas' queues are bound to
+        it)."""
         return f"crdt.{self.group}"
+
+    @property
+    def routed_exchange(self) -> str:
+        """The topic exchange a group with sub-groups publishes to (bound to
+        :attr:`exchange` with ``#``)."""
+        return f"crdt.{self.group}.routed"
+
+    @property
+    def publish_to(self) -> str:
+        """The exchange replicas publish their messages to."""
+        return self.routed_exchange if self.routed else self.exchange
+
+    @staticmethod
+    def routing_key(subgroup: str) -> str:
+        """The routing key of a message of ``subgroup`` (``""``: the common part)."""
+        return f"sub.{subgroup}" if subgroup else "common"
 
     def queue(self, replica_id: str) -> str:
         return f"crdt.{self.group}.{replica_id}"
@@ -85,8 +117,14 @@ class Topology:
 
     @property
     def exchanges(self) -> tuple[str, ...]:
-        """The group's fanout exchanges (all durable)."""
-        return (self.exchange, self.dead_letter_exchange, self.founder)
+        """The group's exchanges (all durable): the fanout ones, and with sub-groups the
+        topic one last."""
+        fanouts = (self.exchange, self.dead_letter_exchange, self.founder)
+        return (*fanouts, self.routed_exchange) if self.routed else fanouts
+
+    def exchange_type(self, name: str) -> str:
+        """``topic`` for :attr:`routed_exchange`, ``fanout`` for the others."""
+        return "topic" if self.routed and name == self.routed_exchange else "fanout"
 
     def stream_arguments(self) -> dict[str, Any]:
         args: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": self.stream_max_age}
@@ -111,18 +149,26 @@ class Topology:
         return ([self.queue(r) for r in replica_ids] + [q.name for q in self.shared()],
                 list(self.exchanges))
 
-    def member(self, replica_id: str) -> Queue:
-        """Replica ``replica_id``'s own queue, bound to the group's exchange."""
-        return Queue(self.queue(replica_id), {"x-queue-type": self.queue_type}, self.exchange)
+    def member(self, replica_id: str, subgroup: str | None = None) -> Queue:
+        """Replica ``replica_id``'s own queue, bound to the group's exchange; for a replica
+        that holds one ``subgroup`` only, to :attr:`routed_exchange` with the keys of that
+        sub-group and of the common part."""
+        args = {"x-queue-type": self.queue_type}
+        if subgroup is None or not self.routed:
+            return Queue(self.queue(replica_id), args, self.exchange)
+        return Queue(self.queue(replica_id), args, self.routed_exchange,
+                     (self.routing_key(""), self.routing_key(subgroup)))
 
 
 async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, AbstractExchange]:
     """Declare the group's exchanges and shared queues with their bindings (idempotent);
     returns the exchanges by name. Raises aiormq's ChannelAccessRefused for a broker user
     that may not declare them (provisioned by an administrator instead)."""
-    exchanges = {name: await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT,
-                                                      durable=True)
-                 for name in topology.exchanges}
+    exchanges = {name: await channel.declare_exchange(
+        name, aio_pika.ExchangeType(topology.exchange_type(name)), durable=True)
+        for name in topology.exchanges}
+    if topology.routed:  # everything published reaches the fanout, hence the stream
+        await exchanges[topology.exchange].bind(exchanges[topology.routed_exchange], "#")
     for q in topology.shared():
         queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
         if q.bound_to is not None:
@@ -130,10 +176,17 @@ async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, Abs
     return exchanges
 
 
-async def declare_member(channel: AbstractChannel, topology: Topology,
-                         replica_id: str) -> AbstractQueue:
-    """Declare replica ``replica_id``'s queue and bind it to the group's exchange."""
-    q = topology.member(replica_id)
+async def declare_member(channel: AbstractChannel, topology: Topology, replica_id: str,
+                         subgroup: str | None = None) -> AbstractQueue:
+    """Declare replica ``replica_id``'s queue and bind it (:meth:`Topology.member`;
+    ``subgroup``: the one sub-group the replica holds, None: all)."""
+    q = topology.member(replica_id, subgroup)
     queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
-    await queue.bind(q.bound_to or topology.exchange)
+    await bind_member(queue, q)
     return queue
+
+
+async def bind_member(queue: AbstractQueue, q: Queue) -> None:
+    """Bind ``queue`` as ``q`` says (idempotent)."""
+    for key in q.keys:
+        await queue.bind(q.bound_to or "", key)

@@ -334,6 +334,17 @@ def decode(data: bytes) -> Batch | Heartbeat:
     raise _bad("empty-message", "the envelope holds neither a batch nor a heartbeat")
 
 
+def subgroup_of(data: bytes) -> str:
+    """The sub-group of a message this replica produced (:mod:`crdt_ops.subgroups`): a
+    batch's, else (a heartbeat, anything else) the common part's, ``""``."""
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(data)
+    except DecodeError:
+        return ""
+    return env.batch.subgroup if env.WhichOneof("body") == "batch" else ""
+
+
 #: The most operations :func:`coalesce` joins into one message.
 MAX_COALESCED_OPS = 1_000
 

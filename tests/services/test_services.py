@@ -231,9 +231,12 @@ def test_a_restarted_worker_reconciles_what_really_runs(system: System) -> None:
 
 def test_each_worker_holds_only_its_own_cell(system: System) -> None:
     """A worker's heartbeats go to its cell's group: web and logic, which hold both cells,
-    see both nodes; each worker reads its own cell's stream only (the services read their
-    groups' streams: services.main.SERVICES_CONSUME), so neither the platform's records
-    nor the other cell's heartbeats and containers reach it, and has no queue anywhere.
+    see both nodes; web and logic read their groups' streams (the services' default:
+    services.main.SERVICES_CONSUME) and have no queue; each worker reads a queue of its own
+    in its own cell's group (services.main.WORKER_CONSUME), which the broker fills with
+    its own node's sub-group and the cell's common part only (bound to the cell's topic
+    exchange with those two keys: crdt_ops/transport/topology.py), so neither the
+    platform's records nor the other cell's, nor the other nodes' placements, reach it.
     (What each replica consumes is read from its log: RabbitMQ 3.10 lists no stream
     consumers in ``list_consumers``, and its stream consumer counts outlive their channels.)"""
     from tests.broker import rabbitmqctl
@@ -246,14 +249,20 @@ def test_each_worker_holds_only_its_own_cell(system: System) -> None:
         return set(re.findall(r"consuming (crdt\S+)",
                               (system.workdir / f"{service}.log").read_text()))
 
+    bindings = {tuple(line.split("\t")) for line in rabbitmqctl(
+        "list_bindings", "source_name", "destination_name", "routing_key", "-q").splitlines()}
     for worker, cell in (("worker-1", "a"), ("worker-2", "b")):
-        assert consumed(worker) == {f"crdt.{g}.cell.{cell}.log"}, consumed(worker)
+        queue = f"crdt.{g}.cell.{cell}.worker.{worker}"
+        assert consumed(worker) == {queue}, consumed(worker)
+        assert {(src, key) for src, dst, key in bindings if dst == queue} == {
+            ("", queue), (f"crdt.{g}.cell.{cell}.routed", "common"),
+            (f"crdt.{g}.cell.{cell}.routed", f"sub.{worker}")}, bindings
     for service in ("web", "logic"):
         assert consumed(service) == {f"crdt.{g}.log", f"crdt.{g}.cell.a.log",
                                      f"crdt.{g}.cell.b.log"}, consumed(service)
     queues = set(rabbitmqctl("list_queues", "name", "-q").split())
-    assert not any(q.startswith(f"crdt.{g}.") and q.endswith(("web", "logic", "worker-1",
-                                                             "worker-2")) for q in queues), queues
+    assert not any(q.startswith(f"crdt.{g}.") and q.endswith(("web", "logic"))
+                   for q in queues), queues
 
 
 def test_a_restarted_logic_places_before_the_next_beat(amqp_url: str, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crdt_ops.events import ChangeEvent
+from crdt_ops.subgroups import NONE
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
@@ -149,10 +150,13 @@ class CellsResult:
 
 def _holding(buses: dict[str, MemoryBus], role: str, replica_id: str,
              cells: list[str]) -> NodeGroups[MemoryNode]:
-    """A service of ``role``'s replicas: one node per group it holds."""
+    """A service of ``role``'s replicas: one node per group it holds (a cell's with the
+    cells' sub-group rule: a worker is handed its own node's messages only)."""
+    held = model.held_groups(role, GROUP, cells)
+    rules = model.subgroups(GROUP, held)
     return NodeGroups(model.routing(GROUP), {
-        g: MemoryNode(buses[g], replica_id, policy=model.POLICY)
-        for g in model.held_groups(role, GROUP, cells)})
+        g: MemoryNode(buses[g], replica_id, policy=model.POLICY, subgroups=rules.get(g, NONE))
+        for g in held})
 
 
 async def _until(check: Callable[[], bool], timeout_s: float, what: str,

@@ -136,7 +136,7 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
     (0: not watched) for messages of replicas still running. Reads the whole stream
     (progress on stderr; ``say`` is told before) and publishes one heartbeat of a
     throwaway replica id to it, which no replica keeps (its clock is empty)."""
-    names = Topology.of(settings)
+    names = Topology.of(settings, routed=True)  # (a group's topic exchange, if it has one)
     found = Survey(settings.group)
     found.exchanges = [x for x in names.exchanges if await _exists(conn, x, True) is not None]
     shared = [q.name for q in names.shared()]

@@ -57,7 +57,10 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
 async def publish_retirement(settings: Settings, replica_id: str) -> int:
     """Announce to ``settings.group`` that ``replica_id`` is gone for good, naming its
     last operation found in the stream (replicas count it until they delivered that
-    one). Returns that sequence number. Publishes nothing before the group's stream took
+    one; with sub-groups, its last operation on each of its channels). Returns how many
+    operations it issued (that sequence number, or the sum over its channels). The
+    replicas that hold one sub-group of a group that has them learn of the retirement from
+    the others' heartbeats, which relay it. Publishes nothing before the group's stream took
     a probe (:func:`~crdt_ops.transport.amqp.stream_ready.stream_takes_writes`: a broker
     that just restarted confirms and drops what reaches a stream still starting, and a
     replica joining later would never learn of the retirement)."""
@@ -71,8 +74,8 @@ async def publish_retirement(settings: Settings, replica_id: str) -> int:
             conn, names.stream,
             lambda mid: message(settings, nobody.clock_message(), message_id=mid),
             via=names.exchange)
-        last = await last_operation(conn, settings, exchange, replica_id)
+        lasts = await last_operation(conn, settings, exchange, replica_id)
         await exchange.publish(
-            message(settings, Replica.retirement(replica_id, last), signer_of(settings)),
+            message(settings, Replica.retirement(replica_id, lasts), signer_of(settings)),
             routing_key="")
-        return last
+        return sum(lasts.values())

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.routing import Routing
+from crdt_ops.subgroups import NONE, SubGroups
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.node import AmqpNode
@@ -59,8 +60,9 @@ class AmqpGroups(NodeGroups[AmqpNode]):
     :class:`AmqpNode` with ``settings`` but its own ``group`` and store
     (:func:`store_for`), all with one replica id (``settings.replica_id``, else the one
     the first group's store remembers, else a new one), over one connection.
-    ``policies``: a write policy per group (default: open); ``name`` and ``wall_clock``
-    as for :class:`AmqpNode`. ``settings.bootstrap`` (a peer's snapshot) starts the
+    ``policies``: a write policy per group (default: open); ``subgroups``: a sub-group rule
+    per group (:mod:`crdt_ops.subgroups`; default: none); ``name`` and ``wall_clock`` as
+    for :class:`AmqpNode`. ``settings.bootstrap`` (a peer's snapshot) starts the
     routing's default group only, when its store is new; the other groups start from
     their streams.
 
@@ -72,7 +74,8 @@ class AmqpGroups(NodeGroups[AmqpNode]):
 
     def __init__(self, settings: Settings, routing: Routing, groups: Iterable[str], *,
                  name: str = "replica", wall_clock: Callable[[], int] = time.time_ns,
-                 policies: Mapping[str, WritePolicy] | None = None) -> None:
+                 policies: Mapping[str, WritePolicy] | None = None,
+                 subgroups: Mapping[str, SubGroups] | None = None) -> None:
         names = list(groups)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"give each group once, at least one; got {names}")
@@ -88,7 +91,8 @@ class AmqpGroups(NodeGroups[AmqpNode]):
                                     bootstrap=bootstrap)
             try:
                 nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
-                                        policy=(policies or {}).get(group, OPEN), loop_lag=lag)
+                                        policy=(policies or {}).get(group, OPEN), loop_lag=lag,
+                                        subgroups=(subgroups or {}).get(group, NONE))
                 lag = nodes[group].loop_lag
             except BaseException:
                 for node in nodes.values():

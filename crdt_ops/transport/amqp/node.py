@@ -48,6 +48,7 @@ from aio_pika.abc import (
 
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
+from crdt_ops.subgroups import NONE, SubGroups
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.founding import claim_founding
@@ -62,7 +63,7 @@ from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.echo import EchoWatch
 from crdt_ops.transport.loop_lag import LoopLag
 from crdt_ops.transport.store import Store, StoreUnavailable
-from crdt_ops.transport.topology import Topology, declare, declare_member
+from crdt_ops.transport.topology import Topology, bind_member, declare, declare_member
 from crdt_ops.transport.waiting import jittered
 
 log = logging.getLogger(__name__)
@@ -97,17 +98,23 @@ class AmqpNode:
     process has it open), or pumps ``durable``, one opened by the caller. ``loop_lag``:
     the probe of the event loop's stalls to start with the node, shared by the nodes of
     one process (:class:`~crdt_ops.transport.loop_lag.LoopLag`; by default its own).
+    ``subgroups``: the group's sub-group rule (:mod:`crdt_ops.subgroups`, the same at every
+    replica): its replicas publish through the group's topic exchange, and a replica that
+    holds one sub-group reads a queue the broker routes that sub-group's messages and the
+    common part's to only (:mod:`crdt_ops.transport.topology`; with ``consume="stream"``
+    it reads the whole stream and skips the rest).
     """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
                  wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN,
                  durable: DurableReplica | None = None,
-                 loop_lag: LoopLag | None = None) -> None:
+                 loop_lag: LoopLag | None = None, subgroups: SubGroups = NONE) -> None:
         self.settings = settings
         self.policy = policy
-        self.topology = Topology.of(settings)
+        self.topology = Topology.of(settings, routed=bool(subgroups))
         self.durable = durable or DurableReplica.open(settings, name=name,
-                                                      wall_clock=wall_clock, policy=policy)
+                                                      wall_clock=wall_clock, policy=policy,
+                                                      subgroups=subgroups)
         self.replica_id = self.durable.replica_id
         #: A connection to use instead of opening one (several groups in one process,
         #: :mod:`~crdt_ops.transport.amqp.groups`): set before :meth:`start`; the node
@@ -458,7 +465,9 @@ class AmqpNode:
             self._pub = await self._conn.channel(publisher_confirms=True,
                                                  on_return_raises=True)
             self._attach(self._pub, await self._pub.get_exchange(names.exchange),
-                         await self._pub.get_exchange(names.dead_letter_exchange))
+                         await self._pub.get_exchange(names.dead_letter_exchange),
+                         await self._pub.get_exchange(names.routed_exchange)
+                         if names.routed else None)
         was = self.store.get("consume")
         if was is not None and was.decode() != s.consume:
             log.info("replica %s consumed by %s before, by %s now", self.replica_id,
@@ -466,7 +475,12 @@ class AmqpNode:
             # its queue missed what was published while it read the stream: read that too
             self._reread_due = s.consume == "queue"
         if s.consume == "queue":
-            self._queue = await declare_member(consume, names, self.replica_id)
+            self._queue = await declare_member(consume, names, self.replica_id,
+                                               self.replica.held_subgroup)
+        elif self.replica.held_subgroup is not None and names.routed:
+            log.info("replica %s holds sub-group %s of %s but reads its whole stream "
+                     "(--consume stream): the broker filters only for --consume queue",
+                     self.replica_id, self.replica.held_subgroup, s.group)
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
@@ -529,14 +543,18 @@ class AmqpNode:
         """Declare the group's exchanges and shared queues (:mod:`~crdt_ops.transport.topology`)."""
         exchanges = await declare(channel, self.topology)
         self._attach(channel, exchanges[self.topology.exchange],
-                     exchanges[self.topology.dead_letter_exchange])
+                     exchanges[self.topology.dead_letter_exchange],
+                     exchanges.get(self.topology.routed_exchange))
 
     def _attach(self, channel: AbstractChannel, exchange: AbstractExchange,
-                dead_letters: AbstractExchange) -> None:
-        """Publish through ``channel`` to ``exchange``; dead-letter to ``dead_letters``."""
+                dead_letters: AbstractExchange, routed: AbstractExchange | None) -> None:
+        """Publish through ``channel`` to ``routed`` (a group with sub-groups), else to
+        ``exchange``, the fanout one (the stream's markers and probes go there always);
+        dead-letter to ``dead_letters``."""
         self._exchange = exchange
         self._in.dead_letter_exchange = dead_letters
-        self._out.connection, self._out.channel, self._out.exchange = self._conn, channel, exchange
+        self._out.connection, self._out.channel = self._conn, channel
+        self._out.exchange = routed or exchange
 
     async def _replay_stream(self, reread: bool = False) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
@@ -604,7 +622,8 @@ class AmqpNode:
             return
         assert self._queue is not None
         declared = await self._queue.declare()
-        await self._queue.bind(self.topology.exchange)
+        await bind_member(self._queue,
+                          self.topology.member(self.replica_id, self.replica.held_subgroup))
         if not declared.consumer_count:
             await self._queue.consume(self._in.inbox.put, no_ack=False)
             log.warning("replica %s: its queue %s had lost its consumer; consuming again",

@@ -268,12 +268,14 @@ class Publisher:
         return ", ".join(f"{name} ({n:,} messages)" for name, n in top) or "none found"
 
     async def publish(self, body: bytes) -> None:
-        """Publish ``body`` to the group's exchange and wait for the broker's confirm
+        """Publish ``body`` to the group's exchange (with sub-groups: the topic one, with
+        the routing key of its sub-group) and wait for the broker's confirm
         (raises aio-pika's errors: DeliveryError for a nack, PublishError for a return;
         :class:`~crdt_ops.transport.amqp.stream_ready.StreamUnchecked`, with nothing sent,
         if the connection changed since the gate's last probe: await ``gate.ready()``)."""
         assert self.exchange is not None
-        await self._send(body, self.exchange.name, "")
+        key = self.topology.routing_key(codec.subgroup_of(body)) if self.topology.routed else ""
+        await self._send(body, self.exchange.name, key)
 
     async def _send(self, body: bytes, exchange: str, routing_key: str) -> None:
         """Publish ``body`` as a replica's message to ``exchange`` ("": the default one)

@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingM
 from crdt_ops.errors import InvalidMessage
 from crdt_ops.ops import Batch
 from crdt_ops.replica import Replica
+from crdt_ops.subgroups import split
 from crdt_ops.transport.amqp.arrivals import arriving
 from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
@@ -192,6 +193,14 @@ def throwaway_id(prefix: str) -> str:
 def origin_of(body: bytes) -> tuple[str, int] | None:
     """Who sent message ``body`` and the sequence number of its last operation in it (0: a
     heartbeat, no operation); None if it names no sender (or cannot be decoded)."""
+    sent = _sent(body)
+    return None if sent is None else (sent[0], sent[2])
+
+
+def _sent(body: bytes) -> tuple[str, str, int] | None:
+    """Who sent message ``body``, on which channel (:mod:`crdt_ops.subgroups`), and the
+    sequence number of its last operation in it (0: a heartbeat); None if it names no
+    sender (or cannot be decoded)."""
     try:
         decoded = codec.decode(body)
     except InvalidMessage:
@@ -199,26 +208,38 @@ def origin_of(body: bytes) -> tuple[str, int] | None:
     origin = getattr(decoded, "origin", None)
     if not isinstance(origin, str) or not origin:
         return None
-    return origin, decoded.last_seq if isinstance(decoded, Batch) else 0
+    if isinstance(decoded, Batch):
+        return origin, decoded.channel, decoded.last_seq
+    return origin, origin, 0
 
 
-async def origins(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
-                  prefix: str) -> dict[str, int]:
-    """Every sender in the group's stream, from its start to a marker published now (a
-    heartbeat of a :func:`throwaway_id` with ``prefix``), and the sequence number of its
-    last operation there (0: heartbeats only)."""
+async def channels(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
+                   prefix: str) -> dict[str, int]:
+    """Every channel of every sender in the group's stream (its id, without sub-groups),
+    from its start to a marker published now (a heartbeat of a :func:`throwaway_id` with
+    ``prefix``), and the sequence number of its last operation there (0: heartbeats
+    only)."""
     found: dict[str, int] = {}
     marker = message(settings, Replica(throwaway_id(prefix)).clock_message(),
                      message_id=f"{prefix}{uuid.uuid4().hex}")
     async for batch in read_stream(conn, settings, exchange, marker):
-        for sent in filter(None, (origin_of(msg.body) for msg in batch)):
-            found[sent[0]] = max(found.get(sent[0], 0), sent[1])
+        for _, ch, last in filter(None, (_sent(msg.body) for msg in batch)):
+            found[ch] = max(found.get(ch, 0), last)
         await batch[-1].ack(multiple=True)
     return found
 
 
+async def origins(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
+                  prefix: str) -> set[str]:
+    """Every sender in the group's stream, from its start to a marker published now (see
+    :func:`channels`)."""
+    return {split(ch)[0] for ch in await channels(conn, settings, exchange, prefix)}
+
+
 async def last_operation(conn: AbstractConnection, settings: Settings,
-                         exchange: AbstractExchange, replica_id: str) -> int:
-    """The sequence number of ``replica_id``'s last operation in the group's stream
-    (0: none): what a retirement of it must name (everything it published is there)."""
-    return (await origins(conn, settings, exchange, "retire-")).get(replica_id, 0)
+                         exchange: AbstractExchange, replica_id: str) -> dict[str, int]:
+    """The sequence number of ``replica_id``'s last operation in the group's stream on
+    each of its channels (``{replica_id: 0}``: none): what a retirement of it must name
+    (everything it published is there)."""
+    found = await channels(conn, settings, exchange, "retire-")
+    return {c: s for c, s in found.items() if split(c)[0] == replica_id} or {replica_id: 0}

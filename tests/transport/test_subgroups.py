@@ -1,0 +1,99 @@
+"""Sub-groups over the real broker (:mod:`crdt_ops.subgroups`,
+:mod:`crdt_ops.transport.topology`): a replica that holds one sub-group is routed that
+sub-group's messages and the common part's only, converges on them, hears its own echo,
+and a late one joins from the stream, skipping the rest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+import pytest_asyncio
+
+from crdt_ops.subgroups import SubGroups
+from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.config import Settings
+from tools.harness import delete_group_async, new_group, until
+
+RULE = SubGroups(keys=("nodes/{}",), holders=("worker.{}",))
+IDS = ["logic", "web", "worker.n1", "worker.n2"]
+
+
+class Group:
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.url, self.workdir, self.name = url, workdir, new_group()
+        self.nodes: dict[str, AmqpNode] = {}
+
+    def node(self, rid: str, consume: str = "queue") -> AmqpNode:
+        s = Settings(amqp_url=self.url, group=self.name, replica_id=rid, heartbeat_s=0.5,
+                     gap_timeout_s=2, consume=consume,
+                     store=str(self.workdir / f"{rid}.sqlite"))
+        self.nodes[rid] = AmqpNode(s, subgroups=RULE)
+        return self.nodes[rid]
+
+
+@pytest_asyncio.fixture
+async def group(amqp_url: str, tmp_path: Path) -> AsyncIterator[Group]:
+    g = Group(amqp_url, tmp_path)
+    try:
+        yield g
+    finally:
+        for n in g.nodes.values():
+            await n.stop()
+        await delete_group_async(amqp_url, g.name, [*IDS, "worker.n1.late"])
+
+
+@pytest.mark.asyncio
+async def test_a_replica_holding_one_sub_group_is_routed_its_messages_only(
+        group: Group, amqp_url: str) -> None:
+    logic = group.node("logic", consume="stream")
+    w1, w2 = group.node("worker.n1"), group.node("worker.n2")
+    for n in (logic, w1, w2):
+        await n.start()
+    async with logic.write() as r:
+        r.register("common").set("all")
+        for i in range(5):
+            r.map("nodes/n1").register(f"x{i}").set(i)
+            r.map("nodes/n2").register(f"x{i}").set(i)
+    async with w1.write() as r:
+        r.map("nodes/n1").register("beat").set(1)
+    async with w2.write() as r:
+        r.map("nodes/n2").register("beat").set(2)
+    await until(lambda: logic.replica.get("nodes/n1", {}).get("beat") == 1
+                and logic.replica.get("nodes/n2", {}).get("beat") == 2, 20,
+                "the workers' writes at logic")
+    await until(lambda: w1.replica.get("nodes/n1", {}).get("x4") == 4
+                and w2.replica.get("nodes/n2", {}).get("x4") == 4, 20,
+                "logic's writes at the workers")
+    full = logic.replica.state()
+    assert w1.replica.state() == {k: v for k, v in full.items() if k != "nodes/n2"}
+    assert w2.replica.state() == {k: v for k, v in full.items() if k != "nodes/n1"}
+    # the broker left the other node's messages out of each worker's queue
+    assert w1.replica.stats["skipped"] == w2.replica.stats["skipped"] == 0
+    assert not any("#n2" in c for c in w1.replica.clock)
+    # each worker hears its own messages come back (its echo: heard_through advances)
+    before = w1.heard_through()
+    async with w1.write() as r:
+        r.map("nodes/n1").register("beat").set(3)
+    await until(lambda: w1.heard_through() > before, 20, "worker n1's echo")
+    # the queue's bindings: the routed exchange, with its sub-group's key and the common one
+    conn = await aio_pika.connect(amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        routed = await ch.get_exchange(f"crdt.{group.name}.routed")
+        assert routed.name == f"crdt.{group.name}.routed"
+    # a late worker of n1 joins from the stream, skipping n2's messages there
+    late = group.node("worker.n1.late")
+    await late.start()
+    await until(lambda: late.replica.get("nodes/n1", {}).get("beat") == 3, 20,
+                "the late worker's replay")
+    assert late.replica.get("nodes/n2") is None and late.replica.stats["skipped"] > 0
+    # causal stability of n1's channels waits for n1's holders only: it moves with n2 silent
+    await w2.stop()
+    async with logic.write() as r:
+        r.map("nodes/n1").register("after").set(1)
+    await until(lambda: logic.replica.stable_clock().get("logic#n1", 0)
+                == logic.replica.clock["logic#n1"], 20,
+                "logic's n1 operations stable without worker n2")
