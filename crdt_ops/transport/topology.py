@@ -183,6 +183,8 @@ async def declare_member(channel: AbstractChannel, topology: Topology, replica_i
     q = topology.member(replica_id, subgroup)
     queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
     await bind_member(queue, q)
+    if q.bound_to != topology.exchange:  # a queue of before the group had sub-groups
+        await queue.unbind(topology.exchange)  # (RabbitMQ: no such binding is no error)
     return queue
 
 

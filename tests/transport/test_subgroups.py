@@ -50,7 +50,15 @@ async def test_a_replica_holding_one_sub_group_is_routed_its_messages_only(
         group: Group, amqp_url: str) -> None:
     logic = group.node("logic", consume="stream")
     w1, w2 = group.node("worker.n1"), group.node("worker.n2")
-    for n in (logic, w1, w2):
+    await logic.start()
+    # worker n2's queue as it was before the group had sub-groups: bound to the fanout
+    conn = await aio_pika.connect(amqp_url)
+    async with conn:
+        ch = await conn.channel()
+        old = await ch.declare_queue(f"crdt.{group.name}.worker.n2", durable=True,
+                                     arguments={"x-queue-type": "classic"})
+        await old.bind(f"crdt.{group.name}")
+    for n in (w1, w2):
         await n.start()
     async with logic.write() as r:
         r.register("common").set("all")
@@ -70,7 +78,8 @@ async def test_a_replica_holding_one_sub_group_is_routed_its_messages_only(
     full = logic.replica.state()
     assert w1.replica.state() == {k: v for k, v in full.items() if k != "nodes/n2"}
     assert w2.replica.state() == {k: v for k, v in full.items() if k != "nodes/n1"}
-    # the broker left the other node's messages out of each worker's queue
+    # the broker left the other node's messages out of each worker's queue (n2's old
+    # binding to the fanout was taken away)
     assert w1.replica.stats["skipped"] == w2.replica.stats["skipped"] == 0
     assert not any("#n2" in c for c in w1.replica.clock)
     # each worker hears its own messages come back (its echo: heard_through advances)

@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.lease import DEFAULT_LEASE_S, beat_interval_s
-from services.main import SERVICES_CONSUME
 from services.runtime import alive
 from tools.bench import consume
 from tools.bench.broker import DEFAULT_URL, broker_info
@@ -294,7 +293,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--worker-heartbeat-s", type=float, default=None,
                    help="the workers' transport heartbeat (default: theirs, a beat of their "
                         "node when that is longer than 2 s: services.main.worker_heartbeat)")
-    consume.add_argument(p, SERVICES_CONSUME)
+    consume.add_argument(p, None)
     p.add_argument("--idle-s", type=float, default=None,
                    help=f"default {IDLE_S:g} s; --quick: 1 s")
     p.add_argument("--quick", action="store_true",

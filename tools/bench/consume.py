@@ -9,10 +9,11 @@ import argparse
 from crdt_ops.transport.config import CONSUME_MODES
 
 
-def add_argument(p: argparse.ArgumentParser, default: str = "queue") -> None:
+def add_argument(p: argparse.ArgumentParser, default: str | None = "queue") -> None:
     """Add ``--consume {queue,stream}`` to a benchmark's parser: ``default`` is what the
-    replicas it starts use by default (the library's ``queue``; the services' ``stream``,
-    services.main.SERVICES_CONSUME)."""
+    replicas it starts use by default (the library's ``queue``; None: each service's own,
+    services.main.SERVICES_CONSUME for web and logic, WORKER_CONSUME for workers)."""
     p.add_argument("--consume", choices=CONSUME_MODES, default=default,
                    help="how the replicas receive: queue, a queue of their own each; stream, "
-                        "the group's stream from the offset they logged (default %(default)s)")
+                        "the group's stream from the offset they logged (default: "
+                        f"{default or 'its own: web and logic stream, workers queue'})")

@@ -97,7 +97,6 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from services import model
-from services.main import SERVICES_CONSUME
 from tools import harness
 from tools.bench import consume
 from tools.bench.broker import (
@@ -367,8 +366,9 @@ class Options:
     worker_heartbeat_s: float | None = 1.0
     #: give each crdt-ops service a Prometheus endpoint (``Platform.metrics_ports``)
     metrics: bool = False
-    #: the crdt-ops services' --consume (queue: a queue of their own; stream: the stream)
-    consume: str = SERVICES_CONSUME
+    #: the crdt-ops services' --consume (queue: a queue of their own; stream: the stream;
+    #: None: each its own default, services.main)
+    consume: str | None = None
 
     def cell_of(self) -> dict[str, str]:
         """Each worker's cell (block by block; ``main`` when there is one cell)."""
@@ -449,7 +449,8 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                 for w in workers]:
             extra = ([] if opt.batch_delay_ms is None
                      else ["--batch-delay-ms", str(opt.batch_delay_ms)])
-            extra += ["--consume", opt.consume]
+            if opt.consume is not None:
+                extra += ["--consume", opt.consume]
             if name in ports:
                 extra += ["--metrics-port", str(ports[name])]
             beat = opt.heartbeat_s if name in ("web", "logic") else opt.worker_heartbeat_s
@@ -1193,7 +1194,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="run the crdt-ops services under cProfile, writing DIR/<service>.prof "
                         "(slows them down: for finding where the time goes, not a measurement)")
-    consume.add_argument(p, SERVICES_CONSUME)
+    consume.add_argument(p, None)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=main)
 
