@@ -494,7 +494,9 @@ def _provision_users(group: str, names: list[str], queue_type: str) -> dict[str,
                            "(another demo's, or a deployment's); the demo does not take them "
                            "over: delete them (rabbitmqctl delete_user NAME) or run without "
                            "--secure")
-    defs = provision.definitions(model.groups(group), names, admin=None, queue_type=queue_type)
+    groups = model.groups(group)
+    defs = provision.definitions(groups, names, admin=None, queue_type=queue_type,
+                                 routed=list(model.subgroups(group, groups)))
     passwords = {name: secrets.token_urlsafe(24) for name in names}
     for user in defs["users"]:  # type: ignore[attr-defined]
         user["password_hash"] = provision.password_hash(passwords[user["name"]], os.urandom(4))
