@@ -130,9 +130,11 @@ def test_a_worker_paused_past_its_lease_has_its_container_moved_never_doubled(
     assert copies_of(cid) == {moved} and copies.most == 1, copies.pids
 
 
-@pytest.mark.parametrize("platform", [4], indirect=True)
-def test_a_killed_worker_s_container_moves_once_its_lease_ran_out(platform: System) -> None:
-    cid, node, pid = running(platform, "killed")
+def kill_and_move(platform: System, name: str) -> tuple[str, str]:
+    """Kill the worker of a container ``name`` running on it; once its lease ran out the
+    container must be on at the other worker, never two copies at once, the killed one's
+    gone. Returns the container's id and the killed worker's node."""
+    cid, node, pid = running(platform, name)
     with Copies(cid) as copies:
         platform.procs[node].send_signal(signal.SIGKILL)
         platform.procs[node].wait()
@@ -141,6 +143,12 @@ def test_a_killed_worker_s_container_moves_once_its_lease_ran_out(platform: Syst
                    f"{cid} to move to {other(node)}", platform.logs)
     assert copies.most == 1 and not alive(pid)
     assert copies_of(cid) == {platform.record(cid)["pid"]}
+    return cid, node
+
+
+@pytest.mark.parametrize("platform", [4], indirect=True)
+def test_a_killed_worker_s_container_moves_once_its_lease_ran_out(platform: System) -> None:
+    cid, node = kill_and_move(platform, "killed")
     assert platform.record(cid)["cell"] == cell_of(other(node))
 
 
@@ -151,15 +159,7 @@ def test_a_killed_worker_s_container_moves_to_a_node_of_its_own_cell(
     written, under the new node), and never runs twice."""
     with running_system(amqp_url, tmp_path, lease_s=4,
                         worker_cells=(CELLS[0], CELLS[0])) as platform:
-        cid, node, pid = running(platform, "killed-in-cell")
-        with Copies(cid) as copies:
-            platform.procs[node].send_signal(signal.SIGKILL)
-            platform.procs[node].wait()
-            wait_until(lambda: platform.record(cid)["assigned_node"] == other(node)
-                       and platform.record(cid)["power_actual"] == "on", 30,
-                       f"{cid} to move to {other(node)}", platform.logs)
-        assert copies.most == 1 and not alive(pid)
-        assert copies_of(cid) == {platform.record(cid)["pid"]}
+        cid, node = kill_and_move(platform, "killed-in-cell")
         rec = platform.record(cid)
         assert (rec["cell"], rec["node"]) == (CELLS[0], other(node))
         logic_log = "".join(p.read_text() for p in platform.workdir.glob("logic*.log"))
