@@ -7,7 +7,7 @@ and the same at every replica of the group (like the write policy), says
 
 * which sub-group each top-level key belongs to: a list of *key templates*, each a
   ``/``-separated pattern whose segments are literal, ``*`` (any one segment) or ``{}``
-  (any one segment without ``#``, which names the sub-group); a key whose first segments
+  (any one segment without ``#``, ``*`` or spaces, which names the sub-group); a key whose first segments
   match a template belongs to the sub-group its ``{}`` segment names, the first template
   that matches wins, and a key no template matches belongs to the group's *common part*
   (the sub-group ``""``);
@@ -46,7 +46,7 @@ SEP = "#"
 #: The common part: the sub-group of every key no template matches, held by every replica.
 COMMON = ""
 _SEGMENT = r"[^/]+"
-_NAME = r"[^/#]+"
+_NAME = r"[^/#*\s]+"
 
 
 def channel(replica_id: str, subgroup: str) -> str:
@@ -78,7 +78,7 @@ def _holder_pattern(template: str) -> re.Pattern[str]:
     if not brace or "{}" in tail or not head or any(c in template for c in " /#*"):
         raise ValueError(f"a sub-group holder template is a principal with '{{}}' once (as "
                          f"'worker.{{}}'), without spaces, '/', '#' or '*': {template!r}")
-    return re.compile(f"{re.escape(head)}(?P<name>[^./#]+){re.escape(tail)}")
+    return re.compile(rf"{re.escape(head)}(?P<name>[^./#*\s]+){re.escape(tail)}")
 
 
 class SubGroups:

@@ -200,8 +200,9 @@ def principal(role: str, node: str | None = None) -> str:
         raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
     if role != "worker":
         return role
-    if not node or "." in node or "/" in node:
-        raise ValueError(f"a worker's node name must be non-empty, without '.' or '/': {node!r}")
+    if not node or any(c in node for c in "./#* "):
+        raise ValueError(f"a worker's node name must be non-empty, without '.', '/', '#', '*' "
+                         f"or spaces (it names its node's sub-group): {node!r}")
     return f"worker.{node}"
 
 
