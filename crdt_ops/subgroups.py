@@ -7,9 +7,10 @@ and the same at every replica of the group (like the write policy), says
 
 * which sub-group each top-level key belongs to: a list of *key templates*, each a
   ``/``-separated pattern whose segments are literal, ``*`` (any one segment) or ``{}``
-  (any one segment without ``#``, ``*`` or spaces, which names the sub-group); a key whose first segments
-  match a template belongs to the sub-group its ``{}`` segment names, the first template
-  that matches wins, and a key no template matches belongs to the group's *common part*
+  (any one segment without ``#``, ``*`` or spaces, which names the sub-group); a key
+  whose first segments match a template belongs to the sub-group its ``{}`` segment names,
+  the first template that matches wins, and a key no template matches belongs to the
+  group's *common part*
   (the sub-group ``""``);
 * which replicas hold which sub-groups: a list of *holder templates*, principals with one
   ``{}`` segment (``worker.{}``); a replica belonging to such a principal
