@@ -40,7 +40,10 @@ that has sub-groups (group names exclude it too).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+V = TypeVar("V")
 
 #: Separates a replica id from its sub-group in a channel's name.
 SEP = "#"
@@ -140,6 +143,21 @@ class SubGroups:
             return True
         held = self.held_by(replica_id)
         return held is None or held == subgroup
+
+    def held_state(self, state: Mapping[str, V], replica_id: str) -> dict[str, V]:
+        """The entries of ``state`` (a replica's state, or any mapping by top-level key)
+        that ``replica_id`` holds: what a replica holding every sub-group and one holding
+        some have in common once both delivered the same operations."""
+        held = self.held_by(replica_id)
+        return dict(state) if held is None else {
+            k: v for k, v in state.items() if self.of_key(k) in (COMMON, held)}
+
+    def held_clock(self, clock: Mapping[str, int], replica_id: str) -> dict[str, int]:
+        """The entries of ``clock`` (channels: :func:`channel`) that ``replica_id``
+        holds."""
+        held = self.held_by(replica_id)
+        return dict(clock) if held is None else {
+            c: s for c, s in clock.items() if split(c)[1] in (COMMON, held)}
 
     def check_id(self, replica_id: str) -> None:
         """Raise ValueError if ``replica_id`` cannot name channels of this group (it holds

@@ -32,12 +32,6 @@ def group(**options: Any) -> dict[str, Replica]:
     return out
 
 
-def visible(state: dict[str, Any], subgroup: str | None) -> dict[str, Any]:
-    """What of a full replica's state a replica holding ``subgroup`` holds."""
-    return {k: v for k, v in state.items()
-            if subgroup is None or RULE.of_key(k) in (COMMON, subgroup)}
-
-
 def test_the_rule_names_each_key_s_sub_group_and_each_replica_s() -> None:
     assert [RULE.of_key(k) for k in ("nodes/n1", "nodes/n1/x", "placed/main/n2/c7",
                                      "placed/main", "containers/c1", "nodes/a#b")] == \
@@ -240,10 +234,11 @@ def test_every_replica_converges_on_what_it_holds_in_any_delivery_order(
         exchange(*g.values())
         for r in g.values():
             r.compact()
-    full = g["logic"].state()
+    full, clock = g["logic"].state(), dict(g["logic"].clock)
     assert g["web"].state() == full
     for w in WORKERS:
-        assert g[w].state() == visible(full, g[w].held_subgroup), w
+        assert g[w].state() == RULE.held_state(full, w), w
+        assert dict(g[w].clock) == RULE.held_clock(clock, w), w
     for r in g.values():
         assert not r.buffered and not r.missing(), r.replica_id
     # after compaction, more concurrent writes still converge
@@ -253,4 +248,4 @@ def test_every_replica_converges_on_what_it_holds_in_any_delivery_order(
     full = g["logic"].state()
     assert g["web"].state() == full
     for w in WORKERS:
-        assert g[w].state() == visible(full, g[w].held_subgroup), w
+        assert g[w].state() == RULE.held_state(full, w), w

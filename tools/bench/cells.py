@@ -93,6 +93,8 @@ class Run:
     p99_ms: float
     idle_msgs_per_s: list[float]  # per worker
     busy_msgs_per_s: list[float]  # per worker, over the timed Starts
+    #: per worker, the messages it received over the timed Starts, per Start
+    msgs_per_start: list[float]
     rss_mb: list[float]  # per worker, at the end
     #: messages per second logic and web received while idle (they hold every cell)
     idle_front: dict[str, float] = field(default_factory=dict)
@@ -137,6 +139,7 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
         result = await _crdt_ops_measure(
             opt, p, lambda: {w: received(p.metrics_ports[w]) for w in workers})
         busy = [result.counts[w] / result.seconds for w in workers]
+        per_start = [result.counts[w] / max(1, len(result.totals())) for w in workers]
         rss = [rss_bytes(p.services.procs[w].pid) / 2**20 for w in workers]
         used = {k: v or 0.0 for k, v in result.cpu.items()}
         cpu = {"workers": sum(used.get(w, 0.0) for w in workers) / result.seconds,
@@ -144,7 +147,8 @@ async def measure(opt: Options, workdir: Path, idle_s: float, kill_cell: bool) -
         totals = sorted(result.totals())
         run = Run(f"{len(workers)} workers in {opt.cells} cell{'s' * (opt.cells > 1)}",
                   len(workers), opt.cells, 1000 * nearest_rank(totals, 0.5),
-                  1000 * nearest_rank(totals, 0.99), idle, busy, rss, front, cpu, idle_cpu)
+                  1000 * nearest_rank(totals, 0.99), idle, busy, per_start, rss, front, cpu,
+                  idle_cpu)
         if kill_cell:
             await _kill_a_cell(opt, p, run)
     run.stalls = {name: worst_stall(workdir / f"{name}.log")
@@ -239,6 +243,7 @@ def report(runs: list[Run], opt: Options, idle_s: float, floor: Floor | None = N
     rows = [(r.label, f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
              f"{_mean(r.idle_msgs_per_s):.1f} (max {max(r.idle_msgs_per_s):.1f})",
              f"{_mean(r.busy_msgs_per_s):.1f} (max {max(r.busy_msgs_per_s):.1f})",
+             f"{_mean(r.msgs_per_start):.2f} (max {max(r.msgs_per_start):.2f})",
              f"{_mean(r.rss_mb):.1f} (max {max(r.rss_mb):.1f})",
              f"{r.idle_front['logic']:.0f} / {r.idle_front['web']:.0f}",
              " / ".join(f"{100 * r.cpu[k]:.0f}" for k in ("workers", "logic", "web", "broker")),
@@ -247,11 +252,11 @@ def report(runs: list[Run], opt: Options, idle_s: float, floor: Floor | None = N
             for r in runs]
     lines.append(markdown_table(["platform", "Start->on p50 ms", "p99 ms",
                                  "msgs/s a worker received, idle", "... during the Starts",
-                                 "worker RSS MB", "msgs/s logic / web received, idle",
+                                 "msgs a worker received per Start", "worker RSS MB", "msgs/s logic / web received, idle",
                                  "% of a core during the Starts: all workers / logic / web / "
                                  "broker",
                                  "% of a core idle: all workers / their guards / logic / web / "
-                                 "broker"], rows, "lrrrrrrrr"))
+                                 "broker"], rows, "lrrrrrrrrr"))
     base, cells = runs[0], runs[-1]
     lines += ["", f"- Start->on p50 {cells.p50_ms / base.p50_ms:.2f}x the baseline's, p99 "
               f"{cells.p99_ms / base.p99_ms:.2f}x (target: within 1.2x)."]

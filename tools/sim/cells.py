@@ -314,13 +314,16 @@ async def simulate(nodes: int, containers: int, starts: int, *, cell_size: int =
 
 
 def _same(bus: MemoryBus) -> bool:
-    """Whether every member of the group holds the same state and clock."""
+    """Whether every member of the group holds the same state and clock, of what it holds
+    (a worker: its own node's sub-group, crdt_ops/subgroups.py)."""
     if not bus.nodes:
         return True
-    first = bus.nodes[0].replica
-    state, clock = first.state(), dict(first.clock)
-    return all(n.replica.state() == state and dict(n.replica.clock) == clock
-               for n in bus.nodes[1:])
+    replicas = [n.replica for n in bus.nodes]
+    whole = next((r for r in replicas if r.held_subgroup is None), replicas[0])
+    state, clock = whole.state(), dict(whole.clock)
+    rule = whole.subgroups
+    return all(r.state() == rule.held_state(state, r.replica_id)
+               and dict(r.clock) == rule.held_clock(clock, r.replica_id) for r in replicas)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
