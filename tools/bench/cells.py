@@ -252,7 +252,8 @@ def report(runs: list[Run], opt: Options, idle_s: float, floor: Floor | None = N
             for r in runs]
     lines.append(markdown_table(["platform", "Start->on p50 ms", "p99 ms",
                                  "msgs/s a worker received, idle", "... during the Starts",
-                                 "msgs a worker received per Start", "worker RSS MB", "msgs/s logic / web received, idle",
+                                 "msgs a worker received per Start", "worker RSS MB",
+                                 "msgs/s logic / web received, idle",
                                  "% of a core during the Starts: all workers / logic / web / "
                                  "broker",
                                  "% of a core idle: all workers / their guards / logic / web / "
