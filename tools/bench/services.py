@@ -96,6 +96,7 @@ import aiohttp
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from crdt_ops.subgroups import split
 from services import model
 from tools import harness
 from tools.bench import consume
@@ -469,8 +470,9 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
 
             async def workers_known() -> bool:
                 health = await _get_json(session, f"{base}/healthz")
-                return health is not None and all(  # their beats: in their cell's group
-                    any(replica_id(w) in g["clock"] for g in health["groups"].values())
+                return health is not None and all(  # their beats: in their cell's group,
+                    any(split(c)[0] == replica_id(w)  # on their node's channel
+                        for g in health["groups"].values() for c in g["clock"])
                     for w in workers)
 
             await wait_for(workers_known, READY_TIMEOUT_S, "web to answer and to know every "
