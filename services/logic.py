@@ -15,7 +15,8 @@ without the record naming its home, even if logic crashes between the two: the o
 placements the record does not name (*orphans*: left over from a move, or from a delete)
 name an epoch that is gone or a container that is deleted, and logic removes them. So a
 move between two nodes of one cell follows the rule of a move between cells, and holds
-when the nodes' records travel apart (docs/scaling.md, "The next step").
+when the nodes' records travel apart (docs/scaling.md, "A worker receives only its own
+node's records").
 
 A container leaves its node only once the node's epoch is *gone* for sure
 (services/liveness.py): its lease ran out, so its worker and guard stopped it.
