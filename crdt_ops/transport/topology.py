@@ -15,7 +15,11 @@ fanout exchange is bound to it with ``#``, so the stream and the queues of the r
 that hold every sub-group get every message as before, and the queue of a replica that
 holds one sub-group is bound to ``crdt.G.routed`` with that sub-group's key and the common
 part's only: the broker leaves the other sub-groups' messages out of it (RabbitMQ "Topic
-Exchange"; "Exchange to Exchange Bindings").
+Exchange"; "Exchange to Exchange Bindings"). A plain heartbeat (a clock report) goes to
+every member only now and then (:data:`~crdt_ops.transport.amqp.publisher.
+HEARTBEAT_TO_ALL_EVERY`); the others go to the replicas that hold every sub-group
+(``whole``), or, from a replica that holds one, to that sub-group's key (back to it, for
+its echo).
 
 :class:`Topology` lists these objects (:meth:`Topology.shared`, :meth:`Topology.member`);
 :func:`declare` declares them through a channel (every replica, the benchmarks, the
@@ -88,6 +92,10 @@ class Topology:
     def routing_key(subgroup: str) -> str:
         """The routing key of a message of ``subgroup`` (``""``: the common part)."""
         return f"sub.{subgroup}" if subgroup else "common"
+
+    #: The routing key of what the replicas that hold every sub-group (and the stream)
+    #: receive only: no replica holding one sub-group has its queue bound to it.
+    WHOLE = "whole"
 
     def queue(self, replica_id: str) -> str:
         return f"crdt.{self.group}.{replica_id}"

@@ -337,12 +337,23 @@ def decode(data: bytes) -> Batch | Heartbeat:
 def subgroup_of(data: bytes) -> str:
     """The sub-group of a message this replica produced (:mod:`crdt_ops.subgroups`): a
     batch's, else (a heartbeat, anything else) the common part's, ``""``."""
+    return route_of(data)[0]
+
+
+def route_of(data: bytes) -> tuple[str, bool]:
+    """``(sub-group, plain)`` of a message this replica produced: its sub-group as
+    :func:`subgroup_of` says, and whether it is a *plain* heartbeat, one that reports a
+    clock only (no join request, no retirement, none relayed)."""
     env = pb.Envelope()
     try:
         env.ParseFromString(data)
     except DecodeError:
-        return ""
-    return env.batch.subgroup if env.WhichOneof("body") == "batch" else ""
+        return "", False
+    body = env.WhichOneof("body")
+    if body == "batch":
+        return env.batch.subgroup, False
+    hb = env.heartbeat
+    return "", body == "heartbeat" and not (hb.join or hb.retired or hb.retirements)
 
 
 #: The most operations :func:`coalesce` joins into one message.

@@ -5,6 +5,7 @@ and a late one joins from the stream, skipping the rest."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,9 +13,12 @@ import aio_pika
 import pytest
 import pytest_asyncio
 
+from crdt_ops.ops import Heartbeat
 from crdt_ops.subgroups import SubGroups
 from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.amqp.publisher import HEARTBEAT_TO_ALL_EVERY
 from crdt_ops.transport.config import Settings
+from crdt_ops.wire import codec
 from tools.harness import delete_group_async, new_group, until
 
 RULE = SubGroups(keys=("nodes/{}",), holders=("worker.{}",))
@@ -99,6 +103,22 @@ async def test_a_replica_holding_one_sub_group_is_routed_its_messages_only(
     await until(lambda: late.replica.get("nodes/n1", {}).get("beat") == 3, 20,
                 "the late worker's replay")
     assert late.replica.get("nodes/n2") is None and late.replica.stats["skipped"] > 0
+    # logic's plain heartbeats reach the workers one in HEARTBEAT_TO_ALL_EVERY only
+    heard = 0
+    receive = w1.replica.receive
+
+    def counting(data: bytes, sender: str | None = None) -> bool:
+        nonlocal heard
+        msg = codec.decode(data)
+        heard += isinstance(msg, Heartbeat) and msg.origin == "logic"
+        return receive(data, sender)
+
+    w1.replica.receive = counting  # type: ignore[method-assign]
+    sent = logic.heartbeats
+    await asyncio.sleep(6)  # about 12 of logic's heartbeats (every 0.5 s, jittered)
+    sent = logic.heartbeats - sent
+    assert sent >= 8 and heard <= sent // HEARTBEAT_TO_ALL_EVERY + 1, (sent, heard)
+    w1.replica.receive = receive  # type: ignore[method-assign]
     # causal stability of n1's channels waits for n1's holders only: it moves with n2 silent
     await w2.stop()
     async with logic.write() as r:

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 #: so that a slow confirm (RabbitMQ confirms a persistent message once its queues wrote it
 #: to disk, or once their consumers acknowledged it) holds no later write back.
 ROUNDS_IN_FLIGHT = 4
+#: In a group with sub-groups, one plain heartbeat (a clock report) in this many goes to
+#: every member; the others reach the replicas that hold every sub-group (logic and web,
+#: the stream) and the sender, not the replicas that hold one sub-group: those learn the
+#: others' clocks this much later (their gap detection and causal stability lag by that
+#: much), and receive that many times fewer messages while the group is idle.
+HEARTBEAT_TO_ALL_EVERY = 5
 
 
 class Publisher:
@@ -70,6 +76,7 @@ class Publisher:
         self.channel: AbstractChannel | None = None
         self.exchange: AbstractExchange | None = None
         self.published = 0
+        self._plain_heartbeats = 0  # plain heartbeats routed so far (see _routing_key)
         self._flight: set[int] = set()  # outbox ids a round publishes now
         #: rounds awaiting their confirms, with when each read the outbox
         self._rounds: dict[asyncio.Task[None], float] = {}
@@ -274,8 +281,22 @@ class Publisher:
         :class:`~crdt_ops.transport.amqp.stream_ready.StreamUnchecked`, with nothing sent,
         if the connection changed since the gate's last probe: await ``gate.ready()``)."""
         assert self.exchange is not None
-        key = self.topology.routing_key(codec.subgroup_of(body)) if self.topology.routed else ""
-        await self._send(body, self.exchange.name, key)
+        await self._send(body, self.exchange.name, self._routing_key(body))
+
+    def _routing_key(self, body: bytes) -> str:
+        """The routing key of ``body`` in a group with sub-groups (else ""): its
+        sub-group's; for a plain heartbeat, every :data:`HEARTBEAT_TO_ALL_EVERY`-th the
+        common part's (every member), the others to the whole holders only, and back to
+        a sender that holds one sub-group through that sub-group's key."""
+        if not self.topology.routed:
+            return ""
+        subgroup, plain = codec.route_of(body)
+        if plain:
+            self._plain_heartbeats += 1
+            if self._plain_heartbeats % HEARTBEAT_TO_ALL_EVERY:
+                held = self.durable.replica.held_subgroup
+                return self.topology.WHOLE if held is None else self.topology.routing_key(held)
+        return self.topology.routing_key(subgroup)
 
     async def _send(self, body: bytes, exchange: str, routing_key: str) -> None:
         """Publish ``body`` as a replica's message to ``exchange`` ("": the default one)
