@@ -37,7 +37,7 @@ from crdt_ops.transport.amqp.groups import AmqpGroups
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from crdt_ops.transport.topology import Topology
-from services import guard, lease, logs, model, web
+from services import guard, lease, logs, model
 from services.logic import Logic
 from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
@@ -265,6 +265,8 @@ async def run_service(role: str, service: Service) -> str:
     try:
         if service.web is not None:
             w = service.web
+            from services import web  # (only web serves HTTP: the others never import aiohttp)
+
             runner = await web.serve(node, w.host, w.port)
             print(f"web: http://{_url_host(w.host)}:{w.port}/", file=sys.stderr, flush=True)
         elif service.logic is not None:
@@ -575,6 +577,8 @@ async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
               for w in DEMO_WORKERS]
     runner = None
     try:
+        from services import web
+
         runner = await web.serve(nodes["web"], host, port)
         print(f"open http://{_url_host(host)}:{port}/  (Ctrl-C stops everything)", flush=True)
         await signals.event.wait()
