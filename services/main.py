@@ -532,7 +532,7 @@ def _delete_group(url: str, group: str, replicas: list[str]) -> None:
 
     found = Survey(group)
     for g in model.groups(group):  # the platform's, and its one cell's
-        q, x = Topology(g, routed=True).objects(replicas)  # (what does not exist is passed)
+        q, x = Topology(g).objects(replicas)
         found.queues += q
         found.exchanges += x
 

@@ -42,9 +42,8 @@ async def delete_queues(url: str, queues: Iterable[str], exchanges: Iterable[str
 
 async def delete_group_async(url: str, group: str, replicas: Iterable[str]) -> None:
     """Delete everything group ``group`` has on the broker with these replica ids
-    (:meth:`Topology.objects <crdt_ops.transport.topology.Topology.objects>`, with the topic
-    exchange of a group with sub-groups)."""
-    await delete_queues(url, *Topology(group, routed=True).objects(replicas))
+    (:meth:`Topology.objects <crdt_ops.transport.topology.Topology.objects>`)."""
+    await delete_queues(url, *Topology(group).objects(replicas))
 
 
 def delete_group(url: str, group: str, replicas: Iterable[str]) -> None:

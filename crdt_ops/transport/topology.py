@@ -153,9 +153,13 @@ class Topology:
 
     def objects(self, replica_ids: Iterable[str]) -> tuple[list[str], list[str]]:
         """The names of the queues and of the exchanges the group has on the broker with
-        these replicas: what deleting the group means."""
+        these replicas: what deleting the group means (its topic exchange included, which
+        it has if its replicas have sub-groups, even when this topology is not ``routed``)."""
+        exchanges = list(self.exchanges)
+        if self.routed_exchange not in exchanges:
+            exchanges.append(self.routed_exchange)
         return ([self.queue(r) for r in replica_ids] + [q.name for q in self.shared()],
-                list(self.exchanges))
+                exchanges)
 
     def member(self, replica_id: str, subgroup: str | None = None) -> Queue:
         """Replica ``replica_id``'s own queue, bound to the group's exchange; for a replica
