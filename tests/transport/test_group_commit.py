@@ -180,8 +180,10 @@ async def test_a_delivery_is_applied_at_once_and_logged_with_what_comes_within_t
                 await asyncio.sleep(0.003)
             await until(lambda: b.replica.get("y99") == 99, 20, "the burst at b")
             await asyncio.sleep(2.0)  # the last lingering batch
+            # (under load a's publisher may have joined the burst into a few messages, even
+            # one: codec.coalesce; then few deliveries came, and few transactions hold them)
             total = sum(n for _, n in logged)
-            assert total >= 2 and len(logged) <= max(2, total // 10), logged
+            assert total >= 1 and len(logged) <= max(2, total // 10), logged
     finally:
         await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)
 
