@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from crdt_ops.clock import Clock, Dot
-from crdt_ops.subgroups import split
+from crdt_ops.subgroups import channels_of, split
 
 
 class Membership:
@@ -100,8 +100,8 @@ class Membership:
     def retire(self, replica: str, lasts: Mapping[str, int]) -> None:
         """``replica`` leaves for good after its operation ``lasts[c]`` on each of its
         channels ``c`` (its id alone, with 0, when it wrote nothing)."""
-        for c, last in (lasts or {replica: 0}).items():
-            if split(c)[0] == replica and self.tells(c, last):
+        for c, last in (channels_of(lasts, replica) or {replica: 0}).items():
+            if self.tells(c, last):
                 self.retiring[c] = last
 
     def settle(self, delivered: Mapping[str, int]) -> list[str]:

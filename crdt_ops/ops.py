@@ -11,6 +11,7 @@ from dataclasses import field as _field
 from enum import IntEnum
 
 from crdt_ops.clock import Clock, Dot
+from crdt_ops.subgroups import channel
 from crdt_ops.values import Value
 
 
@@ -115,7 +116,7 @@ class Batch:
     channel: str = _field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.channel = self.origin if not self.subgroup else f"{self.origin}#{self.subgroup}"
+        self.channel = channel(self.origin, self.subgroup)
 
     @property
     def last_seq(self) -> int:

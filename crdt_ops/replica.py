@@ -33,7 +33,7 @@ from crdt_ops.policy import OPEN, WritePolicy, belongs
 from crdt_ops.settler import Settler, live_paths
 from crdt_ops.snapshot import Snapshot
 from crdt_ops.stability import Stability
-from crdt_ops.subgroups import COMMON, NONE, SEP, SubGroups, channel, split
+from crdt_ops.subgroups import COMMON, NONE, SEP, SubGroups, channel, channels_of, split
 from crdt_ops.types import Crdt, ORMap
 from crdt_ops.values import check_text
 from crdt_ops.wire import codec
@@ -289,9 +289,7 @@ class Replica(Fields):
         me = self.replica_id if replica_id is None else replica_id
         if not self.subgroups:
             return {me: clock.get(me, 0)}
-        head = me + SEP
-        lasts = {c: s for c, s in clock.items() if c == me or c.startswith(head)}
-        return lasts or {me: 0}
+        return channels_of(clock, me) or {me: 0}
 
     def join(self) -> None:
         """Queue a request to be admitted to the group: every member that receives
@@ -320,17 +318,16 @@ class Replica(Fields):
         operations up to ``last_seq`` are delivered here (at once for 0). With
         sub-groups, ``last_seq`` is its last operation per channel (a mapping; an int is
         its common part's)."""
-        lasts = {replica_id: last_seq} if isinstance(last_seq, int) else dict(last_seq)
-        self._stability.retire(replica_id, lasts)
+        self._stability.retire(replica_id, _lasts(replica_id, last_seq))
 
     @staticmethod
     def retirement(replica_id: str, last_seq: int | Mapping[str, int]) -> bytes:
         """A message telling the group that ``replica_id`` left for good after its
         operation ``last_seq`` (for an operator retiring a dead replica; with sub-groups,
         a mapping of its channels to their last operations), not queued."""
-        lasts = {replica_id: last_seq} if isinstance(last_seq, int) else dict(last_seq)
         return codec.encode_heartbeat(Heartbeat(
-            replica_id, {c: s for c, s in lasts.items() if s}, retired=True))
+            replica_id, {c: s for c, s in _lasts(replica_id, last_seq).items() if s},
+            retired=True))
 
     def _seal(self) -> None:
         size, me = self.max_batch_ops, self.replica_id
@@ -710,6 +707,12 @@ def _check_id(replica_id: str) -> None:
 def _key(op: Op) -> str:
     """The top-level key an operation writes ("" for an admission: the root)."""
     return op.path[0] if op.path else op.field
+
+
+def _lasts(replica_id: str, last_seq: int | Mapping[str, int]) -> Clock:
+    """A retirement's last operations per channel: ``last_seq`` itself, or an int as the
+    last operation of ``replica_id``'s common part."""
+    return {replica_id: last_seq} if isinstance(last_seq, int) else dict(last_seq)
 
 
 def _by_replica(lasts: Mapping[str, int]) -> dict[str, Clock]:

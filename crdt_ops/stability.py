@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 
 from crdt_ops.clock import Clock, dominates, merge_into, pointwise_min
 from crdt_ops.membership import Membership
-from crdt_ops.subgroups import COMMON, NONE, SubGroups, split
+from crdt_ops.subgroups import COMMON, NONE, SubGroups, channels_of, split
 
 
 class Stability:
@@ -85,8 +85,7 @@ class Stability:
         mine = self._channels.setdefault(replica, set())
         if channel is not None:
             mine.add(channel)
-        head = replica + "#"
-        mine.update(c for c in clock if c == replica or c.startswith(head))
+        mine.update(channels_of(clock, replica))
 
     def admitted(self, replica: str, past: Mapping[str, int]) -> None:
         """``replica`` became a member by an admission whose causal past (the
@@ -194,6 +193,5 @@ class Stability:
         """How many of this replica's own operations are not yet stable."""
         if not self.subgroups:
             return self._own.get(self.me, 0) - self.stable().get(self.me, 0)
-        stable, head = self.stable(), self.me + "#"
-        return sum(s - stable.get(c, 0) for c, s in self._own.items()
-                   if c == self.me or c.startswith(head))
+        stable = self.stable()
+        return sum(s - stable.get(c, 0) for c, s in channels_of(self._own, self.me).items())

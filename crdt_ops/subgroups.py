@@ -65,6 +65,12 @@ def split(name: str) -> tuple[str, str]:
     return replica_id, subgroup
 
 
+def channels_of(clock: Mapping[str, int], replica_id: str) -> dict[str, int]:
+    """The entries of ``clock`` (channel -> seq) of ``replica_id``'s own channels."""
+    head = replica_id + SEP
+    return {c: s for c, s in clock.items() if c == replica_id or c.startswith(head)}
+
+
 def _key_pattern(template: str) -> re.Pattern[str]:
     parts = template.split("/")
     if not all(parts) or parts.count("{}") != 1 or any(
@@ -148,16 +154,12 @@ class SubGroups:
         """The entries of ``state`` (a replica's state, or any mapping by top-level key)
         that ``replica_id`` holds: what a replica holding every sub-group and one holding
         some have in common once both delivered the same operations."""
-        held = self.held_by(replica_id)
-        return dict(state) if held is None else {
-            k: v for k, v in state.items() if self.of_key(k) in (COMMON, held)}
+        return {k: v for k, v in state.items() if self.holds(replica_id, self.of_key(k))}
 
     def held_clock(self, clock: Mapping[str, int], replica_id: str) -> dict[str, int]:
         """The entries of ``clock`` (channels: :func:`channel`) that ``replica_id``
         holds."""
-        held = self.held_by(replica_id)
-        return dict(clock) if held is None else {
-            c: s for c, s in clock.items() if split(c)[1] in (COMMON, held)}
+        return {c: s for c, s in clock.items() if self.holds(replica_id, split(c)[1])}
 
     def check_id(self, replica_id: str) -> None:
         """Raise ValueError if ``replica_id`` cannot name channels of this group (it holds
@@ -170,4 +172,4 @@ class SubGroups:
 #: No sub-groups: everything in the common part.
 NONE = SubGroups()
 
-__all__ = ["COMMON", "NONE", "SEP", "SubGroups", "channel", "split"]
+__all__ = ["COMMON", "NONE", "SEP", "SubGroups", "channel", "channels_of", "split"]

@@ -58,7 +58,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "crdt_ops.routing:Routing", "crdt_ops.routing:Groups", "crdt_ops.routing:NotHeld"]),
     ("Sub-groups: partial replication within a group", "crdt_ops.subgroups", [
         "crdt_ops.subgroups:SubGroups", "crdt_ops.subgroups:channel",
-        "crdt_ops.subgroups:split", "crdt_ops.errors:SubgroupNotHeld"]),
+        "crdt_ops.subgroups:split", "crdt_ops.subgroups:channels_of",
+        "crdt_ops.errors:SubgroupNotHeld"]),
     ("Several groups over any transport", "crdt_ops.transport.groups", [
         "crdt_ops.transport.groups:NodeGroups"]),
     ("Several groups over RabbitMQ", "crdt_ops.transport.amqp.groups", [

@@ -216,8 +216,9 @@ class MemoryNode:
     def _deliver(self, data: bytes) -> None:
         if self not in self.bus.nodes:
             return
-        held = self.replica.held_subgroup
-        if held is not None and codec.subgroup_of(data) not in ("", held):
+        r = self.replica
+        if r.held_subgroup is not None and not r.subgroups.holds(r.replica_id,
+                                                                 codec.subgroup_of(data)):
             return  # (the broker routes it to the queues of its sub-group's holders only)
         self.received += 1
         self.replica.receive(data)

@@ -28,6 +28,7 @@ from crdt_ops.ops import (
     Op,
 )
 from crdt_ops.snapshot import Snapshot
+from crdt_ops.subgroups import SEP, channel
 from crdt_ops.types import (
     Crdt,
     EWFlag,
@@ -278,10 +279,10 @@ def _read_batch(msg: pb.Batch) -> Batch:
     deps = _get_clock(msg.deps, "deps")
     subgroup = msg.subgroup
     if subgroup:
-        if "#" in subgroup or "/" in subgroup or "#" in origin:
+        if SEP in subgroup or "/" in subgroup or SEP in origin:
             raise _bad("bad-subgroup", f"sub-group {subgroup!r} of origin {origin!r}: neither "
                        "may hold '#', nor the sub-group '/'")
-        _id(f"{origin}#{subgroup}", "channel")
+        _id(channel(origin, subgroup), "channel")
     batch = Batch(origin, first, deps, [_get_op(o) for o in msg.ops], _intern(subgroup))
     deps.pop(batch.channel, None)
     return batch
@@ -413,7 +414,7 @@ def coalesce(messages: Sequence[bytes],
 
 def _channel(batch: pb.Batch) -> str:
     """The channel of an encoded batch (:func:`crdt_ops.subgroups.channel`)."""
-    return batch.origin if not batch.subgroup else f"{batch.origin}#{batch.subgroup}"
+    return channel(batch.origin, batch.subgroup)
 
 
 # ---------------------------------------------------------------- snapshots

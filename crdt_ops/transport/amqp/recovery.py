@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingM
 from crdt_ops.errors import InvalidMessage
 from crdt_ops.ops import Batch
 from crdt_ops.replica import Replica
-from crdt_ops.subgroups import split
+from crdt_ops.subgroups import channels_of, split
 from crdt_ops.transport.amqp.arrivals import arriving
 from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
@@ -242,4 +242,4 @@ async def last_operation(conn: AbstractConnection, settings: Settings,
     each of its channels (``{replica_id: 0}``: none): what a retirement of it must name
     (everything it published is there)."""
     found = await channels(conn, settings, exchange, "retire-")
-    return {c: s for c, s in found.items() if split(c)[0] == replica_id} or {replica_id: 0}
+    return channels_of(found, replica_id) or {replica_id: 0}
