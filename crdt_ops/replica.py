@@ -88,6 +88,7 @@ class Replica(Fields):
         #: this replica holds (None: every one).
         self.subgroups = subgroups
         self.held_subgroup = subgroups.held_by(replica_id)
+        self._split = bool(subgroups)  # (read on every delivery: a plain bool is cheapest)
         self.max_batch_ops = max_batch_ops
         self.compact_every = compact_every
         self._root = ORMap()
@@ -376,7 +377,7 @@ class Replica(Fields):
         msg = codec.decode(data)
         if sender is not None and not belongs(msg.origin, sender):
             raise Unauthenticated(f"replica {msg.origin!r} does not belong to sender {sender!r}")
-        if self.subgroups and SEP in msg.origin:
+        if self._split and SEP in msg.origin:
             raise InvalidMessage("bad-origin", f"origin {msg.origin!r} holds {SEP!r}, which "
                                  "separates replica and sub-group in this group's channels")
         if isinstance(msg, Heartbeat):
@@ -471,7 +472,7 @@ class Replica(Fields):
 
     def _validate(self, origin: str, first: int, ops: list[Op],
                   seen: Mapping[str, int], subgroup: str = COMMON) -> None:
-        if self.subgroups:
+        if self._split:
             for op in ops:
                 if self._subgroup_of(op) != subgroup:
                     raise InvalidMessage("wrong-subgroup", f"a batch of sub-group "

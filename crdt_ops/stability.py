@@ -45,6 +45,7 @@ class Stability:
         self._own = own
         self.membership = membership
         self.subgroups = subgroups
+        self._split = bool(subgroups)  # (read on every delivery: a plain bool is cheapest)
         self._mine = subgroups.held_by(me)  # the one sub-group held here; None: all
         self.known: dict[str, Clock] = {}
         #: per channel, the highest of its seqs any report named (gap detection)
@@ -67,7 +68,7 @@ class Stability:
         ``channel`` (default: its id) up to ``own``. Entries of channels this replica
         does not hold are ignored."""
         channel = replica if channel is None else channel
-        if self.subgroups:
+        if self._split:
             if self._mine is not None:
                 clock = {c: s for c, s in clock.items() if self.held(c)}
             self._note_channels(replica, clock, channel if own else None)
