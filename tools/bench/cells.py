@@ -22,7 +22,7 @@ a time as ``python -m tools.bench services`` times them (from just before the ``
 .../start`` until web's event stream shows it on), in ``--rounds`` rounds (default 4): in
 each round a block of the Starts on each platform, the baseline first in odd rounds and
 second in even ones. So both platforms are timed over the same minutes, and a machine
-whose speed drifts (a shared VM's does, by a third within an hour) moves both: the ratio
+whose speed drifts (a shared VM's does, by half within an hour) moves both: the ratio
 is measured side by side, and each round's ratio of medians shows its spread. Meanwhile,
 the messages each worker received per second; each worker's resident memory (``VmRSS``)
 at the end. (A stopped service's event loop is late by the stop, so the services' worst
