@@ -161,6 +161,9 @@ class Stopper:
         self._stopped: list[int] = []
 
     def stop(self) -> None:
+        """Stop the platform; nothing more if it is stopped already."""
+        if self._stopped:
+            return
         pids = [proc.pid for proc in self.p.services.procs.values() if proc.poll() is None]
         for pid in pids + guard_pids(self.workdir):
             with contextlib.suppress(ProcessLookupError):
@@ -182,7 +185,7 @@ class Side:
     p: Platform
     workdir: Path
     stopper: Stopper
-    cids: list[str] = field(default_factory=list)
+    todo: list[list[str]] = field(default_factory=list)  # its timed Starts, a block a round
     idle: list[float] = field(default_factory=list)  # msgs/s: every worker, logic, web
     idle_cpu: dict[str, float] = field(default_factory=dict)
     blocks: list[Timed] = field(default_factory=list)
@@ -270,9 +273,10 @@ async def measure(opts: tuple[Options, Options], dirs: tuple[Path, Path], idle_s
             for i in (0, 1):
                 side = await _turn(sides, i)
                 await _idle(side, idle_s)
-                side.cids = await create_records(side.p.base, side.opt.containers, "bench")
+                cids = await create_records(side.p.base, side.opt.containers, "bench")
+                side.todo = _blocks(cids, rounds)
                 warm = await create_records(side.p.base, warmups(side.opt), "warmup")
-                side.opt.progress(f"{side.label}: created {len(side.cids)} + {len(warm)} "
+                side.opt.progress(f"{side.label}: created {len(cids)} + {len(warm)} "
                                   "warm-up containers; warming up")
                 for cid in warm:
                     await timed_start(side.p, cid)
@@ -286,14 +290,12 @@ async def measure(opts: tuple[Options, Options], dirs: tuple[Path, Path], idle_s
 
                     side.blocks.append(await time_starts(
                         side.opt, f"{side.label}, round {r + 1} of {rounds}", [],
-                        _blocks(side.cids, rounds)[r], start, p.services, side.counters))
+                        side.todo[r], start, p.services, side.counters))
         finally:
             for side in sides:
                 side.stopper.resume()
         for side in sides:
-            logs = "".join(side.p.services.tail(n, 10**7) for n in side.p.services.procs)
-            if "reconnected to the broker" in logs:
-                raise Disturbed(f"{side.label}: a service reconnected to the broker")
+            side.p.services.check_connected(f"the run of {side.label}")
         runs = [_run(side) for side in sides]
         runs[1].round_ratios = round_ratios(*sides)
         await base_up.aclose()

@@ -186,6 +186,13 @@ class Services:
             if p.poll() is not None:
                 raise Disturbed(f"{name} exited with status {p.returncode}:\n{self.tail(name)}")
 
+    def check_connected(self, what: str = "the run") -> None:
+        """Raise :class:`Disturbed` if a service's log says it reconnected to the broker
+        (a measurement across a reconnection is not one of the platform at work)."""
+        for name in self.procs:
+            if "reconnected to the broker" in self.tail(name, 10**7):
+                raise Disturbed(f"{name} reconnected to the broker during {what}")
+
     def tail(self, name: str, chars: int = 2000) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
@@ -598,9 +605,7 @@ async def _crdt_ops_measure(opt: Options, p: Platform,
             s.stages["placed"] = placed[s.cid] - s.wall_t0
         if s.cid in started:
             s.stages["started"] = started[s.cid] - s.wall_t0
-    logs = "".join(services.tail(name, 10**7) for name in services.procs)
-    if "reconnected to the broker" in logs:
-        raise Disturbed("a service reconnected to the broker during the run")
+    services.check_connected()
     return FlowResult("crdt-ops", "crdt-ops web/logic/worker (replicas over RabbitMQ; "
                       "SSE at web)", samples, timed.seconds, timed.cpu, counts=timed.counts)
 
