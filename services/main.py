@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import importlib
 import os
 import secrets
 import shlex
@@ -26,7 +27,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -249,6 +250,13 @@ async def run_service(role: str, service: Service) -> str:
     if service.worker is not None:  # before connecting: a node that changed cells is refused
         pin_cell(runtime_dir(service.worker, settings.store, name), name, held[0])
     groups = model.held_groups(role, settings.group, held)
+    # imported, and collected once, before joining: once joined, every stall of the event
+    # loop delays the group's messages (importing aiohttp and its parts held web's loop
+    # about 0.1 s right after its start)
+    web_module: ModuleType | None = None
+    if service.web is not None:  # (only web serves HTTP: the others never import aiohttp)
+        web_module = importlib.import_module("services.web")
+    collector.freeze_survivors()
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
                       policies=dict.fromkeys(groups, model.POLICY),
                       subgroups=model.subgroups(settings.group, groups))
@@ -257,17 +265,17 @@ async def run_service(role: str, service: Service) -> str:
     except BaseException:
         await stop_node(node)
         raise
-    # what it holds once up (modules, the restored replicas) is scanned by no full
-    # garbage collection again, nor what survives one (crdt_ops/transport/collector.py)
+    # what it holds once up (the restored replicas; the modules were frozen before it
+    # joined) is scanned by no full garbage collection again, nor what survives one
+    # (crdt_ops/transport/collector.py)
     collector.freeze_survivors()
     tasks = []
     runner = None
     try:
         if service.web is not None:
             w = service.web
-            from services import web  # (only web serves HTTP: the others never import aiohttp)
-
-            runner = await web.serve(node, w.host, w.port)
+            assert web_module is not None
+            runner = await web_module.serve(node, w.host, w.port)
             print(f"web: http://{_url_host(w.host)}:{w.port}/", file=sys.stderr, flush=True)
         elif service.logic is not None:
             lg = service.logic
