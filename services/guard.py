@@ -89,11 +89,17 @@ def _reap() -> None:
 def guard(state_dir: Path, runtime: Runtime) -> None:
     """Watch the lease file until the worker is gone and nothing is left to stop."""
     file = state_dir / lease.LEASE_FILE
+    looked = False  # for instances the runtime does not know, since the lease last held
     while True:
         saved = lease.load(file)
         now = time.monotonic()
         worker_gone = saved is None or not alive(saved.worker_pid)
         if saved is None or not saved.lease.may_run(now) or worker_gone:
+            if not looked:  # a worker killed as it started one left it unrecorded
+                for cid, pid in runtime.adopt_strays().items():
+                    log.warning("guard %s: %s runs as pid %d without a pid file (its worker "
+                                "died as it started it); recorded", state_dir, cid, pid)
+                looked = True
             running = runtime.running()
             if saved is None or not saved.lease.may_run(now):
                 wait = saved.lease.stop_wait_s if saved is not None else 0.5
@@ -103,6 +109,8 @@ def guard(state_dir: Path, runtime: Runtime) -> None:
                 running = {}
             if not running and worker_gone:
                 return  # nothing to guard; a worker starting here starts a guard again
+        else:
+            looked = False
         time.sleep(_until_next_check(saved, now))
 
 

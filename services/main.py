@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import errno
 import importlib
+import logging
 import os
 import secrets
 import shlex
@@ -44,6 +45,8 @@ from services.process import Stopped, StopSignals, Terminated, node_state, stop_
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 from services.settings import LogicSettings, WebSettings, WorkerSettings
 from services.worker import Worker, pin_cell
+
+log = logging.getLogger("services.main")
 
 #: Each command's own settings (beside the replica's): the dataclass, and the fields of it
 #: the command takes (empty: all).
@@ -249,6 +252,10 @@ async def run_service(role: str, service: Service) -> str:
     held = cells(service)
     if service.worker is not None:  # before connecting: a node that changed cells is refused
         pin_cell(runtime_dir(service.worker, settings.store, name), name, held[0])
+    if runtime is not None:  # what a worker killed as it started a container left unrecorded
+        for cid, pid in runtime.adopt_strays().items():
+            log.warning("%s: %s runs as pid %d without a pid file (the worker before died as "
+                        "it started it); recorded", name, cid, pid)
     groups = model.held_groups(role, settings.group, held)
     # imported, and collected once, before joining: once joined, every stall of the event
     # loop delays the group's messages (importing aiohttp and its parts held web's loop

@@ -15,6 +15,13 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+#: The environment variables a container process starts with: its container's id, and
+#: the state directory of the runtime that started it (absolute), so that a process whose
+#: worker died between starting it and writing its pid file is still found
+#: (:meth:`ProcessRuntime.adopt_strays`).
+CONTAINER_ENV = "CRDT_OPS_CONTAINER"
+RUNTIME_ENV = "CRDT_OPS_RUNTIME"
+
 
 class RuntimeError_(Exception):
     """Starting or stopping a container failed; the message says why."""
@@ -39,6 +46,13 @@ class Runtime(Protocol):
         the guard's process (services/guard.py)."""
         ...
 
+    def adopt_strays(self) -> dict[str, int]:
+        """Find the instances that run but that :meth:`running` does not know (their
+        worker died between starting them and recording them) and record them; returns
+        them, container id -> pid. For a worker that starts, and a guard whose lease ran
+        out or whose worker is gone, before they list what runs."""
+        ...
+
 
 class ProcessRuntime:
     """Each container is a local process (``command``, by default a long sleep) in a
@@ -47,6 +61,7 @@ class ProcessRuntime:
     def __init__(self, state_dir: Path, command: str = "sleep 1000000") -> None:
         self.state_dir = state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._marker = f"{RUNTIME_ENV}={self.state_dir.resolve()}".encode()
         self.command = shlex.split(command)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pids: dict[str, int] = {}  # pid files read (or written) here, by container
@@ -61,7 +76,8 @@ class ProcessRuntime:
             proc = subprocess.Popen(self.command, start_new_session=True,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL,
-                                    env=dict(os.environ, CRDT_OPS_CONTAINER=cid))
+                                    env={**os.environ, CONTAINER_ENV: cid,
+                                         RUNTIME_ENV: str(self.state_dir.resolve())})
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         self._children[proc.pid] = proc
@@ -82,6 +98,40 @@ class ProcessRuntime:
 
     def guard_args(self) -> list[str]:
         return ["--process-dir", str(self.state_dir)]
+
+    def adopt_strays(self) -> dict[str, int]:
+        """Record (write the pid file of) each container whose instance runs without one:
+        its worker was killed after :meth:`start` started it and before it wrote the pid
+        file, so neither a restarted worker nor the guard (services/guard.py) would have
+        found it, and after a move it would have run twice. An instance is found by
+        the environment it started with (:data:`RUNTIME_ENV` naming this directory,
+        :data:`CONTAINER_ENV` its container), as the leader of its own session (its
+        children inherit the environment, not the leadership); of several for one
+        container, the oldest. One read of ``/proc/<pid>/environ`` per process of the
+        machine (that this user may read): a start's and a lease end's cost, not a
+        change's. Returns container id -> pid of those recorded now."""
+        found: dict[str, tuple[int, int]] = {}  # container -> (start time in ticks, pid)
+        with os.scandir("/proc") as entries:
+            pids = [int(e.name) for e in entries if e.name.isdigit()]
+        prefix = CONTAINER_ENV.encode() + b"="
+        for pid in pids:
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone, or not ours to read
+            if self._marker not in env or int(stat[3]) != pid or stat[0] == "Z":
+                continue  # (stat[3]: its session; stat[0]: its state, Z a zombie)
+            cid = next((v[len(prefix):].decode(errors="replace") for v in env
+                        if v.startswith(prefix)), None)
+            if cid and (cid not in found or int(stat[19]) < found[cid][0]):
+                found[cid] = (int(stat[19]), pid)
+        adopted = {}
+        for cid, (_, pid) in sorted(found.items()):
+            if self._alive_pid(cid) is None:
+                self._pidfile(cid).write_text(str(pid))
+                self._pids[cid] = adopted[cid] = pid
+        return adopted
 
     def running(self) -> dict[str, int]:
         """Container id -> pid of every instance alive now: the pid files of the
@@ -204,6 +254,11 @@ class DockerRuntime:
             return None  # no such container
         up, pid = state.split(" ", 1)
         return int(pid) if up == "true" else None
+
+    def adopt_strays(self) -> dict[str, int]:
+        """Nothing to do: ``docker run`` names and labels a container as it creates it, so
+        :meth:`running` finds every one."""
+        return {}
 
     def running(self) -> dict[str, int]:
         out = {}

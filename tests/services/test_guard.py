@@ -64,3 +64,25 @@ def test_the_guard_reads_the_lease_file_at_its_run_until_and_once_a_check_while_
     assert guard._until_next_check(saved, 126.6) == 127.0 - 126.6
     assert guard._until_next_check(saved, 127.5) == guard.POLL_S  # ran out: stopping
     assert guard._until_next_check(None, 100.0) == guard.POLL_S
+
+
+def test_the_guard_stops_a_container_its_worker_did_not_record(tmp_path: Path) -> None:
+    """A worker killed between starting a container and writing its pid file: once the
+    lease runs out the guard finds the process by its environment and stops it (else it
+    would run on after logic moved the container: twice)."""
+    rt = ProcessRuntime(tmp_path)
+    held = lease.Lease("e1", 2.0)
+    held.renew(time.monotonic(), time.monotonic())
+    lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())  # its worker is gone
+    pid = rt.start("c1")
+    (tmp_path / "c1.pid").unlink()
+    g = guard.ensure(tmp_path, rt)
+    try:
+        wait_until(lambda: not alive(pid), 8, "the guard to stop the unrecorded container")
+        assert "c1 runs as pid" in (tmp_path / "guard.log").read_text()
+        wait_until(lambda: not alive(g), 5, "the guard to exit (its worker is gone)")
+    finally:
+        if alive(pid):
+            os.killpg(pid, 9)
+        if alive(g):
+            os.kill(g, 9)

@@ -38,3 +38,30 @@ def test_docker_runtime_refused_without_an_engine() -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "no Docker engine answers" in done.stderr
+
+
+def _forget(rt: ProcessRuntime, cid: str) -> None:
+    """As if the worker that started ``cid`` died before it wrote the pid file."""
+    (rt.state_dir / f"{cid}.pid").unlink()
+
+
+def test_an_instance_started_but_not_recorded_is_found_by_its_environment(
+        tmp_path: Path) -> None:
+    rt = ProcessRuntime(tmp_path / "a", "sh -c 'sleep 1000 & wait'")
+    other = ProcessRuntime(tmp_path / "b")
+    pid, theirs = rt.start("c1"), other.start("c1")
+    try:
+        _forget(rt, "c1")
+        fresh = ProcessRuntime(tmp_path / "a")  # a worker starting after the crash
+        assert fresh.running() == {}  # no pid file: unseen until adopted
+        # the shell, not its child (which inherits the environment in the same session),
+        # nor the other runtime's instance of the same container
+        assert fresh.adopt_strays() == {"c1": pid}
+        assert fresh.running() == {"c1": pid} == ProcessRuntime(tmp_path / "a").running()
+        assert fresh.adopt_strays() == {}  # recorded now: nothing more to adopt
+        assert other.running() == {"c1": theirs}
+    finally:
+        for r in (ProcessRuntime(tmp_path / "a"), other):
+            for cid in r.running():
+                r.stop(cid, grace_s=0.1)
+    assert not alive(pid) and not alive(theirs)

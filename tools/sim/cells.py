@@ -103,6 +103,9 @@ class SimRuntime:
     def guard_args(self) -> list[str]:
         return []
 
+    def adopt_strays(self) -> dict[str, int]:
+        return {}  # nothing runs unrecorded here
+
 
 @dataclass
 class CellsResult:
