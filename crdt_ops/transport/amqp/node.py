@@ -484,6 +484,11 @@ class AmqpNode:
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
+        elif s.consume == "stream":
+            # what it sent that its store lost (an older copy of the store put back, an OS
+            # crash that undid a transaction) is read back before it writes again: its next
+            # operation then follows those, never reuses their sequence numbers
+            await self._replay_stream(resume=True)
         self.store.put("consume", s.consume.encode())
         if s.consume == "stream":
             self._stream_in = StreamConsumer(names.stream, self._in.inbox.put_nowait,
@@ -556,17 +561,22 @@ class AmqpNode:
         self._out.connection, self._out.channel = self._conn, channel
         self._out.exchange = routed or exchange
 
-    async def _replay_stream(self, reread: bool = False) -> None:
+    async def _replay_stream(self, reread: bool = False, resume: bool = False) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
         stream from its start up to a marker published now; whatever the queue
         holds twice is dropped by the clock. ``reread``: the gap watch reads it
         again; what is invalid or over the buffer's caps there was dead-lettered
-        when it came through the queue, and is skipped silently now."""
+        when it came through the queue, and is skipped silently now. ``resume``: a
+        replica that reads the stream starts again: from the offset after the one it
+        logged last (its start if none), so that it has whatever it sent itself
+        before it writes again."""
         assert self._conn is not None and self._exchange is not None
         await self._stream_ready()  # else the marker may never come
         marker = message(self.settings, self.replica.clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
-        async for batch in read_stream(self._conn, self.settings, self._exchange, marker):
+        logged = stored_offset(self.durable) if resume else None
+        async for batch in read_stream(self._conn, self.settings, self._exchange, marker,
+                                       since=None if logged is None else logged + 1):
             await self._in.apply(batch, stream=True, reread=reread)
 
     async def _stream_ready(self) -> None:

@@ -139,10 +139,12 @@ class Progress:
 
 
 async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
-                      marker: aio_pika.Message) -> AsyncIterator[list[AbstractIncomingMessage]]:
-    """The group's stream from its start up to ``marker`` (published to ``exchange``
-    once the read began, so everything published before is read), in batches of at
-    most ``settings.prefetch`` messages; the caller acks them. Shows progress."""
+                      marker: aio_pika.Message, since: int | None = None
+                      ) -> AsyncIterator[list[AbstractIncomingMessage]]:
+    """The group's stream from its start (or from offset ``since`` on) up to ``marker``
+    (published to ``exchange`` once the read began, so everything published before is
+    read), in batches of at most ``settings.prefetch`` messages; the caller acks them.
+    Shows progress."""
     name = Topology.of(settings).stream
     channel = await conn.channel()
     try:
@@ -150,10 +152,12 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
         stream = await channel.get_queue(name)
         inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         tag = await stream.consume(inbox.put, no_ack=False,
-                                   arguments={"x-stream-offset": "first"})
+                                   arguments={"x-stream-offset": "first" if since is None
+                                              else since})
         await exchange.publish(marker, routing_key="")
         # the marker, published once the read began, is read too
-        progress = Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
+        progress = (Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
+                    if since is None else Progress(f"reading {name} from offset {since}"))
         while True:
             batch = [await inbox.get()]
             # what comes within STREAM_LINGER_S joins the batch: one transaction for it
