@@ -117,10 +117,12 @@ class ProcessRuntime:
         for pid in pids:
             try:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if self._marker not in env:
+                    continue
                 stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue  # gone, or not ours to read
-            if self._marker not in env or int(stat[3]) != pid or stat[0] == "Z":
+            if int(stat[3]) != pid or stat[0] == "Z":
                 continue  # (stat[3]: its session; stat[0]: its state, Z a zombie)
             cid = next((v[len(prefix):].decode(errors="replace") for v in env
                         if v.startswith(prefix)), None)
