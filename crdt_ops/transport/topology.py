@@ -6,7 +6,10 @@ For group G (the names are a contract operators rely on): the fanout exchange
 go to the fanout exchange ``crdt.G.dlx`` and its queue ``crdt.G.dead``; founding claims
 go to the fanout exchange ``crdt.G.founder`` and the stream ``crdt.G.founders`` bound to
 it, whose first message names the group's founder (a stream is append-only and read
-without taking messages out, so every reader sees the same first claim).
+without taking messages out, so every reader sees the same first claim). While replica R
+runs, its connection holds the exclusive queue ``crdt.G.R.held``, which the broker deletes
+with that connection (:mod:`crdt_ops.transport.amqp.holder`: one process at a time runs
+a replica).
 
 A group with sub-groups (:mod:`crdt_ops.subgroups`; ``routed``) also has the topic
 exchange ``crdt.G.routed``, which its replicas publish to, each message with the routing

@@ -52,6 +52,7 @@ from crdt_ops.subgroups import NONE, SubGroups
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.founding import claim_founding
+from crdt_ops.transport.amqp.holder import SAY_EVERY_S, hold, holder_queue, take
 from crdt_ops.transport.amqp.inbound import Inbound, stored_offset
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
@@ -128,6 +129,7 @@ class AmqpNode:
         self._stopped = False
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
+        self._hold_said = 0.0  # when it last said another connection holds it
         self._buffer_since: float | None = None
         self._gaps = GapWatch(settings.gap_timeout_s, last_reread=time.monotonic())
         self._signer = signer_of(settings)
@@ -481,6 +483,8 @@ class AmqpNode:
             log.info("replica %s holds sub-group %s of %s but reads its whole stream "
                      "(--consume stream): the broker filters only for --consume queue",
                      self.replica_id, self.replica.held_subgroup, s.group)
+        # one process at a time runs this replica; and what an earlier one sent is routed
+        await hold(conn, names, self.replica_id)
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
@@ -621,8 +625,16 @@ class AmqpNode:
         idempotent): the exchanges, the dead-letter queue, the stream and their
         bindings, this replica's queue, its binding, and its consumer if the broker
         dropped it (the queue was deleted)."""
-        assert self._pub is not None
+        assert self._pub is not None and self._conn is not None
         self._redeclare_due = False
+        if not await take(self._conn, self.topology, self.replica_id):
+            self._redeclare_due = True  # again at the next tick
+            if time.monotonic() - self._hold_said >= SAY_EVERY_S:
+                self._hold_said = time.monotonic()
+                log.warning("replica %s: another connection holds %s since this one "
+                            "reconnected (the broker has not dropped the connection it "
+                            "lost yet, or another process runs this replica)",
+                            self.replica_id, holder_queue(self.topology, self.replica_id))
         if not self._narrow:
             await self._declare_shared(self._pub)
         if self._stream_in is not None:  # consuming the stream (declared above): read on
