@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,3 +59,30 @@ async def test_a_replica_started_again_after_a_stop_does_not_wait(settings: Sett
         n = _as(settings, "a", "a")
         await asyncio.wait_for(n.start(), 10)
         await n.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_killed_process_leaves_no_wait(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL: the OS closes its connection, the broker drops its holder queue at once,
+    and the replica started again from the same store is up within seconds (not after
+    the broker's heartbeat timeout, 60 s)."""
+    store = tmp_path / "killed.sqlite"
+    state = tmp_path / "state.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "replica", "--amqp-url", settings.amqp_url,
+         "--group", settings.group, "--replica-id", "k", "--store", str(store),
+         "--heartbeat-s", "0.3", "--state-file", str(state)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await until(state.exists, 30, "the replica process to be up")
+    finally:
+        proc.kill()
+        proc.wait()
+    again = AmqpNode(Settings(**{**settings.__dict__, "replica_id": "k",
+                                 "store": str(store)}))
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(again.start(), 20)
+        assert time.monotonic() - t0 < 10
+    finally:
+        await again.stop()
