@@ -453,6 +453,9 @@ class AmqpNode:
         self._conn = conn
         self._conn.reconnect_callbacks.add(self._on_reconnect)
         self._conn.close_callbacks.add(self._on_lost)
+        # first: one process at a time runs this replica, and what an earlier one sent is
+        # routed before this one declares, reads or sends anything
+        await hold(conn, names, self.replica_id)
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         consume = self._consume_channel = await self._conn.channel()
         await consume.set_qos(prefetch_count=s.prefetch)
@@ -483,8 +486,6 @@ class AmqpNode:
             log.info("replica %s holds sub-group %s of %s but reads its whole stream "
                      "(--consume stream): the broker filters only for --consume queue",
                      self.replica_id, self.replica.held_subgroup, s.group)
-        # one process at a time runs this replica; and what an earlier one sent is routed
-        await hold(conn, names, self.replica_id)
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
