@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.config import Settings
-from tests.broker import group_settings, until
+from tests.broker import group_settings, rabbitmqctl, until
 
 
 @pytest.fixture
@@ -86,3 +87,27 @@ async def test_a_killed_process_leaves_no_wait(settings: Settings, tmp_path: Pat
         assert time.monotonic() - t0 < 10
     finally:
         await again.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_broker_user_that_may_not_declare_it_runs_unguarded_and_says_so(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="crdt_ops.transport.amqp.holder")
+    g = re.escape(f"crdt.{settings.group}")
+    user, password = f"noholder-{settings.group}", "pw"
+    rabbitmqctl("add_user", user, password)
+    try:  # everything a replica "a" declares, but not its holder queue
+        rabbitmqctl("set_permissions", "-p", "/", user,
+                    f"^{g}(\\.(log|dlx|dead|founder|founders|routed|a))?$", ".*", ".*")
+        url = settings.amqp_url.replace("guest:guest@", f"{user}:{password}@")
+        n = AmqpNode(Settings(**{**settings.__dict__, "amqp_url": url, "replica_id": "a",
+                                 "store": f"{settings.store}/a.sqlite"}))
+        try:
+            await asyncio.wait_for(n.start(), 20)
+            async with n.write() as r:
+                r.counter("n").increment(1)
+        finally:
+            await n.stop()
+        assert any("may not declare" in r.getMessage() for r in caplog.records)
+    finally:
+        rabbitmqctl("delete_user", user)

@@ -50,14 +50,22 @@ def holder_queue(topology: Topology, replica_id: str) -> str:
 async def take(conn: AbstractConnection, topology: Topology, replica_id: str) -> bool:
     """Declare ``replica_id``'s holder queue on ``conn``, through a channel of its own
     (closed after: the queue lives as long as the connection). Returns False, changing
-    nothing, if another connection holds it; raises what the broker or the connection
-    raise otherwise."""
+    nothing, if another connection holds it; True once held, or if the broker user may
+    not declare it (said in a warning); raises what the broker or the connection raise
+    otherwise."""
     channel = await conn.channel()
     try:
         await channel.declare_queue(holder_queue(topology, replica_id), exclusive=True,
                                     durable=False, auto_delete=False)
     except aiormq.exceptions.ChannelLockedResource:
         return False  # (the broker closed that channel)
+    except aiormq.exceptions.ChannelAccessRefused:
+        # a broker user provisioned without it (crdt_ops/transport/provision.py allows
+        # it): the replica runs, unguarded against a second process
+        log.warning("replica %s may not declare %s (its broker user's configure permission "
+                    "does not cover it): a second process run as this replica would go "
+                    "unnoticed", replica_id, holder_queue(topology, replica_id))
+        return True
     await channel.close()
     return True
 
