@@ -62,7 +62,7 @@ async def take(conn: AbstractConnection, topology: Topology, replica_id: str) ->
     except aiormq.exceptions.ChannelAccessRefused:
         # a broker user provisioned without it (crdt_ops/transport/provision.py allows
         # it): the replica runs, unguarded against a second process
-        log.warning("replica %s may not declare %s (its broker user's configure permission "
+        log.error("replica %s may not declare %s (its broker user's configure permission "
                     "does not cover it): a second process run as this replica would go "
                     "unnoticed", replica_id, holder_queue(topology, replica_id))
         return True
