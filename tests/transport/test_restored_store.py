@@ -7,14 +7,20 @@ never converge). Over the real broker, with replicas that read the group's strea
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.amqp.recovery import PAST_END_S
+from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.store import Store
 from tests.broker import group_settings, node, until
 
 
@@ -73,6 +79,36 @@ async def test_a_replica_restored_from_an_older_store_reads_its_own_later_writes
         assert a.replica.own_seq == lost_seq + 1
         await until(lambda: a.replica.counter("n").value == b.replica.counter("n").value == 111,
                     10, "both replicas to hold all three writes")
+    finally:
+        for n in (a, b):
+            await n.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_logged_offset_past_the_streams_end_is_read_from_the_start(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """The stream was declared anew (a new broker, say) since the replica logged its
+    offset: the read from there would wait for ever for a marker that lies before it. It
+    gives up after PAST_END_S, says why, and reads the stream from its start."""
+    caplog.set_level(logging.WARNING, logger="crdt_ops.transport.amqp.node")
+    a, b = node(settings, "a"), node(settings, "b")
+    await a.start()
+    await b.start()
+    try:
+        await _add(b, 5)
+        await until(lambda: a.replica.counter("n").value == 5, 10, "a to have b's write")
+        await a.stop()
+        store = Store(Path(settings.store) / "a.sqlite")
+        store.put(STREAM_OFFSET, b"1000000")  # far past the stream's end
+        store.close()
+        a = node(settings, "a")
+        t0 = time.monotonic()
+        await asyncio.wait_for(a.start(), PAST_END_S + 15)
+        assert time.monotonic() - t0 >= PAST_END_S
+        assert any("past the end of the stream" in r.getMessage() for r in caplog.records)
+        await _add(b, 5)
+        await until(lambda: a.replica.counter("n").value == b.replica.counter("n").value == 10,
+                    10, "both replicas to hold both writes")
     finally:
         for n in (a, b):
             await n.stop()

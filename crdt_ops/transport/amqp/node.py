@@ -55,7 +55,14 @@ from crdt_ops.transport.amqp.founding import claim_founding
 from crdt_ops.transport.amqp.holder import SAY_EVERY_S, hold, holder_queue, take
 from crdt_ops.transport.amqp.inbound import Inbound, stored_offset
 from crdt_ops.transport.amqp.publisher import Publisher
-from crdt_ops.transport.amqp.recovery import REREAD_DUE, GapWatch, few, last_operation, read_stream
+from crdt_ops.transport.amqp.recovery import (
+    REREAD_DUE,
+    GapWatch,
+    PastTheEnd,
+    few,
+    last_operation,
+    read_stream,
+)
 from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, StreamConsumer
 from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked, link_of
 from crdt_ops.transport.auth import authenticator, message, signer_of
@@ -580,9 +587,14 @@ class AmqpNode:
         marker = message(self.settings, self.replica.clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
         logged = stored_offset(self.durable) if resume else None
-        async for batch in read_stream(self._conn, self.settings, self._exchange, marker,
-                                       since=None if logged is None else logged + 1):
-            await self._in.apply(batch, stream=True, reread=reread)
+        try:
+            async for batch in read_stream(self._conn, self.settings, self._exchange, marker,
+                                           since=None if logged is None else logged + 1):
+                await self._in.apply(batch, stream=True, reread=reread)
+        except PastTheEnd:
+            self._read_stream_from_start(f"the offset it logged last, {logged}, is past the "
+                                         "end of the stream (declared anew since?)")
+            await self._replay_stream(reread=reread, resume=resume)
 
     async def _stream_ready(self) -> None:
         """Return once the group's stream took a probe on the connection in use

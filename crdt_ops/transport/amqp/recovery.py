@@ -138,13 +138,24 @@ class Progress:
             log.info("%s", self.line())
 
 
+#: Seconds a read of the stream from a given offset waits for its first message before it
+#: concludes that the offset is past the stream's end: the marker it published lies before
+#: it (the stream was declared anew, empty, since the offset was logged).
+PAST_END_S = 5.0
+
+
+class PastTheEnd(Exception):
+    """The offset a read of the stream was to start from is past the stream's end."""
+
+
 async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
                       marker: aio_pika.Message, since: int | None = None
                       ) -> AsyncIterator[list[AbstractIncomingMessage]]:
     """The group's stream from its start (or from offset ``since`` on) up to ``marker``
     (published to ``exchange`` once the read began, so everything published before is
     read), in batches of at most ``settings.prefetch`` messages; the caller acks them.
-    Shows progress."""
+    Shows progress. Raises :class:`PastTheEnd` if from ``since`` nothing at all comes
+    within :data:`PAST_END_S` (the marker, the stream's last message, went before it)."""
     name = Topology.of(settings).stream
     channel = await conn.channel()
     try:
@@ -159,7 +170,13 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
         progress = (Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
                     if since is None else Progress(f"reading {name} from offset {since}"))
         while True:
-            batch = [await inbox.get()]
+            if since is not None and progress.count == 0:
+                first = await arriving(inbox, 1, time.monotonic() + PAST_END_S)
+                if not first:
+                    raise PastTheEnd(f"nothing in {name} from offset {since} on")
+                batch = first
+            else:
+                batch = [await inbox.get()]
             # what comes within STREAM_LINGER_S joins the batch: one transaction for it
             deadline, more = time.monotonic() + STREAM_LINGER_S, batch
             while len(batch) < settings.prefetch \
