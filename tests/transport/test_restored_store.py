@@ -48,6 +48,18 @@ def _put_back(s: Settings, rid: str, saved: Path) -> None:
         shutil.copy2(p, Path(s.store) / p.name)
 
 
+async def _pair(s: Settings) -> tuple[AmqpNode, AmqpNode]:
+    """Replicas a and b of ``s``'s group, started (a stopped again if b fails to start)."""
+    a, b = node(s, "a"), node(s, "b")
+    await a.start()
+    try:
+        await b.start()
+    except BaseException:
+        await a.stop()
+        raise
+    return a, b
+
+
 async def _add(n: AmqpNode, by: int) -> None:
     async with n.write() as r:
         r.counter("n").increment(by)
@@ -56,9 +68,7 @@ async def _add(n: AmqpNode, by: int) -> None:
 @pytest.mark.asyncio
 async def test_a_replica_restored_from_an_older_store_reads_its_own_later_writes_back_first(
         settings: Settings, tmp_path: Path) -> None:
-    a, b = node(settings, "a"), node(settings, "b")
-    await a.start()
-    await b.start()
+    a, b = await _pair(settings)
     try:
         await _add(a, 1)
         await until(lambda: b.replica.counter("n").value == 1, 10, "b to have a's first write")
@@ -91,9 +101,7 @@ async def test_a_logged_offset_past_the_streams_end_is_read_from_the_start(
     offset: the read from there would wait for ever for a marker that lies before it. It
     gives up after PAST_END_S, says why, and reads the stream from its start."""
     caplog.set_level(logging.WARNING, logger="crdt_ops.transport.amqp.node")
-    a, b = node(settings, "a"), node(settings, "b")
-    await a.start()
-    await b.start()
+    a, b = await _pair(settings)
     try:
         await _add(b, 5)
         await until(lambda: a.replica.counter("n").value == 5, 10, "a to have b's write")
