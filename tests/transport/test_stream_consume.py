@@ -162,9 +162,12 @@ async def test_readers_lose_nothing_and_read_on_across_broker_restarts(
                         f"{n.replica_id} to get a's {want} operations")
         assert b.replica.counter("n").value == q.replica.counter("n").value \
             == a.replica.counter("n").value
-        # b read on from its offset after each reconnection: what it had logged did not
-        # come again (a re-read from the stream's start would bring back hundreds)
-        assert b._stream_in is not None and b._stream_in.consumes >= 3  # one per connection
+        # b read on from its offset after its reconnections: what it had logged did not
+        # come again (a re-read from the stream's start would bring back hundreds). It
+        # consumed again on at least one later connection; not always on each: a
+        # connection that dies again before its consumer goes out (a slow start_app in CI,
+        # then the SIGKILL 0.5 s later) gets none, the next one does
+        assert b._stream_in is not None and b._stream_in.consumes >= 2
         assert b.replica.stats["duplicates"] < want / 4, b.replica.stats
     finally:
         stop.set()
