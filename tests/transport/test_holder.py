@@ -22,7 +22,7 @@ from tests.broker import group_settings, rabbitmqctl, until
 
 @pytest.fixture
 def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
-    yield from group_settings(amqp_url, tmp_path, heartbeat_s=0.3)
+    yield from group_settings(amqp_url, tmp_path, heartbeat_s=0.3, replicas=("a", "k"))
 
 
 def _as(s: Settings, rid: str, store: str) -> AmqpNode:
