@@ -61,7 +61,8 @@ class ProcessRuntime:
     def __init__(self, state_dir: Path, command: str = "sleep 1000000") -> None:
         self.state_dir = state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._marker = f"{RUNTIME_ENV}={self.state_dir.resolve()}".encode()
+        self._root = str(self.state_dir.resolve())  # what RUNTIME_ENV names
+        self._marker = f"{RUNTIME_ENV}={self._root}".encode()
         self.command = shlex.split(command)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pids: dict[str, int] = {}  # pid files read (or written) here, by container
@@ -77,7 +78,7 @@ class ProcessRuntime:
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL,
                                     env={**os.environ, CONTAINER_ENV: cid,
-                                         RUNTIME_ENV: str(self.state_dir.resolve())})
+                                         RUNTIME_ENV: self._root})
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         self._children[proc.pid] = proc
@@ -117,12 +118,10 @@ class ProcessRuntime:
         for pid in pids:
             try:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                if self._marker not in env:
-                    continue
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+            except OSError:
                 continue  # gone, or not ours to read
-            if int(stat[3]) != pid or stat[0] == "Z":
+            stat = _stat(pid) if self._marker in env else None
+            if stat is None or int(stat[3]) != pid or stat[0] == "Z":
                 continue  # (stat[3]: its session; stat[0]: its state, Z a zombie)
             cid = next((v[len(prefix):].decode(errors="replace") for v in env
                         if v.startswith(prefix)), None)
@@ -200,10 +199,18 @@ def alive(pid: int, child: subprocess.Popen[bytes] | None = None) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie is not running
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return False
+    stat = _stat(pid)  # a zombie is not running
+    return stat is not None and stat[0] != "Z"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command's name (state, parent,
+    process group, session, ...: proc(5), from its 3rd field on); None if it cannot be
+    read (gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 class DockerRuntime:

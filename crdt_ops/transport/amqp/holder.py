@@ -19,7 +19,7 @@ offset holds what the previous process published (docs/latency.md: the fence tha
 publishing before a disk sync would need). A process that was killed leaves no wait: the OS closes
 its socket, and the broker its connection.
 
-After a reconnection the queue is declared again (:func:`take`, once per attempt): the
+After a reconnection the queue is declared again (:meth:`Holder.take`, once per attempt): the
 broker deleted it with the connection that was lost.
 """
 
@@ -42,46 +42,62 @@ SAY_EVERY_S = 10.0
 RETRY_S = (0.1, 2.0)
 
 
-def holder_queue(topology: Topology, replica_id: str) -> str:
-    """The holder queue of ``replica_id`` in ``topology``'s group."""
-    return f"{topology.queue(replica_id)}.held"
+class Holder:
+    """Replica ``replica_id``'s holder queue in ``topology``'s group, taken through a
+    connection: :meth:`hold` at start, :meth:`take` after a reconnection. While another
+    connection holds it, it says so at most every :data:`SAY_EVERY_S`, with how long
+    since the first refusal."""
 
+    def __init__(self, topology: Topology, replica_id: str) -> None:
+        self.replica_id, self.group = replica_id, topology.group
+        #: The queue's name: ``crdt.G.<replica id>.held``.
+        self.queue = f"{topology.queue(replica_id)}.held"
+        self._refused_since: float | None = None  # first refusal since it last held it
+        self._said: float | None = None
 
-async def take(conn: AbstractConnection, topology: Topology, replica_id: str) -> bool:
-    """Declare ``replica_id``'s holder queue on ``conn``, through a channel of its own
-    (closed after: the queue lives as long as the connection). Returns False, changing
-    nothing, if another connection holds it; True once held, or if the broker user may
-    not declare it (said in a warning); raises what the broker or the connection raise
-    otherwise."""
-    channel = await conn.channel()
-    try:
-        await channel.declare_queue(holder_queue(topology, replica_id), exclusive=True,
-                                    durable=False, auto_delete=False)
-    except aiormq.exceptions.ChannelLockedResource:
-        return False  # (the broker closed that channel)
-    except aiormq.exceptions.ChannelAccessRefused:
-        # a broker user provisioned without it (crdt_ops/transport/provision.py allows
-        # it): the replica runs, unguarded against a second process
-        log.error("replica %s may not declare %s (its broker user's configure permission "
-                    "does not cover it): a second process run as this replica would go "
-                    "unnoticed", replica_id, holder_queue(topology, replica_id))
+    async def take(self, conn: AbstractConnection) -> bool:
+        """Declare the holder queue on ``conn``, through a channel of its own (closed
+        after: the queue lives as long as the connection). Returns False, changing
+        nothing, if another connection holds it (said, at most every
+        :data:`SAY_EVERY_S`); True once held, or if the broker user may not declare it
+        (logged as an error); raises what the broker or the connection raise
+        otherwise."""
+        channel = await conn.channel()
+        try:
+            await channel.declare_queue(self.queue, exclusive=True, durable=False,
+                                        auto_delete=False)
+        except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
+            self._refused()
+            return False
+        except aiormq.exceptions.ChannelAccessRefused:
+            # a broker user provisioned without it (crdt_ops/transport/provision.py allows
+            # it): the replica runs, unguarded against a second process
+            log.error("replica %s may not declare %s (its broker user's configure "
+                      "permission does not cover it): a second process run as this replica "
+                      "would go unnoticed", self.replica_id, self.queue)
+            return True
+        self._refused_since = None
+        await channel.close()
         return True
-    await channel.close()
-    return True
 
+    async def hold(self, conn: AbstractConnection) -> None:
+        """Return once ``conn`` holds the queue (:meth:`take`), trying again as long as
+        another connection holds it."""
+        pause = RETRY_S[0]
+        while not await self.take(conn):
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RETRY_S[1])
 
-async def hold(conn: AbstractConnection, topology: Topology, replica_id: str) -> None:
-    """Return once ``conn`` holds ``replica_id``'s holder queue (:func:`take`), waiting as
-    long as another connection holds it, and saying so."""
-    said, pause, t0 = 0.0, RETRY_S[0], time.monotonic()
-    while not await take(conn, topology, replica_id):
-        if time.monotonic() - said >= SAY_EVERY_S:
-            said = time.monotonic()
-            log.warning("replica %s of group %s runs in another process, or ran in one that "
-                        "died and whose connection the broker has not dropped yet (it does "
-                        "after its heartbeat timeout): another connection holds %s. Waiting "
-                        "(%.0fs so far); if two processes run it, stop one, or give it a "
-                        "replica id of its own", replica_id, topology.group,
-                        holder_queue(topology, replica_id), time.monotonic() - t0)
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, RETRY_S[1])
+    def _refused(self) -> None:
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        if self._said is not None and now - self._said < SAY_EVERY_S:
+            return
+        self._said = now
+        log.warning("replica %s of group %s runs in another process, or ran in one that "
+                    "died and whose connection the broker has not dropped yet (it does "
+                    "after its heartbeat timeout): another connection holds %s (%.0fs so "
+                    "far). If two processes run it, stop one, or give it a replica id of "
+                    "its own", self.replica_id, self.group, self.queue,
+                    now - self._refused_since)

@@ -52,7 +52,7 @@ from crdt_ops.subgroups import NONE, SubGroups
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.founding import claim_founding
-from crdt_ops.transport.amqp.holder import SAY_EVERY_S, hold, holder_queue, take
+from crdt_ops.transport.amqp.holder import Holder
 from crdt_ops.transport.amqp.inbound import Inbound, stored_offset
 from crdt_ops.transport.amqp.publisher import Publisher
 from crdt_ops.transport.amqp.recovery import (
@@ -136,7 +136,7 @@ class AmqpNode:
         self._stopped = False
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
-        self._hold_said = 0.0  # when it last said another connection holds it
+        self._holder = Holder(self.topology, self.replica_id)
         self._buffer_since: float | None = None
         self._gaps = GapWatch(settings.gap_timeout_s, last_reread=time.monotonic())
         self._signer = signer_of(settings)
@@ -462,7 +462,7 @@ class AmqpNode:
         self._conn.close_callbacks.add(self._on_lost)
         # first: one process at a time runs this replica, and what an earlier one sent is
         # routed before this one declares, reads or sends anything
-        await hold(conn, names, self.replica_id)
+        await self._holder.hold(conn)
         self._pub = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         consume = self._consume_channel = await self._conn.channel()
         await consume.set_qos(prefetch_count=s.prefetch)
@@ -640,14 +640,8 @@ class AmqpNode:
         dropped it (the queue was deleted)."""
         assert self._pub is not None and self._conn is not None
         self._redeclare_due = False
-        if not await take(self._conn, self.topology, self.replica_id):
+        if not await self._holder.take(self._conn):  # (said by the holder)
             self._redeclare_due = True  # again at the next tick
-            if time.monotonic() - self._hold_said >= SAY_EVERY_S:
-                self._hold_said = time.monotonic()
-                log.warning("replica %s: another connection holds %s since this one "
-                            "reconnected (the broker has not dropped the connection it "
-                            "lost yet, or another process runs this replica)",
-                            self.replica_id, holder_queue(self.topology, self.replica_id))
         if not self._narrow:
             await self._declare_shared(self._pub)
         if self._stream_in is not None:  # consuming the stream (declared above): read on
