@@ -4,7 +4,8 @@ exchange, queues and stream.
 ``node``: the pump (publish the outbox, apply and log deliveries, heartbeats, watching
 the echo and the gaps); ``connection``: failover over a cluster's nodes;
 ``recovery``: reading the stream to join and to fill gaps; ``founding``: founding a
-group and retiring a replica; ``publisher`` and ``inbound``: the two directions. Beside it in
+group and retiring a replica; ``publisher`` and ``inbound``: the two directions;
+``stream_consumer``: reading the group's stream, each message a ``delivery``. Beside it in
 :mod:`crdt_ops.transport`: ``durable`` (the replica and its store), ``topology`` (the
 group's objects on the broker), ``auth`` (who sent a delivery).
 """

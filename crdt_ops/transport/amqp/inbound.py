@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractExchange
 
 from crdt_ops.errors import BufferFull, InvalidMessage, WaitingCapReached
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.arrivals import arriving
+from crdt_ops.transport.amqp.delivery import Delivered
 from crdt_ops.transport.amqp.recovery import REREAD_DUE
 from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, offset_mark
 from crdt_ops.transport.auth import Authenticator
@@ -76,7 +77,7 @@ class Inbound:
         self.observed = observed
         self.arrived = arrived
         self.rewind = rewind
-        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.inbox: asyncio.Queue[Delivered] = asyncio.Queue()
         self.dead_letter_exchange: AbstractExchange | None = None
         self.dead_lettered = 0
         # this replica's series, looked up once (a lookup per batch was 3 % of its CPU)
@@ -100,7 +101,7 @@ class Inbound:
             await self._again(batch)  # what was logged comes again, dropped as a duplicate
             raise
 
-    async def _again(self, batch: list[AbstractIncomingMessage]) -> None:
+    async def _again(self, batch: list[Delivered]) -> None:
         """Have the broker deliver ``batch`` again: a nack through a queue; from the
         stream, a new consumer from the offset stored (:attr:`rewind`)."""
         if self.rewind is not None:
@@ -108,7 +109,7 @@ class Inbound:
         else:
             await _requeue(batch)
 
-    async def apply(self, batch: list[AbstractIncomingMessage], stream: bool = False,
+    async def apply(self, batch: list[Delivered], stream: bool = False,
                      reread: bool = False) -> None:
         """Apply, log, then ack a batch of deliveries. A message the buffer cannot
         hold is dead-lettered (never requeued) and read again by the gap watch; only
@@ -123,9 +124,9 @@ class Inbound:
         dups = replica.stats["duplicates"]
         held = self.durable.hold([])
         valid: list[bytes] = []
-        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
+        dead: list[tuple[Delivered, str, str]] = []
         dropped = False
-        more: list[AbstractIncomingMessage] = batch
+        more: list[Delivered] = batch
         deadline: float | None = None  # set after the first reactions ran
         while more:
             v, d, drop = self._take(more, stream, reread)
@@ -181,14 +182,14 @@ class Inbound:
         self.durable.applied(applied)  # acked already: a failed snapshot is for the recovery
         self.observed()
 
-    def _take(self, msgs: list[AbstractIncomingMessage], stream: bool, reread: bool
-              ) -> tuple[list[bytes], list[tuple[AbstractIncomingMessage, str, str]], bool]:
+    def _take(self, msgs: list[Delivered], stream: bool, reread: bool
+              ) -> tuple[list[bytes], list[tuple[Delivered, str, str]], bool]:
         """Apply ``msgs`` to the replica: returns the bodies that brought something new (to
         log), the messages to dead-letter with their reason and detail, and whether one was
         dropped over the causal buffer's caps (the stream must be read again)."""
         replica = self.durable.replica
         valid: list[bytes] = []
-        dead: list[tuple[AbstractIncomingMessage, str, str]] = []
+        dead: list[tuple[Delivered, str, str]] = []
         dropped = False
         if not stream:  # through our queue: the path from the exchange to us works
             self.echo.received([msg.message_id or "" for msg in msgs], time.monotonic())
@@ -211,13 +212,13 @@ class Inbound:
                     dead.append((msg, reason, str(e)))
         return valid, dead, dropped
 
-    async def _dead_letter(self, msg: AbstractIncomingMessage, reason: str, detail: str) -> None:
+    async def _dead_letter(self, msg: Delivered, reason: str, detail: str) -> None:
         """Publish ``msg`` to the dead-letter exchange with the reason in its headers;
         counted once the broker confirmed it (raises if it did not)."""
         assert self.dead_letter_exchange is not None
         log.warning("dead-lettering a message (%s: %s) from %s", reason, detail[:500],
                     msg.user_id or msg.app_id or "?")
-        headers = dict(msg.headers or {})
+        headers = dict(msg.headers)
         headers.update({"x-crdt-reason": reason, "x-crdt-detail": detail[:500],
                         "x-crdt-replica": self.replica_id})
         try:
@@ -238,11 +239,11 @@ def stored_offset(durable: DurableReplica) -> int | None:
     return durable.mark(STREAM_OFFSET)
 
 
-async def ack_all(batch: list[AbstractIncomingMessage]) -> None:
+async def ack_all(batch: list[Delivered]) -> None:
     """Acknowledge ``batch``: its last message on each AMQP channel, with ``multiple``
     (one frame per channel: a batch that spans a reconnection holds messages of a channel
     gone, whose ack fails, and of the new one, whose ack must still go)."""
-    last: dict[int, AbstractIncomingMessage] = {}
+    last: dict[int, Delivered] = {}
     for msg in batch:
         last[id(msg.channel)] = msg
     failed: Exception | None = None
@@ -255,7 +256,7 @@ async def ack_all(batch: list[AbstractIncomingMessage]) -> None:
         raise failed
 
 
-async def _requeue(msgs: list[AbstractIncomingMessage]) -> None:
+async def _requeue(msgs: list[Delivered]) -> None:
     """Nack ``msgs`` for the broker to deliver them again; a nack that fails or takes over
     :data:`NACK_TIMEOUT_S` is given up (the channel is failing: the broker requeues the
     message when it closes)."""

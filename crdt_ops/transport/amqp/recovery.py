@@ -19,13 +19,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection, AbstractExchange
+from aiormq.abc import DeliveredMessage
 
 from crdt_ops.errors import InvalidMessage
 from crdt_ops.ops import Batch
 from crdt_ops.replica import Replica
 from crdt_ops.subgroups import channels_of, split
 from crdt_ops.transport.amqp.arrivals import arriving
+from crdt_ops.transport.amqp.delivery import Delivered, Delivery
 from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
@@ -150,21 +152,29 @@ class PastTheEnd(Exception):
 
 async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
                       marker: aio_pika.Message, since: int | None = None
-                      ) -> AsyncIterator[list[AbstractIncomingMessage]]:
+                      ) -> AsyncIterator[list[Delivered]]:
     """The group's stream from its start (or from offset ``since`` on) up to ``marker``
     (published to ``exchange`` once the read began, so everything published before is
     read), in batches of at most ``settings.prefetch`` messages; the caller acks them.
     Shows progress. Raises :class:`PastTheEnd` if from ``since`` nothing at all comes
-    within :data:`PAST_END_S` (the marker, the stream's last message, went before it)."""
+    within :data:`PAST_END_S` (the marker, the stream's last message, went before it).
+
+    Read through aiormq, each message a :class:`~crdt_ops.transport.amqp.delivery.Delivery`
+    (a replay is bounded by the cost of each delivery: BENCHMARKS.md)."""
     name = Topology.of(settings).stream
     channel = await conn.channel()
     try:
         await channel.set_qos(prefetch_count=settings.prefetch)
-        stream = await channel.get_queue(name)
-        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        tag = await stream.consume(inbox.put, no_ack=False,
-                                   arguments={"x-stream-offset": "first" if since is None
-                                              else since})
+        stream = await channel.get_queue(name)  # passive: its message count, for progress
+        inbox: asyncio.Queue[Delivered] = asyncio.Queue()
+
+        async def take(delivered: DeliveredMessage) -> None:
+            inbox.put_nowait(Delivery(delivered))
+
+        underlay = await channel.get_underlay_channel()
+        ok = await underlay.basic_consume(
+            name, take, no_ack=False,
+            arguments={"x-stream-offset": "first" if since is None else since})
         await exchange.publish(marker, routing_key="")
         # the marker, published once the read began, is read too
         progress = (Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
@@ -192,7 +202,8 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
             if end is not None:
                 break
         progress.done()
-        await stream.cancel(tag)
+        assert ok.consumer_tag is not None
+        await underlay.basic_cancel(ok.consumer_tag)
     finally:
         with contextlib.suppress(Exception):
             await channel.close()

@@ -29,12 +29,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
+
+from crdt_ops.transport.amqp.delivery import Delivered, Delivery
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,14 @@ log = logging.getLogger(__name__)
 STREAM_OFFSET = "stream_offset"
 
 
-def offset_of(msg: AbstractIncomingMessage) -> int | None:
+def offset_of(msg: Delivered) -> int | None:
     """The stream offset of a message read from a stream (its ``x-stream-offset``
     header); None for one delivered through a queue."""
-    value = (msg.headers or {}).get("x-stream-offset")
+    value = msg.headers.get("x-stream-offset")
     return value if isinstance(value, int) else None
 
 
-def offset_mark(batch: list[AbstractIncomingMessage], stored: Callable[[], int | None]
+def offset_mark(batch: Sequence[Delivered], stored: Callable[[], int | None]
                 ) -> dict[str, int] | None:
     """The mark to hold with ``batch``'s deliveries
     (:meth:`~crdt_ops.transport.durable.DurableReplica.hold`: :data:`STREAM_OFFSET` and its
@@ -67,7 +68,8 @@ def offset_mark(batch: list[AbstractIncomingMessage], stored: Callable[[], int |
 
 class StreamConsumer:
     """One replica's consumer of the group's stream ``stream``: each delivery is handed to
-    ``deliver`` (an :class:`aio_pika.IncomingMessage`; the caller acks it once logged);
+    ``deliver`` (a :class:`~crdt_ops.transport.amqp.delivery.Delivery`; the caller acks it
+    once logged);
     ``stored`` returns the offset logged last (None: nothing logged yet, read from the
     first message); ``lost(deleted)`` is called when the consumer is gone without
     :meth:`cancel`: its channel closed (a channel error, a lost connection), or
@@ -75,7 +77,7 @@ class StreamConsumer:
     numbers its messages from 0, so the offset stored means nothing in it). The caller
     declares the topology again and calls :meth:`consume`."""
 
-    def __init__(self, stream: str, deliver: Callable[[AbstractIncomingMessage], object],
+    def __init__(self, stream: str, deliver: Callable[[Delivered], object],
                  stored: Callable[[], int | None], replica_id: str,
                  lost: Callable[[bool], None] = lambda deleted: None) -> None:
         self.stream, self.deliver, self.stored = stream, deliver, stored
@@ -147,7 +149,7 @@ class StreamConsumer:
     async def _on_delivery(self, delivered: DeliveredMessage) -> None:
         if getattr(delivered.delivery, "consumer_tag", None) != self._tag:
             return  # a consumer cancelled since: its deliveries come again from the new one
-        msg = aio_pika.IncomingMessage(delivered, no_ack=False)
+        msg = Delivery(delivered)
         if not self._first_seen:
             self._first_seen = True
             self.check(offset_of(msg))
