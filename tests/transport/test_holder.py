@@ -13,10 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aio_pika
+import aio_pika.abc
 import pytest
 
 from crdt_ops.transport.amqp import AmqpNode
+from crdt_ops.transport.amqp.holder import Holder
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.topology import Topology
 from tests.broker import group_settings, rabbitmqctl, until
 
 
@@ -111,3 +115,112 @@ async def test_a_broker_user_that_may_not_declare_it_runs_unguarded_and_says_so(
         assert any("may not declare" in r.getMessage() for r in caplog.records)
     finally:
         rabbitmqctl("delete_user", user)
+
+
+# a process of replica "a" that takes its holder queue, then publishes to the group's
+# stream without waiting for confirms, through a connection that does not announce
+# connection.blocked: the broker then does not say it stopped reading (RabbitMQ,
+# "Blocked Connection Notifications"), and aiormq keeps writing, so the publishes wait
+# unread in the broker's socket
+_OLD_PROCESS = """
+import asyncio, sys
+import aio_pika
+url, held, stream, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+async def main():
+    caps = {"authentication_failure_close": True, "basic.nack": True,
+            "consumer_cancel_notify": True, "publisher_confirms": True}
+    conn = await aio_pika.connect(url, client_properties={"capabilities": caps})
+    await (await conn.channel()).declare_queue(held, exclusive=True, auto_delete=False)
+    pub = await conn.channel(publisher_confirms=False)
+    print("holding", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for i in range(n):
+        await pub.default_exchange.publish(
+            aio_pika.Message(b"old", message_id=f"old-{i}", delivery_mode=2),
+            routing_key=stream)
+    print("written", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def _watermark() -> list[str]:
+    """The broker's memory high watermark, as arguments of set_vm_memory_high_watermark."""
+    out = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    absolute = re.fullmatch(r"\{absolute,(\d+)\}", out)
+    return ["absolute", absolute.group(1)] if absolute else [out]
+
+
+@pytest.mark.asyncio
+async def test_what_a_blocked_connection_sent_is_routed_before_its_holder_queue_is_freed(
+        settings: Settings) -> None:
+    """The fence that publishing before a disk sync would rest on (docs/latency.md):
+    while the broker does not read a connection (a memory alarm; credit flow does the
+    same), that connection keeps the holder queue, and a new process of the replica
+    waits; once the broker reads it again, whatever it routes of it, it routes before it
+    frees the queue: nothing of the old process comes after a marker the new process
+    publishes once it holds the queue. (What the broker had not read it may drop instead,
+    as it did in most runs of this; docs/latency.md.) The broker's memory alarm is
+    raised, for every connection, for about two seconds."""
+    k = AmqpNode(Settings(**{**settings.__dict__, "replica_id": "k",
+                             "store": f"{settings.store}/k.sqlite"}))
+    await asyncio.wait_for(k.start(), 20)  # the group, its stream
+    topology = Topology.of(settings)
+    holder = Holder(topology, "a")
+    old = subprocess.Popen([sys.executable, "-c", _OLD_PROCESS, settings.amqp_url,
+                            holder.queue, topology.stream, "50"], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    conn = await aio_pika.connect(settings.amqp_url)
+    watermark = _watermark()
+    try:
+        assert old.stdout is not None and old.stdin is not None
+        assert (await asyncio.to_thread(old.stdout.readline)).strip() == "holding"
+        rabbitmqctl("set_vm_memory_high_watermark", "0")  # the broker stops reading
+        await asyncio.sleep(1.0)
+        old.stdin.write("go\n")
+        old.stdin.flush()
+        assert (await asyncio.to_thread(old.stdout.readline)).strip() == "written"
+        old.kill()
+        old.wait()
+        for _ in range(3):  # the broker has not read the socket's end: the queue is held
+            assert not await holder.take(conn)
+            await asyncio.sleep(0.2)
+        rabbitmqctl("set_vm_memory_high_watermark", *watermark)
+        await asyncio.wait_for(holder.hold(conn), 15)
+        channel = await conn.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"marker", message_id="marker"), routing_key=topology.stream)
+        ids = await _ids_through(conn, topology.stream, "marker")
+        after = [i for i in ids[ids.index("marker") + 1:] if i and i.startswith("old-")]
+        assert after == []
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", *watermark)
+        old.kill()
+        old.wait()
+        await conn.close()
+        await k.stop()
+
+
+async def _ids_through(conn: aio_pika.abc.AbstractConnection, stream: str, marker: str,
+                       after_s: float = 2.0) -> list[str | None]:
+    """The message ids of stream ``stream`` from its start to ``marker``, and of what comes
+    within ``after_s`` after it (other replicas' heartbeats go on)."""
+    channel = await conn.channel()
+    await channel.set_qos(prefetch_count=1000)
+    got: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+    queue = await channel.get_queue(stream)
+    await queue.consume(got.put, no_ack=False, arguments={"x-stream-offset": "first"})
+    ids: list[str | None] = []
+    deadline: float | None = None
+    while deadline is None or time.monotonic() < deadline:
+        try:
+            m = await asyncio.wait_for(got.get(), 0.2 if deadline else 15)
+        except TimeoutError:
+            assert deadline is not None, f"{marker} not read from {stream}"
+            continue
+        await m.ack()
+        ids.append(m.message_id)
+        if m.message_id == marker:
+            deadline = time.monotonic() + after_s
+    await channel.close()
+    return ids

@@ -12,12 +12,14 @@ anywhere.
 
 The wait also covers a process that died without closing its connection: its machine
 lost power, or froze. The broker keeps the queue until it drops that connection, after
-its heartbeat timeout, and it deletes the queue as it closes the connection, once the
-connection's channels have handled the frames it read (how RabbitMQ shuts a connection
-down; not shown by a test here). So the stream the replica then reads from its logged
-offset holds what the previous process published (docs/latency.md: the fence that
-publishing before a disk sync would need). A process that was killed leaves no wait: the OS closes
-its socket, and the broker its connection.
+its heartbeat timeout, and deletes the queue as it closes the connection, after whatever
+it routes of that connection; what it had not read by then it may drop
+(``tests/transport/test_holder.py``: a connection the broker stopped reading under a
+memory alarm, whose process was killed with publishes unread; docs/latency.md says what
+that shows and what it does not). So the stream the replica then reads from its logged
+offset holds everything of the previous process's that another replica can have received
+(docs/latency.md: the fence that publishing before a disk sync would need). A process
+that was killed leaves no wait: the OS closes its socket, and the broker its connection.
 
 After a reconnection the queue is declared again (:meth:`Holder.take`, once per attempt): the
 broker deleted it with the connection that was lost.
