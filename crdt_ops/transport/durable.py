@@ -52,6 +52,11 @@ log = logging.getLogger(__name__)
 MEMBERSHIP = "membership"
 #: Store key written to learn that a failed store takes writes again.
 STORE_PROBE = "store_probe"
+#: Store key: when this replica last committed messages of its own (operations or
+#: heartbeats), in ms since the epoch by its wall clock (decimal ASCII), written with them.
+#: What it published that an older copy of its store, or an OS crash, took from it was
+#: published after that (:meth:`DurableReplica.committed_at`).
+COMMITTED_AT = "committed_at_ms"
 #: Longest pause between two tries of a failed store (seconds; from 0.1, doubling).
 MAX_STORE_RETRY_S = 5.0
 
@@ -341,12 +346,14 @@ class DurableReplica:
         received, self._unlogged = self._unlogged, []
         marks, self._marks = self._marks, {}
         if msgs or received or flags or marks:
+            meta = {k: str(v).encode() for k, v in marks.items()}
+            if msgs:
+                meta[COMMITTED_AT] = str(time.time_ns() // 1_000_000).encode()
             with self.storing():
                 # deliveries alone need no disk sync (see log_delivered); what this
                 # replica sends does, and syncs the deliveries logged before it too
                 self.store.append(received, msgs, sync=bool(msgs or flags),
-                                  meta={**{k: str(v).encode() for k, v in marks.items()},
-                                        **(flags or {})})
+                                  meta={**meta, **(flags or {})})
             self._logged_marks.update(marks)
         if msgs:
             self.outbox_ready.set()
@@ -413,6 +420,13 @@ class DurableReplica:
             raw = self.store.get(key)
             self._logged_marks[key] = int(raw) if raw else None
         return self._logged_marks[key]
+
+    def committed_at(self) -> int | None:
+        """When this replica's store last took messages of its own (ms since the epoch, by
+        this machine's wall clock; :data:`COMMITTED_AT`), None if it never did. Raises
+        :class:`StoreUnavailable` if the store cannot be read."""
+        raw = self.store.get(COMMITTED_AT)
+        return int(raw) if raw else None
 
     def log_delivered(self, held: int, flags: dict[str, bytes] | None = None) -> bool:
         """Log the deliveries held since (:meth:`hold`, which returned ``held``) with their

@@ -3,7 +3,9 @@ or an OS crash or a power loss that undid what was not on the disk yet) while th
 kept the operations those transactions held: before it writes again, it reads them back
 from the group's stream, so its next operation follows them instead of reusing their
 sequence numbers (which every other replica would drop as duplicates: the group would
-never converge). Over the real broker, with replicas that read the group's stream."""
+never converge). Over the real broker, with replicas that read the group's stream (from
+the offset they logged last) and with replicas that have a queue of their own (from a
+little before their last commit of their own messages)."""
 
 from __future__ import annotations
 
@@ -66,8 +68,10 @@ async def _add(n: AmqpNode, by: int) -> None:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("consume", ["stream", "queue"])
 async def test_a_replica_restored_from_an_older_store_reads_its_own_later_writes_back_first(
-        settings: Settings, tmp_path: Path) -> None:
+        settings: Settings, tmp_path: Path, consume: str) -> None:
+    settings = Settings(**{**settings.__dict__, "consume": consume})
     a, b = await _pair(settings)
     try:
         await _add(a, 1)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 import uuid
@@ -84,6 +85,11 @@ SETTLE_IDLE_S = 1.0
 #: A replica that writes between every two heartbeat ticks still sends a heartbeat (its
 #: whole clock) every this many ticks (:meth:`AmqpNode._heartbeat`).
 BEAT_AT_LEAST_EVERY = 5
+#: Seconds before its last commit of its own messages from which a replica that reads a
+#: queue of its own reads the group's stream again when it starts
+#: (:meth:`AmqpNode._setup`): the broker stamps the stream's chunks by its clock, the
+#: store those commits by this machine's, and the two may differ by about this much.
+RESUME_MARGIN_S = 10.0
 #: Seconds between two attempts to consume the stream again (``consume="stream"``) while
 #: one fails (a channel not reopened yet after a reconnection).
 CONSUME_RETRY_S = 0.1
@@ -501,6 +507,11 @@ class AmqpNode:
             # crash that undid a transaction) is read back before it writes again: its next
             # operation then follows those, never reuses their sequence numbers
             await self._replay_stream(resume=True)
+        elif (committed := self.durable.committed_at()) is not None:
+            # the same for a replica with a queue of its own, which logs no offset in the
+            # stream: what its store lost was published after its last commit of its own
+            await self._replay_stream(since=datetime.datetime.fromtimestamp(
+                committed / 1000 - RESUME_MARGIN_S, tz=datetime.UTC))
         self.store.put("consume", s.consume.encode())
         if s.consume == "stream":
             self._stream_in = StreamConsumer(names.stream, self._in.inbox.put_nowait,
@@ -573,7 +584,8 @@ class AmqpNode:
         self._out.connection, self._out.channel = self._conn, channel
         self._out.exchange = routed or exchange
 
-    async def _replay_stream(self, reread: bool = False, resume: bool = False) -> None:
+    async def _replay_stream(self, reread: bool = False, resume: bool = False,
+                             since: datetime.datetime | None = None) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
         stream from its start up to a marker published now; whatever the queue
         holds twice is dropped by the clock. ``reread``: the gap watch reads it
@@ -581,20 +593,26 @@ class AmqpNode:
         when it came through the queue, and is skipped silently now. ``resume``: a
         replica that reads the stream starts again: from the offset after the one it
         logged last (its start if none), so that it has whatever it sent itself
-        before it writes again."""
+        before it writes again. ``since``: from what the broker wrote at that time or
+        later (a replica with a queue of its own starts again). Where nothing at all
+        comes from there (the stream was declared anew), from its start."""
         assert self._conn is not None and self._exchange is not None
         await self._stream_ready()  # else the marker may never come
         marker = message(self.settings, self.replica.clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
         logged = stored_offset(self.durable) if resume else None
+        start = since if since is not None else None if logged is None else logged + 1
         try:
             async for batch in read_stream(self._conn, self.settings, self._exchange, marker,
-                                           since=None if logged is None else logged + 1):
+                                           since=start):
                 await self._in.apply(batch, stream=True, reread=reread)
         except PastTheEnd:
-            self._read_stream_from_start(f"the offset it logged last, {logged}, is past the "
-                                         "end of the stream (declared anew since?)")
-            await self._replay_stream(reread=reread, resume=resume)
+            self._read_stream_from_start(
+                f"the offset it logged last, {logged}, is past the end of the stream "
+                "(declared anew since?)" if since is None else
+                f"the stream holds nothing written since {since:%Y-%m-%d %H:%M:%S} UTC "
+                "(declared anew since, or this machine's clock is ahead of the broker's?)")
+            await self._replay_stream(reread=reread)
 
     async def _stream_ready(self) -> None:
         """Return once the group's stream took a probe on the connection in use

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import sys
 import time
@@ -151,9 +152,11 @@ class PastTheEnd(Exception):
 
 
 async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
-                      marker: aio_pika.Message, since: int | None = None
+                      marker: aio_pika.Message, since: int | datetime.datetime | None = None
                       ) -> AsyncIterator[list[Delivered]]:
-    """The group's stream from its start (or from offset ``since`` on) up to ``marker``
+    """The group's stream from its start (or from offset ``since`` on, or from the first chunk
+    the broker wrote at ``since`` or later, a timestamp: RabbitMQ "Streams",
+    ``x-stream-offset``) up to ``marker``
     (published to ``exchange`` once the read began, so everything published before is
     read), in batches of at most ``settings.prefetch`` messages; the caller acks them.
     Shows progress. Raises :class:`PastTheEnd` if from ``since`` nothing at all comes
@@ -178,7 +181,7 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
         await exchange.publish(marker, routing_key="")
         # the marker, published once the read began, is read too
         progress = (Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
-                    if since is None else Progress(f"reading {name} from offset {since}"))
+                    if since is None else Progress(f"reading {name} from {_where(since)}"))
         while True:
             if since is not None and progress.count == 0:
                 first = await arriving(inbox, 1, time.monotonic() + PAST_END_S)
@@ -207,6 +210,13 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
+
+
+def _where(since: int | datetime.datetime) -> str:
+    """Where a read of the stream starts, in words."""
+    if isinstance(since, datetime.datetime):
+        return f"what it took since {since:%Y-%m-%d %H:%M:%S} UTC"
+    return f"offset {since}"
 
 
 #: Prefixes of the throwaway replica ids of operator commands (:func:`throwaway_id`), whose
