@@ -95,7 +95,9 @@ def test_a_cycle_among_frozen_objects_is_collected_after_the_next_rescan() -> No
     hand back what the one before froze."""
     automatic = gc.isenabled()
     gc.disable()
-    freeze_survivors(rescan_s=0.2)
+    # a second between hand-backs: the last two collections, one right after the other,
+    # fall within one even on a loaded machine (0.2 s failed once in CI)
+    freeze_survivors(rescan_s=1.0)
     try:
         cycle = Thing()
         cycle.me = cycle  # type: ignore[attr-defined]
@@ -104,7 +106,7 @@ def test_a_cycle_among_frozen_objects_is_collected_after_the_next_rescan() -> No
         del cycle
         gc.collect()  # frozen: not scanned
         assert watch() is not None
-        time.sleep(0.25)
+        time.sleep(1.05)
         gc.collect()  # past rescan_s: this one hands the frozen objects back
         gc.collect()  # and this one scans them all, and freezes the survivors again
         assert watch() is None

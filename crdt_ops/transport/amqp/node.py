@@ -601,7 +601,9 @@ class AmqpNode:
         marker = message(self.settings, self.replica.clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
         logged = stored_offset(self.durable) if resume else None
-        start = since if since is not None else None if logged is None else logged + 1
+        start: int | datetime.datetime | None = since
+        if since is None and logged is not None:
+            start = logged + 1
         try:
             async for batch in read_stream(self._conn, self.settings, self._exchange, marker,
                                            since=start):

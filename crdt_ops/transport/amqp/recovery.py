@@ -29,6 +29,7 @@ from crdt_ops.replica import Replica
 from crdt_ops.subgroups import channels_of, split
 from crdt_ops.transport.amqp.arrivals import arriving
 from crdt_ops.transport.amqp.delivery import Delivered, Delivery
+from crdt_ops.transport.amqp.stream_ready import into_stream
 from crdt_ops.transport.auth import message
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
@@ -154,11 +155,11 @@ class PastTheEnd(Exception):
 async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
                       marker: aio_pika.Message, since: int | datetime.datetime | None = None
                       ) -> AsyncIterator[list[Delivered]]:
-    """The group's stream from its start (or from offset ``since`` on, or from the first chunk
-    the broker wrote at ``since`` or later, a timestamp: RabbitMQ "Streams",
-    ``x-stream-offset``) up to ``marker``
-    (published to ``exchange`` once the read began, so everything published before is
-    read), in batches of at most ``settings.prefetch`` messages; the caller acks them.
+    """The group's stream up to ``marker`` (published to ``exchange`` once the read began, so
+    everything published before is read), from its start, or from offset ``since``, or
+    from the first chunk the broker wrote at time ``since`` or later (RabbitMQ "Streams":
+    ``x-stream-offset`` takes either), in batches of at most ``settings.prefetch``
+    messages; the caller acks them.
     Shows progress. Raises :class:`PastTheEnd` if from ``since`` nothing at all comes
     within :data:`PAST_END_S` (the marker, the stream's last message, went before it).
 
@@ -178,7 +179,7 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
         ok = await underlay.basic_consume(
             name, take, no_ack=False,
             arguments={"x-stream-offset": "first" if since is None else since})
-        await exchange.publish(marker, routing_key="")
+        await into_stream(channel, exchange, name, marker)
         # the marker, published once the read began, is read too
         progress = (Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
                     if since is None else Progress(f"reading {name} from {_where(since)}"))

@@ -34,7 +34,12 @@ from collections.abc import Callable
 
 import aio_pika
 import aiormq.abc
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+)
 
 #: Seconds to wait for a probe to come back before publishing another.
 PROBE_WAIT_S = 1.0
@@ -65,6 +70,21 @@ async def stream_takes_writes(conn: AbstractConnection, stream: str,
         tries += 1
         if await _probe_once(conn, stream, probe, via, wait_s):
             return tries
+
+
+async def into_stream(channel: AbstractChannel, via: AbstractExchange, stream: str,
+                      msg: aio_pika.Message) -> None:
+    """Publish ``msg`` (a probe, a marker) through the group's fanout exchange ``via``, which
+    routes it into the stream ``stream`` and the members' queues, and await the confirm.
+    If the broker nacks it (a member queue at its length limit with ``x-overflow:
+    reject-publish`` refused it; a replica's own, say, before it consumes its queue), it
+    goes straight into the stream instead: the default exchange on ``channel`` (with
+    publisher confirms), routed by the stream's name, as the publisher's refused messages
+    do (:mod:`~crdt_ops.transport.amqp.publisher`). Raises what aio-pika raises otherwise."""
+    try:
+        await via.publish(msg, routing_key="", timeout=30)
+    except aio_pika.exceptions.DeliveryError:
+        await channel.default_exchange.publish(msg, routing_key=stream, timeout=30)
 
 
 async def _probe_once(conn: AbstractConnection, stream: str,
@@ -101,7 +121,7 @@ async def _probe_once(conn: AbstractConnection, stream: str,
                                                    timeout=30)
         else:
             exchange = await channel.get_exchange(via, ensure=False)
-            await exchange.publish(probe(message_id), routing_key="", timeout=30)
+            await into_stream(channel, exchange, stream, probe(message_id))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await back.wait()
