@@ -349,11 +349,11 @@ class DurableReplica:
             meta = {k: str(v).encode() for k, v in marks.items()}
             if msgs:
                 meta[COMMITTED_AT] = str(time.time_ns() // 1_000_000).encode()
+            meta.update(flags or {})
             with self.storing():
                 # deliveries alone need no disk sync (see log_delivered); what this
                 # replica sends does, and syncs the deliveries logged before it too
-                self.store.append(received, msgs, sync=bool(msgs or flags),
-                                  meta={**meta, **(flags or {})})
+                self.store.append(received, msgs, sync=bool(msgs or flags), meta=meta)
             self._logged_marks.update(marks)
         if msgs:
             self.outbox_ready.set()

@@ -187,7 +187,7 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
             if since is not None and progress.count == 0:
                 first = await arriving(inbox, 1, time.monotonic() + PAST_END_S)
                 if not first:
-                    raise PastTheEnd(f"nothing in {name} from offset {since} on")
+                    raise PastTheEnd(f"nothing in {name} from {_where(since)} on")
                 batch = first
             else:
                 batch = [await inbox.get()]
