@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from crdt_ops.causal import CausalBuffer
-from crdt_ops.clock import Clock
+from crdt_ops.clock import Clock, merge_into
 from crdt_ops.errors import (
     CrdtError,
     InvalidMessage,
@@ -109,6 +109,9 @@ class Replica(Fields):
         self._sent_deps: dict[str, Clock] = {}
         self._deps_of: dict[str, Clock] = {}
         self._since_compact = 0
+        #: what this replica's own messages, received back, told the group it had delivered
+        #: (see :meth:`unmet_claims`)
+        self._claimed: Clock = {}
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
         self.rejected: deque[tuple[str, int, str]] = deque(maxlen=1000)
@@ -201,6 +204,22 @@ class Replica(Fields):
             old = out.get(r)
             out[r] = (a, b if old is None else max(b, old[1]))
         return dict(sorted(out.items()))
+
+    def unmet_claims(self) -> dict[str, tuple[int, int]]:
+        """Per channel, the range of sequence numbers (first..last, inclusive) that this
+        replica's own messages, received back, told the group it had delivered (or
+        issued), and that it has not delivered now; empty normally.
+
+        Not empty when its store lost transactions (an older copy put back, an OS crash
+        that undid what was not synced) after what they held was published: the group may
+        count those operations as stable (every member had them). Until it has them again
+        this replica must not write, or its next operations would be concurrent with what
+        the others take as stable (causal stability: Baquero, Almeida and Shoker, "Making
+        operation-based CRDTs operation-based", 2014). A transport reads them from the
+        group's history before it writes again."""
+        clock = self._buffer.clock
+        return {c: (clock.get(c, 0) + 1, s) for c, s in self._claimed.items()
+                if s > clock.get(c, 0)}
 
     def has_gap(self) -> bool:
         """Whether :meth:`missing` is not empty (cheaper than computing it)."""
@@ -395,6 +414,9 @@ class Replica(Fields):
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1
             return False
+        if msg.origin == self.replica_id:  # one of its own that its store lost
+            merge_into(self._claimed, msg.deps)
+            merge_into(self._claimed, {msg.channel: msg.last_seq})
         if buf.unmet(msg) is None:
             self._deliver(msg)
             self._drain()
@@ -414,6 +436,8 @@ class Replica(Fields):
             self._stability.retire(hb.origin, self._own_lasts(hb.clock, hb.origin))
         else:
             self._stability.observe(hb.origin, hb.clock)
+            if hb.origin == self.replica_id:
+                merge_into(self._claimed, hb.clock)
             if (not m.managed or m.is_member(hb.origin)) and self._relays(hb.origin):
                 # a retirement relayed by a member: ours may have missed the original
                 # (it is no operation, so no clock shows the gap)
@@ -629,7 +653,8 @@ class Replica(Fields):
         before = self.state() if self._subs else {}
         last = self._hlc.last
         for name in ("_root", "_keys", "_buffer", "membership", "_stability", "_hlc",
-                     "_unsent", "_out", "_settler", "_sent_deps", "_deps_of", "_since_compact"):
+                     "_unsent", "_out", "_settler", "_sent_deps", "_deps_of", "_since_compact",
+                     "_claimed"):
             setattr(self, name, getattr(other, name))
         self._hlc.last = max(self._hlc.last, last)
         if self._subs:

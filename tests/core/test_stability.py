@@ -219,3 +219,30 @@ def test_removes_and_assignments_reach_replicas_that_have_not_settled() -> None:
     _stable(net, [a, b, c], [a, b, c])
     assert net.converged()
     assert [r.metadata_size() for r in (a, b, c)] == [r.metadata_size() for r in (c, a, b)]
+
+
+def test_a_replica_that_lost_what_it_had_told_the_group_names_it_as_unmet_claims() -> None:
+    """Its own messages received back (from the group's history, after its store lost
+    them) tell what it had delivered: what it no longer has is an unmet claim, which a
+    transport reads back before the replica writes again (else its next operations
+    would be concurrent with what its peers took as stable)."""
+    a, b = Replica("a"), Replica("b")
+    b.counter("n").increment()
+    from_b = b.outgoing()
+    for m in from_b:
+        a.receive(m)
+    a.counter("n").increment(10)  # follows b's operation
+    a.heartbeat()
+    from_a = a.outgoing()
+    assert a.unmet_claims() == {}
+    for m in from_a:  # its own echoes tell nothing it lacks
+        a.receive(m)
+    assert a.unmet_claims() == {}
+    lost = Replica("a")  # the same replica, its store gone back to before b's operation
+    for m in from_a:
+        lost.receive(m)
+    assert lost.unmet_claims() == {"b": (1, 1), "a": (1, 1)}
+    for m in from_b:
+        lost.receive(m)
+    assert lost.unmet_claims() == {}
+    assert lost.own_seq == 1 and lost.counter("n").value == 11

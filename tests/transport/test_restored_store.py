@@ -22,6 +22,7 @@ from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.amqp.recovery import PAST_END_S
 from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET
 from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import COMMITTED_AT
 from crdt_ops.transport.store import Store
 from tests.broker import group_settings, node, until
 
@@ -62,6 +63,19 @@ async def _pair(s: Settings) -> tuple[AmqpNode, AmqpNode]:
     return a, b
 
 
+async def _saved_after_first_write(s: Settings, a: AmqpNode, b: AmqpNode,
+                                   to: Path) -> AmqpNode:
+    """a writes once (b has it), stops, and its store is copied to ``to``; returns a
+    started again."""
+    await _add(a, 1)
+    await until(lambda: b.replica.counter("n").value == 1, 10, "b to have a's first write")
+    await a.stop()
+    _copy(s, "a", to)
+    a = node(s, "a")
+    await a.start()
+    return a
+
+
 async def _add(n: AmqpNode, by: int) -> None:
     async with n.write() as r:
         r.counter("n").increment(by)
@@ -74,13 +88,8 @@ async def test_a_replica_restored_from_an_older_store_reads_its_own_later_writes
     settings = Settings(**{**settings.__dict__, "consume": consume})
     a, b = await _pair(settings)
     try:
-        await _add(a, 1)
-        await until(lambda: b.replica.counter("n").value == 1, 10, "b to have a's first write")
-        await a.stop()
-        _copy(settings, "a", tmp_path / "saved")  # the store as it is now ...
-        a = node(settings, "a")
-        await a.start()
-        await _add(a, 10)  # ... lacks this write, which the group has
+        a = await _saved_after_first_write(settings, a, b, tmp_path / "saved")
+        await _add(a, 10)  # the store saved lacks this write, which the group has
         await until(lambda: b.replica.counter("n").value == 11, 10, "b to have a's second")
         lost_seq = a.replica.own_seq
         await a.stop()
@@ -121,6 +130,49 @@ async def test_a_logged_offset_past_the_streams_end_is_read_from_the_start(
         await _add(b, 5)
         await until(lambda: a.replica.counter("n").value == b.replica.counter("n").value == 10,
                     10, "both replicas to hold both writes")
+    finally:
+        for n in (a, b):
+            await n.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_queue_reader_whose_lost_writes_claimed_an_older_delivery_reads_it_back_first(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A replica with a queue of its own reads back only what was published from a little
+    before its last commit of its own. A lost write of its own may follow a delivery
+    published earlier than that (it sat in the queue meanwhile): read back alone, the write
+    would wait for it, and the replica's next operation would reuse its sequence number.
+    Its own messages told the group it had that delivery, so it reads the whole stream
+    before it writes. The store put back says its last commit came after the delivery was
+    published (as a heartbeat committed while the delivery sat in the queue would)."""
+    caplog.set_level(logging.WARNING, logger="crdt_ops.transport.amqp.node")
+    monkeypatch.setattr("crdt_ops.transport.amqp.node.RESUME_MARGIN_S", 0.2)
+    settings = Settings(**{**settings.__dict__, "consume": "queue"})
+    a, b = await _pair(settings)
+    try:
+        a = await _saved_after_first_write(settings, a, b, tmp_path / "saved")
+        await _add(b, 5)  # the store saved lacks b's write, delivered to a after it
+        await until(lambda: a.replica.counter("n").value == 6, 10, "a to have b's write")
+        await asyncio.sleep(1.0)  # b's write is now older than what a reads back
+        last_commit_ms = time.time_ns() // 1_000_000
+        await _add(a, 10)  # follows b's write
+        await until(lambda: b.replica.counter("n").value == 16, 10, "b to have a's second")
+        lost_seq = a.replica.own_seq
+        await a.stop()
+        _put_back(settings, "a", tmp_path / "saved")
+        store = Store(Path(settings.store) / "a.sqlite")
+        store.put(COMMITTED_AT, str(last_commit_ms).encode())
+        store.close()
+        a = node(settings, "a")
+        await a.start()
+        assert a.replica.own_seq == lost_seq
+        assert a.replica.counter("n").value == 16
+        assert any("lost operations it had told the group" in r.getMessage()
+                   for r in caplog.records)
+        await _add(a, 100)
+        await until(lambda: a.replica.counter("n").value == b.replica.counter("n").value == 116,
+                    10, "both replicas to hold every write")
     finally:
         for n in (a, b):
             await n.stop()

@@ -512,6 +512,8 @@ class AmqpNode:
             # stream: what its store lost was published after its last commit of its own
             await self._replay_stream(since=datetime.datetime.fromtimestamp(
                 committed / 1000 - RESUME_MARGIN_S, tz=datetime.UTC))
+        if lost := self.replica.unmet_claims():
+            await self._claims_back(lost)
         self.store.put("consume", s.consume.encode())
         if s.consume == "stream":
             self._stream_in = StreamConsumer(names.stream, self._in.inbox.put_nowait,
@@ -522,6 +524,21 @@ class AmqpNode:
         assert self._queue is not None
         await self._queue.consume(self._in.inbox.put, no_ack=False)
         log.info("replica %s consuming %s", self.replica_id, self._queue.name)
+
+    async def _claims_back(self, lost: dict[str, tuple[int, int]]) -> None:
+        """Its own messages read back told the group of operations its store lost (the
+        deliveries of a transaction undone after what it sent was published): read the
+        whole stream, so that it has them again before it writes
+        (:meth:`~crdt_ops.replica.Replica.unmet_claims`)."""
+        log.warning("replica %s: its store lost operations it had told the group it had (%s); "
+                    "reading the group's stream from its start before it writes",
+                    self.replica_id, few(lost))
+        await self._replay_stream()
+        if still := self.replica.unmet_claims():
+            log.error("replica %s: the stream no longer holds operations it had told the group "
+                      "it had (%s: cut by the stream's retention?); it writes anyway, and its "
+                      "next operations may be concurrent with ones its peers took as stable",
+                      self.replica_id, few(still))
 
     async def _follow(self) -> None:
         """``consume="stream"``: when due (:attr:`_consume_due`), consume the stream again
