@@ -7,11 +7,18 @@
   and the log replayed; a new store with ``--bootstrap`` starts from a peer's snapshot).
   Its constructor does no I/O;
 - local operations are *accepted* when :meth:`flush` (or the :meth:`write` block)
-  returns: they are then in the store's outbox, in one transaction per group commit
-  (:meth:`flusher`: under load from concurrent writers it waits up to
+  returns: they are then in the store's outbox and on the disk, in one transaction per
+  group commit (:meth:`flusher`: under load from concurrent writers it waits up to
   ``batch_delay_ms`` or ``batch_ops``; a lone write is committed at once, on its
   writer's turn of the event loop); the
-  transport publishes the outbox (:attr:`outbox_ready`) until its broker confirms it;
+  transport publishes the outbox (:attr:`outbox_ready`) until its broker confirms it.
+  While a transport pumps the replica, the transaction is committed without waiting for
+  the disk, the transport is woken to publish it, and the disk sync runs on a thread
+  meanwhile (:meth:`~crdt_ops.transport.store.Store.sync`); the writers and the
+  ``on_committed`` hooks are answered once it returns. So a peer may apply an
+  operation before its writer is told it is durable; what an OS crash then undoes the
+  replica reads back from the group's stream before it writes again (the transport's
+  restart read, and :meth:`~crdt_ops.replica.Replica.unmet_claims`);
 - deliveries are logged with what they produced in one transaction
   (:meth:`log_delivered`; without a disk sync of its own when they produced nothing:
   see there) before the transport acknowledges them; between applying
@@ -29,6 +36,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import socket
@@ -107,6 +115,12 @@ class DurableReplica:
         self._dirty = asyncio.Event()
         self._full = asyncio.Event()
         self._committed: asyncio.Future[None] | None = None
+        #: commits of messages of its own made without a disk sync, numbered from 1
+        self._commits = 0
+        #: those not known to be on the disk: (number, own_seq then, its writers' future)
+        self._awaiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._syncing: asyncio.Future[None] | None = None  # the sync running on a thread
+        self._sync_thread: concurrent.futures.ThreadPoolExecutor | None = None
         #: deliveries applied to memory, not logged yet (:meth:`hold`)
         self._unlogged: list[bytes] = []
         # where the deliveries held were read up to (hold's marks): logged with them
@@ -261,19 +275,24 @@ class DurableReplica:
             yield self.replica
         finally:
             self._open_blocks -= 1
-        await self.flush()
-        if self.restores != restores:
+        if self.restores != restores:  # (a failure after its commit does not undo it)
             raise StoreUnavailable(f"replica {self.replica_id}: the store failed while this "
                                    "block ran; its operations were not accepted")
+        await self.flush()
 
     async def flush(self) -> None:
-        """Wait until every local operation applied so far is in the outbox. Raises
-        :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing or fails."""
+        """Wait until every local operation applied so far is in the outbox, on the disk.
+        Raises :class:`~crdt_ops.transport.store.StoreUnavailable` if the store is failing
+        or fails."""
         self.refuse_write()
-        if not self.replica.unsent:
+        if not self.replica.unsent:  # committed already (with a delivery's log, say)
+            if self._awaiting:  # and maybe not on the disk yet
+                await asyncio.shield(self._awaiting[-1][2])
             return
         if not self.pumping or self._at_once():  # not pumped (not started, or stopped),
-            self.commit()                           # or a lone write: commit here
+            synced = self._write()                  # or a lone write: commit here
+            if synced is not None:
+                await asyncio.shield(synced)
             return
         if self._committed is None or self._committed.done():
             self._committed = asyncio.get_running_loop().create_future()
@@ -324,18 +343,26 @@ class DurableReplica:
 
     def commit(self) -> None:
         """Hand the local operations to the outbox in one transaction (group commit), after
-        the deliveries held unlogged (:meth:`hold`), in the same transaction. Raises
-        :class:`StoreUnavailable` if the store fails (reported: the batches are dropped
-        with memory's excess, and the held deliveries come again)."""
+        the deliveries held unlogged (:meth:`hold`), in the same transaction; pumped, the
+        transaction is on the disk a little later, and the writers are answered then (see
+        :meth:`_write`). Raises :class:`StoreUnavailable` if the store fails (reported: the
+        batches are dropped with memory's excess, and the held deliveries come again)."""
         self._write()
 
-    def _write(self, flags: dict[str, bytes] | None = None) -> None:
+    def _write(self, flags: dict[str, bytes] | None = None,
+               defer: bool = True) -> asyncio.Future[None] | None:
         """The one way to the store for deliveries and local operations: the deliveries held
         since the last write with their marks (:meth:`hold`: where they were read up to,
         no disk sync of their own, so undone only with them), then this replica's outgoing
         messages (its operations, and its heartbeats, which report its clock: never ahead of
         its log), and the store keys ``flags`` (synced to the disk), in one transaction.
-        Answers every :meth:`flush` waiting."""
+        Answers every :meth:`flush` waiting, once what it committed is on the disk.
+
+        With its own messages, pumped, without ``flags``, and ``defer``: committed without
+        a disk sync, the transport woken to publish them, and the sync started on a thread
+        (:meth:`_start_sync`); returns the future answered once they are on the disk.
+        Otherwise synced here (none when it holds deliveries alone: see
+        :meth:`log_delivered`), and returns None."""
         self._dirty.clear()
         self._full.clear()
         msgs = self.replica.outgoing()
@@ -345,6 +372,7 @@ class DurableReplica:
         self._waiting = 0
         received, self._unlogged = self._unlogged, []
         marks, self._marks = self._marks, {}
+        later = bool(msgs) and defer and self.pumping and not flags
         if msgs or received or flags or marks:
             meta = {k: str(v).encode() for k, v in marks.items()}
             if msgs:
@@ -353,15 +381,80 @@ class DurableReplica:
             with self.storing():
                 # deliveries alone need no disk sync (see log_delivered); what this
                 # replica sends does, and syncs the deliveries logged before it too
-                self.store.append(received, msgs, sync=bool(msgs or flags), meta=meta)
+                self.store.append(received, msgs, meta=meta,
+                                  sync=bool(msgs or flags) and not later)
             self._logged_marks.update(marks)
         if msgs:
             self.outbox_ready.set()
-            self._committed_own()
-        if self._committed is not None and not self._committed.done():
-            self._committed.set_result(None)
+        waiting, self._committed = self._committed, None
+        if waiting is None or waiting.done():
+            waiting = None
+        synced: asyncio.Future[None] | None = None
+        if later:
+            synced = waiting or asyncio.get_running_loop().create_future()
+            self._commits += 1
+            self._awaiting.append((self._commits, self.replica.own_seq, synced))
+            self._start_sync()
+        else:
+            if msgs or flags:  # on the disk now, and every commit before it
+                self._on_disk(self._commits)
+            if msgs:
+                self._committed_own(self.replica.own_seq)
+            if waiting is not None:
+                waiting.set_result(None)
         if msgs and not self._snapshotting:
             self._count_own()
+        return synced
+
+    def _start_sync(self) -> None:
+        """Sync the store on a thread, unless a sync runs already (its end starts the next:
+        one sync serves every commit made while the one before ran)."""
+        if self._syncing is not None or not self._awaiting:
+            return
+        if self._sync_thread is None:
+            self._sync_thread = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"sync-{self.replica_id}")
+        through = self._commits
+        self._syncing = asyncio.get_running_loop().run_in_executor(self._sync_thread,
+                                                                   self.store.sync)
+        self._syncing.add_done_callback(lambda done: self._synced(through, done))
+
+    def _synced(self, through: int, done: asyncio.Future[None]) -> None:
+        """The sync started after commit ``through`` returned: answer those commits'
+        writers and hooks, and sync what was committed meanwhile. If the sync failed, what
+        they committed may or may not be on the disk, and may have been published: their
+        writers get :class:`StoreUnavailable` saying so, and the store counts as failed."""
+        self._syncing = None
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is None:
+            self._on_disk(through)
+            self._start_sync()
+            return
+        failed = (error if isinstance(error, StoreUnavailable)
+                  else StoreUnavailable(f"store {self.store.path}: {error}"))
+        gone, self._awaiting = self._awaiting, []
+        for _, _, fut in gone:
+            if not fut.done():
+                fut.set_exception(StoreUnavailable(
+                    f"{failed}; its disk sync failed: the operations may or may not be "
+                    "kept, and may have been published"))
+                fut.add_done_callback(_retrieved)
+        self.store_failed(failed)
+
+    def _on_disk(self, through: int) -> None:
+        """The commits up to ``through`` are on the disk: answer their writers, and the
+        ``on_committed`` hooks with the last one's own_seq."""
+        if not self._awaiting or self._awaiting[0][0] > through:
+            return
+        n = next((i for i, (k, _, _) in enumerate(self._awaiting) if k > through),
+                 len(self._awaiting))
+        done, self._awaiting = self._awaiting[:n], self._awaiting[n:]
+        for _, _, fut in done:
+            if not fut.done():
+                fut.set_result(None)
+        self._committed_own(done[-1][1])
 
     def _count_own(self) -> None:
         """Count this replica's own operations logged since the last count toward the
@@ -372,8 +465,7 @@ class DurableReplica:
             n, self._own_counted = own - self._own_counted, own
             self.applied(n)
 
-    def _committed_own(self) -> None:
-        last = self.replica.own_seq
+    def _committed_own(self, last: int) -> None:
         for hook in self.on_committed:
             hook(last)
 
@@ -517,13 +609,14 @@ class DurableReplica:
     def commit_before_stop(self) -> None:
         """Commit what was written; if the store fails, say that it is discarded."""
         try:
-            self.commit()
+            self._write(defer=False)
         except StoreUnavailable:
             log.error("replica %s stops with its store failing: the operations it had not "
                       "accepted yet are discarded", self.replica_id)
 
     async def close(self) -> None:
-        """Stop a store recovery and a snapshot under way, and close the store."""
+        """Stop a store recovery and a snapshot under way, let a disk sync under way end,
+        and close the store."""
         if self._aside is not None:
             self._aside.cancel()  # kills its child
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -532,7 +625,19 @@ class DurableReplica:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._recovery
+        if self._syncing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._syncing)
+        if self._sync_thread is not None:
+            self._sync_thread.shutdown(wait=False)
+            self._sync_thread = None
         self.store.close()
+
+
+def _retrieved(fut: asyncio.Future[None]) -> None:
+    """Mark ``fut``'s exception retrieved: no writer may await it (a heartbeat's commit)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def restore(store: Store, replica_id: str, options: dict[str, Any],

@@ -88,6 +88,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self._wal = f"{self.path}-wal"  # SQLite's name for it (it exists while open)
         self._confirmed: list[int] = []  # outbox rows confirmed, not deleted yet
 
     def close(self) -> None:
@@ -141,6 +142,22 @@ class Store:
                 self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in dropped])
         self._confirmed = []
         return len(rows)
+
+    @_guarded
+    def sync(self) -> None:
+        """Return once every transaction committed so far is on the disk (those committed
+        without ``sync``, :meth:`append`, included): an ``fdatasync`` of the WAL file, the
+        sync SQLite adds at each commit with ``synchronous=FULL`` in WAL mode
+        (https://www.sqlite.org/pragma.html#pragma_synchronous; a checkpoint syncs the WAL
+        before it copies it). Touches no SQLite connection: it may run on another thread
+        while this one commits (what that commits may or may not be synced by it). Raises
+        :class:`StoreUnavailable` if the OS refuses (an I/O error: what was committed may or
+        may not be on the disk)."""
+        fd = os.open(self._wal, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     @_guarded
     def unconfirmed(self, limit: int = 10_000) -> list[tuple[int, bytes]]:

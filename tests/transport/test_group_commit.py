@@ -63,22 +63,28 @@ async def test_sequential_writes_commit_at_once_and_concurrent_ones_share_commit
 @pytest.mark.asyncio
 async def test_a_lone_write_commits_on_its_own_turn_of_the_loop(node: AmqpNode) -> None:
     """No other callback runs between a lone write and its commit (each one there would
-    delay the write's publication); a second write in the same turn goes through the
-    flusher, so a writer that never awaits anything else still lets the loop run."""
+    delay the write's publication; the writer then waits for the disk sync, while the
+    loop runs); a second write in the same turn goes through the flusher, so a writer
+    that never awaits anything else still lets the loop run."""
     await node.start()
     try:
         loop = asyncio.get_running_loop()
-        async with node.write() as r:
-            r.counter("n").increment(1)
+
+        async def write() -> None:
+            async with node.write() as r:
+                r.counter("n").increment(1)
+
+        await write()
         await asyncio.sleep(0)  # a new turn of the loop
-        ran: list[int] = []
-        loop.call_soon(ran.append, 1)
-        async with node.write() as r:
-            r.counter("n").increment(1)
-        assert ran == [] and node.replica.unsent == 0  # committed, nothing ran meanwhile
-        async with node.write() as r:  # the same turn: through the flusher
-            r.counter("n").increment(1)
-        assert ran == [1] and node.replica.unsent == 0
+        unsent: list[int] = []
+        loop.call_soon(lambda: unsent.append(node.replica.unsent))
+        await write()
+        assert unsent == [0]  # committed before the callback queued ahead of it ran
+        first, second = loop.create_task(write()), loop.create_task(write())  # one turn
+        loop.call_soon(lambda: unsent.append(node.replica.unsent))  # runs after both
+        await asyncio.gather(first, second)
+        assert unsent == [0, 1]  # the second waited for the flusher
+        assert node.replica.unsent == 0 and node.replica.counter("n").value == 4
     finally:
         await node.stop()
 
