@@ -25,10 +25,14 @@ QUEUE_TYPES = ("classic", "quorum")
 AUTH_MODES = ("none", "user-id", "signature")
 MEMBERSHIP_MODES = ("open", "managed")
 CONSUME_MODES = ("queue", "stream")
+DISK_SYNC_MODES = ("first", "alongside")
 #: The ``--help`` text and choices of :class:`Settings` fields that take one of a few words.
 CHOICES_HELP: dict[str, tuple[tuple[str, ...], str]] = {
     "consume": (CONSUME_MODES, "queue: a queue of its own, crdt.<group>.<replica id>; stream: "
                                "the group's stream, read on from the offset it logged last"),
+    "disk_sync": (DISK_SYNC_MODES, "first: what a replica sends is on its disk before it is "
+                                   "published; alongside: published while the disk syncs "
+                                   "(writers are answered after the sync either way)"),
 }
 
 
@@ -65,6 +69,10 @@ class Settings:
     # exchange (crdt.<group>.<replica id>); stream, the group's stream read on from the
     # offset after the last one it logged (crdt_ops/transport/amqp/stream_consumer.py)
     consume: str = "queue"
+    # first: a commit of what this replica sends waits for the disk, then it is published;
+    # alongside: it is published at once and the disk syncs on a thread meanwhile (a peer may
+    # apply it before its writer is answered; crdt_ops/transport/durable.py)
+    disk_sync: str = "first"
 
     def __post_init__(self) -> None:
         if self.queue_type not in QUEUE_TYPES:
@@ -76,6 +84,9 @@ class Settings:
         if self.consume not in CONSUME_MODES:
             raise ValueError(f"--consume must be one of {', '.join(CONSUME_MODES)}, "
                              f"got {self.consume!r}")
+        if self.disk_sync not in DISK_SYNC_MODES:
+            raise ValueError(f"--disk-sync must be one of {', '.join(DISK_SYNC_MODES)}, "
+                             f"got {self.disk_sync!r}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
         if self.auth == "signature" and not self.keyring:

@@ -12,13 +12,15 @@
   ``batch_delay_ms`` or ``batch_ops``; a lone write is committed at once, on its
   writer's turn of the event loop); the
   transport publishes the outbox (:attr:`outbox_ready`) until its broker confirms it.
-  While a transport pumps the replica, the transaction is committed without waiting for
-  the disk, the transport is woken to publish it, and the disk sync runs on a thread
-  meanwhile (:meth:`~crdt_ops.transport.store.Store.sync`); the writers and the
-  ``on_committed`` hooks are answered once it returns. So a peer may apply an
-  operation before its writer is told it is durable; what an OS crash then undoes the
-  replica reads back from the group's stream before it writes again (the transport's
-  restart read, and :meth:`~crdt_ops.replica.Replica.unmet_claims`);
+  With ``disk_sync="alongside"``, while a transport pumps the replica, the transaction
+  is committed without waiting for the disk, the transport is woken to publish it, and
+  the disk sync runs on a thread meanwhile
+  (:meth:`~crdt_ops.transport.store.Store.sync`); the writers and the ``on_committed``
+  hooks are answered once it returns. So a peer may apply an operation before its
+  writer is told it is durable; what an OS crash then undoes the replica reads back
+  from the group's stream before it writes again (the transport's restart read, and
+  :meth:`~crdt_ops.replica.Replica.unmet_claims`). With ``"first"`` (the default) the
+  commit waits for the disk, and the transport publishes after it;
 - deliveries are logged with what they produced in one transaction
   (:meth:`log_delivered`; without a disk sync of its own when they produced nothing:
   see there) before the transport acknowledges them; between applying
@@ -119,7 +121,7 @@ class DurableReplica:
         self._commits = 0
         #: those not known to be on the disk: (number, own_seq then, its writers' future)
         self._awaiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._syncing: asyncio.Future[None] | None = None  # the sync running on a thread
+        self._syncing: concurrent.futures.Future[None] | None = None  # the sync running
         self._sync_thread: concurrent.futures.ThreadPoolExecutor | None = None
         #: deliveries applied to memory, not logged yet (:meth:`hold`)
         self._unlogged: list[bytes] = []
@@ -292,7 +294,7 @@ class DurableReplica:
         if not self.pumping or self._at_once():  # not pumped (not started, or stopped),
             synced = self._write()                  # or a lone write: commit here
             if synced is not None:
-                await asyncio.shield(synced)
+                await synced  # its own (no other writer waits for it): needs no shield
             return
         if self._committed is None or self._committed.done():
             self._committed = asyncio.get_running_loop().create_future()
@@ -358,11 +360,11 @@ class DurableReplica:
         its log), and the store keys ``flags`` (synced to the disk), in one transaction.
         Answers every :meth:`flush` waiting, once what it committed is on the disk.
 
-        With its own messages, pumped, without ``flags``, and ``defer``: committed without
-        a disk sync, the transport woken to publish them, and the sync started on a thread
-        (:meth:`_start_sync`); returns the future answered once they are on the disk.
-        Otherwise synced here (none when it holds deliveries alone: see
-        :meth:`log_delivered`), and returns None."""
+        With its own messages, pumped, without ``flags``, ``defer``, and the setting
+        ``disk_sync="alongside"``: committed without a disk sync, the transport woken to
+        publish them, and the sync started on a thread (:meth:`_start_sync`); returns the
+        future answered once they are on the disk. Otherwise synced here (none when it
+        holds deliveries alone: see :meth:`log_delivered`), and returns None."""
         self._dirty.clear()
         self._full.clear()
         msgs = self.replica.outgoing()
@@ -372,7 +374,8 @@ class DurableReplica:
         self._waiting = 0
         received, self._unlogged = self._unlogged, []
         marks, self._marks = self._marks, {}
-        later = bool(msgs) and defer and self.pumping and not flags
+        later = (bool(msgs) and defer and self.pumping and not flags
+                 and self.settings.disk_sync == "alongside")
         if msgs or received or flags or marks:
             meta = {k: str(v).encode() for k, v in marks.items()}
             if msgs:
@@ -414,20 +417,26 @@ class DurableReplica:
         if self._sync_thread is None:
             self._sync_thread = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix=f"sync-{self.replica_id}")
-        through = self._commits
-        self._syncing = asyncio.get_running_loop().run_in_executor(self._sync_thread,
-                                                                   self.store.sync)
-        self._syncing.add_done_callback(lambda done: self._synced(through, done))
+        self._syncing = self._sync_thread.submit(self._sync, asyncio.get_running_loop(),
+                                                 self._commits)
 
-    def _synced(self, through: int, done: asyncio.Future[None]) -> None:
+    def _sync(self, loop: asyncio.AbstractEventLoop, through: int) -> None:
+        """On the sync's thread: sync the store, and tell the loop (:meth:`_synced`; one
+        callback, so the writers resume on the loop's next turn)."""
+        error: BaseException | None = None
+        try:
+            self.store.sync()
+        except Exception as e:
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(self._synced, through, error)
+
+    def _synced(self, through: int, error: BaseException | None) -> None:
         """The sync started after commit ``through`` returned: answer those commits'
         writers and hooks, and sync what was committed meanwhile. If the sync failed, what
         they committed may or may not be on the disk, and may have been published: their
         writers get :class:`StoreUnavailable` saying so, and the store counts as failed."""
         self._syncing = None
-        if done.cancelled():
-            return
-        error = done.exception()
         if error is None:
             self._on_disk(through)
             self._start_sync()
@@ -526,15 +535,20 @@ class DurableReplica:
         ``flags``, in one transaction, before the transport acknowledges them.
 
         A transaction of deliveries alone does not wait for the disk: it survives a crash
-        of this process, and an OS crash or a power loss may undo it. Nothing depends on
-        it meanwhile: what this replica sends next (an operation, a heartbeat reporting
-        its clock) is committed with a disk sync, which makes the deliveries logged before
-        it durable too, and until then the group counts this replica as not having them
-        (causal stability waits). Deliveries so undone are acknowledged, but the stream
-        holds them, and this replica re-reads them from there, as for any gap: the next
-        operation or heartbeat of their sender shows what is missing. Returns False, logging
-        nothing, if the store failed and memory was restored from it since they were held
-        (without them): the transport must have them delivered again (nack). Raises
+        of this process, and an OS crash or a power loss may undo it. Deliveries so undone
+        are acknowledged, but the stream holds them, and this replica re-reads them from
+        there, as for any gap: the next operation or heartbeat of their sender shows what
+        is missing. What this replica sends after them (an operation, a heartbeat reporting
+        its clock) tells the group it has them; it is committed with the disk sync that
+        makes them durable with it, and published after it (``disk_sync="first"``) or
+        while it runs (``"alongside"``, :meth:`_write`). If an OS crash undoes that, the
+        replica reads its own messages back from the stream as it starts again, and with
+        them what they told it had (the transport's restart read, and
+        :meth:`~crdt_ops.replica.Replica.unmet_claims`), before it writes.
+
+        Returns False, logging nothing, if the store failed and memory was restored from it
+        since they were held (without them): the transport must have them delivered again
+        (nack). Raises
         :class:`StoreUnavailable` if the store fails now, or still fails (reported: the
         same error): the transport must not acknowledge them then either."""
         if self.store_failure is not None:
@@ -627,7 +641,7 @@ class DurableReplica:
                 await self._recovery
         if self._syncing is not None:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._syncing)
+                await asyncio.wrap_future(self._syncing)
         if self._sync_thread is not None:
             self._sync_thread.shutdown(wait=False)
             self._sync_thread = None

@@ -7,7 +7,9 @@
 - ``outbox``: messages produced here that the broker has not confirmed yet.
 
 A message is in the log before it is acked to the broker, and a local
-operation is in the outbox before it is published, each in one transaction.
+operation is in the outbox before it is published, each in one transaction; a
+transaction may be committed without waiting for the disk, and synced later
+(:meth:`Store.append`'s ``sync``, :meth:`Store.sync`).
 One process at a time owns a store: a second one gets :class:`StoreLocked`.
 
 Every read and write that SQLite refuses (the file locked by another connection

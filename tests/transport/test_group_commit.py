@@ -21,10 +21,12 @@ DELAY_MS = 3000.0
 
 
 @pytest.fixture
-def node(amqp_url: str, tmp_path: Path) -> Iterator[AmqpNode]:
+def node(amqp_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AmqpNode]:
+    """Replica a of a new group; ``request.param``: its ``disk_sync`` (default "first")."""
     group = new_group()
     yield AmqpNode(Settings(amqp_url=amqp_url, group=group, replica_id="a", heartbeat_s=30.0,
-                            store=str(tmp_path / "a.sqlite"), batch_delay_ms=DELAY_MS))
+                            store=str(tmp_path / "a.sqlite"), batch_delay_ms=DELAY_MS,
+                            disk_sync=getattr(request, "param", "first")))
     delete_group(amqp_url, group, ["a"])
 
 
@@ -61,6 +63,7 @@ async def test_sequential_writes_commit_at_once_and_concurrent_ones_share_commit
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("node", ["first", "alongside"], indirect=True)
 async def test_a_lone_write_commits_on_its_own_turn_of_the_loop(node: AmqpNode) -> None:
     """No other callback runs between a lone write and its commit (each one there would
     delay the write's publication; the writer then waits for the disk sync, while the
@@ -79,6 +82,7 @@ async def test_a_lone_write_commits_on_its_own_turn_of_the_loop(node: AmqpNode) 
         unsent: list[int] = []
         loop.call_soon(lambda: unsent.append(node.replica.unsent))
         await write()
+        await asyncio.sleep(0)  # ("first": the write did not let the loop turn)
         assert unsent == [0]  # committed before the callback queued ahead of it ran
         first, second = loop.create_task(write()), loop.create_task(write())  # one turn
         loop.call_soon(lambda: unsent.append(node.replica.unsent))  # runs after both

@@ -1,12 +1,15 @@
-"""Publishing while the disk syncs (crdt_ops/transport/durable.py): a pumped replica commits
-its writes without waiting for the disk, publishes them, and syncs on a thread meanwhile;
-its writers (``write()``, ``flush()``) and the ``on_committed`` hooks are answered once
-the sync returned. Over the real broker, with the sync slowed or failing on purpose (the
-store's ``sync`` wrapped in the replica under test)."""
+"""Publishing while the disk syncs (``--disk-sync alongside``, crdt_ops/transport/durable.py):
+a pumped replica commits its writes without waiting for the disk, publishes them, and
+syncs on a thread meanwhile; its writers (``write()``, ``flush()``) and the
+``on_committed`` hooks are answered once the sync returned. With the default
+(``first``) nothing is published before it is on the disk. Over the real broker, with the
+sync slowed or failing on purpose (the store's ``sync`` wrapped in the replica under
+test)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +26,8 @@ SLOW_S = 0.5
 
 @pytest.fixture
 def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
-    yield from group_settings(amqp_url, tmp_path / "stores", heartbeat_s=0.3)
+    for s in group_settings(amqp_url, tmp_path / "stores", heartbeat_s=0.3):
+        yield dataclasses.replace(s, disk_sync="alongside")
 
 
 def _held(n: AmqpNode) -> tuple[threading.Event, list[int]]:
@@ -108,3 +112,16 @@ async def test_a_failed_sync_tells_the_writer_its_write_may_have_been_published(
         await until(lambda: a.replica.counter("n").value == b.replica.counter("n").value == 8,
                     10, "both to hold both writes")
         assert dict(a.replica.clock) == dict(b.replica.clock)
+
+
+@pytest.mark.asyncio
+async def test_by_default_a_write_is_on_the_disk_before_it_is_published(
+        settings: Settings) -> None:
+    async with started(dataclasses.replace(settings, disk_sync="first"), "a", "b") as (a, b):
+        go, calls = _held(a)
+        committed: list[int] = []
+        a.on_committed.append(committed.append)
+        await asyncio.wait_for(_add(a, 3), 5)  # SQLite's own sync: none held
+        assert committed and not calls
+        await until(lambda: b.replica.counter("n").value == 3, 10, "b to apply a's write")
+        go.set()

@@ -274,7 +274,8 @@ async def started_node(spec: dict[str, Any]) -> AsyncIterator[Any]:
 
     node = AmqpNode(node_settings(spec["url"], spec["group"], spec["role"], spec["store_dir"],
                                   batch_ops=spec["batch_ops"],
-                                  consume=spec.get("consume", "queue")))
+                                  consume=spec.get("consume", "queue"),
+                                  disk_sync=spec.get("disk_sync", "first")))
     await node.start()
     try:
         yield node

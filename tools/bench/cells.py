@@ -461,7 +461,7 @@ def main(args: argparse.Namespace) -> int:
                             batch_delay_ms=None, progress=progress, workers=names, cells=cells,
                             lease_s=args.lease_s, heartbeat_s=args.heartbeat_s,
                             worker_heartbeat_s=args.worker_heartbeat_s, metrics=True,
-                            consume=args.consume))
+                            consume=args.consume, disk_sync=args.disk_sync))
 
     def once(attempt: int) -> list[Run]:
         with tempfile.TemporaryDirectory(prefix="crdt-ops-bench-cells-") as a, \

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from crdt_ops.transport.config import CONSUME_MODES
+from crdt_ops.transport.config import CONSUME_MODES, DISK_SYNC_MODES
 
 
 def add_argument(p: argparse.ArgumentParser, default: str | None = "queue") -> None:
@@ -17,3 +17,7 @@ def add_argument(p: argparse.ArgumentParser, default: str | None = "queue") -> N
                    help="how the replicas receive: queue, a queue of their own each; stream, "
                         "the group's stream from the offset they logged (default: "
                         f"{default or 'its own: web and logic stream, workers queue'})")
+    p.add_argument("--disk-sync", choices=DISK_SYNC_MODES, default="first",
+                   help="the replicas' --disk-sync: first, what they send is on their disk "
+                        "before it is published (the default); alongside, published while "
+                        "the disk syncs")

@@ -372,6 +372,7 @@ class Context:
     progress: Callable[[str], None]
     timeout: float  # seconds one side may wait for the other, per step
     consume: str = "queue"  # the replicas' Settings.consume
+    disk_sync: str = "first"  # the replicas' Settings.disk_sync
 
 
 @dataclass
@@ -435,7 +436,7 @@ def _run_pair(ctx: Context, what: str, main: Callable[..., Any], raw: bool,
             if raw:
                 asyncio.run(declare_raw(ctx.url, Settings(group=group), ROLES))
             specs = [{"main": main, "kind": what, "role": r, "url": ctx.url, "group": group,
-                      "consume": ctx.consume,
+                      "consume": ctx.consume, "disk_sync": ctx.disk_sync,
                       "store_dir": store_dir, "batch_ops": Settings().batch_ops,
                       "timeout": ctx.timeout, **spec} for r in ROLES]
             res = run_workers(specs, 2 * ctx.timeout + spec.get("seconds", 0.0))
@@ -557,14 +558,14 @@ def worst_stall(rows: Sequence[Row]) -> str:
 
 
 def report(rows: Sequence[Row], info: dict[str, str], sizes: Sizes, quick: bool,
-           failed: Sequence[str]) -> str:
+           failed: Sequence[str], disk_sync: str = "first") -> str:
     s = Settings()
     out = ["One durable hop between two crdt-ops replicas beside raw aio-pika (persistent "
            "messages, publisher confirms, durable queues, the stream bound), and under load",
            ""]
     out += info_lines({**info, "settings": f"crdt-ops defaults (batch_ops={s.batch_ops}, "
                        f"batch_delay_ms={s.batch_delay_ms:g}, prefetch={s.prefetch}), "
-                       "SQLite stores in a temporary directory",
+                       f"disk_sync={disk_sync}, SQLite stores in a temporary directory",
                        "sizes": f"{sizes.warmup} warm-up + {sizes.round_trips} timed round "
                        f"trips; load {sizes.seconds:g} s per rate"})
     if quick:
@@ -645,11 +646,12 @@ def main(args: argparse.Namespace) -> int:
         writers=args.writers or base.writers)
     progress = Progress(enabled=not args.quiet)
     ctx = Context(url=args.amqp_url, sizes=sizes, progress=progress,
-                  timeout=30.0 if args.quick else 60.0, consume=args.consume)
+                  timeout=30.0 if args.quick else 60.0, consume=args.consume,
+                  disk_sync=args.disk_sync)
     info = machine(args.amqp_url)
     progress(f"hop: broker {info['broker']}, {info['cpu']}, {info['cores']} cores")
     rows, failed = run(ctx)
     info["load"] += f" at the start, {load_average('/')} at the end (1/5/15 min)"
-    print(report(rows, info, sizes, args.quick, failed), flush=True)
+    print(report(rows, info, sizes, args.quick, failed, args.disk_sync), flush=True)
     progress("done" if not failed else f"done; failed: {', '.join(failed)}")
     return 1 if failed else 0

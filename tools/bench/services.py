@@ -377,6 +377,8 @@ class Options:
     #: the crdt-ops services' --consume (queue: a queue of their own; stream: the stream;
     #: None: each its own default, services.main)
     consume: str | None = None
+    #: the crdt-ops services' --disk-sync (first: on the disk, then published; alongside)
+    disk_sync: str = "first"
 
     def cell_of(self) -> dict[str, str]:
         """Each worker's cell (block by block; ``main`` when there is one cell)."""
@@ -459,6 +461,8 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                      else ["--batch-delay-ms", str(opt.batch_delay_ms)])
             if opt.consume is not None:
                 extra += ["--consume", opt.consume]
+            if opt.disk_sync != "first":
+                extra += ["--disk-sync", opt.disk_sync]
             if name in ports:
                 extra += ["--metrics-port", str(ports[name])]
             beat = opt.heartbeat_s if name in ("web", "logic") else opt.worker_heartbeat_s
@@ -1231,7 +1235,8 @@ def main(args: argparse.Namespace) -> int:
     opt = Options(url=args.url, containers=n, capacity=args.capacity or max(MIN_CAPACITY, n),
                   batch_delay_ms=args.batch_delay_ms,
                   progress=Progress(enabled=not args.quiet), profile_dir=args.profile,
-                  pg_dsn=args.pg_dsn, metrics=True, consume=args.consume)
+                  pg_dsn=args.pg_dsn, metrics=True, consume=args.consume,
+                  disk_sync=args.disk_sync)
     if opt.profile_dir is not None:
         opt.profile_dir.mkdir(parents=True, exist_ok=True)
     info = machine(opt.url)
