@@ -345,10 +345,11 @@ class DurableReplica:
 
     def commit(self) -> None:
         """Hand the local operations to the outbox in one transaction (group commit), after
-        the deliveries held unlogged (:meth:`hold`), in the same transaction; pumped, the
-        transaction is on the disk a little later, and the writers are answered then (see
-        :meth:`_write`). Raises :class:`StoreUnavailable` if the store fails (reported: the
-        batches are dropped with memory's excess, and the held deliveries come again)."""
+        the deliveries held unlogged (:meth:`hold`), in the same transaction (with
+        ``disk_sync="alongside"``, pumped: on the disk a little later, the writers answered
+        then; see :meth:`_write`). Raises :class:`StoreUnavailable` if the store fails
+        (reported: the batches are dropped with memory's excess, and the held deliveries
+        come again)."""
         self._write()
 
     def _write(self, flags: dict[str, bytes] | None = None,
