@@ -154,7 +154,10 @@ async def test_a_queue_reader_whose_lost_writes_claimed_an_older_delivery_reads_
         a = await _saved_after_first_write(settings, a, b, tmp_path / "saved")
         await _add(b, 5)  # the store saved lacks b's write, delivered to a after it
         await until(lambda: a.replica.counter("n").value == 6, 10, "a to have b's write")
-        await asyncio.sleep(1.0)  # b's write is now older than what a reads back
+        # b's write is now older than what a reads back: RabbitMQ takes a stream's start
+        # time in whole seconds and attaches at the chunk before it (heartbeats, every
+        # 0.3 s, write chunks between), so the read may begin up to about 1.3 s early
+        await asyncio.sleep(2.5)
         last_commit_ms = time.time_ns() // 1_000_000
         await _add(a, 10)  # follows b's write
         await until(lambda: b.replica.counter("n").value == 16, 10, "b to have a's second")

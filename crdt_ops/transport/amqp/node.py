@@ -502,18 +502,8 @@ class AmqpNode:
         if self.store.get("joined") is None:
             await self._replay_stream()
             self.store.put("joined", b"1")
-        elif s.consume == "stream":
-            # what it sent that its store lost (an older copy of the store put back, an OS
-            # crash that undid a transaction) is read back before it writes again: its next
-            # operation then follows those, never reuses their sequence numbers
-            await self._replay_stream(resume=True)
-        elif (committed := self.durable.committed_at()) is not None:
-            # the same for a replica with a queue of its own, which logs no offset in the
-            # stream: what its store lost was published after its last commit of its own
-            await self._replay_stream(since=datetime.datetime.fromtimestamp(
-                committed / 1000 - RESUME_MARGIN_S, tz=datetime.UTC))
-        if lost := self.replica.unmet_claims():
-            await self._claims_back(lost)
+        else:
+            await self._read_own_past()
         self.store.put("consume", s.consume.encode())
         if s.consume == "stream":
             self._stream_in = StreamConsumer(names.stream, self._in.inbox.put_nowait,
@@ -524,6 +514,22 @@ class AmqpNode:
         assert self._queue is not None
         await self._queue.consume(self._in.inbox.put, no_ack=False)
         log.info("replica %s consuming %s", self.replica_id, self._queue.name)
+
+    async def _read_own_past(self) -> None:
+        """A replica that starts again with a used store reads back what it sent that its
+        store lost (an older copy of the store put back, an OS crash that undid a
+        transaction) before it writes again: its next operation then follows those, never
+        reuses their sequence numbers. One that reads the stream, from the offset after the
+        one it logged; one with a queue of its own, which logs no offset in the stream, from
+        a little before its last commit of its own (what its store lost was published
+        after that). Then what those messages said it had (:meth:`_claims_back`)."""
+        if self.settings.consume == "stream":
+            await self._replay_stream(resume=True)
+        elif (committed := self.durable.committed_at()) is not None:
+            await self._replay_stream(since=datetime.datetime.fromtimestamp(
+                committed / 1000 - RESUME_MARGIN_S, tz=datetime.UTC))
+        if lost := self.replica.unmet_claims():
+            await self._claims_back(lost)
 
     async def _claims_back(self, lost: dict[str, tuple[int, int]]) -> None:
         """Its own messages read back told the group of operations its store lost (the
