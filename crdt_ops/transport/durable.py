@@ -384,7 +384,8 @@ class DurableReplica:
             meta.update(flags or {})
             with self.storing():
                 # deliveries alone need no disk sync (see log_delivered); what this
-                # replica sends does, and syncs the deliveries logged before it too
+                # replica sends does (here, or on the sync's thread: ``later``), and syncs
+                # the deliveries logged before it too
                 self.store.append(received, msgs, meta=meta,
                                   sync=bool(msgs or flags) and not later)
             self._logged_marks.update(marks)

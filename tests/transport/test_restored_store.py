@@ -51,6 +51,15 @@ def _put_back(s: Settings, rid: str, saved: Path) -> None:
         shutil.copy2(p, Path(s.store) / p.name)
 
 
+def _put(s: Settings, rid: str, key: str, value: bytes) -> None:
+    """Set ``key`` in the store of replica ``rid`` (stopped)."""
+    store = Store(Path(s.store) / f"{rid}.sqlite")
+    try:
+        store.put(key, value)
+    finally:
+        store.close()
+
+
 async def _pair(s: Settings) -> tuple[AmqpNode, AmqpNode]:
     """Replicas a and b of ``s``'s group, started (a stopped again if b fails to start)."""
     a, b = node(s, "a"), node(s, "b")
@@ -119,9 +128,7 @@ async def test_a_logged_offset_past_the_streams_end_is_read_from_the_start(
         await _add(b, 5)
         await until(lambda: a.replica.counter("n").value == 5, 10, "a to have b's write")
         await a.stop()
-        store = Store(Path(settings.store) / "a.sqlite")
-        store.put(STREAM_OFFSET, b"1000000")  # far past the stream's end
-        store.close()
+        _put(settings, "a", STREAM_OFFSET, b"1000000")  # far past the stream's end
         a = node(settings, "a")
         t0 = time.monotonic()
         await asyncio.wait_for(a.start(), PAST_END_S + 15)
@@ -164,9 +171,7 @@ async def test_a_queue_reader_whose_lost_writes_claimed_an_older_delivery_reads_
         lost_seq = a.replica.own_seq
         await a.stop()
         _put_back(settings, "a", tmp_path / "saved")
-        store = Store(Path(settings.store) / "a.sqlite")
-        store.put(COMMITTED_AT, str(last_commit_ms).encode())
-        store.close()
+        _put(settings, "a", COMMITTED_AT, str(last_commit_ms).encode())
         a = node(settings, "a")
         await a.start()
         assert a.replica.own_seq == lost_seq

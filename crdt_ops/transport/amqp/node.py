@@ -631,12 +631,11 @@ class AmqpNode:
             async for batch in read_stream(self._conn, self.settings, self._exchange, marker,
                                            since=start):
                 await self._in.apply(batch, stream=True, reread=reread)
-        except PastTheEnd:
+        except PastTheEnd as e:
             self._read_stream_from_start(
                 f"the offset it logged last, {logged}, is past the end of the stream "
                 "(declared anew since?)" if since is None else
-                f"the stream holds nothing written since {since:%Y-%m-%d %H:%M:%S} UTC "
-                "(declared anew since, or this machine's clock is ahead of the broker's?)")
+                f"{e} (declared anew since, or this machine's clock is ahead of the broker's?)")
             await self._replay_stream(reread=reread)
 
     async def _stream_ready(self) -> None:

@@ -149,7 +149,8 @@ PAST_END_S = 5.0
 
 
 class PastTheEnd(Exception):
-    """The offset a read of the stream was to start from is past the stream's end."""
+    """Nothing came from where a read of the stream was to start: an offset past the
+    stream's end, or a time after its last message. Its text says where (``_where``)."""
 
 
 async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
