@@ -59,7 +59,9 @@ included; ``postgres`` (db-casts only) the server processes of the services'
 connections.
 
 ``--samples FILE`` writes every timed Start's stages (JSON lines); ``--profile DIR``
-runs the crdt-ops services under cProfile (slower: to find where the time goes).
+runs the crdt-ops services under cProfile (slower: to find where the time goes);
+``--trace DIR`` stamps each step of a Start in every crdt-ops service and prints the
+steps' p10/p50/p90 (:mod:`tools.bench.trace`).
 
 Percentiles are nearest-rank (p99 of 200 samples is the 198th smallest). A flow
 that fails (a Start not "on" within 30 s, a service exiting, a crdt-ops
@@ -99,7 +101,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from crdt_ops.subgroups import split
 from services import model
 from tools import harness
-from tools.bench import consume
+from tools.bench import consume, trace
 from tools.bench.broker import (
     DEFAULT_URL,
     broker_info,
@@ -360,6 +362,8 @@ class Options:
     batch_delay_ms: float | None
     progress: Callable[[str], None]
     profile_dir: Path | None = None
+    #: stamp the crdt-ops services' steps into this directory (:mod:`tools.bench.trace`)
+    trace_dir: Path | None = None
     pg_dsn: str = DEFAULT_PG_DSN
     #: the crdt-ops workers' node names, and how many cells they are split into (in
     #: blocks, in order; one cell: ``main``)
@@ -448,6 +452,9 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
     pids: list[int] = []
     ports = {name: free_port() for name in ("web", "logic", *workers)} if opt.metrics else {}
     env = {"CRDT_OPS_LOG": "INFO", "CRDT_OPS_RUNTIME": "process"}
+    if opt.trace_dir is not None:  # this attempt's stamps only
+        for old in opt.trace_dir.glob("*.trace"):
+            old.unlink()
     try:
         for name, cmd in [("web", ["web", "--port", str(port), "--host", "127.0.0.1",
                                    "--cells", cells]),
@@ -470,7 +477,12 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                 extra += ["--heartbeat-s", f"{beat:g}"]
             prof = ([] if opt.profile_dir is None
                     else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
-            services.start(name, [sys.executable, *prof, "-m", "services.cli", *cmd, "--amqp-url",
+            if opt.trace_dir is not None:
+                prof += ["-m", "tools.bench.trace", str(opt.trace_dir),
+                         name if name in ("web", "logic") else "worker"]
+            services.start(name, [sys.executable, *prof,
+                                  *(["-m"] if opt.trace_dir is None else []), "services.cli",
+                                  *cmd, "--amqp-url",
                                   opt.url, "--group", group, "--replica-id", replica_id(name),
                                   "--store",
                                   str(workdir / f"{name}.sqlite"), *extra], env)
@@ -1205,6 +1217,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="run the crdt-ops services under cProfile, writing DIR/<service>.prof "
                         "(slows them down: for finding where the time goes, not a measurement)")
+    p.add_argument("--trace", type=Path, default=None, metavar="DIR",
+                   help="stamp each step of a Start in the crdt-ops services (files in DIR) "
+                        "and print the steps' p10/p50/p90 (tools/bench/trace.py; adds about "
+                        "a microsecond a stamp: for finding where the time goes)")
     consume.add_argument(p, None)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=main)
@@ -1235,10 +1251,12 @@ def main(args: argparse.Namespace) -> int:
     opt = Options(url=args.url, containers=n, capacity=args.capacity or max(MIN_CAPACITY, n),
                   batch_delay_ms=args.batch_delay_ms,
                   progress=Progress(enabled=not args.quiet), profile_dir=args.profile,
+                  trace_dir=args.trace,
                   pg_dsn=args.pg_dsn, metrics=True, consume=args.consume,
                   disk_sync=args.disk_sync)
-    if opt.profile_dir is not None:
-        opt.profile_dir.mkdir(parents=True, exist_ok=True)
+    for d in (opt.profile_dir, opt.trace_dir):
+        if d is not None:
+            d.mkdir(parents=True, exist_ok=True)
     info = machine(opt.url)
     opt.progress(f"services: {n} Starts per flow, on {info['cpu']}, broker {info['broker']}")
     results = []
@@ -1255,6 +1273,11 @@ def main(args: argparse.Namespace) -> int:
             failed.append(f"{flow}: {type(e).__name__}: {e}")
     if results:
         print(report(results, info, opt), flush=True)
+    if opt.trace_dir is not None and any(r.flow == "crdt-ops" for r in results):
+        found, broken = trace.steps(opt.trace_dir)
+        print(f"\nA crdt-ops Start step by step (stamps in each service: "
+              f"tools/bench/trace.py; {broken} Starts whose stamps were out of order left "
+              f"out):\n\n{trace.step_table(found)}", flush=True)
     if args.samples is not None:
         with open(args.samples, "w", encoding="utf-8") as out:
             for r in results:

@@ -1,0 +1,245 @@
+"""Where a Start's time goes, step by step: stamps in every crdt-ops service, put together.
+
+``python -m tools.bench services --trace DIR`` starts web, logic and the workers through
+this module (``python -m tools.bench.trace DIR ROLE MODULE ARGS...``), which wraps a fixed
+set of functions (:data:`POINTS`: a commit, a delivery handed on, ``Replica.receive``,
+aiormq's ``basic_publish``, logic's decisions, starting a container process, web's
+event-stream writes) and every socket read and write of the event loop, so that each
+records ``time.monotonic_ns()`` (one clock for every process of the machine: Linux's
+``CLOCK_MONOTONIC``) as it is entered (``label>``) and left (``label<``). Each process
+writes its stamps to ``DIR/<role>.<pid>.trace`` as it exits.
+
+:func:`steps` then follows each Start through the files, from the worker's start of the
+container process backwards to web's read of the request and forwards to web's
+event-stream write of the report, and :func:`step_table` gives each step's p10, p50 and
+p90 over the Starts (the warm-up Starts included). A step is measured from one stamp to
+the next on the Start's path; a Start whose stamps are not in order (the chain was
+broken: a retry, a reconnection) is left out and counted.
+
+The wrappers cost about a microsecond a stamp, and a coroutine frame for each async one:
+a traced run is for finding where the time goes, not a measurement of the total.
+"""
+
+from __future__ import annotations
+
+import atexit
+import bisect
+import functools
+import importlib
+import itertools
+import os
+import runpy
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools.bench.report import first_left, markdown_table
+from tools.bench.stats import nearest_rank
+
+#: What is stamped: (module, attribute path, label, async?).
+POINTS: tuple[tuple[str, str, str, bool], ...] = (
+    ("crdt_ops.transport.durable", "DurableReplica._write", "commit", False),
+    ("crdt_ops.transport.amqp.inbound", "Inbound.apply", "apply", True),
+    ("crdt_ops.replica", "Replica.receive", "receive", False),
+    ("aiormq.channel", "Channel.basic_publish", "publish", True),
+    ("services.logic", "Logic.decide", "decide", True),
+    ("services.logic", "Logic._place", "place", False),
+    ("services.runtime", "ProcessRuntime.start", "start", False),
+    ("aiohttp.web_response", "StreamResponse.write", "sse", True),
+)
+
+_stamps: list[tuple[int, str]] = []
+
+
+def _stamp(label: str) -> None:
+    _stamps.append((time.monotonic_ns(), label))
+
+
+def _wrap(module: str, path: str, label: str, is_async: bool) -> None:
+    owner: Any = importlib.import_module(module)
+    *parents, name = path.split(".")
+    for p in parents:
+        owner = getattr(owner, p)
+    f = getattr(owner, name)
+    wrapper: Callable[..., Any]
+    if is_async:
+        @functools.wraps(f)
+        async def wrapper(*a: Any, **k: Any) -> Any:
+            _stamp(label + ">")
+            try:
+                return await f(*a, **k)
+            finally:
+                _stamp(label + "<")
+    else:
+        @functools.wraps(f)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            _stamp(label + ">")
+            try:
+                return f(*a, **k)
+            finally:
+                _stamp(label + "<")
+    setattr(owner, name, wrapper)
+
+
+def install(out_dir: Path, role: str) -> None:
+    """Stamp :data:`POINTS` and the event loop's socket reads (``read``) and writes
+    (``write``) in this process from now on; write them to ``out_dir/<role>.<pid>.trace``
+    (one ``<ns> <label>`` a line) at exit."""
+    from asyncio import selector_events
+
+    transport: Any = getattr(selector_events, "_SelectorSocketTransport")  # noqa: B009
+    write, read = transport.write, transport._read_ready__data_received
+
+    def traced_write(self: Any, data: Any) -> None:
+        _stamp("write")
+        write(self, data)
+
+    def traced_read(self: Any) -> None:
+        _stamp("read")
+        read(self)
+
+    transport.write, transport._read_ready__data_received = traced_write, traced_read
+    for point in POINTS:
+        _wrap(*point)
+
+    def dump() -> None:
+        with open(out_dir / f"{role}.{os.getpid()}.trace", "w", encoding="ascii") as f:
+            f.writelines(f"{t} {label}\n" for t, label in _stamps)
+
+    atexit.register(dump)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a Start: its name, and its durations (ms), one per Start followed."""
+
+    name: str
+    ms: list[float]
+
+
+#: The stamps on a Start's path, in order: (name, role, label, direction), where direction
+#: says how each is found from the one before it (the first from the anchor, the worker's
+#: ``start>``): -1 the last such stamp before, +1 the first after; the names are the steps
+#: that end there.
+_BACK = (  # from the worker's start of the process, backwards
+    ("worker: receive -> starting the process", "worker", "receive>"),
+    ("worker: socket read -> receive", "worker", "read"),
+    ("the broker, logic -> the worker's socket", "logic", "write"),
+    ("logic: placement written -> on its socket", "logic", "publish>"),
+    ("logic: second commit (the placement) -> publish", "logic", "commit<"),
+    ("logic: second commit", "logic", "commit>"),
+    ("logic: place (the placement's operations)", "logic", "place>"),
+    ("logic: first commit -> place", "logic", "commit<"),
+    ("logic: first commit (the home named)", "logic", "commit>"),
+    ("logic: decide -> first commit", "logic", "decide>"),
+    ("logic: receive -> decide", "logic", "receive>"),
+    ("logic: socket read -> receive", "logic", "read"),
+    ("the broker, web -> logic's socket", "web", "write"),
+    ("web: publish -> on its socket", "web", "publish>"),
+    ("web: commit -> publish (its 202 and event-stream push first)", "web", "commit<"),
+    ("web: commit (one disk sync)", "web", "commit>"),
+    ("web: the request read -> commit", "web", "read"),
+)
+_FORWARD = (  # from the worker's start of the process, forwards
+    ("worker: starting the container process", "worker", "start<"),
+    ("worker: process started -> commit", "worker", "commit>"),
+    ("worker: commit (the report)", "worker", "commit<"),
+    ("worker: commit -> publish", "worker", "publish>"),
+    ("worker: publish -> on its socket", "worker", "write"),
+    ("the broker, worker -> web's socket", "web", "read"),
+    ("web: socket read -> receive", "web", "receive>"),
+    ("web: receive -> event-stream write", "web", "sse>"),
+)
+
+
+def load(trace_dir: Path) -> dict[str, list[tuple[int, str]]]:
+    """The stamps of ``trace_dir``'s files by role (every worker's together, in time
+    order)."""
+    out: dict[str, list[tuple[int, str]]] = {}
+    for f in sorted(trace_dir.glob("*.trace")):
+        role = f.name.split(".")[0]
+        rows = out.setdefault(role, [])
+        for line in f.read_text(encoding="ascii").splitlines():
+            t, label = line.split(" ", 1)
+            rows.append((int(t), label))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def steps(trace_dir: Path) -> tuple[list[Step], int]:
+    """Each step of the Starts traced in ``trace_dir`` (in path order, the whole first),
+    and how many Starts were left out (stamps missing or out of order)."""
+    by_role = load(trace_dir)
+    times = {role: [t for t, _ in rows] for role, rows in by_role.items()}
+
+    def find(role: str, label: str, at: int, direction: int) -> int | None:
+        rows, ts = by_role.get(role, []), times.get(role, [])
+        if direction < 0:
+            i = bisect.bisect_left(ts, at) - 1
+            while i >= 0 and rows[i][1] != label:
+                i -= 1
+            return rows[i][0] if i >= 0 else None
+        i = bisect.bisect_right(ts, at)
+        while i < len(rows) and rows[i][1] != label:
+            i += 1
+        return rows[i][0] if i < len(rows) else None
+
+    names = [n for n, _, _ in reversed(_BACK)] + [n for n, _, _ in _FORWARD]
+    durations: dict[str, list[float]] = {n: [] for n in ["whole: request read -> "
+                                                         "event-stream write", *names]}
+    broken = 0
+    for t, label in by_role.get("worker", []):
+        if label != "start>":
+            continue
+        path: list[int | None] = [t]
+        for _, role, want in _BACK:
+            prev = path[-1]
+            path.append(None if prev is None else find(role, want, prev, -1))
+        back = list(reversed(path[1:]))
+        path = [t]
+        for _, role, want in _FORWARD:
+            prev = path[-1]
+            path.append(None if prev is None else find(role, want, prev, +1))
+        chain = [*back, t, *path[1:]]
+        if any(c is None for c in chain):
+            broken += 1
+            continue
+        stamps = [c for c in chain if c is not None]
+        if any(b < a for a, b in itertools.pairwise(stamps)) \
+                or stamps[-1] - stamps[0] > 1_000_000_000:
+            broken += 1
+            continue
+        durations[next(iter(durations))].append((stamps[-1] - stamps[0]) / 1e6)
+        for name, (a, b) in zip(names, itertools.pairwise(stamps), strict=True):
+            durations[name].append((b - a) / 1e6)
+    return [Step(n, v) for n, v in durations.items()], broken
+
+
+def step_table(found: Sequence[Step]) -> str:
+    """Markdown: each step's Starts, and p10 / p50 / p90 in ms (nearest rank)."""
+    rows = []
+    for s in found:
+        cells = ("-", "-", "-") if not s.ms else tuple(
+            f"{nearest_rank(s.ms, q):.2f}" for q in (0.1, 0.5, 0.9))
+        rows.append((s.name, str(len(s.ms)), *cells))
+    return markdown_table(("step", "Starts", "p10 ms", "p50 ms", "p90 ms"), rows,
+                          first_left(5))
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tools.bench.trace DIR ROLE MODULE ARGS...``: run ``python -m MODULE
+    ARGS...`` with this process's stamps written to ``DIR`` (:func:`install`)."""
+    if len(argv) < 3:
+        raise SystemExit("usage: python -m tools.bench.trace DIR ROLE MODULE [ARGS...]")
+    out_dir, role, module, *args = argv
+    install(Path(out_dir), role)
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
