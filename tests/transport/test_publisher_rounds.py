@@ -137,10 +137,11 @@ async def test_rounds_in_flight_are_bounded_and_what_waits_goes_out_joined(
 @pytest.mark.asyncio
 async def test_an_idle_replicas_write_is_taken_in_flight_by_its_commit(
         amqp_url: str, tmp_path: Path) -> None:
-    """With nothing in flight, a commit of a write starts the round that publishes it, on
-    the writer's own turn of the event loop (``Publisher.kick``): it is in flight when
+    """An idle replica's commit of a write starts the round that publishes it, on the
+    writer's own turn of the event loop (``Publisher.kick``): it is in flight when
     ``write()`` returns, and the publishing task is not woken for it. Otherwise (a round in
-    flight) the publishing task takes it, as before."""
+    flight, or one started less than ``batch_delay_ms`` ago) the publishing task takes
+    it, as before."""
     group = new_group()
     s = Settings(amqp_url=amqp_url, group=group, heartbeat_s=30.0, store=str(tmp_path))
     try:
@@ -148,6 +149,7 @@ async def test_an_idle_replicas_write_is_taken_in_flight_by_its_commit(
             await _set(a, "warm", 1)
             await until(lambda: not a.durable.store.unconfirmed() and not a._out._rounds, 10,
                         "a's warm-up write confirmed")
+            await asyncio.sleep(10 * s.batch_delay_ms / 1000)  # idle: no round lately
             ready = a.durable.outbox_ready
             ready.clear()
             async with a.write() as r:

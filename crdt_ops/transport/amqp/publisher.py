@@ -87,6 +87,7 @@ class Publisher:
         self._refusal_said = 0.0
         self._unroutable_said = 0.0
         self._reading = False  # run() reads the outbox and takes rows in flight
+        self._round_started = 0.0  # when the last round started (time.monotonic())
         self._limit = max(settings.prefetch, 100)  # outbox rows read at most at once
 
     async def run(self) -> None:
@@ -150,12 +151,16 @@ class Publisher:
         commit of this replica's own messages (the durable replica's ``on_outbox`` hook):
         what :meth:`run` would do a few turns later, after the callbacks already waiting
         to run (web's answer and its event-stream push, a service's next steps), and after
-        a read of the outbox on a turn of its own. Only when nothing is in flight or
-        failed, :meth:`run` is not reading the outbox, and the stream took a probe on the
-        connection in use; returns whether it started one (else :meth:`run` publishes
-        them, woken as before). Never raises: a failing read leaves them to :meth:`run`,
-        which meets the failure."""
+        a read of the outbox on a turn of its own. Only for a replica that was idle: no
+        round started in the last ``batch_delay_ms`` (a writer writing in a sequence
+        leaves its writes to :meth:`run`, which joins those that wait into fewer
+        messages), nothing in flight or failed, :meth:`run` not reading the outbox, and
+        the stream took a probe on the connection in use. Returns whether it started one
+        (else :meth:`run` publishes them, woken as before). Never raises: a failing read
+        leaves them to :meth:`run`, which meets the failure."""
+        idle_s = time.monotonic() - self._round_started
         if (self._rounds or self._flight or self._reading or self._failed is not None
+                or idle_s < self.settings.batch_delay_ms / 1000
                 or self.channel is None or self.exchange is None or not self.gate.is_ready()):
             return False
         try:
@@ -186,6 +191,7 @@ class Publisher:
         # all): confirmed_through may move to ``asked`` once they are all confirmed
         through = fetched[-1][0] if len(fetched) < self._limit else None
         self._flight.update(i for i, _ in rows)
+        self._round_started = time.monotonic()
         task = asyncio.get_running_loop().create_task(self._round(rows, asked, through))
         self._rounds[task] = asked
         task.add_done_callback(self._round_ended)
