@@ -101,10 +101,6 @@ class DurableReplica:
         self._options = options
         #: set when the outbox holds rows to publish (the transport clears it)
         self.outbox_ready = asyncio.Event()
-        #: the transport's hook, called on the committer's turn of the event loop after
-        #: each commit of this replica's own messages: True if it took them to publish
-        #: at once, else :attr:`outbox_ready` is set for its publishing task
-        self.on_outbox: Callable[[], bool] | None = None
         #: clear while the store fails
         self.store_ok = asyncio.Event()
         self.store_ok.set()
@@ -393,7 +389,7 @@ class DurableReplica:
                 self.store.append(received, msgs, meta=meta,
                                   sync=bool(msgs or flags) and not later)
             self._logged_marks.update(marks)
-        if msgs and not (self.on_outbox is not None and self.on_outbox()):
+        if msgs:
             self.outbox_ready.set()
         waiting, self._committed = self._committed, None
         if waiting is None or waiting.done():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -22,26 +21,10 @@ from tests.broker import new_group, started, until
 from tools.bench.broker import delete_group_async
 
 
-@dataclass
-class Held:
-    """A confirm held back: ``reached`` is set once the message was published (its round
-    runs), the confirm is awaited once ``release`` is set."""
-
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    reached: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def set(self) -> None:
-        self.release.set()
-
-    def is_set(self) -> bool:
-        return self.release.is_set()
-
-
-def hold_next_confirm(node: AmqpNode) -> Held:
-    """Hold the confirm of ``node``'s next published message until the returned
-    :class:`Held` is set (later messages go through as usual). A round starts on the turn
-    after its commit: wait for ``reached`` before holding the next one."""
-    held_back = Held()
+def hold_next_confirm(node: AmqpNode) -> asyncio.Event:
+    """Hold the confirm of ``node``'s next published message until the returned event is
+    set (later messages go through as usual)."""
+    gate = asyncio.Event()
     publish: Callable[[bytes], Awaitable[None]] = node._out.publish
     held = False
 
@@ -50,11 +33,10 @@ def hold_next_confirm(node: AmqpNode) -> Held:
         first, held = not held, True
         await publish(body)
         if first:
-            held_back.reached.set()
-            await held_back.release.wait()
+            await gate.wait()
 
     node._out.publish = holding  # type: ignore[method-assign]
-    return held_back
+    return gate
 
 
 async def _set(node: AmqpNode, key: str, value: int) -> float:
@@ -108,8 +90,7 @@ async def test_rounds_in_flight_are_bounded_and_what_waits_goes_out_joined(
             for i in range(ROUNDS_IN_FLIGHT):
                 gates.append(hold_next_confirm(a))
                 await _set(a, f"k{i}", i)
-                await until(lambda n=i + 1: len(a._out._rounds) == n and gates[-1].reached.is_set(),
-                            10, f"round {i + 1}")
+                await until(lambda n=i + 1: len(a._out._rounds) == n, 10, f"round {i + 1}")
             sent: list[bytes] = []
             publish = a._out.publish
 
@@ -130,42 +111,5 @@ async def test_rounds_in_flight_are_bounded_and_what_waits_goes_out_joined(
                 g.set()
             await until(lambda: not a.durable.store.unconfirmed(), 10, "every row confirmed")
             assert all(b.replica.get(f"k{i}") == i for i in range(ROUNDS_IN_FLIGHT))
-    finally:
-        await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)
-
-
-@pytest.mark.asyncio
-async def test_an_idle_replicas_write_is_taken_in_flight_by_its_commit(
-        amqp_url: str, tmp_path: Path) -> None:
-    """An idle replica's commit of a write starts the round that publishes it, on the
-    writer's own turn of the event loop (``Publisher.kick``): it is in flight when
-    ``write()`` returns, and the publishing task is not woken for it. Otherwise (a round in
-    flight, or one started less than ``batch_delay_ms`` ago) the publishing task takes
-    it, as before."""
-    group = new_group()
-    s = Settings(amqp_url=amqp_url, group=group, heartbeat_s=30.0, store=str(tmp_path))
-    try:
-        async with started(s, "a", "b") as (a, b):
-            await _set(a, "warm", 1)
-            await until(lambda: not a.durable.store.unconfirmed() and not a._out._rounds, 10,
-                        "a's warm-up write confirmed")
-            await asyncio.sleep(10 * s.batch_delay_ms / 1000)  # idle: no round lately
-            ready = a.durable.outbox_ready
-            ready.clear()
-            async with a.write() as r:
-                r.register("x").set(1)
-            assert len(a._out._rounds) == 1 and a._out._flight, "not in flight at the commit"
-            assert not ready.is_set()
-            await until(lambda: b.replica.get("x") == 1, 10, "x at b")
-            # a round in flight: the next write is left to the publishing task
-            held = hold_next_confirm(a)
-            await _set(a, "y", 1)
-            await until(lambda: held.reached.is_set(), 10, "y's round holding its confirm")
-            async with a.write() as r:
-                r.register("z").set(1)
-            assert ready.is_set() and len(a._out._rounds) == 1
-            await until(lambda: b.replica.get("z") == 1, 10, "z at b")
-            held.set()
-            await until(lambda: not a.durable.store.unconfirmed(), 10, "every row confirmed")
     finally:
         await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)

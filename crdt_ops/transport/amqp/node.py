@@ -312,7 +312,6 @@ class AmqpNode:
         for step in steps:
             self._tasks.append(loop.create_task(self._forever(step)))
         self.durable.pumping = True
-        self.durable.on_outbox = self._out.kick
         self.durable.outbox_ready.set()
         self.loop_lag.start()
         metrics.serve(self.settings.metrics_port)
@@ -416,7 +415,6 @@ class AmqpNode:
         if self._stopped:
             return
         self._stopped = True
-        self.durable.on_outbox = None
         self.durable.commit_before_stop()
         self.durable.pumping = False
         for t in self._tasks:

@@ -86,9 +86,6 @@ class Publisher:
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
         self._refusal_said = 0.0
         self._unroutable_said = 0.0
-        self._reading = False  # run() reads the outbox and takes rows in flight
-        self._round_started = 0.0  # when the last round started (time.monotonic())
-        self._limit = max(settings.prefetch, 100)  # outbox rows read at most at once
 
     async def run(self) -> None:
         """Start publishing what the outbox holds that is not in flight yet, oldest first,
@@ -128,70 +125,26 @@ class Publisher:
                 await asyncio.wait(self._rounds, return_when=asyncio.FIRST_COMPLETED,
                                    timeout=None if full else wait)
                 return
-        self._reading = True  # kick() leaves the outbox to this call meanwhile
-        try:
-            fetched, rows, asked = self._outbox()
-            if not rows:
-                if not fetched:
-                    self.confirmed_through = asked
-                return
-            # something to publish: the stream must take writes first (at once but after
-            # a (re)connection; a replica with nothing to send does not probe)
-            try:
-                await self.gate.ready()
-            except BaseException:
-                ready.set()  # nothing was taken in flight: they go on a later call
-                raise
-            self._start_round(fetched, rows, asked)
-        finally:
-            self._reading = False
-
-    def kick(self) -> bool:
-        """Start a round at once, on the committer's turn of the event loop, right after a
-        commit of this replica's own messages (the durable replica's ``on_outbox`` hook):
-        what :meth:`run` would do a few turns later, after the callbacks already waiting
-        to run (web's answer and its event-stream push, a service's next steps), and after
-        a read of the outbox on a turn of its own. Only for a replica that was idle: no
-        round started in the last ``batch_delay_ms`` (a writer writing in a sequence
-        leaves its writes to :meth:`run`, which joins those that wait into fewer
-        messages), nothing in flight or failed, :meth:`run` not reading the outbox, and
-        the stream took a probe on the connection in use. Returns whether it started one
-        (else :meth:`run` publishes them, woken as before). Never raises: a failing read
-        leaves them to :meth:`run`, which meets the failure."""
-        idle_s = time.monotonic() - self._round_started
-        if (self._rounds or self._flight or self._reading or self._failed is not None
-                or idle_s < self.settings.batch_delay_ms / 1000
-                or self.channel is None or self.exchange is None or not self.gate.is_ready()):
-            return False
-        try:
-            fetched, rows, asked = self._outbox()
-        except Exception:
-            return False
-        if not rows:
-            return False
-        self._start_round(fetched, rows, asked)
-        if len(fetched) >= self._limit:  # the outbox holds more: for run()
-            self.durable.outbox_ready.set()
-        return True
-
-    def _outbox(self) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], float]:
-        """Read the outbox: what it holds unconfirmed (at most ``max(prefetch, 100)``, oldest
-        first), of that what no round publishes now, and when it was read."""
+        limit = max(self.settings.prefetch, 100)
         asked = time.monotonic()
-        fetched = self.durable.store.unconfirmed(limit=self._limit)
+        fetched = self.durable.store.unconfirmed(limit=limit)
         rows = [(i, body) for i, body in fetched if i not in self._flight]
         metrics.OUTBOX.labels(self.replica_id).set(len(fetched))
-        return fetched, rows, asked
-
-    def _start_round(self, fetched: list[tuple[int, bytes]], rows: list[tuple[int, bytes]],
-                     asked: float) -> None:
-        """Take ``rows`` (read from the outbox at ``asked``, with ``fetched``) in flight, as a
-        round (:meth:`_round`) of their own."""
+        if not rows:
+            if not fetched:
+                self.confirmed_through = asked
+            return
+        # something to publish: the stream must take writes first (at once but after a
+        # (re)connection; a replica with nothing to send does not probe)
+        try:
+            await self.gate.ready()
+        except BaseException:
+            ready.set()  # nothing was taken in flight: they go on a later call
+            raise
         # every row the outbox held at ``asked`` has an id up to this one (if it held them
         # all): confirmed_through may move to ``asked`` once they are all confirmed
-        through = fetched[-1][0] if len(fetched) < self._limit else None
+        through = fetched[-1][0] if len(fetched) < limit else None
         self._flight.update(i for i, _ in rows)
-        self._round_started = time.monotonic()
         task = asyncio.get_running_loop().create_task(self._round(rows, asked, through))
         self._rounds[task] = asked
         task.add_done_callback(self._round_ended)
@@ -207,11 +160,8 @@ class Publisher:
         ready = self.durable.outbox_ready
         try:
             sends = _joined(rows)
-            if len(sends) == 1:  # (a lone message: no task of its own, one turn less)
-                outcomes: list[BaseException | None] = [await _outcome(self.publish(sends[0][1]))]
-            else:
-                outcomes = await asyncio.gather(*(self.publish(body) for _, body in sends),
-                                                return_exceptions=True)
+            outcomes = await asyncio.gather(*(self.publish(body) for _, body in sends),
+                                            return_exceptions=True)
             done = [i for (ids, _), out in zip(sends, outcomes, strict=True) if out is None
                     for i in ids]
             unroutable = sum(isinstance(out, aio_pika.exceptions.PublishError)
@@ -358,21 +308,6 @@ class Publisher:
         channel = await self.gate.channel(self.channel)
         await channel.basic_publish(msg.body, exchange=exchange, routing_key=routing_key,
                                     properties=msg.properties, mandatory=True, timeout=30)
-
-
-async def _outcome(publish: Awaitable[None]) -> BaseException | None:
-    """Await ``publish``: None, or what it raised (as ``gather(..., return_exceptions=True)``
-    gives it), but the cancellation of the task awaiting it, which propagates."""
-    try:
-        await publish
-    except asyncio.CancelledError as e:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return e  # aiormq cancelled the publish itself (a stuck connection)
-    except Exception as e:
-        return e
-    return None
 
 
 def _joined(rows: list[tuple[int, bytes]]) -> list[tuple[list[int], bytes]]:

@@ -171,13 +171,6 @@ class StreamGate:
             raise StreamUnchecked("not connected to the broker")
         return conn, link_of(conn)
 
-    def is_ready(self) -> bool:
-        """Whether the stream took a probe on the connection in use now (so :meth:`ready`
-        would return at once)."""
-        conn = self.conn()
-        link = None if conn is None else link_of(conn)
-        return link is not None and link is self.probed_on and not link.is_closed
-
     async def ready(self) -> int:
         """Return once the stream took a probe on the connection in use: at once if it did
         already, else after probing (returns the probes published: 0 if none was needed;
