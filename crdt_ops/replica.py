@@ -232,6 +232,22 @@ class Replica(Fields):
         m = self.membership
         return not m.managed or m.is_member(self.replica_id)
 
+    def sole_holder(self) -> bool:
+        """Whether this replica holds one sub-group and, as its membership knows it, no
+        other member holds that one: then no other replica that receives its sub-group
+        alone needs this replica's operations on it (the replicas that hold every
+        sub-group do). False when it holds every sub-group, or its group's membership is
+        not managed (its members are not known). A transport that leaves such operations
+        out of what only holders of that sub-group receive may leave them out for a member
+        this replica does not know of yet (one still to be admitted): that one finds them
+        as it finds any gap, when this replica's next heartbeat reports its clock (over
+        RabbitMQ: read again from the group's stream)."""
+        held, m = self.held_subgroup, self.membership
+        if held is None or not m.managed:
+            return False
+        return not any(self.subgroups.held_by(r) == held
+                       for r in m.members() if r != self.replica_id)
+
     @property
     def own_seq(self) -> int:
         """How many operations this replica has issued: its clock entry, or with

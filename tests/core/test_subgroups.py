@@ -157,6 +157,19 @@ def test_a_worker_s_retirement_counts_where_its_sub_group_is_held() -> None:
     assert logic.retirements().get(channel("worker.n1", "n1")) == 2
 
 
+def test_a_worker_holds_its_sub_group_alone_until_another_member_holds_it_too() -> None:
+    g = group()
+    assert g["worker.n1"].sole_holder() and g["worker.n2"].sole_holder()
+    assert not g["logic"].sole_holder()  # it holds every sub-group
+    # a second replica of n1's principal, admitted: n1 is held twice now
+    g["logic"].admit("worker.n1.b")
+    exchange(*g.values())
+    assert "worker.n1.b" in g["worker.n1"].membership.members()
+    assert not g["worker.n1"].sole_holder() and g["worker.n2"].sole_holder()
+    # an open group (no managed membership): its members are not known
+    assert not Replica("worker.n1", subgroups=RULE).sole_holder()
+
+
 def test_a_snapshot_keeps_the_unsent_operations_of_every_sub_group() -> None:
     g = group()
     logic = g["logic"]

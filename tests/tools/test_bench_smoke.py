@@ -135,13 +135,17 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
     cpu = table(out[out.index("CPU over the timed phase"):], "flow")
     assert [r[0] for r in cpu] == flows
     assert all(re.fullmatch(r"[0-9]+|\?|-", c) for r in cpu for c in r[1:]), cpu
-    # the census: every Start is a message of web, of logic and of a worker at least, and
-    # each comes back to its sender, which drops it as a duplicate
+    # the census: every Start is a message of web, of logic and of a worker at least; each
+    # of web's and logic's comes back to its sender (they hold every sub-group), which drops
+    # it as a duplicate; a worker's reports, on its own node's sub-group, which it holds
+    # alone, are not routed back to it
     census = {r[0]: [number(c) for c in r[1:]]
               for r in table(out[out.index("Messages per timed Start"):], "service")}
     assert list(census) == ["web", "logic", "worker-1", "worker-2", "all"], census
     received, duplicates, published = census["all"]
-    assert published >= 3 and duplicates >= published - 0.5 and received > duplicates, census
+    assert published >= 3 and received > duplicates, census
+    for name in ("web", "logic"):
+        assert census[name][1] >= census[name][2] - 0.5, census
     assert all(r[1] <= r[0] for r in census.values()), census
     # each crdt-ops service said its event loop's worst stall when it stopped
     stalls = re.search(r"Worst event-loop stall of each crdt-ops service .*, ms: (.*)", out)

@@ -1,6 +1,7 @@
 """Sub-groups over the real broker (:mod:`crdt_ops.subgroups`,
 :mod:`crdt_ops.transport.topology`): a replica that holds one sub-group is routed that
-sub-group's messages and the common part's only, converges on them, hears its own echo,
+sub-group's messages and the common part's only, converges on them, hears its own echo
+(its heartbeats: its operations on a sub-group it holds alone are not routed back to it),
 and a late one joins from the stream, skipping the rest."""
 
 from __future__ import annotations
@@ -86,11 +87,25 @@ async def test_a_replica_holding_one_sub_group_is_routed_its_messages_only(
     # binding to the fanout was taken away)
     assert w1.replica.stats["skipped"] == w2.replica.stats["skipped"] == 0
     assert not any("#n2" in c for c in w1.replica.clock)
-    # each worker hears its own messages come back (its echo: heard_through advances)
+    # worker n1 holds n1 alone: its operations on it go to the whole holders (and the
+    # stream) only, not back to its own queue; its heartbeats still come back there (its
+    # echo: heard_through advances)
+    keys: list[tuple[str, str]] = []
+    send = w1._out._send
+
+    async def recording(body: bytes, exchange: str, routing_key: str) -> None:
+        keys.append((type(codec.decode(body)).__name__, routing_key))
+        await send(body, exchange, routing_key)
+
+    w1._out._send = recording  # type: ignore[method-assign]
+    assert w1.replica.sole_holder()
     before = w1.heard_through()
     async with w1.write() as r:
         r.map("nodes/n1").register("beat").set(3)
+    await until(lambda: logic.replica.get("nodes/n1", {}).get("beat") == 3, 20,
+                "worker n1's write at logic")
     await until(lambda: w1.heard_through() > before, 20, "worker n1's echo")
+    assert ("Batch", "whole") in keys and ("Batch", "sub.n1") not in keys, keys
     # the queue's bindings: the routed exchange, with its sub-group's key and the common one
     conn = await aio_pika.connect(amqp_url)
     async with conn:
@@ -103,6 +118,16 @@ async def test_a_replica_holding_one_sub_group_is_routed_its_messages_only(
     await until(lambda: late.replica.get("nodes/n1", {}).get("beat") == 3, 20,
                 "the late worker's replay")
     assert late.replica.get("nodes/n2") is None and late.replica.stats["skipped"] > 0
+    # n1 is held twice now: worker n1's operations on it go to n1's key again, which the
+    # late worker's queue is bound to
+    await until(lambda: not w1.replica.sole_holder(), 20, "the late worker's admission at n1")
+    keys.clear()
+    async with w1.write() as r:
+        r.map("nodes/n1").register("beat").set(4)
+    await until(lambda: late.replica.get("nodes/n1", {}).get("beat") == 4, 20,
+                "worker n1's write at the late worker")
+    assert ("Batch", "sub.n1") in keys and ("Batch", "whole") not in keys, keys
+    w1._out._send = send  # type: ignore[method-assign]
     # logic's plain heartbeats reach the workers one in HEARTBEAT_TO_ALL_EVERY only
     heard = 0
     receive = w1.replica.receive

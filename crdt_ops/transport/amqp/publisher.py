@@ -172,7 +172,6 @@ class Publisher:
             if refused:
                 done += await self._refused(refused)
             if done:
-                self.echo.confirmed(time.monotonic())
                 self.durable.store.confirm(done)
                 self.published += len(done)
                 metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(done))
@@ -281,21 +280,32 @@ class Publisher:
         :class:`~crdt_ops.transport.amqp.stream_ready.StreamUnchecked`, with nothing sent,
         if the connection changed since the gate's last probe: await ``gate.ready()``)."""
         assert self.exchange is not None
-        await self._send(body, self.exchange.name, self._routing_key(body))
+        key = self._routing_key(body)
+        await self._send(body, self.exchange.name, key)
+        if key != self.topology.WHOLE or self.durable.replica.held_subgroup is None:
+            self.echo.confirmed(time.monotonic())  # it comes back through our queue
 
     def _routing_key(self, body: bytes) -> str:
         """The routing key of ``body`` in a group with sub-groups (else ""): its
         sub-group's; for a plain heartbeat, every :data:`HEARTBEAT_TO_ALL_EVERY`-th the
         common part's (every member), the others to the whole holders only, and back to
-        a sender that holds one sub-group through that sub-group's key."""
+        a sender that holds one sub-group through that sub-group's key. An operation of the
+        one sub-group its sender holds alone (:meth:`Replica.sole_holder
+        <crdt_ops.replica.Replica.sole_holder>`) goes to the whole holders only: not back
+        to the sender's own queue, the only other queue bound to that key (which would
+        cost the broker a copy and the sender a delivery of what it has; measured:
+        BENCHMARKS.md, "A Start step by step")."""
         if not self.topology.routed:
             return ""
         subgroup, plain = codec.route_of(body)
+        replica = self.durable.replica
         if plain:
             self._plain_heartbeats += 1
             if self._plain_heartbeats % HEARTBEAT_TO_ALL_EVERY:
-                held = self.durable.replica.held_subgroup
+                held = replica.held_subgroup
                 return self.topology.WHOLE if held is None else self.topology.routing_key(held)
+        elif subgroup and subgroup == replica.held_subgroup and replica.sole_holder():
+            return self.topology.WHOLE
         return self.topology.routing_key(subgroup)
 
     async def _send(self, body: bytes, exchange: str, routing_key: str) -> None:
