@@ -120,10 +120,10 @@ class Step:
     ms: list[float]
 
 
-#: The stamps on a Start's path, in order: (name, role, label, direction), where direction
-#: says how each is found from the one before it (the first from the anchor, the worker's
-#: ``start>``): -1 the last such stamp before, +1 the first after; the names are the steps
-#: that end there.
+#: The stamps on a Start's path, as (step, role, label), found from the anchor (the
+#: worker's ``start>``): :data:`_BACK` backwards, each the last stamp of its role and label
+#: before the one found last, and names the step that starts there; :data:`_FORWARD`
+#: forwards, each the first after, and names the step that ends there.
 _BACK = (  # from the worker's start of the process, backwards
     ("worker: receive -> starting the process", "worker", "receive>"),
     ("worker: socket read -> receive", "worker", "read"),
