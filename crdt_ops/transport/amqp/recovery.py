@@ -153,6 +153,20 @@ class PastTheEnd(Exception):
     stream's end, or a time after its last message. Its text says where (``_where``)."""
 
 
+#: Seconds a read of the stream waits for its next message while its marker has not come,
+#: before it gives up (:class:`StreamStalled`): the marker was published (and confirmed)
+#: once the read began, so the read stalled (a consumer the broker does not serve, as
+#: rabbitmq/rabbitmq-server#4133 describes for one that subscribed while the stream was
+#: starting). Seen once in this project's CI: a replica's start waited for its marker for
+#: good.
+READ_STALL_S = 30.0
+
+
+class StreamStalled(ConnectionError):
+    """A read of the stream got nothing for :data:`READ_STALL_S` before its marker came.
+    Its caller reads again (a replica's start: from the top, on a new connection)."""
+
+
 async def read_stream(conn: AbstractConnection, settings: Settings, exchange: AbstractExchange,
                       marker: aio_pika.Message, since: int | datetime.datetime | None = None
                       ) -> AsyncIterator[list[Delivered]]:
@@ -162,7 +176,9 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
     ``x-stream-offset`` takes either), in batches of at most ``settings.prefetch``
     messages; the caller acks them.
     Shows progress. Raises :class:`PastTheEnd` if from ``since`` nothing at all comes
-    within :data:`PAST_END_S` (the marker, the stream's last message, went before it).
+    within :data:`PAST_END_S` (the marker, the stream's last message, went before it), and
+    :class:`StreamStalled` if the read gets nothing for :data:`READ_STALL_S` before the
+    marker.
 
     Read through aiormq, each message a :class:`~crdt_ops.transport.amqp.delivery.Delivery`
     (a replay is bounded by the cost of each delivery: BENCHMARKS.md)."""
@@ -191,7 +207,12 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
                     raise PastTheEnd(f"nothing in {name} from {_where(since)} on")
                 batch = first
             else:
-                batch = [await inbox.get()]
+                batch = await arriving(inbox, 1, time.monotonic() + READ_STALL_S)
+                if not batch:
+                    raise StreamStalled(
+                        f"nothing came from {name} for {READ_STALL_S:g}s before the marker "
+                        f"{marker.message_id} published {progress.count} messages in; "
+                        "reading it again")
             # what comes within STREAM_LINGER_S joins the batch: one transaction for it
             deadline, more = time.monotonic() + STREAM_LINGER_S, batch
             while len(batch) < settings.prefetch \
