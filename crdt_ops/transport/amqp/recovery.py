@@ -157,8 +157,8 @@ class PastTheEnd(Exception):
 #: before it gives up (:class:`StreamStalled`): the marker was published (and confirmed)
 #: once the read began, so the read stalled (a consumer the broker does not serve, as
 #: rabbitmq/rabbitmq-server#4133 describes for one that subscribed while the stream was
-#: starting). Seen once in this project's CI: a replica's start waited for its marker for
-#: good.
+#: starting). Once in this project's CI a restarted replica's start hung, silent, with a
+#: consumer of the stream open: as far as the broker's state showed, at such a read.
 READ_STALL_S = 30.0
 
 
