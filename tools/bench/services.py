@@ -477,12 +477,10 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
                 extra += ["--heartbeat-s", f"{beat:g}"]
             prof = ([] if opt.profile_dir is None
                     else ["-m", "cProfile", "-o", str(opt.profile_dir / f"{name}.prof")])
-            if opt.trace_dir is not None:
-                prof += ["-m", "tools.bench.trace", str(opt.trace_dir),
-                         name if name in ("web", "logic") else "worker"]
-            services.start(name, [sys.executable, *prof,
-                                  *(["-m"] if opt.trace_dir is None else []), "services.cli",
-                                  *cmd, "--amqp-url",
+            launch = (["-m", "services.cli"] if opt.trace_dir is None else
+                      ["-m", "tools.bench.trace", str(opt.trace_dir),
+                       name if name in ("web", "logic") else "worker", "services.cli"])
+            services.start(name, [sys.executable, *prof, *launch, *cmd, "--amqp-url",
                                   opt.url, "--group", group, "--replica-id", replica_id(name),
                                   "--store",
                                   str(workdir / f"{name}.sqlite"), *extra], env)
@@ -1276,8 +1274,8 @@ def main(args: argparse.Namespace) -> int:
     if opt.trace_dir is not None and any(r.flow == "crdt-ops" for r in results):
         found, broken = trace.steps(opt.trace_dir)
         print(f"\nA crdt-ops Start step by step (stamps in each service: "
-              f"tools/bench/trace.py; {broken} Starts whose stamps were out of order left "
-              f"out):\n\n{trace.step_table(found)}", flush=True)
+              f"tools/bench/trace.py; {broken} Starts whose chain of stamps was broken "
+              f"left out):\n\n{trace.step_table(found)}", flush=True)
     if args.samples is not None:
         with open(args.samples, "w", encoding="utf-8") as out:
             for r in results:

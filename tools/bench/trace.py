@@ -13,8 +13,8 @@ writes its stamps to ``DIR/<role>.<pid>.trace`` as it exits.
 container process backwards to web's read of the request and forwards to web's
 event-stream write of the report, and :func:`step_table` gives each step's p10, p50 and
 p90 over the Starts (the warm-up Starts included). A step is measured from one stamp to
-the next on the Start's path; a Start whose stamps are not in order (the chain was
-broken: a retry, a reconnection) is left out and counted.
+the next on the Start's path; a Start whose chain is broken (a stamp missing, or a chain
+longer than a second: a retry, a reconnection) is left out and counted.
 
 The wrappers cost about a microsecond a stamp, and a coroutine frame for each async one:
 a traced run is for finding where the time goes, not a measurement of the total.
@@ -155,6 +155,12 @@ _FORWARD = (  # from the worker's start of the process, forwards
 )
 
 
+#: The name of the whole of a Start's path, the first of :func:`steps`.
+WHOLE = "whole: request read -> event-stream write"
+#: A chain of stamps spanning longer than this (ns) is not one Start's: left out.
+MAX_START_NS = 1_000_000_000
+
+
 def load(trace_dir: Path) -> dict[str, list[tuple[int, str]]]:
     """The stamps of ``trace_dir``'s files by role (every worker's together, in time
     order)."""
@@ -172,7 +178,8 @@ def load(trace_dir: Path) -> dict[str, list[tuple[int, str]]]:
 
 def steps(trace_dir: Path) -> tuple[list[Step], int]:
     """Each step of the Starts traced in ``trace_dir`` (in path order, the whole first),
-    and how many Starts were left out (stamps missing or out of order)."""
+    and how many Starts were left out (a stamp missing, or the chain longer than
+    :data:`MAX_START_NS`)."""
     by_role = load(trace_dir)
     times = {role: [t for t, _ in rows] for role, rows in by_role.items()}
 
@@ -188,32 +195,29 @@ def steps(trace_dir: Path) -> tuple[list[Step], int]:
             i += 1
         return rows[i][0] if i < len(rows) else None
 
+    def walk(table: tuple[tuple[str, str, str], ...], anchor: int,
+             direction: int) -> list[int | None]:
+        """The stamps of ``table`` from ``anchor`` on, each found from the one before it
+        (None from the first one missing)."""
+        path: list[int | None] = [anchor]
+        for _, role, want in table:
+            prev = path[-1]
+            path.append(None if prev is None else find(role, want, prev, direction))
+        return path[1:]
+
     names = [n for n, _, _ in reversed(_BACK)] + [n for n, _, _ in _FORWARD]
-    durations: dict[str, list[float]] = {n: [] for n in ["whole: request read -> "
-                                                         "event-stream write", *names]}
+    durations: dict[str, list[float]] = {n: [] for n in [WHOLE, *names]}
     broken = 0
     for t, label in by_role.get("worker", []):
         if label != "start>":
             continue
-        path: list[int | None] = [t]
-        for _, role, want in _BACK:
-            prev = path[-1]
-            path.append(None if prev is None else find(role, want, prev, -1))
-        back = list(reversed(path[1:]))
-        path = [t]
-        for _, role, want in _FORWARD:
-            prev = path[-1]
-            path.append(None if prev is None else find(role, want, prev, +1))
-        chain = [*back, t, *path[1:]]
-        if any(c is None for c in chain):
-            broken += 1
-            continue
+        chain = [*reversed(walk(_BACK, t, -1)), t, *walk(_FORWARD, t, +1)]
         stamps = [c for c in chain if c is not None]
-        if any(b < a for a, b in itertools.pairwise(stamps)) \
-                or stamps[-1] - stamps[0] > 1_000_000_000:
+        # (each found strictly before or after the one before it: in order by construction)
+        if len(stamps) < len(chain) or stamps[-1] - stamps[0] > MAX_START_NS:
             broken += 1
             continue
-        durations[next(iter(durations))].append((stamps[-1] - stamps[0]) / 1e6)
+        durations[WHOLE].append((stamps[-1] - stamps[0]) / 1e6)
         for name, (a, b) in zip(names, itertools.pairwise(stamps), strict=True):
             durations[name].append((b - a) / 1e6)
     return [Step(n, v) for n, v in durations.items()], broken
