@@ -3,6 +3,14 @@
 A runtime runs at most one instance per container id and remembers what it runs
 in ``state_dir`` (one pid file per container), so that a restarted worker finds
 and reconciles the processes that really run.
+
+A pid file holds ``<pid> <start time> <boot id>``: the process's start time in clock ticks
+since boot (proc(5)'s ``starttime``) and the machine's boot (``/proc/sys/kernel/random/
+boot_id``). Pids are reused, by a later boot above all: a file whose boot is not this one
+names nothing that runs (no process outlives its machine's boot), and a process with the
+file's pid but another start time is another program's. Neither is taken for the container,
+nor signalled when it is stopped. A file of an older version, a pid alone, is read as
+before: any live process with that pid.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Protocol
+
+from services.lease import boot_id
 
 #: The environment variables a container process starts with: its container's id, and
 #: the state directory of the runtime that started it (absolute), so that a process whose
@@ -66,6 +76,9 @@ class ProcessRuntime:
         self.command = shlex.split(command)
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pids: dict[str, int] = {}  # pid files read (or written) here, by container
+        #: the start time (clock ticks since boot) a pid file gave each pid read from one
+        self._since: dict[int, int] = {}
+        self._boot = boot_id() or "-"  # "-": unknown (then not checked)
 
     def _pidfile(self, cid: str) -> Path:
         return self.state_dir / f"{cid}.pid"
@@ -82,9 +95,16 @@ class ProcessRuntime:
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         self._children[proc.pid] = proc
-        self._pidfile(cid).write_text(str(proc.pid))
+        stat = _stat(proc.pid)
+        self._record(cid, proc.pid, None if stat is None else int(stat[19]))
         self._pids[cid] = proc.pid
         return proc.pid
+
+    def _record(self, cid: str, pid: int, since: int | None) -> None:
+        """Write ``cid``'s pid file: ``pid``, its start time ``since`` (None: unknown, it
+        exited already) and this boot (see the module docstring)."""
+        self._pidfile(cid).write_text(f"{pid} {since} {self._boot}" if since is not None
+                                      else str(pid))
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Stop ``cid``'s instance: SIGTERM to its process group, SIGKILL after
@@ -128,10 +148,11 @@ class ProcessRuntime:
             if cid and (cid not in found or int(stat[19]) < found[cid][0]):
                 found[cid] = (int(stat[19]), pid)
         adopted = {}
-        for cid, (_, pid) in sorted(found.items()):
+        for cid, (since, pid) in sorted(found.items()):
             if self._alive_pid(cid) is None:
-                self._pidfile(cid).write_text(str(pid))
+                self._record(cid, pid, since)
                 self._pids[cid] = adopted[cid] = pid
+                self._since[pid] = since
         return adopted
 
     def running(self) -> dict[str, int]:
@@ -158,14 +179,20 @@ class ProcessRuntime:
         pid = self._pids.get(cid)
         if pid is None:
             try:
-                pid = int(self._pidfile(cid).read_text())
+                pid, since, boot = _parse_pidfile(self._pidfile(cid).read_text())
             except (OSError, ValueError):
                 return None
+            if boot not in (None, self._boot) and self._boot != "-":  # an earlier boot: gone
+                self._pidfile(cid).unlink(missing_ok=True)
+                return None
             self._pids[cid] = pid
-        if alive(pid, self._children.get(pid)):
+            if since is not None:
+                self._since[pid] = since
+        if alive(pid, self._children.get(pid), self._since.get(pid)):
             return pid
         self._pidfile(cid).unlink(missing_ok=True)
         self._pids.pop(cid, None)
+        self._since.pop(pid, None)
         return None
 
 
@@ -187,20 +214,34 @@ def terminate(pid: int, grace_s: float, *, group: bool = False,
             return
 
 
-def alive(pid: int, child: subprocess.Popen[bytes] | None = None) -> bool:
+def alive(pid: int, child: subprocess.Popen[bytes] | None = None,
+          since: int | None = None) -> bool:
     """Whether process ``pid`` runs: it exists and is not a zombie (one whose parent has not
     reaped it is dead all the same). ``child``: its ``Popen`` if this process started it
-    (polled, which reaps it)."""
+    (polled, which reaps it). ``since``: the start time it had (clock ticks since boot,
+    proc(5)'s ``starttime``): a process with another is a later one given the same pid."""
     if child is not None:
         return child.poll() is None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's: its start time can be read all the same
+        if since is None:
+            return True
     stat = _stat(pid)  # a zombie is not running
-    return stat is not None and stat[0] != "Z"
+    return stat is not None and stat[0] != "Z" and (since is None or int(stat[19]) == since)
+
+
+def _parse_pidfile(text: str) -> tuple[int, int | None, str | None]:
+    """``(pid, start time, boot id)`` of a pid file's text (see the module docstring);
+    ``(pid, None, None)`` for a pid alone. Raises ValueError for anything else."""
+    parts = text.split()
+    if len(parts) == 1:
+        return int(parts[0]), None, None
+    if len(parts) == 3:
+        return int(parts[0]), int(parts[1]), None if parts[2] == "-" else parts[2]
+    raise ValueError(f"not a pid file: {text[:80]!r}")
 
 
 def _stat(pid: int) -> list[str] | None:

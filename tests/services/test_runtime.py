@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.lease import boot_id
 from services.runtime import DockerRuntime, ProcessRuntime, RuntimeError_, alive
 
 
@@ -21,6 +22,52 @@ def test_process_runtime_starts_stops_and_is_found_again(tmp_path: Path) -> None
     ProcessRuntime(tmp_path).stop("c1")  # stopped by a worker that did not start it
     assert rt.running() == {}
     assert not alive(again)  # gone, or a zombie its parent (this test) has not reaped
+
+
+def _stranger() -> subprocess.Popen[bytes]:
+    """A live process that is no container's, leading a session of its own (a stop
+    would signal its process group)."""
+    return subprocess.Popen(["sleep", "60"], start_new_session=True)
+
+
+def test_a_pid_file_names_its_process_by_pid_start_time_and_boot(tmp_path: Path) -> None:
+    rt = ProcessRuntime(tmp_path)
+    pid = rt.start("c1")
+    pid_, since, boot = (tmp_path / "c1.pid").read_text().split()
+    assert int(pid_) == pid and boot == boot_id()
+    assert int(since) == int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    assert ProcessRuntime(tmp_path).running() == {"c1": pid}  # a new worker finds it
+    (tmp_path / "c1.pid").write_text(str(pid))  # as an older version wrote it: a pid alone
+    assert ProcessRuntime(tmp_path).running() == {"c1": pid}
+    rt.stop("c1")
+
+
+@pytest.mark.parametrize("stale", ["an earlier boot", "another start time"])
+def test_a_pid_file_whose_pid_was_given_to_another_process_names_nothing(
+        tmp_path: Path, stale: str) -> None:
+    """After a reboot, or once the container's process is gone, its pid may be another
+    program's: that one is not taken for the container, and a stop does not signal it."""
+    other = _stranger()
+    try:
+        since = int(Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        if stale == "an earlier boot":
+            record = f"{other.pid} {since} 00000000-0000-4000-8000-000000000000"
+        else:
+            record = f"{other.pid} {since + 1} {boot_id()}"
+        (tmp_path / "c1.pid").write_text(record)
+        rt = ProcessRuntime(tmp_path)
+        assert rt.running() == {}
+        assert rt.pid("c1") is None
+        rt.stop("c1", grace_s=0.5)
+        assert other.poll() is None  # not signalled
+        if stale == "an earlier boot":
+            assert not (tmp_path / "c1.pid").exists()
+        rt.start("c1")  # the container is started: nothing ran it
+        assert set(rt.running()) == {"c1"} and rt.running()["c1"] != other.pid
+        rt.stop("c1")
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_command_that_cannot_run_is_a_clear_error(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from services import model
+from services.runtime import ProcessRuntime
 from tests.broker import delete_group, new_group, wait_until
 from tools.harness import free_port
 
@@ -120,9 +121,9 @@ def running_system(amqp_url: str, workdir: Path, lease_s: float = 10,
         for group in model.groups(s.group, CELLS):
             delete_group(amqp_url, group, sorted(s.replica_ids))
         for rt in s.workdir.glob("run-*"):
-            for pidfile in rt.glob("*.pid"):
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            for pid in ProcessRuntime(rt).running().values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
 
 def create(system: System, name: str, owner: str = "alice") -> str:
