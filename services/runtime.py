@@ -5,12 +5,16 @@ in ``state_dir`` (one pid file per container), so that a restarted worker finds
 and reconciles the processes that really run.
 
 A pid file holds ``<pid> <start time> <boot id>``: the process's start time in clock ticks
-since boot (proc(5)'s ``starttime``) and the machine's boot (``/proc/sys/kernel/random/
-boot_id``). Pids are reused, by a later boot above all: a file whose boot is not this one
-names nothing that runs (no process outlives its machine's boot), and a process with the
-file's pid but another start time is another program's. Neither is taken for the container,
-nor signalled when it is stopped. A file of an older version, a pid alone, is read as
-before: any live process with that pid.
+since boot (proc(5)'s ``starttime``; ``-`` when not known) and the machine's boot
+(``/proc/sys/kernel/random/boot_id``). Pids are reused, by a later boot above all: a file
+whose boot is not this one names nothing that runs (no process outlives its machine's
+boot), and a process with the file's pid but another start time is another program's.
+Neither is taken for the container, nor signalled when it is stopped. A container started
+here is recorded without its start time: reading it right after the start waits for the
+new process's ``exec`` (0.2 ms on a quiet VM, 0.4 ms under load: BENCHMARKS.md, "The
+publishing path"), and this runtime polls its own children, which cannot be mistaken. One
+found by :meth:`ProcessRuntime.adopt_strays` is recorded with it. A file of an older
+version, a pid alone, is read as before: any live process with that pid.
 """
 
 from __future__ import annotations
@@ -95,16 +99,14 @@ class ProcessRuntime:
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         self._children[proc.pid] = proc
-        stat = _stat(proc.pid)
-        self._record(cid, proc.pid, None if stat is None else int(stat[19]))
+        self._record(cid, proc.pid, None)
         self._pids[cid] = proc.pid
         return proc.pid
 
     def _record(self, cid: str, pid: int, since: int | None) -> None:
-        """Write ``cid``'s pid file: ``pid``, its start time ``since`` (None: unknown, it
-        exited already) and this boot (see the module docstring)."""
-        self._pidfile(cid).write_text(f"{pid} {since} {self._boot}" if since is not None
-                                      else str(pid))
+        """Write ``cid``'s pid file: ``pid``, its start time ``since`` (None: not known)
+        and this boot (see the module docstring)."""
+        self._pidfile(cid).write_text(f"{pid} {'-' if since is None else since} {self._boot}")
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Stop ``cid``'s instance: SIGTERM to its process group, SIGKILL after
@@ -240,7 +242,8 @@ def _parse_pidfile(text: str) -> tuple[int, int | None, str | None]:
     if len(parts) == 1:
         return int(parts[0]), None, None
     if len(parts) == 3:
-        return int(parts[0]), int(parts[1]), None if parts[2] == "-" else parts[2]
+        return (int(parts[0]), None if parts[1] == "-" else int(parts[1]),
+                None if parts[2] == "-" else parts[2])
     raise ValueError(f"not a pid file: {text[:80]!r}")
 
 
