@@ -1,8 +1,9 @@
 """Replicas that read the group's stream instead of a queue of their own
 (``consume="stream"``, crdt_ops/transport/amqp/stream_consumer.py): they converge with
 replicas that have queues, have no queue on the broker, read on from the offset they
-logged after a restart and after the broker restarts, and a bad message is dead-lettered
-without stopping them. Over the real broker, and a throwaway node (tools.rabbitnode)."""
+logged after a restart and after the broker restarts (a queue's consumer is made again
+too: crdt_ops/transport/amqp/consumer.py), and a bad message is dead-lettered without
+stopping them. Over the real broker, and a throwaway node (tools.rabbitnode)."""
 
 from __future__ import annotations
 
@@ -169,6 +170,8 @@ async def test_readers_lose_nothing_and_read_on_across_broker_restarts(
         # then the SIGKILL 0.5 s later) gets none, the next one does
         assert b._stream_in is not None and b._stream_in.consumes >= 2
         assert b.replica.stats["duplicates"] < want / 4, b.replica.stats
+        # q's consumer of its queue, made through aiormq, was made again too
+        assert q._consumer is not None and q._consumer.consumes >= 2
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)

@@ -4,12 +4,13 @@ transport uses, and its acknowledgement.
 aio-pika wraps each delivery in an :class:`aio_pika.IncomingMessage`, which copies its
 properties one locked attribute at a time: 30 µs a message on a 2-vCPU VM, where
 reading the same fields from aiormq's :class:`~aiormq.abc.DeliveredMessage` takes 0.3 µs
-(BENCHMARKS.md, "Where a Start's time goes when the broker is taken off its path"). The
-readers of a group's stream, live (:mod:`~crdt_ops.transport.amqp.stream_consumer`) and
-replaying (:func:`~crdt_ops.transport.amqp.recovery.read_stream`), consume through aiormq
-and hand on a :class:`Delivery`; a replica's own queue is consumed through aio-pika,
-whose messages serve as they are. Both are :class:`Delivered`, what
-:class:`~crdt_ops.transport.amqp.inbound.Inbound` takes.
+(BENCHMARKS.md, "Where a Start's time goes when the broker is taken off its path"). A
+replica's consumer of its queue or of the group's stream
+(:mod:`~crdt_ops.transport.amqp.consumer`) and its replays of the stream
+(:func:`~crdt_ops.transport.amqp.recovery.read_stream`) consume through aiormq and hand
+on a :class:`Delivery`; what aio-pika delivers (the founding and deletion readers) is
+:class:`Delivered` as it is. Both are what :class:`~crdt_ops.transport.amqp.inbound.Inbound`
+takes.
 """
 
 from __future__ import annotations

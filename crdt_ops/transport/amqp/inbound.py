@@ -58,8 +58,9 @@ NACK_TIMEOUT_S = 5.0
 
 
 class Inbound:
-    """Applies deliveries to ``durable``: those our queue hands to :attr:`inbox` (the
-    consumer's callback is ``inbox.put``) and stream reads handed to :meth:`apply`.
+    """Applies deliveries to ``durable``: those our consumer (of our queue, or of the
+    group's stream) hands to :attr:`inbox` (``inbox.put_nowait``) and stream reads handed
+    to :meth:`apply`.
     ``auth`` finds who sent a message; ``echo`` hears our own messages come back;
     ``observed`` is called after each batch, ``arrived`` as each one arrives (the node's
     :meth:`LoopLag.busy <crdt_ops.transport.loop_lag.LoopLag.busy>`).

@@ -52,6 +52,7 @@ from crdt_ops.replica import Replica
 from crdt_ops.subgroups import NONE, SubGroups
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
+from crdt_ops.transport.amqp.consumer import Consumer
 from crdt_ops.transport.amqp.founding import claim_founding
 from crdt_ops.transport.amqp.holder import Holder
 from crdt_ops.transport.amqp.inbound import Inbound, stored_offset
@@ -162,9 +163,11 @@ class AmqpNode:
         #: the event loop's stalls since start() (crdt_ops.transport.loop_lag; the nodes of
         #: one process may share one: ``loop_lag``)
         self.loop_lag = loop_lag or LoopLag(self.replica_id)
-        #: ``consume="stream"``: the group's stream, read on from the offset logged last,
-        #: instead of a queue of this replica's own (stream_consumer.py); made again on
-        #: :attr:`_consume_due` (a reconnection, a store failure, a cancel by the broker)
+        #: the consumer of this replica's queue, or (``consume="stream"``) of the group's
+        #: stream, read on from the offset logged last (stream_consumer.py: then also
+        #: :attr:`_stream_in`); made again on :attr:`_consume_due` (a reconnection, a
+        #: store failure, a cancel by the broker)
+        self._consumer: Consumer | None = None
         self._stream_in: StreamConsumer | None = None
         self._consume_channel: AbstractChannel | None = None
         self._consume_due = asyncio.Event()
@@ -307,7 +310,7 @@ class AmqpNode:
         loop = asyncio.get_running_loop()
         steps = [self.durable.flusher, self._out.run, self._in.run, self._heartbeat,
                  self._gap_watch, self._echo_watch, self._settle]
-        if self._stream_in is not None:
+        if self._consumer is not None:
             steps.append(self._follow)
         for step in steps:
             self._tasks.append(loop.create_task(self._forever(step)))
@@ -506,14 +509,14 @@ class AmqpNode:
             await self._read_own_past()
         self.store.put("consume", s.consume.encode())
         if s.consume == "stream":
-            self._stream_in = StreamConsumer(names.stream, self._in.inbox.put_nowait,
-                                             lambda: stored_offset(self.durable),
-                                             self.replica_id, self._stream_lost)
-            await self._stream_in.consume(consume)
-            return
-        assert self._queue is not None
-        await self._queue.consume(self._in.inbox.put, no_ack=False)
-        log.info("replica %s consuming %s", self.replica_id, self._queue.name)
+            self._consumer = self._stream_in = StreamConsumer(
+                names.stream, self._in.inbox.put_nowait, lambda: stored_offset(self.durable),
+                self.replica_id, self._stream_lost)
+        else:
+            assert self._queue is not None
+            self._consumer = Consumer(self._queue.name, self._in.inbox.put_nowait,
+                                      self.replica_id, self._queue_lost)
+        await self._consumer.consume(consume)
 
     async def _read_own_past(self) -> None:
         """A replica that starts again with a used store reads back what it sent that its
@@ -547,13 +550,13 @@ class AmqpNode:
                       self.replica_id, few(still))
 
     async def _follow(self) -> None:
-        """``consume="stream"``: when due (:attr:`_consume_due`), consume the stream again
-        from the offset logged last."""
+        """When due (:attr:`_consume_due`), consume our queue again, or the stream from the
+        offset logged last."""
         await self._consume_due.wait()
         self._consume_due.clear()
-        assert self._stream_in is not None and self._consume_channel is not None
+        assert self._consumer is not None and self._consume_channel is not None
         try:
-            await self._stream_in.consume(self._consume_channel)
+            await self._consumer.consume(self._consume_channel)
             self._consume_failed = 0
         except Exception as e:
             # a channel aio-pika has not reopened yet, one closed under the call (aiormq
@@ -563,7 +566,7 @@ class AmqpNode:
             self._consume_failed += 1
             log.log(logging.INFO if self._consume_failed == 1 else logging.DEBUG,
                     "replica %s: consuming %s failed (%s: %s); %s", self.replica_id,
-                    self.topology.stream, type(e).__name__, e,
+                    self._consumer.source, type(e).__name__, e,
                     "trying again" if self._lost_at is None else "once reconnected")
             await asyncio.sleep(CONSUME_RETRY_S)
             if self._lost_at is None:
@@ -571,6 +574,15 @@ class AmqpNode:
         except BaseException:
             self._consume_due.set()  # (the step is run again after a pause)
             raise
+
+    def _queue_lost(self, deleted: bool) -> None:
+        """Our queue's consumer is gone (its channel closed, or the broker cancelled it:
+        ``deleted``, the queue was): consume again, and declare the topology again at the
+        next echo tick; a queue deleted lost what it held, read from the stream then."""
+        self._redeclare_due = True
+        if deleted:
+            self._reread_due = True
+        self._consume_due.set()
 
     def _stream_lost(self, deleted: bool) -> None:
         """Our consumer of the stream is gone (its channel closed, or the broker cancelled
@@ -691,14 +703,15 @@ class AmqpNode:
             if not await self._stream_in.current(self._consume_channel):
                 self._consume_due.set()
             return
-        assert self._queue is not None
-        declared = await self._queue.declare()
+        assert self._queue is not None and self._consumer is not None
+        assert self._consume_channel is not None
+        await self._queue.declare()
         await bind_member(self._queue,
                           self.topology.member(self.replica_id, self.replica.held_subgroup))
-        if not declared.consumer_count:
-            await self._queue.consume(self._in.inbox.put, no_ack=False)
+        if not await self._consumer.current(self._consume_channel):
             log.warning("replica %s: its queue %s had lost its consumer; consuming again",
                         self.replica_id, self._queue.name)
+            self._consume_due.set()
 
     async def _echo_watch(self) -> None:
         """Every heartbeat: when our queue stayed silent for longer than the patience
