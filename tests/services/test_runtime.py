@@ -33,12 +33,14 @@ def _stranger() -> subprocess.Popen[bytes]:
 def test_a_pid_file_names_its_process_by_pid_start_time_and_boot(tmp_path: Path) -> None:
     rt = ProcessRuntime(tmp_path)
     pid = rt.start("c1")
-    # its start time is not read as it starts (that waits for the exec): its runtime polls it
-    assert (tmp_path / "c1.pid").read_text().split() == [str(pid), "-", boot_id()]
-    assert ProcessRuntime(tmp_path).running() == {"c1": pid}  # a new worker finds it
-    (tmp_path / "c1.pid").write_text(str(pid))  # as an older version wrote it: a pid alone
-    assert ProcessRuntime(tmp_path).running() == {"c1": pid}
-    rt.stop("c1")
+    try:
+        # its start time is not read as it starts (that waits for the exec): it is polled
+        assert (tmp_path / "c1.pid").read_text().split() == [str(pid), "-", boot_id()]
+        assert ProcessRuntime(tmp_path).running() == {"c1": pid}  # a new worker finds it
+        (tmp_path / "c1.pid").write_text(str(pid))  # as an older version wrote it
+        assert ProcessRuntime(tmp_path).running() == {"c1": pid}
+    finally:
+        rt.stop("c1")
 
 
 @pytest.mark.parametrize("stale", ["an earlier boot", "another start time"])
@@ -46,7 +48,7 @@ def test_a_pid_file_whose_pid_was_given_to_another_process_names_nothing(
         tmp_path: Path, stale: str) -> None:
     """After a reboot, or once the container's process is gone, its pid may be another
     program's: that one is not taken for the container, and a stop does not signal it."""
-    other = _stranger()
+    other, rt = _stranger(), ProcessRuntime(tmp_path)
     try:
         since = int(Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
         if stale == "an earlier boot":
@@ -54,17 +56,16 @@ def test_a_pid_file_whose_pid_was_given_to_another_process_names_nothing(
         else:
             record = f"{other.pid} {since + 1} {boot_id()}"
         (tmp_path / "c1.pid").write_text(record)
-        rt = ProcessRuntime(tmp_path)
         assert rt.running() == {}
         assert rt.pid("c1") is None
         rt.stop("c1", grace_s=0.5)
         assert other.poll() is None  # not signalled
         if stale == "an earlier boot":
             assert not (tmp_path / "c1.pid").exists()
-        rt.start("c1")  # the container is started: nothing ran it
-        assert set(rt.running()) == {"c1"} and rt.running()["c1"] != other.pid
-        rt.stop("c1")
+        started = rt.start("c1")  # the container is started: nothing ran it
+        assert rt.running() == {"c1": started} and started != other.pid
     finally:
+        rt.stop("c1")
         other.kill()
         other.wait()
 
