@@ -75,7 +75,7 @@ class StreamConsumer(Consumer):
                  stored: Callable[[], int | None], replica_id: str,
                  lost: Callable[[bool], None] = lambda deleted: None) -> None:
         super().__init__(stream, deliver, replica_id, lost)
-        self.stream, self.stored = stream, stored
+        self.stored = stored
         #: the offset the current consumer started from (None: not consuming)
         self.started_at: int | None = None
         self._first_seen = False
@@ -107,7 +107,7 @@ class StreamConsumer(Consumer):
                       "read on from: its retention dropped %d messages this replica never "
                       "read; if operations are missing, replace it with a new replica started "
                       "from a peer's snapshot (--bootstrap) and retire it", self.replica_id,
-                      self.stream, first, self.started_at, first - self.started_at)
+                      self.source, first, self.started_at, first - self.started_at)
 
 
 __all__ = ["STREAM_OFFSET", "StreamConsumer", "offset_mark", "offset_of"]
