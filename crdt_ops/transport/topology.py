@@ -174,6 +174,15 @@ class Topology:
         return Queue(self.queue(replica_id), args, self.routed_exchange,
                      (self.routing_key(""), self.routing_key(subgroup)))
 
+    def reaches_member(self, key: str, subgroup: str | None = None) -> bool:
+        """Whether a message published to :attr:`publish_to` with routing key ``key``
+        reaches the queue of a member holding ``subgroup`` (None: every sub-group), by
+        the bindings :meth:`member` gives that queue: one bound to :attr:`exchange` gets
+        everything (the routed exchange is bound to it with ``#``); one bound to
+        :attr:`routed_exchange` gets only its keys."""
+        q = self.member("", subgroup)
+        return q.bound_to == self.exchange or key in q.keys
+
 
 async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, AbstractExchange]:
     """Declare the group's exchanges and shared queues with their bindings (idempotent);

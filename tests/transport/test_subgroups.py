@@ -151,3 +151,17 @@ async def test_a_replica_holding_one_sub_group_is_routed_its_messages_only(
     await until(lambda: logic.replica.stable_clock().get("logic#n1", 0)
                 == logic.replica.clock["logic#n1"], 20,
                 "logic's n1 operations stable without worker n2")
+
+
+def test_what_reaches_a_members_queue_follows_its_bindings() -> None:
+    """The publisher expects its message back through its own queue exactly when the
+    routing key it used is one the queue is bound to (Topology.member)."""
+    from crdt_ops.transport.topology import Topology
+
+    routed, plain = Topology("g", routed=True), Topology("g")
+    for key in ("", "common", "sub.n1", "sub.n2", Topology.WHOLE):
+        assert plain.reaches_member(key) and plain.reaches_member(key, "n1")
+        assert routed.reaches_member(key)  # a whole holder gets everything
+    assert routed.reaches_member("common", "n1") and routed.reaches_member("sub.n1", "n1")
+    assert not routed.reaches_member("sub.n2", "n1")
+    assert not routed.reaches_member(Topology.WHOLE, "n1")

@@ -282,7 +282,7 @@ class Publisher:
         assert self.exchange is not None
         key = self._routing_key(body)
         await self._send(body, self.exchange.name, key)
-        if key != self.topology.WHOLE or self.durable.replica.held_subgroup is None:
+        if self.topology.reaches_member(key, self.durable.replica.held_subgroup):
             self.echo.confirmed(time.monotonic())  # it comes back through our queue
 
     def _routing_key(self, body: bytes) -> str:
