@@ -130,6 +130,9 @@ class DurableReplica:
         # the marks logged last, as read from the store or written since (mark())
         self._logged_marks: dict[str, int | None] = {}
         self._last_commit = 0.0
+        # this replica's series of log transactions, looked up once
+        self._synced_commits = metrics.LOG_COMMITS.labels(self.replica_id, "true")
+        self._plain_commits = metrics.LOG_COMMITS.labels(self.replica_id, "false")
         self._waiting = 0  # flush() calls waiting for the next commit
         self._turn_committed = False  # a flush() committed at once in this turn of the loop
         self._last_waiting = 0  # how many flush() calls the last commit of writes answered
@@ -389,6 +392,7 @@ class DurableReplica:
                 self.store.append(received, msgs, meta=meta,
                                   sync=bool(msgs or flags) and not later)
             self._logged_marks.update(marks)
+            (self._synced_commits if msgs or flags else self._plain_commits).inc()
         if msgs:
             self.outbox_ready.set()
         waiting, self._committed = self._committed, None

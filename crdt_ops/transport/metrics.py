@@ -40,6 +40,11 @@ STORE_UP = Gauge("crdt_ops_store_up",
 STORE_FAILURES = Counter("crdt_ops_store_failures_total",
                          "Store reads or writes that failed (locked, disk full, I/O error)",
                          ["replica"])
+LOG_COMMITS = Counter("crdt_ops_log_commits_total",
+                      "Transactions that logged deliveries or the replica's own messages in "
+                      "its store; synced: made durable by a disk sync (own messages; in place "
+                      "or on the sync thread), else deliveries alone, without one",
+                      ["replica", "synced"])
 ECHO_SILENT = Gauge("crdt_ops_echo_silent_seconds",
                     "How long the replica's queue has been silent while its own confirmed "
                     "messages await their echo, once past the patience (else 0)", ["replica"])

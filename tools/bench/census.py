@@ -1,5 +1,6 @@
 """Messages per Start: what each crdt-ops service received, dropped as duplicates, and
-published over a benchmark's timed phase, read from its Prometheus endpoint (the counters
+published over a benchmark's timed phase, and the transactions its stores committed (of
+them, those made durable by a disk sync), read from its Prometheus endpoint (the counters
 of :mod:`crdt_ops.transport.metrics`, summed over the service's groups).
 
 A message a replica publishes reaches every member queue of its group, its own included,
@@ -13,17 +14,22 @@ from collections.abc import Mapping, Sequence
 
 from tools.bench.report import first_left, markdown_table
 
-#: What the census counts -> the Prometheus series it sums (over every label).
+#: What the census counts -> the Prometheus series it sums (over every label; a series
+#: named with one label, ``name{label="value"}``, over the samples with that label's value).
 SERIES = {
     "received": "crdt_ops_batch_messages_sum",  # messages its consumers handled
     "duplicates": "crdt_ops_duplicates_dropped_total",  # of those, dropped as already had
     "published": "crdt_ops_messages_published_total",  # its own, confirmed by the broker
+    "commits": "crdt_ops_log_commits_total",  # transactions of its log
+    "synced": 'crdt_ops_log_commits_total{synced="true"}',  # of those, with a disk sync
 }
 
 
 def metric_sums(port: int) -> dict[str, float]:
     """Every series the Prometheus endpoint on ``127.0.0.1:port`` shows, summed over its
-    labels: series name -> value. Raises OSError if the endpoint does not answer in 5 s."""
+    labels (series name -> value), and for each of its labels, summed over the samples
+    with each value of that label (``name{label="value"}`` -> value). Raises OSError if
+    the endpoint does not answer in 5 s."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     sums: dict[str, float] = {}
@@ -31,8 +37,10 @@ def metric_sums(port: int) -> dict[str, float]:
         if not line or line.startswith("#"):
             continue
         name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        sums[name] = sums.get(name, 0.0) + float(value)
+        name, _, labels = name_labels.partition("{")
+        for key in (name, *(f"{name}{{{pair}}}" for pair in labels.rstrip("}").split(",")
+                            if pair)):
+            sums[key] = sums.get(key, 0.0) + float(value)
     return sums
 
 
@@ -59,5 +67,6 @@ def census_table(grown: Mapping[str, float], services: Sequence[str], starts: in
             totals[w] += v
         rows.append((s, *(f"{v / starts:.2f}" for v in values)))
     rows.append(("all", *(f"{totals[w] / starts:.2f}" for w in whats)))
-    head = ("service", "received / Start", "of which duplicates", "published / Start")
+    head = ("service", "received / Start", "of which duplicates", "published / Start",
+            "log commits / Start", "of which synced")
     return markdown_table(head, rows, first_left(len(head)))

@@ -1167,14 +1167,17 @@ def report(results: Sequence[FlowResult], info: dict[str, str], opt: Options) ->
             cpu_table(results)]
     for r in results:
         if r.counts:
-            out += ["", f"Messages per timed Start at each {r.flow} service (its Prometheus "
-                    "counters over the timed phase; duplicates: messages it had already, "
-                    "mostly its own coming back through its queue):", "",
+            out += ["", f"Messages and log commits per timed Start at each {r.flow} service "
+                    "(its Prometheus counters over the timed phase; duplicates: messages it "
+                    "had already, mostly its own coming back through its queue; synced: "
+                    "commits that waited for a disk sync):", "",
                     census_table(r.counts, ("web", "logic", *opt.workers), len(r.samples))]
         if r.stalls:
             out += ["", f"Worst event-loop stall of each {r.flow} service over its whole run "
-                    "(creates, warm-up and timed Starts; as each said when it stopped), ms: "
-                    + ", ".join(f"{k} {'?' if v is None else f'{1000 * v.s:.1f}'}"
+                    "(creates, warm-up and timed Starts; as each said when it stopped), ms "
+                    "(seconds after the service started): "
+                    + ", ".join(f"{k} " + ("?" if v is None else
+                                           f"{1000 * v.s:.1f} ({v.at_s:.0f} s)")
                                 for k, v in r.stalls.items())]
     return "\n".join(out)
 
