@@ -359,9 +359,10 @@ class DurableReplica:
                defer: bool = True) -> asyncio.Future[None] | None:
         """The one way to the store for deliveries and local operations: the deliveries held
         since the last write with their marks (:meth:`hold`: where they were read up to,
-        no disk sync of their own, so undone only with them), then this replica's outgoing
-        messages (its operations, and its heartbeats, which report its clock: never ahead of
-        its log), and the store keys ``flags`` (synced to the disk), in one transaction.
+        no disk sync of their own, so undone only with them; a mark alone waits), then this
+        replica's outgoing messages (its operations, and its heartbeats, which report its
+        clock: never ahead of its log), and the store keys ``flags`` (synced to the disk), in
+        one transaction.
         Answers every :meth:`flush` waiting, once what it committed is on the disk.
 
         With its own messages, pumped, without ``flags``, ``defer``, and the setting
@@ -377,10 +378,15 @@ class DurableReplica:
             self._last_waiting = self._waiting
         self._waiting = 0
         received, self._unlogged = self._unlogged, []
-        marks, self._marks = self._marks, {}
+        marks: dict[str, int] = {}
+        if msgs or received or flags:
+            marks, self._marks = self._marks, {}
+        # else a mark alone (what a stream reader read brought nothing: duplicates, its own
+        # messages back, heartbeats) stays held for the next write: a transaction for it
+        # would cost more than reading those again after a restart, dropped again
         later = (bool(msgs) and defer and self.pumping and not flags
                  and self.settings.disk_sync == "alongside")
-        if msgs or received or flags or marks:
+        if msgs or received or flags:
             meta = {k: str(v).encode() for k, v in marks.items()}
             if msgs:
                 meta[COMMITTED_AT] = str(time.time_ns() // 1_000_000).encode()
@@ -501,8 +507,12 @@ class DurableReplica:
         reaction. ``marks``: where the transport read up to with them (a store key and a
         position, such as the stream offset of the last one), stored as decimal ASCII in
         that same transaction, whichever write it is, so a mark is never logged without the
-        deliveries it covers; of several held for one key, the highest. Returns the token
-        for :meth:`log_delivered`."""
+        deliveries it covers; of several held for one key, the highest. A mark held with
+        nothing to log (every delivery it covers brought nothing new: duplicates, this
+        replica's own messages back, heartbeats) waits for the next write that logs
+        something (a heartbeat of this replica's at the latest); until then a restart reads
+        those deliveries again, and drops them again. Returns the token for
+        :meth:`log_delivered`."""
         self._unlogged.extend(valid)
         for key, at in (marks or {}).items():
             self._marks[key] = max(at, self._marks.get(key, at))

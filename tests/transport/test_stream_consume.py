@@ -232,6 +232,47 @@ def test_an_offset_is_logged_by_whichever_write_logs_its_deliveries(
     asyncio.run(run())
 
 
+def test_a_mark_alone_waits_for_a_write_that_logs_something(
+        offline_durable: DurableReplica) -> None:
+    """Deliveries that brought nothing new (duplicates, the reader's own messages back,
+    heartbeats) cost no transaction: their offset is logged by the next write that logs
+    something, a delivery's or the replica's own."""
+    durable = offline_durable
+    writer = Replica("w")
+    writer.found()
+    writer.admit("r")
+    founding = writer.outgoing()
+    writer.counter("n").increment()
+    new = writer.outgoing()
+
+    async def run() -> None:
+        for m in founding:
+            durable.replica.receive(m)
+        assert durable.log_delivered(durable.hold(founding, {STREAM_OFFSET: 2}))
+        durable.replica.counter("mine").increment()
+        durable.commit()  # a write of its own
+        log_size = durable.store.log_size()
+        assert durable.store.get(STREAM_OFFSET) == b"2"
+        held = durable.hold([], {STREAM_OFFSET: 3})  # its own message read back
+        assert durable.log_delivered(held)
+        held = durable.hold([], {STREAM_OFFSET: 4})  # a heartbeat
+        assert durable.log_delivered(held)
+        assert durable.store.get(STREAM_OFFSET) == b"2" and durable.mark(STREAM_OFFSET) == 2
+        assert durable.store.log_size() == log_size
+        for m in new:
+            assert durable.replica.receive(m)
+        held = durable.hold(new, {STREAM_OFFSET: 5})  # something new: logged, with its mark
+        assert durable.log_delivered(held)
+        assert durable.store.get(STREAM_OFFSET) == b"5" and durable.mark(STREAM_OFFSET) == 5
+        durable.hold([], {STREAM_OFFSET: 6})
+        durable.replica.counter("mine").increment()  # the replica's own write logs it
+        durable.commit()
+        assert durable.store.get(STREAM_OFFSET) == b"6" and durable.mark(STREAM_OFFSET) == 6
+        await durable.close()
+
+    asyncio.run(run())
+
+
 def test_the_offset_to_store_only_moves_forward() -> None:
     def delivered(offset: int | None) -> Any:
         headers = {} if offset is None else {"x-stream-offset": offset}
