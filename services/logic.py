@@ -173,7 +173,8 @@ class Logic:
                 self.liveness.heard(name, event.new["epoch"], self.monotonic())
         else:
             self.nodes.pop(name, None)
-        self._wake.set()
+        if model.beyond_reports(event.old, event.new):  # not a worker's count of what runs
+            self._wake.set()
 
     def _presume_fresh(self) -> None:
         """Presume each node's epoch read at the start fresh for what is left of a lease
@@ -288,11 +289,19 @@ class Logic:
         return removed
 
     def _changed(self, event: ChangeEvent) -> None:
+        """A container record changed (joined with its placement): keep the index, note
+        its old home's placement as a possible orphan, and decide again unless all that
+        changed is logic's own decision or a worker's report (a decision pass ends with
+        its writes made; what a restore of logic's store undoes is decided again within
+        the loop's second)."""
         self.index.changed(event)
         old, new = model.record_home(event.old), model.record_home(event.new)
         if old is not None and old != new:  # its placement there may be left over
             self.orphans.add(model.placement_key(old, model.container_id(event.key)))
-        self._wake.set()
+            self._wake.set()
+        elif event.origin != self.node.replica_id and model.beyond_reports(event.old,
+                                                                            event.new):
+            self._wake.set()
 
     async def _orphan_passes(self) -> None:
         """Note every placement of the cells held whose record does not name its home (in

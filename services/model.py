@@ -251,6 +251,23 @@ def joined(rec: Any, placed: Any) -> Any:
     return out
 
 
+#: The fields of a record that a worker writes to tell what runs: a placement's ``workers``
+#: slots (``power_actual``, ``pid``, ``last_error``, ``started_generation``) and its node's
+#: ``running`` count. Logic decides nothing from them, and a worker reconciles nothing
+#: because of them (they are its own).
+REPORTS = ("workers", "running")
+
+
+def beyond_reports(old: Any, new: Any) -> bool:
+    """Whether a record's change from ``old`` to ``new`` (plain values; None: no record)
+    touches anything but its reports (:data:`REPORTS`): what logic decides from and a
+    worker reconciles (services/logic.py, services/worker.py)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return bool(old != new)
+    return ({k: v for k, v in old.items() if k not in REPORTS}
+            != {k: v for k, v in new.items() if k not in REPORTS})
+
+
 def shown_slot(rec: dict[str, Any]) -> dict[str, Any]:
     """The worker slot a container record shows: its ``assigned_node``'s (``{}`` when it
     has none); the other slots are stale reports of nodes it left."""

@@ -121,11 +121,13 @@ class Worker:
 
     def _changed(self, event: ChangeEvent) -> None:
         """A placement on this node changed: keep it, and reconcile soon if it is (or
-        was) assigned here."""
+        was) assigned here and more than its reports changed (this worker's own writes: a
+        report drifted from what runs is mended by the next full reconcile)."""
         cid = event.key[len(self.assigned.prefix):]
         had = cid in self.assigned.records
         self.assigned.changed(event)
-        if had or cid in self.assigned.records:
+        if (had or cid in self.assigned.records) and model.beyond_reports(event.old,
+                                                                          event.new):
             self._dirty.add(cid)
             self._wake.set()
 

@@ -213,3 +213,26 @@ def test_an_idle_worker_sleeps_until_its_next_duty(tmp_path: Path) -> None:
     assert worker.idle_for(now, last_beat=now, last_full=now) == CONFIRM_POLL_S
     worker._beat = None
     assert worker.idle_for(now, last_beat=now - 10, last_full=now) == 0.01  # overdue
+
+
+def test_a_worker_reconciles_again_for_logic_s_changes_not_for_its_own_reports(
+        tmp_path: Path) -> None:
+    """Its report of a start (its own write) leaves nothing to reconcile: no pass is woken
+    for it, ahead of the report's publishing; a change of logic's copy wakes one."""
+    async def run() -> None:
+        logic, wn, runtime, worker, now = await _platform(tmp_path)
+        rec = model.placement(logic.groups, HOME, "c")
+        rec.register("power_desired").set("on")
+        rec.register("assigned_node").set("n1")
+        rec.register("assigned_epoch").set(worker.lease.epoch)
+        await _settle(logic, wn)
+        worker._wake.clear()
+        assert worker.reconcile_changes(now) == 1 and runtime.starts == 1  # started, reported
+        await _settle(logic, wn)
+        assert placed(wn)[0].power_actual == "on"
+        assert not worker._wake.is_set(), "its own report woke another reconcile"
+        rec.register("power_desired").set("off")  # logic's copy changed
+        await _settle(logic, wn)
+        assert worker._wake.is_set()
+        assert worker.reconcile_changes(now) == 1 and runtime.stops == 1
+    asyncio.run(run())

@@ -1,0 +1,62 @@
+"""What wakes logic's decision pass (services/logic.py): a change a decision may depend on
+(web's, a node's), or a placement its own move left over; not its own decisions, and not a
+worker's reports (``model.REPORTS``), which no decision reads."""
+
+from __future__ import annotations
+
+from crdt_ops.events import ChangeEvent
+from crdt_ops.transport.memory import MemoryBus, MemoryNode
+from services import model
+from services.logic import Logic
+from tests.support import with_cell
+
+RECORD = {"name": "a", "owner": "ada", "power_desired": "on"}
+PLACED = {**RECORD, "cell": model.DEFAULT_CELL, "node": "n1", "assigned_node": "n1",
+          "assigned_epoch": "e1", "placed": {"power_desired": "on"}}
+NODE = {"capacity": 4, "epoch": "e1", "lease_ms": 8000, "heartbeat": 1, "running": 0}
+
+
+def _logic() -> Logic:
+    return Logic(with_cell(MemoryNode(MemoryBus(), "logic", policy=model.POLICY),
+                           MemoryBus()))
+
+
+def _wakes(logic: Logic, changed: object, event: ChangeEvent) -> bool:
+    logic._wake.clear()
+    changed(event)  # type: ignore[operator]
+    return logic._wake.is_set()
+
+
+def test_a_decision_pass_is_woken_by_what_decisions_read_only() -> None:
+    logic = _logic()
+    key, node_key = model.CONTAINERS + "c1", model.node_key(model.DEFAULT_CELL, "n1")
+    on = {**PLACED, "workers": {"n1": {"power_actual": "on", "pid": 7}}}
+    # web's changes: a create, a Stop
+    assert _wakes(logic, logic._changed, ChangeEvent(key, None, RECORD, "web"))
+    assert _wakes(logic, logic._changed,
+                  ChangeEvent(key, PLACED, {**PLACED, "power_desired": "off"}, "web"))
+    # logic's own decision (the home named, the placement written): its pass made it
+    assert not _wakes(logic, logic._changed, ChangeEvent(key, RECORD, PLACED, "logic"))
+    # the worker's report of the start: nothing logic decides from
+    assert not _wakes(logic, logic._changed, ChangeEvent(key, PLACED, on, "worker.n1"))
+    # logic's own move to another node: the old placement may be an orphan, to remove
+    moved = {**PLACED, "node": "n2", "assigned_node": "n2"}
+    assert _wakes(logic, logic._changed, ChangeEvent(key, PLACED, moved, "logic"))
+    assert model.placement_key((model.DEFAULT_CELL, "n1"), "c1") in logic.orphans
+    # a node's beat may make it fresh; its count of what runs decides nothing
+    assert _wakes(logic, logic._cell_changed, ChangeEvent(node_key, None, NODE, "worker.n1"))
+    assert not _wakes(logic, logic._cell_changed,
+                      ChangeEvent(node_key, NODE, {**NODE, "running": 1}, "worker.n1"))
+    assert _wakes(logic, logic._cell_changed,
+                  ChangeEvent(node_key, NODE, {**NODE, "heartbeat": 2}, "worker.n1"))
+    assert logic.nodes["n1"].heartbeat == 2
+
+
+def test_reports_are_what_a_worker_writes() -> None:
+    """Each field a worker writes is a report (else logic would wake for them): its slot
+    of a placement, and its node record's ``running``."""
+    assert model.beyond_reports(PLACED, {**PLACED, "power_desired": "off"})
+    assert not model.beyond_reports(PLACED, {**PLACED, "workers": {"n1": {"pid": 1}}})
+    assert not model.beyond_reports(NODE, {**NODE, "running": 3})
+    assert model.beyond_reports(None, NODE) and model.beyond_reports(NODE, None)
+    assert not model.beyond_reports(None, None)
