@@ -30,8 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from services import lease
-from services.runtime import DockerRuntime, ProcessRuntime, Runtime, alive, terminate
+from services import lease, pids
+from services.pids import alive, terminate
+from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 
 log = logging.getLogger("services.guard")
 
@@ -41,21 +42,31 @@ POLL_S = 0.1
 #: file then) or this long, whichever comes first, and notices a dead worker within it.
 #: 40 guards reading every ``POLL_S`` cost a fifth of a core on a 2-vCPU VM.
 CHECK_S = 1.0
-PIDFILE = "guard-pid"  # not *.pid: those are the runtime's containers
-_children: list[subprocess.Popen[bytes]] = []  # reaped when they exit (no zombie left)
+#: The guard's pid file in its state directory (services/pids.py; not *.pid: those are the
+#: runtime's containers).
+PIDFILE = "guard-pid"
+#: The guards this process started, by state directory, until they exit (then reaped: no
+#: zombie left).
+_children: dict[Path, subprocess.Popen[bytes]] = {}
 
 
 def running_guard(state_dir: Path) -> int | None:
-    """The pid of the guard of ``state_dir`` if one runs."""
-    try:
-        pid = int((state_dir / PIDFILE).read_text())
-    except (OSError, ValueError):
+    """The pid of the guard of ``state_dir`` if one runs: one this process started (polled:
+    no file read), else the one its pid file names (services/pids.py: not another
+    process given the same pid since, nor one of an earlier boot)."""
+    child = _children.get(state_dir)
+    if child is not None and child.poll() is None:
+        return child.pid
+    named = pids.read(state_dir / PIDFILE)
+    if named is None:
         return None
-    return pid if alive(pid) else None
+    pid, since = named
+    return pid if alive(pid, since=since) else None
 
 
 def ensure(state_dir: Path, runtime: Runtime) -> int:
-    """Start the guard of ``state_dir`` unless one runs; returns its pid."""
+    """Start the guard of ``state_dir`` unless one runs; returns its pid. Cheap while the
+    guard this process started runs (the worker calls it before each start)."""
     pid = running_guard(state_dir)
     if pid is not None:
         return pid
@@ -64,9 +75,9 @@ def ensure(state_dir: Path, runtime: Runtime) -> int:
          *runtime.guard_args()],
         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(state_dir / "guard.log", "ab"))  # noqa: SIM115 (the child owns it)
-    (state_dir / PIDFILE).write_text(str(proc.pid))
+    pids.record(state_dir / PIDFILE, proc.pid, pids.start_time(proc.pid))
     _reap()
-    _children.append(proc)
+    _children[state_dir] = proc
     return proc.pid
 
 
@@ -77,13 +88,16 @@ def stop(state_dir: Path, timeout_s: float = 5.0) -> None:
     pid = running_guard(state_dir)
     if pid is None:
         return
-    terminate(pid, timeout_s, child=next((c for c in _children if c.pid == pid), None))
+    child = _children.get(state_dir)
+    terminate(pid, timeout_s, child=child if child is not None and child.pid == pid else None)
     _reap()
 
 
 def _reap() -> None:
     """Forget the guards this process started that have exited (reaping them)."""
-    _children[:] = [c for c in _children if c.poll() is None]
+    for state_dir, child in list(_children.items()):
+        if child.poll() is not None:
+            del _children[state_dir]
 
 
 def guard(state_dir: Path, runtime: Runtime) -> None:

@@ -4,30 +4,25 @@ A runtime runs at most one instance per container id and remembers what it runs
 in ``state_dir`` (one pid file per container), so that a restarted worker finds
 and reconciles the processes that really run.
 
-A pid file holds ``<pid> <start time> <boot id>``: the process's start time in clock ticks
-since boot (proc(5)'s ``starttime``; ``-`` when not known) and the machine's boot
-(``/proc/sys/kernel/random/boot_id``). Pids are reused, by a later boot above all: a file
-whose boot is not this one names nothing that runs (no process outlives its machine's
-boot), and a process with the file's pid but another start time is another program's.
-Neither is taken for the container, nor signalled when it is stopped. A container started
-here is recorded without its start time: reading it right after the start waits for the
-new process's ``exec`` (0.2 ms on a quiet VM, 0.4 ms under load: BENCHMARKS.md, "The
-publishing path"), and this runtime polls its own children, which cannot be mistaken. One
-found by :meth:`ProcessRuntime.adopt_strays` is recorded with it. A file of an older
-version, a pid alone, is read as before: any live process with that pid.
+Its pid files name one process for sure (services/pids.py: ``<pid> <start time> <boot
+id>``): a stale one, of an earlier boot or naming another process now, is neither taken for
+the container nor signalled when it is stopped. A container started here is recorded
+without its start time: reading it right after the start waits for the new process's
+``exec`` (0.2 ms on a quiet VM, 0.4 ms under load: BENCHMARKS.md, "The publishing path"),
+and this runtime polls its own children, which cannot be mistaken. One found by
+:meth:`ProcessRuntime.adopt_strays` is recorded with it.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Protocol
 
-from services.lease import boot_id
+from services import pids
+from services.pids import alive, terminate
 
 #: The environment variables a container process starts with: its container's id, and
 #: the state directory of the runtime that started it (absolute), so that a process whose
@@ -82,7 +77,6 @@ class ProcessRuntime:
         self._pids: dict[str, int] = {}  # pid files read (or written) here, by container
         #: the start time (clock ticks since boot) a pid file gave each pid read from one
         self._since: dict[int, int] = {}
-        self._boot = boot_id() or "-"  # "-": unknown (then not checked)
 
     def _pidfile(self, cid: str) -> Path:
         return self.state_dir / f"{cid}.pid"
@@ -106,7 +100,7 @@ class ProcessRuntime:
     def _record(self, cid: str, pid: int, since: int | None) -> None:
         """Write ``cid``'s pid file: ``pid``, its start time ``since`` (None: not known)
         and this boot (see the module docstring)."""
-        self._pidfile(cid).write_text(f"{pid} {'-' if since is None else since} {self._boot}")
+        pids.record(self._pidfile(cid), pid, since)
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Stop ``cid``'s instance: SIGTERM to its process group, SIGKILL after
@@ -135,14 +129,14 @@ class ProcessRuntime:
         change's. Returns container id -> pid of those recorded now."""
         found: dict[str, tuple[int, int]] = {}  # container -> (start time in ticks, pid)
         with os.scandir("/proc") as entries:
-            pids = [int(e.name) for e in entries if e.name.isdigit()]
+            everyone = [int(e.name) for e in entries if e.name.isdigit()]
         prefix = CONTAINER_ENV.encode() + b"="
-        for pid in pids:
+        for pid in everyone:
             try:
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             except OSError:
                 continue  # gone, or not ours to read
-            stat = _stat(pid) if self._marker in env else None
+            stat = pids.stat(pid) if self._marker in env else None
             if stat is None or int(stat[3]) != pid or stat[0] == "Z":
                 continue  # (stat[3]: its session; stat[0]: its state, Z a zombie)
             cid = next((v[len(prefix):].decode(errors="replace") for v in env
@@ -180,13 +174,10 @@ class ProcessRuntime:
         """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
         pid = self._pids.get(cid)
         if pid is None:
-            try:
-                pid, since, boot = _parse_pidfile(self._pidfile(cid).read_text())
-            except (OSError, ValueError):
+            named = pids.read(self._pidfile(cid))  # (of an earlier boot: removed, None)
+            if named is None:
                 return None
-            if boot not in (None, self._boot) and self._boot != "-":  # an earlier boot: gone
-                self._pidfile(cid).unlink(missing_ok=True)
-                return None
+            pid, since = named
             self._pids[cid] = pid
             if since is not None:
                 self._since[pid] = since
@@ -195,65 +186,6 @@ class ProcessRuntime:
         self._pidfile(cid).unlink(missing_ok=True)
         self._pids.pop(cid, None)
         self._since.pop(pid, None)
-        return None
-
-
-def terminate(pid: int, grace_s: float, *, group: bool = False,
-              child: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM to process ``pid`` (to its process group with ``group``), SIGKILL after
-    ``grace_s`` seconds if it still runs; returns once it is gone, or 5 s after the
-    SIGKILL. ``child``: its ``Popen`` if this process started it (it is reaped)."""
-    send = os.killpg if group else os.kill
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            send(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and alive(pid, child):
-            time.sleep(0.02)
-        if not alive(pid, child):
-            return
-
-
-def alive(pid: int, child: subprocess.Popen[bytes] | None = None,
-          since: int | None = None) -> bool:
-    """Whether process ``pid`` runs: it exists and is not a zombie (one whose parent has not
-    reaped it is dead all the same). ``child``: its ``Popen`` if this process started it
-    (polled, which reaps it). ``since``: the start time it had (clock ticks since boot,
-    proc(5)'s ``starttime``): a process with another is a later one given the same pid."""
-    if child is not None:
-        return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: its start time can be read all the same
-        if since is None:
-            return True
-    stat = _stat(pid)  # a zombie is not running
-    return stat is not None and stat[0] != "Z" and (since is None or int(stat[19]) == since)
-
-
-def _parse_pidfile(text: str) -> tuple[int, int | None, str | None]:
-    """``(pid, start time, boot id)`` of a pid file's text (see the module docstring);
-    ``(pid, None, None)`` for a pid alone. Raises ValueError for anything else."""
-    parts = text.split()
-    if len(parts) == 1:
-        return int(parts[0]), None, None
-    if len(parts) == 3:
-        return (int(parts[0]), None if parts[1] == "-" else int(parts[1]),
-                None if parts[2] == "-" else parts[2])
-    raise ValueError(f"not a pid file: {text[:80]!r}")
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command's name (state, parent,
-    process group, session, ...: proc(5), from its 3rd field on); None if it cannot be
-    read (gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
         return None
 
 

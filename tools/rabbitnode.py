@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.runtime import alive
+from services.pids import alive
 from tools.harness import free_port
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")

@@ -86,3 +86,36 @@ def test_the_guard_stops_a_container_its_worker_did_not_record(tmp_path: Path) -
             os.killpg(pid, 9)
         if alive(g):
             os.kill(g, 9)
+
+
+def test_a_stale_guard_pid_file_is_not_taken_for_a_running_guard(tmp_path: Path) -> None:
+    """The guard's pid file names its process for sure (services/pids.py): a file naming a
+    live process of another start time, or of an earlier boot, is stale, and a guard is
+    started; the guard this process started is known without reading the file."""
+    from services import pids
+
+    rt = ProcessRuntime(tmp_path)
+    other = subprocess.Popen(["sleep", "30"])  # a process that took the guard's pid
+    started: list[int] = []
+    try:
+        since = pids.start_time(other.pid)
+        assert since is not None
+        for text in (f"{other.pid} {since + 1} {pids.BOOT}",  # another start time
+                     f"{other.pid} {since} an-earlier-boot"):
+            guard._children.pop(tmp_path, None)
+            (tmp_path / guard.PIDFILE).write_text(text)
+            g = guard.ensure(tmp_path, rt)
+            started.append(g)
+            assert g != other.pid and alive(g), text
+            assert (tmp_path / guard.PIDFILE).read_text().split() == [
+                str(g), str(pids.start_time(g)), pids.BOOT]
+            (tmp_path / guard.PIDFILE).unlink()  # its own guard is known all the same
+            assert guard.ensure(tmp_path, rt) == g
+            os.kill(g, 9)
+        assert alive(other.pid)  # never signalled
+    finally:
+        other.kill()
+        other.wait()
+        for g in started:
+            if alive(g):
+                os.kill(g, 9)

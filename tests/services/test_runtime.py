@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.lease import boot_id
-from services.runtime import DockerRuntime, ProcessRuntime, RuntimeError_, alive
+from services.pids import alive
+from services.runtime import DockerRuntime, ProcessRuntime, RuntimeError_
 
 
 def test_process_runtime_starts_stops_and_is_found_again(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.lease import DEFAULT_LEASE_S, beat_interval_s
-from services.runtime import alive
+from services.pids import alive
 from tools.bench import consume
 from tools.bench.broker import DEFAULT_URL, broker_info
 from tools.bench.census import SERIES, metric_sums

@@ -152,7 +152,8 @@ def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
     """SIGKILL the process group of every container recorded in ``run_dirs``' pid
     files or in ``pids``; wait until they are gone. Returns how many there were;
     raises RuntimeError if any is still alive after 10 s."""
-    from services.runtime import ProcessRuntime, alive
+    from services.pids import alive
+    from services.runtime import ProcessRuntime
 
     found = set(pids)
     for d in run_dirs:

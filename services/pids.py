@@ -1,0 +1,112 @@
+"""Processes named by their pid: whether one runs, its start time, pid files that name one
+process for sure, and stopping one. The container runtime (services/runtime.py) keeps a
+pid file per container, and the lease guard (services/guard.py) one for itself.
+
+A pid file holds ``<pid> <start time> <boot id>``: the process's start time in clock ticks
+since boot (proc(5)'s ``starttime``; ``-`` when not known) and the machine's boot
+(``/proc/sys/kernel/random/boot_id``). Pids are reused, by a later boot above all: a file
+whose boot is not this one names nothing that runs (no process outlives its machine's
+boot), and a process with the file's pid but another start time is another program's
+(:func:`alive` with ``since``). A file of an older version, a pid alone, is read as
+before: any live process with that pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from services.lease import boot_id
+
+#: This boot of the machine, as pid files name it ("-": unknown, then not checked).
+BOOT = boot_id() or "-"
+
+
+def record(path: Path, pid: int, since: int | None) -> None:
+    """Write the pid file ``path`` naming process ``pid`` with its start time ``since``
+    (None: not known) in this boot."""
+    path.write_text(f"{pid} {'-' if since is None else since} {BOOT}")
+
+
+def read(path: Path) -> tuple[int, int | None] | None:
+    """``(pid, start time or None)`` of the process the pid file ``path`` names in this
+    boot; None when there is no such file or it holds no pid file's text, and when it is of
+    an earlier boot (then it is removed: it names nothing that runs). Whether that process
+    still runs is :func:`alive`'s to say."""
+    try:
+        parts = path.read_text().split()
+    except OSError:
+        return None
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), None
+        if len(parts) == 3:
+            boot = None if parts[2] == "-" else parts[2]
+            if boot not in (None, BOOT) and BOOT != "-":
+                path.unlink(missing_ok=True)
+                return None
+            return int(parts[0]), None if parts[1] == "-" else int(parts[1])
+    except ValueError:
+        pass
+    return None
+
+
+def stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command's name (state, parent,
+    process group, session, ...: proc(5), from its 3rd field on); None if it cannot be
+    read (gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """Process ``pid``'s start time (clock ticks since boot: proc(5)'s ``starttime``), None
+    if it is gone. Read right after starting it, this waits for its ``exec``."""
+    fields = stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+def alive(pid: int, child: subprocess.Popen[bytes] | None = None,
+          since: int | None = None) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie (one whose parent has not
+    reaped it is dead all the same). ``child``: its ``Popen`` if this process started it
+    (polled, which reaps it). ``since``: the start time it had (clock ticks since boot,
+    proc(5)'s ``starttime``): a process with another is a later one given the same pid."""
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: its start time can be read all the same
+        if since is None:
+            return True
+    fields = stat(pid)  # a zombie is not running
+    return fields is not None and fields[0] != "Z" and (since is None
+                                                        or int(fields[19]) == since)
+
+
+def terminate(pid: int, grace_s: float, *, group: bool = False,
+              child: subprocess.Popen[bytes] | None = None) -> None:
+    """SIGTERM to process ``pid`` (to its process group with ``group``), SIGKILL after
+    ``grace_s`` seconds if it still runs; returns once it is gone, or 5 s after the
+    SIGKILL. ``child``: its ``Popen`` if this process started it (it is reaped)."""
+    send = os.killpg if group else os.kill
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            send(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and alive(pid, child):
+            time.sleep(0.02)
+        if not alive(pid, child):
+            return
+
+
+__all__ = ["BOOT", "alive", "read", "record", "start_time", "stat", "terminate"]
