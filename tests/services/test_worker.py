@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdt_ops.handles import MapHandle
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
@@ -103,6 +104,16 @@ def placed(records: NodeGroups[MemoryNode]) -> list[model.Container]:
             records.groups.items(model.placements(model.DEFAULT_CELL)) if v]
 
 
+def _placed_on_n1(logic: NodeGroups[MemoryNode], worker: Worker, cid: str) -> MapHandle:
+    """Container ``cid`` placed on n1's current epoch, to run, as logic writes it; its
+    placement."""
+    rec = model.placement(logic.groups, HOME, cid)
+    rec.register("power_desired").set("on")
+    rec.register("assigned_node").set("n1")
+    rec.register("assigned_epoch").set(worker.lease.epoch)
+    return rec
+
+
 async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
     logic, wn, runtime, worker, now = await _platform(tmp)
     worker.reconcile(now)  # loads the (empty) records
@@ -165,10 +176,7 @@ def test_reconciling_changes_leaves_nothing_for_a_full_reconcile(
 def test_an_instance_that_died_is_found_by_the_full_reconcile(tmp_path: Path) -> None:
     async def run() -> None:
         logic, wn, runtime, worker, now = await _platform(tmp_path)
-        rec = model.placement(logic.groups, HOME, "c")
-        rec.register("power_desired").set("on")
-        rec.register("assigned_node").set("n1")
-        rec.register("assigned_epoch").set(worker.lease.epoch)
+        _placed_on_n1(logic, worker, "c")
         await _settle(logic, wn)
         worker.reconcile(now)
         await _settle(logic, wn)
@@ -221,10 +229,7 @@ def test_a_worker_reconciles_again_for_logic_s_changes_not_for_its_own_reports(
     for it, ahead of the report's publishing; a change of logic's copy wakes one."""
     async def run() -> None:
         logic, wn, runtime, worker, now = await _platform(tmp_path)
-        rec = model.placement(logic.groups, HOME, "c")
-        rec.register("power_desired").set("on")
-        rec.register("assigned_node").set("n1")
-        rec.register("assigned_epoch").set(worker.lease.epoch)
+        rec = _placed_on_n1(logic, worker, "c")
         await _settle(logic, wn)
         worker._wake.clear()
         assert worker.reconcile_changes(now) == 1 and runtime.starts == 1  # started, reported
