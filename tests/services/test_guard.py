@@ -95,6 +95,9 @@ def test_a_stale_guard_pid_file_is_not_taken_for_a_running_guard(tmp_path: Path)
     from services import pids
 
     rt = ProcessRuntime(tmp_path)
+    held = lease.Lease("e1", 60.0)  # a lease that holds, of a worker that lives (this test):
+    held.renew(time.monotonic(), time.monotonic())  # the guards it starts stay
+    lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
     other = subprocess.Popen(["sleep", "30"])  # a process that took the guard's pid
     started: list[int] = []
     try:
