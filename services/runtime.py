@@ -93,14 +93,9 @@ class ProcessRuntime:
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         self._children[proc.pid] = proc
-        self._record(cid, proc.pid, None)
+        pids.record(self._pidfile(cid), proc.pid, None)  # no start time: the module says why
         self._pids[cid] = proc.pid
         return proc.pid
-
-    def _record(self, cid: str, pid: int, since: int | None) -> None:
-        """Write ``cid``'s pid file: ``pid``, its start time ``since`` (None: not known)
-        and this boot (see the module docstring)."""
-        pids.record(self._pidfile(cid), pid, since)
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Stop ``cid``'s instance: SIGTERM to its process group, SIGKILL after
@@ -146,7 +141,7 @@ class ProcessRuntime:
         adopted = {}
         for cid, (since, pid) in sorted(found.items()):
             if self._alive_pid(cid) is None:
-                self._record(cid, pid, since)
+                pids.record(self._pidfile(cid), pid, since)
                 self._pids[cid] = adopted[cid] = pid
                 self._since[pid] = since
         return adopted

@@ -164,11 +164,10 @@ class AmqpNode:
         #: one process may share one: ``loop_lag``)
         self.loop_lag = loop_lag or LoopLag(self.replica_id)
         #: the consumer of this replica's queue, or (``consume="stream"``) of the group's
-        #: stream, read on from the offset logged last (stream_consumer.py: then also
-        #: :attr:`_stream_in`); made again on :attr:`_consume_due` (a reconnection, a
+        #: stream, read on from the offset logged last (stream_consumer.py: then it is
+        #: :attr:`_stream_in` too); made again on :attr:`_consume_due` (a reconnection, a
         #: store failure, a cancel by the broker)
         self._consumer: Consumer | None = None
-        self._stream_in: StreamConsumer | None = None
         self._consume_channel: AbstractChannel | None = None
         self._consume_due = asyncio.Event()
         self._consume_failed = 0  # attempts to consume the stream that failed in a row
@@ -509,7 +508,7 @@ class AmqpNode:
             await self._read_own_past()
         self.store.put("consume", s.consume.encode())
         if s.consume == "stream":
-            self._consumer = self._stream_in = StreamConsumer(
+            self._consumer = StreamConsumer(
                 names.stream, self._in.inbox.put_nowait, lambda: stored_offset(self.durable),
                 self.replica_id, self._stream_lost)
         else:
@@ -517,6 +516,13 @@ class AmqpNode:
             self._consumer = Consumer(self._queue.name, self._in.inbox.put_nowait,
                                       self.replica_id, self._queue_lost)
         await self._consumer.consume(consume)
+
+    @property
+    def _stream_in(self) -> StreamConsumer | None:
+        """The consumer when it reads the group's stream (``consume="stream"``), else
+        None."""
+        consumer = self._consumer
+        return consumer if isinstance(consumer, StreamConsumer) else None
 
     async def _read_own_past(self) -> None:
         """A replica that starts again with a used store reads back what it sent that its
@@ -698,19 +704,17 @@ class AmqpNode:
             self._redeclare_due = True  # again at the next tick
         if not self._narrow:
             await self._declare_shared(self._pub)
-        if self._stream_in is not None:  # consuming the stream (declared above): read on
-            assert self._consume_channel is not None
-            if not await self._stream_in.current(self._consume_channel):
-                self._consume_due.set()
-            return
-        assert self._queue is not None and self._consumer is not None
-        assert self._consume_channel is not None
-        await self._queue.declare()
-        await bind_member(self._queue,
-                          self.topology.member(self.replica_id, self.replica.held_subgroup))
+        reads_stream = self._stream_in is not None  # (the stream was declared above)
+        if not reads_stream:
+            assert self._queue is not None
+            await self._queue.declare()
+            await bind_member(self._queue,
+                              self.topology.member(self.replica_id, self.replica.held_subgroup))
+        assert self._consumer is not None and self._consume_channel is not None
         if not await self._consumer.current(self._consume_channel):
-            log.warning("replica %s: its queue %s had lost its consumer; consuming again",
-                        self.replica_id, self._queue.name)
+            if not reads_stream:
+                log.warning("replica %s: its queue %s had lost its consumer; consuming again",
+                            self.replica_id, self._consumer.source)
             self._consume_due.set()
 
     async def _echo_watch(self) -> None:
