@@ -94,6 +94,9 @@ RESUME_MARGIN_S = 10.0
 #: Seconds between two attempts to consume the stream again (``consume="stream"``) while
 #: one fails (a channel not reopened yet after a reconnection).
 CONSUME_RETRY_S = 0.1
+#: Seconds a stopping node waits for the broker to cancel its consumer (a link that is
+#: down does not answer; closing the connection drops the consumer anyway).
+STOP_CANCEL_S = 1.0
 
 
 class AmqpNode:
@@ -426,6 +429,10 @@ class AmqpNode:
                 await t
         self._tasks.clear()
         await self._out.stop_rounds()
+        if self._consumer is not None:  # stopped, not gone: no line, no consuming again
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_CANCEL_S):  # (a link that is down)
+                    await self._consumer.cancel()
         if self.loop_lag.running:
             worst = await self.loop_lag.stop()
             if not self.loop_lag.running:  # its last user: said once per process
@@ -568,9 +575,11 @@ class AmqpNode:
             # a channel aio-pika has not reopened yet, one closed under the call (aiormq
             # raises a bare Exception then), the connection lost again: try again in a
             # moment while connected; else the reconnection makes it due again. One line
-            # for the first failure in a row, the others at DEBUG.
+            # for the first failure in a row while connected; the others, and one while
+            # the connection is lost (its own line says so), at DEBUG.
             self._consume_failed += 1
-            log.log(logging.INFO if self._consume_failed == 1 else logging.DEBUG,
+            said = self._consume_failed > 1 or self._lost_at is not None
+            log.log(logging.DEBUG if said else logging.INFO,
                     "replica %s: consuming %s failed (%s: %s); %s", self.replica_id,
                     self._consumer.source, type(e).__name__, e,
                     "trying again" if self._lost_at is None else "once reconnected")
