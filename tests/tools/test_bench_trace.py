@@ -42,6 +42,14 @@ def test_steps_follow_a_start_through_the_services_files(tmp_path: Path) -> None
     assert by["worker: starting the container process"] == [1.0]
     assert by["the broker, worker -> web's socket"] == [8.6]
     assert sum(sum(v) for n, v in by.items() if not n.startswith("whole")) == 20.0
+    # from the first start of a process (9.0 ms) to the last (30.0), per Start (2)
+    assert trace.socket_ops(tmp_path) == [("web", 0.5, 0.0, 0.5), ("logic", 0.0, 0.0, 0.0),
+                                          ("worker 1", 0.0, 0.5, 0.0)]
+
+
+def test_no_start_traced_counts_no_socket_operations(tmp_path: Path) -> None:
+    _write(tmp_path, "web", [(1.0, "read"), (2.0, "write")])
+    assert trace.socket_ops(tmp_path) == []
 
 
 def test_a_traced_services_run_prints_every_step(amqp_url: str, tmp_path: Path) -> None:
@@ -60,3 +68,9 @@ def test_a_traced_services_run_prints_every_step(amqp_url: str, tmp_path: Path) 
     assert all(number(r[3]) <= whole for r in rows[1:]), rows
     assert {f.name.split(".")[0] for f in tmp_path.glob("*.trace")} == {"web", "logic",
                                                                         "worker"}
+    ops = table(out[out.index("Socket reads and writes"):], "service")
+    assert [r[0] for r in ops][:2] == ["web", "logic"] and len(ops) >= 3, ops
+    for name, reads, writes, sse in ops:
+        # every service reads and writes for each Start; web's event stream once at least
+        assert number(reads) >= 0.5 and number(writes) >= 0.3, ops
+        assert (number(sse) >= 1) == (name == "web"), ops

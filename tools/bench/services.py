@@ -1280,6 +1280,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nA crdt-ops Start step by step (stamps in each service: "
               f"tools/bench/trace.py; {broken} Starts whose chain of stamps was broken "
               f"left out):\n\n{trace.step_table(found)}", flush=True)
+        print("\nSocket reads and writes of each crdt-ops service per Start traced (each one "
+              "wakes another process of this machine, or is woken by one):\n\n"
+              f"{trace.socket_table(trace.socket_ops(opt.trace_dir))}", flush=True)
     if args.samples is not None:
         with open(args.samples, "w", encoding="utf-8") as out:
             for r in results:

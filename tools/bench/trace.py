@@ -12,7 +12,8 @@ writes its stamps to ``DIR/<role>.<pid>.trace`` as it exits.
 :func:`steps` then follows each Start through the files, from the worker's start of the
 container process backwards to web's read of the request and forwards to web's
 event-stream write of the report, and :func:`step_table` gives each step's p10, p50 and
-p90 over the Starts (the warm-up Starts included). A step is measured from one stamp to
+p90 over the Starts (the warm-up Starts included); :func:`socket_ops` counts each
+process's socket reads and writes per Start. A step is measured from one stamp to
 the next on the Start's path; a Start whose chain is broken (a stamp missing, or a chain
 longer than a second: a retry, a reconnection) is left out and counted.
 
@@ -166,14 +167,16 @@ def load(trace_dir: Path) -> dict[str, list[tuple[int, str]]]:
     order)."""
     out: dict[str, list[tuple[int, str]]] = {}
     for f in sorted(trace_dir.glob("*.trace")):
-        role = f.name.split(".")[0]
-        rows = out.setdefault(role, [])
-        for line in f.read_text(encoding="ascii").splitlines():
-            t, label = line.split(" ", 1)
-            rows.append((int(t), label))
+        out.setdefault(f.name.split(".")[0], []).extend(_read(f))
     for rows in out.values():
         rows.sort()
     return out
+
+
+def _read(f: Path) -> list[tuple[int, str]]:
+    """The stamps of one process's file ``f``, ``(ns, label)`` in the order written."""
+    return [(int(t), label) for t, label in
+            (line.split(" ", 1) for line in f.read_text(encoding="ascii").splitlines())]
 
 
 def steps(trace_dir: Path) -> tuple[list[Step], int]:
@@ -221,6 +224,48 @@ def steps(trace_dir: Path) -> tuple[list[Step], int]:
         for name, (a, b) in zip(names, itertools.pairwise(stamps), strict=True):
             durations[name].append((b - a) / 1e6)
     return [Step(n, v) for n, v in durations.items()], broken
+
+
+def socket_ops(trace_dir: Path) -> list[tuple[str, float, float, float]]:
+    """Each traced process's socket reads and writes per Start, and of the writes those
+    of web's event stream, over the Starts traced: from the first worker's start of a
+    container process to the last (so the creates before them are not counted; the
+    background of heartbeats is). One row per file, ``(service, reads, writes, event-stream
+    writes)``: web, logic, then the workers numbered in file order; none when no Start
+    was traced.
+
+    On one machine each of them wakes another process (a service, the broker, the
+    client) or is woken, which costs more CPU than the read or write itself; BENCHMARKS.md,
+    "What a Start costs in messages", measures it."""
+    order = {"web": 0, "logic": 1}  # then the workers
+    files = sorted(trace_dir.glob("*.trace"),
+                   key=lambda f: (order.get(f.name.split(".")[0], 2), f.name))
+    stamps = {f: _read(f) for f in files}
+    starts = [t for rows in stamps.values() for t, label in rows if label == "start>"]
+    if not starts:
+        return []
+    first, last, n = min(starts), max(starts), len(starts)
+    out, workers = [], 0
+    for f, rows in stamps.items():
+        role = f.name.split(".")[0]
+        if role == "worker":
+            workers += 1
+            role = f"worker {workers}"
+        counts = {"read": 0, "write": 0, "sse>": 0}
+        for t, label in rows:
+            if first <= t <= last and label in counts:
+                counts[label] += 1
+        out.append((role, counts["read"] / n, counts["write"] / n, counts["sse>"] / n))
+    return out
+
+
+def socket_table(rows: Sequence[tuple[str, float, float, float]]) -> str:
+    """Markdown: :func:`socket_ops`' rows."""
+    return markdown_table(
+        ("service", "socket reads / Start", "socket writes / Start",
+         "of which event-stream writes"),
+        [(name, f"{r:.2f}", f"{w:.2f}", f"{e:.2f}") for name, r, w, e in rows],
+        first_left(4))
 
 
 def step_table(found: Sequence[Step]) -> str:
