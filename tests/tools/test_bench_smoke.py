@@ -227,3 +227,17 @@ def test_cells_bench_smoke() -> None:
     rounds = re.search(r"Each round's Start->on median over the baseline's, in the order run: "
                        r"([0-9.]+)x, ([0-9.]+)x\.", out)
     assert rounds and all(float(x) > 0 for x in rounds.groups()), out
+
+
+def test_wakeup_bench_quick_run() -> None:
+    """``bench wakeup --quick``: both cases, every CPU figure measured (above 0), and a
+    receiver woken for each message spending more per message than one that reads them
+    back to back (it reads many in one go)."""
+    out = run_bench("wakeup", "--quick", "--quiet")
+    rows = table(out, "case")
+    assert [r[0].split(" (")[0] for r in rows] == ["receiver asleep", "receiver awake"], rows
+    asleep, awake = ([number(x) for x in r[1:]] for r in rows)
+    assert asleep[0] == awake[0] == 200, rows
+    assert min(asleep[1:] + awake[1:]) > 0, rows
+    assert asleep[2] > awake[2], rows
+    assert "costs its sender" in out, out

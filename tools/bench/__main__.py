@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from tools.bench import amqp, cells, core, hop, platform, services
+from tools.bench import amqp, cells, core, hop, platform, services, wakeup
 
 #: The modules' ``add_parser`` functions, one per subcommand.
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -21,6 +21,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     platform.add_parser,
     hop.add_parser,
     cells.add_parser,
+    wakeup.add_parser,
 ]
 
 
