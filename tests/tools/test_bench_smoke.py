@@ -10,10 +10,12 @@ declare on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 #: Hard limit of one benchmark run: a hang fails the test instead of stalling CI.
 #: (A --quick run takes about 3 s (core), 20 s (amqp), 30 s (services) and 30 s
@@ -56,6 +58,20 @@ def number(cell: str) -> float:
         return float(cell.replace(",", ""))
     except ValueError:
         raise AssertionError(f"not a number: {cell!r}") from None
+
+
+def bench_guards() -> list[str]:
+    """The command lines of the lease guards (services/guard.py) of a benchmark's workers
+    still running: none once a benchmark has exited (each would make its worker's
+    directory again once the benchmark removed it)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                args = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                if "services.guard" in args and any("crdt-ops-bench-" in a for a in args):
+                    found.append(" ".join(args))
+    return found
 
 
 def test_core_benchmark_quick_run() -> None:
@@ -112,6 +128,7 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
     pg = pg_answers(dsn)  # the db-casts flow runs (and is checked) where PostgreSQL answers
     out = run_bench("services", "--quick", "--url", amqp_url, "--pg-dsn", dsn)
     assert "FAILED" not in out, out
+    assert bench_guards() == []  # stopped with the workers' containers
     flows = ["crdt-ops", "old-way", "db-casts"] if pg else ["crdt-ops", "old-way"]
     assert ("SKIPPED db-casts" in out) is not pg, out
     rows = table(out, "flow")
@@ -206,6 +223,7 @@ def test_cells_bench_smoke() -> None:
     every container of the killed cell on again elsewhere, none left running, and the
     ratio of each round of the side-by-side timing."""
     out = run_bench("cells", "--quick")  # 4 workers in 2 cells, 6 Starts
+    assert bench_guards() == []
     rows = table(out, "platform")
     assert [r[0] for r in rows] == ["2 workers in 1 cell", "4 workers in 2 cells"], rows
     for r in rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tools.test_bench_smoke import number, run_bench, table
+from tests.tools.test_bench_smoke import bench_guards, number, run_bench, table
 from tools.bench import trace
 
 
@@ -56,6 +56,7 @@ def test_a_traced_services_run_prints_every_step(amqp_url: str, tmp_path: Path) 
     out = run_bench("services", "--quick", "--flow", "crdt-ops", "--url", amqp_url,
                     "--quiet", "--trace", str(tmp_path))
     assert "FAILED" not in out, out
+    assert bench_guards() == []  # the workers' lease guards stopped before the directory went
     rows = table(out[out.index("A crdt-ops Start step by step"):], "step")
     names = [r[0] for r in rows]
     assert names[0].startswith("whole") and len(names) == 26, names

@@ -150,8 +150,11 @@ STAGES = {
 
 def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
     """SIGKILL the process group of every container recorded in ``run_dirs``' pid
-    files or in ``pids``; wait until they are gone. Returns how many there were;
-    raises RuntimeError if any is still alive after 10 s."""
+    files or in ``pids``; wait until they are gone; then stop the lease guard of each
+    of ``run_dirs`` (a worker's guard outlives it, and would make its directory again
+    once the benchmark removed it: services/guard.py). Returns how many containers there
+    were; raises RuntimeError if any is still alive after 10 s."""
+    from services import guard
     from services.pids import alive
     from services.runtime import ProcessRuntime
 
@@ -168,6 +171,8 @@ def kill_containers(run_dirs: Sequence[Path], pids: Sequence[int]) -> int:
     left = [p for p in found if alive(p)]
     if left:
         raise RuntimeError(f"container processes still alive: {left[:10]}")
+    for d in run_dirs:
+        guard.stop(d)
     return len(found)
 
 
