@@ -69,7 +69,8 @@ def bench_guards() -> list[str]:
         if d.name.isdigit():
             with contextlib.suppress(OSError):
                 args = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
-                if "services.guard" in args and any("crdt-ops-bench-" in a for a in args):
+                if "services.guard" in args and any(
+                        p in a for a in args for p in ("crdt-ops-bench-", "crdt-ops-platform-")):
                     found.append(" ".join(args))
     return found
 
@@ -177,6 +178,7 @@ def test_services_benchmark_quick_run(amqp_url: str) -> None:
 
 def test_platform_benchmark_quick_run(amqp_url: str) -> None:
     out = run_bench("platform", "--quick", "--url", amqp_url, "--quiet")
+    assert bench_guards() == []
     rows = table(out, "records")
     assert [r[0] for r in rows] == ["50", "200"], out
     for r in rows:
