@@ -86,6 +86,7 @@ from tools.bench.amqp import (
     run_workers,
     started_node,
 )
+from tools.bench.args import at_least
 from tools.bench.broker import DEFAULT_URL, delete_group, new_group
 from tools.bench.cpu import percent
 from tools.bench.machine import load_average
@@ -596,13 +597,6 @@ def _rates(text: str) -> tuple[int, ...]:
     return rates
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the ``hop`` subcommand."""
     p = subparsers.add_parser(
@@ -618,7 +612,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                    help=f"a small, fast run (a smoke test for CI, not a measurement): "
                         f"{QUICK.round_trips} round trips, {QUICK.rates[0]} ops/s for "
                         f"{QUICK.seconds:g} s")
-    p.add_argument("--round-trips", type=_positive, default=None,
+    p.add_argument("--round-trips", type=at_least(1), default=None,
                    help=f"timed round trips per ping-pong (default {FULL.round_trips})")
     p.add_argument("--warmup", type=int, default=None,
                    help=f"untimed round trips first (default {FULL.warmup})")
@@ -627,7 +621,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         f"{','.join(str(r) for r in FULL.rates)})")
     p.add_argument("--seconds", type=float, default=None,
                    help=f"seconds of load per rate (default {FULL.seconds:g})")
-    p.add_argument("--writers", type=_positive, default=None,
+    p.add_argument("--writers", type=at_least(1), default=None,
                    help=f"concurrent writers of the load case (default {FULL.writers})")
     consume.add_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -30,11 +30,14 @@ import time
 from dataclasses import dataclass
 from multiprocessing.queues import Queue as MpQueue
 
+from tools.bench.args import above, at_least
 from tools.bench.cpu import proc_cpu
 from tools.bench.report import first_left, markdown_table
 
 #: Bytes per message (about a crdt-ops operation's message, or an event-stream event).
 SIZE = 300
+#: The fewest messages a case sends.
+MIN_MESSAGES = 10
 #: Seconds to wait for the receiver to start.
 TIMEOUT_S = 30.0
 
@@ -87,8 +90,8 @@ def _case(name: str, sock: socket.socket, pid: int, messages: int, gap_s: float)
 def measure(messages: int, gap_ms: float, progress: bool = True) -> list[Case]:
     """Both cases against a fresh receiver process. Raises ValueError for fewer than 10
     messages or a gap not above 0; RuntimeError if the receiver does not start."""
-    if messages < 10 or gap_ms <= 0:
-        raise ValueError(f"wakeup needs 10 messages or more and a gap above 0 ms, not "
+    if messages < MIN_MESSAGES or gap_ms <= 0:
+        raise ValueError(f"wakeup needs {MIN_MESSAGES} messages or more and a gap above 0 ms, not "
                          f"{messages} and {gap_ms:g}")
     ctx = multiprocessing.get_context("spawn")
     out: MpQueue[object] = ctx.Queue()
@@ -120,13 +123,6 @@ def table(cases: list[Case]) -> str:
          for c in cases], first_left(4))
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 10:
-        raise argparse.ArgumentTypeError(f"at least 10, not {value}")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     messages = 200 if args.quick else args.messages
     cases = measure(messages, args.gap_ms, progress=not args.quiet)
@@ -148,9 +144,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                     "receiver in another process, first far enough apart that the "
                     "receiver sleeps between them, then back to back: the CPU each "
                     "message costs the sender and the receiver, in microseconds.")
-    p.add_argument("--messages", type=_positive, default=2000,
+    p.add_argument("--messages", type=at_least(MIN_MESSAGES), default=2000,
                    help="messages per case (default %(default)s)")
-    p.add_argument("--gap-ms", type=float, default=2.0,
+    p.add_argument("--gap-ms", type=above(0), default=2.0,
                    help="ms between two messages while the receiver sleeps (default "
                         "%(default)s)")
     p.add_argument("--quick", action="store_true",
