@@ -54,17 +54,18 @@ MAX_CONFIRMED_PENDING = 1000
 #: ``fdatasync`` need not also flush a new file size (fdatasync(2): a size change is
 #: metadata it must write with the data). On the VM of BENCHMARKS.md ("A WAL written to
 #: its size at open") that is 0.1-0.2 ms less per synced commit in the services. SQLite
-#: reads a WAL only up to
-#: its last frame whose salt and checksum hold (https://www.sqlite.org/fileformat.html,
-#: "WAL file format"), which zeros never do, as it does after each checkpoint. It is
+#: reads a WAL only up to its last frame whose salt and checksum hold, which zeros never
+#: do, and writes it over after each checkpoint in the same way
+#: (https://www.sqlite.org/fileformat.html#wal_file_format; SQLite's src/wal.c). It is
 #: done only where the filesystem has at least this many times the size free: it never
 #: takes the last of a disk.
 WAL_PRESIZE_FREE_SHARE = 10
 #: The WAL format's header and frame header, bytes (https://www.sqlite.org/fileformat.html).
 WAL_HEADER_BYTES, WAL_FRAME_HEADER_BYTES = 32, 24
 #: Frames the WAL is sized for beyond ``wal_autocheckpoint``: SQLite checkpoints after the
-#: commit that reaches that many frames, so the WAL holds up to one commit's pages more (a
-#: commit here writes 3-10 pages; a larger one, a snapshot's, grows the file as before).
+#: commit that reaches that many frames, so the WAL holds that commit's other pages too (a
+#: commit of one message writes 3: the log's, the outbox's and their row counters'; a larger
+#: one, a snapshot's, grows the file as before, and SQLite writes it over from then on).
 WAL_SPARE_FRAMES = 100
 
 P = ParamSpec("P")
@@ -95,7 +96,9 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
 
 
 class Store:
-    """The SQLite file of one replica. Not thread-safe; one process at a time."""
+    """The SQLite file of one replica. Not thread-safe; one process at a time.
+    :attr:`wal_presized`: whether its WAL file was written to its full size as it opened
+    (:data:`WAL_PRESIZE_FREE_SHARE`)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -183,6 +186,7 @@ class Store:
         finally:
             os.close(fd)
 
+    @_guarded
     def wal_full_size(self) -> int:
         """The bytes of a WAL holding ``wal_autocheckpoint`` frames and
         :data:`WAL_SPARE_FRAMES` more: its size when SQLite has checkpointed it and starts
@@ -209,8 +213,8 @@ class Store:
             fs = os.fstatvfs(fd)
             if fs.f_bavail * fs.f_frsize < WAL_PRESIZE_FREE_SHARE * want:
                 return False
-            zeros = bytes(want - size)
-            while size < want:
+            zeros = memoryview(bytes(want - size))
+            while size < want:  # pwrite may write less than asked
                 size += os.pwrite(fd, zeros[:want - size], size)
             os.fdatasync(fd)
             return True
