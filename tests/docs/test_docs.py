@@ -311,6 +311,7 @@ OTHER_TOOLS_FLAGS = {
     "--check": "python scripts/generate_proto.py, scripts/api-docs.py",
     "--quick": "python -m tools.bench",
     "--pg-dsn": "python -m tools.bench services",
+    "--trace": "python -m tools.bench services, hop",
     "--x-y": "a placeholder: the flag of setting x_y",
 }
 

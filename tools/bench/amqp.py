@@ -76,6 +76,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.queues import Queue as MpQueue
 from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
@@ -84,6 +85,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from crdt_ops.replica import Replica
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology, declare, declare_member
+from tools.bench import trace
 from tools.bench.broker import DEFAULT_URL, broker_info, delete_group, new_group
 from tools.bench.cpu import BrokerCpu, percent, self_cpu
 from tools.bench.machine import load_average, platform_info, revision
@@ -224,10 +226,13 @@ async def _wait_event(ev: MpEvent, timeout: float, what: str) -> None:
 def _worker(spec: dict[str, Any], results: MpQueue[Any], go: MpEvent, stop: MpEvent) -> None:
     """Entry point of a worker process (raw or crdt-ops): runs ``spec["main"]`` (a
     module-level coroutine function of another benchmark, pickled by name) when the
-    spec has one, else this module's worker of ``spec["kind"]``."""
+    spec has one, else this module's worker of ``spec["kind"]``. ``spec["trace"]``
+    (``{"dir": ..., "role": ...}``): stamp it (:data:`tools.bench.trace.HOP_POINTS`)."""
     global _PROFILER
     if spec.get("profile"):
         _PROFILER = cProfile.Profile()
+    if spec.get("trace"):  # bench hop --trace: this process's steps stamped from now on
+        trace.install(Path(spec["trace"]["dir"]), spec["trace"]["role"], trace.HOP_POINTS)
     try:
         main = spec.get("main") or {"raw": _raw_worker, "node": _node_worker,
                                     "latency": _latency_worker}[spec["kind"]]

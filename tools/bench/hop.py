@@ -42,6 +42,11 @@ In every process a task sleeps 1 ms in a loop and records how much later than du
 woke: the worst is the **event loop's worst stall** of that side over the measurement
 (the raw clients are measured the same way, for comparison).
 
+``--trace DIR`` stamps each step of 1.'s hops in both replicas (their ``write()``, the
+commit, aiormq's publish, the socket writes and reads, ``Replica.receive``, the change
+event) and prints each step's p10/p50/p90 after the report (:mod:`tools.bench.trace`):
+where a hop's time goes beside the raw one's.
+
 Targets (issue 14; printed with verdicts, the exit status does not depend on them): one
 hop p50 <= 2 ms, p99 <= 10 ms and <= 1.5x the raw ping-pong's p50 of the same run;
 under 1,000 concurrent-writer ops/s, p99 <= 20 ms. ``--quick`` is a small slice for the
@@ -62,6 +67,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.queues import Queue as MpQueue
 from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -71,7 +77,7 @@ from crdt_ops.events import ChangeEvent
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.loop_lag import LoopLag
 from crdt_ops.transport.topology import Topology
-from tools.bench import consume
+from tools.bench import consume, trace
 from tools.bench.amqp import (
     LAT_KEY,
     PREFETCH,
@@ -374,6 +380,8 @@ class Context:
     timeout: float  # seconds one side may wait for the other, per step
     consume: str = "queue"  # the replicas' Settings.consume
     disk_sync: str = "first"  # the replicas' Settings.disk_sync
+    #: stamp the crdt-ops ping-pong's replicas into this directory (tools/bench/trace.py)
+    trace_dir: Path | None = None
 
 
 @dataclass
@@ -426,20 +434,29 @@ def _cpu(res: PhaseResult) -> str:
 
 
 def _run_pair(ctx: Context, what: str, main: Callable[..., Any], raw: bool,
-              **spec: Any) -> PhaseResult:
+              traced: bool = False, **spec: Any) -> PhaseResult:
     """Both sides of a measurement in two processes, in a fresh group deleted afterwards;
-    run again (new group) when disturbed or failed, up to :data:`ATTEMPTS` times."""
+    run again (new group) when disturbed or failed, up to :data:`ATTEMPTS` times.
+    ``traced``: each side stamped into ``ctx.trace_dir`` (that attempt's stamps only)."""
     def once(_attempt: int) -> PhaseResult:
         group = new_group("bench-hop")
         store_dir = tempfile.mkdtemp(prefix=f"crdt-ops-{group}-")
         ctx.progress(f"   group {group}")
+        tracing = traced and ctx.trace_dir is not None
+        if tracing:
+            assert ctx.trace_dir is not None
+            for old in ctx.trace_dir.glob("*.trace"):
+                old.unlink()
         try:
             if raw:
                 asyncio.run(declare_raw(ctx.url, Settings(group=group), ROLES))
             specs = [{"main": main, "kind": what, "role": r, "url": ctx.url, "group": group,
                       "consume": ctx.consume, "disk_sync": ctx.disk_sync,
                       "store_dir": store_dir, "batch_ops": Settings().batch_ops,
-                      "timeout": ctx.timeout, **spec} for r in ROLES]
+                      "timeout": ctx.timeout,
+                      "trace": ({"dir": str(ctx.trace_dir), "role": f"hop-{r}"}
+                                if tracing else None),
+                      **spec} for r in ROLES]
             res = run_workers(specs, 2 * ctx.timeout + spec.get("seconds", 0.0))
         finally:
             delete_group(ctx.url, group, ROLES, ctx.progress)
@@ -460,7 +477,7 @@ def measure_pingpong(ctx: Context, raw: bool) -> list[Row]:
     ctx.progress(f"{'2' if raw else '1'}. {name} ping-pong: {sz.warmup} warm-up + "
                  f"{sz.round_trips} timed round trips, a and b in 2 processes")
     res = _run_pair(ctx, f"{name} ping-pong", _raw_pingpong if raw else _crdt_pingpong, raw,
-                    rounds=total)
+                    traced=not raw, rounds=total)
     a, b = res.done[ROLES[0]], res.done[ROLES[1]]
     timed = range(sz.warmup + 1, total + 1)
     hop1 = [b["heard"][n] - a["sent"][n] for n in timed]
@@ -624,6 +641,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--writers", type=at_least(1), default=None,
                    help=f"concurrent writers of the load case (default {FULL.writers})")
     consume.add_argument(p)
+    p.add_argument("--trace", type=Path, default=None, metavar="DIR",
+                   help="stamp each step of the crdt-ops ping-pong's hops into DIR and print "
+                        "the steps' p10/p50/p90 (tools/bench/trace.py; adds about a "
+                        "microsecond a stamp)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(run=main)
 
@@ -641,11 +662,18 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress(enabled=not args.quiet)
     ctx = Context(url=args.amqp_url, sizes=sizes, progress=progress,
                   timeout=30.0 if args.quick else 60.0, consume=args.consume,
-                  disk_sync=args.disk_sync)
+                  disk_sync=args.disk_sync, trace_dir=args.trace)
+    if args.trace is not None:
+        args.trace.mkdir(parents=True, exist_ok=True)
     info = machine(args.amqp_url)
     progress(f"hop: broker {info['broker']}, {info['cpu']}, {info['cores']} cores")
     rows, failed = run(ctx)
     info["load"] += f" at the start, {load_average('/')} at the end (1/5/15 min)"
     print(report(rows, info, sizes, args.quick, failed, args.disk_sync), flush=True)
+    if args.trace is not None:
+        found, broken = trace.hop_steps(args.trace)
+        print(f"\nA crdt-ops hop step by step (stamps in both replicas: tools/bench/trace.py; "
+              f"both directions, warm-up included; {broken} hops whose chain of stamps was "
+              f"broken left out):\n\n{trace.step_table(found, unit='hops')}", flush=True)
     progress("done" if not failed else f"done; failed: {', '.join(failed)}")
     return 1 if failed else 0

@@ -17,6 +17,11 @@ process's socket reads and writes per Start. A step is measured from one stamp t
 the next on the Start's path; a Start whose chain is broken (a stamp missing, or a chain
 longer than a second: a retry, a reconnection) is left out and counted.
 
+``python -m tools.bench hop --trace DIR`` stamps the two replicas of the crdt-ops
+ping-pong the same way (:data:`HOP_POINTS`, from their processes' start), and
+:func:`hop_steps` follows each hop back from the change event at its reader to its
+writer's ``write()``.
+
 The wrappers cost about a microsecond a stamp, and a coroutine frame for each async one:
 a traced run is for finding where the time goes, not a measurement of the total.
 """
@@ -50,6 +55,18 @@ POINTS: tuple[tuple[str, str, str, bool], ...] = (
     ("services.logic", "Logic._place", "place", False),
     ("services.runtime", "ProcessRuntime.start", "start", False),
     ("aiohttp.web_response", "StreamResponse.write", "sse", True),
+)
+#: What is stamped in a ``bench hop`` replica: its ``write()`` called, a commit (its
+#: messages encoded, then the store's transaction, ``Store.append``, which syncs the
+#: disk), aiormq's publish, ``Replica.receive``, and the benchmark's change event
+#: (``Heard.heard``).
+HOP_POINTS: tuple[tuple[str, str, str, bool], ...] = (
+    ("crdt_ops.transport.amqp.node", "AmqpNode.write", "node.write", False),
+    ("crdt_ops.transport.durable", "DurableReplica._write", "commit", False),
+    ("crdt_ops.transport.store", "Store.append", "append", False),
+    ("aiormq.channel", "Channel.basic_publish", "publish", True),
+    ("crdt_ops.replica", "Replica.receive", "receive", False),
+    ("tools.bench.hop", "Heard.heard", "event", False),
 )
 
 _stamps: list[tuple[int, str]] = []
@@ -85,10 +102,11 @@ def _wrap(module: str, path: str, label: str, is_async: bool) -> None:
     setattr(owner, name, wrapper)
 
 
-def install(out_dir: Path, role: str) -> None:
-    """Stamp :data:`POINTS` and the event loop's socket reads (``read``) and writes
-    (``write``) in this process from now on; write them to ``out_dir/<role>.<pid>.trace``
-    (one ``<ns> <label>`` a line) at exit."""
+def install(out_dir: Path, role: str,
+            points: Sequence[tuple[str, str, str, bool]] = POINTS) -> None:
+    """Stamp ``points`` (by default :data:`POINTS`) and the event loop's socket reads
+    (``read``) and writes (``write``) in this process from now on; write them to
+    ``out_dir/<role>.<pid>.trace`` (one ``<ns> <label>`` a line) at exit."""
     from asyncio import selector_events
 
     transport: Any = getattr(selector_events, "_SelectorSocketTransport")  # noqa: B009
@@ -103,7 +121,7 @@ def install(out_dir: Path, role: str) -> None:
         read(self)
 
     transport.write, transport._read_ready__data_received = traced_write, traced_read
-    for point in POINTS:
+    for point in points:
         _wrap(*point)
 
     def dump() -> None:
@@ -179,11 +197,64 @@ def _read(f: Path) -> list[tuple[int, str]]:
             (line.split(" ", 1) for line in f.read_text(encoding="ascii").splitlines())]
 
 
+#: A path of stamps: (the step that starts, or ends, at the stamp; its role; its label).
+Path_ = tuple[tuple[str, str, str], ...]
+
+
 def steps(trace_dir: Path) -> tuple[list[Step], int]:
     """Each step of the Starts traced in ``trace_dir`` (in path order, the whole first),
     and how many Starts were left out (a stamp missing, or the chain longer than
     :data:`MAX_START_NS`)."""
+    found, broken = _follow(load(trace_dir), ("worker", "start>"), _BACK, _FORWARD, WHOLE)
+    return [Step(n, v) for n, v in found.items()], broken
+
+
+#: The name of the whole of a hop, the first of :func:`hop_steps`.
+HOP_WHOLE = "whole: the writer's write() -> the change event at the reader"
+
+
+def hop_path(writer: str, reader: str) -> Path_:
+    """The stamps of one hop, backwards from the change event at ``reader``."""
+    return (
+        ("reader: receive -> change event", reader, "receive>"),
+        ("reader: socket read -> receive", reader, "read"),
+        ("the broker, writer -> reader's socket", writer, "write"),
+        ("writer: publish -> on its socket", writer, "publish>"),
+        ("writer: commit -> publish", writer, "commit<"),
+        ("writer: commit, after the transaction", writer, "append<"),
+        ("writer: the store's transaction (one disk sync)", writer, "append>"),
+        ("writer: commit, before the transaction (its messages encoded)", writer, "commit>"),
+        ("writer: write() -> commit", writer, "node.write>"),
+    )
+
+
+def hop_steps(trace_dir: Path, roles: tuple[str, str] = ("hop-a", "hop-b")
+              ) -> tuple[list[Step], int]:
+    """Each step of the hops of a ``bench hop --trace`` ping-pong (both directions, the
+    warm-up round trips included), from the writer's ``write()`` to the change event at
+    the reader; and how many hops were left out. ``roles``: the two replicas' trace
+    files' roles. A step ends at the first stamp of its kind before the next step's (the
+    last socket read before the receive, for instance, which may be another message's)."""
     by_role = load(trace_dir)
+    found: dict[str, list[float]] = {}
+    broken = 0
+    for writer, reader in (roles, roles[::-1]):
+        one, left = _follow(by_role, (reader, "event>"), hop_path(writer, reader), (),
+                            HOP_WHOLE)
+        for name, ms in one.items():
+            found.setdefault(name, []).extend(ms)
+        broken += left
+    return [Step(n, v) for n, v in found.items()], broken
+
+
+def _follow(by_role: dict[str, list[tuple[int, str]]], anchor: tuple[str, str],
+            back: Path_, forward: Path_, whole: str) -> tuple[dict[str, list[float]], int]:
+    """Each stamp ``anchor`` (role, label) of ``by_role``, followed along ``back`` (each
+    the last stamp of its role and label before the one found last, naming the step that
+    starts there) and ``forward`` (each the first after, naming the step that ends
+    there): the durations (ms) of ``whole`` and of each step, in path order, and how many
+    anchors were left out (a stamp missing, or the chain longer than
+    :data:`MAX_START_NS`)."""
     times = {role: [t for t, _ in rows] for role, rows in by_role.items()}
 
     def find(role: str, label: str, at: int, direction: int) -> int | None:
@@ -198,32 +269,32 @@ def steps(trace_dir: Path) -> tuple[list[Step], int]:
             i += 1
         return rows[i][0] if i < len(rows) else None
 
-    def walk(table: tuple[tuple[str, str, str], ...], anchor: int,
-             direction: int) -> list[int | None]:
-        """The stamps of ``table`` from ``anchor`` on, each found from the one before it
+    def walk(table: Path_, start: int, direction: int) -> list[int | None]:
+        """The stamps of ``table`` from ``start`` on, each found from the one before it
         (None from the first one missing)."""
-        path: list[int | None] = [anchor]
+        path: list[int | None] = [start]
         for _, role, want in table:
             prev = path[-1]
             path.append(None if prev is None else find(role, want, prev, direction))
         return path[1:]
 
-    names = [n for n, _, _ in reversed(_BACK)] + [n for n, _, _ in _FORWARD]
-    durations: dict[str, list[float]] = {n: [] for n in [WHOLE, *names]}
+    names = [n for n, _, _ in reversed(back)] + [n for n, _, _ in forward]
+    durations: dict[str, list[float]] = {n: [] for n in [whole, *names]}
     broken = 0
-    for t, label in by_role.get("worker", []):
-        if label != "start>":
+    role, label = anchor
+    for t, seen in by_role.get(role, []):
+        if seen != label:
             continue
-        chain = [*reversed(walk(_BACK, t, -1)), t, *walk(_FORWARD, t, +1)]
+        chain = [*reversed(walk(back, t, -1)), t, *walk(forward, t, +1)]
         stamps = [c for c in chain if c is not None]
         # (each found strictly before or after the one before it: in order by construction)
         if len(stamps) < len(chain) or stamps[-1] - stamps[0] > MAX_START_NS:
             broken += 1
             continue
-        durations[WHOLE].append((stamps[-1] - stamps[0]) / 1e6)
+        durations[whole].append((stamps[-1] - stamps[0]) / 1e6)
         for name, (a, b) in zip(names, itertools.pairwise(stamps), strict=True):
             durations[name].append((b - a) / 1e6)
-    return [Step(n, v) for n, v in durations.items()], broken
+    return durations, broken
 
 
 def socket_ops(trace_dir: Path) -> list[tuple[str, float, float, float]]:
@@ -268,14 +339,15 @@ def socket_table(rows: Sequence[tuple[str, float, float, float]]) -> str:
         first_left(4))
 
 
-def step_table(found: Sequence[Step]) -> str:
-    """Markdown: each step's Starts, and p10 / p50 / p90 in ms (nearest rank)."""
+def step_table(found: Sequence[Step], unit: str = "Starts") -> str:
+    """Markdown: each step's count (of ``unit``: Starts, hops), and p10 / p50 / p90 in ms
+    (nearest rank)."""
     rows = []
     for s in found:
         cells = ("-", "-", "-") if not s.ms else tuple(
             f"{nearest_rank(s.ms, q):.2f}" for q in (0.1, 0.5, 0.9))
         rows.append((s.name, str(len(s.ms)), *cells))
-    return markdown_table(("step", "Starts", "p10 ms", "p50 ms", "p90 ms"), rows,
+    return markdown_table(("step", unit, "p10 ms", "p50 ms", "p90 ms"), rows,
                           first_left(5))
 
 
