@@ -198,7 +198,7 @@ def _read(f: Path) -> list[tuple[int, str]]:
 
 
 #: A path of stamps: (the step that starts, or ends, at the stamp; its role; its label).
-Path_ = tuple[tuple[str, str, str], ...]
+StampPath = tuple[tuple[str, str, str], ...]
 
 
 def steps(trace_dir: Path) -> tuple[list[Step], int]:
@@ -213,7 +213,7 @@ def steps(trace_dir: Path) -> tuple[list[Step], int]:
 HOP_WHOLE = "whole: the writer's write() -> the change event at the reader"
 
 
-def hop_path(writer: str, reader: str) -> Path_:
+def hop_path(writer: str, reader: str) -> StampPath:
     """The stamps of one hop, backwards from the change event at ``reader``."""
     return (
         ("reader: receive -> change event", reader, "receive>"),
@@ -233,8 +233,9 @@ def hop_steps(trace_dir: Path, roles: tuple[str, str] = ("hop-a", "hop-b")
     """Each step of the hops of a ``bench hop --trace`` ping-pong (both directions, the
     warm-up round trips included), from the writer's ``write()`` to the change event at
     the reader; and how many hops were left out. ``roles``: the two replicas' trace
-    files' roles. A step ends at the first stamp of its kind before the next step's (the
-    last socket read before the receive, for instance, which may be another message's)."""
+    files' roles. Each step starts at the last stamp of its kind before the one that ends
+    it (the last socket read before the receive, for instance, which may be another
+    message's)."""
     by_role = load(trace_dir)
     found: dict[str, list[float]] = {}
     broken = 0
@@ -248,7 +249,7 @@ def hop_steps(trace_dir: Path, roles: tuple[str, str] = ("hop-a", "hop-b")
 
 
 def _follow(by_role: dict[str, list[tuple[int, str]]], anchor: tuple[str, str],
-            back: Path_, forward: Path_, whole: str) -> tuple[dict[str, list[float]], int]:
+            back: StampPath, forward: StampPath, whole: str) -> tuple[dict[str, list[float]], int]:
     """Each stamp ``anchor`` (role, label) of ``by_role``, followed along ``back`` (each
     the last stamp of its role and label before the one found last, naming the step that
     starts there) and ``forward`` (each the first after, naming the step that ends
@@ -269,7 +270,7 @@ def _follow(by_role: dict[str, list[tuple[int, str]]], anchor: tuple[str, str],
             i += 1
         return rows[i][0] if i < len(rows) else None
 
-    def walk(table: Path_, start: int, direction: int) -> list[int | None]:
+    def walk(table: StampPath, start: int, direction: int) -> list[int | None]:
         """The stamps of ``table`` from ``start`` on, each found from the one before it
         (None from the first one missing)."""
         path: list[int | None] = [start]
