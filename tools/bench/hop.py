@@ -442,11 +442,9 @@ def _run_pair(ctx: Context, what: str, main: Callable[..., Any], raw: bool,
         group = new_group("bench-hop")
         store_dir = tempfile.mkdtemp(prefix=f"crdt-ops-{group}-")
         ctx.progress(f"   group {group}")
-        tracing = traced and ctx.trace_dir is not None
-        if tracing:
-            assert ctx.trace_dir is not None
-            for old in ctx.trace_dir.glob("*.trace"):
-                old.unlink()
+        trace_dir = ctx.trace_dir if traced else None
+        if trace_dir is not None:
+            trace.clear(trace_dir)
         try:
             if raw:
                 asyncio.run(declare_raw(ctx.url, Settings(group=group), ROLES))
@@ -454,8 +452,8 @@ def _run_pair(ctx: Context, what: str, main: Callable[..., Any], raw: bool,
                       "consume": ctx.consume, "disk_sync": ctx.disk_sync,
                       "store_dir": store_dir, "batch_ops": Settings().batch_ops,
                       "timeout": ctx.timeout,
-                      "trace": ({"dir": str(ctx.trace_dir), "role": f"hop-{r}"}
-                                if tracing else None),
+                      "trace": (None if trace_dir is None
+                                else {"dir": str(trace_dir), "role": f"hop-{r}"}),
                       **spec} for r in ROLES]
             res = run_workers(specs, 2 * ctx.timeout + spec.get("seconds", 0.0))
         finally:

@@ -458,9 +458,8 @@ async def running_platform(opt: Options, workdir: Path) -> AsyncIterator[Platfor
     pids: list[int] = []
     ports = {name: free_port() for name in ("web", "logic", *workers)} if opt.metrics else {}
     env = {"CRDT_OPS_LOG": "INFO", "CRDT_OPS_RUNTIME": "process"}
-    if opt.trace_dir is not None:  # this attempt's stamps only
-        for old in opt.trace_dir.glob("*.trace"):
-            old.unlink()
+    if opt.trace_dir is not None:
+        trace.clear(opt.trace_dir)
     try:
         for name, cmd in [("web", ["web", "--port", str(port), "--host", "127.0.0.1",
                                    "--cells", cells]),

@@ -180,6 +180,13 @@ WHOLE = "whole: request read -> event-stream write"
 MAX_START_NS = 1_000_000_000
 
 
+def clear(trace_dir: Path) -> None:
+    """Remove the stamps of an earlier attempt from ``trace_dir``: a run retried (a new
+    group, new processes) is followed from its own stamps only."""
+    for old in trace_dir.glob("*.trace"):
+        old.unlink()
+
+
 def load(trace_dir: Path) -> dict[str, list[tuple[int, str]]]:
     """The stamps of ``trace_dir``'s files by role (every worker's together, in time
     order)."""
