@@ -36,6 +36,7 @@ import json  # noqa: E402
 import traceback  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
+import crdt_ops  # noqa: E402
 from crdt_ops.transport import config  # noqa: E402
 from services import logs  # noqa: E402
 from services.process import Terminated, raise_terminated  # noqa: E402
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="crdt-ops", description="Operation-based CRDTs replicated through "
                     "RabbitMQ: the services, a replica process, the operator's commands and "
                     "(from a source checkout) the development tools.")
+    parser.add_argument("--version", action="version",
+                        version=f"crdt-ops {crdt_ops.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     service_arguments(sub)
     for name in ("web", "logic", "worker", "demo"):
@@ -308,9 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     runner_arguments(rep)
     rep.set_defaults(func=_replica, bounds=REPLICA_BOUNDS)
 
-    ret = sub.add_parser("retire", help="tell a group that a replica is gone for good")
-    ret.add_argument("retiree", metavar="REPLICA_ID")
-    config.add_arguments(ret)
+    ret = sub.add_parser(
+        "retire", help="tell a group that a replica is gone for good",
+        description="Publish to --group that REPLICA_ID is gone for good, naming its last "
+        "operation in the group's stream: causal stability and compaction stop waiting for "
+        "it once every replica has delivered that operation. Run it once the replica is "
+        "stopped and will not come back (a replica retired refuses to start again).")
+    ret.add_argument("retiree", metavar="REPLICA_ID",
+                     help="the id of the replica that is gone (as its logs and the group's "
+                          "metrics name it), not this command's own")
+    config.add_arguments(ret, only=("amqp_url", "group", "signing_key"))
     ret.set_defaults(func=_retire)
 
     dele = sub.add_parser(
@@ -362,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     # both there, in every state: services.process.StopSignals)
     signal.signal(signal.SIGTERM, raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     prog = f"crdt-ops {args.command}"
+    if unknown:  # argparse would name the top command's --help: name the one that was run
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         check(args)
     except UsageError as e:

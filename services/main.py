@@ -361,7 +361,8 @@ def demo(args: argparse.Namespace, service: Service) -> int:
         return _demo_processes(settings, group, owned, host, port, args.secure, flags, tuned)
     given = [f"--{k.replace('_', '-')}" for k in DEMO_PASSES if getattr(args, k, None)
              is not None]
-    print("crdt-ops demo: no broker answers; using the in-memory network"
+    print(f"crdt-ops demo: no broker answers at {redact_urls(settings.amqp_url)}; using the "
+          "in-memory network (start RabbitMQ, or name it with --amqp-url, for the real one)"
           + (" (--secure needs RabbitMQ: ignored)" if args.secure else "")
           + (f" ({', '.join(given)}: RabbitMQ settings, not used by it)" if given else ""),
           flush=True)

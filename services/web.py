@@ -76,6 +76,25 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error(e.status, e.reason)
 
 
+@web.middleware
+async def query_params(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every ``/api/`` route refuses a query parameter it does not take, or one given twice,
+    with a 400 before its handler runs (:func:`route_params`)."""
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical.startswith("/api/"):
+        route_params(request)
+    return await handler(request)  # type: ignore[no-any-return]
+
+
+def route_params(request: web.Request) -> dict[str, str]:
+    """The query parameters of ``request``, those its route takes (:data:`ROUTE_PARAMS`;
+    none for a route not in it), each at most once: a 400 otherwise (:func:`_params`; a
+    misspelt filter must not list everything, nor a flag be ignored)."""
+    resource = request.match_info.route.resource
+    canonical = "" if resource is None else resource.canonical
+    return _params(request, ROUTE_PARAMS.get((request.method, canonical), ()))
+
+
 def _record(containers: Containers, cid: str) -> dict[str, Any] | None:
     rec = containers.get(model.CONTAINERS + cid)
     if not isinstance(rec, dict) or not rec.get("name"):
@@ -118,7 +137,18 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
         check_text(value, field)
     except InvalidValue:
         raise _bad_request(f"'{field}' is not valid Unicode text") from None
+    bad = _CONTROL.search(value)
+    if bad:  # a label: a NUL, a newline or an escape would garble logs, pages and terminals
+        raise _bad_request(f"'{field}' holds the control character "
+                           f"U+{ord(bad.group()):04X}: send printable text")
     return value
+
+
+#: Unicode's control characters (category Cc), refused in a name or an owner.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: The fields a create takes; the others are written by the services (power by start and
+#: stop, the home and placement by logic, the reports by the workers).
+CREATE_FIELDS = ("name", "owner")
 
 
 # ------------------------------------------------------------------ query parameters
@@ -126,6 +156,11 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,1400}")
 LIST_PARAMS = ("limit", "cursor", *FILTERS)
 EVENT_PARAMS = ("nodes", *FILTERS)
+#: The query parameters of each ``/api/`` route that takes any: (method, path) -> names.
+ROUTE_PARAMS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GET", "/api/containers"): LIST_PARAMS,
+    ("GET", "/api/events"): EVENT_PARAMS,
+}
 
 
 def encode_cursor(key: str) -> str:
@@ -157,7 +192,7 @@ def _params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
     for name, value in request.query.items():
         if name not in allowed:
             raise _bad_request(f"unknown query parameter '{name[:50]}'; this route takes "
-                               f"{', '.join(allowed)}")
+                               f"{', '.join(allowed) or 'none'}")
         if name in out:
             raise _bad_request(f"query parameter '{name}' is given more than once")
         out[name] = value
@@ -277,6 +312,11 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
         if not isinstance(body, dict):
             return _error(400, f"the body must be a JSON object, not {json_type(body)}: "
                                f"{example}")
+        unknown = [f for f in body if f not in CREATE_FIELDS]
+        if unknown:
+            return _error(400, f"unknown field '{str(unknown[0])[:50]}': a create takes "
+                               f"{', '.join(CREATE_FIELDS)} (a container is created off; "
+                               "POST /api/containers/{id}/start starts it)")
         name = _text_field(body, "name", required=True)
         owner = _text_field(body, "owner", required=False) or "anonymous"
         cid = uuid.uuid4().hex[:12]
@@ -309,7 +349,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
         candidates from an index it keeps per filter and checks each against the
         record, at most ``limit + 1000`` a request: a filtered page may then be
         short, or empty, and still have a ``next`` link; follow it to go on."""
-        params = _params(request, LIST_PARAMS)
+        params = route_params(request)
         limit = _limit(params)
         flt = _filter(params)
         cursor = params.get("cursor")
@@ -406,13 +446,16 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
 
         The stream starts with the comment ``: connected`` once it is subscribed: a
         list read after that misses no change."""
-        params = _params(request, EVENT_PARAMS)
+        params = route_params(request)
         flt = _filter(params)
+        nodes = params.get("nodes", "0")
+        if nodes not in ("0", "1"):
+            raise _bad_request(f"'nodes' must be 1 (node events too) or 0, not {nodes[:50]!r}")
         task = asyncio.current_task()
         assert task is not None
         pending = _Pending(flt)
         unsubscribes = [containers.subscribe(model.CONTAINERS, pending.note)]
-        if params.get("nodes") == "1":
+        if nodes == "1":
             unsubscribes.append(node.groups.subscribe(model.CELLS, pending.note))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -488,7 +531,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
         unsubscribe_history()
         listing.close()
 
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[json_errors, query_params])
     app.add_routes(routes)
     app.on_shutdown.append(end_streams)
     unsubscribe_history = containers.subscribe(model.CONTAINERS, history.record)

@@ -29,15 +29,19 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _add_story(p: argparse.ArgumentParser) -> Bounds:
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1,
+                   help="the random seed of the story's network (default %(default)s)")
     p.set_defaults(func=_story)
     return {}
 
 
 def _add_simulate(p: argparse.ArgumentParser) -> Bounds:
-    p.add_argument("--replicas", type=int, default=100)
-    p.add_argument("--ops", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replicas", type=int, default=100,
+                   help="replicas in the group (default %(default)s)")
+    p.add_argument("--ops", type=int, default=2000,
+                   help="operations issued in all, at random replicas (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random seed: the same seed, the same run (default %(default)s)")
     p.set_defaults(func=_simulate)
     return {"replicas": (1, False), "ops": (0, False)}
 

@@ -100,8 +100,10 @@ class Settings:
         for name in ("batch_ops", "prefetch", "snapshot_every", "max_waiting_per_origin"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.batch_delay_ms < 0 or self.heartbeat_s <= 0:
-            raise ValueError("--batch-delay-ms must be >= 0 and --heartbeat-s > 0")
+        if self.batch_delay_ms < 0:
+            raise ValueError(f"--batch-delay-ms must be >= 0, got {self.batch_delay_ms:g}")
+        if self.heartbeat_s <= 0:
+            raise ValueError(f"--heartbeat-s must be > 0, got {self.heartbeat_s:g}")
         if self.gap_timeout_s <= 0:
             raise ValueError("--gap-timeout-s must be > 0")
         if self.stream_max_bytes < 0:

@@ -171,6 +171,8 @@ class DurableReplica:
                              f"{mode.decode()} (or a new group for the other mode)")
         store.put("replica_id", rid.encode())
         store.put(MEMBERSHIP, settings.membership.encode())
+        log.info("replica %s of group %s: its store is %s", rid, settings.group,
+                 store.path.resolve())
         options = {"wall_clock": wall_clock, "policy": policy, "subgroups": subgroups,
                    "members": members_of(settings.membership.encode()),
                    "max_batch_ops": settings.batch_ops,

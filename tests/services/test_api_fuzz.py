@@ -141,3 +141,61 @@ def test_a_create_that_is_not_a_valid_record_says_why_in_json_terms(
     status, answer = api.call("POST", "/api/containers", body)
     assert (status, answer["error"]) == (400, says), answer
     assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"name": "db", "power_desired": "on"}',
+     "unknown field 'power_desired': a create takes name, owner (a container is created off; "
+     "POST /api/containers/{id}/start starts it)"),
+    (b'{"name": "db", "owner": "ada", "extra": 1}', "unknown field 'extra': a create takes "
+     "name, owner (a container is created off; POST /api/containers/{id}/start starts it)"),
+    (b'{"name": "x\\u0000y"}', "'name' holds the control character U+0000: send printable "
+     "text"),
+    (b'{"name": "db", "owner": "a\\nb"}', "'owner' holds the control character U+000A: send "
+     "printable text"),
+    (b'{"name": "a\\u0085b"}', "'name' holds the control character U+0085: send printable "
+     "text"),
+])
+def test_a_create_with_a_field_it_does_not_take_or_a_control_character_is_refused(
+        api: Api, body: bytes, says: str) -> None:
+    """A create takes a name and an owner, printable: a field it would not write (a power
+    switch, a typo) or a control character (a NUL, a newline: it would garble logs and the
+    page) gets a 400 saying so, and nothing is written."""
+    before = (api.node.replica.state(), dict(api.node.replica.clock))
+    status, answer = api.call("POST", "/api/containers", body)
+    assert (status, answer["error"]) == (400, says), answer
+    assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
+
+
+def test_a_name_in_any_script_is_taken(api: Api) -> None:
+    """What is refused is control characters only: accents, scripts and emoji are names."""
+    status, answer = api.call("POST", "/api/containers", json.dumps(
+        {"name": "café 数据库 🚀", "owner": "Zoë"}).encode())
+    assert status == 201 and answer["name"] == "café 数据库 🚀", answer
+
+
+@pytest.mark.parametrize(("path", "says"), [
+    ("/api/nodes?x=1", "unknown query parameter 'x'; this route takes none"),
+    ("/api/containers/KNOWN?verbose=1", "unknown query parameter 'verbose'; this route takes "
+     "none"),
+    ("/api/containers/KNOWN/history?limit=5", "unknown query parameter 'limit'; this route "
+     "takes none"),
+    ("/api/events?nodes=true", "'nodes' must be 1 (node events too) or 0, not 'true'"),
+    ("/api/events?node=a&node=b", "query parameter 'node' is given more than once"),
+    ("/api/events?sort=id", "unknown query parameter 'sort'; this route takes nodes, owner, "
+     "desired, actual, node"),
+])
+def test_every_api_route_refuses_a_query_parameter_it_does_not_take(
+        api: Api, path: str, says: str) -> None:
+    """A parameter a route does not take is a 400 on every ``/api/`` route (a flag that
+    would be ignored, such as ``nodes=true`` for ``nodes=1``, too)."""
+    status, answer = api.call("GET", path.replace("KNOWN", api.known), None)
+    assert (status, answer["error"]) == (400, says), answer
+
+
+def test_a_write_with_a_query_parameter_is_refused_and_writes_nothing(api: Api) -> None:
+    before = (api.node.replica.state(), dict(api.node.replica.clock))
+    status, answer = api.call("POST", f"/api/containers/{api.known}/start?force=1", None)
+    assert (status, answer["error"]) == (
+        400, "unknown query parameter 'force'; this route takes none"), answer
+    assert (api.node.replica.state(), dict(api.node.replica.clock)) == before

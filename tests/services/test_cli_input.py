@@ -99,7 +99,9 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
         Case("replica: --batch-ops 0", ["replica", *url, "--batch-ops", "0"],
              says="--batch-ops"),
         Case("replica: --heartbeat-s negative", ["replica", *url, "--heartbeat-s", "-1"],
-             says="--heartbeat-s"),
+             says="--heartbeat-s must be > 0, got -1"),
+        Case("replica: --batch-delay-ms negative", ["replica", *url, "--batch-delay-ms",
+             "-5"], says="--batch-delay-ms must be >= 0, got -5"),
         Case("replica: --amqp-url not AMQP", ["replica", "--amqp-url", "http://x/"],
              says="--amqp-url"),
         Case("replica: --amqp-url with a port that is no number",
@@ -192,6 +194,12 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
         Case("fuzz: --messages negative", ["fuzz", "--messages", "-1"], says="--messages"),
         Case("fuzz: --amqp-url not AMQP", ["fuzz", "--amqp-url", "nope"], says="--amqp-url"),
         Case("no such command", ["teleport"], says="invalid choice"),
+        # an unknown flag names the --help of the command it was given to
+        Case("web: an unknown flag", ["web", "--bogus"],
+             says="crdt-ops web: error: unrecognized arguments: --bogus (see crdt-ops web "
+                  "--help)"),
+        Case("worker: an unknown flag and a stray word", ["worker", "--nodes", "n1", "x"],
+             says="(see crdt-ops worker --help)"),
     ]
 
 
@@ -269,3 +277,14 @@ def test_placement_settings_are_flags_and_variables_shown_with_their_defaults() 
         text = " ".join(done.stdout.split())
         for t in texts:
             assert t in text, (command, t)
+
+
+def test_version_is_printed_on_stdout(tmp_path: Path) -> None:
+    """``crdt-ops --version`` prints the package's version and exits 0 (argparse would
+    otherwise ask for a command)."""
+    import crdt_ops
+
+    done = run(Case("version", ["--version"], code=0), tmp_path)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (
+        0, f"crdt-ops {crdt_ops.__version__}", "")
+

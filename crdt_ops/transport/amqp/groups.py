@@ -43,9 +43,11 @@ log = logging.getLogger(__name__)
 def store_for(settings: Settings, group: str, name: str, default: str | None = None) -> str:
     """The store file of ``group``: for ``default`` (the routing's default group),
     ``settings.store`` itself (a process that held that one group before keeps its file);
-    for another group ``settings.store`` with ``.<group>`` before its suffix
-    (``web.sqlite`` -> ``web.cell.eu1.sqlite``); without ``settings.store``, the default
-    ``crdt-ops.<group>.<replica id or name>.sqlite``."""
+    for another group ``settings.store`` with ``.<group>`` before its suffix (the services'
+    cell ``eu1`` of group ``default``: ``web.sqlite`` -> ``web.default.cell.eu1.sqlite``; a
+    worker holds its cell's group only, so ``--store w.sqlite`` is ``w.default.cell.eu1.sqlite``);
+    without ``settings.store``, the default ``crdt-ops.<group>.<replica id or name>.sqlite``
+    (``crdt-ops.default.cell.eu1.worker.n1.sqlite``)."""
     if not settings.store:
         return default_store_path(dataclasses.replace(settings, group=group),
                                   settings.replica_id or name)
