@@ -27,8 +27,10 @@ class TypeConflict(InvalidMessage, TypeError):
     """A name already holds an object of another type.
 
     Locally: the handle asked for (e.g. ``replica.counter("x")``) does not match
-    the type ``x`` was first written with. Remotely: the operation's origin had
-    seen ``x`` with another type, so every replica rejects it the same way.
+    the type ``x`` holds: the one it was first written with, or, where replicas wrote
+    it with several types concurrently, the highest type number of those, the one its
+    value shows (:class:`~crdt_ops.types.ormap.ORMap`). Remotely: the operation's origin
+    had seen ``x`` with another type, so every replica rejects it the same way.
     """
 
     def __init__(self, detail: str) -> None:

@@ -39,6 +39,16 @@ class Subscribers:
         self._subs: list[tuple[str, Callback]] = []
 
     def add(self, prefix: str, callback: Callback) -> Callable[[], None]:
+        """Call ``callback`` for each change of a key that starts with ``prefix``; returns
+        the function that unsubscribes it. Raises TypeError (adding nothing) when
+        ``prefix`` is not a str or ``callback`` is not callable: either would fail later,
+        at every change, far from the mistake."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"a subscription's prefix must be a str (\"\" for every key), "
+                            f"not {type(prefix).__name__}")
+        if not callable(callback):
+            raise TypeError(f"a subscription's callback must be callable with a ChangeEvent, "
+                            f"not {type(callback).__name__}")
         entry = (prefix, callback)
         self._subs.append(entry)
         return lambda: self._subs.remove(entry) if entry in self._subs else None

@@ -279,7 +279,9 @@ class Replica(Fields):
         :meth:`items`). The callback runs synchronously, inside the mutator or the
         :meth:`receive` that applied the change, once per changed top-level key and
         batch; it must not block. It may write (a node sends those writes too). An
-        exception it raises is logged and does not stop the other callbacks."""
+        exception it raises is logged and does not stop the other callbacks. Raises
+        TypeError, subscribing nothing, if ``prefix`` is not a str or ``callback`` is not
+        callable."""
         return self._subs.add(prefix, callback)
 
     # ------------------------------------------------------------ output
@@ -622,7 +624,9 @@ class Replica(Fields):
         :class:`~crdt_ops.errors.NotAMember` if this replica may not write."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
             raise NotAMember(f"replica {self.replica_id!r} is not a member of its group "
-                             "(join() asks the members to admit it)")
+                             "yet: over a transport, await the node's start(), which founds "
+                             "the group or is admitted to it; a bare Replica calls found() "
+                             "or join()")
         self.check_type(op.path, op.type)
         self._authorize(self.replica_id, [op])
         sub = self._subgroup_of(op)

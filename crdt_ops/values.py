@@ -7,6 +7,7 @@ surrogate cannot be encoded on the wire.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from crdt_ops.errors import InvalidValue
 
@@ -57,3 +58,12 @@ def value_key(value: Value) -> tuple[int, Value]:
     if isinstance(value, str):
         return (4, value)
     return (5, value)
+
+
+def value_set(values: Iterable[Value]) -> frozenset[Value]:
+    """The frozenset a set or an MV register reads as, the same at every replica: where it
+    holds values Python takes as equal (``1``, ``1.0`` and ``True``, kept apart by
+    :func:`value_key`), it shows the first by :func:`value_key` (``True``, then ``1``, then
+    ``1.0``), whatever order they arrived in; a frozenset keeps the first of equal values
+    added to it."""
+    return frozenset(sorted(values, key=value_key))

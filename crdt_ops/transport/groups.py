@@ -54,7 +54,8 @@ class NodeGroups(Generic[N]):
         :mod:`crdt_ops.routing`). Raises what a node's ``write()`` raises: over RabbitMQ
         :class:`~crdt_ops.transport.store.StoreUnavailable`, on entry while any held
         group's store fails (one process's stores share a disk), at the end for a group
-        whose store failed."""
+        whose store failed. An exception raised inside the block does not undo what it
+        applied before: that goes out with the next commit."""
         async with contextlib.AsyncExitStack() as stack:
             for node in self.nodes.values():
                 await stack.enter_async_context(node.write())

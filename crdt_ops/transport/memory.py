@@ -190,9 +190,17 @@ class MemoryNode:
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Replica]:
         """``async with node.write() as r: ...``: applied at once, broadcast when the
-        block exits (if it raises, what it applied goes out with the next flush)."""
+        block exits (if it raises, what it applied goes out with the next flush).
+        Raises RuntimeError, applying nothing, while the node is not on its bus
+        (:meth:`flush`)."""
+        self._check_on_bus()
         yield self.replica
         await self.flush()
+
+    def _check_on_bus(self) -> None:
+        if self not in self.bus.nodes:
+            raise RuntimeError(f"node {self.replica_id!r} is not on its bus: await "
+                               "node.start() before writing (a stopped node writes no more)")
 
     def health(self) -> dict[str, str]:
         """Nothing here can fail: no store, no broker."""
@@ -200,7 +208,11 @@ class MemoryNode:
 
     async def flush(self) -> None:
         """Broadcast the replica's outgoing messages (delivered on later loop
-        iterations, to every node on the bus, this one included)."""
+        iterations, to every node on the bus, this one included). Raises RuntimeError,
+        sending nothing, while the node is not on its bus (before :meth:`start`, after
+        :meth:`stop`): the bus keeps no history, so what it sent then would never reach
+        a node that joins later, and every later message of it would wait there for it."""
+        self._check_on_bus()
         for data in self.replica.outgoing():
             self.bus.broadcast(data)
 

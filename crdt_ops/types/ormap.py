@@ -60,7 +60,9 @@ class ORMap(Crdt):
     A name has one type: once an operation has seen a name written with one
     type, writing it with another is a :class:`TypeConflict` on every replica.
     Two replicas that write a name with different types concurrently both keep
-    their entries; the value shows the one of the highest type number.
+    their entries; the value shows the one of the highest type number, and an
+    operation that has seen both may write that type only (:meth:`check`): the name
+    stays writable, with the type its readers see.
 
     A field lives in ``fields`` with its metadata while some update to it may
     still be concurrent with one to come, and in ``settled``, in a compact form,
@@ -132,7 +134,11 @@ class ORMap(Crdt):
 
     def check(self, path: Sequence[str], type_: ObjType, seen: Mapping[str, int]) -> None:
         """Raise :class:`TypeConflict` if writing ``path`` as ``type_`` writes a name with
-        another type than one the writer had seen (``seen``: what it had delivered)."""
+        another type than the one the writer had seen (``seen``: what it had delivered).
+        Where the writer had seen a name written with several types (concurrent writers
+        gave it one each), the one it had seen is the highest type number, the one the
+        value shows. The rule reads only ``seen`` and the first update of each entry, so
+        every replica decides it the same way for a remote operation."""
         obj: Any = self
         last = len(path) - 1
         for d, name in enumerate(path):
@@ -148,18 +154,17 @@ class ORMap(Crdt):
             if e is not _ABSENT:
                 t = entry_type(e)
                 if t != want:
-                    raise TypeConflict(
-                        f"{'/'.join(path[: d + 1])!r} holds a {t.name}, not a {want.name}")
+                    raise _conflict(path[: d + 1], t, want)
                 obj = e
                 continue
             typed = obj.fields.get(name)
             if not typed:
                 return
-            for t, f in typed.items():
-                if t != want and (f.fixed or any(s <= seen.get(o, 0)
-                                                 for o, s in f.first.items())):
-                    raise TypeConflict(
-                        f"{'/'.join(path[: d + 1])!r} holds a {t.name}, not a {want.name}")
+            bound = max((t for t, f in typed.items()
+                         if f.fixed or any(s <= seen.get(o, 0) for o, s in f.first.items())),
+                        default=want)
+            if bound != want:
+                raise _conflict(path[: d + 1], bound, want)
             entry = typed.get(want)
             obj = entry.obj if entry is not None else None
 
@@ -355,6 +360,17 @@ def _entry_floors(entry: Any, prefix: tuple[str, ...]) -> list[CounterFloor]:
     if isinstance(entry, Crdt):
         return entry.floors(prefix)
     return []
+
+
+#: What a handle calls each type (``replica.counter(...)`` makes a PNCOUNTER), for errors.
+HANDLE_NAMES = {ObjType.GCOUNTER: "gcounter", ObjType.PNCOUNTER: "counter",
+                ObjType.LWW_REGISTER: "register", ObjType.MV_REGISTER: "mvregister",
+                ObjType.ORSET: "set", ObjType.EWFLAG: "flag", ObjType.ORMAP: "map"}
+
+
+def _conflict(path: Sequence[str], holds: ObjType, want: ObjType) -> TypeConflict:
+    return TypeConflict(f"{'/'.join(path)!r} holds a {HANDLE_NAMES[holds]}, not a "
+                        f"{HANDLE_NAMES[want]}")
 
 
 def _drop_presence(presence: Clock, seen: Mapping[str, int]) -> None:

@@ -8,7 +8,7 @@ from crdt_ops.clock import Dot
 from crdt_ops.ops import CounterFloor, Kind, ObjType, Op
 from crdt_ops.types.base import Crdt, drop_seen
 from crdt_ops.types.registry import register
-from crdt_ops.values import Value, value_key
+from crdt_ops.values import Value, value_key, value_set
 
 
 @register
@@ -30,7 +30,7 @@ class ORSet(Crdt):
 
     @property
     def value(self) -> frozenset[Value]:
-        return frozenset(v for v, _ in self.elements.values())
+        return value_set(v for v, _ in self.elements.values())
 
     def observed(self, element: Value = None) -> tuple[Dot, ...]:
         entry = self.elements.get(value_key(element))

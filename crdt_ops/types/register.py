@@ -8,7 +8,7 @@ from crdt_ops.clock import Dot
 from crdt_ops.ops import CounterFloor, ObjType, Op
 from crdt_ops.types.base import Crdt
 from crdt_ops.types.registry import register
-from crdt_ops.values import Value
+from crdt_ops.values import Value, value_set
 
 
 @register
@@ -28,7 +28,7 @@ class MVRegister(Crdt):
 
     @property
     def value(self) -> frozenset[Value]:
-        return frozenset(self.entries.values())
+        return value_set(self.entries.values())
 
     def observed(self, element: Value = None) -> tuple[Dot, ...]:
         return tuple(self.entries)

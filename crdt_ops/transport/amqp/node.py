@@ -243,7 +243,13 @@ class AmqpNode:
         Raises :class:`~crdt_ops.transport.store.StoreUnavailable` when the store fails (on
         entry while it is failing, or at the end): then none of the block's
         operations is accepted, and memory is restored from the store (they are
-        gone) before any other write or delivery is taken."""
+        gone) before any other write or delivery is taken. Raises RuntimeError if this node
+        was stopped.
+
+        An exception raised inside the block does not undo the operations applied before
+        it (an operation-based replica applies each one as it is made): they stay
+        applied, and go out with the next commit."""
+        self._refuse_stopped()
         self.loop_lag.busy()
         return self.durable.write()
 
@@ -305,7 +311,9 @@ class AmqpNode:
         """Connect (retrying with backoff), declare the topology, start pumping, and
         return once this replica is a member of its group (see the module docstring).
         Raises ValueError if this replica was retired (known from its store, or from
-        the stream it replayed: then it stops before writing anything new)."""
+        the stream it replayed: then it stops before writing anything new), RuntimeError
+        if this node was stopped (its store is closed: make a new node)."""
+        self._refuse_stopped()
         self._refuse_if_retired()
         self.durable.commit()  # anything restored as unsent
         await self._connect()
@@ -413,6 +421,11 @@ class AmqpNode:
             return True
         link = link_of(self._conn)
         return link is None or link.is_closed
+
+    def _refuse_stopped(self) -> None:
+        if self._stopped:
+            raise RuntimeError(f"replica {self.replica_id} was stopped and its store closed: "
+                               "make a new node (AmqpNode(settings)) to start it again")
 
     async def stop(self) -> None:
         """Commit pending writes, stop the tasks, close the connection and the store.

@@ -1,0 +1,66 @@
+"""A node used out of its life: before ``start()`` or after ``stop()``, a clear error that
+says what to do, and nothing written or sent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.memory import MemoryBus, MemoryNode
+from tests.broker import group_settings, node
+
+
+@pytest.fixture
+def settings(amqp_url: str, tmp_path: Path) -> Iterator[Settings]:
+    yield from group_settings(amqp_url, tmp_path, heartbeat_s=0.5, replicas=("a",))
+
+
+@pytest.mark.asyncio
+async def test_a_stopped_amqp_node_refuses_to_start_or_write_again(settings: Settings) -> None:
+    """Its store is closed at stop: a start would retry for ever against it, a write fail
+    with a store error. Both say instead that a new node is needed."""
+    a = node(settings, "a")
+    await a.start()
+    async with a.write() as r:
+        r.counter("n").increment()
+    await a.stop()
+    with pytest.raises(RuntimeError, match="was stopped and its store closed: make a new node"):
+        await a.start()
+    with pytest.raises(RuntimeError, match="was stopped"):
+        a.write()
+    again = node(settings, "a")  # what the message says works, and kept the write
+    await again.start()
+    try:
+        assert again.replica.counter("n").value == 1
+    finally:
+        await again.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_amqp_node_stopped_before_it_started_says_so(settings: Settings) -> None:
+    a = node(settings, "a")
+    await a.stop()
+    with pytest.raises(RuntimeError, match="was stopped"):
+        await a.start()
+
+
+@pytest.mark.asyncio
+async def test_a_memory_node_off_its_bus_refuses_to_write() -> None:
+    """Before start() and after stop() the bus would drop what it sends, and a peer would
+    wait for ever for what came after it: the write is refused, nothing applied."""
+    bus = MemoryBus()
+    a, b = MemoryNode(bus, "a"), MemoryNode(bus, "b")
+    await b.start()
+    with pytest.raises(RuntimeError, match="await node.start\\(\\) before writing"):
+        async with a.write() as r:
+            r.counter("n").increment()
+    assert a.replica.state() == {}
+    await a.start()
+    async with a.write() as r:
+        r.counter("n").increment()
+    await a.stop()
+    with pytest.raises(RuntimeError, match="not on its bus"):
+        await a.flush()
