@@ -28,6 +28,6 @@ def test_a_bad_subscription_is_refused_at_once(prefix: Any, callback: Any, says:
 
 def test_writing_before_membership_says_how_to_become_a_member() -> None:
     r = Replica("r", members=["a", "b"])
-    with pytest.raises(NotAMember, match="await the node's start\\(\\).*found\\(\\) or join"):
+    with pytest.raises(NotAMember, match=r"await the node's start\(\).*found\(\) or join"):
         r.counter("c").increment()
     assert r.state() == {}

@@ -54,7 +54,7 @@ async def test_a_memory_node_off_its_bus_refuses_to_write() -> None:
     bus = MemoryBus()
     a, b = MemoryNode(bus, "a"), MemoryNode(bus, "b")
     await b.start()
-    with pytest.raises(RuntimeError, match="await node.start\\(\\) before writing"):
+    with pytest.raises(RuntimeError, match=r"await node\.start\(\) before writing"):
         async with a.write() as r:
             r.counter("n").increment()
     assert a.replica.state() == {}
