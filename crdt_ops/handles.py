@@ -89,6 +89,15 @@ class Fields:
         return MapHandle(*self._at(name))
 
 
+
+def check_name(name: object) -> str:
+    """``name`` if it can be a key or a field name (a non-empty str of valid Unicode), else
+    ValueError (:class:`~crdt_ops.errors.InvalidValue` for a lone surrogate)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"keys and field names are non-empty str, got {name!r}")
+    check_text(name, "key")
+    return name
+
 class Handle:
     """The object at ``path`` of ``replica``, of this handle's type.
 
@@ -115,9 +124,7 @@ class Handle:
         if len(path) > MAX_DEPTH:
             raise ValueError(f"maps nest at most {MAX_DEPTH} levels, this path has {len(path)}")
         for name in path:
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"keys and field names are non-empty str, got {name!r}")
-            check_text(name, "key")
+            check_name(name)
         replica.check_type(path, self.TYPE)
         self._replica = replica
         self.path = path
@@ -286,7 +293,9 @@ class MapHandle(Handle, Fields):
         return self._replica, (*self.path, name)
 
     def remove(self, name: str) -> None:
-        """Observed-remove of field ``name``; a no-op if it is not visible here."""
+        """Observed-remove of field ``name``; a no-op if it is not visible here. Raises
+        ValueError for a name no field can have (:func:`check_name`)."""
+        check_name(name)
         obj = self._obj()
         if not isinstance(obj, ORMap) or not obj.visible(name):
             return

@@ -128,7 +128,9 @@ class Replica(Fields):
         return self, (name,)
 
     def remove(self, key: str) -> None:
-        """Observed-remove of a top-level key (any type): concurrent updates survive."""
+        """Observed-remove of a top-level key (any type): concurrent updates survive; a
+        no-op if it is not visible here. Raises ValueError for a key no object can have
+        (not a non-empty str)."""
         MapHandle(self, ()).remove(key)
 
     # ------------------------------------------------------------ reading
@@ -150,7 +152,9 @@ class Replica(Fields):
         ``after``: only keys greater than it (a cursor: the last key of the previous
         page; stable under concurrent changes, since keys keep their place);
         ``limit``: at most that many. Cost: O(log n) to find the start, then one step
-        per key scanned (invisible keys, e.g. removed ones, are skipped)."""
+        per key scanned (invisible keys, e.g. removed ones, are skipped). Raises TypeError
+        for a ``prefix`` or an ``after`` that is not a str."""
+        _check_scan(prefix, after)
         out: list[tuple[str, Any]] = []
         if limit is not None and limit <= 0:
             return out
@@ -167,6 +171,7 @@ class Replica(Fields):
              limit: int | None = None) -> list[str]:
         """The visible top-level keys of :meth:`items` (same arguments), without
         computing their values."""
+        _check_scan(prefix, after)
         out: list[str] = []
         if limit is not None and limit <= 0:
             return out
@@ -748,6 +753,15 @@ def _check_id(replica_id: str) -> None:
     if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
         raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
     check_text(replica_id, "replica_id")
+
+
+def _check_scan(prefix: object, after: object) -> None:
+    """Raise TypeError unless ``prefix`` is a str and ``after`` a str or None (the
+    arguments of :meth:`Replica.items` and :meth:`Replica.keys`)."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str (\"\" for every key), not {type(prefix).__name__}")
+    if after is not None and not isinstance(after, str):
+        raise TypeError(f"after must be a key (a str) or None, not {type(after).__name__}")
 
 
 def _key(op: Op) -> str:

@@ -18,19 +18,24 @@ INT64_MAX = 2**63 - 1
 
 
 def check_value(value: object) -> Value:
-    """Return ``value`` if it can be replicated, else raise :class:`InvalidValue`."""
+    """Return ``value`` as it will be replicated, else raise :class:`InvalidValue`. An
+    instance of a subclass of str, bytes, int or float (an ``IntEnum`` or ``StrEnum``
+    member, say) is returned as the plain value it holds: every replica reads that, the
+    writer included (the wire carries no class)."""
     if isinstance(value, str):
-        return check_text(value, "str value")
-    if value is None or isinstance(value, (bytes, bool)):
+        return check_text(value if type(value) is str else str.__str__(value), "str value")
+    if value is None or type(value) is bool:
         return value
-    if isinstance(value, int):
+    if isinstance(value, bytes):
+        return value if type(value) is bytes else bytes(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         if not INT64_MIN <= value <= INT64_MAX:
             raise InvalidValue(f"int {value} does not fit in signed 64 bits")
-        return value
+        return value if type(value) is int else int(value)
     if isinstance(value, float):
         if math.isnan(value):
             raise InvalidValue("NaN cannot be replicated: it is not equal to itself")
-        return value
+        return value if type(value) is float else float(value)
     raise InvalidValue(
         f"{type(value).__name__} cannot be replicated; use str, bytes, int, float, bool or None"
     )

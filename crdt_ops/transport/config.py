@@ -36,9 +36,18 @@ CHOICES_HELP: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+#: The Python types a :class:`Settings` field of each annotation takes.
+_KINDS: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float)}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """How a replica joins its group through RabbitMQ."""
+    """How a replica joins its group through RabbitMQ.
+
+    ``Settings(...)`` takes its arguments and the defaults only; the ``CRDT_OPS_*``
+    environment variables (and the flags) are read by :func:`load` and :func:`from_args`.
+    Raises TypeError for a field of the wrong type (``batch_ops="5"``), ValueError for a
+    value out of its range or not one of its choices, each naming the field's flag."""
 
     # the broker; several nodes of one cluster: URLs separated by commas (failover in turn)
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
@@ -75,6 +84,11 @@ class Settings:
     disk_sync: str = "first"
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # (a flag or a variable arrives converted: from_args, load)
+            value, kinds = getattr(self, f.name), _KINDS[str(f.type)]
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise TypeError(f"{flag_of(f)} (Settings.{f.name}) must be {f.type}, not "
+                                f"{type(value).__name__} {value!r}")
         if self.queue_type not in QUEUE_TYPES:
             raise ValueError(f"--queue-type must be one of {', '.join(QUEUE_TYPES)}, "
                              f"got {self.queue_type!r}")

@@ -299,6 +299,8 @@ def _parse(msg: _Versioned, data: bytes, what: str) -> _Versioned:
         msg.ParseFromString(bytes(data))
     except (DecodeError, RuntimeError, ValueError) as e:
         raise _bad("undecodable", f"not a crdt_ops.v1.{type(msg).__name__} ({e})") from None
+    if not data:
+        raise _bad("empty-message", f"an empty {what}: no bytes at all")
     if msg.version != VERSION:
         raise _bad("bad-version", f"{what} version {msg.version}, this replica reads {VERSION}")
     return msg

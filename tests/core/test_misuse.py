@@ -31,3 +31,60 @@ def test_writing_before_membership_says_how_to_become_a_member() -> None:
     with pytest.raises(NotAMember, match=r"await the node's start\(\).*found\(\) or join"):
         r.counter("c").increment()
     assert r.state() == {}
+
+
+@pytest.mark.parametrize("key", [5, "", None, b"k"])
+def test_removing_a_key_no_object_can_have_is_refused(key: Any) -> None:
+    """As a handle refuses it: ``remove(5)`` used to do nothing, silently."""
+    r = Replica("r")
+    r.counter("c").increment()
+    with pytest.raises(ValueError, match="keys and field names are non-empty str"):
+        r.remove(key)
+    with pytest.raises(ValueError, match="keys and field names are non-empty str"):
+        r.map("m").remove(key)
+    assert r.state() == {"c": 1}
+
+
+@pytest.mark.parametrize(("call", "says"), [
+    (lambda r: r.items(5), "prefix must be a str"),
+    (lambda r: r.keys(None), "prefix must be a str"),
+    (lambda r: r.items(after=3), "after must be a key"),
+    (lambda r: r.keys("", after=b"k"), "after must be a key"),
+])
+def test_a_scan_with_a_prefix_or_cursor_that_is_no_key_says_so(call: Any, says: str) -> None:
+    r = Replica("r")
+    r.counter("c").increment()
+    with pytest.raises(TypeError, match=says):
+        call(r)
+
+
+def test_an_enum_member_is_written_as_the_plain_value_every_replica_reads() -> None:
+    """The wire carries no class: the writer reads what its peers read."""
+    import enum
+
+    class Colour(str, enum.Enum):  # noqa: UP042 (the mix-in whose str() is "Colour.RED")
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    a, b = Replica("a"), Replica("b")
+    a.register("colour").set(Colour.RED)
+    a.register("level").set(Level.HIGH)
+    a.set("s").add(Level.HIGH)
+    for m in a.outgoing():
+        b.receive(m)
+    for r in (a, b):
+        assert type(r.get("colour")) is str and r.get("colour") == "red"
+        assert type(r.get("level")) is int and r.get("level") == 3
+        assert [type(v) for v in r.get("s")] == [int]
+    assert a.state() == b.state()
+
+
+def test_an_empty_message_is_named_so() -> None:
+    from crdt_ops import InvalidMessage
+
+    r = Replica("r")
+    with pytest.raises(InvalidMessage) as info:
+        r.receive(b"")
+    assert (info.value.reason, "no bytes at all" in str(info.value)) == ("empty-message", True)

@@ -226,6 +226,7 @@ def test_demo_in_memory_says_rabbitmq_settings_do_not_apply(
     demos.append(demo)
     first = demo.line()
     assert "in-memory network" in first
+    assert "no broker answers at amqp://guest:***@127.0.0.1:1/" in first  # the URL it tried
     assert "--queue-type" in first and "not used" in first
     demo.until("open http")
     assert [p.name[:14] for p in tmp_path.iterdir()] == ["crdt-ops-demo-"]
