@@ -77,6 +77,17 @@ class FailoverConnection(RobustConnection):
         await super()._on_connection_close(closing)
 
 
+#: What a failed connection's error text says, and what it most often means.
+CONNECT_HINTS = (
+    ("CERTIFICATE_VERIFY_FAILED", " (the broker's certificate does not verify against the "
+                                  "URL's cafile=, or does not name the URL's host)"),
+    # aiormq reports the broker's Connection.Close at the open without its text
+    ("got <Connection.Close", " (the broker refused to open the connection: most often the "
+                              "URL's virtual host does not exist or the user may not use it; "
+                              "the default one is the path '/', as in amqp://user:pw@host:5672/)"),
+)
+
+
 def retrying(what: str, url: str) -> AsyncRetrying:
     """tenacity's loop for connecting: ``async for attempt in retrying(...): with attempt:``
     retries with exponential backoff (0.2 s doubling, at most 5 s) until it works, and
@@ -86,9 +97,7 @@ def retrying(what: str, url: str) -> AsyncRetrying:
 
     def say(state: RetryCallState) -> None:
         err = state.outcome.exception() if state.outcome else None
-        hint = (" (the broker's certificate does not verify against the URL's cafile=, "
-                "or does not name the URL's host)" if "CERTIFICATE_VERIFY_FAILED" in str(err)
-                else "")
+        hint = next((h for found, h in CONNECT_HINTS if found in str(err)), "")
         log.warning("could not %s at %s (%s: %s)%s; retrying", what, redact_urls(url),
                     type(err).__name__, err, hint)
 
