@@ -65,7 +65,8 @@ class Replica(Fields):
     every replica, like ``policy``; default: none). A replica then holds the sub-groups
     the rule gives its id: it writes and applies only those keys, skips the batches of
     the others, and numbers its operations per channel (its clock and dots are keyed by
-    channel). Raises ValueError for a replica id that cannot name channels.
+    channel). Raises ValueError for a replica id that is not a str of 1 to 256
+    characters of valid Unicode, or that cannot name channels.
     """
 
     #: Written paths one automatic :meth:`compact` settles at most (a few ms of work).

@@ -187,6 +187,15 @@ class MemoryNode:
         if self in self.bus.nodes:
             self.bus.nodes.remove(self)
 
+    async def __aenter__(self) -> MemoryNode:
+        """``async with MemoryNode(bus, "a") as node:``: started, and stopped at the end, as
+        an :class:`~crdt_ops.transport.amqp.AmqpNode` is."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[Replica]:
         """``async with node.write() as r: ...``: applied at once, broadcast when the

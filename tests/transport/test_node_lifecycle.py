@@ -3,6 +3,7 @@ says what to do, and nothing written or sent."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,3 +65,16 @@ async def test_a_memory_node_off_its_bus_refuses_to_write() -> None:
     await a.stop()
     with pytest.raises(RuntimeError, match="not on its bus"):
         await a.flush()
+
+
+@pytest.mark.asyncio
+async def test_a_memory_node_is_an_async_context_manager_as_an_amqp_node_is() -> None:
+    bus = MemoryBus()
+    async with MemoryNode(bus, "a") as a, MemoryNode(bus, "b") as b:
+        async with a.write() as r:
+            r.counter("n").increment()
+        for _ in range(3):  # the bus delivers on later turns of the loop
+            await asyncio.sleep(0)
+        assert b.replica.counter("n").value == 1
+    assert bus.nodes == []
+
