@@ -18,6 +18,7 @@ from crdt_ops.clock import Clock, merge_into
 from crdt_ops.errors import (
     CrdtError,
     InvalidMessage,
+    InvalidValue,
     NotAMember,
     SubgroupNotHeld,
     TypeConflict,
@@ -51,7 +52,8 @@ class Replica(Fields):
 
     ``wall_clock`` (e.g. ``time.time_ns``) feeds LWW timestamps; without it
     they are logical. Local operations are batched into one message per
-    :meth:`outgoing` call, at most ``max_batch_ops`` per message. At most
+    :meth:`outgoing` call, at most ``max_batch_ops`` and about ``max_message_bytes``
+    (:data:`~crdt_ops.wire.codec.MAX_MESSAGE_BYTES`, 8 MiB) per message. At most
     ``max_buffered_ops`` remote operations wait in the causal buffer, and at most
     ``max_waiting_per_origin`` of one origin (see :class:`~crdt_ops.causal.CausalBuffer`).
 
@@ -76,7 +78,8 @@ class Replica(Fields):
                  max_batch_ops: int = 1000, max_buffered_ops: int = 100_000,
                  compact_every: int = 1000, max_waiting_per_origin: int | None = None,
                  policy: WritePolicy = OPEN, members: Iterable[str] | None = None,
-                 subgroups: SubGroups = NONE) -> None:
+                 subgroups: SubGroups = NONE,
+                 max_message_bytes: int = codec.MAX_MESSAGE_BYTES) -> None:
         _check_id(replica_id)
         subgroups.check_id(replica_id)
         #: This replica's id, unique in its group (a str of 1..256 characters); every
@@ -91,6 +94,9 @@ class Replica(Fields):
         self.held_subgroup = subgroups.held_by(replica_id)
         self._split = bool(subgroups)  # (read on every delivery: a plain bool is cheapest)
         self.max_batch_ops = max_batch_ops
+        #: The most a message of this replica holds, bytes (about: ``codec.op_bytes``); a
+        #: local operation larger than that is refused (:meth:`submit`)
+        self.max_message_bytes = max_message_bytes
         self.compact_every = compact_every
         self._root = ORMap()
         self._keys = KeyIndex()
@@ -104,6 +110,9 @@ class Replica(Fields):
         self._subs = Subscribers()
         #: local operations not yet sealed, per sub-group (COMMON: the common part)
         self._unsent: dict[str, list[Op]] = {}
+        #: about the bytes of ``_unsent`` (``codec.op_bytes``): :meth:`_seal` cuts by size
+        #: only when they may not fit in one message per ``max_batch_ops``
+        self._unsent_bytes = 0
         self._out: list[bytes] = []
         self._settler = Settler()
         #: per sub-group, the clock entries its last batch told (see _deps_delta)
@@ -380,11 +389,14 @@ class Replica(Fields):
             ops = self._unsent[sub]
             ch = channel(me, sub)
             first = self._buffer.clock.get(ch, 0) - len(ops) + 1
-            for start in range(0, len(ops), size):
-                chunk = ops[start:start + size]
+            cut = (_chunks(ops, size, self.max_message_bytes)
+                   if self._unsent_bytes > self.max_message_bytes
+                   else [(i, ops[i:i + size]) for i in range(0, len(ops), size)])
+            for start, chunk in cut:
                 self._out.append(codec.encode_batch(
                     Batch(me, first + start, self._deps_delta(sub, ch), chunk, sub)))
         self._unsent = {}
+        self._unsent_bytes = 0
 
     def _deps_delta(self, sub: str, ch: str) -> Clock:
         """The clock entries (other channels) that grew since the last batch sealed on
@@ -626,8 +638,10 @@ class Replica(Fields):
 
     def submit(self, op: Op) -> None:
         """Apply an operation prepared here and queue it for :meth:`outgoing`.
-        Raises :class:`~crdt_ops.errors.Forbidden` if the policy denies it, and
-        :class:`~crdt_ops.errors.NotAMember` if this replica may not write."""
+        Raises :class:`~crdt_ops.errors.Forbidden` if the policy denies it,
+        :class:`~crdt_ops.errors.NotAMember` if this replica may not write, and
+        :class:`~crdt_ops.errors.InvalidValue` if it would not fit in a message
+        (``max_message_bytes``); nothing is applied then."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
             raise NotAMember(f"replica {self.replica_id!r} is not a member of its group "
                              "yet: over a transport, await the node's start(), which founds "
@@ -639,11 +653,18 @@ class Replica(Fields):
         if sub != COMMON and self.held_subgroup not in (None, sub):
             raise SubgroupNotHeld(f"replica {self.replica_id!r} holds sub-group "
                                   f"{self.held_subgroup!r}, not {sub!r} of {_key(op)!r}")
+        size = codec.op_bytes(op)
+        if size > self.max_message_bytes:
+            raise InvalidValue(f"an operation on {'/'.join(op.path) or op.field!r} of about "
+                               f"{size:,} bytes does not fit in a message (at most "
+                               f"{self.max_message_bytes:,}): keep large data elsewhere "
+                               "and replicate a reference to it")
         ch = channel(self.replica_id, sub)
         seq = self._buffer.clock.get(ch, 0) + 1
         self._apply(ch, seq, [op], self._buffer.clock, self.replica_id)
         self.stats["local"] += 1
         self._unsent.setdefault(sub, []).append(op)
+        self._unsent_bytes += size
 
     def _subgroup_of(self, op: Op) -> str:
         """The sub-group an operation writes (that of its top-level key)."""
@@ -679,8 +700,8 @@ class Replica(Fields):
         before = self.state() if self._subs else {}
         last = self._hlc.last
         for name in ("_root", "_keys", "_buffer", "membership", "_stability", "_hlc",
-                     "_unsent", "_out", "_settler", "_sent_deps", "_deps_of", "_since_compact",
-                     "_claimed"):
+                     "_unsent", "_unsent_bytes", "_out", "_settler", "_sent_deps",
+                     "_deps_of", "_since_compact", "_claimed"):
             setattr(self, name, getattr(other, name))
         self._hlc.last = max(self._hlc.last, last)
         if self._subs:
@@ -740,6 +761,7 @@ class Replica(Fields):
             replica._buffer.hold(batch)
         replica._drain()
         replica._unsent = {b.subgroup: list(b.ops) for b in snap.unsent}
+        replica._unsent_bytes = sum(codec.op_bytes(op) for b in snap.unsent for op in b.ops)
         if replica.membership.managed:
             for path, origin, seq in sorted(live_paths(root), key=lambda e: e[2]):
                 replica._settler.note(path, origin, seq)
@@ -754,6 +776,23 @@ def _check_id(replica_id: str) -> None:
     if not isinstance(replica_id, str) or not 0 < len(replica_id) <= codec.MAX_ID:
         raise ValueError(f"replica_id must be a str of 1..{codec.MAX_ID} characters")
     check_text(replica_id, "replica_id")
+
+
+def _chunks(ops: list[Op], max_ops: int, max_bytes: int) -> list[tuple[int, list[Op]]]:
+    """``ops`` cut into runs of at most ``max_ops`` operations and about ``max_bytes``
+    bytes (:func:`~crdt_ops.wire.codec.op_bytes`; an operation larger than that goes
+    alone, though :meth:`Replica.submit` refuses one), each with its index in ``ops``."""
+    out: list[tuple[int, list[Op]]] = []
+    start, size = 0, 0
+    for i, op in enumerate(ops):
+        n = codec.op_bytes(op)
+        if i > start and (i - start >= max_ops or size + n > max_bytes):
+            out.append((start, ops[start:i]))
+            start, size = i, 0
+        size += n
+    if start < len(ops):
+        out.append((start, ops[start:]))
+    return out
 
 
 def _check_scan(prefix: object, after: object) -> None:

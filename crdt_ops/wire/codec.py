@@ -46,6 +46,13 @@ from crdt_ops.wire import crdt_pb2 as pb
 from crdt_ops.wire import frozen
 
 VERSION = 1
+#: The most a message this library produces may hold, bytes (about: see :func:`op_bytes`).
+#: RabbitMQ refuses a larger message than its ``max_message_size`` (128 MiB by default up
+#: to 3.13, 16 MiB from 4.0: the RabbitMQ "Configuration" guide), and a publisher whose
+#: message is refused would retry it for ever, every later operation of its writer behind
+#: it. So a local write that would not fit is refused (:class:`~crdt_ops.errors.InvalidValue`)
+#: and batches are sealed and joined below this.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _intern = sys.intern
 MAX_SEQ = 2**63 - 1
 MAX_ID = 256
@@ -363,8 +370,27 @@ def route_of(data: bytes) -> tuple[str, bool]:
 MAX_COALESCED_OPS = 1_000
 
 
-def coalesce(messages: Sequence[bytes],
-             max_ops: int = MAX_COALESCED_OPS) -> list[tuple[int, bytes]]:
+def op_bytes(op: Op) -> int:
+    """About the bytes ``op`` takes in a message, at least as many as it does: its path,
+    field and value, its clocks and floors, and a fixed allowance for the rest (tags,
+    lengths, numbers). For :data:`MAX_MESSAGE_BYTES` (a bound, not an accounting)."""
+    size = 64 + 4 * (sum(map(len, op.path)) + len(op.field))
+    v = op.value
+    if type(v) is str:
+        size += 4 * len(v) if len(v) < 4096 else len(v.encode("utf-8", "surrogatepass"))
+    elif type(v) is bytes:
+        size += len(v)
+    if op.observed:
+        size += 24 * len(op.observed)
+    if op.seen:
+        size += sum(map(len, op.seen)) + 12 * len(op.seen)
+    if op.floors:
+        size += sum(24 + 4 * sum(map(len, f.path)) for f in op.floors)
+    return size
+
+
+def coalesce(messages: Sequence[bytes], max_ops: int = MAX_COALESCED_OPS,
+             max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[int, bytes]]:
     """Join runs of consecutive batches of one origin into one message each, in order:
     ``[(how many of the input messages, the message to send), ...]``. A run of one is
     its message unchanged; heartbeats and anything that is not a batch go alone.
@@ -377,11 +403,12 @@ def coalesce(messages: Sequence[bytes],
     dependencies would hold the earlier operations back until those are delivered, and
     forever if one of them depends on an earlier operation. Operations are copied as
     encoded (no re-validation: these are messages this replica produced). At most
-    ``max_ops`` operations per joined message."""
+    ``max_ops`` operations and ``max_bytes`` bytes (the inputs' sizes summed) per joined
+    message."""
     out: list[tuple[int, bytes]] = []
     run: pb.Envelope | None = None
     run_body = b""
-    count = last = 0
+    count = last = run_bytes = 0
 
     def close() -> None:
         if run is not None:
@@ -398,9 +425,11 @@ def coalesce(messages: Sequence[bytes],
         if run is not None and b is not None and b.origin == run.batch.origin \
                 and b.subgroup == run.batch.subgroup \
                 and b.first_seq == last + 1 and len(run.batch.ops) + len(b.ops) <= max_ops \
+                and run_bytes + len(body) <= max_bytes \
                 and all(d.replica == _channel(b) or not d.seq for d in b.deps):
             run.batch.ops.extend(b.ops)
             last += len(b.ops)
+            run_bytes += len(body)
             count += 1
             continue
         close()
@@ -408,7 +437,7 @@ def coalesce(messages: Sequence[bytes],
             run = None
             out.append((1, body))
         else:
-            run, run_body, count = env, body, 1
+            run, run_body, count, run_bytes = env, body, 1, len(body)
             last = b.first_seq + len(b.ops) - 1
     close()
     return out
