@@ -124,7 +124,9 @@ class Handle:
         if len(path) > MAX_DEPTH:
             raise ValueError(f"maps nest at most {MAX_DEPTH} levels, this path has {len(path)}")
         for name in path:
-            check_name(name)
+            if not isinstance(name, str) or not name:
+                check_name(name)  # (raises; checked inline first: a call per name costs)
+            check_text(name, "key")
         replica.check_type(path, self.TYPE)
         self._replica = replica
         self.path = path

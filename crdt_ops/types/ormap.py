@@ -160,11 +160,11 @@ class ORMap(Crdt):
             typed = obj.fields.get(name)
             if not typed:
                 return
-            bound = max((t for t, f in typed.items()
-                         if f.fixed or any(s <= seen.get(o, 0) for o, s in f.first.items())),
-                        default=want)
-            if bound != want:
-                raise _conflict(path[: d + 1], bound, want)
+            for t, f in typed.items():
+                # another type the writer had seen: ``want`` only as the higher one seen
+                if t != want and _seen_by(f, seen) and (t > want
+                                                      or not _seen_by(typed.get(want), seen)):
+                    raise _conflict(path[: d + 1], t, want)
             entry = typed.get(want)
             obj = entry.obj if entry is not None else None
 
@@ -366,6 +366,12 @@ def _entry_floors(entry: Any, prefix: tuple[str, ...]) -> list[CounterFloor]:
 HANDLE_NAMES = {ObjType.GCOUNTER: "gcounter", ObjType.PNCOUNTER: "counter",
                 ObjType.LWW_REGISTER: "register", ObjType.MV_REGISTER: "mvregister",
                 ObjType.ORSET: "set", ObjType.EWFLAG: "flag", ObjType.ORMAP: "map"}
+
+
+def _seen_by(f: Field | None, seen: Mapping[str, int]) -> bool:
+    """Whether field entry ``f`` fixes its type for a writer that had delivered ``seen``:
+    it had seen the entry's first update (from some origin), or the entry is settled."""
+    return f is not None and (f.fixed or any(s <= seen.get(o, 0) for o, s in f.first.items()))
 
 
 def _conflict(path: Sequence[str], holds: ObjType, want: ObjType) -> TypeConflict:
