@@ -112,11 +112,10 @@ async def _delete_group_async(args: argparse.Namespace, where: str) -> int:
         print("(members are read from the group's stream: a member that never published to "
               "it, or whose messages its retention dropped, is named with --replica)")
         if found.in_use and not args.force:
-            running = sorted(set(found.heard) | {q.rsplit('.', 1)[-1] for q in found.consumers})
-            say(f"crdt-ops delete-group: still running: {', '.join(running)} (their messages "
-                "arrived, or they consume their queues): stop every replica of the group first "
-                "(a replica still running declares the group again, empty), or pass --force; "
-                "nothing deleted")
+            say(f"crdt-ops delete-group: still running: {', '.join(found.running)} (their "
+                "connections hold their holder queues, they consume their queues, or their "
+                "messages arrived): stop every replica of the group first (a replica still "
+                "running declares the group again, empty), or pass --force; nothing deleted")
             return 1
         if not args.yes:
             if not ask:
@@ -329,8 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Delete --group's exchanges, its streams, its dead-letter queue and the "
         "queue of each member that has one (the members are read from the group's stream; "
         "--replica names more). Its history goes with them: a replica of the group must then "
-        "start from a new store. Refuses while a replica of it still runs (a message of one "
-        "arrives within --watch-s, or one consumes its queue), unless --force.")
+        "start from a new store. Refuses while a replica of it still runs (its connection "
+        "holds its holder queue, it consumes its queue, or a message of it arrives within "
+        "--watch-s), unless --force.")
     dele.add_argument("--replica", action="append", metavar="ID",
                       help="a member whose queue to delete too (repeatable)")
     dele.add_argument("--watch-s", type=float, default=5.0,

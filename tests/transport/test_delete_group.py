@@ -106,6 +106,26 @@ async def test_a_group_whose_replica_still_runs_is_not_deleted(settings: Setting
         await a.stop()
 
 
+@pytest.mark.asyncio
+async def test_a_running_replica_is_found_by_its_holder_queue_without_watching(
+        settings: Settings) -> None:
+    """``--watch-s 0`` watches nothing, and a stream reader has no queue whose consumers
+    would show: the holder queue its connection holds still tells that it runs (it used to
+    be deleted under it). It is named by its whole id, dots and all."""
+    a = node(Settings(**{**settings.__dict__, "consume": "stream"}), "web.host-1")
+    await a.start()
+    try:
+        refused = await asyncio.to_thread(delete_group, settings, "--watch-s", "0", "--yes")
+        assert refused.returncode == 1, refused
+        assert "still running: web.host-1 (" in refused.stderr, refused.stderr
+        assert "nothing deleted" in refused.stderr
+        assert Topology.of(settings).stream in await existing(settings)
+    finally:
+        await a.stop()
+    done = await asyncio.to_thread(delete_group, settings, "--watch-s", "0", "--yes")
+    assert done.returncode == 0, done  # stopped: its holder queue went with its connection
+
+
 def test_a_deletion_the_broker_refuses_says_what_it_had_deleted(settings: Settings) -> None:
     """A broker user that may read and write but not configure: the first deletion is
     refused, and the command says so, and that it had deleted nothing."""

@@ -10,8 +10,10 @@ one's id is there, whatever it reads through.
 Deleting a group deletes its history with it. A replica of it started again afterwards
 declares the group anew, empty; its store still holds the old group's state and clock, so
 it must start from a new store (or from ``--bootstrap``). :func:`survey` therefore also
-watches the group for a moment: a message from a replica, or a consumer on a member queue,
-means a replica still runs.
+looks for replicas still running: a member's holder queue (``crdt.G.<id>.held``, which a
+running replica's connection holds exclusively: :mod:`~crdt_ops.transport.amqp.holder`),
+a consumer on a member queue, or a message from a replica while it watches the group for a
+moment.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from crdt_ops.transport.amqp.recovery import THROWAWAY, origin_of, origins
@@ -33,8 +36,9 @@ from crdt_ops.transport.topology import Topology
 class Survey:
     """What group ``group`` has on the broker: ``queues`` and ``exchanges`` that exist
     (names), the replica ids its stream names (``members``), and signs that a replica
-    still runs: ``consumers`` (member queue -> its consumers) and ``heard`` (replica ids
-    whose messages arrived while :func:`survey` watched)."""
+    still runs: ``held`` (replica ids whose holder queue a connection holds), ``consumers``
+    (replica id -> the consumers of its member queue) and ``heard`` (replica ids whose
+    messages arrived while :func:`survey` watched)."""
 
     group: str
     queues: list[str] = field(default_factory=list)
@@ -42,6 +46,7 @@ class Survey:
     members: list[str] = field(default_factory=list)
     consumers: dict[str, int] = field(default_factory=dict)
     heard: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
 
     def kind(self, name: str) -> str:
         """What ``name``, one of :attr:`queues` or :attr:`exchanges`, is: ``"exchange"``,
@@ -58,9 +63,14 @@ class Survey:
 
     @property
     def in_use(self) -> bool:
-        """Whether a replica of the group seems to run (a consumer on a member queue, or a
-        message that arrived while it was watched)."""
-        return bool(self.consumers or self.heard)
+        """Whether a replica of the group seems to run (:attr:`running` is not empty)."""
+        return bool(self.running)
+
+    @property
+    def running(self) -> list[str]:
+        """The replica ids that seem to run: holding their holder queue, consuming their
+        member queue, or heard while the group was watched."""
+        return sorted(set(self.held) | set(self.consumers) | set(self.heard))
 
 
 async def _exists(conn: AbstractConnection, name: str, exchange: bool) -> int | None:
@@ -76,6 +86,23 @@ async def _exists(conn: AbstractConnection, name: str, exchange: bool) -> int | 
         return int(queue.declaration_result.consumer_count or 0)
     except aio_pika.exceptions.ChannelNotFoundEntity:
         return None
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def _held(conn: AbstractConnection, name: str) -> bool:
+    """Whether exclusive queue ``name`` (a holder queue) is held by a connection: the broker
+    refuses another connection even a passive declaration of it (``RESOURCE_LOCKED``), and
+    deletes it when its connection closes."""
+    channel = await conn.channel()
+    try:
+        await channel.declare_queue(name, passive=True)
+        return True  # (declared and not locked: only the connection that holds it sees that)
+    except aiormq.exceptions.ChannelLockedResource:
+        return True
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
@@ -149,12 +176,15 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
         found.members = sorted(members)
         found.heard = sorted(await _watch(conn, settings, watch_s)) if watch_s > 0 else []
         ids |= members
-    for q in [names.queue(r) for r in sorted(ids)]:  # the member queues
+    for r in sorted(ids):  # the member queues, and the holder queues of those running
+        q = names.queue(r)
         consumers = await _exists(conn, q, False)
         if consumers is not None:
             found.queues.append(q)
         if consumers:  # (not the streams': their consumer counts outlive their channels)
-            found.consumers[q] = consumers
+            found.consumers[r] = consumers
+        if await _held(conn, f"{q}.held"):
+            found.held.append(r)
     found.queues += [q for q in shared if present[q] is not None]
     return found
 
