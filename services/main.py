@@ -13,7 +13,6 @@ import errno
 import importlib
 import logging
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -513,11 +512,10 @@ def _provision_users(group: str, names: list[str], queue_type: str) -> dict[str,
                            "over: delete them (rabbitmqctl delete_user NAME) or run without "
                            "--secure")
     groups = model.groups(group)
+    passwords = provision.new_passwords(names)
     defs = provision.definitions(groups, names, admin=None, queue_type=queue_type,
-                                 routed=list(model.subgroups(group, groups)))
-    passwords = {name: secrets.token_urlsafe(24) for name in names}
-    for user in defs["users"]:  # type: ignore[attr-defined]
-        user["password_hash"] = provision.password_hash(passwords[user["name"]], os.urandom(4))
+                                 routed=list(model.subgroups(group, groups)),
+                                 passwords=passwords)
     try:
         provision.apply(defs)
     except BaseException:  # an import that failed, or was interrupted, halfway

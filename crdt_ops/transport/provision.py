@@ -6,8 +6,9 @@ A principal's user may configure (declare, delete) only its own queues
 exchange and dead-letter exchange and its own queues; read (consume, bind from) the
 group's exchange, the stream and its own queues. The group's exchanges, stream,
 dead-letter queue and their bindings are created by the administrator (here), so no
-service can declare, bind or delete them. Passwords are :func:`demo_password` values:
-for demos and tests; a real deployment sets its own.
+service can declare, bind or delete them. Passwords are the ones given (a real deployment's:
+:func:`new_passwords`), else :func:`demo_password` values, known to anyone: for
+docker-compose's throwaway broker and tests only.
 
 Several groups (a platform and its cells, :mod:`crdt_ops.routing`) are provisioned
 together: RabbitMQ keeps one set of permissions per user and virtual host, so a user's
@@ -19,15 +20,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import secrets
 import subprocess
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from crdt_ops.transport.topology import Topology
 
 
 def demo_password(user: str) -> str:
+    """The demo password of ``user``: known to anyone who reads this line."""
     return f"{user}-demo-password"
+
+
+def new_passwords(users: Collection[str], have: Mapping[str, str] | None = None
+                  ) -> dict[str, str]:
+    """A password for each of ``users``: the one in ``have`` if it has one, else a new
+    random one (32 characters from ``secrets``)."""
+    have = have or {}
+    return {u: have.get(u) or secrets.token_urlsafe(24) for u in users}
 
 
 def password_hash(password: str, salt: bytes) -> str:
@@ -58,15 +70,21 @@ def permissions(groups: str | Sequence[str], principal: str) -> dict[str, str]:
 
 def definitions(groups: str | Sequence[str], users: list[str], vhost: str = "/",
                 admin: str | None = "admin", queue_type: str = "classic",
-                routed: Collection[str] = ()) -> dict[str, object]:
-    """Users (password: :func:`demo_password`), their permissions in ``groups`` (a group's
-    name, or several) and each group's shared topology
-    (:meth:`~crdt_ops.transport.topology.Topology.shared`, for replicas whose
-    ``--queue-type`` is ``queue_type``; ``routed``: the groups that have sub-groups, with
-    their topic exchange bound to the fanout one)."""
+                routed: Collection[str] = (),
+                passwords: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Users, their permissions in ``groups`` (a group's name, or several) and each group's
+    shared topology (:meth:`~crdt_ops.transport.topology.Topology.shared`, for replicas
+    whose ``--queue-type`` is ``queue_type``; ``routed``: the groups that have sub-groups,
+    with their topic exchange bound to the fanout one). Each user's password is
+    ``passwords[user]`` (hashed with a random salt; KeyError for a user it lacks), or with
+    ``passwords`` None its :func:`demo_password` (with a salt derived from the name, so that
+    the file is the same each time)."""
     def user(name: str, tags: list[str]) -> dict[str, object]:
-        salt = hashlib.sha256(name.encode()).digest()[:4]
-        return {"name": name, "password_hash": password_hash(demo_password(name), salt),
+        if passwords is None:
+            pw, salt = demo_password(name), hashlib.sha256(name.encode()).digest()[:4]
+        else:
+            pw, salt = passwords[name], os.urandom(4)
+        return {"name": name, "password_hash": password_hash(pw, salt),
                 "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
 
     topologies = [Topology(g, queue_type=queue_type, routed=g in routed)

@@ -308,6 +308,7 @@ def test_examples_and_scripts_type_check() -> None:
 #: Flags the docs name that belong to other tools than ``crdt-ops``.
 OTHER_TOOLS_FLAGS = {
     "--apply": "python deploy/make_definitions.py",
+    "--passwords": "python deploy/make_definitions.py",
     "--check": "python scripts/generate_proto.py, scripts/api-docs.py",
     "--quick": "python -m tools.bench",
     "--pg-dsn": "python -m tools.bench services",
