@@ -32,8 +32,10 @@ if __name__ == "__main__":  # before the imports below, which take a moment
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import difflib  # noqa: E402
 import json  # noqa: E402
 import traceback  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
 import crdt_ops  # noqa: E402
@@ -205,6 +207,10 @@ def check(args: argparse.Namespace) -> None:
     The settings are read here, once: ``args.settings`` (the replica's, for a command that
     runs or reaches one) and ``args.service`` (a service's own: services.main.Service)."""
     cmd = args.command
+    try:
+        logs.check_environment()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     check_bounds(args, getattr(args, "bounds", {}))
     if cmd in ("web", "logic", "worker", "demo"):  # their own flags first (the demo's refusals)
         from services.main import read
@@ -381,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
+    for name in unknown_variables():
+        print(f"{prog}: ignoring {name}: no crdt-ops setting has that name"
+              + (f" (did you mean {near[0]}?)"
+                 if (near := difflib.get_close_matches(name, known_variables(), 1)) else ""),
+              file=sys.stderr, flush=True)
     logs.setup()  # one line per event, tracebacks at DEBUG only (services/logs.py)
     try:
         return int(args.func(args))
@@ -405,6 +416,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: {type(e).__name__}{': ' + detail if detail else ''}",
               file=sys.stderr, flush=True)
         return 1
+
+
+def known_variables() -> set[str]:
+    """Every ``CRDT_OPS_*`` environment variable some crdt-ops command reads: the replica's
+    and the services' settings, the logs', the ones a worker gives its containers, and the
+    benchmark's database."""
+    from dataclasses import fields
+
+    from services.runtime import CONTAINER_ENV, RUNTIME_ENV
+    from services.settings import LogicSettings, WebSettings, WorkerSettings
+
+    return {config.env_of(f) for cls in (config.Settings, WebSettings, LogicSettings,
+                                         WorkerSettings) for f in fields(cls)} | {
+        "CRDT_OPS_LOG", "CRDT_OPS_LOG_FORMAT", CONTAINER_ENV, RUNTIME_ENV, "CRDT_OPS_PG_DSN",
+        "CRDT_OPS_HISTORIES"}  # (the last: tests/core/test_membership.py's count)
+
+
+def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """The ``CRDT_OPS_*`` variables of ``env`` (default ``os.environ``) that no crdt-ops
+    command reads: a misspelt setting would otherwise be ignored without a word."""
+    env = os.environ if env is None else env
+    known = known_variables()
+    return sorted(n for n in env if n.startswith("CRDT_OPS_") and n not in known)
 
 
 def _stop_signal(e: BaseException) -> KeyboardInterrupt | None:

@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 
 #: The same connection message (logger and format) is shown at most once this often.
 REPEAT_S = 30.0
@@ -98,12 +99,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+#: What ``CRDT_OPS_LOG`` takes (Python's logging levels, in any case) and
+#: ``CRDT_OPS_LOG_FORMAT`` takes (unset or empty: text).
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORMATS = ("text", "json")
+
+
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """Raise ValueError, naming the variable and what it takes, when ``CRDT_OPS_LOG`` or
+    ``CRDT_OPS_LOG_FORMAT`` in ``env`` (default ``os.environ``) has a value it does not
+    take (a typo would otherwise crash :func:`setup`, or be ignored)."""
+    env = os.environ if env is None else env
+    level = env.get("CRDT_OPS_LOG") or "INFO"
+    if level.upper() not in LEVELS:
+        raise ValueError(f"CRDT_OPS_LOG must be one of {', '.join(LEVELS)} (any case), not "
+                         f"{level[:50]!r}")
+    fmt = env.get("CRDT_OPS_LOG_FORMAT") or "text"
+    if fmt.lower() not in FORMATS:
+        raise ValueError(f"CRDT_OPS_LOG_FORMAT must be {' or '.join(FORMATS)}, not "
+                         f"{fmt[:50]!r}")
+
+
 def setup() -> None:
+    """Log one line per event to stderr, as the environment says (:func:`check_environment`
+    first: an unknown level falls back to INFO here)."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("CRDT_OPS_LOG_FORMAT", "").lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     handler.addFilter(ConnectionNoise())
-    logging.basicConfig(level=os.environ.get("CRDT_OPS_LOG", "INFO").upper(),
-                        handlers=[handler], force=True)
+    level = (os.environ.get("CRDT_OPS_LOG") or "INFO").upper()
+    logging.basicConfig(level=level if level in LEVELS else "INFO", handlers=[handler],
+                        force=True)

@@ -194,6 +194,13 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
         Case("fuzz: --messages negative", ["fuzz", "--messages", "-1"], says="--messages"),
         Case("fuzz: --amqp-url not AMQP", ["fuzz", "--amqp-url", "nope"], says="--amqp-url"),
         Case("no such command", ["teleport"], says="invalid choice"),
+        # the logs' variables, checked as the settings are (a typo crashed, or was ignored)
+        Case("CRDT_OPS_LOG an unknown level", ["snapshot", "--store", missing, "--out", out],
+             says="CRDT_OPS_LOG must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any "
+                  "case), not 'VERBOSE'", env={"CRDT_OPS_LOG": "VERBOSE"}),
+        Case("CRDT_OPS_LOG_FORMAT misspelt", ["snapshot", "--store", missing, "--out", out],
+             says="CRDT_OPS_LOG_FORMAT must be text or json, not 'jsn'",
+             env={"CRDT_OPS_LOG_FORMAT": "jsn"}),
         # an unknown flag names the --help of the command it was given to
         Case("web: an unknown flag", ["web", "--bogus"],
              says="crdt-ops web: error: unrecognized arguments: --bogus (see crdt-ops web "
@@ -287,4 +294,15 @@ def test_version_is_printed_on_stdout(tmp_path: Path) -> None:
     done = run(Case("version", ["--version"], code=0), tmp_path)
     assert (done.returncode, done.stdout.strip(), done.stderr) == (
         0, f"crdt-ops {crdt_ops.__version__}", "")
+
+
+def test_a_misspelt_variable_is_named_with_the_one_meant(tmp_path: Path) -> None:
+    """A ``CRDT_OPS_*`` variable no command reads gets one line each, with the nearest
+    name; the command runs all the same."""
+    done = run(Case("story", ["story"], code=0,
+                    env={"CRDT_OPS_QOUTA": "3", "CRDT_OPS_LOG": "warning"}), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0] == ("crdt-ops story: ignoring CRDT_OPS_QOUTA: no "
+                                           "crdt-ops setting has that name (did you mean "
+                                           "CRDT_OPS_QUOTA?)"), done.stderr
 
