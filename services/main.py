@@ -92,10 +92,16 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                            ("demo", "web, logic and two workers, with the page's URL")):
         p = sub.add_parser(name, help=helptext)
         config.add_arguments(p)
-        for action in p._actions:  # the services' own default (SERVICES_CONSUME)
+        for action in p._actions:  # the services' own defaults (SERVICES_CONSUME, ...)
             if action.dest == "consume":
-                action.help = (f"CRDT_OPS_CONSUME; default for the services "
-                               f"{SERVICES_CONSUME!r}: {config.CHOICES_HELP['consume'][1]}")
+                own = WORKER_CONSUME if name == "worker" else SERVICES_CONSUME
+                action.help = (f"CRDT_OPS_CONSUME; default for {name} {own!r}"
+                               + (f" (for web and logic {SERVICES_CONSUME!r})"
+                                  if name == "demo" else "")
+                               + f": {config.CHOICES_HELP['consume'][1]}")
+            elif action.dest == "heartbeat_s" and name == "worker":
+                action.help = ("CRDT_OPS_HEARTBEAT_S; default: the worker's beat interval (a "
+                               "fifth of --lease-s: 6 s under the default 30 s lease)")
         for cls, only in SERVICE_SETTINGS[name]:
             config.add_arguments(p, cls, f"{cls.__name__.removesuffix('Settings').lower()} "
                                  "settings (flag, or environment variable)"
@@ -314,8 +320,17 @@ def make_runtime(w: WorkerSettings, store: str, name: str) -> Runtime:
 
 
 def runtime_dir(w: WorkerSettings, store: str, name: str) -> Path:
-    """Where a worker keeps its pid files, its lease file and its guard's pid."""
-    return Path(w.runtime_dir or f"{store or '.'}.runtime-{name}")
+    """Where a worker keeps its pid files, its lease file and its guard's pid:
+    ``--runtime-dir``, else ``<--store>.runtime-<node>``, else (no ``--store``)
+    ``crdt-ops.worker.<node>.runtime`` in the working directory. (A worker that ran before
+    without ``--store`` kept them in ``..runtime-<node>``: that one is kept while it exists,
+    so that a restart finds its lease and its containers.)"""
+    if w.runtime_dir:
+        return Path(w.runtime_dir)
+    if store:
+        return Path(f"{store}.runtime-{name}")
+    legacy = Path(f"..runtime-{name}")
+    return legacy if legacy.is_dir() else Path(f"crdt-ops.worker.{name}.runtime")
 
 
 def broker_answers(url: str) -> bool:

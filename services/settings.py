@@ -81,7 +81,8 @@ class WorkerSettings:
                                "(auto)")
     image: str = option("busybox", help="the image of a Docker container")
     runtime_dir: str = option("", help="where the worker keeps its pid files, its lease file "
-                                       "and its guard's pid (empty: beside its store)")
+                                       "and its guard's pid (empty: <--store>.runtime-<node>, "
+                                       "without --store crdt-ops.worker.<node>.runtime)")
 
     @property
     def node_name(self) -> str:

@@ -334,8 +334,9 @@ def check_files(settings: Settings, store: bool = True) -> None:
     and ``--keyring`` (parsed, which needs the ``cryptography`` package). Raises
     ValueError with one line naming the flag."""
     if store:
-        check_store(settings.store or "crdt-ops.sqlite",
-                    "--store" if settings.store else "the store's directory (--store)")
+        check_store(settings.store or f"crdt-ops.{settings.group}.<name>.sqlite",
+                    "--store" if settings.store
+                    else "the store's directory (the working directory; --store names another)")
     if settings.bootstrap:
         check_readable(settings.bootstrap, "--bootstrap")
     from crdt_ops.errors import CrdtError
