@@ -131,8 +131,9 @@ class DurableReplica:
         self._logged_marks: dict[str, int | None] = {}
         self._last_commit = 0.0
         # this replica's series of log transactions, looked up once
-        self._synced_commits = metrics.LOG_COMMITS.labels(self.replica_id, "true")
-        self._plain_commits = metrics.LOG_COMMITS.labels(self.replica_id, "false")
+        rid, group = self.replica_id, self.settings.group
+        self._synced_commits = metrics.LOG_COMMITS.labels(rid, group, "true")
+        self._plain_commits = metrics.LOG_COMMITS.labels(rid, group, "false")
         self._waiting = 0  # flush() calls waiting for the next commit
         self._turn_committed = False  # a flush() committed at once in this turn of the loop
         self._last_waiting = 0  # how many flush() calls the last commit of writes answered
@@ -189,13 +190,13 @@ class DurableReplica:
         reported (raised on through a loop) is not counted again."""
         if error is self.store_failure:
             return
-        metrics.STORE_FAILURES.labels(self.replica_id).inc()
+        metrics.STORE_FAILURES.labels(self.replica_id, self.settings.group).inc()
         if self.store_failure is None:
             self.store_failures += 1
             log.error("replica %s: the store failed (%s); deliveries and writes stop until it "
                       "takes writes again (retried with backoff up to %.0fs; write() raises "
                       "StoreUnavailable meanwhile)", self.replica_id, error, MAX_STORE_RETRY_S)
-            metrics.STORE_UP.labels(self.replica_id).set(0)
+            metrics.STORE_UP.labels(self.replica_id, self.settings.group).set(0)
         self.store_failure = error
         self.store_ok.clear()
         fut = self._committed
@@ -226,7 +227,7 @@ class DurableReplica:
                 self.store.put(STORE_PROBE, str(time.time_ns()).encode())
                 break
             except StoreUnavailable as e:
-                metrics.STORE_FAILURES.labels(self.replica_id).inc()
+                metrics.STORE_FAILURES.labels(self.replica_id, self.settings.group).inc()
                 self.store_failure = e
                 if time.monotonic() - said > 30:
                     said = time.monotonic()
@@ -236,7 +237,7 @@ class DurableReplica:
             pause = min(pause * 2, MAX_STORE_RETRY_S)
         self.restores += 1
         self.store_failure = None
-        metrics.STORE_UP.labels(self.replica_id).set(1)
+        metrics.STORE_UP.labels(self.replica_id, self.settings.group).set(1)
         self.store_ok.set()
         self.outbox_ready.set()
         log.warning("replica %s: the store takes writes again; memory restored from it "

@@ -154,7 +154,10 @@ def test_a_retired_replica_stops_holding_back_stability(group: Group) -> None:
 
 
 def test_metrics_endpoint(group: Group) -> None:
+    import json
+    import re
     import socket
+    import urllib.error
     import urllib.request
 
     with socket.socket() as s:
@@ -170,13 +173,29 @@ def test_metrics_endpoint(group: Group) -> None:
         except OSError:
             return ""
 
-    wait_until(lambda: 'crdt_ops_operations_applied_total{replica="r0"}' in scrape(), 30,
-               "metrics")
+    def has(name: str, text: str) -> bool:  # (prometheus-client sorts the labels)
+        return re.search(name + r'\{group="[^"]+",replica="r0"\}', text) is not None
+
+    wait_until(lambda: has("crdt_ops_operations_applied_total", scrape()), 30, "metrics")
     text = scrape()
     for name in ("crdt_ops_messages_published_total", "crdt_ops_causal_buffer_operations",
                  "crdt_ops_clock_entries", "crdt_ops_stable_lag_operations",
                  "crdt_ops_outbox_messages"):
         assert name in text
+    # the counters an alert watches exist from the start (at 0), the store's gauge says up
+    for series in ("crdt_ops_store_failures_total", "crdt_ops_reconnects_total",
+                   "crdt_ops_store_up"):
+        assert has(series, text), series
+    # and the process's health, on the same port: 200 and JSON while every part is ok
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        health = json.loads(resp.read())
+    assert resp.status == 200 and health["ok"] is True, health
+    assert any(k.startswith("r0 in ") and k.endswith(": broker") for k in health["parts"]), health
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=5)
+        raise AssertionError("another path answered")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
 
 
 def test_a_replica_missing_operations_reads_them_again_from_the_stream(group: Group) -> None:

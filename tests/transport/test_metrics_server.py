@@ -27,9 +27,9 @@ def test_the_metrics_thread_serves_scrapes_and_does_not_wake_between_them() -> N
     port = _free_port()
     thread = metrics.serve(port)
     assert thread is not None and thread.daemon and thread.native_id is not None
-    metrics.OPS_APPLIED.labels("metrics-test").inc(3)
+    metrics.OPS_APPLIED.labels("metrics-test", "g").inc(3)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'crdt_ops_operations_applied_total{replica="metrics-test"} 3.0' in text
+    assert 'crdt_ops_operations_applied_total{group="g",replica="metrics-test"} 3.0' in text
     time.sleep(0.2)  # the scrape's own wake-ups are over
     before = _wakeups(thread.native_id)
     time.sleep(1.6)  # polling every 0.5 s would wake it 3 times

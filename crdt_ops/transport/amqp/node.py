@@ -134,6 +134,9 @@ class AmqpNode:
                                                       wall_clock=wall_clock, policy=policy,
                                                       subgroups=subgroups)
         self.replica_id = self.durable.replica_id
+        metrics.announce(self.replica_id, settings.group)
+        #: stops reporting this node's health at /healthz on the metrics port (start())
+        self._unwatch: Callable[[], None] = lambda: None
         #: A connection to use instead of opening one (several groups in one process,
         #: :mod:`~crdt_ops.transport.amqp.groups`): set before :meth:`start`; the node
         #: opens its channels on it and leaves it open when it stops.
@@ -327,6 +330,7 @@ class AmqpNode:
         self.durable.pumping = True
         self.durable.outbox_ready.set()
         self.loop_lag.start()
+        self._unwatch = metrics.watch_health(self.replica_id, self.settings.group, self.health)
         metrics.serve(self.settings.metrics_port)
         await self._become_member()
 
@@ -433,6 +437,7 @@ class AmqpNode:
         if self._stopped:
             return
         self._stopped = True
+        self._unwatch()
         self.durable.commit_before_stop()
         self.durable.pumping = False
         for t in self._tasks:
@@ -703,7 +708,7 @@ class AmqpNode:
                     getattr(conn, "reconnect_interval", 1))
 
     def _on_reconnect(self, *_: object) -> None:
-        metrics.RECONNECTS.labels(self.replica_id).inc()
+        metrics.RECONNECTS.labels(self.replica_id, self.settings.group).inc()
         lost, self._lost_at = self._lost_at, None
         log.warning("replica %s reconnected to the broker%s; republishing the outbox",
                     self.replica_id,
@@ -759,7 +764,7 @@ class AmqpNode:
         if late or self.store_failure is not None or self._lost_at is not None:
             self._echo.reset(now)  # (nothing comes back while the connection is down)
         silent = self._echo.silent_for(now)
-        metrics.ECHO_SILENT.labels(rid).set(silent if silent > patience else 0)
+        metrics.ECHO_SILENT.labels(rid, self.settings.group).set(silent if silent > patience else 0)
         if silent > patience:
             if not self.echo_silent_s:
                 log.error("replica %s: none of its confirmed messages came back through its "
@@ -767,7 +772,7 @@ class AmqpNode:
                           "deleted?); declaring the topology again and re-reading the stream",
                           rid, self.topology.queue(rid), silent)
             self.echo_silent_s = silent
-            metrics.ECHO_LOSSES.labels(rid).inc()
+            metrics.ECHO_LOSSES.labels(rid, self.settings.group).inc()
             self.echo_losses += 1
             self._redeclare_due = self._reread_due = True
             if self._stream_in is not None:  # its consumer may wait past the stream's end
@@ -889,7 +894,7 @@ class AmqpNode:
         missing = self.replica.missing()
         if not missing:
             self._gaps = self._gaps.quiet()
-            metrics.GAP_STUCK.labels(rid).set(0)
+            metrics.GAP_STUCK.labels(rid, self.settings.group).set(0)
         now = time.monotonic()
         why = self._gaps.reason(now, missing, self._buffer_since,
                                 self.store.get(REREAD_DUE) == b"1")
@@ -900,11 +905,11 @@ class AmqpNode:
                     f"waits {waited:.0f}s for {few(missing)}" if why == "gap"
                     else "dropped messages over the causal buffer's caps", self.topology.stream)
         self.store.put(REREAD_DUE, b"0")  # drops from now on need another re-read
-        metrics.GAP_REREADS.labels(rid).inc()
+        metrics.GAP_REREADS.labels(rid, self.settings.group).inc()
         await self._replay_stream(reread=True)
         self._buffer_since = time.monotonic()
         self._gaps, stuck = self._gaps.reread(self._buffer_since, missing, self.replica.missing())
-        metrics.GAP_STUCK.labels(rid).set(len(stuck))
+        metrics.GAP_STUCK.labels(rid, self.settings.group).set(len(stuck))
         if stuck:
             log.warning("replica %s: the stream does not hold the operations that waiting "
                         "ones need: %s (a sender whose gap never fills, or not yet "
@@ -939,15 +944,15 @@ class AmqpNode:
 
     def _observe(self) -> None:
         r, rid = self.replica, self.replica_id
-        metrics.BUFFER_DEPTH.labels(rid).set(r.buffered)
+        metrics.BUFFER_DEPTH.labels(rid, self.settings.group).set(r.buffered)
         gap = r.has_gap()  # operations waiting, or reported and not delivered
         if gap and self._buffer_since is None:
             self._buffer_since = time.monotonic()
         elif not gap:
             self._buffer_since = None
-        metrics.BUFFER_WAIT.labels(rid).set(
+        metrics.BUFFER_WAIT.labels(rid, self.settings.group).set(
             0 if self._buffer_since is None else time.monotonic() - self._buffer_since)
-        metrics.CLOCK_SIZE.labels(rid).set(len(r.clock))
+        metrics.CLOCK_SIZE.labels(rid, self.settings.group).set(len(r.clock))
         if not self._retired_said and rid in r.membership.retired:
             self._retired_said = True
             log.error("replica %s was retired from group %s (its retirement was delivered "
@@ -957,7 +962,7 @@ class AmqpNode:
         now = time.monotonic()
         if now - self._lag_observed >= 1.0:  # costs O(members x clock): once a second at most
             self._lag_observed = now
-            metrics.STABLE_LAG.labels(rid).set(r.stable_lag())
+            metrics.STABLE_LAG.labels(rid, self.settings.group).set(r.stable_lag())
 
 
 __all__ = ["AmqpNode"]

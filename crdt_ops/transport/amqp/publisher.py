@@ -130,7 +130,7 @@ class Publisher:
         asked = time.monotonic()
         fetched = self.durable.store.unconfirmed(limit=limit)
         rows = [(i, body) for i, body in fetched if i not in self._flight]
-        metrics.OUTBOX.labels(self.replica_id).set(len(fetched))
+        metrics.OUTBOX.labels(self.replica_id, self.settings.group).set(len(fetched))
         if not rows:
             if not fetched:
                 self.confirmed_through = asked
@@ -174,7 +174,7 @@ class Publisher:
             if done:
                 self.durable.store.confirm(done)
                 self.published += len(done)
-                metrics.OPS_PUBLISHED.labels(self.replica_id).inc(len(done))
+                metrics.OPS_PUBLISHED.labels(self.replica_id, self.settings.group).inc(len(done))
             self._confirmed_upto(asked, through)
             failed = [out for out in outcomes if isinstance(out, BaseException)
                       and not isinstance(out, aio_pika.exceptions.DeliveryError)]
@@ -209,7 +209,7 @@ class Publisher:
         oldest = self.durable.store.unconfirmed(limit=1)
         if not oldest:
             self.confirmed_through = max(self.confirmed_through, now)
-            metrics.OUTBOX.labels(self.replica_id).set(0)
+            metrics.OUTBOX.labels(self.replica_id, self.settings.group).set(0)
         elif through is not None and oldest[0][0] > through:
             self.confirmed_through = max(self.confirmed_through, asked)
 
@@ -227,7 +227,7 @@ class Publisher:
         reached no queue, not even the stream, so the exchange's bindings were deleted
         (it was re-created empty). Declare the whole topology again; the caller
         publishes them again."""
-        metrics.PUBLISHES_UNROUTABLE.labels(self.replica_id).inc(n)
+        metrics.PUBLISHES_UNROUTABLE.labels(self.replica_id, self.settings.group).inc(n)
         if time.monotonic() - self._unroutable_said > 60:
             self._unroutable_said = time.monotonic()
             log.warning("replica %s: %d of its messages reached no queue through %s (its "
@@ -242,7 +242,7 @@ class Publisher:
         queues are fullest (the nack does not name the queue that refused)."""
         assert self.channel is not None
         names, rid = self.topology, self.replica_id
-        metrics.PUBLISHES_REFUSED.labels(rid).inc(len(rows))
+        metrics.PUBLISHES_REFUSED.labels(rid, self.settings.group).inc(len(rows))
         self.refused += len(rows)
         outcomes = await asyncio.gather(*(
             self._send(body, "", names.stream) for _, body in rows), return_exceptions=True)
