@@ -540,15 +540,19 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
 
 
 class AccessLog(AbstractAccessLogger):
-    """One line per request, at INFO on the ``aiohttp.access`` logger: the client's address,
+    """One line per request, at INFO on the ``aiohttp.access`` logger (a ``/healthz`` answered
+    200 at DEBUG: probes come every few seconds): the client's address,
     the method and path with its query, the status, the body's size in bytes and how long
     web took to answer in ms, e.g. ``127.0.0.1 "POST /api/containers" 201 212 B 1.4 ms``.
     The services' log format adds the time (services/logs.py). Nothing is formatted when
     INFO is off."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info('%s "%s %s" %d %d B %.1f ms', request.remote, request.method,
-                         request.path_qs, response.status, response.body_length, 1000 * time)
+        # a health probe that finds all well, every few seconds, is not an event: DEBUG
+        level = (logging.DEBUG if request.path == "/healthz" and response.status == 200
+                 else logging.INFO)
+        self.logger.log(level, '%s "%s %s" %d %d B %.1f ms', request.remote, request.method,
+                        request.path_qs, response.status, response.body_length, 1000 * time)
 
     @property
     def enabled(self) -> bool:

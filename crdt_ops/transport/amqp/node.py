@@ -703,15 +703,15 @@ class AmqpNode:
             return  # closed by us (stop), or already said
         self._lost_at = time.monotonic()
         why = f"{type(error).__name__}: {error}" if error else "closed"
-        log.warning("replica %s lost its connection to the broker (%s); reconnecting every "
-                    "%gs", self.replica_id, str(why).splitlines()[0][:300],
-                    getattr(conn, "reconnect_interval", 1))
+        log.warning("replica %s of group %s lost its connection to the broker (%s); "
+                    "reconnecting every %gs", self.replica_id, self.settings.group,
+                    str(why).splitlines()[0][:300], getattr(conn, "reconnect_interval", 1))
 
     def _on_reconnect(self, *_: object) -> None:
         metrics.RECONNECTS.labels(self.replica_id, self.settings.group).inc()
         lost, self._lost_at = self._lost_at, None
-        log.warning("replica %s reconnected to the broker%s; republishing the outbox",
-                    self.replica_id,
+        log.warning("replica %s of group %s reconnected to the broker%s; republishing the "
+                    "outbox", self.replica_id, self.settings.group,
                     "" if lost is None else f" after {time.monotonic() - lost:.1f}s")
         # what was lost with the broker's state is declared again, and what our queue
         # missed while its binding may have been gone (an operator's deletion that the
