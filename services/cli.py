@@ -139,8 +139,14 @@ async def _delete_group_async(args: argparse.Namespace, where: str) -> int:
 
 def _snapshot(args: argparse.Namespace) -> int:
     from crdt_ops.transport.amqp import export_snapshot
+    from crdt_ops.transport.store import StoreLocked
 
-    print(f"wrote {args.out}: clock {export_snapshot(args.store, args.out)}")
+    try:
+        clock = export_snapshot(args.store, args.out)
+    except StoreLocked:
+        raise UsageError(f"--store {args.store}: a replica runs on it: stop it first (a "
+                         "snapshot is taken of a stopped replica's store)") from None
+    print(f"wrote {args.out}: clock {clock}")
     return 0
 
 

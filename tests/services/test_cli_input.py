@@ -306,3 +306,19 @@ def test_a_misspelt_variable_is_named_with_the_one_meant(tmp_path: Path) -> None
                                            "crdt-ops setting has that name (did you mean "
                                            "CRDT_OPS_QUOTA?)"), done.stderr
 
+
+
+def test_a_snapshot_of_a_store_in_use_says_to_stop_its_replica(tmp_path: Path) -> None:
+    from crdt_ops.transport.store import Store
+
+    held = Store(tmp_path / "s.sqlite")  # as a running replica holds it
+    held.put("replica_id", b"r1")
+    try:
+        done = run(Case("snapshot", ["snapshot", "--store", str(tmp_path / "s.sqlite"), "--out",
+                                     str(tmp_path / "o.bin")]), tmp_path)
+    finally:
+        held.close()
+    assert done.returncode == 2, done
+    assert done.stderr.strip().endswith("a replica runs on it: stop it first (a snapshot is "
+                                        "taken of a stopped replica's store)"), done.stderr
+    assert not (tmp_path / "o.bin").exists()
