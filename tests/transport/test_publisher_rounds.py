@@ -69,7 +69,8 @@ async def test_a_write_goes_out_while_an_earlier_round_awaits_its_confirms(
             await until(lambda: a.confirmed_through() >= first, 10,
                         "confirmed_through past the first write once its round ends")
             assert not a.durable.store.unconfirmed()
-            assert REGISTRY.get_sample_value("crdt_ops_outbox_messages", {"replica": "a"}) == 0
+            assert REGISTRY.get_sample_value("crdt_ops_outbox_messages",
+                                             {"replica": "a", "group": group}) == 0
     finally:
         await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)
 

@@ -175,10 +175,12 @@ def op_message(origin: str = ROLES[0]) -> bytes:
 
 
 def metric(name: str, replica: str) -> float:
-    """This process's value of the Prometheus sample ``name`` of ``replica`` (0 if none)."""
+    """This process's value of the Prometheus sample ``name`` of ``replica``, summed over its
+    groups (0 if none)."""
     from prometheus_client import REGISTRY
 
-    return REGISTRY.get_sample_value(name, {"replica": replica}) or 0.0
+    return sum(sample.value for family in REGISTRY.collect() for sample in family.samples
+               if sample.name == name and sample.labels.get("replica") == replica)
 
 
 def node_settings(url: str, group: str, replica_id: str, store_dir: str,
