@@ -92,7 +92,8 @@ def route_params(request: web.Request) -> dict[str, str]:
     misspelt filter must not list everything, nor a flag be ignored)."""
     resource = request.match_info.route.resource
     canonical = "" if resource is None else resource.canonical
-    return _params(request, ROUTE_PARAMS.get((request.method, canonical), ()))
+    method = "GET" if request.method == "HEAD" else request.method  # (aiohttp's HEAD of a GET)
+    return _params(request, ROUTE_PARAMS.get((method, canonical), ()))
 
 
 def _record(containers: Containers, cid: str) -> dict[str, Any] | None:

@@ -199,3 +199,11 @@ def test_a_write_with_a_query_parameter_is_refused_and_writes_nothing(api: Api) 
     assert (status, answer["error"]) == (
         400, "unknown query parameter 'force'; this route takes none"), answer
     assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
+
+
+def test_a_head_request_takes_the_parameters_of_its_get(api: Api) -> None:
+    async def head() -> int:
+        async with api.client.request("HEAD", "/api/containers?limit=5") as r:
+            return r.status
+    assert api.loop.run_until_complete(head()) == 200
+
