@@ -233,7 +233,8 @@ def check(args: argparse.Namespace) -> None:
             if settings.metrics_port and cmd != "demo":
                 from services.main import port_free
 
-                port_free("0.0.0.0", settings.metrics_port, "--metrics-port")
+                port_free(settings.metrics_host, settings.metrics_port, "--metrics-port",
+                          "--metrics-host")
         if cmd == "replica":
             for flag, path in (("--state-file", args.state_file), ("--ledger", args.ledger)):
                 if path is not None:

@@ -82,6 +82,7 @@ DEMO_REFUSES = {
     "bootstrap": "the demo's services start from the group's stream",
     "metrics_port": "four processes cannot share one metrics port: run the services one by "
                     "one for metrics",
+    "metrics_host": "the demo serves no metrics (see --metrics-port)",
 }
 
 
@@ -214,13 +215,13 @@ def _check_worker(w: WorkerSettings | None) -> None:
         config.check_writable(w.runtime_dir, "--runtime-dir", directory=True)
 
 
-def port_free(host: str, port: int, flag: str = "--port") -> None:
+def port_free(host: str, port: int, flag: str = "--port", host_flag: str = "--host") -> None:
     """Raise ValueError saying so when ``host:port`` is taken (another server listens
-    there) or ``host`` cannot be bound at all."""
+    there) or ``host`` cannot be bound at all (naming ``flag`` or ``host_flag``)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise ValueError(f"--host {host}: {e.strerror}") from None
+        raise ValueError(f"{host_flag} {host}: {e.strerror}") from None
     family, kind, proto, _, addr = infos[0]
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds

@@ -65,6 +65,7 @@ class Settings:
     stream_max_age: str = "7D"  # retention of crdt.<group>.log
     stream_max_bytes: int = 0  # 0: no size bound
     metrics_port: int = 0  # 0: no Prometheus endpoint
+    metrics_host: str = "0.0.0.0"  # the address the metrics port listens on (all by default)
     bootstrap: str = ""  # a peer's snapshot file to start from when the store is new
     # user-id: a message's origin replica must belong to the broker user that published it
     auth: str = "none"

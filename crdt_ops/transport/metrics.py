@@ -140,8 +140,8 @@ def _app(metrics_app: Callable[..., Any]) -> Callable[..., Any]:
     return app
 
 
-def serve(port: int) -> threading.Thread | None:
-    """Serve every metric at ``http://0.0.0.0:<port>/metrics`` (Prometheus's text format,
+def serve(port: int, host: str = "0.0.0.0") -> threading.Thread | None:
+    """Serve every metric at ``http://<host>:<port>/metrics`` (Prometheus's text format,
     prometheus-client's WSGI app), and the process's nodes' health at ``/healthz``
     (:func:`health_report`: 200 or 503, JSON), from a daemon thread, and say so in one log
     line; port 0: nothing (None). Returns the thread. Raises OSError when the port is taken.
@@ -162,11 +162,11 @@ def serve(port: int) -> threading.Thread | None:
         def log_message(self, format: str, *args: Any) -> None:  # no line per scrape
             pass
 
-    httpd = make_server("0.0.0.0", port, _app(make_wsgi_app()), ThreadingWSGIServer,
+    httpd = make_server(host, port, _app(make_wsgi_app()), ThreadingWSGIServer,
                         handler_class=Quiet)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": None},
                               name=f"metrics :{port}", daemon=True)
     thread.start()
-    logging.getLogger(__name__).info("metrics on http://0.0.0.0:%d/metrics, health on "
-                                     "/healthz", port)
+    logging.getLogger(__name__).info("metrics on http://%s:%d/metrics, health on /healthz",
+                                     host, port)
     return thread

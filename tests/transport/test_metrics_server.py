@@ -7,6 +7,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from crdt_ops.transport import metrics
 
 
@@ -38,3 +40,20 @@ def test_the_metrics_thread_serves_scrapes_and_does_not_wake_between_them() -> N
 
 def test_no_port_serves_nothing() -> None:
     assert metrics.serve(0) is None
+
+
+def test_the_metrics_port_listens_on_the_address_given(caplog: pytest.LogCaptureFixture) -> None:
+    """``--metrics-host 127.0.0.1``: this machine only; the log line names the address."""
+    import logging
+
+    caplog.set_level(logging.INFO, "crdt_ops.transport.metrics")
+    port = _free_port()
+    assert metrics.serve(port, "127.0.0.1") is not None
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in caplog.text
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A"]  # LISTEN: local address:port in hex
+    assert f"0100007F:{port:04X}" in listening  # 127.0.0.1, not 0.0.0.0
+    assert f"00000000:{port:04X}" not in listening
+

@@ -125,7 +125,7 @@ class AmqpGroups(NodeGroups[AmqpNode]):
             log.info("replica %s holds %d groups (%s) over one connection to %s",
                      self.replica_id, len(self.nodes), ", ".join(self.nodes),
                      redact_urls(s.amqp_url))
-        metrics.serve(s.metrics_port)
+        metrics.serve(s.metrics_port, s.metrics_host)
 
     async def stop(self) -> None:
         """Stop every group's node (each commits what was written), then close the

@@ -331,7 +331,7 @@ class AmqpNode:
         self.durable.outbox_ready.set()
         self.loop_lag.start()
         self._unwatch = metrics.watch_health(self.replica_id, self.settings.group, self.health)
-        metrics.serve(self.settings.metrics_port)
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         await self._become_member()
 
     async def _become_member(self) -> None:
