@@ -40,11 +40,14 @@ async def test_a_read_whose_marker_never_comes_gives_up_after_the_stall_time(
                                                      auto_delete=True)
             marker = aio_pika.Message(Replica("reader").clock_message(), message_id="marker-1")
             read, started = 0, time.monotonic()
-            with pytest.raises(recovery.StreamStalled, match="marker-1"):
-                async for batch in recovery.read_stream(conn, settings, nowhere, marker):
-                    read += len(batch)
-                    for m in batch:
-                        await m.ack()
+            try:
+                with pytest.raises(recovery.StreamStalled, match="marker-1"):
+                    async for batch in recovery.read_stream(conn, settings, nowhere, marker):
+                        read += len(batch)
+                        for m in batch:
+                            await m.ack()
+            finally:  # (auto_delete goes with a last binding: this one never had one)
+                await (await conn.channel()).exchange_delete(nowhere.name)
             waited = time.monotonic() - started
             assert read == 3  # what the stream held was read before the read gave up
             assert 1.0 <= waited < 10, waited
