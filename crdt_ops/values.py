@@ -28,7 +28,7 @@ def check_value(value: object) -> Value:
         return value
     if isinstance(value, bytes):
         return value if type(value) is bytes else bytes(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int):  # (not a bool: those returned above)
         if not INT64_MIN <= value <= INT64_MAX:
             raise InvalidValue(f"int {value} does not fit in signed 64 bits")
         return value if type(value) is int else int(value)

@@ -75,8 +75,9 @@ class Survey:
 
 async def _exists(conn: AbstractConnection, name: str, exchange: bool) -> int | None:
     """None if queue (or exchange) ``name`` does not exist; else its consumers (0 for an
-    exchange). A passive declaration of what does not exist closes its channel: one
-    channel each."""
+    exchange, and for an exclusive queue another connection holds: the broker refuses even a
+    passive declaration of it, ``RESOURCE_LOCKED``). A passive declaration of what does not
+    exist closes its channel: one channel each."""
     channel = await conn.channel()
     try:
         if exchange:
@@ -84,25 +85,10 @@ async def _exists(conn: AbstractConnection, name: str, exchange: bool) -> int | 
             return 0
         queue = await channel.declare_queue(name, passive=True)
         return int(queue.declaration_result.consumer_count or 0)
+    except aiormq.exceptions.ChannelLockedResource:
+        return 0
     except aio_pika.exceptions.ChannelNotFoundEntity:
         return None
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
-
-
-async def _held(conn: AbstractConnection, name: str) -> bool:
-    """Whether exclusive queue ``name`` (a holder queue) is held by a connection: the broker
-    refuses another connection even a passive declaration of it (``RESOURCE_LOCKED``), and
-    deletes it when its connection closes."""
-    channel = await conn.channel()
-    try:
-        await channel.declare_queue(name, passive=True)
-        return True  # (declared and not locked: only the connection that holds it sees that)
-    except aiormq.exceptions.ChannelLockedResource:
-        return True
-    except aio_pika.exceptions.ChannelNotFoundEntity:
-        return False
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
@@ -183,7 +169,7 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
             found.queues.append(q)
         if consumers:  # (not the streams': their consumer counts outlive their channels)
             found.consumers[r] = consumers
-        if await _held(conn, f"{q}.held"):
+        if await _exists(conn, f"{q}.held", False) is not None:  # held while its replica runs
             found.held.append(r)
     found.queues += [q for q in shared if present[q] is not None]
     return found
