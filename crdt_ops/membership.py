@@ -47,9 +47,17 @@ class Membership:
     """
 
     def __init__(self, founders: Iterable[str] | None = None) -> None:
+        """Raises TypeError when ``founders`` is a str or bytes (it would be read as one
+        id per character: pass a list) or holds anything but strs."""
+        if isinstance(founders, (str, bytes)):
+            raise TypeError(f"members must be a collection of replica ids, such as "
+                            f"[{founders!r}], not the {type(founders).__name__} {founders!r}")
         #: False: an open group (no agreed membership, nothing ever stable).
         self.managed = founders is not None
         self.founders = frozenset(founders or ())
+        odd = [f for f in self.founders if not isinstance(f, str)]
+        if odd:
+            raise TypeError(f"members must be replica ids (str), not {odd[0]!r}")
         #: per admitted replica, the admissions delivered: admitter -> its seq
         self.admissions: dict[str, Clock] = {}
         #: per channel of a retiring replica (its id without sub-groups), the channel's last

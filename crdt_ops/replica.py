@@ -50,18 +50,21 @@ class Replica(Fields):
     equal :meth:`state`; a message that is not valid raises
     :class:`~crdt_ops.errors.InvalidMessage` and changes nothing.
 
-    ``wall_clock`` (e.g. ``time.time_ns``) feeds LWW timestamps; without it
-    they are logical. Local operations are batched into one message per
-    :meth:`outgoing` call, at most ``max_batch_ops`` and about ``max_message_bytes``
+    ``wall_clock`` (e.g. ``time.time_ns``: it must return an int, ns since the epoch) feeds
+    LWW timestamps; without it they are logical. A timestamp is at most
+    :data:`~crdt_ops.hlc.MAX_TIMESTAMP` (2**63-1): an assignment that would need a larger
+    one, or whose wall clock returns no int, raises before anything is applied. Local
+    operations are batched into one message per :meth:`outgoing` call, at most
+    ``max_batch_ops`` and about ``max_message_bytes``
     (:data:`~crdt_ops.wire.codec.MAX_MESSAGE_BYTES`, 8 MiB) per message. At most
     ``max_buffered_ops`` remote operations wait in the causal buffer, and at most
     ``max_waiting_per_origin`` of one origin (see :class:`~crdt_ops.causal.CausalBuffer`).
 
-    ``members``: the founders of a group that keeps an agreed membership (the same
-    list at every replica; may be empty), which causal stability and compaction
-    need; a replica not among them writes only once admitted (:meth:`join`). None
-    (the default): an open group, where anyone writes and nothing is compacted.
-    See :mod:`crdt_ops.membership`.
+    ``members``: the founders of a group that keeps an agreed membership (the same list at
+    every replica; may be empty; a str is refused: pass a list), which causal stability and
+    compaction need; a replica not among them writes only once admitted (:meth:`join`). None
+    (the default): an open group, where anyone writes and nothing is compacted. See
+    :mod:`crdt_ops.membership`.
 
     ``subgroups``: the group's sub-group rule (:mod:`crdt_ops.subgroups`; the same at
     every replica, like ``policy``; default: none). A replica then holds the sub-groups

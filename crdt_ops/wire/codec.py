@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from crdt_ops.clock import Clock, Dot
 from crdt_ops.errors import InvalidMessage
+from crdt_ops.hlc import MAX_TIMESTAMP
 from crdt_ops.ops import (
     KIND_TARGETS,
     MAX_AMOUNT,
@@ -108,6 +109,12 @@ def _id(value: str, what: str) -> str:
 def _seq(value: int, what: str) -> int:
     if not 1 <= value <= MAX_SEQ:
         raise _bad("bad-seq", f"{what} must be in 1..2^63-1, got {value}")
+    return value
+
+
+def _timestamp(value: int, what: str) -> int:
+    if value > MAX_TIMESTAMP:  # (uint64 on the wire: never negative)
+        raise _bad("bad-timestamp", f"{what} must be at most 2^63-1, got {value}")
     return value
 
 
@@ -255,7 +262,8 @@ def _get_op(msg: pb.Operation) -> Op:
         return Op(path, t, kind, p=_amount(a.p, "increment"), n=_amount(a.n, "decrement"))
     if kind is Kind.REGISTER_SET:
         r = msg.register_set
-        return Op(path, t, kind, value=_get_value(r.value), timestamp=r.timestamp,
+        return Op(path, t, kind, value=_get_value(r.value),
+                  timestamp=_timestamp(r.timestamp, "an assignment's timestamp"),
                   observed=_get_dots(r.observed))
     if kind is Kind.SET_ADD or kind is Kind.SET_REMOVE:
         s = msg.set_add if kind is Kind.SET_ADD else msg.set_remove
@@ -482,7 +490,9 @@ def _put_lww(msg: pb.ObjectState, obj: LWWRegister) -> None:
 
 def _get_lww(msg: pb.ObjectState, obj: LWWRegister) -> None:
     for e in msg.entries:
-        obj.entries[(e.dot.replica, e.dot.seq)] = (e.timestamp, _get_value(e.value))
+        obj.entries[(e.dot.replica, e.dot.seq)] = (_timestamp(e.timestamp, "a register's "
+                                                              "timestamp"),
+                                                   _get_value(e.value))
     obj.reset({}, (), 0)
 
 
@@ -652,7 +662,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
     return Snapshot(
         replica_id=_id(msg.replica_id, "replica_id"),
         clock=_get_clock(msg.clock, "clock"),
-        hlc=msg.hlc,
+        hlc=_timestamp(msg.hlc, "the snapshot's hybrid logical clock"),
         root=root,
         known={k.replica: _get_clock(k.clock, "known") for k in msg.known},
         deps_of={k.replica: _get_clock(k.clock, "deps_of") for k in msg.deps_of},

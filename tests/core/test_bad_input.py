@@ -427,6 +427,12 @@ CRAFTED: list[tuple[str, Callable[[], Any], str]] = [
                                                    type_=pb.OBJ_TYPE_MV_REGISTER)]),
      "bad-value"),
     ("register-nan", lambda: batch([register_set(["k"], _nan())]), "bad-value"),
+    ("register-timestamp-2^63", lambda: batch([register_set(["k"], pb_value(1),
+                                                            timestamp=2**63)]),
+     "bad-timestamp"),
+    ("register-timestamp-2^64-1", lambda: batch([register_set(["k"], pb_value(1),
+                                                              timestamp=2**64 - 1)]),
+     "bad-timestamp"),
     ("set-element-unset", lambda: batch([set_add(["k"], None)]), "bad-value"),
     ("set-element-nan", lambda: batch([set_add(["k"], _nan())]), "bad-value"),
     # paths
@@ -468,6 +474,22 @@ def test_boundary_amounts_and_seqs_are_accepted() -> None:
     assert b.missing()["z"] == (2, MAX - 1)
     b.receive(batch([counter_add(["k"])], origin="o" * 256, deps=[("a", 1)]))
     assert b.clock["o" * 256] == 1
+
+
+def test_the_greatest_timestamp_is_accepted_and_then_a_write_is_refused_cleanly() -> None:
+    """2^63-1 is a valid timestamp; after it, no assignment can win over it, so a local
+    assignment is refused with ValueError and nothing changes (before, it was applied
+    and then its message could never be encoded: the replica's outbox was stuck)."""
+    b = target()
+    b.receive(batch([register_set(["top"], pb_value(1), timestamp=MAX)]))
+    assert b.state()["top"] == 1
+    b.outgoing()  # what it had written before
+    before, seq = fingerprint(b), b.own_seq
+    with pytest.raises(ValueError, match="no timestamp left"):
+        b.register("reg").set("later")
+    assert fingerprint(b) == before and b.own_seq == seq and b.outgoing() == []
+    b.counter("c").increment()  # what needs no timestamp is still written and sent
+    assert b.outgoing()
 
 
 # ---------------------------------------------------------------- type conflicts

@@ -19,7 +19,7 @@ def at(wall: int):  # type: ignore[no-untyped-def]
 
 def test_compaction_waits_for_a_member_not_yet_heard_from() -> None:
     """Failing input 1: s must not take q's write as stable before p reported."""
-    members = "pqs"
+    members = list("pqs")
     p = Replica("p", wall_clock=at(200), members=members)
     q = Replica("q", wall_clock=at(100), members=members)
     s = Replica("s", compact_every=1, members=members)
@@ -47,7 +47,7 @@ def test_compaction_waits_for_a_member_not_yet_heard_from() -> None:
 
 def test_a_retired_members_last_operations_are_waited_for() -> None:
     """Failing input 2: d's remove reaches a and b after its retirement."""
-    members = "abd"
+    members = list("abd")
     a = Replica("a", wall_clock=at(200), members=members)
     b = Replica("b", wall_clock=at(100), members=members)
     d = Replica("d", members=members)
@@ -171,7 +171,7 @@ def test_membership_survives_a_snapshot_and_a_bootstrap() -> None:
 
 
 def test_an_operator_retirement_waits_for_the_named_last_operation() -> None:
-    a, g = Replica("a", members="ag"), Replica("g", members="ag")
+    a, g = Replica("a", members=list("ag")), Replica("g", members=list("ag"))
     g.counter("n").increment()
     g.counter("n").increment()
     g_msgs = g.outgoing()
@@ -221,7 +221,7 @@ def test_a_retirement_missed_is_learned_from_any_members_heartbeat() -> None:
     """A retirement is no operation: a member whose queue was unbound when it was
     published sees no gap in any clock. Every member's heartbeat relays the retirements
     it knows of; only a member's relay counts."""
-    a, b, d = (Replica(r, members="abd") for r in "abd")
+    a, b, d = (Replica(r, members=list("abd")) for r in "abd")
     d.counter("n").increment()
     d.heartbeat(retired=True)
     op, retirement = d.outgoing()
@@ -237,7 +237,7 @@ def test_a_retirement_missed_is_learned_from_any_members_heartbeat() -> None:
     assert "d" in b.membership.retired and b.membership.members() == {"a", "b"}
     assert b.receive(beat) is False  # nothing new the second time
     # a replica that never wrote retires after its operation 0: relayed all the same
-    e = Replica("e", members="abde")
+    e = Replica("e", members=list("abde"))
     e.heartbeat(retired=True)
     (gone,) = e.outgoing()
     for r in (a, b):

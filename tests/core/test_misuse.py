@@ -88,3 +88,33 @@ def test_an_empty_message_is_named_so() -> None:
     with pytest.raises(InvalidMessage) as info:
         r.receive(b"")
     assert (info.value.reason, "no bytes at all" in str(info.value)) == ("empty-message", True)
+
+
+@pytest.mark.parametrize(("wall", "error", "says"), [
+    (lambda: 1.7e18, TypeError, r"wall clock returned .* \(float\); it must return an int"),
+    (lambda: True, TypeError, r"\(bool\); it must return an int"),
+    (lambda: 2**63, ValueError, "no timestamp left: .* the wall clock is that far ahead"),
+])
+def test_a_wall_clock_of_the_wrong_kind_is_refused_before_anything_is_applied(
+        wall: Any, error: type[Exception], says: str) -> None:
+    """``wall_clock=time.time`` (seconds, a float) used to be applied locally, then its
+    message could never be encoded: every later write of the replica was stuck."""
+    r = Replica("r", wall_clock=wall)
+    with pytest.raises(error, match=says):
+        r.register("reg").set(1)
+    assert r.state() == {} and r.own_seq == 0 and r.outgoing() == []
+    r.counter("c").increment()  # a counter takes no timestamp
+    assert r.state() == {"c": 1} and len(r.outgoing()) == 1
+
+
+@pytest.mark.parametrize("members", ["ab", b"ab"])
+def test_members_given_as_one_string_are_refused(members: Any) -> None:
+    """``members="ab"`` was read as the two founders "a" and "b"."""
+    with pytest.raises(TypeError, match=r"members must be a collection of replica ids, "
+                                        r"such as \["):
+        Replica("a", members=members)
+
+
+def test_members_that_are_not_ids_are_refused() -> None:
+    with pytest.raises(TypeError, match=r"members must be replica ids \(str\), not 5"):
+        Replica("a", members=["a", 5])

@@ -249,7 +249,7 @@ def test_items_and_keys_page_in_key_order(writes: list[tuple[str, str, bool]], p
 
 
 def test_heartbeat_feeds_stability() -> None:
-    a, b = Replica("a", members="ab"), Replica("b", members="ab")
+    a, b = Replica("a", members=list("ab")), Replica("b", members=list("ab"))
     a.counter("n").increment()
     send(a, b)
     assert a.stable_clock() == {}  # b has not said it delivered a:1

@@ -72,7 +72,7 @@ def test_metadata_and_memory_stay_flat_under_long_churn() -> None:
 
 def test_lww_concurrent_values_kept_while_a_replica_lags_then_compacted() -> None:
     net = MemoryNetwork(seed=1)
-    a, b, c = (net.add(Replica(x, members="abc")) for x in "abc")
+    a, b, c = (net.add(Replica(x, members=list("abc"))) for x in "abc")
     for r in (a, b, c):
         r.heartbeat()
     net.settle()
@@ -111,7 +111,7 @@ def _register_entries(r: Replica) -> int:
 
 
 def test_a_member_never_heard_from_holds_stability_until_retired() -> None:
-    a, b = Replica("a", members="ab"), Replica("b", members="ab")
+    a, b = Replica("a", members=list("ab")), Replica("b", members=list("ab"))
     b.counter("n").increment()
     exchange(a, b)
     a.counter("n").increment()
@@ -120,7 +120,7 @@ def test_a_member_never_heard_from_holds_stability_until_retired() -> None:
     exchange(a, b)
     assert a.stable_clock() == {"a": 1, "b": 1}
     # b admits a third replica "ghost", which then never reports
-    ghost = Replica("ghost", members="ab")
+    ghost = Replica("ghost", members=list("ab"))
     ghost.join()
     send(ghost, b)
     exchange(a, b)
@@ -160,7 +160,7 @@ def test_a_stable_record_settles_into_a_frozen_map_and_stays_the_same() -> None:
     handles, a snapshot and the type of each name are unchanged; a later write
     brings back only what it touches."""
     net = MemoryNetwork(seed=3)
-    a, b, c = (net.add(Replica(x, members="abc")) for x in "abc")
+    a, b, c = (net.add(Replica(x, members=list("abc"))) for x in "abc")
     _record(a, "1")
     b.map("containers/1").counter("restarts").increment(2)
     net.settle()
@@ -174,7 +174,7 @@ def test_a_stable_record_settles_into_a_frozen_map_and_stays_the_same() -> None:
     assert a.map("containers/1").map("workers").map("n1").register("pid").value == 7
     with pytest.raises(TypeConflict):
         a.map("containers/1").counter("name")
-    restored = Replica.from_snapshot(a.snapshot(), members="abc")
+    restored = Replica.from_snapshot(a.snapshot(), members=list("abc"))
     assert restored.state() == before
     assert type(restored._root.settled["containers/1"]) is tuple
     with pytest.raises(TypeConflict):
@@ -196,7 +196,7 @@ def test_removes_and_assignments_reach_replicas_that_have_not_settled() -> None:
     the same at a replica that still holds the dots; a concurrent update survives the
     remove everywhere."""
     net = MemoryNetwork(seed=4)
-    a, b, c = (net.add(Replica(x, members="abc", compact_every=10**9)) for x in "abc")
+    a, b, c = (net.add(Replica(x, members=list("abc"), compact_every=10**9)) for x in "abc")
     _record(b, "1")
     _record(b, "2")
     net.settle()

@@ -535,7 +535,7 @@ def rich_snapshot() -> bytes:
 def settled_snapshot() -> bytes:
     """A snapshot whose records are settled: frozen maps and registers (the MessagePack
     blob, crdt_ops/wire/frozen.py), a frozen map holding a counter, a live field."""
-    a, b = Replica("a", members="ab"), Replica("b", members="ab")
+    a, b = Replica("a", members=list("ab")), Replica("b", members=list("ab"))
     for i in range(3):
         m = a.map(f"c/{i}")
         m.register("name").set(f"n{i}")
