@@ -37,6 +37,7 @@ from crdt_ops.events import ChangeEvent
 from crdt_ops.handles import MapHandle
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
+from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.transport.waiting import wait_set
 from services import model
 from services.containers import Containers
@@ -339,8 +340,12 @@ class Logic:
         try:
             while True:
                 self._wake.clear()  # first: a change landing while we decide wakes the next
-                if self.index.loaded and await self.decide():
-                    await self.node.flush()
+                try:
+                    if self.index.loaded and await self.decide():
+                        await self.node.flush()
+                except StoreUnavailable:  # logged by the store's node; what this pass wrote
+                    await self.node.store_works()  # was dropped from memory: decide again
+                    continue
                 await wait_set(self._wake, 1.0)
         finally:
             for t in passes:

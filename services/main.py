@@ -40,7 +40,14 @@ from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from crdt_ops.transport.topology import Topology
 from services import guard, lease, logs, model
 from services.logic import Logic
-from services.process import Stopped, StopSignals, Terminated, node_state, stop_node
+from services.process import (
+    ServiceFailed,
+    Stopped,
+    StopSignals,
+    Terminated,
+    node_state,
+    stop_node,
+)
 from services.runtime import DockerRuntime, ProcessRuntime, Runtime
 from services.settings import LogicSettings, WebSettings, WorkerSettings
 from services.worker import Worker, pin_cell
@@ -282,7 +289,6 @@ async def run_service(role: str, service: Service) -> str:
     # joined) is scanned by no full garbage collection again, nor what survives one
     # (crdt_ops/transport/collector.py)
     collector.freeze_survivors()
-    tasks = []
     runner = None
     try:
         if service.web is not None:
@@ -290,21 +296,18 @@ async def run_service(role: str, service: Service) -> str:
             assert web_module is not None
             runner = await web_module.serve(node, w.host, w.port)
             print(f"web: http://{_url_host(w.host)}:{w.port}/", file=sys.stderr, flush=True)
+            await signals.event.wait()
         elif service.logic is not None:
             lg = service.logic
-            tasks.append(asyncio.create_task(Logic(node, quota=lg.quota,
-                                                   margin_s=lg.margin_s).run()))
+            await signals.until_stopped(role, Logic(node, quota=lg.quota,
+                                                    margin_s=lg.margin_s).run())
         else:
             wk = service.worker
             assert runtime is not None and wk is not None
-            tasks.append(asyncio.create_task(
-                Worker(node, name, runtime, cell=wk.cell, capacity=wk.capacity,
-                       lease_s=wk.lease_s,
-                       state_dir=runtime_dir(wk, settings.store, name)).run()))
-        await signals.event.wait()
+            await signals.until_stopped(name, Worker(
+                node, name, runtime, cell=wk.cell, capacity=wk.capacity, lease_s=wk.lease_s,
+                state_dir=runtime_dir(wk, settings.store, name)).run())
     finally:
-        for t in tasks:
-            t.cancel()
         if runner is not None:
             await runner.cleanup()
         await stop_node(node)
@@ -654,5 +657,8 @@ def main(role: str, args: argparse.Namespace, service: Service) -> int:
     except ValueError as e:
         print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
         return 2
+    except ServiceFailed as e:
+        print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
+        return 1
     print(f"crdt-ops {role}: stopped ({how})", file=sys.stderr, flush=True)
     return 0

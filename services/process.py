@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from crdt_ops.transport.amqp import AmqpNode, redact_urls
 from crdt_ops.transport.amqp.groups import AmqpGroups
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Terminated(KeyboardInterrupt):
@@ -36,6 +38,19 @@ class Stopped(Exception):
     @property
     def code(self) -> int:
         return 128 + self.signum
+
+
+class ServiceFailed(Exception):
+    """A service's loop (logic's decisions, a worker's beats and reconciles) ended by an
+    error it does not ride out (a store failure it does: it waits for the store). The
+    process then stops its node and exits with status 1, so that its supervisor starts it
+    again (a worker's containers keep running meanwhile, under its guard and lease);
+    ``__cause__`` is the error."""
+
+    def __init__(self, role: str, error: BaseException | None) -> None:
+        what = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+        super().__init__(f"{role}'s loop ended ({what}); stopping with status 1 so that its "
+                         "supervisor starts it again (the traceback is in the log above)")
 
 
 class StopSignals:
@@ -65,6 +80,18 @@ class StopSignals:
         given up to 5 s to unwind). Returns (done, its result)."""
         done, result, _ = await self._race(aw, lambda: "")
         return done, result
+
+    async def until_stopped(self, role: str, loop: Awaitable[None]) -> None:
+        """Run ``loop`` (a service's loop, which runs until cancelled) until a stop
+        signal, then cancel it. Raises :class:`ServiceFailed` if it ends first (its error
+        logged with its traceback)."""
+        try:
+            done, _ = await self.first(loop)
+        except Exception as e:
+            log.error("%s's loop failed", role, exc_info=e)
+            raise ServiceFailed(role, e) from e
+        if done:
+            raise ServiceFailed(role, None)
 
     async def guard(self, aw: Awaitable[T], state: Callable[[], str]) -> T:
         """Await ``aw``; a stop signal first cancels it and raises :class:`Stopped`

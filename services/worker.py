@@ -33,6 +33,7 @@ from pathlib import Path
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
+from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.transport.waiting import wait_set
 from services import guard, lease, model
 from services.index import NodeRecords, full_passes
@@ -294,24 +295,29 @@ class Worker:
         allowed: tuple[str, bool] | None = None  # the lease's (epoch, may run) last time
         try:
             while True:
-                self.keep_lease(time.monotonic())
-                if time.monotonic() - last_beat >= self.heartbeat_s:
-                    if self.use_guard:
-                        guard.ensure(self.state_dir, self.runtime)
-                    written = last_beat = time.monotonic()
-                    self.beat()
+                try:
+                    self.keep_lease(time.monotonic())
+                    if time.monotonic() - last_beat >= self.heartbeat_s:
+                        if self.use_guard:
+                            guard.ensure(self.state_dir, self.runtime)
+                        written = last_beat = time.monotonic()
+                        self.beat()
+                        await self.node.flush()
+                        self._beat = (written, time.monotonic())
+                    self._wake.clear()  # first: a change landing while we work wakes the next
+                    if self.assigned.loaded:
+                        now = time.monotonic()
+                        was, allowed = allowed, (self.lease.epoch, self.lease.may_run(now))
+                        if now - last_full >= self.reconcile_s or allowed != was:
+                            self.reconcile(now)
+                            last_full = now
+                        else:
+                            self.reconcile_changes(now)
                     await self.node.flush()
-                    self._beat = (written, time.monotonic())
-                self._wake.clear()  # first: a change landing while we work wakes the next
-                if self.assigned.loaded:
-                    now = time.monotonic()
-                    was, allowed = allowed, (self.lease.epoch, self.lease.may_run(now))
-                    if now - last_full >= self.reconcile_s or allowed != was:
-                        self.reconcile(now)
-                        last_full = now
-                    else:
-                        self.reconcile_changes(now)
-                await self.node.flush()
+                except StoreUnavailable:  # logged by the store's node; unsent beats and
+                    await self.node.store_works()  # reports were dropped from memory:
+                    last_beat = last_full = 0.0  # beat and reconcile at once
+                    continue
                 # until its records are loaded no reconcile is due (the load wakes it)
                 await wait_set(self._wake, self.idle_for(
                     time.monotonic(), last_beat,

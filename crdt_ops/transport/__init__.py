@@ -55,6 +55,13 @@ class Node(Protocol):
         return once they are durable in the store; they are published from there)."""
         ...
 
+    async def store_works(self) -> None:
+        """Return once the node takes writes again (at once when nothing failed): over
+        RabbitMQ, after a :class:`~crdt_ops.transport.store.StoreUnavailable`, once its
+        store works and memory was restored from it. A loop that writes awaits this when a
+        write or ``flush()`` raised StoreUnavailable, then goes on."""
+        ...
+
     def health(self) -> dict[str, str]:
         """Per part of the node, ``"ok"`` or what is wrong (e.g. ``store``, ``echo``)."""
         ...

@@ -72,6 +72,11 @@ class NodeGroups(Generic[N]):
         elif pending:
             await asyncio.gather(*(n.flush() for n in pending))
 
+    async def store_works(self) -> None:
+        """Return once every group's node takes writes again (each node's
+        ``store_works()``); at once when none failed."""
+        await asyncio.gather(*(n.store_works() for n in self.nodes.values()))
+
     def health(self) -> dict[str, dict[str, str]]:
         """Each group's node's ``health()``, by group."""
         return {g: n.health() for g, n in self.nodes.items()}

@@ -215,6 +215,9 @@ class MemoryNode:
         """Nothing here can fail: no store, no broker."""
         return {}
 
+    async def store_works(self) -> None:
+        """At once: there is no store to fail."""
+
     async def flush(self) -> None:
         """Broadcast the replica's outgoing messages (delivered on later loop
         iterations, to every node on the bus, this one included). Raises RuntimeError,

@@ -417,3 +417,33 @@ def test_a_stop_signal_while_the_command_loads_ends_it_at_once(sig: int, tmp_pat
     assert proc.wait(timeout=PROMPT_S) == 128 + sig, log.read_text()
     assert log.read_text().strip() == \
         f"crdt-ops: stopped by {signal.Signals(sig).name} while starting"
+
+
+def test_a_service_loop_that_fails_stops_the_service_with_its_error() -> None:
+    """Logic's or a worker's loop ending by an error used to leave the process up doing
+    nothing (no beats, no decisions): now the service stops with status 1 for its
+    supervisor to start it again (``services.main.main`` returns 1 for ServiceFailed)."""
+    from services.process import ServiceFailed, StopSignals
+
+    async def run() -> None:
+        signals = StopSignals()
+
+        async def broken() -> None:
+            await asyncio.sleep(0.01)
+            raise RuntimeError("boom")
+        with pytest.raises(ServiceFailed, match=r"logic's loop ended \(RuntimeError: boom\); "
+                                                r"stopping with status 1") as e:
+            await signals.until_stopped("logic", broken())
+        assert isinstance(e.value.__cause__, RuntimeError)
+
+        cancelled = asyncio.Event()
+
+        async def forever() -> None:
+            try:
+                await asyncio.sleep(3600)
+            finally:
+                cancelled.set()
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        await signals.until_stopped("worker-1", forever())  # a signal: returns
+        assert cancelled.is_set() and signals.name == "SIGTERM"
+    asyncio.run(run())

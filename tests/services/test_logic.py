@@ -4,6 +4,8 @@ worker's reports (``model.REPORTS``), which no decision reads."""
 
 from __future__ import annotations
 
+import asyncio
+
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
@@ -60,3 +62,37 @@ def test_reports_are_what_a_worker_writes() -> None:
     assert not model.beyond_reports(NODE, {**NODE, "running": 3})
     assert model.beyond_reports(None, NODE) and model.beyond_reports(NODE, None)
     assert not model.beyond_reports(None, None)
+
+
+def test_logic_rides_out_a_store_failure() -> None:
+    """A store failing for a moment (its node's ``flush()`` raising StoreUnavailable) used
+    to end ``Logic.run`` for good, the process up: nothing was decided again."""
+    from tests.services.test_worker import _failing_once
+
+    async def run() -> None:
+        platform = MemoryBus()
+        logic = Logic(with_cell(MemoryNode(platform, "logic", policy=model.POLICY),
+                                MemoryBus()))
+        web = with_cell(MemoryNode(platform, "web", policy=model.POLICY), MemoryBus())
+        for n in (logic.node, web):
+            await n.start()
+        flushes = _failing_once(logic.node)
+        task = asyncio.create_task(logic.run())
+
+        async def decided(cid: str) -> object:
+            rec = web.groups.map(model.CONTAINERS + cid)
+            for field, value in RECORD.items():
+                rec.register(field).set(value)
+            await web.flush()
+            for _ in range(100):  # no node: logic says why it does not place it
+                await asyncio.sleep(0.02)
+                if rec.register("rejected_reason").value or task.done():
+                    break
+            return rec.register("rejected_reason").value
+
+        await decided("c1")  # its decision's flush fails
+        assert flushes[0] == 1
+        assert await decided("c2") == "no worker node with free capacity", (
+            f"Logic.run ended: {task.exception()!r}" if task.done() else "not decided")
+        task.cancel()
+    asyncio.run(run())

@@ -241,3 +241,38 @@ def test_a_worker_reconciles_again_for_logic_s_changes_not_for_its_own_reports(
         assert worker._wake.is_set()
         assert worker.reconcile_changes(now) == 1 and runtime.stops == 1
     asyncio.run(run())
+
+
+def _failing_once(node: NodeGroups[MemoryNode]) -> list[int]:
+    """Make ``node.flush()`` raise StoreUnavailable once (what a node's flush does while
+    its store fails for a moment); returns the count of flushes, failed one included."""
+    from crdt_ops.transport.store import StoreUnavailable
+
+    real, calls = node.flush, [0]
+
+    async def flaky() -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise StoreUnavailable("store x.sqlite: database is locked")
+        await real()
+    node.flush = flaky  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_worker_rides_out_a_store_failure(tmp_path: Path) -> None:
+    """A store failing for a moment used to end ``Worker.run`` for good, the process up:
+    no beat again, its lease lapsed and its containers stopped."""
+    async def run() -> None:
+        wn = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+        await wn.start()
+        worker = Worker(wn, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False,
+                        lease_s=2.0, reconcile_s=0.05)
+        flushes = _failing_once(wn)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(1.0)
+        assert not task.done(), f"Worker.run ended: {task.exception()!r}"
+        task.cancel()
+        assert flushes[0] >= 3  # the failed one, then beats and reconciles went on
+        beat = model.node(wn.groups, model.DEFAULT_CELL, "n1").register("heartbeat").value
+        assert beat is not None and beat >= (time.time() - 1.5) * 1000
+    asyncio.run(run())
