@@ -119,7 +119,7 @@ def guard(state_dir: Path, runtime: Runtime) -> None:
                 wait = saved.lease.stop_wait_s if saved is not None else 0.5
                 for cid in running:
                     log.warning("guard %s: the lease ran out; stopping %s", state_dir, cid)
-                    runtime.stop(cid, grace_s=wait)
+                runtime.stop_all(running, grace_s=wait)  # together: all gone within the grace
                 running = {}
             if not running and worker_gone:
                 return  # nothing to guard; a worker starting here starts a guard again

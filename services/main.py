@@ -634,8 +634,7 @@ def _stop_containers(runtime_dirs: Iterable[Path]) -> None:
         if not d.is_dir():
             continue
         rt = ProcessRuntime(d)
-        for cid in rt.running():
-            rt.stop(cid)
+        rt.stop_all(rt.running())
         guard.stop(d)
 
 

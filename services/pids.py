@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from services.lease import boot_id
@@ -96,17 +97,37 @@ def terminate(pid: int, grace_s: float, *, group: bool = False,
     """SIGTERM to process ``pid`` (to its process group with ``group``), SIGKILL after
     ``grace_s`` seconds if it still runs; returns once it is gone, or 5 s after the
     SIGKILL. ``child``: its ``Popen`` if this process started it (it is reaped)."""
-    send = os.killpg if group else os.kill
+    terminate_all([(pid, child)], grace_s, group=group)
+
+
+def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
+                  grace_s: float, *, group: bool = False) -> None:
+    """:func:`terminate` for several processes at once (``(pid, its Popen or None)``):
+    SIGTERM to every one, one wait of at most ``grace_s`` seconds for them all, SIGKILL to
+    those still running, and at most 5 s more; so however many there are, all are gone
+    (or were sent SIGKILL) within ``grace_s`` + 5 s. One by one, the n-th of n processes
+    that ignore SIGTERM would be killed only after n times ``grace_s``: a lease's
+    containers stopped that way could outlive the lease (services/lease.py)."""
+    send = os.kill if not group else os.killpg
+    left = list(targets)
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            send(pid, sig)
-        except ProcessLookupError:
-            return
+        sent = []
+        for pid, child in left:
+            try:
+                send(pid, sig)
+            except ProcessLookupError:  # gone already
+                continue
+            sent.append((pid, child))
+        left = sent
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and alive(pid, child):
+        while True:
+            left = [(pid, child) for pid, child in left if alive(pid, child)]
+            if not left or time.monotonic() >= deadline:
+                break
             time.sleep(0.02)
-        if not alive(pid, child):
+        if not left:
             return
 
 
-__all__ = ["BOOT", "alive", "read", "record", "start_time", "stat", "terminate"]
+__all__ = ["BOOT", "alive", "read", "record", "start_time", "stat", "terminate",
+           "terminate_all"]

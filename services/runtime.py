@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 from services import pids
-from services.pids import alive, terminate
+from services.pids import alive, terminate_all
 
 #: The environment variables a container process starts with: its container's id, and
 #: the state directory of the runtime that started it (absolute), so that a process whose
@@ -40,6 +41,12 @@ class Runtime(Protocol):
     def start(self, cid: str) -> int: ...
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None: ...
+
+    def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
+        """Stop these containers' instances together: however many, within ``grace_s``
+        (SIGTERM, then SIGKILL for what still runs) and 5 s more. What stops a lease's
+        containers uses this: one by one, those that ignore SIGTERM could outlive it."""
+        ...
 
     def running(self) -> dict[str, int]:
         """Container id -> pid of every instance this runtime runs now."""
@@ -100,13 +107,20 @@ class ProcessRuntime:
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Stop ``cid``'s instance: SIGTERM to its process group, SIGKILL after
         ``grace_s`` seconds if it still runs."""
-        pid = self._alive_pid(cid)
-        self._pidfile(cid).unlink(missing_ok=True)
-        self._pids.pop(cid, None)
-        if pid is None:
-            return
-        terminate(pid, grace_s, group=True, child=self._children.get(pid))
-        self._children.pop(pid, None)
+        self.stop_all([cid], grace_s)
+
+    def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
+        """Stop these containers' instances together (:func:`~services.pids.terminate_all`
+        on their process groups)."""
+        cids = list(cids)
+        targets = [(pid, self._children.get(pid)) for pid in map(self._alive_pid, cids)
+                   if pid is not None]
+        terminate_all(targets, grace_s, group=True)
+        for pid, _ in targets:
+            self._children.pop(pid, None)
+        for cid in cids:  # once gone: a stop cut short leaves each one found again
+            self._pidfile(cid).unlink(missing_ok=True)
+            self._pids.pop(cid, None)
 
     def guard_args(self) -> list[str]:
         return ["--process-dir", str(self.state_dir)]
@@ -220,7 +234,13 @@ class DockerRuntime:
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Remove ``cid``'s container (``docker rm -f``: at once; ``grace_s`` unused)."""
-        self._docker("rm", "-f", f"crdt-ops-{cid}")
+        self.stop_all([cid], grace_s)
+
+    def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
+        """Remove these containers (one ``docker rm -f``: at once; ``grace_s`` unused)."""
+        names = [f"crdt-ops-{cid}" for cid in cids]
+        if names:
+            self._docker("rm", "-f", *names)
 
     def guard_args(self) -> list[str]:
         return ["--docker"]

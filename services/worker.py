@@ -175,8 +175,7 @@ class Worker:
 
     def _stop_all(self) -> int:
         running = self.runtime.running()
-        for cid in running:
-            self.runtime.stop(cid, grace_s=self.lease.stop_wait_s)
+        self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
         self._running.clear()
         return len(running)
 
@@ -208,8 +207,8 @@ class Worker:
                 else:
                     self._running[cid] = pid
         may_run = self.lease.may_run(now)
-        mine = []
-        for cid in cids:  # stops first, then starts
+        mine, stopping = [], []
+        for cid in cids:  # stops first (together: the lease's end stops them all), then starts
             c = self.assigned.records.get(cid)
             if c is not None and may_run and c.power_desired == "on" \
                     and c.assigned_epoch == self.lease.epoch:
@@ -218,8 +217,10 @@ class Worker:
             self._retry_at.pop(cid, None)
             if cid in self._running:
                 log.info("%s: stopping %s", self.name, cid)
-                self.runtime.stop(cid, grace_s=self.lease.stop_wait_s)
+                stopping.append(cid)
                 del self._running[cid]
+        if stopping:
+            self.runtime.stop_all(stopping, grace_s=self.lease.stop_wait_s)
         kept = {c.id for c in mine}
         writes = sum(self._settle_one(cid, None) for cid in cids
                      if cid in self.assigned.records and cid not in kept)

@@ -43,6 +43,30 @@ def test_the_guard_stops_containers_when_the_lease_runs_out(tmp_path: Path) -> N
             os.kill(g, 9)
 
 
+#: a container that ignores SIGTERM (only SIGKILL ends it)
+STUBBORN = "sh -c 'trap \"\" TERM; sleep 1000000'"
+
+
+def test_the_guard_stops_containers_that_ignore_sigterm_together_before_the_deadline(
+        tmp_path: Path) -> None:
+    """One by one, each waiting its half grace after SIGTERM, the tenth of ten such
+    containers was killed 4.5 s past the lease's run_until: past its deadline, when logic
+    may run them elsewhere (services/liveness.py)."""
+    rt = ProcessRuntime(tmp_path, command=STUBBORN)
+    held = lease.Lease("e1", 4.0)  # grace 1 s: stopped from 3 s on, SIGKILL 0.5 s later
+    held.renew(time.monotonic(), time.monotonic())
+    lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
+    started = [rt.start(f"c{i}") for i in range(10)]
+    g = guard.ensure(tmp_path, rt)
+    try:
+        time.sleep(max(0.0, held.deadline - time.monotonic()))
+        left = [p for p in started if alive(p)]
+        assert not left, f"{len(left)} of 10 containers still ran at the lease's deadline"
+    finally:
+        os.kill(g, 9)
+        rt.stop_all(rt.running(), grace_s=0.1)
+
+
 def test_without_a_lease_file_nothing_runs(tmp_path: Path) -> None:
     rt = ProcessRuntime(tmp_path)
     pid = rt.start("c1")

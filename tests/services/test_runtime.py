@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,18 @@ def test_an_instance_started_but_not_recorded_is_found_by_its_environment(
             for cid in r.running():
                 r.stop(cid, grace_s=0.1)
     assert not alive(pid) and not alive(theirs)
+
+
+def test_stop_all_stops_containers_that_ignore_sigterm_within_one_grace(tmp_path: Path) -> None:
+    """SIGTERM to all, one wait, SIGKILL to the rest: 10 such containers in about one
+    grace (0.5 s here), where stopping them one by one took 10 graces."""
+    from tests.services.test_guard import STUBBORN
+
+    rt = ProcessRuntime(tmp_path, command=STUBBORN)
+    started = [rt.start(f"c{i}") for i in range(10)]
+    time.sleep(0.3)  # each shell has set its trap
+    t0 = time.monotonic()
+    rt.stop_all(rt.running(), grace_s=0.5)
+    took = time.monotonic() - t0
+    assert not any(alive(p) for p in started) and rt.running() == {}
+    assert 0.5 <= took < 2.5, f"stop_all took {took:.1f} s"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,10 @@ class CountingRuntime:
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         if self.instances.pop(cid, None) is not None:
             self.stops += 1
+
+    def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
+        for cid in list(cids):
+            self.stop(cid, grace_s)
 
     def running(self) -> dict[str, int]:
         self.listings += 1

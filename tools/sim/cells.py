@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +93,10 @@ class SimRuntime:
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         if self.instances.pop(cid, None) is not None and self.world.where.get(cid) == self.node:
             del self.world.where[cid]
+
+    def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
+        for cid in list(cids):
+            self.stop(cid, grace_s)
 
     def running(self) -> dict[str, int]:
         return dict(self.instances)
