@@ -134,7 +134,7 @@ class Worker:
 
     def _adopt(self, lease_s: float) -> lease.Lease:
         """The lease of a worker that ran here before, if it still holds (a restart
-        keeps the containers); else a new epoch."""
+        keeps the containers); else a new epoch, once what still runs here was stopped."""
         saved = lease.load(self.lease_file)
         now = time.monotonic()
         if saved is not None and saved.lease.may_run(now) and saved.lease.duration_s == lease_s:
@@ -143,6 +143,16 @@ class Worker:
             lease.save(self.lease_file, saved.lease, os.getpid())  # the guard watches us now
             return saved.lease
         fresh = lease.Lease(lease.new_epoch(), lease_s)
+        running = self.runtime.running()
+        if running:  # an earlier epoch's; logic takes a new epoch for the end of the old one
+            # (services/liveness.py), so they are gone before the new one is announced
+            why = ("no lease was saved" if saved is None else
+                   f"--lease-s changed from {saved.lease.duration_s:g} to {lease_s:g}"
+                   if saved.lease.may_run(now) else
+                   f"the lease of epoch {saved.lease.epoch} ran out")
+            log.warning("%s: stopping %d containers before starting epoch %s (%s)", self.name,
+                        len(running), fresh.epoch, why)
+            self.runtime.stop_all(running, grace_s=fresh.stop_wait_s)
         lease.save(self.lease_file, fresh, os.getpid())
         return fresh
 

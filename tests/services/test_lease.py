@@ -6,13 +6,15 @@ epoch gone while that epoch's lease can still hold."""
 from __future__ import annotations
 
 import heapq
+import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from services import lease
+from services import lease, model
 from services.lease import Lease
 from services.liveness import Liveness
 
@@ -193,3 +195,35 @@ def test_random_histories_never_declare_a_holding_lease_gone() -> None:
         declared += g
         renewals += r
     assert declared > 10 and renewals > 1000  # the histories did exercise both sides
+
+
+@pytest.mark.parametrize(("left_s", "lease_s", "why"), [
+    (25.0, 20.0, "--lease-s changed from 30 to 20"),  # the lease holds, with another length
+    (2.0, 30.0, "the lease of epoch e-old ran out"),  # in its grace: being stopped
+])
+def test_a_worker_starting_a_new_epoch_stops_the_old_one_s_containers_first(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, left_s: float, lease_s: float,
+        why: str) -> None:
+    """Logic takes a new epoch announced for the end of the old one and places the old
+    one's containers elsewhere at once (services/liveness.py): a worker restarted with
+    another ``--lease-s``, or in its lease's grace, used to announce it in its first beat
+    while the old epoch's containers still ran."""
+    from crdt_ops.transport.memory import MemoryBus, MemoryNode
+    from services.runtime import ProcessRuntime
+    from services.worker import Worker
+    from tests.support import cell_only
+
+    rt = ProcessRuntime(tmp_path)
+    rt.start("c1")
+    old = lease.Lease("e-old", 30.0, deadline=time.monotonic() + left_s)
+    lease.save(tmp_path / lease.LEASE_FILE, old, os.getpid())
+    wn = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+    try:
+        with caplog.at_level("WARNING"):
+            worker = Worker(wn, "n1", rt, state_dir=tmp_path, use_guard=False,
+                            lease_s=lease_s)
+        assert worker.lease.epoch != "e-old" and rt.running() == {}  # before any beat
+        assert f"stopping 1 containers before starting epoch {worker.lease.epoch} ({why})" \
+            in caplog.text
+    finally:
+        rt.stop_all(rt.running(), grace_s=0.1)
