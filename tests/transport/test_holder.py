@@ -59,6 +59,48 @@ async def test_a_second_process_of_a_replica_waits_until_the_first_stops(
 
 
 @pytest.mark.asyncio
+async def test_a_replica_whose_holder_queue_another_connection_took_while_it_reconnected_waits(
+        settings: Settings) -> None:
+    """Its connection lost, a replica reconnected and published and consumed at once, though
+    another process of its id (waiting in ``hold()``) had taken the queue meanwhile: two
+    processes ran one replica id. Now it publishes and consumes only once it holds the
+    queue again, and then sends what it wrote meanwhile."""
+    a, k = _as(settings, "a", "a"), _as(settings, "k", "k")
+    await a.start()
+    await k.start()
+    other = await aio_pika.connect(settings.amqp_url)  # "a second process" of a
+    holder = Holder(Topology.of(settings), "a")
+    try:
+        async with a.write() as r:
+            r.counter("n").increment(1)
+        await until(lambda: k.replica.counter("n").value == 1, 10, "k to hear a")
+        lines = rabbitmqctl("list_connections", "pid", "client_properties", "-q").splitlines()
+        pids = [ln.split("\t")[0] for ln in lines if '"crdt-ops a"' in ln]
+        assert pids, lines
+        for pid in pids:
+            await asyncio.to_thread(rabbitmqctl, "close_connection", pid, "test: a's link")
+        for _ in range(250):  # the other process takes it as soon as the broker frees it
+            if await holder.take(other):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the holder queue was never freed")
+        await until(lambda: a._lost_at is None and a._conn is not None, 20, "a to reconnect")
+        await asyncio.sleep(1.5)  # several heartbeats and echo ticks
+        async with a.write() as r:  # accepted (durable), not sent while the other holds it
+            r.counter("n").increment(1)
+        await asyncio.sleep(2.0)
+        assert k.replica.counter("n").value == 1, "a published while another connection " \
+            f"held {holder.queue}: two processes ran one replica id"
+        await other.close()  # the other process stops: a takes over and sends its write
+        await until(lambda: k.replica.counter("n").value == 2, 15, "a's write to reach k")
+    finally:
+        await other.close()
+        await a.stop()
+        await k.stop()
+
+
+@pytest.mark.asyncio
 async def test_a_replica_started_again_after_a_stop_does_not_wait(settings: Settings) -> None:
     for _ in range(3):
         n = _as(settings, "a", "a")

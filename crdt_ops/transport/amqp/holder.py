@@ -21,8 +21,11 @@ offset holds everything of the previous process's that another replica can have 
 (docs/latency.md: the fence that publishing before a disk sync would need). A process
 that was killed leaves no wait: the OS closes its socket, and the broker its connection.
 
-After a reconnection the queue is declared again (:meth:`Holder.take`, once per attempt): the
-broker deleted it with the connection that was lost.
+After a reconnection the queue is taken again (:meth:`Holder.hold`) before the replica
+publishes or consumes anything on the new connection (the stream gate does it first on each
+connection: :class:`~crdt_ops.transport.amqp.stream_ready.StreamGate`): the broker deleted it
+with the connection that was lost, and another process of the same replica id, waiting for
+it, may have taken it meanwhile. Then this one waits, as at its start.
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ class AmqpNode:
             lambda: self._conn, self.topology.stream,
             lambda mid: message(self.settings, self.replica.clock_message(), self._signer,
                                 message_id=mid),
-            via=self.topology.exchange)
+            via=self.topology.exchange, hold=self._holder.hold)
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost, self._gate)
         self.echo_losses = 0  # times our echo stopped (since this process started)
@@ -587,6 +587,10 @@ class AmqpNode:
         self._consume_due.clear()
         assert self._consumer is not None and self._consume_channel is not None
         try:
+            # on a new connection: not before it holds this replica's holder queue (while
+            # another process's connection holds it, that one consumes: a second consumer
+            # would take deliveries meant for it) and the stream takes writes
+            await self._gate.ready()
             await self._consumer.consume(self._consume_channel)
             self._consume_failed = 0
         except Exception as e:
@@ -727,8 +731,9 @@ class AmqpNode:
         dropped it (the queue was deleted)."""
         assert self._pub is not None and self._conn is not None
         self._redeclare_due = False
-        if not await self._holder.take(self._conn):  # (said by the holder)
-            self._redeclare_due = True  # again at the next tick
+        if not await self._holder.take(self._conn):  # (said by the holder) deleted, and
+            self._gate.forget()  # taken by another process: publish only once held again
+            self._redeclare_due = True  # (again at the next tick)
         if not self._narrow:
             await self._declare_shared(self._pub)
         reads_stream = self._stream_in is not None  # (the stream was declared above)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 import aiormq.abc
@@ -154,14 +154,19 @@ class StreamGate:
     or raises :class:`StreamUnchecked` if a reconnection came after the last probe.
 
     ``conn`` returns the aio-pika connection (None before one is made); ``stream``,
-    ``probe`` and ``via`` are :func:`stream_takes_writes`' arguments. :attr:`probed_on`
-    is the AMQP connection on which the last probe came back (None: none yet)."""
+    ``probe`` and ``via`` are :func:`stream_takes_writes`' arguments. ``hold``, if given,
+    is awaited on each new connection before its probe: it returns once that connection
+    may publish for this replica (its holder queue: :mod:`.holder`). :attr:`probed_on` is
+    the AMQP connection on which the last probe came back (None: none yet, or
+    :meth:`forget` was called)."""
 
     def __init__(self, conn: Callable[[], AbstractConnection | None], stream: str,
                  probe: Callable[[str], aio_pika.Message], via: str | None = None,
-                 wait_s: float = PROBE_WAIT_S) -> None:
+                 wait_s: float = PROBE_WAIT_S,
+                 hold: Callable[[AbstractConnection], Awaitable[None]] | None = None) -> None:
         self.conn, self.stream, self.probe, self.via, self.wait_s = (
             conn, stream, probe, via, wait_s)
+        self.hold = hold
         self.probed_on: aiormq.abc.AbstractConnection | None = None
         self._probing = asyncio.Lock()
 
@@ -187,10 +192,16 @@ class StreamGate:
                     return probes
                 await conn.ready()  # a robust connection: once reconnected
                 link = link_of(conn)
+                if self.hold is not None:
+                    await self.hold(conn)
                 probes += await stream_takes_writes(conn, self.stream, self.probe, self.via,
                                                     self.wait_s)
                 if link is not None and link_of(conn) is link:
                     self.probed_on = link  # else a reconnection came meanwhile: again
+
+    def forget(self) -> None:
+        """Hold and probe again before the next publish, on this connection too."""
+        self.probed_on = None
 
     async def channel(self, channel: AbstractChannel) -> aiormq.abc.AbstractChannel:
         """The AMQP channel under ``channel`` to publish on now, with nothing awaited
