@@ -15,6 +15,7 @@ and this runtime polls its own children, which cannot be mistaken. One found by
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import subprocess
@@ -31,6 +32,7 @@ from services.pids import alive, terminate_all
 #: (:meth:`ProcessRuntime.adopt_strays`).
 CONTAINER_ENV = "CRDT_OPS_CONTAINER"
 RUNTIME_ENV = "CRDT_OPS_RUNTIME"
+log = logging.getLogger(__name__)
 
 
 class RuntimeError_(Exception):
@@ -139,19 +141,12 @@ class ProcessRuntime:
         found: dict[str, tuple[int, int]] = {}  # container -> (start time in ticks, pid)
         with os.scandir("/proc") as entries:
             everyone = [int(e.name) for e in entries if e.name.isdigit()]
-        prefix = CONTAINER_ENV.encode() + b"="
         for pid in everyone:
-            try:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue  # gone, or not ours to read
-            stat = pids.stat(pid) if self._marker in env else None
-            if stat is None or int(stat[3]) != pid or stat[0] == "Z":
-                continue  # (stat[3]: its session; stat[0]: its state, Z a zombie)
-            cid = next((v[len(prefix):].decode(errors="replace") for v in env
-                        if v.startswith(prefix)), None)
-            if cid and (cid not in found or int(stat[19]) < found[cid][0]):
-                found[cid] = (int(stat[19]), pid)
+            instance = self._instance(pid)
+            if instance is not None:
+                cid, since = instance
+                if cid not in found or since < found[cid][0]:
+                    found[cid] = (since, pid)
         adopted = {}
         for cid, (since, pid) in sorted(found.items()):
             if self._alive_pid(cid) is None:
@@ -160,6 +155,24 @@ class ProcessRuntime:
                 self._since[pid] = since
         return adopted
 
+    def _instance(self, pid: int) -> tuple[str, int] | None:
+        """``(container id, start time in clock ticks since boot)`` if process ``pid`` is
+        a container instance of this runtime's: it started with the environment this
+        runtime gives (:data:`RUNTIME_ENV` naming this directory, :data:`CONTAINER_ENV`)
+        and leads its own session, and is no zombie; else None (gone, not ours to read,
+        or another program's)."""
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # (PermissionError: :meth:`_alive_pid` says what that means)
+            return None
+        stat = pids.stat(pid) if self._marker in env else None
+        if stat is None or int(stat[3]) != pid or stat[0] == "Z":
+            return None  # (stat[3]: its session; stat[0]: its state, Z a zombie)
+        prefix = CONTAINER_ENV.encode() + b"="
+        cid = next((v[len(prefix):].decode(errors="replace") for v in env
+                    if v.startswith(prefix)), None)
+        return (cid, int(stat[19])) if cid else None
+
     def running(self) -> dict[str, int]:
         """Container id -> pid of every instance alive now: the pid files of the
         directory (the truth a restarted worker and the guard read too), each read
@@ -167,8 +180,15 @@ class ProcessRuntime:
         out = {}
         with os.scandir(self.state_dir) as entries:
             cids = [e.name[:-4] for e in entries if e.name.endswith(".pid")]
-        for cid in self._pids.keys() - set(cids):
-            del self._pids[cid]
+        for cid in self._pids.keys() - set(cids):  # its pid file is gone
+            gone = self._pids.pop(cid)
+            child = self._children.get(gone)
+            if child is not None and child.poll() is None:  # deleted under a live instance
+                log.warning("the pid file of container %s (pid %d) was deleted while it runs; "
+                            "written again", cid, gone)
+                pids.record(self._pidfile(cid), gone, None)
+                self._pids[cid] = gone
+                cids.append(cid)
         for cid in cids:
             pid = self._alive_pid(cid)
             if pid is not None:
@@ -187,6 +207,18 @@ class ProcessRuntime:
             if named is None:
                 return None
             pid, since = named
+            if since is None:  # recorded as it started, by a worker before this process:
+                # taken for the container only if it is that one (its pid may be another
+                # program's now); recorded with its start time from then on
+                instance = self._instance(pid)
+                if instance is not None and instance[0] == cid:
+                    since = instance[1]
+                    pids.record(self._pidfile(cid), pid, since)
+                elif os.access(f"/proc/{pid}/environ", os.R_OK) or not os.path.exists(
+                        f"/proc/{pid}"):  # gone, or readable and another program's
+                    self._pidfile(cid).unlink(missing_ok=True)
+                    return None
+                # else unreadable (a container that changed its user): taken as it is
             self._pids[cid] = pid
             if since is not None:
                 self._since[pid] = since

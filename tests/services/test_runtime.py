@@ -40,12 +40,15 @@ def test_a_pid_file_names_its_process_by_pid_start_time_and_boot(tmp_path: Path)
         assert (tmp_path / "c1.pid").read_text().split() == [str(pid), "-", boot_id()]
         assert ProcessRuntime(tmp_path).running() == {"c1": pid}  # a new worker finds it
         (tmp_path / "c1.pid").write_text(str(pid))  # as an older version wrote it
-        assert ProcessRuntime(tmp_path).running() == {"c1": pid}
+        assert ProcessRuntime(tmp_path).running() == {"c1": pid}  # the container's own:
+        since = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        assert (tmp_path / "c1.pid").read_text().split() == [str(pid), since, boot_id()]
     finally:
         rt.stop("c1")
 
 
-@pytest.mark.parametrize("stale", ["an earlier boot", "another start time"])
+@pytest.mark.parametrize("stale", ["an earlier boot", "another start time", "no start time",
+                                   "its pid alone"])
 def test_a_pid_file_whose_pid_was_given_to_another_process_names_nothing(
         tmp_path: Path, stale: str) -> None:
     """After a reboot, or once the container's process is gone, its pid may be another
@@ -55,14 +58,18 @@ def test_a_pid_file_whose_pid_was_given_to_another_process_names_nothing(
         since = int(Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
         if stale == "an earlier boot":
             record = f"{other.pid} {since} 00000000-0000-4000-8000-000000000000"
-        else:
+        elif stale == "another start time":
             record = f"{other.pid} {since + 1} {boot_id()}"
+        elif stale == "no start time":  # recorded as it started, by a worker since gone
+            record = f"{other.pid} - {boot_id()}"
+        else:  # as an older version wrote it
+            record = str(other.pid)
         (tmp_path / "c1.pid").write_text(record)
         assert rt.running() == {}
         assert rt.pid("c1") is None
         rt.stop("c1", grace_s=0.5)
         assert other.poll() is None  # not signalled
-        if stale == "an earlier boot":
+        if stale != "another start time":
             assert not (tmp_path / "c1.pid").exists()
         started = rt.start("c1")  # the container is started: nothing ran it
         assert rt.running() == {"c1": started} and started != other.pid
@@ -131,3 +138,17 @@ def test_stop_all_stops_containers_that_ignore_sigterm_within_one_grace(tmp_path
     took = time.monotonic() - t0
     assert not any(alive(p) for p in started) and rt.running() == {}
     assert 0.5 <= took < 2.5, f"stop_all took {took:.1f} s"
+
+
+def test_a_pid_file_deleted_under_a_running_instance_is_written_again(tmp_path: Path) -> None:
+    """A cleaner that emptied the runtime directory made the worker's next full reconcile
+    find nothing running and start every container a second time."""
+    rt = ProcessRuntime(tmp_path)
+    pid = rt.start("c1")
+    try:
+        (tmp_path / "c1.pid").unlink()
+        assert rt.running() == {"c1": pid}
+        assert (tmp_path / "c1.pid").read_text().split()[0] == str(pid)
+        assert ProcessRuntime(tmp_path).running() == {"c1": pid}  # the guard sees it too
+    finally:
+        rt.stop("c1")
