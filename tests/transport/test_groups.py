@@ -207,6 +207,44 @@ async def test_groups_sharing_a_connection_come_back_when_the_broker_closes_it(
         await asyncio.gather(*(p.stop() for p in (front, *peers)))
 
 
+@pytest.mark.asyncio
+async def test_groups_sharing_a_connection_ride_out_a_broker_restart_without_a_failure_logged(
+        platform: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    """After the broker's restart each group's publisher found its channel not reopened yet
+    by aio-pika, and a replica logged ``... failed ... ChannelInvalidStateError`` as a
+    warning with a traceback, for a reconnection that lost nothing."""
+    import logging
+
+    from tests.broker import restart_broker_app
+
+    caplog.set_level(logging.INFO, logger="crdt_ops")
+    front = platform.process("front", "platform", "cell.a")
+    peers = [platform.process("worker-a", "cell.a"), platform.process("worker-b", "platform")]
+    for p in (front, *peers):
+        await p.start()
+    try:
+        async def write(n: int) -> None:
+            for _ in range(n):
+                async with front.write() as g:
+                    g.counter("containers/n").increment()
+                    g.counter("cells/a/n").increment()
+                await asyncio.sleep(0.01)
+
+        writing = asyncio.create_task(write(400))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(restart_broker_app, 2.0)
+        await writing
+        await until(lambda: peers[0].groups.get("cells/a/n") == 400
+                    and peers[1].groups.get("containers/n") == 400, 90,
+                    "every write of both groups at their peers after the restart")
+        failures = [m for r in caplog.records if r.name.startswith("crdt_ops")
+                    and r.levelno >= logging.WARNING
+                    and "failed; going on" in (m := r.getMessage())]
+        assert not failures, failures
+    finally:
+        await asyncio.gather(*(p.stop() for p in (front, *peers)))
+
+
 def test_a_peers_snapshot_starts_the_default_group_only(platform: Platform,
                                                          tmp_path: Path) -> None:
     from crdt_ops import Replica

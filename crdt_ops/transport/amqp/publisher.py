@@ -20,7 +20,12 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractRobustChannel,
+)
 
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.stream_ready import StreamGate
@@ -41,6 +46,9 @@ log = logging.getLogger(__name__)
 #: so that a slow confirm (RabbitMQ confirms a persistent message once its queues wrote it
 #: to disk, or once their consumers acknowledged it) holds no later write back.
 ROUNDS_IN_FLIGHT = 4
+#: Seconds a round waits, after a reconnection, for aio-pika to reopen the channel it
+#: publishes on.
+REOPEN_WAIT_S = 5.0
 #: In a group with sub-groups, one plain heartbeat (a clock report) in this many goes to
 #: every member; the others reach the replicas that hold every sub-group (logic and web,
 #: the stream) and the sender, not the replicas that hold one sub-group: those learn the
@@ -139,6 +147,7 @@ class Publisher:
         # (re)connection; a replica with nothing to send does not probe)
         try:
             await self.gate.ready()
+            await self._channel_reopened()
         except BaseException:
             ready.set()  # nothing was taken in flight: they go on a later call
             raise
@@ -149,6 +158,17 @@ class Publisher:
         task = asyncio.get_running_loop().create_task(self._round(rows, asked, through))
         self._rounds[task] = asked
         task.add_done_callback(self._round_ended)
+
+    async def _channel_reopened(self) -> None:
+        """Return once the channel to publish on is open: after a reconnection aio-pika
+        reopens it after the connection (RobustChannel), which the stream's probe, on a
+        channel of its own, may precede; waits :data:`REOPEN_WAIT_S` at most (then the
+        round fails, and is tried again after a pause)."""
+        channel = self.channel
+        if isinstance(channel, AbstractRobustChannel) and channel.is_closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REOPEN_WAIT_S):
+                    await channel.ready()
 
     def _round_ended(self, task: asyncio.Task[None]) -> None:
         self._rounds.pop(task, None)
