@@ -72,7 +72,8 @@ class ConnectionNoise(logging.Filter):
             return False
         key = (record.name, fmt)
         now = time.monotonic()
-        if now - self.last.get(key, -REPEAT_S) < REPEAT_S:
+        before = self.last.get(key, -REPEAT_S)
+        if now - before < REPEAT_S:
             self.held[key] = self.held.get(key, 0) + 1
             return False
         self.last[key] = now
@@ -80,8 +81,8 @@ class ConnectionNoise(logging.Filter):
             detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
             text += f" ({type(error).__name__}{': ' + detail if detail else ''})"
         held = self.held.pop(key, 0)
-        if held:
-            text += f" [{held} more like it in the last {REPEAT_S:g}s]"
+        if held:  # (held since this line was last let through)
+            text += f" [{held} more like it in the {now - before:.0f}s since the last]"
         if error is not None and record.levelno > logging.WARNING:  # a lost connection is
             record.levelno, record.levelname = logging.WARNING, "WARNING"  # no error of ours
         record.msg, record.args = text.splitlines()[0] if text else text, None

@@ -128,8 +128,8 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
         raise
     issued = node.replica.counter(f"issued/{node.replica_id}").value
     rng = random.Random(f"{seed}:{node.replica_id}:{issued}")
-    print(f"replica {node.replica_id} up; {ops - issued} operations to issue", file=sys.stderr,
-          flush=True)
+    print(f"replica {node.replica_id} up; {max(0, ops - issued)} operations to issue",
+          file=sys.stderr, flush=True)
 
     left = False
 

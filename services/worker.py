@@ -180,8 +180,8 @@ class Worker:
             self.lease = lease.Lease(lease.new_epoch(), self.lease.duration_s)
             lease.save(self.lease_file, self.lease, os.getpid())
             log.warning("%s: the lease of epoch %s ran out (no heartbeat confirmed in time "
-                        "for %.0fs): stopped %d containers; new epoch %s", self.name, old,
-                        self.lease.duration_s, stopped, self.lease.epoch)
+                        "for %.0fs): its containers were stopped (%d more now); new epoch %s",
+                        self.name, old, self.lease.duration_s, stopped, self.lease.epoch)
 
     def _stop_all(self) -> int:
         running = self.runtime.running()

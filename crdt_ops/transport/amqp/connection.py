@@ -79,6 +79,10 @@ class FailoverConnection(RobustConnection):
 
 #: What a failed connection's error text says, and what it most often means.
 CONNECT_HINTS = (
+    ("ACCESS_REFUSED - Login was refused", " (check the user and password in the URL: the "
+                                           "broker knows no such user, or that password is "
+                                           "not its own; deploy/make_definitions.py makes "
+                                           "the services' users)"),
     ("CERTIFICATE_VERIFY_FAILED", " (the broker's certificate does not verify against the "
                                   "URL's cafile=, or does not name the URL's host)"),
     # aiormq reports the broker's Connection.Close at the open without its text

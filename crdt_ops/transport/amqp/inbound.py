@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractExchange
 
 from crdt_ops.errors import BufferFull, InvalidMessage, WaitingCapReached
@@ -175,7 +176,11 @@ class Inbound:
                               "group's stream still holds them)", len(unsent))
                 await ack_all(batch)
         except Exception as e:  # channel gone: they come again and are dropped as duplicates
-            log.warning("ack failed (%s); the broker will redeliver", e)
+            # (INFO for a channel closed under it: the lost connection has a line of its own)
+            closed = isinstance(e, (aiormq.exceptions.ChannelInvalidStateError,
+                                    aiormq.exceptions.ConnectionClosed, ConnectionError))
+            log.log(logging.INFO if closed else logging.WARNING,
+                    "ack failed (%s); the broker will redeliver", e)
         applied = replica.stats["applied"] - replica.stats["local"] - before
         self._applied.inc(applied)
         self._duplicates.inc(replica.stats["duplicates"] - dups)

@@ -774,7 +774,9 @@ class AmqpNode:
             if not self.echo_silent_s:
                 log.error("replica %s: none of its confirmed messages came back through its "
                           "queue %s for %.0fs (the exchange, the binding or the queue "
-                          "deleted?); declaring the topology again and re-reading the stream",
+                          "deleted? or the broker blocks this connection: a memory or disk "
+                          "alarm, `rabbitmqctl list_connections state`); declaring the "
+                          "topology again and re-reading the stream",
                           rid, self.topology.queue(rid), silent)
             self.echo_silent_s = silent
             metrics.ECHO_LOSSES.labels(rid, self.settings.group).inc()
