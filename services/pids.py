@@ -119,12 +119,13 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
                 continue
             sent.append((pid, child))
         left = sent
-        deadline = time.monotonic() + wait
-        while True:
+        deadline, pause = time.monotonic() + wait, 0.001  # (most exit within a millisecond:
+        while True:  # the caller's event loop waits, so look soon, then every 20 ms)
             left = [(pid, child) for pid, child in left if alive(pid, child)]
             if not left or time.monotonic() >= deadline:
                 break
-            time.sleep(0.02)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
         if not left:
             return
 
