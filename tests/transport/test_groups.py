@@ -5,7 +5,7 @@ receives and stores that group only, and a restart restores every group from its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -175,36 +175,45 @@ async def test_a_group_that_refuses_to_start_stops_the_others(platform: Platform
         await again.stop()
 
 
-@pytest.mark.asyncio
-async def test_groups_sharing_a_connection_come_back_when_the_broker_closes_it(
-        platform: Platform) -> None:
-    from tests.broker import rabbitmqctl
-
+async def _writes_through(platform: Platform, fault: Callable[[], Awaitable[None]],
+                          n: int, what: str) -> None:
+    """``front`` holds two groups over one connection and writes ``n`` times to each, every
+    10 ms, while ``fault()`` runs; each group's peer has every write within 90 s."""
     front = platform.process("front", "platform", "cell.a")
     peers = [platform.process("worker-a", "cell.a"), platform.process("worker-b", "platform")]
     for p in (front, *peers):
         await p.start()
     try:
-        async def write(n: int) -> None:
+        async def write() -> None:
             for _ in range(n):
                 async with front.write() as g:
                     g.counter("containers/n").increment()
                     g.counter("cells/a/n").increment()
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.01)
 
-        writing = asyncio.create_task(write(300))
+        writing = asyncio.create_task(write())
         await asyncio.sleep(0.3)
+        await fault()
+        await writing
+        await until(lambda: peers[0].groups.get("cells/a/n") == n
+                    and peers[1].groups.get("containers/n") == n, 90,
+                    f"every write of both groups at their peers after {what}")
+    finally:
+        await asyncio.gather(*(p.stop() for p in (front, *peers)))
+
+
+@pytest.mark.asyncio
+async def test_groups_sharing_a_connection_come_back_when_the_broker_closes_it(
+        platform: Platform) -> None:
+    from tests.broker import rabbitmqctl
+
+    async def close() -> None:
         lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
                                          "client_properties", "-q")).splitlines()
         pids = [line.split("\t")[0] for line in lines if "crdt-ops front" in line]
         assert len(pids) == 1, lines  # one connection for both groups
         await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test closes it")
-        await writing
-        await until(lambda: peers[0].groups.get("cells/a/n") == 300
-                    and peers[1].groups.get("containers/n") == 300, 60,
-                    "every write of both groups at their peers after the reconnect")
-    finally:
-        await asyncio.gather(*(p.stop() for p in (front, *peers)))
+    await _writes_through(platform, close, 300, "the reconnect")
 
 
 @pytest.mark.asyncio
@@ -218,31 +227,11 @@ async def test_groups_sharing_a_connection_ride_out_a_broker_restart_without_a_f
     from tests.broker import restart_broker_app
 
     caplog.set_level(logging.INFO, logger="crdt_ops")
-    front = platform.process("front", "platform", "cell.a")
-    peers = [platform.process("worker-a", "cell.a"), platform.process("worker-b", "platform")]
-    for p in (front, *peers):
-        await p.start()
-    try:
-        async def write(n: int) -> None:
-            for _ in range(n):
-                async with front.write() as g:
-                    g.counter("containers/n").increment()
-                    g.counter("cells/a/n").increment()
-                await asyncio.sleep(0.01)
-
-        writing = asyncio.create_task(write(400))
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(restart_broker_app, 2.0)
-        await writing
-        await until(lambda: peers[0].groups.get("cells/a/n") == 400
-                    and peers[1].groups.get("containers/n") == 400, 90,
-                    "every write of both groups at their peers after the restart")
-        failures = [m for r in caplog.records if r.name.startswith("crdt_ops")
-                    and r.levelno >= logging.WARNING
-                    and "failed; going on" in (m := r.getMessage())]
-        assert not failures, failures
-    finally:
-        await asyncio.gather(*(p.stop() for p in (front, *peers)))
+    await _writes_through(platform, lambda: asyncio.to_thread(restart_broker_app, 2.0), 400,
+                          "the restart")
+    failures = [m for r in caplog.records if r.name.startswith("crdt_ops")
+                and r.levelno >= logging.WARNING and "failed; going on" in (m := r.getMessage())]
+    assert not failures, failures
 
 
 def test_a_peers_snapshot_starts_the_default_group_only(platform: Platform,
