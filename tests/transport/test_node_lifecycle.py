@@ -78,3 +78,14 @@ async def test_a_memory_node_is_an_async_context_manager_as_an_amqp_node_is() ->
         assert b.replica.counter("n").value == 1
     assert bus.nodes == []
 
+
+
+def test_a_node_s_steps_are_named_apart_in_its_log_lines() -> None:
+    """Both the publisher's and the inbound's step were logged as "run"."""
+    from crdt_ops.transport.amqp.inbound import Inbound
+    from crdt_ops.transport.amqp.node import AmqpNode, _step_name
+    from crdt_ops.transport.amqp.publisher import Publisher
+
+    assert _step_name(Publisher.run.__get__(object.__new__(Publisher))) == "publisher"
+    assert _step_name(Inbound.run.__get__(object.__new__(Inbound))) == "inbound"
+    assert _step_name(AmqpNode._heartbeat.__get__(object.__new__(AmqpNode))) == "heartbeat"

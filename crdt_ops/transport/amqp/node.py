@@ -389,7 +389,7 @@ class AmqpNode:
 
     async def _forever(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` in a loop; an error is logged and the loop goes on after a pause."""
-        pause = 0.1
+        pause, what = 0.1, _step_name(step)
         while True:
             try:
                 await step()
@@ -399,23 +399,24 @@ class AmqpNode:
                 if task is None or task.cancelling():
                     raise
                 # aiormq cancels a publish whose connection got stuck: an error, not a stop
-                log.warning("replica %s: %s was interrupted by a lost connection",
-                            self.replica_id, step.__name__.strip("_"))
+                log.warning("replica %s of group %s: %s was interrupted by a lost connection",
+                            self.replica_id, self.settings.group, what)
                 await asyncio.sleep(pause)
             except StreamUnchecked as e:  # reconnected: the next step probes the stream first
-                log.info("replica %s: %s: %s", self.replica_id, step.__name__.strip("_"), e)
+                log.info("replica %s of group %s: %s: %s", self.replica_id, self.settings.group,
+                         what, e)
             except StoreUnavailable as e:  # logged once by store_failed; retried there
                 self.durable.store_failed(e)
                 await self.durable.store_ok.wait()
             except Exception as e:
                 if self._link_down():  # said once by _on_lost; no traceback per step
-                    log.info("replica %s: %s was interrupted by the lost connection (%s: %s); "
-                             "going on in %.1fs", self.replica_id, step.__name__.strip("_"),
-                             type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "",
-                             pause)
+                    log.info("replica %s of group %s: %s was interrupted by the lost connection "
+                             "(%s: %s); going on in %.1fs", self.replica_id, self.settings.group,
+                             what, type(e).__name__,
+                             str(e).splitlines()[0][:200] if str(e) else "", pause)
                 else:
-                    log.exception("replica %s: %s failed; going on in %.1fs", self.replica_id,
-                                  step.__name__.strip("_"), pause)
+                    log.exception("replica %s of group %s: %s failed; going on in %.1fs",
+                                  self.replica_id, self.settings.group, what, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
@@ -973,3 +974,11 @@ class AmqpNode:
 
 
 __all__ = ["AmqpNode"]
+
+
+def _step_name(step: Callable[[], Awaitable[None]]) -> str:
+    """What a node's step is called in its log lines: its method's name, or for a part's
+    ``run`` the part (``publisher``, ``inbound``)."""
+    name = getattr(step, "__name__", "step").strip("_")
+    owner = getattr(step, "__self__", None)
+    return type(owner).__name__.lower() if name == "run" and owner is not None else name
