@@ -713,8 +713,9 @@ class Chaos:
     def _faults(self) -> None:
         total = self.opts.ops
         try:
+            rush = False  # (--rush-from: the faults after that one wait for nothing)
             for f in SCHEDULE:
-                while self.issued_now < f.at * total:
+                while self.issued_now < f.at * total and not rush:
                     if self.abort.wait(0.1):
                         return
                 target = self._target(f)
@@ -725,6 +726,7 @@ class Chaos:
                 self.faults_done.append(f.kind)
                 self.last_fault_end = time.monotonic()
                 self.say(f"fault {f.kind}{who} done")
+                rush = rush or f.kind == getattr(self.opts, "rush_from", None)
         except Exception as e:
             self.fault_error = f"{type(e).__name__}: {e}"
             self.last_fault_end = time.monotonic()
@@ -895,6 +897,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for convergence after the last fault")
     p.add_argument("--keep-dir", type=Path, default=None,
                    help="work in this directory and keep it (stores, ledgers, logs)")
+    p.add_argument("--rush-from", choices=[f.kind for f in SCHEDULE], default=None,
+                   metavar="FAULT",
+                   help="after this fault, start each fault as soon as the one before it is "
+                        "over, whatever was issued (e.g. topology-delete: the broker-kill then "
+                        "comes within a second or so of the exchange's deletion)")
     p.set_defaults(func=lambda args: _main(p, args))
 
 
