@@ -108,7 +108,7 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
     (or were sent SIGKILL) within ``grace_s`` + 5 s. One by one, the n-th of n processes
     that ignore SIGTERM would be killed only after n times ``grace_s``: a lease's
     containers stopped that way could outlive the lease (services/lease.py)."""
-    send = os.kill if not group else os.killpg
+    send = os.killpg if group else os.kill
     left = list(targets)
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         sent = []
