@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 
 Dot = tuple[str, int]
 Clock = dict[str, int]
+#: Per replica (or channel), a range of its sequence numbers, first..last inclusive.
+Spans = dict[str, tuple[int, int]]
 
 
 def covers(clock: Mapping[str, int], dot: Dot) -> bool:
@@ -51,3 +53,9 @@ def pointwise_min(clocks: Iterable[Mapping[str, int]], members: Iterable[str]) -
             if low:
                 out[r] = low
     return out
+
+
+def few(spans: Spans, most: int = 5) -> str:
+    """``spans`` (replica: first..last seq) for a log line, at most ``most`` of them."""
+    text = ", ".join(f"{r[:64]} {a}..{b}" for r, (a, b) in list(spans.items())[:most])
+    return text + (f" and {len(spans) - most} more" if len(spans) > most else "")

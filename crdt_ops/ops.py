@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from dataclasses import field as _field
 from enum import IntEnum
 
-from crdt_ops.clock import Clock, Dot
+from crdt_ops.clock import Clock, Dot, Spans
 from crdt_ops.subgroups import channel
 from crdt_ops.values import Value
 
@@ -129,10 +129,14 @@ class Heartbeat:
     (``retired``: its last operation is ``clock[origin]``), or its request to be
     admitted (``join``). ``retirements``: the other replicas' retirements the origin
     knows of (replica -> its last operation), relayed so that a member that missed one
-    (it is no operation: no gap in a clock reveals it) learns it from any member."""
+    (it is no operation: no gap in a clock reveals it) learns it from any member.
+    ``wants``: operations the origin waits for and did not find in the group's history
+    (channel -> first..last), asked of the replica that issued them
+    (:meth:`Replica.ask <crdt_ops.replica.Replica.ask>`)."""
 
     origin: str
     clock: Clock
     retired: bool = False
     join: bool = False
     retirements: Clock = _field(default_factory=dict)
+    wants: Spans = _field(default_factory=dict)

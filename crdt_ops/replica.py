@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from crdt_ops.causal import CausalBuffer
-from crdt_ops.clock import Clock, merge_into
+from crdt_ops.clock import Clock, Spans, merge_into
 from crdt_ops.errors import (
     CrdtError,
     InvalidMessage,
@@ -125,6 +125,12 @@ class Replica(Fields):
         #: what this replica's own messages, received back, told the group it had delivered
         #: (see :meth:`unmet_claims`)
         self._claimed: Clock = {}
+        #: what this replica asks the senders to send again (:meth:`ask`), per channel
+        self._wants: Spans = {}
+        #: what others asked this replica to send again (:meth:`asked`), per own channel,
+        #: and who asked
+        self._asked: Spans = {}
+        self._askers: set[str] = set()
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
         self.rejected: deque[tuple[str, int, str]] = deque(maxlen=1000)
@@ -239,6 +245,74 @@ class Replica(Fields):
         return {c: (clock.get(c, 0) + 1, s) for c, s in self._claimed.items()
                 if s > clock.get(c, 0)}
 
+    def ask(self, spans: Mapping[str, tuple[int, int]]) -> None:
+        """Ask the senders of ``spans`` (channel -> first..last sequence number, inclusive)
+        to send those operations again: from now on this replica's heartbeats name the
+        part of them it has not delivered (:meth:`wants`), until it has. For what this
+        replica waits for and the group's history (over RabbitMQ, its stream) did not
+        hold. Ranges of its own channels are left out (it is their sender); at most
+        :data:`~crdt_ops.wire.codec.MAX_WANTS` channels are asked at once. Raises
+        TypeError or ValueError (nothing asked) for a range that is not two ints with
+        1 <= first <= last."""
+        for ch, span in spans.items():
+            if (not isinstance(ch, str) or not isinstance(span, tuple) or len(span) != 2
+                    or not all(type(x) is int for x in span)):
+                raise TypeError(f"ask() takes channel -> (first, last) ints, got {ch!r}: "
+                                f"{span!r}")
+            if not 1 <= span[0] <= span[1]:
+                raise ValueError(f"ask(): {ch!r} {span[0]}..{span[1]} is no range of "
+                                 "sequence numbers (1 <= first <= last)")
+        for ch, (a, b) in spans.items():
+            if split(ch)[0] == self.replica_id:
+                continue
+            old = self._wants.get(ch)
+            if old is None and len(self._wants) >= codec.MAX_WANTS:
+                continue
+            self._wants[ch] = (a, b) if old is None else (min(a, old[0]), max(b, old[1]))
+
+    def wants(self) -> Spans:
+        """What this replica asks to be sent again (:meth:`ask`) and has still not
+        delivered: channel -> first..last. Its heartbeats carry it."""
+        clock = self._buffer.clock
+        self._wants = {ch: (max(a, clock.get(ch, 0) + 1), b) for ch, (a, b) in self._wants.items()
+                       if b > clock.get(ch, 0)}
+        return dict(self._wants)
+
+    def asked(self) -> tuple[Spans, set[str]]:
+        """What other replicas asked this one to send again since the last call (their
+        heartbeats' ``wants`` of this replica's channels, up to what it issued): channel ->
+        first..last, and who asked. A transport publishes those operations again from
+        what it kept of its own messages (the others drop what they have as duplicates).
+        A request from a member that reported delivering the whole range already (a
+        heartbeat read again from the history) is left out."""
+        out, who = self._asked, self._askers
+        self._asked, self._askers = {}, set()
+        return out, who
+
+    def _heard_wants(self, asker: str, wants: Mapping[str, tuple[int, int]]) -> None:
+        """Note what ``asker`` asks this replica to send again (see :meth:`asked`)."""
+        clock, known = self._buffer.clock, self._stability.known.get(asker, {})
+        for ch, (a, b) in wants.items():
+            if split(ch)[0] != self.replica_id:
+                continue
+            b = min(b, clock.get(ch, 0))  # (never more than it issued)
+            if a > b or known.get(ch, 0) >= b:
+                continue
+            old = self._asked.get(ch)
+            self._asked[ch] = (a, b) if old is None else (min(a, old[0]), max(b, old[1]))
+            self._askers.add(asker)
+
+    def held_by_peers(self) -> Clock:
+        """Per channel of this replica's own, the last of its operations that every member
+        has reported delivering: the stable clock's entry (:meth:`stable_clock`). What a
+        transport keeps of its own messages to send again on request (:meth:`asked`) can
+        go up to there. {} in an open group, where no agreed membership says who the
+        peers are."""
+        if not self.membership.managed:
+            return {}
+        stable = self.stable_clock()
+        return {c: stable.get(c, 0) for c in self._own_lasts(self._buffer.clock)}
+
     def has_gap(self) -> bool:
         """Whether :meth:`missing` is not empty (cheaper than computing it)."""
         return bool(len(self._buffer)) or self._stability.has_gaps()
@@ -324,7 +398,8 @@ class Replica(Fields):
         """A heartbeat message with this replica's clock and the retirements it knows of
         (:meth:`retirements`), not queued."""
         return codec.encode_heartbeat(Heartbeat(self.replica_id, dict(self._buffer.clock),
-                                                retired, join, self.retirements()))
+                                                retired, join, self.retirements(),
+                                                self.wants() if self._wants else {}))
 
     def retirements(self) -> dict[str, int]:
         """The retirements this replica knows of, each replica with its last operation's
@@ -486,6 +561,8 @@ class Replica(Fields):
                     if lasts:
                         self._stability.retire(r, lasts)
                         told = True
+            if hb.wants:
+                self._heard_wants(hb.origin, hb.wants)
             if (hb.join and m.managed and not m.is_member(hb.origin)
                     and hb.origin not in m.retired and m.is_member(self.replica_id)):
                 self.admit(hb.origin)

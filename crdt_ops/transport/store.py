@@ -4,7 +4,13 @@
 - ``log``: every message accepted since that snapshot, received or produced
   here, in order. Replaying it onto the snapshot rebuilds the replica exactly:
   delivery is deterministic and duplicates are dropped by the clock.
-- ``outbox``: messages produced here that the broker has not confirmed yet.
+- ``outbox``: messages produced here: those the broker has not confirmed yet, and
+  after its confirm the operations not known to be at every peer yet, kept to be sent
+  again if one asks (:meth:`Store.resend`; at most :data:`MAX_KEPT_SENT` of them). A
+  group's history (the stream) holds what the broker confirmed, but RabbitMQ streams
+  do not fsync ("Streams", Data Safety: an uncontrolled shutdown of a node may lose
+  confirmed data), and a message the broker routed while the stream's binding was gone
+  reached some queues and not the stream: the kept ones fill such a gap.
 
 A message is in the log before it is acked to the broker, and a local
 operation is in the outbox before it is published, each in one transaction; a
@@ -33,20 +39,30 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from crdt_ops.errors import CrdtError
+from crdt_ops.wire import codec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
 """
+#: The outbox's columns beyond ``id`` and ``data`` (added to a store made before them):
+#: the channel and sequence numbers of a message's operations (NULL: a heartbeat), and
+#: whether the broker confirmed it (``sent``).
+_OUTBOX_COLUMNS = {"channel": "TEXT", "first_seq": "INTEGER", "last_seq": "INTEGER",
+                   "sent": "INTEGER NOT NULL DEFAULT 0"}
 
 
 #: How long a statement waits for a lock another connection holds before it fails
 #: (seconds). Short: the caller runs on an event loop, and retries with backoff.
 BUSY_TIMEOUT_S = 0.5
 #: Confirmed outbox rows held back for the next transaction at most (see
-#: :meth:`Store.confirm`); past it they are dropped in a transaction of their own.
+#: :meth:`Store.confirm`); past it they are marked in a transaction of their own.
 MAX_CONFIRMED_PENDING = 1000
+#: Confirmed messages of operations kept at most to be sent again (:meth:`Store.resend`);
+#: past it the oldest go (:meth:`Store.prune`), and a peer that misses those finds them
+#: in the group's stream only.
+MAX_KEPT_SENT = 10_000
 
 #: The WAL file is filled to the size it reaches before SQLite's automatic checkpoint
 #: (``wal_autocheckpoint`` frames) when the store opens, and written over from its start
@@ -114,13 +130,19 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+        for name, kind in _OUTBOX_COLUMNS.items():
+            if name not in have:  # a store made before the outbox kept what it sent
+                self.db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
         self._wal = f"{self.path}-wal"  # SQLite's name for it (it exists while open)
         self.wal_presized = self._presize_wal()
-        self._confirmed: list[int] = []  # outbox rows confirmed, not deleted yet
+        self._confirmed: list[int] = []  # outbox rows confirmed, not marked yet
+        #: every outbox row below this id is confirmed (those in _confirmed included)
+        self._unsent_from = 0
 
     def close(self) -> None:
         with contextlib.suppress(StoreUnavailable):  # else they are published again
-            self._drop_confirmed()
+            self._mark_confirmed()
         self.db.close()
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
@@ -159,16 +181,25 @@ class Store:
         rows = [(m,) for m in received] + [(m,) for m in produced]
         if not rows and not meta:
             return 0
-        dropped = self._confirmed
+        confirmed = self._confirmed
         with self._tx(sync):
             for key, value in (meta or {}).items():
                 self.put(key, value)
             self.db.executemany("INSERT INTO log (data) VALUES (?)", rows)
-            self.db.executemany("INSERT INTO outbox (data) VALUES (?)", [(m,) for m in produced])
-            if dropped:
-                self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in dropped])
+            self.db.executemany(
+                "INSERT INTO outbox (data, channel, first_seq, last_seq) VALUES (?, ?, ?, ?)",
+                [(m, *(codec.span_of(m) or (None, None, None))) for m in produced])
+            if confirmed:
+                self._mark(confirmed)
         self._confirmed = []
         return len(rows)
+
+    def _mark(self, ids: list[int]) -> None:
+        """In a transaction: the broker confirmed these outbox rows; heartbeats go, and
+        operations are kept to be sent again."""
+        self.db.executemany("DELETE FROM outbox WHERE id = ? AND last_seq IS NULL",
+                            [(i,) for i in ids])
+        self.db.executemany("UPDATE outbox SET sent = 1 WHERE id = ?", [(i,) for i in ids])
 
     @_guarded
     def sync(self) -> None:
@@ -227,14 +258,61 @@ class Store:
     def unconfirmed(self, limit: int = 10_000) -> list[tuple[int, bytes]]:
         """Outbox messages not yet confirmed by the broker, oldest first, at most ``limit``."""
         pending = set(self._confirmed)
-        rows = self.db.execute("SELECT id, data FROM outbox ORDER BY id LIMIT ?",
-                               (limit + len(pending),))
-        return [(int(i), bytes(d)) for i, d in rows.fetchall() if i not in pending][:limit]
+        rows = self.db.execute(
+            "SELECT id, data FROM outbox WHERE id >= ? AND sent = 0 ORDER BY id LIMIT ?",
+            (self._unsent_from, limit + len(pending))).fetchall()
+        out = [(int(i), bytes(d)) for i, d in rows if i not in pending][:limit]
+        if out:
+            self._unsent_from = out[0][0]  # (what is below was all confirmed)
+        elif len(rows) < limit + len(pending):  # (all confirmed: the next come after them)
+            top = self.db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
+            self._unsent_from = int(top or 0) + 1
+        return out
+
+    @_guarded
+    def kept(self) -> int:
+        """Confirmed messages kept to be sent again (see :meth:`resend`)."""
+        pending = len(self._confirmed)
+        return pending + int(self.db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE sent = 1").fetchone()[0])
+
+    @_guarded
+    def resend(self, spans: Mapping[str, tuple[int, int]]) -> int:
+        """Make the kept messages holding operations of ``spans`` (channel -> first..last)
+        unconfirmed again, so that the publisher sends them again; returns how many. In a
+        transaction without a disk sync (a crash that undoes it leaves them kept, and the
+        peer asks again)."""
+        self._mark_confirmed()
+        n = 0
+        with self._tx(sync=False):
+            for ch, (first, last) in spans.items():
+                n += self.db.execute(
+                    "UPDATE outbox SET sent = 0 WHERE sent = 1 AND channel = ? "
+                    "AND last_seq >= ? AND first_seq <= ?", (ch, first, last)).rowcount
+        self._unsent_from = 0
+        return n
+
+    @_guarded
+    def prune(self, held: Mapping[str, int], keep: int = MAX_KEPT_SENT) -> int:
+        """Drop the kept messages whose operations every peer has (``held``: channel ->
+        last seq, :meth:`Replica.held_by_peers <crdt_ops.replica.Replica.held_by_peers>`),
+        and beyond the newest ``keep`` the oldest; returns how many went. In a
+        transaction without a disk sync."""
+        self._mark_confirmed()
+        with self._tx(sync=False):
+            n = sum(self.db.execute(
+                "DELETE FROM outbox WHERE sent = 1 AND channel = ? AND last_seq <= ?",
+                (ch, last)).rowcount for ch, last in held.items() if last)
+            n += self.db.execute(
+                "DELETE FROM outbox WHERE sent = 1 AND id <= (SELECT id FROM outbox "
+                "WHERE sent = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep,)).rowcount
+        return n
 
     def confirm(self, ids: Iterable[int]) -> None:
         """The broker confirmed these outbox messages: they are no longer
-        :meth:`unconfirmed`, and are deleted by the next transaction (:meth:`append`: a
-        write or a delivery logged), or, past :data:`MAX_CONFIRMED_PENDING` of them, by a
+        :meth:`unconfirmed`, and are marked so (heartbeats deleted; operations kept until
+        :meth:`prune`) by the next transaction (:meth:`append`: a write or a delivery
+        logged), or, past :data:`MAX_CONFIRMED_PENDING` of them, by a
         transaction of their own that does not wait for the disk. No transaction and no
         disk sync of their own, for each message published. If a crash (or a power loss
         undoing a transaction with ``synchronous=NORMAL``: SQLite's WAL stays consistent
@@ -245,16 +323,15 @@ class Store:
         (they stay pending)."""
         self._confirmed.extend(ids)
         if len(self._confirmed) > MAX_CONFIRMED_PENDING:
-            self._drop_confirmed()
+            self._mark_confirmed()
 
     @_guarded
-    def _drop_confirmed(self) -> None:
-        """Delete the confirmed rows pending, in a transaction without a disk sync."""
+    def _mark_confirmed(self) -> None:
+        """Mark the confirmed rows pending, in a transaction without a disk sync."""
         if not self._confirmed:
             return
         with self._tx(sync=False):
-            self.db.executemany("DELETE FROM outbox WHERE id = ?",
-                                [(i,) for i in self._confirmed])
+            self._mark(self._confirmed)
         self._confirmed = []
 
     @_guarded

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 
-from crdt_ops.clock import Clock, Dot
+from crdt_ops.clock import Clock, Dot, Spans
 from crdt_ops.errors import InvalidMessage
 from crdt_ops.hlc import MAX_TIMESTAMP
 from crdt_ops.ops import (
@@ -137,6 +137,32 @@ def _get_clock(entries: Iterable[pb.ClockEntry], what: str, zeros: bool = False)
             raise _bad("bad-clock", f"{what} names {r!r} twice")
         if s or zeros:
             out[_intern(r)] = s
+    return out
+
+
+#: The most ranges a heartbeat's ``wants`` may name (one per channel).
+MAX_WANTS = 256
+
+
+def _put_spans(entries: Any, spans: Mapping[str, tuple[int, int]]) -> None:
+    for ch, (first, last) in spans.items():
+        e = entries.add()
+        e.channel, e.first, e.last = ch, first, last
+
+
+def _get_spans(entries: Sequence[pb.SeqRange], what: str) -> Spans:
+    """Ranges of sequence numbers by channel: each 1 <= first <= last, a channel once,
+    at most :data:`MAX_WANTS` of them."""
+    if len(entries) > MAX_WANTS:
+        raise _bad("bad-wants", f"{what} names {len(entries)} ranges, more than {MAX_WANTS}")
+    out: Spans = {}
+    for e in entries:
+        ch = _id(e.channel, f"{what} channel")
+        first, last = _seq(e.first, f"{what} first"), _seq(e.last, f"{what} last")
+        if first > last or ch in out:
+            raise _bad("bad-wants", f"{what} names {ch!r} twice or {first}..{last} (first "
+                       "after last)")
+        out[ch] = (first, last)
     return out
 
 
@@ -334,6 +360,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
     env.heartbeat.retired = hb.retired
     env.heartbeat.join = hb.join
     _put_clock(env.heartbeat.retirements, hb.retirements)
+    _put_spans(env.heartbeat.wants, hb.wants)
     return env.SerializeToString()
 
 
@@ -348,7 +375,8 @@ def decode(data: bytes) -> Batch | Heartbeat:
         if hb.retired and hb.join:
             raise _bad("bad-heartbeat", "a heartbeat both retires and joins")
         return Heartbeat(_id(hb.origin, "origin"), _get_clock(hb.clock, "heartbeat"),
-                         hb.retired, hb.join, _get_clock(hb.retirements, "retirements", zeros=True))
+                         hb.retired, hb.join, _get_clock(hb.retirements, "retirements", zeros=True),
+                         _get_spans(hb.wants, "wants"))
     raise _bad("empty-message", "the envelope holds neither a batch nor a heartbeat")
 
 
@@ -361,7 +389,7 @@ def subgroup_of(data: bytes) -> str:
 def route_of(data: bytes) -> tuple[str, bool]:
     """``(sub-group, plain)`` of a message this replica produced: its sub-group as
     :func:`subgroup_of` says, and whether it is a *plain* heartbeat, one that reports a
-    clock only (no join request, no retirement, none relayed)."""
+    clock only (no join request, no retirement, none relayed, nothing asked for again)."""
     env = pb.Envelope()
     try:
         env.ParseFromString(data)
@@ -371,7 +399,22 @@ def route_of(data: bytes) -> tuple[str, bool]:
     if body == "batch":
         return env.batch.subgroup, False
     hb = env.heartbeat
-    return "", body == "heartbeat" and not (hb.join or hb.retired or hb.retirements)
+    return "", body == "heartbeat" and not (hb.join or hb.retired or hb.retirements
+                                             or hb.wants)
+
+
+def span_of(data: bytes) -> tuple[str, int, int] | None:
+    """``(channel, first, last)``: the channel and sequence numbers of the operations of
+    a message this replica produced; None for a heartbeat (or what is not a batch)."""
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(data)
+    except DecodeError:
+        return None
+    if env.WhichOneof("body") != "batch":
+        return None
+    b = env.batch
+    return _channel(b), b.first_seq, b.first_seq + len(b.ops) - 1
 
 
 #: The most operations :func:`coalesce` joins into one message.

@@ -492,6 +492,7 @@ class Heartbeat(_message.Message):
     RETIRED_FIELD_NUMBER: _builtins.int
     JOIN_FIELD_NUMBER: _builtins.int
     RETIREMENTS_FIELD_NUMBER: _builtins.int
+    WANTS_FIELD_NUMBER: _builtins.int
     origin: _builtins.str
     retired: _builtins.bool
     """the origin leaves the group for good; its last operation is clock[origin]"""
@@ -505,6 +506,12 @@ class Heartbeat(_message.Message):
         that missed a retirement (its queue unbound when it was published) learns it here
         """
 
+    @_builtins.property
+    def wants(self) -> _containers.RepeatedCompositeFieldContainer[Global___SeqRange]:
+        """operations the origin waits for and did not find in the group's stream, asked of
+        the replicas that sent them: each a channel and a range of its sequence numbers
+        """
+
     def __init__(
         self,
         *,
@@ -513,14 +520,44 @@ class Heartbeat(_message.Message):
         retired: _builtins.bool = ...,
         join: _builtins.bool = ...,
         retirements: _abc.Iterable[Global___ClockEntry] | None = ...,
+        wants: _abc.Iterable[Global___SeqRange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "join", b"join", "origin", b"origin", "retired", b"retired", "retirements", b"retirements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "join", b"join", "origin", b"origin", "retired", b"retired", "retirements", b"retirements", "wants", b"wants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class SeqRange(_message.Message):
+    """The sequence numbers first..last (inclusive) of one channel (replica, or replica and
+    sub-group: crdt_ops/subgroups.py).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    first: _builtins.int
+    last: _builtins.int
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        first: _builtins.int = ...,
+        last: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "first", b"first", "last", b"last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SeqRange: _TypeAlias = SeqRange  # noqa: Y015
 
 @_typing.final
 class Envelope(_message.Message):

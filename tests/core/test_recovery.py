@@ -4,7 +4,8 @@ backs off for a sender whose gap never fills."""
 
 from __future__ import annotations
 
-from crdt_ops.transport.amqp.recovery import MAX_GAP_BACKOFF, GapWatch, few
+from crdt_ops.clock import few
+from crdt_ops.transport.amqp.recovery import MAX_GAP_BACKOFF, GapWatch
 
 
 def test_a_gap_is_reread_only_once_it_waited_longer_than_the_patience() -> None:

@@ -78,6 +78,22 @@ def test_a_deleted_binding_is_noticed_by_the_missing_echo(group: Group) -> None:
         explain(procs)()
 
 
+def test_what_the_stream_missed_its_senders_send_again(group: Group) -> None:
+    procs = _three_writing(group)
+    # the stream and r2's queue cut off from the exchange: r0's and r1's operations reach
+    # each other's queues only, and are confirmed (as when the broker lost a stream's
+    # newest entries, or routed while a declared-again exchange lacked the stream's binding)
+    exchange = f"crdt.{group.name}"
+    delete(group.url, unbind=(f"crdt.{group.name}.log", exchange))
+    delete(group.url, unbind=(f"crdt.{group.name}.r2", exchange))
+    # r2's missing echo declares the topology again; the stream does not hold what r2
+    # missed meanwhile, so r2 asks r0 and r1 for it, and they publish it again
+    wait_until(lambda: converged(procs, {p.replica_id: 600 for p in procs}), 90,
+               "r2 to get what neither its queue nor the stream got", explain(procs))
+    assert "asking their senders" in procs[2].tail(), explain(procs)()
+    assert any("of them again" in p.tail() for p in procs[:2]), explain(procs)()
+
+
 def test_a_deleted_queue_with_a_backlog_is_refilled_from_the_stream(group: Group) -> None:
     a = group.replica("a", ops=4000, seed=1, per_write=1, extra=FAST).start()
     b = group.replica("b", extra=[*FAST, "--prefetch", "10"]).start()

@@ -47,6 +47,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from crdt_ops.clock import few
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.subgroups import NONE, SubGroups
@@ -61,7 +62,6 @@ from crdt_ops.transport.amqp.recovery import (
     REREAD_DUE,
     GapWatch,
     PastTheEnd,
-    few,
     last_operation,
     read_stream,
 )
@@ -72,6 +72,7 @@ from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.echo import EchoWatch
 from crdt_ops.transport.loop_lag import LoopLag
+from crdt_ops.transport.resend import Resender
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.topology import Topology, bind_member, declare, declare_member
 from crdt_ops.transport.waiting import jittered
@@ -192,6 +193,8 @@ class AmqpNode:
             via=self.topology.exchange, hold=self._holder.hold)
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost, self._gate)
+        #: sends again what peers ask for (the stream missed it), prunes what all have
+        self._resender = Resender(self.durable, settings.gap_timeout_s)
         self.echo_losses = 0  # times our echo stopped (since this process started)
         #: heartbeats sent since this process started (:meth:`_heartbeat`)
         self.heartbeats = 0
@@ -858,12 +861,16 @@ class AmqpNode:
         least once a ``heartbeat_s`` (a worker's node beat) sends a heartbeat only every
         :data:`BEAT_AT_LEAST_EVERY` ticks. That one carries its whole clock: a replica that
         missed the start of the deltas (it replayed a stream already cut by its
-        retention) learns the entries that no longer grow from it."""
+        retention) learns the entries that no longer grow from it. While this replica
+        asks for operations the stream did not hold (``Replica.wants``), it beats every
+        tick. Each tick also answers what peers asked of it, and drops from its kept
+        messages what every peer has (:class:`~crdt_ops.transport.resend.Resender`)."""
         await asyncio.sleep(jittered(self.settings.heartbeat_s))
         await self.durable.store_ok.wait()
+        self._resender.tick(time.monotonic())
         own = self.replica.own_seq
         self._skipped = 0 if own == self._own_at_tick else self._skipped + 1
-        if self._skipped in (0, BEAT_AT_LEAST_EVERY):
+        if self._skipped in (0, BEAT_AT_LEAST_EVERY) or self.replica.wants():
             self.replica.heartbeat()
             self.durable.commit()
             self.heartbeats += 1
@@ -920,9 +927,10 @@ class AmqpNode:
         metrics.GAP_STUCK.labels(rid, self.settings.group).set(len(stuck))
         if stuck:
             log.warning("replica %s: the stream does not hold the operations that waiting "
-                        "ones need: %s (a sender whose gap never fills, or not yet "
-                        "published); next re-read in %.0fs at the earliest", rid,
-                        few(stuck), self._gaps.patience)
+                        "ones need: %s (lost by the broker, or not yet published); asking "
+                        "their senders for them in its heartbeats; next re-read in %.0fs at "
+                        "the earliest", rid, few(stuck), self._gaps.patience)
+            self.replica.ask(stuck)
 
     async def retire(self, replica_id: str) -> None:
         """Tell the group that ``replica_id`` is gone for good, naming its last

@@ -23,6 +23,7 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractExchange
 from aiormq.abc import DeliveredMessage
 
+from crdt_ops.clock import Spans
 from crdt_ops.errors import InvalidMessage
 from crdt_ops.ops import Batch
 from crdt_ops.replica import Replica
@@ -46,7 +47,6 @@ STREAM_LINGER_S = 0.020
 #: A re-read that leaves a gap unfilled doubles the wait before the next, up to this factor.
 MAX_GAP_BACKOFF = 32
 
-Spans = dict[str, tuple[int, int]]  # replica id -> first..last sequence number missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +91,6 @@ class GapWatch:
         stuck = {r: span for r, span in after.items() if r in before}
         backoff = min(self.backoff * 2, MAX_GAP_BACKOFF) if stuck else self.backoff
         return GapWatch(self.gap_timeout_s, backoff, now), stuck
-
-
-def few(spans: Spans, most: int = 5) -> str:
-    """``spans`` (replica: first..last seq missing) for a log line, at most ``most`` of them."""
-    text = ", ".join(f"{r[:64]} {a}..{b}" for r, (a, b) in list(spans.items())[:most])
-    return text + (f" and {len(spans) - most} more" if len(spans) > most else "")
 
 
 class Progress:

@@ -1,0 +1,85 @@
+"""Sending operations again when a peer asks: the sender's side of a gap that the group's
+history does not fill.
+
+A replica that waits for operations and does not find them in the group's stream asks
+their sender in its heartbeats (:meth:`Replica.ask <crdt_ops.replica.Replica.ask>`). The
+stream should hold everything the broker confirmed, but it can miss some: RabbitMQ
+streams do not fsync, so an uncontrolled shutdown of a node may lose confirmed data
+(RabbitMQ "Streams", Data Safety), and a message routed while the stream's binding was
+gone (an exchange deleted and declared again) reached some queues and not the stream.
+The sender keeps its confirmed messages of operations in its store's outbox until every
+peer has them (:meth:`Store.prune <crdt_ops.transport.store.Store.prune>`), and on a
+request makes the ones asked for unconfirmed again, so that its publisher sends them
+again (:meth:`Store.resend <crdt_ops.transport.store.Store.resend>`); every replica that
+has them drops them as duplicates. This is the negative-acknowledgement repair of
+reliable broadcast protocols (e.g. Floyd et al., "A Reliable Multicast Framework for
+Light-weight Sessions", SRM, 1997), with the request carried by the clock reports the
+replicas send anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from crdt_ops.clock import Spans, few
+from crdt_ops.transport.durable import DurableReplica
+from crdt_ops.transport.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class Resender:
+    """Answers what peers ask of ``durable``'s replica (:meth:`tick`, every heartbeat):
+    publishes the operations again, a channel at most once per ``patience_s`` seconds
+    (the requester asks in each heartbeat until it has them), and drops from the kept
+    messages what every peer has. Sans-IO about time: ``now`` is handed in (seconds, any
+    monotonic clock)."""
+
+    def __init__(self, durable: DurableReplica, patience_s: float) -> None:
+        self.durable = durable
+        self.patience_s = patience_s
+        self._sent_at: dict[str, float] = {}  # channel -> when it was last sent again
+        self._held: dict[str, int] = {}  # what the last prune dropped up to
+        #: messages made unconfirmed again since this process started
+        self.resent = 0
+
+    def tick(self, now: float) -> None:
+        """Send again what was asked for since the last tick, and prune. Does nothing
+        while the store fails (the peers ask again)."""
+        durable = self.durable
+        asked, who = durable.replica.asked()
+        if durable.store_failure is not None:
+            return
+        due: Spans = {ch: span for ch, span in asked.items()
+                      if now - self._sent_at.get(ch, -self.patience_s) >= self.patience_s}
+        try:
+            if due:
+                self._resend(due, who, now)
+            held = durable.replica.held_by_peers()
+            if held != self._held:
+                durable.store.prune(held)
+                self._held = held
+        except StoreUnavailable as e:
+            log.debug("replica %s: the store failed while sending again or pruning (%s); "
+                      "the peers ask again", durable.replica_id, e)
+
+    def _resend(self, due: Spans, who: set[str], now: float) -> None:
+        durable = self.durable
+        n = durable.store.resend(due)
+        for ch in due:
+            self._sent_at[ch] = now
+        self.resent += n
+        asker = ", ".join(sorted(who)[:5]) + (" and others" if len(who) > 5 else "")
+        if n:
+            log.warning("replica %s: %s asked for its operations %s, which the group's "
+                        "stream does not hold; publishing %d messages of them again",
+                        durable.replica_id, asker, few(due), n)
+            durable.outbox_ready.set()
+        else:
+            log.warning("replica %s: %s asked for its operations %s, which it no longer "
+                        "keeps (every peer it knew of had them, or more than the store keeps "
+                        "came since); a peer that misses them must be rebuilt from a "
+                        "snapshot (--bootstrap)", durable.replica_id, asker, few(due))
+
+
+__all__ = ["Resender"]

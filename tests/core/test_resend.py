@@ -1,0 +1,143 @@
+"""Asking a sender for operations the group's history lost (Replica.ask, the heartbeat's
+``wants``) and hearing such a request (Replica.asked); what every peer holds
+(Replica.held_by_peers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from crdt_ops import InvalidMessage, Replica
+from crdt_ops.ops import Heartbeat
+from crdt_ops.wire import codec
+from tests.support import exchange
+
+
+def _lost_one() -> tuple[Replica, Replica, list[bytes]]:
+    """``b`` wrote three batches; ``a`` got the third only: it waits for b 1..2."""
+    a, b = Replica("a"), Replica("b")
+    sent = []
+    for _ in range(3):
+        b.counter("n").increment()
+        sent += b.outgoing()
+    a.receive(sent[2])
+    return a, b, sent
+
+
+def test_a_request_travels_in_heartbeats_until_the_operations_come() -> None:
+    a, b, sent = _lost_one()
+    assert a.missing() == {"b": (1, 2)}
+    a.ask(a.missing())
+    assert a.wants() == {"b": (1, 2)}
+    hb = codec.decode(a.clock_message())
+    assert isinstance(hb, Heartbeat) and hb.wants == {"b": (1, 2)}
+    b.receive(a.clock_message())
+    asked, who = b.asked()
+    assert asked == {"b": (1, 2)} and who == {"a"}
+    assert b.asked() == ({}, set())  # taken once
+    a.receive(sent[0])
+    assert a.wants() == {"b": (2, 2)}  # what came is no longer asked for
+    a.receive(sent[1])
+    assert a.wants() == {}
+    assert codec.decode(a.clock_message()).wants == {}  # type: ignore[union-attr]
+    assert a.state() == b.state()
+
+
+def test_a_request_names_no_more_than_the_sender_issued_and_only_its_channels() -> None:
+    a, b, _ = _lost_one()
+    c = Replica("c")
+    a.ask({"b": (1, 9), "c": (1, 4)})
+    msg = a.clock_message()
+    b.receive(msg)
+    c.receive(msg)
+    assert b.asked()[0] == {"b": (1, 3)}  # it issued 3
+    assert c.asked()[0] == {}  # it issued none
+
+
+def test_a_replica_does_not_ask_for_its_own_operations() -> None:
+    a = Replica("a")
+    a.ask({"a": (1, 3)})
+    assert a.wants() == {}
+
+
+def test_a_request_from_a_member_that_reported_having_them_is_stale() -> None:
+    # a heartbeat asking for b 1..2, read again from the stream after a reported having b 3
+    a, b = Replica("a", members=["a", "b"]), Replica("b", members=["a", "b"])
+    b.counter("n").increment()
+    b.counter("n").increment()
+    exchange(a, b)
+    stale = codec.encode_heartbeat(Heartbeat("a", {}, wants={"b": (1, 2)}))
+    b.receive(a.clock_message())
+    b.receive(stale)
+    assert b.asked()[0] == {}
+
+
+@pytest.mark.parametrize("spans, error", [
+    ({"b": (0, 2)}, ValueError), ({"b": (3, 2)}, ValueError), ({"b": (1.0, 2)}, TypeError),
+    ({"b": [1, 2]}, TypeError), ({"b": (1, 2, 3)}, TypeError),
+])
+def test_a_bad_request_is_refused_and_asks_nothing(spans: dict[str, object],
+                                                     error: type[Exception]) -> None:
+    a = Replica("a")
+    a.ask({"c": (1, 1)})
+    with pytest.raises(error):
+        a.ask(spans)  # type: ignore[arg-type]
+    assert a.wants() == {"c": (1, 1)}
+
+
+@pytest.mark.parametrize("wants, detail", [
+    ([("b", 0, 1)], "wants first"), ([("b", 2, 1)], "first after last"),
+    ([("b", 1, 1), ("b", 2, 2)], "twice"), ([("", 1, 1)], "wants channel"),
+    ([(f"r{i}", 1, 1) for i in range(codec.MAX_WANTS + 1)], "ranges"),
+])
+def test_a_heartbeat_with_bad_wants_is_refused(wants: list[tuple[str, int, int]],
+                                              detail: str) -> None:
+    from crdt_ops.wire import crdt_pb2 as pb
+
+    env = pb.Envelope(version=codec.VERSION)
+    env.heartbeat.origin = "a"
+    for ch, first, last in wants:
+        e = env.heartbeat.wants.add()
+        e.channel, e.first, e.last = ch, first, last
+    b = Replica("b")
+    before = b.snapshot()
+    with pytest.raises(InvalidMessage) as err:
+        b.receive(env.SerializeToString())
+    assert detail in str(err.value)
+    assert b.snapshot() == before
+
+
+def test_a_heartbeat_that_asks_is_no_plain_clock_report() -> None:
+    # (in a group with sub-groups a plain one skips the replicas that hold one sub-group)
+    a = Replica("a")
+    assert codec.route_of(a.clock_message()) == ("", True)
+    a.ask({"b": (1, 1)})
+    assert codec.route_of(a.clock_message()) == ("", False)
+
+
+def test_what_every_peer_holds() -> None:
+    a, b = Replica("a", members=["a", "b"]), Replica("b", members=["a", "b"])
+    a.counter("n").increment()
+    a.counter("n").increment()
+    assert a.held_by_peers() == {"a": 0}
+    exchange(a, b)
+    b.heartbeat()
+    exchange(a, b)
+    assert a.held_by_peers() == {"a": 2}
+    # an open group: no agreed membership says who the peers are
+    c, d = Replica("c"), Replica("d")
+    c.counter("n").increment()
+    exchange(c, d)
+    d.heartbeat()
+    exchange(c, d)
+    assert c.held_by_peers() == {}
+
+
+def test_a_batch_s_span() -> None:
+    a = Replica("a")
+    a.counter("n").increment()
+    a.counter("m").increment()
+    batch = a.outgoing()[0]
+    assert codec.span_of(batch) == ("a", 1, 2)
+    a.heartbeat()
+    assert codec.span_of(a.outgoing()[0]) is None
+    assert codec.span_of(b"\xff\xff") is None
