@@ -4,7 +4,7 @@ What runs: a throwaway RabbitMQ node (:class:`~tools.rabbitnode.RabbitNode`, in 
 temporary directory, destroyed afterwards, so killing it harms nobody) and
 ``--replicas`` replica processes (``crdt-ops replica``, :mod:`services.replica`'s seeded
 workload on counters, a set and container records), which together issue ``--ops``
-operations at a steady rate spread over ``--duration`` seconds. While they do, seven
+operations at a steady rate spread over ``--duration`` seconds. While they do, eight
 faults are injected one after the other, each once the replicas together have issued a
 given share of the operations (:data:`SCHEDULE`):
 
@@ -18,7 +18,13 @@ given share of the operations (:data:`SCHEDULE`):
 5. ``replica-pause``: a third replica SIGSTOPped for ``--pause-s`` seconds, then SIGCONT;
 6. ``topology-delete``: the group's exchange ``crdt.chaos`` deleted, and the queue of
    the replica whose connection was closed, with what it held (as an operator could);
-7. ``broker-kill``: the broker's VM SIGKILLed, and started again 1 s later on its data.
+7. ``stream-cut``: the group's stream and one replica's queue unbound from the group's
+   exchange for 1 s, then bound again (as an exchange deleted and declared again by a
+   replica that bound its own queue first leaves them): what the others publish meanwhile
+   is confirmed and reaches their queues, not the stream; the cut-off replica finds the gap,
+   does not find it in the stream, and asks the senders, who publish it again
+   (:mod:`crdt_ops.transport.resend`);
+8. ``broker-kill``: the broker's VM SIGKILLed, and started again 1 s later on its data.
 
 Two membership changes are interleaved with them (:mod:`crdt_ops.membership`; the
 replicas run ``--membership managed``, so causal stability and compaction are at work
@@ -545,6 +551,7 @@ SCHEDULE = (
     Fault("replica-pause", 0.50, 3),
     Fault("topology-delete", 0.55, 2),
     Fault("replica-retire", 0.60, LEAVER),
+    Fault("stream-cut", 0.65, 3),
     Fault("broker-kill", 0.70),
 )
 #: The joiner issues its share from its start (at 30 %) over this share of the duration.
@@ -560,6 +567,26 @@ async def _delete_topology(url: str, exchange: str, queue: str) -> None:
         channel = await conn.channel()
         await channel.exchange_delete(exchange)
         await channel.queue_delete(queue)
+
+
+#: How long the ``stream-cut`` fault leaves the stream and a queue unbound (seconds).
+CUT_S = 1.0
+
+
+async def _cut_stream(url: str, exchange: str, cut: list[str]) -> None:
+    """Unbind the queues ``cut`` (the stream among them) from ``exchange`` for
+    :data:`CUT_S`, then bind them again."""
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    async with conn:
+        channel = await conn.channel()
+        queues = [await channel.declare_queue(name, passive=True) for name in cut]
+        for q in queues:
+            await q.unbind(exchange)
+        await asyncio.sleep(CUT_S)
+        for q in queues:
+            await q.bind(exchange)
 
 
 def connection_pids(node: RabbitNode, name: str) -> list[str]:
@@ -698,6 +725,10 @@ class Chaos:
         elif f.kind == "topology-delete":
             assert target is not None
             asyncio.run(_delete_topology(n.url, "crdt.chaos", f"crdt.chaos.{target.replica_id}"))
+        elif f.kind == "stream-cut":
+            assert target is not None
+            asyncio.run(_cut_stream(n.url, "crdt.chaos",
+                                    ["crdt.chaos.log", f"crdt.chaos.{target.replica_id}"]))
         elif f.kind == "connection-close":
             assert target is not None
             deadline = time.monotonic() + 30
@@ -848,7 +879,10 @@ def run_chaos(opts: argparse.Namespace) -> int:
             f"{rid} {r['store_failures']}" for rid, r in reports.items()
             if r.get("store_failures")) or "none") + "; echo lost (topology declared again): "
             + (", ".join(f"{rid} {r['echo_losses']}" for rid, r in reports.items()
-                         if r.get("echo_losses")) or "none"))
+                         if r.get("echo_losses")) or "none")
+            + "; messages sent again on request (the stream missed them): "
+            + (", ".join(f"{rid} {r['resent']}" for rid, r in reports.items()
+                         if r.get("resent")) or "none"))
         print("membership: " + ", ".join(
             f"{rid} {'left' if r.get('left') else 'member' if r.get('member') else 'NOT a member'}"
             f" (retired: {', '.join(r.get('retired', ())) or '-'})" for rid, r in reports.items()))

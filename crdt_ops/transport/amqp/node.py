@@ -816,6 +816,12 @@ class AmqpNode:
         return self._out.published
 
     @property
+    def resent(self) -> int:
+        """Messages of ours published again because a peer asked for them (the stream
+        missed them: :mod:`~crdt_ops.transport.resend`) since this process started."""
+        return self._resender.resent
+
+    @property
     def refused(self) -> int:
         """Messages of ours the broker refused (basic.nack) since this process started."""
         return self._out.refused
