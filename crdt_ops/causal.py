@@ -143,6 +143,19 @@ class CausalBuffer:
         """The batches held, in arrival order."""
         return iter(list(self._waiting.values()))
 
+    def hole(self, channel: str, upto: int) -> tuple[int, int] | None:
+        """The first run of ``channel``'s sequence numbers up to ``upto`` that is neither
+        delivered nor held here (first..last, inclusive), or None: what to ask a sender
+        for, without what waits here already."""
+        first = self.clock.get(channel, 0) + 1
+        while (bid := self._by_start.get((channel, first))) is not None:
+            first = self._waiting[bid].last_seq + 1
+        if first > upto:
+            return None
+        later = [b.first_seq for b in self._waiting.values()
+                 if b.channel == channel and b.first_seq > first]
+        return first, min([upto, *(s - 1 for s in later)])
+
     def missing(self) -> dict[str, tuple[int, int]]:
         """Per replica, the inclusive range of sequence numbers that held batches
         wait for and that have not been delivered (for anti-entropy)."""

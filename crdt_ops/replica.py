@@ -272,11 +272,18 @@ class Replica(Fields):
 
     def wants(self) -> Spans:
         """What this replica asks to be sent again (:meth:`ask`) and has still not
-        delivered: channel -> first..last. Its heartbeats carry it."""
+        delivered: channel -> first..last, the first run it neither delivered nor holds
+        waiting (the causal buffer is stuck there; a later run is asked once this one
+        came). Its heartbeats carry it."""
         clock = self._buffer.clock
-        self._wants = {ch: (max(a, clock.get(ch, 0) + 1), b) for ch, (a, b) in self._wants.items()
+        self._wants = {ch: (a, b) for ch, (a, b) in self._wants.items()
                        if b > clock.get(ch, 0)}
-        return dict(self._wants)
+        out: Spans = {}
+        for ch, (_, b) in self._wants.items():
+            hole = self._buffer.hole(ch, b)
+            if hole is not None:
+                out[ch] = hole
+        return out
 
     def asked(self) -> tuple[Spans, set[str]]:
         """What other replicas asked this one to send again since the last call (their

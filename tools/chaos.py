@@ -10,20 +10,21 @@ given share of the operations (:data:`SCHEDULE`):
 
 1. ``broker-restart``: ``rabbitmqctl stop_app``, 2 s down, ``start_app``;
 2. ``replica-kill``: one replica SIGKILLed, and started again 1 s later on its store;
-3. ``connection-close``: ``rabbitmqctl close_connection`` on another replica's connection;
-4. ``store-lock``: the killed replica's SQLite store locked from another connection
+3. ``stream-cut``: the group's stream and one replica's queue unbound from the group's
+   exchange (as an exchange deleted and declared again by a replica that bound its own
+   queue first leaves them) while another replica writes :data:`CUT_OPS` more operations
+   (SIGUSR1: the workload may be over by then) and the broker confirms them, then bound
+   again: those reached the other queues, not the stream; the cut-off replica finds the
+   gap, does not find it in the stream, and asks their sender, who publishes them again
+   (:mod:`crdt_ops.transport.resend`);
+4. ``connection-close``: ``rabbitmqctl close_connection`` on another replica's connection;
+5. ``store-lock``: the killed replica's SQLite store locked from another connection
    (``BEGIN EXCLUSIVE``) for ``--lock-s`` seconds: its writes and log appends fail, it
    restores memory from the store, refuses writes and holds deliveries; the fault waits
    until it reports the failure over;
-5. ``replica-pause``: a third replica SIGSTOPped for ``--pause-s`` seconds, then SIGCONT;
-6. ``topology-delete``: the group's exchange ``crdt.chaos`` deleted, and the queue of
+6. ``replica-pause``: a third replica SIGSTOPped for ``--pause-s`` seconds, then SIGCONT;
+7. ``topology-delete``: the group's exchange ``crdt.chaos`` deleted, and the queue of
    the replica whose connection was closed, with what it held (as an operator could);
-7. ``stream-cut``: the group's stream and one replica's queue unbound from the group's
-   exchange for 1 s, then bound again (as an exchange deleted and declared again by a
-   replica that bound its own queue first leaves them): what the others publish meanwhile
-   is confirmed and reaches their queues, not the stream; the cut-off replica finds the gap,
-   does not find it in the stream, and asks the senders, who publish it again
-   (:mod:`crdt_ops.transport.resend`);
 8. ``broker-kill``: the broker's VM SIGKILLed, and started again 1 s later on its data.
 
 Two membership changes are interleaved with them (:mod:`crdt_ops.membership`; the
@@ -546,12 +547,12 @@ SCHEDULE = (
     Fault("broker-restart", 0.10),
     Fault("replica-kill", 0.25, 1),
     Fault("replica-join", 0.30, JOINER),
+    Fault("stream-cut", 0.35, 3),
     Fault("connection-close", 0.40, 2),
     Fault("store-lock", 0.45, 1),
     Fault("replica-pause", 0.50, 3),
     Fault("topology-delete", 0.55, 2),
     Fault("replica-retire", 0.60, LEAVER),
-    Fault("stream-cut", 0.65, 3),
     Fault("broker-kill", 0.70),
 )
 #: The joiner issues its share from its start (at 30 %) over this share of the duration.
@@ -569,24 +570,22 @@ async def _delete_topology(url: str, exchange: str, queue: str) -> None:
         await channel.queue_delete(queue)
 
 
-#: How long the ``stream-cut`` fault leaves the stream and a queue unbound (seconds).
-CUT_S = 1.0
+#: Operations a replica writes while the ``stream-cut`` fault has the stream unbound
+#: (each replica runs with ``--more-on-signal`` this many).
+CUT_OPS = 20
 
 
-async def _cut_stream(url: str, exchange: str, cut: list[str]) -> None:
-    """Unbind the queues ``cut`` (the stream among them) from ``exchange`` for
-    :data:`CUT_S`, then bind them again."""
+async def _bind(url: str, exchange: str, queues: list[str], bind: bool) -> None:
+    """Bind the queues named ``queues`` (the stream among them) to ``exchange``, or unbind
+    them."""
     import aio_pika
 
     conn = await aio_pika.connect(url)
     async with conn:
         channel = await conn.channel()
-        queues = [await channel.declare_queue(name, passive=True) for name in cut]
-        for q in queues:
-            await q.unbind(exchange)
-        await asyncio.sleep(CUT_S)
-        for q in queues:
-            await q.bind(exchange)
+        for name in queues:
+            q = await channel.declare_queue(name, passive=True)
+            await (q.bind(exchange) if bind else q.unbind(exchange))
 
 
 def connection_pids(node: RabbitNode, name: str) -> list[str]:
@@ -636,6 +635,7 @@ class Chaos:
             span = o.duration * (JOINER_SPAN if rid == JOINER else 1)
             g = late.group if o.late_replica and i == 0 else group.group
             args = ["--ops", str(n), "--seed", str(o.seed), "--per-write", str(o.per_write),
+                    "--more-on-signal", str(CUT_OPS),
                     "--rate", f"{n / span:.3f}", "--heartbeat-s", "1",
                     "--membership", "managed"]
             if rid == LEAVER:
@@ -727,8 +727,17 @@ class Chaos:
             asyncio.run(_delete_topology(n.url, "crdt.chaos", f"crdt.chaos.{target.replica_id}"))
         elif f.kind == "stream-cut":
             assert target is not None
-            asyncio.run(_cut_stream(n.url, "crdt.chaos",
-                                    ["crdt.chaos.log", f"crdt.chaos.{target.replica_id}"]))
+            cut = ["crdt.chaos.log", f"crdt.chaos.{target.replica_id}"]
+            writer = self.procs[(self.procs.index(target) - 1) % int(self.opts.replicas)]
+            asyncio.run(_bind(n.url, "crdt.chaos", cut, bind=False))
+            try:
+                before = int(writer.report().get("issued", 0))
+                writer.signal(signal.SIGUSR1)
+                self._await_report(writer, f"{CUT_OPS} more operations issued",
+                                   lambda r: int(r.get("issued", 0)) >= before + CUT_OPS)
+                time.sleep(1)  # and published, and confirmed
+            finally:
+                asyncio.run(_bind(n.url, "crdt.chaos", cut, bind=True))
         elif f.kind == "connection-close":
             assert target is not None
             deadline = time.monotonic() + 30

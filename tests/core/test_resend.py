@@ -43,14 +43,24 @@ def test_a_request_travels_in_heartbeats_until_the_operations_come() -> None:
 
 
 def test_a_request_names_no_more_than_the_sender_issued_and_only_its_channels() -> None:
-    a, b, _ = _lost_one()
-    c = Replica("c")
+    _, b, _ = _lost_one()
+    a, c = Replica("a"), Replica("c")
     a.ask({"b": (1, 9), "c": (1, 4)})
     msg = a.clock_message()
     b.receive(msg)
     c.receive(msg)
     assert b.asked()[0] == {"b": (1, 3)}  # it issued 3
     assert c.asked()[0] == {}  # it issued none
+
+
+def test_a_request_leaves_out_what_waits_here_already() -> None:
+    a, b, sent = _lost_one()  # a holds b 3, waiting for 1..2
+    a.ask({"b": (1, 3)})
+    assert a.wants() == {"b": (1, 2)}
+    a.receive(sent[1])  # 2 and 3 wait now: only 1 is asked for
+    assert a.wants() == {"b": (1, 1)}
+    a.receive(sent[0])
+    assert a.wants() == {} and a.state() == b.state()
 
 
 def test_a_replica_does_not_ask_for_its_own_operations() -> None:

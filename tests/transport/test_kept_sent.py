@@ -113,20 +113,20 @@ def test_the_resender_answers_once_per_patience_and_says_so(
     st = d.store
     st.confirm([i for i, _ in st.unconfirmed()])
     asker = Replica("p")
-    asker.ask({"r": (3, 4)})
+    asker.ask({"r": (1, 4)})
     resender = Resender(d, patience_s=5.0)
     caplog.set_level(logging.WARNING, "crdt_ops.transport.resend")
     d.replica.receive(asker.clock_message())
     resender.tick(100.0)
-    assert resender.resent == 2 and len(st.unconfirmed()) == 2
-    assert "p asked for its operations r 3..4" in caplog.text
+    assert resender.resent == 4 and len(st.unconfirmed()) == 4
+    assert "p asked for its operations r 1..4" in caplog.text
     st.confirm([i for i, _ in st.unconfirmed()])
     d.replica.receive(asker.clock_message())
     resender.tick(102.0)  # within the patience: not again
-    assert st.unconfirmed() == [] and resender.resent == 2
+    assert st.unconfirmed() == [] and resender.resent == 4
     d.replica.receive(asker.clock_message())
     resender.tick(106.0)
-    assert resender.resent == 4
+    assert resender.resent == 8
     # asked for what it no longer keeps
     st.confirm([i for i, _ in st.unconfirmed()])
     st.prune({"r": 4})

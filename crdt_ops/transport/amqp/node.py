@@ -95,6 +95,11 @@ RESUME_MARGIN_S = 10.0
 #: Seconds between two attempts to consume the stream again (``consume="stream"``) while
 #: one fails (a channel not reopened yet after a reconnection).
 CONSUME_RETRY_S = 0.1
+#: A retiring replica (:meth:`AmqpNode.leave`) stays up until every member reported having
+#: its operations, at most this many gap timeouts (and at least :data:`LEAVE_WAIT_MIN_S`):
+#: a member whose stream re-read lacks some of them asks it for them meanwhile.
+LEAVE_WAIT_GAP_TIMEOUTS = 3
+LEAVE_WAIT_MIN_S = 30.0
 #: Seconds a stopping node waits for the broker to cancel its consumer (a link that is
 #: down does not answer; closing the connection drops the consumer anyway).
 STOP_CANCEL_S = 1.0
@@ -955,13 +960,27 @@ class AmqpNode:
 
     async def leave(self) -> None:
         """Retire this replica for good: publish its retirement after its last
-        operations, wait until the broker confirmed all of it, and stop."""
+        operations, wait until the broker confirmed all of it, then (in a group with an
+        agreed membership) until every member reported having its operations, and stop.
+        While it waits it answers a member that asks for operations of its that the
+        group's stream lost (:mod:`~crdt_ops.transport.resend`): once it is gone nobody
+        can. It waits at most :data:`LEAVE_WAIT_GAP_TIMEOUTS` gap timeouts (at least
+        :data:`LEAVE_WAIT_MIN_S`), and logs what is not known everywhere then."""
         self._retired_said = True  # on purpose: nothing to warn about
         self.replica.heartbeat(retired=True)
         self.durable.commit()
         while self.store.unconfirmed(limit=1):
             self.durable.outbox_ready.set()
             await asyncio.sleep(0.05)
+        if self.replica.membership.managed:
+            wait = max(LEAVE_WAIT_MIN_S, LEAVE_WAIT_GAP_TIMEOUTS * self.settings.gap_timeout_s)
+            deadline = time.monotonic() + wait
+            while (lag := self.replica.stable_lag()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if lag:
+                log.warning("replica %s retires with %d of its operations not reported by "
+                            "every member after %.0fs; a member that misses them finds "
+                            "them in the group's stream only", self.replica_id, lag, wait)
         await self.stop()
 
     def _observe(self) -> None:
