@@ -85,7 +85,7 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = Fal
             "resent": node.resent,
             "outbox": 0 if left else _outbox(node),
             "stable_lag": r.stable_lag(), "member": r.is_member,
-            "stable": sum(r.stable_clock().values()),
+            "stable": sum(r.stable_clock().values()), "stable_clock": r.stable_clock(),
             "admissions": r.membership.admissions, "retired": sorted(r.membership.retired),
             "missing": {k: list(v) for k, v in r.missing().items()}}
     tmp = path.with_suffix(".tmp")

@@ -271,10 +271,10 @@ class Store:
 
     @_guarded
     def kept(self) -> int:
-        """Confirmed messages kept to be sent again (see :meth:`resend`)."""
-        pending = len(self._confirmed)
-        return pending + int(self.db.execute(
-            "SELECT COUNT(*) FROM outbox WHERE sent = 1").fetchone()[0])
+        """Confirmed messages kept to be sent again (see :meth:`resend`); marks the
+        confirmed ones pending first (a transaction without a disk sync)."""
+        self._mark_confirmed()
+        return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE sent = 1").fetchone()[0])
 
     @_guarded
     def resend(self, spans: Mapping[str, tuple[int, int]]) -> int:
