@@ -127,17 +127,18 @@ def test_an_instance_started_but_not_recorded_is_found_by_its_environment(
 
 def test_stop_all_stops_containers_that_ignore_sigterm_within_one_grace(tmp_path: Path) -> None:
     """SIGTERM to all, one wait, SIGKILL to the rest: 10 such containers in about one
-    grace (0.5 s here), where stopping them one by one took 10 graces."""
+    grace (1 s here), where stopping them one by one took 10 half graces (5 s); the bound
+    between the two leaves a loaded machine 3 s."""
     from tests.services.test_guard import STUBBORN
 
     rt = ProcessRuntime(tmp_path, command=STUBBORN)
     started = [rt.start(f"c{i}") for i in range(10)]
     time.sleep(0.3)  # each shell has set its trap
     t0 = time.monotonic()
-    rt.stop_all(rt.running(), grace_s=0.5)
+    rt.stop_all(rt.running(), grace_s=1.0)
     took = time.monotonic() - t0
     assert not any(alive(p) for p in started) and rt.running() == {}
-    assert 0.5 <= took < 2.5, f"stop_all took {took:.1f} s"
+    assert 1.0 <= took < 4.0, f"stop_all took {took:.1f} s"
 
 
 def test_a_pid_file_deleted_under_a_running_instance_is_written_again(tmp_path: Path) -> None:
