@@ -28,6 +28,10 @@ from crdt_ops.transport.store import StoreUnavailable
 log = logging.getLogger(__name__)
 
 
+#: :meth:`Resender.tick` prunes the kept messages at least once in this many ticks.
+PRUNE_EVERY_TICKS = 30
+
+
 class Resender:
     """Answers what peers ask of ``durable``'s replica (:meth:`tick`, every heartbeat):
     publishes the operations again, a channel at most once per ``patience_s`` seconds
@@ -39,7 +43,9 @@ class Resender:
         self.durable = durable
         self.patience_s = patience_s
         self._sent_at: dict[str, float] = {}  # channel -> when it was last sent again
-        self._held: dict[str, int] = {}  # what the last prune dropped up to
+        self._held: dict[str, int] | None = None  # what the last prune dropped up to
+        self._ticks = 0
+        self._gone_said: dict[str, tuple[int, int]] = {}  # asked for, no longer kept: said
         #: messages made unconfirmed again since this process started
         self.resent = 0
 
@@ -56,7 +62,10 @@ class Resender:
             if due:
                 self._resend(due, who, now)
             held = durable.replica.held_by_peers()
-            if held != self._held:
+            self._ticks += 1
+            # when what every member has moved, and now and then anyway: the bound on what
+            # is kept holds also while a member is silent, and in an open group
+            if held != self._held or self._ticks % PRUNE_EVERY_TICKS == 0:
                 durable.store.prune(held)
                 self._held = held
         except StoreUnavailable as e:
@@ -76,10 +85,13 @@ class Resender:
                         durable.replica_id, asker, few(due), n)
             durable.outbox_ready.set()
         else:
-            log.warning("replica %s: %s asked for its operations %s, which it no longer "
-                        "keeps (every peer it knew of had them, or more than the store keeps "
-                        "came since); a peer that misses them must be rebuilt from a "
-                        "snapshot (--bootstrap)", durable.replica_id, asker, few(due))
+            said = all(self._gone_said.get(ch) == span for ch, span in due.items())
+            self._gone_said.update(due)
+            log.log(logging.DEBUG if said else logging.WARNING,
+                    "replica %s: %s asked for its operations %s, which it no longer keeps "
+                    "(every member had them, or more than the store keeps came since); a "
+                    "replica that misses them must be rebuilt from a snapshot (--bootstrap)",
+                    durable.replica_id, asker, few(due))
 
 
 __all__ = ["Resender"]

@@ -63,6 +63,10 @@ MAX_CONFIRMED_PENDING = 1000
 #: past it the oldest go (:meth:`Store.prune`), and a peer that misses those finds them
 #: in the group's stream only.
 MAX_KEPT_SENT = 10_000
+#: The newest confirmed messages of operations kept even when every member has them: a
+#: replica that joins (it is counted as having the past of its admission) or one whose
+#: store lost what it had reported may miss what the stream lost (:meth:`Store.prune`).
+MIN_KEPT_SENT = 1_000
 
 #: The WAL file is filled to the size it reaches before SQLite's automatic checkpoint
 #: (``wal_autocheckpoint`` frames) when the store opens, and written over from its start
@@ -131,14 +135,25 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
         have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
-        for name, kind in _OUTBOX_COLUMNS.items():
-            if name not in have:  # a store made before the outbox kept what it sent
-                self.db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+        if not set(_OUTBOX_COLUMNS) <= have:  # a store made before the outbox kept what it sent
+            self._add_outbox_columns(have)
         self._wal = f"{self.path}-wal"  # SQLite's name for it (it exists while open)
         self.wal_presized = self._presize_wal()
         self._confirmed: list[int] = []  # outbox rows confirmed, not marked yet
         #: every outbox row below this id is confirmed (those in _confirmed included)
         self._unsent_from = 0
+
+    def _add_outbox_columns(self, have: set[str]) -> None:
+        """Add the outbox's newer columns (:data:`_OUTBOX_COLUMNS`) and fill them in for the
+        messages it holds, in one transaction."""
+        with self._tx():
+            for name, kind in _OUTBOX_COLUMNS.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+            rows = self.db.execute("SELECT id, data FROM outbox").fetchall()
+            self.db.executemany(
+                "UPDATE outbox SET channel = ?, first_seq = ?, last_seq = ? WHERE id = ?",
+                [(*span, i) for i, data in rows if (span := codec.span_of(bytes(data)))])
 
     def close(self) -> None:
         with contextlib.suppress(StoreUnavailable):  # else they are published again
@@ -293,19 +308,24 @@ class Store:
         return n
 
     @_guarded
-    def prune(self, held: Mapping[str, int], keep: int = MAX_KEPT_SENT) -> int:
+    def prune(self, held: Mapping[str, int], keep: int = MAX_KEPT_SENT,
+              least: int = MIN_KEPT_SENT) -> int:
         """Drop the kept messages whose operations every peer has (``held``: channel ->
-        last seq, :meth:`Replica.held_by_peers <crdt_ops.replica.Replica.held_by_peers>`),
-        and beyond the newest ``keep`` the oldest; returns how many went. In a
-        transaction without a disk sync."""
+        last seq, :meth:`Replica.held_by_peers <crdt_ops.replica.Replica.held_by_peers>`)
+        but the newest ``least``, and beyond the newest ``keep`` the oldest; returns how
+        many went. In a transaction without a disk sync."""
         self._mark_confirmed()
         with self._tx(sync=False):
-            n = sum(self.db.execute(
-                "DELETE FROM outbox WHERE sent = 1 AND channel = ? AND last_seq <= ?",
-                (ch, last)).rowcount for ch, last in held.items() if last)
-            n += self.db.execute(
+            n = self.db.execute(
                 "DELETE FROM outbox WHERE sent = 1 AND id <= (SELECT id FROM outbox "
                 "WHERE sent = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep,)).rowcount
+            below = self.db.execute("SELECT id FROM outbox WHERE sent = 1 ORDER BY id DESC "
+                                    "LIMIT 1 OFFSET ?", (least,)).fetchone()
+            if below is not None:
+                n += sum(self.db.execute(
+                    "DELETE FROM outbox WHERE sent = 1 AND id <= ? AND channel = ? "
+                    "AND last_seq <= ?", (below[0], ch, last)).rowcount
+                    for ch, last in held.items() if last)
         return n
 
     def confirm(self, ids: Iterable[int]) -> None:

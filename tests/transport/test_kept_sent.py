@@ -55,12 +55,13 @@ def test_what_every_peer_has_is_pruned_and_at_most_keep_are_kept(tmp_path: Path)
         st.append([], msgs)
         st.confirm([i for i, _ in st.unconfirmed()])
         st.append([b"x"], [])
-        assert st.prune({"r": 2}) == 2
+        assert st.prune({"r": 5}, least=4) == 1  # all but the newest 4, though all held
+        assert st.prune({"r": 2}, least=0) == 1
         assert st.kept() == 3
-        assert st.prune({"r": 2}, keep=1) == 2  # the two oldest over the bound
+        assert st.prune({}, keep=1) == 2  # the two oldest over the bound, held or not
         assert st.resend({"r": (1, 5)}) == 1
         assert _unsent(st) == [msgs[4]]
-        assert st.prune({"r": 5}) == 0  # (unconfirmed again: not pruned)
+        assert st.prune({"r": 5}, least=0) == 0  # (unconfirmed again: not pruned)
     finally:
         st.close()
 
@@ -93,8 +94,8 @@ def test_a_store_made_before_the_outbox_kept_what_it_sent_opens_as_it_was(
     try:
         assert _unsent(st) == msgs[:2]  # published as before
         st.confirm([i for i, _ in st.unconfirmed()])
-        st.append([b"x"], [])
-        assert st.kept() == 0  # rows of before name no channel: nothing to send again
+        assert st.kept() == 2  # and kept: their channel and numbers were filled in
+        assert st.resend({"r": (2, 2)}) == 1
     finally:
         st.close()
 
@@ -126,7 +127,7 @@ def test_the_resender_answers_once_per_patience_and_says_so(
     assert resender.resent == 8
     # asked for what it no longer keeps
     st.confirm([i for i, _ in st.unconfirmed()])
-    st.prune({"r": 4})
+    st.prune({"r": 4}, least=0)
     d.replica.receive(asker.clock_message())
     resender.tick(112.0)
     assert "which it no longer keeps" in caplog.text

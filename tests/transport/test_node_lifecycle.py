@@ -41,6 +41,22 @@ async def test_a_stopped_amqp_node_refuses_to_start_or_write_again(settings: Set
 
 
 @pytest.mark.asyncio
+async def test_the_last_member_leaves_at_once(settings: Settings) -> None:
+    """A retiring replica waits until every other member has its operations: the last one
+    has nobody to wait for (it waited the whole bound, 30 s, and said its operations were
+    not everywhere)."""
+    import time
+
+    a = node(settings, "a")
+    await a.start()
+    async with a.write() as r:
+        r.counter("n").increment()
+    t0 = time.monotonic()
+    await a.leave()
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.asyncio
 async def test_an_amqp_node_stopped_before_it_started_says_so(settings: Settings) -> None:
     a = node(settings, "a")
     await a.stop()

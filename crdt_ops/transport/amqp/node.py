@@ -972,7 +972,8 @@ class AmqpNode:
         while self.store.unconfirmed(limit=1):
             self.durable.outbox_ready.set()
             await asyncio.sleep(0.05)
-        if self.replica.membership.managed:
+        m = self.replica.membership
+        if m.managed and m.members() - {self.replica_id}:  # (the last member: no one to wait for)
             wait = max(LEAVE_WAIT_MIN_S, LEAVE_WAIT_GAP_TIMEOUTS * self.settings.gap_timeout_s)
             deadline = time.monotonic() + wait
             while (lag := self.replica.stable_lag()) and time.monotonic() < deadline:
