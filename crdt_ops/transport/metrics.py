@@ -41,6 +41,13 @@ GAP_REREADS = Counter("crdt_ops_gap_rereads_total",
 GAP_STUCK = Gauge("crdt_ops_gap_stuck_replicas",
                   "Replicas whose missing operations the last stream re-read did not bring "
                   "(a sender whose gap never fills)", ["replica", "group"])
+RESENT = Counter("crdt_ops_resent_messages_total",
+                 "Own messages published again because a replica asked for operations the "
+                 "group's stream did not hold (crdt_ops/transport/resend.py)",
+                 ["replica", "group"])
+ASKING = Gauge("crdt_ops_asking_channels",
+               "Channels whose operations this replica asks their senders for, having not "
+               "found them in the group's stream", ["replica", "group"])
 STORE_UP = Gauge("crdt_ops_store_up",
                  "1 while the replica's store takes writes, 0 after one failed and until "
                  "a retry succeeded and memory was restored from it", ["replica", "group"])
@@ -77,7 +84,7 @@ LOOP_LAG = Histogram("crdt_ops_event_loop_lag_seconds",
 #: an alert on a counter's growth, or on a gauge, then has a series to watch.
 SHOWN_AT_START = (OPS_PUBLISHED, OPS_APPLIED, DUPLICATES, RECONNECTS, OUTBOX, GAP_REREADS,
                   GAP_STUCK, STORE_FAILURES, ECHO_SILENT, ECHO_LOSSES, PUBLISHES_UNROUTABLE,
-                  PUBLISHES_REFUSED, BUFFER_DEPTH)
+                  PUBLISHES_REFUSED, BUFFER_DEPTH, RESENT, ASKING)
 
 
 def announce(replica: str, group: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 
 from crdt_ops.clock import Spans, few
+from crdt_ops.transport import metrics
 from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.store import StoreUnavailable
 
@@ -78,6 +79,7 @@ class Resender:
         for ch in due:
             self._sent_at[ch] = now
         self.resent += n
+        metrics.RESENT.labels(durable.replica_id, durable.settings.group).inc(n)
         asker = ", ".join(sorted(who)[:5]) + (" and others" if len(who) > 5 else "")
         if n:
             log.warning("replica %s: %s asked for its operations %s, which the group's "

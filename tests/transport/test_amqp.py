@@ -184,7 +184,8 @@ def test_metrics_endpoint(group: Group) -> None:
         assert name in text
     # the counters an alert watches exist from the start (at 0), the store's gauge says up
     for series in ("crdt_ops_store_failures_total", "crdt_ops_reconnects_total",
-                   "crdt_ops_store_up"):
+                   "crdt_ops_store_up", "crdt_ops_resent_messages_total",
+                   "crdt_ops_asking_channels"):
         assert has(series, text), series
     # and the process's health, on the same port: 200 and JSON while every part is ok
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:

@@ -92,6 +92,7 @@ def test_what_the_stream_missed_its_senders_send_again(group: Group) -> None:
                "r2 to get what neither its queue nor the stream got", explain(procs))
     assert "asking their senders" in procs[2].tail(), explain(procs)()
     assert any("of them again" in p.tail() for p in procs[:2]), explain(procs)()
+    assert sum(p.report()["resent"] for p in procs[:2]) > 0
 
 
 def test_a_deleted_queue_with_a_backlog_is_refilled_from_the_stream(group: Group) -> None:

@@ -879,9 +879,11 @@ class AmqpNode:
         await asyncio.sleep(jittered(self.settings.heartbeat_s))
         await self.durable.store_ok.wait()
         self._resender.tick(time.monotonic())
+        asking = len(self.replica.wants())
+        metrics.ASKING.labels(self.replica_id, self.settings.group).set(asking)
         own = self.replica.own_seq
         self._skipped = 0 if own == self._own_at_tick else self._skipped + 1
-        if self._skipped in (0, BEAT_AT_LEAST_EVERY) or self.replica.wants():
+        if self._skipped in (0, BEAT_AT_LEAST_EVERY) or asking:
             self.replica.heartbeat()
             self.durable.commit()
             self.heartbeats += 1
