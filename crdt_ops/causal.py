@@ -143,18 +143,25 @@ class CausalBuffer:
         """The batches held, in arrival order."""
         return iter(list(self._waiting.values()))
 
-    def hole(self, channel: str, upto: int) -> tuple[int, int] | None:
-        """The first run of ``channel``'s sequence numbers up to ``upto`` that is neither
-        delivered nor held here (first..last, inclusive), or None: what to ask a sender
-        for, without what waits here already."""
-        first = self.clock.get(channel, 0) + 1
-        while (bid := self._by_start.get((channel, first))) is not None:
-            first = self._waiting[bid].last_seq + 1
-        if first > upto:
-            return None
-        later = [b.first_seq for b in self._waiting.values()
-                 if b.channel == channel and b.first_seq > first]
-        return first, min([upto, *(s - 1 for s in later)])
+    def holes(self, upto: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+        """Per channel of ``upto``, the first run of its sequence numbers up to
+        ``upto[channel]`` that is neither delivered nor held here (first..last, inclusive),
+        channels without one left out: what to ask a sender for, without what waits here
+        already. One pass over the batches held."""
+        firsts: dict[str, int] = {}
+        for ch, last in upto.items():
+            first = self.clock.get(ch, 0) + 1
+            while (bid := self._by_start.get((ch, first))) is not None:
+                first = self._waiting[bid].last_seq + 1
+            if first <= last:
+                firsts[ch] = first
+        out = {ch: (first, upto[ch]) for ch, first in firsts.items()}
+        if out and self._waiting:
+            for b in self._waiting.values():
+                span = out.get(b.channel)
+                if span is not None and span[0] < b.first_seq <= span[1]:
+                    out[b.channel] = (span[0], b.first_seq - 1)
+        return out
 
     def missing(self) -> dict[str, tuple[int, int]]:
         """Per replica, the inclusive range of sequence numbers that held batches

@@ -275,15 +275,12 @@ class Replica(Fields):
         delivered: channel -> first..last, the first run it neither delivered nor holds
         waiting (the causal buffer is stuck there; a later run is asked once this one
         came). Its heartbeats carry it."""
+        if not self._wants:
+            return {}
         clock = self._buffer.clock
         self._wants = {ch: (a, b) for ch, (a, b) in self._wants.items()
                        if b > clock.get(ch, 0)}
-        out: Spans = {}
-        for ch, (_, b) in self._wants.items():
-            hole = self._buffer.hole(ch, b)
-            if hole is not None:
-                out[ch] = hole
-        return out
+        return self._buffer.holes({ch: b for ch, (_, b) in self._wants.items()})
 
     def asked(self) -> tuple[Spans, set[str]]:
         """What other replicas asked this one to send again since the last call (their

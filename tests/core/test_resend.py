@@ -151,3 +151,21 @@ def test_a_batch_s_span() -> None:
     a.heartbeat()
     assert codec.span_of(a.outgoing()[0]) is None
     assert codec.span_of(b"\xff\xff") is None
+
+
+def test_a_request_names_one_hole_at_a_time_in_one_pass() -> None:
+    a, b = Replica("a"), Replica("b")
+    sent = []
+    for _ in range(10):
+        b.counter("n").increment()
+        sent += b.outgoing()
+    for i in (3, 4, 7, 8):  # b's 3, 4, 7 and 8 wait here
+        a.receive(sent[i - 1])
+    a.ask({"b": (1, 10)})
+    assert a.wants() == {"b": (1, 2)}
+    a.receive(sent[0])
+    a.receive(sent[1])  # 1..4 delivered; 7..8 wait
+    assert a.wants() == {"b": (5, 6)}
+    for m in sent[4:6]:
+        a.receive(m)
+    assert a.wants() == {"b": (9, 10)}
