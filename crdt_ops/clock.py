@@ -55,6 +55,12 @@ def pointwise_min(clocks: Iterable[Mapping[str, int]], members: Iterable[str]) -
     return out
 
 
+def widen(spans: Spans, channel: str, first: int, last: int) -> None:
+    """Make ``spans[channel]`` cover ``first..last`` too (the smallest range holding both)."""
+    old = spans.get(channel)
+    spans[channel] = (first, last) if old is None else (min(first, old[0]), max(last, old[1]))
+
+
 def few(spans: Spans, most: int = 5) -> str:
     """``spans`` (replica: first..last seq) for a log line, at most ``most`` of them."""
     text = ", ".join(f"{r[:64]} {a}..{b}" for r, (a, b) in list(spans.items())[:most])

@@ -315,18 +315,24 @@ class Store:
         but the newest ``least``, and beyond the newest ``keep`` the oldest; returns how
         many went. In a transaction without a disk sync."""
         self._mark_confirmed()
+        n = 0
         with self._tx(sync=False):
-            n = self.db.execute(
-                "DELETE FROM outbox WHERE sent = 1 AND id <= (SELECT id FROM outbox "
-                "WHERE sent = 1 ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep,)).rowcount
-            below = self.db.execute("SELECT id FROM outbox WHERE sent = 1 ORDER BY id DESC "
-                                    "LIMIT 1 OFFSET ?", (least,)).fetchone()
-            if below is not None:
+            if (over := self._kept_after(keep)) is not None:
+                n += self.db.execute("DELETE FROM outbox WHERE sent = 1 AND id <= ?",
+                                     (over,)).rowcount
+            if (below := self._kept_after(least)) is not None:
                 n += sum(self.db.execute(
                     "DELETE FROM outbox WHERE sent = 1 AND id <= ? AND channel = ? "
-                    "AND last_seq <= ?", (below[0], ch, last)).rowcount
+                    "AND last_seq <= ?", (below, ch, last)).rowcount
                     for ch, last in held.items() if last)
         return n
+
+    def _kept_after(self, newest: int) -> int | None:
+        """The id of the newest kept message older than the ``newest`` newest (None: there
+        are no more than that)."""
+        row = self.db.execute("SELECT id FROM outbox WHERE sent = 1 ORDER BY id DESC "
+                              "LIMIT 1 OFFSET ?", (newest,)).fetchone()
+        return None if row is None else int(row[0])
 
     def confirm(self, ids: Iterable[int]) -> None:
         """The broker confirmed these outbox messages: they are no longer

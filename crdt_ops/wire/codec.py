@@ -386,14 +386,23 @@ def subgroup_of(data: bytes) -> str:
     return route_of(data)[0]
 
 
-def route_of(data: bytes) -> tuple[str, bool]:
-    """``(sub-group, plain)`` of a message this replica produced: its sub-group as
-    :func:`subgroup_of` says, and whether it is a *plain* heartbeat, one that reports a
-    clock only (no join request, no retirement, none relayed, nothing asked for again)."""
+def _envelope(data: bytes) -> pb.Envelope | None:
+    """``data`` parsed as an envelope, unchecked (a message this replica produced), or
+    None if it does not parse."""
     env = pb.Envelope()
     try:
         env.ParseFromString(data)
     except DecodeError:
+        return None
+    return env
+
+
+def route_of(data: bytes) -> tuple[str, bool]:
+    """``(sub-group, plain)`` of a message this replica produced: its sub-group as
+    :func:`subgroup_of` says, and whether it is a *plain* heartbeat, one that reports a
+    clock only (no join request, no retirement, none relayed, nothing asked for again)."""
+    env = _envelope(data)
+    if env is None:
         return "", False
     body = env.WhichOneof("body")
     if body == "batch":
@@ -406,12 +415,8 @@ def route_of(data: bytes) -> tuple[str, bool]:
 def span_of(data: bytes) -> tuple[str, int, int] | None:
     """``(channel, first, last)``: the channel and sequence numbers of the operations of
     a message this replica produced; None for a heartbeat (or what is not a batch)."""
-    env = pb.Envelope()
-    try:
-        env.ParseFromString(data)
-    except DecodeError:
-        return None
-    if env.WhichOneof("body") != "batch":
+    env = _envelope(data)
+    if env is None or env.WhichOneof("body") != "batch":
         return None
     b = env.batch
     return _channel(b), b.first_seq, b.first_seq + len(b.ops) - 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,53 +32,50 @@ def _unsent(st: Store) -> list[bytes]:
     return [body for _, body in st.unconfirmed()]
 
 
-def test_confirmed_operations_are_kept_and_heartbeats_go(tmp_path: Path) -> None:
+def _published(st: Store, msgs: list[bytes]) -> None:
+    """``msgs`` written to the outbox, and confirmed by the broker."""
+    st.append([], msgs)
+    st.confirm([i for i, _ in st.unconfirmed()])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    st = Store(tmp_path / "s.sqlite")
+    yield st
+    st.close()
+
+
+def test_confirmed_operations_are_kept_and_heartbeats_go(store: Store) -> None:
     _, msgs = _messages(3)
-    st = Store(tmp_path / "s.sqlite")
-    try:
-        st.append([], msgs)
-        st.confirm([i for i, _ in st.unconfirmed()])
-        assert _unsent(st) == []
-        assert st.kept() == 3 and _unsent(st) == []  # (the heartbeat's row went)
-        # asked for seq 2..3: their two messages go out again, in their order
-        assert st.resend({"r": (2, 3)}) == 2
-        assert _unsent(st) == msgs[1:3]
-        assert st.resend({"r": (1, 1), "other": (1, 5)}) == 1
-        assert _unsent(st) == msgs[:3]
-    finally:
-        st.close()
+    _published(store, msgs)
+    assert _unsent(store) == []  # (confirmed, not marked yet)
+    assert store.kept() == 3 and _unsent(store) == []  # (the heartbeat's row went)
+    # asked for seq 2..3: their two messages go out again, in their order
+    assert store.resend({"r": (2, 3)}) == 2
+    assert _unsent(store) == msgs[1:3]
+    assert store.resend({"r": (1, 1), "other": (1, 5)}) == 1
+    assert _unsent(store) == msgs[:3]
 
 
-def test_what_every_peer_has_is_pruned_and_at_most_keep_are_kept(tmp_path: Path) -> None:
+def test_what_every_peer_has_is_pruned_and_at_most_keep_are_kept(store: Store) -> None:
     _, msgs = _messages(5)
-    st = Store(tmp_path / "s.sqlite")
-    try:
-        st.append([], msgs)
-        st.confirm([i for i, _ in st.unconfirmed()])
-        st.append([b"x"], [])
-        assert st.prune({"r": 5}, least=4) == 1  # all but the newest 4, though all held
-        assert st.prune({"r": 2}, least=0) == 1
-        assert st.kept() == 3
-        assert st.prune({}, keep=1) == 2  # the two oldest over the bound, held or not
-        assert st.resend({"r": (1, 5)}) == 1
-        assert _unsent(st) == [msgs[4]]
-        assert st.prune({"r": 5}, least=0) == 0  # (unconfirmed again: not pruned)
-    finally:
-        st.close()
+    _published(store, msgs)
+    assert store.prune({"r": 5}, least=4) == 1  # all but the newest 4, though all held
+    assert store.prune({"r": 2}, least=0) == 1
+    assert store.kept() == 3
+    assert store.prune({}, keep=1) == 2  # the two oldest over the bound, held or not
+    assert store.resend({"r": (1, 5)}) == 1
+    assert _unsent(store) == [msgs[4]]
+    assert store.prune({"r": 5}, least=0) == 0  # (unconfirmed again: not pruned)
 
 
-def test_unconfirmed_rows_are_found_behind_many_kept_ones(tmp_path: Path) -> None:
+def test_unconfirmed_rows_are_found_behind_many_kept_ones(store: Store) -> None:
     _, msgs = _messages(50)
-    st = Store(tmp_path / "s.sqlite")
-    try:
-        st.append([], msgs[:40])
-        st.confirm([i for i, _ in st.unconfirmed()])
-        assert _unsent(st) == []
-        st.append([], msgs[40:])
-        assert _unsent(st) == msgs[40:]
-        assert [b for _, b in st.unconfirmed(limit=3)] == msgs[40:43]
-    finally:
-        st.close()
+    _published(store, msgs[:40])
+    assert _unsent(store) == []
+    store.append([], msgs[40:])
+    assert _unsent(store) == msgs[40:]
+    assert [b for _, b in store.unconfirmed(limit=3)] == msgs[40:43]
 
 
 def test_a_store_made_before_the_outbox_kept_what_it_sent_opens_as_it_was(

@@ -873,13 +873,13 @@ class AmqpNode:
         :data:`BEAT_AT_LEAST_EVERY` ticks. That one carries its whole clock: a replica that
         missed the start of the deltas (it replayed a stream already cut by its
         retention) learns the entries that no longer grow from it. While this replica
-        asks for operations the stream did not hold (``Replica.wants``), it beats every
+        asks for operations the stream did not hold (``Replica.asking``), it beats every
         tick. Each tick also answers what peers asked of it, and drops from its kept
         messages what every peer has (:class:`~crdt_ops.transport.resend.Resender`)."""
         await asyncio.sleep(jittered(self.settings.heartbeat_s))
         await self.durable.store_ok.wait()
         self._resender.tick(time.monotonic())
-        asking = len(self.replica.wants())
+        asking = self.replica.asking
         metrics.ASKING.labels(self.replica_id, self.settings.group).set(asking)
         own = self.replica.own_seq
         self._skipped = 0 if own == self._own_at_tick else self._skipped + 1
