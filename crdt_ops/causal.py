@@ -144,23 +144,32 @@ class CausalBuffer:
         return iter(list(self._waiting.values()))
 
     def holes(self, upto: Mapping[str, int]) -> dict[str, tuple[int, int]]:
-        """Per channel of ``upto``, the first run of its sequence numbers up to
-        ``upto[channel]`` that is neither delivered nor held here (first..last, inclusive),
-        channels without one left out: what to ask a sender for, without what waits here
-        already. One pass over the batches held."""
-        firsts: dict[str, int] = {}
+        """Per channel of ``upto``, the run from its first to its last sequence number up
+        to ``upto[channel]`` that is neither delivered nor held here (first..last,
+        inclusive), channels without one left out: what to ask a sender for. Batches held
+        between two holes fall inside the run (asked for again, they are dropped as
+        duplicates), so every hole of a channel is asked for at once; what is held at
+        either end is not. One pass over the batches held."""
+        out: dict[str, tuple[int, int]] = {}
         for ch, last in upto.items():
             first = self.clock.get(ch, 0) + 1
             while (bid := self._by_start.get((ch, first))) is not None:
                 first = self._waiting[bid].last_seq + 1
             if first <= last:
-                firsts[ch] = first
-        out = {ch: (first, upto[ch]) for ch, first in firsts.items()}
+                out[ch] = (first, last)
         if out and self._waiting:
+            above: dict[str, list[tuple[int, int]]] = {}
             for b in self._waiting.values():
                 span = out.get(b.channel)
                 if span is not None and span[0] < b.first_seq <= span[1]:
-                    out[b.channel] = (span[0], b.first_seq - 1)
+                    above.setdefault(b.channel, []).append((b.first_seq, b.last_seq))
+            for ch, held in above.items():
+                first, last = out[ch]
+                for a, z in sorted(held, reverse=True):  # from the top down
+                    if z < last:
+                        break
+                    last = min(last, a - 1)
+                out[ch] = (first, last)
         return out
 
     def missing(self) -> dict[str, tuple[int, int]]:

@@ -270,9 +270,10 @@ class Replica(Fields):
 
     def wants(self) -> Spans:
         """What this replica asks to be sent again (:meth:`ask`) and has still not
-        delivered: channel -> first..last, the first run it neither delivered nor holds
-        waiting (the causal buffer is stuck there; a later run is asked once this one
-        came). Its heartbeats carry it."""
+        delivered: channel -> first..last, from the first to the last number it neither
+        delivered nor holds waiting (:meth:`CausalBuffer.holes
+        <crdt_ops.causal.CausalBuffer.holes>`: every hole of a channel at once). Its
+        heartbeats carry it."""
         if not self._wants:
             return {}
         clock = self._buffer.clock

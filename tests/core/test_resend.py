@@ -153,19 +153,24 @@ def test_a_batch_s_span() -> None:
     assert codec.span_of(b"\xff\xff") is None
 
 
-def test_a_request_names_one_hole_at_a_time_in_one_pass() -> None:
+def test_a_request_names_every_hole_of_a_channel_at_once() -> None:
     a, b = Replica("a"), Replica("b")
     sent = []
-    for _ in range(10):
+    for _ in range(12):
         b.counter("n").increment()
         sent += b.outgoing()
-    for i in (3, 4, 7, 8):  # b's 3, 4, 7 and 8 wait here
+    for i in (3, 4, 7, 8, 11, 12):  # b's 3, 4, 7, 8, 11 and 12 wait here
         a.receive(sent[i - 1])
-    a.ask({"b": (1, 10)})
-    assert a.wants() == {"b": (1, 2)}
+    a.ask({"b": (1, 12)})
+    assert a.wants() == {"b": (1, 10)}  # the holes 1..2, 5..6 and 9..10 in one range
     a.receive(sent[0])
-    a.receive(sent[1])  # 1..4 delivered; 7..8 wait
-    assert a.wants() == {"b": (5, 6)}
+    a.receive(sent[1])  # 1..4 delivered; 7..8 and 11..12 wait
+    assert a.wants() == {"b": (5, 10)}
     for m in sent[4:6]:
         a.receive(m)
     assert a.wants() == {"b": (9, 10)}
+    a.ask({"b": (9, 12)})  # what waits at the top is not asked for
+    assert a.wants() == {"b": (9, 10)}
+    for m in sent[8:10]:
+        a.receive(m)
+    assert a.wants() == {} and a.clock["b"] == 12
