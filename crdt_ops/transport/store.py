@@ -32,11 +32,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import IO, ParamSpec, TypeVar
 
 from crdt_ops.errors import CrdtError
 from crdt_ops.wire import codec
@@ -88,6 +90,12 @@ WAL_HEADER_BYTES, WAL_FRAME_HEADER_BYTES = 32, 24
 #: one, a snapshot's, grows the file as before, and SQLite writes it over from then on).
 WAL_SPARE_FRAMES = 100
 
+#: Seconds between two checks that the store's file is still the one it opened (each made
+#: by the first transaction after them: :meth:`Store._watch_file`).
+FILE_CHECK_EVERY_S = 1.0
+
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -123,16 +131,11 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = open(f"{self.path}.lock", "a+")  # noqa: SIM115 (held for the store's life)
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise StoreLocked(f"{self.path} is in use by another process; stop it first, or "
-                              "give this replica its own --store and --replica-id") from None
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self._lock = self._take_lock()
+        self.db = self._connect()
+        self._file = self._file_id()  # the file opened: (device, inode)
+        self._checked_at = time.monotonic()
+        self._replaced: str | None = None  # another file took its place: what to do
         self.db.executescript(_SCHEMA)
         have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
         if not set(_OUTBOX_COLUMNS) <= have:  # a store made before the outbox kept what it sent
@@ -142,6 +145,90 @@ class Store:
         self._confirmed: list[int] = []  # outbox rows confirmed, not marked yet
         #: every outbox row below this id is confirmed (those in _confirmed included)
         self._unsent_from = 0
+
+    def _take_lock(self) -> IO[str]:
+        lock = open(f"{self.path}.lock", "a+")  # noqa: SIM115 (held for the store's life)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StoreLocked(f"{self.path} is in use by another process; stop it first, or "
+                              "give this replica its own --store and --replica-id") from None
+        return lock
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _watch_file(self) -> None:
+        """At most every :data:`FILE_CHECK_EVERY_S`: check that the store's path still
+        names the file this store opened. SQLite in WAL mode goes on writing to a file that
+        was deleted while open (seen with SQLite 3.40), so a store deleted under a running
+        replica (a cleaner of /tmp, an operator) would lose everything at the next start,
+        acknowledged writes not yet published included. A deleted file is written again
+        from the open connection (:meth:`_write_back`). A path that names another file now
+        raises :class:`StoreUnavailable` at every transaction until it names this one again
+        or none: this store writes over no file it did not open."""
+        now = time.monotonic()
+        if self._replaced is None and now - self._checked_at < FILE_CHECK_EVERY_S:
+            return
+        self._checked_at = now
+        found = self._file_id()
+        if found == self._file:
+            self._replaced = None
+        elif found is None:
+            self._write_back()
+        else:
+            self._replaced = (f"store {self.path}: another file took its place while this "
+                              "replica ran; writes are refused until it is moved away (the "
+                              "replica then writes its own file there again) or the replica "
+                              "is stopped")
+            raise StoreUnavailable(self._replaced)
+
+    def _write_back(self) -> None:
+        """Write the open database to the store's path again, whose file was deleted
+        (SQLite's online backup copies what a connection sees, the WAL's frames included:
+        https://www.sqlite.org/backup.html), and go on with that file and a new lock file.
+        The old connection is closed before the copy takes the path: SQLite removes a
+        database's ``-wal`` and ``-shm`` files by name when it closes, and an old WAL left
+        beside the copy would be applied to it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        part = self.path.with_name(f"{self.path.name}.restoring")
+        with contextlib.closing(sqlite3.connect(part)) as copy:
+            self.db.backup(copy)
+        self.db.close()
+        for stale in (self._wal, f"{self.path}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
+        os.replace(part, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self.db = self._connect()
+        self._file = self._file_id()
+        self.wal_presized = self._presize_wal()
+        held = os.fstat(self._lock.fileno())
+        try:
+            named = os.stat(f"{self.path}.lock")
+            lost = (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino)
+        except FileNotFoundError:
+            lost = True
+        if lost:  # the lock file went too: take a new one, or another process could
+            old_lock, self._lock = self._lock, self._take_lock()
+            old_lock.close()
+        log.warning("store %s was deleted while its replica ran; written there again from "
+                    "the open database (nothing of it lost)", self.path)
 
     def _add_outbox_columns(self, have: set[str]) -> None:
         """Add the outbox's newer columns (:data:`_OUTBOX_COLUMNS`) and fill them in for the
@@ -383,6 +470,7 @@ class Store:
         return int(self.db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
 
     def _tx(self, sync: bool = True) -> _Transaction:
+        self._watch_file()
         return _Transaction(self.db, sync)
 
 
