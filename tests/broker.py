@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -108,6 +109,15 @@ def rabbitmqctl(*args: str, container: Any = None, stdin: str | None = None) -> 
     if done.returncode:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr}")
     return done.stdout
+
+
+def memory_watermark() -> list[str]:
+    """The broker's memory high watermark, as the arguments of ``rabbitmqctl
+    set_vm_memory_high_watermark`` that set it again (after a test raised the memory
+    alarm by setting it to 0: the broker then blocks every publishing connection)."""
+    out = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    absolute = re.fullmatch(r"\{absolute,(\d+)\}", out)
+    return ["absolute", absolute.group(1)] if absolute else [out]
 
 
 def restart_broker_app(downtime: float) -> None:

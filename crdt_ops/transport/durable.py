@@ -101,6 +101,9 @@ class DurableReplica:
         self._options = options
         #: set when the outbox holds rows to publish (the transport clears it)
         self.outbox_ready = asyncio.Event()
+        #: since when (:func:`time.monotonic`) the outbox has held a row its broker has not
+        #: confirmed; None: none (the transport clears it when it finds none)
+        self.outbox_since: float | None = None
         #: clear while the store fails
         self.store_ok = asyncio.Event()
         self.store_ok.set()
@@ -403,6 +406,8 @@ class DurableReplica:
             self._logged_marks.update(marks)
             (self._synced_commits if msgs or flags else self._plain_commits).inc()
         if msgs:
+            if self.outbox_since is None:
+                self.outbox_since = time.monotonic()
             self.outbox_ready.set()
         waiting, self._committed = self._committed, None
         if waiting is None or waiting.done():

@@ -48,6 +48,11 @@ RESENT = Counter("crdt_ops_resent_messages_total",
 ASKING = Gauge("crdt_ops_asking_channels",
                "Channels whose operations this replica asks their senders for, having not "
                "found them in the group's stream", ["replica", "group"])
+PUBLISH_WAIT = Gauge("crdt_ops_publish_wait_seconds",
+                     "How long the oldest of the replica's unconfirmed messages has waited "
+                     "for the broker's confirm (0 when none waits): it grows while the broker "
+                     "blocks publishers (a memory or disk alarm) or the connection is down",
+                     ["replica", "group"])
 STORE_UP = Gauge("crdt_ops_store_up",
                  "1 while the replica's store takes writes, 0 after one failed and until "
                  "a retry succeeded and memory was restored from it", ["replica", "group"])
@@ -84,7 +89,7 @@ LOOP_LAG = Histogram("crdt_ops_event_loop_lag_seconds",
 #: an alert on a counter's growth, or on a gauge, then has a series to watch.
 SHOWN_AT_START = (OPS_PUBLISHED, OPS_APPLIED, DUPLICATES, RECONNECTS, OUTBOX, GAP_REREADS,
                   GAP_STUCK, STORE_FAILURES, ECHO_SILENT, ECHO_LOSSES, PUBLISHES_UNROUTABLE,
-                  PUBLISHES_REFUSED, BUFFER_DEPTH, RESENT, ASKING)
+                  PUBLISHES_REFUSED, BUFFER_DEPTH, RESENT, ASKING, PUBLISH_WAIT)
 
 
 def announce(replica: str, group: str) -> None:

@@ -86,7 +86,7 @@ async def test_each_process_receives_and_stores_only_the_groups_it_holds(
         assert sorted(heard) == ["cells/a/containers/c1", "cells/a/containers/c1",
                                  "cells/b/containers/c2", "containers/c1"]
         assert all(h == {"broker": "ok", "membership": "ok", "delivery": "ok", "store": "ok",
-                         "echo": "ok"} for h in front.health().values())
+                         "publish": "ok", "echo": "ok"} for h in front.health().values())
         front.snapshot()  # every group's log folded into its snapshot
         assert [n.store.log_size() for n in front.nodes.values()] == [0, 0, 0]
     finally:

@@ -21,7 +21,7 @@ from crdt_ops.transport.amqp import AmqpNode
 from crdt_ops.transport.amqp.holder import Holder
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology
-from tests.broker import group_settings, rabbitmqctl, until
+from tests.broker import group_settings, memory_watermark, rabbitmqctl, until
 
 
 @pytest.fixture
@@ -186,13 +186,6 @@ asyncio.run(main())
 """
 
 
-def _watermark() -> list[str]:
-    """The broker's memory high watermark, as arguments of set_vm_memory_high_watermark."""
-    out = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
-    absolute = re.fullmatch(r"\{absolute,(\d+)\}", out)
-    return ["absolute", absolute.group(1)] if absolute else [out]
-
-
 @pytest.mark.asyncio
 async def test_what_a_blocked_connection_sent_is_routed_before_its_holder_queue_is_freed(
         settings: Settings) -> None:
@@ -213,7 +206,7 @@ async def test_what_a_blocked_connection_sent_is_routed_before_its_holder_queue_
                             holder.queue, topology.stream, "50"], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, text=True)
     conn = await aio_pika.connect(settings.amqp_url)
-    watermark = _watermark()
+    watermark = memory_watermark()
     try:
         assert old.stdout is not None and old.stdin is not None
         assert (await asyncio.to_thread(old.stdout.readline)).strip() == "holding"

@@ -162,6 +162,7 @@ class AmqpNode:
         self._auth = authenticator(settings)
         self._lag_observed = 0.0
         self._retired_said = False
+        self._publish_stalled = False  # said that the broker has not confirmed for long
         self._echo = EchoWatch(self.replica_id)
         #: Seconds our queue has been silent while our confirmed messages await their
         #: echo, once that passed the patience (see :meth:`_echo_watch`); else 0.
@@ -286,6 +287,9 @@ class AmqpNode:
           operations missing here) for longer than ``3 x gap_timeout_s``, by which
           time the gap watch should have re-read them (else who is missing what);
         * ``store``: the store takes writes (else its error);
+        * ``publish``: no message of this replica has waited longer than ``gap_timeout_s``
+          for the broker's confirm (else how many, and for how long: the broker blocks
+          publishers, a memory or disk alarm, or the connection is down);
         * ``echo``: our messages come back through our queue (else for how long not).
 
         A service that is not all ``"ok"`` cannot do its whole job: ``/healthz``
@@ -311,6 +315,7 @@ class AmqpNode:
                         f"missing here: {few(r.missing())}")
         return {"broker": broker, "membership": membership, "delivery": delivery,
                 "store": "ok" if self.store_failure is None else str(self.store_failure),
+                "publish": self._publish_health(now),
                 "echo": "ok" if not self.echo_silent_s else
                 f"none of this replica's messages came back through its "
                 f"{'stream consumer' if self._stream_in else 'queue'} for "
@@ -881,6 +886,7 @@ class AmqpNode:
         self._resender.tick(time.monotonic())
         asking = self.replica.asking
         metrics.ASKING.labels(self.replica_id, self.settings.group).set(asking)
+        self._watch_publishing(time.monotonic())
         own = self.replica.own_seq
         self._skipped = 0 if own == self._own_at_tick else self._skipped + 1
         if self._skipped in (0, BEAT_AT_LEAST_EVERY) or asking:
@@ -890,6 +896,27 @@ class AmqpNode:
             self._skipped = 0
         self._own_at_tick = own
         self._observe()
+
+    def _watch_publishing(self, now: float) -> None:
+        """Export how long the oldest unconfirmed message has waited, and say once when it
+        passes ``gap_timeout_s`` (and once when publishing goes on)."""
+        waited = self._out.waiting_s(now)
+        metrics.PUBLISH_WAIT.labels(self.replica_id, self.settings.group).set(waited)
+        stalled = waited > self.settings.gap_timeout_s
+        if stalled and not self._publish_stalled:
+            log.warning("replica %s: %s", self.replica_id, self._publish_health(now))
+        elif self._publish_stalled and not stalled:
+            log.info("replica %s: the broker confirms its messages again", self.replica_id)
+        self._publish_stalled = stalled
+
+    def _publish_health(self, now: float) -> str:
+        waited = self._out.waiting_s(now)
+        if waited <= self.settings.gap_timeout_s:
+            return "ok"
+        return (f"{self._out.unconfirmed} of its messages have waited {waited:.0f}s for the "
+                "broker's confirm: they are safe in its store and go out once the broker "
+                "takes them (is a memory or disk alarm blocking publishers? `rabbitmqctl "
+                "status` shows alarms)")
 
     def _arrived(self) -> None:
         """A batch of deliveries arrived (from our queue or the stream)."""

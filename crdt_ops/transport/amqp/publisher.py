@@ -92,6 +92,8 @@ class Publisher:
         self._failed: BaseException | None = None  # a round's failure, for run() to raise
         self.refused = 0
         self.confirmed_through = 0.0
+        #: outbox rows not confirmed yet, as the last round found them
+        self.unconfirmed = 0
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
         self._refusal_said = 0.0
         self._unroutable_said = 0.0
@@ -138,7 +140,7 @@ class Publisher:
         asked = time.monotonic()
         fetched = self.durable.store.unconfirmed(limit=limit)
         rows = [(i, body) for i, body in fetched if i not in self._flight]
-        metrics.OUTBOX.labels(self.replica_id, self.settings.group).set(len(fetched))
+        self._outbox(len(fetched), asked)
         if not rows:
             if not fetched:
                 self.confirmed_through = asked
@@ -229,9 +231,30 @@ class Publisher:
         oldest = self.durable.store.unconfirmed(limit=1)
         if not oldest:
             self.confirmed_through = max(self.confirmed_through, now)
-            metrics.OUTBOX.labels(self.replica_id, self.settings.group).set(0)
+            self._outbox(0, now)
         elif through is not None and oldest[0][0] > through:
             self.confirmed_through = max(self.confirmed_through, asked)
+
+    def _outbox(self, rows: int, now: float) -> None:
+        """The outbox held ``rows`` unconfirmed rows at ``now``."""
+        self.unconfirmed = rows
+        durable = self.durable
+        if not rows:
+            durable.outbox_since = None
+        elif durable.outbox_since is None:  # rows of an earlier process
+            durable.outbox_since = now
+        metrics.OUTBOX.labels(self.replica_id, self.settings.group).set(rows)
+
+    def waiting_s(self, now: float) -> float:
+        """Seconds the oldest of this replica's unconfirmed messages has waited for the
+        broker's confirm (``now``: :func:`time.monotonic`), 0.0 when none waits. Under a
+        steady load it stays near a round's time (what each round confirms moves it); it
+        grows while nothing is confirmed: the broker blocks publishers (a memory or disk
+        alarm: RabbitMQ's "Memory and Disk Alarms" guide), or the connection is down."""
+        since = self.durable.outbox_since
+        if since is None:
+            return 0.0
+        return max(0.0, now - max(since, self.confirmed_through))
 
     async def stop_rounds(self) -> None:
         """Cancel the rounds in flight (the node stops: what they did not get confirmed
