@@ -198,23 +198,24 @@ class Store:
         """Write the open database to the store's path again, whose file was deleted
         (SQLite's online backup copies what a connection sees, the WAL's frames included:
         https://www.sqlite.org/backup.html), and go on with that file and a new lock file.
-        The old connection is closed before the copy takes the path: SQLite removes a
-        database's ``-wal`` and ``-shm`` files by name when it closes, and an old WAL left
-        beside the copy would be applied to it."""
+        The old connection, the only hold on the deleted file, is closed once the copy
+        has the path, and before a new one opens it: SQLite removes a database's ``-wal``
+        and ``-shm`` files by name as it closes, and an old WAL left beside the copy would
+        be applied to it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         part = self.path.with_name(f"{self.path.name}.restoring")
         with contextlib.closing(sqlite3.connect(part)) as copy:
             self.db.backup(copy)
-        self.db.close()
-        for stale in (self._wal, f"{self.path}-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
         os.replace(part, self.path)
         directory = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)
         finally:
             os.close(directory)
+        self.db.close()
+        for stale in (self._wal, f"{self.path}-shm"):  # (the old ones, if it left them)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
         self.db = self._connect()
         self._file = self._file_id()
         self.wal_presized = self._presize_wal()
