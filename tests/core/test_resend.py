@@ -174,3 +174,19 @@ def test_a_request_names_every_hole_of_a_channel_at_once() -> None:
     for m in sent[8:10]:
         a.receive(m)
     assert a.wants() == {} and a.clock["b"] == 12
+
+
+def test_what_is_held_between_holes_comes_again_and_is_applied_once() -> None:
+    a, b = Replica("a"), Replica("b")
+    sent = []
+    for _ in range(12):
+        b.counter("n").increment()
+        sent += b.outgoing()
+    for i in (3, 4, 7, 8, 11, 12):
+        a.receive(sent[i - 1])
+    a.ask({"b": (1, 12)})
+    first, last = a.wants()["b"]
+    for m in sent[first - 1:last]:  # b sends the range again, 3, 4, 7 and 8 included
+        a.receive(m)
+    assert a.wants() == {} and a.buffered == 0
+    assert a.clock["b"] == 12 and a.counter("n").value == 12
