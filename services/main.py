@@ -280,11 +280,25 @@ async def run_service(role: str, service: Service) -> str:
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
                       policies=dict.fromkeys(groups, model.POLICY),
                       subgroups=model.subgroups(settings.group, groups))
+    # web answers on its port from now on: 503 and why, until it has joined (services/web.py)
+    starting = None
+    if service.web is not None:
+        assert web_module is not None
+        try:
+            starting = await web_module.serve(
+                node, service.web.host, service.web.port, web_module.starting_app(node))
+        except BaseException:
+            await stop_node(node)
+            raise
     try:
         await signals.guard(node.start(), lambda: node_state(node))
     except BaseException:
+        if starting is not None:
+            await starting.cleanup()
         await stop_node(node)
         raise
+    if starting is not None:
+        await starting.cleanup()
     # what it holds once up (the restored replicas; the modules were frozen before it
     # joined) is scanned by no full garbage collection again, nor what survives one
     # (crdt_ops/transport/collector.py)

@@ -560,8 +560,37 @@ class AccessLog(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
-async def serve(node: NodeGroups[Node], host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_app(node), access_log_class=AccessLog)
+def starting_app(node: NodeGroups[Node]) -> web.Application:
+    """What web answers while it joins its group, before :func:`make_app`'s routes serve:
+    ``GET /healthz`` 503 with each part's health (:meth:`NodeGroups.overall_health`: the
+    broker it connects to, or the membership it waits for), every other request 503 with
+    ``{"error": ...}`` saying so, and ``Retry-After``. So a page, a client or a load
+    balancer finds the port open and learns why web does not serve yet (a broker that does
+    not answer, a refused password: the log says which), instead of a refused connection."""
+
+    async def answer(request: web.Request) -> web.Response:
+        health = node.overall_health()
+        if request.path == "/healthz":
+            return web.json_response({"ok": False, "replica": node.replica_id, **health},
+                                     status=503)
+        wrong = "; ".join(f"{part}: {text}" for part, text in health.items() if text != "ok")
+        response = _error(503, f"web is starting: it serves once it has joined its group "
+                               f"({wrong or 'starting'}); retry in a few seconds")
+        response.headers["Retry-After"] = "2"
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+async def serve(node: NodeGroups[Node], host: str, port: int,
+                app: web.Application | None = None) -> web.AppRunner:
+    """Serve ``app`` (web's, :func:`make_app`, by default) on ``host``:``port`` until the
+    runner returned is cleaned up. Raises OSError if the port cannot be bound."""
+    app = make_app(node) if app is None else app
+    runner = web.AppRunner(app, access_log_class=AccessLog)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+

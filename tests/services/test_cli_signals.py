@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -18,10 +19,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -169,6 +173,46 @@ def test_services_stop_while_connecting_with_a_wrong_password(amqp_url: str,
              for n, sig in enumerate(SIGNALS) for c in SERVICES]
     wait_all(procs, lambda p: "could not join group" in p.text(), 60)
     finish(procs, lambda p: 128 + p.sig, "while connecting to the broker")
+
+
+def _get(port: int, path: str) -> tuple[int, dict[str, Any], Mapping[str, str]]:
+    """GET ``path`` of web on ``port``: status, JSON body, headers (a 503 too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers
+
+
+def _answers(port: int, path: str, status: int) -> bool:
+    with contextlib.suppress(OSError):
+        return _get(port, path)[0] == status
+    return False
+
+
+def test_web_answers_503_and_why_until_it_has_joined(amqp_url: str, track: Tracker) -> None:
+    """Before it has joined its group (here the broker refuses its password for ever) web's
+    port answers: ``/healthz`` 503 naming the broker it connects to, the API 503 with
+    ``Retry-After``; a refused connection told a client nothing. Once joined (the right
+    password), the API serves."""
+    group = track.group()
+    bad = track.start("web-refused", service_args(
+        "web", amqp_url.replace("guest:guest", "guest:wrong-password"), group, 0,
+        track.workdir), signal.SIGTERM)
+    port = int(bad.proc.args[bad.proc.args.index("--port") + 1])  # type: ignore[union-attr]
+    wait_all([bad], lambda p: "could not join group" in p.text(), 60)
+    status, body, _ = _get(port, "/healthz")
+    assert status == 503 and body["broker"].startswith("connecting to amqp://guest:***@"), body
+    status, body, headers = _get(port, "/api/containers")
+    assert status == 503 and headers["Retry-After"] == "2", (status, body)
+    assert "web is starting" in body["error"] and "connecting to" in body["error"], body
+    finish([bad], lambda p: 128 + p.sig, "while connecting to the broker")
+    good = track.start("web", service_args("web", amqp_url, group, 1, track.workdir),
+                       signal.SIGTERM)
+    port = int(good.proc.args[good.proc.args.index("--port") + 1])  # type: ignore[union-attr]
+    wait_all([good], lambda p: _answers(port, "/healthz", 200), 60)
+    assert _get(port, "/api/containers")[0] == 200
+    finish([good], lambda p: 0, "stopped (")
 
 
 def test_services_stop_while_connecting_to_a_broker_that_never_answers(
