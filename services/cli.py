@@ -318,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("web", "logic", "worker", "demo"):
         sub.choices[name].set_defaults(func=_service)
 
-    rep = sub.add_parser("replica", help="one replica over RabbitMQ (optionally with a workload)")
+    rep = sub.add_parser(
+        "replica", help="one replica over RabbitMQ (optionally with a workload)",
+        description="Run one replica of a group over RabbitMQ until stopped (SIGTERM or "
+                    "SIGINT): it joins the group, replays what it missed and applies what "
+                    "the group sends; with --ops it also writes a workload of random "
+                    "operations (what the fault tests and benchmarks drive).")
     config.add_arguments(rep)
     runner_arguments(rep)
     rep.set_defaults(func=_replica, bounds=REPLICA_BOUNDS)

@@ -106,10 +106,13 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                 action.help = (f"CRDT_OPS_CONSUME; default for {name} {own!r}"
                                + (f" (for web and logic {SERVICES_CONSUME!r})"
                                   if name == "demo" else "")
-                               + f": {config.CHOICES_HELP['consume'][1]}")
+                               + f": {config.help_of(config.Settings, 'consume')}")
             elif action.dest == "heartbeat_s" and name == "worker":
                 action.help = ("CRDT_OPS_HEARTBEAT_S; default: the worker's beat interval (a "
                                "fifth of --lease-s: 6 s under the default 30 s lease)")
+            elif action.dest == "heartbeat_s" and name == "demo":
+                action.help = ("CRDT_OPS_HEARTBEAT_S; default 1 for the demo's services "
+                               "(seconds between heartbeats: the demo's leases are short)")
         for cls, only in SERVICE_SETTINGS[name]:
             config.add_arguments(p, cls, f"{cls.__name__.removesuffix('Settings').lower()} "
                                  "settings (flag, or environment variable)"
@@ -385,7 +388,7 @@ def demo(args: argparse.Namespace, service: Service) -> int:
         print(f"crdt-ops demo: not passing {', '.join(refused_env)} to its services (each "
               "has its own)", file=sys.stderr, flush=True)
     if broker_answers(settings.amqp_url):
-        owned = settings.group == "default"
+        owned = not config.given(args, config.Settings, "group")
         group = f"demo-{uuid.uuid4().hex[:6]}" if owned else settings.group
         print(f"crdt-ops demo: using RabbitMQ at {urlparse(settings.amqp_url).hostname}, "
               f"group {group}" + (", a broker user per service" if args.secure else ""),

@@ -207,7 +207,9 @@ async def run(settings: Settings, ops: int, seed: int, rate: float, state_file: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", type=int, default=0, help="operations to issue (default 0)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the workload's random operations (default 0; with the "
+                             "replica id, the same seed issues the same operations)")
     parser.add_argument("--rate", type=float, default=0, help="operations per second (0: max)")
     parser.add_argument("--per-write", type=int, default=1,
                         help="operations per write() block (each block is made durable once)")

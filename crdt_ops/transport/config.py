@@ -26,14 +26,17 @@ AUTH_MODES = ("none", "user-id", "signature")
 MEMBERSHIP_MODES = ("open", "managed")
 CONSUME_MODES = ("queue", "stream")
 DISK_SYNC_MODES = ("first", "alongside")
-#: The ``--help`` text and choices of :class:`Settings` fields that take one of a few words.
-CHOICES_HELP: dict[str, tuple[tuple[str, ...], str]] = {
-    "consume": (CONSUME_MODES, "queue: a queue of its own, crdt.<group>.<replica id>; stream: "
-                               "the group's stream, read on from the offset it logged last"),
-    "disk_sync": (DISK_SYNC_MODES, "first: what a replica sends is on its disk before it is "
-                                   "published; alongside: published while the disk syncs "
-                                   "(writers are answered after the sync either way)"),
-}
+def option(default: Any, *, flag: str = "", env: str = "", help: str = "",
+           lowest: float | None = None, highest: float | None = None,
+           choices: tuple[str, ...] = ()) -> Any:
+    """A setting of a settings dataclass: its ``default`` (whose type is the setting's),
+    and where the loader differs from the rule (flag ``--x-y`` and variable
+    ``CRDT_OPS_X_Y`` for a field ``x_y``): ``flag``, ``env``; ``help`` for ``--help``;
+    ``lowest``/``highest`` bounds of a number and ``choices`` of a string, checked by
+    :func:`from_args`."""
+    return field(default=default, metadata={
+        "flag": flag, "env": env, "help": help, "lowest": lowest, "highest": highest,
+        "choices": choices})
 
 
 #: The Python types a :class:`Settings` field of each annotation takes.
@@ -49,40 +52,57 @@ class Settings:
     Raises TypeError for a field of the wrong type (``batch_ops="5"``), ValueError for a
     value out of its range or not one of its choices, each naming the field's flag."""
 
-    # the broker; several nodes of one cluster: URLs separated by commas (failover in turn)
-    amqp_url: str = "amqp://guest:guest@localhost:5672/"
-    group: str = "default"
-    replica_id: str = ""  # empty: the one remembered in the store, else a new unique one
-    store: str = ""  # empty: ./crdt-ops.<group>.<replica id or role>.sqlite
-    queue_type: str = "classic"
-    batch_ops: int = 500  # flush local operations after this many ...
-    batch_delay_ms: float = 5.0  # ... or this long after the first one, under load
-    prefetch: int = 1000
-    heartbeat_s: float = 2.0
-    gap_timeout_s: float = 10.0  # waiting this long for missing operations: re-read the stream
-    max_waiting_per_origin: int = 10_000  # operations of one origin the causal buffer holds
-    snapshot_every: int = 20_000  # operations applied between snapshots
-    stream_max_age: str = "7D"  # retention of crdt.<group>.log
-    stream_max_bytes: int = 0  # 0: no size bound
-    metrics_port: int = 0  # 0: no Prometheus endpoint
-    metrics_host: str = "0.0.0.0"  # the address the metrics port listens on (all by default)
-    bootstrap: str = ""  # a peer's snapshot file to start from when the store is new
-    # user-id: a message's origin replica must belong to the broker user that published it
-    auth: str = "none"
-    trusted_users: str = ""  # comma-separated broker users whose messages may name any origin
-    signing_key: str = ""  # a key file (crdt_ops.transport.signing): sign every message published
-    keyring: str = ""  # with auth signature: the principals' public keys (JSON)
-    # managed: an agreed membership (founding, admissions; crdt_ops.membership), so causal
-    # stability advances and compaction runs; open: anyone writes, nothing is compacted
-    membership: str = "managed"
-    # how the group's messages reach this replica: queue, its own queue bound to the group's
-    # exchange (crdt.<group>.<replica id>); stream, the group's stream read on from the
-    # offset after the last one it logged (crdt_ops/transport/amqp/stream_consumer.py)
-    consume: str = "queue"
-    # first: a commit of what this replica sends waits for the disk, then it is published;
-    # alongside: it is published at once and the disk syncs on a thread meanwhile (a peer may
-    # apply it before its writer is answered; crdt_ops/transport/durable.py)
-    disk_sync: str = "first"
+    amqp_url: str = option("amqp://guest:guest@localhost:5672/", help=(
+        "the broker; several nodes of one cluster: URLs separated by commas (each tried in "
+        "turn when the connection is lost)"))
+    group: str = option("default", help="the replica group: its exchange crdt.<group>, its "
+                                        "stream crdt.<group>.log")
+    replica_id: str = option("", help="this replica's id (empty: the one its store "
+                                      "remembers, else a new unique one)")
+    store: str = option("", help="its SQLite file (empty: "
+                                 "./crdt-ops.<group>.<replica id or role>.sqlite)")
+    queue_type: str = option("classic", choices=QUEUE_TYPES,
+                             help="the type of the replicas' own queues")
+    batch_ops: int = option(500, help="local operations sealed into one message at most")
+    batch_delay_ms: float = option(5.0, help=(
+        "under load, the longest a write waits for others to share its message and commit; "
+        "a lone write goes at once"))
+    prefetch: int = option(1000, help="deliveries in flight, unacknowledged, at most")
+    heartbeat_s: float = option(2.0, help=(
+        "seconds between clock reports (heartbeats): causal stability and the gap watch "
+        "advance at that pace; writes never wait for one"))
+    gap_timeout_s: float = option(10.0, help=(
+        "seconds an operation may wait for missing earlier ones before the stream is read "
+        "again (and a publish waits for its confirm before /healthz says so)"))
+    max_waiting_per_origin: int = option(10_000, help=(
+        "operations of one origin the causal buffer holds at most"))
+    snapshot_every: int = option(20_000, help="operations applied between snapshots")
+    stream_max_age: str = option("7D", help="retention of the group's stream, crdt.<group>.log "
+                                            "(a number and Y, M, D, h, m or s)")
+    stream_max_bytes: int = option(0, help="the stream's size bound in bytes (0: none)")
+    metrics_port: int = option(0, help="Prometheus /metrics and /healthz on this port (0: off)")
+    metrics_host: str = option("0.0.0.0", help="the address the metrics port listens on")
+    bootstrap: str = option("", help="a peer's snapshot file to start from when the store is "
+                                     "new (crdt-ops snapshot)")
+    auth: str = option("none", choices=AUTH_MODES, help=(
+        "how a delivered message's origin is checked: user-id, against the broker user that "
+        "published it; signature, against its Ed25519 signature and --keyring"))
+    trusted_users: str = option("", help="comma-separated broker users whose messages may name "
+                                         "any origin (--auth user-id)")
+    signing_key: str = option("", help="a key file (crdt_ops.transport.signing): sign every "
+                                       "message published")
+    keyring: str = option("", help="with --auth signature: the principals' public keys (JSON)")
+    membership: str = option("managed", choices=MEMBERSHIP_MODES, help=(
+        "managed: an agreed membership (founding, admissions), so causal stability advances "
+        "and compaction runs; open: anyone writes, nothing is compacted"))
+    consume: str = option("queue", choices=CONSUME_MODES, help=(
+        "how the group's messages reach this replica: queue, a queue of its own, "
+        "crdt.<group>.<replica id>; stream, the group's stream, read on from the offset it "
+        "logged last"))
+    disk_sync: str = option("first", choices=DISK_SYNC_MODES, help=(
+        "first: what a replica sends is on its disk before it is published; alongside: "
+        "published while the disk syncs on a thread (writers are answered after the sync "
+        "either way)"))
 
     def __post_init__(self) -> None:
         for f in fields(self):  # (a flag or a variable arrives converted: from_args, load)
@@ -176,19 +196,6 @@ def env_name(field: str) -> str:
     return "CRDT_OPS_" + field.upper()
 
 
-def option(default: Any, *, flag: str = "", env: str = "", help: str = "",
-           lowest: float | None = None, highest: float | None = None,
-           choices: tuple[str, ...] = ()) -> Any:
-    """A setting of a settings dataclass: its ``default`` (whose type is the setting's),
-    and where the loader differs from the rule (flag ``--x-y`` and variable
-    ``CRDT_OPS_X_Y`` for a field ``x_y``): ``flag``, ``env``; ``help`` for ``--help``;
-    ``lowest``/``highest`` bounds of a number and ``choices`` of a string, checked by
-    :func:`from_args`."""
-    return field(default=default, metadata={
-        "flag": flag, "env": env, "help": help, "lowest": lowest, "highest": highest,
-        "choices": choices})
-
-
 def flag_of(f: Field[Any]) -> str:
     """The command-line flag of setting ``f``."""
     return str(f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
@@ -197,6 +204,12 @@ def flag_of(f: Field[Any]) -> str:
 def env_of(f: Field[Any]) -> str:
     """The environment variable of setting ``f``."""
     return str(f.metadata.get("env") or env_name(f.name))
+
+
+def help_of(cls: type[Any], name: str) -> str:
+    """The ``--help`` text of setting ``name`` of the settings dataclass ``cls``."""
+    (f,) = (f for f in fields(cls) if f.name == name)
+    return str(f.metadata.get("help", ""))
 
 
 def _shown(value: Any) -> str:
@@ -214,9 +227,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Any] = Settings,
     for f in fields(cls):
         if only and f.name not in only:
             continue
-        known = CHOICES_HELP.get(f.name) if cls is Settings else None
-        text = f.metadata.get("help", "") or (known[1] if known else "")
-        choices = f.metadata.get("choices") or (known[0] if known else None)
+        text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices") or None
         group.add_argument(flag_of(f), dest=f.name, default=None, choices=choices,
                            help=f"{env_of(f)}; default {_shown(f.default)}"
                                 + (f": {text}" if text else ""))

@@ -85,6 +85,10 @@ CONNECT_HINTS = (
                                            "the services' users)"),
     ("CERTIFICATE_VERIFY_FAILED", " (the broker's certificate does not verify against the "
                                   "URL's cafile=, or does not name the URL's host)"),
+    ("Connect call failed", " (nothing listens there: is RabbitMQ running at that host and "
+                            "port? name the broker with --amqp-url or CRDT_OPS_AMQP_URL)"),
+    ("Name or service not known", " (the URL's host name does not resolve: name the broker "
+                                  "with --amqp-url or CRDT_OPS_AMQP_URL)"),
     # aiormq reports the broker's Connection.Close at the open without its text
     ("got <Connection.Close", " (the broker refused to open the connection: most often the "
                               "URL's virtual host does not exist or the user may not use it; "
