@@ -215,24 +215,15 @@ def _members(cls: type) -> Iterator[tuple[str, Any, type]]:
 
 
 def _dataclass_fields(cls: type) -> list[str]:
-    """A table of a settings dataclass: field, flag, environment, default, comment."""
-    comments: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(cls).split("\n"):
-        text = line.strip()
-        m = re.match(r"(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", text)
-        if text.startswith("#"):
-            pending.append(text.lstrip("# "))
-        elif m:
-            comments[m.group(1)] = " ".join([*pending, m.group(2) or ""]).strip()
-            pending = []
-        else:
-            pending = []
+    """A table of a settings dataclass: field, flag, environment, default, and its
+    ``--help`` text (crdt_ops.transport.config.option)."""
+    from crdt_ops.transport.config import env_of, flag_of
+
     rows = ["| field | flag | environment | default | note |", "| --- | --- | --- | --- | --- |"]
     for f in dataclasses.fields(cls):
-        rows.append(f"| `{f.name}` | `--{f.name.replace('_', '-')}` | "
-                    f"`CRDT_OPS_{f.name.upper()}` | `{f.default!r}` | "
-                    f"{comments.get(f.name, '')} |")
+        note = str(f.metadata.get("help", "")).replace("|", "\\|")
+        rows.append(f"| `{f.name}` | `{flag_of(f)}` | `{env_of(f)}` | `{f.default!r}` | "
+                    f"{note} |")
     return rows
 
 

@@ -300,8 +300,6 @@ async def run_service(role: str, service: Service) -> str:
             await starting.cleanup()
         await stop_node(node)
         raise
-    if starting is not None:
-        await starting.cleanup()
     # what it holds once up (the restored replicas; the modules were frozen before it
     # joined) is scanned by no full garbage collection again, nor what survives one
     # (crdt_ops/transport/collector.py)
@@ -310,7 +308,8 @@ async def run_service(role: str, service: Service) -> str:
     try:
         if service.web is not None:
             w = service.web
-            assert web_module is not None
+            assert web_module is not None and starting is not None
+            await starting.cleanup()  # (its port goes to web's own app at once)
             runner = await web_module.serve(node, w.host, w.port)
             print(f"web: http://{_url_host(w.host)}:{w.port}/", file=sys.stderr, flush=True)
             await signals.event.wait()
@@ -503,12 +502,13 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
 
 
 def _answers(url: str) -> bool:
-    """Whether an HTTP server answers at ``url`` (any status)."""
+    """Whether web serves at ``url``: any answer but its 503 of a web still joining its
+    group (services/web.py, ``starting_app``)."""
     try:
         with urllib.request.urlopen(url, timeout=1):
             return True
-    except urllib.error.HTTPError:
-        return True
+    except urllib.error.HTTPError as e:
+        return e.code != 503
     except (OSError, ValueError):
         return False
 

@@ -587,9 +587,12 @@ def starting_app(node: NodeGroups[Node]) -> web.Application:
 async def serve(node: NodeGroups[Node], host: str, port: int,
                 app: web.Application | None = None) -> web.AppRunner:
     """Serve ``app`` (web's, :func:`make_app`, by default) on ``host``:``port`` until the
-    runner returned is cleaned up. Raises OSError if the port cannot be bound."""
+    runner returned is cleaned up. Raises OSError if the port cannot be bound. Another
+    ``app`` (:func:`starting_app`) does not linger for the unread body of a request it
+    answered: its cleanup, as web goes on to serve, does not wait for a client."""
+    options: dict[str, Any] = {} if app is None else {"lingering_time": 0}
     app = make_app(node) if app is None else app
-    runner = web.AppRunner(app, access_log_class=AccessLog)
+    runner = web.AppRunner(app, access_log_class=AccessLog, **options)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -30,17 +30,16 @@ stop, retry with backoff, restore its memory from the store) is not decided here
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import IO, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from crdt_ops.errors import CrdtError
+from crdt_ops.transport.store_files import FilesRefused, StoreFiles
+from crdt_ops.transport.store_files import StoreLocked as StoreLocked  # (its users import it here)
 from crdt_ops.wire import codec
 
 _SCHEMA = """
@@ -90,18 +89,8 @@ WAL_HEADER_BYTES, WAL_FRAME_HEADER_BYTES = 32, 24
 #: one, a snapshot's, grows the file as before, and SQLite writes it over from then on).
 WAL_SPARE_FRAMES = 100
 
-#: Seconds between two checks that the store's file is still the one it opened (each made
-#: by the first transaction after them: :meth:`Store._watch_file`).
-FILE_CHECK_EVERY_S = 1.0
-
-log = logging.getLogger(__name__)
-
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-class StoreLocked(CrdtError):
-    """Another process already runs a replica on this store."""
 
 
 class StoreUnavailable(CrdtError):
@@ -131,11 +120,9 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = self._take_lock()
+        self._files = StoreFiles(self.path, self._reconnect)
         self.db = self._connect()
-        self._file = self._file_id()  # the file opened: (device, inode)
-        self._checked_at = time.monotonic()
-        self._replaced: str | None = None  # another file took its place: what to do
+        self._files.opened()
         self.db.executescript(_SCHEMA)
         have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
         if not set(_OUTBOX_COLUMNS) <= have:  # a store made before the outbox kept what it sent
@@ -146,90 +133,29 @@ class Store:
         #: every outbox row below this id is confirmed (those in _confirmed included)
         self._unsent_from = 0
 
-    def _take_lock(self) -> IO[str]:
-        lock = open(f"{self.path}.lock", "a+")  # noqa: SIM115 (held for the store's life)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise StoreLocked(f"{self.path} is in use by another process; stop it first, or "
-                              "give this replica its own --store and --replica-id") from None
-        return lock
-
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # its WAL open, named
         return db
 
-    def _file_id(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return st.st_dev, st.st_ino
-
-    def _watch_file(self) -> None:
-        """At most every :data:`FILE_CHECK_EVERY_S`: check that the store's path still
-        names the file this store opened. SQLite in WAL mode goes on writing to a file that
-        was deleted while open (seen with SQLite 3.40), so a store deleted under a running
-        replica (a cleaner of /tmp, an operator) would lose everything at the next start,
-        acknowledged writes not yet published included. A deleted file is written again
-        from the open connection (:meth:`_write_back`). A path that names another file now
-        raises :class:`StoreUnavailable` at every transaction until it names this one again
-        or none: this store writes over no file it did not open."""
-        now = time.monotonic()
-        if self._replaced is None and now - self._checked_at < FILE_CHECK_EVERY_S:
-            return
-        self._checked_at = now
-        found = self._file_id()
-        if found == self._file:
-            self._replaced = None
-        elif found is None:
-            self._write_back()
-        else:
-            self._replaced = (f"store {self.path}: another file took its place while this "
-                              "replica ran; writes are refused until it is moved away (the "
-                              "replica then writes its own file there again) or the replica "
-                              "is stopped")
-            raise StoreUnavailable(self._replaced)
-
-    def _write_back(self) -> None:
-        """Write the open database to the store's path again, whose file was deleted
-        (SQLite's online backup copies what a connection sees, the WAL's frames included:
-        https://www.sqlite.org/backup.html), and go on with that file and a new lock file.
-        The old connection, the only hold on the deleted file, is closed once the copy
-        has the path, and before a new one opens it: SQLite removes a database's ``-wal``
-        and ``-shm`` files by name as it closes, and an old WAL left beside the copy would
-        be applied to it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        part = self.path.with_name(f"{self.path.name}.restoring")
-        with contextlib.closing(sqlite3.connect(part)) as copy:
-            self.db.backup(copy)
-        os.replace(part, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        self.db.close()
-        for stale in (self._wal, f"{self.path}-shm"):  # (the old ones, if it left them)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(stale)
-        self.db = self._connect()
-        self._file = self._file_id()
+    def _reconnect(self) -> sqlite3.Connection:
+        """A connection to the store's file as :meth:`_connect` makes it, its WAL written
+        to its full size (:meth:`_presize_wal`): for :class:`StoreFiles` when it mends."""
+        db = self._connect()
+        self.db = db  # (for _presize_wal, which asks it the page size)
         self.wal_presized = self._presize_wal()
-        held = os.fstat(self._lock.fileno())
+        return db
+
+    def _watch_files(self) -> None:
+        """Go on with the connection :meth:`StoreFiles.check` gives, which looks after the
+        store's files (crdt_ops/transport/store_files.py); its refusals and failures raise
+        :class:`StoreUnavailable`."""
         try:
-            named = os.stat(f"{self.path}.lock")
-            lost = (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino)
-        except FileNotFoundError:
-            lost = True
-        if lost:  # the lock file went too: take a new one, or another process could
-            old_lock, self._lock = self._lock, self._take_lock()
-            old_lock.close()
-        log.warning("store %s was deleted while its replica ran; written there again from "
-                    "the open database (nothing of it lost)", self.path)
+            self.db = self._files.check(self.db)
+        except FilesRefused as e:
+            raise StoreUnavailable(str(e)) from None
 
     def _add_outbox_columns(self, have: set[str]) -> None:
         """Add the outbox's newer columns (:data:`_OUTBOX_COLUMNS`) and fill them in for the
@@ -247,8 +173,7 @@ class Store:
         with contextlib.suppress(StoreUnavailable):  # else they are published again
             self._mark_confirmed()
         self.db.close()
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        self._files.release()
 
     # ------------------------------------------------------------ meta
 
@@ -259,6 +184,7 @@ class Store:
 
     @_guarded
     def put(self, key: str, value: bytes) -> None:
+        self._watch_files()
         self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
     # ------------------------------------------------------------ log and outbox
@@ -358,14 +284,19 @@ class Store:
             os.close(fd)
 
     @_guarded
-    def unconfirmed(self, limit: int = 10_000) -> list[tuple[int, bytes]]:
-        """Outbox messages not yet confirmed by the broker, oldest first, at most ``limit``."""
+    def unconfirmed(self, limit: int = 10_000, after: int = 0) -> list[tuple[int, bytes]]:
+        """Outbox messages not yet confirmed by the broker, oldest first, at most ``limit``;
+        ``after``: only those whose outbox id is larger (what a publisher has in flight is
+        not fetched again)."""
         pending = set(self._confirmed)
+        skipping = after >= self._unsent_from  # (then what it finds says nothing below)
         rows = self.db.execute(
             "SELECT id, data FROM outbox WHERE id >= ? AND sent = 0 ORDER BY id LIMIT ?",
-            (self._unsent_from, limit + len(pending))).fetchall()
+            (max(self._unsent_from, after + 1), limit + len(pending))).fetchall()
         out = [(int(i), bytes(d)) for i, d in rows if i not in pending][:limit]
-        if out:
+        if skipping:
+            pass
+        elif out:
             self._unsent_from = out[0][0]  # (what is below was all confirmed)
         elif len(rows) < limit + len(pending):  # (all confirmed: the next come after them)
             top = self.db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
@@ -382,13 +313,19 @@ class Store:
     @_guarded
     def resend(self, spans: Mapping[str, tuple[int, int]]) -> int:
         """Make the kept messages holding operations of ``spans`` (channel -> first..last)
-        unconfirmed again, so that the publisher sends them again; returns how many. In a
-        transaction without a disk sync (a crash that undoes it leaves them kept, and the
-        peer asks again)."""
+        unconfirmed again, so that the publisher sends them again; returns how many. A
+        channel whose ``first`` operation the outbox no longer holds is left out: a peer
+        stuck there can use none of the later ones (causal order), and sending them to the
+        whole group at each request would be a flood for nothing. In a transaction without
+        a disk sync (a crash that undoes it leaves them kept, and the peer asks again)."""
         self._mark_confirmed()
         n = 0
         with self._tx(sync=False):
             for ch, (first, last) in spans.items():
+                if self.db.execute("SELECT 1 FROM outbox WHERE channel = ? AND first_seq <= ? "
+                                   "AND last_seq >= ? LIMIT 1", (ch, first, first)).fetchone() \
+                        is None:
+                    continue
                 n += self.db.execute(
                     "UPDATE outbox SET sent = 0 WHERE sent = 1 AND channel = ? "
                     "AND last_seq >= ? AND first_seq <= ?", (ch, first, last)).rowcount
@@ -471,7 +408,7 @@ class Store:
         return int(self.db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
 
     def _tx(self, sync: bool = True) -> _Transaction:
-        self._watch_file()
+        self._watch_files()
         return _Transaction(self.db, sync)
 
 

@@ -1,6 +1,6 @@
-"""A store whose file is deleted while it is open writes it again, and one whose path
-names another file refuses writes (crdt_ops/transport/store.py, ``Store._watch_file``):
-real SQLite files, deleted and replaced on the real filesystem."""
+"""A store whose files are deleted while it is open mends them, and one whose database's name
+names another file refuses writes (crdt_ops/transport/store_files.py): real SQLite files,
+deleted and replaced on the real filesystem, and a process killed after it."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from crdt_ops.replica import Replica
-from crdt_ops.transport import store as store_module
+from crdt_ops.transport import store_files
 from crdt_ops.transport.store import Store, StoreLocked, StoreUnavailable
 
 
 @pytest.fixture(autouse=True)
 def check_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_module, "FILE_CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(store_files, "CHECK_EVERY_S", 0.0)
 
 
 @pytest.fixture
@@ -80,10 +80,16 @@ def test_another_file_in_its_place_is_not_written_over(
     with sqlite3.connect(path) as other:  # someone else's file
         other.execute("CREATE TABLE theirs (x)")
     for _ in range(2):  # refused at every transaction, nothing written
-        with pytest.raises(StoreUnavailable, match="another file took its place"):
+        with pytest.raises(StoreUnavailable, match="another file took its name"):
             s.append([], messages[2:])
-    with sqlite3.connect(path) as other:
+    with pytest.raises(StoreUnavailable):  # (a key's write too: the store's probe)
+        s.put("k", b"v")
+    other = sqlite3.connect(path)  # opened while the store runs: its WAL is not applied
+    try:
         assert [r[0] for r in other.execute("SELECT name FROM sqlite_master")] == ["theirs"]
+        assert other.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        other.close()
     path.rename(tmp_path / "theirs.sqlite")  # moved away: the store writes its own back
     s.append([], messages[2:])
     s.close()
@@ -92,3 +98,36 @@ def test_another_file_in_its_place_is_not_written_over(
         assert again.load()[1] == messages
     finally:
         again.close()
+
+
+def test_a_deleted_wal_is_checkpointed_and_begun_again(
+        tmp_path: Path, messages: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
+    """The WAL alone deleted: its frames (acknowledged writes) would be lost with the
+    process; they are moved into the database file, and a new WAL begun."""
+    path = tmp_path / "a.sqlite"
+    s = Store(path)
+    s.append([], messages[:4])
+    Path(f"{path}-wal").unlink()
+    s.append([], messages[4:])
+    assert "its WAL file was deleted" in caplog.text
+    s.sync()  # the WAL by its name again (what --disk-sync alongside syncs)
+    copy = tmp_path / "copy.sqlite"  # what a new process would find on the disk now
+    for suffix in ("", "-wal"):
+        shutil.copyfile(f"{path}{suffix}", f"{copy}{suffix}")
+    s.close()
+    again = Store(copy)
+    try:
+        assert again.load()[1] == messages
+    finally:
+        again.close()
+
+
+def test_a_deleted_lock_file_is_made_and_locked_again(
+        tmp_path: Path, messages: list[bytes]) -> None:
+    path = tmp_path / "a.sqlite"
+    s = Store(path)
+    Path(f"{path}.lock").unlink()
+    s.append([], messages[:1])
+    with pytest.raises(StoreLocked):  # a second process is refused again
+        Store(path)
+    s.close()

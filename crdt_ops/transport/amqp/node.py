@@ -911,8 +911,8 @@ class AmqpNode:
 
     def _publish_health(self, now: float) -> str:
         waited = self._out.waiting_s(now)
-        if waited <= self.settings.gap_timeout_s:
-            return "ok"
+        if waited <= self.settings.gap_timeout_s or self.store_failure is not None:
+            return "ok"  # (while the store fails, its part says why nothing goes out)
         return (f"{self._out.unconfirmed} of its messages have waited {waited:.0f}s for the "
                 "broker's confirm: they are safe in its store and go out once the broker "
                 "takes them (is a memory or disk alarm blocking publishers? `rabbitmqctl "

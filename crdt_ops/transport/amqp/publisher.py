@@ -94,6 +94,7 @@ class Publisher:
         self.confirmed_through = 0.0
         #: outbox rows not confirmed yet, as the last round found them
         self.unconfirmed = 0
+        self._confirmed_at = 0.0  # when the broker last confirmed a message (monotonic s)
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
         self._refusal_said = 0.0
         self._unroutable_said = 0.0
@@ -138,13 +139,16 @@ class Publisher:
                 return
         limit = max(self.settings.prefetch, 100)
         asked = time.monotonic()
-        fetched = self.durable.store.unconfirmed(limit=limit)
+        flying = max(self._flight, default=0)
+        fetched = self.durable.store.unconfirmed(limit=limit, after=flying)
         rows = [(i, body) for i, body in fetched if i not in self._flight]
-        self._outbox(len(fetched), asked)
+        self._outbox(len(fetched) + len(self._flight), asked)
         if not rows:
-            if not fetched:
+            if not fetched and not self._flight:
                 self.confirmed_through = asked
             return
+        if len(fetched) >= limit:  # a backlog: its next rows go in the next round at once
+            ready.set()
         # something to publish: the stream must take writes first (at once but after a
         # (re)connection; a replica with nothing to send does not probe)
         try:
@@ -194,6 +198,7 @@ class Publisher:
             if refused:
                 done += await self._refused(refused)
             if done:
+                self._confirmed_at = time.monotonic()
                 self.durable.store.confirm(done)
                 self.published += len(done)
                 metrics.OPS_PUBLISHED.labels(self.replica_id, self.settings.group).inc(len(done))
@@ -246,15 +251,16 @@ class Publisher:
         metrics.OUTBOX.labels(self.replica_id, self.settings.group).set(rows)
 
     def waiting_s(self, now: float) -> float:
-        """Seconds the oldest of this replica's unconfirmed messages has waited for the
-        broker's confirm (``now``: :func:`time.monotonic`), 0.0 when none waits. Under a
-        steady load it stays near a round's time (what each round confirms moves it); it
-        grows while nothing is confirmed: the broker blocks publishers (a memory or disk
-        alarm: RabbitMQ's "Memory and Disk Alarms" guide), or the connection is down."""
+        """Seconds this replica's unconfirmed messages have waited without the broker
+        confirming any (``now``: :func:`time.monotonic`): since the oldest was committed, or
+        since the last confirm if later; 0.0 when none waits. Under a load, or while a
+        backlog drains, it stays near a round's time; it grows while nothing is confirmed:
+        the broker blocks publishers (a memory or disk alarm: RabbitMQ's "Memory and Disk
+        Alarms" guide), or the connection is down."""
         since = self.durable.outbox_since
         if since is None:
             return 0.0
-        return max(0.0, now - max(since, self.confirmed_through))
+        return max(0.0, now - max(since, self._confirmed_at))
 
     async def stop_rounds(self) -> None:
         """Cancel the rounds in flight (the node stops: what they did not get confirmed
