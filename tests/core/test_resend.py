@@ -153,15 +153,22 @@ def test_a_batch_s_span() -> None:
     assert codec.span_of(b"\xff\xff") is None
 
 
-def test_a_request_names_every_hole_of_a_channel_at_once() -> None:
+def _holes() -> tuple[Replica, list[bytes]]:
+    """Replica a holding b's operations 3, 4, 7, 8, 11 and 12 of 12 (waiting for the rest),
+    and asking for 1..12; b's 12 messages."""
     a, b = Replica("a"), Replica("b")
     sent = []
     for _ in range(12):
         b.counter("n").increment()
         sent += b.outgoing()
-    for i in (3, 4, 7, 8, 11, 12):  # b's 3, 4, 7, 8, 11 and 12 wait here
+    for i in (3, 4, 7, 8, 11, 12):
         a.receive(sent[i - 1])
     a.ask({"b": (1, 12)})
+    return a, sent
+
+
+def test_a_request_names_every_hole_of_a_channel_at_once() -> None:
+    a, sent = _holes()
     assert a.wants() == {"b": (1, 10)}  # the holes 1..2, 5..6 and 9..10 in one range
     a.receive(sent[0])
     a.receive(sent[1])  # 1..4 delivered; 7..8 and 11..12 wait
@@ -177,14 +184,7 @@ def test_a_request_names_every_hole_of_a_channel_at_once() -> None:
 
 
 def test_what_is_held_between_holes_comes_again_and_is_applied_once() -> None:
-    a, b = Replica("a"), Replica("b")
-    sent = []
-    for _ in range(12):
-        b.counter("n").increment()
-        sent += b.outgoing()
-    for i in (3, 4, 7, 8, 11, 12):
-        a.receive(sent[i - 1])
-    a.ask({"b": (1, 12)})
+    a, sent = _holes()
     first, last = a.wants()["b"]
     for m in sent[first - 1:last]:  # b sends the range again, 3, 4, 7 and 8 included
         a.receive(m)
