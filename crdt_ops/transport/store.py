@@ -289,7 +289,8 @@ class Store:
         ``after``: only those whose outbox id is larger (what a publisher has in flight is
         not fetched again)."""
         pending = set(self._confirmed)
-        skipping = after >= self._unsent_from  # (then what it finds says nothing below)
+        # skipping rows (unconfirmed ones in flight): what it finds says nothing below
+        skipping = after >= max(self._unsent_from, 1)
         rows = self.db.execute(
             "SELECT id, data FROM outbox WHERE id >= ? AND sent = 0 ORDER BY id LIMIT ?",
             (max(self._unsent_from, after + 1), limit + len(pending))).fetchall()

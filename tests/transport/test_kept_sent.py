@@ -78,6 +78,12 @@ def test_unconfirmed_rows_are_found_behind_many_kept_ones(store: Store) -> None:
     store.append([], msgs[40:])
     assert _unsent(store) == msgs[40:]
     assert [b for _, b in store.unconfirmed(limit=3)] == msgs[40:43]
+    # a fetch skips the kept rows below the first unconfirmed one from then on (the
+    # query's floor): a publish does not read every kept row again
+    assert store._unsent_from == store.unconfirmed()[0][0] > 40
+    first = store.unconfirmed()[0][0]
+    assert [b for _, b in store.unconfirmed(after=first + 1)] == msgs[42:]  # (in flight: 40, 41)
+    assert store._unsent_from == first  # (rows skipped: the floor stays)
 
 
 def test_a_store_made_before_the_outbox_kept_what_it_sent_opens_as_it_was(
