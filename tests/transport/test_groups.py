@@ -194,12 +194,34 @@ async def _writes_through(platform: Platform, fault: Callable[[], Awaitable[None
         writing = asyncio.create_task(write())
         await asyncio.sleep(0.3)
         await fault()
-        await writing
+        try:
+            await asyncio.wait_for(asyncio.shield(writing), 120)
+        except TimeoutError:  # seen hanging (2026-12-07): say where every task waits
+            raise AssertionError(f"a write hung after {what}:\n{_tasks()}") from None
         await until(lambda: peers[0].groups.get("cells/a/n") == n
                     and peers[1].groups.get("containers/n") == n, 90,
                     f"every write of both groups at their peers after {what}")
     finally:
-        await asyncio.gather(*(p.stop() for p in (front, *peers)))
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.stop() for p in (front, *peers))), 60)
+        except TimeoutError:
+            raise AssertionError(f"a stop hung after {what}:\n{_tasks()}") from None
+
+
+def _tasks() -> str:
+    """Where each task of the running loop waits: the chain of coroutines it awaits
+    through, innermost last, for a test's message."""
+    out = []
+    for task in asyncio.all_tasks():
+        chain, coro = [], task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:"
+                             f"{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        out.append(f"{task.get_name()}: " + " -> ".join(chain))
+    return "\n".join(sorted(out))
 
 
 @pytest.mark.asyncio
