@@ -900,11 +900,12 @@ class AmqpNode:
     def _watch_publishing(self, now: float) -> None:
         """Export how long the oldest unconfirmed message has waited, and say once when it
         passes ``gap_timeout_s`` (and once when publishing goes on)."""
-        waited = self._out.waiting_s(now)
-        metrics.PUBLISH_WAIT.labels(self.replica_id, self.settings.group).set(waited)
-        stalled = waited > self.settings.gap_timeout_s
+        metrics.PUBLISH_WAIT.labels(self.replica_id, self.settings.group).set(
+            self._out.waiting_s(now))
+        said = self._publish_health(now)
+        stalled = said != "ok"
         if stalled and not self._publish_stalled:
-            log.warning("replica %s: %s", self.replica_id, self._publish_health(now))
+            log.warning("replica %s: %s", self.replica_id, said)
         elif self._publish_stalled and not stalled:
             log.info("replica %s: the broker confirms its messages again", self.replica_id)
         self._publish_stalled = stalled

@@ -140,11 +140,11 @@ class Publisher:
         limit = max(self.settings.prefetch, 100)
         asked = time.monotonic()
         flying = max(self._flight, default=0)
-        fetched = self.durable.store.unconfirmed(limit=limit, after=flying)
-        rows = [(i, body) for i, body in fetched if i not in self._flight]
+        # (after the ids in flight: none of them is fetched again)
+        rows = fetched = self.durable.store.unconfirmed(limit=limit, after=flying)
         self._outbox(len(fetched) + len(self._flight), asked)
         if not rows:
-            if not fetched and not self._flight:
+            if not self._flight:
                 self.confirmed_through = asked
             return
         if len(fetched) >= limit:  # a backlog: its next rows go in the next round at once
