@@ -19,16 +19,26 @@ cut off from the broker, or its beats were not confirmed) everything here is
 stopped, by the worker and by its guard (services/guard.py, which does it even if
 the worker is paused or dead), and the worker starts a new epoch: logic then
 places the containers anew.
+
+The runtime's calls (listing, starting, stopping) run on a thread of the worker's own, one
+at a time, in the order the reconcile makes them: a ``docker run`` that pulls an image
+(up to its minute), or the stop of a container that ignores SIGTERM (its grace, then
+SIGKILL), holds up other containers' starts and stops, not the event loop, and so not the
+beats that keep the lease, the deliveries or the reports. A container is reported off once
+its stop returned; a start whose lease stopped allowing it while earlier calls ran is not
+made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node
@@ -40,6 +50,7 @@ from services.index import NodeRecords, full_passes
 from services.runtime import Runtime, RuntimeError_
 
 log = logging.getLogger("services.worker")
+T = TypeVar("T")
 
 #: Seconds between two rebuilds of the node's records from every record (a safety net).
 #: Each rebuild, and the first at start, runs in slices (services/index.py ``full_passes``).
@@ -109,7 +120,13 @@ class Worker:
         self.use_guard = use_guard
         self._wake = asyncio.Event()
         self._retry_at: dict[str, tuple[float, float]] = {}  # cid -> (when, backoff)
-        self._beat: tuple[float, float] | None = None  # (written at, committed at)
+        #: the beat written last, its confirm awaited: (written at, committed at, epoch)
+        self._beat: tuple[float, float, str] | None = None
+        self._last_beat = 0.0  # when the last beat was written (time.monotonic())
+        self._beat_now = asyncio.Event()  # a new epoch: beat at once
+        #: the thread the runtime's calls run on, one at a time (:meth:`_call`)
+        self._calls = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"runtime-{name}")
         #: the placements on this node, kept from change events (services/index.py)
         self.assigned = NodeRecords(name, prefix=model.placements(self.cell, name))
         #: the instances running here as last seen: container id -> pid (a full reconcile
@@ -165,31 +182,53 @@ class Worker:
             if rec.register(field).value != value:
                 rec.register(field).set(value)
 
-    def keep_lease(self, now: float) -> None:
-        """Renew the lease from a confirmed beat; when it ran out, stop everything and
-        start a new epoch."""
+    def renew_lease(self, now: float) -> None:
+        """Renew the lease from the beat written last once its confirm is seen (the rule:
+        services/lease.py); a beat of an earlier epoch renews nothing. Wakes the reconcile
+        when containers may run from now on that could not before."""
         beats = self.node.node_of(model.node_key(self.cell, self.name))  # its beats' group
-        if self._beat is not None and beats.confirmed_through() >= self._beat[1]:
-            written, _ = self._beat
-            self._beat = None
-            if self.lease.renew(written, now):
-                lease.save(self.lease_file, self.lease, os.getpid())
-        if self.lease.lapsed(now):
-            stopped = self._stop_all()
-            old = self.lease.epoch
-            self.lease = lease.Lease(lease.new_epoch(), self.lease.duration_s)
+        if self._beat is None or beats.confirmed_through() < self._beat[1]:
+            return
+        written, _, epoch = self._beat
+        self._beat = None
+        could = self.lease.may_run(now)
+        if epoch == self.lease.epoch and self.lease.renew(written, now):
             lease.save(self.lease_file, self.lease, os.getpid())
-            log.warning("%s: the lease of epoch %s ran out (no heartbeat confirmed in time "
-                        "for %.0fs): its containers were stopped (%d more now); new epoch %s",
-                        self.name, old, self.lease.duration_s, stopped, self.lease.epoch)
+            if not could and self.lease.may_run(now):
+                self._wake.set()
 
-    def _stop_all(self) -> int:
-        running = self.runtime.running()
-        self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
+    async def end_lapsed_epoch(self, now: float) -> None:
+        """When the lease ran out: stop everything that runs here, then start a new epoch
+        (beaten at once: :meth:`_beating` writes no beat for the lapsed one)."""
+        if not self.lease.lapsed(now):
+            return
+        stopped = await self._stop_all()
+        old = self.lease.epoch
+        self.lease = lease.Lease(lease.new_epoch(), self.lease.duration_s)
+        lease.save(self.lease_file, self.lease, os.getpid())
+        self._last_beat, self._beat = 0.0, None
+        self._beat_now.set()
+        log.warning("%s: the lease of epoch %s ran out (no heartbeat confirmed in time "
+                    "for %.0fs): its containers were stopped (%d more now); new epoch %s",
+                    self.name, old, self.lease.duration_s, stopped, self.lease.epoch)
+
+    async def _call(self, call: Callable[[], T]) -> T:
+        """Run ``call`` (of the runtime) on this worker's runtime thread: one call at a
+        time, in the order they are made, the event loop free meanwhile (for the beats
+        that keep the lease, the deliveries, the reports)."""
+        return await asyncio.get_running_loop().run_in_executor(self._calls, call)
+
+    async def _stop_all(self) -> int:
+        def stop_everything() -> int:
+            running = self.runtime.running()
+            self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
+            return len(running)
+        stopped = await self._call(stop_everything)
         self._running.clear()
-        return len(running)
+        return stopped
 
-    def reconcile(self, now: float | None = None, only: Iterable[str] | None = None) -> int:
+    async def reconcile(self, now: float | None = None,
+                        only: Iterable[str] | None = None) -> int:
         """Make the runtime match the records; write what changed. Returns the writes.
 
         ``only=None`` (a *full* reconcile, the safety net run every ``reconcile_s``): every
@@ -198,20 +237,24 @@ class Worker:
         container ids (the records that changed, the retries that are due), asking the
         runtime about each one (``Runtime.pid``): what a change costs does not grow with
         the containers this node runs (issue 13). Both apply the same rule to each
-        container (:meth:`_settle_one`); after incremental reconciles of every change, a
-        full one finds nothing to do (tests/services/test_worker.py). ``now``:
-        ``time.monotonic()`` seconds (the lease and the retries' backoff)."""
+        container (:meth:`_run_one`, :meth:`_report_off`); after incremental reconciles of
+        every change, a full one finds nothing to do (tests/services/test_worker.py).
+        ``now``: ``time.monotonic()`` seconds (the lease and the retries' backoff).
+
+        The runtime's calls run off the event loop (:meth:`_call`), stops before starts;
+        a container is reported off once its stop returned, and a start made after its
+        lease stopped allowing it (while earlier calls ran) is not made."""
         now = time.monotonic() if now is None else now
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
             self.assigned.load(self.node.groups)  # them in one go
         if only is None:
             self._dirty.clear()
-            self._running = self.runtime.running()
+            self._running = await self._call(self.runtime.running)
             cids = sorted(self._running.keys() | self.assigned.records.keys())
         else:
             cids = sorted(set(only))
-            for cid in cids:
-                pid = self.runtime.pid(cid)
+            found = await self._call(lambda: {cid: self.runtime.pid(cid) for cid in cids})
+            for cid, pid in found.items():
                 if pid is None:
                     self._running.pop(cid, None)
                 else:
@@ -230,17 +273,19 @@ class Worker:
                 stopping.append(cid)
                 del self._running[cid]
         if stopping:
-            self.runtime.stop_all(stopping, grace_s=self.lease.stop_wait_s)
+            grace_s = self.lease.stop_wait_s
+            await self._call(lambda: self.runtime.stop_all(stopping, grace_s=grace_s))
         kept = {c.id for c in mine}
-        writes = sum(self._settle_one(cid, None) for cid in cids
+        writes = sum(self._report_off(cid) for cid in cids
                      if cid in self.assigned.records and cid not in kept)
-        writes += sum(self._settle_one(c.id, c, now) for c in mine)
+        for c in mine:
+            writes += await self._run_one(c, now)
         rec = model.node(self.node.groups, self.cell, self.name)
         if rec.register("running").value != len(self._running):
             rec.register("running").set(len(self._running))
         return writes
 
-    def reconcile_changes(self, now: float | None = None) -> int:
+    async def reconcile_changes(self, now: float | None = None) -> int:
         """Reconcile the containers whose records changed since the last reconcile, and
         those whose retry after a failed start is due (an incremental :meth:`reconcile`).
         Returns the writes."""
@@ -249,21 +294,22 @@ class Worker:
         if not (self._dirty or due):
             return 0
         dirty, self._dirty = self._dirty | due, set()
-        return self.reconcile(now, only=dirty)
+        return await self.reconcile(now, only=dirty)
 
-    def _settle_one(self, cid: str, should_run: model.Container | None,
-                    now: float = 0.0) -> int:
-        """Bring one container to its rule: ``should_run`` None (it must not run here, and
-        was stopped): report it off; else run its ``restart_generation`` (start it, after
-        its backoff if it failed before: ``now`` in ``time.monotonic()`` seconds) and report
-        it on. Returns the writes (0 or 1)."""
-        if should_run is None:
-            c = self.assigned.records[cid]
-            if c.power_actual != "off" or c.pid is not None:
-                self._report(cid, power_actual="off", pid=None)
-                return 1
-            return 0
-        c = should_run
+    def _report_off(self, cid: str) -> int:
+        """Report container ``cid`` off (it must not run here, and was stopped) unless it
+        is. Returns the writes (0 or 1)."""
+        c = self.assigned.records[cid]
+        if c.power_actual != "off" or c.pid is not None:
+            self._report(cid, power_actual="off", pid=None)
+            return 1
+        return 0
+
+    async def _run_one(self, c: model.Container, now: float) -> int:
+        """Run container ``c``'s ``restart_generation`` here (start it, after its backoff if
+        it failed before: ``now`` in ``time.monotonic()`` seconds) and report it on.
+        Returns the writes (0 or 1)."""
+        cid = c.id
         pid = self._running.get(cid)
         if pid is not None and c.started_generation == c.restart_generation:
             if c.power_actual != "on" or c.pid != pid:
@@ -275,17 +321,26 @@ class Worker:
             return 0
         if self.use_guard:
             guard.ensure(self.state_dir, self.runtime)
+        held = self.lease
+
+        def start() -> int | None:  # on the runtime thread, after the calls made before it
+            if self.lease is not held or not held.may_run(time.monotonic()):
+                return None  # its lease stopped allowing it meanwhile: not started
+            return self.runtime.start(cid)
         try:
-            pid = self.runtime.start(cid)
+            started = await self._call(start)
         except RuntimeError_ as e:
             log.warning("%s: starting %s failed: %s", self.name, cid, e)
             self._retry_at[cid] = (now + backoff, min(backoff * 2, 30.0))
             self._report(cid, power_actual="failed", last_error=str(e))
             return 1
+        if started is None:
+            self._dirty.add(cid)  # for the next reconcile, under the lease it finds
+            return 0
         self._retry_at.pop(cid, None)
-        self._running[cid] = pid
-        log.info("%s: started %s as pid %d", self.name, cid, pid)
-        self._report(cid, power_actual="on", pid=pid, last_error=None,
+        self._running[cid] = started
+        log.info("%s: started %s as pid %d", self.name, cid, started)
+        self._report(cid, power_actual="on", pid=started, last_error=None,
                      started_generation=c.restart_generation)
         return 1
 
@@ -296,57 +351,101 @@ class Worker:
                 rec.register(field).set(value)  # type: ignore[arg-type]
 
     async def run(self) -> None:
+        """Beat and keep the lease (:meth:`_beating`), and reconcile
+        (:meth:`_reconciling`), until cancelled or either fails (raised here)."""
         # this node's records from every record, in slices: now (the worker beats meanwhile,
         # but reconciles only once they are loaded: it would stop what it missed), then
         # every FULL_PASS_S
-        passes = asyncio.create_task(full_passes(
+        tasks = [asyncio.create_task(full_passes(
             self.assigned, self.node.groups, every_s=FULL_PASS_S, wake=self._wake,
-            name=f"{self.name}'s records"))
-        last_beat = last_full = 0.0
-        allowed: tuple[str, bool] | None = None  # the lease's (epoch, may run) last time
+            name=f"{self.name}'s records")),
+            asyncio.create_task(self._beating(), name=f"{self.name} beating"),
+            asyncio.create_task(self._reconciling(), name=f"{self.name} reconciling")]
         try:
-            while True:
-                try:
-                    self.keep_lease(time.monotonic())
-                    if time.monotonic() - last_beat >= self.heartbeat_s:
-                        if self.use_guard:
-                            guard.ensure(self.state_dir, self.runtime)
-                        written = last_beat = time.monotonic()
-                        self.beat()
-                        await self.node.flush()
-                        self._beat = (written, time.monotonic())
-                    self._wake.clear()  # first: a change landing while we work wakes the next
-                    if self.assigned.loaded:
-                        now = time.monotonic()
-                        was, allowed = allowed, (self.lease.epoch, self.lease.may_run(now))
-                        if now - last_full >= self.reconcile_s or allowed != was:
-                            self.reconcile(now)
-                            last_full = now
-                        else:
-                            self.reconcile_changes(now)
-                    await self.node.flush()
-                except StoreUnavailable:  # logged by the store's node; unsent beats and
-                    await self.node.store_works()  # reports were dropped from memory:
-                    last_beat = last_full = 0.0  # beat and reconcile at once
-                    continue
-                # until its records are loaded no reconcile is due (the load wakes it)
-                await wait_set(self._wake, self.idle_for(
-                    time.monotonic(), last_beat,
-                    last_full if self.assigned.loaded else float("inf")))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended it
         finally:
-            passes.cancel()
+            for task in tasks:
+                task.cancel()
+            self.close()
 
-    def idle_for(self, now: float, last_beat: float, last_full: float) -> float:
-        """Seconds the loop may sleep at ``now`` unless a change wakes it: until the next
-        beat, the next full reconcile, or the lease's next instant (``run_until``, when
-        containers must stop; ``deadline``, when the epoch is over), whichever comes
-        first (``last_full``: ``inf`` while no reconcile can be due); while a beat awaits
-        its confirm, at most :data:`CONFIRM_POLL_S`. At least 10 ms. Waking only then
-        spares an idle node the CPU of needless wake-ups."""
-        due = min(last_beat + self.heartbeat_s, last_full + self.reconcile_s)
+    def close(self) -> None:
+        """Let the runtime's thread go once the call it runs returns (:meth:`run` does this
+        as it ends); no runtime call is made after."""
+        self._calls.shutdown(wait=False, cancel_futures=True)
+
+    async def _beating(self) -> None:
+        """Every ``heartbeat_s`` write a beat (:meth:`beat`) and commit it; renew the lease
+        from each beat confirmed (:meth:`renew_lease`). None for an epoch whose lease ran
+        out: the reconcile ends it (:meth:`end_lapsed_epoch`), and wakes this. Never waits
+        for the runtime."""
+        while True:
+            self._beat_now.clear()
+            try:
+                now = time.monotonic()
+                self.renew_lease(now)
+                if self.lease.lapsed(now):
+                    self._wake.set()
+                elif now - self._last_beat >= self.heartbeat_s:
+                    if self.use_guard:
+                        guard.ensure(self.state_dir, self.runtime)
+                    epoch, written = self.lease.epoch, time.monotonic()
+                    self._last_beat = written
+                    self.beat()
+                    await self.node.flush()
+                    self._beat = (written, time.monotonic(), epoch)
+            except StoreUnavailable:  # logged by the store's node; the unsent beat was
+                await self.node.store_works()  # dropped from memory: beat at once
+                self._last_beat = 0.0
+                continue
+            await wait_set(self._beat_now, self.until_beat(time.monotonic()))
+
+    async def _reconciling(self) -> None:
+        """Reconcile the changes as they come, and everything every ``reconcile_s`` and
+        when the lease starts or stops allowing containers to run; end a lapsed epoch."""
+        last_full = 0.0
+        allowed: tuple[str, bool] | None = None  # the lease's (epoch, may run) last time
+        while True:
+            try:
+                await self.end_lapsed_epoch(time.monotonic())
+                self._wake.clear()  # first: a change landing while we work wakes the next
+                if self.assigned.loaded:
+                    now = time.monotonic()
+                    was, allowed = allowed, (self.lease.epoch, self.lease.may_run(now))
+                    if now - last_full >= self.reconcile_s or allowed != was:
+                        await self.reconcile(now)
+                        last_full = now
+                    else:
+                        await self.reconcile_changes(now)
+                await self.node.flush()
+            except StoreUnavailable:  # logged by the store's node; unsent reports were
+                await self.node.store_works()  # dropped from memory: reconcile at once
+                last_full = 0.0
+                continue
+            # until its records are loaded no reconcile is due (the load wakes it)
+            await wait_set(self._wake, self.idle_for(
+                time.monotonic(), last_full if self.assigned.loaded else float("inf")))
+
+    def idle_for(self, now: float, last_full: float) -> float:
+        """Seconds the reconcile may sleep at ``now`` unless a change wakes it: until the
+        next full reconcile, or the lease's next instant (``run_until``, when containers
+        must stop; ``deadline``, when the epoch is over), whichever comes first
+        (``last_full``: ``inf`` while no reconcile can be due). At least 10 ms. Waking only
+        then spares an idle node the CPU of needless wake-ups."""
+        due = last_full + self.reconcile_s
         for instant in (self.lease.run_until, self.lease.deadline):
             if instant > now:
                 due = min(due, instant)
+        return max(due - now, 0.01)
+
+    def until_beat(self, now: float) -> float:
+        """Seconds :meth:`_beating` may sleep at ``now`` unless woken: until the next beat;
+        at most :data:`CONFIRM_POLL_S` while a beat awaits its confirm; ``heartbeat_s``
+        while the lease has lapsed (the new epoch wakes it). At least 10 ms."""
+        if self.lease.lapsed(now):
+            return self.heartbeat_s
+        due = self._last_beat + self.heartbeat_s
         if self._beat is not None:
             due = min(due, now + CONFIRM_POLL_S)
         return max(due - now, 0.01)

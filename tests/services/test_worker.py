@@ -121,7 +121,7 @@ def _placed_on_n1(logic: NodeGroups[MemoryNode], worker: Worker, cid: str) -> Ma
 
 async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
     logic, wn, runtime, worker, now = await _platform(tmp)
-    worker.reconcile(now)  # loads the (empty) records
+    await worker.reconcile(now)  # loads the (empty) records
     listings = runtime.listings
     for what, i, flag in steps:
         cid = f"c{i}"
@@ -146,19 +146,20 @@ async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
                 rec.register("assigned_node").set(node)
                 rec.register("assigned_epoch").set(epoch)
         await _settle(logic, wn)
-        worker.reconcile_changes(now + (100.0 if flag else 0.0))  # retries due, or not
+        await worker.reconcile_changes(now + (100.0 if flag else 0.0))  # retries due, or not
         await _settle(logic, wn)
-        worker.reconcile_changes(now)
+        await worker.reconcile_changes(now)
         await _settle(logic, wn)
     assert runtime.listings == listings, "an incremental reconcile listed every instance"
     runtime.failing.clear()
     later = now + 1000.0
-    worker.reconcile_changes(later)  # the retries still owed
+    await worker.reconcile_changes(later)  # the retries still owed
     await _settle(logic, wn)
-    worker.reconcile_changes(later)
+    await worker.reconcile_changes(later)
     await _settle(logic, wn)
     starts, stops = runtime.starts, runtime.stops
-    assert worker.reconcile(later) == 0, "a full reconcile found writes the changes missed"
+    assert await worker.reconcile(later) == 0, \
+        "a full reconcile found writes the changes missed"
     assert (runtime.starts, runtime.stops) == (starts, stops)
     should = {c.id for c in placed(wn)
               if c.assigned_node == "n1" and c.assigned_epoch == worker.lease.epoch
@@ -168,6 +169,7 @@ async def _run(steps: list[tuple[str, int, bool]], tmp: Path) -> None:
         if c.assigned_node == "n1":
             assert (c.power_actual == "on") == (c.id in should), c
             assert c.pid == runtime.instances.get(c.id)
+    worker.close()
 
 
 @settings(max_examples=300, deadline=None)
@@ -183,12 +185,12 @@ def test_an_instance_that_died_is_found_by_the_full_reconcile(tmp_path: Path) ->
         logic, wn, runtime, worker, now = await _platform(tmp_path)
         _placed_on_n1(logic, worker, "c")
         await _settle(logic, wn)
-        worker.reconcile(now)
+        await worker.reconcile(now)
         await _settle(logic, wn)
-        assert worker.reconcile_changes(now) == 0  # its own report changed the record
+        assert await worker.reconcile_changes(now) == 0  # its own report changed the record
         first = runtime.instances.pop("c")  # it died: no record changed
-        assert worker.reconcile_changes(now) == 0
-        assert worker.reconcile(now) == 1
+        assert await worker.reconcile_changes(now) == 0
+        assert await worker.reconcile(now) == 1
         assert runtime.instances["c"] != first
         await _settle(logic, wn)
         assert placed(wn)[0].pid == runtime.instances["c"]
@@ -206,8 +208,8 @@ def test_a_worker_beats_five_times_a_lease_unless_told(tmp_path: Path) -> None:
 
 
 def test_an_idle_worker_sleeps_until_its_next_duty(tmp_path: Path) -> None:
-    """No wake-up without a reason: the next beat, full reconcile, lease instant, or a
-    poll for the confirm of a beat written."""
+    """No wake-up without a reason. Its reconcile: the next full reconcile or lease instant;
+    its beats: the next beat, or a poll for the confirm of a beat written."""
     from services import lease
     from services.worker import CONFIRM_POLL_S
 
@@ -216,16 +218,21 @@ def test_an_idle_worker_sleeps_until_its_next_duty(tmp_path: Path) -> None:
                     lease_s=30, reconcile_s=5.0)
     now = 100.0
     worker.lease = lease.Lease("e1", 30.0, deadline=now + 20)  # run_until now + 17
-    # beat due at +6, full reconcile at +5: the reconcile
-    assert worker.idle_for(now, last_beat=now, last_full=now) == pytest.approx(5.0)
-    assert worker.idle_for(now, last_beat=now - 4, last_full=now) == pytest.approx(2.0)
+    assert worker.idle_for(now, last_full=now) == pytest.approx(5.0)
+    assert worker.idle_for(now, last_full=float("inf")) == pytest.approx(17.0)
     worker.lease = lease.Lease("e1", 30.0, deadline=now + 4)  # containers stop at +1
-    assert worker.idle_for(now, last_beat=now, last_full=now) == pytest.approx(1.0)
+    assert worker.idle_for(now, last_full=now) == pytest.approx(1.0)
     worker.lease = lease.Lease("e1", 30.0, deadline=now + 20)
-    worker._beat = (now, now)  # written, its confirm awaited
-    assert worker.idle_for(now, last_beat=now, last_full=now) == CONFIRM_POLL_S
+    worker._last_beat = now - 4  # beat due at +2 (every 6 s)
+    assert worker.until_beat(now) == pytest.approx(2.0)
+    worker._beat = (now, now, "e1")  # written, its confirm awaited
+    assert worker.until_beat(now) == CONFIRM_POLL_S
     worker._beat = None
-    assert worker.idle_for(now, last_beat=now - 10, last_full=now) == 0.01  # overdue
+    worker._last_beat = now - 10
+    assert worker.until_beat(now) == 0.01  # overdue
+    worker.lease = lease.Lease("e1", 30.0, deadline=now - 1)  # lapsed: the new epoch wakes it
+    assert worker.until_beat(now) == pytest.approx(6.0)
+    worker.close()
 
 
 def test_a_worker_reconciles_again_for_logic_s_changes_not_for_its_own_reports(
@@ -237,14 +244,15 @@ def test_a_worker_reconciles_again_for_logic_s_changes_not_for_its_own_reports(
         rec = _placed_on_n1(logic, worker, "c")
         await _settle(logic, wn)
         worker._wake.clear()
-        assert worker.reconcile_changes(now) == 1 and runtime.starts == 1  # started, reported
+        assert await worker.reconcile_changes(now) == 1  # started, reported
+        assert runtime.starts == 1
         await _settle(logic, wn)
         assert placed(wn)[0].power_actual == "on"
         assert not worker._wake.is_set(), "its own report woke another reconcile"
         rec.register("power_desired").set("off")  # logic's copy changed
         await _settle(logic, wn)
         assert worker._wake.is_set()
-        assert worker.reconcile_changes(now) == 1 and runtime.stops == 1
+        assert await worker.reconcile_changes(now) == 1 and runtime.stops == 1
     asyncio.run(run())
 
 
@@ -280,4 +288,84 @@ def test_a_worker_rides_out_a_store_failure(tmp_path: Path) -> None:
         assert flushes[0] >= 3  # the failed one, then beats and reconciles went on
         beat = model.node(wn.groups, model.DEFAULT_CELL, "n1").register("heartbeat").value
         assert beat is not None and beat >= (time.time() - 1.5) * 1000
+    asyncio.run(run())
+
+
+class SlowRuntime(CountingRuntime):
+    """Its starts, or its listings, block for ``seconds`` (a ``docker run`` pulling an
+    image, a ``docker ps`` on a busy engine)."""
+
+    def __init__(self, start_s: float = 0.0, list_s: float = 0.0) -> None:
+        super().__init__()
+        self.start_s, self.list_s = start_s, list_s
+
+    def start(self, cid: str) -> int:
+        time.sleep(self.start_s)
+        return super().start(cid)
+
+    def running(self) -> dict[str, int]:
+        time.sleep(self.list_s)
+        return super().running()
+
+
+def test_a_start_longer_than_the_lease_holds_up_neither_the_beats_nor_the_lease(
+        tmp_path: Path) -> None:
+    """A runtime call used to block the worker's event loop: a start (an image's pull)
+    longer than the lease stopped the beats, the lease ran out, and every container of the
+    node was stopped for a new epoch."""
+    async def run() -> None:
+        bus = MemoryBus()
+        logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
+                     for rid in ("logic", "worker.n1"))
+        for n in (logic, wn):
+            await n.start()
+        runtime = SlowRuntime(start_s=3.0)  # 1.5 leases
+        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False, lease_s=2.0,
+                        reconcile_s=0.2)
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(100):
+                if worker.lease.may_run(time.monotonic()):
+                    break
+                await asyncio.sleep(0.02)
+            epoch = worker.lease.epoch
+            _placed_on_n1(logic, worker, "c")
+            await _settle(logic, wn)
+            node = model.node(wn.groups, model.DEFAULT_CELL, "n1")
+            beats: set[int | None] = set()
+            began = time.monotonic()
+            while runtime.starts == 0 and time.monotonic() - began < 10:
+                beats.add(node.register("heartbeat").value)
+                await asyncio.sleep(0.05)
+            assert runtime.starts == 1
+            assert worker.lease.epoch == epoch, "the lease ran out while the start ran"
+            assert len(beats) >= 5, f"{len(beats)} beats in a 3 s start (every 0.4 s)"
+            await asyncio.sleep(0.3)
+            await _settle(logic, wn)
+            assert [(c.power_actual, c.pid) for c in placed(wn)] == [
+                ("on", runtime.instances["c"])]
+            assert not task.done(), task
+        finally:
+            task.cancel()
+    asyncio.run(run())
+
+
+def test_a_start_its_lease_stopped_allowing_while_earlier_calls_ran_is_not_made(
+        tmp_path: Path) -> None:
+    """The decision to start is taken with the lease of its reconcile; the start runs after
+    the calls ahead of it, and is not made once its lease no longer allows it."""
+    from services import lease
+
+    async def run() -> None:
+        logic, wn, _, worker, _ = await _platform(tmp_path)
+        worker.runtime = runtime = SlowRuntime(list_s=1.0)
+        _placed_on_n1(logic, worker, "c")
+        await _settle(logic, wn)
+        # containers may run for 0.5 s more: the listing (1 s) outlasts that
+        worker.lease = lease.Lease(worker.lease.epoch, 12.0, deadline=time.monotonic() + 3.5)
+        assert await worker.reconcile(time.monotonic()) == 0
+        assert runtime.starts == 0 and "c" in worker._dirty
+        await _settle(logic, wn)
+        assert placed(wn)[0].power_actual != "on"  # not reported started
+        worker.close()
     asyncio.run(run())
