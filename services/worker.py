@@ -21,18 +21,21 @@ the worker is paused or dead), and the worker starts a new epoch: logic then
 places the containers anew.
 
 The runtime's calls (listing, starting, stopping) run on a thread of the worker's own, one
-at a time, in the order the reconcile makes them: a ``docker run`` that pulls an image
-(up to its minute), or the stop of a container that ignores SIGTERM (its grace, then
-SIGKILL), holds up other containers' starts and stops, not the event loop, and so not the
-beats that keep the lease, the deliveries or the reports. A container is reported off once
-its stop returned; a start whose lease stopped allowing it while earlier calls ran is not
-made.
+at a time, in the order they are made: a ``docker run`` that pulls an image (each of its
+three ``docker`` commands may take up to a minute), or the stop of a container that ignores
+SIGTERM (half the lease's grace, then SIGKILL), holds up the node's other starts and stops,
+not the event loop, and so not the beats that keep the lease, the deliveries or the reports.
+One reconcile is one such call (:meth:`Worker.reconcile`). A container is reported off once
+its stop returned; a start that its record or lease stopped allowing while earlier calls ran
+is not made. The one exception is a worker's construction: what an earlier epoch left
+running is listed and stopped there, on the loop, before the worker's first beat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import time
@@ -85,19 +88,39 @@ def pin_cell(state_dir: Path, name: str, cell: str) -> None:
         path.write_text(cell + "\n")
 
 
+@dataclasses.dataclass
+class Converged:
+    """What one reconcile did at the runtime (:meth:`Worker._converge`), for the loop to
+    report: the containers it looked at (``cids``), the pids of those of them that run now
+    (``running``), those the rule wants running here (``wanted``), those it started (pid and
+    ``restart_generation`` started), those whose start failed (why), and those it did not
+    start because their record or the lease changed while earlier calls ran
+    (``passed_over``)."""
+
+    cids: list[str]
+    running: dict[str, int]
+    wanted: set[str]
+    started: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    passed_over: set[str] = dataclasses.field(default_factory=set)
+
+
 class Worker:
     """One node's worker, in cell ``cell`` (``node`` holds that cell's group). ``state_dir``:
     where its lease file and its guard's pid file live (the runtime's directory);
     ``lease_s``: the lease's length in seconds; ``heartbeat_s``: seconds between its beats
     (default ``services.lease.beat_interval_s(lease_s)``; at least 4 to a lease, else
     ValueError); ``reconcile_s``: seconds between full reconciles; ``use_guard``: run the
-    guard process (tests of the worker alone may not)."""
+    guard process (tests of the worker alone may not); ``runtime_thread``: run the
+    runtime's calls on a thread of their own (False: on the event loop, for a runtime in
+    memory whose calls return at once, such as the simulator's, which many workers of one
+    process share)."""
 
     def __init__(self, node: NodeGroups[Node], name: str, runtime: Runtime, *,
                  cell: str = model.DEFAULT_CELL, capacity: int = 10,
                  heartbeat_s: float | None = None, lease_s: float = lease.DEFAULT_LEASE_S,
                  reconcile_s: float = RECONCILE_S, state_dir: Path | None = None,
-                 use_guard: bool = True) -> None:
+                 use_guard: bool = True, runtime_thread: bool = True) -> None:
         if capacity < 0:
             raise ValueError(f"a node's capacity must be >= 0, not {capacity}")
         if heartbeat_s is None:
@@ -126,7 +149,7 @@ class Worker:
         self._beat_now = asyncio.Event()  # a new epoch: beat at once
         #: the thread the runtime's calls run on, one at a time (:meth:`_call`)
         self._calls = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"runtime-{name}")
+            1, thread_name_prefix=f"runtime-{name}") if runtime_thread else None
         #: the placements on this node, kept from change events (services/index.py)
         self.assigned = NodeRecords(name, prefix=model.placements(self.cell, name))
         #: the instances running here as last seen: container id -> pid (a full reconcile
@@ -187,7 +210,8 @@ class Worker:
         services/lease.py); a beat of an earlier epoch renews nothing. Wakes the reconcile
         when containers may run from now on that could not before."""
         beats = self.node.node_of(model.node_key(self.cell, self.name))  # its beats' group
-        if self._beat is None or beats.confirmed_through() < self._beat[1]:
+        if self._beat is None or beats.confirmed_through() < self._beat[1] \
+                or self.lease.lapsed(now):  # over for good, though still being ended
             return
         written, _, epoch = self._beat
         self._beat = None
@@ -215,7 +239,10 @@ class Worker:
     async def _call(self, call: Callable[[], T]) -> T:
         """Run ``call`` (of the runtime) on this worker's runtime thread: one call at a
         time, in the order they are made, the event loop free meanwhile (for the beats
-        that keep the lease, the deliveries, the reports)."""
+        that keep the lease, the deliveries, the reports); inline without that thread
+        (``runtime_thread=False``)."""
+        if self._calls is None:
+            return call()
         return await asyncio.get_running_loop().run_in_executor(self._calls, call)
 
     async def _stop_all(self) -> int:
@@ -227,6 +254,14 @@ class Worker:
         self._running.clear()
         return stopped
 
+    @staticmethod
+    def should_run(c: model.Container | None, held: lease.Lease, now: float) -> bool:
+        """The rule: container ``c`` (None: no placement here) runs on this node at ``now``
+        (``time.monotonic()`` seconds) under lease ``held``: it is placed on the lease's
+        epoch, it should be on, and the lease allows containers to run."""
+        return (c is not None and c.power_desired == "on" and c.assigned_epoch == held.epoch
+                and held.may_run(now))
+
     async def reconcile(self, now: float | None = None,
                         only: Iterable[str] | None = None) -> int:
         """Make the runtime match the records; write what changed. Returns the writes.
@@ -236,54 +271,107 @@ class Worker:
         so that an instance that died or one no record wants is found. ``only``: just these
         container ids (the records that changed, the retries that are due), asking the
         runtime about each one (``Runtime.pid``): what a change costs does not grow with
-        the containers this node runs (issue 13). Both apply the same rule to each
-        container (:meth:`_run_one`, :meth:`_report_off`); after incremental reconciles of
-        every change, a full one finds nothing to do (tests/services/test_worker.py).
-        ``now``: ``time.monotonic()`` seconds (the lease and the retries' backoff).
+        the containers this node runs (issue 13). Both apply one rule to each container
+        (:meth:`should_run`); after incremental reconciles of every change, a full one
+        finds nothing to do (tests/services/test_worker.py). ``now``: ``time.monotonic()``
+        seconds (the lease and the retries' backoff).
 
-        The runtime's calls run off the event loop (:meth:`_call`), stops before starts;
-        a container is reported off once its stop returned, and a start made after its
-        lease stopped allowing it (while earlier calls ran) is not made."""
+        The runtime's side is one call off the event loop (:meth:`_converge`): what runs
+        is looked up, what must not run is stopped (together), then what must run is
+        started, each start checked against the rule again as it is made. The loop then
+        writes the reports: a container is reported off once its stop returned, and
+        nothing is reported for a placement removed meanwhile."""
         now = time.monotonic() if now is None else now
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
             self.assigned.load(self.node.groups)  # them in one go
         if only is None:
             self._dirty.clear()
-            self._running = await self._call(self.runtime.running)
-            cids = sorted(self._running.keys() | self.assigned.records.keys())
+        done = await self._call(lambda: self._converge(now, only))
+        if only is None:
+            self._running = done.running
         else:
-            cids = sorted(set(only))
-            found = await self._call(lambda: {cid: self.runtime.pid(cid) for cid in cids})
-            for cid, pid in found.items():
-                if pid is None:
-                    self._running.pop(cid, None)
+            for cid in done.cids:
+                if cid in done.running:
+                    self._running[cid] = done.running[cid]
                 else:
-                    self._running[cid] = pid
-        may_run = self.lease.may_run(now)
-        mine, stopping = [], []
-        for cid in cids:  # stops first (together: the lease's end stops them all), then starts
-            c = self.assigned.records.get(cid)
-            if c is not None and may_run and c.power_desired == "on" \
-                    and c.assigned_epoch == self.lease.epoch:
-                mine.append(c)
-                continue
-            self._retry_at.pop(cid, None)
-            if cid in self._running:
-                log.info("%s: stopping %s", self.name, cid)
-                stopping.append(cid)
-                del self._running[cid]
-        if stopping:
-            grace_s = self.lease.stop_wait_s
-            await self._call(lambda: self.runtime.stop_all(stopping, grace_s=grace_s))
-        kept = {c.id for c in mine}
-        writes = sum(self._report_off(cid) for cid in cids
-                     if cid in self.assigned.records and cid not in kept)
-        for c in mine:
-            writes += await self._run_one(c, now)
+                    self._running.pop(cid, None)
+        records = self.assigned.records
+        writes = 0
+        for cid in done.cids:
+            if cid not in done.wanted:
+                self._retry_at.pop(cid, None)
+                if cid in records:
+                    writes += self._report_off(cid)
+        after = max(now, time.monotonic())  # a failed start's backoff counts from its end
+        for cid in sorted(done.wanted):
+            c = records.get(cid)
+            if c is None or cid in done.passed_over:  # removed, or no more to run here,
+                self._dirty.add(cid)                  # while earlier calls ran: next time
+            elif cid in done.failed:
+                _, backoff = self._retry_at.get(cid, (0.0, 0.5))
+                self._retry_at[cid] = (after + backoff, min(backoff * 2, 30.0))
+                self._report(cid, power_actual="failed", last_error=done.failed[cid])
+                writes += 1
+            elif cid in done.started:
+                self._retry_at.pop(cid, None)
+                pid, generation = done.started[cid]
+                self._report(cid, power_actual="on", pid=pid, last_error=None,
+                             started_generation=generation)
+                writes += 1
+            elif cid in done.running and c.started_generation == c.restart_generation \
+                    and (c.power_actual != "on" or c.pid != done.running[cid]):
+                self._report(cid, power_actual="on", pid=done.running[cid], last_error=None)
+                writes += 1
         rec = model.node(self.node.groups, self.cell, self.name)
         if rec.register("running").value != len(self._running):
             rec.register("running").set(len(self._running))
         return writes
+
+    def _converge(self, now: float, only: Iterable[str] | None) -> Converged:
+        """On the runtime's thread (:meth:`reconcile`): look up what runs of ``only`` (None:
+        everything, and every record), stop what must not run (together: the lease's end
+        stops them all), then start what must run and does not (or runs an older
+        ``restart_generation``), once its backoff after a failed start is over. Reads the
+        records and the lease as the loop leaves them, writes none of the loop's state."""
+        rt = self.runtime
+        if only is None:
+            running = rt.running()
+            cids = sorted(running.keys() | self.assigned.records.keys())
+        else:
+            cids = sorted(set(only))
+            running = {cid: pid for cid in cids if (pid := rt.pid(cid)) is not None}
+        held, records = self.lease, self.assigned.records
+        wanted = {cid for cid in cids if self.should_run(records.get(cid), held, now)}
+        stopping = [cid for cid in cids if cid in running and cid not in wanted]
+        for cid in stopping:
+            log.info("%s: stopping %s", self.name, cid)
+        if stopping:
+            rt.stop_all(stopping, grace_s=held.stop_wait_s)
+            for cid in stopping:
+                del running[cid]
+        done = Converged(cids, running, wanted)
+        for cid in sorted(wanted):
+            c = self.assigned.records.get(cid)  # as it is now: the calls before took time
+            if self.lease is not held or not self.should_run(c, held, time.monotonic()):
+                done.passed_over.add(cid)
+                continue
+            assert c is not None  # (should_run)
+            if cid in running and c.started_generation == c.restart_generation:
+                continue
+            if self._retry_at.get(cid, (0.0, 0.0))[0] > now:
+                continue  # its backoff after a failed start
+            if self.use_guard:
+                guard.ensure(self.state_dir, rt)
+            try:
+                pid = rt.start(cid)
+            except RuntimeError_ as e:
+                log.warning("%s: starting %s failed: %s", self.name, cid, e)
+                done.failed[cid] = str(e)
+                continue
+            log.info("%s: started %s as pid %d", self.name, cid, pid)
+            running[cid] = pid
+            done.started[cid] = (pid, c.restart_generation)
+        return done
 
     async def reconcile_changes(self, now: float | None = None) -> int:
         """Reconcile the containers whose records changed since the last reconcile, and
@@ -304,45 +392,6 @@ class Worker:
             self._report(cid, power_actual="off", pid=None)
             return 1
         return 0
-
-    async def _run_one(self, c: model.Container, now: float) -> int:
-        """Run container ``c``'s ``restart_generation`` here (start it, after its backoff if
-        it failed before: ``now`` in ``time.monotonic()`` seconds) and report it on.
-        Returns the writes (0 or 1)."""
-        cid = c.id
-        pid = self._running.get(cid)
-        if pid is not None and c.started_generation == c.restart_generation:
-            if c.power_actual != "on" or c.pid != pid:
-                self._report(cid, power_actual="on", pid=pid, last_error=None)
-                return 1
-            return 0
-        when, backoff = self._retry_at.get(cid, (0.0, 0.5))
-        if now < when:
-            return 0
-        if self.use_guard:
-            guard.ensure(self.state_dir, self.runtime)
-        held = self.lease
-
-        def start() -> int | None:  # on the runtime thread, after the calls made before it
-            if self.lease is not held or not held.may_run(time.monotonic()):
-                return None  # its lease stopped allowing it meanwhile: not started
-            return self.runtime.start(cid)
-        try:
-            started = await self._call(start)
-        except RuntimeError_ as e:
-            log.warning("%s: starting %s failed: %s", self.name, cid, e)
-            self._retry_at[cid] = (now + backoff, min(backoff * 2, 30.0))
-            self._report(cid, power_actual="failed", last_error=str(e))
-            return 1
-        if started is None:
-            self._dirty.add(cid)  # for the next reconcile, under the lease it finds
-            return 0
-        self._retry_at.pop(cid, None)
-        self._running[cid] = started
-        log.info("%s: started %s as pid %d", self.name, cid, started)
-        self._report(cid, power_actual="on", pid=started, last_error=None,
-                     started_generation=c.restart_generation)
-        return 1
 
     def _report(self, cid: str, **fields: object) -> None:
         rec = model.report(self.node.groups, (self.cell, self.name), cid)
@@ -368,12 +417,16 @@ class Worker:
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.close()
+            if self._calls is not None:  # the call in flight returns before run() does:
+                await asyncio.shield(asyncio.to_thread(self._calls.shutdown))  # none after
 
     def close(self) -> None:
         """Let the runtime's thread go once the call it runs returns (:meth:`run` does this
-        as it ends); no runtime call is made after."""
-        self._calls.shutdown(wait=False, cancel_futures=True)
+        as it ends, and returns once that call returned); no runtime call is made after."""
+        if self._calls is not None:
+            self._calls.shutdown(wait=False, cancel_futures=True)
 
     async def _beating(self) -> None:
         """Every ``heartbeat_s`` write a beat (:meth:`beat`) and commit it; renew the lease

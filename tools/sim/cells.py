@@ -219,7 +219,7 @@ async def simulate(nodes: int, containers: int, starts: int, *, cell_size: int =
         workers.append(Worker(held[-1], name, SimRuntime(name, world), cell=cell,
                               capacity=capacity, heartbeat_s=heartbeat_s,
                               lease_s=4 * heartbeat_s, reconcile_s=heartbeat_s,
-                              state_dir=tmp / name, use_guard=False))
+                              state_dir=tmp / name, use_guard=False, runtime_thread=False))
     for g in (web, logic_groups, *held):
         await g.start()
     make_app(web)  # web's listing and history, kept from the changes as web keeps them
