@@ -286,6 +286,8 @@ class Worker:
             self.assigned.load(self.node.groups)  # them in one go
         if only is None:
             self._dirty.clear()
+        if self.use_guard:  # before any start (here, on the loop: the beats call it too)
+            guard.ensure(self.state_dir, self.runtime)
         done = await self._call(lambda: self._converge(now, only))
         if only is None:
             self._running = done.running
@@ -360,8 +362,6 @@ class Worker:
                 continue
             if self._retry_at.get(cid, (0.0, 0.0))[0] > now:
                 continue  # its backoff after a failed start
-            if self.use_guard:
-                guard.ensure(self.state_dir, rt)
             try:
                 pid = rt.start(cid)
             except RuntimeError_ as e:
