@@ -27,8 +27,8 @@ SIGTERM (half the lease's grace, then SIGKILL), holds up the node's other starts
 not the event loop, and so not the beats that keep the lease, the deliveries or the reports.
 One reconcile is one such call (:meth:`Worker.reconcile`). A container is reported off once
 its stop returned; a start that its record or lease stopped allowing while earlier calls ran
-is not made. The one exception is a worker's construction: what an earlier epoch left
-running is listed and stopped there, on the loop, before the worker's first beat.
+is not made. A worker that starts a new epoch stops what an earlier one left running
+before its first beat.
 """
 
 from __future__ import annotations
@@ -139,6 +139,9 @@ class Worker:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         pin_cell(self.state_dir, name, self.cell)
         self.lease_file = self.state_dir / lease.LEASE_FILE
+        #: why this worker's epoch is new (what an earlier one left running is stopped
+        #: before it is beaten), None when it kept its predecessor's
+        self._leftovers: str | None = None
         self.lease = self._adopt(lease_s)
         self.use_guard = use_guard
         self._wake = asyncio.Event()
@@ -174,7 +177,8 @@ class Worker:
 
     def _adopt(self, lease_s: float) -> lease.Lease:
         """The lease of a worker that ran here before, if it still holds (a restart
-        keeps the containers); else a new epoch, once what still runs here was stopped."""
+        keeps the containers); else a new epoch, not beaten before :meth:`run` stopped what
+        still runs here (:meth:`_stop_leftovers`: ``_leftovers`` says why)."""
         saved = lease.load(self.lease_file)
         now = time.monotonic()
         if saved is not None and saved.lease.may_run(now) and saved.lease.duration_s == lease_s:
@@ -183,18 +187,22 @@ class Worker:
             lease.save(self.lease_file, saved.lease, os.getpid())  # the guard watches us now
             return saved.lease
         fresh = lease.Lease(lease.new_epoch(), lease_s)
-        running = self.runtime.running()
-        if running:  # an earlier epoch's; logic takes a new epoch for the end of the old one
-            # (services/liveness.py), so they are gone before the new one is announced
-            why = ("no lease was saved" if saved is None else
-                   f"--lease-s changed from {saved.lease.duration_s:g} to {lease_s:g}"
-                   if saved.lease.may_run(now) else
-                   f"the lease of epoch {saved.lease.epoch} ran out")
-            log.warning("%s: stopping %d containers before starting epoch %s (%s)", self.name,
-                        len(running), fresh.epoch, why)
-            self.runtime.stop_all(running, grace_s=fresh.stop_wait_s)
-        lease.save(self.lease_file, fresh, os.getpid())
+        self._leftovers = ("no lease was saved" if saved is None else
+                           f"--lease-s changed from {saved.lease.duration_s:g} to {lease_s:g}"
+                           if saved.lease.may_run(now) else
+                           f"the lease of epoch {saved.lease.epoch} ran out")
+        lease.save(self.lease_file, fresh, os.getpid())  # not held: the guard stops them too
         return fresh
+
+    def _stop_leftovers(self) -> None:
+        """On the runtime's thread, before the first beat of a new epoch: stop what an
+        earlier epoch left running (logic takes a new epoch for the end of the old one,
+        services/liveness.py, so they are gone before the new one is announced)."""
+        running = self.runtime.running()
+        if running:
+            log.warning("%s: stopping %d containers before starting epoch %s (%s)", self.name,
+                        len(running), self.lease.epoch, self._leftovers)
+            self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
 
     def beat(self) -> None:
         """Write a heartbeat with this epoch and lease (and the capacity if it changed)."""
@@ -402,15 +410,19 @@ class Worker:
     async def run(self) -> None:
         """Beat and keep the lease (:meth:`_beating`), and reconcile
         (:meth:`_reconciling`), until cancelled or either fails (raised here)."""
-        # this node's records from every record, in slices: now (the worker beats meanwhile,
-        # but reconciles only once they are loaded: it would stop what it missed), then
-        # every FULL_PASS_S
-        tasks = [asyncio.create_task(full_passes(
-            self.assigned, self.node.groups, every_s=FULL_PASS_S, wake=self._wake,
-            name=f"{self.name}'s records")),
-            asyncio.create_task(self._beating(), name=f"{self.name} beating"),
-            asyncio.create_task(self._reconciling(), name=f"{self.name} reconciling")]
+        tasks: list[asyncio.Task[None]] = []
         try:
+            if self._leftovers is not None:
+                await self._call(self._stop_leftovers)
+                self._leftovers = None
+            # this node's records from every record, in slices: now (the worker beats
+            # meanwhile, but reconciles only once they are loaded: it would stop what it
+            # missed), then every FULL_PASS_S
+            tasks = [asyncio.create_task(full_passes(
+                self.assigned, self.node.groups, every_s=FULL_PASS_S, wake=self._wake,
+                name=f"{self.name}'s records")),
+                asyncio.create_task(self._beating(), name=f"{self.name} beating"),
+                asyncio.create_task(self._reconciling(), name=f"{self.name} reconciling")]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises what ended it

@@ -5,6 +5,7 @@ epoch gone while that epoch's lease can still hold."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import os
 import random
@@ -218,11 +219,25 @@ def test_a_worker_starting_a_new_epoch_stops_the_old_one_s_containers_first(
     old = lease.Lease("e-old", 30.0, deadline=time.monotonic() + left_s)
     lease.save(tmp_path / lease.LEASE_FILE, old, os.getpid())
     wn = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+    at_beats: list[dict[str, int]] = []  # what ran at each beat
+
+    async def run() -> Worker:
+        await wn.start()
+        worker = Worker(wn, "n1", rt, state_dir=tmp_path, use_guard=False, lease_s=lease_s)
+        wn.groups.subscribe(model.node_key(model.DEFAULT_CELL, "n1"),
+                            lambda _: at_beats.append(rt.running()))
+        task = asyncio.create_task(worker.run())
+        while not at_beats and not task.done():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return worker
+
     try:
         with caplog.at_level("WARNING"):
-            worker = Worker(wn, "n1", rt, state_dir=tmp_path, use_guard=False,
-                            lease_s=lease_s)
-        assert worker.lease.epoch != "e-old" and rt.running() == {}  # before any beat
+            worker = asyncio.run(run())
+        assert worker.lease.epoch != "e-old"
+        assert at_beats and at_beats[0] == {}, "the new epoch was beaten while c1 ran"
         assert f"stopping 1 containers before starting epoch {worker.lease.epoch} ({why})" \
             in caplog.text
     finally:
