@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import time
@@ -49,8 +48,9 @@ from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.transport.waiting import wait_set
 from services import guard, lease, model
+from services.converge import Converged, converge
 from services.index import NodeRecords, full_passes
-from services.runtime import Runtime, RuntimeError_
+from services.runtime import Runtime
 
 log = logging.getLogger("services.worker")
 T = TypeVar("T")
@@ -86,23 +86,6 @@ def pin_cell(state_dir: Path, name: str, cell: str) -> None:
     if was is None:
         state_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(cell + "\n")
-
-
-@dataclasses.dataclass
-class Converged:
-    """What one reconcile did at the runtime (:meth:`Worker._converge`), for the loop to
-    report: the containers it looked at (``cids``), the pids of those of them that run now
-    (``running``), those the rule wants running here (``wanted``), those it started (pid and
-    ``restart_generation`` started), those whose start failed (why), and those it did not
-    start because their record or the lease changed while earlier calls ran
-    (``passed_over``)."""
-
-    cids: list[str]
-    running: dict[str, int]
-    wanted: set[str]
-    started: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
-    failed: dict[str, str] = dataclasses.field(default_factory=dict)
-    passed_over: set[str] = dataclasses.field(default_factory=set)
 
 
 class Worker:
@@ -262,14 +245,6 @@ class Worker:
         self._running.clear()
         return stopped
 
-    @staticmethod
-    def should_run(c: model.Container | None, held: lease.Lease, now: float) -> bool:
-        """The rule: container ``c`` (None: no placement here) runs on this node at ``now``
-        (``time.monotonic()`` seconds) under lease ``held``: it is placed on the lease's
-        epoch, it should be on, and the lease allows containers to run."""
-        return (c is not None and c.power_desired == "on" and c.assigned_epoch == held.epoch
-                and held.may_run(now))
-
     async def reconcile(self, now: float | None = None,
                         only: Iterable[str] | None = None) -> int:
         """Make the runtime match the records; write what changed. Returns the writes.
@@ -280,15 +255,16 @@ class Worker:
         container ids (the records that changed, the retries that are due), asking the
         runtime about each one (``Runtime.pid``): what a change costs does not grow with
         the containers this node runs (issue 13). Both apply one rule to each container
-        (:meth:`should_run`); after incremental reconciles of every change, a full one
-        finds nothing to do (tests/services/test_worker.py). ``now``: ``time.monotonic()``
-        seconds (the lease and the retries' backoff).
+        (:func:`~services.converge.should_run`); after incremental reconciles of every
+        change, a full one finds nothing to do (tests/services/test_worker.py). ``now``:
+        ``time.monotonic()`` seconds (the lease and the retries' backoff).
 
-        The runtime's side is one call off the event loop (:meth:`_converge`): what runs
-        is looked up, what must not run is stopped (together), then what must run is
-        started, each start checked against the rule again as it is made. The loop then
-        writes the reports: a container is reported off once its stop returned, and
-        nothing is reported for a placement removed meanwhile."""
+        The runtime's side is one call off the event loop
+        (:func:`~services.converge.converge`): what runs is looked up, what must not run is
+        stopped (together), then what must run is started, each start checked against the
+        rule again as it is made. The loop then records it and writes the reports
+        (:meth:`_record`), also when this reconcile is cancelled meanwhile (after the
+        call returned)."""
         now = time.monotonic() if now is None else now
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
             self.assigned.load(self.node.groups)  # them in one go
@@ -296,8 +272,26 @@ class Worker:
             self._dirty.clear()
         if self.use_guard:  # before any start (here, on the loop: the beats call it too)
             guard.ensure(self.state_dir, self.runtime)
-        done = await self._call(lambda: self._converge(now, only))
-        if only is None:
+        records = self.assigned.records
+        placed = (dict(records) if only is None
+                  else {cid: records.get(cid) for cid in set(only)})
+        call = asyncio.ensure_future(self._call(lambda: converge(
+            self.runtime, self.name, placed, now, everything=only is None,
+            records=lambda: self.assigned.records, held=lambda: self.lease,
+            retry_at=self._retry_at)))
+        try:
+            done = await asyncio.shield(call)
+        except asyncio.CancelledError:  # its starts and stops are made: record them first
+            self._record(await call, now, everything=only is None)
+            raise
+        return self._record(done, now, everything=only is None)
+
+    def _record(self, done: Converged, now: float, *, everything: bool) -> int:
+        """After :func:`~services.converge.converge`: keep what runs, the retries' times,
+        and write the reports (a container reported off once its stop returned; nothing
+        for a placement removed meanwhile; a record changed meanwhile is reconciled again).
+        Returns the writes."""
+        if everything:
             self._running = done.running
         else:
             for cid in done.cids:
@@ -320,7 +314,8 @@ class Worker:
             elif cid in done.failed:
                 _, backoff = self._retry_at.get(cid, (0.0, 0.5))
                 self._retry_at[cid] = (after + backoff, min(backoff * 2, 30.0))
-                self._report(cid, power_actual="failed", last_error=done.failed[cid])
+                self._report(cid, power_actual="failed", pid=None,
+                             last_error=done.failed[cid])
                 writes += 1
             elif cid in done.started:
                 self._retry_at.pop(cid, None)
@@ -336,50 +331,6 @@ class Worker:
         if rec.register("running").value != len(self._running):
             rec.register("running").set(len(self._running))
         return writes
-
-    def _converge(self, now: float, only: Iterable[str] | None) -> Converged:
-        """On the runtime's thread (:meth:`reconcile`): look up what runs of ``only`` (None:
-        everything, and every record), stop what must not run (together: the lease's end
-        stops them all), then start what must run and does not (or runs an older
-        ``restart_generation``), once its backoff after a failed start is over. Reads the
-        records and the lease as the loop leaves them, writes none of the loop's state."""
-        rt = self.runtime
-        if only is None:
-            running = rt.running()
-            cids = sorted(running.keys() | self.assigned.records.keys())
-        else:
-            cids = sorted(set(only))
-            running = {cid: pid for cid in cids if (pid := rt.pid(cid)) is not None}
-        held, records = self.lease, self.assigned.records
-        wanted = {cid for cid in cids if self.should_run(records.get(cid), held, now)}
-        stopping = [cid for cid in cids if cid in running and cid not in wanted]
-        for cid in stopping:
-            log.info("%s: stopping %s", self.name, cid)
-        if stopping:
-            rt.stop_all(stopping, grace_s=held.stop_wait_s)
-            for cid in stopping:
-                del running[cid]
-        done = Converged(cids, running, wanted)
-        for cid in sorted(wanted):
-            c = self.assigned.records.get(cid)  # as it is now: the calls before took time
-            if self.lease is not held or not self.should_run(c, held, time.monotonic()):
-                done.passed_over.add(cid)
-                continue
-            assert c is not None  # (should_run)
-            if cid in running and c.started_generation == c.restart_generation:
-                continue
-            if self._retry_at.get(cid, (0.0, 0.0))[0] > now:
-                continue  # its backoff after a failed start
-            try:
-                pid = rt.start(cid)
-            except RuntimeError_ as e:
-                log.warning("%s: starting %s failed: %s", self.name, cid, e)
-                done.failed[cid] = str(e)
-                continue
-            log.info("%s: started %s as pid %d", self.name, cid, pid)
-            running[cid] = pid
-            done.started[cid] = (pid, c.restart_generation)
-        return done
 
     async def reconcile_changes(self, now: float | None = None) -> int:
         """Reconcile the containers whose records changed since the last reconcile, and

@@ -37,6 +37,7 @@ class CountingRuntime:
         self.failing: set[str] = set()
 
     def start(self, cid: str) -> int:
+        self.stop(cid)  # as every runtime does: the old instance goes, also if this fails
         if cid in self.failing:
             raise RuntimeError_(f"{cid} does not start")
         self.starts += 1
@@ -396,5 +397,28 @@ def test_a_start_its_record_stopped_allowing_while_earlier_calls_ran_is_not_made
         await _settle(logic, wn)
         assert [(c.id, c.power_actual) for c in placed(wn)] == [("c1", "on"), ("c3", "off")]
         assert await worker.reconcile_changes(now) == 0
+        worker.close()
+    asyncio.run(run())
+
+
+def test_a_reconcile_cancelled_while_its_start_runs_still_records_and_reports_it(
+        tmp_path: Path) -> None:
+    """The start is made on the runtime's thread whatever happens to the reconcile: a
+    reconcile cancelled meanwhile (the worker stopping) used to drop what it started, so
+    its restart_generation was never written and the next worker restarted it again."""
+    async def run() -> None:
+        logic, wn, _, worker, now = await _platform(tmp_path)
+        worker.runtime = runtime = SlowRuntime(start_s=0.5)
+        _placed_on_n1(logic, worker, "c").register("restart_generation").set(2)
+        await _settle(logic, wn)
+        reconciling = asyncio.create_task(worker.reconcile(now))
+        await asyncio.sleep(0.1)  # starting
+        reconciling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reconciling
+        assert worker._running == {"c": runtime.instances["c"]}
+        await _settle(logic, wn)
+        c = placed(wn)[0]
+        assert (c.power_actual, c.pid, c.started_generation) == ("on", runtime.instances["c"], 2)
         worker.close()
     asyncio.run(run())

@@ -1,0 +1,117 @@
+"""One reconcile's work at the container runtime, on the worker's runtime thread.
+
+:func:`converge` looks up what runs, stops what must not run (together), then starts what
+must run and does not, or runs an older ``restart_generation``; it returns what it did
+(:class:`Converged`) for the worker's event loop to record and report
+(services/worker.py, ``Worker.reconcile``). It runs off the event loop because a runtime's
+calls may take long (each ``docker`` command up to a minute; a stop waits out the grace
+of a container that ignores SIGTERM), and the loop must go on beating to keep the lease.
+
+The one rule, :func:`should_run`, decides which containers run. Each start is checked
+against it again as it is made, with the records and lease of that moment: the calls
+before it may have taken long, and meanwhile the loop may have changed a record, removed
+a placement, or ended the lease.
+
+What it reads of the loop's state it is handed: a copy of the records to reconcile, made
+on the loop, for its decisions; for the checks as it starts, callables that return the
+records and the lease as they are then (one key read at a time: the loop may replace the
+mapping meanwhile, and empty the old one); the retries' times. It writes none of that
+state; the runtime is touched from this thread only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from services import lease, model
+from services.runtime import Runtime, RuntimeError_
+
+log = logging.getLogger("services.worker")
+
+
+def should_run(c: model.Container | None, held: lease.Lease, now: float) -> bool:
+    """The rule: container ``c`` (None: no placement on this node) runs here at ``now``
+    (``time.monotonic()`` seconds) under lease ``held`` when it is placed on the lease's
+    epoch, it should be on, and the lease allows containers to run (README, "What the
+    platform guarantees about a container whose node is paused, cut off or dead")."""
+    return (c is not None and c.power_desired == "on" and c.assigned_epoch == held.epoch
+            and held.may_run(now))
+
+
+@dataclasses.dataclass
+class Converged:
+    """What one :func:`converge` did: the containers it looked at (``cids``); the pids of
+    those that run now (``running``); those the rule wants here (``wanted``); those it
+    started (pid, and the ``restart_generation`` started); those whose start failed (why:
+    none of them runs, as a runtime's start removes the old instance first); and those it
+    did not start because their record or the lease changed while earlier calls ran
+    (``passed_over``)."""
+
+    cids: list[str]
+    running: dict[str, int]
+    wanted: set[str]
+    started: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    passed_over: set[str] = dataclasses.field(default_factory=set)
+
+
+def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container | None],
+             now: float, *, everything: bool,
+             records: Callable[[], Mapping[str, model.Container]],
+             held: Callable[[], lease.Lease],
+             retry_at: Mapping[str, tuple[float, float]]) -> Converged:
+    """Bring ``runtime`` (node ``node``'s) toward what the records want.
+
+    ``placed``: the records to reconcile (container id -> its placement on this node, None
+    for none), a copy the loop made as it called. ``everything``: ``placed`` holds every
+    placement on this node, and what the runtime runs is listed (``Runtime.running()``),
+    so that an instance no record wants is found; else each container of ``placed`` is
+    looked up (``Runtime.pid``). ``now``: the reconcile's time (``time.monotonic()``
+    seconds): the rule's and the backoff's. ``records()``: the placements on this node as
+    the loop holds them at the moment of asking; ``held()``: the lease likewise;
+    ``retry_at``: container id -> (when its next start may be tried, its backoff) after a
+    failed start. Raises what the runtime raises, except
+    :class:`~services.runtime.RuntimeError_` from a start (recorded in ``failed``)."""
+    if everything:
+        running = runtime.running()
+        cids = sorted(running.keys() | placed.keys())
+    else:
+        cids = sorted(placed)
+        running = {cid: pid for cid in cids if (pid := runtime.pid(cid)) is not None}
+    lease_then = held()
+    wanted = {cid for cid in cids if should_run(placed.get(cid), lease_then, now)}
+    stopping = [cid for cid in cids if cid in running and cid not in wanted]
+    for cid in stopping:
+        log.info("%s: stopping %s", node, cid)
+    if stopping:
+        runtime.stop_all(stopping, grace_s=lease_then.stop_wait_s)
+        for cid in stopping:
+            del running[cid]
+    done = Converged(cids, running, wanted)
+    for cid in sorted(wanted):
+        c = records().get(cid)  # as it is now: the calls before this one took time
+        if held() is not lease_then or not should_run(c, lease_then, time.monotonic()):
+            done.passed_over.add(cid)
+            continue
+        assert c is not None  # (should_run)
+        if cid in running and c.started_generation == c.restart_generation:
+            continue
+        if retry_at.get(cid, (0.0, 0.0))[0] > now:
+            continue  # its backoff after a failed start
+        try:
+            pid = runtime.start(cid)
+        except RuntimeError_ as e:
+            log.warning("%s: starting %s failed: %s", node, cid, e)
+            done.failed[cid] = str(e)
+            running.pop(cid, None)
+            continue
+        log.info("%s: started %s as pid %d", node, cid, pid)
+        running[cid] = pid
+        done.started[cid] = (pid, c.restart_generation)
+    return done
+
+
+__all__ = ["Converged", "converge", "should_run"]
