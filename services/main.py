@@ -103,16 +103,17 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         for action in p._actions:  # the services' own defaults (SERVICES_CONSUME, ...)
             if action.dest == "consume":
                 own = WORKER_CONSUME if name == "worker" else SERVICES_CONSUME
-                action.help = (f"CRDT_OPS_CONSUME; default for {name} {own!r}"
-                               + (f" (for web and logic {SERVICES_CONSUME!r})"
-                                  if name == "demo" else "")
+                action.help = ((f"CRDT_OPS_CONSUME; default {SERVICES_CONSUME!r} for web and "
+                                f"logic, {WORKER_CONSUME!r} for the workers" if name == "demo"
+                                else f"CRDT_OPS_CONSUME; default for {name} {own!r}")
                                + f": {config.help_of(config.Settings, 'consume')}")
             elif action.dest == "heartbeat_s" and name == "worker":
                 action.help = ("CRDT_OPS_HEARTBEAT_S; default: the worker's beat interval (a "
                                "fifth of --lease-s: 6 s under the default 30 s lease)")
             elif action.dest == "heartbeat_s" and name == "demo":
                 action.help = ("CRDT_OPS_HEARTBEAT_S; default 1 for the demo's services "
-                               "(seconds between heartbeats: the demo's leases are short)")
+                               "(seconds between heartbeats, the workers' beats included: the "
+                               "page shows them live)")
         for cls, only in SERVICE_SETTINGS[name]:
             config.add_arguments(p, cls, f"{cls.__name__.removesuffix('Settings').lower()} "
                                  "settings (flag, or environment variable)"
@@ -135,7 +136,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
             p.epilog = ("The replica settings --queue-type, --batch-ops, --batch-delay-ms, "
                         "--prefetch, --heartbeat-s, --gap-timeout-s, --max-waiting-per-origin, "
                         "--snapshot-every, --stream-max-age, --stream-max-bytes, --membership, "
-                        "--consume (default for the services: stream) and --group are passed "
+                        "--consume (default: stream for web and logic, queue for the workers) and "
+                        "--group are passed "
                         "to every service; "
                         + ", ".join(f"--{k.replace('_', '-')}" for k in DEMO_REFUSES)
                         + " are refused (each service has its own).")
@@ -353,14 +355,37 @@ def runtime_dir(w: WorkerSettings, store: str, name: str) -> Path:
     return legacy if legacy.is_dir() else Path(f"crdt-ops.worker.{name}.runtime")
 
 
-def broker_answers(url: str) -> bool:
-    u = urlparse(url)
-    port = u.port or (5671 if u.scheme == "amqps" else 5672)
+def broker_takes_login(url: str, timeout_s: float = 5.0) -> bool:
+    """Whether RabbitMQ at ``url`` (its first URL) answers and takes the URL's login: True,
+    or False when nothing answers there (no such host, a closed port). Raises RuntimeError
+    saying why, with a hint, when something answers and the connection still fails (a
+    refused login, an unknown virtual host, a certificate, a server that is not RabbitMQ,
+    or none within ``timeout_s`` seconds)."""
+    import aio_pika
+
+    from crdt_ops.transport.amqp.connection import CONNECT_HINTS
+
+    async def login() -> None:
+        conn = await aio_pika.connect(config.split_urls(url)[0], timeout=timeout_s)
+        await conn.close()
+
+    quiet = logging.getLogger("aiormq.connection")  # its own line for each failed connect
+    level, quiet.level = quiet.level, logging.CRITICAL
     try:
-        with socket.create_connection((u.hostname or "localhost", port), timeout=1):
-            return True
-    except OSError:
-        return False
+        asyncio.run(asyncio.wait_for(login(), timeout_s + 1))
+        return True
+    except OSError as e:
+        if isinstance(e.errno, int):  # refused, unresolved, unreachable: nothing answers
+            return False
+        error: BaseException = e
+    except (TimeoutError, Exception) as e:
+        error = e
+    finally:
+        quiet.level = level
+    hint = next((h for found, h in CONNECT_HINTS if found in str(error)), "")
+    raise RuntimeError(f"something answers at {redact_urls(url)}, but the connection to "
+                       f"RabbitMQ failed ({type(error).__name__}: {error or 'no answer'})"
+                       f"{hint}")
 
 
 #: Replica settings the demo passes on to every service when they are given as flags
@@ -386,7 +411,12 @@ def demo(args: argparse.Namespace, service: Service) -> int:
     if refused_env:
         print(f"crdt-ops demo: not passing {', '.join(refused_env)} to its services (each "
               "has its own)", file=sys.stderr, flush=True)
-    if broker_answers(settings.amqp_url):
+    try:
+        real = broker_takes_login(settings.amqp_url)
+    except RuntimeError as e:
+        print(f"crdt-ops demo: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    if real:
         owned = not config.given(args, config.Settings, "group")
         group = f"demo-{uuid.uuid4().hex[:6]}" if owned else settings.group
         print(f"crdt-ops demo: using RabbitMQ at {urlparse(settings.amqp_url).hostname}, "
@@ -486,14 +516,15 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
                 p.kill()
                 p.wait()
         _stop_containers(work / f"run-{w}" for w in DEMO_WORKERS)
-        if owned:
-            _delete_group(url, group, names)
+        deleted = _delete_group(url, group, names) if owned else False
         if passwords:
             _delete_users(list(passwords))
         if owned and ok:
             shutil.rmtree(work, ignore_errors=True)
-        done = [f"groups {' and '.join(model.groups(group))} deleted (their queues, streams "
-                f"and exchanges)" if owned else f"group {group} kept (it was given)"]
+        groups = " and ".join(model.groups(group))
+        done = [f"groups {groups} deleted (their queues, streams and exchanges)" if deleted
+                else f"groups {groups} not deleted (above: why)" if owned
+                else f"group {group} kept (it was given)"]
         if passwords:
             done.append(f"{len(passwords)} broker users deleted")
         done.append(f"{work} removed" if owned and ok else f"logs kept in {work}")
@@ -573,8 +604,9 @@ def _delete_users(names: list[str]) -> None:
               "them with rabbitmqctl delete_user", file=sys.stderr, flush=True)
 
 
-def _delete_group(url: str, group: str, replicas: list[str]) -> None:
-    """Delete the demo's groups from the broker (its services have stopped)."""
+def _delete_group(url: str, group: str, replicas: list[str]) -> bool:
+    """Delete the demo's groups from the broker (its services have stopped); whether it
+    could (else it says why, and what to delete by hand)."""
     import aio_pika
 
     from crdt_ops.transport.amqp.deletion import Survey
@@ -593,10 +625,12 @@ def _delete_group(url: str, group: str, replicas: list[str]) -> None:
 
     try:
         asyncio.run(asyncio.wait_for(delete(), 30))
+        return True
     except Exception as e:
         print(f"crdt-ops demo: could not delete group {group} from the broker at "
               f"{redact_urls(url)} ({type(e).__name__}: {e}): delete its queues and exchanges "
               f"crdt.{group}* by hand", file=sys.stderr, flush=True)
+        return False
 
 
 def _as_user(url: str, user: str, password: str) -> str:

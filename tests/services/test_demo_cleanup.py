@@ -195,6 +195,26 @@ def test_run_local_leaves_no_user_nor_password_that_logs_in(amqp_url: str,
     assert broker_objects(group_name) == []
 
 
+def test_demo_refuses_a_login_the_broker_refuses_before_starting_anything(
+        amqp_url: str, tmp_path: Path) -> None:
+    """A wrong password: the demo used to print "using RabbitMQ", start its services (each
+    retrying the login in its own log) and wait for its page for ever, saying nothing. It
+    says what failed, and why, at once: no group, no service, no directory."""
+    u = urlparse(amqp_url)
+    wrong = u._replace(netloc=f"{u.username}:not-the-password@{u.hostname}:{u.port or 5672}")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "services.cli", "demo", "--amqp-url",
+                           wrong.geturl(), "--port", str(free_port())], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert time.monotonic() - start < 15
+    assert done.returncode == 2 and done.stdout == "", done
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("crdt-ops demo: error: something answers at amqp://")
+    assert "ACCESS_REFUSED" in line and "check the user and password in the URL" in line
+    assert "not-the-password" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_refuses_a_taken_port_before_starting_anything(amqp_url: str) -> None:
     """Another server on the port: the demo says which port is taken and exits non-zero
     at once: no group, no service, no URL of the other server."""
