@@ -23,8 +23,32 @@ class Terminated(KeyboardInterrupt):
     KeyboardInterrupt (``crdt-ops`` installs it for every command)."""
 
 
+#: The stop signal that arrived (its number), for :func:`stop_if_requested`; None: none.
+_requested: int | None = None
+
+
 def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM's handler: raise :class:`Terminated` (and remember it)."""
+    global _requested
+    _requested = signum
     raise Terminated()
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """SIGINT's handler: raise KeyboardInterrupt, as Python's own does (and remember it)."""
+    global _requested
+    _requested = signum
+    raise KeyboardInterrupt
+
+
+def stop_if_requested() -> None:
+    """Raise the stop signal again (:class:`Terminated`, KeyboardInterrupt) if one arrived:
+    for a long computation to call between its steps. Python loses what a signal handler
+    raises while a finaliser runs (a ``__del__``, a generator closed by the garbage
+    collector: it prints "Exception ignored in ..." and goes on), and the computation
+    would run on to its end."""
+    if _requested is not None:
+        raise Terminated() if _requested == signal.SIGTERM else KeyboardInterrupt
 
 
 class Stopped(Exception):

@@ -20,10 +20,12 @@ def _story(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from services.process import stop_if_requested
     from tools.sim.simulation import simulate
 
     print(f"simulating {args.replicas} replicas, {args.ops} operations ...", file=sys.stderr)
-    result = simulate(args.replicas, args.ops, args.seed, progress=True)
+    result = simulate(args.replicas, args.ops, args.seed, progress=True,
+                      check=stop_if_requested)
     print(result.line())
     return 0 if result.converged else 1
 

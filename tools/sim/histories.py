@@ -233,9 +233,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    from services.process import stop_if_requested
+
     start = time.monotonic()
 
     def show(done: int) -> None:
+        stop_if_requested()  # a Ctrl-C lost in a finaliser: stop after this history
         if done % 500 == 0 or done == args.count:
             print(f"histories: {done}/{args.count} ({time.monotonic() - start:.0f}s)",
                   file=sys.stderr, flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from crdt_ops.replica import Replica
@@ -37,11 +38,12 @@ class SimulationResult:
                 f"converged={str(self.converged).lower()}")
 
 
-def simulate(replicas: int = 100, ops: int = 2000, seed: int = 0, progress: bool = False
-             ) -> SimulationResult:
+def simulate(replicas: int = 100, ops: int = 2000, seed: int = 0, progress: bool = False,
+             check: Callable[[], None] = lambda: None) -> SimulationResult:
     """``ops`` random operations on container records, counters and sets, issued
     by random replicas over a network with delay, reordering and duplication,
-    with one partition that heals midway; then run until quiet and compare."""
+    with one partition that heals midway; then run until quiet and compare.
+    ``check``: called every 100 operations (what it raises ends the run)."""
     rng = random.Random(seed)
     net = MemoryNetwork(seed=seed, delay=(0, 4), duplicate=0.05, reorder=0.05)
     group = [net.add(Replica(f"r{i:03d}")) for i in range(replicas)]
@@ -67,6 +69,8 @@ def simulate(replicas: int = 100, ops: int = 2000, seed: int = 0, progress: bool
             net.heal()
         if i % 5 == 0:
             net.step()
+        if i % 100 == 0:
+            check()
         if progress and i % max(ops // 20, 1) == 0:
             print(f"  {i}/{ops} ops issued", file=sys.stderr, flush=True)
     net.heal()
