@@ -41,11 +41,7 @@ from typing import NoReturn  # noqa: E402
 import crdt_ops  # noqa: E402
 from crdt_ops.transport import config  # noqa: E402
 from services import logs  # noqa: E402
-from services.process import (  # noqa: E402
-    Terminated,
-    raise_interrupt,
-    raise_terminated,
-)
+from services.process import Terminated, raise_terminated  # noqa: E402
 from services.replica import add_arguments as runner_arguments  # noqa: E402
 
 
@@ -393,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     # from here on SIGTERM stops like Ctrl-C (the commands that run an event loop catch
     # both there, in every state: services.process.StopSignals)
     signal.signal(signal.SIGTERM, raise_terminated)
-    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # asyncio.run's, as it
+    # wants it (an in-memory computation installs raise_interrupt: services/process.py)
     args, unknown = parser.parse_known_args(argv)
     prog = f"crdt-ops {args.command}"
     if unknown:  # argparse would name the top command's --help: name the one that was run

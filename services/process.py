@@ -35,7 +35,10 @@ def raise_terminated(signum: int, frame: object) -> None:
 
 
 def raise_interrupt(signum: int, frame: object) -> None:
-    """SIGINT's handler: raise KeyboardInterrupt, as Python's own does (and remember it)."""
+    """SIGINT's handler for a computation without an event loop (``histories``,
+    ``simulate``): raise KeyboardInterrupt, as Python's own does, and remember it.
+    Not for a command that runs ``asyncio.run``, which handles SIGINT itself only while
+    Python's own handler is installed."""
     global _requested
     _requested = signum
     raise KeyboardInterrupt

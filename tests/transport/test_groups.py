@@ -194,18 +194,25 @@ async def _writes_through(platform: Platform, fault: Callable[[], Awaitable[None
         writing = asyncio.create_task(write())
         await asyncio.sleep(0.3)
         await fault()
-        try:
-            await asyncio.wait_for(asyncio.shield(writing), 120)
-        except TimeoutError:  # seen hanging (2026-12-07): say where every task waits
-            raise AssertionError(f"a write hung after {what}:\n{_tasks()}") from None
+        await _within(writing, 120, f"a write hung after {what}")
         await until(lambda: peers[0].groups.get("cells/a/n") == n
                     and peers[1].groups.get("containers/n") == n, 90,
                     f"every write of both groups at their peers after {what}")
     finally:
-        try:
-            await asyncio.wait_for(asyncio.gather(*(p.stop() for p in (front, *peers))), 60)
-        except TimeoutError:
-            raise AssertionError(f"a stop hung after {what}:\n{_tasks()}") from None
+        stopping = asyncio.ensure_future(asyncio.gather(*(p.stop() for p in (front, *peers))))
+        await _within(stopping, 60, f"a stop hung after {what}")
+
+
+async def _within(task: asyncio.Future[object], timeout_s: float, what: str) -> None:
+    """Wait for ``task``; if it takes longer than ``timeout_s`` seconds, fail saying where
+    every task waits, as they wait then (seen hanging in CI, 2026-12-07: a stop; a dump
+    taken after ``wait_for`` had cancelled the stops showed none of them)."""
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        where = _tasks()
+        task.cancel()
+        raise AssertionError(f"{what}:\n{where}")
+    task.result()
 
 
 def _tasks() -> str:

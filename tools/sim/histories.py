@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -233,8 +234,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from services.process import stop_if_requested
+    from services.process import raise_interrupt, stop_if_requested
 
+    signal.signal(signal.SIGINT, raise_interrupt)  # remembered, for stop_if_requested
     start = time.monotonic()
 
     def show(done: int) -> None:
