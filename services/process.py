@@ -44,6 +44,14 @@ def raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def heeding_stops() -> Callable[[], None]:
+    """For a computation without an event loop (``histories``, ``simulate``): SIGINT's
+    handler becomes :func:`raise_interrupt` (SIGTERM's remembers already); returns
+    :func:`stop_if_requested`, for it to call between its steps."""
+    signal.signal(signal.SIGINT, raise_interrupt)
+    return stop_if_requested
+
+
 def stop_if_requested() -> None:
     """Raise the stop signal again (:class:`Terminated`, KeyboardInterrupt) if one arrived:
     for a long computation to call between its steps. Python loses what a signal handler

@@ -161,7 +161,7 @@ class Worker:
     def _adopt(self, lease_s: float) -> lease.Lease:
         """The lease of a worker that ran here before, if it still holds (a restart
         keeps the containers); else a new epoch, not beaten before :meth:`run` stopped what
-        still runs here (:meth:`_stop_leftovers`: ``_leftovers`` says why)."""
+        still runs here (``_leftovers`` says why)."""
         saved = lease.load(self.lease_file)
         now = time.monotonic()
         if saved is not None and saved.lease.may_run(now) and saved.lease.duration_s == lease_s:
@@ -176,16 +176,6 @@ class Worker:
                            f"the lease of epoch {saved.lease.epoch} ran out")
         lease.save(self.lease_file, fresh, os.getpid())  # not held: the guard stops them too
         return fresh
-
-    def _stop_leftovers(self) -> None:
-        """On the runtime's thread, before the first beat of a new epoch: stop what an
-        earlier epoch left running (logic takes a new epoch for the end of the old one,
-        services/liveness.py, so they are gone before the new one is announced)."""
-        running = self.runtime.running()
-        if running:
-            log.warning("%s: stopping %d containers before starting epoch %s (%s)", self.name,
-                        len(running), self.lease.epoch, self._leftovers)
-            self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
 
     def beat(self) -> None:
         """Write a heartbeat with this epoch and lease (and the capacity if it changed)."""
@@ -236,10 +226,14 @@ class Worker:
             return call()
         return await asyncio.get_running_loop().run_in_executor(self._calls, call)
 
-    async def _stop_all(self) -> int:
+    async def _stop_all(self, announce: Callable[[int], None] = lambda n: None) -> int:
+        """Stop everything the runtime runs (together), on its thread; ``announce`` is told
+        how many first. Returns how many."""
         def stop_everything() -> int:
             running = self.runtime.running()
-            self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
+            if running:
+                announce(len(running))
+                self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
             return len(running)
         stopped = await self._call(stop_everything)
         self._running.clear()
@@ -272,19 +266,19 @@ class Worker:
             self._dirty.clear()
         if self.use_guard:  # before any start (here, on the loop: the beats call it too)
             guard.ensure(self.state_dir, self.runtime)
-        records = self.assigned.records
+        records, everything = self.assigned.records, only is None
         placed = (dict(records) if only is None
                   else {cid: records.get(cid) for cid in set(only)})
         call = asyncio.ensure_future(self._call(lambda: converge(
-            self.runtime, self.name, placed, now, everything=only is None,
+            self.runtime, self.name, placed, now, everything=everything,
             records=lambda: self.assigned.records, held=lambda: self.lease,
             retry_at=self._retry_at)))
         try:
             done = await asyncio.shield(call)
         except asyncio.CancelledError:  # its starts and stops are made: record them first
-            self._record(await call, now, everything=only is None)
+            self._record(await call, now, everything=everything)
             raise
-        return self._record(done, now, everything=only is None)
+        return self._record(done, now, everything=everything)
 
     def _record(self, done: Converged, now: float, *, everything: bool) -> int:
         """After :func:`~services.converge.converge`: keep what runs, the retries' times,
@@ -363,8 +357,11 @@ class Worker:
         (:meth:`_reconciling`), until cancelled or either fails (raised here)."""
         tasks: list[asyncio.Task[None]] = []
         try:
-            if self._leftovers is not None:
-                await self._call(self._stop_leftovers)
+            if self._leftovers is not None:  # before the new epoch's first beat: logic
+                why = self._leftovers  # takes a new epoch for the end of the old one
+                await self._stop_all(lambda n: log.warning(  # (services/liveness.py)
+                    "%s: stopping %d containers before starting epoch %s (%s)", self.name, n,
+                    self.lease.epoch, why))
                 self._leftovers = None
             # this node's records from every record, in slices: now (the worker beats
             # meanwhile, but reconciles only once they are loaded: it would stop what it

@@ -6,7 +6,6 @@ bounds of its numeric flags, and its own checks) to the ``crdt-ops`` parser."""
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import Any
 
@@ -21,13 +20,12 @@ def _story(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from services.process import raise_interrupt, stop_if_requested
+    from services.process import heeding_stops
     from tools.sim.simulation import simulate
 
-    signal.signal(signal.SIGINT, raise_interrupt)  # remembered, for stop_if_requested
+    check = heeding_stops()
     print(f"simulating {args.replicas} replicas, {args.ops} operations ...", file=sys.stderr)
-    result = simulate(args.replicas, args.ops, args.seed, progress=True,
-                      check=stop_if_requested)
+    result = simulate(args.replicas, args.ops, args.seed, progress=True, check=check)
     print(result.line())
     return 0 if result.converged else 1
 

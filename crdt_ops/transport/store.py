@@ -295,11 +295,12 @@ class Store:
             "SELECT id, data FROM outbox WHERE id >= ? AND sent = 0 ORDER BY id LIMIT ?",
             (max(self._unsent_from, after + 1), limit + len(pending))).fetchall()
         out = [(int(i), bytes(d)) for i, d in rows if i not in pending][:limit]
-        if not skipping and out:
-            self._unsent_from = out[0][0]  # (what is below was all confirmed)
-        elif not skipping and len(rows) < limit + len(pending):  # (all confirmed: the next
-            top = self.db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]  # come after)
-            self._unsent_from = int(top or 0) + 1
+        if not skipping:
+            if out:
+                self._unsent_from = out[0][0]  # (what is below was all confirmed)
+            elif len(rows) < limit + len(pending):  # (all confirmed: the next come after)
+                top = self.db.execute("SELECT MAX(id) FROM outbox").fetchone()[0]
+                self._unsent_from = int(top or 0) + 1
         return out
 
     @_guarded

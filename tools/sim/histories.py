@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -234,13 +233,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from services.process import raise_interrupt, stop_if_requested
+    from services.process import heeding_stops
 
-    signal.signal(signal.SIGINT, raise_interrupt)  # remembered, for stop_if_requested
+    check = heeding_stops()
     start = time.monotonic()
 
     def show(done: int) -> None:
-        stop_if_requested()  # a Ctrl-C lost in a finaliser: stop after this history
+        check()  # a Ctrl-C lost in a finaliser: stop after this history
         if done % 500 == 0 or done == args.count:
             print(f"histories: {done}/{args.count} ({time.monotonic() - start:.0f}s)",
                   file=sys.stderr, flush=True)

@@ -141,13 +141,13 @@ class Publisher:
         asked = time.monotonic()
         flying = max(self._flight, default=0)
         # (after the ids in flight: none of them is fetched again)
-        rows = fetched = self.durable.store.unconfirmed(limit=limit, after=flying)
-        self._outbox(len(fetched) + len(self._flight), asked)
+        rows = self.durable.store.unconfirmed(limit=limit, after=flying)
+        self._outbox(len(rows) + len(self._flight), asked)
         if not rows:
             if not self._flight:
                 self.confirmed_through = asked
             return
-        if len(fetched) >= limit:  # a backlog: its next rows go in the next round at once
+        if len(rows) >= limit:  # a backlog: its next rows go in the next round at once
             ready.set()
         # something to publish: the stream must take writes first (at once but after a
         # (re)connection; a replica with nothing to send does not probe)
@@ -159,7 +159,7 @@ class Publisher:
             raise
         # every row the outbox held at ``asked`` has an id up to this one (if it held them
         # all): confirmed_through may move to ``asked`` once they are all confirmed
-        through = fetched[-1][0] if len(fetched) < limit else None
+        through = rows[-1][0] if len(rows) < limit else None
         self._flight.update(i for i, _ in rows)
         task = asyncio.get_running_loop().create_task(self._round(rows, asked, through))
         self._rounds[task] = asked
