@@ -1,11 +1,14 @@
-"""One reconcile's work at the container runtime, on the worker's runtime thread.
+"""One runtime call of the worker's reconcile, on one of its runtime threads.
 
-:func:`converge` looks up what runs, stops what must not run (together), then starts what
-must run and does not, or runs an older ``restart_generation``; it returns what it did
-(:class:`Converged`) for the worker's event loop to record and report
-(services/worker.py, ``Worker.reconcile``). It runs off the event loop because a runtime's
-calls may take long (each ``docker`` command up to a minute; a stop waits out the grace
-of a container that ignores SIGTERM), and the loop must go on beating to keep the lease.
+:func:`converge` looks up the containers it is given, stops those that must not run
+(together), then starts those that must run and do not, or run an older
+``restart_generation``; it returns what it did (:class:`Converged`) for the worker's event
+loop to record and report (services/worker.py, ``Worker.reconcile``). It runs off the
+event loop because a runtime's calls may take long (each ``docker`` command up to a minute;
+a stop waits out the grace of a container that ignores SIGTERM), and the loop must go on
+beating to keep the lease. The worker runs several such calls at once, never two that share
+a container: one per container whose record changed, or that a full reconcile's listing of
+what runs found at odds with its record.
 
 The one rule, :func:`should_run`, decides which containers run. Each start is checked
 against it again as it is made, with the records and lease of that moment: the calls
@@ -16,7 +19,7 @@ What it reads of the loop's state it is handed: a copy of the records to reconci
 on the loop, for its decisions; for the checks as it starts, callables that return the
 records and the lease as they are then (one key read at a time: the loop may replace the
 mapping meanwhile, and empty the old one); the retries' times. It writes none of that
-state; the runtime is touched from this thread only.
+state.
 """
 
 from __future__ import annotations
@@ -41,6 +44,25 @@ def should_run(c: model.Container | None, held: lease.Lease, now: float) -> bool
             and held.may_run(now))
 
 
+def at_odds(c: model.Container | None, pid: int | None, held: lease.Lease, now: float,
+            retry_at: tuple[float, float] | None = None) -> bool:
+    """Whether container ``c`` (its placement on this node, None for none), whose instance
+    runs as ``pid`` (None: none runs), needs a reconcile at ``now`` under lease ``held``:
+    it runs and must not (:func:`should_run`); it must run and does not, unless its retry
+    after a failed start (``retry_at``: when, and its backoff) is not due yet; it runs an
+    older ``restart_generation``; or its record does not report what runs (``on`` and its
+    pid, or ``off`` and none). What the worker's full reconcile asks of each container its
+    listing of what runs found (services/worker.py)."""
+    if should_run(c, held, now):
+        assert c is not None  # (should_run)
+        if pid is None:
+            return retry_at is None or retry_at[0] <= now
+        return (c.started_generation != c.restart_generation or c.power_actual != "on"
+                or c.pid != pid)
+    return pid is not None or (c is not None and (c.power_actual != "off"
+                                                  or c.pid is not None))
+
+
 @dataclasses.dataclass
 class Converged:
     """What one :func:`converge` did: the containers it looked at (``cids``); the pids of
@@ -59,28 +81,21 @@ class Converged:
 
 
 def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container | None],
-             now: float, *, everything: bool,
-             records: Callable[[], Mapping[str, model.Container]],
+             now: float, *, records: Callable[[], Mapping[str, model.Container]],
              held: Callable[[], lease.Lease],
              retry_at: Mapping[str, tuple[float, float]]) -> Converged:
     """Bring ``runtime`` (node ``node``'s) toward what the records want.
 
-    ``placed``: the records to reconcile (container id -> its placement on this node, None
-    for none), a copy the loop made as it called. ``everything``: ``placed`` holds every
-    placement on this node, and what the runtime runs is listed (``Runtime.running()``),
-    so that an instance no record wants is found; else each container of ``placed`` is
-    looked up (``Runtime.pid``). ``now``: the reconcile's time (``time.monotonic()``
+    ``placed``: the containers to reconcile (container id -> its placement on this node,
+    None for none), a copy the loop made as it called; each is looked up
+    (``Runtime.pid``). ``now``: the reconcile's time (``time.monotonic()``
     seconds): the rule's and the backoff's. ``records()``: the placements on this node as
     the loop holds them at the moment of asking; ``held()``: the lease likewise;
     ``retry_at``: container id -> (when its next start may be tried, its backoff) after a
     failed start. Raises what the runtime raises, except
     :class:`~services.runtime.RuntimeError_` from a start (recorded in ``failed``)."""
-    if everything:
-        running = runtime.running()
-        cids = sorted(running.keys() | placed.keys())
-    else:
-        cids = sorted(placed)
-        running = {cid: pid for cid in cids if (pid := runtime.pid(cid)) is not None}
+    cids = sorted(placed)
+    running = {cid: pid for cid in cids if (pid := runtime.pid(cid)) is not None}
     lease_then = held()
     wanted = {cid for cid in cids if should_run(placed.get(cid), lease_then, now)}
     stopping = [cid for cid in cids if cid in running and cid not in wanted]
@@ -114,4 +129,4 @@ def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container |
     return done
 
 
-__all__ = ["Converged", "converge", "should_run"]
+__all__ = ["Converged", "at_odds", "converge", "should_run"]

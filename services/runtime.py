@@ -4,6 +4,10 @@ A runtime runs at most one instance per container id and remembers what it runs
 in ``state_dir`` (one pid file per container), so that a restarted worker finds
 and reconciles the processes that really run.
 
+A worker calls its runtime from several threads at once (services/worker.py), never with two
+calls at once for one container; a listing (:meth:`Runtime.running`) may run while other
+containers start or stop. A runtime keeps its own bookkeeping consistent under that.
+
 Its pid files name one process for sure (services/pids.py: ``<pid> <start time> <boot
 id>``): a stale one, of an earlier boot or naming another process now, is neither taken for
 the container nor signalled when it is stopped. A container started here is recorded
@@ -19,6 +23,7 @@ import logging
 import os
 import shlex
 import subprocess
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +45,9 @@ class RuntimeError_(Exception):
 
 
 class Runtime(Protocol):
+    """What a worker runs containers with. Calls for different containers may come from
+    several threads at once; never two at once for one container."""
+
     def start(self, cid: str) -> int: ...
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None: ...
@@ -86,12 +94,17 @@ class ProcessRuntime:
         self._pids: dict[str, int] = {}  # pid files read (or written) here, by container
         #: the start time (clock ticks since boot) a pid file gave each pid read from one
         self._since: dict[int, int] = {}
+        #: held while the three maps above and the pid files are read or changed (the
+        #: worker's runtime threads call at once), not while a process is waited for
+        self._lock = threading.RLock()
 
     def _pidfile(self, cid: str) -> Path:
         return self.state_dir / f"{cid}.pid"
 
     def start(self, cid: str) -> int:
-        if self._alive_pid(cid) is not None:
+        with self._lock:
+            old = self._alive_pid(cid)
+        if old is not None:
             self.stop(cid)
         try:
             proc = subprocess.Popen(self.command, start_new_session=True,
@@ -101,9 +114,10 @@ class ProcessRuntime:
                                          RUNTIME_ENV: self._root})
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
-        self._children[proc.pid] = proc
-        pids.record(self._pidfile(cid), proc.pid, None)  # no start time: the module says why
-        self._pids[cid] = proc.pid
+        with self._lock:
+            self._children[proc.pid] = proc
+            pids.record(self._pidfile(cid), proc.pid, None)  # no start time: the module
+            self._pids[cid] = proc.pid  # says why
         return proc.pid
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
@@ -115,14 +129,16 @@ class ProcessRuntime:
         """Stop these containers' instances together (:func:`~services.pids.terminate_all`
         on their process groups)."""
         cids = list(cids)
-        targets = [(pid, self._children.get(pid)) for pid in map(self._alive_pid, cids)
-                   if pid is not None]
+        with self._lock:
+            targets = [(pid, self._children.get(pid)) for pid in map(self._alive_pid, cids)
+                       if pid is not None]
         terminate_all(targets, grace_s, group=True)
-        for pid, _ in targets:
-            self._children.pop(pid, None)
-        for cid in cids:  # once gone: a stop cut short leaves each one found again
-            self._pidfile(cid).unlink(missing_ok=True)
-            self._pids.pop(cid, None)
+        with self._lock:
+            for pid, _ in targets:
+                self._children.pop(pid, None)
+            for cid in cids:  # once gone: a stop cut short leaves each one found again
+                self._pidfile(cid).unlink(missing_ok=True)
+                self._pids.pop(cid, None)
 
     def guard_args(self) -> list[str]:
         return ["--process-dir", str(self.state_dir)]
@@ -148,11 +164,12 @@ class ProcessRuntime:
                 if cid not in found or since < found[cid][0]:
                     found[cid] = (since, pid)
         adopted = {}
-        for cid, (since, pid) in sorted(found.items()):
-            if self._alive_pid(cid) is None:
-                pids.record(self._pidfile(cid), pid, since)
-                self._pids[cid] = adopted[cid] = pid
-                self._since[pid] = since
+        with self._lock:
+            for cid, (since, pid) in sorted(found.items()):
+                if self._alive_pid(cid) is None:
+                    pids.record(self._pidfile(cid), pid, since)
+                    self._pids[cid] = adopted[cid] = pid
+                    self._since[pid] = since
         return adopted
 
     def _instance(self, pid: int) -> tuple[str, int] | None:
@@ -177,27 +194,29 @@ class ProcessRuntime:
         """Container id -> pid of every instance alive now: the pid files of the
         directory (the truth a restarted worker and the guard read too), each read
         once (this runtime writes the ones it starts), each process checked."""
-        out = {}
-        with os.scandir(self.state_dir) as entries:
-            cids = [e.name[:-4] for e in entries if e.name.endswith(".pid")]
-        for cid in self._pids.keys() - set(cids):  # its pid file is gone
-            gone = self._pids.pop(cid)
-            child = self._children.get(gone)
-            if child is not None and child.poll() is None:  # deleted under a live instance
-                log.warning("the pid file of container %s (pid %d) was deleted while it runs; "
-                            "written again", cid, gone)
-                pids.record(self._pidfile(cid), gone, None)
-                self._pids[cid] = gone
-                cids.append(cid)
-        for cid in cids:
-            pid = self._alive_pid(cid)
-            if pid is not None:
-                out[cid] = pid
-        return out
+        with self._lock:
+            out = {}
+            with os.scandir(self.state_dir) as entries:
+                cids = [e.name[:-4] for e in entries if e.name.endswith(".pid")]
+            for cid in self._pids.keys() - set(cids):  # its pid file is gone
+                gone = self._pids.pop(cid)
+                child = self._children.get(gone)
+                if child is not None and child.poll() is None:  # deleted under a live instance
+                    log.warning("the pid file of container %s (pid %d) was deleted while it runs; "
+                                "written again", cid, gone)
+                    pids.record(self._pidfile(cid), gone, None)
+                    self._pids[cid] = gone
+                    cids.append(cid)
+            for cid in cids:
+                pid = self._alive_pid(cid)
+                if pid is not None:
+                    out[cid] = pid
+            return out
 
     def pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
-        return self._alive_pid(cid)
+        with self._lock:
+            return self._alive_pid(cid)
 
     def _alive_pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""

@@ -20,27 +20,33 @@ stopped, by the worker and by its guard (services/guard.py, which does it even i
 the worker is paused or dead), and the worker starts a new epoch: logic then
 places the containers anew.
 
-The runtime's calls (listing, starting, stopping) run on a thread of the worker's own, one
-at a time, in the order they are made: a ``docker run`` that pulls an image (each of its
-three ``docker`` commands may take up to a minute), or the stop of a container that ignores
-SIGTERM (half the lease's grace, then SIGKILL), holds up the node's other starts and stops,
-not the event loop, and so not the beats that keep the lease, the deliveries or the reports.
-One reconcile is one such call (:meth:`Worker.reconcile`). A container is reported off once
-its stop returned; a start that its record or lease stopped allowing while earlier calls ran
-is not made. A worker that starts a new epoch stops what an earlier one left running
-before its first beat.
+The runtime's calls (listing, starting, stopping) run on threads of the worker's own
+(``runtime_calls`` of them, :data:`RUNTIME_CALLS` unless told), never two at once for one
+container: a ``docker run`` that pulls an image (each of its three ``docker`` commands may
+take up to a minute), or the stop of a container that ignores SIGTERM (half the lease's
+grace, then SIGKILL), holds up neither the event loop (the beats that keep the lease, the
+deliveries, the reports) nor the node's other containers. Each container whose record
+changed is reconciled in a call of its own; a change to a container whose call is in flight
+is looked at again when that call returns. A full reconcile lists what runs in one call,
+then reconciles in that way each container the listing found at odds with its record
+(each such call looks its container up again: :meth:`Worker.reconcile`). A container
+is reported off once its stop returned; a start that its record or lease stopped allowing
+while the calls before it ran is not made. When the lease runs out, no call begins, the
+calls in flight are waited for, and then everything is stopped. A worker that starts a new
+epoch stops what an earlier one left running before its first beat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node
@@ -48,7 +54,7 @@ from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.transport.waiting import wait_set
 from services import guard, lease, model
-from services.converge import Converged, converge
+from services.converge import Converged, at_odds, converge
 from services.index import NodeRecords, full_passes
 from services.runtime import Runtime
 
@@ -61,6 +67,12 @@ FULL_PASS_S = 60.0
 #: Seconds between two full reconciles (the runtime's instances against the records): how
 #: soon a container whose process died is found and started again. Local work only.
 RECONCILE_S = 1.0
+
+
+#: How many runtime calls a worker runs at once (each on a thread of its own, never two for
+#: one container): so many slow starts or stops (an image's pull, a container that ignores
+#: SIGTERM) hold up the node's other containers, not fewer.
+RUNTIME_CALLS = 4
 
 
 #: Seconds between two looks at whether a beat written was confirmed (to renew the lease
@@ -94,16 +106,19 @@ class Worker:
     ``lease_s``: the lease's length in seconds; ``heartbeat_s``: seconds between its beats
     (default ``services.lease.beat_interval_s(lease_s)``; at least 4 to a lease, else
     ValueError); ``reconcile_s``: seconds between full reconciles; ``use_guard``: run the
-    guard process (tests of the worker alone may not); ``runtime_thread``: run the
-    runtime's calls on a thread of their own (False: on the event loop, for a runtime in
-    memory whose calls return at once, such as the simulator's, which many workers of one
-    process share)."""
+    guard process (tests of the worker alone may not); ``runtime_calls``: how many runtime
+    calls run at once, each on a thread of the worker's (at least 1, else ValueError);
+    ``runtime_thread``: run the runtime's calls on those threads (False: on the event
+    loop, for a runtime in memory whose calls return at once, such as the simulator's,
+    which many workers of one process share). A runtime must take calls for different
+    containers from several threads at once (services/runtime.py)."""
 
     def __init__(self, node: NodeGroups[Node], name: str, runtime: Runtime, *,
                  cell: str = model.DEFAULT_CELL, capacity: int = 10,
                  heartbeat_s: float | None = None, lease_s: float = lease.DEFAULT_LEASE_S,
                  reconcile_s: float = RECONCILE_S, state_dir: Path | None = None,
-                 use_guard: bool = True, runtime_thread: bool = True) -> None:
+                 use_guard: bool = True, runtime_calls: int = RUNTIME_CALLS,
+                 runtime_thread: bool = True) -> None:
         if capacity < 0:
             raise ValueError(f"a node's capacity must be >= 0, not {capacity}")
         if heartbeat_s is None:
@@ -111,6 +126,9 @@ class Worker:
         if lease_s < 4 * heartbeat_s:
             raise ValueError(f"a lease of {lease_s}s is too short for a heartbeat every "
                              f"{heartbeat_s}s: make it at least 4 heartbeats")
+        if runtime_calls < 1:
+            raise ValueError(f"a worker runs at least 1 runtime call at a time, not "
+                             f"{runtime_calls}")
         self.node = node
         self.name = name
         self.cell = model.check_cell(cell)
@@ -133,9 +151,20 @@ class Worker:
         self._beat: tuple[float, float, str] | None = None
         self._last_beat = 0.0  # when the last beat was written (time.monotonic())
         self._beat_now = asyncio.Event()  # a new epoch: beat at once
-        #: the thread the runtime's calls run on, one at a time (:meth:`_call`)
+        #: the threads the runtime's calls run on (:meth:`_call`)
         self._calls = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix=f"runtime-{name}") if runtime_thread else None
+            runtime_calls, thread_name_prefix=f"runtime-{name}") if runtime_thread else None
+        #: the containers a runtime call is at work on (none is given a second call)
+        self._busy: set[str] = set()
+        #: > 0 while no runtime call may begin: the lease's end waits for the calls in
+        #: flight, then stops everything
+        self._held_back = 0
+        #: the reconciles in flight as tasks of their own (:meth:`_spawn`), and the first
+        #: error one of them raised, for :meth:`_reconciling` to raise
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._failed: BaseException | None = None
+        #: one future per runtime call begun, done once what it did is recorded
+        self._unrecorded: set[asyncio.Future[None]] = set()
         #: the placements on this node, kept from change events (services/index.py)
         self.assigned = NodeRecords(name, prefix=model.placements(self.cell, name))
         #: the instances running here as last seen: container id -> pid (a full reconcile
@@ -217,25 +246,38 @@ class Worker:
                     "for %.0fs): its containers were stopped (%d more now); new epoch %s",
                     self.name, old, self.lease.duration_s, stopped, self.lease.epoch)
 
-    async def _call(self, call: Callable[[], T]) -> T:
-        """Run ``call`` (of the runtime) on this worker's runtime thread: one call at a
-        time, in the order they are made, the event loop free meanwhile (for the beats
-        that keep the lease, the deliveries, the reports); inline without that thread
-        (``runtime_thread=False``)."""
-        if self._calls is None:
-            return call()
-        return await asyncio.get_running_loop().run_in_executor(self._calls, call)
+    def _call(self, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Begin ``call`` (of the runtime) on one of this worker's runtime threads, at once
+        (on this turn of the event loop), and return its future: the loop goes on meanwhile
+        (the beats that keep the lease, the deliveries, the reports). Without those threads
+        (``runtime_thread=False``) it runs inline, and the future is done. The callers see
+        to it that no two calls for one container run at once."""
+        if self._calls is not None:
+            return asyncio.get_running_loop().run_in_executor(self._calls, call)
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            done.set_result(call())
+        except Exception as e:
+            done.set_exception(e)
+        return done
 
     async def _stop_all(self, announce: Callable[[int], None] = lambda n: None) -> int:
-        """Stop everything the runtime runs (together), on its thread; ``announce`` is told
-        how many first. Returns how many."""
+        """Stop everything the runtime runs (together), on a runtime thread, once every
+        call begun returned and what it did was recorded, no call beginning meanwhile;
+        ``announce`` is told how many first. Returns how many."""
         def stop_everything() -> int:
             running = self.runtime.running()
             if running:
                 announce(len(running))
                 self.runtime.stop_all(running, grace_s=self.lease.stop_wait_s)
             return len(running)
-        stopped = await self._call(stop_everything)
+        self._held_back += 1
+        try:
+            while self._unrecorded:  # (their starts checked the lease as they were made)
+                await asyncio.wait(set(self._unrecorded))
+            stopped = await self._call(stop_everything)  # begun on the turn of the check
+        finally:
+            self._held_back -= 1
         self._running.clear()
         return stopped
 
@@ -253,46 +295,115 @@ class Worker:
         change, a full one finds nothing to do (tests/services/test_worker.py). ``now``:
         ``time.monotonic()`` seconds (the lease and the retries' backoff).
 
-        The runtime's side is one call off the event loop
-        (:func:`~services.converge.converge`): what runs is looked up, what must not run is
-        stopped (together), then what must run is started, each start checked against the
-        rule again as it is made. The loop then records it and writes the reports
-        (:meth:`_record`), also when this reconcile is cancelled meanwhile (after the
-        call returned)."""
+        The runtime's side runs off the event loop, in calls that run at once, never two
+        for one container: each container of ``only`` in a call of its own
+        (:func:`~services.converge.converge`), which looks it up, then stops or starts it;
+        a container another call is at work on is left for when that call returns
+        (:meth:`reconcile_changes`). A full reconcile lists what runs in one call, then
+        reconciles in that way each container the listing found at odds with its record
+        (:func:`~services.converge.at_odds`): as each such call looks its container up
+        again, a listing out of date (a container started or stopped while it ran) costs a
+        look-up, not a second start or stop. Each start is checked against the rule again
+        as it is made. The loop records what each call did and writes the reports
+        (:meth:`_record`), also when this reconcile is cancelled meanwhile (after the call
+        returned)."""
         now = time.monotonic() if now is None else now
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
             self.assigned.load(self.node.groups)  # them in one go
-        if only is None:
-            self._dirty.clear()
-        if self.use_guard:  # before any start (here, on the loop: the beats call it too)
-            guard.ensure(self.state_dir, self.runtime)
-        records, everything = self.assigned.records, only is None
-        placed = (dict(records) if only is None
-                  else {cid: records.get(cid) for cid in set(only)})
-        call = asyncio.ensure_future(self._call(lambda: converge(
-            self.runtime, self.name, placed, now, everything=everything,
-            records=lambda: self.assigned.records, held=lambda: self.lease,
-            retry_at=self._retry_at)))
+        if only is not None:
+            return sum(await asyncio.gather(*self._begin_calls(only, now)))
+        listed, recorded = self._begin(self.runtime.running)
         try:
-            done = await asyncio.shield(call)
-        except asyncio.CancelledError:  # its starts and stops are made: record them first
-            self._record(await call, now, everything=everything)
-            raise
-        return self._record(done, now, everything=everything)
+            running, busy = await listed, self._busy
+            for cid in self._running.keys() - busy - running.keys():
+                del self._running[cid]
+            self._running.update((cid, pid) for cid, pid in running.items() if cid not in busy)
+            self._count_running()
+            records, held = self.assigned.records, self.lease
+            odd = [cid for cid in sorted(running.keys() | records.keys())
+                   if at_odds(records.get(cid), running.get(cid), held, now,
+                              self._retry_at.get(cid))]
+        finally:
+            recorded.set_result(None)
+        return sum(await asyncio.gather(*self._begin_calls(odd, now)))
 
-    def _record(self, done: Converged, now: float, *, everything: bool) -> int:
+    def _begin_calls(self, cids: Iterable[str], now: float) -> list[asyncio.Task[int]]:
+        """Begin a runtime call (an incremental reconcile) for each of ``cids`` that no call
+        is at work on (none while the lease's end holds calls back); the others are left
+        in ``_dirty``, looked at again when the call ahead of them returns. Returns the
+        tasks that record what each call did, each of which returns the writes it made."""
+        cids = set(cids)
+        free = sorted(cids - self._busy) if not self._held_back else []
+        self._dirty |= cids.difference(free)
+        if free and self.use_guard:  # before any start (here, on the loop: the beats call
+            guard.ensure(self.state_dir, self.runtime)  # it too)
+        records = self.assigned.records
+        tasks = []
+        for cid in free:
+            self._busy.add(cid)
+            result, recorded = self._begin(functools.partial(
+                converge, self.runtime, self.name, {cid: records.get(cid)}, now,
+                records=lambda: self.assigned.records, held=lambda: self.lease,
+                retry_at=self._retry_at))
+            tasks.append(self._spawn(self._finish(cid, result, recorded, now),
+                                     f"{self.name} reconciling {cid}"))
+        return tasks
+
+    def _spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """``work`` as a task of its own, in ``_inflight`` until it ends; the first error a
+        task raises is kept for :meth:`_reconciling` to raise (and ``_wake`` set)."""
+        task = asyncio.ensure_future(work)
+        task.set_name(name)
+        self._inflight.add(task)
+
+        def ended(t: asyncio.Task[T]) -> None:
+            self._inflight.discard(t)
+            if not t.cancelled() and t.exception() is not None and self._failed is None:
+                self._failed = t.exception()
+                self._wake.set()
+        task.add_done_callback(ended)
+        return task
+
+    def _begin(self, call: Callable[[], T]) -> tuple[asyncio.Future[T], asyncio.Future[None]]:
+        """Begin runtime call ``call`` at once (:meth:`_call`); returns its result, and a
+        future for the caller to set once it recorded what the call did: until then the
+        lease's end waits for it (``_unrecorded``, :meth:`_stop_all`)."""
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unrecorded.add(recorded)
+        recorded.add_done_callback(self._unrecorded.discard)
+        return self._call(call), recorded
+
+    async def _finish(self, cid: str, result: asyncio.Future[Converged],
+                      recorded: asyncio.Future[None], now: float) -> int:
+        """Wait for container ``cid``'s call (begun by :meth:`_begin_calls`, which marked it
+        busy), record what it did (:meth:`_record`), also if cancelled meanwhile; release
+        the container; wake the reconcile loop if changes were left for it meanwhile;
+        flush the reports. Returns the writes."""
+        try:
+            try:
+                done = await asyncio.shield(result)
+            except asyncio.CancelledError:  # its starts and stops are made: record them
+                self._record(await result, now)
+                raise
+            writes = self._record(done, now)
+        finally:
+            recorded.set_result(None)
+            self._busy.discard(cid)
+            if self._dirty:  # left for when this call returned
+                self._wake.set()
+        await self.node.flush()  # its reports go out now, not on the loop's next turn
+        return writes
+
+    def _record(self, done: Converged, now: float) -> int:
         """After :func:`~services.converge.converge`: keep what runs, the retries' times,
         and write the reports (a container reported off once its stop returned; nothing
         for a placement removed meanwhile; a record changed meanwhile is reconciled again).
         Returns the writes."""
-        if everything:
-            self._running = done.running
-        else:
-            for cid in done.cids:
-                if cid in done.running:
-                    self._running[cid] = done.running[cid]
-                else:
-                    self._running.pop(cid, None)
+        for cid in done.cids:
+            if cid in done.running:
+                self._running[cid] = done.running[cid]
+            else:
+                self._running.pop(cid, None)
         records = self.assigned.records
         writes = 0
         for cid in done.cids:
@@ -321,21 +432,31 @@ class Worker:
                     and (c.power_actual != "on" or c.pid != done.running[cid]):
                 self._report(cid, power_actual="on", pid=done.running[cid], last_error=None)
                 writes += 1
+        self._count_running()
+        return writes
+
+    def _count_running(self) -> None:
+        """Write how many instances run here (as last seen) into the node's record."""
         rec = model.node(self.node.groups, self.cell, self.name)
         if rec.register("running").value != len(self._running):
             rec.register("running").set(len(self._running))
-        return writes
 
     async def reconcile_changes(self, now: float | None = None) -> int:
         """Reconcile the containers whose records changed since the last reconcile, and
-        those whose retry after a failed start is due (an incremental :meth:`reconcile`).
-        Returns the writes."""
-        now = time.monotonic() if now is None else now
+        those whose retry after a failed start is due (an incremental :meth:`reconcile`),
+        and wait for those calls. Returns the writes."""
+        calls = self._begin_changes(time.monotonic() if now is None else now)
+        return sum(await asyncio.gather(*calls))
+
+    def _begin_changes(self, now: float) -> list[asyncio.Task[int]]:
+        """Begin the runtime calls of :meth:`reconcile_changes` (:meth:`_begin_calls`)."""
         due = {cid for cid, (when, _) in self._retry_at.items() if when <= now}
         if not (self._dirty or due):
-            return 0
+            return []
+        if not self.assigned.loaded:
+            self.assigned.load(self.node.groups)
         dirty, self._dirty = self._dirty | due, set()
-        return await self.reconcile(now, only=dirty)
+        return self._begin_calls(dirty, now)
 
     def _report_off(self, cid: str) -> int:
         """Report container ``cid`` off (it must not run here, and was stopped) unless it
@@ -378,13 +499,18 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.close()
-            if self._calls is not None:  # the call in flight returns before run() does:
+            self.close()  # the calls no thread took yet are dropped; the others return
+            calls = list(self._inflight)  # each records what its call did, once it returned
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            if self._calls is not None:  # the calls in flight return before run() does:
                 await asyncio.shield(asyncio.to_thread(self._calls.shutdown))  # none after
 
     def close(self) -> None:
-        """Let the runtime's thread go once the call it runs returns (:meth:`run` does this
-        as it ends, and returns once that call returned); no runtime call is made after."""
+        """Let the runtime's threads go once the calls they run return, and drop those no
+        thread took yet (:meth:`run` does this as it ends, and returns once those calls
+        returned); no runtime call is made after."""
         if self._calls is not None:
             self._calls.shutdown(wait=False, cancel_futures=True)
 
@@ -416,29 +542,39 @@ class Worker:
 
     async def _reconciling(self) -> None:
         """Reconcile the changes as they come, and everything every ``reconcile_s`` and
-        when the lease starts or stops allowing containers to run; end a lapsed epoch."""
+        when the lease starts or stops allowing containers to run; end a lapsed epoch.
+        The reconciles run as tasks of their own (:meth:`_spawn`), this loop waiting for
+        none of them; it is woken when one left changes for it or a full one ended, and
+        raises what one raised."""
         last_full = 0.0
         allowed: tuple[str, bool] | None = None  # the lease's (epoch, may run) last time
+        full: asyncio.Task[int] | None = None
         while True:
             try:
+                failed, self._failed = self._failed, None
+                if failed is not None:
+                    raise failed
                 await self.end_lapsed_epoch(time.monotonic())
                 self._wake.clear()  # first: a change landing while we work wakes the next
                 if self.assigned.loaded:
                     now = time.monotonic()
-                    was, allowed = allowed, (self.lease.epoch, self.lease.may_run(now))
-                    if now - last_full >= self.reconcile_s or allowed != was:
-                        await self.reconcile(now)
-                        last_full = now
-                    else:
-                        await self.reconcile_changes(now)
+                    state = (self.lease.epoch, self.lease.may_run(now))
+                    if (full is None or full.done()) and (
+                            now - last_full >= self.reconcile_s or state != allowed):
+                        allowed, last_full = state, now
+                        full = self._spawn(self.reconcile(now), f"{self.name} reconciling")
+                        full.add_done_callback(lambda _: self._wake.set())
+                    self._begin_changes(now)
                 await self.node.flush()
             except StoreUnavailable:  # logged by the store's node; unsent reports were
                 await self.node.store_works()  # dropped from memory: reconcile at once
                 last_full = 0.0
                 continue
-            # until its records are loaded no reconcile is due (the load wakes it)
+            # until its records are loaded no reconcile is due (the load wakes it), nor while
+            # a full one runs (its end wakes it)
+            due = self.assigned.loaded and (full is None or full.done())
             await wait_set(self._wake, self.idle_for(
-                time.monotonic(), last_full if self.assigned.loaded else float("inf")))
+                time.monotonic(), last_full if due else float("inf")))
 
     def idle_for(self, now: float, last_full: float) -> float:
         """Seconds the reconcile may sleep at ``now`` unless a change wakes it: until the

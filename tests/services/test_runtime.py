@@ -153,3 +153,53 @@ def test_a_pid_file_deleted_under_a_running_instance_is_written_again(tmp_path: 
         assert ProcessRuntime(tmp_path).running() == {"c1": pid}  # the guard sees it too
     finally:
         rt.stop("c1")
+
+
+def test_a_process_runtime_takes_calls_for_different_containers_from_several_threads(
+        tmp_path: Path) -> None:
+    """The worker calls its runtime from several threads at once (never two calls at once
+    for one container), and lists what runs meanwhile: each thread starts, restarts and
+    stops containers of its own while another lists; no call fails, a listing names only
+    instances started for their container, and at the end it is what was left running."""
+    import concurrent.futures
+    import threading
+
+    rt = ProcessRuntime(tmp_path)
+    done = threading.Event()
+    seen: list[tuple[str, int]] = []  # (container, pid) of every listing
+    started: dict[str, set[int]] = {}  # each thread writes its own containers' entries
+
+    def churn(n: int) -> dict[str, int]:
+        left = {}
+        for round_ in range(4):
+            for k in range(3):
+                cid = f"t{n}-c{k}"
+                pid = rt.start(cid)
+                started.setdefault(cid, set()).add(pid)
+                if (round_ + k) % 2:
+                    rt.stop(cid, grace_s=1.0)
+                    left.pop(cid, None)
+                else:
+                    left[cid] = pid
+        return left
+
+    def listing() -> int:
+        looks = 0
+        while not done.is_set():
+            seen.extend(rt.running().items())
+            looks += 1
+        return looks
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        lister = pool.submit(listing)
+        lefts = list(pool.map(churn, range(5)))
+        done.set()
+        assert lister.result() > 0
+    expected = {cid: pid for left in lefts for cid, pid in left.items()}
+    try:
+        assert [(cid, pid) for cid, pid in seen if pid not in started[cid]] == []
+        assert rt.running() == expected
+        assert ProcessRuntime(tmp_path).running() == expected  # and its pid files say so
+    finally:
+        rt.stop_all(expected, grace_s=1.0)
+    assert rt.running() == {}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -83,17 +84,20 @@ async def _settle(*nodes: NodeGroups[MemoryNode]) -> None:
             await n.flush()
 
 
-async def _platform(tmp: Path) -> tuple[NodeGroups[MemoryNode], NodeGroups[MemoryNode],
-                                         CountingRuntime, Worker, float]:
+async def _platform(tmp: Path, runtime_calls: int = 4
+                    ) -> tuple[NodeGroups[MemoryNode], NodeGroups[MemoryNode],
+                               CountingRuntime, Worker, float]:
     """logic and node n1's worker in the default cell's group, on a memory bus, the
-    worker's lease held (for a long time) from the time returned."""
+    worker's lease held (for a long time) from the time returned; ``runtime_calls``: the
+    worker's."""
     bus = MemoryBus()
     logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
                  for rid in ("logic", "worker.n1"))
     for n in (logic, wn):
         await n.start()
     runtime = CountingRuntime()
-    worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6)
+    worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6,
+                    runtime_calls=runtime_calls)
     now = time.monotonic()
     worker.lease.renew(now, now)
     return logic, wn, runtime, worker, now
@@ -378,11 +382,12 @@ def test_a_start_its_lease_stopped_allowing_while_earlier_calls_ran_is_not_made(
 
 def test_a_start_its_record_stopped_allowing_while_earlier_calls_ran_is_not_made(
         tmp_path: Path) -> None:
-    """While c1's slow start runs, c2's placement is removed and c3 is switched off: neither
-    is started nor reported on (a report would write c2's removed placement back), and
-    both are looked at again."""
+    """With one runtime call at a time, c2's and c3's calls wait behind c1's slow start;
+    meanwhile c2's placement is removed and c3 is switched off: neither is started nor
+    reported on (a report would write c2's removed placement back), and both are looked at
+    again."""
     async def run() -> None:
-        logic, wn, _, worker, now = await _platform(tmp_path)
+        logic, wn, _, worker, now = await _platform(tmp_path, runtime_calls=1)
         worker.runtime = runtime = SlowRuntime(start_s=1.0)
         for cid in ("c1", "c2", "c3"):
             _placed_on_n1(logic, worker, cid)
@@ -420,5 +425,141 @@ def test_a_reconcile_cancelled_while_its_start_runs_still_records_and_reports_it
         await _settle(logic, wn)
         c = placed(wn)[0]
         assert (c.power_actual, c.pid, c.started_generation) == ("on", runtime.instances["c"], 2)
+        worker.close()
+    asyncio.run(run())
+
+
+class GatedRuntime(CountingRuntime):
+    """The starts of the containers in ``slow`` block until ``gate`` is set (an image's
+    pull); ``began`` is set as the first of them begins."""
+
+    def __init__(self, slow: set[str]) -> None:
+        super().__init__()
+        self.slow = slow
+        self.gate, self.began = threading.Event(), threading.Event()
+
+    def start(self, cid: str) -> int:
+        if cid in self.slow:
+            self.began.set()
+            assert self.gate.wait(20), "the test never opened the gate"
+        return super().start(cid)
+
+
+def test_a_slow_start_holds_up_no_other_container_s_start_or_stop(tmp_path: Path) -> None:
+    """One runtime call at a time used to make every start and stop of a node wait for a
+    slow one (a 60 s image pull held up a user's Stop). Now, while "slow" starts, "quick"
+    is started and "old" stopped, each reported; the full reconciles meanwhile neither
+    start "slow" a second time nor stop it; once its start returns, it is reported on."""
+    async def run() -> None:
+        bus = MemoryBus()
+        logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
+                     for rid in ("logic", "worker.n1"))
+        for n in (logic, wn):
+            await n.start()
+        runtime = GatedRuntime(slow={"slow"})
+        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False,
+                        reconcile_s=0.1)
+        task = asyncio.create_task(worker.run())
+
+        async def until(what: str, check: Callable[[], bool]) -> None:
+            for _ in range(250):
+                await _settle(logic, wn)
+                if check():
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"not within 5 s: {what} (records {actual()}, running "
+                                 f"{runtime.instances})")
+
+        def actual() -> dict[str, str | None]:
+            return {c.id: c.power_actual for c in placed(wn)}
+        try:
+            await until("the lease holds", lambda: worker.lease.may_run(time.monotonic()))
+            _placed_on_n1(logic, worker, "old")
+            await until("old on", lambda: actual().get("old") == "on")
+            _placed_on_n1(logic, worker, "slow")
+            await _settle(logic, wn)
+            assert await asyncio.to_thread(runtime.began.wait, 5)
+            _placed_on_n1(logic, worker, "quick")
+            model.placement(logic.groups, HOME, "old").register("power_desired").set("off")
+            await until("quick on and old off while slow starts",
+                        lambda: actual() == {"old": "off", "slow": "off", "quick": "on"})
+            assert set(runtime.instances) == {"quick"}
+            await asyncio.sleep(0.35)  # full reconciles every 0.1 s, "slow" still starting
+            assert runtime.starts == 2 and runtime.stops == 1
+            runtime.gate.set()
+            await until("slow on", lambda: actual()["slow"] == "on")
+            assert set(runtime.instances) == {"quick", "slow"}
+            await asyncio.sleep(0.25)  # full reconciles find nothing to do
+            assert (runtime.starts, runtime.stops) == (3, 1)
+            assert not task.done(), task
+        finally:
+            runtime.gate.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(run())
+
+
+def test_the_lease_s_end_waits_for_the_calls_in_flight_then_stops_everything(
+        tmp_path: Path) -> None:
+    """A start in flight as the lease runs out (its check came first) is stopped with the
+    rest: the end of the epoch waits for the calls in flight, and begins none meanwhile."""
+    from services import lease
+
+    async def run() -> None:
+        logic, wn, _, worker, now = await _platform(tmp_path)
+        worker.runtime = runtime = GatedRuntime(slow={"slow"})
+        for cid in ("a", "slow"):
+            _placed_on_n1(logic, worker, cid)
+        await _settle(logic, wn)
+        starting = asyncio.create_task(worker.reconcile_changes(now))
+        assert await asyncio.to_thread(runtime.began.wait, 5)
+        old = worker.lease.epoch
+        worker.lease = lease.Lease(old, 12.0, deadline=time.monotonic() - 1)  # ran out
+        ending = asyncio.create_task(worker.end_lapsed_epoch(time.monotonic()))
+        await asyncio.sleep(0.3)
+        assert not ending.done() and set(runtime.instances) == {"a"}
+        assert worker._begin_calls(["a"], time.monotonic()) == []  # held back
+        runtime.gate.set()
+        await ending
+        assert await starting == 2  # both were started and reported
+        assert runtime.instances == {} and worker.lease.epoch != old
+        worker.close()
+    asyncio.run(run())
+
+
+class StaleListingRuntime(CountingRuntime):
+    """Its listing says what ran as it began, and returns ``list_s`` later (a ``docker ps``
+    on a busy engine): out of date for whatever started or stopped meanwhile."""
+
+    def __init__(self, list_s: float) -> None:
+        super().__init__()
+        self.list_s = list_s
+
+    def running(self) -> dict[str, int]:
+        then = super().running()
+        time.sleep(self.list_s)
+        return then
+
+
+def test_a_full_reconcile_does_not_start_again_what_started_while_it_listed(
+        tmp_path: Path) -> None:
+    """A container started by its own call while the full reconcile's listing ran is not
+    in that listing: the full reconcile must not take it for one that should run and
+    does not, and start it again (a restart nobody asked for). The call the listing
+    begins for it looks it up again, and finds it running."""
+    async def run() -> None:
+        logic, wn, _, worker, now = await _platform(tmp_path)
+        worker.runtime = runtime = StaleListingRuntime(list_s=0.5)
+        full = asyncio.create_task(worker.reconcile(now))
+        await asyncio.sleep(0.1)  # listing: nothing runs
+        _placed_on_n1(logic, worker, "c")
+        await _settle(logic, wn)
+        assert await worker.reconcile_changes(now) == 1 and runtime.starts == 1
+        assert await full == 0
+        assert runtime.starts == 1 and runtime.stops == 0
+        await _settle(logic, wn)
+        assert [(c.power_actual, c.pid) for c in placed(wn)] == [("on", runtime.instances["c"])]
+        assert worker._running == runtime.instances
+        assert await worker.reconcile(time.monotonic()) == 0  # and the next one agrees
         worker.close()
     asyncio.run(run())
