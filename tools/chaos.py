@@ -16,7 +16,9 @@ given share of the operations (:data:`SCHEDULE`):
    (SIGUSR1: the workload may be over by then) and the broker confirms them, then bound
    again: those reached the other queues, not the stream; the cut-off replica finds the
    gap, does not find it in the stream, and asks their sender, who publishes them again
-   (:mod:`crdt_ops.transport.resend`);
+   (:mod:`crdt_ops.transport.resend`). A replica that (re)connects meanwhile binds the
+   stream again as it declares the topology: a cut found undone at its end is made again
+   (up to :data:`CUT_ATTEMPTS` times);
 4. ``connection-close``: ``rabbitmqctl close_connection`` on another replica's connection;
 5. ``store-lock``: the killed replica's SQLite store locked from another connection
    (``BEGIN EXCLUSIVE``) for ``--lock-s`` seconds: its writes and log appends fail, it
@@ -573,6 +575,10 @@ async def _delete_topology(url: str, exchange: str, queue: str) -> None:
 #: Operations a replica writes while the ``stream-cut`` fault has the stream unbound
 #: (each replica runs with ``--more-on-signal`` this many).
 CUT_OPS = 20
+#: How many times ``stream-cut`` cuts before it gives up: a replica that (re)connects
+#: declares the topology, which binds the stream again, and one restarted by the fault
+#: before may do so just after the cut began.
+CUT_ATTEMPTS = 3
 
 
 async def _bind(url: str, exchange: str, queues: list[str], bind: bool) -> None:
@@ -586,6 +592,14 @@ async def _bind(url: str, exchange: str, queues: list[str], bind: bool) -> None:
         for name in queues:
             q = await channel.declare_queue(name, passive=True)
             await (q.bind(exchange) if bind else q.unbind(exchange))
+
+
+def bound(node: RabbitNode, exchange: str, queues: list[str]) -> list[str]:
+    """Those of ``queues`` that are bound to ``exchange`` now (``rabbitmqctl
+    list_bindings``)."""
+    out = node.ctl("list_bindings", "source_name", "destination_name", "-q")
+    pairs = {tuple(line.split("\t")[:2]) for line in out.splitlines()}
+    return [q for q in queues if (exchange, q) in pairs]
 
 
 def connection_pids(node: RabbitNode, name: str) -> list[str]:
@@ -729,13 +743,16 @@ class Chaos:
             assert target is not None
             cut = ["crdt.chaos.log", f"crdt.chaos.{target.replica_id}"]
             writer = self.procs[(self.procs.index(target) - 1) % int(self.opts.replicas)]
-            asyncio.run(_bind(n.url, "crdt.chaos", cut, bind=False))
             try:
-                before = int(writer.report().get("issued", 0))
-                writer.signal(signal.SIGUSR1)
-                self._await_report(writer, f"{CUT_OPS} more operations issued",
-                                   lambda r: int(r.get("issued", 0)) >= before + CUT_OPS)
-                time.sleep(1)  # and published, and confirmed
+                for attempt in range(1, CUT_ATTEMPTS + 1):
+                    again = self._cut_once(writer, cut)
+                    if not again:  # unbound now, so since the unbinding: only we unbind
+                        break
+                    self.say(f"stream-cut: {', '.join(again)} bound again during the cut "
+                             f"(a replica's set-up declares the topology; attempt {attempt} "
+                             f"of {CUT_ATTEMPTS}): cutting again")
+                else:
+                    raise RuntimeError(f"the stream stayed bound in {CUT_ATTEMPTS} cuts")
             finally:
                 asyncio.run(_bind(n.url, "crdt.chaos", cut, bind=True))
         elif f.kind == "connection-close":
@@ -749,6 +766,18 @@ class Chaos:
                 n.ctl("close_connection", pid, "crdt-ops chaos closes this connection")
         else:
             raise ValueError(f.kind)
+
+    def _cut_once(self, writer: LedgerReplica, cut: list[str]) -> list[str]:
+        """Unbind ``cut`` from the group's exchange, have ``writer`` issue :data:`CUT_OPS`
+        more operations and wait for them to be published; returns those of ``cut`` bound
+        again by then."""
+        asyncio.run(_bind(self.node.url, "crdt.chaos", cut, bind=False))
+        before = int(writer.report().get("issued", 0))
+        writer.signal(signal.SIGUSR1)
+        self._await_report(writer, f"{CUT_OPS} more operations issued",
+                           lambda r: int(r.get("issued", 0)) >= before + CUT_OPS)
+        time.sleep(1)  # and published, and confirmed
+        return bound(self.node, "crdt.chaos", cut)
 
     def _faults(self) -> None:
         total = self.opts.ops
