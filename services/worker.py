@@ -165,6 +165,9 @@ class Worker:
         self._failed: BaseException | None = None
         #: one future per runtime call begun, done once what it did is recorded
         self._unrecorded: set[asyncio.Future[None]] = set()
+        #: per full reconcile whose listing runs: the containers calls recorded since it
+        #: began (what it lists of them may be out of date)
+        self._listings: list[set[str]] = []
         #: the placements on this node, kept from change events (services/index.py)
         self.assigned = NodeRecords(name, prefix=model.placements(self.cell, name))
         #: the instances running here as last seen: container id -> pid (a full reconcile
@@ -310,22 +313,48 @@ class Worker:
         now = time.monotonic() if now is None else now
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
             self.assigned.load(self.node.groups)  # them in one go
-        if only is not None:
-            return sum(await asyncio.gather(*self._begin_calls(only, now)))
+        calls = (self._begin_calls(only, now) if only is not None
+                 else await self._begin_full(now))
+        return await self._writes_of(calls)
+
+    @staticmethod
+    async def _writes_of(calls: list[asyncio.Task[int]]) -> int:
+        """The writes ``calls`` made, once they all ended. Cancelled meanwhile, it still
+        waits for them (each records what its call did), then raises CancelledError."""
+        if not calls:
+            return 0
+        try:
+            return sum(await asyncio.shield(asyncio.gather(*calls)))
+        except asyncio.CancelledError:
+            await asyncio.wait(calls)
+            raise
+
+    async def _begin_full(self, now: float) -> list[asyncio.Task[int]]:
+        """A full reconcile up to its calls: list what runs (one call), then begin a call
+        for each container at odds with its record (:meth:`_begin_calls`) and return their
+        tasks, without waiting for them: a slow one (an image's pull) holds up neither the
+        next full reconcile nor the lease's instants. A container another call recorded
+        while the listing ran is left alone (the listing may be out of date for it)."""
+        touched: set[str] = set()  # what calls record while the listing runs
+        self._listings.append(touched)
         listed, recorded = self._begin(self.runtime.running)
         try:
-            running, busy = await listed, self._busy
-            for cid in self._running.keys() - busy - running.keys():
+            try:
+                running = await listed
+            finally:
+                self._listings.remove(touched)
+            skip = touched | self._busy
+            for cid in self._running.keys() - skip - running.keys():
                 del self._running[cid]
-            self._running.update((cid, pid) for cid, pid in running.items() if cid not in busy)
+            self._running.update((cid, pid) for cid, pid in running.items() if cid not in skip)
             self._count_running()
             records, held = self.assigned.records, self.lease
-            odd = [cid for cid in sorted(running.keys() | records.keys())
+            odd = [cid for cid in sorted((running.keys() | records.keys()) - skip)
                    if at_odds(records.get(cid), running.get(cid), held, now,
                               self._retry_at.get(cid))]
         finally:
             recorded.set_result(None)
-        return sum(await asyncio.gather(*self._begin_calls(odd, now)))
+        return self._begin_calls(odd, now)
 
     def _begin_calls(self, cids: Iterable[str], now: float) -> list[asyncio.Task[int]]:
         """Begin a runtime call (an incremental reconcile) for each of ``cids`` that no call
@@ -358,9 +387,13 @@ class Worker:
 
         def ended(t: asyncio.Task[T]) -> None:
             self._inflight.discard(t)
-            if not t.cancelled() and t.exception() is not None and self._failed is None:
-                self._failed = t.exception()
+            if t.cancelled() or (error := t.exception()) is None:
+                return
+            if self._failed is None:
+                self._failed = error
                 self._wake.set()
+            else:  # the first one ends the worker; the others are said here
+                log.error("%s: %s failed as well: %r", self.name, t.get_name(), error)
         task.add_done_callback(ended)
         return task
 
@@ -368,10 +401,11 @@ class Worker:
         """Begin runtime call ``call`` at once (:meth:`_call`); returns its result, and a
         future for the caller to set once it recorded what the call did: until then the
         lease's end waits for it (``_unrecorded``, :meth:`_stop_all`)."""
+        result = self._call(call)
         recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unrecorded.add(recorded)
         recorded.add_done_callback(self._unrecorded.discard)
-        return self._call(call), recorded
+        return result, recorded
 
     async def _finish(self, cid: str, result: asyncio.Future[Converged],
                       recorded: asyncio.Future[None], now: float) -> int:
@@ -399,6 +433,8 @@ class Worker:
         and write the reports (a container reported off once its stop returned; nothing
         for a placement removed meanwhile; a record changed meanwhile is reconciled again).
         Returns the writes."""
+        for touched in self._listings:
+            touched.update(done.cids)
         for cid in done.cids:
             if cid in done.running:
                 self._running[cid] = done.running[cid]
@@ -445,8 +481,8 @@ class Worker:
         """Reconcile the containers whose records changed since the last reconcile, and
         those whose retry after a failed start is due (an incremental :meth:`reconcile`),
         and wait for those calls. Returns the writes."""
-        calls = self._begin_changes(time.monotonic() if now is None else now)
-        return sum(await asyncio.gather(*calls))
+        return await self._writes_of(
+            self._begin_changes(time.monotonic() if now is None else now))
 
     def _begin_changes(self, now: float) -> list[asyncio.Task[int]]:
         """Begin the runtime calls of :meth:`reconcile_changes` (:meth:`_begin_calls`)."""
@@ -499,18 +535,16 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.close()  # the calls no thread took yet are dropped; the others return
-            calls = list(self._inflight)  # each records what its call did, once it returned
-            for call in calls:
-                call.cancel()
-            await asyncio.gather(*calls, return_exceptions=True)
+            self.close()  # the calls no thread took yet are dropped; the others return,
+            await asyncio.gather(*self._inflight, return_exceptions=True)  # and are recorded
             if self._calls is not None:  # the calls in flight return before run() does:
                 await asyncio.shield(asyncio.to_thread(self._calls.shutdown))  # none after
 
     def close(self) -> None:
         """Let the runtime's threads go once the calls they run return, and drop those no
         thread took yet (:meth:`run` does this as it ends, and returns once those calls
-        returned); no runtime call is made after."""
+        returned); no runtime call begins after."""
+        self._held_back += 1
         if self._calls is not None:
             self._calls.shutdown(wait=False, cancel_futures=True)
 
@@ -544,25 +578,25 @@ class Worker:
         """Reconcile the changes as they come, and everything every ``reconcile_s`` and
         when the lease starts or stops allowing containers to run; end a lapsed epoch.
         The reconciles run as tasks of their own (:meth:`_spawn`), this loop waiting for
-        none of them; it is woken when one left changes for it or a full one ended, and
-        raises what one raised."""
+        none of them; it is woken when one left changes for it or a full one's listing
+        ended, and raises what one raised."""
         last_full = 0.0
         allowed: tuple[str, bool] | None = None  # the lease's (epoch, may run) last time
-        full: asyncio.Task[int] | None = None
+        full: asyncio.Task[list[asyncio.Task[int]]] | None = None
         while True:
             try:
+                await self.end_lapsed_epoch(time.monotonic())
+                self._wake.clear()  # first: a change landing while we work wakes the next
                 failed, self._failed = self._failed, None
                 if failed is not None:
                     raise failed
-                await self.end_lapsed_epoch(time.monotonic())
-                self._wake.clear()  # first: a change landing while we work wakes the next
                 if self.assigned.loaded:
                     now = time.monotonic()
                     state = (self.lease.epoch, self.lease.may_run(now))
                     if (full is None or full.done()) and (
                             now - last_full >= self.reconcile_s or state != allowed):
                         allowed, last_full = state, now
-                        full = self._spawn(self.reconcile(now), f"{self.name} reconciling")
+                        full = self._spawn(self._begin_full(now), f"{self.name} listing")
                         full.add_done_callback(lambda _: self._wake.set())
                     self._begin_changes(now)
                 await self.node.flush()
@@ -571,7 +605,7 @@ class Worker:
                 last_full = 0.0
                 continue
             # until its records are loaded no reconcile is due (the load wakes it), nor while
-            # a full one runs (its end wakes it)
+            # a full one lists (its end wakes it)
             due = self.assigned.loaded and (full is None or full.done())
             await wait_set(self._wake, self.idle_for(
                 time.monotonic(), last_full if due else float("inf")))

@@ -28,7 +28,8 @@ from tests.support import cell_only
 
 class CountingRuntime:
     """A runtime in memory (the worker's OS processes are tested over the real services
-    in test_services.py): counts how often the worker lists everything."""
+    in test_services.py): counts how often the worker lists everything. Its counts are
+    kept under a lock: the worker calls it from several threads."""
 
     def __init__(self) -> None:
         self.instances: dict[str, int] = {}
@@ -36,27 +37,31 @@ class CountingRuntime:
         self.starts = self.stops = 0
         self.next_pid = 1000
         self.failing: set[str] = set()
+        self.lock = threading.Lock()
 
     def start(self, cid: str) -> int:
         self.stop(cid)  # as every runtime does: the old instance goes, also if this fails
         if cid in self.failing:
             raise RuntimeError_(f"{cid} does not start")
-        self.starts += 1
-        self.next_pid += 1
-        self.instances[cid] = self.next_pid
-        return self.next_pid
+        with self.lock:
+            self.starts += 1
+            self.next_pid += 1
+            self.instances[cid] = self.next_pid
+            return self.next_pid
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
-        if self.instances.pop(cid, None) is not None:
-            self.stops += 1
+        with self.lock:
+            if self.instances.pop(cid, None) is not None:
+                self.stops += 1
 
     def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
         for cid in list(cids):
             self.stop(cid, grace_s)
 
     def running(self) -> dict[str, int]:
-        self.listings += 1
-        return dict(self.instances)
+        with self.lock:
+            self.listings += 1
+            return dict(self.instances)
 
     def pid(self, cid: str) -> int | None:
         return self.instances.get(cid)
@@ -549,7 +554,7 @@ def test_a_full_reconcile_does_not_start_again_what_started_while_it_listed(
     begins for it looks it up again, and finds it running."""
     async def run() -> None:
         logic, wn, _, worker, now = await _platform(tmp_path)
-        worker.runtime = runtime = StaleListingRuntime(list_s=0.5)
+        worker.runtime = runtime = StaleListingRuntime(list_s=1.0)
         full = asyncio.create_task(worker.reconcile(now))
         await asyncio.sleep(0.1)  # listing: nothing runs
         _placed_on_n1(logic, worker, "c")
@@ -561,5 +566,77 @@ def test_a_full_reconcile_does_not_start_again_what_started_while_it_listed(
         assert [(c.power_actual, c.pid) for c in placed(wn)] == [("on", runtime.instances["c"])]
         assert worker._running == runtime.instances
         assert await worker.reconcile(time.monotonic()) == 0  # and the next one agrees
+        worker.close()
+    asyncio.run(run())
+
+
+def test_a_slow_restart_begun_by_a_full_reconcile_holds_up_no_later_full_reconcile(
+        tmp_path: Path) -> None:
+    """A full reconcile used to wait for the calls it began: while one of them restarted a
+    container slowly, no other died container was found, no retry was tried, and the
+    lease's end was left to the guard."""
+    async def run() -> None:
+        bus = MemoryBus()
+        logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
+                     for rid in ("logic", "worker.n1"))
+        for n in (logic, wn):
+            await n.start()
+        runtime = GatedRuntime(slow=set())
+        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False,
+                        reconcile_s=0.1)
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(250):
+                if worker.lease.may_run(time.monotonic()):
+                    break
+                await asyncio.sleep(0.02)
+            for cid in ("slow", "x"):
+                _placed_on_n1(logic, worker, cid)
+            await _settle(logic, wn)
+            for _ in range(250):
+                if set(runtime.instances) == {"slow", "x"}:
+                    break
+                await asyncio.sleep(0.02)
+            runtime.slow = {"slow"}
+            runtime.stop("slow")  # it died: a full reconcile begins its slow restart
+            assert await asyncio.to_thread(runtime.began.wait, 5)
+            runtime.stop("x")  # and this one died too
+            for _ in range(100):
+                if "x" in runtime.instances:
+                    break
+                await asyncio.sleep(0.02)
+            assert "x" in runtime.instances, "x not started again while slow restarts"
+            assert "slow" not in runtime.instances and not task.done(), task
+            runtime.gate.set()
+            for _ in range(250):
+                if "slow" in runtime.instances:
+                    break
+                await asyncio.sleep(0.02)
+            assert set(runtime.instances) == {"slow", "x"}
+        finally:
+            runtime.gate.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(run())
+
+
+def test_a_reconcile_cancelled_on_the_turn_it_began_still_records_its_call(
+        tmp_path: Path) -> None:
+    """Its call was begun at once; cancelled before its recording task ever ran, the
+    container stayed busy for good (no call for it again, and the lease's end waited for
+    its record for ever)."""
+    async def run() -> None:
+        logic, wn, runtime, worker, now = await _platform(tmp_path)
+        _placed_on_n1(logic, worker, "c")
+        await _settle(logic, wn)
+        reconciling = asyncio.create_task(worker.reconcile(now, only=["c"]))
+        await asyncio.sleep(0)  # it began the call
+        reconciling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reconciling
+        assert set(runtime.instances) == {"c"} and worker._running == runtime.instances
+        assert not worker._busy and not worker._unrecorded
+        await _settle(logic, wn)
+        assert placed(wn)[0].power_actual == "on"
         worker.close()
     asyncio.run(run())
