@@ -13,10 +13,11 @@ from crdt_ops.transport import metrics
 from crdt_ops.transport.loop_lag import LoopLag
 
 
-def _lag_count(replica: str) -> float:
+def _lag_sample(replica: str, suffix: str) -> float:
+    """The histogram's ``_count`` or ``_sum`` (seconds) for ``replica``."""
     for metric in metrics.LOOP_LAG.collect():
         for sample in metric.samples:
-            if sample.name.endswith("_count") and sample.labels.get("replica") == replica:
+            if sample.name.endswith(suffix) and sample.labels.get("replica") == replica:
                 return sample.value
     return 0.0
 
@@ -38,7 +39,10 @@ async def test_a_held_loop_is_seen_and_logged_once(caplog: pytest.LogCaptureFixt
     held = [r for r in caplog.records if "event loop was held" in r.getMessage()]
     assert len(held) == 1, held  # the second stall came within warn_every_s
     assert "lag-test" in held[0].getMessage()
-    assert _lag_count("lag-test") >= 5
+    # every wake-up is counted; the late ones add up to the stalls seen (how many wake-ups
+    # there were depends on how fast a busy machine ran the fast ticks after the start)
+    assert _lag_sample("lag-test", "_count") >= 1
+    assert _lag_sample("lag-test", "_sum") >= worst
 
 
 @pytest.mark.asyncio
