@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
@@ -334,10 +335,14 @@ class Worker:
         for each container at odds with its record (:meth:`_begin_calls`) and return their
         tasks, without waiting for them: a slow one (an image's pull) holds up neither the
         next full reconcile nor the lease's instants. A container another call recorded
-        while the listing ran is left alone (the listing may be out of date for it)."""
+        while the listing ran is left alone (the listing may be out of date for it); one a
+        call is at work on is looked at once that call returned. None while calls are held
+        back."""
+        if self._held_back:  # the lease's end stops everything, or the worker stops
+            return []
+        listed, recorded = self._begin(self.runtime.running)
         touched: set[str] = set()  # what calls record while the listing runs
         self._listings.append(touched)
-        listed, recorded = self._begin(self.runtime.running)
         try:
             try:
                 running = await listed
@@ -349,7 +354,7 @@ class Worker:
             self._running.update((cid, pid) for cid, pid in running.items() if cid not in skip)
             self._count_running()
             records, held = self.assigned.records, self.lease
-            odd = [cid for cid in sorted((running.keys() | records.keys()) - skip)
+            odd = [cid for cid in sorted((running.keys() | records.keys()) - touched)
                    if at_odds(records.get(cid), running.get(cid), held, now,
                               self._retry_at.get(cid))]
         finally:
@@ -393,7 +398,7 @@ class Worker:
                 self._failed = error
                 self._wake.set()
             else:  # the first one ends the worker; the others are said here
-                log.error("%s: %s failed as well: %r", self.name, t.get_name(), error)
+                log.error("%s: %s failed as well", self.name, t.get_name(), exc_info=error)
         task.add_done_callback(ended)
         return task
 
@@ -416,8 +421,11 @@ class Worker:
         try:
             try:
                 done = await asyncio.shield(result)
-            except asyncio.CancelledError:  # its starts and stops are made: record them
-                self._record(await result, now)
+            except asyncio.CancelledError:  # its starts and stops are made: record them,
+                while not result.done():  # however often this is cancelled meanwhile
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({result})
+                self._record(result.result(), now)  # (raises if the call did, or was dropped)
                 raise
             writes = self._record(done, now)
         finally:
@@ -537,6 +545,9 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
             self.close()  # the calls no thread took yet are dropped; the others return,
             await asyncio.gather(*self._inflight, return_exceptions=True)  # and are recorded
+            if self._failed is not None:  # failed as the worker stopped: said, not raised
+                log.error("%s: a reconcile failed as the worker stopped", self.name,
+                          exc_info=self._failed)
             if self._calls is not None:  # the calls in flight return before run() does:
                 await asyncio.shield(asyncio.to_thread(self._calls.shutdown))  # none after
 

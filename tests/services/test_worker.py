@@ -33,7 +33,7 @@ class CountingRuntime:
 
     def __init__(self) -> None:
         self.instances: dict[str, int] = {}
-        self.listings = 0
+        self.listings = self.lookups = 0
         self.starts = self.stops = 0
         self.next_pid = 1000
         self.failing: set[str] = set()
@@ -64,7 +64,9 @@ class CountingRuntime:
             return dict(self.instances)
 
     def pid(self, cid: str) -> int | None:
-        return self.instances.get(cid)
+        with self.lock:
+            self.lookups += 1
+            return self.instances.get(cid)
 
     def guard_args(self) -> list[str]:
         return []
@@ -550,8 +552,8 @@ def test_a_full_reconcile_does_not_start_again_what_started_while_it_listed(
         tmp_path: Path) -> None:
     """A container started by its own call while the full reconcile's listing ran is not
     in that listing: the full reconcile must not take it for one that should run and
-    does not, and start it again (a restart nobody asked for). The call the listing
-    begins for it looks it up again, and finds it running."""
+    does not, and start it again (a restart nobody asked for), nor even look it up
+    again: its own call has just recorded it."""
     async def run() -> None:
         logic, wn, _, worker, now = await _platform(tmp_path)
         worker.runtime = runtime = StaleListingRuntime(list_s=1.0)
@@ -560,7 +562,9 @@ def test_a_full_reconcile_does_not_start_again_what_started_while_it_listed(
         _placed_on_n1(logic, worker, "c")
         await _settle(logic, wn)
         assert await worker.reconcile_changes(now) == 1 and runtime.starts == 1
+        looked = runtime.lookups
         assert await full == 0
+        assert runtime.lookups == looked  # left alone: its call just recorded it
         assert runtime.starts == 1 and runtime.stops == 0
         await _settle(logic, wn)
         assert [(c.power_actual, c.pid) for c in placed(wn)] == [("on", runtime.instances["c"])]
