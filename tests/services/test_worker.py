@@ -7,11 +7,13 @@ power_desired and restart_generation, and the assignment)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -452,57 +454,77 @@ class GatedRuntime(CountingRuntime):
         return super().start(cid)
 
 
+class Running(NamedTuple):
+    """:func:`_worker_running`'s: logic's and the worker's nodes, the worker, its run()."""
+
+    logic: NodeGroups[MemoryNode]
+    wn: NodeGroups[MemoryNode]
+    worker: Worker
+    task: asyncio.Task[None]
+
+    async def until(self, what: str, check: Callable[[], bool], within_s: float = 5) -> None:
+        """Settle the nodes until ``check()`` holds; AssertionError after ``within_s``."""
+        for _ in range(int(within_s / 0.02)):
+            await _settle(self.logic, self.wn)
+            if check():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not within {within_s:g} s: {what} (records "
+                             f"{self.actual()}, running {self.worker.runtime.running()})")
+
+    def actual(self) -> dict[str, str | None]:
+        """Container id -> ``power_actual``, as the worker's replica has them."""
+        return {c.id: c.power_actual for c in placed(self.wn)}
+
+
+@contextlib.asynccontextmanager
+async def _worker_running(tmp: Path, runtime: GatedRuntime) -> AsyncIterator[Running]:
+    """logic and node n1's worker on a memory bus, the worker's run() going (full
+    reconciles every 0.1 s) and its lease held; afterwards the gate is opened and the
+    worker stopped."""
+    bus = MemoryBus()
+    logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
+                 for rid in ("logic", "worker.n1"))
+    for n in (logic, wn):
+        await n.start()
+    worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, reconcile_s=0.1)
+    on = Running(logic, wn, worker, asyncio.create_task(worker.run()))
+    try:
+        await on.until("the lease holds", lambda: worker.lease.may_run(time.monotonic()))
+        yield on
+        assert not on.task.done(), on.task
+    finally:
+        runtime.gate.set()
+        on.task.cancel()
+        await asyncio.gather(on.task, return_exceptions=True)
+
+
 def test_a_slow_start_holds_up_no_other_container_s_start_or_stop(tmp_path: Path) -> None:
     """One runtime call at a time used to make every start and stop of a node wait for a
     slow one (a 60 s image pull held up a user's Stop). Now, while "slow" starts, "quick"
     is started and "old" stopped, each reported; the full reconciles meanwhile neither
     start "slow" a second time nor stop it; once its start returns, it is reported on."""
     async def run() -> None:
-        bus = MemoryBus()
-        logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
-                     for rid in ("logic", "worker.n1"))
-        for n in (logic, wn):
-            await n.start()
         runtime = GatedRuntime(slow={"slow"})
-        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False,
-                        reconcile_s=0.1)
-        task = asyncio.create_task(worker.run())
-
-        async def until(what: str, check: Callable[[], bool]) -> None:
-            for _ in range(250):
-                await _settle(logic, wn)
-                if check():
-                    return
-                await asyncio.sleep(0.02)
-            raise AssertionError(f"not within 5 s: {what} (records {actual()}, running "
-                                 f"{runtime.instances})")
-
-        def actual() -> dict[str, str | None]:
-            return {c.id: c.power_actual for c in placed(wn)}
-        try:
-            await until("the lease holds", lambda: worker.lease.may_run(time.monotonic()))
+        async with _worker_running(tmp_path, runtime) as on:
+            logic, worker = on.logic, on.worker
             _placed_on_n1(logic, worker, "old")
-            await until("old on", lambda: actual().get("old") == "on")
+            await on.until("old on", lambda: on.actual().get("old") == "on")
             _placed_on_n1(logic, worker, "slow")
-            await _settle(logic, wn)
+            await _settle(logic, on.wn)
             assert await asyncio.to_thread(runtime.began.wait, 5)
             _placed_on_n1(logic, worker, "quick")
             model.placement(logic.groups, HOME, "old").register("power_desired").set("off")
-            await until("quick on and old off while slow starts",
-                        lambda: actual() == {"old": "off", "slow": "off", "quick": "on"})
+            await on.until("quick on and old off while slow starts",
+                           lambda: on.actual() == {"old": "off", "slow": "off", "quick": "on"})
             assert set(runtime.instances) == {"quick"}
             await asyncio.sleep(0.35)  # full reconciles every 0.1 s, "slow" still starting
             assert runtime.starts == 2 and runtime.stops == 1
             runtime.gate.set()
-            await until("slow on", lambda: actual()["slow"] == "on")
+            await on.until("slow on", lambda: on.actual()["slow"] == "on")
             assert set(runtime.instances) == {"quick", "slow"}
             await asyncio.sleep(0.25)  # full reconciles find nothing to do
             assert (runtime.starts, runtime.stops) == (3, 1)
-            assert not task.done(), task
-        finally:
-            runtime.gate.set()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
     asyncio.run(run())
 
 
@@ -580,47 +602,21 @@ def test_a_slow_restart_begun_by_a_full_reconcile_holds_up_no_later_full_reconci
     container slowly, no other died container was found, no retry was tried, and the
     lease's end was left to the guard."""
     async def run() -> None:
-        bus = MemoryBus()
-        logic, wn = (cell_only(MemoryNode(bus, rid, policy=model.POLICY))
-                     for rid in ("logic", "worker.n1"))
-        for n in (logic, wn):
-            await n.start()
         runtime = GatedRuntime(slow=set())
-        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False,
-                        reconcile_s=0.1)
-        task = asyncio.create_task(worker.run())
-        try:
-            for _ in range(250):
-                if worker.lease.may_run(time.monotonic()):
-                    break
-                await asyncio.sleep(0.02)
+        async with _worker_running(tmp_path, runtime) as on:
             for cid in ("slow", "x"):
-                _placed_on_n1(logic, worker, cid)
-            await _settle(logic, wn)
-            for _ in range(250):
-                if set(runtime.instances) == {"slow", "x"}:
-                    break
-                await asyncio.sleep(0.02)
+                _placed_on_n1(on.logic, on.worker, cid)
+            await on.until("both run", lambda: set(runtime.instances) == {"slow", "x"})
             runtime.slow = {"slow"}
             runtime.stop("slow")  # it died: a full reconcile begins its slow restart
             assert await asyncio.to_thread(runtime.began.wait, 5)
             runtime.stop("x")  # and this one died too
-            for _ in range(100):
-                if "x" in runtime.instances:
-                    break
-                await asyncio.sleep(0.02)
-            assert "x" in runtime.instances, "x not started again while slow restarts"
-            assert "slow" not in runtime.instances and not task.done(), task
+            await on.until("x started again while slow restarts",
+                           lambda: "x" in runtime.instances, within_s=2)
+            assert "slow" not in runtime.instances
             runtime.gate.set()
-            for _ in range(250):
-                if "slow" in runtime.instances:
-                    break
-                await asyncio.sleep(0.02)
+            await on.until("slow started again", lambda: "slow" in runtime.instances)
             assert set(runtime.instances) == {"slow", "x"}
-        finally:
-            runtime.gate.set()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
     asyncio.run(run())
 
 
