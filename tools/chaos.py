@@ -575,6 +575,9 @@ async def _delete_topology(url: str, exchange: str, queue: str) -> None:
 #: Operations a replica writes while the ``stream-cut`` fault has the stream unbound
 #: (each replica runs with ``--more-on-signal`` this many).
 CUT_OPS = 20
+#: Seconds the run waits, once converged, for what each replica delivered to be causally
+#: stable before the final reports ("causally stable at the end").
+STABLE_WAIT_S = 10.0
 #: How many times ``stream-cut`` cuts before it gives up: a replica that (re)connects
 #: declares the topology, which binds the stream again, and one restarted by the fault
 #: before may do so just after the cut began.
@@ -811,6 +814,18 @@ class Chaos:
                                            int(r.get("buffered", 0)))
         return reports
 
+    def await_stability(self, within_s: float) -> None:
+        """Wait, at most ``within_s`` seconds, until every replica still in the group has
+        all it delivered causally stable: a replica learns what the others have from their
+        clock reports, which reach the late replica through the relay's delays, so its
+        stability trails convergence by up to a delay and a heartbeat."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if all(int(r.get("stable", 0)) >= sum(r.get("clock", {}).values())
+                   for r in self._sample() if not r.get("left")):
+                return
+            time.sleep(0.25)
+
     @staticmethod
     def converged(reports: list[dict[str, Any]]) -> bool:
         """Every replica done; the ones still in the group (not ``left``) with nothing
@@ -881,6 +896,8 @@ def run_chaos(opts: argparse.Namespace) -> int:
     try:
         chaos.start()
         converged, seen = chaos.run()
+        if converged:
+            chaos.await_stability(STABLE_WAIT_S)
         for p in chaos.procs:
             p.stop(timeout=60)
         reports = {p.replica_id: p.report() for p in chaos.procs}
