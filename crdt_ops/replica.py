@@ -131,6 +131,10 @@ class Replica(Fields):
         #: and who asked
         self._asked: Spans = {}
         self._askers: set[str] = set()
+        #: what others asked other senders to send again, of what this replica delivered
+        #: (:meth:`asked_of_others`), and who asked
+        self._relay_asked: Spans = {}
+        self._relay_askers: set[str] = set()
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
         self.rejected: deque[tuple[str, int, str]] = deque(maxlen=1000)
@@ -300,17 +304,49 @@ class Replica(Fields):
         self._asked, self._askers = {}, set()
         return out, who
 
+    def asked_of_others(self) -> tuple[Spans, set[str]]:
+        """What other replicas asked *other* senders to send again since the last call
+        (their heartbeats' ``wants``), cut to what this replica delivered: channel ->
+        first..last, and who asked. A transport may send those operations again from what
+        it logged of them (``crdt_ops.transport.relay``) when their sender does not, as
+        when it is gone for good: any holder can repair a loss (SRM: Floyd et al., "A
+        Reliable Multicast Framework for Light-weight Sessions", 1997), and the replicas
+        that have them drop them as duplicates. Channels of the asker's own are left out,
+        and so is a range the asker reported delivering already."""
+        out, who = self._relay_asked, self._relay_askers
+        self._relay_asked, self._relay_askers = {}, set()
+        return out, who
+
+    def holders(self, channel: str, through: int) -> list[str]:
+        """The replicas known to have delivered ``channel`` up to ``through`` (this one by
+        its clock, the others by what they reported: a lower bound), retired ones left out,
+        sorted by id: the candidates to send those operations again for a sender that does
+        not (:meth:`asked_of_others`), in the order in which they take it up."""
+        retired = self.membership.retired
+        out = {r for r, clock in self._stability.known.items()
+               if clock.get(channel, 0) >= through and r not in retired}
+        out.discard(self.replica_id)
+        if self._buffer.clock.get(channel, 0) >= through:
+            out.add(self.replica_id)
+        return sorted(out)
+
     def _heard_wants(self, asker: str, wants: Mapping[str, tuple[int, int]]) -> None:
-        """Note what ``asker`` asks this replica to send again (see :meth:`asked`)."""
+        """Note what ``asker`` asks this replica to send again (see :meth:`asked`), and
+        what it asks others for that this replica delivered (:meth:`asked_of_others`)."""
         clock, known = self._buffer.clock, self._stability.known.get(asker, {})
         for ch, (a, b) in wants.items():
-            if split(ch)[0] != self.replica_id:
+            sender = split(ch)[0]
+            if asker in (sender, self.replica_id):
                 continue
-            b = min(b, clock.get(ch, 0))  # (never more than it issued)
+            b = min(b, clock.get(ch, 0))  # (never more than it issued, or delivered)
             if a > b or known.get(ch, 0) >= b:
                 continue
-            widen(self._asked, ch, a, b)
-            self._askers.add(asker)
+            if sender == self.replica_id:
+                widen(self._asked, ch, a, b)
+                self._askers.add(asker)
+            else:
+                widen(self._relay_asked, ch, a, b)
+                self._relay_askers.add(asker)
 
     def held_by_peers(self) -> Clock:
         """Per channel of this replica's own, the last of its operations that every member

@@ -82,7 +82,7 @@ def report(node: AmqpNode, path: Path, issued: int, done: bool, left: bool = Fal
             "published": node.published, "refused": node.refused,
             "store_failures": node.store_failures, "store_ok": node.store_failure is None,
             "echo_losses": node.echo_losses, "heartbeats": node.heartbeats,
-            "resent": node.resent,
+            "resent": node.resent, "relayed": node.relayed,
             "outbox": 0 if left else _outbox(node),
             "stable_lag": r.stable_lag(), "member": r.is_member,
             "stable": sum(r.stable_clock().values()), "stable_clock": r.stable_clock(),

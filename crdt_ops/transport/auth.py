@@ -115,6 +115,19 @@ def properties(settings: Settings, body: bytes, signer: Signer | None,
                                  message_id=message_id)
 
 
+def may_relay(settings: Settings) -> bool:
+    """Whether a replica with ``settings`` may publish other replicas' messages again
+    (:mod:`crdt_ops.transport.relay`): its peers accept a message that names another
+    origin from it only with ``--auth none`` (and no signing key of its own, whose
+    signature would name it), or with ``--auth user-id`` when its broker user is one of
+    ``--trusted-users``. With ``--auth signature`` it may not: its log keeps the
+    messages, not their senders' signatures."""
+    if settings.auth == "none":
+        return not settings.signing_key
+    return settings.auth == "user-id" and settings.user in {
+        u for u in settings.trusted_users.split(",") if u}
+
+
 def signer_of(settings: Settings) -> Signer | None:
     """The signer of ``settings.signing_key``, if one is set."""
     return Signer.from_file(settings.signing_key) if settings.signing_key else None

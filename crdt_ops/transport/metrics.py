@@ -45,6 +45,10 @@ RESENT = Counter("crdt_ops_resent_messages_total",
                  "Own messages published again because a replica asked for operations the "
                  "group's stream did not hold (crdt_ops/transport/resend.py)",
                  ["replica", "group"])
+RELAYED = Counter("crdt_ops_relayed_messages_total",
+                  "Other replicas' messages published again from the log because a replica "
+                  "asked for operations their sender did not send again "
+                  "(crdt_ops/transport/relay.py)", ["replica", "group"])
 ASKING = Gauge("crdt_ops_asking_channels",
                "Channels whose operations this replica asks their senders for, having not "
                "found them in the group's stream", ["replica", "group"])
@@ -89,7 +93,7 @@ LOOP_LAG = Histogram("crdt_ops_event_loop_lag_seconds",
 #: an alert on a counter's growth, or on a gauge, then has a series to watch.
 SHOWN_AT_START = (OPS_PUBLISHED, OPS_APPLIED, DUPLICATES, RECONNECTS, OUTBOX, GAP_REREADS,
                   GAP_STUCK, STORE_FAILURES, ECHO_SILENT, ECHO_LOSSES, PUBLISHES_UNROUTABLE,
-                  PUBLISHES_REFUSED, BUFFER_DEPTH, RESENT, ASKING, PUBLISH_WAIT)
+                  PUBLISHES_REFUSED, BUFFER_DEPTH, RESENT, RELAYED, ASKING, PUBLISH_WAIT)
 
 
 def announce(replica: str, group: str) -> None:

@@ -14,7 +14,8 @@ again (:meth:`Store.resend <crdt_ops.transport.store.Store.resend>`); every repl
 has them drops them as duplicates. This is the negative-acknowledgement repair of
 reliable broadcast protocols (e.g. Floyd et al., "A Reliable Multicast Framework for
 Light-weight Sessions", SRM, 1997), with the request carried by the clock reports the
-replicas send anyway.
+replicas send anyway. When the sender does not answer (gone for good, or it no longer
+keeps them), a member that delivered them does (:mod:`crdt_ops.transport.relay`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class Resender:
             log.log(logging.DEBUG if said else logging.WARNING,
                     "replica %s: %s asked for its operations %s, which it no longer keeps "
                     "(every member had them, or more than the store keeps came since); a "
-                    "replica that misses them must be rebuilt from a snapshot (--bootstrap)",
+                    "member that delivered them sends them from its log if it still holds "
+                    "them (crdt_ops.transport.relay), else a replica that misses them must "
+                    "be rebuilt from a snapshot (--bootstrap)",
                     durable.replica_id, asker, few(due))
 
 

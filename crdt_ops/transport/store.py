@@ -47,12 +47,19 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
 """
+#: The log's columns beyond ``id`` and ``data`` (added to a store made before them): the
+#: channel and sequence numbers of a message's operations (NULL: a heartbeat), by which
+#: :meth:`Store.relay` finds what a peer asks for.
+_LOG_COLUMNS = {"channel": "TEXT", "first_seq": "INTEGER", "last_seq": "INTEGER"}
 #: The outbox's columns beyond ``id`` and ``data`` (added to a store made before them):
-#: the channel and sequence numbers of a message's operations (NULL: a heartbeat), and
-#: whether the broker confirmed it (``sent``).
-_OUTBOX_COLUMNS = {"channel": "TEXT", "first_seq": "INTEGER", "last_seq": "INTEGER",
-                   "sent": "INTEGER NOT NULL DEFAULT 0"}
+#: the channel and sequence numbers of a message's operations (NULL: a heartbeat),
+#: whether the broker confirmed it (``sent``), and whether it is another replica's
+#: message sent again from the log (``relayed``: :meth:`Store.relay`).
+_OUTBOX_COLUMNS = {**_LOG_COLUMNS, "sent": "INTEGER NOT NULL DEFAULT 0",
+                   "relayed": "INTEGER NOT NULL DEFAULT 0"}
 
+
+_NO_SPAN = (None, None, None)  # a heartbeat's (no operations) in the log and outbox
 
 #: How long a statement waits for a lock another connection holds before it fails
 #: (seconds). Short: the caller runs on an event loop, and retries with backoff.
@@ -124,9 +131,10 @@ class Store:
         self.db = self._connect()
         self._files.opened()
         self.db.executescript(_SCHEMA)
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
-        if not set(_OUTBOX_COLUMNS) <= have:  # a store made before the outbox kept what it sent
-            self._add_outbox_columns(have)
+        for table, columns in (("outbox", _OUTBOX_COLUMNS), ("log", _LOG_COLUMNS)):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if not set(columns) <= have:  # a store made before them
+                self._add_columns(table, columns, have)
         self._wal = f"{self.path}-wal"  # SQLite's name for it (it exists while open)
         self.wal_presized = self._presize_wal()
         self._confirmed: list[int] = []  # outbox rows confirmed, not marked yet
@@ -157,16 +165,16 @@ class Store:
         except FilesRefused as e:
             raise StoreUnavailable(str(e)) from None
 
-    def _add_outbox_columns(self, have: set[str]) -> None:
-        """Add the outbox's newer columns (:data:`_OUTBOX_COLUMNS`) and fill them in for the
-        messages it holds, in one transaction."""
+    def _add_columns(self, table: str, columns: Mapping[str, str], have: set[str]) -> None:
+        """Add ``table``'s newer ``columns`` (name -> SQL type) and fill in the spans
+        (:data:`_LOG_COLUMNS`) of the messages it holds, in one transaction."""
         with self._tx():
-            for name, kind in _OUTBOX_COLUMNS.items():
+            for name, kind in columns.items():
                 if name not in have:
-                    self.db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
-            rows = self.db.execute("SELECT id, data FROM outbox").fetchall()
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            rows = self.db.execute(f"SELECT id, data FROM {table}").fetchall()
             self.db.executemany(
-                "UPDATE outbox SET channel = ?, first_seq = ?, last_seq = ? WHERE id = ?",
+                f"UPDATE {table} SET channel = ?, first_seq = ?, last_seq = ? WHERE id = ?",
                 [(*span, i) for i, data in rows if (span := codec.span_of(bytes(data)))])
 
     def close(self) -> None:
@@ -206,28 +214,29 @@ class Store:
         https://www.sqlite.org/pragma.html#pragma_synchronous), until the next
         transaction with ``sync`` makes it durable with itself (the WAL is written in
         order, and synced whole)."""
-        produced = list(produced)
-        rows = [(m,) for m in received] + [(m,) for m in produced]
+        ours = [(m, *(codec.span_of(m) or _NO_SPAN)) for m in produced]
+        rows = [(m, *(codec.span_of(m) or _NO_SPAN)) for m in received] + ours
         if not rows and not meta:
             return 0
         confirmed = self._confirmed
         with self._tx(sync):
             for key, value in (meta or {}).items():
                 self.put(key, value)
-            self.db.executemany("INSERT INTO log (data) VALUES (?)", rows)
+            self.db.executemany("INSERT INTO log (data, channel, first_seq, last_seq) "
+                                "VALUES (?, ?, ?, ?)", rows)
             self.db.executemany(
                 "INSERT INTO outbox (data, channel, first_seq, last_seq) VALUES (?, ?, ?, ?)",
-                [(m, *(codec.span_of(m) or (None, None, None))) for m in produced])
+                ours)
             if confirmed:
                 self._mark(confirmed)
         self._confirmed = []
         return len(rows)
 
     def _mark(self, ids: list[int]) -> None:
-        """In a transaction: the broker confirmed these outbox rows; heartbeats go, and
-        operations are kept to be sent again."""
-        self.db.executemany("DELETE FROM outbox WHERE id = ? AND last_seq IS NULL",
-                            [(i,) for i in ids])
+        """In a transaction: the broker confirmed these outbox rows; heartbeats and
+        others' messages relayed go, and own operations are kept to be sent again."""
+        self.db.executemany("DELETE FROM outbox WHERE id = ? AND (last_seq IS NULL OR "
+                            "relayed = 1)", [(i,) for i in ids])
         self.db.executemany("UPDATE outbox SET sent = 1 WHERE id = ?", [(i,) for i in ids])
 
     @_guarded
@@ -330,6 +339,33 @@ class Store:
                     "UPDATE outbox SET sent = 0 WHERE sent = 1 AND channel = ? "
                     "AND last_seq >= ? AND first_seq <= ?", (ch, first, last)).rowcount
         self._unsent_from = 0
+        return n
+
+    @_guarded
+    def relay(self, spans: Mapping[str, tuple[int, int]]) -> int:
+        """Put the logged messages of other replicas that hold operations of ``spans``
+        (channel -> first..last) in the outbox, marked relayed, so that the publisher sends
+        them again for their sender (:mod:`crdt_ops.transport.relay`); returns how many.
+        Once the broker confirmed them they leave the outbox. A channel whose ``first``
+        operation the log no longer holds (a snapshot dropped the log before it) is left
+        out, as :meth:`resend` leaves it; so are the messages of a channel already waiting
+        in the outbox as relayed. In a transaction without a disk sync (a crash that
+        undoes it loses nothing: the peer asks again)."""
+        self._mark_confirmed()
+        n = 0
+        with self._tx(sync=False):
+            for ch, (first, last) in spans.items():
+                if self.db.execute("SELECT 1 FROM log WHERE channel = ? AND first_seq <= ? "
+                                   "AND last_seq >= ? LIMIT 1", (ch, first, first)).fetchone() \
+                        is None or self.db.execute(
+                            "SELECT 1 FROM outbox WHERE relayed = 1 AND sent = 0 AND "
+                            "channel = ? LIMIT 1", (ch,)).fetchone() is not None:
+                    continue
+                n += self.db.execute(
+                    "INSERT INTO outbox (data, channel, first_seq, last_seq, relayed) "
+                    "SELECT data, channel, first_seq, last_seq, 1 FROM log WHERE channel = ? "
+                    "AND last_seq >= ? AND first_seq <= ? ORDER BY id",
+                    (ch, first, last)).rowcount
         return n
 
     @_guarded

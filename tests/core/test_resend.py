@@ -190,3 +190,52 @@ def test_what_is_held_between_holes_comes_again_and_is_applied_once() -> None:
         a.receive(m)
     assert a.wants() == {} and a.buffered == 0
     assert a.clock["b"] == 12 and a.counter("n").value == 12
+
+
+def _three() -> tuple[Replica, Replica, Replica, list[bytes]]:
+    """Members a, b and c: b wrote three batches; a delivered them all, c the third only
+    (it waits for b 1..2 and asks for them)."""
+    a, b, c = (Replica(r, members=["a", "b", "c"]) for r in "abc")
+    sent = []
+    for _ in range(3):
+        b.counter("n").increment()
+        sent += b.outgoing()
+    for m in sent:
+        a.receive(m)
+    c.receive(sent[2])
+    c.ask(c.missing())
+    return a, b, c, sent
+
+
+def test_a_request_to_another_sender_is_heard_by_whoever_delivered_it() -> None:
+    a, b, c, _sent = _three()
+    asking = c.clock_message()
+    a.receive(asking)
+    b.receive(asking)
+    assert a.asked_of_others() == ({"b": (1, 2)}, {"c"})
+    assert a.asked_of_others() == ({}, set())  # taken once
+    assert a.asked() == ({}, set())  # not its own: a is no sender of b's
+    assert b.asked() == ({"b": (1, 2)}, {"c"}) and b.asked_of_others() == ({}, set())
+    # a replica that delivered none of it hears nothing to relay
+    d = Replica("d", members=["a", "b", "c", "d"])
+    d.receive(asking)
+    assert d.asked_of_others() == ({}, set())
+
+
+def test_a_relayed_request_is_cut_to_what_the_holder_delivered() -> None:
+    _a, _b, c, sent = _three()
+    e = Replica("e", members=["a", "b", "c", "e"])
+    e.receive(sent[0])  # e has b 1 only
+    e.receive(c.clock_message())
+    assert e.asked_of_others() == ({"b": (1, 1)}, {"c"})
+
+
+def test_the_holders_of_a_range_are_who_reported_delivering_it() -> None:
+    a, b, c, _sent = _three()
+    assert a.holders("b", 3) == ["a", "b"]  # b's batches say b has them
+    for m in c.clock_message(), b.clock_message():
+        a.receive(m)
+    assert a.holders("b", 1) == ["a", "b"]  # c reported b 0: it holds 3, delivered none
+    assert c.holders("b", 1) == ["b"] and c.holders("b", 4) == []
+    a.retire("b", 3)  # gone for good, its operations all delivered here
+    assert "b" in a.membership.retired and a.holders("b", 1) == ["a"]

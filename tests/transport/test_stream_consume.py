@@ -187,9 +187,11 @@ def test_the_offset_is_stored_in_the_transaction_of_the_deliveries_it_covers(
     try:
         store.append([b"one"], [], sync=False, meta={STREAM_OFFSET: b"7"})
         assert store.get(STREAM_OFFSET) == b"7" and store.log_size() == 1
-        with pytest.raises(StoreUnavailable):
-            store.append([b"two", object()], [], sync=False,  # type: ignore[list-item]
-                         meta={STREAM_OFFSET: b"9"})
+        # the second delivery's row fails in SQLite, after the first one's went in
+        store.db.execute("CREATE TEMP TRIGGER refuse BEFORE INSERT ON log WHEN NEW.data = "
+                         "X'6661696c' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        with pytest.raises(StoreUnavailable, match="refused"):
+            store.append([b"two", b"fail"], [], sync=False, meta={STREAM_OFFSET: b"9"})
         assert store.get(STREAM_OFFSET) == b"7" and store.log_size() == 1
     finally:
         store.close()

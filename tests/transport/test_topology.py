@@ -95,6 +95,33 @@ def test_what_the_stream_missed_its_senders_send_again(group: Group) -> None:
     assert sum(p.report()["resent"] for p in procs[:2]) > 0
 
 
+def test_what_the_stream_missed_of_a_sender_gone_for_good_a_holder_sends_again(
+        group: Group) -> None:
+    r0, r1, r2 = procs = _three_writing(group)
+    r2.signal(signal.SIGSTOP)  # r2 down for a while; the stream and its queue cut off
+    exchange = f"crdt.{group.name}"
+    try:
+        delete(group.url, unbind=(f"crdt.{group.name}.log", exchange))
+        delete(group.url, unbind=(f"crdt.{group.name}.r2", exchange))
+        at_cut = r1.report()["clock"].get("r0", 0)
+        wait_until(lambda: r1.report()["clock"].get("r0", 0) >= at_cut + 60, 30,
+                   "r1 to deliver 60 more of r0's operations, which r2 and the stream miss",
+                   explain(procs))
+        r0.kill()  # gone for good: nobody else can send what the stream missed of r0's...
+    finally:
+        r2.signal(signal.SIGCONT)
+    # ... but r1, which delivered it: r2's missing echo declares the topology again, the
+    # stream does not hold what it missed, and r2 asks r0 (for good silent) and r1; r1
+    # sends its own again at once, and r0's from its log once r0 did not
+    wait_until(lambda: converged([r1, r2], {"r1": 600, "r2": 600}), 90,
+               "r2 to get r0's operations that neither its queue nor the stream got",
+               explain([r1, r2]))
+    assert r2.report()["clock"]["r0"] >= at_cut + 60
+    assert "asking their senders" in r2.tail(), explain([r2])()
+    assert "which their sender did not send again" in r1.tail(), explain([r1])()
+    assert r1.report()["relayed"] > 0 and r2.report()["relayed"] == 0
+
+
 def test_a_deleted_queue_with_a_backlog_is_refilled_from_the_stream(group: Group) -> None:
     a = group.replica("a", ops=4000, seed=1, per_write=1, extra=FAST).start()
     b = group.replica("b", extra=[*FAST, "--prefetch", "10"]).start()

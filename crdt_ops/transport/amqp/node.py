@@ -67,11 +67,12 @@ from crdt_ops.transport.amqp.recovery import (
 )
 from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, StreamConsumer
 from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked, link_of
-from crdt_ops.transport.auth import authenticator, message, signer_of
+from crdt_ops.transport.auth import authenticator, may_relay, message, signer_of
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import DurableReplica
 from crdt_ops.transport.echo import EchoWatch
 from crdt_ops.transport.loop_lag import LoopLag
+from crdt_ops.transport.relay import Relayer
 from crdt_ops.transport.resend import Resender
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.topology import Topology, bind_member, declare, declare_member
@@ -201,6 +202,9 @@ class AmqpNode:
                               self._redeclare_and_reread, self._topology_lost, self._gate)
         #: sends again what peers ask for (the stream missed it), prunes what all have
         self._resender = Resender(self.durable, settings.gap_timeout_s)
+        #: sends again what peers ask other senders for, when those do not
+        self._relayer = (Relayer(self.durable, settings.gap_timeout_s)
+                         if may_relay(settings) else None)
         self.echo_losses = 0  # times our echo stopped (since this process started)
         #: heartbeats sent since this process started (:meth:`_heartbeat`)
         self.heartbeats = 0
@@ -832,6 +836,13 @@ class AmqpNode:
         return self._resender.resent
 
     @property
+    def relayed(self) -> int:
+        """Other replicas' messages published again from our log because a peer asked
+        for them and their sender did not send them (:mod:`~crdt_ops.transport.relay`)
+        since this process started."""
+        return self._relayer.relayed if self._relayer is not None else 0
+
+    @property
     def refused(self) -> int:
         """Messages of ours the broker refused (basic.nack) since this process started."""
         return self._out.refused
@@ -880,10 +891,14 @@ class AmqpNode:
         retention) learns the entries that no longer grow from it. While this replica
         asks for operations the stream did not hold (``Replica.asking``), it beats every
         tick. Each tick also answers what peers asked of it, and drops from its kept
-        messages what every peer has (:class:`~crdt_ops.transport.resend.Resender`)."""
+        messages what every peer has (:class:`~crdt_ops.transport.resend.Resender`), and
+        relays what peers asked other senders for, when those did not send it
+        (:class:`~crdt_ops.transport.relay.Relayer`)."""
         await asyncio.sleep(jittered(self.settings.heartbeat_s))
         await self.durable.store_ok.wait()
         self._resender.tick(time.monotonic())
+        if self._relayer is not None:
+            self._relayer.tick(time.monotonic())
         asking = self.replica.asking
         metrics.ASKING.labels(self.replica_id, self.settings.group).set(asking)
         self._watch_publishing(time.monotonic())

@@ -1,0 +1,150 @@
+"""Repair by any holder: a replica that delivered operations another asks their sender
+for publishes them again from its log when the sender does not (Store.relay,
+transport.relay.Relayer, auth.may_relay); a store made before the log kept spans opens
+and relays what it logged."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from crdt_ops import Replica
+from crdt_ops.transport.auth import may_relay
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import DurableReplica
+from crdt_ops.transport.relay import Relayer
+from crdt_ops.transport.store import Store
+
+
+def _written(n: int, rid: str = "s") -> list[bytes]:
+    """``n`` batches of one operation each by replica ``rid`` (of an open group)."""
+    s = Replica(rid)
+    out = []
+    for _ in range(n):
+        s.counter("n").increment()
+        out += s.outgoing()
+    return out
+
+
+def _unsent(st: Store) -> list[bytes]:
+    return [body for _, body in st.unconfirmed()]
+
+
+def test_the_log_s_messages_of_a_range_are_relayed_once_until_confirmed(
+        tmp_path: Path) -> None:
+    st = Store(tmp_path / "s.sqlite")
+    try:
+        msgs = _written(4)
+        st.append(msgs, [])
+        assert st.relay({"s": (2, 3)}) == 2
+        assert _unsent(st) == msgs[1:3]
+        assert st.relay({"s": (2, 3)}) == 0  # waiting in the outbox already
+        st.confirm([i for i, _ in st.unconfirmed()])
+        assert st.kept() == 0  # confirmed relayed messages leave the outbox
+        assert st.relay({"s": (1, 9), "x": (1, 1)}) == 4
+        st.confirm([i for i, _ in st.unconfirmed()])
+        st.save_snapshot(b"snap")  # the log dropped: nothing left to relay
+        assert st.relay({"s": (1, 4)}) == 0 and _unsent(st) == []
+    finally:
+        st.close()
+
+
+def test_a_store_made_before_the_log_kept_spans_relays_what_it_logged(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    msgs = _written(2)
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                     "data BLOB NOT NULL);")
+    db.executemany("INSERT INTO log (data) VALUES (?)", [(m,) for m in msgs])
+    db.commit()
+    db.close()
+    st = Store(path)
+    try:
+        assert st.load()[1] == msgs
+        assert st.relay({"s": (1, 2)}) == 2 and _unsent(st) == msgs
+    finally:
+        st.close()
+
+
+def _history() -> list[bytes]:
+    """Founder s's messages: the group founded, r, q and p admitted (operations 1..4), then
+    3 batches of one operation each (5..7)."""
+    s = Replica("s")
+    s.found()
+    for rid in "rqp":
+        s.admit(rid)
+    out = s.outgoing()
+    for _ in range(3):
+        s.counter("n").increment()
+        out += s.outgoing()
+    return out
+
+
+def _holder(tmp_path: Path, rid: str, msgs: list[bytes]) -> DurableReplica:
+    """Member ``rid`` that delivered and logged ``msgs``."""
+    d = DurableReplica.open(Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g",
+                                     replica_id=rid, store=str(tmp_path / f"{rid}.sqlite")))
+    for m in msgs:
+        assert d.replica.receive(m)
+    d.hold(msgs)
+    d.commit()
+    return d
+
+
+def _asking() -> bytes:
+    """p's heartbeat asking s for 5..7 (p delivered s 1..4)."""
+    p = Replica("p")
+    for m in _history()[:1]:
+        p.receive(m)
+    p.ask({"s": (5, 7)})
+    return p.clock_message()
+
+
+def test_the_holders_answer_in_turn_after_the_sender_s_patience(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    msgs = _history()
+    r, q = _holder(tmp_path, "r", msgs), _holder(tmp_path, "q", msgs)
+    caplog.set_level(logging.WARNING, "crdt_ops.transport.relay")
+    try:
+        for d in r, q:  # each knows the other holds them
+            d.replica.receive((q if d is r else r).replica.clock_message())
+        assert r.replica.holders("s", 5) == ["q", "r", "s"]
+        relayers = {d.replica_id: Relayer(d, patience_s=5.0) for d in (q, r)}
+
+        def tick(now: float) -> dict[str, int]:
+            for d in q, r:
+                d.replica.receive(_asking())
+                relayers[d.replica_id].tick(now)
+            return {rid: rel.relayed for rid, rel in relayers.items()}
+
+        assert tick(100.0) == {"q": 0, "r": 0}  # the sender's turn
+        assert tick(104.0) == {"q": 0, "r": 0}
+        assert tick(105.0) == {"q": 3, "r": 0}  # q first (by id), then r
+        assert "p asked for operations s 5..7, which their sender did not send" in caplog.text
+        assert len(q.store.unconfirmed()) == 3
+        assert tick(108.0) == {"q": 3, "r": 0}  # within the patience: not again
+        # still asked: r's turn came; q's are still in its outbox, not published again
+        assert tick(110.0) == {"q": 3, "r": 3}
+        q.store.confirm([i for i, _ in q.store.unconfirmed()])
+        assert tick(115.0) == {"q": 6, "r": 3}  # (r's are still in its outbox)
+        # answered: the asker stops asking, and a request no longer heard is forgotten
+        for rel in relayers.values():
+            rel.tick(121.0)
+        assert not any(rel._requests for rel in relayers.values())
+    finally:
+        r.store.close()
+        q.store.close()
+
+
+def test_a_replica_may_relay_only_where_its_peers_accept_it() -> None:
+    def s(**kw: str) -> Settings:
+        return Settings(amqp_url="amqp://web:pw@127.0.0.1:1/", group="g", replica_id="r", **kw)
+
+    assert may_relay(s())
+    assert not may_relay(s(signing_key="k.json"))
+    assert not may_relay(s(auth="user-id", trusted_users="ops"))
+    assert may_relay(s(auth="user-id", trusted_users="ops,web"))
+    assert not may_relay(s(auth="signature", keyring="ring.json"))
