@@ -13,8 +13,13 @@ one answers, not all. Here the hold-back is deterministic, not random: the sende
 the first ``patience_s`` (it answers on its next heartbeat tick); then the holders
 (:meth:`Replica.holders <crdt_ops.replica.Replica.holders>`, sorted by id, the asker and
 the sender left out), the ``k``-th of them once the request is ``(k + 1) * patience_s``
-old. A request answered stops (the asker asks only for what it still lacks), so a later
-holder finds nothing left to answer.
+old, and only if it was still heard :data:`SETTLE_HEARTBEATS` heartbeats after the turn
+before its own began (the sender's, or the holder's before it): a request answered stops
+(the asker asks only for what it still lacks, in its next heartbeat), so a later holder
+finds it no longer heard and stays silent. A holder relays again, each ``patience_s`` at
+most, only while the request is heard that long after its own relay. Holders that know
+different reports (who holds what, who asked) may take the same turn: the cost is a few
+messages sent twice, which every replica drops as duplicates.
 
 A relayed message is the original's bytes, published with the relayer's own ``user_id``
 (and signature, if it signs): it is accepted only where that does not matter
@@ -27,13 +32,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from crdt_ops.clock import Spans, few, widen
+from crdt_ops.clock import Spans, few
 from crdt_ops.subgroups import split
 from crdt_ops.transport import metrics
 from crdt_ops.transport.durable import DurableReplica
-from crdt_ops.transport.store import StoreUnavailable
+from crdt_ops.transport.store import MAX_KEPT_SENT, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+#: Heartbeats after a turn began (the sender's, a holder's, a relay of this replica's)
+#: during which the request may still be heard though that turn answered it: the
+#: answerer's next tick, and the asker's next heartbeat, each up to a quarter late
+#: (:func:`~crdt_ops.transport.waiting.jittered`).
+SETTLE_HEARTBEATS = 2.5
+#: The most messages one relay of one channel publishes (the asker asks again for the
+#: rest, once it has these): as many as a sender keeps to send again at most
+#: (:data:`~crdt_ops.transport.store.MAX_KEPT_SENT`).
+MAX_RELAYED = MAX_KEPT_SENT
 
 
 @dataclass
@@ -51,12 +66,15 @@ class _Request:
 class Relayer:
     """Relays from ``durable``'s log what peers ask other senders for, when those do not
     send it (:meth:`tick`, every heartbeat). ``patience_s``: how long the sender, and then
-    each holder before this one, is given (the group's ``--gap-timeout-s``). Sans-IO
-    about time: ``now`` is handed in (seconds, any monotonic clock)."""
+    each holder before this one, is given (the group's ``--gap-timeout-s``);
+    ``heartbeat_s``: the group's heartbeat period (how soon an answered request stops
+    being heard). Sans-IO about time: ``now`` is handed in (seconds, any monotonic
+    clock)."""
 
-    def __init__(self, durable: DurableReplica, patience_s: float) -> None:
+    def __init__(self, durable: DurableReplica, patience_s: float, heartbeat_s: float) -> None:
         self.durable = durable
         self.patience_s = patience_s
+        self.settle_s = SETTLE_HEARTBEATS * heartbeat_s
         self._requests: dict[str, _Request] = {}  # channel -> what is asked of it
         #: others' messages published again since this process started
         self.relayed = 0
@@ -67,28 +85,32 @@ class Relayer:
         while the store fails (the peers ask again)."""
         replica = self.durable.replica
         asked, who = replica.asked_of_others()
-        for ch, span in asked.items():
+        for ch, span in asked.items():  # (what is asked now, not what was asked before)
             req = self._requests.get(ch)
             if req is None:
                 self._requests[ch] = _Request(span, set(who), now, now)
             else:
-                merged = {ch: req.span}
-                widen(merged, ch, *span)
-                req.span, req.heard = merged[ch], now
+                req.span, req.heard = span, now
                 req.askers |= who
-        for ch in [ch for ch, r in self._requests.items() if now - r.heard > self.patience_s]:
+        forget = max(self.patience_s, self.settle_s)
+        for ch in [ch for ch, r in self._requests.items() if now - r.heard > forget]:
             del self._requests[ch]
         if self.durable.store_failure is not None:
             return
         due: Spans = {}
         for ch, req in self._requests.items():
-            if req.relayed is not None and now - req.relayed < self.patience_s:
+            if req.relayed is not None:  # again, if what it relayed did not answer it
+                if now - req.relayed >= self.patience_s \
+                        and req.heard >= req.relayed + self.settle_s:
+                    due[ch] = req.span
                 continue
             holders = [r for r in replica.holders(ch, req.span[0])
                        if r not in req.askers and r != split(ch)[0]]
             if replica.replica_id not in holders:
                 continue
-            if now - req.first >= (holders.index(replica.replica_id) + 1) * self.patience_s:
+            turn = holders.index(replica.replica_id)  # the sender's was turn -1
+            if now - req.first >= (turn + 1) * self.patience_s \
+                    and req.heard >= req.first + turn * self.patience_s + self.settle_s:
                 due[ch] = req.span
         if due:
             self._relay(due, now)
@@ -96,7 +118,7 @@ class Relayer:
     def _relay(self, due: Spans, now: float) -> None:
         durable = self.durable
         try:
-            n = durable.store.relay(due)
+            n = durable.store.relay(due, MAX_RELAYED)
         except StoreUnavailable as e:
             log.debug("replica %s: the store failed while relaying (%s); the peers ask "
                       "again", durable.replica_id, e)

@@ -10,7 +10,9 @@
   group's history (the stream) holds what the broker confirmed, but RabbitMQ streams
   do not fsync ("Streams", Data Safety: an uncontrolled shutdown of a node may lose
   confirmed data), and a message the broker routed while the stream's binding was gone
-  reached some queues and not the stream: the kept ones fill such a gap.
+  reached some queues and not the stream: the kept ones fill such a gap. And other
+  replicas' messages from the log, relayed for a sender that did not send them again
+  (:meth:`Store.relay`), until the broker confirmed them.
 
 A message is in the log before it is acked to the broker, and a local
 operation is in the outbox before it is published, each in one transaction; a
@@ -342,10 +344,11 @@ class Store:
         return n
 
     @_guarded
-    def relay(self, spans: Mapping[str, tuple[int, int]]) -> int:
+    def relay(self, spans: Mapping[str, tuple[int, int]], limit: int = MAX_KEPT_SENT) -> int:
         """Put the logged messages of other replicas that hold operations of ``spans``
-        (channel -> first..last) in the outbox, marked relayed, so that the publisher sends
-        them again for their sender (:mod:`crdt_ops.transport.relay`); returns how many.
+        (channel -> first..last), the first ``limit`` of each channel, in the outbox, marked
+        relayed, so that the publisher sends them again for their sender
+        (:mod:`crdt_ops.transport.relay`); returns how many.
         Once the broker confirmed them they leave the outbox. A channel whose ``first``
         operation the log no longer holds (a snapshot dropped the log before it) is left
         out, as :meth:`resend` leaves it; so are the messages of a channel already waiting
@@ -364,9 +367,17 @@ class Store:
                 n += self.db.execute(
                     "INSERT INTO outbox (data, channel, first_seq, last_seq, relayed) "
                     "SELECT data, channel, first_seq, last_seq, 1 FROM log WHERE channel = ? "
-                    "AND last_seq >= ? AND first_seq <= ? ORDER BY id",
-                    (ch, first, last)).rowcount
+                    "AND last_seq >= ? AND first_seq <= ? ORDER BY id LIMIT ?",
+                    (ch, first, last, limit)).rowcount
         return n
+
+    @_guarded
+    def drop_relayed(self) -> int:
+        """Drop the relayed messages not published yet (:meth:`relay`), for a replica that
+        may no longer relay (``crdt_ops.transport.auth.may_relay``: its ``--auth`` changed);
+        returns how many."""
+        with self._tx(sync=False):
+            return int(self.db.execute("DELETE FROM outbox WHERE relayed = 1").rowcount)
 
     @_guarded
     def prune(self, held: Mapping[str, int], keep: int = MAX_KEPT_SENT,

@@ -44,7 +44,11 @@ def test_the_log_s_messages_of_a_range_are_relayed_once_until_confirmed(
         assert st.relay({"s": (2, 3)}) == 0  # waiting in the outbox already
         st.confirm([i for i, _ in st.unconfirmed()])
         assert st.kept() == 0  # confirmed relayed messages leave the outbox
+        assert st.relay({"s": (1, 9), "x": (1, 1)}, limit=1) == 1  # the first only
+        st.confirm([i for i, _ in st.unconfirmed()])
         assert st.relay({"s": (1, 9), "x": (1, 1)}) == 4
+        assert st.drop_relayed() == 4 and _unsent(st) == []
+        assert st.relay({"s": (1, 9)}) == 4
         st.confirm([i for i, _ in st.unconfirmed()])
         st.save_snapshot(b"snap")  # the log dropped: nothing left to relay
         assert st.relay({"s": (1, 4)}) == 0 and _unsent(st) == []
@@ -112,7 +116,8 @@ def test_the_holders_answer_in_turn_after_the_sender_s_patience(
         for d in r, q:  # each knows the other holds them
             d.replica.receive((q if d is r else r).replica.clock_message())
         assert r.replica.holders("s", 5) == ["q", "r", "s"]
-        relayers = {d.replica_id: Relayer(d, patience_s=5.0) for d in (q, r)}
+        relayers = {d.replica_id: Relayer(d, patience_s=5.0, heartbeat_s=1.0)
+                    for d in (q, r)}
 
         def tick(now: float) -> dict[str, int]:
             for d in q, r:
@@ -134,6 +139,34 @@ def test_the_holders_answer_in_turn_after_the_sender_s_patience(
         for rel in relayers.values():
             rel.tick(121.0)
         assert not any(rel._requests for rel in relayers.values())
+    finally:
+        r.store.close()
+        q.store.close()
+
+
+def test_a_request_answered_is_relayed_by_no_later_holder(tmp_path: Path) -> None:
+    msgs = _history()
+    r, q = _holder(tmp_path, "r", msgs), _holder(tmp_path, "q", msgs)
+    try:
+        for d in r, q:
+            d.replica.receive((q if d is r else r).replica.clock_message())
+        relayers = {d.replica_id: Relayer(d, patience_s=5.0, heartbeat_s=1.0)
+                    for d in (q, r)}
+        for now in range(100, 120):
+            for d in q, r:
+                if now <= 106:  # q's relay at 105 answered it: the asker's ask stops
+                    d.replica.receive(_asking())
+                relayers[d.replica_id].tick(float(now))
+        assert (relayers["q"].relayed, relayers["r"].relayed) == (3, 0)
+        # the sender answered within its turn: no holder relays at all
+        relayers = {d.replica_id: Relayer(d, patience_s=5.0, heartbeat_s=1.0)
+                    for d in (q, r)}
+        for now in range(200, 220):
+            for d in q, r:
+                if now <= 202:
+                    d.replica.receive(_asking())
+                relayers[d.replica_id].tick(float(now))
+        assert (relayers["q"].relayed, relayers["r"].relayed) == (0, 0)
     finally:
         r.store.close()
         q.store.close()

@@ -203,8 +203,11 @@ class AmqpNode:
         #: sends again what peers ask for (the stream missed it), prunes what all have
         self._resender = Resender(self.durable, settings.gap_timeout_s)
         #: sends again what peers ask other senders for, when those do not
-        self._relayer = (Relayer(self.durable, settings.gap_timeout_s)
+        self._relayer = (Relayer(self.durable, settings.gap_timeout_s, settings.heartbeat_s)
                          if may_relay(settings) else None)
+        if self._relayer is None and self.durable.store.drop_relayed():
+            log.warning("replica %s: dropped the messages it was to relay for others: with "
+                        "these --auth settings its peers would refuse them", self.replica_id)
         self.echo_losses = 0  # times our echo stopped (since this process started)
         #: heartbeats sent since this process started (:meth:`_heartbeat`)
         self.heartbeats = 0
@@ -1008,9 +1011,11 @@ class AmqpNode:
         operations, wait until the broker confirmed all of it, then (in a group with an
         agreed membership) until every member reported having its operations, and stop.
         While it waits it answers a member that asks for operations of its that the
-        group's stream lost (:mod:`~crdt_ops.transport.resend`): once it is gone nobody
-        can. It waits at most :data:`LEAVE_WAIT_GAP_TIMEOUTS` gap timeouts (at least
-        :data:`LEAVE_WAIT_MIN_S`), and logs what is not known everywhere then."""
+        group's stream lost (:mod:`~crdt_ops.transport.resend`): once it is gone only
+        the members that delivered them can, from their logs
+        (:mod:`~crdt_ops.transport.relay`). It waits at most
+        :data:`LEAVE_WAIT_GAP_TIMEOUTS` gap timeouts (at least :data:`LEAVE_WAIT_MIN_S`),
+        and logs what is not known everywhere then."""
         self._retired_said = True  # on purpose: nothing to warn about
         self.replica.heartbeat(retired=True)
         self.durable.commit()
