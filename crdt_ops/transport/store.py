@@ -333,9 +333,7 @@ class Store:
         n = 0
         with self._tx(sync=False):
             for ch, (first, last) in spans.items():
-                if self.db.execute("SELECT 1 FROM outbox WHERE channel = ? AND first_seq <= ? "
-                                   "AND last_seq >= ? LIMIT 1", (ch, first, first)).fetchone() \
-                        is None:
+                if not self._holds("outbox", ch, first):
                     continue
                 n += self.db.execute(
                     "UPDATE outbox SET sent = 0 WHERE sent = 1 AND channel = ? "
@@ -358,11 +356,9 @@ class Store:
         n = 0
         with self._tx(sync=False):
             for ch, (first, last) in spans.items():
-                if self.db.execute("SELECT 1 FROM log WHERE channel = ? AND first_seq <= ? "
-                                   "AND last_seq >= ? LIMIT 1", (ch, first, first)).fetchone() \
-                        is None or self.db.execute(
-                            "SELECT 1 FROM outbox WHERE relayed = 1 AND sent = 0 AND "
-                            "channel = ? LIMIT 1", (ch,)).fetchone() is not None:
+                if not self._holds("log", ch, first) or self.db.execute(
+                        "SELECT 1 FROM outbox WHERE relayed = 1 AND sent = 0 AND channel = ? "
+                        "LIMIT 1", (ch,)).fetchone() is not None:
                     continue
                 n += self.db.execute(
                     "INSERT INTO outbox (data, channel, first_seq, last_seq, relayed) "
@@ -370,6 +366,13 @@ class Store:
                     "AND last_seq >= ? AND first_seq <= ? ORDER BY id LIMIT ?",
                     (ch, first, last, limit)).rowcount
         return n
+
+    def _holds(self, table: str, channel: str, seq: int) -> bool:
+        """Whether ``table`` (the log or the outbox) holds a message with operation
+        ``seq`` of ``channel``."""
+        return self.db.execute(f"SELECT 1 FROM {table} WHERE channel = ? AND first_seq <= ? "
+                               "AND last_seq >= ? LIMIT 1", (channel, seq, seq)).fetchone() \
+            is not None
 
     @_guarded
     def drop_relayed(self) -> int:
