@@ -882,6 +882,11 @@ class Chaos:
             time.sleep(0.25)
 
 
+def _counts(reports: dict[str, dict[str, Any]], key: str) -> str:
+    """``key``'s count in each replica's final report that has one, or "none"."""
+    return ", ".join(f"{rid} {r[key]}" for rid, r in reports.items() if r.get(key)) or "none"
+
+
 def run_chaos(opts: argparse.Namespace) -> int:
     """The whole run; prints the summary and the last line on stdout."""
     def say(text: str) -> None:
@@ -930,14 +935,11 @@ def run_chaos(opts: argparse.Namespace) -> int:
                   f"0-{opts.late_max_delay_s:g}s late (up to {chaos.relay.max_held:,} held at "
                   f"once), {chaos.relay.relayed_out:,} from it; max buffered ops seen at r0: "
                   f"{chaos.max_buffered.get('r0', 0):,}")
-        print("store failures survived: " + (", ".join(
-            f"{rid} {r['store_failures']}" for rid, r in reports.items()
-            if r.get("store_failures")) or "none") + "; echo lost (topology declared again): "
-            + (", ".join(f"{rid} {r['echo_losses']}" for rid, r in reports.items()
-                         if r.get("echo_losses")) or "none")
-            + "; messages sent again on request (the stream missed them): "
-            + (", ".join(f"{rid} {r['resent']}" for rid, r in reports.items()
-                         if r.get("resent")) or "none"))
+        print("store failures survived: " + _counts(reports, "store_failures")
+              + "; echo lost (topology declared again): " + _counts(reports, "echo_losses")
+              + "; messages sent again on request (the stream missed them): "
+              + _counts(reports, "resent") + "; relayed for their sender: "
+              + _counts(reports, "relayed"))
         print("membership: " + ", ".join(
             f"{rid} {'left' if r.get('left') else 'member' if r.get('member') else 'NOT a member'}"
             f" (retired: {', '.join(r.get('retired', ())) or '-'})" for rid, r in reports.items()))
