@@ -239,3 +239,29 @@ def test_the_holders_of_a_range_are_who_reported_delivering_it() -> None:
     assert c.holders("b", 1) == ["b"] and c.holders("b", 4) == []
     a.retire("b", 3)  # gone for good, its operations all delivered here
     assert "b" in a.membership.retired and a.holders("b", 1) == ["a"]
+
+
+def test_what_a_retired_sender_s_history_lost_a_holder_can_still_give() -> None:
+    # b gone for good, retired after its 3rd operation (as `crdt-ops retire` names the last
+    # one the stream holds); a delivered b's 5, c only 3: c learns of 4..5 from a's report,
+    # asks, and takes them from a (relayed) though b is retired everywhere
+    a, b, c = (Replica(r, members=["a", "b", "c"]) for r in "abc")
+    sent = []
+    for _ in range(5):
+        b.counter("n").increment()
+        sent += b.outgoing()
+    for m in sent:
+        a.receive(m)
+    for m in sent[:3]:
+        c.receive(m)
+    for r in a, c:
+        r.retire("b", 3)
+    assert a.membership.retired == c.membership.retired == {"b"}
+    c.receive(a.clock_message())
+    assert c.missing() == {"b": (4, 5)}
+    c.ask(c.missing())
+    a.receive(c.clock_message())
+    assert a.asked_of_others() == ({"b": (4, 5)}, {"c"}) and a.holders("b", 4) == ["a"]
+    for m in sent[3:]:
+        assert c.receive(m)
+    assert c.wants() == {} and c.state() == a.state() and c.counter("n").value == 5
