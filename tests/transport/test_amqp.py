@@ -185,6 +185,7 @@ def test_metrics_endpoint(group: Group) -> None:
     # the counters an alert watches exist from the start (at 0), the store's gauge says up
     for series in ("crdt_ops_store_failures_total", "crdt_ops_reconnects_total",
                    "crdt_ops_store_up", "crdt_ops_resent_messages_total",
+                   "crdt_ops_relayed_messages_total",
                    "crdt_ops_asking_channels"):
         assert has(series, text), series
     # and the process's health, on the same port: 200 and JSON while every part is ok
