@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Heartbeats after a turn began (the sender's, a holder's, a relay of this replica's)
 #: during which the request may still be heard though that turn answered it: the
-#: answerer's next tick, and the asker's next heartbeat, each up to a quarter late
-#: (:func:`~crdt_ops.transport.waiting.jittered`).
-SETTLE_HEARTBEATS = 2.5
+#: answerer's next tick, the asker's next heartbeat, and the tick of this replica's that
+#: takes it in, each up to a quarter late (:func:`~crdt_ops.transport.waiting.jittered`)
+#: but the last two together not much more than two periods.
+SETTLE_HEARTBEATS = 3.0
 #: The most messages one relay of one channel publishes (the asker asks again for the
 #: rest, once it has these): as many as a sender keeps to send again at most
 #: (:data:`~crdt_ops.transport.store.MAX_KEPT_SENT`).
