@@ -13,8 +13,9 @@ one answers, not all. Here the hold-back is deterministic, not random: the sende
 the first ``patience_s`` (it answers on its next heartbeat tick); then the holders
 (:meth:`Replica.holders <crdt_ops.replica.Replica.holders>`, sorted by id, the asker and
 the sender left out), the ``k``-th of them once the request is ``(k + 1) * patience_s``
-old, and only if it was still heard :data:`SETTLE_HEARTBEATS` heartbeats after the turn
-before its own began (the sender's, or the holder's before it): a request answered stops
+old (a turn lasts :data:`SETTLE_HEARTBEATS` heartbeats at least), and only if it was
+still heard that many heartbeats after the turn before its own began (the sender's, or
+the holder's before it): a request answered stops
 (the asker asks only for what it still lacks, in its next heartbeat), so a later holder
 finds it no longer heard and stays silent. A holder relays again, each ``patience_s`` at
 most, only while the request is heard that long after its own relay. Holders that know
@@ -110,8 +111,9 @@ class Relayer:
             if replica.replica_id not in holders:
                 continue
             turn = holders.index(replica.replica_id)  # the sender's was turn -1
-            if now - req.first >= (turn + 1) * self.patience_s \
-                    and req.heard >= req.first + turn * self.patience_s + self.settle_s:
+            step = max(self.patience_s, self.settle_s)  # (a turn is answered in settle_s)
+            if now - req.first >= (turn + 1) * step \
+                    and req.heard >= req.first + turn * step + self.settle_s:
                 due[ch] = req.span
         if due:
             self._relay(due, now)

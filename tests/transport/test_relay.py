@@ -181,3 +181,84 @@ def test_a_replica_may_relay_only_where_its_peers_accept_it() -> None:
     assert not may_relay(s(auth="user-id", trusted_users="ops"))
     assert may_relay(s(auth="user-id", trusted_users="ops,web"))
     assert not may_relay(s(auth="signature", keyring="ring.json"))
+
+
+class _Request:
+    """A stand-in for a durable replica as a :class:`Relayer` sees it, in a simulation of
+    one request: its replica hears the asker's request (``pending``) and names the holders;
+    its store records each relay (and the asker gets it ``latency_s`` later)."""
+
+    def __init__(self, sim: _Simulation, rid: str, holders: list[str]) -> None:
+        self.replica_id, self.pending, self._holders, self._sim = rid, False, holders, sim
+        self.replica, self.store, self.store_failure = self, self, None
+        self.settings = Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g",
+                                 replica_id=rid)
+        self.outbox_ready = self
+
+    def asked_of_others(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
+        heard, self.pending = self.pending, False
+        return ({"s": (5, 7)}, {"p"}) if heard else ({}, set())
+
+    def holders(self, channel: str, through: int) -> list[str]:
+        return self._holders
+
+    def relay(self, spans: object, limit: int) -> int:
+        self._sim.relayed(self.replica_id)
+        return 3
+
+    def set(self) -> None:  # (outbox_ready)
+        pass
+
+
+class _Simulation:
+    """An asker, a sender (alive: it answers on its next tick; or gone) and three holders,
+    each ticking every ``heartbeat_s``, jittered as the transport jitters them, for 120 s;
+    how many relays the holders made."""
+
+    def __init__(self, seed: int, alive: bool, heartbeat_s: float = 2.0,
+                 patience_s: float = 10.0, latency_s: float = 0.05) -> None:
+        import heapq
+        import random
+
+        from crdt_ops.transport.waiting import jittered
+
+        rng = random.Random(seed)
+        self.relays = 0
+        self.got: float | None = None  # when the asker has them
+        self.now, self.latency_s = 0.0, latency_s
+        ids = ["h0", "h1", "h2"]
+        durables = {i: _Request(self, i, ids) for i in ids}
+        relayers = {i: Relayer(durables[i], patience_s, heartbeat_s)  # type: ignore[arg-type]
+                    for i in ids}
+        ticks = []
+        for who in ["asker", "sender", *ids]:
+            t = rng.random() * heartbeat_s
+            while t < 120:
+                ticks.append((t, who))
+                t += jittered(heartbeat_s, rng.random)
+        heapq.heapify(ticks)
+        asked = False
+        while ticks:
+            self.now, who = heapq.heappop(ticks)
+            if who == "asker" and (self.got is None or self.now < self.got):
+                asked = True
+                for d in durables.values():
+                    d.pending = True
+            elif who == "sender" and alive and asked and self.got is None:
+                self.got = self.now + latency_s
+            elif who in relayers:
+                relayers[who].tick(self.now)
+
+    def relayed(self, rid: str) -> None:
+        self.relays += 1
+        if self.got is None:
+            self.got = self.now + self.latency_s
+
+
+@pytest.mark.parametrize("heartbeat_s, patience_s", [(2.0, 10.0), (0.5, 2.0)])
+def test_with_jittered_heartbeats_one_holder_relays_once_and_none_while_the_sender_answers(
+        heartbeat_s: float, patience_s: float) -> None:
+    for seed in range(300):
+        alive = _Simulation(seed, True, heartbeat_s, patience_s)
+        gone = _Simulation(seed, False, heartbeat_s, patience_s)
+        assert (alive.relays, gone.relays) == (0, 1), seed
