@@ -192,16 +192,23 @@ def test_what_is_held_between_holes_comes_again_and_is_applied_once() -> None:
     assert a.clock["b"] == 12 and a.counter("n").value == 12
 
 
-def _three() -> tuple[Replica, Replica, Replica, list[bytes]]:
-    """Members a, b and c: b wrote three batches; a delivered them all, c the third only
-    (it waits for b 1..2 and asks for them)."""
+def _b_wrote(n: int) -> tuple[Replica, Replica, Replica, list[bytes]]:
+    """Members a, b and c: b wrote ``n`` batches of one operation, a delivered them all,
+    c none yet; b's messages."""
     a, b, c = (Replica(r, members=["a", "b", "c"]) for r in "abc")
     sent = []
-    for _ in range(3):
+    for _ in range(n):
         b.counter("n").increment()
         sent += b.outgoing()
     for m in sent:
         a.receive(m)
+    return a, b, c, sent
+
+
+def _three() -> tuple[Replica, Replica, Replica, list[bytes]]:
+    """:func:`_b_wrote` 3, and c got the third only: it waits for b 1..2 and asks for
+    them."""
+    a, b, c, sent = _b_wrote(3)
     c.receive(sent[2])
     c.ask(c.missing())
     return a, b, c, sent
@@ -245,13 +252,7 @@ def test_what_a_retired_sender_s_history_lost_a_holder_can_still_give() -> None:
     # b gone for good, retired after its 3rd operation (as `crdt-ops retire` names the last
     # one the stream holds); a delivered b's 5, c only 3: c learns of 4..5 from a's report,
     # asks, and takes them from a (relayed) though b is retired everywhere
-    a, b, c = (Replica(r, members=["a", "b", "c"]) for r in "abc")
-    sent = []
-    for _ in range(5):
-        b.counter("n").increment()
-        sent += b.outgoing()
-    for m in sent:
-        a.receive(m)
+    a, _b, c, sent = _b_wrote(5)
     for m in sent[:3]:
         c.receive(m)
     for r in a, c:
