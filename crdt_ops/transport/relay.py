@@ -77,6 +77,9 @@ class Relayer:
         self.durable = durable
         self.patience_s = patience_s
         self.settle_s = SETTLE_HEARTBEATS * heartbeat_s
+        #: how long a turn lasts (the sender's, each holder's), and a request not heard
+        #: for longer is forgotten: a turn is answered within ``settle_s``
+        self._turn_s = max(patience_s, self.settle_s)
         self._requests: dict[str, _Request] = {}  # channel -> what is asked of it
         #: others' messages published again since this process started
         self.relayed = 0
@@ -94,8 +97,7 @@ class Relayer:
             else:
                 req.span, req.heard = span, now
                 req.askers |= who
-        forget = max(self.patience_s, self.settle_s)
-        for ch in [ch for ch, r in self._requests.items() if now - r.heard > forget]:
+        for ch in [ch for ch, r in self._requests.items() if now - r.heard > self._turn_s]:
             del self._requests[ch]
         if self.durable.store_failure is not None:
             return
@@ -111,9 +113,8 @@ class Relayer:
             if replica.replica_id not in holders:
                 continue
             turn = holders.index(replica.replica_id)  # the sender's was turn -1
-            step = max(self.patience_s, self.settle_s)  # (a turn is answered in settle_s)
-            if now - req.first >= (turn + 1) * step \
-                    and req.heard >= req.first + turn * step + self.settle_s:
+            if now - req.first >= (turn + 1) * self._turn_s \
+                    and req.heard >= req.first + turn * self._turn_s + self.settle_s:
                 due[ch] = req.span
         if due:
             self._relay(due, now)
