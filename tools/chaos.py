@@ -127,6 +127,7 @@ from crdt_ops.replica import Replica
 from crdt_ops.transport.amqp.stream_ready import stream_takes_writes
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.topology import Topology, declare
+from tools.harness import wait_until
 from tools.rabbitnode import RabbitNode
 from tools.replica_process import ReplicaProcess
 
@@ -819,12 +820,10 @@ class Chaos:
         all it delivered causally stable: a replica learns what the others have from their
         clock reports, which reach the late replica through the relay's delays, so its
         stability trails convergence by up to a delay and a heartbeat."""
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
-            if all(int(r.get("stable", 0)) >= sum(r.get("clock", {}).values())
-                   for r in self._sample() if not r.get("left")):
-                return
-            time.sleep(0.25)
+        with contextlib.suppress(AssertionError):  # (one still behind is reported so)
+            wait_until(lambda: all(int(r.get("stable", 0)) >= sum(r.get("clock", {}).values())
+                                   for r in self._sample() if not r.get("left")),
+                       within_s, "what every replica delivered to be causally stable")
 
     @staticmethod
     def converged(reports: list[dict[str, Any]]) -> bool:
