@@ -132,9 +132,9 @@ class Replica(Fields):
         self._asked: Spans = {}
         self._askers: set[str] = set()
         #: what others asked other senders to send again, of what this replica delivered
-        #: (:meth:`asked_of_others`), and who asked
+        #: (:meth:`asked_of_others`), and who asked, per channel
         self._relay_asked: Spans = {}
-        self._relay_askers: set[str] = set()
+        self._relay_askers: dict[str, set[str]] = {}
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
         self.rejected: deque[tuple[str, int, str]] = deque(maxlen=1000)
@@ -304,17 +304,17 @@ class Replica(Fields):
         self._asked, self._askers = {}, set()
         return out, who
 
-    def asked_of_others(self) -> tuple[Spans, set[str]]:
+    def asked_of_others(self) -> tuple[Spans, dict[str, set[str]]]:
         """What other replicas asked *other* senders to send again since the last call
         (their heartbeats' ``wants``), cut to what this replica delivered: channel ->
-        first..last, and who asked. A transport may send those operations again from what
-        it logged of them (``crdt_ops.transport.relay``) when their sender does not, as
-        when it is gone for good: any holder can repair a loss (SRM: Floyd et al., "A
-        Reliable Multicast Framework for Light-weight Sessions", 1997), and the replicas
-        that have them drop them as duplicates. Channels of the asker's own are left out,
-        and so is a range the asker reported delivering already."""
+        first..last, and channel -> who asked for it. A transport may send those
+        operations again from what it logged of them (``crdt_ops.transport.relay``) when
+        their sender does not, as when it is gone for good: any holder can repair a loss
+        (SRM: Floyd et al., "A Reliable Multicast Framework for Light-weight Sessions",
+        1997), and the replicas that have them drop them as duplicates. Channels of the
+        asker's own are left out, and so is a range the asker reported delivering already."""
         out, who = self._relay_asked, self._relay_askers
-        self._relay_asked, self._relay_askers = {}, set()
+        self._relay_asked, self._relay_askers = {}, {}
         return out, who
 
     def holders(self, channel: str, through: int) -> list[str]:
@@ -346,7 +346,7 @@ class Replica(Fields):
                 self._askers.add(asker)
             else:
                 widen(self._relay_asked, ch, a, b)
-                self._relay_askers.add(asker)
+                self._relay_askers.setdefault(ch, set()).add(asker)
 
     def held_by_peers(self) -> Clock:
         """Per channel of this replica's own, the last of its operations that every member

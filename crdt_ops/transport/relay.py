@@ -93,10 +93,10 @@ class Relayer:
         for ch, span in asked.items():  # (what is asked now, not what was asked before)
             req = self._requests.get(ch)
             if req is None:
-                self._requests[ch] = _Request(span, set(who), now, now)
+                self._requests[ch] = _Request(span, set(who[ch]), now, now)
             else:
                 req.span, req.heard = span, now
-                req.askers |= who
+                req.askers |= who[ch]
         for ch in [ch for ch, r in self._requests.items() if now - r.heard > self._turn_s]:
             del self._requests[ch]
         if self.durable.store_failure is not None:

@@ -219,14 +219,34 @@ def test_a_request_to_another_sender_is_heard_by_whoever_delivered_it() -> None:
     asking = c.clock_message()
     a.receive(asking)
     b.receive(asking)
-    assert a.asked_of_others() == ({"b": (1, 2)}, {"c"})
-    assert a.asked_of_others() == ({}, set())  # taken once
+    assert a.asked_of_others() == ({"b": (1, 2)}, {"b": {"c"}})
+    assert a.asked_of_others() == ({}, {})  # taken once
     assert a.asked() == ({}, set())  # not its own: a is no sender of b's
-    assert b.asked() == ({"b": (1, 2)}, {"c"}) and b.asked_of_others() == ({}, set())
+    assert b.asked() == ({"b": (1, 2)}, {"c"}) and b.asked_of_others() == ({}, {})
     # a replica that delivered none of it hears nothing to relay
     d = Replica("d", members=["a", "b", "c", "d"])
     d.receive(asking)
-    assert d.asked_of_others() == ({}, set())
+    assert d.asked_of_others() == ({}, {})
+
+
+def test_who_asked_is_kept_per_channel() -> None:
+    # c lacks b's 1st operation and d lacks c's 1st: a, which delivered both, hears c ask
+    # for b's only and d for c's only (a holder left out as an asker of one channel is
+    # still a holder of the other)
+    a, b, c, d = (Replica(r, members=["a", "b", "c", "d"]) for r in "abcd")
+    by_b, by_c = [], []
+    for writer, sent in (b, by_b), (c, by_c):
+        for _ in range(2):
+            writer.counter("n").increment()
+            sent += writer.outgoing()
+    for m in by_b + by_c:
+        a.receive(m)
+    c.receive(by_b[1])
+    d.receive(by_c[1])
+    for r in c, d:
+        r.ask(r.missing())
+        a.receive(r.clock_message())
+    assert a.asked_of_others() == ({"b": (1, 1), "c": (1, 1)}, {"b": {"c"}, "c": {"d"}})
 
 
 def test_a_relayed_request_is_cut_to_what_the_holder_delivered() -> None:
@@ -234,7 +254,7 @@ def test_a_relayed_request_is_cut_to_what_the_holder_delivered() -> None:
     e = Replica("e", members=["a", "b", "c", "e"])
     e.receive(sent[0])  # e has b 1 only
     e.receive(c.clock_message())
-    assert e.asked_of_others() == ({"b": (1, 1)}, {"c"})
+    assert e.asked_of_others() == ({"b": (1, 1)}, {"b": {"c"}})
 
 
 def test_the_holders_of_a_range_are_who_reported_delivering_it() -> None:
@@ -262,7 +282,7 @@ def test_what_a_retired_sender_s_history_lost_a_holder_can_still_give() -> None:
     assert c.missing() == {"b": (4, 5)}
     c.ask(c.missing())
     a.receive(c.clock_message())
-    assert a.asked_of_others() == ({"b": (4, 5)}, {"c"}) and a.holders("b", 4) == ["a"]
+    assert a.asked_of_others() == ({"b": (4, 5)}, {"b": {"c"}}) and a.holders("b", 4) == ["a"]
     for m in sent[3:]:
         assert c.receive(m)
     assert c.wants() == {} and c.state() == a.state() and c.counter("n").value == 5

@@ -195,9 +195,9 @@ class _Request:
                                  replica_id=rid)
         self.outbox_ready = self
 
-    def asked_of_others(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    def asked_of_others(self) -> tuple[dict[str, tuple[int, int]], dict[str, set[str]]]:
         heard, self.pending = self.pending, False
-        return ({"s": (5, 7)}, {"p"}) if heard else ({}, set())
+        return ({"s": (5, 7)}, {"s": {"p"}}) if heard else ({}, {})
 
     def holders(self, channel: str, through: int) -> list[str]:
         return self._holders
