@@ -92,6 +92,34 @@ def alive(pid: int, child: subprocess.Popen[bytes] | None = None,
                                                         or int(fields[19]) == since)
 
 
+def in_group(pid: int, pgid: int) -> bool:
+    """Whether process ``pid`` runs (no zombie) in process group ``pgid``."""
+    fields = stat(pid)
+    return fields is not None and fields[0] != "Z" and int(fields[2]) == pgid
+
+
+def leftovers(leader: int) -> list[int]:
+    """The processes that still run in the process group of ``leader``, a group leader
+    that has exited (a container's children, which outlive their parent unless stopped):
+    one ``killpg(leader, 0)``, and a look at every process in ``/proc`` only when the group
+    has any (zombies are left out). [] also while a live process has ``leader``'s pid:
+    Linux gives no new process the id of a group that still has members (the kernel keeps
+    a group's id while any process refers to it), so that group is empty, and the one with
+    that id now is another program's."""
+    try:
+        os.killpg(leader, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:  # another user's: looked for all the same
+        pass
+    fields = stat(leader)
+    if fields is not None and fields[0] != "Z":
+        return []  # (the leader itself, or a later process given its pid)
+    with os.scandir("/proc") as entries:
+        return [int(e.name) for e in entries if e.name.isdigit() and int(e.name) != leader
+                and in_group(int(e.name), leader)]
+
+
 def terminate(pid: int, grace_s: float, *, group: bool = False,
               child: subprocess.Popen[bytes] | None = None) -> None:
     """SIGTERM to process ``pid`` (to its process group with ``group``), SIGKILL after
@@ -107,8 +135,22 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
     those still running, and at most 5 s more; so however many there are, all are gone
     (or were sent SIGKILL) within ``grace_s`` + 5 s. One by one, the n-th of n processes
     that ignore SIGTERM would be killed only after n times ``grace_s``: a lease's
-    containers stopped that way could outlive the lease (services/lease.py)."""
+    containers stopped that way could outlive the lease (services/lease.py). With
+    ``group``, each is the leader of a process group, and it is gone once every process
+    of its group is (:func:`leftovers`): a child that ignores SIGTERM is sent SIGKILL
+    though its parent exited at once."""
     send = os.killpg if group else os.kill
+    members: dict[int, list[int]] = {}  # a leader gone -> its group's members last seen
+
+    def runs(pid: int, child: subprocess.Popen[bytes] | None) -> bool:
+        if alive(pid, child):
+            return True
+        if not group:
+            return False
+        seen = [m for m in members.get(pid, ()) if in_group(m, pid)]  # (no /proc scan
+        members[pid] = seen or leftovers(pid)  # while those it found still run)
+        return bool(members[pid])
+
     left = list(targets)
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         sent = []
@@ -121,7 +163,7 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
         left = sent
         deadline, pause = time.monotonic() + wait, 0.001  # (most exit within a millisecond:
         while True:  # the caller's event loop waits, so look soon, then every 20 ms)
-            left = [(pid, child) for pid, child in left if alive(pid, child)]
+            left = [(pid, child) for pid, child in left if runs(pid, child)]
             if not left or time.monotonic() >= deadline:
                 break
             time.sleep(pause)
@@ -130,5 +172,5 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
             return
 
 
-__all__ = ["BOOT", "alive", "read", "record", "start_time", "stat", "terminate",
-           "terminate_all"]
+__all__ = ["BOOT", "alive", "in_group", "leftovers", "read", "record", "start_time", "stat",
+           "terminate", "terminate_all"]

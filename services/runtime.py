@@ -154,37 +154,64 @@ class ProcessRuntime:
         found it, and after a move it would have run twice. An instance is found by
         the environment it started with (:data:`RUNTIME_ENV` naming this directory,
         :data:`CONTAINER_ENV` its container), as the leader of its own session (its
-        children inherit the environment, not the leadership); of several for one
-        container, the oldest. One read of ``/proc/<pid>/environ`` per process of the
-        machine (that this user may read): a start's and a lease end's cost, not a
-        change's. Returns container id -> pid of those recorded now."""
-        found: dict[str, tuple[int, int]] = {}  # container -> (start time in ticks, pid)
+        children inherit the environment, not the leadership). Of several for one
+        container, the one recorded (else the oldest) is kept and the others are stopped
+        (SIGTERM, SIGKILL 5 s later if they still run), and so are the processes of an
+        instance that exited (:func:`_kill_leftovers`): neither may run beside the one
+        kept. One read of ``/proc/<pid>/environ`` per process of the machine (that this
+        user may read): a start's and a lease end's cost, not a change's. Returns
+        container id -> pid of those recorded now."""
+        found: dict[str, list[tuple[int, int]]] = {}  # container -> (start time, pid) each
+        orphans: dict[str, list[int]] = {}  # container -> its processes whose leader is gone
         with os.scandir("/proc") as entries:
             everyone = [int(e.name) for e in entries if e.name.isdigit()]
         for pid in everyone:
-            instance = self._instance(pid)
-            if instance is not None:
-                cid, since = instance
-                if cid not in found or since < found[cid][0]:
-                    found[cid] = (since, pid)
-        adopted = {}
+            ours = self._ours(pid)
+            if ours is None:
+                continue
+            cid, stat = ours
+            if int(stat[3]) == pid:  # (its session: it leads one, so it is an instance)
+                found.setdefault(cid, []).append((int(stat[19]), pid))
+            elif not pids.alive(int(stat[3])):  # its instance, its session's leader, is
+                orphans.setdefault(cid, []).append(pid)  # gone: a leftover of it
+        for cid, left in sorted(orphans.items()):
+            _kill_leftovers(cid, left)
+        adopted: dict[str, int] = {}
+        extra: list[tuple[str, int]] = []
         with self._lock:
-            for cid, (since, pid) in sorted(found.items()):
-                if self._alive_pid(cid) is None:
-                    pids.record(self._pidfile(cid), pid, since)
-                    self._pids[cid] = adopted[cid] = pid
-                    self._since[pid] = since
+            for cid, instances in sorted(found.items()):
+                kept = self._alive_pid(cid)
+                if kept is None:
+                    since, kept = min(instances)
+                    pids.record(self._pidfile(cid), kept, since)
+                    self._pids[cid] = adopted[cid] = kept
+                    self._since[kept] = since
+                extra += [(cid, pid) for _, pid in instances if pid != kept]
+        if extra:
+            log.warning("%d containers ran more than one instance (%s); the extra ones "
+                        "were stopped", len({c for c, _ in extra}),
+                        ", ".join(f"{c} as pid {p}" for c, p in extra[:5]))
+            terminate_all([(pid, None) for _, pid in extra], 5.0, group=True)
         return adopted
 
     def _instance(self, pid: int, settle: bool = False) -> tuple[str, int] | None:
         """``(container id, start time in clock ticks since boot)`` if process ``pid`` is
-        a container instance of this runtime's: it started with the environment this
-        runtime gives (:data:`RUNTIME_ENV` naming this directory, :data:`CONTAINER_ENV`)
-        and leads its own session, and is no zombie; else None (gone, not ours to read,
-        or another program's). ``settle``: a process whose environment reads empty is
-        read again for up to :data:`EXEC_SETTLE_S` (a process in its ``exec`` reads so: 20
-        to 27 of 400 reads right after ``Popen`` returned, on this project's VM; a kernel
-        thread reads so for good)."""
+        a container instance of this runtime's: one of its processes (:meth:`_ours`) that
+        leads its own session; else None (gone, not ours to read, or another program's).
+        ``settle``: as :meth:`_ours`."""
+        ours = self._ours(pid, settle)
+        if ours is None or int(ours[1][3]) != pid:  # (its session)
+            return None
+        return ours[0], int(ours[1][19])
+
+    def _ours(self, pid: int, settle: bool = False) -> tuple[str, list[str]] | None:
+        """``(container id, its fields of /proc/<pid>/stat)`` if process ``pid`` started
+        with the environment this runtime gives (:data:`RUNTIME_ENV` naming this
+        directory, :data:`CONTAINER_ENV`), as an instance and its children do, and is no
+        zombie; else None. ``settle``: a process whose environment reads empty is read
+        again for up to :data:`EXEC_SETTLE_S` (a process in its ``exec`` reads so: 20 to 27
+        of 400 reads right after ``Popen`` returned, on this project's VM; a kernel thread
+        reads so for good)."""
         path = Path(f"/proc/{pid}/environ")
         deadline = time.monotonic() + (EXEC_SETTLE_S if settle else 0.0)
         try:
@@ -194,12 +221,12 @@ class ProcessRuntime:
             return None
         env = raw.split(b"\0")
         stat = pids.stat(pid) if self._marker in env else None
-        if stat is None or int(stat[3]) != pid or stat[0] == "Z":
-            return None  # (stat[3]: its session; stat[0]: its state, Z a zombie)
+        if stat is None or stat[0] == "Z":  # (stat[0]: its state, Z a zombie)
+            return None
         prefix = CONTAINER_ENV.encode() + b"="
         cid = next((v[len(prefix):].decode(errors="replace") for v in env
                     if v.startswith(prefix)), None)
-        return (cid, int(stat[19])) if cid else None
+        return (cid, stat) if cid else None
 
     def running(self) -> dict[str, int]:
         """Container id -> pid of every instance alive now: the pid files of the
@@ -254,10 +281,26 @@ class ProcessRuntime:
                 self._since[pid] = since
         if alive(pid, self._children.get(pid), self._since.get(pid)):
             return pid
+        left = pids.leftovers(pid)  # (none if its pid is another process's now)
+        if left:
+            _kill_leftovers(cid, left, group=pid)
         self._pidfile(cid).unlink(missing_ok=True)
         self._pids.pop(cid, None)
         self._since.pop(pid, None)
         return None
+
+
+def _kill_leftovers(cid: str, left: list[int], group: int | None = None) -> None:
+    """SIGKILL to ``left``, processes of container ``cid`` that still run though its
+    instance (their process group's leader) exited, and a wait of at most 5 s for them:
+    as Docker ends a container's every process when its first one exits (the end of its
+    PID namespace, pid_namespaces(7)). Left running, they would run beside the instance
+    that replaces this one, or on the node the container moves to. ``group``: their
+    process group, signalled as one (else each of ``left``)."""
+    log.warning("container %s: its instance exited, and %d processes it started still "
+                "ran (%s); killed", cid, len(left), ", ".join(map(str, left[:5])))
+    terminate_all([(group, None)] if group is not None else [(p, None) for p in left],
+                  0.0, group=group is not None)
 
 
 class DockerRuntime:

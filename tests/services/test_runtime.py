@@ -283,3 +283,99 @@ def test_a_container_still_in_its_exec_is_found_by_another_runtime(tmp_path: Pat
             rt.stop("c", grace_s=1.0)
     finally:
         rt.stop("c", grace_s=1.0)
+
+
+#: A container whose process starts a child that ignores SIGTERM (as a shell wrapper's or a
+#: supervisor's may), then waits: it exits at once on SIGTERM, its child does not.
+WITH_A_STUBBORN_CHILD = "sh -c \"(trap '' TERM; exec sleep 1000000) & exec sleep 1000000\""
+
+
+def _processes(cid: str, root: Path) -> list[int]:
+    """The live processes started for container ``cid`` by the runtime of ``root`` (their
+    environment says so), whatever their group."""
+    import os
+
+    marker = {f"CRDT_OPS_CONTAINER={cid}".encode(), f"CRDT_OPS_RUNTIME={root.resolve()}".encode()}
+    out = []
+    for name in os.listdir("/proc"):
+        try:
+            env = set(Path(f"/proc/{name}/environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if name.isdigit() and marker <= env and alive(int(name)):
+            out.append(int(name))
+    return sorted(out)
+
+
+def _settled(cid: str, root: Path, n: int) -> list[int]:
+    """:func:`_processes` once there are ``n`` of them (the child's ``exec``)."""
+    deadline = time.monotonic() + 5
+    while len(found := _processes(cid, root)) != n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(found) == n, found
+    return found
+
+
+def test_a_stop_ends_the_children_of_a_container_that_ignore_sigterm(tmp_path: Path) -> None:
+    """A stop waited for the container's first process alone, which exited at once on
+    SIGTERM: its child ran on, unseen by every later listing, beside the instance that
+    replaced it, or on the node the container moved to."""
+    rt = ProcessRuntime(tmp_path, WITH_A_STUBBORN_CHILD)
+    rt.start("c1")
+    _settled("c1", tmp_path, 2)
+    t0 = time.monotonic()
+    rt.stop("c1", grace_s=0.5)
+    took = time.monotonic() - t0
+    assert _processes("c1", tmp_path) == [] and rt.running() == {}
+    assert 0.5 <= took < 4.0, f"the stop took {took:.1f} s"  # SIGKILL after the grace
+
+
+def test_the_processes_of_an_instance_that_exited_are_ended_before_it_runs_again(
+        tmp_path: Path) -> None:
+    rt = ProcessRuntime(tmp_path, WITH_A_STUBBORN_CHILD)
+    pid = rt.start("c1")
+    leader, child = _settled("c1", tmp_path, 2)
+    assert leader == pid
+    import os
+    import signal
+
+    os.kill(pid, signal.SIGTERM)  # the container's process exits, its child does not
+    deadline = time.monotonic() + 5
+    while rt.pid("c1") is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rt.pid("c1") is None  # the instance is gone: its child is ended with it
+    assert not alive(child) and _processes("c1", tmp_path) == []
+    again = rt.start("c1")
+    assert _settled("c1", tmp_path, 2)[0] == again  # only the new instance's two
+    rt.stop("c1", grace_s=0.2)
+
+
+def test_what_runs_of_a_container_without_its_record_is_found_and_only_one_instance_kept(
+        tmp_path: Path) -> None:
+    """A worker killed between starting an instance and recording it, then restarted and
+    killed again likewise, left two instances of one container; one whose instance then
+    exited left its child. Each ran unseen beside the instance a new worker adopted."""
+    import os
+    import signal
+
+    first = (w1 := ProcessRuntime(tmp_path, WITH_A_STUBBORN_CHILD)).start("c1")
+    _forget(w1, "c1")
+    second = (w2 := ProcessRuntime(tmp_path, WITH_A_STUBBORN_CHILD)).start("c1")
+    _forget(w2, "c1")
+    c2 = w2.start("c2")
+    _forget(w2, "c2")
+    _settled("c1", tmp_path, 4)
+    child = [p for p in _settled("c2", tmp_path, 2) if p != c2]
+    os.kill(c2, signal.SIGTERM)  # c2's instance exits unrecorded; its child runs on
+    deadline = time.monotonic() + 5
+    while alive(c2, w2._children[c2]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _processes("c2", tmp_path) == child
+    fresh = ProcessRuntime(tmp_path, WITH_A_STUBBORN_CHILD)  # a worker starting afresh
+    assert fresh.adopt_strays() == {"c1": first}  # the oldest, alone
+    left = _processes("c1", tmp_path)
+    assert first in left and second not in left and len(left) == 2
+    assert _processes("c2", tmp_path) == []  # the leftover ended
+    assert fresh.running() == {"c1": first}
+    fresh.stop("c1", grace_s=0.2)
+    assert _processes("c1", tmp_path) == []
