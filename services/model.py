@@ -277,6 +277,21 @@ def shown_slot(rec: dict[str, Any]) -> dict[str, Any]:
     return slot if isinstance(slot, dict) else {}
 
 
+def _text(rec: dict[str, Any], name: str) -> str | None:
+    """``rec[name]`` if it is a string, else None: a record holds what its writers' rules
+    let them write (:data:`POLICY` says who, not what), and a field of the wrong type,
+    from a writer of another version or a faulty one, reads as absent rather than
+    failing every reader of the record (logic, the workers, web) for good."""
+    value = rec.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _count(rec: dict[str, Any], name: str) -> int:
+    """``rec[name]`` if it is an integer of 0 or more (no bool), else 0: as :func:`_text`."""
+    value = rec.get(name)
+    return value if type(value) is int and value >= 0 else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Container:
     """A plain view of a container record (slotted: logic keeps one per record)."""
@@ -303,22 +318,24 @@ class Container:
     def of(cls, key: str, rec: dict[str, Any]) -> Container:
         """The view of a joined record (:func:`joined`; ``key``: ``containers/<id>``), or
         of a placement alone (``key``: its key; what its cell's worker holds): its worker
-        fields from the assigned node's slot."""
-        node_name = rec.get("assigned_node")
+        fields from the assigned node's slot. A field of the wrong type reads as absent
+        (:func:`_text`, :func:`_count`)."""
         slot = shown_slot(rec)
         placed = rec.get("placed")
         placed = placed if isinstance(placed, dict) else {}
+        pid = _count(slot, "pid")
         return cls(
-            id=container_id(key), name=rec.get("name"), owner=rec.get("owner"),
-            power_desired=rec.get("power_desired") or "off",
-            power_actual=slot.get("power_actual") or "off",
-            restart_generation=rec.get("restart_generation", 0),
-            started_generation=slot.get("started_generation", 0),
-            assigned_node=node_name, assigned_epoch=rec.get("assigned_epoch"),
-            pid=slot.get("pid"),
-            last_error=slot.get("last_error"), rejected_reason=rec.get("rejected_reason"),
-            cell=rec.get("cell"), node=rec.get("node"), placed_desired=placed.get("power_desired"),
-            placed_generation=placed.get("restart_generation", 0))
+            id=container_id(key), name=_text(rec, "name"), owner=_text(rec, "owner"),
+            power_desired=_text(rec, "power_desired") or "off",
+            power_actual=_text(slot, "power_actual") or "off",
+            restart_generation=_count(rec, "restart_generation"),
+            started_generation=_count(slot, "started_generation"),
+            assigned_node=_text(rec, "assigned_node"),
+            assigned_epoch=_text(rec, "assigned_epoch"), pid=pid or None,
+            last_error=_text(slot, "last_error"),
+            rejected_reason=_text(rec, "rejected_reason"), cell=_text(rec, "cell"),
+            node=_text(rec, "node"), placed_desired=_text(placed, "power_desired"),
+            placed_generation=_count(placed, "restart_generation"))
 
     @property
     def home(self) -> Home | None:
@@ -351,10 +368,13 @@ class Node:
 
     @classmethod
     def of(cls, key: str, rec: dict[str, Any]) -> Node:
+        """The view of node record ``rec`` at ``key`` (``cells/<cell>/nodes/<name>``). A
+        field of the wrong type reads as absent (:func:`_text`, :func:`_count`): a node
+        whose capacity or lease so reads is given no container."""
         return cls(name=key.split("/")[3], cell=key.split("/")[1],
-                   capacity=rec.get("capacity") or 0,
-                   heartbeat=rec.get("heartbeat") or 0, running=rec.get("running") or 0,
-                   epoch=rec.get("epoch"), lease_ms=rec.get("lease_ms") or 0)
+                   capacity=_count(rec, "capacity"), heartbeat=_count(rec, "heartbeat"),
+                   running=_count(rec, "running"), epoch=_text(rec, "epoch"),
+                   lease_ms=_count(rec, "lease_ms"))
 
     @property
     def lease_s(self) -> float:

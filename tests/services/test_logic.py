@@ -5,12 +5,13 @@ worker's reports (``model.REPORTS``), which no decision reads."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
 from services.logic import Logic
-from tests.support import with_cell
+from tests.support import cell_only, with_cell
 
 RECORD = {"name": "a", "owner": "ada", "power_desired": "on"}
 PLACED = {**RECORD, "cell": model.DEFAULT_CELL, "node": "n1", "assigned_node": "n1",
@@ -94,5 +95,54 @@ def test_logic_rides_out_a_store_failure() -> None:
         assert flushes[0] == 1
         assert await decided("c2") == "no worker node with free capacity", (
             f"Logic.run ended: {task.exception()!r}" if task.done() else "not decided")
+        task.cancel()
+    asyncio.run(run())
+
+
+def test_a_field_of_the_wrong_type_reads_as_absent() -> None:
+    """A record holds what its writers' rules let them write: a node's capacity written
+    as a string (by a worker of another version, or a faulty one) ended logic's every
+    decision pass, and every restart's, so that nothing was placed anywhere."""
+    bad = {"capacity": "10", "epoch": 7, "lease_ms": "30000", "heartbeat": True,
+           "running": -1}
+    node = model.Node.of(model.node_key(model.DEFAULT_CELL, "n2"), bad)
+    assert (node.capacity, node.epoch, node.lease_ms, node.heartbeat, node.running) == \
+        (0, None, 0, 0, 0)
+    c = model.Container.of("containers/c1", {
+        "name": 3, "owner": ["ada"], "power_desired": 1, "restart_generation": "2",
+        "cell": {}, "node": 5, "assigned_node": "n1", "placed": {"restart_generation": 1.5},
+        "workers": {"n1": {"pid": "12", "power_actual": 1, "started_generation": None}}})
+    assert (c.name, c.owner, c.power_desired, c.restart_generation, c.cell, c.node,
+            c.placed_generation, c.pid, c.power_actual, c.started_generation) == \
+        (None, None, "off", 0, None, None, 0, None, "off", 0)
+
+
+def test_logic_places_beside_a_node_whose_record_is_of_the_wrong_types() -> None:
+    async def run() -> None:
+        platform, cell = MemoryBus(), MemoryBus()
+        logic = Logic(with_cell(MemoryNode(platform, "logic", policy=model.POLICY), cell))
+        web = with_cell(MemoryNode(platform, "web", policy=model.POLICY), cell)
+        good, bad = (cell_only(MemoryNode(cell, f"worker.{n}", policy=model.POLICY))
+                     for n in ("n1", "n2"))
+        for n in (logic.node, web, good, bad):
+            await n.start()
+        for worker, name, fields in ((bad, "n2", {"capacity": "10", "lease_ms": "30000"}),
+                                     (good, "n1", {})):
+            rec = model.node(worker.groups, model.DEFAULT_CELL, name)
+            for field, value in {**NODE, "heartbeat": int(time.time() * 1000),
+                                 "epoch": f"e-{name}", "lease_ms": 30000, **fields}.items():
+                rec.register(field).set(value)
+            await worker.flush()
+        task = asyncio.create_task(logic.run())
+        rec = model.container(web.groups, "c1")
+        for field, value in RECORD.items():
+            rec.register(field).set(value)
+        await web.flush()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if rec.register("node").value or task.done():
+                break
+        assert not task.done(), f"Logic.run ended: {task.exception()!r}"
+        assert rec.register("node").value == "n1"
         task.cancel()
     asyncio.run(run())
