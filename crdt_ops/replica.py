@@ -633,7 +633,13 @@ class Replica(Fields):
                 self.rejected.append((batch.origin, batch.first_seq, e.reason))
 
     def _deliver(self, batch: Batch) -> None:
-        """Apply the not yet delivered part of a deliverable batch, all or nothing."""
+        """Apply the not yet delivered part of a deliverable batch, all or nothing (a batch
+        refused changes nothing). Once it is found valid, this replica's operations written
+        before it are sealed (:meth:`_seal`): a batch's ``deps`` is the clock as it is
+        sealed, and must be the clock its operations were written under, or every other
+        replica would check them as if they had seen this one (a concurrent write of
+        another type would be refused everywhere but here, and every later operation of
+        this replica's would wait behind it)."""
         ch = batch.channel
         skip = self._buffer.clock.get(ch, 0) - batch.first_seq + 1
         ops = batch.ops[skip:] if skip > 0 else batch.ops
@@ -645,6 +651,8 @@ class Replica(Fields):
         seen.update(batch.deps)
         seen[ch] = first - 1
         self._validate(batch.origin, first, ops, seen, batch.subgroup)
+        if self._unsent:
+            self._seal()
         self._deps_of[ch] = seen
         self._apply(ch, first, ops, seen, batch.origin)
 

@@ -95,3 +95,47 @@ def test_a_remote_write_of_the_losing_type_by_a_writer_that_saw_both_is_refused(
     assert a.receive(batch([register_set(["x"], pb_value("w"), timestamp=2**40)], origin="w",
                            deps=deps))
     assert a.get("x") == "w"
+
+
+def test_a_write_made_before_a_delivery_is_sealed_as_written_then() -> None:
+    """A batch's ``deps`` was the writer's clock as the batch was sealed: r wrote ``k`` as a
+    counter, delivered s's concurrent write of ``k`` as a register, then sealed its own, which
+    every other replica refused as a write of the losing type by a writer that saw both;
+    r's later operations waited behind it everywhere, for good."""
+    r, s = Replica("r"), Replica("s")
+    r.counter("k").increment()
+    s.register("k").set("v")
+    by_s = s.outgoing()
+    for m in by_s:
+        r.receive(m)
+    r.counter("n").increment()  # after the delivery
+    by_r = r.outgoing()
+    for m in by_r:
+        s.receive(m)  # (refused before: TypeConflict)
+    t = Replica("t")
+    for m in by_s + by_r:
+        t.receive(m)
+    assert r.clock == s.clock == t.clock == {"r": 2, "s": 1}
+    assert r.state() == s.state() == t.state() and not s.buffered and not t.rejected
+
+
+def test_a_write_a_change_callback_makes_in_a_delivery_is_sealed_before_the_next() -> None:
+    """One ``receive`` delivers t's batch, whose change event makes r write ``k``, then
+    the batch of s it held, which wrote ``k`` as a register after t's: r's write was sealed
+    after both, and refused everywhere else."""
+    r, s, t = Replica("r"), Replica("s"), Replica("t")
+    r.subscribe("trigger", lambda event: r.counter("k").increment())
+    t.register("trigger").set(1)
+    by_t = t.outgoing()
+    for m in by_t:
+        s.receive(m)
+    s.register("k").set("v")
+    by_s = s.outgoing()
+    for m in by_s + by_t:  # s's held at r until t's comes
+        r.receive(m)
+    by_r = r.outgoing()
+    for other in s, t:
+        for m in by_r + by_s:
+            other.receive(m)
+    assert r.clock == s.clock == t.clock == {"r": 1, "s": 1, "t": 1}
+    assert r.state() == s.state() == t.state() and not t.rejected and not s.buffered
