@@ -574,15 +574,15 @@ class Replica(Fields):
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1
             return False
-        if msg.origin == self.replica_id:  # one of its own that its store lost
-            merge_into(self._claimed, msg.deps)
-            merge_into(self._claimed, {msg.channel: msg.last_seq})
         if buf.unmet(msg) is None:
             self._deliver(msg)
             self._drain()
         elif not buf.hold(msg):
             self.stats["duplicates"] += 1
             return False
+        if msg.origin == self.replica_id:  # one of its own that its store lost (once it
+            merge_into(self._claimed, msg.deps)  # is found valid: one refused says nothing)
+            merge_into(self._claimed, {msg.channel: msg.last_seq})
         self._stability.observe(msg.origin, msg.deps, msg.last_seq, msg.channel)
         return True
 

@@ -26,7 +26,7 @@ from crdt_ops.wire import crdt_pb2 as pb
 HYPOTHESIS = settings(max_examples=400, deadline=None,
                       suppress_health_check=[HealthCheck.too_slow])
 
-Fingerprint = tuple[dict[str, Any], dict[str, int], int, bytes]
+Fingerprint = tuple[dict[str, Any], dict[str, int], int, bytes, dict[str, tuple[int, int]]]
 
 
 # ---------------------------------------------------------------- helpers
@@ -34,7 +34,7 @@ Fingerprint = tuple[dict[str, Any], dict[str, int], int, bytes]
 
 def fingerprint(r: Replica) -> Fingerprint:
     """Everything the contract says an invalid message must leave untouched."""
-    return r.state(), dict(r.clock), r.buffered, r.snapshot()
+    return r.state(), dict(r.clock), r.buffered, r.snapshot(), r.unmet_claims()
 
 
 def assert_rejected(r: Replica, data: Any, exc: type[InvalidMessage] = InvalidMessage,
@@ -504,6 +504,16 @@ def test_origin_that_saw_a_counter_cannot_write_it_as_register() -> None:
     err = assert_rejected(b, _register_on_x(origin="a", first_seq=a_seq() + 1), TypeConflict)
     assert err.reason == "type-conflict"
     assert isinstance(err, TypeError)
+
+
+def test_a_refused_batch_under_the_replica_s_own_origin_claims_nothing() -> None:
+    """A batch of the replica's own origin read back (from the group's history) tells it
+    which operations it had published (:meth:`Replica.unmet_claims`); one refused was
+    taken as such a claim all the same, and the replica would then wait for operations
+    nobody has before it wrote again."""
+    b = target()
+    assert_rejected(b, _register_on_x(origin="b", first_seq=b.own_seq + 1), TypeConflict)
+    assert b.unmet_claims() == {}
 
 
 def test_origin_whose_deps_include_the_counter_cannot_write_it_as_register() -> None:
