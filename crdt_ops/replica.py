@@ -847,9 +847,12 @@ class Replica(Fields):
 
 
     def snapshot(self) -> bytes:
-        """State, clock, waiting and unsent operations: everything needed to
-        restart with :meth:`from_snapshot` and take the rest of the stream."""
+        """State, clock, waiting and unsent operations (those sealed into batches by
+        :meth:`heartbeat`, :meth:`join` or a delivery, not yet taken by :meth:`outgoing`,
+        included): everything needed to restart with :meth:`from_snapshot` and take the
+        rest of the stream."""
         me, clock = self.replica_id, self._buffer.clock
+        sealed = [m for m in map(codec.decode, self._out) if isinstance(m, Batch)]
         unsent = [Batch(me, clock[channel(me, sub)] - len(ops) + 1, {}, list(ops), sub)
                   for sub, ops in sorted(self._unsent.items(), key=lambda e: bool(e[0]))
                   if ops]
@@ -862,7 +865,7 @@ class Replica(Fields):
             retired=frozenset(self.membership.retired), managed=self.membership.managed,
             founders=self.membership.founders, admissions=self.membership.admissions,
             retiring=self.membership.retiring, reported=self._stability.reported,
-            waiting=list(self._buffer.waiting()), unsent=unsent))
+            waiting=list(self._buffer.waiting()), unsent=unsent, sealed=sealed))
 
     @classmethod
     def from_snapshot(cls, data: bytes, replica_id: str | None = None,
@@ -874,12 +877,16 @@ class Replica(Fields):
         (the peer still owns and sends them)."""
         snap = codec.decode_snapshot(data)
         if replica_id is not None and replica_id != snap.replica_id:
-            snap = dataclasses.replace(snap, replica_id=replica_id, unsent=[])
+            snap = dataclasses.replace(snap, replica_id=replica_id, unsent=[], sealed=[])
         root, me = snap.root, snap.replica_id
         for unsent in snap.unsent:
             if unsent.origin != me or unsent.last_seq != snap.clock.get(unsent.channel, 0):
                 raise InvalidMessage("bad-snapshot", "the unsent operations are not the "
                                      "replica's latest own operations")
+        for sealed in snap.sealed:
+            if sealed.origin != me or sealed.last_seq > snap.clock.get(sealed.channel, 0):
+                raise InvalidMessage("bad-snapshot", "the sealed batches are not the "
+                                     "replica's own delivered operations")
         replica = cls(snap.replica_id, **options)
         replica._root = root
         replica._keys = KeyIndex(root.names())
@@ -894,6 +901,7 @@ class Replica(Fields):
         for batch in snap.waiting:
             replica._buffer.hold(batch)
         replica._drain()
+        replica._out = [codec.encode_batch(b) for b in snap.sealed]
         replica._unsent = {b.subgroup: list(b.ops) for b in snap.unsent}
         replica._unsent_bytes = sum(codec.op_bytes(op) for b in snap.unsent for op in b.ops)
         if replica.membership.managed:

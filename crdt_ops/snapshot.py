@@ -24,7 +24,9 @@ class Snapshot:
     ``founders``, ``admissions``, ``retiring``, ``retired``: the agreed membership
     (:mod:`crdt_ops.membership`); ``waiting``: batches held in the causal buffer;
     ``unsent``: this replica's own operations applied but not yet sent, one batch per
-    channel (:mod:`crdt_ops.subgroups`) that has any."""
+    channel (:mod:`crdt_ops.subgroups`) that has any; ``sealed``: its own batches sealed
+    before those (each with the ``deps`` it goes out with) but not yet handed to
+    ``outgoing()``, in order."""
 
     replica_id: str
     clock: Clock
@@ -40,3 +42,4 @@ class Snapshot:
     reported: Clock
     waiting: Sequence[Batch]
     unsent: Sequence[Batch]
+    sealed: Sequence[Batch] = ()

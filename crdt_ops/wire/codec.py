@@ -698,6 +698,8 @@ def encode_snapshot(snap: Snapshot) -> bytes:
         _fill_batch(msg.waiting.add(), b)
     for b in snap.unsent:  # the common part's in unsent, the sub-groups' after
         _fill_batch(msg.unsent if not b.subgroup else msg.unsent_subgroups.add(), b)
+    for b in snap.sealed:
+        _fill_batch(msg.sealed.add(), b)
     return msg.SerializeToString()
 
 
@@ -723,4 +725,5 @@ def decode_snapshot(data: bytes) -> Snapshot:
         waiting=[_read_batch(b) for b in msg.waiting],
         unsent=[_read_batch(b) for b in
                 ([msg.unsent] if msg.HasField("unsent") else []) + list(msg.unsent_subgroups)],
+        sealed=[_read_batch(b) for b in msg.sealed],
     )

@@ -816,6 +816,7 @@ class Snapshot(_message.Message):
     RETIRING_FIELD_NUMBER: _builtins.int
     REPORTED_FIELD_NUMBER: _builtins.int
     UNSENT_SUBGROUPS_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     replica_id: _builtins.str
     hlc: _builtins.int
@@ -863,6 +864,12 @@ class Snapshot(_message.Message):
         one batch per sub-group; the common part's are in unsent
         """
 
+    @_builtins.property
+    def sealed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Batch]:
+        """this replica's own batches sealed (their deps as they go out) but not yet handed to
+        outgoing(), in order: they precede unsent
+        """
+
     def __init__(
         self,
         *,
@@ -882,10 +889,11 @@ class Snapshot(_message.Message):
         retiring: _abc.Iterable[Global___ClockEntry] | None = ...,
         reported: _abc.Iterable[Global___ClockEntry] | None = ...,
         unsent_subgroups: _abc.Iterable[Global___Batch] | None = ...,
+        sealed: _abc.Iterable[Global___Batch] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["root", b"root", "unsent", b"unsent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admissions", b"admissions", "clock", b"clock", "deps_of", b"deps_of", "founders", b"founders", "hlc", b"hlc", "known", b"known", "managed", b"managed", "replica_id", b"replica_id", "reported", b"reported", "retired", b"retired", "retiring", b"retiring", "root", b"root", "unsent", b"unsent", "unsent_subgroups", b"unsent_subgroups", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admissions", b"admissions", "clock", b"clock", "deps_of", b"deps_of", "founders", b"founders", "hlc", b"hlc", "known", b"known", "managed", b"managed", "replica_id", b"replica_id", "reported", b"reported", "retired", b"retired", "retiring", b"retiring", "root", b"root", "sealed", b"sealed", "unsent", b"unsent", "unsent_subgroups", b"unsent_subgroups", "version", b"version", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

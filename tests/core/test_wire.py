@@ -490,6 +490,8 @@ def test_invalid_snapshot_bytes_raise_invalid_message(data: bytes) -> None:
 def _snapshot_with_unsent() -> pb.Snapshot:
     r = Replica("r")
     r.counter("n").increment(2)
+    r.heartbeat()  # r 1 sealed, not taken
+    r.counter("n").increment(2)  # r 2 unsent
     return pb.Snapshot.FromString(r.snapshot())
 
 
@@ -503,7 +505,8 @@ def test_snapshot_with_counter_arrays_of_unequal_length_raises_invalid_message(
         Replica.from_snapshot(snap.SerializeToString())
 
 
-@pytest.mark.parametrize("edit", ["replica_id", "unsent-origin", "unsent-seq", "clock"])
+@pytest.mark.parametrize("edit", ["replica_id", "unsent-origin", "unsent-seq", "clock",
+                                  "sealed-origin", "sealed-seq"])
 def test_snapshot_whose_unsent_ops_are_not_its_latest_own_is_rejected(edit: str) -> None:
     snap = _snapshot_with_unsent()
     if edit == "replica_id":
@@ -511,11 +514,37 @@ def test_snapshot_whose_unsent_ops_are_not_its_latest_own_is_rejected(edit: str)
     elif edit == "unsent-origin":
         snap.unsent.origin = "other"
     elif edit == "unsent-seq":
-        snap.unsent.first_seq = 2
+        snap.unsent.first_seq = 3
+    elif edit == "sealed-origin":
+        snap.sealed[0].origin = "other"
+    elif edit == "sealed-seq":
+        snap.sealed[0].first_seq = 3
     else:
         del snap.clock[:]
     with pytest.raises(InvalidMessage):
         Replica.from_snapshot(snap.SerializeToString())
+
+
+def test_a_snapshot_keeps_the_batches_sealed_but_not_yet_taken() -> None:
+    """A heartbeat, a join or a delivery seals what a replica wrote into batches before
+    ``outgoing()`` takes them; a snapshot kept only the operations not sealed, so one
+    restored after such a seal had operations nobody would ever get, and its peers waited
+    for them (and for every later one of its) for good."""
+    a, o = Replica("a"), Replica("o")
+    a.counter("n").increment()
+    a.heartbeat()  # a 1 sealed with the heartbeat, not yet taken
+    o.register("k").set(1)
+    by_o = o.outgoing()
+    a.receive(by_o[0])
+    a.counter("n").increment()  # a 2, written after the delivery: not sealed yet
+    restored = Replica.from_snapshot(a.snapshot())
+    snap = restored.snapshot()
+    assert Replica.from_snapshot(snap).snapshot() == snap  # a fixed point
+    restored.counter("n").increment()  # a 3
+    c = Replica("c")
+    for m in by_o + restored.outgoing():
+        c.receive(m)
+    assert c.clock == {"a": 3, "o": 1} and c.counter("n").value == 3 and not c.buffered
 
 
 @cache
