@@ -654,7 +654,7 @@ class Replica(Fields):
         if self._unsent:
             self._seal()
         self._deps_of[ch] = seen
-        self._apply(ch, first, ops, seen, batch.origin)
+        self._apply(ch, first, ops, batch.origin)
 
     def _authorize(self, origin: str, ops: list[Op]) -> None:
         """Raise :class:`~crdt_ops.errors.Forbidden` unless the policy lets ``origin``
@@ -694,11 +694,9 @@ class Replica(Fields):
                     raise TypeConflict(f"one batch writes {'/'.join(path[: d + 1])!r} "
                                        "with two types")
 
-    def _apply(self, ch: str, first: int, ops: list[Op], past: Mapping[str, int],
-               origin: str) -> None:
+    def _apply(self, ch: str, first: int, ops: list[Op], origin: str) -> None:
         """Apply valid operations ``first, first + 1, ...`` of channel ``ch`` (of replica
-        ``origin``; whose causal past before them is ``past``), then record them as
-        delivered and tell the subscribers."""
+        ``origin``), then record them as delivered and tell the subscribers."""
         watch = self._subs_before(ops)
         apply = self._root.apply
         hlc = self._hlc
@@ -709,7 +707,7 @@ class Replica(Fields):
         root = self._root
         for op in ops:
             if op.kind is admit:  # membership, not data (its path is empty: the root)
-                self._admitted(str(op.value), ch, seq, past)
+                self._admitted(str(op.value), ch, seq)
                 seq += 1
                 continue
             if op.kind is not remove:
@@ -736,9 +734,9 @@ class Replica(Fields):
         if self._since_compact >= self.compact_every:
             self.compact(self.SETTLE_STEP)
 
-    def _admitted(self, replica: str, origin: str, seq: int, past: Mapping[str, int]) -> None:
+    def _admitted(self, replica: str, origin: str, seq: int) -> None:
         if self.membership.admit(replica, (origin, seq)):
-            self._stability.admitted(replica, {**past, origin: seq})
+            self._stability.admitted(replica)
 
     def _subs_before(self, ops: list[Op]) -> dict[str, Any]:
         watch: dict[str, Any] = {}
@@ -795,7 +793,7 @@ class Replica(Fields):
                                "and replicate a reference to it")
         ch = channel(self.replica_id, sub)
         seq = self._buffer.clock.get(ch, 0) + 1
-        self._apply(ch, seq, [op], self._buffer.clock, self.replica_id)
+        self._apply(ch, seq, [op], self.replica_id)
         self.stats["local"] += 1
         self._unsent.setdefault(sub, []).append(op)
         self._unsent_bytes += size

@@ -7,9 +7,10 @@ metadata kept for concurrent operations (an LWW register's losing assignments)
 be dropped without replicas diverging. That needs an agreed membership
 (:mod:`crdt_ops.membership`): the stable clock is the pointwise minimum of what
 each member is known to have delivered; a member is known to have delivered
-what it reported (heartbeats, a batch's dependencies) and, from its admission
-on, the admission's causal past (all its operations follow it). A member never
-heard from holds everything back; an open group (no membership) is never stable.
+what it reported (heartbeats, a batch's dependencies). A member never heard from
+holds everything back (an admitted one too: of the admissions the members make of
+it, the one it follows is the first it delivered, unknown here until it reports); an
+open group (no membership) is never stable.
 
 With sub-groups (:mod:`crdt_ops.subgroups`) the clocks are of channels, and a channel's
 operations are stable once every member *that holds its sub-group* delivered them: a
@@ -88,11 +89,14 @@ class Stability:
             mine.add(channel)
         mine.update(channels_of(clock, replica))
 
-    def admitted(self, replica: str, past: Mapping[str, int]) -> None:
-        """``replica`` became a member by an admission whose causal past (the
-        admission's own dot included) is ``past``: it follows all of that."""
+    def admitted(self, replica: str) -> None:
+        """``replica`` became a member here (an admission of it was delivered). It is known
+        to have delivered nothing until it reports: its operations follow the admission
+        *it* delivered first, which need not be the one delivered here first (every member
+        that hears a join request admits the sender), so no admission's causal past is a
+        lower bound of its clock."""
         if replica != self.me:
-            merge_into(self.known.setdefault(replica, {}), past)
+            self.known.setdefault(replica, {})
 
     def retire(self, replica: str, lasts: Mapping[str, int]) -> None:
         """``replica`` leaves for good after its operation ``lasts[c]`` on each of its

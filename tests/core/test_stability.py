@@ -124,16 +124,56 @@ def test_a_member_never_heard_from_holds_stability_until_retired() -> None:
     ghost.join()
     send(ghost, b)
     exchange(a, b)
-    assert a.stable_clock().get("a", 0) == 1  # the admission followed a:1: ghost's ops will too
+    # ghost never reported: it holds everything back (which admission its operations
+    # follow, if any, is known only once it reports)
+    assert a.stable_clock() == {}
     a.counter("n").increment()
     exchange(a, b)
     b.heartbeat()
     exchange(a, b)
-    assert a.stable_clock().get("a", 0) == 1  # ghost never said it delivered a:2
+    assert a.stable_clock() == {}
     a.retire("ghost")
     b.heartbeat()
     exchange(a, b)
     assert a.stable_clock()["a"] == 2
+
+
+def test_a_newcomer_admitted_twice_counts_only_what_it_reported() -> None:
+    """Every member that hears a join request admits the sender. b took the newcomer n as
+    having delivered the causal past of the admission b delivered first (its own, after
+    its two writes), while n had delivered a's only: b settled ``r`` at X, then n's
+    concurrent write Y, which loses to X everywhere else, landed on the settled field at
+    b alone, and b showed Y for good."""
+    a, b, n = (Replica(r, members=["a", "b"]) for r in "abn")
+
+    def deliver(msgs: list[bytes], *to: Replica) -> None:
+        for m in msgs:
+            for r in to:
+                r.receive(m)
+
+    n.join()
+    join = n.outgoing()
+    deliver(join, a)
+    by_a = a.outgoing()  # a 1 admits n
+    b.register("r").set("X0")
+    b.register("r").set("X")
+    by_b = b.outgoing()
+    deliver(join, b)
+    by_b += b.outgoing()  # b 3 admits n, after b 1..2
+    deliver(by_a, n)  # n is a member, and has not seen X
+    n.register("r").set("Y")
+    by_n = n.outgoing()
+    deliver(by_b, a)
+    deliver(by_a, b)
+    a.heartbeat()
+    deliver(a.outgoing(), b)
+    b.compact()
+    b.compact()
+    assert "b" not in b.stable_clock()  # n reported nothing: b 1..2 are not stable
+    deliver(by_n, a, b)
+    deliver(by_b, n)
+    assert a.state() == b.state() == n.state() == {"r": "X"}
+    assert a.clock == b.clock == n.clock
 
 
 def _stable(net: MemoryNetwork, replicas: list[Replica], compact: list[Replica]) -> None:
