@@ -7,16 +7,19 @@ reads the lease file (services/lease.py) at the lease's ``run_until``, and every
 ``CHECK_S`` (every ``POLL_S`` while nothing may run), and, from the lease's
 ``run_until`` on (or when there is no valid lease file), stops every container of
 the runtime: SIGTERM, then SIGKILL half-way to the deadline. It exits once the
-worker process named in the lease file is gone and nothing runs. The worker starts
-it (:func:`ensure`) when it starts, on every heartbeat if it is gone, and before
-it starts a container.
+worker process named in the lease file is gone, its lease ran out, nothing runs, and
+the longest a runtime call may take has passed since (a ``docker run`` its worker
+began may make a container minutes after the worker died). A runtime call that fails
+(an engine restarting) is said in one line and tried again. The worker starts it
+(:func:`ensure`) when it starts, on every heartbeat if it is gone, and before it starts
+a container.
 
 What it does not cover: a guard that is itself paused or killed (the worker starts
 a new one when it next starts a container or starts up), and a whole machine that
 freezes (its containers freeze with it, and are stopped as soon as the guard's
 sleep ends on thawing, if the lease ran out meanwhile).
 
-``python -m services.guard --state-dir DIR (--process-dir DIR | --docker)``
+``python -m services.guard --state-dir DIR (--process-dir DIR | --docker [--node NAME])``
 """
 
 from __future__ import annotations
@@ -100,32 +103,65 @@ def _reap() -> None:
             del _children[state_dir]
 
 
-def guard(state_dir: Path, runtime: Runtime) -> None:
-    """Watch the lease file until the worker is gone and nothing is left to stop."""
+def guard(state_dir: Path, runtime: Runtime, call_s: float = 1.0) -> None:
+    """Watch the lease file until the worker is gone, its lease ran out, nothing is left
+    to stop, and ``call_s`` (the longest one of ``runtime``'s calls may take) has passed
+    since. A check whose runtime call fails is tried again ``POLL_S`` later."""
     file = state_dir / lease.LEASE_FILE
     looked = False  # for instances the runtime does not know, since the lease last held
     while True:
         saved = lease.load(file)
         now = time.monotonic()
-        worker_gone = saved is None or not alive(saved.worker_pid)
-        if saved is None or not saved.lease.may_run(now) or worker_gone:
-            if not looked:  # a worker killed as it started one left it unrecorded
-                for cid, pid in runtime.adopt_strays().items():
-                    log.warning("guard %s: %s runs as pid %d without a pid file (its worker "
-                                "died as it started it); recorded", state_dir, cid, pid)
-                looked = True
-            running = runtime.running()
-            if saved is None or not saved.lease.may_run(now):
-                wait = saved.lease.stop_wait_s if saved is not None else 0.5
-                for cid in running:
-                    log.warning("guard %s: the lease ran out; stopping %s", state_dir, cid)
-                runtime.stop_all(running, grace_s=wait)  # together: all gone within the grace
-                running = {}
-            if not running and worker_gone:
-                return  # nothing to guard; a worker starting here starts a guard again
-        else:
-            looked = False
+        try:
+            if _check(state_dir, runtime, saved, now, looked, call_s):
+                if _leaving(state_dir):
+                    return  # nothing to guard; a worker starting here starts a guard again
+                continue
+            looked = saved is None or not saved.lease.may_run(now) or not alive(
+                saved.worker_pid)
+        except Exception as e:  # (RuntimeError_, OSError): the guard must not end on one
+            log.warning("guard %s: %s; trying again in %.1fs", state_dir, e, POLL_S)
+            time.sleep(POLL_S)
+            continue
         time.sleep(_until_next_check(saved, now))
+
+
+def _check(state_dir: Path, runtime: Runtime, saved: lease.Saved | None, now: float,
+           looked: bool, call_s: float) -> bool:
+    """One look at the lease and the runtime at ``now``: record what runs unrecorded (once
+    per spell without a valid lease or a live worker: ``looked`` says it was done, except
+    while a call of a dead worker may still make one), and stop everything once the lease
+    ran out. Returns whether the guard may leave."""
+    worker_gone = saved is None or not alive(saved.worker_pid)
+    if saved is not None and saved.lease.may_run(now) and not worker_gone:
+        return False
+    settled = saved is None or now >= saved.lease.run_until + call_s
+    if not looked or (worker_gone and not settled):  # a worker killed as it started one
+        for cid, pid in runtime.adopt_strays().items():  # left it unrecorded
+            log.warning("guard %s: %s runs as pid %d without a pid file (its worker died "
+                        "as it started it); recorded", state_dir, cid, pid)
+    running = runtime.running()
+    if saved is None or not saved.lease.may_run(now):
+        wait = saved.lease.stop_wait_s if saved is not None else 0.5
+        for cid in running:
+            log.warning("guard %s: the lease ran out; stopping %s", state_dir, cid)
+        runtime.stop_all(running, grace_s=wait)  # together: all gone within the grace
+        running = {}
+    return not running and worker_gone and settled
+
+
+def _leaving(state_dir: Path) -> bool:
+    """Whether the guard leaves now: its pid file is removed first, then the lease file
+    read again; a worker that started meanwhile (it may have found this guard still
+    running, and started none) keeps it, and its pid file is written again."""
+    me = os.getpid()
+    if running_guard(state_dir) == me:
+        (state_dir / PIDFILE).unlink(missing_ok=True)
+    saved = lease.load(state_dir / lease.LEASE_FILE)
+    if saved is not None and alive(saved.worker_pid):
+        pids.record(state_dir / PIDFILE, me, pids.start_time(me))
+        return False
+    return True
 
 
 def _until_next_check(saved: lease.Saved | None, now: float) -> float:
@@ -142,11 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--process-dir", type=Path)
     kind.add_argument("--docker", action="store_true")
+    p.add_argument("--node", default="", help="with --docker: the worker's node (its "
+                   "containers are this node's only)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    runtime: Runtime = (DockerRuntime() if args.docker else ProcessRuntime(args.process_dir))
+    runtime: Runtime = (DockerRuntime(node=args.node) if args.docker
+                        else ProcessRuntime(args.process_dir))
     try:
-        guard(args.state_dir, runtime)
+        guard(args.state_dir, runtime,
+              DockerRuntime.CALL_S if args.docker else ProcessRuntime.CALL_S)
     except KeyboardInterrupt:
         pass
     finally:

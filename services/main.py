@@ -337,7 +337,7 @@ def make_runtime(w: WorkerSettings, store: str, name: str) -> Runtime:
     if w.runtime == "docker" or (w.runtime == "auto" and DockerRuntime.available()):
         if not DockerRuntime.available():
             raise ValueError("--runtime docker: no Docker engine answers (docker info failed)")
-        return DockerRuntime(w.image, w.container_command)
+        return DockerRuntime(w.image, w.container_command, node=name)
     return ProcessRuntime(runtime_dir(w, store, name), w.container_command)
 
 
@@ -441,7 +441,8 @@ def _demo_plan(work: Path, host: str, port: int, tuned: dict[str, Any]
             ("logic", ["logic", "--quota", str(tuned["quota"]),
                        "--margin-s", str(tuned["margin_s"])])]
     plan += [(model.principal("worker", w),
-              ["worker", "--node", w, "--runtime-dir", str(work / f"run-{w}"),
+              ["worker", "--node", w, "--runtime", "process", "--runtime-dir",
+               str(work / f"run-{w}"),
                "--capacity", str(tuned["capacity"]), "--lease-s", str(tuned["lease_s"])])
              for w in DEMO_WORKERS]
     return plan

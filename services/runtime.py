@@ -88,6 +88,10 @@ class ProcessRuntime:
     """Each container is a local process (``command``, by default a long sleep) in a
     session of its own; stop sends SIGTERM to its process group, then SIGKILL."""
 
+    #: Seconds a start may take (a fork and an ``exec``): how long after its worker died a
+    #: start it began may still make an instance (the guard watches that long).
+    CALL_S = 1.0
+
     def __init__(self, state_dir: Path, command: str = "sleep 1000000") -> None:
         self.state_dir = state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -304,14 +308,32 @@ def _kill_leftovers(cid: str, left: list[int], group: int | None = None) -> None
 
 
 class DockerRuntime:
-    """Each container is a Docker container ``crdt-ops-<id>`` of ``image`` (through the
-    ``docker`` command line), labelled so that a restarted worker finds it again."""
+    """Each container is a Docker container ``crdt-ops-<node>-<id>`` of ``image`` (through the
+    ``docker`` command line), labelled with its container id and its node, so that a
+    restarted worker finds it again, and a worker lists, stops and replaces only its own
+    node's: workers of several nodes may share one engine (the demo on a host with Docker,
+    a test machine). A container made before the node was in its name and labels
+    (``crdt-ops-<id>``, no node label) is taken for this node's."""
 
     LABEL = "crdt-ops.container"
+    NODE_LABEL = "crdt-ops.node"
+    #: Seconds one ``docker`` command may take before it is given up.
+    TIMEOUT_S = 60.0
+    #: Seconds a start may take (three commands): how long after its worker died a
+    #: ``docker run`` it began may still make a container (the guard watches that long).
+    CALL_S = 3 * TIMEOUT_S
 
-    def __init__(self, image: str = "busybox", command: str = "sleep 1000000") -> None:
+    def __init__(self, image: str = "busybox", command: str = "sleep 1000000",
+                 node: str = "") -> None:
         self.image = image
         self.command = shlex.split(command)
+        self.node = node
+
+    def _names(self, cid: str) -> list[str]:
+        """The names ``cid``'s container may have here: this node's, then the one of a
+        version that named no node."""
+        legacy = f"crdt-ops-{cid}"
+        return [f"crdt-ops-{self.node}-{cid}", legacy] if self.node else [legacy]
 
     @staticmethod
     def available() -> bool:
@@ -328,7 +350,8 @@ class DockerRuntime:
         ``docker inspect`` of several prints the others, and exits with status 1; moby/moby
         pull request 30648)."""
         try:
-            done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60)
+            done = subprocess.run(["docker", *args], capture_output=True, text=True,
+                                  timeout=self.TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise RuntimeError_(f"docker {args[0]} failed: {e}") from None
         said = [line for line in done.stderr.splitlines() if line.strip()]
@@ -338,10 +361,15 @@ class DockerRuntime:
         return done.stdout.strip()
 
     def start(self, cid: str) -> int:
-        self._docker("rm", "-f", f"crdt-ops-{cid}")
-        self._docker("run", "-d", "--name", f"crdt-ops-{cid}", "--label", f"{self.LABEL}={cid}",
+        name = self._names(cid)[0]
+        self._docker("rm", "-f", *self._names(cid))  # (no error for one that is not there:
+        labels = [f"{self.LABEL}={cid}"]  # docker/cli pull request 2678, Docker 20.10)
+        if self.node:
+            labels.append(f"{self.NODE_LABEL}={self.node}")
+        self._docker("run", "-d", "--name", name,
+                     *(arg for label in labels for arg in ("--label", label)),
                      self.image, *self.command)
-        return int(self._docker("inspect", "-f", "{{.State.Pid}}", f"crdt-ops-{cid}"))
+        return int(self._docker("inspect", "-f", "{{.State.Pid}}", name))
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Remove ``cid``'s container (``docker rm -f``: at once; ``grace_s`` unused)."""
@@ -349,22 +377,22 @@ class DockerRuntime:
 
     def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
         """Remove these containers (one ``docker rm -f``: at once; ``grace_s`` unused)."""
-        names = [f"crdt-ops-{cid}" for cid in cids]
+        names = [name for cid in cids for name in self._names(cid)]
         if names:
             self._docker("rm", "-f", *names)
 
     def guard_args(self) -> list[str]:
-        return ["--docker"]
+        return ["--docker", *(["--node", self.node] if self.node else [])]
 
     def pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s container if it runs (``docker inspect``), else None."""
-        try:
-            state = self._docker("inspect", "-f", "{{.State.Running}} {{.State.Pid}}",
-                                 f"crdt-ops-{cid}")
-        except RuntimeError_:
-            return None  # no such container
-        up, pid = state.split(" ", 1)
-        return int(pid) if up == "true" else None
+        states = self._docker("inspect", "-f", "{{.State.Running}} {{.State.Pid}}",
+                              *self._names(cid), missing_ok=True)
+        for line in states.splitlines():
+            up, pid = line.split(" ", 1)
+            if up == "true":
+                return int(pid)
+        return None
 
     def adopt_strays(self) -> dict[str, int]:
         """Nothing to do: ``docker run`` names and labels a container as it creates it, so
@@ -376,11 +404,13 @@ class DockerRuntime:
         ps`` and one ``docker inspect`` of all it listed. One removed between the two (a
         stop or a restart on another of the worker's threads) is left out."""
         listing = self._docker("ps", "--filter", f"label={self.LABEL}", "--format",
-                               f'{{{{.Label "{self.LABEL}"}}}} {{{{.Names}}}}')
+                               f'{{{{.Label "{self.LABEL}"}}}}\t{{{{.Label "{self.NODE_LABEL}"}}}}'
+                               '\t{{.Names}}')
         names = {}  # container name -> container id
         for line in listing.splitlines():
-            cid, name = line.split(" ", 1)
-            names[name] = cid
+            cid, node, name = line.split("\t", 2)
+            if node in (self.node, ""):  # this node's, or one made before nodes were named
+                names[name] = cid
         if not names:
             return {}
         states = self._docker("inspect", "-f", "{{.Name}} {{.State.Running}} {{.State.Pid}}",

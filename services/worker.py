@@ -57,7 +57,7 @@ from crdt_ops.transport.waiting import wait_set
 from services import guard, lease, model
 from services.converge import Converged, at_odds, converge
 from services.index import NodeRecords, full_passes
-from services.runtime import Runtime
+from services.runtime import Runtime, RuntimeError_
 
 log = logging.getLogger("services.worker")
 T = TypeVar("T")
@@ -99,6 +99,19 @@ def pin_cell(state_dir: Path, name: str, cell: str) -> None:
     if was is None:
         state_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(cell + "\n")
+
+
+def _failed(call: asyncio.Future[Converged], node: str, cid: str, retry_s: float) -> bool:
+    """Whether the runtime call reconciling ``cid`` raised
+    :class:`~services.runtime.RuntimeError_` (a lookup or a stop failed: an engine
+    restarting), said in one line: the worker goes on, and its next full reconcile, in
+    ``retry_s``, finds the container at odds again."""
+    error = call.exception() if call.done() and not call.cancelled() else None
+    if not isinstance(error, RuntimeError_):
+        return False
+    log.warning("%s: reconciling %s failed: %s; trying again in %.0fs", node, cid, error,
+                retry_s)
+    return True
 
 
 class Worker:
@@ -240,7 +253,12 @@ class Worker:
         (beaten at once: :meth:`_beating` writes no beat for the lapsed one)."""
         if not self.lease.lapsed(now):
             return
-        stopped = await self._stop_all()
+        try:
+            stopped = await self._stop_all()
+        except RuntimeError_ as e:  # (the guard stops them too: services/guard.py)
+            log.warning("%s: the lease of epoch %s ran out, and stopping its containers "
+                        "failed: %s; trying again", self.name, self.lease.epoch, e)
+            return
         old = self.lease.epoch
         self.lease = lease.Lease(lease.new_epoch(), self.lease.duration_s)
         lease.save(self.lease_file, self.lease, os.getpid())
@@ -346,6 +364,10 @@ class Worker:
         try:
             try:
                 running = await listed
+            except RuntimeError_ as e:  # (an engine restarting): the next full one tries
+                log.warning("%s: listing what runs failed: %s; trying again in %.0fs",
+                            self.name, e, self.reconcile_s)
+                return []
             finally:
                 self._listings.remove(touched)
             skip = touched | self._busy
@@ -425,8 +447,12 @@ class Worker:
                 while not result.done():  # however often this is cancelled meanwhile
                     with contextlib.suppress(asyncio.CancelledError):
                         await asyncio.wait({result})
-                self._record(result.result(), now)  # (raises if the call did, or was dropped)
+                if not _failed(result, self.name, cid, self.reconcile_s):
+                    self._record(result.result(), now)  # (raises if the call was dropped)
                 raise
+            except RuntimeError_:
+                _failed(result, self.name, cid, self.reconcile_s)
+                return 0
             writes = self._record(done, now)
         finally:
             recorded.set_result(None)
@@ -522,11 +548,17 @@ class Worker:
         (:meth:`_reconciling`), until cancelled or either fails (raised here)."""
         tasks: list[asyncio.Task[None]] = []
         try:
-            if self._leftovers is not None:  # before the new epoch's first beat: logic
-                why = self._leftovers  # takes a new epoch for the end of the old one
-                await self._stop_all(lambda n: log.warning(  # (services/liveness.py)
-                    "%s: stopping %d containers before starting epoch %s (%s)", self.name, n,
-                    self.lease.epoch, why))
+            why = self._leftovers  # before the new epoch's first beat: logic takes a new
+            while self._leftovers is not None:  # epoch for the end of the old one
+                try:
+                    await self._stop_all(lambda n: log.warning(  # (services/liveness.py)
+                        "%s: stopping %d containers before starting epoch %s (%s)",
+                        self.name, n, self.lease.epoch, why))
+                except RuntimeError_ as e:  # (an engine restarting)
+                    log.warning("%s: stopping what an earlier epoch left running failed: "
+                                "%s; trying again in %.0fs", self.name, e, self.reconcile_s)
+                    await asyncio.sleep(self.reconcile_s)
+                    continue
                 self._leftovers = None
             # this node's records from every record, in slices: now (the worker beats
             # meanwhile, but reconciles only once they are loaded: it would stop what it

@@ -146,3 +146,85 @@ def test_a_stale_guard_pid_file_is_not_taken_for_a_running_guard(tmp_path: Path)
         for g in started:
             if alive(g):
                 os.kill(g, 9)
+
+
+class _Flaky(ProcessRuntime):
+    """A process runtime whose listing fails ``fails`` times first (an engine restarting)."""
+
+    def __init__(self, state_dir: Path, fails: int) -> None:
+        super().__init__(state_dir)
+        self.fails = fails
+
+    def running(self) -> dict[str, int]:
+        if self.fails:
+            self.fails -= 1
+            from services.runtime import RuntimeError_
+
+            raise RuntimeError_("docker ps failed: Cannot connect to the Docker daemon")
+        return super().running()
+
+
+def test_a_runtime_call_that_fails_does_not_end_the_guard(tmp_path: Path) -> None:
+    """One failed listing ended the guard (status 1), so nothing stopped the containers of
+    a worker that was gone, and logic ran them elsewhere too."""
+    import threading
+
+    rt = _Flaky(tmp_path, fails=3)
+    pid = rt.start("c1")
+    held = lease.Lease("e1", 2.0)
+    held.renew(time.monotonic(), time.monotonic())
+    lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (guard.guard(tmp_path, rt, call_s=0.2), done.set()),
+                         daemon=True)
+    t.start()
+    try:
+        wait_until(done.is_set, 10, "the guard to stop the container and leave")
+        assert rt.fails == 0 and not alive(pid)
+    finally:
+        if alive(pid):
+            rt.stop("c1", grace_s=0.1)
+
+
+def test_the_guard_stops_what_a_start_of_its_dead_worker_made_after_the_lease_ran_out(
+        tmp_path: Path) -> None:
+    """A ``docker run`` the worker began goes on after the worker is killed, and may make
+    its container minutes later: the guard, finding nothing running and its worker gone,
+    left at once, and the container ran unguarded beside its moved copy."""
+    import threading
+
+    rt = ProcessRuntime(tmp_path)
+    held = lease.Lease("e1", 1.0)
+    held.renew(time.monotonic(), time.monotonic())
+    lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (guard.guard(tmp_path, rt, call_s=3.0), done.set()),
+                         daemon=True)
+    t.start()
+    time.sleep(1.5)  # past the lease's end, nothing ran: the guard stays
+    assert not done.is_set()
+    late = ProcessRuntime(tmp_path).start("c1")  # the start its dead worker began
+    try:
+        wait_until(lambda: not alive(late), 5, "the guard to stop the late container")
+        wait_until(done.is_set, 5, "the guard to leave once no start can come")
+    finally:
+        if alive(late):
+            os.killpg(late, 9)
+
+
+def test_a_guard_leaving_stays_for_a_worker_that_started_meanwhile(tmp_path: Path) -> None:
+    """A worker that started as its guard was about to leave found the guard running and
+    started none: its node ran without a guard until its next beat. The guard now removes
+    its pid file before it reads the lease file a last time, and stays (its pid file
+    written again) if a worker lives."""
+    from services import pids
+
+    me = os.getpid()
+    pids.record(tmp_path / guard.PIDFILE, me, pids.start_time(me))
+    held = lease.Lease("e1", 30.0)
+    lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())  # a live worker
+    assert not guard._leaving(tmp_path)
+    assert guard.running_guard(tmp_path) == me
+    lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())
+    assert guard._leaving(tmp_path)
+    assert guard.running_guard(tmp_path) is None

@@ -221,7 +221,7 @@ if os.environ.get("FAKE_DOCKER_DOWN"):
 cmd = sys.argv[1]
 if cmd == "ps":
     for name, (cid, pid) in state["containers"].items():
-        print(cid, name)
+        print(cid, "", name, sep="\t")  # (container id, node label, name)
     for name in state.get("vanish", []):
         state["containers"].pop(name, None)
     json.dump(state, open(path, "w"))
@@ -379,3 +379,80 @@ def test_what_runs_of_a_container_without_its_record_is_found_and_only_one_insta
     assert fresh.running() == {"c1": first}
     fresh.stop("c1", grace_s=0.2)
     assert _processes("c1", tmp_path) == []
+
+
+#: A stand-in for one Docker engine's command line that several runtimes share: ``run``
+#: (with its ``--name`` and ``--label``s), ``rm -f`` (no error for a name not there, as
+#: since Docker 20.10), ``ps --filter label=K --format T`` and ``inspect -f T`` (the
+#: fields the runtime asks for); the containers in the JSON file ``$FAKE_DOCKER_STATE``.
+FAKE_ENGINE = r'''#!/usr/bin/env python3
+import json, os, re, sys
+path = os.environ["FAKE_DOCKER_STATE"]
+state = json.load(open(path)) if os.path.exists(path) else {"next": 5000, "containers": {}}
+have = state["containers"]
+cmd, args = sys.argv[1], sys.argv[2:]
+def fill(template, name):
+    c = have[name]
+    out = re.sub(r'\{\{\.Label "([^"]+)"\}\}', lambda m: c["labels"].get(m.group(1), ""),
+                 template)
+    for field, value in (("{{.Names}}", name), ("{{.Name}}", "/" + name),
+                         ("{{.State.Running}}", "true"), ("{{.State.Pid}}", str(c["pid"]))):
+        out = out.replace(field, value)
+    return out
+status = 0
+if cmd == "run":
+    name = args[args.index("--name") + 1]
+    labels = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--label")
+    state["next"] += 1
+    have[name] = {"labels": labels, "pid": state["next"]}
+elif cmd == "rm":
+    for name in args[1:]:
+        have.pop(name, None)
+elif cmd == "ps":
+    key = args[args.index("--filter") + 1].split("=", 1)[1]
+    for name in list(have):
+        if key in have[name]["labels"]:
+            print(fill(args[args.index("--format") + 1], name))
+elif cmd == "inspect":
+    for name in args[2:]:
+        if name in have:
+            print(fill(args[1], name))
+        else:
+            print(f"Error: No such object: {name}", file=sys.stderr)
+            status = 1
+json.dump(state, open(path, "w"))
+sys.exit(status)
+'''
+
+
+def test_workers_sharing_one_docker_engine_each_run_only_their_own_node_s_containers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker containers were named and labelled by container id alone: a worker's full
+    reconcile listed the other node's containers on the same engine, found no placement for
+    them, and stopped them; the other node started them again, and so on, every second."""
+    import json
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_ENGINE)
+    (bin_dir / "docker").chmod(0o755)
+    state = tmp_path / "engine.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    n1, n2 = DockerRuntime(node="n1"), DockerRuntime(node="n2")
+    p1, p2 = n1.start("c1"), n2.start("c2")
+    theirs = n2.start("c1")  # the same container on both nodes (a move): two containers
+    assert n1.running() == {"c1": p1} and n2.running() == {"c2": p2, "c1": theirs}
+    assert n1.pid("c2") is None and n1.pid("c1") == p1
+    n1.stop_all(["c1", "c2"])  # a lease's end on n1: n2's go on
+    assert n1.running() == {} and n2.running() == {"c2": p2, "c1": theirs}
+    assert n2.guard_args() == ["--docker", "--node", "n2"]
+    # a container of a version that named no node is this node's (one worker per engine)
+    engine = json.loads(state.read_text())
+    engine["containers"]["crdt-ops-c9"] = {"labels": {"crdt-ops.container": "c9"}, "pid": 9}
+    state.write_text(json.dumps(engine))
+    assert n1.running() == {"c9": 9} and n1.pid("c9") == 9
+    n1.stop("c9")
+    assert n1.running() == {} and set(json.loads(state.read_text())["containers"]) == {
+        "crdt-ops-n2-c2", "crdt-ops-n2-c1"}

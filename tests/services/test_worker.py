@@ -307,6 +307,70 @@ def test_a_worker_rides_out_a_store_failure(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
+class DownRuntime(CountingRuntime):
+    """Its listings and look-ups fail while ``down`` (an engine restarting: ``docker ps``
+    and ``docker inspect`` cannot connect)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.failed = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.failed += 1
+            raise RuntimeError_("docker ps failed: Cannot connect to the Docker daemon")
+
+    def running(self) -> dict[str, int]:
+        self._check()
+        return super().running()
+
+    def pid(self, cid: str) -> int | None:
+        self._check()
+        return super().pid(cid)
+
+
+def test_a_worker_rides_out_a_runtime_that_fails_for_a_while(tmp_path: Path) -> None:
+    """A runtime call that failed (a listing, a look-up, the stop of what an earlier epoch
+    left) ended ``Worker.run``: with the Docker runtime, an engine restarting for a moment
+    stopped the worker's beats, its lease ran out, and logic moved every container of its
+    node."""
+    async def until(check: Callable[[], bool], what: str) -> None:
+        for _ in range(300):
+            if check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no {what} in 3 s")
+
+    async def run() -> None:
+        logic, wn, _, _, _ = await _platform(tmp_path)
+        runtime = DownRuntime()  # down as the worker starts: its leftovers' stop fails
+        worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False, lease_s=1e6,
+                        reconcile_s=0.05)
+        now = time.monotonic()
+        worker.lease.renew(now, now)
+        rec = _placed_on_n1(logic, worker, "c1")
+        await _settle(logic, wn)
+        task = asyncio.create_task(worker.run())
+        await until(lambda: runtime.failed >= 3 or task.done(), "failed calls")
+        assert not task.done(), f"Worker.run ended: {task.exception()!r}"
+        runtime.down = False
+        await until(lambda: "c1" in runtime.instances, "start of c1")
+        runtime.down, runtime.failed = True, 0  # its look-ups and listings fail now
+        rec.register("power_desired").set("off")
+        await _settle(logic, wn)
+        await until(lambda: runtime.failed >= 3 or task.done(), "failed calls")
+        assert not task.done(), f"Worker.run ended: {task.exception()!r}"
+        assert "c1" in runtime.instances
+        runtime.down = False  # the engine is back: the next full reconcile stops c1
+        await until(lambda: not runtime.instances, "stop of c1")
+        assert not task.done()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        worker.close()
+    asyncio.run(run())
+
+
 class SlowRuntime(CountingRuntime):
     """Its starts, or its listings, block for ``seconds`` (a ``docker run`` pulling an
     image, a ``docker ps`` on a busy engine)."""
