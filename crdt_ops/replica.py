@@ -116,6 +116,9 @@ class Replica(Fields):
         #: about the bytes of ``_unsent`` (``codec.op_bytes``): :meth:`_seal` cuts by size
         #: only when they may not fit in one message per ``max_batch_ops``
         self._unsent_bytes = 0
+        #: the top-level keys ``_unsent`` writes (:meth:`_deliver` seals them before a
+        #: delivery that writes one of them)
+        self._unsent_keys: set[str] = set()
         self._out: list[bytes] = []
         self._settler = Settler()
         #: per sub-group, the clock entries its last batch told (see _deps_delta)
@@ -521,6 +524,7 @@ class Replica(Fields):
                     Batch(me, first + start, self._deps_delta(sub, ch), chunk, sub)))
         self._unsent = {}
         self._unsent_bytes = 0
+        self._unsent_keys = set()
 
     def _deps_delta(self, sub: str, ch: str) -> Clock:
         """The clock entries (other channels) that grew since the last batch sealed on
@@ -634,12 +638,15 @@ class Replica(Fields):
 
     def _deliver(self, batch: Batch) -> None:
         """Apply the not yet delivered part of a deliverable batch, all or nothing (a batch
-        refused changes nothing). Once it is found valid, this replica's operations written
-        before it are sealed (:meth:`_seal`): a batch's ``deps`` is the clock as it is
-        sealed, and must be the clock its operations were written under, or every other
-        replica would check them as if they had seen this one (a concurrent write of
-        another type would be refused everywhere but here, and every later operation of
-        this replica's would wait behind it)."""
+        refused changes nothing). Once it is found valid, if it writes a top-level key that
+        this replica's operations not yet sealed write, those are sealed first
+        (:meth:`_seal`). A batch's ``deps`` is the clock as it is sealed, and every other
+        replica checks its operations' types against what that clock covers: sealed after
+        this delivery, a write of a type this one changed would be refused everywhere but
+        here as a write by a writer that saw both (and every later operation of this
+        replica's would wait behind it). A delivery that writes none of those keys cannot
+        change what such a check finds, so a ``write()`` block open meanwhile stays one
+        batch (applied atomically everywhere) unless it raced a write to its own keys."""
         ch = batch.channel
         skip = self._buffer.clock.get(ch, 0) - batch.first_seq + 1
         ops = batch.ops[skip:] if skip > 0 else batch.ops
@@ -651,7 +658,7 @@ class Replica(Fields):
         seen.update(batch.deps)
         seen[ch] = first - 1
         self._validate(batch.origin, first, ops, seen, batch.subgroup)
-        if self._unsent:
+        if self._unsent and not self._unsent_keys.isdisjoint(map(_key, ops)):
             self._seal()
         self._deps_of[ch] = seen
         self._apply(ch, first, ops, batch.origin)
@@ -797,6 +804,7 @@ class Replica(Fields):
         self.stats["local"] += 1
         self._unsent.setdefault(sub, []).append(op)
         self._unsent_bytes += size
+        self._unsent_keys.add(_key(op))
 
     def _subgroup_of(self, op: Op) -> str:
         """The sub-group an operation writes (that of its top-level key)."""
@@ -832,7 +840,8 @@ class Replica(Fields):
         before = self.state() if self._subs else {}
         last = self._hlc.last
         for name in ("_root", "_keys", "_buffer", "membership", "_stability", "_hlc",
-                     "_unsent", "_unsent_bytes", "_out", "_settler", "_sent_deps",
+                     "_unsent", "_unsent_bytes", "_unsent_keys", "_out", "_settler",
+                     "_sent_deps",
                      "_deps_of", "_since_compact", "_claimed"):
             setattr(self, name, getattr(other, name))
         self._hlc.last = max(self._hlc.last, last)
@@ -902,6 +911,7 @@ class Replica(Fields):
         replica._out = [codec.encode_batch(b) for b in snap.sealed]
         replica._unsent = {b.subgroup: list(b.ops) for b in snap.unsent}
         replica._unsent_bytes = sum(codec.op_bytes(op) for b in snap.unsent for op in b.ops)
+        replica._unsent_keys = {_key(op) for b in snap.unsent for op in b.ops}
         if replica.membership.managed:
             for path, origin, seq in sorted(live_paths(root), key=lambda e: e[2]):
                 replica._settler.note(path, origin, seq)

@@ -139,3 +139,22 @@ def test_a_write_a_change_callback_makes_in_a_delivery_is_sealed_before_the_next
             other.receive(m)
     assert r.clock == s.clock == t.clock == {"r": 1, "s": 1, "t": 1}
     assert r.state() == s.state() == t.state() and not t.rejected and not s.buffered
+
+
+def test_a_delivery_of_other_keys_leaves_what_is_unsent_one_batch() -> None:
+    """What a replica writes between two ``outgoing()`` calls (a ``write()`` block) goes
+    out as one batch, applied atomically everywhere, though a delivery came between its
+    writes, as long as that delivery wrote none of its keys."""
+    from crdt_ops.wire import codec
+
+    r, s = Replica("r"), Replica("s")
+    r.register("a").set(1)
+    s.register("b").set(2)
+    for m in s.outgoing():
+        r.receive(m)
+    r.register("c").set(3)
+    (one,) = r.outgoing()
+    batch = codec.decode(one)
+    assert batch.first_seq == 1 and len(batch.ops) == 2 and dict(batch.deps) == {"s": 1}
+    s.receive(one)
+    assert s.state() == r.state() == {"a": 1, "b": 2, "c": 3}

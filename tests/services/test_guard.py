@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -164,20 +165,25 @@ class _Flaky(ProcessRuntime):
         return super().running()
 
 
+def _guarding_for_a_dead_worker(state_dir: Path, rt: ProcessRuntime, lease_s: float,
+                                call_s: float) -> threading.Event:
+    """A lease of ``lease_s`` held from now in ``state_dir`` by a worker already gone, and
+    :func:`guard.guard` on a thread of this process; the event it sets once it returns."""
+    held = lease.Lease("e1", lease_s)
+    held.renew(time.monotonic(), time.monotonic())
+    lease.save(state_dir / lease.LEASE_FILE, held, dead_pid())
+    done = threading.Event()
+    threading.Thread(target=lambda: (guard.guard(state_dir, rt, call_s=call_s), done.set()),
+                     daemon=True).start()
+    return done
+
+
 def test_a_runtime_call_that_fails_does_not_end_the_guard(tmp_path: Path) -> None:
     """One failed listing ended the guard (status 1), so nothing stopped the containers of
     a worker that was gone, and logic ran them elsewhere too."""
-    import threading
-
     rt = _Flaky(tmp_path, fails=3)
     pid = rt.start("c1")
-    held = lease.Lease("e1", 2.0)
-    held.renew(time.monotonic(), time.monotonic())
-    lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (guard.guard(tmp_path, rt, call_s=0.2), done.set()),
-                         daemon=True)
-    t.start()
+    done = _guarding_for_a_dead_worker(tmp_path, rt, lease_s=2.0, call_s=0.2)
     try:
         wait_until(done.is_set, 10, "the guard to stop the container and leave")
         assert rt.fails == 0 and not alive(pid)
@@ -191,16 +197,8 @@ def test_the_guard_stops_what_a_start_of_its_dead_worker_made_after_the_lease_ra
     """A ``docker run`` the worker began goes on after the worker is killed, and may make
     its container minutes later: the guard, finding nothing running and its worker gone,
     left at once, and the container ran unguarded beside its moved copy."""
-    import threading
-
     rt = ProcessRuntime(tmp_path)
-    held = lease.Lease("e1", 1.0)
-    held.renew(time.monotonic(), time.monotonic())
-    lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (guard.guard(tmp_path, rt, call_s=3.0), done.set()),
-                         daemon=True)
-    t.start()
+    done = _guarding_for_a_dead_worker(tmp_path, rt, lease_s=1.0, call_s=3.0)
     time.sleep(1.5)  # past the lease's end, nothing ran: the guard stays
     assert not done.is_set()
     late = ProcessRuntime(tmp_path).start("c1")  # the start its dead worker began
