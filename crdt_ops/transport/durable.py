@@ -44,10 +44,11 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.subgroups import NONE, SubGroups
@@ -693,12 +694,31 @@ def restore(store: Store, replica_id: str, options: dict[str, Any],
         return replica
     replica = (Replica.from_snapshot(snapshot, **options) if snapshot
                else Replica(replica_id, **options))
-    for data in logged:
-        replica.receive(data)
+    replay(replica, logged)
     if logged or snapshot:
         log.info("replica %s restored: snapshot %s, %d logged messages replayed, clock %s",
                  replica_id, "yes" if snapshot else "no", len(logged), dict(replica.clock))
     return replica
+
+
+def replay(replica: Replica, logged: Iterable[bytes]) -> int:
+    """Take the messages of a store's log (:meth:`Store.load`) into ``replica``, in order.
+    One the replica refuses now (``InvalidMessage``, ``BufferFull``: its settings changed
+    since it was logged, as a lower ``--max-waiting-per-origin``) is left out, and all of
+    them are said in one line: refusing to start for it would refuse every start until the
+    setting went back. What they brought is missing from the clock, and the gap watch reads
+    it from the group's stream again. Returns how many were left out."""
+    refused: list[str] = []
+    for data in logged:
+        try:
+            replica.receive(data)
+        except (InvalidMessage, BufferFull) as e:
+            refused.append(str(e))
+    if refused:
+        log.warning("replica %s: %d logged messages were refused as its log was replayed "
+                    "(the first: %s); what they brought is read again from the group's "
+                    "stream", replica.replica_id, len(refused), refused[0])
+    return len(refused)
 
 
 def export_snapshot(store_path: str, out: str) -> dict[str, int]:
@@ -715,8 +735,7 @@ def export_snapshot(store_path: str, out: str) -> dict[str, int]:
             rid = store.get("replica_id")
             replica = Replica(rid.decode() if rid else "unknown",  # as open() made it
                               members=members_of(store.get(MEMBERSHIP)))
-        for data in logged:
-            replica.receive(data)
+        replay(replica, logged)
         Path(out).write_bytes(replica.snapshot())
         return dict(replica.clock)
     finally:

@@ -37,11 +37,15 @@ class EchoWatch:
     oldest confirmed message has waited with nothing delivered since, or 0.
     """
 
-    def __init__(self, replica_id: str = "") -> None:
+    def __init__(self, replica_id: str = "", incarnation: str = "") -> None:
         self._waiting_since: float | None = None  # first confirm not followed by an echo
         self._last_delivery: float | None = None
-        #: How the ``message_id`` of this replica's own messages begins.
-        self.prefix = f"crdt-ops:{replica_id}:"
+        #: How the ``message_id`` of this replica's own messages begins: its id and
+        #: ``incarnation`` (a token of the process, handed in: its numbers start at 0 in
+        #: each, and an echo of an earlier process's message, still queued after a restart,
+        #: must not be taken for the new one's of the same number, which would move
+        #: :attr:`heard_through` past what the queue delivered).
+        self.prefix = f"crdt-ops:{replica_id}:{incarnation + ':' if incarnation else ''}"
         self._numbers = itertools.count()
         self._sent_at: dict[int, float] = {}  # our message's number -> when it was published
         #: The publish time of the latest of our messages that came back (0.0: none yet).

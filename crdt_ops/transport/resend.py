@@ -87,6 +87,11 @@ class Resender:
                         "stream does not hold; publishing %d messages of them again",
                         durable.replica_id, asker, few(due), n)
             durable.outbox_ready.set()
+        elif waiting := durable.store.pending(due):  # (asked again before they went out)
+            log.debug("replica %s: %s asked again for its operations %s; %d messages of "
+                      "them wait to be published", durable.replica_id, asker, few(due),
+                      waiting)
+            durable.outbox_ready.set()
         else:
             said = all(self._gone_said.get(ch) == span for ch, span in due.items())
             self._gone_said.update(due)

@@ -35,7 +35,7 @@ import contextlib
 import functools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -142,6 +142,9 @@ class Store:
         self._confirmed: list[int] = []  # outbox rows confirmed, not marked yet
         #: every outbox row below this id is confirmed (those in _confirmed included)
         self._unsent_from = 0
+        #: how often rows were made unconfirmed again (:meth:`resend`): a publisher that
+        #: fetches only above what it has in flight must look below it once more
+        self.rewinds = 0
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
@@ -194,7 +197,12 @@ class Store:
 
     @_guarded
     def put(self, key: str, value: bytes) -> None:
-        self._watch_files()
+        """Set the key ``key`` to ``value``: in a transaction of its own, or in the one
+        open (:meth:`_tx`, whose start looked after the files: a look in a transaction
+        would back a deleted database file up from a connection that holds it, which
+        SQLite refuses, and Python's backup retries for ever)."""
+        if not self.db.in_transaction:
+            self._watch_files()
         self.db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
     # ------------------------------------------------------------ log and outbox
@@ -295,13 +303,14 @@ class Store:
             os.close(fd)
 
     @_guarded
-    def unconfirmed(self, limit: int = 10_000, after: int = 0) -> list[tuple[int, bytes]]:
+    def unconfirmed(self, limit: int = 10_000, after: int = 0,
+                    skip: Collection[int] = ()) -> list[tuple[int, bytes]]:
         """Outbox messages not yet confirmed by the broker, oldest first, at most ``limit``;
-        ``after``: only those whose outbox id is larger (what a publisher has in flight is
-        not fetched again)."""
-        pending = set(self._confirmed)
+        ``after``: only those whose outbox id is larger, and none of ``skip`` (what a
+        publisher has in flight is not fetched again)."""
+        pending = set(self._confirmed).union(skip)
         # skipping rows (unconfirmed ones in flight): what it finds says nothing below
-        skipping = after >= max(self._unsent_from, 1)
+        skipping = after >= max(self._unsent_from, 1) or bool(skip)
         rows = self.db.execute(
             "SELECT id, data FROM outbox WHERE id >= ? AND sent = 0 ORDER BY id LIMIT ?",
             (max(self._unsent_from, after + 1), limit + len(pending))).fetchall()
@@ -339,6 +348,7 @@ class Store:
                     "UPDATE outbox SET sent = 0 WHERE sent = 1 AND channel = ? "
                     "AND last_seq >= ? AND first_seq <= ?", (ch, first, last)).rowcount
         self._unsent_from = 0
+        self.rewinds += 1
         return n
 
     @_guarded
@@ -366,6 +376,16 @@ class Store:
                     "AND last_seq >= ? AND first_seq <= ? ORDER BY id LIMIT ?",
                     (ch, first, last, limit)).rowcount
         return n
+
+    @_guarded
+    def pending(self, spans: Mapping[str, tuple[int, int]]) -> int:
+        """How many outbox messages holding operations of ``spans`` (channel ->
+        first..last) wait to be published (not confirmed yet, or made so by
+        :meth:`resend`)."""
+        return sum(int(self.db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE sent = 0 AND channel = ? AND last_seq >= ? "
+            "AND first_seq <= ?", (ch, first, last)).fetchone()[0])
+            for ch, (first, last) in spans.items())
 
     def _holds(self, table: str, channel: str, seq: int) -> bool:
         """Whether ``table`` (the log or the outbox) holds a message with operation

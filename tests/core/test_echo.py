@@ -34,3 +34,14 @@ def test_our_messages_are_known_by_their_ids_and_give_when_we_last_heard() -> No
     assert e.received([ids[2]], now=9.0) == 3.0 and e.heard_through == 3.0
     # an id of ours from an earlier process (a number never issued here) says nothing
     assert e.received([f"{e.prefix}999"], now=10.0) == 0.0 and e.heard_through == 3.0
+
+
+def test_an_echo_of_an_earlier_process_is_not_taken_for_the_new_one_s() -> None:
+    """Each process numbers its messages from 0: an earlier process's message 0, still
+    queued after a restart, was taken for the new process's message 0, and moved
+    ``heard_through`` to its publish time though what was queued behind the old one had
+    not been delivered (logic then counted a worker silent for too long)."""
+    old, new = EchoWatch("r1", "p1"), EchoWatch("r1", "p2")
+    stale = old.message_id(1.0)
+    new.message_id(100.0)
+    assert new.received([stale], now=101.0) == 0.0 and new.heard_through == 0.0

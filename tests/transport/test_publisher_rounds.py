@@ -114,3 +114,33 @@ async def test_rounds_in_flight_are_bounded_and_what_waits_goes_out_joined(
             assert all(b.replica.get(f"k{i}") == i for i in range(ROUNDS_IN_FLIGHT))
     finally:
         await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)
+
+
+@pytest.mark.asyncio
+async def test_what_a_peer_asked_for_again_goes_out_while_a_later_round_awaits_its_confirms(
+        amqp_url: str, tmp_path: Path) -> None:
+    """The publisher fetched only rows above those in flight: rows made unconfirmed again
+    for a peer (lower ids) waited until no round was in flight, which under steady writes
+    with slow confirms was never, and the peer's gap stayed open."""
+    group = new_group()
+    s = Settings(amqp_url=amqp_url, group=group, heartbeat_s=30.0, store=str(tmp_path))
+    try:
+        async with started(s, "a", "b") as (a, _b):
+            store = a.durable.store
+            for i in range(3):
+                await _set(a, f"k{i}", i)
+            await until(lambda: not store.unconfirmed() and not a._out._rounds, 10,
+                        "the first writes confirmed")
+            gate = hold_next_confirm(a)
+            await _set(a, "held", 1)  # its round awaits its confirm
+            await until(lambda: len(a._out._rounds) == 1, 10, "the held round in flight")
+            kept = store.kept()
+            assert store.resend({a.replica_id: (1, 3)}) >= 1
+            a.durable.outbox_ready.set()
+            await until(lambda: store.kept() == kept and len(store.unconfirmed()) == 1, 10,
+                        "the messages asked for again published and confirmed")
+            assert not gate.is_set() and len(a._out._rounds) == 1
+            gate.set()
+            await until(lambda: not store.unconfirmed(), 10, "the held round confirmed")
+    finally:
+        await delete_group_async(amqp_url, group, ["a", "b"], lambda _: None)

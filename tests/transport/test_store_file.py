@@ -131,3 +131,34 @@ def test_a_deleted_lock_file_is_made_and_locked_again(
     with pytest.raises(StoreLocked):  # a second process is refused again
         Store(path)
     s.close()
+
+
+def test_the_files_are_never_looked_at_inside_a_transaction(
+        tmp_path: Path, messages: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key set inside a transaction (a commit of the replica's own messages sets
+    ``committed_at_ms``; a snapshot is a key) looked at the files: with the database file
+    deleted just then, the store backed it up from a connection holding a transaction,
+    which SQLite refuses and Python's backup retries for ever, and the replica froze (6 of
+    40 runs of a tight commit loop whose file was deleted)."""
+    looked_in_tx: list[bool] = []
+    real = store_files.StoreFiles.check
+
+    def check(self: store_files.StoreFiles, db: sqlite3.Connection) -> sqlite3.Connection:
+        looked_in_tx.append(db.in_transaction)
+        return real(self, db)
+
+    monkeypatch.setattr(store_files.StoreFiles, "check", check)
+    path = tmp_path / "a.sqlite"
+    s = Store(path)
+    s.append([], messages[:3], meta={"committed_at_ms": b"1"})
+    s.save_snapshot(b"snap")
+    s.put("k", b"v")
+    path.unlink()
+    s.append([], messages[3:], meta={"committed_at_ms": b"2"})  # written back first
+    s.close()
+    assert looked_in_tx and not any(looked_in_tx)
+    again = Store(path)
+    try:
+        assert again.load() == (b"snap", messages[3:]) and again.get("k") == b"v"
+    finally:
+        again.close()

@@ -164,7 +164,7 @@ class AmqpNode:
         self._lag_observed = 0.0
         self._retired_said = False
         self._publish_stalled = False  # said that the broker has not confirmed for long
-        self._echo = EchoWatch(self.replica_id)
+        self._echo = EchoWatch(self.replica_id, uuid.uuid4().hex[:8])
         #: Seconds our queue has been silent while our confirmed messages await their
         #: echo, once that passed the patience (see :meth:`_echo_watch`); else 0.
         self.echo_silent_s = 0.0

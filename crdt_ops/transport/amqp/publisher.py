@@ -87,6 +87,10 @@ class Publisher:
         self.published = 0
         self._plain_heartbeats = 0  # plain heartbeats routed so far (see _routing_key)
         self._flight: set[int] = set()  # outbox ids a round publishes now
+        #: the store's ``rewinds`` when a look last found no unconfirmed row below those in
+        #: flight (-1: a round ended with rows unconfirmed, which may lie below a later
+        #: round's)
+        self._rewound = 0
         #: rounds awaiting their confirms, with when each read the outbox
         self._rounds: dict[asyncio.Task[None], float] = {}
         self._failed: BaseException | None = None  # a round's failure, for run() to raise
@@ -139,9 +143,18 @@ class Publisher:
                 return
         limit = max(self.settings.prefetch, 100)
         asked = time.monotonic()
-        flying = max(self._flight, default=0)
-        # (after the ids in flight: none of them is fetched again)
-        rows = self.durable.store.unconfirmed(limit=limit, after=flying)
+        store = self.durable.store
+        if self._flight and self._rewound != store.rewinds:
+            # rows below those in flight may be unconfirmed again (sent again on a peer's
+            # request, or left by a round that failed while a later one flies): looked for
+            # among all, those in flight left out, until a look finds none below them
+            flying = max(self._flight)
+            rows = store.unconfirmed(limit=limit, skip=self._flight)
+            if not rows or rows[0][0] > flying:
+                self._rewound = store.rewinds
+        else:  # (after the ids in flight: none of them is fetched again)
+            self._rewound = store.rewinds
+            rows = store.unconfirmed(limit=limit, after=max(self._flight, default=0))
         self._outbox(len(rows) + len(self._flight), asked)
         if not rows:
             if not self._flight:
@@ -185,6 +198,7 @@ class Publisher:
         what was confirmed, and a failure for :meth:`run` to raise. Their ids stay in
         flight (not published again) until this ends."""
         ready = self.durable.outbox_ready
+        confirmed = False
         try:
             sends = _joined(rows)
             outcomes = await _outcomes([self.publish(body) for _, body in sends])
@@ -221,11 +235,14 @@ class Publisher:
                 ready.set()
                 return
             self._refusal_backoff = 0.05
+            confirmed = True
         except Exception as e:  # the store failed (confirm, or the outbox read): for run()
             self._failed = e
             ready.set()
         finally:
             self._flight.difference_update(i for i, _ in rows)
+            if not confirmed:  # (some of them go again, maybe below a later round's rows)
+                self._rewound = -1
 
     def _confirmed_upto(self, asked: float, through: int | None) -> None:
         """Move :attr:`confirmed_through` forward, never backwards: to now if no outbox

@@ -1,0 +1,48 @@
+"""A store's log replayed into a replica whose settings changed since it was logged: what
+the replica refuses now is left out (and read again from the group's stream), not a
+refusal to start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from crdt_ops.replica import Replica
+from crdt_ops.transport.config import Settings
+from crdt_ops.transport.durable import DurableReplica
+
+
+def _settings(tmp_path: Path, **kw: object) -> Settings:
+    return Settings(amqp_url="amqp://guest:guest@127.0.0.1:1/", group="g", replica_id="b",
+                    store=str(tmp_path / "b.sqlite"), membership="open", **kw)  # type: ignore[arg-type]
+
+
+def test_a_log_holding_more_waiting_than_a_lower_cap_allows_still_opens(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """50 operations of x waited (x 1 was late) and were logged; the replica was started
+    again with ``--max-waiting-per-origin 20``: the replay raised WaitingCapReached, and
+    every start failed the same way until the setting went back."""
+    x = Replica("x")
+    sent = []
+    for _ in range(51):
+        x.counter("c").increment()
+        sent += x.outgoing()
+    durable = DurableReplica.open(_settings(tmp_path))
+    for m in sent[1:]:
+        assert durable.replica.receive(m)
+        durable.log_delivered(durable.hold([m]))
+    assert durable.replica.buffered == 50
+    asyncio.run(durable.close())
+    with caplog.at_level(logging.WARNING):
+        again = DurableReplica.open(_settings(tmp_path, max_waiting_per_origin=20))
+    try:
+        assert again.replica.buffered == 20  # x 2..21; x 22..51 left out
+        assert "30 logged messages were refused as its log was replayed" in caplog.text
+        for m in sent:  # x 1, and the rest read again from the stream
+            again.replica.receive(m)
+        assert again.replica.clock == {"x": 51} and again.replica.buffered == 0
+    finally:
+        asyncio.run(again.close())
