@@ -20,6 +20,7 @@ and this runtime polls its own children, which cannot be mistaken. One found by
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import subprocess
@@ -346,9 +347,9 @@ class DockerRuntime:
 
     def _docker(self, *args: str, missing_ok: bool = False) -> str:
         """``docker ARGS``' output; raises RuntimeError_ if it fails, unless ``missing_ok``
-        and all it says is that some objects it was given do not exist ("No such object":
-        ``docker inspect`` of several prints the others, and exits with status 1; moby/moby
-        pull request 30648)."""
+        and all it says is that some objects it was given do not exist ("No such object",
+        "No such container": ``docker inspect`` or ``docker stop`` of several does the
+        others, and exits with status 1; moby/moby pull request 30648)."""
         try:
             done = subprocess.run(["docker", *args], capture_output=True, text=True,
                                   timeout=self.TIMEOUT_S)
@@ -356,7 +357,8 @@ class DockerRuntime:
             raise RuntimeError_(f"docker {args[0]} failed: {e}") from None
         said = [line for line in done.stderr.splitlines() if line.strip()]
         if done.returncode and not (missing_ok and said and all(
-                "no such object" in line.lower() for line in said)):
+                "no such object" in line.lower() or "no such container" in line.lower()
+                for line in said)):
             raise RuntimeError_(f"docker {args[0]} failed: {done.stderr.strip()}")
         return done.stdout.strip()
 
@@ -372,13 +374,17 @@ class DockerRuntime:
         return int(self._docker("inspect", "-f", "{{.State.Pid}}", name))
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
-        """Remove ``cid``'s container (``docker rm -f``: at once; ``grace_s`` unused)."""
+        """Stop ``cid``'s container and remove it (:meth:`stop_all`)."""
         self.stop_all([cid], grace_s)
 
     def stop_all(self, cids: Iterable[str], grace_s: float = 5.0) -> None:
-        """Remove these containers (one ``docker rm -f``: at once; ``grace_s`` unused)."""
+        """Stop these containers together (one ``docker stop -t``: each is sent its stop
+        signal, SIGTERM unless its image says otherwise, and SIGKILL after ``grace_s``
+        rounded up to a second), then remove them (one ``docker rm -f``)."""
         names = [name for cid in cids for name in self._names(cid)]
         if names:
+            self._docker("stop", "-t", str(math.ceil(max(grace_s, 0.0))), *names,
+                         missing_ok=True)
             self._docker("rm", "-f", *names)
 
     def guard_args(self) -> list[str]:
