@@ -117,13 +117,13 @@ def guard(state_dir: Path, runtime: Runtime, call_s: float = 1.0) -> None:
                 if _leaving(state_dir):
                     return  # nothing to guard; a worker starting here starts a guard again
                 continue
-            looked = saved is None or not saved.lease.may_run(now) or not alive(
-                saved.worker_pid)
+            worker_gone = saved is None or not alive(saved.worker_pid)
+            looked = saved is None or worker_gone or not saved.lease.may_run(now)
         except Exception as e:  # (RuntimeError_, OSError): the guard must not end on one
             log.warning("guard %s: %s; trying again in %.1fs", state_dir, e, POLL_S)
             time.sleep(POLL_S)
             continue
-        time.sleep(_until_next_check(saved, now))
+        time.sleep(_until_next_check(saved, now, worker_gone))
 
 
 def _check(state_dir: Path, runtime: Runtime, saved: lease.Saved | None, now: float,
@@ -164,11 +164,16 @@ def _leaving(state_dir: Path) -> bool:
     return True
 
 
-def _until_next_check(saved: lease.Saved | None, now: float) -> float:
-    """Seconds to sleep before the next read of the lease file: ``POLL_S`` while nothing may
-    run, else until the lease's ``run_until``, at most ``CHECK_S``."""
+def _until_next_check(saved: lease.Saved | None, now: float,
+                      worker_gone: bool = False) -> float:
+    """Seconds to sleep before the next read of the lease file: while nothing may run,
+    ``POLL_S`` (a live worker's start, checked against the lease before the lease ran out,
+    may still make a container), or ``CHECK_S`` once the worker is gone too (only a
+    runtime command it began can, for as long as the runtime's calls take: minutes of
+    ``docker ps`` every ``POLL_S`` would cost a core a good part of its time); else until
+    the lease's ``run_until``, at most ``CHECK_S``."""
     if saved is None or not saved.lease.may_run(now):
-        return POLL_S
+        return CHECK_S if worker_gone and saved is not None else POLL_S
     return max(0.0, min(CHECK_S, saved.lease.run_until - now))
 
 

@@ -88,6 +88,8 @@ def test_the_guard_reads_the_lease_file_at_its_run_until_and_once_a_check_while_
     assert guard._until_next_check(saved, 100.0) == guard.CHECK_S
     assert guard._until_next_check(saved, 126.6) == 127.0 - 126.6
     assert guard._until_next_check(saved, 127.5) == guard.POLL_S  # ran out: stopping
+    # its worker gone too: only a runtime command it began can still make a container
+    assert guard._until_next_check(saved, 127.5, worker_gone=True) == guard.CHECK_S
     assert guard._until_next_check(None, 100.0) == guard.POLL_S
 
 
