@@ -364,8 +364,8 @@ class DockerRuntime:
 
     def start(self, cid: str) -> int:
         name = self._names(cid)[0]
-        self._docker("rm", "-f", *self._names(cid))  # (no error for one that is not there:
-        labels = [f"{self.LABEL}={cid}"]  # docker/cli pull request 2678, Docker 20.10)
+        self.stop(cid)  # the old instance goes first, with its grace (as a process's does)
+        labels = [f"{self.LABEL}={cid}"]
         if self.node:
             labels.append(f"{self.NODE_LABEL}={self.node}")
         self._docker("run", "-d", "--name", name,
@@ -385,7 +385,8 @@ class DockerRuntime:
         if names:
             self._docker("stop", "-t", str(math.ceil(max(grace_s, 0.0))), *names,
                          missing_ok=True)
-            self._docker("rm", "-f", *names)
+            self._docker("rm", "-f", *names)  # (no error for one that is not there:
+            # docker/cli pull request 2678, Docker 20.10)
 
     def guard_args(self) -> list[str]:
         return ["--docker", *(["--node", self.node] if self.node else [])]
