@@ -120,6 +120,8 @@ class Replica(Fields):
         #: delivery that writes one of them)
         self._unsent_keys: set[str] = set()
         self._out: list[bytes] = []
+        #: the operations in ``_out``'s batches (sealed, not yet handed out)
+        self._sealed_ops = 0
         self._settler = Settler()
         #: per sub-group, the clock entries its last batch told (see _deps_delta)
         self._sent_deps: dict[str, Clock] = {}
@@ -399,8 +401,11 @@ class Replica(Fields):
 
     @property
     def unsent(self) -> int:
-        """Local operations applied but not yet handed out by :meth:`outgoing`."""
-        return sum(map(len, self._unsent.values()))
+        """Local operations applied but not yet handed out by :meth:`outgoing`: those not
+        sealed yet and those sealed into batches (by :meth:`heartbeat`, :meth:`join`, or a
+        delivery: :meth:`_deliver`). A transport takes 0 for "all of them are in my
+        outbox"."""
+        return sum(map(len, self._unsent.values())) + self._sealed_ops
 
     @property
     def buffered(self) -> int:
@@ -432,6 +437,7 @@ class Replica(Fields):
         and heartbeats). Send each to every replica of the group."""
         self._seal()
         out, self._out = self._out, []
+        self._sealed_ops = 0
         return out
 
     def heartbeat(self, retired: bool = False) -> None:
@@ -522,6 +528,7 @@ class Replica(Fields):
             for start, chunk in cut:
                 self._out.append(codec.encode_batch(
                     Batch(me, first + start, self._deps_delta(sub, ch), chunk, sub)))
+            self._sealed_ops += len(ops)
         self._unsent = {}
         self._unsent_bytes = 0
         self._unsent_keys = set()
@@ -840,8 +847,8 @@ class Replica(Fields):
         before = self.state() if self._subs else {}
         last = self._hlc.last
         for name in ("_root", "_keys", "_buffer", "membership", "_stability", "_hlc",
-                     "_unsent", "_unsent_bytes", "_unsent_keys", "_out", "_settler",
-                     "_sent_deps",
+                     "_unsent", "_unsent_bytes", "_unsent_keys", "_out", "_sealed_ops",
+                     "_settler", "_sent_deps",
                      "_deps_of", "_since_compact", "_claimed"):
             setattr(self, name, getattr(other, name))
         self._hlc.last = max(self._hlc.last, last)
@@ -909,6 +916,7 @@ class Replica(Fields):
             replica._buffer.hold(batch)
         replica._drain()
         replica._out = [codec.encode_batch(b) for b in snap.sealed]
+        replica._sealed_ops = sum(len(b.ops) for b in snap.sealed)
         replica._unsent = {b.subgroup: list(b.ops) for b in snap.unsent}
         replica._unsent_bytes = sum(codec.op_bytes(op) for b in snap.unsent for op in b.ops)
         replica._unsent_keys = {_key(op) for b in snap.unsent for op in b.ops}

@@ -46,3 +46,27 @@ def test_a_log_holding_more_waiting_than_a_lower_cap_allows_still_opens(
         assert again.replica.clock == {"x": 51} and again.replica.buffered == 0
     finally:
         asyncio.run(again.close())
+
+
+def test_a_write_sealed_by_a_delivery_is_in_the_outbox_when_its_block_returns(
+        tmp_path: Path) -> None:
+    """A delivery that writes a key a ``write()`` block wrote seals the block's operations
+    while the block is open (:meth:`Replica._deliver`); the transport took "no unsent
+    operation" for "committed already", and the block returned before its write was in
+    the store: a crash then lost a write the writer had been told was durable."""
+    other = Replica("x")
+    other.register("k").set("theirs")
+    (theirs,) = other.outgoing()
+
+    async def run() -> None:
+        durable = DurableReplica.open(_settings(tmp_path))
+        try:
+            async with durable.write() as r:
+                r.register("k").set("mine")
+                assert durable.replica.receive(theirs)  # (as the block awaits something)
+                assert durable.replica.unsent == 1  # sealed, not yet handed out
+            assert [m for _, m in durable.store.unconfirmed()], "not in the outbox"
+            assert durable.replica.unsent == 0
+        finally:
+            await durable.close()
+    asyncio.run(run())
