@@ -21,11 +21,13 @@ the worker is paused or dead), and the worker starts a new epoch: logic then
 places the containers anew.
 
 The runtime's calls (listing, starting, stopping) run on threads of the worker's own
-(``runtime_calls`` of them, :data:`RUNTIME_CALLS` unless told), never two at once for one
-container: a ``docker run`` that pulls an image (each of its three ``docker`` commands may
-take up to a minute), or the stop of a container that ignores SIGTERM (half the lease's
-grace, then SIGKILL), holds up neither the event loop (the beats that keep the lease, the
-deliveries, the reports) nor the node's other containers. Each container whose record
+(``runtime_calls`` of them, :data:`RUNTIME_CALLS` unless told; a call that can only stop,
+on :data:`STOP_CALLS` threads of their own), never two at once for one container: a
+``docker run`` that pulls an image (each of its three ``docker`` commands may take up to a
+minute), or the stop of a container that ignores SIGTERM (half the lease's grace, then
+SIGKILL), holds up neither the event loop (the beats that keep the lease, the deliveries,
+the reports) nor the node's other containers, and stops waiting out their grace hold up
+no start. Each container whose record
 changed is reconciled in a call of its own; a change to a container whose call is in flight
 is looked at again when that call returns. A full reconcile lists what runs in one call,
 then reconciles in that way each container the listing found at odds with its record
@@ -55,7 +57,7 @@ from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.store import StoreUnavailable
 from crdt_ops.transport.waiting import wait_set
 from services import guard, lease, model
-from services.converge import Converged, at_odds, converge
+from services.converge import Converged, at_odds, converge, should_run
 from services.index import NodeRecords, full_passes
 from services.runtime import Runtime, RuntimeError_
 
@@ -74,6 +76,11 @@ RECONCILE_S = 1.0
 #: one container): so many slow starts or stops (an image's pull, a container that ignores
 #: SIGTERM) hold up the node's other containers, not fewer.
 RUNTIME_CALLS = 4
+#: How many runtime calls that only stop containers may run at once, on threads of their
+#: own: a stop waits out the grace of a container that ignores SIGTERM (half the lease's
+#: grace, seconds), and stops sharing the ``runtime_calls`` threads held up every start
+#: of the node behind a few of them. A thread that waits costs next to nothing.
+STOP_CALLS = 32
 
 
 #: Seconds between two looks at whether a beat written was confirmed (to renew the lease
@@ -168,6 +175,9 @@ class Worker:
         #: the threads the runtime's calls run on (:meth:`_call`)
         self._calls = concurrent.futures.ThreadPoolExecutor(
             runtime_calls, thread_name_prefix=f"runtime-{name}") if runtime_thread else None
+        #: the threads of the calls that only stop (:data:`STOP_CALLS`)
+        self._stops = concurrent.futures.ThreadPoolExecutor(
+            STOP_CALLS, thread_name_prefix=f"runtime-stop-{name}") if runtime_thread else None
         #: the containers a runtime call is at work on (none is given a second call)
         self._busy: set[str] = set()
         #: > 0 while no runtime call may begin: the lease's end waits for the calls in
@@ -268,14 +278,17 @@ class Worker:
                     "for %.0fs): its containers were stopped (%d more now); new epoch %s",
                     self.name, old, self.lease.duration_s, stopped, self.lease.epoch)
 
-    def _call(self, call: Callable[[], T]) -> asyncio.Future[T]:
+    def _call(self, call: Callable[[], T], stops_only: bool = False) -> asyncio.Future[T]:
         """Begin ``call`` (of the runtime) on one of this worker's runtime threads, at once
         (on this turn of the event loop), and return its future: the loop goes on meanwhile
-        (the beats that keep the lease, the deliveries, the reports). Without those threads
-        (``runtime_thread=False``) it runs inline, and the future is done. The callers see
-        to it that no two calls for one container run at once."""
-        if self._calls is not None:
-            return asyncio.get_running_loop().run_in_executor(self._calls, call)
+        (the beats that keep the lease, the deliveries, the reports). ``stops_only``: the
+        call can only stop containers, and runs on the stops' threads (:data:`STOP_CALLS`),
+        so that starts never wait behind the grace of containers that ignore SIGTERM.
+        Without those threads (``runtime_thread=False``) it runs inline, and the future is
+        done. The callers see to it that no two calls for one container run at once."""
+        pool = self._stops if stops_only else self._calls
+        if pool is not None:
+            return asyncio.get_running_loop().run_in_executor(pool, call)
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         try:
             done.set_result(call())
@@ -397,10 +410,12 @@ class Worker:
         tasks = []
         for cid in free:
             self._busy.add(cid)
+            placed = records.get(cid)
             result, recorded = self._begin(functools.partial(
-                converge, self.runtime, self.name, {cid: records.get(cid)}, now,
+                converge, self.runtime, self.name, {cid: placed}, now,
                 records=lambda: self.assigned.records, held=lambda: self.lease,
-                retry_at=self._retry_at))
+                retry_at=self._retry_at),
+                stops_only=not should_run(placed, self.lease, now))  # (converge's rule)
             tasks.append(self._spawn(self._finish(cid, result, recorded, now),
                                      f"{self.name} reconciling {cid}"))
         return tasks
@@ -424,11 +439,12 @@ class Worker:
         task.add_done_callback(ended)
         return task
 
-    def _begin(self, call: Callable[[], T]) -> tuple[asyncio.Future[T], asyncio.Future[None]]:
-        """Begin runtime call ``call`` at once (:meth:`_call`); returns its result, and a
-        future for the caller to set once it recorded what the call did: until then the
-        lease's end waits for it (``_unrecorded``, :meth:`_stop_all`)."""
-        result = self._call(call)
+    def _begin(self, call: Callable[[], T], stops_only: bool = False
+               ) -> tuple[asyncio.Future[T], asyncio.Future[None]]:
+        """Begin runtime call ``call`` at once (:meth:`_call`, with ``stops_only``); returns
+        its result, and a future for the caller to set once it recorded what the call did:
+        until then the lease's end waits for it (``_unrecorded``, :meth:`_stop_all`)."""
+        result = self._call(call, stops_only)
         recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unrecorded.add(recorded)
         recorded.add_done_callback(self._unrecorded.discard)
@@ -580,16 +596,20 @@ class Worker:
             if self._failed is not None:  # failed as the worker stopped: said, not raised
                 log.error("%s: a reconcile failed as the worker stopped", self.name,
                           exc_info=self._failed)
-            if self._calls is not None:  # the calls in flight return before run() does:
-                await asyncio.shield(asyncio.to_thread(self._calls.shutdown))  # none after
+            for pool in self._pools():  # the calls in flight return before run() does:
+                await asyncio.shield(asyncio.to_thread(pool.shutdown))  # none after
 
     def close(self) -> None:
         """Let the runtime's threads go once the calls they run return, and drop those no
         thread took yet (:meth:`run` does this as it ends, and returns once those calls
         returned); no runtime call begins after."""
         self._held_back += 1
-        if self._calls is not None:
-            self._calls.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _pools(self) -> list[concurrent.futures.ThreadPoolExecutor]:
+        """The worker's runtime threads: its calls', its stops' (none inline)."""
+        return [p for p in (self._calls, self._stops) if p is not None]
 
     async def _beating(self) -> None:
         """Every ``heartbeat_s`` write a beat (:meth:`beat`) and commit it; renew the lease

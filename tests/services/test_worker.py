@@ -563,6 +563,51 @@ async def _worker_running(tmp: Path, runtime: GatedRuntime) -> AsyncIterator[Run
         await asyncio.gather(on.task, return_exceptions=True)
 
 
+class StubbornRuntime(GatedRuntime):
+    """The stops of the containers in ``stubborn`` block until ``gate`` is set (containers
+    that ignore SIGTERM, waited for until their grace is over); ``began`` is set as the
+    first of them begins."""
+
+    def __init__(self) -> None:
+        super().__init__(slow=set())
+        self.stubborn: set[str] = set()
+        self.stopping = 0
+
+    def stop(self, cid: str, grace_s: float = 5.0) -> None:
+        if cid in self.stubborn and cid in self.instances:
+            with self.lock:
+                self.stopping += 1
+            self.began.set()
+            assert self.gate.wait(20), "the test never opened the gate"
+        super().stop(cid, grace_s)
+
+
+def test_stops_that_wait_out_their_grace_hold_up_no_start(tmp_path: Path) -> None:
+    """Stops ran on the node's 4 runtime threads: 4 containers that ignore SIGTERM, stopped
+    at once, held up every start of the node for their grace (half the lease's: 15 s
+    under the default lease). Stops now run on threads of their own."""
+    async def run() -> None:
+        runtime = StubbornRuntime()
+        async with _worker_running(tmp_path, runtime) as on:
+            logic, worker = on.logic, on.worker
+            recs = {f"s{i}": _placed_on_n1(logic, worker, f"s{i}") for i in range(6)}
+            await on.until("all on", lambda: sorted(
+                c for c, p in on.actual().items() if p == "on") == sorted(recs))
+            runtime.stubborn = set(recs)
+            for rec in recs.values():
+                rec.register("power_desired").set("off")
+            await _settle(logic, on.wn)
+            await on.until("the 6 stops begun", lambda: runtime.stopping == 6)
+            _placed_on_n1(logic, worker, "new")
+            await on.until("new on while the stops wait",
+                           lambda: on.actual().get("new") == "on")
+            assert runtime.stopping == 6 and not runtime.gate.is_set()
+            runtime.gate.set()
+            await on.until("the 6 off", lambda: all(
+                on.actual().get(c) == "off" for c in recs))
+    asyncio.run(run())
+
+
 def test_a_slow_start_holds_up_no_other_container_s_start_or_stop(tmp_path: Path) -> None:
     """One runtime call at a time used to make every start and stop of a node wait for a
     slow one (a 60 s image pull held up a user's Stop). Now, while "slow" starts, "quick"
