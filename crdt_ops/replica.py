@@ -16,6 +16,7 @@ from typing import Any
 from crdt_ops.causal import CausalBuffer
 from crdt_ops.clock import Clock, Spans, merge_into, widen
 from crdt_ops.errors import (
+    BufferFull,
     CrdtError,
     InvalidMessage,
     InvalidValue,
@@ -585,17 +586,28 @@ class Replica(Fields):
         if buf.is_duplicate(msg):
             self.stats["duplicates"] += 1
             return False
-        if buf.unmet(msg) is None:
-            self._deliver(msg)
-            self._drain()
-        elif not buf.hold(msg):
-            self.stats["duplicates"] += 1
-            return False
-        if msg.origin == self.replica_id:  # one of its own that its store lost (once it
-            merge_into(self._claimed, msg.deps)  # is found valid: one refused says nothing)
-            merge_into(self._claimed, {msg.channel: msg.last_seq})
+        try:
+            if buf.unmet(msg) is None:
+                self._deliver(msg)
+                self._drain()
+            elif not buf.hold(msg):
+                self.stats["duplicates"] += 1
+                return False
+        except BufferFull:  # no room to hold it: it is ours all the same
+            self._claim(msg)
+            raise
+        self._claim(msg)
         self._stability.observe(msg.origin, msg.deps, msg.last_seq, msg.channel)
         return True
+
+    def _claim(self, msg: Batch) -> None:
+        """Note ``msg``, if it is one of this replica's own (one its store lost, read back
+        from the group's history), as published by it (:meth:`unmet_claims`): once it was
+        applied or held, or refused for want of room (the causal buffer's bounds say
+        nothing of whether this replica published it); not when it was found invalid."""
+        if msg.origin == self.replica_id:
+            merge_into(self._claimed, msg.deps)
+            merge_into(self._claimed, {msg.channel: msg.last_seq})
 
     def _heard(self, hb: Heartbeat) -> bool:
         """Take a heartbeat: a clock report, a retirement, or a join request (which a

@@ -70,3 +70,34 @@ def test_a_write_sealed_by_a_delivery_is_in_the_outbox_when_its_block_returns(
         finally:
             await durable.close()
     asyncio.run(run())
+
+
+def test_its_own_batch_left_out_of_the_replay_is_still_claimed(tmp_path: Path) -> None:
+    """b wrote after x 1..51 (x 2..51 had waited for x 1), and started again with a cap
+    of 20 waiting operations per origin: its own batch, which waits for x 22..51, found no
+    room and was left out of the replay, and with it the claim that b had published b 1
+    .. 30. b then wrote b 1 again, with other operations: every peer dropped it as a
+    duplicate, and the group diverged. The claim now stands: b reads its past back from
+    the group's history before it writes (``Replica.unmet_claims``)."""
+    x = Replica("x")
+    sent = []
+    for _ in range(51):
+        x.counter("c").increment()
+        sent += x.outgoing()
+
+    async def run() -> None:
+        durable = DurableReplica.open(_settings(tmp_path))
+        for m in sent[1:] + sent[:1]:
+            durable.replica.receive(m)
+            durable.log_delivered(durable.hold([m]))
+        async with durable.write() as r:
+            for _ in range(30):
+                r.counter("mine").increment()
+        await durable.close()
+        again = DurableReplica.open(_settings(tmp_path, max_waiting_per_origin=20))
+        try:
+            assert again.replica.own_seq == 0
+            assert again.replica.unmet_claims()["b"] == (1, 30)
+        finally:
+            await again.close()
+    asyncio.run(run())
