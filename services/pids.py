@@ -13,6 +13,7 @@ before: any live process with that pid.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.lease import boot_id
+
+log = logging.getLogger(__name__)
 
 #: This boot of the machine, as pid files name it ("-": unknown, then not checked).
 BOOT = boot_id() or "-"
@@ -158,6 +161,11 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
             try:
                 send(pid, sig)
             except ProcessLookupError:  # gone already
+                continue
+            except PermissionError:  # (a process of its group runs as another user)
+                log.error("process %s %d: not allowed to signal it (%s), so it runs on; "
+                          "run the worker as a user that may signal its containers' "
+                          "processes", "group" if group else "", pid, sig.name)
                 continue
             sent.append((pid, child))
         left = sent

@@ -23,9 +23,11 @@ import logging
 import math
 import os
 import shlex
+import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +41,10 @@ from services.pids import alive, terminate_all
 #: (:meth:`ProcessRuntime.adopt_strays`).
 CONTAINER_ENV = "CRDT_OPS_CONTAINER"
 RUNTIME_ENV = "CRDT_OPS_RUNTIME"
+#: A token of each start, in the instance's environment and so in its children's: the
+#: processes of one start that lead sessions of their own are an instance and the daemons
+#: it started (``setsid``); those of two starts are two instances of one container.
+START_ENV = "CRDT_OPS_START"
 #: Seconds a process named by a pid file, whose environment reads empty, is given to
 #: finish its ``exec`` before it is taken for another program's (ProcessRuntime._instance).
 EXEC_SETTLE_S = 0.05
@@ -120,7 +126,8 @@ class ProcessRuntime:
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL,
                                     env={**os.environ, CONTAINER_ENV: cid,
-                                         RUNTIME_ENV: self._root})
+                                         RUNTIME_ENV: self._root,
+                                         START_ENV: uuid.uuid4().hex})
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         with self._lock:
@@ -159,14 +166,16 @@ class ProcessRuntime:
         found it, and after a move it would have run twice. An instance is found by
         the environment it started with (:data:`RUNTIME_ENV` naming this directory,
         :data:`CONTAINER_ENV` its container), as the leader of its own session (its
-        children inherit the environment, not the leadership). Of several for one
-        container, the one recorded (else the oldest) is kept and the others are stopped
-        (SIGTERM, SIGKILL 5 s later if they still run), and so are the processes of an
-        instance that exited (:func:`_kill_leftovers`): neither may run beside the one
-        kept. One read of ``/proc/<pid>/environ`` per process of the machine (that this
-        user may read): a start's and a lease end's cost, not a change's. Returns
-        container id -> pid of those recorded now."""
-        found: dict[str, list[tuple[int, int]]] = {}  # container -> (start time, pid) each
+        children inherit the environment, not the leadership), the oldest of its start
+        (:data:`START_ENV`; the others are daemons it started). Of several starts of one
+        container, the one recorded (else the oldest) is kept, and the others' processes
+        that lead sessions are stopped (SIGTERM, SIGKILL 5 s later if they still run);
+        so are the processes of an instance that exited (:func:`_kill_leftovers`): none
+        may run beside the one kept. One read of ``/proc/<pid>/environ`` per process of the
+        machine (that this user may read): a start's and a lease end's cost, not a
+        change's. Returns container id -> pid of those recorded now."""
+        # container -> start token -> (start time, pid) of each session leader of that start
+        found: dict[str, dict[str, list[tuple[int, int]]]] = {}
         orphans: dict[str, list[int]] = {}  # container -> its processes whose leader is gone
         with os.scandir("/proc") as entries:
             everyone = [int(e.name) for e in entries if e.name.isdigit()]
@@ -174,24 +183,28 @@ class ProcessRuntime:
             ours = self._ours(pid)
             if ours is None:
                 continue
-            cid, stat = ours
-            if int(stat[3]) == pid:  # (its session: it leads one, so it is an instance)
-                found.setdefault(cid, []).append((int(stat[19]), pid))
-            elif not pids.alive(int(stat[3])):  # its instance, its session's leader, is
-                orphans.setdefault(cid, []).append(pid)  # gone: a leftover of it
+            cid, stat, token = ours
+            if int(stat[3]) == pid:  # (its session: it leads one)
+                found.setdefault(cid, {}).setdefault(token, []).append((int(stat[19]), pid))
+            elif not pids.alive(int(stat[3])):  # its session's leader is gone: a leftover
+                orphans.setdefault(cid, []).append(pid)
         for cid, left in sorted(orphans.items()):
             _kill_leftovers(cid, left)
         adopted: dict[str, int] = {}
         extra: list[tuple[str, int]] = []
         with self._lock:
-            for cid, instances in sorted(found.items()):
+            for cid, starts in sorted(found.items()):
+                first = {token: min(leaders) for token, leaders in starts.items()}
                 kept = self._alive_pid(cid)
                 if kept is None:
-                    since, kept = min(instances)
+                    since, kept = min(first.values())
                     pids.record(self._pidfile(cid), kept, since)
                     self._pids[cid] = adopted[cid] = kept
                     self._since[kept] = since
-                extra += [(cid, pid) for _, pid in instances if pid != kept]
+                mine = next((t for t, (_, p) in first.items() if p == kept), None)
+                if mine is not None:  # (else the one kept is not readable here: left be)
+                    extra += [(cid, p) for t, leaders in starts.items() if t != mine
+                              for _, p in leaders]
         if extra:
             log.warning("%d containers ran more than one instance (%s); the extra ones "
                         "were stopped", len({c for c, _ in extra}),
@@ -209,14 +222,15 @@ class ProcessRuntime:
             return None
         return ours[0], int(ours[1][19])
 
-    def _ours(self, pid: int, settle: bool = False) -> tuple[str, list[str]] | None:
-        """``(container id, its fields of /proc/<pid>/stat)`` if process ``pid`` started
-        with the environment this runtime gives (:data:`RUNTIME_ENV` naming this
-        directory, :data:`CONTAINER_ENV`), as an instance and its children do, and is no
-        zombie; else None. ``settle``: a process whose environment reads empty is read
-        again for up to :data:`EXEC_SETTLE_S` (a process in its ``exec`` reads so: 20 to 27
-        of 400 reads right after ``Popen`` returned, on this project's VM; a kernel thread
-        reads so for good)."""
+    def _ours(self, pid: int, settle: bool = False) -> tuple[str, list[str], str] | None:
+        """``(container id, its fields of /proc/<pid>/stat, its start's token)`` if process
+        ``pid`` started with the environment this runtime gives (:data:`RUNTIME_ENV`
+        naming this directory, :data:`CONTAINER_ENV`, :data:`START_ENV`: "" from a version
+        without it), as an instance and its children do, and is no zombie; else None.
+        ``settle``: a process whose environment reads empty is read again for up to
+        :data:`EXEC_SETTLE_S` (a process in its ``exec`` reads so: 20 to 27 of 400 reads
+        right after ``Popen`` returned, on this project's VM; a kernel thread reads so for
+        good)."""
         path = Path(f"/proc/{pid}/environ")
         deadline = time.monotonic() + (EXEC_SETTLE_S if settle else 0.0)
         try:
@@ -228,10 +242,8 @@ class ProcessRuntime:
         stat = pids.stat(pid) if self._marker in env else None
         if stat is None or stat[0] == "Z":  # (stat[0]: its state, Z a zombie)
             return None
-        prefix = CONTAINER_ENV.encode() + b"="
-        cid = next((v[len(prefix):].decode(errors="replace") for v in env
-                    if v.startswith(prefix)), None)
-        return (cid, stat) if cid else None
+        cid, token = (_env(env, name) for name in (CONTAINER_ENV, START_ENV))
+        return (cid, stat, token) if cid else None
 
     def running(self) -> dict[str, int]:
         """Container id -> pid of every instance alive now: the pid files of the
@@ -295,17 +307,35 @@ class ProcessRuntime:
         return None
 
 
+def _env(environ: list[bytes], name: str) -> str:
+    """The value of ``name`` in ``environ`` (``/proc/<pid>/environ``'s entries), "" if
+    none."""
+    prefix = name.encode() + b"="
+    return next((v[len(prefix):].decode(errors="replace") for v in environ
+                 if v.startswith(prefix)), "")
+
+
 def _kill_leftovers(cid: str, left: list[int], group: int | None = None) -> None:
     """SIGKILL to ``left``, processes of container ``cid`` that still run though its
-    instance (their process group's leader) exited, and a wait of at most 5 s for them:
-    as Docker ends a container's every process when its first one exits (the end of its
-    PID namespace, pid_namespaces(7)). Left running, they would run beside the instance
-    that replaces this one, or on the node the container moves to. ``group``: their
-    process group, signalled as one (else each of ``left``)."""
+    instance (their process group's leader) exited, as Docker ends a container's every
+    process when its first one exits (the end of its PID namespace, pid_namespaces(7)).
+    Left running, they would run beside the instance that replaces this one, or on the
+    node the container moves to. Not waited for (callers hold the runtime's lock): a
+    process sent SIGKILL runs no more of its code. ``group``: their process group,
+    signalled as one (else each of ``left``). One that may not be signalled (another
+    user's) is said, and runs on."""
     log.warning("container %s: its instance exited, and %d processes it started still "
                 "ran (%s); killed", cid, len(left), ", ".join(map(str, left[:5])))
-    terminate_all([(group, None)] if group is not None else [(p, None) for p in left],
-                  0.0, group=group is not None)
+    send, targets = (os.killpg, [group]) if group is not None else (os.kill, left)
+    for pid in targets:
+        try:
+            send(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            log.error("container %s: not allowed to kill %s %d (another user's), so it "
+                      "runs on", cid, "process group" if group is not None else "process",
+                      pid)
 
 
 class DockerRuntime:

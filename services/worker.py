@@ -81,6 +81,9 @@ RUNTIME_CALLS = 4
 #: grace, seconds), and stops sharing the ``runtime_calls`` threads held up every start
 #: of the node behind a few of them. A thread that waits costs next to nothing.
 STOP_CALLS = 32
+#: What a runtime call that failed raises (the runtime's own error, or the OS's): said in
+#: one line, and the call tried again later, not the end of the worker.
+RUNTIME_FAILURES = (RuntimeError_, OSError)
 
 
 #: Seconds between two looks at whether a beat written was confirmed (to renew the lease
@@ -110,11 +113,11 @@ def pin_cell(state_dir: Path, name: str, cell: str) -> None:
 
 def _failed(call: asyncio.Future[Converged], node: str, cid: str, retry_s: float) -> bool:
     """Whether the runtime call reconciling ``cid`` raised
-    :class:`~services.runtime.RuntimeError_` (a lookup or a stop failed: an engine
-    restarting), said in one line: the worker goes on, and its next full reconcile, in
+    :class:`~services.runtime.RuntimeError_` or OSError (a lookup or a stop failed: an
+    engine restarting), said in one line: the worker goes on, and its next full reconcile, in
     ``retry_s``, finds the container at odds again."""
     error = call.exception() if call.done() and not call.cancelled() else None
-    if not isinstance(error, RuntimeError_):
+    if not isinstance(error, RUNTIME_FAILURES):
         return False
     log.warning("%s: reconciling %s failed: %s; trying again in %.0fs", node, cid, error,
                 retry_s)
@@ -265,7 +268,7 @@ class Worker:
             return
         try:
             stopped = await self._stop_all()
-        except RuntimeError_ as e:  # (the guard stops them too: services/guard.py)
+        except RUNTIME_FAILURES as e:  # (the guard stops them too: services/guard.py)
             log.warning("%s: the lease of epoch %s ran out, and stopping its containers "
                         "failed: %s; trying again", self.name, self.lease.epoch, e)
             return
@@ -377,7 +380,7 @@ class Worker:
         try:
             try:
                 running = await listed
-            except RuntimeError_ as e:  # (an engine restarting): the next full one tries
+            except RUNTIME_FAILURES as e:  # (an engine restarting): the next full one tries
                 log.warning("%s: listing what runs failed: %s; trying again in %.0fs",
                             self.name, e, self.reconcile_s)
                 return []
@@ -466,7 +469,7 @@ class Worker:
                 if not _failed(result, self.name, cid, self.reconcile_s):
                     self._record(result.result(), now)  # (raises if the call was dropped)
                 raise
-            except RuntimeError_:
+            except RUNTIME_FAILURES:
                 _failed(result, self.name, cid, self.reconcile_s)
                 return 0
             writes = self._record(done, now)
@@ -570,7 +573,7 @@ class Worker:
                     await self._stop_all(lambda n: log.warning(  # (services/liveness.py)
                         "%s: stopping %d containers before starting epoch %s (%s)",
                         self.name, n, self.lease.epoch, why))
-                except RuntimeError_ as e:  # (an engine restarting)
+                except RUNTIME_FAILURES as e:  # (an engine restarting)
                     log.warning("%s: stopping what an earlier epoch left running failed: "
                                 "%s; trying again in %.0fs", self.name, e, self.reconcile_s)
                     await asyncio.sleep(self.reconcile_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -308,12 +309,27 @@ def _processes(cid: str, root: Path) -> list[int]:
 
 
 def _settled(cid: str, root: Path, n: int) -> list[int]:
-    """:func:`_processes` once there are ``n`` of them (the child's ``exec``)."""
+    """:func:`_processes` once there are ``n`` of them, each past its ``exec`` of
+    ``sleep`` (so the child's ``trap`` is set: counted before it, it died on SIGTERM)."""
+    def execed(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep")
+        except OSError:
+            return False
     deadline = time.monotonic() + 5
-    while len(found := _processes(cid, root)) != n and time.monotonic() < deadline:
+    while (len(found := _processes(cid, root)) != n or not all(map(execed, found))) \
+            and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(found) == n, found
+    assert len(found) == n and all(map(execed, found)), found
     return found
+
+
+def _gone(check: Callable[[], bool], what: str) -> None:
+    """Wait up to 5 s for ``check()`` (processes sent SIGKILL are not waited for)."""
+    deadline = time.monotonic() + 5
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert check(), what
 
 
 def test_a_stop_ends_the_children_of_a_container_that_ignore_sigterm(tmp_path: Path) -> None:
@@ -344,7 +360,7 @@ def test_the_processes_of_an_instance_that_exited_are_ended_before_it_runs_again
     while rt.pid("c1") is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert rt.pid("c1") is None  # the instance is gone: its child is ended with it
-    assert not alive(child) and _processes("c1", tmp_path) == []
+    _gone(lambda: not alive(child) and _processes("c1", tmp_path) == [], "the child killed")
     again = rt.start("c1")
     assert _settled("c1", tmp_path, 2)[0] == again  # only the new instance's two
     rt.stop("c1", grace_s=0.2)
@@ -375,7 +391,7 @@ def test_what_runs_of_a_container_without_its_record_is_found_and_only_one_insta
     assert fresh.adopt_strays() == {"c1": first}  # the oldest, alone
     left = _processes("c1", tmp_path)
     assert first in left and second not in left and len(left) == 2
-    assert _processes("c2", tmp_path) == []  # the leftover ended
+    _gone(lambda: _processes("c2", tmp_path) == [], "the leftover killed")
     assert fresh.running() == {"c1": first}
     fresh.stop("c1", grace_s=0.2)
     assert _processes("c1", tmp_path) == []
@@ -464,3 +480,55 @@ def test_workers_sharing_one_docker_engine_each_run_only_their_own_node_s_contai
     n1.stop("c9")
     assert n1.running() == {} and set(json.loads(state.read_text())["containers"]) == {
         "crdt-ops-n2-c2", "crdt-ops-n2-c1"}
+
+
+def test_a_process_that_may_not_be_signalled_is_said_not_raised(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A container's child running as another user (started through sudo) made every stop
+    and listing raise PermissionError: the guard retried for ever and stopped none of the
+    node's containers at the lease's end, and the worker's lease-end stop ended it."""
+    import os
+    import signal
+
+    from services import pids
+
+    rt = ProcessRuntime(tmp_path, WITH_A_STUBBORN_CHILD)
+    pid = rt.start("c1")
+    _settled("c1", tmp_path, 2)
+    real = os.killpg
+
+    def refused(pgid: int, sig: int) -> None:
+        if pgid == pid and sig != 0:
+            raise PermissionError(1, "Operation not permitted")
+        real(pgid, sig)
+
+    monkeypatch.setattr(pids.os, "killpg", refused)
+    try:
+        rt.stop_all(["c1"], grace_s=0.1)  # said, not raised
+        assert "not allowed to signal it" in caplog.text
+    finally:
+        monkeypatch.undo()
+        os.killpg(pid, signal.SIGKILL)
+    _gone(lambda: _processes("c1", tmp_path) == [], "the test's container killed")
+
+
+def test_a_daemon_a_container_started_is_no_second_instance(tmp_path: Path) -> None:
+    """A process a container starts in a session of its own (``setsid``, as daemons do)
+    leads a session with the container's environment, as an instance does: it was
+    stopped as an extra instance at every worker's start and every guard's look."""
+    rt = ProcessRuntime(tmp_path, "sh -c 'setsid sleep 1000001 & exec sleep 1000000'")
+    pid = rt.start("c1")
+    try:
+        daemon = [p for p in _settled("c1", tmp_path, 2) if p != pid]
+        assert ProcessRuntime(tmp_path).adopt_strays() == {}  # (recorded already)
+        assert _processes("c1", tmp_path) == sorted([pid, *daemon])
+        (tmp_path / "c1.pid").unlink()  # its worker died before it recorded the start
+        assert ProcessRuntime(tmp_path).adopt_strays() == {"c1": pid}
+        assert _processes("c1", tmp_path) == sorted([pid, *daemon])
+    finally:
+        import os
+        import signal
+
+        for p in _processes("c1", tmp_path):
+            os.kill(p, signal.SIGKILL)
