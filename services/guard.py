@@ -45,6 +45,10 @@ POLL_S = 0.1
 #: file then) or this long, whichever comes first, and notices a dead worker within it.
 #: 40 guards reading every ``POLL_S`` cost a fifth of a core on a 2-vCPU VM.
 CHECK_S = 1.0
+#: The guard's behaviour's revision, on its command line: a worker replaces a running guard
+#: of another (:func:`ensure`), so that an upgrade does not leave an earlier version's guard
+#: watching its containers. Raised whenever what a guard does changes.
+REVISION = 2
 #: The guard's pid file in its state directory (services/pids.py; not *.pid: those are the
 #: runtime's containers).
 PIDFILE = "guard-pid"
@@ -69,19 +73,41 @@ def running_guard(state_dir: Path) -> int | None:
 
 def ensure(state_dir: Path, runtime: Runtime) -> int:
     """Start the guard of ``state_dir`` unless one runs; returns its pid. Cheap while the
-    guard this process started runs (the worker calls it before each start)."""
+    guard this process started runs (the worker calls it before each start). A guard that
+    runs with other arguments than this worker would give it (one an earlier version
+    started: another :data:`REVISION`, or a runtime named otherwise) is replaced: it would
+    stop, and list, what this worker's runtime does not run."""
+    args = _arguments(state_dir, runtime)
     pid = running_guard(state_dir)
     if pid is not None:
-        return pid
+        if pid in (c.pid for c in _children.values()) or _argv(pid)[1:] == args[1:]:
+            return pid
+        log.warning("guard %s: pid %d runs as %r, not as this worker's would (%r): an "
+                    "earlier version's; replaced", state_dir, pid, _argv(pid)[1:], args[1:])
+        stop(state_dir)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.guard", "--state-dir", str(state_dir),
-         *runtime.guard_args()],
+        args,
         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=open(state_dir / "guard.log", "ab"))  # noqa: SIM115 (the child owns it)
     pids.record(state_dir / PIDFILE, proc.pid, pids.start_time(proc.pid))
     _reap()
     _children[state_dir] = proc
     return proc.pid
+
+
+def _arguments(state_dir: Path, runtime: Runtime) -> list[str]:
+    """The command line of the guard of ``state_dir`` for ``runtime``."""
+    return [sys.executable, "-m", "services.guard", "--state-dir", str(state_dir),
+            "--revision", str(REVISION), *runtime.guard_args()]
+
+
+def _argv(pid: int) -> list[str]:
+    """Process ``pid``'s command line ([] if it cannot be read)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
 
 
 def stop(state_dir: Path, timeout_s: float = 5.0) -> None:
@@ -180,6 +206,8 @@ def _until_next_check(saved: lease.Saved | None, now: float,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.guard", description=__doc__)
     p.add_argument("--state-dir", required=True, type=Path)
+    p.add_argument("--revision", type=int, default=0, help="the revision of the guard the "
+                   "worker that started it expects (REVISION)")
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--process-dir", type=Path)
     kind.add_argument("--docker", action="store_true")

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -348,11 +349,13 @@ class DockerRuntime:
 
     LABEL = "crdt-ops.container"
     NODE_LABEL = "crdt-ops.node"
-    #: Seconds one ``docker`` command may take before it is given up.
+    #: Seconds one ``docker`` command may take before it is given up: ended by coreutils'
+    #: ``timeout`` (SIGTERM, SIGKILL 5 s later), which outlives a worker that dies meanwhile.
     TIMEOUT_S = 60.0
-    #: Seconds a start may take (three commands): how long after its worker died a
-    #: ``docker run`` it began may still make a container (the guard watches that long).
-    CALL_S = 3 * TIMEOUT_S
+    #: Seconds a start may take (four commands: stop, rm, run, inspect): how long after its
+    #: worker died a ``docker run`` it began may still make a container (the guard watches
+    #: that long).
+    CALL_S = 4 * (TIMEOUT_S + 5)
 
     def __init__(self, image: str = "busybox", command: str = "sleep 1000000",
                  node: str = "") -> None:
@@ -380,11 +383,16 @@ class DockerRuntime:
         and all it says is that some objects it was given do not exist ("No such object",
         "No such container": ``docker inspect`` or ``docker stop`` of several does the
         others, and exits with status 1; moby/moby pull request 30648)."""
+        bound = ["timeout", "--kill-after=5", f"{self.TIMEOUT_S:g}"] \
+            if shutil.which("timeout") else []
         try:
-            done = subprocess.run(["docker", *args], capture_output=True, text=True,
-                                  timeout=self.TIMEOUT_S)
+            done = subprocess.run([*bound, "docker", *args], capture_output=True, text=True,
+                                  timeout=self.TIMEOUT_S + 10)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise RuntimeError_(f"docker {args[0]} failed: {e}") from None
+        if bound and done.returncode in (124, 137):  # (timeout's: it ended the command)
+            raise RuntimeError_(f"docker {args[0]} failed: it took more than "
+                                f"{self.TIMEOUT_S:g}s")
         said = [line for line in done.stderr.splitlines() if line.strip()]
         if done.returncode and not (missing_ok and said and all(
                 "no such object" in line.lower() or "no such container" in line.lower()

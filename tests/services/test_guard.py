@@ -228,3 +228,28 @@ def test_a_guard_leaving_stays_for_a_worker_that_started_meanwhile(tmp_path: Pat
     lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())
     assert guard._leaving(tmp_path)
     assert guard.running_guard(tmp_path) is None
+
+
+def test_a_guard_an_earlier_version_started_is_replaced(tmp_path: Path) -> None:
+    """A worker upgraded within its lease kept the guard its earlier version had started:
+    that guard went on with the earlier version's rules (and, for Docker, the earlier
+    container names, so at the lease's end it stopped nothing)."""
+    from services import pids
+
+    rt = ProcessRuntime(tmp_path)
+    held = lease.Lease("e1", 30.0)
+    held.renew(time.monotonic(), time.monotonic())
+    lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
+    old = subprocess.Popen([sys.executable, "-m", "services.guard", "--state-dir",
+                            str(tmp_path), *rt.guard_args()], start_new_session=True)
+    try:
+        pids.record(tmp_path / guard.PIDFILE, old.pid, pids.start_time(old.pid))
+        assert guard.running_guard(tmp_path) == old.pid
+        new = guard.ensure(tmp_path, rt)
+        assert new != old.pid and old.wait(5) is not None
+        assert guard.ensure(tmp_path, rt) == new  # this version's: kept
+        assert f"--revision {guard.REVISION}" in " ".join(guard._argv(new))
+    finally:
+        if old.poll() is None:
+            old.kill()
+        guard.stop(tmp_path)
