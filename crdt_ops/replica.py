@@ -664,8 +664,7 @@ class Replica(Fields):
         this delivery, a write of a type this one changed would be refused everywhere but
         here as a write by a writer that saw both (and every later operation of this
         replica's would wait behind it). A delivery that writes none of those keys cannot
-        change what such a check finds, so a ``write()`` block open meanwhile stays one
-        batch (applied atomically everywhere) unless it raced a write to its own keys."""
+        change what such a check finds, and does not cut what is unsent in two."""
         ch = batch.channel
         skip = self._buffer.clock.get(ch, 0) - batch.first_seq + 1
         ops = batch.ops[skip:] if skip > 0 else batch.ops
