@@ -26,9 +26,9 @@ subscriptions by key, each reaching the replica of the key's group.
 What holds where (the same as for one group, per group): operations of one group are
 delivered in causal order, and the operations of one ``write()`` block on one group are
 applied atomically everywhere (a block that does not await inside, of at most
-``--batch-ops`` operations: README, "Several groups in one process"). *Across* groups nothing is ordered: a replica may see a
-write to group B before an earlier write to group A, and a block that writes to two
-groups is two atomic parts, one per group, not one.
+``--batch-ops`` operations: README, "Several groups in one process"). *Across* groups
+nothing is ordered: a replica may see a write to group B before an earlier write to group
+A, and a block that writes to two groups is two atomic parts, one per group, not one.
 """
 
 from __future__ import annotations
