@@ -41,6 +41,42 @@ async def test_a_stopped_amqp_node_refuses_to_start_or_write_again(settings: Set
 
 
 @pytest.mark.asyncio
+async def test_a_stop_goes_on_past_a_task_that_swallows_its_cancellation(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A stop awaited its cancelled tasks without a bound: one that swallowed its
+    cancellation (``asyncio.wait_for`` can, on Python 3.11) held the stop for good."""
+    import contextlib
+    import logging
+    import time
+
+    from crdt_ops.transport.amqp import node as node_module
+
+    monkeypatch.setattr(node_module, "STOP_WAIT_S", 0.3)
+    a = node(settings, "a")
+    await a.start()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # swallowed
+                await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0)  # (in its sleep: a task cancelled before it began just ends)
+    a._tasks.append(task)
+    t0 = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        await a.stop()
+    took = time.monotonic() - t0
+    assert took < 5, took
+    assert "its task stubborn did not end within" in caplog.text, (took, caplog.records)
+    release.set()
+    await asyncio.wait({task}, timeout=15)
+    assert task.done()
+
+
+@pytest.mark.asyncio
 async def test_the_last_member_leaves_at_once(settings: Settings) -> None:
     """A retiring replica waits until every other member has its operations: the last one
     has nobody to wait for (it waited the whole bound, 30 s, and said its operations were

@@ -104,6 +104,11 @@ LEAVE_WAIT_MIN_S = 30.0
 #: Seconds a stopping node waits for the broker to cancel its consumer (a link that is
 #: down does not answer; closing the connection drops the consumer anyway).
 STOP_CANCEL_S = 1.0
+#: Seconds a stopping node waits for each of its tasks to end once cancelled, and for its
+#: connection to close: a task that swallowed its cancellation (``asyncio.wait_for`` can,
+#: on Python 3.11: gh-86296), or a close the broker does not answer, would hold the stop
+#: for good. Past it, the stop says so in one line and goes on.
+STOP_WAIT_S = 10.0
 
 
 class AmqpNode:
@@ -464,8 +469,9 @@ class AmqpNode:
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await self._ended(f"its task {t.get_name()}", asyncio.wait({t}))
+            if t.done() and not t.cancelled():
+                t.exception()  # (retrieved: what it raised is the stop's to ignore)
         self._tasks.clear()
         await self._out.stop_rounds()
         if self._consumer is not None:  # stopped, not gone: no line, no consuming again
@@ -481,9 +487,20 @@ class AmqpNode:
             self._conn.reconnect_callbacks.discard(self._on_reconnect)
             self._conn.close_callbacks.discard(self._on_lost)
         elif self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close()
+            await self._ended("closing its connection", self._conn.close())
         await self.durable.close()
+
+    async def _ended(self, what: str, step: Awaitable[object]) -> None:
+        """Await ``step`` of a stop (its failures are the stop's to ignore) at most
+        :data:`STOP_WAIT_S`; past it, say so and go on."""
+        try:
+            async with asyncio.timeout(STOP_WAIT_S):
+                await step
+        except TimeoutError:
+            log.error("replica %s: stopping, %s did not end within %.0fs; going on without "
+                      "it", self.replica_id, what, STOP_WAIT_S)
+        except Exception:  # (a close on a link that is down: the stop goes on)
+            pass
 
     async def __aenter__(self) -> AmqpNode:
         await self.start()
