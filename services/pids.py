@@ -123,6 +123,27 @@ def leftovers(leader: int) -> list[int]:
                 and in_group(int(e.name), leader)]
 
 
+def send_signal(targets: Sequence[int], sig: signal.Signals, *,
+                group: bool = False) -> list[int]:
+    """Send ``sig`` to each of ``targets`` (process groups with ``group``); returns those
+    it reached. One gone already is left out; one this process may not signal (another
+    user's) is said in one line, and runs on."""
+    send = os.killpg if group else os.kill
+    sent = []
+    for pid in targets:
+        try:
+            send(pid, sig)
+        except ProcessLookupError:  # gone already
+            continue
+        except PermissionError:  # (a process of its group runs as another user)
+            log.error("process %s %d: not allowed to signal it (%s), so it runs on; "
+                      "run the worker as a user that may signal its containers' "
+                      "processes", "group" if group else "", pid, sig.name)
+            continue
+        sent.append(pid)
+    return sent
+
+
 def terminate(pid: int, grace_s: float, *, group: bool = False,
               child: subprocess.Popen[bytes] | None = None) -> None:
     """SIGTERM to process ``pid`` (to its process group with ``group``), SIGKILL after
@@ -142,7 +163,6 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
     ``group``, each is the leader of a process group, and it is gone once every process
     of its group is (:func:`leftovers`): a child that ignores SIGTERM is sent SIGKILL
     though its parent exited at once."""
-    send = os.killpg if group else os.kill
     members: dict[int, list[int]] = {}  # a leader gone -> its group's members last seen
 
     def runs(pid: int, child: subprocess.Popen[bytes] | None) -> bool:
@@ -156,19 +176,8 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
 
     left = list(targets)
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        sent = []
-        for pid, child in left:
-            try:
-                send(pid, sig)
-            except ProcessLookupError:  # gone already
-                continue
-            except PermissionError:  # (a process of its group runs as another user)
-                log.error("process %s %d: not allowed to signal it (%s), so it runs on; "
-                          "run the worker as a user that may signal its containers' "
-                          "processes", "group" if group else "", pid, sig.name)
-                continue
-            sent.append((pid, child))
-        left = sent
+        sent = set(send_signal([pid for pid, _ in left], sig, group=group))
+        left = [(pid, child) for pid, child in left if pid in sent]
         deadline, pause = time.monotonic() + wait, 0.001  # (most exit within a millisecond:
         while True:  # the caller's event loop waits, so look soon, then every 20 ms)
             left = [(pid, child) for pid, child in left if runs(pid, child)]
@@ -180,5 +189,5 @@ def terminate_all(targets: Sequence[tuple[int, subprocess.Popen[bytes] | None]],
             return
 
 
-__all__ = ["BOOT", "alive", "in_group", "leftovers", "read", "record", "start_time", "stat",
-           "terminate", "terminate_all"]
+__all__ = ["BOOT", "alive", "in_group", "leftovers", "read", "record", "send_signal",
+           "start_time", "stat", "terminate", "terminate_all"]

@@ -327,16 +327,8 @@ def _kill_leftovers(cid: str, left: list[int], group: int | None = None) -> None
     user's) is said, and runs on."""
     log.warning("container %s: its instance exited, and %d processes it started still "
                 "ran (%s); killed", cid, len(left), ", ".join(map(str, left[:5])))
-    send, targets = (os.killpg, [group]) if group is not None else (os.kill, left)
-    for pid in targets:
-        try:
-            send(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            log.error("container %s: not allowed to kill %s %d (another user's), so it "
-                      "runs on", cid, "process group" if group is not None else "process",
-                      pid)
+    pids.send_signal([group] if group is not None else left, signal.SIGKILL,
+                     group=group is not None)
 
 
 class DockerRuntime:
