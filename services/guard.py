@@ -138,12 +138,12 @@ def guard(state_dir: Path, runtime: Runtime, call_s: float = 1.0) -> None:
     while True:
         saved = lease.load(file)
         now = time.monotonic()
+        worker_gone = saved is None or not alive(saved.worker_pid)
         try:
-            if _check(state_dir, runtime, saved, now, looked, call_s):
+            if _check(runtime, saved, now, worker_gone, looked, call_s, state_dir):
                 if _leaving(state_dir):
                     return  # nothing to guard; a worker starting here starts a guard again
                 continue
-            worker_gone = saved is None or not alive(saved.worker_pid)
             looked = saved is None or worker_gone or not saved.lease.may_run(now)
         except Exception as e:  # (RuntimeError_, OSError): the guard must not end on one
             log.warning("guard %s: %s; trying again in %.1fs", state_dir, e, POLL_S)
@@ -152,13 +152,12 @@ def guard(state_dir: Path, runtime: Runtime, call_s: float = 1.0) -> None:
         time.sleep(_until_next_check(saved, now, worker_gone))
 
 
-def _check(state_dir: Path, runtime: Runtime, saved: lease.Saved | None, now: float,
-           looked: bool, call_s: float) -> bool:
-    """One look at the lease and the runtime at ``now``: record what runs unrecorded (once
-    per spell without a valid lease or a live worker: ``looked`` says it was done, except
-    while a call of a dead worker may still make one), and stop everything once the lease
-    ran out. Returns whether the guard may leave."""
-    worker_gone = saved is None or not alive(saved.worker_pid)
+def _check(runtime: Runtime, saved: lease.Saved | None, now: float, worker_gone: bool,
+           looked: bool, call_s: float, state_dir: Path) -> bool:
+    """One look at the lease ``saved`` and the runtime at ``now``, the worker gone or not:
+    record what runs unrecorded (once per spell without a valid lease or a live worker:
+    ``looked`` says it was done, except while a call of a dead worker may still make one),
+    and stop everything once the lease ran out. Returns whether the guard may leave."""
     if saved is not None and saved.lease.may_run(now) and not worker_gone:
         return False
     settled = saved is None or now >= saved.lease.run_until + call_s

@@ -62,6 +62,9 @@ _OUTBOX_COLUMNS = {**_LOG_COLUMNS, "sent": "INTEGER NOT NULL DEFAULT 0",
 
 
 _NO_SPAN = (None, None, None)  # a heartbeat's (no operations) in the log and outbox
+#: A log or outbox row holds operations of channel ``?`` between ``?`` and ``?`` (its span
+#: overlaps first..last; the parameters: channel, first, last).
+_OVERLAPS = "channel = ? AND last_seq >= ? AND first_seq <= ?"
 
 #: How long a statement waits for a lock another connection holds before it fails
 #: (seconds). Short: the caller runs on an event loop, and retries with backoff.
@@ -345,8 +348,8 @@ class Store:
                 if not self._holds("outbox", ch, first):
                     continue
                 n += self.db.execute(
-                    "UPDATE outbox SET sent = 0 WHERE sent = 1 AND channel = ? "
-                    "AND last_seq >= ? AND first_seq <= ?", (ch, first, last)).rowcount
+                    f"UPDATE outbox SET sent = 0 WHERE sent = 1 AND {_OVERLAPS}",
+                    (ch, first, last)).rowcount
         self._unsent_from = 0
         self.rewinds += 1
         return n
@@ -372,8 +375,8 @@ class Store:
                     continue
                 n += self.db.execute(
                     "INSERT INTO outbox (data, channel, first_seq, last_seq, relayed) "
-                    "SELECT data, channel, first_seq, last_seq, 1 FROM log WHERE channel = ? "
-                    "AND last_seq >= ? AND first_seq <= ? ORDER BY id LIMIT ?",
+                    f"SELECT data, channel, first_seq, last_seq, 1 FROM log WHERE {_OVERLAPS} "
+                    "ORDER BY id LIMIT ?",
                     (ch, first, last, limit)).rowcount
         return n
 
@@ -383,16 +386,15 @@ class Store:
         first..last) wait to be published (not confirmed yet, or made so by
         :meth:`resend`)."""
         return sum(int(self.db.execute(
-            "SELECT COUNT(*) FROM outbox WHERE sent = 0 AND channel = ? AND last_seq >= ? "
-            "AND first_seq <= ?", (ch, first, last)).fetchone()[0])
+            f"SELECT COUNT(*) FROM outbox WHERE sent = 0 AND {_OVERLAPS}",
+            (ch, first, last)).fetchone()[0])
             for ch, (first, last) in spans.items())
 
     def _holds(self, table: str, channel: str, seq: int) -> bool:
         """Whether ``table`` (the log or the outbox) holds a message with operation
         ``seq`` of ``channel``."""
-        return self.db.execute(f"SELECT 1 FROM {table} WHERE channel = ? AND first_seq <= ? "
-                               "AND last_seq >= ? LIMIT 1", (channel, seq, seq)).fetchone() \
-            is not None
+        return self.db.execute(f"SELECT 1 FROM {table} WHERE {_OVERLAPS} LIMIT 1",
+                               (channel, seq, seq)).fetchone() is not None
 
     @_guarded
     def drop_relayed(self) -> int:
