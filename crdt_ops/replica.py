@@ -800,6 +800,10 @@ class Replica(Fields):
         :class:`~crdt_ops.errors.InvalidValue` if it would not fit in a message
         (``max_message_bytes``); nothing is applied then."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
+            if self.replica_id in self.membership.retired:
+                raise NotAMember(f"replica {self.replica_id!r} was retired from its group: it "
+                                 "may write no more; start a new replica (a new store, a new "
+                                 "id) in its place")
             raise NotAMember(f"replica {self.replica_id!r} is not a member of its group "
                              "yet: over a transport, await the node's start(), which founds "
                              "the group or is admitted to it; a bare Replica calls found() "

@@ -34,9 +34,11 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import difflib  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
-from typing import NoReturn  # noqa: E402
+from dataclasses import Field, fields  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
 
 import crdt_ops  # noqa: E402
 from crdt_ops.transport import config  # noqa: E402
@@ -198,10 +200,13 @@ TOOLS = {
 
 
 def check_bounds(args: argparse.Namespace, bounds: Bounds) -> None:
-    """Each flag named in ``bounds`` is at or above (or strictly above) its bound; raises
-    UsageError naming the flag."""
+    """Each flag named in ``bounds`` is a finite number at or above (or strictly above) its
+    bound; raises UsageError naming the flag."""
     for dest, (bound, strict) in bounds.items():
         value = getattr(args, dest, None)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{dest.replace('_', '-')} must be a finite number, "
+                             f"got {value!r}")
         if value is not None and (value <= bound if strict else value < bound):
             raise UsageError(f"--{dest.replace('_', '-')} must be "
                              f"{'>' if strict else '>='} {bound:g}, got {value:g}")
@@ -302,7 +307,14 @@ def _check_keygen(args: argparse.Namespace) -> None:
         if not isinstance(data, dict):
             raise UsageError(f"--out {args.out}: its keyring.json is not a keyring")
         config.check_writable(ring, "--out")
-    config.check_writable(os.path.join(args.out, f"{p}.key"), "--out")
+    key = os.path.join(args.out, f"{p}.key")
+    if os.path.lexists(key):
+        if not args.force:
+            raise UsageError(f"--out {args.out}: {p}.key exists already: a new key would "
+                             f"replace it and its keyring entry, and the replicas still "
+                             f"signing with it would be refused; --force replaces it")
+        config.check_writable(key, "--out")
+    # (a --out that does not exist yet is made: check_writable above found where)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -368,7 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     keys = sub.add_parser("keygen", help="an Ed25519 signing key for a principal "
                           "(--auth signature)")
     keys.add_argument("principal", help="e.g. web, logic, worker.node-1")
-    keys.add_argument("--out", default=".", help="directory for PRINCIPAL.key and keyring.json")
+    keys.add_argument("--out", default=".", help="directory for PRINCIPAL.key and keyring.json "
+                      "(made if it does not exist)")
+    keys.add_argument("--force", action="store_true",
+                      help="replace PRINCIPAL.key if it exists (its replicas must then get "
+                           "the new key: the keyring keeps the new public key only)")
     keys.set_defaults(func=_keygen)
 
     wanted = next((a for a in (sys.argv[1:] if argv is None else argv)
@@ -402,8 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in unknown_variables():
         print(f"{prog}: ignoring {name}: no crdt-ops setting has that name"
-              + (f" (did you mean {near[0]}?)"
-                 if (near := difflib.get_close_matches(name, known_variables(), 1)) else ""),
+              + (f" (did you mean {near}?)" if (near := meant(name)) else ""),
               file=sys.stderr, flush=True)
     logs.setup()  # one line per event, tracebacks at DEBUG only (services/logs.py)
     try:
@@ -435,15 +450,30 @@ def known_variables() -> set[str]:
     """Every ``CRDT_OPS_*`` environment variable some crdt-ops command reads: the replica's
     and the services' settings, the logs', the ones a worker gives its containers, and the
     benchmark's database."""
-    from dataclasses import fields
-
     from services.runtime import CONTAINER_ENV, RUNTIME_ENV
-    from services.settings import LogicSettings, WebSettings, WorkerSettings
 
-    return {config.env_of(f) for cls in (config.Settings, WebSettings, LogicSettings,
-                                         WorkerSettings) for f in fields(cls)} | {
+    return {config.env_of(f) for f in _setting_fields()} | {
         "CRDT_OPS_LOG", "CRDT_OPS_LOG_FORMAT", CONTAINER_ENV, RUNTIME_ENV, "CRDT_OPS_PG_DSN",
         "CRDT_OPS_HISTORIES"}  # (the last: tests/core/test_membership.py's count)
+
+
+def _setting_fields() -> list[Field[Any]]:
+    """The fields of every settings class a crdt-ops command reads."""
+    from services.settings import LogicSettings, WebSettings, WorkerSettings
+
+    return [f for cls in (config.Settings, WebSettings, LogicSettings, WorkerSettings)
+            for f in fields(cls)]
+
+
+def meant(name: str) -> str | None:
+    """The variable an unknown ``CRDT_OPS_*`` variable ``name`` most likely meant: the one
+    of the setting whose flag it spells (``CRDT_OPS_PORT``, after ``--port``, is
+    ``CRDT_OPS_HTTP_PORT``), else the closest known name, else None."""
+    for f in _setting_fields():
+        if name == "CRDT_OPS_" + config.flag_of(f).lstrip("-").replace("-", "_").upper():
+            return config.env_of(f)
+    near = difflib.get_close_matches(name, known_variables(), 1)
+    return near[0] if near else None
 
 
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:

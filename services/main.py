@@ -194,10 +194,34 @@ def read(role: str, args: argparse.Namespace) -> Service:
     service = Service(settings, **parts)
     if service.web is not None:
         port_free(service.web.host, service.web.port)
+        if role != "demo" and settings.metrics_port == service.web.port and (
+                settings.metrics_host == service.web.host
+                or {settings.metrics_host, service.web.host} & ANY_HOST):
+            raise ValueError(f"--metrics-port {settings.metrics_port} is web's --port too: "
+                             "choose another for one of them")
     if role == "worker":
         _check_worker(service.worker)
+    if role != "demo":
+        who = principal_of(role, service)
+        if settings.replica_id and not belongs(settings.replica_id, who):
+            raise ValueError(f"--replica-id {settings.replica_id!r} does not belong to this "
+                             f"service's principal {who!r}: use {who!r} or "
+                             f"{who + '.<instance>'!r}")
+        if settings.auth == "signature":
+            from crdt_ops.transport.signing import Keyring, Signer
+
+            config.check_signer(Signer.from_file(settings.signing_key)
+                                if settings.signing_key else None,
+                                Keyring.from_file(settings.keyring), principal=who)
     cells(service)  # a bad --cell or --cells: refused now
     return service
+
+
+def principal_of(role: str, service: Service) -> str:
+    """The principal of service ``role`` (web, logic or worker) with ``service``'s settings:
+    a worker's is ``worker.<its node>`` (:func:`services.model.principal`)."""
+    node = service.worker.node_name if service.worker is not None else None
+    return model.principal(role, node if role == "worker" else None)
 
 
 def cells(service: Service) -> tuple[str, ...]:
@@ -214,6 +238,12 @@ def cells(service: Service) -> tuple[str, ...]:
 
 def _check_worker(w: WorkerSettings | None) -> None:
     assert w is not None
+    try:
+        model.principal("worker", w.node_name)
+    except ValueError as e:
+        given = "" if w.node else f" (not given: this machine's host name, {w.node_name!r})"
+        raise ValueError(f"--node / CRDT_OPS_NODE{given}: {e}; name the node with --node "
+                         "NAME") from None
     try:
         command = shlex.split(w.container_command)
     except ValueError as e:
@@ -247,9 +277,16 @@ def port_free(host: str, port: int, flag: str = "--port", host_flag: str = "--ho
                              f"({e.strerror})") from None
 
 
+#: The hosts that mean "every address of this machine" to a server's bind.
+ANY_HOST = frozenset({"0.0.0.0", "", "::"})
+
+
 def _url_host(host: str) -> str:
-    """The host a browser (and the demo's own check) reaches a server bound to ``host`` at."""
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    """The host, as a URL writes it (an IPv6 address in brackets), that a browser (and the
+    demo's own check) reaches a server bound to ``host`` at."""
+    if host in ANY_HOST:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 async def run_service(role: str, service: Service) -> str:
@@ -261,10 +298,7 @@ async def run_service(role: str, service: Service) -> str:
     name = role
     if service.worker is not None:
         name = service.worker.node_name
-    who = model.principal(role, name if role == "worker" else None)
-    if settings.replica_id and not belongs(settings.replica_id, who):
-        raise ValueError(f"replica id {settings.replica_id!r} does not belong to this service's "
-                         f"principal {who!r}: use {who!r} or {who + '.<instance>'!r}")
+    who = principal_of(role, service)  # (read() checked the replica id against it)
     runtime = (make_runtime(service.worker, settings.store, name)
                if service.worker is not None else None)
     held = cells(service)
@@ -384,7 +418,7 @@ def broker_takes_login(url: str, timeout_s: float = 5.0) -> bool:
         quiet.level = level
     hint = next((h for found, h in CONNECT_HINTS if found in str(error)), "")
     raise RuntimeError(f"something answers at {redact_urls(url)}, but the connection to "
-                       f"RabbitMQ failed ({type(error).__name__}: {error or 'no answer'})"
+                       f"RabbitMQ failed ({type(error).__name__}: {str(error) or 'no answer'})"
                        f"{hint}")
 
 
@@ -423,8 +457,8 @@ def demo(args: argparse.Namespace, service: Service) -> int:
               f"group {group}" + (", a broker user per service" if args.secure else ""),
               flush=True)
         return _demo_processes(settings, group, owned, host, port, args.secure, flags, tuned)
-    given = [f"--{k.replace('_', '-')}" for k in DEMO_PASSES if getattr(args, k, None)
-             is not None]
+    given = [f"--{k.replace('_', '-')}" for k in ("group", *DEMO_PASSES)
+             if getattr(args, k, None) is not None]
     print(f"crdt-ops demo: no broker answers at {redact_urls(settings.amqp_url)}; using the "
           "in-memory network (start RabbitMQ, or name it with --amqp-url, for the real one)"
           + (" (--secure needs RabbitMQ: ignored)" if args.secure else "")

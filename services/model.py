@@ -136,13 +136,26 @@ def held_cells(records: Groups) -> list[str]:
     return sorted(g[len(head):] for g in records.replicas if g.startswith(head))
 
 
+#: The longest name of a cell or a node, in characters: they are parts of queue names
+#: (at most 255 bytes in AMQP 0-9-1's shortstr) and of file names (255 bytes on Linux).
+MAX_NAME = 64
+
+
+def check_name(what: str, name: str) -> str:
+    """``name``, if it can name a cell or a node: non-empty, printable, at most
+    :data:`MAX_NAME` characters, without ``/``, ``.``, white space, ``#`` or ``*`` (it
+    names a group or a sub-group, and a part of queue and file names); else ValueError
+    saying so of ``what``."""
+    if not name or len(name) > MAX_NAME or not name.isprintable() \
+            or any(c in "/.#*" or c.isspace() for c in name):
+        raise ValueError(f"{what} must be 1 to {MAX_NAME} printable characters, without '/', "
+                         f"'.', spaces, '#' or '*': {name!r}")
+    return name
+
+
 def check_cell(cell: str) -> str:
-    """``cell``, if it names a cell (a non-empty name without ``/``, ``.``, spaces, ``#``
-    or ``*``); else ValueError."""
-    if not cell or any(c in cell for c in "/. #*"):
-        raise ValueError(f"a cell's name must be non-empty, without '/', '.', spaces, '#' or "
-                         f"'*': {cell!r}")
-    return cell
+    """``cell``, if it names a cell (:func:`check_name`); else ValueError."""
+    return check_name("a cell's name", cell)
 
 
 def node_key(cell: str, name: str) -> str:
@@ -200,10 +213,7 @@ def principal(role: str, node: str | None = None) -> str:
         raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
     if role != "worker":
         return role
-    if not node or any(c in node for c in "./#* "):
-        raise ValueError(f"a worker's node name must be non-empty, without '.', '/', '#', '*' "
-                         f"or spaces (it names its node's sub-group): {node!r}")
-    return f"worker.{node}"
+    return f"worker.{check_name('a node name', node or '')}"
 
 
 def container(records: Records, cid: str) -> MapHandle:

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,9 +26,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from crdt_ops.errors import InvalidValue
+from crdt_ops.errors import InvalidValue, NotAMember
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport import Node
 from crdt_ops.transport.groups import NodeGroups
@@ -70,6 +72,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
                           f"retry in a few seconds ({e})")
         response.headers["Retry-After"] = "2"
         return response
+    except NotAMember as e:  # retired (or not admitted yet): another web must answer
+        return _error(503, f"this web may not write to its group, nothing was written: {e}")
     except web.HTTPException as e:
         if e.status < 400 or e.content_type == "application/json":
             raise
@@ -142,11 +146,18 @@ def _text_field(body: dict[str, Any], field: str, required: bool) -> str | None:
     if bad:  # a label: a NUL, a newline or an escape would garble logs, pages and terminals
         raise _bad_request(f"'{field}' holds the control character "
                            f"U+{ord(bad.group()):04X}: send printable text")
+    if not any(unicodedata.category(c) not in _UNSEEN for c in value):
+        raise _bad_request(f"'{field}' has no visible character: send printable text")
     return value
 
 
-#: Unicode's control characters (category Cc), refused in a name or an owner.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: What is refused in a name or an owner: Unicode's control characters (category Cc), its
+#: line and paragraph separators (Zl, Zp: line breaks to a log reader) and its bidirectional
+#: embeddings, overrides and isolates (they reorder the text shown after them).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+#: The categories of characters that show nothing on their own: a name of only these
+#: (spaces, format characters such as U+200B, combining marks) would show as empty.
+_UNSEEN = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
 #: The fields a create takes; the others are written by the services (power by start and
 #: stop, the home and placement by logic, the reports by the workers).
 CREATE_FIELDS = ("name", "owner")
@@ -310,6 +321,11 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
             return _error(400, f"the body is not UTF-8 text: {example}")
         except RecursionError:
             return _error(400, f"the body's JSON nests too deep: {example}")
+        except ValueError as e:  # Python's bound on a number's digits (int_max_str_digits)
+            return _error(400, f"the body's JSON holds a number too long ({e}): {example}")
+        except RequestPayloadError as e:  # e.g. Content-Encoding: gzip, and it is not
+            return _error(400, f"the body does not decode as its Content-Encoding says "
+                               f"({e}): {example}")
         if not isinstance(body, dict):
             return _error(400, f"the body must be a JSON object, not {json_type(body)}: "
                                f"{example}")
@@ -452,14 +468,16 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
         nodes = params.get("nodes", "0")
         if nodes not in ("0", "1"):
             raise _bad_request(f"'nodes' must be 1 (node events too) or 0, not {nodes[:50]!r}")
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        if request.method == "HEAD":  # the headers alone: a HEAD's answer has no body
+            return web.Response(headers=headers)
         task = asyncio.current_task()
         assert task is not None
         pending = _Pending(flt)
         unsubscribes = [containers.subscribe(model.CONTAINERS, pending.note)]
         if nodes == "1":
             unsubscribes.append(node.groups.subscribe(model.CELLS, pending.note))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(headers=headers)
         streams.add(task)
         try:
             await resp.prepare(request)
@@ -492,7 +510,7 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
         """200 when every part of the node is ``"ok"`` in every group web holds (broker,
-        membership, delivery, store, echo: :meth:`AmqpNode.health`,
+        membership, delivery, store, publish, echo: :meth:`AmqpNode.health`,
         :meth:`NodeGroups.overall_health`), else 503 with what is wrong; with the numbers
         behind it, for the routing's default group and, under ``groups``, for each:
         ``clock``, ``buffered`` (operations waiting for earlier ones) and ``missing``

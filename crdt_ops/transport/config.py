@@ -7,17 +7,22 @@ else its default. Bad values stop the program with a message naming the flag.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from yarl import URL
 
+from crdt_ops.policy import belongs
 from crdt_ops.transport.topology import Topology
+
+if TYPE_CHECKING:
+    from crdt_ops.transport.signing import Keyring, Signer
 
 T = TypeVar("T")
 
@@ -26,6 +31,9 @@ AUTH_MODES = ("none", "user-id", "signature")
 MEMBERSHIP_MODES = ("open", "managed")
 CONSUME_MODES = ("queue", "stream")
 DISK_SYNC_MODES = ("first", "alongside")
+#: The shortest ``--heartbeat-s`` and ``--gap-timeout-s`` (seconds): a replica's heartbeat
+#: is a message to the whole group, and a period far below a hop's time would flood it.
+MIN_PERIOD_S = 0.01
 def option(default: Any, *, flag: str = "", env: str = "", help: str = "",
            lowest: float | None = None, highest: float | None = None,
            choices: tuple[str, ...] = ()) -> Any:
@@ -110,6 +118,8 @@ class Settings:
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise TypeError(f"{flag_of(f)} (Settings.{f.name}) must be {f.type}, not "
                                 f"{type(value).__name__} {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{flag_of(f)} must be a finite number, got {value!r}")
         if self.queue_type not in QUEUE_TYPES:
             raise ValueError(f"--queue-type must be one of {', '.join(QUEUE_TYPES)}, "
                              f"got {self.queue_type!r}")
@@ -137,10 +147,10 @@ class Settings:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.batch_delay_ms < 0:
             raise ValueError(f"--batch-delay-ms must be >= 0, got {self.batch_delay_ms:g}")
-        if self.heartbeat_s <= 0:
-            raise ValueError(f"--heartbeat-s must be > 0, got {self.heartbeat_s:g}")
-        if self.gap_timeout_s <= 0:
-            raise ValueError("--gap-timeout-s must be > 0")
+        for name in ("heartbeat_s", "gap_timeout_s"):
+            if getattr(self, name) < MIN_PERIOD_S:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least "
+                                 f"{MIN_PERIOD_S:g} s, got {getattr(self, name):g}")
         if self.stream_max_bytes < 0:
             raise ValueError("--stream-max-bytes must be >= 0 (0: no size bound)")
         if not 0 <= self.metrics_port <= 65535:
@@ -272,6 +282,8 @@ def load(cls: type[T], args: argparse.Namespace, env: Mapping[str, str] | None =
             value = kind(raw)
         except ValueError:
             raise ValueError(f"{names}: {raw!r} is not a valid {kind.__name__}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{names} must be a finite number, got {raw!r}")
         lowest, highest = f.metadata.get("lowest"), f.metadata.get("highest")
         if lowest is not None and highest is not None and not lowest <= value <= highest:
             raise ValueError(f"{names} must be {lowest:g} to {highest:g}, got {value:g}")
@@ -355,11 +367,37 @@ def check_files(settings: Settings, store: bool = True) -> None:
     from crdt_ops.errors import CrdtError
     from crdt_ops.transport.signing import Keyring, Signer
 
+    loaded: dict[str, Any] = {}
     for flag, path, load in (("--signing-key", settings.signing_key, Signer.from_file),
                              ("--keyring", settings.keyring, Keyring.from_file)):
         if path:
             check_readable(path, flag)
             try:
-                load(path)
+                loaded[flag] = load(path)
             except CrdtError as e:
                 raise ValueError(f"{flag} {path}: {e}") from None
+    if settings.auth == "signature":
+        check_signer(loaded.get("--signing-key"), loaded["--keyring"], settings.replica_id)
+
+
+def check_signer(signer: Signer | None, keyring: Keyring, replica_id: str = "",
+                 principal: str = "") -> None:
+    """Under ``--auth signature``, that this replica's messages will be taken: it has a
+    key (``signer``), the keyring holds that key's public half under its principal, and
+    ``replica_id`` and ``principal`` (when known) belong to that principal. Else
+    ValueError naming the flag: every other replica would refuse this one's messages
+    (dead-lettered, unauthenticated), while it went on as if they were taken."""
+    if signer is None:
+        raise ValueError("--auth signature needs --signing-key, this replica's own key "
+                         "(crdt-ops keygen PRINCIPAL makes one): the others refuse what it "
+                         "sends unsigned")
+    if keyring.public_hex(signer.principal) != signer.public_hex():
+        raise ValueError(f"--signing-key: the key of {signer.principal!r} is not the one "
+                         f"--keyring holds for {signer.principal!r}: the others would refuse "
+                         "what this replica signs with it; give every replica the keyring "
+                         "crdt-ops keygen wrote with this key")
+    for what, name in (("--replica-id", replica_id), ("this service's principal", principal)):
+        if name and not belongs(name, signer.principal):
+            raise ValueError(f"--signing-key: it signs as {signer.principal!r}, and {what} "
+                             f"{name!r} is not that principal's: the others would refuse "
+                             "its messages; give it the key of the principal it belongs to")

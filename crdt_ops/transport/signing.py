@@ -95,6 +95,14 @@ class Keyring:
         self._keys = {p: ed.Ed25519PublicKey.from_public_bytes(bytes.fromhex(k))
                       for p, k in keys.items()}
 
+    def public_hex(self, principal: str) -> str | None:
+        """The public key the keyring holds for ``principal``, as hex (None: none)."""
+        from cryptography.hazmat.primitives import serialization
+
+        key = self._keys.get(principal)
+        return None if key is None else str(key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex())
+
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
         data = _read_json(path, "keyring")

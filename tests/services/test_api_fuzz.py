@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from crdt_ops import Replica
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services.web import make_app
 from tests.support import one_group
@@ -32,9 +33,12 @@ HYPOTHESIS = settings(max_examples=600, deadline=None,
 class Api:
     """One in-memory web replica and an HTTP client to it, on one event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, members: list[str] | None = None) -> None:
+        """``members``: the founders of a group with an agreed membership (None: open)."""
         self.loop = asyncio.new_event_loop()
         self.node = MemoryNode(MemoryBus(), "web")
+        if members is not None:
+            self.node.replica = Replica("web", members=members)
         self.loop.run_until_complete(self.node.start())
         self.client = TestClient(TestServer(make_app(one_group(self.node))), loop=self.loop)
         self.loop.run_until_complete(self.client.start_server())
@@ -207,3 +211,70 @@ def test_a_head_request_takes_the_parameters_of_its_get(api: Api) -> None:
             return r.status
     assert api.loop.run_until_complete(head()) == 200
 
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b'{"name": ' + b"9" * 5000 + b"}", "the body's JSON holds a number too long"),
+    (b'{"name": "a\\u2028b"}', "'name' holds the control character U+2028"),
+    (b'{"name": "db", "owner": "a\\u202eb"}', "'owner' holds the control character U+202E"),
+    (b'{"name": "\\u200b"}', "'name' has no visible character"),
+    (b'{"name": "\\u0301\\u200d"}', "'name' has no visible character"),
+])
+def test_a_create_that_would_garble_or_cannot_be_read_is_refused(
+        api: Api, body: bytes, says: str) -> None:
+    """A number longer than Python converts (its 4,300-digit bound), a line or paragraph
+    separator, a bidirectional override, or a name that shows nothing: a 400 (not a 500),
+    and nothing is written."""
+    before = (api.node.replica.state(), dict(api.node.replica.clock))
+    status, answer = api.call("POST", "/api/containers", body)
+    assert status == 400 and answer["error"].startswith(says), answer
+    assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_that_does_not_decode_by_its_content_encoding_is_a_400(
+        api: Api, encoding: str) -> None:
+    before = (api.node.replica.state(), dict(api.node.replica.clock))
+
+    async def post() -> tuple[int, str, bytes]:
+        async with api.client.post("/api/containers", data=b"not compressed", headers={
+                "Content-Type": "application/json", "Content-Encoding": encoding}) as r:
+            return r.status, r.content_type, await r.read()
+    status, kind, raw = api.loop.run_until_complete(post())
+    assert (status, kind) == (400, "application/json"), (status, kind, raw[:200])
+    assert json.loads(raw)["error"].startswith("the body does not decode as its "
+                                               "Content-Encoding says"), raw
+    assert (api.node.replica.state(), dict(api.node.replica.clock)) == before
+
+
+def test_the_event_streams_head_is_its_headers_alone(api: Api) -> None:
+    """HTTP: a HEAD's answer has no body. The event stream's sent ': connected' and went
+    on streaming, and the next request on that connection was never answered."""
+    server = api.client.server
+
+    async def head_then_get() -> bytes:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"HEAD /api/events HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            return await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+    data = api.loop.run_until_complete(head_then_get())
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head, data[:300]
+    assert rest.startswith(b"HTTP/1.1 200"), data[:300]  # /healthz's answer, nothing before
+
+
+def test_a_retired_web_answers_a_write_with_a_json_503() -> None:
+    """A replica retired while it runs keeps running, and may write no more (README): its
+    writes are refused with a 503 saying so, not a 500, and nothing is written."""
+    a = Api(members=["web"])  # a member of a group with an agreed membership...
+    try:
+        a.node.replica.heartbeat(retired=True)  # ...retired while it runs
+        before = (a.node.replica.state(), dict(a.node.replica.clock))
+        status, answer = a.call("POST", "/api/containers", json.dumps({"name": "db"}).encode())
+        assert status == 503 and "was retired from its group" in answer["error"], answer
+        assert (a.node.replica.state(), dict(a.node.replica.clock)) == before
+    finally:
+        a.close()

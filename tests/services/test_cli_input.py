@@ -58,6 +58,8 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
     (moved / "cell").write_text("a\n")
     out = str(d / "out.bin")
     keys = str(d / "keys")
+    ring = make_keys(d / "ring", "web", "logic")  # a keyring with web's and logic's keys
+    other_ring = make_keys(d / "other", "web")  # another web key, not in ``ring``
     url = ["--amqp-url", NO_BROKER]
     return [
         # snapshot
@@ -87,6 +89,8 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
              says="not a principal", absent=[keys, str(d / "evil.key")]),
         Case("keygen: a broken keyring.json", ["keygen", "web", "--out", str(badring)],
              says="keyring.json", absent=[str(badring / "web.key")]),
+        Case("keygen: a key that exists already", ["keygen", "web", "--out", str(ring.parent)],
+             says="web.key exists already"),
         # replica: settings
         Case("replica: --store in a missing directory", ["replica", *url, "--store",
              str(d / "no" / "s.sqlite")], says="no such directory"),
@@ -99,7 +103,7 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
         Case("replica: --batch-ops 0", ["replica", *url, "--batch-ops", "0"],
              says="--batch-ops"),
         Case("replica: --heartbeat-s negative", ["replica", *url, "--heartbeat-s", "-1"],
-             says="--heartbeat-s must be > 0, got -1"),
+             says="--heartbeat-s must be at least 0.01 s, got -1"),
         Case("replica: --batch-delay-ms negative", ["replica", *url, "--batch-delay-ms",
              "-5"], says="--batch-delay-ms must be >= 0, got -5"),
         Case("replica: --amqp-url not AMQP", ["replica", "--amqp-url", "http://x/"],
@@ -136,8 +140,32 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
         Case("replica: --state-file in a missing directory", ["replica", *url,
              "--state-file", str(d / "no" / "s.json")], says="--state-file"),
         Case("replica: an unknown flag", ["replica", "--colour", "blue"], says="--colour"),
+        *[Case(f"replica: {flag} {value}", ["replica", *url, flag, value], says=flag)
+          for flag, value in (("--heartbeat-s", "nan"), ("--heartbeat-s", "inf"),
+                              ("--heartbeat-s", "1e-9"), ("--gap-timeout-s", "nan"),
+                              ("--rate", "nan"))],
+        # --auth signature: a replica whose messages every other one would refuse
+        Case("replica: --auth signature without --signing-key",
+             ["replica", *url, "--auth", "signature", "--keyring", str(ring)],
+             says="needs --signing-key"),
+        Case("replica: --auth signature with a key the keyring does not hold",
+             ["replica", *url, "--auth", "signature", "--keyring", str(ring),
+              "--signing-key", str(other_ring.parent / "web.key")], says="not the one"),
+        Case("replica: --auth signature, --replica-id of another principal",
+             ["replica", *url, "--auth", "signature", "--keyring", str(ring),
+              "--signing-key", str(ring.parent / "web.key"), "--replica-id", "logic.1"],
+             says="'logic.1' is not that principal's"),
+        Case("web: --auth signature with logic's key",
+             ["web", *url, "--auth", "signature", "--keyring", str(ring),
+              "--signing-key", str(ring.parent / "logic.key")],
+             says="this service's principal 'web'"),
         # services
         Case("web: --port out of range", ["web", *url, "--port", "99999"], says="--port"),
+        Case("web: --metrics-port the same as --port",
+             ["web", *url, "--port", "18977", "--metrics-port", "18977"],
+             says="--metrics-port 18977 is web's --port too"),
+        Case("web: --replica-id of another service", ["web", *url, "--replica-id", "logic"],
+             says="does not belong to this service's principal 'web'"),
         Case("web: --port not a number", ["web", *url, "--port", "http"], says="--port"),
         Case("web: a bad CRDT_OPS_HTTP_PORT", ["web", *url],
              env={"CRDT_OPS_HTTP_PORT": "eighty"}, says="CRDT_OPS_HTTP_PORT"),
@@ -159,6 +187,15 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
              says="CRDT_OPS_QUOTA"),
         Case("logic: --margin-s negative", ["logic", *url, "--margin-s", "-2"],
              says="--margin-s"),
+        Case("logic: --margin-s nan (no node would ever count as gone)",
+             ["logic", *url, "--margin-s", "nan"], says="--margin-s / CRDT_OPS_MARGIN_S must "
+             "be a finite number"),
+        Case("worker: --lease-s inf", ["worker", *url, "--node", "n1", "--lease-s", "inf"],
+             says="--lease-s"),
+        Case("worker: --node with a dot", ["worker", *url, "--node", "a.b", "--runtime",
+             "process"], says="--node / CRDT_OPS_NODE: a node name must be"),
+        Case("worker: --node too long", ["worker", *url, "--node", "n" * 300, "--runtime",
+             "process"], says="--node / CRDT_OPS_NODE: a node name must be 1 to 64"),
         Case("worker: --capacity negative", ["worker", *url, "--capacity", "-1"],
              says="--capacity"),
         Case("worker: a bad CRDT_OPS_CAPACITY", ["worker", *url],
@@ -208,6 +245,17 @@ def cases(d: Path, port_in_use: int, fake_site: Path) -> list[Case]:
         Case("worker: an unknown flag and a stray word", ["worker", "--nodes", "n1", "x"],
              says="(see crdt-ops worker --help)"),
     ]
+
+
+def make_keys(out: Path, *principals: str) -> Path:
+    """Keys for ``principals`` in ``out`` (as ``crdt-ops keygen`` writes them); returns the
+    keyring's path."""
+    from crdt_ops.transport.signing import keygen
+
+    ring = out / "keyring.json"
+    for p in principals:
+        _, ring = keygen(p, out)
+    return ring
 
 
 def run(case: Case, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -307,6 +355,15 @@ def test_a_misspelt_variable_is_named_with_the_one_meant(tmp_path: Path) -> None
                                            "CRDT_OPS_QUOTA?)"), done.stderr
 
 
+def test_a_variable_spelt_after_a_flag_names_the_flags_variable(tmp_path: Path) -> None:
+    """``--port`` reads ``CRDT_OPS_HTTP_PORT``: a ``CRDT_OPS_PORT`` (the name the flag would
+    give) is pointed there, not at the nearest spelling (``CRDT_OPS_HOST``)."""
+    done = run(Case("story", ["story"], code=0,
+                    env={"CRDT_OPS_PORT": "9090", "CRDT_OPS_LOG": "warning"}), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[0].endswith("(did you mean CRDT_OPS_HTTP_PORT?)"), \
+        done.stderr
+
 
 def test_a_snapshot_of_a_store_in_use_says_to_stop_its_replica(tmp_path: Path) -> None:
     from crdt_ops.transport.store import Store
@@ -322,3 +379,15 @@ def test_a_snapshot_of_a_store_in_use_says_to_stop_its_replica(tmp_path: Path) -
     assert done.stderr.strip().endswith("a replica runs on it: stop it first (a snapshot is "
                                         "taken of a stopped replica's store)"), done.stderr
     assert not (tmp_path / "o.bin").exists()
+
+
+def test_keygen_makes_its_out_directory(tmp_path: Path) -> None:
+    """``crdt-ops keygen web --out keys/web`` on a fresh machine: the directory is made (it
+    was refused as 'no such directory', though --help says it is made)."""
+    out = tmp_path / "keys" / "web"
+    done = run(Case("keygen", ["keygen", "web", "--out", str(out)], code=0), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (out / "web.key").is_file() and (out / "keyring.json").is_file()
+    again = run(Case("keygen", ["keygen", "web", "--out", str(out), "--force"], code=0),
+                tmp_path)
+    assert again.returncode == 0, again.stderr  # --force replaces it
