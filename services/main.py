@@ -277,6 +277,11 @@ def port_free(host: str, port: int, flag: str = "--port", host_flag: str = "--ho
                              f"({e.strerror})") from None
 
 
+#: The services of which one process at a time runs (per principal: one logic, one worker
+#: per node), whatever their replica ids and stores; a second one waits as a standby
+#: (crdt_ops/transport/amqp/holder.py). Two would each act on a container: place it on
+#: two nodes, or start it twice on one.
+SOLE_ROLES = ("logic", "worker")
 #: The hosts that mean "every address of this machine" to a server's bind.
 ANY_HOST = frozenset({"0.0.0.0", "", "::"})
 
@@ -318,7 +323,8 @@ async def run_service(role: str, service: Service) -> str:
     collector.freeze_survivors()
     node = AmqpGroups(settings, model.routing(settings.group), groups, name=who,
                       policies=dict.fromkeys(groups, model.POLICY),
-                      subgroups=model.subgroups(settings.group, groups))
+                      subgroups=model.subgroups(settings.group, groups),
+                      sole=who if role in SOLE_ROLES else None)
     # web answers on its port from now on: 503 and why, until it has joined (services/web.py)
     starting = None
     if service.web is not None:

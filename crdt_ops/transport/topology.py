@@ -103,6 +103,11 @@ class Topology:
     def queue(self, replica_id: str) -> str:
         return f"crdt.{self.group}.{replica_id}"
 
+    def holder(self, replica_id: str) -> str:
+        """The holder queue of ``replica_id`` (or of a principal, for
+        :class:`~crdt_ops.transport.amqp.holder.Holder`'s ``sole``): ``crdt.G.<id>.held``."""
+        return f"{self.queue(replica_id)}.held"
+
     @property
     def stream(self) -> str:
         return f"crdt.{self.group}.log"

@@ -5,6 +5,7 @@ receives and stores that group only, and a restart restores every group from its
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -30,10 +31,10 @@ class Platform:
     def group(self, name: str) -> str:
         return f"{self.base}.{name}"
 
-    def process(self, rid: str, *groups: str) -> AmqpGroups:
+    def process(self, rid: str, *groups: str, sole: str | None = None) -> AmqpGroups:
         s = Settings(amqp_url=self.url, group=self.group("platform"), replica_id=rid,
                      heartbeat_s=0.5, store=str(self.workdir / f"{rid}.sqlite"))
-        return AmqpGroups(s, self.routing, [self.group(g) for g in groups])
+        return AmqpGroups(s, self.routing, [self.group(g) for g in groups], sole=sole)
 
 
 @pytest.fixture
@@ -41,7 +42,40 @@ def platform(amqp_url: str, tmp_path: Path) -> Iterator[Platform]:
     p = Platform(amqp_url, tmp_path)
     yield p
     for g in ("platform", "cell.a", "cell.b"):
-        delete_group(amqp_url, p.group(g), ["front", "worker-a", "worker-b"])
+        delete_group(amqp_url, p.group(g), ["front", "worker-a", "worker-b", "logic.a",
+                                            "logic.b"])
+
+
+@pytest.mark.asyncio
+async def test_of_two_processes_of_a_sole_principal_the_second_waits_until_the_first_stops(
+        platform: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    """Two logics, whatever their replica ids and stores, would each place a container
+    on a node of their own choice: one at a time runs (``sole``), the other waits as a
+    standby in start(), reading and writing nothing, and takes over once it stops. Each
+    holds two groups, started concurrently over one connection: the one name they hold
+    in common leaves no way for each to hold half."""
+    caplog.set_level(logging.WARNING, logger="crdt_ops.transport.amqp.holder")
+    front = platform.process("front", "platform", "cell.a")  # a member to admit them
+    first = platform.process("logic.a", "platform", "cell.a", sole="logic")
+    second = platform.process("logic.b", "platform", "cell.a", sole="logic")
+    await front.start()
+    await first.start()
+    starting = asyncio.ensure_future(second.start())
+    try:
+        async with first.write() as g:
+            g.map("cells/a/containers/c1").register("assigned_node").set("n1")
+        await asyncio.sleep(2.0)
+        assert not starting.done()  # a standby: not joined, nothing read or written
+        assert second.groups.get("cells/a/containers/c1") is None
+        assert any("waits as a standby" in r.getMessage() for r in caplog.records)
+        await first.stop()
+        await asyncio.wait_for(starting, 20)  # the first is gone: the second takes over
+        await until(lambda: second.groups.get("cells/a/containers/c1") is not None, 10,
+                    "the second to read what the first wrote")
+    finally:
+        starting.cancel()
+        await asyncio.gather(first.stop(), second.stop(), front.stop(),
+                             return_exceptions=True)
 
 
 @pytest.mark.asyncio

@@ -169,7 +169,7 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
             found.queues.append(q)
         if consumers:  # (not the streams': their consumer counts outlive their channels)
             found.consumers[r] = consumers
-        if await _exists(conn, f"{q}.held", False) is not None:  # held while its replica runs
+        if await _exists(conn, names.holder(r), False) is not None:  # held while it runs
             found.held.append(r)
     found.queues += [q for q in shared if present[q] is not None]
     return found

@@ -36,6 +36,7 @@ from crdt_ops.transport.config import Settings
 from crdt_ops.transport.durable import default_store_path
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.loop_lag import LoopLag
+from crdt_ops.transport.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,12 @@ class AmqpGroups(NodeGroups[AmqpNode]):
     the first group's store remembers, else a new one), over one connection.
     ``policies``: a write policy per group (default: open); ``subgroups``: a sub-group rule
     per group (:mod:`crdt_ops.subgroups`; default: none); ``name`` and ``wall_clock`` as
-    for :class:`AmqpNode`. ``settings.bootstrap`` (a peer's snapshot) starts the
+    for :class:`AmqpNode`. ``sole``: a principal (``logic``, ``worker.<node>``) of which
+    one process at a time may run, whatever the replica ids: every node of this process
+    holds that principal's holder queue in the first of ``groups`` (``crdt.G.<sole>.held``,
+    :class:`~crdt_ops.transport.amqp.holder.Holder`) over the one connection, and the nodes
+    of a second such process wait in :meth:`start` until it is free.
+    ``settings.bootstrap`` (a peer's snapshot) starts the
     routing's default group only, when its store is new; the other groups start from
     their streams.
 
@@ -77,11 +83,15 @@ class AmqpGroups(NodeGroups[AmqpNode]):
     def __init__(self, settings: Settings, routing: Routing, groups: Iterable[str], *,
                  name: str = "replica", wall_clock: Callable[[], int] = time.time_ns,
                  policies: Mapping[str, WritePolicy] | None = None,
-                 subgroups: Mapping[str, SubGroups] | None = None) -> None:
+                 subgroups: Mapping[str, SubGroups] | None = None,
+                 sole: str | None = None) -> None:
         names = list(groups)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"give each group once, at least one; got {names}")
         self.settings = settings
+        # one name for every node: taken over the one connection, by whichever starts first
+        held = (None if sole is None
+                else Topology.of(dataclasses.replace(settings, group=names[0])).holder(sole))
         nodes: dict[str, AmqpNode] = {}
         lag: LoopLag | None = None  # one probe of the one event loop, for every group
         for group in names:
@@ -94,7 +104,8 @@ class AmqpGroups(NodeGroups[AmqpNode]):
             try:
                 nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
                                         policy=(policies or {}).get(group, OPEN), loop_lag=lag,
-                                        subgroups=(subgroups or {}).get(group, NONE))
+                                        subgroups=(subgroups or {}).get(group, NONE),
+                                        sole=held)
                 lag = nodes[group].loop_lag
             except BaseException:
                 for node in nodes.values():

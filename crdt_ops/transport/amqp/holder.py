@@ -51,38 +51,52 @@ class Holder:
     """Replica ``replica_id``'s holder queue in ``topology``'s group, taken through a
     connection: :meth:`hold` at start, :meth:`take` after a reconnection. While another
     connection holds it, it says so at most every :data:`SAY_EVERY_S`, with how long
-    since the first refusal."""
+    since the first refusal.
 
-    def __init__(self, topology: Topology, replica_id: str) -> None:
+    ``sole``: the name of one more queue to hold the same way, shared by every process
+    that must not run beside another: the services' logic and each node's worker hold
+    their principal's (``crdt.G.logic.held``, ``crdt.G.worker.<node>.held``: see
+    :class:`~crdt_ops.transport.amqp.groups.AmqpGroups`), so that of two such processes,
+    whatever their replica ids and stores, the second waits as a standby, reading and
+    sending nothing, until the first stops. Two logics would each place a container on a
+    node of its own choice, and two workers of one node would each start it: a container
+    would run twice."""
+
+    def __init__(self, topology: Topology, replica_id: str, sole: str | None = None) -> None:
         self.replica_id, self.group = replica_id, topology.group
         #: The queue's name: ``crdt.G.<replica id>.held``.
-        self.queue = f"{topology.queue(replica_id)}.held"
+        self.queue = topology.holder(replica_id)
+        self.sole = sole if sole != self.queue else None
         self._refused_since: float | None = None  # first refusal since it last held it
         self._said: float | None = None
 
     async def take(self, conn: AbstractConnection) -> bool:
-        """Declare the holder queue on ``conn``, through a channel of its own (closed
-        after: the queue lives as long as the connection). Returns False, changing
-        nothing, if another connection holds it (said, at most every
-        :data:`SAY_EVERY_S`); True once held, or if the broker user may not declare it
-        (logged as an error); raises what the broker or the connection raise
-        otherwise."""
-        channel = await conn.channel()
-        try:
-            await channel.declare_queue(self.queue, exclusive=True, durable=False,
-                                        auto_delete=False)
-        except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
-            self._refused()
-            return False
-        except aiormq.exceptions.ChannelAccessRefused:
-            # a broker user provisioned without it (crdt_ops/transport/provision.py allows
-            # it): the replica runs, unguarded against a second process
-            log.error("replica %s may not declare %s (its broker user's configure "
-                      "permission does not cover it): a second process run as this replica "
-                      "would go unnoticed", self.replica_id, self.queue)
-            return True
+        """Declare the holder queue, then ``sole`` if given, on ``conn``, each through a
+        channel of its own (closed after: a queue lives as long as the connection).
+        Returns False if another connection holds one of them (said, at most every
+        :data:`SAY_EVERY_S`; what was declared before it stays held); True once both are
+        held, or those the broker user may not declare were left (logged as an error);
+        raises what the broker or the connection raise otherwise."""
+        for queue in (self.queue, self.sole):
+            if queue is None:
+                continue
+            channel = await conn.channel()
+            try:
+                await channel.declare_queue(queue, exclusive=True, durable=False,
+                                            auto_delete=False)
+            except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
+                self._refused(queue)
+                return False
+            except aiormq.exceptions.ChannelAccessRefused:
+                # a broker user provisioned without it (crdt_ops/transport/provision.py
+                # allows it): the replica runs, unguarded against a second process
+                log.error("replica %s may not declare %s (its broker user's configure "
+                          "permission does not cover it): a second process run as %s would "
+                          "go unnoticed", self.replica_id, queue,
+                          "this replica" if queue == self.queue else "its principal")
+                continue
+            await channel.close()
         self._refused_since = None
-        await channel.close()
         return True
 
     async def hold(self, conn: AbstractConnection) -> None:
@@ -93,13 +107,20 @@ class Holder:
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_S[1])
 
-    def _refused(self) -> None:
+    def _refused(self, queue: str) -> None:
         now = time.monotonic()
         if self._refused_since is None:
             self._refused_since = now
         if self._said is not None and now - self._said < SAY_EVERY_S:
             return
         self._said = now
+        if queue != self.queue:
+            log.warning("replica %s waits as a standby: another process of its principal "
+                        "runs (its connection holds %s, %.0fs so far), and only one may run "
+                        "at a time; this one takes over once that one stops, or once the "
+                        "broker drops its connection (after its heartbeat timeout)",
+                        self.replica_id, queue, now - self._refused_since)
+            return
         log.warning("replica %s of group %s runs in another process, or ran in one that "
                     "died and whose connection the broker has not dropped yet (it does "
                     "after its heartbeat timeout): another connection holds %s (%.0fs so "

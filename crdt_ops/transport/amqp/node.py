@@ -132,13 +132,17 @@ class AmqpNode:
     replica): its replicas publish through the group's topic exchange, and a replica that
     holds one sub-group reads a queue the broker routes that sub-group's messages and the
     common part's to only (:mod:`crdt_ops.transport.topology`; with ``consume="stream"``
-    it reads the whole stream and skips the rest).
+    it reads the whole stream and skips the rest). ``sole``: a queue name to hold
+    exclusively beside the replica's own holder queue, the one process at a time that
+    runs a role (:class:`~crdt_ops.transport.amqp.holder.Holder`); a second process waits
+    in :meth:`start` until the first stops.
     """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
                  wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN,
                  durable: DurableReplica | None = None,
-                 loop_lag: LoopLag | None = None, subgroups: SubGroups = NONE) -> None:
+                 loop_lag: LoopLag | None = None, subgroups: SubGroups = NONE,
+                 sole: str | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.topology = Topology.of(settings, routed=bool(subgroups))
@@ -161,7 +165,7 @@ class AmqpNode:
         self._stopped = False
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
-        self._holder = Holder(self.topology, self.replica_id)
+        self._holder = Holder(self.topology, self.replica_id, sole)
         self._buffer_since: float | None = None
         self._gaps = GapWatch(settings.gap_timeout_s, last_reread=time.monotonic())
         self._signer = signer_of(settings)
