@@ -151,6 +151,8 @@ class Logic:
         self.index = ContainerIndex()
         #: keys of placements that may be orphans, checked at the next decision
         self.orphans: set[str] = set()
+        #: container ids whose record is what a delete left (model.deleted), to remove
+        self.leftovers: set[str] = set()
         #: the node records of the cells held, by name, kept from change events (read in
         #: one go when run() starts)
         self.nodes: dict[str, model.Node] = {}
@@ -221,7 +223,7 @@ class Logic:
         then the placement is written (unless the container was deleted meanwhile).
         Orphaned placements are removed."""
         r = self.node.groups
-        writes = self._remove_orphans()
+        writes = self._remove_orphans() + self._remove_leftovers()
         live, fresh = self.live_nodes()
         placing = []
         for d in decisions(self.index, live, fresh, self.quota, self.cells):
@@ -240,22 +242,44 @@ class Logic:
         if any(c.home != _home(n) for c, n in placing):
             await self.node.flush()  # the homes named are durable before their placements
         for c, n in placing:
-            if self._names(_home(n), c.id):  # not deleted meanwhile
-                self._place(c, n)
-                writes += 1
+            now = self.index.records.get(c.id)  # as it is after the flush's wait
+            if now is None or now.power_desired != "on" or not self._names(_home(n), c.id):
+                continue  # deleted or stopped meanwhile: its next decision is made anew
+            self._place(now, n, c.home)
+            writes += 1
         return writes
 
-    def _place(self, c: model.Container, n: model.Node) -> None:
+    def _remove_leftovers(self) -> int:
+        """Remove what deletes left of container records (:func:`model.deleted`: logic's
+        own fields, written concurrently with the delete; only web may remove a record,
+        logic removes its fields); return how many fields went."""
+        removed = 0
+        for cid in sorted(self.leftovers):
+            left = self.node.groups.get(model.CONTAINERS + cid)
+            if not model.deleted(left):
+                continue
+            log.info("removing what the delete of %s left of its record: %s", cid,
+                     ", ".join(sorted(left)))
+            rec = model.container(self.node.groups, cid)
+            for field in sorted(left):
+                rec.remove(field)
+                removed += 1
+        self.leftovers.clear()
+        return removed
+
+    def _place(self, c: model.Container, n: model.Node, was: model.Home | None) -> None:
+        """Write ``c``'s placement on node ``n``; ``was``: its home before this decision
+        (a move's: its placement there is removed)."""
         r, home = self.node.groups, _home(n)
-        if c.home is not None and c.home != home:
+        if was is not None and was != home:
             log.info("moving %s from %s in cell %s (its epoch is gone) to %s in cell %s", c.id,
-                     c.home[1], c.home[0], n.name, n.cell)
-            r.remove(model.placement_key(c.home, c.id))  # its epoch is gone: nobody runs it
+                     was[1], was[0], n.name, n.cell)
+            r.remove(model.placement_key(was, c.id))  # its epoch is gone: nobody runs it
         else:
             log.info("placing %s on %s in cell %s (epoch %s)", c.id, n.name, n.cell, n.epoch)
         rec = model.placement(r, home, c.id)
         self._copy(rec, c)
-        if c.assigned_node != n.name or c.home != home:
+        if c.assigned_node != n.name or was != home:
             rec.register("assigned_node").set(n.name)
         rec.register("assigned_epoch").set(n.epoch)
 
@@ -296,6 +320,9 @@ class Logic:
         its writes made; what a restore of logic's store undoes is decided again within
         the loop's second)."""
         self.index.changed(event)
+        if model.deleted(event.new):
+            self.leftovers.add(model.container_id(event.key))
+            self._wake.set()
         old, new = model.record_home(event.old), model.record_home(event.new)
         if old is not None and old != new:  # its placement there may be left over
             self.orphans.add(model.placement_key(old, model.container_id(event.key)))

@@ -396,11 +396,20 @@ _UNREAD = object()
 
 def record_home(rec: Any) -> Home | None:
     """The home (cell, node) a container record's plain value names (None: none, or not a
-    record)."""
-    if not isinstance(rec, dict):
+    record, or a deleted one: :func:`deleted`)."""
+    if not isinstance(rec, dict) or deleted(rec):
         return None
     cell, node_name = rec.get("cell"), rec.get("node")
     return (cell, node_name) if isinstance(cell, str) and isinstance(node_name, str) else None
+
+
+def deleted(rec: Any) -> bool:
+    """Whether a container record's plain value is what a delete left of it: fields written
+    concurrently with the delete by logic (its ``cell``, ``node``, ``rejected_reason``),
+    which an observed-remove keeps, without the ``name`` every record is created with
+    (web writes it in the create's one block). Such a record is deleted: it has no home,
+    and logic removes what is left of it (an empty map stays: nothing lists it)."""
+    return isinstance(rec, dict) and bool(rec) and not isinstance(rec.get("name"), str)
 
 
 def placed_in(records: Records, home: Home | None, cid: str) -> Any:

@@ -148,15 +148,21 @@ class MemoryNetwork:
 
 class MemoryBus:
     """Asyncio delivery between :class:`MemoryNode` objects of one process: each
-    message reaches every node (its sender included) on a later loop iteration."""
+    message reaches every node (its sender included) on a later loop iteration, or
+    ``delay_s`` seconds later (a network's hop: for tests of what happens meanwhile; the
+    causal buffer puts what arrives out of order back in order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.nodes: list[MemoryNode] = []
+        self.delay_s = delay_s
 
     def broadcast(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         for node in self.nodes:
-            loop.call_soon(node._deliver, data)
+            if self.delay_s:
+                loop.call_later(self.delay_s, node._deliver, data)
+            else:
+                loop.call_soon(node._deliver, data)
 
 
 class MemoryNode:
