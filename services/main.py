@@ -278,9 +278,10 @@ def port_free(host: str, port: int, flag: str = "--port", host_flag: str = "--ho
 
 
 #: The services of which one process at a time runs (per principal: one logic, one worker
-#: per node), whatever their replica ids and stores; a second one waits as a standby
-#: (crdt_ops/transport/amqp/holder.py). Two would each act on a container: place it on
-#: two nodes, or start it twice on one.
+#: per node name, whatever its cell), whatever their replica ids and stores; a second one
+#: waits as a standby (crdt_ops/transport/amqp/holder.py). Two would each act on a
+#: container: place it on two nodes, or start it twice on one; and logic keys nodes by
+#: name, so two nodes of one name in two cells took each other's containers.
 SOLE_ROLES = ("logic", "worker")
 #: The hosts that mean "every address of this machine" to a server's bind.
 ANY_HOST = frozenset({"0.0.0.0", "", "::"})

@@ -43,7 +43,7 @@ def platform(amqp_url: str, tmp_path: Path) -> Iterator[Platform]:
     yield p
     for g in ("platform", "cell.a", "cell.b"):
         delete_group(amqp_url, p.group(g), ["front", "worker-a", "worker-b", "logic.a",
-                                            "logic.b"])
+                                            "logic.b", "worker.w1.a", "worker.w1.b"])
 
 
 @pytest.mark.asyncio
@@ -315,3 +315,21 @@ def test_a_peers_snapshot_starts_the_default_group_only(platform: Platform,
     finally:
         for node in front.nodes.values():
             node.store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_sole_principal_is_one_process_across_groups(platform: Platform) -> None:
+    """Logic knows nodes by name: two workers of node ``w1`` in two cells took each other's
+    containers. Each holds its own cell's group only, and the principal's holder queue is
+    in the routing's default group all the same: the second waits."""
+    first = platform.process("worker.w1.a", "cell.a", sole="worker.w1")
+    second = platform.process("worker.w1.b", "cell.b", sole="worker.w1")
+    await first.start()
+    starting = asyncio.ensure_future(second.start())
+    try:
+        await asyncio.sleep(2.0)
+        assert not starting.done()
+    finally:
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await asyncio.gather(first.stop(), second.stop(), return_exceptions=True)

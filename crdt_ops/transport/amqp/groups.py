@@ -66,8 +66,9 @@ class AmqpGroups(NodeGroups[AmqpNode]):
     ``policies``: a write policy per group (default: open); ``subgroups``: a sub-group rule
     per group (:mod:`crdt_ops.subgroups`; default: none); ``name`` and ``wall_clock`` as
     for :class:`AmqpNode`. ``sole``: a principal (``logic``, ``worker.<node>``) of which
-    one process at a time may run, whatever the replica ids: every node of this process
-    holds that principal's holder queue in the first of ``groups`` (``crdt.G.<sole>.held``,
+    one process at a time may run, whatever the replica ids and cells: every node of this
+    process holds that principal's holder queue in the routing's default group
+    (``crdt.G.<sole>.held``,
     :class:`~crdt_ops.transport.amqp.holder.Holder`) over the one connection, and the nodes
     of a second such process wait in :meth:`start` until it is free.
     ``settings.bootstrap`` (a peer's snapshot) starts the
@@ -89,9 +90,10 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"give each group once, at least one; got {names}")
         self.settings = settings
-        # one name for every node: taken over the one connection, by whichever starts first
-        held = (None if sole is None
-                else Topology.of(dataclasses.replace(settings, group=names[0])).holder(sole))
+        # one name for every node, in the routing's default group (held or not: a worker
+        # of node n in any cell takes the same one): taken over the one connection
+        held = (None if sole is None else
+                Topology.of(dataclasses.replace(settings, group=routing.default)).holder(sole))
         nodes: dict[str, AmqpNode] = {}
         lag: LoopLag | None = None  # one probe of the one event loop, for every group
         for group in names:

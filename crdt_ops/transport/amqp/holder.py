@@ -116,9 +116,10 @@ class Holder:
         self._said = now
         if queue != self.queue:
             log.warning("replica %s waits as a standby: another process of its principal "
-                        "runs (its connection holds %s, %.0fs so far), and only one may run "
-                        "at a time; this one takes over once that one stops, or once the "
-                        "broker drops its connection (after its heartbeat timeout)",
+                        "runs (its connection holds %s, %.0fs so far: a second logic, or a "
+                        "worker of a node of the same name, maybe in another cell), and only "
+                        "one may run at a time; this one takes over once that one stops, or "
+                        "once the broker drops its connection (after its heartbeat timeout)",
                         self.replica_id, queue, now - self._refused_since)
             return
         log.warning("replica %s of group %s runs in another process, or ran in one that "
