@@ -144,8 +144,11 @@ class Replica(Fields):
         #: Batches that became deliverable after waiting and were found invalid:
         #: (origin, first_seq, reason). They were not applied.
         self.rejected: deque[tuple[str, int, str]] = deque(maxlen=1000)
-        #: Counters for observability: ops applied (local and remote), duplicates dropped.
-        self.stats = {"applied": 0, "local": 0, "duplicates": 0, "rejected": 0, "skipped": 0}
+        #: Counters for observability: ops applied (local and remote), duplicates dropped;
+        #: ``left_out``: operations a restored snapshot held waiting that this replica's caps
+        #: refused (:meth:`from_snapshot`).
+        self.stats = {"applied": 0, "local": 0, "duplicates": 0, "rejected": 0, "skipped": 0,
+                      "left_out": 0}
         #: Called with (channel, first seq, last seq) after each run of operations is
         #: applied here, local or remote (e.g. for an external ledger of deliveries); the
         #: channel is the origin's id in a group without sub-groups.
@@ -903,7 +906,10 @@ class Replica(Fields):
 
         With another ``replica_id``, a new replica bootstraps from a peer's
         snapshot: it takes the state and clock, not the peer's unsent operations
-        (the peer still owns and sends them)."""
+        (the peer still owns and sends them). Operations the snapshot held waiting for
+        earlier ones that ``options``' caps refuse are left out, counted in
+        ``stats["left_out"]`` (refusing to restore would refuse every start until the
+        setting went back)."""
         snap = codec.decode_snapshot(data)
         if replica_id is not None and replica_id != snap.replica_id:
             snap = dataclasses.replace(snap, replica_id=replica_id, unsent=[], sealed=[])
@@ -928,7 +934,12 @@ class Replica(Fields):
         replica._stability.reported.update(snap.reported)
         replica._deps_of = {r: dict(c) for r, c in snap.deps_of.items()}
         for batch in snap.waiting:
-            replica._buffer.hold(batch)
+            try:
+                replica._buffer.hold(batch)
+            except BufferFull:  # caps lower than when it was taken (max_waiting_per_origin):
+                # left out, as a delivery over the caps is; nothing of it was delivered, and
+                # the transport's gap watch reads it again
+                replica.stats["left_out"] += len(batch.ops)
         replica._drain()
         replica._out = [codec.encode_batch(b) for b in snap.sealed]
         replica._sealed_ops = sum(len(b.ops) for b in snap.sealed)

@@ -694,6 +694,10 @@ def restore(store: Store, replica_id: str, options: dict[str, Any],
         return replica
     replica = (Replica.from_snapshot(snapshot, **options) if snapshot
                else Replica(replica_id, **options))
+    if replica.stats["left_out"]:
+        log.warning("replica %s: its snapshot held %d operations waiting for earlier ones "
+                    "that its causal buffer's caps now refuse; they are read again from the "
+                    "group's stream", replica_id, replica.stats["left_out"])
     replay(replica, logged)
     if logged or snapshot:
         log.info("replica %s restored: snapshot %s, %d logged messages replayed, clock %s",

@@ -48,6 +48,33 @@ def test_a_log_holding_more_waiting_than_a_lower_cap_allows_still_opens(
         asyncio.run(again.close())
 
 
+def test_a_snapshot_holding_more_waiting_than_a_lower_cap_allows_still_opens(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """As above, with the waiting operations in the store's snapshot, not its log:
+    ``Replica.from_snapshot`` raised BufferFull, and the replica never started again."""
+    x = Replica("x")
+    sent = []
+    for _ in range(51):
+        x.counter("c").increment()
+        sent += x.outgoing()
+    durable = DurableReplica.open(_settings(tmp_path))
+    for m in sent[1:]:
+        assert durable.replica.receive(m)
+        durable.log_delivered(durable.hold([m]))
+    durable.snapshot()  # the 50 waiting ones in the snapshot, the log dropped
+    asyncio.run(durable.close())
+    with caplog.at_level(logging.WARNING):
+        again = DurableReplica.open(_settings(tmp_path, max_waiting_per_origin=20))
+    try:
+        assert again.replica.buffered == 20 and again.replica.stats["left_out"] == 30
+        assert "its snapshot held 30 operations waiting" in caplog.text
+        for m in sent:  # x 1, and the rest read again from the stream
+            again.replica.receive(m)
+        assert again.replica.clock == {"x": 51} and again.replica.buffered == 0
+    finally:
+        asyncio.run(again.close())
+
+
 def test_a_write_sealed_by_a_delivery_is_in_the_outbox_when_its_block_returns(
         tmp_path: Path) -> None:
     """A delivery that writes a key a ``write()`` block wrote seals the block's operations
