@@ -24,8 +24,15 @@ DAIS 2014, assume a known set of replicas). The rule kept here:
   sequence number) on each of its channels (:mod:`crdt_ops.subgroups`; without
   sub-groups, its one channel is its id). The retiring replica keeps counting until
   those operations and all before them are delivered here (on the channels held
-  here); then it is out for good: it is never admitted again and must never write
-  again.
+  here), and every other member has told that it knows of the retirement (its
+  heartbeats relay the retirements it knows, each with the most it delivered of the
+  retiree); then it is out for good: it is never admitted again and must never write
+  again. A member that delivered more of the retiree than the retirement named (an
+  operator names the last operation the group's stream holds, and the stream may have
+  lost one that queues delivered) raises the last it names, by its reports and relays,
+  before the others count the retiree out: else one replica would count it out and
+  compact what another then resolved against its late operation, and they would
+  diverge.
 
 A replica built without ``members`` (the default) is *open*: anyone writes, no
 membership is agreed, and nothing is ever stable, so nothing is compacted.
@@ -33,7 +40,7 @@ membership is agreed, and nothing is ever stable, so nothing is compacted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from crdt_ops.clock import Clock, Dot
 from crdt_ops.subgroups import channels_of, split
@@ -84,10 +91,11 @@ class Membership:
         return by is not None and any(seen.get(a, 0) >= s for a, s in by.items())
 
     def admit(self, replica: str, by: Dot) -> bool:
-        """Record the admission ``by`` (a dot) of ``replica``; True if it is a new member."""
-        if replica in self.retired:
-            return False
-        new = not self.is_member(replica)
+        """Record the admission ``by`` (a dot) of ``replica``; True if it is a new member.
+        The admission of a retired replica is recorded too (it is no member again): its
+        operations before its retirement are valid by it, here as where the admission
+        was delivered before the retirement."""
+        new = not self.is_member(replica) and replica not in self.retired
         seqs = self.admissions.setdefault(replica, {})
         if by[1] < seqs.get(by[0], by[1] + 1):
             seqs[by[0]] = by[1]
@@ -112,10 +120,19 @@ class Membership:
             if self.tells(c, last):
                 self.retiring[c] = last
 
-    def settle(self, delivered: Mapping[str, int]) -> list[str]:
+    def raise_last(self, channel: str, seq: int) -> None:
+        """A member delivered operation ``seq`` of ``channel``: if its replica is retiring
+        after an earlier one, it retires after this one (see the module docstring)."""
+        if self.retiring.get(channel, seq) < seq:
+            self.retiring[channel] = seq
+
+    def settle(self, delivered: Mapping[str, int],
+               told: Callable[[str], bool] = lambda channel: True) -> list[str]:
         """Retire for good every retiring replica whose operations up to its last on
-        each channel are in ``delivered`` (this replica's clock); returns them."""
-        done = [c for c, last in self.retiring.items() if delivered.get(c, 0) >= last]
+        each channel are in ``delivered`` (this replica's clock) and whose every channel
+        the others ``told`` of; returns them."""
+        done = [c for c, last in self.retiring.items()
+                if delivered.get(c, 0) >= last and told(c)]
         if not done:
             return []
         for c in done:

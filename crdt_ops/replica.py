@@ -375,9 +375,10 @@ class Replica(Fields):
     @property
     def is_member(self) -> bool:
         """Whether this replica may write: an open group, a founder, or admitted
-        and not retired (see :mod:`crdt_ops.membership`)."""
+        and neither retiring nor retired (see :mod:`crdt_ops.membership`)."""
         m = self.membership
-        return not m.managed or m.is_member(self.replica_id)
+        return not m.managed or (m.is_member(self.replica_id)
+                                 and self.replica_id not in m.retiring_replicas())
 
     def sole_holder(self) -> bool:
         """Whether this replica holds one sub-group and, as its membership knows it, no
@@ -470,7 +471,8 @@ class Replica(Fields):
         else:  # every channel of theirs held here
             known = {c: s for c, s in clock.items() if split(c)[0] in m.retired}
             known.update((r, clock.get(r, 0)) for r in m.retired)
-        known.update(m.retiring)
+        # a retiring one's last as named, or the most delivered here if more
+        known.update((c, max(s, clock.get(c, 0))) for c, s in m.retiring.items())
         return known
 
     def _own_lasts(self, clock: Mapping[str, int], replica_id: str | None = None) -> Clock:
@@ -624,15 +626,18 @@ class Replica(Fields):
             self._stability.observe(hb.origin, hb.clock)
             if hb.origin == self.replica_id:
                 merge_into(self._claimed, hb.clock)
-            if (not m.managed or m.is_member(hb.origin)) and self._relays(hb.origin):
+            if (not m.managed or m.is_member(hb.origin)) and self._stability.relays(hb.origin):
                 # a retirement relayed by a member: ours may have missed the original
-                # (it is no operation, so no clock shows the gap)
+                # (it is no operation, so no clock shows the gap); and the member knows
+                # of it, with the most it delivered of the retiree
+                self._stability.told(hb.origin, hb.retirements)
                 for r, lasts in _by_replica(hb.retirements).items():
                     lasts = {c: s for c, s in lasts.items()
                              if m.tells(c, s) and self._stability.held(c)}
                     if lasts:
                         self._stability.retire(r, lasts)
                         told = True
+                self._stability.settle()
             if hb.wants:
                 self._heard_wants(hb.origin, hb.wants)
             if (hb.join and m.managed and not m.is_member(hb.origin)
@@ -641,14 +646,6 @@ class Replica(Fields):
         if self._settler:  # a report may move the frontier: settle some of what it released
             self.compact(self.SETTLE_STEP)
         return told
-
-    def _relays(self, relayer: str) -> bool:
-        """Whether ``relayer``'s relayed retirements name every channel held here: it
-        holds every sub-group this replica holds."""
-        if not self.subgroups:
-            return True
-        theirs = self.subgroups.held_by(relayer)
-        return theirs is None or theirs == self.held_subgroup
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:
@@ -803,7 +800,8 @@ class Replica(Fields):
         :class:`~crdt_ops.errors.InvalidValue` if it would not fit in a message
         (``max_message_bytes``); nothing is applied then."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
-            if self.replica_id in self.membership.retired:
+            m = self.membership
+            if self.replica_id in m.retired | m.retiring_replicas():
                 raise NotAMember(f"replica {self.replica_id!r} was retired from its group: it "
                                  "may write no more; start a new replica (a new store, a new "
                                  "id) in its place")

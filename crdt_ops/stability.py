@@ -20,7 +20,7 @@ concurrent with them. A replica tracks the channels of the sub-groups it holds o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from crdt_ops.clock import Clock, dominates, merge_into, pointwise_min
 from crdt_ops.membership import Membership
@@ -55,6 +55,9 @@ class Stability:
         self._channels: dict[str, set[str]] = {}
         self._candidate: tuple[Clock, Clock, int] | None = None
         self._frontier: Clock = {}
+        #: per retiring replica, the members that told they know of its retirement
+        #: (:meth:`told`)
+        self._told: dict[str, set[str]] = {}
 
     def held(self, channel: str) -> bool:
         """Whether this replica holds ``channel``'s sub-group."""
@@ -77,6 +80,10 @@ class Stability:
         self._report(channel, own)
         if replica == self.me or not self.membership.is_member(replica):
             return
+        retiring = self.membership.retiring
+        if retiring:
+            for c in retiring.keys() & clock.keys():  # it delivered more of the retiree
+                self.membership.raise_last(c, clock[c])
         known = self.known.setdefault(replica, {})
         merge_into(known, clock)
         if own > known.get(channel, 0):
@@ -112,11 +119,39 @@ class Stability:
         if seq > self.reported.get(replica, 0):
             self.reported[replica] = seq
 
+    def told(self, member: str, channels: Iterable[str]) -> None:
+        """``member`` relayed retirements naming ``channels``: it knows of their replicas'
+        retirements (and its relays named the most it delivered of each channel)."""
+        retired = self.membership.retired
+        for c in channels:
+            if (r := split(c)[0]) not in retired:
+                self._told.setdefault(r, set()).add(member)
+
+    def _all_told(self, channel: str) -> bool:
+        """Whether every other member whose relays count here (:meth:`relays`) told of the
+        retirement of ``channel``'s replica."""
+        m = self.membership
+        out = m.retiring_replicas()
+        told = self._told.get(split(channel)[0], set())
+        return all(r in told for r in m.members()
+                   if r != self.me and r not in out and self.relays(r))
+
+    def relays(self, member: str) -> bool:
+        """Whether ``member``'s relayed retirements count here: it holds every sub-group
+        this replica holds (so they name every channel held here)."""
+        if not self.subgroups:
+            return True
+        theirs = self.subgroups.held_by(member)
+        return theirs is None or theirs == self._mine
+
     def settle(self) -> None:
-        """Drop the retiring replicas whose last operations are all delivered here."""
+        """Drop the retiring replicas whose last operations are all delivered here and
+        whose retirement every other member told of."""
         if self.membership.retiring:
-            for r in self.membership.settle(self._own):
+            for r in self.membership.settle(self._own, self._all_told):
                 self.known.pop(r, None)
+            for r in self._told.keys() - self.membership.retiring_replicas():
+                del self._told[r]
 
     def stable(self) -> Clock:
         """What every operation any member issues from now on follows ({} in an open group)."""

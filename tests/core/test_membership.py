@@ -7,6 +7,7 @@ import os
 import pytest
 
 from crdt_ops import InvalidMessage, NotAMember, Replica
+from crdt_ops.membership import Membership
 from crdt_ops.ops import Heartbeat
 from crdt_ops.wire import codec
 from tests.support import exchange, send
@@ -228,7 +229,8 @@ def test_a_retirement_missed_is_learned_from_any_members_heartbeat() -> None:
     for r in (a, b):
         r.receive(op)
     a.receive(retirement)  # b missed it
-    assert "d" in a.membership.retired and "d" not in b.membership.retired
+    # a counts d out once every other member told it knows: b has not
+    assert "d" in a.membership.retiring_replicas() and not b.membership.retiring
     stranger = codec.encode_heartbeat(Heartbeat("z", {}, retirements={"a": 1}))
     assert b.receive(stranger) is False and not b.membership.retiring
     a.heartbeat()
@@ -243,7 +245,77 @@ def test_a_retirement_missed_is_learned_from_any_members_heartbeat() -> None:
     for r in (a, b):
         r.admit("e")  # as if admitted by each (the admission is not what is tested here)
     a.receive(gone)
-    assert "e" in a.membership.retired and "e" not in b.membership.retired
+    assert "e" in a.membership.retiring_replicas() and "e" not in b.membership.retired
     a.heartbeat()
     beat = a.outgoing()[-1]  # after a's admission of e
-    assert b.receive(beat) is True and "e" in b.membership.retired
+    assert b.receive(beat) is True and "e" in b.membership.retired  # a told of it too
+    b.heartbeat()
+    exchange(a, b)  # b told a of d and e: a counts both out
+    assert {"d", "e"} <= a.membership.retired
+
+
+def test_a_retirement_naming_too_low_a_last_waits_for_what_a_member_delivered() -> None:
+    """An operator's retirement names the last operation the group's stream holds, and the
+    stream may have lost one that queues delivered: x's last write reached b, not a (nor
+    the stream). a counted x out at once, compacted a's concurrent write, then applied
+    x's late write on the settled field: equal clocks, different states, for good. Now a
+    counts x out only once b told it knows of the retirement, and b names the most it
+    delivered of x: a waits for that too (its gap, read again or relayed)."""
+    members = ["a", "b", "x"]
+    a = Replica("a", members=members, wall_clock=at(200), compact_every=1)
+    b = Replica("b", members=members, wall_clock=at(100), compact_every=1)
+    x = Replica("x", members=members, wall_clock=at(100))
+    x.map("m").register("k").set("x")  # x 1, concurrent with a 1
+    (x1,) = x.outgoing()
+    a.map("m").register("k").set("a")
+    (a1,) = a.outgoing()
+    for m in (x1, a1):
+        b.receive(m)
+    x.receive(a1)
+    x.heartbeat()
+    for m in x.outgoing():  # x's last heartbeat, to b only; then x is gone
+        b.receive(m)
+    retirement = Replica.retirement("x", 0)  # the stream held no operation of x
+    for r in (a, b):
+        r.receive(retirement)
+    assert "x" in a.membership.retiring_replicas()  # b has not told a yet
+    for _ in range(3):
+        for r in (a, b):
+            r.heartbeat()
+        exchange(a, b)
+        for r in (a, b):
+            r.compact()
+    assert a.membership.retiring == {"x": 1} and a.missing() == {"x": (1, 1)}
+    assert a.receive(x1)  # late, from b (relayed) or from a's queue
+    for r in (a, b):
+        r.heartbeat()
+    exchange(a, b)
+    assert a.state() == b.state() == {"m": {"k": "a"}}
+    assert dict(a.clock) == dict(b.clock) and a.membership.retired == {"x"}
+
+
+def test_operations_of_a_replica_admitted_before_its_retirement_stay_valid() -> None:
+    """Where a retirement was delivered before the retiree's admission, the admission was
+    not recorded: the retiree's operations, applied at every member that had the
+    admission first, were refused here (not-a-member), and whatever followed them waited
+    for good."""
+    a, b = Replica("a", members=["a", "b"]), Replica("b", members=["a", "b"])
+    x = Replica("x", members=["a", "b"])
+    x.join()
+    send(x, b)  # b admits x
+    admission = send(b, x)
+    x.counter("n").increment()
+    (x1,) = send(x, b)
+    b.counter("n").increment()  # follows x 1
+    (b2,) = b.outgoing()
+    a.receive(Replica.retirement("x", 0))  # an operator: the stream held nothing of x
+    a.receive(b.clock_message())  # b reports x 1: a counts x until it has it
+    for m in admission:
+        a.receive(m)
+    assert a.receive(x1) and a.receive(b2)
+    assert a.state() == b.state() == {"n": 2} and a.buffered == 0
+    m = Membership(["a"])
+    m.retire("x", {"x": 0})
+    assert m.settle({}) == ["x"]
+    assert m.admit("x", ("a", 3)) is False and m.admissions["x"] == {"a": 3}
+    assert m.may_write("x", {"a": 3}, founding=False) and not m.is_member("x")

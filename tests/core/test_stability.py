@@ -133,7 +133,9 @@ def test_a_member_never_heard_from_holds_stability_until_retired() -> None:
     exchange(a, b)
     assert a.stable_clock() == {}
     a.retire("ghost")
-    b.heartbeat()
+    a.heartbeat()  # relays the retirement to b
+    exchange(a, b)
+    b.heartbeat()  # b tells it knows of it: a counts ghost out
     exchange(a, b)
     assert a.stable_clock()["a"] == 2
 

@@ -150,11 +150,25 @@ def test_a_worker_s_retirement_counts_where_its_sub_group_is_held() -> None:
         logic.receive(m)
         w2.receive(m)
     assert "worker.n1" in logic.membership.retiring_replicas()
-    assert "worker.n1" in w2.membership.retired  # none of its channels is held there
+    assert "worker.n1" in w2.membership.retiring_replicas()  # (until logic and web told)
     for m in beats:
         logic.receive(m)
-    assert "worker.n1" in logic.membership.retired
     assert logic.retirements().get(channel("worker.n1", "n1")) == 2
+    # logic counts it out once web, which holds every sub-group as logic does, told of it
+    # (w2's relays name none of n1's channels: not waited for)
+    assert "worker.n1" in logic.membership.retiring_replicas()
+    web = g["web"]
+    for m in (*beats, *retirement):
+        web.receive(m)
+    web.heartbeat()
+    logic.heartbeat()
+    for m in (*web.outgoing(), *logic.outgoing()):
+        logic.receive(m)
+        w2.receive(m)
+    assert "worker.n1" in logic.membership.retired
+    # at w2, none of its channels but the common part's (nothing there) is held: logic's
+    # and web's word was all it waited for
+    assert "worker.n1" in w2.membership.retired
 
 
 def test_a_worker_holds_its_sub_group_alone_until_another_member_holds_it_too() -> None:
