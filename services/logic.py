@@ -153,6 +153,8 @@ class Logic:
         self.orphans: set[str] = set()
         #: container ids whose record is what a delete left (model.deleted), to remove
         self.leftovers: set[str] = set()
+        #: (node, epoch) whose record's lease could not be read, said so
+        self._said_unreadable: set[tuple[str, str | None]] = set()
         #: the node records of the cells held, by name, kept from change events (read in
         #: one go when run() starts)
         self.nodes: dict[str, model.Node] = {}
@@ -202,7 +204,11 @@ class Logic:
         live: dict[str, model.Node] = {}
         fresh: set[str] = set()
         for n in self.nodes.values():
-            if not n.epoch or not n.lease_ms:
+            if not n.epoch:
+                continue
+            if not n.lease_ms:  # unreadable (a worker of another version?): it may be held
+                self._unreadable(n)
+                live[n.name] = n  # so what runs there stays; nothing new goes there
                 continue
             # what logic heard of the group the node's beats go to
             heard = self.node.node_of(model.node_key(n.cell, n.name)).heard_through()
@@ -213,6 +219,15 @@ class Logic:
                 fresh.add(n.name)
         self.liveness.forget({(n.name, n.epoch) for n in live.values() if n.epoch})
         return live, fresh
+
+    def _unreadable(self, n: model.Node) -> None:
+        """Say once per epoch that node ``n``'s record has no lease logic can read."""
+        if (n.name, n.epoch) in self._said_unreadable:
+            return
+        self._said_unreadable.add((n.name, n.epoch))
+        log.warning("node %s in cell %s: its record has no lease_ms logic can read (a worker "
+                    "of another version?); what runs there stays, nothing new is placed "
+                    "there, and none of it moves until its worker writes one", n.name, n.cell)
 
     async def decide(self) -> int:
         """Write every decision the current state calls for; return how many. Reads only

@@ -242,7 +242,8 @@ class Worker:
         rec.register("heartbeat").set(int(time.time() * 1000))
         for field, value in (("capacity", self.capacity), ("epoch", self.lease.epoch),
                              ("lease_ms", int(self.lease.duration_s * 1000))):
-            if rec.register(field).value != value:
+            now = rec.register(field).value
+            if now != value or type(now) is not type(value):  # (4000.0 == 4000: mend it)
                 rec.register(field).set(value)
 
     def renew_lease(self, now: float) -> None:

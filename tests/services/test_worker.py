@@ -749,3 +749,18 @@ def test_a_reconcile_cancelled_on_the_turn_it_began_still_records_its_call(
         assert placed(wn)[0].power_actual == "on"
         worker.close()
     asyncio.run(run())
+
+
+def test_a_beat_mends_a_lease_written_as_another_type(tmp_path: Path) -> None:
+    """4000.0 == 4000 in Python: a lease_ms a worker of another version wrote as a float
+    was never written again, and logic could not read it (services/model.py reads a
+    field of the wrong type as absent)."""
+    async def run() -> None:
+        _logic, wn, _runtime, worker, _now = await _platform(tmp_path)
+        rec = model.node(wn.groups, model.DEFAULT_CELL, "n1")
+        worker.beat()
+        rec.register("lease_ms").set(float(rec.register("lease_ms").value))
+        worker.beat()
+        value = rec.register("lease_ms").value
+        assert type(value) is int and value == int(worker.lease.duration_s * 1000)
+    asyncio.run(run())
