@@ -63,7 +63,7 @@ def _retire(args: argparse.Namespace) -> int:
 
     settings = args.settings
     try:
-        last = asyncio.run(publish_retirement(settings, args.retiree))
+        last = asyncio.run(publish_retirement(settings, args.retiree, force=args.force))
     except Exception as e:
         from crdt_ops.transport.amqp import redact_urls
 
@@ -344,11 +344,16 @@ def main(argv: list[str] | None = None) -> int:
         "retire", help="tell a group that a replica is gone for good",
         description="Publish to --group that REPLICA_ID is gone for good, naming its last "
         "operation in the group's stream: causal stability and compaction stop waiting for "
-        "it once every replica has delivered that operation. Run it once the replica is "
-        "stopped and will not come back (a replica retired refuses to start again).")
+        "it once every replica has delivered that operation (and any later one a member "
+        "delivered). Run it once the replica is stopped and will not come back (a replica "
+        "retired refuses to start again): it refuses while the replica runs, or when the "
+        "stream holds no message of it, unless --force.")
     ret.add_argument("retiree", metavar="REPLICA_ID",
                      help="the id of the replica that is gone (as its logs and the group's "
                           "metrics name it), not this command's own")
+    ret.add_argument("--force", action="store_true",
+                     help="retire it even while it runs, or when the group's stream holds no "
+                          "message of it")
     config.add_arguments(ret, only=("amqp_url", "group", "signing_key"))
     ret.set_defaults(func=_retire)
 

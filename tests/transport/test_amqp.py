@@ -128,13 +128,22 @@ def test_a_retired_replica_stops_holding_back_stability(group: Group) -> None:
     procs = [r0, r1, ghost]
     wait_until(lambda: ghost.report().get("done") and r0.report().get("issued", 0) > 50, 60,
                "the ghost to have written", explain(procs))
+
+    def retire(rid: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "services.cli", "retire", rid,
+                               "--amqp-url", group.url, "--group", group.name],
+                              capture_output=True, text=True)
+    running = retire("ghost")  # refused while it runs: it would write no more
+    assert running.returncode == 1 and "ghost still runs" in running.stderr, running.stderr
+    typo = retire("ghots")  # refused: nothing of it in the stream
+    assert typo.returncode == 1 and "holds no message of ghots" in typo.stderr, typo.stderr
     ghost.stop()  # gone, and never coming back
     wait_until(lambda: converged([r0, r1], {"r0": 600, "r1": 600, "ghost": 10}), 90,
                "the others to finish", explain(procs))
     time.sleep(2)  # heartbeats go round: still the ghost never saw r0's later operations
     assert r0.report()["stable_lag"] > 0
-    subprocess.run([sys.executable, "-m", "services.cli", "retire", "ghost", "--amqp-url",
-                    group.url, "--group", group.name], check=True, capture_output=True)
+    done = retire("ghost")
+    assert done.returncode == 0, done.stderr
     wait_until(lambda: r0.report()["stable_lag"] == 0 and r1.report()["stable_lag"] == 0, 30,
                "stability to stop waiting for the ghost", explain([r0, r1]))
     # started again on its store, which never heard of its retirement: before it writes it

@@ -73,7 +73,7 @@ class Survey:
         return sorted(set(self.held) | set(self.consumers) | set(self.heard))
 
 
-async def _exists(conn: AbstractConnection, name: str, exchange: bool) -> int | None:
+async def exists(conn: AbstractConnection, name: str, exchange: bool) -> int | None:
     """None if queue (or exchange) ``name`` does not exist; else its consumers (0 for an
     exchange, and for an exclusive queue another connection holds: the broker refuses even a
     passive declaration of it, ``RESOURCE_LOCKED``). A passive declaration of what does not
@@ -151,9 +151,9 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
     throwaway replica id to it, which no replica keeps (its clock is empty)."""
     names = Topology.of(settings, routed=True)  # (a group's topic exchange, if it has one)
     found = Survey(settings.group)
-    found.exchanges = [x for x in names.exchanges if await _exists(conn, x, True) is not None]
+    found.exchanges = [x for x in names.exchanges if await exists(conn, x, True) is not None]
     shared = [q.name for q in names.shared()]
-    present = {q: await _exists(conn, q, False) for q in shared}
+    present = {q: await exists(conn, q, False) for q in shared}
     ids = set(replica_ids)
     if names.exchange in found.exchanges and present[names.stream] is not None:
         say(f"reading {names.stream}" + (f", then watching the group {watch_s:g}s for "
@@ -164,12 +164,12 @@ async def survey(conn: AbstractConnection, settings: Settings, replica_ids: Iter
         ids |= members
     for r in sorted(ids):  # the member queues, and the holder queues of those running
         q = names.queue(r)
-        consumers = await _exists(conn, q, False)
+        consumers = await exists(conn, q, False)
         if consumers is not None:
             found.queues.append(q)
         if consumers:  # (not the streams': their consumer counts outlive their channels)
             found.consumers[r] = consumers
-        if await _exists(conn, names.holder(r), False) is not None:  # held while it runs
+        if await exists(conn, names.holder(r), False) is not None:  # held while it runs
             found.held.append(r)
     found.queues += [q for q in shared if present[q] is not None]
     return found

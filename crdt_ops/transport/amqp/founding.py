@@ -11,8 +11,10 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from crdt_ops.replica import Replica
+from crdt_ops.subgroups import channels_of
 from crdt_ops.transport.amqp.connection import connect_first
-from crdt_ops.transport.amqp.recovery import last_operation, throwaway_id
+from crdt_ops.transport.amqp.deletion import exists
+from crdt_ops.transport.amqp.recovery import channels, throwaway_id
 from crdt_ops.transport.amqp.stream_ready import stream_takes_writes
 from crdt_ops.transport.auth import message, signer_of
 from crdt_ops.transport.config import Settings
@@ -54,7 +56,12 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
                 await asyncio.shield(channel.close())
 
 
-async def publish_retirement(settings: Settings, replica_id: str) -> int:
+class RetirementRefused(ValueError):
+    """A retirement not published: its replica still runs, or the group's stream holds no
+    message of it (a mistyped id?); nothing was sent."""
+
+
+async def publish_retirement(settings: Settings, replica_id: str, force: bool = False) -> int:
     """Announce to ``settings.group`` that ``replica_id`` is gone for good, naming its
     last operation found in the stream (replicas count it until they delivered that
     one; with sub-groups, its last operation on each of its channels). Returns how many
@@ -63,10 +70,21 @@ async def publish_retirement(settings: Settings, replica_id: str) -> int:
     the others' heartbeats, which relay it. Publishes nothing before the group's stream took
     a probe (:func:`~crdt_ops.transport.amqp.stream_ready.stream_takes_writes`: a broker
     that just restarted confirms and drops what reaches a stream still starting, and a
-    replica joining later would never learn of the retirement)."""
+    replica joining later would never learn of the retirement).
+
+    Raises :class:`RetirementRefused`, unless ``force``, while the replica still runs (a
+    connection holds its holder queue: :mod:`~crdt_ops.transport.amqp.holder`; a retired
+    replica may write no more, and stop it first, or let it leave: ``AmqpNode.leave()``),
+    and when the stream holds no message of it (a retirement is for good: a mistyped id
+    could never be used again, and the replica meant would still hold stability back)."""
     names = Topology.of(settings)
     conn = await connect_first(settings.amqp_urls)
     async with conn:
+        if not force and await exists(conn, names.holder(replica_id), False) is not None:
+            raise RetirementRefused(
+                f"{replica_id} still runs (a connection holds its holder queue "
+                f"{names.holder(replica_id)}): stop it first (or let it retire itself: "
+                "AmqpNode.leave()); --force retires it all the same, and it writes no more")
         channel = await conn.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(names.exchange)
         nobody = Replica(throwaway_id("retire-"))  # a heartbeat every reader skips
@@ -74,7 +92,13 @@ async def publish_retirement(settings: Settings, replica_id: str) -> int:
             conn, names.stream,
             lambda mid: message(settings, nobody.clock_message(), message_id=mid),
             via=names.exchange)
-        lasts = await last_operation(conn, settings, exchange, replica_id)
+        found = channels_of(await channels(conn, settings, exchange, "retire-"), replica_id)
+        if not found and not force:
+            raise RetirementRefused(
+                f"group {settings.group}'s stream holds no message of {replica_id}: is the "
+                "id right (its logs and the group's metrics name it)? A retirement is for "
+                "good; --force retires it all the same")
+        lasts = found or {replica_id: 0}
         await exchange.publish(
             message(settings, Replica.retirement(replica_id, lasts), signer_of(settings)),
             routing_key="")
