@@ -24,7 +24,9 @@ clocks' rates and scheduling.
 
 While logic cannot hear (the broker is down, logic is paused, its queue is gone)
 ``heard_through`` stands still, so silence then proves nothing and nobody is
-declared gone: a broker outage shorter than the lease moves nothing. Logic
+declared gone: a broker outage shorter than the lease moves nothing. Received is
+also applied: while logic's replica of a cell holds operations waiting for earlier
+ones (a beat held behind a gap), ``heard_through`` stays where the wait began. Logic
 restarting knows no receipts: every epoch counts as heard at its start.
 
 An epoch is **fresh** (new containers may be placed on it) when logic received

@@ -167,6 +167,8 @@ class AmqpNode:
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._holder = Holder(self.topology, self.replica_id, sole)
         self._buffer_since: float | None = None
+        #: since when the replica has held operations waiting (None: it holds none)
+        self._held_since: float | None = None
         self._gaps = GapWatch(settings.gap_timeout_s, last_reread=time.monotonic())
         self._signer = signer_of(settings)
         self._auth = authenticator(settings)
@@ -899,8 +901,13 @@ class AmqpNode:
         queue (a queue is FIFO, so what was routed to it before our message came first).
         0.0 until the first echo. Stops advancing while this replica cannot hear the group
         (broker down, process paused, queue deleted): logic's liveness rule counts a
-        node's silence only up to it (services/liveness.py)."""
-        return self._echo.heard_through
+        node's silence only up to it (services/liveness.py). Handed to the replica is not
+        applied: while the replica holds operations waiting for earlier ones (a node's beat
+        among them, maybe), it stays at the instant they were first found waiting, so that
+        a silence it cannot see through proves nothing either."""
+        held = self._held_since
+        echoed = self._echo.heard_through
+        return echoed if held is None else min(echoed, held)
 
     async def _heartbeat(self) -> None:
         """Every ``heartbeat_s`` (on average: :func:`~crdt_ops.transport.waiting.jittered`):
@@ -1058,6 +1065,10 @@ class AmqpNode:
     def _observe(self) -> None:
         r, rid = self.replica, self.replica_id
         metrics.BUFFER_DEPTH.labels(rid, self.settings.group).set(r.buffered)
+        if r.buffered and self._held_since is None:  # (see heard_through)
+            self._held_since = time.monotonic()
+        elif not r.buffered:
+            self._held_since = None
         gap = r.has_gap()  # operations waiting, or reported and not delivered
         if gap and self._buffer_since is None:
             self._buffer_since = time.monotonic()
