@@ -99,11 +99,15 @@ def boot_id() -> str:
 @dataclass
 class Lease:
     """One epoch's lease. ``deadline``: ``time.monotonic()`` seconds when it ends, 0.0
-    while no heartbeat of the epoch was confirmed yet (nothing may run then)."""
+    while no heartbeat of the epoch was confirmed yet (nothing may run then).
+    ``began``: when the epoch began (``time.monotonic()`` seconds; 0.0: not known): an
+    epoch whose lease was not held within ``duration_s`` of it is over too
+    (:meth:`lapsed`)."""
 
     epoch: str
     duration_s: float = DEFAULT_LEASE_S
     deadline: float = 0.0
+    began: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.duration_s > 0:
@@ -137,8 +141,14 @@ class Lease:
         return now < self.run_until
 
     def lapsed(self, now: float) -> bool:
-        """Whether this epoch's lease was held and ran out: the epoch is over."""
-        return bool(self.deadline) and now >= self.deadline
+        """Whether the epoch is over: its lease was held and ran out, or it was never held
+        in ``duration_s`` since the epoch began (every beat confirmed too late: a worker
+        whose node logic still takes for fresh, as its beats arrive, would hold the
+        containers placed there for as long, never starting them; a new epoch has logic
+        place them anew)."""
+        if self.deadline:
+            return now >= self.deadline
+        return bool(self.began) and now >= self.began + self.duration_s
 
     def renew(self, written_at: float, seen_at: float) -> bool:
         """A heartbeat written at ``written_at`` was seen confirmed at ``seen_at``:

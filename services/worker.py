@@ -228,7 +228,7 @@ class Worker:
                      saved.lease.epoch, saved.lease.deadline - now)
             lease.save(self.lease_file, saved.lease, os.getpid())  # the guard watches us now
             return saved.lease
-        fresh = lease.Lease(lease.new_epoch(), lease_s)
+        fresh = lease.Lease(lease.new_epoch(), lease_s, began=now)
         self._leftovers = ("no lease was saved" if saved is None else
                            f"--lease-s changed from {saved.lease.duration_s:g} to {lease_s:g}"
                            if saved.lease.may_run(now) else
@@ -273,14 +273,20 @@ class Worker:
             log.warning("%s: the lease of epoch %s ran out, and stopping its containers "
                         "failed: %s; trying again", self.name, self.lease.epoch, e)
             return
-        old = self.lease.epoch
-        self.lease = lease.Lease(lease.new_epoch(), self.lease.duration_s)
+        old, held = self.lease.epoch, bool(self.lease.deadline)
+        self.lease = lease.Lease(lease.new_epoch(), self.lease.duration_s, began=now)
         lease.save(self.lease_file, self.lease, os.getpid())
         self._last_beat, self._beat = 0.0, None
         self._beat_now.set()
-        log.warning("%s: the lease of epoch %s ran out (no heartbeat confirmed in time "
-                    "for %.0fs): its containers were stopped (%d more now); new epoch %s",
-                    self.name, old, self.lease.duration_s, stopped, self.lease.epoch)
+        if held:
+            log.warning("%s: the lease of epoch %s ran out (no heartbeat confirmed in time "
+                        "for %.0fs): its containers were stopped (%d more now); new epoch %s",
+                        self.name, old, self.lease.duration_s, stopped, self.lease.epoch)
+        else:
+            log.warning("%s: epoch %s never held its lease (no heartbeat confirmed within "
+                        "%.1fs of being written, for %.0fs: a slow broker?); new epoch %s, so "
+                        "that logic places anew what it placed there", self.name, old,
+                        self.lease.confirm_within_s, self.lease.duration_s, self.lease.epoch)
 
     def _call(self, call: Callable[[], T], stops_only: bool = False) -> asyncio.Future[T]:
         """Begin ``call`` (of the runtime) on one of this worker's runtime threads, at once

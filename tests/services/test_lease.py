@@ -38,6 +38,20 @@ def test_a_late_confirmation_or_a_beat_after_the_end_renews_nothing() -> None:
     assert not ls.renew(-1.0, -0.9)  # an older beat does not shorten it
 
 
+def test_an_epoch_never_held_within_its_lease_is_over() -> None:
+    """Every beat confirmed later than a quarter of the lease (a slow broker): the epoch was
+    never held, so nothing ran, and logic, which received its beats, kept taking the node
+    for fresh: what it placed there waited for as long. The epoch is over after one lease
+    (the worker starts another, and logic places anew)."""
+    ls = Lease("e1", 8.0, began=100.0)
+    assert not ls.renew(101.0, 103.5)  # confirmed 2.5 s after: too late
+    assert not ls.lapsed(107.9) and ls.lapsed(108.0)
+    held = Lease("e2", 8.0, began=100.0)
+    assert held.renew(107.0, 107.1)  # held at last: over at its deadline only
+    assert not held.lapsed(114.9) and held.lapsed(115.0)
+    assert not Lease("e3", 8.0).lapsed(1e9)  # when it began is not known: held or not
+
+
 def test_a_lease_file_round_trips_and_a_missing_one_is_none(tmp_path: Path) -> None:
     f = tmp_path / lease.LEASE_FILE
     assert lease.load(f) is None

@@ -4,7 +4,8 @@ can arrive while logic decides. What runs is read from the worker's runtime.
 
 Found by a review (2026-12-07): a container deleted while logic placed it ran on for good,
 invisible and unstoppable through the API; a Stop that arrived while logic made the
-container's new home durable was overwritten, and the container started."""
+container's new home durable was overwritten, and the container started; a worker whose
+beats were all confirmed late held the Starts placed on its node for good."""
 
 from __future__ import annotations
 
@@ -130,4 +131,30 @@ def test_a_start_placed_and_run_while_nothing_races_it(tmp_path: Path) -> None:
             assert await _until(lambda: "c1" in p.runtime.running())
             home = model.record_home(p.web.groups.get(model.CONTAINERS + "c1"))
             assert home == (model.DEFAULT_CELL, "n1")
+    asyncio.run(run())
+
+
+def test_a_worker_whose_beats_are_all_confirmed_late_starts_a_new_epoch(
+        tmp_path: Path) -> None:
+    """Every beat confirmed 2 s after it was written (a quarter of the lease is 1 s): the
+    epoch was never held, and never lapsed either (a lease never held had no end), so
+    logic, which received the beats, kept placing containers on a node that never started
+    them. The epoch is over after one lease; the next one is announced."""
+    async def run() -> None:
+        node = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+        worker = Worker(node, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False,
+                        lease_s=4.0)
+        beats = node.node_of(model.node_key(model.DEFAULT_CELL, "n1"))
+        beats.confirmed_through = lambda: time.monotonic() - 2.0  # type: ignore[method-assign]
+        await node.start()
+        first = worker.lease.epoch
+        task = asyncio.create_task(worker.run())
+        try:
+            assert await _until(lambda: worker.lease.epoch != first, 8.0)
+            assert not worker.lease.deadline  # (this one is not held either)
+            key = model.node_key(model.DEFAULT_CELL, "n1")  # announced to logic:
+            assert await _until(lambda: node.groups.get(key)["epoch"] == worker.lease.epoch)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     asyncio.run(run())
