@@ -273,10 +273,15 @@ class Logic:
             left = self.node.groups.get(model.CONTAINERS + cid)
             if not model.deleted(left):
                 continue
+            # logic's own only: another web's concurrent Stop leaves web's power_desired,
+            # which logic may not write (its write policy: model.POLICY)
+            mine = sorted(set(left) & set(model.LOGIC_FIELDS))
+            if not mine:
+                continue
             log.info("removing what the delete of %s left of its record: %s", cid,
-                     ", ".join(sorted(left)))
+                     ", ".join(mine))
             rec = model.container(self.node.groups, cid)
-            for field in sorted(left):
+            for field in mine:
                 rec.remove(field)
                 removed += 1
         self.leftovers.clear()

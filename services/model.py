@@ -70,6 +70,8 @@ DEFAULT_CELL = "main"
 POWER_DESIRED = ("on", "off")
 POWER_ACTUAL = ("on", "off", "starting", "stopping", "failed")
 
+#: The fields of a container's record logic writes: its home, and why it is not placed.
+LOGIC_FIELDS = ("cell", "node", "rejected_reason")
 #: Who writes what; the first rule whose path matches decides.
 POLICY = WritePolicy([
     # a worker's reports on a container placed on its node: only into its own slot
@@ -77,9 +79,7 @@ POLICY = WritePolicy([
     # the rest of a placement (copies, assignment), creating and removing it
     Rule(("cells/*/containers/*",), writers=("logic",)),
     Rule(("cells/*/nodes/{node}",), writers=("worker.{node}",)),
-    Rule(("containers/*", "cell"), writers=("logic",)),
-    Rule(("containers/*", "node"), writers=("logic",)),
-    Rule(("containers/*", "rejected_reason"), writers=("logic",)),
+    *(Rule(("containers/*", field), writers=("logic",)) for field in LOGIC_FIELDS),
     # name, owner, power_desired, restart_generation, and deleting the record
     Rule(("containers/*",), writers=("web",)),
 ])

@@ -59,9 +59,11 @@ async def platform(tmp: Path, hop_s: float = HOP_S) -> AsyncIterator[Platform]:
         assert await _until(lambda: "n1" in logic.live_nodes()[1]), "n1 never fresh"
         yield Platform(web, logic, worker, runtime)
     finally:
+        ended = [t for t in tasks if t.done()]  # a service's loop must not end on its own
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        assert not ended, [t.exception() for t in ended]
 
 
 async def _create_and_start(web: NodeGroups[MemoryNode], cid: str) -> None:
@@ -157,4 +159,27 @@ def test_a_worker_whose_beats_are_all_confirmed_late_starts_a_new_epoch(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(run())
+
+
+def test_a_delete_racing_another_web_s_stop_leaves_logic_running(tmp_path: Path) -> None:
+    """Two webs: one deletes a container while the other stops it. The record became
+    ``{power_desired: off}`` (the Stop kept by observed-remove), with no name; logic,
+    cleaning up what the delete left, removed web's field too, which its write policy
+    forbids: Logic.run raised, and the logic service exited."""
+    async def run() -> None:
+        async with platform(tmp_path) as p:
+            top, cell = (p.web.nodes[g].bus for g in p.web.nodes)
+            other = with_cell(MemoryNode(top, "web.2", policy=model.POLICY), cell)
+            await other.start()
+            await _create_and_start(p.web, "c1")
+            assert await _until(lambda: "c1" in p.runtime.running())
+            async with p.web.write() as g:  # the Delete, and concurrently the Stop
+                g.remove(model.CONTAINERS + "c1")
+            async with other.write() as g:
+                model.container(g, "c1").register("power_desired").set("off")
+            await asyncio.sleep(1.0)
+            assert "c1" not in p.runtime.running()
+            assert p.logic.node.groups.get(model.CONTAINERS + "c1") == {"power_desired": "off"}
+            # (logic runs on: the platform's exit checks its task did not end)
     asyncio.run(run())
