@@ -471,9 +471,11 @@ class Replica(Fields):
         else:  # every channel of theirs held here
             known = {c: s for c, s in clock.items() if split(c)[0] in m.retired}
             known.update((r, clock.get(r, 0)) for r in m.retired)
-        # a retiring one's last as named, or the most delivered here if more
-        known.update((c, max(s, clock.get(c, 0))) for c, s in m.retiring.items())
-        return known
+        known.update(m.retiring)
+        # and the most of theirs delivered, or named by a report, here: one held waiting
+        # for an earlier one is the retiree's too (the others must wait for it)
+        reported = self._stability.reported
+        return {c: max(s, clock.get(c, 0), reported.get(c, 0)) for c, s in known.items()}
 
     def _own_lasts(self, clock: Mapping[str, int], replica_id: str | None = None) -> Clock:
         """The entries of ``clock`` of ``replica_id``'s channels (default: this replica's):
@@ -641,8 +643,8 @@ class Replica(Fields):
             if hb.wants:
                 self._heard_wants(hb.origin, hb.wants)
             if (hb.join and m.managed and not m.is_member(hb.origin)
-                    and hb.origin not in m.retired and m.is_member(self.replica_id)):
-                self.admit(hb.origin)
+                    and hb.origin not in m.retired and self.is_member):
+                self.admit(hb.origin)  # (not while retiring: it writes no more)
         if self._settler:  # a report may move the frontier: settle some of what it released
             self.compact(self.SETTLE_STEP)
         return told

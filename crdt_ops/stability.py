@@ -201,7 +201,20 @@ class Stability:
 
     def _issued(self) -> Clock:
         """Per channel of the other members (held here), the operations they are known to
-        have issued: what they reported delivering of their own, or a retirement's last."""
+        have issued: what they reported delivering of their own, or a retirement's last;
+        and per channel of a retiring or retired replica, the most any report named (a
+        late operation of a replica counted out, still to be delivered here: compacting
+        before it is would resolve it against settled state, unlike where it came first)."""
+        issued = self._own_issued()
+        out = self.membership.retired | self.membership.retiring_replicas()
+        if out:
+            for c, s in self.reported.items():
+                if s > issued.get(c, 0) and split(c)[0] in out and self.held(c):
+                    issued[c] = s
+        return issued
+
+    def _own_issued(self) -> Clock:
+        """:meth:`_issued` of the members, from their reports and the retirements' lasts."""
         others = [r for r in self.membership.members() if r != self.me]
         retiring = self.membership.retiring
         if not self.subgroups:

@@ -319,3 +319,59 @@ def test_operations_of_a_replica_admitted_before_its_retirement_stay_valid() -> 
     assert m.settle({}) == ["x"]
     assert m.admit("x", ("a", 3)) is False and m.admissions["x"] == {"a": 3}
     assert m.may_write("x", {"a": 3}, founding=False) and not m.is_member("x")
+
+
+def test_a_retiring_replica_that_hears_a_join_request_admits_nobody() -> None:
+    """A replica retiring (its retirement sent, the others not all told yet) writes no
+    more: a join request it heard made it admit the newcomer, and the admission raised
+    NotAMember out of receive(); over RabbitMQ its delivery failed, again at each
+    redelivery."""
+    a, b = Replica("a", members=["a", "b"]), Replica("b", members=["a", "b"])
+    a.heartbeat(retired=True)  # as AmqpNode.leave() does, then waits
+    send(a, b)
+    c = Replica("c", members=["a", "b"])
+    c.join()
+    (request,) = c.outgoing()
+    assert a.receive(request) is False and not a.outgoing()  # nothing admitted by a
+    assert b.receive(request) is False and b.outgoing()  # b admits c
+
+
+def _gossip(*replicas: Replica, rounds: int = 3, compact: bool = True) -> None:
+    """Heartbeats among ``replicas``, each round delivered to all, then compaction."""
+    for _ in range(rounds):
+        for r in replicas:
+            r.heartbeat()
+        exchange(*replicas)
+        for r in replicas if compact else ():
+            r.compact()
+
+
+def test_a_late_operation_held_waiting_when_a_member_told_still_counts() -> None:
+    """b told it knew of x's retirement while x's late write waited in b's causal buffer:
+    b's relay named what it had delivered of x (nothing), a counted x out and compacted,
+    and x's write then landed on a's settled field: a and b diverged. A relay names what
+    a report named too, and compaction waits for what any report named of a replica
+    counted out."""
+    members = ["a", "b", "x"]
+    a = Replica("a", members=members, wall_clock=at(200), compact_every=1)
+    b = Replica("b", members=members, wall_clock=at(100), compact_every=1)
+    x = Replica("x", members=members, wall_clock=at(100))
+    a.counter("z").increment()
+    (a1,) = a.outgoing()
+    x.receive(a1)
+    x.map("m").register("k").set("x")  # x 1, after a 1
+    (x1,) = x.outgoing()
+    a.map("m").register("k").set("a")  # a 2, concurrent with x 1, wins by its time
+    (a2,) = a.outgoing()
+    b.receive(x1)
+    assert b.buffered == 1  # waits for a 1
+    for r in (a, b):
+        r.receive(Replica.retirement("x", 0))  # the stream held nothing of x
+    _gossip(a, b, rounds=2, compact=False)
+    for m in (a1, a2):
+        b.receive(m)  # x 1 applied at b now
+    _gossip(a, b)
+    assert a.receive(x1)  # late, at a
+    _gossip(a, b)
+    assert a.state() == b.state() == {"z": 1, "m": {"k": "a"}}
+    assert dict(a.clock) == dict(b.clock)

@@ -276,3 +276,52 @@ def test_every_replica_converges_on_what_it_holds_in_any_delivery_order(
     assert g["web"].state() == full
     for w in WORKERS:
         assert g[w].state() == RULE.held_state(full, w), w
+
+
+def test_a_late_common_operation_only_a_worker_delivered_is_waited_for() -> None:
+    """Logic and web, which hold every sub-group, count a retiree out on each other's word:
+    a worker's relay is not waited for (it names its own sub-group's channels only). The
+    retiree's late write of the common part reached the worker alone: once logic and web
+    learn of it from the worker's report, they compact nothing before they have it, and
+    all three converge (they diverged)."""
+    rule = SubGroups(keys=("nodes/{}",), holders=("worker.{}",))
+    ids = ["logic", "web", "worker.n1", "x"]
+    logic, web, w1, x = (Replica(r, members=ids, subgroups=rule, wall_clock=lambda w=w: w,
+                                 compact_every=1)
+                         for r, w in (("logic", 200), ("web", 100), ("worker.n1", 100),
+                                      ("x", 100)))
+    everyone = (logic, web, w1, x)
+    for r in everyone:
+        r.heartbeat()
+    for m in [m for r in everyone for m in r.outgoing()]:
+        for r in everyone:
+            r.receive(m)
+    x.map("m").register("k").set("x")  # common part
+    (x1,) = x.outgoing()
+    w1.receive(x1)  # only w1's queue had it: the stream lost it
+    logic.map("m").register("k").set("a")  # concurrent, wins by its time
+    (l1,) = logic.outgoing()
+    for r in (web, w1):
+        r.receive(l1)
+    for r in (logic, web, w1):
+        r.receive(Replica.retirement("x", 0))
+
+    def beat(senders: tuple[Replica, ...], to: tuple[Replica, ...]) -> None:
+        for _ in range(3):
+            for r in senders:
+                r.heartbeat()
+            for m in [m for r in senders for m in r.outgoing()]:
+                for r in to:
+                    r.receive(m)
+            for r in (logic, web):
+                r.compact()
+    beat((logic, web), (logic, web))  # w1 silent meanwhile
+    w1.heartbeat()  # w1 is back: its report names x 1
+    for m in w1.outgoing():
+        logic.receive(m)
+        web.receive(m)
+    beat((logic, web), (logic, web, w1))
+    logic.receive(x1)  # read again, or relayed by w1
+    web.receive(x1)
+    beat((logic, web, w1), (logic, web, w1))
+    assert logic.state() == web.state() == w1.state() == {"m": {"k": "a"}}
