@@ -234,7 +234,8 @@ def check(args: argparse.Namespace) -> None:
         if hasattr(args, "amqp_url") and getattr(args, "replica_settings", True):
             settings = args.settings = (args.service.settings if hasattr(args, "service")
                                         else config.from_args(args))
-            config.check_files(settings, store=cmd not in ("retire", "demo", "delete-group"))
+            config.check_files(settings, store=cmd not in ("retire", "demo", "delete-group"),
+                               signs=cmd not in ("demo", "delete-group"))
             if settings.metrics_port and cmd != "demo":
                 from services.main import port_free
 

@@ -138,8 +138,8 @@ def guard(state_dir: Path, runtime: Runtime, call_s: float = 1.0) -> None:
     while True:
         saved = lease.load(file)
         now = time.monotonic()
-        worker_gone = saved is None or not alive(saved.worker_pid)
         try:
+            worker_gone = saved is None or not alive(saved.worker_pid)
             if _check(runtime, saved, now, worker_gone, looked, call_s, state_dir):
                 if _leaving(state_dir):
                     return  # nothing to guard; a worker starting here starts a guard again

@@ -297,8 +297,11 @@ def _text(rec: dict[str, Any], name: str) -> str | None:
 
 
 def _count(rec: dict[str, Any], name: str) -> int:
-    """``rec[name]`` if it is an integer of 0 or more (no bool), else 0: as :func:`_text`."""
+    """``rec[name]`` if it is an integer of 0 or more (no bool; a float of a whole number,
+    such as 4000.0, counts as that integer), else 0: as :func:`_text`."""
     value = rec.get(name)
+    if type(value) is float and value.is_integer():
+        value = int(value)
     return value if type(value) is int and value >= 0 else 0
 
 

@@ -353,11 +353,13 @@ def check_store(path: str, flag: str = "--store", must_exist: bool = False) -> N
             raise ValueError(f"{flag} {path}: not a crdt-ops store (not an SQLite file)")
 
 
-def check_files(settings: Settings, store: bool = True) -> None:
+def check_files(settings: Settings, store: bool = True, signs: bool = True) -> None:
     """Everything the settings name on disk, checked before anything is created:
     ``--store`` (or the default store's directory), ``--bootstrap``, ``--signing-key``
-    and ``--keyring`` (parsed, which needs the ``cryptography`` package). Raises
-    ValueError with one line naming the flag."""
+    and ``--keyring`` (parsed, which needs the ``cryptography`` package), and with
+    ``signs`` (a command that sends what replicas check) under ``--auth signature`` that
+    the others will take what it signs (:func:`check_signer`). Raises ValueError with one
+    line naming the flag."""
     if store:
         check_store(settings.store or f"crdt-ops.{settings.group}.<name>.sqlite",
                     "--store" if settings.store
@@ -376,7 +378,7 @@ def check_files(settings: Settings, store: bool = True) -> None:
                 loaded[flag] = load(path)
             except CrdtError as e:
                 raise ValueError(f"{flag} {path}: {e}") from None
-    if settings.auth == "signature":
+    if settings.auth == "signature" and signs:
         check_signer(loaded.get("--signing-key"), loaded["--keyring"], settings.replica_id)
 
 

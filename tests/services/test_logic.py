@@ -150,11 +150,14 @@ def test_logic_places_beside_a_node_whose_record_is_of_the_wrong_types() -> None
 
 def test_a_node_whose_lease_cannot_be_read_keeps_what_runs_there() -> None:
     """A node whose ``lease_ms`` reads as absent (a worker of another version wrote
-    4000.0) was left out of the live nodes: every container on it counted as placed
+    "4000") was left out of the live nodes: every container on it counted as placed
     nowhere and moved at once, while its worker held its lease and ran them. It stays live
-    now (what runs there stays), and is not fresh (nothing new goes there)."""
+    now (what runs there stays), and is not fresh (nothing new goes there). (4000.0 reads
+    as 4000.)"""
+    assert model.Node.of(model.node_key(model.DEFAULT_CELL, "n3"),
+                         {**NODE, "lease_ms": 4000.0}).lease_ms == 4000
     logic = _logic()
-    for name, lease_ms in (("n1", 4000.0), ("n2", 4000)):
+    for name, lease_ms in (("n1", "4000"), ("n2", 4000)):
         key = model.node_key(model.DEFAULT_CELL, name)
         logic._cell_changed(ChangeEvent(key, None, {**NODE, "epoch": f"e-{name}",
                                                     "lease_ms": lease_ms}, f"worker.{name}"))

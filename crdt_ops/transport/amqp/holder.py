@@ -71,13 +71,16 @@ class Holder:
         self._said: float | None = None
 
     async def take(self, conn: AbstractConnection) -> bool:
-        """Declare the holder queue, then ``sole`` if given, on ``conn``, each through a
+        """Declare ``sole`` if given, then the holder queue, on ``conn``, each through a
         channel of its own (closed after: a queue lives as long as the connection).
         Returns False if another connection holds one of them (said, at most every
         :data:`SAY_EVERY_S`; what was declared before it stays held); True once both are
         held, or those the broker user may not declare were left (logged as an error);
         raises what the broker or the connection raise otherwise."""
-        for queue in (self.queue, self.sole):
+        # the shared one first: two processes of one replica id, each with several groups
+        # started at once, would otherwise each hold one group's own queue and wait for
+        # the other's, for good
+        for queue in (self.sole, self.queue):
             if queue is None:
                 continue
             channel = await conn.channel()
