@@ -198,6 +198,8 @@ def node_state(node: AmqpNode | AmqpGroups) -> str:
     s = node.settings
     if node._conn is None:
         return f"connecting to the broker at {redact_urls(s.amqp_url)}"
+    if node.standby:
+        return f"waiting as a standby in group {s.group} (another process of it runs)"
     if node.store.get("joined") is None:
         return f"replaying group {s.group}'s stream"
     if not node.replica.is_member:

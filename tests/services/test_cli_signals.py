@@ -153,8 +153,12 @@ def track(amqp_url: str, tmp_path: Path) -> Iterator[Tracker]:
     t.close()
 
 
-def finish(procs: list[Proc], code: Callable[[Proc], int], says: str) -> None:
-    problems = [p.stop_and_check(code(p), says) for p in procs]
+def finish(procs: list[Proc], code: Callable[[Proc], int], says: str,
+           says_of: Callable[[Proc], str] | None = None) -> None:
+    """Stop each of ``procs`` and check its status (``code``) and its last line (``says``,
+    or ``says_of`` the process)."""
+    problems = [p.stop_and_check(code(p), says if says_of is None else says_of(p))
+                for p in procs]
     for p in procs:
         if p.proc.poll() is None:
             p.proc.kill()
@@ -273,8 +277,11 @@ def test_services_stop_while_waiting_to_be_admitted(amqp_url: str, track: Tracke
     procs = [track.start(f"{c}-{signal.Signals(sig).name}",
                          service_args(c, amqp_url, group, n, track.workdir), sig)
              for n, sig in enumerate(SIGNALS) for c in SERVICES]
-    wait_all(procs, lambda p: "asks the members of group" in p.text(), 90)
-    finish(procs, lambda p: 128 + p.sig, "while waiting to be admitted")
+    # (one logic runs at a time: the other waits as a standby, and stops the same way)
+    wait_all(procs, lambda p: "asks the members of group" in p.text()
+             or "waits as a standby" in p.text(), 90)
+    finish(procs, lambda p: 128 + p.sig, "", lambda p: "while waiting as a standby"
+           if "waits as a standby" in p.text() else "while waiting to be admitted")
 
 
 async def _fill_stream(url: str, group: str, n: int) -> None:

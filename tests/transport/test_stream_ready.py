@@ -320,7 +320,7 @@ async def test_a_retirement_published_as_the_broker_comes_back_is_in_the_stream(
     await asyncio.to_thread(rabbit.stop_app)
     await asyncio.to_thread(rabbit.start_app)
     async with asyncio.timeout(90):
-        assert await publish_retirement(settings, "gone") == 0
+        assert await publish_retirement(settings, "gone", force=True) == 0  # (never wrote)
     beats = [hb for _, body in await stream_messages(rabbit.url, settings.group)
              if isinstance(hb := codec.decode(body), Heartbeat)]
     assert any(hb.origin == "gone" and hb.retired for hb in beats), beats

@@ -110,6 +110,11 @@ class Holder:
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_S[1])
 
+    @property
+    def waiting(self) -> bool:
+        """Whether another connection holds a queue this one must hold (it waits)."""
+        return self._refused_since is not None
+
     def _refused(self, queue: str) -> None:
         now = time.monotonic()
         if self._refused_since is None:

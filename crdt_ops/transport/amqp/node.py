@@ -897,6 +897,12 @@ class AmqpNode:
         moment the heartbeat was committed (services/lease.py)."""
         return self._out.confirmed_through
 
+    @property
+    def standby(self) -> bool:
+        """Whether this node waits for another process to let go of its holder queue, or
+        of its ``sole`` one (:class:`~crdt_ops.transport.amqp.holder.Holder`)."""
+        return self._holder.waiting
+
     def heard_through(self) -> float:
         """A ``time.monotonic()`` instant (seconds) before which everything the broker
         routed to this replica's queue has been delivered here and handed to the replica:
