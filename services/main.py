@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import importlib
 import logging
@@ -24,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import FrameType, ModuleType
@@ -358,19 +359,43 @@ async def run_service(role: str, service: Service) -> str:
             await signals.event.wait()
         elif service.logic is not None:
             lg = service.logic
-            await signals.until_stopped(role, Logic(node, quota=lg.quota,
-                                                    margin_s=lg.margin_s).run())
+            await signals.until_stopped(role, _unless_sole_lost(node, Logic(
+                node, quota=lg.quota, margin_s=lg.margin_s).run()))
         else:
             wk = service.worker
             assert runtime is not None and wk is not None
-            await signals.until_stopped(name, Worker(
+            await signals.until_stopped(name, _unless_sole_lost(node, Worker(
                 node, name, runtime, cell=wk.cell, capacity=wk.capacity, lease_s=wk.lease_s,
-                state_dir=runtime_dir(wk, settings.store, name)).run())
+                state_dir=runtime_dir(wk, settings.store, name)).run()))
     finally:
         if runner is not None:
             await runner.cleanup()
         await stop_node(node)
     return signals.name
+
+
+async def _unless_sole_lost(node: AmqpGroups, loop: Coroutine[Any, Any, None]) -> None:
+    """Run a service's ``loop`` until it ends, or until another process of its principal
+    took over while this one was cut off (:meth:`AmqpGroups.sole_lost`): then raise
+    RuntimeError, so that the service exits with status 1 (a supervisor starts it again, as
+    the standby). Logic would decide on, from a state that no longer grows; a worker's
+    guard stops its containers as its lease runs out, renewed no more."""
+    task = asyncio.ensure_future(loop)
+    lost = asyncio.ensure_future(node.sole_lost())
+    try:
+        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.done() and not task.cancelled():
+        task.result()  # (raises what the loop raised)
+        return
+    raise RuntimeError("another process of this service's principal took over while this "
+                       "one was cut off from the broker; this one stops (start it again: it "
+                       "waits as the standby)")
 
 
 def make_runtime(w: WorkerSettings, store: str, name: str) -> Runtime:

@@ -333,3 +333,44 @@ async def test_a_sole_principal_is_one_process_across_groups(platform: Platform)
         starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
         await asyncio.gather(first.stop(), second.stop(), return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_sole_process_cut_off_while_its_standby_took_over_learns_it_lost(
+        platform: Platform) -> None:
+    """The broker dropped the first logic's connection, and a standby took its principal's
+    holder queue before it reconnected. The first, reconnected, may not publish (the queue
+    is taken), but it decided on from a state that no longer grew, and would send that
+    once the other stopped: it now learns it lost (``sole_lost``), and the services stop
+    it (services/main.py)."""
+    import aio_pika
+
+    from crdt_ops.transport.amqp.holder import Holder
+    from crdt_ops.transport.topology import Topology
+    from tests.broker import rabbitmqctl
+
+    first = platform.process("logic.a", "platform", "cell.a", sole="logic")
+    await first.start()
+    lost = asyncio.ensure_future(first.sole_lost())
+    standby = await aio_pika.connect(platform.url)  # "the standby", taking it first
+    queue = Topology(platform.group("platform")).holder("logic")
+    try:
+        await asyncio.sleep(0.5)
+        assert not lost.done()
+        lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
+                                         "client_properties", "-q")).splitlines()
+        pids = [line.split("\t")[0] for line in lines if "crdt-ops logic.a" in line]
+        assert len(pids) == 1, lines
+        await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: cut off")
+        holder = Holder(Topology(platform.group("platform")), "logic")
+        for _ in range(500):  # as soon as the broker frees it
+            if await holder.take(standby):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail(f"{queue} was never freed")
+        await asyncio.wait_for(lost, 30)  # the first, reconnected, learns it lost
+    finally:
+        lost.cancel()
+        await standby.close()
+        await first.stop()

@@ -19,6 +19,7 @@ if one group's store fails, the other group's part may still have been accepted)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -115,6 +116,18 @@ class AmqpGroups(NodeGroups[AmqpNode]):
                 raise
         super().__init__(routing, nodes)
         self._conn: FailoverConnection | None = None
+
+    async def sole_lost(self) -> None:
+        """Return once one of the nodes lost its ``sole`` holder queue to another process
+        (:attr:`Holder.sole_lost <crdt_ops.transport.amqp.holder.Holder.sole_lost>`): the
+        process's part is over (the services exit: a supervisor starts it again, and it
+        waits as the standby). Never returns without ``sole``."""
+        waits = [asyncio.ensure_future(n.sole_lost.wait()) for n in self.nodes.values()]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     def snapshot(self) -> None:
         """:meth:`AmqpNode.snapshot` of every group (each into its own store)."""

@@ -69,6 +69,10 @@ class Holder:
         self.sole = sole if sole != self.queue else None
         self._refused_since: float | None = None  # first refusal since it last held it
         self._said: float | None = None
+        self._held_sole = False
+        #: set once ``sole``, held before, was refused (after a reconnection): another
+        #: process took over meanwhile, and this one's state is stale for good
+        self.sole_lost = asyncio.Event()
 
     async def take(self, conn: AbstractConnection) -> bool:
         """Declare ``sole`` if given, then the holder queue, on ``conn``, each through a
@@ -88,6 +92,11 @@ class Holder:
                 await channel.declare_queue(queue, exclusive=True, durable=False,
                                             auto_delete=False)
             except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
+                if queue == self.sole and self._held_sole and not self.sole_lost.is_set():
+                    log.error("replica %s: another process took over %s while this one was "
+                              "cut off from the broker; what this one decides now is stale: "
+                              "it stops", self.replica_id, queue)
+                    self.sole_lost.set()
                 self._refused(queue)
                 return False
             except aiormq.exceptions.ChannelAccessRefused:
@@ -100,6 +109,7 @@ class Holder:
                 continue
             await channel.close()
         self._refused_since = None
+        self._held_sole = self._held_sole or self.sole is not None
         return True
 
     async def hold(self, conn: AbstractConnection) -> None:

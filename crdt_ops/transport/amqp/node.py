@@ -898,6 +898,12 @@ class AmqpNode:
         return self._out.confirmed_through
 
     @property
+    def sole_lost(self) -> asyncio.Event:
+        """Set once another process took this node's ``sole`` holder queue after this one
+        had held it (:class:`~crdt_ops.transport.amqp.holder.Holder`)."""
+        return self._holder.sole_lost
+
+    @property
     def standby(self) -> bool:
         """Whether this node waits for another process to let go of its holder queue, or
         of its ``sole`` one (:class:`~crdt_ops.transport.amqp.holder.Holder`)."""
