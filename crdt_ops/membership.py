@@ -32,10 +32,7 @@ DAIS 2014, assume a known set of replicas). The rule kept here:
   lost one that queues delivered) raises the last it names, by its reports and relays,
   before the others count the retiree out: else one replica would count it out and
   compact what another then resolved against its late operation, and they would
-  diverge. A member answers for what it has itself (delivered, or held waiting), and its
-  word counts while it is a member: once it retires too, what it alone had is lost for
-  good, and is waited for no more (:meth:`Membership.last_of`). Who told what is not kept
-  in a snapshot: after a restore, the lasts stand as if named.
+  diverge.
 
 A replica built without ``members`` (the default) is *open*: anyone writes, no
 membership is agreed, and nothing is ever stable, so nothing is compacted.
@@ -75,12 +72,6 @@ class Membership:
         self.retiring: Clock = {}
         self.retired: set[str] = set()
         self.view = 0
-        #: per channel of a retiring or retired replica: the last operation its retirement
-        #: named, and per member the most that member told it had of the channel (its
-        #: reports and relays); a member's word counts while it is no retired one itself
-        #: (:meth:`last_of`)
-        self.named: Clock = {}
-        self.raised: dict[str, Clock] = {}
 
     def is_member(self, replica: str) -> bool:
         return (replica in self.founders or replica in self.admissions) \
@@ -122,64 +113,36 @@ class Membership:
         operation or a later one)."""
         return split(channel)[0] not in self.retired and last_seq > self.retiring.get(channel, -1)
 
-    def retire(self, replica: str, lasts: Mapping[str, int], by: str | None = None) -> None:
+    def retire(self, replica: str, lasts: Mapping[str, int]) -> None:
         """``replica`` leaves for good after its operation ``lasts[c]`` on each of its
-        channels ``c`` (its id alone, with 0, when it wrote nothing): as its retirement
-        names them, or (``by``) as member ``by`` relays it, with the most it has of each."""
+        channels ``c`` (its id alone, with 0, when it wrote nothing)."""
         for c, last in (channels_of(lasts, replica) or {replica: 0}).items():
-            if split(c)[0] in self.retired:
-                continue
-            if by is None:
-                self.named[c] = max(self.named.get(c, 0), last)
-            else:
-                self._raise(c, last, by)
-            self.retiring[c] = self.last_of(c)
+            if self.tells(c, last):
+                self.retiring[c] = last
 
-    def raise_last(self, channel: str, seq: int, by: str) -> None:
-        """Member ``by`` has operation ``seq`` of ``channel``: if the channel's replica is
-        retiring or retired, its last is at least that while ``by`` counts (see the module
-        docstring)."""
-        if channel in self.retiring or (channel in self.named or channel in self.raised):
-            self._raise(channel, seq, by)
-            if channel in self.retiring:
-                self.retiring[channel] = self.last_of(channel)
-
-    def _raise(self, channel: str, seq: int, by: str) -> None:
-        told = self.raised.setdefault(channel, {})
-        if seq > told.get(by, 0):
-            told[by] = seq
-
-    def last_of(self, channel: str) -> int:
-        """The last operation of ``channel`` (of a replica retiring or retired) as far as
-        is known here: the most its retirement named or a member not retired told."""
-        raised = [s for r, s in self.raised.get(channel, {}).items() if r not in self.retired]
-        return max(self.named.get(channel, 0), *raised, 0)
+    def raise_last(self, channel: str, seq: int) -> None:
+        """A member delivered operation ``seq`` of ``channel``: if its replica is retiring
+        after an earlier one, it retires after this one (see the module docstring)."""
+        if self.retiring.get(channel, seq) < seq:
+            self.retiring[channel] = seq
 
     def settle(self, delivered: Mapping[str, int],
                told: Callable[[str], bool] = lambda channel: True) -> list[str]:
         """Retire for good every retiring replica whose operations up to its last on
         each channel are in ``delivered`` (this replica's clock) and whose every channel
         the others ``told`` of; returns them."""
-        gone: list[str] = []
-        while True:
-            done = [c for c, last in self.retiring.items()
-                    if delivered.get(c, 0) >= last and told(c)]
-            if not done:
-                return gone
-            for c in done:
-                del self.retiring[c]
-            left = self.retiring_replicas()
-            out = sorted({split(c)[0] for c in done} - left)
-            if not out:
-                return gone
-            for r in out:
-                self.retired.add(r)
-                self.view += 1
-            gone += out
-            # what they alone told of another retiree counts no more: they never come
-            # back, so what nobody else has is lost for good, and not waited for
-            for c in self.retiring:
-                self.retiring[c] = self.last_of(c)
+        done = [c for c, last in self.retiring.items()
+                if delivered.get(c, 0) >= last and told(c)]
+        if not done:
+            return []
+        for c in done:
+            del self.retiring[c]
+        left = self.retiring_replicas()
+        out = sorted({split(c)[0] for c in done} - left)
+        for r in out:
+            self.retired.add(r)
+            self.view += 1
+        return out
 
     def load(self, founders: Iterable[str], admissions: Mapping[str, Clock],
              retiring: Mapping[str, int], retired: Iterable[str], managed: bool) -> None:
@@ -189,10 +152,6 @@ class Membership:
         self.admissions = {r: dict(by) for r, by in admissions.items()}
         self.retiring = dict(retiring)
         self.retired = set(retired)
-        # who told what is not kept: the lasts stand as if named (a member's raise can no
-        # longer be dropped when it retires: a wait it alone caused stays)
-        self.named = dict(retiring)
-        self.raised = {}
         self.view += 1
 
 

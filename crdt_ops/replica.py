@@ -471,17 +471,11 @@ class Replica(Fields):
         else:  # every channel of theirs held here
             known = {c: s for c, s in clock.items() if split(c)[0] in m.retired}
             known.update((r, clock.get(r, 0)) for r in m.retired)
-        # a retiring one's last as its retirement named it; and the most of theirs this
-        # replica has, delivered or held waiting for an earlier one (the others must wait
-        # for it too); not what others told: a member answers for what it has itself (what
-        # one that retires alone had is lost with it, and must not be waited for)
-        known.update((c, m.named.get(c, 0)) for c in m.retiring)
-        held: Clock = {}
-        if known:
-            for b in self._buffer.waiting():
-                if b.channel in known and b.last_seq > held.get(b.channel, 0):
-                    held[b.channel] = b.last_seq
-        return {c: max(s, clock.get(c, 0), held.get(c, 0)) for c, s in known.items()}
+        known.update(m.retiring)
+        # and the most of theirs delivered, or named by a report, here: one held waiting
+        # for an earlier one is the retiree's too (the others must wait for it)
+        reported = self._stability.reported
+        return {c: max(s, clock.get(c, 0), reported.get(c, 0)) for c, s in known.items()}
 
     def _own_lasts(self, clock: Mapping[str, int], replica_id: str | None = None) -> Clock:
         """The entries of ``clock`` of ``replica_id``'s channels (default: this replica's):
@@ -640,11 +634,11 @@ class Replica(Fields):
                 # of it, with the most it delivered of the retiree
                 self._stability.told(hb.origin, hb.retirements)
                 for r, lasts in _by_replica(hb.retirements).items():
-                    lasts = {c: s for c, s in lasts.items() if self._stability.held(c)}
-                    if r in m.retired or not lasts:
-                        continue
-                    told = told or any(m.tells(c, s) for c, s in lasts.items())
-                    self._stability.retire(r, lasts, by=hb.origin)  # (news or not: its word)
+                    lasts = {c: s for c, s in lasts.items()
+                             if m.tells(c, s) and self._stability.held(c)}
+                    if lasts:
+                        self._stability.retire(r, lasts)
+                        told = True
                 self._stability.settle()
             if hb.wants:
                 self._heard_wants(hb.origin, hb.wants)

@@ -80,11 +80,10 @@ class Stability:
         self._report(channel, own)
         if replica == self.me or not self.membership.is_member(replica):
             return
-        m = self.membership
-        if m.named or m.raised:  # of a retiring or retired replica: what it has of them
-            for c, s in clock.items():
-                if c in m.named or c in m.raised:
-                    m.raise_last(c, s, replica)
+        retiring = self.membership.retiring
+        if retiring:
+            for c in retiring.keys() & clock.keys():  # it delivered more of the retiree
+                self.membership.raise_last(c, clock[c])
         known = self.known.setdefault(replica, {})
         merge_into(known, clock)
         if own > known.get(channel, 0):
@@ -106,13 +105,12 @@ class Stability:
         if replica != self.me:
             self.known.setdefault(replica, {})
 
-    def retire(self, replica: str, lasts: Mapping[str, int], by: str | None = None) -> None:
+    def retire(self, replica: str, lasts: Mapping[str, int]) -> None:
         """``replica`` leaves for good after its operation ``lasts[c]`` on each of its
-        channels ``c`` (those this replica does not hold are ignored), as its retirement
-        names them or (``by``) as member ``by`` relays it: it counts until those
-        operations are delivered here (:meth:`settle`)."""
+        channels ``c`` (those this replica does not hold are ignored): it counts until
+        those operations are delivered here (:meth:`settle`)."""
         lasts = {c: s for c, s in lasts.items() if self.held(c)}
-        self.membership.retire(replica, lasts, by)
+        self.membership.retire(replica, lasts)
         for c, s in lasts.items():
             self._report(c, s)
         self.settle()
@@ -149,18 +147,11 @@ class Stability:
     def settle(self) -> None:
         """Drop the retiring replicas whose last operations are all delivered here and
         whose retirement every other member told of."""
-        m = self.membership
-        if m.retiring:
-            gone = m.settle(self._own, self._all_told)
-            for r in gone:
+        if self.membership.retiring:
+            for r in self.membership.settle(self._own, self._all_told):
                 self.known.pop(r, None)
-            for r in self._told.keys() - m.retiring_replicas():
+            for r in self._told.keys() - self.membership.retiring_replicas():
                 del self._told[r]
-            if gone:  # what reports named of a retiree beyond what any member still here
-                # has is lost for good (those that had it retired): no gap to wait on
-                for c, s in self.reported.items():
-                    if s > self._own.get(c, 0) and split(c)[0] in m.retired:
-                        self.reported[c] = max(self._own.get(c, 0), m.last_of(c))
 
     def stable(self) -> Clock:
         """What every operation any member issues from now on follows ({} in an open group)."""
@@ -215,10 +206,11 @@ class Stability:
         late operation of a replica counted out, still to be delivered here: compacting
         before it is would resolve it against settled state, unlike where it came first)."""
         issued = self._own_issued()
-        m = self.membership
-        for c in m.named.keys() | m.raised.keys():
-            if self.held(c) and (last := m.last_of(c)) > issued.get(c, 0):
-                issued[c] = last
+        out = self.membership.retired | self.membership.retiring_replicas()
+        if out:
+            for c, s in self.reported.items():
+                if s > issued.get(c, 0) and split(c)[0] in out and self.held(c):
+                    issued[c] = s
         return issued
 
     def _own_issued(self) -> Clock:

@@ -375,32 +375,3 @@ def test_a_late_operation_held_waiting_when_a_member_told_still_counts() -> None
     _gossip(a, b)
     assert a.state() == b.state() == {"z": 1, "m": {"k": "a"}}
     assert dict(a.clock) == dict(b.clock)
-
-
-def test_what_only_a_retired_member_had_of_a_retiree_is_not_waited_for() -> None:
-    """x's last write reached m alone (the stream lost it); m's report raised x's last to
-    it, then m died before relaying it, and the operator retired m too. x's retirement
-    waited for that write for good: x stayed a member, and its frozen clock held causal
-    stability back everywhere. What m alone told counts no more once m is out."""
-    members = ["a", "b", "m", "x"]
-    a, b, m, x = (Replica(i, members=members) for i in members)
-    _gossip(a, b, m, x, rounds=1, compact=False)
-    x.counter("n").increment()
-    (x1,) = x.outgoing()
-    m.receive(x1)
-    for r in (a, b, m):
-        r.receive(Replica.retirement("x", 0))
-    m.heartbeat()
-    for msg in m.outgoing():  # m's report: it has x 1
-        a.receive(msg)
-        b.receive(msg)
-    assert a.membership.retiring == {"x": 1}
-    for r in (a, b):  # m is gone: the operator retires it (the stream held none of it)
-        r.receive(Replica.retirement("m", 0))
-    for _ in range(3):
-        for r in (a, b):
-            r.counter("k").increment()
-        _gossip(a, b, rounds=1, compact=False)
-    assert a.membership.retired == b.membership.retired == {"m", "x"}
-    stable = a.stable_clock()  # it advances (a's last write: not yet reported by b)
-    assert stable["a"] >= 2 and stable["b"] >= 2 and a.missing() == {}
