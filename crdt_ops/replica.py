@@ -623,6 +623,16 @@ class Replica(Fields):
         m = self.membership
         told = hb.retired
         if hb.retired:
+            # a member leaving reports, as its last word, what it has of another retiree
+            # (its clock and its relays) before it is counted out itself
+            self._stability.observe(hb.origin, hb.clock)
+            if (m.managed and m.is_member(hb.origin) and hb.retirements
+                    and self._stability.relays(hb.origin)):
+                for r, lasts in _by_replica(hb.retirements).items():
+                    lasts = {c: s for c, s in lasts.items()
+                             if r != hb.origin and m.tells(c, s) and self._stability.held(c)}
+                    if lasts:
+                        self._stability.retire(r, lasts)
             self._stability.retire(hb.origin, self._own_lasts(hb.clock, hb.origin))
         else:
             self._stability.observe(hb.origin, hb.clock)

@@ -375,3 +375,33 @@ def test_a_late_operation_held_waiting_when_a_member_told_still_counts() -> None
     _gossip(a, b)
     assert a.state() == b.state() == {"z": 1, "m": {"k": "a"}}
     assert dict(a.clock) == dict(b.clock)
+
+
+def test_a_member_leaving_tells_what_it_has_of_another_retiree() -> None:
+    """Only w had x's late write (its queue had it, the stream lost it); then w left
+    (``heartbeat(retired=True)``, as ``AmqpNode.leave`` does). Its leaving heartbeat, whose
+    clock names x 1, was read as a retirement only: a and b counted x out at 0 on each
+    other's word, compacted, and x 1, relayed by w while it waited to leave, landed on
+    settled state. A leaving member's heartbeat is its last report too."""
+    ids = ["a", "b", "w", "x"]
+    a, b, w, x = (Replica(r, members=ids, wall_clock=at(200 if r == "a" else 100),
+                          compact_every=1) for r in ids)
+    _gossip(a, b, w, x, rounds=1)
+    x.map("m").register("k").set("x")
+    (x1,) = x.outgoing()
+    a.map("m").register("k").set("a")  # concurrent, wins by its time
+    (a1,) = a.outgoing()
+    for r in (b, w):
+        r.receive(a1)
+    w.heartbeat()
+    send(w, a, b)
+    w.receive(x1)  # only w's queue had it
+    for r in (a, b, w):
+        r.receive(Replica.retirement("x", 0))  # the stream held nothing of x
+    w.heartbeat(retired=True)  # w leaves: its clock names x 1
+    send(w, a, b)
+    _gossip(a, b)
+    assert a.membership.retiring.get("x") == 1 and a.missing() == {"x": (1, 1)}
+    assert a.receive(x1) and b.receive(x1)  # relayed by w, as a asked
+    _gossip(a, b)
+    assert a.state() == b.state() == w.state() == {"m": {"k": "a"}}
