@@ -20,11 +20,16 @@ def _settings(tmp_path: Path, **kw: object) -> Settings:
                     store=str(tmp_path / "b.sqlite"), membership="open", **kw)  # type: ignore[arg-type]
 
 
-def test_a_log_holding_more_waiting_than_a_lower_cap_allows_still_opens(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """50 operations of x waited (x 1 was late) and were logged; the replica was started
-    again with ``--max-waiting-per-origin 20``: the replay raised WaitingCapReached, and
-    every start failed the same way until the setting went back."""
+@pytest.mark.parametrize("kept_in, says", [
+    ("log", "30 logged messages were refused as its log was replayed"),
+    ("snapshot", "its snapshot held 30 operations waiting"),
+])
+def test_a_store_holding_more_waiting_than_a_lower_cap_allows_still_opens(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, kept_in: str, says: str) -> None:
+    """50 operations of x waited (x 1 was late) and were kept, in the store's log or its
+    snapshot; the replica was started again with ``--max-waiting-per-origin 20``: the
+    replay raised WaitingCapReached (``Replica.from_snapshot``: BufferFull), and every
+    start failed the same way until the setting went back."""
     x = Replica("x")
     sent = []
     for _ in range(51):
@@ -35,39 +40,14 @@ def test_a_log_holding_more_waiting_than_a_lower_cap_allows_still_opens(
         assert durable.replica.receive(m)
         durable.log_delivered(durable.hold([m]))
     assert durable.replica.buffered == 50
+    if kept_in == "snapshot":
+        durable.snapshot()  # the 50 waiting ones in the snapshot, the log dropped
     asyncio.run(durable.close())
     with caplog.at_level(logging.WARNING):
         again = DurableReplica.open(_settings(tmp_path, max_waiting_per_origin=20))
     try:
         assert again.replica.buffered == 20  # x 2..21; x 22..51 left out
-        assert "30 logged messages were refused as its log was replayed" in caplog.text
-        for m in sent:  # x 1, and the rest read again from the stream
-            again.replica.receive(m)
-        assert again.replica.clock == {"x": 51} and again.replica.buffered == 0
-    finally:
-        asyncio.run(again.close())
-
-
-def test_a_snapshot_holding_more_waiting_than_a_lower_cap_allows_still_opens(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """As above, with the waiting operations in the store's snapshot, not its log:
-    ``Replica.from_snapshot`` raised BufferFull, and the replica never started again."""
-    x = Replica("x")
-    sent = []
-    for _ in range(51):
-        x.counter("c").increment()
-        sent += x.outgoing()
-    durable = DurableReplica.open(_settings(tmp_path))
-    for m in sent[1:]:
-        assert durable.replica.receive(m)
-        durable.log_delivered(durable.hold([m]))
-    durable.snapshot()  # the 50 waiting ones in the snapshot, the log dropped
-    asyncio.run(durable.close())
-    with caplog.at_level(logging.WARNING):
-        again = DurableReplica.open(_settings(tmp_path, max_waiting_per_origin=20))
-    try:
-        assert again.replica.buffered == 20 and again.replica.stats["left_out"] == 30
-        assert "its snapshot held 30 operations waiting" in caplog.text
+        assert says in caplog.text
         for m in sent:  # x 1, and the rest read again from the stream
             again.replica.receive(m)
         assert again.replica.clock == {"x": 51} and again.replica.buffered == 0
