@@ -290,7 +290,8 @@ def _check_keygen(args: argparse.Namespace) -> None:
     from crdt_ops.transport.signing import _ed25519
 
     p = args.principal
-    if not p or p.startswith(".") or any(c in p for c in "/\\\0") or not p.isprintable() \
+    if not p or p.startswith(".") or p.endswith(".") or ".." in p \
+            or any(c in p for c in "/\\\0") or not p.isprintable() \
             or any(c.isspace() for c in p) or not belongs(p, p):
         raise UsageError(f"{p!r} is not a principal name (such as web, logic, worker.node-1)")
     try:

@@ -136,20 +136,20 @@ def held_cells(records: Groups) -> list[str]:
     return sorted(g[len(head):] for g in records.replicas if g.startswith(head))
 
 
-#: The longest name of a cell or a node, in characters: they are parts of queue names
+#: The longest name of a cell or a node, in bytes of UTF-8: they are parts of queue names
 #: (at most 255 bytes in AMQP 0-9-1's shortstr) and of file names (255 bytes on Linux).
 MAX_NAME = 64
 
 
 def check_name(what: str, name: str) -> str:
     """``name``, if it can name a cell or a node: non-empty, printable, at most
-    :data:`MAX_NAME` characters, without ``/``, ``.``, white space, ``#`` or ``*`` (it
+    :data:`MAX_NAME` bytes of UTF-8, without ``/``, ``.``, white space, ``#`` or ``*`` (it
     names a group or a sub-group, and a part of queue and file names); else ValueError
     saying so of ``what``."""
-    if not name or len(name) > MAX_NAME or not name.isprintable() \
-            or any(c in "/.#*" or c.isspace() for c in name):
-        raise ValueError(f"{what} must be 1 to {MAX_NAME} printable characters, without '/', "
-                         f"'.', spaces, '#' or '*': {name!r}")
+    if not name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME \
+            or not name.isprintable() or any(c in "/.#*" or c.isspace() for c in name):
+        raise ValueError(f"{what} must be 1 to {MAX_NAME} bytes (UTF-8) of printable "
+                         f"characters, without '/', '.', spaces, '#' or '*': {name!r}")
     return name
 
 

@@ -142,7 +142,7 @@ class Worker:
                  heartbeat_s: float | None = None, lease_s: float = lease.DEFAULT_LEASE_S,
                  reconcile_s: float = RECONCILE_S, state_dir: Path | None = None,
                  use_guard: bool = True, runtime_calls: int = RUNTIME_CALLS,
-                 runtime_thread: bool = True) -> None:
+                 runtime_thread: bool = True, hold_off_s: float = 0.0) -> None:
         if capacity < 0:
             raise ValueError(f"a node's capacity must be >= 0, not {capacity}")
         if heartbeat_s is None:
@@ -168,6 +168,8 @@ class Worker:
         #: before it is beaten), None when it kept its predecessor's
         self._leftovers: str | None = None
         self.lease = self._adopt(lease_s)
+        #: seconds a new epoch waits before its first beat (see :meth:`run`)
+        self.hold_off_s = hold_off_s
         self.use_guard = use_guard
         self._wake = asyncio.Event()
         self._retry_at: dict[str, tuple[float, float]] = {}  # cid -> (when, backoff)
@@ -586,6 +588,16 @@ class Worker:
                     await asyncio.sleep(self.reconcile_s)
                     continue
                 self._leftovers = None
+            if why is not None and self.hold_off_s > 0:
+                # a standby that took over from a process elsewhere: that one's guard runs
+                # its containers until its lease ends, at most a lease after its last beat,
+                # which came before this one took over; a new epoch announced sooner would
+                # have logic place them here meanwhile
+                log.warning("%s: took over from another process of this node; its lease "
+                            "may hold for %.0fs more: epoch %s begins then", self.name,
+                            self.hold_off_s, self.lease.epoch)
+                await asyncio.sleep(self.hold_off_s)
+                self.lease.began = time.monotonic()  # (it holds from its first beat on)
             # this node's records from every record, in slices: now (the worker beats
             # meanwhile, but reconciles only once they are loaded: it would stop what it
             # missed), then every FULL_PASS_S

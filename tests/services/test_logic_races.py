@@ -183,3 +183,29 @@ def test_a_delete_racing_another_web_s_stop_leaves_logic_running(tmp_path: Path)
             assert p.logic.node.groups.get(model.CONTAINERS + "c1") == {"power_desired": "off"}
             # (logic runs on: the platform's exit checks its task did not end)
     asyncio.run(run())
+
+
+def test_a_worker_that_took_over_from_another_process_waits_a_lease_to_beat(
+        tmp_path: Path) -> None:
+    """A standby worker of node n1 on another machine took over the moment the first one's
+    connection closed (killed), and announced a new epoch at once: logic, taking a new
+    epoch for the end of the old one, placed the containers there, while the first one's
+    guard ran them until its lease ended. A new epoch of a standby that took over begins
+    a lease later (``hold_off_s``; the services pass one lease and a second)."""
+    async def run() -> None:
+        node = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+        worker = Worker(node, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False,
+                        lease_s=4.0, hold_off_s=1.0)
+        await node.start()
+        key = model.node_key(model.DEFAULT_CELL, "n1")
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.sleep(0.6)
+            assert node.groups.get(key) is None  # no beat, no epoch announced yet
+            assert await _until(lambda: (node.groups.get(key) or {}).get("epoch")
+                                == worker.lease.epoch, 3.0)
+            assert await _until(lambda: worker.lease.may_run(time.monotonic()), 3.0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(run())

@@ -58,7 +58,8 @@ async def claim_founding(conn: AbstractConnection, settings: Settings, replica_i
 
 class RetirementRefused(ValueError):
     """A retirement not published: its replica still runs, or the group's stream holds no
-    message of it (a mistyped id?); nothing was sent."""
+    message of it (a mistyped id?). No retirement was sent (the stream's probe, a heartbeat
+    of a throwaway id every reader skips, may have been)."""
 
 
 async def publish_retirement(settings: Settings, replica_id: str, force: bool = False) -> int:
