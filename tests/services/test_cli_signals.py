@@ -277,9 +277,11 @@ def test_services_stop_while_waiting_to_be_admitted(amqp_url: str, track: Tracke
     procs = [track.start(f"{c}-{signal.Signals(sig).name}",
                          service_args(c, amqp_url, group, n, track.workdir), sig)
              for n, sig in enumerate(SIGNALS) for c in SERVICES]
-    # (one logic runs at a time: the other waits as a standby, and stops the same way)
+    # (one logic runs at a time: the other waits as a standby, and stops the same way;
+    # stopped first, before the one it waits for lets it go on)
     wait_all(procs, lambda p: "asks the members of group" in p.text()
              or "waits as a standby" in p.text(), 90)
+    procs.sort(key=lambda p: "waits as a standby" not in p.text())
     finish(procs, lambda p: 128 + p.sig, "", lambda p: "while waiting as a standby"
            if "waits as a standby" in p.text() else "while waiting to be admitted")
 
