@@ -107,6 +107,11 @@ class Membership:
         """The replicas retiring (their last operations not all delivered here)."""
         return {split(c)[0] for c in self.retiring}
 
+    def is_retiring(self, replica: str) -> bool:
+        """Whether ``replica`` is retiring (:meth:`retiring_replicas`, without building it:
+        asked of every local operation)."""
+        return any(split(c)[0] == replica for c in self.retiring)
+
     def tells(self, channel: str, last_seq: int) -> bool:
         """Whether a retirement naming ``last_seq`` as the last operation of ``channel``
         is news here (its replica is not retired, nor the channel retiring after that

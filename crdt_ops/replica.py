@@ -378,7 +378,7 @@ class Replica(Fields):
         and neither retiring nor retired (see :mod:`crdt_ops.membership`)."""
         m = self.membership
         return not m.managed or (m.is_member(self.replica_id)
-                                 and self.replica_id not in m.retiring_replicas())
+                                 and not m.is_retiring(self.replica_id))
 
     def sole_holder(self) -> bool:
         """Whether this replica holds one sub-group and, as its membership knows it, no
@@ -622,33 +622,23 @@ class Replica(Fields):
         of a retirement (to be logged)."""
         m = self.membership
         told = hb.retired
+        # (a member leaving reports too, as its last word, what it has of another retiree:
+        # its clock and its relays, before it is counted out itself)
+        self._stability.observe(hb.origin, hb.clock)
+        relays = (not m.managed or m.is_member(hb.origin)) and self._stability.relays(hb.origin)
         if hb.retired:
-            # a member leaving reports, as its last word, what it has of another retiree
-            # (its clock and its relays) before it is counted out itself
-            self._stability.observe(hb.origin, hb.clock)
-            if (m.managed and m.is_member(hb.origin) and hb.retirements
-                    and self._stability.relays(hb.origin)):
-                for r, lasts in _by_replica(hb.retirements).items():
-                    lasts = {c: s for c, s in lasts.items()
-                             if r != hb.origin and m.tells(c, s) and self._stability.held(c)}
-                    if lasts:
-                        self._stability.retire(r, lasts)
+            if m.managed and relays:
+                self._take_relays(hb, but=hb.origin)  # (its own: taken as its retirement)
             self._stability.retire(hb.origin, self._own_lasts(hb.clock, hb.origin))
         else:
-            self._stability.observe(hb.origin, hb.clock)
             if hb.origin == self.replica_id:
                 merge_into(self._claimed, hb.clock)
-            if (not m.managed or m.is_member(hb.origin)) and self._stability.relays(hb.origin):
+            if relays:
                 # a retirement relayed by a member: ours may have missed the original
                 # (it is no operation, so no clock shows the gap); and the member knows
                 # of it, with the most it delivered of the retiree
                 self._stability.told(hb.origin, hb.retirements)
-                for r, lasts in _by_replica(hb.retirements).items():
-                    lasts = {c: s for c, s in lasts.items()
-                             if m.tells(c, s) and self._stability.held(c)}
-                    if lasts:
-                        self._stability.retire(r, lasts)
-                        told = True
+                told = self._take_relays(hb)
                 self._stability.settle()
             if hb.wants:
                 self._heard_wants(hb.origin, hb.wants)
@@ -658,6 +648,18 @@ class Replica(Fields):
         if self._settler:  # a report may move the frontier: settle some of what it released
             self.compact(self.SETTLE_STEP)
         return told
+
+    def _take_relays(self, hb: Heartbeat, but: str | None = None) -> bool:
+        """Take the retirements member ``hb.origin`` relays (but ``but``'s), on the
+        channels held here; returns whether one was news here."""
+        m, news = self.membership, False
+        for r, lasts in _by_replica(hb.retirements).items():
+            lasts = {c: s for c, s in lasts.items()
+                     if r != but and m.tells(c, s) and self._stability.held(c)}
+            if lasts:
+                self._stability.retire(r, lasts)
+                news = True
+        return news
 
     def _drain(self) -> None:
         while (batch := self._buffer.pop_ready()) is not None:
@@ -813,7 +815,7 @@ class Replica(Fields):
         (``max_message_bytes``); nothing is applied then."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
             m = self.membership
-            if self.replica_id in m.retired | m.retiring_replicas():
+            if self.replica_id in m.retired or m.is_retiring(self.replica_id):
                 raise NotAMember(f"replica {self.replica_id!r} was retired from its group: it "
                                  "may write no more; start a new replica (a new store, a new "
                                  "id) in its place")

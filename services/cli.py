@@ -34,7 +34,6 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import difflib  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Mapping  # noqa: E402
 from dataclasses import Field, fields  # noqa: E402
@@ -204,9 +203,7 @@ def check_bounds(args: argparse.Namespace, bounds: Bounds) -> None:
     bound; raises UsageError naming the flag."""
     for dest, (bound, strict) in bounds.items():
         value = getattr(args, dest, None)
-        if value is not None and not math.isfinite(value):
-            raise UsageError(f"--{dest.replace('_', '-')} must be a finite number, "
-                             f"got {value!r}")
+        config.check_finite(value, f"--{dest.replace('_', '-')}", UsageError)
         if value is not None and (value <= bound if strict else value < bound):
             raise UsageError(f"--{dest.replace('_', '-')} must be "
                              f"{'>' if strict else '>='} {bound:g}, got {value:g}")
@@ -234,8 +231,14 @@ def check(args: argparse.Namespace) -> None:
         if hasattr(args, "amqp_url") and getattr(args, "replica_settings", True):
             settings = args.settings = (args.service.settings if hasattr(args, "service")
                                         else config.from_args(args))
+            if cmd in ("web", "logic", "worker"):
+                from services.main import principal_of
+
+                principal = principal_of(cmd, args.service)
+            else:
+                principal = ""
             config.check_files(settings, store=cmd not in ("retire", "demo", "delete-group"),
-                               signs=cmd not in ("demo", "delete-group"))
+                               signs=cmd not in ("demo", "delete-group"), principal=principal)
             if settings.metrics_port and cmd != "demo":
                 from services.main import port_free
 

@@ -208,12 +208,6 @@ def read(role: str, args: argparse.Namespace) -> Service:
             raise ValueError(f"--replica-id {settings.replica_id!r} does not belong to this "
                              f"service's principal {who!r}: use {who!r} or "
                              f"{who + '.<instance>'!r}")
-        if settings.auth == "signature":
-            from crdt_ops.transport.signing import Keyring, Signer
-
-            config.check_signer(Signer.from_file(settings.signing_key)
-                                if settings.signing_key else None,
-                                Keyring.from_file(settings.keyring), principal=who)
     cells(service)  # a bad --cell or --cells: refused now
     return service
 

@@ -118,8 +118,7 @@ class Settings:
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise TypeError(f"{flag_of(f)} (Settings.{f.name}) must be {f.type}, not "
                                 f"{type(value).__name__} {value!r}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{flag_of(f)} must be a finite number, got {value!r}")
+            check_finite(value, flag_of(f))
         if self.queue_type not in QUEUE_TYPES:
             raise ValueError(f"--queue-type must be one of {', '.join(QUEUE_TYPES)}, "
                              f"got {self.queue_type!r}")
@@ -254,6 +253,13 @@ def given(args: argparse.Namespace, cls: type[Any], name: str,
     return getattr(args, name, None) is not None or env_of(f) in env
 
 
+def check_finite(value: object, names: str, error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` naming ``names`` (a flag, and its variable) if ``value`` is a float
+    that is not a finite number (NaN, an infinity: every bound compares false with NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise error(f"{names} must be a finite number, got {value!r}")
+
+
 def from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None,
               **overrides: Any) -> Settings:
     """The replica's :class:`Settings` from parsed flags, then the environment, then the
@@ -282,8 +288,7 @@ def load(cls: type[T], args: argparse.Namespace, env: Mapping[str, str] | None =
             value = kind(raw)
         except ValueError:
             raise ValueError(f"{names}: {raw!r} is not a valid {kind.__name__}") from None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{names} must be a finite number, got {raw!r}")
+        check_finite(value, names)
         lowest, highest = f.metadata.get("lowest"), f.metadata.get("highest")
         if lowest is not None and highest is not None and not lowest <= value <= highest:
             raise ValueError(f"{names} must be {lowest:g} to {highest:g}, got {value:g}")
@@ -353,13 +358,14 @@ def check_store(path: str, flag: str = "--store", must_exist: bool = False) -> N
             raise ValueError(f"{flag} {path}: not a crdt-ops store (not an SQLite file)")
 
 
-def check_files(settings: Settings, store: bool = True, signs: bool = True) -> None:
+def check_files(settings: Settings, store: bool = True, signs: bool = True,
+                principal: str = "") -> None:
     """Everything the settings name on disk, checked before anything is created:
     ``--store`` (or the default store's directory), ``--bootstrap``, ``--signing-key``
     and ``--keyring`` (parsed, which needs the ``cryptography`` package), and with
     ``signs`` (a command that sends what replicas check) under ``--auth signature`` that
-    the others will take what it signs (:func:`check_signer`). Raises ValueError with one
-    line naming the flag."""
+    the others will take what it signs as the replica, and as ``principal`` if given (a
+    service's: :func:`check_signer`). Raises ValueError with one line naming the flag."""
     if store:
         check_store(settings.store or f"crdt-ops.{settings.group}.<name>.sqlite",
                     "--store" if settings.store
@@ -379,7 +385,8 @@ def check_files(settings: Settings, store: bool = True, signs: bool = True) -> N
             except CrdtError as e:
                 raise ValueError(f"{flag} {path}: {e}") from None
     if settings.auth == "signature" and signs:
-        check_signer(loaded.get("--signing-key"), loaded["--keyring"], settings.replica_id)
+        check_signer(loaded.get("--signing-key"), loaded["--keyring"], settings.replica_id,
+                     principal)
 
 
 def check_signer(signer: Signer | None, keyring: Keyring, replica_id: str = "",

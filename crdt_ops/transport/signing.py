@@ -77,10 +77,7 @@ class Signer:
             serialization.NoEncryption()).hex())
 
     def public_hex(self) -> str:
-        from cryptography.hazmat.primitives import serialization
-
-        return str(self._key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex())
+        return _raw_hex(self._key.public_key())
 
     def headers(self, body: bytes) -> dict[str, Any]:
         """The headers that carry this signer's signature of ``body``."""
@@ -97,11 +94,8 @@ class Keyring:
 
     def public_hex(self, principal: str) -> str | None:
         """The public key the keyring holds for ``principal``, as hex (None: none)."""
-        from cryptography.hazmat.primitives import serialization
-
         key = self._keys.get(principal)
-        return None if key is None else str(key.public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex())
+        return None if key is None else _raw_hex(key)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
@@ -132,6 +126,14 @@ class Keyring:
         except Exception:  # cryptography's InvalidSignature, and malformed signatures
             raise BadSignature(f"the signature of {who!r} does not verify") from None
         return who
+
+
+def _raw_hex(public_key: Any) -> str:
+    """An Ed25519 public key's 32 raw bytes, as hex (as keygen writes the keyring)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return str(public_key.public_bytes(serialization.Encoding.Raw,
+                                       serialization.PublicFormat.Raw).hex())
 
 
 def _read_json(path: str | os.PathLike[str], what: str) -> Any:

@@ -322,7 +322,7 @@ class AmqpNode:
             broker = "ok"
         if self.replica_id in r.membership.retired:
             membership = "retired from the group: it writes no more"
-        elif self.replica_id in r.membership.retiring_replicas():
+        elif r.membership.is_retiring(self.replica_id):
             membership = ("retiring from the group: it writes no more, and the others count "
                           "it out once they all know")
         elif not r.is_member:
