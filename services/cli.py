@@ -480,7 +480,7 @@ def meant(name: str) -> str | None:
     of the setting whose flag it spells (``CRDT_OPS_PORT``, after ``--port``, is
     ``CRDT_OPS_HTTP_PORT``), else the closest known name, else None."""
     for f in _setting_fields():
-        if name == "CRDT_OPS_" + config.flag_of(f).lstrip("-").replace("-", "_").upper():
+        if name == config.env_name(config.flag_of(f).lstrip("-").replace("-", "_")):
             return config.env_of(f)
     near = difflib.get_close_matches(name, known_variables(), 1)
     return near[0] if near else None
