@@ -104,9 +104,14 @@ def decisions(idx: ContainerIndex, live: dict[str, model.Node], fresh: set[str],
     nodes' load and the owners' running counts read from the index: what a full pass over
     every record decides, at the cost of what changed. ``cells``: the cells logic holds
     (None: every cell); a record placed in another cell is left alone (logic cannot see
-    whether its placement runs)."""
+    whether its placement runs).
+
+    A node's load is what should run there, or what its worker last counted running
+    (``running`` in its record) when that is more: a container stopped or deleted holds
+    its place until its worker has stopped it (SIGTERM, then SIGKILL after the grace), so
+    that a Start right after a Stop does not overrun the node's capacity meanwhile."""
     epochs: dict[str, str | None] = {name: n.epoch for name, n in live.items()}
-    load = Counter({name: len(idx.on_at.get((name, n.epoch or ""), ()))
+    load = Counter({name: max(len(idx.on_at.get((name, n.epoch or ""), ())), n.running)
                     for name, n in live.items()})
     counts: dict[str | None, int] = {}
 

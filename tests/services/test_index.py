@@ -43,9 +43,10 @@ change = st.one_of(
     st.tuples(st.just("reason"), st.sampled_from(IDS), st.sampled_from([None, "quota", "full"])),
     st.tuples(st.just("delete"), st.sampled_from(IDS)),
 )
+#: node -> (its live epoch, its capacity, fresh, how many its worker counts running)
 live_nodes = st.dictionaries(st.sampled_from(NODES),
                              st.tuples(st.sampled_from(EPOCHS), st.integers(0, 3),
-                                       st.booleans()))
+                                       st.booleans(), st.integers(0, 3)))
 
 
 def apply(r: Replica, ch: tuple[object, ...]) -> None:
@@ -95,6 +96,8 @@ def full_pass(r: Replica, live: dict[str, model.Node], fresh: set[str],
 
     running = [c for c in records if c.power_desired == "on" and placed(c)]
     load = Counter(c.assigned_node or "" for c in running)
+    for name, n in live.items():  # what its worker counts running, when that is more
+        load[name] = max(load[name], n.running)
     per_owner = Counter(c.owner for c in running)
     counts: dict[str | None, int] = {}
     out = plan(records, live, fresh, load, lambda o: counts.setdefault(o, per_owner[o]),
@@ -121,9 +124,9 @@ def test_the_index_kept_from_events_equals_a_full_pass(
     rebuilt = ContainerIndex()
     rebuilt.load(Containers(r))
     assert index_state(kept) == index_state(rebuilt)
-    live = {name: model.Node(name, capacity, 0, 0, epoch, 30_000)
-            for name, (epoch, capacity, _) in nodes.items()}
-    fresh = {name for name, (_, _, is_fresh) in nodes.items() if is_fresh}
+    live = {name: model.Node(name, capacity, 0, running, epoch, 30_000)
+            for name, (epoch, capacity, _, running) in nodes.items()}
+    fresh = {name for name, (_, _, is_fresh, _) in nodes.items() if is_fresh}
     assert writes(decisions(kept, live, fresh, quota)) == full_pass(r, live, fresh, quota)
 
 

@@ -5,12 +5,14 @@ worker's reports (``model.REPORTS``), which no decision reads."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from crdt_ops.events import ChangeEvent
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
-from services.logic import Logic
+from services.index import ContainerIndex
+from services.logic import NO_CAPACITY, Logic, decisions
 from tests.support import cell_only, with_cell
 
 RECORD = {"name": "a", "owner": "ada", "power_desired": "on"}
@@ -164,3 +166,26 @@ def test_a_node_whose_lease_cannot_be_read_keeps_what_runs_there() -> None:
     logic.liveness.heard("n2", "e-n2", time.monotonic())
     live, fresh = logic.live_nodes()
     assert set(live) == {"n1", "n2"} and "n1" not in fresh
+
+
+def test_a_container_still_stopping_holds_its_place_on_its_node() -> None:
+    """A Stop takes a container out of what should run at once, but its process runs on
+    until its worker stopped it (SIGTERM, then SIGKILL after the grace). A Start placed on
+    its node meanwhile overran the node's capacity: logic now counts what the node's worker
+    last counted running when that is more."""
+    idx = ContainerIndex()
+    idx.put(model.CONTAINERS + "c1", {**PLACED, "power_desired": "off"})  # stopped: stopping
+    idx.put(model.CONTAINERS + "c2", {**RECORD, "name": "b"})  # to start
+    stopping = model.Node("n1", capacity=1, heartbeat=1, running=1, epoch="e1", lease_ms=8000)
+
+    def placed(n: model.Node) -> list[tuple[str, str | None, str | None]]:
+        return [(d.container.id, d.node.name if d.node else None, d.reason)
+                for d in decisions(idx, {"n1": n}, {"n1"}, quota=20)
+                if d.container.id == "c2"]
+
+    assert placed(stopping) == [("c2", None, NO_CAPACITY)]
+    # its worker stopped it, and counts none running: the Start goes there
+    assert placed(dataclasses.replace(stopping, running=0)) == [("c2", "n1", None)]
+    # what should run there counts too, when the worker has not started it yet
+    idx.put(model.CONTAINERS + "c1", PLACED)
+    assert placed(dataclasses.replace(stopping, running=0)) == [("c2", None, NO_CAPACITY)]
