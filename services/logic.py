@@ -185,6 +185,9 @@ class Logic:
             self.nodes.pop(name, None)
         if model.beyond_reports(event.old, event.new):  # not a worker's count of what runs
             self._wake.set()
+        elif self.index.rejected and isinstance(event.old, dict) and name in self.nodes \
+                and self.nodes[name].running < model.Node.of(event.key, event.old).running:
+            self._wake.set()  # a container stopped there: a Start waiting for room may go
 
     def _presume_fresh(self) -> None:
         """Presume each node's epoch read at the start fresh for what is left of a lease

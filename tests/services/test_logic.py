@@ -54,6 +54,12 @@ def test_a_decision_pass_is_woken_by_what_decisions_read_only() -> None:
                       ChangeEvent(node_key, NODE, {**NODE, "running": 1}, "worker.n1"))
     assert _wakes(logic, logic._cell_changed,
                   ChangeEvent(node_key, NODE, {**NODE, "heartbeat": 2}, "worker.n1"))
+    # ... but a container stopped there makes room for a Start waiting for it
+    busy = {**NODE, "heartbeat": 2, "running": 1}
+    logic._cell_changed(ChangeEvent(node_key, NODE, busy, "worker.n1"))
+    logic.index.put(model.CONTAINERS + "c2", {**RECORD, "rejected_reason": "no room"})
+    assert _wakes(logic, logic._cell_changed,
+                  ChangeEvent(node_key, busy, {**busy, "running": 0}, "worker.n1"))
     assert logic.nodes["n1"].heartbeat == 2
 
 
