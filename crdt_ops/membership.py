@@ -20,19 +20,19 @@ DAIS 2014, assume a known set of replicas). The rule kept here:
   alone, so all refuse the same operations (``not-a-member``). A new member's
   operations all follow its admission, so an operation that was stable among
   the members before it cannot be concurrent with any of them.
-* **Retirement.** A retirement names the replica's last operation (its final
-  sequence number) on each of its channels (:mod:`crdt_ops.subgroups`; without
-  sub-groups, its one channel is its id). The retiring replica keeps counting until
-  those operations and all before them are delivered here (on the channels held
-  here), and every other member has told that it knows of the retirement (its
-  heartbeats relay the retirements it knows, each with the most it delivered of the
-  retiree); then it is out for good: it is never admitted again and must never write
+* **Retirement.** A retirement names the replica's last operation (its final sequence
+  number) on each of its channels (:mod:`crdt_ops.subgroups`; without sub-groups, its
+  one channel is its id). The retiring replica keeps counting until those operations and
+  all before them are delivered here (on the channels held here), and every other member
+  that holds such a channel has told that it knows of the retirement (its heartbeats
+  relay the retirements it knows, each with the most it delivered of the retiree on the
+  channels it holds: a worker holding one sub-group and the common part is waited for on
+  those); then it is out for good: it is never admitted again and must never write
   again. A member that delivered more of the retiree than the retirement named (an
   operator names the last operation the group's stream holds, and the stream may have
   lost one that queues delivered) raises the last it names, by its reports and relays,
   before the others count the retiree out: else one replica would count it out and
-  compact what another then resolved against its late operation, and they would
-  diverge.
+  compact what another then resolved against its late operation, and they would diverge.
 
 A replica built without ``members`` (the default) is *open*: anyone writes, no
 membership is agreed, and nothing is ever stable, so nothing is compacted.

@@ -625,7 +625,7 @@ class Replica(Fields):
         # (a member leaving reports too, as its last word, what it has of another retiree:
         # its clock and its relays, before it is counted out itself)
         self._stability.observe(hb.origin, hb.clock)
-        relays = (not m.managed or m.is_member(hb.origin)) and self._stability.relays(hb.origin)
+        relays = not m.managed or m.is_member(hb.origin)
         if hb.retired:
             if m.managed and relays:
                 self._take_relays(hb, but=hb.origin)  # (its own: taken as its retirement)
@@ -651,11 +651,11 @@ class Replica(Fields):
 
     def _take_relays(self, hb: Heartbeat, but: str | None = None) -> bool:
         """Take the retirements member ``hb.origin`` relays (but ``but``'s), on the
-        channels held here; returns whether one was news here."""
-        m, news = self.membership, False
+        channels held here and there; returns whether one was news here."""
+        m, st, news = self.membership, self._stability, False
         for r, lasts in _by_replica(hb.retirements).items():
-            lasts = {c: s for c, s in lasts.items()
-                     if r != but and m.tells(c, s) and self._stability.held(c)}
+            lasts = {c: s for c, s in lasts.items() if r != but and m.tells(c, s)
+                     and st.held(c) and st.holds(hb.origin, c)}
             if lasts:
                 self._stability.retire(r, lasts)
                 news = True

@@ -121,28 +121,33 @@ class Stability:
 
     def told(self, member: str, channels: Iterable[str]) -> None:
         """``member`` relayed retirements naming ``channels``: it knows of their replicas'
-        retirements (and its relays named the most it delivered of each channel)."""
+        retirements, and its relays named the most it delivered of each of their channels
+        it holds (:meth:`Replica.retirements <crdt_ops.replica.Replica.retirements>`)."""
         retired = self.membership.retired
         for c in channels:
             if (r := split(c)[0]) not in retired:
                 self._told.setdefault(r, set()).add(member)
 
     def _all_told(self, channel: str) -> bool:
-        """Whether every other member whose relays count here (:meth:`relays`) told of the
-        retirement of ``channel``'s replica."""
+        """Whether every other member that holds ``channel`` (not itself retiring) told of
+        the retirement of its replica: a worker, which holds the common part and its own
+        node's sub-group, is waited for on those. Its queue had what the retiree published
+        there before the retirement (a queue is first in, first out), the stream perhaps
+        not; counted out before its word, the retiree's late operation that only it
+        delivered would be resolved against compacted state elsewhere."""
         m = self.membership
         out = m.retiring_replicas()
         told = self._told.get(split(channel)[0], set())
         return all(r in told for r in m.members()
-                   if r != self.me and r not in out and self.relays(r))
+                   if r != self.me and r not in out and self.holds(r, channel))
 
-    def relays(self, member: str) -> bool:
-        """Whether ``member``'s relayed retirements count here: it holds every sub-group
-        this replica holds (so they name every channel held here)."""
-        if not self.subgroups:
+    def holds(self, member: str, channel: str) -> bool:
+        """Whether ``member`` holds ``channel``'s sub-group (the common part: every member;
+        without sub-groups: every channel)."""
+        if not self._split:
             return True
         theirs = self.subgroups.held_by(member)
-        return theirs is None or theirs == self._mine
+        return theirs is None or split(channel)[1] in (COMMON, theirs)
 
     def settle(self) -> None:
         """Drop the retiring replicas whose last operations are all delivered here and

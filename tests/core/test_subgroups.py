@@ -14,7 +14,7 @@ from crdt_ops.errors import InvalidMessage, SubgroupNotHeld
 from crdt_ops.ops import Batch, Kind, ObjType, Op
 from crdt_ops.subgroups import COMMON, NONE, SubGroups, channel, split
 from crdt_ops.wire import codec
-from tests.support import exchange
+from tests.support import exchange, send
 
 RULE = SubGroups(keys=("nodes/{}", "placed/*/{}"), holders=("worker.{}",))
 FULL = ("logic", "web")
@@ -279,11 +279,9 @@ def test_every_replica_converges_on_what_it_holds_in_any_delivery_order(
 
 
 def test_a_late_common_operation_only_a_worker_delivered_is_waited_for() -> None:
-    """Logic and web, which hold every sub-group, count a retiree out on each other's word:
-    a worker's relay is not waited for (it names its own sub-group's channels only). The
-    retiree's late write of the common part reached the worker alone: once logic and web
-    learn of it from the worker's report, they compact nothing before they have it, and
-    all three converge (they diverged)."""
+    """The retiree's late write of the common part reached the worker alone: once logic
+    and web learn of it from the worker's report, they compact nothing before they have it,
+    and all three converge (they diverged)."""
     rule = SubGroups(keys=("nodes/{}",), holders=("worker.{}",))
     ids = ["logic", "web", "worker.n1", "x"]
     logic, web, w1, x = (Replica(r, members=ids, subgroups=rule, wall_clock=lambda w=w: w,
@@ -325,3 +323,75 @@ def test_a_late_common_operation_only_a_worker_delivered_is_waited_for() -> None
     web.receive(x1)
     beat((logic, web, w1), (logic, web, w1))
     assert logic.state() == web.state() == w1.state() == {"m": {"k": "a"}}
+
+
+@pytest.mark.parametrize("key", ["m", "nodes/n1"])
+def test_a_retiree_is_counted_out_on_the_word_of_every_member_holding_its_channels(
+        key: str) -> None:
+    """A worker holds the common part and its node's sub-group. Logic and web counted a
+    retiree out on each other's word alone: a late write of the retiree that only the
+    worker's queue had (the stream lost it) came after the worker's report of a concurrent
+    write, and before the retirement (a queue is first in, first out). Logic and web
+    settled that concurrent write, then resolved the late one against it, and diverged from
+    the worker (the fifth review's R3). Now every member holding a channel of the retiree
+    tells before it is counted out, and with its word comes its report of what it delivered
+    (of a channel the retirement did not name too: ``nodes/n1``), which compaction waits
+    for."""
+    rule = SubGroups(keys=("nodes/{}",), holders=("worker.{}",))
+    ids = ["logic", "web", "worker.n1", "x"]
+    logic, web, w1, x = (Replica(r, members=ids, subgroups=rule, wall_clock=lambda w=w: w,
+                                 compact_every=1)
+                         for r, w in (("logic", 200), ("web", 100), ("worker.n1", 100),
+                                      ("x", 100)))
+    exchange(logic, web, w1, x)
+    x.map(key).register("k").set("x")  # loses to logic's, by its time
+    (late,) = x.outgoing()
+    logic.map(key).register("k").set("a")
+    send(logic, web, w1)
+    w1.heartbeat()  # its report of logic's write: stable, once the others have it
+    send(w1, logic, web)
+    w1.receive(late)  # the worker's queue had it; the stream lost it
+    for r in (logic, web, w1):
+        r.receive(Replica.retirement("x", 0))  # the last the stream held
+
+    def beats(senders: tuple[Replica, ...]) -> None:
+        for _ in range(3):
+            for r in senders:
+                r.heartbeat()
+            for r in senders:
+                send(r, logic, web, w1)
+            for r in (logic, web, w1):
+                r.compact()
+
+    beats((logic, web))  # the worker says nothing meanwhile
+    assert "x" in logic.membership.retiring_replicas()  # its word is waited for
+    beats((logic, web, w1))
+    for r in (logic, web):  # read again from the worker's log (the resend)
+        r.receive(late)
+    beats((logic, web, w1))
+    assert logic.state() == web.state() == w1.state() == {key: {"k": "a"}}
+    assert all("x" in r.membership.retired for r in (logic, web, w1))
+
+
+def test_the_only_member_holding_every_sub_group_learns_a_retirement_from_the_workers(
+        ) -> None:
+    """The retirement missed logic, the only member holding every sub-group (its queue was
+    deleted and declared again meanwhile, say). Only a member holding what logic holds
+    relayed retirements to it: none did, and the retiree was never counted out there, nor
+    anywhere (each waits for logic's word), and stability stalled until the retirement was
+    published again (the fifth review's R6). A member's relay now counts for the channels
+    it holds: the workers' tell logic of the retirement of what they hold."""
+    ids = ["logic", "worker.n1", "worker.n2", "x"]
+    logic, w1, w2, x = (Replica(r, members=ids, subgroups=RULE) for r in ids)
+    exchange(logic, w1, w2, x)
+    x.map("nodes/n1").register("k").set(1)
+    x.map("m").register("k").set(1)
+    exchange(logic, w1, w2, x)
+    retirement = Replica.retirement("x", 0)
+    for r in (w1, w2):  # not logic
+        r.receive(retirement)
+    for _ in range(3):
+        for r in (logic, w1, w2):
+            r.heartbeat()
+        exchange(logic, w1, w2)
+    assert all("x" in r.membership.retired for r in (logic, w1, w2))
