@@ -67,7 +67,8 @@ def at_odds(c: model.Container | None, pid: int | None, held: lease.Lease, now: 
 class Converged:
     """What one :func:`converge` did: the containers it looked at (``cids``); the pids of
     those that run now (``running``); those the rule wants here (``wanted``); those it
-    started (pid, and the ``restart_generation`` started); those whose start failed (why:
+    started (pid, and the ``restart_generation`` started; or found started for it, by a
+    worker killed before it reported the start); those whose start failed (why:
     none of them runs, as a runtime's start removes the old instance first); and those it
     did not start because their record or the lease changed while earlier calls ran
     (``passed_over``)."""
@@ -114,10 +115,17 @@ def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container |
         assert c is not None  # (should_run)
         if cid in running and c.started_generation == c.restart_generation:
             continue
+        if cid in running and runtime.generation(cid) == c.restart_generation:
+            # started for this generation by a worker killed before it reported that: a
+            # Restart is carried out once
+            log.info("%s: %s runs as pid %d, started for restart generation %d already",
+                     node, cid, running[cid], c.restart_generation)
+            done.started[cid] = (running[cid], c.restart_generation)
+            continue
         if retry_at.get(cid, (0.0, 0.0))[0] > now:
             continue  # its backoff after a failed start
         try:
-            pid = runtime.start(cid)
+            pid = runtime.start(cid, c.restart_generation)
         except RuntimeError_ as e:
             log.warning("%s: starting %s failed: %s", node, cid, e)
             done.failed[cid] = str(e)

@@ -46,6 +46,11 @@ RUNTIME_ENV = "CRDT_OPS_RUNTIME"
 #: processes of one start that lead sessions of their own are an instance and the daemons
 #: it started (``setsid``); those of two starts are two instances of one container.
 START_ENV = "CRDT_OPS_START"
+#: The ``restart_generation`` an instance was started for (services/model.py), in its
+#: environment (a Docker container's: the label :attr:`DockerRuntime.GENERATION_LABEL`): a
+#: worker killed after it started an instance and before it reported that start finds it
+#: done, and does not restart the container a second time (:meth:`Runtime.generation`).
+GENERATION_ENV = "CRDT_OPS_GENERATION"
 #: Seconds a process named by a pid file, whose environment reads empty, is given to
 #: finish its ``exec`` before it is taken for another program's (ProcessRuntime._instance).
 EXEC_SETTLE_S = 0.05
@@ -60,7 +65,16 @@ class Runtime(Protocol):
     """What a worker runs containers with. Calls for different containers may come from
     several threads at once; never two at once for one container."""
 
-    def start(self, cid: str) -> int: ...
+    def start(self, cid: str, generation: int = 0) -> int:
+        """Start an instance of ``cid`` for its ``restart_generation`` ``generation``,
+        replacing the one that runs (stopped first, with its grace); returns its pid.
+        Raises :class:`RuntimeError_` when it cannot."""
+        ...
+
+    def generation(self, cid: str) -> int | None:
+        """The ``restart_generation`` that ``cid``'s running instance was started for; None
+        when none runs, or it does not say (started by an earlier version)."""
+        ...
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None: ...
 
@@ -117,7 +131,7 @@ class ProcessRuntime:
     def _pidfile(self, cid: str) -> Path:
         return self.state_dir / f"{cid}.pid"
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, generation: int = 0) -> int:
         with self._lock:
             old = self._alive_pid(cid)
         if old is not None:
@@ -128,7 +142,8 @@ class ProcessRuntime:
                                     stderr=subprocess.DEVNULL,
                                     env={**os.environ, CONTAINER_ENV: cid,
                                          RUNTIME_ENV: self._root,
-                                         START_ENV: uuid.uuid4().hex})
+                                         START_ENV: uuid.uuid4().hex,
+                                         GENERATION_ENV: str(generation)})
         except OSError as e:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         with self._lock:
@@ -274,6 +289,19 @@ class ProcessRuntime:
         with self._lock:
             return self._alive_pid(cid)
 
+    def generation(self, cid: str) -> int | None:
+        """The generation in the environment of ``cid``'s live instance (``/proc``); None
+        when none runs, it has none (an earlier version started it) or it cannot be read (a
+        container that changed its user)."""
+        pid = self.pid(cid)
+        if pid is None:
+            return None
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        return _number(_env(environ, GENERATION_ENV))
+
     def _alive_pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s instance if it is alive (a stale pid file is removed)."""
         pid = self._pids.get(cid)
@@ -306,6 +334,11 @@ class ProcessRuntime:
         self._pids.pop(cid, None)
         self._since.pop(pid, None)
         return None
+
+
+def _number(text: str) -> int | None:
+    """``text`` as a generation (an integer of 0 or more), else None."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _env(environ: list[bytes], name: str) -> str:
@@ -341,6 +374,9 @@ class DockerRuntime:
 
     LABEL = "crdt-ops.container"
     NODE_LABEL = "crdt-ops.node"
+    #: the label of the ``restart_generation`` a container was started for (as
+    #: :data:`GENERATION_ENV` for a process)
+    GENERATION_LABEL = "crdt-ops.generation"
     #: Seconds one ``docker`` command may take before it is given up: ended by coreutils'
     #: ``timeout`` (SIGTERM, SIGKILL 5 s later), which outlives a worker that dies meanwhile.
     TIMEOUT_S = 60.0
@@ -392,10 +428,10 @@ class DockerRuntime:
             raise RuntimeError_(f"docker {args[0]} failed: {done.stderr.strip()}")
         return done.stdout.strip()
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, generation: int = 0) -> int:
         name = self._names(cid)[0]
         self.stop(cid)  # the old instance goes first, with its grace (as a process's does)
-        labels = [f"{self.LABEL}={cid}"]
+        labels = [f"{self.LABEL}={cid}", f"{self.GENERATION_LABEL}={generation}"]
         if self.node:
             labels.append(f"{self.NODE_LABEL}={self.node}")
         self._docker("run", "-d", "--name", name,
@@ -429,6 +465,18 @@ class DockerRuntime:
             up, pid = line.split(" ", 1)
             if up == "true":
                 return int(pid)
+        return None
+
+    def generation(self, cid: str) -> int | None:
+        """The generation label of ``cid``'s container if it runs (``docker inspect``),
+        else None (none runs, or it has no such label: an earlier version made it)."""
+        states = self._docker("inspect", "-f", "{{.State.Running}} {{index .Config.Labels "
+                              f'"{self.GENERATION_LABEL}"}}}}', *self._names(cid),
+                              missing_ok=True)
+        for line in states.splitlines():
+            up, _, label = line.partition(" ")
+            if up == "true":
+                return _number(label.strip())
         return None
 
     def adopt_strays(self) -> dict[str, int]:

@@ -400,7 +400,9 @@ def test_what_runs_of_a_container_without_its_record_is_found_and_only_one_insta
 #: A stand-in for one Docker engine's command line that several runtimes share: ``run``
 #: (with its ``--name`` and ``--label``s), ``rm -f`` (no error for a name not there, as
 #: since Docker 20.10), ``ps --filter label=K --format T`` and ``inspect -f T`` (the
-#: fields the runtime asks for); the containers in the JSON file ``$FAKE_DOCKER_STATE``.
+#: fields the runtime asks for; a label missing from ``index .Config.Labels`` prints
+#: ``<no value>``, as Go's templates do); the containers in the JSON file
+#: ``$FAKE_DOCKER_STATE``.
 FAKE_ENGINE = r'''#!/usr/bin/env python3
 import json, os, re, sys
 path = os.environ["FAKE_DOCKER_STATE"]
@@ -411,6 +413,8 @@ def fill(template, name):
     c = have[name]
     out = re.sub(r'\{\{\.Label "([^"]+)"\}\}', lambda m: c["labels"].get(m.group(1), ""),
                  template)
+    out = re.sub(r'\{\{index \.Config\.Labels "([^"]+)"\}\}',
+                 lambda m: c["labels"].get(m.group(1), "<no value>"), out)
     for field, value in (("{{.Names}}", name), ("{{.Name}}", "/" + name),
                          ("{{.State.Running}}", "true"), ("{{.State.Pid}}", str(c["pid"]))):
         out = out.replace(field, value)
@@ -532,3 +536,39 @@ def test_a_daemon_a_container_started_is_no_second_instance(tmp_path: Path) -> N
 
         for p in _processes("c1", tmp_path):
             os.kill(p, signal.SIGKILL)
+
+
+def test_an_instance_says_the_restart_generation_it_was_started_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed after it restarted a container and before it reported that restarted
+    it again once it ran again. An instance now says the generation it was started for
+    (a process in its environment, a Docker container in a label), to a restarted worker
+    too (services/converge.py)."""
+    import json
+    import os
+
+    rt = ProcessRuntime(tmp_path / "processes")
+    try:
+        rt.start("c1", 3)
+        assert rt.generation("c1") == 3
+        assert ProcessRuntime(tmp_path / "processes").generation("c1") == 3  # a new worker
+        rt.start("c1")
+        assert rt.generation("c1") == 0
+    finally:
+        rt.stop("c1", grace_s=0.5)
+    assert rt.generation("c1") is None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text(FAKE_ENGINE)
+    (bin_dir / "docker").chmod(0o755)
+    state = tmp_path / "engine.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    n1 = DockerRuntime(node="n1")
+    n1.start("c1", 2)
+    assert n1.generation("c1") == 2 and DockerRuntime(node="n1").generation("c1") == 2
+    assert n1.generation("c2") is None
+    engine = json.loads(state.read_text())  # one made by an earlier version: no label
+    engine["containers"]["crdt-ops-c9"] = {"labels": {"crdt-ops.container": "c9"}, "pid": 9}
+    state.write_text(json.dumps(engine))
+    assert n1.pid("c9") == 9 and n1.generation("c9") is None

@@ -39,9 +39,10 @@ class CountingRuntime:
         self.starts = self.stops = 0
         self.next_pid = 1000
         self.failing: set[str] = set()
+        self.generations: dict[str, int] = {}
         self.lock = threading.Lock()
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, generation: int = 0) -> int:
         self.stop(cid)  # as every runtime does: the old instance goes, also if this fails
         if cid in self.failing:
             raise RuntimeError_(f"{cid} does not start")
@@ -49,7 +50,12 @@ class CountingRuntime:
             self.starts += 1
             self.next_pid += 1
             self.instances[cid] = self.next_pid
+            self.generations[cid] = generation
             return self.next_pid
+
+    def generation(self, cid: str) -> int | None:
+        with self.lock:
+            return self.generations.get(cid) if cid in self.instances else None
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         with self.lock:
@@ -379,9 +385,9 @@ class SlowRuntime(CountingRuntime):
         super().__init__()
         self.start_s, self.list_s = start_s, list_s
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, generation: int = 0) -> int:
         time.sleep(self.start_s)
-        return super().start(cid)
+        return super().start(cid, generation)
 
     def running(self) -> dict[str, int]:
         time.sleep(self.list_s)
@@ -502,6 +508,37 @@ def test_a_reconcile_cancelled_while_its_start_runs_still_records_and_reports_it
     asyncio.run(run())
 
 
+def test_a_restart_its_worker_made_but_never_reported_is_not_made_again(
+        tmp_path: Path) -> None:
+    """A worker killed after it restarted a container and before it reported the restart
+    (``started_generation``) left the new instance running, and the next worker restarted
+    it a second time: a Restart carried out twice. The instance says the generation it was
+    started for (the runtime's ``generation``): the next worker reports it, starts
+    nothing, and carries out the next Restart."""
+    async def run() -> None:
+        logic, wn, runtime, worker, now = await _platform(tmp_path)
+        rec = _placed_on_n1(logic, worker, "c")
+        await _settle(logic, wn)
+        await worker.reconcile(now)
+        rec.register("restart_generation").set(1)
+        await _settle(logic, wn)
+        pid = runtime.start("c", 1)  # the restart a worker made as it was killed
+        starts = runtime.starts
+        await worker.reconcile(now)  # as a worker that starts again does
+        await _settle(logic, wn)
+        assert (runtime.starts, runtime.instances["c"]) == (starts, pid)
+        c = placed(wn)[0]
+        assert (c.power_actual, c.pid, c.started_generation) == ("on", pid, 1)
+        rec.register("restart_generation").set(2)
+        await _settle(logic, wn)
+        await worker.reconcile_changes(now)
+        await _settle(logic, wn)
+        assert runtime.starts == starts + 1 and runtime.generation("c") == 2
+        assert placed(wn)[0].started_generation == 2
+        worker.close()
+    asyncio.run(run())
+
+
 class GatedRuntime(CountingRuntime):
     """The starts of the containers in ``slow`` block until ``gate`` is set (an image's
     pull); ``began`` is set as the first of them begins."""
@@ -511,11 +548,11 @@ class GatedRuntime(CountingRuntime):
         self.slow = slow
         self.gate, self.began = threading.Event(), threading.Event()
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, generation: int = 0) -> int:
         if cid in self.slow:
             self.began.set()
             assert self.gate.wait(20), "the test never opened the gate"
-        return super().start(cid)
+        return super().start(cid, generation)
 
 
 class Running(NamedTuple):

@@ -79,8 +79,9 @@ class SimRuntime:
     def __init__(self, node: str, world: World) -> None:
         self.node, self.world = node, world
         self.instances: dict[str, int] = {}
+        self.generations: dict[str, int] = {}
 
-    def start(self, cid: str) -> int:
+    def start(self, cid: str, generation: int = 0) -> int:
         w = self.world
         if w.where.get(cid, self.node) != self.node:
             w.doubled += 1
@@ -88,7 +89,11 @@ class SimRuntime:
         w.starts[cid] += 1
         w.next_pid += 1
         self.instances[cid] = w.next_pid
+        self.generations[cid] = generation
         return w.next_pid
+
+    def generation(self, cid: str) -> int | None:
+        return self.generations.get(cid) if cid in self.instances else None
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         if self.instances.pop(cid, None) is not None and self.world.where.get(cid) == self.node:
