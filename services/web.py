@@ -26,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -578,6 +579,22 @@ class AccessLog(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
 
+class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """What aiohttp's request handler logs through (its ``logger``; ``aiohttp.server``): a
+    request it could not read (a header over 8,190 bytes, a malformed request line: a 4xx
+    ``HttpProcessingError`` its parser raises before any route runs) in one line at
+    WARNING, not with a traceback at ERROR: the client's error, not web's. Anything else as
+    aiohttp logs it."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            self.logger.warning("%s: %d %s", str(msg) % args, exc_info.code,
+                                exc_info.message.splitlines()[0] if exc_info.message else "")
+        else:
+            self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 def starting_app(node: NodeGroups[Node]) -> web.Application:
     """What web answers while it joins its group, before :func:`make_app`'s routes serve:
     ``GET /healthz`` 503 with each part's health (:meth:`NodeGroups.overall_health`: the
@@ -610,7 +627,8 @@ async def serve(node: NodeGroups[Node], host: str, port: int,
     answered: its cleanup, as web goes on to serve, does not wait for a client."""
     options: dict[str, Any] = {} if app is None else {"lingering_time": 0}
     app = make_app(node) if app is None else app
-    runner = web.AppRunner(app, access_log_class=AccessLog, **options)
+    runner = web.AppRunner(app, access_log_class=AccessLog,
+                           logger=ServerLog(logging.getLogger("aiohttp.server")), **options)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -278,3 +278,38 @@ def test_a_retired_web_answers_a_write_with_a_json_503() -> None:
         assert (a.node.replica.state(), dict(a.node.replica.clock)) == before
     finally:
         a.close()
+
+
+def test_a_request_web_cannot_read_is_one_line_of_its_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A header over aiohttp's 8,190 bytes (or a malformed request line) is refused by its
+    parser before any route runs; it logged a traceback at ERROR for it, some 20 lines
+    for a client's error. Now one line at WARNING; the client still gets its 400."""
+    import logging
+    import socket
+
+    from aiohttp import web
+
+    from services.web import serve
+
+    async def run() -> bytes:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        runner = await serve(None, "127.0.0.1", port, app=web.Application())  # type: ignore[arg-type]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(200), 5)
+            writer.close()
+            return answer
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        answer = asyncio.run(run())
+    assert answer.split(b" ")[1] == b"400", answer
+    said = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING and said[0].exc_info is None
+    assert "Got more than 8190 bytes" in said[0].getMessage(), said[0].getMessage()
