@@ -278,16 +278,23 @@ def test_every_replica_converges_on_what_it_holds_in_any_delivery_order(
         assert g[w].state() == RULE.held_state(full, w), w
 
 
-def test_a_late_common_operation_only_a_worker_delivered_is_waited_for() -> None:
-    """The retiree's late write of the common part reached the worker alone: once logic
-    and web learn of it from the worker's report, they compact nothing before they have it,
-    and all three converge (they diverged)."""
+def _retiree_s_group() -> tuple[Replica, Replica, Replica, Replica]:
+    """Logic, web, node n1's worker and x, the retiree to be, in one managed group with a
+    sub-group per node, compacting at every chance; logic's writes win by their time."""
     rule = SubGroups(keys=("nodes/{}",), holders=("worker.{}",))
     ids = ["logic", "web", "worker.n1", "x"]
     logic, web, w1, x = (Replica(r, members=ids, subgroups=rule, wall_clock=lambda w=w: w,
                                  compact_every=1)
                          for r, w in (("logic", 200), ("web", 100), ("worker.n1", 100),
                                       ("x", 100)))
+    return logic, web, w1, x
+
+
+def test_a_late_common_operation_only_a_worker_delivered_is_waited_for() -> None:
+    """The retiree's late write of the common part reached the worker alone: once logic
+    and web learn of it from the worker's report, they compact nothing before they have it,
+    and all three converge (they diverged)."""
+    logic, web, w1, x = _retiree_s_group()
     everyone = (logic, web, w1, x)
     for r in everyone:
         r.heartbeat()
@@ -337,12 +344,7 @@ def test_a_retiree_is_counted_out_on_the_word_of_every_member_holding_its_channe
     tells before it is counted out, and with its word comes its report of what it delivered
     (of a channel the retirement did not name too: ``nodes/n1``), which compaction waits
     for."""
-    rule = SubGroups(keys=("nodes/{}",), holders=("worker.{}",))
-    ids = ["logic", "web", "worker.n1", "x"]
-    logic, web, w1, x = (Replica(r, members=ids, subgroups=rule, wall_clock=lambda w=w: w,
-                                 compact_every=1)
-                         for r, w in (("logic", 200), ("web", 100), ("worker.n1", 100),
-                                      ("x", 100)))
+    logic, web, w1, x = _retiree_s_group()
     exchange(logic, web, w1, x)
     x.map(key).register("k").set("x")  # loses to logic's, by its time
     (late,) = x.outgoing()

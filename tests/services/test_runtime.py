@@ -451,12 +451,8 @@ sys.exit(status)
 '''
 
 
-def test_workers_sharing_one_docker_engine_each_run_only_their_own_node_s_containers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Docker containers were named and labelled by container id alone: a worker's full
-    reconcile listed the other node's containers on the same engine, found no placement for
-    them, and stopped them; the other node started them again, and so on, every second."""
-    import json
+def _fake_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put :data:`FAKE_ENGINE` first on the ``PATH`` as ``docker``; returns its state file."""
     import os
 
     bin_dir = tmp_path / "bin"
@@ -466,6 +462,17 @@ def test_workers_sharing_one_docker_engine_each_run_only_their_own_node_s_contai
     state = tmp_path / "engine.json"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    return state
+
+
+def test_workers_sharing_one_docker_engine_each_run_only_their_own_node_s_containers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker containers were named and labelled by container id alone: a worker's full
+    reconcile listed the other node's containers on the same engine, found no placement for
+    them, and stopped them; the other node started them again, and so on, every second."""
+    import json
+
+    state = _fake_engine(tmp_path, monkeypatch)
     n1, n2 = DockerRuntime(node="n1"), DockerRuntime(node="n2")
     p1, p2 = n1.start("c1"), n2.start("c2")
     theirs = n2.start("c1")  # the same container on both nodes (a move): two containers
@@ -545,7 +552,6 @@ def test_an_instance_says_the_restart_generation_it_was_started_for(
     (a process in its environment, a Docker container in a label), to a restarted worker
     too (services/converge.py)."""
     import json
-    import os
 
     rt = ProcessRuntime(tmp_path / "processes")
     try:
@@ -557,13 +563,7 @@ def test_an_instance_says_the_restart_generation_it_was_started_for(
     finally:
         rt.stop("c1", grace_s=0.5)
     assert rt.generation("c1") is None
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "docker").write_text(FAKE_ENGINE)
-    (bin_dir / "docker").chmod(0o755)
-    state = tmp_path / "engine.json"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    state = _fake_engine(tmp_path, monkeypatch)
     n1 = DockerRuntime(node="n1")
     n1.start("c1", 2)
     assert n1.generation("c1") == 2 and DockerRuntime(node="n1").generation("c1") == 2
