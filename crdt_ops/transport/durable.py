@@ -351,6 +351,8 @@ class DurableReplica:
         await self.store_ok.wait()
         if self._under_load():
             await wait_set(self._full, self.settings.batch_delay_ms / 1000)
+            if self.store_failure is not None:  # failed meanwhile: wait for its recovery
+                return
         self.commit()
 
     def commit(self) -> None:
@@ -376,7 +378,17 @@ class DurableReplica:
         ``disk_sync="alongside"``: committed without a disk sync, the transport woken to
         publish them, and the sync started on a thread (:meth:`_start_sync`); returns the
         future answered once they are on the disk. Otherwise synced here (none when it
-        holds deliveries alone: see :meth:`log_delivered`), and returns None."""
+        holds deliveries alone: see :meth:`log_delivered`), and returns None.
+
+        Raises :class:`StoreUnavailable`, taking nothing from the replica, while the store
+        is failed (:meth:`store_failed`, until :meth:`_recover` restored memory from it): a
+        failed transaction dropped operations that memory still holds, and what this one
+        sent after them would follow a gap in this replica's sequence numbers, to be
+        issued again with other operations once memory is restored."""
+        if self.store_failure is not None:
+            raise StoreUnavailable(f"replica {self.replica_id}: {self.store_failure}; "
+                                   "nothing is committed until memory is restored from the "
+                                   "store")
         self._dirty.clear()
         self._full.clear()
         msgs = self.replica.outgoing()

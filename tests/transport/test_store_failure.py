@@ -267,3 +267,76 @@ async def test_deliveries_an_os_crash_undid_are_read_again_from_the_stream(
     finally:
         await b.stop()
         await a.stop()
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_committed_while_the_store_is_failed(tmp_path: Path) -> None:
+    """Under load the flusher waits ``batch_delay_ms`` for more writers. A delivery's log
+    failed meanwhile (the store locked by another connection), dropping from the store
+    operations memory still held; the flusher then committed the next one, which followed
+    a gap in the replica's own sequence numbers: after the recovery the same numbers were
+    issued again with other operations, a peer reading the outbox dropped those, and the
+    two diverged for good (a review's reproduction). Nothing is committed now until memory
+    is restored from the store."""
+    from crdt_ops import Replica
+    from crdt_ops.transport.durable import DurableReplica
+
+    s = Settings(store=str(tmp_path / "a.sqlite"), replica_id="a", membership="open",
+                 batch_delay_ms=1000)
+    d = DurableReplica.open(s)
+    d.pumping = True
+
+    async def flushing() -> None:  # as AmqpNode._forever runs it
+        while True:
+            try:
+                await d.flusher()
+            except StoreUnavailable as e:
+                d.store_failed(e)
+                await d.store_ok.wait()
+
+    async def write(key: str) -> None:
+        async with d.write() as r:
+            r.counter(key).increment()
+
+    flusher = asyncio.create_task(flushing())
+    try:
+        await asyncio.gather(*(write("c") for _ in range(3)))  # several writers: under load
+        loaded = asyncio.create_task(write("c"))  # the flusher waits for company
+        await asyncio.sleep(0.05)
+        go = asyncio.Event()
+
+        async def handler() -> None:  # a block that awaits inside: one operation each side
+            with contextlib.suppress(StoreUnavailable):
+                async with d.write() as r:
+                    r.counter("h").increment()
+                    await go.wait()
+                    r.counter("h").increment()
+                    await asyncio.sleep(1.5)
+
+        block = asyncio.create_task(handler())
+        await asyncio.sleep(0.01)
+        other = Replica("b")
+        other.counter("x").increment()
+        (msg,) = other.outgoing()
+        with locked(tmp_path / "a.sqlite"):
+            d.replica.receive(msg)
+            with pytest.raises(StoreUnavailable):
+                d.log_delivered(d.hold([msg]))
+        go.set()
+        await asyncio.sleep(1.2)  # the flusher's wait ends
+        await asyncio.wait_for(d.store_works(), 10)
+        await asyncio.gather(loaded, block, return_exceptions=True)
+        await write("h")  # what the handler was told had not been accepted, again
+        await write("h")
+        await write("c")
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+    rows = [bytes(r[0]) for r in d.store.db.execute("SELECT data FROM outbox ORDER BY id")]
+    mine = d.replica.state()
+    await d.close()
+    peer = Replica("p")
+    for m in rows:
+        peer.receive(m)
+    assert peer.state() == mine and not peer.missing() and not peer.buffered

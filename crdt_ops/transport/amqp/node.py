@@ -399,6 +399,7 @@ class AmqpNode:
                     said = time.monotonic()
                     log.info("replica %s asks the members of group %s to admit it",
                              self.replica_id, s.group)
+            await self.durable.store_works()  # (a failed store commits nothing)
             self.durable.commit()
             for _ in range(int(max(s.heartbeat_s, 0.2) / 0.1)):
                 if r.is_member:
@@ -1066,6 +1067,7 @@ class AmqpNode:
         :data:`LEAVE_WAIT_GAP_TIMEOUTS` gap timeouts (at least :data:`LEAVE_WAIT_MIN_S`),
         and logs what is not known everywhere then."""
         self._retired_said = True  # on purpose: nothing to warn about
+        await self.durable.store_works()  # (a failed store commits nothing)
         self.replica.heartbeat(retired=True)
         self.durable.commit()
         while self.store.unconfirmed(limit=1):
