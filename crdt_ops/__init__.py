@@ -13,6 +13,7 @@ from crdt_ops.errors import (
     InvalidMessage,
     InvalidValue,
     NotAMember,
+    OwnPastMissing,
     TypeConflict,
     Unauthenticated,
     WaitingCapReached,
@@ -22,6 +23,6 @@ from crdt_ops.policy import Rule, WritePolicy
 from crdt_ops.replica import Replica
 
 __all__ = ["BufferFull", "ChangeEvent", "CrdtError", "Forbidden", "InvalidMessage",
-           "InvalidValue", "NotAMember", "Replica", "Rule", "TypeConflict", "Unauthenticated",
-           "WaitingCapReached", "WritePolicy"]
+           "InvalidValue", "NotAMember", "OwnPastMissing", "Replica", "Rule", "TypeConflict",
+           "Unauthenticated", "WaitingCapReached", "WritePolicy"]
 __version__ = "0.1.0"

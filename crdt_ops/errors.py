@@ -56,6 +56,17 @@ class NotAMember(CrdtError):
     it), or it was retired. Nothing was applied. See :mod:`crdt_ops.membership`."""
 
 
+class OwnPastMissing(CrdtError, ValueError):
+    """This replica issued operations that it has not delivered: its own messages, read
+    back from the group's history, name them, and its store lost them (an empty store
+    under an id that wrote before, an older copy of the store put back) while the history
+    no longer holds them (the stream's retention). A new operation would reuse their
+    sequence numbers, and every other replica would drop it as a duplicate: it may not
+    write. Nothing was applied. Start a new replica (a new id, a new store) in its place,
+    and retire this one. (A ValueError too: as a retired replica's, a start that finds it
+    so is not tried again.)"""
+
+
 class SubgroupNotHeld(CrdtError, KeyError):
     """A local write to a key of a sub-group this replica does not hold
     (:mod:`crdt_ops.subgroups`); nothing was changed."""

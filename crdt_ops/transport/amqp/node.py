@@ -48,9 +48,10 @@ from aio_pika.abc import (
 )
 
 from crdt_ops.clock import few
+from crdt_ops.errors import OwnPastMissing
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
-from crdt_ops.subgroups import NONE, SubGroups
+from crdt_ops.subgroups import NONE, SubGroups, split
 from crdt_ops.transport import metrics
 from crdt_ops.transport.amqp.connection import FailoverConnection, redact_urls, retrying
 from crdt_ops.transport.amqp.consumer import Consumer
@@ -576,6 +577,7 @@ class AmqpNode:
                      self.replica_id, self.replica.held_subgroup, s.group)
         if self.store.get("joined") is None:
             await self._replay_stream()
+            self._refuse_if_own_past_lost(self.replica.unmet_claims())
             self.store.put("joined", b"1")
         else:
             await self._read_own_past()
@@ -623,10 +625,28 @@ class AmqpNode:
                     self.replica_id, few(lost))
         await self._replay_stream()
         if still := self.replica.unmet_claims():
+            self._refuse_if_own_past_lost(still)
             log.error("replica %s: the stream no longer holds operations it had told the group "
                       "it had (%s: cut by the stream's retention?); it writes anyway, and its "
                       "next operations may be concurrent with ones its peers took as stable",
                       self.replica_id, few(still))
+
+    def _refuse_if_own_past_lost(self, unmet: dict[str, tuple[int, int]]) -> None:
+        """Raise :class:`~crdt_ops.errors.OwnPastMissing` (before anything is written) if
+        ``unmet`` (:meth:`Replica.unmet_claims`, after reading the stream) names operations
+        of this replica's own: it sent them, its store does not have them, and the stream
+        no longer holds them (its retention), so its next operations would reuse their
+        sequence numbers."""
+        own = {c: span for c, span in unmet.items() if split(c)[0] == self.replica_id}
+        if own:
+            raise OwnPastMissing(
+                f"replica {self.replica_id} sent operations ({few(own)}) that its store does "
+                f"not have (an empty store, or an older copy, under an id that wrote "
+                f"before) and that the stream of group {self.settings.group} no longer "
+                "holds: its next operations would reuse their sequence numbers, and every "
+                "other replica would drop them. Start a new replica in its place (another "
+                f"--replica-id and --store), then retire this one: crdt-ops retire "
+                f"{self.replica_id} --group {self.settings.group}")
 
     async def _follow(self) -> None:
         """When due (:attr:`_consume_due`), consume our queue again, or the stream from the
