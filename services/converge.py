@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Mapping
 
 from services import lease, model
@@ -37,7 +36,7 @@ log = logging.getLogger("services.worker")
 
 def should_run(c: model.Container | None, held: lease.Lease, now: float) -> bool:
     """The rule: container ``c`` (None: no placement on this node) runs here at ``now``
-    (``time.monotonic()`` seconds) under lease ``held`` when it is placed on the lease's
+    (``lease.clock()`` seconds) under lease ``held`` when it is placed on the lease's
     epoch, it should be on, and the lease allows containers to run (README, "What the
     platform guarantees about a container whose node is paused, cut off or dead")."""
     return (c is not None and c.power_desired == "on" and c.assigned_epoch == held.epoch
@@ -89,7 +88,7 @@ def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container |
 
     ``placed``: the containers to reconcile (container id -> its placement on this node,
     None for none), a copy the loop made as it called; each is looked up
-    (``Runtime.pid``). ``now``: the reconcile's time (``time.monotonic()``
+    (``Runtime.pid``). ``now``: the reconcile's time (``lease.clock()``
     seconds): the rule's and the backoff's. ``records()``: the placements on this node as
     the loop holds them at the moment of asking; ``held()``: the lease likewise;
     ``retry_at``: container id -> (when its next start may be tried, its backoff) after a
@@ -109,7 +108,7 @@ def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container |
     done = Converged(cids, running, wanted)
     for cid in sorted(wanted):
         c = records().get(cid)  # as it is now: the calls before this one took time
-        if held() is not lease_then or not should_run(c, lease_then, time.monotonic()):
+        if held() is not lease_then or not should_run(c, lease_then, lease.clock()):
             done.passed_over.add(cid)
             continue
         assert c is not None  # (should_run)

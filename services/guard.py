@@ -48,7 +48,7 @@ CHECK_S = 1.0
 #: The guard's behaviour's revision, on its command line: a worker replaces a running guard
 #: of another (:func:`ensure`), so that an upgrade does not leave an earlier version's guard
 #: watching its containers. Raised whenever what a guard does changes.
-REVISION = 2
+REVISION = 3
 #: The guard's pid file in its state directory (services/pids.py; not *.pid: those are the
 #: runtime's containers).
 PIDFILE = "guard-pid"
@@ -137,7 +137,7 @@ def guard(state_dir: Path, runtime: Runtime, call_s: float = 1.0) -> None:
     looked = False  # for instances the runtime does not know, since the lease last held
     while True:
         saved = lease.load(file)
-        now = time.monotonic()
+        now = lease.clock()
         try:
             worker_gone = saved is None or not alive(saved.worker_pid)
             if _check(runtime, saved, now, worker_gone, looked, call_s, state_dir):

@@ -5,7 +5,7 @@ paused, cut off or dead"), on the worker's side:
 
 * A lease belongs to an *epoch* of the worker (a random id it announces in its node
   record) and lasts ``duration_s`` (the node record's ``lease_ms``).
-* A heartbeat written at ``t`` (``time.monotonic()`` seconds) renews the lease to
+* A heartbeat written at ``t`` (:func:`clock` seconds) renews the lease to
   ``t + duration_s`` once the broker confirmed it (routed it to every queue of the
   group, logic's included), provided it was written while the lease held (or it
   is the first beat of a new epoch) and its confirmation was seen within
@@ -25,14 +25,15 @@ mechanism for distributed file cache consistency" (SOSP 1989): both sides measur
 durations with their own monotonic clocks, assuming only that clock *rates*
 agree within the margin.
 
-Sans-IO: the caller hands in every time; :func:`save`/:func:`load` read and write
-the lease file the guard watches.
+Sans-IO but for :func:`clock`, which the callers read: they hand in every time;
+:func:`save`/:func:`load` read and write the lease file the guard watches.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,20 @@ def new_epoch() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def clock() -> float:
+    """The lease's clock, in seconds: ``CLOCK_BOOTTIME`` (Linux), which, unlike
+    ``time.monotonic()`` (``CLOCK_MONOTONIC``), goes on while the machine is suspended: a
+    worker and its guard that thaw after a suspend longer than their lease find it over,
+    and stop the containers at once, rather than run them on for what the lease had left
+    while logic has moved them (clock_gettime(2)). ``time.monotonic()`` where there is no
+    such clock. Nothing inside a virtual machine sees a pause of the whole machine."""
+    return time.clock_gettime(BOOTTIME) if BOOTTIME is not None else time.monotonic()
+
+
+#: The clock id of :func:`clock` (None: none, ``time.monotonic()`` is used).
+BOOTTIME: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 def boot_id() -> str:
     """This boot of the machine (monotonic clocks restart with it); "" if unknown."""
     try:
@@ -98,9 +113,9 @@ def boot_id() -> str:
 
 @dataclass
 class Lease:
-    """One epoch's lease. ``deadline``: ``time.monotonic()`` seconds when it ends, 0.0
+    """One epoch's lease. ``deadline``: ``clock()`` seconds when it ends, 0.0
     while no heartbeat of the epoch was confirmed yet (nothing may run then).
-    ``began``: when the epoch began (``time.monotonic()`` seconds; 0.0: not known): an
+    ``began``: when the epoch began (``clock()`` seconds; 0.0: not known): an
     epoch whose lease was not held within ``duration_s`` of it is over too
     (:meth:`lapsed`)."""
 
@@ -167,7 +182,7 @@ class Lease:
 def save(path: Path, lease: Lease, worker_pid: int) -> None:
     """Write the lease file atomically (a reader sees the old or the new one):
     JSON ``{"epoch", "duration_s", "deadline", "run_until", "worker_pid", "boot"}``,
-    times in ``time.monotonic()`` seconds of this boot."""
+    times in ``clock()`` seconds of this boot."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"epoch": lease.epoch, "duration_s": lease.duration_s,
                                "deadline": lease.deadline, "run_until": lease.run_until,

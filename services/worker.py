@@ -175,7 +175,7 @@ class Worker:
         self._retry_at: dict[str, tuple[float, float]] = {}  # cid -> (when, backoff)
         #: the beat written last, its confirm awaited: (written at, committed at, epoch)
         self._beat: tuple[float, float, str] | None = None
-        self._last_beat = 0.0  # when the last beat was written (time.monotonic())
+        self._last_beat = 0.0  # when the last beat was written (lease.clock())
         self._beat_now = asyncio.Event()  # a new epoch: beat at once
         #: the threads the runtime's calls run on (:meth:`_call`)
         self._calls = concurrent.futures.ThreadPoolExecutor(
@@ -224,7 +224,7 @@ class Worker:
         keeps the containers); else a new epoch, not beaten before :meth:`run` stopped what
         still runs here (``_leftovers`` says why)."""
         saved = lease.load(self.lease_file)
-        now = time.monotonic()
+        now = lease.clock()
         if saved is not None and saved.lease.may_run(now) and saved.lease.duration_s == lease_s:
             log.info("%s: keeping epoch %s (its lease holds for %.1fs more)", self.name,
                      saved.lease.epoch, saved.lease.deadline - now)
@@ -340,7 +340,7 @@ class Worker:
         the containers this node runs (issue 13). Both apply one rule to each container
         (:func:`~services.converge.should_run`); after incremental reconciles of every
         change, a full one finds nothing to do (tests/services/test_worker.py). ``now``:
-        ``time.monotonic()`` seconds (the lease and the retries' backoff).
+        ``lease.clock()`` seconds (the lease and the retries' backoff).
 
         The runtime's side runs off the event loop, in calls that run at once, never two
         for one container: each container of ``only`` in a call of its own
@@ -354,7 +354,7 @@ class Worker:
         as it is made. The loop records what each call did and writes the reports
         (:meth:`_record`), also when this reconcile is cancelled meanwhile (after the call
         returned)."""
-        now = time.monotonic() if now is None else now
+        now = lease.clock() if now is None else now
         if not self.assigned.loaded:  # run() waits for its sliced pass; a direct call loads
             self.assigned.load(self.node.groups)  # them in one go
         calls = (self._begin_calls(only, now) if only is not None
@@ -509,7 +509,7 @@ class Worker:
                 self._retry_at.pop(cid, None)
                 if cid in records:
                     writes += self._report_off(cid)
-        after = max(now, time.monotonic())  # a failed start's backoff counts from its end
+        after = max(now, lease.clock())  # a failed start's backoff counts from its end
         for cid in sorted(done.wanted):
             c = records.get(cid)
             if c is None or cid in done.passed_over:  # removed, or no more to run here,
@@ -544,7 +544,7 @@ class Worker:
         those whose retry after a failed start is due (an incremental :meth:`reconcile`),
         and wait for those calls. Returns the writes."""
         return await self._writes_of(
-            self._begin_changes(time.monotonic() if now is None else now))
+            self._begin_changes(lease.clock() if now is None else now))
 
     def _begin_changes(self, now: float) -> list[asyncio.Task[int]]:
         """Begin the runtime calls of :meth:`reconcile_changes` (:meth:`_begin_calls`)."""
@@ -597,7 +597,7 @@ class Worker:
                             "may hold for %.0fs more: epoch %s begins then", self.name,
                             self.hold_off_s, self.lease.epoch)
                 await asyncio.sleep(self.hold_off_s)
-                self.lease.began = time.monotonic()  # (it holds from its first beat on)
+                self.lease.began = lease.clock()  # (it holds from its first beat on)
             # this node's records from every record, in slices: now (the worker beats
             # meanwhile, but reconciles only once they are loaded: it would stop what it
             # missed), then every FULL_PASS_S
@@ -641,23 +641,23 @@ class Worker:
         while True:
             self._beat_now.clear()
             try:
-                now = time.monotonic()
+                now = lease.clock()
                 self.renew_lease(now)
                 if self.lease.lapsed(now):
                     self._wake.set()
                 elif now - self._last_beat >= self.heartbeat_s:
                     if self.use_guard:
                         guard.ensure(self.state_dir, self.runtime)
-                    epoch, written = self.lease.epoch, time.monotonic()
+                    epoch, written = self.lease.epoch, lease.clock()
                     self._last_beat = written
                     self.beat()
                     await self.node.flush()
-                    self._beat = (written, time.monotonic(), epoch)
+                    self._beat = (written, time.monotonic(), epoch)  # (the transport's clock)
             except StoreUnavailable:  # logged by the store's node; the unsent beat was
                 await self.node.store_works()  # dropped from memory: beat at once
                 self._last_beat = 0.0
                 continue
-            await wait_set(self._beat_now, self.until_beat(time.monotonic()))
+            await wait_set(self._beat_now, self.until_beat(lease.clock()))
 
     async def _reconciling(self) -> None:
         """Reconcile the changes as they come, and everything every ``reconcile_s`` and
@@ -670,13 +670,13 @@ class Worker:
         full: asyncio.Task[list[asyncio.Task[int]]] | None = None
         while True:
             try:
-                await self.end_lapsed_epoch(time.monotonic())
+                await self.end_lapsed_epoch(lease.clock())
                 self._wake.clear()  # first: a change landing while we work wakes the next
                 failed, self._failed = self._failed, None
                 if failed is not None:
                     raise failed
                 if self.assigned.loaded:
-                    now = time.monotonic()
+                    now = lease.clock()
                     state = (self.lease.epoch, self.lease.may_run(now))
                     if (full is None or full.done()) and (
                             now - last_full >= self.reconcile_s or state != allowed):
@@ -693,7 +693,7 @@ class Worker:
             # a full one lists (its end wakes it)
             due = self.assigned.loaded and (full is None or full.done())
             await wait_set(self._wake, self.idle_for(
-                time.monotonic(), last_full if due else float("inf")))
+                lease.clock(), last_full if due else float("inf")))
 
     def idle_for(self, now: float, last_full: float) -> float:
         """Seconds the reconcile may sleep at ``now`` unless a change wakes it: until the

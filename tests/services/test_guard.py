@@ -24,7 +24,7 @@ def dead_pid() -> int:
 def test_the_guard_stops_containers_when_the_lease_runs_out(tmp_path: Path) -> None:
     rt = ProcessRuntime(tmp_path)
     held = lease.Lease("e1", 4.0)
-    held.renew(time.monotonic(), time.monotonic())  # holds for 4 s: runs until 3 s from now
+    held.renew(lease.clock(), lease.clock())  # holds for 4 s: runs until 3 s from now
     lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
     pid = rt.start("c1")
     g = guard.ensure(tmp_path, rt)
@@ -55,12 +55,12 @@ def test_the_guard_stops_containers_that_ignore_sigterm_together_before_the_dead
     may run them elsewhere (services/liveness.py)."""
     rt = ProcessRuntime(tmp_path, command=STUBBORN)
     held = lease.Lease("e1", 4.0)  # grace 1 s: stopped from 3 s on, SIGKILL 0.5 s later
-    held.renew(time.monotonic(), time.monotonic())
+    held.renew(lease.clock(), lease.clock())
     lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
     started = [rt.start(f"c{i}") for i in range(10)]
     g = guard.ensure(tmp_path, rt)
     try:
-        time.sleep(max(0.0, held.deadline - time.monotonic()))
+        time.sleep(max(0.0, held.deadline - lease.clock()))
         left = [p for p in started if alive(p)]
         assert not left, f"{len(left)} of 10 containers still ran at the lease's deadline"
     finally:
@@ -99,7 +99,7 @@ def test_the_guard_stops_a_container_its_worker_did_not_record(tmp_path: Path) -
     would run on after logic moved the container: twice)."""
     rt = ProcessRuntime(tmp_path)
     held = lease.Lease("e1", 2.0)
-    held.renew(time.monotonic(), time.monotonic())
+    held.renew(lease.clock(), lease.clock())
     lease.save(tmp_path / lease.LEASE_FILE, held, dead_pid())  # its worker is gone
     pid = rt.start("c1")
     (tmp_path / "c1.pid").unlink()
@@ -123,7 +123,7 @@ def test_a_stale_guard_pid_file_is_not_taken_for_a_running_guard(tmp_path: Path)
 
     rt = ProcessRuntime(tmp_path)
     held = lease.Lease("e1", 60.0)  # a lease that holds, of a worker that lives (this test):
-    held.renew(time.monotonic(), time.monotonic())  # the guards it starts stay
+    held.renew(lease.clock(), lease.clock())  # the guards it starts stay
     lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
     other = subprocess.Popen(["sleep", "30"])  # a process that took the guard's pid
     started: list[int] = []
@@ -172,7 +172,7 @@ def _guarding_for_a_dead_worker(state_dir: Path, rt: ProcessRuntime, lease_s: fl
     """A lease of ``lease_s`` held from now in ``state_dir`` by a worker already gone, and
     :func:`guard.guard` on a thread of this process; the event it sets once it returns."""
     held = lease.Lease("e1", lease_s)
-    held.renew(time.monotonic(), time.monotonic())
+    held.renew(lease.clock(), lease.clock())
     lease.save(state_dir / lease.LEASE_FILE, held, dead_pid())
     done = threading.Event()
     threading.Thread(target=lambda: (guard.guard(state_dir, rt, call_s=call_s), done.set()),
@@ -238,7 +238,7 @@ def test_a_guard_an_earlier_version_started_is_replaced(tmp_path: Path) -> None:
 
     rt = ProcessRuntime(tmp_path)
     held = lease.Lease("e1", 30.0)
-    held.renew(time.monotonic(), time.monotonic())
+    held.renew(lease.clock(), lease.clock())
     lease.save(tmp_path / lease.LEASE_FILE, held, os.getpid())
     old = subprocess.Popen([sys.executable, "-m", "services.guard", "--state-dir",
                             str(tmp_path), *rt.guard_args()], start_new_session=True)

@@ -9,7 +9,6 @@ import asyncio
 import heapq
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,7 +229,7 @@ def test_a_worker_starting_a_new_epoch_stops_the_old_one_s_containers_first(
 
     rt = ProcessRuntime(tmp_path)
     rt.start("c1")
-    old = lease.Lease("e-old", 30.0, deadline=time.monotonic() + left_s)
+    old = lease.Lease("e-old", 30.0, deadline=lease.clock() + left_s)
     lease.save(tmp_path / lease.LEASE_FILE, old, os.getpid())
     wn = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
     at_beats: list[dict[str, int]] = []  # what ran at each beat

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from crdt_ops.handles import MapHandle
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
-from services import model
+from services import lease, model
 from services.runtime import RuntimeError_
 from services.worker import Worker
 from tests.support import cell_only
@@ -113,7 +113,7 @@ async def _platform(tmp: Path, runtime_calls: int = 4
     runtime = CountingRuntime()
     worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, lease_s=1e6,
                     runtime_calls=runtime_calls)
-    now = time.monotonic()
+    now = lease.clock()
     worker.lease.renew(now, now)
     return logic, wn, runtime, worker, now
 
@@ -231,7 +231,6 @@ def test_a_worker_beats_five_times_a_lease_unless_told(tmp_path: Path) -> None:
 def test_an_idle_worker_sleeps_until_its_next_duty(tmp_path: Path) -> None:
     """No wake-up without a reason. Its reconcile: the next full reconcile or lease instant;
     its beats: the next beat, or a poll for the confirm of a beat written."""
-    from services import lease
     from services.worker import CONFIRM_POLL_S
 
     wn = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
@@ -353,7 +352,7 @@ def test_a_worker_rides_out_a_runtime_that_fails_for_a_while(tmp_path: Path) -> 
         runtime = DownRuntime()  # down as the worker starts: its leftovers' stop fails
         worker = Worker(wn, "n1", runtime, state_dir=tmp_path, use_guard=False, lease_s=1e6,
                         reconcile_s=0.05)
-        now = time.monotonic()
+        now = lease.clock()
         worker.lease.renew(now, now)
         rec = _placed_on_n1(logic, worker, "c1")
         await _settle(logic, wn)
@@ -411,7 +410,7 @@ def test_a_start_longer_than_the_lease_holds_up_neither_the_beats_nor_the_lease(
         task = asyncio.create_task(worker.run())
         try:
             for _ in range(100):
-                if worker.lease.may_run(time.monotonic()):
+                if worker.lease.may_run(lease.clock()):
                     break
                 await asyncio.sleep(0.02)
             epoch = worker.lease.epoch
@@ -442,7 +441,6 @@ def test_a_start_its_lease_stopped_allowing_while_earlier_calls_ran_is_not_made(
         tmp_path: Path) -> None:
     """The decision to start is taken with the lease of its reconcile; the start runs after
     the calls ahead of it, and is not made once its lease no longer allows it."""
-    from services import lease
 
     async def run() -> None:
         logic, wn, _, worker, _ = await _platform(tmp_path)
@@ -450,8 +448,8 @@ def test_a_start_its_lease_stopped_allowing_while_earlier_calls_ran_is_not_made(
         _placed_on_n1(logic, worker, "c")
         await _settle(logic, wn)
         # containers may run for 0.5 s more: the listing (1 s) outlasts that
-        worker.lease = lease.Lease(worker.lease.epoch, 12.0, deadline=time.monotonic() + 3.5)
-        assert await worker.reconcile(time.monotonic()) == 0
+        worker.lease = lease.Lease(worker.lease.epoch, 12.0, deadline=lease.clock() + 3.5)
+        assert await worker.reconcile(lease.clock()) == 0
         assert runtime.starts == 0 and "c" in worker._dirty
         await _settle(logic, wn)
         assert placed(wn)[0].power_actual != "on"  # not reported started
@@ -539,6 +537,38 @@ def test_a_restart_its_worker_made_but_never_reported_is_not_made_again(
     asyncio.run(run())
 
 
+def test_a_suspend_longer_than_the_lease_ends_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``time.monotonic()`` does not count the time a machine is suspended: a worker that
+    thawed after a suspend longer than its lease ran its containers on for what the lease
+    had left, while logic had moved them (a review). The lease's clock, ``lease.clock()``
+    (``CLOCK_BOOTTIME``), counts it: here it jumps as a suspend makes it jump."""
+    assert lease.BOOTTIME == time.CLOCK_BOOTTIME  # (Linux)
+
+    async def run() -> None:
+        logic, wn, runtime, worker, now = await _platform(tmp_path)
+        _placed_on_n1(logic, worker, "c")
+        await _settle(logic, wn)
+        await worker.reconcile(now)
+        assert "c" in runtime.instances
+        old, woke = worker.lease.epoch, lease.clock() + 2 * worker.lease.duration_s
+        monkeypatch.setattr(lease, "clock", lambda: woke + time.monotonic() - now)
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(250):
+                await _settle(logic, wn)
+                if not runtime.instances and worker.lease.epoch != old:
+                    break
+                await asyncio.sleep(0.02)
+            assert runtime.instances == {} and worker.lease.epoch != old
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            worker.close()
+    asyncio.run(run())
+
+
 class GatedRuntime(CountingRuntime):
     """The starts of the containers in ``slow`` block until ``gate`` is set (an image's
     pull); ``began`` is set as the first of them begins."""
@@ -591,7 +621,7 @@ async def _worker_running(tmp: Path, runtime: GatedRuntime) -> AsyncIterator[Run
     worker = Worker(wn, "n1", runtime, state_dir=tmp, use_guard=False, reconcile_s=0.1)
     on = Running(logic, wn, worker, asyncio.create_task(worker.run()))
     try:
-        await on.until("the lease holds", lambda: worker.lease.may_run(time.monotonic()))
+        await on.until("the lease holds", lambda: worker.lease.may_run(lease.clock()))
         yield on
         assert not on.task.done(), on.task
     finally:
@@ -678,7 +708,6 @@ def test_the_lease_s_end_waits_for_the_calls_in_flight_then_stops_everything(
         tmp_path: Path) -> None:
     """A start in flight as the lease runs out (its check came first) is stopped with the
     rest: the end of the epoch waits for the calls in flight, and begins none meanwhile."""
-    from services import lease
 
     async def run() -> None:
         logic, wn, _, worker, now = await _platform(tmp_path)
@@ -689,11 +718,11 @@ def test_the_lease_s_end_waits_for_the_calls_in_flight_then_stops_everything(
         starting = asyncio.create_task(worker.reconcile_changes(now))
         assert await asyncio.to_thread(runtime.began.wait, 5)
         old = worker.lease.epoch
-        worker.lease = lease.Lease(old, 12.0, deadline=time.monotonic() - 1)  # ran out
-        ending = asyncio.create_task(worker.end_lapsed_epoch(time.monotonic()))
+        worker.lease = lease.Lease(old, 12.0, deadline=lease.clock() - 1)  # ran out
+        ending = asyncio.create_task(worker.end_lapsed_epoch(lease.clock()))
         await asyncio.sleep(0.3)
         assert not ending.done() and set(runtime.instances) == {"a"}
-        assert worker._begin_calls(["a"], time.monotonic()) == []  # held back
+        assert worker._begin_calls(["a"], lease.clock()) == []  # held back
         runtime.gate.set()
         await ending
         assert await starting == 2  # both were started and reported
@@ -737,7 +766,7 @@ def test_a_full_reconcile_does_not_start_again_what_started_while_it_listed(
         await _settle(logic, wn)
         assert [(c.power_actual, c.pid) for c in placed(wn)] == [("on", runtime.instances["c"])]
         assert worker._running == runtime.instances
-        assert await worker.reconcile(time.monotonic()) == 0  # and the next one agrees
+        assert await worker.reconcile(lease.clock()) == 0  # and the next one agrees
         worker.close()
     asyncio.run(run())
 
