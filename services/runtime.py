@@ -124,6 +124,8 @@ class ProcessRuntime:
         self._pids: dict[str, int] = {}  # pid files read (or written) here, by container
         #: the start time (clock ticks since boot) a pid file gave each pid read from one
         self._since: dict[int, int] = {}
+        #: containers whose pid file could not be written (said once: :meth:`_record`)
+        self._unwritten: set[str] = set()
         #: held while the three maps above and the pid files are read or changed (the
         #: worker's runtime threads call at once), not while a process is waited for
         self._lock = threading.RLock()
@@ -148,8 +150,19 @@ class ProcessRuntime:
             raise RuntimeError_(f"cannot run {shlex.join(self.command)!r}: {e}") from None
         with self._lock:
             self._children[proc.pid] = proc
-            pids.record(self._pidfile(cid), proc.pid, None)  # no start time: the module
-            self._pids[cid] = proc.pid  # says why
+            try:
+                pids.record(self._pidfile(cid), proc.pid, None)  # no start time: the module
+            except OSError as e:  # says why
+                self._children.pop(proc.pid, None)
+                failed: OSError | None = e
+            else:
+                self._pids[cid] = proc.pid
+                failed = None
+        if failed is not None:  # unrecorded, nothing would find it again: it may not run
+            terminate_all([(proc.pid, proc)], 1.0, group=True)
+            self._forget_file(cid)
+            raise RuntimeError_(f"cannot record the instance of {cid} in {self.state_dir} "
+                                f"({failed}); it was stopped again") from None
         return proc.pid
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
@@ -169,7 +182,7 @@ class ProcessRuntime:
             for pid, _ in targets:
                 self._children.pop(pid, None)
             for cid in cids:  # once gone: a stop cut short leaves each one found again
-                self._pidfile(cid).unlink(missing_ok=True)
+                self._forget_file(cid)
                 self._pids.pop(cid, None)
 
     def guard_args(self) -> list[str]:
@@ -214,7 +227,7 @@ class ProcessRuntime:
                 kept = self._alive_pid(cid)
                 if kept is None:
                     since, kept = min(first.values())
-                    pids.record(self._pidfile(cid), kept, since)
+                    self._record(cid, kept, since)
                     self._pids[cid] = adopted[cid] = kept
                     self._since[kept] = since
                 mine = next((t for t, (_, p) in first.items() if p == kept), None)
@@ -271,11 +284,11 @@ class ProcessRuntime:
                 cids = [e.name[:-4] for e in entries if e.name.endswith(".pid")]
             for cid in self._pids.keys() - set(cids):  # its pid file is gone
                 gone = self._pids.pop(cid)
-                child = self._children.get(gone)
-                if child is not None and child.poll() is None:  # deleted under a live instance
-                    log.warning("the pid file of container %s (pid %d) was deleted while it runs; "
-                                "written again", cid, gone)
-                    pids.record(self._pidfile(cid), gone, None)
+                if alive(gone, self._children.get(gone), self._since.get(gone)):
+                    if cid not in self._unwritten:  # (else said as it failed)
+                        log.warning("the pid file of container %s (pid %d) was deleted while "
+                                    "it runs; written again", cid, gone)
+                    self._record(cid, gone, self._since.get(gone))
                     self._pids[cid] = gone
                     cids.append(cid)
             for cid in cids:
@@ -316,10 +329,10 @@ class ProcessRuntime:
                 instance = self._instance(pid, settle=True)
                 if instance is not None and instance[0] == cid:
                     since = instance[1]
-                    pids.record(self._pidfile(cid), pid, since)
+                    self._record(cid, pid, since)
                 elif os.access(f"/proc/{pid}/environ", os.R_OK) or not os.path.exists(
                         f"/proc/{pid}"):  # gone, or readable and another program's
-                    self._pidfile(cid).unlink(missing_ok=True)
+                    self._forget_file(cid)
                     return None
                 # else unreadable (a container that changed its user): taken as it is
             self._pids[cid] = pid
@@ -330,10 +343,32 @@ class ProcessRuntime:
         left = pids.leftovers(pid)  # (none if its pid is another process's now)
         if left:
             _kill_leftovers(cid, left, group=pid)
-        self._pidfile(cid).unlink(missing_ok=True)
+        self._forget_file(cid)
         self._pids.pop(cid, None)
         self._since.pop(pid, None)
         return None
+
+    def _record(self, cid: str, pid: int, since: int | None) -> None:
+        """Write ``cid``'s pid file naming ``pid`` (with its start time ``since``), or,
+        when the directory takes no write (full, read-only), say so and go on: what this
+        runtime knows of it in memory still stops it (the guard's check, a lease's end),
+        which a failed bookkeeping write must not hold up."""
+        try:
+            pids.record(self._pidfile(cid), pid, since)
+        except OSError as e:
+            if cid not in self._unwritten:
+                log.warning("container %s (pid %d): its pid file could not be written (%s); "
+                            "kept in memory only", cid, pid, e)
+            self._unwritten.add(cid)
+        else:
+            self._unwritten.discard(cid)
+
+    def _forget_file(self, cid: str) -> None:
+        """Remove ``cid``'s pid file, or say why it could not be (:meth:`_record`)."""
+        try:
+            self._pidfile(cid).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("container %s: its pid file could not be removed (%s)", cid, e)
 
 
 def _number(text: str) -> int | None:

@@ -572,3 +572,32 @@ def test_an_instance_says_the_restart_generation_it_was_started_for(
     engine["containers"]["crdt-ops-c9"] = {"labels": {"crdt-ops.container": "c9"}, "pid": 9}
     state.write_text(json.dumps(engine))
     assert n1.pid("c9") == 9 and n1.generation("c9") is None
+
+
+def test_a_directory_that_takes_no_write_neither_multiplies_nor_keeps_instances(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime directory full (or remounted read-only after a disk error): a start ran
+    its process and then failed to write its pid file; the error escaped unrecorded, and
+    every reconcile started one more instance that nothing would find again. And the
+    guard, rewriting a pid file the worker wrote without a start time before it stopped
+    anything, failed the same way and stopped nothing, for good (a review's
+    reproductions). A start that cannot be recorded is stopped again and fails; a pid file
+    that cannot be written is kept in memory, and stops go on."""
+    import errno
+
+    from services import pids as pid_files
+
+    rt = ProcessRuntime(tmp_path)
+    pid = rt.start("c1")
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pid_files, "record", full)
+    with pytest.raises(RuntimeError_, match="cannot record the instance of c2"):
+        rt.start("c2")
+    assert _processes("c2", tmp_path) == [] and not (tmp_path / "c2.pid").exists()
+    guard_s = ProcessRuntime(tmp_path)  # the guard's, after the worker died
+    assert guard_s.adopt_strays() == {} and guard_s.running() == {"c1": pid}
+    guard_s.stop_all(["c1"], grace_s=0.5)
+    assert _processes("c1", tmp_path) == []
