@@ -13,7 +13,9 @@ id>``): a stale one, of an earlier boot or naming another process now, is neithe
 the container nor signalled when it is stopped. A container started here is recorded
 without its start time: reading it right after the start waits for the new process's
 ``exec`` (0.2 ms on a quiet VM, 0.4 ms under load: BENCHMARKS.md, "The publishing path"),
-and this runtime polls its own children, which cannot be mistaken. One found by
+and this runtime polls its own children, which cannot be mistaken; it writes the start time
+in at the instance's first lookup after that (every second at the latest: the worker's full
+reconcile), for the other processes that read the file. One found by
 :meth:`ProcessRuntime.adopt_strays` is recorded with it.
 """
 
@@ -338,7 +340,10 @@ class ProcessRuntime:
             self._pids[cid] = pid
             if since is not None:
                 self._since[pid] = since
-        if alive(pid, self._children.get(pid), self._since.get(pid)):
+        child = self._children.get(pid)
+        if alive(pid, child, self._since.get(pid)):
+            if child is not None and pid not in self._since:
+                self._name_start(cid, pid)
             return pid
         left = pids.leftovers(pid)  # (none if its pid is another process's now)
         if left:
@@ -347,6 +352,19 @@ class ProcessRuntime:
         self._pids.pop(cid, None)
         self._since.pop(pid, None)
         return None
+
+    def _name_start(self, cid: str, pid: int) -> None:
+        """Write the start time of ``pid``, an instance this runtime started, into its pid
+        file, at its first lookup after the start (its ``exec`` is done by then: no wait on
+        the start's path). Another process (the guard, a restarted worker) then knows it by
+        its start time, not by its environment, which a command that rewrites its process
+        title (nginx, setproctitle) overwrites: read so, its pid file was taken for another
+        program's and removed, and the instance was neither stopped by the guard nor found
+        by a restarted worker, which started a second one."""
+        since = pids.start_time(pid)
+        if since is not None:
+            self._since[pid] = since
+            self._record(cid, pid, since)
 
     def _record(self, cid: str, pid: int, since: int | None) -> None:
         """Write ``cid``'s pid file naming ``pid`` (with its start time ``since``), or,

@@ -601,3 +601,35 @@ def test_a_directory_that_takes_no_write_neither_multiplies_nor_keeps_instances(
     assert guard_s.adopt_strays() == {} and guard_s.running() == {"c1": pid}
     guard_s.stop_all(["c1"], grace_s=0.5)
     assert _processes("c1", tmp_path) == []
+
+
+def test_an_instance_that_rewrites_its_process_title_is_found_by_its_start_time(
+        tmp_path: Path) -> None:
+    """A command that rewrites its process title (nginx, setproctitle) overwrites what
+    ``/proc/<pid>/environ`` shows. Another runtime (the guard's after the worker died, a
+    restarted worker's) read a pid file without a start time that way, took its process
+    for another program's and removed the file: the guard stopped nothing, and a restarted
+    worker started a second instance (a review's reproduction). The starting runtime now
+    writes the start time in at its first lookup, and the others go by that."""
+    title = tmp_path / "title.py"
+    title.write_text(
+        "import time\n"
+        "f = open('/proc/self/stat').read().rsplit(')', 1)[1].split()\n"
+        "start, end = int(f[47]), int(f[48])  # env_start, env_end: proc(5)\n"
+        "with open('/proc/self/mem', 'r+b', buffering=0) as m:\n"
+        "    m.seek(start)\n"
+        "    m.write((b'myapp: master process' + bytes(end - start))[:end - start])\n"
+        "time.sleep(1000000)\n")
+    rt = ProcessRuntime(tmp_path / "rt", f"{sys.executable} {title}")
+    pid = rt.start("c1")
+    try:
+        time.sleep(0.3)  # it rewrote its title
+        assert b"CRDT_OPS" not in Path(f"/proc/{pid}/environ").read_bytes()
+        assert rt.running() == {"c1": pid}  # its first lookup: the start time written in
+        other = ProcessRuntime(tmp_path / "rt", f"{sys.executable} {title}")
+        assert other.running() == {"c1": pid} and other.pid("c1") == pid
+        other.stop_all(["c1"], grace_s=0.5)
+        assert not alive(pid)
+    finally:
+        if alive(pid):
+            rt.stop_all(["c1"], grace_s=0.5)
