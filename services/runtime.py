@@ -161,6 +161,7 @@ class ProcessRuntime:
                 self._pids[cid] = proc.pid
                 failed = None
         if failed is not None:  # unrecorded, nothing would find it again: it may not run
+            pids.start_time(proc.pid)  # (waits for its exec: its group exists by then)
             terminate_all([(proc.pid, proc)], 1.0, group=True)
             self._forget_file(cid)
             raise RuntimeError_(f"cannot record the instance of {cid} in {self.state_dir} "
