@@ -190,7 +190,13 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
         ok = await underlay.basic_consume(
             name, take, no_ack=False,
             arguments={"x-stream-offset": "first" if since is None else since})
+        tail = await _tail(conn, name, marker) if isinstance(since, int) else None
         await into_stream(channel, exchange, name, marker)
+        if tail is not None:
+            at = await tail
+            if at is not None and isinstance(since, int) and at < since:
+                raise PastTheEnd(f"{name} took the marker at offset {at}, before offset "
+                                 f"{since}")
         # the marker, published once the read began, is read too
         progress = (Progress(f"reading {name}", (stream.declaration_result.message_count or 0) + 1)
                     if since is None else Progress(f"reading {name} from {_where(since)}"))
@@ -227,6 +233,46 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
     finally:
         with contextlib.suppress(Exception):
             await channel.close()
+
+
+async def _tail(conn: AbstractConnection, name: str, marker: aio_pika.Message
+                ) -> asyncio.Task[int | None]:
+    """Watch stream ``name``'s end, on a channel of its own, for ``marker`` (to be published
+    next); returns the task that answers the offset the stream took it at, or None if it
+    did not come within :data:`PAST_END_S`. A read from an offset past the stream's end (it
+    was declared anew, and holds fewer messages since) attaches there and waits: the
+    marker lands before it and never comes, and in a group whose replicas write, what
+    comes after that offset keeps the read going for good; the marker's offset says so at
+    once."""
+    channel = await conn.channel()
+    seen: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    async def look(delivered: DeliveredMessage) -> None:
+        msg = Delivery(delivered)
+        await msg.ack()  # (a stream's consumer acknowledges what it is given)
+        offset = msg.headers.get("x-stream-offset")
+        if msg.message_id == marker.message_id and not seen.done():
+            seen.set_result(offset if isinstance(offset, int) else None)
+
+    try:
+        await channel.set_qos(prefetch_count=100)
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_consume(name, look, no_ack=False,
+                                     arguments={"x-stream-offset": "next"})
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await channel.close()
+        raise
+
+    async def answer() -> int | None:
+        try:
+            await asyncio.wait({seen}, timeout=PAST_END_S)
+            return seen.result() if seen.done() else None
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    return asyncio.ensure_future(answer())
 
 
 def _where(since: int | datetime.datetime) -> str:
