@@ -360,9 +360,9 @@ async def run_service(role: str, service: Service) -> str:
             assert runtime is not None and wk is not None
             await signals.until_stopped(name, _unless_sole_lost(node, Worker(
                 node, name, runtime, cell=wk.cell, capacity=wk.capacity, lease_s=wk.lease_s,
-                state_dir=runtime_dir(wk, settings.store, name),
-                # a standby that took over: what the other process ran may run a lease more
-                hold_off_s=wk.lease_s + 1.0 if node.waited_as_standby else 0.0).run()))
+                # (another process that ran this node: its new epoch waits out that one's
+                # lease, Worker._predecessor_s)
+                state_dir=runtime_dir(wk, settings.store, name)).run()))
     finally:
         if runner is not None:
             await runner.cleanup()

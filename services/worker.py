@@ -168,7 +168,7 @@ class Worker:
         #: before it is beaten), None when it kept its predecessor's
         self._leftovers: str | None = None
         self.lease = self._adopt(lease_s)
-        #: seconds a new epoch waits before its first beat (see :meth:`run`)
+        #: seconds a new epoch waits at least before its first beat (see :meth:`run`)
         self.hold_off_s = hold_off_s
         self.use_guard = use_guard
         self._wake = asyncio.Event()
@@ -224,6 +224,8 @@ class Worker:
         keeps the containers); else a new epoch, not beaten before :meth:`run` stopped what
         still runs here (``_leftovers`` says why)."""
         saved = lease.load(self.lease_file)
+        #: the epoch of the lease this runtime directory had (None: none)
+        self._saved_epoch = None if saved is None else saved.lease.epoch
         now = lease.clock()
         if saved is not None and saved.lease.may_run(now) and saved.lease.duration_s == lease_s:
             log.info("%s: keeping epoch %s (its lease holds for %.1fs more)", self.name,
@@ -588,15 +590,17 @@ class Worker:
                     await asyncio.sleep(self.reconcile_s)
                     continue
                 self._leftovers = None
-            if why is not None and self.hold_off_s > 0:
-                # a standby that took over from a process elsewhere: that one's guard runs
-                # its containers until its lease ends, at most a lease after its last beat,
-                # which came before this one took over; a new epoch announced sooner would
-                # have logic place them here meanwhile
-                log.warning("%s: took over from another process of this node; its lease "
-                            "may hold for %.0fs more: epoch %s begins then", self.name,
-                            self.hold_off_s, self.lease.epoch)
-                await asyncio.sleep(self.hold_off_s)
+            hold = max(self.hold_off_s, self._predecessor_s()) if why is not None else 0.0
+            if hold > 0:
+                was = self._node_record()
+                # another process ran this node (a standby took over, a worker elsewhere
+                # replaced a killed one): its guard runs its containers until its lease
+                # ends, at most a lease after its last beat, which came before now; a new
+                # epoch announced sooner would have logic place them anew meanwhile
+                log.warning("%s: another process ran this node (epoch %s); its lease may "
+                            "hold for %.0fs more: epoch %s begins then", self.name,
+                            was.epoch if was is not None else None, hold, self.lease.epoch)
+                await asyncio.sleep(hold)
                 self.lease.began = lease.clock()  # (it holds from its first beat on)
             # this node's records from every record, in slices: now (the worker beats
             # meanwhile, but reconciles only once they are loaded: it would stop what it
@@ -620,6 +624,24 @@ class Worker:
                           exc_info=self._failed)
             for pool in self._pools():  # the calls in flight return before run() does:
                 await asyncio.shield(asyncio.to_thread(pool.shutdown))  # none after
+
+    def _node_record(self) -> model.Node | None:
+        """This node's record as this worker's replica has it (None: none)."""
+        rec = self.node.groups.get(model.node_key(self.cell, self.name))
+        return model.Node.of(model.node_key(self.cell, self.name), rec) \
+            if isinstance(rec, dict) else None
+
+    def _predecessor_s(self) -> float:
+        """Seconds the containers of another process's epoch of this node may still run
+        here or elsewhere: when the node's record names an epoch this runtime directory
+        never had (a worker elsewhere ran the node, a standby takes over, this directory is
+        new), that epoch's lease and a second (its own length when unreadable): its guard
+        runs them until it ends, at most that long after its last beat, which came before
+        now. 0 when the record names no such epoch: what ran here this worker stopped."""
+        n = self._node_record()
+        if n is None or not n.epoch or n.epoch in (self.lease.epoch, self._saved_epoch):
+            return 0.0
+        return (n.lease_s or self.lease.duration_s) + 1.0
 
     def close(self) -> None:
         """Let the runtime's threads go once the calls they run return, and drop those no

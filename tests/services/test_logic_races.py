@@ -209,3 +209,39 @@ def test_a_worker_that_took_over_from_another_process_waits_a_lease_to_beat(
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     asyncio.run(run())
+
+
+def test_a_new_worker_of_a_node_another_process_ran_waits_out_that_one_s_lease(
+        tmp_path: Path) -> None:
+    """A worker killed (its holder queue freed at once), then one started for its node
+    elsewhere, with a runtime directory of its own, never waited as a standby: it
+    announced a new epoch at once, and logic, taking that for the end of the old one,
+    placed the containers anew while the first one's guard ran them until its lease
+    ended; a standby with a shorter --lease-s waited only its own (a review). A new epoch
+    now waits out the lease of the epoch the node's record names, when this runtime
+    directory never had it."""
+    async def run() -> None:
+        key = model.node_key(model.DEFAULT_CELL, "n1")
+        node = cell_only(MemoryNode(MemoryBus(), "worker.n1", policy=model.POLICY))
+        await node.start()
+        rec = node.groups.map(key)  # what the killed one announced (as its replica has it)
+        for field, value in (("epoch", "theirs"), ("lease_ms", 2000), ("capacity", 1),
+                             ("heartbeat", 1)):
+            rec.register(field).set(value)
+        await node.flush()
+        worker = Worker(node, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False,
+                        lease_s=1.2)
+        assert worker._predecessor_s() == 3.0
+        t0 = time.monotonic()
+        task = asyncio.create_task(worker.run())
+        try:
+            assert await _until(lambda: (node.groups.get(key) or {}).get("epoch")
+                                == worker.lease.epoch, 6.0)
+            assert time.monotonic() - t0 >= 3.0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        again = Worker(node, "n1", CountingRuntime(), state_dir=tmp_path, use_guard=False,
+                       lease_s=1.2)  # the same directory: the epoch the record names is its
+        assert again._predecessor_s() == 0.0
+    asyncio.run(run())
