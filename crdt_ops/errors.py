@@ -57,14 +57,16 @@ class NotAMember(CrdtError):
 
 
 class OwnPastMissing(CrdtError, ValueError):
-    """This replica issued operations that it has not delivered: its own messages, read
-    back from the group's history, name them, and its store lost them (an empty store
-    under an id that wrote before, an older copy of the store put back) while the history
-    no longer holds them (the stream's retention). A new operation would reuse their
-    sequence numbers, and every other replica would drop it as a duplicate: it may not
-    write. Nothing was applied. Start a new replica (a new id, a new store) in its place,
-    and retire this one. (A ValueError too: as a retired replica's, a start that finds it
-    so is not tried again.)"""
+    """A replica started on an empty store under an id that wrote before, and its own
+    messages, read back from the group's history, name operations the history no longer
+    holds (the stream's retention): its next operations would reuse their sequence
+    numbers, and every other replica would drop them as duplicates. A transport raises it
+    as the replica starts, before anything is written (``AmqpNode.start``). Start a new
+    replica (a new id, a new store) in its place, and retire this one. (A ValueError too:
+    as a retired replica's, a start that finds it so is not tried again.)
+
+    Not raised by ``Replica.submit``: in a group without authentication a forged message
+    under the replica's own id would then stop its every write."""
 
 
 class SubgroupNotHeld(CrdtError, KeyError):

@@ -21,7 +21,6 @@ from crdt_ops.errors import (
     InvalidMessage,
     InvalidValue,
     NotAMember,
-    OwnPastMissing,
     SubgroupNotHeld,
     TypeConflict,
     Unauthenticated,
@@ -811,11 +810,9 @@ class Replica(Fields):
     def submit(self, op: Op) -> None:
         """Apply an operation prepared here and queue it for :meth:`outgoing`.
         Raises :class:`~crdt_ops.errors.Forbidden` if the policy denies it,
-        :class:`~crdt_ops.errors.NotAMember` if this replica may not write,
+        :class:`~crdt_ops.errors.NotAMember` if this replica may not write, and
         :class:`~crdt_ops.errors.InvalidValue` if it would not fit in a message
-        (``max_message_bytes``), and :class:`~crdt_ops.errors.OwnPastMissing` if its
-        sequence number is one this replica issued before and has not delivered
-        (:meth:`unmet_claims`); nothing is applied then."""
+        (``max_message_bytes``); nothing is applied then."""
         if not (self.is_member or (op.kind is Kind.ADMIT and op.value == self.replica_id)):
             m = self.membership
             if self.replica_id in m.retired or m.is_retiring(self.replica_id):
@@ -840,13 +837,6 @@ class Replica(Fields):
                                "and replicate a reference to it")
         ch = channel(self.replica_id, sub)
         seq = self._buffer.clock.get(ch, 0) + 1
-        if self._claimed.get(ch, 0) >= seq:
-            raise OwnPastMissing(
-                f"replica {self.replica_id!r} issued operations {seq}..{self._claimed[ch]} "
-                f"of {ch!r} before (its own messages read back say so) and has not "
-                "delivered them: its store lost them and the group's history no longer "
-                "holds them; a new operation would reuse their sequence numbers. Start a "
-                "new replica (a new id, a new store) in its place and retire this one")
         self._apply(ch, seq, [op], self.replica_id)
         self.stats["local"] += 1
         self._unsent.setdefault(sub, []).append(op)

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from crdt_ops import Replica
-from crdt_ops.errors import OwnPastMissing, TypeConflict
+from crdt_ops.errors import TypeConflict
 from crdt_ops.transport.memory import MemoryNetwork
 from tests.support import exchange, send
 
@@ -288,32 +288,3 @@ def test_a_replica_that_lost_what_it_had_told_the_group_names_it_as_unmet_claims
         lost.receive(m)
     assert lost.unmet_claims() == {}
     assert lost.own_seq == 1 and lost.counter("n").value == 11
-
-
-def test_a_replica_may_not_reuse_a_sequence_number_its_own_messages_name() -> None:
-    """A replica started with an empty store under an id that wrote before, when the
-    group's history no longer holds its first messages (the stream's retention): its
-    later messages read back wait for the first ones, and its next operation took
-    sequence number 1 again, which every peer dropped as a duplicate: the two diverged
-    for good (a review's reproduction). It may not write: OwnPastMissing, and nothing is
-    applied."""
-    old, peer = Replica("a"), Replica("p")
-    sent = []
-    for _ in range(6):
-        old.counter("c").increment()
-        sent += old.outgoing()
-    for m in sent:
-        peer.receive(m)
-    again = Replica("a")  # an empty store, the same id
-    for m in sent[3:]:  # what the stream still holds
-        again.receive(m)
-    assert again.unmet_claims() == {"a": (1, 6)}
-    before = (again.state(), dict(again.clock))
-    with pytest.raises(OwnPastMissing, match="reuse their sequence numbers"):
-        again.counter("d").increment()
-    assert (again.state(), dict(again.clock)) == before and again.outgoing() == []
-    for m in sent[:3]:  # had it them again (a peer's relay), it would write on from 7
-        again.receive(m)
-    again.counter("d").increment()
-    (m,) = again.outgoing()
-    assert peer.receive(m) and peer.state() == again.state() == {"c": 6, "d": 1}

@@ -625,7 +625,6 @@ class AmqpNode:
                     self.replica_id, few(lost))
         await self._replay_stream()
         if still := self.replica.unmet_claims():
-            self._refuse_if_own_past_lost(still)
             log.error("replica %s: the stream no longer holds operations it had told the group "
                       "it had (%s: cut by the stream's retention?); it writes anyway, and its "
                       "next operations may be concurrent with ones its peers took as stable",
@@ -633,10 +632,13 @@ class AmqpNode:
 
     def _refuse_if_own_past_lost(self, unmet: dict[str, tuple[int, int]]) -> None:
         """Raise :class:`~crdt_ops.errors.OwnPastMissing` (before anything is written) if
-        ``unmet`` (:meth:`Replica.unmet_claims`, after reading the stream) names operations
-        of this replica's own: it sent them, its store does not have them, and the stream
-        no longer holds them (its retention), so its next operations would reuse their
-        sequence numbers."""
+        ``unmet`` (:meth:`Replica.unmet_claims`, after a new store read the stream) names
+        operations of this replica's own: it sent them, its store does not have them, and
+        the stream no longer holds them (its retention), so its next operations would
+        reuse their sequence numbers. (A used store whose claims stay unmet after reading
+        the whole stream is said in an error and goes on, as before: in a group without
+        authentication a forged message under its own id would otherwise keep it from
+        starting for good.)"""
         own = {c: span for c, span in unmet.items() if split(c)[0] == self.replica_id}
         if own:
             raise OwnPastMissing(
