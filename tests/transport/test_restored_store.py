@@ -188,6 +188,18 @@ async def test_a_queue_reader_whose_lost_writes_claimed_an_older_delivery_reads_
             await n.stop()
 
 
+async def _a_writes(s: Settings, by: int, total: int) -> AmqpNode:
+    """a and b started, a adds ``by`` (b then has ``total``), both stopped; returns a."""
+    a, b = await _pair(s)
+    try:
+        await _add(a, by)
+        await until(lambda: b.replica.counter("n").value == total, 10, "b to have a's write")
+    finally:
+        for n in (a, b):
+            await n.stop()
+    return a
+
+
 @pytest.mark.asyncio
 async def test_an_empty_store_under_an_id_whose_first_messages_are_gone_refuses_to_start(
         settings: Settings, tmp_path: Path) -> None:
@@ -200,25 +212,12 @@ async def test_an_empty_store_under_an_id_whose_first_messages_are_gone_refuses_
 
     from crdt_ops import OwnPastMissing
 
-    a, b = await _pair(settings)
-    try:
-        await _add(a, 1)
-        await until(lambda: b.replica.counter("n").value == 1, 10, "b to have a's first write")
-        stream = a.topology.stream
-    finally:
-        for n in (a, b):
-            await n.stop()
+    stream = (await _a_writes(settings, 1, 1)).topology.stream
     conn = await aio_pika.connect(settings.amqp_url)
     async with conn:
         await (await conn.channel()).queue_delete(stream)  # what it held is gone
-    a, b = await _pair(settings)  # a's store has its first write; the new stream does not
-    try:
-        await _add(a, 10)
-        await until(lambda: b.replica.counter("n").value == 11, 10, "b to have a's second")
-        before = a.replica.own_seq
-    finally:
-        for n in (a, b):
-            await n.stop()
+    # a's store has its first write; the new stream does not
+    before = (await _a_writes(settings, 10, 11)).replica.own_seq
     again = node(Settings(**{**settings.__dict__, "store": str(tmp_path / "empty")}), "a")
     with pytest.raises(OwnPastMissing, match="Start a new replica in its place"):
         await asyncio.wait_for(again.start(), 30)
