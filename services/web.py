@@ -53,6 +53,8 @@ from services.listing import (
 
 MAX_NAME = 200
 STATIC = Path(__file__).parent / "static"
+#: The files web serves under ``/static/`` (the page's), by name.
+STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file())
 #: a node whose worker announced no lease yet is shown as silent when its last heartbeat is
 #: older; one with a lease, after ``services.lease.silent_after_s`` of it
 NODE_TIMEOUT_S = 5.0
@@ -539,7 +541,15 @@ def make_app(node: NodeGroups[Node], *, node_timeout_s: float | None = None
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
 
-    routes.static("/static/", STATIC)
+    @routes.get("/static/{name}")
+    async def static_file(request: web.Request) -> web.FileResponse:
+        """One of the page's files (``services/static``); a 404 with ``{"error": ...}``
+        for any other name (aiohttp's static route answered an empty 404)."""
+        name = request.match_info["name"]
+        if name not in STATIC_FILES:
+            raise web.HTTPNotFound(reason=f"no static file {name!r}: the page's are "
+                                          f"{', '.join(sorted(STATIC_FILES))}")
+        return web.FileResponse(STATIC / name)
 
     async def end_streams(app: web.Application) -> None:
         """Shutting down: event streams end now (they would hold shutdown for

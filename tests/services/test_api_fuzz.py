@@ -313,3 +313,10 @@ def test_a_request_web_cannot_read_is_one_line_of_its_log(
     said = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert len(said) == 1 and said[0].levelno == logging.WARNING and said[0].exc_info is None
     assert "Got more than 8190 bytes" in said[0].getMessage(), said[0].getMessage()
+
+
+def test_a_static_file_that_is_not_the_page_s_is_a_json_404(api: Api) -> None:
+    """aiohttp's static route answered an empty 404 (``application/octet-stream``) for a
+    file it does not have; every other error answer is JSON."""
+    status, body = api.call("GET", "/static/nope.js", None)
+    assert status == 404 and "no static file 'nope.js'" in body["error"]
