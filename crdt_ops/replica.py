@@ -657,7 +657,7 @@ class Replica(Fields):
             lasts = {c: s for c, s in lasts.items() if r != but and m.tells(c, s)
                      and st.held(c) and st.holds(hb.origin, c)}
             if lasts:
-                self._stability.retire(r, lasts)
+                st.retire(r, lasts)
                 news = True
         return news
 

@@ -156,17 +156,16 @@ class ProcessRuntime:
                 pids.record(self._pidfile(cid), proc.pid, None)  # no start time: the module
             except OSError as e:  # says why
                 self._children.pop(proc.pid, None)
-                failed: OSError | None = e
+                failed = e
             else:
                 self._pids[cid] = proc.pid
-                failed = None
-        if failed is not None:  # unrecorded, nothing would find it again: it may not run
-            pids.start_time(proc.pid)  # (waits for its exec: its group exists by then)
-            terminate_all([(proc.pid, proc)], 1.0, group=True)
-            self._forget_file(cid)
-            raise RuntimeError_(f"cannot record the instance of {cid} in {self.state_dir} "
-                                f"({failed}); it was stopped again") from None
-        return proc.pid
+                return proc.pid
+        # unrecorded, nothing would find it again: it may not run
+        pids.start_time(proc.pid)  # (waits for its exec: its group exists by then)
+        terminate_all([(proc.pid, proc)], 1.0, group=True)
+        self._forget_file(cid)
+        raise RuntimeError_(f"cannot record the instance of {cid} in {self.state_dir} "
+                            f"({failed}); it was stopped again")
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
         """Stop ``cid``'s instance: SIGTERM to its process group, SIGKILL after
@@ -513,25 +512,25 @@ class DockerRuntime:
 
     def pid(self, cid: str) -> int | None:
         """The pid of ``cid``'s container if it runs (``docker inspect``), else None."""
-        states = self._docker("inspect", "-f", "{{.State.Running}} {{.State.Pid}}",
+        pid = self._of_running(cid, "{{.State.Pid}}")
+        return None if pid is None else int(pid)
+
+    def _of_running(self, cid: str, field: str) -> str | None:
+        """What the Go template ``field`` says of ``cid``'s container that runs (one ``docker
+        inspect`` of the names it may have), else None."""
+        states = self._docker("inspect", "-f", "{{.State.Running}} " + field,
                               *self._names(cid), missing_ok=True)
         for line in states.splitlines():
-            up, pid = line.split(" ", 1)
+            up, _, value = line.partition(" ")
             if up == "true":
-                return int(pid)
+                return value.strip()
         return None
 
     def generation(self, cid: str) -> int | None:
         """The generation label of ``cid``'s container if it runs (``docker inspect``),
         else None (none runs, or it has no such label: an earlier version made it)."""
-        states = self._docker("inspect", "-f", "{{.State.Running}} {{index .Config.Labels "
-                              f'"{self.GENERATION_LABEL}"}}}}', *self._names(cid),
-                              missing_ok=True)
-        for line in states.splitlines():
-            up, _, label = line.partition(" ")
-            if up == "true":
-                return _number(label.strip())
-        return None
+        label = self._of_running(cid, f'{{{{index .Config.Labels "{self.GENERATION_LABEL}"}}}}')
+        return None if label is None else _number(label)
 
     def adopt_strays(self) -> dict[str, int]:
         """Nothing to do: ``docker run`` names and labels a container as it creates it, so

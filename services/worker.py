@@ -627,9 +627,9 @@ class Worker:
 
     def _node_record(self) -> model.Node | None:
         """This node's record as this worker's replica has it (None: none)."""
-        rec = self.node.groups.get(model.node_key(self.cell, self.name))
-        return model.Node.of(model.node_key(self.cell, self.name), rec) \
-            if isinstance(rec, dict) else None
+        key = model.node_key(self.cell, self.name)
+        rec = self.node.groups.get(key)
+        return model.Node.of(key, rec) if isinstance(rec, dict) else None
 
     def _predecessor_s(self) -> float:
         """Seconds the containers of another process's epoch of this node may still run

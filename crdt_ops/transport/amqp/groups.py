@@ -117,12 +117,6 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         super().__init__(routing, nodes)
         self._conn: FailoverConnection | None = None
 
-    @property
-    def waited_as_standby(self) -> bool:
-        """Whether another process held this one's ``sole`` holder queue as it started:
-        it took over from that one (:class:`~crdt_ops.transport.amqp.holder.Holder`)."""
-        return any(n.waited_as_standby for n in self.nodes.values())
-
     async def sole_lost(self) -> None:
         """Return once one of the nodes lost its ``sole`` holder queue to another process
         (:attr:`Holder.sole_lost <crdt_ops.transport.amqp.holder.Holder.sole_lost>`): the

@@ -70,8 +70,6 @@ class Holder:
         self._refused_since: float | None = None  # first refusal since it last held it
         self._said: float | None = None
         self._held_sole = False
-        #: whether another connection held ``sole`` while this one waited for it, ever
-        self.waited = False
         #: set once ``sole``, held before, was refused (after a reconnection): another
         #: process took over meanwhile, and this one's state is stale for good
         self.sole_lost = asyncio.Event()
@@ -94,8 +92,6 @@ class Holder:
                 await channel.declare_queue(queue, exclusive=True, durable=False,
                                             auto_delete=False)
             except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
-                if queue == self.sole:
-                    self.waited = True
                 if queue == self.sole and self._held_sole and not self.sole_lost.is_set():
                     log.error("replica %s: another process took over %s while this one was "
                               "cut off from the broker; what this one decides now is stale: "

@@ -927,12 +927,6 @@ class AmqpNode:
         return self._holder.sole_lost
 
     @property
-    def waited_as_standby(self) -> bool:
-        """Whether another process held this node's ``sole`` holder queue while it waited
-        for it, ever (it took over from that one)."""
-        return self._holder.waited
-
-    @property
     def standby(self) -> bool:
         """Whether this node waits for another process to let go of its holder queue, or
         of its ``sole`` one (:class:`~crdt_ops.transport.amqp.holder.Holder`)."""
