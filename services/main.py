@@ -42,6 +42,7 @@ from crdt_ops.transport.topology import Topology
 from services import guard, lease, logs, model
 from services.logic import Logic
 from services.process import (
+    Deposed,
     ServiceFailed,
     Stopped,
     StopSignals,
@@ -373,9 +374,10 @@ async def run_service(role: str, service: Service) -> str:
 async def _unless_sole_lost(node: AmqpGroups, loop: Coroutine[Any, Any, None]) -> None:
     """Run a service's ``loop`` until it ends, or until another process of its principal
     took over while this one was cut off (:meth:`AmqpGroups.sole_lost`): then raise
-    RuntimeError, so that the service exits with status 1 (a supervisor starts it again, as
-    the standby). Logic would decide on, from a state that no longer grows; a worker's
-    guard stops its containers as its lease runs out, renewed no more."""
+    :class:`~services.process.Deposed`, so that the service exits with status 1 (a
+    supervisor starts it again: it sets its stores aside and waits as the standby, a new
+    replica). Logic would decide on, from a state that no longer grows; a worker's guard
+    stops its containers as its lease runs out, renewed no more."""
     task = asyncio.ensure_future(loop)
     lost = asyncio.ensure_future(node.sole_lost())
     try:
@@ -389,9 +391,10 @@ async def _unless_sole_lost(node: AmqpGroups, loop: Coroutine[Any, Any, None]) -
     if task.done() and not task.cancelled():
         task.result()  # (raises what the loop raised)
         return
-    raise RuntimeError("another process of this service's principal took over while this "
-                       "one was cut off from the broker; this one stops (start it again: it "
-                       "waits as the standby)")
+    raise Deposed("another process of this service's principal took over while this one "
+                  "was cut off from the broker; this one stops (start it again: it sets its "
+                  "stores aside, with what it decided meanwhile, and waits as the standby, "
+                  "a new replica)")
 
 
 def make_runtime(w: WorkerSettings, store: str, name: str) -> Runtime:

@@ -84,8 +84,18 @@ class ServiceFailed(Exception):
 
     def __init__(self, role: str, error: BaseException | None) -> None:
         what = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+        where = "" if isinstance(error, Deposed) else " (the traceback is in the log above)"
         super().__init__(f"{role}'s loop ended ({what}); stopping with status 1 so that its "
-                         "supervisor starts it again (the traceback is in the log above)")
+                         f"supervisor starts it again{where}")
+
+
+class Deposed(Exception):
+    """Another process of the service's principal took over while this one was cut off
+    from the broker (:meth:`AmqpGroups.sole_lost
+    <crdt_ops.transport.amqp.groups.AmqpGroups.sole_lost>`): what this one decided since
+    is stale. Its loop ends with this (no traceback: it is no fault of the code); the
+    process exits with status 1, and started again it sets its stores aside and runs as
+    a new replica (:mod:`crdt_ops.transport.deposition`)."""
 
 
 class StopSignals:
@@ -122,6 +132,8 @@ class StopSignals:
         logged with its traceback)."""
         try:
             done, _ = await self.first(loop)
+        except Deposed as e:  # (said as it happened: crdt_ops/transport/amqp/holder.py)
+            raise ServiceFailed(role, e) from e
         except Exception as e:
             log.error("%s's loop failed", role, exc_info=e)
             raise ServiceFailed(role, e) from e

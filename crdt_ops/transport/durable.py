@@ -52,7 +52,7 @@ from crdt_ops.errors import BufferFull, InvalidMessage
 from crdt_ops.policy import OPEN, WritePolicy
 from crdt_ops.replica import Replica
 from crdt_ops.subgroups import NONE, SubGroups
-from crdt_ops.transport import forking, metrics
+from crdt_ops.transport import deposition, forking, metrics
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.store import Store, StoreUnavailable
 from crdt_ops.transport.waiting import wait_set
@@ -145,22 +145,41 @@ class DurableReplica:
         self._snapshotting = False
         self._aside: asyncio.Task[None] | None = None  # a snapshot encoded in a child
         self._own_counted = replica.own_seq
+        #: where :meth:`open` set a deposed store aside, if it did, and its replica's id
+        self.aside: Path | None = None
+        self.set_aside_id: str | None = None
 
     # ------------------------------------------------------------ opening
 
     @classmethod
     def open(cls, settings: Settings, *, name: str = "replica",
              wall_clock: Callable[[], int] = time.time_ns,
-             policy: WritePolicy = OPEN, subgroups: SubGroups = NONE) -> DurableReplica:
+             policy: WritePolicy = OPEN, subgroups: SubGroups = NONE,
+             deposed_id: str | None = None) -> DurableReplica:
         """Open the store (``settings.store``, else :func:`default_store_path`) and
         restore the replica it holds. Its id is ``settings.replica_id``, else the one
-        remembered in the store, else a new ``<name>.<host>-<random>``. Raises ValueError
+        remembered in the store, else a new ``<name>.<host>-<random>``. A store marked
+        deposed, or one of replica ``deposed_id`` (another store of the same process was
+        set aside: one identity per process), is set aside first and the replica starts
+        with a new one (:mod:`~crdt_ops.transport.deposition`; :attr:`aside` says where
+        the old one went, :attr:`replaces` which id this one retires). Raises ValueError
         when the store belongs to another replica id or was made with the other
         ``membership`` mode, :class:`~crdt_ops.transport.store.StoreLocked` when another
-        process has it open. ``policy`` and ``subgroups``: the group's write policy and
-        sub-group rule (:mod:`crdt_ops.subgroups`), the same at every replica."""
+        process has it open, OSError when a deposed store cannot be moved aside.
+        ``policy`` and ``subgroups``: the group's write policy and sub-group rule
+        (:mod:`crdt_ops.subgroups`), the same at every replica."""
         store = Store(default_store_path(settings, settings.replica_id or name))
         known = store.get("replica_id")
+        aside, old = None, None
+        pending: tuple[str, ...] = ()
+        if known and (deposition.deposed(store) or known.decode() == deposed_id):
+            pending = deposition.replaced(store)  # (deposed before it retired them)
+            store, aside = deposition.set_aside(store)
+            old, known = known.decode(), None
+            log.warning("replica %s of group %s was deposed while cut off from the broker: "
+                        "its store is set aside as %s, with what it committed then and never "
+                        "sent, and the replica starts with a new store", old, settings.group,
+                        aside)
         rid = settings.replica_id or (known.decode() if known else
                                       f"{name}.{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
         if known and known.decode() != rid:
@@ -176,6 +195,8 @@ class DurableReplica:
                              f"{mode.decode()} (or a new group for the other mode)")
         store.put("replica_id", rid.encode())
         store.put(MEMBERSHIP, settings.membership.encode())
+        if old is not None:  # (kept until retired: AmqpNode.start)
+            deposition.replace(store, [r for r in (*pending, old) if r != rid])
         log.info("replica %s of group %s: its store is %s", rid, settings.group,
                  store.path.resolve())
         options = {"wall_clock": wall_clock, "policy": policy, "subgroups": subgroups,
@@ -183,7 +204,25 @@ class DurableReplica:
                    "max_batch_ops": settings.batch_ops,
                    "max_waiting_per_origin": settings.max_waiting_per_origin}
         replica = restore(store, rid, options, settings.bootstrap)
-        return cls(settings, store, replica, options=options)
+        durable = cls(settings, store, replica, options=options)
+        durable.aside, durable.set_aside_id = aside, old
+        return durable
+
+    @property
+    def replaces(self) -> tuple[str, ...]:
+        """The ids of the deposed replicas this one is to retire (:meth:`open` set their
+        stores aside for this one, under a new id), until :meth:`replaced_retired`."""
+        return deposition.replaced(self.store)
+
+    def replaced_retired(self, replica_id: str) -> None:
+        """``replica_id``, of :attr:`replaces`, is retired: forget it."""
+        deposition.replace(self.store, [r for r in self.replaces if r != replica_id])
+
+    def depose(self) -> bool:
+        """Mark the store deposed (:func:`deposition.mark
+        <crdt_ops.transport.deposition.mark>`): opened again, it is set aside. True if
+        the store took the mark."""
+        return deposition.mark(self.store, self.replica_id, self.settings.group)
 
     # ------------------------------------------------------------ a failing store
 

@@ -158,7 +158,7 @@ class StoreFiles:
         finally:
             for p in (part, Path(f"{part}-journal")):
                 p.unlink(missing_ok=True)
-        _sync_dir(self.path.parent)
+        sync_dir(self.path.parent)
         try:
             new = self._connect()
         except BaseException:
@@ -192,7 +192,8 @@ class StoreFiles:
         self.lock.close()
 
 
-def _sync_dir(path: Path) -> None:
+def sync_dir(path: Path) -> None:
+    """fsync directory ``path``: the names made, renamed or removed in it are on the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -201,4 +202,4 @@ def _sync_dir(path: Path) -> None:
 
 
 __all__ = ["CHECK_EVERY_S", "FilesRefused", "StoreFiles", "StoreLocked", "file_id",
-           "take_lock"]
+           "sync_dir", "take_lock"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from services.main import _unless_sole_lost
+from services.process import Deposed
 
 
 class Node:
@@ -38,7 +39,7 @@ def test_a_loop_whose_process_lost_its_principal_s_queue_is_stopped() -> None:
         except asyncio.CancelledError:
             cancelled.append(True)
             raise
-    with pytest.raises(RuntimeError, match="took over while this one was cut off"):
+    with pytest.raises(Deposed, match="took over while this one was cut off"):
         _run(0.05, decide_for_ever())
     assert cancelled == [True]
 

@@ -5,6 +5,7 @@ receives and stores that group only, and a restart restores every group from its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from crdt_ops.transport.config import Settings
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from tests.broker import delete_group, new_group, until
+from tools.harness import delete_group_async
 
 
 class Platform:
@@ -374,3 +376,88 @@ async def test_a_sole_process_cut_off_while_its_standby_took_over_learns_it_lost
         lost.cancel()
         await standby.close()
         await first.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rid", ["", "logic.a"])
+async def test_what_a_deposed_process_committed_while_cut_off_is_never_sent(
+        platform: Platform, rid: str) -> None:
+    """The services' logic, cut off while its standby took over, decided on from a state
+    that no longer grew, and committed it: placed a container. Published once it ran again,
+    that placement would start the container on a node its successor had not placed it on,
+    beside the copy its successor had started. Now the deposed process's stores are marked
+    (:mod:`crdt_ops.transport.deposition`); started again, it sets them aside and runs as a
+    new replica: under a new id (none given), which retires the old one; under the same id
+    (given), numbering its next operation after its last one in the stream. What it
+    committed while cut off reaches nobody."""
+    import aio_pika
+
+    from crdt_ops.transport.amqp.holder import Holder
+    from crdt_ops.transport.topology import Topology
+    from tests.broker import rabbitmqctl
+
+    def logic() -> AmqpGroups:
+        s = Settings(amqp_url=platform.url, group=platform.group("platform"), replica_id=rid,
+                     heartbeat_s=0.5, store=str(platform.workdir / "logic.sqlite"))
+        return AmqpGroups(s, platform.routing, [platform.group("platform"),
+                                                platform.group("cell.a")],
+                          name="logic", sole="logic")
+
+    observer = platform.process("front", "platform", "cell.a")
+    heard: list[str] = []
+    observer.groups.subscribe("", lambda e: heard.append(e.key))
+    first = logic()
+    await asyncio.gather(observer.start(), first.start())
+    old = first.replica_id
+    standby = await aio_pika.connect(platform.url)
+    second = None
+    try:
+        async with first.write() as g:
+            g.map("containers/c1").register("node").set("n1")
+            g.map("cells/a/containers/n1/c1").register("power_desired").set("on")
+        await until(lambda: observer.groups.get("cells/a/containers/n1/c1") is not None, 20,
+                    "the first logic's placement at the observer")
+        lost = asyncio.ensure_future(first.sole_lost())
+        lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
+                                         "client_properties", "-q")).splitlines()
+        pids = [line.split("\t")[0] for line in lines if f"crdt-ops {old}" in line]
+        assert len(pids) == 1, lines
+        await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: cut off")
+        holder = Holder(Topology(platform.group("platform")), "logic")
+        for _ in range(500):  # the standby takes over as soon as the broker frees it
+            if await holder.take(standby):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the holder queue was never freed")
+        async with first.write() as g:  # decided while cut off: accepted, in its stores
+            g.map("containers/c2").register("node").set("n2")
+            g.map("cells/a/containers/n2/c2").register("power_desired").set("on")
+        await asyncio.wait_for(lost, 30)  # reconnected, it learns it lost
+        await first.stop()
+        await standby.close()  # the successor stops: the deposed one's next process runs
+        second = logic()
+        assert all(n.durable.aside is not None for n in second.nodes.values())
+        await second.start()
+        async with second.write() as g:
+            g.map("containers/c3").register("node").set("n3")
+            g.map("cells/a/containers/n3/c3").register("power_desired").set("on")
+        await until(lambda: observer.groups.get("cells/a/containers/n3/c3") is not None
+                    and observer.groups.get("containers/c3") is not None, 20,
+                    "the second logic's writes at the observer")
+        assert "containers/c2" not in heard and "cells/a/containers/n2/c2" not in heard
+        assert second.groups.get("containers/c2") is None  # set aside with its store
+        assert (second.replica_id == old) == bool(rid)
+        if not rid:  # the old id retired in both groups, by its successor
+            await until(lambda: all(old in n.replica.membership.retired
+                                    for n in observer.nodes.values()), 20,
+                        f"{old}'s retirement at the observer")
+            assert all(n.durable.replaces == () for n in second.nodes.values())
+        assert observer.groups.get("containers/c1") == {"node": "n1"}
+    finally:
+        await asyncio.gather(*(p.stop() for p in (observer, first, second) if p is not None))
+        with contextlib.suppress(Exception):
+            await standby.close()
+        for g in ("platform", "cell.a"):  # (the fixture deletes those of its own ids)
+            await delete_group_async(platform.url, platform.group(g),
+                                     {old, second.replica_id if second else old})

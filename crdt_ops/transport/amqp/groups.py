@@ -97,6 +97,7 @@ class AmqpGroups(NodeGroups[AmqpNode]):
                 Topology.of(dataclasses.replace(settings, group=routing.default)).holder(sole))
         nodes: dict[str, AmqpNode] = {}
         lag: LoopLag | None = None  # one probe of the one event loop, for every group
+        deposed: str | None = None  # the id whose first store was set aside: all of its are
         for group in names:
             rid = settings.replica_id or (next(iter(nodes.values())).replica_id if nodes else "")
             # a peer's snapshot (--bootstrap) is of one group: the default's
@@ -108,14 +109,32 @@ class AmqpGroups(NodeGroups[AmqpNode]):
                 nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
                                         policy=(policies or {}).get(group, OPEN), loop_lag=lag,
                                         subgroups=(subgroups or {}).get(group, NONE),
-                                        sole=held)
+                                        sole=held, deposed_id=deposed)
                 lag = nodes[group].loop_lag
+                deposed = deposed or nodes[group].durable.set_aside_id
             except BaseException:
                 for node in nodes.values():
                     node.durable.store.close()
                 raise
         super().__init__(routing, nodes)
         self._conn: FailoverConnection | None = None
+        self._deposing = False
+        for node in nodes.values():  # (instead of marking its own store: see _depose_all)
+            node.on_deposed[:] = [self._depose_all]
+
+    def _depose_all(self) -> None:
+        """One node was deposed: so is the process. Every node's store is marked, in the
+        order the groups were given, then every node is deposed (:meth:`AmqpNode.depose`).
+        Opened again, the first group's store is opened first, and when it is set aside,
+        so is every store of its replica id (:mod:`~crdt_ops.transport.deposition`): a
+        crash after the first mark leaves none of the process's stores to send."""
+        if self._deposing:
+            return
+        self._deposing = True
+        for node in self.nodes.values():
+            node.durable.depose()
+        for node in self.nodes.values():
+            node.depose()
 
     async def sole_lost(self) -> None:
         """Return once one of the nodes lost its ``sole`` holder queue to another process

@@ -25,7 +25,9 @@ After a reconnection the queue is taken again (:meth:`Holder.hold`) before the r
 publishes or consumes anything on the new connection (the stream gate does it first on each
 connection: :class:`~crdt_ops.transport.amqp.stream_ready.StreamGate`): the broker deleted it
 with the connection that was lost, and another process of the same replica id, waiting for
-it, may have taken it meanwhile. Then this one waits, as at its start.
+it, may have taken it meanwhile. Then this one waits, as at its start. A process that finds
+its ``sole`` queue taken that way was *deposed*: it never takes it again, so it never
+publishes again, and its stores are marked so (:mod:`crdt_ops.transport.deposition`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import aiormq
 from aio_pika.abc import AbstractConnection
@@ -72,15 +75,25 @@ class Holder:
         self._held_sole = False
         #: set once ``sole``, held before, was refused (after a reconnection): another
         #: process took over meanwhile, and this one's state is stale for good
+        #: (:meth:`depose`)
         self.sole_lost = asyncio.Event()
+        #: called once, in order, when this process is deposed (:meth:`depose`)
+        self.on_deposed: list[Callable[[], object]] = []
 
     async def take(self, conn: AbstractConnection) -> bool:
         """Declare ``sole`` if given, then the holder queue, on ``conn``, each through a
         channel of its own (closed after: a queue lives as long as the connection).
         Returns False if another connection holds one of them (said, at most every
-        :data:`SAY_EVERY_S`; what was declared before it stays held); True once both are
-        held, or those the broker user may not declare were left (logged as an error);
-        raises what the broker or the connection raise otherwise."""
+        :data:`SAY_EVERY_S`; what was declared before it stays held), and always once
+        deposed (:meth:`depose`); True once both are held, or those the broker user may
+        not declare were left (logged as an error); raises what the broker or the
+        connection raise otherwise."""
+        if self.sole_lost.is_set():  # never again: its stores hold what must not go out
+            self._say(f"replica {self.replica_id} was deposed (another process of its "
+                      "principal took over while it was cut off): it publishes nothing and "
+                      "waits to be stopped; started again, it sets its stores aside and "
+                      "runs as a new replica")
+            return False
         # the shared one first: two processes of one replica id, each with several groups
         # started at once, would otherwise each hold one group's own queue and wait for
         # the other's, for good
@@ -92,11 +105,14 @@ class Holder:
                 await channel.declare_queue(queue, exclusive=True, durable=False,
                                             auto_delete=False)
             except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
-                if queue == self.sole and self._held_sole and not self.sole_lost.is_set():
-                    log.error("replica %s: another process took over %s while this one was "
-                              "cut off from the broker; what this one decides now is stale: "
-                              "it stops", self.replica_id, queue)
-                    self.sole_lost.set()
+                if queue == self.sole and self._held_sole:
+                    if not self.sole_lost.is_set():  # (a process's other groups: once)
+                        log.error("replica %s: another process took over %s while this one "
+                                  "was cut off from the broker; what this one decides now is "
+                                  "stale: it publishes nothing more, and stops",
+                                  self.replica_id, queue)
+                    self.depose()
+                    return False
                 self._refused(queue)
                 return False
             except aiormq.exceptions.ChannelAccessRefused:
@@ -111,6 +127,17 @@ class Holder:
         self._refused_since = None
         self._held_sole = self._held_sole or self.sole is not None
         return True
+
+    def depose(self) -> None:
+        """This process was deposed (another took over its ``sole`` queue while it was cut
+        off; or a process of the same sole principal that shares its identity was): set
+        :attr:`sole_lost`, refuse every later :meth:`take`, and call :attr:`on_deposed`.
+        Once only."""
+        if self.sole_lost.is_set():
+            return
+        self.sole_lost.set()
+        for hook in self.on_deposed:
+            hook()
 
     async def hold(self, conn: AbstractConnection) -> None:
         """Return once ``conn`` holds the queue (:meth:`take`), trying again as long as
@@ -129,20 +156,24 @@ class Holder:
         now = time.monotonic()
         if self._refused_since is None:
             self._refused_since = now
+        if queue != self.queue:
+            self._say(f"replica {self.replica_id} waits as a standby: another process of "
+                      f"its principal runs (its connection holds {queue}, "
+                      f"{now - self._refused_since:.0f}s so far: a second logic, or a worker "
+                      "of a node of the same name, maybe in another cell), and only one may "
+                      "run at a time; this one takes over once that one stops, or once the "
+                      "broker drops its connection (after its heartbeat timeout)")
+            return
+        self._say(f"replica {self.replica_id} of group {self.group} runs in another process, "
+                  "or ran in one that died and whose connection the broker has not dropped "
+                  f"yet (it does after its heartbeat timeout): another connection holds "
+                  f"{self.queue} ({now - self._refused_since:.0f}s so far). If two processes "
+                  "run it, stop one, or give it a replica id of its own")
+
+    def _say(self, line: str) -> None:
+        """Log ``line`` as a warning, unless one was said in the last :data:`SAY_EVERY_S`."""
+        now = time.monotonic()
         if self._said is not None and now - self._said < SAY_EVERY_S:
             return
         self._said = now
-        if queue != self.queue:
-            log.warning("replica %s waits as a standby: another process of its principal "
-                        "runs (its connection holds %s, %.0fs so far: a second logic, or a "
-                        "worker of a node of the same name, maybe in another cell), and only "
-                        "one may run at a time; this one takes over once that one stops, or "
-                        "once the broker drops its connection (after its heartbeat timeout)",
-                        self.replica_id, queue, now - self._refused_since)
-            return
-        log.warning("replica %s of group %s runs in another process, or ran in one that "
-                    "died and whose connection the broker has not dropped yet (it does "
-                    "after its heartbeat timeout): another connection holds %s (%.0fs so "
-                    "far). If two processes run it, stop one, or give it a replica id of "
-                    "its own", self.replica_id, self.group, self.queue,
-                    now - self._refused_since)
+        log.warning("%s", line)

@@ -110,6 +110,8 @@ STOP_CANCEL_S = 1.0
 #: on Python 3.11: gh-86296), or a close the broker does not answer, would hold the stop
 #: for good. Past it, the stop says so in one line and goes on.
 STOP_WAIT_S = 10.0
+#: Seconds between two attempts to retire the deposed replica this one replaces.
+RETIRE_REPLACED_RETRY_S = 1.0
 
 
 class AmqpNode:
@@ -136,20 +138,27 @@ class AmqpNode:
     it reads the whole stream and skips the rest). ``sole``: a queue name to hold
     exclusively beside the replica's own holder queue, the one process at a time that
     runs a role (:class:`~crdt_ops.transport.amqp.holder.Holder`); a second process waits
-    in :meth:`start` until the first stops.
+    in :meth:`start` until the first stops. A process that finds it taken after a
+    reconnection was deposed (:attr:`sole_lost`): it publishes nothing more, and its store
+    is marked so. Opened again, a deposed store is set aside, and the replica starts with
+    a new one, retiring the old id once a member if it has a new one
+    (:mod:`crdt_ops.transport.deposition`). ``deposed_id``: set aside this replica's store
+    if it belongs to that id (another store of the process was:
+    :class:`~crdt_ops.transport.amqp.groups.AmqpGroups`).
     """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
                  wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN,
                  durable: DurableReplica | None = None,
                  loop_lag: LoopLag | None = None, subgroups: SubGroups = NONE,
-                 sole: str | None = None) -> None:
+                 sole: str | None = None, deposed_id: str | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.topology = Topology.of(settings, routed=bool(subgroups))
         self.durable = durable or DurableReplica.open(settings, name=name,
                                                       wall_clock=wall_clock, policy=policy,
-                                                      subgroups=subgroups)
+                                                      subgroups=subgroups,
+                                                      deposed_id=deposed_id)
         self.replica_id = self.durable.replica_id
         metrics.announce(self.replica_id, settings.group)
         #: stops reporting this node's health at /healthz on the metrics port (start())
@@ -167,6 +176,10 @@ class AmqpNode:
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._holder = Holder(self.topology, self.replica_id, sole)
+        #: called once, in order, when this process is deposed (:meth:`depose`); the
+        #: first marks the store deposed
+        self.on_deposed = self._holder.on_deposed
+        self.on_deposed.append(self.durable.depose)
         self._buffer_since: float | None = None
         #: since when the replica has held operations waiting (None: it holds none)
         self._held_since: float | None = None
@@ -368,6 +381,38 @@ class AmqpNode:
         self._unwatch = metrics.watch_health(self.replica_id, self.settings.group, self.health)
         metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
         await self._become_member()
+        for old in self.durable.replaces:
+            self._tasks.append(loop.create_task(self._retire_replaced(old)))
+
+    async def _retire_replaced(self, old: str) -> None:
+        """Retire ``old``, the deposed replica whose store was set aside for this one
+        (:mod:`~crdt_ops.transport.deposition`): its last operation in the stream is the
+        last anyone has, and stability stops waiting for it after that. Tried again every
+        :data:`RETIRE_REPLACED_RETRY_S` until it is done (a lost connection; the store, as
+        elsewhere)."""
+        while True:
+            try:
+                await self.retire(old)
+                self.durable.replaced_retired(old)
+                break
+            except StoreUnavailable as e:
+                self.durable.store_failed(e)
+                await self.durable.store_ok.wait()
+            except Exception as e:
+                log.info("replica %s: retiring %s, the deposed replica it replaces, failed "
+                         "(%s: %s); trying again in %.0fs", self.replica_id, old,
+                         type(e).__name__, e, RETIRE_REPLACED_RETRY_S)
+                await asyncio.sleep(RETIRE_REPLACED_RETRY_S)
+        log.info("replica %s retired %s, the deposed replica whose store was set aside for "
+                 "it: what %s committed and never sent stays unsent", self.replica_id, old,
+                 old)
+
+    def depose(self) -> None:
+        """Take this process for deposed (:mod:`~crdt_ops.transport.deposition`): from now
+        on it publishes nothing, :attr:`sole_lost` is set, and :attr:`on_deposed` is called
+        (its first hook marks the store). Done by the node itself when another process
+        took over its ``sole`` queue while it was cut off. Idempotent."""
+        self._holder.depose()
 
     async def _become_member(self) -> None:
         """Found the group (no member yet, and the broker accepted this replica's

@@ -1,0 +1,117 @@
+"""The services' logic cut off from the broker while its standby took over: it exits with
+status 1, its stores marked deposed, and started again (its supervisor's part) it sets them
+aside, runs as a new replica and retires the old one, so that what it committed while cut
+off never goes out (crdt_ops/transport/deposition.py). Real OS processes
+(``python -m services.cli logic``), against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from crdt_ops.transport.amqp.holder import Holder
+from crdt_ops.transport.topology import Topology
+from services import model
+from tests.broker import rabbitmqctl
+from tools.harness import delete_queues, free_port, wait_until
+
+
+def _service(role: str, url: str, group: str, workdir: Path, log: Path,
+             *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", role, "--amqp-url", url, "--group",
+             group, "--store", str(workdir / f"{role}.sqlite"), "--heartbeat-s", "0.5",
+             *args],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+            env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+@pytest.fixture
+def group(amqp_url: str) -> Iterator[str]:
+    g = f"test-deposed-{uuid.uuid4().hex[:8]}"
+    yield g
+    for name in model.groups(g):
+        queues, exchanges = Topology(name).objects([])
+        asyncio.run(delete_queues(amqp_url, queues, exchanges))
+
+
+async def _cut_off_and_take_over(url: str, group: str, rid: str) -> aio_pika.abc.AbstractConnection:
+    """Close ``rid``'s connection at the broker and take logic's holder queue on a
+    connection of the test's (a standby taking over); returns that connection."""
+    standby = await aio_pika.connect(url)
+    lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
+                                     "client_properties", "-q")).splitlines()
+    pids = [line.split("\t")[0] for line in lines if f"crdt-ops {rid}" in line]
+    assert len(pids) == 1, lines
+    await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: cut off")
+    holder = Holder(Topology(group), "logic")
+    for _ in range(1000):
+        if await holder.take(standby):
+            return standby
+        await asyncio.sleep(0.01)
+    await standby.close()
+    raise AssertionError("logic's holder queue was never freed")
+
+
+def test_a_deposed_logic_exits_and_its_next_process_runs_as_a_new_replica(
+        amqp_url: str, group: str, tmp_path: Path) -> None:
+    log, web_log = tmp_path / "logic.log", tmp_path / "web.log"
+    first = _service("logic", amqp_url, group, tmp_path, log)
+    web = None
+    try:
+        wait_until(lambda: "founded group" in log.read_text(), 60, "logic to found its group",
+                   lambda: log.read_text()[-3000:])
+        found = re.search(r"replica (logic\.\S+) founded group", log.read_text())
+        assert found is not None
+        old = found.group(1)
+        # a member beside it, to admit its next process (a new replica)
+        web = _service("web", amqp_url, group, tmp_path, web_log, "--port", str(free_port()))
+        wait_until(lambda: "web: http://" in web_log.read_text(), 60, "web to be up",
+                   lambda: web_log.read_text()[-3000:])
+
+        async def deposed() -> None:
+            standby = await _cut_off_and_take_over(amqp_url, group, old)
+            try:
+                for _ in range(600):  # it reconnects, learns it lost, and exits
+                    if first.poll() is not None:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await standby.close()
+
+        asyncio.run(deposed())
+        assert first.wait(timeout=10) == 1, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "took over while this one was cut off" in text
+        assert text.count("is marked so, and is set aside when it is opened again") == 2
+        assert "Traceback" not in text
+
+        second = _service("logic", amqp_url, group, tmp_path, log)  # (its supervisor)
+        try:
+            wait_until(lambda: f"retired {old}, the deposed replica" in log.read_text()
+                       and log.read_text().count(f"retired {old}") >= 2, 60,
+                       f"the next logic to retire {old} in both groups",
+                       lambda: log.read_text()[-3000:])
+            asides = sorted(p.name for p in tmp_path.iterdir() if ".deposed-" in p.name
+                            and not p.name.endswith(("-wal", "-shm")))
+            assert len(asides) == 2, asides  # the platform's group and the cell's
+            new = re.findall(r"replica (logic\.\S+) retired", log.read_text())
+            assert new and all(rid == new[0] != old for rid in new)
+        finally:
+            second.terminate()
+            second.wait(timeout=30)
+    finally:
+        for p in (first, web):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
