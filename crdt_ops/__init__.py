@@ -9,6 +9,7 @@ imports an I/O or clock module (``tests/core/test_wire.py`` checks it).
 from crdt_ops.errors import (
     BufferFull,
     CrdtError,
+    Deposed,
     Forbidden,
     InvalidMessage,
     InvalidValue,
@@ -22,7 +23,7 @@ from crdt_ops.events import ChangeEvent
 from crdt_ops.policy import Rule, WritePolicy
 from crdt_ops.replica import Replica
 
-__all__ = ["BufferFull", "ChangeEvent", "CrdtError", "Forbidden", "InvalidMessage",
+__all__ = ["BufferFull", "ChangeEvent", "CrdtError", "Deposed", "Forbidden", "InvalidMessage",
            "InvalidValue", "NotAMember", "OwnPastMissing", "Replica", "Rule", "TypeConflict",
            "Unauthenticated", "WaitingCapReached", "WritePolicy"]
 __version__ = "0.1.0"

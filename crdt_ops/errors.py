@@ -69,6 +69,17 @@ class OwnPastMissing(CrdtError, ValueError):
     under the replica's own id would then stop its every write."""
 
 
+class Deposed(CrdtError, ValueError):
+    """Another process of this process's sole principal (the services' logic, a node's
+    worker: one runs at a time) ran while this one was cut off or down, and decided
+    without what this one had committed and not sent: that is stale for good. Raised by a
+    transport once it knows (as it reconnects, or as it starts and reads the group's
+    history), after it marked its stores deposed and before it sent anything of them;
+    started again, the replica sets them aside and runs as a new one
+    (``crdt_ops.transport.deposition``). (A ValueError too: a start that finds it so is
+    not tried again; the next one sets the stores aside.)"""
+
+
 class SubgroupNotHeld(CrdtError, KeyError):
     """A local write to a key of a sub-group this replica does not hold
     (:mod:`crdt_ops.subgroups`); nothing was changed."""

@@ -45,7 +45,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         "crdt_ops.errors:CrdtError", "crdt_ops.errors:InvalidMessage",
         "crdt_ops.errors:TypeConflict", "crdt_ops.errors:InvalidValue",
         "crdt_ops.errors:BufferFull", "crdt_ops.errors:NotAMember",
-        "crdt_ops.errors:OwnPastMissing",
+        "crdt_ops.errors:OwnPastMissing", "crdt_ops.errors:Deposed",
         "crdt_ops.errors:Forbidden", "crdt_ops.errors:Unauthenticated",
         "crdt_ops.errors:WaitingCapReached",
         "crdt_ops.transport.store:StoreUnavailable", "crdt_ops.transport.store:StoreLocked"]),

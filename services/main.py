@@ -32,6 +32,7 @@ from types import FrameType, ModuleType
 from typing import Any
 from urllib.parse import quote, urlparse
 
+from crdt_ops.errors import Deposed
 from crdt_ops.policy import belongs
 from crdt_ops.transport import Node, collector, config, provision
 from crdt_ops.transport.amqp import redact_urls
@@ -42,7 +43,6 @@ from crdt_ops.transport.topology import Topology
 from services import guard, lease, logs, model
 from services.logic import Logic
 from services.process import (
-    Deposed,
     ServiceFailed,
     Stopped,
     StopSignals,
@@ -374,7 +374,7 @@ async def run_service(role: str, service: Service) -> str:
 async def _unless_sole_lost(node: AmqpGroups, loop: Coroutine[Any, Any, None]) -> None:
     """Run a service's ``loop`` until it ends, or until another process of its principal
     took over while this one was cut off (:meth:`AmqpGroups.sole_lost`): then raise
-    :class:`~services.process.Deposed`, so that the service exits with status 1 (a
+    :class:`~crdt_ops.errors.Deposed`, so that the service exits with status 1 (a
     supervisor starts it again: it sets its stores aside and waits as the standby, a new
     replica). Logic would decide on, from a state that no longer grows; a worker's guard
     stops its containers as its lease runs out, renewed no more."""

@@ -11,6 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from crdt_ops.errors import Deposed
 from crdt_ops.transport.amqp import AmqpNode, redact_urls
 from crdt_ops.transport.amqp.groups import AmqpGroups
 
@@ -87,15 +88,6 @@ class ServiceFailed(Exception):
         where = "" if isinstance(error, Deposed) else " (the traceback is in the log above)"
         super().__init__(f"{role}'s loop ended ({what}); stopping with status 1 so that its "
                          f"supervisor starts it again{where}")
-
-
-class Deposed(Exception):
-    """Another process of the service's principal took over while this one was cut off
-    from the broker (:meth:`AmqpGroups.sole_lost
-    <crdt_ops.transport.amqp.groups.AmqpGroups.sole_lost>`): what this one decided since
-    is stale. Its loop ends with this (no traceback: it is no fault of the code); the
-    process exits with status 1, and started again it sets its stores aside and runs as
-    a new replica (:mod:`crdt_ops.transport.deposition`)."""
 
 
 class StopSignals:

@@ -130,7 +130,8 @@ def restart_broker_app(downtime: float) -> None:
         rabbitmqctl("await_startup")
 
 
-__all__ = ["ReplicaProcess", "converged", "dead_letters", "delete_group", "explain",
+__all__ = ["ReplicaProcess", "converged", "cut_off_and_take_over", "dead_letters",
+           "delete_group", "explain",
            "find_broker", "free_port", "new_group", "until", "wait_until"]
 
 
@@ -164,3 +165,36 @@ async def started(s: Settings, *rids: str) -> AsyncIterator[list[AmqpNode]]:
     finally:
         for n in nodes:
             await n.stop()
+
+
+async def cut_off_and_take_over(url: str, group: str, principal: str,
+                                replica_id: str) -> aio_pika.abc.AbstractConnection:
+    """Close replica ``replica_id``'s connection at the broker (``rabbitmqctl
+    close_connection``: its process cut off) and take ``principal``'s holder queue in
+    ``group`` on a connection of the caller's, a standby taking over; returns that
+    connection, which holds it (close it: the standby stops). The standby asks for the
+    queue every 5 ms from before the close, so that it wins it from the cut-off process's
+    reconnection."""
+    from crdt_ops.transport.amqp.holder import Holder
+    from crdt_ops.transport.topology import Topology
+
+    standby = await aio_pika.connect(url)
+    holder = Holder(Topology(group), principal)
+    lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
+                                     "client_properties", "-q")).splitlines()
+    pids = [line.split("\t")[0] for line in lines if f"crdt-ops {replica_id}" in line]
+    assert len(pids) == 1, lines
+
+    async def take() -> None:
+        while not await holder.take(standby):
+            await asyncio.sleep(0.005)
+
+    taking = asyncio.ensure_future(take())
+    try:
+        await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: cut off")
+        await asyncio.wait_for(taking, 30)
+    except BaseException:
+        taking.cancel()
+        await standby.close()
+        raise
+    return standby

@@ -9,8 +9,18 @@ accepted once it is in the store, without the broker. Those operations wait in i
 outbox; published when it next ran, they would undo its successor's decisions: a
 placement that the successor had made elsewhere would start the container a second time.
 
-So a process learns, as it reconnects, that it was deposed (its holder queue is taken:
-:attr:`Holder.sole_lost <crdt_ops.transport.amqp.holder.Holder.sole_lost>`), and then:
+The same holds for a process that committed and went down before it sent (killed, its
+machine rebooted) while another ran in its place. So a process learns that it was
+deposed:
+
+- as it reconnects: its holder queue is taken
+  (:attr:`Holder.sole_lost <crdt_ops.transport.amqp.holder.Holder.sole_lost>`);
+- or as it starts again on a used store: its resumed read of the group's stream, which
+  comes before it sends anything, shows operations of another replica of its principal,
+  while its outbox holds operations it never sent (``AmqpNode._refuse_if_superseded``;
+  the start raises :class:`~crdt_ops.errors.Deposed`).
+
+Then:
 
 1. it marks each of its stores deposed (:func:`mark`, a disk-synced write: store key
    :data:`DEPOSED`), before anything else, and publishes nothing more (its holder refuses

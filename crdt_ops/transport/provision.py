@@ -3,7 +3,9 @@ and one broker user per principal with the narrowest permissions it needs in the
 
 A principal's user may configure (declare, delete) only its own queues
 ``crdt.<group>.<principal>[.<instance>]``; write (publish, bind a queue) to the group's
-exchange and dead-letter exchange and its own queues; read (consume, bind from) the
+exchange, its dead-letter exchange, the exchange into its stream alone (``crdt.G.tolog``:
+what a member's queue refused goes there, never through the default exchange, which would
+reach any queue of the virtual host by name) and its own queues; read (consume, bind from) the
 group's exchange, the stream and its own queues. The group's exchanges, stream,
 dead-letter queue and their bindings are created by the administrator (here), so no
 service can declare, bind or delete them. Passwords are the ones given (a real deployment's:
@@ -62,7 +64,7 @@ def permissions(groups: str | Sequence[str], principal: str) -> dict[str, str]:
         g = re.escape(f"crdt.{group}")
         own = f"{g}\\.{re.escape(principal)}(\\..*)?"
         configure.append(own)
-        write += [g, f"{g}\\.dlx", f"{g}\\.founder", f"{g}\\.routed", own]
+        write += [g, f"{g}\\.dlx", f"{g}\\.founder", f"{g}\\.routed", f"{g}\\.tolog", own]
         read += [g, f"{g}\\.log", f"{g}\\.founder", f"{g}\\.founders", f"{g}\\.routed", own]
     return {"configure": f"^({'|'.join(configure)})$", "write": f"^({'|'.join(write)})$",
             "read": f"^({'|'.join(read)})$"}
@@ -104,9 +106,10 @@ def definitions(groups: str | Sequence[str], users: list[str], vhost: str = "/",
         "exchanges": [{"name": name, "type": t.exchange_type(name), **exchange}
                       for t in topologies for name in t.exchanges],
         "queues": [{"name": q.name, **queue, "arguments": q.arguments or {}} for q in shared],
-        "bindings": [{"source": q.bound_to, "vhost": vhost, "destination": q.name,
+        "bindings": [{"source": source, "vhost": vhost, "destination": q.name,
                       "destination_type": "queue", "routing_key": "", "arguments": {}}
-                     for q in shared if q.bound_to is not None]
+                     for q in shared for source in (q.bound_to, *q.also)
+                     if source is not None]
         + [{"source": t.routed_exchange, "vhost": vhost, "destination": t.exchange,
             "destination_type": "exchange", "routing_key": "#", "arguments": {}}
            for t in topologies if t.routed],

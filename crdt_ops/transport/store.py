@@ -327,6 +327,15 @@ class Store:
         return out
 
     @_guarded
+    def unconfirmed_operations(self) -> int:
+        """How many outbox messages of this replica's own operations (not heartbeats, not
+        other replicas' relayed) the broker has not confirmed."""
+        pending = set(self._confirmed)
+        rows = self.db.execute("SELECT id FROM outbox WHERE sent = 0 AND relayed = 0 AND "
+                               "channel IS NOT NULL").fetchall()
+        return sum(1 for (i,) in rows if i not in pending)
+
+    @_guarded
     def kept(self) -> int:
         """Confirmed messages kept to be sent again (see :meth:`resend`); marks the
         confirmed ones pending first (a transaction without a disk sync)."""

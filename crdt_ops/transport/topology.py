@@ -3,7 +3,10 @@
 For group G (the names are a contract operators rely on): the fanout exchange
 ``crdt.G``; per replica R a durable queue ``crdt.G.R`` bound to it; the stream
 ``crdt.G.log`` bound to it (the replayable history: RabbitMQ "Streams"); dead letters
-go to the fanout exchange ``crdt.G.dlx`` and its queue ``crdt.G.dead``; founding claims
+go to the fanout exchange ``crdt.G.dlx`` and its queue ``crdt.G.dead``; a message that a
+member's queue refused (a length limit with ``reject-publish``) goes into the stream once
+more through the fanout exchange ``crdt.G.tolog``, bound to the stream only (a replica's
+broker user may write to it, not to the default exchange); founding claims
 go to the fanout exchange ``crdt.G.founder`` and the stream ``crdt.G.founders`` bound to
 it, whose first message names the group's founder (a stream is append-only and read
 without taking messages out, so every reader sees the same first claim). While replica R
@@ -46,12 +49,14 @@ if TYPE_CHECKING:
 class Queue:
     """A durable queue: ``name``, its ``arguments`` (None: none), the exchange it is bound
     to (None: not bound), and with which routing keys (None: aio-pika's default, the
-    queue's name, as a fanout exchange's bindings have always been made)."""
+    queue's name, as a fanout exchange's bindings have always been made); ``also``: more
+    fanout exchanges it is bound to."""
 
     name: str
     arguments: dict[str, Any] | None
     bound_to: str | None
     keys: tuple[str | None, ...] = (None,)
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,12 @@ class Topology:
         return f"crdt.{self.group}.log"
 
     @property
+    def stream_exchange(self) -> str:
+        """The fanout exchange bound to :attr:`stream` only: what a member's queue refused
+        goes into the stream through it (``crdt.G.tolog``)."""
+        return f"crdt.{self.group}.tolog"
+
+    @property
     def founder(self) -> str:
         """The exchange founding claims are published to."""
         return f"crdt.{self.group}.founder"
@@ -135,7 +146,8 @@ class Topology:
     def exchanges(self) -> tuple[str, ...]:
         """The group's exchanges (all durable): the fanout ones, and with sub-groups the
         topic one last."""
-        fanouts = (self.exchange, self.dead_letter_exchange, self.founder)
+        fanouts = (self.exchange, self.dead_letter_exchange, self.founder,
+                   self.stream_exchange)
         return (*fanouts, self.routed_exchange) if self.routed else fanouts
 
     def exchange_type(self, name: str) -> str:
@@ -153,7 +165,8 @@ class Topology:
         administrator provisions for narrow broker users)."""
         # the dead-letter queue is quorum when the replicas' are: a classic queue's node
         # being down would fail this declaration, and with it every replica's reconnect
-        return (Queue(self.stream, self.stream_arguments(), self.exchange),
+        return (Queue(self.stream, self.stream_arguments(), self.exchange,
+                      also=(self.stream_exchange,)),
                 Queue(self.dead_letter_queue,
                       {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None,
                       self.dead_letter_exchange),
@@ -200,8 +213,9 @@ async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, Abs
         await exchanges[topology.exchange].bind(exchanges[topology.routed_exchange], "#")
     for q in topology.shared():
         queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
-        if q.bound_to is not None:
-            await queue.bind(exchanges[q.bound_to])
+        for source in (q.bound_to, *q.also):
+            if source is not None:
+                await queue.bind(exchanges[source])
     return exchanges
 
 

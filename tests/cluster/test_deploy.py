@@ -25,13 +25,15 @@ from tests.broker import until
 from tools.rabbitnode import RabbitNode
 
 GROUP = "secure"
+#: a group of its own for a test that makes a member's queue refuse messages
+REFUSING = "refusing"
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     node = RabbitNode("crdt-test-auth", tmp_path_factory.mktemp("rabbit")).start()
     try:
-        apply(definitions(GROUP, principals(["w1", "w2"])), node.node)
+        apply(definitions([GROUP, REFUSING], principals(["w1", "w2"])), node.node)
         yield node
     finally:
         node.destroy()
@@ -86,8 +88,9 @@ def test_a_worker_user_cannot_declare_bind_or_delete_what_it_does_not_own(
 
 
 @contextlib.asynccontextmanager
-async def service(broker: RabbitNode, tmp: Path, principal: str) -> AsyncIterator[AmqpNode]:
-    node = AmqpNode(Settings(amqp_url=url(broker, principal), group=GROUP, auth="user-id",
+async def service(broker: RabbitNode, tmp: Path, principal: str,
+                  group: str = GROUP) -> AsyncIterator[AmqpNode]:
+    node = AmqpNode(Settings(amqp_url=url(broker, principal), group=group, auth="user-id",
                              replica_id=principal, store=str(tmp / f"{principal}.sqlite"),
                              heartbeat_s=0.5), policy=model.POLICY)
     await node.start()
@@ -148,5 +151,43 @@ def test_forged_and_out_of_role_operations_change_nothing_anywhere(
             async with service(broker, tmp_path, "worker.w2") as late:
                 assert late.replica.state() == before[0]
                 assert late.dead_lettered == 3
+
+    asyncio.run(run())
+
+
+def test_what_a_full_queue_refuses_reaches_the_stream_for_a_narrow_user(
+        broker: RabbitNode, tmp_path: Path) -> None:
+    """Web's queue refuses every message (a length limit with ``reject-publish``): the
+    broker nacks each message that reaches it, and the writer puts it into the stream once
+    more, straight. That went through the default exchange, which a provisioned user may
+    not write to (it would reach any queue by name): the channel was closed, a starting
+    replica's probe never came back, and nothing of its was confirmed. It goes through the
+    exchange into the stream alone (``crdt.G.tolog``), which the users may write to."""
+    queue, policy = f"crdt.{REFUSING}.web", "refuse-web"
+
+    async def run() -> None:
+        async with service(broker, tmp_path, "web", REFUSING), \
+                service(broker, tmp_path, "logic", REFUSING) as logic:
+            broker.ctl("set_policy", "--apply-to", "queues", policy,
+                       rf"^{queue.replace('.', '[.]')}$",
+                       '{"max-length": 0, "overflow": "reject-publish"}')
+            try:
+                await until(lambda: any(line.split("\t")[:2] == [queue, policy] for line in
+                                        broker.ctl("list_queues", "name", "policy",
+                                                   "-q").splitlines()),
+                            30, f"the policy on {queue}")
+                # its probe refused by web's queue as it starts; then its write (a probe
+                # that never comes back holds its start for good: bounded here)
+                async with asyncio.timeout(60), \
+                        service(broker, tmp_path, "worker.w1", REFUSING) as w1:
+                    async with w1.write() as r:
+                        model.report(r, ("main", "w1"), "c1").register("power_actual").set(
+                            "on")
+                    await until(lambda: logic.replica.clock.get("worker.w1", 0) > 0, 20,
+                                "w1's report at logic")
+                    await until(lambda: w1.store.unconfirmed() == [] and w1.refused > 0, 20,
+                                "w1's refused messages confirmed by the stream")
+            finally:
+                broker.ctl("clear_policy", policy)
 
     asyncio.run(run())

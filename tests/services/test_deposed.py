@@ -15,13 +15,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import aio_pika
 import pytest
 
-from crdt_ops.transport.amqp.holder import Holder
 from crdt_ops.transport.topology import Topology
 from services import model
-from tests.broker import rabbitmqctl
+from tests.broker import cut_off_and_take_over
 from tools.harness import delete_queues, free_port, wait_until
 
 
@@ -45,24 +43,6 @@ def group(amqp_url: str) -> Iterator[str]:
         asyncio.run(delete_queues(amqp_url, queues, exchanges))
 
 
-async def _cut_off_and_take_over(url: str, group: str, rid: str) -> aio_pika.abc.AbstractConnection:
-    """Close ``rid``'s connection at the broker and take logic's holder queue on a
-    connection of the test's (a standby taking over); returns that connection."""
-    standby = await aio_pika.connect(url)
-    lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
-                                     "client_properties", "-q")).splitlines()
-    pids = [line.split("\t")[0] for line in lines if f"crdt-ops {rid}" in line]
-    assert len(pids) == 1, lines
-    await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: cut off")
-    holder = Holder(Topology(group), "logic")
-    for _ in range(1000):
-        if await holder.take(standby):
-            return standby
-        await asyncio.sleep(0.01)
-    await standby.close()
-    raise AssertionError("logic's holder queue was never freed")
-
-
 def test_a_deposed_logic_exits_and_its_next_process_runs_as_a_new_replica(
         amqp_url: str, group: str, tmp_path: Path) -> None:
     log, web_log = tmp_path / "logic.log", tmp_path / "web.log"
@@ -80,7 +60,7 @@ def test_a_deposed_logic_exits_and_its_next_process_runs_as_a_new_replica(
                    lambda: web_log.read_text()[-3000:])
 
         async def deposed() -> None:
-            standby = await _cut_off_and_take_over(amqp_url, group, old)
+            standby = await cut_off_and_take_over(amqp_url, group, "logic", old)
             try:
                 for _ in range(600):  # it reconnects, learns it lost, and exits
                     if first.poll() is not None:

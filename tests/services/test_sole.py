@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from crdt_ops.errors import Deposed
 from services.main import _unless_sole_lost
-from services.process import Deposed
 
 
 class Node:

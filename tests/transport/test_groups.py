@@ -5,7 +5,6 @@ receives and stores that group only, and a restart restores every group from its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from crdt_ops.transport.amqp.groups import AmqpGroups, store_for
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
-from tests.broker import delete_group, new_group, until
+from tests.broker import cut_off_and_take_over, delete_group, new_group, until
 from tools.harness import delete_group_async
 
 
@@ -345,36 +344,20 @@ async def test_a_sole_process_cut_off_while_its_standby_took_over_learns_it_lost
     is taken), but it decided on from a state that no longer grew, and would send that
     once the other stopped: it now learns it lost (``sole_lost``), and the services stop
     it (services/main.py)."""
-    import aio_pika
-
-    from crdt_ops.transport.amqp.holder import Holder
-    from crdt_ops.transport.topology import Topology
-    from tests.broker import rabbitmqctl
-
     first = platform.process("logic.a", "platform", "cell.a", sole="logic")
     await first.start()
     lost = asyncio.ensure_future(first.sole_lost())
-    standby = await aio_pika.connect(platform.url)  # "the standby", taking it first
-    queue = Topology(platform.group("platform")).holder("logic")
+    standby = None
     try:
         await asyncio.sleep(0.5)
         assert not lost.done()
-        lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
-                                         "client_properties", "-q")).splitlines()
-        pids = [line.split("\t")[0] for line in lines if "crdt-ops logic.a" in line]
-        assert len(pids) == 1, lines
-        await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: cut off")
-        holder = Holder(Topology(platform.group("platform")), "logic")
-        for _ in range(500):  # as soon as the broker frees it
-            if await holder.take(standby):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail(f"{queue} was never freed")
+        standby = await cut_off_and_take_over(platform.url, platform.group("platform"),
+                                              "logic", "logic.a")
         await asyncio.wait_for(lost, 30)  # the first, reconnected, learns it lost
     finally:
         lost.cancel()
-        await standby.close()
+        if standby is not None:
+            await standby.close()
         await first.stop()
 
 
@@ -390,12 +373,6 @@ async def test_what_a_deposed_process_committed_while_cut_off_is_never_sent(
     new replica: under a new id (none given), which retires the old one; under the same id
     (given), numbering its next operation after its last one in the stream. What it
     committed while cut off reaches nobody."""
-    import aio_pika
-
-    from crdt_ops.transport.amqp.holder import Holder
-    from crdt_ops.transport.topology import Topology
-    from tests.broker import rabbitmqctl
-
     def logic() -> AmqpGroups:
         s = Settings(amqp_url=platform.url, group=platform.group("platform"), replica_id=rid,
                      heartbeat_s=0.5, store=str(platform.workdir / "logic.sqlite"))
@@ -409,8 +386,7 @@ async def test_what_a_deposed_process_committed_while_cut_off_is_never_sent(
     first = logic()
     await asyncio.gather(observer.start(), first.start())
     old = first.replica_id
-    standby = await aio_pika.connect(platform.url)
-    second = None
+    standby, second = None, None
     try:
         async with first.write() as g:
             g.map("containers/c1").register("node").set("n1")
@@ -418,24 +394,15 @@ async def test_what_a_deposed_process_committed_while_cut_off_is_never_sent(
         await until(lambda: observer.groups.get("cells/a/containers/n1/c1") is not None, 20,
                     "the first logic's placement at the observer")
         lost = asyncio.ensure_future(first.sole_lost())
-        lines = (await asyncio.to_thread(rabbitmqctl, "list_connections", "pid",
-                                         "client_properties", "-q")).splitlines()
-        pids = [line.split("\t")[0] for line in lines if f"crdt-ops {old}" in line]
-        assert len(pids) == 1, lines
-        await asyncio.to_thread(rabbitmqctl, "close_connection", pids[0], "test: cut off")
-        holder = Holder(Topology(platform.group("platform")), "logic")
-        for _ in range(500):  # the standby takes over as soon as the broker frees it
-            if await holder.take(standby):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the holder queue was never freed")
+        standby = await cut_off_and_take_over(platform.url, platform.group("platform"),
+                                              "logic", old)
         async with first.write() as g:  # decided while cut off: accepted, in its stores
             g.map("containers/c2").register("node").set("n2")
             g.map("cells/a/containers/n2/c2").register("power_desired").set("on")
         await asyncio.wait_for(lost, 30)  # reconnected, it learns it lost
         await first.stop()
         await standby.close()  # the successor stops: the deposed one's next process runs
+        standby = None
         second = logic()
         assert all(n.durable.aside is not None for n in second.nodes.values())
         await second.start()
@@ -456,8 +423,59 @@ async def test_what_a_deposed_process_committed_while_cut_off_is_never_sent(
         assert observer.groups.get("containers/c1") == {"node": "n1"}
     finally:
         await asyncio.gather(*(p.stop() for p in (observer, first, second) if p is not None))
-        with contextlib.suppress(Exception):
+        if standby is not None:
             await standby.close()
         for g in ("platform", "cell.a"):  # (the fixture deletes those of its own ids)
             await delete_group_async(platform.url, platform.group(g),
                                      {old, second.replica_id if second else old})
+
+
+@pytest.mark.asyncio
+async def test_a_process_down_while_another_of_its_principal_wrote_never_sends_its_unsent(
+        platform: Platform) -> None:
+    """Logic committed a decision and died before it was sent (killed, its machine
+    rebooted); another logic ran meanwhile and decided without it. Started again, the
+    first would take over and send it: its resumed read of the stream now shows the other
+    one's operations, so it refuses to start (Deposed), its stores marked, and its next
+    start sets them aside: the decision reaches nobody."""
+    from crdt_ops.errors import Deposed
+    from crdt_ops.transport.durable import DurableReplica
+
+    observer = platform.process("front", "platform")
+    heard: list[str] = []
+    observer.groups.subscribe("", lambda e: heard.append(e.key))
+    first = platform.process("logic.a", "platform", sole="logic")
+    await asyncio.gather(observer.start(), first.start())
+    try:
+        async with first.write() as g:
+            g.map("containers/c1").register("node").set("n1")
+        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        await first.stop()
+        # its decision, committed as it died: in its store's outbox, never sent
+        durable = DurableReplica.open(first.settings)
+        durable.replica.map("containers/c2").register("node").set("n2")
+        durable.commit()
+        await durable.close()
+        other = platform.process("logic.b", "platform", sole="logic")
+        await other.start()
+        async with other.write() as g:
+            g.map("containers/c2").register("node").set("n3")
+        await other.stop()
+        again = platform.process("logic.a", "platform", sole="logic")
+        with pytest.raises(Deposed, match=r"logic\.b, of its principal logic, wrote"):
+            await again.start()
+        await again.stop()
+        third = platform.process("logic.a", "platform", sole="logic")
+        assert all(n.durable.aside is not None for n in third.nodes.values())
+        await third.start()
+        try:
+            async with third.write() as g:
+                g.map("containers/c4").register("node").set("n4")
+            await until(lambda: observer.groups.get("containers/c4") is not None, 20, "c4")
+            assert observer.groups.get("containers/c2") == {"node": "n3"}
+            assert heard.count("containers/c2") == 1  # logic.b's, never logic.a's
+            assert third.groups.get("containers/c2") == {"node": "n3"}
+        finally:
+            await third.stop()
+    finally:
+        await asyncio.gather(observer.stop(), first.stop())

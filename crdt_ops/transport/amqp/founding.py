@@ -92,7 +92,7 @@ async def publish_retirement(settings: Settings, replica_id: str, force: bool = 
         await stream_takes_writes(
             conn, names.stream,
             lambda mid: message(settings, nobody.clock_message(), message_id=mid),
-            via=names.exchange)
+            via=names.exchange, to_stream=names.stream_exchange)
         found = channels_of(await channels(conn, settings, exchange, "retire-"), replica_id)
         if not found and not force:
             raise RetirementRefused(

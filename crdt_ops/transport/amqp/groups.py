@@ -109,7 +109,7 @@ class AmqpGroups(NodeGroups[AmqpNode]):
                 nodes[group] = AmqpNode(s, name=name, wall_clock=wall_clock,
                                         policy=(policies or {}).get(group, OPEN), loop_lag=lag,
                                         subgroups=(subgroups or {}).get(group, NONE),
-                                        sole=held, deposed_id=deposed)
+                                        sole=held, deposed_id=deposed, principal=sole)
                 lag = nodes[group].loop_lag
                 deposed = deposed or nodes[group].durable.set_aside_id
             except BaseException:

@@ -37,7 +37,7 @@ import datetime
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import aiormq
 from aio_pika.abc import (
@@ -48,8 +48,8 @@ from aio_pika.abc import (
 )
 
 from crdt_ops.clock import few
-from crdt_ops.errors import OwnPastMissing
-from crdt_ops.policy import OPEN, WritePolicy
+from crdt_ops.errors import Deposed, OwnPastMissing
+from crdt_ops.policy import OPEN, WritePolicy, belongs
 from crdt_ops.replica import Replica
 from crdt_ops.subgroups import NONE, SubGroups, split
 from crdt_ops.transport import metrics
@@ -144,14 +144,19 @@ class AmqpNode:
     a new one, retiring the old id once a member if it has a new one
     (:mod:`crdt_ops.transport.deposition`). ``deposed_id``: set aside this replica's store
     if it belongs to that id (another store of the process was:
-    :class:`~crdt_ops.transport.amqp.groups.AmqpGroups`).
+    :class:`~crdt_ops.transport.amqp.groups.AmqpGroups`). ``principal``: the sole principal
+    ``sole`` is the holder queue of (``logic``): a used store whose resumed read of the
+    stream shows operations of another replica of it, while its outbox holds operations it
+    never sent, is deposed as the node starts (:meth:`start` raises
+    :class:`~crdt_ops.errors.Deposed`): that other process decided without them.
     """
 
     def __init__(self, settings: Settings, *, name: str = "replica",
                  wall_clock: Callable[[], int] = time.time_ns, policy: WritePolicy = OPEN,
                  durable: DurableReplica | None = None,
                  loop_lag: LoopLag | None = None, subgroups: SubGroups = NONE,
-                 sole: str | None = None, deposed_id: str | None = None) -> None:
+                 sole: str | None = None, deposed_id: str | None = None,
+                 principal: str | None = None) -> None:
         self.settings = settings
         self.policy = policy
         self.topology = Topology.of(settings, routed=bool(subgroups))
@@ -176,6 +181,7 @@ class AmqpNode:
         self._url_index = 0  # the URL to try first (several: nodes of one cluster)
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._holder = Holder(self.topology, self.replica_id, sole)
+        self._principal = principal
         #: called once, in order, when this process is deposed (:meth:`depose`); the
         #: first marks the store deposed
         self.on_deposed = self._holder.on_deposed
@@ -222,7 +228,8 @@ class AmqpNode:
             lambda: self._conn, self.topology.stream,
             lambda mid: message(self.settings, self.replica.clock_message(), self._signer,
                                 message_id=mid),
-            via=self.topology.exchange, hold=self._holder.hold)
+            via=self.topology.exchange, hold=self._holder.hold,
+            to_stream=self.topology.stream_exchange)
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost, self._gate)
         #: sends again what peers ask for (the stream missed it), prunes what all have
@@ -625,7 +632,9 @@ class AmqpNode:
             self._refuse_if_own_past_lost(self.replica.unmet_claims())
             self.store.put("joined", b"1")
         else:
+            before = dict(self.replica.clock)
             await self._read_own_past()
+            self._refuse_if_superseded(before)
         self.store.put("consume", s.consume.encode())
         if s.consume == "stream":
             self._consumer = StreamConsumer(
@@ -694,6 +703,31 @@ class AmqpNode:
                 "other replica would drop them. Start a new replica in its place (another "
                 f"--replica-id and --store), then retire this one: crdt-ops retire "
                 f"{self.replica_id} --group {self.settings.group}")
+
+    def _refuse_if_superseded(self, before: Mapping[str, int]) -> None:
+        """After a used store's resumed read of the stream (which came before anything is
+        published on this connection): if another replica of this node's sole
+        :attr:`_principal` wrote since ``before`` (the clock before that read), that process
+        ran while this one was down or cut off, and decided without what this one's outbox
+        holds unsent. If it holds operations, depose this process (:meth:`depose`: its
+        stores are marked, and set aside at the next start) and raise
+        :class:`~crdt_ops.errors.Deposed`. (One that reconnects learns it from its holder
+        queue instead: :class:`~crdt_ops.transport.amqp.holder.Holder`.)"""
+        p, rid = self._principal, self.replica_id
+        if p is None:
+            return
+        others = {split(ch)[0] for ch, seq in self.replica.clock.items()
+                  if seq > before.get(ch, 0)}
+        others = {o for o in others if o != rid and belongs(o, p)}
+        if not others or not (unsent := self.store.unconfirmed_operations()):
+            return
+        self.depose()
+        raise Deposed(
+            f"replica {rid}: {', '.join(sorted(others))}, of its principal {p}, wrote in group "
+            f"{self.settings.group} while this one was down or cut off, and its store holds "
+            f"{unsent} messages of operations of its own it never sent, decided without "
+            "theirs: they are never sent. Its stores are marked deposed: start it again, and "
+            "it sets them aside and runs as a new replica")
 
     async def _follow(self) -> None:
         """When due (:attr:`_consume_due`), consume our queue again, or the stream from the

@@ -303,7 +303,8 @@ class Publisher:
 
     async def _refused(self, rows: list[tuple[list[int], bytes]]) -> list[int]:
         """Messages the broker nacked (each with the outbox ids it holds): publish each
-        straight into the stream (the default exchange, routed by the stream's name);
+        straight into the stream (through :attr:`Topology.stream_exchange
+        <crdt_ops.transport.topology.Topology.stream_exchange>`, bound to it alone);
         returns the outbox ids the stream confirmed. Says once a minute which member
         queues are fullest (the nack does not name the queue that refused)."""
         assert self.channel is not None
@@ -311,7 +312,8 @@ class Publisher:
         metrics.PUBLISHES_REFUSED.labels(rid, self.settings.group).inc(len(rows))
         self.refused += len(rows)
         outcomes = await asyncio.gather(*(
-            self._send(body, "", names.stream) for _, body in rows), return_exceptions=True)
+            self._send(body, names.stream_exchange, names.stream) for _, body in rows),
+            return_exceptions=True)
         kept = [i for (ids, _), out in zip(rows, outcomes, strict=True)
                 if not isinstance(out, BaseException) for i in ids]
         if time.monotonic() - self._refusal_said > 60:

@@ -176,7 +176,8 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
 
     Read through aiormq, each message a :class:`~crdt_ops.transport.amqp.delivery.Delivery`
     (a replay is bounded by the cost of each delivery: BENCHMARKS.md)."""
-    name = Topology.of(settings).stream
+    names = Topology.of(settings)
+    name = names.stream
     channel = await conn.channel()
     try:
         await channel.set_qos(prefetch_count=settings.prefetch)
@@ -191,7 +192,7 @@ async def read_stream(conn: AbstractConnection, settings: Settings, exchange: Ab
             name, take, no_ack=False,
             arguments={"x-stream-offset": "first" if since is None else since})
         tail = await _tail(conn, name, marker) if isinstance(since, int) else None
-        await into_stream(channel, exchange, name, marker)
+        await into_stream(channel, exchange, name, marker, names.stream_exchange)
         if tail is not None:
             at = await tail
             if at is not None and isinstance(since, int) and at < since:

@@ -51,7 +51,8 @@ STARTING = "is down or inaccessible"
 
 async def stream_takes_writes(conn: AbstractConnection, stream: str,
                               probe: Callable[[str], aio_pika.Message],
-                              via: str | None = None, wait_s: float = PROBE_WAIT_S) -> int:
+                              via: str | None = None, wait_s: float = PROBE_WAIT_S,
+                              to_stream: str = "") -> int:
     """Publish ``probe(message_id)`` into the stream named ``stream`` (through the fanout
     exchange ``via`` bound to it, which a replica's broker user may write to; None: the
     default exchange, routed by the stream's name; a fresh message id each time) until
@@ -61,35 +62,43 @@ async def stream_takes_writes(conn: AbstractConnection, stream: str,
     while the stream was starting may never be served: rabbitmq/rabbitmq-server#4133).
     Returns how many probes were published (1: the stream took the first). A probe stays
     in the stream (and, through ``via``, reaches every queue bound to it): make it a
-    message every reader takes harmlessly (a replica's heartbeat). Raises what aio-pika
+    message every reader takes harmlessly (a replica's heartbeat). ``to_stream``: the
+    exchange into the stream alone that a probe ``via`` refused goes to
+    (:func:`into_stream`). Raises what aio-pika
     raises when the connection or a channel fails (the caller tries again once
     reconnected), and ChannelNotFoundEntity if there is no such stream; waits for as long
     as the stream keeps dropping them, or is not up yet (:data:`STARTING`)."""
     tries = 0
     while True:
         tries += 1
-        if await _probe_once(conn, stream, probe, via, wait_s):
+        if await _probe_once(conn, stream, probe, via, wait_s, to_stream):
             return tries
 
 
 async def into_stream(channel: AbstractChannel, via: AbstractExchange, stream: str,
-                      msg: aio_pika.Message) -> None:
+                      msg: aio_pika.Message, to_stream: str = "") -> None:
     """Publish ``msg`` (a probe, a marker) through the group's fanout exchange ``via``, which
     routes it into the stream ``stream`` and the members' queues, and await the confirm.
     If the broker nacks it (a member queue at its length limit with ``x-overflow:
     reject-publish`` refused it; a replica's own, say, before it consumes its queue), it
-    goes straight into the stream instead: the default exchange on ``channel`` (with
-    publisher confirms), routed by the stream's name, as the publisher's refused messages
-    do (:mod:`~crdt_ops.transport.amqp.publisher`). Raises what aio-pika raises otherwise."""
+    goes straight into the stream instead, on ``channel`` (with publisher confirms), as the
+    publisher's refused messages do (:mod:`~crdt_ops.transport.amqp.publisher`): through
+    ``to_stream``, the fanout exchange bound to the stream alone
+    (:attr:`Topology.stream_exchange
+    <crdt_ops.transport.topology.Topology.stream_exchange>`), or with "" the default
+    exchange, routed by the stream's name (which a narrow broker user may not write to).
+    Raises what aio-pika raises otherwise."""
     try:
         await via.publish(msg, routing_key="", timeout=30)
     except aio_pika.exceptions.DeliveryError:
-        await channel.default_exchange.publish(msg, routing_key=stream, timeout=30)
+        straight = (await channel.get_exchange(to_stream, ensure=False) if to_stream
+                    else channel.default_exchange)
+        await straight.publish(msg, routing_key=stream, timeout=30)
 
 
 async def _probe_once(conn: AbstractConnection, stream: str,
                       probe: Callable[[str], aio_pika.Message], via: str | None,
-                      wait_s: float) -> bool:
+                      wait_s: float, to_stream: str) -> bool:
     """One probe on a channel of its own: whether it came back within ``wait_s``."""
     channel = await conn.channel(publisher_confirms=True)
     try:
@@ -121,7 +130,7 @@ async def _probe_once(conn: AbstractConnection, stream: str,
                                                    timeout=30)
         else:
             exchange = await channel.get_exchange(via, ensure=False)
-            await into_stream(channel, exchange, stream, probe(message_id))
+            await into_stream(channel, exchange, stream, probe(message_id), to_stream)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await back.wait()
@@ -154,18 +163,20 @@ class StreamGate:
     or raises :class:`StreamUnchecked` if a reconnection came after the last probe.
 
     ``conn`` returns the aio-pika connection (None before one is made); ``stream``,
-    ``probe`` and ``via`` are :func:`stream_takes_writes`' arguments. ``hold``, if given,
-    is awaited on each new connection before its probe: it returns once that connection
-    may publish for this replica (its holder queue: :mod:`.holder`). :attr:`probed_on` is
-    the AMQP connection on which the last probe came back (None: none yet, or
-    :meth:`forget` was called)."""
+    ``probe``, ``via`` and ``to_stream`` are :func:`stream_takes_writes`' arguments.
+    ``hold``, if given, is awaited on each new connection before its probe: it returns once
+    that connection may publish for this replica (its holder queue: :mod:`.holder`).
+    :attr:`probed_on` is the AMQP connection on which the last probe came back (None: none
+    yet, or :meth:`forget` was called)."""
 
     def __init__(self, conn: Callable[[], AbstractConnection | None], stream: str,
                  probe: Callable[[str], aio_pika.Message], via: str | None = None,
                  wait_s: float = PROBE_WAIT_S,
-                 hold: Callable[[AbstractConnection], Awaitable[None]] | None = None) -> None:
+                 hold: Callable[[AbstractConnection], Awaitable[None]] | None = None,
+                 to_stream: str = "") -> None:
         self.conn, self.stream, self.probe, self.via, self.wait_s = (
             conn, stream, probe, via, wait_s)
+        self.to_stream = to_stream
         self.hold = hold
         self.probed_on: aiormq.abc.AbstractConnection | None = None
         self._probing = asyncio.Lock()
@@ -195,7 +206,7 @@ class StreamGate:
                 if self.hold is not None:
                     await self.hold(conn)
                 probes += await stream_takes_writes(conn, self.stream, self.probe, self.via,
-                                                    self.wait_s)
+                                                    self.wait_s, self.to_stream)
                 if link is not None and link_of(conn) is link:
                     self.probed_on = link  # else a reconnection came meanwhile: again
 
