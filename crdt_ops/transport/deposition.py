@@ -15,10 +15,12 @@ deposed:
 
 - as it reconnects: its holder queue is taken
   (:attr:`Holder.sole_lost <crdt_ops.transport.amqp.holder.Holder.sole_lost>`);
-- or as it starts again on a used store: its resumed read of the group's stream, which
-  comes before it sends anything, shows operations of another replica of its principal,
-  while its outbox holds operations it never sent (``AmqpNode._refuse_if_superseded``;
-  the start raises :class:`~crdt_ops.errors.Deposed`).
+- or as it starts again on a used store: its resumed read of the group's stream shows
+  operations of another replica of its principal, while its outbox holds operations the
+  broker never confirmed (``AmqpNode._refuse_if_superseded``; the
+  start raises :class:`~crdt_ops.errors.Deposed`). That read comes before its outbox is
+  sent (the nodes of a process with several groups send theirs once every one passed
+  it).
 
 Then:
 
@@ -46,6 +48,20 @@ closes the connection that held it, after routing what it read of that connectio
 the queue after that; the deposed process never publishes on a connection that does not
 hold it. What it published and the broker routed before the cut is in the group, as it
 would be anyway.
+
+Not covered yet:
+
+- a process cut off whose successor stopped before it reconnected: it takes the queue
+  again and sends what it decided meanwhile (what it finds on reconnecting is checked
+  against the holder queue only, not against the stream);
+- the broker may still hold the old connection of a process that reconnects (a
+  half-open link, until its heartbeat timeout): the queue is refused to it as if another
+  process held it, and it is deposed though nobody took over; started again, it runs as a
+  new replica (what it committed and had not sent is dropped, logic decides again);
+- a message the broker confirmed counts as unsent until the store marks it so (with its
+  next transaction), and so does one a peer asked for again (the stream lost it) until it
+  is confirmed again: a process that went down then, and starts again after another of its
+  principal ran, is deposed for it, though the group has it (it runs on as a new replica).
 """
 
 from __future__ import annotations

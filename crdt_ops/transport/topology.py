@@ -206,16 +206,26 @@ async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, Abs
     """Declare the group's exchanges and shared queues with their bindings (idempotent);
     returns the exchanges by name. Raises aiormq's ChannelAccessRefused for a broker user
     that may not declare them (provisioned by an administrator instead)."""
-    exchanges = {name: await channel.declare_exchange(
-        name, aio_pika.ExchangeType(topology.exchange_type(name)), durable=True)
-        for name in topology.exchanges}
+    async def exchange(name: str) -> AbstractExchange:
+        return await channel.declare_exchange(
+            name, aio_pika.ExchangeType(topology.exchange_type(name)), durable=True)
+
+    later = topology.stream_exchange
+    exchanges = {name: await exchange(name) for name in topology.exchanges if name != later}
     if topology.routed:  # everything published reaches the fanout, hence the stream
         await exchanges[topology.exchange].bind(exchanges[topology.routed_exchange], "#")
+    queues = {}
     for q in topology.shared():
-        queue = await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
-        for source in (q.bound_to, *q.also):
-            if source is not None:
-                await queue.bind(exchanges[source])
+        queues[q.name] = await channel.declare_queue(q.name, durable=True,
+                                                     arguments=q.arguments)
+        if q.bound_to is not None:
+            await queues[q.name].bind(exchanges[q.bound_to])
+    # last: a broker user whose permissions were set before it existed may declare all
+    # the rest, and is refused this one (it goes on with what an administrator provisioned)
+    exchanges[later] = await exchange(later)
+    for q in topology.shared():
+        for source in q.also:
+            await queues[q.name].bind(exchanges[source])
     return exchanges
 
 

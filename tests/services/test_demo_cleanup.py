@@ -141,13 +141,13 @@ def test_demo_takes_replica_settings_prints_its_url_once_it_serves_and_cleans_up
         group = group_name if user in ("web", "logic") else f"{group_name}.cell.main"
         assert types[f"crdt.{group}.{user}"] == "quorum"
         assert f"crdt.{group_name}.cell.main.{user}" in types
-    # 3 exchanges and 3 shared queues per group, the cell's topic exchange (it has
+    # 4 exchanges and 3 shared queues per group, the cell's topic exchange (it has
     # sub-groups: crdt_ops/transport/topology.py), and a queue per replica held: the
     # platform's group has web's and logic's, its cell's all four; and as many holder
     # queues (crdt_ops/transport/amqp/holder.py), while the services run, and in the
     # platform's group the two workers' principals' (one worker per node at a time: the
     # demo's logic is replica "logic", whose own holder queue is its principal's)
-    assert len(broker_objects(group_name)) == 2 * 6 + 1 + (2 + 4) * 2 + 2
+    assert len(broker_objects(group_name)) == 2 * 7 + 1 + (2 + 4) * 2 + 2
     logs = Path(re.search(r"logs in (\S+);", "".join(demo.lines)).group(1))  # type: ignore[union-attr]
     assert logs.is_dir()
 

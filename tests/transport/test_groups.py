@@ -17,7 +17,8 @@ from crdt_ops.transport.amqp.groups import AmqpGroups, store_for
 from crdt_ops.transport.config import Settings
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
-from tests.broker import cut_off_and_take_over, delete_group, new_group, until
+from crdt_ops.transport.topology import Topology
+from tests.broker import cut_off_and_take_over, delete_group, new_group, rabbitmqctl, until
 from tools.harness import delete_group_async
 
 
@@ -419,7 +420,11 @@ async def test_what_a_deposed_process_committed_while_cut_off_is_never_sent(
             await until(lambda: all(old in n.replica.membership.retired
                                     for n in observer.nodes.values()), 20,
                         f"{old}'s retirement at the observer")
-            assert all(n.durable.replaces == () for n in second.nodes.values())
+            await until(lambda: all(n.durable.replaces == () for n in second.nodes.values()),
+                        20, f"{old} retired and its queues deleted")
+            # its queues deleted: nobody reads them again, and they would fill for good
+            queues = (await asyncio.to_thread(rabbitmqctl, "list_queues", "name", "-q")).split()
+            assert not {Topology(g).queue(old) for g in second.nodes} & set(queues)
         assert observer.groups.get("containers/c1") == {"node": "n1"}
     finally:
         await asyncio.gather(*(p.stop() for p in (observer, first, second) if p is not None))
@@ -475,7 +480,11 @@ async def test_a_process_down_while_another_of_its_principal_wrote_never_sends_i
             assert observer.groups.get("containers/c2") == {"node": "n3"}
             assert heard.count("containers/c2") == 1  # logic.b's, never logic.a's
             assert third.groups.get("containers/c2") == {"node": "n3"}
+            # and no report of logic.a's claimed it: the observer waits for nothing (its
+            # start's probe and marker, published before it knew, claimed its clock)
+            assert all(n.replica.missing() == {} for n in observer.nodes.values())
         finally:
             await third.stop()
     finally:
         await asyncio.gather(observer.stop(), first.stop())
+

@@ -119,8 +119,10 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         super().__init__(routing, nodes)
         self._conn: FailoverConnection | None = None
         self._deposing = False
+        set_up = asyncio.Barrier(len(nodes))  # (none pumps while another may be deposed)
         for node in nodes.values():  # (instead of marking its own store: see _depose_all)
             node.on_deposed[:] = [self._depose_all]
+            node.set_up = set_up
 
     def _depose_all(self) -> None:
         """One node was deposed: so is the process. Every node's store is marked, in the

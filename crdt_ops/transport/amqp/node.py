@@ -182,6 +182,10 @@ class AmqpNode:
         self._lost_at: float | None = None  # when the connection was lost (monotonic)
         self._holder = Holder(self.topology, self.replica_id, sole)
         self._principal = principal
+        #: set by :class:`~crdt_ops.transport.amqp.groups.AmqpGroups`: the nodes of one
+        #: process start pumping (their outboxes sent) once every one of them passed its
+        #: start's checks (:meth:`_refuse_if_superseded` in each group)
+        self.set_up: asyncio.Barrier | None = None
         #: called once, in order, when this process is deposed (:meth:`depose`); the
         #: first marks the store deposed
         self.on_deposed = self._holder.on_deposed
@@ -375,6 +379,8 @@ class AmqpNode:
         self._refuse_if_retired()
         self.durable.commit()  # anything restored as unsent
         await self._connect()
+        if self.set_up is not None:
+            await self.set_up.wait()
         loop = asyncio.get_running_loop()
         steps = [self.durable.flusher, self._out.run, self._in.run, self._heartbeat,
                  self._gap_watch, self._echo_watch, self._settle]
@@ -394,12 +400,14 @@ class AmqpNode:
     async def _retire_replaced(self, old: str) -> None:
         """Retire ``old``, the deposed replica whose store was set aside for this one
         (:mod:`~crdt_ops.transport.deposition`): its last operation in the stream is the
-        last anyone has, and stability stops waiting for it after that. Tried again every
-        :data:`RETIRE_REPLACED_RETRY_S` until it is done (a lost connection; the store, as
-        elsewhere)."""
+        last anyone has, and stability stops waiting for it after that; then delete its
+        queue, if it had one (nobody consumes it again, and it would fill for good). Tried
+        again every :data:`RETIRE_REPLACED_RETRY_S` until it is done (a lost connection;
+        the store, as elsewhere)."""
         while True:
             try:
                 await self.retire(old)
+                await self._delete_queue_of(old)
                 self.durable.replaced_retired(old)
                 break
             except StoreUnavailable as e:
@@ -414,12 +422,33 @@ class AmqpNode:
                  "it: what %s committed and never sent stays unsent", self.replica_id, old,
                  old)
 
+    async def _delete_queue_of(self, replica_id: str) -> None:
+        """Delete ``replica_id``'s queue on a channel of its own; one that does not exist
+        is no error, one this broker user may not delete is said (an administrator
+        deletes it then: ``rabbitmqctl delete_queue``)."""
+        assert self._conn is not None
+        name = self.topology.queue(replica_id)
+        channel = await self._conn.channel()
+        try:
+            await channel.queue_delete(name)
+        except aiormq.exceptions.ChannelAccessRefused:
+            log.warning("replica %s may not delete %s, the queue of the deposed replica it "
+                        "replaced: delete it, or it fills for good", self.replica_id, name)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
     def depose(self) -> None:
         """Take this process for deposed (:mod:`~crdt_ops.transport.deposition`): from now
-        on it publishes nothing, :attr:`sole_lost` is set, and :attr:`on_deposed` is called
+        on it publishes nothing (the connection in use is probed again before the next
+        publish, and the holder, deposed, never lets it: a publish already handed to the
+        socket may still go), :attr:`sole_lost` is set, and :attr:`on_deposed` is called
         (its first hook marks the store). Done by the node itself when another process
-        took over its ``sole`` queue while it was cut off. Idempotent."""
+        took over its ``sole`` queue while it was cut off, or when its start finds that
+        another ran (:meth:`_refuse_if_superseded`). Idempotent."""
         self._holder.depose()
+        self._gate.forget()  # (a connection already probed: its next publish probes again,
+        # and the holder, deposed, never lets it)
 
     async def _become_member(self) -> None:
         """Found the group (no member yet, and the broker accepted this replica's
@@ -719,7 +748,9 @@ class AmqpNode:
         others = {split(ch)[0] for ch, seq in self.replica.clock.items()
                   if seq > before.get(ch, 0)}
         others = {o for o in others if o != rid and belongs(o, p)}
-        if not others or not (unsent := self.store.unconfirmed_operations()):
+        if not others:
+            return
+        if not (unsent := self.store.unconfirmed_operations()):
             return
         self.depose()
         raise Deposed(
