@@ -62,6 +62,17 @@ Not covered yet:
   next transaction), and so does one a peer asked for again (the stream lost it) until it
   is confirmed again: a process that went down then, and starts again after another of its
   principal ran, is deposed for it, though the group has it (it runs on as a new replica).
+  So is a process stopped cleanly while its outbox still held messages (a stop does not
+  wait for the broker's confirms), when another ran before it starts again;
+- the old id is retired once its replacement is a member, not while that waits as a
+  standby; a crash between setting a store aside and recording the old id in the new
+  one (:data:`REPLACES`) leaves it for an operator to retire (``crdt-ops retire``);
+- a process with a queue of its own (a worker) reads back from 10 s before its last
+  commit: a machine whose clock runs further ahead of the broker's may not see the
+  other one's first operations;
+- a start that finds itself superseded has already published its probe of the stream and
+  its marker, heartbeats that report its clock, unsent operations included (a review's
+  reading; the tests did not show a peer waiting for them).
 """
 
 from __future__ import annotations
