@@ -109,8 +109,9 @@ def mark(store: Store, replica_id: str, group: str) -> bool:
                   "so (%s): move the store aside before this replica starts again, or it "
                   "sends what it committed while cut off", replica_id, group, store.path, e)
         return False
-    log.warning("replica %s of group %s was deposed while cut off from the broker: its "
-                "store %s is marked so, and is set aside when it is opened again",
+    log.warning("replica %s of group %s was deposed (another process of its principal ran "
+                "while it was cut off or down): its store %s is marked so, and is set aside "
+                "when it is opened again",
                 replica_id, group, store.path)
     return True
 

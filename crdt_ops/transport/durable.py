@@ -176,10 +176,10 @@ class DurableReplica:
             pending = deposition.replaced(store)  # (deposed before it retired them)
             store, aside = deposition.set_aside(store)
             old, known = known.decode(), None
-            log.warning("replica %s of group %s was deposed while cut off from the broker: "
-                        "its store is set aside as %s, with what it committed then and never "
-                        "sent, and the replica starts with a new store", old, settings.group,
-                        aside)
+            log.warning("replica %s of group %s was deposed (another process of its principal "
+                        "ran while it was cut off or down): its store is set aside as %s, "
+                        "with what it committed and never sent, and the replica starts with "
+                        "a new store", old, settings.group, aside)
         rid = settings.replica_id or (known.decode() if known else
                                       f"{name}.{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
         if known and known.decode() != rid:

@@ -50,7 +50,8 @@ class Queue:
     """A durable queue: ``name``, its ``arguments`` (None: none), the exchange it is bound
     to (None: not bound), and with which routing keys (None: aio-pika's default, the
     queue's name, as a fanout exchange's bindings have always been made); ``also``: more
-    fanout exchanges it is bound to."""
+    fanout exchanges it is bound to, added later than the rest (:func:`declare` declares
+    them last)."""
 
     name: str
     arguments: dict[str, Any] | None
@@ -210,22 +211,24 @@ async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, Abs
         return await channel.declare_exchange(
             name, aio_pika.ExchangeType(topology.exchange_type(name)), durable=True)
 
-    later = topology.stream_exchange
-    exchanges = {name: await exchange(name) for name in topology.exchanges if name != later}
+    shared = topology.shared()
+    # last: a broker user whose permissions were set before they existed may declare all
+    # the rest, and is refused these (it goes on with what an administrator provisioned)
+    later = [name for q in shared for name in q.also]
+    exchanges = {name: await exchange(name) for name in topology.exchanges
+                 if name not in later}
     if topology.routed:  # everything published reaches the fanout, hence the stream
         await exchanges[topology.exchange].bind(exchanges[topology.routed_exchange], "#")
     queues = {}
-    for q in topology.shared():
+    for q in shared:
         queues[q.name] = await channel.declare_queue(q.name, durable=True,
                                                      arguments=q.arguments)
         if q.bound_to is not None:
             await queues[q.name].bind(exchanges[q.bound_to])
-    # last: a broker user whose permissions were set before it existed may declare all
-    # the rest, and is refused this one (it goes on with what an administrator provisioned)
-    exchanges[later] = await exchange(later)
-    for q in topology.shared():
-        for source in q.also:
-            await queues[q.name].bind(exchanges[source])
+    for q in shared:
+        for name in q.also:
+            exchanges[name] = exchanges.get(name) or await exchange(name)
+            await queues[q.name].bind(exchanges[name])
     return exchanges
 
 

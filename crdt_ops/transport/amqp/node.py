@@ -745,12 +745,9 @@ class AmqpNode:
         p, rid = self._principal, self.replica_id
         if p is None:
             return
-        others = {split(ch)[0] for ch, seq in self.replica.clock.items()
-                  if seq > before.get(ch, 0)}
-        others = {o for o in others if o != rid and belongs(o, p)}
-        if not others:
-            return
-        if not (unsent := self.store.unconfirmed_operations()):
+        others = {o for ch, seq in self.replica.clock.items() if seq > before.get(ch, 0)
+                  if (o := split(ch)[0]) != rid and belongs(o, p)}
+        if not others or not (unsent := self.store.unconfirmed_operations()):
             return
         self.depose()
         raise Deposed(
