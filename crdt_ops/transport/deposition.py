@@ -14,7 +14,12 @@ machine rebooted) while another ran in its place. So a process learns that it wa
 deposed:
 
 - as it reconnects: its holder queue is taken
-  (:attr:`Holder.sole_lost <crdt_ops.transport.amqp.holder.Holder.sole_lost>`);
+  (:attr:`Holder.sole_lost <crdt_ops.transport.amqp.holder.Holder.sole_lost>`); or it is
+  free again (the other process stopped before the link came back), and the process's
+  read of its groups' streams, from where it stood when it was cut off, shows operations
+  of another replica of its principal, while its outbox holds operations the broker
+  never confirmed (:mod:`~crdt_ops.transport.amqp.retake`: before it publishes on the new
+  connection);
 - or as it starts again on a used store: its resumed read of the group's stream shows
   operations of another replica of its principal, while its outbox holds operations the
   broker never confirmed (``AmqpNode._refuse_if_superseded``; the
@@ -51,9 +56,6 @@ would be anyway.
 
 Not covered yet:
 
-- a process cut off whose successor stopped before it reconnected: it takes the queue
-  again and sends what it decided meanwhile (what it finds on reconnecting is checked
-  against the holder queue only, not against the stream);
 - the broker may still hold the old connection of a process that reconnects (a
   half-open link, until its heartbeat timeout): the queue is refused to it as if another
   process held it, and it is deposed though nobody took over; started again, it runs as a

@@ -9,18 +9,14 @@ seconds (as a restarting broker does), then forwards again.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
-from tests.broker import ReplicaProcess, wait_until
+from tests.broker import Proxy, ReplicaProcess, wait_until
 from tools.harness import delete_group
 
 
@@ -40,70 +36,10 @@ def replicas() -> Iterator[list[ReplicaProcess]]:
         r.stop()
 
 
-class Proxy:
-    """TCP to ``target``, on a port of its own, that can be cut and restored."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.listener: socket.socket | None = None
-        self.up()
-
-    def up(self) -> None:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", self.port))
-        s.listen(50)
-        self.port = s.getsockname()[1]
-        self.listener = s
-        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
-
-    def _accept(self, s: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = s.accept()
-            except OSError:
-                return
-            try:
-                broker = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, broker]
-            for a, b in ((client, broker), (broker, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        for x in (a, b):
-            with contextlib.suppress(OSError):
-                x.shutdown(socket.SHUT_RDWR)
-
-    def down(self) -> None:
-        """Drop every connection; refuse new ones until :meth:`up`."""
-        assert self.listener is not None
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(): the port is closed
-        self.listener.close()
-        with self.lock:
-            for c in self.conns:
-                with contextlib.suppress(OSError):
-                    c.shutdown(socket.SHUT_RDWR)
-                c.close()
-            self.conns = []
-
-
 def test_a_broker_outage_is_a_few_lines_without_tracebacks(
         group: str, replicas: list[ReplicaProcess], amqp_url: str, tmp_path: Path) -> None:
-    u = urlparse(amqp_url)
-    proxy = Proxy((u.hostname or "127.0.0.1", u.port or 5672))
-    url = u._replace(netloc=f"{u.netloc.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}").geturl()
+    proxy = Proxy(amqp_url)
+    url = proxy.url
     r = ReplicaProcess(url, group, "r1", tmp_path, ops=0, per_write=1)
     r.log_level = "INFO"
     replicas.append(r)
@@ -135,9 +71,8 @@ def test_a_broker_outage_is_a_few_lines_without_tracebacks(
 def test_debug_keeps_the_tracebacks(group: str, replicas: list[ReplicaProcess],
                                     amqp_url: str, tmp_path: Path) -> None:
     """CRDT_OPS_LOG=DEBUG: everything, the libraries' tracebacks included."""
-    u = urlparse(amqp_url)
-    proxy = Proxy((u.hostname or "127.0.0.1", u.port or 5672))
-    url = u._replace(netloc=f"{u.netloc.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}").geturl()
+    proxy = Proxy(amqp_url)
+    url = proxy.url
     r = ReplicaProcess(url, group, "r2", tmp_path, ops=0)
     r.log_level = "DEBUG"
     replicas.append(r)

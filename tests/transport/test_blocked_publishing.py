@@ -69,11 +69,11 @@ def test_an_idle_replica_waits_for_nothing() -> None:
 
     pub = Publisher.__new__(Publisher)
     pub.durable = Durable()  # type: ignore[assignment]
-    pub._confirmed_at = 100.0  # the last confirm, long ago
+    pub.confirmed_at = 100.0  # the last confirm, long ago
     assert pub.waiting_s(1000.0) == 0.0
     pub.durable.outbox_since = 999.5  # a write half a second ago
     assert pub.waiting_s(1000.0) == pytest.approx(0.5)
-    pub._confirmed_at = 999.8  # the broker confirmed a message since
+    pub.confirmed_at = 999.8  # the broker confirmed a message since
     assert pub.waiting_s(1000.0) == pytest.approx(0.2)
 
 

@@ -18,7 +18,14 @@ from crdt_ops.transport.config import Settings
 from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from crdt_ops.transport.topology import Topology
-from tests.broker import cut_off_and_take_over, delete_group, new_group, rabbitmqctl, until
+from tests.broker import (
+    Proxy,
+    cut_off_and_take_over,
+    delete_group,
+    new_group,
+    rabbitmqctl,
+    until,
+)
 from tools.harness import delete_group_async
 
 
@@ -433,6 +440,68 @@ async def test_what_a_deposed_process_committed_while_cut_off_is_never_sent(
         for g in ("platform", "cell.a"):  # (the fixture deletes those of its own ids)
             await delete_group_async(platform.url, platform.group(g),
                                      {old, second.replica_id if second else old})
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("successor", "consume"),
+                         [(True, "stream"), (False, "stream"), (True, "queue")])
+async def test_a_process_cut_off_whose_successor_wrote_and_stopped_never_sends_its_unsent(
+        platform: Platform, successor: bool, consume: str) -> None:
+    """The first logic is cut off (its link to the broker drops); a standby takes over,
+    places a container, and stops before the first one's link comes back. Its principal's
+    holder queue is free again, so taking it says nothing: the first one, reconnected, now
+    reads its groups' streams before it publishes, finds the other one's operations, and
+    is deposed. The placement it decided while cut off reaches nobody. Without a
+    successor, that placement goes out once the link is back, as before. A process with a
+    queue of its own (``consume="queue"``, as a worker) reads the stream from shortly
+    before the broker last answered it on the lost link."""
+    proxy = Proxy(platform.url)
+    s = Settings(amqp_url=proxy.url, group=platform.group("platform"), replica_id="logic.a",
+                 heartbeat_s=0.5, store=str(platform.workdir / "logic.a.sqlite"),
+                 consume=consume)
+    first = AmqpGroups(s, platform.routing, [platform.group("platform"),
+                                             platform.group("cell.a")], sole="logic")
+    observer = platform.process("front", "platform", "cell.a")
+    heard: list[str] = []
+    observer.groups.subscribe("", lambda e: heard.append(e.key))
+    await asyncio.gather(observer.start(), first.start())
+    other = platform.process("logic.b", "platform", "cell.a", sole="logic")
+    lost = asyncio.ensure_future(first.sole_lost())
+    try:
+        async with first.write() as g:
+            g.map("containers/c1").register("node").set("n1")
+        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        proxy.down()  # cut off: the broker closes its connection, and frees the queue
+        if successor:
+            await other.start()  # took over
+            async with other.write() as g:
+                g.map("containers/c2").register("node").set("n3")
+                g.map("cells/a/containers/n3/c2").register("power_desired").set("on")
+        async with first.write() as g:  # decided while cut off: accepted, in its stores
+            g.map("containers/c2").register("node").set("n2")
+            g.map("cells/a/containers/n2/c2").register("power_desired").set("on")
+        if successor:
+            await until(lambda: observer.groups.get("cells/a/containers/n3/c2") is not None,
+                        20, "the successor's placement at the observer")
+            await other.stop()  # before the first one's link comes back
+        proxy.up()
+        if not successor:
+            await until(lambda: observer.groups.get("cells/a/containers/n2/c2") is not None,
+                        30, "the first one's placement, sent once it reconnected")
+            assert not lost.done()
+            return
+        await asyncio.wait_for(lost, 30)  # reconnected, it read the streams: deposed
+        assert all(n.durable.store.get("deposed") == b"1" for n in first.nodes.values())
+        await asyncio.sleep(2.0)  # (time enough for a publish that should not go)
+        assert "cells/a/containers/n2/c2" not in heard
+        assert heard.count("containers/c2") == 1, heard  # the successor's only
+        assert observer.groups.get("containers/c2") == {"node": "n3"}
+    finally:
+        lost.cancel()
+        proxy.down()
+        await asyncio.gather(*(p.stop() for p in (observer, first, other)))
+        for g in ("platform", "cell.a"):
+            await delete_group_async(platform.url, platform.group(g), {"logic.a", "logic.b"})
 
 
 @pytest.mark.asyncio

@@ -120,9 +120,14 @@ class AmqpGroups(NodeGroups[AmqpNode]):
         self._conn: FailoverConnection | None = None
         self._deposing = False
         set_up = asyncio.Barrier(len(nodes))  # (none pumps while another may be deposed)
+        # after a reconnection, every group is read before any of them publishes
+        retake = next(iter(nodes.values())).retake
         for node in nodes.values():  # (instead of marking its own store: see _depose_all)
             node.on_deposed[:] = [self._depose_all]
             node.set_up = set_up
+            if retake is not None and node.retake is not retake:
+                retake.readers.append(node.retake_reader())
+                node.retake = retake
 
     def _depose_all(self) -> None:
         """One node was deposed: so is the process. Every node's store is marked, in the

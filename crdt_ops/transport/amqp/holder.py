@@ -28,6 +28,9 @@ with the connection that was lost, and another process of the same replica id, w
 it, may have taken it meanwhile. Then this one waits, as at its start. A process that finds
 its ``sole`` queue taken that way was *deposed*: it never takes it again, so it never
 publishes again, and its stores are marked so (:mod:`crdt_ops.transport.deposition`).
+Finding the queue free says nothing of what happened meanwhile: another process may have
+taken it and stopped again. What the node checks then is in
+:mod:`crdt_ops.transport.amqp.retake`.
 """
 
 from __future__ import annotations

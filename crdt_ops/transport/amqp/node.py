@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import aiormq
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractQueue,
     AbstractRobustConnection,
@@ -66,6 +67,7 @@ from crdt_ops.transport.amqp.recovery import (
     last_operation,
     read_stream,
 )
+from crdt_ops.transport.amqp.retake import Reader, RetakeCheck
 from crdt_ops.transport.amqp.stream_consumer import STREAM_OFFSET, StreamConsumer
 from crdt_ops.transport.amqp.stream_ready import StreamGate, StreamUnchecked, link_of
 from crdt_ops.transport.auth import authenticator, may_relay, message, signer_of
@@ -232,8 +234,19 @@ class AmqpNode:
             lambda: self._conn, self.topology.stream,
             lambda mid: message(self.settings, self.replica.clock_message(), self._signer,
                                 message_id=mid),
-            via=self.topology.exchange, hold=self._holder.hold,
+            via=self.topology.exchange, hold=self._hold,
             to_stream=self.topology.stream_exchange)
+        #: a sole principal's check, after a reconnection, that no other process of it
+        #: wrote meanwhile (:mod:`~crdt_ops.transport.amqp.retake`); one for every group
+        #: of a process (:class:`~crdt_ops.transport.amqp.groups.AmqpGroups` shares the
+        #: first node's)
+        self.retake: RetakeCheck | None = None
+        if principal is not None:
+            self.retake = RetakeCheck(self.replica_id, principal, self.depose)
+            self.retake.readers.append(self.retake_reader())
+        self._clock_at_cut: dict[str, int] | None = None  # (see _others_since_cut)
+        self._started_once = False  # passed its start's checks (later: reconnections)
+        self._link_alive_wall = 0.0  # a time.time() at which the broker answered on it
         self._out = Publisher(self.durable, settings, self.topology, self._echo, self._signer,
                               self._redeclare_and_reread, self._topology_lost, self._gate)
         #: sends again what peers ask for (the stream missed it), prunes what all have
@@ -379,6 +392,7 @@ class AmqpNode:
         self._refuse_if_retired()
         self.durable.commit()  # anything restored as unsent
         await self._connect()
+        self._started_once = True  # (a reconnection from now on: RetakeCheck)
         if self.set_up is not None:
             await self.set_up.wait()
         loop = asyncio.get_running_loop()
@@ -733,6 +747,59 @@ class AmqpNode:
                 f"--replica-id and --store), then retire this one: crdt-ops retire "
                 f"{self.replica_id} --group {self.settings.group}")
 
+    async def _hold(self, conn: AbstractConnection) -> None:
+        """Return once ``conn`` may publish for this replica: it holds the holder queues
+        (:meth:`Holder.hold <crdt_ops.transport.amqp.holder.Holder.hold>`) and, on a
+        reconnection of a sole principal's process, no other process of the principal
+        wrote while it was cut off (:mod:`~crdt_ops.transport.amqp.retake`; else it is
+        deposed, and the holder never lets it again: this never returns). Awaited by the
+        stream gate on each new connection, before its probe."""
+        await self._holder.hold(conn)
+        if self.retake is not None and self._started_once:
+            while not await self.retake.passed(link_of(conn)):
+                await self._holder.hold(conn)  # (deposed: waits to be stopped)
+        self._link_alive_wall = time.time()
+
+    def retake_reader(self) -> Reader:
+        """This group's part of its process's :class:`RetakeCheck`."""
+        return Reader(self.settings.group, lambda: self.store.unconfirmed_operations(),
+                      self._others_since_cut, self._cut_checked)
+
+    async def _others_since_cut(self) -> set[str]:
+        """The other replicas of this node's principal that wrote in its group since it was
+        cut off: its stream read from where it stood then (one that reads the stream: from
+        the offset after the one it logged; one with a queue of its own: from
+        :data:`RESUME_MARGIN_S` before the last time the broker answered it, a confirm or
+        the holder queue taken, on the lost connection), after a probe that the stream
+        takes writes (not through the gate, which awaits this). Where it stood is the
+        replica's clock as this is first called after a cut, kept until the check passed:
+        a read cut short by another lost connection has applied part of the stream."""
+        if self._clock_at_cut is None:
+            self._clock_at_cut = dict(self.replica.clock)
+        assert self._conn is not None
+        await self._gate.probe_on(self._conn)
+        if self.settings.consume == "stream":
+            await self._replay_stream(resume=True, probed=True)
+        else:
+            confirmed = self._out.confirmed_at
+            alive = max(self._link_alive_wall,
+                        time.time() - (time.monotonic() - confirmed) if confirmed else 0.0)
+            await self._replay_stream(since=datetime.datetime.fromtimestamp(
+                alive - RESUME_MARGIN_S, tz=datetime.UTC), probed=True)
+        return self._other_writers(self._clock_at_cut)
+
+    def _cut_checked(self) -> None:
+        self._clock_at_cut = None
+
+    def _other_writers(self, before: Mapping[str, int]) -> set[str]:
+        """The replicas of this node's sole :attr:`_principal`, this one aside, whose
+        operations the replica's clock holds beyond ``before`` (a clock of earlier)."""
+        p, rid = self._principal, self.replica_id
+        if p is None:
+            return set()
+        return {o for ch, seq in self.replica.clock.items() if seq > before.get(ch, 0)
+                if (o := split(ch)[0]) != rid and belongs(o, p)}
+
     def _refuse_if_superseded(self, before: Mapping[str, int]) -> None:
         """After a used store's resumed read of the stream (which came before anything is
         published on this connection): if another replica of this node's sole
@@ -741,12 +808,10 @@ class AmqpNode:
         holds unsent. If it holds operations, depose this process (:meth:`depose`: its
         stores are marked, and set aside at the next start) and raise
         :class:`~crdt_ops.errors.Deposed`. (One that reconnects learns it from its holder
-        queue instead: :class:`~crdt_ops.transport.amqp.holder.Holder`.)"""
+        queue, or from the same read of its streams before it publishes again:
+        :mod:`~crdt_ops.transport.amqp.retake`.)"""
         p, rid = self._principal, self.replica_id
-        if p is None:
-            return
-        others = {o for ch, seq in self.replica.clock.items() if seq > before.get(ch, 0)
-                  if (o := split(ch)[0]) != rid and belongs(o, p)}
+        others = self._other_writers(before)
         if not others or not (unsent := self.store.unconfirmed_operations()):
             return
         self.depose()
@@ -834,7 +899,8 @@ class AmqpNode:
         self._out.exchange = routed or exchange
 
     async def _replay_stream(self, reread: bool = False, resume: bool = False,
-                             since: datetime.datetime | None = None) -> None:
+                             since: datetime.datetime | None = None,
+                             probed: bool = False) -> None:
         """Join: with this replica's queue already bound (collecting), apply the
         stream from its start up to a marker published now; whatever the queue
         holds twice is dropped by the clock. ``reread``: the gap watch reads it
@@ -844,9 +910,12 @@ class AmqpNode:
         logged last (its start if none), so that it has whatever it sent itself
         before it writes again. ``since``: from what the broker wrote at that time or
         later (a replica with a queue of its own starts again). Where nothing at all
-        comes from there (the stream was declared anew), from its start."""
+        comes from there (the stream was declared anew), from its start. ``probed``: the
+        caller found the stream to take writes on this connection (else the gate probes
+        it first)."""
         assert self._conn is not None and self._exchange is not None
-        await self._stream_ready()  # else the marker may never come
+        if not probed:
+            await self._stream_ready()  # else the marker may never come
         marker = message(self.settings, self.replica.clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
         logged = stored_offset(self.durable) if resume else None
@@ -862,7 +931,7 @@ class AmqpNode:
                 f"the offset it logged last, {logged}, is past the end of the stream "
                 "(declared anew since?)" if since is None else
                 f"{e} (declared anew since, or this machine's clock is ahead of the broker's?)")
-            await self._replay_stream(reread=reread)
+            await self._replay_stream(reread=reread, probed=probed)
 
     async def _stream_ready(self) -> None:
         """Return once the group's stream took a probe on the connection in use
@@ -973,7 +1042,11 @@ class AmqpNode:
             if self._stream_in is None:  # (reading the stream, the consumer reads on)
                 log.info("replica %s: re-reading the stream for what its queue may have "
                          "missed", rid)
-                await self._replay_stream(reread=True)
+                try:
+                    await self._replay_stream(reread=True)
+                except BaseException:
+                    self._reread_due = True  # (read at a later tick, once it can be)
+                    raise
 
     # ------------------------------------------------------------ publishing and receiving
 

@@ -98,7 +98,7 @@ class Publisher:
         self.confirmed_through = 0.0
         #: outbox rows not confirmed yet, as the last round found them
         self.unconfirmed = 0
-        self._confirmed_at = 0.0  # when the broker last confirmed a message (monotonic s)
+        self.confirmed_at = 0.0  # when the broker last confirmed a message (monotonic s)
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
         self._refusal_said = 0.0
         self._unroutable_said = 0.0
@@ -212,7 +212,7 @@ class Publisher:
             if refused:
                 done += await self._refused(refused)
             if done:
-                self._confirmed_at = time.monotonic()
+                self.confirmed_at = time.monotonic()
                 self.durable.store.confirm(done)
                 self.published += len(done)
                 metrics.OPS_PUBLISHED.labels(self.replica_id, self.settings.group).inc(len(done))
@@ -277,7 +277,7 @@ class Publisher:
         since = self.durable.outbox_since
         if since is None:
             return 0.0
-        return max(0.0, now - max(since, self._confirmed_at))
+        return max(0.0, now - max(since, self.confirmed_at))
 
     async def stop_rounds(self) -> None:
         """Cancel the rounds in flight (the node stops: what they did not get confirmed

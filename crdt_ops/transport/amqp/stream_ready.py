@@ -205,10 +205,16 @@ class StreamGate:
                 link = link_of(conn)
                 if self.hold is not None:
                     await self.hold(conn)
-                probes += await stream_takes_writes(conn, self.stream, self.probe, self.via,
-                                                    self.wait_s, self.to_stream)
+                probes += await self.probe_on(conn)
                 if link is not None and link_of(conn) is link:
                     self.probed_on = link  # else a reconnection came meanwhile: again
+
+    async def probe_on(self, conn: AbstractConnection) -> int:
+        """Probe the stream on ``conn`` (:func:`stream_takes_writes` with this gate's
+        arguments), outside the gate's lock, and return the probes published; publishing
+        stays closed until :meth:`ready` (for what ``hold`` reads before it returns)."""
+        return await stream_takes_writes(conn, self.stream, self.probe, self.via,
+                                         self.wait_s, self.to_stream)
 
     def forget(self) -> None:
         """Hold and probe again before the next publish, on this connection too."""
