@@ -19,7 +19,13 @@ deposed:
   read of its groups' streams, from where it stood when it was cut off, shows operations
   of another replica of its principal, while its outbox holds operations the broker
   never confirmed (:mod:`~crdt_ops.transport.amqp.retake`: before it publishes on the new
-  connection);
+  connection). A link that broke on the process's side only leaves the broker holding
+  its old connection, and both its holder queues, until its heartbeat timeout: the
+  process tells that from another process of its principal by its own holder queue,
+  which such a process does not hold, and waits
+  (:class:`~crdt_ops.transport.amqp.holder.Holder`); a refusal of both that outlasts two
+  heartbeat timeouts and 10 s is another process under its replica id (a
+  misconfiguration), and deposes it;
 - or as it starts again on a used store: its resumed read of the group's stream shows
   operations of another replica of its principal, while its outbox holds operations the
   broker never confirmed (``AmqpNode._refuse_if_superseded``; the
@@ -56,10 +62,6 @@ would be anyway.
 
 Not covered yet:
 
-- the broker may still hold the old connection of a process that reconnects (a
-  half-open link, until its heartbeat timeout): the queue is refused to it as if another
-  process held it, and it is deposed though nobody took over; started again, it runs as a
-  new replica (what it committed and had not sent is dropped, logic decides again);
 - a message the broker confirmed counts as unsent until the store marks it so (with its
   next transaction), and so does one a peer asked for again (the stream lost it) until it
   is confirmed again: a process that went down then, and starts again after another of its

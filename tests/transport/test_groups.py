@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -502,6 +503,87 @@ async def test_a_process_cut_off_whose_successor_wrote_and_stopped_never_sends_i
         await asyncio.gather(*(p.stop() for p in (observer, first, other)))
         for g in ("platform", "cell.a"):
             await delete_group_async(platform.url, platform.group(g), {"logic.a", "logic.b"})
+
+
+@pytest.mark.asyncio
+async def test_a_link_broken_on_the_process_side_only_is_waited_out_not_taken_for_a_successor(
+        platform: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    """The first logic's link breaks on its side only: the broker keeps its old connection,
+    and with it the principal's holder queue, until its heartbeat timeout (2 s here). The
+    first one reconnects at once and finds the queue taken, by its own old connection, not
+    by another process: it waits for the broker to drop that one, takes the queue again, and
+    sends what it committed meanwhile (it used to be deposed for it)."""
+    proxy = Proxy(platform.url)
+    s = Settings(amqp_url=f"{proxy.url}?heartbeat=2", group=platform.group("platform"),
+                 replica_id="logic.a", heartbeat_s=0.5, consume="stream",
+                 store=str(platform.workdir / "logic.a.sqlite"))
+    first = AmqpGroups(s, platform.routing, [platform.group("platform"),
+                                             platform.group("cell.a")], sole="logic")
+    observer = platform.process("front", "platform", "cell.a")
+    await asyncio.gather(observer.start(), first.start())
+    lost = asyncio.ensure_future(first.sole_lost())
+    try:
+        async with first.write() as g:
+            g.map("containers/c1").register("node").set("n1")
+        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        caplog.set_level(logging.WARNING, "crdt_ops.transport.amqp.holder")
+        proxy.half_open()
+        async with first.write() as g:  # committed while its link is down
+            g.map("containers/c2").register("node").set("n2")
+            g.map("cells/a/containers/n2/c2").register("power_desired").set("on")
+        await until(lambda: observer.groups.get("cells/a/containers/n2/c2") is not None, 40,
+                    "the placement, sent once the broker dropped the old connection")
+        assert "its own earlier connection still holds" in caplog.text  # (it did wait)
+        assert not lost.done()
+        assert all(n.durable.store.get("deposed") is None for n in first.nodes.values())
+    finally:
+        lost.cancel()
+        proxy.down()
+        await asyncio.gather(observer.stop(), first.stop())
+        for g in ("platform", "cell.a"):
+            await delete_group_async(platform.url, platform.group(g), {"logic.a"})
+
+
+@pytest.mark.asyncio
+async def test_a_process_cut_off_while_another_under_its_replica_id_took_over_is_deposed(
+        platform: Platform, caplog: pytest.LogCaptureFixture) -> None:
+    """A second process under the first one's replica id (a misconfiguration: a standby
+    given the same ``--replica-id``, a store of its own) takes over while the first is cut
+    off, and runs on. Reconnected, the first finds both its queues held by one connection,
+    as when its own earlier one is still held by the broker: it waits, but no longer than
+    that can last (two heartbeat timeouts and 10 s), and is then deposed."""
+    proxy = Proxy(platform.url)
+
+    def logic(url: str, store: str) -> AmqpGroups:
+        s = Settings(amqp_url=f"{url}?heartbeat=2", group=platform.group("platform"),
+                     replica_id="logic.a", heartbeat_s=0.5, consume="stream",
+                     store=str(platform.workdir / store))
+        return AmqpGroups(s, platform.routing, [platform.group("platform")], sole="logic")
+
+    first, twin = logic(proxy.url, "a.sqlite"), logic(platform.url, "twin.sqlite")
+    observer = platform.process("front", "platform")
+    await asyncio.gather(observer.start(), first.start())
+    lost = asyncio.ensure_future(first.sole_lost())
+    try:
+        async with first.write() as g:
+            g.map("containers/c1").register("node").set("n1")
+        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        proxy.down()
+        await twin.start()  # took over, under the same id
+        async with first.write() as g:  # committed while cut off
+            g.map("containers/c2").register("node").set("n2")
+        caplog.set_level(logging.WARNING, "crdt_ops.transport.amqp.holder")
+        t0 = time.monotonic()
+        proxy.up()
+        await asyncio.wait_for(lost, 60)
+        assert "its own earlier connection still holds" in caplog.text  # it waited first
+        assert time.monotonic() - t0 >= 2 * 2 + 10 - 1
+        assert observer.groups.get("containers/c2") is None
+    finally:
+        lost.cancel()
+        proxy.down()
+        await asyncio.gather(observer.stop(), first.stop(), twin.stop())
+        await delete_group_async(platform.url, platform.group("platform"), {"logic.a"})
 
 
 @pytest.mark.asyncio

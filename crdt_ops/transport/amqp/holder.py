@@ -43,6 +43,7 @@ from collections.abc import Callable
 import aiormq
 from aio_pika.abc import AbstractConnection
 
+from crdt_ops.transport.amqp.stream_ready import link_of
 from crdt_ops.transport.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ log = logging.getLogger(__name__)
 SAY_EVERY_S = 10.0
 #: Seconds between two attempts while another connection holds it, first and at most.
 RETRY_S = (0.1, 2.0)
+#: Pauses (seconds) before each new attempt at ``sole`` when this replica's own holder
+#: queue was free (:meth:`Holder._freed_soon`).
+FREED_PAUSES_S = (0.05, 0.1, 0.25, 0.5, 1.0)
+#: Seconds, beyond two heartbeat timeouts, that a process waits for the broker to drop its
+#: own earlier connection, which holds its queues, before it takes the holder for another
+#: process (:meth:`Holder._may_be_own`).
+HALF_OPEN_MARGIN_S = 10.0
 
 
 class Holder:
@@ -74,6 +82,7 @@ class Holder:
         self.queue = topology.holder(replica_id)
         self.sole = sole if sole != self.queue else None
         self._refused_since: float | None = None  # first refusal since it last held it
+        self._own_refused_since: float | None = None  # ... with both held by one connection
         self._said: float | None = None
         self._held_sole = False
         #: set once ``sole``, held before, was refused (after a reconnection): another
@@ -103,21 +112,9 @@ class Holder:
         for queue in (self.sole, self.queue):
             if queue is None:
                 continue
-            channel = await conn.channel()
             try:
-                await channel.declare_queue(queue, exclusive=True, durable=False,
-                                            auto_delete=False)
-            except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
-                if queue == self.sole and self._held_sole:
-                    if not self.sole_lost.is_set():  # (a process's other groups: once)
-                        log.error("replica %s: another process took over %s while this one "
-                                  "was cut off from the broker; what this one decides now is "
-                                  "stale: it publishes nothing more, and stops",
-                                  self.replica_id, queue)
-                    self.depose()
-                    return False
-                self._refused(queue)
-                return False
+                if await self._declare(conn, queue):
+                    continue
             except aiormq.exceptions.ChannelAccessRefused:
                 # a broker user provisioned without it (crdt_ops/transport/provision.py
                 # allows it): the replica runs, unguarded against a second process
@@ -126,10 +123,79 @@ class Holder:
                           "go unnoticed", self.replica_id, queue,
                           "this replica" if queue == self.queue else "its principal")
                 continue
-            await channel.close()
-        self._refused_since = None
+            if queue != self.sole or not self._held_sole:
+                self._refused(queue)
+                return False
+            if await self._own_held_elsewhere(conn):
+                if self._may_be_own(conn):
+                    self._say(f"replica {self.replica_id}: its own earlier connection still "
+                              f"holds {queue} and {self.queue} at the broker (the link broke "
+                              "on this side only; the broker drops it after its heartbeat "
+                              "timeout): waiting for that, then taking them again")
+                    return False
+            elif await self._freed_soon(conn, queue):
+                continue  # (the broker was deleting what its earlier connection held)
+            if not self.sole_lost.is_set():  # (a process's other groups: once)
+                log.error("replica %s: another process took over %s while this one was cut "
+                          "off from the broker; what this one decides now is stale: it "
+                          "publishes nothing more, and stops", self.replica_id, queue)
+            self.depose()
+            return False
+        self._refused_since = self._own_refused_since = None
         self._held_sole = self._held_sole or self.sole is not None
         return True
+
+    def _may_be_own(self, conn: AbstractConnection) -> bool:
+        """Whether the connection that holds both queues may still be this process's own
+        earlier one: the broker drops a connection it hears nothing from within about two
+        heartbeat timeouts (RabbitMQ "Detecting Dead TCP Connections with Heartbeats"; the
+        one this client asks for, aiormq's ``heartbeat`` URL parameter, 60 s by default).
+        Longer than that plus :data:`HALF_OPEN_MARGIN_S` since the first such refusal, it
+        is another process under this replica id."""
+        now = time.monotonic()
+        if self._own_refused_since is None:
+            self._own_refused_since = now
+        link = link_of(conn)
+        beat = getattr(link, "heartbeat_timeout", 60) or 60
+        return now - self._own_refused_since <= 2 * beat + HALF_OPEN_MARGIN_S
+
+    @staticmethod
+    async def _declare(conn: AbstractConnection, queue: str) -> bool:
+        """Declare ``queue`` exclusive on ``conn``, through a channel of its own (closed
+        after: the queue lives as long as the connection); False if another connection
+        holds it. Raises what the broker or the connection raise otherwise."""
+        channel = await conn.channel()
+        try:
+            await channel.declare_queue(queue, exclusive=True, durable=False,
+                                        auto_delete=False)
+        except aiormq.exceptions.ChannelLockedResource:  # (the broker closed that channel)
+            return False
+        await channel.close()
+        return True
+
+    async def _freed_soon(self, conn: AbstractConnection, queue: str) -> bool:
+        """Whether ``sole``, refused while this replica's own holder queue was free, is
+        taken within about 2 s (:data:`FREED_PAUSES_S`): the broker deletes the exclusive
+        queues of a connection it closes one after another, so the own queue may be gone
+        while ``sole`` is not yet. Not within that: another process holds it."""
+        for pause in FREED_PAUSES_S:
+            await asyncio.sleep(pause)
+            if await self._declare(conn, queue):
+                return True
+        return False
+
+    async def _own_held_elsewhere(self, conn: AbstractConnection) -> bool:
+        """Whether another connection holds this replica's own holder queue, after ``sole``
+        was refused to ``conn``: then it is this process's own earlier connection (a link
+        that broke on this side only, which the broker keeps until its heartbeat timeout)
+        that holds both, not another process of the principal, which holds a queue of its
+        own replica id instead (another process under this replica id holds both too:
+        :meth:`_may_be_own` bounds the wait). False when the broker user may not declare
+        it (taken for another process, as before)."""
+        try:
+            return not await self._declare(conn, self.queue)
+        except aiormq.exceptions.ChannelAccessRefused:
+            return False
 
     def depose(self) -> None:
         """This process was deposed (another took over its ``sole`` queue while it was cut
