@@ -46,6 +46,20 @@ class Platform:
                      heartbeat_s=0.5, store=str(self.workdir / f"{rid}.sqlite"))
         return AmqpGroups(s, self.routing, [self.group(g) for g in groups], sole=sole)
 
+    def logic(self, url: str, groups: tuple[str, ...] = ("platform", "cell.a"),
+              store: str = "logic.a.sqlite", consume: str = "stream") -> AmqpGroups:
+        """Logic ``logic.a`` of ``groups``, reaching the broker at ``url`` (a proxy's)."""
+        s = Settings(amqp_url=url, group=self.group("platform"), replica_id="logic.a",
+                     heartbeat_s=0.5, store=str(self.workdir / store), consume=consume)
+        return AmqpGroups(s, self.routing, [self.group(g) for g in groups], sole="logic")
+
+
+async def place_c1(logic: AmqpGroups, observer: AmqpGroups) -> None:
+    """``logic`` places container c1, and ``observer`` has it."""
+    async with logic.write() as g:
+        g.map("containers/c1").register("node").set("n1")
+    await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+
 
 @pytest.fixture
 def platform(amqp_url: str, tmp_path: Path) -> Iterator[Platform]:
@@ -457,11 +471,7 @@ async def test_a_process_cut_off_whose_successor_wrote_and_stopped_never_sends_i
     queue of its own (``consume="queue"``, as a worker) reads the stream from shortly
     before the broker last answered it on the lost link."""
     proxy = Proxy(platform.url)
-    s = Settings(amqp_url=proxy.url, group=platform.group("platform"), replica_id="logic.a",
-                 heartbeat_s=0.5, store=str(platform.workdir / "logic.a.sqlite"),
-                 consume=consume)
-    first = AmqpGroups(s, platform.routing, [platform.group("platform"),
-                                             platform.group("cell.a")], sole="logic")
+    first = platform.logic(proxy.url, consume=consume)
     observer = platform.process("front", "platform", "cell.a")
     heard: list[str] = []
     observer.groups.subscribe("", lambda e: heard.append(e.key))
@@ -469,9 +479,7 @@ async def test_a_process_cut_off_whose_successor_wrote_and_stopped_never_sends_i
     other = platform.process("logic.b", "platform", "cell.a", sole="logic")
     lost = asyncio.ensure_future(first.sole_lost())
     try:
-        async with first.write() as g:
-            g.map("containers/c1").register("node").set("n1")
-        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        await place_c1(first, observer)
         proxy.down()  # cut off: the broker closes its connection, and frees the queue
         if successor:
             await other.start()  # took over
@@ -514,18 +522,12 @@ async def test_a_link_broken_on_the_process_side_only_is_waited_out_not_taken_fo
     by another process: it waits for the broker to drop that one, takes the queue again, and
     sends what it committed meanwhile (it used to be deposed for it)."""
     proxy = Proxy(platform.url)
-    s = Settings(amqp_url=f"{proxy.url}?heartbeat=2", group=platform.group("platform"),
-                 replica_id="logic.a", heartbeat_s=0.5, consume="stream",
-                 store=str(platform.workdir / "logic.a.sqlite"))
-    first = AmqpGroups(s, platform.routing, [platform.group("platform"),
-                                             platform.group("cell.a")], sole="logic")
+    first = platform.logic(f"{proxy.url}?heartbeat=2")
     observer = platform.process("front", "platform", "cell.a")
     await asyncio.gather(observer.start(), first.start())
     lost = asyncio.ensure_future(first.sole_lost())
     try:
-        async with first.write() as g:
-            g.map("containers/c1").register("node").set("n1")
-        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        await place_c1(first, observer)
         caplog.set_level(logging.WARNING, "crdt_ops.transport.amqp.holder")
         proxy.half_open()
         async with first.write() as g:  # committed while its link is down
@@ -553,21 +555,13 @@ async def test_a_process_cut_off_while_another_under_its_replica_id_took_over_is
     as when its own earlier one is still held by the broker: it waits, but no longer than
     that can last (two heartbeat timeouts and 10 s), and is then deposed."""
     proxy = Proxy(platform.url)
-
-    def logic(url: str, store: str) -> AmqpGroups:
-        s = Settings(amqp_url=f"{url}?heartbeat=2", group=platform.group("platform"),
-                     replica_id="logic.a", heartbeat_s=0.5, consume="stream",
-                     store=str(platform.workdir / store))
-        return AmqpGroups(s, platform.routing, [platform.group("platform")], sole="logic")
-
-    first, twin = logic(proxy.url, "a.sqlite"), logic(platform.url, "twin.sqlite")
+    first = platform.logic(f"{proxy.url}?heartbeat=2", ("platform",))
+    twin = platform.logic(f"{platform.url}?heartbeat=2", ("platform",), "twin.sqlite")
     observer = platform.process("front", "platform")
     await asyncio.gather(observer.start(), first.start())
     lost = asyncio.ensure_future(first.sole_lost())
     try:
-        async with first.write() as g:
-            g.map("containers/c1").register("node").set("n1")
-        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        await place_c1(first, observer)
         proxy.down()
         await twin.start()  # took over, under the same id
         async with first.write() as g:  # committed while cut off
@@ -603,9 +597,7 @@ async def test_a_process_down_while_another_of_its_principal_wrote_never_sends_i
     first = platform.process("logic.a", "platform", sole="logic")
     await asyncio.gather(observer.start(), first.start())
     try:
-        async with first.write() as g:
-            g.map("containers/c1").register("node").set("n1")
-        await until(lambda: observer.groups.get("containers/c1") is not None, 20, "c1")
+        await place_c1(first, observer)
         await first.stop()
         # its decision, committed as it died: in its store's outbox, never sent
         durable = DurableReplica.open(first.settings)
