@@ -417,6 +417,10 @@ class Replica(Fields):
         """Operations waiting in the causal buffer."""
         return len(self._buffer)
 
+    def waiting_origins(self) -> set[str]:
+        """The replicas whose operations wait in the causal buffer for earlier ones."""
+        return set(self._buffer.waiting_per_origin())
+
     def metadata_size(self) -> int:
         """Metadata units held (dots, per-origin entries, waiting operations)."""
         return self._root.size() + len(self._buffer) + len(self._settler)
@@ -454,12 +458,26 @@ class Replica(Fields):
         if retired:
             self._stability.retire(self.replica_id, self._own_lasts(self._buffer.clock))
 
-    def clock_message(self, retired: bool = False, join: bool = False) -> bytes:
+    def clock_message(self, retired: bool = False, join: bool = False,
+                      unsent_from: Mapping[str, int] | None = None) -> bytes:
         """A heartbeat message with this replica's clock and the retirements it knows of
-        (:meth:`retirements`), not queued."""
-        return codec.encode_heartbeat(Heartbeat(self.replica_id, dict(self._buffer.clock),
-                                                retired, join, self.retirements(),
-                                                self.wants()))
+        (:meth:`retirements`), not queued. ``unsent_from``, for a message sent outside the
+        order of the operations (a transport's probe, a marker), which may overtake them:
+        per channel of this replica's own, the first sequence number of its operations not
+        known to have left (a transport's outbox); the clock then names its own operations
+        only up to before those, and before any not handed out by :meth:`outgoing` yet (on
+        every own channel, by their count: a lower report is harmless). A peer takes a
+        clock as a report that those operations exist, and waits for them
+        (:meth:`missing`, a retirement's last operation); were they never sent (their
+        sender deposed, or crashed before it stored them), it would wait for good."""
+        clock = dict(self._buffer.clock)
+        if unsent_from is not None:
+            held = self.unsent
+            for c, s in self._own_lasts(clock).items():
+                if c in clock:
+                    clock[c] = max(0, min(s - held, unsent_from.get(c, s + 1) - 1))
+        return codec.encode_heartbeat(Heartbeat(self.replica_id, clock, retired, join,
+                                                self.retirements(), self.wants()))
 
     def retirements(self) -> dict[str, int]:
         """The retirements this replica knows of, each replica with its last operation's

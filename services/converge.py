@@ -25,11 +25,12 @@ state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Mapping
 
 from services import lease, model
-from services.runtime import Runtime, RuntimeError_
+from services.runtime import Runtime, RuntimeError_, StartWithdrawn
 
 log = logging.getLogger("services.worker")
 
@@ -106,12 +107,16 @@ def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container |
         for cid in stopping:
             del running[cid]
     done = Converged(cids, running, wanted)
+
+    def may_start(cid: str) -> bool:
+        """The rule with the record and the lease of now: the calls before took time."""
+        return held() is lease_then and should_run(records().get(cid), lease_then,
+                                                   lease.clock())
     for cid in sorted(wanted):
-        c = records().get(cid)  # as it is now: the calls before this one took time
-        if held() is not lease_then or not should_run(c, lease_then, lease.clock()):
+        c = records().get(cid)
+        if c is None or not may_start(cid):
             done.passed_over.add(cid)
             continue
-        assert c is not None  # (should_run)
         if cid in running and c.started_generation == c.restart_generation:
             continue
         if cid in running and runtime.generation(cid) == c.restart_generation:
@@ -123,8 +128,14 @@ def converge(runtime: Runtime, node: str, placed: Mapping[str, model.Container |
             continue
         if retry_at.get(cid, (0.0, 0.0))[0] > now:
             continue  # its backoff after a failed start
-        try:
-            pid = runtime.start(cid, c.restart_generation)
+        try:  # (asked again as it runs: an image's pull, the old one's stop take long)
+            pid = runtime.start(cid, c.restart_generation, functools.partial(may_start, cid))
+        except StartWithdrawn:
+            log.info("%s: not starting %s: its lease or its record stopped allowing it while "
+                     "its start was prepared", node, cid)
+            done.passed_over.add(cid)
+            running.pop(cid, None)
+            continue
         except RuntimeError_ as e:
             log.warning("%s: starting %s failed: %s", node, cid, e)
             done.failed[cid] = str(e)

@@ -8,8 +8,8 @@ reads the lease file (services/lease.py) at the lease's ``run_until``, and every
 ``run_until`` on (or when there is no valid lease file), stops every container of
 the runtime: SIGTERM, then SIGKILL half-way to the deadline. It exits once the
 worker process named in the lease file is gone, its lease ran out, nothing runs, and
-the longest a runtime call may take has passed since (a ``docker run`` its worker
-began may make a container minutes after the worker died). A runtime call that fails
+the longest a runtime call may take has passed since (a ``docker start`` its worker
+began may make a container run a minute after the worker died). A runtime call that fails
 (an engine restarting) is said in one line and tried again. The worker starts it
 (:func:`ensure`) when it starts, on every heartbeat if it is gone, and before it starts
 a container.

@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -63,14 +63,23 @@ class RuntimeError_(Exception):
     """Starting or stopping a container failed; the message says why."""
 
 
+class StartWithdrawn(Exception):
+    """A start was not made: its ``may_start`` check, as the instance was about to run,
+    said no (its lease or its record stopped allowing it while the slow part ran)."""
+
+
 class Runtime(Protocol):
     """What a worker runs containers with. Calls for different containers may come from
     several threads at once; never two at once for one container."""
 
-    def start(self, cid: str, generation: int = 0) -> int:
+    def start(self, cid: str, generation: int = 0,
+              may_start: Callable[[], bool] = lambda: True) -> int:
         """Start an instance of ``cid`` for its ``restart_generation`` ``generation``,
         replacing the one that runs (stopped first, with its grace); returns its pid.
-        Raises :class:`RuntimeError_` when it cannot."""
+        ``may_start`` is asked once everything slow is done (the old instance's stop, an
+        image's pull and the container's creation), right before the instance runs: on
+        False nothing runs, what was made for it is removed, and :class:`StartWithdrawn`
+        is raised. Raises :class:`RuntimeError_` when it cannot start."""
         ...
 
     def generation(self, cid: str) -> int | None:
@@ -135,11 +144,14 @@ class ProcessRuntime:
     def _pidfile(self, cid: str) -> Path:
         return self.state_dir / f"{cid}.pid"
 
-    def start(self, cid: str, generation: int = 0) -> int:
+    def start(self, cid: str, generation: int = 0,
+              may_start: Callable[[], bool] = lambda: True) -> int:
         with self._lock:
             old = self._alive_pid(cid)
         if old is not None:
             self.stop(cid)
+        if not may_start():
+            raise StartWithdrawn(cid)
         try:
             proc = subprocess.Popen(self.command, start_new_session=True,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -433,10 +445,11 @@ class DockerRuntime:
     #: Seconds one ``docker`` command may take before it is given up: ended by coreutils'
     #: ``timeout`` (SIGTERM, SIGKILL 5 s later), which outlives a worker that dies meanwhile.
     TIMEOUT_S = 60.0
-    #: Seconds a start may take (four commands: stop, rm, run, inspect): how long after its
-    #: worker died a ``docker run`` it began may still make a container (the guard watches
-    #: that long).
-    CALL_S = 4 * (TIMEOUT_S + 5)
+    #: How long after its worker died a start it began may still make a container run (the
+    #: guard watches that long): a ``docker start`` in flight. (The ``docker create``
+    #: before it, which pulls the image, makes one that does not run; the worker's next
+    #: start of that container removes it.)
+    CALL_S = TIMEOUT_S + 5
 
     def __init__(self, image: str = "busybox", command: str = "sleep 1000000",
                  node: str = "") -> None:
@@ -481,15 +494,23 @@ class DockerRuntime:
             raise RuntimeError_(f"docker {args[0]} failed: {done.stderr.strip()}")
         return done.stdout.strip()
 
-    def start(self, cid: str, generation: int = 0) -> int:
+    def start(self, cid: str, generation: int = 0,
+              may_start: Callable[[], bool] = lambda: True) -> int:
+        """``docker create`` (which pulls the image if it must: the slow part), then
+        ``may_start``, then ``docker start``: a pull that outlasts the lease makes no
+        container run after it (``docker run`` did both at once)."""
         name = self._names(cid)[0]
         self.stop(cid)  # the old instance goes first, with its grace (as a process's does)
         labels = [f"{self.LABEL}={cid}", f"{self.GENERATION_LABEL}={generation}"]
         if self.node:
             labels.append(f"{self.NODE_LABEL}={self.node}")
-        self._docker("run", "-d", "--name", name,
+        self._docker("create", "--name", name,
                      *(arg for label in labels for arg in ("--label", label)),
                      self.image, *self.command)
+        if not may_start():
+            self._docker("rm", "-f", name)
+            raise StartWithdrawn(cid)
+        self._docker("start", name)
         return int(self._docker("inspect", "-f", "{{.State.Pid}}", name))
 
     def stop(self, cid: str, grace_s: float = 5.0) -> None:
@@ -533,7 +554,7 @@ class DockerRuntime:
         return None if label is None else _number(label)
 
     def adopt_strays(self) -> dict[str, int]:
-        """Nothing to do: ``docker run`` names and labels a container as it creates it, so
+        """Nothing to do: ``docker create`` names and labels a container as it makes it, so
         :meth:`running` finds every one."""
         return {}
 

@@ -23,8 +23,8 @@ places the containers anew.
 The runtime's calls (listing, starting, stopping) run on threads of the worker's own
 (``runtime_calls`` of them, :data:`RUNTIME_CALLS` unless told; a call that can only stop,
 on :data:`STOP_CALLS` threads of their own), never two at once for one container: a
-``docker run`` that pulls an image (each of its three ``docker`` commands may take up to a
-minute), or the stop of a container that ignores SIGTERM (half the lease's grace, then
+start that pulls an image (in its ``docker create``; each ``docker`` command may take up
+to a minute), or the stop of a container that ignores SIGTERM (half the lease's grace, then
 SIGKILL), holds up neither the event loop (the beats that keep the lease, the deliveries,
 the reports) nor the node's other containers, and stops waiting out their grace hold up
 no start. Each container whose record

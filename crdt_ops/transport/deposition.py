@@ -58,7 +58,10 @@ closes the connection that held it, after routing what it read of that connectio
 (RabbitMQ "Queues", exclusive queues; docs/latency.md measures it), and the standby took
 the queue after that; the deposed process never publishes on a connection that does not
 hold it. What it published and the broker routed before the cut is in the group, as it
-would be anyway.
+would be anyway. The probe and the marker it publishes while it checks (heartbeats, sent
+outside its outbox's order) name its own operations only up to the first one the broker
+never confirmed (``AmqpNode._clock_message``): named there, they would be gaps that its
+peers, and its retirement, wait for for good.
 
 Not covered yet:
 
@@ -72,11 +75,9 @@ Not covered yet:
   standby; a crash between setting a store aside and recording the old id in the new
   one (:data:`REPLACES`) leaves it for an operator to retire (``crdt-ops retire``);
 - a process with a queue of its own (a worker) reads back from 10 s before its last
-  commit: a machine whose clock runs further ahead of the broker's may not see the
-  other one's first operations;
-- a start that finds itself superseded has already published its probe of the stream and
-  its marker, heartbeats that report its clock, unsent operations included (a review's
-  reading; the tests did not show a peer waiting for them).
+  commit (as it starts) or before the last time the broker answered it (as it
+  reconnects): a machine whose clock runs further ahead of the broker's may not see the
+  other one's first operations.
 """
 
 from __future__ import annotations

@@ -336,6 +336,19 @@ class Store:
         return sum(1 for (i,) in rows if i not in pending)
 
     @_guarded
+    def unconfirmed_from(self) -> dict[str, int]:
+        """Per channel of this replica's own operations, the first sequence number in an
+        outbox message the broker has not confirmed (none: every one was)."""
+        pending = set(self._confirmed)
+        rows = self.db.execute("SELECT id, channel, first_seq FROM outbox WHERE sent = 0 AND "
+                               "relayed = 0 AND channel IS NOT NULL").fetchall()
+        out: dict[str, int] = {}
+        for i, channel, first in rows:
+            if i not in pending and first is not None:
+                out[channel] = min(out.get(channel, first), int(first))
+        return out
+
+    @_guarded
     def kept(self) -> int:
         """Confirmed messages kept to be sent again (see :meth:`resend`); marks the
         confirmed ones pending first (a transaction without a disk sync)."""

@@ -10,6 +10,7 @@ import pytest
 from crdt_ops import Replica
 from crdt_ops.errors import TypeConflict
 from crdt_ops.transport.memory import MemoryNetwork
+from crdt_ops.wire import decode
 from tests.support import exchange, send
 
 
@@ -288,3 +289,36 @@ def test_a_replica_that_lost_what_it_had_told_the_group_names_it_as_unmet_claims
         lost.receive(m)
     assert lost.unmet_claims() == {}
     assert lost.own_seq == 1 and lost.counter("n").value == 11
+
+
+@pytest.mark.parametrize("capped", [True, False])
+def test_a_clock_sent_ahead_of_operations_that_never_go_out_holds_no_one_up(
+        capped: bool) -> None:
+    """A transport publishes probes and markers outside its outbox's order, so a clock
+    there may name operations still in the outbox. Were they never sent (their sender
+    deposed while cut off), every peer would take them for a gap, and a retirement naming
+    the sender's last operation in the stream would wait for them: stability stalled for
+    good. Named only up to the first unsent one (``unsent_from``, and not beyond what
+    ``outgoing()`` handed out), the clock holds no one up (``capped=False``: without it,
+    they wait)."""
+    a, b, c = (Replica(r, members=["a", "b", "c"]) for r in "abc")
+    a.counter("x").increment()
+    exchange(a, b, c)
+    a.counter("x").increment()
+    a.outgoing()  # seq 2: in a's outbox, never confirmed
+    a.counter("x").increment()  # seq 3: not even handed out
+    probe = a.clock_message(unsent_from={"a": 2} if capped else None)
+    assert decode(a.clock_message(unsent_from={})).clock == {"a": 2}  # (3: not handed out)
+    b.receive(probe)
+    assert (b.missing() == {}) == capped
+    retirement = Replica.retirement("a", 1)  # a deposed: its replacement retires it
+    for r in (b, c):
+        r.receive(retirement)
+    b.counter("y").increment()
+    c.counter("z").increment()
+    exchange(b, c)
+    b.heartbeat()
+    c.heartbeat()
+    exchange(b, c)
+    assert (b.stable_lag() == c.stable_lag() == 0) == capped
+    assert ("a" in b.membership.retired) == capped

@@ -12,7 +12,7 @@ import pytest
 
 from services.lease import boot_id
 from services.pids import alive
-from services.runtime import DockerRuntime, ProcessRuntime, RuntimeError_
+from services.runtime import DockerRuntime, ProcessRuntime, RuntimeError_, StartWithdrawn
 
 
 def test_process_runtime_starts_stops_and_is_found_again(tmp_path: Path) -> None:
@@ -397,12 +397,12 @@ def test_what_runs_of_a_container_without_its_record_is_found_and_only_one_insta
     assert _processes("c1", tmp_path) == []
 
 
-#: A stand-in for one Docker engine's command line that several runtimes share: ``run``
-#: (with its ``--name`` and ``--label``s), ``rm -f`` (no error for a name not there, as
-#: since Docker 20.10), ``ps --filter label=K --format T`` and ``inspect -f T`` (the
-#: fields the runtime asks for; a label missing from ``index .Config.Labels`` prints
-#: ``<no value>``, as Go's templates do); the containers in the JSON file
-#: ``$FAKE_DOCKER_STATE``.
+#: A stand-in for one Docker engine's command line that several runtimes share: ``create``
+#: (with its ``--name`` and ``--label``s: a container that does not run yet), ``start``,
+#: ``rm -f`` (no error for a name not there, as since Docker 20.10), ``ps --filter
+#: label=K --format T`` (those that run) and ``inspect -f T`` (the fields the runtime asks
+#: for; a label missing from ``index .Config.Labels`` prints ``<no value>``, as Go's
+#: templates do); the containers in the JSON file ``$FAKE_DOCKER_STATE``.
 FAKE_ENGINE = r'''#!/usr/bin/env python3
 import json, os, re, sys
 path = os.environ["FAKE_DOCKER_STATE"]
@@ -415,16 +415,20 @@ def fill(template, name):
                  template)
     out = re.sub(r'\{\{index \.Config\.Labels "([^"]+)"\}\}',
                  lambda m: c["labels"].get(m.group(1), "<no value>"), out)
+    up = c.get("running", True)
     for field, value in (("{{.Names}}", name), ("{{.Name}}", "/" + name),
-                         ("{{.State.Running}}", "true"), ("{{.State.Pid}}", str(c["pid"]))):
+                         ("{{.State.Running}}", "true" if up else "false"),
+                         ("{{.State.Pid}}", str(c["pid"] if up else 0))):
         out = out.replace(field, value)
     return out
 status = 0
-if cmd == "run":
+if cmd == "create":
     name = args[args.index("--name") + 1]
     labels = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--label")
+    have[name] = {"labels": labels, "pid": 0, "running": False}
+elif cmd == "start":
     state["next"] += 1
-    have[name] = {"labels": labels, "pid": state["next"]}
+    have[args[0]].update(pid=state["next"], running=True)
 elif cmd == "rm":
     for name in args[1:]:
         have.pop(name, None)
@@ -437,7 +441,7 @@ elif cmd == "stop":
 elif cmd == "ps":
     key = args[args.index("--filter") + 1].split("=", 1)[1]
     for name in list(have):
-        if key in have[name]["labels"]:
+        if key in have[name]["labels"] and have[name].get("running", True):
             print(fill(args[args.index("--format") + 1], name))
 elif cmd == "inspect":
     for name in args[2:]:
@@ -543,6 +547,34 @@ def test_a_daemon_a_container_started_is_no_second_instance(tmp_path: Path) -> N
 
         for p in _processes("c1", tmp_path):
             os.kill(p, signal.SIGKILL)
+
+
+def test_a_start_whose_lease_ended_during_its_pull_makes_no_container_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``docker run`` pulled the image and made the container run at once: begun just
+    before the lease's end, a long pull made it run after, when logic may have placed it
+    elsewhere. A start now creates the container (the pull), then asks ``may_start``, and
+    only then starts it; told no, it removes what it created. The same rule for a process."""
+    import json
+
+    state = _fake_engine(tmp_path, monkeypatch)
+    rt = DockerRuntime(node="n1")
+    asked: list[dict[str, object]] = []
+
+    def lease_over() -> bool:  # (asked once the container exists, before it runs)
+        asked.append(json.loads(state.read_text())["containers"]["crdt-ops-n1-c1"])
+        return False
+
+    with pytest.raises(StartWithdrawn):
+        rt.start("c1", 1, lease_over)
+    assert [c["running"] for c in asked] == [False]
+    assert json.loads(state.read_text())["containers"] == {} and rt.running() == {}
+    pid = rt.start("c1", 1, lambda: True)
+    assert rt.running() == {"c1": pid} and rt.generation("c1") == 1
+    processes = ProcessRuntime(tmp_path / "processes")
+    with pytest.raises(StartWithdrawn):
+        processes.start("c1", 0, lambda: False)
+    assert processes.running() == {} and _processes("c1", tmp_path / "processes") == []
 
 
 def test_an_instance_says_the_restart_generation_it_was_started_for(

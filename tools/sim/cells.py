@@ -53,6 +53,7 @@ from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from services import model
 from services.containers import Containers
 from services.logic import Logic
+from services.runtime import StartWithdrawn
 from services.web import make_app
 from services.worker import Worker
 
@@ -81,7 +82,10 @@ class SimRuntime:
         self.instances: dict[str, int] = {}
         self.generations: dict[str, int] = {}
 
-    def start(self, cid: str, generation: int = 0) -> int:
+    def start(self, cid: str, generation: int = 0,
+              may_start: Callable[[], bool] = lambda: True) -> int:
+        if not may_start():
+            raise StartWithdrawn(cid)
         w = self.world
         if w.where.get(cid, self.node) != self.node:
             w.doubled += 1

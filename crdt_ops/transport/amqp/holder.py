@@ -151,7 +151,11 @@ class Holder:
         heartbeat timeouts (RabbitMQ "Detecting Dead TCP Connections with Heartbeats"; the
         one this client asks for, aiormq's ``heartbeat`` URL parameter, 60 s by default).
         Longer than that plus :data:`HALF_OPEN_MARGIN_S` since the first such refusal, it
-        is another process under this replica id."""
+        is taken for another process under this replica id (with heartbeats off,
+        ``heartbeat=0``, the broker keeps a half-open connection until TCP gives up on it:
+        that wait is bounded by 60 s heartbeats' all the same, and the process deposed
+        after it, the safe side). When the broker drops the old connection, a standby of
+        the principal may take ``sole`` before this process: then it is deposed."""
         now = time.monotonic()
         if self._own_refused_since is None:
             self._own_refused_since = now

@@ -112,6 +112,10 @@ STOP_CANCEL_S = 1.0
 #: on Python 3.11: gh-86296), or a close the broker does not answer, would hold the stop
 #: for good. Past it, the stop says so in one line and goes on.
 STOP_WAIT_S = 10.0
+#: Seconds before a new attempt at a sole principal's reading of its streams after a
+#: reconnection that failed while connected (:mod:`~crdt_ops.transport.amqp.retake`),
+#: first and at most.
+RETAKE_RETRY_S = (0.5, 5.0)
 #: Seconds between two attempts to retire the deposed replica this one replaces.
 RETIRE_REPLACED_RETRY_S = 1.0
 
@@ -232,7 +236,7 @@ class AmqpNode:
         #: user may not write to the stream directly)
         self._gate = StreamGate(
             lambda: self._conn, self.topology.stream,
-            lambda mid: message(self.settings, self.replica.clock_message(), self._signer,
+            lambda mid: message(self.settings, self._clock_message(), self._signer,
                                 message_id=mid),
             via=self.topology.exchange, hold=self._hold,
             to_stream=self.topology.stream_exchange)
@@ -755,15 +759,35 @@ class AmqpNode:
         deposed, and the holder never lets it again: this never returns). Awaited by the
         stream gate on each new connection, before its probe."""
         await self._holder.hold(conn)
-        if self.retake is not None and self._started_once:
-            while not await self.retake.passed(link_of(conn)):
-                await self._holder.hold(conn)  # (deposed: waits to be stopped)
+        link, pause = link_of(conn), RETAKE_RETRY_S[0]
+        while self.retake is not None and self._started_once:
+            try:
+                if await self.retake.passed(link):
+                    break
+            except Exception as e:  # (a read that failed: once per link, then quietly)
+                if self._link_down() or link_of(conn) is not link:
+                    raise  # the connection's: the gate probes again on the next one
+                log.log(logging.WARNING if pause == RETAKE_RETRY_S[0] else logging.DEBUG,
+                        "replica %s: reading its groups' streams before it publishes again "
+                        "failed (%s: %s); trying again, every %gs at most", self.replica_id,
+                        type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "",
+                        RETAKE_RETRY_S[1])
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETAKE_RETRY_S[1])
+                continue
+            await self._holder.hold(conn)  # (deposed: waits to be stopped, for good)
         self._link_alive_wall = time.time()
 
     def retake_reader(self) -> Reader:
         """This group's part of its process's :class:`RetakeCheck`."""
-        return Reader(self.settings.group, lambda: self.store.unconfirmed_operations(),
-                      self._others_since_cut, self._cut_checked)
+        return Reader(self.settings.group, self._unsent_committed, self._others_since_cut,
+                      self._cut_checked)
+
+    def _unsent_committed(self) -> int:
+        """Operations of this replica's own that the broker never confirmed, once what was
+        written and not committed yet is (a write in the batch window counts too)."""
+        self.durable.commit()
+        return self.store.unconfirmed_operations()
 
     async def _others_since_cut(self) -> set[str]:
         """The other replicas of this node's principal that wrote in its group since it was
@@ -781,9 +805,7 @@ class AmqpNode:
         if self.settings.consume == "stream":
             await self._replay_stream(resume=True, probed=True)
         else:
-            confirmed = self._out.confirmed_at
-            alive = max(self._link_alive_wall,
-                        time.time() - (time.monotonic() - confirmed) if confirmed else 0.0)
+            alive = max(self._link_alive_wall, self._out.confirmed_wall)
             await self._replay_stream(since=datetime.datetime.fromtimestamp(
                 alive - RESUME_MARGIN_S, tz=datetime.UTC), probed=True)
         return self._other_writers(self._clock_at_cut)
@@ -793,12 +815,16 @@ class AmqpNode:
 
     def _other_writers(self, before: Mapping[str, int]) -> set[str]:
         """The replicas of this node's sole :attr:`_principal`, this one aside, whose
-        operations the replica's clock holds beyond ``before`` (a clock of earlier)."""
+        operations the replica's clock holds beyond ``before`` (a clock of earlier), or
+        whose operations wait in its causal buffer (for earlier ones that a queue of its
+        own has not delivered yet)."""
         p, rid = self._principal, self.replica_id
         if p is None:
             return set()
-        return {o for ch, seq in self.replica.clock.items() if seq > before.get(ch, 0)
-                if (o := split(ch)[0]) != rid and belongs(o, p)}
+        grown = {split(ch)[0] for ch, seq in self.replica.clock.items()
+                 if seq > before.get(ch, 0)}
+        waiting = {split(ch)[0] for ch in self.replica.waiting_origins()}
+        return {o for o in grown | waiting if o != rid and belongs(o, p)}
 
     def _refuse_if_superseded(self, before: Mapping[str, int]) -> None:
         """After a used store's resumed read of the stream (which came before anything is
@@ -916,7 +942,7 @@ class AmqpNode:
         assert self._conn is not None and self._exchange is not None
         if not probed:
             await self._stream_ready()  # else the marker may never come
-        marker = message(self.settings, self.replica.clock_message(), self._signer,
+        marker = message(self.settings, self._clock_message(), self._signer,
                          message_id=f"join-{self.replica_id}-{uuid.uuid4().hex}")
         logged = stored_offset(self.durable) if resume else None
         start: int | datetime.datetime | None = since
@@ -932,6 +958,14 @@ class AmqpNode:
                 "(declared anew since?)" if since is None else
                 f"{e} (declared anew since, or this machine's clock is ahead of the broker's?)")
             await self._replay_stream(reread=reread, probed=probed)
+
+    def _clock_message(self) -> bytes:
+        """This replica's clock as a probe or a marker carries it, published outside the
+        outbox's order: its own operations named only up to the first one the broker has
+        not confirmed (:meth:`Replica.clock_message
+        <crdt_ops.replica.Replica.clock_message>`): a process found deposed never sends
+        them, and its peers would wait for them for good."""
+        return self.replica.clock_message(unsent_from=self.store.unconfirmed_from())
 
     async def _stream_ready(self) -> None:
         """Return once the group's stream took a probe on the connection in use

@@ -98,7 +98,12 @@ class Publisher:
         self.confirmed_through = 0.0
         #: outbox rows not confirmed yet, as the last round found them
         self.unconfirmed = 0
-        self.confirmed_at = 0.0  # when the broker last confirmed a message (monotonic s)
+        #: when the broker last confirmed a message (``time.monotonic()`` seconds; 0.0: never)
+        self.confirmed_at = 0.0
+        #: the same instant by the wall clock (``time.time()`` seconds; 0.0: never): the
+        #: monotonic clock stops while the machine is suspended, so the two cannot be
+        #: converted into each other afterwards
+        self.confirmed_wall = 0.0
         self._refusal_backoff = 0.05  # seconds before the next round after refusals
         self._refusal_said = 0.0
         self._unroutable_said = 0.0
@@ -212,7 +217,7 @@ class Publisher:
             if refused:
                 done += await self._refused(refused)
             if done:
-                self.confirmed_at = time.monotonic()
+                self.confirmed_at, self.confirmed_wall = time.monotonic(), time.time()
                 self.durable.store.confirm(done)
                 self.published += len(done)
                 metrics.OPS_PUBLISHED.labels(self.replica_id, self.settings.group).inc(len(done))
