@@ -69,8 +69,9 @@ Not covered yet:
   next transaction), and so does one a peer asked for again (the stream lost it) until it
   is confirmed again: a process that went down then, and starts again after another of its
   principal ran, is deposed for it, though the group has it (it runs on as a new replica).
-  So is a process stopped cleanly while its outbox still held messages (a stop does not
-  wait for the broker's confirms), when another ran before it starts again;
+  So is a process stopped while its outbox still held messages the broker had not
+  confirmed (a stop waits for them at most 2 s, and only while connected), when another
+  ran before it starts again;
 - the old id is retired once its replacement is a member, not while that waits as a
   standby; a crash between setting a store aside and recording the old id in the new
   one (:data:`REPLACES`) leaves it for an operator to retire (``crdt-ops retire``);

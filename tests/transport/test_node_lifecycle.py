@@ -41,6 +41,28 @@ async def test_a_stopped_amqp_node_refuses_to_start_or_write_again(settings: Set
 
 
 @pytest.mark.asyncio
+async def test_a_stop_waits_for_the_broker_to_confirm_what_was_just_written(
+        settings: Settings) -> None:
+    """A stop cancelled the publisher at once: what was written just before stayed
+    unconfirmed in the store. A sole principal's process stopped so was deposed at its
+    next start if another ran meanwhile, though the group had its operations. A stop now
+    waits (at most ``STOP_DRAIN_S``, while connected) for the confirms."""
+    from crdt_ops.transport.store import Store
+
+    a = node(settings, "a")
+    await a.start()
+    for i in range(20):
+        async with a.write() as r:
+            r.counter("n").increment(i + 1)
+    await a.stop()
+    store = Store(Path(a.settings.store))
+    try:
+        assert store.unconfirmed_operations() == 0
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
 async def test_a_stop_goes_on_past_a_task_that_swallows_its_cancellation(
         settings: Settings, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

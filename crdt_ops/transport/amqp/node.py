@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -104,6 +105,9 @@ CONSUME_RETRY_S = 0.1
 #: a member whose stream re-read lacks some of them asks it for them meanwhile.
 LEAVE_WAIT_GAP_TIMEOUTS = 3
 LEAVE_WAIT_MIN_S = 30.0
+#: Seconds a stopping node waits, while connected, for the broker to confirm what its
+#: outbox holds (a stop does not wait for more: what is left goes out at the next start).
+STOP_DRAIN_S = 2.0
 #: Seconds a stopping node waits for the broker to cancel its consumer (a link that is
 #: down does not answer; closing the connection drops the consumer anyway).
 STOP_CANCEL_S = 1.0
@@ -575,6 +579,8 @@ class AmqpNode:
         self._stopped = True
         self._unwatch()
         self.durable.commit_before_stop()
+        with contextlib.suppress(StoreUnavailable):
+            await self._drain(STOP_DRAIN_S)
         self.durable.pumping = False
         for t in self._tasks:
             t.cancel()
@@ -599,6 +605,22 @@ class AmqpNode:
         elif self._conn is not None:
             await self._ended("closing its connection", self._conn.close())
         await self.durable.close()
+
+    async def _drain(self, wait_s: float, through_outages: bool = False) -> None:
+        """Wait at most ``wait_s`` for the broker to confirm every message of the outbox,
+        while the node runs and was not deposed, and (unless ``through_outages``: a
+        replica that leaves) while it is connected. A stop waits so (:data:`STOP_DRAIN_S`):
+        a process that stops with its own operations unconfirmed is deposed at its next
+        start if another of its principal ran meanwhile
+        (:mod:`~crdt_ops.transport.deposition`), though the group may have them; and a
+        peer waits for them until then."""
+        if not self._tasks or self._holder.sole_lost.is_set():
+            return
+        deadline = time.monotonic() + wait_s
+        while ((through_outages or not self._link_down()) and time.monotonic() < deadline
+               and self.store.unconfirmed(limit=1)):
+            self.durable.outbox_ready.set()
+            await asyncio.sleep(0.02)
 
     async def _ended(self, what: str, step: Awaitable[object]) -> None:
         """Await ``step`` of a stop (its failures are the stop's to ignore) at most
@@ -1300,9 +1322,7 @@ class AmqpNode:
         await self.durable.store_works()  # (a failed store commits nothing)
         self.replica.heartbeat(retired=True)
         self.durable.commit()
-        while self.store.unconfirmed(limit=1):
-            self.durable.outbox_ready.set()
-            await asyncio.sleep(0.05)
+        await self._drain(math.inf, through_outages=True)
         m = self.replica.membership
         if m.managed and m.members() - {self.replica_id}:  # (the last member: no one to wait for)
             wait = max(LEAVE_WAIT_MIN_S, LEAVE_WAIT_GAP_TIMEOUTS * self.settings.gap_timeout_s)
