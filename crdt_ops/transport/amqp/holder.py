@@ -151,10 +151,10 @@ class Holder:
         heartbeat timeouts (RabbitMQ "Detecting Dead TCP Connections with Heartbeats"; the
         one this client asks for, aiormq's ``heartbeat`` URL parameter, 60 s by default).
         Longer than that plus :data:`HALF_OPEN_MARGIN_S` since the first such refusal, it
-        is taken for another process under this replica id (with heartbeats off,
-        ``heartbeat=0``, the broker keeps a half-open connection until TCP gives up on it:
-        that wait is bounded by 60 s heartbeats' all the same, and the process deposed
-        after it, the safe side). When the broker drops the old connection, a standby of
+        is taken for another process under this replica id. With heartbeats off
+        (``heartbeat=0``) the broker keeps a half-open connection until TCP gives up on
+        it: the wait is bounded as for 60 s heartbeats, and the process is deposed after
+        it (the safe side). When the broker drops the old connection, a standby of
         the principal may take ``sole`` before this process: then it is deposed."""
         now = time.monotonic()
         if self._own_refused_since is None:

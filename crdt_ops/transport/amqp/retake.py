@@ -33,7 +33,6 @@ a pause that doubles up to 5 s, and said once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -80,8 +79,7 @@ class RetakeCheck:
             return await asyncio.shield(outcome)
         if outcome is not None and not outcome.done():
             outcome.cancel()
-            with contextlib.suppress(BaseException):
-                await outcome
+            await asyncio.wait({outcome})  # (its end, whatever it is; not raised here)
         if self._outcome is outcome:  # (else another caller began it meanwhile)
             self._link = link
             self._outcome = asyncio.ensure_future(self._check())
