@@ -326,25 +326,28 @@ class Store:
                 self._unsent_from = int(top or 0) + 1
         return out
 
+    def _unconfirmed_own(self) -> list[tuple[str, int | None]]:
+        """(channel, first sequence number) of each outbox message of this replica's own
+        operations (not heartbeats, not other replicas' relayed) that the broker has not
+        confirmed."""
+        pending = set(self._confirmed)
+        rows = self.db.execute("SELECT id, channel, first_seq FROM outbox WHERE sent = 0 AND "
+                               "relayed = 0 AND channel IS NOT NULL").fetchall()
+        return [(channel, first) for i, channel, first in rows if i not in pending]
+
     @_guarded
     def unconfirmed_operations(self) -> int:
         """How many outbox messages of this replica's own operations (not heartbeats, not
         other replicas' relayed) the broker has not confirmed."""
-        pending = set(self._confirmed)
-        rows = self.db.execute("SELECT id FROM outbox WHERE sent = 0 AND relayed = 0 AND "
-                               "channel IS NOT NULL").fetchall()
-        return sum(1 for (i,) in rows if i not in pending)
+        return len(self._unconfirmed_own())
 
     @_guarded
     def unconfirmed_from(self) -> dict[str, int]:
         """Per channel of this replica's own operations, the first sequence number in an
         outbox message the broker has not confirmed (none: every one was)."""
-        pending = set(self._confirmed)
-        rows = self.db.execute("SELECT id, channel, first_seq FROM outbox WHERE sent = 0 AND "
-                               "relayed = 0 AND channel IS NOT NULL").fetchall()
         out: dict[str, int] = {}
-        for i, channel, first in rows:
-            if i not in pending and first is not None:
+        for channel, first in self._unconfirmed_own():
+            if first is not None:
                 out[channel] = min(out.get(channel, first), int(first))
         return out
 
