@@ -2,9 +2,9 @@
 (retire, snapshot, keygen, delete-group).
 
 The development tools (``story``, ``simulate``, ``cells``, ``histories``, ``chaos``,
-``fuzz``) keep their names here but live in the top-level ``tools`` package of a source
-checkout: they are imported only when one of them is run (:data:`TOOLS`), so the services
-never load them."""
+``fuzz``, ``platform-chaos``) keep their names here but live in the top-level ``tools``
+package of a source checkout: they are imported only when one of them is run
+(:data:`TOOLS`), so the services never load them."""
 
 from __future__ import annotations
 
@@ -195,6 +195,8 @@ TOOLS = {
     "chaos": "fault injection over a throwaway broker, checked by a ledger (needs root and "
              "Debian's rabbitmq-server)",
     "fuzz": "hostile messages against real replica processes",
+    "platform-chaos": "the services under faults over a throwaway broker, checked against "
+                      "the processes that run (needs root and Debian's rabbitmq-server)",
 }
 
 

@@ -770,6 +770,9 @@ def main(role: str, args: argparse.Namespace, service: Service) -> int:
     except Stopped as e:  # before it was up: connecting, replaying, waiting for admission
         print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
         return e.code
+    except Deposed as e:  # as it started: status 1, as once it runs (README), not a bad
+        print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)  # setting's 2
+        return 1
     except ValueError as e:
         print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
         return 2

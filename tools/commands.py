@@ -1,7 +1,8 @@
 """The development tools as ``crdt-ops`` commands: ``story``, ``simulate``, ``cells``,
-``histories``, ``chaos`` and ``fuzz``. :mod:`services.cli` imports this module only when
-one of them is run, and :func:`register` adds that one command (its flags, the lower
-bounds of its numeric flags, and its own checks) to the ``crdt-ops`` parser."""
+``histories``, ``chaos``, ``fuzz`` and ``platform-chaos``. :mod:`services.cli` imports
+this module only when one of them is run, and :func:`register` adds that one command (its
+flags, the lower bounds of its numeric flags, and its own checks) to the ``crdt-ops``
+parser."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _add_histories(p: argparse.ArgumentParser) -> Bounds:
     return {"count": (0, False), "steps": (1, False)}
 
 
-def _check_chaos(args: argparse.Namespace) -> None:
+def _check_keep_dir(args: argparse.Namespace) -> None:
     if args.keep_dir is not None:
         config.check_writable(args.keep_dir, "--keep-dir", directory=True)
 
@@ -74,7 +75,7 @@ def _add_chaos(p: argparse.ArgumentParser) -> Bounds:
     from tools.chaos import add_arguments
 
     add_arguments(p)
-    p.set_defaults(check=_check_chaos)
+    p.set_defaults(check=_check_keep_dir)
     return {"pause_s": (0, False), "lock_s": (0, False), "per_write": (1, False),
             "late_max_delay_s": (0, False), "timeout": (0, True)}
 
@@ -93,9 +94,19 @@ def _add_fuzz(p: argparse.ArgumentParser) -> Bounds:
             "gap_timeout_s": (0, True), "atheris_seconds": (0, False), "timeout": (0, True)}
 
 
+def _add_platform_chaos(p: argparse.ArgumentParser) -> Bounds:
+    from tools.platform_chaos import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(check=_check_keep_dir)
+    return {"duration": (0, False), "containers": (1, False), "lease_s": (4, False),
+            "action_interval_s": (0, True), "fault_interval_s": (0, True),
+            "timeout": (0, True)}
+
+
 _ADDERS = {"story": _add_story, "simulate": _add_simulate, "cells": _add_cells,
            "histories": _add_histories,
-           "chaos": _add_chaos, "fuzz": _add_fuzz}
+           "chaos": _add_chaos, "fuzz": _add_fuzz, "platform-chaos": _add_platform_chaos}
 
 
 def register(name: str, text: str, sub: Any) -> None:

@@ -95,3 +95,23 @@ def test_a_deposed_logic_exits_and_its_next_process_runs_as_a_new_replica(
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_logic_deposed_as_it_starts_exits_1_like_one_deposed_while_it_runs(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found deposed as it starts (it finds another logic's operations in the stream before
+    it sends what it committed and never sent), a service exits with status 1, as README
+    says and as one deposed while it runs does: Deposed is a ValueError, and a bad setting's
+    ValueError exits 2, which a supervisor may take for a mistake not worth a restart
+    (seen in ``crdt-ops platform-chaos``: a logic started again during a broker restart)."""
+    from crdt_ops.errors import Deposed
+    from crdt_ops.transport.config import Settings
+    from services import main
+
+    async def deposed(role: str, service: main.Service) -> str:
+        raise Deposed("replica logic.x: logic.y wrote while this one was down")
+
+    monkeypatch.setattr(main, "run_service", deposed)
+    assert main.main("logic", None, main.Service(Settings())) == 1  # type: ignore[arg-type]
+    assert capsys.readouterr().err == \
+        "crdt-ops logic: replica logic.x: logic.y wrote while this one was down\n"
