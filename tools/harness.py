@@ -1,16 +1,20 @@
 """What the tests and the tools share to drive a real broker and real processes, written
 once: a free TCP port, a fresh group name and deleting a group's objects, waiting for a
-condition, and the convergence check of replica processes running the ledger workload
+condition, a TCP proxy to the broker that can be cut (:class:`Proxy`), and the convergence
+check of replica processes running the ledger workload
 (``crdt-ops replica --ops N``: every operation also counts in ``issued/<replica id>``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 import aio_pika
 
@@ -89,3 +93,86 @@ def converged(procs: Iterable[Reporting], issued: dict[str, int], idle: bool = T
     first = reports[0]
     return (all(r["state"] == first["state"] and r["clock"] == first["clock"] for r in reports)
             and all(first["state"].get(f"issued/{rid}", 0) == n for rid, n in issued.items()))
+
+
+class Proxy:
+    """TCP to the broker of ``amqp_url``, on a port of its own, that can be cut and
+    restored (a network fault played without touching the shared broker: when it is cut,
+    the broker sees the connections close at once), or left half open
+    (:meth:`half_open`). :attr:`url` reaches the broker through it."""
+
+    def __init__(self, amqp_url: str) -> None:
+        u = urlparse(amqp_url)
+        self.target = (u.hostname or "127.0.0.1", u.port or 5672)
+        self.port = 0
+        self.conns: list[tuple[socket.socket, socket.socket]] = []  # (client, broker)
+        #: broker sides left open by :meth:`half_open`: what they send is dropped
+        self.stranded: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.up()
+        #: ``amqp_url`` through the proxy
+        self.url = u._replace(netloc=f"{u.netloc.rsplit('@', 1)[0]}@127.0.0.1:{self.port}"
+                              ).geturl()
+
+    def up(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(50)
+        self.port = s.getsockname()[1]
+        self.listener = s
+        threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, s: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = s.accept()
+            except OSError:
+                return
+            try:
+                broker = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns.append((client, broker))
+            for a, b in ((client, broker), (broker, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                if a not in self.stranded:
+                    b.sendall(data)
+        for x in (a, b):
+            if x not in self.stranded:
+                with contextlib.suppress(OSError):
+                    x.shutdown(socket.SHUT_RDWR)
+
+    def half_open(self) -> None:
+        """Close the client side of every connection now, and leave the broker side open
+        and silent (what the broker sends is dropped): the client reconnects at once, while
+        the broker keeps the old connection, and what it holds, until its heartbeat
+        timeout. New connections go through."""
+        with self.lock:
+            for client, broker in self.conns:
+                self.stranded.add(broker)
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)
+                client.close()
+            self.conns = []
+
+    def down(self) -> None:
+        """Drop every connection; refuse new ones until :meth:`up`."""
+        assert self.listener is not None
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept(): the port is closed
+        self.listener.close()
+        with self.lock:
+            for c in [*(c for pair in self.conns for c in pair), *self.stranded]:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            self.conns = []
+            self.stranded = set()

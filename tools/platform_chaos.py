@@ -14,11 +14,14 @@ second later, on its store and runtime directory. Containers are local processes
   Restart of a random container (an action web refuses, say while it is down, is passed
   over; one it accepted with 202 counts);
 - every ``--fault-interval-s`` a fault, the kinds in a seeded random order, each once per
-  round: a worker SIGKILLed; a worker SIGSTOPped past its lease (its containers move);
-  the placing logic SIGKILLed (the standby takes over); the placing logic SIGSTOPped past
-  the AMQP heartbeat timeout (the standby takes over while it is frozen: woken, it is
-  deposed); web SIGKILLed; a service's connection closed by the broker; the broker
-  restarted (``stop_app``/``start_app``) and SIGKILLed;
+  round: a worker SIGKILLed; a worker SIGSTOPped, or cut off from the broker, past its
+  lease (its containers move); the placing logic SIGKILLed (the standby takes over); the
+  placing logic SIGSTOPped past the AMQP heartbeat timeout (the standby takes over while it
+  is frozen: woken, it is deposed), or cut off as long (the standby takes over at once);
+  web SIGKILLed; a service's connection closed by the broker; the broker restarted
+  (``stop_app``/``start_app``) and SIGKILLed. Each logic and worker reaches the broker
+  through a TCP proxy of its own (:class:`~tools.harness.Proxy`): a cut drops its
+  connections and refuses new ones;
 - a thread reads, every 20 ms, every process of the machine whose environment names a
   container of the run (:data:`services.runtime.CONTAINER_ENV`): two at once of one
   container is a *double*.
@@ -58,7 +61,7 @@ from typing import Any, TypeVar
 
 from services.pids import alive
 from services.runtime import CONTAINER_ENV, RUNTIME_ENV, ProcessRuntime
-from tools.harness import free_port, new_group
+from tools.harness import Proxy, free_port, new_group
 from tools.rabbitnode import RabbitNode
 
 T = TypeVar("T")
@@ -75,8 +78,8 @@ RESTART_S = 1.0
 #: how long a frozen logic keeps its holder queue.
 AMQP_HEARTBEAT_S = 4
 #: The kinds of fault, each once per round, in a seeded random order.
-FAULTS = ("worker-kill", "worker-pause", "logic-kill", "logic-pause", "web-kill",
-          "connection-close", "broker-restart", "broker-kill")
+FAULTS = ("worker-kill", "worker-pause", "worker-cut", "logic-kill", "logic-pause",
+          "logic-cut", "web-kill", "connection-close", "broker-restart", "broker-kill")
 #: How often the copies of every container are read (seconds).
 SAMPLE_S = 0.02
 
@@ -171,12 +174,14 @@ class Platform:
         self.url, self.workdir, self.group = url, workdir, group
         self.port = free_port()
         cells = ",".join(CELLS)
-        amqp = f"{url}?heartbeat={AMQP_HEARTBEAT_S}"
+        #: each logic and worker reaches the broker through a proxy of its own (a cut)
+        self.proxies = {name: Proxy(url) for name in (*LOGICS, *WORKERS)}
 
         def args(role: str, rid: str, name: str, *more: str) -> list[str]:
-            return [role, "--amqp-url", amqp, "--group", group, "--replica-id", rid,
-                    "--heartbeat-s", "0.5", "--store", str(workdir / f"{name}.sqlite"),
-                    *more]
+            via = self.proxies[name].url if name in self.proxies else url
+            return [role, "--amqp-url", f"{via}?heartbeat={AMQP_HEARTBEAT_S}", "--group",
+                    group, "--replica-id", rid, "--heartbeat-s", "0.5",
+                    "--store", str(workdir / f"{name}.sqlite"), *more]
 
         self.services = {"web": Service("web", args("web", "web", "web", "--port",
                                                     str(self.port), "--cells", cells),
@@ -240,6 +245,9 @@ class Platform:
         self._supervising.clear()
         if self._thread.is_alive():
             self._thread.join()
+        for proxy in self.proxies.values():
+            if proxy.listener is None or proxy.listener.fileno() < 0:  # cut: let them stop
+                proxy.up()
         for s in self.services.values():
             s.signal(signal.SIGCONT)
             s.signal(signal.SIGTERM)
@@ -360,9 +368,9 @@ class Run:
     def fault(self, kind: str) -> None:
         """Carry out one fault of ``kind``, to its end (a paused process woken)."""
         p, b = self.platform, self.broker
-        if kind in ("worker-kill", "worker-pause"):
+        if kind.startswith("worker-"):
             name = self.rng.choice(sorted(WORKERS))
-        elif kind in ("logic-kill", "logic-pause"):  # the one that places
+        elif kind.startswith("logic-"):  # the one that places
             name = _within(30, lambda: _held_by(b, f"crdt.{self.group}.logic.held"),
                            "no logic holds its principal's queue")
         elif kind == "web-kill":
@@ -374,12 +382,14 @@ class Run:
         if kind.endswith("-kill") and not kind.startswith("broker"):
             p.services[name].signal(signal.SIGKILL)  # the supervisor starts it again
         elif kind.endswith("-pause"):
-            pause_s = (self.opts.lease_s + 4 if kind == "worker-pause"
-                       else 3 * AMQP_HEARTBEAT_S + 3)
             with p.holding(name) as s:
                 s.signal(signal.SIGSTOP)
-                time.sleep(pause_s)
+                time.sleep(self._outage_s(kind))
                 s.signal(signal.SIGCONT)
+        elif kind.endswith("-cut"):  # the broker sees its connection close at once
+            p.proxies[name].down()
+            time.sleep(self._outage_s(kind))
+            p.proxies[name].up()
         elif kind == "connection-close":
             args = p.services[name].args
             rid = args[args.index("--replica-id") + 1]
@@ -398,6 +408,11 @@ class Run:
         else:
             raise ValueError(kind)
         self.faults_done.append(kind)
+
+    def _outage_s(self, kind: str) -> float:
+        """How long a pause or a cut lasts: past a worker's lease (its containers move);
+        past the broker's heartbeat timeout for a frozen logic (its standby takes over)."""
+        return self.opts.lease_s + 4 if kind.startswith("worker-") else 3 * AMQP_HEARTBEAT_S + 3
 
     def agrees(self) -> list[str]:
         """What still disagrees: per container, web's record and what runs against the

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import Proxy, ReplicaProcess, wait_until
-from tools.harness import delete_group
+from tests.broker import ReplicaProcess, wait_until
+from tools.harness import Proxy, delete_group
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """``crdt-ops platform-chaos``: its watch of what runs, on processes made to look doubled,
-and a bounded real run (web, two logics, three workers over a broker of its own, under
-one fault of each kind but the broker's SIGKILL) as a subprocess."""
+and a bounded real run (web, two logics, three workers over a broker of its own, under six
+kinds of fault) as a subprocess."""
 
 from __future__ import annotations
 
@@ -78,11 +78,14 @@ def test_the_watch_keeps_a_double_however_short(
         watch.stop()
 
 
-def test_a_short_run_under_every_fault_but_the_broker_s_kill_doubles_nothing() -> None:
-    faults = "worker-pause,logic-pause,logic-kill,worker-kill,connection-close,web-kill," \
-             "broker-restart"
+def test_a_short_run_under_the_faults_that_move_containers_and_logic_doubles_nothing(
+        ) -> None:
+    """A worker and the placing logic each frozen and cut off past their lease or
+    heartbeat timeout, the placing logic killed, the broker restarted (the other kinds:
+    the documented longer run)."""
+    faults = "worker-pause,worker-cut,logic-pause,logic-cut,logic-kill,broker-restart"
     done = subprocess.run([sys.executable, "-m", "services.cli", "platform-chaos",
-                           "--duration", "90", "--fault-interval-s", "10", "--faults", faults,
+                           "--duration", "80", "--fault-interval-s", "10", "--faults", faults,
                            "--containers", "6", "--seed", "1", "--timeout", "120"],
                           capture_output=True, text=True, timeout=420)
     out = done.stdout.strip().splitlines()
@@ -90,7 +93,7 @@ def test_a_short_run_under_every_fault_but_the_broker_s_kill_doubles_nothing() -
     assert match, f"{out}\n{done.stderr[-6000:]}"
     actions, n_faults, doubled, converged, _ = match.groups()
     assert (doubled, converged) == ("0", "true"), "\n".join(out) + done.stderr[-6000:]
-    assert int(n_faults) >= 7, out
+    assert int(n_faults) >= 6, out
     done_kinds = next(x for x in out if x.startswith("faults: ")).split(";")[0]
     assert set(done_kinds.removeprefix("faults: ").split(", ")) == set(faults.split(",")), \
         done_kinds

@@ -20,14 +20,13 @@ from crdt_ops.transport.groups import NodeGroups
 from crdt_ops.transport.memory import MemoryBus, MemoryNode
 from crdt_ops.transport.topology import Topology
 from tests.broker import (
-    Proxy,
     cut_off_and_take_over,
     delete_group,
     new_group,
     rabbitmqctl,
     until,
 )
-from tools.harness import delete_group_async
+from tools.harness import Proxy, delete_group_async
 
 
 class Platform:
