@@ -48,6 +48,15 @@ from crdt_ops.transport.topology import Topology
 
 log = logging.getLogger(__name__)
 
+#: Seconds a standby whose connection was lost waits, on its new one, before it asks for
+#: ``sole`` again (:meth:`Holder.hold`): when the broker restarted, every connection was
+#: lost, and the process it waited for, which reconnects within a second or two
+#: (aio-pika's reconnect interval), takes its queue back first. Asking at once, the
+#: standby won that race about one time in four (``crdt-ops platform-chaos``), and the
+#: process it replaced was deposed: it exits, sets its stores aside and comes back as a
+#: new replica, though nothing went wrong but the broker's restart.
+STANDBY_YIELD_S = 5.0
+
 #: Seconds between two lines saying the replica waits for another connection's hold.
 SAY_EVERY_S = 10.0
 #: Seconds between two attempts while another connection holds it, first and at most.
@@ -85,6 +94,9 @@ class Holder:
         self._own_refused_since: float | None = None  # ... with both held by one connection
         self._said: float | None = None
         self._held_sole = False
+        #: the link on which ``sole`` was last refused while this process had never held
+        #: it (it waits as a standby), None once it holds it
+        self._standby_on: object | None = None
         #: set once ``sole``, held before, was refused (after a reconnection): another
         #: process took over meanwhile, and this one's state is stale for good
         #: (:meth:`depose`)
@@ -124,6 +136,8 @@ class Holder:
                           "this replica" if queue == self.queue else "its principal")
                 continue
             if queue != self.sole or not self._held_sole:
+                if queue == self.sole:
+                    self._standby_on = link_of(conn)
                 self._refused(queue)
                 return False
             if await self._own_held_elsewhere(conn):
@@ -143,6 +157,7 @@ class Holder:
             return False
         self._refused_since = self._own_refused_since = None
         self._held_sole = self._held_sole or self.sole is not None
+        self._standby_on = None
         return True
 
     def _may_be_own(self, conn: AbstractConnection) -> bool:
@@ -214,7 +229,15 @@ class Holder:
 
     async def hold(self, conn: AbstractConnection) -> None:
         """Return once ``conn`` holds the queue (:meth:`take`), trying again as long as
-        another connection holds it."""
+        another connection holds it. A standby refused ``sole`` on an earlier connection
+        first waits :data:`STANDBY_YIELD_S` (said in one line)."""
+        if self._standby_on is not None and self._standby_on is not link_of(conn):
+            log.info("replica %s waits %gs on its new connection before it asks for %s "
+                     "again: the process it stands by for, if it lost its connection too "
+                     "(a broker restart), takes it back first", self.replica_id,
+                     STANDBY_YIELD_S, self.sole)
+            self._standby_on = link_of(conn)
+            await asyncio.sleep(STANDBY_YIELD_S)
         pause = RETRY_S[0]
         while not await self.take(conn):
             await asyncio.sleep(pause)
