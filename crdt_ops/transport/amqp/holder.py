@@ -52,9 +52,10 @@ log = logging.getLogger(__name__)
 #: ``sole`` again (:meth:`Holder.hold`): when the broker restarted, every connection was
 #: lost, and the process it waited for, which reconnects within a second or two
 #: (aio-pika's reconnect interval), takes its queue back first. Asking at once, the
-#: standby won that race about one time in four (``crdt-ops platform-chaos``), and the
-#: process it replaced was deposed: it exits, sets its stores aside and comes back as a
-#: new replica, though nothing went wrong but the broker's restart.
+#: standby could win that race (``crdt-ops platform-chaos`` saw it once in 16 broker
+#: restarts and kills), and the process it replaced was deposed: it exits, sets its stores
+#: aside and comes back as a new replica, though nothing went wrong but the broker's
+#: restart.
 STANDBY_YIELD_S = 5.0
 
 #: Seconds between two lines saying the replica waits for another connection's hold.
