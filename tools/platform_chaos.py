@@ -15,9 +15,11 @@ second later, on its store and runtime directory. Containers are local processes
   over; one it accepted with 202 counts);
 - every ``--fault-interval-s`` a fault, the kinds in a seeded random order, each once per
   round: a worker SIGKILLed; a worker SIGSTOPped, or cut off from the broker, past its
-  lease (its containers move); the placing logic SIGKILLed (the standby takes over); the
-  placing logic SIGSTOPped past the AMQP heartbeat timeout (the standby takes over while it
-  is frozen: woken, it is deposed), or cut off as long (the standby takes over at once);
+  lease (its containers move); a node crashed (its worker, its guard and its containers
+  SIGKILLed, the worker started again only after its lease); the placing logic SIGKILLed
+  (the standby takes over); the placing logic SIGSTOPped past the AMQP heartbeat timeout
+  (the standby takes over while it is frozen: woken, it is deposed), or cut off as long
+  (the standby takes over at once);
   web SIGKILLed; a service's connection closed by the broker; the broker restarted
   (``stop_app``/``start_app``) and SIGKILLed. Each logic and worker reaches the broker
   through a TCP proxy of its own (:class:`~tools.harness.Proxy`): a cut drops its
@@ -59,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.guard import running_guard
 from services.pids import alive
 from services.runtime import CONTAINER_ENV, RUNTIME_ENV, ProcessRuntime
 from tools.harness import Proxy, free_port, new_group
@@ -78,8 +81,9 @@ RESTART_S = 1.0
 #: how long a frozen logic keeps its holder queue.
 AMQP_HEARTBEAT_S = 4
 #: The kinds of fault, each once per round, in a seeded random order.
-FAULTS = ("worker-kill", "worker-pause", "worker-cut", "logic-kill", "logic-pause",
-          "logic-cut", "web-kill", "connection-close", "broker-restart", "broker-kill")
+FAULTS = ("worker-kill", "worker-pause", "worker-cut", "node-crash", "logic-kill",
+          "logic-pause", "logic-cut", "web-kill", "connection-close", "broker-restart",
+          "broker-kill")
 #: How often the copies of every container are read (seconds).
 SAMPLE_S = 0.02
 
@@ -368,7 +372,7 @@ class Run:
     def fault(self, kind: str) -> None:
         """Carry out one fault of ``kind``, to its end (a paused process woken)."""
         p, b = self.platform, self.broker
-        if kind.startswith("worker-"):
+        if kind.startswith(("worker-", "node-")):
             name = self.rng.choice(sorted(WORKERS))
         elif kind.startswith("logic-"):  # the one that places
             name = _within(30, lambda: _held_by(b, f"crdt.{self.group}.logic.held"),
@@ -386,6 +390,18 @@ class Run:
                 s.signal(signal.SIGSTOP)
                 time.sleep(self._outage_s(kind))
                 s.signal(signal.SIGCONT)
+        elif kind == "node-crash":  # everything of the node dies: it comes back later
+            with p.holding(name) as s:
+                s.signal(signal.SIGKILL)
+                guard = running_guard(p.runtime_dir(name))
+                if guard is not None:
+                    os.kill(guard, signal.SIGKILL)
+                root = str(p.runtime_dir(name).resolve())
+                for found in copies(self.cids).values():
+                    for victim in (v for v, r in found.items() if r == root):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(victim, signal.SIGKILL)
+                time.sleep(self._outage_s(kind))
         elif kind.endswith("-cut"):  # the broker sees its connection close at once
             p.proxies[name].down()
             time.sleep(self._outage_s(kind))
@@ -412,7 +428,8 @@ class Run:
     def _outage_s(self, kind: str) -> float:
         """How long a pause or a cut lasts: past a worker's lease (its containers move);
         past the broker's heartbeat timeout for a frozen logic (its standby takes over)."""
-        return self.opts.lease_s + 4 if kind.startswith("worker-") else 3 * AMQP_HEARTBEAT_S + 3
+        return (self.opts.lease_s + 4 if kind.startswith(("worker-", "node-"))
+                else 3 * AMQP_HEARTBEAT_S + 3)
 
     def agrees(self) -> list[str]:
         """What still disagrees: per container, web's record and what runs against the

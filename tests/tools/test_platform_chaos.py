@@ -1,6 +1,6 @@
 """``crdt-ops platform-chaos``: its watch of what runs, on processes made to look doubled,
-and a bounded real run (web, two logics, three workers over a broker of its own, under six
-kinds of fault) as a subprocess."""
+and a bounded real run (web, two logics, three workers over a broker of its own, under
+seven kinds of fault) as a subprocess."""
 
 from __future__ import annotations
 
@@ -81,11 +81,12 @@ def test_the_watch_keeps_a_double_however_short(
 def test_a_short_run_under_the_faults_that_move_containers_and_logic_doubles_nothing(
         ) -> None:
     """A worker and the placing logic each frozen and cut off past their lease or
-    heartbeat timeout, the placing logic killed, the broker restarted (the other kinds:
-    the documented longer run)."""
-    faults = "worker-pause,worker-cut,logic-pause,logic-cut,logic-kill,broker-restart"
+    heartbeat timeout, a node crashed, the placing logic killed, the broker restarted (the
+    other kinds: the documented longer run)."""
+    faults = "worker-pause,worker-cut,node-crash,logic-pause,logic-cut,logic-kill," \
+             "broker-restart"
     done = subprocess.run([sys.executable, "-m", "services.cli", "platform-chaos",
-                           "--duration", "80", "--fault-interval-s", "10", "--faults", faults,
+                           "--duration", "95", "--fault-interval-s", "10", "--faults", faults,
                            "--containers", "6", "--seed", "1", "--timeout", "120"],
                           capture_output=True, text=True, timeout=420)
     out = done.stdout.strip().splitlines()
@@ -93,7 +94,7 @@ def test_a_short_run_under_the_faults_that_move_containers_and_logic_doubles_not
     assert match, f"{out}\n{done.stderr[-6000:]}"
     actions, n_faults, doubled, converged, _ = match.groups()
     assert (doubled, converged) == ("0", "true"), "\n".join(out) + done.stderr[-6000:]
-    assert int(n_faults) >= 6, out
+    assert int(n_faults) >= 7, out
     done_kinds = next(x for x in out if x.startswith("faults: ")).split(";")[0]
     assert set(done_kinds.removeprefix("faults: ").split(", ")) == set(faults.split(",")), \
         done_kinds
