@@ -35,8 +35,9 @@ copy, off. The last line:
 
 ``actions=N faults=F doubled=D converged=true|false seconds=S``
 
-(S: from the end of the faults to agreement). Exit status 0 only when nothing was doubled
-and everything agreed. Needs root and Debian's ``rabbitmq-server`` (as ``crdt-ops chaos``).
+(S: from the end of the faults to agreement, which must then hold for two leases and 5 s
+more, the watch still reading). Exit status 0 only when nothing was doubled and everything
+agreed. Needs root and Debian's ``rabbitmq-server`` (as ``crdt-ops chaos``).
 """
 
 from __future__ import annotations
@@ -500,17 +501,30 @@ class Run:
                  f"to agree with the last action ({sum(v == 'on' for v in self.desired.values())}"
                  f" of {len(self.cids)} on)")
         deadline = quiet + self.opts.timeout
-        wrong = self.agrees()
+        settle_s = 2 * self.opts.lease_s + 5
+        agreed_at: float | None = None  # since when all agree (None: they do not now)
         next_note = quiet + 10
-        while wrong and time.monotonic() < deadline:
-            time.sleep(1)
+        while True:
             wrong = self.agrees()
-            if wrong and time.monotonic() >= next_note:
+            now = time.monotonic()
+            if wrong:
+                agreed_at = None
+            elif agreed_at is None:
+                agreed_at = now
+                self.say(f"all agree; watching {settle_s:g}s more (two leases: what the "
+                         "last fault set going, a deposition, a lease running out, comes "
+                         "first)")
+            if agreed_at is None and now >= deadline:  # (the timeout is for agreeing:
+                break  # agreement then always holds for settle_s)
+            if agreed_at is not None and now - agreed_at >= settle_s:
+                break
+            if wrong and now >= next_note:
                 self.say(f"{len(wrong)} disagree, e.g. {wrong[0]}")
-                next_note = time.monotonic() + 10
+                next_note = now + 10
+            time.sleep(1)
         for w in wrong:
             self.say(f"disagrees: {w}")
-        return not wrong, None if wrong else time.monotonic() - quiet
+        return not wrong, None if agreed_at is None else agreed_at - quiet
 
     def stop(self) -> None:
         if self.watch.is_alive():
