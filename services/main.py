@@ -332,8 +332,9 @@ async def run_service(role: str, service: Service) -> str:
         except BaseException:
             await stop_node(node)
             raise
-    try:
-        await signals.guard(node.start(), lambda: node_state(node))
+    try:  # (deposed as it starts, after it held its principal's queue once: it exits 1;
+        # the start would otherwise wait for good, neither running nor standing by)
+        await signals.guard(_unless_sole_lost(node, node.start()), lambda: node_state(node))
     except BaseException:
         if starting is not None:
             await starting.cleanup()
@@ -372,8 +373,9 @@ async def run_service(role: str, service: Service) -> str:
 
 
 async def _unless_sole_lost(node: AmqpGroups, loop: Coroutine[Any, Any, None]) -> None:
-    """Run a service's ``loop`` until it ends, or until another process of its principal
-    took over while this one was cut off (:meth:`AmqpGroups.sole_lost`): then raise
+    """Run a service's ``loop`` (or its node's start) until it ends, or until another
+    process of its principal took over while this one was cut off
+    (:meth:`AmqpGroups.sole_lost`): then raise
     :class:`~crdt_ops.errors.Deposed`, so that the service exits with status 1 (a
     supervisor starts it again: it sets its stores aside and waits as the standby, a new
     replica). Logic would decide on, from a state that no longer grows; a worker's guard
@@ -581,7 +583,7 @@ def _demo_processes(settings: config.Settings, group: str, owned: bool, host: st
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        _stop_containers(work / f"run-{w}" for w in DEMO_WORKERS)
+        stop_containers(work / f"run-{w}" for w in DEMO_WORKERS)
         deleted = _delete_group(url, group, names) if owned else False
         if passwords:
             _delete_users(list(passwords))
@@ -739,14 +741,15 @@ async def _demo_memory(host: str, port: int, tuned: dict[str, Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
-        _stop_containers(work / w for w in DEMO_WORKERS)
+        stop_containers(work / w for w in DEMO_WORKERS)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _stop_containers(runtime_dirs: Iterable[Path]) -> None:
-    """The demo is over: stop the containers its workers left running (a real worker
-    leaves them: they are the customers', and it reconciles them when it comes back), then
-    their guards (each would make its directory again once the demo removed it)."""
+def stop_containers(runtime_dirs: Iterable[Path]) -> None:
+    """The demo (or a ``crdt-ops platform-chaos`` run) is over: stop the containers its
+    workers left running in these runtime directories (a real worker leaves them: they
+    are the customers', and it reconciles them when it comes back), then their guards
+    (each would make its directory again once it was removed)."""
     for d in runtime_dirs:
         if not d.is_dir():
             continue
@@ -771,7 +774,7 @@ def main(role: str, args: argparse.Namespace, service: Service) -> int:
         print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)
         return e.code
     except Deposed as e:  # as it started: status 1, as once it runs (README), not a bad
-        print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)  # setting's 2
+        print(f"crdt-ops {role}: deposed: {e}", file=sys.stderr, flush=True)  # setting's 2
         return 1
     except ValueError as e:
         print(f"crdt-ops {role}: {e}", file=sys.stderr, flush=True)

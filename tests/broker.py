@@ -167,6 +167,19 @@ async def started(s: Settings, *rids: str) -> AsyncIterator[list[AmqpNode]]:
             await n.stop()
 
 
+async def claim_founding(url: str, group: str) -> None:
+    """The group's founding claim names a replica that never runs: nobody admits anyone
+    (a replica that starts waits to be admitted, for good)."""
+    from crdt_ops.transport.topology import Topology, declare
+
+    s = Topology(group)
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = (await declare(ch, s))[s.founder]
+        await ex.publish(aio_pika.Message(b"ghost"), routing_key="")
+
+
 async def cut_off_and_take_over(url: str, group: str, principal: str,
                                 replica_id: str) -> aio_pika.abc.AbstractConnection:
     """Close replica ``replica_id``'s connection at the broker (``rabbitmqctl

@@ -36,8 +36,10 @@ copy, off. The last line:
 ``actions=N faults=F doubled=D converged=true|false seconds=S``
 
 (S: from the end of the faults to agreement, which must then hold for two leases and 5 s
-more, the watch still reading). Exit status 0 only when nothing was doubled and everything
-agreed. Needs root and Debian's ``rabbitmq-server`` (as ``crdt-ops chaos``).
+more, the watch still reading; a logic must hold the principal's queue). An exit that no
+fault explains (not a SIGKILL, not a deposition's status 1) is printed. Exit status 0 only
+when nothing was doubled, everything agreed, and every exit was explained. Needs root and
+Debian's ``rabbitmq-server`` (as ``crdt-ops chaos``).
 """
 
 from __future__ import annotations
@@ -57,14 +59,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from services.guard import running_guard
+from services.main import stop_containers
 from services.pids import alive
-from services.runtime import CONTAINER_ENV, RUNTIME_ENV, ProcessRuntime
+from services.runtime import CONTAINER_ENV, RUNTIME_ENV
 from tools.harness import Proxy, free_port, new_group
 from tools.rabbitnode import RabbitNode
 
@@ -122,10 +126,18 @@ class Watch(threading.Thread):
         self.cids: set[str] = set()
         self.doubles: dict[str, set[int]] = {}
         self.samples = 0
+        #: the longest time between the starts of two reads (seconds): a double shorter
+        #: than that may have gone unseen (reported with the run's result)
+        self.longest_gap_s = 0.0
         self._stop_ = threading.Event()
 
     def run(self) -> None:
+        last: float | None = None
         while not self._stop_.is_set():
+            now = time.monotonic()
+            if last is not None:
+                self.longest_gap_s = max(self.longest_gap_s, now - last)
+            last = now
             for cid, pids in copies(set(self.cids)).items():
                 if len(pids) > 1:
                     self.doubles.setdefault(cid, set()).update(pids)
@@ -149,6 +161,8 @@ class Service:
     held: bool = False
     starts: int = 0
     exits: list[int] = field(default_factory=list)
+    #: exits no fault explains (not SIGKILL, not a deposition's status 1): their last lines
+    unexplained: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
@@ -225,9 +239,12 @@ class Platform:
                         continue
                     if s.name not in exited:
                         exited[s.name] = now
-                        s.exits.append(s.proc.returncode)
-                        self.say(f"{s.name} exited with status {s.proc.returncode}: "
-                                 f"{_last_line(s.tail())}")
+                        code, last = s.proc.returncode, _last_line(s.tail())
+                        s.exits.append(code)
+                        self.say(f"{s.name} exited with status {code}: {last}")
+                        deposed = code == 1 and "deposed" in last.lower()
+                        if code != -signal.SIGKILL and not deposed:
+                            s.unexplained.append(f"status {code}: {last}")
                     elif now - exited[s.name] >= RESTART_S:
                         del exited[s.name]
                         s.start()
@@ -263,11 +280,18 @@ class Platform:
                 except subprocess.TimeoutExpired:
                     s.proc.kill()
                     s.proc.wait()
-        for node in WORKERS:
-            with contextlib.suppress(OSError):
-                for pid in ProcessRuntime(self.runtime_dir(node)).running().values():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pid, signal.SIGKILL)
+        for proxy in self.proxies.values():
+            proxy.down()
+        stop_containers(self.runtime_dir(node) for node in WORKERS)  # and their guards
+
+    def kill_copies(self, cids: Iterable[str], node: str | None = None) -> None:
+        """SIGKILL every process of ``cids`` (of ``node``'s runtime directory only, if
+        given) and its process group: a container's processes."""
+        root = None if node is None else str(self.runtime_dir(node).resolve())
+        for found in copies(cids).values():
+            for pid in (p for p, r in found.items() if root is None or r == root):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """Call web (status, JSON body); (0, error) when it does not answer."""
@@ -326,8 +350,9 @@ class Run:
     def __init__(self, opts: argparse.Namespace, workdir: Path,
                  say: Callable[[str], None]) -> None:
         self.opts, self.workdir, self.say = opts, workdir, say
-        self.rng = random.Random(opts.seed)
-        self.broker = RabbitNode("crdt-pchaos", workdir)
+        self.rng = random.Random(opts.seed)  # the client's
+        self.fault_rng = random.Random(opts.seed + 1)  # the faults' (another thread)
+        self.broker = RabbitNode(f"crdt-pchaos-{uuid.uuid4().hex[:8]}", workdir)
         self.group = new_group("pchaos")
         self.platform = Platform(self.broker.url, workdir, self.group, opts.lease_s)
         self.platform.say = say
@@ -336,7 +361,11 @@ class Run:
         #: container -> the power its last accepted action asked for (Stop: off; Start
         #: and Restart: on)
         self.desired: dict[str, str] = {}
+        #: containers whose last action got no answer (web killed as it wrote, say): web
+        #: may or may not have taken it, so its own record says what was asked
+        self.unknown: set[str] = set()
         self.actions = 0
+        self.fault_thread: threading.Thread | None = None
         self.faults_done: list[str] = []
 
     def start(self) -> None:
@@ -369,19 +398,22 @@ class Run:
         if status == 202:  # (a Restart starts a stopped container: services/web.py)
             self.actions += 1
             self.desired[cid] = "off" if what == "stop" else "on"
+            self.unknown.discard(cid)
+        elif status == 0:  # no answer: taken or not
+            self.unknown.add(cid)
 
     def fault(self, kind: str) -> None:
         """Carry out one fault of ``kind``, to its end (a paused process woken)."""
         p, b = self.platform, self.broker
         if kind.startswith(("worker-", "node-")):
-            name = self.rng.choice(sorted(WORKERS))
+            name = self.fault_rng.choice(sorted(WORKERS))
         elif kind.startswith("logic-"):  # the one that places
             name = _within(30, lambda: _held_by(b, f"crdt.{self.group}.logic.held"),
                            "no logic holds its principal's queue")
         elif kind == "web-kill":
             name = "web"
         else:
-            name = self.rng.choice(sorted(p.services))
+            name = self.fault_rng.choice(sorted(p.services))
         self.say(f"fault {len(self.faults_done) + 1}: {kind}"
                  + ("" if kind.startswith("broker") else f" ({name})"))
         if kind.endswith("-kill") and not kind.startswith("broker"):
@@ -396,12 +428,11 @@ class Run:
                 s.signal(signal.SIGKILL)
                 guard = running_guard(p.runtime_dir(name))
                 if guard is not None:
-                    os.kill(guard, signal.SIGKILL)
-                root = str(p.runtime_dir(name).resolve())
-                for found in copies(self.cids).values():
-                    for victim in (v for v, r in found.items() if r == root):
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(victim, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(guard, signal.SIGKILL)
+                p.kill_copies(self.cids, name)
+                time.sleep(0.5)  # a start forked just before takes its name at its exec
+                p.kill_copies(self.cids, name)
                 time.sleep(self._outage_s(kind))
         elif kind.endswith("-cut"):  # the broker sees its connection close at once
             p.proxies[name].down()
@@ -434,16 +465,23 @@ class Run:
 
     def agrees(self) -> list[str]:
         """What still disagrees: per container, web's record and what runs against the
-        last action accepted; and each service that does not run (empty: all agree)."""
+        last action accepted (for one whose last action got no answer, against what web's
+        record asks); each service that does not run; no logic holding the principal's
+        queue (empty: all agree)."""
         running = copies(self.cids)
         wrong = [f"{s.name} is not running" for s in self.platform.services.values()
                  if not s.running()]
+        with contextlib.suppress(Exception):  # (the broker's answer: asked again next time)
+            holder = _held_by(self.broker, f"crdt.{self.group}.logic.held")
+            if holder not in LOGICS:
+                wrong.append(f"no logic places: the principal's queue is held by {holder}")
         for cid in self.cids:
             status, rec = self.platform.api("GET", f"/api/containers/{cid}")
             if status != 200:
                 wrong.append(f"{cid}: web answered {status}")
                 continue
-            want, here = self.desired[cid], running.get(cid, {})
+            want = rec.get("power_desired") if cid in self.unknown else self.desired[cid]
+            here = running.get(cid, {})
             nodes = sorted(Path(root).name.removeprefix("run-") for root in here.values())
             if rec.get("power_desired") != want:
                 wrong.append(f"{cid}: desired {rec.get('power_desired')}, asked {want}")
@@ -481,8 +519,9 @@ class Run:
             if now < end and now >= next_fault and (fault is None or not fault.is_alive()):
                 if not order:
                     order = list(self.opts.faults)
-                    self.rng.shuffle(order)
+                    self.fault_rng.shuffle(order)
                 fault = threading.Thread(target=carry_out, args=(order.pop(),), daemon=True)
+                self.fault_thread = fault
                 fault.start()
                 next_fault = now + self.opts.fault_interval_s
             if now < end:
@@ -527,9 +566,15 @@ class Run:
         return not wrong, None if agreed_at is None else agreed_at - quiet
 
     def stop(self) -> None:
+        """Everything of the run ended: a fault in flight first (a broker it would start
+        again after the run's end would be left running), then the platform, every copy of
+        the run's containers, and the broker."""
+        if self.fault_thread is not None:
+            self.fault_thread.join(timeout=120)
         if self.watch.is_alive():
             self.watch.stop()
         self.platform.stop()
+        self.platform.kill_copies(self.cids)
         with contextlib.suppress(Exception):
             self.broker.destroy()
 
@@ -559,11 +604,14 @@ def run_platform_chaos(opts: argparse.Namespace) -> int:
                                        f"{','.join(map(str, s.exits)) or '-'})"
                                        for s in services))
         print(f"faults: {', '.join(run.faults_done)}; copies read {run.watch.samples:,} "
-              f"times")
+              f"times, at most {run.watch.longest_gap_s * 1000:.0f} ms apart")
+        unexplained = [f"{s.name}: {why}" for s in services for why in s.unexplained]
+        for line in unexplained:
+            print(f"exit no fault explains: {line}")
         print(f"actions={run.actions} faults={len(run.faults_done)} doubled={len(doubled)} "
               f"converged={'true' if agreed else 'false'} "
               f"seconds={float('nan') if seconds is None else seconds:.1f}", flush=True)
-        ok = agreed and not doubled
+        ok = agreed and not doubled and not unexplained
         if not ok:
             for s in services:
                 print(f"--- {s.name} log tail ---\n{s.tail(2500)}", file=sys.stderr)

@@ -31,8 +31,9 @@ import aio_pika
 import pytest
 
 from crdt_ops.replica import Replica
-from crdt_ops.transport.topology import Topology, declare
+from crdt_ops.transport.topology import Topology
 from services import model
+from tests.broker import claim_founding
 from tools.harness import delete_queues, free_port
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -276,20 +277,10 @@ def test_services_stop_while_running(amqp_url: str, track: Tracker) -> None:
     finish(procs, lambda p: 0, "stopped (")
 
 
-async def _claim_founding(url: str, group: str) -> None:
-    """The group's founding claim names a replica that never runs: nobody admits anyone."""
-    s = Topology(group)
-    conn = await aio_pika.connect(url)
-    async with conn:
-        ch = await conn.channel(publisher_confirms=True)
-        ex = (await declare(ch, s))[s.founder]
-        await ex.publish(aio_pika.Message(b"ghost"), routing_key="")
-
-
 def test_services_stop_while_waiting_to_be_admitted(amqp_url: str, track: Tracker) -> None:
     group = track.group()
     for g in model.groups(group):  # the platform's (web, logic) and its cell's (workers)
-        asyncio.run(_claim_founding(amqp_url, g))
+        asyncio.run(claim_founding(amqp_url, g))
     procs = [track.start(f"{c}-{signal.Signals(sig).name}",
                          service_args(c, amqp_url, group, n, track.workdir), sig)
              for n, sig in enumerate(SIGNALS) for c in SERVICES]

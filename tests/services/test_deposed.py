@@ -19,7 +19,7 @@ import pytest
 
 from crdt_ops.transport.topology import Topology
 from services import model
-from tests.broker import cut_off_and_take_over
+from tests.broker import claim_founding, cut_off_and_take_over
 from tools.harness import delete_queues, free_port, wait_until
 
 
@@ -97,6 +97,47 @@ def test_a_deposed_logic_exits_and_its_next_process_runs_as_a_new_replica(
                 p.wait()
 
 
+def test_a_logic_deposed_before_it_is_up_exits_1_and_does_not_wait_for_good(
+        amqp_url: str, group: str, tmp_path: Path) -> None:
+    """A logic takes its principal's queue first thing as it starts, then joins its groups.
+    Cut off before it was up (here it waits to be admitted: the founding claim names a
+    replica that never runs) while a standby took over, it learnt it was deposed as it
+    reconnected and then waited for good, neither running nor standing by, saying every
+    10 s that it waits to be stopped: a platform left without its standby (seen in
+    ``crdt-ops platform-chaos``: a logic started again by its supervisor, its connection
+    lost as it read the streams). Now it exits with status 1, for its supervisor."""
+    for g in model.groups(group):
+        asyncio.run(claim_founding(amqp_url, g))
+    log = tmp_path / "logic.log"
+    logic = _service("logic", amqp_url, group, tmp_path, log, "--replica-id", "logic.b")
+    try:
+        wait_until(lambda: "asks the members of group" in log.read_text(), 60,
+                   "logic to wait to be admitted (its principal's queue held)",
+                   lambda: log.read_text()[-3000:])
+
+        async def take_over() -> None:
+            standby = await cut_off_and_take_over(amqp_url, group, "logic", "logic.b")
+            try:
+                for _ in range(600):
+                    if logic.poll() is not None:
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await standby.close()
+
+        asyncio.run(take_over())
+        assert logic.poll() == 1, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "is marked so, and is set aside when it is opened again" in text
+        assert text.strip().splitlines()[-1].startswith(
+            "crdt-ops logic: deposed: another process")
+        assert "Traceback" not in text
+    finally:
+        if logic.poll() is None:
+            logic.kill()
+            logic.wait()
+
+
 def test_a_logic_deposed_as_it_starts_exits_1_like_one_deposed_while_it_runs(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Found deposed as it starts (it finds another logic's operations in the stream before
@@ -114,4 +155,4 @@ def test_a_logic_deposed_as_it_starts_exits_1_like_one_deposed_while_it_runs(
     monkeypatch.setattr(main, "run_service", deposed)
     assert main.main("logic", None, main.Service(Settings())) == 1  # type: ignore[arg-type]
     assert capsys.readouterr().err == \
-        "crdt-ops logic: replica logic.x: logic.y wrote while this one was down\n"
+        "crdt-ops logic: deposed: replica logic.x: logic.y wrote while this one was down\n"

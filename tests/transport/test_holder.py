@@ -290,3 +290,39 @@ async def test_a_standby_whose_connection_was_lost_lets_the_process_it_waits_for
     finally:
         for c in conns:
             await c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_standby_gives_way_on_the_link_that_comes_not_while_the_broker_is_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a link (its connection reconnecting while the broker is still away) a
+    standby does not wait: it waited there once, and then asked at once when the broker
+    came back, more than STANDBY_YIELD_S later (the review's reading). It gives way once
+    per new link, before the attempt that finds that link, however it came."""
+    from types import SimpleNamespace
+
+    from crdt_ops.transport.amqp import holder as holder_module
+
+    monkeypatch.setattr(holder_module, "STANDBY_YIELD_S", 0.3)
+    standby = Holder(Topology("g"), "logic.b", "crdt.g.logic.held")
+    attempts: list[tuple[object, float]] = []
+    links = [None, None, object()]  # the broker away twice, then back: a new link
+    conn = SimpleNamespace(transport=None)
+
+    async def take(c: object) -> bool:
+        attempts.append((links[0], time.monotonic()))
+        if links[0] is None:
+            links.pop(0)
+            conn.transport = None if links[0] is None else SimpleNamespace(connection=links[0])
+            return False
+        return True
+
+    monkeypatch.setattr(standby, "take", take)
+    standby._standby_on = object()  # refused on an earlier link
+    began = time.monotonic()
+    await standby.hold(conn)  # type: ignore[arg-type]
+    assert [link for link, _ in attempts] == [None, None, links[0]]
+    assert attempts[1][1] - began < 0.3  # no wait without a link
+    assert attempts[2][1] - attempts[1][1] >= 0.3  # the wait, on the link that came
+    await standby.hold(conn)  # type: ignore[arg-type]  # the same link: no second wait
+    assert attempts[3][1] - attempts[2][1] < 0.2

@@ -96,8 +96,10 @@ class Holder:
         self._said: float | None = None
         self._held_sole = False
         #: the link on which ``sole`` was last refused while this process had never held
-        #: it (it waits as a standby), None once it holds it
+        #: it (it waits as a standby), None once it holds it; and the link it last gave
+        #: way on (:meth:`_give_way`)
         self._standby_on: object | None = None
+        self._gave_way_on: object | None = None
         #: set once ``sole``, held before, was refused (after a reconnection): another
         #: process took over meanwhile, and this one's state is stale for good
         #: (:meth:`depose`)
@@ -158,7 +160,7 @@ class Holder:
             return False
         self._refused_since = self._own_refused_since = None
         self._held_sole = self._held_sole or self.sole is not None
-        self._standby_on = None
+        self._standby_on = self._gave_way_on = None
         return True
 
     def _may_be_own(self, conn: AbstractConnection) -> bool:
@@ -232,17 +234,29 @@ class Holder:
         """Return once ``conn`` holds the queue (:meth:`take`), trying again as long as
         another connection holds it. A standby refused ``sole`` on an earlier connection
         first waits :data:`STANDBY_YIELD_S` (said in one line)."""
-        if self._standby_on is not None and self._standby_on is not link_of(conn):
-            log.info("replica %s waits %gs on its new connection before it asks for %s "
-                     "again: the process it stands by for, if it lost its connection too "
-                     "(a broker restart), takes it back first", self.replica_id,
-                     STANDBY_YIELD_S, self.sole)
-            self._standby_on = link_of(conn)
-            await asyncio.sleep(STANDBY_YIELD_S)
         pause = RETRY_S[0]
-        while not await self.take(conn):
+        while True:
+            await self._give_way(conn)
+            if await self.take(conn):
+                return
             await asyncio.sleep(pause)
             pause = min(pause * 2, RETRY_S[1])
+
+    async def _give_way(self, conn: AbstractConnection) -> None:
+        """Before an attempt: a standby refused ``sole`` on an earlier link waits
+        :data:`STANDBY_YIELD_S` on each new link, once (the attempt finds the link as it
+        is then: one that came up during a pause of :meth:`hold` counts too). Without a
+        link (the broker is still away) it does not wait: the attempt fails, and the wait
+        is for the link that comes."""
+        link = link_of(conn)
+        if self._standby_on is None or link is None or link is self._standby_on \
+                or link is self._gave_way_on:
+            return
+        self._gave_way_on = link
+        log.info("replica %s waits %gs on its new connection before it asks for %s again: "
+                 "the process it stands by for, if it lost its connection too (a broker "
+                 "restart), takes it back first", self.replica_id, STANDBY_YIELD_S, self.sole)
+        await asyncio.sleep(STANDBY_YIELD_S)
 
     @property
     def waiting(self) -> bool:
