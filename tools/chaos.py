@@ -109,7 +109,6 @@ import itertools
 import json
 import logging
 import random
-import re
 import shutil
 import signal
 import sqlite3
@@ -606,13 +605,6 @@ def bound(node: RabbitNode, exchange: str, queues: list[str]) -> list[str]:
     return [q for q in queues if (exchange, q) in pairs]
 
 
-def connection_pids(node: RabbitNode, name: str) -> list[str]:
-    """The broker's pids of the connections named ``name`` (``connection_name``)."""
-    out = node.ctl("list_connections", "pid", "client_properties", "-q")
-    pattern = re.compile(re.escape(name) + r'(?![\w.-])')
-    return [line.split("\t")[0] for line in out.splitlines() if pattern.search(line)]
-
-
 class Chaos:
     """One run: broker, replicas, the relay (late mode), faults, audit."""
 
@@ -762,7 +754,8 @@ class Chaos:
         elif f.kind == "connection-close":
             assert target is not None
             deadline = time.monotonic() + 30
-            while not (pids := connection_pids(n, f"crdt-ops {target.replica_id}")):
+            while not (pids := [pid for pid, name in n.connections().items()
+                                if name == f"crdt-ops {target.replica_id}"]):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no connection of {target.replica_id} to close")
                 time.sleep(0.5)

@@ -49,7 +49,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -315,22 +314,12 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def _connections(node: RabbitNode) -> dict[str, str]:
-    """The broker's connections of crdt-ops replicas: connection pid -> replica id (from
-    the ``connection_name`` crdt_ops/transport/amqp/connection.py gives each)."""
-    found = {}
-    for line in node.ctl("list_connections", "pid", "client_properties", "-q").splitlines():
-        name = re.search(r'"connection_name",(?:"longstr",)?"crdt-ops ([^"]+)"', line)
-        if name:
-            found[line.split("\t")[0]] = name.group(1)
-    return found
-
-
 def _held_by(node: RabbitNode, queue: str) -> str | None:
     """The replica id whose connection holds exclusive queue ``queue`` (None: none)."""
     owners = dict(line.split("\t")[:2] for line in node.ctl(
         "list_queues", "name", "owner_pid", "-q").splitlines() if "\t" in line)
-    return _connections(node).get(owners.get(queue, ""))
+    name = node.connections().get(owners.get(queue, ""), "")
+    return name.removeprefix("crdt-ops ") if name.startswith("crdt-ops ") else None
 
 
 def _within(timeout_s: float, find: Callable[[], T | None], error: str) -> T:
@@ -441,7 +430,8 @@ class Run:
         elif kind == "connection-close":
             args = p.services[name].args
             rid = args[args.index("--replica-id") + 1]
-            for pid in _within(30, lambda: [c for c, n in _connections(b).items() if n == rid],
+            for pid in _within(30, lambda: [c for c, n in b.connections().items()
+                                            if n == f"crdt-ops {rid}"],
                                f"{rid} has no connection to close"):
                 with contextlib.suppress(Exception):
                     b.ctl("close_connection", pid, "crdt-ops platform-chaos closes it")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -190,6 +191,17 @@ class RabbitNode:
         self.ctl("reset")
         self.ctl("join_cluster", other.node)
         self.start_app()
+
+    def connections(self) -> dict[str, str]:
+        """The node's client connections that give a ``connection_name`` (crdt-ops
+        replicas give ``crdt-ops <replica id>``: crdt_ops/transport/amqp/connection.py):
+        the broker's pid of each -> that name (``rabbitmqctl list_connections``)."""
+        found = {}
+        for line in self.ctl("list_connections", "pid", "client_properties", "-q").splitlines():
+            name = re.search(r'"connection_name",(?:"longstr",)?"([^"]+)"', line)
+            if name:
+                found[line.split("\t")[0]] = name.group(1)
+        return found
 
     def ctl(self, *args: str, timeout: float = 120) -> str:
         """Run ``rabbitmqctl -n <node> ARGS`` and return its output."""

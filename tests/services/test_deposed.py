@@ -34,6 +34,21 @@ def _service(role: str, url: str, group: str, workdir: Path, log: Path,
             env={**os.environ, "PYTHONPATH": os.getcwd()})
 
 
+async def _take_over_from(logic: subprocess.Popen[bytes], url: str, group: str,
+                          replica_id: str) -> None:
+    """Cut logic ``replica_id`` (the process ``logic``) off while a standby takes its
+    principal's queue; the standby holds it until the process exits (it reconnects and
+    learns it lost), or for 30 s at most."""
+    standby = await cut_off_and_take_over(url, group, "logic", replica_id)
+    try:
+        for _ in range(600):
+            if logic.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await standby.close()
+
+
 @pytest.fixture
 def group(amqp_url: str) -> Iterator[str]:
     g = f"test-deposed-{uuid.uuid4().hex[:8]}"
@@ -59,17 +74,7 @@ def test_a_deposed_logic_exits_and_its_next_process_runs_as_a_new_replica(
         wait_until(lambda: "web: http://" in web_log.read_text(), 60, "web to be up",
                    lambda: web_log.read_text()[-3000:])
 
-        async def deposed() -> None:
-            standby = await cut_off_and_take_over(amqp_url, group, "logic", old)
-            try:
-                for _ in range(600):  # it reconnects, learns it lost, and exits
-                    if first.poll() is not None:
-                        break
-                    await asyncio.sleep(0.05)
-            finally:
-                await standby.close()
-
-        asyncio.run(deposed())
+        asyncio.run(_take_over_from(first, amqp_url, group, old))
         assert first.wait(timeout=10) == 1, log.read_text()[-3000:]
         text = log.read_text()
         assert "took over while this one was cut off" in text
@@ -115,17 +120,7 @@ def test_a_logic_deposed_before_it_is_up_exits_1_and_does_not_wait_for_good(
                    "logic to wait to be admitted (its principal's queue held)",
                    lambda: log.read_text()[-3000:])
 
-        async def take_over() -> None:
-            standby = await cut_off_and_take_over(amqp_url, group, "logic", "logic.b")
-            try:
-                for _ in range(600):
-                    if logic.poll() is not None:
-                        break
-                    await asyncio.sleep(0.05)
-            finally:
-                await standby.close()
-
-        asyncio.run(take_over())
+        asyncio.run(_take_over_from(logic, amqp_url, group, "logic.b"))
         assert logic.poll() == 1, log.read_text()[-3000:]
         text = log.read_text()
         assert "is marked so, and is set aside when it is opened again" in text
